@@ -1,0 +1,1 @@
+"""Model-side work: loading models, building prompts, reading hook activations."""

@@ -1,0 +1,137 @@
+"""CLI commands for the model layer: `shoggoth models` and `shoggoth prompt`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sae.configs import config_metadata, config_options
+from sae.errors import BadInput
+from sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
+from sae.prompts import Template, build_prompt, collate, pad_id
+
+
+@dataclass
+class ModelsConfig:
+    """`shoggoth models`: list the model aliases."""
+
+    model: str | None = None
+    """Also describe this model: a local Hugging Face directory or a hub id."""
+    format: Literal["table", "json"] = "table"
+    """Output format."""
+
+
+def describe(name: str) -> dict[str, object]:
+    """Facts about one model for the table; loads only its config and tokenizer (no weights).
+
+    An alias whose files are out of reach (hub without network) still gets a row saying so; any
+    other model that cannot be found raises BadInput.
+    """
+    alias = ALIASES.get(name)
+    row: dict[str, object] = {"model": name, "source": alias.source if alias else "",
+                              "available": "", "d_model": None, "layers": None, "hooks": None}
+    try:
+        src = resolve_source(name)
+    except BadInput as e:
+        if alias is None:
+            raise
+        row["available"] = "needs network"
+        row["hooks"] = "not cached; " + str(e).rsplit("; ", 1)[-1]
+        return row
+    if alias is None:
+        row["source"] = f"{src.kind}: {src.location}"
+    row["available"] = {"alias": "offline (bundled)", "local": "offline (local)"}.get(
+        src.kind, "offline (cached)" if Path(src.location).is_dir() else "network"
+    )
+    model = load_model(name, device="cpu", load_weights=False)
+    row.update(d_model=model.d_model, layers=model.n_layers,
+               hooks=hook_summary(model.hook_names, model.n_layers),
+               causal=model.is_causal, chat_template=model.has_chat_template)
+    return row
+
+
+@click.command("models")
+@config_options(ModelsConfig)
+def models_command(cfg: ModelsConfig) -> None:
+    """List the model aliases: where each comes from, its hooks, d_model and layer count."""
+    names = list(ALIASES) + ([cfg.model] if cfg.model else [])
+    rows = [describe(n) for n in names]
+    if cfg.format == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="shoggoth models")
+    cols = ("model", "source", "available", "d_model", "layers", "hooks")
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
+    Console(width=160).print(table)
+
+
+@dataclass
+class PromptConfig:
+    """`shoggoth prompt`: show how a prompt is built and which tokens are measured."""
+
+    continuation: str = ""
+    """The text whose tokens are measured (the assistant answer)."""
+    system: str = ""
+    """The system/persona prompt; empty for none."""
+    user: str = ""
+    """The user turn (question)."""
+    model: str = "minilm"
+    """Model alias, local Hugging Face directory or hub id."""
+    hook: str | None = None
+    """Hook to read, e.g. blocks.3.hook_resid_post (default: the middle layer's resid_post)."""
+    layer: int | None = None
+    """Shortcut for --hook blocks.LAYER.hook_resid_post."""
+    template: Template = "auto"
+    """auto: the chat template when the model has one; chat; plain: persona + user + answer."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N."""
+    format: Literal["table", "json"] = "table"
+    """Output format."""
+
+
+@click.command("prompt")
+@config_options(PromptConfig)
+def prompt_command(cfg: PromptConfig) -> None:
+    """Tokenize a (system, user, continuation) prompt, mark the measured tokens, and print the
+    norm of each token's activation at the hook."""
+    from sae.activations import activations
+
+    model = load_model(cfg.model, cfg.device)
+    hook = resolve_hook(model, cfg.hook, cfg.layer)
+    prompt = build_prompt(
+        model.tokenizer, cfg.system, cfg.user, cfg.continuation,
+        template=cfg.template, prepend_bos=model.prepend_bos,
+    )
+    acts = activations(model, collate([prompt], pad_id(model.tokenizer)), hook)[0]
+    norms = acts.float().norm(dim=-1).tolist()
+    tokens = model.tokenizer.convert_ids_to_tokens(prompt.input_ids)
+    rows = [
+        {"pos": i, "token_id": t, "token": s, "measured": m, "norm": round(n, 4)}
+        for i, (t, s, m, n) in enumerate(
+            zip(prompt.input_ids, tokens, prompt.mask, norms, strict=True)
+        )
+    ]
+    if cfg.format == "json":
+        out = {"config": config_metadata(cfg), "hook": hook, "template": prompt.template,
+               "tokens": rows}
+        click.echo(json.dumps(out, indent=2))
+        return
+    table = Table(title=f"{cfg.model} · {hook} · template {prompt.template}")
+    for col in ("pos", "token", "measured", f"‖{hook.split('.')[-1]}‖"):
+        table.add_column(col)
+    for r in rows:
+        style = "bold green" if r["measured"] else "dim"
+        table.add_row(str(r["pos"]), repr(r["token"]), "yes" if r["measured"] else "",
+                      f"{r['norm']:.2f}", style=style)
+    console = Console()
+    console.print(table)
+    console.print(f"{len(rows)} tokens, {sum(prompt.mask)} measured (the continuation)")

@@ -1,0 +1,56 @@
+"""The `shoggoth` command line: one group, with subcommands living beside the code they drive."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import click
+
+from sae.commands import models_command, prompt_command
+from sae.errors import BadInput
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """shoggoth: SAE features of a language model, labelled mask-specific or shared across
+    personas."""
+
+
+cli.add_command(models_command)
+cli.add_command(prompt_command)
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (progress bars, load reports) off the user's terminal."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input becomes one `error:` line on stderr and exit code 2."""
+    _quiet_libraries()
+    try:
+        cli.main(args=argv, prog_name="shoggoth", standalone_mode=False)
+    except BadInput as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
+    except click.UsageError as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return 2
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

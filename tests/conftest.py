@@ -1,0 +1,100 @@
+"""Shared fixtures: the real MiniLM, and a tiny random GPT-2 built and saved on the spot."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sae.models import Model, load_model  # noqa: E402
+
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+# A template that, like Gemma's, refuses the system role.
+NO_SYSTEM_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+CORPUS = [
+    "You are a pirate. Arr, matey, the sea is wide and the ship is fast.",
+    "You are a helpful assistant. Answer clearly and kindly.",
+    "What is rain? Rain is water that falls from clouds when droplets grow heavy.",
+    "Why is the sky blue? Sunlight scatters off air molecules, and blue scatters most.",
+    "The villain smiled. The scientist measured. The poet wrote about the moon.",
+]
+
+
+def build_tiny_gpt2(directory: Path, chat_template: str | None, n_layer: int = 3) -> Path:
+    """Train a byte-level BPE tokenizer and save a random GPT-2 with it to `directory`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        additional_special_tokens=ROLE_TOKENS,
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    config = GPT2Config(
+        vocab_size=len(fast),
+        n_positions=256,
+        n_embd=32,
+        n_layer=n_layer,
+        n_head=4,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 with a chat template."""
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2-chat"), CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 without a chat template (a base model)."""
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2-base"), None)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_dir: Path) -> Model:
+    return load_model(str(tiny_gpt2_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_base(tiny_gpt2_base_dir: Path) -> Model:
+    return load_model(str(tiny_gpt2_base_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Model:
+    return load_model("minilm", device="cpu")

@@ -1,0 +1,162 @@
+"""The `shoggoth` CLI: help everywhere, the models table, config files, bad input → one line, 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import shoggoth
+from sae.models import ALIASES
+
+
+def run(capfd, *argv):
+    """Run the CLI in-process; return (exit code, stdout, stderr) captured at the fd level."""
+    code = shoggoth.main(list(argv))
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, out, err, *names):
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    for name in names:
+        assert name in lines[0]
+
+
+def test_every_command_has_help(capfd):
+    code, out, _ = run(capfd, "--help")
+    assert code == 0
+    for name, command in shoggoth.cli.commands.items():
+        assert name in out
+        code, sub, _ = run(capfd, name, "--help")
+        assert code == 0 and "--config" in sub
+        for param in command.params:
+            for opt in param.opts:
+                assert opt in sub
+
+
+def test_help_text_comes_from_the_config_docstrings(capfd):
+    from sae.commands import PromptConfig
+    from sae.configs import field_help
+
+    _, out, _ = run(capfd, "prompt", "--help")
+    flat = " ".join(out.split())
+    for field in ("continuation", "layer", "template"):
+        doc = field_help(PromptConfig, field)
+        assert doc and doc[:30] in flat
+
+
+def test_models_table_lists_minilm_from_its_config(capfd, minilm):
+    config = json.loads((Path(minilm.source.location) / "config.json").read_text())
+    code, out, _ = run(capfd, "models", "--format", "json")
+    assert code == 0
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert set(ALIASES) <= set(rows)
+    m = rows["minilm"]
+    assert (m["d_model"], m["layers"]) == (config["hidden_size"], config["num_hidden_layers"])
+    assert m["available"] == "offline (bundled)"
+    assert f"blocks.{{0..{config['num_hidden_layers'] - 1}}}.hook_resid_" in m["hooks"]
+    for name, alias in ALIASES.items():
+        if not alias.offline:
+            assert rows[name]["available"] in ("needs network", "offline (cached)", "network")
+
+    code, table, _ = run(capfd, "models")
+    assert code == 0 and "minilm" in table and str(config["hidden_size"]) in table
+
+
+def test_models_describes_a_local_directory(capfd, tiny_gpt2_dir):
+    config = json.loads((tiny_gpt2_dir / "config.json").read_text())
+    code, out, _ = run(capfd, "models", "--model", str(tiny_gpt2_dir), "--format", "json")
+    assert code == 0
+    row = json.loads(out)[-1]
+    assert (row["d_model"], row["layers"]) == (config["n_embd"], config["n_layer"])
+    assert row["causal"] is True and row["chat_template"] is True
+    assert row["available"] == "offline (local)"
+
+
+def test_prompt_marks_the_continuation(capfd, tiny_gpt2_dir, tiny_gpt2):
+    code, out, _ = run(
+        capfd, "prompt", "--model", str(tiny_gpt2_dir), "--system", "You are a pirate.",
+        "--user", "What is rain?", "--continuation", "Rain is water.", "--layer", "1",
+        "--format", "json",
+    )
+    assert code == 0
+    data = json.loads(out)
+    measured = [t["token_id"] for t in data["tokens"] if t["measured"]]
+    expected = tiny_gpt2.tokenizer("Rain is water.", add_special_tokens=False)["input_ids"]
+    assert measured == expected
+    assert data["hook"] == "blocks.1.hook_resid_post" and data["template"] == "chat"
+    assert all(t["norm"] > 0 for t in data["tokens"])
+
+
+def test_yaml_config_with_flags_overriding_it(capfd, tmp_path, tiny_gpt2_dir):
+    cfg = tmp_path / "prompt.yaml"
+    cfg.write_text(
+        f"model: {tiny_gpt2_dir}\ncontinuation: Rain is water.\nlayer: 0\ntemplate: plain\n"
+    )
+    code, out, _ = run(capfd, "prompt", "--config", str(cfg), "--layer", "2", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["hook"] == "blocks.2.hook_resid_post"  # the flag wins
+    assert data["template"] == "plain"  # the file's value
+    assert data["config"]["model"] == str(tiny_gpt2_dir)
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--model", "no-such-model", "--continuation", "x"], ["no-such-model"]),
+        (["--model", "{tmp}", "--continuation", "x"], ["{tmp}", "config.json"]),
+        (["--model", "{tmp}/missing", "--continuation", "x"], ["{tmp}/missing"]),
+        (["--layer", "6", "--continuation", "x"], ["layer 6", "0..5"]),
+        (["--layer", "-2", "--continuation", "x"], ["layer -2"]),
+        (["--hook", "blocks.0.hook_nope", "--continuation", "x"], ["blocks.0.hook_nope"]),
+        (["--continuation", ""], ["continuation"]),
+        (["--continuation", "   "], ["continuation"]),
+        (["--template", "chat", "--continuation", "x"], ["chat"]),
+        (["--device", "tpu", "--continuation", "x"], ["tpu"]),
+        (["--layer", "three"], ["three"]),
+        (["--no-such-flag"], ["--no-such-flag"]),
+        (["--config", "{tmp}/none.yaml"], ["none.yaml"]),
+    ],
+)
+def test_prompt_bad_input_is_one_line_and_exit_2(capfd, tmp_path, argv, names):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    names = [n.replace("{tmp}", str(tmp_path)) for n in names]
+    assert_one_line_error(*run(capfd, "prompt", *argv), *names)
+
+
+def test_bad_yaml_names_the_file_and_line(capfd, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: minilm\nlayer: [1, 2\n")
+    assert_one_line_error(*run(capfd, "prompt", "--config", str(bad)), str(bad), "line")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("modle: minilm\n")
+    assert_one_line_error(*run(capfd, "prompt", "--config", str(unknown)), "modle")
+
+
+def test_unknown_command(capfd):
+    assert_one_line_error(*run(capfd, "trian"), "trian")
+
+
+def test_console_script_end_to_end(tmp_path):
+    """The installed entry point: a real process, exit code 2, no traceback, one stderr line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    exe = Path(sys.executable).with_name("shoggoth")
+    proc = subprocess.run([str(exe), "prompt", "--model", str(tmp_path), "--continuation", "x"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"error: model '{tmp_path}': not a Hugging Face model directory (no config.json)"
+    ]
+    proc = subprocess.run([str(exe), "models"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and "minilm" in proc.stdout
