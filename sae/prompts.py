@@ -74,7 +74,7 @@ def _render_chat(tokenizer: Any, system: str, user: str, continuation: str) -> t
     return full, start
 
 
-def _special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
+def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The special tokens a tokenizer puts before and after a single sequence ([CLS] … [SEP])."""
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -109,7 +109,7 @@ def _tokenize_span(
     # the prefix.
     parts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in
              (text[:start], text[start:end], text[end:])]
-    head, tail = _special_wrapping(tokenizer) if add_special else ([], [])
+    head, tail = special_wrapping(tokenizer) if add_special else ([], [])
     ids = head + parts[0] + parts[1] + parts[2] + tail
     mask = (
         [False] * (len(head) + len(parts[0]))
