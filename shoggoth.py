@@ -8,7 +8,7 @@ import warnings
 
 import click
 
-from sae.commands import models_command, prompt_command
+from sae.commands import models_command, prompt_command, sae_group, train_command
 from sae.errors import BadInput
 
 
@@ -20,6 +20,8 @@ def cli() -> None:
 
 cli.add_command(models_command)
 cli.add_command(prompt_command)
+cli.add_command(train_command)
+cli.add_command(sae_group)
 
 
 def _quiet_libraries() -> None:

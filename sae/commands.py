@@ -1,4 +1,4 @@
-"""CLI commands for the model layer: `shoggoth models` and `shoggoth prompt`."""
+"""CLI commands for the model side: `models`, `prompt`, `train` and `sae import`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from sae.configs import config_metadata, config_options
 from sae.errors import BadInput
 from sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
 from sae.prompts import Template, build_prompt, collate, pad_id
+from sae.sae_import import ImportConfig, import_sae
+from sae.train import TrainConfig, train
 
 
 @dataclass
@@ -135,3 +137,46 @@ def prompt_command(cfg: PromptConfig) -> None:
     console = Console()
     console.print(table)
     console.print(f"{len(rows)} tokens, {sum(prompt.mask)} measured (the continuation)")
+
+
+def print_evaluation(title: str, meta: dict[str, object]) -> None:
+    """The evaluation saved in shoggoth.json, as a table on stdout."""
+    metrics = meta.get("evaluation") or {}
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():  # type: ignore[union-attr]
+        shown = f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+        table.add_row(key, shown)
+    Console().print(table)
+
+
+@click.command("train")
+@config_options(TrainConfig)
+def train_command(cfg: TrainConfig) -> None:
+    """Train an SAE on a model's residual stream with sae-lens (offline on MiniLM by default),
+    evaluate it on held-out tokens, and write a directory sae_lens.SAE.load_from_disk reads."""
+    err = Console(stderr=True)
+    out = train(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
+    meta = json.loads((out / "shoggoth.json").read_text())
+    print_evaluation(f"{out} · {meta['hook']} · {meta['architecture']} d_sae {meta['d_sae']} · "
+                     f"{meta['training_tokens']:,} tokens in {meta['train_seconds']} s", meta)
+
+
+@click.group("sae")
+def sae_group() -> None:
+    """Manage SAEs that were not trained here."""
+
+
+@sae_group.command("import")
+@config_options(ImportConfig)
+def import_command(cfg: ImportConfig) -> None:
+    """Register an existing SAE (local sae-lens directory, or --release/--sae-id from the
+    sae-lens registry) for a model: checks d_in and hook, evaluates it, writes it like train."""
+    err = Console(stderr=True)
+    out = import_sae(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
+    meta = json.loads((out / "shoggoth.json").read_text())
+    if meta.get("evaluation"):
+        print_evaluation(f"{out} · {meta['hook']} · imported", meta)
+    else:
+        click.echo(str(out))

@@ -99,7 +99,8 @@ def _parquet_documents(path: Path, column: str) -> list[str]:
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise BadInput(f"{path}: not a readable parquet file ({type(e).__name__})") from None
     if column not in table.column_names:
-        raise BadInput(f"{path}: no text column '{column}' (columns: {', '.join(table.column_names)})")
+        names = ", ".join(table.column_names)
+        raise BadInput(f"{path}: no text column '{column}' (columns: {names})")
     return [t for t in table.column(column).to_pylist() if isinstance(t, str) and t.strip()]
 
 
@@ -145,7 +146,8 @@ def _hub_documents(name: str, column: str, max_chars: int) -> list[str]:
     docs, total = [], 0
     for row in stream:
         if column not in row:
-            raise BadInput(f"dataset '{name}': no text column '{column}' (columns: {', '.join(row)})")
+            names = ", ".join(row)
+            raise BadInput(f"dataset '{name}': no text column '{column}' (columns: {names})")
         text = row[column]
         if isinstance(text, str) and text.strip():
             docs.append(text)
@@ -168,7 +170,9 @@ def load_texts(dataset: str, text_column: str = "text", max_chars: int = 50_000_
         else:
             files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
             if not files:
-                raise BadInput(f"dataset '{dataset}': folder holds no .txt, .jsonl or .parquet files")
+                raise BadInput(
+                    f"dataset '{dataset}': folder holds no .txt, .jsonl or .parquet files"
+                )
             docs = [d for f in files for d in _file_documents(f, text_column)]
     elif path.is_file():
         docs = _file_documents(path, text_column)

@@ -1,0 +1,114 @@
+"""Training throughput: shoggoth's `train` code path vs a bare sae-lens runner set up by hand.
+
+Both train the same TopK SAE config on the same model, hook and pre-tokenized contexts (the
+built-in corpus), interleaved, several times. Prints tokens/s for each (the training phase alone
+and end to end) and the ratio shoggoth / bare, as medians.
+
+    .venv/bin/python benchmarks/train_throughput.py [--tokens 200000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+warnings.filterwarnings("ignore")
+
+
+def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """(training seconds, end-to-end seconds) of LanguageModelSAETrainingRunner, by hand."""
+    import datasets
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+    from sae_lens import TopKTrainingSAEConfig
+
+    from sae.contexts import pack_contexts, split_documents
+    from sae.corpus import load_texts
+    from sae.models import load_model
+    from sae.prompts import special_ids
+
+    start = time.time()
+    model = load_model("minilm", "cpu")
+    train_docs, _ = split_documents(load_texts("builtin"))
+    ctx = pack_contexts(model.tokenizer, train_docs, args.context_size, is_causal=False,
+                        max_contexts=-(-tokens // args.context_size))
+    steps = tokens // args.batch_tokens
+    window = max(1, max(tokens // 20, args.batch_tokens) // args.batch_tokens)
+    cfg = LanguageModelSAERunnerConfig(
+        sae=TopKTrainingSAEConfig(d_in=384, d_sae=384 * args.expansion, k=args.k),
+        model_name="minilm", model_class_name="TransformerBridge",
+        hook_name="blocks.3.hook_resid_post", is_dataset_tokenized=True, streaming=False,
+        context_size=args.context_size, training_tokens=tokens,
+        train_batch_size_tokens=args.batch_tokens, store_batch_size_prompts=16,
+        n_batches_in_buffer=16, prepend_bos=False,
+        exclude_special_tokens=sorted(special_ids(model.tokenizer)), lr=args.lr,
+        lr_warm_up_steps=steps // 20, lr_decay_steps=steps // 5, dead_feature_window=window,
+        feature_sampling_window=window, device="cpu", seed=0, n_checkpoints=0,
+        checkpoint_path=None, output_path=str(out), logger=LoggingConfig(log_to_wandb=False),
+        verbose=False,
+    )
+    runner = LanguageModelSAETrainingRunner(
+        cfg, override_dataset=datasets.Dataset.from_dict({"input_ids": ctx.tolist()}),
+        override_model=model.bridge,
+    )
+    fit_start = time.time()
+    runner.run()
+    end = time.time()
+    return end - fit_start, end - start
+
+
+def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """(training seconds, end-to-end seconds) of `shoggoth train`'s code path."""
+    from sae.train import TrainConfig, train
+
+    start = time.time()
+    result = train(TrainConfig(tokens=tokens, context_size=args.context_size,
+                               batch_tokens=args.batch_tokens, expansion=args.expansion,
+                               k=args.k, lr=args.lr, out=out, device="cpu", checkpoint_every=0),
+                   log=lambda _: None)
+    end = time.time()
+    meta = json.loads((result / "shoggoth.json").read_text())
+    return meta["fit_seconds"], end - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--context-size", type=int, default=128)
+    parser.add_argument("--batch-tokens", type=int, default=1024)
+    parser.add_argument("--expansion", type=int, default=8)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args()
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    results: dict[str, list[tuple[float, float]]] = {"shoggoth": [], "bare sae-lens": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for name, fn in (("bare sae-lens", bare_sae_lens), ("shoggoth", shoggoth_train)):
+                fit, total = fn(args.tokens, args, Path(tmp) / f"{name.replace(' ', '-')}-{r}")
+                results[name].append((fit, total))
+                print(f"run {r + 1}/{args.repeats} {name:>13}: training {args.tokens / fit:8.0f} "
+                      f"tok/s, end to end {args.tokens / total:8.0f} tok/s", flush=True)
+    med = {n: (statistics.median(args.tokens / f for f, _ in v),
+               statistics.median(args.tokens / t for _, t in v)) for n, v in results.items()}
+    print(f"\nmedians over {args.repeats} runs of {args.tokens:,} tokens (MiniLM, "
+          f"blocks.3.hook_resid_post, topk d_sae {384 * args.expansion}, k {args.k}, "
+          f"{os.cpu_count()} CPU threads):")
+    for name, (fit, total) in med.items():
+        print(f"  {name:>13}: training {fit:8.0f} tok/s   end to end {total:8.0f} tok/s")
+    print(f"  ratio shoggoth / bare sae-lens: training {med['shoggoth'][0] / med['bare sae-lens'][0]:.3f}"
+          f"   end to end {med['shoggoth'][1] / med['bare sae-lens'][1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`shoggoth sae import`: bring an existing SAE (local sae-lens directory or the sae-lens
+pretrained registry) into the same output layout `shoggoth train` writes, after checking that it
+fits the model."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sae.configs import config_metadata
+from sae.errors import BadInput
+
+
+@dataclass
+class ImportConfig:
+    """`shoggoth sae import`: register an existing SAE for a model."""
+
+    path: Path | None = None
+    """A local sae-lens SAE directory (cfg.json + sae_weights.safetensors)."""
+    release: str | None = None
+    """sae-lens pretrained release, e.g. gpt2-small-res-jb (with --sae-id; needs network)."""
+    sae_id: str | None = None
+    """SAE id within --release, e.g. blocks.8.hook_resid_pre."""
+    model: str = "minilm"
+    """The model the SAE reads: alias, local Hugging Face directory or hub id."""
+    out: Path | None = None
+    """Output directory (default: runs/imported-MODEL-HOOK). Must not exist."""
+    evaluate: bool = True
+    """Evaluate on held-out built-in text (explained variance, L0, dead fraction, CE for LMs)."""
+    eval_tokens: int = 16_384
+    """Tokens for that evaluation."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+
+
+def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
+    """The SAE and a description of where it came from."""
+    from sae_lens import SAE
+
+    if (cfg.path is None) == (cfg.release is None):
+        raise BadInput("give either --path DIR or --release R --sae-id S")
+    if cfg.path is not None:
+        if not (cfg.path / "cfg.json").is_file():
+            raise BadInput(f"--path {cfg.path}: not an sae-lens SAE directory (no cfg.json)")
+        try:
+            return SAE.load_from_disk(str(cfg.path), device=device), str(cfg.path.resolve())
+        except Exception as e:  # damaged or foreign files: one line naming the directory
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BadInput(f"--path {cfg.path}: could not load the SAE: {first}") from None
+    if not cfg.sae_id:
+        raise BadInput(f"--release {cfg.release}: needs --sae-id")
+    from sae.models import hub_reachable
+
+    if not hub_reachable():
+        raise BadInput(f"--release {cfg.release}: downloading from the registry needs network")
+    try:
+        return SAE.from_pretrained(cfg.release, cfg.sae_id, device=device), (
+            f"sae-lens registry: {cfg.release} / {cfg.sae_id}"
+        )
+    except Exception as e:  # unknown release/id or download failure
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BadInput(f"--release {cfg.release} --sae-id {cfg.sae_id}: {first}") from None
+
+
+def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
+    """Check the SAE against the model, evaluate it, and publish it with its shoggoth.json."""
+    from sae.models import load_model
+    from sae.train import (
+        _write_json,
+        held_out_contexts,
+        held_out_metrics,
+        library_versions,
+        publish,
+    )
+
+    if cfg.out is not None and cfg.out.exists() and not cfg.overwrite:
+        raise BadInput(f"--out {cfg.out}: already exists (pass --overwrite to replace it)")
+    if cfg.eval_tokens <= 0:
+        raise BadInput(f"--eval-tokens {cfg.eval_tokens}: must be positive")
+    model = load_model(cfg.model, cfg.device)
+    sae, origin = load_sae(cfg, str(model.device))
+    hook = sae.cfg.metadata.hook_name
+    if sae.cfg.d_in != model.d_model:
+        raise BadInput(f"SAE {origin}: d_in {sae.cfg.d_in} does not match model '{cfg.model}' "
+                       f"(d_model {model.d_model})")
+    if not hook or hook not in model.bridge.hook_dict:
+        raise BadInput(f"SAE {origin}: hook '{hook}' does not exist in model '{cfg.model}'")
+    if sae.cfg.metadata.model_name and sae.cfg.metadata.model_name not in (cfg.model, "native"):
+        log(f"note: the SAE was trained on '{sae.cfg.metadata.model_name}'")
+    metrics = None
+    if cfg.evaluate:
+        log("evaluating on held-out built-in text")
+        ctx = sae.cfg.metadata.context_size or 128
+        contexts = held_out_contexts(model, "builtin", "text", min(ctx, 128), cfg.eval_tokens)
+        metrics = held_out_metrics(model, sae, hook, contexts)
+    out = cfg.out or Path("runs") / f"imported-{Path(cfg.model).name}-{hook}"
+    if out.exists() and not cfg.overwrite:
+        raise BadInput(f"--out {out}: already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.import-"))
+    try:
+        sae.save_model(str(built))
+        _write_json(built / "shoggoth.json", {
+            "model": cfg.model,
+            "model_source": model.source.location,
+            "hook": hook,
+            "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae,
+            "architecture": sae.cfg.architecture(),
+            "imported_from": origin,
+            "evaluation": metrics,
+            "config": config_metadata(cfg),
+            "versions": library_versions(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        publish(built, out)
+    finally:
+        shutil.rmtree(built, ignore_errors=True)
+    return out

@@ -1,0 +1,430 @@
+"""`shoggoth train`: an SAE on one hook of a model, trained by sae-lens.
+
+sae-lens does the training (its ActivationsStore, TrainingSAE and SAETrainer.fit loop). This
+module adds what the project needs around it: a built-in offline corpus, pre-tokenized contexts
+that look like the prompts measured later, checkpoints written atomically and resumable after
+kill -9, a held-out evaluation, and an output directory that appears only when training succeeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sae.configs import config_metadata
+from sae.errors import BadInput
+
+Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
+TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
+WORK_SUFFIX = ".partial"
+STATE_FILE = "shoggoth_train_config.json"
+
+
+@dataclass
+class TrainConfig:
+    """`shoggoth train`: train an SAE on a model's residual stream (sae-lens underneath)."""
+
+    model: str = "minilm"
+    """Model alias, local Hugging Face directory or hub id."""
+    hook: str | None = None
+    """Hook to train on, e.g. blocks.3.hook_resid_post (default: the middle layer's resid_post)."""
+    layer: int | None = None
+    """Shortcut for --hook blocks.LAYER.hook_resid_post."""
+    dataset: str = "builtin"
+    """'builtin' (offline: Python's own docs), a .txt/.jsonl/.parquet file, a folder of them, a
+    save_to_disk folder, or a Hugging Face dataset name (needs network)."""
+    text_column: str = "text"
+    """Column (or JSON field) holding the text in .jsonl, .parquet and Hugging Face datasets."""
+    architecture: Architecture = "topk"
+    """SAE architecture, as sae-lens trains it (matryoshka = matryoshka batch-top-k)."""
+    d_sae: int | None = None
+    """Number of SAE features (default: expansion × d_model)."""
+    expansion: int = 8
+    """d_sae as a multiple of the model's d_model, when --d-sae is not given."""
+    k: int = 32
+    """Active features per token for topk, batchtopk and matryoshka."""
+    sparsity_coefficient: float = 5.0
+    """L1 coefficient (standard, gated) or L0 coefficient (jumprelu); unused by top-k types."""
+    tokens: int = 800_000
+    """Training tokens (the corpus is repeated if it is smaller)."""
+    batch_tokens: int = 1024
+    """Tokens per optimizer step."""
+    context_size: int = 128
+    """Tokens per context, special tokens included."""
+    lr: float = 1e-3
+    """Adam learning rate (warm-up over the first 5% of steps, decay over the last 20%)."""
+    eval_tokens: int = 16_384
+    """Held-out tokens (from documents never trained on) for the final evaluation."""
+    checkpoint_every: int = 100
+    """Save a resumable checkpoint every this many steps (0: never)."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N."""
+    out: Path | None = None
+    """Output directory (default: runs/sae-MODEL-HOOK-ARCHITECTURE). Must not exist."""
+    seed: int = 0
+    """Random seed for SAE initialization and data order."""
+    resume: bool = False
+    """Continue the interrupted run for --out from its newest checkpoint."""
+    overwrite: bool = False
+    """Replace --out (and any interrupted run for it) instead of refusing."""
+    wandb: bool = False
+    """Log to Weights & Biases (needs network and a login)."""
+
+
+def default_out(cfg: TrainConfig, hook: str) -> Path:
+    name = Path(cfg.model).name if Path(cfg.model).exists() else cfg.model.replace("/", "-")
+    return Path("runs") / f"sae-{name}-{hook}-{cfg.architecture}"
+
+
+def validate_numbers(cfg: TrainConfig) -> None:
+    """Checks that need no model, done before anything is loaded or written."""
+    positive = ("tokens", "batch_tokens", "context_size", "eval_tokens", "expansion")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise BadInput(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be positive")
+    if cfg.d_sae is not None and cfg.d_sae <= 0:
+        raise BadInput(f"--d-sae {cfg.d_sae}: must be positive")
+    if cfg.lr <= 0:
+        raise BadInput(f"--lr {cfg.lr}: must be positive")
+    if cfg.checkpoint_every < 0:
+        raise BadInput(f"--checkpoint-every {cfg.checkpoint_every}: must be 0 or more")
+    if cfg.architecture in TOPK_LIKE:
+        if cfg.k <= 0:
+            raise BadInput(f"--k {cfg.k}: must be positive")
+        if cfg.d_sae is not None and cfg.k >= cfg.d_sae:
+            raise BadInput(f"--k {cfg.k}: must be smaller than --d-sae {cfg.d_sae}")
+
+
+def sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:
+    """The sae-lens TrainingSAEConfig for this run."""
+    import sae_lens
+
+    common = dict(d_in=d_in, d_sae=d_sae, device=device, dtype="float32")
+    if cfg.architecture == "topk":
+        return sae_lens.TopKTrainingSAEConfig(k=cfg.k, **common)
+    if cfg.architecture == "batchtopk":
+        return sae_lens.BatchTopKTrainingSAEConfig(k=cfg.k, **common)
+    if cfg.architecture == "matryoshka":
+        widths = sorted({max(cfg.k + 1, d_sae // 8), max(cfg.k + 1, d_sae // 4),
+                         max(cfg.k + 1, d_sae // 2), d_sae})
+        return sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
+            k=cfg.k, matryoshka_widths=widths, **common
+        )
+    if cfg.architecture == "jumprelu":
+        return sae_lens.JumpReLUTrainingSAEConfig(l0_coefficient=cfg.sparsity_coefficient,
+                                                  **common)
+    if cfg.architecture == "gated":
+        return sae_lens.GatedTrainingSAEConfig(l1_coefficient=cfg.sparsity_coefficient, **common)
+    return sae_lens.StandardTrainingSAEConfig(l1_coefficient=cfg.sparsity_coefficient, **common)
+
+
+def _trainer_class() -> type:
+    """sae-lens's SAETrainer, with a richer progress bar and atomic checkpoints."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    class Trainer(SAETrainer):
+        def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 100) -> None:
+            # Every step: tokens/s comes from tqdm's rate; L0 and dead fraction from this batch
+            # and the trainer's own firing counters.
+            pbar.unit, pbar.unit_scale = "tok", True
+            l0 = float((step_output.feature_acts != 0).float().sum(-1).mean())
+            dead = float(self.dead_neurons.float().mean())
+            pbar.set_postfix(loss=f"{float(step_output.loss):.4f}", l0=f"{l0:.1f}",
+                             dead=f"{dead:.1%}", refresh=False)
+            pbar.update(self.cfg.train_batch_size_samples)
+
+        def save_checkpoint(self, checkpoint_name: str, base_path: Any = None) -> None:
+            # sae-lens writes a checkpoint in place; a kill -9 midway would leave a half
+            # checkpoint that --resume might pick. Write it aside, then rename it into place.
+            root = Path(self.cfg.checkpoint_path)
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=".writing-"))
+            super().save_checkpoint(checkpoint_name, base_path=tmp)
+            os.replace(tmp / checkpoint_name, root / checkpoint_name)
+            shutil.rmtree(tmp, ignore_errors=True)
+            for old in sorted(checkpoints(root))[:-2]:  # keep the newest two
+                shutil.rmtree(root / str(old), ignore_errors=True)
+
+    return Trainer
+
+
+def checkpoints(root: Path) -> list[int]:
+    """Complete checkpoints under `root`, as training-sample counts (sorted)."""
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = ("shoggoth", "sae-lens", "transformer-lens", "transformers", "torch", "datasets")
+    return {n: version(n) for n in names}
+
+
+def _resume_fields(cfg: TrainConfig) -> dict[str, Any]:
+    meta = config_metadata(cfg)
+    for name in ("resume", "overwrite", "device"):
+        meta.pop(name)
+    return meta
+
+
+def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
+    """The work directory, and the checkpoint to resume from; refuses unsafe starts."""
+    work = out.parent / f".{out.name}{WORK_SUFFIX}"
+    if out.exists() and not cfg.overwrite:
+        raise BadInput(f"--out {out}: already exists (pass --overwrite to replace it)")
+    if cfg.resume:
+        found = checkpoints(work / "checkpoints")
+        if not found:
+            raise BadInput(f"--resume: no checkpoint of an interrupted run for {out} (in {work})")
+        saved = json.loads((work / STATE_FILE).read_text())
+        now = _resume_fields(cfg)
+        differ = [k for k in now if saved.get(k) != now[k]]
+        if differ:
+            raise BadInput(f"--resume: the interrupted run used different {', '.join(differ)}")
+        return work, found[-1]
+    if work.exists():
+        if not cfg.overwrite:
+            raise BadInput(
+                f"--out {out}: an interrupted run exists ({work}); pass --resume to continue it "
+                "or --overwrite to start over"
+            )
+        shutil.rmtree(work)
+    return work, None
+
+
+def eval_activations(model: Any, contexts: torch.Tensor, hook: str, keep: torch.Tensor,
+                     batch: int = 32) -> torch.Tensor:
+    """[n_kept_tokens, d] activations at `hook` for the held-out contexts."""
+    from sae.activations import activations
+    from sae.prompts import Batch
+
+    out = []
+    for start in range(0, len(contexts), batch):
+        ids = contexts[start : start + batch]
+        b = Batch(ids, torch.ones_like(ids), keep[start : start + batch])
+        out.append(activations(model, b, hook)[b.continuation_mask.to(model.device)].float().cpu())
+    return torch.cat(out)
+
+
+def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) -> dict[str, float]:
+    """Evaluation of `sae` at `hook` on held-out contexts: reconstruction and sparsity on every
+    non-special token, plus CE loss recovered (on up to 32 contexts) for causal LMs."""
+    from sae.evaluate import ce_loss_recovered, evaluate_sae
+    from sae.prompts import special_ids
+
+    specials = torch.tensor(sorted(special_ids(model.tokenizer)), dtype=torch.long)
+    keep = ~torch.isin(contexts, specials)
+    metrics = evaluate_sae(sae, eval_activations(model, contexts, hook, keep))
+    if model.is_causal:
+        metrics.update(ce_loss_recovered(model, sae, hook, contexts[:32], keep[:32]))
+    return metrics
+
+
+def held_out_contexts(model: Any, dataset: str, text_column: str, context_size: int,
+                      eval_tokens: int) -> torch.Tensor:
+    """Contexts from the documents `train` never trains on (every 25th document)."""
+    from sae.contexts import pack_contexts, split_documents
+    from sae.corpus import load_texts
+
+    _, held = split_documents(load_texts(dataset, text_column, max_chars=40 * eval_tokens))
+    return pack_contexts(model.tokenizer, held, context_size, is_causal=model.is_causal,
+                         max_contexts=max(1, math.ceil(eval_tokens / context_size)))
+
+
+def train(cfg: TrainConfig, log: Any = print) -> Path:
+    """Train, evaluate and publish an SAE; returns the output directory."""
+    import datasets
+    from sae_lens import (
+        SAE,
+        LanguageModelSAERunnerConfig,
+        LoggingConfig,
+        TrainingSAE,
+        TrainingSAEConfig,
+    )
+    from sae_lens.training.activations_store import ActivationsStore
+
+    from sae.contexts import pack_contexts, split_documents
+    from sae.corpus import load_texts
+    from sae.models import load_model, resolve_hook
+    from sae.prompts import special_ids
+
+    started = time.time()
+    validate_numbers(cfg)
+    if cfg.out is not None:
+        prepare_dirs(cfg, cfg.out)  # refuse early, before the model loads
+    model = load_model(cfg.model, cfg.device)
+    hook = resolve_hook(model, cfg.hook, cfg.layer)
+    d_sae = cfg.d_sae or cfg.expansion * model.d_model
+    if cfg.architecture in TOPK_LIKE and cfg.k >= d_sae:
+        raise BadInput(f"--k {cfg.k}: must be smaller than d_sae {d_sae}")
+    max_ctx = getattr(model.bridge.cfg, "n_ctx", None)
+    if max_ctx and cfg.context_size > max_ctx:
+        raise BadInput(f"--context-size {cfg.context_size}: model '{cfg.model}' takes at most "
+                       f"{max_ctx} tokens")
+    out = cfg.out or default_out(cfg, hook)
+    work, resume_from = prepare_dirs(cfg, out)
+
+    log(f"corpus: {cfg.dataset}")
+    texts = load_texts(cfg.dataset, cfg.text_column,
+                       max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens))
+    train_docs, held_docs = split_documents(texts)
+    tok = model.tokenizer
+    n_eval = max(1, math.ceil(cfg.eval_tokens / cfg.context_size))
+    train_ctx = pack_contexts(tok, train_docs, cfg.context_size, is_causal=model.is_causal,
+                              max_contexts=math.ceil(cfg.tokens / cfg.context_size))
+    eval_ctx = pack_contexts(tok, held_docs, cfg.context_size, is_causal=model.is_causal,
+                             max_contexts=n_eval)
+    if len(train_ctx) == 0 or len(eval_ctx) == 0:
+        raise BadInput(f"dataset '{cfg.dataset}': too little text for one {cfg.context_size}-token "
+                       "context of training and one of evaluation")
+    unique_tokens = int(train_ctx.numel())
+    log(f"{len(train_ctx)} training contexts ({unique_tokens:,} distinct tokens), "
+        f"{len(eval_ctx)} held-out contexts; model {cfg.model}, hook {hook}, d_sae {d_sae}")
+
+    work.mkdir(parents=True, exist_ok=True)
+    _write_json(work / STATE_FILE, _resume_fields(cfg))
+    torch.manual_seed(cfg.seed)
+    steps = max(1, cfg.tokens // cfg.batch_tokens)
+    # Features silent this long count as dead and get the AuxK loss that revives them.
+    window_tokens = min(10_000_000, max(cfg.tokens // 20, cfg.batch_tokens))
+    specials = sorted(special_ids(tok))
+    device = str(model.device)
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=sae_config(cfg, model.d_model, d_sae, device),
+        model_name=cfg.model,
+        model_class_name="TransformerBridge",
+        hook_name=hook,
+        dataset_path=cfg.dataset,
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=cfg.context_size,
+        training_tokens=cfg.tokens,
+        train_batch_size_tokens=cfg.batch_tokens,
+        store_batch_size_prompts=16,
+        n_batches_in_buffer=16,
+        prepend_bos=False,
+        exclude_special_tokens=specials,
+        lr=cfg.lr,
+        lr_warm_up_steps=steps // 20,
+        lr_decay_steps=steps // 5,
+        dead_feature_window=max(1, window_tokens // cfg.batch_tokens),
+        feature_sampling_window=max(1, window_tokens // cfg.batch_tokens),
+        device=device,
+        seed=cfg.seed,
+        dtype="float32",
+        autocast_lm=model.device.type == "cuda",
+        n_checkpoints=0,
+        checkpoint_path=str(work / "checkpoints"),
+        output_path=None,
+        logger=LoggingConfig(log_to_wandb=cfg.wandb, wandb_project="shoggoth"),
+        verbose=False,
+    )
+    dataset = datasets.Dataset.from_dict({"input_ids": train_ctx.tolist()})
+    store = ActivationsStore.from_config(model.bridge, runner_cfg, override_dataset=dataset)
+    sae = TrainingSAE.from_dict(
+        TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict()
+    )
+    sae.to(device)
+    trainer_cfg = dataclasses.replace(runner_cfg.to_sae_trainer_config(),
+                                      checkpoint_path=str(work / "checkpoints"))
+
+    def save_store_state(checkpoint_path: Path | None) -> None:
+        if checkpoint_path is not None:  # the data position, so a resume skips seen contexts
+            store.save_to_checkpoint(checkpoint_path)
+
+    trainer = _trainer_class()(sae=sae, data_provider=store, evaluator=None,
+                               save_checkpoint_fn=save_store_state, cfg=trainer_cfg)
+    if cfg.checkpoint_every:
+        every = cfg.checkpoint_every * cfg.batch_tokens
+        trainer.checkpoint_thresholds = list(range(every, cfg.tokens, every))
+    if resume_from is None:
+        # Start the decoder bias at the data mean: the residual stream has a large constant
+        # offset, and features that must first learn it die before they fire.
+        sample = train_ctx[: max(1, 8192 // cfg.context_size)]
+        sample_keep = ~torch.isin(sample, torch.tensor(specials, dtype=torch.long))
+        with torch.no_grad():
+            sae.b_dec.copy_(eval_activations(model, sample, hook, sample_keep).mean(0))
+    else:
+        path = work / "checkpoints" / str(resume_from)
+        trainer.load_trainer_state(path)
+        sae.load_weights_from_checkpoint(path)
+        store.load_from_checkpoint(path)
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
+                                         if t > trainer.n_training_samples]
+        log(f"resuming from checkpoint at {trainer.n_training_samples:,} tokens")
+    if cfg.wandb:
+        import wandb
+
+        wandb.init(project="shoggoth", config=config_metadata(cfg))
+    fit_started = time.time()
+    try:
+        trained = trainer.fit()
+    except KeyboardInterrupt:
+        trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
+        raise BadInput(f"interrupted: checkpoint saved in {work}; continue with --resume") from None
+    fit_seconds = time.time() - fit_started
+    train_seconds = time.time() - started
+
+    final = work / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    trained.save_inference_model(str(final))
+    loaded = SAE.load_from_disk(str(final), device=device)
+    log("evaluating on held-out tokens")
+    metrics = held_out_metrics(model, loaded, hook, eval_ctx)
+    meta = {
+        "model": cfg.model,
+        "model_source": model.source.location,
+        "hook": hook,
+        "layer": int(hook.split(".")[1]) if hook.startswith("blocks.") else None,
+        "d_in": model.d_model,
+        "d_sae": d_sae,
+        "architecture": cfg.architecture,
+        "dataset": cfg.dataset,
+        "training_tokens": int(trainer.n_training_samples),
+        "distinct_training_tokens": unique_tokens,
+        "context_size": cfg.context_size,
+        "seed": cfg.seed,
+        "resumed_from_tokens": resume_from,
+        "train_seconds": round(train_seconds, 1),
+        "fit_seconds": round(fit_seconds, 2),
+        "device": device,
+        "evaluation": metrics,
+        "config": config_metadata(cfg),
+        "versions": library_versions(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write_json(final / "shoggoth.json", meta)
+    publish(final, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def publish(built: Path, out: Path) -> None:
+    """Move `built` to `out` by rename; an old `out` is swapped away only after that succeeds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, trash)
+        os.replace(built, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(built, out)

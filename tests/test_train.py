@@ -1,0 +1,204 @@
+"""`shoggoth train` and `shoggoth sae import`: real sae-lens training on the tiny GPT-2 and
+MiniLM, kill -9 + --resume, and every bad input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sae_lens import SAE
+
+import shoggoth
+
+TINY = ["--context-size", "32", "--d-sae", "64", "--k", "8", "--batch-tokens", "256",
+        "--eval-tokens", "2048", "--lr", "3e-3"]
+
+
+def run(capfd, *argv):
+    code = shoggoth.main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_train_tiny_gpt2_writes_a_loadable_sae(capfd, tmp_path, tiny_gpt2_dir, tiny_gpt2):
+    out = tmp_path / "sae"
+    code, stdout, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--layer", "1",
+                            "--tokens", "16384", "--out", out, *TINY)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no work dir left behind
+    assert {"cfg.json", "sae_weights.safetensors", "shoggoth.json"} <= {p.name for p in out.iterdir()}
+    sae = SAE.load_from_disk(str(out))
+    assert (sae.cfg.d_in, sae.cfg.d_sae) == (tiny_gpt2.d_model, 64)
+    assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    meta = json.loads((out / "shoggoth.json").read_text())
+    assert meta["hook"] == "blocks.1.hook_resid_post" and meta["training_tokens"] >= 16384
+    assert meta["model"] == str(tiny_gpt2_dir) and meta["seed"] == 0
+    assert set(meta["versions"]) >= {"sae-lens", "transformer-lens", "torch"}
+    ev = meta["evaluation"]
+    assert ev["l0"] == pytest.approx(8.0)  # top-k: exactly k active features
+    assert 0 <= ev["dead_fraction"] <= 1 and ev["n_tokens"] > 1000
+    assert -1 < ev["explained_variance"] <= 1
+    assert {"ce_clean", "ce_with_sae", "ce_zero_ablation", "ce_loss_recovered"} <= set(ev)
+    for key in ("explained_variance", "l0", "dead_fraction", "ce_loss_recovered"):
+        assert key in stdout  # the table printed at the end
+
+
+def test_train_minilm_short_run_learns(capfd, tmp_path):
+    out = tmp_path / "minilm-sae"
+    code, _, err = run(capfd, "train", "--tokens", "40000", "--context-size", "64",
+                       "--expansion", "2", "--k", "16", "--batch-tokens", "512",
+                       "--eval-tokens", "4096", "--out", out)
+    assert code == 0, err
+    meta = json.loads((out / "shoggoth.json").read_text())
+    assert meta["model"] == "minilm" and meta["hook"] == "blocks.3.hook_resid_post"
+    assert meta["d_sae"] == 768 and meta["dataset"] == "builtin"
+    ev = meta["evaluation"]
+    assert ev["l0"] == pytest.approx(16.0)
+    assert ev["explained_variance"] > 0.4  # even 40k tokens learn a good share of the variance
+    assert "ce_loss_recovered" not in ev  # an encoder: no next-token loss
+    assert "training_tokens" in meta and SAE.load_from_disk(str(out)).cfg.d_sae == 768
+
+
+def train_process(model_dir, out, tokens, *extra):
+    exe = Path(sys.executable).with_name("shoggoth")
+    cmd = [str(exe), "train", "--model", str(model_dir), "--layer", "1", "--tokens", str(tokens),
+           "--out", str(out), "--checkpoint-every", "4", *TINY, *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_gpt2_dir):
+    tokens = 120_000
+    out = tmp_path / "resumed"
+    work = tmp_path / ".resumed.partial" / "checkpoints"
+    proc = train_process(tiny_gpt2_dir, out, tokens)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(p.name.isdigit() for p in work.glob("*")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1.5)  # let it get further, possibly mid-way through the next checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    saved = sorted(int(p.name) for p in work.iterdir() if p.name.isdigit())
+    assert saved and saved[-1] < tokens
+
+    # Without --resume, an interrupted run is not silently thrown away.
+    again = train_process(tiny_gpt2_dir, out, tokens)
+    _, err = again.communicate(timeout=240)
+    assert again.returncode == 2 and "--resume" in err and not out.exists()
+
+    resumed = train_process(tiny_gpt2_dir, out, tokens, "--resume")
+    _, err = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, err
+    meta = json.loads((out / "shoggoth.json").read_text())
+    assert meta["resumed_from_tokens"] >= saved[-1]
+    assert meta["training_tokens"] >= tokens
+    assert not (tmp_path / ".resumed.partial").exists()
+
+    plain = tmp_path / "uninterrupted"
+    whole = train_process(tiny_gpt2_dir, plain, tokens)
+    _, err = whole.communicate(timeout=400)
+    assert whole.returncode == 0, err
+    ref = json.loads((plain / "shoggoth.json").read_text())["evaluation"]
+    got = meta["evaluation"]
+    assert got["l0"] == ref["l0"]
+    assert abs(got["explained_variance"] - ref["explained_variance"]) < 0.05
+    assert abs(got["ce_loss_recovered"] - ref["ce_loss_recovered"]) < 0.1
+    assert SAE.load_from_disk(str(out)).cfg.d_sae == 64
+
+
+def nothing_written(tmp_path, before):
+    return sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--dataset", "{tmp}/missing.txt"], ["{tmp}/missing.txt", "no such file"]),
+        (["--dataset", "{tmp}/empty.txt"], ["{tmp}/empty.txt", "no text"]),
+        (["--dataset", "{tmp}/docs.jsonl", "--text-column", "body"], ["'body'", "line 1"]),
+        (["--k", "64", "--d-sae", "64"], ["--k 64", "--d-sae 64"]),
+        (["--k", "1000", "--expansion", "1"], ["--k 1000", "d_sae"]),
+        (["--d-sae", "0"], ["--d-sae 0"]),
+        (["--d-sae", "-5"], ["--d-sae -5"]),
+        (["--hook", "blocks.1.hook_nope"], ["blocks.1.hook_nope"]),
+        (["--layer", "3"], ["layer 3"]),
+        (["--resume"], ["--resume", "no checkpoint"]),
+        (["--out", "{tmp}/exists"], ["{tmp}/exists", "already exists"]),
+        (["--tokens", "0"], ["--tokens 0"]),
+        (["--architecture", "sparse"], ["sparse"]),
+    ],
+)
+def test_train_bad_input(capfd, tmp_path, tiny_gpt2_dir, argv, names):
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "docs.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "exists").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    code, out, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--tokens", "2048", *TINY,
+                         *argv)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for name in names:
+        assert name.replace("{tmp}", str(tmp_path)) in lines[0]
+    assert nothing_written(tmp_path, before)
+
+
+def test_train_reads_a_yaml_config(capfd, tmp_path, tiny_gpt2_dir):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"model: {tiny_gpt2_dir}\nlayer: 0\ntokens: 4096\ncontext-size: 32\n"
+                   "d_sae: 48\nk: 4\nbatch_tokens: 256\neval_tokens: 1024\n")
+    out = tmp_path / "from-yaml"
+    code, _, err = run(capfd, "train", "--config", cfg, "--k", "6", "--out", out)
+    assert code == 0, err
+    meta = json.loads((out / "shoggoth.json").read_text())
+    assert meta["hook"] == "blocks.0.hook_resid_post" and meta["d_sae"] == 48
+    assert meta["config"]["k"] == 6 and meta["evaluation"]["l0"] == pytest.approx(6.0)
+
+
+def test_sae_import_checks_the_model(capfd, tmp_path, tiny_gpt2_dir, tiny_gpt2_base_dir):
+    src = tmp_path / "trained"
+    code, _, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--layer", "2", "--tokens",
+                       "4096", "--out", src, *TINY)
+    assert code == 0, err
+    dst = tmp_path / "imported"
+    code, _, err = run(capfd, "sae", "import", "--path", src, "--model", tiny_gpt2_base_dir,
+                       "--out", dst, "--eval-tokens", "1024")
+    assert code == 0, err
+    meta = json.loads((dst / "shoggoth.json").read_text())
+    assert meta["hook"] == "blocks.2.hook_resid_post" and meta["imported_from"] == str(src)
+    assert meta["evaluation"]["l0"] == pytest.approx(8.0)
+    assert SAE.load_from_disk(str(dst)).cfg.d_sae == 64
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    # MiniLM has d_model 384, the SAE reads 32 dimensions.
+    code, out, err = run(capfd, "sae", "import", "--path", src, "--model", "minilm",
+                         "--out", tmp_path / "x")
+    assert code == 2 and "d_in 32" in err and "384" in err and len(err.strip().splitlines()) == 1
+    # A model with the right width but too few layers for the SAE's hook.
+    from conftest import build_tiny_gpt2
+
+    shallow = build_tiny_gpt2(tmp_path / "shallow", None, n_layer=2)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run(capfd, "sae", "import", "--path", src, "--model", shallow,
+                         "--out", tmp_path / "x")
+    assert code == 2 and "blocks.2.hook_resid_post" in err
+    code, out, err = run(capfd, "sae", "import", "--path", tmp_path, "--out", tmp_path / "x")
+    assert code == 2 and "not an sae-lens SAE directory" in err
+    code, out, err = run(capfd, "sae", "import", "--release", "gpt2-small-res-jb", "--sae-id",
+                         "blocks.8.hook_resid_pre", "--out", tmp_path / "x")
+    assert code == 2 and "needs network" in err
+    code, out, err = run(capfd, "sae", "import", "--out", tmp_path / "x")
+    assert code == 2 and "--path" in err
+    assert nothing_written(tmp_path, before)
