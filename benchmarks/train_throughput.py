@@ -26,8 +26,12 @@ warnings.filterwarnings("ignore")
 def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
     """(training seconds, end-to-end seconds) of LanguageModelSAETrainingRunner, by hand."""
     import datasets
-    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
-    from sae_lens import TopKTrainingSAEConfig
+    from sae_lens import (
+        LanguageModelSAERunnerConfig,
+        LanguageModelSAETrainingRunner,
+        LoggingConfig,
+        TopKTrainingSAEConfig,
+    )
 
     from sae.contexts import pack_contexts, split_documents
     from sae.corpus import load_texts
@@ -106,8 +110,10 @@ def main() -> None:
           f"{os.cpu_count()} CPU threads):")
     for name, (fit, total) in med.items():
         print(f"  {name:>13}: training {fit:8.0f} tok/s   end to end {total:8.0f} tok/s")
-    print(f"  ratio shoggoth / bare sae-lens: training {med['shoggoth'][0] / med['bare sae-lens'][0]:.3f}"
-          f"   end to end {med['shoggoth'][1] / med['bare sae-lens'][1]:.3f}")
+    fit_ratio = med["shoggoth"][0] / med["bare sae-lens"][0]
+    total_ratio = med["shoggoth"][1] / med["bare sae-lens"][1]
+    print(f"  ratio shoggoth / bare sae-lens: training {fit_ratio:.3f}   "
+          f"end to end {total_ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def print_evaluation(title: str, meta: dict[str, object]) -> None:
 def train_command(cfg: TrainConfig) -> None:
     """Train an SAE on a model's residual stream with sae-lens (offline on MiniLM by default),
     evaluate it on held-out tokens, and write a directory sae_lens.SAE.load_from_disk reads."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     out = train(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
     meta = json.loads((out / "shoggoth.json").read_text())
     print_evaluation(f"{out} · {meta['hook']} · {meta['architecture']} d_sae {meta['d_sae']} · "
@@ -173,7 +173,7 @@ def sae_group() -> None:
 def import_command(cfg: ImportConfig) -> None:
     """Register an existing SAE (local sae-lens directory, or --release/--sae-id from the
     sae-lens registry) for a model: checks d_in and hook, evaluates it, writes it like train."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     out = import_sae(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
     meta = json.loads((out / "shoggoth.json").read_text())
     if meta.get("evaluation"):

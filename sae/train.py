@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -256,6 +257,7 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
     from sae_lens import (
         SAE,
         LanguageModelSAERunnerConfig,
+        LanguageModelSAETrainingRunner,
         LoggingConfig,
         TrainingSAE,
         TrainingSAEConfig,
@@ -283,7 +285,6 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
     out = cfg.out or default_out(cfg, hook)
     work, resume_from = prepare_dirs(cfg, out)
 
-    log(f"corpus: {cfg.dataset}")
     texts = load_texts(cfg.dataset, cfg.text_column,
                        max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens))
     train_docs, held_docs = split_documents(texts)
@@ -297,8 +298,8 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         raise BadInput(f"dataset '{cfg.dataset}': too little text for one {cfg.context_size}-token "
                        "context of training and one of evaluation")
     unique_tokens = int(train_ctx.numel())
-    log(f"{len(train_ctx)} training contexts ({unique_tokens:,} distinct tokens), "
-        f"{len(eval_ctx)} held-out contexts; model {cfg.model}, hook {hook}, d_sae {d_sae}")
+    log(f"corpus {cfg.dataset}: {len(train_ctx)} training contexts ({unique_tokens:,} distinct "
+        f"tokens), {len(eval_ctx)} held-out; model {cfg.model}, hook {hook}, d_sae {d_sae}")
 
     work.mkdir(parents=True, exist_ok=True)
     _write_json(work / STATE_FILE, _resume_fields(cfg))
@@ -344,6 +345,10 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict()
     )
     sae.to(device)
+    # sae-lens's runner records the hook, model, dataset and context size in the SAE's metadata;
+    # run that same method so SAELens tools read our SAEs like their own.
+    LanguageModelSAETrainingRunner._set_sae_metadata(SimpleNamespace(cfg=runner_cfg, sae=sae))
+    sae.cfg.metadata.prepend_bos = model.prepend_bos  # our contexts start with BOS for LMs
     trainer_cfg = dataclasses.replace(runner_cfg.to_sae_trainer_config(),
                                       checkpoint_path=str(work / "checkpoints"))
 

@@ -32,7 +32,8 @@ def test_train_tiny_gpt2_writes_a_loadable_sae(capfd, tmp_path, tiny_gpt2_dir, t
                             "--tokens", "16384", "--out", out, *TINY)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no work dir left behind
-    assert {"cfg.json", "sae_weights.safetensors", "shoggoth.json"} <= {p.name for p in out.iterdir()}
+    written = {p.name for p in out.iterdir()}
+    assert {"cfg.json", "sae_weights.safetensors", "shoggoth.json"} <= written
     sae = SAE.load_from_disk(str(out))
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (tiny_gpt2.d_model, 64)
     assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
@@ -145,8 +146,9 @@ def test_train_bad_input(capfd, tmp_path, tiny_gpt2_dir, argv, names):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
-    code, out, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--tokens", "2048", *TINY,
-                         *argv)
+    no_width = [a for i, a in enumerate(TINY) if "--d-sae" not in TINY[max(0, i - 1) : i + 1]]
+    code, out, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--tokens", "2048",
+                         *no_width, *argv)
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
