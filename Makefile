@@ -17,12 +17,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# Until `shoggoth demo` exists: the most complete pipeline so far (model table, a measured prompt).
-demo: $(STAMP)
+DEMO_SAE := runs/sae-minilm-blocks.3.hook_resid_post-topk
+
+# Until `shoggoth demo` exists: the most complete pipeline so far. The models table, the default
+# SAE trained offline on MiniLM (skipped when it already exists), and a measured prompt.
+demo: $(STAMP) $(DEMO_SAE)/shoggoth.json
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth models
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth prompt --model minilm \
 		--system "You are a pirate." --user "What is rain?" \
 		--continuation "Rain is water that falls from clouds."
+
+# An interrupted demo training resumes from its newest checkpoint.
+$(DEMO_SAE)/shoggoth.json: $(STAMP)
+	@partial=$(dir $(DEMO_SAE)).$(notdir $(DEMO_SAE)).partial; \
+	if ls $$partial/checkpoints/[0-9]* >/dev/null 2>&1; then flag=--resume; \
+	elif [ -e $$partial ] || [ -e $(DEMO_SAE) ]; then flag=--overwrite; else flag=; fi; \
+	echo "shoggoth train --out $(DEMO_SAE) $$flag"; \
+	HF_HUB_OFFLINE=1 $(BIN)/shoggoth train --out $(DEMO_SAE) $$flag
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

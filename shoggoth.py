@@ -9,7 +9,7 @@ import warnings
 import click
 
 from sae.commands import models_command, prompt_command, sae_group, train_command
-from sae.errors import BadInput
+from sae.errors import BadInput, Interrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code
-    except click.Abort:
-        click.echo("aborted", err=True)
+    except Interrupted as e:
+        click.echo(f"interrupted: {e}", err=True)
+        return 130
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
         return 130
     return 0
 

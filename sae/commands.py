@@ -142,7 +142,8 @@ def prompt_command(cfg: PromptConfig) -> None:
 def print_evaluation(title: str, meta: dict[str, object]) -> None:
     """The evaluation saved in shoggoth.json, as a table on stdout."""
     metrics = meta.get("evaluation") or {}
-    table = Table(title=title)
+    Console(soft_wrap=True).print(title, highlight=False)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():  # type: ignore[union-attr]

@@ -97,6 +97,14 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
     return decorate
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """' line N: not valid YAML (what the parser expected)' for a one-line error message."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None)
+    return f"{where}: not valid YAML" + (f" ({problem})" if problem else "")
+
+
 def load_config(cls: type[C], path: Path | None, overrides: dict[str, Any]) -> C:
     """Build `cls` from its defaults, then the YAML file at `path`, then `overrides`."""
     values: dict[str, Any] = {}
@@ -106,9 +114,7 @@ def load_config(cls: type[C], path: Path | None, overrides: dict[str, Any]) -> C
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            where = f" line {line + 1}" if line is not None else ""
-            raise BadInput(f"{path}{where}: not valid YAML") from None
+            raise BadInput(f"{path}{yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise BadInput(f"{path}: expected a mapping of option names to values")
         names = {f.name for f in dataclasses.fields(cls)}

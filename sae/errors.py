@@ -6,3 +6,7 @@ class BadInput(ValueError):
 
     The message names the input and says what is wrong with it.
     """
+
+
+class Interrupted(Exception):
+    """The user interrupted a long command after it saved its progress; the CLI exits with 130."""

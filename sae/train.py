@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 from sae.configs import config_metadata
-from sae.errors import BadInput
+from sae.errors import BadInput, Interrupted
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
 TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
@@ -134,15 +134,16 @@ def _trainer_class() -> type:
     from sae_lens.training.sae_trainer import SAETrainer
 
     class Trainer(SAETrainer):
-        def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 100) -> None:
-            # Every step: tokens/s comes from tqdm's rate; L0 and dead fraction from this batch
-            # and the trainer's own firing counters.
-            pbar.unit, pbar.unit_scale = "tok", True
-            l0 = float((step_output.feature_acts != 0).float().sum(-1).mean())
-            dead = float(self.dead_neurons.float().mean())
-            pbar.set_postfix(loss=f"{float(step_output.loss):.4f}", l0=f"{l0:.1f}",
-                             dead=f"{dead:.1%}", refresh=False)
+        def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 10) -> None:
+            # Tokens/s is tqdm's rate, counted every step; loss, L0 (this batch) and the dead
+            # fraction (the trainer's firing counters) are refreshed every `update_interval`.
             pbar.update(self.cfg.train_batch_size_samples)
+            if self.n_training_steps % update_interval == 0:
+                pbar.unit, pbar.unit_scale = "tok", True
+                l0 = float((step_output.feature_acts != 0).sum(-1).float().mean())
+                dead = float(self.dead_neurons.float().mean())
+                pbar.set_postfix(loss=f"{float(step_output.loss):.4f}", l0=f"{l0:.1f}",
+                                 dead=f"{dead:.1%}", refresh=False)
 
         def save_checkpoint(self, checkpoint_name: str, base_path: Any = None) -> None:
             # sae-lens writes a checkpoint in place; a kill -9 midway would leave a half
@@ -251,21 +252,74 @@ def held_out_contexts(model: Any, dataset: str, text_column: str, context_size: 
                          max_contexts=max(1, math.ceil(eval_tokens / context_size)))
 
 
+def training_contexts(cfg: TrainConfig, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training contexts, held-out contexts) from --dataset; held-out documents are disjoint."""
+    from sae.contexts import pack_contexts, split_documents
+    from sae.corpus import load_texts
+
+    texts = load_texts(cfg.dataset, cfg.text_column,
+                       max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens))
+    train_docs, held_docs = split_documents(texts)
+    pack = dict(is_causal=model.is_causal)
+    train_ctx = pack_contexts(model.tokenizer, train_docs, cfg.context_size, **pack,
+                              max_contexts=math.ceil(cfg.tokens / cfg.context_size))
+    eval_ctx = pack_contexts(model.tokenizer, held_docs, cfg.context_size, **pack,
+                             max_contexts=max(1, math.ceil(cfg.eval_tokens / cfg.context_size)))
+    if len(train_ctx) == 0 or len(eval_ctx) == 0:
+        raise BadInput(f"dataset '{cfg.dataset}': too little text for one {cfg.context_size}-token "
+                       "context of training and one of evaluation")
+    return train_ctx, eval_ctx
+
+
+def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoints: Path) -> Any:
+    """The sae-lens LanguageModelSAERunnerConfig: our contexts arrive pre-tokenized, special
+    tokens are excluded, and the learning rate warms up over 5% and decays over the last 20%."""
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    from sae.prompts import special_ids
+
+    steps = max(1, cfg.tokens // cfg.batch_tokens)
+    # Features silent this long count as dead and get the AuxK loss that revives them.
+    window = max(1, min(10_000_000, max(cfg.tokens // 20, cfg.batch_tokens)) // cfg.batch_tokens)
+    device = str(model.device)
+    return LanguageModelSAERunnerConfig(
+        sae=sae_config(cfg, model.d_model, d_sae, device),
+        model_name=cfg.model,
+        model_class_name="TransformerBridge",
+        hook_name=hook,
+        dataset_path=cfg.dataset,
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=cfg.context_size,
+        training_tokens=cfg.tokens,
+        train_batch_size_tokens=cfg.batch_tokens,
+        store_batch_size_prompts=16,
+        n_batches_in_buffer=16,
+        prepend_bos=False,
+        exclude_special_tokens=sorted(special_ids(model.tokenizer)),
+        lr=cfg.lr,
+        lr_warm_up_steps=steps // 20,
+        lr_decay_steps=steps // 5,
+        dead_feature_window=window,
+        feature_sampling_window=window,
+        device=device,
+        seed=cfg.seed,
+        dtype="float32",
+        autocast_lm=model.device.type == "cuda",
+        n_checkpoints=0,
+        checkpoint_path=str(checkpoints),
+        output_path=None,
+        logger=LoggingConfig(log_to_wandb=cfg.wandb, wandb_project="shoggoth"),
+        verbose=False,
+    )
+
+
 def train(cfg: TrainConfig, log: Any = print) -> Path:
     """Train, evaluate and publish an SAE; returns the output directory."""
     import datasets
-    from sae_lens import (
-        SAE,
-        LanguageModelSAERunnerConfig,
-        LanguageModelSAETrainingRunner,
-        LoggingConfig,
-        TrainingSAE,
-        TrainingSAEConfig,
-    )
+    from sae_lens import SAE, LanguageModelSAETrainingRunner, TrainingSAE, TrainingSAEConfig
     from sae_lens.training.activations_store import ActivationsStore
 
-    from sae.contexts import pack_contexts, split_documents
-    from sae.corpus import load_texts
     from sae.models import load_model, resolve_hook
     from sae.prompts import special_ids
 
@@ -285,18 +339,7 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
     out = cfg.out or default_out(cfg, hook)
     work, resume_from = prepare_dirs(cfg, out)
 
-    texts = load_texts(cfg.dataset, cfg.text_column,
-                       max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens))
-    train_docs, held_docs = split_documents(texts)
-    tok = model.tokenizer
-    n_eval = max(1, math.ceil(cfg.eval_tokens / cfg.context_size))
-    train_ctx = pack_contexts(tok, train_docs, cfg.context_size, is_causal=model.is_causal,
-                              max_contexts=math.ceil(cfg.tokens / cfg.context_size))
-    eval_ctx = pack_contexts(tok, held_docs, cfg.context_size, is_causal=model.is_causal,
-                             max_contexts=n_eval)
-    if len(train_ctx) == 0 or len(eval_ctx) == 0:
-        raise BadInput(f"dataset '{cfg.dataset}': too little text for one {cfg.context_size}-token "
-                       "context of training and one of evaluation")
+    train_ctx, eval_ctx = training_contexts(cfg, model)
     unique_tokens = int(train_ctx.numel())
     log(f"corpus {cfg.dataset}: {len(train_ctx)} training contexts ({unique_tokens:,} distinct "
         f"tokens), {len(eval_ctx)} held-out; model {cfg.model}, hook {hook}, d_sae {d_sae}")
@@ -304,41 +347,9 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     _write_json(work / STATE_FILE, _resume_fields(cfg))
     torch.manual_seed(cfg.seed)
-    steps = max(1, cfg.tokens // cfg.batch_tokens)
-    # Features silent this long count as dead and get the AuxK loss that revives them.
-    window_tokens = min(10_000_000, max(cfg.tokens // 20, cfg.batch_tokens))
-    specials = sorted(special_ids(tok))
+    specials = sorted(special_ids(model.tokenizer))
     device = str(model.device)
-    runner_cfg = LanguageModelSAERunnerConfig(
-        sae=sae_config(cfg, model.d_model, d_sae, device),
-        model_name=cfg.model,
-        model_class_name="TransformerBridge",
-        hook_name=hook,
-        dataset_path=cfg.dataset,
-        is_dataset_tokenized=True,
-        streaming=False,
-        context_size=cfg.context_size,
-        training_tokens=cfg.tokens,
-        train_batch_size_tokens=cfg.batch_tokens,
-        store_batch_size_prompts=16,
-        n_batches_in_buffer=16,
-        prepend_bos=False,
-        exclude_special_tokens=specials,
-        lr=cfg.lr,
-        lr_warm_up_steps=steps // 20,
-        lr_decay_steps=steps // 5,
-        dead_feature_window=max(1, window_tokens // cfg.batch_tokens),
-        feature_sampling_window=max(1, window_tokens // cfg.batch_tokens),
-        device=device,
-        seed=cfg.seed,
-        dtype="float32",
-        autocast_lm=model.device.type == "cuda",
-        n_checkpoints=0,
-        checkpoint_path=str(work / "checkpoints"),
-        output_path=None,
-        logger=LoggingConfig(log_to_wandb=cfg.wandb, wandb_project="shoggoth"),
-        verbose=False,
-    )
+    runner_cfg = runner_config(cfg, model, hook, d_sae, work / "checkpoints")
     dataset = datasets.Dataset.from_dict({"input_ids": train_ctx.tolist()})
     store = ActivationsStore.from_config(model.bridge, runner_cfg, override_dataset=dataset)
     sae = TrainingSAE.from_dict(
@@ -385,7 +396,7 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         trained = trainer.fit()
     except KeyboardInterrupt:
         trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
-        raise BadInput(f"interrupted: checkpoint saved in {work}; continue with --resume") from None
+        raise Interrupted(f"checkpoint saved in {work}; continue with --resume") from None
     fit_seconds = time.time() - fit_started
     train_seconds = time.time() - started
 

@@ -29,16 +29,18 @@ ROWS = [
 ]
 
 
+def hf_hidden_states(auto_class, path, batch):
+    """Hidden states from plain Hugging Face (eager attention, as the bridge uses)."""
+    hf = auto_class.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  output_hidden_states=True).hidden_states
+
+
 def test_minilm_resid_post_equals_hf_hidden_states(minilm):
     """blocks.L.hook_resid_post is HF hidden_states[L+1], for every layer, on real tokens."""
     batch = build_batch(minilm.tokenizer, ROWS)
-    hf = AutoModel.from_pretrained(minilm.source.location, attn_implementation="eager").eval()
-    with torch.no_grad():
-        hidden = hf(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            output_hidden_states=True,
-        ).hidden_states
+    hidden = hf_hidden_states(AutoModel, minilm.source.location, batch)
     real = batch.attention_mask.bool()
     assert len(hidden) == minilm.n_layers + 1
     for layer in range(minilm.n_layers):
@@ -62,13 +64,7 @@ def test_tiny_gpt2_loads_like_a_real_model(tiny_gpt2, tiny_gpt2_dir):
     assert (tiny_gpt2.n_layers, tiny_gpt2.d_model) == (config["n_layer"], config["n_embd"])
     assert tiny_gpt2.is_causal and tiny_gpt2.has_chat_template
     batch = build_batch(tiny_gpt2.tokenizer, ROWS, prepend_bos=True)
-    hf = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir, attn_implementation="eager").eval()
-    with torch.no_grad():
-        hidden = hf(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            output_hidden_states=True,
-        ).hidden_states
+    hidden = hf_hidden_states(AutoModelForCausalLM, tiny_gpt2_dir, batch)
     real = batch.attention_mask.bool()
     # HF applies ln_f to the last entry of hidden_states, so compare the layers before it.
     for layer in range(tiny_gpt2.n_layers - 1):

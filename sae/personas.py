@@ -1,0 +1,152 @@
+"""The persona battery: personas with paraphrased system prompts, and shared items.
+
+The built-in battery lives in `sae/battery/` (personas.yaml, items.jsonl); users replace it with
+their own files in the same format (docs/battery.md). Loading validates everything up front and
+reports the first problem as one line naming the file (and line) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sae.configs import yaml_problem
+from sae.errors import BadInput
+
+BATTERY_DIR = Path(__file__).parent / "battery"
+NAME = re.compile(r"[a-z0-9][a-z0-9_\-]*")
+PERSONA_FIELDS = {"name", "family", "description", "prompts", "is_control", "control_of"}
+ITEM_FIELDS = {"item_id", "topic", "question", "answer"}
+
+
+@dataclass(frozen=True)
+class Persona:
+    """A persona (or a control) and its paraphrased system prompts."""
+
+    name: str
+    family: str
+    description: str
+    prompts: tuple[str, ...]
+    """Paraphrases of the system prompt; one empty string means no system prompt at all."""
+    is_control: bool = False
+    control_of: str | None = None
+    """For mention/negation controls: the persona they mention or negate."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """A shared item: a user question and the fixed assistant answer measured under every
+    persona."""
+
+    item_id: str
+    topic: str
+    question: str
+    answer: str
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that remembers the line where each mapping starts (key `__line__`)."""
+
+
+def _mapping_with_line(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_with_line)
+
+
+def load_personas(path: Path | None = None) -> list[Persona]:
+    """Personas from a YAML file (default: the built-in battery), validated."""
+    path = path or BATTERY_DIR / "personas.yaml"
+    if not path.is_file():
+        raise BadInput(f"{path}: personas file does not exist")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        raise BadInput(f"{path}{yaml_problem(e)}") from None
+    entries = data.get("personas") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise BadInput(f"{path}: expected a top-level 'personas:' list")
+    personas: list[Persona] = []
+    seen: dict[str, int] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise BadInput(f"{path}: each persona must be a mapping with name, family and prompts")
+        line = entry.pop("__line__")
+        where = f"{path} line {line}"
+        unknown = set(entry) - PERSONA_FIELDS
+        if unknown:
+            raise BadInput(f"{where}: unknown field '{sorted(unknown)[0]}'")
+        name = entry.get("name")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise BadInput(f"{where}: persona name {name!r}: use lowercase letters, digits, _, -")
+        if name in seen:
+            raise BadInput(f"{where}: duplicate persona '{name}' (first at line {seen[name]})")
+        seen[name] = line
+        family = entry.get("family")
+        if not isinstance(family, str) or not family.strip():
+            raise BadInput(f"{where}: persona '{name}' has no family")
+        is_control = bool(entry.get("is_control", False))
+        prompts = entry.get("prompts")
+        if not isinstance(prompts, list) or not prompts:
+            raise BadInput(f"{where}: persona '{name}' has no prompts")
+        if not all(isinstance(p, str) for p in prompts):
+            raise BadInput(f"{where}: persona '{name}': every prompt must be text")
+        if any(not p.strip() for p in prompts) and not (is_control and prompts == [""]):
+            raise BadInput(f"{where}: persona '{name}' has an empty prompt (only a control may "
+                           "have the single empty prompt that means 'no system prompt')")
+        if len(set(prompts)) != len(prompts):
+            raise BadInput(f"{where}: persona '{name}' repeats a prompt")
+        personas.append(Persona(name, family.strip(), str(entry.get("description") or ""),
+                                tuple(prompts), is_control, entry.get("control_of")))
+    names = {p.name for p in personas}
+    for p in personas:
+        if p.control_of is not None and p.control_of not in names:
+            raise BadInput(f"{path} line {seen[p.name]}: control '{p.name}' refers to unknown "
+                           f"persona '{p.control_of}'")
+    if not any(not p.is_control for p in personas):
+        raise BadInput(f"{path}: holds only controls; at least one persona is needed")
+    return personas
+
+
+def load_items(path: Path | None = None) -> list[Item]:
+    """Shared items from a JSONL file (default: the built-in battery), validated."""
+    path = path or BATTERY_DIR / "items.jsonl"
+    if not path.is_file():
+        raise BadInput(f"{path}: items file does not exist")
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise BadInput(f"{path} line {n}: not valid JSON") from None
+            if not isinstance(row, dict):
+                raise BadInput(f"{path} line {n}: expected a JSON object")
+            missing = ITEM_FIELDS - set(row)
+            if missing:
+                raise BadInput(f"{path} line {n}: missing field '{sorted(missing)[0]}'")
+            unknown = set(row) - ITEM_FIELDS
+            if unknown:
+                raise BadInput(f"{path} line {n}: unknown field '{sorted(unknown)[0]}'")
+            for key in ITEM_FIELDS:
+                if not isinstance(row[key], str) or not row[key].strip():
+                    raise BadInput(f"{path} line {n}: empty {key}")
+            if row["item_id"] in seen:
+                raise BadInput(f"{path} line {n}: duplicate item_id '{row['item_id']}' "
+                               f"(first at line {seen[row['item_id']]})")
+            seen[row["item_id"]] = n
+            items.append(Item(row["item_id"], row["topic"], row["question"], row["answer"]))
+    if not items:
+        raise BadInput(f"{path}: holds no items")
+    return items
