@@ -23,8 +23,21 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
 
-def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
-    """(training seconds, end-to-end seconds) of LanguageModelSAETrainingRunner, by hand."""
+def held_out_quality(model: object, out: Path) -> dict[str, float]:
+    """Explained variance and dead fraction of the SAE saved in `out`, on the held-out tokens
+    `shoggoth train` evaluates on (the same for both paths)."""
+    from sae_lens import SAE
+
+    from sae.train import held_out_contexts, held_out_metrics
+
+    contexts = held_out_contexts(model, "builtin", "text", 128, 16_384)
+    sae = SAE.load_from_disk(str(out), device="cpu")
+    return held_out_metrics(model, sae, "blocks.3.hook_resid_post", contexts)
+
+
+def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float, dict]:
+    """(training seconds, end-to-end seconds, held-out quality) of a hand-built
+    LanguageModelSAETrainingRunner."""
     import datasets
     from sae_lens import (
         LanguageModelSAERunnerConfig,
@@ -65,11 +78,12 @@ def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[flo
     fit_start = time.time()
     runner.run()
     end = time.time()
-    return end - fit_start, end - start
+    return end - fit_start, end - start, held_out_quality(model, out)
 
 
-def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
-    """(training seconds, end-to-end seconds) of `shoggoth train`'s code path."""
+def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float, dict]:
+    """(training seconds, end-to-end seconds, held-out quality) of `shoggoth train`'s code
+    path (end to end includes its own evaluation)."""
     from sae.train import TrainConfig, train
 
     start = time.time()
@@ -79,7 +93,7 @@ def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[fl
                    log=lambda _: None)
     end = time.time()
     meta = json.loads((result / "shoggoth.json").read_text())
-    return meta["fit_seconds"], end - start
+    return meta["fit_seconds"], end - start, meta["evaluation"]
 
 
 def main() -> None:
@@ -95,21 +109,26 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    results: dict[str, list[tuple[float, float]]] = {"shoggoth": [], "bare sae-lens": []}
+    results: dict[str, list[tuple[float, float, dict]]] = {"shoggoth": [], "bare sae-lens": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for name, fn in (("bare sae-lens", bare_sae_lens), ("shoggoth", shoggoth_train)):
-                fit, total = fn(args.tokens, args, Path(tmp) / f"{name.replace(' ', '-')}-{r}")
-                results[name].append((fit, total))
+                fit, total, q = fn(args.tokens, args, Path(tmp) / f"{name.replace(' ', '-')}-{r}")
+                results[name].append((fit, total, q))
                 print(f"run {r + 1}/{args.repeats} {name:>13}: training {args.tokens / fit:8.0f} "
-                      f"tok/s, end to end {args.tokens / total:8.0f} tok/s", flush=True)
-    med = {n: (statistics.median(args.tokens / f for f, _ in v),
-               statistics.median(args.tokens / t for _, t in v)) for n, v in results.items()}
+                      f"tok/s, end to end {args.tokens / total:8.0f} tok/s, held-out EV "
+                      f"{q['explained_variance']:.3f}, dead {q['dead_fraction']:.1%}", flush=True)
+    med = {n: (statistics.median(args.tokens / f for f, _, _ in v),
+               statistics.median(args.tokens / t for _, t, _ in v),
+               statistics.median(q["explained_variance"] for _, _, q in v),
+               statistics.median(q["dead_fraction"] for _, _, q in v))
+           for n, v in results.items()}
     print(f"\nmedians over {args.repeats} runs of {args.tokens:,} tokens (MiniLM, "
           f"blocks.3.hook_resid_post, topk d_sae {384 * args.expansion}, k {args.k}, "
           f"{os.cpu_count()} CPU threads):")
-    for name, (fit, total) in med.items():
-        print(f"  {name:>13}: training {fit:8.0f} tok/s   end to end {total:8.0f} tok/s")
+    for name, (fit, total, ev, dead) in med.items():
+        print(f"  {name:>13}: training {fit:8.0f} tok/s   end to end {total:8.0f} tok/s   "
+              f"held-out EV {ev:.3f}   dead {dead:.1%}")
     fit_ratio = med["shoggoth"][0] / med["bare sae-lens"][0]
     total_ratio = med["shoggoth"][1] / med["bare sae-lens"][1]
     print(f"  ratio shoggoth / bare sae-lens: training {fit_ratio:.3f}   "
