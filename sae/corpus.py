@@ -14,11 +14,12 @@ import os
 import re
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sae.errors import BadInput
+from sae.files import write_json_atomic
 
 BUILTIN = "builtin"
 CORPUS_VERSION = 1
@@ -60,11 +61,7 @@ def builtin_texts() -> list[str]:
     from pydoc_data.topics import topics
 
     texts = [t for _, t in sorted(topics.items())] + list(_stdlib_docstrings())
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(texts, f)
-    os.replace(tmp, cached)
+    write_json_atomic(cached, texts, indent=None)
     return texts
 
 
@@ -74,8 +71,9 @@ def _txt_documents(path: Path) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def _jsonl_documents(path: Path, column: str) -> list[str]:
-    docs = []
+def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; BadInput naming the file
+    and line for a line that is not a JSON object."""
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -84,10 +82,18 @@ def _jsonl_documents(path: Path, column: str) -> list[str]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 raise BadInput(f"{path} line {n}: not valid JSON") from None
-            if not isinstance(row, dict) or column not in row:
-                raise BadInput(f"{path} line {n}: no text column '{column}'")
-            if isinstance(row[column], str) and row[column].strip():
-                docs.append(row[column])
+            if not isinstance(row, dict):
+                raise BadInput(f"{path} line {n}: expected a JSON object")
+            yield n, row
+
+
+def _jsonl_documents(path: Path, column: str) -> list[str]:
+    docs = []
+    for n, row in jsonl_rows(path):
+        if column not in row:
+            raise BadInput(f"{path} line {n}: no text column '{column}'")
+        if isinstance(row[column], str) and row[column].strip():
+            docs.append(row[column])
     return docs
 
 

@@ -53,9 +53,9 @@ def ce_loss_recovered(
     """
     bridge = model.bridge
 
-    def splice(replace: str) -> Any:
+    def splice(replace: str, positions: torch.Tensor) -> Any:
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            mask = current_keep.to(act.device).unsqueeze(-1)
+            mask = positions.to(act.device).unsqueeze(-1)
             if replace == "zero":
                 new = torch.zeros_like(act)
             else:
@@ -67,11 +67,11 @@ def ce_loss_recovered(
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     for start in range(0, len(contexts), batch):
         tokens = contexts[start : start + batch].to(model.device)
-        current_keep = keep[start : start + batch]
+        positions = keep[start : start + batch]
         totals["clean"] += float(bridge(tokens, return_type="loss")) * len(tokens)
         for name in ("sae", "zero"):
             loss = bridge.run_with_hooks(tokens, return_type="loss",
-                                         fwd_hooks=[(hook, splice(name))])
+                                         fwd_hooks=[(hook, splice(name, positions))])
             totals[name] += float(loss) * len(tokens)
     ce = {k: v / len(contexts) for k, v in totals.items()}
     denom = ce["zero"] - ce["clean"]

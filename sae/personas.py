@@ -7,7 +7,6 @@ reports the first problem as one line naming the file (and line) and what is wro
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from sae.configs import yaml_problem
+from sae.corpus import jsonl_rows
 from sae.errors import BadInput
 
 BATTERY_DIR = Path(__file__).parent / "battery"
@@ -123,30 +123,21 @@ def load_items(path: Path | None = None) -> list[Item]:
         raise BadInput(f"{path}: items file does not exist")
     items: list[Item] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise BadInput(f"{path} line {n}: not valid JSON") from None
-            if not isinstance(row, dict):
-                raise BadInput(f"{path} line {n}: expected a JSON object")
-            missing = ITEM_FIELDS - set(row)
-            if missing:
-                raise BadInput(f"{path} line {n}: missing field '{sorted(missing)[0]}'")
-            unknown = set(row) - ITEM_FIELDS
-            if unknown:
-                raise BadInput(f"{path} line {n}: unknown field '{sorted(unknown)[0]}'")
-            for key in ITEM_FIELDS:
-                if not isinstance(row[key], str) or not row[key].strip():
-                    raise BadInput(f"{path} line {n}: empty {key}")
-            if row["item_id"] in seen:
-                raise BadInput(f"{path} line {n}: duplicate item_id '{row['item_id']}' "
-                               f"(first at line {seen[row['item_id']]})")
-            seen[row["item_id"]] = n
-            items.append(Item(row["item_id"], row["topic"], row["question"], row["answer"]))
+    for n, row in jsonl_rows(path):
+        missing = ITEM_FIELDS - set(row)
+        if missing:
+            raise BadInput(f"{path} line {n}: missing field '{sorted(missing)[0]}'")
+        unknown = set(row) - ITEM_FIELDS
+        if unknown:
+            raise BadInput(f"{path} line {n}: unknown field '{sorted(unknown)[0]}'")
+        for key in ITEM_FIELDS:
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise BadInput(f"{path} line {n}: empty {key}")
+        if row["item_id"] in seen:
+            raise BadInput(f"{path} line {n}: duplicate item_id '{row['item_id']}' "
+                           f"(first at line {seen[row['item_id']]})")
+        seen[row["item_id"]] = n
+        items.append(Item(row["item_id"], row["topic"], row["question"], row["answer"]))
     if not items:
         raise BadInput(f"{path}: holds no items")
     return items

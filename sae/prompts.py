@@ -90,6 +90,12 @@ def special_ids(tokenizer: Any) -> set[int]:
     return set(tokenizer.all_special_ids) - {getattr(tokenizer, "unk_token_id", None)}
 
 
+def non_special(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the positions in `ids` that hold no special token (see special_ids)."""
+    specials = torch.tensor(sorted(special_ids(tokenizer)), dtype=ids.dtype, device=ids.device)
+    return ~torch.isin(ids, specials)
+
+
 def _tokenize_span(
     tokenizer: Any, text: str, start: int, end: int, add_special: bool
 ) -> tuple[list[int], list[bool]]:

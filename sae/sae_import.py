@@ -13,6 +13,7 @@ from typing import Any
 
 from sae.configs import config_metadata
 from sae.errors import BadInput
+from sae.files import publish, write_json_atomic
 
 
 @dataclass
@@ -71,13 +72,7 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
 def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
     """Check the SAE against the model, evaluate it, and publish it with its shoggoth.json."""
     from sae.models import load_model
-    from sae.train import (
-        _write_json,
-        held_out_contexts,
-        held_out_metrics,
-        library_versions,
-        publish,
-    )
+    from sae.train import held_out_contexts, held_out_metrics, library_versions
 
     if cfg.out is not None and cfg.out.exists() and not cfg.overwrite:
         raise BadInput(f"--out {cfg.out}: already exists (pass --overwrite to replace it)")
@@ -106,7 +101,7 @@ def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
     built = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.import-"))
     try:
         sae.save_model(str(built))
-        _write_json(built / "shoggoth.json", {
+        write_json_atomic(built / "shoggoth.json", {
             "model": cfg.model,
             "model_source": model.source.location,
             "hook": hook,

@@ -24,6 +24,7 @@ import torch
 
 from sae.configs import config_metadata
 from sae.errors import BadInput, Interrupted
+from sae.files import publish, write_json_atomic
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
 TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
@@ -167,13 +168,6 @@ def checkpoints(root: Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def library_versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -215,15 +209,15 @@ def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
 
 def eval_activations(model: Any, contexts: torch.Tensor, hook: str, keep: torch.Tensor,
                      batch: int = 32) -> torch.Tensor:
-    """[n_kept_tokens, d] activations at `hook` for the held-out contexts."""
-    from sae.activations import activations
+    """[n_kept_tokens, d] activations at `hook` for unpadded contexts, at the `keep` positions."""
+    from sae.activations import continuation_activations
     from sae.prompts import Batch
 
     out = []
     for start in range(0, len(contexts), batch):
         ids = contexts[start : start + batch]
         b = Batch(ids, torch.ones_like(ids), keep[start : start + batch])
-        out.append(activations(model, b, hook)[b.continuation_mask.to(model.device)].float().cpu())
+        out.append(continuation_activations(model, b, hook).float().cpu())
     return torch.cat(out)
 
 
@@ -231,10 +225,9 @@ def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) ->
     """Evaluation of `sae` at `hook` on held-out contexts: reconstruction and sparsity on every
     non-special token, plus CE loss recovered (on up to 32 contexts) for causal LMs."""
     from sae.evaluate import ce_loss_recovered, evaluate_sae
-    from sae.prompts import special_ids
+    from sae.prompts import non_special
 
-    specials = torch.tensor(sorted(special_ids(model.tokenizer)), dtype=torch.long)
-    keep = ~torch.isin(contexts, specials)
+    keep = non_special(model.tokenizer, contexts)
     metrics = evaluate_sae(sae, eval_activations(model, contexts, hook, keep))
     if model.is_causal:
         metrics.update(ce_loss_recovered(model, sae, hook, contexts[:32], keep[:32]))
@@ -244,11 +237,18 @@ def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) ->
 def held_out_contexts(model: Any, dataset: str, text_column: str, context_size: int,
                       eval_tokens: int) -> torch.Tensor:
     """Contexts from the documents `train` never trains on (every 25th document)."""
-    from sae.contexts import pack_contexts, split_documents
+    from sae.contexts import split_documents
     from sae.corpus import load_texts
 
     _, held = split_documents(load_texts(dataset, text_column, max_chars=40 * eval_tokens))
-    return pack_contexts(model.tokenizer, held, context_size, is_causal=model.is_causal,
+    return _eval_contexts(model, held, context_size, eval_tokens)
+
+
+def _eval_contexts(model: Any, held_docs: list[str], context_size: int,
+                   eval_tokens: int) -> torch.Tensor:
+    from sae.contexts import pack_contexts
+
+    return pack_contexts(model.tokenizer, held_docs, context_size, is_causal=model.is_causal,
                          max_contexts=max(1, math.ceil(eval_tokens / context_size)))
 
 
@@ -260,11 +260,10 @@ def training_contexts(cfg: TrainConfig, model: Any) -> tuple[torch.Tensor, torch
     texts = load_texts(cfg.dataset, cfg.text_column,
                        max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens))
     train_docs, held_docs = split_documents(texts)
-    pack = dict(is_causal=model.is_causal)
-    train_ctx = pack_contexts(model.tokenizer, train_docs, cfg.context_size, **pack,
+    train_ctx = pack_contexts(model.tokenizer, train_docs, cfg.context_size,
+                              is_causal=model.is_causal,
                               max_contexts=math.ceil(cfg.tokens / cfg.context_size))
-    eval_ctx = pack_contexts(model.tokenizer, held_docs, cfg.context_size, **pack,
-                             max_contexts=max(1, math.ceil(cfg.eval_tokens / cfg.context_size)))
+    eval_ctx = _eval_contexts(model, held_docs, cfg.context_size, cfg.eval_tokens)
     if len(train_ctx) == 0 or len(eval_ctx) == 0:
         raise BadInput(f"dataset '{cfg.dataset}': too little text for one {cfg.context_size}-token "
                        "context of training and one of evaluation")
@@ -321,12 +320,13 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
     from sae_lens.training.activations_store import ActivationsStore
 
     from sae.models import load_model, resolve_hook
-    from sae.prompts import special_ids
+    from sae.prompts import non_special
 
     started = time.time()
     validate_numbers(cfg)
-    if cfg.out is not None:
-        prepare_dirs(cfg, cfg.out)  # refuse early, before the model loads
+    # With --out given, refuse an unsafe start before the model loads; the default --out
+    # depends on the hook, so it is checked once the model is known.
+    prepared = prepare_dirs(cfg, cfg.out) if cfg.out is not None else None
     model = load_model(cfg.model, cfg.device)
     hook = resolve_hook(model, cfg.hook, cfg.layer)
     d_sae = cfg.d_sae or cfg.expansion * model.d_model
@@ -337,7 +337,7 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         raise BadInput(f"--context-size {cfg.context_size}: model '{cfg.model}' takes at most "
                        f"{max_ctx} tokens")
     out = cfg.out or default_out(cfg, hook)
-    work, resume_from = prepare_dirs(cfg, out)
+    work, resume_from = prepared or prepare_dirs(cfg, out)
 
     train_ctx, eval_ctx = training_contexts(cfg, model)
     unique_tokens = int(train_ctx.numel())
@@ -345,9 +345,8 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         f"tokens), {len(eval_ctx)} held-out; model {cfg.model}, hook {hook}, d_sae {d_sae}")
 
     work.mkdir(parents=True, exist_ok=True)
-    _write_json(work / STATE_FILE, _resume_fields(cfg))
+    write_json_atomic(work / STATE_FILE, _resume_fields(cfg))
     torch.manual_seed(cfg.seed)
-    specials = sorted(special_ids(model.tokenizer))
     device = str(model.device)
     runner_cfg = runner_config(cfg, model, hook, d_sae, work / "checkpoints")
     dataset = datasets.Dataset.from_dict({"input_ids": train_ctx.tolist()})
@@ -376,9 +375,9 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         # Start the decoder bias at the data mean: the residual stream has a large constant
         # offset, and features that must first learn it die before they fire.
         sample = train_ctx[: max(1, 8192 // cfg.context_size)]
-        sample_keep = ~torch.isin(sample, torch.tensor(specials, dtype=torch.long))
+        keep = non_special(model.tokenizer, sample)
         with torch.no_grad():
-            sae.b_dec.copy_(eval_activations(model, sample, hook, sample_keep).mean(0))
+            sae.b_dec.copy_(eval_activations(model, sample, hook, keep).mean(0))
     else:
         path = work / "checkpoints" / str(resume_from)
         trainer.load_trainer_state(path)
@@ -428,19 +427,8 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         "versions": library_versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _write_json(final / "shoggoth.json", meta)
+    write_json_atomic(final / "shoggoth.json", meta)
     publish(final, out)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
-
-def publish(built: Path, out: Path) -> None:
-    """Move `built` to `out` by rename; an old `out` is swapped away only after that succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, trash)
-        os.replace(built, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(built, out)

@@ -1,0 +1,31 @@
+"""Atomic writes: a file or directory appears complete or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
+    """Write `data` as JSON to `path` through a temporary file in the same directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=indent, default=str)
+    os.replace(tmp, path)
+
+
+def publish(built: Path, out: Path) -> None:
+    """Move `built` to `out` by rename; an old `out` is swapped away only after that succeeds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, trash)
+        os.replace(built, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(built, out)
