@@ -8,7 +8,14 @@ import warnings
 
 import click
 
-from sae.commands import models_command, prompt_command, sae_group, train_command
+from index.commands import merge_command
+from sae.commands import (
+    harvest_command,
+    models_command,
+    prompt_command,
+    sae_group,
+    train_command,
+)
 from sae.errors import BadInput, Interrupted
 
 
@@ -22,6 +29,8 @@ cli.add_command(models_command)
 cli.add_command(prompt_command)
 cli.add_command(train_command)
 cli.add_command(sae_group)
+cli.add_command(harvest_command)
+cli.add_command(merge_command)
 
 
 def _quiet_libraries() -> None:

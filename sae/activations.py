@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from sae.models import Model, hook_layer
@@ -14,8 +19,7 @@ def activations(model: Model, batch: Batch, hook: str) -> torch.Tensor:
     Blocks after the hooked one are not run. Padding is masked and left-padded rows get
     positions derived from the attention mask, so a padded row equals the same row alone.
     """
-    layer = hook_layer(hook)
-    stop = layer + 1 if layer is not None and layer + 1 < model.n_layers else None
+    stop = _stop_layer(model, hook)
     batch = batch.to(model.device)
     with torch.inference_mode():
         _, cache = model.bridge.run_with_cache(
@@ -33,3 +37,80 @@ def continuation_activations(model: Model, batch: Batch, hook: str) -> torch.Ten
     batch-row then position order."""
     acts = activations(model, batch, hook)
     return acts[batch.continuation_mask.to(acts.device)]
+
+
+@contextmanager
+def _cache_kwarg_alias(bridge: Any) -> Iterator[None]:
+    """Hand the KV cache to TransformerLens's attention bridges under the name they read.
+
+    transformers 5 passes the cache to attention modules as `cache`; TransformerLens 3.9's
+    attention bridges look for `past_key_values` and otherwise silently attend to the new tokens
+    alone. A pre-hook copies one name to the other for the duration of the call.
+    """
+
+    def alias(_module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return args, kwargs
+
+    handles = [m.register_forward_pre_hook(alias, with_kwargs=True)
+               for m in bridge.modules() if hasattr(m, "_update_kv_cache")]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class PrefixCache:
+    """The KV cache of a token prefix, for the blocks up to the hooked one."""
+
+    ids: list[int]
+    """The prefix's token ids."""
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    """Per block: keys and values, [1, heads, len(ids), head_dim]."""
+
+
+def _stop_layer(model: Model, hook: str) -> int | None:
+    layer = hook_layer(hook)
+    return layer + 1 if layer is not None and layer + 1 < model.n_layers else None
+
+
+def prefix_cache(model: Model, ids: list[int], hook: str) -> PrefixCache:
+    """Run a causal LM over `ids` once and keep its KV cache up to the hooked block."""
+    from transformers import DynamicCache
+
+    kv = DynamicCache()
+    tokens = torch.tensor([ids], dtype=torch.long, device=model.device)
+    with torch.inference_mode(), _cache_kwarg_alias(model.bridge):
+        model.bridge.run_with_cache(tokens, names_filter=hook,
+                                    stop_at_layer=_stop_layer(model, hook),
+                                    return_cache_object=False, cache=kv, use_cache=True)
+    layers = [(layer.keys, layer.values) for layer in kv.layers
+              if getattr(layer, "keys", None) is not None and layer.keys.numel()]
+    return PrefixCache(list(ids), layers)
+
+
+def activations_after_prefix(model: Model, prefix: PrefixCache, batch: Batch,
+                             hook: str) -> torch.Tensor:
+    """[batch, seq, d] activations at `hook` for right-padded suffixes that all continue `prefix`.
+
+    Equals `activations` on prefix + suffix (restricted to the suffix positions) while running
+    the model over the suffix tokens only. Causal attention means the right padding is never
+    attended to by real tokens, so no attention mask is needed.
+    """
+    from transformers import DynamicCache
+
+    rows = batch.input_ids.shape[0]
+    kv = DynamicCache()
+    for i, (keys, values) in enumerate(prefix.layers):
+        # expand() shares the prefix's memory; the cache's concatenation makes the copy.
+        kv.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i)
+    with torch.inference_mode(), _cache_kwarg_alias(model.bridge):
+        _, cache = model.bridge.run_with_cache(
+            batch.input_ids.to(model.device), names_filter=hook,
+            stop_at_layer=_stop_layer(model, hook), return_cache_object=False, cache=kv,
+            use_cache=True,
+        )
+    return cache[hook]

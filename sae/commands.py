@@ -13,6 +13,7 @@ from rich.table import Table
 
 from sae.configs import config_metadata, config_options
 from sae.errors import BadInput
+from sae.harvest import HarvestConfig, harvest
 from sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
 from sae.prompts import Template, build_prompt, collate, pad_id
 from sae.sae_import import ImportConfig, import_sae
@@ -181,3 +182,30 @@ def import_command(cfg: ImportConfig) -> None:
         print_evaluation(f"{out} · {meta['hook']} · imported", meta)
     else:
         click.echo(str(out))
+
+
+def print_summary(result: dict[str, object]) -> None:
+    """The end-of-harvest report: documents, tokens, activations, size on disk, time."""
+    title = (f"{result['db']} · {result['sae_id']}"
+             + (" · already harvested, nothing to do" if result.get("already_harvested") else
+                f" · harvested in {result['seconds']} s"))
+    Console(soft_wrap=True).print(title, highlight=False)
+    table = Table()
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key in ("documents", "tokens", "activations", "file_bytes", "bytes_per_activation",
+                "file_bytes_per_token"):
+        value = result[key]
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else
+                      str(value))
+    Console().print(table)
+
+
+@click.command("harvest")
+@config_options(HarvestConfig)
+def harvest_command(cfg: HarvestConfig) -> None:
+    """Run the model under every persona of the battery on the same answers, encode the answer
+    tokens with the SAE, and store the non-zero activations in a DuckDB feature database.
+    Resumable: rerun the same command after an interruption."""
+    err = Console(stderr=True, soft_wrap=True)
+    print_summary(harvest(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False)))

@@ -61,13 +61,18 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
         def wrapper(ctx: click.Context, **kwargs: Any) -> Any:
             config_file = kwargs.pop("config")
             typed = {
-                k: v
+                k: list(v) if isinstance(v, tuple) else v
                 for k, v in kwargs.items()
                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
+                and v != ()
             }
             return fn(load_config(cls, config_file, typed))
 
         for f in reversed(dataclasses.fields(cls)):
+            if typing.get_origin(hints[f.name]) is list:  # list[Path]: positional arguments
+                wrapper = click.argument(f.name, nargs=-1,
+                                         type=click.Path(path_type=Path))(wrapper)
+                continue
             ctype, is_flag = _click_type(hints[f.name])
             flag = "--" + f.name.replace("_", "-")
             default = f.default if f.default is not dataclasses.MISSING else None
@@ -130,6 +135,8 @@ def load_config(cls: type[C], path: Path | None, overrides: dict[str, Any]) -> C
 
 def config_metadata(config: Any) -> dict[str, Any]:
     """The config as JSON-ready metadata (paths as strings)."""
-    return {
-        k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()
-    }
+    def plain(v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(
+            v, list | tuple) else v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}

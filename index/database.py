@@ -1,0 +1,93 @@
+"""Opening, creating and publishing feature databases (one DuckDB file each).
+
+Writers never touch the user's database until their work is complete: a harvest fills a partial
+file beside it, committed batch by batch, and then either renames that file into place (no
+database yet) or merges its rows into the existing one in a single transaction. Killing the
+process at any moment leaves the previous database as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from index.schema import (
+    BLOCK_SIZE,
+    TABLES,
+    battery_rows,
+)
+from sae.errors import BadInput
+
+
+def connect(path: Path, *, read_only: bool = False, what: str = "--db") -> Any:
+    """A DuckDB connection to an existing or new file; BadInput in one line when the file is not a
+    DuckDB database or another process holds its lock."""
+    try:
+        return duckdb.connect(str(path), read_only=read_only,
+                              config={"default_block_size": str(BLOCK_SIZE)})
+    except duckdb.IOException as e:
+        msg = str(e)
+        if "lock" in msg.lower():
+            pid = re.search(r"PID (\d+)", msg)
+            holder = f" (PID {pid.group(1)})" if pid else ""
+            raise BadInput(f"{what} {path}: locked by another process{holder}; wait for it to "
+                           "finish or close it") from None
+        if "not a valid DuckDB database" in msg:
+            raise BadInput(f"{what} {path}: not a DuckDB database") from None
+        raise BadInput(f"{what} {path}: {msg.splitlines()[0]}") from None
+    except duckdb.Error as e:
+        raise BadInput(f"{what} {path}: {str(e).splitlines()[0]}") from None
+
+
+def tables(con: Any, catalog: str | None = None) -> set[str]:
+    """Names of the tables in a connection's (or an attached catalog's) main schema."""
+    where = f"database_name = '{catalog}'" if catalog else "database_name = current_database()"
+    return {r[0] for r in con.execute(
+        f"SELECT table_name FROM duckdb_tables() WHERE {where} AND schema_name = 'main'"
+    ).fetchall()}
+
+
+def require_shoggoth(con: Any, path: Path, what: str = "--db",
+                     catalog: str | None = None) -> None:
+    """BadInput unless the database holds the contract tables (an empty file is allowed)."""
+    found = tables(con, catalog)
+    missing = set(TABLES) - found
+    if found and missing:
+        raise BadInput(f"{what} {path}: not a shoggoth database (no '{sorted(missing)[0]}' "
+                       "table)")
+
+
+def check_same_battery(con: Any, path: Path, other: dict[str, list[tuple[Any, ...]]],
+                       catalog: str | None = None, what: str = "--db") -> None:
+    """BadInput when the database holds a different persona battery than `other` (rows as
+    `battery_rows` gives them)."""
+    for table, rows in battery_rows(con, catalog).items():
+        if rows != other[table]:
+            raise BadInput(f"{what} {path}: holds a different persona battery ({table} differ); "
+                           "use the same --personas and --items, or another database")
+
+
+def harvested(con: Any, sae_id: str, catalog: str | None = None) -> dict[str, Any] | None:
+    """The finished run that harvested `sae_id` into this database: its config and run_id."""
+    prefix = f"{catalog}." if catalog else ""
+    if "saes" not in tables(con, catalog):
+        return None
+    row = con.execute(
+        f"SELECT r.run_id, r.config_json FROM {prefix}saes s JOIN {prefix}runs r USING (run_id) "
+        "WHERE s.sae_id = ? AND r.status = 'finished'", [sae_id]).fetchone()
+    if row is None:
+        return None
+    return {"run_id": row[0], "config": json.loads(row[1])}
+
+
+def storage(con: Any, path: Path) -> dict[str, float]:
+    """Bytes on disk: the whole file, and the blocks holding the activations table."""
+    block = con.execute("SELECT block_size FROM pragma_database_size() "
+                        "WHERE database_name = current_database()").fetchone()[0]
+    blocks = con.execute("SELECT count(DISTINCT block_id) FROM pragma_storage_info('activations') "
+                         "WHERE block_id >= 0").fetchone()[0]
+    return {"file_bytes": path.stat().st_size, "activations_bytes": blocks * block}

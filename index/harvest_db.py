@@ -1,0 +1,222 @@
+"""The database side of `shoggoth harvest`: the partial file a harvest writes batch by batch, its
+resume state, and publishing it into the user's database."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from index.database import (
+    check_same_battery,
+    connect,
+    harvested,
+    require_shoggoth,
+    storage,
+    tables,
+)
+from index.schema import battery_of, create_schema
+from sae.errors import BadInput
+from sae.personas import Item, Persona
+
+
+def check_target(db: Path, personas: Sequence[Persona], items: Sequence[Item]) -> dict[str, Any]:
+    """Check the database a harvest will add to (readable, not locked, a shoggoth database with
+    the same battery) before any work starts; returns {sae_id: finished run} for the SAEs it
+    already holds."""
+    if db.is_dir():
+        raise BadInput(f"--db {db}: is a directory, expected a DuckDB file")
+    if not db.exists():
+        if not db.parent.is_dir():
+            raise BadInput(f"--db {db}: its folder {db.parent} does not exist")
+        return {}
+    con = connect(db, read_only=True)
+    try:
+        require_shoggoth(con, db)
+        if not tables(con):
+            return {}
+        check_same_battery(con, db, battery_of(personas, items))
+        ids = [r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()]
+        return {i: harvested(con, i) for i in ids}
+    finally:
+        con.close()
+
+
+def partial_path(db: Path, sae_id: str) -> Path:
+    """Where an unfinished harvest of `sae_id` into `db` keeps its batches."""
+    return db.parent / f".{db.name}.{sae_id}.partial"
+
+
+def already_done(db: Path, partial: Path, sae_id: str, done: dict[str, Any] | None,
+                 identity: dict[str, Any]) -> dict[str, Any]:
+    """A rerun of a finished harvest: nothing to do when the settings match, else BadInput."""
+    stored = (done or {}).get("config", {}).get("identity")
+    if done is None or stored != identity:
+        diff = sorted(k for k in identity if (stored or {}).get(k) != identity[k])
+        raise BadInput(f"--db {db}: already holds SAE '{sae_id}' harvested with other settings "
+                       f"({', '.join(diff)}); use another --sae-id or another --db")
+    if partial.exists():  # published, but killed before the partial file was removed
+        partial.unlink()
+        Path(f"{partial}.wal").unlink(missing_ok=True)
+    result = summary(db, sae_id, 0.0)
+    result["already_harvested"] = True
+    return result
+
+
+class PartialStore:
+    """The partial database of one harvest: written one batch per transaction."""
+
+    def __init__(self, path: Path, con: Any) -> None:
+        self.path = path
+        self.con = con
+        self.run_id: str | None = None
+
+    def resume_state(self, sae_id: str) -> dict[str, Any] | None:
+        """The stored settings and progress of an earlier, unfinished run (None if new)."""
+        row = self.con.execute(
+            "SELECT r.run_id, r.config_json, s.value_decimals, s.prefix_cache FROM saes s "
+            "JOIN runs r USING (run_id) WHERE s.sae_id = ?", [sae_id]).fetchone()
+        if row is None:
+            return None
+        self.run_id = row[0]
+        docs = self.con.execute("SELECT count(*) FROM documents").fetchone()[0]
+        return {"identity": json.loads(row[1])["identity"], "value_decimals": row[2],
+                "prefix_cache": row[3], "documents": docs}
+
+    def start(self, sae_id: str, identity: dict[str, Any], config: dict[str, Any],
+              versions: dict[str, str], sae_row: dict[str, Any],
+              tokens: list[tuple[str, list[int], list[str]]]) -> None:
+        """Record the run, the SAE and each item's continuation tokens, in one transaction."""
+        self.run_id = uuid.uuid4().hex[:12]
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        con.execute("INSERT INTO runs VALUES (?, 'harvest', ?, ?, now(), NULL, 'running')",
+                    [self.run_id, json.dumps({"identity": identity, "config": config}),
+                     json.dumps(versions)])
+        cols = ["sae_id", *sae_row, "run_id"]
+        con.execute(f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    [sae_id, *sae_row.values(), self.run_id])
+        con.executemany("INSERT INTO tokens VALUES (?, ?, ?, ?, ?)", [
+            (sae_id, item_id, pos, tid, text) for item_id, ids, texts in tokens
+            for pos, (tid, text) in enumerate(zip(ids, texts, strict=True))
+        ])
+        con.execute("COMMIT")
+
+    def done_documents(self, sae_id: str) -> set[tuple[str, int, str]]:
+        """(persona, paraphrase, item_id) of every document already written."""
+        return {(p, int(j), i) for p, j, i in self.con.execute(
+            "SELECT persona::VARCHAR, paraphrase, item_id::VARCHAR FROM documents "
+            "WHERE sae_id = ?", [sae_id]).fetchall()}
+
+    def write(self, sae_id: str, persona: str, paraphrase: int, item_ids: list[str],
+              item_order: list[int], n_tokens: list[int], doc: np.ndarray, pos: np.ndarray,
+              feature: np.ndarray, value: np.ndarray) -> None:
+        """One batch's documents, activations and per-document aggregates, in one transaction,
+        each sorted by (item, position, feature) with items in battery order."""
+        rank = np.asarray(item_order)[doc]  # battery position of each activation's item
+        order = np.lexsort((feature, pos, rank))
+        docs = sorted(range(len(item_ids)), key=lambda d: item_order[d])
+        doc_table = pa.table({"item_id": [item_ids[d] for d in docs],
+                              "n_tokens": pa.array([n_tokens[d] for d in docs], pa.int32())})
+        acts = pa.table({
+            "item_id": pa.DictionaryArray.from_arrays(pa.array(doc[order], pa.int32()),
+                                                      pa.array(item_ids)).cast(pa.string()),
+            "pos": pa.array(pos[order], pa.int32()),
+            "feature": pa.array(feature[order], pa.int32()),
+            "value": pa.array(value[order], pa.float32()),
+        })
+        con = self.con
+        head = [sae_id, persona, paraphrase]
+        con.register("batch_docs", doc_table)
+        con.register("batch_acts", acts)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute("INSERT INTO documents SELECT ?, ?, ?, item_id, n_tokens FROM batch_docs",
+                        head)
+            con.execute("INSERT INTO activations SELECT ?, ?, ?, item_id, pos, feature, value "
+                        "FROM batch_acts", head)
+            con.execute(
+                "INSERT INTO doc_features SELECT ?, ?, ?, a.item_id, a.feature, "
+                "sum(a.value) / d.n_tokens, max(a.value), count(*) "
+                "FROM batch_acts a JOIN batch_docs d USING (item_id) "
+                "GROUP BY a.item_id, a.feature, d.n_tokens "
+                "ORDER BY a.item_id::item_name, a.feature", head)
+            con.execute("COMMIT")
+        finally:
+            con.unregister("batch_docs")
+            con.unregister("batch_acts")
+
+    def finish(self) -> None:
+        """Mark the run finished and fold the write-ahead log into the file."""
+        self.con.execute("UPDATE runs SET status = 'finished', finished_at = now() "
+                         "WHERE run_id = ?", [self.run_id])
+        self.con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def open_partial(path: Path, personas: Sequence[Persona], items: Sequence[Item]) -> PartialStore:
+    """Open the partial database of a harvest, creating it (schema and battery) when new."""
+    if not path.exists():
+        building = path.with_name(path.name + ".new")
+        building.unlink(missing_ok=True)
+        Path(f"{building}.wal").unlink(missing_ok=True)
+        con = connect(building)
+        create_schema(con, personas, items)
+        con.close()
+        os.replace(building, path)
+    con = connect(path, what="partial harvest")
+    try:
+        check_same_battery(con, path, battery_of(personas, items), what="partial harvest")
+    except BadInput:
+        con.close()
+        raise
+    return PartialStore(path, con)
+
+
+def publish_harvest(partial: Path, db: Path, personas: Sequence[Persona],
+                    items: Sequence[Item], sae_id: str) -> None:
+    """Publish a finished partial harvest into `db`, re-checking the database first (it may
+    have changed while the harvest ran)."""
+    from index.merge import MergeConfig, merge
+
+    done = check_target(db, personas, items)
+    if sae_id in done:
+        raise BadInput(f"--db {db}: gained SAE '{sae_id}' while this harvest ran; the finished "
+                       f"harvest is kept in {partial}")
+    if not db.exists():
+        os.replace(partial, db)  # atomic: the finished partial file becomes the database
+        return
+    merge(MergeConfig(db=db, inputs=[partial]))  # one transaction
+    partial.unlink()
+    Path(f"{partial}.wal").unlink(missing_ok=True)
+
+
+def summary(db: Path, sae_id: str, seconds: float) -> dict[str, Any]:
+    """Counts and sizes for the end-of-run report."""
+    con = connect(db, read_only=True)
+    try:
+        docs, tokens = con.execute("SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents "
+                                   "WHERE sae_id = ?", [sae_id]).fetchone()
+        acts = con.execute("SELECT count(*) FROM activations WHERE sae_id = ?",
+                           [sae_id]).fetchone()[0]
+        all_acts, all_tokens = con.execute(
+            "SELECT (SELECT count(*) FROM activations), "
+            "(SELECT coalesce(sum(n_tokens), 0) FROM documents)").fetchone()
+        sizes = storage(con, db)
+    finally:
+        con.close()
+    return {
+        "db": str(db), "sae_id": sae_id, "documents": docs, "tokens": int(tokens),
+        "activations": acts, "seconds": round(seconds, 1),
+        "file_bytes": sizes["file_bytes"],
+        "bytes_per_activation": round(sizes["activations_bytes"] / max(all_acts, 1), 3),
+        "file_bytes_per_token": round(sizes["file_bytes"] / max(int(all_tokens), 1), 1),
+    }
