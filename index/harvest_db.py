@@ -102,10 +102,15 @@ class PartialStore:
         cols = ["sae_id", *sae_row, "run_id"]
         con.execute(f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                     [sae_id, *sae_row.values(), self.run_id])
-        con.executemany("INSERT INTO tokens VALUES (?, ?, ?, ?, ?)", [
-            (sae_id, item_id, pos, tid, text) for item_id, ids, texts in tokens
-            for pos, (tid, text) in enumerate(zip(ids, texts, strict=True))
-        ])
+        rows = [(item_id, pos, tid, text) for item_id, ids, texts in tokens
+                for pos, (tid, text) in enumerate(zip(ids, texts, strict=True))]
+        con.register("batch", pa.table({
+            "item_id": [r[0] for r in rows], "pos": pa.array([r[1] for r in rows], pa.int32()),
+            "token_id": pa.array([r[2] for r in rows], pa.int32()),
+            "token": [r[3] for r in rows]}))
+        con.execute("INSERT INTO tokens SELECT ?, item_id, pos, token_id, token FROM batch",
+                    [sae_id])
+        con.unregister("batch")
         con.execute("COMMIT")
 
     def done_documents(self, sae_id: str) -> set[tuple[str, int, str]]:
@@ -115,42 +120,36 @@ class PartialStore:
             "WHERE sae_id = ?", [sae_id]).fetchall()}
 
     def write(self, sae_id: str, persona: str, paraphrase: int, item_ids: list[str],
-              item_order: list[int], n_tokens: list[int], doc: np.ndarray, pos: np.ndarray,
-              feature: np.ndarray, value: np.ndarray) -> None:
-        """One batch's documents, activations and per-document aggregates, in one transaction,
-        each sorted by (item, position, feature) with items in battery order."""
-        rank = np.asarray(item_order)[doc]  # battery position of each activation's item
-        order = np.lexsort((feature, pos, rank))
-        docs = sorted(range(len(item_ids)), key=lambda d: item_order[d])
-        doc_table = pa.table({"item_id": [item_ids[d] for d in docs],
-                              "n_tokens": pa.array([n_tokens[d] for d in docs], pa.int32())})
-        acts = pa.table({
-            "item_id": pa.DictionaryArray.from_arrays(pa.array(doc[order], pa.int32()),
-                                                      pa.array(item_ids)).cast(pa.string()),
-            "pos": pa.array(pos[order], pa.int32()),
-            "feature": pa.array(feature[order], pa.int32()),
-            "value": pa.array(value[order], pa.float32()),
-        })
+              n_tokens: list[int], activations: dict[str, np.ndarray],
+              doc_features: dict[str, np.ndarray]) -> None:
+        """One batch's documents, activations and per-document aggregates, in one transaction.
+        In both dicts, column `doc` indexes `item_ids`. (Publishing sorts the rows.)"""
+
+        def with_items(columns: dict[str, np.ndarray]) -> pa.Table:
+            items = pa.DictionaryArray.from_arrays(pa.array(columns["doc"], pa.int32()),
+                                                   pa.array(item_ids)).cast(pa.string())
+            return pa.table({"item_id": items,
+                             **{k: v for k, v in columns.items() if k != "doc"}})
+
+        docs = pa.table({"item_id": item_ids, "n_tokens": pa.array(n_tokens, pa.int32())})
+        tables = {"documents": docs, "activations": with_items(activations),
+                  "doc_features": with_items(doc_features)}
         con = self.con
-        head = [sae_id, persona, paraphrase]
-        con.register("batch_docs", doc_table)
-        con.register("batch_acts", acts)
+        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute("BEGIN TRANSACTION")
-            con.execute("INSERT INTO documents SELECT ?, ?, ?, item_id, n_tokens FROM batch_docs",
-                        head)
-            con.execute("INSERT INTO activations SELECT ?, ?, ?, item_id, pos, feature, value "
-                        "FROM batch_acts", head)
-            con.execute(
-                "INSERT INTO doc_features SELECT ?, ?, ?, a.item_id, a.feature, "
-                "sum(a.value) / d.n_tokens, max(a.value), count(*) "
-                "FROM batch_acts a JOIN batch_docs d USING (item_id) "
-                "GROUP BY a.item_id, a.feature, d.n_tokens "
-                "ORDER BY a.item_id::item_name, a.feature", head)
+            for name, table in tables.items():
+                con.register("batch", table)
+                columns = ", ".join(table.column_names)
+                con.execute(f"INSERT INTO {name} SELECT ?, ?, ?, {columns} FROM batch",
+                            [sae_id, persona, paraphrase])
+                con.unregister("batch")
             con.execute("COMMIT")
-        finally:
-            con.unregister("batch_docs")
-            con.unregister("batch_acts")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except Exception:  # the connection may be unusable; closing it rolls back too
+                pass
+            raise
 
     def finish(self) -> None:
         """Mark the run finished and fold the write-ahead log into the file."""
@@ -191,10 +190,10 @@ def publish_harvest(partial: Path, db: Path, personas: Sequence[Persona],
     if sae_id in done:
         raise BadInput(f"--db {db}: gained SAE '{sae_id}' while this harvest ran; the finished "
                        f"harvest is kept in {partial}")
-    if not db.exists():
-        os.replace(partial, db)  # atomic: the finished partial file becomes the database
-        return
-    merge(MergeConfig(db=db, inputs=[partial]))  # one transaction
+    # Through merge even for a new database: a fresh file, sorted by key, without the free
+    # blocks that batch-by-batch appends leave (a new file is built aside and renamed; an
+    # existing one gains the rows in one transaction).
+    merge(MergeConfig(db=db, inputs=[partial]), as_is=True)
     partial.unlink()
     Path(f"{partial}.wal").unlink(missing_ok=True)
 

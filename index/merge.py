@@ -78,14 +78,15 @@ def _check_group(sae_id: str, group: list[Holding]) -> None:
                            f"than {group[0].path}")
 
 
-def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any]) -> None:
-    """Insert every input's rows; sharded SAEs get one saes row pointing at the merge run."""
+def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] | None) -> None:
+    """Insert every input's rows; sharded SAEs get one saes row pointing at a merge run (none
+    when `merge_run` is None: rows are copied as they are)."""
     catalogs = sorted({h.catalog for g in groups.values() for h in g})
     for cat in catalogs:
         con.execute(f"INSERT OR IGNORE INTO runs SELECT * FROM {cat}.runs")
     for group in groups.values():
         row = dict(group[0].sae_row)
-        if group[0].identity.get("shard") is not None:
+        if merge_run is not None and group[0].identity.get("shard") is not None:
             run_id = uuid.uuid4().hex[:12]
             identity = {**group[0].identity, "shard": None}
             con.execute("INSERT INTO runs VALUES (?, 'merge', ?, ?, now(), now(), 'finished')", [
@@ -104,8 +105,11 @@ def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any])
                     f"ORDER BY {ORDER[table]}")
 
 
-def merge(cfg: MergeConfig) -> dict[str, Any]:
-    """Merge `cfg.inputs` into `cfg.db`; returns what was merged."""
+def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
+    """Merge `cfg.inputs` into `cfg.db`; returns what was merged.
+
+    `as_is` copies one input without combining shards (how a finished harvest, sharded or not,
+    is published into its --db)."""
     if cfg.db is None:
         raise BadInput("--db: required (the database to write)")
     if not cfg.inputs:
@@ -147,7 +151,8 @@ def merge(cfg: MergeConfig) -> dict[str, Any]:
             for h in _holdings(con, path, cat):
                 groups.setdefault(h.sae_row["sae_id"], []).append(h)
         for sae_id, group in groups.items():
-            _check_group(sae_id, group)
+            if not as_is:
+                _check_group(sae_id, group)
         if tables(con):
             check_same_battery(con, cfg.db, battery)
             present = {r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}
@@ -157,7 +162,7 @@ def merge(cfg: MergeConfig) -> dict[str, Any]:
         con.execute("BEGIN TRANSACTION")
         if not tables(con):
             create_schema(con, *read_battery(con, "input0"))
-        _copy(con, groups, config_metadata(cfg))
+        _copy(con, groups, None if as_is else config_metadata(cfg))
         con.execute("COMMIT")
         con.execute("CHECKPOINT")
     except BaseException:

@@ -83,15 +83,14 @@ class Unit:
 
 @dataclass
 class Computed:
-    """A unit's results, ready to be written."""
+    """A unit's results, ready to be written: numpy columns, `doc` indexing the unit's items."""
 
     n_tokens: list[int]
     """Continuation tokens per document (in unit item order)."""
-    doc: np.ndarray
-    """Per stored activation: the document's index in the unit."""
-    pos: np.ndarray
-    feature: np.ndarray
-    value: np.ndarray
+    activations: dict[str, np.ndarray]
+    """doc, pos, feature, value of every non-zero (rounded) activation."""
+    doc_features: dict[str, np.ndarray]
+    """doc, feature, mean_act, max_act, n_fire per document and feature that fired."""
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -220,22 +219,37 @@ class Harvester:
         return acts[mask], rows[mask]
 
     def compute(self, unit: Unit, decimals: int) -> Computed:
-        """Encode a unit's continuation tokens and keep the non-zero (rounded) activations."""
+        """Encode a unit's continuation tokens; keep the non-zero (rounded) activations and
+        their per-document aggregates."""
         x, doc = self.hook_activations(unit, self.use_prefix_cache)
         with torch.inference_mode():
-            f = self.sae.encode(x.to(self.sae.dtype))
-        scale = 10.0 ** decimals
-        f = torch.round(f * scale) / scale
-        n_tokens = torch.bincount(doc, minlength=len(unit.items))
-        starts = torch.cumsum(n_tokens, 0) - n_tokens
-        token, feature = f.nonzero(as_tuple=True)
-        doc_of = doc[token]
+            f = self.sae.encode(x.to(self.sae.dtype)).float()
+            scale = 10.0 ** decimals
+            f = torch.round(f * scale) / scale
+            n_docs = len(unit.items)
+            n_tokens = torch.bincount(doc, minlength=n_docs)
+            starts = torch.cumsum(n_tokens, 0) - n_tokens
+            token, feature = f.nonzero(as_tuple=True)
+            value = f[token, feature]
+            doc_of = doc[token]
+            # Per-document aggregates of the stored (rounded) values.
+            sums = torch.zeros(n_docs, f.shape[1], device=f.device).index_add_(0, doc, f)
+            fired = torch.zeros_like(sums).index_add_(0, doc, (f > 0).float())
+            peak = torch.zeros_like(sums).index_reduce_(0, doc, f, "amax")
+            d, j = fired.nonzero(as_tuple=True)
+            mean = sums[d, j] / n_tokens[d]
+
+        def cpu(t: torch.Tensor, dtype: type) -> np.ndarray:
+            return t.cpu().numpy().astype(dtype)
+
         return Computed(
             n_tokens=n_tokens.tolist(),
-            doc=doc_of.cpu().numpy().astype(np.int32),
-            pos=(token - starts[doc_of]).cpu().numpy().astype(np.int32),
-            feature=feature.cpu().numpy().astype(np.int32),
-            value=f[token, feature].float().cpu().numpy(),
+            activations={"doc": cpu(doc_of, np.int32),
+                         "pos": cpu(token - starts[doc_of], np.int32),
+                         "feature": cpu(feature, np.int32), "value": cpu(value, np.float32)},
+            doc_features={"doc": cpu(d, np.int32), "feature": cpu(j, np.int32),
+                          "mean_act": cpu(mean, np.float32), "max_act": cpu(peak[d, j], np.float32),
+                          "n_fire": cpu(fired[d, j], np.int32)},
         )
 
     def check_prefix_cache(self, unit: Unit) -> bool:
@@ -423,8 +437,8 @@ def run_units(harvester: Harvester, store: Any, sae_id: str, mine: list[Unit], t
                 check_tokens(harvester, unit, expected)
                 out = harvester.compute(unit, decimals)
                 store.write(sae_id, personas[unit.persona].name, unit.paraphrase,
-                            [items[i].item_id for i in unit.items], list(unit.items),
-                            out.n_tokens, out.doc, out.pos, out.feature, out.value)
+                            [items[i].item_id for i in unit.items], out.n_tokens,
+                            out.activations, out.doc_features)
                 n_docs += len(unit.items)
                 n_tok += sum(out.n_tokens)
                 dt = max(time.time() - t0, 1e-9)

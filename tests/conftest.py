@@ -98,3 +98,30 @@ def tiny_gpt2_base(tiny_gpt2_base_dir: Path) -> Model:
 @pytest.fixture(scope="session")
 def minilm() -> Model:
     return load_model("minilm", device="cpu")
+
+
+def build_random_sae(directory: Path, model: str, d_in: int, hook: str, d_sae: int = 64,
+                     k: int = 8, seed: int = 0) -> Path:
+    """Save a random TopK SAE (sae-lens format plus shoggoth.json naming its model)."""
+    import json
+
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
+                                metadata=SAEMetadata(hook_name=hook, model_name=model)))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3)
+    directory.mkdir(parents=True, exist_ok=True)
+    sae.save_model(str(directory))
+    (directory / "shoggoth.json").write_text(json.dumps({"model": model, "hook": hook}))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Path:
+    """A random TopK SAE on the tiny chat GPT-2's blocks.1.hook_resid_post."""
+    return build_random_sae(tmp_path_factory.mktemp("tiny-sae") / "tiny-sae", str(tiny_gpt2_dir),
+                            32, "blocks.1.hook_resid_post")

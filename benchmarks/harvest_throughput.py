@@ -1,0 +1,183 @@
+"""Harvest throughput: continuation tokens/s of `shoggoth harvest` against the bare model.
+
+For each model, on the same personas and items, in one run:
+  floor    the bare model forward (to the hook layer) over only the answer tokens, batched the
+           same way: the least any harvest can pay;
+  harvest  `shoggoth harvest` end to end after model load (prompts, persona prefixes, SAE
+           encoding, DuckDB writes), with the prefix KV cache;
+  no-cache the same harvest recomputing every persona prefix (causal LMs only).
+Prints the median of --repeats runs and the ratios harvest/floor and no-cache/floor, plus the
+storage figures of the harvested database.
+
+Models: the built-in MiniLM (an encoder: no cache is possible, every prompt token is run) and a
+causal LM with GPT-2-small's shape (12 layers, d_model 768, random weights and a BPE tokenizer
+trained on the battery text; throughput depends on shapes, not weights).
+
+    python benchmarks/harvest_throughput.py [--items 48] [--personas 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from sae.activations import activations  # noqa: E402
+from sae.harvest import HarvestConfig, harvest  # noqa: E402
+from sae.models import Model, load_model  # noqa: E402
+from sae.personas import BATTERY_DIR, load_items, load_personas  # noqa: E402
+from sae.prompts import Prompt, collate, pad_id  # noqa: E402
+
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def gpt2_small(directory: Path) -> Path:
+    """A random GPT-2-small-shaped causal LM with a chat template, saved locally."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    texts = [json.dumps(i.__dict__) for i in load_items()]
+    texts += [p for persona in load_personas() for p in persona.prompts]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    roles = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    tok.train_from_iterator(texts * 5, trainers.BpeTrainer(
+        vocab_size=8000, special_tokens=["<|endoftext|>", *roles],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", additional_special_tokens=roles)
+    fast.chat_template = CHAT
+    config = GPT2Config(vocab_size=len(fast), n_positions=512, bos_token_id=fast.bos_token_id,
+                        eos_token_id=fast.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+def random_sae(directory: Path, model: str, d_in: int, hook: str) -> Path:
+    """A random TopK SAE (expansion 8, k 32) for throughput only."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=8 * d_in, k=32,
+                                metadata=SAEMetadata(hook_name=hook, model_name=model)))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.05)
+    sae.save_model(str(directory))
+    (directory / "shoggoth.json").write_text(json.dumps({"model": model}))
+    return directory
+
+
+def floor(model: Model, hook: str, answers: list[list[int]], n_docs: int, batch: int) -> float:
+    """Seconds for the bare forward over only the answer tokens of n_docs documents."""
+    prompts = [Prompt(ids, [True] * len(ids), "plain") for ids in answers]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
+    t0 = time.perf_counter()
+    done = 0
+    while done < n_docs:
+        for s in range(0, len(order), batch):
+            chunk = [prompts[i] for i in order[s : s + batch]][: n_docs - done]
+            activations(model, collate(chunk, pad_id(model.tokenizer), "right"), hook)
+            done += len(chunk)
+            if done >= n_docs:
+                break
+    return time.perf_counter() - t0
+
+
+def bench(name: str, model_id: str, sae_dir: Path, battery: list[Path], work: Path,
+          batch: int, repeats: int) -> dict[str, object]:
+    model = load_model(model_id, "auto")
+    personas, items = load_personas(battery[0]), load_items(battery[1])
+    n_docs = sum(len(p.prompts) for p in personas) * len(items)
+    tok = model.tokenizer
+    answers = [tok(i.answer, add_special_tokens=False)["input_ids"] for i in items]
+    tokens = sum(len(a) for a in answers) * sum(len(p.prompts) for p in personas)
+    hook = json.loads((sae_dir / "cfg.json").read_text())["metadata"]["hook_name"]
+    variants = {"harvest": True, "no-cache": False} if model.is_causal else {"harvest": False}
+    times: dict[str, list[float]] = {"floor": [], **{v: [] for v in variants}}
+    summary = {}
+    t_load = time.perf_counter()
+    load_model(model_id, "auto")
+    load_seconds = time.perf_counter() - t_load
+    for r in range(repeats):
+        times["floor"].append(floor(model, hook, answers, n_docs, batch))
+        for variant, cache in variants.items():
+            db = work / f"{name}-{variant}-{r}.duckdb"
+            t0 = time.perf_counter()
+            summary = harvest(HarvestConfig(db=db, sae=sae_dir, model=model_id,
+                                            personas=battery[0], items=battery[1],
+                                            batch_size=batch, prefix_cache=cache),
+                              log=lambda _: None)
+            # The harvest loads its own model; that one-off cost is not throughput.
+            times[variant].append(time.perf_counter() - t0 - load_seconds)
+    rate = {k: tokens / statistics.median(v) for k, v in times.items()}
+    return {"model": name, "docs": n_docs, "answer_tokens": tokens, "rates": rate,
+            "summary": summary, "times": times}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=48)
+    ap.add_argument("--personas", type=int, default=4, help="non-control personas to use")
+    ap.add_argument("--paraphrases", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        # A slice of the built-in battery: the first personas (all their families' style of
+        # prompt) and items spread over every topic.
+        import yaml
+
+        raw = yaml.safe_load((BATTERY_DIR / "personas.yaml").read_text())["personas"]
+        chosen = [p for p in raw if not p.get("is_control")][: args.personas]
+        for p in chosen:
+            p["prompts"] = p["prompts"][: args.paraphrases]
+        (work / "personas.yaml").write_text(yaml.safe_dump({"personas": chosen}))
+        lines = (BATTERY_DIR / "items.jsonl").read_text().splitlines()
+        step = max(1, len(lines) // args.items)
+        (work / "items.jsonl").write_text("\n".join(lines[::step][: args.items]) + "\n")
+        battery = [work / "personas.yaml", work / "items.jsonl"]
+
+        gpt2 = gpt2_small(work / "gpt2-small-random")
+        results = [
+            bench("minilm (encoder)", "minilm",
+                  random_sae(work / "sae-minilm", "minilm", 384, "blocks.3.hook_resid_post"),
+                  battery, work, args.batch_size, args.repeats),
+            bench("gpt2-small-shaped (causal, chat template)", str(gpt2),
+                  random_sae(work / "sae-gpt2", str(gpt2), 768, "blocks.5.hook_resid_post"),
+                  battery, work, args.batch_size, args.repeats),
+        ]
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {device}; medians of {args.repeats} runs; answer tokens per second")
+    for r in results:
+        rates = r["rates"]
+        s = r["summary"]
+        print(f"\n{r['model']}: {r['docs']} documents, {r['answer_tokens']:,} answer tokens")
+        print(f"  floor (bare forward, answer tokens only): {rates['floor']:10,.0f} tok/s")
+        for variant in [k for k in rates if k != "floor"]:
+            print(f"  {variant:40s}: {rates[variant]:10,.0f} tok/s   ratio "
+                  f"{rates[variant] / rates['floor']:.2f}")
+        print(f"  storage: {s['bytes_per_activation']} bytes/activation (activations table), "
+              f"{s['file_bytes_per_token']} file bytes/token, {s['activations']:,} activations")
+
+
+if __name__ == "__main__":
+    main()
