@@ -193,8 +193,11 @@ def print_summary(result: dict[str, object]) -> None:
     table = Table()
     table.add_column("")
     table.add_column("value", justify="right")
-    for key in ("documents", "tokens", "activations", "file_bytes", "bytes_per_activation",
-                "file_bytes_per_token"):
+    keys = ["documents", "tokens", "activations", "file_bytes", "bytes_per_activation",
+            "file_bytes_per_token"]
+    if result.get("tokens_per_second"):
+        keys += ["batch_seconds", "tokens_per_second"]
+    for key in keys:
         value = result[key]
         table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else
                       str(value))

@@ -35,8 +35,8 @@ SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 SHARD = re.compile(r"(\d+)/(\d+)")
 # Run settings that decide which rows a harvest writes: a partial harvest is only resumed, and a
 # finished one only recognised as done, when these match.
-IDENTITY = ("sae_id", "model", "personas", "items", "batch_size", "shard", "template",
-            "value_decimals", "prefix_cache")
+IDENTITY = ("sae_id", "weights_sha256", "model", "personas", "items", "batch_size", "shard",
+            "template", "value_decimals", "prefix_cache")
 """(value_decimals and prefix_cache as requested; what was used is in the saes table.)"""
 
 
@@ -176,6 +176,7 @@ class Harvester:
     _group: tuple[int, int] | None = field(default=None, repr=False)
     _prompts: list[Prompt] = field(default_factory=list, repr=False)
     _prefix: Any = field(default=None, repr=False)
+    _last: tuple[Unit, bool, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def prompt(self, persona: int, paraphrase: int, item: int) -> Prompt:
         it = self.items[item]
@@ -204,7 +205,13 @@ class Harvester:
         order) and the document index of each row."""
         from sae.activations import activations, activations_after_prefix
 
+        if self._last is not None and self._last[:2] == (unit, cached):
+            return self._last[2], self._last[3]  # setup's checks reuse the first batch
         prompts = [self.group(unit.persona, unit.paraphrase)[i] for i in unit.items]
+        if self.model.is_causal:  # later tokens cannot change a causal model's activations
+            ends = [_last_true(p.mask) + 1 for p in prompts]
+            prompts = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
+                       for p, end in zip(prompts, ends, strict=True)]
         tok = self.model.tokenizer
         if cached and self._prefix is not None:
             cut = len(self._prefix.ids)
@@ -216,7 +223,8 @@ class Harvester:
             acts = activations(self.model, batch, self.hook)
         mask = batch.continuation_mask.to(acts.device)
         rows = torch.arange(mask.shape[0], device=acts.device)[:, None].expand_as(mask)
-        return acts[mask], rows[mask]
+        self._last = (unit, cached, acts[mask], rows[mask])
+        return self._last[2], self._last[3]
 
     def compute(self, unit: Unit, decimals: int) -> Computed:
         """Encode a unit's continuation tokens; keep the non-zero (rounded) activations and
@@ -267,6 +275,10 @@ class Harvester:
         return float((fast.float() - full.float()).abs().max()) <= tolerance * scale
 
 
+def _last_true(mask: list[bool]) -> int:
+    return len(mask) - 1 - mask[::-1].index(True)
+
+
 def shared_prefix(prompts: list[Prompt]) -> int:
     """Length of the token prefix all prompts share, stopping before any measured token."""
     first = prompts[0].input_ids
@@ -315,10 +327,10 @@ def progress_bar() -> Any:
     )
 
 
-def run_identity(cfg: HarvestConfig, sae_id: str, model: str) -> dict[str, Any]:
+def run_identity(cfg: HarvestConfig, sae_id: str, sha256: str, model: str) -> dict[str, Any]:
     """The settings that decide a harvest's rows, as stored in its run record."""
     meta = config_metadata(cfg)
-    meta.update(sae_id=sae_id, model=model,
+    meta.update(sae_id=sae_id, weights_sha256=sha256, model=model,
                 personas=str(cfg.personas.resolve()) if cfg.personas else None,
                 items=str(cfg.items.resolve()) if cfg.items else None)
     return {k: meta[k] for k in IDENTITY}
@@ -348,12 +360,13 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
 
     device, _ = resolve_device(cfg.device)
     sae = load_sae_dir(cfg.sae, str(device))
+    sha256 = weights_sha256(cfg.sae)
     model_name = cfg.model or sae_model_name(cfg.sae, sae)
     if not model_name:
         raise BadInput(f"--sae {cfg.sae}: does not say which model it reads; give --model")
     if target.get(sae_id) is not None:
         return harvest_db.already_done(cfg.db, partial, sae_id, target[sae_id],
-                                       run_identity(cfg, sae_id, model_name))
+                                       run_identity(cfg, sae_id, sha256, model_name))
     model = load_model(model_name, cfg.device)
     hook = sae.cfg.metadata.hook_name
     if not hook or hook not in model.bridge.hook_dict:
@@ -371,7 +384,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     mine = shard_units(units, shard)
 
     started = time.time()
-    identity = run_identity(cfg, sae_id, model_name)
+    identity = run_identity(cfg, sae_id, sha256, model_name)
     store = harvest_db.open_partial(partial, personas, items)
     try:
         state = store.resume_state(sae_id)
@@ -380,7 +393,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
             store.start(sae_id, identity, config_metadata(cfg), library_versions(), {
                 "model": model_name, "hook": hook, "architecture": sae.cfg.architecture(),
                 "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "path": str(cfg.sae.resolve()),
-                "weights_sha256": weights_sha256(cfg.sae), "model_source": model.source.location,
+                "weights_sha256": sha256, "model_source": model.source.location,
                 "template": harvester.prompt(0, 0, 0).template, "value_decimals": decimals,
                 "prefix_cache": use_cache,
             }, [(i.item_id, expected[n], model.tokenizer.convert_ids_to_tokens(expected[n]))
@@ -398,12 +411,12 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
         done = store.done_documents(sae_id)
         todo = [u for u in mine
                 if (personas[u.persona].name, u.paraphrase, items[u.items[0]].item_id) not in done]
-        run_units(harvester, store, sae_id, mine, todo, expected, decimals, partial)
+        rate = run_units(harvester, store, sae_id, mine, todo, expected, decimals, partial)
         store.finish()
     finally:
         store.close()
     harvest_db.publish_harvest(partial, cfg.db, personas, items, sae_id)
-    return harvest_db.summary(cfg.db, sae_id, time.time() - started)
+    return {**harvest_db.summary(cfg.db, sae_id, time.time() - started), **rate}
 
 
 def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit],
@@ -423,8 +436,9 @@ def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit
 
 
 def run_units(harvester: Harvester, store: Any, sae_id: str, mine: list[Unit], todo: list[Unit],
-              expected: list[list[int]], decimals: int, partial: Path) -> None:
-    """Compute and write each unit, with a progress bar; Ctrl-C keeps what was written."""
+              expected: list[list[int]], decimals: int, partial: Path) -> dict[str, float]:
+    """Compute and write each unit, with a progress bar; Ctrl-C keeps what was written.
+    Returns the steady-state rate of this run's batches (model load and set-up excluded)."""
     personas, items = harvester.personas, harvester.items
     total = sum(len(u.items) for u in mine)
     before = total - sum(len(u.items) for u in todo)
@@ -447,3 +461,6 @@ def run_units(harvester: Harvester, store: Any, sae_id: str, mine: list[Unit], t
         except KeyboardInterrupt:
             raise Interrupted(f"the written batches are kept in {partial}; rerun the same "
                               "command to continue") from None
+    seconds = time.time() - t0
+    return {"batch_seconds": round(seconds, 3),
+            "tokens_per_second": round(n_tok / seconds, 1) if n_tok else 0.0}
