@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import types
 import typing
 from collections.abc import Callable
@@ -72,6 +73,9 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
             if typing.get_origin(hints[f.name]) is list:  # list[Path]: positional arguments
                 wrapper = click.argument(f.name, nargs=-1,
                                          type=click.Path(path_type=Path))(wrapper)
+                # Click gives arguments no help of their own: document it in the command's.
+                wrapper.__doc__ = (f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{f.name.upper()}: "
+                                   f"{field_help(cls, f.name)}")
                 continue
             ctype, is_flag = _click_type(hints[f.name])
             flag = "--" + f.name.replace("_", "-")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 import shoggoth
@@ -46,12 +47,16 @@ def test_every_command_has_help(capfd):
     code, out, _ = run(capfd, "--help")
     assert code == 0
     leaves = list(leaf_commands(shoggoth.cli))
-    assert {p for p, _ in leaves} >= {("models",), ("prompt",), ("train",), ("sae", "import")}
+    assert {p for p, _ in leaves} >= {("models",), ("prompt",), ("train",), ("sae", "import"),
+                                      ("harvest",), ("merge",)}
     for path, command in leaves:
         assert path[0] in out
         code, sub, _ = run(capfd, *path, "--help")
         assert code == 0 and "--config" in sub
         for param in command.params:
+            if isinstance(param, click.Argument):  # shown, with its help, as NAME
+                assert sub.count(param.human_readable_name) >= 2
+                continue
             for opt in param.opts:
                 assert opt in sub
 
