@@ -52,6 +52,48 @@ TABLES: dict[str, str] = {
 """Table name → column definitions. Bulk tables carry no primary key: each harvest batch is
 written once, in one transaction, so uniqueness holds by construction (and is tested)."""
 
+LABEL_TABLES: dict[str, str] = {
+    "features": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, label VARCHAR NOT NULL,
+        top_persona VARCHAR, family_set VARCHAR, argmax_persona VARCHAR,
+        n_docs_firing INTEGER NOT NULL, fire_frac_personas DOUBLE, top_share DOUBLE,
+        k_eff DOUBLE, norm_entropy DOUBLE, auroc DOUBLE, p_value DOUBLE, q_value DOUBLE,
+        max_min_ratio DOUBLE, ratio_ci_high DOUBLE, control_ratio DOUBLE,
+        paraphrase_stability DOUBLE, ranked_personas VARCHAR, density DOUBLE, mean_act DOUBLE,
+        max_act DOUBLE, PRIMARY KEY (sae_id, feature)""",
+    "feature_personas": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, persona VARCHAR NOT NULL,
+        mean_act DOUBLE NOT NULL, fire_rate DOUBLE NOT NULL, delta_vs_rest DOUBLE,
+        PRIMARY KEY (sae_id, feature, persona)""",
+    "calibration": """
+        sae_id VARCHAR NOT NULL, run VARCHAR NOT NULL, description VARCHAR,
+        n_live INTEGER, n_mask_specific INTEGER, n_mask_family INTEGER, n_shared INTEGER,
+        n_shared_modulated INTEGER, PRIMARY KEY (sae_id, run)""",
+    "annotations": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, label VARCHAR, note VARCHAR,
+        author VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp""",
+}
+"""Written by `shoggoth label` (created when first needed); `annotations` holds manual labels and
+is never written by label."""
+
+FEATURE_LABELS_VIEW = """
+CREATE OR REPLACE VIEW feature_labels AS
+SELECT f.sae_id, f.feature, coalesce(a.label, f.label) AS label, f.label AS auto_label,
+       a.label AS manual_label, a.note, f.top_persona, f.family_set
+FROM features f
+LEFT JOIN (SELECT sae_id, feature, arg_max(label, created_at) AS label,
+                  arg_max(note, created_at) AS note
+           FROM annotations WHERE label IS NOT NULL GROUP BY ALL) a USING (sae_id, feature)
+"""
+
+
+def create_label_tables(con: Any) -> None:
+    """The tables `shoggoth label` writes, and the feature_labels view (if missing)."""
+    for table, columns in LABEL_TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    con.execute(FEATURE_LABELS_VIEW)
+
+
 # The order rows are kept in, which is also what makes merged shards equal one run.
 ORDER: dict[str, str] = {
     "tokens": "sae_id, item_id, pos",
