@@ -21,19 +21,21 @@ DEMO_SAE := runs/sae-minilm-blocks.3.hook_resid_post-topk
 DEMO_DB  := runs/demo.duckdb
 
 # Until `shoggoth demo` exists: the most complete pipeline so far. The models table, a measured
-# prompt, the default SAE trained offline on MiniLM, and the built-in persona battery harvested
-# with it into a DuckDB file (each step skipped when its output is already there).
+# prompt, the default SAE trained offline on MiniLM, the built-in persona battery harvested with
+# it into a DuckDB file (each skipped when its output is already there), and the feature labels.
 demo: $(STAMP) $(DEMO_DB)
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth models
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth prompt --model minilm \
 		--system "You are a pirate." --user "What is rain?" \
 		--continuation "Rain is water that falls from clouds."
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth harvest --db $(DEMO_DB) --sae $(DEMO_SAE)
+	HF_HUB_OFFLINE=1 $(BIN)/shoggoth label --db $(DEMO_DB)
 
 # An interrupted harvest resumes where it stopped; a retrained SAE is harvested afresh.
 $(DEMO_DB): $(DEMO_SAE)/shoggoth.json
 	rm -f $(DEMO_DB)
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth harvest --db $(DEMO_DB) --sae $(DEMO_SAE)
+	HF_HUB_OFFLINE=1 $(BIN)/shoggoth label --db $(DEMO_DB)
 
 # An interrupted demo training resumes from its newest checkpoint.
 $(DEMO_SAE)/shoggoth.json: $(STAMP)
