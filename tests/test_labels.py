@@ -203,3 +203,38 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
     code = shoggoth.main(["label", "--db", str(db), "--sae", "nope"])
     _, err = capfd.readouterr()
     assert code == 2 and "--sae nope" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", ["no such file"]),
+    ("not_duckdb", ["not a DuckDB database"]),
+    ("empty_db", ["not a shoggoth database"]),
+    ("no_harvest", ["holds no harvest yet"]),
+    ("two_saes", ["holds several SAEs", "--sae"]),
+])
+def test_label_bad_input(capfd, tmp_path, case, words):
+    from index.schema import create_schema
+    from sae.personas import load_items, load_personas
+
+    db = tmp_path / "db.duckdb"
+    if case == "not_duckdb":
+        db.write_text("not a database\n" * 40)
+    elif case == "empty_db":
+        duckdb.connect(str(db)).close()
+    elif case in ("no_harvest", "two_saes"):
+        con = duckdb.connect(str(db))
+        create_schema(con, load_personas(), load_items())
+        if case == "two_saes":
+            for name in ("a", "b"):
+                con.execute("INSERT INTO saes (sae_id, model, hook, d_in, d_sae) VALUES "
+                            "(?, 'm', 'h', 4, 8)", [name])
+        con.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code = shoggoth.main(["label", "--db", str(db)])
+    out, err = capfd.readouterr()
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
