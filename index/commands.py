@@ -1,4 +1,4 @@
-"""CLI commands for the database side: `merge` and `label`."""
+"""CLI commands for the database side: `merge`, `label` and `sql`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rich.table import Table
 from index.label_db import LabelRunConfig, label_database
 from index.labels import LABELS
 from index.merge import MergeConfig, merge
+from index.sql import SqlConfig, run_sql, write_output
 from sae.configs import config_options
 
 
@@ -55,3 +56,13 @@ def label_command(cfg: LabelRunConfig) -> None:
         calib.add_row(row.run, f"{row.n_live:,}", f"{row.n_mask_specific:,}",
                       f"{row.n_mask_family:,}", f"{row.n_shared:,}")
     console.print(calib)
+
+
+@click.command("sql")
+@config_options(SqlConfig)
+def sql_command(cfg: SqlConfig) -> None:
+    """Run SQL on a feature database: read-only, with no access to files, the network or
+    extensions (--write allows changing the database itself). Example queries:
+    docs/queries.sql."""
+    columns, rows, table = run_sql(cfg)
+    write_output(cfg, columns, rows, table)

@@ -70,9 +70,11 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
             return fn(load_config(cls, config_file, typed))
 
         for f in reversed(dataclasses.fields(cls)):
-            if typing.get_origin(hints[f.name]) is list:  # list[Path]: positional arguments
-                wrapper = click.argument(f.name, nargs=-1,
-                                         type=click.Path(path_type=Path))(wrapper)
+            if typing.get_origin(hints[f.name]) is list:  # list[...]: positional arguments
+                (item,) = typing.get_args(hints[f.name])
+                wrapper = click.argument(
+                    f.name, nargs=-1,
+                    type=click.Path(path_type=Path) if item is Path else click.STRING)(wrapper)
                 # Click gives arguments no help of their own: document it in the command's.
                 wrapper.__doc__ = (f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{f.name.upper()}: "
                                    f"{field_help(cls, f.name)}")

@@ -1,0 +1,136 @@
+"""`shoggoth sql`: SQL on the feature database, read-only and sandboxed by default.
+
+The connection is read-only, with DuckDB's external access disabled (no file reads or writes, no
+COPY, ATTACH, EXPORT, extension installs or loads) and its configuration locked, so a query can
+only read the database it was given. `--write` opens it for writing, still sandboxed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from index.database import connect
+from sae.errors import BadInput
+
+SANDBOX = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "allow_community_extensions": False,
+    "lock_configuration": True,
+}
+
+
+@dataclass
+class SqlConfig:
+    """`shoggoth sql`: run SQL on a feature database."""
+
+    db: Path | None = None
+    """The feature database."""
+    query: list[str] = field(default_factory=list)
+    """The SQL to run (quote it); several statements may be separated by ';'."""
+    format: Literal["table", "csv", "json", "parquet"] = "table"
+    """Output format (parquet needs --out)."""
+    out: Path | None = None
+    """Write the result to this file instead of standard output (written atomically)."""
+    write: bool = False
+    """Allow statements that modify the database (still no file or network access)."""
+    max_rows: int = 1000
+    """Rows shown by the table format (the others print every row)."""
+
+
+def sandboxed(db: Path, write: bool = False) -> Any:
+    """A connection that can read (or with `write`, modify) `db` and nothing else."""
+    if not db.is_file():
+        raise BadInput(f"--db {db}: no such file")
+    connect(db, read_only=not write).close()  # one-line errors: not DuckDB, locked
+    return duckdb.connect(str(db), read_only=not write, config=SANDBOX)
+
+
+def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+    """Run the query; returns (columns, rows, arrow table or None) of the last statement."""
+    if cfg.db is None:
+        raise BadInput("--db: required")
+    sql = " ".join(cfg.query).strip()
+    if not sql:
+        raise BadInput("query: give the SQL to run, e.g. shoggoth sql --db F \"SELECT 1\"")
+    if cfg.format == "parquet" and cfg.out is None:
+        raise BadInput("--format parquet: needs --out FILE")
+    con = sandboxed(cfg.db, cfg.write)
+    try:
+        result = con.execute(sql)
+        if result.description is None:
+            return [], [], None
+        table = result.to_arrow_table()
+        return table.column_names, [tuple(r.values()) for r in table.to_pylist()], table
+    except duckdb.PermissionException as e:
+        raise BadInput(f"sql: refused, shoggoth sql cannot touch files, the network or "
+                       f"extensions ({_first(e)})") from None
+    except duckdb.InvalidInputException as e:
+        if "read-only" in str(e) or "read only" in str(e):
+            raise BadInput("sql: the database is opened read-only; pass --write to modify it"
+                           ) from None
+        raise BadInput(f"sql: {_first(e)}") from None
+    except duckdb.Error as e:
+        raise BadInput(f"sql: {_first(e)}") from None
+    finally:
+        con.close()
+
+
+def _first(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def write_output(cfg: SqlConfig, columns: list[str], rows: list[tuple[Any, ...]],
+                 table: Any) -> None:
+    """Print or write the result in the requested format."""
+    if cfg.format == "table" and cfg.out is None:
+        from rich.console import Console
+        from rich.table import Table
+
+        shown = Table(show_lines=False)
+        for col in columns:
+            shown.add_column(col)
+        for row in rows[: cfg.max_rows]:
+            shown.add_row(*("NULL" if v is None else str(v) for v in row))
+        console = Console()
+        console.print(shown)
+        more = f" (first {cfg.max_rows} shown)" if len(rows) > cfg.max_rows else ""
+        console.print(f"{len(rows):,} rows{more}", highlight=False)
+        return
+    if cfg.out is None:
+        _write_text(sys.stdout, cfg.format, columns, rows)
+        return
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cfg.out.parent, prefix=f".{cfg.out.name}.")
+    os.close(fd)
+    try:
+        if cfg.format == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        else:
+            with open(tmp, "w", newline="") as f:
+                _write_text(f, "csv" if cfg.format == "table" else cfg.format, columns, rows)
+        os.replace(tmp, cfg.out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_text(f: Any, fmt: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    if fmt == "csv":
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        json.dump([dict(zip(columns, r, strict=True)) for r in rows], f, default=str, indent=1)
+        f.write("\n")

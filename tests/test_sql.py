@@ -1,0 +1,135 @@
+"""`shoggoth sql`: every documented query on a real harvested and labelled database, the output
+formats, and the sandbox (no files, no ATTACH, no extensions, no writes without --write)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from test_harvest import battery
+
+import shoggoth
+
+QUERIES = Path(__file__).parents[1] / "docs" / "queries.sql"
+
+
+def named_queries() -> dict[str, str]:
+    parts = re.split(r"^-- name: (\w+)\n", QUERIES.read_text(), flags=re.M)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, tiny_sae_dir) -> Path:
+    work = tmp_path_factory.mktemp("sql")
+    db = work / "db.duckdb"
+    args = battery(work / "b", 30)
+    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+                          *map(str, args)]) == 0
+    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
+    return db
+
+
+def sql(capfd, db: Path, query: str, *flags: str) -> tuple[int, str, str]:
+    code = shoggoth.main(["sql", "--db", str(db), *flags, "--", query])  # may start with --
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_documented_query_runs(capfd, labelled):
+    queries = named_queries()
+    assert {"persona_label_counts", "mask_specific_of_persona", "shared_by_every_persona",
+            "calibration"} <= set(queries)
+    results = {}
+    for name, query in queries.items():
+        code, out, err = sql(capfd, labelled, query, "--format", "json")
+        assert code == 0, (name, err)
+        results[name] = json.loads(out)
+    con = duckdb.connect(str(labelled), read_only=True)
+    want = con.execute("SELECT count(*) FROM features WHERE argmax_persona IS NOT NULL"
+                       ).fetchone()[0]
+    assert sum(r["features"] for r in results["persona_label_counts"]) == want > 0
+    n_shared = con.execute("SELECT count(*) FROM features WHERE label = 'shared'").fetchone()[0]
+    assert len(results["shared_by_every_persona"]) == min(n_shared, 50)
+    assert [r["run"] for r in results["calibration"]][:2] == ["real", "shuffled"]
+    top = results["persona_mean_of_feature"]
+    assert top and top == sorted(top, key=lambda r: -r["mean_act"])
+    con.close()
+
+
+def test_mask_specific_query_shows_contexts(capfd, labelled, tmp_path):
+    # Mark one live feature as the villain's in a copy, so the context query has rows to show.
+    db = tmp_path / "copy.duckdb"
+    db.write_bytes(labelled.read_bytes())
+    con = duckdb.connect(str(db))
+    feature = con.execute("SELECT feature FROM features WHERE n_docs_firing > 0 "
+                          "ORDER BY density DESC LIMIT 1").fetchone()[0]
+    con.execute("UPDATE features SET label = 'mask-specific', top_persona = 'villain' "
+                "WHERE feature = ?", [feature])
+    con.close()
+    code, out, err = sql(capfd, db, named_queries()["mask_specific_of_persona"], "--format",
+                         "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["rank"] for r in rows] == [1, 2, 3] and {r["feature"] for r in rows} == {feature}
+    assert all(r["context"].count("[[") == 1 for r in rows)
+    assert rows[0]["value"] >= rows[1]["value"] >= rows[2]["value"]
+
+
+def test_formats(capfd, labelled, tmp_path):
+    query = "SELECT label, count(*) AS n FROM features GROUP BY label ORDER BY label"
+    code, out, _ = sql(capfd, labelled, query, "--format", "csv")
+    rows = list(csv.reader(io.StringIO(out)))
+    assert code == 0 and rows[0] == ["label", "n"] and sum(int(r[1]) for r in rows[1:]) == 64
+    code, out, _ = sql(capfd, labelled, query)
+    assert code == 0 and "label" in out and "rows" in out
+    target = tmp_path / "out.parquet"
+    code, _, err = sql(capfd, labelled, query, "--format", "parquet", "--out", str(target))
+    assert code == 0, err
+    assert pq.read_table(target).column_names == ["label", "n"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]  # no temp file left
+
+
+@pytest.mark.parametrize("query, words", [
+    ("SELECT * FROM read_csv('/etc/passwd')", "refused"),
+    ("SELECT * FROM read_text('/etc/hostname')", "refused"),
+    ("COPY (SELECT 1) TO '{tmp}/leak.csv'", "refused"),
+    ("ATTACH '{tmp}/other.duckdb' AS other", "refused"),
+    ("INSTALL httpfs", "refused"),
+    ("LOAD httpfs", "sql:"),
+    ("SET enable_external_access = true", "sql:"),
+    ("DELETE FROM features", "--write"),
+    ("DROP TABLE activations", "--write"),
+    ("SELEC nonsense", "sql:"),
+])
+def test_sql_sandbox(capfd, labelled, tmp_path, query, words):
+    before = digest(labelled)
+    code, out, err = sql(capfd, labelled, query.replace("{tmp}", str(tmp_path)))
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
+    assert digest(labelled) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_needs_the_flag_and_stays_sandboxed(capfd, labelled, tmp_path):
+    db = tmp_path / "w.duckdb"
+    db.write_bytes(labelled.read_bytes())
+    code, _, err = sql(capfd, db, "INSERT INTO annotations (sae_id, feature, label) VALUES "
+                       "('tiny-sae', 1, 'shared')", "--write")
+    assert code == 0, err
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM annotations").fetchone()[0] == 1
+    con.close()
+    code, _, err = sql(capfd, db, f"COPY features TO '{tmp_path}/x.csv'", "--write")
+    assert code == 2 and "refused" in err and not (tmp_path / "x.csv").exists()
