@@ -8,7 +8,7 @@ import warnings
 
 import click
 
-from index.commands import label_command, merge_command, sql_command
+from index.commands import index_command, label_command, merge_command, sql_command
 from sae.commands import (
     harvest_command,
     models_command,
@@ -33,6 +33,7 @@ cli.add_command(harvest_command)
 cli.add_command(merge_command)
 cli.add_command(label_command)
 cli.add_command(sql_command)
+cli.add_command(index_command)
 
 
 def _quiet_libraries() -> None:

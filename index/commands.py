@@ -1,4 +1,4 @@
-"""CLI commands for the database side: `merge`, `label` and `sql`."""
+"""CLI commands for the database side: `merge`, `label`, `index` and `sql`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from index.dictionary import IndexConfig, build_dictionary
 from index.label_db import LabelRunConfig, label_database
 from index.labels import LABELS
 from index.merge import MergeConfig, merge
@@ -66,3 +67,19 @@ def sql_command(cfg: SqlConfig) -> None:
     docs/queries.sql."""
     columns, rows, table = run_sql(cfg)
     write_output(cfg, columns, rows, table)
+
+
+@click.command("index")
+@config_options(IndexConfig)
+def index_command(cfg: IndexConfig) -> None:
+    """Build the feature dictionary of a harvested SAE: top and interval examples, activation
+    histograms, FAISS neighbours by decoder direction and by persona profile, and logit effects
+    (causal LMs). Rebuilt aside and renamed into place."""
+    err = Console(stderr=True, soft_wrap=True)
+    result = build_dictionary(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
+    Console(soft_wrap=True).print(
+        f"{cfg.db} · {result['sae_id']} · {result['features']:,} features indexed in "
+        f"{result['seconds']} s · decoder index {result['decoder_index']} (recall@10 "
+        f"{result['recall_at_10']:.3f}) · persona profiles "
+        f"{'indexed' if result['profiles'] else 'skipped (run shoggoth label first)'} · "
+        f"logit effects {result['logit_effects']}", highlight=False)

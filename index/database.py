@@ -91,3 +91,22 @@ def storage(con: Any, path: Path) -> dict[str, float]:
     blocks = con.execute("SELECT count(DISTINCT block_id) FROM pragma_storage_info('activations') "
                          "WHERE block_id >= 0").fetchone()[0]
     return {"file_bytes": path.stat().st_size, "activations_bytes": blocks * block}
+
+
+def choose_sae(con: Any, path: Path, sae: str | None) -> tuple[str, dict[str, Any]]:
+    """The SAE a command works on (`--sae`, or the only one) and its `saes` row."""
+    if not tables(con):
+        raise BadInput(f"--db {path}: not a shoggoth database (it is empty)")
+    cur = con.execute("SELECT * FROM saes ORDER BY sae_id")
+    cols = [d[0] for d in cur.description]
+    saes = {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
+    if not saes:
+        raise BadInput(f"--db {path}: holds no harvest yet (run `shoggoth harvest`)")
+    if sae is None:
+        if len(saes) > 1:
+            raise BadInput(f"--db {path}: holds several SAEs ({', '.join(saes)}); choose one "
+                           "with --sae")
+        sae = next(iter(saes))
+    if sae not in saes:
+        raise BadInput(f"--sae {sae}: not in {path} (it holds {', '.join(saes)})")
+    return sae, saes[sae]

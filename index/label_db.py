@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from index.database import connect, require_shoggoth, tables
+from index.database import choose_sae, connect, require_shoggoth
 from index.labels import LabelConfig, label_features, shuffled_within_items, split_persona
 from index.schema import create_label_tables
 from sae.configs import config_metadata
@@ -61,19 +61,7 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     con = connect(cfg.db, read_only=True)
     try:
         require_shoggoth(con, cfg.db)
-        if not tables(con):
-            raise BadInput(f"--db {cfg.db}: not a shoggoth database (it is empty)")
-        saes = dict(con.execute("SELECT sae_id, d_sae FROM saes ORDER BY sae_id").fetchall())
-        if not saes:
-            raise BadInput(f"--db {cfg.db}: holds no harvest yet (run `shoggoth harvest`)")
-        sae_id = cfg.sae
-        if sae_id is None:
-            if len(saes) > 1:
-                raise BadInput(f"--db {cfg.db}: holds several SAEs ({', '.join(saes)}); "
-                               "choose one with --sae")
-            sae_id = next(iter(saes))
-        if sae_id not in saes:
-            raise BadInput(f"--sae {sae_id}: not in {cfg.db} (it holds {', '.join(saes)})")
+        sae_id, sae_row = choose_sae(con, cfg.db, cfg.sae)
         doc_features, documents, personas = _read(con, sae_id)
         extra = con.execute(
             "SELECT feature, max(max_act) AS max_act FROM doc_features WHERE sae_id = ? "
@@ -81,7 +69,7 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     finally:
         con.close()
     thresholds = LabelConfig(**{f.name: getattr(cfg, f.name) for f in fields(LabelConfig)})
-    n = saes[sae_id]
+    n = sae_row["d_sae"]
     real = label_features(doc_features, documents, personas, n, thresholds)
     calibration = [_counts("real", "the harvest as it is", real)]
     shuffled = label_features(shuffled_within_items(doc_features, documents, personas,

@@ -24,7 +24,7 @@ TABLES: dict[str, str] = {
         sae_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, hook VARCHAR NOT NULL,
         architecture VARCHAR, d_in INTEGER NOT NULL, d_sae INTEGER NOT NULL, path VARCHAR,
         weights_sha256 VARCHAR, model_source VARCHAR, template VARCHAR,
-        value_decimals INTEGER, prefix_cache BOOLEAN, run_id VARCHAR""",
+        value_decimals INTEGER, prefix_cache BOOLEAN, run_id VARCHAR, logit_effects VARCHAR""",
     "personas": """
         persona persona_name PRIMARY KEY, family VARCHAR NOT NULL, description VARCHAR,
         is_control BOOLEAN NOT NULL, control_of VARCHAR""",
@@ -75,6 +75,58 @@ LABEL_TABLES: dict[str, str] = {
 }
 """Written by `shoggoth label` (created when first needed); `annotations` holds manual labels and
 is never written by label."""
+
+INDEX_TABLES: dict[str, str] = {
+    "examples": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, kind VARCHAR NOT NULL,
+        rank INTEGER NOT NULL, persona VARCHAR NOT NULL, paraphrase SMALLINT NOT NULL,
+        item_id VARCHAR NOT NULL, pos INTEGER NOT NULL, value FLOAT NOT NULL, bin_lo FLOAT,
+        bin_hi FLOAT""",
+    "feature_histograms": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, bin INTEGER NOT NULL,
+        lo FLOAT NOT NULL, hi FLOAT NOT NULL, count INTEGER NOT NULL""",
+    "neighbors": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, rank INTEGER NOT NULL,
+        neighbor INTEGER NOT NULL, cosine FLOAT NOT NULL""",
+    "profile_neighbors": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, rank INTEGER NOT NULL,
+        neighbor INTEGER NOT NULL, cosine FLOAT NOT NULL""",
+    "logit_effects": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, sign VARCHAR NOT NULL,
+        rank INTEGER NOT NULL, token_id INTEGER NOT NULL, token VARCHAR NOT NULL,
+        value FLOAT NOT NULL""",
+    "faiss_indexes": """
+        sae_id VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL, n INTEGER NOT NULL, d INTEGER NOT NULL, recall_at_10 DOUBLE,
+        ef_search INTEGER, PRIMARY KEY (sae_id, name)""",
+}
+"""Written by `shoggoth index` (created when first needed)."""
+
+EXAMPLE_CONTEXTS_MACRO = """
+CREATE OR REPLACE MACRO example_contexts(sae, feat, width := 8) AS TABLE
+SELECT * FROM (
+    SELECT e.kind, e.rank, round(e.value::DOUBLE, 4) AS value, e.persona, e.paraphrase, e.item_id,
+           e.pos, round(e.bin_lo::DOUBLE, 4) AS bin_lo, round(e.bin_hi::DOUBLE, 4) AS bin_hi,
+           string_agg(CASE WHEN t.pos = e.pos THEN '[[' || t.token || ']]' ELSE t.token END,
+                      ' ' ORDER BY t.pos) AS context
+    FROM examples e
+    JOIN tokens t ON t.sae_id = e.sae_id AND t.item_id = e.item_id
+         AND t.pos BETWEEN e.pos - width AND e.pos + width
+    WHERE e.sae_id = sae AND e.feature = feat
+    GROUP BY ALL)
+ORDER BY kind <> 'top', bin_lo DESC NULLS FIRST, rank
+"""
+"""The examples of one feature with their token context, the firing token in [[ ]]: top
+examples first, then the intervals from the highest down."""
+
+
+def create_index_tables(con: Any) -> None:
+    """The tables `shoggoth index` writes, and the example_contexts macro (if missing)."""
+    con.execute("ALTER TABLE saes ADD COLUMN IF NOT EXISTS logit_effects VARCHAR")
+    for table, columns in INDEX_TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    con.execute(EXAMPLE_CONTEXTS_MACRO)
+
 
 FEATURE_LABELS_VIEW = """
 CREATE OR REPLACE VIEW feature_labels AS

@@ -96,12 +96,13 @@ def write_output(cfg: SqlConfig, columns: list[str], rows: list[tuple[Any, ...]]
     if cfg.format == "table" and cfg.out is None:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         shown = Table(show_lines=False)
         for col in columns:
             shown.add_column(col)
-        for row in rows[: cfg.max_rows]:
-            shown.add_row(*("NULL" if v is None else str(v) for v in row))
+        for row in rows[: cfg.max_rows]:  # Text: brackets in values are data, not markup
+            shown.add_row(*(Text("NULL" if v is None else str(v)) for v in row))
         console = Console()
         console.print(shown)
         more = f" (first {cfg.max_rows} shown)" if len(rows) > cfg.max_rows else ""

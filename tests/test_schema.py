@@ -7,7 +7,14 @@ from pathlib import Path
 
 import duckdb
 
-from index.schema import LABEL_TABLES, TABLES, create_label_tables, create_schema
+from index.schema import (
+    INDEX_TABLES,
+    LABEL_TABLES,
+    TABLES,
+    create_index_tables,
+    create_label_tables,
+    create_schema,
+)
 from sae.personas import load_items, load_personas
 
 DOC = Path(__file__).parents[1] / "docs" / "schema.md"
@@ -32,6 +39,7 @@ def actual(tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
     con = duckdb.connect(str(tmp_path / "schema.duckdb"))
     create_schema(con, personas, items)
     create_label_tables(con)
+    create_index_tables(con)
     enums = {
         "ENUM(" + ", ".join(f"'{p.name}'" for p in personas) + ")": "persona_name",
         "ENUM(" + ", ".join(f"'{i.item_id}'" for i in items) + ")": "item_name",
@@ -48,7 +56,8 @@ def actual(tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
 
 def test_schema_doc_matches_the_database(tmp_path):
     doc, db = documented(), actual(tmp_path)
-    assert sorted(doc) == sorted(db) == sorted([*TABLES, *LABEL_TABLES, "feature_labels"])
+    assert sorted(doc) == sorted(db) == sorted([*TABLES, *LABEL_TABLES, *INDEX_TABLES,
+                                                         "feature_labels"])
     for table in db:
         assert doc[table] == db[table], table
 

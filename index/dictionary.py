@@ -1,0 +1,224 @@
+"""`shoggoth index`: turn a harvest into a feature dictionary — examples, histograms, FAISS
+neighbours by decoder direction and by persona profile, and logit effects.
+
+The database is rebuilt aside and renamed over the old one, so readers keep the old file during
+a rebuild and a kill -9 leaves it intact. FAISS files live in `<db>.faiss/` beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from index import similarity
+from index.database import choose_sae, connect, require_shoggoth
+from index.schema import create_index_tables
+from sae.errors import BadInput
+
+EXAMPLES_SQL = """
+INSERT INTO examples
+WITH a AS (SELECT feature, persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id,
+                  pos, value FROM activations WHERE sae_id = $sae),
+top AS (
+    SELECT feature, 'top' AS kind,
+           row_number() OVER (PARTITION BY feature
+                              ORDER BY value DESC, persona, paraphrase, item_id, pos) AS rank,
+           persona, paraphrase, item_id, pos, value, NULL::FLOAT AS bin_lo, NULL::FLOAT AS bin_hi
+    FROM a QUALIFY rank <= $top),
+span AS (SELECT feature, min(value) AS lo, max(value) AS hi FROM a GROUP BY feature),
+binned AS (
+    SELECT a.*, s.lo, s.hi,
+           least($bins - 1, floor((a.value - s.lo) / nullif(s.hi - s.lo, 0) * $bins))::INTEGER
+               AS bin
+    FROM a JOIN span s USING (feature)),
+sampled AS (
+    SELECT feature, 'interval ' || (coalesce(bin, 0) + 1) || '/' || $bins AS kind,
+           row_number() OVER (PARTITION BY feature, bin
+                              ORDER BY hash(persona, paraphrase, item_id, pos)) AS rank,
+           persona, paraphrase, item_id, pos, value,
+           lo + coalesce(bin, 0) * (hi - lo) / $bins AS bin_lo,
+           lo + (coalesce(bin, 0) + 1) * (hi - lo) / $bins AS bin_hi
+    FROM binned QUALIFY rank <= $per_bin)
+SELECT $sae, * FROM top UNION ALL SELECT $sae, * FROM sampled
+"""
+
+HISTOGRAM_SQL = """
+INSERT INTO feature_histograms
+WITH a AS (SELECT feature, value FROM activations WHERE sae_id = $sae),
+span AS (SELECT feature, min(value) AS lo, max(value) AS hi FROM a GROUP BY feature)
+SELECT $sae, feature, bin, any_value(lo + bin * (hi - lo) / $bins),
+       any_value(lo + (bin + 1) * (hi - lo) / $bins), count(*)
+FROM (SELECT a.feature, s.lo, s.hi,
+             coalesce(least($bins - 1, floor((a.value - s.lo) / nullif(s.hi - s.lo, 0) * $bins)),
+                      0)::INTEGER AS bin
+      FROM a JOIN span s USING (feature))
+GROUP BY feature, bin
+ORDER BY feature, bin
+"""
+
+
+@dataclass
+class IndexConfig:
+    """`shoggoth index`: build the feature dictionary of a harvested SAE."""
+
+    db: Path | None = None
+    """The feature database (from `shoggoth harvest`; labels from `shoggoth label` are used
+    when present)."""
+    sae: str | None = None
+    """The SAE (its sae_id; default: the only one in the database)."""
+    top: int = 20
+    """Top-activating examples kept per feature."""
+    bins: int = 10
+    """Equal-width activation intervals sampled per feature."""
+    per_bin: int = 5
+    """Examples sampled from each interval."""
+    histogram_bins: int = 50
+    """Bins of each feature's activation histogram."""
+    neighbors: int = 10
+    """Nearest features stored per feature."""
+    exact_max: int = 100_000
+    """Exact FAISS search up to this many features; HNSW above it."""
+    logit_top: int = 10
+    """Promoted and suppressed tokens stored per feature."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N."""
+
+
+def logit_effects(model: Any, w_dec: np.ndarray, top: int, batch: int = 1024) -> pd.DataFrame:
+    """Top promoted/suppressed tokens of each decoder direction through the unembedding."""
+    import torch
+
+    w_u = model.bridge.original_model.get_output_embeddings().weight  # [vocab, d]
+    w_u = w_u.detach().float().cpu()
+    dec = torch.from_numpy(w_dec).float()
+    tokens = model.tokenizer.convert_ids_to_tokens(list(range(w_u.shape[0])))
+    rows = []
+    for s in range(0, len(dec), batch):
+        logits = dec[s : s + batch] @ w_u.T
+        for sign, largest in (("promoted", True), ("suppressed", False)):
+            vals, ids = torch.topk(logits, top, dim=1, largest=largest)
+            for r in range(len(ids)):
+                for rank, (tid, val) in enumerate(zip(ids[r].tolist(), vals[r].tolist(),
+                                                      strict=True), 1):
+                    rows.append((s + r, sign, rank, tid, str(tokens[tid]), val))
+    return pd.DataFrame(rows, columns=["feature", "sign", "rank", "token_id", "token", "value"])
+
+
+def faiss_dir(db: Path) -> Path:
+    return db.parent / f"{db.name}.faiss"
+
+
+def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
+    """Build (or rebuild) one SAE's dictionary tables and FAISS indexes; returns a summary."""
+    from sae.harvest import load_sae_dir
+    from sae.models import load_model, resolve_device
+
+    if cfg.db is None:
+        raise BadInput("--db: required (a database from `shoggoth harvest`)")
+    if not cfg.db.is_file():
+        raise BadInput(f"--db {cfg.db}: no such file")
+    for name in ("top", "bins", "per_bin", "histogram_bins", "neighbors", "logit_top"):
+        if getattr(cfg, name) < 1:
+            raise BadInput(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
+    started = time.time()
+    con = connect(cfg.db, read_only=True)
+    try:
+        require_shoggoth(con, cfg.db)
+        sae_id, row = choose_sae(con, cfg.db, cfg.sae)
+        profiles = None
+        if "feature_personas" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
+            profiles = con.execute("SELECT feature, persona, mean_act FROM feature_personas "
+                                   "WHERE sae_id = ?", [sae_id]).df()
+    finally:
+        con.close()
+    path = Path(row["path"])
+    if not path.is_dir():
+        raise BadInput(f"--db {cfg.db}: the SAE directory of '{sae_id}' ({path}) is gone; "
+                       "index needs its decoder")
+    device, _ = resolve_device(cfg.device)
+    sae = load_sae_dir(path, str(device))
+    w_dec = sae.W_dec.detach().float().cpu().numpy()
+    if w_dec.shape != (row["d_sae"], row["d_in"]):
+        raise BadInput(f"--db {cfg.db}: the SAE at {path} no longer matches '{sae_id}' "
+                       f"(decoder {w_dec.shape})")
+
+    log("decoder neighbours (FAISS)")
+    decoder = similarity.build(w_dec, cfg.exact_max)
+    dec_ids, dec_cos = similarity.neighbours(decoder, w_dec, cfg.neighbors)
+    indexes = [("decoder", decoder, w_dec.shape)]
+    prof_rows = None
+    if profiles is not None and len(profiles):
+        names = sorted(profiles["persona"].unique())
+        matrix = np.zeros((row["d_sae"], len(names)), dtype=np.float32)
+        matrix[profiles["feature"].to_numpy(),
+               pd.Categorical(profiles["persona"], categories=names).codes] = profiles["mean_act"]
+        profile = similarity.build(matrix, cfg.exact_max)
+        prof_ids, prof_cos = similarity.neighbours(profile, matrix, min(cfg.neighbors,
+                                                                        row["d_sae"] - 1))
+        prof_rows = _neighbour_frame(prof_ids, prof_cos)
+        indexes.append(("persona_profile", profile, matrix.shape))
+
+    effects, note = None, "skipped: the model is not a causal LM (an encoder's LM head is not " \
+                          "part of its checkpoint)"
+    model = load_model(row["model"], cfg.device, load_weights=True)
+    if model.is_causal and model.bridge.original_model.get_output_embeddings() is not None:
+        log("logit effects")
+        effects = logit_effects(model, w_dec, cfg.logit_top)
+        note = "computed: decoder direction · unembedding (no final norm)"
+
+    partial = cfg.db.parent / f".{cfg.db.name}.index.partial"
+    partial.unlink(missing_ok=True)
+    fold = connect(cfg.db)  # fails if another process writes it; folds any WAL into the file
+    fold.execute("CHECKPOINT")
+    fold.close()
+    shutil.copyfile(cfg.db, partial)
+    try:
+        con = connect(partial)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            create_index_tables(con)
+            for table in ("examples", "feature_histograms", "neighbors", "profile_neighbors",
+                          "logit_effects", "faiss_indexes"):
+                con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+            log("examples and histograms")
+            con.execute(EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins,
+                                       "per_bin": cfg.per_bin})
+            con.execute(HISTOGRAM_SQL, {"sae": sae_id, "bins": cfg.histogram_bins})
+            for table, frame in (("neighbors", _neighbour_frame(dec_ids, dec_cos)),
+                                 ("profile_neighbors", prof_rows), ("logit_effects", effects)):
+                if frame is not None:
+                    con.register("frame", frame)
+                    con.execute(f"INSERT INTO {table} SELECT ?, * FROM frame", [sae_id])
+                    con.unregister("frame")
+            for name, built, shape in indexes:
+                target = faiss_dir(cfg.db) / f"{sae_id}.{name}.faiss"
+                similarity.save(built.index, target)
+                con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [sae_id, name, str(target), built.kind, shape[0], shape[1],
+                             built.recall_at_10, built.ef_search])
+            con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
+            con.execute("COMMIT")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(partial, cfg.db)  # readers of the old file keep it until they close
+    finally:
+        partial.unlink(missing_ok=True)
+    return {"sae_id": sae_id, "features": row["d_sae"], "decoder_index": decoder.kind,
+            "recall_at_10": decoder.recall_at_10, "logit_effects": note,
+            "profiles": prof_rows is not None, "seconds": round(time.time() - started, 1)}
+
+
+def _neighbour_frame(ids: np.ndarray, cos: np.ndarray) -> pd.DataFrame:
+    n, k = ids.shape
+    return pd.DataFrame({"feature": np.repeat(np.arange(n), k).astype(np.int32),
+                         "rank": np.tile(np.arange(1, k + 1), n).astype(np.int32),
+                         "neighbor": ids.reshape(-1).astype(np.int32),
+                         "cosine": cos.reshape(-1).astype(np.float32)})

@@ -1,0 +1,92 @@
+"""FAISS similarity over feature directions: exact inner-product search up to a size, HNSW above
+it (with its recall@10 measured against exact search), saved beside the database."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class BuiltIndex:
+    """A FAISS index over unit vectors, and how well it finds the exact neighbours."""
+
+    index: Any
+    kind: str
+    """'flat' (exact IndexFlatIP) or 'hnsw' (IndexHNSWFlat, inner product)."""
+    recall_at_10: float
+    """Recall of the 10 nearest neighbours against exact search (1.0 for flat)."""
+    ef_search: int | None
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32 and contiguous."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def build(vectors: np.ndarray, exact_max: int = 100_000, target_recall: float = 0.95,
+          sample: int = 1000, seed: int = 0) -> BuiltIndex:
+    """Index unit `vectors` for cosine search: exact up to `exact_max` rows, otherwise HNSW with
+    efSearch raised until recall@10 on `sample` queries reaches `target_recall`."""
+    import faiss
+
+    x = unit_rows(vectors)
+    n, d = x.shape
+    if n <= exact_max:
+        flat = faiss.IndexFlatIP(d)
+        flat.add(x)
+        return BuiltIndex(flat, "flat", 1.0, None)
+    hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 80
+    hnsw.add(x)
+    rng = np.random.default_rng(seed)
+    queries = x[rng.choice(n, min(sample, n), replace=False)]
+    exact = faiss.IndexFlatIP(d)
+    exact.add(x)
+    _, truth = exact.search(queries, 10)
+    recall = 0.0
+    ef = 16
+    while ef <= 4096:
+        hnsw.hnsw.efSearch = ef
+        _, got = hnsw.search(queries, 10)
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth,
+                                                                             strict=True)]))
+        if recall >= target_recall:
+            break
+        ef *= 2
+    return BuiltIndex(hnsw, "hnsw", recall, hnsw.hnsw.efSearch)
+
+
+def neighbours(built: BuiltIndex, vectors: np.ndarray, k: int = 10,
+               batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest other rows of every row: (indices [n, k], cosines [n, k])."""
+    x = unit_rows(vectors)
+    ids, sims = [], []
+    for s in range(0, len(x), batch):
+        sim, idx = built.index.search(x[s : s + batch], k + 1)
+        for row, (i_row, s_row) in enumerate(zip(idx, sim, strict=True)):
+            keep = i_row != s + row  # drop the row itself
+            ids.append(i_row[keep][:k])
+            sims.append(s_row[keep][:k])
+    return np.array(ids), np.array(sims)
+
+
+def save(index: Any, path: Path) -> None:
+    """Write a FAISS index atomically (temporary file, then rename)."""
+    import faiss
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

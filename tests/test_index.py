@@ -1,0 +1,158 @@
+"""`shoggoth index` on a real harvested and labelled database: examples, histograms, FAISS
+neighbours (exact and HNSW) checked against brute force, logit effects against numpy, the
+encoder skip, the example_contexts macro, and the atomic rebuild."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import faiss
+import numpy as np
+import pytest
+from conftest import build_random_sae
+from sae_lens import SAE
+from test_harvest import battery
+
+import shoggoth
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_sae_dir) -> Path:
+    work = tmp_path_factory.mktemp("index")
+    db = work / "db.duckdb"
+    args = battery(work / "b", 30)
+    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+                          *map(str, args)]) == 0
+    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
+    assert shoggoth.main(["index", "--db", str(db)]) == 0
+    return db
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_examples_and_histograms(indexed):
+    con = duckdb.connect(str(indexed), read_only=True)
+    # Top examples are the 20 largest activations of each feature, in order.
+    want = con.execute("""SELECT feature, list(value ORDER BY value DESC)[1:20]
+                          FROM activations GROUP BY feature ORDER BY feature""").fetchall()
+    got = con.execute("""SELECT feature, list(value ORDER BY rank) FROM examples
+                         WHERE kind = 'top' GROUP BY feature ORDER BY feature""").fetchall()
+    assert got == want and len(got) > 10
+    # Interval samples: at most 5 per equal-width interval, each inside its interval.
+    bad = con.execute("""SELECT count(*) FROM examples WHERE kind LIKE 'interval%'
+                         AND (value < bin_lo - 1e-6 OR value > bin_hi + 1e-6)""").fetchone()[0]
+    assert bad == 0
+    assert con.execute("""SELECT max(n) FROM (SELECT count(*) AS n FROM examples
+                          WHERE kind LIKE 'interval%' GROUP BY feature, kind)""").fetchone()[0] \
+        <= 5
+    # Histograms count every firing token once.
+    diff = con.execute("""SELECT count(*) FROM (SELECT feature, count(*) AS n FROM activations
+                          GROUP BY feature) a FULL JOIN (SELECT feature, sum(count) AS n
+                          FROM feature_histograms GROUP BY feature) h USING (feature)
+                          WHERE a.n IS DISTINCT FROM h.n""").fetchone()[0]
+    assert diff == 0
+    assert con.execute("SELECT max(bin) FROM feature_histograms").fetchone()[0] <= 49
+    rows = con.execute("SELECT * FROM example_contexts('tiny-sae', 3)").fetchall()
+    assert rows and rows[0][0] == "top" and all(r[-1].count("[[") == 1 for r in rows)
+    con.close()
+
+
+def test_neighbours_match_brute_force(indexed, tiny_sae_dir):
+    w = unit(SAE.load_from_disk(str(tiny_sae_dir)).W_dec.detach().numpy())
+    sims = w @ w.T
+    np.fill_diagonal(sims, -np.inf)
+    want = np.argsort(-sims, axis=1)[:, :10]
+    con = duckdb.connect(str(indexed), read_only=True)
+    got = con.execute("SELECT feature, list(neighbor ORDER BY rank), list(cosine ORDER BY rank) "
+                      "FROM neighbors GROUP BY feature ORDER BY feature").fetchall()
+    assert len(got) == w.shape[0]
+    for feature, neighbours, cosines in got:
+        assert neighbours == list(want[feature])
+        assert np.allclose(cosines, sims[feature, want[feature]], atol=1e-5)
+    path, kind, recall = con.execute("SELECT path, kind, recall_at_10 FROM faiss_indexes "
+                                     "WHERE name = 'decoder'").fetchone()
+    assert kind == "flat" and recall == 1.0 and faiss.read_index(path).ntotal == w.shape[0]
+    prof = con.execute("SELECT count(DISTINCT feature) FROM profile_neighbors").fetchone()[0]
+    assert prof == w.shape[0]
+    con.close()
+
+
+def test_logit_effects_match_numpy(indexed, tiny_sae_dir, tiny_gpt2):
+    w_dec = SAE.load_from_disk(str(tiny_sae_dir)).W_dec.detach().float()
+    w_u = tiny_gpt2.bridge.original_model.get_output_embeddings().weight.detach().float()
+    logits = (w_dec @ w_u.T).numpy()
+    con = duckdb.connect(str(indexed), read_only=True)
+    assert con.execute("SELECT logit_effects FROM saes").fetchone()[0].startswith("computed")
+    for feature in (0, 17, 63):
+        up = [t for (t,) in con.execute("SELECT token_id FROM logit_effects WHERE feature = ? AND "
+                                        "sign = 'promoted' ORDER BY rank", [feature]).fetchall()]
+        down = [t for (t,) in con.execute("SELECT token_id FROM logit_effects WHERE feature = ? "
+                                          "AND sign = 'suppressed' ORDER BY rank",
+                                          [feature]).fetchall()]
+        assert up == list(np.argsort(-logits[feature])[:10])
+        assert down == list(np.argsort(logits[feature])[:10])
+    con.close()
+
+
+def test_rebuild_replaces_and_hnsw_records_recall(capfd, indexed, tmp_path):
+    db = tmp_path / "copy.duckdb"
+    db.write_bytes(indexed.read_bytes())
+    before = duckdb.connect(str(db), read_only=True)
+    n_examples = before.execute("SELECT count(*) FROM examples").fetchone()[0]
+    before.close()
+    code = shoggoth.main(["index", "--db", str(db), "--exact-max", "10"])
+    _, err = capfd.readouterr()
+    assert code == 0, err
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM examples").fetchone()[0] == n_examples
+    kind, recall = con.execute("SELECT kind, recall_at_10 FROM faiss_indexes "
+                               "WHERE name = 'decoder'").fetchone()
+    assert kind == "hnsw" and recall >= 0.95
+    con.close()
+    assert not list(tmp_path.glob(".copy.duckdb*"))
+
+
+def test_encoder_skips_logit_effects(capfd, tmp_path, minilm):
+    sae = build_random_sae(tmp_path / "s", "minilm", 384, "blocks.3.hook_resid_post", d_sae=96,
+                           k=8)
+    db = tmp_path / "m.duckdb"
+    args = battery(tmp_path / "b", 4)
+    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(sae), *map(str, args)]) == 0
+    assert shoggoth.main(["index", "--db", str(db)]) == 0
+    out, _ = capfd.readouterr()
+    assert "persona profiles skipped" in out
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT logit_effects FROM saes").fetchone()[0].startswith("skipped")
+    assert con.execute("SELECT count(*) FROM logit_effects").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM neighbors").fetchone()[0] == 96 * 10
+    con.close()
+
+
+def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
+    db = tmp_path / "k.duckdb"
+    db.write_bytes(indexed.read_bytes())
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    partial = tmp_path / ".k.duckdb.index.partial"
+    exe = Path(sys.executable).with_name("shoggoth")
+    proc = subprocess.Popen([str(exe), "index", "--db", str(db), "--exact-max", "10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not partial.exists():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM examples").fetchone()[0] > 0
+    con.close()
