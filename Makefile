@@ -22,7 +22,8 @@ DEMO_DB  := runs/demo.duckdb
 
 # Until `shoggoth demo` exists: the most complete pipeline so far. The models table, a measured
 # prompt, the default SAE trained offline on MiniLM, the built-in persona battery harvested with
-# it into a DuckDB file (each skipped when its output is already there), and the feature labels.
+# it into a DuckDB file (each skipped when its output is already there), the feature labels, the
+# feature dictionary, and one SQL query.
 demo: $(STAMP) $(DEMO_DB)
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth models
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth prompt --model minilm \
@@ -30,12 +31,18 @@ demo: $(STAMP) $(DEMO_DB)
 		--continuation "Rain is water that falls from clouds."
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth harvest --db $(DEMO_DB) --sae $(DEMO_SAE)
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth label --db $(DEMO_DB)
+	HF_HUB_OFFLINE=1 $(BIN)/shoggoth index --db $(DEMO_DB)
+	HF_HUB_OFFLINE=1 $(BIN)/shoggoth sql --db $(DEMO_DB) -- \
+		"SELECT label, count(*) AS features FROM features GROUP BY label ORDER BY features DESC"
 
 # An interrupted harvest resumes where it stopped; a retrained SAE is harvested afresh.
 $(DEMO_DB): $(DEMO_SAE)/shoggoth.json
 	rm -f $(DEMO_DB)
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth harvest --db $(DEMO_DB) --sae $(DEMO_SAE)
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth label --db $(DEMO_DB)
+	HF_HUB_OFFLINE=1 $(BIN)/shoggoth index --db $(DEMO_DB)
+	HF_HUB_OFFLINE=1 $(BIN)/shoggoth sql --db $(DEMO_DB) -- \
+		"SELECT label, count(*) AS features FROM features GROUP BY label ORDER BY features DESC"
 
 # An interrupted demo training resumes from its newest checkpoint.
 $(DEMO_SAE)/shoggoth.json: $(STAMP)
