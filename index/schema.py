@@ -76,6 +76,10 @@ LABEL_TABLES: dict[str, str] = {
 """Written by `shoggoth label` (created when first needed); `annotations` holds manual labels and
 is never written by label."""
 
+NEIGHBOR_COLUMNS = """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, rank INTEGER NOT NULL,
+        neighbor INTEGER NOT NULL, cosine FLOAT NOT NULL"""
+
 INDEX_TABLES: dict[str, str] = {
     "examples": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, kind VARCHAR NOT NULL,
@@ -85,12 +89,8 @@ INDEX_TABLES: dict[str, str] = {
     "feature_histograms": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, bin INTEGER NOT NULL,
         lo FLOAT NOT NULL, hi FLOAT NOT NULL, count INTEGER NOT NULL""",
-    "neighbors": """
-        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, rank INTEGER NOT NULL,
-        neighbor INTEGER NOT NULL, cosine FLOAT NOT NULL""",
-    "profile_neighbors": """
-        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, rank INTEGER NOT NULL,
-        neighbor INTEGER NOT NULL, cosine FLOAT NOT NULL""",
+    "neighbors": NEIGHBOR_COLUMNS,
+    "profile_neighbors": NEIGHBOR_COLUMNS,
     "logit_effects": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, sign VARCHAR NOT NULL,
         rank INTEGER NOT NULL, token_id INTEGER NOT NULL, token VARCHAR NOT NULL,

@@ -125,3 +125,41 @@ def tiny_sae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) 
     """A random TopK SAE on the tiny chat GPT-2's blocks.1.hook_resid_post."""
     return build_random_sae(tmp_path_factory.mktemp("tiny-sae") / "tiny-sae", str(tiny_gpt2_dir),
                             32, "blocks.1.hook_resid_post")
+
+
+PERSONAS = """personas:
+  - name: pirate
+    family: fiction
+    prompts: ["You are a pirate captain.", "Act as a salty old buccaneer.", "Arr, be a pirate."]
+  - name: helper
+    family: assistant
+    prompts: ["You are a helpful assistant.", "Be a kind and careful helper.", "Help the user."]
+  - name: control_none
+    family: control
+    is_control: true
+    prompts: [""]
+"""
+
+
+def battery(directory: Path, n_items: int, personas: str = PERSONAS) -> list[str]:
+    """--personas/--items arguments for a small battery written to `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "personas.yaml").write_text(personas)
+    items = (Path(__file__).parents[1] / "sae/battery/items.jsonl").read_text().splitlines()
+    (directory / "items.jsonl").write_text("\n".join(items[:n_items]) + "\n")
+    return ["--personas", directory / "personas.yaml", "--items", directory / "items.jsonl"]
+
+
+@pytest.fixture(scope="session")
+def labelled_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path) -> Path:
+    """A real database: the tiny SAE harvested on 30 built-in items, then labelled.
+    Tests that change it work on a copy."""
+    import shoggoth
+
+    work = tmp_path_factory.mktemp("labelled")
+    db = work / "db.duckdb"
+    args = battery(work / "b", 30)
+    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+                          *map(str, args)]) == 0
+    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
+    return db

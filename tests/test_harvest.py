@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from conftest import build_random_sae
+from conftest import PERSONAS, battery, build_random_sae
 from sae_lens import SAE
 
 import shoggoth
@@ -25,18 +25,6 @@ from sae.models import Model
 from sae.personas import load_items, load_personas
 from sae.prompts import build_prompt, collate, pad_id
 
-PERSONAS = """personas:
-  - name: pirate
-    family: fiction
-    prompts: ["You are a pirate captain.", "Act as a salty old buccaneer.", "Arr, be a pirate."]
-  - name: helper
-    family: assistant
-    prompts: ["You are a helpful assistant.", "Be a kind and careful helper.", "Help the user."]
-  - name: control_none
-    family: control
-    is_control: true
-    prompts: [""]
-"""
 DATA = ("tokens", "documents", "activations", "doc_features")
 KEY = "sae_id, persona, paraphrase, item_id, pos, feature"
 
@@ -45,15 +33,6 @@ def run(capfd, *argv):
     code = shoggoth.main([str(a) for a in argv])
     out, err = capfd.readouterr()
     return code, out, err
-
-
-def battery(directory: Path, n_items: int, personas: str = PERSONAS) -> list[str]:
-    """--personas/--items arguments for a small battery written to `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "personas.yaml").write_text(personas)
-    items = (Path(__file__).parents[1] / "sae/battery/items.jsonl").read_text().splitlines()
-    (directory / "items.jsonl").write_text("\n".join(items[:n_items]) + "\n")
-    return ["--personas", directory / "personas.yaml", "--items", directory / "items.jsonl"]
 
 
 def rows(path: Path, sae_id: str | None = None) -> dict[str, list[tuple]]:

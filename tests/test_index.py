@@ -16,21 +16,16 @@ import duckdb
 import faiss
 import numpy as np
 import pytest
-from conftest import build_random_sae
+from conftest import battery, build_random_sae
 from sae_lens import SAE
-from test_harvest import battery
 
 import shoggoth
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory, tiny_sae_dir) -> Path:
-    work = tmp_path_factory.mktemp("index")
-    db = work / "db.duckdb"
-    args = battery(work / "b", 30)
-    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
-                          *map(str, args)]) == 0
-    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
+def indexed(tmp_path_factory, labelled_db) -> Path:
+    db = tmp_path_factory.mktemp("index") / "db.duckdb"
+    db.write_bytes(labelled_db.read_bytes())
     assert shoggoth.main(["index", "--db", str(db)]) == 0
     return db
 

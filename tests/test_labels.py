@@ -162,7 +162,7 @@ def test_relabelling_and_scaling_change_nothing_else(data, scale):
 
 
 def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny_sae_dir):
-    from test_harvest import battery
+    from conftest import battery
 
     db = tmp_path / "db.duckdb"
     args = battery(tmp_path / "b", 30)

@@ -13,7 +13,6 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from test_harvest import battery
 
 import shoggoth
 
@@ -26,14 +25,8 @@ def named_queries() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory, tiny_sae_dir) -> Path:
-    work = tmp_path_factory.mktemp("sql")
-    db = work / "db.duckdb"
-    args = battery(work / "b", 30)
-    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
-                          *map(str, args)]) == 0
-    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
-    return db
+def labelled(labelled_db) -> Path:
+    return labelled_db
 
 
 def sql(capfd, db: Path, query: str, *flags: str) -> tuple[int, str, str]:
