@@ -1,15 +1,17 @@
 """Opening, creating and publishing feature databases (one DuckDB file each).
 
 Writers never touch the user's database until their work is complete: a harvest fills a partial
-file beside it, committed batch by batch, and then either renames that file into place (no
-database yet) or merges its rows into the existing one in a single transaction. Killing the
-process at any moment leaves the previous database as it was.
+file beside it, committed batch by batch, and then merges its rows into the database in a single
+transaction (or, when there is no database yet, into a new file built aside and renamed). Killing
+the process at any moment leaves the previous database as it was.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,38 @@ def connect(path: Path, *, read_only: bool = False, what: str = "--db") -> Any:
         raise BadInput(f"{what} {path}: {msg.splitlines()[0]}") from None
     except duckdb.Error as e:
         raise BadInput(f"{what} {path}: {str(e).splitlines()[0]}") from None
+
+
+@contextmanager
+def transaction(con: Any) -> Iterator[None]:
+    """BEGIN … COMMIT, rolled back on any error (or Ctrl-C)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except Exception:  # the connection may be unusable; closing it rolls back too
+            pass
+        raise
+
+
+def insert_frame(con: Any, table: str, frame: Any, head: list[Any] | None = None) -> None:
+    """INSERT INTO `table` the rows of a pandas or Arrow frame, after the constant columns
+    `head` (given as parameters); the frame's columns follow the table's order."""
+    marks = "?, " * len(head or [])
+    con.register("_frame", frame)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT {marks}* FROM _frame", head or [])
+    finally:
+        con.unregister("_frame")
+
+
+def remove(path: Path) -> None:
+    """Delete a database file and its write-ahead log, if they exist."""
+    path.unlink(missing_ok=True)
+    Path(f"{path}.wal").unlink(missing_ok=True)
 
 
 def tables(con: Any, catalog: str | None = None) -> set[str]:

@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 
 from index import similarity
-from index.database import choose_sae, connect, require_shoggoth
+from index.database import (
+    choose_sae,
+    connect,
+    insert_frame,
+    remove,
+    require_shoggoth,
+    transaction,
+)
 from index.schema import create_index_tables
 from sae.errors import BadInput
 
@@ -167,14 +174,16 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
 
     effects, note = None, "skipped: the model is not a causal LM (an encoder's LM head is not " \
                           "part of its checkpoint)"
-    model = load_model(row["model"], cfg.device, load_weights=True)
-    if model.is_causal and model.bridge.original_model.get_output_embeddings() is not None:
-        log("logit effects")
-        effects = logit_effects(model, w_dec, cfg.logit_top)
-        note = "computed: decoder direction · unembedding (no final norm)"
+    # The weights are loaded only when there is an unembedding to read.
+    if load_model(row["model"], cfg.device, load_weights=False).is_causal:
+        model = load_model(row["model"], cfg.device)
+        if model.bridge.original_model.get_output_embeddings() is not None:
+            log("logit effects")
+            effects = logit_effects(model, w_dec, cfg.logit_top)
+            note = "computed: decoder direction · unembedding (no final norm)"
 
     partial = cfg.db.parent / f".{cfg.db.name}.index.partial"
-    partial.unlink(missing_ok=True)
+    remove(partial)
     fold = connect(cfg.db)  # fails if another process writes it; folds any WAL into the file
     fold.execute("CHECKPOINT")
     fold.close()
@@ -182,35 +191,34 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
     try:
         con = connect(partial)
         try:
-            con.execute("BEGIN TRANSACTION")
-            create_index_tables(con)
-            for table in ("examples", "feature_histograms", "neighbors", "profile_neighbors",
-                          "logit_effects", "faiss_indexes"):
-                con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
-            log("examples and histograms")
-            con.execute(EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins,
-                                       "per_bin": cfg.per_bin})
-            con.execute(HISTOGRAM_SQL, {"sae": sae_id, "bins": cfg.histogram_bins})
-            for table, frame in (("neighbors", _neighbour_frame(dec_ids, dec_cos)),
-                                 ("profile_neighbors", prof_rows), ("logit_effects", effects)):
-                if frame is not None:
-                    con.register("frame", frame)
-                    con.execute(f"INSERT INTO {table} SELECT ?, * FROM frame", [sae_id])
-                    con.unregister("frame")
-            for name, built, shape in indexes:
-                target = faiss_dir(cfg.db) / f"{sae_id}.{name}.faiss"
-                similarity.save(built.index, target)
-                con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            [sae_id, name, str(target), built.kind, shape[0], shape[1],
-                             built.recall_at_10, built.ef_search])
-            con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
-            con.execute("COMMIT")
+            with transaction(con):
+                create_index_tables(con)
+                for table in ("examples", "feature_histograms", "neighbors",
+                              "profile_neighbors", "logit_effects", "faiss_indexes"):
+                    con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+                log("examples and histograms")
+                con.execute(EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins,
+                                           "per_bin": cfg.per_bin})
+                con.execute(HISTOGRAM_SQL, {"sae": sae_id, "bins": cfg.histogram_bins})
+                for table, frame in (("neighbors", _neighbour_frame(dec_ids, dec_cos)),
+                                     ("profile_neighbors", prof_rows),
+                                     ("logit_effects", effects)):
+                    if frame is not None:
+                        insert_frame(con, table, frame, [sae_id])
+                for name, built, shape in indexes:
+                    target = faiss_dir(cfg.db) / f"{sae_id}.{name}.faiss"
+                    similarity.save(built.index, target)
+                    con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [sae_id, name, str(target), built.kind, shape[0], shape[1],
+                                 built.recall_at_10, built.ef_search])
+                con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?",
+                            [note, sae_id])
             con.execute("CHECKPOINT")
         finally:
             con.close()
         os.replace(partial, cfg.db)  # readers of the old file keep it until they close
     finally:
-        partial.unlink(missing_ok=True)
+        remove(partial)
     return {"sae_id": sae_id, "features": row["d_sae"], "decoder_index": decoder.kind,
             "recall_at_10": decoder.recall_at_10, "logit_effects": note,
             "profiles": prof_rows is not None, "seconds": round(time.time() - started, 1)}

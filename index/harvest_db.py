@@ -17,9 +17,12 @@ from index.database import (
     check_same_battery,
     connect,
     harvested,
+    insert_frame,
+    remove,
     require_shoggoth,
     storage,
     tables,
+    transaction,
 )
 from index.schema import battery_of, create_schema
 from sae.errors import BadInput
@@ -61,9 +64,7 @@ def already_done(db: Path, partial: Path, sae_id: str, done: dict[str, Any] | No
         diff = sorted(k for k in identity if (stored or {}).get(k) != identity[k])
         raise BadInput(f"--db {db}: already holds SAE '{sae_id}' harvested with other settings "
                        f"({', '.join(diff)}); use another --sae-id or another --db")
-    if partial.exists():  # published, but killed before the partial file was removed
-        partial.unlink()
-        Path(f"{partial}.wal").unlink(missing_ok=True)
+    remove(partial)  # published, but killed before the partial file was removed
     result = summary(db, sae_id, 0.0)
     result["already_harvested"] = True
     return result
@@ -95,23 +96,21 @@ class PartialStore:
         """Record the run, the SAE and each item's continuation tokens, in one transaction."""
         self.run_id = uuid.uuid4().hex[:12]
         con = self.con
-        con.execute("BEGIN TRANSACTION")
-        con.execute("INSERT INTO runs VALUES (?, 'harvest', ?, ?, now(), NULL, 'running')",
-                    [self.run_id, json.dumps({"identity": identity, "config": config}),
-                     json.dumps(versions)])
-        cols = ["sae_id", *sae_row, "run_id"]
-        con.execute(f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    [sae_id, *sae_row.values(), self.run_id])
         rows = [(item_id, pos, tid, text) for item_id, ids, texts in tokens
                 for pos, (tid, text) in enumerate(zip(ids, texts, strict=True))]
-        con.register("batch", pa.table({
-            "item_id": [r[0] for r in rows], "pos": pa.array([r[1] for r in rows], pa.int32()),
-            "token_id": pa.array([r[2] for r in rows], pa.int32()),
-            "token": [r[3] for r in rows]}))
-        con.execute("INSERT INTO tokens SELECT ?, item_id, pos, token_id, token FROM batch",
-                    [sae_id])
-        con.unregister("batch")
-        con.execute("COMMIT")
+        with transaction(con):
+            con.execute("INSERT INTO runs VALUES (?, 'harvest', ?, ?, now(), NULL, 'running')",
+                        [self.run_id, json.dumps({"identity": identity, "config": config}),
+                         json.dumps(versions)])
+            cols = ["sae_id", *sae_row, "run_id"]
+            con.execute(f"INSERT INTO saes ({', '.join(cols)}) "
+                        f"VALUES ({', '.join('?' * len(cols))})",
+                        [sae_id, *sae_row.values(), self.run_id])
+            insert_frame(con, "tokens", pa.table({
+                "item_id": [r[0] for r in rows],
+                "pos": pa.array([r[1] for r in rows], pa.int32()),
+                "token_id": pa.array([r[2] for r in rows], pa.int32()),
+                "token": [r[3] for r in rows]}), [sae_id])
 
     def done_documents(self, sae_id: str) -> set[tuple[str, int, str]]:
         """(persona, paraphrase, item_id) of every document already written."""
@@ -134,22 +133,9 @@ class PartialStore:
         docs = pa.table({"item_id": item_ids, "n_tokens": pa.array(n_tokens, pa.int32())})
         tables = {"documents": docs, "activations": with_items(activations),
                   "doc_features": with_items(doc_features)}
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(self.con):
             for name, table in tables.items():
-                con.register("batch", table)
-                columns = ", ".join(table.column_names)
-                con.execute(f"INSERT INTO {name} SELECT ?, ?, ?, {columns} FROM batch",
-                            [sae_id, persona, paraphrase])
-                con.unregister("batch")
-            con.execute("COMMIT")
-        except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except Exception:  # the connection may be unusable; closing it rolls back too
-                pass
-            raise
+                insert_frame(self.con, name, table, [sae_id, persona, paraphrase])
 
     def finish(self) -> None:
         """Mark the run finished and fold the write-ahead log into the file."""
@@ -165,8 +151,7 @@ def open_partial(path: Path, personas: Sequence[Persona], items: Sequence[Item])
     """Open the partial database of a harvest, creating it (schema and battery) when new."""
     if not path.exists():
         building = path.with_name(path.name + ".new")
-        building.unlink(missing_ok=True)
-        Path(f"{building}.wal").unlink(missing_ok=True)
+        remove(building)
         con = connect(building)
         create_schema(con, personas, items)
         con.close()
@@ -194,8 +179,7 @@ def publish_harvest(partial: Path, db: Path, personas: Sequence[Persona],
     # blocks that batch-by-batch appends leave (a new file is built aside and renamed; an
     # existing one gains the rows in one transaction).
     merge(MergeConfig(db=db, inputs=[partial]), as_is=True)
-    partial.unlink()
-    Path(f"{partial}.wal").unlink(missing_ok=True)
+    remove(partial)
 
 
 def summary(db: Path, sae_id: str, seconds: float) -> dict[str, Any]:

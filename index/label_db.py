@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from index.database import choose_sae, connect, require_shoggoth
+from index.database import choose_sae, connect, insert_frame, require_shoggoth, transaction
 from index.labels import LabelConfig, label_features, shuffled_within_items, split_persona
 from index.schema import create_label_tables
 from sae.configs import config_metadata
@@ -32,7 +32,7 @@ def _read(con: Any, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
         "SELECT persona, paraphrase, item_id, feature, mean_act FROM doc_features "
         "WHERE sae_id = ?", [sae_id]).df()
     documents = con.execute(
-        "SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id, n_tokens "
+        "SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id "
         "FROM documents WHERE sae_id = ?", [sae_id]).df()
     personas = con.execute("SELECT persona::VARCHAR AS persona, family, is_control "
                            "FROM personas ORDER BY enum_code(personas.persona)").df()
@@ -130,27 +130,18 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
 
     con = connect(db)
     try:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("INSERT INTO runs VALUES (?, 'label', ?, ?, now(), now(), 'finished')",
-                    [uuid.uuid4().hex[:12], json.dumps({"identity": None, "config": config,
-                                                        "sae_id": sae_id}),
-                     json.dumps(library_versions())])
-        create_label_tables(con)
-        for table in ("features", "feature_personas", "calibration"):
-            con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
-        con.register("labelled", features)
-        con.execute("INSERT INTO features BY NAME SELECT * FROM labelled")
-        con.unregister("labelled")
-        con.register("calib", calibration)
-        con.execute("INSERT INTO calibration BY NAME SELECT * FROM calib")
-        con.unregister("calib")
-        con.execute(PERSONA_SQL, {"sae": sae_id})
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except Exception:  # closing the connection rolls back as well
-            pass
-        raise
+        with transaction(con):
+            con.execute("INSERT INTO runs VALUES (?, 'label', ?, ?, now(), now(), 'finished')",
+                        [uuid.uuid4().hex[:12], json.dumps({"identity": None, "config": config,
+                                                            "sae_id": sae_id}),
+                         json.dumps(library_versions())])
+            create_label_tables(con)
+            for table in ("features", "feature_personas", "calibration"):
+                con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+            con.register("labelled", features)
+            con.execute("INSERT INTO features BY NAME SELECT * FROM labelled")
+            con.unregister("labelled")
+            insert_frame(con, "calibration", calibration)
+            con.execute(PERSONA_SQL, {"sae": sae_id})
     finally:
         con.close()

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index.database import check_same_battery, connect, require_shoggoth, tables
+from index.database import (
+    check_same_battery,
+    connect,
+    remove,
+    require_shoggoth,
+    tables,
+    transaction,
+)
 from index.schema import HARVEST_TABLES, ORDER, battery_rows, create_schema, read_battery
 from sae.configs import config_metadata
 from sae.errors import BadInput
@@ -131,8 +138,7 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
         if not cfg.db.parent.is_dir():
             raise BadInput(f"--db {cfg.db}: its folder {cfg.db.parent} does not exist")
         building = cfg.db.with_name(f".{cfg.db.name}.merge.partial")
-        building.unlink(missing_ok=True)
-        Path(f"{building}.wal").unlink(missing_ok=True)
+        remove(building)
         con = connect(building)
     try:
         groups: dict[str, list[Holding]] = {}
@@ -159,17 +165,15 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
             clash = sorted(present & set(groups))
             if clash:
                 raise BadInput(f"--db {cfg.db}: already holds SAE '{clash[0]}'")
-        con.execute("BEGIN TRANSACTION")
-        if not tables(con):
-            create_schema(con, *read_battery(con, "input0"))
-        _copy(con, groups, None if as_is else config_metadata(cfg))
-        con.execute("COMMIT")
+        with transaction(con):
+            if not tables(con):
+                create_schema(con, *read_battery(con, "input0"))
+            _copy(con, groups, None if as_is else config_metadata(cfg))
         con.execute("CHECKPOINT")
     except BaseException:
         con.close()
         if building is not None:
-            building.unlink(missing_ok=True)
-            Path(f"{building}.wal").unlink(missing_ok=True)
+            remove(building)
         raise
     con.close()
     if building is not None:

@@ -77,16 +77,21 @@ def _stop_layer(model: Model, hook: str) -> int | None:
     return layer + 1 if layer is not None and layer + 1 < model.n_layers else None
 
 
+def _run_cached(model: Model, tokens: torch.Tensor, kv: Any, hook: str) -> torch.Tensor:
+    """Run `tokens` after (and into) the KV cache `kv`, up to the hooked block."""
+    with torch.inference_mode(), _cache_kwarg_alias(model.bridge):
+        _, cache = model.bridge.run_with_cache(
+            tokens.to(model.device), names_filter=hook, stop_at_layer=_stop_layer(model, hook),
+            return_cache_object=False, cache=kv, use_cache=True)
+    return cache[hook]
+
+
 def prefix_cache(model: Model, ids: list[int], hook: str) -> PrefixCache:
     """Run a causal LM over `ids` once and keep its KV cache up to the hooked block."""
     from transformers import DynamicCache
 
     kv = DynamicCache()
-    tokens = torch.tensor([ids], dtype=torch.long, device=model.device)
-    with torch.inference_mode(), _cache_kwarg_alias(model.bridge):
-        model.bridge.run_with_cache(tokens, names_filter=hook,
-                                    stop_at_layer=_stop_layer(model, hook),
-                                    return_cache_object=False, cache=kv, use_cache=True)
+    _run_cached(model, torch.tensor([ids], dtype=torch.long), kv, hook)
     layers = [(layer.keys, layer.values) for layer in kv.layers
               if getattr(layer, "keys", None) is not None and layer.keys.numel()]
     return PrefixCache(list(ids), layers)
@@ -107,10 +112,4 @@ def activations_after_prefix(model: Model, prefix: PrefixCache, batch: Batch,
     for i, (keys, values) in enumerate(prefix.layers):
         # expand() shares the prefix's memory; the cache's concatenation makes the copy.
         kv.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i)
-    with torch.inference_mode(), _cache_kwarg_alias(model.bridge):
-        _, cache = model.bridge.run_with_cache(
-            batch.input_ids.to(model.device), names_filter=hook,
-            stop_at_layer=_stop_layer(model, hook), return_cache_object=False, cache=kv,
-            use_cache=True,
-        )
-    return cache[hook]
+    return _run_cached(model, batch.input_ids, kv, hook)

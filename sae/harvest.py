@@ -29,6 +29,7 @@ from sae.configs import config_metadata
 from sae.errors import BadInput, Interrupted
 from sae.personas import Item, Persona, load_items, load_personas
 from sae.prompts import Prompt, Template, build_prompt, collate, pad_id
+from sae.sae_import import check_fits
 from sae.train import library_versions
 
 SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
@@ -129,18 +130,14 @@ def weights_sha256(sae_dir: Path) -> str:
 
 def load_sae_dir(path: Path, device: str) -> Any:
     """An sae-lens SAE from a directory; BadInput in one line when it is not one."""
-    from sae_lens import SAE
+    from sae.sae_import import read_sae_dir
 
     if not path.is_dir():
         raise BadInput(f"--sae {path}: no such directory")
     if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
         raise BadInput(f"--sae {path}: not an SAE directory (needs cfg.json and "
                        "sae_weights.safetensors, as `shoggoth train` writes)")
-    try:
-        return SAE.load_from_disk(str(path), device=device)
-    except Exception as e:  # damaged or foreign files: one line naming the directory
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise BadInput(f"--sae {path}: could not load the SAE: {first}") from None
+    return read_sae_dir(path, device, "--sae")
 
 
 def sae_model_name(path: Path, sae: Any) -> str | None:
@@ -292,11 +289,6 @@ def shared_prefix(prompts: list[Prompt]) -> int:
     return n
 
 
-def continuation_tokens(harvester: Harvester) -> list[list[int]]:
-    """Each item's continuation token ids (under the first persona paraphrase)."""
-    return [harvester.prompt(0, 0, i).continuation_ids for i in range(len(harvester.items))]
-
-
 def check_tokens(harvester: Harvester, unit: Unit, expected: list[list[int]]) -> None:
     """The same answer must give the same tokens under every persona, or positions would not
     line up across personas."""
@@ -368,18 +360,13 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
         return harvest_db.already_done(cfg.db, partial, sae_id, target[sae_id],
                                        run_identity(cfg, sae_id, sha256, model_name))
     model = load_model(model_name, cfg.device)
-    hook = sae.cfg.metadata.hook_name
-    if not hook or hook not in model.bridge.hook_dict:
-        raise BadInput(f"--sae {cfg.sae}: its hook '{hook}' does not exist in model "
-                       f"'{model_name}'")
-    if sae.cfg.d_in != model.d_model:
-        raise BadInput(f"--sae {cfg.sae}: d_in {sae.cfg.d_in} does not match model "
-                       f"'{model_name}' (d_model {model.d_model} at {hook})")
+    hook = check_fits(sae, model, f"--sae {cfg.sae}")
     sae.eval()
     harvester = Harvester(model, sae, hook, personas, items, cfg.template,
                           cfg.prefix_cache and model.is_causal)
-    expected = continuation_tokens(harvester)
-    lengths = [len(harvester.prompt(0, 0, i).input_ids) for i in range(len(items))]
+    first = harvester.group(0, 0)  # every item under the first persona paraphrase
+    expected = [p.continuation_ids for p in first]
+    lengths = [len(p.input_ids) for p in first]
     units = grid_units(personas, lengths, cfg.batch_size)
     mine = shard_units(units, shard)
 
@@ -394,7 +381,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
                 "model": model_name, "hook": hook, "architecture": sae.cfg.architecture(),
                 "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "path": str(cfg.sae.resolve()),
                 "weights_sha256": sha256, "model_source": model.source.location,
-                "template": harvester.prompt(0, 0, 0).template, "value_decimals": decimals,
+                "template": first[0].template, "value_decimals": decimals,
                 "prefix_cache": use_cache,
             }, [(i.item_id, expected[n], model.tokenizer.convert_ids_to_tokens(expected[n]))
                 for n, i in enumerate(items)])

@@ -40,6 +40,28 @@ class ImportConfig:
     """Replace --out if it exists."""
 
 
+def read_sae_dir(path: Path, device: str, flag: str) -> Any:
+    """`SAE.load_from_disk`, with a damaged or foreign directory reported in one line."""
+    from sae_lens import SAE
+
+    try:
+        return SAE.load_from_disk(str(path), device=device)
+    except Exception as e:  # damaged or foreign files: one line naming the directory
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BadInput(f"{flag} {path}: could not load the SAE: {first}") from None
+
+
+def check_fits(sae: Any, model: Any, who: str) -> str:
+    """BadInput unless the SAE reads a hook the model has, at the model's width; its hook."""
+    hook = sae.cfg.metadata.hook_name
+    if sae.cfg.d_in != model.d_model:
+        raise BadInput(f"{who}: d_in {sae.cfg.d_in} does not match model '{model.name}' "
+                       f"(d_model {model.d_model})")
+    if not hook or hook not in model.bridge.hook_dict:
+        raise BadInput(f"{who}: hook '{hook}' does not exist in model '{model.name}'")
+    return hook
+
+
 def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
     """The SAE and a description of where it came from."""
     from sae_lens import SAE
@@ -49,11 +71,7 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
     if cfg.path is not None:
         if not (cfg.path / "cfg.json").is_file():
             raise BadInput(f"--path {cfg.path}: not an sae-lens SAE directory (no cfg.json)")
-        try:
-            return SAE.load_from_disk(str(cfg.path), device=device), str(cfg.path.resolve())
-        except Exception as e:  # damaged or foreign files: one line naming the directory
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise BadInput(f"--path {cfg.path}: could not load the SAE: {first}") from None
+        return read_sae_dir(cfg.path, device, "--path"), str(cfg.path.resolve())
     if not cfg.sae_id:
         raise BadInput(f"--release {cfg.release}: needs --sae-id")
     from sae.models import hub_reachable
@@ -80,12 +98,7 @@ def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
         raise BadInput(f"--eval-tokens {cfg.eval_tokens}: must be positive")
     model = load_model(cfg.model, cfg.device)
     sae, origin = load_sae(cfg, str(model.device))
-    hook = sae.cfg.metadata.hook_name
-    if sae.cfg.d_in != model.d_model:
-        raise BadInput(f"SAE {origin}: d_in {sae.cfg.d_in} does not match model '{cfg.model}' "
-                       f"(d_model {model.d_model})")
-    if not hook or hook not in model.bridge.hook_dict:
-        raise BadInput(f"SAE {origin}: hook '{hook}' does not exist in model '{cfg.model}'")
+    hook = check_fits(sae, model, f"SAE {origin}")
     if sae.cfg.metadata.model_name and sae.cfg.metadata.model_name not in (cfg.model, "native"):
         log(f"note: the SAE was trained on '{sae.cfg.metadata.model_name}'")
     metrics = None
