@@ -1,4 +1,9 @@
-"""The one exception type for bad user input."""
+"""The exception types the CLI turns into exit codes, and deferring Ctrl-C over short writes."""
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class BadInput(ValueError):
@@ -10,3 +15,23 @@ class BadInput(ValueError):
 
 class Interrupted(Exception):
     """The user interrupted a long command after it saved its progress; the CLI exits with 130."""
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then raise KeyboardInterrupt.
+
+    For short writes: a Ctrl-C that lands inside a DuckDB call surfaces as a DuckDB error, not as
+    KeyboardInterrupt, so the write is finished first and the interrupt delivered after it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

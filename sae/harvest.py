@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sae.configs import config_metadata
-from sae.errors import BadInput, Interrupted
+from sae.errors import BadInput, Interrupted, interrupts_deferred
 from sae.personas import Item, Persona, load_items, load_personas
 from sae.prompts import Prompt, Template, build_prompt, collate, pad_id
 from sae.sae_import import check_fits
@@ -437,9 +437,10 @@ def run_units(harvester: Harvester, store: Any, sae_id: str, mine: list[Unit], t
             for unit in todo:
                 check_tokens(harvester, unit, expected)
                 out = harvester.compute(unit, decimals)
-                store.write(sae_id, personas[unit.persona].name, unit.paraphrase,
-                            [items[i].item_id for i in unit.items], out.n_tokens,
-                            out.activations, out.doc_features)
+                with interrupts_deferred():  # a batch is written whole, then Ctrl-C applies
+                    store.write(sae_id, personas[unit.persona].name, unit.paraphrase,
+                                [items[i].item_id for i in unit.items], out.n_tokens,
+                                out.activations, out.doc_features)
                 n_docs += len(unit.items)
                 n_tok += sum(out.n_tokens)
                 dt = max(time.time() - t0, 1e-9)
