@@ -8,7 +8,13 @@ import warnings
 
 import click
 
-from index.commands import index_command, label_command, merge_command, sql_command
+from index.commands import (
+    index_command,
+    label_command,
+    merge_command,
+    search_command,
+    sql_command,
+)
 from sae.commands import (
     harvest_command,
     models_command,
@@ -34,6 +40,7 @@ cli.add_command(merge_command)
 cli.add_command(label_command)
 cli.add_command(sql_command)
 cli.add_command(index_command)
+cli.add_command(search_command)
 
 
 def _quiet_libraries() -> None:

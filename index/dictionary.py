@@ -94,6 +94,8 @@ class IndexConfig:
     """Exact FAISS search up to this many features; HNSW above it."""
     logit_top: int = 10
     """Promoted and suppressed tokens stored per feature."""
+    persona_top: int = 20
+    """Decoder directions listed per persona vector."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
 
@@ -131,7 +133,8 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
         raise BadInput("--db: required (a database from `shoggoth harvest`)")
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
-    for name in ("top", "bins", "per_bin", "histogram_bins", "neighbors", "logit_top"):
+    for name in ("top", "bins", "per_bin", "histogram_bins", "neighbors", "logit_top",
+                 "persona_top"):
         if getattr(cfg, name) < 1:
             raise BadInput(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
     started = time.time()
@@ -140,6 +143,7 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
         require_shoggoth(con, cfg.db)
         sae_id, row = choose_sae(con, cfg.db, cfg.sae)
         profiles = None
+        residuals = read_residual_sums(con, sae_id)
         if "feature_personas" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
             profiles = con.execute("SELECT feature, persona, mean_act FROM feature_personas "
                                    "WHERE sae_id = ?", [sae_id]).df()
@@ -172,6 +176,15 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
         prof_rows = _neighbour_frame(prof_ids, prof_cos)
         indexes.append(("persona_profile", profile, matrix.shape))
 
+    vectors = persona_vectors(residuals) if residuals is not None else None
+    vector_rows = feature_rows = None
+    if vectors is not None:
+        log("persona vectors")
+        vector_path = faiss_dir(cfg.db) / f"{sae_id}.persona_vectors.npy"
+        vector_rows = vectors["table"].assign(path=str(vector_path))[
+            ["persona", "row", "path", "is_control", "n_tokens", "norm", "relative_norm"]]
+        feature_rows = nearest_features(decoder, vectors, min(cfg.persona_top, row["d_sae"]))
+
     effects, note = None, "skipped: the model is not a causal LM (an encoder's LM head is not " \
                           "part of its checkpoint)"
     # The weights are loaded only when there is an unembedding to read.
@@ -194,7 +207,8 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
             with transaction(con):
                 create_index_tables(con)
                 for table in ("examples", "feature_histograms", "neighbors",
-                              "profile_neighbors", "logit_effects", "faiss_indexes"):
+                              "profile_neighbors", "logit_effects", "faiss_indexes",
+                              "persona_vectors", "persona_features"):
                     con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
                 log("examples and histograms")
                 con.execute(EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins,
@@ -202,7 +216,9 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
                 con.execute(HISTOGRAM_SQL, {"sae": sae_id, "bins": cfg.histogram_bins})
                 for table, frame in (("neighbors", _neighbour_frame(dec_ids, dec_cos)),
                                      ("profile_neighbors", prof_rows),
-                                     ("logit_effects", effects)):
+                                     ("logit_effects", effects),
+                                     ("persona_vectors", vector_rows),
+                                     ("persona_features", feature_rows)):
                     if frame is not None:
                         insert_frame(con, table, frame, [sae_id])
                 for name, built, shape in indexes:
@@ -211,6 +227,8 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
                     con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                 [sae_id, name, str(target), built.kind, shape[0], shape[1],
                                  built.recall_at_10, built.ef_search])
+                if vectors is not None:
+                    save_npy(vectors["vectors"], vector_path)
                 con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?",
                             [note, sae_id])
             con.execute("CHECKPOINT")
@@ -221,7 +239,9 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
         remove(partial)
     return {"sae_id": sae_id, "features": row["d_sae"], "decoder_index": decoder.kind,
             "recall_at_10": decoder.recall_at_10, "logit_effects": note,
-            "profiles": prof_rows is not None, "seconds": round(time.time() - started, 1)}
+            "profiles": prof_rows is not None,
+            "persona_vectors": 0 if vectors is None else len(vectors["table"]),
+            "seconds": round(time.time() - started, 1)}
 
 
 def _neighbour_frame(ids: np.ndarray, cos: np.ndarray) -> pd.DataFrame:
@@ -230,3 +250,60 @@ def _neighbour_frame(ids: np.ndarray, cos: np.ndarray) -> pd.DataFrame:
                          "rank": np.tile(np.arange(1, k + 1), n).astype(np.int32),
                          "neighbor": ids.reshape(-1).astype(np.int32),
                          "cosine": cos.reshape(-1).astype(np.float32)})
+
+
+def read_residual_sums(con: Any, sae_id: str) -> pd.DataFrame | None:
+    """Each persona's summed residual activations and token count (None for a harvest that
+    stored none)."""
+    if "residual_sums" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
+        return None
+    rows = con.execute("""
+        SELECT r.persona::VARCHAR AS persona, p.is_control, r.n_tokens, r.residual_sum
+        FROM residual_sums r JOIN personas p USING (persona)
+        WHERE r.sae_id = ? ORDER BY r.persona, r.paraphrase, r.item_id""", [sae_id]).df()
+    return rows if len(rows) else None
+
+
+def persona_vectors(sums: pd.DataFrame) -> dict[str, Any] | None:
+    """Per persona: its mean residual activation minus the mean of the non-control personas'
+    means (each weighted equally). None when there is no non-control persona."""
+    names = list(dict.fromkeys(sums["persona"]))
+    stacked = np.stack(sums["residual_sum"].to_numpy()).astype(np.float64)
+    codes = pd.Categorical(sums["persona"], categories=names).codes
+    total = np.zeros((len(names), stacked.shape[1]))
+    np.add.at(total, codes, stacked)
+    n_tokens = np.bincount(codes, weights=sums["n_tokens"], minlength=len(names))
+    means = total / n_tokens[:, None]
+    control = sums.groupby("persona", sort=False)["is_control"].first().reindex(names).to_numpy()
+    if control.all():
+        return None
+    baseline = means[~control].mean(axis=0)
+    vectors = (means - baseline).astype(np.float32)
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    table = pd.DataFrame({"persona": names, "row": np.arange(len(names), dtype=np.int32),
+                          "is_control": control.astype(bool),
+                          "n_tokens": n_tokens.astype(np.int64), "norm": norms,
+                          "relative_norm": norms / max(float(np.linalg.norm(baseline)), 1e-12)})
+    return {"vectors": vectors, "table": table}
+
+
+def nearest_features(decoder: similarity.BuiltIndex, vectors: dict[str, Any],
+                     k: int) -> pd.DataFrame:
+    """The k decoder directions nearest (cosine) to each non-zero persona vector."""
+    table = vectors["table"]
+    keep = (table["norm"] > 0).to_numpy()
+    sims, ids = decoder.index.search(similarity.unit_rows(vectors["vectors"][keep]), k)
+    names = table["persona"].to_numpy()[keep]
+    return pd.DataFrame({"persona": np.repeat(names, k),
+                         "rank": np.tile(np.arange(1, k + 1), len(names)).astype(np.int32),
+                         "feature": ids.reshape(-1).astype(np.int32),
+                         "cosine": sims.reshape(-1).astype(np.float32)})
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    """Write a .npy file atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)

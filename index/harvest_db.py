@@ -120,8 +120,9 @@ class PartialStore:
 
     def write(self, sae_id: str, persona: str, paraphrase: int, item_ids: list[str],
               n_tokens: list[int], activations: dict[str, np.ndarray],
-              doc_features: dict[str, np.ndarray]) -> None:
-        """One batch's documents, activations and per-document aggregates, in one transaction.
+              doc_features: dict[str, np.ndarray], residual_sum: np.ndarray) -> None:
+        """One batch's documents, activations, per-document aggregates and residual sum, in one
+        transaction.
         In both dicts, column `doc` indexes `item_ids`. (Publishing sorts the rows.)"""
 
         def with_items(columns: dict[str, np.ndarray]) -> pa.Table:
@@ -136,6 +137,9 @@ class PartialStore:
         with transaction(self.con):
             for name, table in tables.items():
                 insert_frame(self.con, name, table, [sae_id, persona, paraphrase])
+            self.con.execute("INSERT INTO residual_sums VALUES (?, ?, ?, ?, ?, ?)",
+                             [sae_id, persona, paraphrase, item_ids[0], int(sum(n_tokens)),
+                              residual_sum.tolist()])
 
     def finish(self) -> None:
         """Mark the run finished and fold the write-ahead log into the file."""

@@ -48,6 +48,9 @@ TABLES: dict[str, str] = {
         sae_id VARCHAR NOT NULL, persona persona_name NOT NULL, paraphrase SMALLINT NOT NULL,
         item_id item_name NOT NULL, feature INTEGER NOT NULL, mean_act FLOAT NOT NULL,
         max_act FLOAT NOT NULL, n_fire INTEGER NOT NULL""",
+    "residual_sums": """
+        sae_id VARCHAR NOT NULL, persona persona_name NOT NULL, paraphrase SMALLINT NOT NULL,
+        item_id item_name NOT NULL, n_tokens INTEGER NOT NULL, residual_sum DOUBLE[] NOT NULL""",
 }
 """Table name → column definitions. Bulk tables carry no primary key: each harvest batch is
 written once, in one transaction, so uniqueness holds by construction (and is tested)."""
@@ -99,6 +102,13 @@ INDEX_TABLES: dict[str, str] = {
         sae_id VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR NOT NULL,
         kind VARCHAR NOT NULL, n INTEGER NOT NULL, d INTEGER NOT NULL, recall_at_10 DOUBLE,
         ef_search INTEGER, PRIMARY KEY (sae_id, name)""",
+    "persona_vectors": """
+        sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, row INTEGER NOT NULL,
+        path VARCHAR NOT NULL, is_control BOOLEAN NOT NULL, n_tokens BIGINT NOT NULL,
+        norm DOUBLE NOT NULL, relative_norm DOUBLE, PRIMARY KEY (sae_id, persona)""",
+    "persona_features": """
+        sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, rank INTEGER NOT NULL,
+        feature INTEGER NOT NULL, cosine FLOAT NOT NULL""",
 }
 """Written by `shoggoth index` (created when first needed)."""
 
@@ -152,9 +162,10 @@ ORDER: dict[str, str] = {
     "documents": "sae_id, persona, paraphrase, item_id",
     "activations": "sae_id, persona, paraphrase, item_id, pos, feature",
     "doc_features": "sae_id, persona, paraphrase, item_id, feature",
+    "residual_sums": "sae_id, persona, paraphrase, item_id",
 }
 BATTERY_TABLES = ("personas", "persona_prompts", "items")
-HARVEST_TABLES = ("tokens", "documents", "activations", "doc_features")
+HARVEST_TABLES = ("tokens", "documents", "activations", "doc_features", "residual_sums")
 
 
 def quote(text: str) -> str:

@@ -92,6 +92,9 @@ class Computed:
     """doc, pos, feature, value of every non-zero (rounded) activation."""
     doc_features: dict[str, np.ndarray]
     """doc, feature, mean_act, max_act, n_fire per document and feature that fired."""
+    residual_sum: np.ndarray
+    """Sum of the hook activations over the unit's continuation tokens (float64, [d_in]): what
+    `shoggoth index` turns into persona vectors."""
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -249,6 +252,7 @@ class Harvester:
 
         return Computed(
             n_tokens=n_tokens.tolist(),
+            residual_sum=x.double().sum(0).cpu().numpy(),
             activations={"doc": cpu(doc_of, np.int32),
                          "pos": cpu(token - starts[doc_of], np.int32),
                          "feature": cpu(feature, np.int32), "value": cpu(value, np.float32)},
@@ -440,7 +444,7 @@ def run_units(harvester: Harvester, store: Any, sae_id: str, mine: list[Unit], t
                 with interrupts_deferred():  # a batch is written whole, then Ctrl-C applies
                     store.write(sae_id, personas[unit.persona].name, unit.paraphrase,
                                 [items[i].item_id for i in unit.items], out.n_tokens,
-                                out.activations, out.doc_features)
+                                out.activations, out.doc_features, out.residual_sum)
                 n_docs += len(unit.items)
                 n_tok += sum(out.n_tokens)
                 dt = max(time.time() - t0, 1e-9)

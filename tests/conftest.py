@@ -163,3 +163,14 @@ def labelled_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path) ->
                           *map(str, args)]) == 0
     assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
     return db
+
+
+@pytest.fixture(scope="session")
+def indexed_db(tmp_path_factory: pytest.TempPathFactory, labelled_db: Path) -> Path:
+    """`labelled_db` after `shoggoth index`. Tests that change it work on a copy."""
+    import shoggoth
+
+    db = tmp_path_factory.mktemp("indexed") / "db.duckdb"
+    db.write_bytes(labelled_db.read_bytes())
+    assert shoggoth.main(["index", "--db", str(db)]) == 0
+    return db

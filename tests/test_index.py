@@ -23,11 +23,8 @@ import shoggoth
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory, labelled_db) -> Path:
-    db = tmp_path_factory.mktemp("index") / "db.duckdb"
-    db.write_bytes(labelled_db.read_bytes())
-    assert shoggoth.main(["index", "--db", str(db)]) == 0
-    return db
+def indexed(indexed_db) -> Path:
+    return indexed_db
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -150,4 +147,38 @@ def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM examples").fetchone()[0] > 0
+    con.close()
+
+
+def test_persona_vectors_match_a_direct_computation(indexed, tiny_gpt2, tiny_sae_dir):
+    from index.schema import read_battery
+    from sae.activations import continuation_activations
+    from sae.prompts import build_batch
+
+    con = duckdb.connect(str(indexed), read_only=True)
+    personas, items = read_battery(con)
+    hook = "blocks.1.hook_resid_post"
+    means = {}
+    for p in personas:  # every paraphrase and item, by full forward passes (no KV cache)
+        rows = [(text, it.question, it.answer) for text in p.prompts for it in items]
+        batch = build_batch(tiny_gpt2.tokenizer, rows, prepend_bos=tiny_gpt2.prepend_bos)
+        means[p.name] = continuation_activations(tiny_gpt2, batch, hook).double().mean(0).numpy()
+    baseline = np.mean([means[p.name] for p in personas if not p.is_control], axis=0)
+    table = con.execute("SELECT persona, row, path, is_control, norm FROM persona_vectors "
+                        "ORDER BY row").fetchall()
+    assert [r[0] for r in table] == [p.name for p in personas]
+    vectors = np.load(table[0][2])
+    for persona, row, _, is_control, norm in table:
+        want = means[persona] - baseline
+        assert np.allclose(vectors[row], want, atol=2e-3 * np.abs(want).max()), persona
+        assert norm == pytest.approx(np.linalg.norm(want), rel=1e-2)
+        assert is_control == (persona == "control_none")
+    # persona_features: the decoder rows with the largest cosine to each persona vector.
+    w = unit(SAE.load_from_disk(str(tiny_sae_dir)).W_dec.detach().numpy())
+    for persona, row, *_ in table:
+        cos = w @ (vectors[row] / np.linalg.norm(vectors[row]))
+        got = con.execute("SELECT list(feature ORDER BY rank), list(cosine ORDER BY rank) "
+                          "FROM persona_features WHERE persona = ?", [persona]).fetchone()
+        assert got[0] == list(np.argsort(-cos)[:20])
+        assert np.allclose(got[1], np.sort(cos)[::-1][:20], atol=1e-5)
     con.close()

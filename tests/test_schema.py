@@ -28,7 +28,7 @@ def documented() -> dict[str, list[tuple[str, str]]]:
         if line.startswith("## "):
             table = line[3:].strip()
             out[table] = []
-        m = re.match(r"\| (\w+) \| (\w+) \|", line)
+        m = re.match(r"\| (\w+) \| ([\w\[\]]+) \|", line)
         if table and m and m.group(1) != "column":
             out[table].append((m.group(1), m.group(2)))
     return out

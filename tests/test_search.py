@@ -1,0 +1,133 @@
+"""`shoggoth search` on a real harvested, labelled and indexed database: text mode against a
+direct model + SAE run, --similar against brute force, persona mode against the stored persona
+vectors, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from sae_lens import SAE
+
+import shoggoth
+
+
+def search(capfd, db: Path, *args: str) -> tuple[int, str, str]:
+    code = shoggoth.main(["search", "--db", str(db), *args])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def labels_of(db: Path) -> dict[int, str]:
+    con = duckdb.connect(str(db), read_only=True)
+    out = dict(con.execute("SELECT feature, label FROM feature_labels").fetchall())
+    con.close()
+    return out
+
+
+def test_text_under_a_persona_matches_a_direct_run(capfd, indexed_db, tiny_gpt2, tiny_sae_dir):
+    from sae.activations import continuation_activations
+    from sae.prompts import build_batch
+
+    text = "Rain is water that falls from clouds."
+    code, out, err = search(capfd, indexed_db, "--text", text, "--persona", "pirate",
+                            "--paraphrase", "1", "--top", "5", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    batch = build_batch(tiny_gpt2.tokenizer, [("Act as a salty old buccaneer.", None, text)],
+                        prepend_bos=tiny_gpt2.prepend_bos)
+    sae = SAE.load_from_disk(str(tiny_sae_dir))
+    f = sae.encode(continuation_activations(tiny_gpt2, batch, "blocks.1.hook_resid_post")
+                   ).detach().numpy()
+    assert len(got["tokens"]) == len(f) > 3
+    labels = labels_of(indexed_db)
+    for token, acts in zip(got["tokens"], f, strict=True):
+        want = [int(j) for j in np.argsort(-acts)[:5] if acts[j] > 0]
+        assert [x["feature"] for x in token["features"]] == want
+        assert [x["label"] for x in token["features"]] == [labels[j] for j in want]
+    mean = f.mean(axis=0)
+    assert [x["feature"] for x in got["overall"]] == list(np.argsort(-mean)[:5])
+    assert np.allclose([x["mean_act"] for x in got["overall"]], np.sort(mean)[::-1][:5],
+                       atol=1e-3)
+    # Without a persona the text has no system prompt, and the activations differ.
+    code, out, _ = search(capfd, indexed_db, "--text", text, "--top", "5", "--json")
+    bare = json.loads(out)
+    assert code == 0 and bare["persona"] is None and bare["tokens"] != got["tokens"]
+    code, out, _ = search(capfd, indexed_db, "--text", text)
+    assert code == 0 and "top features per token" in out and labels[
+        got["overall"][0]["feature"]] in out
+
+
+def test_similar_matches_brute_force(capfd, indexed_db, tiny_sae_dir):
+    w = SAE.load_from_disk(str(tiny_sae_dir)).W_dec.detach().numpy()
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    cos = w @ w[7]
+    cos[7] = -np.inf
+    code, out, err = search(capfd, indexed_db, "--feature", "7", "--similar", "--top", "15",
+                            "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert [n["feature"] for n in got["neighbours"]] == list(np.argsort(-cos)[:15])
+    assert np.allclose([n["cosine"] for n in got["neighbours"]], np.sort(cos)[::-1][:15],
+                       atol=1e-4)
+    labels = labels_of(indexed_db)
+    assert all(n["label"] == labels[n["feature"]] for n in got["neighbours"])
+
+
+def test_feature_shows_its_label_and_contexts(capfd, indexed_db):
+    con = duckdb.connect(str(indexed_db), read_only=True)
+    feature, label, n_docs = con.execute("SELECT feature, label, n_docs_firing FROM features "
+                                         "ORDER BY density DESC LIMIT 1").fetchone()
+    top = con.execute("SELECT max(value) FROM activations WHERE feature = ?",
+                      [feature]).fetchone()[0]
+    con.close()
+    code, out, err = search(capfd, indexed_db, "--feature", str(feature), "--top", "3", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["label"] == label and got["statistics"]["n_docs_firing"] == n_docs
+    assert [c["rank"] for c in got["contexts"]] == [1, 2, 3]
+    assert got["contexts"][0]["value"] == pytest.approx(top, abs=1e-4)
+    assert all(c["context"].count("[[") == 1 for c in got["contexts"])
+
+
+def test_persona_mode(capfd, indexed_db, tmp_path):
+    db = tmp_path / "p.duckdb"
+    db.write_bytes(indexed_db.read_bytes())
+    con = duckdb.connect(str(db))
+    nearest = [f for (f,) in con.execute("SELECT feature FROM persona_features WHERE persona = "
+                                         "'pirate' ORDER BY rank LIMIT 4").fetchall()]
+    feature = con.execute("SELECT feature FROM features WHERE label <> 'dead' ORDER BY feature "
+                          "LIMIT 1").fetchone()[0]
+    con.execute("UPDATE features SET label = 'mask-specific', top_persona = 'pirate' "
+                "WHERE feature = ?", [feature])
+    con.close()
+    code, out, err = search(capfd, db, "--persona", "pirate", "--top", "4", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert [n["feature"] for n in got["nearest"]] == nearest
+    assert got["vector_norm"] > 0
+    assert feature in [m["feature"] for m in got["mask_specific"]]
+    code, out, _ = search(capfd, db, "--persona", "helper", "--json")
+    assert code == 0 and feature not in [m["feature"] for m in json.loads(out)["mask_specific"]]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--persona", "wizard"], "--persona wizard: not in this database"),
+    (["--feature", "9999", "--similar"], "--feature 9999: out of range"),
+    (["--similar"], "--similar: needs --feature"),
+    ([], "search: give --text"),
+    (["--text", "hi", "--feature", "1"], "give one of them"),
+    (["--text", "hi", "--persona", "pirate", "--paraphrase", "7"], "--paraphrase 7"),
+])
+def test_bad_input_is_one_line(capfd, indexed_db, args, words):
+    code, out, err = search(capfd, indexed_db, *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and words in err, err
+
+
+def test_needs_an_index(capfd, labelled_db):
+    code, _, err = search(capfd, labelled_db, "--feature", "1", "--similar")
+    assert code == 2 and "run `shoggoth index` first" in err
