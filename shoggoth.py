@@ -8,6 +8,7 @@ import warnings
 
 import click
 
+from explorer.commands import demo_command, explore_command
 from index.commands import (
     index_command,
     label_command,
@@ -41,6 +42,8 @@ cli.add_command(label_command)
 cli.add_command(sql_command)
 cli.add_command(index_command)
 cli.add_command(search_command)
+cli.add_command(explore_command)
+cli.add_command(demo_command)
 
 
 def _quiet_libraries() -> None:

@@ -25,12 +25,13 @@ from index.schema import (
 from sae.errors import BadInput
 
 
-def connect(path: Path, *, read_only: bool = False, what: str = "--db") -> Any:
-    """A DuckDB connection to an existing or new file; BadInput in one line when the file is not a
-    DuckDB database or another process holds its lock."""
+def connect(path: Path, *, read_only: bool = False, what: str = "--db",
+            config: dict[str, Any] | None = None) -> Any:
+    """A DuckDB connection to an existing or new file (`config`: extra settings); BadInput in one
+    line when the file is not a DuckDB database or another process holds its lock."""
     try:
         return duckdb.connect(str(path), read_only=read_only,
-                              config={"default_block_size": str(BLOCK_SIZE)})
+                              config={"default_block_size": str(BLOCK_SIZE), **(config or {})})
     except duckdb.IOException as e:
         msg = str(e)
         if "lock" in msg.lower():

@@ -46,17 +46,20 @@ class SearchConfig:
 class Dictionary:
     """A read-only view of one SAE in a feature database: labels, FAISS, persona vectors."""
 
-    def __init__(self, db: Path, sae: str | None = None) -> None:
-        if not db.is_file():
+    def __init__(self, db: Path, sae: str | None = None, con: Any = None) -> None:
+        """Opens `db` read-only, or reads through `con` (a cursor the caller owns)."""
+        if con is None and not db.is_file():
             raise BadInput(f"--db {db}: no such file")
         self.db = db
-        self.con = connect(db, read_only=True)
+        self.owned = con is None
+        self.con = connect(db, read_only=True) if con is None else con
         require_shoggoth(self.con, db)
         self.sae_id, self.row = choose_sae(self.con, db, sae)
         self.tables = tables(self.con)
 
     def close(self) -> None:
-        self.con.close()
+        if self.owned:
+            self.con.close()
 
     def labels(self, features: list[int]) -> dict[int, dict[str, Any]]:
         """label, top_persona and density of each feature (label 'unlabelled' before
@@ -103,10 +106,11 @@ class Dictionary:
                            f"{', '.join(names)})")
 
 
-def similar(d: Dictionary, feature: int, k: int) -> list[dict[str, Any]]:
-    """The k features whose decoder directions are nearest (cosine) to `feature`'s."""
+def similar(d: Dictionary, feature: int, k: int, index: Any = None) -> list[dict[str, Any]]:
+    """The k features whose decoder directions are nearest (cosine) to `feature`'s (`index`:
+    the decoder FAISS index, when the caller holds it already)."""
     d.check_feature(feature)
-    index = d.faiss_index("decoder")
+    index = index if index is not None else d.faiss_index("decoder")
     query = index.reconstruct(feature).reshape(1, -1)
     sims, ids = index.search(query, k + 1)
     pairs = [(int(i), float(s)) for i, s in zip(ids[0], sims[0], strict=True)
@@ -170,15 +174,28 @@ def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
     }
 
 
+def load_runner(d: Dictionary, device: str = "auto") -> tuple[Any, Any]:
+    """The model and SAE of the dictionary's harvest, ready to encode text."""
+    from sae.harvest import load_sae_dir
+    from sae.models import load_model, resolve_device
+
+    path = Path(d.row["path"])
+    if not path.is_dir():
+        raise BadInput(f"--db {d.db}: the SAE directory of '{d.sae_id}' ({path}) is gone")
+    dev, _ = resolve_device(device)
+    sae = load_sae_dir(path, str(dev))
+    sae.eval()
+    return load_model(d.row["model"], device), sae
+
+
 def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: int,
-            device: str = "auto") -> dict[str, Any]:
+            device: str = "auto", runner: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Run `text` (under a persona's system prompt, or none) through the model and SAE: the top
-    features of every token and of the whole text."""
+    features of every token and of the whole text, and the full activation matrix
+    (`activations`, [tokens, d_sae]). `runner`: (model, sae) when the caller holds them."""
     import torch
 
     from sae.activations import continuation_activations
-    from sae.harvest import load_sae_dir
-    from sae.models import load_model, resolve_device
     from sae.prompts import build_prompt, collate, pad_id
 
     if not text.strip():
@@ -193,12 +210,7 @@ def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: i
             raise BadInput(f"--paraphrase {paraphrase}: persona '{persona}' has "
                            f"{len(prompts)} prompts (0 to {len(prompts) - 1})")
         system = prompts[paraphrase]
-    path = Path(d.row["path"])
-    if not path.is_dir():
-        raise BadInput(f"--db {d.db}: the SAE directory of '{d.sae_id}' ({path}) is gone")
-    dev, _ = resolve_device(device)
-    sae = load_sae_dir(path, str(dev))
-    model = load_model(d.row["model"], device)
+    model, sae = runner if runner is not None else load_runner(d, device)
     template = "plain" if d.row["template"] == "plain" else "auto"
     prompt = build_prompt(model.tokenizer, system, None, text, template=template,
                           prepend_bos=model.prepend_bos)
@@ -220,7 +232,7 @@ def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: i
                          for j, v in t["features"]]
     return {
         "text": text, "persona": persona, "paraphrase": paraphrase if persona else None,
-        "tokens": per_token,
+        "tokens": per_token, "activations": f,
         "overall": [{"feature": j, "mean_act": round(float(mean[j]), 4),
                      "max_act": round(float(f[:, j].max()), 4),
                      "n_tokens": int((f[:, j] > 0).sum()), **labels[j]} for j in overall],
@@ -244,8 +256,9 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
     d = Dictionary(cfg.db, cfg.sae)
     try:
         if cfg.text is not None:
-            return {"mode": "text", "sae_id": d.sae_id,
-                    **by_text(d, cfg.text, cfg.persona, cfg.paraphrase, cfg.top, cfg.device)}
+            found = by_text(d, cfg.text, cfg.persona, cfg.paraphrase, cfg.top, cfg.device)
+            found.pop("activations")
+            return {"mode": "text", "sae_id": d.sae_id, **found}
         if cfg.feature is not None and cfg.similar:
             neighbours = similar(d, cfg.feature, cfg.top)
             return {"mode": "similar", "sae_id": d.sae_id, "feature": cfg.feature,

@@ -52,8 +52,7 @@ def sandboxed(db: Path, write: bool = False) -> Any:
     """A connection that can read (or with `write`, modify) `db` and nothing else."""
     if not db.is_file():
         raise BadInput(f"--db {db}: no such file")
-    connect(db, read_only=not write).close()  # one-line errors: not DuckDB, locked
-    return duckdb.connect(str(db), read_only=not write, config=SANDBOX)
+    return connect(db, read_only=not write, config=SANDBOX)
 
 
 def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
@@ -66,6 +65,15 @@ def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     if cfg.format == "parquet" and cfg.out is None:
         raise BadInput("--format parquet: needs --out FILE")
     con = sandboxed(cfg.db, cfg.write)
+    try:
+        return execute(con, sql)
+    finally:
+        con.close()
+
+
+def execute(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+    """Run `sql` on a sandboxed connection; (columns, rows, arrow table or None) of the last
+    statement, every DuckDB error as one BadInput line."""
     try:
         result = con.execute(sql)
         if result.description is None:
@@ -82,8 +90,6 @@ def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
         raise BadInput(f"sql: {_first(e)}") from None
     except duckdb.Error as e:
         raise BadInput(f"sql: {_first(e)}") from None
-    finally:
-        con.close()
 
 
 def _first(e: Exception) -> str:

@@ -1,0 +1,100 @@
+"""Streamlit glue shared by the pages: the database store (st.cache_resource), one cursor per
+session, cached queries (st.cache_data), the SAE picker and links between pages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from explorer.store import Store
+
+FEATURE_PAGE = "views/feature.py"
+PERSONAS_PAGE = "views/personas.py"
+
+
+def db_path() -> Path | None:
+    """The database the explorer shows (`shoggoth explore --db` passes it as SHOGGOTH_DB)."""
+    value = os.environ.get("SHOGGOTH_DB")
+    return Path(value).resolve() if value else None
+
+
+@st.cache_resource(show_spinner=False)
+def store_for(path: str) -> Store:
+    return Store(Path(path))
+
+
+def store() -> Store:
+    s = store_for(str(db_path()))
+    s.refresh()
+    return s
+
+
+def cursor() -> tuple[int, Any]:
+    """This session's cursor (DuckDB connections are not thread-safe; cursors per session are),
+    renewed when the store reopened the file."""
+    s = store()
+    held = st.session_state.get("_cursor")
+    if held is None or held[0] != s.generation:
+        held = s.cursor()
+        st.session_state["_cursor"] = held
+    return held
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached(version: tuple[Any, ...], sql: str, params: tuple[Any, ...]) -> pd.DataFrame:
+    return cursor()[1].execute(sql, list(params)).df()
+
+
+def version() -> tuple[Any, ...]:
+    """What identifies the database's current contents: its path, the file (inode and
+    modification time) and the store's generation."""
+    s = store()
+    return str(s.path), s.identity, s.generation
+
+
+def q(sql: str, *params: Any) -> pd.DataFrame:
+    """A query's result, cached until the database changes."""
+    cursor()
+    return _cached(version(), sql, tuple(params))
+
+
+def has_table(name: str) -> bool:
+    return bool(len(q("SELECT 1 FROM duckdb_tables() WHERE table_name = ? UNION ALL "
+                      "SELECT 1 FROM duckdb_views() WHERE view_name = ?", name, name)))
+
+
+def choose_sae() -> tuple[str, dict[str, Any]]:
+    """The SAE shown (query parameter `sae`, else the first), with a sidebar picker."""
+    saes = q("SELECT * FROM saes ORDER BY sae_id")
+    ids = saes["sae_id"].tolist()
+    wanted = st.query_params.get("sae")
+    current = wanted if wanted in ids else ids[0]
+    if len(ids) > 1:
+        current = st.sidebar.selectbox("SAE", ids, index=ids.index(current))
+    st.query_params["sae"] = current
+    return current, saes.set_index("sae_id").loc[current].to_dict()
+
+
+def feature_link(sae: str, feature: int, label: str | None = None, extra: str = "") -> None:
+    """A link to a feature's page."""
+    text = f"feature {feature}" + (f" · {label}" if label else "") + extra
+    st.page_link(FEATURE_PAGE, label=text, query_params={"sae": sae, "feature": str(feature)})
+
+
+def open_feature(sae: str, feature: int) -> None:
+    st.switch_page(FEATURE_PAGE, query_params={"sae": sae, "feature": str(int(feature))})
+
+
+def labels_frame(sae: str) -> pd.DataFrame:
+    """Every feature's statistics with the label in force (manual over automatic)."""
+    if not has_table("features"):
+        return pd.DataFrame()
+    return q("""SELECT f.* EXCLUDE (label), l.label, f.label AS auto_label, l.manual_label, l.note,
+                       p.family
+                FROM features f JOIN feature_labels l USING (sae_id, feature)
+                LEFT JOIN personas p ON p.persona::VARCHAR = f.top_persona
+                WHERE f.sae_id = ? ORDER BY f.feature""", sae)

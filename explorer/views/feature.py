@@ -1,0 +1,188 @@
+"""One feature: its label and why, per-persona means with confidence intervals, top contexts with
+activation shading, interval samples, histogram, logit effects, nearest features, and a manual
+label that is saved to `annotations`."""
+
+from __future__ import annotations
+
+import html
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from explorer.common import choose_sae, feature_link, has_table, q, store
+from explorer.explain import explain
+from index.labels import LABELS
+from sae.errors import BadInput
+
+sae, row = choose_sae()
+try:
+    feature = int(st.query_params.get("feature", 0))
+except ValueError:
+    feature = -1
+if not 0 <= feature < row["d_sae"]:
+    st.error(f"feature {st.query_params.get('feature')!r}: not a feature of {sae} "
+             f"(0 to {row['d_sae'] - 1})")
+    st.stop()
+st.query_params["feature"] = str(feature)
+
+stats = q("""SELECT f.* EXCLUDE (label), l.label, f.label AS auto_label, l.manual_label, l.note
+             FROM features f JOIN feature_labels l USING (sae_id, feature)
+             WHERE f.sae_id = ? AND f.feature = ?""", sae, feature) \
+    if has_table("features") else pd.DataFrame()
+info = stats.iloc[0].to_dict() if len(stats) else None
+label = info["label"] if info else "unlabelled"
+st.title(f"Feature {feature} · {label}")
+jump = st.number_input("go to feature", 0, int(row["d_sae"]) - 1, feature, key="go")
+if jump != feature:
+    st.query_params["feature"] = str(jump)
+    st.rerun()
+
+# --- label and why ---------------------------------------------------------------------------
+if info is None:
+    st.info("Not labelled yet: run `shoggoth label` on this database.")
+else:
+    if info["manual_label"]:
+        st.write(f"**Manual label: {info['manual_label']}** (automatic: {info['auto_label']})"
+                 + (f" — note: {info['note']}" if info["note"] else ""))
+    for sentence in explain(info):
+        st.write(sentence)
+    cols = st.columns(6)
+    for col, (name, key) in zip(cols, [("density", "density"), ("mean act", "mean_act"),
+                                       ("max act", "max_act"), ("K_eff", "k_eff"),
+                                       ("AUROC", "auroc"), ("q value", "q_value")], strict=True):
+        value = info.get(key)
+        col.metric(name, "n/a" if value is None or pd.isna(value) else f"{value:.3g}")
+
+# --- per persona -----------------------------------------------------------------------------
+st.subheader("Mean activation per persona")
+per = q("""
+    WITH n AS (SELECT persona, count(*) AS docs FROM documents WHERE sae_id = ? GROUP BY ALL),
+         s AS (SELECT persona, sum(mean_act) AS s1, sum(mean_act * mean_act) AS s2
+               FROM doc_features WHERE sae_id = ? AND feature = ? GROUP BY ALL)
+    SELECT n.persona::VARCHAR AS persona, p.family, p.is_control,
+           coalesce(s1, 0) / docs AS mean,
+           1.96 * sqrt(greatest(coalesce(s2, 0) / docs - pow(coalesce(s1, 0) / docs, 2), 0)
+                       / docs) AS half
+    FROM n LEFT JOIN s USING (persona) JOIN personas p USING (persona)
+    ORDER BY n.persona""", sae, sae, feature)
+per["low"], per["high"] = per["mean"] - per["half"], per["mean"] + per["half"]
+st.caption("Mean over documents (answers under each persona paraphrase × item, zeros "
+           "included), with 95% confidence intervals (normal approximation).")
+left, right = st.columns([3, 1])
+for box, part, title in ((left, per[~per["is_control"]], "personas"),
+                         (right, per[per["is_control"]], "controls")):
+    if part.empty:
+        continue
+    base = alt.Chart(part).encode(y=alt.Y("persona:N", sort=None, title=title))
+    bars = base.mark_bar().encode(x=alt.X("mean:Q", title="mean activation"),
+                                  color=alt.Color("family:N", legend=None),
+                                  tooltip=["persona", "family", alt.Tooltip("mean:Q", format=".4f"),
+                                           alt.Tooltip("half:Q", format=".4f", title="± CI")])
+    errs = base.mark_errorbar().encode(x="low:Q", x2="high:Q")
+    box.altair_chart(bars + errs, width="stretch")
+
+
+# --- contexts --------------------------------------------------------------------------------
+def shade(tokens: pd.DataFrame, fire_pos: int, top: float) -> str:
+    """HTML of a context: each token's background by this feature's activation there, the
+    example's token outlined."""
+    out = []
+    for t in tokens.itertuples():
+        alpha = 0.0 if pd.isna(t.value) or top <= 0 else min(1.0, float(t.value) / top)
+        border = "border:2px solid #d62728;" if t.pos == fire_pos else ""
+        tip = f"{t.value:.3f}" if not pd.isna(t.value) else "0"
+        out.append(f'<span title="{tip}" style="background:rgba(255,140,0,{alpha:.2f});'
+                   f'{border}padding:1px 2px;border-radius:3px">{html.escape(t.token)}</span>')
+    return " ".join(out)
+
+
+if has_table("examples"):
+    st.subheader("Top activations in context")
+    ctx = q("""
+        WITH e AS (SELECT * FROM examples WHERE sae_id = ? AND feature = ? AND kind = 'top'),
+             a AS (SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id,
+                          pos, value FROM activations WHERE sae_id = ? AND feature = ?)
+        SELECT e.rank, e.value AS fire_value, e.persona, e.paraphrase, e.item_id,
+               e.pos AS fire_pos, t.pos, t.token, a.value
+        FROM e JOIN tokens t ON t.sae_id = e.sae_id AND t.item_id::VARCHAR = e.item_id
+             AND t.pos BETWEEN e.pos - 8 AND e.pos + 8
+        LEFT JOIN a ON a.persona = e.persona AND a.paraphrase = e.paraphrase
+             AND a.item_id = e.item_id AND a.pos = t.pos
+        ORDER BY e.rank, t.pos""", sae, feature, sae, feature)
+    if ctx.empty:
+        st.write("It never fired.")
+    top_value = float(ctx["fire_value"].max()) if len(ctx) else 0.0
+    for _rank, part in ctx.groupby("rank", sort=True):
+        first = part.iloc[0]
+        st.markdown(f"`{first.fire_value:.3f}` · {first.persona} (prompt {first.paraphrase}) · "
+                    f"{first.item_id} &nbsp; " + shade(part, int(first.fire_pos), top_value),
+                    unsafe_allow_html=True)
+    st.subheader("Samples from each activation interval")
+    st.caption("Equal-width bins of this feature's activation range, up to 5 random examples "
+               "each, highest interval first.")
+    samples = q("SELECT kind, value, persona, item_id, bin_lo, bin_hi, context "
+                "FROM example_contexts(?, ?) WHERE kind <> 'top'", sae, feature)
+    st.dataframe(samples, hide_index=True)
+
+if has_table("feature_histograms"):
+    hist = q("SELECT bin, lo, hi, count FROM feature_histograms WHERE sae_id = ? AND "
+             "feature = ? ORDER BY bin", sae, feature)
+    if len(hist):
+        st.subheader("Activation histogram (firing tokens)")
+        st.altair_chart(alt.Chart(hist).mark_bar().encode(
+            x=alt.X("lo:Q", bin="binned", title="activation"), x2="hi:Q",
+            y=alt.Y("count:Q"), tooltip=["lo", "hi", "count"]), width="stretch")
+
+# --- logit effects and neighbours ------------------------------------------------------------
+st.subheader("Logit effects")
+effects = q("SELECT sign, rank, token, value FROM logit_effects WHERE sae_id = ? AND "
+            "feature = ? ORDER BY sign, rank", sae, feature) if has_table("logit_effects") \
+    else pd.DataFrame()
+if effects.empty:
+    st.write(f"None stored: {row.get('logit_effects') or 'run `shoggoth index`'}.")
+else:
+    a, b = st.columns(2)
+    a.caption("promoted")
+    a.dataframe(effects[effects["sign"] == "promoted"][["token", "value"]], hide_index=True)
+    b.caption("suppressed")
+    b.dataframe(effects[effects["sign"] == "suppressed"][["token", "value"]], hide_index=True)
+
+for table, title in (("neighbors", "Nearest features by decoder direction (FAISS)"),
+                     ("profile_neighbors", "Features that prefer the same personas")):
+    if not has_table(table):
+        continue
+    near = q(f"""SELECT n.neighbor, n.cosine, l.label FROM {table} n
+                 LEFT JOIN feature_labels l ON l.sae_id = n.sae_id AND l.feature = n.neighbor
+                 WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank""", sae, feature)
+    if near.empty:
+        continue
+    st.subheader(title)
+    cols = st.columns(2)
+    for i, n in enumerate(near.itertuples()):
+        with cols[i % 2]:
+            feature_link(sae, int(n.neighbor), n.label, f" · cos {n.cosine:.3f}")
+
+# --- manual label ----------------------------------------------------------------------------
+st.subheader("Manual label")
+st.caption("Saved to the `annotations` table; it takes precedence over the automatic label in "
+           "`feature_labels` and survives reruns of `shoggoth label`.")
+with st.form("annotate", clear_on_submit=True):
+    choice = st.selectbox("label", list(LABELS), key="a_label")
+    note = st.text_input("note", key="a_note")
+    author = st.text_input("author", key="a_author")
+    if st.form_submit_button("Save label"):
+        try:
+            store().annotate(sae, feature, choice, note or None, author or None)
+        except BadInput as e:
+            st.error(str(e))
+        else:
+            st.session_state["saved"] = f"Saved: feature {feature} is {choice}."
+            st.rerun()
+if st.session_state.pop("saved", None):
+    st.success(f"Saved: feature {feature} is {label}.")
+if has_table("annotations"):
+    history = q("SELECT created_at, label, note, author FROM annotations WHERE sae_id = ? AND "
+                "feature = ? ORDER BY created_at DESC", sae, feature)
+    if len(history):
+        st.dataframe(history, hide_index=True)

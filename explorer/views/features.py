@@ -1,0 +1,68 @@
+"""Features: every feature with its label and statistics; filter, sort, select a row to open it,
+download the filtered table as CSV."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer.common import choose_sae, db_path, labels_frame, open_feature
+from index.labels import LABELS
+
+sae, row = choose_sae()
+st.title("Features")
+features = labels_frame(sae)
+if features.empty:
+    st.info(f"No labels yet: run `shoggoth label --db {db_path()}`.")
+    st.stop()
+
+personas = sorted(features["argmax_persona"].dropna().unique())
+families = sorted(features["family"].dropna().unique())
+c1, c2, c3, c4 = st.columns(4)
+labels = c1.multiselect("label", LABELS, default=[], key="f_label",
+                        placeholder="all labels")
+persona = c2.selectbox("top persona", ["(any)", *personas], key="f_persona")
+family = c3.selectbox("family", ["(any)", *families], key="f_family")
+feature_id = c4.text_input("feature id", key="f_id", placeholder="e.g. 42 or 1,2,3")
+c5, c6, c7, c8 = st.columns(4)
+min_density = c5.number_input("min density", 0.0, 1.0, 0.0, step=0.001, format="%.4f",
+                              key="f_density")
+max_k_eff = c6.number_input("max K_eff", 0.0, 1000.0, 1000.0, key="f_keff")
+max_q = c7.number_input("max q value", 0.0, 1.0, 1.0, step=0.01, key="f_q")
+sort = c8.selectbox("sort by", ["feature", "density", "auroc", "q_value", "k_eff", "top_share",
+                                "max_act"], key="f_sort")
+
+shown = features
+if labels:
+    shown = shown[shown["label"].isin(labels)]
+if persona != "(any)":
+    shown = shown[(shown["argmax_persona"] == persona) | (shown["top_persona"] == persona)]
+if family != "(any)":
+    shown = shown[shown["family"] == family]
+if feature_id.strip():
+    try:
+        ids = [int(x) for x in feature_id.replace(" ", "").split(",") if x]
+    except ValueError:
+        st.error(f"feature id {feature_id!r}: give whole numbers separated by commas")
+        st.stop()
+    shown = shown[shown["feature"].isin(ids)]
+shown = shown[(shown["density"].fillna(0) >= min_density)
+              & (shown["k_eff"].fillna(0) <= max_k_eff)
+              & (shown["q_value"].fillna(1) <= max_q)]
+shown = shown.sort_values(sort, ascending=sort in ("feature", "q_value", "k_eff"),
+                          na_position="last")
+
+columns = ["feature", "label", "top_persona", "argmax_persona", "family", "family_set",
+           "density", "n_docs_firing", "top_share", "k_eff", "auroc", "q_value",
+           "ratio_ci_high", "mean_act", "max_act", "manual_label", "note"]
+st.caption(f"{len(shown):,} of {len(features):,} features · select a row to open it")
+event = st.dataframe(shown[columns], hide_index=True, on_select="rerun",
+                     selection_mode="single-row", key="f_table", height=420)
+st.download_button("Download CSV", shown[columns].to_csv(index=False),
+                   file_name=f"{sae}-features.csv", mime="text/csv")
+picked = event.selection.rows if event is not None and hasattr(event, "selection") else []
+if picked:
+    open_feature(sae, int(shown.iloc[picked[0]]["feature"]))
+with st.form("open"):
+    typed = st.number_input("open feature", 0, int(row["d_sae"]) - 1, 0, key="f_open")
+    if st.form_submit_button("Open"):
+        open_feature(sae, int(typed))

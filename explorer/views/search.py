@@ -1,0 +1,79 @@
+"""Search: run text through the model and SAE under a chosen persona and see which features fire
+on which tokens; or find the features most similar to one (FAISS)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import streamlit as st
+
+from explorer.common import choose_sae, cursor, db_path, feature_link, q, version
+from index.search import Dictionary, by_text, load_runner, similar
+from sae.errors import BadInput
+
+
+@st.cache_resource(show_spinner="loading the model and SAE ...")
+def runner(db: tuple[Any, ...], sae_id: str) -> tuple[Any, Any]:
+    return load_runner(Dictionary(db_path(), sae_id, con=cursor()[1]))
+
+
+@st.cache_resource(show_spinner=False)
+def decoder_index(db: tuple[Any, ...], sae_id: str) -> Any:
+    return Dictionary(db_path(), sae_id, con=cursor()[1]).faiss_index("decoder")
+
+
+sae, row = choose_sae()
+_, cur = cursor()
+st.title("Search")
+text_tab, similar_tab = st.tabs(["by text", "similar features"])
+with text_tab:
+    personas = q("SELECT persona::VARCHAR AS p FROM personas ORDER BY persona")["p"].tolist()
+    text = st.text_area("text (measured as an answer)", st.query_params.get(
+        "text", "Rain is water that falls from clouds when the droplets grow heavy."),
+        key="t_text")
+    persona = st.selectbox("under persona", ["(no system prompt)", *personas], key="t_persona")
+    focus = st.number_input("highlight one feature (-1: top features per token)", -1,
+                            int(row["d_sae"]) - 1, -1, key="t_focus")
+    if st.button("Run", type="primary", key="t_run"):
+        st.session_state["t_result"] = None
+        try:
+            d = Dictionary(db_path(), sae, con=cur)
+            st.session_state["t_result"] = by_text(
+                d, text, None if persona.startswith("(") else persona, 0, 5,
+                runner=runner(version(), sae))
+        except BadInput as e:
+            st.error(str(e))
+    result = st.session_state.get("t_result")
+    if result:
+        acts = result["activations"]
+        if focus >= 0:
+            top = float(acts[:, focus].max()) or 1.0
+            spans = []
+            for t, a in zip(result["tokens"], acts[:, focus], strict=True):
+                spans.append(f'<span title="{a:.3f}" style="background:rgba(255,140,0,'
+                             f'{max(0.0, a) / top:.2f});padding:1px 2px;border-radius:3px">'
+                             f'{html.escape(t["token"])}</span>')
+            st.markdown(f"feature {focus}: max {acts[:, focus].max():.3f}<br>" + " ".join(spans),
+                        unsafe_allow_html=True)
+            feature_link(sae, focus)
+        else:
+            st.dataframe([{"pos": t["pos"], "token": t["token"],
+                           "top features": ", ".join(f"{f['feature']} ({f['value']:.2f}, "
+                                                     f"{f['label']})" for f in t["features"])}
+                          for t in result["tokens"]], hide_index=True)
+        st.subheader("Top features over the whole text")
+        for f in result["overall"]:
+            feature_link(sae, f["feature"], f["label"], f" · mean {f['mean_act']:.3f} · "
+                         f"{f['n_tokens']} tokens")
+with similar_tab:
+    fid = st.number_input("feature", 0, int(row["d_sae"]) - 1,
+                          int(st.query_params.get("feature", 0)), key="s_feature")
+    try:
+        d = Dictionary(db_path(), sae, con=cur)
+        found = similar(d, int(fid), 10, index=decoder_index(version(), sae))
+    except BadInput as e:
+        st.error(str(e))
+    else:
+        for n in found:
+            feature_link(sae, n["feature"], n["label"], f" · cos {n['cosine']:.3f}")

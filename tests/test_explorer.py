@@ -1,0 +1,193 @@
+"""The Streamlit explorer under AppTest, on a real harvested, labelled and indexed database: every
+page renders, filters change the table, deep links open the right feature, a manual label is
+saved and survives `shoggoth label`, the SQL page refuses file access, and a missing database
+gets a page that says what to run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import shoggoth
+
+APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
+PAGES = ["views/overview.py", "views/features.py", "views/feature.py", "views/personas.py",
+         "views/search.py", "views/sql.py", "views/map.py"]
+
+
+@pytest.fixture()
+def db(indexed_db, tmp_path) -> Path:
+    copy = tmp_path / "explore.duckdb"
+    copy.write_bytes(indexed_db.read_bytes())
+    # The FAISS files are shared with the original (their paths are stored in the database).
+    return copy
+
+
+def app(db: Path, page: str | None = None, **params: str) -> AppTest:
+    os.environ["SHOGGOTH_DB"] = str(db)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page:
+        at.query_params.update(params)
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def close_store(db: Path) -> None:
+    """What a stopped explorer leaves: no connection to the file."""
+    from explorer.common import store_for
+
+    store_for(str(db.resolve())).close()
+    store_for.clear()
+
+
+def text_of(at: AppTest) -> str:
+    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "text")
+             for e in at.get(kind)]
+    parts += [e.proto.label for e in at.get("page_link")]
+    return "\n".join(map(str, parts))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(db, page):
+    at = app(db, page, feature="3", persona="pirate")
+    assert at.title, page
+    close_store(db)
+
+
+def test_overview_counts_match_the_database(db):
+    con = duckdb.connect(str(db), read_only=True)
+    counts = dict(con.execute("SELECT label, count(*) FROM features GROUP BY label").fetchall())
+    con.close()
+    at = app(db)
+    table = next(d.value for d in at.dataframe if "label" in d.value.columns
+                 and "features" in d.value.columns)
+    got = dict(zip(table["label"], table["features"], strict=True))
+    assert {k: v for k, v in got.items() if v} == counts
+    assert "Persona × label" in text_of(at)
+    close_store(db)
+
+
+def test_filters_change_the_table(db):
+    at = app(db, "views/features.py")
+    full = at.dataframe[0].value
+    assert len(full) == 64
+    label = full["label"].value_counts().index[0]
+    at.multiselect(key="f_label").set_value([label]).run()
+    filtered = at.dataframe[0].value
+    assert 0 < len(filtered) < len(full) and set(filtered["label"]) == {label}
+    at.text_input(key="f_id").set_value("1,2,60").run()
+    assert sorted(at.dataframe[0].value["feature"]) == sorted(
+        f for f in (1, 2, 60) if full.set_index("feature").loc[f, "label"] == label)
+    # Opening a feature from the table page lands on its page.
+    at.multiselect(key="f_label").set_value([]).run()
+    at.text_input(key="f_id").set_value("").run()
+    at.number_input(key="f_open").set_value(17)
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert at.title[0].value.startswith("Feature 17")
+    close_store(db)
+
+
+def test_deep_link_opens_the_feature(db):
+    con = duckdb.connect(str(db), read_only=True)
+    feature, label = con.execute("SELECT feature, label FROM features WHERE label <> 'dead' "
+                                 "ORDER BY density DESC LIMIT 1").fetchone()
+    top = con.execute("SELECT max(value) FROM activations WHERE feature = ?",
+                      [feature]).fetchone()[0]
+    con.close()
+    at = app(db, "views/feature.py", feature=str(feature))
+    assert at.title[0].value == f"Feature {feature} · {label}"
+    assert at.query_params["feature"] == str(feature)
+    text = text_of(at)
+    assert f"`{top:.3f}`" in text  # the strongest context comes first
+    assert "Nearest features by decoder direction" in text
+    assert "Mean activation per persona" in text
+    close_store(db)
+
+
+def test_manual_label_is_saved_and_survives_relabelling(db):
+    con = duckdb.connect(str(db), read_only=True)
+    feature, auto = con.execute("SELECT feature, label FROM features WHERE label <> 'shared' "
+                                "ORDER BY feature LIMIT 1").fetchone()
+    con.close()
+    at = app(db, "views/feature.py", feature=str(feature))
+    at.selectbox(key="a_label").set_value("shared")
+    at.text_input(key="a_note").set_value("fires on every answer")
+    next(b for b in at.button if b.label == "Save label").click().run()
+    assert not at.exception
+    assert at.title[0].value == f"Feature {feature} · shared"
+    assert "fires on every answer" in text_of(at)
+    close_store(db)
+    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT label FROM features WHERE feature = ?", [feature]
+                       ).fetchone()[0] == auto
+    assert con.execute("SELECT label, manual_label FROM feature_labels WHERE feature = ?",
+                       [feature]).fetchone() == ("shared", "shared")
+    con.close()
+    at = app(db, "views/feature.py", feature=str(feature))
+    assert at.title[0].value == f"Feature {feature} · shared"
+    close_store(db)
+
+
+@pytest.mark.parametrize("query, words", [
+    ("SELECT * FROM read_csv('/etc/passwd')", "refused"),
+    ("COPY features TO '/tmp/leak.csv'", "refused"),
+    ("DELETE FROM features", "read-only"),
+    ("SET enable_external_access = true", "sql:"),
+])
+def test_sql_page_is_sandboxed(db, query, words):
+    at = app(db, "views/sql.py")
+    at.text_area[0].set_value(query)
+    at.button(key="s_run").click().run()
+    assert at.error and words in at.error[0].value, [e.value for e in at.error]
+    close_store(db)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM features").fetchone()[0] == 64
+    con.close()
+
+
+def test_sql_page_runs_a_query(db):
+    at = app(db, "views/sql.py")
+    at.text_area[0].set_value("SELECT label, count(*) AS n FROM features GROUP BY label")
+    at.button(key="s_run").click().run()
+    assert not at.error and at.dataframe[0].value["n"].sum() == 64
+    assert "SELECT label" in at.query_params["query"]
+    close_store(db)
+
+
+def test_personas_page_lists_prompts_and_vector_features(db):
+    con = duckdb.connect(str(db), read_only=True)
+    first = con.execute("SELECT feature FROM persona_features WHERE persona = 'helper' "
+                        "ORDER BY rank LIMIT 1").fetchone()[0]
+    con.close()
+    at = app(db, "views/personas.py", persona="helper")
+    text = text_of(at)
+    assert "You are a helpful assistant." in text
+    assert f"feature {first}" in text
+    close_store(db)
+
+
+def test_search_page_runs_text(db):
+    at = app(db, "views/search.py")
+    at.text_area(key="t_text").set_value("Rain is water that falls from clouds.")
+    at.selectbox(key="t_persona").set_value("pirate")
+    at.button(key="t_run").click().run()
+    assert not at.exception and not at.error
+    tokens = at.dataframe[0].value
+    assert len(tokens) >= 5 and "top features" in tokens.columns
+    assert "Top features over the whole text" in text_of(at)
+    close_store(db)
+
+
+def test_missing_database_says_what_to_run(tmp_path):
+    os.environ["SHOGGOTH_DB"] = str(tmp_path / "nothing.duckdb")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    assert "shoggoth demo" in at.warning[0].value
