@@ -17,40 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-DEMO_SAE := runs/sae-minilm-blocks.3.hook_resid_post-topk
-DEMO_DB  := runs/demo.duckdb
-
-# Until `shoggoth demo` exists: the most complete pipeline so far. The models table, a measured
-# prompt, the default SAE trained offline on MiniLM, the built-in persona battery harvested with
-# it into a DuckDB file (each skipped when its output is already there), the feature labels, the
-# feature dictionary, and one SQL query.
-demo: $(STAMP) $(DEMO_DB)
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth models
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth prompt --model minilm \
-		--system "You are a pirate." --user "What is rain?" \
-		--continuation "Rain is water that falls from clouds."
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth harvest --db $(DEMO_DB) --sae $(DEMO_SAE)
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth label --db $(DEMO_DB)
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth index --db $(DEMO_DB)
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth sql --db $(DEMO_DB) -- \
-		"SELECT label, count(*) AS features FROM features GROUP BY label ORDER BY features DESC"
-
-# An interrupted harvest resumes where it stopped; a retrained SAE is harvested afresh.
-$(DEMO_DB): $(DEMO_SAE)/shoggoth.json
-	rm -f $(DEMO_DB)
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth harvest --db $(DEMO_DB) --sae $(DEMO_SAE)
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth label --db $(DEMO_DB)
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth index --db $(DEMO_DB)
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth sql --db $(DEMO_DB) -- \
-		"SELECT label, count(*) AS features FROM features GROUP BY label ORDER BY features DESC"
-
-# An interrupted demo training resumes from its newest checkpoint.
-$(DEMO_SAE)/shoggoth.json: $(STAMP)
-	@partial=$(dir $(DEMO_SAE)).$(notdir $(DEMO_SAE)).partial; \
-	if ls $$partial/checkpoints/[0-9]* >/dev/null 2>&1; then flag=--resume; \
-	elif [ -e $$partial ] || [ -e $(DEMO_SAE) ]; then flag=--overwrite; else flag=; fi; \
-	echo "shoggoth train --out $(DEMO_SAE) $$flag"; \
-	HF_HUB_OFFLINE=1 $(BIN)/shoggoth train --out $(DEMO_SAE) $$flag
+# From nothing to the explorer, offline: train the default SAE on MiniLM, harvest the built-in
+# persona battery, label, index (each skipped when up to date), then serve the explorer on
+# 127.0.0.1:8501. `shoggoth demo --no-serve` stops after building.
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/shoggoth demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

@@ -81,7 +81,8 @@ def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
                 "template, value_decimals) VALUES (?, 'minilm', 'blocks.3.hook_resid_post', "
                 "'topk', ?, ?, ?, 'plain', 3)", [SAE_ID, D_IN, d_sae, str(sae_dir)])
     con.execute("""INSERT INTO tokens SELECT $sae, item_id, pos, pos, 'tok' || pos
-                   FROM (SELECT item_id, unnest(range(15 + hash(item_id::VARCHAR) % 22)) AS pos
+                   FROM (SELECT item_id,
+                                unnest(range((15 + hash(item_id::VARCHAR) % 22)::BIGINT)) AS pos
                          FROM items) ORDER BY item_id, pos""", {"sae": SAE_ID})
     con.execute("""INSERT INTO documents SELECT $sae, p.persona, j.j::SMALLINT, t.item_id, t.n
                    FROM personas p, range(5) j(j),
@@ -105,6 +106,11 @@ def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
              range($k) s(slot)
         ORDER BY persona, paraphrase, item_id, pos, feature""",
                 {"sae": SAE_ID, "d": d_sae, "k": per_token})
+    con.execute("""INSERT INTO doc_features
+                   SELECT sae_id, persona, paraphrase, a.item_id, feature,
+                          sum(value) / any_value(d.n_tokens), max(value), count(*)
+                   FROM activations a JOIN documents d USING (sae_id, persona, paraphrase, item_id)
+                   GROUP BY ALL ORDER BY ALL""")
     rng = np.random.default_rng(0)
     names = [p.name for p in personas]
     features = pd.DataFrame({

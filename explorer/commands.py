@@ -63,7 +63,8 @@ def serve(cfg: ExploreConfig) -> None:
     command = [sys.executable, "-m", "streamlit", "run", str(APP),
                "--server.address", cfg.host, "--server.port", str(cfg.port),
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none", "--theme.base", "light"]
+               "--server.fileWatcherType", "none", "--theme.base", "light",
+               "--client.toolbarMode", "viewer"]
     env = {**os.environ, "SHOGGOTH_DB": str(cfg.db.resolve()), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(command, env=env)
     try:

@@ -33,7 +33,7 @@ stats = q("""SELECT f.* EXCLUDE (label), l.label, f.label AS auto_label, l.manua
 info = stats.iloc[0].to_dict() if len(stats) else None
 label = info["label"] if info else "unlabelled"
 st.title(f"Feature {feature} · {label}")
-jump = st.number_input("go to feature", 0, int(row["d_sae"]) - 1, feature, key="go")
+jump = st.number_input("go to feature", 0, int(row["d_sae"]) - 1, feature, key=f"go_{feature}")
 if jump != feature:
     st.query_params["feature"] = str(jump)
     st.rerun()

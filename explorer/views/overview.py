@@ -75,11 +75,18 @@ if has_table("calibration"):
               "FROM calibration WHERE sae_id = ? ORDER BY run", sae)
     real = calib[calib["run"] == "real"]["n_mask_specific"].sum()
     fake = calib[calib["run"] != "real"]["n_mask_specific"].max()
-    st.write(f"Under shuffled persona labels (and with one persona's paraphrases split into two "
-             f"fake personas), **{int(fake)}** features would be called mask-specific, against "
-             f"**{int(real)}** with the real labels.")
+    if calib.empty or pd.isna(fake):
+        st.write("No calibration runs stored (run `shoggoth label`).")
+    else:
+        st.write(f"Under shuffled persona labels (and with one persona's paraphrases split into "
+                 f"two fake personas), **{int(fake)}** features would be called mask-specific, "
+                 f"against **{int(real)}** with the real labels.")
     st.dataframe(calib, hide_index=True)
 
+st.subheader("Most active features")
+for f in features[features["label"] != "dead"].sort_values(
+        "density", ascending=False).head(5).itertuples():
+    feature_link(sae, f.feature, f.label, f" · density {f.density:.3f}")
 st.subheader("Strongest mask-specific features")
 top = features[features["label"].isin(["mask-specific", "mask-family"])].sort_values(
     "auroc", ascending=False).head(10)

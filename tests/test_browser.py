@@ -1,0 +1,86 @@
+"""A real browser against a real `shoggoth explore`: headless Chromium (Debian's package, driven
+by Playwright) loads the overview, follows a feature link to its page, visits every page, and
+saves screenshots. SHOGGOTH_SCREENSHOTS=DIR keeps them there (docs/ holds the README's)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(indexed_db, tmp_path):
+    db = Path(os.environ.get("SHOGGOTH_BROWSER_DB", "")) if os.environ.get(
+        "SHOGGOTH_BROWSER_DB") else tmp_path / "browser.duckdb"
+    if not db.exists():
+        db.write_bytes(indexed_db.read_bytes())
+    port = free_port()
+    exe = Path(sys.executable).with_name("shoggoth")
+    proc = subprocess.Popen([str(exe), "explore", "--db", str(db), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.time() < deadline, "the explorer did not start in 90 s"
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_explorer_in_a_real_browser(server, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("Chromium is missing: `apt-get install chromium` (.ci/run does it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("SHOGGOTH_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        expect(page.get_by_role("heading", name="shoggoth · overview")).to_be_visible(
+            timeout=60_000)
+        expect(page.get_by_text("Most active features")).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)  # charts finish drawing
+        page.screenshot(path=str(shots / "explorer-overview.png"), full_page=False)
+        link = page.get_by_role("link", name=re.compile(r"^feature \d+")).first
+        feature = int(re.match(r"feature (\d+)", link.inner_text()).group(1))
+        link.click()
+        expect(page.get_by_role("heading", name=f"Feature {feature} ·")).to_be_visible(
+            timeout=60_000)
+        assert f"feature={feature}" in page.url
+        expect(page.get_by_text("Mean activation per persona")).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)  # charts finish drawing
+        page.screenshot(path=str(shots / "explorer-feature.png"), full_page=False)
+        for path, heading in (("features", "Features"), ("personas", "Personas"),
+                              ("search", "Search"), ("sql", "SQL"), ("map", "Feature map")):
+            page.goto(f"{server}/{path}")
+            expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible(
+                timeout=60_000)
+            assert page.get_by_text("Traceback").count() == 0, path
+        browser.close()
+    assert (shots / "explorer-feature.png").stat().st_size > 10_000
