@@ -131,7 +131,7 @@ def search_command(cfg: SearchConfig) -> None:
                         ["rank", "value", "persona", "item_id", "context"])
     else:
         console.print(f"persona {result['persona']} · vector norm {_fmt(result['vector_norm'])} "
-                      f"({_fmt(result['relative_norm'])} of the mean residual)",
+                      f"({result['relative_norm'] or 0:.1%} of the length of the non-control mean)",
                       highlight=False)
         _print_features(console, "features nearest the persona vector", result["nearest"],
                         ["feature", "cosine", "label", "top_persona", "density"])
