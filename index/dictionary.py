@@ -31,8 +31,8 @@ from sae.errors import BadInput
 
 EXAMPLES_SQL = """
 INSERT INTO examples
-WITH a AS (SELECT feature, persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id,
-                  pos, value FROM activations WHERE sae_id = $sae),
+WITH a AS (SELECT feature, persona, paraphrase, item_id, pos, value  -- ENUMs: narrow sort rows
+           FROM activations WHERE sae_id = $sae),
 top AS (
     SELECT feature, 'top' AS kind,
            row_number() OVER (PARTITION BY feature
