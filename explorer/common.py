@@ -33,10 +33,10 @@ def store() -> Store:
     return s
 
 
-def cursor() -> tuple[int, Any]:
+def cursor(s: Store | None = None) -> tuple[int, Any]:
     """This session's cursor (DuckDB connections are not thread-safe; cursors per session are),
-    renewed when the store reopened the file."""
-    s = store()
+    renewed when the store (`s`, or the current one) reopened the file."""
+    s = s or store()
     held = st.session_state.get("_cursor")
     if held is None or held[0] != s.generation:
         held = s.cursor()
@@ -49,17 +49,18 @@ def _cached(version: tuple[Any, ...], sql: str, params: tuple[Any, ...]) -> pd.D
     return cursor()[1].execute(sql, list(params)).df()
 
 
-def version() -> tuple[Any, ...]:
+def version(s: Store | None = None) -> tuple[Any, ...]:
     """What identifies the database's current contents: its path, the file (inode and
     modification time) and the store's generation."""
-    s = store()
+    s = s or store()
     return str(s.path), s.identity, s.generation
 
 
 def q(sql: str, *params: Any) -> pd.DataFrame:
     """A query's result, cached until the database changes."""
-    cursor()
-    return _cached(version(), sql, tuple(params))
+    s = store()  # one check of the file per query
+    cursor(s)
+    return _cached(version(s), sql, tuple(params))
 
 
 def has_table(name: str) -> bool:
@@ -89,12 +90,18 @@ def open_feature(sae: str, feature: int) -> None:
     st.switch_page(FEATURE_PAGE, query_params={"sae": sae, "feature": str(int(feature))})
 
 
-def labels_frame(sae: str) -> pd.DataFrame:
-    """Every feature's statistics with the label in force (manual over automatic)."""
+LABELLED_SQL = """
+SELECT f.* EXCLUDE (label), l.label, f.label AS auto_label, l.manual_label, l.note, p.family
+FROM features f JOIN feature_labels l USING (sae_id, feature)
+LEFT JOIN personas p ON p.persona::VARCHAR = f.top_persona
+WHERE f.sae_id = ?"""
+"""Features' statistics with the label in force (manual over automatic) and the automatic one."""
+
+
+def labels_frame(sae: str, feature: int | None = None) -> pd.DataFrame:
+    """Every feature's (or one feature's) statistics and labels; empty before `shoggoth label`."""
     if not has_table("features"):
         return pd.DataFrame()
-    return q("""SELECT f.* EXCLUDE (label), l.label, f.label AS auto_label, l.manual_label, l.note,
-                       p.family
-                FROM features f JOIN feature_labels l USING (sae_id, feature)
-                LEFT JOIN personas p ON p.persona::VARCHAR = f.top_persona
-                WHERE f.sae_id = ? ORDER BY f.feature""", sae)
+    if feature is not None:
+        return q(LABELLED_SQL + " AND f.feature = ?", sae, feature)
+    return q(LABELLED_SQL + " ORDER BY f.feature", sae)

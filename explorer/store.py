@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from index.database import connect, require_shoggoth, tables
+from index.database import connect, require_shoggoth, tables, transaction
 from index.schema import LABEL_TABLES
 from index.sql import SANDBOX
 from sae.errors import BadInput
@@ -84,12 +84,12 @@ class Store:
                 except BadInput as e:
                     raise BadInput(f"cannot save the label: {e}") from None
                 try:
-                    rw.execute("BEGIN TRANSACTION")
-                    rw.execute(f"CREATE TABLE IF NOT EXISTS annotations "
-                               f"({LABEL_TABLES['annotations']})")
-                    rw.execute("INSERT INTO annotations (sae_id, feature, label, note, author) "
-                               "VALUES (?, ?, ?, ?, ?)", [sae_id, feature, label, note, author])
-                    rw.execute("COMMIT")
+                    with transaction(rw):
+                        rw.execute(f"CREATE TABLE IF NOT EXISTS annotations "
+                                   f"({LABEL_TABLES['annotations']})")
+                        rw.execute("INSERT INTO annotations (sae_id, feature, label, note, "
+                                   "author) VALUES (?, ?, ?, ?, ?)",
+                                   [sae_id, feature, label, note, author])
                     rw.execute("CHECKPOINT")
                 finally:
                     rw.close()

@@ -128,6 +128,18 @@ def storage(con: Any, path: Path) -> dict[str, float]:
     return {"file_bytes": path.stat().st_size, "activations_bytes": blocks * block}
 
 
+def load_harvest_sae(db: Path, sae_id: str, row: dict[str, Any], device: str) -> Any:
+    """The SAE a harvest in `db` was made with (its `saes` row), loaded from its directory."""
+    from sae.harvest import load_sae_dir
+    from sae.models import resolve_device
+
+    path = Path(row["path"])
+    if not path.is_dir():
+        raise BadInput(f"--db {db}: the SAE directory of '{sae_id}' ({path}) is gone")
+    resolved, _ = resolve_device(device)
+    return load_sae_dir(path, str(resolved))
+
+
 def choose_sae(con: Any, path: Path, sae: str | None) -> tuple[str, dict[str, Any]]:
     """The SAE a command works on (`--sae`, or the only one) and its `saes` row."""
     if not tables(con):

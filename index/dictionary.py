@@ -22,8 +22,10 @@ from index.database import (
     choose_sae,
     connect,
     insert_frame,
+    load_harvest_sae,
     remove,
     require_shoggoth,
+    tables,
     transaction,
 )
 from index.schema import create_index_tables
@@ -126,8 +128,7 @@ def faiss_dir(db: Path) -> Path:
 
 def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
     """Build (or rebuild) one SAE's dictionary tables and FAISS indexes; returns a summary."""
-    from sae.harvest import load_sae_dir
-    from sae.models import load_model, resolve_device
+    from sae.models import load_model
 
     if cfg.db is None:
         raise BadInput("--db: required (a database from `shoggoth harvest`)")
@@ -144,20 +145,15 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
         sae_id, row = choose_sae(con, cfg.db, cfg.sae)
         profiles = None
         residuals = read_residual_sums(con, sae_id)
-        if "feature_personas" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
+        if "feature_personas" in tables(con):
             profiles = con.execute("SELECT feature, persona, mean_act FROM feature_personas "
                                    "WHERE sae_id = ?", [sae_id]).df()
     finally:
         con.close()
-    path = Path(row["path"])
-    if not path.is_dir():
-        raise BadInput(f"--db {cfg.db}: the SAE directory of '{sae_id}' ({path}) is gone; "
-                       "index needs its decoder")
-    device, _ = resolve_device(cfg.device)
-    sae = load_sae_dir(path, str(device))
+    sae = load_harvest_sae(cfg.db, sae_id, row, cfg.device)
     w_dec = sae.W_dec.detach().float().cpu().numpy()
     if w_dec.shape != (row["d_sae"], row["d_in"]):
-        raise BadInput(f"--db {cfg.db}: the SAE at {path} no longer matches '{sae_id}' "
+        raise BadInput(f"--db {cfg.db}: the SAE at {row['path']} no longer matches '{sae_id}' "
                        f"(decoder {w_dec.shape})")
 
     log("decoder neighbours (FAISS)")
@@ -253,10 +249,8 @@ def _neighbour_frame(ids: np.ndarray, cos: np.ndarray) -> pd.DataFrame:
 
 
 def read_residual_sums(con: Any, sae_id: str) -> pd.DataFrame | None:
-    """Each persona's summed residual activations and token count (None for a harvest that
-    stored none)."""
-    if "residual_sums" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
-        return None
+    """Each batch's summed residual activations, token count and persona (None when there are
+    no rows)."""
     rows = con.execute("""
         SELECT r.persona::VARCHAR AS persona, p.is_control, r.n_tokens, r.residual_sum
         FROM residual_sums r JOIN personas p USING (persona)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from index.database import choose_sae, connect, require_shoggoth, tables
+from index.database import choose_sae, connect, load_harvest_sae, require_shoggoth, tables
 from sae.errors import BadInput
 
 
@@ -43,6 +43,16 @@ class SearchConfig:
     """auto (CUDA when present), cpu, cuda or cuda:N (for --text)."""
 
 
+MASK_FEATURES_SQL = """
+SELECT l.feature, l.label, f.top_share, f.auroc, f.q_value
+FROM feature_labels l JOIN features f USING (sae_id, feature)
+WHERE l.sae_id = ? AND l.label IN ('mask-specific', 'mask-family')
+  AND (l.top_persona = ? OR list_contains(string_split(l.family_set, ','), ?))
+ORDER BY l.label DESC, f.auroc DESC LIMIT ?"""
+"""A persona's mask-specific, then mask-family, features (labels in force), by AUROC;
+parameters: sae_id, persona, persona, limit."""
+
+
 class Dictionary:
     """A read-only view of one SAE in a feature database: labels, FAISS, persona vectors."""
 
@@ -56,6 +66,8 @@ class Dictionary:
         require_shoggoth(self.con, db)
         self.sae_id, self.row = choose_sae(self.con, db, sae)
         self.tables = tables(self.con)
+        self.labelled = bool(self.con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = 'feature_labels'").fetchone()[0])
 
     def close(self) -> None:
         if self.owned:
@@ -64,8 +76,7 @@ class Dictionary:
     def labels(self, features: list[int]) -> dict[int, dict[str, Any]]:
         """label, top_persona and density of each feature (label 'unlabelled' before
         `shoggoth label`)."""
-        if "feature_labels" not in {r[0] for r in self.con.execute(
-                "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}:
+        if not self.labelled:
             return {f: {"label": "unlabelled", "top_persona": None, "density": None}
                     for f in features}
         rows = self.con.execute("""
@@ -155,13 +166,7 @@ def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
                          "persona = ?", [d.sae_id, persona]).fetchone()
     specific: list[tuple[Any, ...]] = []
     if "features" in d.tables:
-        specific = d.con.execute("""
-            SELECT l.feature, l.label, f.top_share, f.auroc, f.q_value
-            FROM feature_labels l JOIN features f USING (sae_id, feature)
-            WHERE l.sae_id = ? AND l.label IN ('mask-specific', 'mask-family')
-              AND (l.top_persona = ? OR list_contains(string_split(l.family_set, ','), ?))
-            ORDER BY l.label DESC, f.auroc DESC LIMIT ?""",
-                                 [d.sae_id, persona, persona, k]).fetchall()
+        specific = d.con.execute(MASK_FEATURES_SQL, [d.sae_id, persona, persona, k]).fetchall()
     labels = d.labels([f for f, _ in nearest])
     return {
         "persona": persona,
@@ -176,14 +181,9 @@ def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
 
 def load_runner(d: Dictionary, device: str = "auto") -> tuple[Any, Any]:
     """The model and SAE of the dictionary's harvest, ready to encode text."""
-    from sae.harvest import load_sae_dir
-    from sae.models import load_model, resolve_device
+    from sae.models import load_model
 
-    path = Path(d.row["path"])
-    if not path.is_dir():
-        raise BadInput(f"--db {d.db}: the SAE directory of '{d.sae_id}' ({path}) is gone")
-    dev, _ = resolve_device(device)
-    sae = load_sae_dir(path, str(dev))
+    sae = load_harvest_sae(d.db, d.sae_id, d.row, device)
     sae.eval()
     return load_model(d.row["model"], device), sae
 

@@ -71,9 +71,11 @@ def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
         con.close()
 
 
-def execute(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it"
+            ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     """Run `sql` on a sandboxed connection; (columns, rows, arrow table or None) of the last
-    statement, every DuckDB error as one BadInput line."""
+    statement, every DuckDB error as one BadInput line (a write on a read-only connection
+    ends with `read_only_hint`)."""
     try:
         result = con.execute(sql)
         if result.description is None:
@@ -85,8 +87,7 @@ def execute(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]], Any]:
                        f"extensions ({_first(e)})") from None
     except duckdb.InvalidInputException as e:
         if "read-only" in str(e) or "read only" in str(e):
-            raise BadInput("sql: the database is opened read-only; pass --write to modify it"
-                           ) from None
+            raise BadInput(f"sql: the database is opened read-only; {read_only_hint}") from None
         raise BadInput(f"sql: {_first(e)}") from None
     except duckdb.Error as e:
         raise BadInput(f"sql: {_first(e)}") from None

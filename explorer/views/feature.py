@@ -10,7 +10,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer.common import choose_sae, feature_link, has_table, q, store
+from explorer.common import choose_sae, feature_link, has_table, labels_frame, q, store
 from explorer.explain import explain
 from index.labels import LABELS
 from sae.errors import BadInput
@@ -26,10 +26,7 @@ if not 0 <= feature < row["d_sae"]:
     st.stop()
 st.query_params["feature"] = str(feature)
 
-stats = q("""SELECT f.* EXCLUDE (label), l.label, f.label AS auto_label, l.manual_label, l.note
-             FROM features f JOIN feature_labels l USING (sae_id, feature)
-             WHERE f.sae_id = ? AND f.feature = ?""", sae, feature) \
-    if has_table("features") else pd.DataFrame()
+stats = labels_frame(sae, feature)
 info = stats.iloc[0].to_dict() if len(stats) else None
 label = info["label"] if info else "unlabelled"
 st.title(f"Feature {feature} · {label}")
@@ -179,8 +176,9 @@ with st.form("annotate", clear_on_submit=True):
         else:
             st.session_state["saved"] = f"Saved: feature {feature} is {choice}."
             st.rerun()
-if st.session_state.pop("saved", None):
-    st.success(f"Saved: feature {feature} is {label}.")
+saved = st.session_state.pop("saved", None)
+if saved:
+    st.success(saved)
 if has_table("annotations"):
     history = q("SELECT created_at, label, note, author FROM annotations WHERE sae_id = ? AND "
                 "feature = ? ORDER BY created_at DESC", sae, feature)

@@ -54,7 +54,6 @@ chart = alt.Chart(points).mark_circle(size=18, opacity=0.7).encode(
     x="pc1:Q", y="pc2:Q", color="label:N",
     tooltip=["feature", "label", "top_persona"]).add_params(pick)
 event = st.altair_chart(chart, on_select="rerun", key="m_chart", width="stretch")
-chosen = (event or {}).get("selection", {}).get("pick") if isinstance(event, dict) else \
-    getattr(getattr(event, "selection", None), "pick", None)
+chosen = event.selection.get("pick") if event else None
 if chosen:
     open_feature(sae, int(chosen[0]["feature"]))

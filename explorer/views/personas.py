@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer.common import choose_sae, feature_link, has_table, q
+from index.search import MASK_FEATURES_SQL
 
 sae, row = choose_sae()
 st.title("Personas")
@@ -27,11 +28,7 @@ left, right = st.columns(2)
 with left:
     st.subheader("Mask-specific features")
     if has_table("features"):
-        own = q("""SELECT l.feature, l.label, f.auroc, f.top_share FROM feature_labels l
-                   JOIN features f USING (sae_id, feature)
-                   WHERE l.sae_id = ? AND l.label IN ('mask-specific', 'mask-family')
-                     AND (l.top_persona = ? OR list_contains(string_split(l.family_set, ','), ?))
-                   ORDER BY l.label DESC, f.auroc DESC LIMIT 30""", sae, persona, persona)
+        own = q(MASK_FEATURES_SQL, sae, persona, persona, 30)
         if own.empty:
             st.write("None: no feature passed the mask-specific or mask-family tests for it.")
         for f in own.itertuples():

@@ -30,12 +30,9 @@ sql = st.text_area("query", default, height=200, key=f"s_query_{choice}")
 if st.button("Run", type="primary", key="s_run") or "query" in st.query_params:
     st.query_params["query"] = sql
     try:
-        columns, rows, table = execute(cursor()[1], sql)
+        columns, rows, table = execute(cursor()[1], sql, "the explorer cannot modify it")
     except BadInput as e:
-        message = str(e)
-        if "--write" in message:
-            message = "sql: the explorer is read-only; it cannot modify the database"
-        st.error(message)
+        st.error(str(e))
     else:
         if table is None:
             st.write("(no result)")
