@@ -20,6 +20,7 @@ from conftest import battery, build_random_sae
 from sae_lens import SAE
 
 import shoggoth
+from index import similarity
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,25 @@ def test_rebuild_replaces_and_hnsw_records_recall(capfd, indexed, tmp_path):
     assert kind == "hnsw" and recall >= 0.95
     con.close()
     assert not list(tmp_path.glob(".copy.duckdb*"))
+
+
+def test_hnsw_recall_is_measured_and_falls_back_to_exact():
+    x = np.random.default_rng(0).standard_normal((4000, 256)).astype(np.float32)
+    u = similarity.unit_rows(x)
+    sims = u @ u.T
+    np.fill_diagonal(sims, -2)
+    truth = np.argsort(-sims, axis=1)[:, :10]
+    built = similarity.build(x, exact_max=0)
+    assert built.kind == "hnsw" and built.ef_search >= 16
+    ids, _ = similarity.neighbours(built, x)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth, strict=True)])
+    # the recorded recall is a sample of this one; its target holds on every row
+    assert recall >= 0.95 and abs(recall - built.recall_at_10) < 0.02
+    # isotropic rows at efSearch <= 16 cannot reach the target: the exact index is kept
+    capped = similarity.build(x, exact_max=0, max_ef=16)
+    assert capped.kind == "flat" and capped.recall_at_10 == 1.0
+    ids, _ = similarity.neighbours(capped, x)
+    assert (ids == truth).all()
 
 
 def test_encoder_skips_logit_effects(capfd, tmp_path, minilm):
