@@ -89,14 +89,16 @@ def main() -> None:
     ap.add_argument("--data", choices=["tree", "families", "random"], default="tree")
     ap.add_argument("--levels", type=int, default=6)
     ap.add_argument("--branching", type=int, default=8)
+    ap.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION,
+                    help="HNSW build beam (default: what `shoggoth index` uses)")
     ap.add_argument("--queries", type=int, default=1000,
                     help="held-out rows for HNSW latency and recall (exact timings use fewer)")
     args = ap.parse_args()
     print(f"{args.n:,} x {args.d} {args.data} rows, {faiss.omp_get_max_threads()} threads")
     x = decoder_like(args.n, args.d, args.data, args.levels, args.branching)
     t = time.perf_counter()
-    built = build(x, exact_max=0)
-    print(f"HNSW build (M={HNSW_M}, efConstruction={HNSW_EF_CONSTRUCTION}) + recall calibration: "
+    built = build(x, exact_max=0, ef_construction=args.ef_construction)
+    print(f"HNSW build (M={HNSW_M}, efConstruction={args.ef_construction}) + recall calibration: "
           f"{time.perf_counter() - t:.0f} s; efSearch {built.ef_search}, build-time recall@10 "
           f"{built.recall_at_10:.3f}")
     rng = np.random.default_rng(1)

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-# Graph degree and build beam for HNSW. Measured on 100k x 768 decoder-like rows
-# (benchmarks/faiss_neighbours.py): efConstruction 40 builds twice as fast as 80 and still reaches
-# recall@10 >= 0.95 at efSearch 32; M 32 gains recall over M 16 at the same efSearch.
+# Graph degree and build beam for HNSW. On 100k x 768 rows of benchmarks/faiss_neighbours.py,
+# efConstruction 40 built 2.3x faster than 80 on `families` data (22 s against 51 s) and 1.4x on
+# `tree` data, and still reached recall@10 >= 0.95 at efSearch 32; M 32 gained recall over M 16
+# at the same efSearch.
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 
@@ -38,7 +39,8 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def build(vectors: np.ndarray, exact_max: int = 100_000, target_recall: float = 0.95,
-          sample: int = 1000, seed: int = 0, max_ef: int = 4096) -> BuiltIndex:
+          sample: int = 1000, seed: int = 0, max_ef: int = 4096, m: int = HNSW_M,
+          ef_construction: int = HNSW_EF_CONSTRUCTION) -> BuiltIndex:
     """Index unit `vectors` for cosine search: exact up to `exact_max` rows, otherwise HNSW with
     efSearch doubled until the lower 95% bound of recall@10 on `sample` rows (their neighbours
     other than themselves) reaches `target_recall`. Where no efSearch up to `max_ef` reaches it
@@ -52,8 +54,8 @@ def build(vectors: np.ndarray, exact_max: int = 100_000, target_recall: float = 
         flat = faiss.IndexFlatIP(d)
         flat.add(x)
         return BuiltIndex(flat, "flat", 1.0, None)
-    hnsw = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    hnsw = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = ef_construction
     hnsw.add(x)
     rng = np.random.default_rng(seed)
     ids = rng.choice(n, min(sample, n), replace=False)
