@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-# Graph degree and build beam for HNSW. On 100k x 768 rows of benchmarks/faiss_neighbours.py,
-# efConstruction 40 built 2.3x faster than 80 on `families` data (22 s against 51 s) and 1.4x on
-# `tree` data, and still reached recall@10 >= 0.95 at efSearch 32; M 32 gained recall over M 16
-# at the same efSearch.
+# Graph degree and build beam for HNSW, from benchmarks/faiss_neighbours.py at 1M x 768: on
+# `families` data efConstruction 40 built in 457 s but needed efSearch 2048 (20 ms a query); 80
+# took 911 s and needed efSearch 64 (0.9 ms). Query latency is what the explorer waits on; the
+# build runs once.
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_CONSTRUCTION = 80
 
 
 @dataclass
