@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,6 +35,12 @@ CORPUS = [
     "Why is the sky blue? Sunlight scatters off air molecules, and blue scatters most.",
     "The villain smiled. The scientist measured. The poet wrote about the moon.",
 ]
+
+
+def default_sigint() -> None:
+    """Popen preexec_fn: a shell's background job starts with SIGINT ignored, and Python keeps
+    an ignored SIGINT, so a Ctrl-C test would see no interrupt. Restore the default first."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def build_tiny_gpt2(directory: Path, chat_template: str | None, n_layer: int = 3) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from conftest import PERSONAS, battery, build_random_sae
+from conftest import PERSONAS, battery, build_random_sae, default_sigint
 from sae_lens import SAE
 
 import shoggoth
@@ -181,7 +181,8 @@ def harvest_process(db: Path, sae: Path, args: list, *extra: str) -> subprocess.
     exe = Path(sys.executable).with_name("shoggoth")
     cmd = [str(exe), "harvest", "--db", str(db), "--sae", str(sae), *map(str, args), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            preexec_fn=default_sigint)
 
 
 def big_personas() -> str:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 from sae_lens import SAE
 
 import shoggoth
@@ -88,7 +89,7 @@ def train_process(model_dir, out, tokens, *extra):
            "--out", str(out), "--checkpoint-every", "4", *TINY, *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=default_sigint)
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_gpt2_dir):
