@@ -38,6 +38,16 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
+def recall_per_query(got: np.ndarray, truth: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each query's share of its exact neighbours that `got` found, leaving out the query row
+    itself (as `neighbours` does)."""
+    def others(row: np.ndarray, i: int) -> set[int]:
+        return {int(j) for j in row if j != i}
+
+    return np.array([len(others(a, i) & others(b, i)) / len(others(b, i))
+                     for a, b, i in zip(got, truth, ids, strict=True)])
+
+
 def build(vectors: np.ndarray, exact_max: int = 100_000, target_recall: float = 0.95,
           sample: int = 1000, seed: int = 0, max_ef: int = 4096, m: int = HNSW_M,
           ef_construction: int = HNSW_EF_CONSTRUCTION) -> BuiltIndex:
@@ -64,16 +74,11 @@ def build(vectors: np.ndarray, exact_max: int = 100_000, target_recall: float = 
     exact.add(x)
     _, truth = exact.search(queries, 11)
 
-    def others(row: np.ndarray, i: int) -> set[int]:
-        # as in `neighbours`: the row itself is not one of its neighbours
-        return {int(j) for j in row if j != i}
-
     ef = 16
     while ef <= max_ef:
         hnsw.hnsw.efSearch = ef
         _, got = hnsw.search(queries, 11)
-        per_query = np.array([len(others(a, i) & others(b, i)) / len(others(b, i))
-                              for a, b, i in zip(got, truth, ids, strict=True)])
+        per_query = recall_per_query(got, truth, ids)
         recall = float(per_query.mean())
         # the sample's recall is an estimate: ask its lower 95% bound to reach the target, so
         # that queries outside the sample reach it too
