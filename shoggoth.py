@@ -8,22 +8,16 @@ import warnings
 
 import click
 
+from core.errors import BadInput, Interrupted
 from explorer.commands import demo_command, explore_command
-from index.commands import (
-    index_command,
-    label_command,
-    merge_command,
-    search_command,
-    sql_command,
-)
+from index.commands import label_command, merge_command, sql_command
+from pipeline.commands import harvest_command, index_command, search_command
 from sae.commands import (
-    harvest_command,
     models_command,
     prompt_command,
     sae_group,
     train_command,
 )
-from sae.errors import BadInput, Interrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

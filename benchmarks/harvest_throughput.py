@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from pipeline.harvest import HarvestConfig, harvest  # noqa: E402
 from sae.activations import activations  # noqa: E402
-from sae.harvest import HarvestConfig, harvest  # noqa: E402
 from sae.models import Model, load_model  # noqa: E402
 from sae.personas import BATTERY_DIR, load_items, load_personas  # noqa: E402
 from sae.prompts import Prompt, collate, pad_id  # noqa: E402

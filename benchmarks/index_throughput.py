@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_db import activation_rows, build  # noqa: E402
 
-from index.dictionary import IndexConfig, build_dictionary, faiss_dir  # noqa: E402
+from index.dictionary import IndexConfig, faiss_dir  # noqa: E402
+from pipeline.dictionary import index_harvest  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
         db = args.cache / "index-run.duckdb"
         shutil.copyfile(plain, db)
         marks: list[tuple[str, float]] = [("load SAE and read", time.perf_counter())]
-        build_dictionary(IndexConfig(db=db, device="cpu"),
+        index_harvest(IndexConfig(db=db, device="cpu"),
                          log=lambda msg, m=marks: m.append((msg, time.perf_counter())))
         marks.append(("end", time.perf_counter()))
         totals.append(marks[-1][1] - marks[0][1])

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_db import SAE_ID, activation_rows, build  # noqa: E402
 
-from index.dictionary import IndexConfig, build_dictionary  # noqa: E402
+from index.dictionary import IndexConfig  # noqa: E402
+from pipeline.dictionary import index_harvest  # noqa: E402
 
 RAW_TOP = """
 WITH top AS (SELECT * FROM activations WHERE sae_id = $sae AND feature = $f
@@ -65,7 +66,7 @@ def main() -> None:
         print("indexing a copy (shoggoth index) ...")
         tmp = db.with_name(db.name + ".copy")
         shutil.copyfile(plain, tmp)
-        build_dictionary(IndexConfig(db=tmp, device="cpu"), log=lambda m: None)
+        index_harvest(IndexConfig(db=tmp, device="cpu"), log=lambda m: None)
         shutil.rmtree(tmp.with_name(tmp.name + ".faiss"), ignore_errors=True)
         tmp.rename(db)
     rows = activation_rows(db)

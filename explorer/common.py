@@ -1,9 +1,11 @@
 """Streamlit glue shared by the pages: the database store (st.cache_resource), one cursor per
-session, cached queries (st.cache_data), the SAE picker and links between pages."""
+session, the read API's named queries cached per database version (st.cache_data), the SAE picker
+and links between pages. No page writes SQL."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,9 @@ import pandas as pd
 import streamlit as st
 
 from explorer.store import Store
+from index import read
 
 FEATURE_PAGE = "views/feature.py"
-PERSONAS_PAGE = "views/personas.py"
 
 
 def db_path() -> Path | None:
@@ -45,8 +47,8 @@ def cursor(s: Store | None = None) -> tuple[int, Any]:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def _cached(version: tuple[Any, ...], sql: str, params: tuple[Any, ...]) -> pd.DataFrame:
-    return cursor()[1].execute(sql, list(params)).df()
+def _cached(version: tuple[Any, ...], name: str, args: tuple[Any, ...]) -> Any:
+    return getattr(read, name)(cursor()[1], *args)
 
 
 def version(s: Store | None = None) -> tuple[Any, ...]:
@@ -56,21 +58,21 @@ def version(s: Store | None = None) -> tuple[Any, ...]:
     return str(s.path), s.identity, s.generation
 
 
-def q(sql: str, *params: Any) -> pd.DataFrame:
-    """A query's result, cached until the database changes."""
+def q(query: Callable[..., Any], *args: Any) -> Any:
+    """The result of a named query of `index.read` (called with this session's cursor and
+    `args`), cached until the database changes."""
     s = store()  # one check of the file per query
     cursor(s)
-    return _cached(version(s), sql, tuple(params))
+    return _cached(version(s), query.__name__, tuple(args))
 
 
 def has_table(name: str) -> bool:
-    return bool(len(q("SELECT 1 FROM duckdb_tables() WHERE table_name = ? UNION ALL "
-                      "SELECT 1 FROM duckdb_views() WHERE view_name = ?", name, name)))
+    return bool(q(read.has_table, name))
 
 
 def choose_sae() -> tuple[str, dict[str, Any]]:
     """The SAE shown (query parameter `sae`, else the first), with a sidebar picker."""
-    saes = q("SELECT * FROM saes ORDER BY sae_id")
+    saes = q(read.saes)
     ids = saes["sae_id"].tolist()
     wanted = st.query_params.get("sae")
     current = wanted if wanted in ids else ids[0]
@@ -90,18 +92,6 @@ def open_feature(sae: str, feature: int) -> None:
     st.switch_page(FEATURE_PAGE, query_params={"sae": sae, "feature": str(int(feature))})
 
 
-LABELLED_SQL = """
-SELECT f.* EXCLUDE (label), l.label, f.label AS auto_label, l.manual_label, l.note, p.family
-FROM features f JOIN feature_labels l USING (sae_id, feature)
-LEFT JOIN personas p ON p.persona::VARCHAR = f.top_persona
-WHERE f.sae_id = ?"""
-"""Features' statistics with the label in force (manual over automatic) and the automatic one."""
-
-
 def labels_frame(sae: str, feature: int | None = None) -> pd.DataFrame:
     """Every feature's (or one feature's) statistics and labels; empty before `shoggoth label`."""
-    if not has_table("features"):
-        return pd.DataFrame()
-    if feature is not None:
-        return q(LABELLED_SQL + " AND f.feature = ?", sae, feature)
-    return q(LABELLED_SQL + " ORDER BY f.feature", sae)
+    return q(read.labelled_features, sae, feature)

@@ -15,10 +15,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from core.errors import BadInput
+from index import read
 from index.database import connect, require_shoggoth, tables, transaction
 from index.schema import LABEL_TABLES
 from index.sql import SANDBOX
-from sae.errors import BadInput
 
 
 class Store:
@@ -113,7 +114,7 @@ def check_database(path: Path | None) -> str | None:
         return str(e)
     try:
         require_shoggoth(con, path)
-        if not tables(con) or not con.execute("SELECT count(*) FROM saes").fetchone()[0]:
+        if not tables(con) or read.saes(con).empty:
             return (f"`{path}` holds no harvest yet. Run `shoggoth harvest --db {path} --sae "
                     "SAE_DIR`, then `shoggoth label` and `shoggoth index`.")
     except BadInput as e:

@@ -17,12 +17,18 @@ from typing import Any
 
 import duckdb
 
+from core.errors import BadInput
 from index.schema import (
     BLOCK_SIZE,
     TABLES,
     battery_rows,
 )
-from sae.errors import BadInput
+
+
+def faiss_dir(db: Path) -> Path:
+    """The folder beside `db` holding its FAISS indexes and persona vectors (paths stored in
+    the database are relative to it, so a database moved with its folder keeps working)."""
+    return db.parent / f"{db.name}.faiss"
 
 
 def connect(path: Path, *, read_only: bool = False, what: str = "--db",
@@ -126,18 +132,6 @@ def storage(con: Any, path: Path) -> dict[str, float]:
     blocks = con.execute("SELECT count(DISTINCT block_id) FROM pragma_storage_info('activations') "
                          "WHERE block_id >= 0").fetchone()[0]
     return {"file_bytes": path.stat().st_size, "activations_bytes": blocks * block}
-
-
-def load_harvest_sae(db: Path, sae_id: str, row: dict[str, Any], device: str) -> Any:
-    """The SAE a harvest in `db` was made with (its `saes` row), loaded from its directory."""
-    from sae.harvest import load_sae_dir
-    from sae.models import resolve_device
-
-    path = Path(row["path"])
-    if not path.is_dir():
-        raise BadInput(f"--db {db}: the SAE directory of '{sae_id}' ({path}) is gone")
-    resolved, _ = resolve_device(device)
-    return load_sae_dir(path, str(resolved))
 
 
 def choose_sae(con: Any, path: Path, sae: str | None) -> tuple[str, dict[str, Any]]:

@@ -1,8 +1,12 @@
-"""`shoggoth index`: turn a harvest into a feature dictionary — examples, histograms, FAISS
-neighbours by decoder direction and by persona profile, and logit effects.
+"""The database side of `shoggoth index`: from a harvest and the SAE's decoder to the feature
+dictionary — examples, histograms, FAISS neighbours by decoder direction and by persona profile,
+persona vectors, and (given by the caller) logit effects.
 
 The database is rebuilt aside and renamed over the old one, so readers keep the old file during
-a rebuild and a kill -9 leaves it intact. FAISS files live in `<db>.faiss/` beside it.
+a rebuild and a kill -9 leaves it intact. FAISS and .npy files live in `<db>.faiss/`, in a new
+folder per build (`<sae_id>.<build>/`) written before the database is renamed and referenced by
+it with paths relative to the database's folder: the rename publishes tables and files together,
+and the folders no database refers to are removed afterwards (or by the next build).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,19 +22,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.atomic import write_atomic
+from core.config import Config, option
+from core.errors import BadInput
 from index import similarity
 from index.database import (
     choose_sae,
     connect,
+    faiss_dir,
     insert_frame,
-    load_harvest_sae,
     remove,
     require_shoggoth,
     tables,
     transaction,
 )
 from index.schema import create_index_tables
-from sae.errors import BadInput
 
 EXAMPLES_SQL = """
 INSERT INTO examples
@@ -74,71 +81,61 @@ ORDER BY feature, bin
 
 
 @dataclass
-class IndexConfig:
+class IndexConfig(Config):
     """`shoggoth index`: build the feature dictionary of a harvested SAE."""
 
-    db: Path | None = None
+    db: Path | None = option(required="a database from `shoggoth harvest`")
     """The feature database (from `shoggoth harvest`; labels from `shoggoth label` are used
     when present)."""
     sae: str | None = None
     """The SAE (its sae_id; default: the only one in the database)."""
-    top: int = 20
+    top: int = option(20, min=1, max=100_000)
     """Top-activating examples kept per feature."""
-    bins: int = 10
+    bins: int = option(10, min=1, max=10_000)
     """Equal-width activation intervals sampled per feature."""
-    per_bin: int = 5
+    per_bin: int = option(5, min=1, max=100_000)
     """Examples sampled from each interval."""
-    histogram_bins: int = 50
+    histogram_bins: int = option(50, min=1, max=10_000)
     """Bins of each feature's activation histogram."""
-    neighbors: int = 10
+    neighbors: int = option(10, min=1)
     """Nearest features stored per feature."""
-    exact_max: int = 100_000
+    exact_max: int = option(100_000, min=0)
     """Exact FAISS search up to this many features; HNSW above it."""
-    logit_top: int = 10
+    logit_top: int = option(10, min=1, max=10_000)
     """Promoted and suppressed tokens stored per feature."""
-    persona_top: int = 20
+    persona_top: int = option(20, min=1)
     """Decoder directions listed per persona vector."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
 
 
-def logit_effects(model: Any, w_dec: np.ndarray, top: int, batch: int = 1024) -> pd.DataFrame:
-    """Top promoted/suppressed tokens of each decoder direction through the unembedding."""
-    import torch
+@dataclass
+class Harvest:
+    """What the dictionary is built from, read from the database before any work."""
 
-    w_u = model.bridge.original_model.get_output_embeddings().weight  # [vocab, d]
-    w_u = w_u.detach().float().cpu()
-    dec = torch.from_numpy(w_dec).float()
-    tokens = model.tokenizer.convert_ids_to_tokens(list(range(w_u.shape[0])))
-    rows = []
-    for s in range(0, len(dec), batch):
-        logits = dec[s : s + batch] @ w_u.T
-        for sign, largest in (("promoted", True), ("suppressed", False)):
-            vals, ids = torch.topk(logits, top, dim=1, largest=largest)
-            for r in range(len(ids)):
-                for rank, (tid, val) in enumerate(zip(ids[r].tolist(), vals[r].tolist(),
-                                                      strict=True), 1):
-                    rows.append((s + r, sign, rank, tid, str(tokens[tid]), val))
-    return pd.DataFrame(rows, columns=["feature", "sign", "rank", "token_id", "token", "value"])
+    sae_id: str
+    row: dict[str, Any]
+    """The SAE's `saes` row."""
+    residuals: pd.DataFrame | None
+    profiles: pd.DataFrame | None
+    """feature, persona, mean_act from `feature_personas` (None before `shoggoth label`)."""
 
 
-def faiss_dir(db: Path) -> Path:
-    return db.parent / f"{db.name}.faiss"
+@dataclass
+class Built:
+    """The dictionary's parts computed outside the database."""
+
+    indexes: list[tuple[str, similarity.BuiltIndex, tuple[int, int]]]
+    neighbours: pd.DataFrame
+    profile_neighbours: pd.DataFrame | None
+    vectors: dict[str, Any] | None
+    persona_features: pd.DataFrame | None
 
 
-def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
-    """Build (or rebuild) one SAE's dictionary tables and FAISS indexes; returns a summary."""
-    from sae.models import load_model
-
-    if cfg.db is None:
-        raise BadInput("--db: required (a database from `shoggoth harvest`)")
+def read_harvest(cfg: IndexConfig) -> Harvest:
+    """The SAE to index (its saes row), its residual sums and its persona profiles."""
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
-    for name in ("top", "bins", "per_bin", "histogram_bins", "neighbors", "logit_top",
-                 "persona_top"):
-        if getattr(cfg, name) < 1:
-            raise BadInput(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
-    started = time.time()
     con = connect(cfg.db, read_only=True)
     try:
         require_shoggoth(con, cfg.db)
@@ -150,17 +147,25 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
                                    "WHERE sae_id = ?", [sae_id]).df()
     finally:
         con.close()
-    sae = load_harvest_sae(cfg.db, sae_id, row, cfg.device)
-    w_dec = sae.W_dec.detach().float().cpu().numpy()
-    if w_dec.shape != (row["d_sae"], row["d_in"]):
-        raise BadInput(f"--db {cfg.db}: the SAE at {row['path']} no longer matches '{sae_id}' "
-                       f"(decoder {w_dec.shape})")
+    if cfg.neighbors >= row["d_sae"]:
+        raise BadInput(f"--neighbors {cfg.neighbors}: must be less than the SAE's "
+                       f"{row['d_sae']:,} features")
+    return Harvest(sae_id, row, residuals, profiles)
 
+
+def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
+                log: Any = print) -> Built:
+    """FAISS over decoder directions and persona profiles, neighbours, persona vectors."""
+    row = harvest.row
+    if w_dec.shape != (row["d_sae"], row["d_in"]):
+        raise BadInput(f"--db {cfg.db}: the SAE at {row['path']} no longer matches "
+                       f"'{harvest.sae_id}' (decoder {w_dec.shape})")
     log("decoder neighbours (FAISS)")
     decoder = similarity.build(w_dec, cfg.exact_max)
     dec_ids, dec_cos = similarity.neighbours(decoder, w_dec, cfg.neighbors)
     indexes = [("decoder", decoder, w_dec.shape)]
     prof_rows = None
+    profiles = harvest.profiles
     if profiles is not None and len(profiles):
         names = sorted(profiles["persona"].unique())
         matrix = np.zeros((row["d_sae"], len(names)), dtype=np.float32)
@@ -171,72 +176,121 @@ def build_dictionary(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
                                                                         row["d_sae"] - 1))
         prof_rows = _neighbour_frame(prof_ids, prof_cos)
         indexes.append(("persona_profile", profile, matrix.shape))
-
-    vectors = persona_vectors(residuals) if residuals is not None else None
-    vector_rows = feature_rows = None
+    vectors = persona_vectors(harvest.residuals) if harvest.residuals is not None else None
+    feature_rows = None
     if vectors is not None:
         log("persona vectors")
-        vector_path = faiss_dir(cfg.db) / f"{sae_id}.persona_vectors.npy"
-        vector_rows = vectors["table"].assign(path=str(vector_path))[
-            ["persona", "row", "path", "is_control", "n_tokens", "norm", "relative_norm"]]
         feature_rows = nearest_features(decoder, vectors, min(cfg.persona_top, row["d_sae"]))
+    return Built(indexes, _neighbour_frame(dec_ids, dec_cos), prof_rows, vectors, feature_rows)
 
-    effects, note = None, "skipped: the model is not a causal LM (an encoder's LM head is not " \
-                          "part of its checkpoint)"
-    # The weights are loaded only when there is an unembedding to read.
-    if load_model(row["model"], cfg.device, load_weights=False).is_causal:
-        model = load_model(row["model"], cfg.device)
-        if model.bridge.original_model.get_output_embeddings() is not None:
-            log("logit effects")
-            effects = logit_effects(model, w_dec, cfg.logit_top)
-            note = "computed: decoder direction · unembedding (no final norm)"
 
+def write_files(db: Path, sae_id: str, built: Built) -> tuple[Path, dict[str, str]]:
+    """Write this build's FAISS indexes and persona vectors into a new folder in
+    `faiss_dir(db)`; returns the folder and {name: path relative to faiss_dir(db)}."""
+    folder = faiss_dir(db) / f"{sae_id}.{uuid.uuid4().hex[:12]}"
+    folder.mkdir(parents=True)
+    paths = {}
+    for name, index, _shape in built.indexes:
+        similarity.save(index.index, folder / f"{name}.faiss")
+        paths[name] = f"{folder.name}/{name}.faiss"
+    if built.vectors is not None:
+        save_npy(built.vectors["vectors"], folder / "persona_vectors.npy")
+        paths["persona_vectors"] = f"{folder.name}/persona_vectors.npy"
+    return folder, paths
+
+
+def referenced_folders(db: Path) -> set[str]:
+    """The build folders (names under `faiss_dir(db)`) the database refers to."""
+    con = connect(db, read_only=True)
+    try:
+        if "faiss_indexes" not in tables(con):
+            return set()
+        return {Path(p).parent.name for (p,) in con.execute(
+            "SELECT path FROM faiss_indexes UNION ALL SELECT path FROM persona_vectors"
+        ).fetchall()}
+    finally:
+        con.close()
+
+
+def remove_unreferenced(db: Path, sae_id: str, legacy: bool = False) -> None:
+    """Delete `sae_id`'s build folders that the database does not refer to (earlier builds, or
+    one a killed build left behind); with `legacy`, also the files of the flat layout earlier
+    versions wrote (`<sae_id>.decoder.faiss`, …), once a new build is published."""
+    keep = referenced_folders(db)
+    folder = faiss_dir(db)
+    for old in folder.glob(f"{sae_id}.*"):
+        if old.is_dir() and old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+        elif legacy and old.is_file():
+            old.unlink()
+
+
+def write_tables(con: Any, cfg: IndexConfig, sae_id: str, built: Built, paths: dict[str, str],
+                 effects: pd.DataFrame | None, note: str, log: Any) -> None:
+    """Replace `sae_id`'s dictionary tables, in one transaction on `con`."""
+    with transaction(con):
+        create_index_tables(con)
+        for table in ("examples", "feature_histograms", "neighbors", "profile_neighbors",
+                      "logit_effects", "faiss_indexes", "persona_vectors", "persona_features"):
+            con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+        log("examples and histograms")
+        con.execute(EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins,
+                                   "per_bin": cfg.per_bin})
+        con.execute(HISTOGRAM_SQL, {"sae": sae_id, "bins": cfg.histogram_bins})
+        vector_rows = None
+        if built.vectors is not None:
+            vector_rows = built.vectors["table"].assign(path=paths["persona_vectors"])[
+                ["persona", "row", "path", "is_control", "n_tokens", "norm", "relative_norm"]]
+        for table, frame in (("neighbors", built.neighbours),
+                             ("profile_neighbors", built.profile_neighbours),
+                             ("logit_effects", effects),
+                             ("persona_vectors", vector_rows),
+                             ("persona_features", built.persona_features)):
+            if frame is not None:
+                insert_frame(con, table, frame, [sae_id])
+        for name, index, shape in built.indexes:
+            con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [sae_id, name, paths[name], index.kind, shape[0], shape[1],
+                         index.recall_at_10, index.ef_search])
+        con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
+
+
+def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
+                     effects: pd.DataFrame | None, note: str,
+                     log: Any = print) -> dict[str, Any]:
+    """Build (or rebuild) one SAE's dictionary tables and FAISS files from its decoder `w_dec`
+    and logit `effects` (with `note` saying how they were made); returns a summary."""
+    started = time.time()
+    sae_id = harvest.sae_id
+    built = build_parts(cfg, harvest, w_dec, log)
     partial = cfg.db.parent / f".{cfg.db.name}.index.partial"
     remove(partial)
+    remove_unreferenced(cfg.db, sae_id)
     fold = connect(cfg.db)  # fails if another process writes it; folds any WAL into the file
     fold.execute("CHECKPOINT")
     fold.close()
-    shutil.copyfile(cfg.db, partial)
+    folder, paths = write_files(cfg.db, sae_id, built)
+    published = False
     try:
+        shutil.copyfile(cfg.db, partial)
         con = connect(partial)
         try:
-            with transaction(con):
-                create_index_tables(con)
-                for table in ("examples", "feature_histograms", "neighbors",
-                              "profile_neighbors", "logit_effects", "faiss_indexes",
-                              "persona_vectors", "persona_features"):
-                    con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
-                log("examples and histograms")
-                con.execute(EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins,
-                                           "per_bin": cfg.per_bin})
-                con.execute(HISTOGRAM_SQL, {"sae": sae_id, "bins": cfg.histogram_bins})
-                for table, frame in (("neighbors", _neighbour_frame(dec_ids, dec_cos)),
-                                     ("profile_neighbors", prof_rows),
-                                     ("logit_effects", effects),
-                                     ("persona_vectors", vector_rows),
-                                     ("persona_features", feature_rows)):
-                    if frame is not None:
-                        insert_frame(con, table, frame, [sae_id])
-                for name, built, shape in indexes:
-                    target = faiss_dir(cfg.db) / f"{sae_id}.{name}.faiss"
-                    similarity.save(built.index, target)
-                    con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                [sae_id, name, str(target), built.kind, shape[0], shape[1],
-                                 built.recall_at_10, built.ef_search])
-                if vectors is not None:
-                    save_npy(vectors["vectors"], vector_path)
-                con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?",
-                            [note, sae_id])
+            write_tables(con, cfg, sae_id, built, paths, effects, note, log)
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        os.replace(partial, cfg.db)  # readers of the old file keep it until they close
+        os.replace(partial, cfg.db)  # publishes tables and files at once
+        published = True
     finally:
         remove(partial)
-    return {"sae_id": sae_id, "features": row["d_sae"], "decoder_index": decoder.kind,
+        if not published:
+            shutil.rmtree(folder, ignore_errors=True)
+    remove_unreferenced(cfg.db, sae_id, legacy=True)
+    decoder = built.indexes[0][1]
+    return {"sae_id": sae_id, "features": harvest.row["d_sae"], "decoder_index": decoder.kind,
             "recall_at_10": decoder.recall_at_10, "logit_effects": note,
-            "profiles": prof_rows is not None,
-            "persona_vectors": 0 if vectors is None else len(vectors["table"]),
+            "profiles": built.profile_neighbours is not None,
+            "persona_vectors": 0 if built.vectors is None else len(built.vectors["table"]),
             "seconds": round(time.time() - started, 1)}
 
 
@@ -296,8 +350,8 @@ def nearest_features(decoder: similarity.BuiltIndex, vectors: dict[str, Any],
 
 def save_npy(array: np.ndarray, path: Path) -> None:
     """Write a .npy file atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    write_atomic(path, write)

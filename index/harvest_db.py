@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from core.errors import BadInput
 from index.database import (
     check_same_battery,
     connect,
@@ -24,8 +25,8 @@ from index.database import (
     tables,
     transaction,
 )
+from index.merge import MergeConfig, merge
 from index.schema import battery_of, create_schema
-from sae.errors import BadInput
 from sae.personas import Item, Persona
 
 
@@ -72,7 +73,6 @@ def already_done(db: Path, partial: Path, sae_id: str, done: dict[str, Any] | No
 
 class PartialStore:
     """The partial database of one harvest: written one batch per transaction."""
-
     def __init__(self, path: Path, con: Any) -> None:
         self.path = path
         self.con = con
@@ -173,7 +173,6 @@ def publish_harvest(partial: Path, db: Path, personas: Sequence[Persona],
                     items: Sequence[Item], sae_id: str) -> None:
     """Publish a finished partial harvest into `db`, re-checking the database first (it may
     have changed while the harvest ran)."""
-    from index.merge import MergeConfig, merge
 
     done = check_target(db, personas, items)
     if sae_id in done:

@@ -3,24 +3,27 @@ database (features, feature_personas, calibration), in one transaction."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from core.config import config_metadata, option
+from core.errors import BadInput
+from core.versions import library_versions
 from index.database import choose_sae, connect, insert_frame, require_shoggoth, transaction
 from index.labels import LabelConfig, label_features, shuffled_within_items, split_persona
 from index.schema import create_label_tables
-from sae.configs import config_metadata
-from sae.errors import BadInput
 
 
 @dataclass
 class LabelRunConfig(LabelConfig):
     """`shoggoth label`: label the features of a harvested SAE."""
 
-    db: Path | None = None
+    db: Path | None = option(required="a database from `shoggoth harvest`")
     """The feature database (from `shoggoth harvest`)."""
     sae: str | None = None
     """The SAE to label (its sae_id; default: the only one in the database)."""
@@ -54,8 +57,6 @@ def _counts(run: str, description: str, table: pd.DataFrame, only: list[str] | N
 
 def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     """Label one SAE's features; returns the tables written (as DataFrames) and the counts."""
-    if cfg.db is None:
-        raise BadInput("--db: required (a database from `shoggoth harvest`)")
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
     con = connect(cfg.db, read_only=True)
@@ -123,11 +124,6 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
           config: dict[str, Any]) -> None:
     """Replace this SAE's labels in one transaction (with a `runs` record); annotations are
     never touched."""
-    import json
-    import uuid
-
-    from sae.train import library_versions
-
     con = connect(db)
     try:
         with transaction(con):

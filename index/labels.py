@@ -9,53 +9,51 @@ comparison. Every formula is in docs/labels.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from sae.errors import BadInput
+from core.config import Config, option
+from core.errors import BadInput
 
 LABELS = ("dead", "rare", "mask-specific", "mask-family", "shared", "shared-modulated", "unclear")
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(Config):
     """Thresholds of `shoggoth label` (defaults from docs/labels.md)."""
 
-    alpha: float = 0.05
+    alpha: float = option(0.05, above=0, max=1)
     """False discovery rate: a feature differs across personas when its BH q-value is below."""
-    min_docs: int = 20
+    min_docs: int = option(20, min=1)
     """rare: the feature fires in fewer documents than this."""
-    specific_share: float = 0.5
+    specific_share: float = option(0.5, min=0, max=1)
     """mask-specific: the top persona's share of the summed persona means is at least this."""
-    specific_k_eff: float = 2.0
+    specific_k_eff: float = option(2.0, min=1)
     """mask-specific: the effective number of personas (exp of the shares' entropy) is at most."""
-    specific_auroc: float = 0.8
+    specific_auroc: float = option(0.8, min=0, max=1)
     """mask-specific: AUROC of the top persona's documents against the rest, at least."""
-    specific_stability: float = 0.8
+    specific_stability: float = option(0.8, min=0, max=1)
     """mask-specific: fraction of leave-one-paraphrase-out splits keeping the top persona."""
-    specific_control_ratio: float = 0.2
+    specific_control_ratio: float = option(0.2, min=0)
     """mask-specific: mean under the controls / the top persona's mean, at most."""
-    family_fraction: float = 1 / 3
+    family_fraction: float = option(1 / 3, above=0, max=1)
     """mask-family: 2 < K_eff <= this fraction of the number of personas."""
-    shared_fire_frac: float = 0.9
+    shared_fire_frac: float = option(0.9, min=0, max=1)
     """shared / shared-modulated: fires under at least this fraction of the personas."""
-    persona_fire_rate: float = 0.05
+    persona_fire_rate: float = option(0.05, min=0, max=1)
     """A feature fires under a persona when it fires in at least this fraction of its
     documents."""
-    shared_entropy: float = 0.9
+    shared_entropy: float = option(0.9, min=0, max=1)
     """shared: normalised entropy of the persona shares, at least."""
-    shared_ratio_bound: float = 1.5
+    shared_ratio_bound: float = option(1.5, min=1)
     """shared: the bootstrap upper bound of max/min persona mean is at most this."""
-    bootstrap: int = 200
+    bootstrap: int = option(200, min=1, max=100_000)
     """Bootstrap resamples of the items for the max/min ratio's upper bound."""
-    confidence: float = 0.95
+    confidence: float = option(0.95, above=0, below=1)
     """Level of that one-sided upper bound."""
-    test: Literal["friedman"] = "friedman"
-    """Omnibus test across personas, blocked by item (Friedman, tie-corrected)."""
-    chunk: int = 2048
+    chunk: int = option(2048, min=1)
     """Features processed at once (bounds memory)."""
     seed: int = 0
     """Seed of the bootstrap."""

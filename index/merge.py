@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import Config, config_metadata, option
+from core.errors import BadInput
 from index.database import (
     check_same_battery,
     connect,
@@ -24,17 +26,16 @@ from index.database import (
     transaction,
 )
 from index.schema import HARVEST_TABLES, ORDER, battery_rows, create_schema, read_battery
-from sae.configs import config_metadata
-from sae.errors import BadInput
 
 
 @dataclass
-class MergeConfig:
+class MergeConfig(Config):
     """`shoggoth merge`: combine shard files (or whole databases) into one database."""
 
-    db: Path | None = None
+    db: Path | None = option(required="the database to write")
     """The database to write: created if missing, otherwise added to in one transaction."""
-    inputs: list[Path] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list, metadata={
+        "required": "give the database files to merge"})
     """Database files to merge, e.g. the N files of `shoggoth harvest --shard I/N`."""
 
 
@@ -117,10 +118,6 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
 
     `as_is` copies one input without combining shards (how a finished harvest, sharded or not,
     is published into its --db)."""
-    if cfg.db is None:
-        raise BadInput("--db: required (the database to write)")
-    if not cfg.inputs:
-        raise BadInput("inputs: give the database files to merge")
     if len(set(map(Path.resolve, cfg.inputs))) != len(cfg.inputs):
         raise BadInput("inputs: a file is given twice")
     for path in cfg.inputs:

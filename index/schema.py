@@ -215,13 +215,6 @@ def battery_of(personas: Sequence[Persona], items: Sequence[Item]) -> dict[str, 
     return {t: sorted(r, key=repr) for t, r in rows.items()}
 
 
-def enum_values(con: Any, type_name: str, schema: str | None = None) -> list[str]:
-    """The members of an ENUM type, in order (the order rows sort in)."""
-    catalog = f"{schema}." if schema else ""
-    row = con.execute(f"SELECT enum_range(NULL::{catalog}{type_name})").fetchone()
-    return list(row[0])
-
-
 def read_battery(con: Any, catalog: str | None = None) -> tuple[list[Persona], list[Item]]:
     """The battery stored in a database, personas and items in their ENUM order."""
     prefix = f"{catalog}." if catalog else ""

@@ -3,13 +3,13 @@ it (with its recall@10 measured against exact search), saved beside the database
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.atomic import write_atomic
 
 # Graph degree and build beam for HNSW, from benchmarks/faiss_neighbours.py at 1M x 768: on
 # `families` data efConstruction 40 built in 457 s but needed efSearch 2048 (20 ms a query); 80
@@ -108,11 +108,4 @@ def save(index: Any, path: Path) -> None:
     """Write a FAISS index atomically (temporary file, then rename)."""
     import faiss
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: faiss.write_index(index, tmp))

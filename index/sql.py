@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 import duckdb
 
+from core.config import Config, option
+from core.errors import BadInput
 from index.database import connect
-from sae.errors import BadInput
 
 SANDBOX = {
     "enable_external_access": False,
@@ -31,12 +32,13 @@ SANDBOX = {
 
 
 @dataclass
-class SqlConfig:
+class SqlConfig(Config):
     """`shoggoth sql`: run SQL on a feature database."""
 
-    db: Path | None = None
+    db: Path | None = option(required="the feature database to query")
     """The feature database."""
-    query: list[str] = field(default_factory=list)
+    query: list[str] = field(default_factory=list, metadata={
+        "required": 'the SQL to run, e.g. shoggoth sql --db F "SELECT 1"'})
     """The SQL to run (quote it); several statements may be separated by ';'."""
     format: Literal["table", "csv", "json", "parquet"] = "table"
     """Output format (parquet needs --out)."""
@@ -44,8 +46,16 @@ class SqlConfig:
     """Write the result to this file instead of standard output (written atomically)."""
     write: bool = False
     """Allow statements that modify the database (still no file or network access)."""
-    max_rows: int = 1000
+    max_rows: int = option(1000, min=0)
     """Rows shown by the table format (the others print every row)."""
+
+    def check(self) -> None:
+        if not " ".join(self.query).strip():
+            raise BadInput('query: give the SQL to run, e.g. shoggoth sql --db F "SELECT 1"')
+        if self.format == "parquet" and self.out is None:
+            raise BadInput("--format parquet: needs --out FILE")
+        if self.out is not None and self.out.is_dir():
+            raise BadInput(f"--out {self.out}: is a directory, expected a file")
 
 
 def sandboxed(db: Path, write: bool = False) -> Any:
@@ -57,13 +67,7 @@ def sandboxed(db: Path, write: bool = False) -> Any:
 
 def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     """Run the query; returns (columns, rows, arrow table or None) of the last statement."""
-    if cfg.db is None:
-        raise BadInput("--db: required")
     sql = " ".join(cfg.query).strip()
-    if not sql:
-        raise BadInput("query: give the SQL to run, e.g. shoggoth sql --db F \"SELECT 1\"")
-    if cfg.format == "parquet" and cfg.out is None:
-        raise BadInput("--format parquet: needs --out FILE")
     con = sandboxed(cfg.db, cfg.write)
     try:
         return execute(con, sql)

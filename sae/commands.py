@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from sae.configs import config_metadata, config_options
-from sae.errors import BadInput
-from sae.harvest import HarvestConfig, harvest
+from core.config import Config, config_metadata, config_options
+from core.errors import BadInput
+from sae.activations import activations
 from sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
 from sae.prompts import Template, build_prompt, collate, pad_id
 from sae.sae_import import ImportConfig, import_sae
@@ -21,9 +21,8 @@ from sae.train import TrainConfig, train
 
 
 @dataclass
-class ModelsConfig:
+class ModelsConfig(Config):
     """`shoggoth models`: list the model aliases."""
-
     model: str | None = None
     """Also describe this model: a local Hugging Face directory or a hub id."""
     format: Literal["table", "json"] = "table"
@@ -78,9 +77,8 @@ def models_command(cfg: ModelsConfig) -> None:
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(Config):
     """`shoggoth prompt`: show how a prompt is built and which tokens are measured."""
-
     continuation: str = ""
     """The text whose tokens are measured (the assistant answer)."""
     system: str = ""
@@ -106,7 +104,6 @@ class PromptConfig:
 def prompt_command(cfg: PromptConfig) -> None:
     """Tokenize a (system, user, continuation) prompt, mark the measured tokens, and print the
     norm of each token's activation at the hook."""
-    from sae.activations import activations
 
     model = load_model(cfg.model, cfg.device)
     hook = resolve_hook(model, cfg.hook, cfg.layer)
@@ -182,33 +179,3 @@ def import_command(cfg: ImportConfig) -> None:
         print_evaluation(f"{out} · {meta['hook']} · imported", meta)
     else:
         click.echo(str(out))
-
-
-def print_summary(result: dict[str, object]) -> None:
-    """The end-of-harvest report: documents, tokens, activations, size on disk, time."""
-    title = (f"{result['db']} · {result['sae_id']}"
-             + (" · already harvested, nothing to do" if result.get("already_harvested") else
-                f" · harvested in {result['seconds']} s"))
-    Console(soft_wrap=True).print(title, highlight=False)
-    table = Table()
-    table.add_column("")
-    table.add_column("value", justify="right")
-    keys = ["documents", "tokens", "activations", "file_bytes", "bytes_per_activation",
-            "file_bytes_per_token"]
-    if result.get("tokens_per_second"):
-        keys += ["batch_seconds", "tokens_per_second"]
-    for key in keys:
-        value = result[key]
-        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else
-                      str(value))
-    Console().print(table)
-
-
-@click.command("harvest")
-@config_options(HarvestConfig)
-def harvest_command(cfg: HarvestConfig) -> None:
-    """Run the model under every persona of the battery on the same answers, encode the answer
-    tokens with the SAE, and store the non-zero activations in a DuckDB feature database.
-    Resumable: rerun the same command after an interruption."""
-    err = Console(stderr=True, soft_wrap=True)
-    print_summary(harvest(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False)))

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sae.errors import BadInput
+from core.errors import BadInput
 from sae.prompts import special_wrapping
 
 

@@ -16,10 +16,11 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from sae.errors import BadInput
-from sae.files import write_json_atomic
+from core.atomic import write_json_atomic
+from core.errors import BadInput
+from core.text import jsonl_rows
+from sae.models import hub_reachable
 
 BUILTIN = "builtin"
 CORPUS_VERSION = 1
@@ -71,25 +72,9 @@ def _txt_documents(path: Path) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSONL file; BadInput naming the file
-    and line for a line that is not a JSON object."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise BadInput(f"{path} line {n}: not valid JSON") from None
-            if not isinstance(row, dict):
-                raise BadInput(f"{path} line {n}: expected a JSON object")
-            yield n, row
-
-
 def _jsonl_documents(path: Path, column: str) -> list[str]:
     docs = []
-    for n, row in jsonl_rows(path):
+    for n, row in jsonl_rows(path, "--dataset"):
         if column not in row:
             raise BadInput(f"{path} line {n}: no text column '{column}'")
         if isinstance(row[column], str) and row[column].strip():
@@ -135,8 +120,6 @@ def _saved_dataset_documents(path: Path, column: str) -> list[str]:
 
 def _hub_documents(name: str, column: str, max_chars: int) -> list[str]:
     """Stream a hub dataset's train split until `max_chars` characters of text are read."""
-    from sae.models import hub_reachable
-
     if not hub_reachable():
         raise BadInput(
             f"dataset '{name}': not a local path, and loading it from the Hugging Face hub needs "

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from sae.errors import BadInput
+from core.errors import BadInput
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 RESID_HOOK = "blocks.{layer}.hook_resid_post"
@@ -179,6 +179,21 @@ class Model:
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The longest input the model's position embeddings take (None when unbounded)."""
+        config = self.bridge.original_model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(
+            self.bridge.cfg, "n_ctx", None)
+        return int(limit) if limit else None
+
+    def check_length(self, n_tokens: int, what: str) -> None:
+        """BadInput naming `what` when `n_tokens` is more than the model takes."""
+        limit = self.max_tokens
+        if limit is not None and n_tokens > limit:
+            raise BadInput(f"{what}: {n_tokens:,} tokens with its prompt, more than model "
+                           f"'{self.name}' takes ({limit:,}); shorten it")
 
     @property
     def prepend_bos(self) -> bool:

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from sae.configs import yaml_problem
-from sae.corpus import jsonl_rows
-from sae.errors import BadInput
+from core.config import yaml_problem
+from core.errors import BadInput
+from core.text import jsonl_rows, read_text
 
 BATTERY_DIR = Path(__file__).parent / "battery"
 NAME = re.compile(r"[a-z0-9][a-z0-9_\-]*")
@@ -68,7 +68,7 @@ def load_personas(path: Path | None = None) -> list[Persona]:
     if not path.is_file():
         raise BadInput(f"{path}: personas file does not exist")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+        data = yaml.load(read_text(path, "--personas"), Loader=_LineLoader)
     except yaml.YAMLError as e:
         raise BadInput(f"{path}{yaml_problem(e)}") from None
     entries = data.get("personas") if isinstance(data, dict) else None

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from sae.errors import BadInput
+from core.errors import BadInput
 
 Template = Literal["auto", "chat", "plain"]
 SEPARATOR = "\n\n"

@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sae.configs import config_metadata
-from sae.errors import BadInput
-from sae.files import publish, write_json_atomic
+from core.atomic import publish, write_json_atomic
+from core.config import Config, config_metadata, option
+from core.errors import BadInput
+from core.versions import library_versions
+from sae.models import hub_reachable, load_model
+from sae.sae_dir import check_fits, read_sae_dir
+from sae.train import held_out_contexts, held_out_metrics
 
 
 @dataclass
-class ImportConfig:
+class ImportConfig(Config):
     """`shoggoth sae import`: register an existing SAE for a model."""
-
     path: Path | None = None
     """A local sae-lens SAE directory (cfg.json + sae_weights.safetensors)."""
     release: str | None = None
@@ -32,34 +35,12 @@ class ImportConfig:
     """Output directory (default: runs/imported-MODEL-HOOK). Must not exist."""
     evaluate: bool = True
     """Evaluate on held-out built-in text (explained variance, L0, dead fraction, CE for LMs)."""
-    eval_tokens: int = 16_384
+    eval_tokens: int = option(16_384, min=1)
     """Tokens for that evaluation."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
     overwrite: bool = False
     """Replace --out if it exists."""
-
-
-def read_sae_dir(path: Path, device: str, flag: str) -> Any:
-    """`SAE.load_from_disk`, with a damaged or foreign directory reported in one line."""
-    from sae_lens import SAE
-
-    try:
-        return SAE.load_from_disk(str(path), device=device)
-    except Exception as e:  # damaged or foreign files: one line naming the directory
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise BadInput(f"{flag} {path}: could not load the SAE: {first}") from None
-
-
-def check_fits(sae: Any, model: Any, who: str) -> str:
-    """BadInput unless the SAE reads a hook the model has, at the model's width; its hook."""
-    hook = sae.cfg.metadata.hook_name
-    if sae.cfg.d_in != model.d_model:
-        raise BadInput(f"{who}: d_in {sae.cfg.d_in} does not match model '{model.name}' "
-                       f"(d_model {model.d_model})")
-    if not hook or hook not in model.bridge.hook_dict:
-        raise BadInput(f"{who}: hook '{hook}' does not exist in model '{model.name}'")
-    return hook
 
 
 def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
@@ -74,7 +55,6 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
         return read_sae_dir(cfg.path, device, "--path"), str(cfg.path.resolve())
     if not cfg.sae_id:
         raise BadInput(f"--release {cfg.release}: needs --sae-id")
-    from sae.models import hub_reachable
 
     if not hub_reachable():
         raise BadInput(f"--release {cfg.release}: downloading from the registry needs network")
@@ -89,9 +69,6 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
 
 def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
     """Check the SAE against the model, evaluate it, and publish it with its shoggoth.json."""
-    from sae.models import load_model
-    from sae.train import held_out_contexts, held_out_metrics, library_versions
-
     if cfg.out is not None and cfg.out.exists() and not cfg.overwrite:
         raise BadInput(f"--out {cfg.out}: already exists (pass --overwrite to replace it)")
     if cfg.eval_tokens <= 0:

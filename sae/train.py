@@ -22,9 +22,16 @@ from typing import Any, Literal
 
 import torch
 
-from sae.configs import config_metadata
-from sae.errors import BadInput, Interrupted
-from sae.files import publish, write_json_atomic
+from core.atomic import publish, write_json_atomic
+from core.config import Config, config_metadata, option
+from core.errors import BadInput, Interrupted
+from core.versions import library_versions
+from sae.activations import continuation_activations
+from sae.contexts import pack_contexts, split_documents
+from sae.corpus import load_texts
+from sae.evaluate import ce_loss_recovered, evaluate_sae
+from sae.models import load_model, resolve_hook
+from sae.prompts import Batch, non_special, special_ids
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
 TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
@@ -33,9 +40,8 @@ STATE_FILE = "shoggoth_train_config.json"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """`shoggoth train`: train an SAE on a model's residual stream (sae-lens underneath)."""
-
     model: str = "minilm"
     """Model alias, local Hugging Face directory or hub id."""
     hook: str | None = None
@@ -49,25 +55,25 @@ class TrainConfig:
     """Column (or JSON field) holding the text in .jsonl, .parquet and Hugging Face datasets."""
     architecture: Architecture = "topk"
     """SAE architecture, as sae-lens trains it (matryoshka = matryoshka batch-top-k)."""
-    d_sae: int | None = None
+    d_sae: int | None = option(None, min=1)
     """Number of SAE features (default: expansion × d_model)."""
-    expansion: int = 8
+    expansion: int = option(8, min=1)
     """d_sae as a multiple of the model's d_model, when --d-sae is not given."""
-    k: int = 32
+    k: int = option(32, min=1)
     """Active features per token for topk, batchtopk and matryoshka."""
-    sparsity_coefficient: float = 5.0
+    sparsity_coefficient: float = option(5.0, min=0)
     """L1 coefficient (standard, gated) or L0 coefficient (jumprelu); unused by top-k types."""
-    tokens: int = 800_000
+    tokens: int = option(800_000, min=1)
     """Training tokens (the corpus is repeated if it is smaller)."""
-    batch_tokens: int = 1024
+    batch_tokens: int = option(1024, min=1)
     """Tokens per optimizer step."""
-    context_size: int = 128
+    context_size: int = option(128, min=1)
     """Tokens per context, special tokens included."""
-    lr: float = 1e-3
+    lr: float = option(1e-3, above=0)
     """Adam learning rate (warm-up over the first 5% of steps, decay over the last 20%)."""
-    eval_tokens: int = 16_384
+    eval_tokens: int = option(16_384, min=1)
     """Held-out tokens (from documents never trained on) for the final evaluation."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = option(100, min=0)
     """Save a resumable checkpoint every this many steps (0: never)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
@@ -81,30 +87,14 @@ class TrainConfig:
     """Replace --out (and any interrupted run for it) instead of refusing."""
     wandb: bool = False
     """Log to Weights & Biases (needs network and a login)."""
+    def check(self) -> None:
+        if self.architecture in TOPK_LIKE and self.d_sae is not None and self.k >= self.d_sae:
+            raise BadInput(f"--k {self.k}: must be smaller than --d-sae {self.d_sae}")
 
 
 def default_out(cfg: TrainConfig, hook: str) -> Path:
     name = Path(cfg.model).name if Path(cfg.model).exists() else cfg.model.replace("/", "-")
     return Path("runs") / f"sae-{name}-{hook}-{cfg.architecture}"
-
-
-def validate_numbers(cfg: TrainConfig) -> None:
-    """Checks that need no model, done before anything is loaded or written."""
-    positive = ("tokens", "batch_tokens", "context_size", "eval_tokens", "expansion")
-    for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise BadInput(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be positive")
-    if cfg.d_sae is not None and cfg.d_sae <= 0:
-        raise BadInput(f"--d-sae {cfg.d_sae}: must be positive")
-    if cfg.lr <= 0:
-        raise BadInput(f"--lr {cfg.lr}: must be positive")
-    if cfg.checkpoint_every < 0:
-        raise BadInput(f"--checkpoint-every {cfg.checkpoint_every}: must be 0 or more")
-    if cfg.architecture in TOPK_LIKE:
-        if cfg.k <= 0:
-            raise BadInput(f"--k {cfg.k}: must be positive")
-        if cfg.d_sae is not None and cfg.k >= cfg.d_sae:
-            raise BadInput(f"--k {cfg.k}: must be smaller than --d-sae {cfg.d_sae}")
 
 
 def sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:
@@ -168,13 +158,6 @@ def checkpoints(root: Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    names = ("shoggoth", "sae-lens", "transformer-lens", "transformers", "torch", "datasets")
-    return {n: version(n) for n in names}
-
-
 def _resume_fields(cfg: TrainConfig) -> dict[str, Any]:
     meta = config_metadata(cfg)
     for name in ("resume", "overwrite", "device"):
@@ -210,9 +193,6 @@ def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
 def eval_activations(model: Any, contexts: torch.Tensor, hook: str, keep: torch.Tensor,
                      batch: int = 32) -> torch.Tensor:
     """[n_kept_tokens, d] activations at `hook` for unpadded contexts, at the `keep` positions."""
-    from sae.activations import continuation_activations
-    from sae.prompts import Batch
-
     out = []
     for start in range(0, len(contexts), batch):
         ids = contexts[start : start + batch]
@@ -224,8 +204,6 @@ def eval_activations(model: Any, contexts: torch.Tensor, hook: str, keep: torch.
 def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) -> dict[str, float]:
     """Evaluation of `sae` at `hook` on held-out contexts: reconstruction and sparsity on every
     non-special token, plus CE loss recovered (on up to 32 contexts) for causal LMs."""
-    from sae.evaluate import ce_loss_recovered, evaluate_sae
-    from sae.prompts import non_special
 
     keep = non_special(model.tokenizer, contexts)
     metrics = evaluate_sae(sae, eval_activations(model, contexts, hook, keep))
@@ -237,16 +215,12 @@ def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) ->
 def held_out_contexts(model: Any, dataset: str, text_column: str, context_size: int,
                       eval_tokens: int) -> torch.Tensor:
     """Contexts from the documents `train` never trains on (every 25th document)."""
-    from sae.contexts import split_documents
-    from sae.corpus import load_texts
-
     _, held = split_documents(load_texts(dataset, text_column, max_chars=40 * eval_tokens))
     return _eval_contexts(model, held, context_size, eval_tokens)
 
 
 def _eval_contexts(model: Any, held_docs: list[str], context_size: int,
                    eval_tokens: int) -> torch.Tensor:
-    from sae.contexts import pack_contexts
 
     return pack_contexts(model.tokenizer, held_docs, context_size, is_causal=model.is_causal,
                          max_contexts=max(1, math.ceil(eval_tokens / context_size)))
@@ -254,9 +228,6 @@ def _eval_contexts(model: Any, held_docs: list[str], context_size: int,
 
 def training_contexts(cfg: TrainConfig, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(training contexts, held-out contexts) from --dataset; held-out documents are disjoint."""
-    from sae.contexts import pack_contexts, split_documents
-    from sae.corpus import load_texts
-
     texts = load_texts(cfg.dataset, cfg.text_column,
                        max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens))
     train_docs, held_docs = split_documents(texts)
@@ -275,7 +246,6 @@ def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoin
     tokens are excluded, and the learning rate warms up over 5% and decays over the last 20%."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
-    from sae.prompts import special_ids
 
     steps = max(1, cfg.tokens // cfg.batch_tokens)
     # Features silent this long count as dead and get the AuxK loss that revives them.
@@ -313,17 +283,21 @@ def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoin
     )
 
 
-def train(cfg: TrainConfig, log: Any = print) -> Path:
-    """Train, evaluate and publish an SAE; returns the output directory."""
-    import datasets
-    from sae_lens import SAE, LanguageModelSAETrainingRunner, TrainingSAE, TrainingSAEConfig
-    from sae_lens.training.activations_store import ActivationsStore
+@dataclass
+class TrainRun:
+    """What one training run is made of, once the model is loaded and the data packed."""
+    model: Any
+    hook: str
+    d_sae: int
+    out: Path
+    work: Path
+    resume_from: int | None
+    train_ctx: torch.Tensor
+    eval_ctx: torch.Tensor
 
-    from sae.models import load_model, resolve_hook
-    from sae.prompts import non_special
 
-    started = time.time()
-    validate_numbers(cfg)
+def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
+    """Load the model, resolve hook and d_sae, refuse unsafe starts and pack the contexts."""
     # With --out given, refuse an unsafe start before the model loads; the default --out
     # depends on the hook, so it is checked once the model is known.
     prepared = prepare_dirs(cfg, cfg.out) if cfg.out is not None else None
@@ -338,23 +312,29 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
                        f"{max_ctx} tokens")
     out = cfg.out or default_out(cfg, hook)
     work, resume_from = prepared or prepare_dirs(cfg, out)
-
     train_ctx, eval_ctx = training_contexts(cfg, model)
-    unique_tokens = int(train_ctx.numel())
-    log(f"corpus {cfg.dataset}: {len(train_ctx)} training contexts ({unique_tokens:,} distinct "
-        f"tokens), {len(eval_ctx)} held-out; model {cfg.model}, hook {hook}, d_sae {d_sae}")
+    log(f"corpus {cfg.dataset}: {len(train_ctx)} training contexts ({int(train_ctx.numel()):,} "
+        f"distinct tokens), {len(eval_ctx)} held-out; model {cfg.model}, hook {hook}, "
+        f"d_sae {d_sae}")
+    return TrainRun(model, hook, d_sae, out, work, resume_from, train_ctx, eval_ctx)
 
-    work.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(work / STATE_FILE, _resume_fields(cfg))
-    torch.manual_seed(cfg.seed)
-    device = str(model.device)
-    runner_cfg = runner_config(cfg, model, hook, d_sae, work / "checkpoints")
-    dataset = datasets.Dataset.from_dict({"input_ids": train_ctx.tolist()})
+
+def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
+    """The sae-lens trainer over our contexts, with the decoder bias at the data mean (a new
+    run) or the state of the newest checkpoint (a resumed one)."""
+    import datasets
+    from sae_lens import LanguageModelSAETrainingRunner, TrainingSAE, TrainingSAEConfig
+    from sae_lens.training.activations_store import ActivationsStore
+
+
+    model, work = run.model, run.work
+    runner_cfg = runner_config(cfg, model, run.hook, run.d_sae, work / "checkpoints")
+    dataset = datasets.Dataset.from_dict({"input_ids": run.train_ctx.tolist()})
     store = ActivationsStore.from_config(model.bridge, runner_cfg, override_dataset=dataset)
     sae = TrainingSAE.from_dict(
         TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict()
     )
-    sae.to(device)
+    sae.to(str(model.device))
     # sae-lens's runner records the hook, model, dataset and context size in the SAE's metadata;
     # run that same method so SAELens tools read our SAEs like their own.
     LanguageModelSAETrainingRunner._set_sae_metadata(SimpleNamespace(cfg=runner_cfg, sae=sae))
@@ -371,54 +351,78 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
     if cfg.checkpoint_every:
         every = cfg.checkpoint_every * cfg.batch_tokens
         trainer.checkpoint_thresholds = list(range(every, cfg.tokens, every))
-    if resume_from is None:
+    if run.resume_from is None:
         # Start the decoder bias at the data mean: the residual stream has a large constant
         # offset, and features that must first learn it die before they fire.
-        sample = train_ctx[: max(1, 8192 // cfg.context_size)]
+        sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
         keep = non_special(model.tokenizer, sample)
         with torch.no_grad():
-            sae.b_dec.copy_(eval_activations(model, sample, hook, keep).mean(0))
+            sae.b_dec.copy_(eval_activations(model, sample, run.hook, keep).mean(0))
     else:
-        path = work / "checkpoints" / str(resume_from)
+        path = work / "checkpoints" / str(run.resume_from)
         trainer.load_trainer_state(path)
         sae.load_weights_from_checkpoint(path)
         store.load_from_checkpoint(path)
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
                                          if t > trainer.n_training_samples]
         log(f"resuming from checkpoint at {trainer.n_training_samples:,} tokens")
+    return trainer
+
+
+def fit(cfg: TrainConfig, trainer: Any, work: Path) -> Any:
+    """sae-lens's training loop; Ctrl-C saves a checkpoint and says how to resume."""
     if cfg.wandb:
         import wandb
 
         wandb.init(project="shoggoth", config=config_metadata(cfg))
-    fit_started = time.time()
     try:
         trained = trainer.fit()
     except KeyboardInterrupt:
         trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
         raise Interrupted(f"checkpoint saved in {work}; continue with --resume") from None
+    if not all(bool(torch.isfinite(p).all()) for p in trained.parameters()):
+        shutil.rmtree(work, ignore_errors=True)
+        raise BadInput(f"--lr {cfg.lr}: training diverged (the SAE's weights are no longer "
+                       "finite); nothing was written to --out; try a smaller --lr")
+    return trained
+
+
+def train(cfg: TrainConfig, log: Any = print) -> Path:
+    """Train, evaluate and publish an SAE; returns the output directory."""
+    from sae_lens import SAE
+
+    started = time.time()
+    run = prepare_run(cfg, log)
+    run.work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run.work / STATE_FILE, _resume_fields(cfg))
+    torch.manual_seed(cfg.seed)
+    trainer = build_trainer(cfg, run, log)
+    fit_started = time.time()
+    trained = fit(cfg, trainer, run.work)
     fit_seconds = time.time() - fit_started
     train_seconds = time.time() - started
 
-    final = work / "final"
+    device = str(run.model.device)
+    final = run.work / "final"
     shutil.rmtree(final, ignore_errors=True)
     trained.save_inference_model(str(final))
     loaded = SAE.load_from_disk(str(final), device=device)
     log("evaluating on held-out tokens")
-    metrics = held_out_metrics(model, loaded, hook, eval_ctx)
+    metrics = held_out_metrics(run.model, loaded, run.hook, run.eval_ctx)
     meta = {
         "model": cfg.model,
-        "model_source": model.source.location,
-        "hook": hook,
-        "layer": int(hook.split(".")[1]) if hook.startswith("blocks.") else None,
-        "d_in": model.d_model,
-        "d_sae": d_sae,
+        "model_source": run.model.source.location,
+        "hook": run.hook,
+        "layer": int(run.hook.split(".")[1]) if run.hook.startswith("blocks.") else None,
+        "d_in": run.model.d_model,
+        "d_sae": run.d_sae,
         "architecture": cfg.architecture,
         "dataset": cfg.dataset,
         "training_tokens": int(trainer.n_training_samples),
-        "distinct_training_tokens": unique_tokens,
+        "distinct_training_tokens": int(run.train_ctx.numel()),
         "context_size": cfg.context_size,
         "seed": cfg.seed,
-        "resumed_from_tokens": resume_from,
+        "resumed_from_tokens": run.resume_from,
         "train_seconds": round(train_seconds, 1),
         "fit_seconds": round(fit_seconds, 2),
         "device": device,
@@ -428,7 +432,6 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(final / "shoggoth.json", meta)
-    publish(final, out)
-    shutil.rmtree(work, ignore_errors=True)
-    return out
-
+    publish(final, run.out)
+    shutil.rmtree(run.work, ignore_errors=True)
+    return run.out

@@ -62,8 +62,8 @@ def test_every_command_has_help(capfd):
 
 
 def test_help_text_comes_from_the_config_docstrings(capfd):
+    from core.config import field_help
     from sae.commands import PromptConfig
-    from sae.configs import field_help
 
     _, out, _ = run(capfd, "prompt", "--help")
     flat = " ".join(out.split())

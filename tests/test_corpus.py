@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.errors import BadInput
 from sae.contexts import pack_contexts, split_documents
 from sae.corpus import builtin_texts, cache_dir, load_texts
-from sae.errors import BadInput
 
 DOCS = ["The first document talks about rain.", "A second one, about the sea.", "Third: moons."]
 

@@ -10,7 +10,7 @@ import duckdb
 from conftest import battery, build_random_sae
 
 import shoggoth
-from explorer.commands import SAE_NAME
+from pipeline.demo import SAE_NAME
 
 
 def test_demo_skips_every_step_that_is_up_to_date(capfd, tmp_path, minilm):

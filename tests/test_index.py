@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from sae_lens import SAE
 
 import shoggoth
 from index import similarity
+from index.database import faiss_dir
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,8 @@ def test_neighbours_match_brute_force(indexed, tiny_sae_dir):
         assert np.allclose(cosines, sims[feature, want[feature]], atol=1e-5)
     path, kind, recall = con.execute("SELECT path, kind, recall_at_10 FROM faiss_indexes "
                                      "WHERE name = 'decoder'").fetchone()
-    assert kind == "flat" and recall == 1.0 and faiss.read_index(path).ntotal == w.shape[0]
+    assert kind == "flat" and recall == 1.0
+    assert faiss.read_index(str(faiss_dir(indexed) / path)).ntotal == w.shape[0]
     prof = con.execute("SELECT count(DISTINCT feature) FROM profile_neighbors").fetchone()[0]
     assert prof == w.shape[0]
     con.close()
@@ -149,9 +152,18 @@ def test_encoder_skips_logit_effects(capfd, tmp_path, minilm):
     con.close()
 
 
+def _files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
 def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
+    """The database and the FAISS/.npy files it refers to are published together: a kill -9
+    leaves both as they were, and the next run removes what the killed one wrote."""
     db = tmp_path / "k.duckdb"
     db.write_bytes(indexed.read_bytes())
+    shutil.copytree(faiss_dir(indexed), faiss_dir(db))
+    files = _files(faiss_dir(db))
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     partial = tmp_path / ".k.duckdb.index.partial"
     exe = Path(sys.executable).with_name("shoggoth")
@@ -167,7 +179,18 @@ def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM examples").fetchone()[0] > 0
+    referenced = [p for (p,) in con.execute("SELECT path FROM faiss_indexes UNION ALL "
+                                            "SELECT path FROM persona_vectors").fetchall()]
     con.close()
+    after = _files(faiss_dir(db))
+    assert referenced and all(after[p] == files[p] for p in referenced)
+    assert len({Path(p).parts[0] for p in after}) == 2  # the killed build's folder is left
+    assert shoggoth.main(["index", "--db", str(db), "--exact-max", "10"]) == 0
+    con = duckdb.connect(str(db), read_only=True)
+    now = {p for (p,) in con.execute("SELECT path FROM faiss_indexes").fetchall()}
+    con.close()
+    folders = {Path(p).parts[0] for p in _files(faiss_dir(db))}
+    assert folders == {Path(p).parts[0] for p in now} and len(folders) == 1
 
 
 def test_persona_vectors_match_a_direct_computation(indexed, tiny_gpt2, tiny_sae_dir):
@@ -187,7 +210,7 @@ def test_persona_vectors_match_a_direct_computation(indexed, tiny_gpt2, tiny_sae
     table = con.execute("SELECT persona, row, path, is_control, norm FROM persona_vectors "
                         "ORDER BY row").fetchall()
     assert [r[0] for r in table] == [p.name for p in personas]
-    vectors = np.load(table[0][2])
+    vectors = np.load(faiss_dir(indexed) / table[0][2])
     for persona, row, _, is_control, norm in table:
         want = means[persona] - baseline
         assert np.allclose(vectors[row], want, atol=2e-3 * np.abs(want).max()), persona

@@ -13,8 +13,8 @@ from labels_data import documents_frame, personas_frame, planted
 from scipy import stats
 
 import shoggoth
+from core.errors import BadInput
 from index.labels import LABELS, label_features, shuffled_within_items, split_persona
-from sae.errors import BadInput
 
 EXPECTED = {"dead": "dead", "rare": "rare", "mask-specific": "mask-specific",
             "mask-family": "mask-family", "shared": "shared",

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
+from core.errors import BadInput
 from sae.activations import activations, continuation_activations
-from sae.errors import BadInput
 from sae.models import (
     ALIASES,
     hook_layer,

@@ -8,7 +8,7 @@ from statistics import mean
 
 import pytest
 
-from sae.errors import BadInput
+from core.errors import BadInput
 from sae.personas import load_items, load_personas
 from sae.prompts import build_prompt
 

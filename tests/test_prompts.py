@@ -8,8 +8,8 @@ from conftest import NO_SYSTEM_TEMPLATE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import BadInput
 from sae.activations import activations
-from sae.errors import BadInput
 from sae.prompts import build_batch, build_prompt, collate, pad_id, special_ids
 
 SYSTEM, USER, ANSWER = "You are a pirate.", "What is rain?", "Rain is water."

@@ -10,10 +10,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.errors import BadInput
 from explorer.common import choose_sae, feature_link, has_table, labels_frame, q, store
 from explorer.explain import explain
+from index import read
 from index.labels import LABELS
-from sae.errors import BadInput
 
 sae, row = choose_sae()
 try:
@@ -42,7 +43,7 @@ else:
     if info["manual_label"]:
         st.write(f"**Manual label: {info['manual_label']}** (automatic: {info['auto_label']})"
                  + (f" — note: {info['note']}" if info["note"] else ""))
-    for sentence in explain(info):
+    for sentence in explain(info, q(read.label_thresholds, sae)):
         st.write(sentence)
     cols = st.columns(6)
     for col, (name, key) in zip(cols, [("density", "density"), ("mean act", "mean_act"),
@@ -53,16 +54,7 @@ else:
 
 # --- per persona -----------------------------------------------------------------------------
 st.subheader("Mean activation per persona")
-per = q("""
-    WITH n AS (SELECT persona, count(*) AS docs FROM documents WHERE sae_id = ? GROUP BY ALL),
-         s AS (SELECT persona, sum(mean_act) AS s1, sum(mean_act * mean_act) AS s2
-               FROM doc_features WHERE sae_id = ? AND feature = ? GROUP BY ALL)
-    SELECT n.persona::VARCHAR AS persona, p.family, p.is_control,
-           coalesce(s1, 0) / docs AS mean,
-           1.96 * sqrt(greatest(coalesce(s2, 0) / docs - pow(coalesce(s1, 0) / docs, 2), 0)
-                       / docs) AS half
-    FROM n LEFT JOIN s USING (persona) JOIN personas p USING (persona)
-    ORDER BY n.persona""", sae, sae, feature)
+per = q(read.persona_means, sae, feature).copy()
 per["low"], per["high"] = per["mean"] - per["half"], per["mean"] + per["half"]
 st.caption("Mean over documents (answers under each persona paraphrase × item, zeros "
            "included), with 95% confidence intervals (normal approximation).")
@@ -96,46 +88,32 @@ def shade(tokens: pd.DataFrame, fire_pos: int, top: float) -> str:
 
 if has_table("examples"):
     st.subheader("Top activations in context")
-    ctx = q("""
-        WITH e AS (SELECT * FROM examples WHERE sae_id = ? AND feature = ? AND kind = 'top'),
-             a AS (SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id,
-                          pos, value FROM activations WHERE sae_id = ? AND feature = ?)
-        SELECT e.rank, e.value AS fire_value, e.persona, e.paraphrase, e.item_id,
-               e.pos AS fire_pos, t.pos, t.token, a.value
-        FROM e JOIN tokens t ON t.sae_id = e.sae_id AND t.item_id::VARCHAR = e.item_id
-             AND t.pos BETWEEN e.pos - 8 AND e.pos + 8
-        LEFT JOIN a ON a.persona = e.persona AND a.paraphrase = e.paraphrase
-             AND a.item_id = e.item_id AND a.pos = t.pos
-        ORDER BY e.rank, t.pos""", sae, feature, sae, feature)
+    ctx = q(read.top_context_tokens, sae, feature)
     if ctx.empty:
         st.write("It never fired.")
     top_value = float(ctx["fire_value"].max()) if len(ctx) else 0.0
     for _rank, part in ctx.groupby("rank", sort=True):
         first = part.iloc[0]
-        st.markdown(f"`{first.fire_value:.3f}` · {first.persona} (prompt {first.paraphrase}) · "
-                    f"{first.item_id} &nbsp; " + shade(part, int(first.fire_pos), top_value),
+        st.markdown(f"`{first.fire_value:.3f}` · {html.escape(str(first.persona))} (prompt "
+                    f"{first.paraphrase}) · {html.escape(str(first.item_id))} &nbsp; "
+                    + shade(part, int(first.fire_pos), top_value),
                     unsafe_allow_html=True)
     st.subheader("Samples from each activation interval")
     st.caption("Equal-width bins of this feature's activation range, up to 5 random examples "
                "each, highest interval first.")
-    samples = q("SELECT kind, value, persona, item_id, bin_lo, bin_hi, context "
-                "FROM example_contexts(?, ?) WHERE kind <> 'top'", sae, feature)
+    samples = q(read.interval_samples, sae, feature)
     st.dataframe(samples, hide_index=True)
 
-if has_table("feature_histograms"):
-    hist = q("SELECT bin, lo, hi, count FROM feature_histograms WHERE sae_id = ? AND "
-             "feature = ? ORDER BY bin", sae, feature)
-    if len(hist):
-        st.subheader("Activation histogram (firing tokens)")
-        st.altair_chart(alt.Chart(hist).mark_bar().encode(
-            x=alt.X("lo:Q", bin="binned", title="activation"), x2="hi:Q",
-            y=alt.Y("count:Q"), tooltip=["lo", "hi", "count"]), width="stretch")
+hist = q(read.histogram, sae, feature)
+if len(hist):
+    st.subheader("Activation histogram (firing tokens)")
+    st.altair_chart(alt.Chart(hist).mark_bar().encode(
+        x=alt.X("lo:Q", bin="binned", title="activation"), x2="hi:Q",
+        y=alt.Y("count:Q"), tooltip=["lo", "hi", "count"]), width="stretch")
 
 # --- logit effects and neighbours ------------------------------------------------------------
 st.subheader("Logit effects")
-effects = q("SELECT sign, rank, token, value FROM logit_effects WHERE sae_id = ? AND "
-            "feature = ? ORDER BY sign, rank", sae, feature) if has_table("logit_effects") \
-    else pd.DataFrame()
+effects = q(read.feature_logit_effects, sae, feature)
 if effects.empty:
     st.write(f"None stored: {row.get('logit_effects') or 'run `shoggoth index`'}.")
 else:
@@ -147,11 +125,7 @@ else:
 
 for table, title in (("neighbors", "Nearest features by decoder direction (FAISS)"),
                      ("profile_neighbors", "Features that prefer the same personas")):
-    if not has_table(table):
-        continue
-    near = q(f"""SELECT n.neighbor, n.cosine, l.label FROM {table} n
-                 LEFT JOIN feature_labels l ON l.sae_id = n.sae_id AND l.feature = n.neighbor
-                 WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank""", sae, feature)
+    near = q(read.feature_neighbours, sae, feature, table)
     if near.empty:
         continue
     st.subheader(title)
@@ -179,8 +153,6 @@ with st.form("annotate", clear_on_submit=True):
 saved = st.session_state.pop("saved", None)
 if saved:
     st.success(saved)
-if has_table("annotations"):
-    history = q("SELECT created_at, label, note, author FROM annotations WHERE sae_id = ? AND "
-                "feature = ? ORDER BY created_at DESC", sae, feature)
-    if len(history):
-        st.dataframe(history, hide_index=True)
+history = q(read.annotations, sae, feature)
+if len(history):
+    st.dataframe(history, hide_index=True)

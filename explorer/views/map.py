@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.errors import BadInput
 from explorer.common import choose_sae, cursor, db_path, labels_frame, open_feature, version
-from index.search import Dictionary
-from sae.errors import BadInput
+from index.read import Dictionary
 
 MAX_POINTS = 20_000
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer.common import choose_sae, db_path, feature_link, has_table, labels_frame, q
+from explorer.common import choose_sae, db_path, feature_link, labels_frame, q
+from index import read
 from index.labels import LABELS
 
 sae, row = choose_sae()
@@ -17,33 +15,18 @@ st.title("shoggoth · overview")
 st.caption("Which SAE features belong to one persona (a mask), and which fire the same way "
            "whatever the persona (shared)?")
 
-saes = q("SELECT sae_id, model, hook, architecture, d_in, d_sae, value_decimals, logit_effects "
-         "FROM saes ORDER BY sae_id")
-metrics = []
-for r in saes.itertuples():
-    meta = Path(q("SELECT path FROM saes WHERE sae_id = ?", r.sae_id)["path"][0]) / "shoggoth.json"
-    ev = json.loads(meta.read_text()).get("evaluation", {}) if meta.is_file() else {}
-    metrics.append({"explained_variance": ev.get("explained_variance"), "l0": ev.get("l0"),
-                    "dead_fraction": ev.get("dead_fraction")})
 st.subheader("SAEs")
-st.dataframe(pd.concat([saes, pd.DataFrame(metrics)], axis=1), hide_index=True)
+st.dataframe(q(read.sae_overview), hide_index=True)
 
-counts = q("SELECT count(*) AS documents, sum(n_tokens) AS tokens FROM documents WHERE sae_id = ?",
-           sae)
-acts = q("SELECT count(*) AS n FROM activations WHERE sae_id = ?", sae)["n"][0]
+counts = q(read.harvest_counts, sae)
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("features", f"{row['d_sae']:,}")
-c2.metric("documents", f"{int(counts['documents'][0]):,}")
-c3.metric("answer tokens", f"{int(counts['tokens'][0] or 0):,}")
-c4.metric("activations stored", f"{int(acts):,}")
+c2.metric("documents", f"{counts['documents']:,}")
+c3.metric("answer tokens", f"{counts['tokens']:,}")
+c4.metric("activations stored", f"{counts['activations']:,}")
 
 st.subheader("Personas")
-personas = q("""SELECT p.persona::VARCHAR AS persona, p.family, p.is_control, p.control_of,
-                       count(pp.paraphrase) AS prompts, p.description
-                FROM personas p LEFT JOIN persona_prompts pp USING (persona)
-                GROUP BY p.persona, p.family, p.is_control, p.control_of, p.description
-                ORDER BY p.persona""")
-st.dataframe(personas, hide_index=True)
+st.dataframe(q(read.persona_table), hide_index=True)
 
 features = labels_frame(sae)
 if features.empty:
@@ -70,17 +53,16 @@ text = heat.mark_text(fontSize=11).encode(text="features:Q", color=alt.value("bl
 st.altair_chart(heat + text, width="stretch")
 
 st.subheader("Calibration")
-if has_table("calibration"):
-    calib = q("SELECT run, description, n_live, n_mask_specific, n_mask_family, n_shared "
-              "FROM calibration WHERE sae_id = ? ORDER BY run", sae)
+calib = q(read.calibration, sae)
+fake = calib[calib["run"] != "real"]["n_mask_specific"].max() if len(calib) else None
+if fake is None or pd.isna(fake):
+    st.write("No calibration runs stored (run `shoggoth label`).")
+else:
     real = calib[calib["run"] == "real"]["n_mask_specific"].sum()
-    fake = calib[calib["run"] != "real"]["n_mask_specific"].max()
-    if calib.empty or pd.isna(fake):
-        st.write("No calibration runs stored (run `shoggoth label`).")
-    else:
-        st.write(f"Under shuffled persona labels (and with one persona's paraphrases split into "
-                 f"two fake personas), **{int(fake)}** features would be called mask-specific, "
-                 f"against **{int(real)}** with the real labels.")
+    st.write(f"Under shuffled persona labels (and with one persona's paraphrases split into "
+             f"two fake personas), **{int(fake)}** features would be called mask-specific, "
+             f"against **{int(real)}** with the real labels.")
+if len(calib):
     st.dataframe(calib, hide_index=True)
 
 st.subheader("Most active features")

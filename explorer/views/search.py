@@ -8,9 +8,11 @@ from typing import Any
 
 import streamlit as st
 
+from core.errors import BadInput
 from explorer.common import choose_sae, cursor, db_path, feature_link, q, version
-from index.search import Dictionary, by_text, load_runner, similar
-from sae.errors import BadInput
+from index import read
+from index.read import Dictionary, similar
+from pipeline.search import by_text, load_runner
 
 
 @st.cache_resource(show_spinner="loading the model and SAE ...")
@@ -28,7 +30,7 @@ _, cur = cursor()
 st.title("Search")
 text_tab, similar_tab = st.tabs(["by text", "similar features"])
 with text_tab:
-    personas = q("SELECT persona::VARCHAR AS p FROM personas ORDER BY persona")["p"].tolist()
+    personas = q(read.persona_names)
     text = st.text_area("text (measured as an answer)", st.query_params.get(
         "text", "Rain is water that falls from clouds when the droplets grow heavy."),
         key="t_text")

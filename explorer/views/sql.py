@@ -8,9 +8,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.errors import BadInput
 from explorer.common import cursor
 from index.sql import execute
-from sae.errors import BadInput
 
 QUERIES = Path(__file__).resolve().parents[2] / "docs" / "queries.sql"
 

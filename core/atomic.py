@@ -6,17 +6,31 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp)` on a temporary path in `path`'s folder, then rename it to `path`; on
+    any failure the temporary file is removed and `path` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
     """Write `data` as JSON to `path` through a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=indent, default=str)
-    os.replace(tmp, path)
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=indent, default=str)
+
+    write_atomic(path, dump)
 
 
 def publish(built: Path, out: Path) -> None:

@@ -1,0 +1,382 @@
+"""The one read API of a feature database: named queries that `shoggoth search`, the explorer
+and the SQL examples use, so that no caller writes SQL against the tables. Every result that
+names a feature carries its label (a manual label wins over the automatic one).
+
+`Dictionary` is one SAE of a database opened read-only (or read through a cursor the caller
+owns); the functions below it take one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.errors import BadInput
+from index.database import choose_sae, connect, faiss_dir, require_shoggoth, tables
+from index.labels import LabelConfig
+
+MASK_FEATURES_SQL = """
+SELECT l.feature, l.label, f.top_share, f.auroc, f.q_value
+FROM feature_labels l JOIN features f USING (sae_id, feature)
+WHERE l.sae_id = ? AND l.label IN ('mask-specific', 'mask-family')
+  AND (l.top_persona = ? OR list_contains(string_split(l.family_set, ','), ?))
+ORDER BY l.label DESC, f.auroc DESC LIMIT ?"""
+"""A persona's mask-specific, then mask-family, features (labels in force), by AUROC;
+parameters: sae_id, persona, persona, limit."""
+
+
+class Dictionary:
+    """A read-only view of one SAE in a feature database: labels, FAISS, persona vectors."""
+
+    def __init__(self, db: Path, sae: str | None = None, con: Any = None) -> None:
+        """Opens `db` read-only, or reads through `con` (a cursor the caller owns)."""
+        if con is None and not db.is_file():
+            raise BadInput(f"--db {db}: no such file")
+        self.db = db
+        self.owned = con is None
+        self.con = connect(db, read_only=True) if con is None else con
+        require_shoggoth(self.con, db)
+        self.sae_id, self.row = choose_sae(self.con, db, sae)
+        self.tables = tables(self.con)
+        self.labelled = bool(self.con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = 'feature_labels'").fetchone()[0])
+
+    def close(self) -> None:
+        if self.owned:
+            self.con.close()
+
+    def labels(self, features: list[int]) -> dict[int, dict[str, Any]]:
+        """label, top_persona and density of each feature (label 'unlabelled' before
+        `shoggoth label`)."""
+        if not self.labelled:
+            return {f: {"label": "unlabelled", "top_persona": None, "density": None}
+                    for f in features}
+        rows = self.con.execute("""
+            SELECT l.feature, l.label, coalesce(l.top_persona, l.family_set), f.density
+            FROM feature_labels l JOIN features f USING (sae_id, feature)
+            WHERE l.sae_id = ? AND l.feature IN (SELECT unnest(?::INTEGER[]))""",
+                                [self.sae_id, features]).fetchall()
+        found = {f: {"label": lab, "top_persona": top, "density": dens}
+                 for f, lab, top, dens in rows}
+        return {f: found.get(f, {"label": "unlabelled", "top_persona": None, "density": None})
+                for f in features}
+
+    def check_feature(self, feature: int) -> None:
+        if not 0 <= feature < self.row["d_sae"]:
+            raise BadInput(f"--feature {feature}: out of range (the SAE '{self.sae_id}' has "
+                           f"{self.row['d_sae']:,} features, 0 to {self.row['d_sae'] - 1})")
+
+    def faiss_index(self, name: str = "decoder") -> Any:
+        import faiss
+
+        row = None
+        if "faiss_indexes" in self.tables:
+            row = self.con.execute("SELECT path FROM faiss_indexes WHERE sae_id = ? AND name = ?",
+                                   [self.sae_id, name]).fetchone()
+        path = None if row is None else self.file(row[0])
+        if path is None or not path.is_file():
+            raise BadInput(f"--db {self.db}: no {name} index for '{self.sae_id}'; run "
+                           "`shoggoth index` first")
+        return faiss.read_index(str(path))
+
+    def file(self, stored: str) -> Path:
+        """A path stored by `shoggoth index`, resolved against the database's FAISS folder."""
+        return faiss_dir(self.db) / stored
+
+    def persona_prompts(self, persona: str) -> list[str]:
+        """A persona's system prompts, by paraphrase."""
+        return [r[0] for r in self.con.execute(
+            "SELECT prompt FROM persona_prompts WHERE persona = ? ORDER BY paraphrase",
+            [persona]).fetchall()]
+
+    def personas(self) -> list[str]:
+        return [r[0] for r in self.con.execute(
+            "SELECT persona::VARCHAR FROM personas ORDER BY persona").fetchall()]
+
+    def check_persona(self, persona: str) -> None:
+        names = self.personas()
+        if persona not in names:
+            raise BadInput(f"--persona {persona}: not in this database's battery (it has "
+                           f"{', '.join(names)})")
+
+
+def similar(d: Dictionary, feature: int, k: int, index: Any = None) -> list[dict[str, Any]]:
+    """The k features whose decoder directions are nearest (cosine) to `feature`'s (`index`:
+    the decoder FAISS index, when the caller holds it already)."""
+    d.check_feature(feature)
+    index = index if index is not None else d.faiss_index("decoder")
+    query = index.reconstruct(feature).reshape(1, -1)
+    sims, ids = index.search(query, k + 1)
+    pairs = [(int(i), float(s)) for i, s in zip(ids[0], sims[0], strict=True)
+             if i != feature and i >= 0][:k]
+    labels = d.labels([i for i, _ in pairs])
+    return [{"feature": i, "cosine": round(s, 4), **labels[i]} for i, s in pairs]
+
+
+def describe(d: Dictionary, feature: int, k: int) -> dict[str, Any]:
+    """A feature's label, its deciding statistics and its top contexts."""
+    d.check_feature(feature)
+    out: dict[str, Any] = {"feature": feature, **d.labels([feature])[feature]}
+    if "features" in d.tables:
+        cur = d.con.execute("SELECT * FROM features WHERE sae_id = ? AND feature = ?",
+                            [d.sae_id, feature])
+        row = cur.fetchone()
+        if row is not None:
+            stats = dict(zip([c[0] for c in cur.description], row, strict=True))
+            out["statistics"] = {key: stats[key] for key in (
+                "label", "n_docs_firing", "fire_frac_personas",
+                "top_share", "k_eff", "auroc", "q_value", "max_min_ratio", "density",
+                "mean_act", "max_act")}
+    if "examples" in d.tables:
+        out["contexts"] = [{"rank": r, "value": v, "persona": p, "item_id": i, "context": c}
+                           for r, v, p, i, c in d.con.execute(
+            "SELECT rank, value, persona, item_id, context FROM example_contexts(?, ?) "
+            "WHERE kind = 'top' ORDER BY rank LIMIT ?", [d.sae_id, feature, k]).fetchall()]
+    return out
+
+
+def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
+    """The features nearest the persona vector, and the persona's mask-specific (and
+    mask-family) features, strongest first."""
+    d.check_persona(persona)
+    if "persona_features" not in d.tables:
+        raise BadInput(f"--db {d.db}: no persona vectors for '{d.sae_id}'; run "
+                       "`shoggoth index` first")
+    nearest = d.con.execute(
+        "SELECT feature, cosine FROM persona_features WHERE sae_id = ? AND persona = ? "
+        "ORDER BY rank LIMIT ?", [d.sae_id, persona, k]).fetchall()
+    norm = d.con.execute("SELECT norm, relative_norm FROM persona_vectors WHERE sae_id = ? AND "
+                         "persona = ?", [d.sae_id, persona]).fetchone()
+    specific: list[tuple[Any, ...]] = []
+    if "features" in d.tables:
+        specific = d.con.execute(MASK_FEATURES_SQL, [d.sae_id, persona, persona, k]).fetchall()
+    labels = d.labels([f for f, _ in nearest])
+    return {
+        "persona": persona,
+        "vector_norm": None if norm is None else round(norm[0], 4),
+        "relative_norm": None if norm is None else round(norm[1], 4),
+        "nearest": [{"feature": f, "cosine": round(float(c), 4), **labels[f]}
+                    for f, c in nearest],
+        "mask_specific": [{"feature": f, "label": lab, "top_share": share, "auroc": auroc,
+                           "q_value": q} for f, lab, share, auroc, q in specific],
+    }
+
+
+
+
+# --- named queries for the explorer: each takes a connection (or cursor) and returns a frame ---
+
+LABELLED_SQL = """
+SELECT f.* EXCLUDE (label), l.label, f.label AS auto_label, l.manual_label, l.note, p.family
+FROM features f JOIN feature_labels l USING (sae_id, feature)
+LEFT JOIN personas p ON p.persona::VARCHAR = f.top_persona
+WHERE f.sae_id = ?"""
+"""Features' statistics with the label in force (manual over automatic) and the automatic one."""
+
+
+def has_table(con: Any, name: str) -> bool:
+    """Whether the database has a table or view called `name`."""
+    return bool(con.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM duckdb_tables() WHERE table_name = $n UNION ALL "
+        "SELECT 1 FROM duckdb_views() WHERE view_name = $n)", {"n": name}).fetchone()[0])
+
+
+def saes(con: Any) -> pd.DataFrame:
+    """Every SAE of the database (the `saes` table), by sae_id."""
+    return con.execute("SELECT * FROM saes ORDER BY sae_id").df()
+
+
+def sae_overview(con: Any) -> pd.DataFrame:
+    """The SAEs with their training metrics (from each SAE directory's shoggoth.json, where it
+    is still there)."""
+    frame = con.execute("SELECT sae_id, model, hook, architecture, d_in, d_sae, value_decimals, "
+                        "logit_effects, path FROM saes ORDER BY sae_id").df()
+    metrics = []
+    for path in frame.pop("path"):
+        meta = Path(path or "") / "shoggoth.json"
+        ev = json.loads(meta.read_text()).get("evaluation") or {} if meta.is_file() else {}
+        metrics.append({k: ev.get(k) for k in ("explained_variance", "l0", "dead_fraction")})
+    return pd.concat([frame, pd.DataFrame(metrics, index=frame.index)], axis=1)
+
+
+def harvest_counts(con: Any, sae: str) -> dict[str, int]:
+    """Documents, answer tokens and stored activations of one SAE's harvest."""
+    docs, tokens = con.execute("SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents "
+                               "WHERE sae_id = ?", [sae]).fetchone()
+    acts = con.execute("SELECT count(*) FROM activations WHERE sae_id = ?", [sae]).fetchone()[0]
+    return {"documents": int(docs), "tokens": int(tokens), "activations": int(acts)}
+
+
+def persona_table(con: Any) -> pd.DataFrame:
+    """The battery's personas with their family, control flags and number of prompts."""
+    return con.execute("""
+        SELECT p.persona::VARCHAR AS persona, p.family, p.is_control, p.control_of,
+               count(pp.paraphrase) AS prompts, p.description
+        FROM personas p LEFT JOIN persona_prompts pp USING (persona)
+        GROUP BY p.persona, p.family, p.is_control, p.control_of, p.description
+        ORDER BY p.persona""").df()
+
+
+def persona_names(con: Any) -> list[str]:
+    """The battery's persona names, in battery order."""
+    return [r[0] for r in con.execute(
+        "SELECT persona::VARCHAR FROM personas ORDER BY persona").fetchall()]
+
+
+def prompts_of(con: Any, persona: str) -> pd.DataFrame:
+    """A persona's prompts: paraphrase, prompt."""
+    return con.execute("SELECT paraphrase, prompt FROM persona_prompts WHERE persona = ? "
+                       "ORDER BY paraphrase", [persona]).df()
+
+
+def labelled_features(con: Any, sae: str, feature: int | None = None) -> pd.DataFrame:
+    """Every feature's (or one feature's) statistics and labels; empty before `label`."""
+    if not has_table(con, "features"):
+        return pd.DataFrame()
+    if feature is not None:
+        return con.execute(LABELLED_SQL + " AND f.feature = ?", [sae, feature]).df()
+    return con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae]).df()
+
+
+def label_thresholds(con: Any, sae: str) -> LabelConfig:
+    """The thresholds of the label run whose labels are stored for `sae` (the defaults when
+    no run recorded them)."""
+    row = None
+    if has_table(con, "runs"):
+        row = con.execute(
+            "SELECT config_json FROM runs WHERE command = 'label' AND "
+            "json_extract_string(config_json, '$.sae_id') = ? ORDER BY started_at DESC LIMIT 1",
+            [sae]).fetchone()
+    stored = json.loads(row[0]).get("config", {}) if row else {}
+    names = {f.name for f in fields(LabelConfig)}
+    return LabelConfig(**{k: v for k, v in stored.items() if k in names})
+
+
+def calibration(con: Any, sae: str) -> pd.DataFrame:
+    """The label run's calibration counts (empty before `label`)."""
+    if not has_table(con, "calibration"):
+        return pd.DataFrame()
+    return con.execute("SELECT run, description, n_live, n_mask_specific, n_mask_family, "
+                       "n_shared FROM calibration WHERE sae_id = ? ORDER BY run", [sae]).df()
+
+
+def persona_means(con: Any, sae: str, feature: int) -> pd.DataFrame:
+    """A feature's mean activation per persona over documents (zeros included), with the
+    half-width of its 95% normal-approximation confidence interval."""
+    return con.execute("""
+        WITH n AS (SELECT persona, count(*) AS docs FROM documents WHERE sae_id = $sae
+                   GROUP BY ALL),
+             s AS (SELECT persona, sum(mean_act) AS s1, sum(mean_act * mean_act) AS s2
+                   FROM doc_features WHERE sae_id = $sae AND feature = $f GROUP BY ALL)
+        SELECT n.persona::VARCHAR AS persona, p.family, p.is_control,
+               coalesce(s1, 0) / docs AS mean,
+               1.96 * sqrt(greatest(coalesce(s2, 0) / docs - pow(coalesce(s1, 0) / docs, 2), 0)
+                           / docs) AS half
+        FROM n LEFT JOIN s USING (persona) JOIN personas p USING (persona)
+        ORDER BY n.persona""", {"sae": sae, "f": feature}).df()
+
+
+def top_context_tokens(con: Any, sae: str, feature: int, width: int = 8) -> pd.DataFrame:
+    """The tokens around each top example of a feature (the contexts `example_contexts` joins
+    into text), one row per token with the feature's activation there: rank, fire_value,
+    persona, paraphrase, item_id, fire_pos, pos, token, value."""
+    if not has_table(con, "examples"):
+        return pd.DataFrame()
+    return con.execute("""
+        WITH e AS (SELECT * FROM examples WHERE sae_id = $sae AND feature = $f AND kind = 'top'),
+             a AS (SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id,
+                          pos, value FROM activations WHERE sae_id = $sae AND feature = $f)
+        SELECT e.rank, e.value AS fire_value, e.persona::VARCHAR AS persona, e.paraphrase,
+               e.item_id::VARCHAR AS item_id, e.pos AS fire_pos, t.pos, t.token, a.value
+        FROM e JOIN tokens t ON t.sae_id = e.sae_id AND t.item_id = e.item_id
+             AND t.pos BETWEEN e.pos - $w AND e.pos + $w
+        LEFT JOIN a ON a.persona = e.persona AND a.paraphrase = e.paraphrase
+             AND a.item_id = e.item_id AND a.pos = t.pos
+        ORDER BY e.rank, t.pos""", {"sae": sae, "f": feature, "w": width}).df()
+
+
+def interval_samples(con: Any, sae: str, feature: int) -> pd.DataFrame:
+    """The interval samples of a feature with their contexts (the `example_contexts` macro)."""
+    if not has_table(con, "examples"):
+        return pd.DataFrame()
+    return con.execute("SELECT kind, value, persona, item_id, bin_lo, bin_hi, context "
+                       "FROM example_contexts(?, ?) WHERE kind <> 'top'", [sae, feature]).df()
+
+
+def histogram(con: Any, sae: str, feature: int) -> pd.DataFrame:
+    """A feature's activation histogram over its firing tokens: bin, lo, hi, count."""
+    if not has_table(con, "feature_histograms"):
+        return pd.DataFrame()
+    return con.execute("SELECT bin, lo, hi, count FROM feature_histograms WHERE sae_id = ? AND "
+                       "feature = ? ORDER BY bin", [sae, feature]).df()
+
+
+def feature_logit_effects(con: Any, sae: str, feature: int) -> pd.DataFrame:
+    """A feature's promoted and suppressed tokens: sign, rank, token, value."""
+    if not has_table(con, "logit_effects"):
+        return pd.DataFrame()
+    return con.execute("SELECT sign, rank, token, value FROM logit_effects WHERE sae_id = ? AND "
+                       "feature = ? ORDER BY sign, rank", [sae, feature]).df()
+
+
+NEIGHBOUR_TABLES = ("neighbors", "profile_neighbors")
+
+
+def feature_neighbours(con: Any, sae: str, feature: int, table: str) -> pd.DataFrame:
+    """A feature's stored neighbours (`table`: by decoder direction or by persona profile)
+    with their labels: neighbor, cosine, label."""
+    if table not in NEIGHBOUR_TABLES:
+        raise ValueError(f"no neighbour table {table!r}")
+    if not has_table(con, table):
+        return pd.DataFrame()
+    labels = "feature_labels" if has_table(con, "feature_labels") else None
+    join = (f"LEFT JOIN {labels} l ON l.sae_id = n.sae_id AND l.feature = n.neighbor"
+            if labels else "")
+    label = "l.label" if labels else "NULL"
+    return con.execute(f"SELECT n.neighbor, n.cosine, {label} AS label FROM {table} n {join} "
+                       "WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank",
+                       [sae, feature]).df()
+
+
+def annotations(con: Any, sae: str, feature: int) -> pd.DataFrame:
+    """The manual labels saved for a feature, newest first."""
+    if not has_table(con, "annotations"):
+        return pd.DataFrame()
+    return con.execute("SELECT created_at, label, note, author FROM annotations WHERE sae_id = ? "
+                       "AND feature = ? ORDER BY created_at DESC", [sae, feature]).df()
+
+
+def mask_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
+    """A persona's mask-specific, then mask-family features (labels in force), by AUROC."""
+    return con.execute(MASK_FEATURES_SQL, [sae, persona, persona, limit]).df()
+
+
+def suppressed_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
+    """Live features whose mean under `persona` falls furthest below the other personas'."""
+    return con.execute("""
+        SELECT fp.feature, fp.delta_vs_rest, l.label FROM feature_personas fp
+        JOIN feature_labels l USING (sae_id, feature)
+        WHERE fp.sae_id = ? AND fp.persona = ? AND fp.delta_vs_rest < 0
+        ORDER BY fp.delta_vs_rest LIMIT ?""", [sae, persona, limit]).df()
+
+
+def persona_vector(con: Any, sae: str, persona: str) -> pd.DataFrame:
+    """The persona vector's norm, relative norm and token count (empty before `index`)."""
+    if not has_table(con, "persona_vectors"):
+        return pd.DataFrame()
+    return con.execute("SELECT norm, relative_norm, n_tokens FROM persona_vectors WHERE "
+                       "sae_id = ? AND persona = ?", [sae, persona]).df()
+
+
+def persona_vector_features(con: Any, sae: str, persona: str) -> pd.DataFrame:
+    """The decoder directions nearest a persona vector, with their labels."""
+    labels = has_table(con, "feature_labels")
+    return con.execute(f"""
+        SELECT pf.feature, pf.cosine, {'l.label' if labels else 'NULL'} AS label
+        FROM persona_features pf
+        {'LEFT JOIN feature_labels l USING (sae_id, feature)' if labels else ''}
+        WHERE pf.sae_id = ? AND pf.persona = ? ORDER BY pf.rank""", [sae, persona]).df()

@@ -1,0 +1,133 @@
+"""CLI commands for the steps that need a model and the database: `harvest`, `index` and
+`search`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from core.config import config_options
+from index.dictionary import IndexConfig
+from pipeline.dictionary import index_harvest
+from pipeline.harvest import HarvestConfig, harvest
+from pipeline.search import SearchConfig, search
+
+
+def print_summary(result: dict[str, object]) -> None:
+    """The end-of-harvest report: documents, tokens, activations, size on disk, time."""
+    title = (f"{result['db']} · {result['sae_id']}"
+             + (" · already harvested, nothing to do" if result.get("already_harvested") else
+                f" · harvested in {result['seconds']} s"))
+    Console(soft_wrap=True).print(title, highlight=False)
+    table = Table()
+    table.add_column("")
+    table.add_column("value", justify="right")
+    keys = ["documents", "tokens", "activations", "file_bytes", "bytes_per_activation",
+            "file_bytes_per_token"]
+    if result.get("tokens_per_second"):
+        keys += ["batch_seconds", "tokens_per_second"]
+    for key in keys:
+        value = result[key]
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else
+                      str(value))
+    Console().print(table)
+
+
+@click.command("harvest")
+@config_options(HarvestConfig)
+def harvest_command(cfg: HarvestConfig) -> None:
+    """Run the model under every persona of the battery on the same answers, encode the answer
+    tokens with the SAE, and store the non-zero activations in a DuckDB feature database.
+    Resumable: rerun the same command after an interruption."""
+    err = Console(stderr=True, soft_wrap=True)
+    print_summary(harvest(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False)))
+
+
+@click.command("index")
+@config_options(IndexConfig)
+def index_command(cfg: IndexConfig) -> None:
+    """Build the feature dictionary of a harvested SAE: top and interval examples, activation
+    histograms, FAISS neighbours by decoder direction and by persona profile, and logit effects
+    (causal LMs). Rebuilt aside and renamed into place."""
+    err = Console(stderr=True, soft_wrap=True)
+    result = index_harvest(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
+    Console(soft_wrap=True).print(
+        f"{cfg.db} · {result['sae_id']} · {result['features']:,} features indexed in "
+        f"{result['seconds']} s · decoder index {result['decoder_index']} (recall@10 "
+        f"{result['recall_at_10']:.3f}) · persona profiles "
+        f"{'indexed' if result['profiles'] else 'skipped (run shoggoth label first)'} · "
+        f"{result['persona_vectors']} persona vectors · "
+        f"logit effects {result['logit_effects']}", highlight=False)
+
+
+@click.command("search")
+@config_options(SearchConfig)
+def search_command(cfg: SearchConfig) -> None:
+    """Find features: --text "..." [--persona P] runs text through the model and SAE and shows
+    the top features per token and overall; --feature F shows one feature (--similar: its
+    nearest features by decoder direction, FAISS); --persona P shows the features nearest the
+    persona's vector and its mask-specific features. All with labels; --json for scripts."""
+    result = search(cfg)
+    if cfg.json:
+        click.echo(json.dumps(result, indent=1, default=str))
+        return
+    console = Console(soft_wrap=True)
+    mode = result["mode"]
+    if mode == "text":
+        under = f" under persona '{result['persona']}'" if result["persona"] else ""
+        console.print(f"{result['sae_id']} · {len(result['tokens'])} tokens{under}",
+                      highlight=False)
+        tokens = Table(title="top features per token")
+        for col in ("pos", "token", "features (value, label)"):
+            tokens.add_column(col)
+        for t in result["tokens"]:
+            tokens.add_row(str(t["pos"]), repr(t["token"]), ", ".join(
+                f"{f['feature']} ({f['value']:.3g}, {f['label']})" for f in t["features"]))
+        console.print(tokens)
+        _print_features(console, "top features over the whole text", result["overall"],
+                        ["feature", "mean_act", "max_act", "n_tokens", "label", "top_persona"])
+    elif mode == "similar":
+        console.print(f"feature {result['feature']} ({result['label']}) · nearest by decoder "
+                      "direction", highlight=False)
+        _print_features(console, "neighbours", result["neighbours"],
+                        ["feature", "cosine", "label", "top_persona", "density"])
+    elif mode == "feature":
+        console.print(f"feature {result['feature']} · {result['label']}", highlight=False)
+        stats = result.get("statistics") or {}
+        if stats:
+            console.print("  ".join(f"{k}={_fmt(v)}" for k, v in stats.items()),
+                          highlight=False)
+        _print_features(console, "top contexts", result.get("contexts", []),
+                        ["rank", "value", "persona", "item_id", "context"])
+    else:
+        console.print(f"persona {result['persona']} · vector norm {_fmt(result['vector_norm'])} "
+                      f"({result['relative_norm'] or 0:.1%} of the length of the non-control mean)",
+                      highlight=False)
+        _print_features(console, "features nearest the persona vector", result["nearest"],
+                        ["feature", "cosine", "label", "top_persona", "density"])
+        _print_features(console, "its mask-specific and mask-family features",
+                        result["mask_specific"],
+                        ["feature", "label", "top_share", "auroc", "q_value"])
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _print_features(console: Console, title: str, rows: list[dict[str, Any]],
+                    columns: list[str]) -> None:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(Text(_fmt(r.get(c))) for c in columns))
+    if not rows:
+        table.add_row(*(["(none)"] + [""] * (len(columns) - 1)))
+    console.print(table)

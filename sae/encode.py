@@ -1,0 +1,194 @@
+"""Encoding the harvest grid: a unit's prompts through the model (with the KV cache of the
+prefix its prompts share, for causal LMs) and the SAE, into the non-zero activations and
+per-document aggregates a harvest stores."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.errors import BadInput
+from sae.activations import activations, activations_after_prefix, prefix_cache
+from sae.grid import Unit
+from sae.personas import Item, Persona
+from sae.prompts import Prompt, Template, build_prompt, collate, pad_id
+
+
+@dataclass
+class Computed:
+    """A unit's results, ready to be written: numpy columns, `doc` indexing the unit's items."""
+
+    n_tokens: list[int]
+    """Continuation tokens per document (in unit item order)."""
+    activations: dict[str, np.ndarray]
+    """doc, pos, feature, value of every non-zero (rounded) activation."""
+    doc_features: dict[str, np.ndarray]
+    """doc, feature, mean_act, max_act, n_fire per document and feature that fired."""
+    residual_sum: np.ndarray
+    """Sum of the hook activations over the unit's continuation tokens (float64, [d_in]): what
+    `shoggoth index` turns into persona vectors."""
+
+
+def decimals_for(values: torch.Tensor) -> int:
+    """Decimals whose rounding step is at most 1/500 of the median non-zero activation."""
+    nonzero = values[values > 0]
+    if nonzero.numel() == 0:
+        return 4
+    median = float(nonzero.float().median())
+    return int(min(9, max(0, math.ceil(math.log10(500 / median)))))
+
+
+@dataclass
+class Harvester:
+    """The model, SAE and battery of one harvest, and the per-paraphrase prompt caches."""
+
+    model: Any
+    sae: Any
+    hook: str
+    personas: list[Persona]
+    items: list[Item]
+    template: Template
+    use_prefix_cache: bool
+    _group: tuple[int, int] | None = field(default=None, repr=False)
+    _prompts: list[Prompt] = field(default_factory=list, repr=False)
+    _prefix: Any = field(default=None, repr=False)
+    _last: tuple[Unit, bool, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def prompt(self, persona: int, paraphrase: int, item: int) -> Prompt:
+        it = self.items[item]
+        return build_prompt(self.model.tokenizer, self.personas[persona].prompts[paraphrase],
+                            it.question, it.answer, template=self.template,
+                            prepend_bos=self.model.prepend_bos)
+
+    def group(self, persona: int, paraphrase: int) -> list[Prompt]:
+        """All items' prompts under one persona paraphrase, and (causal LMs) the KV cache of the
+        tokens they all share, computed once per paraphrase."""
+        if self._group != (persona, paraphrase):
+            self._prompts = [self.prompt(persona, paraphrase, i) for i in range(len(self.items))]
+            self._prefix = None
+            if self.use_prefix_cache:
+                shared = shared_prefix(self._prompts)
+                if shared:
+                    self._prefix = prefix_cache(self.model, self._prompts[0].input_ids[:shared],
+                                                self.hook)
+            self._group = (persona, paraphrase)
+        return self._prompts
+
+    def hook_activations(self, unit: Unit, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n_continuation_tokens, d] activations of a unit's documents (document, then position
+        order) and the document index of each row."""
+        if self._last is not None and self._last[:2] == (unit, cached):
+            return self._last[2], self._last[3]  # setup's checks reuse the first batch
+        prompts = [self.group(unit.persona, unit.paraphrase)[i] for i in unit.items]
+        if self.model.is_causal:  # later tokens cannot change a causal model's activations
+            ends = [_last_true(p.mask) + 1 for p in prompts]
+            prompts = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
+                       for p, end in zip(prompts, ends, strict=True)]
+        tok = self.model.tokenizer
+        if cached and self._prefix is not None:
+            cut = len(self._prefix.ids)
+            suffixes = [Prompt(p.input_ids[cut:], p.mask[cut:], p.template) for p in prompts]
+            batch = collate(suffixes, pad_id(tok), "right")
+            acts = activations_after_prefix(self.model, self._prefix, batch, self.hook)
+        else:
+            batch = collate(prompts, pad_id(tok), getattr(tok, "padding_side", "right"))
+            acts = activations(self.model, batch, self.hook)
+        mask = batch.continuation_mask.to(acts.device)
+        rows = torch.arange(mask.shape[0], device=acts.device)[:, None].expand_as(mask)
+        self._last = (unit, cached, acts[mask], rows[mask])
+        return self._last[2], self._last[3]
+
+    def compute(self, unit: Unit, decimals: int) -> Computed:
+        """Encode a unit's continuation tokens; keep the non-zero (rounded) activations and
+        their per-document aggregates."""
+        x, doc = self.hook_activations(unit, self.use_prefix_cache)
+        with torch.inference_mode():
+            f = self.sae.encode(x.to(self.sae.dtype)).float()
+            scale = 10.0 ** decimals
+            f = torch.round(f * scale) / scale
+            n_docs = len(unit.items)
+            n_tokens = torch.bincount(doc, minlength=n_docs)
+            starts = torch.cumsum(n_tokens, 0) - n_tokens
+            token, feature = f.nonzero(as_tuple=True)
+            value = f[token, feature]
+            doc_of = doc[token]
+            # Per-document aggregates of the stored (rounded) values.
+            sums = torch.zeros(n_docs, f.shape[1], device=f.device).index_add_(0, doc, f)
+            fired = torch.zeros_like(sums).index_add_(0, doc, (f > 0).float())
+            peak = torch.zeros_like(sums).index_reduce_(0, doc, f, "amax")
+            d, j = fired.nonzero(as_tuple=True)
+            mean = sums[d, j] / n_tokens[d]
+
+        def cpu(t: torch.Tensor, dtype: type) -> np.ndarray:
+            return t.cpu().numpy().astype(dtype)
+
+        return Computed(
+            n_tokens=n_tokens.tolist(),
+            residual_sum=x.double().sum(0).cpu().numpy(),
+            activations={"doc": cpu(doc_of, np.int32),
+                         "pos": cpu(token - starts[doc_of], np.int32),
+                         "feature": cpu(feature, np.int32), "value": cpu(value, np.float32)},
+            doc_features={"doc": cpu(d, np.int32), "feature": cpu(j, np.int32),
+                          "mean_act": cpu(mean, np.float32), "max_act": cpu(peak[d, j], np.float32),
+                          "n_fire": cpu(fired[d, j], np.int32)},
+        )
+
+    def check_prefix_cache(self, unit: Unit) -> bool:
+        """Whether the KV-cache path reproduces a full forward pass on this model (a guard
+        against attention implementations that ignore the cache)."""
+        if not self.use_prefix_cache:
+            return False
+        self.group(unit.persona, unit.paraphrase)
+        if self._prefix is None:
+            return True
+        fast, _ = self.hook_activations(unit, cached=True)
+        full, _ = self.hook_activations(unit, cached=False)
+        scale = float(full.float().abs().max()) or 1.0
+        tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2
+        return float((fast.float() - full.float()).abs().max()) <= tolerance * scale
+
+
+def _last_true(mask: list[bool]) -> int:
+    return len(mask) - 1 - mask[::-1].index(True)
+
+
+def shared_prefix(prompts: list[Prompt]) -> int:
+    """Length of the token prefix all prompts share, stopping before any measured token."""
+    first = prompts[0].input_ids
+    n = min(min(len(p.input_ids) for p in prompts), min(p.mask.index(True) for p in prompts))
+    for p in prompts[1:]:
+        ids = p.input_ids
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+def check_tokens(harvester: Harvester, unit: Unit, expected: list[list[int]]) -> None:
+    """The same answer must give the same tokens under every persona, or positions would not
+    line up across personas."""
+    prompts = harvester.group(unit.persona, unit.paraphrase)
+    for i in unit.items:
+        if prompts[i].continuation_ids != expected[i]:
+            raise BadInput(
+                f"item '{harvester.items[i].item_id}': its answer tokenizes differently under "
+                f"persona '{harvester.personas[unit.persona].name}' paraphrase {unit.paraphrase} "
+                "(the tokenizer merges it with the text before it); try --template plain")
+
+
+def check_lengths(harvester: Harvester, lengths: list[int]) -> None:
+    """Every prompt of the grid must fit the model: the longest item (by its prompt under the
+    first persona paraphrase, `lengths`) is checked under every persona paraphrase."""
+    longest = max(range(len(lengths)), key=lambda i: lengths[i])
+    for p, persona in enumerate(harvester.personas):
+        for j in range(len(persona.prompts)):
+            n = len(harvester.prompt(p, j, longest).input_ids)
+            harvester.model.check_length(
+                n, f"item '{harvester.items[longest].item_id}' under persona '{persona.name}' "
+                f"paraphrase {j}")
+

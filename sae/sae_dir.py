@@ -1,0 +1,67 @@
+"""SAE directories as `shoggoth train` and `shoggoth sae import` write them (sae-lens's
+cfg.json + sae_weights.safetensors, plus shoggoth.json): loading, identifying and checking one
+against a model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from core.errors import BadInput
+
+SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
+"""What an SAE may be called in a database (`--sae-id`)."""
+
+
+def read_sae_dir(path: Path, device: str, flag: str) -> Any:
+    """`SAE.load_from_disk`, with a damaged or foreign directory reported in one line."""
+    from sae_lens import SAE
+
+    try:
+        return SAE.load_from_disk(str(path), device=device)
+    except Exception as e:  # damaged or foreign files: one line naming the directory
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BadInput(f"{flag} {path}: could not load the SAE: {first}") from None
+
+
+def load_sae_dir(path: Path, device: str) -> Any:
+    """An sae-lens SAE from a directory; BadInput in one line when it is not one."""
+    if not path.is_dir():
+        raise BadInput(f"--sae {path}: no such directory")
+    if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
+        raise BadInput(f"--sae {path}: not an SAE directory (needs cfg.json and "
+                       "sae_weights.safetensors, as `shoggoth train` writes)")
+    return read_sae_dir(path, device, "--sae")
+
+
+def weights_sha256(sae_dir: Path) -> str:
+    """sha256 of the SAE's weights file (tells two SAEs with the same name apart)."""
+    digest = hashlib.sha256()
+    with (sae_dir / "sae_weights.safetensors").open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sae_model_name(path: Path, sae: Any) -> str | None:
+    """The model an SAE was trained on: shoggoth.json's record, else sae-lens metadata."""
+    meta = path / "shoggoth.json"
+    if meta.is_file():
+        name = json.loads(meta.read_text()).get("model")
+        if name:
+            return str(name)
+    return getattr(sae.cfg.metadata, "model_name", None) or None
+
+
+def check_fits(sae: Any, model: Any, who: str) -> str:
+    """BadInput unless the SAE reads a hook the model has, at the model's width; its hook."""
+    hook = sae.cfg.metadata.hook_name
+    if sae.cfg.d_in != model.d_model:
+        raise BadInput(f"{who}: d_in {sae.cfg.d_in} does not match model '{model.name}' "
+                       f"(d_model {model.d_model})")
+    if not hook or hook not in model.bridge.hook_dict:
+        raise BadInput(f"{who}: hook '{hook}' does not exist in model '{model.name}'")
+    return hook
