@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+APT_GET ?= apt-get
+
+.PHONY: demo test lint install clean browser
 
 install: $(STAMP)
 
@@ -23,7 +25,24 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth demo
 
-test: $(STAMP)
+# The browser test drives Debian's Chromium (Playwright cannot download its own browser here).
+# Installed with apt when missing and this user may install packages (root, or sudo without a
+# password); otherwise this stops with one line saying what to install.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	    exit 0; \
+	elif [ "$$(id -u)" -eq 0 ]; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    $(APT_GET) update -q && $(APT_GET) install -y -q chromium; \
+	elif sudo -n true 2>/dev/null; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    sudo -n $(APT_GET) update -q && sudo -n $(APT_GET) install -y -q chromium; \
+	else \
+	    echo "error: the browser test needs Chromium: install Debian's 'chromium' package (apt-get install chromium)" >&2; \
+	    exit 2; \
+	fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -7,6 +7,7 @@ import sys
 import warnings
 
 import click
+import duckdb
 
 from core.errors import BadInput, Interrupted
 from explorer.commands import demo_command, explore_command
@@ -67,9 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         click.echo(f"interrupted: {e}", err=True)
         return 130
-    except (click.Abort, KeyboardInterrupt):
+    except (click.Abort, KeyboardInterrupt, duckdb.InterruptException):
+        # DuckDB turns a Ctrl-C inside a query into its own error; both mean "interrupted",
+        # and every write is transactional, so the last good state is kept.
         click.echo("interrupted", err=True)
         return 130
+    except OSError as e:  # a folder the user cannot write, a path that is a directory, …
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        return 2
     return 0
 
 

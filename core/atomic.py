@@ -10,12 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.errors import BadInput
+
 
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """Call `write(tmp)` on a temporary path in `path`'s folder, then rename it to `path`; on
     any failure the temporary file is removed and `path` is left as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise BadInput(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     try:
         write(tmp)

@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from core.errors import BadInput
+from core.errors import BadInput, interrupts_deferred
 from index.schema import (
     BLOCK_SIZE,
     TABLES,
@@ -54,11 +54,17 @@ def connect(path: Path, *, read_only: bool = False, what: str = "--db",
 
 @contextmanager
 def transaction(con: Any) -> Iterator[None]:
-    """BEGIN … COMMIT, rolled back on any error (or Ctrl-C)."""
+    """BEGIN … COMMIT, rolled back on any error or Ctrl-C. Ctrl-C during the work surfaces as
+    DuckDB's "Query interrupted" error, which becomes KeyboardInterrupt here (exit 130, not a
+    traceback); during COMMIT it is held until the commit is done."""
     con.execute("BEGIN TRANSACTION")
     try:
-        yield
-        con.execute("COMMIT")
+        try:
+            yield
+        except duckdb.InterruptException:
+            raise KeyboardInterrupt from None
+        with interrupts_deferred():
+            con.execute("COMMIT")
     except BaseException:
         try:
             con.execute("ROLLBACK")
@@ -86,10 +92,9 @@ def remove(path: Path) -> None:
 
 def tables(con: Any, catalog: str | None = None) -> set[str]:
     """Names of the tables in a connection's (or an attached catalog's) main schema."""
-    where = f"database_name = '{catalog}'" if catalog else "database_name = current_database()"
     return {r[0] for r in con.execute(
-        f"SELECT table_name FROM duckdb_tables() WHERE {where} AND schema_name = 'main'"
-    ).fetchall()}
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = "
+        "coalesce(?, current_database()) AND schema_name = 'main'", [catalog]).fetchall()}
 
 
 def require_shoggoth(con: Any, path: Path, what: str = "--db",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from core.config import Config, option
 from core.errors import BadInput
@@ -197,26 +198,20 @@ def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
         raise BadInput(f"n_features {n_features}: must be at least 1")
     grid, docs = _grid(documents, personas)
     feat, doc, val = _doc_rows(doc_features, docs, n_features)
-    k_main, n_items = grid.n_main, len(grid.items)
-    n_all = len(grid.personas)
+    k_main = grid.n_main
     complete = (grid.cell_docs[:k_main] > 0).all(axis=0)
-    docs_per_persona = grid.cell_docs.sum(axis=1)
     rng = np.random.default_rng(cfg.seed)
     n_c = int(complete.sum())
     boot = rng.multinomial(n_c, np.full(n_c, 1 / n_c), size=cfg.bootstrap) if n_c else None
-    bounds = np.searchsorted(feat, np.arange(0, n_features + 1))
-    out = []
-    for start in range(0, n_features, cfg.chunk):
-        stop = min(n_features, start + cfg.chunk)
-        out.append(_chunk(cfg, grid, feat, doc, val, bounds, start, stop, complete,
-                          docs_per_persona, boot, k_main, n_items, n_all))
+    ctx = _Context(cfg, grid, feat, doc, val, np.searchsorted(feat, np.arange(n_features + 1)),
+                   complete, grid.cell_docs.sum(axis=1), boot)
+    out = [_chunk(ctx, start, min(n_features, start + cfg.chunk))
+           for start in range(0, n_features, cfg.chunk)]
     table = pd.concat(out, ignore_index=True)
     p = table["p_value"].to_numpy()
     q = np.full_like(p, np.nan)
     tested = np.isfinite(p)
     if tested.any():
-        from statsmodels.stats.multitest import multipletests
-
         q[tested] = multipletests(p[tested], method="fdr_bh")[1]
     table["q_value"] = q
     labels, tops, families = _labels(cfg, table, k_main)
@@ -232,26 +227,108 @@ COLUMNS = ["feature", "label", "top_persona", "family_set", "argmax_persona", "n
            "ranked_personas"]
 
 
-def _chunk(cfg: LabelConfig, grid: _Grid, feat: np.ndarray, doc: np.ndarray, val: np.ndarray,
-           bounds: np.ndarray, start: int, stop: int, complete: np.ndarray,
-           docs_per_persona: np.ndarray, boot: np.ndarray | None, k_main: int, n_items: int,
-           n_all: int) -> pd.DataFrame:
-    n_f = stop - start
-    lo, hi = bounds[start], bounds[stop]
-    f_loc, d, v = feat[lo:hi] - start, doc[lo:hi], val[lo:hi]
+@dataclass
+class _Context:
+    """What every chunk of features shares: the grid, the document rows sorted by feature, the
+    complete items and the bootstrap weights."""
+
+    cfg: LabelConfig
+    grid: _Grid
+    feat: np.ndarray
+    doc: np.ndarray
+    val: np.ndarray
+    bounds: np.ndarray
+    """Row range of each feature in feat/doc/val."""
+    complete: np.ndarray
+    """Items every non-control persona has documents for (the Friedman blocks)."""
+    docs_per_persona: np.ndarray
+    boot: np.ndarray | None
+    """Bootstrap multiplicities of the complete items [resamples, items]."""
+
+
+@dataclass
+class _Chunk:
+    """One chunk's document rows (feature index local to the chunk) and cell means."""
+
+    f_loc: np.ndarray
+    pk: np.ndarray
+    jj: np.ndarray
+    v: np.ndarray
+    a: np.ndarray
+    """[feature, persona, item]: the paraphrase-average of the document means."""
+
+
+def _chunk_rows(ctx: _Context, start: int, stop: int) -> _Chunk:
+    grid, n_f = ctx.grid, stop - start
+    n_all, n_items = len(grid.personas), len(grid.items)
+    lo, hi = ctx.bounds[start], ctx.bounds[stop]
+    f_loc, d, v = ctx.feat[lo:hi] - start, ctx.doc[lo:hi], ctx.val[lo:hi]
     pk, ii, jj = grid.persona_of_doc[d], grid.item_of_doc[d], grid.para_of_doc[d]
-    # [feature, persona, item]: the paraphrase-average of the document means.
-    cells = grid.cell_docs
-    w = v / cells[pk, ii]
+    w = v / grid.cell_docs[pk, ii]
     a = np.bincount((f_loc * n_all + pk) * n_items + ii, weights=w,
                     minlength=n_f * n_all * n_items).reshape(n_f, n_all, n_items)
-    present = cells > 0
+    return _Chunk(f_loc, pk, jj, v, a)
+
+
+def _stability(grid: _Grid, c: _Chunk, n_f: int, top: np.ndarray) -> np.ndarray:
+    """Leave-one-paraphrase-out: the share of paraphrases without which the top persona stays
+    on top."""
+    k_main, n_all = grid.n_main, len(grid.personas)
+    paras = grid.para_docs[:k_main]
+    by_para = np.bincount((c.f_loc * n_all + c.pk) * paras.shape[1] + c.jj, weights=c.v,
+                          minlength=n_f * n_all * paras.shape[1]).reshape(n_f, n_all, -1)
+    by_para = by_para[:, :k_main]
+    tot_docs = paras.sum(axis=1)
+    stable = np.zeros(n_f)
+    for j in range(paras.shape[1]):
+        left = tot_docs - paras[:, j]
+        use = np.where(left > 0, left, tot_docs)
+        removed = np.where(left > 0, by_para[:, :, j], 0.0)
+        loo = (by_para.sum(axis=2) - removed) / np.maximum(use, 1)
+        stable += np.argmax(loo, axis=1) == top
+    return stable / paras.shape[1]
+
+
+def _ratio_bound(ctx: _Context, c: _Chunk, maybe: np.ndarray) -> np.ndarray:
+    """The bootstrap (over items) upper bound of max/min persona mean, for the features that
+    may be shared (`maybe`); NaN for the others."""
+    ratio_hi = np.full(len(maybe), np.nan)
+    if ctx.boot is not None and maybe.any():
+        sub = c.a[maybe][:, :ctx.grid.n_main][:, :, ctx.complete]
+        means = np.einsum("fki,bi->fkb", sub, ctx.boot)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = means.max(axis=1) / means.min(axis=1)
+        ratios = np.where(np.isnan(ratios), np.inf, ratios)
+        ratio_hi[maybe] = np.quantile(ratios, ctx.cfg.confidence, axis=1, method="higher")
+    return ratio_hi
+
+
+def _aurocs(ctx: _Context, c: _Chunk, live: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """AUROC of the top persona's documents against the other non-control personas'."""
+    k_main = ctx.grid.n_main
+    auroc = np.full(len(live), np.nan)
+    main_docs = int(ctx.docs_per_persona[:k_main].sum())
+    for f in np.flatnonzero(live):
+        s, e = np.searchsorted(c.f_loc, [f, f + 1])
+        fp, fv = c.pk[s:e], c.v[s:e]
+        is_top = fp == top[f]
+        rest = (fp < k_main) & ~is_top
+        n_top = int(ctx.docs_per_persona[top[f]])
+        auroc[f] = _auroc(fv[is_top], n_top, fv[rest], main_docs - n_top)
+    return auroc
+
+
+def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
+    """The statistics of features start..stop-1 (labels are decided after BH, over all)."""
+    cfg, grid, n_f = ctx.cfg, ctx.grid, stop - start
+    k_main, n_all = grid.n_main, len(grid.personas)
+    c = _chunk_rows(ctx, start, stop)
+    a, present = c.a, grid.cell_docs > 0
     n_present = np.maximum(present.sum(axis=1), 1)
     mu_all = a.sum(axis=2) / n_present  # [feature, persona], items a persona lacks left out
     mu = mu_all[:, :k_main]
-    fired_docs = np.bincount(f_loc * n_all + pk, minlength=n_f * n_all).reshape(n_f, n_all)
-    n_docs_firing = np.bincount(f_loc, minlength=n_f)
-    fire_rate = fired_docs / np.maximum(docs_per_persona, 1)
+    fired_docs = np.bincount(c.f_loc * n_all + c.pk, minlength=n_f * n_all).reshape(n_f, n_all)
+    fire_rate = fired_docs / np.maximum(ctx.docs_per_persona, 1)
     fires = fire_rate[:, :k_main] >= cfg.persona_fire_rate
     total = mu.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -266,63 +343,25 @@ def _chunk(cfg: LabelConfig, grid: _Grid, feat: np.ndarray, doc: np.ndarray, val
             np.zeros(n_f)
         max_min = mu.max(axis=1) / mu.min(axis=1) if k_main else np.full(n_f, np.nan)
     live = total > 0
-    p = _friedman(a[:, :k_main][:, :, complete]) if k_main > 1 else np.full(n_f, np.nan)
-    p = np.where(live, p, np.nan)
-
-    # Leave-one-paraphrase-out: does the top persona stay on top without paraphrase j?
-    paras = grid.para_docs[:k_main]
-    by_para = np.bincount((f_loc * n_all + pk) * paras.shape[1] + jj, weights=v,
-                          minlength=n_f * n_all * paras.shape[1]).reshape(n_f, n_all, -1)
-    by_para = by_para[:, :k_main]
-    tot_docs = paras.sum(axis=1)
-    stable = np.zeros(n_f)
-    for j in range(paras.shape[1]):
-        left = tot_docs - paras[:, j]
-        use = np.where(left > 0, left, tot_docs)
-        removed = np.where(left > 0, by_para[:, :, j], 0.0)
-        loo = (by_para.sum(axis=2) - removed) / np.maximum(use, 1)
-        stable += np.argmax(loo, axis=1) == top
-    stability = stable / paras.shape[1]
-
-    # Bootstrap over items of max/min persona mean, for features that may be shared.
-    ratio_hi = np.full(n_f, np.nan)
+    p = _friedman(a[:, :k_main][:, :, ctx.complete]) if k_main > 1 else np.full(n_f, np.nan)
     maybe = live & (fires.mean(axis=1) >= cfg.shared_fire_frac) if k_main else live & False
-    if boot is not None and maybe.any():
-        sub = a[maybe][:, :k_main][:, :, complete]
-        means = np.einsum("fki,bi->fkb", sub, boot)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = means.max(axis=1) / means.min(axis=1)
-        ratios = np.where(np.isnan(ratios), np.inf, ratios)
-        ratio_hi[maybe] = np.quantile(ratios, cfg.confidence, axis=1, method="higher")
-
-    auroc = np.full(n_f, np.nan)
-    main_docs = int(docs_per_persona[:k_main].sum())
-    for f in np.flatnonzero(live):
-        s, e = np.searchsorted(f_loc, [f, f + 1])
-        fp = pk[s:e]
-        fv = v[s:e]
-        is_top = fp == top[f]
-        rest = (fp < k_main) & ~is_top
-        n_top = int(docs_per_persona[top[f]])
-        auroc[f] = _auroc(fv[is_top], n_top, fv[rest], main_docs - n_top)
-
     ranked = [",".join(grid.personas[k] for k in np.argsort(-mu[f], kind="stable")
                        if mu[f, k] > 0) for f in range(n_f)]
     return pd.DataFrame({
         "feature": np.arange(start, stop),
         "argmax_persona": [grid.personas[t] if lv else None for t, lv in zip(top, live,
                                                                             strict=True)],
-        "n_docs_firing": n_docs_firing,
+        "n_docs_firing": np.bincount(c.f_loc, minlength=n_f),
         "fire_frac_personas": fires.mean(axis=1) if k_main else np.zeros(n_f),
         "top_share": np.where(live, share.max(axis=1) if k_main else np.nan, np.nan),
         "k_eff": np.where(live, k_eff, np.nan),
         "norm_entropy": np.where(live, norm_ent, np.nan),
-        "auroc": auroc,
-        "p_value": p,
+        "auroc": _aurocs(ctx, c, live, top),
+        "p_value": np.where(live, p, np.nan),
         "max_min_ratio": np.where(live, max_min, np.nan),
-        "ratio_ci_high": ratio_hi,
+        "ratio_ci_high": _ratio_bound(ctx, c, maybe),
         "control_ratio": np.where(live, control_ratio, np.nan),
-        "paraphrase_stability": np.where(live, stability, np.nan),
+        "paraphrase_stability": np.where(live, _stability(grid, c, n_f, top), np.nan),
         "ranked_personas": ranked,
     })
 

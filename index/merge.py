@@ -25,7 +25,15 @@ from index.database import (
     tables,
     transaction,
 )
-from index.schema import HARVEST_TABLES, ORDER, battery_rows, create_schema, read_battery
+from index.schema import (
+    HARVEST_TABLES,
+    ORDER,
+    battery_rows,
+    create_schema,
+    quote,
+    read_battery,
+)
+from sae.grid import parse_shard
 
 
 @dataclass
@@ -71,8 +79,9 @@ def _check_group(sae_id: str, group: list[Holding]) -> None:
         raise BadInput(f"SAE '{sae_id}': is in more than one input ({group[0].path}, "
                        f"{group[1].path}); merge the shards of one harvest, or databases "
                        "holding different SAEs")
-    n = {int(s.split("/")[1]) for s in shards}
-    got = sorted(int(s.split("/")[0]) for s in shards)
+    parsed = [parse_shard(s) for s in shards]
+    n = {total for _, total in parsed}
+    got = sorted(i for i, _ in parsed)
     if len(n) != 1 or got != list(range(n.pop())):
         raise BadInput(f"SAE '{sae_id}': the shards given are {', '.join(sorted(shards))}; "
                        "give each shard I/N of one harvest exactly once")
@@ -140,10 +149,11 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
     try:
         groups: dict[str, list[Holding]] = {}
         battery = None
+        run = uuid.uuid4().hex[:8]  # catalog names no database file name can take
         for n, path in enumerate(cfg.inputs):
-            cat = f"input{n}"
+            cat = f"merge_input_{n}_{run}"
             connect(path, read_only=True, what="input").close()  # one-line errors first
-            con.execute(f"ATTACH '{path}' AS {cat} (READ_ONLY)")
+            con.execute(f"ATTACH {quote(str(path))} AS {cat} (READ_ONLY)")
             require_shoggoth(con, path, what="input", catalog=cat)
             if not tables(con, cat):
                 raise BadInput(f"input {path}: is empty")
@@ -164,7 +174,7 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
                 raise BadInput(f"--db {cfg.db}: already holds SAE '{clash[0]}'")
         with transaction(con):
             if not tables(con):
-                create_schema(con, *read_battery(con, "input0"))
+                create_schema(con, *read_battery(con, f"merge_input_0_{run}"))
             _copy(con, groups, None if as_is else config_metadata(cfg))
         con.execute("CHECKPOINT")
     except BaseException:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
+import pyarrow.parquet as pq
 
+from core.atomic import write_atomic
 from core.config import Config, option
 from core.errors import BadInput
 from index.database import connect
@@ -122,25 +122,19 @@ def write_output(cfg: SqlConfig, columns: list[str], rows: list[tuple[Any, ...]]
     if cfg.out is None:
         _write_text(sys.stdout, cfg.format, columns, rows)
         return
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cfg.out.parent, prefix=f".{cfg.out.name}.")
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         if cfg.format == "parquet":
-            import pyarrow.parquet as pq
-
             pq.write_table(table, tmp)
         else:
             with open(tmp, "w", newline="") as f:
                 _write_text(f, "csv" if cfg.format == "table" else cfg.format, columns, rows)
-        os.replace(tmp, cfg.out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    write_atomic(cfg.out, write)
 
 
 def _write_text(f: Any, fmt: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
     if fmt == "csv":
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")  # as sqlite3 and duckdb print: no \r
         w.writerow(columns)
         w.writerows(rows)
     else:

@@ -136,14 +136,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
             }, [(i.item_id, expected[n], model.tokenizer.convert_ids_to_tokens(expected[n]))
                 for n, i in enumerate(items)])
         else:
-            if identity != state["identity"]:
-                diff = sorted(k for k in IDENTITY if identity[k] != state["identity"][k])
-                raise BadInput(
-                    f"--db {cfg.db}: an unfinished harvest of '{sae_id}' with other settings "
-                    f"({', '.join(diff)}) is in {partial}; rerun it with the same settings, or "
-                    "delete that file to start over")
-            decimals, use_cache = state["value_decimals"], state["prefix_cache"]
-            log(f"resuming: {state['documents']:,} documents already harvested")
+            decimals, use_cache = resumed(cfg, state, identity, sae_id, partial, log)
         harvester.use_prefix_cache = use_cache
         done = store.done_documents(sae_id)
         todo = [u for u in mine
@@ -154,6 +147,20 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
         store.close()
     harvest_db.publish_harvest(partial, cfg.db, personas, items, sae_id)
     return {**harvest_db.summary(cfg.db, sae_id, time.time() - started), **rate}
+
+
+def resumed(cfg: HarvestConfig, state: dict[str, Any], identity: dict[str, Any], sae_id: str,
+            partial: Path, log: Callable[[str], None]) -> tuple[int, bool]:
+    """The value decimals and prefix-cache choice of the unfinished harvest being resumed;
+    BadInput when it was started with other settings."""
+    if identity != state["identity"]:
+        diff = sorted(k for k in IDENTITY if identity[k] != state["identity"][k])
+        raise BadInput(
+            f"--db {cfg.db}: an unfinished harvest of '{sae_id}' with other settings "
+            f"({', '.join(diff)}) is in {partial}; rerun it with the same settings, or "
+            "delete that file to start over")
+    log(f"resuming: {state['documents']:,} documents already harvested")
+    return state["value_decimals"], state["prefix_cache"]
 
 
 def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit],

@@ -111,6 +111,7 @@ def prompt_command(cfg: PromptConfig) -> None:
         model.tokenizer, cfg.system, cfg.user, cfg.continuation,
         template=cfg.template, prepend_bos=model.prepend_bos,
     )
+    model.check_length(len(prompt.input_ids), "--continuation")
     acts = activations(model, collate([prompt], pad_id(model.tokenizer)), hook)[0]
     norms = acts.float().norm(dim=-1).tolist()
     tokens = model.tokenizer.convert_ids_to_tokens(prompt.input_ids)

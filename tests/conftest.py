@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -148,6 +149,15 @@ PERSONAS = """personas:
 """
 
 
+def copy_db(source: Path, target: Path) -> Path:
+    """A copy of a database with its FAISS folder (the paths it stores are relative to it)."""
+    target.write_bytes(source.read_bytes())
+    folder = source.with_name(source.name + ".faiss")
+    if folder.is_dir():
+        shutil.copytree(folder, target.with_name(target.name + ".faiss"), dirs_exist_ok=True)
+    return target
+
+
 def battery(directory: Path, n_items: int, personas: str = PERSONAS) -> list[str]:
     """--personas/--items arguments for a small battery written to `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -181,3 +191,18 @@ def indexed_db(tmp_path_factory: pytest.TempPathFactory, labelled_db: Path) -> P
     db.write_bytes(labelled_db.read_bytes())
     assert shoggoth.main(["index", "--db", str(db)]) == 0
     return db
+
+
+# Tests that load model weights, train, harvest or start processes: `-m "not slow"` skips them.
+SLOW_FIXTURES = {"minilm", "tiny_gpt2", "tiny_gpt2_base", "tiny_gpt2_dir", "tiny_gpt2_base_dir",
+                 "tiny_sae_dir", "labelled_db", "indexed_db"}
+SLOW_MODULES = {"test_train", "test_browser", "test_demo", "test_harvest", "test_index",
+                "test_search", "test_explorer", "test_explorer_timing", "test_models"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import copy_db
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -30,7 +31,7 @@ def server(indexed_db, tmp_path):
     db = Path(os.environ.get("SHOGGOTH_BROWSER_DB", "")) if os.environ.get(
         "SHOGGOTH_BROWSER_DB") else tmp_path / "browser.duckdb"
     if not db.exists():
-        db.write_bytes(indexed_db.read_bytes())
+        copy_db(indexed_db, db)
     port = free_port()
     exe = Path(sys.executable).with_name("shoggoth")
     proc = subprocess.Popen([str(exe), "explore", "--db", str(db), "--port", str(port)],
@@ -46,9 +47,16 @@ def server(indexed_db, tmp_path):
         assert proc.poll() is None, proc.stdout.read().decode()
         assert time.time() < deadline, "the explorer did not start in 90 s"
         time.sleep(0.3)
+    server = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(server) == 1  # the Streamlit process
     yield url
     proc.terminate()
     proc.wait(timeout=20)
+    # The fixture leaves no process behind: the server went down with `shoggoth explore`.
+    deadline = time.time() + 20
+    while Path(f"/proc/{server[0]}").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{server[0]}").exists(), "the Streamlit server outlived its parent"
 
 
 def test_explorer_in_a_real_browser(server, tmp_path):

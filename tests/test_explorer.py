@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import copy_db
 from streamlit.testing.v1 import AppTest
 
 import shoggoth
@@ -21,10 +22,7 @@ PAGES = ["views/overview.py", "views/features.py", "views/feature.py", "views/pe
 
 @pytest.fixture()
 def db(indexed_db, tmp_path) -> Path:
-    copy = tmp_path / "explore.duckdb"
-    copy.write_bytes(indexed_db.read_bytes())
-    # The FAISS files are shared with the original (their paths are stored in the database).
-    return copy
+    return copy_db(indexed_db, tmp_path / "explore.duckdb")
 
 
 def app(db: Path, page: str | None = None, **params: str) -> AppTest:

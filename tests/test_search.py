@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from conftest import copy_db
 from sae_lens import SAE
 
 import shoggoth
@@ -94,8 +95,7 @@ def test_feature_shows_its_label_and_contexts(capfd, indexed_db):
 
 
 def test_persona_mode(capfd, indexed_db, tmp_path):
-    db = tmp_path / "p.duckdb"
-    db.write_bytes(indexed_db.read_bytes())
+    db = copy_db(indexed_db, tmp_path / "p.duckdb")
     con = duckdb.connect(str(db))
     nearest = [f for (f,) in con.execute("SELECT feature FROM persona_features WHERE persona = "
                                          "'pirate' ORDER BY rank LIMIT 4").fetchall()]

@@ -1,0 +1,188 @@
+"""Configs validate themselves: required fields, bounds, finite floats and cross-field rules, for
+values from flags and from `--config FILE.yaml` alike (YAML values go through the flags' click
+types). Also the pure helpers the commands rely on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import Config, load_config, option, read_config_file
+from core.errors import BadInput
+from index.dictionary import IndexConfig
+from index.label_db import LabelRunConfig
+from index.labels import LabelConfig, _auroc, _friedman
+from index.merge import MergeConfig
+from index.sql import SqlConfig
+from pipeline.harvest import HarvestConfig
+from pipeline.search import SearchConfig
+from sae.encode import decimals_for, shared_prefix
+from sae.grid import parse_shard
+from sae.prompts import Prompt
+from sae.train import TrainConfig
+
+
+@dataclass
+class Example(Config):
+    db: Path | None = option(required="the database")
+    """A file."""
+    n: int = option(3, min=1, max=10)
+    """A count."""
+    rate: float = option(0.5, above=0, below=1)
+    """A rate."""
+    name: str = "x"
+    """A name."""
+    flag: bool = False
+    """A switch."""
+    files: list[Path] = field(default_factory=list)
+    """Some files."""
+
+    def check(self) -> None:
+        if self.name == "bad":
+            raise BadInput("--name bad: not allowed")
+
+
+def yaml_file(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def test_required_bounds_finite_and_check():
+    assert Example(db=Path("a")).n == 3
+    with pytest.raises(BadInput, match=r"^--db: required \(the database\)$"):
+        Example()
+    for kwargs, message in [({"n": 0}, "--n 0: must be at least 1"),
+                            ({"n": 11}, "--n 11: must be at most 10"),
+                            ({"rate": 0.0}, "--rate 0.0: must be greater than 0"),
+                            ({"rate": 1.0}, "--rate 1.0: must be less than 1"),
+                            ({"rate": math.nan}, "--rate nan: must be a finite number"),
+                            ({"rate": math.inf}, "--rate inf: must be a finite number"),
+                            ({"name": "bad"}, "--name bad: not allowed")]:
+        with pytest.raises(BadInput) as e:
+            Example(db=Path("a"), **kwargs)
+        assert str(e.value) == message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("db: 5", "option 'db': expected a string, got 5"),
+    ("n: abc", "option 'n': expected an integer, got 'abc'"),
+    ("n: true", "option 'n': expected an integer, got True"),
+    ("n: 1.5", "option 'n': expected an integer, got 1.5"),
+    ("rate: [1]", "option 'rate': expected a number, got [1]"),
+    ("flag: 3", "option 'flag': expected true or false, got 3"),
+    ("files: 7", "option 'files': expected a list, got 7"),
+    ("files: [a.duckdb, 7]", "option 'files': expected a string, got 7"),
+    ("n: 0", "--n 0: must be at least 1"),
+    ("rate: .nan", "--rate nan: must be a finite number"),
+    ("colour: red", "unknown option 'colour'"),
+    ("- a\n- b", "expected a mapping of option names to values"),
+    ("n: [", "not valid YAML"),
+])
+def test_yaml_values_are_converted_and_checked(tmp_path, text, message):
+    path = yaml_file(tmp_path, text)
+    with pytest.raises(BadInput) as e:
+        load_config(Example, path, {"db": Path("x")})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_values_convert_like_flags(tmp_path):
+    path = yaml_file(tmp_path, "db: x.duckdb\nn: 4\nrate: 0.25\nflag: true\nfiles: a.duckdb\n")
+    cfg = load_config(Example, path, {"n": 5})  # the flag wins
+    assert cfg == Example(db=Path("x.duckdb"), n=5, rate=0.25, flag=True,
+                          files=[Path("a.duckdb")])
+    assert isinstance(cfg.db, Path)
+
+
+def test_config_file_problems_are_one_line(tmp_path):
+    with pytest.raises(BadInput, match="no such file"):
+        read_config_file(Example, tmp_path / "missing.yaml")
+    with pytest.raises(BadInput, match="not UTF-8"):
+        read_config_file(Example, yaml_file(tmp_path, b"n: \xff\xfe\n"))
+    with pytest.raises(BadInput, match="is a directory"):
+        read_config_file(Example, tmp_path)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: HarvestConfig(sae=Path("s")), "--db: required"),
+    (lambda: HarvestConfig(db=Path("d")), "--sae: required"),
+    (lambda: HarvestConfig(db=Path("d"), sae=Path("s"), batch_size=0), "--batch-size 0"),
+    (lambda: HarvestConfig(db=Path("d"), sae=Path("s"), shard="3/2"), "--shard 3/2"),
+    (lambda: HarvestConfig(db=Path("d"), sae=Path("s"), sae_id="a b"), "--sae-id 'a b'"),
+    (lambda: HarvestConfig(db=Path("d"), sae=Path("s"), value_decimals=10), "--value-decimals"),
+    (lambda: LabelRunConfig(db=Path("d"), chunk=0), "--chunk 0"),
+    (lambda: LabelRunConfig(db=Path("d"), bootstrap=-1), "--bootstrap -1"),
+    (lambda: LabelRunConfig(db=Path("d"), confidence=2.0), "--confidence 2.0"),
+    (lambda: LabelRunConfig(db=Path("d"), alpha=5.0), "--alpha 5.0"),
+    (lambda: LabelRunConfig(db=Path("d"), alpha=math.nan), "--alpha nan"),
+    (lambda: IndexConfig(db=Path("d"), histogram_bins=2147483648), "--histogram-bins"),
+    (lambda: IndexConfig(db=Path("d"), exact_max=-1), "--exact-max -1"),
+    (lambda: SqlConfig(db=Path("d"), query=["SELECT 1"], max_rows=-1), "--max-rows -1"),
+    (lambda: SqlConfig(db=Path("d")), "query: required"),
+    (lambda: SqlConfig(db=Path("d"), query=["SELECT 1"], format="parquet"), "needs --out"),
+    (lambda: MergeConfig(db=Path("d")), "inputs: required"),
+    (lambda: TrainConfig(lr=math.nan), "--lr nan"),
+    (lambda: TrainConfig(lr=math.inf), "--lr inf"),
+    (lambda: TrainConfig(lr=0.0), "--lr 0.0"),
+    (lambda: TrainConfig(k=64, d_sae=32), "--k 64: must be smaller than --d-sae 32"),
+    (lambda: SearchConfig(db=Path("d")), "search: give --text"),
+    (lambda: SearchConfig(db=Path("d"), similar=True, persona="p"), "--similar: needs"),
+])
+def test_command_configs_check_themselves(build, message):
+    with pytest.raises(BadInput) as e:
+        build()
+    assert message in str(e.value)
+
+
+def test_label_thresholds_default_to_the_documented_values():
+    c = LabelConfig()
+    assert (c.alpha, c.min_docs, c.bootstrap, c.confidence) == (0.05, 20, 200, 0.95)
+    assert not hasattr(c, "test")  # the flag with one possible value is gone
+
+
+def test_parse_shard():
+    assert parse_shard(None) == (0, 1)
+    assert parse_shard(" 2/4 ") == (2, 4)
+    for bad in ("4/4", "1/0", "-1/3", "a/b", "1/2/3", "1"):
+        with pytest.raises(BadInput, match="--shard"):
+            parse_shard(bad)
+
+
+def test_shared_prefix_stops_before_the_first_measured_token():
+    def p(ids: list[int], first: int) -> Prompt:
+        return Prompt(ids, [i >= first for i in range(len(ids))], "plain")
+
+    assert shared_prefix([p([1, 2, 3, 4], 3), p([1, 2, 3, 9], 3)]) == 3
+    assert shared_prefix([p([1, 2, 3, 4], 2), p([1, 2, 3, 9], 3)]) == 2
+    assert shared_prefix([p([1, 2, 3], 1), p([5, 2, 3], 1)]) == 0
+
+
+def test_decimals_for_resolves_the_median_activation():
+    assert decimals_for(torch.tensor([0.0, 0.0])) == 4
+    for median in (0.003, 0.2, 7.0, 900.0):
+        values = torch.tensor([0.0, median / 2, median, median * 2])
+        d = decimals_for(values)
+        assert 10.0 ** -d <= median / 500 < 10.0 ** -(d - 1) or d in (0, 9)
+
+
+def test_auroc_counts_zeros_and_ties():
+    # top docs [2, 0], rest docs [1, 0, 0]: wins 2>1,2>0,2>0 = 3; 0 vs 1 loses; 0 vs 0 ties x2
+    assert _auroc(np.array([2.0]), 2, np.array([1.0]), 3) == pytest.approx((3 + 1) / 6)
+    assert math.isnan(_auroc(np.array([]), 0, np.array([1.0]), 3))
+
+
+def test_friedman_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 4, 12))
+    x[1, 0] += 1.0
+    got = _friedman(x)
+    want = [stats.friedmanchisquare(*x[f]).pvalue for f in range(3)]
+    assert np.allclose(got, want)
+    assert _friedman(np.ones((1, 3, 5)))[0] == 1.0

@@ -1,0 +1,276 @@
+"""The defects a fresh machine showed, each recorded: bad input of every kind gets one `error:`
+line, exit 2 and nothing written; Ctrl-C inside a database write exits 130; CSV lines end in
+\\n; progress shows off a terminal; file names with quotes merge; a server dies with its
+parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import battery, build_random_sae, copy_db, default_sigint
+
+import shoggoth
+
+EXE = Path(sys.executable).with_name("shoggoth")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def assert_bad(capfd, folder: Path, argv: list[str], expect: str) -> None:
+    """One `error:` line naming the problem, exit 2, nothing written under `folder`."""
+    before = snapshot(folder)
+    capfd.readouterr()
+    code = shoggoth.main([str(a) for a in argv])
+    _, err = capfd.readouterr()
+    assert code == 2, (argv, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+    assert expect in err, (argv, err)
+    assert snapshot(folder) == before, argv
+
+
+YAML_SWEEP = [
+    ("harvest", "db: 5\nsae: s\n", "option 'db': expected a string, got 5"),
+    ("harvest", "db: d.duckdb\nsae: s\nbatch_size: abc\n", "option 'batch_size'"),
+    ("train", "tokens: many\n", "option 'tokens': expected an integer"),
+    ("train", "out: 7\n", "option 'out': expected a string, got 7"),
+    ("explore", "db: d.duckdb\nport: abc\n", "option 'port'"),
+    ("merge", "db: d.duckdb\ninputs: 5\n", "option 'inputs': expected a list"),
+    ("label", "db: d.duckdb\nalpha: [1]\n", "option 'alpha': expected a number"),
+    ("sql", "db: 5\nquery: SELECT 1\n", "option 'db': expected a string"),
+    ("index", "db: d.duckdb\ntop: x\n", "option 'top': expected an integer"),
+    ("search", "db: d.duckdb\nfeature: x\n", "option 'feature'"),
+    ("prompt", "layer: x\n", "option 'layer'"),
+    ("models", "format: xml\n", "option 'format'"),
+    ("demo", "out: 7\n", "option 'out': expected a string"),
+]
+
+
+@pytest.mark.parametrize("command, text, expect", YAML_SWEEP)
+def test_config_file_values_are_type_checked(capfd, tmp_path, command, text, expect):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    argv = [*command.split(), "--config", config]
+    assert_bad(capfd, tmp_path, argv, expect)
+
+
+def test_config_file_not_utf8(capfd, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"db: \xff\xfe.duckdb\n")
+    assert_bad(capfd, tmp_path, ["sql", "--config", config, "SELECT 1"], "not UTF-8")
+
+
+def test_sql_config_file_with_a_db_path_works(capfd, tmp_path, labelled_db):
+    """`db: x.duckdb` in YAML once ended in "'str' object has no attribute 'is_file'"."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"db: {labelled_db}\nformat: csv\n")
+    capfd.readouterr()
+    assert shoggoth.main(["sql", "--config", str(config), "SELECT count(*) AS n FROM saes"]) == 0
+    out, _ = capfd.readouterr()
+    assert out == "n\n1\n"  # and \n line endings, not \r\n
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["label", "--db", "{db}", "--chunk", "0"], "--chunk 0: must be at least 1"),
+    (["label", "--db", "{db}", "--bootstrap", "-1"], "--bootstrap -1"),
+    (["label", "--db", "{db}", "--confidence", "2"], "--confidence 2.0"),
+    (["label", "--db", "{db}", "--alpha", "5"], "--alpha 5.0"),
+    (["label", "--db", "{db}", "--alpha", "nan"], "--alpha nan: must be a finite number"),
+    (["index", "--db", "{db}", "--histogram-bins", "2147483648"], "--histogram-bins"),
+    (["index", "--db", "{db}", "--neighbors", "5000"], "--neighbors 5000: must be less than"),
+    (["index", "--db", "{db}", "--exact-max", "-1"], "--exact-max -1"),
+    (["sql", "--db", "{db}", "--max-rows", "-1", "SELECT 1"], "--max-rows -1"),
+    (["sql", "--db", "{db}", "--format", "csv", "--out", "{dir}", "SELECT 1"],
+     "is a directory"),
+    (["sql", "--db", "{db}", "--format", "csv", "--out", "/sys/x.csv", "SELECT 1"],
+     "/sys/x.csv: cannot write there"),
+    (["train", "--lr", "nan", "--out", "{dir}/sae"], "--lr nan"),
+    (["train", "--lr", "inf", "--out", "{dir}/sae"], "--lr inf"),
+    (["harvest", "--db", "{dir}/h.duckdb", "--sae", "{dir}/s", "--shard",
+      "1/99999999999999999999"], "some shards would be empty"),
+])
+def test_numbers_and_paths_are_checked(capfd, tmp_path, labelled_db, argv, expect):
+    db = copy_db(labelled_db, tmp_path / "db.duckdb")
+    (tmp_path / "folder").mkdir()
+    argv = [a.replace("{db}", str(db)).replace("{dir}", str(tmp_path / "folder")) for a in argv]
+    assert_bad(capfd, tmp_path, argv, expect)
+
+
+def test_non_utf8_battery_files(capfd, tmp_path):
+    args = battery(tmp_path / "b", 3)
+    (tmp_path / "b" / "items.jsonl").write_bytes(b'{"item_id": "\xff"}\n')
+    sae = build_random_sae(tmp_path / "sae", "minilm", 384, "blocks.3.hook_resid_post", 96, 8)
+    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae", sae, *args],
+               "not UTF-8")
+    (tmp_path / "b" / "personas.yaml").write_bytes(b"personas:\n  - name: \xff\n")
+    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae", sae, *args],
+               "not UTF-8")
+
+
+def test_inputs_longer_than_the_model_takes(capfd, tmp_path, minilm):
+    long = "word " * 600  # MiniLM takes 512 positions
+    assert_bad(capfd, tmp_path, ["prompt", "--model", "minilm", "--continuation", long],
+               "--continuation: ")
+    args = battery(tmp_path / "b", 3)
+    items = (tmp_path / "b" / "items.jsonl").read_text().splitlines()
+    row = json.loads(items[1])
+    row["answer"] = long
+    items[1] = json.dumps(row)
+    (tmp_path / "b" / "items.jsonl").write_text("\n".join(items) + "\n")
+    sae = build_random_sae(tmp_path / "sae", "minilm", 384, "blocks.3.hook_resid_post", 96, 8)
+    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae", sae, *args],
+               f"item '{row['item_id']}' under persona")
+
+
+def test_search_text_longer_than_the_model_takes(capfd, tmp_path, indexed_db):
+    db = copy_db(indexed_db, tmp_path / "db.duckdb")
+    assert_bad(capfd, tmp_path, ["search", "--db", db, "--text", "rain " * 400], "--text: ")
+
+
+def test_merge_handles_quotes_and_catalog_names(capfd, tmp_path, tiny_sae_dir):
+    args = [str(a) for a in battery(tmp_path / "b", 4)]
+    shards = [tmp_path / "it's 0.duckdb", tmp_path / "input1.duckdb"]
+    for i, shard in enumerate(shards):
+        assert shoggoth.main(["harvest", "--db", str(shard), "--sae", str(tiny_sae_dir),
+                              "--shard", f"{i}/2", *args]) == 0
+    whole = tmp_path / "whole.duckdb"
+    assert shoggoth.main(["harvest", "--db", str(whole), "--sae", str(tiny_sae_dir), *args]) == 0
+    out = tmp_path / "input0.duckdb"  # once the name of the merge's first catalog
+    assert shoggoth.main(["merge", "--db", str(out), *map(str, shards)]) == 0
+    counts = []
+    for db in (out, whole):
+        con = duckdb.connect(str(db), read_only=True)
+        counts.append(con.execute("SELECT count(*), sum(value) FROM activations").fetchone())
+        con.close()
+    assert counts[0][0] == counts[1][0] > 0
+    assert counts[0][1] == pytest.approx(counts[1][1])
+
+
+def test_progress_is_printed_off_a_terminal(tmp_path, tiny_sae_dir):
+    args = [str(a) for a in battery(tmp_path / "b", 4)]
+    run = subprocess.run([str(EXE), "harvest", "--db", str(tmp_path / "p.duckdb"), "--sae",
+                          str(tiny_sae_dir), *args], capture_output=True, text=True, env=ENV,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("harvest: ")]
+    total = 7 * 4  # 7 prompts in the battery, 4 items
+    assert lines[0].startswith(f"harvest: 0/{total} docs") and "started" in lines[0]
+    assert lines[-1].startswith(f"harvest: {total}/{total} docs") and "docs/s" in lines[-1]
+    assert "\x1b[" not in run.stderr  # no terminal control codes in a log
+
+
+def finished_run_seconds(argv: list[str]) -> float:
+    started = time.time()
+    run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return time.time() - started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, sig", [("label", signal.SIGINT), ("index", signal.SIGINT),
+                                          ("label", signal.SIGTERM), ("label", signal.SIGKILL)])
+def test_interrupting_a_database_command_keeps_a_whole_database(tmp_path, indexed_db, command,
+                                                                sig):
+    """Ctrl-C, SIGTERM or kill -9 at several moments of the run: Ctrl-C exits 130 with one
+    line (or 0 when it had finished), never a traceback; the database is the old or the new one,
+    whole; and a rerun finishes."""
+    db = copy_db(indexed_db, tmp_path / "db.duckdb")
+    argv = [str(EXE), command, "--db", str(db)]
+    whole = finished_run_seconds(argv)
+    for fraction in (0.6, 0.9):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                                preexec_fn=default_sigint, text=True)
+        time.sleep(whole * fraction)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 130 if sig == signal.SIGINT else -sig), err
+        assert "Traceback" not in err, err
+        if proc.returncode == 130:
+            assert err.strip().splitlines()[-1].startswith("interrupted"), err
+        con = duckdb.connect(str(db), read_only=True)
+        assert con.execute("SELECT count(*) FROM features").fetchone()[0] == \
+            con.execute("SELECT d_sae FROM saes").fetchone()[0]
+        con.close()
+    assert finished_run_seconds(argv) > 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def start_explorer(db: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen([str(EXE), "explore", "--db", str(db), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
+                                      timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.3)
+    (server,) = children(proc.pid)
+    return proc, server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_explorer_server_dies_with_its_parent(tmp_path, indexed_db, sig):
+    db = copy_db(indexed_db, tmp_path / "db.duckdb")
+    proc, server = start_explorer(db)
+    assert alive(server)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    deadline = time.time() + 20
+    while alive(server) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(server), "the Streamlit server outlived shoggoth explore"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130
+
+
+def test_explanations_use_the_thresholds_the_labels_were_made_with(tmp_path, labelled_db):
+    from explorer.explain import explain
+    from index import read
+
+    db = copy_db(labelled_db, tmp_path / "db.duckdb")
+    assert shoggoth.main(["label", "--db", str(db), "--alpha", "0.01", "--min-docs", "5"]) == 0
+    con = duckdb.connect(str(db), read_only=True)
+    sae = read.saes(con)["sae_id"][0]
+    thresholds = read.label_thresholds(con, sae)
+    assert (thresholds.alpha, thresholds.min_docs) == (0.01, 5)
+    features = read.labelled_features(con, sae)
+    con.close()
+    live = features[~features["label"].isin(["dead", "rare"])].iloc[0].to_dict()
+    text = " ".join(explain(live, thresholds))
+    assert "at 0.01." in text and "at 0.05." not in text
