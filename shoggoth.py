@@ -7,9 +7,9 @@ import sys
 import warnings
 
 import click
-import duckdb
 
-from core.errors import BadInput, Interrupted
+import core.startup
+from core.errors import BadInput, Interrupted, is_interrupt
 from explorer.commands import demo_command, explore_command
 from index.commands import label_command, merge_command, sql_command
 from pipeline.commands import harvest_command, index_command, search_command
@@ -53,8 +53,9 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes one `error:` line on stderr and exit code 2."""
-    _quiet_libraries()
     try:
+        _quiet_libraries()
+        core.startup.restore()
         cli.main(args=argv, prog_name="shoggoth", standalone_mode=False)
     except BadInput as e:
         click.echo(f"error: {e}", err=True)
@@ -68,9 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         click.echo(f"interrupted: {e}", err=True)
         return 130
-    except (click.Abort, KeyboardInterrupt, duckdb.InterruptException):
-        # DuckDB turns a Ctrl-C inside a query into its own error; both mean "interrupted",
-        # and every write is transactional, so the last good state is kept.
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as e:
+        # DuckDB turns a Ctrl-C inside a query into an error of its own; every write is
+        # atomic or transactional, so "interrupted" is all there is to say.
+        if not is_interrupt(e):
+            raise
         click.echo("interrupted", err=True)
         return 130
     except OSError as e:  # a folder the user cannot write, a path that is a directory, …

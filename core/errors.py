@@ -17,6 +17,13 @@ class Interrupted(Exception):
     """The user interrupted a long command after it saved its progress; the CLI exits with 130."""
 
 
+def is_interrupt(error: BaseException) -> bool:
+    """Whether `error` is a Ctrl-C in disguise: DuckDB turns an interrupt inside a query into
+    its own InterruptException, or into RuntimeError("Query interrupted") on some paths."""
+    return isinstance(error, KeyboardInterrupt) or type(error).__name__ == "InterruptException" \
+        or (isinstance(error, RuntimeError) and str(error).startswith("Query interrupted"))
+
+
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C until the block ends, then raise KeyboardInterrupt.

@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from core.errors import BadInput, interrupts_deferred
+from core.errors import BadInput, interrupts_deferred, is_interrupt
 from index.schema import (
     BLOCK_SIZE,
     TABLES,
@@ -61,8 +61,10 @@ def transaction(con: Any) -> Iterator[None]:
     try:
         try:
             yield
-        except duckdb.InterruptException:
-            raise KeyboardInterrupt from None
+        except Exception as e:
+            if is_interrupt(e):
+                raise KeyboardInterrupt from None
+            raise
         with interrupts_deferred():
             con.execute("COMMIT")
     except BaseException:
