@@ -178,6 +178,12 @@ WHERE f.sae_id = ?"""
 """Features' statistics with the label in force (manual over automatic) and the automatic one."""
 
 
+def _if_table(con: Any, table: str, sql: str, params: Any) -> pd.DataFrame:
+    """The query's rows, or an empty frame when `table` is not there yet (before the command
+    that writes it has run)."""
+    return con.execute(sql, params).df() if has_table(con, table) else pd.DataFrame()
+
+
 def has_table(con: Any, name: str) -> bool:
     """Whether the database has a table or view called `name`."""
     return bool(con.execute(
@@ -258,10 +264,9 @@ def label_thresholds(con: Any, sae: str) -> LabelConfig:
 
 def calibration(con: Any, sae: str) -> pd.DataFrame:
     """The label run's calibration counts (empty before `label`)."""
-    if not has_table(con, "calibration"):
-        return pd.DataFrame()
-    return con.execute("SELECT run, description, n_live, n_mask_specific, n_mask_family, "
-                       "n_shared FROM calibration WHERE sae_id = ? ORDER BY run", [sae]).df()
+    return _if_table(con, "calibration",
+                     "SELECT run, description, n_live, n_mask_specific, n_mask_family, "
+                     "n_shared FROM calibration WHERE sae_id = ? ORDER BY run", [sae])
 
 
 def persona_means(con: Any, sae: str, feature: int) -> pd.DataFrame:
@@ -284,9 +289,7 @@ def top_context_tokens(con: Any, sae: str, feature: int, width: int = 8) -> pd.D
     """The tokens around each top example of a feature (the contexts `example_contexts` joins
     into text), one row per token with the feature's activation there: rank, fire_value,
     persona, paraphrase, item_id, fire_pos, pos, token, value."""
-    if not has_table(con, "examples"):
-        return pd.DataFrame()
-    return con.execute("""
+    return _if_table(con, "examples", """
         WITH e AS (SELECT * FROM examples WHERE sae_id = $sae AND feature = $f AND kind = 'top'),
              a AS (SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id,
                           pos, value FROM activations WHERE sae_id = $sae AND feature = $f)
@@ -296,31 +299,28 @@ def top_context_tokens(con: Any, sae: str, feature: int, width: int = 8) -> pd.D
              AND t.pos BETWEEN e.pos - $w AND e.pos + $w
         LEFT JOIN a ON a.persona = e.persona AND a.paraphrase = e.paraphrase
              AND a.item_id = e.item_id AND a.pos = t.pos
-        ORDER BY e.rank, t.pos""", {"sae": sae, "f": feature, "w": width}).df()
+        ORDER BY e.rank, t.pos""", {"sae": sae, "f": feature, "w": width})
 
 
 def interval_samples(con: Any, sae: str, feature: int) -> pd.DataFrame:
     """The interval samples of a feature with their contexts (the `example_contexts` macro)."""
-    if not has_table(con, "examples"):
-        return pd.DataFrame()
-    return con.execute("SELECT kind, value, persona, item_id, bin_lo, bin_hi, context "
-                       "FROM example_contexts(?, ?) WHERE kind <> 'top'", [sae, feature]).df()
+    return _if_table(con, "examples",
+                     "SELECT kind, value, persona, item_id, bin_lo, bin_hi, context "
+                     "FROM example_contexts(?, ?) WHERE kind <> 'top'", [sae, feature])
 
 
 def histogram(con: Any, sae: str, feature: int) -> pd.DataFrame:
     """A feature's activation histogram over its firing tokens: bin, lo, hi, count."""
-    if not has_table(con, "feature_histograms"):
-        return pd.DataFrame()
-    return con.execute("SELECT bin, lo, hi, count FROM feature_histograms WHERE sae_id = ? AND "
-                       "feature = ? ORDER BY bin", [sae, feature]).df()
+    return _if_table(con, "feature_histograms",
+                     "SELECT bin, lo, hi, count FROM feature_histograms WHERE sae_id = ? AND "
+                     "feature = ? ORDER BY bin", [sae, feature])
 
 
 def feature_logit_effects(con: Any, sae: str, feature: int) -> pd.DataFrame:
     """A feature's promoted and suppressed tokens: sign, rank, token, value."""
-    if not has_table(con, "logit_effects"):
-        return pd.DataFrame()
-    return con.execute("SELECT sign, rank, token, value FROM logit_effects WHERE sae_id = ? AND "
-                       "feature = ? ORDER BY sign, rank", [sae, feature]).df()
+    return _if_table(con, "logit_effects",
+                     "SELECT sign, rank, token, value FROM logit_effects WHERE sae_id = ? AND "
+                     "feature = ? ORDER BY sign, rank", [sae, feature])
 
 
 NEIGHBOUR_TABLES = ("neighbors", "profile_neighbors")
@@ -344,10 +344,9 @@ def feature_neighbours(con: Any, sae: str, feature: int, table: str) -> pd.DataF
 
 def annotations(con: Any, sae: str, feature: int) -> pd.DataFrame:
     """The manual labels saved for a feature, newest first."""
-    if not has_table(con, "annotations"):
-        return pd.DataFrame()
-    return con.execute("SELECT created_at, label, note, author FROM annotations WHERE sae_id = ? "
-                       "AND feature = ? ORDER BY created_at DESC", [sae, feature]).df()
+    return _if_table(con, "annotations",
+                     "SELECT created_at, label, note, author FROM annotations WHERE sae_id = ? "
+                     "AND feature = ? ORDER BY created_at DESC", [sae, feature])
 
 
 def mask_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
@@ -366,10 +365,9 @@ def suppressed_features(con: Any, sae: str, persona: str, limit: int) -> pd.Data
 
 def persona_vector(con: Any, sae: str, persona: str) -> pd.DataFrame:
     """The persona vector's norm, relative norm and token count (empty before `index`)."""
-    if not has_table(con, "persona_vectors"):
-        return pd.DataFrame()
-    return con.execute("SELECT norm, relative_norm, n_tokens FROM persona_vectors WHERE "
-                       "sae_id = ? AND persona = ?", [sae, persona]).df()
+    return _if_table(con, "persona_vectors",
+                     "SELECT norm, relative_norm, n_tokens FROM persona_vectors WHERE "
+                     "sae_id = ? AND persona = ?", [sae, persona])
 
 
 def persona_vector_features(con: Any, sae: str, persona: str) -> pd.DataFrame:
