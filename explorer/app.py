@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer.common import db_path
+from explorer.common import db_path, end_run, md
 from explorer.store import check_database
 
 st.set_page_config(page_title="shoggoth explorer", page_icon="🎭", layout="wide")
@@ -20,8 +20,8 @@ if problem is not None:
 
     st.navigation([st.Page(missing, title="No database", url_path="missing")]).run()
 else:
-    st.sidebar.caption(f"database: `{db_path()}`")
-    st.navigation([
+    st.sidebar.caption(f"database: {md(db_path())}")
+    page = st.navigation([
         st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
         st.Page("views/features.py", title="Features", url_path="features"),
         st.Page("views/feature.py", title="Feature", url_path="feature"),
@@ -29,4 +29,8 @@ else:
         st.Page("views/search.py", title="Search", url_path="search"),
         st.Page("views/sql.py", title="SQL", url_path="sql"),
         st.Page("views/map.py", title="Feature map", url_path="map"),
-    ]).run()
+    ])
+    try:
+        page.run()
+    finally:
+        end_run()  # no lock is held between page runs: writers are not blocked

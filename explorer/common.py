@@ -4,7 +4,9 @@ and links between pages. No page writes SQL."""
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,17 @@ from explorer.store import Store
 from index import read
 
 FEATURE_PAGE = "views/feature.py"
+
+
+MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$:>])")
+
+
+def md(value: object) -> str:
+    """A value from the database as text inside Streamlit markdown: HTML escaped and every
+    markdown character backslash-escaped, on one line, so that an item id, a prompt, a token or
+    a note is shown as written and never becomes an element (an image, a link, a heading)."""
+    text = html.escape(" ".join(str(value).split()), quote=True)
+    return MARKDOWN.sub(r"\\\1", text)
 
 
 def db_path() -> Path | None:
@@ -30,20 +43,25 @@ def store_for(path: str) -> Store:
 
 
 def store() -> Store:
-    s = store_for(str(db_path()))
-    s.refresh()
-    return s
+    return store_for(str(db_path()))
 
 
 def cursor(s: Store | None = None) -> tuple[int, Any]:
-    """This session's cursor (DuckDB connections are not thread-safe; cursors per session are),
-    renewed when the store (`s`, or the current one) reopened the file."""
+    """This session's connection for the current page run (opened by the run's first query;
+    `end_run` closes it), with the store's generation."""
     s = s or store()
-    held = st.session_state.get("_cursor")
-    if held is None or held[0] != s.generation:
-        held = s.cursor()
-        st.session_state["_cursor"] = held
-    return held
+    con = st.session_state.get("_con")
+    if con is None:
+        con = s.connect()
+        st.session_state["_con"] = con
+    return s.generation, con
+
+
+def end_run() -> None:
+    """Close this session's connection: between page runs the explorer holds no lock."""
+    con = st.session_state.pop("_con", None)
+    if con is not None:
+        store().release(con)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -55,14 +73,13 @@ def version(s: Store | None = None) -> tuple[Any, ...]:
     """What identifies the database's current contents: its path, the file (inode and
     modification time) and the store's generation."""
     s = s or store()
-    return str(s.path), s.identity, s.generation
+    return str(s.path), s.identity(), s.generation
 
 
 def q(query: Callable[..., Any], *args: Any) -> Any:
     """The result of a named query of `index.read` (called with this session's cursor and
     `args`), cached until the database changes."""
-    s = store()  # one check of the file per query
-    cursor(s)
+    s = store()
     return _cached(version(s), query.__name__, tuple(args))
 
 
@@ -85,7 +102,7 @@ def choose_sae() -> tuple[str, dict[str, Any]]:
 def feature_link(sae: str, feature: int, label: str | None = None, extra: str = "") -> None:
     """A link to a feature's page."""
     text = f"feature {feature}" + (f" · {label}" if label else "") + extra
-    st.page_link(FEATURE_PAGE, label=text, query_params={"sae": sae, "feature": str(feature)})
+    st.page_link(FEATURE_PAGE, label=md(text), query_params={"sae": sae, "feature": str(feature)})
 
 
 def open_feature(sae: str, feature: int) -> None:

@@ -1,11 +1,11 @@
-"""The explorer's access to a feature database: one read-only, sandboxed DuckDB connection shared
-by every browser session, a cursor per session, and the one write the explorer makes (manual
-labels into `annotations`).
+"""The explorer's access to a feature database: a read-only, sandboxed DuckDB connection per page
+run (opened by the run's first query, closed when the run ends), and the one write the explorer
+makes (manual labels into `annotations`).
 
-Read-only connections let other processes read the same file meanwhile (`shoggoth sql`, a second
-explorer). `shoggoth index` publishes a rebuild by renaming a new file over the old one; the store
-notices the new file and reopens. To save a label it closes its connection, writes in a short
-read-write transaction, and reopens; sessions then take fresh cursors.
+The explorer holds no connection between page runs, so it never blocks a writer for longer than
+a page takes to render: `shoggoth label`, `index`, `merge` and `harvest` can write while it is
+open (they wait for a running page, and a page waits for a committing writer). `shoggoth index`
+publishes a rebuild by renaming a new file over the old one; the next run opens the new file.
 """
 
 from __future__ import annotations
@@ -17,85 +17,73 @@ from typing import Any
 
 from core.errors import BadInput
 from index import read
-from index.database import connect, require_shoggoth, tables, transaction
+from index.database import Locked, connect, require_shoggoth, tables, transaction
 from index.schema import LABEL_TABLES
-from index.sql import SANDBOX
+from index.sql import sandbox
+
+READ_WAIT = 15.0
+"""Seconds a page waits for a writer's transaction to commit before it says the file is busy."""
 
 
 class Store:
-    """A shared read-only connection to `path` and the cursors handed out from it."""
+    """One database file as the explorer sees it: connections on demand, and a generation that
+    moves whenever the explorer itself writes (so cached queries are redone)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.RLock()
         self.generation = 0
-        self.con: Any = None
-        self.cursors: list[Any] = []
-        self.identity: tuple[int, int] | None = None
-        self._open()
+        self.open: set[Any] = set()
 
-    def _stat(self) -> tuple[int, int]:
-        st = os.stat(self.path)
+    def identity(self) -> tuple[int, int] | None:
+        """The file on disk (inode and modification time): a rename or a write changes it."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
         return st.st_ino, st.st_mtime_ns
 
-    def _open(self) -> None:
-        self.con = connect(self.path, read_only=True, config=SANDBOX)
-        self.identity = self._stat()
+    def connect(self) -> Any:
+        """A read-only, sandboxed connection for one page run (close it with `release`)."""
+        try:
+            con = connect(self.path, read_only=True, config=sandbox(), wait=READ_WAIT)
+        except Locked as e:
+            raise BadInput(f"{e} (another command is writing the database; reload the page "
+                           "in a moment)") from None
+        with self.lock:
+            self.open.add(con)
+        return con
+
+    def release(self, con: Any) -> None:
+        with self.lock:
+            self.open.discard(con)
+        con.close()
 
     def close(self) -> None:
-        """Close the connection and every cursor (other processes may then write the file)."""
+        """Close every connection still open (other processes may then write the file)."""
         with self.lock:
-            self._close()
-
-    def _close(self) -> None:
-        for cur in self.cursors:
-            cur.close()
-        self.cursors.clear()
-        if self.con is not None:
-            self.con.close()
-            self.con = None
-
-    def refresh(self) -> None:
-        """Reopen when the file on disk was replaced since it was opened."""
-        with self.lock:
-            try:
-                current = self._stat()
-            except FileNotFoundError:
-                return
-            if current != self.identity:
-                self._close()
-                self._open()
-                self.generation += 1
-
-    def cursor(self) -> tuple[int, Any]:
-        """(generation, a new cursor): a session keeps its cursor until the generation moves."""
-        with self.lock:
-            cur = self.con.cursor()
-            self.cursors.append(cur)
-            return self.generation, cur
+            for con in list(self.open):
+                self.release(con)
 
     def annotate(self, sae_id: str, feature: int, label: str | None, note: str | None,
                  author: str | None) -> None:
         """Append a manual label (it wins over the automatic one in `feature_labels`)."""
         with self.lock:
-            self._close()
+            self.close()  # this process's readers, so that it may open the file for writing
             try:
-                try:
-                    rw = connect(self.path, config=SANDBOX)
-                except BadInput as e:
-                    raise BadInput(f"cannot save the label: {e}") from None
-                try:
-                    with transaction(rw):
-                        rw.execute(f"CREATE TABLE IF NOT EXISTS annotations "
-                                   f"({LABEL_TABLES['annotations']})")
-                        rw.execute("INSERT INTO annotations (sae_id, feature, label, note, "
-                                   "author) VALUES (?, ?, ?, ?, ?)",
-                                   [sae_id, feature, label, note, author])
-                    rw.execute("CHECKPOINT")
-                finally:
-                    rw.close()
+                rw = connect(self.path, config=sandbox(), wait=READ_WAIT)
+            except BadInput as e:
+                raise BadInput(f"cannot save the label: {e}") from None
+            try:
+                with transaction(rw):
+                    rw.execute(f"CREATE TABLE IF NOT EXISTS annotations "
+                               f"({LABEL_TABLES['annotations']})")
+                    rw.execute("INSERT INTO annotations (sae_id, feature, label, note, "
+                               "author) VALUES (?, ?, ?, ?, ?)",
+                               [sae_id, feature, label, note, author])
+                rw.execute("CHECKPOINT")
             finally:
-                self._open()
+                rw.close()
                 self.generation += 1
 
 
@@ -109,7 +97,7 @@ def check_database(path: Path | None) -> str | None:
                 "--no-serve` (the built-in model and battery), or `shoggoth harvest`, `shoggoth "
                 "label` and `shoggoth index` for your own SAE.")
     try:
-        con = connect(path, read_only=True, config=SANDBOX)  # as the store opens it
+        con = connect(path, read_only=True, config=sandbox(), wait=READ_WAIT)  # as the store
     except BadInput as e:
         return str(e)
     try:

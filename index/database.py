@@ -8,8 +8,12 @@ the process at any moment leaves the previous database as it was.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import struct
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,10 +35,32 @@ def faiss_dir(db: Path) -> Path:
     return db.parent / f"{db.name}.faiss"
 
 
+WAIT = 30.0
+"""Seconds a command waits for another process's lock before it gives up: readers (the
+explorer, `shoggoth sql`) hold it for a query, writers for a transaction."""
+
+
+class Locked(BadInput):
+    """Another process holds the database's lock (a writer, or a reader while we write)."""
+
+
 def connect(path: Path, *, read_only: bool = False, what: str = "--db",
-            config: dict[str, Any] | None = None) -> Any:
+            config: dict[str, Any] | None = None, wait: float = 0.0) -> Any:
     """A DuckDB connection to an existing or new file (`config`: extra settings); BadInput in one
-    line when the file is not a DuckDB database or another process holds its lock."""
+    line when the file is not a DuckDB database, and `Locked` when another process holds its
+    lock for longer than `wait` seconds (readers such as the explorer hold it for a page's
+    queries, writers for a transaction)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _connect(path, read_only, what, config)
+        except Locked:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | None) -> Any:
     try:
         return duckdb.connect(str(path), read_only=read_only,
                               config={"default_block_size": str(BLOCK_SIZE), **(config or {})})
@@ -43,13 +69,77 @@ def connect(path: Path, *, read_only: bool = False, what: str = "--db",
         if "lock" in msg.lower():
             pid = re.search(r"PID (\d+)", msg)
             holder = f" (PID {pid.group(1)})" if pid else ""
-            raise BadInput(f"{what} {path}: locked by another process{holder}; wait for it to "
-                           "finish or close it") from None
+            raise Locked(f"{what} {path}: locked by another process{holder}; wait for it to "
+                         "finish or close it") from None
         if "not a valid DuckDB database" in msg:
             raise BadInput(f"{what} {path}: not a DuckDB database") from None
         raise BadInput(f"{what} {path}: {msg.splitlines()[0]}") from None
     except duckdb.Error as e:
         raise BadInput(f"{what} {path}: {str(e).splitlines()[0]}") from None
+
+
+def lock_holder(path: Path) -> int | None:
+    """The PID of another process holding a lock on `path` that a writer would wait for (DuckDB
+    takes fcntl locks: shared for read-only connections, exclusive for writers); None when the
+    file is free or missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    finally:
+        os.close(fd)
+    return None if kind == fcntl.F_UNLCK else pid
+
+
+def check_writable(path: Path, what: str = "--db", wait: float = 10.0) -> None:
+    """Before a long command's work: `Locked` now, naming the process, when another process
+    keeps the database locked for `wait` seconds, instead of after the work."""
+    deadline = time.monotonic() + wait
+    while (pid := lock_holder(path)) is not None:
+        if time.monotonic() >= deadline:
+            raise Locked(f"{what} {path}: in use by another process (PID {pid}); wait for it "
+                         "to finish or close it, then run this again")
+        time.sleep(0.1)
+
+
+def identity(path: Path) -> tuple[Any, ...]:
+    """What changes whenever a database is written: the file's inode, size and modification
+    time, and its write-ahead log's (a commit may still be only in the log)."""
+    def stat(p: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    return stat(path), stat(Path(f"{path}.wal"))
+
+
+@contextmanager
+def exclusive(path: Path, what: str = "--db", wait: float = 30.0) -> Iterator[None]:
+    """Hold an exclusive fcntl lock on `path` (the lock DuckDB itself takes), so no DuckDB
+    connection of another process can open it meanwhile; waits up to `wait` seconds for readers
+    and writers to finish. The lock is released when the block ends."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    pid = lock_holder(path)
+                    raise Locked(f"{what} {path}: in use by another process"
+                                 + (f" (PID {pid})" if pid else "") + "; run this again when "
+                                 "it is done") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager

@@ -27,9 +27,13 @@ from core.config import Config, option
 from core.errors import BadInput
 from index import similarity
 from index.database import (
+    WAIT,
+    check_writable,
     choose_sae,
     connect,
+    exclusive,
     faiss_dir,
+    identity,
     insert_frame,
     remove,
     require_shoggoth,
@@ -136,7 +140,8 @@ def read_harvest(cfg: IndexConfig) -> Harvest:
     """The SAE to index (its saes row), its residual sums and its persona profiles."""
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
-    con = connect(cfg.db, read_only=True)
+    check_writable(cfg.db)  # before the work, not after it
+    con = connect(cfg.db, read_only=True, wait=WAIT)
     try:
         require_shoggoth(con, cfg.db)
         sae_id, row = choose_sae(con, cfg.db, cfg.sae)
@@ -201,7 +206,7 @@ def write_files(db: Path, sae_id: str, built: Built) -> tuple[Path, dict[str, st
 
 def referenced_folders(db: Path) -> set[str]:
     """The build folders (names under `faiss_dir(db)`) the database refers to."""
-    con = connect(db, read_only=True)
+    con = connect(db, read_only=True, wait=WAIT)
     try:
         if "faiss_indexes" not in tables(con):
             return set()
@@ -255,6 +260,17 @@ def write_tables(con: Any, cfg: IndexConfig, sae_id: str, built: Built, paths: d
         con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
 
 
+def publish(partial: Path, db: Path, copied: tuple[Any, ...]) -> None:
+    """Rename the rebuilt copy over `db`, unless `db` was written since it was copied (another
+    command's work would be lost): the check and the rename happen under `db`'s exclusive lock,
+    so no writer can slip between them."""
+    with exclusive(db):
+        if identity(db) != copied:
+            raise BadInput(f"--db {db}: another command wrote it while the dictionary was built; "
+                           "nothing was replaced (its work is kept): run shoggoth index again")
+        os.replace(partial, db)  # publishes tables and files at once
+
+
 def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
                      effects: pd.DataFrame | None, note: str,
                      log: Any = print) -> dict[str, Any]:
@@ -266,9 +282,10 @@ def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
     partial = cfg.db.parent / f".{cfg.db.name}.index.partial"
     remove(partial)
     remove_unreferenced(cfg.db, sae_id)
-    fold = connect(cfg.db)  # fails if another process writes it; folds any WAL into the file
+    fold = connect(cfg.db, wait=WAIT)  # folds any WAL into the file, so the copy is complete
     fold.execute("CHECKPOINT")
     fold.close()
+    copied = identity(cfg.db)
     folder, paths = write_files(cfg.db, sae_id, built)
     published = False
     try:
@@ -279,7 +296,7 @@ def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        os.replace(partial, cfg.db)  # publishes tables and files at once
+        publish(partial, cfg.db, copied)
         published = True
     finally:
         remove(partial)

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from core.errors import BadInput
 from index.database import (
+    WAIT,
     check_same_battery,
     connect,
     harvested,
@@ -40,7 +41,7 @@ def check_target(db: Path, personas: Sequence[Persona], items: Sequence[Item]) -
         if not db.parent.is_dir():
             raise BadInput(f"--db {db}: its folder {db.parent} does not exist")
         return {}
-    con = connect(db, read_only=True)
+    con = connect(db, read_only=True, wait=WAIT)
     try:
         require_shoggoth(con, db)
         if not tables(con):
@@ -187,7 +188,7 @@ def publish_harvest(partial: Path, db: Path, personas: Sequence[Persona],
 
 def summary(db: Path, sae_id: str, seconds: float) -> dict[str, Any]:
     """Counts and sizes for the end-of-run report."""
-    con = connect(db, read_only=True)
+    con = connect(db, read_only=True, wait=WAIT)
     try:
         docs, tokens = con.execute("SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents "
                                    "WHERE sae_id = ?", [sae_id]).fetchone()

@@ -14,7 +14,15 @@ import pandas as pd
 from core.config import config_metadata, option
 from core.errors import BadInput
 from core.versions import library_versions
-from index.database import choose_sae, connect, insert_frame, require_shoggoth, transaction
+from index.database import (
+    WAIT,
+    check_writable,
+    choose_sae,
+    connect,
+    insert_frame,
+    require_shoggoth,
+    transaction,
+)
 from index.labels import LabelConfig, label_features, shuffled_within_items, split_persona
 from index.schema import create_label_tables
 
@@ -59,7 +67,8 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     """Label one SAE's features; returns the tables written (as DataFrames) and the counts."""
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
-    con = connect(cfg.db, read_only=True)
+    check_writable(cfg.db)  # before the work, not after it
+    con = connect(cfg.db, read_only=True, wait=WAIT)
     try:
         require_shoggoth(con, cfg.db)
         sae_id, sae_row = choose_sae(con, cfg.db, cfg.sae)
@@ -124,7 +133,7 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
           config: dict[str, Any]) -> None:
     """Replace this SAE's labels in one transaction (with a `runs` record); annotations are
     never touched."""
-    con = connect(db)
+    con = connect(db, wait=WAIT)
     try:
         with transaction(con):
             con.execute("INSERT INTO runs VALUES (?, 'label', ?, ?, now(), now(), 'finished')",

@@ -18,6 +18,7 @@ from typing import Any
 from core.config import Config, config_metadata, option
 from core.errors import BadInput
 from index.database import (
+    WAIT,
     check_same_battery,
     connect,
     remove,
@@ -138,7 +139,7 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
         raise BadInput(f"--db {cfg.db}: is a directory, expected a DuckDB file")
     building = None
     if cfg.db.exists():
-        con = connect(cfg.db)
+        con = connect(cfg.db, wait=WAIT)
         require_shoggoth(con, cfg.db)
     else:
         if not cfg.db.parent.is_dir():

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +22,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import write_atomic
 from core.config import Config, option
-from core.errors import BadInput
+from core.errors import BadInput, is_interrupt
 from index.database import connect
 
 SANDBOX = {
@@ -29,6 +32,14 @@ SANDBOX = {
     "allow_community_extensions": False,
     "lock_configuration": True,
 }
+MEMORY = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+DEFAULT_MEMORY_LIMIT = "4GB"
+"""Well below the 24 GB of the machines this is built on; DuckDB spills what does not fit."""
+
+
+def sandbox(memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, Any]:
+    """The sandbox settings with a memory cap (set before the configuration is locked)."""
+    return {**SANDBOX, "memory_limit": memory_limit}
 
 
 @dataclass
@@ -48,6 +59,11 @@ class SqlConfig(Config):
     """Allow statements that modify the database (still no file or network access)."""
     max_rows: int = option(1000, min=0)
     """Rows shown by the table format (the others print every row)."""
+    timeout: float = option(60.0, min=0)
+    """Seconds a query may run before it is stopped (0: no limit)."""
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
+    """DuckDB's memory cap for the query, e.g. 2GB or 500MB; a query that needs more fails with
+    one line (what fits is spilled to disk)."""
 
     def check(self) -> None:
         if not " ".join(self.query).strip():
@@ -56,30 +72,70 @@ class SqlConfig(Config):
             raise BadInput("--format parquet: needs --out FILE")
         if self.out is not None and self.out.is_dir():
             raise BadInput(f"--out {self.out}: is a directory, expected a file")
+        if not MEMORY.fullmatch(self.memory_limit.strip()):
+            raise BadInput(f"--memory-limit {self.memory_limit}: expected a size such as 2GB "
+                           "or 500MB")
 
 
-def sandboxed(db: Path, write: bool = False) -> Any:
-    """A connection that can read (or with `write`, modify) `db` and nothing else."""
+def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> Any:
+    """A connection that can read (or with `write`, modify) `db` and nothing else, within
+    `memory_limit`."""
     if not db.is_file():
         raise BadInput(f"--db {db}: no such file")
-    return connect(db, read_only=not write, config=SANDBOX)
+    return connect(db, read_only=not write, config=sandbox(memory_limit.strip()))
 
 
 def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     """Run the query; returns (columns, rows, arrow table or None) of the last statement."""
     sql = " ".join(cfg.query).strip()
-    con = sandboxed(cfg.db, cfg.write)
+    con = sandboxed(cfg.db, cfg.write, cfg.memory_limit)
     try:
-        return execute(con, sql)
+        return execute(con, sql, timeout=cfg.timeout)
     finally:
         con.close()
 
 
-def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it"
-            ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it",
+            timeout: float = 0.0) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     """Run `sql` on a sandboxed connection; (columns, rows, arrow table or None) of the last
     statement, every DuckDB error as one BadInput line (a write on a read-only connection
-    ends with `read_only_hint`)."""
+    ends with `read_only_hint`).
+
+    The query runs in a worker thread while this one waits in short steps, so that a timeout
+    (`timeout` seconds; 0: none) or Ctrl-C stops it through DuckDB's own interrupt within a
+    fraction of a second (DuckDB alone holds Ctrl-C until some queries finish)."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = _execute(con, sql, read_only_hint)
+        except BaseException as e:  # handed to the waiting thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=work, name="shoggoth-sql", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    timed_out = False
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+            if timeout and not timed_out and time.monotonic() - started > timeout:
+                timed_out = True
+                con.interrupt()
+    except KeyboardInterrupt:
+        con.interrupt()
+        worker.join(10)
+        raise
+    if timed_out:
+        raise BadInput(f"sql: stopped after {timeout:g} s (--timeout); narrow the query or "
+                       "raise --timeout")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _execute(con: Any, sql: str, read_only_hint: str
+             ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     try:
         result = con.execute(sql)
         if result.description is None:
@@ -93,7 +149,12 @@ def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it
         if "read-only" in str(e) or "read only" in str(e):
             raise BadInput(f"sql: the database is opened read-only; {read_only_hint}") from None
         raise BadInput(f"sql: {_first(e)}") from None
+    except duckdb.OutOfMemoryException as e:
+        raise BadInput(f"sql: the query needs more memory than --memory-limit allows "
+                       f"({_first(e)})") from None
     except duckdb.Error as e:
+        if is_interrupt(e):
+            raise KeyboardInterrupt from None
         raise BadInput(f"sql: {_first(e)}") from None
 
 

@@ -5,7 +5,9 @@ gets a page that says what to run."""
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -49,7 +51,8 @@ def text_of(at: AppTest) -> str:
     parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "text")
              for e in at.get(kind)]
     parts += [e.proto.label for e in at.get("page_link")]
-    return "\n".join(map(str, parts))
+    # As shown: values from the database are escaped for markdown and HTML.
+    return html.unescape(re.sub(r"\\(.)", r"\1", "\n".join(map(str, parts))))
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -189,3 +192,12 @@ def test_missing_database_says_what_to_run(tmp_path):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
     assert "shoggoth demo" in at.warning[0].value
+
+
+def test_a_link_fills_the_sql_editor_but_does_not_run_it(db):
+    """A crafted link (?query=a cross join) must not start a query on page load."""
+    query = "SELECT count(*) FROM activations a, activations b, activations c"
+    at = app(db, "views/sql.py", query=query)
+    assert at.text_area[0].value == query
+    assert not at.dataframe and not at.error
+    close_store(db)

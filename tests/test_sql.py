@@ -126,3 +126,49 @@ def test_write_needs_the_flag_and_stays_sandboxed(capfd, labelled, tmp_path):
     con.close()
     code, _, err = sql(capfd, db, f"COPY features TO '{tmp_path}/x.csv'", "--write")
     assert code == 2 and "refused" in err and not (tmp_path / "x.csv").exists()
+
+
+CROSS = "SELECT count(*) FROM activations a, activations b, activations c"
+
+
+def test_a_query_past_its_timeout_is_stopped(capfd, labelled):
+    import time
+
+    started = time.monotonic()
+    code, _, err = sql(capfd, labelled, CROSS, "--timeout", "1")
+    assert code == 2 and err == "error: sql: stopped after 1 s (--timeout); narrow the query " \
+        "or raise --timeout\n"
+    assert time.monotonic() - started < 10
+
+
+def test_a_query_past_its_memory_limit_fails_in_one_line(capfd, labelled):
+    code, _, err = sql(capfd, labelled, "SELECT list(range(20000000)) AS x", "--memory-limit",
+                       "20MB", "--timeout", "120")
+    assert code == 2 and err.count("\n") == 1 and "--memory-limit" in err, err
+    code, _, err = sql(capfd, labelled, "SELECT 1", "--memory-limit", "lots")
+    assert code == 2 and "--memory-limit lots: expected a size" in err
+
+
+def test_ctrl_c_stops_a_query_within_a_second(labelled):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import default_sigint
+
+    exe = Path(sys.executable).with_name("shoggoth")
+    started = time.monotonic()  # start-up, timed by a query that returns at once
+    subprocess.run([str(exe), "sql", "--db", str(labelled), "SELECT 1"], check=True,
+                   capture_output=True)
+    start_up = time.monotonic() - started
+    proc = subprocess.Popen([str(exe), "sql", "--db", str(labelled), "--timeout", "0", CROSS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
+    time.sleep(start_up + 2)  # well inside the query
+    assert proc.poll() is None
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.5, err
+    assert proc.returncode == 130 and err.strip() == "interrupted", err

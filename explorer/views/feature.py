@@ -4,14 +4,21 @@ label that is saved to `annotations`."""
 
 from __future__ import annotations
 
-import html
-
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from core.errors import BadInput
-from explorer.common import choose_sae, feature_link, has_table, labels_frame, q, store
+from explorer.common import (
+    choose_sae,
+    end_run,
+    feature_link,
+    has_table,
+    labels_frame,
+    md,
+    q,
+    store,
+)
 from explorer.explain import explain
 from index import read
 from index.labels import LABELS
@@ -22,7 +29,7 @@ try:
 except ValueError:
     feature = -1
 if not 0 <= feature < row["d_sae"]:
-    st.error(f"feature {st.query_params.get('feature')!r}: not a feature of {sae} "
+    st.error(f"feature {md(repr(st.query_params.get('feature')))}: not a feature of {sae} "
              f"(0 to {row['d_sae'] - 1})")
     st.stop()
 st.query_params["feature"] = str(feature)
@@ -30,7 +37,7 @@ st.query_params["feature"] = str(feature)
 stats = labels_frame(sae, feature)
 info = stats.iloc[0].to_dict() if len(stats) else None
 label = info["label"] if info else "unlabelled"
-st.title(f"Feature {feature} · {label}")
+st.title(f"Feature {feature} · {md(label)}")
 jump = st.number_input("go to feature", 0, int(row["d_sae"]) - 1, feature, key=f"go_{feature}")
 if jump != feature:
     st.query_params["feature"] = str(jump)
@@ -41,10 +48,11 @@ if info is None:
     st.info("Not labelled yet: run `shoggoth label` on this database.")
 else:
     if info["manual_label"]:
-        st.write(f"**Manual label: {info['manual_label']}** (automatic: {info['auto_label']})"
-                 + (f" — note: {info['note']}" if info["note"] else ""))
+        st.markdown(f"**Manual label: {md(info['manual_label'])}** (automatic: "
+                    f"{md(info['auto_label'])})"
+                    + (f" — note: {md(info['note'])}" if info["note"] else ""))
     for sentence in explain(info, q(read.label_thresholds, sae)):
-        st.write(sentence)
+        st.markdown(md(sentence))
     cols = st.columns(6)
     for col, (name, key) in zip(cols, [("density", "density"), ("mean act", "mean_act"),
                                        ("max act", "max_act"), ("K_eff", "k_eff"),
@@ -82,7 +90,7 @@ def shade(tokens: pd.DataFrame, fire_pos: int, top: float) -> str:
         border = "border:2px solid #d62728;" if t.pos == fire_pos else ""
         tip = f"{t.value:.3f}" if not pd.isna(t.value) else "0"
         out.append(f'<span title="{tip}" style="background:rgba(255,140,0,{alpha:.2f});'
-                   f'{border}padding:1px 2px;border-radius:3px">{html.escape(t.token)}</span>')
+                   f'{border}padding:1px 2px;border-radius:3px">{md(t.token)}</span>')
     return " ".join(out)
 
 
@@ -94,8 +102,8 @@ if has_table("examples"):
     top_value = float(ctx["fire_value"].max()) if len(ctx) else 0.0
     for _rank, part in ctx.groupby("rank", sort=True):
         first = part.iloc[0]
-        st.markdown(f"`{first.fire_value:.3f}` · {html.escape(str(first.persona))} (prompt "
-                    f"{first.paraphrase}) · {html.escape(str(first.item_id))} &nbsp; "
+        st.markdown(f"`{first.fire_value:.3f}` · {md(first.persona)} (prompt "
+                    f"{first.paraphrase}) · {md(first.item_id)} &nbsp; "
                     + shade(part, int(first.fire_pos), top_value),
                     unsafe_allow_html=True)
     st.subheader("Samples from each activation interval")
@@ -115,7 +123,7 @@ if len(hist):
 st.subheader("Logit effects")
 effects = q(read.feature_logit_effects, sae, feature)
 if effects.empty:
-    st.write(f"None stored: {row.get('logit_effects') or 'run `shoggoth index`'}.")
+    st.markdown(f"None stored: {md(row.get('logit_effects') or 'run shoggoth index')}.")
 else:
     a, b = st.columns(2)
     a.caption("promoted")
@@ -144,6 +152,7 @@ with st.form("annotate", clear_on_submit=True):
     author = st.text_input("author", key="a_author")
     if st.form_submit_button("Save label"):
         try:
+            end_run()  # this run's reader goes first: the label is a write
             store().annotate(sae, feature, choice, note or None, author or None)
         except BadInput as e:
             st.error(str(e))

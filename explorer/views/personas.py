@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer.common import choose_sae, feature_link, has_table, q
+from explorer.common import choose_sae, feature_link, has_table, md, q
 from index import read
 
 sae, row = choose_sae()
@@ -15,12 +15,12 @@ wanted = st.query_params.get("persona")
 persona = st.selectbox("persona", names, index=names.index(wanted) if wanted in names else 0)
 st.query_params["persona"] = persona
 meta = q(read.persona_table).set_index("persona").loc[persona]
-st.write(f"family **{meta.family}**" + (" · control" if meta.is_control else "")
-         + (f" of {meta.control_of}" if meta.control_of else "")
-         + (f" — {meta.description}" if meta.description else ""))
+st.markdown(f"family **{md(meta.family)}**" + (" · control" if meta.is_control else "")
+            + (f" of {md(meta.control_of)}" if meta.control_of else "")
+            + (f" — {md(meta.description)}" if meta.description else ""))
 st.subheader("Prompts")
 for p in q(read.prompts_of, persona).itertuples():
-    st.markdown(f"{p.paraphrase}. {p.prompt or '*(no system prompt)*'}")
+    st.markdown(f"{p.paraphrase}\\. {md(p.prompt) if p.prompt else '*(no system prompt)*'}")
 
 left, right = st.columns(2)
 with left:

@@ -3,13 +3,12 @@ on which tokens; or find the features most similar to one (FAISS)."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import streamlit as st
 
 from core.errors import BadInput
-from explorer.common import choose_sae, cursor, db_path, feature_link, q, version
+from explorer.common import choose_sae, cursor, db_path, feature_link, md, q, version
 from index import read
 from index.read import Dictionary, similar
 from pipeline.search import by_text, load_runner
@@ -55,7 +54,7 @@ with text_tab:
             for t, a in zip(result["tokens"], acts[:, focus], strict=True):
                 spans.append(f'<span title="{a:.3f}" style="background:rgba(255,140,0,'
                              f'{max(0.0, a) / top:.2f});padding:1px 2px;border-radius:3px">'
-                             f'{html.escape(t["token"])}</span>')
+                             f'{md(t["token"])}</span>')
             st.markdown(f"feature {focus}: max {acts[:, focus].max():.3f}<br>" + " ".join(spans),
                         unsafe_allow_html=True)
             feature_link(sae, focus)

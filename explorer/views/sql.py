@@ -13,10 +13,13 @@ from explorer.common import cursor
 from index.sql import execute
 
 QUERIES = Path(__file__).resolve().parents[2] / "docs" / "queries.sql"
+TIMEOUT = 30.0
+"""Seconds a query from this page may run (the connection's memory is capped too)."""
 
 st.title("SQL")
 st.caption("Read-only. The tables are documented in docs/schema.md. External access is "
-           "disabled: reading or writing files, ATTACH, INSTALL/LOAD and SET are refused.")
+           "disabled: reading or writing files, ATTACH, INSTALL/LOAD and SET are refused. A "
+           f"query may run {TIMEOUT:g} s and use up to 4 GB.")
 examples: dict[str, str] = {}
 if QUERIES.is_file():
     parts = re.split(r"^-- name: (\w+)\n", QUERIES.read_text(), flags=re.M)
@@ -27,10 +30,13 @@ default = st.query_params.get("query", "SELECT label, count(*) AS features FROM 
 if choice != "(write your own)":
     default = examples[choice]
 sql = st.text_area("query", default, height=200, key=f"s_query_{choice}")
-if st.button("Run", type="primary", key="s_run") or "query" in st.query_params:
+# A link may fill the editor (?query=…), but only a click runs it: a crafted link must not
+# start a query on page load.
+if st.button("Run", type="primary", key="s_run"):
     st.query_params["query"] = sql
     try:
-        columns, rows, table = execute(cursor()[1], sql, "the explorer cannot modify it")
+        columns, rows, table = execute(cursor()[1], sql, "the explorer cannot modify it",
+                                       timeout=TIMEOUT)
     except BadInput as e:
         st.error(str(e))
     else:
