@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import struct
 import time
 from collections.abc import Iterator
@@ -140,6 +141,29 @@ def exclusive(path: Path, what: str = "--db", wait: float = 30.0) -> Iterator[No
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def snapshot(db: Path, partial: Path) -> tuple[Any, ...]:
+    """Copy `db` (its write-ahead log folded in first) to `partial`, to be rebuilt aside and
+    published with `replace_unless_changed`; returns `db`'s identity at the copy."""
+    fold = connect(db, wait=WAIT)
+    fold.execute("CHECKPOINT")
+    fold.close()
+    copied = identity(db)
+    shutil.copyfile(db, partial)
+    return copied
+
+
+def replace_unless_changed(partial: Path, db: Path, copied: tuple[Any, ...],
+                           what: str = "--db") -> None:
+    """Rename the rebuilt copy `partial` over `db`, unless `db` was written since it was copied
+    (another command's work would be lost): the check and the rename happen under `db`'s
+    exclusive lock, so no writer can slip between them. A reader of the old file keeps it."""
+    with exclusive(db, what):
+        if identity(db) != copied:
+            raise BadInput(f"{what} {db}: another command wrote it meanwhile; nothing was "
+                           "replaced (its work is kept): run this command again")
+        os.replace(partial, db)
 
 
 @contextmanager

@@ -11,7 +11,6 @@ and the folders no database refers to are removed afterwards (or by the next bui
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -31,12 +30,12 @@ from index.database import (
     check_writable,
     choose_sae,
     connect,
-    exclusive,
     faiss_dir,
-    identity,
     insert_frame,
     remove,
+    replace_unless_changed,
     require_shoggoth,
+    snapshot,
     tables,
     transaction,
 )
@@ -260,17 +259,6 @@ def write_tables(con: Any, cfg: IndexConfig, sae_id: str, built: Built, paths: d
         con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
 
 
-def publish(partial: Path, db: Path, copied: tuple[Any, ...]) -> None:
-    """Rename the rebuilt copy over `db`, unless `db` was written since it was copied (another
-    command's work would be lost): the check and the rename happen under `db`'s exclusive lock,
-    so no writer can slip between them."""
-    with exclusive(db):
-        if identity(db) != copied:
-            raise BadInput(f"--db {db}: another command wrote it while the dictionary was built; "
-                           "nothing was replaced (its work is kept): run shoggoth index again")
-        os.replace(partial, db)  # publishes tables and files at once
-
-
 def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
                      effects: pd.DataFrame | None, note: str,
                      log: Any = print) -> dict[str, Any]:
@@ -282,21 +270,17 @@ def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
     partial = cfg.db.parent / f".{cfg.db.name}.index.partial"
     remove(partial)
     remove_unreferenced(cfg.db, sae_id)
-    fold = connect(cfg.db, wait=WAIT)  # folds any WAL into the file, so the copy is complete
-    fold.execute("CHECKPOINT")
-    fold.close()
-    copied = identity(cfg.db)
     folder, paths = write_files(cfg.db, sae_id, built)
     published = False
     try:
-        shutil.copyfile(cfg.db, partial)
+        copied = snapshot(cfg.db, partial)
         con = connect(partial)
         try:
             write_tables(con, cfg, sae_id, built, paths, effects, note, log)
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        publish(partial, cfg.db, copied)
+        replace_unless_changed(partial, cfg.db, copied)  # publishes tables and files at once
         published = True
     finally:
         remove(partial)

@@ -18,11 +18,12 @@ from typing import Any
 from core.config import Config, config_metadata, option
 from core.errors import BadInput
 from index.database import (
-    WAIT,
     check_same_battery,
     connect,
     remove,
+    replace_unless_changed,
     require_shoggoth,
+    snapshot,
     tables,
     transaction,
 )
@@ -137,17 +138,16 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
             raise BadInput(f"{path}: is the --db being written")
     if cfg.db.is_dir():
         raise BadInput(f"--db {cfg.db}: is a directory, expected a DuckDB file")
-    building = None
-    if cfg.db.exists():
-        con = connect(cfg.db, wait=WAIT)
-        require_shoggoth(con, cfg.db)
-    else:
-        if not cfg.db.parent.is_dir():
-            raise BadInput(f"--db {cfg.db}: its folder {cfg.db.parent} does not exist")
-        building = cfg.db.with_name(f".{cfg.db.name}.merge.partial")
-        remove(building)
-        con = connect(building)
+    # Built aside (a copy of an existing --db) and renamed into place: a killed merge leaves
+    # --db as it was, byte for byte; the next merge removes the partial file.
+    if not cfg.db.exists() and not cfg.db.parent.is_dir():
+        raise BadInput(f"--db {cfg.db}: its folder {cfg.db.parent} does not exist")
+    building = cfg.db.with_name(f".{cfg.db.name}.merge.partial")
+    remove(building)
+    copied = snapshot(cfg.db, building) if cfg.db.exists() else None
+    con = connect(building)
     try:
+        require_shoggoth(con, cfg.db)
         groups: dict[str, list[Holding]] = {}
         battery = None
         run = uuid.uuid4().hex[:8]  # catalog names no database file name can take
@@ -178,12 +178,12 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
                 create_schema(con, *read_battery(con, f"merge_input_0_{run}"))
             _copy(con, groups, None if as_is else config_metadata(cfg))
         con.execute("CHECKPOINT")
-    except BaseException:
         con.close()
-        if building is not None:
-            remove(building)
-        raise
-    con.close()
-    if building is not None:
-        os.replace(building, cfg.db)
+        if copied is None:
+            os.replace(building, cfg.db)
+        else:
+            replace_unless_changed(building, cfg.db, copied)
+    finally:
+        con.close()
+        remove(building)
     return {"db": str(cfg.db), "saes": {k: len(v) for k, v in groups.items()}}

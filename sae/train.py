@@ -168,6 +168,10 @@ def _resume_fields(cfg: TrainConfig) -> dict[str, Any]:
 def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
     """The work directory, and the checkpoint to resume from; refuses unsafe starts."""
     work = out.parent / f".{out.name}{WORK_SUFFIX}"
+    if (out / "shoggoth.json").is_file() and work.is_dir() and not cfg.resume:
+        # Killed after publishing, before its work folder was removed: the SAE is complete,
+        # the checkpoints are leftovers.
+        shutil.rmtree(work, ignore_errors=True)
     if out.exists() and not cfg.overwrite:
         raise BadInput(f"--out {out}: already exists (pass --overwrite to replace it)")
     if cfg.resume:

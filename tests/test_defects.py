@@ -333,3 +333,49 @@ def test_racing_writers_lose_no_update(tmp_path, synthetic_db, offset):
     if done["index"][0] == 0:
         assert con.execute("SELECT count(*) FROM faiss_indexes").fetchone()[0] > 0
     con.close()
+
+
+def test_a_killed_merge_leaves_an_existing_database_as_it_was(tmp_path, tiny_sae_dir):
+    """A merge into an existing file is built aside: kill -9 leaves the file byte for byte (it
+    once grew from kilobytes to megabytes), and the next merge removes the partial file."""
+    import hashlib
+
+    from index.schema import create_schema
+    from sae.personas import load_items, load_personas
+
+    args = [str(a) for a in battery(tmp_path / "b", 12)]
+    shards = [tmp_path / f"s{i}.duckdb" for i in range(2)]
+    for i, shard in enumerate(shards):
+        assert shoggoth.main(["harvest", "--db", str(shard), "--sae", str(tiny_sae_dir),
+                              "--shard", f"{i}/2", *args]) == 0
+    db = tmp_path / "all.duckdb"
+    con = duckdb.connect(str(db), config={"default_block_size": "65536"})
+    create_schema(con, load_personas(Path(args[1])), load_items(Path(args[3])))
+    con.close()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    partial = tmp_path / ".all.duckdb.merge.partial"
+    proc = subprocess.Popen([str(EXE), "merge", "--db", str(db), *map(str, shards)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    deadline = time.time() + 120
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert shoggoth.main(["merge", "--db", str(db), *map(str, shards)]) == 0
+    assert not partial.exists()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(DISTINCT sae_id) FROM documents").fetchone()[0] == 1
+    con.close()
+
+
+def test_a_train_killed_after_publishing_leaves_no_work_folder(capfd, tmp_path):
+    """The SAE was published, the kill came before its checkpoints were removed: the next run
+    of the same command removes them (and says the SAE exists)."""
+    out = build_random_sae(tmp_path / "sae", "minilm", 384, "blocks.3.hook_resid_post", 96, 8)
+    (out / "shoggoth.json").write_text("{}")
+    work = tmp_path / ".sae.partial"
+    (work / "checkpoints" / "1024").mkdir(parents=True)
+    assert shoggoth.main(["train", "--out", str(out), "--tokens", "2048"]) == 2
+    assert "already exists" in capfd.readouterr()[1]
+    assert not work.exists()
