@@ -105,26 +105,28 @@ def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it
     (`timeout` seconds; 0: none) or Ctrl-C stops it through DuckDB's own interrupt within a
     fraction of a second (DuckDB alone holds Ctrl-C until some queries finish)."""
     outcome: dict[str, Any] = {}
+    finished = threading.Event()  # (not Thread.join: an interrupted join can report a live
+    # thread as finished on Python 3.11)
 
     def work() -> None:
         try:
             outcome["result"] = _execute(con, sql, read_only_hint)
         except BaseException as e:  # handed to the waiting thread
             outcome["error"] = e
+        finally:
+            finished.set()
 
-    worker = threading.Thread(target=work, name="shoggoth-sql", daemon=True)
+    threading.Thread(target=work, name="shoggoth-sql", daemon=True).start()
     started = time.monotonic()
-    worker.start()
     timed_out = False
     try:
-        while worker.is_alive():
-            worker.join(0.05)
+        while not finished.wait(0.05):
             if timeout and not timed_out and time.monotonic() - started > timeout:
                 timed_out = True
                 con.interrupt()
     except KeyboardInterrupt:
         con.interrupt()
-        worker.join(10)
+        finished.wait(10)
         raise
     if timed_out:
         raise BadInput(f"sql: stopped after {timeout:g} s (--timeout); narrow the query or "

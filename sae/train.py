@@ -13,7 +13,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,31 @@ def _trainer_class() -> type:
     from sae_lens.training.sae_trainer import SAETrainer
 
     class Trainer(SAETrainer):
+        stop_requested = False
+        """Set by Ctrl-C during fit(); acted on at the end of the current step."""
+        stopped_at: int | None = None
+        """The checkpoint saved when it stopped (in training samples)."""
+
+        def fit(self) -> Any:
+            # Ctrl-C only asks to stop: the step in flight finishes, and the checkpoint is
+            # saved where sae-lens saves its own (after a step, before its counter moves),
+            # never halfway through a step, a sparsity-window reset or a checkpoint write.
+            if threading.current_thread() is not threading.main_thread():
+                return super().fit()
+            previous = signal.signal(signal.SIGINT,
+                                     lambda *_: setattr(self, "stop_requested", True))
+            try:
+                return super().fit()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+        def _checkpoint_if_needed(self) -> None:
+            super()._checkpoint_if_needed()
+            if self.stop_requested:
+                self.stopped_at = self.n_training_samples
+                self.save_checkpoint(checkpoint_name=str(self.n_training_samples))
+                raise KeyboardInterrupt
+
         def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 10) -> None:
             # Tokens/s is tqdm's rate, counted every step; loss, L0 (this batch) and the dead
             # fraction (the trainer's firing counters) are refreshed every `update_interval`.
@@ -143,6 +170,7 @@ def _trainer_class() -> type:
             root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=".writing-"))
             super().save_checkpoint(checkpoint_name, base_path=tmp)
+            shutil.rmtree(root / checkpoint_name, ignore_errors=True)  # the same point, again
             os.replace(tmp / checkpoint_name, root / checkpoint_name)
             shutil.rmtree(tmp, ignore_errors=True)
             for old in sorted(checkpoints(root))[:-2]:  # keep the newest two
@@ -365,6 +393,9 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
     else:
         path = work / "checkpoints" / str(run.resume_from)
         trainer.load_trainer_state(path)
+        # Checkpoints are written after a step, before sae-lens counts it: count it now, or
+        # the step's sparsity-window reset would run twice.
+        trainer.n_training_steps += 1
         sae.load_weights_from_checkpoint(path)
         store.load_from_checkpoint(path)
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
@@ -382,8 +413,10 @@ def fit(cfg: TrainConfig, trainer: Any, work: Path) -> Any:
     try:
         trained = trainer.fit()
     except KeyboardInterrupt:
-        trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
-        raise Interrupted(f"checkpoint saved in {work}; continue with --resume") from None
+        if trainer.stopped_at is None:  # before the first step: nothing to save
+            raise Interrupted(f"stopped before training began; the work is in {work}") from None
+        raise Interrupted(f"checkpoint saved in {work} at {trainer.stopped_at:,} tokens; "
+                          "continue with --resume") from None
     if not all(bool(torch.isfinite(p).all()) for p in trained.parameters()):
         shutil.rmtree(work, ignore_errors=True)
         raise BadInput(f"--lr {cfg.lr}: training diverged (the SAE's weights are no longer "

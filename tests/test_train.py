@@ -145,6 +145,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_gpt2_dir):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     first = min(int(p.name) for p in work.iterdir() if p.name.isdigit())
+    time.sleep(0.7)  # between two scheduled checkpoints (once, resuming from there crashed)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
