@@ -1,9 +1,11 @@
 """`shoggoth train`: an SAE on one hook of a model, trained by sae-lens.
 
-sae-lens does the training (its ActivationsStore, TrainingSAE and SAETrainer.fit loop). This
-module adds what the project needs around it: a built-in offline corpus, pre-tokenized contexts
-that look like the prompts measured later, checkpoints written atomically and resumable after
-kill -9, a held-out evaluation, and an output directory that appears only when training succeeded.
+sae-lens does the training (its TrainingSAE and SAETrainer.fit loop). This module adds what the
+project needs around it: a built-in offline corpus, pre-tokenized contexts that look like the
+prompts measured later, a deterministic activation stream (sae/stream.py) in place of sae-lens's
+ActivationsStore so that a resumed run equals an uninterrupted one, checkpoints written atomically
+and resumable after kill -9 or Ctrl-C, a held-out evaluation, and an output directory that
+appears only when training succeeded.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from core.atomic import publish, write_json_atomic
 from core.config import Config, config_metadata, option
 from core.errors import BadInput, Interrupted
 from core.versions import library_versions
-from sae.activations import continuation_activations
 from sae.contexts import pack_contexts, split_documents
 from sae.corpus import load_texts
 from sae.evaluate import ce_loss_recovered, evaluate_sae
 from sae.models import load_model, resolve_hook
-from sae.prompts import Batch, non_special, special_ids
+from sae.prompts import non_special, special_ids
+from sae.stream import ActivationStream, context_activations
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
 TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
@@ -77,6 +79,9 @@ class TrainConfig(Config):
     """Held-out tokens (from documents never trained on) for the final evaluation."""
     checkpoint_every: int = option(100, min=0)
     """Save a resumable checkpoint every this many steps (0: never)."""
+    keep_checkpoints: int = option(2, min=1)
+    """Checkpoints kept while training (the newest ones); all are removed once the SAE is
+    published."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
     out: Path | None = None
@@ -129,6 +134,8 @@ def _trainer_class() -> type:
     class Trainer(SAETrainer):
         stop_requested = False
         """Set by Ctrl-C during fit(); acted on at the end of the current step."""
+        keep = 2
+        """Checkpoints kept (--keep-checkpoints)."""
         stopped_at: int | None = None
         """The checkpoint saved when it stopped (in training samples)."""
 
@@ -173,7 +180,7 @@ def _trainer_class() -> type:
             shutil.rmtree(root / checkpoint_name, ignore_errors=True)  # the same point, again
             os.replace(tmp / checkpoint_name, root / checkpoint_name)
             shutil.rmtree(tmp, ignore_errors=True)
-            for old in sorted(checkpoints(root))[:-2]:  # keep the newest two
+            for old in sorted(checkpoints(root))[:-self.keep]:  # keep the newest ones
                 shutil.rmtree(root / str(old), ignore_errors=True)
 
     return Trainer
@@ -222,23 +229,12 @@ def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
     return work, None
 
 
-def eval_activations(model: Any, contexts: torch.Tensor, hook: str, keep: torch.Tensor,
-                     batch: int = 32) -> torch.Tensor:
-    """[n_kept_tokens, d] activations at `hook` for unpadded contexts, at the `keep` positions."""
-    out = []
-    for start in range(0, len(contexts), batch):
-        ids = contexts[start : start + batch]
-        b = Batch(ids, torch.ones_like(ids), keep[start : start + batch])
-        out.append(continuation_activations(model, b, hook).float().cpu())
-    return torch.cat(out)
-
-
 def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) -> dict[str, float]:
     """Evaluation of `sae` at `hook` on held-out contexts: reconstruction and sparsity on every
     non-special token, plus CE loss recovered (on up to 32 contexts) for causal LMs."""
 
     keep = non_special(model.tokenizer, contexts)
-    metrics = evaluate_sae(sae, eval_activations(model, contexts, hook, keep))
+    metrics = evaluate_sae(sae, context_activations(model, contexts, hook, keep))
     if model.is_causal:
         metrics.update(ce_loss_recovered(model, sae, hook, contexts[:32], keep[:32]))
     return metrics
@@ -354,15 +350,10 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
 def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
     """The sae-lens trainer over our contexts, with the decoder bias at the data mean (a new
     run) or the state of the newest checkpoint (a resumed one)."""
-    import datasets
     from sae_lens import LanguageModelSAETrainingRunner, TrainingSAE, TrainingSAEConfig
-    from sae_lens.training.activations_store import ActivationsStore
-
 
     model, work = run.model, run.work
     runner_cfg = runner_config(cfg, model, run.hook, run.d_sae, work / "checkpoints")
-    dataset = datasets.Dataset.from_dict({"input_ids": run.train_ctx.tolist()})
-    store = ActivationsStore.from_config(model.bridge, runner_cfg, override_dataset=dataset)
     sae = TrainingSAE.from_dict(
         TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict()
     )
@@ -373,13 +364,14 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
     sae.cfg.metadata.prepend_bos = model.prepend_bos  # our contexts start with BOS for LMs
     trainer_cfg = dataclasses.replace(runner_cfg.to_sae_trainer_config(),
                                       checkpoint_path=str(work / "checkpoints"))
-
-    def save_store_state(checkpoint_path: Path | None) -> None:
-        if checkpoint_path is not None:  # the data position, so a resume skips seen contexts
-            store.save_to_checkpoint(checkpoint_path)
-
-    trainer = _trainer_class()(sae=sae, data_provider=store, evaluator=None,
-                               save_checkpoint_fn=save_store_state, cfg=trainer_cfg)
+    stream = ActivationStream(model, run.hook, run.train_ctx,
+                              non_special(model.tokenizer, run.train_ctx), cfg.batch_tokens,
+                              cfg.seed)
+    position = 0 if run.resume_from is None else int(run.resume_from)
+    # The stream's position is the trainer's sample count, which its checkpoints save.
+    trainer = _trainer_class()(sae=sae, data_provider=stream.batches(position), evaluator=None,
+                               save_checkpoint_fn=None, cfg=trainer_cfg)
+    trainer.keep = cfg.keep_checkpoints
     if cfg.checkpoint_every:
         every = cfg.checkpoint_every * cfg.batch_tokens
         trainer.checkpoint_thresholds = list(range(every, cfg.tokens, every))
@@ -389,7 +381,7 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
         sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
         keep = non_special(model.tokenizer, sample)
         with torch.no_grad():
-            sae.b_dec.copy_(eval_activations(model, sample, run.hook, keep).mean(0))
+            sae.b_dec.copy_(context_activations(model, sample, run.hook, keep).mean(0))
     else:
         path = work / "checkpoints" / str(run.resume_from)
         trainer.load_trainer_state(path)
@@ -397,7 +389,6 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
         # the step's sparsity-window reset would run twice.
         trainer.n_training_steps += 1
         sae.load_weights_from_checkpoint(path)
-        store.load_from_checkpoint(path)
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
                                          if t > trainer.n_training_samples]
         log(f"resuming from checkpoint at {trainer.n_training_samples:,} tokens")

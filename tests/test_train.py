@@ -256,3 +256,53 @@ def test_sae_import_checks_the_model(capfd, tmp_path, tiny_gpt2_dir, tiny_gpt2_b
     code, out, err = run(capfd, "sae", "import", "--out", tmp_path / "x")
     assert code == 2 and "--path" in err
     assert nothing_written(tmp_path, before)
+
+
+def checkpoints(root: Path) -> list[int]:
+    return sorted(int(p.name) for p in root.glob("*") if p.name.isdigit())
+
+
+def weights_digest(directory: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((directory / "sae_weights.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_resume_from_every_checkpoint_equals_the_uninterrupted_run(tmp_path, tiny_gpt2_dir):
+    """Bit for bit on the CPU: the activation stream, the optimizer, the scheduler, the sparsity
+    counters and the step count all continue where the checkpoint left them."""
+    import shutil
+
+    tokens, every = 61_440, ["--checkpoint-every", "40", "--keep-checkpoints", "100"]
+    plain = tmp_path / "plain"
+    whole = train_process(tiny_gpt2_dir, plain, tokens, *every)
+    _, err = whole.communicate(timeout=400)
+    assert whole.returncode == 0, err
+    want = weights_digest(plain)
+
+    out = tmp_path / "resumed"
+    work = tmp_path / ".resumed.partial"
+    proc = train_process(tiny_gpt2_dir, out, tokens, *every)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(checkpoints(work / "checkpoints")) < 4:
+        assert proc.poll() is None, "training finished before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    pristine = tmp_path / "pristine"
+    shutil.copytree(work, pristine)
+    saved = sorted(int(p.name) for p in (pristine / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) >= 4 and saved[-1] < tokens
+    for start in (saved[0], saved[3]):  # the first, and one three windows later
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(pristine, work)
+        for later in saved:
+            if later > start:
+                shutil.rmtree(work / "checkpoints" / str(later))
+        resumed = train_process(tiny_gpt2_dir, out, tokens, *every, "--resume")
+        _, err = resumed.communicate(timeout=400)
+        assert resumed.returncode == 0, err
+        meta = json.loads((out / "shoggoth.json").read_text())
+        assert meta["resumed_from_tokens"] == start
+        assert weights_digest(out) == want, f"resumed from {start}: other weights"
+        shutil.rmtree(out)
