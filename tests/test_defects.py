@@ -379,3 +379,68 @@ def test_a_train_killed_after_publishing_leaves_no_work_folder(capfd, tmp_path):
     assert shoggoth.main(["train", "--out", str(out), "--tokens", "2048"]) == 2
     assert "already exists" in capfd.readouterr()[1]
     assert not work.exists()
+
+
+def test_writers_are_not_blocked_by_an_open_explorer(tmp_path, indexed_db):
+    """With the explorer open on a database (pages rendered, the store alive), `label` and
+    `index` write it: the explorer holds a connection only while a page runs."""
+    from streamlit.testing.v1 import AppTest
+
+    db = copy_db(indexed_db, tmp_path / "db.duckdb")
+    os.environ["SHOGGOTH_DB"] = str(db)
+    at = AppTest.from_file(str(Path(__file__).parents[1] / "explorer" / "app.py"),
+                           default_timeout=120)
+    at.run()
+    at.switch_page("views/features.py").run()
+    assert not at.exception
+    for command in (["label", "--min-docs", "5", "--alpha", "0.02"], ["index"]):
+        run = subprocess.run([str(EXE), *command, "--db", str(db)], capture_output=True,
+                             text=True, env=ENV, timeout=300)
+        assert run.returncode == 0, run.stderr
+    at.switch_page("views/overview.py").run()  # and the explorer reads the new file
+    assert not at.exception, [e.value for e in at.exception]
+    from explorer.common import store_for
+
+    store_for(str(db.resolve())).close()
+    store_for.clear()
+
+
+def test_a_locked_database_is_refused_before_the_work(tmp_path, synthetic_db):
+    """Another process writing the database: `label` says so (naming its PID) before it reads
+    millions of rows, not after its work."""
+    db = copy_db(synthetic_db, tmp_path / "db.duckdb")
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
+                               f"c = duckdb.connect({str(db)!r}); print('held', flush=True); "
+                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        run = subprocess.run([str(EXE), "label", "--db", str(db)], capture_output=True,
+                             text=True, env=ENV, timeout=300)
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"in use by another process (PID {holder.pid})" in run.stderr
+    assert took < 25  # start-up and the 10 s wait for a short reader, not the labelling
+
+
+def test_faiss_files_resolve_against_the_database_not_the_working_directory(tmp_path,
+                                                                             indexed_db):
+    (tmp_path / "a").mkdir()
+    db = copy_db(indexed_db, tmp_path / "a" / "db.duckdb")
+    elsewhere = tmp_path / "b"
+    elsewhere.mkdir()
+    run = subprocess.run([str(EXE), "search", "--db", str(db), "--feature", "3", "--similar",
+                          "--json"], capture_output=True, text=True, env=ENV, cwd=elsewhere,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert len(json.loads(run.stdout)["neighbours"]) == 10
+    # A copy without its .faiss folder does not read the original's files.
+    bare = tmp_path / "c" / "db.duckdb"
+    bare.parent.mkdir()
+    bare.write_bytes(db.read_bytes())
+    run = subprocess.run([str(EXE), "search", "--db", str(bare), "--feature", "3", "--similar"],
+                         capture_output=True, text=True, env=ENV, cwd=db.parent, timeout=120)
+    assert run.returncode == 2 and "run `shoggoth index` first" in run.stderr, run.stderr
