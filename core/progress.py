@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
+
+
+def stderr_log() -> Callable[[str], None]:
+    """A long command's step messages: dim lines on stderr, so stdout keeps only the result."""
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True)
+    return lambda message: console.print(message, style="dim", highlight=False)
 
 
 class Progress:

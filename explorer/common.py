@@ -46,15 +46,14 @@ def store() -> Store:
     return store_for(str(db_path()))
 
 
-def cursor(s: Store | None = None) -> tuple[int, Any]:
+def cursor() -> Any:
     """This session's connection for the current page run (opened by the run's first query;
-    `end_run` closes it), with the store's generation."""
-    s = s or store()
+    `end_run` closes it)."""
     con = st.session_state.get("_con")
     if con is None:
-        con = s.connect()
+        con = store().connect()
         st.session_state["_con"] = con
-    return s.generation, con
+    return con
 
 
 def end_run() -> None:
@@ -66,7 +65,7 @@ def end_run() -> None:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _cached(version: tuple[Any, ...], name: str, args: tuple[Any, ...]) -> Any:
-    return getattr(read, name)(cursor()[1], *args)
+    return getattr(read, name)(cursor(), *args)
 
 
 def version(s: Store | None = None) -> tuple[Any, ...]:

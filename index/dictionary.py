@@ -5,7 +5,7 @@ persona vectors, and (given by the caller) logit effects.
 The database is rebuilt aside and renamed over the old one, so readers keep the old file during
 a rebuild and a kill -9 leaves it intact. FAISS and .npy files live in `<db>.faiss/`, in a new
 folder per build (`<sae_id>.<build>/`) written before the database is renamed and referenced by
-it with paths relative to the database's folder: the rename publishes tables and files together,
+it with paths relative to `<db>.faiss/`: the rename publishes tables and files together,
 and the folders no database refers to are removed afterwards (or by the next build).
 """
 

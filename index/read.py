@@ -42,8 +42,7 @@ class Dictionary:
         require_shoggoth(self.con, db)
         self.sae_id, self.row = choose_sae(self.con, db, sae)
         self.tables = tables(self.con)
-        self.labelled = bool(self.con.execute(
-            "SELECT count(*) FROM duckdb_views() WHERE view_name = 'feature_labels'").fetchone()[0])
+        self.labelled = has_table(self.con, "feature_labels")
 
     def close(self) -> None:
         if self.owned:
@@ -89,16 +88,10 @@ class Dictionary:
 
     def persona_prompts(self, persona: str) -> list[str]:
         """A persona's system prompts, by paraphrase."""
-        return [r[0] for r in self.con.execute(
-            "SELECT prompt FROM persona_prompts WHERE persona = ? ORDER BY paraphrase",
-            [persona]).fetchall()]
-
-    def personas(self) -> list[str]:
-        return [r[0] for r in self.con.execute(
-            "SELECT persona::VARCHAR FROM personas ORDER BY persona").fetchall()]
+        return prompts_of(self.con, persona)["prompt"].tolist()
 
     def check_persona(self, persona: str) -> None:
-        names = self.personas()
+        names = persona_names(self.con)
         if persona not in names:
             raise BadInput(f"--persona {persona}: not in this database's battery (it has "
                            f"{', '.join(names)})")

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core.config import config_options
+from core.progress import stderr_log
 from index.dictionary import IndexConfig
 from pipeline.dictionary import index_harvest
 from pipeline.harvest import HarvestConfig, harvest
@@ -44,8 +45,7 @@ def harvest_command(cfg: HarvestConfig) -> None:
     """Run the model under every persona of the battery on the same answers, encode the answer
     tokens with the SAE, and store the non-zero activations in a DuckDB feature database.
     Resumable: rerun the same command after an interruption."""
-    err = Console(stderr=True, soft_wrap=True)
-    print_summary(harvest(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False)))
+    print_summary(harvest(cfg, log=stderr_log()))
 
 
 @click.command("index")
@@ -54,8 +54,7 @@ def index_command(cfg: IndexConfig) -> None:
     """Build the feature dictionary of a harvested SAE: top and interval examples, activation
     histograms, FAISS neighbours by decoder direction and by persona profile, and logit effects
     (causal LMs). Rebuilt aside and renamed into place."""
-    err = Console(stderr=True, soft_wrap=True)
-    result = index_harvest(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
+    result = index_harvest(cfg, log=stderr_log())
     Console(soft_wrap=True).print(
         f"{cfg.db} · {result['sae_id']} · {result['features']:,} features indexed in "
         f"{result['seconds']} s · decoder index {result['decoder_index']} (recall@10 "

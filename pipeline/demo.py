@@ -15,6 +15,7 @@ from rich.console import Console
 
 from core.config import Config, option
 from core.errors import BadInput
+from core.progress import stderr_log
 from index.dictionary import IndexConfig, faiss_dir
 from index.label_db import LabelRunConfig, label_database
 from index.status import sae_status
@@ -72,9 +73,8 @@ def train_step(out: Path) -> tuple[Callable[[], Any] | None, str]:
     partial = out / f".{SAE_NAME}.partial"
     resume = bool(list(partial.glob("checkpoints/[0-9]*")))
     overwrite = not resume and (partial.exists() or sae.exists())
-    log = Console(stderr=True, soft_wrap=True)
     cfg = TrainConfig(out=sae, resume=resume, overwrite=overwrite)
-    return (lambda: train(cfg, log=lambda m: log.print(m, style="dim", highlight=False)),
+    return (lambda: train(cfg, log=stderr_log()),
             "resuming" if resume else "no trained SAE yet")
 
 
@@ -96,11 +96,7 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
         shutil.rmtree(faiss_dir(db), ignore_errors=True)
     personas, items = load_personas(), load_items()
     size = f"{sum(len(p.prompts) for p in personas)} prompts × {len(items)} answers"
-    log = Console(stderr=True, soft_wrap=True)
-
-    def quiet(m: str) -> None:
-        log.print(m, style="dim", highlight=False)
-
+    quiet = stderr_log()
     steps.run(2, "harvest the persona battery",
               None if status.harvested else
               lambda: harvest(HarvestConfig(db=db, sae=sae), log=quiet),

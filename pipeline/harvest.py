@@ -26,7 +26,7 @@ from core.progress import Progress
 from core.versions import library_versions
 from index import harvest_db
 from sae.encode import Harvester, check_lengths, check_tokens, decimals_for
-from sae.grid import Unit, grid_units, parse_shard, shard_units
+from sae.grid import Unit, count_units, grid_units, parse_shard, shard_units
 from sae.models import load_model, resolve_device
 from sae.personas import load_items, load_personas
 from sae.prompts import Template
@@ -93,7 +93,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
         raise BadInput(f"--sae-id {sae_id!r}: use letters, digits, '.', '_' and '-'")
     personas = load_personas(cfg.personas)
     items = load_items(cfg.items)
-    n_units = sum(len(p.prompts) for p in personas) * -(-len(items) // cfg.batch_size)
+    n_units = count_units(personas, len(items), cfg.batch_size)
     if shard[1] > n_units:
         raise BadInput(f"--shard {cfg.shard}: the grid has {n_units:,} batches, so some shards "
                        f"would be empty; use at most {n_units:,} shards")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from core.config import Config, config_metadata, config_options
 from core.errors import BadInput
+from core.progress import stderr_log
 from sae.activations import activations
 from sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
 from sae.prompts import Template, build_prompt, collate, pad_id
@@ -156,8 +157,7 @@ def print_evaluation(title: str, meta: dict[str, object]) -> None:
 def train_command(cfg: TrainConfig) -> None:
     """Train an SAE on a model's residual stream with sae-lens (offline on MiniLM by default),
     evaluate it on held-out tokens, and write a directory sae_lens.SAE.load_from_disk reads."""
-    err = Console(stderr=True, soft_wrap=True)
-    out = train(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
+    out = train(cfg, log=stderr_log())
     meta = json.loads((out / "shoggoth.json").read_text())
     print_evaluation(f"{out} · {meta['hook']} · {meta['architecture']} d_sae {meta['d_sae']} · "
                      f"{meta['training_tokens']:,} tokens in {meta['train_seconds']} s", meta)
@@ -173,8 +173,7 @@ def sae_group() -> None:
 def import_command(cfg: ImportConfig) -> None:
     """Register an existing SAE (local sae-lens directory, or --release/--sae-id from the
     sae-lens registry) for a model: checks d_in and hook, evaluates it, writes it like train."""
-    err = Console(stderr=True, soft_wrap=True)
-    out = import_sae(cfg, log=lambda msg: err.print(msg, style="dim", highlight=False))
+    out = import_sae(cfg, log=stderr_log())
     meta = json.loads((out / "shoggoth.json").read_text())
     if meta.get("evaluation"):
         print_evaluation(f"{out} · {meta['hook']} · imported", meta)

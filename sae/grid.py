@@ -40,6 +40,11 @@ def shard_units(units: list[Unit], shard: tuple[int, int]) -> list[Unit]:
     return units[i * len(units) // n : (i + 1) * len(units) // n]
 
 
+def count_units(personas: list[Persona], n_items: int, batch_size: int) -> int:
+    """How many units `grid_units` makes (without tokenizing anything)."""
+    return sum(len(p.prompts) for p in personas) * -(-n_items // batch_size)
+
+
 def grid_units(personas: list[Persona], lengths: list[int], batch_size: int) -> list[Unit]:
     """Every batch of the grid, in the order they are harvested. Items are ordered by prompt
     length so that a batch pads little; every persona paraphrase uses the same batches."""

@@ -19,7 +19,7 @@ MAX_POINTS = 20_000
 
 @st.cache_data(show_spinner="projecting the decoder ...")
 def projection(db: tuple[Any, ...], sae_id: str) -> pd.DataFrame:
-    index: Any = Dictionary(db_path(), sae_id, con=cursor()[1]).faiss_index("decoder")
+    index: Any = Dictionary(db_path(), sae_id, con=cursor()).faiss_index("decoder")
     w = index.reconstruct_n(0, index.ntotal)  # unit decoder rows, as indexed
     w = w - w.mean(axis=0)
     _, _, vt = np.linalg.svd(w[np.random.default_rng(0).choice(len(w), min(len(w), 20_000),

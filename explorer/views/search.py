@@ -16,16 +16,16 @@ from pipeline.search import by_text, load_runner
 
 @st.cache_resource(show_spinner="loading the model and SAE ...")
 def runner(db: tuple[Any, ...], sae_id: str) -> tuple[Any, Any]:
-    return load_runner(Dictionary(db_path(), sae_id, con=cursor()[1]))
+    return load_runner(Dictionary(db_path(), sae_id, con=cursor()))
 
 
 @st.cache_resource(show_spinner=False)
 def decoder_index(db: tuple[Any, ...], sae_id: str) -> Any:
-    return Dictionary(db_path(), sae_id, con=cursor()[1]).faiss_index("decoder")
+    return Dictionary(db_path(), sae_id, con=cursor()).faiss_index("decoder")
 
 
 sae, row = choose_sae()
-_, cur = cursor()
+cur = cursor()
 st.title("Search")
 text_tab, similar_tab = st.tabs(["by text", "similar features"])
 with text_tab:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.errors import BadInput
 from explorer.common import cursor
-from index.sql import execute
+from index.sql import DEFAULT_MEMORY_LIMIT, execute
 
 QUERIES = Path(__file__).resolve().parents[2] / "docs" / "queries.sql"
 TIMEOUT = 30.0
@@ -19,7 +19,7 @@ TIMEOUT = 30.0
 st.title("SQL")
 st.caption("Read-only. The tables are documented in docs/schema.md. External access is "
            "disabled: reading or writing files, ATTACH, INSTALL/LOAD and SET are refused. A "
-           f"query may run {TIMEOUT:g} s and use up to 4 GB.")
+           f"query may run {TIMEOUT:g} s and use up to {DEFAULT_MEMORY_LIMIT}.")
 examples: dict[str, str] = {}
 if QUERIES.is_file():
     parts = re.split(r"^-- name: (\w+)\n", QUERIES.read_text(), flags=re.M)
@@ -35,7 +35,7 @@ sql = st.text_area("query", default, height=200, key=f"s_query_{choice}")
 if st.button("Run", type="primary", key="s_run"):
     st.query_params["query"] = sql
     try:
-        columns, rows, table = execute(cursor()[1], sql, "the explorer cannot modify it",
+        columns, rows, table = execute(cursor(), sql, "the explorer cannot modify it",
                                        timeout=TIMEOUT)
     except BadInput as e:
         st.error(str(e))
