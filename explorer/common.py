@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from explorer.store import Store
 from index import read
@@ -54,6 +56,16 @@ def cursor() -> Any:
         con = store().connect()
         st.session_state["_con"] = con
     return con
+
+
+def session_gone() -> Callable[[], bool]:
+    """A check, safe from any thread, that this browser session has ended (its tab closed or its
+    connection lost): a query it started is then cancelled instead of running on for nobody."""
+    ctx = get_script_run_ctx()
+    if ctx is None or not runtime.exists():  # (AppTest runs pages without a server)
+        return lambda: False
+    server, session_id = runtime.get_instance(), ctx.session_id
+    return lambda: not server.is_active_session(session_id)
 
 
 def end_run() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.atomic import write_atomic
+from core.atomic import file_sha256, write_atomic
 from core.config import Config, option
 from core.errors import BadInput
 from index import similarity
@@ -253,9 +253,12 @@ def write_tables(con: Any, cfg: IndexConfig, sae_id: str, built: Built, paths: d
             if frame is not None:
                 insert_frame(con, table, frame, [sae_id])
         for name, index, shape in built.indexes:
-            con.execute("INSERT INTO faiss_indexes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            con.execute("INSERT INTO faiss_indexes BY NAME SELECT ? AS sae_id, ? AS name, "
+                        "? AS path, ? AS kind, ? AS n, ? AS d, ? AS recall_at_10, "
+                        "? AS ef_search, ? AS sha256",
                         [sae_id, name, paths[name], index.kind, shape[0], shape[1],
-                         index.recall_at_10, index.ef_search])
+                         index.recall_at_10, index.ef_search,
+                         file_sha256(faiss_dir(cfg.db) / paths[name])])
         con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
 
 

@@ -8,6 +8,7 @@ owns); the functions below it take one.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.atomic import file_sha256
 from core.errors import BadInput
 from index.database import choose_sae, connect, faiss_dir, require_shoggoth, tables
 from index.labels import LabelConfig
@@ -27,6 +29,17 @@ WHERE l.sae_id = ? AND l.label IN ('mask-specific', 'mask-family')
 ORDER BY l.label DESC, f.auroc DESC LIMIT ?"""
 """A persona's mask-specific, then mask-family, features (labels in force), by AUROC;
 parameters: sae_id, persona, persona, limit."""
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def cached_sha256(path: Path) -> str:
+    """A file's sha256, hashed once per (path, size, modification time) in this process."""
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 class Dictionary:
@@ -74,12 +87,17 @@ class Dictionary:
 
         row = None
         if "faiss_indexes" in self.tables:
-            row = self.con.execute("SELECT path FROM faiss_indexes WHERE sae_id = ? AND name = ?",
-                                   [self.sae_id, name]).fetchone()
-        path = None if row is None else self.file(row[0])
+            row = self.con.execute("SELECT * FROM faiss_indexes WHERE sae_id = ? AND name = ?",
+                                   [self.sae_id, name]).fetchdf()
+        path = None if row is None or row.empty else self.file(row["path"].iloc[0])
         if path is None or not path.is_file():
             raise BadInput(f"--db {self.db}: no {name} index for '{self.sae_id}'; run "
                            "`shoggoth index` first")
+        expected = row["sha256"].iloc[0] if "sha256" in row else None
+        if expected is not None and cached_sha256(path) != expected:
+            raise BadInput(f"--db {self.db}: the {name} index {path} is not the one this database "
+                           f"was indexed with (its sha256 differs); run `shoggoth index --db "
+                           f"{self.db}` again")
         return faiss.read_index(str(path))
 
     def file(self, stored: str) -> Path:

@@ -101,7 +101,7 @@ INDEX_TABLES: dict[str, str] = {
     "faiss_indexes": """
         sae_id VARCHAR NOT NULL, name VARCHAR NOT NULL, path VARCHAR NOT NULL,
         kind VARCHAR NOT NULL, n INTEGER NOT NULL, d INTEGER NOT NULL, recall_at_10 DOUBLE,
-        ef_search INTEGER, PRIMARY KEY (sae_id, name)""",
+        ef_search INTEGER, sha256 VARCHAR, PRIMARY KEY (sae_id, name)""",
     "persona_vectors": """
         sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, row INTEGER NOT NULL,
         path VARCHAR NOT NULL, is_control BOOLEAN NOT NULL, n_tokens BIGINT NOT NULL,
@@ -135,6 +135,8 @@ def create_index_tables(con: Any) -> None:
     con.execute("ALTER TABLE saes ADD COLUMN IF NOT EXISTS logit_effects VARCHAR")
     for table, columns in INDEX_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    # The FAISS file's hash, checked when it is read, proves it belongs to this database.
+    con.execute("ALTER TABLE faiss_indexes ADD COLUMN IF NOT EXISTS sha256 VARCHAR")
     con.execute(EXAMPLE_CONTEXTS_MACRO)
 
 

@@ -13,6 +13,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -96,14 +97,17 @@ def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
 
 
 def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it",
-            timeout: float = 0.0) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+            timeout: float = 0.0, cancelled: Callable[[], bool] | None = None
+            ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     """Run `sql` on a sandboxed connection; (columns, rows, arrow table or None) of the last
     statement, every DuckDB error as one BadInput line (a write on a read-only connection
     ends with `read_only_hint`).
 
     The query runs in a worker thread while this one waits in short steps, so that a timeout
     (`timeout` seconds; 0: none) or Ctrl-C stops it through DuckDB's own interrupt within a
-    fraction of a second (DuckDB alone holds Ctrl-C until some queries finish)."""
+    fraction of a second (DuckDB alone holds Ctrl-C until some queries finish). `cancelled`,
+    polled as it waits, stops it the same way when whoever asked has gone (a closed browser
+    tab)."""
     outcome: dict[str, Any] = {}
     finished = threading.Event()  # (not Thread.join: an interrupted join can report a live
     # thread as finished on Python 3.11)
@@ -118,11 +122,16 @@ def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it
 
     threading.Thread(target=work, name="shoggoth-sql", daemon=True).start()
     started = time.monotonic()
-    timed_out = False
+    timed_out = gone = False
     try:
         while not finished.wait(0.05):
-            if timeout and not timed_out and time.monotonic() - started > timeout:
+            if timed_out or gone:
+                continue
+            if timeout and time.monotonic() - started > timeout:
                 timed_out = True
+                con.interrupt()
+            elif cancelled is not None and cancelled():
+                gone = True
                 con.interrupt()
     except KeyboardInterrupt:
         con.interrupt()
@@ -131,6 +140,8 @@ def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it
     if timed_out:
         raise BadInput(f"sql: stopped after {timeout:g} s (--timeout); narrow the query or "
                        "raise --timeout")
+    if gone:
+        raise BadInput("sql: cancelled (whoever asked for it has gone)")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]

@@ -4,12 +4,12 @@ against a model."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+from core.atomic import file_sha256
 from core.errors import BadInput
 
 SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
@@ -39,11 +39,7 @@ def load_sae_dir(path: Path, device: str) -> Any:
 
 def weights_sha256(sae_dir: Path) -> str:
     """sha256 of the SAE's weights file (tells two SAEs with the same name apart)."""
-    digest = hashlib.sha256()
-    with (sae_dir / "sae_weights.safetensors").open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(sae_dir / "sae_weights.safetensors")
 
 
 def sae_model_name(path: Path, sae: Any) -> str | None:

@@ -26,6 +26,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVER_PID: dict[str, int] = {}
+"""The Streamlit process behind each `server` URL."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.fixture()
 def server(indexed_db, tmp_path):
     db = Path(os.environ.get("SHOGGOTH_BROWSER_DB", "")) if os.environ.get(
@@ -49,6 +59,7 @@ def server(indexed_db, tmp_path):
         time.sleep(0.3)
     server = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     assert len(server) == 1  # the Streamlit process
+    SERVER_PID[url] = int(server[0])
     yield url
     proc.terminate()
     proc.wait(timeout=20)
@@ -92,3 +103,34 @@ def test_explorer_in_a_real_browser(server, tmp_path):
             assert page.get_by_text("Traceback").count() == 0, path
         browser.close()
     assert (shots / "explorer-feature.png").stat().st_size > 10_000
+
+
+HEAVY = ("SELECT count(*) FROM range(1000000) a, range(1000000) b "
+         "WHERE (a.range * 7 + b.range) % 1000003 = 5")
+"""10^12 rows: it would run until the SQL page's 30 s timeout."""
+
+
+def test_closing_the_tab_cancels_its_query(server):
+    """A query started from the SQL page stops when its browser tab closes, instead of keeping
+    both cores busy for nobody until the timeout."""
+    if CHROMIUM is None:
+        pytest.fail("Chromium is missing: `apt-get install chromium` (.ci/run does it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    pid = SERVER_PID[server]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{server}/sql")
+        expect(page.get_by_role("heading", name="SQL", exact=True)).to_be_visible(timeout=60_000)
+        page.get_by_label("query").fill(HEAVY)
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_timeout(3000)
+        busy = cpu_seconds(pid)
+        page.wait_for_timeout(2000)
+        assert cpu_seconds(pid) - busy > 1.0  # the query is running (on both cores)
+        browser.close()
+    time.sleep(2)  # the server sees the socket close and interrupts DuckDB
+    idle = cpu_seconds(pid)
+    time.sleep(4)
+    assert cpu_seconds(pid) - idle < 0.5, "the query kept running after its tab closed"

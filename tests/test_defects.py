@@ -5,6 +5,7 @@ parent."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import duckdb
+import faiss
+import numpy as np
 import pytest
 from conftest import battery, build_random_sae, copy_db, default_sigint
 
@@ -226,6 +229,8 @@ def test_interrupting_a_database_write_keeps_a_whole_database(tmp_path, syntheti
         assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".db.duckdb")]
     run = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=600)
     assert run.returncode == 0 and DONE[command] in run.stdout, run.stderr
+    # The successful rerun leaves the database alone: no write-ahead log, no partial copy.
+    assert {p.name for p in tmp_path.iterdir()} <= {"db.duckdb", "db.duckdb.faiss"}
 
 
 def free_port() -> int:
@@ -444,3 +449,46 @@ def test_faiss_files_resolve_against_the_database_not_the_working_directory(tmp_
     run = subprocess.run([str(EXE), "search", "--db", str(bare), "--feature", "3", "--similar"],
                          capture_output=True, text=True, env=ENV, cwd=db.parent, timeout=120)
     assert run.returncode == 2 and "run `shoggoth index` first" in run.stderr, run.stderr
+
+
+def test_a_faiss_file_that_is_not_the_databases_own_is_refused(tmp_path, indexed_db):
+    """The database stores each FAISS file's sha256 and checks it on reading, so a folder copied
+    from another database (or a file changed since) is never read as this one's."""
+    db = copy_db(indexed_db, tmp_path / "db.duckdb")
+    con = duckdb.connect(str(db), read_only=True)
+    stored, sha = con.execute("SELECT path, sha256 FROM faiss_indexes WHERE name = 'decoder'"
+                              ).fetchone()
+    con.close()
+    path = db.parent / f"{db.name}.faiss" / stored
+    assert len(sha) == 64 and hashlib.sha256(path.read_bytes()).hexdigest() == sha
+    other = faiss.IndexFlatIP(faiss.read_index(str(path)).d)
+    other.add(np.eye(4, other.d, dtype=np.float32))
+    faiss.write_index(other, str(path))
+    run = subprocess.run([str(EXE), "search", "--db", str(db), "--feature", "3", "--similar"],
+                         capture_output=True, text=True, env=ENV, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "is not the one this database was indexed with" in run.stderr
+
+
+@pytest.mark.slow
+def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(tmp_path,
+                                                                            indexed_db,
+                                                                            tiny_sae_dir):
+    """No write-ahead log, partial copy or build folder stays beside a database after a
+    command that wrote it succeeds: label, index, a harvest into it, a merge into it."""
+    db = copy_db(indexed_db, tmp_path / "db.duckdb")
+    args = battery(tmp_path / "b", 30)
+    before = set((tmp_path / "db.duckdb.faiss").iterdir())
+    other = tmp_path / "other" / "db.duckdb"
+    other.parent.mkdir()
+    for argv in (["label", "--db", db, "--min-docs", "5"], ["index", "--db", db],
+                 ["harvest", "--db", db, "--sae", tiny_sae_dir, "--sae-id", "second", *args],
+                 ["harvest", "--db", other, "--sae", tiny_sae_dir, "--sae-id", "third", *args],
+                 ["merge", "--db", db, other]):
+        run = subprocess.run([str(EXE), *map(str, argv)], capture_output=True, text=True,
+                             env=ENV, timeout=300)
+        assert run.returncode == 0, (argv, run.stderr)
+        left = {p.name for p in tmp_path.iterdir()} - {"b", "other"}
+        assert left == {"db.duckdb", "db.duckdb.faiss"}, (argv[0], left)
+    after = set((tmp_path / "db.duckdb.faiss").iterdir())
+    assert len(after) == len(before) and after != before  # one build folder, the new one

@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.errors import BadInput
-from explorer.common import cursor
+from explorer.common import cursor, session_gone
 from index.sql import DEFAULT_MEMORY_LIMIT, execute
 
 QUERIES = Path(__file__).resolve().parents[2] / "docs" / "queries.sql"
@@ -19,7 +19,8 @@ TIMEOUT = 30.0
 st.title("SQL")
 st.caption("Read-only. The tables are documented in docs/schema.md. External access is "
            "disabled: reading or writing files, ATTACH, INSTALL/LOAD and SET are refused. A "
-           f"query may run {TIMEOUT:g} s and use up to {DEFAULT_MEMORY_LIMIT}.")
+           f"query may run {TIMEOUT:g} s and use up to {DEFAULT_MEMORY_LIMIT}; closing the tab "
+           "cancels it.")
 examples: dict[str, str] = {}
 if QUERIES.is_file():
     parts = re.split(r"^-- name: (\w+)\n", QUERIES.read_text(), flags=re.M)
@@ -36,7 +37,7 @@ if st.button("Run", type="primary", key="s_run"):
     st.query_params["query"] = sql
     try:
         columns, rows, table = execute(cursor(), sql, "the explorer cannot modify it",
-                                       timeout=TIMEOUT)
+                                       timeout=TIMEOUT, cancelled=session_gone())
     except BadInput as e:
         st.error(str(e))
     else:
