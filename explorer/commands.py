@@ -97,7 +97,7 @@ def demo(cfg: DemoConfig) -> None:
 @click.command("demo")
 @config_options(DemoConfig)
 def demo_command(cfg: DemoConfig) -> None:
-    """From nothing to the explorer, offline: train the default SAE on MiniLM, harvest the
-    built-in persona battery, label, index, then serve the explorer. Steps whose outputs are
-    up to date are skipped."""
+    """From nothing to the explorer, offline: train an SAE on SmolLM2-135M-Instruct (a chat
+    model; --model minilm for the quick encoder path), harvest the built-in persona battery,
+    label, index, then serve the explorer. Steps whose outputs are up to date are skipped."""
     demo(cfg)

@@ -230,7 +230,8 @@ def check_same_battery(con: Any, path: Path, other: dict[str, list[tuple[Any, ..
     for table, rows in battery_rows(con, catalog).items():
         if rows != other[table]:
             raise BadInput(f"{what} {path}: holds a different persona battery ({table} differ); "
-                           "use the same --personas and --items, or another database")
+                           "use the same --personas, --items, --paraphrases and --items-per-topic, "
+                           "or another database")
 
 
 def harvested(con: Any, sae_id: str, catalog: str | None = None) -> dict[str, Any] | None:

@@ -1,15 +1,16 @@
-"""`shoggoth demo`, the building part: train the default SAE on MiniLM, harvest the built-in
-battery, label, index — each step run as a function, and skipped when the database says it is up
-to date. Serving the explorer is the CLI's last step (explorer/commands.py)."""
+"""`shoggoth demo`, the building part: train the demo SAE (on SmolLM2-135M-Instruct by default,
+MiniLM with `--model minilm`), harvest the battery, label, index — each step run as a function,
+and skipped when the database says it is up to date. Serving the explorer is the CLI's last step
+(explorer/commands.py)."""
 
 from __future__ import annotations
 
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
@@ -21,18 +22,52 @@ from index.label_db import LabelRunConfig, label_database
 from index.status import sae_status
 from pipeline.dictionary import index_harvest
 from pipeline.harvest import HarvestConfig, harvest
-from sae.personas import load_items, load_personas
+from sae.personas import load_items, load_personas, subset_items, subset_personas
 from sae.sae_dir import weights_sha256
 from sae.train import TrainConfig, train
 
-SAE_NAME = "sae-minilm-blocks.3.hook_resid_post-topk"
 STEPS = 5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the demo builds on one model: its hook, training and harvest settings, chosen to
+    finish within 15 minutes on 2 CPU cores."""
+
+    model: str
+    layer: int
+    """The hooked block (resid_post), chosen by benchmarks/persona_layer_probe.py for SmolLM2."""
+    db_name: str
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig settings beyond the defaults."""
+    harvest: dict[str, Any] = field(default_factory=dict)
+    """HarvestConfig settings: a deterministic subset of the battery, recorded in the database."""
+
+    @property
+    def sae_name(self) -> str:
+        return f"sae-{self.model}-blocks.{self.layer}.hook_resid_post-topk"
+
+    @property
+    def what(self) -> str:
+        return {"smollm2": "SmolLM2-135M-Instruct (Q4_1, dequantized)",
+                "minilm": "MiniLM"}.get(self.model, self.model)
+
+
+RECIPES = {
+    "smollm2": Recipe("smollm2", 9, "demo.duckdb",
+                      train={"tokens": 200_000, "expansion": 4, "k": 32},
+                      harvest={"paraphrases": 3, "items_per_topic": 3}),
+    "minilm": Recipe("minilm", 3, "demo-minilm.duckdb"),
+}
 
 
 @dataclass
 class DemoConfig(Config):
     """`shoggoth demo`: from nothing to the explorer on the built-in model and battery."""
 
+    model: Literal["smollm2", "minilm"] = "smollm2"
+    """smollm2: the chat model, on a subset of the battery; minilm: the quick path (an encoder
+    that wears no mask), on the whole battery."""
     out: Path = Path("runs")
     """Folder for the trained SAE and the feature database."""
     serve: bool = True
@@ -65,15 +100,16 @@ class Steps:
                            highlight=False)
 
 
-def train_step(out: Path) -> tuple[Callable[[], Any] | None, str]:
-    """Train the default SAE unless it exists; resume an interrupted run."""
-    sae = out / SAE_NAME
+def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str]:
+    """Train the demo SAE unless it exists; resume an interrupted run."""
+    sae = out / recipe.sae_name
     if (sae / "shoggoth.json").is_file():
         return None, str(sae)
-    partial = out / f".{SAE_NAME}.partial"
+    partial = out / f".{recipe.sae_name}.partial"
     resume = bool(list(partial.glob("checkpoints/[0-9]*")))
     overwrite = not resume and (partial.exists() or sae.exists())
-    cfg = TrainConfig(out=sae, resume=resume, overwrite=overwrite)
+    cfg = TrainConfig(model=recipe.model, layer=recipe.layer, out=sae, resume=resume,
+                      overwrite=overwrite, **recipe.train)
     return (lambda: train(cfg, log=stderr_log()),
             "resuming" if resume else "no trained SAE yet")
 
@@ -81,12 +117,13 @@ def train_step(out: Path) -> tuple[Callable[[], Any] | None, str]:
 def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     """Build what is missing or stale; returns the database to explore."""
     cfg.out.mkdir(parents=True, exist_ok=True)
-    sae, db = cfg.out / SAE_NAME, cfg.out / "demo.duckdb"
+    recipe = RECIPES[cfg.model]
+    sae, db = cfg.out / recipe.sae_name, cfg.out / recipe.db_name
     console = console or Console(soft_wrap=True)
     steps = Steps(console)
     started = time.time()
-    step, why = train_step(cfg.out)
-    steps.run(1, "train the SAE on MiniLM", step, why)
+    step, why = train_step(cfg.out, recipe)
+    steps.run(1, f"train the SAE on {recipe.what}", step, why)
 
     status = sae_status(db, weights_sha256(sae))
     if status.other_sae:  # retrained SAE: its old harvest no longer applies
@@ -94,12 +131,13 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
                       highlight=False)
         db.unlink()
         shutil.rmtree(faiss_dir(db), ignore_errors=True)
-    personas, items = load_personas(), load_items()
+    personas = subset_personas(load_personas(), recipe.harvest.get("paraphrases"))
+    items = subset_items(load_items(), recipe.harvest.get("items_per_topic"))
     size = f"{sum(len(p.prompts) for p in personas)} prompts × {len(items)} answers"
     quiet = stderr_log()
     steps.run(2, "harvest the persona battery",
               None if status.harvested else
-              lambda: harvest(HarvestConfig(db=db, sae=sae), log=quiet),
+              lambda: harvest(HarvestConfig(db=db, sae=sae, **recipe.harvest), log=quiet),
               f"{db}, {status.documents:,} documents" if status.harvested else size)
     steps.run(3, "label the features",
               None if status.labelled else lambda: label_database(LabelRunConfig(db=db)),

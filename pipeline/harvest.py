@@ -28,14 +28,14 @@ from index import harvest_db
 from sae.encode import Harvester, check_lengths, check_tokens, decimals_for
 from sae.grid import Unit, count_units, grid_units, parse_shard, shard_units
 from sae.models import load_model, resolve_device
-from sae.personas import load_items, load_personas
+from sae.personas import load_items, load_personas, subset_items, subset_personas
 from sae.prompts import Template
 from sae.sae_dir import SAE_ID, check_fits, load_sae_dir, sae_model_name, weights_sha256
 
 # Run settings that decide which rows a harvest writes: a partial harvest is only resumed, and a
 # finished one only recognised as done, when these match.
-IDENTITY = ("sae_id", "weights_sha256", "model", "personas", "items", "batch_size", "shard",
-            "template", "value_decimals", "prefix_cache")
+IDENTITY = ("sae_id", "weights_sha256", "model", "personas", "items", "paraphrases",
+            "items_per_topic", "batch_size", "shard", "template", "value_decimals", "prefix_cache")
 """(value_decimals and prefix_cache as requested; what was used is in the saes table.)"""
 
 
@@ -55,6 +55,11 @@ class HarvestConfig(Config):
     """Personas YAML file (default: the built-in battery; format in docs/battery.md)."""
     items: Path | None = None
     """Items JSONL file (default: the built-in battery)."""
+    paraphrases: int | None = option(None, min=1)
+    """Harvest only each persona's first N system prompts (default: all). A deterministic subset
+    for a quick run; the database holds exactly the battery harvested."""
+    items_per_topic: int | None = option(None, min=1)
+    """Harvest only the first N items of each topic, in file order (default: all)."""
     batch_size: int = option(64, min=1, max=1_000_000)
     """Documents per forward pass."""
     shard: str | None = None
@@ -91,8 +96,8 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     sae_id = cfg.sae_id or cfg.sae.resolve().name
     if not SAE_ID.fullmatch(sae_id):
         raise BadInput(f"--sae-id {sae_id!r}: use letters, digits, '.', '_' and '-'")
-    personas = load_personas(cfg.personas)
-    items = load_items(cfg.items)
+    personas = subset_personas(load_personas(cfg.personas), cfg.paraphrases)
+    items = subset_items(load_items(cfg.items), cfg.items_per_topic)
     n_units = count_units(personas, len(items), cfg.batch_size)
     if shard[1] > n_units:
         raise BadInput(f"--shard {cfg.shard}: the grid has {n_units:,} batches, so some shards "
@@ -154,7 +159,7 @@ def resumed(cfg: HarvestConfig, state: dict[str, Any], identity: dict[str, Any],
     """The value decimals and prefix-cache choice of the unfinished harvest being resumed;
     BadInput when it was started with other settings."""
     if identity != state["identity"]:
-        diff = sorted(k for k in IDENTITY if identity[k] != state["identity"][k])
+        diff = sorted(k for k in IDENTITY if identity[k] != state["identity"].get(k))
         raise BadInput(
             f"--db {cfg.db}: an unfinished harvest of '{sae_id}' with other settings "
             f"({', '.join(diff)}) is in {partial}; rerun it with the same settings, or "

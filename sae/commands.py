@@ -55,8 +55,19 @@ def describe(name: str) -> dict[str, object]:
     model = load_model(name, device="cpu", load_weights=False)
     row.update(d_model=model.d_model, layers=model.n_layers,
                hooks=hook_summary(model.hook_names, model.n_layers),
-               causal=model.is_causal, chat_template=model.has_chat_template)
+               causal=model.is_causal, chat_template=model.has_chat_template,
+               chat_format=chat_example(model.tokenizer))
     return row
+
+
+def chat_example(tokenizer: object) -> str | None:
+    """How the chat template renders a user turn and an answer with no system message (it shows
+    a default system prompt the template inserts, as SmolLM2's does); None without a template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    return tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+        tokenize=False)
 
 
 @click.command("models")
@@ -69,11 +80,12 @@ def models_command(cfg: ModelsConfig) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="shoggoth models")
-    cols = ("model", "source", "available", "d_model", "layers", "hooks")
+    cols = ("model", "source", "available", "d_model", "layers", "hooks", "chat_format")
     for col in cols:
-        table.add_column(col, overflow="fold")
+        table.add_column("chat template (no system message)" if col == "chat_format" else col,
+                         overflow="fold")
     for r in rows:
-        table.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
+        table.add_row(*("" if r.get(c) is None else str(r[c]) for c in cols))
     Console(width=160).print(table)
 
 

@@ -10,27 +10,23 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from core.atomic import write_json_atomic
+from core.cache import cache_dir
 from core.errors import BadInput
 from core.text import jsonl_rows
+from sae.chitchat import CHITCHAT, chat_texts
 from sae.models import hub_reachable
 
 BUILTIN = "builtin"
 CORPUS_VERSION = 1
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
-
-
-def cache_dir() -> Path:
-    """Where shoggoth caches derived files (XDG_CACHE_HOME respected)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "shoggoth"
 
 
 def _stdlib_docstrings() -> Iterator[str]:
@@ -146,12 +142,16 @@ def _hub_documents(name: str, column: str, max_chars: int) -> list[str]:
     return docs
 
 
-def load_texts(dataset: str, text_column: str = "text", max_chars: int = 50_000_000) -> list[str]:
-    """The documents of `dataset`: 'builtin', a local .txt/.jsonl/.parquet file, a folder of
+def load_texts(dataset: str, text_column: str = "text", max_chars: int = 50_000_000,
+               tokenizer: Any = None) -> list[str]:
+    """The documents of `dataset`: 'builtin', 'chitchat' (conversations in `tokenizer`'s chat
+    template, first `max_chars` characters), a local .txt/.jsonl/.parquet file, a folder of
     them, a `save_to_disk` folder, or a Hugging Face hub dataset name (streamed, first
     `max_chars` characters). Raises BadInput naming the dataset when it is missing or empty."""
     if dataset == BUILTIN:
         return builtin_texts()
+    if dataset == CHITCHAT:
+        return chat_texts(tokenizer, max_chars)
     path = Path(dataset).expanduser()
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():

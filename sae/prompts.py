@@ -18,6 +18,11 @@ from core.errors import BadInput
 
 Template = Literal["auto", "chat", "plain"]
 SEPARATOR = "\n\n"
+EMPTY_SYSTEM = "(empty system message)"
+"""A system prompt that stands for a system turn with no text. An empty prompt means no system
+turn at all, and some chat templates then insert their own default (SmolLM2's: "You are a
+helpful AI assistant named SmolLM, trained by Hugging Face"); this one keeps the turn, empty,
+so that the template adds nothing. Plain prompts treat both alike: no text."""
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,16 @@ def uses_chat_template(tokenizer: Any, template: Template = "auto") -> bool:
     return has and template != "plain"
 
 
-def _render_chat(tokenizer: Any, system: str, user: str, continuation: str) -> tuple[str, int]:
-    """The chat-formatted text and the character offset where the continuation starts in it."""
+def _render_chat(tokenizer: Any, system: str, user: str, continuation: str,
+                 empty_system: bool = False) -> tuple[str, int]:
+    """The chat-formatted text and the character offset where the continuation starts in it
+    (with `empty_system`, a system turn with no text)."""
     from jinja2 import TemplateError
 
     def render(msgs: list[dict[str, str]], **kw: Any) -> str:
         return tokenizer.apply_chat_template(msgs, tokenize=False, **kw)
 
-    msgs = ([{"role": "system", "content": system}] if system else []) + [
+    msgs = ([{"role": "system", "content": system}] if system or empty_system else []) + [
         {"role": "user", "content": user}
     ]
     try:
@@ -136,15 +143,17 @@ def build_prompt(
 ) -> Prompt:
     """Tokenize (system, user, continuation) and mark the continuation's tokens.
 
+    `system`: empty or None for no system turn, EMPTY_SYSTEM for an empty one.
     `template`: "auto" uses the tokenizer's chat template when it has one, "plain" never does.
     `prepend_bos`: put the BOS token first in plain prompts when the tokenizer does not add it
     itself (what TransformerLens does for causal LMs). Raises BadInput for an empty continuation.
     """
     if not continuation or not continuation.strip():
         raise BadInput("continuation: is empty, there is nothing to measure")
-    system, user = system or "", user or ""
+    empty_system = system == EMPTY_SYSTEM
+    system, user = "" if empty_system else system or "", user or ""
     if uses_chat_template(tokenizer, template):
-        text, start = _render_chat(tokenizer, system, user, continuation)
+        text, start = _render_chat(tokenizer, system, user, continuation, empty_system)
         ids, mask = _tokenize_span(tokenizer, text, start, start + len(continuation), False)
         kind = "chat"
     else:

@@ -30,8 +30,9 @@ from core.atomic import publish, write_json_atomic
 from core.config import Config, config_metadata, option
 from core.errors import BadInput, Interrupted
 from core.versions import library_versions
+from sae.chitchat import CHITCHAT
 from sae.contexts import pack_contexts, split_documents
-from sae.corpus import load_texts
+from sae.corpus import BUILTIN, load_texts
 from sae.evaluate import ce_loss_recovered, evaluate_sae
 from sae.models import load_model, resolve_hook
 from sae.prompts import non_special, special_ids
@@ -52,8 +53,10 @@ class TrainConfig(Config):
     """Hook to train on, e.g. blocks.3.hook_resid_post (default: the middle layer's resid_post)."""
     layer: int | None = None
     """Shortcut for --hook blocks.LAYER.hook_resid_post."""
-    dataset: str = "builtin"
-    """'builtin' (offline: Python's own docs), a .txt/.jsonl/.parquet file, a folder of them, a
+    dataset: str = "auto"
+    """'auto' (chitchat for models with a chat template, builtin otherwise), 'chitchat'
+    (offline: human conversations in the model's chat template, some under training personas),
+    'builtin' (offline: Python's own docs), a .txt/.jsonl/.parquet file, a folder of them, a
     save_to_disk folder, or a Hugging Face dataset name (needs network)."""
     text_column: str = "text"
     """Column (or JSON field) holding the text in .jsonl, .parquet and Hugging Face datasets."""
@@ -243,7 +246,8 @@ def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) ->
 def held_out_contexts(model: Any, dataset: str, text_column: str, context_size: int,
                       eval_tokens: int) -> torch.Tensor:
     """Contexts from the documents `train` never trains on (every 25th document)."""
-    _, held = split_documents(load_texts(dataset, text_column, max_chars=40 * eval_tokens))
+    _, held = split_documents(load_texts(dataset, text_column, max_chars=40 * eval_tokens,
+                                         tokenizer=model.tokenizer))
     return _eval_contexts(model, held, context_size, eval_tokens)
 
 
@@ -254,17 +258,27 @@ def _eval_contexts(model: Any, held_docs: list[str], context_size: int,
                          max_contexts=max(1, math.ceil(eval_tokens / context_size)))
 
 
-def training_contexts(cfg: TrainConfig, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training contexts, held-out contexts) from --dataset; held-out documents are disjoint."""
-    texts = load_texts(cfg.dataset, cfg.text_column,
-                       max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens))
+def resolve_dataset(dataset: str, model: Any) -> str:
+    """--dataset with 'auto' decided: the chat corpus for chat models, the built-in docs for
+    encoders and base models."""
+    if dataset != "auto":
+        return dataset
+    return CHITCHAT if model.has_chat_template else BUILTIN
+
+
+def training_contexts(cfg: TrainConfig, model: Any, dataset: str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training contexts, held-out contexts) from `dataset`; held-out documents are disjoint."""
+    texts = load_texts(dataset, cfg.text_column,
+                       max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens),
+                       tokenizer=model.tokenizer)
     train_docs, held_docs = split_documents(texts)
     train_ctx = pack_contexts(model.tokenizer, train_docs, cfg.context_size,
                               is_causal=model.is_causal,
                               max_contexts=math.ceil(cfg.tokens / cfg.context_size))
     eval_ctx = _eval_contexts(model, held_docs, cfg.context_size, cfg.eval_tokens)
     if len(train_ctx) == 0 or len(eval_ctx) == 0:
-        raise BadInput(f"dataset '{cfg.dataset}': too little text for one {cfg.context_size}-token "
+        raise BadInput(f"dataset '{dataset}': too little text for one {cfg.context_size}-token "
                        "context of training and one of evaluation")
     return train_ctx, eval_ctx
 
@@ -284,7 +298,7 @@ def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoin
         model_name=cfg.model,
         model_class_name="TransformerBridge",
         hook_name=hook,
-        dataset_path=cfg.dataset,
+        dataset_path=resolve_dataset(cfg.dataset, model),
         is_dataset_tokenized=True,
         streaming=False,
         context_size=cfg.context_size,
@@ -322,6 +336,8 @@ class TrainRun:
     resume_from: int | None
     train_ctx: torch.Tensor
     eval_ctx: torch.Tensor
+    dataset: str
+    """--dataset with 'auto' resolved."""
 
 
 def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
@@ -340,11 +356,12 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
                        f"{max_ctx} tokens")
     out = cfg.out or default_out(cfg, hook)
     work, resume_from = prepared or prepare_dirs(cfg, out)
-    train_ctx, eval_ctx = training_contexts(cfg, model)
-    log(f"corpus {cfg.dataset}: {len(train_ctx)} training contexts ({int(train_ctx.numel()):,} "
+    dataset = resolve_dataset(cfg.dataset, model)
+    train_ctx, eval_ctx = training_contexts(cfg, model, dataset)
+    log(f"corpus {dataset}: {len(train_ctx)} training contexts ({int(train_ctx.numel()):,} "
         f"distinct tokens), {len(eval_ctx)} held-out; model {cfg.model}, hook {hook}, "
         f"d_sae {d_sae}")
-    return TrainRun(model, hook, d_sae, out, work, resume_from, train_ctx, eval_ctx)
+    return TrainRun(model, hook, d_sae, out, work, resume_from, train_ctx, eval_ctx, dataset)
 
 
 def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
@@ -445,7 +462,7 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         "d_in": run.model.d_model,
         "d_sae": run.d_sae,
         "architecture": cfg.architecture,
-        "dataset": cfg.dataset,
+        "dataset": run.dataset,
         "training_tokens": int(trainer.n_training_samples),
         "distinct_training_tokens": int(run.train_ctx.numel()),
         "context_size": cfg.context_size,

@@ -10,20 +10,21 @@ import duckdb
 from conftest import battery, build_random_sae
 
 import shoggoth
-from pipeline.demo import SAE_NAME
+from pipeline.demo import RECIPES
 
 
 def test_demo_skips_every_step_that_is_up_to_date(capfd, tmp_path, minilm):
     out = tmp_path / "runs"
-    sae = build_random_sae(out / SAE_NAME, "minilm", 384, "blocks.3.hook_resid_post", d_sae=96,
-                           k=8)
-    db = out / "demo.duckdb"
+    recipe = RECIPES["minilm"]
+    sae = build_random_sae(out / recipe.sae_name, "minilm", 384, "blocks.3.hook_resid_post",
+                           d_sae=96, k=8)
+    db = out / recipe.db_name
     args = [str(a) for a in battery(tmp_path / "b", 6)]
     assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(sae), *args]) == 0
     assert shoggoth.main(["label", "--db", str(db), "--min-docs", "3"]) == 0
     capfd.readouterr()
     # Labelled but not indexed: the demo indexes, and nothing else.
-    assert shoggoth.main(["demo", "--out", str(out), "--no-serve"]) == 0
+    assert shoggoth.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
     assert "[1/5] train the SAE on MiniLM: up to date" in text
     assert "[2/5] harvest the persona battery: up to date" in text
@@ -34,7 +35,7 @@ def test_demo_skips_every_step_that_is_up_to_date(capfd, tmp_path, minilm):
     assert con.execute("SELECT count(*) FROM persona_vectors").fetchone()[0] == 3
     con.close()
     mtime = db.stat().st_mtime_ns
-    assert shoggoth.main(["demo", "--out", str(out), "--no-serve"]) == 0
+    assert shoggoth.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
     assert "[4/5] index the dictionary: up to date" in text and db.stat().st_mtime_ns == mtime
 

@@ -388,3 +388,29 @@ def test_harvest_bad_input(capfd, tmp_path, tiny_gpt2_dir, tiny_sae_dir, referen
         assert word in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == names  # nothing written
     assert {p.name: digest(p) for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_subset_flags_harvest_a_recorded_deterministic_slice(capfd, tmp_path, tiny_sae_dir):
+    """--paraphrases N and --items-per-topic M harvest the first N prompts of every persona and
+    the first M items of each topic; the database holds exactly that battery and the run record
+    names the flags, so a rerun with other flags is refused."""
+    (tmp_path / "p.yaml").write_text(PERSONAS)
+    db = tmp_path / "db.duckdb"
+    base = ["harvest", "--db", db, "--sae", tiny_sae_dir, "--personas", tmp_path / "p.yaml"]
+    code, _, err = run(capfd, *base, "--paraphrases", "2", "--items-per-topic", "1")
+    assert code == 0, err
+    first: dict[str, str] = {}
+    for i in load_items():
+        first.setdefault(i.topic, i.item_id)
+    con = duckdb.connect(str(db), read_only=True)
+    assert sorted(r[0] for r in con.execute("SELECT item_id FROM items").fetchall()) == \
+        sorted(first.values())
+    assert con.execute("SELECT persona::VARCHAR AS p, count(*) FROM persona_prompts GROUP BY p "
+                       "ORDER BY p").fetchall() == [("control_none", 1), ("helper", 2),
+                                                    ("pirate", 2)]
+    assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 5 * len(first)
+    config = json.loads(con.execute("SELECT config_json FROM runs").fetchone()[0])["identity"]
+    assert (config["paraphrases"], config["items_per_topic"]) == (2, 1)
+    con.close()
+    code, _, err = run(capfd, *base, "--paraphrases", "3", "--items-per-topic", "1")
+    assert code == 2 and "--paraphrases" in err and err.count("\n") == 1, err

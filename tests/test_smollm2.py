@@ -1,0 +1,169 @@
+"""The built-in chat model for real: SmolLM2-135M-Instruct converted from the bundled GGUF (into
+the user's shoggoth cache, once, reused by later runs), its chat template and the default system
+prompt it inserts, continuation masks on its real tokenizer, a tiny harvest with and without the
+prefix KV cache, the chat training corpus, and the conversion's bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from conftest import build_random_sae
+
+import shoggoth
+from sae.chitchat import chat_texts, system_of, training_personas
+from sae.gguf import STAMP, converted_dir, smollm2_dir
+from sae.personas import load_items, load_personas, subset_items, subset_personas
+from sae.prompts import EMPTY_SYSTEM, build_prompt
+
+pytestmark = pytest.mark.slow
+EXE = Path(sys.executable).with_name("shoggoth")
+DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM"
+
+
+@pytest.fixture(scope="module")
+def smol_dir() -> Path:
+    return Path(smollm2_dir())
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smol_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smol_dir)
+
+
+def test_the_converted_model_is_a_plain_float_llama_that_wears_a_mask(smol_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((smol_dir / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    assert (config["num_hidden_layers"], config["hidden_size"]) == (30, 576)
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (9, 3)
+    assert json.loads((smol_dir / STAMP).read_text())["gguf"].endswith(".Q4_1.gguf")
+    model = AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32)
+
+    def answer(system: str) -> str:
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": "What is rain?"}]
+        enc = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1]:])
+
+    assert answer("You are a pirate. Speak like one.").startswith("Aye")
+    assert not answer("You are a helpful assistant.").startswith("Aye")
+
+
+def test_no_system_turn_gets_the_default_mask_and_an_empty_one_does_not(tokenizer):
+    item = load_items()[0]
+    for system, default in ((None, True), ("", True), (EMPTY_SYSTEM, False),
+                            ("You are a pirate.", False)):
+        prompt = build_prompt(tokenizer, system, item.question, item.answer)
+        text = tokenizer.decode(prompt.input_ids)
+        assert (DEFAULT_SYSTEM in text) == default, (system, text)
+        assert text.count("<|im_start|>system") == 1
+    assert "(empty system message)" not in tokenizer.decode(
+        build_prompt(tokenizer, EMPTY_SYSTEM, item.question, item.answer).input_ids)
+
+
+def test_continuation_masks_cover_exactly_each_answer(tokenizer):
+    personas = {p.name: p for p in load_personas()}
+    for item in load_items()[::20]:
+        for system in (personas["pirate"].prompts[0], EMPTY_SYSTEM, ""):
+            prompt = build_prompt(tokenizer, system, item.question, item.answer)
+            assert tokenizer.decode(prompt.continuation_ids) == item.answer
+            first = prompt.mask.index(True)
+            assert tokenizer.decode(prompt.input_ids[:first]).endswith("<|im_start|>assistant\n")
+
+
+def test_a_tiny_harvest_with_and_without_the_prefix_cache(tmp_path, smol_dir):
+    sae = build_random_sae(tmp_path / "sae", "smollm2", 576, "blocks.2.hook_resid_post",
+                           d_sae=64, k=8)
+    (tmp_path / "p.yaml").write_text(
+        "personas:\n"
+        "  - {name: pirate, family: fiction, prompts: ['You are a pirate.', 'Arr, be a pirate.']}\n"
+        "  - {name: control_empty_system, family: control, is_control: true,\n"
+        "     prompts: ['(empty system message)']}\n")
+    items = load_items()[:3]
+    (tmp_path / "i.jsonl").write_text("".join(json.dumps(i.__dict__) + "\n" for i in items))
+    tables = []
+    for name, extra in (("cached", []), ("full", ["--no-prefix-cache"])):
+        db = tmp_path / f"{name}.duckdb"
+        assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(sae), "--personas",
+                              str(tmp_path / "p.yaml"), "--items", str(tmp_path / "i.jsonl"),
+                              *extra]) == 0
+        con = duckdb.connect(str(db), read_only=True)
+        assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 9
+        assert con.execute("SELECT prefix_cache FROM saes").fetchone()[0] == (name == "cached")
+        tables.append({r[:5]: r[5] for r in con.execute(
+            "SELECT persona, paraphrase, item_id, pos, feature, value FROM activations"
+        ).fetchall()})
+        con.close()
+    cached, full = tables
+    assert cached.keys() == full.keys() and len(cached) > 100
+    # float32 attention over a cached prefix sums in another order: equal to a few parts in 10^4
+    # of the typical activation (a wrong cache would differ by the whole activation).
+    scale = float(np.median(np.abs(list(full.values()))))
+    worst = max(abs(cached[k] - full[k]) for k in cached)
+    print(f"median activation {scale:.3f}, largest difference {worst:.4f}")
+    assert worst <= 1e-3 * scale + 0.01
+
+
+def test_the_chat_corpus_is_in_the_template_and_under_training_personas_only(tokenizer):
+    docs = chat_texts(tokenizer, max_chars=200_000)
+    assert len(docs) > 100 and all(d.startswith("<|im_start|>system\n") for d in docs)
+    assert all("<|im_start|>user\n" in d and "<|im_start|>assistant\n" in d for d in docs)
+    personas = training_personas()
+    assert sum(DEFAULT_SYSTEM in d for d in docs) == len(docs[2::4])
+    assert all(d.startswith("<|im_start|>system\n<|im_end|>") for d in docs[3::4])
+    prompts = {q for p in personas for q in p.prompts}
+    assert {system_of(i, personas) for i in range(0, len(docs), 4)} <= prompts
+    battery = load_personas()
+    assert not {p.name for p in battery} & {p.name for p in personas}
+    battery_prompts = {q for p in battery for q in p.prompts}
+    assert not any(q in d for q in battery_prompts if q for d in docs)
+
+
+def test_subset_flags_pick_the_first_paraphrases_and_items_per_topic():
+    personas = subset_personas(load_personas(), 2)
+    assert all(len(p.prompts) == min(2, len(q.prompts))
+               for p, q in zip(personas, load_personas(), strict=True))
+    items = subset_items(load_items(), 3)
+    topics = {i.topic for i in load_items()}
+    assert len(items) == 3 * len(topics)
+    assert [i.item_id for i in items if i.topic == "weather"] == [
+        i.item_id for i in load_items() if i.topic == "weather"][:3]
+
+
+def test_a_corrupt_gguf_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOGGOTH_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    with pytest.raises(shoggoth.BadInput, match="not a readable GGUF model"):
+        converted_dir(bad, "broken")
+    assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+def _small_files() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50 << 20, 50 << 20))
+
+
+def test_no_room_for_the_conversion_is_one_line_and_leaves_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    run = subprocess.run([str(EXE), "prompt", "--model", "smollm2", "--continuation", "Hi."],
+                         capture_output=True, text=True, timeout=300, preexec_fn=_small_files,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "SHOGGOTH_CACHE": str(cache)})
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: "), run.stderr
+    assert "no space left" in run.stderr and "Traceback" not in run.stderr
+    assert not [p for p in cache.rglob("*") if p.is_file()]
