@@ -42,7 +42,7 @@ from sae.models import Model, load_model  # noqa: E402
 from sae.personas import BATTERY_DIR, load_items, load_personas  # noqa: E402
 from sae.prompts import Prompt, collate, pad_id  # noqa: E402
 
-SMOL_LAYER = 9
+SMOL_LAYER = 15
 """The demo's SmolLM2 hook (pipeline/demo.py)."""
 CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")

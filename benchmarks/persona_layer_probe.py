@@ -8,7 +8,8 @@ training, so it decodes the persona, not a wording or an item. Chance is 1 / per
 accuracy per layer, on the raw residuals and with each item's documents centered (the answer's
 content dominates the raw residual; centering per item, which uses no label, leaves the shift
 each persona adds), and the layer the demo should use: the shallowest whose centered accuracy is
-within 0.02 of the best (a shallower hook is cheaper to harvest and train).
+at least 90% of the best (the forward pass stops after the hooked block, so harvest and
+training cost grow with depth; 90% trades a few points of decodability for that).
 
     python benchmarks/persona_layer_probe.py [--model smollm2] [--items-per-topic 2]
 """
@@ -88,7 +89,7 @@ def main() -> None:
         print(f"{layer:5d} {results['raw'][layer]:6.3f} {results['item-centered'][layer]:8.3f}")
     accuracy = results["item-centered"]
     best = max(accuracy)
-    chosen = next(layer for layer, a in enumerate(accuracy) if a >= best - 0.02)
+    chosen = next(layer for layer, a in enumerate(accuracy) if a >= 0.9 * best)
     print(json.dumps({"model": args.model, "personas": len(personas), "items": len(items),
                       "train_documents": int(train.sum()), "test_documents": int(test.sum()),
                       "chance": round(1 / len(personas), 3), **results,

@@ -11,7 +11,7 @@ Trains the same SAE (`shoggoth train`, same model, hook, width, k, tokens and se
                     and control, --items-per-topic items per topic), where the labels are made.
 Goals for the chat corpus (issue 15): dead on the battery <= 10%, CE loss recovered >= 0.95.
 
-    python benchmarks/sae_corpus_quality.py [--model smollm2] [--layer 9] [--tokens 200000]
+    python benchmarks/sae_corpus_quality.py [--model smollm2] [--layer 15] [--tokens 200000]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def battery_dead_fraction(model: Any, sae: Any, hook: str, paraphrases: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--layer", type=int, default=9)
+    ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--tokens", type=int, default=200_000)
     ap.add_argument("--expansion", type=int, default=4)
     ap.add_argument("--k", type=int, default=32)

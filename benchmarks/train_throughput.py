@@ -1,10 +1,12 @@
 """Training throughput: shoggoth's `train` code path vs a bare sae-lens runner set up by hand.
 
 Both train the same TopK SAE config on the same model, hook and pre-tokenized contexts (the
-built-in corpus), interleaved, several times. Prints tokens/s for each (the training phase alone
-and end to end) and the ratio shoggoth / bare, as medians.
+model's default corpus: the built-in docs for MiniLM, the chat corpus for SmolLM2),
+interleaved, several times. Prints tokens/s for each (the training phase alone and end to end)
+and the ratio shoggoth / bare, as medians.
 
-    .venv/bin/python benchmarks/train_throughput.py [--tokens 200000] [--repeats 3]
+    .venv/bin/python benchmarks/train_throughput.py [--model minilm|smollm2] [--layer L]
+                                                    [--tokens 200000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
 
-def held_out_quality(model: object, out: Path) -> dict[str, float]:
+def held_out_quality(model: object, out: Path, args: argparse.Namespace) -> dict[str, float]:
     """Explained variance and dead fraction of the SAE saved in `out`, on the held-out tokens
     `shoggoth train` evaluates on (the same for both paths)."""
     from sae_lens import SAE
 
-    from sae.train import held_out_contexts, held_out_metrics
+    from sae.train import held_out_contexts, held_out_metrics, resolve_dataset
 
-    contexts = held_out_contexts(model, "builtin", "text", 128, 16_384)
+    contexts = held_out_contexts(model, resolve_dataset("auto", model), "text", 128, 16_384)
     sae = SAE.load_from_disk(str(out), device="cpu")
-    return held_out_metrics(model, sae, "blocks.3.hook_resid_post", contexts)
+    return held_out_metrics(model, sae, f"blocks.{args.layer}.hook_resid_post", contexts)
 
 
 def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float, dict]:
@@ -50,18 +52,23 @@ def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[flo
     from sae.corpus import load_texts
     from sae.models import load_model
     from sae.prompts import special_ids
+    from sae.train import resolve_dataset
 
     start = time.time()
-    model = load_model("minilm", "cpu")
-    train_docs, _ = split_documents(load_texts("builtin"))
-    ctx = pack_contexts(model.tokenizer, train_docs, args.context_size, is_causal=False,
-                        max_contexts=-(-tokens // args.context_size))
+    model = load_model(args.model, "cpu")
+    dataset = resolve_dataset("auto", model)
+    train_docs, _ = split_documents(load_texts(dataset, max_chars=20 * (tokens + 32_768),
+                                               tokenizer=model.tokenizer))
+    ctx = pack_contexts(model.tokenizer, train_docs, args.context_size,
+                        is_causal=model.is_causal, max_contexts=-(-tokens // args.context_size))
+    d_in = model.d_model
     steps = tokens // args.batch_tokens
     window = max(1, max(tokens // 20, args.batch_tokens) // args.batch_tokens)
     cfg = LanguageModelSAERunnerConfig(
-        sae=TopKTrainingSAEConfig(d_in=384, d_sae=384 * args.expansion, k=args.k),
-        model_name="minilm", model_class_name="TransformerBridge",
-        hook_name="blocks.3.hook_resid_post", is_dataset_tokenized=True, streaming=False,
+        sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=d_in * args.expansion, k=args.k),
+        model_name=args.model, model_class_name="TransformerBridge",
+        hook_name=f"blocks.{args.layer}.hook_resid_post", is_dataset_tokenized=True,
+        streaming=False,
         context_size=args.context_size, training_tokens=tokens,
         train_batch_size_tokens=args.batch_tokens, store_batch_size_prompts=16,
         n_batches_in_buffer=16, prepend_bos=False,
@@ -78,7 +85,7 @@ def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[flo
     fit_start = time.time()
     runner.run()
     end = time.time()
-    return end - fit_start, end - start, held_out_quality(model, out)
+    return end - fit_start, end - start, held_out_quality(model, out, args)
 
 
 def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float, dict]:
@@ -87,7 +94,8 @@ def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[fl
     from sae.train import TrainConfig, train
 
     start = time.time()
-    result = train(TrainConfig(tokens=tokens, context_size=args.context_size,
+    result = train(TrainConfig(model=args.model, layer=args.layer, tokens=tokens,
+                               context_size=args.context_size,
                                batch_tokens=args.batch_tokens, expansion=args.expansion,
                                k=args.k, lr=args.lr, out=out, device="cpu", checkpoint_every=0),
                    log=lambda _: None)
@@ -98,6 +106,9 @@ def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm", choices=["minilm", "smollm2"])
+    parser.add_argument("--layer", type=int, default=None,
+                        help="hooked block (default: 3 for minilm, the demo's layer for smollm2)")
     parser.add_argument("--tokens", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--context-size", type=int, default=128)
@@ -106,6 +117,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
+    if args.layer is None:
+        from pipeline.demo import RECIPES
+
+        args.layer = RECIPES[args.model].layer
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -123,8 +138,8 @@ def main() -> None:
                statistics.median(q["explained_variance"] for _, _, q in v),
                statistics.median(q["dead_fraction"] for _, _, q in v))
            for n, v in results.items()}
-    print(f"\nmedians over {args.repeats} runs of {args.tokens:,} tokens (MiniLM, "
-          f"blocks.3.hook_resid_post, topk d_sae {384 * args.expansion}, k {args.k}, "
+    print(f"\nmedians over {args.repeats} runs of {args.tokens:,} tokens ({args.model}, "
+          f"blocks.{args.layer}.hook_resid_post, topk expansion {args.expansion}, k {args.k}, "
           f"{os.cpu_count()} CPU threads):")
     for name, (fit, total, ev, dead) in med.items():
         print(f"  {name:>13}: training {fit:8.0f} tok/s   end to end {total:8.0f} tok/s   "

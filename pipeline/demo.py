@@ -54,7 +54,7 @@ class Recipe:
 
 
 RECIPES = {
-    "smollm2": Recipe("smollm2", 9, "demo.duckdb",
+    "smollm2": Recipe("smollm2", 15, "demo.duckdb",
                       train={"tokens": 200_000, "expansion": 4, "k": 32},
                       harvest={"paraphrases": 3, "items_per_topic": 3}),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb"),

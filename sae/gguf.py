@@ -11,7 +11,9 @@ stay the 4-bit values, dequantized: not the original bfloat16 checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -100,9 +102,12 @@ def _dequantized(gguf: Path) -> tuple[Any, Any]:
     """The model in `gguf` as a plain float32 transformers model, and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
+        # The GGUF reader draws its own tqdm bar; the one line shoggoth prints says enough.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             loaded = AutoModelForCausalLM.from_pretrained(
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

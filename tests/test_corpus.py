@@ -103,3 +103,17 @@ def test_split_documents_is_disjoint_and_deterministic():
     train, held = split_documents(docs)
     assert len(held) == 4 and set(train).isdisjoint(held) and len(train) + len(held) == 100
     assert split_documents(docs) == (train, held)
+
+
+def test_chitchat_without_a_chat_template_is_plain_turns_under_training_personas():
+    """A tokenizer with no chat template gets each 4-turn piece as plain text, the system prompt
+    first when the piece has one; the order is fixed, so two loads are equal."""
+    from sae.chitchat import TURNS, conversations, system_of, training_personas
+
+    docs = load_texts("chitchat", max_chars=100_000, tokenizer=None)
+    assert docs == load_texts("chitchat", max_chars=100_000, tokenizer=None)
+    personas = training_personas()
+    first = conversations()[0]
+    assert docs[0] == "\n\n".join([system_of(0, personas), *first[:TURNS]])
+    assert docs[2] == "\n\n".join(first[2 * TURNS:3 * TURNS])  # no system turn
+    assert sum(len(d) for d in docs[:-1]) < 100_000 <= sum(len(d) for d in docs)

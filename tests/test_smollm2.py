@@ -167,3 +167,14 @@ def test_no_room_for_the_conversion_is_one_line_and_leaves_nothing(tmp_path):
     assert run.stderr.strip().splitlines()[-1].startswith("error: "), run.stderr
     assert "no space left" in run.stderr and "Traceback" not in run.stderr
     assert not [p for p in cache.rglob("*") if p.is_file()]
+
+
+def test_models_lists_smollm2_offline_with_its_chat_template(smol_dir):
+    from sae.commands import describe
+
+    row = describe("smollm2")
+    assert row["available"] == "offline (bundled)" and "Q4_1" in row["source"]
+    assert "dequantized" in row["source"]
+    assert (row["d_model"], row["layers"], row["causal"]) == (576, 30, True)
+    assert DEFAULT_SYSTEM in row["chat_format"] and "<|im_start|>assistant\nHello" in \
+        row["chat_format"]
