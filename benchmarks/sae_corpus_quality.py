@@ -7,8 +7,10 @@ Trains the same SAE (`shoggoth train`, same model, hook, width, k, tokens and se
   held-out chat     explained variance, L0 and dead fraction on held-out chitchat contexts, and
                     next-token CE loss recovered (splicing the reconstruction in);
   battery answers   the fraction of features that never fire on the battery's answer tokens
-                    under its personas (a subset: the first --paraphrases prompts of every persona
-                    and control, --items-per-topic items per topic), where the labels are made.
+                    (all 240 answers by default) under the first prompt of every --persona-step-th
+                    persona and control: the text the labels are made on. The answers are the same
+                    under every persona, so the number of distinct answers decides this figure
+                    far more than the number of personas does.
 Goals for the chat corpus (issue 15): dead on the battery <= 10%, CE loss recovered >= 0.95.
 
     python benchmarks/sae_corpus_quality.py [--model smollm2] [--layer 15] [--tokens 200000]
@@ -30,8 +32,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
 
-def battery_dead_fraction(model: Any, sae: Any, hook: str, paraphrases: int,
-                          per_topic: int) -> float:
+def battery_dead_fraction(model: Any, sae: Any, hook: str, persona_step: int,
+                          per_topic: int | None) -> float:
     """Features that fire on no answer token of the battery subset."""
     import torch
 
@@ -42,7 +44,7 @@ def battery_dead_fraction(model: Any, sae: Any, hook: str, paraphrases: int,
     items = subset_items(load_items(), per_topic)
     prompts = [build_prompt(model.tokenizer, system, i.question, i.answer,
                             prepend_bos=model.prepend_bos)
-               for p in subset_personas(load_personas(), paraphrases)
+               for p in subset_personas(load_personas(), 1)[::persona_step]
                for system in p.prompts for i in items]
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     with torch.inference_mode():
@@ -60,8 +62,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=200_000)
     ap.add_argument("--expansion", type=int, default=4)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--paraphrases", type=int, default=2)
-    ap.add_argument("--items-per-topic", type=int, default=2)
+    ap.add_argument("--persona-step", type=int, default=6)
+    ap.add_argument("--items-per-topic", type=int, default=None)
     args = ap.parse_args()
 
     from sae_lens import SAE
@@ -90,7 +92,7 @@ def main() -> None:
                 "l0": round(metrics["l0"], 1),
                 "dead_on_held_out_chat": round(metrics["dead_fraction"], 3),
                 "dead_on_battery_answers": round(battery_dead_fraction(
-                    model, sae, hook, args.paraphrases, args.items_per_topic), 3),
+                    model, sae, hook, args.persona_step, args.items_per_topic), 3),
             }
             print(dataset, json.dumps(rows[dataset]), flush=True)
     print(f"{'':26s} {'chitchat':>10s} {'builtin':>10s}")

@@ -55,8 +55,8 @@ class Recipe:
 
 RECIPES = {
     "smollm2": Recipe("smollm2", 15, "demo.duckdb",
-                      train={"tokens": 200_000, "expansion": 4, "k": 32},
-                      harvest={"paraphrases": 3, "items_per_topic": 3}),
+                      train={"tokens": 300_000, "expansion": 4, "k": 32},
+                      harvest={"paraphrases": 2, "items_per_topic": 8}),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb"),
 }
 
