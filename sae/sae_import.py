@@ -17,7 +17,7 @@ from core.errors import BadInput
 from core.versions import library_versions
 from sae.models import hub_reachable, load_model
 from sae.sae_dir import check_fits, read_sae_dir
-from sae.train import held_out_contexts, held_out_metrics
+from sae.train import held_out_contexts, held_out_metrics, resolve_dataset
 
 
 @dataclass
@@ -80,9 +80,10 @@ def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
         log(f"note: the SAE was trained on '{sae.cfg.metadata.model_name}'")
     metrics = None
     if cfg.evaluate:
-        log("evaluating on held-out built-in text")
+        dataset = resolve_dataset("auto", model)  # chat text for chat models
+        log(f"evaluating on held-out {dataset} text")
         ctx = sae.cfg.metadata.context_size or 128
-        contexts = held_out_contexts(model, "builtin", "text", min(ctx, 128), cfg.eval_tokens)
+        contexts = held_out_contexts(model, dataset, "text", min(ctx, 128), cfg.eval_tokens)
         metrics = held_out_metrics(model, sae, hook, contexts)
     out = cfg.out or Path("runs") / f"imported-{Path(cfg.model).name}-{hook}"
     if out.exists() and not cfg.overwrite:

@@ -246,7 +246,9 @@ def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) ->
 def held_out_contexts(model: Any, dataset: str, text_column: str, context_size: int,
                       eval_tokens: int) -> torch.Tensor:
     """Contexts from the documents `train` never trains on (every 25th document)."""
-    _, held = split_documents(load_texts(dataset, text_column, max_chars=40 * eval_tokens,
+    # Every 25th document is held out, and chat text runs at about 4 characters per token:
+    # 200 characters per held-out token leaves room for the whole --eval-tokens.
+    _, held = split_documents(load_texts(dataset, text_column, max_chars=200 * eval_tokens,
                                          tokenizer=model.tokenizer))
     return _eval_contexts(model, held, context_size, eval_tokens)
 

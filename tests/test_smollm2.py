@@ -178,3 +178,43 @@ def test_models_lists_smollm2_offline_with_its_chat_template(smol_dir):
     assert (row["d_model"], row["layers"], row["causal"]) == (576, 30, True)
     assert DEFAULT_SYSTEM in row["chat_format"] and "<|im_start|>assistant\nHello" in \
         row["chat_format"]
+
+
+def test_a_half_written_cache_is_converted_again_and_leftovers_removed(tmp_path, monkeypatch):
+    """A cache folder without its stamp (a conversion killed before the rename, or files put
+    there by hand) is rebuilt, and the partial folder of a killed conversion is removed."""
+    from core.cache import packaged_file
+    from sae.gguf import SMOLLM2_FILE, SMOLLM2_PACKAGE
+
+    monkeypatch.setenv("SHOGGOTH_CACHE", str(tmp_path))
+    out = tmp_path / "models" / "smol"
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")  # half-written: no stamp
+    dead = tmp_path / "models" / ".smol.partial-999999999"
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 100)
+    gguf = packaged_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, "test")
+    assert converted_dir(gguf, "smol") == out
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert (out / STAMP).is_file() and not dead.exists()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["smol"]
+
+
+def test_a_missing_package_or_file_is_one_line():
+    from core.cache import packaged_file
+
+    with pytest.raises(shoggoth.BadInput, match="the package no-such-package is not installed"):
+        packaged_file("no_such_package", "x.gguf", "model 'x'")
+    with pytest.raises(shoggoth.BadInput, match="missing; reinstall the package chitchat-dataset"):
+        packaged_file("chitchat_dataset", "no-such-file.json", "--dataset chitchat")
+
+
+def test_held_out_chat_fills_the_whole_evaluation_budget(tokenizer):
+    """The held-out evaluation of a chat-corpus SAE gets all --eval-tokens (it once got 45 of
+    128 contexts, because too little chat text was read)."""
+    from types import SimpleNamespace
+
+    from sae.train import held_out_contexts
+
+    model = SimpleNamespace(tokenizer=tokenizer, is_causal=True)
+    assert held_out_contexts(model, "chitchat", "text", 128, 16_384).shape == (128, 128)
