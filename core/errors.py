@@ -17,6 +17,12 @@ class Interrupted(Exception):
     """The user interrupted a long command after it saved its progress; the CLI exits with 130."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first line (its type's name when it has no message): the part of a
+    library's error that fits in a one-line `error:` message."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def is_interrupt(error: BaseException) -> bool:
     """Whether `error` is a Ctrl-C in disguise: DuckDB turns an interrupt inside a query into
     its own InterruptException, or into RuntimeError("Query interrupted") on some paths."""

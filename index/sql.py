@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import write_atomic
 from core.config import Config, option
-from core.errors import BadInput, is_interrupt
+from core.errors import BadInput, first_line, is_interrupt
 from index.database import connect
 
 SANDBOX = {
@@ -157,22 +157,18 @@ def _execute(con: Any, sql: str, read_only_hint: str
         return table.column_names, [tuple(r.values()) for r in table.to_pylist()], table
     except duckdb.PermissionException as e:
         raise BadInput(f"sql: refused, shoggoth sql cannot touch files, the network or "
-                       f"extensions ({_first(e)})") from None
+                       f"extensions ({first_line(e)})") from None
     except duckdb.InvalidInputException as e:
         if "read-only" in str(e) or "read only" in str(e):
             raise BadInput(f"sql: the database is opened read-only; {read_only_hint}") from None
-        raise BadInput(f"sql: {_first(e)}") from None
+        raise BadInput(f"sql: {first_line(e)}") from None
     except duckdb.OutOfMemoryException as e:
         raise BadInput(f"sql: the query needs more memory than --memory-limit allows "
-                       f"({_first(e)})") from None
+                       f"({first_line(e)})") from None
     except duckdb.Error as e:
         if is_interrupt(e):
             raise KeyboardInterrupt from None
-        raise BadInput(f"sql: {_first(e)}") from None
-
-
-def _first(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BadInput(f"sql: {first_line(e)}") from None
 
 
 def write_output(cfg: SqlConfig, columns: list[str], rows: list[tuple[Any, ...]],

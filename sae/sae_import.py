@@ -13,7 +13,7 @@ from typing import Any
 
 from core.atomic import publish, write_json_atomic
 from core.config import Config, config_metadata, option
-from core.errors import BadInput
+from core.errors import BadInput, first_line
 from core.versions import library_versions
 from sae.models import hub_reachable, load_model
 from sae.sae_dir import check_fits, read_sae_dir
@@ -63,7 +63,7 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
             f"sae-lens registry: {cfg.release} / {cfg.sae_id}"
         )
     except Exception as e:  # unknown release/id or download failure
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise BadInput(f"--release {cfg.release} --sae-id {cfg.sae_id}: {first}") from None
 
 

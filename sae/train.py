@@ -285,7 +285,8 @@ def training_contexts(cfg: TrainConfig, model: Any, dataset: str
     return train_ctx, eval_ctx
 
 
-def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoints: Path) -> Any:
+def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoints: Path,
+                  dataset: str) -> Any:
     """The sae-lens LanguageModelSAERunnerConfig: our contexts arrive pre-tokenized, special
     tokens are excluded, and the learning rate warms up over 5% and decays over the last 20%."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
@@ -300,7 +301,7 @@ def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoin
         model_name=cfg.model,
         model_class_name="TransformerBridge",
         hook_name=hook,
-        dataset_path=resolve_dataset(cfg.dataset, model),
+        dataset_path=dataset,
         is_dataset_tokenized=True,
         streaming=False,
         context_size=cfg.context_size,
@@ -372,7 +373,8 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
     from sae_lens import LanguageModelSAETrainingRunner, TrainingSAE, TrainingSAEConfig
 
     model, work = run.model, run.work
-    runner_cfg = runner_config(cfg, model, run.hook, run.d_sae, work / "checkpoints")
+    runner_cfg = runner_config(cfg, model, run.hook, run.d_sae, work / "checkpoints",
+                               run.dataset)
     sae = TrainingSAE.from_dict(
         TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict()
     )
