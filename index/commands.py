@@ -8,7 +8,6 @@ from rich.table import Table
 
 from core.config import config_options
 from index.label_db import LabelRunConfig, label_database
-from index.labels import LABELS
 from index.merge import MergeConfig, merge
 from index.sql import SqlConfig, run_sql, write_output
 
@@ -26,36 +25,38 @@ def merge_command(cfg: MergeConfig) -> None:
 @click.command("label")
 @config_options(LabelRunConfig)
 def label_command(cfg: LabelRunConfig) -> None:
-    """Label every feature of a harvested SAE (dead, rare, mask-specific, mask-family, shared,
-    shared-modulated, unclear) with a Friedman test blocked by item, BH FDR, AUROC, paraphrase
-    stability and a bootstrap equivalence bound; run the two calibrations; write features,
-    feature_personas and calibration in one transaction."""
+    """Label every feature of a harvested SAE (mask-specific, persona-concept, mask-family,
+    mask-general, shared, …) with the prompt as the replicate: a permutation test over the
+    prompts' personas (BH FDR), contrast and paraphrase rules, matched mention/negation
+    controls and an equivalence bound with its power. Prompt-reassignment and split
+    calibration runs give each label its estimated false-discovery rate. Writes features,
+    feature_personas, calibration and label_fdr in one transaction (docs/labels.md)."""
     result = label_database(cfg)
-    features, calibration = result["features"], result["calibration"]
+    features, fdr = result["features"], result["fdr"]
     console = Console(soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
+    for note in result["notes"]:
+        err.print(f"note: {note}", highlight=False)
     console.print(f"{cfg.db} · {result['sae_id']} · {len(features):,} features", highlight=False)
-    counts = Table(title="labels")
-    counts.add_column("label")
-    counts.add_column("features", justify="right")
-    for label in LABELS:
-        counts.add_row(label, f"{int((features['label'] == label).sum()):,}")
+    seeds = cfg.calibration_seeds
+    counts = Table(title=f"labels, with their counts under the null (mean of {seeds} prompt "
+                         "reassignments; split personas) and the estimated FDR")
+    for col in ("label", "features", "null (reassigned)", "null (split)", "est. FDR"):
+        counts.add_column(col, justify="left" if col == "label" else "right")
+    for row in fdr.itertuples(index=False):
+        est = "n/a" if row.fdr is None or row.fdr != row.fdr else f"{100 * row.fdr:.1f}%"
+        split = "" if row.n_split is None or row.n_split != row.n_split else f"{int(row.n_split):,}"
+        counts.add_row(row.label, f"{row.n_real:,}", f"{row.n_null:,.1f}", split, est)
     console.print(counts)
     per = Table(title="per persona: features it is the top persona of, by label")
     per.add_column("persona", no_wrap=True, min_width=22)
-    shown = ["mask-specific", "mask-family", "shared-modulated", "unclear"]
+    shown = ["mask-specific", "persona-concept", "mask-or-concept", "shared-modulated"]
     for label in shown:
         per.add_column(label, justify="right")
     by = features[features["label"].isin(shown)].groupby(["argmax_persona", "label"]).size()
     for persona in features["argmax_persona"].dropna().unique():
         per.add_row(str(persona), *(f"{int(by.get((persona, lab), 0)):,}" for lab in shown))
     console.print(per)
-    calib = Table(title="calibration (mask-specific should be ~0 in the fake runs)")
-    for col in ("run", "n_live", "n_mask_specific", "n_mask_family", "n_shared"):
-        calib.add_column(col)
-    for row in calibration.itertuples(index=False):
-        calib.add_row(row.run, f"{row.n_live:,}", f"{row.n_mask_specific:,}",
-                      f"{row.n_mask_family:,}", f"{row.n_shared:,}")
-    console.print(calib)
 
 
 @click.command("sql")

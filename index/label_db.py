@@ -1,5 +1,6 @@
-"""`shoggoth label`: label every feature of a harvested SAE, with calibration runs, into the
-database (features, feature_personas, calibration), in one transaction."""
+"""`shoggoth label`: label every feature of a harvested SAE, with calibration runs and the
+estimated false-discovery rate of every label, into the database (features, feature_personas,
+calibration, label_fdr), in one transaction."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from index.database import (
     check_writable,
     choose_sae,
     connect,
-    insert_frame,
     require_shoggoth,
     transaction,
 )
-from index.labels import LabelConfig, label_features, shuffled_within_items, split_persona
+from index.label_nulls import false_persona_labels, reassign_prompts, split_personas
+from index.labels import LABELS, PERSONA_LABELS, LabelConfig, label_features
 from index.schema import create_label_tables
 
 
@@ -35,9 +36,12 @@ class LabelRunConfig(LabelConfig):
     """The feature database (from `shoggoth harvest`)."""
     sae: str | None = None
     """The SAE to label (its sae_id; default: the only one in the database)."""
+    calibration_seeds: int = option(3, min=1, max=100)
+    """Prompt-reassignment calibration runs (each a full labelling of shuffled prompts)."""
 
 
-def _read(con: Any, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _read(con: Any, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                           dict[str, str]]:
     # ENUM columns arrive as pandas categoricals: millions of rows, no Python strings.
     doc_features = con.execute(
         "SELECT persona, paraphrase, item_id, feature, mean_act FROM doc_features "
@@ -45,22 +49,67 @@ def _read(con: Any, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
     documents = con.execute(
         "SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id "
         "FROM documents WHERE sae_id = ?", [sae_id]).df()
-    personas = con.execute("SELECT persona::VARCHAR AS persona, family, is_control "
+    personas = con.execute("SELECT persona::VARCHAR AS persona, family, is_control, control_of "
                            "FROM personas ORDER BY enum_code(personas.persona)").df()
-    return doc_features, documents, personas
+    topics = dict(con.execute("SELECT item_id::VARCHAR, topic FROM items").fetchall())
+    return doc_features, documents, personas, topics
 
 
-def _counts(run: str, description: str, table: pd.DataFrame, only: list[str] | None = None
-            ) -> dict[str, Any]:
-    specific = table["label"] == "mask-specific"
-    if only is not None:
-        specific &= table["top_persona"].isin(only)
-    return {"run": run, "description": description,
-            "n_live": int((table["n_docs_firing"] > 0).sum()),
-            "n_mask_specific": int(specific.sum()),
-            "n_mask_family": int((table["label"] == "mask-family").sum()),
-            "n_shared": int((table["label"] == "shared").sum()),
-            "n_shared_modulated": int((table["label"] == "shared-modulated").sum())}
+def _counts(run: str, description: str, table: pd.DataFrame,
+            wrong: pd.Series | None = None) -> pd.DataFrame:
+    """One row per label: how many features of this run got it (in a split run, persona labels
+    count only where they tell a persona's halves apart)."""
+    labels = table["label"] if wrong is None else table["label"].where(
+        wrong | ~table["label"].isin(PERSONA_LABELS), "split-consistent")
+    counts = labels.value_counts()
+    return pd.DataFrame({"run": run, "description": description,
+                         "n_live": int((table["n_docs_firing"] > 0).sum()),
+                         "label": list(LABELS),
+                         "n": [int(counts.get(lab, 0)) for lab in LABELS]})
+
+
+def calibrate(doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame,
+              n: int, cfg: LabelConfig, seeds: int, topics: dict[str, str],
+              notes: list[str]) -> pd.DataFrame:
+    """The calibration runs' label counts: prompts reassigned to random persona slots (one run
+    per seed) and every persona's paraphrases split in two (where it has 4 or more)."""
+    rows = []
+    for s in range(seeds):
+        df, docs = reassign_prompts(doc_features, documents, personas, cfg.seed + 1000 + s)
+        table = label_features(df, docs, personas, n, cfg, topics)
+        rows.append(_counts(f"reassigned:{s}", "the non-control prompts reassigned to random "
+                            "persona slots, each with all its documents", table))
+    paras = documents.groupby("persona")["paraphrase"].nunique()
+    main = personas.loc[~personas["is_control"].astype(bool), "persona"]
+    if (paras.reindex(main).fillna(0) >= 4).any():
+        df, docs, pers, origin = split_personas(doc_features, documents, personas)
+        table = label_features(df, docs, pers, n, cfg, topics)
+        rows.append(_counts("split", "every persona's paraphrases split into two fake personas; "
+                            "persona labels that tell the halves apart", table,
+                            false_persona_labels(table, origin)))
+    else:
+        notes.append("the split calibration needs a persona with 4 or more paraphrases (two "
+                     "per half); this harvest has fewer, so only the reassignment runs count")
+    return pd.concat(rows, ignore_index=True)
+
+
+def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
+    """Per label: the real count, the mean count under reassignment, the split count and the
+    estimated false-discovery rate (the larger null count / the real count) for persona labels."""
+    counts = real["label"].value_counts()
+    reassigned = calibration[calibration["run"].str.startswith("reassigned")]
+    null = reassigned.groupby("label")["n"].mean()
+    split = calibration[calibration["run"] == "split"].set_index("label")["n"]
+    out = []
+    for lab in LABELS:
+        n_real = int(counts.get(lab, 0))
+        n_null, n_split = float(null.get(lab, 0.0)), split.get(lab)
+        worst = max(n_null, float(n_split) if n_split is not None else 0.0)
+        fdr = (min(1.0, worst / n_real) if n_real else (0.0 if worst == 0 else 1.0)) \
+            if lab in PERSONA_LABELS else None
+        out.append({"label": lab, "n_real": n_real, "n_null": n_null,
+                    "n_split": None if n_split is None else int(n_split), "fdr": fdr})
+    return pd.DataFrame(out)
 
 
 def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
@@ -72,7 +121,7 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     try:
         require_shoggoth(con, cfg.db)
         sae_id, sae_row = choose_sae(con, cfg.db, cfg.sae)
-        doc_features, documents, personas = _read(con, sae_id)
+        doc_features, documents, personas, topics = _read(con, sae_id)
         extra = con.execute(
             "SELECT feature, max(max_act) AS max_act FROM doc_features WHERE sae_id = ? "
             "GROUP BY feature", [sae_id]).df()
@@ -80,23 +129,12 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
         con.close()
     thresholds = LabelConfig(**{f.name: getattr(cfg, f.name) for f in fields(LabelConfig)})
     n = sae_row["d_sae"]
-    real = label_features(doc_features, documents, personas, n, thresholds)
-    calibration = [_counts("real", "the harvest as it is", real)]
-    shuffled = label_features(shuffled_within_items(doc_features, documents, personas,
-                                                    cfg.seed), documents, personas, n,
-                              thresholds)
-    calibration.append(_counts("shuffled", "persona labels permuted within each item",
-                               shuffled))
-    main = personas[~personas["is_control"]]
-    paras = documents.groupby("persona")["paraphrase"].nunique()
-    target = max(main["persona"], key=lambda p: (paras.get(p, 0), -list(main["persona"]).index(p)))
-    split_df, split_docs, split_personas, fake = split_persona(doc_features, documents, personas,
-                                                               target)
-    split = label_features(split_df, split_docs, split_personas, n, thresholds)
-    calibration.append(_counts(f"split:{target}", f"{target}'s paraphrases split into two fake "
-                               "personas; counts mask-specific features of the fakes", split,
-                               fake))
-
+    real = label_features(doc_features, documents, personas, n, thresholds, topics)
+    notes = list(real.attrs.get("notes", []))
+    calib = pd.concat([_counts("real", "the harvest as it is", real),
+                       calibrate(doc_features, documents, personas, n, thresholds,
+                                 cfg.calibration_seeds, topics, notes)], ignore_index=True)
+    fdr = fdr_table(real, calib)
     n_docs = len(documents)
     features = real.merge(extra, on="feature", how="left")
     sums = doc_features.groupby("feature")["mean_act"].sum()
@@ -104,11 +142,11 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     features["mean_act"] = features["feature"].map(sums).fillna(0.0) / max(n_docs, 1)
     features["max_act"] = features["max_act"].fillna(0.0)
     features.insert(0, "sae_id", sae_id)
-    calib = pd.DataFrame(calibration)
     calib.insert(0, "sae_id", sae_id)
-    write(cfg.db, sae_id, features, calib, config_metadata(cfg))
-    return {"sae_id": sae_id, "features": features, "calibration": calib,
-            "config": asdict(thresholds)}
+    fdr.insert(0, "sae_id", sae_id)
+    write(cfg.db, sae_id, features, calib, fdr, {**config_metadata(cfg), "notes": notes})
+    return {"sae_id": sae_id, "features": features, "calibration": calib, "fdr": fdr,
+            "notes": notes, "config": asdict(thresholds)}
 
 
 PERSONA_SQL = """
@@ -130,7 +168,7 @@ ORDER BY s.feature, s.persona
 
 
 def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFrame,
-          config: dict[str, Any]) -> None:
+          fdr: pd.DataFrame, config: dict[str, Any]) -> None:
     """Replace this SAE's labels in one transaction (with a `runs` record); annotations are
     never touched."""
     con = connect(db, wait=WAIT)
@@ -141,12 +179,13 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
                                                             "sae_id": sae_id}),
                          json.dumps(library_versions())])
             create_label_tables(con)
-            for table in ("features", "feature_personas", "calibration"):
+            for table in ("features", "feature_personas", "calibration", "label_fdr"):
                 con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
-            con.register("labelled", features)
-            con.execute("INSERT INTO features BY NAME SELECT * FROM labelled")
-            con.unregister("labelled")
-            insert_frame(con, "calibration", calibration)
+            for table, frame in (("features", features), ("calibration", calibration),
+                                 ("label_fdr", fdr)):
+                con.register("_labelled", frame)
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _labelled")
+                con.unregister("_labelled")
             con.execute(PERSONA_SQL, {"sae": sae_id})
     finally:
         con.close()

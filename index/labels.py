@@ -1,9 +1,10 @@
-"""Labelling SAE features as mask-specific, mask-family, shared, … from per-document activations.
+"""Labelling SAE features as mask-specific, persona-concept, mask-family, shared, … from
+per-document activations.
 
 `label_features` is a pure function of pandas DataFrames (no database), so the statistics can be
-tested on planted data. The unit of analysis is the document (persona × paraphrase × item); the
-paraphrases of a persona are averaged per item, and items are the blocks of every paired
-comparison. Every formula is in docs/labels.md.
+tested on planted data. The replicate of a persona is its *prompt* (one paraphrase of its system
+prompt), not the item: 240 answers under five wordings are five observations of the persona's
+effect, not 240. Every rule and its reason is in docs/labels.md.
 """
 
 from __future__ import annotations
@@ -12,441 +13,306 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from core.config import Config, option
 from core.errors import BadInput
+from index.label_grid import Grid, build_grid, doc_index, doc_rows
+from index.label_stats import (
+    contrast,
+    equivalence,
+    item_bootstrap,
+    permutation_design,
+    persona_test,
+    stratified_weights,
+)
 
-LABELS = ("dead", "rare", "mask-specific", "mask-family", "shared", "shared-modulated", "unclear")
+__all__ = ["COLUMNS", "LABELS", "PERSONA_LABELS", "LabelConfig", "doc_index", "label_features"]
+
+LABELS = ("dead", "rare", "mask-specific", "persona-concept", "mask-or-concept", "mask-family",
+          "mask-general", "shared", "shared-modulated", "unclear")
+PERSONA_LABELS = ("mask-specific", "persona-concept", "mask-or-concept", "mask-family")
+"""Labels that claim a feature belongs to some personas (their false-discovery rate is
+estimated by the calibration runs)."""
 
 
 @dataclass
 class LabelConfig(Config):
-    """Thresholds of `shoggoth label` (defaults from docs/labels.md)."""
+    """Thresholds of `shoggoth label` (defaults and their reasons: docs/labels.md)."""
 
     alpha: float = option(0.05, above=0, max=1)
-    """False discovery rate: a feature differs across personas when its BH q-value is below."""
+    """False discovery rate of the persona test: the personas differ when the BH q-value is
+    below this."""
     min_docs: int = option(20, min=1)
     """rare: the feature fires in fewer documents than this."""
-    specific_share: float = option(0.5, min=0, max=1)
-    """mask-specific: the top persona's share of the summed persona means is at least this."""
-    specific_k_eff: float = option(2.0, min=1)
-    """mask-specific: the effective number of personas (exp of the shares' entropy) is at most."""
-    specific_auroc: float = option(0.8, min=0, max=1)
-    """mask-specific: AUROC of the top persona's documents against the rest, at least."""
-    specific_stability: float = option(0.8, min=0, max=1)
-    """mask-specific: fraction of leave-one-paraphrase-out splits keeping the top persona."""
-    specific_control_ratio: float = option(0.2, min=0)
-    """mask-specific: mean under the controls / the top persona's mean, at most."""
+    permutations: int = option(500, min=19, max=100_000)
+    """Random relabellings of the prompts' personas behind each p-value."""
+    log_floor: float = option(0.05, above=0)
+    """The persona test uses log(prompt mean + this × the feature's mean prompt mean)."""
+    contrast: float = option(2.0, min=1)
+    """mask-specific / mask-family: the set's weakest persona mean is at least this multiple of
+    the strongest other persona's (and, for a mask, of its own mention/negation controls)."""
     family_fraction: float = option(1 / 3, above=0, max=1)
-    """mask-family: 2 < K_eff <= this fraction of the number of personas."""
-    shared_fire_frac: float = option(0.9, min=0, max=1)
-    """shared / shared-modulated: fires under at least this fraction of the personas."""
+    """mask-family: at most this fraction of the personas."""
     persona_fire_rate: float = option(0.05, min=0, max=1)
     """A feature fires under a persona when it fires in at least this fraction of its
     documents."""
-    shared_entropy: float = option(0.9, min=0, max=1)
-    """shared: normalised entropy of the persona shares, at least."""
-    shared_ratio_bound: float = option(1.5, min=1)
-    """shared: the bootstrap upper bound of max/min persona mean is at most this."""
-    bootstrap: int = option(200, min=1, max=100_000)
-    """Bootstrap resamples of the items for the max/min ratio's upper bound."""
-    confidence: float = option(0.95, above=0, below=1)
-    """Level of that one-sided upper bound."""
-    chunk: int = option(2048, min=1)
+    shared_fire_frac: float = option(0.9, min=0, max=1)
+    """shared / shared-modulated / mask-general: fires under at least this fraction of the
+    personas."""
+    shared_ratio_bound: float = option(1.5, above=1)
+    """shared: the upper confidence bound of every persona's mean / the others' mean is at most
+    this."""
+    confidence: float = option(0.95, above=0.5, below=1)
+    """Level of that one-sided bound."""
+    bootstrap: int = option(200, min=2, max=100_000)
+    """Resamples of the items (within topics) in the equivalence bound."""
+    no_mask_ratio: float = option(0.5, min=0)
+    """mask-general: the baseline controls' mean / the personas' mean is at most this."""
+    chunk: int = option(1024, min=1)
     """Features processed at once (bounds memory)."""
     seed: int = 0
-    """Seed of the bootstrap."""
+    """Seed of the permutations and the bootstrap."""
+
+
+COLUMNS = ["feature", "label", "top_persona", "family_set", "battery_family", "argmax_persona",
+           "n_docs_firing", "fire_frac_personas", "top_share", "k_eff", "norm_entropy",
+           "f_stat", "p_value", "q_value", "top_ratio", "paraphrase_margin", "set_size",
+           "set_ratio", "set_margin", "control_ratio", "no_mask_ratio", "max_min_ratio",
+           "ratio_ci_high", "shared_power", "ranked_personas"]
 
 
 @dataclass
-class _Grid:
-    """Index of the documents: personas (non-controls first), items, paraphrases."""
+class _Context:
+    """What every chunk of features shares."""
 
-    personas: list[str]
-    n_main: int
-    """Number of non-control personas (the first n_main of `personas`)."""
-    family: dict[str, str]
-    items: list[str]
-    persona_of_doc: np.ndarray
-    item_of_doc: np.ndarray
-    para_of_doc: np.ndarray
-    cell_docs: np.ndarray
-    """[persona, item] number of documents (paraphrases)."""
-    para_docs: np.ndarray
-    """[persona, paraphrase] number of documents."""
-
-
-def _grid(documents: pd.DataFrame, personas: pd.DataFrame) -> tuple[_Grid, pd.DataFrame]:
-    for col in ("persona", "family", "is_control"):
-        if col not in personas.columns:
-            raise BadInput(f"personas: missing column '{col}'")
-    for col in ("persona", "paraphrase", "item_id"):
-        if col not in documents.columns:
-            raise BadInput(f"documents: missing column '{col}'")
-    pers = personas.drop_duplicates("persona")
-    pers = pers.assign(persona=pers["persona"].astype(str))
-    main = [p for p, c in zip(pers["persona"], pers["is_control"], strict=True) if not c]
-    ctrl = [p for p, c in zip(pers["persona"], pers["is_control"], strict=True) if c]
-    names = main + ctrl
-    docs = documents[["persona", "paraphrase", "item_id"]].astype(
-        {"persona": str, "item_id": str}).drop_duplicates().reset_index(drop=True)
-    unknown = set(docs["persona"]) - set(names)
-    if unknown:
-        raise BadInput(f"documents: persona '{sorted(unknown)[0]}' is not in personas")
-    items = sorted(set(docs["item_id"]))
-    p_idx = docs["persona"].map({p: i for i, p in enumerate(names)}).to_numpy()
-    i_idx = docs["item_id"].map({it: i for i, it in enumerate(items)}).to_numpy()
-    j_idx = docs["paraphrase"].to_numpy().astype(np.int64)
-    if len(j_idx) and j_idx.min() < 0:
-        raise BadInput("documents: paraphrase must be >= 0")
-    cells = np.zeros((len(names), len(items)), dtype=np.int64)
-    np.add.at(cells, (p_idx, i_idx), 1)
-    paras = np.zeros((len(names), int(j_idx.max()) + 1 if len(j_idx) else 1), dtype=np.int64)
-    np.add.at(paras, (p_idx, j_idx), 1)
-    grid = _Grid(names, len(main), dict(zip(pers["persona"], pers["family"], strict=True)),
-                 items, p_idx, i_idx, j_idx, cells, paras)
-    return grid, docs
-
-
-def _codes(values: pd.Series, names: list[str]) -> np.ndarray:
-    """Index of each value in `names` (-1 when absent), via the categories when categorical."""
-    position = {n: i for i, n in enumerate(names)}
-    cat = values.astype("category")
-    lookup = np.array([position.get(str(c), -1) for c in cat.cat.categories] + [-1])
-    return lookup[cat.cat.codes.to_numpy()]  # code -1 (missing) picks the trailing -1
-
-
-def doc_index(frame: pd.DataFrame, docs: pd.DataFrame) -> np.ndarray:
-    """Position in `docs` of each row's (persona, paraphrase, item_id); -1 when absent.
-
-    Works on category codes, so millions of rows are never turned into Python strings.
-    """
-    names = [str(n) for n in dict.fromkeys(docs["persona"])]
-    items = [str(i) for i in dict.fromkeys(docs["item_id"])]
-    n_para = int(docs["paraphrase"].max()) + 1 if len(docs) else 1
-    table = np.full((len(names), n_para, len(items)), -1, dtype=np.int64)
-    table[_codes(docs["persona"], names), docs["paraphrase"].to_numpy(),
-          _codes(docs["item_id"], items)] = np.arange(len(docs))
-    p, i = _codes(frame["persona"], names), _codes(frame["item_id"], items)
-    j = frame["paraphrase"].to_numpy().astype(np.int64)
-    ok = (p >= 0) & (i >= 0) & (j >= 0) & (j < n_para)
-    out = np.full(len(frame), -1, dtype=np.int64)
-    out[ok] = table[p[ok], j[ok], i[ok]]
-    return out
-
-
-def _doc_rows(doc_features: pd.DataFrame, docs: pd.DataFrame,
-              n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(feature, document index, value) of every non-zero row, sorted by feature."""
-    for col in ("persona", "paraphrase", "item_id", "feature", "mean_act"):
-        if col not in doc_features.columns:
-            raise BadInput(f"doc_features: missing column '{col}'")
-    values = doc_features["mean_act"].to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        raise BadInput(f"doc_features: mean_act has {int(bad.sum())} NaN or infinite values")
-    if (values < 0).any():
-        raise BadInput("doc_features: mean_act must be >= 0 (SAE activations)")
-    feats = doc_features["feature"].to_numpy().astype(np.int64)
-    if len(feats) and (feats.min() < 0 or feats.max() >= n_features):
-        raise BadInput(f"doc_features: feature out of range 0..{n_features - 1}")
-    doc = doc_index(doc_features, docs)
-    if (doc < 0).any():
-        raise BadInput("doc_features: a row refers to a document not in documents")
-    keep = values > 0
-    order = np.argsort(feats[keep], kind="stable")
-    return feats[keep][order], doc[keep][order], values[keep][order]
-
-
-def _friedman(x: np.ndarray) -> np.ndarray:
-    """Tie-corrected Friedman p-values; x is [features, personas, items] (complete blocks).
-
-    Q = (k-1) Σ_k (R_k - n(k+1)/2)² / Σ_ik (r_ik - (k+1)/2)², the form that stays exact with
-    ties; all-tied features get p = 1.
-    """
-    f, k, n = x.shape
-    if k < 2 or n < 1:
-        return np.full(f, np.nan)
-    ranks = stats.rankdata(x, axis=1)
-    centre = (k + 1) / 2
-    num = ((ranks.sum(axis=2) - n * centre) ** 2).sum(axis=1)
-    den = ((ranks - centre) ** 2).sum(axis=(1, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(den > 0, (k - 1) * num / den, 0.0)
-    return np.where(den > 0, stats.chi2.sf(q, k - 1), 1.0)
-
-
-def _auroc(top_vals: np.ndarray, n_top: int, rest_vals: np.ndarray, n_rest: int) -> float:
-    """P(top document > other document) + ½ P(tie), zeros included, from the non-zero values."""
-    if n_top == 0 or n_rest == 0:
-        return float("nan")
-    rest = np.sort(rest_vals)
-    zeros_rest = n_rest - len(rest)
-    below = zeros_rest + np.searchsorted(rest, top_vals, "left")
-    equal = np.searchsorted(rest, top_vals, "right") - np.searchsorted(rest, top_vals, "left")
-    wins = (below + 0.5 * equal).sum() + (n_top - len(top_vals)) * 0.5 * zeros_rest
-    return float(wins / (n_top * n_rest))
+    cfg: LabelConfig
+    grid: Grid
+    feat: np.ndarray
+    doc: np.ndarray
+    val: np.ndarray
+    bounds: np.ndarray
+    """Row range of each feature in feat/doc/val."""
+    average: np.ndarray
+    """[prompt, persona]: 1/n_k where the prompt is persona k's (prompt means → persona means)."""
+    starts: np.ndarray
+    """First prompt of each main persona (prompts are sorted by persona)."""
+    design: np.ndarray
+    weights: np.ndarray
+    docs_per_persona: np.ndarray
 
 
 def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame,
-                   n_features: int, config: LabelConfig | None = None) -> pd.DataFrame:
-    """One row per feature 0..n_features-1 with its label and the statistics behind it."""
+                   n_features: int, config: LabelConfig | None = None,
+                   topics: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per feature 0..n_features-1 with its label and the statistics behind it.
+
+    personas: persona, family, is_control and optionally control_of (the persona a
+    mention/negation control is about). topics: item_id → topic, for the item bootstrap.
+    `table.attrs["notes"]` lists what this battery cannot support, one line each.
+    """
     cfg = config or LabelConfig()
     if n_features < 1:
         raise BadInput(f"n_features {n_features}: must be at least 1")
-    grid, docs = _grid(documents, personas)
-    feat, doc, val = _doc_rows(doc_features, docs, n_features)
-    k_main = grid.n_main
-    complete = (grid.cell_docs[:k_main] > 0).all(axis=0)
-    rng = np.random.default_rng(cfg.seed)
-    n_c = int(complete.sum())
-    boot = rng.multinomial(n_c, np.full(n_c, 1 / n_c), size=cfg.bootstrap) if n_c else None
+    grid, docs = build_grid(documents, personas, topics)
+    feat, doc, val = doc_rows(doc_features, docs, n_features)
+    n_prompts, n_all = len(grid.persona_of_prompt), len(grid.personas)
+    average = np.zeros((n_prompts, n_all))
+    counts = grid.prompts_per_persona
+    average[np.arange(n_prompts), grid.persona_of_prompt] = 1.0 / counts[grid.persona_of_prompt]
+    main_prompts = grid.persona_of_prompt[:grid.n_main_prompts]
     ctx = _Context(cfg, grid, feat, doc, val, np.searchsorted(feat, np.arange(n_features + 1)),
-                   complete, grid.cell_docs.sum(axis=1), boot)
-    out = [_chunk(ctx, start, min(n_features, start + cfg.chunk))
-           for start in range(0, n_features, cfg.chunk)]
-    table = pd.concat(out, ignore_index=True)
+                   average, np.searchsorted(main_prompts, np.arange(grid.n_main)),
+                   permutation_design(main_prompts, grid.n_main, cfg.permutations, cfg.seed),
+                   stratified_weights(grid.topic_of_item, cfg.bootstrap, cfg.seed + 1),
+                   grid.cell_docs.sum(axis=1))
+    table = pd.concat([_chunk(ctx, s, min(n_features, s + cfg.chunk))
+                       for s in range(0, n_features, cfg.chunk)], ignore_index=True)
     p = table["p_value"].to_numpy()
     q = np.full_like(p, np.nan)
     tested = np.isfinite(p)
     if tested.any():
         q[tested] = multipletests(p[tested], method="fdr_bh")[1]
     table["q_value"] = q
-    labels, tops, families = _labels(cfg, table, k_main)
-    table["label"] = labels
-    table["top_persona"] = pd.Series(tops, dtype=object)
-    table["family_set"] = pd.Series(families, dtype=object)
-    return table[COLUMNS]
+    _label(cfg, grid, table)
+    out = table[COLUMNS].copy()
+    out.attrs["notes"] = list(grid.notes)
+    return out
 
 
-COLUMNS = ["feature", "label", "top_persona", "family_set", "argmax_persona", "n_docs_firing",
-           "fire_frac_personas", "top_share", "k_eff", "norm_entropy", "auroc", "p_value",
-           "q_value", "max_min_ratio", "ratio_ci_high", "control_ratio", "paraphrase_stability",
-           "ranked_personas"]
-
-
-@dataclass
-class _Context:
-    """What every chunk of features shares: the grid, the document rows sorted by feature, the
-    complete items and the bootstrap weights."""
-
-    cfg: LabelConfig
-    grid: _Grid
-    feat: np.ndarray
-    doc: np.ndarray
-    val: np.ndarray
-    bounds: np.ndarray
-    """Row range of each feature in feat/doc/val."""
-    complete: np.ndarray
-    """Items every non-control persona has documents for (the Friedman blocks)."""
-    docs_per_persona: np.ndarray
-    boot: np.ndarray | None
-    """Bootstrap multiplicities of the complete items [resamples, items]."""
-
-
-@dataclass
-class _Chunk:
-    """One chunk's document rows (feature index local to the chunk) and cell means."""
-
-    f_loc: np.ndarray
-    pk: np.ndarray
-    jj: np.ndarray
-    v: np.ndarray
-    a: np.ndarray
-    """[feature, persona, item]: the paraphrase-average of the document means."""
-
-
-def _chunk_rows(ctx: _Context, start: int, stop: int) -> _Chunk:
+def _prompt_means(ctx: _Context, start: int, stop: int) -> tuple[np.ndarray, ...]:
+    """(rows of the chunk: local feature, persona, item, value; prompt means [f, prompt])."""
     grid, n_f = ctx.grid, stop - start
-    n_all, n_items = len(grid.personas), len(grid.items)
     lo, hi = ctx.bounds[start], ctx.bounds[stop]
     f_loc, d, v = ctx.feat[lo:hi] - start, ctx.doc[lo:hi], ctx.val[lo:hi]
-    pk, ii, jj = grid.persona_of_doc[d], grid.item_of_doc[d], grid.para_of_doc[d]
-    w = v / grid.cell_docs[pk, ii]
-    a = np.bincount((f_loc * n_all + pk) * n_items + ii, weights=w,
-                    minlength=n_f * n_all * n_items).reshape(n_f, n_all, n_items)
-    return _Chunk(f_loc, pk, jj, v, a)
-
-
-def _stability(grid: _Grid, c: _Chunk, n_f: int, top: np.ndarray) -> np.ndarray:
-    """Leave-one-paraphrase-out: the share of paraphrases without which the top persona stays
-    on top."""
-    k_main, n_all = grid.n_main, len(grid.personas)
-    paras = grid.para_docs[:k_main]
-    by_para = np.bincount((c.f_loc * n_all + c.pk) * paras.shape[1] + c.jj, weights=c.v,
-                          minlength=n_f * n_all * paras.shape[1]).reshape(n_f, n_all, -1)
-    by_para = by_para[:, :k_main]
-    tot_docs = paras.sum(axis=1)
-    stable = np.zeros(n_f)
-    for j in range(paras.shape[1]):
-        left = tot_docs - paras[:, j]
-        use = np.where(left > 0, left, tot_docs)
-        removed = np.where(left > 0, by_para[:, :, j], 0.0)
-        loo = (by_para.sum(axis=2) - removed) / np.maximum(use, 1)
-        stable += np.argmax(loo, axis=1) == top
-    return stable / paras.shape[1]
-
-
-def _ratio_bound(ctx: _Context, c: _Chunk, maybe: np.ndarray) -> np.ndarray:
-    """The bootstrap (over items) upper bound of max/min persona mean, for the features that
-    may be shared (`maybe`); NaN for the others."""
-    ratio_hi = np.full(len(maybe), np.nan)
-    if ctx.boot is not None and maybe.any():
-        sub = c.a[maybe][:, :ctx.grid.n_main][:, :, ctx.complete]
-        means = np.einsum("fki,bi->fkb", sub, ctx.boot)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = means.max(axis=1) / means.min(axis=1)
-        ratios = np.where(np.isnan(ratios), np.inf, ratios)
-        ratio_hi[maybe] = np.quantile(ratios, ctx.cfg.confidence, axis=1, method="higher")
-    return ratio_hi
-
-
-def _aurocs(ctx: _Context, c: _Chunk, live: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """AUROC of the top persona's documents against the other non-control personas'."""
-    k_main = ctx.grid.n_main
-    auroc = np.full(len(live), np.nan)
-    main_docs = int(ctx.docs_per_persona[:k_main].sum())
-    for f in np.flatnonzero(live):
-        s, e = np.searchsorted(c.f_loc, [f, f + 1])
-        fp, fv = c.pk[s:e], c.v[s:e]
-        is_top = fp == top[f]
-        rest = (fp < k_main) & ~is_top
-        n_top = int(ctx.docs_per_persona[top[f]])
-        auroc[f] = _auroc(fv[is_top], n_top, fv[rest], main_docs - n_top)
-    return auroc
+    pr = grid.prompt_of_doc[d]
+    n_p = len(grid.persona_of_prompt)
+    m = np.bincount(f_loc * n_p + pr, weights=v / grid.docs_per_prompt[pr],
+                    minlength=n_f * n_p).reshape(n_f, n_p)
+    return f_loc, grid.persona_of_doc[d], grid.item_of_doc[d], v, m
 
 
 def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
     """The statistics of features start..stop-1 (labels are decided after BH, over all)."""
     cfg, grid, n_f = ctx.cfg, ctx.grid, stop - start
-    k_main, n_all = grid.n_main, len(grid.personas)
-    c = _chunk_rows(ctx, start, stop)
-    a, present = c.a, grid.cell_docs > 0
-    n_present = np.maximum(present.sum(axis=1), 1)
-    mu_all = a.sum(axis=2) / n_present  # [feature, persona], items a persona lacks left out
-    mu = mu_all[:, :k_main]
-    fired_docs = np.bincount(c.f_loc * n_all + c.pk, minlength=n_f * n_all).reshape(n_f, n_all)
-    fire_rate = fired_docs / np.maximum(ctx.docs_per_persona, 1)
-    fires = fire_rate[:, :k_main] >= cfg.persona_fire_rate
+    k, n_all, n_mp = grid.n_main, len(grid.personas), grid.n_main_prompts
+    f_loc, pk, ii, v, m = _prompt_means(ctx, start, stop)
+    mu_all = m @ ctx.average
+    mu, mm = mu_all[:, :k], m[:, :n_mp]
+    n_docs = np.bincount(f_loc, minlength=n_f)
+    fired = np.bincount(f_loc * n_all + pk, minlength=n_f * n_all).reshape(n_f, n_all)
+    fires = fired[:, :k] / np.maximum(ctx.docs_per_persona[:k], 1) >= cfg.persona_fire_rate
+    broad = fires.mean(axis=1) >= cfg.shared_fire_frac if k else np.zeros(n_f, bool)
+    testable = n_docs >= cfg.min_docs
+    out = _descriptive(mu, n_docs > 0)
+    out["feature"] = np.arange(start, stop)
+    out["n_docs_firing"] = n_docs
+    out["fire_frac_personas"] = fires.mean(axis=1) if k else np.zeros(n_f)
+    out["argmax_persona"] = [grid.personas[t] if lv and k else None
+                             for t, lv in zip(np.argmax(mu, axis=1) if k else np.zeros(n_f, int),
+                                              n_docs > 0, strict=True)]
+    f_stat, p = np.full(n_f, np.nan), np.full(n_f, np.nan)
+    if k >= 2 and testable.any():
+        f_stat[testable], p[testable] = persona_test(
+            mm[testable], grid.persona_of_prompt[:n_mp], ctx.design, cfg.log_floor)
+    out["f_stat"], out["p_value"] = f_stat, p
+    c = contrast(mu, np.minimum.reduceat(mm, ctx.starts, axis=1) if k else mu,
+                 np.maximum.reduceat(mm, ctx.starts, axis=1) if k else mu, cfg.contrast,
+                 max(1, int(np.floor(cfg.family_fraction * k))))
+    live = n_docs > 0
+    for name, values in (("top_ratio", c.top_ratio), ("paraphrase_margin", c.top_margin),
+                         ("set_ratio", c.set_ratio), ("set_margin", c.set_margin)):
+        out[name] = np.where(live, values, np.nan)
+    out["set_size"] = c.set_size
+    out["order"] = list(c.order)
+    out["mu"] = list(mu)
+    out["control_mu"] = list(_matched_means(grid, mu_all))
+    top = c.order[:, 0] if k else np.zeros(n_f, int)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        top_mu = mu[np.arange(n_f), top] if k else np.zeros(n_f)
+        ctrl = np.stack(out["control_mu"].to_numpy())[np.arange(n_f), top] if k else top_mu
+        out["control_ratio"] = np.where(live, ctrl / top_mu, np.nan)
+        base = mu_all[:, grid.baseline].mean(axis=1) if grid.baseline else np.full(n_f, np.nan)
+        out["no_mask_ratio"] = np.where(live, base / mu.mean(axis=1), np.nan)
+    high, power = _shared_bound(ctx, m, mu, testable & broad & (mm > 0).all(axis=1),
+                                (f_loc, pk, ii, v))
+    out["ratio_ci_high"], out["shared_power"] = high, power
+    out["broad"] = broad
+    return out
+
+
+def _descriptive(mu: np.ndarray, live: np.ndarray) -> pd.DataFrame:
+    """Shares, entropy and max/min of the persona means: what the rules do not use, but a reader
+    wants."""
+    n_f, k = mu.shape
     total = mu.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = mu / total[:, None]
         ent = -np.where(share > 0, share * np.log(share), 0.0).sum(axis=1)
-        k_eff = np.exp(ent)
-        norm_ent = ent / np.log(k_main) if k_main > 1 else np.full(n_f, np.nan)
-        top = np.argmax(mu, axis=1) if k_main else np.zeros(n_f, dtype=np.int64)
-        top_mu = mu[np.arange(n_f), top] if k_main else np.zeros(n_f)
-        ctrl = a[:, k_main:, :].sum(axis=(1, 2)) / max(int(present[k_main:].sum()), 1)
-        control_ratio = np.where(top_mu > 0, ctrl / top_mu, np.nan) if n_all > k_main else \
-            np.zeros(n_f)
-        max_min = mu.max(axis=1) / mu.min(axis=1) if k_main else np.full(n_f, np.nan)
-    live = total > 0
-    p = _friedman(a[:, :k_main][:, :, ctx.complete]) if k_main > 1 else np.full(n_f, np.nan)
-    maybe = live & (fires.mean(axis=1) >= cfg.shared_fire_frac) if k_main else live & False
-    ranked = [",".join(grid.personas[k] for k in np.argsort(-mu[f], kind="stable")
-                       if mu[f, k] > 0) for f in range(n_f)]
+        norm = ent / np.log(k) if k > 1 else np.full(n_f, np.nan)
+        max_min = mu.max(axis=1) / mu.min(axis=1) if k else np.full(n_f, np.nan)
+    ranked = [",".join(str(j) for j in np.argsort(-mu[f], kind="stable") if mu[f, j] > 0)
+              for f in range(n_f)]
     return pd.DataFrame({
-        "feature": np.arange(start, stop),
-        "argmax_persona": [grid.personas[t] if lv else None for t, lv in zip(top, live,
-                                                                            strict=True)],
-        "n_docs_firing": np.bincount(c.f_loc, minlength=n_f),
-        "fire_frac_personas": fires.mean(axis=1) if k_main else np.zeros(n_f),
-        "top_share": np.where(live, share.max(axis=1) if k_main else np.nan, np.nan),
-        "k_eff": np.where(live, k_eff, np.nan),
-        "norm_entropy": np.where(live, norm_ent, np.nan),
-        "auroc": _aurocs(ctx, c, live, top),
-        "p_value": np.where(live, p, np.nan),
+        "top_share": np.where(live, share.max(axis=1) if k else np.nan, np.nan),
+        "k_eff": np.where(live, np.exp(ent), np.nan),
+        "norm_entropy": np.where(live, norm, np.nan),
         "max_min_ratio": np.where(live, max_min, np.nan),
-        "ratio_ci_high": _ratio_bound(ctx, c, maybe),
-        "control_ratio": np.where(live, control_ratio, np.nan),
-        "paraphrase_stability": np.where(live, _stability(grid, c, n_f, top), np.nan),
-        "ranked_personas": ranked,
-    })
+        "ranked": ranked})
 
 
-def _labels(cfg: LabelConfig, t: pd.DataFrame, k_main: int) -> tuple[list, list, list]:
-    """The label of each feature, in order of precedence, with top_persona / family_set."""
-    labels, tops, families = [], [], []
-    for row in t.itertuples(index=False):
-        top, family = None, None
-        significant = bool(row.q_value < cfg.alpha) if np.isfinite(row.q_value) else False
-        broad = row.fire_frac_personas >= cfg.shared_fire_frac
-        if row.n_docs_firing == 0:
-            label = "dead"
-        elif row.n_docs_firing < cfg.min_docs:
-            label = "rare"
-        elif k_main < 2:
-            label = "unclear"  # one persona: nothing to compare
-        elif (significant and row.top_share >= cfg.specific_share
-              and row.k_eff <= cfg.specific_k_eff and row.auroc >= cfg.specific_auroc
-              and row.paraphrase_stability >= cfg.specific_stability
-              and row.control_ratio <= cfg.specific_control_ratio):
-            label, top = "mask-specific", row.argmax_persona
-        elif significant and cfg.specific_k_eff < row.k_eff <= cfg.family_fraction * k_main:
-            label = "mask-family"
-            family = ",".join(row.ranked_personas.split(",")[: int(round(row.k_eff))])
-        elif (broad and row.norm_entropy >= cfg.shared_entropy
-              and row.ratio_ci_high <= cfg.shared_ratio_bound):
-            label = "shared"
-        elif broad and significant:
-            label = "shared-modulated"
+def _matched_means(grid: Grid, mu_all: np.ndarray) -> np.ndarray:
+    """[feature, main persona]: the largest mean among the persona's own mention/negation
+    controls (NaN for a persona without any)."""
+    out = np.full((mu_all.shape[0], grid.n_main), np.nan)
+    for k, controls in enumerate(grid.matched):
+        if controls:
+            out[:, k] = mu_all[:, controls].max(axis=1)
+    return out
+
+
+def _shared_bound(ctx: _Context, m: np.ndarray, mu: np.ndarray, cand: np.ndarray,
+                  rows: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """ratio_ci_high and shared_power for the candidates (broad, every prompt firing). The item
+    bootstrap is run only where the prompt term alone leaves the bound under the limit: adding
+    a variance can only raise it."""
+    cfg, grid = ctx.cfg, ctx.grid
+    n_f, k, n_mp = len(cand), grid.n_main, grid.n_main_prompts
+    high, power = np.full(n_f, np.nan), np.full(n_f, np.nan)
+    if k < 2 or not cand.any():
+        return high, power
+    idx = np.flatnonzero(cand)
+    log_m = np.log(m[idx, :n_mp])
+    main_prompts = grid.persona_of_prompt[:n_mp]
+    high[idx], power[idx] = equivalence(mu[idx], log_m, main_prompts, None,
+                                        cfg.shared_ratio_bound, cfg.confidence)
+    close = idx[high[idx] <= cfg.shared_ratio_bound]
+    if len(close):
+        f_loc, pk, ii, v = rows
+        pos = np.full(n_f, -1)
+        pos[close] = np.arange(len(close))
+        keep = (pos[f_loc] >= 0) & (pk < k)
+        n_items = len(grid.items)
+        a = np.bincount((pos[f_loc[keep]] * k + pk[keep]) * n_items + ii[keep],
+                        weights=v[keep] / grid.cell_docs[pk[keep], ii[keep]],
+                        minlength=len(close) * k * n_items).reshape(len(close), k, n_items)
+        ests = item_bootstrap(a, grid.cell_docs[:k] > 0, ctx.weights)
+        high[close], power[close] = equivalence(mu[close], np.log(m[close, :n_mp]),
+                                                main_prompts, ests, cfg.shared_ratio_bound,
+                                                cfg.confidence)
+    return high, power
+
+
+def _family_of(grid: Grid, members: list[str]) -> str | None:
+    """The battery family the set is (or is part of), else None."""
+    families = {grid.family[p] for p in members}
+    if len(families) != 1:
+        return None
+    fam = families.pop()
+    whole = {p for p in grid.personas[:grid.n_main] if grid.family[p] == fam}
+    return fam if whole == set(members) else f"part of {fam}"
+
+
+def _label(cfg: LabelConfig, grid: Grid, t: pd.DataFrame) -> None:
+    """The label of each feature, in order of precedence (docs/labels.md), in place."""
+    k = grid.n_main
+    n_docs = t["n_docs_firing"].to_numpy()
+    q = t["q_value"].to_numpy()
+    sig = np.isfinite(q) & (q < cfg.alpha)
+    broad = t["broad"].to_numpy()
+    shared = broad & (t["ratio_ci_high"].to_numpy() <= cfg.shared_ratio_bound)
+    label = np.full(len(t), "unclear", dtype=object)
+    label[shared] = "shared"
+    general = shared & (t["no_mask_ratio"].to_numpy() <= cfg.no_mask_ratio)
+    label[general] = "mask-general"
+    label[broad & sig & ~shared] = "shared-modulated"
+    top, family, battery = [None] * len(t), [None] * len(t), [None] * len(t)
+    single = grid.prompts_per_persona[:k] < 2
+    size = t["set_size"].to_numpy()
+    for f in np.flatnonzero(sig & (size > 0) & (n_docs >= cfg.min_docs) & (k >= 2)):
+        members = t["order"].iat[f][: size[f]]
+        if single[members].any():
+            label[f] = "unclear"  # one wording: persona and wording cannot be told apart
+            continue
+        mu, ctrl = t["mu"].iat[f][members], t["control_mu"].iat[f][members]
+        with np.errstate(invalid="ignore"):
+            concept = bool((ctrl >= mu / cfg.contrast).any())
+        names = [grid.personas[j] for j in members]
+        if size[f] == 1:
+            top[f] = names[0]
+            label[f] = ("persona-concept" if concept else
+                        "mask-or-concept" if np.isnan(ctrl).all() else "mask-specific")
         else:
-            label = "unclear"
-        labels.append(label)
-        tops.append(top)
-        families.append(family)
-    return labels, tops, families
-
-
-def shuffled_within_items(doc_features: pd.DataFrame, documents: pd.DataFrame,
-                          personas: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """doc_features with the non-control persona labels (persona, paraphrase) permuted among each
-    item's documents: any persona effect is destroyed, item effects are kept."""
-    rng = np.random.default_rng(seed)
-    controls = set(personas.loc[personas["is_control"].astype(bool), "persona"].astype(str))
-    docs = documents[["persona", "paraphrase", "item_id"]].astype(
-        {"persona": str, "item_id": str}).drop_duplicates().reset_index(drop=True)
-    source = np.arange(len(docs))
-    main = ~docs["persona"].isin(controls).to_numpy()
-    for idx in docs[main].groupby("item_id").indices.values():
-        rows = np.flatnonzero(main)[idx]
-        source[rows] = rows[rng.permutation(len(rows))]
-    where = source[doc_index(doc_features, docs)]
-    return pd.DataFrame({
-        "persona": pd.Categorical(docs["persona"].to_numpy()[where]),
-        "paraphrase": docs["paraphrase"].to_numpy()[where],
-        "item_id": pd.Categorical(docs["item_id"].to_numpy()[where]),
-        "feature": doc_features["feature"].to_numpy(),
-        "mean_act": doc_features["mean_act"].to_numpy()})
-
-
-def split_persona(doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame,
-                  persona: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
-    """The data with one persona's paraphrases split into two fake personas (first half, second
-    half); returns doc_features, documents, personas and the two fake names."""
-    n_para = int(documents.loc[documents["persona"].astype(str) == persona, "paraphrase"].max()) + 1
-    half = (n_para + 1) // 2
-    fake = [f"{persona}__a", f"{persona}__b"]
-
-    def rename(df: pd.DataFrame) -> pd.DataFrame:
-        names = pd.Categorical(df["persona"])
-        cats = [str(c) for c in names.categories]
-        codes = names.codes.copy()
-        mine = codes == (cats.index(persona) if persona in cats else -2)
-        para = df["paraphrase"].to_numpy()
-        second = mine & (para >= half)
-        codes[mine & ~second] = len(cats)
-        codes[second] = len(cats) + 1
-        out = df.copy()
-        out["persona"] = pd.Categorical.from_codes(codes, [*cats, *fake])
-        out["paraphrase"] = np.where(second, para - half, para).astype(para.dtype)
-        return out
-
-    row = personas[personas["persona"].astype(str) == persona].iloc[0]
-    pers = personas[personas["persona"].astype(str) != persona].astype({"persona": str})
-    extra = pd.DataFrame([{"persona": name, "family": row["family"], "is_control": False}
-                          for name in fake])
-    pers = pd.concat([extra, pers[["persona", "family", "is_control"]]], ignore_index=True)
-    return rename(doc_features), rename(documents), pers, fake
+            family[f], battery[f] = ",".join(names), _family_of(grid, names)
+            label[f] = "persona-concept" if concept else "mask-family"
+    label[(n_docs > 0) & (n_docs < cfg.min_docs)] = "rare"
+    label[n_docs == 0] = "dead"
+    if k < 2:
+        label[n_docs >= cfg.min_docs] = "unclear"  # one persona: nothing to compare
+    t["label"] = label
+    for name, values in (("top_persona", top), ("family_set", family),
+                         ("battery_family", battery)):
+        t[name] = pd.Series(values, index=t.index, dtype=object)
+    t["ranked_personas"] = [",".join(grid.personas[int(j)] for j in r.split(",")) if r else ""
+                            for r in t["ranked"]]
+    t["set_size"] = np.where(size > 0, size, np.nan)

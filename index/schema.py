@@ -58,20 +58,23 @@ written once, in one transaction, so uniqueness holds by construction (and is te
 LABEL_TABLES: dict[str, str] = {
     "features": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, label VARCHAR NOT NULL,
-        top_persona VARCHAR, family_set VARCHAR, argmax_persona VARCHAR,
+        top_persona VARCHAR, family_set VARCHAR, battery_family VARCHAR, argmax_persona VARCHAR,
         n_docs_firing INTEGER NOT NULL, fire_frac_personas DOUBLE, top_share DOUBLE,
-        k_eff DOUBLE, norm_entropy DOUBLE, auroc DOUBLE, p_value DOUBLE, q_value DOUBLE,
-        max_min_ratio DOUBLE, ratio_ci_high DOUBLE, control_ratio DOUBLE,
-        paraphrase_stability DOUBLE, ranked_personas VARCHAR, density DOUBLE, mean_act DOUBLE,
-        max_act DOUBLE, PRIMARY KEY (sae_id, feature)""",
+        k_eff DOUBLE, norm_entropy DOUBLE, f_stat DOUBLE, p_value DOUBLE, q_value DOUBLE,
+        top_ratio DOUBLE, paraphrase_margin DOUBLE, set_size INTEGER, set_ratio DOUBLE,
+        set_margin DOUBLE, control_ratio DOUBLE, no_mask_ratio DOUBLE, max_min_ratio DOUBLE,
+        ratio_ci_high DOUBLE, shared_power DOUBLE, ranked_personas VARCHAR, density DOUBLE,
+        mean_act DOUBLE, max_act DOUBLE, PRIMARY KEY (sae_id, feature)""",
     "feature_personas": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, persona VARCHAR NOT NULL,
         mean_act DOUBLE NOT NULL, fire_rate DOUBLE NOT NULL, delta_vs_rest DOUBLE,
         PRIMARY KEY (sae_id, feature, persona)""",
     "calibration": """
-        sae_id VARCHAR NOT NULL, run VARCHAR NOT NULL, description VARCHAR,
-        n_live INTEGER, n_mask_specific INTEGER, n_mask_family INTEGER, n_shared INTEGER,
-        n_shared_modulated INTEGER, PRIMARY KEY (sae_id, run)""",
+        sae_id VARCHAR NOT NULL, run VARCHAR NOT NULL, description VARCHAR, n_live INTEGER,
+        label VARCHAR NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (sae_id, run, label)""",
+    "label_fdr": """
+        sae_id VARCHAR NOT NULL, label VARCHAR NOT NULL, n_real INTEGER NOT NULL,
+        n_null DOUBLE NOT NULL, n_split INTEGER, fdr DOUBLE, PRIMARY KEY (sae_id, label)""",
     "annotations": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, label VARCHAR, note VARCHAR,
         author VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp""",
@@ -152,7 +155,16 @@ LEFT JOIN (SELECT sae_id, feature, arg_max(label, created_at) AS label,
 
 
 def create_label_tables(con: Any) -> None:
-    """The tables `shoggoth label` writes, and the feature_labels view (if missing)."""
+    """The tables `shoggoth label` writes, and the feature_labels view (if missing). Label
+    tables of an older labeller are derived data from a method that no longer exists: they are
+    replaced (the annotations are kept)."""
+    for table, marker in (("features", "set_margin"), ("calibration", "label")):
+        have = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = current_schema()", [table]).fetchall()}
+        if have and marker not in have:
+            con.execute("DROP VIEW IF EXISTS feature_labels")
+            con.execute(f"DROP TABLE {table}")
     for table, columns in LABEL_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
     con.execute(FEATURE_LABELS_VIEW)

@@ -16,7 +16,8 @@ from core.config import Config, load_config, option, read_config_file
 from core.errors import BadInput
 from index.dictionary import IndexConfig
 from index.label_db import LabelRunConfig
-from index.labels import LabelConfig, _auroc, _friedman
+from index.label_stats import contrast, equivalence, permutation_design, persona_test
+from index.labels import LabelConfig
 from index.merge import MergeConfig
 from index.sql import SqlConfig
 from pipeline.harvest import HarvestConfig
@@ -170,19 +171,41 @@ def test_decimals_for_resolves_the_median_activation():
         assert 10.0 ** -d <= median / 500 < 10.0 ** -(d - 1) or d in (0, 9)
 
 
-def test_auroc_counts_zeros_and_ties():
-    # top docs [2, 0], rest docs [1, 0, 0]: wins 2>1,2>0,2>0 = 3; 0 vs 1 loses; 0 vs 0 ties x2
-    assert _auroc(np.array([2.0]), 2, np.array([1.0]), 3) == pytest.approx((3 + 1) / 6)
-    assert math.isnan(_auroc(np.array([]), 0, np.array([1.0]), 3))
-
-
-def test_friedman_matches_scipy():
+def test_persona_test_is_the_one_way_anova_on_log_prompt_means():
     from scipy import stats
 
     rng = np.random.default_rng(0)
-    x = rng.random((3, 4, 12))
-    x[1, 0] += 1.0
-    got = _friedman(x)
-    want = [stats.friedmanchisquare(*x[f]).pvalue for f in range(3)]
-    assert np.allclose(got, want)
-    assert _friedman(np.ones((1, 3, 5)))[0] == 1.0
+    groups = np.repeat(np.arange(4), 5)
+    m = rng.gamma(5, 0.2, (3, 20))
+    m[1, groups == 2] *= 4  # one persona's five prompts stand out
+    design = permutation_design(groups, 4, 199, seed=1)
+    f_stat, p = persona_test(m, groups, design, log_floor=0.05)
+    for f in range(3):
+        y = np.log(m[f] + 0.05 * m[f].mean())
+        want = stats.f_oneway(*(y[groups == g] for g in range(4)))
+        assert f_stat[f] == pytest.approx(want.statistic, rel=1e-4)
+    assert p[1] < 0.01 and p[0] > 0.01 and p[2] > 0.01
+    assert persona_test(np.ones((1, 20)), groups, design, 0.05)[1][0] == 1.0
+
+
+def test_contrast_finds_the_smallest_set_that_stands_apart():
+    mu = np.array([[4.0, 1.0, 1.0, 1.0], [4.0, 3.9, 1.0, 1.0], [4.0, 1.0, 1.0, 1.0]])
+    lo = np.array([[3.0, 0.8, 0.8, 0.8], [3.0, 3.0, 0.8, 0.8], [0.5, 0.8, 0.8, 0.8]])
+    hi = np.array([[5.0, 1.2, 1.2, 1.2], [5.0, 5.0, 1.2, 1.2], [9.0, 1.2, 1.2, 1.2]])
+    c = contrast(mu, lo, hi, ratio=2.0, max_size=2)
+    assert list(c.set_size) == [1, 2, 0]  # the third: one weak wording does not stand apart
+    assert c.top_ratio[0] == 4.0 and c.top_margin[0] == pytest.approx(3.0 / 1.2)
+    assert c.set_margin[1] == pytest.approx(3.0 / 1.2) and c.top_margin[2] < 1
+
+
+def test_equivalence_bound_and_power():
+    groups = np.repeat(np.arange(6), 5)
+    rng = np.random.default_rng(0)
+    log_m = rng.normal(0, 0.05, (2, 30))
+    log_m[1, groups == 0] += np.log(1.6)
+    mu = np.exp(log_m) @ (np.eye(6)[groups] / 5)
+    high, power = equivalence(mu, log_m, groups, None, bound=1.5, confidence=0.95)
+    assert high[0] < 1.5 < high[1] and power[0] > 0.9
+    noisy = rng.normal(0, 0.5, (1, 30))
+    _, weak = equivalence(np.exp(noisy) @ (np.eye(6)[groups] / 5), noisy, groups, None, 1.5, 0.95)
+    assert weak[0] < 0.2  # too few, too noisy prompts: an equal feature rarely passes

@@ -33,10 +33,12 @@ def test_builtin_personas_meet_the_design():
     random_words = next(c for c in controls if c.name == "control_random_words")
     for control in (neutral, random_words):
         assert abs(mean(len(q.split()) for q in control.prompts) - words) <= 0.3 * words
-    # Mention-don't-adopt and negated-role controls for at least four personas.
-    mentioned = {c.control_of for c in controls if c.name.startswith("control_mention_")}
-    negated = {c.control_of for c in controls if c.name.startswith("control_negated_")}
-    assert len(mentioned & negated) >= 4 and (mentioned | negated) <= names
+    # Every persona has its own mention-don't-adopt and negated-role controls, two or more
+    # paraphrases each: the labeller compares a feature with its persona's matched controls.
+    for kind in ("mention", "negated"):
+        matched = {c.control_of: c for c in controls if c.name.startswith(f"control_{kind}_")}
+        assert set(matched) == {p.name for p in real}, kind
+        assert all(len(c.prompts) >= 2 for c in matched.values())
 
 
 def test_builtin_items_meet_the_design():
