@@ -118,14 +118,18 @@ def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
         "label": rng.choice(LABELS, d_sae), "top_persona": rng.choice(names, d_sae),
         "family_set": None, "argmax_persona": rng.choice(names[:20], d_sae),
         "n_docs_firing": rng.integers(0, 28_800, d_sae).astype(np.int32)})
-    for col in ("fire_frac_personas", "top_share", "k_eff", "norm_entropy", "auroc", "p_value",
-                "q_value", "max_min_ratio", "ratio_ci_high", "control_ratio",
-                "paraphrase_stability"):
+    features["battery_family"] = None
+    for col in ("fire_frac_personas", "top_share", "k_eff", "norm_entropy", "f_stat", "p_value",
+                "q_value", "top_ratio", "paraphrase_margin", "set_size", "set_ratio",
+                "set_margin", "control_ratio", "no_mask_ratio", "max_min_ratio", "ratio_ci_high",
+                "shared_power"):
         features[col] = rng.random(d_sae)
     features["ranked_personas"] = ",".join(names[:20])
     for col in ("density", "mean_act", "max_act"):
         features[col] = rng.random(d_sae)
-    insert_frame(con, "features", features)
+    con.register("_features", features)
+    con.execute("INSERT INTO features BY NAME SELECT * FROM _features")
+    con.unregister("_features")
     profiles = pd.DataFrame({"sae_id": SAE_ID,
                              "feature": np.repeat(np.arange(d_sae, dtype=np.int32), len(names)),
                              "persona": np.tile(names, d_sae),

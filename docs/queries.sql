@@ -13,7 +13,7 @@ ORDER BY persona, label;
 -- The villain's mask-specific features, each with its 3 strongest activations in context
 -- (8 tokens either side; the firing token in [[ ]]).
 WITH chosen AS (
-    SELECT sae_id, feature, top_share, auroc, q_value
+    SELECT sae_id, feature, top_share, set_ratio, q_value
     FROM features WHERE label = 'mask-specific' AND top_persona = 'villain'
 ), top AS (
     SELECT a.*, row_number() OVER (PARTITION BY a.sae_id, a.feature ORDER BY a.value DESC) AS rank
@@ -46,7 +46,23 @@ WHERE feature = (SELECT feature FROM features WHERE label <> 'dead' ORDER BY den
 ORDER BY mean_act DESC;
 
 -- name: calibration
--- How many features come out mask-specific when no persona effect can exist.
-SELECT sae_id, run, n_live, n_mask_specific, n_mask_family, n_shared
+-- How many features get each persona label when no persona effect can exist (prompts
+-- reassigned to random personas; every persona split in two), against the real run.
+SELECT sae_id, run, label, n
 FROM calibration
-ORDER BY sae_id, run;
+WHERE label IN ('mask-specific', 'persona-concept', 'mask-or-concept', 'mask-family')
+ORDER BY sae_id, run, label;
+
+-- name: label_fdr
+-- Every label with its real count, its null counts and its estimated false-discovery rate.
+SELECT sae_id, label, n_real, n_null, n_split, round(fdr, 4) AS fdr
+FROM label_fdr
+ORDER BY sae_id, n_real DESC;
+
+-- name: mask_general
+-- Features shared by every persona but (nearly) absent without one: the "there is a mask" features.
+SELECT feature, round(density, 4) AS density, round(no_mask_ratio, 3) AS no_mask_ratio,
+       round(ratio_ci_high, 3) AS ratio_ci_high, round(shared_power, 3) AS power
+FROM features
+WHERE label = 'mask-general'
+ORDER BY density DESC;

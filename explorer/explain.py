@@ -1,5 +1,6 @@
-"""Why a feature got its label, in sentences a reader can check against the thresholds
-(docs/labels.md has the method; the thresholds are `index.labels.LabelConfig`)."""
+"""Why a feature got its label, in sentences a reader can check against the thresholds of the
+label run that produced it (docs/labels.md has the method; the thresholds are
+`index.labels.LabelConfig`, stored with every label run)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,38 @@ from index.labels import LabelConfig
 def _num(x: Any, digits: int = 2) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
     return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
+
+
+def _persona_sentences(f: dict[str, Any], c: LabelConfig, label: str) -> list[str]:
+    top = f.get("top_persona")
+    members = f.get("family_set") or top
+    out = [f"It stands apart for {members}: the weakest of them has {_num(f['set_ratio'])}× the "
+           f"mean of the strongest other persona (≥ {c.contrast}), and every one of their "
+           f"prompts beats every other persona's best prompt (weakest / best = "
+           f"{_num(f['set_margin'])} > 1): no single wording carries it."]
+    ctrl = f.get("control_ratio")
+    if label == "mask-specific":
+        out.append(f"Mask-specific to {top}: its own mention and negation controls reach only "
+                   f"{_num(ctrl)} of its mean under {top} (below 1/{c.contrast}), so it is "
+                   "the mask, not the mere mention of the persona.")
+    elif label == "persona-concept":
+        out.append(f"Persona concept, not a mask: it also fires when {members} is only "
+                   f"mentioned or negated (a matched control reaches ≥ 1/{c.contrast} of the "
+                   f"persona's mean; top persona's ratio {_num(ctrl)}).")
+    elif label == "mask-or-concept":
+        out.append(f"Mask or concept: {top} has no mention/negation control in this battery, "
+                   "so whether the feature is the mask or the persona's concept cannot be told.")
+    else:
+        fam = f.get("battery_family")
+        out.append(f"Mask-family ({members}): the smallest set of personas (at most "
+                   f"{_num(100 * c.family_fraction, 0)}% of them) that stands apart; "
+                   + (f"it is the battery's family '{fam}'." if fam and not fam.startswith("part")
+                      else f"it is {fam} of the battery." if fam
+                      else "it is not one of the battery's families."))
+    return out
 
 
 def explain(f: dict[str, Any], cfg: LabelConfig | None = None) -> list[str]:
@@ -20,48 +52,43 @@ def explain(f: dict[str, Any], cfg: LabelConfig | None = None) -> list[str]:
     c = cfg or LabelConfig()
     label = f["auto_label"] if "auto_label" in f else f["label"]
     n_docs = f.get("n_docs_firing") or 0
-    top = f.get("top_persona") or f.get("argmax_persona")
-    out = []
     if label == "dead":
         return ["It never fired on any answer token of the battery."]
     if label == "rare":
         return [f"It fired in {n_docs} documents, fewer than the {c.min_docs} needed to "
                 "test it."]
-    out.append(f"It fired in {n_docs:,} documents, under {_num(100 * f['fire_frac_personas'], 0)}% "
-               f"of the personas; its strongest persona is {top} with "
-               f"{_num(100 * f['top_share'], 0)}% of the summed per-persona means.")
+    top = f.get("top_persona") or f.get("argmax_persona")
+    out = [f"It fired in {n_docs:,} documents, under {_num(100 * f['fire_frac_personas'], 0)}% "
+           f"of the personas; its strongest persona is {top} ({_num(f.get('top_ratio'))}× the "
+           "runner-up)."]
     q = f.get("q_value")
     sig = q is not None and not math.isnan(q) and q < c.alpha
-    out.append(f"Persona effect (Friedman test blocked by item, BH-corrected): q = "
-               f"{_num(f.get('q_value'), 2)} — {'significant' if sig else 'not significant'} "
-               f"at {c.alpha}.")
-    if label == "mask-specific":
-        out.append(f"Mask-specific to {top}: share {_num(f['top_share'])} ≥ {c.specific_share}, "
-                   f"effective number of personas {_num(f['k_eff'])} ≤ {c.specific_k_eff}, "
-                   f"AUROC {_num(f['auroc'])} ≥ {c.specific_auroc} for {top} against the rest, "
-                   f"the same top persona in {_num(100 * f['paraphrase_stability'], 0)}% of "
-                   f"leave-one-paraphrase-out splits (≥ {_num(100 * c.specific_stability, 0)}%), "
-                   f"and the controls reach only {_num(f['control_ratio'])} of its mean under "
-                   f"{top} (≤ {c.specific_control_ratio}).")
-    elif label == "mask-family":
-        out.append(f"Mask-family ({f.get('family_set')}): significant, and spread over "
-                   f"{_num(f['k_eff'])} effective personas — more than {c.specific_k_eff} (one "
-                   f"mask) but no more than a third of the personas.")
-    elif label == "shared":
-        out.append(f"Shared: fires under ≥ {_num(100 * c.shared_fire_frac, 0)}% of personas, "
-                   f"normalised entropy {_num(f['norm_entropy'])} ≥ {c.shared_entropy}, and the "
-                   f"largest/smallest persona mean is at most {_num(f['ratio_ci_high'])} at the "
-                   f"{_num(100 * c.confidence, 0)}% bootstrap bound (≤ {c.shared_ratio_bound}): "
-                   "shown equivalent across personas, not merely not different.")
+    out.append(f"Persona effect, with the prompts as replicates (ANOVA on log prompt means, "
+               f"p from {c.permutations} relabellings of the prompts, BH-corrected): q = "
+               f"{_num(q, 2)} — {'significant' if sig else 'not significant'} at {c.alpha}.")
+    if label in ("mask-specific", "persona-concept", "mask-or-concept", "mask-family"):
+        return out + _persona_sentences(f, c, label)
+    bound, power = f.get("ratio_ci_high"), f.get("shared_power")
+    if label in ("shared", "mask-general"):
+        out.append(f"Shared: it fires under ≥ {_num(100 * c.shared_fire_frac, 0)}% of personas "
+                   f"and no persona's mean is more than {_num(bound)}× the others' at "
+                   f"{_num(100 * c.confidence, 0)}% confidence (≤ {c.shared_ratio_bound}; a "
+                   f"feature truly equal across personas would pass {_num(100 * power, 0)}% "
+                   "of the time with this data): shown equivalent, not merely not different.")
+        if label == "mask-general":
+            out.append(f"Mask-general: without any persona (the baseline controls) it reaches "
+                       f"only {_num(f.get('no_mask_ratio'))} of its mean under the personas "
+                       f"(≤ {c.no_mask_ratio}): shared by all masks, not there without one.")
+        else:
+            out.append(f"It is there without a persona too (baseline controls / personas = "
+                       f"{_num(f.get('no_mask_ratio'))}).")
     elif label == "shared-modulated":
         out.append(f"Shared but modulated: it fires under ≥ {_num(100 * c.shared_fire_frac, 0)}% "
-                   "of personas, but its strength differs significantly between them and it is "
-                   f"not shown equivalent (max/min ratio {_num(f['max_min_ratio'])}, upper bound "
-                   f"{_num(f['ratio_ci_high'])}; normalised entropy "
-                   f"{_num(f['norm_entropy'])}).")
+                   "of personas, its strength differs significantly between them, and no set "
+                   f"of personas stands apart (persona vs others bound {_num(bound)}).")
     else:
-        out.append("Unclear: it meets neither the mask-specific or mask-family criteria nor "
-                   f"the shared ones (K_eff {_num(f.get('k_eff'))}, AUROC "
-                   f"{_num(f.get('auroc'))}, normalised entropy {_num(f.get('norm_entropy'))}, "
-                   f"ratio bound {_num(f.get('ratio_ci_high'))}).")
+        out.append("Unclear: no set of personas stands apart by the contrast and wording rules, "
+                   f"and it is not shown equivalent across personas (top / runner-up "
+                   f"{_num(f.get('top_ratio'))}, wording margin "
+                   f"{_num(f.get('paraphrase_margin'))}, shared bound {_num(bound)}).")
     return out

@@ -22,13 +22,15 @@ from index.database import choose_sae, connect, faiss_dir, require_shoggoth, tab
 from index.labels import LabelConfig
 
 MASK_FEATURES_SQL = """
-SELECT l.feature, l.label, f.top_share, f.auroc, f.q_value
+SELECT l.feature, l.label, f.top_share, f.set_ratio, f.q_value
 FROM feature_labels l JOIN features f USING (sae_id, feature)
-WHERE l.sae_id = ? AND l.label IN ('mask-specific', 'mask-family')
+WHERE l.sae_id = ? AND l.label IN ('mask-specific', 'persona-concept', 'mask-or-concept',
+                                   'mask-family')
   AND (l.top_persona = ? OR list_contains(string_split(l.family_set, ','), ?))
-ORDER BY l.label DESC, f.auroc DESC LIMIT ?"""
-"""A persona's mask-specific, then mask-family, features (labels in force), by AUROC;
-parameters: sae_id, persona, persona, limit."""
+ORDER BY l.label = 'mask-family', l.label, f.set_ratio DESC LIMIT ?"""
+"""A persona's own features (mask-specific, persona-concept, mask-or-concept, then mask-family;
+labels in force), by how far the persona stands apart (set_ratio); parameters: sae_id, persona,
+persona, limit."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -140,7 +142,8 @@ def describe(d: Dictionary, feature: int, k: int) -> dict[str, Any]:
             stats = dict(zip([c[0] for c in cur.description], row, strict=True))
             out["statistics"] = {key: stats[key] for key in (
                 "label", "n_docs_firing", "fire_frac_personas",
-                "top_share", "k_eff", "auroc", "q_value", "max_min_ratio", "density",
+                "top_share", "k_eff", "q_value", "top_ratio", "paraphrase_margin",
+                "control_ratio", "no_mask_ratio", "ratio_ci_high", "shared_power", "density",
                 "mean_act", "max_act")}
     if "examples" in d.tables:
         out["contexts"] = [{"rank": r, "value": v, "persona": p, "item_id": i, "context": c}
@@ -172,8 +175,8 @@ def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
         "relative_norm": None if norm is None else round(norm[1], 4),
         "nearest": [{"feature": f, "cosine": round(float(c), 4), **labels[f]}
                     for f, c in nearest],
-        "mask_specific": [{"feature": f, "label": lab, "top_share": share, "auroc": auroc,
-                           "q_value": q} for f, lab, share, auroc, q in specific],
+        "mask_specific": [{"feature": f, "label": lab, "top_share": share, "set_ratio": ratio,
+                           "q_value": q} for f, lab, share, ratio, q in specific],
     }
 
 
@@ -259,25 +262,43 @@ def labelled_features(con: Any, sae: str, feature: int | None = None) -> pd.Data
     return con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae]).df()
 
 
+def _label_run(con: Any, sae: str) -> dict[str, Any]:
+    """The config saved by the label run whose labels are stored for `sae` ({} if none)."""
+    if not has_table(con, "runs"):
+        return {}
+    row = con.execute(
+        "SELECT config_json FROM runs WHERE command = 'label' AND "
+        "json_extract_string(config_json, '$.sae_id') = ? ORDER BY started_at DESC LIMIT 1",
+        [sae]).fetchone()
+    return json.loads(row[0]).get("config", {}) if row else {}
+
+
 def label_thresholds(con: Any, sae: str) -> LabelConfig:
     """The thresholds of the label run whose labels are stored for `sae` (the defaults when
     no run recorded them)."""
-    row = None
-    if has_table(con, "runs"):
-        row = con.execute(
-            "SELECT config_json FROM runs WHERE command = 'label' AND "
-            "json_extract_string(config_json, '$.sae_id') = ? ORDER BY started_at DESC LIMIT 1",
-            [sae]).fetchone()
-    stored = json.loads(row[0]).get("config", {}) if row else {}
+    stored = _label_run(con, sae)
     names = {f.name for f in fields(LabelConfig)}
     return LabelConfig(**{k: v for k, v in stored.items() if k in names})
 
 
 def calibration(con: Any, sae: str) -> pd.DataFrame:
-    """The label run's calibration counts (empty before `label`)."""
+    """The label run's calibration counts, one row per run and label (empty before `label`)."""
     return _if_table(con, "calibration",
-                     "SELECT run, description, n_live, n_mask_specific, n_mask_family, "
-                     "n_shared FROM calibration WHERE sae_id = ? ORDER BY run", [sae])
+                     "SELECT run, description, n_live, label, n FROM calibration "
+                     "WHERE sae_id = ? ORDER BY run, label", [sae])
+
+
+def label_fdr(con: Any, sae: str) -> pd.DataFrame:
+    """Per label: real count, mean count under prompt reassignment, count in the split run,
+    and the estimated false-discovery rate (persona labels only; empty before `label`)."""
+    return _if_table(con, "label_fdr",
+                     "SELECT label, n_real, n_null, n_split, fdr FROM label_fdr "
+                     "WHERE sae_id = ?", [sae])
+
+
+def label_notes(con: Any, sae: str) -> list[str]:
+    """What the last label run said its battery could not support."""
+    return list(_label_run(con, sae).get("notes", []))
 
 
 def persona_means(con: Any, sae: str, feature: int) -> pd.DataFrame:

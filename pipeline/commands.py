@@ -109,9 +109,9 @@ def search_command(cfg: SearchConfig) -> None:
                       highlight=False)
         _print_features(console, "features nearest the persona vector", result["nearest"],
                         ["feature", "cosine", "label", "top_persona", "density"])
-        _print_features(console, "its mask-specific and mask-family features",
-                        result["mask_specific"],
-                        ["feature", "label", "top_share", "auroc", "q_value"])
+        _print_features(console, "its own features (mask-specific, persona-concept, "
+                        "mask-or-concept, mask-family)", result["mask_specific"],
+                        ["feature", "label", "top_share", "set_ratio", "q_value"])
 
 
 def _fmt(v: Any) -> str:

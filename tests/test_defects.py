@@ -184,7 +184,7 @@ def synthetic_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build(tmp_path_factory.mktemp("synthetic"), 1024, 6, log=lambda _m: None)
 
 
-DONE = {"label": "calibration", "index": "features indexed"}
+DONE = {"label": "per persona", "index": "features indexed"}
 """What a command prints when its work is done."""
 
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import shoggoth
+from index.labels import LABELS
 
 QUERIES = Path(__file__).parents[1] / "docs" / "queries.sql"
 
@@ -42,7 +43,7 @@ def digest(path: Path) -> str:
 def test_every_documented_query_runs(capfd, labelled):
     queries = named_queries()
     assert {"persona_label_counts", "mask_specific_of_persona", "shared_by_every_persona",
-            "calibration"} <= set(queries)
+            "calibration", "label_fdr", "mask_general"} <= set(queries)
     results = {}
     for name, query in queries.items():
         code, out, err = sql(capfd, labelled, query, "--format", "json")
@@ -54,7 +55,9 @@ def test_every_documented_query_runs(capfd, labelled):
     assert sum(r["features"] for r in results["persona_label_counts"]) == want > 0
     n_shared = con.execute("SELECT count(*) FROM features WHERE label = 'shared'").fetchone()[0]
     assert len(results["shared_by_every_persona"]) == min(n_shared, 50)
-    assert [r["run"] for r in results["calibration"]][:2] == ["real", "shuffled"]
+    assert {r["run"] for r in results["calibration"]} == {"real", "reassigned:0",
+                                                           "reassigned:1", "reassigned:2"}
+    assert {r["label"] for r in results["label_fdr"]} == set(LABELS)
     top = results["persona_mean_of_feature"]
     assert top and top == sorted(top, key=lambda r: -r["mean_act"])
     con.close()

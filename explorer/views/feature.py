@@ -54,9 +54,10 @@ else:
     for sentence in explain(info, q(read.label_thresholds, sae)):
         st.markdown(md(sentence))
     cols = st.columns(6)
-    for col, (name, key) in zip(cols, [("density", "density"), ("mean act", "mean_act"),
-                                       ("max act", "max_act"), ("K_eff", "k_eff"),
-                                       ("AUROC", "auroc"), ("q value", "q_value")], strict=True):
+    for col, (name, key) in zip(cols, [("density", "density"), ("max act", "max_act"),
+                                       ("q value", "q_value"), ("top / runner-up", "top_ratio"),
+                                       ("own controls / top", "control_ratio"),
+                                       ("shared bound", "ratio_ci_high")], strict=True):
         value = info.get(key)
         col.metric(name, "n/a" if value is None or pd.isna(value) else f"{value:.3g}")
 

@@ -26,10 +26,10 @@ feature_id = c4.text_input("feature id", key="f_id", placeholder="e.g. 42 or 1,2
 c5, c6, c7, c8 = st.columns(4)
 min_density = c5.number_input("min density", 0.0, 1.0, 0.0, step=0.001, format="%.4f",
                               key="f_density")
-max_k_eff = c6.number_input("max K_eff", 0.0, 1000.0, 1000.0, key="f_keff")
+min_ratio = c6.number_input("min top / runner-up", 0.0, 1000.0, 0.0, key="f_ratio")
 max_q = c7.number_input("max q value", 0.0, 1.0, 1.0, step=0.01, key="f_q")
-sort = c8.selectbox("sort by", ["feature", "density", "auroc", "q_value", "k_eff", "top_share",
-                                "max_act"], key="f_sort")
+sort = c8.selectbox("sort by", ["feature", "density", "top_ratio", "q_value", "set_ratio",
+                                "control_ratio", "ratio_ci_high", "max_act"], key="f_sort")
 
 shown = features
 if labels:
@@ -46,14 +46,16 @@ if feature_id.strip():
         st.stop()
     shown = shown[shown["feature"].isin(ids)]
 shown = shown[(shown["density"].fillna(0) >= min_density)
-              & (shown["k_eff"].fillna(0) <= max_k_eff)
+              & (shown["top_ratio"].fillna(0) >= min_ratio)
               & (shown["q_value"].fillna(1) <= max_q)]
-shown = shown.sort_values(sort, ascending=sort in ("feature", "q_value", "k_eff"),
+shown = shown.sort_values(sort, ascending=sort in ("feature", "q_value", "control_ratio",
+                                                  "ratio_ci_high"),
                           na_position="last")
 
 columns = ["feature", "label", "top_persona", "argmax_persona", "family", "family_set",
-           "density", "n_docs_firing", "top_share", "k_eff", "auroc", "q_value",
-           "ratio_ci_high", "mean_act", "max_act", "manual_label", "note"]
+           "battery_family", "density", "n_docs_firing", "q_value", "top_ratio",
+           "paraphrase_margin", "set_ratio", "control_ratio", "no_mask_ratio", "ratio_ci_high",
+           "shared_power", "mean_act", "max_act", "manual_label", "note"]
 st.caption(f"{len(shown):,} of {len(features):,} features · select a row to open it")
 event = st.dataframe(shown[columns], hide_index=True, on_select="rerun",
                      selection_mode="single-row", key="f_table", height=420)

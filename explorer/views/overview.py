@@ -34,9 +34,21 @@ if features.empty:
     st.stop()
 
 st.subheader("Labels")
+fdr = q(read.label_fdr, sae)
 count = features["label"].value_counts().reindex(LABELS, fill_value=0)
-st.dataframe(pd.DataFrame({"label": count.index, "features": count.to_numpy()}),
-             hide_index=True)
+table = pd.DataFrame({"label": count.index, "features": count.to_numpy()})
+if len(fdr):
+    table = table.merge(fdr.rename(columns={"n_null": "null (reassigned prompts)",
+                                            "n_split": "null (split personas)",
+                                            "fdr": "estimated FDR"})
+                        .drop(columns="n_real"), on="label", how="left")
+st.dataframe(table, hide_index=True)
+st.caption("Each persona label's estimated false-discovery rate is the larger null count (the "
+           "mean over runs with the prompts reassigned to random personas, or the run with every "
+           "persona's paraphrases split in two) divided by the real count. Shared labels have "
+           "none: reassigning prompts does not make a shared feature false.")
+for note in q(read.label_notes, sae):
+    st.warning(note)
 manual = int(features["manual_label"].notna().sum())
 if manual:
     st.caption(f"{manual} features carry a manual label (shown instead of the automatic one).")
@@ -54,16 +66,12 @@ st.altair_chart(heat + text, width="stretch")
 
 st.subheader("Calibration")
 calib = q(read.calibration, sae)
-fake = calib[calib["run"] != "real"]["n_mask_specific"].max() if len(calib) else None
-if fake is None or pd.isna(fake):
+if calib.empty:
     st.write("No calibration runs stored (run `shoggoth label`).")
 else:
-    real = calib[calib["run"] == "real"]["n_mask_specific"].sum()
-    st.write(f"Under shuffled persona labels (and with one persona's paraphrases split into "
-             f"two fake personas), **{int(fake)}** features would be called mask-specific, "
-             f"against **{int(real)}** with the real labels.")
-if len(calib):
-    st.dataframe(calib, hide_index=True)
+    wide = calib.pivot_table(index="run", columns="label", values="n", aggfunc="sum")
+    st.dataframe(wide.reindex(columns=[c for c in LABELS if c in wide.columns]))
+    st.caption("Label counts of the real run and of each calibration run (docs/labels.md).")
 
 st.subheader("Most active features")
 for f in features[features["label"] != "dead"].sort_values(
@@ -71,9 +79,9 @@ for f in features[features["label"] != "dead"].sort_values(
     feature_link(sae, f.feature, f.label, f" · density {f.density:.3f}")
 st.subheader("Strongest mask-specific features")
 top = features[features["label"].isin(["mask-specific", "mask-family"])].sort_values(
-    "auroc", ascending=False).head(10)
+    "set_ratio", ascending=False).head(10)
 if top.empty:
-    st.write("None: no feature passed the mask-specific or mask-family tests.")
+    st.write("None: no feature passed the mask-specific or mask-family rules.")
 for f in top.itertuples():
     feature_link(sae, f.feature, f.label, f" · {f.top_persona or f.family_set}")
 st.subheader("Most frequent shared features")

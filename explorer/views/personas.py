@@ -24,13 +24,15 @@ for p in q(read.prompts_of, persona).itertuples():
 
 left, right = st.columns(2)
 with left:
-    st.subheader("Mask-specific features")
+    st.subheader("Its own features")
+    st.caption("mask-specific, persona-concept (also fires when it is only mentioned or "
+               "negated), mask-or-concept, then the families it belongs to")
     if has_table("features"):
         own = q(read.mask_features, sae, persona, 30)
         if own.empty:
-            st.write("None: no feature passed the mask-specific or mask-family tests for it.")
+            st.write("None: no set of personas including it stands apart for any feature.")
         for f in own.itertuples():
-            feature_link(sae, int(f.feature), f.label, f" · AUROC {f.auroc:.2f}")
+            feature_link(sae, int(f.feature), f.label, f" · {f.set_ratio:.1f}× the others")
         st.subheader("Most suppressed under it")
         st.caption("Live features whose mean under this persona falls furthest below the other "
                    "personas' mean (a ranking, not a significance test).")
