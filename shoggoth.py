@@ -12,7 +12,7 @@ import core.startup
 from core.errors import BadInput, Interrupted, is_interrupt
 from explorer.commands import demo_command, explore_command
 from index.commands import label_command, merge_command, sql_command
-from pipeline.commands import harvest_command, index_command, search_command
+from pipeline.commands import harvest_command, index_command, layers_command, search_command
 from sae.commands import (
     models_command,
     prompt_command,
@@ -34,6 +34,7 @@ cli.add_command(sae_group)
 cli.add_command(harvest_command)
 cli.add_command(merge_command)
 cli.add_command(label_command)
+cli.add_command(layers_command)
 cli.add_command(sql_command)
 cli.add_command(index_command)
 cli.add_command(search_command)

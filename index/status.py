@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from index.database import connect, tables
+from index.schema import battery_rows
 
 
 @dataclass
@@ -23,11 +24,23 @@ class Status:
     """The database holds a harvest of other weights (a retrained SAE)."""
     documents: int = 0
     """Documents harvested."""
+    probed: bool = False
+    """`shoggoth layers` has written its layer probe."""
+    other_battery: bool = False
+    """The database holds another persona battery (the built-in one changed)."""
 
 
-def sae_status(db: Path, weights_sha256: str) -> Status:
+def _rows(con: object, sae_id: str, table: str, names: set[str]) -> int:
+    if table not in names:
+        return 0
+    return con.execute(f"SELECT count(*) FROM {table} WHERE sae_id = ?",  # type: ignore[attr-defined]
+                       [sae_id]).fetchone()[0]
+
+
+def sae_status(db: Path, weights_sha256: str,
+               battery: dict[str, list[tuple]] | None = None) -> Status:
     """The status of the SAE whose weights hash to `weights_sha256` in `db` (all False when
-    the file does not exist)."""
+    the file does not exist). `battery`: the rows the battery tables should hold."""
     if not db.is_file():
         return Status()
     con = connect(db, read_only=True)
@@ -35,6 +48,8 @@ def sae_status(db: Path, weights_sha256: str) -> Status:
         names = tables(con)
         if "saes" not in names:
             return Status()
+        if battery is not None and "personas" in names and battery_rows(con) != battery:
+            return Status(other_battery=True)
         row = con.execute("SELECT sae_id FROM saes WHERE weights_sha256 = ?",
                           [weights_sha256]).fetchone()
         if row is None:
@@ -43,10 +58,13 @@ def sae_status(db: Path, weights_sha256: str) -> Status:
         sae_id = row[0]
         documents = con.execute("SELECT count(*) FROM documents WHERE sae_id = ?",
                                 [sae_id]).fetchone()[0]
-        labelled = "features" in names and con.execute(
-            "SELECT count(*) FROM features WHERE sae_id = ?", [sae_id]).fetchone()[0] > 0
-        indexed = "faiss_indexes" in names and con.execute(
-            "SELECT count(*) FROM faiss_indexes WHERE sae_id = ?", [sae_id]).fetchone()[0] > 0
-        return Status(True, labelled, indexed, False, documents)
+        # Labels of an older labeller (no set_margin column) are stale.
+        current = "features" in names and "set_margin" in {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'features'"
+        ).fetchall()}
+        labelled = current and _rows(con, sae_id, "features", names) > 0
+        indexed = _rows(con, sae_id, "faiss_indexes", names) > 0
+        probed = _rows(con, sae_id, "layer_probe", names) > 0
+        return Status(True, labelled, indexed, False, documents, probed)
     finally:
         con.close()

@@ -1,7 +1,7 @@
 """`shoggoth demo`, the building part: train the demo SAE (on SmolLM2-135M-Instruct by default,
-MiniLM with `--model minilm`), harvest the battery, label, index — each step run as a function,
-and skipped when the database says it is up to date. Serving the explorer is the CLI's last step
-(explorer/commands.py)."""
+MiniLM with `--model minilm`), harvest the battery, label, probe the layers, index — each step run
+as a function, and skipped when the database says it is up to date. Serving the explorer is the
+CLI's last step (explorer/commands.py)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ from core.errors import BadInput
 from core.progress import stderr_log
 from index.dictionary import IndexConfig, faiss_dir
 from index.label_db import LabelRunConfig, label_database
+from index.schema import battery_of
 from index.status import sae_status
 from pipeline.dictionary import index_harvest
 from pipeline.harvest import HarvestConfig, harvest
+from pipeline.layer_probe import LayersConfig, probe_layers
 from sae.personas import load_items, load_personas, subset_items, subset_personas
 from sae.sae_dir import weights_sha256
 from sae.train import TrainConfig, train
 
-STEPS = 5
+STEPS = 6
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Recipe:
     """TrainConfig settings beyond the defaults."""
     harvest: dict[str, Any] = field(default_factory=dict)
     """HarvestConfig settings: a deterministic subset of the battery, recorded in the database."""
+    layers: dict[str, Any] = field(default_factory=dict)
+    """LayersConfig settings of the layer probe."""
 
     @property
     def sae_name(self) -> str:
@@ -56,8 +60,9 @@ class Recipe:
 RECIPES = {
     "smollm2": Recipe("smollm2", 15, "demo.duckdb",
                       train={"tokens": 300_000, "expansion": 4, "k": 32},
-                      harvest={"paraphrases": 2, "items_per_topic": 8}),
-    "minilm": Recipe("minilm", 3, "demo-minilm.duckdb"),
+                      harvest={"paraphrases": 2, "items_per_topic": 8},
+                      layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"}),
+    "minilm": Recipe("minilm", 3, "demo-minilm.duckdb", layers={"items_per_topic": 2}),
 }
 
 
@@ -125,14 +130,15 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     step, why = train_step(cfg.out, recipe)
     steps.run(1, f"train the SAE on {recipe.what}", step, why)
 
-    status = sae_status(db, weights_sha256(sae))
-    if status.other_sae:  # retrained SAE: its old harvest no longer applies
-        console.print(f"      {db} holds another SAE's harvest; rebuilding it", style="dim",
-                      highlight=False)
-        db.unlink()
-        shutil.rmtree(faiss_dir(db), ignore_errors=True)
     personas = subset_personas(load_personas(), recipe.harvest.get("paraphrases"))
     items = subset_items(load_items(), recipe.harvest.get("items_per_topic"))
+    status = sae_status(db, weights_sha256(sae), battery_of(personas, items))
+    if status.other_sae or status.other_battery:  # its old harvest no longer applies
+        console.print(f"      {db} holds another {'SAE' if status.other_sae else 'battery'}'s "
+                      "harvest; rebuilding it", style="dim", highlight=False)
+        db.unlink()
+        shutil.rmtree(faiss_dir(db), ignore_errors=True)
+        status = sae_status(db, weights_sha256(sae))
     size = f"{sum(len(p.prompts) for p in personas)} prompts × {len(items)} answers"
     quiet = stderr_log()
     steps.run(2, "harvest the persona battery",
@@ -141,8 +147,13 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
               f"{db}, {status.documents:,} documents" if status.harvested else size)
     steps.run(3, "label the features",
               None if status.labelled else lambda: label_database(LabelRunConfig(db=db)),
-              "labels stored" if status.labelled else "Friedman + BH, AUROC, equivalence")
-    steps.run(4, "index the dictionary",
+              "labels stored" if status.labelled else
+              "prompts as replicates, matched controls, calibrated FDR")
+    steps.run(4, "probe where the persona lives, by layer",
+              None if status.probed else
+              lambda: probe_layers(LayersConfig(db=db, **recipe.layers)),
+              "layer probe stored" if status.probed else "a linear probe per layer")
+    steps.run(5, "index the dictionary",
               None if status.indexed else lambda: index_harvest(IndexConfig(db=db), log=quiet),
               "dictionary stored" if status.indexed else
               "examples, histograms, FAISS, persona vectors")

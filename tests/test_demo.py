@@ -1,9 +1,10 @@
 """`shoggoth demo` skips what is up to date; `shoggoth explore` refuses a bad or busy port in one
-line. (The full demo — train, harvest the whole battery, label, index, serve — is what
-`make demo` runs; it takes minutes, so the suite checks its decisions, not its length.)"""
+line. (The full demo — train, harvest, label, probe the layers, index, serve — is what `make demo`
+runs; it takes minutes, so the suite checks its decisions on a small subset of the battery.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import duckdb
@@ -12,32 +13,44 @@ from conftest import battery, build_random_sae
 import shoggoth
 from pipeline.demo import RECIPES
 
+SMALL = {"paraphrases": 2, "items_per_topic": 1}
+"""A small subset of the built-in battery, so the test harvests in seconds."""
 
-def test_demo_skips_every_step_that_is_up_to_date(capfd, tmp_path, minilm):
+
+def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_path, minilm,
+                                                                      monkeypatch):
     out = tmp_path / "runs"
-    recipe = RECIPES["minilm"]
+    recipe = dataclasses.replace(RECIPES["minilm"], harvest=SMALL,
+                                 layers={"items_per_topic": 1, "layers": "1"})
+    monkeypatch.setitem(RECIPES, "minilm", recipe)
     sae = build_random_sae(out / recipe.sae_name, "minilm", 384, "blocks.3.hook_resid_post",
                            d_sae=96, k=8)
     db = out / recipe.db_name
+    # A harvest of another battery (an older built-in one, say): the demo starts again.
     args = [str(a) for a in battery(tmp_path / "b", 6)]
     assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(sae), *args]) == 0
-    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "3"]) == 0
     capfd.readouterr()
-    # Labelled but not indexed: the demo indexes, and nothing else.
     assert shoggoth.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
-    assert "[1/5] train the SAE on MiniLM: up to date" in text
-    assert "[2/5] harvest the persona battery: up to date" in text
-    assert "[3/5] label the features: up to date" in text
-    assert "[4/5] index the dictionary: examples" in text
-    assert "explore: skipped (--no-serve)" in text
+    assert "holds another battery's harvest; rebuilding it" in text
+    assert "[2/6] harvest the persona battery: 114 prompts × 12 answers" in text
+    assert "[3/6] label the features: prompts as replicates" in text
+    assert "[4/6] probe where the persona lives, by layer: a linear probe" in text
+    assert "[5/6] index the dictionary: examples" in text
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT count(*) FROM persona_vectors").fetchone()[0] == 3
+    assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 114 * 12
+    assert con.execute("SELECT list(layer ORDER BY layer) FROM layer_probe").fetchone()[0] == \
+        [1, 3]
+    assert con.execute("SELECT count(*) FROM label_fdr").fetchone()[0] > 0
     con.close()
     mtime = db.stat().st_mtime_ns
     assert shoggoth.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
-    assert "[4/5] index the dictionary: up to date" in text and db.stat().st_mtime_ns == mtime
+    for step in ("[1/6] train the SAE on MiniLM", "[2/6] harvest the persona battery",
+                 "[3/6] label the features", "[4/6] probe where the persona lives, by layer",
+                 "[5/6] index the dictionary"):
+        assert f"{step}: up to date" in text, text
+    assert "explore: skipped (--no-serve)" in text and db.stat().st_mtime_ns == mtime
 
 
 def test_explore_refuses_a_bad_or_busy_port(capfd, tmp_path):
