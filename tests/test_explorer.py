@@ -75,6 +75,28 @@ def test_overview_counts_match_the_database(db):
     close_store(db)
 
 
+def test_overview_shows_fdrs_notes_and_the_layer_probe(db, capfd):
+    con = duckdb.connect(str(db), read_only=True)
+    fdr = dict(con.execute("SELECT label, fdr FROM label_fdr").fetchall())
+    con.close()
+    at = app(db)
+    table = next(d.value for d in at.dataframe if "estimated FDR" in d.value.columns)
+    for label, rate in zip(table["label"], table["estimated FDR"], strict=True):
+        assert (rate != rate and fdr[label] is None) or rate == pytest.approx(fdr[label])
+    warnings = [w.value for w in at.warning]
+    assert any("no mention/negation control" in w for w in warnings)  # this battery has none
+    assert "No layer probe yet" in text_of(at)
+    close_store(db)
+    assert shoggoth.main(["layers", "--db", str(db), "--device", "cpu"]) == 0
+    capfd.readouterr()
+    at = app(db)
+    shown = text_of(at)
+    assert "At the SAE's layer 1" in shown and "of the persona signal" in shown
+    probe = next(d.value for d in at.dataframe if "probe_accuracy" in d.value.columns)
+    assert list(probe["layer"]) == [0, 1, 2]
+    close_store(db)
+
+
 def test_filters_change_the_table(db):
     at = app(db, "views/features.py")
     full = at.dataframe[0].value

@@ -73,6 +73,35 @@ else:
     st.dataframe(wide.reindex(columns=[c for c in LABELS if c in wide.columns]))
     st.caption("Label counts of the real run and of each calibration run (docs/labels.md).")
 
+st.subheader("Where the persona lives, by layer")
+probe = q(read.layer_probe, sae)
+if probe.empty:
+    st.write(f"No layer probe yet: run `shoggoth layers --db {db_path()}`.")
+else:
+    chance = float(probe["chance"].iloc[0])
+    st.caption(f"A linear probe names the persona from the answer tokens' residual stream, on "
+               f"items and prompts it never saw in training (chance {chance:.3f}); the persona "
+               "vectors' norms relative to a residual's. At the SAE's layer: the share of the "
+               "persona signal the SAE's reconstruction carries, and the probe on the "
+               "reconstruction and on the error term. A persona the probe finds but the "
+               "reconstruction drops is one the SAE does not capture.")
+    long = probe.melt(id_vars="layer", value_vars=["probe_accuracy", "persona_norm_mean"],
+                      var_name="measure")
+    line = alt.Chart(long).mark_line(point=True).encode(
+        x="layer:Q", y=alt.Y("value:Q", title="accuracy / relative norm"), color="measure:N",
+        tooltip=["layer", "measure", alt.Tooltip("value:Q", format=".3f")])
+    rule = alt.Chart(pd.DataFrame({"chance": [chance]})).mark_rule(strokeDash=[4, 4]).encode(
+        y="chance:Q")
+    st.altair_chart(line + rule, width="stretch")
+    at_sae = probe[probe["is_sae_layer"]]
+    for r in at_sae.itertuples():
+        st.markdown(f"**At the SAE's layer {r.layer}**: the probe reaches "
+                    f"{r.probe_accuracy:.3f}; the reconstruction carries "
+                    f"{100 * r.sae_signal_fraction:.1f}% of the persona signal (probe on it "
+                    f"{r.probe_on_reconstruction:.3f}), the error term the rest (probe on it "
+                    f"{r.probe_on_error:.3f}).")
+    st.dataframe(probe, hide_index=True)
+
 st.subheader("Most active features")
 for f in features[features["label"] != "dead"].sort_values(
         "density", ascending=False).head(5).itertuples():
