@@ -291,3 +291,31 @@ def test_label_bad_input(capfd, tmp_path, case, words):
     for word in words:
         assert word in lines[0]
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_calibration_runs_and_the_fdr_table():
+    from index.label_db import calibrate, fdr_table
+    from index.labels import LabelConfig
+
+    df, docs, personas, topics, truth = planted(9, per_kind=4)
+    cfg = LabelConfig()
+    real = label_features(df, docs, personas, len(truth), cfg, topics)
+    notes: list[str] = []
+    calib = calibrate(df, docs, personas, len(truth), cfg, 2, topics, notes)
+    assert list(calib["run"].unique()) == ["reassigned:0", "reassigned:1", "split"]
+    assert not notes
+    assert (calib.groupby("run")["n"].sum() <= len(truth)).all()
+    table = fdr_table(real, calib).set_index("label")
+    n_specific = int((real["label"] == "mask-specific").sum())
+    assert table.at["mask-specific", "n_real"] == n_specific >= 3
+    null = calib[calib["run"].str.startswith("reassigned") & (calib["label"] == "mask-specific")]
+    split = calib[(calib["run"] == "split") & (calib["label"] == "mask-specific")]["n"].iloc[0]
+    want = min(1.0, max(null["n"].mean(), split) / n_specific)
+    assert table.at["mask-specific", "fdr"] == pytest.approx(want) and want <= 0.05
+    assert pd.isna(table.at["shared", "fdr"])
+    # Two paraphrases a persona: no split run, and a note says why.
+    two = docs["paraphrase"] < 2
+    calib = calibrate(df[df["paraphrase"] < 2], docs[two], personas, len(truth), cfg, 1,
+                      topics, notes)
+    assert list(calib["run"].unique()) == ["reassigned:0"]
+    assert any("4 or more paraphrases" in n for n in notes)
