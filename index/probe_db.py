@@ -21,12 +21,17 @@ LAYER_PROBE_COLUMNS = """
     probe_on_error DOUBLE, is_sae_layer BOOLEAN NOT NULL, PRIMARY KEY (sae_id, layer)"""
 
 
+def create_probe_tables(con: Any) -> None:
+    """The table `shoggoth layers` writes (if missing)."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS layer_probe ({LAYER_PROBE_COLUMNS})")
+
+
 def write_layer_probe(db: Path, sae_id: str, table: pd.DataFrame, config: Any) -> None:
     """Replace this SAE's layer_probe rows, with a `runs` record, in one transaction."""
     con = connect(db, wait=WAIT)
     try:
         with transaction(con):
-            con.execute(f"CREATE TABLE IF NOT EXISTS layer_probe ({LAYER_PROBE_COLUMNS})")
+            create_probe_tables(con)
             con.execute("DELETE FROM layer_probe WHERE sae_id = ?", [sae_id])
             con.register("_probe", table.assign(sae_id=sae_id))
             con.execute("INSERT INTO layer_probe BY NAME SELECT * FROM _probe")
