@@ -3,6 +3,7 @@ topics, matched and baseline controls, and the per-document activation rows sort
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,8 +64,14 @@ def _controls(pers: pd.DataFrame, names: list[str], n_main: int) -> tuple[list, 
     for c in range(n_main, len(names)):
         targets = of.get(names[c]) if len(of) else None
         if targets is None or (isinstance(targets, float) and np.isnan(targets)) or not targets:
-            baseline.append(c)
-            continue
+            # A battery without control_of may still name its matched controls the built-in
+            # way: control_mention_<persona>, control_negated_<persona>.
+            named = re.fullmatch(r"control_(?:mention|mentions|negated|negation|not)_(.+)",
+                                 names[c])
+            if named is None or index.get(named.group(1), n_main) >= n_main:
+                baseline.append(c)
+                continue
+            targets = named.group(1)
         for target in str(targets).split(","):
             if index.get(target, n_main) < n_main:
                 matched[index[target]].append(c)

@@ -319,3 +319,13 @@ def test_calibration_runs_and_the_fdr_table():
                       topics, notes)
     assert list(calib["run"].unique()) == ["reassigned:0"]
     assert any("4 or more paraphrases" in n for n in notes)
+
+
+def test_matched_controls_are_found_by_name_when_control_of_is_missing():
+    df, docs, personas, topics, truth = planted(6, per_kind=4)
+    unlinked = personas.drop(columns="control_of")
+    out = label_features(df, docs, unlinked, len(truth), topics=topics)
+    kinds = out["feature"].map(lambda f: truth[f][0])
+    assert (out.loc[kinds == "mask-specific", "label"] == "mask-specific").all()
+    assert (out.loc[kinds == "mention", "label"] == "persona-concept").all()
+    assert not any("mention/negation" in n for n in out.attrs["notes"])
