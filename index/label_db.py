@@ -25,6 +25,9 @@ from index.database import (
 )
 from index.label_nulls import false_persona_labels, reassign_prompts, split_personas
 from index.labels import LABELS, PERSONA_LABELS, LabelConfig, label_features
+
+EFFECT_LABELS = (*PERSONA_LABELS, "shared-modulated")
+"""Labels that claim a persona effect: each gets an estimated false-discovery rate."""
 from index.schema import create_label_tables
 
 
@@ -95,7 +98,9 @@ def calibrate(doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.
 
 def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
     """Per label: the real count, the mean count under reassignment, the split count and the
-    estimated false-discovery rate (the larger null count / the real count) for persona labels."""
+    estimated false-discovery rate (null count / real count) for the labels that claim a persona
+    effect: the persona labels (the larger of the two nulls) and shared-modulated (reassignment
+    only: splitting a persona keeps its modulation, so the split run is no null for it)."""
     counts = real["label"].value_counts()
     reassigned = calibration[calibration["run"].str.startswith("reassigned")]
     null = reassigned.groupby("label")["n"].mean()
@@ -103,10 +108,11 @@ def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
     out = []
     for lab in LABELS:
         n_real = int(counts.get(lab, 0))
-        n_null, n_split = float(null.get(lab, 0.0)), split.get(lab)
+        n_null = float(null.get(lab, 0.0))
+        n_split = split.get(lab) if lab in PERSONA_LABELS else None
         worst = max(n_null, float(n_split) if n_split is not None else 0.0)
         fdr = (min(1.0, worst / n_real) if n_real else (0.0 if worst == 0 else 1.0)) \
-            if lab in PERSONA_LABELS else None
+            if lab in EFFECT_LABELS else None
         out.append({"label": lab, "n_real": n_real, "n_null": n_null,
                     "n_split": None if n_split is None else int(n_split), "fdr": fdr})
     return pd.DataFrame(out)

@@ -229,7 +229,7 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
     fdr = con.execute("SELECT label, n_real, n_null, fdr FROM label_fdr ORDER BY label").fetchall()
     assert {r[0] for r in fdr} == set(LABELS)
     for label, n_real, n_null, rate in fdr:
-        assert (rate is None) == (label not in PERSONA_LABELS)
+        assert (rate is None) == (label not in (*PERSONA_LABELS, "shared-modulated"))
         if rate is not None and n_real:
             assert rate == pytest.approx(min(1.0, n_null / n_real))
     # feature_personas agrees with doc_features.

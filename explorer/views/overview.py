@@ -45,8 +45,9 @@ if len(fdr):
 st.dataframe(table, hide_index=True)
 st.caption("Each persona label's estimated false-discovery rate is the larger null count (the "
            "mean over runs with the prompts reassigned to random personas, or the run with every "
-           "persona's paraphrases split in two) divided by the real count. Shared labels have "
-           "none: reassigning prompts does not make a shared feature false.")
+           "persona's paraphrases split in two) divided by the real count; shared-modulated's "
+           "uses the reassigned runs. Shared labels have none: reassigning prompts does not make "
+           "a shared feature false (their evidence is the equivalence bound and its power).")
 for note in q(read.label_notes, sae):
     st.warning(note)
 manual = int(features["manual_label"].notna().sum())
