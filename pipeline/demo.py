@@ -60,7 +60,7 @@ class Recipe:
 RECIPES = {
     "smollm2": Recipe("smollm2", 15, "demo.duckdb",
                       train={"tokens": 300_000, "expansion": 4, "k": 32},
-                      harvest={"paraphrases": 2, "items_per_topic": 8},
+                      harvest={"paraphrases": 2, "items_per_topic": 6},
                       layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"}),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb", layers={"items_per_topic": 2}),
 }
