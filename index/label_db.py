@@ -25,10 +25,10 @@ from index.database import (
 )
 from index.label_nulls import false_persona_labels, reassign_prompts, split_personas
 from index.labels import LABELS, PERSONA_LABELS, LabelConfig, label_features
+from index.schema import create_label_tables
 
 EFFECT_LABELS = (*PERSONA_LABELS, "shared-modulated")
 """Labels that claim a persona effect: each gets an estimated false-discovery rate."""
-from index.schema import create_label_tables
 
 
 @dataclass

@@ -61,13 +61,14 @@ def _controls(pers: pd.DataFrame, names: list[str], n_main: int) -> tuple[list, 
     matched: list[list[int]] = [[] for _ in range(n_main)]
     baseline = []
     of = pers.set_index("persona")["control_of"] if "control_of" in pers.columns else {}
+    of = {k: v for k, v in dict(of).items() if isinstance(v, str) and v}
     for c in range(n_main, len(names)):
-        targets = of.get(names[c]) if len(of) else None
-        if targets is None or (isinstance(targets, float) and np.isnan(targets)) or not targets:
-            # A battery without control_of may still name its matched controls the built-in
-            # way: control_mention_<persona>, control_negated_<persona>.
-            named = re.fullmatch(r"control_(?:mention|mentions|negated|negation|not)_(.+)",
-                                 names[c])
+        targets = of.get(names[c])
+        if targets is None:
+            # A battery that uses no control_of at all may still name its matched controls the
+            # built-in way: control_mention_<persona>, control_negated_<persona>.
+            named = None if of else re.fullmatch(
+                r"control_(?:mention|mentions|negated|negation|not)_(.+)", names[c])
             if named is None or index.get(named.group(1), n_main) >= n_main:
                 baseline.append(c)
                 continue

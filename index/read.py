@@ -395,7 +395,7 @@ def annotations(con: Any, sae: str, feature: int) -> pd.DataFrame:
 
 
 def mask_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
-    """A persona's mask-specific, then mask-family features (labels in force), by AUROC."""
+    """A persona's own features (labels in force; see MASK_FEATURES_SQL), strongest first."""
     return con.execute(MASK_FEATURES_SQL, [sae, persona, persona, limit]).df()
 
 
