@@ -29,7 +29,9 @@ def md(value: object) -> str:
     """A value from the database as text inside Streamlit markdown: HTML escaped and every
     markdown character backslash-escaped, on one line, so that an item id, a prompt, a token or
     a note is shown as written and never becomes an element (an image, a link, a heading)."""
-    text = html.escape(" ".join(str(value).split()), quote=True)
+    # Quotes need no escaping outside attributes; escaped, their entity's "#" would be
+    # backslash-escaped below and shown as "&#x27;".
+    text = html.escape(" ".join(str(value).split()), quote=False)
     return MARKDOWN.sub(r"\\\1", text)
 
 

@@ -99,3 +99,12 @@ def test_values_from_the_database_are_never_markup(hostile_db, page, params):
 
     store_for(str(hostile_db.resolve())).close()
     store_for.clear()
+
+
+def test_quotes_are_shown_as_written():
+    from explorer.common import md
+
+    for text in ("the persona's mean", 'a "quoted" prompt', "it's <b>bold</b> & more"):
+        shown = md(text)
+        assert "&#" not in shown and "&quot;" not in shown
+    assert "&lt;b&gt;" in md("<b>")
