@@ -121,7 +121,8 @@ def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
     features["battery_family"] = None
     for col in ("fire_frac_personas", "top_share", "k_eff", "norm_entropy", "f_stat", "p_value",
                 "q_value", "top_ratio", "paraphrase_margin", "set_size", "set_ratio",
-                "set_margin", "control_ratio", "no_mask_ratio", "max_min_ratio", "ratio_ci_high",
+                "set_margin", "control_ratio", "control_margin", "no_mask_ratio", "max_min_ratio",
+                "ratio_ci_high",
                 "shared_power"):
         features[col] = rng.random(d_sae)
     features["ranked_personas"] = ",".join(names[:20])

@@ -78,7 +78,8 @@ class LabelConfig(Config):
 COLUMNS = ["feature", "label", "top_persona", "family_set", "battery_family", "argmax_persona",
            "n_docs_firing", "fire_frac_personas", "top_share", "k_eff", "norm_entropy",
            "f_stat", "p_value", "q_value", "top_ratio", "paraphrase_margin", "set_size",
-           "set_ratio", "set_margin", "control_ratio", "no_mask_ratio", "max_min_ratio",
+           "set_ratio", "set_margin", "control_ratio", "control_margin", "no_mask_ratio",
+           "max_min_ratio",
            "ratio_ci_high", "shared_power", "ranked_personas"]
 
 
@@ -97,6 +98,8 @@ class _Context:
     """[prompt, persona]: 1/n_k where the prompt is persona k's (prompt means → persona means)."""
     starts: np.ndarray
     """First prompt of each main persona (prompts are sorted by persona)."""
+    all_starts: np.ndarray
+    """First prompt of every persona, controls included."""
     design: np.ndarray
     weights: np.ndarray
     docs_per_persona: np.ndarray
@@ -123,6 +126,7 @@ def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
     main_prompts = grid.persona_of_prompt[:grid.n_main_prompts]
     ctx = _Context(cfg, grid, feat, doc, val, np.searchsorted(feat, np.arange(n_features + 1)),
                    average, np.searchsorted(main_prompts, np.arange(grid.n_main)),
+                   np.searchsorted(grid.persona_of_prompt, np.arange(n_all)),
                    permutation_design(main_prompts, grid.n_main, cfg.permutations, cfg.seed),
                    stratified_weights(grid.topic_of_item, cfg.bootstrap, cfg.seed + 1),
                    grid.cell_docs.sum(axis=1))
@@ -187,7 +191,10 @@ def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
     out["order"] = list(c.order)
     out["mu"] = list(mu)
     out["control_mu"] = list(_matched_means(grid, mu_all))
+    out["m"] = list(m)
     top = c.order[:, 0] if k else np.zeros(n_f, int)
+    out["control_margin"] = np.where(live, _top_control_margins(grid, m, ctx.all_starts, top),
+                                     np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         top_mu = mu[np.arange(n_f), top] if k else np.zeros(n_f)
         ctrl = np.stack(out["control_mu"].to_numpy())[np.arange(n_f), top] if k else top_mu
@@ -219,6 +226,52 @@ def _descriptive(mu: np.ndarray, live: np.ndarray) -> pd.DataFrame:
         "norm_entropy": np.where(live, norm, np.nan),
         "max_min_ratio": np.where(live, max_min, np.nan),
         "ranked": ranked})
+
+
+def control_margin(grid: Grid, lo: np.ndarray, hi: np.ndarray, members: list[int]) -> float:
+    """The members' matched controls against the other personas' matched controls: the
+    largest (over the members' controls) weakest-prompt mean / the best prompt mean among the
+    controls matched to non-members (or, with none, the non-member personas' prompts). Above 1,
+    every wording of a mention or negation of the members fires more than any other persona's
+    mention or negation does: the feature reads the persona's concept. NaN without controls."""
+    own = [c for j in members for c in grid.matched[j]]
+    if not own:
+        return float("nan")
+    chosen = set(members)
+    others = [c for j in range(grid.n_main) if j not in chosen for c in grid.matched[j]]
+    others = others or [j for j in range(grid.n_main) if j not in chosen]
+    best = float(hi[others].max()) if others else 0.0
+    weakest = float(lo[own].max())
+    if best > 0:
+        return weakest / best
+    return float("inf") if weakest > 0 else float("nan")
+
+
+def _top_control_margins(grid: Grid, m: np.ndarray, starts: np.ndarray,
+                         top: np.ndarray) -> np.ndarray:
+    """control_margin (see `control_margin`) of each feature's top persona, vectorised."""
+    out = np.full(len(top), np.nan)
+    if not grid.n_main or not m.shape[1]:
+        return out
+    lo, hi = np.minimum.reduceat(m, starts, axis=1), np.maximum.reduceat(m, starts, axis=1)
+    for k in np.unique(top):
+        rows = np.flatnonzero(top == k)
+        out[rows] = [control_margin(grid, lo[r], hi[r], [int(k)]) for r in rows] \
+            if len(rows) < 8 else _margins(grid, lo[rows], hi[rows], int(k))
+    return out
+
+
+def _margins(grid: Grid, lo: np.ndarray, hi: np.ndarray, k: int) -> np.ndarray:
+    own = grid.matched[k]
+    if not own:
+        return np.full(len(lo), np.nan)
+    others = [c for j in range(grid.n_main) if j != k for c in grid.matched[j]]
+    others = others or [j for j in range(grid.n_main) if j != k]
+    best = hi[:, others].max(axis=1) if others else np.zeros(len(lo))
+    weakest = lo[:, own].max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(best > 0, weakest / np.where(best > 0, best, 1.0),
+                        np.where(weakest > 0, np.inf, np.nan))
 
 
 def _matched_means(grid: Grid, mu_all: np.ndarray) -> np.ndarray:
@@ -288,6 +341,7 @@ def _label(cfg: LabelConfig, grid: Grid, t: pd.DataFrame) -> None:
     label[broad & sig & ~shared] = "shared-modulated"
     top, family, battery = [None] * len(t), [None] * len(t), [None] * len(t)
     single = grid.prompts_per_persona[:k] < 2
+    starts = np.searchsorted(grid.persona_of_prompt, np.arange(len(grid.personas)))
     size = t["set_size"].to_numpy()
     for f in np.flatnonzero(sig & (size > 0) & (n_docs >= cfg.min_docs) & (k >= 2)):
         members = t["order"].iat[f][: size[f]]
@@ -295,8 +349,11 @@ def _label(cfg: LabelConfig, grid: Grid, t: pd.DataFrame) -> None:
             label[f] = "unclear"  # one wording: persona and wording cannot be told apart
             continue
         mu, ctrl = t["mu"].iat[f][members], t["control_mu"].iat[f][members]
+        prompts = t["m"].iat[f]
+        margin = control_margin(grid, np.minimum.reduceat(prompts, starts),
+                                np.maximum.reduceat(prompts, starts), list(members))
         with np.errstate(invalid="ignore"):
-            concept = bool((ctrl >= mu / cfg.contrast).any())
+            concept = bool((ctrl >= mu / cfg.contrast).any()) or margin > 1
         names = [grid.personas[j] for j in members]
         if size[f] == 1:
             top[f] = names[0]

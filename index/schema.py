@@ -62,7 +62,8 @@ LABEL_TABLES: dict[str, str] = {
         n_docs_firing INTEGER NOT NULL, fire_frac_personas DOUBLE, top_share DOUBLE,
         k_eff DOUBLE, norm_entropy DOUBLE, f_stat DOUBLE, p_value DOUBLE, q_value DOUBLE,
         top_ratio DOUBLE, paraphrase_margin DOUBLE, set_size INTEGER, set_ratio DOUBLE,
-        set_margin DOUBLE, control_ratio DOUBLE, no_mask_ratio DOUBLE, max_min_ratio DOUBLE,
+        set_margin DOUBLE, control_ratio DOUBLE, control_margin DOUBLE, no_mask_ratio DOUBLE,
+        max_min_ratio DOUBLE,
         ratio_ci_high DOUBLE, shared_power DOUBLE, ranked_personas VARCHAR, density DOUBLE,
         mean_act DOUBLE, max_act DOUBLE, PRIMARY KEY (sae_id, feature)""",
     "feature_personas": """
@@ -167,6 +168,7 @@ def create_label_tables(con: Any) -> None:
             con.execute(f"DROP TABLE {table}")
     for table, columns in LABEL_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    con.execute("ALTER TABLE features ADD COLUMN IF NOT EXISTS control_margin DOUBLE")
     con.execute(FEATURE_LABELS_VIEW)
 
 

@@ -6,13 +6,13 @@
 background firing rate, and optionally a random effect per prompt (wording) on every feature.
 
 Kinds of feature (`truth[feature] = (kind, target)`) and the label each should get:
-mask-specific (one persona), mention (the persona *and* its mention and negation controls:
-persona-concept), single-paraphrase (one wording of one persona), two-persona and family
-(mask-family), prompt-length (firing grows with the system prompt's length), controls-only,
-shared (all equal), shared-1.3 (personas spread within a factor 1.3), shared-1.6 (one
-persona at 1.6× the rest),
-shared-modulated (half the personas 3×), mask-general (every persona, not the baseline
-controls), noise (no persona effect: sparse, or dense), rare and dead.
+mask-specific (one persona); mention (the persona *and* its mention and negation controls:
+persona-concept); mention-weak (the same, with the controls firing at 0.3× the persona's rate);
+single-paraphrase (one wording of one persona); two-persona and family (mask-family);
+prompt-length (firing grows with the system prompt's length); controls-only; shared (all
+equal); shared-1.3 (personas spread within a factor 1.3); shared-1.6 (one persona at 1.6× the
+rest); shared-modulated (half the personas 3×); mask-general (every persona, not the baseline
+controls); noise (no persona effect: sparse, or dense); rare and dead.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-KINDS = ("dead", "rare", "mask-specific", "mention", "single-paraphrase", "two-persona", "family",
+KINDS = ("dead", "rare", "mask-specific", "mention", "mention-weak", "single-paraphrase",
+         "two-persona", "family",
          "prompt-length", "controls-only", "shared", "shared-1.3", "shared-1.6",
          "shared-modulated", "mask-general", "noise-sparse", "noise-dense")
 EXPECTED = {"dead": "dead", "rare": "rare", "mask-specific": "mask-specific",
-            "mention": "persona-concept", "two-persona": "mask-family", "family": "mask-family",
+            "mention": "persona-concept", "mention-weak": "persona-concept",
+            "two-persona": "mask-family", "family": "mask-family",
             "shared": "shared", "shared-modulated": "shared-modulated",
             "mask-general": "mask-general"}
 """The label each kind should get, where one is right (others: anything but a persona label)."""
@@ -109,12 +111,15 @@ def _plant(rng: np.random.Generator, kind: str, feature: int, persona: np.ndarra
     rate, scale, target = np.zeros(n), 1.0, None
     if kind == "rare":
         rate[rng.choice(n, size=int(rng.integers(3, 12)), replace=False)] = 1.0
-    elif kind in ("mask-specific", "mention"):
+    elif kind in ("mask-specific", "mention", "mention-weak"):
         target = main[feature % len(main)]
         on = persona == target
+        mentions = np.isin(persona, [f"control_mention_{target}", f"control_negated_{target}"])
         if kind == "mention":
-            on |= np.isin(persona, [f"control_mention_{target}", f"control_negated_{target}"])
+            on |= mentions
         rate[on] = rng.uniform(0.3, 0.7)
+        if kind == "mention-weak":
+            rate[mentions] = 0.3 * rate[on].max()
     elif kind == "single-paraphrase":
         target = main[feature % len(main)]
         rate[(persona == target) & (docs["paraphrase"].to_numpy() == feature % 5)] = 0.6
@@ -168,7 +173,7 @@ def score(out: pd.DataFrame, truth: dict[int, tuple[str, object]]) -> dict[str, 
     shared = label.isin(["shared", "mask-general"])
     return {"mask-specific recall": float(right.sum() / max((kind == "mask-specific").sum(), 1)),
             "mask-specific precision": float(right.sum() / max(specific.sum(), 1)),
-            "mention given a mask label": share(("mention",), masked),
+            "mention given a mask label": share(("mention", "mention-weak"), masked),
             "single-paraphrase given a mask label": share(("single-paraphrase",), masked),
             "no-effect given a mask label": share(NO_EFFECT, masked),
             "two-persona and family labelled mask-family": share(
