@@ -38,6 +38,7 @@ TARGETS = {"mask-specific recall": ">= 0.8", "mask-specific precision": ">= 0.9"
            "no-effect given a mask label": "<= 0.05",
            "two-persona and family labelled mask-family": "",
            "one persona at 1.6x labelled shared": "0",
+           "one persona at 1.6x labelled shared, worst seed": "0",
            "within 1.3x labelled shared": ">= 0.5", "equal labelled shared": "",
            "reassigned: live features given a persona label": "<= 0.01"}
 
@@ -56,7 +57,10 @@ def condition(background: float, wording: float, seeds: int, per_kind: int) -> d
             shares.append(float(null.loc[live, "label"].isin(PERSONA_LABELS).mean()))
         s["reassigned: live features given a persona label"] = max(shares)
         runs.append(s)
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["one persona at 1.6x labelled shared, worst seed"] = max(
+        r["one persona at 1.6x labelled shared"] for r in runs)
+    return out
 
 
 def uniformity() -> tuple[float, float]:
@@ -81,10 +85,10 @@ def main() -> None:
     conditions = [(bg, w) for bg in (0.0005, 0.014) for w in (0.0, 0.15)]
     results = {c: condition(*c, args.seeds, args.per_kind) for c in conditions}
     heads = [f"bg {100 * bg:g}%, wording {'±15%' if w else 'off'}" for bg, w in conditions]
-    print(f"{'measure (median of ' + str(args.seeds) + ' seeds)':52s}{'target':>9s}"
+    print(f"{'measure (median of ' + str(args.seeds) + ' seeds)':56s}{'target':>9s}"
           + "".join(f"{h:>26s}" for h in heads))
     for key, target in TARGETS.items():
-        print(f"{key:52s}{target:>9s}" + "".join(f"{results[c][key]:26.3f}" for c in conditions))
+        print(f"{key:56s}{target:>9s}" + "".join(f"{results[c][key]:26.3f}" for c in conditions))
     null_ks, reassigned_ks = uniformity()
     print(f"KS p-value of the persona test's p-values: null battery {null_ks:.3f}, "
           f"reassigned prompts {reassigned_ks:.3f} (uniform: > 0.01)")
