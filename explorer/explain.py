@@ -28,12 +28,16 @@ def _persona_sentences(f: dict[str, Any], c: LabelConfig, label: str) -> list[st
     ctrl = f.get("control_ratio")
     if label == "mask-specific":
         out.append(f"Mask-specific to {top}: its own mention and negation controls reach only "
-                   f"{_num(ctrl)} of its mean under {top} (below 1/{c.contrast}), so it is "
-                   "the mask, not the mere mention of the persona.")
+                   f"{_num(ctrl)} of its mean under {top} (below 1/{c.contrast}) and do not "
+                   "stand out from the other personas' controls (weakest / best = "
+                   f"{_num(f.get('control_margin'))} ≤ 1), so it is the mask, not the mere "
+                   "mention of the persona.")
     elif label == "persona-concept":
         out.append(f"Persona concept, not a mask: it also fires when {members} is only "
-                   f"mentioned or negated (a matched control reaches ≥ 1/{c.contrast} of the "
-                   f"persona's mean; top persona's ratio {_num(ctrl)}).")
+                   f"mentioned or negated: a matched control reaches ≥ 1/{c.contrast} of the "
+                   f"persona's mean (top persona: {_num(ctrl)}), or every wording of it beats "
+                   "every other persona's mention and negation prompts (top persona: weakest / "
+                   f"best = {_num(f.get('control_margin'))}).")
     elif label == "mask-or-concept":
         out.append(f"Mask or concept: {top} has no mention/negation control in this battery, "
                    "so whether the feature is the mask or the persona's concept cannot be told.")
