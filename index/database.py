@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import duckdb
 
 from core.errors import BadInput, interrupts_deferred, is_interrupt
+from core.versions import library_versions
 from index.schema import (
     BLOCK_SIZE,
     TABLES,
@@ -187,6 +189,25 @@ def transaction(con: Any) -> Iterator[None]:
         except Exception:  # the connection may be unusable; closing it rolls back too
             pass
         raise
+
+
+def record_run(con: Any, command: str, sae_id: str, config: dict[str, Any]) -> None:
+    """A finished `runs` row for a command that rewrote one SAE's derived tables: its config
+    (with anything else worth keeping, e.g. notes) and the library versions."""
+    con.execute(f"INSERT INTO runs VALUES (?, '{command}', ?, ?, now(), now(), 'finished')",
+                [uuid.uuid4().hex[:12],
+                 json.dumps({"identity": None, "config": config, "sae_id": sae_id}),
+                 json.dumps(library_versions())])
+
+
+def replace_rows(con: Any, table: str, sae_id: str, frame: Any) -> None:
+    """Replace one SAE's rows of `table` with `frame` (columns matched by name)."""
+    con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+    con.register("_rows", frame)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+    finally:
+        con.unregister("_rows")
 
 
 def insert_frame(con: Any, table: str, frame: Any, head: list[Any] | None = None) -> None:

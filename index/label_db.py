@@ -4,8 +4,6 @@ calibration, label_fdr), in one transaction."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -14,12 +12,13 @@ import pandas as pd
 
 from core.config import config_metadata, option
 from core.errors import BadInput
-from core.versions import library_versions
 from index.database import (
     WAIT,
     check_writable,
     choose_sae,
     connect,
+    record_run,
+    replace_rows,
     require_shoggoth,
     transaction,
 )
@@ -180,18 +179,12 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
     con = connect(db, wait=WAIT)
     try:
         with transaction(con):
-            con.execute("INSERT INTO runs VALUES (?, 'label', ?, ?, now(), now(), 'finished')",
-                        [uuid.uuid4().hex[:12], json.dumps({"identity": None, "config": config,
-                                                            "sae_id": sae_id}),
-                         json.dumps(library_versions())])
+            record_run(con, "label", sae_id, config)
             create_label_tables(con)
-            for table in ("features", "feature_personas", "calibration", "label_fdr"):
-                con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
             for table, frame in (("features", features), ("calibration", calibration),
                                  ("label_fdr", fdr)):
-                con.register("_labelled", frame)
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _labelled")
-                con.unregister("_labelled")
+                replace_rows(con, table, sae_id, frame)
+            con.execute("DELETE FROM feature_personas WHERE sae_id = ?", [sae_id])
             con.execute(PERSONA_SQL, {"sae": sae_id})
     finally:
         con.close()

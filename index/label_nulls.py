@@ -109,11 +109,13 @@ def false_persona_labels(table: pd.DataFrame, origin: dict[str, str]) -> pd.Seri
     """In a split run: persona labels that tell a persona's two halves apart (a label on one
     half alone, or a family holding one half without the other)."""
     def wrong(row: pd.Series) -> bool:
-        if row["label"] not in PERSONA_LABELS:
-            return False
         if isinstance(row["top_persona"], str):
             return row["top_persona"] in origin
         members = set(str(row["family_set"]).split(","))
         return any(m in origin and f"{origin[m]}__{'b' if m.endswith('__a') else 'a'}"
                    not in members for m in members)
-    return table.apply(wrong, axis=1) if len(table) else pd.Series([], dtype=bool)
+    out = pd.Series(False, index=table.index)
+    claims = table["label"].isin(PERSONA_LABELS)
+    if claims.any():  # only the few persona labels need the row-wise check
+        out[claims] = table[claims].apply(wrong, axis=1).astype(bool)
+    return out

@@ -97,9 +97,7 @@ class _Context:
     average: np.ndarray
     """[prompt, persona]: 1/n_k where the prompt is persona k's (prompt means → persona means)."""
     starts: np.ndarray
-    """First prompt of each main persona (prompts are sorted by persona)."""
-    all_starts: np.ndarray
-    """First prompt of every persona, controls included."""
+    """First prompt of every persona (prompts are sorted by persona, main personas first)."""
     design: np.ndarray
     weights: np.ndarray
     docs_per_persona: np.ndarray
@@ -125,8 +123,7 @@ def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
     average[np.arange(n_prompts), grid.persona_of_prompt] = 1.0 / counts[grid.persona_of_prompt]
     main_prompts = grid.persona_of_prompt[:grid.n_main_prompts]
     ctx = _Context(cfg, grid, feat, doc, val, np.searchsorted(feat, np.arange(n_features + 1)),
-                   average, np.searchsorted(main_prompts, np.arange(grid.n_main)),
-                   np.searchsorted(grid.persona_of_prompt, np.arange(n_all)),
+                   average, np.searchsorted(grid.persona_of_prompt, np.arange(n_all)),
                    permutation_design(main_prompts, grid.n_main, cfg.permutations, cfg.seed),
                    stratified_weights(grid.topic_of_item, cfg.bootstrap, cfg.seed + 1),
                    grid.cell_docs.sum(axis=1))
@@ -168,36 +165,36 @@ def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
     fires = fired[:, :k] / np.maximum(ctx.docs_per_persona[:k], 1) >= cfg.persona_fire_rate
     broad = fires.mean(axis=1) >= cfg.shared_fire_frac if k else np.zeros(n_f, bool)
     testable = n_docs >= cfg.min_docs
-    out = _descriptive(mu, n_docs > 0)
+    live = n_docs > 0
+    out = _descriptive(mu, live, grid.personas)
     out["feature"] = np.arange(start, stop)
     out["n_docs_firing"] = n_docs
     out["fire_frac_personas"] = fires.mean(axis=1) if k else np.zeros(n_f)
     out["argmax_persona"] = [grid.personas[t] if lv and k else None
                              for t, lv in zip(np.argmax(mu, axis=1) if k else np.zeros(n_f, int),
-                                              n_docs > 0, strict=True)]
+                                              live, strict=True)]
     f_stat, p = np.full(n_f, np.nan), np.full(n_f, np.nan)
     if k >= 2 and testable.any():
         f_stat[testable], p[testable] = persona_test(
             mm[testable], grid.persona_of_prompt[:n_mp], ctx.design, cfg.log_floor)
     out["f_stat"], out["p_value"] = f_stat, p
-    c = contrast(mu, np.minimum.reduceat(mm, ctx.starts, axis=1) if k else mu,
-                 np.maximum.reduceat(mm, ctx.starts, axis=1) if k else mu, cfg.contrast,
+    # Each persona's weakest and best prompt mean (main personas' prompts come first).
+    lo, hi = np.minimum.reduceat(m, ctx.starts, axis=1), np.maximum.reduceat(m, ctx.starts, axis=1)
+    c = contrast(mu, lo[:, :k], hi[:, :k], cfg.contrast,
                  max(1, int(np.floor(cfg.family_fraction * k))))
-    live = n_docs > 0
     for name, values in (("top_ratio", c.top_ratio), ("paraphrase_margin", c.top_margin),
                          ("set_ratio", c.set_ratio), ("set_margin", c.set_margin)):
         out[name] = np.where(live, values, np.nan)
     out["set_size"] = c.set_size
-    out["order"] = list(c.order)
-    out["mu"] = list(mu)
-    out["control_mu"] = list(_matched_means(grid, mu_all))
-    out["m"] = list(m)
+    ctrl_mu = _matched_means(grid, mu_all)
+    for name, values in (("order", c.order), ("mu", mu), ("control_mu", ctrl_mu), ("lo", lo),
+                         ("hi", hi)):
+        out[name] = list(values)  # per feature, for the few that _label decides on
     top = c.order[:, 0] if k else np.zeros(n_f, int)
-    out["control_margin"] = np.where(live, _top_control_margins(grid, m, ctx.all_starts, top),
-                                     np.nan)
+    out["control_margin"] = np.where(live, _top_control_margins(grid, lo, hi, top), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         top_mu = mu[np.arange(n_f), top] if k else np.zeros(n_f)
-        ctrl = np.stack(out["control_mu"].to_numpy())[np.arange(n_f), top] if k else top_mu
+        ctrl = ctrl_mu[np.arange(n_f), top] if k else top_mu
         out["control_ratio"] = np.where(live, ctrl / top_mu, np.nan)
         base = mu_all[:, grid.baseline].mean(axis=1) if grid.baseline else np.full(n_f, np.nan)
         out["no_mask_ratio"] = np.where(live, base / mu.mean(axis=1), np.nan)
@@ -208,7 +205,7 @@ def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
     return out
 
 
-def _descriptive(mu: np.ndarray, live: np.ndarray) -> pd.DataFrame:
+def _descriptive(mu: np.ndarray, live: np.ndarray, names: list[str]) -> pd.DataFrame:
     """Shares, entropy and max/min of the persona means: what the rules do not use, but a reader
     wants."""
     n_f, k = mu.shape
@@ -218,60 +215,45 @@ def _descriptive(mu: np.ndarray, live: np.ndarray) -> pd.DataFrame:
         ent = -np.where(share > 0, share * np.log(share), 0.0).sum(axis=1)
         norm = ent / np.log(k) if k > 1 else np.full(n_f, np.nan)
         max_min = mu.max(axis=1) / mu.min(axis=1) if k else np.full(n_f, np.nan)
-    ranked = [",".join(str(j) for j in np.argsort(-mu[f], kind="stable") if mu[f, j] > 0)
+    ranked = [",".join(names[j] for j in np.argsort(-mu[f], kind="stable") if mu[f, j] > 0)
               for f in range(n_f)]
     return pd.DataFrame({
         "top_share": np.where(live, share.max(axis=1) if k else np.nan, np.nan),
         "k_eff": np.where(live, np.exp(ent), np.nan),
         "norm_entropy": np.where(live, norm, np.nan),
         "max_min_ratio": np.where(live, max_min, np.nan),
-        "ranked": ranked})
+        "ranked_personas": ranked})
 
 
-def control_margin(grid: Grid, lo: np.ndarray, hi: np.ndarray, members: list[int]) -> float:
-    """The members' matched controls against the other personas' matched controls: the
-    largest (over the members' controls) weakest-prompt mean / the best prompt mean among the
-    controls matched to non-members (or, with none, the non-member personas' prompts). Above 1,
-    every wording of a mention or negation of the members fires more than any other persona's
-    mention or negation does: the feature reads the persona's concept. NaN without controls."""
+def control_margins(grid: Grid, lo: np.ndarray, hi: np.ndarray,
+                    members: list[int]) -> np.ndarray:
+    """lo, hi: [rows, persona] weakest and best prompt means. Per row: the members' matched
+    controls against the other personas' matched controls, as the largest (over the members'
+    controls) weakest-prompt mean / the best prompt mean among the controls matched to
+    non-members (or, with none, the non-member personas' prompts). Above 1, every wording of a
+    mention or negation of the members fires more than any other persona's mention or negation
+    does: the feature reads the persona's concept. NaN without controls."""
     own = [c for j in members for c in grid.matched[j]]
     if not own:
-        return float("nan")
+        return np.full(len(lo), np.nan)
     chosen = set(members)
     others = [c for j in range(grid.n_main) if j not in chosen for c in grid.matched[j]]
     others = others or [j for j in range(grid.n_main) if j not in chosen]
-    best = float(hi[others].max()) if others else 0.0
-    weakest = float(lo[own].max())
-    if best > 0:
-        return weakest / best
-    return float("inf") if weakest > 0 else float("nan")
-
-
-def _top_control_margins(grid: Grid, m: np.ndarray, starts: np.ndarray,
-                         top: np.ndarray) -> np.ndarray:
-    """control_margin (see `control_margin`) of each feature's top persona, vectorised."""
-    out = np.full(len(top), np.nan)
-    if not grid.n_main or not m.shape[1]:
-        return out
-    lo, hi = np.minimum.reduceat(m, starts, axis=1), np.maximum.reduceat(m, starts, axis=1)
-    for k in np.unique(top):
-        rows = np.flatnonzero(top == k)
-        out[rows] = [control_margin(grid, lo[r], hi[r], [int(k)]) for r in rows] \
-            if len(rows) < 8 else _margins(grid, lo[rows], hi[rows], int(k))
-    return out
-
-
-def _margins(grid: Grid, lo: np.ndarray, hi: np.ndarray, k: int) -> np.ndarray:
-    own = grid.matched[k]
-    if not own:
-        return np.full(len(lo), np.nan)
-    others = [c for j in range(grid.n_main) if j != k for c in grid.matched[j]]
-    others = others or [j for j in range(grid.n_main) if j != k]
     best = hi[:, others].max(axis=1) if others else np.zeros(len(lo))
     weakest = lo[:, own].max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(best > 0, weakest / np.where(best > 0, best, 1.0),
                         np.where(weakest > 0, np.inf, np.nan))
+
+
+def _top_control_margins(grid: Grid, lo: np.ndarray, hi: np.ndarray,
+                         top: np.ndarray) -> np.ndarray:
+    """control_margins of each feature's top persona."""
+    out = np.full(len(top), np.nan)
+    for k in np.unique(top) if grid.n_main else []:
+        rows = np.flatnonzero(top == k)
+        out[rows] = control_margins(grid, lo[rows], hi[rows], [int(k)])
+    return out
 
 
 def _matched_means(grid: Grid, mu_all: np.ndarray) -> np.ndarray:
@@ -341,7 +323,6 @@ def _label(cfg: LabelConfig, grid: Grid, t: pd.DataFrame) -> None:
     label[broad & sig & ~shared] = "shared-modulated"
     top, family, battery = [None] * len(t), [None] * len(t), [None] * len(t)
     single = grid.prompts_per_persona[:k] < 2
-    starts = np.searchsorted(grid.persona_of_prompt, np.arange(len(grid.personas)))
     size = t["set_size"].to_numpy()
     for f in np.flatnonzero(sig & (size > 0) & (n_docs >= cfg.min_docs) & (k >= 2)):
         members = t["order"].iat[f][: size[f]]
@@ -349,9 +330,8 @@ def _label(cfg: LabelConfig, grid: Grid, t: pd.DataFrame) -> None:
             label[f] = "unclear"  # one wording: persona and wording cannot be told apart
             continue
         mu, ctrl = t["mu"].iat[f][members], t["control_mu"].iat[f][members]
-        prompts = t["m"].iat[f]
-        margin = control_margin(grid, np.minimum.reduceat(prompts, starts),
-                                np.maximum.reduceat(prompts, starts), list(members))
+        margin = control_margins(grid, t["lo"].iat[f][None], t["hi"].iat[f][None],
+                                 list(members))[0]
         with np.errstate(invalid="ignore"):
             concept = bool((ctrl >= mu / cfg.contrast).any()) or margin > 1
         names = [grid.personas[j] for j in members]
@@ -370,6 +350,4 @@ def _label(cfg: LabelConfig, grid: Grid, t: pd.DataFrame) -> None:
     for name, values in (("top_persona", top), ("family_set", family),
                          ("battery_family", battery)):
         t[name] = pd.Series(values, index=t.index, dtype=object)
-    t["ranked_personas"] = [",".join(grid.personas[int(j)] for j in r.split(",")) if r else ""
-                            for r in t["ranked"]]
     t["set_size"] = np.where(size > 0, size, np.nan)

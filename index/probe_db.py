@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from core.config import config_metadata
-from core.versions import library_versions
-from index.database import WAIT, connect, transaction
+from index.database import WAIT, connect, record_run, replace_rows, transaction
 
 LAYER_PROBE_COLUMNS = """
     sae_id VARCHAR NOT NULL, layer INTEGER NOT NULL, hook VARCHAR NOT NULL,
@@ -32,14 +29,7 @@ def write_layer_probe(db: Path, sae_id: str, table: pd.DataFrame, config: Any) -
     try:
         with transaction(con):
             create_probe_tables(con)
-            con.execute("DELETE FROM layer_probe WHERE sae_id = ?", [sae_id])
-            con.register("_probe", table.assign(sae_id=sae_id))
-            con.execute("INSERT INTO layer_probe BY NAME SELECT * FROM _probe")
-            con.unregister("_probe")
-            con.execute("INSERT INTO runs VALUES (?, 'layers', ?, ?, now(), now(), 'finished')",
-                        [uuid.uuid4().hex[:12],
-                         json.dumps({"identity": None, "config": config_metadata(config),
-                                     "sae_id": sae_id}),
-                         json.dumps(library_versions())])
+            replace_rows(con, "layer_probe", sae_id, table.assign(sae_id=sae_id))
+            record_run(con, "layers", sae_id, config_metadata(config))
     finally:
         con.close()

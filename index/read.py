@@ -20,8 +20,6 @@ from core.atomic import file_sha256
 from core.errors import BadInput
 from index.database import choose_sae, connect, faiss_dir, require_shoggoth, tables
 from index.labels import LabelConfig
-from index.schema import read_battery
-from sae.personas import Item, Persona
 
 MASK_FEATURES_SQL = """
 SELECT l.feature, l.label, f.top_share, f.set_ratio, f.q_value
@@ -302,11 +300,6 @@ def layer_probe(con: Any, sae: str) -> pd.DataFrame:
     """Where the persona lives by layer (empty before `shoggoth layers`)."""
     return _if_table(con, "layer_probe", "SELECT * EXCLUDE (sae_id) FROM layer_probe "
                      "WHERE sae_id = ? ORDER BY layer", [sae])
-
-
-def battery(con: Any) -> tuple[list[Persona], list[Item]]:
-    """The persona battery and items stored in the database."""
-    return read_battery(con)
 
 
 def label_notes(con: Any, sae: str) -> list[str]:

@@ -155,17 +155,25 @@ LEFT JOIN (SELECT sae_id, feature, arg_max(label, created_at) AS label,
 """
 
 
-def create_label_tables(con: Any) -> None:
-    """The tables `shoggoth label` writes, and the feature_labels view (if missing). Label
-    tables of an older labeller are derived data from a method that no longer exists: they are
-    replaced (the annotations are kept)."""
+def stale_label_tables(con: Any) -> list[str]:
+    """Label tables written by an older labeller (they lack a column today's has): derived
+    data from a method that no longer exists."""
+    stale = []
     for table, marker in (("features", "set_margin"), ("calibration", "label")):
         have = {r[0] for r in con.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
             "AND table_schema = current_schema()", [table]).fetchall()}
         if have and marker not in have:
-            con.execute("DROP VIEW IF EXISTS feature_labels")
-            con.execute(f"DROP TABLE {table}")
+            stale.append(table)
+    return stale
+
+
+def create_label_tables(con: Any) -> None:
+    """The tables `shoggoth label` writes, and the feature_labels view (if missing). Stale
+    label tables (`stale_label_tables`) are replaced; the annotations are kept."""
+    for table in stale_label_tables(con):
+        con.execute("DROP VIEW IF EXISTS feature_labels")
+        con.execute(f"DROP TABLE {table}")
     for table, columns in LABEL_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
     con.execute("ALTER TABLE features ADD COLUMN IF NOT EXISTS control_margin DOUBLE")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from index.database import connect, tables
-from index.schema import battery_rows
+from index.schema import battery_rows, stale_label_tables
 
 
 @dataclass
@@ -58,11 +58,8 @@ def sae_status(db: Path, weights_sha256: str,
         sae_id = row[0]
         documents = con.execute("SELECT count(*) FROM documents WHERE sae_id = ?",
                                 [sae_id]).fetchone()[0]
-        # Labels of an older labeller (no set_margin column) are stale.
-        current = "features" in names and "set_margin" in {r[0] for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'features'"
-        ).fetchall()}
-        labelled = current and _rows(con, sae_id, "features", names) > 0
+        labelled = ("features" not in stale_label_tables(con)
+                    and _rows(con, sae_id, "features", names) > 0)
         indexed = _rows(con, sae_id, "faiss_indexes", names) > 0
         probed = _rows(con, sae_id, "layer_probe", names) > 0
         return Status(True, labelled, indexed, False, documents, probed)

@@ -33,7 +33,8 @@ from core.config import Config, option
 from core.errors import BadInput
 from core.progress import Progress
 from index.probe_db import write_layer_probe
-from index.read import Dictionary, battery
+from index.read import Dictionary
+from index.schema import read_battery
 from pipeline.dictionary import load_harvest_sae
 from sae.models import Model, hook_layer, load_model
 from sae.personas import subset_items
@@ -115,12 +116,16 @@ def pooled(model: Model, prompts: list[Any], layers: list[int], sae: Any, sae_ho
             out.append(torch.stack([_mean(cache[h], mask) for h in hooks], 1))
             if sae is not None and sae_hook in cache:
                 x = cache[sae_hook]
-                at_sae.append(_mean(x, mask))
+                if sae_hook not in hooks:  # a probed block's output is pooled already
+                    at_sae.append(_mean(x, mask))
                 recon.append(_mean(sae.decode(sae.encode(x.to(sae.dtype))), mask))
         progress.advance(len(prompts[start:start + batch]))
+    pooled_out = torch.cat(out).numpy()
     if not recon:
-        return torch.cat(out).numpy(), None, None
-    return torch.cat(out).numpy(), torch.cat(at_sae).numpy(), torch.cat(recon).numpy()
+        return pooled_out, None, None
+    x_sae = pooled_out[:, hooks.index(sae_hook)] if sae_hook in hooks else \
+        torch.cat(at_sae).numpy()
+    return pooled_out, x_sae, torch.cat(recon).numpy()
 
 
 def center_items(x: np.ndarray, item: np.ndarray) -> np.ndarray:
@@ -194,7 +199,7 @@ def sae_rows(at_sae: np.ndarray, recon: np.ndarray, docs: Documents,
 
 def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Any], Documents]:
     """The prompts of every non-control persona × prompt × the first items of each topic."""
-    personas, items = battery(d.con)
+    personas, items = read_battery(d.con)
     main = [p for p in personas if not p.is_control]
     if len(main) < 2 or max(len(p.prompts) for p in main) < 2:
         raise BadInput(f"--db {d.db}: the probe needs two or more personas with two or more "

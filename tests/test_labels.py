@@ -40,8 +40,11 @@ def test_the_issues_targets_hold_on_the_planted_battery(labelled):
     assert s["within 1.3x labelled shared"] >= 0.5, s
     assert s["two-persona and family labelled mask-family"] >= 0.8, s
     kinds = {f: k for f, (k, _) in truth.items()}
-    for f, want in ((f, EXPECTED[k]) for f, k in kinds.items() if k in EXPECTED):
-        assert out.at[f, "label"] == want or kinds[f] in ("shared", "mask-general"), (f, kinds[f])
+    kind_of = out["feature"].map(kinds)
+    for kind, want in EXPECTED.items():
+        hit = (out.loc[kind_of == kind, "label"] == want).mean()
+        # Equivalence is a claim with power below 1: most, not all, equal features pass.
+        assert hit >= (0.8 if kind in ("shared", "mask-general") else 1.0), (kind, hit)
     concept = out[out["feature"].map(kinds) == "mention"]
     assert (concept["label"] == "persona-concept").mean() >= 0.8
     assert (concept["control_ratio"] >= 0.5).all()
