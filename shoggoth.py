@@ -13,6 +13,7 @@ from core.errors import BadInput, Interrupted, is_interrupt
 from explorer.commands import demo_command, explore_command
 from index.commands import label_command, merge_command, sql_command
 from pipeline.commands import harvest_command, index_command, layers_command, search_command
+from pipeline.effects_commands import effects_command, steer_command
 from sae.commands import (
     models_command,
     prompt_command,
@@ -35,6 +36,8 @@ cli.add_command(harvest_command)
 cli.add_command(merge_command)
 cli.add_command(label_command)
 cli.add_command(layers_command)
+cli.add_command(effects_command)
+cli.add_command(steer_command)
 cli.add_command(sql_command)
 cli.add_command(index_command)
 cli.add_command(search_command)

@@ -65,7 +65,8 @@ LABEL_TABLES: dict[str, str] = {
         set_margin DOUBLE, control_ratio DOUBLE, control_margin DOUBLE, no_mask_ratio DOUBLE,
         max_min_ratio DOUBLE,
         ratio_ci_high DOUBLE, shared_power DOUBLE, ranked_personas VARCHAR, density DOUBLE,
-        mean_act DOUBLE, max_act DOUBLE, PRIMARY KEY (sae_id, feature)""",
+        mean_act DOUBLE, max_act DOUBLE, causal VARCHAR, mediated DOUBLE,
+        mediated_persona VARCHAR, PRIMARY KEY (sae_id, feature)""",
     "feature_personas": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, persona VARCHAR NOT NULL,
         mean_act DOUBLE NOT NULL, fire_rate DOUBLE NOT NULL, delta_vs_rest DOUBLE,
@@ -82,6 +83,9 @@ LABEL_TABLES: dict[str, str] = {
 }
 """Written by `shoggoth label` (created when first needed); `annotations` holds manual labels and
 is never written by label."""
+
+CAUSAL_COLUMNS = (("causal", "VARCHAR"), ("mediated", "DOUBLE"), ("mediated_persona", "VARCHAR"))
+"""The features table's causal summary, filled by `shoggoth effects` (NULL: not measured)."""
 
 NEIGHBOR_COLUMNS = """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, rank INTEGER NOT NULL,
@@ -176,7 +180,8 @@ def create_label_tables(con: Any) -> None:
         con.execute(f"DROP TABLE {table}")
     for table, columns in LABEL_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-    con.execute("ALTER TABLE features ADD COLUMN IF NOT EXISTS control_margin DOUBLE")
+    for column, kind in (("control_margin", "DOUBLE"), *CAUSAL_COLUMNS):
+        con.execute(f"ALTER TABLE features ADD COLUMN IF NOT EXISTS {column} {kind}")
     con.execute(FEATURE_LABELS_VIEW)
 
 

@@ -1,0 +1,71 @@
+"""CLI commands for causal evidence: `effects` and `steer`."""
+
+from __future__ import annotations
+
+import click
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from core.config import config_options
+from core.progress import stderr_log
+from pipeline.effects import EffectsConfig, run_effects
+from pipeline.steer import SteerConfig, steer
+
+
+def _ci(row: pd.Series, pct: bool) -> str:
+    if pd.isna(row["estimate"]):
+        return "n/a"
+    f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.3g}")
+    return f"{f(row['estimate'])} [{f(row['ci_low'])}, {f(row['ci_high'])}]"
+
+
+@click.command("effects")
+@config_options(EffectsConfig)
+def effects_command(cfg: EffectsConfig) -> None:
+    """What features do under each persona: a screen of every live feature (attribution
+    patching), then exact ablation at the answer tokens (SAE error term kept) under each
+    persona and under no persona, the share of the persona's shift of the answer each
+    ablation removes (mediated fraction, item-bootstrap CI), and steering under no persona.
+    Causal LMs only. Resumable; writes feature_effects and persona_shifts in one
+    transaction."""
+    result = run_effects(cfg, log=stderr_log())
+    effects = result["effects"]
+    console = Console(soft_wrap=True)
+    console.print(f"{cfg.db} · {result['sae_id']} · {result['items']} items · screen "
+                  f"{result['screen_seconds']} s · exact {result['exact_seconds']} s",
+                  highlight=False)
+    shifts = Table(title="each persona's shift of the answer's log-probability (vs no persona)")
+    for col in ("persona", "shift (nats, mean over items)", "per-token RMS"):
+        shifts.add_column(col, justify="left" if col == "persona" else "right")
+    for r in result["shifts"].itertuples(index=False):
+        shifts.add_row(r.persona, f"{r.shift:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]",
+                       f"{r.rms_token_shift:.3f}")
+    console.print(shifts)
+    med = effects[effects["measure"] == "mediated"].sort_values("estimate", ascending=False)
+    best = med.groupby("feature", sort=False).head(1)
+    steer_rows = effects[effects["measure"] == "steer_toward"].set_index(["feature", "persona"])
+    table = Table(title="measured features: best persona's mediated fraction, and steering "
+                        "toward it under no persona")
+    for col in ("feature", "role", "persona", "mediated", "steer toward"):
+        table.add_column(col, justify="right")
+    for _, r in best.iterrows():
+        s = steer_rows.loc[(r["feature"], r["persona"])]
+        table.add_row(str(r["feature"]), r["role"], r["persona"], _ci(r, True), _ci(s, True))
+    console.print(table)
+
+
+@click.command("steer")
+@config_options(SteerConfig)
+def steer_command(cfg: SteerConfig) -> None:
+    """Generate the model's answer with one feature clamped at scale × its typical activation
+    (0 turns it off), next to the unsteered answer, under a persona or none; greedy and
+    deterministic (seeded when --temperature > 0)."""
+    out = steer(cfg)
+    console = Console(soft_wrap=True)
+    console.print(f"feature {out['feature']} clamped at {out['target']:.3g} ({cfg.scale:g} × "
+                  f"typical {out['typical']:.3g}) · persona {out['persona'] or 'none'}",
+                  highlight=False)
+    for name in ("unsteered", "steered"):
+        console.print(f"[bold]{name}[/bold] ({out[name + '_stop']}): ", end="")
+        console.print(out[name], markup=False, highlight=False)

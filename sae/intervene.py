@@ -1,0 +1,167 @@
+"""Interventions at an SAE's hook on a causal LM: the answer's per-token log-probabilities with
+the residual edited at the answer tokens (ablation and steering), their gradient (attribution),
+and greedy or sampled generation with a feature clamped.
+
+A document is split where its answer starts: the prefix (system prompt, question, template
+tokens) runs once, with its KV cache kept for every block; the answer then runs in as many batch
+rows as there are edits, each row its own edit of the residual at the hook. The first answer
+token is predicted by the prefix's last position, which no edit at the answer touches; the
+answer's other tokens are predicted by the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sae.activations import _cache_kwarg_alias
+from sae.models import Model
+from sae.prompts import Prompt
+
+Edit = Callable[[torch.Tensor], torch.Tensor]
+"""Given the clean activations at the hook, [rows, positions, d], returns what to add to them."""
+
+
+@dataclass
+class Answer:
+    """A document cut at its answer: the prefix's KV cache (every block) and the answer."""
+
+    ids: list[int]
+    """The answer's tokens (the measured continuation)."""
+    cache: list[tuple[torch.Tensor, torch.Tensor]]
+    """Per block: keys and values of the prefix, [1, heads, prefix length, head_dim]."""
+    first_logprobs: torch.Tensor
+    """[vocab] log-probabilities at the prefix's last position (they predict ids[0])."""
+
+
+def answer_span(prompt: Prompt) -> tuple[int, int]:
+    """[start, end) of the measured tokens; they must be one contiguous span."""
+    start = prompt.mask.index(True)
+    end = len(prompt.mask) - prompt.mask[::-1].index(True)
+    if not all(prompt.mask[start:end]):
+        raise ValueError("the measured tokens are not one contiguous span")
+    return start, end
+
+
+def _new_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> Any:
+    from transformers import DynamicCache
+
+    kv = DynamicCache()
+    for i, (keys, values) in enumerate(layers):
+        # expand() shares the prefix's memory; the cache's concatenation makes the copy.
+        kv.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i)
+    return kv
+
+
+def _forward(model: Model, tokens: torch.Tensor, kv: Any, hooks: list[tuple[str, Any]]) -> Any:
+    with _cache_kwarg_alias(model.bridge):
+        return model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=hooks, cache=kv,
+                                           use_cache=True)
+
+
+def prepare(model: Model, prompt: Prompt) -> Answer:
+    """Run a document's prefix once; keep its KV cache and the first answer token's
+    log-probabilities."""
+    from transformers import DynamicCache
+
+    start, end = answer_span(prompt)
+    kv = DynamicCache()
+    with torch.inference_mode():
+        logits = _forward(model, torch.tensor([prompt.input_ids[:start]]), kv, [])
+    layers = [(layer.keys, layer.values) for layer in kv.layers
+              if getattr(layer, "keys", None) is not None and layer.keys.numel()]
+    return Answer(prompt.input_ids[start:end], layers,
+                  torch.log_softmax(logits[0, -1].float(), -1))
+
+
+def _edit_hook(edit: Edit | None) -> Any:
+    def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        return x if edit is None else x + edit(x).to(x.dtype)
+
+    return hook
+
+
+def answer_logprobs(model: Model, answer: Answer, hook: str, edit: Edit | None, rows: int,
+                    full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[rows, len(answer)] log-probabilities of the answer's tokens with the residual at `hook`
+    edited on the answer's tokens (row r gets edit(x)[r]; no edit: all rows clean), and with
+    `full`, the rows' [rows, len(answer) - 1, vocab] log-distributions at the answer positions
+    that predict its tokens 2.. (for KL)."""
+    ids = torch.tensor(answer.ids)
+    first = answer.first_logprobs[ids[0]].expand(rows, 1).cpu()
+    if len(answer.ids) == 1:
+        return first, None
+    tokens = ids[:-1].expand(rows, -1)
+    with torch.inference_mode():
+        logits = _forward(model, tokens, _new_cache(answer.cache, rows),
+                          [(hook, _edit_hook(edit))])
+        logp = torch.log_softmax(logits.float(), -1)
+        target = ids[1:].to(logp.device).expand(rows, -1)
+        rest = logp.gather(-1, target[..., None])[..., 0].cpu()
+    return torch.cat([first, rest], 1), (logp.cpu() if full else None)
+
+
+def kl(clean: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(clean ‖ edited) per row, from log-distributions
+    [rows, positions, vocab] (`clean` [1, positions, vocab] broadcast over the rows)."""
+    return (clean.exp() * (clean - edited)).sum(-1).mean(-1)
+
+
+def attribution(model: Model, answer: Answer, hook: str, rows: int,
+                weights: Callable[[torch.Tensor], torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward and backward pass of `rows` copies of the answer: the clean activations at
+    `hook` on the answer positions that predict its tokens 2.. ([n-1, d]), the answer's
+    log-probabilities ([n], the same in every row), and per row r the gradient of
+    Σ_t w[r, t] · log p(token t) with respect to those activations ([rows, n-1, d]), where
+    w = weights(log-probabilities [rows, n]) is treated as a constant. Row r's gradient dotted
+    with a change of the activations estimates the change of its weighted sum (attribution
+    patching)."""
+    ids = torch.tensor(answer.ids)
+    keep: dict[str, torch.Tensor] = {}
+
+    def leaf_hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        keep["leaf"] = x.detach().requires_grad_(True)
+        return keep["leaf"]
+
+    with torch.enable_grad():
+        logits = _forward(model, ids[:-1].expand(rows, -1), _new_cache(answer.cache, rows),
+                          [(hook, leaf_hook)])
+        logp = torch.log_softmax(logits.float(), -1)
+        rest = logp.gather(-1, ids[1:].to(logp.device).expand(rows, -1)[..., None])[..., 0]
+        first = answer.first_logprobs[ids[0]].reshape(1).cpu()
+        lp = torch.cat([first.expand(rows, 1), rest.detach().cpu()], 1)
+        w = weights(lp)[:, 1:].to(rest.device, rest.dtype)
+        (grad,) = torch.autograd.grad((rest * w).sum(), keep["leaf"])
+    return keep["leaf"][0].detach().float().cpu(), lp[0], grad.float().cpu()
+
+
+def generate(model: Model, prompt_ids: list[int], hook: str, edit: Edit | None,
+             max_tokens: int, *, on_prompt: bool = False, temperature: float = 0.0,
+             seed: int = 0, stop_ids: set[int] | None = None) -> tuple[list[int], str]:
+    """Continue `prompt_ids` with the residual at `hook` edited on every generated position
+    (and on the prompt with `on_prompt`): greedy at temperature 0, else seeded sampling.
+    Returns the new token ids and why it stopped ('eos' or 'length')."""
+    from transformers import DynamicCache
+
+    gen = torch.Generator().manual_seed(seed)
+    kv = DynamicCache()
+    prompt_hook = _edit_hook(edit if on_prompt else None)
+    out: list[int] = []
+    with torch.inference_mode():
+        logits = _forward(model, torch.tensor([prompt_ids]), kv, [(hook, prompt_hook)])
+        for _ in range(max_tokens):
+            last = logits[0, -1].float().cpu()
+            if temperature > 0:
+                token = int(torch.multinomial(torch.softmax(last / temperature, -1), 1,
+                                              generator=gen))
+            else:
+                token = int(last.argmax())
+            if stop_ids and token in stop_ids:
+                return out, "eos"
+            out.append(token)
+            logits = _forward(model, torch.tensor([[token]]), kv, [(hook, _edit_hook(edit))])
+    return out, "length"
