@@ -16,8 +16,11 @@ import streamlit as st
 from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from core.errors import BadInput
 from explorer.store import Store
 from index import read
+from pipeline.effects import load_causal
+from pipeline.steer import SteerConfig, Steering, steer_with
 
 FEATURE_PAGE = "views/feature.py"
 
@@ -125,3 +128,25 @@ def open_feature(sae: str, feature: int) -> None:
 def labels_frame(sae: str, feature: int | None = None) -> pd.DataFrame:
     """Every feature's (or one feature's) statistics and labels; empty before `shoggoth label`."""
     return q(read.labelled_features, sae, feature)
+
+
+@st.cache_resource(show_spinner="loading the model and SAE")
+def _causal_model(db: str, sae: str, row: tuple[tuple[str, Any], ...]) -> tuple[Any, Any]:
+    return load_causal(Path(db), sae, dict(row), "auto")
+
+
+def steer_answers(sae: str, row: dict[str, Any], feature: int, prompt: str,
+                  persona: str | None, scale: float, max_tokens: int) -> dict[str, Any]:
+    """`shoggoth steer` for the feature page: the model and SAE are loaded once per session
+    server; the feature's typical activation and the persona's prompt come from the read
+    API."""
+    typical = q(read.typical_activations, sae, feature).get(feature)
+    if not typical:
+        raise BadInput(f"feature {feature}: it never fired under a persona, so it has no typical "
+                       "activation to scale")
+    system = q(read.prompts_of, persona)["prompt"].iloc[0] if persona else None
+    model, sae_model = _causal_model(str(db_path()), sae, tuple(sorted(row.items())))
+    cfg = SteerConfig(db=db_path(), feature=feature, prompt=prompt, persona=persona,
+                      scale=scale, max_tokens=max_tokens)
+    return steer_with(Steering(model, sae_model, row["hook"], typical, system or None, feature),
+                      cfg)

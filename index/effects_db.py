@@ -32,18 +32,22 @@ MEASURES = ("attribution", "mediated", "ablate_logprob", "ablate_kl", "steer_tow
 CAUSAL_SQL = """
 UPDATE features f SET causal = b.summary, mediated = b.estimate, mediated_persona = b.persona
 FROM (
-  SELECT feature, persona, estimate,
-    CASE WHEN ci_low > 0 THEN
-      printf('mediates %.0f%% [%.0f%%, %.0f%%] of %s''s shift of the answer',
-             100 * estimate, 100 * ci_low, 100 * ci_high, persona)
+  SELECT m.feature, m.persona, m.estimate,
+    CASE WHEN m.ci_low > 0 THEN
+      printf('mediates %.0f%% [%.0f%%, %.0f%%] of %s''s shift of the answer (ablation KL %.2g)',
+             100 * m.estimate, 100 * m.ci_low, 100 * m.ci_high, m.persona,
+             coalesce(k.estimate, 0))
     ELSE
-      printf('no mediation shown (largest: %s, %.0f%% [%.0f%%, %.0f%%])',
-             persona, 100 * estimate, 100 * ci_low, 100 * ci_high)
+      printf('no mediation shown (largest: %s, %.0f%% [%.0f%%, %.0f%%]; ablation KL %.2g)',
+             m.persona, 100 * m.estimate, 100 * m.ci_low, 100 * m.ci_high,
+             coalesce(k.estimate, 0))
     END AS summary
   FROM (SELECT *, row_number() OVER (PARTITION BY feature ORDER BY estimate DESC NULLS LAST,
                                      persona) AS r
-        FROM feature_effects WHERE sae_id = $sae AND measure = 'mediated')
-  WHERE r = 1) b
+        FROM feature_effects WHERE sae_id = $sae AND measure = 'mediated') m
+  LEFT JOIN feature_effects k ON k.sae_id = $sae AND k.feature = m.feature
+       AND k.persona = m.persona AND k.measure = 'ablate_kl'
+  WHERE m.r = 1) b
 WHERE f.sae_id = $sae AND f.feature = b.feature
 """
 

@@ -22,6 +22,7 @@ from index.database import (
     require_shoggoth,
     transaction,
 )
+from index.effects_db import refresh_causal
 from index.label_nulls import false_persona_labels, reassign_prompts, split_personas
 from index.labels import LABELS, PERSONA_LABELS, LabelConfig, label_features
 from index.schema import create_label_tables
@@ -186,5 +187,6 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
                 replace_rows(con, table, sae_id, frame)
             con.execute("DELETE FROM feature_personas WHERE sae_id = ?", [sae_id])
             con.execute(PERSONA_SQL, {"sae": sae_id})
+            refresh_causal(con, sae_id)  # the new rows keep the effects already measured
     finally:
         con.close()

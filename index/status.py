@@ -28,6 +28,8 @@ class Status:
     """`shoggoth layers` has written its layer probe."""
     other_battery: bool = False
     """The database holds another persona battery (the built-in one changed)."""
+    effects: bool = False
+    """`shoggoth effects` has written its measurements."""
 
 
 def _rows(con: object, sae_id: str, table: str, names: set[str]) -> int:
@@ -62,6 +64,7 @@ def sae_status(db: Path, weights_sha256: str,
                     and _rows(con, sae_id, "features", names) > 0)
         indexed = _rows(con, sae_id, "faiss_indexes", names) > 0
         probed = _rows(con, sae_id, "layer_probe", names) > 0
-        return Status(True, labelled, indexed, False, documents, probed)
+        effects = _rows(con, sae_id, "persona_shifts", names) > 0
+        return Status(True, labelled, indexed, False, documents, probed, effects=effects)
     finally:
         con.close()

@@ -22,13 +22,14 @@ from index.label_db import LabelRunConfig, label_database
 from index.schema import battery_of
 from index.status import sae_status
 from pipeline.dictionary import index_harvest
+from pipeline.effects import EffectsConfig, run_effects
 from pipeline.harvest import HarvestConfig, harvest
 from pipeline.layer_probe import LayersConfig, probe_layers
 from sae.personas import load_items, load_personas, subset_items, subset_personas
 from sae.sae_dir import weights_sha256
 from sae.train import TrainConfig, train
 
-STEPS = 6
+STEPS = 7
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Recipe:
     """HarvestConfig settings: a deterministic subset of the battery, recorded in the database."""
     layers: dict[str, Any] = field(default_factory=dict)
     """LayersConfig settings of the layer probe."""
+    effects: dict[str, Any] | None = None
+    """EffectsConfig settings of the causal check (None: the model is not a causal LM)."""
 
     @property
     def sae_name(self) -> str:
@@ -61,7 +64,8 @@ RECIPES = {
     "smollm2": Recipe("smollm2", 15, "demo.duckdb",
                       train={"tokens": 300_000, "expansion": 4, "k": 32},
                       harvest={"paraphrases": 2, "items_per_topic": 6},
-                      layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"}),
+                      layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"},
+                      effects={"items_per_topic": 2, "top": 12, "baseline": 8}),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb", layers={"items_per_topic": 2}),
 }
 
@@ -92,6 +96,10 @@ class Steps:
 
     def __init__(self, console: Console) -> None:
         self.console = console
+
+    def skip(self, n: int, title: str, why: str) -> None:
+        self.console.print(f"[bold][{n}/{STEPS}][/bold] {title}: skipped ({why})",
+                           highlight=False)
 
     def run(self, n: int, title: str, step: Callable[[], Any] | None, why: str) -> None:
         head = f"[bold][{n}/{STEPS}][/bold] {title}"
@@ -153,7 +161,16 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
               None if status.probed else
               lambda: probe_layers(LayersConfig(db=db, **recipe.layers)),
               "layer probe stored" if status.probed else "a linear probe per layer")
-    steps.run(5, "index the dictionary",
+    effects = "measure causal effects (ablation and steering)"
+    if recipe.effects is None:
+        steps.skip(5, effects, f"{recipe.what} is not a causal LM")
+    else:
+        settings = recipe.effects
+        steps.run(5, effects, None if status.effects else
+                  lambda: run_effects(EffectsConfig(db=db, **settings), log=quiet),
+                  "effects stored" if status.effects else
+                  "screen every feature, ablate and steer the top ones")
+    steps.run(6, "index the dictionary",
               None if status.indexed else lambda: index_harvest(IndexConfig(db=db), log=quiet),
               "dictionary stored" if status.indexed else
               "examples, histograms, FAISS, persona vectors")

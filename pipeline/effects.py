@@ -162,16 +162,15 @@ def read_inputs(cfg: EffectsConfig) -> Inputs:
         d.close()
 
 
-def load_causal(inputs: Inputs, device: str) -> tuple[Model, Any]:
+def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str) -> tuple[Model, Any]:
     """The harvest's model (a causal LM, else BadInput) and SAE, without gradients on
     weights."""
-    model = load_model(inputs.row["model"], device)
+    model = load_model(row["model"], device)
     if not model.is_causal:
-        raise BadInput(f"--db {inputs.db}: model '{inputs.row['model']}' is an encoder, not a "
-                       "causal LM; ablation and steering are measured on next-token "
-                       "predictions")
+        raise BadInput(f"--db {db}: model '{row['model']}' is an encoder, not a causal LM; "
+                       "ablation and steering are measured on next-token predictions")
     model.bridge.requires_grad_(False)
-    sae = load_harvest_sae(inputs.db, inputs.sae_id, inputs.row, device)
+    sae = load_harvest_sae(db, sae_id, row, device)
     sae.requires_grad_(False)
     return model, sae
 
@@ -241,7 +240,7 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
         raise BadInput(f"--db {cfg.db}: no such file")
     check_writable(cfg.db)
     inputs = read_inputs(cfg)
-    model, sae = load_causal(inputs, cfg.device)
+    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, cfg.device)
     s = make_setup(inputs, model, sae, cfg)
     folder = work_dir(inputs, cfg)
     n_items, started = len(inputs.items), time.monotonic()

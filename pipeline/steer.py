@@ -20,7 +20,7 @@ from core.config import Config, option
 from core.errors import BadInput
 from index.read import Dictionary, typical_activations
 from index.schema import read_battery
-from pipeline.effects import Inputs, load_causal
+from pipeline.effects import load_causal
 from sae.intervene import Edit, generate
 from sae.models import Model
 from sae.prompts import build_prompt
@@ -94,11 +94,11 @@ def load_steering(cfg: SteerConfig) -> Steering:
         if not typical:
             raise BadInput(f"--feature {cfg.feature}: it never fired under a persona in the "
                            "harvest, so it has no typical activation to scale")
-        inputs = Inputs(cfg.db, d.sae_id, dict(d.row), [], [], {}, {}, None, None)
+        sae_id, row = d.sae_id, dict(d.row)
     finally:
         d.close()
-    model, sae = load_causal(inputs, cfg.device)
-    return Steering(model, sae, inputs.row["hook"], typical, system or None, cfg.feature)
+    model, sae = load_causal(cfg.db, sae_id, row, cfg.device)
+    return Steering(model, sae, row["hook"], typical, system or None, cfg.feature)
 
 
 def prompt_ids(model: Model, system: str | None, user: str) -> list[int]:

@@ -17,6 +17,7 @@ from explorer.common import (
     labels_frame,
     md,
     q,
+    steer_answers,
     store,
 )
 from explorer.explain import explain
@@ -142,6 +143,60 @@ for table, title in (("neighbors", "Nearest features by decoder direction (FAISS
     for i, n in enumerate(near.itertuples()):
         with cols[i % 2]:
             feature_link(sae, int(n.neighbor), n.label, f" · cos {n.cosine:.3f}")
+
+# --- causal effects and steering ------------------------------------------------------------
+st.subheader("Causal effects")
+effects = q(read.feature_effects, sae, feature)
+exact = effects[effects["measure"] != "attribution"] if len(effects) else effects
+if exact.empty:
+    st.markdown(f"Not measured: run `shoggoth effects --db … --features {feature}` (causal LMs)."
+                + (" The screen's estimates are below." if len(effects) else ""))
+if len(exact):
+    if info is not None and info.get("causal"):
+        st.markdown(md(info["causal"]))
+    st.caption("Mediated: the share of the persona's shift of the answer (per-token log p "
+               "under the persona minus under no persona) that ablating the feature at the "
+               "answer tokens removes. Steer toward: the share of that shift reproduced by "
+               "adding the feature's typical activation under no persona. Bars: item-bootstrap "
+               "intervals; role: " + md(exact["role"].iloc[0]) + ".")
+    chart = exact[exact["measure"].isin(["mediated", "steer_toward"])]
+    base = alt.Chart(chart).encode(y=alt.Y("persona:N", sort=None),
+                                   color=alt.Color("measure:N"), yOffset="measure:N")
+    st.altair_chart(base.mark_bar().encode(
+        x=alt.X("estimate:Q", title="share of the persona's shift"),
+        tooltip=["persona", "measure", alt.Tooltip("estimate:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
+                 "n"]) + base.mark_errorbar().encode(x="ci_low:Q", x2="ci_high:Q"),
+        width="stretch")
+    ablation = exact[exact["measure"].isin(["ablate_logprob", "ablate_kl"])]
+    st.dataframe(ablation.pivot(index="persona", columns="measure", values="estimate"))
+elif len(effects):
+    st.dataframe(effects[["persona", "estimate", "n"]].rename(
+        columns={"estimate": "screen estimate of the mediated share"}), hide_index=True)
+
+with st.expander("Steer: generate with this feature clamped"):
+    with st.form("steer"):
+        text = st.text_area("prompt", "Tell me about your day.", key="s_prompt")
+        choices = ["(none)"] + [p for p in q(read.persona_names)]
+        persona = st.selectbox("persona", choices, key="s_persona")
+        scale = st.slider("scale (× the feature's typical activation; 0 turns it off)",
+                          0.0, 10.0, 4.0, 0.5, key="s_scale")
+        tokens = st.number_input("max tokens", 1, 200, 40, key="s_tokens")
+        go = st.form_submit_button("Generate", key="s_go")
+    if go:
+        try:
+            out = steer_answers(sae, row, feature, text, None if persona == "(none)" else
+                                persona, float(scale), int(tokens))
+        except BadInput as e:
+            st.error(str(e))
+        else:
+            st.caption(f"clamped at {out['target']:.3g} ({scale:g} × typical "
+                       f"{out['typical']:.3g}), greedy")
+            left, right = st.columns(2)
+            left.markdown("**unsteered**")
+            left.text(out["unsteered"])
+            right.markdown(f"**steered** (scale {scale:g})")
+            right.text(out["steered"])
 
 # --- manual label ----------------------------------------------------------------------------
 st.subheader("Manual label")
