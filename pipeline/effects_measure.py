@@ -93,16 +93,18 @@ class Plan:
     """Per feature, the persona conditions (1..K) its ablation is measured under (the
     baseline, 0, always is)."""
     steer: list[float]
-    """Per feature, the activation it is steered with under no persona."""
+    """Per feature, the activation it is steered with under no persona (0: not steered)."""
 
 
 def _edit(s: Setup, plan: Plan, jobs: list[tuple[str, int]]) -> Any:
-    dirs = s.w_dec[[plan.features[j] for _, j in jobs]]  # [rows, d]
+    dirs = s.w_dec[[plan.features[j] if j >= 0 else 0 for _, j in jobs]]  # [rows, d]
 
     def edit(x: torch.Tensor) -> torch.Tensor:
         # Rows are identical up to the hook, so row 0's activations serve every row.
         acts = s.encode(x[0])  # [positions, features]
+        zero = torch.zeros(x.shape[1], device=acts.device)
         scale = torch.stack([
+            zero if kind == "clean" else
             -acts[:, plan.features[j]] if kind == "ablate"
             else torch.full((x.shape[1],), plan.steer[j], device=acts.device)
             for kind, j in jobs])  # [rows, positions]
@@ -121,7 +123,7 @@ def _jobs(plan: Plan, condition: int, fired: np.ndarray) -> tuple[list[tuple[str
     jobs = [("ablate", j) for j in measured if fired[condition, plan.features[j]]]
     silent = [j for j in measured if not fired[condition, plan.features[j]]]
     if condition == 0:
-        jobs += [("steer", j) for j in range(len(plan.features))]
+        jobs += [("steer", j) for j in range(len(plan.features)) if plan.steer[j] > 0]
     return jobs, silent
 
 
@@ -142,17 +144,20 @@ def exact_item(s: Setup, item: int, plan: Plan, fired: np.ndarray) -> dict[str, 
         if not jobs:
             continue
         answer = s.answer(c, item)
-        clean, clean_full = answer_logprobs(s.model, answer, s.hook, None, 1, full=True)
+        jobs = [("clean", -1), *jobs]  # the unedited row rides in the first batch
+        clean = clean_full = None
         for start in range(0, len(jobs), s.batch):
             chunk = jobs[start:start + s.batch]
             lp, full = answer_logprobs(s.model, answer, s.hook, _edit(s, plan, chunk),
                                        len(chunk), full=True)
+            if clean is None:
+                clean, clean_full = lp[:1], None if full is None else full[:1]
             change = (lp - clean)[:, 1:].numpy()
             divergence = kl(clean_full, full).numpy() if full is not None else \
                 np.zeros(len(chunk))
             for r, (kind, j) in enumerate(chunk):
                 if kind == "ablate":
                     out["ablate"][j, c], out["ablate_kl"][j, c] = change[r], divergence[r]
-                else:
+                elif kind == "steer":
                     out["steer"][j] = change[r]
     return out

@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from conftest import CHAT_TEMPLATE, ROLE_TOKENS, build_tiny_gpt2
 
 D, D_SAE, AMPLIFY, READ = 16, 8, 20.0, 6.0

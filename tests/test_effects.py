@@ -83,13 +83,13 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
     weights = torch.randn(2, end - start, generator=torch.Generator().manual_seed(0))
     x, lp_a, grad = attribution(model, answer, HOOK, 2, lambda lp: weights)
     assert torch.allclose(lp_a, lp[0], atol=1e-5)
+    leaf: dict[str, torch.Tensor] = {}
+
+    def capture(x, hook=None):
+        leaf["x"] = x.detach().requires_grad_(True)
+        return leaf["x"]
+
     for row in range(2):
-        leaf = {}
-
-        def capture(x, hook=None):
-            leaf["x"] = x.detach().requires_grad_(True)
-            return leaf["x"]
-
         logits = model.bridge.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(HOOK, capture)])
         logp = torch.log_softmax(logits[0].float(), -1)[start:end - 1]
         total = (logp.gather(-1, target[1:, None])[:, 0] * weights[row, 1:]).sum()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 
+from index.effects_db import EFFECT_TABLES, create_effect_tables
 from index.probe_db import create_probe_tables
 from index.schema import (
     INDEX_TABLES,
@@ -42,6 +43,7 @@ def actual(tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
     create_label_tables(con)
     create_index_tables(con)
     create_probe_tables(con)
+    create_effect_tables(con)
     enums = {
         "ENUM(" + ", ".join(f"'{p.name}'" for p in personas) + ")": "persona_name",
         "ENUM(" + ", ".join(f"'{i.item_id}'" for i in items) + ")": "item_name",
@@ -59,7 +61,7 @@ def actual(tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
 def test_schema_doc_matches_the_database(tmp_path):
     doc, db = documented(), actual(tmp_path)
     assert sorted(doc) == sorted(db) == sorted([*TABLES, *LABEL_TABLES, *INDEX_TABLES,
-                                                         "feature_labels", "layer_probe"])
+                                                *EFFECT_TABLES, "feature_labels", "layer_probe"])
     for table in db:
         assert doc[table] == db[table], table
 

@@ -1,0 +1,112 @@
+"""Effects throughput on the demo database (SmolLM2): the screen against the harvest of the same
+documents, and exact ablation at the issue's scale.
+
+1. The same documents (the no-persona control and every persona, first prompt, on --items items)
+   are harvested (`shoggoth harvest` into a temporary database) and screened (attribution
+   patching: one forward and backward pass per document and persona weighting); the ratio
+   screen / harvest is the figure.
+2. Exact ablation of --features features (the screen's top ones) under 2 conditions (no persona
+   and the persona of each feature's largest screen estimate), on --exact-items items, timed
+   and scaled to 40 items; rows where the feature does not fire are skipped (their effect is
+   exactly zero) and counted. Steering under no persona is timed separately.
+
+    python benchmarks/effects_throughput.py [--db runs/demo.duckdb] [--items 6] [--features 200]
+        [--exact-items 4] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.effects import (  # noqa: E402
+    EffectsConfig,
+    Inputs,
+    load_causal,
+    make_setup,
+    read_inputs,
+)
+from pipeline.effects_measure import Plan, exact_item, screen_item  # noqa: E402
+from pipeline.effects_tables import screen_estimates  # noqa: E402
+from pipeline.harvest import HarvestConfig, harvest  # noqa: E402
+
+
+def harvest_seconds(inputs: Inputs, folder: Path) -> float:
+    """`shoggoth harvest` of exactly the screened documents, into a new database."""
+    personas = [{"name": p.name, "family": p.family, "prompts": [p.prompts[0]],
+                 "is_control": p.is_control} for p in inputs.conditions]
+    (folder / "p.yaml").write_text(yaml.safe_dump({"personas": personas}))
+    (folder / "i.jsonl").write_text("".join(json.dumps(
+        {"item_id": i.item_id, "topic": i.topic, "question": i.question, "answer": i.answer})
+        + "\n" for i in inputs.items))
+    started = time.perf_counter()
+    harvest(HarvestConfig(db=folder / "h.duckdb", sae=Path(inputs.row["path"]),
+                          personas=folder / "p.yaml", items=folder / "i.jsonl"),
+            log=lambda _: None)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", type=Path, default=Path("runs/demo.duckdb"))
+    ap.add_argument("--items", type=int, default=6)
+    ap.add_argument("--features", type=int, default=200)
+    ap.add_argument("--exact-items", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    cfg = EffectsConfig(db=args.db, items_per_topic=1, batch=args.batch)
+    inputs = read_inputs(cfg)
+    inputs.items = inputs.items[:args.items]
+    n_docs = len(inputs.conditions) * len(inputs.items)
+    with tempfile.TemporaryDirectory() as tmp:
+        harvest_s = harvest_seconds(inputs, Path(tmp))
+    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, "auto")
+    s = make_setup(inputs, model, sae, cfg)
+    per_item = []
+    screens = []
+    for i in range(len(inputs.items)):
+        started = time.perf_counter()
+        screens.append(screen_item(s, i))
+        per_item.append(time.perf_counter() - started)
+    screen_s = sum(per_item)
+    print(f"{model.name} · {sae.cfg.d_sae} features · {torch.get_num_threads()} threads · "
+          f"{n_docs} documents ({len(inputs.conditions)} conditions × {len(inputs.items)} items)")
+    print(f"harvest of these documents: {harvest_s:.1f} s; screen: {screen_s:.1f} s "
+          f"(median {statistics.median(per_item):.2f} s per item); screen / harvest = "
+          f"{screen_s / harvest_s:.2f}")
+    estimates = screen_estimates(screens)
+    fired = np.stack([x["fired"] for x in screens]).any(0)
+    live = np.flatnonzero(fired.any(0))
+    score = np.nan_to_num(np.abs(estimates)).max(0)
+    feats = sorted(live, key=lambda f: -score[f])[:args.features]
+    conds = [[int(np.nanargmax(np.abs(estimates[:, f]))) + 1] for f in feats]
+    for label, steer in (("ablation, 2 conditions", 0.0), ("steering under no persona", 1.0)):
+        plan = Plan([int(f) for f in feats], ["candidate"] * len(feats), conds,
+                    [steer] * len(feats))
+        times, rows, silent = [], 0, 0
+        for i in range(args.exact_items):
+            started = time.perf_counter()
+            out = exact_item(s, i, plan, screens[i]["fired"])
+            times.append(time.perf_counter() - started)
+            rows += int(np.isfinite(out["ablate_kl"]).sum())
+            silent += int((out["ablate_kl"] == 0).sum())
+        per = statistics.median(times)
+        print(f"{label}: {len(feats)} features × {args.exact_items} items: median "
+              f"{per:.1f} s per item → {40 * per / 60:.1f} min for 40 items"
+              + (f" ({silent} of {rows} feature × condition cells skipped: the feature does "
+                 "not fire there)" if steer == 0 else ""))
+
+
+if __name__ == "__main__":
+    main()
