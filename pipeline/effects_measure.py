@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae.intervene import Answer, answer_logprobs, attribution, kl, prepare
+from sae.intervene import Answer, answer_logprobs, attribution_batch, kl, prepare
 from sae.models import Model
 from sae.prompts import Prompt
 
@@ -51,34 +51,36 @@ class Setup:
             return self.sae.encode(x.to(self.model.device, self.sae.dtype)).float()
 
 
-def _attribution_of(s: Setup, x: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+def _attribution_rows(s: Setup, x: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
     """[rows, features] estimated change of each row's weighted log-probability sum when each
-    feature is ablated on the answer: -Σ_t a_f(t) <d_f, grad_t>."""
-    acts = s.encode(x).cpu()
-    proj = torch.einsum("rtd,fd->rtf", grad, s.w_dec.cpu())
-    return -(acts[None] * proj).sum(1).numpy()
+    feature is ablated on the answer: -Σ_t a_f(t) <d_f, grad_t> (x, grad: [rows, n-1, d])."""
+    w_dec = s.w_dec.cpu()
+    out = []
+    for r in range(x.shape[0]):
+        acts = s.encode(x[r]).cpu()  # [n-1, features]
+        out.append(-(acts * (grad[r] @ w_dec.T)).sum(0))
+    return torch.stack(out).numpy()
 
 
 def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
     """The clean log-probabilities under every condition and the attribution estimates:
     attr_persona[k-1, f] of ablating f under persona k and attr_base[k-1, f] under no persona,
-    each weighted by persona k's per-token shift; fired[c, f] whether f fires on the answer."""
-    n_cond = len(s.conditions)
-    base = s.answer(0, item)
-    lp0 = answer_logprobs(s.model, base, s.hook, None, 1)[0][0]
-    lps, attr_p, fired = [], [], []
-    for c in range(1, n_cond):
-        x, lp, grad = attribution(s.model, s.answer(c, item), s.hook, 1,
-                                  lambda lp: lp - lp0)
-        lps.append(lp)
-        attr_p.append(_attribution_of(s, x, grad)[0])
-        fired.append((s.encode(x) > 0).any(0).cpu().numpy())
-    shifts = torch.stack(lps) - lp0
-    x0, _, grad0 = attribution(s.model, base, s.hook, n_cond - 1, lambda lp: shifts)
-    fired.insert(0, (s.encode(x0) > 0).any(0).cpu().numpy())
-    return {"lp0": lp0.numpy(), "lp": torch.stack(lps).numpy(),
-            "attr_persona": np.stack(attr_p), "attr_base": _attribution_of(s, x0, grad0),
-            "fired": np.stack(fired)}
+    each weighted by persona k's per-token shift; fired[c, f] whether f fires on the answer.
+
+    One batch: the K persona documents, then K copies of the no-persona document (one per
+    persona's weighting), left-padded so that the answers line up."""
+    k = len(s.conditions) - 1
+    prompts = [s.prompts[c][item] for c in range(1, k + 1)] + [s.prompts[0][item]] * k
+
+    def weights(lp: torch.Tensor) -> torch.Tensor:
+        shift = lp[:k] - lp[k]
+        return torch.cat([shift, shift])
+
+    x, lp, grad = attribution_batch(s.model, prompts, s.hook, weights)
+    attr = _attribution_rows(s, x, grad)
+    fired = [(s.encode(x[r]) > 0).any(0).cpu().numpy() for r in range(k + 1)]
+    return {"lp0": lp[k].numpy(), "lp": lp[:k].numpy(), "attr_persona": attr[:k],
+            "attr_base": attr[k:], "fired": np.stack([fired[k], *fired[:k]])}
 
 
 @dataclass

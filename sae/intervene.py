@@ -19,7 +19,7 @@ import torch
 
 from sae.activations import _cache_kwarg_alias
 from sae.models import Model
-from sae.prompts import Prompt
+from sae.prompts import Prompt, collate, pad_id
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 """Given the clean activations at the hook, [rows, positions, d], returns what to add to them."""
@@ -110,17 +110,21 @@ def kl(clean: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     return (clean.exp() * (clean - edited)).sum(-1).mean(-1)
 
 
-def attribution(model: Model, answer: Answer, hook: str, rows: int,
-                weights: Callable[[torch.Tensor], torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward and backward pass of `rows` copies of the answer: the clean activations at
-    `hook` on the answer positions that predict its tokens 2.. ([n-1, d]), the answer's
-    log-probabilities ([n], the same in every row), and per row r the gradient of
-    Σ_t w[r, t] · log p(token t) with respect to those activations ([rows, n-1, d]), where
-    w = weights(log-probabilities [rows, n]) is treated as a constant. Row r's gradient dotted
-    with a change of the activations estimates the change of its weighted sum (attribution
-    patching)."""
-    ids = torch.tensor(answer.ids)
+def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
+                      weights: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`attribution` for several documents with the same answer in one forward and backward
+    pass: each prompt is cut after its answer and left-padded, so the answers line up at the
+    end. Returns the activations at `hook` on the answer positions that predict its tokens
+    2.. ([rows, n-1, d]), the answer's log-probabilities per row ([rows, n]), and per row the
+    gradient of Σ_t w[r, t] · log p_r(token t), w = weights(log-probabilities) held constant
+    ([rows, n-1, d])."""
+    spans = [answer_span(p) for p in prompts]
+    cut = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
+           for p, (_, end) in zip(prompts, spans, strict=True)]
+    n = spans[0][1] - spans[0][0]
+    batch = collate(cut, pad_id(model.tokenizer), "left").to(model.device)
+    ids = batch.input_ids[:, -n:]
     keep: dict[str, torch.Tensor] = {}
 
     def leaf_hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
@@ -128,15 +132,14 @@ def attribution(model: Model, answer: Answer, hook: str, rows: int,
         return keep["leaf"]
 
     with torch.enable_grad():
-        logits = _forward(model, ids[:-1].expand(rows, -1), _new_cache(answer.cache, rows),
-                          [(hook, leaf_hook)])
-        logp = torch.log_softmax(logits.float(), -1)
-        rest = logp.gather(-1, ids[1:].to(logp.device).expand(rows, -1)[..., None])[..., 0]
-        first = answer.first_logprobs[ids[0]].reshape(1).cpu()
-        lp = torch.cat([first.expand(rows, 1), rest.detach().cpu()], 1)
-        w = weights(lp)[:, 1:].to(rest.device, rest.dtype)
-        (grad,) = torch.autograd.grad((rest * w).sum(), keep["leaf"])
-    return keep["leaf"][0].detach().float().cpu(), lp[0], grad.float().cpu()
+        logits = model.bridge.run_with_hooks(batch.input_ids, fwd_hooks=[(hook, leaf_hook)],
+                                             attention_mask=batch.attention_mask)
+        logp = torch.log_softmax(logits[:, -n - 1:-1].float(), -1)
+        lp = logp.gather(-1, ids[..., None])[..., 0]
+        w = weights(lp.detach().cpu()).to(lp.device, lp.dtype)
+        (grad,) = torch.autograd.grad((lp[:, 1:] * w[:, 1:]).sum(), keep["leaf"])
+    x = keep["leaf"][:, -n:-1].detach().float().cpu()
+    return x, lp.detach().cpu(), grad[:, -n:-1].float().cpu()
 
 
 def generate(model: Model, prompt_ids: list[int], hook: str, edit: Edit | None,

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 import pipeline.effects
 import shoggoth
 from pipeline.steer import SteerConfig, clamp, load_steering, steer_with
-from sae.intervene import answer_logprobs, answer_span, attribution, generate, prepare
+from sae.intervene import answer_logprobs, answer_span, attribution_batch, generate, prepare
 from sae.prompts import build_prompt
 from sae.sae_dir import load_sae_dir
 
@@ -79,23 +79,30 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
         assert torch.allclose(full[row], manual[1:], atol=1e-5)
     assert (lp[1] - lp[0]).abs().max() > 1e-3  # the ablation does something to compare
 
-    # Attribution: the gradient of a weighted sum of the answer's log-probabilities.
+    # Attribution: the gradient of a weighted sum of the answer's log-probabilities, for two
+    # documents (different prompts, the same answer) in one left-padded batch.
+    other = build_prompt(model.tokenizer, "", "Why is the sky blue?",
+                         "Sunlight scatters off air molecules, and blue scatters most.")
     weights = torch.randn(2, end - start, generator=torch.Generator().manual_seed(0))
-    x, lp_a, grad = attribution(model, answer, HOOK, 2, lambda lp: weights)
-    assert torch.allclose(lp_a, lp[0], atol=1e-5)
+    x, lp_a, grad = attribution_batch(model, [prompt, other], HOOK, lambda lp: weights)
+    assert torch.allclose(lp_a[0], lp[0], atol=1e-5)
     leaf: dict[str, torch.Tensor] = {}
 
     def capture(x, hook=None):
         leaf["x"] = x.detach().requires_grad_(True)
         return leaf["x"]
 
-    for row in range(2):
-        logits = model.bridge.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(HOOK, capture)])
-        logp = torch.log_softmax(logits[0].float(), -1)[start:end - 1]
-        total = (logp.gather(-1, target[1:, None])[:, 0] * weights[row, 1:]).sum()
-        (expected,) = torch.autograd.grad(total, leaf["x"])
-        assert torch.allclose(grad[row], expected[0, span], atol=1e-5)
-    assert torch.allclose(x, clean[span], atol=1e-5)
+    for row, doc in enumerate([prompt, other]):
+        s, e = answer_span(doc)
+        logits = model.bridge.run_with_hooks(torch.tensor([doc.input_ids]),
+                                             fwd_hooks=[(HOOK, capture)])
+        logp = torch.log_softmax(logits[0].float(), -1)[s - 1:e - 1]
+        own = logp.gather(-1, target[:, None])[:, 0]
+        assert torch.allclose(lp_a[row], own, atol=1e-5)
+        (expected,) = torch.autograd.grad((own[1:] * weights[row, 1:]).sum(), leaf["x"])
+        assert torch.allclose(grad[row], expected[0, s:e - 1], atol=1e-5)
+        assert torch.allclose(x[row], leaf["x"][0, s:e - 1].detach(), atol=1e-5)
+    assert torch.allclose(x[0], clean[span], atol=1e-5)
 
 
 def test_generation_with_a_clamp_matches_a_loop_of_full_passes(tiny_gpt2, tiny_sae_dir):
@@ -259,10 +266,14 @@ def test_steering_turns_the_planted_pirate_on_and_off(planted):
 
 def test_the_feature_page_shows_effects_and_steers(planted, tmp_path):
     db = copy_db(planted[1], tmp_path / "db.duckdb")
+    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "3",
+                          "--calibration-seeds", "1"]) == 0
     os.environ["SHOGGOTH_DB"] = str(db)
     at = AppTest.from_file(str(Path(__file__).parents[1] / "explorer" / "app.py"),
                            default_timeout=120)
     at.run()
+    assert "Causal effects (shoggoth effects)" in [h.value for h in at.subheader]
+    assert any("mediates 99" in (link.proto.label or "") for link in at.get("page_link"))
     at.query_params.update({"feature": "0"})
     at.switch_page("views/feature.py")
     at.run()

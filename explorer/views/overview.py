@@ -103,6 +103,23 @@ else:
                     f"{r.probe_on_error:.3f}).")
     st.dataframe(probe, hide_index=True)
 
+mediation = q(read.mediation_summary, sae)
+if len(mediation):
+    st.subheader("Causal effects (shoggoth effects)")
+    shifts = q(read.persona_shifts, sae)
+    st.caption("Each measured feature's largest mediated fraction: the share of a persona's "
+               "shift of the answer that ablating it removes, with item-bootstrap intervals; "
+               "baseline rows are random shared features, the reference for the candidates.")
+    by_role = mediation.groupby("role")["mediated"].agg(["count", "median", "max"])
+    st.dataframe(by_role)
+    for f in mediation.sort_values("mediated", ascending=False).head(5).itertuples():
+        feature_link(sae, int(f.feature), f.label, f" · mediates {100 * f.mediated:.1f}% "
+                     f"[{100 * f.ci_low:.1f}%, {100 * f.ci_high:.1f}%] of {f.persona}'s shift")
+    if len(shifts):
+        st.caption("Each persona's shift of the answer's log-probability against no persona "
+                   "(nats over the answer, mean over items).")
+        st.dataframe(shifts, hide_index=True)
+
 st.subheader("Most active features")
 for f in features[features["label"] != "dead"].sort_values(
         "density", ascending=False).head(5).itertuples():
