@@ -132,8 +132,11 @@ def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
         return keep["leaf"]
 
     with torch.enable_grad():
+        # Only the positions that predict the answer need logits (transformers'
+        # logits_to_keep); the slice below holds either way.
         logits = model.bridge.run_with_hooks(batch.input_ids, fwd_hooks=[(hook, leaf_hook)],
-                                             attention_mask=batch.attention_mask)
+                                             attention_mask=batch.attention_mask,
+                                             logits_to_keep=n + 1)
         logp = torch.log_softmax(logits[:, -n - 1:-1].float(), -1)
         lp = logp.gather(-1, ids[..., None])[..., 0]
         w = weights(lp.detach().cpu()).to(lp.device, lp.dtype)
