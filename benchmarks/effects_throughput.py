@@ -91,7 +91,8 @@ def main() -> None:
     score = np.nan_to_num(np.abs(estimates)).max(0)
     feats = sorted(live, key=lambda f: -score[f])[:args.features]
     conds = [[int(np.nanargmax(np.abs(estimates[:, f]))) + 1] for f in feats]
-    for label, steer in (("ablation, 2 conditions", 0.0), ("ablation, 2 conditions, and steering under no persona", 1.0)):
+    for label, steer in (("ablation, 2 conditions", 0.0),
+                         ("ablation, 2 conditions, and steering under no persona", 1.0)):
         plan = Plan([int(f) for f in feats], ["candidate"] * len(feats), conds,
                     [steer] * len(feats))
         times, rows, silent = [], 0, 0
