@@ -98,6 +98,8 @@ def effect_rows(names: list[str], screens: list[dict[str, np.ndarray]],
             num, den = projection_terms(removed, shifts[c - 1])
             rows.append((f, names[c], "mediated", *ratio_ci(num, den, draws, confidence),
                          n_items, role))
+        if plan.steer[j] <= 0:  # it never fired under a persona: nothing to steer with
+            continue
         for k in range(len(names) - 1):
             num, den = projection_terms([e["steer"][j] for e in exact], shifts[k])
             rows.append((f, names[k + 1], "steer_toward", *ratio_ci(num, den, draws, confidence),
