@@ -118,15 +118,15 @@ def test_generation_with_a_clamp_matches_a_loop_of_full_passes(tiny_gpt2, tiny_s
     def edit(x):
         return (target - sae.encode(x)[..., f])[..., None] * direction
 
-    for clamp_edit in (None, edit):
-        tokens, why = generate(model, ids, HOOK, clamp_edit, 8)
+    for clamp_edit, on_prompt in ((None, False), (edit, False), (edit, True)):
+        tokens, why = generate(model, ids, HOOK, clamp_edit, 8, on_prompt=on_prompt)
         assert why == "length" and len(tokens) == 8
-        seq = list(ids)
+        seq, first = list(ids), 0 if on_prompt else len(ids)
         for _ in range(8):
-            change = (lambda x, n=len(ids): clamp_by_hand(x, n)) if clamp_edit else \
+            change = (lambda x, n=first: clamp_by_hand(x, n)) if clamp_edit else \
                 (lambda x: None)
             seq.append(int(_manual(model, seq, HOOK, change)[-1].argmax()))
-        assert tokens == seq[len(ids):]
+        assert tokens == seq[len(ids):], (clamp_edit is None, on_prompt)
 
 
 @pytest.fixture(scope="module")
