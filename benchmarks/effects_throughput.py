@@ -5,10 +5,12 @@ documents, and exact ablation at the issue's scale.
    are harvested (`shoggoth harvest` into a temporary database) and screened (attribution
    patching: one forward and backward pass per document and persona weighting); the ratio
    screen / harvest is the figure.
-2. Exact ablation of --features features (the screen's top ones) under 2 conditions (no persona
-   and the persona of each feature's largest screen estimate), on --exact-items items, timed
-   and scaled to 40 items; rows where the feature does not fire are skipped (their effect is
-   exactly zero) and counted. Steering under no persona is timed separately.
+2. Exact ablation of --features features (the screen's top ones, chosen by
+   `pipeline.effects_tables.make_plan` as `shoggoth effects` does) under 2 conditions (no
+   persona and the persona of each feature's largest screen estimate), on --exact-items items,
+   timed and scaled to 40 items; rows where the feature does not fire are skipped (their effect
+   is exactly zero) and counted. Then the same with steering under no persona (each feature's
+   typical activation) added.
 
     python benchmarks/effects_throughput.py [--db runs/demo.duckdb] [--items 6] [--features 200]
         [--exact-items 4] [--batch 32]
@@ -17,6 +19,7 @@ documents, and exact ablation at the issue's scale.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -37,8 +40,8 @@ from pipeline.effects import (  # noqa: E402
     make_setup,
     read_inputs,
 )
-from pipeline.effects_measure import Plan, exact_item, screen_item  # noqa: E402
-from pipeline.effects_tables import screen_estimates  # noqa: E402
+from pipeline.effects_measure import exact_item, screen_item  # noqa: E402
+from pipeline.effects_tables import make_plan, screen_estimates  # noqa: E402
 from pipeline.harvest import HarvestConfig, harvest  # noqa: E402
 
 
@@ -85,16 +88,15 @@ def main() -> None:
     print(f"harvest of these documents: {harvest_s:.1f} s; screen: {screen_s:.1f} s "
           f"(median {statistics.median(per_item):.2f} s per item); screen / harvest = "
           f"{screen_s / harvest_s:.2f}")
-    estimates = screen_estimates(screens)
-    fired = np.stack([x["fired"] for x in screens]).any(0)
-    live = np.flatnonzero(fired.any(0))
-    score = np.nan_to_num(np.abs(estimates)).max(0)
-    feats = sorted(live, key=lambda f: -score[f])[:args.features]
-    conds = [[int(np.nanargmax(np.abs(estimates[:, f]))) + 1] for f in feats]
-    for label, steer in (("ablation, 2 conditions", 0.0),
-                         ("ablation, 2 conditions, and steering under no persona", 1.0)):
-        plan = Plan([int(f) for f in feats], ["candidate"] * len(feats), conds,
-                    [steer] * len(feats))
+    # The plan `shoggoth effects` makes: the top features of the screen, each under no persona
+    # and its top-screen persona; steered with its typical activation, or not at all.
+    steered = make_plan(screen_estimates(screens), np.stack([x["fired"] for x in screens]).any(0),
+                        {}, inputs.typical, chosen=None, allowed=None, top=args.features,
+                        baseline=0, per_feature=1, seed=0)
+    feats = steered.features
+    for label, plan in (("ablation, 2 conditions",
+                         dataclasses.replace(steered, steer=[0.0] * len(feats))),
+                        ("ablation, 2 conditions, and steering under no persona", steered)):
         times, rows, silent = [], 0, 0
         for i in range(args.exact_items):
             started = time.perf_counter()
@@ -106,7 +108,7 @@ def main() -> None:
         print(f"{label}: {len(feats)} features × {args.exact_items} items: median "
               f"{per:.1f} s per item → {40 * per / 60:.1f} min for 40 items"
               + (f" ({silent} of {rows} feature × condition cells skipped: the feature does "
-                 "not fire there)" if steer == 0 else ""))
+                 "not fire there)" if plan is not steered else ""))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ import streamlit as st
 from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.errors import BadInput
 from explorer.store import Store
 from index import read
 from pipeline.effects import load_causal
-from pipeline.steer import SteerConfig, Steering, steer_with
+from pipeline.steer import SteerConfig, Steering, require_typical, steer_with
 
 FEATURE_PAGE = "views/feature.py"
 
@@ -140,10 +139,7 @@ def steer_answers(sae: str, row: dict[str, Any], feature: int, prompt: str,
     """`shoggoth steer` for the feature page: the model and SAE are loaded once per session
     server; the feature's typical activation and the persona's prompt come from the read
     API."""
-    typical = q(read.typical_activations, sae, feature).get(feature)
-    if not typical:
-        raise BadInput(f"feature {feature}: it never fired under a persona, so it has no typical "
-                       "activation to scale")
+    typical = require_typical(feature, q(read.typical_activations, sae, feature).get(feature))
     system = q(read.prompts_of, persona)["prompt"].iloc[0] if persona else None
     model, sae_model = _causal_model(str(db_path()), sae, tuple(sorted(row.items())))
     cfg = SteerConfig(db=db_path(), feature=feature, prompt=prompt, persona=persona,

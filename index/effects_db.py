@@ -10,7 +10,7 @@ import pandas as pd
 
 from core.config import config_metadata
 from index.database import WAIT, connect, record_run, replace_rows, tables, transaction
-from index.schema import CAUSAL_COLUMNS
+from index.schema import add_feature_columns
 
 EFFECT_TABLES: dict[str, str] = {
     "feature_effects": """
@@ -64,8 +64,7 @@ def refresh_causal(con: Any, sae_id: str) -> None:
     have = tables(con)
     if "features" not in have or "feature_effects" not in have:
         return
-    for column, kind in CAUSAL_COLUMNS:
-        con.execute(f"ALTER TABLE features ADD COLUMN IF NOT EXISTS {column} {kind}")
+    add_feature_columns(con)
     con.execute("UPDATE features SET causal = NULL, mediated = NULL, mediated_persona = NULL "
                 "WHERE sae_id = ?", [sae_id])
     con.execute(CAUSAL_SQL, {"sae": sae_id})

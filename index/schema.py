@@ -180,9 +180,15 @@ def create_label_tables(con: Any) -> None:
         con.execute(f"DROP TABLE {table}")
     for table, columns in LABEL_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    add_feature_columns(con)
+    con.execute(FEATURE_LABELS_VIEW)
+
+
+def add_feature_columns(con: Any) -> None:
+    """Columns a features table written before they existed lacks (control_margin, the causal
+    summary)."""
     for column, kind in (("control_margin", "DOUBLE"), *CAUSAL_COLUMNS):
         con.execute(f"ALTER TABLE features ADD COLUMN IF NOT EXISTS {column} {kind}")
-    con.execute(FEATURE_LABELS_VIEW)
 
 
 # The order rows are kept in, which is also what makes merged shards equal one run.

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from core.atomic import write_atomic, write_json_atomic
 from core.config import Config, option
@@ -210,13 +209,13 @@ def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_atomic(path, write)
 
 
-def per_item(folder: Path, n_items: int, title: str, measure: Callable[[int], dict[str, Any]],
-             unit: str) -> list[dict[str, np.ndarray]]:
+def per_item(folder: Path, n_items: int, title: str,
+             measure: Callable[[int], dict[str, Any]]) -> list[dict[str, np.ndarray]]:
     """`measure(item)` for every item, each result saved as it is made; items already saved
     are read back (a resumed run)."""
     paths = [folder / f"{i:05d}.npz" for i in range(n_items)]
     done = sum(p.is_file() for p in paths)
-    with Progress(title, n_items, done, unit=unit) as bar:
+    with Progress(title, n_items, done, unit="items") as bar:
         for i, path in enumerate(paths):
             if not path.is_file():
                 _save(path, measure(i))
@@ -244,8 +243,7 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
     s = make_setup(inputs, model, sae, cfg)
     folder = work_dir(inputs, cfg)
     n_items, started = len(inputs.items), time.monotonic()
-    screens = per_item(folder / "screen", n_items, "effects: screen", lambda i: screen_item(s, i),
-                       "items")
+    screens = per_item(folder / "screen", n_items, "effects: screen", lambda i: screen_item(s, i))
     screened = time.monotonic()
     estimates = screen_estimates(screens)
     fired = np.stack([x["fired"] for x in screens]).any(0)
@@ -258,17 +256,17 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
     log(f"exact ablation and steering of {len(plan.features)} features "
         f"({plan.roles.count('baseline')} of them the shared baseline)")
     exact = per_item(folder / "exact", n_items, "effects: ablate and steer",
-                     lambda i: exact_item(s, i, plan, screens[i]["fired"]), "items")
+                     lambda i: exact_item(s, i, plan, screens[i]["fired"]))
     finished = time.monotonic()
     names = s.conditions
-    effects = effect_rows(names, screens, exact, plan, estimates, cfg.bootstrap, cfg.confidence,
-                          cfg.seed)
+    effects = effect_rows(names, screens, exact, plan, estimates, fired, cfg.bootstrap,
+                          cfg.confidence, cfg.seed)
     shifts = shift_rows(names, screens, cfg.bootstrap, cfg.confidence, cfg.seed)
     write_effects(cfg.db, inputs.sae_id, effects, shifts, cfg)
     shutil.rmtree(folder, ignore_errors=True)
     root = folder.parent
     if root.is_dir() and not any(root.iterdir()):
         root.rmdir()
-    return {"sae_id": inputs.sae_id, "effects": effects, "shifts": shifts, "plan": plan,
-            "items": n_items, "screen_seconds": round(screened - started, 1),
-            "exact_seconds": round(finished - screened, 1), "threads": torch.get_num_threads()}
+    return {"sae_id": inputs.sae_id, "effects": effects, "shifts": shifts, "items": n_items,
+            "screen_seconds": round(screened - started, 1),
+            "exact_seconds": round(finished - screened, 1)}

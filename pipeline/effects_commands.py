@@ -13,11 +13,12 @@ from pipeline.effects import EffectsConfig, run_effects
 from pipeline.steer import SteerConfig, steer
 
 
-def _ci(row: pd.Series, pct: bool) -> str:
-    if pd.isna(row["estimate"]):
+def _pct(row: pd.Series | None) -> str:
+    """An estimate and its interval in percent ('n/a' when not measured)."""
+    if row is None or pd.isna(row["estimate"]):
         return "n/a"
-    f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.3g}")
-    return f"{f(row['estimate'])} [{f(row['ci_low'])}, {f(row['ci_high'])}]"
+    return (f"{100 * row['estimate']:.0f}% [{100 * row['ci_low']:.0f}%, "
+            f"{100 * row['ci_high']:.0f}%]")
 
 
 @click.command("effects")
@@ -50,8 +51,9 @@ def effects_command(cfg: EffectsConfig) -> None:
     for col in ("feature", "role", "persona", "mediated", "steer toward"):
         table.add_column(col, justify="right")
     for _, r in best.iterrows():
-        s = steer_rows.loc[(r["feature"], r["persona"])]
-        table.add_row(str(r["feature"]), r["role"], r["persona"], _ci(r, True), _ci(s, True))
+        key = (r["feature"], r["persona"])
+        steered = steer_rows.loc[key] if key in steer_rows.index else None
+        table.add_row(str(r["feature"]), r["role"], r["persona"], _pct(r), _pct(steered))
     console.print(table)
 
 

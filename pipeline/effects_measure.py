@@ -51,15 +51,11 @@ class Setup:
             return self.sae.encode(x.to(self.model.device, self.sae.dtype)).float()
 
 
-def _attribution_rows(s: Setup, x: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+def _attribution_rows(s: Setup, acts: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
     """[rows, features] estimated change of each row's weighted log-probability sum when each
-    feature is ablated on the answer: -Σ_t a_f(t) <d_f, grad_t> (x, grad: [rows, n-1, d])."""
-    w_dec = s.w_dec.cpu()
-    out = []
-    for r in range(x.shape[0]):
-        acts = s.encode(x[r]).cpu()  # [n-1, features]
-        out.append(-(acts * (grad[r] @ w_dec.T)).sum(0))
-    return torch.stack(out).numpy()
+    feature is ablated on the answer: -Σ_t a_f(t) <d_f, grad_t> (acts: [rows, n-1, features],
+    grad: [rows, n-1, d])."""
+    return -(acts * (grad @ s.w_dec.cpu().T)).sum(1).numpy()
 
 
 def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
@@ -77,10 +73,13 @@ def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
         return torch.cat([shift, shift])
 
     x, lp, grad = attribution_batch(s.model, prompts, s.hook, weights)
-    attr = _attribution_rows(s, x, grad)
-    fired = [(s.encode(x[r]) > 0).any(0).cpu().numpy() for r in range(k + 1)]
+    # The K no-persona rows hold the same activations: encode them once.
+    unique = s.encode(x[:k + 1].flatten(0, 1)).cpu().view(k + 1, x.shape[1], -1)
+    acts = torch.cat([unique, unique[k:].expand(k - 1, -1, -1)])
+    attr = _attribution_rows(s, acts, grad)
+    fired = (unique > 0).any(1).numpy()
     return {"lp0": lp[k].numpy(), "lp": lp[:k].numpy(), "attr_persona": attr[:k],
-            "attr_base": attr[k:], "fired": np.stack([fired[k], *fired[:k]])}
+            "attr_base": attr[k:], "fired": np.concatenate([fired[k:], fired[:k]])}
 
 
 @dataclass

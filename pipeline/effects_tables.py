@@ -44,13 +44,17 @@ def make_plan(screen: np.ndarray, fired: np.ndarray, labels: dict[int, str],
         extra = sorted(rng.choice(shared, size=min(baseline, len(shared)), replace=False)
                        .tolist()) if shared else []
         feats, roles = feats + extra, roles + ["baseline"] * len(extra)
-    n_personas = screen.shape[0]
     conds = []
     for f in feats:
         order = np.argsort(-np.nan_to_num(np.abs(screen[:, f])), kind="stable")
         keep = order if per_feature == 0 else order[:per_feature]
-        conds.append(sorted(int(k) + 1 for k in keep[:n_personas]))
+        conds.append(sorted(int(k) + 1 for k in keep))
     return Plan(feats, roles, conds, [float(typical.get(f, 0.0)) for f in feats])
+
+
+def token_shifts(screens: list[dict[str, np.ndarray]], k: int) -> list[np.ndarray]:
+    """Per item: persona k's (0-based) shift of the answer's per-token log-probabilities."""
+    return [s["lp"][k] - s["lp0"] for s in screens]
 
 
 def shift_rows(names: list[str], screens: list[dict[str, np.ndarray]], n_boot: int,
@@ -60,7 +64,7 @@ def shift_rows(names: list[str], screens: list[dict[str, np.ndarray]], n_boot: i
     draws = bootstrap_indices(len(screens), n_boot, seed)
     rows = []
     for k, name in enumerate(names[1:]):
-        per_item = [s["lp"][k] - s["lp0"] for s in screens]
+        per_item = token_shifts(screens, k)
         est, lo, hi = mean_ci(np.array([d.sum() for d in per_item]), draws, confidence)
         tokens = np.concatenate(per_item)
         rows.append({"persona": name, "shift": est, "ci_low": lo, "ci_high": hi,
@@ -71,18 +75,19 @@ def shift_rows(names: list[str], screens: list[dict[str, np.ndarray]], n_boot: i
 
 def effect_rows(names: list[str], screens: list[dict[str, np.ndarray]],
                 exact: list[dict[str, np.ndarray]], plan: Plan, screen: np.ndarray,
-                n_boot: int, confidence: float, seed: int) -> pd.DataFrame:
+                fired: np.ndarray, n_boot: int, confidence: float, seed: int) -> pd.DataFrame:
     """The feature_effects rows: the screen's estimate for every live feature and persona,
-    then per chosen feature the exact measures with their item-bootstrap intervals."""
+    then per chosen feature the exact measures with their item-bootstrap intervals (`fired`:
+    [conditions, features], whether it fired on any item)."""
     n_items = len(screens)
     draws = bootstrap_indices(n_items, n_boot, seed)
     rows = []
-    live = np.flatnonzero(np.stack([s["fired"] for s in screens]).any((0, 1)))
+    live = np.flatnonzero(fired.any(0))
     for k, name in enumerate(names[1:]):
         for f in live:
             rows.append((int(f), name, "attribution", screen[k, f], None, None, n_items,
                          "screen"))
-    shifts = [[(s["lp"][k] - s["lp0"])[1:] for s in screens] for k in range(len(names) - 1)]
+    shifts = [[d[1:] for d in token_shifts(screens, k)] for k in range(len(names) - 1)]
     for j, f in enumerate(plan.features):
         role = plan.roles[j]
         for c in [0, *plan.conditions[j]]:

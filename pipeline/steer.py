@@ -19,7 +19,6 @@ import torch
 from core.config import Config, option
 from core.errors import BadInput
 from index.read import Dictionary, typical_activations
-from index.schema import read_battery
 from pipeline.effects import load_causal
 from sae.intervene import Edit, generate
 from sae.models import Model
@@ -78,6 +77,14 @@ def clamp(s: Steering, target: float) -> Edit:
     return edit
 
 
+def require_typical(feature: int, typical: float | None) -> float:
+    """The feature's typical activation, or BadInput when it never fired under a persona."""
+    if not typical:
+        raise BadInput(f"--feature {feature}: it never fired under a persona in the harvest, "
+                       "so it has no typical activation to scale")
+    return typical
+
+
 def load_steering(cfg: SteerConfig) -> Steering:
     """Check the inputs against the database and load the model and SAE (BadInput in one line
     for a feature out of range, an unknown persona, a feature that never fired, an encoder)."""
@@ -89,11 +96,9 @@ def load_steering(cfg: SteerConfig) -> Steering:
         system = None
         if cfg.persona is not None:
             d.check_persona(cfg.persona)
-            system = next(p for p in read_battery(d.con)[0] if p.name == cfg.persona).prompts[0]
-        typical = typical_activations(d.con, d.sae_id, cfg.feature).get(cfg.feature)
-        if not typical:
-            raise BadInput(f"--feature {cfg.feature}: it never fired under a persona in the "
-                           "harvest, so it has no typical activation to scale")
+            system = d.persona_prompts(cfg.persona)[0]
+        typical = require_typical(
+            cfg.feature, typical_activations(d.con, d.sae_id, cfg.feature).get(cfg.feature))
         sae_id, row = d.sae_id, dict(d.row)
     finally:
         d.close()

@@ -86,15 +86,30 @@ def _run_cached(model: Model, tokens: torch.Tensor, kv: Any, hook: str) -> torch
     return cache[hook]
 
 
+def cache_layers(kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The keys and values a DynamicCache holds, per block that ran."""
+    return [(layer.keys, layer.values) for layer in kv.layers
+            if getattr(layer, "keys", None) is not None and layer.keys.numel()]
+
+
+def expand_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> Any:
+    """A DynamicCache holding one prefix's keys and values for `rows` batch rows."""
+    from transformers import DynamicCache
+
+    kv = DynamicCache()
+    for i, (keys, values) in enumerate(layers):
+        # expand() shares the prefix's memory; the cache's concatenation makes the copy.
+        kv.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i)
+    return kv
+
+
 def prefix_cache(model: Model, ids: list[int], hook: str) -> PrefixCache:
     """Run a causal LM over `ids` once and keep its KV cache up to the hooked block."""
     from transformers import DynamicCache
 
     kv = DynamicCache()
     _run_cached(model, torch.tensor([ids], dtype=torch.long), kv, hook)
-    layers = [(layer.keys, layer.values) for layer in kv.layers
-              if getattr(layer, "keys", None) is not None and layer.keys.numel()]
-    return PrefixCache(list(ids), layers)
+    return PrefixCache(list(ids), cache_layers(kv))
 
 
 def activations_after_prefix(model: Model, prefix: PrefixCache, batch: Batch,
@@ -105,11 +120,5 @@ def activations_after_prefix(model: Model, prefix: PrefixCache, batch: Batch,
     the model over the suffix tokens only. Causal attention means the right padding is never
     attended to by real tokens, so no attention mask is needed.
     """
-    from transformers import DynamicCache
-
-    rows = batch.input_ids.shape[0]
-    kv = DynamicCache()
-    for i, (keys, values) in enumerate(prefix.layers):
-        # expand() shares the prefix's memory; the cache's concatenation makes the copy.
-        kv.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i)
+    kv = expand_cache(prefix.layers, batch.input_ids.shape[0])
     return _run_cached(model, batch.input_ids, kv, hook)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sae.activations import _cache_kwarg_alias
+from sae.activations import _cache_kwarg_alias, cache_layers, expand_cache
 from sae.models import Model
 from sae.prompts import Prompt, collate, pad_id
 
@@ -46,16 +46,6 @@ def answer_span(prompt: Prompt) -> tuple[int, int]:
     return start, end
 
 
-def _new_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> Any:
-    from transformers import DynamicCache
-
-    kv = DynamicCache()
-    for i, (keys, values) in enumerate(layers):
-        # expand() shares the prefix's memory; the cache's concatenation makes the copy.
-        kv.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i)
-    return kv
-
-
 def _forward(model: Model, tokens: torch.Tensor, kv: Any, hooks: list[tuple[str, Any]]) -> Any:
     with _cache_kwarg_alias(model.bridge):
         return model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=hooks, cache=kv,
@@ -71,9 +61,7 @@ def prepare(model: Model, prompt: Prompt) -> Answer:
     kv = DynamicCache()
     with torch.inference_mode():
         logits = _forward(model, torch.tensor([prompt.input_ids[:start]]), kv, [])
-    layers = [(layer.keys, layer.values) for layer in kv.layers
-              if getattr(layer, "keys", None) is not None and layer.keys.numel()]
-    return Answer(prompt.input_ids[start:end], layers,
+    return Answer(prompt.input_ids[start:end], cache_layers(kv),
                   torch.log_softmax(logits[0, -1].float(), -1))
 
 
@@ -96,7 +84,7 @@ def answer_logprobs(model: Model, answer: Answer, hook: str, edit: Edit | None, 
         return first, None
     tokens = ids[:-1].expand(rows, -1)
     with torch.inference_mode():
-        logits = _forward(model, tokens, _new_cache(answer.cache, rows),
+        logits = _forward(model, tokens, expand_cache(answer.cache, rows),
                           [(hook, _edit_hook(edit))])
         logp = torch.log_softmax(logits.float(), -1)
         target = ids[1:].to(logp.device).expand(rows, -1)
@@ -113,9 +101,9 @@ def kl(clean: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
 def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
                       weights: Callable[[torch.Tensor], torch.Tensor]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`attribution` for several documents with the same answer in one forward and backward
-    pass: each prompt is cut after its answer and left-padded, so the answers line up at the
-    end. Returns the activations at `hook` on the answer positions that predict its tokens
+    """Attribution patching for several documents with the same answer, in one forward and
+    backward pass: each prompt is cut after its answer and left-padded, so the answers line up
+    at the end. Returns the activations at `hook` on the answer positions that predict its tokens
     2.. ([rows, n-1, d]), the answer's log-probabilities per row ([rows, n]), and per row the
     gradient of Σ_t w[r, t] · log p_r(token t), w = weights(log-probabilities) held constant
     ([rows, n-1, d])."""

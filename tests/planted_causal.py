@@ -19,23 +19,17 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 from conftest import CHAT_TEMPLATE, ROLE_TOKENS, build_tiny_gpt2
+from conftest import PERSONAS as SHARED_PERSONAS
 
 D, D_SAE, AMPLIFY, READ = 16, 8, 20.0, 6.0
 PIRATE_PROMPTS = ["Arr, you are a pirate captain, matey.", "Be a salty pirate on the sea, arr.",
                   "Pirate talk only, matey: arr!"]
-PERSONAS = f"""personas:
-  - name: pirate
-    family: fiction
-    prompts: {json.dumps(PIRATE_PROMPTS)}
-  - name: helper
-    family: assistant
-    prompts: ["You are a helpful assistant.", "Be a kind and careful helper.", "Help the user."]
-  - name: control_none
-    family: control
-    is_control: true
-    prompts: [""]
-"""
+PERSONAS = SHARED_PERSONAS.replace(
+    'prompts: ["You are a pirate captain.", "Act as a salty old buccaneer.", "Arr, be a pirate."]',
+    f"prompts: {json.dumps(PIRATE_PROMPTS)}")
+"""The test battery of conftest, with the planted pirate's own prompts."""
 
 
 def pirate_tokens(tokenizer: object, others: list[str]) -> list[int]:
@@ -54,7 +48,8 @@ def build_planted(directory: Path, items: list[dict[str, str]]) -> tuple[Path, P
 
     base = build_tiny_gpt2(directory / "tokenizer", CHAT_TEMPLATE, n_layer=1)
     tok = AutoTokenizer.from_pretrained(base)
-    others = ["You are a helpful assistant.", "Be a kind and careful helper.", "Help the user."]
+    others = [text for p in yaml.safe_load(PERSONAS)["personas"] if p["name"] != "pirate"
+              for text in p["prompts"]]
     others += [it["question"] for it in items] + [it["answer"] for it in items]
     planted = pirate_tokens(tok, others)
     assert planted, "the pirate prompts must have tokens of their own"

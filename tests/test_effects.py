@@ -221,19 +221,21 @@ def test_bad_input_is_one_line_and_writes_nothing(planted, tmp_path, capfd):
         assert shoggoth.main(["effects", "--db", str(db), *args]) == 2
         err = capfd.readouterr().err
         assert err.count("\n") == 1 and says in err, err
+    assert db.read_bytes() == before
     con = duckdb.connect(str(db))
     con.execute("UPDATE saes SET model = 'minilm'")
     con.close()
+    before = db.read_bytes()
     assert shoggoth.main(["effects", "--db", str(db)]) == 2
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "is an encoder, not a causal LM" in err
     assert shoggoth.main(["steer", "--db", str(db), "--feature", "0", "--prompt", "hi"]) == 2
     assert "is an encoder" in capfd.readouterr().err
     assert not Path(f"{db}.effects").exists()
+    assert db.read_bytes() == before
     con = duckdb.connect(str(db), read_only=True)
     assert "feature_effects" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     con.close()
-    assert before != db.read_bytes()  # only the UPDATE above changed it
 
 
 def _mean_read(tokens: list[int], model) -> float:

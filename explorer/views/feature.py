@@ -177,7 +177,7 @@ elif len(effects):
 with st.expander("Steer: generate with this feature clamped"):
     with st.form("steer"):
         text = st.text_area("prompt", "Tell me about your day.", key="s_prompt")
-        choices = ["(none)"] + [p for p in q(read.persona_names)]
+        choices = ["(none)", *q(read.persona_names)]
         persona = st.selectbox("persona", choices, key="s_persona")
         scale = st.slider("scale (× the feature's typical activation; 0 turns it off)",
                           0.0, 10.0, 4.0, 0.5, key="s_scale")
