@@ -120,6 +120,56 @@ INDEX_TABLES: dict[str, str] = {
 }
 """Written by `shoggoth index` (created when first needed)."""
 
+GRID_TABLES: dict[str, str] = {
+    "answer_sets": """
+        answer_set VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, template VARCHAR NOT NULL,
+        max_tokens INTEGER NOT NULL, temperature DOUBLE NOT NULL, seed INTEGER NOT NULL,
+        run_id VARCHAR NOT NULL, status VARCHAR NOT NULL""",
+    "answers": """
+        answer_set VARCHAR NOT NULL, persona VARCHAR NOT NULL, paraphrase SMALLINT NOT NULL,
+        item_id VARCHAR NOT NULL, text VARCHAR NOT NULL, n_tokens INTEGER NOT NULL,
+        stop_reason VARCHAR NOT NULL, PRIMARY KEY (answer_set, persona, paraphrase, item_id)""",
+    "grid_documents": """
+        sae_id VARCHAR NOT NULL, answer_set VARCHAR NOT NULL, doc INTEGER NOT NULL,
+        cell VARCHAR NOT NULL, context VARCHAR NOT NULL, context_paraphrase SMALLINT NOT NULL,
+        text_persona VARCHAR, text_paraphrase SMALLINT, item_id VARCHAR NOT NULL,
+        persona VARCHAR, paraphrase SMALLINT, n_tokens INTEGER NOT NULL,
+        PRIMARY KEY (sae_id, answer_set, doc)""",
+    "grid_doc_features": """
+        sae_id VARCHAR NOT NULL, answer_set VARCHAR NOT NULL, doc INTEGER NOT NULL,
+        feature INTEGER NOT NULL, mean_act FLOAT NOT NULL, max_act FLOAT NOT NULL,
+        n_fire INTEGER NOT NULL""",
+    "grid_features": """
+        sae_id VARCHAR NOT NULL, answer_set VARCHAR NOT NULL, feature INTEGER NOT NULL,
+        grid_label VARCHAR NOT NULL, n_docs_firing INTEGER NOT NULL,
+        context_t DOUBLE, context_p DOUBLE, context_q DOUBLE, context_persona VARCHAR,
+        content_t DOUBLE, content_p DOUBLE, content_q DOUBLE, content_persona VARCHAR,
+        interaction_t DOUBLE, interaction_p DOUBLE, interaction_q DOUBLE,
+        interaction_persona VARCHAR, action_ratio_high DOUBLE, action_power DOUBLE,
+        PRIMARY KEY (sae_id, answer_set, feature)""",
+    "grid_effects": """
+        sae_id VARCHAR NOT NULL, answer_set VARCHAR NOT NULL, feature INTEGER NOT NULL,
+        persona VARCHAR NOT NULL, n_prompts INTEGER NOT NULL, in_action DOUBLE NOT NULL,
+        neutral_text DOUBLE NOT NULL, text_only DOUBLE NOT NULL, baseline DOUBLE NOT NULL,
+        context DOUBLE NOT NULL, context_low DOUBLE, context_high DOUBLE,
+        content DOUBLE NOT NULL, content_low DOUBLE, content_high DOUBLE,
+        interaction DOUBLE NOT NULL, interaction_low DOUBLE, interaction_high DOUBLE,
+        PRIMARY KEY (sae_id, answer_set, feature, persona)""",
+    "grid_fdr": """
+        sae_id VARCHAR NOT NULL, answer_set VARCHAR NOT NULL, label VARCHAR NOT NULL,
+        n_real INTEGER NOT NULL, n_null DOUBLE NOT NULL, fdr DOUBLE,
+        PRIMARY KEY (sae_id, answer_set, label)""",
+}
+"""Written by `shoggoth generate` (answer_sets, answers) and `shoggoth grid` (the rest),
+created when first needed."""
+
+
+def create_grid_tables(con: Any) -> None:
+    """The tables of the context × content grid (if missing)."""
+    for table, columns in GRID_TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+
+
 EXAMPLE_CONTEXTS_MACRO = """
 CREATE OR REPLACE MACRO example_contexts(sae, feat, width := 8) AS TABLE
 SELECT * FROM (
