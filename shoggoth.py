@@ -14,6 +14,7 @@ from explorer.commands import demo_command, explore_command
 from index.commands import label_command, merge_command, sql_command
 from pipeline.commands import harvest_command, index_command, layers_command, search_command
 from pipeline.effects_commands import effects_command, steer_command
+from pipeline.grid_commands import generate_command, grid_command
 from sae.commands import (
     models_command,
     prompt_command,
@@ -38,6 +39,8 @@ cli.add_command(label_command)
 cli.add_command(layers_command)
 cli.add_command(effects_command)
 cli.add_command(steer_command)
+cli.add_command(generate_command)
+cli.add_command(grid_command)
 cli.add_command(sql_command)
 cli.add_command(index_command)
 cli.add_command(search_command)

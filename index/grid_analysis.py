@@ -91,15 +91,14 @@ def strongest(est: np.ndarray, low: np.ndarray, high: np.ndarray,
 
 
 def analyse_grid(documents: pd.DataFrame, doc_features: pd.DataFrame, n_features: int,
-                 config: GridLabelConfig | None = None,
-                 topics: dict[str, str] | None = None) -> GridResult:
+                 config: GridLabelConfig | None = None) -> GridResult:
     """documents: cell, persona, paraphrase, item_id (row i is document i); doc_features: doc,
     feature, mean_act (zeros may be left out)."""
     cfg = config or GridLabelConfig()
     for col in ("doc", "feature", "mean_act"):
         if col not in doc_features.columns:
             raise BadInput(f"grid doc_features: missing column '{col}'")
-    lay = build_layout(documents, topics)
+    lay = build_layout(documents)
     g = gather(doc_features, lay, n_features, cfg)
     q = {e: bh(g.p[e]) for e in EFFECTS}
     labels = decide(q, g.n_docs_firing, g.broad, g.ratio_high, cfg)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from core.config import Config, option
 from core.errors import BadInput
-from index.grid_stats import EFFECTS, block_contrasts, intervals, max_t_test, persona_se
+from index.grid_stats import EFFECTS, block_contrasts, effect_test, intervals, persona_se
 from index.label_stats import equivalence, item_bootstrap, stratified_weights
 
 GRID_LABELS = ("dead", "rare", "context", "content", "context+content", "context×content",
@@ -80,7 +80,7 @@ class Layout:
         return out
 
 
-def build_layout(documents: pd.DataFrame, topics: dict[str, str] | None = None) -> Layout:
+def build_layout(documents: pd.DataFrame) -> Layout:
     """The blocks of a grid harvest: documents has cell, persona, paraphrase, item_id (persona
     and paraphrase empty for the baseline cell), one row per document."""
     for col in ("cell", "persona", "paraphrase", "item_id"):
@@ -109,11 +109,10 @@ def build_layout(documents: pd.DataFrame, topics: dict[str, str] | None = None) 
     prompt_keys = sorted({(k[0], k[1]) for k in full}, key=lambda x: (personas.index(x[0]), x[1]))
     prompt_index = {p: i for i, p in enumerate(prompt_keys)}
     items = sorted({k[2] for k in full})
-    topic_names = [str((topics or {}).get(it, it)) for it in items]
-    _, topic_of_item = np.unique(topic_names, return_inverse=True)
-    if np.bincount(topic_of_item).min() < 2:
-        # Resampling within a topic of one item never varies it: resample all items together.
-        topic_of_item = np.zeros(len(items), dtype=np.int64)
+    # Items are resampled together, not within topics: the noise that every prompt shares is
+    # each item's (its neutral answer under no persona is one document), and resampling a few
+    # items within each topic understates it.
+    topic_of_item = np.zeros(len(items), dtype=np.int64)
     persona_of_prompt = np.array([personas.index(p) for p, _ in prompt_keys])
     single = [p for p in personas if (persona_of_prompt == personas.index(p)).sum() < 2]
     if len(single) == len(personas):
@@ -137,7 +136,7 @@ class Chunked:
     """cell → [feature, prompt] prompt means of the activations."""
     f_stat: dict[str, np.ndarray]
     p: dict[str, np.ndarray]
-    """effect → per-feature largest |t| and p-value (`max_t_test` on the log contrasts)."""
+    """effect → per-feature largest |t| and p-value (`effect_test` on the log contrasts)."""
     null_p: np.ndarray
     """[calibration run, effect, feature] p-values with every block's contexts and texts
     swapped at random (the same swaps for every feature)."""
@@ -203,15 +202,16 @@ def gather(doc_features: pd.DataFrame, lay: Layout, n_features: int,
             out.cells[c][s:e] = x @ avg
         contrasts = block_contrasts(*log_cells(v, lay, cfg.log_floor).values())
         for i, (name, x) in enumerate(contrasts.items()):
-            est, se, df = persona_se(x @ avg, lay.persona_of_prompt, _boot_means(x, lay, weights))
-            out.f_stat[name][s:e], out.p[name][s:e] = max_t_test(est, se, df)
+            est, se, df, overall, se_all = persona_se(x @ avg, lay.persona_of_prompt,
+                                                      _boot_means(x, lay, weights))
+            out.f_stat[name][s:e], out.p[name][s:e] = effect_test(est, se, df, overall, se_all)
             low, high = intervals(est, se, df, cfg.confidence)
             for target, part in zip(out.ci[name], (est, low, high), strict=True):
                 target[s:e] = part
             for r in range(cfg.calibration):  # context, content, interaction flips
                 y = x * (signs[r, 0], signs[r, 1], signs[r, 0] * signs[r, 1])[i]
                 null = persona_se(y @ avg, lay.persona_of_prompt, _boot_means(y, lay, weights))
-                out.null_p[r, i, s:e] = max_t_test(*null)[1]
+                out.null_p[r, i, s:e] = effect_test(*null)[1]
         fired = np.zeros((e - s, k))
         np.add.at(fired.T, lay.persona_of_prompt[lay.prompt_of_block], (cells["in_action"] > 0).T)
         out.broad[s:e] = (fired / action_docs >= cfg.persona_fire_rate).mean(axis=1) \

@@ -9,7 +9,7 @@ under no persona (c) and the neutral answer under no persona (d). Per block:
     interaction =  a − b − c + d        what the prompt and its text do together
 
 Items are blocks: a prompt's contrast is the mean over its items. Prompts are the replicates:
-`max_t_test` asks whether any persona's prompts share a non-zero mean. Flipping the sign of
+`effect_test` asks whether any persona's prompts share a non-zero mean. Flipping the sign of
 whole prompts (swapping which of a prompt's contexts, or texts, is called the persona's: the
 grid's prompt reassignment) makes the null runs that calibrate it.
 """
@@ -29,39 +29,50 @@ def block_contrasts(a: np.ndarray, b: np.ndarray, c: np.ndarray,
             "interaction": a - b - c + d}
 
 
-def persona_se(m: np.ndarray, persona_of_prompt: np.ndarray,
-               boot: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(estimate, standard error) [feature, persona] and degrees of freedom: each persona's
-    mean prompt contrast (m: [feature, prompt]); its variance is the prompts' pooled
-    within-persona variance / n_k (prompts are the replicates, N − K degrees of freedom) plus
-    its variance over the item bootstrap (`boot` [feature, persona, B]): the items are shared by
-    every prompt, and the neutral answer under no persona by every persona, so their noise does
-    not average out over prompts. NaN errors where no persona has two prompts."""
+def persona_se(m: np.ndarray, persona_of_prompt: np.ndarray, boot: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """Each persona's mean prompt contrast (m: [feature, prompt]) and its standard error
+    [feature, persona], the degrees of freedom, and the same two for the mean over the personas
+    [feature]. A variance is the prompts' pooled within-persona variance over the prompts
+    averaged (prompts are the replicates, N − K degrees of freedom) plus the estimate's variance
+    over the item bootstrap (`boot` [feature, persona, B]): the items are shared by every prompt,
+    and the neutral answer under no persona by every persona, so their noise does not average
+    out over prompts. NaN errors where no persona has two prompts."""
     n_f, n = m.shape
     k = int(persona_of_prompt.max()) + 1
     sizes = np.bincount(persona_of_prompt, minlength=k).astype(np.float64)
     sums = np.zeros((n_f, k))
     np.add.at(sums.T, persona_of_prompt, m.T)
     est = sums / sizes
+    overall = est.mean(axis=1)
     if n - k < 1:
-        return est, np.full_like(est, np.nan), 0
+        return est, np.full_like(est, np.nan), 0, overall, np.full_like(overall, np.nan)
     resid = m - est[:, persona_of_prompt]
-    var = ((resid ** 2).sum(axis=1) / (n - k))[:, None] / sizes
+    s2 = (resid ** 2).sum(axis=1) / (n - k)
+    var = s2[:, None] / sizes
+    var_all = s2 * (1 / sizes).sum() / k ** 2
     if boot is not None and boot.shape[2] > 1:
         var = var + np.nanvar(boot, axis=2)
-    return est, np.sqrt(var), n - k
+        var_all = var_all + np.nanvar(boot.mean(axis=1), axis=1)
+    return est, np.sqrt(var), n - k, overall, np.sqrt(var_all)
 
 
-def max_t_test(est: np.ndarray, se: np.ndarray, df: int) -> tuple[np.ndarray, np.ndarray]:
-    """(largest |t| over the personas, its p-value) per feature for H0: no persona's effect
-    differs from 0; the two-sided t(df) tail, Bonferroni over the K personas."""
+def effect_test(est: np.ndarray, se: np.ndarray, df: int, overall: np.ndarray,
+                se_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(largest |t|, p-value) per feature for H0: no persona's effect differs from 0. Two
+    t(df) tests, Bonferroni-combined: the mean over the personas (power for an effect every
+    persona shares) and the largest persona |t| times K (power for one persona's effect)."""
     k = est.shape[1]
     if df < 1:
         return np.full(len(est), np.nan), np.full(len(est), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(se > 0, np.abs(est) / se, np.where(est != 0, np.inf, 0.0))
+        t_all = np.where(se_all > 0, np.abs(overall) / se_all,
+                         np.where(overall != 0, np.inf, 0.0))
     t_max = np.nan_to_num(t, nan=0.0).max(axis=1)
-    return t_max, np.minimum(1.0, k * 2 * stats.t.sf(t_max, df))
+    p_max = np.minimum(1.0, k * 2 * stats.t.sf(t_max, df))
+    p_all = 2 * stats.t.sf(np.nan_to_num(t_all, nan=0.0), df)
+    return np.maximum(t_max, np.nan_to_num(t_all)), np.minimum(1.0, 2 * np.minimum(p_max, p_all))
 
 
 def intervals(est: np.ndarray, se: np.ndarray, df: int,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from core.errors import BadInput
-from sae.activations import activations, activations_after_prefix, prefix_cache
+from sae.activations import PrefixCache, activations, activations_after_prefix, prefix_cache
 from sae.grid import Unit
 from sae.personas import Item, Persona
 from sae.prompts import Prompt, Template, build_prompt, collate, pad_id
@@ -84,58 +84,16 @@ class Harvester:
         if self._last is not None and self._last[:2] == (unit, cached):
             return self._last[2], self._last[3]  # setup's checks reuse the first batch
         prompts = [self.group(unit.persona, unit.paraphrase)[i] for i in unit.items]
-        if self.model.is_causal:  # later tokens cannot change a causal model's activations
-            ends = [_last_true(p.mask) + 1 for p in prompts]
-            prompts = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
-                       for p, end in zip(prompts, ends, strict=True)]
-        tok = self.model.tokenizer
-        if cached and self._prefix is not None:
-            cut = len(self._prefix.ids)
-            suffixes = [Prompt(p.input_ids[cut:], p.mask[cut:], p.template) for p in prompts]
-            batch = collate(suffixes, pad_id(tok), "right")
-            acts = activations_after_prefix(self.model, self._prefix, batch, self.hook)
-        else:
-            batch = collate(prompts, pad_id(tok), getattr(tok, "padding_side", "right"))
-            acts = activations(self.model, batch, self.hook)
-        mask = batch.continuation_mask.to(acts.device)
-        rows = torch.arange(mask.shape[0], device=acts.device)[:, None].expand_as(mask)
-        self._last = (unit, cached, acts[mask], rows[mask])
-        return self._last[2], self._last[3]
+        acts, rows = prompts_activations(self.model, prompts, self.hook,
+                                         self._prefix if cached else None)
+        self._last = (unit, cached, acts, rows)
+        return acts, rows
 
     def compute(self, unit: Unit, decimals: int) -> Computed:
         """Encode a unit's continuation tokens; keep the non-zero (rounded) activations and
         their per-document aggregates."""
         x, doc = self.hook_activations(unit, self.use_prefix_cache)
-        with torch.inference_mode():
-            f = self.sae.encode(x.to(self.sae.dtype)).float()
-            scale = 10.0 ** decimals
-            f = torch.round(f * scale) / scale
-            n_docs = len(unit.items)
-            n_tokens = torch.bincount(doc, minlength=n_docs)
-            starts = torch.cumsum(n_tokens, 0) - n_tokens
-            token, feature = f.nonzero(as_tuple=True)
-            value = f[token, feature]
-            doc_of = doc[token]
-            # Per-document aggregates of the stored (rounded) values.
-            sums = torch.zeros(n_docs, f.shape[1], device=f.device).index_add_(0, doc, f)
-            fired = torch.zeros_like(sums).index_add_(0, doc, (f > 0).float())
-            peak = torch.zeros_like(sums).index_reduce_(0, doc, f, "amax")
-            d, j = fired.nonzero(as_tuple=True)
-            mean = sums[d, j] / n_tokens[d]
-
-        def cpu(t: torch.Tensor, dtype: type) -> np.ndarray:
-            return t.cpu().numpy().astype(dtype)
-
-        return Computed(
-            n_tokens=n_tokens.tolist(),
-            residual_sum=x.double().sum(0).cpu().numpy(),
-            activations={"doc": cpu(doc_of, np.int32),
-                         "pos": cpu(token - starts[doc_of], np.int32),
-                         "feature": cpu(feature, np.int32), "value": cpu(value, np.float32)},
-            doc_features={"doc": cpu(d, np.int32), "feature": cpu(j, np.int32),
-                          "mean_act": cpu(mean, np.float32), "max_act": cpu(peak[d, j], np.float32),
-                          "n_fire": cpu(fired[d, j], np.int32)},
-        )
+        return encode_aggregate(self.sae, x, doc, len(unit.items), decimals)
 
     def check_prefix_cache(self, unit: Unit) -> bool:
         """Whether the KV-cache path reproduces a full forward pass on this model (a guard
@@ -150,6 +108,64 @@ class Harvester:
         scale = float(full.float().abs().max()) or 1.0
         tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2
         return float((fast.float() - full.float()).abs().max()) <= tolerance * scale
+
+
+def prompts_activations(model: Any, prompts: list[Prompt], hook: str,
+                        prefix: PrefixCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n_continuation_tokens, d] activations at `hook` of the prompts' continuation tokens
+    (prompt, then position order) and the prompt index of each row. With `prefix` (a KV cache
+    of tokens every prompt starts with), only the rest of each prompt runs."""
+    if model.is_causal:  # later tokens cannot change a causal model's activations
+        ends = [_last_true(p.mask) + 1 for p in prompts]
+        prompts = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
+                   for p, end in zip(prompts, ends, strict=True)]
+    tok = model.tokenizer
+    if prefix is not None:
+        cut = len(prefix.ids)
+        suffixes = [Prompt(p.input_ids[cut:], p.mask[cut:], p.template) for p in prompts]
+        batch = collate(suffixes, pad_id(tok), "right")
+        acts = activations_after_prefix(model, prefix, batch, hook)
+    else:
+        batch = collate(prompts, pad_id(tok), getattr(tok, "padding_side", "right"))
+        acts = activations(model, batch, hook)
+    mask = batch.continuation_mask.to(acts.device)
+    rows = torch.arange(mask.shape[0], device=acts.device)[:, None].expand_as(mask)
+    return acts[mask], rows[mask]
+
+
+def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
+                     decimals: int) -> Computed:
+    """SAE-encode hook activations `x` (rows of documents `doc`), round to `decimals`, and keep
+    the non-zero activations and their per-document aggregates."""
+    with torch.inference_mode():
+        f = sae.encode(x.to(sae.dtype)).float()
+        scale = 10.0 ** decimals
+        f = torch.round(f * scale) / scale
+        n_tokens = torch.bincount(doc, minlength=n_docs)
+        starts = torch.cumsum(n_tokens, 0) - n_tokens
+        token, feature = f.nonzero(as_tuple=True)
+        value = f[token, feature]
+        doc_of = doc[token]
+        # Per-document aggregates of the stored (rounded) values.
+        sums = torch.zeros(n_docs, f.shape[1], device=f.device).index_add_(0, doc, f)
+        fired = torch.zeros_like(sums).index_add_(0, doc, (f > 0).float())
+        peak = torch.zeros_like(sums).index_reduce_(0, doc, f, "amax")
+        d, j = fired.nonzero(as_tuple=True)
+        mean = sums[d, j] / n_tokens[d]
+
+    def cpu(t: torch.Tensor, dtype: type) -> np.ndarray:
+        return t.cpu().numpy().astype(dtype)
+
+    return Computed(
+        n_tokens=n_tokens.tolist(),
+        residual_sum=x.double().sum(0).cpu().numpy(),
+        activations={"doc": cpu(doc_of, np.int32),
+                     "pos": cpu(token - starts[doc_of], np.int32),
+                     "feature": cpu(feature, np.int32), "value": cpu(value, np.float32)},
+        doc_features={"doc": cpu(d, np.int32), "feature": cpu(j, np.int32),
+                      "mean_act": cpu(mean, np.float32), "max_act": cpu(peak[d, j], np.float32),
+                      "n_fire": cpu(fired[d, j], np.int32)},
+    )
 
 
 def _last_true(mask: list[bool]) -> int:

@@ -1,0 +1,42 @@
+"""The database side of `shoggoth grid`: one SAE's and answer set's grid tables, replaced in one
+transaction with the run that made them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from index.database import WAIT, connect, record_run, transaction
+from index.grid_analysis import GridResult
+from index.schema import create_grid_tables
+
+DOCUMENT_COLUMNS = ["doc", "cell", "context", "context_paraphrase", "text_persona",
+                    "text_paraphrase", "item_id", "persona", "paraphrase", "n_tokens"]
+
+
+def _replace(con: Any, table: str, sae_id: str, answer_set: str, frame: pd.DataFrame) -> None:
+    con.execute(f"DELETE FROM {table} WHERE sae_id = ? AND answer_set = ?", [sae_id, answer_set])
+    con.register("_rows", frame.assign(sae_id=sae_id, answer_set=answer_set))
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+    finally:
+        con.unregister("_rows")
+
+
+def write_grid(db: Path, sae_id: str, answer_set: str, documents: pd.DataFrame,
+               doc_features: pd.DataFrame, result: GridResult, config: dict[str, Any]) -> None:
+    """Replace the grid tables of (sae_id, answer_set) and record the run."""
+    tables = {"grid_documents": documents[DOCUMENT_COLUMNS], "grid_doc_features": doc_features,
+              "grid_features": result.features, "grid_effects": result.effects,
+              "grid_fdr": result.fdr}
+    con = connect(db, wait=WAIT)
+    try:
+        with transaction(con):
+            create_grid_tables(con)
+            for name, frame in tables.items():
+                _replace(con, name, sae_id, answer_set, frame)
+            record_run(con, "grid", sae_id, {**config, "answer_set": answer_set})
+    finally:
+        con.close()
