@@ -91,7 +91,7 @@ def prefix_kv(gen: Generator, ids: list[int]) -> list[tuple[torch.Tensor, torch.
         return []
     kv = DynamicCache()
     with torch.inference_mode():
-        gen.hf(input_ids=torch.tensor([ids], device=gen.device), past_key_values=kv,
+        gen.hf(input_ids=torch.tensor([ids], device=gen.device), cache=kv,
                use_cache=True)
     return cache_layers(kv)
 
@@ -128,7 +128,7 @@ def generate_batch(gen: Generator, prefix: list[int],
     hit = torch.zeros(rows, dtype=torch.bool, device=gen.device)
     with torch.inference_mode():
         logits = gen.hf(input_ids=ids, attention_mask=attn, position_ids=pos[:, start:],
-                        past_key_values=kv, use_cache=True, logits_to_keep=1).logits[:, -1]
+                        cache=kv, use_cache=True, logits_to_keep=1).logits[:, -1]
         for _ in range(max_tokens):
             token = _pick(logits, temperature, rng)
             stopped = torch.isin(token, stops) & ~done
@@ -141,7 +141,7 @@ def generate_batch(gen: Generator, prefix: list[int],
                                                device=gen.device)], 1)
             pos = pos[:, -1:] + 1
             logits = gen.hf(input_ids=token[:, None], attention_mask=attn, position_ids=pos,
-                            past_key_values=kv, use_cache=True).logits[:, -1]
+                            cache=kv, use_cache=True).logits[:, -1]
     result = []
     for r in range(rows):
         row = [int(t) for t in out[r].tolist() if t >= 0]
