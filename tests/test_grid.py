@@ -6,6 +6,7 @@ bad input."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import duckdb
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import copy_db
+from streamlit.testing.v1 import AppTest
 
 import pipeline.generate
 import pipeline.grid
@@ -212,3 +214,35 @@ def test_generate_resumes_and_refuses(labelled_db, tmp_path, monkeypatch, capfd)
     assert shoggoth.main(["grid", "--db", str(plain)]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "shoggoth generate" in err[0]
+
+
+def test_the_explorer_shows_answers_and_grid_effects(planted, tmp_path):
+    db = copy_db(planted[1], tmp_path / "db.duckdb")
+    os.environ["SHOGGOTH_DB"] = str(db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        strongest = con.execute(
+            "SELECT feature, content, content_low, content_high FROM grid_effects WHERE persona = "
+            "'pirate' AND (content_low > 0 OR content_high < 0) ORDER BY abs(content) / "
+            "greatest(content_high - content_low, 1e-9) DESC LIMIT 1").fetchone()
+        text = con.execute("SELECT text FROM answers WHERE persona = 'pirate' ORDER BY item_id, "
+                           "paraphrase LIMIT 1").fetchone()[0]
+        label = con.execute("SELECT grid_label FROM grid_features WHERE feature = 0").fetchone()[0]
+    at = AppTest.from_file(str(Path(__file__).parents[1] / "explorer" / "app.py"),
+                           default_timeout=120)
+    at.run()
+    assert "Context × content (shoggoth grid)" in [h.value for h in at.subheader]
+    at.query_params.update({"persona": "pirate"})
+    at.switch_page("views/personas.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert text in [t.value for t in at.text]
+    links = [(link.proto.label or "").replace("\\", "") for link in at.get("page_link")]
+    assert strongest is not None  # the planted pirate answers move some feature
+    assert any(f"feature {strongest[0]} " in x and f"×{np.exp(strongest[1]):.2f}" in x
+               for x in links), links
+    at.query_params.update({"feature": "0"})
+    at.switch_page("views/feature.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Context and content: the mask in action" in [h.value for h in at.subheader]
+    assert any(f"**{label}** on answer set own" in m.value for m in at.markdown)

@@ -10,9 +10,11 @@ import duckdb
 from index.effects_db import EFFECT_TABLES, create_effect_tables
 from index.probe_db import create_probe_tables
 from index.schema import (
+    GRID_TABLES,
     INDEX_TABLES,
     LABEL_TABLES,
     TABLES,
+    create_grid_tables,
     create_index_tables,
     create_label_tables,
     create_schema,
@@ -44,6 +46,7 @@ def actual(tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
     create_index_tables(con)
     create_probe_tables(con)
     create_effect_tables(con)
+    create_grid_tables(con)
     enums = {
         "ENUM(" + ", ".join(f"'{p.name}'" for p in personas) + ")": "persona_name",
         "ENUM(" + ", ".join(f"'{i.item_id}'" for i in items) + ")": "item_name",
@@ -61,7 +64,8 @@ def actual(tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
 def test_schema_doc_matches_the_database(tmp_path):
     doc, db = documented(), actual(tmp_path)
     assert sorted(doc) == sorted(db) == sorted([*TABLES, *LABEL_TABLES, *INDEX_TABLES,
-                                                *EFFECT_TABLES, "feature_labels", "layer_probe"])
+                                                *EFFECT_TABLES, *GRID_TABLES, "feature_labels",
+                                                "layer_probe"])
     for table in db:
         assert doc[table] == db[table], table
 

@@ -5,6 +5,7 @@ label that is saved to `annotations`."""
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -143,6 +144,37 @@ for table, title in (("neighbors", "Nearest features by decoder direction (FAISS
     for i, n in enumerate(near.itertuples()):
         with cols[i % 2]:
             feature_link(sae, int(n.neighbor), n.label, f" · cos {n.cosine:.3f}")
+
+# --- context and content (the mask in action) -----------------------------------------------
+grid, cells = q(read.grid_feature, sae, feature)
+st.subheader("Context and content: the mask in action")
+if grid.empty:
+    st.markdown("Not measured: run `shoggoth generate` and `shoggoth grid` (causal LMs).")
+for g in grid.itertuples():
+    st.markdown(f"**{md(g.grid_label)}** on answer set {md(g.answer_set)} · q: context "
+                f"{g.context_q:.2g}, content {g.content_q:.2g}, interaction "
+                f"{g.interaction_q:.2g}" + ("" if pd.isna(g.action_ratio_high) else
+                                            f" · in-action bound {g.action_ratio_high:.2f}"))
+if len(cells):
+    st.caption("Per persona, as factors (exp of the log effect) with their intervals: context "
+               "= its prompt against none, on the same texts; content = its own answers against "
+               "the neutral ones, in the same contexts; interaction = what the two do together. "
+               "1 is no effect.")
+    long = pd.concat([pd.DataFrame({"answer_set": cells["answer_set"], "persona":
+                                    cells["persona"], "effect": e,
+                                    "factor": np.exp(cells[e]),
+                                    "low": np.exp(cells[f"{e}_low"]),
+                                    "high": np.exp(cells[f"{e}_high"])})
+                      for e in ("context", "content", "interaction")])
+    base = alt.Chart(long).encode(y=alt.Y("persona:N", sort=None), color="effect:N",
+                                  yOffset="effect:N")
+    st.altair_chart(base.mark_point(filled=True).encode(
+        x=alt.X("factor:Q", scale=alt.Scale(type="log"), title="factor (log scale)"),
+        tooltip=["answer_set", "persona", "effect", alt.Tooltip("factor:Q", format=".2f"),
+                 alt.Tooltip("low:Q", format=".2f"), alt.Tooltip("high:Q", format=".2f")])
+        + base.mark_errorbar().encode(x="low:Q", x2="high:Q"), width="stretch")
+    st.dataframe(cells[["answer_set", "persona", "in_action", "neutral_text", "text_only",
+                        "baseline"]], hide_index=True)
 
 # --- causal effects and steering ------------------------------------------------------------
 st.subheader("Causal effects")

@@ -120,6 +120,15 @@ if len(mediation):
                    "(nats over the answer, mean over items).")
         st.dataframe(shifts, hide_index=True)
 
+grid = q(read.grid_summary, sae)
+if len(grid):
+    st.subheader("Context × content (shoggoth grid)")
+    st.caption("Each persona's own answers and the neutral ones, under its prompt and under "
+               "none: which features follow the persona's context, which its way of speaking, "
+               "both, their interaction, or none (shared by every mask in action). FDR: "
+               "estimated from null runs with every block's contexts and texts swapped.")
+    st.dataframe(grid, hide_index=True)
+
 st.subheader("Most active features")
 for f in features[features["label"] != "dead"].sort_values(
         "density", ascending=False).head(5).itertuples():

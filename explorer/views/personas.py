@@ -3,6 +3,7 @@ nearest its persona vector."""
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from explorer.common import choose_sae, feature_link, has_table, md, q
@@ -55,3 +56,38 @@ with right:
             feature_link(sae, int(f.feature), f.label, f" · cos {f.cosine:.3f}")
     else:
         st.info("No persona vectors yet: run `shoggoth index`.")
+
+st.subheader("The mask in action: its own answers")
+sets = q(read.answer_sets)
+if sets.empty:
+    st.info("No generated answers yet: run `shoggoth generate` and `shoggoth grid`.")
+else:
+    name = st.selectbox("answer set", list(sets["answer_set"]), key="answer_set")
+    meta = sets.set_index("answer_set").loc[name]
+    how = "greedy" if meta.temperature == 0 else f"sampled at T={meta.temperature:g}"
+    st.caption(f"Written by {md(meta.model)}, {how}, at most {int(meta.max_tokens)} tokens, "
+               "under each of this persona's prompts; beside each, the battery's neutral answer "
+               "to the same question.")
+    answers = q(read.persona_answers, name, persona)
+    if answers.empty:
+        st.write("This set holds no answer of this persona.")
+    for a in answers.head(12).itertuples():
+        st.markdown(f"**{md(a.item_id)}** (prompt {a.paraphrase}) · {md(a.question)}")
+        left, right = st.columns(2)
+        left.caption("neutral (the battery's)")
+        left.text(a.neutral)
+        right.caption(f"its own ({a.stop_reason})")
+        right.text(a.own or "(empty)")
+    if len(answers) > 12:
+        st.caption(f"First 12 of {len(answers)} answers.")
+    st.subheader("Features its own words change")
+    st.caption("Content effect under this persona: the log-ratio of the feature's activation on "
+               "its own answers against the neutral ones, averaged over its prompt and no "
+               "persona as contexts; only features whose interval excludes 0, strongest first.")
+    moved = q(read.persona_content_features, sae, name, persona, 20)
+    if moved.empty:
+        st.write("None: run `shoggoth grid`, or no feature's interval excludes 0.")
+    for f in moved.itertuples():
+        feature_link(sae, int(f.feature), f.grid_label,
+                     f" · ×{np.exp(f.content):.2f} [{np.exp(f.content_low):.2f}, "
+                     f"{np.exp(f.content_high):.2f}]" + (f" · {f.label}" if f.label else ""))
