@@ -30,6 +30,8 @@ class Status:
     """The database holds another persona battery (the built-in one changed)."""
     effects: bool = False
     """`shoggoth effects` has written its measurements."""
+    grid: bool = False
+    """`shoggoth grid` has written its labels."""
 
 
 def _rows(con: object, sae_id: str, table: str, names: set[str]) -> int:
@@ -65,6 +67,8 @@ def sae_status(db: Path, weights_sha256: str,
         indexed = _rows(con, sae_id, "faiss_indexes", names) > 0
         probed = _rows(con, sae_id, "layer_probe", names) > 0
         effects = _rows(con, sae_id, "persona_shifts", names) > 0
-        return Status(True, labelled, indexed, False, documents, probed, effects=effects)
+        grid = _rows(con, sae_id, "grid_features", names) > 0
+        return Status(True, labelled, indexed, False, documents, probed, effects=effects,
+                      grid=grid)
     finally:
         con.close()

@@ -23,13 +23,15 @@ from index.schema import battery_of
 from index.status import sae_status
 from pipeline.dictionary import index_harvest
 from pipeline.effects import EffectsConfig, run_effects
+from pipeline.generate import GenerateConfig, generate_answers
+from pipeline.grid import GridConfig, run_grid
 from pipeline.harvest import HarvestConfig, harvest
 from pipeline.layer_probe import LayersConfig, probe_layers
 from sae.personas import load_items, load_personas, subset_items, subset_personas
 from sae.sae_dir import weights_sha256
 from sae.train import TrainConfig, train
 
-STEPS = 7
+STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class Recipe:
     """LayersConfig settings of the layer probe."""
     effects: dict[str, Any] | None = None
     """EffectsConfig settings of the causal check (None: the model is not a causal LM)."""
+    generate: dict[str, Any] | None = None
+    """GenerateConfig settings of the model's own answers for the grid (None: not a causal
+    LM)."""
 
     @property
     def sae_name(self) -> str:
@@ -65,7 +70,8 @@ RECIPES = {
                       train={"tokens": 300_000, "expansion": 4, "k": 32},
                       harvest={"paraphrases": 2, "items_per_topic": 6},
                       layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"},
-                      effects={"items_per_topic": 2, "top": 12, "baseline": 8}),
+                      effects={"items_per_topic": 2, "top": 12, "baseline": 8},
+                      generate={"items_per_topic": 1, "max_tokens": 40}),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb", layers={"items_per_topic": 2}),
 }
 
@@ -127,6 +133,12 @@ def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str
             "resuming" if resume else "no trained SAE yet")
 
 
+def grid_step(db: Path, settings: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Generate the demo's own answers (resumed or skipped when done), then the grid."""
+    generate_answers(GenerateConfig(db=db, **settings), log=log)
+    run_grid(GridConfig(db=db), log=log)
+
+
 def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     """Build what is missing or stale; returns the database to explore."""
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +182,15 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
                   lambda: run_effects(EffectsConfig(db=db, **settings), log=quiet),
                   "effects stored" if status.effects else
                   "screen every feature, ablate and steer the top ones")
-    steps.run(6, "index the dictionary",
+    grid = "the mask in action: own answers, context × content grid"
+    if recipe.generate is None:
+        steps.skip(6, grid, f"{recipe.what} is not a causal LM")
+    else:
+        settings = recipe.generate
+        steps.run(6, grid, None if status.grid else lambda: grid_step(db, settings, quiet),
+                  "grid labels stored" if status.grid else
+                  "generate each persona's answers, read them under every context")
+    steps.run(7, "index the dictionary",
               None if status.indexed else lambda: index_harvest(IndexConfig(db=db), log=quiet),
               "dictionary stored" if status.indexed else
               "examples, histograms, FAISS, persona vectors")
