@@ -16,18 +16,20 @@ DOCUMENT_COLUMNS = ["doc", "cell", "context", "context_paraphrase", "text_person
                     "text_paraphrase", "item_id", "persona", "paraphrase", "n_tokens"]
 
 
-def _replace(con: Any, table: str, sae_id: str, answer_set: str, frame: pd.DataFrame) -> None:
-    con.execute(f"DELETE FROM {table} WHERE sae_id = ? AND answer_set = ?", [sae_id, answer_set])
-    con.register("_rows", frame.assign(sae_id=sae_id, answer_set=answer_set))
+def _replace(con: Any, table: str, key: dict[str, str], frame: pd.DataFrame) -> None:
+    con.execute(f"DELETE FROM {table} WHERE sae_id = ? AND answer_set = ? AND neutral = ?",
+                list(key.values()))
+    con.register("_rows", frame.assign(**key))
     try:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
     finally:
         con.unregister("_rows")
 
 
-def write_grid(db: Path, sae_id: str, answer_set: str, documents: pd.DataFrame,
+def write_grid(db: Path, key: dict[str, str], documents: pd.DataFrame,
                doc_features: pd.DataFrame, result: GridResult, config: dict[str, Any]) -> None:
-    """Replace the grid tables of (sae_id, answer_set) and record the run."""
+    """Replace the grid tables' rows of `key` (sae_id, answer_set, neutral) and record the
+    run."""
     tables = {"grid_documents": documents[DOCUMENT_COLUMNS], "grid_doc_features": doc_features,
               "grid_features": result.features, "grid_effects": result.effects,
               "grid_fdr": result.fdr}
@@ -36,7 +38,7 @@ def write_grid(db: Path, sae_id: str, answer_set: str, documents: pd.DataFrame,
         with transaction(con):
             create_grid_tables(con)
             for name, frame in tables.items():
-                _replace(con, name, sae_id, answer_set, frame)
-            record_run(con, "grid", sae_id, {**config, "answer_set": answer_set})
+                _replace(con, name, key, frame)
+            record_run(con, "grid", key["sae_id"], {**config, **key})
     finally:
         con.close()

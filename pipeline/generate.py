@@ -26,6 +26,7 @@ from core.progress import Progress
 from index.answers_db import SET_NAME, done_keys, finish_set, start_set, write_answers
 from index.database import WAIT, check_writable, choose_sae, connect
 from index.schema import read_battery
+from pipeline.effects import baseline_persona
 from sae.generation import (
     Generator,
     decode,
@@ -51,7 +52,8 @@ class GenerateConfig(Config):
     name: str = "own"
     """Name of the answer set written (`shoggoth grid --answers` reads it by this name)."""
     personas: str | None = None
-    """Comma-separated personas to answer as (default: every persona that is not a control)."""
+    """Comma-separated personas to answer as (default: every persona that is not a control, and
+    the no-persona control)."""
     paraphrases: int | None = option(None, min=1)
     """Only each persona's first N prompts (default: all in the database)."""
     items_per_topic: int | None = option(None, min=1)
@@ -81,10 +83,13 @@ class GenUnit:
     items: tuple[int, ...]
 
 
-def choose_personas(spec: str | None, personas: list[Persona]) -> list[Persona]:
-    """The personas named in `spec` (default: the non-controls); BadInput for unknown names."""
+def choose_personas(spec: str | None, personas: list[Persona], db: Path) -> list[Persona]:
+    """The personas named in `spec` (default: the non-controls and the no-persona control, the
+    reference for `shoggoth grid --neutral own`); BadInput for unknown names."""
     if spec is None:
-        return [p for p in personas if not p.is_control]
+        none = [baseline_persona(personas, db)] if any(
+            p.is_control and all(not t for t in p.prompts) for p in personas) else []
+        return [p for p in personas if not p.is_control] + none
     names = [x.strip() for x in spec.split(",") if x.strip()]
     known = {p.name: p for p in personas}
     bad = [n for n in names if n not in known]
@@ -119,7 +124,7 @@ def read_setup(cfg: GenerateConfig) -> tuple[str, str, list[Persona], list[Item]
         personas, items = read_battery(con)
     finally:
         con.close()
-    chosen = choose_personas(cfg.personas, personas)
+    chosen = choose_personas(cfg.personas, personas, cfg.db)
     if cfg.paraphrases is not None:
         chosen = [Persona(p.name, p.family, p.description, p.prompts[:cfg.paraphrases],
                           p.is_control, p.control_of) for p in chosen]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,11 @@ class GridConfig(GridLabelConfig):
     none: str | None = None
     """The control persona that stands for no persona (default: the battery's control with an
     empty prompt, control_none)."""
+    neutral: Literal["battery", "own"] = "battery"
+    """The reference text: battery, the battery's fixed answers (the paired harvest's texts);
+    own, the model's own answers under no persona (in the answer set), so that the content
+    effect is the persona's way of speaking against the model's own default, not against
+    hand-written text."""
     batch: int = option(32, min=1, max=100_000)
     """Documents per forward pass."""
     device: str = "auto"
@@ -77,6 +82,9 @@ class Inputs:
     none: Persona
     answers: pd.DataFrame
     answers_run: str
+    neutral_own: dict[str, str] | None
+    """--neutral own: the model's own answer under no persona, per item (None: the battery's
+    answers)."""
 
 
 def read_inputs(cfg: GridConfig) -> Inputs:
@@ -99,26 +107,37 @@ def read_inputs(cfg: GridConfig) -> Inputs:
         raise BadInput(f"--none {cfg.none}: not a persona of the battery")
     else:
         none = by_name[cfg.none]
+    reference = answers[(answers["persona"] == none.name) & (answers["paraphrase"] == 0)]
     answers = answers[answers["persona"] != none.name]
+    if cfg.neutral == "own" and reference.empty:
+        raise BadInput(f"--neutral own: answer set '{cfg.answers}' holds no answer under "
+                       f"'{none.name}'; run `shoggoth generate --personas …,{none.name}`")
     if answers.empty:
         raise BadInput(f"--answers {cfg.answers}: holds no answer of a persona other than "
                        f"'{none.name}'")
+    own = dict(zip(reference["item_id"], reference["text"].str.strip(), strict=True)) \
+        if cfg.neutral == "own" else None
     return Inputs(sae_id, dict(row), by_name, {i.item_id: i for i in items}, none, answers,
-                  run)
+                  run, own)
 
 
 def plan_documents(inputs: Inputs) -> pd.DataFrame:
     """Every document of the grid: cell, context (persona, paraphrase), text (persona,
-    paraphrase; empty for the neutral answer), item, and the block's persona prompt."""
+    paraphrase; empty for the battery's answer, the no-persona control's for the model's own
+    neutral answer), item, the block's persona prompt, and the text itself."""
     rows = []
     own = inputs.answers[inputs.answers["text"].str.strip() != ""]
-    none = inputs.none.name
+    none, ref = inputs.none.name, inputs.neutral_own
+    if ref is not None:  # an item without the model's own neutral answer has no reference
+        own = own[own["item_id"].map(lambda i: bool(ref.get(i)))]
+    neutral = (None, None) if ref is None else (none, 0)
     for r in own.itertuples(index=False):
         k, j, i = r.persona, int(r.paraphrase), r.item_id
+        plain = None if ref is None else ref[i]
         rows += [("in_action", k, j, k, j, i, k, j, r.text),
-                 ("neutral_text", k, j, None, None, i, k, j, None),
+                 ("neutral_text", k, j, *neutral, i, k, j, plain),
                  ("text_only", none, 0, k, j, i, k, j, r.text)]
-    rows += [("baseline", none, 0, None, None, i, None, None, None)
+    rows += [("baseline", none, 0, *neutral, i, None, None, None if ref is None else ref[i])
              for i in sorted(set(own["item_id"]))]
     docs = pd.DataFrame(rows, columns=["cell", "context", "context_paraphrase", "text_persona",
                                        "text_paraphrase", "item_id", "persona", "paraphrase",
@@ -134,11 +153,13 @@ def work_dir(cfg: GridConfig, inputs: Inputs) -> tuple[Path, str]:
     harvest's key (everything that decides its documents' activations)."""
     key = json.dumps({"sae": inputs.sae_id, "weights": inputs.row.get("weights_sha256"),
                       "answers": cfg.answers, "answers_run": inputs.answers_run,
-                      "none": inputs.none.name, "batch": cfg.batch}, sort_keys=True)
+                      "none": inputs.none.name, "neutral": cfg.neutral, "batch": cfg.batch},
+                     sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     root = Path(f"{cfg.db}.grid")
-    mine = root / f"{inputs.sae_id}-{digest}"
-    for other in root.glob(f"{inputs.sae_id}-*") if root.is_dir() else []:
+    mine = root / f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}-{digest}"
+    for other in root.glob(f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}-*") \
+            if root.is_dir() else []:
         if other != mine:  # another harvest's leftovers can never be resumed
             shutil.rmtree(other, ignore_errors=True)
     return mine, digest
@@ -221,7 +242,7 @@ def run_grid(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, A
     inputs = read_inputs(cfg)
     check_writable(cfg.db)
     docs = plan_documents(inputs)
-    folder, key = work_dir(cfg, inputs)
+    folder, digest = work_dir(cfg, inputs)
     started = time.monotonic()
     log(f"grid: {len(docs):,} documents ({(docs['cell'] == 'in_action').sum():,} blocks of "
         f"{docs['persona'].nunique()} personas)")
@@ -232,13 +253,15 @@ def run_grid(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, A
     result = analyse_grid(docs, doc_features, int(inputs.row["d_sae"]), labels_cfg)
     for note in result.notes:
         log(f"note: {note}")
-    write_grid(cfg.db, inputs.sae_id, cfg.answers, docs.assign(n_tokens=n_tokens),
-               doc_features, result, {**config_metadata(cfg), "harvest_key": key,
+    key = {"sae_id": inputs.sae_id, "answer_set": cfg.answers, "neutral": cfg.neutral}
+    write_grid(cfg.db, key, docs.assign(n_tokens=n_tokens),
+               doc_features, result, {**config_metadata(cfg), "harvest_key": digest,
                                       "notes": result.notes})
     shutil.rmtree(folder, ignore_errors=True)
     if folder.parent.is_dir() and not any(folder.parent.iterdir()):
         folder.parent.rmdir()
-    return {"sae_id": inputs.sae_id, "answers": cfg.answers, "documents": len(docs),
+    return {"sae_id": inputs.sae_id, "answers": cfg.answers, "neutral": cfg.neutral,
+            "documents": len(docs),
             "harvest_seconds": round(harvested - started, 1),
             "analysis_seconds": round(time.monotonic() - harvested, 1),
             "features": result.features, "fdr": result.fdr, "notes": result.notes}

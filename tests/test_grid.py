@@ -57,7 +57,10 @@ def plant_answers(db: Path, items: list[str]) -> pd.DataFrame:
         {"persona": p, "paraphrase": j, "item_id": i,
          "text": f"{'Arr, the sea' if p == 'pirate' else 'Happy to help'} says answer {j} "
                  f"about {i.split('-')[0]}.", "n_tokens": 9, "stop_reason": "eos"}
-        for p in ("pirate", "helper") for j in range(3) for i in items])
+        for p in ("pirate", "helper") for j in range(3) for i in items]
+        + [{"persona": "control_none", "paraphrase": 0, "item_id": i, "n_tokens": 7,
+            "text": f"Plainly, here is the answer about {i.split('-')[0]}.", "stop_reason": "eos"}
+           for i in items])
     start_set(db, "own", {"model": "planted", "template": "auto", "max_tokens": 0,
                          "temperature": 0.0, "seed": 0}, {})
     write_answers(db, "own", rows)
@@ -76,14 +79,18 @@ def planted(labelled_db, tmp_path_factory):
     plant_answers(db, items)
     done = copy_db(db, work / "grid.duckdb")
     assert shoggoth.main(["grid", "--db", str(done), *GRID]) == 0
+    assert shoggoth.main(["grid", "--db", str(done), "--neutral", "own", *GRID]) == 0
     return db, done
 
 
-def test_each_document_reads_its_text_under_its_context(planted, tiny_sae_dir):
+@pytest.mark.parametrize("neutral", ["battery", "own"])
+def test_each_document_reads_its_text_under_its_context(planted, tiny_sae_dir, neutral):
     _, db = planted
     with duckdb.connect(str(db), read_only=True) as con:
-        docs = con.execute("SELECT * FROM grid_documents ORDER BY doc").df()
-        acts = con.execute("SELECT doc, feature, mean_act FROM grid_doc_features").df()
+        docs = con.execute("SELECT * FROM grid_documents WHERE neutral = ? ORDER BY doc",
+                           [neutral]).df()
+        acts = con.execute("SELECT doc, feature, mean_act FROM grid_doc_features WHERE "
+                           "neutral = ?", [neutral]).df()
         answers = con.execute("SELECT * FROM answers").df()
         prompts = dict(((p, j), t) for p, j, t in con.execute(
             "SELECT persona::VARCHAR, paraphrase, prompt FROM persona_prompts").fetchall())
@@ -103,7 +110,9 @@ def test_each_document_reads_its_text_under_its_context(planted, tiny_sae_dir):
         text = items[d.item_id][1] if pd.isna(d.text_persona) else \
             own[(d.text_persona, int(d.text_paraphrase), d.item_id)]
         # The cell decides the text and the context: own text exactly where the cell says so.
-        assert pd.isna(d.text_persona) == (d.cell in ("neutral_text", "baseline"))
+        reference = pd.isna(d.text_persona) if neutral == "battery" else \
+            d.text_persona == "control_none"
+        assert reference == (d.cell in ("neutral_text", "baseline"))
         assert (d.context == "control_none") == (d.cell in ("text_only", "baseline"))
         p = build_prompt(model.tokenizer, prompts[(d.context, d.context_paraphrase)],
                          items[d.item_id][0], text, prepend_bos=model.prepend_bos)
@@ -116,21 +125,26 @@ def test_each_document_reads_its_text_under_its_context(planted, tiny_sae_dir):
         stored[mine["feature"].to_numpy()] = mine["mean_act"].to_numpy()
         assert d.n_tokens == sum(p.mask)
         np.testing.assert_allclose(stored, expected, atol=2e-5 + 1 / scale)
+    if neutral == "own":
+        return
     # The neutral answer under a persona prompt is the paired design's document, exactly.
-    neutral = docs[docs["cell"] == "neutral_text"].merge(acts, on="doc")
-    same = neutral.merge(paired, on=["persona", "paraphrase", "item_id", "feature"],
-                         suffixes=("", "_paired"))
-    assert len(same) == len(neutral)
+    cell = docs[docs["cell"] == "neutral_text"].merge(acts, on="doc")
+    same = cell.merge(paired, on=["persona", "paraphrase", "item_id", "feature"],
+                      suffixes=("", "_paired"))
+    assert len(same) == len(cell)
     np.testing.assert_allclose(same["mean_act"], same["mean_act_paired"], atol=1e-6)
 
 
 def test_grid_tables_and_labels(planted):
     _, db = planted
     with duckdb.connect(str(db), read_only=True) as con:
-        features = con.execute("SELECT * FROM grid_features").df()
-        effects = con.execute("SELECT * FROM grid_effects").df()
+        features = con.execute("SELECT * FROM grid_features WHERE neutral = 'battery'").df()
+        effects = con.execute("SELECT * FROM grid_effects WHERE neutral = 'battery'").df()
         fdr = con.execute("SELECT * FROM grid_fdr").df()
-        run = con.execute("SELECT config_json FROM runs WHERE command = 'grid'").fetchone()
+        own = con.execute("SELECT count(*) FROM grid_documents WHERE neutral = 'own' AND "
+                          "cell = 'baseline' AND text_persona = 'control_none'").fetchone()[0]
+        run = con.execute("SELECT config_json FROM runs WHERE command = 'grid' ORDER BY "
+                          "started_at LIMIT 1").fetchone()
         d_sae = con.execute("SELECT d_sae FROM saes").fetchone()[0]
     assert len(features) == d_sae and features["feature"].is_unique
     live = features[features["n_docs_firing"] > 0]
@@ -139,7 +153,8 @@ def test_grid_tables_and_labels(planted):
     assert (effects["n_prompts"] == 3).all()
     ok = effects["context_low"].notna()
     assert (effects.loc[ok, "context_low"] <= effects.loc[ok, "context"]).all()
-    assert len(fdr) == 4 and run is not None and '"answer_set": "own"' in run[0]
+    assert len(fdr) == 8 and run is not None and '"answer_set": "own"' in run[0]
+    assert own == 4  # one reference document per item, the model's own neutral answer
 
 
 def test_an_interrupted_grid_resumes_to_the_same_tables(planted, tmp_path, monkeypatch):
@@ -162,7 +177,7 @@ def test_an_interrupted_grid_resumes_to_the_same_tables(planted, tmp_path, monke
     assert shoggoth.main(["grid", "--db", str(db), *GRID]) == 0
     assert not Path(f"{db}.grid").exists()
     for table in ("grid_doc_features", "grid_features", "grid_effects", "grid_fdr"):
-        query = f"SELECT * EXCLUDE (sae_id) FROM {table} ORDER BY ALL"
+        query = f"SELECT * EXCLUDE (sae_id) FROM {table} WHERE neutral = 'battery' ORDER BY ALL"
         with duckdb.connect(str(db), read_only=True) as a, \
                 duckdb.connect(str(done), read_only=True) as b:
             pd.testing.assert_frame_equal(a.execute(query).df(), b.execute(query).df())
@@ -197,8 +212,10 @@ def test_generate_resumes_and_refuses(labelled_db, tmp_path, monkeypatch, capfd)
         got, want = a.execute(query).df(), b.execute(query).df()
         meta = a.execute("SELECT model, max_tokens, status FROM answer_sets").fetchall()
     pd.testing.assert_frame_equal(got, want)
-    # 2 personas × 3 prompts × 4 items (2 per topic, two topics), at most 6 tokens each.
-    assert len(got) == 24 and (got["n_tokens"] <= 6).all()
+    # 2 personas × 3 prompts and the no-persona control × 4 items (2 per topic, two topics),
+    # at most 6 tokens each.
+    assert len(got) == 28 and (got["n_tokens"] <= 6).all()
+    assert set(got["persona"]) == {"pirate", "helper", "control_none"}
     assert set(got["stop_reason"]) <= {"eos", "length"}
     assert meta[0][1:] == (6, "finished")
     capfd.readouterr()
@@ -221,12 +238,14 @@ def test_the_explorer_shows_answers_and_grid_effects(planted, tmp_path):
     os.environ["SHOGGOTH_DB"] = str(db)
     with duckdb.connect(str(db), read_only=True) as con:
         strongest = con.execute(
-            "SELECT feature, content, content_low, content_high FROM grid_effects WHERE persona = "
-            "'pirate' AND (content_low > 0 OR content_high < 0) ORDER BY abs(content) / "
-            "greatest(content_high - content_low, 1e-9) DESC LIMIT 1").fetchone()
+            "SELECT feature, content, content_low, content_high FROM grid_effects WHERE "
+            "neutral = 'battery' AND persona = 'pirate' AND (content_low > 0 OR content_high < 0)"
+            " ORDER BY abs(content) / greatest(content_high - content_low, 1e-9) DESC LIMIT 1"
+            ).fetchone()
         text = con.execute("SELECT text FROM answers WHERE persona = 'pirate' ORDER BY item_id, "
                            "paraphrase LIMIT 1").fetchone()[0]
-        label = con.execute("SELECT grid_label FROM grid_features WHERE feature = 0").fetchone()[0]
+        label = con.execute("SELECT grid_label FROM grid_features WHERE feature = 0 AND "
+                            "neutral = 'battery'").fetchone()[0]
     at = AppTest.from_file(str(Path(__file__).parents[1] / "explorer" / "app.py"),
                            default_timeout=120)
     at.run()
@@ -245,4 +264,5 @@ def test_the_explorer_shows_answers_and_grid_effects(planted, tmp_path):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Context and content: the mask in action" in [h.value for h in at.subheader]
-    assert any(f"**{label}** on answer set own" in m.value for m in at.markdown)
+    assert any(f"**{label}** on answer set own against the battery reference" in m.value
+               for m in at.markdown)

@@ -151,7 +151,8 @@ st.subheader("Context and content: the mask in action")
 if grid.empty:
     st.markdown("Not measured: run `shoggoth generate` and `shoggoth grid` (causal LMs).")
 for g in grid.itertuples():
-    st.markdown(f"**{md(g.grid_label)}** on answer set {md(g.answer_set)} · q: context "
+    st.markdown(f"**{md(g.grid_label)}** on answer set {md(g.answer_set)} against the "
+                f"{md(g.neutral)} reference text · q: context "
                 f"{g.context_q:.2g}, content {g.content_q:.2g}, interaction "
                 f"{g.interaction_q:.2g}" + ("" if pd.isna(g.action_ratio_high) else
                                             f" · in-action bound {g.action_ratio_high:.2f}"))
@@ -160,8 +161,8 @@ if len(cells):
                "= its prompt against none, on the same texts; content = its own answers against "
                "the neutral ones, in the same contexts; interaction = what the two do together. "
                "1 is no effect.")
-    long = pd.concat([pd.DataFrame({"answer_set": cells["answer_set"], "persona":
-                                    cells["persona"], "effect": e,
+    runs = cells["answer_set"] + " / " + cells["neutral"]
+    long = pd.concat([pd.DataFrame({"grid": runs, "persona": cells["persona"], "effect": e,
                                     "factor": np.exp(cells[e]),
                                     "low": np.exp(cells[f"{e}_low"]),
                                     "high": np.exp(cells[f"{e}_high"])})
@@ -170,11 +171,11 @@ if len(cells):
                                   yOffset="effect:N")
     st.altair_chart(base.mark_point(filled=True).encode(
         x=alt.X("factor:Q", scale=alt.Scale(type="log"), title="factor (log scale)"),
-        tooltip=["answer_set", "persona", "effect", alt.Tooltip("factor:Q", format=".2f"),
+        tooltip=["grid", "persona", "effect", alt.Tooltip("factor:Q", format=".2f"),
                  alt.Tooltip("low:Q", format=".2f"), alt.Tooltip("high:Q", format=".2f")])
         + base.mark_errorbar().encode(x="low:Q", x2="high:Q"), width="stretch")
-    st.dataframe(cells[["answer_set", "persona", "in_action", "neutral_text", "text_only",
-                        "baseline"]], hide_index=True)
+    st.dataframe(cells[["answer_set", "neutral", "persona", "in_action", "neutral_text",
+                        "text_only", "baseline"]], hide_index=True)
 
 # --- causal effects and steering ------------------------------------------------------------
 st.subheader("Causal effects")

@@ -4,6 +4,7 @@ nearest its persona vector."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from explorer.common import choose_sae, feature_link, has_table, md, q
@@ -81,12 +82,18 @@ else:
     if len(answers) > 12:
         st.caption(f"First 12 of {len(answers)} answers.")
     st.subheader("Features its own words change")
-    st.caption("Content effect under this persona: the log-ratio of the feature's activation on "
-               "its own answers against the neutral ones, averaged over its prompt and no "
-               "persona as contexts; only features whose interval excludes 0, strongest first.")
-    moved = q(read.persona_content_features, sae, name, persona, 20)
+    st.caption("Content effect under this persona: the factor by which the feature's activation "
+               "on its own answers exceeds that on the reference answers (the battery's, or the "
+               "model's own under no persona), averaged over its prompt and no persona as "
+               "contexts; only features whose interval excludes 1, strongest first.")
+    runs = q(read.grid_runs, sae)
+    runs = runs[runs["answer_set"] == name] if len(runs) else runs
+    neutral = st.radio("reference text", list(runs["neutral"]), horizontal=True,
+                       key="neutral") if len(runs) else None
+    moved = q(read.persona_content_features, sae, name, neutral, persona, 20) \
+        if neutral else pd.DataFrame()
     if moved.empty:
-        st.write("None: run `shoggoth grid`, or no feature's interval excludes 0.")
+        st.write("None: run `shoggoth grid`, or no feature's interval excludes 1.")
     for f in moved.itertuples():
         feature_link(sae, int(f.feature), f.grid_label,
                      f" · ×{np.exp(f.content):.2f} [{np.exp(f.content_low):.2f}, "
