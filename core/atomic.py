@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.errors import BadInput
 
 
@@ -37,6 +39,15 @@ def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
             json.dump(data, f, indent=indent, default=str)
 
     write_atomic(path, dump)
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
+    """numpy arrays to an .npz file, atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    write_atomic(path, write)
 
 
 def publish(built: Path, out: Path) -> None:

@@ -134,9 +134,11 @@ def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str
 
 
 def grid_step(db: Path, settings: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Generate the demo's own answers (resumed or skipped when done), then the grid."""
+    """Generate the demo's own answers (resumed or skipped when done), then the grid against
+    both reference texts: the battery's answers and the model's own under no persona."""
     generate_answers(GenerateConfig(db=db, **settings), log=log)
-    run_grid(GridConfig(db=db), log=log)
+    for neutral in ("battery", "own"):
+        run_grid(GridConfig(db=db, neutral=neutral), log=log)
 
 
 def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:

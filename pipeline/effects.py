@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from core.atomic import write_atomic, write_json_atomic
+from core.atomic import save_npz_atomic, write_json_atomic
 from core.config import Config, option
 from core.errors import BadInput
 from core.progress import Progress
@@ -201,14 +201,6 @@ def work_dir(inputs: Inputs, cfg: EffectsConfig) -> Path:
     return mine
 
 
-def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    write_atomic(path, write)
-
-
 def per_item(folder: Path, n_items: int, title: str,
              measure: Callable[[int], dict[str, Any]]) -> list[dict[str, np.ndarray]]:
     """`measure(item)` for every item, each result saved as it is made; items already saved
@@ -218,7 +210,7 @@ def per_item(folder: Path, n_items: int, title: str,
     with Progress(title, n_items, done, unit="items") as bar:
         for i, path in enumerate(paths):
             if not path.is_file():
-                _save(path, measure(i))
+                save_npz_atomic(path, measure(i))
                 bar.advance(1)
     return [dict(np.load(p)) for p in paths]
 

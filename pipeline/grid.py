@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from core.atomic import write_atomic
+from core.atomic import save_npz_atomic
 from core.config import config_metadata, option
 from core.errors import BadInput
 from core.progress import Progress
@@ -192,14 +192,6 @@ def units(docs: pd.DataFrame, prompts: list[Prompt], batch: int) -> list[np.ndar
     return out
 
 
-def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    write_atomic(path, write)
-
-
 def harvest_cells(cfg: GridConfig, inputs: Inputs, docs: pd.DataFrame,
                   folder: Path) -> tuple[np.ndarray, pd.DataFrame]:
     """(n_tokens per document, per-document activations: doc, feature, mean_act, max_act,
@@ -225,7 +217,7 @@ def harvest_cells(cfg: GridConfig, inputs: Inputs, docs: pd.DataFrame,
             x, row = prompts_activations(model, chosen, inputs.row["hook"], prefix)
             out = encode_aggregate(sae, x, row, len(b), int(inputs.row["value_decimals"]))
             f = out.doc_features
-            _save(path, {"docs": b, "n_tokens": np.array(out.n_tokens),
+            save_npz_atomic(path, {"docs": b, "n_tokens": np.array(out.n_tokens),
                          "doc": b[f["doc"]], **{k: v for k, v in f.items() if k != "doc"}})
             bar.advance(len(b))
     parts = [dict(np.load(p)) for p in paths]
