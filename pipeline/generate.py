@@ -24,7 +24,8 @@ from core.config import Config, config_metadata, option
 from core.errors import BadInput, Interrupted
 from core.progress import Progress
 from index.answers_db import SET_NAME, done_keys, finish_set, start_set, write_answers
-from index.database import WAIT, check_writable, choose_sae, connect
+from index.database import WAIT, check_writable, connect
+from index.read import Dictionary
 from index.schema import read_battery
 from pipeline.effects import baseline_persona
 from sae.generation import (
@@ -116,14 +117,11 @@ def unit_seed(seed: int, persona: str, paraphrase: int, item_id: str) -> int:
 
 def read_setup(cfg: GenerateConfig) -> tuple[str, str, list[Persona], list[Item]]:
     """(model, template, personas, items) from the database; BadInput for what cannot work."""
-    if not cfg.db.is_file():
-        raise BadInput(f"--db {cfg.db}: no such file")
-    con = connect(cfg.db, read_only=True, wait=WAIT)
+    d = Dictionary(cfg.db, cfg.sae)
     try:
-        _, row = choose_sae(con, cfg.db, cfg.sae)
-        personas, items = read_battery(con)
+        row, (personas, items) = d.row, read_battery(d.con)
     finally:
-        con.close()
+        d.close()
     chosen = choose_personas(cfg.personas, personas, cfg.db)
     if cfg.paraphrases is not None:
         chosen = [Persona(p.name, p.family, p.description, p.prompts[:cfg.paraphrases],
@@ -214,7 +212,7 @@ def run_unit(prefixes: Prefixes, cfg: GenerateConfig, personas: list[Persona],
 
 
 def summary(db: Path, name: str) -> dict[str, Any]:
-    """Counts of the set's answers by stop reason, and one example."""
+    """Counts of the set's answers by stop reason, its tokens and its empty answers."""
     con = connect(db, read_only=True, wait=WAIT)
     try:
         counts = dict(con.execute("SELECT stop_reason, count(*) FROM answers WHERE answer_set = ? "

@@ -32,10 +32,11 @@ from core.config import config_metadata, option
 from core.errors import BadInput
 from core.progress import Progress
 from index.answers_db import read_answers
-from index.database import WAIT, check_writable, choose_sae, connect
+from index.database import check_writable
 from index.grid_analysis import analyse_grid
 from index.grid_db import write_grid
 from index.grid_labels import GridLabelConfig
+from index.read import Dictionary
 from index.schema import read_battery
 from pipeline.dictionary import load_harvest_sae
 from pipeline.effects import baseline_persona
@@ -89,17 +90,14 @@ class Inputs:
 
 def read_inputs(cfg: GridConfig) -> Inputs:
     """The SAE, battery and answer set; BadInput for what cannot work."""
-    if not cfg.db.is_file():
-        raise BadInput(f"--db {cfg.db}: no such file")
-    con = connect(cfg.db, read_only=True, wait=WAIT)
+    d = Dictionary(cfg.db, cfg.sae)
     try:
-        sae_id, row = choose_sae(con, cfg.db, cfg.sae)
-        personas, items = read_battery(con)
-        answers = read_answers(con, cfg.answers)
-        run = con.execute("SELECT run_id FROM answer_sets WHERE answer_set = ?",
-                          [cfg.answers]).fetchone()[0]
+        sae_id, row, (personas, items) = d.sae_id, d.row, read_battery(d.con)
+        answers = read_answers(d.con, cfg.answers)
+        run = d.con.execute("SELECT run_id FROM answer_sets WHERE answer_set = ?",
+                            [cfg.answers]).fetchone()[0]
     finally:
-        con.close()
+        d.close()
     by_name = {p.name: p for p in personas}
     if cfg.none is None:
         none = baseline_persona(personas, cfg.db)
