@@ -51,6 +51,19 @@ def test_batched_generation_matches_transformers_generate(tiny_gpt2_dir):
     assert generate_batch(*args, seed=3) != generate_batch(*args, seed=4)
 
 
+def interrupting(real, call: int):
+    """`real`, except that its `call`-th call raises KeyboardInterrupt (Ctrl-C there)."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
 def plant_answers(db: Path, items: list[str]) -> pd.DataFrame:
     """Known answers of both personas of the test battery, as `generate` would store them."""
     rows = pd.DataFrame([
@@ -160,15 +173,8 @@ def test_grid_tables_and_labels(planted):
 def test_an_interrupted_grid_resumes_to_the_same_tables(planted, tmp_path, monkeypatch):
     answers, done = planted
     db = copy_db(answers, tmp_path / "db.duckdb")
-    real, calls = pipeline.grid.encode_aggregate, []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline.grid, "encode_aggregate", flaky)
+    real = pipeline.grid.encode_aggregate
+    monkeypatch.setattr(pipeline.grid, "encode_aggregate", interrupting(real, 3))
     assert shoggoth.main(["grid", "--db", str(db), *GRID]) == 130
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM grid_features").fetchone()[0] == 0
@@ -192,15 +198,8 @@ def test_generate_resumes_and_refuses(labelled_db, tmp_path, monkeypatch, capfd)
     fresh = copy_db(labelled_db, tmp_path / "fresh.duckdb")
     assert shoggoth.main(["generate", "--db", str(fresh), *args]) == 0
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
-    real, calls = pipeline.generate.write_answers, []
-
-    def flaky(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(pipeline.generate, "write_answers", flaky)
+    real = pipeline.generate.write_answers
+    monkeypatch.setattr(pipeline.generate, "write_answers", interrupting(real, 3))
     assert shoggoth.main(["generate", "--db", str(db), *args]) == 130
     monkeypatch.setattr(pipeline.generate, "write_answers", real)
     with duckdb.connect(str(db), read_only=True) as con:
