@@ -1,4 +1,4 @@
-"""CLI commands for the database side: `merge`, `label` and `sql`."""
+"""CLI commands for the database side: `merge`, `label`, `sql` and `export`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.config import config_options
+from index.export import ExportConfig, export
 from index.label_db import LabelRunConfig, label_database
 from index.merge import MergeConfig, merge
 from index.sql import SqlConfig, run_sql, write_output
@@ -67,3 +68,19 @@ def sql_command(cfg: SqlConfig) -> None:
     docs/queries.sql."""
     columns, rows, table = run_sql(cfg)
     write_output(cfg, columns, rows, table)
+
+
+@click.command("export")
+@config_options(ExportConfig)
+def export_command(cfg: ExportConfig) -> None:
+    """Export the database as Parquet: the bulk tables Hive-partitioned (activations and
+    doc_features by SAE and persona, sorted by feature), the others one file each, plus
+    shoggoth.duckdb, a DuckDB file of views with the same names and columns, so the documented
+    queries run on it unchanged (`shoggoth sql --db DIR/shoggoth.duckdb`), on this machine or,
+    with --location, in object storage. Built aside and renamed into place."""
+    out = export(cfg)
+    console = Console(soft_wrap=True)
+    total = sum(out["rows"].values())
+    console.print(f"{out['parquet']}: {len(out['rows'])} tables, {total:,} rows, "
+                  f"{out['bytes'] / 1e6:,.1f} MB; views in {out['views']} reading "
+                  f"{out['location']}", highlight=False)

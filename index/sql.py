@@ -80,10 +80,34 @@ class SqlConfig(Config):
 
 def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> Any:
     """A connection that can read (or with `write`, modify) `db` and nothing else, within
-    `memory_limit`."""
+    `memory_limit`. A views database from `shoggoth export` may also read its Parquet folder
+    (when it is on this machine): DuckDB's allowed_directories, set before access is closed."""
     if not db.is_file():
         raise BadInput(f"--db {db}: no such file")
-    return connect(db, read_only=not write, config=sandbox(memory_limit.strip()))
+    settings = sandbox(memory_limit.strip())
+    late = {k: settings.pop(k) for k in ("enable_external_access", "lock_configuration")}
+    con = connect(db, read_only=not write, config=settings)
+    try:
+        folder = export_folder(con)
+        if folder is not None:
+            con.execute("SET allowed_directories = ?", [[folder.rstrip("/") + "/"]])
+        for key, value in late.items():
+            con.execute(f"SET {key} = {str(value).lower()}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def export_folder(con: Any) -> str | None:
+    """The local folder a views database from `shoggoth export` reads (None otherwise, and for
+    an export in object storage)."""
+    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'export_info' "
+                        "AND database_name = current_database()").fetchone()[0]
+    if not found:
+        return None
+    location = con.execute("SELECT location FROM export_info").fetchone()[0]
+    return None if "://" in location else location
 
 
 def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
