@@ -32,12 +32,21 @@ C = TypeVar("C")
 
 def option(default: Any = None, *, required: str | None = None, min: float | None = None,
            max: float | None = None, above: float | None = None,
-           below: float | None = None) -> Any:
+           below: float | None = None, repeat: bool = False) -> Any:
     """A config field with checks: `required` (why it is needed, shown when it is missing),
-    inclusive bounds `min`/`max` and exclusive bounds `above`/`below`."""
-    meta = {"required": required, "min": min, "max": max, "above": above, "below": below}
-    return dataclasses.field(default=default,
-                             metadata={k: v for k, v in meta.items() if v is not None})
+    inclusive bounds `min`/`max` and exclusive bounds `above`/`below`. `repeat`: a list field
+    given as a repeated flag (`--sae A --sae B`) instead of positional arguments."""
+    meta = {"required": required, "min": min, "max": max, "above": above, "below": below,
+            "repeat": repeat or None}
+    kept = {k: v for k, v in meta.items() if v is not None}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=kept)
+    return dataclasses.field(default=default, metadata=kept)
+
+
+def _positional(f: dataclasses.Field, hint: Any) -> bool:
+    """A list field without `repeat` is given as positional arguments."""
+    return typing.get_origin(hint) is list and not f.metadata.get("repeat")
 
 
 def flag_name(name: str, positional: bool = False) -> str:
@@ -72,8 +81,7 @@ def validate(config: Any) -> None:
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        positional = typing.get_origin(hints[f.name]) is list
-        name = flag_name(f.name, positional)
+        name = flag_name(f.name, _positional(f, hints[f.name]))
         if f.metadata.get("required") and (value is None or value == []):
             raise BadInput(f"{name}: required ({f.metadata['required']})")
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -171,7 +179,7 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
             return fn(load_config(cls, config_file, typed))
 
         for f in reversed(dataclasses.fields(cls)):
-            if typing.get_origin(hints[f.name]) is list:  # list[...]: positional arguments
+            if _positional(f, hints[f.name]):  # list[...]: positional arguments
                 (item,) = typing.get_args(hints[f.name])
                 wrapper = click.argument(
                     f.name, nargs=-1,
@@ -182,6 +190,7 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
                 continue
             ctype, is_flag = _click_type(hints[f.name])
             flag = flag_name(f.name)
+            repeat = typing.get_origin(hints[f.name]) is list
             default = f.default if f.default is not dataclasses.MISSING else None
             decls = [f"{flag}/--no-{flag[2:]}"] if is_flag else [flag]
             wrapper = click.option(
@@ -189,9 +198,10 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
                 f.name,
                 type=None if is_flag else ctype,
                 is_flag=is_flag,
-                default=default,
-                show_default=default not in (None, ""),
-                help=field_help(cls, f.name),
+                multiple=repeat,
+                default=None if repeat else default,
+                show_default=not repeat and default not in (None, ""),
+                help=field_help(cls, f.name) + (" (repeatable)" if repeat else ""),
             )(wrapper)
         wrapper = click.option(
             "--config",

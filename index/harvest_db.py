@@ -77,7 +77,8 @@ class PartialStore:
     def __init__(self, path: Path, con: Any) -> None:
         self.path = path
         self.con = con
-        self.run_id: str | None = None
+        self.run_ids: dict[str, str] = {}
+        """sae_id → its harvest run."""
 
     def resume_state(self, sae_id: str) -> dict[str, Any] | None:
         """The stored settings and progress of an earlier, unfinished run (None if new)."""
@@ -86,7 +87,7 @@ class PartialStore:
             "JOIN runs r USING (run_id) WHERE s.sae_id = ?", [sae_id]).fetchone()
         if row is None:
             return None
-        self.run_id = row[0]
+        self.run_ids[sae_id] = row[0]
         docs = self.con.execute("SELECT count(*) FROM documents").fetchone()[0]
         return {"identity": json.loads(row[1])["identity"], "value_decimals": row[2],
                 "prefix_cache": row[3], "documents": docs}
@@ -95,18 +96,18 @@ class PartialStore:
               versions: dict[str, str], sae_row: dict[str, Any],
               tokens: list[tuple[str, list[int], list[str]]]) -> None:
         """Record the run, the SAE and each item's continuation tokens, in one transaction."""
-        self.run_id = uuid.uuid4().hex[:12]
+        run_id = self.run_ids[sae_id] = uuid.uuid4().hex[:12]
         con = self.con
         rows = [(item_id, pos, tid, text) for item_id, ids, texts in tokens
                 for pos, (tid, text) in enumerate(zip(ids, texts, strict=True))]
         with transaction(con):
             con.execute("INSERT INTO runs VALUES (?, 'harvest', ?, ?, now(), NULL, 'running')",
-                        [self.run_id, json.dumps({"identity": identity, "config": config}),
+                        [run_id, json.dumps({"identity": identity, "config": config}),
                          json.dumps(versions)])
             cols = ["sae_id", *sae_row, "run_id"]
             con.execute(f"INSERT INTO saes ({', '.join(cols)}) "
                         f"VALUES ({', '.join('?' * len(cols))})",
-                        [sae_id, *sae_row.values(), self.run_id])
+                        [sae_id, *sae_row.values(), run_id])
             insert_frame(con, "tokens", pa.table({
                 "item_id": [r[0] for r in rows],
                 "pos": pa.array([r[1] for r in rows], pa.int32()),
@@ -119,12 +120,12 @@ class PartialStore:
             "SELECT persona::VARCHAR, paraphrase, item_id::VARCHAR FROM documents "
             "WHERE sae_id = ?", [sae_id]).fetchall()}
 
-    def write(self, sae_id: str, persona: str, paraphrase: int, item_ids: list[str],
-              n_tokens: list[int], activations: dict[str, np.ndarray],
-              doc_features: dict[str, np.ndarray], residual_sum: np.ndarray) -> None:
-        """One batch's documents, activations, per-document aggregates and residual sum, in one
-        transaction.
-        In both dicts, column `doc` indexes `item_ids`. (Publishing sorts the rows.)"""
+    def write(self, persona: str, paraphrase: int, item_ids: list[str],
+              per_sae: list[tuple[str, Any]]) -> None:
+        """One batch's documents, activations, per-document aggregates and residual sum, for
+        every SAE (`per_sae`: (sae_id, its computed batch: n_tokens, activations, doc_features,
+        residual_sum)), in one transaction. In the computed dicts, column `doc` indexes
+        `item_ids`. (Publishing sorts the rows.)"""
 
         def with_items(columns: dict[str, np.ndarray]) -> pa.Table:
             items = pa.DictionaryArray.from_arrays(pa.array(columns["doc"], pa.int32()),
@@ -132,20 +133,23 @@ class PartialStore:
             return pa.table({"item_id": items,
                              **{k: v for k, v in columns.items() if k != "doc"}})
 
-        docs = pa.table({"item_id": item_ids, "n_tokens": pa.array(n_tokens, pa.int32())})
-        tables = {"documents": docs, "activations": with_items(activations),
-                  "doc_features": with_items(doc_features)}
         with transaction(self.con):
-            for name, table in tables.items():
-                insert_frame(self.con, name, table, [sae_id, persona, paraphrase])
-            self.con.execute("INSERT INTO residual_sums VALUES (?, ?, ?, ?, ?, ?)",
-                             [sae_id, persona, paraphrase, item_ids[0], int(sum(n_tokens)),
-                              residual_sum.tolist()])
+            for sae_id, out in per_sae:
+                docs = pa.table({"item_id": item_ids,
+                                 "n_tokens": pa.array(out.n_tokens, pa.int32())})
+                tables = {"documents": docs, "activations": with_items(out.activations),
+                          "doc_features": with_items(out.doc_features)}
+                for name, table in tables.items():
+                    insert_frame(self.con, name, table, [sae_id, persona, paraphrase])
+                self.con.execute("INSERT INTO residual_sums VALUES (?, ?, ?, ?, ?, ?)",
+                                 [sae_id, persona, paraphrase, item_ids[0],
+                                  int(sum(out.n_tokens)), out.residual_sum.tolist()])
 
     def finish(self) -> None:
-        """Mark the run finished and fold the write-ahead log into the file."""
-        self.con.execute("UPDATE runs SET status = 'finished', finished_at = now() "
-                         "WHERE run_id = ?", [self.run_id])
+        """Mark the runs finished and fold the write-ahead log into the file."""
+        for run_id in self.run_ids.values():
+            self.con.execute("UPDATE runs SET status = 'finished', finished_at = now() "
+                             "WHERE run_id = ?", [run_id])
         self.con.execute("CHECKPOINT")
 
     def close(self) -> None:
@@ -171,14 +175,15 @@ def open_partial(path: Path, personas: Sequence[Persona], items: Sequence[Item])
 
 
 def publish_harvest(partial: Path, db: Path, personas: Sequence[Persona],
-                    items: Sequence[Item], sae_id: str) -> None:
-    """Publish a finished partial harvest into `db`, re-checking the database first (it may
-    have changed while the harvest ran)."""
+                    items: Sequence[Item], sae_ids: list[str]) -> None:
+    """Publish a finished partial harvest (of one SAE or several) into `db`, re-checking the
+    database first (it may have changed while the harvest ran)."""
 
     done = check_target(db, personas, items)
-    if sae_id in done:
-        raise BadInput(f"--db {db}: gained SAE '{sae_id}' while this harvest ran; the finished "
-                       f"harvest is kept in {partial}")
+    for sae_id in sae_ids:
+        if sae_id in done:
+            raise BadInput(f"--db {db}: gained SAE '{sae_id}' while this harvest ran; the "
+                           f"finished harvest is kept in {partial}")
     # Through merge even for a new database: a fresh file, sorted by key, without the free
     # blocks that batch-by-batch appends leave (a new file is built aside and renamed; an
     # existing one gains the rows in one transaction).

@@ -45,8 +45,12 @@ def print_summary(result: dict[str, object]) -> None:
 def harvest_command(cfg: HarvestConfig) -> None:
     """Run the model under every persona of the battery on the same answers, encode the answer
     tokens with the SAE, and store the non-zero activations in a DuckDB feature database.
-    Resumable: rerun the same command after an interruption."""
-    print_summary(harvest(cfg, log=stderr_log()))
+    Several --sae of one model (other hooks or widths) share every forward pass, which stops
+    after the deepest hooked block, and are written in the same transactions. Resumable:
+    rerun the same command after an interruption."""
+    result = harvest(cfg, log=stderr_log())
+    for one in [result, *result.get("others", [])]:
+        print_summary(one)
 
 
 @click.command("index")

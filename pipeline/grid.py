@@ -212,8 +212,9 @@ def harvest_cells(cfg: GridConfig, inputs: Inputs, docs: pd.DataFrame,
             shared = shared_prefix(chosen) if use_cache else 0
             prefix = prefix_cache(model, chosen[0].input_ids[:shared], inputs.row["hook"]) \
                 if shared else None
-            x, row = prompts_activations(model, chosen, inputs.row["hook"], prefix)
-            out = encode_aggregate(sae, x, row, len(b), int(inputs.row["value_decimals"]))
+            x, row = prompts_activations(model, chosen, [inputs.row["hook"]], prefix)
+            out = encode_aggregate(sae, x[inputs.row["hook"]], row, len(b),
+                                   int(inputs.row["value_decimals"]))
             f = out.doc_features
             save_npz_atomic(path, {"docs": b, "n_tokens": np.array(out.n_tokens),
                          "doc": b[f["doc"]], **{k: v for k, v in f.items() if k != "doc"}})

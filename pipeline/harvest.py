@@ -45,10 +45,12 @@ class HarvestConfig(Config):
 
     db: Path | None = option(required="the DuckDB file to write")
     """The feature database (DuckDB file) to add this harvest to; created if missing."""
-    sae: Path | None = option(required="an SAE directory from `shoggoth train`")
-    """SAE directory, from `shoggoth train` or `shoggoth sae import`."""
+    sae: list[Path] = option([], required="an SAE directory from `shoggoth train`",
+                             repeat=True)
+    """SAE directory, from `shoggoth train` or `shoggoth sae import`; repeat it to harvest
+    several SAEs of one model (other hooks or widths) from the same forward passes."""
     sae_id: str | None = None
-    """Name of this SAE in the database (default: the SAE directory's name)."""
+    """Name of this SAE in the database (default: the SAE directory's name; one SAE only)."""
     model: str | None = None
     """Model alias, local Hugging Face directory or hub id (default: the SAE's model)."""
     personas: Path | None = None
@@ -75,10 +77,18 @@ class HarvestConfig(Config):
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.sae, str | Path):  # one SAE given as a path
+            self.sae = [Path(self.sae)]
+        super().__post_init__()
+
     def check(self) -> None:
         parse_shard(self.shard)
         if self.sae_id is not None and not SAE_ID.fullmatch(self.sae_id):
             raise BadInput(f"--sae-id {self.sae_id!r}: use letters, digits, '.', '_' and '-'")
+        if self.sae_id is not None and len(self.sae) > 1:
+            raise BadInput(f"--sae-id {self.sae_id}: names one SAE, but {len(self.sae)} are "
+                           "given; each SAE is named after its directory")
 
 
 def run_identity(cfg: HarvestConfig, sae_id: str, sha256: str, model: str) -> dict[str, Any]:
@@ -90,12 +100,37 @@ def run_identity(cfg: HarvestConfig, sae_id: str, sha256: str, model: str) -> di
     return {k: meta[k] for k in IDENTITY}
 
 
+def sae_ids(cfg: HarvestConfig) -> list[str]:
+    """The database name of each SAE; BadInput for a bad or repeated one."""
+    ids = [cfg.sae_id or p.resolve().name for p in cfg.sae]
+    for sae_id in ids:
+        if not SAE_ID.fullmatch(sae_id):
+            raise BadInput(f"--sae-id {sae_id!r}: use letters, digits, '.', '_' and '-'")
+    if len(set(ids)) < len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise BadInput(f"--sae: '{twice}' is given twice (SAEs are named after their folders)")
+    return ids
+
+
+def load_saes(cfg: HarvestConfig, ids: list[str], device: str) -> tuple[list[Any], str]:
+    """The SAEs and the one model they all read; BadInput when they read different models."""
+    saes = [load_sae_dir(p, device) for p in cfg.sae]
+    names = {cfg.model or sae_model_name(p, sae) for p, sae in zip(cfg.sae, saes, strict=True)}
+    if None in names or "" in names:
+        bad = next(p for p, sae in zip(cfg.sae, saes, strict=True)
+                   if not (cfg.model or sae_model_name(p, sae)))
+        raise BadInput(f"--sae {bad}: does not say which model it reads; give --model")
+    if len(names) > 1:
+        raise BadInput(f"--sae: the SAEs read different models ({', '.join(sorted(names))}); "
+                       "harvest them separately")
+    return saes, names.pop()
+
+
 def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume, or recognise as done) a harvest; returns its summary."""
+    """Run (or resume, or recognise as done) a harvest of one SAE or several from the same
+    forward passes; returns the first SAE's summary (with `others`: the rest's)."""
     shard = parse_shard(cfg.shard)
-    sae_id = cfg.sae_id or cfg.sae.resolve().name
-    if not SAE_ID.fullmatch(sae_id):
-        raise BadInput(f"--sae-id {sae_id!r}: use letters, digits, '.', '_' and '-'")
+    ids = sae_ids(cfg)
     personas = subset_personas(load_personas(cfg.personas), cfg.paraphrases)
     items = subset_items(load_items(cfg.items), cfg.items_per_topic)
     n_units = count_units(personas, len(items), cfg.batch_size)
@@ -103,20 +138,24 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
         raise BadInput(f"--shard {cfg.shard}: the grid has {n_units:,} batches, so some shards "
                        f"would be empty; use at most {n_units:,} shards")
     target = harvest_db.check_target(cfg.db, personas, items)
-    partial = harvest_db.partial_path(cfg.db, sae_id)
+    partial = harvest_db.partial_path(cfg.db, "+".join(ids))
     device, _ = resolve_device(cfg.device)
-    sae = load_sae_dir(cfg.sae, str(device))
-    sha256 = weights_sha256(cfg.sae)
-    model_name = cfg.model or sae_model_name(cfg.sae, sae)
-    if not model_name:
-        raise BadInput(f"--sae {cfg.sae}: does not say which model it reads; give --model")
-    if target.get(sae_id) is not None:
-        return harvest_db.already_done(cfg.db, partial, sae_id, target[sae_id],
-                                       run_identity(cfg, sae_id, sha256, model_name))
+    saes, model_name = load_saes(cfg, ids, str(device))
+    identities = [run_identity(cfg, i, weights_sha256(p), model_name)
+                  for i, p in zip(ids, cfg.sae, strict=True)]
+    done = [i for i in ids if target.get(i) is not None]
+    if done and len(done) == len(ids):
+        out = [harvest_db.already_done(cfg.db, partial, i, target[i], identity)
+               for i, identity in zip(ids, identities, strict=True)]
+        return {**out[0], "others": out[1:]}
+    if done:
+        raise BadInput(f"--db {cfg.db}: already holds SAE '{done[0]}'; harvest the others "
+                       "without it")
     model = load_model(model_name, cfg.device)
-    hook = check_fits(sae, model, f"--sae {cfg.sae}")
-    sae.eval()
-    harvester = Harvester(model, sae, hook, personas, items, cfg.template,
+    hooks = [check_fits(sae, model, f"--sae {p}") for sae, p in zip(saes, cfg.sae, strict=True)]
+    for sae in saes:
+        sae.eval()
+    harvester = Harvester(model, saes, hooks, personas, items, cfg.template,
                           cfg.prefix_cache and model.is_causal)
     first = harvester.group(0, 0)  # every item under the first persona paraphrase
     expected = [p.continuation_ids for p in first]
@@ -126,57 +165,81 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     mine = shard_units(units, shard)
 
     started = time.time()
-    identity = run_identity(cfg, sae_id, sha256, model_name)
     store = harvest_db.open_partial(partial, personas, items)
     try:
-        state = store.resume_state(sae_id)
-        if state is None:
-            decimals, use_cache = setup(harvester, cfg, units[0], mine, log)
-            store.start(sae_id, identity, config_metadata(cfg), library_versions(), {
-                "model": model_name, "hook": hook, "architecture": sae.cfg.architecture(),
-                "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "path": str(cfg.sae.resolve()),
-                "weights_sha256": sha256, "model_source": model.source.location,
-                "template": first[0].template, "value_decimals": decimals,
-                "prefix_cache": use_cache,
-            }, [(i.item_id, expected[n], model.tokenizer.convert_ids_to_tokens(expected[n]))
-                for n, i in enumerate(items)])
-        else:
-            decimals, use_cache = resumed(cfg, state, identity, sae_id, partial, log)
+        decimals, use_cache = begin(harvester, store, cfg, ids, identities, units[0], mine,
+                                    (model_name, model.source.location, first[0].template),
+                                    expected, partial, log)
         harvester.use_prefix_cache = use_cache
-        done = store.done_documents(sae_id)
-        todo = [u for u in mine
-                if (personas[u.persona].name, u.paraphrase, items[u.items[0]].item_id) not in done]
-        rate = run_units(harvester, store, sae_id, mine, todo, expected, decimals, partial)
+        written = store.done_documents(ids[0])
+        todo = [u for u in mine if (personas[u.persona].name, u.paraphrase,
+                                    items[u.items[0]].item_id) not in written]
+        rate = run_units(harvester, store, ids, mine, todo, expected, decimals, partial)
         store.finish()
     finally:
         store.close()
-    harvest_db.publish_harvest(partial, cfg.db, personas, items, sae_id)
-    return {**harvest_db.summary(cfg.db, sae_id, time.time() - started), **rate}
+    harvest_db.publish_harvest(partial, cfg.db, personas, items, ids)
+    seconds = time.time() - started
+    out = [{**harvest_db.summary(cfg.db, i, seconds), **rate} for i in ids]
+    return {**out[0], "others": out[1:]}
+
+
+def begin(harvester: Harvester, store: Any, cfg: HarvestConfig, ids: list[str],
+          identities: list[dict[str, Any]], first_unit: Unit, mine: list[Unit],
+          source: tuple[str, str, str], expected: list[list[int]], partial: Path,
+          log: Callable[[str], None]) -> tuple[list[int], bool]:
+    """Start each SAE's run in the partial file, or resume it (its settings must match);
+    returns each SAE's value decimals and whether the prefix cache is used."""
+    model_name, location, template = source
+    states = [store.resume_state(i) for i in ids]
+    started = [s for s in states if s is not None]
+    if started:
+        for i, identity, state in zip(ids, identities, states, strict=True):
+            if state is not None:
+                resumed(cfg, state, identity, i, partial, log if state is started[0] else None)
+    fresh = [k for k, s in enumerate(states) if s is None]
+    if fresh:
+        decimals, use_cache = setup(harvester, cfg, first_unit, mine, log)
+        use_cache = started[0]["prefix_cache"] if started else use_cache
+    for k in fresh:  # (only before any batch is written: every SAE starts together)
+        sae, path = harvester.saes[k], cfg.sae[k]
+        sha = identities[k]["weights_sha256"]
+        store.start(ids[k], identities[k], config_metadata(cfg), library_versions(), {
+            "model": model_name, "hook": harvester.hooks[k],
+            "architecture": sae.cfg.architecture(), "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae, "path": str(path.resolve()), "weights_sha256": sha,
+            "model_source": location, "template": template, "value_decimals": decimals[k],
+            "prefix_cache": use_cache,
+        }, [(it.item_id, expected[n], harvester.model.tokenizer.convert_ids_to_tokens(
+            expected[n])) for n, it in enumerate(harvester.items)])
+        states[k] = {"value_decimals": decimals[k], "prefix_cache": use_cache}
+    return [int(s["value_decimals"]) for s in states], bool(states[0]["prefix_cache"])
 
 
 def resumed(cfg: HarvestConfig, state: dict[str, Any], identity: dict[str, Any], sae_id: str,
-            partial: Path, log: Callable[[str], None]) -> tuple[int, bool]:
-    """The value decimals and prefix-cache choice of the unfinished harvest being resumed;
-    BadInput when it was started with other settings."""
+            partial: Path, log: Callable[[str], None] | None) -> None:
+    """BadInput when the unfinished harvest being resumed was started with other settings."""
     if identity != state["identity"]:
         diff = sorted(k for k in IDENTITY if identity[k] != state["identity"].get(k))
         raise BadInput(
             f"--db {cfg.db}: an unfinished harvest of '{sae_id}' with other settings "
             f"({', '.join(diff)}) is in {partial}; rerun it with the same settings, or "
             "delete that file to start over")
-    log(f"resuming: {state['documents']:,} documents already harvested")
-    return state["value_decimals"], state["prefix_cache"]
+    if log is not None:
+        log(f"resuming: {state['documents']:,} documents already harvested")
 
 
 def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit],
-          log: Callable[[str], None]) -> tuple[int, bool]:
-    """A new harvest's value decimals (from the grid's first batch, whichever shard this is) and
-    whether the prefix cache can be used on this model."""
-    decimals = cfg.value_decimals
-    if decimals is None:
+          log: Callable[[str], None]) -> tuple[list[int], bool]:
+    """A new harvest's value decimals per SAE (from the grid's first batch, whichever shard
+    this is) and whether the prefix cache can be used on this model."""
+    if cfg.value_decimals is not None:
+        decimals = [cfg.value_decimals] * len(harvester.saes)
+    else:
         x, _ = harvester.hook_activations(first, cached=False)
         with torch.inference_mode():
-            decimals = decimals_for(harvester.sae.encode(x.to(harvester.sae.dtype)))
+            decimals = [decimals_for(sae.encode(x[hook].to(sae.dtype)))
+                        for sae, hook in zip(harvester.saes, harvester.hooks, strict=True)]
     use_cache = harvester.check_prefix_cache(mine[0]) if mine else False
     if harvester.use_prefix_cache and not use_cache:
         log("note: this model's attention ignores the KV cache; harvesting without prefix "
@@ -184,10 +247,12 @@ def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit
     return decimals, use_cache
 
 
-def run_units(harvester: Harvester, store: Any, sae_id: str, mine: list[Unit], todo: list[Unit],
-              expected: list[list[int]], decimals: int, partial: Path) -> dict[str, float]:
-    """Compute and write each unit, with a progress bar; Ctrl-C keeps what was written.
-    Returns the steady-state rate of this run's batches (model load and set-up excluded)."""
+def run_units(harvester: Harvester, store: Any, ids: list[str], mine: list[Unit],
+              todo: list[Unit], expected: list[list[int]], decimals: list[int],
+              partial: Path) -> dict[str, float]:
+    """Compute and write each unit (every SAE's rows in one transaction), with a progress bar;
+    Ctrl-C keeps what was written. Returns the steady-state rate of this run's batches (model
+    load and set-up excluded)."""
     personas, items = harvester.personas, harvester.items
     total = sum(len(u.items) for u in mine)
     before = total - sum(len(u.items) for u in todo)
@@ -199,11 +264,11 @@ def run_units(harvester: Harvester, store: Any, sae_id: str, mine: list[Unit], t
                 check_tokens(harvester, unit, expected)
                 out = harvester.compute(unit, decimals)
                 with interrupts_deferred():  # a batch is written whole, then Ctrl-C applies
-                    store.write(sae_id, personas[unit.persona].name, unit.paraphrase,
-                                [items[i].item_id for i in unit.items], out.n_tokens,
-                                out.activations, out.doc_features, out.residual_sum)
+                    store.write(personas[unit.persona].name, unit.paraphrase,
+                                [items[i].item_id for i in unit.items],
+                                list(zip(ids, out, strict=True)))
                 n_docs += len(unit.items)
-                n_tok += sum(out.n_tokens)
+                n_tok += sum(out[0].n_tokens)
                 dt = max(time.time() - t0, 1e-9)
                 bar.advance(len(unit.items),
                             rate=f"{n_docs / dt:,.1f} docs/s · {n_tok / dt:,.0f} tok/s")

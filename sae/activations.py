@@ -19,17 +19,21 @@ def activations(model: Model, batch: Batch, hook: str) -> torch.Tensor:
     Blocks after the hooked one are not run. Padding is masked and left-padded rows get
     positions derived from the attention mask, so a padded row equals the same row alone.
     """
-    stop = _stop_layer(model, hook)
+    return activations_at(model, batch, [hook])[hook]
+
+
+def activations_at(model: Model, batch: Batch, hooks: list[str]) -> dict[str, torch.Tensor]:
+    """`activations` at several hooks from one forward pass, stopped after the deepest."""
     batch = batch.to(model.device)
     with torch.inference_mode():
         _, cache = model.bridge.run_with_cache(
             batch.input_ids,
-            names_filter=hook,
-            stop_at_layer=stop,
+            names_filter=list(hooks),
+            stop_at_layer=_stop_layer(model, hooks),
             attention_mask=batch.attention_mask,
             return_cache_object=False,
         )
-    return cache[hook]
+    return {h: cache[h] for h in hooks}
 
 
 def continuation_activations(model: Model, batch: Batch, hook: str) -> torch.Tensor:
@@ -72,18 +76,24 @@ class PrefixCache:
     """Per block: keys and values, [1, heads, len(ids), head_dim]."""
 
 
-def _stop_layer(model: Model, hook: str) -> int | None:
-    layer = hook_layer(hook)
-    return layer + 1 if layer is not None and layer + 1 < model.n_layers else None
+def _stop_layer(model: Model, hooks: str | list[str]) -> int | None:
+    """The block to stop before: one after the deepest hooked block (None: run them all)."""
+    layers = [hook_layer(h) for h in ([hooks] if isinstance(hooks, str) else hooks)]
+    if any(layer is None for layer in layers):
+        return None
+    deepest = max(layers)  # type: ignore[type-var]
+    return deepest + 1 if deepest + 1 < model.n_layers else None
 
 
-def _run_cached(model: Model, tokens: torch.Tensor, kv: Any, hook: str) -> torch.Tensor:
-    """Run `tokens` after (and into) the KV cache `kv`, up to the hooked block."""
+def _run_cached(model: Model, tokens: torch.Tensor, kv: Any,
+                hooks: str | list[str]) -> dict[str, torch.Tensor]:
+    """Run `tokens` after (and into) the KV cache `kv`, up to the deepest hooked block."""
+    names = [hooks] if isinstance(hooks, str) else list(hooks)
     with torch.inference_mode(), _cache_kwarg_alias(model.bridge):
         _, cache = model.bridge.run_with_cache(
-            tokens.to(model.device), names_filter=hook, stop_at_layer=_stop_layer(model, hook),
+            tokens.to(model.device), names_filter=names, stop_at_layer=_stop_layer(model, names),
             return_cache_object=False, cache=kv, use_cache=True)
-    return cache[hook]
+    return {h: cache[h] for h in names}
 
 
 def cache_layers(kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -103,12 +113,12 @@ def expand_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> 
     return kv
 
 
-def prefix_cache(model: Model, ids: list[int], hook: str) -> PrefixCache:
-    """Run a causal LM over `ids` once and keep its KV cache up to the hooked block."""
+def prefix_cache(model: Model, ids: list[int], hooks: str | list[str]) -> PrefixCache:
+    """Run a causal LM over `ids` once and keep its KV cache up to the deepest hooked block."""
     from transformers import DynamicCache
 
     kv = DynamicCache()
-    _run_cached(model, torch.tensor([ids], dtype=torch.long), kv, hook)
+    _run_cached(model, torch.tensor([ids], dtype=torch.long), kv, hooks)
     return PrefixCache(list(ids), cache_layers(kv))
 
 
@@ -120,5 +130,11 @@ def activations_after_prefix(model: Model, prefix: PrefixCache, batch: Batch,
     the model over the suffix tokens only. Causal attention means the right padding is never
     attended to by real tokens, so no attention mask is needed.
     """
+    return activations_after_prefix_at(model, prefix, batch, [hook])[hook]
+
+
+def activations_after_prefix_at(model: Model, prefix: PrefixCache, batch: Batch,
+                                hooks: list[str]) -> dict[str, torch.Tensor]:
+    """`activations_after_prefix` at several hooks from one pass."""
     kv = expand_cache(prefix.layers, batch.input_ids.shape[0])
-    return _run_cached(model, batch.input_ids, kv, hook)
+    return _run_cached(model, batch.input_ids, kv, hooks)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from core.errors import BadInput
-from sae.activations import PrefixCache, activations, activations_after_prefix, prefix_cache
+from sae.activations import PrefixCache, activations_after_prefix_at, activations_at, prefix_cache
 from sae.grid import Unit
 from sae.personas import Item, Persona
 from sae.prompts import Prompt, Template, build_prompt, collate, pad_id
@@ -44,11 +44,13 @@ def decimals_for(values: torch.Tensor) -> int:
 
 @dataclass
 class Harvester:
-    """The model, SAE and battery of one harvest, and the per-paraphrase prompt caches."""
+    """The model, SAEs and battery of one harvest, and the per-paraphrase prompt caches. Several
+    SAEs (at one hook or several) share every forward pass, which stops after the deepest."""
 
     model: Any
-    sae: Any
-    hook: str
+    saes: list[Any]
+    hooks: list[str]
+    """The hook each SAE reads."""
     personas: list[Persona]
     items: list[Item]
     template: Template
@@ -56,7 +58,8 @@ class Harvester:
     _group: tuple[int, int] | None = field(default=None, repr=False)
     _prompts: list[Prompt] = field(default_factory=list, repr=False)
     _prefix: Any = field(default=None, repr=False)
-    _last: tuple[Unit, bool, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _last: tuple[Unit, bool, dict[str, torch.Tensor], torch.Tensor] | None = field(
+        default=None, repr=False)
 
     def prompt(self, persona: int, paraphrase: int, item: int) -> Prompt:
         it = self.items[item]
@@ -74,26 +77,28 @@ class Harvester:
                 shared = shared_prefix(self._prompts)
                 if shared:
                     self._prefix = prefix_cache(self.model, self._prompts[0].input_ids[:shared],
-                                                self.hook)
+                                                self.hooks)
             self._group = (persona, paraphrase)
         return self._prompts
 
-    def hook_activations(self, unit: Unit, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """[n_continuation_tokens, d] activations of a unit's documents (document, then position
-        order) and the document index of each row."""
+    def hook_activations(self, unit: Unit,
+                         cached: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per hook, [n_continuation_tokens, d] activations of a unit's documents (document,
+        then position order), and the document index of each row."""
         if self._last is not None and self._last[:2] == (unit, cached):
             return self._last[2], self._last[3]  # setup's checks reuse the first batch
         prompts = [self.group(unit.persona, unit.paraphrase)[i] for i in unit.items]
-        acts, rows = prompts_activations(self.model, prompts, self.hook,
+        acts, rows = prompts_activations(self.model, prompts, self.hooks,
                                          self._prefix if cached else None)
         self._last = (unit, cached, acts, rows)
         return acts, rows
 
-    def compute(self, unit: Unit, decimals: int) -> Computed:
-        """Encode a unit's continuation tokens; keep the non-zero (rounded) activations and
-        their per-document aggregates."""
+    def compute(self, unit: Unit, decimals: list[int]) -> list[Computed]:
+        """Encode a unit's continuation tokens with every SAE; keep the non-zero (rounded)
+        activations and their per-document aggregates."""
         x, doc = self.hook_activations(unit, self.use_prefix_cache)
-        return encode_aggregate(self.sae, x, doc, len(unit.items), decimals)
+        return [encode_aggregate(sae, x[hook], doc, len(unit.items), places)
+                for sae, hook, places in zip(self.saes, self.hooks, decimals, strict=True)]
 
     def check_prefix_cache(self, unit: Unit) -> bool:
         """Whether the KV-cache path reproduces a full forward pass on this model (a guard
@@ -105,16 +110,21 @@ class Harvester:
             return True
         fast, _ = self.hook_activations(unit, cached=True)
         full, _ = self.hook_activations(unit, cached=False)
-        scale = float(full.float().abs().max()) or 1.0
         tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2
-        return float((fast.float() - full.float()).abs().max()) <= tolerance * scale
+        for hook in self.hooks:
+            scale = float(full[hook].float().abs().max()) or 1.0
+            if float((fast[hook].float() - full[hook].float()).abs().max()) > tolerance * scale:
+                return False
+        return True
 
 
-def prompts_activations(model: Any, prompts: list[Prompt], hook: str,
-                        prefix: PrefixCache | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n_continuation_tokens, d] activations at `hook` of the prompts' continuation tokens
-    (prompt, then position order) and the prompt index of each row. With `prefix` (a KV cache
-    of tokens every prompt starts with), only the rest of each prompt runs."""
+def prompts_activations(model: Any, prompts: list[Prompt], hooks: list[str],
+                        prefix: PrefixCache | None) -> tuple[dict[str, torch.Tensor],
+                                                             torch.Tensor]:
+    """Per hook, [n_continuation_tokens, d] activations of the prompts' continuation tokens
+    (prompt, then position order), and the prompt index of each row; one forward pass for all
+    hooks. With `prefix` (a KV cache of tokens every prompt starts with), only the rest of each
+    prompt runs."""
     if model.is_causal:  # later tokens cannot change a causal model's activations
         ends = [_last_true(p.mask) + 1 for p in prompts]
         prompts = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
@@ -124,13 +134,14 @@ def prompts_activations(model: Any, prompts: list[Prompt], hook: str,
         cut = len(prefix.ids)
         suffixes = [Prompt(p.input_ids[cut:], p.mask[cut:], p.template) for p in prompts]
         batch = collate(suffixes, pad_id(tok), "right")
-        acts = activations_after_prefix(model, prefix, batch, hook)
+        acts = activations_after_prefix_at(model, prefix, batch, hooks)
     else:
         batch = collate(prompts, pad_id(tok), getattr(tok, "padding_side", "right"))
-        acts = activations(model, batch, hook)
-    mask = batch.continuation_mask.to(acts.device)
-    rows = torch.arange(mask.shape[0], device=acts.device)[:, None].expand_as(mask)
-    return acts[mask], rows[mask]
+        acts = activations_at(model, batch, hooks)
+    first = acts[hooks[0]]
+    mask = batch.continuation_mask.to(first.device)
+    rows = torch.arange(mask.shape[0], device=first.device)[:, None].expand_as(mask)
+    return {h: a[mask] for h, a in acts.items()}, rows[mask]
 
 
 def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,

@@ -19,6 +19,7 @@ import torch
 from conftest import PERSONAS, battery, build_random_sae, default_sigint
 from sae_lens import SAE
 
+import index.harvest_db as hdb
 import shoggoth
 from sae.activations import activations
 from sae.models import Model
@@ -315,6 +316,47 @@ def test_second_sae_is_added_in_one_transaction(capfd, tmp_path, reference, tiny
                        "WHERE sae_id = 'second'").fetchone() == (True, True)
     con.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["second", "two.duckdb"]
+
+
+def test_several_saes_share_one_pass_and_equal_separate_harvests(capfd, tmp_path, reference,
+                                                                 tiny_gpt2_dir, tiny_sae_dir,
+                                                                 small, monkeypatch):
+    """Two SAEs at different hooks (blocks 2 and 1) and widths, from the same forward passes,
+    give exactly the rows of separate harvests; a Ctrl-C between batches resumes to the same."""
+    other = build_random_sae(tmp_path / "second", str(tiny_gpt2_dir), 32,
+                             "blocks.2.hook_resid_post", d_sae=48, k=4, seed=7)
+    separate = tmp_path / "separate.duckdb"
+    separate.write_bytes(reference.read_bytes())
+    code, _, err = run(capfd, "harvest", "--db", separate, "--sae", other, "--batch-size", "5",
+                       *small)
+    assert code == 0, err
+    real, calls = hdb.PartialStore.write, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(hdb.PartialStore, "write", flaky)
+    both = tmp_path / "both.duckdb"
+    argv = ["harvest", "--db", both, "--sae", other, "--sae", tiny_sae_dir, "--batch-size", "5",
+            *small]
+    assert run(capfd, *argv)[0] == 130
+    monkeypatch.setattr(hdb.PartialStore, "write", real)
+    code, out, err = run(capfd, *argv)
+    assert code == 0, err
+    assert "resuming" in err and "· second ·" in out and "· tiny-sae ·" in out
+    for sae_id in ("second", "tiny-sae"):
+        assert rows(both, sae_id) == rows(separate, sae_id)
+    con = duckdb.connect(str(both), read_only=True)
+    assert con.execute("SELECT count(DISTINCT run_id) FROM saes").fetchone()[0] == 2
+    con.close()
+    # One --sae-id cannot name two SAEs; SAEs of different models are harvested apart.
+    code, _, err = run(capfd, "harvest", "--db", tmp_path / "x.duckdb", "--sae", other, "--sae",
+                       tiny_sae_dir, "--sae-id", "x", *small)
+    assert code == 2 and "--sae-id x: names one SAE" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.duckdb").exists()
 
 
 BAD_YAML = "personas:\n  - name: pirate\n    prompts: [unclosed\n"
