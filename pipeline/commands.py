@@ -16,6 +16,7 @@ from core.progress import stderr_log
 from index.dictionary import IndexConfig
 from pipeline.dictionary import index_harvest
 from pipeline.harvest import HarvestConfig, harvest
+from pipeline.harvest_ray import harvest_with_ray
 from pipeline.layer_probe import LayersConfig, probe_layers
 from pipeline.search import SearchConfig, search
 
@@ -46,9 +47,11 @@ def harvest_command(cfg: HarvestConfig) -> None:
     """Run the model under every persona of the battery on the same answers, encode the answer
     tokens with the SAE, and store the non-zero activations in a DuckDB feature database.
     Several --sae of one model (other hooks or widths) share every forward pass, which stops
-    after the deepest hooked block, and are written in the same transactions. Resumable:
-    rerun the same command after an interruption."""
-    result = harvest(cfg, log=stderr_log())
+    after the deepest hooked block, and are written in the same transactions. --ray runs
+    --workers shards as Ray tasks and merges them. Resumable: rerun the same command after an
+    interruption."""
+    result = harvest_with_ray(cfg, log=stderr_log()) if cfg.ray else \
+        harvest(cfg, log=stderr_log())
     for one in [result, *result.get("others", [])]:
         print_summary(one)
 

@@ -76,6 +76,14 @@ class HarvestConfig(Config):
     median activation, measured on the grid's first batch)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    ray: str | None = None
+    """Harvest --workers shards as Ray tasks and merge them: 'auto' (the cluster this machine
+    belongs to, or the running Ray session), a cluster address (ray://host:10001), or 'local'
+    (start one here). Needs `pip install shoggoth[ray]`."""
+    workers: int = option(2, min=1, max=100_000)
+    """With --ray: shards, one Ray task each (the model loaded once per task)."""
+    gpus_per_worker: float = option(0.0, min=0)
+    """With --ray: GPUs each task asks Ray for (1 on a GPU cluster)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sae, str | Path):  # one SAE given as a path

@@ -359,6 +359,25 @@ def test_several_saes_share_one_pass_and_equal_separate_harvests(capfd, tmp_path
     assert not (tmp_path / "x.duckdb").exists()
 
 
+def test_ray_workers_harvest_the_same_rows(capfd, tmp_path, reference, tiny_sae_dir, small):
+    """A real local Ray cluster (2 CPUs, started here): 3 shards as Ray tasks, merged, equal one
+    uninterrupted run."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        db = tmp_path / "ray.duckdb"
+        code, out, err = run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--batch-size",
+                             "5", "--ray", "auto", "--workers", "3", *small)
+    finally:
+        ray.shutdown()
+    assert code == 0, err
+    assert rows(db) == rows(reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ray.duckdb"]
+    assert run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--ray", "auto",
+               "--shard", "0/2", *small)[0] == 2
+
+
 BAD_YAML = "personas:\n  - name: pirate\n    prompts: [unclosed\n"
 
 

@@ -1,0 +1,76 @@
+"""`shoggoth harvest --ray`: the harvest's shards as Ray tasks, merged into --db.
+
+The grid's batches never depend on where a run starts, so shard I of N harvested anywhere holds
+exactly the rows an uninterrupted run writes for those batches. Each Ray task harvests one shard
+into its own file (the model loaded once per task), resuming its partial file when Ray retries a
+task whose worker died; the driver then merges the shard files into --db with the same
+transactional merge as `shoggoth merge`. Ray schedules, retries and places the tasks (one GPU
+each with --gpus-per-worker 1); shoggoth writes no scheduler of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.errors import BadInput
+from index.merge import MergeConfig, merge
+from pipeline.harvest import HarvestConfig, harvest
+
+RETRIES = 3
+"""Times Ray reruns a shard whose worker died (the rerun resumes its partial file)."""
+
+
+def shard_files(cfg: HarvestConfig) -> tuple[Path, list[Path]]:
+    """The folder beside --db holding the shard files, and each shard's file."""
+    folder = cfg.db.parent / f".{cfg.db.name}.ray"
+    return folder, [folder / f"shard-{i}-of-{cfg.workers}.duckdb" for i in range(cfg.workers)]
+
+
+def harvest_shard(cfg: HarvestConfig) -> dict[str, Any]:
+    """One shard's harvest (run inside a Ray worker)."""
+    return harvest(cfg, log=lambda _: None)
+
+
+def connect_ray(address: str, workers: int) -> Any:
+    """The Ray module, connected: to the running session, to the cluster at `address` ('auto':
+    the one this machine belongs to), or with 'local' to a new one on this machine."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInput("--ray: Ray is not installed; pip install 'shoggoth[ray]'") from None
+    if not ray.is_initialized():
+        try:
+            if address == "local":
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:
+            raise BadInput(f"--ray {address}: no Ray cluster there ({e})") from None
+    return ray
+
+
+def harvest_with_ray(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Harvest --workers shards as Ray tasks, then merge them into --db; returns the merged
+    database's summary of the first SAE."""
+    if cfg.shard is not None:
+        raise BadInput("--shard: --ray makes the shards itself; leave --shard out")
+    ray = connect_ray(cfg.ray, cfg.workers)
+    folder, files = shard_files(cfg)
+    folder.mkdir(exist_ok=True)
+    task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker,
+                      max_retries=RETRIES)(harvest_shard)
+    shards = [dataclasses.replace(cfg, db=f, shard=f"{i}/{cfg.workers}", ray=None)
+              for i, f in enumerate(files)]
+    log(f"ray: {cfg.workers} shards on {ray.cluster_resources().get('CPU', 0):g} CPUs")
+    results = ray.get([task.remote(s) for s in shards])
+    merge(MergeConfig(db=cfg.db, inputs=files))
+    shutil.rmtree(folder, ignore_errors=True)
+    first = results[0]
+    return {**first, "db": str(cfg.db), "shards": len(results),
+            "documents": sum(r["documents"] for r in results),
+            "tokens": sum(r["tokens"] for r in results),
+            "activations": sum(r["activations"] for r in results), "others": []}
