@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 APT_GET ?= apt-get
 
-.PHONY: demo test lint install clean browser
+.PHONY: demo test lint install clean browser gpu-wheels
 
 install: $(STAMP)
 
@@ -55,3 +55,13 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+
+# The wheels benchmarks/gpu_check.sh installs on a GPU machine that reaches no package index:
+# shoggoth's model-side dependencies without their own (a CUDA image has torch, transformers,
+# numpy), pinned, into .gpu-wheels/ (kept under the device tool's 64 MiB carry limit).
+gpu-wheels: $(STAMP)
+	rm -rf .gpu-wheels
+	$(BIN)/python -m pip download -q --no-deps -c constraints.txt -d .gpu-wheels \
+	    sae-lens transformer-lens jaxtyping wadler-lindig einops fancy-einsum better-abc \
+	    beartype typeguard simple-parsing docstring-parser rich pyyaml click
+	@du -sh .gpu-wheels
