@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core.errors import BadInput
+from index.harvest_db import summary
 from index.merge import MergeConfig, merge
-from pipeline.harvest import HarvestConfig, harvest
+from pipeline.harvest import HarvestConfig, harvest, sae_ids
 
 RETRIES = 3
 """Times Ray reruns a shard whose worker died (the rerun resumes its partial file)."""
@@ -55,7 +57,7 @@ def connect_ray(address: str, workers: int) -> Any:
 
 def harvest_with_ray(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Harvest --workers shards as Ray tasks, then merge them into --db; returns the merged
-    database's summary of the first SAE."""
+    database's summary of the first SAE (with `others`: the rest's)."""
     if cfg.shard is not None:
         raise BadInput("--shard: --ray makes the shards itself; leave --shard out")
     ray = connect_ray(cfg.ray, cfg.workers)
@@ -66,11 +68,16 @@ def harvest_with_ray(cfg: HarvestConfig, log: Callable[[str], None] = print) -> 
     shards = [dataclasses.replace(cfg, db=f, shard=f"{i}/{cfg.workers}", ray=None)
               for i, f in enumerate(files)]
     log(f"ray: {cfg.workers} shards on {ray.cluster_resources().get('CPU', 0):g} CPUs")
-    results = ray.get([task.remote(s) for s in shards])
+    started = time.time()
+    try:
+        ray.get([task.remote(s) for s in shards])
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, BadInput):  # the task's own one-line error, not a traceback
+            shutil.rmtree(folder, ignore_errors=True)
+            raise e.cause from None
+        raise
     merge(MergeConfig(db=cfg.db, inputs=files))
     shutil.rmtree(folder, ignore_errors=True)
-    first = results[0]
-    return {**first, "db": str(cfg.db), "shards": len(results),
-            "documents": sum(r["documents"] for r in results),
-            "tokens": sum(r["tokens"] for r in results),
-            "activations": sum(r["activations"] for r in results), "others": []}
+    seconds = time.time() - started
+    out = [summary(cfg.db, i, seconds) for i in sae_ids(cfg)]
+    return {**out[0], "shards": cfg.workers, "others": out[1:]}

@@ -369,9 +369,15 @@ def test_ray_workers_harvest_the_same_rows(capfd, tmp_path, reference, tiny_sae_
         db = tmp_path / "ray.duckdb"
         code, out, err = run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--batch-size",
                              "5", "--ray", "auto", "--workers", "3", *small)
+        # An error inside a task is its one line, as without Ray, and nothing is left.
+        bad = run(capfd, "harvest", "--db", tmp_path / "bad.duckdb", "--sae", tiny_sae_dir,
+                  "--ray", "auto", "--model", str(tmp_path / "nowhere"), *small)
     finally:
         ray.shutdown()
     assert code == 0, err
+    assert "documents" in out
+    errors = [line for line in bad[2].splitlines() if not line.startswith("ray: ")]
+    assert bad[0] == 2 and len(errors) == 1 and errors[0].startswith("error: model")
     assert rows(db) == rows(reference)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ray.duckdb"]
     assert run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--ray", "auto",
