@@ -45,8 +45,7 @@ class HarvestConfig(Config):
 
     db: Path | None = option(required="the DuckDB file to write")
     """The feature database (DuckDB file) to add this harvest to; created if missing."""
-    sae: list[Path] = option([], required="an SAE directory from `shoggoth train`",
-                             repeat=True)
+    sae: list[Path] = option([], required="an SAE directory from `shoggoth train`", repeat=True)
     """SAE directory, from `shoggoth train` or `shoggoth sae import`; repeat it to harvest
     several SAEs of one model (other hooks or widths) from the same forward passes."""
     sae_id: str | None = None
