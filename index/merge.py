@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,7 @@ class MergeConfig(Config):
 
     db: Path | None = option(required="the database to write")
     """The database to write: created if missing, otherwise added to in one transaction."""
-    inputs: list[Path] = field(default_factory=list, metadata={
-        "required": "give the database files to merge"})
+    inputs: list[Path] = option([], required="give the database files to merge")
     """Database files to merge, e.g. the N files of `shoggoth harvest --shard I/N`."""
 
 

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,8 +49,7 @@ class SqlConfig(Config):
 
     db: Path | None = option(required="the feature database to query")
     """The feature database."""
-    query: list[str] = field(default_factory=list, metadata={
-        "required": 'the SQL to run, e.g. shoggoth sql --db F "SELECT 1"'})
+    query: list[str] = option([], required='the SQL to run, e.g. shoggoth sql --db F "SELECT 1"')
     """The SQL to run (quote it); several statements may be separated by ';'."""
     format: Literal["table", "csv", "json", "parquet"] = "table"
     """Output format (parquet needs --out)."""

@@ -209,3 +209,42 @@ def test_equivalence_bound_and_power():
     noisy = rng.normal(0, 0.5, (1, 30))
     _, weak = equivalence(np.exp(noisy) @ (np.eye(6)[groups] / 5), noisy, groups, None, 1.5, 0.95)
     assert weak[0] < 0.2  # too few, too noisy prompts: an equal feature rarely passes
+
+
+def test_every_command_config_documents_every_field():
+    """Each field's docstring is its --help text: a field the parser cannot read (a definition
+    spread over lines, say) would show a bare flag."""
+    import dataclasses
+
+    import shoggoth
+    from core.config import field_help
+
+    configs = {c for c in _subclasses(Config) if c.__module__.split(".")[0] in
+               ("core", "sae", "index", "pipeline", "explorer")}
+    assert shoggoth.cli.commands  # the CLI module is loaded, so every config class is too
+    assert {"HarvestConfig", "GenerateConfig", "GridConfig", "ExportConfig"} <= \
+        {c.__name__ for c in configs}
+    missing = [f"{c.__name__}.{f.name}" for c in configs for f in dataclasses.fields(c)
+               if not field_help(c, f.name)]
+    assert missing == []
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {s for c in cls.__subclasses__() for s in {c} | _subclasses(c)}
+
+
+def test_a_repeatable_option_is_a_list_from_flags_and_from_yaml(tmp_path):
+    @dataclass
+    class Many(Config):
+        """A test config."""
+
+        sae: list[Path] = option([], required="give one", repeat=True)
+        """SAE directories."""
+
+    with pytest.raises(BadInput, match="--sae: required"):
+        Many()
+    assert load_config(Many, None, {"sae": [Path("a"), Path("b")]}).sae == [Path("a"),
+                                                                             Path("b")]
+    (tmp_path / "c.yaml").write_text("sae: [x, y]\n")
+    assert load_config(Many, tmp_path / "c.yaml", {}).sae == [Path("x"), Path("y")]
+    assert HarvestConfig(db=Path("d"), sae=Path("s")).sae == [Path("s")]
