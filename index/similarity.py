@@ -52,18 +52,21 @@ def recall_per_query(got: np.ndarray, truth: np.ndarray, ids: np.ndarray) -> np.
                      for a, b, i in zip(got, truth, ids, strict=True)])
 
 
-def sample_truth(x: np.ndarray, sample: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows drawn at random (ids) and their exact 11 nearest rows (themselves included),
-    by exact search in chunks."""
+def sample_truth(x: np.ndarray, sample: int, seed: int,
+                 rows: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Rows drawn at random (ids) and their exact 11 nearest rows (themselves included), by
+    exact search over `rows` at a time, each chunk scaled to unit length as it is read (so `x`
+    may be a memory map larger than memory)."""
     import faiss
 
-    ids = np.random.default_rng(seed).choice(len(x), min(sample, len(x)), replace=False)
-    queries = x[ids]
+    ids = np.sort(np.random.default_rng(seed).choice(len(x), min(sample, len(x)),
+                                                     replace=False))
+    queries = unit_rows(x[ids])
     best_s = np.full((len(ids), 11), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(ids), 11), dtype=np.int64)
-    for s in range(0, len(x), 1_000_000):  # exact search without a second copy of x
+    for s in range(0, len(x), rows):
         part = faiss.IndexFlatIP(x.shape[1])
-        part.add(x[s:s + 1_000_000])
+        part.add(unit_rows(x[s:s + rows]))
         sim, idx = part.search(queries, 11)
         both_s, both_i = np.hstack([best_s, sim]), np.hstack([best_i, idx + s])
         order = np.argsort(-both_s, axis=1, kind="stable")[:, :11]
@@ -93,14 +96,14 @@ def tune(index: Any, queries: np.ndarray, truth: np.ndarray, ids: np.ndarray, se
 def build_ivf(vectors: np.ndarray, checkpoint: Path | None = None, target_recall: float = 0.95,
               sample: int = 1000, seed: int = 0, chunk: int = 250_000,
               train_rows: int = 65_536) -> BuiltIndex:
-    """An inverted file (√N·2 lists, flat coarse quantiser, 8-bit scalar codes) over unit
-    `vectors`, nprobe doubled until recall@10 reaches `target_recall`. With `checkpoint`, the
-    trained index and every `chunk` of rows added are saved there atomically, and a build that
-    finds a checkpoint continues from it: a killed build loses one chunk at most."""
+    """An inverted file (√N·2 lists, flat coarse quantiser, 8-bit scalar codes) over the rows of
+    `vectors` scaled to unit length, nprobe doubled until recall@10 reaches `target_recall`.
+    Rows are read `chunk` at a time, so `vectors` may be a memory map larger than memory. With
+    `checkpoint`, the trained index and every chunk added are saved there atomically, and a
+    build that finds a checkpoint continues from it: a killed build loses one chunk at most."""
     import faiss
 
-    x = unit_rows(vectors)
-    n, d = x.shape
+    n, d = vectors.shape
     index = faiss.read_index(str(checkpoint)) if checkpoint and checkpoint.is_file() else None
     if index is None or index.d != d or index.ntotal > n:
         nlist = int(2 ** round(np.log2(max(16.0, 2 * np.sqrt(n)))))
@@ -108,17 +111,17 @@ def build_ivf(vectors: np.ndarray, checkpoint: Path | None = None, target_recall
                                               faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        index.train(x[np.sort(rng.choice(n, min(n, max(train_rows, 40 * nlist)),
-                                         replace=False))])
+        index.train(unit_rows(vectors[np.sort(rng.choice(
+            n, min(n, max(train_rows, 40 * nlist)), replace=False))]))
         if checkpoint:
             save(index, checkpoint)
     while index.ntotal < n:
-        index.add(x[index.ntotal:index.ntotal + chunk])
+        index.add(unit_rows(vectors[index.ntotal:index.ntotal + chunk]))
         if checkpoint:
             save(index, checkpoint)
-    ids, truth = sample_truth(x, sample, seed)
-    tuned = tune(index, x[ids], truth, ids, lambda k: setattr(index, "nprobe", k),
-                 target_recall, 8, index.nlist)
+    ids, truth = sample_truth(vectors, sample, seed)
+    tuned = tune(index, unit_rows(vectors[ids]), truth, ids,
+                 lambda k: setattr(index, "nprobe", k), target_recall, 8, index.nlist)
     if tuned is None:
         return BuiltIndex(index, "ivf-sq8", float("nan"), index.nlist)
     return BuiltIndex(index, "ivf-sq8", tuned[1], tuned[0])
