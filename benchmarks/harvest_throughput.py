@@ -89,6 +89,22 @@ def random_sae(directory: Path, model: str, d_in: int, hook: str) -> Path:
     return directory
 
 
+def slice_battery(work: Path, personas: int, paraphrases: int, items: int) -> list[Path]:
+    """A slice of the built-in battery written to `work`: the first personas (all their
+    families' style of prompt) with their first prompts, and items spread over every topic."""
+    import yaml
+
+    raw = yaml.safe_load((BATTERY_DIR / "personas.yaml").read_text())["personas"]
+    chosen = [p for p in raw if not p.get("is_control")][:personas]
+    for p in chosen:
+        p["prompts"] = p["prompts"][:paraphrases]
+    (work / "personas.yaml").write_text(yaml.safe_dump({"personas": chosen}))
+    lines = (BATTERY_DIR / "items.jsonl").read_text().splitlines()
+    step = max(1, len(lines) // items)
+    (work / "items.jsonl").write_text("\n".join(lines[::step][:items]) + "\n")
+    return [work / "personas.yaml", work / "items.jsonl"]
+
+
 def floor(model: Model, hook: str, answers: list[list[int]], n_docs: int, batch: int) -> float:
     """Seconds for the bare forward over only the answer tokens of n_docs documents."""
     prompts = [Prompt(ids, [True] * len(ids), "plain") for ids in answers]
@@ -151,19 +167,7 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        # A slice of the built-in battery: the first personas (all their families' style of
-        # prompt) and items spread over every topic.
-        import yaml
-
-        raw = yaml.safe_load((BATTERY_DIR / "personas.yaml").read_text())["personas"]
-        chosen = [p for p in raw if not p.get("is_control")][: args.personas]
-        for p in chosen:
-            p["prompts"] = p["prompts"][: args.paraphrases]
-        (work / "personas.yaml").write_text(yaml.safe_dump({"personas": chosen}))
-        lines = (BATTERY_DIR / "items.jsonl").read_text().splitlines()
-        step = max(1, len(lines) // args.items)
-        (work / "items.jsonl").write_text("\n".join(lines[::step][: args.items]) + "\n")
-        battery = [work / "personas.yaml", work / "items.jsonl"]
+        battery = slice_battery(work, args.personas, args.paraphrases, args.items)
 
         results = []
         for name in args.models.split(","):

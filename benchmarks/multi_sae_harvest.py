@@ -27,27 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from harvest_throughput import gpt2_small, random_sae  # noqa: E402
+from harvest_throughput import gpt2_small, random_sae, slice_battery  # noqa: E402
 
 from pipeline.harvest import HarvestConfig, harvest  # noqa: E402
 from sae.models import load_model  # noqa: E402
-from sae.personas import BATTERY_DIR  # noqa: E402
 
 HOOKS = {"gpt2": (2, 5, 8, 11), "smollm2": (6, 12, 18, 24)}
-
-
-def slice_battery(work: Path, personas: int, items: int) -> list[Path]:
-    import yaml
-
-    raw = yaml.safe_load((BATTERY_DIR / "personas.yaml").read_text())["personas"]
-    chosen = [p for p in raw if not p.get("is_control")][:personas]
-    for p in chosen:
-        p["prompts"] = p["prompts"][:2]
-    (work / "personas.yaml").write_text(yaml.safe_dump({"personas": chosen}))
-    lines = (BATTERY_DIR / "items.jsonl").read_text().splitlines()
-    step = max(1, len(lines) // items)
-    (work / "items.jsonl").write_text("\n".join(lines[::step][:items]) + "\n")
-    return [work / "personas.yaml", work / "items.jsonl"]
 
 
 def bench(name: str, model_id: str, d: int, work: Path, battery: list[Path],
@@ -91,7 +76,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; medians of {args.repeats} runs")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        battery = slice_battery(work, args.personas, args.items)
+        battery = slice_battery(work, args.personas, 2, args.items)
         for name in args.models.split(","):
             if name == "gpt2":
                 bench(name, str(gpt2_small(work / "gpt2")), 768, work, battery, args.repeats)

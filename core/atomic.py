@@ -50,6 +50,25 @@ def save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
     write_atomic(path, write)
 
 
+def resume_folder(root: Path, name: str, key: dict[str, Any]) -> tuple[Path, str]:
+    """`root/name-<digest of key>`, the folder a long run keeps its finished pieces in so that
+    only a run with the same key resumes from it, and the digest. Other `name-*` folders are
+    another run's leftovers, which can never be resumed: they are removed."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    mine = root / f"{name}-{digest[:12]}"
+    for other in root.glob(f"{name}-*") if root.is_dir() else []:
+        if other != mine:
+            shutil.rmtree(other, ignore_errors=True)
+    return mine, digest[:12]
+
+
+def drop_resume_folder(folder: Path) -> None:
+    """Remove a finished run's folder, and its root when nothing else is left there."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
+
+
 def publish(built: Path, out: Path) -> None:
     """Move `built` to `out` by rename; an old `out` is swapped away only after that succeeds."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from core.errors import BadInput
 from core.versions import library_versions
-from index.database import WAIT, connect, transaction
+from index.database import WAIT, connect, tables, transaction
 from index.schema import create_grid_tables
 
 SET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
@@ -90,8 +90,7 @@ def finish_set(db: Path, name: str) -> None:
 
 def read_answers(con: Any, name: str) -> pd.DataFrame:
     """A finished answer set's rows; BadInput when it is missing or unfinished."""
-    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'answer_sets' "
-                       "AND database_name = current_database()").fetchone()[0]:
+    if "answer_sets" not in tables(con):
         raise BadInput("--answers: the database holds no generated answers; run "
                        "`shoggoth generate` first")
     row = con.execute("SELECT status FROM answer_sets WHERE answer_set = ?", [name]).fetchone()

@@ -200,9 +200,12 @@ def record_run(con: Any, command: str, sae_id: str, config: dict[str, Any]) -> N
                  json.dumps(library_versions())])
 
 
-def replace_rows(con: Any, table: str, sae_id: str, frame: Any) -> None:
-    """Replace one SAE's rows of `table` with `frame` (columns matched by name)."""
-    con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+def replace_rows(con: Any, table: str, sae_id: str, frame: Any,
+                 key: dict[str, Any] | None = None) -> None:
+    """Replace one SAE's rows of `table` (only those matching `key` too, column → value) with
+    `frame` (columns matched by name)."""
+    where = "".join(f" AND {column} = ?" for column in key or {})
+    con.execute(f"DELETE FROM {table} WHERE sae_id = ?{where}", [sae_id, *(key or {}).values()])
     con.register("_rows", frame)
     try:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")

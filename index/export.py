@@ -27,7 +27,7 @@ from core.atomic import publish, write_json_atomic
 from core.config import Config, option
 from core.errors import BadInput
 from index.database import WAIT, connect, remove, require_shoggoth, tables
-from index.schema import EXAMPLE_CONTEXTS_MACRO, FEATURE_LABELS_VIEW
+from index.schema import EXAMPLE_CONTEXTS_MACRO, FEATURE_LABELS_VIEW, quote
 
 PARTITIONED: dict[str, tuple[tuple[str, ...], str]] = {
     "activations": (("sae_id", "persona"), "feature, paraphrase, item_id, pos"),
@@ -77,21 +77,16 @@ def _columns(con: Any, table: str) -> list[str]:
         "AND database_name = current_database() ORDER BY column_index", [table]).fetchall()]
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def copy_table(con: Any, table: str, folder: Path, row_group: int) -> None:
-    """One table to Parquet under `folder` (partitioned and sorted when it is a bulk table).
-    ENUM columns are written as text."""
-    cols = _columns(con, table)
+def copy_table(con: Any, table: str, columns: list[str], rows: int, folder: Path,
+               row_group: int) -> None:
+    """One table (its `columns`, `rows` rows) to Parquet under `folder`, partitioned and sorted
+    when it is a bulk table. ENUM columns are written as text."""
     select = ", ".join(f'"{c}"::VARCHAR AS "{c}"' if c in ("persona", "item_id") else f'"{c}"'
-                       for c in cols)
-    empty = not con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-    if table in PARTITIONED and empty:  # no partition to write: one empty file keeps the columns
+                       for c in columns)
+    if table in PARTITIONED and not rows:  # no partition to write: one empty file keeps the columns
         (folder / table).mkdir()
         con.execute(f"COPY (SELECT {select} FROM {table}) TO "
-                    f"{_quote(str(folder / table / 'empty.parquet'))} (FORMAT parquet)")
+                    f"{quote(str(folder / table / 'empty.parquet'))} (FORMAT parquet)")
     elif table in PARTITIONED:
         parts, order = PARTITIONED[table]
         # A partitioned write keeps the sorted order within each file only on one thread.
@@ -99,14 +94,14 @@ def copy_table(con: Any, table: str, folder: Path, row_group: int) -> None:
         con.execute("SET threads = 1")
         try:
             con.execute(f"COPY (SELECT {select} FROM {table} ORDER BY {', '.join(parts)}, "
-                        f"{order}) TO {_quote(str(folder / table))} (FORMAT parquet, "
+                        f"{order}) TO {quote(str(folder / table))} (FORMAT parquet, "
                         f"COMPRESSION zstd, ROW_GROUP_SIZE {row_group}, "
                         f"PARTITION_BY ({', '.join(parts)}))")
         finally:
             con.execute(f"SET threads = {int(threads)}")
     else:
         con.execute(f"COPY (SELECT {select} FROM {table}) TO "
-                    f"{_quote(str(folder / (table + '.parquet')))} (FORMAT parquet, "
+                    f"{quote(str(folder / (table + '.parquet')))} (FORMAT parquet, "
                     f"COMPRESSION zstd, ROW_GROUP_SIZE {row_group})")
 
 
@@ -114,10 +109,10 @@ def view_sql(table: str, columns: list[str], location: str) -> str:
     """The view that reads `table`'s Parquet at `location`, its columns in the table's order."""
     base = location.rstrip("/")
     if table in PARTITIONED:
-        source = (f"read_parquet({_quote(f'{base}/{table}/**/*.parquet')}, "
+        source = (f"read_parquet({quote(f'{base}/{table}/**/*.parquet')}, "
                   "hive_partitioning = true, hive_types_autocast = false)")
     else:
-        source = f"read_parquet({_quote(f'{base}/{table}.parquet')})"
+        source = f"read_parquet({quote(f'{base}/{table}.parquet')})"
     names = ", ".join(f'"{c}"' for c in columns)
     return f'CREATE VIEW "{table}" AS SELECT {names} FROM {source}'
 
@@ -200,7 +195,8 @@ def write_parquet(cfg: ExportConfig, out: Path) -> dict[str, Any]:
             manifest["columns"][table] = _columns(con, table)
             manifest["rows"][table] = int(con.execute(
                 f'SELECT count(*) FROM "{table}"').fetchone()[0])
-            copy_table(con, table, built, cfg.row_group_size)
+            copy_table(con, table, manifest["columns"][table], manifest["rows"][table], built,
+                       cfg.row_group_size)
         write_json_atomic(built / MANIFEST, manifest)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.multitest import multipletests
 
 from core.errors import BadInput
 from index.grid_labels import (
@@ -20,6 +19,7 @@ from index.grid_labels import (
     gather,
 )
 from index.grid_stats import EFFECTS
+from index.label_stats import bh_qvalues
 
 FEATURE_COLUMNS = ["feature", "grid_label", "n_docs_firing",
                    *[f"{e}_{x}" for e in EFFECTS for x in ("t", "p", "q", "persona")],
@@ -37,15 +37,6 @@ class GridResult:
     fdr: pd.DataFrame
     """label, n_real, n_null (mean over the calibration runs), fdr."""
     notes: list[str]
-
-
-def bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values over the finite p-values."""
-    q = np.full(len(p), np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        q[ok] = multipletests(p[ok], method="fdr_bh")[1]
-    return q
 
 
 def decide(q: dict[str, np.ndarray], n_docs: np.ndarray, broad: np.ndarray,
@@ -71,7 +62,7 @@ def calibrate(g: Chunked, cfg: GridLabelConfig) -> dict[str, float]:
     counts = dict.fromkeys(EFFECT_LABELS, 0.0)
     no_bound = np.full(len(g.n_docs_firing), np.nan)
     for r in range(cfg.calibration):
-        q = {e: bh(g.null_p[r, i]) for i, e in enumerate(EFFECTS)}
+        q = {e: bh_qvalues(g.null_p[r, i]) for i, e in enumerate(EFFECTS)}
         labels = decide(q, g.n_docs_firing, g.broad, no_bound, cfg)
         for name in EFFECT_LABELS:
             counts[name] += float((labels == name).sum()) / cfg.calibration
@@ -100,12 +91,12 @@ def analyse_grid(documents: pd.DataFrame, doc_features: pd.DataFrame, n_features
             raise BadInput(f"grid doc_features: missing column '{col}'")
     lay = build_layout(documents)
     g = gather(doc_features, lay, n_features, cfg)
-    q = {e: bh(g.p[e]) for e in EFFECTS}
+    q = {e: bh_qvalues(g.p[e]) for e in EFFECTS}
     labels = decide(q, g.n_docs_firing, g.broad, g.ratio_high, cfg)
     table = {"feature": np.arange(n_features), "grid_label": labels,
              "n_docs_firing": g.n_docs_firing}
     for e in EFFECTS:
-        table[f"{e}_t"], table[f"{e}_p"], table[f"{e}_q"] = g.f_stat[e], g.p[e], q[e]
+        table[f"{e}_t"], table[f"{e}_p"], table[f"{e}_q"] = g.t_stat[e], g.p[e], q[e]
         table[f"{e}_persona"] = strongest(*g.ci[e], lay.personas)
     table["action_ratio_high"], table["action_power"] = g.ratio_high, g.power
     features = pd.DataFrame(table)[FEATURE_COLUMNS]
@@ -122,11 +113,8 @@ def effect_rows(g: Chunked, lay: Layout) -> pd.DataFrame:
     """Per live feature and persona: the four cell means and the three effects with their
     intervals."""
     live = np.flatnonzero(g.n_docs_firing > 0)
-    k = len(lay.personas)
-    q = np.zeros((len(lay.prompt_keys), k))
-    q[np.arange(len(q)), lay.persona_of_prompt] = 1.0
-    n_prompts = q.sum(axis=0)
-    q /= n_prompts
+    k, q = len(lay.personas), lay.persona_average
+    n_prompts = np.bincount(lay.persona_of_prompt, minlength=k)
     cols: dict[str, np.ndarray] = {
         "feature": np.repeat(live, k), "persona": np.tile(np.array(lay.personas, object),
                                                           len(live)),

@@ -8,22 +8,12 @@ from typing import Any
 
 import pandas as pd
 
-from index.database import WAIT, connect, record_run, transaction
+from index.database import WAIT, connect, record_run, replace_rows, transaction
 from index.grid_analysis import GridResult
 from index.schema import create_grid_tables
 
 DOCUMENT_COLUMNS = ["doc", "cell", "context", "context_paraphrase", "text_persona",
                     "text_paraphrase", "item_id", "persona", "paraphrase", "n_tokens"]
-
-
-def _replace(con: Any, table: str, key: dict[str, str], frame: pd.DataFrame) -> None:
-    con.execute(f"DELETE FROM {table} WHERE sae_id = ? AND answer_set = ? AND neutral = ?",
-                list(key.values()))
-    con.register("_rows", frame.assign(**key))
-    try:
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
-    finally:
-        con.unregister("_rows")
 
 
 def write_grid(db: Path, key: dict[str, str], documents: pd.DataFrame,
@@ -37,8 +27,9 @@ def write_grid(db: Path, key: dict[str, str], documents: pd.DataFrame,
     try:
         with transaction(con):
             create_grid_tables(con)
+            sae_id, rest = key["sae_id"], {k: v for k, v in key.items() if k != "sae_id"}
             for name, frame in tables.items():
-                _replace(con, name, key, frame)
+                replace_rows(con, name, sae_id, frame.assign(**key), rest)
             record_run(con, "grid", key["sae_id"], {**config, **key})
     finally:
         con.close()

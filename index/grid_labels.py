@@ -52,7 +52,7 @@ class GridLabelConfig(Config):
     chunk: int = option(1024, min=1)
     """Features processed at once (bounds memory)."""
     seed: int = 0
-    """Seed of the flips, the bootstrap and the calibration."""
+    """Seed of the bootstrap and of the calibration's swaps."""
 
 
 @dataclass
@@ -63,7 +63,6 @@ class Layout:
     persona_of_prompt: np.ndarray
     prompt_keys: list[tuple[str, int]]
     items: list[str]
-    topic_of_item: np.ndarray
     docs: dict[str, np.ndarray]
     """cell → document row (position in the documents table) of every block."""
     prompt_of_block: np.ndarray
@@ -78,6 +77,13 @@ class Layout:
         counts = np.bincount(self.prompt_of_block, minlength=len(self.prompt_keys))
         out[np.arange(len(out)), self.prompt_of_block] = 1.0 / counts[self.prompt_of_block]
         return out
+
+    @property
+    def persona_average(self) -> np.ndarray:
+        """[prompt, persona]: the mean over each persona's prompts."""
+        out = np.zeros((len(self.prompt_keys), len(self.personas)))
+        out[np.arange(len(out)), self.persona_of_prompt] = 1.0
+        return out / out.sum(axis=0)
 
 
 def build_layout(documents: pd.DataFrame) -> Layout:
@@ -106,15 +112,14 @@ def build_layout(documents: pd.DataFrame) -> Layout:
         raise BadInput("grid documents: no complete block (own answer and neutral answer, each "
                        "under the persona's prompt and under no persona)")
     personas = sorted({k[0] for k in full})
-    prompt_keys = sorted({(k[0], k[1]) for k in full}, key=lambda x: (personas.index(x[0]), x[1]))
+    persona_index = {p: i for i, p in enumerate(personas)}
+    prompt_keys = sorted({(k[0], k[1]) for k in full})  # by persona (sorted), then paraphrase
     prompt_index = {p: i for i, p in enumerate(prompt_keys)}
     items = sorted({k[2] for k in full})
-    # Items are resampled together, not within topics: the noise that every prompt shares is
-    # each item's (its neutral answer under no persona is one document), and resampling a few
-    # items within each topic understates it.
-    topic_of_item = np.zeros(len(items), dtype=np.int64)
-    persona_of_prompt = np.array([personas.index(p) for p, _ in prompt_keys])
-    single = [p for p in personas if (persona_of_prompt == personas.index(p)).sum() < 2]
+    item_index = {it: i for i, it in enumerate(items)}
+    persona_of_prompt = np.array([persona_index[p] for p, _ in prompt_keys])
+    counts = np.bincount(persona_of_prompt, minlength=len(personas))
+    single = [p for p, n in zip(personas, counts, strict=True) if n < 2]
     if len(single) == len(personas):
         notes.append("no persona has two prompts with answers: the tests (prompts as "
                      "replicates) cannot be computed, so no effect is labelled")
@@ -123,9 +128,9 @@ def build_layout(documents: pd.DataFrame) -> Layout:
                      "replicate")
     docs = {c: np.array([by[c][k] for k in full]) for c in CELLS[:3]}
     docs["baseline"] = np.array([base_of[k[2]] for k in full])
-    return Layout(personas, persona_of_prompt, prompt_keys, items, topic_of_item, docs,
+    return Layout(personas, persona_of_prompt, prompt_keys, items, docs,
                   np.array([prompt_index[(k[0], k[1])] for k in full]),
-                  np.array([items.index(k[2]) for k in full]), len(rows), notes)
+                  np.array([item_index[k[2]] for k in full]), len(rows), notes)
 
 
 @dataclass
@@ -134,7 +139,7 @@ class Chunked:
 
     cells: dict[str, np.ndarray]
     """cell → [feature, prompt] prompt means of the activations."""
-    f_stat: dict[str, np.ndarray]
+    t_stat: dict[str, np.ndarray]
     p: dict[str, np.ndarray]
     """effect → per-feature largest |t| and p-value (`effect_test` on the log contrasts)."""
     null_p: np.ndarray
@@ -148,11 +153,23 @@ class Chunked:
     power: np.ndarray
 
 
-def _dense(doc_features: pd.DataFrame, n_docs: int, start: int, stop: int) -> np.ndarray:
-    rows = doc_features[(doc_features["feature"] >= start) & (doc_features["feature"] < stop)]
-    out = np.zeros((stop - start, n_docs))
-    out[rows["feature"].to_numpy() - start, rows["doc"].to_numpy()] = rows["mean_act"].to_numpy()
-    return out
+class Dense:
+    """Per-document activations sorted by feature once, handed out as dense [feature, doc]
+    chunks."""
+
+    def __init__(self, doc_features: pd.DataFrame, n_docs: int, n_features: int) -> None:
+        feature = doc_features["feature"].to_numpy()
+        order = np.argsort(feature, kind="stable")
+        self.feature, self.n_docs = feature[order], n_docs
+        self.doc = doc_features["doc"].to_numpy()[order]
+        self.value = doc_features["mean_act"].to_numpy()[order]
+        self.bounds = np.searchsorted(self.feature, np.arange(n_features + 1))
+
+    def chunk(self, start: int, stop: int) -> np.ndarray:
+        lo, hi = self.bounds[start], self.bounds[stop]
+        out = np.zeros((stop - start, self.n_docs))
+        out[self.feature[lo:hi] - start, self.doc[lo:hi]] = self.value[lo:hi]
+        return out
 
 
 def _boot_means(x: np.ndarray, lay: Layout, weights: np.ndarray) -> np.ndarray:
@@ -182,7 +199,12 @@ def gather(doc_features: pd.DataFrame, lay: Layout, n_features: int,
     """Tests, null tests, intervals, cell means and the shared-in-action bound, chunk by
     chunk."""
     avg, k, n_b = lay.average, len(lay.personas), len(lay.prompt_of_block)
-    weights = stratified_weights(lay.topic_of_item, cfg.bootstrap, cfg.seed + 1)
+    # Items are resampled together, not within topics: the noise that every prompt shares is
+    # each item's (its neutral answer under no persona is one document), and resampling a few
+    # items within each topic understates it.
+    weights = stratified_weights(np.zeros(len(lay.items), dtype=np.int64), cfg.bootstrap,
+                                 cfg.seed + 1)
+    dense = Dense(doc_features, lay.n_docs, n_features)
     rng = np.random.default_rng(cfg.seed + 2)
     signs = rng.choice([-1.0, 1.0], size=(cfg.calibration, 2, n_b))
     out = Chunked({c: np.zeros((n_features, len(lay.prompt_keys))) for c in CELLS},
@@ -195,7 +217,7 @@ def gather(doc_features: pd.DataFrame, lay: Layout, n_features: int,
     action_docs = np.bincount(lay.persona_of_prompt[lay.prompt_of_block], minlength=k)
     for s in range(0, n_features, cfg.chunk):
         e = min(n_features, s + cfg.chunk)
-        v = _dense(doc_features, lay.n_docs, s, e)
+        v = dense.chunk(s, e)
         out.n_docs_firing[s:e] = (v > 0).sum(axis=1)
         cells = {c: v[:, lay.docs[c]] for c in CELLS}
         for c, x in cells.items():
@@ -204,7 +226,7 @@ def gather(doc_features: pd.DataFrame, lay: Layout, n_features: int,
         for i, (name, x) in enumerate(contrasts.items()):
             est, se, df, overall, se_all = persona_se(x @ avg, lay.persona_of_prompt,
                                                       _boot_means(x, lay, weights))
-            out.f_stat[name][s:e], out.p[name][s:e] = effect_test(est, se, df, overall, se_all)
+            out.t_stat[name][s:e], out.p[name][s:e] = effect_test(est, se, df, overall, se_all)
             low, high = intervals(est, se, df, cfg.confidence)
             for target, part in zip(out.ci[name], (est, low, high), strict=True):
                 target[s:e] = part
@@ -230,10 +252,7 @@ def _action_bound(a: np.ndarray, m_a: np.ndarray, lay: Layout, broad: np.ndarray
     cand = np.flatnonzero(broad & (m_a > 0).all(axis=1))
     if k < 2 or len(lay.prompt_keys) - k < 1 or not len(cand):
         return high, power
-    q = np.zeros((len(lay.prompt_keys), k))
-    q[np.arange(len(q)), lay.persona_of_prompt] = 1.0
-    q /= q.sum(axis=0)
-    mu = m_a[cand] @ q
+    mu = m_a[cand] @ lay.persona_average
     cells = np.zeros((len(cand), k, len(lay.items)))
     count = np.zeros((k, len(lay.items)))
     pk = lay.persona_of_prompt[lay.prompt_of_block]

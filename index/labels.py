@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.multitest import multipletests
 
 from core.config import Config, option
 from core.errors import BadInput
 from index.label_grid import Grid, build_grid, doc_index, doc_rows
 from index.label_stats import (
+    bh_qvalues,
     contrast,
     equivalence,
     item_bootstrap,
@@ -129,12 +129,7 @@ def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
                    grid.cell_docs.sum(axis=1))
     table = pd.concat([_chunk(ctx, s, min(n_features, s + cfg.chunk))
                        for s in range(0, n_features, cfg.chunk)], ignore_index=True)
-    p = table["p_value"].to_numpy()
-    q = np.full_like(p, np.nan)
-    tested = np.isfinite(p)
-    if tested.any():
-        q[tested] = multipletests(p[tested], method="fdr_bh")[1]
-    table["q_value"] = q
+    table["q_value"] = bh_qvalues(table["p_value"].to_numpy())
     _label(cfg, grid, table)
     out = table[COLUMNS].copy()
     out.attrs["notes"] = list(grid.notes)

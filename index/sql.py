@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from core.atomic import write_atomic
 from core.config import Config, option
 from core.errors import BadInput, first_line, is_interrupt
-from index.database import connect
+from index.database import connect, tables
 
 SANDBOX = {
     "enable_external_access": False,
@@ -101,9 +101,7 @@ def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_
 def export_folder(con: Any) -> str | None:
     """The local folder a views database from `shoggoth export` reads (None otherwise, and for
     an export in object storage)."""
-    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'export_info' "
-                        "AND database_name = current_database()").fetchone()[0]
-    if not found:
+    if "export_info" not in tables(con):
         return None
     location = con.execute("SELECT location FROM export_info").fetchone()[0]
     return None if "://" in location else location

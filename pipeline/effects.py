@@ -20,9 +20,7 @@ made, so an interrupted run resumes; the tables are replaced in one transaction 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from core.atomic import save_npz_atomic, write_json_atomic
+from core.atomic import drop_resume_folder, resume_folder, save_npz_atomic, write_json_atomic
 from core.config import Config, option
 from core.errors import BadInput
 from core.progress import Progress
@@ -190,15 +188,9 @@ def make_setup(inputs: Inputs, model: Model, sae: Any, cfg: EffectsConfig) -> Se
 def work_dir(inputs: Inputs, cfg: EffectsConfig) -> Path:
     """The folder this run's per-item results are kept in until the tables are written; keyed
     by everything that decides them, so only the same run resumes from it."""
-    key = json.dumps({"config": {k: str(v) for k, v in asdict(cfg).items()},
-                      "sae": inputs.sae_id, "weights": inputs.row.get("weights_sha256")},
-                     sort_keys=True)
-    root = Path(f"{inputs.db}.effects")
-    mine = root / f"{inputs.sae_id}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    for other in root.glob(f"{inputs.sae_id}-*") if root.is_dir() else []:
-        if other != mine:  # a different run's leftovers can never be resumed
-            shutil.rmtree(other, ignore_errors=True)
-    return mine
+    key = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "sae": inputs.sae_id,
+           "weights": inputs.row.get("weights_sha256")}
+    return resume_folder(Path(f"{inputs.db}.effects"), inputs.sae_id, key)[0]
 
 
 def per_item(folder: Path, n_items: int, title: str,
@@ -255,10 +247,7 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
                           cfg.confidence, cfg.seed)
     shifts = shift_rows(names, screens, cfg.bootstrap, cfg.confidence, cfg.seed)
     write_effects(cfg.db, inputs.sae_id, effects, shifts, cfg)
-    shutil.rmtree(folder, ignore_errors=True)
-    root = folder.parent
-    if root.is_dir() and not any(root.iterdir()):
-        root.rmdir()
+    drop_resume_folder(folder)
     return {"sae_id": inputs.sae_id, "effects": effects, "shifts": shifts, "items": n_items,
             "screen_seconds": round(screened - started, 1),
             "exact_seconds": round(finished - screened, 1)}

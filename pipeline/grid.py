@@ -15,9 +15,6 @@ the tables are replaced in one transaction at the end (index.grid_db).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from core.atomic import save_npz_atomic
+from core.atomic import drop_resume_folder, resume_folder, save_npz_atomic
 from core.config import config_metadata, option
 from core.errors import BadInput
 from core.progress import Progress
@@ -148,19 +145,12 @@ def plan_documents(inputs: Inputs) -> pd.DataFrame:
 
 def work_dir(cfg: GridConfig, inputs: Inputs) -> tuple[Path, str]:
     """The folder this harvest's batches are kept in until the tables are written, and the
-    harvest's key (everything that decides its documents' activations)."""
-    key = json.dumps({"sae": inputs.sae_id, "weights": inputs.row.get("weights_sha256"),
-                      "answers": cfg.answers, "answers_run": inputs.answers_run,
-                      "none": inputs.none.name, "neutral": cfg.neutral, "batch": cfg.batch},
-                     sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    root = Path(f"{cfg.db}.grid")
-    mine = root / f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}-{digest}"
-    for other in root.glob(f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}-*") \
-            if root.is_dir() else []:
-        if other != mine:  # another harvest's leftovers can never be resumed
-            shutil.rmtree(other, ignore_errors=True)
-    return mine, digest
+    harvest's key (a digest of everything that decides its documents' activations)."""
+    key = {"sae": inputs.sae_id, "weights": inputs.row.get("weights_sha256"),
+           "answers": cfg.answers, "answers_run": inputs.answers_run, "none": inputs.none.name,
+           "neutral": cfg.neutral, "batch": cfg.batch}
+    return resume_folder(Path(f"{cfg.db}.grid"),
+                         f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}", key)
 
 
 def build_prompts(model: Any, inputs: Inputs, docs: pd.DataFrame) -> list[Prompt]:
@@ -204,20 +194,24 @@ def harvest_cells(cfg: GridConfig, inputs: Inputs, docs: pd.DataFrame,
     paths = [folder / f"{u:05d}.npz" for u in range(len(batches))]
     done = sum(len(b) for b, p in zip(batches, paths, strict=True) if p.is_file())
     use_cache = bool(inputs.row.get("prefix_cache")) and model.is_causal
+    prefixes: dict[tuple[int, ...], Any] = {}
     with Progress("grid", len(docs), done, unit="docs") as bar:
         for b, path in zip(batches, paths, strict=True):
             if path.is_file():
                 continue
             chosen = [prompts[d] for d in b]
-            shared = shared_prefix(chosen) if use_cache else 0
-            prefix = prefix_cache(model, chosen[0].input_ids[:shared], inputs.row["hook"]) \
-                if shared else None
-            x, row = prompts_activations(model, chosen, [inputs.row["hook"]], prefix)
+            shared = tuple(chosen[0].input_ids[:shared_prefix(chosen)]) if use_cache else ()
+            if shared and shared not in prefixes:  # a context's batches share its prefix
+                prefixes.clear()
+                prefixes[shared] = prefix_cache(model, list(shared), inputs.row["hook"])
+            x, row = prompts_activations(model, chosen, [inputs.row["hook"]],
+                                         prefixes.get(shared))
             out = encode_aggregate(sae, x[inputs.row["hook"]], row, len(b),
                                    int(inputs.row["value_decimals"]))
             f = out.doc_features
             save_npz_atomic(path, {"docs": b, "n_tokens": np.array(out.n_tokens),
-                         "doc": b[f["doc"]], **{k: v for k, v in f.items() if k != "doc"}})
+                                   "doc": b[f["doc"]],
+                                   **{k: v for k, v in f.items() if k != "doc"}})
             bar.advance(len(b))
     parts = [dict(np.load(p)) for p in paths]
     n_tokens = np.zeros(len(docs), dtype=np.int64)
@@ -248,9 +242,7 @@ def run_grid(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, A
     write_grid(cfg.db, key, docs.assign(n_tokens=n_tokens),
                doc_features, result, {**config_metadata(cfg), "harvest_key": digest,
                                       "notes": result.notes})
-    shutil.rmtree(folder, ignore_errors=True)
-    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
-        folder.parent.rmdir()
+    drop_resume_folder(folder)
     return {"sae_id": inputs.sae_id, "answers": cfg.answers, "neutral": cfg.neutral,
             "documents": len(docs),
             "harvest_seconds": round(harvested - started, 1),

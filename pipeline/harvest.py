@@ -119,18 +119,17 @@ def sae_ids(cfg: HarvestConfig) -> list[str]:
     return ids
 
 
-def load_saes(cfg: HarvestConfig, ids: list[str], device: str) -> tuple[list[Any], str]:
+def load_saes(cfg: HarvestConfig, device: str) -> tuple[list[Any], str]:
     """The SAEs and the one model they all read; BadInput when they read different models."""
     saes = [load_sae_dir(p, device) for p in cfg.sae]
-    names = {cfg.model or sae_model_name(p, sae) for p, sae in zip(cfg.sae, saes, strict=True)}
-    if None in names or "" in names:
-        bad = next(p for p, sae in zip(cfg.sae, saes, strict=True)
-                   if not (cfg.model or sae_model_name(p, sae)))
-        raise BadInput(f"--sae {bad}: does not say which model it reads; give --model")
-    if len(names) > 1:
-        raise BadInput(f"--sae: the SAEs read different models ({', '.join(sorted(names))}); "
-                       "harvest them separately")
-    return saes, names.pop()
+    names = [cfg.model or sae_model_name(p, sae) for p, sae in zip(cfg.sae, saes, strict=True)]
+    for path, name in zip(cfg.sae, names, strict=True):
+        if not name:
+            raise BadInput(f"--sae {path}: does not say which model it reads; give --model")
+    if len(set(names)) > 1:
+        raise BadInput(f"--sae: the SAEs read different models ({', '.join(sorted(set(names)))})"
+                       "; harvest them separately")
+    return saes, names[0]
 
 
 def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -147,7 +146,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     target = harvest_db.check_target(cfg.db, personas, items)
     partial = harvest_db.partial_path(cfg.db, "+".join(ids))
     device, _ = resolve_device(cfg.device)
-    saes, model_name = load_saes(cfg, ids, str(device))
+    saes, model_name = load_saes(cfg, str(device))
     identities = [run_identity(cfg, i, weights_sha256(p), model_name)
                   for i, p in zip(ids, cfg.sae, strict=True)]
     done = [i for i in ids if target.get(i) is not None]
@@ -200,10 +199,9 @@ def begin(harvester: Harvester, store: Any, cfg: HarvestConfig, ids: list[str],
     model_name, location, template = source
     states = [store.resume_state(i) for i in ids]
     started = [s for s in states if s is not None]
-    if started:
-        for i, identity, state in zip(ids, identities, states, strict=True):
-            if state is not None:
-                resumed(cfg, state, identity, i, partial, log if state is started[0] else None)
+    for i, identity, state in zip(ids, identities, states, strict=True):
+        if state is not None:
+            resumed(cfg, state, identity, i, partial, log if state is started[0] else None)
     fresh = [k for k, s in enumerate(states) if s is None]
     if fresh:
         decimals, use_cache = setup(harvester, cfg, first_unit, mine, log)

@@ -15,7 +15,7 @@ from core.errors import BadInput
 from sae.activations import PrefixCache, activations_after_prefix_at, activations_at, prefix_cache
 from sae.grid import Unit
 from sae.personas import Item, Persona
-from sae.prompts import Prompt, Template, build_prompt, collate, pad_id
+from sae.prompts import Prompt, Template, build_prompt, collate, common_prefix, pad_id
 
 
 @dataclass
@@ -185,15 +185,8 @@ def _last_true(mask: list[bool]) -> int:
 
 def shared_prefix(prompts: list[Prompt]) -> int:
     """Length of the token prefix all prompts share, stopping before any measured token."""
-    first = prompts[0].input_ids
-    n = min(min(len(p.input_ids) for p in prompts), min(p.mask.index(True) for p in prompts))
-    for p in prompts[1:]:
-        ids = p.input_ids
-        k = 0
-        while k < n and ids[k] == first[k]:
-            k += 1
-        n = k
-    return n
+    limit = min(min(len(p.input_ids) for p in prompts), min(p.mask.index(True) for p in prompts))
+    return common_prefix([p.input_ids for p in prompts], limit)
 
 
 def check_tokens(harvester: Harvester, unit: Unit, expected: list[list[int]]) -> None:

@@ -18,7 +18,7 @@ import torch
 from core.errors import BadInput, first_line
 from sae.activations import cache_layers, expand_cache
 from sae.models import is_causal_lm, resolve_device, resolve_source
-from sae.prompts import Template, build_prompt, pad_id
+from sae.prompts import Template, build_prompt, common_prefix, pad_id
 
 PLACEHOLDER = "x"
 """A continuation that marks where the answer starts (build_prompt needs one)."""
@@ -73,14 +73,7 @@ def prompt_ids(tokenizer: Any, system: str, user: str, template: Template,
 
 def shared_length(prompts: list[list[int]]) -> int:
     """How many leading tokens every prompt shares (leaving each at least one of its own)."""
-    n = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    for p in prompts[1:]:
-        k = 0
-        while k < n and p[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
+    return common_prefix(prompts, min(len(p) for p in prompts) - 1)
 
 
 def prefix_kv(gen: Generator, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

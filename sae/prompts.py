@@ -81,6 +81,17 @@ def _render_chat(tokenizer: Any, system: str, user: str, continuation: str,
     return full, start
 
 
+def common_prefix(sequences: Sequence[Sequence[int]], limit: int) -> int:
+    """How many leading tokens every sequence shares, at most `limit`."""
+    n, first = max(limit, 0), sequences[0]
+    for seq in sequences[1:]:
+        k = 0
+        while k < n and seq[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
 def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The special tokens a tokenizer puts before and after a single sequence ([CLS] … [SEP])."""
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]

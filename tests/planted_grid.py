@@ -23,7 +23,6 @@ class PlantedGrid:
     doc_features: pd.DataFrame
     truth: dict[int, tuple[str, str | None]]
     """feature → (kind, the persona it is planted on)."""
-    topics: dict[str, str]
     n_features: int
 
 
@@ -71,5 +70,4 @@ def make_planted_grid(n_personas: int = 6, prompts: int = 3, items: int = 12, to
     v = np.array(values)
     d, f = np.nonzero(v > 0)
     frame = pd.DataFrame({"doc": d, "feature": f, "mean_act": v[d, f]})
-    return PlantedGrid(pd.DataFrame(docs), frame, truth,
-                       {it: it.split("-")[0] for it in item_ids}, n_f)
+    return PlantedGrid(pd.DataFrame(docs), frame, truth, n_f)

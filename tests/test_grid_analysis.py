@@ -61,8 +61,8 @@ def test_intervals_cover_the_planted_log_ratios():
         row = e.loc[(f, persona)]
         total += 1
         hit += row[f"{col}_low"] <= value <= row[f"{col}_high"]
-        # Under the other personas there is no effect: their intervals cover 0 mostly.
     assert hit >= 0.8 * total
+    # Under the other personas there is no effect: their intervals cover 0 mostly.
     others = [(f, p) for f, (k, p0) in g.truth.items() if k in planted
               for p in e.loc[f].index if p != p0]
     cover = np.mean([e.loc[key, "context_low"] <= 0 <= e.loc[key, "context_high"]
