@@ -84,14 +84,19 @@ def validate(config: Any) -> None:
         name = flag_name(f.name, _positional(f, hints[f.name]))
         if f.metadata.get("required") and (value is None or value == []):
             raise BadInput(f"{name}: required ({f.metadata['required']})")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BadInput(f"{name} {value}: must be a finite number")
-        problem = _bounds_problem(value, f.metadata)
-        if problem:
-            raise BadInput(f"{name} {value}: {problem}")
+        for item in value if isinstance(value, list) else [value]:
+            _check_number(name, item, f.metadata)
     config.check()
+
+
+def _check_number(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadInput(f"{name} {value}: must be a finite number")
+    problem = _bounds_problem(value, meta)
+    if problem:
+        raise BadInput(f"{name} {value}: {problem}")
 
 
 def field_help(cls: type, name: str) -> str:
@@ -136,7 +141,10 @@ def convert(cls: type, name: str, value: Any) -> Any:
             return None
         raise BadInput(f"option '{name}': must not be empty")
     if typing.get_origin(hint) is list:
-        items = [value] if isinstance(value, str) else value
+        # A repeatable option may hold one value, as its flag may be given once.
+        repeat = cls.__dataclass_fields__[name].metadata.get("repeat")
+        items = value if isinstance(value, list) else [value] if (
+            isinstance(value, str) or repeat) else value
         if not isinstance(items, list):
             raise BadInput(f"option '{name}': expected a list, got {value!r}")
         return [_convert_one(ctype, name, v) for v in items]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -168,11 +169,20 @@ def print_evaluation(title: str, meta: dict[str, object]) -> None:
 @config_options(TrainConfig)
 def train_command(cfg: TrainConfig) -> None:
     """Train an SAE on a model's residual stream with sae-lens (offline on MiniLM by default),
-    evaluate it on held-out tokens, and write a directory sae_lens.SAE.load_from_disk reads."""
+    evaluate it on held-out tokens, and write a directory sae_lens.SAE.load_from_disk reads.
+    Several --hook/--layer/--d-sae values train one SAE each from the same forward passes;
+    --ddp trains across the processes torchrun starts."""
     out = train(cfg, log=stderr_log())
-    meta = json.loads((out / "shoggoth.json").read_text())
-    print_evaluation(f"{out} · {meta['hook']} · {meta['architecture']} d_sae {meta['d_sae']} · "
-                     f"{meta['training_tokens']:,} tokens in {meta['train_seconds']} s", meta)
+    if cfg.ddp and os.environ.get("RANK") != "0":
+        return  # rank 0 reports
+    # Several SAEs trained together: one folder each under --out.
+    folders = [out] if (out / "shoggoth.json").is_file() else sorted(
+        p for p in out.iterdir() if (p / "shoggoth.json").is_file())
+    for folder in folders:
+        meta = json.loads((folder / "shoggoth.json").read_text())
+        print_evaluation(f"{folder} · {meta['hook']} · {meta['architecture']} d_sae "
+                         f"{meta['d_sae']} · {meta['training_tokens']:,} tokens in "
+                         f"{meta['train_seconds']} s", meta)
 
 
 @click.group("sae")

@@ -1,6 +1,8 @@
-"""`shoggoth train`: an SAE on one hook of a model, trained by sae-lens.
+"""`shoggoth train`: SAEs on a model's residual stream, trained by sae-lens.
 
-sae-lens does the training (its TrainingSAE and SAETrainer.fit loop). This module adds what the
+sae-lens does the training (its TrainingSAE with SAETrainer.fit for one SAE, MultiSAETrainer for
+several hooks or widths stepped in lockstep on one activation stream; sae/ddp.py for several
+processes). This module adds what the
 project needs around it: a built-in offline corpus, pre-tokenized contexts that look like the
 prompts measured later, a deterministic activation stream (sae/stream.py) in place of sae-lens's
 ActivationsStore so that a resumed run equals an uninterrupted one, checkpoints written atomically
@@ -15,9 +17,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +32,22 @@ from core.versions import library_versions
 from sae.chitchat import CHITCHAT
 from sae.contexts import pack_contexts, split_documents
 from sae.corpus import BUILTIN, load_texts
+from sae.ddp import (
+    SINGLE,
+    World,
+    any_rank,
+    device_for,
+    distribute,
+    finish,
+    launched_world,
+    rank_spread,
+    start,
+)
 from sae.evaluate import ce_loss_recovered, evaluate_sae
 from sae.models import load_model, resolve_hook
 from sae.prompts import non_special, special_ids
-from sae.stream import ActivationStream, context_activations
+from sae.stream import context_activations, contexts_activations, sharded_batches, single_hook
+from sae.trainer import checkpoints, multi_trainer_class, single_trainer_class
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
 TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
@@ -49,9 +60,10 @@ class TrainConfig(Config):
     """`shoggoth train`: train an SAE on a model's residual stream (sae-lens underneath)."""
     model: str = "minilm"
     """Model alias, local Hugging Face directory or hub id."""
-    hook: str | None = None
-    """Hook to train on, e.g. blocks.3.hook_resid_post (default: the middle layer's resid_post)."""
-    layer: int | None = None
+    hook: list[str] = option([], repeat=True)
+    """Hook to train on, e.g. blocks.3.hook_resid_post (default: the middle layer's resid_post);
+    several hooks train one SAE each from the same forward passes."""
+    layer: list[int] = option([], repeat=True)
     """Shortcut for --hook blocks.LAYER.hook_resid_post."""
     dataset: str = "auto"
     """'auto' (chitchat for models with a chat template, builtin otherwise), 'chitchat'
@@ -62,8 +74,9 @@ class TrainConfig(Config):
     """Column (or JSON field) holding the text in .jsonl, .parquet and Hugging Face datasets."""
     architecture: Architecture = "topk"
     """SAE architecture, as sae-lens trains it (matryoshka = matryoshka batch-top-k)."""
-    d_sae: int | None = option(None, min=1)
-    """Number of SAE features (default: expansion × d_model)."""
+    d_sae: list[int] = option([], min=1, repeat=True)
+    """Number of SAE features (default: expansion × d_model); several widths train one SAE
+    each (per hook) from the same activation stream."""
     expansion: int = option(8, min=1)
     """d_sae as a multiple of the model's d_model, when --d-sae is not given."""
     k: int = option(32, min=1)
@@ -88,7 +101,8 @@ class TrainConfig(Config):
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
     out: Path | None = None
-    """Output directory (default: runs/sae-MODEL-HOOK-ARCHITECTURE). Must not exist."""
+    """Output directory (default: runs/sae-MODEL-HOOK-ARCHITECTURE). Must not exist. With
+    several SAEs, one folder holding an SAE folder per hook and width (HOOK-dWIDTH)."""
     seed: int = 0
     """Random seed for SAE initialization and data order."""
     resume: bool = False
@@ -97,14 +111,39 @@ class TrainConfig(Config):
     """Replace --out (and any interrupted run for it) instead of refusing."""
     wandb: bool = False
     """Log to Weights & Biases (needs network and a login)."""
+    ddp: bool = False
+    """Train across the processes torchrun starts (torch.distributed; NCCL on GPUs, gloo on
+    CPUs): each rank streams its shard of the contexts, gradients are averaged; rank 0 writes."""
+    shards: int | None = option(None, min=1)
+    """Split the activation stream into this many shards, each batch taking an equal slice of
+    each (default: 1, or the world size under --ddp). One process with --shards N trains on the
+    same batches as N DDP ranks."""
+
+    def __post_init__(self) -> None:
+        # One hook, layer or width given as a plain value (Python callers, old YAML files).
+        for name in ("hook", "layer", "d_sae"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, [])
+            elif not isinstance(value, list):
+                setattr(self, name, [value])
+        super().__post_init__()
+
     def check(self) -> None:
-        if self.architecture in TOPK_LIKE and self.d_sae is not None and self.k >= self.d_sae:
-            raise BadInput(f"--k {self.k}: must be smaller than --d-sae {self.d_sae}")
+        for width in self.d_sae:
+            if self.architecture in TOPK_LIKE and self.k >= width:
+                raise BadInput(f"--k {self.k}: must be smaller than --d-sae {width}")
+        shards = self.shards or 1
+        if self.batch_tokens % shards:
+            raise BadInput(f"--batch-tokens {self.batch_tokens}: must be a multiple of "
+                           f"--shards {shards}")
 
 
-def default_out(cfg: TrainConfig, hook: str) -> Path:
+def default_out(cfg: TrainConfig, specs: list[SAESpec]) -> Path:
     name = Path(cfg.model).name if Path(cfg.model).exists() else cfg.model.replace("/", "-")
-    return Path("runs") / f"sae-{name}-{hook}-{cfg.architecture}"
+    if len(specs) > 1:
+        return Path("runs") / f"sae-{name}-{len(specs)}saes-{cfg.architecture}"
+    return Path("runs") / f"sae-{name}-{specs[0].hook}-{cfg.architecture}"
 
 
 def sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:
@@ -130,75 +169,11 @@ def sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:
     return sae_lens.StandardTrainingSAEConfig(l1_coefficient=cfg.sparsity_coefficient, **common)
 
 
-def _trainer_class() -> type:
-    """sae-lens's SAETrainer, with a richer progress bar and atomic checkpoints."""
-    from sae_lens.training.sae_trainer import SAETrainer
-
-    class Trainer(SAETrainer):
-        stop_requested = False
-        """Set by Ctrl-C during fit(); acted on at the end of the current step."""
-        keep = 2
-        """Checkpoints kept (--keep-checkpoints)."""
-        stopped_at: int | None = None
-        """The checkpoint saved when it stopped (in training samples)."""
-
-        def fit(self) -> Any:
-            # Ctrl-C only asks to stop: the step in flight finishes, and the checkpoint is
-            # saved where sae-lens saves its own (after a step, before its counter moves),
-            # never halfway through a step, a sparsity-window reset or a checkpoint write.
-            if threading.current_thread() is not threading.main_thread():
-                return super().fit()
-            previous = signal.signal(signal.SIGINT,
-                                     lambda *_: setattr(self, "stop_requested", True))
-            try:
-                return super().fit()
-            finally:
-                signal.signal(signal.SIGINT, previous)
-
-        def _checkpoint_if_needed(self) -> None:
-            super()._checkpoint_if_needed()
-            if self.stop_requested:
-                self.stopped_at = self.n_training_samples
-                self.save_checkpoint(checkpoint_name=str(self.n_training_samples))
-                raise KeyboardInterrupt
-
-        def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 10) -> None:
-            # Tokens/s is tqdm's rate, counted every step; loss, L0 (this batch) and the dead
-            # fraction (the trainer's firing counters) are refreshed every `update_interval`.
-            pbar.update(self.cfg.train_batch_size_samples)
-            if self.n_training_steps % update_interval == 0:
-                pbar.unit, pbar.unit_scale = "tok", True
-                l0 = float((step_output.feature_acts != 0).sum(-1).float().mean())
-                dead = float(self.dead_neurons.float().mean())
-                pbar.set_postfix(loss=f"{float(step_output.loss):.4f}", l0=f"{l0:.1f}",
-                                 dead=f"{dead:.1%}", refresh=False)
-
-        def save_checkpoint(self, checkpoint_name: str, base_path: Any = None) -> None:
-            # sae-lens writes a checkpoint in place; a kill -9 midway would leave a half
-            # checkpoint that --resume might pick. Write it aside, then rename it into place.
-            root = Path(self.cfg.checkpoint_path)
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=".writing-"))
-            super().save_checkpoint(checkpoint_name, base_path=tmp)
-            shutil.rmtree(root / checkpoint_name, ignore_errors=True)  # the same point, again
-            os.replace(tmp / checkpoint_name, root / checkpoint_name)
-            shutil.rmtree(tmp, ignore_errors=True)
-            for old in sorted(checkpoints(root))[:-self.keep]:  # keep the newest ones
-                shutil.rmtree(root / str(old), ignore_errors=True)
-
-    return Trainer
-
-
-def checkpoints(root: Path) -> list[int]:
-    """Complete checkpoints under `root`, as training-sample counts (sorted)."""
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def _resume_fields(cfg: TrainConfig) -> dict[str, Any]:
     meta = config_metadata(cfg)
-    for name in ("resume", "overwrite", "device"):
+    # A run may resume on other devices, and as one process or under DDP alike: what must
+    # match is the number of stream shards, compared on its own.
+    for name in ("resume", "overwrite", "device", "ddp", "shards"):
         meta.pop(name)
     return meta
 
@@ -329,11 +304,22 @@ def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoin
 
 
 @dataclass
+class SAESpec:
+    """One SAE of a run: its hook and width."""
+    hook: str
+    d_sae: int
+
+    @property
+    def name(self) -> str:
+        """Its folder under a several-SAE --out."""
+        return f"{self.hook}-d{self.d_sae}"
+
+
+@dataclass
 class TrainRun:
     """What one training run is made of, once the model is loaded and the data packed."""
     model: Any
-    hook: str
-    d_sae: int
+    specs: list[SAESpec]
     out: Path
     work: Path
     resume_from: int | None
@@ -341,146 +327,278 @@ class TrainRun:
     eval_ctx: torch.Tensor
     dataset: str
     """--dataset with 'auto' resolved."""
+    world: World
+    shards: int
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(dict.fromkeys(s.hook for s in self.specs))
+
+
+def resolve_specs(cfg: TrainConfig, model: Any) -> list[SAESpec]:
+    """Every (hook, width) pair the flags ask for; BadInput for a hook the model lacks."""
+    hooks = [resolve_hook(model, hook=h) for h in cfg.hook]
+    hooks += [resolve_hook(model, layer=layer) for layer in cfg.layer]
+    hooks = list(dict.fromkeys(hooks)) or [resolve_hook(model)]
+    widths = list(dict.fromkeys(cfg.d_sae)) or [cfg.expansion * model.d_model]
+    if cfg.architecture in TOPK_LIKE and cfg.k >= min(widths):
+        raise BadInput(f"--k {cfg.k}: must be smaller than d_sae {min(widths)}")
+    return [SAESpec(h, w) for h in hooks for w in widths]
+
+
+def join_world(cfg: TrainConfig) -> tuple[World, str]:
+    """This process's rank (joining the process group under --ddp) and its device."""
+    if not cfg.ddp:
+        return SINGLE, cfg.device
+    world = launched_world()
+    device = device_for(world, cfg.device)
+    return start(world, device), device
+
+
+def leader_prepares_dirs(cfg: TrainConfig, out: Path, world: World) -> tuple[Path, int | None]:
+    """prepare_dirs on rank 0 alone (it may delete a stale run); the other ranks wait, then
+    find the same work folder and checkpoint, or stop quietly when rank 0 refused."""
+    if not world.distributed:
+        return prepare_dirs(cfg, out)
+    failed: BadInput | None = None
+    prepared: tuple[Path, int | None] | None = None
+    if world.leader:
+        try:
+            prepared = prepare_dirs(cfg, out)
+        except BadInput as e:
+            failed = e
+    if any_rank(failed is not None, world):
+        if failed is not None:
+            raise failed
+        raise SystemExit(2)  # rank 0 says why
+    if prepared is not None:
+        return prepared
+    work = out.parent / f".{out.name}{WORK_SUFFIX}"
+    found = checkpoints(work / "checkpoints") if cfg.resume else []
+    return work, (found[-1] if found else None)
 
 
 def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
-    """Load the model, resolve hook and d_sae, refuse unsafe starts and pack the contexts."""
+    """Load the model, resolve hooks and widths, refuse unsafe starts and pack the contexts."""
+    world, device = join_world(cfg)
+    if world.distributed and cfg.shards not in (None, world.size):
+        raise BadInput(f"--shards {cfg.shards}: under --ddp each of the {world.size} ranks "
+                       "streams one shard; leave --shards out")
+    shards = cfg.shards or world.size
+    if cfg.batch_tokens % shards:
+        raise BadInput(f"--batch-tokens {cfg.batch_tokens}: must be a multiple of the "
+                       f"{shards} ranks")
     # With --out given, refuse an unsafe start before the model loads; the default --out
     # depends on the hook, so it is checked once the model is known.
-    prepared = prepare_dirs(cfg, cfg.out) if cfg.out is not None else None
-    model = load_model(cfg.model, cfg.device)
-    hook = resolve_hook(model, cfg.hook, cfg.layer)
-    d_sae = cfg.d_sae or cfg.expansion * model.d_model
-    if cfg.architecture in TOPK_LIKE and cfg.k >= d_sae:
-        raise BadInput(f"--k {cfg.k}: must be smaller than d_sae {d_sae}")
+    prepared = leader_prepares_dirs(cfg, cfg.out, world) if cfg.out is not None else None
+    model = load_model(cfg.model, device)
+    specs = resolve_specs(cfg, model)
+    if cfg.ddp and len(specs) > 1:
+        raise BadInput("--ddp: trains one SAE; give one --hook or --layer and one --d-sae")
     max_ctx = getattr(model.bridge.cfg, "n_ctx", None)
     if max_ctx and cfg.context_size > max_ctx:
         raise BadInput(f"--context-size {cfg.context_size}: model '{cfg.model}' takes at most "
                        f"{max_ctx} tokens")
-    out = cfg.out or default_out(cfg, hook)
-    work, resume_from = prepared or prepare_dirs(cfg, out)
+    out = cfg.out or default_out(cfg, specs)
+    work, resume_from = prepared or leader_prepares_dirs(cfg, out, world)
+    if resume_from is not None:
+        saved = json.loads((work / STATE_FILE).read_text()).get("shards", 1)
+        if saved != shards:
+            raise BadInput(f"--resume: the interrupted run streamed {saved} shard(s) (DDP ranks "
+                           f"or --shards), this one {shards}; resume with the same number")
     dataset = resolve_dataset(cfg.dataset, model)
     train_ctx, eval_ctx = training_contexts(cfg, model, dataset)
     log(f"corpus {dataset}: {len(train_ctx)} training contexts ({int(train_ctx.numel()):,} "
-        f"distinct tokens), {len(eval_ctx)} held-out; model {cfg.model}, hook {hook}, "
-        f"d_sae {d_sae}")
-    return TrainRun(model, hook, d_sae, out, work, resume_from, train_ctx, eval_ctx, dataset)
+        f"distinct tokens), {len(eval_ctx)} held-out; model {cfg.model}, "
+        + "; ".join(f"hook {s.hook}, d_sae {s.d_sae}" for s in specs)
+        + (f"; {world.size} DDP ranks ({world.backend})" if world.distributed else ""))
+    return TrainRun(model, specs, out, work, resume_from, train_ctx, eval_ctx, dataset, world,
+                    shards)
 
 
-def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
-    """The sae-lens trainer over our contexts, with the decoder bias at the data mean (a new
-    run) or the state of the newest checkpoint (a resumed one)."""
+def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
+    """A fresh sae-lens TrainingSAE for `spec` and its runner config."""
     from sae_lens import LanguageModelSAETrainingRunner, TrainingSAE, TrainingSAEConfig
 
-    model, work = run.model, run.work
-    runner_cfg = runner_config(cfg, model, run.hook, run.d_sae, work / "checkpoints",
+    runner_cfg = runner_config(cfg, run.model, spec.hook, spec.d_sae, run.work / "checkpoints",
                                run.dataset)
+    # Each SAE starts from the seed itself: trained beside others, it is the SAE it would be
+    # trained alone.
+    torch.manual_seed(cfg.seed)
     sae = TrainingSAE.from_dict(
         TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict()
     )
-    sae.to(str(model.device))
+    sae.to(str(run.model.device))
     # sae-lens's runner records the hook, model, dataset and context size in the SAE's metadata;
     # run that same method so SAELens tools read our SAEs like their own.
     LanguageModelSAETrainingRunner._set_sae_metadata(SimpleNamespace(cfg=runner_cfg, sae=sae))
-    sae.cfg.metadata.prepend_bos = model.prepend_bos  # our contexts start with BOS for LMs
-    trainer_cfg = dataclasses.replace(runner_cfg.to_sae_trainer_config(),
+    sae.cfg.metadata.prepend_bos = run.model.prepend_bos  # our contexts start with BOS for LMs
+    return sae, runner_cfg
+
+
+def data_mean(cfg: TrainConfig, run: TrainRun) -> dict[str, torch.Tensor]:
+    """Per hook, the mean activation over the first ~8k training tokens (every rank alike)."""
+    sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
+    keep = non_special(run.model.tokenizer, sample)
+    return {h: a.mean(0) for h, a in
+            contexts_activations(run.model, sample, run.hooks, keep).items()}
+
+
+def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
+    """sae-lens's trainer (one SAE) or multi-SAE trainer (several, on one stream) over our
+    contexts, with decoder biases at the data mean (a new run) or the newest checkpoint's
+    state (a resumed one)."""
+    model, work = run.model, run.work
+    made = [new_sae(cfg, run, spec) for spec in run.specs]
+    trainer_cfg = dataclasses.replace(made[0][1].to_sae_trainer_config(),
                                       checkpoint_path=str(work / "checkpoints"))
-    stream = ActivationStream(model, run.hook, run.train_ctx,
-                              non_special(model.tokenizer, run.train_ctx), cfg.batch_tokens,
-                              cfg.seed)
     position = 0 if run.resume_from is None else int(run.resume_from)
-    # The stream's position is the trainer's sample count, which its checkpoints save.
-    trainer = _trainer_class()(sae=sae, data_provider=stream.batches(position), evaluator=None,
-                               save_checkpoint_fn=None, cfg=trainer_cfg)
-    trainer.keep = cfg.keep_checkpoints
+    # The stream's position is the trainer's (global) sample count, which checkpoints save.
+    ranks = [run.world.rank] if run.world.distributed else list(range(run.shards))
+    batches = sharded_batches(model, run.hooks, run.train_ctx,
+                              non_special(model.tokenizer, run.train_ctx), cfg.batch_tokens,
+                              cfg.seed, position, run.shards, ranks)
+    if len(run.specs) == 1:
+        trainer = single_trainer_class()(sae=made[0][0],
+                                         data_provider=single_hook(batches, run.specs[0].hook),
+                                         evaluator=None, save_checkpoint_fn=None, cfg=trainer_cfg)
+        steppers = [trainer]
+    else:
+        trainer = multi_trainer_class()(cfg=trainer_cfg,
+                                        saes={s.name: sae for s, (sae, _) in
+                                              zip(run.specs, made, strict=True)},
+                                        hook_names={s.name: s.hook for s in run.specs},
+                                        data_provider=batches)
+        steppers = [trainer, *trainer.trainers.values()]
+    trainer.keep, trainer.world, trainer.root = cfg.keep_checkpoints, run.world, \
+        work / "checkpoints"
     if cfg.checkpoint_every:
         every = cfg.checkpoint_every * cfg.batch_tokens
         trainer.checkpoint_thresholds = list(range(every, cfg.tokens, every))
     if run.resume_from is None:
-        # Start the decoder bias at the data mean: the residual stream has a large constant
+        # Start each decoder bias at the data mean: the residual stream has a large constant
         # offset, and features that must first learn it die before they fire.
-        sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
-        keep = non_special(model.tokenizer, sample)
+        means = data_mean(cfg, run)
         with torch.no_grad():
-            sae.b_dec.copy_(context_activations(model, sample, run.hook, keep).mean(0))
+            for spec, (sae, _) in zip(run.specs, made, strict=True):
+                sae.b_dec.copy_(means[spec.hook])
     else:
         path = work / "checkpoints" / str(run.resume_from)
-        trainer.load_trainer_state(path)
+        if len(run.specs) == 1:
+            trainer.load_trainer_state(path)
+            made[0][0].load_weights_from_checkpoint(path)
+        else:
+            trainer.load_checkpoint(path)
         # Checkpoints are written after a step, before sae-lens counts it: count it now, or
         # the step's sparsity-window reset would run twice.
-        trainer.n_training_steps += 1
-        sae.load_weights_from_checkpoint(path)
+        for t in steppers:
+            t.n_training_steps += 1
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
                                          if t > trainer.n_training_samples]
         log(f"resuming from checkpoint at {trainer.n_training_samples:,} tokens")
+    if run.world.distributed:
+        trainer.ddp = distribute(made[0][0], run.world)
     return trainer
 
 
-def fit(cfg: TrainConfig, trainer: Any, work: Path) -> Any:
+def trained_saes(trained: Any, run: TrainRun) -> dict[str, Any]:
+    """{spec name: SAE} from what the trainer's fit() returned."""
+    if isinstance(trained, dict):
+        return trained
+    return {run.specs[0].name: trained}
+
+
+def fit(cfg: TrainConfig, trainer: Any, run: TrainRun) -> dict[str, Any]:
     """sae-lens's training loop; Ctrl-C saves a checkpoint and says how to resume."""
-    if cfg.wandb:
+    work = run.work
+    if cfg.wandb and run.world.leader:
         import wandb
 
         wandb.init(project="shoggoth", config=config_metadata(cfg))
     try:
-        trained = trainer.fit()
+        trained = trained_saes(trainer.fit(), run)
     except KeyboardInterrupt:
         if trainer.stopped_at is None:  # before the first step: nothing to save
             raise Interrupted(f"stopped before training began; the work is in {work}") from None
         raise Interrupted(f"checkpoint saved in {work} at {trainer.stopped_at:,} tokens; "
                           "continue with --resume") from None
-    if not all(bool(torch.isfinite(p).all()) for p in trained.parameters()):
-        shutil.rmtree(work, ignore_errors=True)
-        raise BadInput(f"--lr {cfg.lr}: training diverged (the SAE's weights are no longer "
-                       "finite); nothing was written to --out; try a smaller --lr")
+    for sae in trained.values():
+        if not all(bool(torch.isfinite(p).all()) for p in sae.parameters()):
+            if run.world.leader:
+                shutil.rmtree(work, ignore_errors=True)
+            raise BadInput(f"--lr {cfg.lr}: training diverged (the SAE's weights are no longer "
+                           "finite); nothing was written to --out; try a smaller --lr")
     return trained
 
 
 def train(cfg: TrainConfig, log: Any = print) -> Path:
-    """Train, evaluate and publish an SAE; returns the output directory."""
+    """Train, evaluate and publish the SAE (or SAEs); returns the output directory."""
+    started = time.time()
+    run = prepare_run(cfg, log if not cfg.ddp or os.environ.get("RANK") == "0" else _quiet)
+    try:
+        return _train(cfg, run, started, log if run.world.leader else _quiet)
+    finally:
+        finish(run.world)
+
+
+def _quiet(_: str) -> None:
+    """The log of DDP ranks other than 0."""
+
+
+def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
     from sae_lens import SAE
 
-    started = time.time()
-    run = prepare_run(cfg, log)
-    run.work.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run.work / STATE_FILE, _resume_fields(cfg))
-    torch.manual_seed(cfg.seed)
+    if run.world.leader:
+        run.work.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run.work / STATE_FILE, {**_resume_fields(cfg), "shards": run.shards})
     trainer = build_trainer(cfg, run, log)
     fit_started = time.time()
-    trained = fit(cfg, trainer, run.work)
+    trained = fit(cfg, trainer, run)
     fit_seconds = time.time() - fit_started
     train_seconds = time.time() - started
+    ddp = None
+    if run.world.distributed:
+        ddp = {"world_size": run.world.size, "backend": run.world.backend,
+               "max_rank_difference": rank_spread(trainer.sae, run.world)}
+        if not run.world.leader:
+            return run.out
 
     device = str(run.model.device)
     final = run.work / "final"
     shutil.rmtree(final, ignore_errors=True)
-    trained.save_inference_model(str(final))
-    loaded = SAE.load_from_disk(str(final), device=device)
-    log("evaluating on held-out tokens")
-    metrics = held_out_metrics(run.model, loaded, run.hook, run.eval_ctx)
-    meta = {
-        "model": cfg.model,
-        "model_source": run.model.source.location,
-        "hook": run.hook,
-        "layer": int(run.hook.split(".")[1]) if run.hook.startswith("blocks.") else None,
-        "d_in": run.model.d_model,
-        "d_sae": run.d_sae,
-        "architecture": cfg.architecture,
-        "dataset": run.dataset,
-        "training_tokens": int(trainer.n_training_samples),
-        "distinct_training_tokens": int(run.train_ctx.numel()),
-        "context_size": cfg.context_size,
-        "seed": cfg.seed,
-        "resumed_from_tokens": run.resume_from,
-        "train_seconds": round(train_seconds, 1),
-        "fit_seconds": round(fit_seconds, 2),
-        "device": device,
-        "evaluation": metrics,
-        "config": config_metadata(cfg),
-        "versions": library_versions(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_json_atomic(final / "shoggoth.json", meta)
+    several = len(run.specs) > 1
+    for spec in run.specs:
+        folder = final / spec.name if several else final
+        trained[spec.name].save_inference_model(str(folder))
+        loaded = SAE.load_from_disk(str(folder), device=device)
+        log(f"evaluating {spec.hook} d_sae {spec.d_sae} on held-out tokens")
+        metrics = held_out_metrics(run.model, loaded, spec.hook, run.eval_ctx)
+        meta = {
+            "model": cfg.model,
+            "model_source": run.model.source.location,
+            "hook": spec.hook,
+            "layer": int(spec.hook.split(".")[1]) if spec.hook.startswith("blocks.") else None,
+            "d_in": run.model.d_model,
+            "d_sae": spec.d_sae,
+            "architecture": cfg.architecture,
+            "dataset": run.dataset,
+            "training_tokens": int(trainer.n_training_samples),
+            "distinct_training_tokens": int(run.train_ctx.numel()),
+            "context_size": cfg.context_size,
+            "seed": cfg.seed,
+            "stream_shards": run.shards,
+            "trained_with": [s.name for s in run.specs if s != spec],
+            "ddp": ddp,
+            "resumed_from_tokens": run.resume_from,
+            "train_seconds": round(train_seconds, 1),
+            "fit_seconds": round(fit_seconds, 2),
+            "device": device,
+            "evaluation": metrics,
+            "config": config_metadata(cfg),
+            "versions": library_versions(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_json_atomic(folder / "shoggoth.json", meta)
     publish(final, run.out)
     shutil.rmtree(run.work, ignore_errors=True)
     return run.out

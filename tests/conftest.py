@@ -196,8 +196,8 @@ def indexed_db(tmp_path_factory: pytest.TempPathFactory, labelled_db: Path) -> P
 # Tests that load model weights, train, harvest or start processes: `-m "not slow"` skips them.
 SLOW_FIXTURES = {"minilm", "tiny_gpt2", "tiny_gpt2_base", "tiny_gpt2_dir", "tiny_gpt2_base_dir",
                  "tiny_sae_dir", "labelled_db", "indexed_db"}
-SLOW_MODULES = {"test_train", "test_browser", "test_demo", "test_harvest", "test_index",
-                "test_effects", "test_grid", "test_export",
+SLOW_MODULES = {"test_train", "test_train_scale", "test_browser", "test_demo", "test_harvest",
+                "test_index", "test_effects", "test_grid", "test_export",
                 "test_search", "test_explorer", "test_explorer_timing", "test_models"}
 
 

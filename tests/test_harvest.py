@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -178,10 +179,13 @@ def test_minilm_encoder_harvest(capfd, tmp_path, minilm: Model):
     assert per_token[0] <= 16 and per_token[1] >= 1
 
 
-def harvest_process(db: Path, sae: Path, args: list, *extra: str) -> subprocess.Popen:
+def harvest_process(db: Path, sae: Path, args: list, *extra: str,
+                    log: Path | None = None) -> subprocess.Popen:
+    """The harvest as a process; its output to `log` when nobody reads it while it runs."""
     exe = Path(sys.executable).with_name("shoggoth")
     cmd = [str(exe), "harvest", "--db", str(db), "--sae", str(sae), *map(str, args), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    out = subprocess.PIPE if log is None else log.open("w")
+    return subprocess.Popen(cmd, stdout=out, stderr=out, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             preexec_fn=default_sigint)
 
@@ -204,6 +208,10 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_gpt2_dir, 
     other = build_random_sae(tmp_path / "other", str(tiny_gpt2_dir), 32,
                              "blocks.0.hook_resid_post", seed=3)
     db = tmp_path / "db.duckdb"
+    # The uninterrupted reference runs meanwhile: the harvests are small (1.x cores each).
+    fresh = tmp_path / "fresh.duckdb"
+    whole = harvest_process(fresh, tiny_sae_dir, args, "--batch-size", "4",
+                            log=tmp_path / "fresh.log")
     first = harvest_process(db, other, args, "--batch-size", "8")
     assert first.wait(timeout=300) == 0, first.communicate()
     before = digest(db)
@@ -228,9 +236,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_gpt2_dir, 
     assert again.returncode == 0, err
     assert "resuming" in err and not partial.exists()
 
-    fresh = tmp_path / "fresh.duckdb"
-    whole = harvest_process(fresh, tiny_sae_dir, args, "--batch-size", "4")
-    assert whole.wait(timeout=400) == 0, whole.communicate()
+    assert whole.wait(timeout=400) == 0, (tmp_path / "fresh.log").read_text()[-2000:]
     assert rows(db, "tiny-sae") == rows(fresh, "tiny-sae")
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute(f"SELECT count(*) = count(DISTINCT ({KEY})) FROM activations").fetchone()[0]
@@ -359,22 +365,53 @@ def test_several_saes_share_one_pass_and_equal_separate_harvests(capfd, tmp_path
     assert not (tmp_path / "x.duckdb").exists()
 
 
+def shard_workers() -> list[int]:
+    """Ray worker processes running a harvest shard (Ray names them after the task)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ray::harvest_shard" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_a_worker_mid_shard(folder: Path, killed: list[int], stop: threading.Event) -> None:
+    """kill -9 the worker of the first shard that has written a batch of its own."""
+    while not stop.is_set():
+        if any(folder.glob(".shard-*.partial")):
+            for pid in shard_workers()[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.005)
+
+
 def test_ray_workers_harvest_the_same_rows(capfd, tmp_path, reference, tiny_sae_dir, small):
-    """A real local Ray cluster (2 CPUs, started here): 3 shards as Ray tasks, merged, equal one
-    uninterrupted run."""
+    """A real local Ray cluster (2 CPUs, started here): 3 shards as Ray tasks, one of whose
+    workers is killed with kill -9 mid-shard; Ray reruns it, it resumes its partial file, and the
+    merge equals one uninterrupted run."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    db = tmp_path / "ray.duckdb"
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_a_worker_mid_shard,
+                              args=(tmp_path / ".ray.duckdb.ray", killed, stop), daemon=True)
+    killer.start()
     try:
-        db = tmp_path / "ray.duckdb"
         code, out, err = run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--batch-size",
                              "5", "--ray", "auto", "--workers", "3", *small)
+        stop.set()
         # An error inside a task is its one line, as without Ray, and nothing is left.
         bad = run(capfd, "harvest", "--db", tmp_path / "bad.duckdb", "--sae", tiny_sae_dir,
                   "--ray", "auto", "--model", str(tmp_path / "nowhere"), *small)
     finally:
         ray.shutdown()
     assert code == 0, err
+    assert len(killed) == 1, "no shard worker was running to be killed"
     assert "documents" in out
     errors = [line for line in bad[2].splitlines() if not line.startswith("ray: ")]
     assert bad[0] == 2 and len(errors) == 1 and errors[0].startswith("error: model")

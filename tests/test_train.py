@@ -179,6 +179,9 @@ def nothing_written(tmp_path, before):
         (["--out", "{tmp}/exists"], ["{tmp}/exists", "already exists"]),
         (["--tokens", "0"], ["--tokens 0"]),
         (["--architecture", "sparse"], ["sparse"]),
+        (["--ddp"], ["--ddp", "torchrun"]),
+        (["--shards", "3"], ["--batch-tokens 256", "--shards 3"]),
+        (["--d-sae", "64", "--d-sae", "4"], ["--k 8", "--d-sae 4"]),
     ],
 )
 def test_train_bad_input(capfd, tmp_path, tiny_gpt2_dir, argv, names):
