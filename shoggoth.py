@@ -12,7 +12,13 @@ import core.startup
 from core.errors import BadInput, Interrupted, is_interrupt
 from explorer.commands import demo_command, explore_command
 from index.commands import export_command, label_command, merge_command, sql_command
-from pipeline.commands import harvest_command, index_command, layers_command, search_command
+from pipeline.commands import (
+    explain_command,
+    harvest_command,
+    index_command,
+    layers_command,
+    search_command,
+)
 from pipeline.effects_commands import effects_command, steer_command
 from pipeline.grid_commands import generate_command, grid_command
 from sae.commands import (
@@ -44,6 +50,7 @@ cli.add_command(grid_command)
 cli.add_command(sql_command)
 cli.add_command(export_command)
 cli.add_command(index_command)
+cli.add_command(explain_command)
 cli.add_command(search_command)
 cli.add_command(explore_command)
 cli.add_command(demo_command)

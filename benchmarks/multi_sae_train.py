@@ -11,8 +11,9 @@ for bit (tests/test_train_scale.py), so only time is compared.
 
 Prints the median seconds of the training phase (the activation stream and the SAE steps;
 sae-lens's fit) and of the whole command (model load, corpus packing, training, the held-out
-evaluation of every SAE), and the speed-ups. The SAE steps are the same work either way; only
-the forward passes are shared, with the forward-depth bound of multi_sae_harvest.py.
+evaluation of every SAE on 512 tokens), and the speed-ups. The SAE steps are the same work
+either way; only the forward passes are shared, with the forward-depth bound of
+multi_sae_harvest.py.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def bench(name: str, model_id: str, work: Path, tokens: int, repeats: int) -> No
     def one(layer_list: list[int], out: Path) -> tuple[float, float]:
         t = time.perf_counter()
         train(TrainConfig(model=model_id, layer=layer_list, tokens=tokens, expansion=4, k=32,
-                          batch_tokens=1024, context_size=128, eval_tokens=4096,
+                          batch_tokens=1024, context_size=128, eval_tokens=512,
                           checkpoint_every=0, out=out), log=lambda _: None)
         return time.perf_counter() - t, fit_seconds(out)
 

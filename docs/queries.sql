@@ -20,13 +20,23 @@ WITH chosen AS (
     FROM activations a JOIN chosen USING (sae_id, feature)
     QUALIFY rank <= 3
 )
-SELECT top.feature, top.rank, round(top.value, 3) AS value, top.persona, top.item_id,
+SELECT top.feature, n.name, top.rank, round(top.value, 3) AS value, top.persona, top.item_id,
        string_agg(CASE WHEN t.pos = top.pos THEN '[[' || t.token || ']]' ELSE t.token END, ' '
                   ORDER BY t.pos) AS context
 FROM top JOIN tokens t ON t.sae_id = top.sae_id AND t.item_id = top.item_id
      AND t.pos BETWEEN top.pos - 8 AND top.pos + 8
+LEFT JOIN feature_names n ON n.sae_id = top.sae_id AND n.feature = top.feature
 GROUP BY ALL
 ORDER BY top.feature, top.rank;
+
+-- name: features_named
+-- Features by name: every feature whose handle (the words it fires on beyond their base rate),
+-- preferred persona or explanation mentions rain, most distinctive first, with its label.
+SELECT n.sae_id, n.feature, n.name, n.label, n.explanation, round(n.detection, 2) AS detection
+FROM feature_names n JOIN feature_handles h USING (sae_id, feature)
+WHERE n.name ILIKE '%rain%' OR n.explanation ILIKE '%rain%'
+ORDER BY h.best_score DESC
+LIMIT 50;
 
 -- name: shared_by_every_persona
 -- Features shared by every persona (positive evidence of equivalence), most frequent first.

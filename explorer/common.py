@@ -114,9 +114,11 @@ def choose_sae() -> tuple[str, dict[str, Any]]:
     return current, saes.set_index("sae_id").loc[current].to_dict()
 
 
-def feature_link(sae: str, feature: int, label: str | None = None, extra: str = "") -> None:
-    """A link to a feature's page."""
-    text = f"feature {feature}" + (f" · {label}" if label else "") + extra
+def feature_link(sae: str, feature: int, label: str | None = None, extra: str = "",
+                 name: str | None = None) -> None:
+    """A link to a feature's page, with its name (handle and preferred persona) when known."""
+    text = f"feature {feature}" + (f" · {name}" if isinstance(name, str) and name else "") \
+        + (f" · {label}" if label else "") + extra
     st.page_link(FEATURE_PAGE, label=md(text), query_params={"sae": sae, "feature": str(feature)})
 
 

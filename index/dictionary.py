@@ -24,7 +24,7 @@ import pandas as pd
 from core.atomic import file_sha256, write_atomic
 from core.config import Config, option
 from core.errors import BadInput
-from index import similarity
+from index import feature_map, similarity
 from index.database import (
     WAIT,
     check_writable,
@@ -39,6 +39,8 @@ from index.database import (
     tables,
     transaction,
 )
+from index.feature_map import MapMethod
+from index.handles import write_handles
 from index.schema import create_index_tables
 
 EXAMPLES_SQL = """
@@ -108,6 +110,11 @@ class IndexConfig(Config):
     """Promoted and suppressed tokens stored per feature."""
     persona_top: int = option(20, min=1)
     """Decoder directions listed per persona vector."""
+    map: MapMethod = "auto"
+    """2-D maps of the decoder directions and the persona profiles: umap, pca, or auto (UMAP
+    from 1,000 features, PCA below)."""
+    map_neighbors: int = option(15, min=2, max=200)
+    """Nearest neighbours UMAP lays each feature out from."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
 
@@ -133,6 +140,8 @@ class Built:
     profile_neighbours: pd.DataFrame | None
     vectors: dict[str, Any] | None
     persona_features: pd.DataFrame | None
+    maps: pd.DataFrame
+    """feature, map, method, x, y."""
 
 
 def read_harvest(cfg: IndexConfig) -> Harvest:
@@ -166,7 +175,10 @@ def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
                        f"'{harvest.sae_id}' (decoder {w_dec.shape})")
     log("decoder neighbours (FAISS)")
     decoder = similarity.build(w_dec, cfg.exact_max)
-    dec_ids, dec_cos = similarity.neighbours(decoder, w_dec, cfg.neighbors)
+    # One search serves the neighbours table and the map's layout.
+    k = min(max(cfg.neighbors, cfg.map_neighbors - 1), row["d_sae"] - 1)
+    knn = similarity.neighbours(decoder, w_dec, k)
+    dec_ids, dec_cos = knn[0][:, : cfg.neighbors], knn[1][:, : cfg.neighbors]
     indexes = [("decoder", decoder, w_dec.shape)]
     prof_rows = None
     profiles = harvest.profiles
@@ -185,7 +197,22 @@ def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
     if vectors is not None:
         log("persona vectors")
         feature_rows = nearest_features(decoder, vectors, min(cfg.persona_top, row["d_sae"]))
-    return Built(indexes, _neighbour_frame(dec_ids, dec_cos), prof_rows, vectors, feature_rows)
+    log("feature maps")
+    maps = [map_frame("decoder", np.arange(len(w_dec)), *feature_map.layout(
+        w_dec, decoder, cfg.map, cfg.map_neighbors, knn=knn))]
+    if prof_rows is not None:
+        live = np.flatnonzero(np.abs(matrix).sum(axis=1) > 0)
+        if len(live) >= 2:
+            sub = matrix[live]
+            maps.append(map_frame("persona_profile", live, *feature_map.layout(
+                sub, similarity.build(sub, cfg.exact_max), cfg.map, cfg.map_neighbors)))
+    return Built(indexes, _neighbour_frame(dec_ids, dec_cos), prof_rows, vectors, feature_rows,
+                 pd.concat(maps, ignore_index=True))
+
+
+def map_frame(name: str, features: np.ndarray, xy: np.ndarray, method: str) -> pd.DataFrame:
+    return pd.DataFrame({"feature": features.astype(np.int32), "map": name, "method": method,
+                         "x": xy[:, 0], "y": xy[:, 1]})
 
 
 def write_files(db: Path, sae_id: str, built: Built) -> tuple[Path, dict[str, str]]:
@@ -235,12 +262,15 @@ def write_tables(con: Any, cfg: IndexConfig, sae_id: str, built: Built, paths: d
     with transaction(con):
         create_index_tables(con)
         for table in ("examples", "feature_histograms", "neighbors", "profile_neighbors",
-                      "logit_effects", "faiss_indexes", "persona_vectors", "persona_features"):
+                      "logit_effects", "faiss_indexes", "persona_vectors", "persona_features",
+                      "feature_maps"):
             con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
         log("examples and histograms")
         con.execute(EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins,
                                    "per_bin": cfg.per_bin})
         con.execute(HISTOGRAM_SQL, {"sae": sae_id, "bins": cfg.histogram_bins})
+        log("handles")
+        write_handles(con, sae_id)
         vector_rows = None
         if built.vectors is not None:
             vector_rows = built.vectors["table"].assign(path=paths["persona_vectors"])[
@@ -249,7 +279,8 @@ def write_tables(con: Any, cfg: IndexConfig, sae_id: str, built: Built, paths: d
                              ("profile_neighbors", built.profile_neighbours),
                              ("logit_effects", effects),
                              ("persona_vectors", vector_rows),
-                             ("persona_features", built.persona_features)):
+                             ("persona_features", built.persona_features),
+                             ("feature_maps", built.maps)):
             if frame is not None:
                 insert_frame(con, table, frame, [sae_id])
         for name, index, shape in built.indexes:
@@ -294,6 +325,7 @@ def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
     return {"sae_id": sae_id, "features": harvest.row["d_sae"], "decoder_index": decoder.kind,
             "recall_at_10": decoder.recall_at_10, "logit_effects": note,
             "profiles": built.profile_neighbours is not None,
+            "map": built.maps["method"].iloc[0],
             "persona_vectors": 0 if built.vectors is None else len(built.vectors["table"]),
             "seconds": round(time.time() - started, 1)}
 

@@ -3,7 +3,8 @@
 The bulk tables become Hive-partitioned Parquet (`activations/sae_id=…/persona=…/*.parquet`,
 sorted by feature within each partition, so a query for one feature reads only the row groups
 whose min/max covers it); every other table is one Parquet file. Beside them, `shoggoth.duckdb`
-holds a view per table (same name, same columns, same order), the `feature_labels` view and the
+holds a view per table (same name, same columns, same order), the `feature_labels` and
+`feature_names` views and the
 `example_contexts` macro, so the documented queries run unchanged on the laptop file, on the
 export, or on the export copied to object storage (`--location s3://…`).
 
@@ -27,7 +28,7 @@ from core.atomic import publish, write_json_atomic
 from core.config import Config, option
 from core.errors import BadInput
 from index.database import WAIT, connect, remove, require_shoggoth, tables
-from index.schema import EXAMPLE_CONTEXTS_MACRO, FEATURE_LABELS_VIEW, quote
+from index.schema import EXAMPLE_CONTEXTS_MACRO, FEATURE_LABELS_VIEW, create_names_view, quote
 
 PARTITIONED: dict[str, tuple[tuple[str, ...], str]] = {
     "activations": (("sae_id", "persona"), "feature, paraphrase, item_id, pos"),
@@ -131,6 +132,8 @@ def write_views(path: Path, manifest: dict[str, Any], location: str) -> None:
             con.execute(FEATURE_LABELS_VIEW)
         if {"examples", "tokens"} <= set(manifest["columns"]):
             con.execute(EXAMPLE_CONTEXTS_MACRO)
+        if {"feature_handles", "feature_explanations"} <= set(manifest["columns"]):
+            create_names_view(con)
         con.execute("CREATE TABLE export_info (location VARCHAR, source VARCHAR, "
                     "exported_at VARCHAR, row_counts JSON)")
         con.execute("INSERT INTO export_info VALUES (?, ?, ?, ?)",

@@ -66,9 +66,10 @@ class Dictionary:
     def labels(self, features: list[int]) -> dict[int, dict[str, Any]]:
         """label, top_persona and density of each feature (label 'unlabelled' before
         `shoggoth label`)."""
+        named = names(self.con, self.sae_id, features)
         if not self.labelled:
-            return {f: {"label": "unlabelled", "top_persona": None, "density": None}
-                    for f in features}
+            return {f: {"label": "unlabelled", "top_persona": None, "density": None,
+                        "name": named.get(f)} for f in features}
         rows = self.con.execute("""
             SELECT l.feature, l.label, coalesce(l.top_persona, l.family_set), f.density
             FROM feature_labels l JOIN features f USING (sae_id, feature)
@@ -76,7 +77,8 @@ class Dictionary:
                                 [self.sae_id, features]).fetchall()
         found = {f: {"label": lab, "top_persona": top, "density": dens}
                  for f, lab, top, dens in rows}
-        return {f: found.get(f, {"label": "unlabelled", "top_persona": None, "density": None})
+        return {f: {**found.get(f, {"label": "unlabelled", "top_persona": None,
+                                   "density": None}), "name": named.get(f)}
                 for f in features}
 
     def check_feature(self, feature: int) -> None:
@@ -134,6 +136,11 @@ def describe(d: Dictionary, feature: int, k: int) -> dict[str, Any]:
     """A feature's label, its deciding statistics and its top contexts."""
     d.check_feature(feature)
     out: dict[str, Any] = {"feature": feature, **d.labels([feature])[feature]}
+    named = feature_name(d.con, d.sae_id, feature)
+    if named:
+        out.update(handle=named["handle"], explanation=named["explanation"],
+                   explainer=named["explainer"], detection=named["detection"],
+                   fuzzing=named["fuzzing"])
     if "features" in d.tables:
         cur = d.con.execute("SELECT * FROM features WHERE sae_id = ? AND feature = ?",
                             [d.sae_id, feature])
@@ -153,6 +160,30 @@ def describe(d: Dictionary, feature: int, k: int) -> dict[str, Any]:
     return out
 
 
+def by_name(d: Dictionary, text: str, k: int) -> list[dict[str, Any]]:
+    """The features whose handle, preferred persona or explanation contains `text` (any case),
+    the most distinctive handles first (their best term's score)."""
+    if not text.strip():
+        raise BadInput("--name: is empty")
+    if "feature_names" not in d.tables:
+        raise BadInput(f"--db {d.db}: no feature handles for '{d.sae_id}'; run "
+                       "`shoggoth index` first")
+    cur = d.con.execute("""
+        SELECT n.feature, n.name, n.label, n.explanation, n.detection, n.fuzzing
+        FROM feature_names n JOIN feature_handles h USING (sae_id, feature)
+        WHERE n.sae_id = $sae AND (n.name ILIKE $pattern ESCAPE '\\'
+                                   OR n.explanation ILIKE $pattern ESCAPE '\\')
+        ORDER BY h.best_score DESC, n.feature LIMIT $k""",
+                        {"sae": d.sae_id, "pattern": f"%{like_escape(text.strip())}%", "k": k})
+    return [dict(zip([c[0] for c in cur.description], row, strict=True))
+            for row in cur.fetchall()]
+
+
+def like_escape(text: str) -> str:
+    """`text` matched literally by LIKE/ILIKE ... ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
     """The features nearest the persona vector, and the persona's mask-specific (and
     mask-family) features, strongest first."""
@@ -169,14 +200,16 @@ def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
     if "features" in d.tables:
         specific = d.con.execute(MASK_FEATURES_SQL, [d.sae_id, persona, persona, k]).fetchall()
     labels = d.labels([f for f, _ in nearest])
+    specific_names = names(d.con, d.sae_id, [f for f, *_ in specific])
     return {
         "persona": persona,
         "vector_norm": None if norm is None else round(norm[0], 4),
         "relative_norm": None if norm is None else round(norm[1], 4),
         "nearest": [{"feature": f, "cosine": round(float(c), 4), **labels[f]}
                     for f, c in nearest],
-        "mask_specific": [{"feature": f, "label": lab, "top_share": share, "set_ratio": ratio,
-                           "q_value": q} for f, lab, share, ratio, q in specific],
+        "mask_specific": [{"feature": f, "name": specific_names.get(f), "label": lab,
+                           "top_share": share, "set_ratio": ratio, "q_value": q}
+                          for f, lab, share, ratio, q in specific],
     }
 
 
@@ -203,6 +236,74 @@ def has_table(con: Any, name: str) -> bool:
     return bool(con.execute(
         "SELECT count(*) FROM (SELECT 1 FROM duckdb_tables() WHERE table_name = $n UNION ALL "
         "SELECT 1 FROM duckdb_views() WHERE view_name = $n)", {"n": name}).fetchone()[0])
+
+
+def names(con: Any, sae: str, features: list[int] | None = None) -> dict[int, str]:
+    """Each feature's name: its handle, plus the persona it prefers when its label says so
+    (`feature_names`; empty before `shoggoth index`)."""
+    if not has_table(con, "feature_names"):
+        return {}
+    if features is None:
+        rows = con.execute("SELECT feature, name FROM feature_names WHERE sae_id = ?",
+                           [sae]).fetchall()
+    else:
+        rows = con.execute("SELECT feature, name FROM feature_names WHERE sae_id = ? AND "
+                           "feature IN (SELECT unnest(?::INTEGER[]))",
+                           [sae, [int(f) for f in features]]).fetchall()
+    return {int(f): n for f, n in rows}
+
+
+def with_names(con: Any, sae: str, frame: pd.DataFrame, column: str = "feature") -> pd.DataFrame:
+    """`frame` with a `name` column right after its feature column (`column`)."""
+    if frame.empty or column not in frame.columns:
+        return frame
+    found = names(con, sae, frame[column].dropna().astype(int).unique().tolist())
+    out = frame.copy()
+    named = out[column].map(lambda f: found.get(int(f)) if pd.notna(f) else None)
+    out.insert(out.columns.get_loc(column) + 1, "name", named)
+    return out
+
+
+def feature_name(con: Any, sae: str, feature: int) -> dict[str, Any]:
+    """One feature's handle, preferred persona, name and explanation with its scores (each None
+    when not computed)."""
+    if not has_table(con, "feature_names"):
+        return {}
+    cur = con.execute("SELECT * EXCLUDE (sae_id) FROM feature_names WHERE sae_id = ? AND "
+                      "feature = ?", [sae, feature])
+    row = cur.fetchone()
+    return {} if row is None else dict(zip([c[0] for c in cur.description], row, strict=True))
+
+
+def explanations(con: Any, sae: str) -> pd.DataFrame:
+    """The stored explanations with their names and scores: feature, name, explanation,
+    explainer, scorer, detection, detection_n, fuzzing, fuzzing_n (empty before `explain`)."""
+    if not has_table(con, "feature_explanations"):
+        return pd.DataFrame()
+    return con.execute("""
+        SELECT e.feature, n.name, e.explanation, e.explainer, e.scorer, e.detection,
+               e.detection_n, e.fuzzing, e.fuzzing_n
+        FROM feature_explanations e LEFT JOIN feature_names n USING (sae_id, feature)
+        WHERE e.sae_id = ? ORDER BY e.feature""", [sae]).df()
+
+
+def feature_map(con: Any, sae: str, name: str) -> pd.DataFrame:
+    """A stored 2-D map (`decoder` or `persona_profile`) with each point's name, label and
+    personas: feature, x, y, method, name, label, top_persona, argmax_persona (empty before
+    `shoggoth index`)."""
+    if not has_table(con, "feature_maps"):
+        return pd.DataFrame()
+    labelled = has_table(con, "features")
+    return con.execute(f"""
+        SELECT m.feature, m.x, m.y, m.method, n.name,
+               {"coalesce(l.label, 'unlabelled')" if labelled else "'unlabelled'"} AS label,
+               {"coalesce(l.top_persona, l.family_set)" if labelled else "NULL"} AS top_persona,
+               {"f.argmax_persona" if labelled else "NULL"} AS argmax_persona
+        FROM feature_maps m
+        LEFT JOIN feature_names n USING (sae_id, feature)
+        {"LEFT JOIN feature_labels l USING (sae_id, feature) "
+         "LEFT JOIN features f USING (sae_id, feature)" if labelled else ""}
+        WHERE m.sae_id = ? AND m.map = ? ORDER BY m.feature""", [sae, name]).df()
 
 
 def saes(con: Any) -> pd.DataFrame:
@@ -258,8 +359,9 @@ def labelled_features(con: Any, sae: str, feature: int | None = None) -> pd.Data
     if not has_table(con, "features"):
         return pd.DataFrame()
     if feature is not None:
-        return con.execute(LABELLED_SQL + " AND f.feature = ?", [sae, feature]).df()
-    return con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae]).df()
+        return with_names(con, sae,
+                          con.execute(LABELLED_SQL + " AND f.feature = ?", [sae, feature]).df())
+    return with_names(con, sae, con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae]).df())
 
 
 def _label_run(con: Any, sae: str) -> dict[str, Any]:
@@ -375,9 +477,9 @@ def feature_neighbours(con: Any, sae: str, feature: int, table: str) -> pd.DataF
     join = (f"LEFT JOIN {labels} l ON l.sae_id = n.sae_id AND l.feature = n.neighbor"
             if labels else "")
     label = "l.label" if labels else "NULL"
-    return con.execute(f"SELECT n.neighbor, n.cosine, {label} AS label FROM {table} n {join} "
-                       "WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank",
-                       [sae, feature]).df()
+    return with_names(con, sae, con.execute(
+        f"SELECT n.neighbor, n.cosine, {label} AS label FROM {table} n {join} "
+        "WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank", [sae, feature]).df(), "neighbor")
 
 
 def annotations(con: Any, sae: str, feature: int) -> pd.DataFrame:
@@ -389,7 +491,8 @@ def annotations(con: Any, sae: str, feature: int) -> pd.DataFrame:
 
 def mask_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
     """A persona's own features (labels in force; see MASK_FEATURES_SQL), strongest first."""
-    return con.execute(MASK_FEATURES_SQL, [sae, persona, persona, limit]).df()
+    return with_names(con, sae, con.execute(MASK_FEATURES_SQL,
+                                            [sae, persona, persona, limit]).df())
 
 
 def suppressed_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
@@ -398,7 +501,8 @@ def suppressed_features(con: Any, sae: str, persona: str, limit: int) -> pd.Data
         SELECT fp.feature, fp.delta_vs_rest, l.label FROM feature_personas fp
         JOIN feature_labels l USING (sae_id, feature)
         WHERE fp.sae_id = ? AND fp.persona = ? AND fp.delta_vs_rest < 0
-        ORDER BY fp.delta_vs_rest LIMIT ?""", [sae, persona, limit]).df()
+        ORDER BY fp.delta_vs_rest LIMIT ?""", [sae, persona, limit]).df().pipe(
+        lambda f: with_names(con, sae, f))
 
 
 def persona_vector(con: Any, sae: str, persona: str) -> pd.DataFrame:
@@ -415,7 +519,8 @@ def persona_vector_features(con: Any, sae: str, persona: str) -> pd.DataFrame:
         SELECT pf.feature, pf.cosine, {'l.label' if labels else 'NULL'} AS label
         FROM persona_features pf
         {'LEFT JOIN feature_labels l USING (sae_id, feature)' if labels else ''}
-        WHERE pf.sae_id = ? AND pf.persona = ? ORDER BY pf.rank""", [sae, persona]).df()
+        WHERE pf.sae_id = ? AND pf.persona = ? ORDER BY pf.rank""", [sae, persona]).df().pipe(
+        lambda f: with_names(con, sae, f))
 
 
 def feature_effects(con: Any, sae: str, feature: int) -> pd.DataFrame:
@@ -450,7 +555,8 @@ def mediation_summary(con: Any, sae: str) -> pd.DataFrame:
         FROM m LEFT JOIN feature_effects s ON s.sae_id = $sae AND s.feature = m.feature
              AND s.persona = m.persona AND s.measure = 'steer_toward'
         LEFT JOIN {labels} l ON l.feature = m.feature
-        WHERE m.r = 1 ORDER BY m.role, m.estimate DESC""", {"sae": sae})
+        WHERE m.r = 1 ORDER BY m.role, m.estimate DESC""", {"sae": sae}).pipe(
+        lambda f: with_names(con, sae, f))
 
 
 TYPICAL_SQL = """
@@ -533,4 +639,5 @@ def persona_content_features(con: Any, sae: str, answer_set: str, neutral: str, 
         WHERE e.sae_id = ? AND e.answer_set = ? AND e.neutral = ? AND e.persona = ?
               AND (e.content_low > 0 OR e.content_high < 0)
         ORDER BY abs(e.content) / greatest(e.content_high - e.content_low, 1e-9) DESC
-        LIMIT ?""", [sae, answer_set, neutral, persona, limit])
+        LIMIT ?""", [sae, answer_set, neutral, persona, limit]).pipe(
+        lambda f: with_names(con, sae, f))

@@ -117,8 +117,23 @@ INDEX_TABLES: dict[str, str] = {
     "persona_features": """
         sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, rank INTEGER NOT NULL,
         feature INTEGER NOT NULL, cosine FLOAT NOT NULL""",
+    "feature_handles": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, handle VARCHAR NOT NULL,
+        terms VARCHAR[] NOT NULL, scores DOUBLE[] NOT NULL, shares DOUBLE[] NOT NULL,
+        best_score DOUBLE NOT NULL, PRIMARY KEY (sae_id, feature)""",
+    "feature_maps": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, map VARCHAR NOT NULL,
+        method VARCHAR NOT NULL, x FLOAT NOT NULL, y FLOAT NOT NULL""",
+    "feature_explanations": """
+        sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, explanation VARCHAR NOT NULL,
+        explainer VARCHAR NOT NULL, scorer VARCHAR NOT NULL,
+        detection DOUBLE, detection_n INTEGER NOT NULL, detection_hits INTEGER[] NOT NULL,
+        fuzzing DOUBLE, fuzzing_n INTEGER NOT NULL, fuzzing_hits INTEGER[] NOT NULL,
+        n_shown INTEGER NOT NULL, settings_json JSON NOT NULL, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (sae_id, feature)""",
 }
-"""Written by `shoggoth index` (created when first needed)."""
+"""Written by `shoggoth index` (created when first needed; `shoggoth explain` fills
+feature_explanations)."""
 
 GRID_TABLES: dict[str, str] = {
     "answer_sets": """
@@ -201,6 +216,32 @@ def create_index_tables(con: Any) -> None:
     # The FAISS file's hash, checked when it is read, proves it belongs to this database.
     con.execute("ALTER TABLE faiss_indexes ADD COLUMN IF NOT EXISTS sha256 VARCHAR")
     con.execute(EXAMPLE_CONTEXTS_MACRO)
+    create_names_view(con)
+
+
+def create_names_view(con: Any) -> None:
+    """`feature_names`: each feature's handle, the persona it prefers when its label says so,
+    and its scored explanation when `shoggoth explain` wrote one (built from the tables there
+    are; every command that writes one of them calls this)."""
+    have = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    ).fetchall()}
+    if "feature_handles" not in have:
+        return
+    labels = "feature_labels" in have
+    persona = ("CASE WHEN l.label IN ('mask-specific', 'persona-concept', 'mask-or-concept') "
+               "THEN l.top_persona WHEN l.label = 'mask-family' THEN l.family_set END"
+               if labels else "NULL::VARCHAR")
+    con.execute(f"""
+CREATE OR REPLACE VIEW feature_names AS
+SELECT h.sae_id, h.feature, h.handle, {persona} AS persona,
+       h.handle || coalesce(' · ' || ({persona}), '') AS name,
+       {"l.label" if labels else "NULL::VARCHAR"} AS label,
+       e.explanation, e.explainer, e.detection, e.detection_n, e.fuzzing, e.fuzzing_n, h.terms
+FROM feature_handles h
+{"LEFT JOIN feature_labels l USING (sae_id, feature)" if labels else ""}
+LEFT JOIN feature_explanations e USING (sae_id, feature)
+""")
 
 
 FEATURE_LABELS_VIEW = """
@@ -237,6 +278,7 @@ def create_label_tables(con: Any) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
     add_feature_columns(con)
     con.execute(FEATURE_LABELS_VIEW)
+    create_names_view(con)
 
 
 def add_feature_columns(con: Any) -> None:

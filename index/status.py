@@ -32,6 +32,8 @@ class Status:
     """`shoggoth effects` has written its measurements."""
     grid: bool = False
     """`shoggoth grid` has written its labels."""
+    explained: bool = False
+    """`shoggoth explain` has written explanations."""
 
 
 def _rows(con: object, sae_id: str, table: str, names: set[str]) -> int:
@@ -64,11 +66,14 @@ def sae_status(db: Path, weights_sha256: str,
                                 [sae_id]).fetchone()[0]
         labelled = ("features" not in stale_label_tables(con)
                     and _rows(con, sae_id, "features", names) > 0)
-        indexed = _rows(con, sae_id, "faiss_indexes", names) > 0
+        # (a dictionary built before handles and maps existed counts as stale)
+        indexed = all(_rows(con, sae_id, t, names) > 0 for t in
+                      ("faiss_indexes", "feature_handles", "feature_maps"))
         probed = _rows(con, sae_id, "layer_probe", names) > 0
         effects = _rows(con, sae_id, "persona_shifts", names) > 0
         grid = _rows(con, sae_id, "grid_features", names) > 0
+        explained = _rows(con, sae_id, "feature_explanations", names) > 0
         return Status(True, labelled, indexed, False, documents, probed, effects=effects,
-                      grid=grid)
+                      grid=grid, explained=explained)
     finally:
         con.close()

@@ -1,5 +1,5 @@
-"""CLI commands for the steps that need a model and the database: `harvest`, `index` and
-`search`."""
+"""CLI commands for the steps that need a model and the database: `harvest`, `index`,
+`explain` and `search`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from rich.text import Text
 from core.config import config_options
 from core.progress import stderr_log
 from index.dictionary import IndexConfig
+from index.read import Dictionary, explanations
 from pipeline.dictionary import index_harvest
+from pipeline.explain import ExplainConfig, explain
 from pipeline.harvest import HarvestConfig, harvest
 from pipeline.harvest_ray import harvest_with_ray
 from pipeline.layer_probe import LayersConfig, probe_layers
@@ -72,6 +74,39 @@ def index_command(cfg: IndexConfig) -> None:
         f"logit effects {result['logit_effects']}", highlight=False)
 
 
+@click.command("explain")
+@config_options(ExplainConfig)
+def explain_command(cfg: ExplainConfig) -> None:
+    """Explain features with a language model (an OpenAI-compatible endpoint, or a local
+    instruct model: SmolLM2 offline by default) from their top and interval examples and
+    per-persona means, and score each explanation on held-out examples by detection and
+    fuzzing (balanced accuracy; 0.5 is chance). Resumable; one line per failed request."""
+    result = explain(cfg, log=stderr_log())
+    d = Dictionary(cfg.db, result["sae_id"])
+    try:
+        table = explanations(d.con, d.sae_id)
+    finally:
+        d.close()
+    console = Console(soft_wrap=True)
+    console.print(f"{cfg.db} · {result['sae_id']} · {result['explained']} explained in "
+                  f"{result['seconds']} s · {len(table)} explanations stored", highlight=False)
+    out = Table()
+    for col in ("feature", "name", "explanation", "detection", "fuzzing"):
+        out.add_column(col)
+    for r in table.itertuples():
+        out.add_row(str(r.feature), Text(str(r.name)), Text(r.explanation),
+                    _score(r.detection, r.detection_n), _score(r.fuzzing, r.fuzzing_n))
+    console.print(out)
+    if result["failed"]:
+        raise click.ClickException(
+            f"{len(result['failed'])} of {len(result['failed']) + result['explained']} "
+            "features were not explained (see above); rerun the same command to retry them")
+
+
+def _score(value: float | None, n: int) -> str:
+    return "n/a" if value is None or value != value else f"{value:.2f} (n={n})"
+
+
 @click.command("layers")
 @config_options(LayersConfig)
 def layers_command(cfg: LayersConfig) -> None:
@@ -101,7 +136,8 @@ def layers_command(cfg: LayersConfig) -> None:
 @config_options(SearchConfig)
 def search_command(cfg: SearchConfig) -> None:
     """Find features: --text "..." [--persona P] runs text through the model and SAE and shows
-    the top features per token and overall; --feature F shows one feature (--similar: its
+    the top features per token and overall; --name TEXT finds features by handle or
+    explanation; --feature F shows one feature (--similar: its
     nearest features by decoder direction, FAISS); --persona P shows the features nearest the
     persona's vector and its mask-specific features. All with labels; --json for scripts."""
     result = search(cfg)
@@ -119,17 +155,26 @@ def search_command(cfg: SearchConfig) -> None:
             tokens.add_column(col)
         for t in result["tokens"]:
             tokens.add_row(str(t["pos"]), repr(t["token"]), ", ".join(
-                f"{f['feature']} ({f['value']:.3g}, {f['label']})" for f in t["features"]))
+                f"{f['feature']} {f['name'] or ''} ({f['value']:.3g}, {f['label']})"
+                for f in t["features"]))
         console.print(tokens)
         _print_features(console, "top features over the whole text", result["overall"],
-                        ["feature", "mean_act", "max_act", "n_tokens", "label", "top_persona"])
+                        ["feature", "name", "mean_act", "max_act", "n_tokens", "label"])
+    elif mode == "name":
+        _print_features(console, f"features named like {result['query']!r}", result["features"],
+                        ["feature", "name", "label", "explanation", "detection", "fuzzing"])
     elif mode == "similar":
         console.print(f"feature {result['feature']} ({result['label']}) · nearest by decoder "
                       "direction", highlight=False)
         _print_features(console, "neighbours", result["neighbours"],
-                        ["feature", "cosine", "label", "top_persona", "density"])
+                        ["feature", "name", "cosine", "label", "density"])
     elif mode == "feature":
-        console.print(f"feature {result['feature']} · {result['label']}", highlight=False)
+        console.print(f"feature {result['feature']} · {result.get('name') or '(no handle)'} · "
+                      f"{result['label']}", highlight=False)
+        if result.get("explanation"):
+            console.print(f"explanation ({result['explainer']}): {result['explanation']} · "
+                          f"detection {_fmt(result['detection'])}, fuzzing "
+                          f"{_fmt(result['fuzzing'])}", highlight=False)
         stats = result.get("statistics") or {}
         if stats:
             console.print("  ".join(f"{k}={_fmt(v)}" for k, v in stats.items()),
@@ -141,10 +186,10 @@ def search_command(cfg: SearchConfig) -> None:
                       f"({result['relative_norm'] or 0:.1%} of the length of the non-control mean)",
                       highlight=False)
         _print_features(console, "features nearest the persona vector", result["nearest"],
-                        ["feature", "cosine", "label", "top_persona", "density"])
+                        ["feature", "name", "cosine", "label", "density"])
         _print_features(console, "its own features (mask-specific, persona-concept, "
                         "mask-or-concept, mask-family)", result["mask_specific"],
-                        ["feature", "label", "top_share", "set_ratio", "q_value"])
+                        ["feature", "name", "label", "top_share", "set_ratio", "q_value"])
 
 
 def _fmt(v: Any) -> str:

@@ -23,6 +23,7 @@ from index.schema import battery_of
 from index.status import sae_status
 from pipeline.dictionary import index_harvest
 from pipeline.effects import EffectsConfig, run_effects
+from pipeline.explain import ExplainConfig, explain
 from pipeline.generate import GenerateConfig, generate_answers
 from pipeline.grid import GridConfig, run_grid
 from pipeline.harvest import HarvestConfig, harvest
@@ -54,6 +55,8 @@ class Recipe:
     generate: dict[str, Any] | None = None
     """GenerateConfig settings of the model's own answers for the grid (None: not a causal
     LM)."""
+    explain: dict[str, Any] | None = None
+    """ExplainConfig settings of the offline explanations (None: skipped)."""
 
     @property
     def sae_name(self) -> str:
@@ -71,7 +74,8 @@ RECIPES = {
                       harvest={"paraphrases": 2, "items_per_topic": 6},
                       layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"},
                       effects={"items_per_topic": 2, "top": 12, "baseline": 8},
-                      generate={"items_per_topic": 1, "max_tokens": 40}),
+                      generate={"items_per_topic": 1, "max_tokens": 40},
+                      explain={"limit": 20}),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb", layers={"items_per_topic": 2}),
 }
 
@@ -196,5 +200,14 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
               None if status.indexed else lambda: index_harvest(IndexConfig(db=db), log=quiet),
               "dictionary stored" if status.indexed else
               "examples, histograms, FAISS, persona vectors")
+    explaining = "explain features with SmolLM2, scored on held-out examples"
+    if recipe.explain is None:
+        steps.skip(8, explaining, "the quick path (run `shoggoth explain` yourself)")
+    else:
+        settings = recipe.explain
+        steps.run(8, explaining, None if status.explained else
+                  lambda: explain(ExplainConfig(db=db, **settings), log=quiet),
+                  "explanations stored" if status.explained else
+                  f"{settings['limit']} features, detection and fuzzing scores")
     console.print(f"built in {time.time() - started:.0f} s", highlight=False)
     return db

@@ -15,7 +15,7 @@ import torch
 
 from core.config import Config, option
 from core.errors import BadInput
-from index.read import Dictionary, by_persona, describe, similar
+from index.read import Dictionary, by_name, by_persona, describe, similar
 from pipeline.dictionary import load_harvest_sae
 from sae.activations import continuation_activations
 from sae.models import load_model
@@ -33,6 +33,9 @@ class SearchConfig(Config):
     """The SAE (its sae_id; default: the only one in the database)."""
     text: str | None = None
     """Run this text through the model and SAE and show the features it activates."""
+    name: str | None = None
+    """Features whose handle, preferred persona or explanation contains this text (any case),
+    from `shoggoth index` and `shoggoth explain`."""
     persona: str | None = None
     """With --text: run the text under this persona's system prompt. Alone: the features
     nearest to the persona's vector and its mask-specific features."""
@@ -50,12 +53,17 @@ class SearchConfig(Config):
     """auto (CUDA when present), cpu, cuda or cuda:N (for --text)."""
 
     def check(self) -> None:
-        if self.text is not None and self.feature is not None:
-            raise BadInput("--text and --feature: give one of them")
         if self.similar and self.feature is None:
             raise BadInput("--similar: needs --feature F")
-        if self.text is None and self.feature is None and self.persona is None:
-            raise BadInput("search: give --text \"...\", --feature F [--similar] or --persona P")
+        modes = [m for m, v in (("--text", self.text), ("--name", self.name),
+                                ("--feature", self.feature)) if v is not None]
+        if len(modes) > 1:
+            raise BadInput(f"{' and '.join(modes)}: give one of them")
+        if self.name is not None and self.persona is not None:
+            raise BadInput("--name and --persona: give one of them")
+        if not modes and self.persona is None:
+            raise BadInput("search: give --text \"...\", --name TEXT, --feature F [--similar] "
+                           "or --persona P")
         if self.feature is not None and self.persona is not None:
             raise BadInput("--feature and --persona: give one of them")
 
@@ -101,8 +109,8 @@ def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: i
     overall = [int(j) for j in np.argsort(-mean)[:k] if mean[j] > 0]
     labels = d.labels(sorted({j for t in per_token for j, _ in t["features"]} | set(overall)))
     for t in per_token:
-        t["features"] = [{"feature": j, "value": v, "label": labels[j]["label"]}
-                         for j, v in t["features"]]
+        t["features"] = [{"feature": j, "name": labels[j]["name"], "value": v,
+                          "label": labels[j]["label"]} for j, v in t["features"]]
     return {
         "text": text, "persona": persona, "paraphrase": paraphrase if persona else None,
         "tokens": per_token, "activations": f,
@@ -120,6 +128,9 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
             found = by_text(d, cfg.text, cfg.persona, cfg.paraphrase, cfg.top, cfg.device)
             found.pop("activations")
             return {"mode": "text", "sae_id": d.sae_id, **found}
+        if cfg.name is not None:
+            return {"mode": "name", "sae_id": d.sae_id, "query": cfg.name,
+                    "features": by_name(d, cfg.name, cfg.top)}
         if cfg.feature is not None and cfg.similar:
             neighbours = similar(d, cfg.feature, cfg.top)
             return {"mode": "similar", "sae_id": d.sae_id, "feature": cfg.feature,

@@ -124,10 +124,19 @@ def test_deep_link_opens_the_feature(db):
     top = con.execute("SELECT max(value) FROM activations WHERE feature = ?",
                       [feature]).fetchone()[0]
     con.close()
+    con = duckdb.connect(str(db), read_only=True)
+    name = con.execute("SELECT name FROM feature_names WHERE feature = ?", [feature]).fetchone()[0]
+    neighbour, their = con.execute(
+        "SELECT n.neighbor, f.name FROM neighbors n JOIN feature_names f ON f.sae_id = n.sae_id "
+        "AND f.feature = n.neighbor WHERE n.feature = ? ORDER BY n.rank LIMIT 1",
+        [feature]).fetchone()
+    con.close()
     at = app(db, "views/feature.py", feature=str(feature))
     assert at.title[0].value == f"Feature {feature} · {label}"
     assert at.query_params["feature"] == str(feature)
     text = text_of(at)
+    assert name in text  # its handle, under the title
+    assert f"feature {neighbour} · {their}" in text  # and every neighbour's
     assert f"`{top:.3f}`" in text  # the strongest context comes first
     assert "Nearest features by decoder direction" in text
     assert "Mean activation per persona" in text
@@ -194,6 +203,27 @@ def test_personas_page_lists_prompts_and_vector_features(db):
     text = text_of(at)
     assert "You are a helpful assistant." in text
     assert f"feature {first}" in text
+    close_store(db)
+
+
+def test_names_are_searchable_and_on_the_map(db):
+    con = duckdb.connect(str(db), read_only=True)
+    feature, name, term = con.execute(
+        "SELECT feature, name, terms[1] FROM feature_names n JOIN feature_handles h "
+        "USING (sae_id, feature) WHERE len(h.terms) > 0 ORDER BY h.best_score DESC "
+        "LIMIT 1").fetchone()
+    con.close()
+    at = app(db, "views/search.py")
+    at.text_input(key="n_text").set_value(term).run()
+    assert not at.exception and f"feature {feature} · {name}" in text_of(at)
+    at = app(db, "views/features.py")
+    at.text_input(key="f_name").set_value(term).run()
+    shown = at.dataframe[0].value
+    assert feature in set(shown["feature"]) and shown["name"].str.contains(
+        term, case=False, regex=False).all()
+    at = app(db, "views/map.py")
+    assert "laid out by UMAP" not in text_of(at)  # 64 features: the PCA map, said so
+    assert "principal components" in text_of(at)
     close_store(db)
 
 

@@ -225,3 +225,40 @@ def test_persona_vectors_match_a_direct_computation(indexed, tiny_gpt2, tiny_sae
         assert got[0] == list(np.argsort(-cos)[:20])
         assert np.allclose(got[1], np.sort(cos)[::-1][:20], atol=1e-5)
     con.close()
+
+
+def map_neighbours_kept(xy: np.ndarray, x: np.ndarray, k: int = 5) -> float:
+    """Mean share of each point's k nearest on the map among its k nearest by cosine."""
+    u = unit(x)
+    true = np.argsort(-(u @ u.T), axis=1)[:, 1 : k + 1]
+    d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    got = np.argsort(d, axis=1)[:, 1 : k + 1]
+    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(true, got, strict=True)]))
+
+
+def test_umap_maps_are_stored_seeded_and_keep_neighbours(capfd, indexed, tmp_path, tiny_sae_dir):
+    """`--map umap`: both maps stored for every feature (profiles: live ones), the same on a
+    rebuild, and a map's near points are near in the decoder space far more than by chance;
+    the default on a small SAE is PCA. Handles and the names view are there too."""
+    db = tmp_path / "copy.duckdb"
+    db.write_bytes(indexed.read_bytes())
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT DISTINCT method FROM feature_maps").fetchall() == [("pca",)]
+    assert con.execute("SELECT count(*) FROM feature_names WHERE name IS NULL").fetchone()[0] == 0
+    con.close()
+    coords = []
+    for _ in range(2):
+        assert shoggoth.main(["index", "--db", str(db), "--map", "umap"]) == 0, \
+            capfd.readouterr()[1]
+        con = duckdb.connect(str(db), read_only=True)
+        coords.append(con.execute("SELECT map, method, feature, x, y FROM feature_maps "
+                                  "ORDER BY map, feature").df())
+        con.close()
+    got = coords[0]
+    assert set(got["method"]) == {"umap"} and set(got["map"]) == {"decoder", "persona_profile"}
+    assert np.array_equal(coords[0][["x", "y"]].to_numpy(), coords[1][["x", "y"]].to_numpy())
+    w = SAE.load_from_disk(str(tiny_sae_dir)).W_dec.detach().numpy()
+    dec = got[got["map"] == "decoder"].sort_values("feature")
+    assert list(dec["feature"]) == list(range(len(w)))
+    kept = map_neighbours_kept(dec[["x", "y"]].to_numpy(), w)
+    assert kept > 3 * 5 / len(w), kept  # chance is k / n

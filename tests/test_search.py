@@ -114,8 +114,27 @@ def test_persona_mode(capfd, indexed_db, tmp_path):
     assert code == 0 and feature not in [m["feature"] for m in json.loads(out)["mask_specific"]]
 
 
+def test_name_mode_finds_features_by_handle(capfd, indexed_db):
+    con = duckdb.connect(str(indexed_db), read_only=True)
+    term = con.execute("SELECT terms[1] FROM feature_handles WHERE len(terms) > 0 "
+                       "ORDER BY best_score DESC LIMIT 1").fetchone()[0]
+    want = {f for (f,) in con.execute(
+        "SELECT feature FROM feature_names WHERE name ILIKE ?", [f"%{term}%"]).fetchall()}
+    con.close()
+    code, out, err = search(capfd, indexed_db, "--name", term.upper(), "--top", "1000", "--json")
+    assert code == 0, err
+    got = json.loads(out)["features"]
+    assert {g["feature"] for g in got} == want
+    assert all(term.lower() in g["name"].lower() for g in got)
+    code, out, _ = search(capfd, indexed_db, "--name", "no such handle %_", "--json")
+    assert code == 0 and json.loads(out)["features"] == []  # % and _ match only themselves
+    code, out, _ = search(capfd, indexed_db, "--name", term)
+    assert code == 0 and "features named like" in out
+
+
 @pytest.mark.parametrize("args, words", [
     (["--persona", "wizard"], "--persona wizard: not in this database"),
+    (["--name", "x", "--feature", "1"], "give one of them"),
     (["--feature", "9999", "--similar"], "--feature 9999: out of range"),
     (["--similar"], "--similar: needs --feature"),
     ([], "search: give --text"),

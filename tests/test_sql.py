@@ -26,8 +26,9 @@ def named_queries() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def labelled(labelled_db) -> Path:
-    return labelled_db
+def labelled(indexed_db) -> Path:
+    """Harvested, labelled and indexed (the queries name features through feature_names)."""
+    return indexed_db
 
 
 def sql(capfd, db: Path, query: str, *flags: str) -> tuple[int, str, str]:
@@ -43,7 +44,7 @@ def digest(path: Path) -> str:
 def test_every_documented_query_runs(capfd, labelled):
     queries = named_queries()
     assert {"persona_label_counts", "mask_specific_of_persona", "shared_by_every_persona",
-            "calibration", "label_fdr", "mask_general"} <= set(queries)
+            "calibration", "label_fdr", "mask_general", "features_named"} <= set(queries)
     results = {}
     for name, query in queries.items():
         code, out, err = sql(capfd, labelled, query, "--format", "json")

@@ -39,7 +39,21 @@ st.query_params["feature"] = str(feature)
 stats = labels_frame(sae, feature)
 info = stats.iloc[0].to_dict() if len(stats) else None
 label = info["label"] if info else "unlabelled"
+named = q(read.feature_name, sae, feature)
 st.title(f"Feature {feature} · {md(label)}")
+if named:
+    st.markdown(f"**{md(named['name'])}**")
+    st.caption("Handle: the tokens and two-token phrases that carry most of its activation "
+               "beyond their base rate in the battery (computed by `shoggoth index`, offline), "
+               "and the persona its label says it prefers.")
+    if named.get("explanation"):
+        def score(value: float | None) -> str:
+            return "n/a" if value is None or pd.isna(value) else f"{value:.2f}"
+
+        st.markdown(f"*{md(named['explanation'])}* — {md(named['explainer'])}; scored on "
+                    f"held-out examples: detection {score(named['detection'])} "
+                    f"(n = {named['detection_n']}), fuzzing {score(named['fuzzing'])} "
+                    f"(n = {named['fuzzing_n']}); 0.5 is chance.")
 jump = st.number_input("go to feature", 0, int(row["d_sae"]) - 1, feature, key=f"go_{feature}")
 if jump != feature:
     st.query_params["feature"] = str(jump)
@@ -143,7 +157,8 @@ for table, title in (("neighbors", "Nearest features by decoder direction (FAISS
     cols = st.columns(2)
     for i, n in enumerate(near.itertuples()):
         with cols[i % 2]:
-            feature_link(sae, int(n.neighbor), n.label, f" · cos {n.cosine:.3f}")
+            feature_link(sae, int(n.neighbor), n.label, f" · cos {n.cosine:.3f}",
+                         name=getattr(n, "name", None))
 
 # --- context and content (the mask in action) -----------------------------------------------
 grid, cells = q(read.grid_feature, sae, feature)

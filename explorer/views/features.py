@@ -23,6 +23,7 @@ labels = c1.multiselect("label", LABELS, default=[], key="f_label",
 persona = c2.selectbox("top persona", ["(any)", *personas], key="f_persona")
 family = c3.selectbox("family", ["(any)", *families], key="f_family")
 feature_id = c4.text_input("feature id", key="f_id", placeholder="e.g. 42 or 1,2,3")
+named = st.text_input("name contains", key="f_name", placeholder="a word of the handle, e.g. rain")
 c5, c6, c7, c8 = st.columns(4)
 min_density = c5.number_input("min density", 0.0, 1.0, 0.0, step=0.001, format="%.4f",
                               key="f_density")
@@ -45,6 +46,8 @@ if feature_id.strip():
         st.error(f"feature id {feature_id!r}: give whole numbers separated by commas")
         st.stop()
     shown = shown[shown["feature"].isin(ids)]
+if named.strip() and "name" in shown.columns:
+    shown = shown[shown["name"].fillna("").str.contains(named.strip(), case=False, regex=False)]
 shown = shown[(shown["density"].fillna(0) >= min_density)
               & (shown["top_ratio"].fillna(0) >= min_ratio)
               & (shown["q_value"].fillna(1) <= max_q)]
@@ -52,7 +55,8 @@ shown = shown.sort_values(sort, ascending=sort in ("feature", "q_value", "contro
                                                   "ratio_ci_high"),
                           na_position="last")
 
-columns = ["feature", "label", "top_persona", "argmax_persona", "family", "family_set",
+columns = ["feature", *(["name"] if "name" in shown.columns else []), "label", "top_persona",
+           "argmax_persona", "family", "family_set",
            "battery_family", "density", "n_docs_firing", "q_value", "top_ratio",
            "paraphrase_margin", "set_ratio", "control_ratio", "no_mask_ratio", "ratio_ci_high",
            "shared_power", "mean_act", "max_act", "manual_label", "note"]

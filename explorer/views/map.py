@@ -1,58 +1,48 @@
-"""Feature map: the decoder directions projected to 2-D (PCA), coloured by label; click a point
-to open its feature."""
+"""Feature map: the features laid out in 2-D by `shoggoth index` (UMAP of the decoder
+directions, or of the persona profiles), coloured by label or by the persona a feature prefers,
+with its name on hover; click a point to open its feature."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import altair as alt
-import numpy as np
-import pandas as pd
 import streamlit as st
 
-from core.errors import BadInput
-from explorer.common import choose_sae, cursor, db_path, labels_frame, open_feature, version
-from index.read import Dictionary
+from explorer.common import choose_sae, db_path, open_feature, q
+from index import read
 
 MAX_POINTS = 20_000
-
-
-@st.cache_data(show_spinner="projecting the decoder ...")
-def projection(db: tuple[Any, ...], sae_id: str) -> pd.DataFrame:
-    index: Any = Dictionary(db_path(), sae_id, con=cursor()).faiss_index("decoder")
-    w = index.reconstruct_n(0, index.ntotal)  # unit decoder rows, as indexed
-    w = w - w.mean(axis=0)
-    _, _, vt = np.linalg.svd(w[np.random.default_rng(0).choice(len(w), min(len(w), 20_000),
-                                                                replace=False)],
-                             full_matrices=False)
-    xy = w @ vt[:2].T
-    return pd.DataFrame({"feature": np.arange(len(w)), "pc1": xy[:, 0], "pc2": xy[:, 1]})
-
+MAPS = {"decoder directions": "decoder", "persona profiles": "persona_profile"}
 
 sae, row = choose_sae()
 st.title("Feature map")
-st.caption("Each point is a feature's decoder direction, projected on the first two principal "
-           "components of all directions; colour is the label. Click a point to open it.")
-try:
-    points = projection(version(), sae)
-except BadInput as e:
-    st.error(str(e))
+c1, c2, c3 = st.columns(3)
+which = c1.radio("map of", list(MAPS), horizontal=True, key="m_which")
+colour = c2.radio("colour by", ["label", "preferred persona"], horizontal=True, key="m_colour")
+hide_dead = c3.checkbox("hide dead features", True, key="m_dead")
+points = q(read.feature_map, sae, MAPS[which])
+if points.empty:
+    st.info(f"No {which} map yet: run `shoggoth index --db {db_path()}`"
+            + (" after `shoggoth label`." if MAPS[which] == "persona_profile" else "."))
     st.stop()
-labels = labels_frame(sae)
-if len(labels):
-    points = points.merge(labels[["feature", "label", "top_persona"]], on="feature", how="left")
-else:
-    points["label"], points["top_persona"] = "unlabelled", None
-hide_dead = st.checkbox("hide dead features", True, key="m_dead")
+method = points["method"].iloc[0]
+st.caption(("Each point is a feature's decoder direction" if MAPS[which] == "decoder" else
+            "Each point is a live feature's vector of per-persona mean activations")
+           + (", laid out by UMAP (cosine) from its nearest neighbours: nearby points are "
+              "similar, distances between clusters mean little." if method == "umap" else
+              ", projected on the first two principal components.")
+           + " Hover for its name; click to open it.")
 if hide_dead:
     points = points[points["label"] != "dead"]
+points = points.assign(persona=points["top_persona"].fillna(points["argmax_persona"])
+                       .fillna("(none)"))
 if len(points) > MAX_POINTS:
     st.caption(f"showing a random {MAX_POINTS:,} of {len(points):,} features")
     points = points.sample(MAX_POINTS, random_state=0)
 pick = alt.selection_point(name="pick", fields=["feature"], on="click")
+field = "label:N" if colour == "label" else "persona:N"
 chart = alt.Chart(points).mark_circle(size=18, opacity=0.7).encode(
-    x="pc1:Q", y="pc2:Q", color="label:N",
-    tooltip=["feature", "label", "top_persona"]).add_params(pick)
+    x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=field,
+    tooltip=["feature", "name", "label", "persona"]).add_params(pick)
 event = st.altair_chart(chart, on_select="rerun", key="m_chart", width="stretch")
 chosen = event.selection.get("pick") if event else None
 if chosen:

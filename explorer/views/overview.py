@@ -132,15 +132,18 @@ if len(grid):
 st.subheader("Most active features")
 for f in features[features["label"] != "dead"].sort_values(
         "density", ascending=False).head(5).itertuples():
-    feature_link(sae, f.feature, f.label, f" · density {f.density:.3f}")
+    feature_link(sae, f.feature, f.label, f" · density {f.density:.3f}",
+                 name=getattr(f, "name", None))
 st.subheader("Strongest mask-specific features")
 top = features[features["label"].isin(["mask-specific", "mask-family"])].sort_values(
     "set_ratio", ascending=False).head(10)
 if top.empty:
     st.write("None: no feature passed the mask-specific or mask-family rules.")
 for f in top.itertuples():
-    feature_link(sae, f.feature, f.label, f" · {f.top_persona or f.family_set}")
+    feature_link(sae, f.feature, f.label, f" · {f.top_persona or f.family_set}",
+                 name=getattr(f, "name", None))
 st.subheader("Most frequent shared features")
 for f in features[features["label"] == "shared"].sort_values(
         "density", ascending=False).head(10).itertuples():
-    feature_link(sae, f.feature, f.label, f" · density {f.density:.3f}")
+    feature_link(sae, f.feature, f.label, f" · density {f.density:.3f}",
+                 name=getattr(f, "name", None))

@@ -34,13 +34,15 @@ with left:
         if own.empty:
             st.write("None: no set of personas including it stands apart for any feature.")
         for f in own.itertuples():
-            feature_link(sae, int(f.feature), f.label, f" · {f.set_ratio:.1f}× the others")
+            feature_link(sae, int(f.feature), f.label, f" · {f.set_ratio:.1f}× the others",
+                         name=getattr(f, "name", None))
         st.subheader("Most suppressed under it")
         st.caption("Live features whose mean under this persona falls furthest below the other "
                    "personas' mean (a ranking, not a significance test).")
         low = q(read.suppressed_features, sae, persona, 15)
         for f in low.itertuples():
-            feature_link(sae, int(f.feature), f.label, f" · {f.delta_vs_rest:+.4f}")
+            feature_link(sae, int(f.feature), f.label, f" · {f.delta_vs_rest:+.4f}",
+                         name=getattr(f, "name", None))
     else:
         st.info("Not labelled yet: run `shoggoth label`.")
 with right:
@@ -54,7 +56,8 @@ with right:
                        f"{int(vec['n_tokens'][0]):,} answer tokens.")
         near = q(read.persona_vector_features, sae, persona)
         for f in near.itertuples():
-            feature_link(sae, int(f.feature), f.label, f" · cos {f.cosine:.3f}")
+            feature_link(sae, int(f.feature), f.label, f" · cos {f.cosine:.3f}",
+                         name=getattr(f, "name", None))
     else:
         st.info("No persona vectors yet: run `shoggoth index`.")
 
@@ -97,4 +100,5 @@ else:
     for f in moved.itertuples():
         feature_link(sae, int(f.feature), f.grid_label,
                      f" · ×{np.exp(f.content):.2f} [{np.exp(f.content_low):.2f}, "
-                     f"{np.exp(f.content_high):.2f}]" + (f" · {f.label}" if f.label else ""))
+                     f"{np.exp(f.content_high):.2f}]" + (f" · {f.label}" if f.label else ""),
+                     name=getattr(f, "name", None))

@@ -10,7 +10,7 @@ import streamlit as st
 from core.errors import BadInput
 from explorer.common import choose_sae, cursor, db_path, feature_link, md, q, version
 from index import read
-from index.read import Dictionary, similar
+from index.read import Dictionary, by_name, similar
 from pipeline.search import by_text, load_runner
 
 
@@ -27,7 +27,7 @@ def decoder_index(db: tuple[Any, ...], sae_id: str) -> Any:
 sae, row = choose_sae()
 cur = cursor()
 st.title("Search")
-text_tab, similar_tab = st.tabs(["by text", "similar features"])
+text_tab, name_tab, similar_tab = st.tabs(["by text", "by name", "similar features"])
 with text_tab:
     personas = q(read.persona_names)
     text = st.text_area("text (measured as an answer)", st.query_params.get(
@@ -60,13 +60,27 @@ with text_tab:
             feature_link(sae, focus)
         else:
             st.dataframe([{"pos": t["pos"], "token": t["token"],
-                           "top features": ", ".join(f"{f['feature']} ({f['value']:.2f}, "
-                                                     f"{f['label']})" for f in t["features"])}
+                           "top features": ", ".join(
+                               f"{f['feature']} {f['name'] or ''} ({f['value']:.2f}, "
+                               f"{f['label']})" for f in t["features"])}
                           for t in result["tokens"]], hide_index=True)
         st.subheader("Top features over the whole text")
         for f in result["overall"]:
             feature_link(sae, f["feature"], f["label"], f" · mean {f['mean_act']:.3f} · "
-                         f"{f['n_tokens']} tokens")
+                         f"{f['n_tokens']} tokens", name=f["name"])
+with name_tab:
+    wanted = st.text_input("handle, persona or explanation contains", key="n_text",
+                           placeholder="e.g. rain, pirate")
+    if wanted.strip():
+        try:
+            hits = by_name(Dictionary(db_path(), sae, con=cur), wanted, 50)
+        except BadInput as e:
+            st.error(str(e))
+        else:
+            if not hits:
+                st.write(f"No feature's handle or explanation contains {md(repr(wanted))}.")
+            for h in hits:
+                feature_link(sae, h["feature"], h["label"], name=h["name"])
 with similar_tab:
     fid = st.number_input("feature", 0, int(row["d_sae"]) - 1,
                           int(st.query_params.get("feature", 0)), key="s_feature")
@@ -77,4 +91,5 @@ with similar_tab:
         st.error(str(e))
     else:
         for n in found:
-            feature_link(sae, n["feature"], n["label"], f" · cos {n['cosine']:.3f}")
+            feature_link(sae, n["feature"], n["label"], f" · cos {n['cosine']:.3f}",
+                         name=n["name"])

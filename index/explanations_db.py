@@ -1,0 +1,140 @@
+"""The database side of `shoggoth explain`: which features to explain, their example windows
+(tokens with the feature's activation on each), and the explanations with their scores.
+
+Each feature's explanation is written in its own short transaction, with the connection opened
+only for it, so a long run holds no lock between features and an interrupted run keeps every
+feature it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pandas as pd
+
+from core.errors import BadInput
+from index.database import connect, tables, transaction
+from index.handles import CLEAN
+from index.schema import create_index_tables
+
+PERSONA_LABELS = ("mask-specific", "persona-concept", "mask-or-concept", "mask-family")
+
+WINDOWS_SQL = f"""
+WITH e AS (SELECT feature, kind, rank, persona, paraphrase, item_id, pos, value
+           FROM examples WHERE sae_id = $sae AND feature IN (SELECT unnest($features))),
+w AS (SELECT e.*, t.pos AS tpos, {CLEAN.format(x="t.token")} AS token
+      FROM e JOIN tokens t ON t.sae_id = $sae AND t.item_id = e.item_id
+                          AND t.pos BETWEEN e.pos - $width AND e.pos + $width)
+SELECT w.feature, w.kind, w.rank, w.persona, w.paraphrase, w.item_id, w.pos, w.value, w.tpos,
+       w.token, coalesce(a.value, 0) AS act
+FROM w LEFT JOIN activations a ON a.sae_id = $sae AND a.feature = w.feature
+     AND a.persona = w.persona AND a.paraphrase = w.paraphrase AND a.item_id = w.item_id
+     AND a.pos = w.tpos
+ORDER BY w.feature, w.kind, w.rank, w.persona, w.paraphrase, w.item_id, w.pos, w.tpos
+"""
+
+
+def choose_features(con: Any, sae: str, wanted: list[int] | None, limit: int) -> list[int]:
+    """`wanted` (live features only), or up to `limit` live features: those whose label names
+    a persona first, then the most often firing."""
+    if "examples" not in tables(con):
+        raise BadInput(f"'{sae}': no examples yet; run `shoggoth index` first")
+    live = {f for (f,) in con.execute("SELECT DISTINCT feature FROM examples WHERE sae_id = ?",
+                                      [sae]).fetchall()}
+    if wanted is not None:
+        dead = [f for f in wanted if f not in live]
+        if dead:
+            raise BadInput(f"--features {dead[0]}: never fires in this harvest (nothing to "
+                           "explain)")
+        return wanted
+    if "features" in tables(con):
+        rows = con.execute(f"""
+            SELECT feature FROM features WHERE sae_id = ? AND n_docs_firing > 0
+            ORDER BY label IN {PERSONA_LABELS} DESC, n_docs_firing DESC, feature LIMIT ?""",
+                           [sae, limit]).fetchall()
+        return [f for (f,) in rows if f in live]
+    return sorted(live)[:limit]
+
+
+def windows(con: Any, sae: str, features: list[int], width: int) -> pd.DataFrame:
+    """Every stored example of `features` as token rows: feature, kind, rank, persona,
+    paraphrase, item_id, pos, value, tpos, token, act (this feature on that token)."""
+    return con.execute(WINDOWS_SQL, {"sae": sae, "features": features, "width": width}).df()
+
+
+def silent_items(con: Any, sae: str, feature: int) -> list[str]:
+    """Items whose answer the feature never fires on, under any persona."""
+    return [i for (i,) in con.execute("""
+        SELECT item_id FROM items WHERE item_id NOT IN (
+            SELECT DISTINCT item_id FROM doc_features WHERE sae_id = ? AND feature = ?)
+        ORDER BY item_id""", [sae, feature]).fetchall()]
+
+
+def item_tokens(con: Any, sae: str, items: list[str]) -> dict[str, list[str]]:
+    """Each item's answer tokens, readable."""
+    rows = con.execute(f"SELECT item_id, {CLEAN.format(x='token')} FROM tokens WHERE "
+                       "sae_id = ? AND item_id IN (SELECT unnest(?::VARCHAR[])) "
+                       "ORDER BY item_id, pos", [sae, items]).fetchall()
+    out: dict[str, list[str]] = {}
+    for item, token in rows:
+        out.setdefault(item, []).append(token)
+    return out
+
+
+def silent_windows(con: Any, sae: str, feature: int, n: int, width: int,
+                   seed: int) -> list[tuple[str, list[str]]]:
+    """`n` windows (item, tokens) of 2·width + 1 tokens from answers the feature never fires
+    on, at seeded random places."""
+    items = silent_items(con, sae, feature)
+    rng = random.Random(seed * 1_000_003 + feature)
+    chosen = rng.sample(items, min(n, len(items)))
+    tokens = item_tokens(con, sae, chosen)
+    out = []
+    for item in chosen:
+        toks = tokens.get(item, [])
+        if not toks:
+            continue
+        centre = rng.randrange(len(toks))
+        out.append((item, toks[max(0, centre - width): centre + width + 1]))
+    return out
+
+
+def persona_means(con: Any, sae: str, feature: int) -> list[tuple[str, float]]:
+    if "feature_personas" not in tables(con):
+        return []
+    return [(p, float(m)) for p, m in con.execute(
+        "SELECT persona, mean_act FROM feature_personas fp JOIN personas USING (persona) "
+        "WHERE sae_id = ? AND feature = ? AND NOT is_control ORDER BY mean_act DESC, persona",
+        [sae, feature]).fetchall()]
+
+
+def done_features(con: Any, sae: str, settings: dict[str, Any]) -> set[int]:
+    """Features already explained with these settings (a rerun skips them)."""
+    if "feature_explanations" not in tables(con):
+        return set()
+    return {f for (f,) in con.execute(
+        "SELECT feature FROM feature_explanations WHERE sae_id = ? AND settings_json = ?::JSON",
+        [sae, json.dumps(settings, sort_keys=True)]).fetchall()}
+
+
+def write_explanation(db: Any, sae: str, row: dict[str, Any]) -> None:
+    """Replace one feature's explanation, in one transaction."""
+    con = connect(db)
+    try:
+        with transaction(con):
+            create_index_tables(con)  # (feature_explanations, and the names view)
+            con.execute("DELETE FROM feature_explanations WHERE sae_id = ? AND feature = ?",
+                        [sae, row["feature"]])
+            con.execute("""
+                INSERT INTO feature_explanations BY NAME
+                SELECT $sae AS sae_id, $feature AS feature, $explanation AS explanation,
+                       $explainer AS explainer, $scorer AS scorer, $detection AS detection,
+                       $detection_n AS detection_n, $detection_hits AS detection_hits,
+                       $fuzzing AS fuzzing, $fuzzing_n AS fuzzing_n,
+                       $fuzzing_hits AS fuzzing_hits, $n_shown AS n_shown,
+                       $settings_json::JSON AS settings_json, now()::TIMESTAMP AS created_at""",
+                        {"sae": sae, **row})
+    finally:
+        con.close()
