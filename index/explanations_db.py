@@ -36,9 +36,12 @@ ORDER BY w.feature, w.kind, w.rank, w.persona, w.paraphrase, w.item_id, w.pos, w
 """
 
 
-def choose_features(con: Any, sae: str, wanted: list[int] | None, limit: int) -> list[int]:
-    """`wanted` (live features only), or up to `limit` live features: those whose label names
-    a persona first, then the most often firing."""
+def choose_features(con: Any, sae: str, wanted: list[int] | None, limit: int,
+                    min_places: int = 1) -> list[int]:
+    """`wanted` (live features only), or up to `limit` features that can be scored: firing in
+    at least `min_places` distinct places among their examples, and never in some answers
+    (detection's silent windows). Those whose label names a persona come first, then the most
+    distinctive handles."""
     if "examples" not in tables(con):
         raise BadInput(f"'{sae}': no examples yet; run `shoggoth index` first")
     live = {f for (f,) in con.execute("SELECT DISTINCT feature FROM examples WHERE sae_id = ?",
@@ -49,13 +52,22 @@ def choose_features(con: Any, sae: str, wanted: list[int] | None, limit: int) ->
             raise BadInput(f"--features {dead[0]}: never fires in this harvest (nothing to "
                            "explain)")
         return wanted
-    if "features" in tables(con):
-        rows = con.execute(f"""
-            SELECT feature FROM features WHERE sae_id = ? AND n_docs_firing > 0
-            ORDER BY label IN {PERSONA_LABELS} DESC, n_docs_firing DESC, feature LIMIT ?""",
-                           [sae, limit]).fetchall()
-        return [f for (f,) in rows if f in live]
-    return sorted(live)[:limit]
+    have = tables(con)
+    labels, handles = "features" in have, "feature_handles" in have
+    rows = con.execute(f"""
+        WITH places AS (SELECT feature, count(DISTINCT (item_id, pos)) AS n FROM examples
+                        WHERE sae_id = $sae GROUP BY feature),
+        somewhere AS (SELECT feature FROM doc_features WHERE sae_id = $sae GROUP BY feature
+                      HAVING count(DISTINCT item_id) < (SELECT count(*) FROM items))
+        SELECT p.feature FROM places p JOIN somewhere USING (feature)
+        {"LEFT JOIN features f ON f.sae_id = $sae AND f.feature = p.feature" if labels else ""}
+        {"LEFT JOIN feature_handles h ON h.sae_id = $sae AND h.feature = p.feature"
+         if handles else ""}
+        WHERE p.n >= $min
+        ORDER BY {f"f.label IN {PERSONA_LABELS} DESC NULLS LAST," if labels else ""}
+                 {"coalesce(h.best_score, 0) DESC," if handles else ""} p.n DESC, p.feature
+        LIMIT $limit""", {"sae": sae, "min": min_places, "limit": limit}).fetchall()
+    return [f for (f,) in rows]
 
 
 def windows(con: Any, sae: str, features: list[int], width: int) -> pd.DataFrame:

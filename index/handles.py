@@ -55,7 +55,7 @@ scored AS (
            b.occurrences / total.tokens AS base, f.items,
            share * ln(share / base) AS score
     FROM fired f JOIN mass m USING (feature) JOIN base b USING (term, n), total
-    WHERE f.items >= $min_items),
+    WHERE f.items >= $min_items AND trim({CLEAN.format(x="f.term")}) <> ''),
 top AS (
     SELECT *, max(score) OVER (PARTITION BY feature) AS best
     FROM scored WHERE score > 0
@@ -98,5 +98,6 @@ def write_handles(con: Any, sae_id: str, terms: int = HANDLE_TERMS, min_items: i
     con.execute("DELETE FROM feature_handles WHERE sae_id = ?", [sae_id])
     con.execute(HANDLES_SQL, {"sae": sae_id, "terms": terms, "min_items": min_items,
                               "min_score": min_score})
+    # (fetchall: a half-read result would block the frames registered next on `con`)
     return con.execute("SELECT count(*) FROM feature_handles WHERE sae_id = ?",
-                       [sae_id]).fetchone()[0]
+                       [sae_id]).fetchall()[0][0]

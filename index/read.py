@@ -165,7 +165,7 @@ def by_name(d: Dictionary, text: str, k: int) -> list[dict[str, Any]]:
     the most distinctive handles first (their best term's score)."""
     if not text.strip():
         raise BadInput("--name: is empty")
-    if "feature_names" not in d.tables:
+    if not has_table(d.con, "feature_names"):
         raise BadInput(f"--db {d.db}: no feature handles for '{d.sae_id}'; run "
                        "`shoggoth index` first")
     cur = d.con.execute("""
@@ -253,14 +253,20 @@ def names(con: Any, sae: str, features: list[int] | None = None) -> dict[int, st
     return {int(f): n for f, n in rows}
 
 
-def with_names(con: Any, sae: str, frame: pd.DataFrame, column: str = "feature") -> pd.DataFrame:
-    """`frame` with a `name` column right after its feature column (`column`)."""
+def with_names(con: Any, sae: str, frame: pd.DataFrame, column: str = "feature",
+               explained: bool = False) -> pd.DataFrame:
+    """`frame` with a `name` column right after its feature column (`column`); with
+    `explained`, also each feature's explanation and its detection and fuzzing scores."""
     if frame.empty or column not in frame.columns:
         return frame
     found = names(con, sae, frame[column].dropna().astype(int).unique().tolist())
     out = frame.copy()
     named = out[column].map(lambda f: found.get(int(f)) if pd.notna(f) else None)
     out.insert(out.columns.get_loc(column) + 1, "name", named)
+    if explained and has_table(con, "feature_explanations"):
+        scores = con.execute("SELECT feature AS _f, explanation, detection, fuzzing FROM "
+                             "feature_explanations WHERE sae_id = ?", [sae]).df()
+        out = out.merge(scores, how="left", left_on=column, right_on="_f").drop(columns="_f")
     return out
 
 
@@ -360,8 +366,10 @@ def labelled_features(con: Any, sae: str, feature: int | None = None) -> pd.Data
         return pd.DataFrame()
     if feature is not None:
         return with_names(con, sae,
-                          con.execute(LABELLED_SQL + " AND f.feature = ?", [sae, feature]).df())
-    return with_names(con, sae, con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae]).df())
+                          con.execute(LABELLED_SQL + " AND f.feature = ?", [sae, feature]).df(),
+                          explained=True)
+    return with_names(con, sae, con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae]).df(),
+                      explained=True)
 
 
 def _label_run(con: Any, sae: str) -> dict[str, Any]:

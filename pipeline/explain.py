@@ -47,8 +47,9 @@ class ExplainConfig(Config):
     sae: str | None = None
     """The SAE (its sae_id; default: the only one in the database)."""
     features: str | None = None
-    """Features to explain, e.g. 12,40-45 (default: up to --limit live features, those whose
-    label names a persona first, then the most often firing)."""
+    """Features to explain, e.g. 12,40-45 (default: up to --limit features that fire in at
+    least --held-out + 4 places and never in some answers, those whose label names a persona
+    first, then the most distinctive handles)."""
     limit: int = option(20, min=1)
     """Features explained when --features is not given."""
     explainer: str = "smollm2"
@@ -119,6 +120,10 @@ def split_windows(rows: pd.DataFrame, shown: int, held_out: int
         for ws in by_kind:
             if ws and len(held) < held_out:
                 held.append(ws.pop(0))
+    # Few windows: up to half of them are held out all the same (the weakest shown ones go),
+    # or nothing could be scored.
+    while len(held) < min(held_out, len(ranked) // 2) and len(show) > 1:
+        held.append(show.pop())
     return show, held
 
 
@@ -135,7 +140,8 @@ def gather(cfg: ExplainConfig) -> tuple[str, list[Evidence], dict[str, Any]]:
         if wanted and max(wanted) >= row["d_sae"]:
             raise BadInput(f"--features {max(wanted)}: out of range (the SAE has "
                            f"{row['d_sae']:,} features)")
-        features = edb.choose_features(con, sae, wanted, cfg.limit)
+        # By default only features with room for the held-out windows and a few to show.
+        features = edb.choose_features(con, sae, wanted, cfg.limit, cfg.held_out + 4)
         settings = {"explainer": cfg.explainer, "explainer_model": cfg.explainer_model,
                     "scorer": cfg.scorer or cfg.explainer, "shown": cfg.shown,
                     "held_out": cfg.held_out, "width": cfg.width, "seed": cfg.seed,
@@ -151,7 +157,8 @@ def gather(cfg: ExplainConfig) -> tuple[str, list[Evidence], dict[str, Any]]:
             evidence.append(Evidence(f, show, held, silent, edb.persona_means(con, sae, f)))
     finally:
         con.close()
-    return sae, evidence, {**settings, "already_done": len(done & set(features))}
+    return sae, evidence, {**settings, "already_done": len(done & set(features)),
+                           "chosen": len(features)}
 
 
 def explain_one(explainer: Explainer, judge: Explainer, ev: Evidence,
@@ -171,9 +178,13 @@ def explain_one(explainer: Explainer, judge: Explainer, ev: Evidence,
 def explain(cfg: ExplainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Explain and score the chosen features; returns a summary (with the failures)."""
     sae, evidence, settings = gather(cfg)
-    done_before = settings.pop("already_done")
+    done_before, chosen = settings.pop("already_done"), settings.pop("chosen")
     summary: dict[str, Any] = {"sae_id": sae, "explained": 0, "already_done": done_before,
                                "failed": [], "seconds": 0.0}
+    if not chosen:
+        log(f"{sae}: no feature fires in {cfg.held_out + 4} places or more and stays silent in "
+            "some answers, which scoring needs; name features with --features")
+        return summary
     if not evidence:
         log(f"{sae}: every chosen feature is already explained with these settings "
             "(--overwrite explains them again)")
@@ -188,7 +199,7 @@ def explain(cfg: ExplainConfig, log: Callable[[str], None] = print) -> dict[str,
     t = time.time()
     warm = evidence[0].silent or evidence[0].held_out or evidence[0].shown
     try:
-        judge.yes_no(detection_messages("(a test of the connection)", warm[0]))
+        judge.judge(detection_messages("(a test of the connection)", warm[0]))
     except ExplainerError as e:
         raise BadInput(f"--scorer {cfg.scorer or cfg.explainer}: {e}") from None
     per_call = time.time() - t

@@ -12,7 +12,10 @@ the explainer, then score it the way the automated-interpretability papers and d
   marked tokens where it fires? Each window is shown once marked right and once with the same
   number of other tokens marked.
 
-Each score is the balanced accuracy of the judge's yes/no answers: 0.5 is chance, 1 perfect.
+Each score is the AUC of the judge's yes-versus-no margins, positives against negatives: 0.5 is
+chance, 1 perfect. For a judge that only answers yes or no it is the balanced accuracy; for a
+local model, whose margin is a logit difference, it does not depend on the model's bias towards
+one answer (SmolLM2 says "No" to nearly everything).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from sae.explainers import Explainer, Message
 
 MARK = "<<{}>>"
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 """Bumped whenever a prompt changes: stored with each explanation, so a rerun re-explains."""
 
 
@@ -111,29 +114,33 @@ def wrong_marks(window: Window, rng: random.Random) -> list[int] | None:
 
 @dataclass
 class Score:
-    """A balanced accuracy and what it rests on."""
+    """How well the judge tells the two classes apart, and what that rests on."""
 
     value: float | None
-    """None when one of the two classes had no judged example."""
+    """The AUC of the judge's margins (positives above negatives; ties count half). For yes/no
+    answers it equals the balanced accuracy. None when a class had no example."""
     n: int
     """Judgments made."""
     hits: tuple[int, int]
-    """Correct answers on the positive and on the negative class."""
+    """Yes on the positives and no on the negatives (margin above / not above 0)."""
     sizes: tuple[int, int]
     """Examples of each class."""
 
 
-def balanced(pos: list[bool], neg: list[bool]) -> Score:
-    """Balanced accuracy of yes-answers on positives and no-answers on negatives."""
-    hits = (sum(pos), sum(not x for x in neg))
-    value = (hits[0] / len(pos) + hits[1] / len(neg)) / 2 if pos and neg else None
+def auc_score(pos: list[float], neg: list[float]) -> Score:
+    """The AUC of margins `pos` (should be high) against `neg` (should be low)."""
+    hits = (sum(m > 0 for m in pos), sum(m <= 0 for m in neg))
+    value = None
+    if pos and neg:
+        value = float(sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+                      / (len(pos) * len(neg)))
     return Score(value, len(pos) + len(neg), hits, (len(pos), len(neg)))
 
 
 def score_detection(judge: Explainer, explanation: str, ev: Evidence) -> Score:
-    pos = [judge.yes_no(detection_messages(explanation, w)) for w in ev.held_out]
-    neg = [judge.yes_no(detection_messages(explanation, w)) for w in ev.silent]
-    return balanced(pos, neg)
+    pos = [judge.judge(detection_messages(explanation, w)) for w in ev.held_out]
+    neg = [judge.judge(detection_messages(explanation, w)) for w in ev.silent]
+    return auc_score(pos, neg)
 
 
 def score_fuzzing(judge: Explainer, explanation: str, ev: Evidence, seed: int) -> Score:
@@ -143,9 +150,9 @@ def score_fuzzing(judge: Explainer, explanation: str, ev: Evidence, seed: int) -
         wrong = wrong_marks(w, rng)
         if wrong is None:
             continue
-        pos.append(judge.yes_no(fuzzing_messages(explanation, w, w.firing)))
-        neg.append(judge.yes_no(fuzzing_messages(explanation, w, wrong)))
-    return balanced(pos, neg)
+        pos.append(judge.judge(fuzzing_messages(explanation, w, w.firing)))
+        neg.append(judge.judge(fuzzing_messages(explanation, w, wrong)))
+    return auc_score(pos, neg)
 
 
 def calls_per_feature(held_out: int) -> int:

@@ -3,11 +3,12 @@ OpenAI-compatible chat endpoint (vLLM, llama.cpp, Ollama, `transformers serve`, 
 with its key from the environment), or a local Hugging Face instruct model run here (SmolLM2,
 offline, by default).
 
-Both answer two kinds of request: `chat` (free text: an explanation) and `yes_no` (a judgment:
-does this text show the feature?). A local model judges by comparing the next-token logits of
-"Yes" and "No" after the assistant header; an endpoint writes up to three tokens, which must
-start with yes or no. A failure (unreachable, timed out, an error status, an answer that is
-neither) raises ExplainerError with one line, never a made-up answer.
+Both answer two kinds of request: `chat` (free text: an explanation) and `judge` (does this
+text show the feature?), whose answer is a margin: above 0 means yes. A local model's margin is
+the next-token logit of "Yes" minus that of "No" after the assistant header, so its scores can
+be ranked whatever its bias towards one answer; an endpoint writes up to three tokens, which
+must start with yes (+1) or no (-1). A failure (unreachable, timed out, an error status, an
+answer that is neither) raises ExplainerError with one line, never a made-up answer.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Explainer(Protocol):
 
     def chat(self, messages: list[Message], max_tokens: int) -> str: ...
 
-    def yes_no(self, messages: list[Message]) -> bool: ...
+    def judge(self, messages: list[Message]) -> float: ...
 
 
 def parse_yes_no(text: str, who: str) -> bool:
@@ -79,12 +80,12 @@ class LocalChat:
         [(out, _)] = generate_batch(self.gen, [], [], [list(ids)], max_tokens)
         return decode(self.gen, out)
 
-    def yes_no(self, messages: list[Message]) -> bool:
+    def judge(self, messages: list[Message]) -> float:
         ids = torch.tensor([self._ids(messages)], device=self.gen.device)
         with torch.inference_mode():
             logits = self.gen.hf(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
         yes, no = (logits[i].max() for i in self.yes_no_ids)
-        return bool(yes > no)
+        return float(yes - no)
 
 
 @dataclass
@@ -136,8 +137,8 @@ class Endpoint:
         except (KeyError, IndexError, TypeError):
             raise ExplainerError(f"{self.url}: a chat completion without a message") from None
 
-    def yes_no(self, messages: list[Message]) -> bool:
-        return parse_yes_no(self.chat(messages, 3), self.name)
+    def judge(self, messages: list[Message]) -> float:
+        return 1.0 if parse_yes_no(self.chat(messages, 3), self.name) else -1.0
 
 
 def open_explainer(spec: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",

@@ -184,6 +184,11 @@ def synthetic_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build(tmp_path_factory.mktemp("synthetic"), 1024, 6, log=lambda _m: None)
 
 
+PCA_MAP = ["--map", "pca"]
+"""For `index` on the 1,024-feature synthetic database: UMAP's compilation (~10 s per process)
+is not what these tests are about, and it would move index's writes later than the races they
+aim at."""
+
 DONE = {"label": "per persona", "index": "features indexed"}
 """What a command prints when its work is done."""
 
@@ -204,7 +209,7 @@ def test_interrupting_a_database_write_keeps_a_whole_database(tmp_path, syntheti
     `interrupted` line, never a traceback (DuckDB turns it into its own "Query interrupted"
     error); the database is the old one, whole; nothing is left beside it; a rerun finishes."""
     db = copy_db(synthetic_db, tmp_path / "db.duckdb")
-    argv = [str(EXE), command, "--db", str(db)]
+    argv = [str(EXE), command, "--db", str(db), *(PCA_MAP if command == "index" else [])]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
                             preexec_fn=default_sigint, text=True)
     name, delay = WRITING[command]
@@ -318,7 +323,8 @@ def test_racing_writers_lose_no_update(tmp_path, synthetic_db, offset):
         return subprocess.Popen([str(EXE), *argv, "--db", str(db)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=ENV)
 
-    first, second = (["label", "--alpha", "0.01"], ["index"])[::1 if offset >= 0 else -1]
+    first, second = (["label", "--alpha", "0.01"], ["index", *PCA_MAP])[::1 if offset >= 0
+                                                                         else -1]
     procs = {first[0]: start(first)}
     time.sleep(abs(offset))
     procs[second[0]] = start(second)
@@ -398,7 +404,7 @@ def test_writers_are_not_blocked_by_an_open_explorer(tmp_path, indexed_db):
     at.run()
     at.switch_page("views/features.py").run()
     assert not at.exception
-    for command in (["label", "--min-docs", "5", "--alpha", "0.02"], ["index"]):
+    for command in (["label", "--min-docs", "5", "--alpha", "0.02"], ["index", *PCA_MAP]):
         run = subprocess.run([str(EXE), *command, "--db", str(db)], capture_output=True,
                              text=True, env=ENV, timeout=300)
         assert run.returncode == 0, run.stderr

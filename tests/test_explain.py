@@ -1,4 +1,5 @@
-"""`shoggoth explain`: the scoring on planted judges (a perfect one scores 1, a blind one 0.5),
+"""`shoggoth explain`: the scoring on planted judges (a perfect one scores 1, a blind one 0.5,
+a biased one that still ranks the classes 1),
 the local SmolLM2 explainer end to end on a real database, a real OpenAI-compatible server
 (`transformers serve` with the local SmolLM2 on 127.0.0.1, started here), and failures: an
 unreachable or slow endpoint is one line and exit 2, a request failing mid-run is one line per
@@ -22,7 +23,7 @@ from conftest import copy_db
 
 import shoggoth
 from core.processes import start_child, stop_child
-from pipeline.explain_prompts import Evidence, Window, balanced, score_detection, score_fuzzing
+from pipeline.explain_prompts import Evidence, Window, auc_score, score_detection, score_fuzzing
 from sae.gguf import smollm2_dir
 
 SMALL = ["--shown", "4", "--held-out", "3", "--width", "5", "--max-tokens", "16"]
@@ -45,14 +46,14 @@ class Oracle:
     def chat(self, messages, max_tokens):
         return "rain"
 
-    def yes_no(self, messages):
+    def judge(self, messages):
         self.calls += 1
         text = messages[-1]["content"].split("Text: ", 1)[1]
         if self.blind:
-            return self.calls % 2 == 0
+            return 1.0 if self.calls % 2 == 0 else -1.0
         if "marked" in messages[-1]["content"]:
-            return "<<rain>>" in text
-        return "rain" in text
+            return 1.0 if "<<rain>>" in text else -1.0
+        return 1.0 if "rain" in text else -1.0
 
 
 def window(words: list[str], fire: str | None) -> Window:
@@ -60,7 +61,7 @@ def window(words: list[str], fire: str | None) -> Window:
                   tuple(1.0 if w == fire else 0.0 for w in words))
 
 
-def test_scores_are_balanced_accuracies_of_the_judge():
+def test_scores_are_aucs_of_the_judge():
     held = [window(["the", "rain", "falls", "on", "roofs"], "rain") for _ in range(6)]
     silent = [window(["a", "dry", "sunny", "day", "here"], None) for _ in range(6)]
     ev = Evidence(1, held[:2], held, silent, [])
@@ -69,7 +70,10 @@ def test_scores_are_balanced_accuracies_of_the_judge():
     assert (fuzz.value, fuzz.n) == (1.0, 12)
     blind = score_detection(Oracle(blind=True), "rain", ev)
     assert blind.value == 0.5 and blind.n == 12
-    assert balanced([True] * 3, []).value is None  # one class missing: no score, not 0
+    assert auc_score([1.0] * 3, []).value is None  # one class missing: no score, not 0
+    # A judge biased to "no" whose margins still rank the classes: AUC 1, accuracy at chance.
+    biased = auc_score([-1.0, -2.0, -1.5], [-5.0, -4.0, -6.0])
+    assert biased.value == 1.0 and biased.hits == (0, 3)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +92,16 @@ def stored(db: Path) -> list[dict]:
 
 
 def live_features(db: Path, n: int) -> list[int]:
+    """The n live features with the most examples among those that some answers never fire
+    and that fire in at least 4 places (so detection has windows of both kinds to judge)."""
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return [f for (f,) in con.execute(
-            "SELECT feature FROM examples GROUP BY feature ORDER BY count(*) DESC, feature "
-            "LIMIT ?", [n]).fetchall()]
+        return [f for (f,) in con.execute("""
+            SELECT e.feature FROM examples e
+            WHERE e.feature IN (SELECT feature FROM doc_features GROUP BY feature
+                                HAVING count(DISTINCT item_id) < (SELECT count(*) FROM items))
+            GROUP BY e.feature HAVING count(DISTINCT (e.item_id, e.pos)) >= 4
+            ORDER BY count(*) DESC, e.feature LIMIT ?""", [n]).fetchall()]
     finally:
         con.close()
 
@@ -162,11 +171,11 @@ def test_unreachable_or_slow_endpoints_are_one_line(capfd, explained_db, server)
     before = len(stored(explained_db))
     dead = f"http://127.0.0.1:{free_port()}/v1"
     code, out, err = run(capfd, "explain", "--db", explained_db, "--explainer", dead,
-                         "--limit", "1", "--overwrite")
+                         "--limit", "1", "--overwrite", *SMALL)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: --explainer {dead}")
     code, _, err = run(capfd, "explain", "--db", explained_db, "--explainer", server,
-                       "--timeout", "0.001", "--limit", "1", "--overwrite")
+                       "--timeout", "0.001", "--limit", "1", "--overwrite", *SMALL)
     assert code == 2 and "no answer within 0.001 s" in err and len(err.strip().splitlines()) == 1
     assert len(stored(explained_db)) == before
 
@@ -202,8 +211,9 @@ class Failing(BaseHTTPRequestHandler):
         self._send(200, {"choices": [{"message": {"content": answer}}]})
 
 
-def test_a_failure_mid_run_is_one_line_per_feature_and_no_row(capfd, explained_db):
-    features = live_features(explained_db, 5)[3:5]
+def test_a_failure_mid_run_is_one_line_per_feature_and_no_row(capfd, indexed_db, tmp_path):
+    explained_db = copy_db(indexed_db, tmp_path / "fresh.duckdb")
+    features = live_features(explained_db, 2)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
@@ -212,11 +222,39 @@ def test_a_failure_mid_run_is_one_line_per_feature_and_no_row(capfd, explained_d
                              f"http://127.0.0.1:{httpd.server_port}/v1", *SMALL)
     finally:
         httpd.shutdown()
-    failed = [line for line in err.splitlines() if "not explained" in line]
+    failed = [line for line in err.splitlines() if line.startswith("feature ")]
     rows = {r["feature"]: r for r in stored(explained_db)}
     assert code == 1 and "1 of 2 features were not explained" in err and "rerun" in err
     assert len(failed) == 1 and failed[0].startswith(f"feature {features[1]}: ")
     assert "HTTP 500" in failed[0]
     assert features[1] not in rows  # no row, not a zero score
     assert rows[features[0]]["explanation"] == "words about things"
-    assert rows[features[0]]["detection"] in (0.5, None)  # always "yes": chance at best
+    assert rows[features[0]]["detection"] == 0.5  # always "yes": chance, as it should be
+
+
+def test_the_default_choice_can_be_scored(explained_db):
+    """Without --features: only features with room for the held-out windows and silent answers
+    to judge them against, persona-labelled ones first, then the most distinctive handles."""
+    from index.explanations_db import choose_features
+
+    con = duckdb.connect(str(explained_db), read_only=True)
+    try:
+        chosen = choose_features(con, "tiny-sae", None, 50, 7)
+        places = dict(con.execute("SELECT feature, count(DISTINCT (item_id, pos)) FROM examples "
+                                  "GROUP BY feature").fetchall())
+        items = dict(con.execute("SELECT feature, count(DISTINCT item_id) FROM doc_features "
+                                 "GROUP BY feature").fetchall())
+        n_items = con.execute("SELECT count(*) FROM items").fetchone()[0]
+        scores = dict(con.execute("SELECT feature, best_score FROM feature_handles").fetchall())
+        persona = {f for (f,) in con.execute(
+            "SELECT feature FROM features WHERE label IN ('mask-specific', 'persona-concept', "
+            "'mask-or-concept', 'mask-family')").fetchall()}
+    finally:
+        con.close()
+    assert chosen and all(places[f] >= 7 and items[f] < n_items for f in chosen)
+    eligible = [f for f in places if places[f] >= 7 and items.get(f, 0) < n_items]
+    assert sorted(chosen) == sorted(eligible)
+    first = [f in persona for f in chosen]
+    assert first == sorted(first, reverse=True)
+    rest = [scores.get(f, 0) for f in chosen if f not in persona]
+    assert rest == sorted(rest, reverse=True)

@@ -209,7 +209,7 @@ def test_personas_page_lists_prompts_and_vector_features(db):
 def test_names_are_searchable_and_on_the_map(db):
     con = duckdb.connect(str(db), read_only=True)
     feature, name, term = con.execute(
-        "SELECT feature, name, terms[1] FROM feature_names n JOIN feature_handles h "
+        "SELECT feature, name, h.terms[1] FROM feature_names n JOIN feature_handles h "
         "USING (sae_id, feature) WHERE len(h.terms) > 0 ORDER BY h.best_score DESC "
         "LIMIT 1").fetchone()
     con.close()

@@ -438,7 +438,8 @@ BAD_YAML = "personas:\n  - name: pirate\n    prompts: [unclosed\n"
     ("bad_shard", ["--shard 3/3"]),
     ("bad_batch", ["--batch-size 0"]),
 ])
-def test_harvest_bad_input(capfd, tmp_path, tiny_gpt2_dir, tiny_sae_dir, reference, case, words):
+def test_harvest_bad_input(capfd, monkeypatch, tmp_path, tiny_gpt2_dir, tiny_sae_dir, reference,
+                           case, words):
     args = battery(tmp_path, 4)
     personas, items = tmp_path / "personas.yaml", tmp_path / "items.jsonl"
     sae, db, extra = tiny_sae_dir, tmp_path / "db.duckdb", []
@@ -466,6 +467,8 @@ def test_harvest_bad_input(capfd, tmp_path, tiny_gpt2_dir, tiny_sae_dir, referen
     elif case == "not_duckdb":
         db.write_text("these are not the bytes of a DuckDB file\n" * 50)
     elif case == "locked":
+        # How long a command waits for another process's lock (30 s) is not what is tested.
+        monkeypatch.setattr(hdb, "WAIT", 2.0)
         db.write_bytes(reference.read_bytes())
         holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
                                    f"c = duckdb.connect({str(db)!r}); print('ok', flush=True); "

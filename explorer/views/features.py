@@ -59,7 +59,8 @@ columns = ["feature", *(["name"] if "name" in shown.columns else []), "label", "
            "argmax_persona", "family", "family_set",
            "battery_family", "density", "n_docs_firing", "q_value", "top_ratio",
            "paraphrase_margin", "set_ratio", "control_ratio", "no_mask_ratio", "ratio_ci_high",
-           "shared_power", "mean_act", "max_act", "manual_label", "note"]
+           "shared_power", "mean_act", "max_act", "manual_label", "note",
+           *[c for c in ("explanation", "detection", "fuzzing") if c in shown.columns]]
 st.caption(f"{len(shown):,} of {len(features):,} features · select a row to open it")
 event = st.dataframe(shown[columns], hide_index=True, on_select="rerun",
                      selection_mode="single-row", key="f_table", height=420)
