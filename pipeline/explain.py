@@ -63,6 +63,8 @@ class ExplainConfig(Config):
     """Environment variable holding the endpoint's API key (sent when set)."""
     timeout: float = option(60.0, above=0)
     """Seconds to wait for one answer from an endpoint."""
+    concurrency: int = option(4, min=1, max=64)
+    """Requests an endpoint gets at a time."""
     shown: int = option(8, min=1, max=50)
     """Strongest examples shown to the explainer (plus one per activation interval)."""
     held_out: int = option(8, min=1, max=200)
@@ -190,9 +192,10 @@ def explain(cfg: ExplainConfig, log: Callable[[str], None] = print) -> dict[str,
             "(--overwrite explains them again)")
         return summary
     explainer = open_explainer(cfg.explainer, cfg.explainer_model, cfg.api_key_env, cfg.timeout,
-                               cfg.device)
+                               cfg.device, cfg.concurrency)
     judge = explainer if cfg.scorer in (None, cfg.explainer) else open_explainer(
-        cfg.scorer, cfg.explainer_model, cfg.api_key_env, cfg.timeout, cfg.device)
+        cfg.scorer, cfg.explainer_model, cfg.api_key_env, cfg.timeout, cfg.device,
+        cfg.concurrency)
     calls = sum(calls_per_feature(len(ev.held_out)) for ev in evidence)
     chars = sum(len(m["content"]) for ev in evidence for m in explanation_messages(ev))
     # The estimate rests on one timed judgment (an explanation is counted as three).

@@ -138,21 +138,21 @@ def auc_score(pos: list[float], neg: list[float]) -> Score:
 
 
 def score_detection(judge: Explainer, explanation: str, ev: Evidence) -> Score:
-    pos = [judge.judge(detection_messages(explanation, w)) for w in ev.held_out]
-    neg = [judge.judge(detection_messages(explanation, w)) for w in ev.silent]
-    return auc_score(pos, neg)
+    margins = judge.judge_many([detection_messages(explanation, w)
+                                for w in ev.held_out + ev.silent])
+    return auc_score(margins[:len(ev.held_out)], margins[len(ev.held_out):])
 
 
 def score_fuzzing(judge: Explainer, explanation: str, ev: Evidence, seed: int) -> Score:
     rng = random.Random(seed * 1_000_003 + ev.feature)
-    pos, neg = [], []
+    right, wrong = [], []
     for w in ev.held_out:
-        wrong = wrong_marks(w, rng)
-        if wrong is None:
-            continue
-        pos.append(judge.judge(fuzzing_messages(explanation, w, w.firing)))
-        neg.append(judge.judge(fuzzing_messages(explanation, w, wrong)))
-    return auc_score(pos, neg)
+        marks = wrong_marks(w, rng)
+        if marks is not None:
+            right.append(fuzzing_messages(explanation, w, w.firing))
+            wrong.append(fuzzing_messages(explanation, w, marks))
+    margins = judge.judge_many(right + wrong)
+    return auc_score(margins[:len(right)], margins[len(right):])
 
 
 def calls_per_feature(held_out: int) -> int:

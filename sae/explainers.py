@@ -7,14 +7,17 @@ Both answer two kinds of request: `chat` (free text: an explanation) and `judge`
 text show the feature?), whose answer is a margin: above 0 means yes. A local model's margin is
 the next-token logit of "Yes" minus that of "No" after the assistant header, so its scores can
 be ranked whatever its bias towards one answer; an endpoint writes up to three tokens, which
-must start with yes (+1) or no (-1). A failure (unreachable, timed out, an error status, an
-answer that is neither) raises ExplainerError with one line, never a made-up answer.
+must start with yes (+1) or no (-1). Judgments come in batches: a local model runs 16 prompts
+per forward pass, an endpoint gets 4 requests at a time. A failure (unreachable, timed out, an
+error status, an answer that is neither) raises ExplainerError with one line, never a made-up
+answer.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +26,7 @@ import torch
 
 from core.errors import BadInput, first_line
 from sae.generation import decode, generate_batch, load_generator
+from sae.prompts import pad_id
 
 Message = dict[str, str]
 YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -39,6 +43,8 @@ class Explainer(Protocol):
     def chat(self, messages: list[Message], max_tokens: int) -> str: ...
 
     def judge(self, messages: list[Message]) -> float: ...
+
+    def judge_many(self, requests: list[list[Message]]) -> list[float]: ...
 
 
 def parse_yes_no(text: str, who: str) -> bool:
@@ -81,11 +87,31 @@ class LocalChat:
         return decode(self.gen, out)
 
     def judge(self, messages: list[Message]) -> float:
-        ids = torch.tensor([self._ids(messages)], device=self.gen.device)
-        with torch.inference_mode():
-            logits = self.gen.hf(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
-        yes, no = (logits[i].max() for i in self.yes_no_ids)
-        return float(yes - no)
+        return self.judge_many([messages])[0]
+
+    def judge_many(self, requests: list[list[Message]], batch: int = 16) -> list[float]:
+        """Margins of several judgments, `batch` prompts per forward pass: left-padded, the
+        padding masked and positions counted from the mask, so each equals its own pass."""
+        out: list[float] = []
+        pad = pad_id(self.gen.tokenizer)
+        for start in range(0, len(requests), batch):
+            rows = [self._ids(m) for m in requests[start:start + batch]]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, width - len(r):] = torch.tensor(r)
+                mask[i, width - len(r):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            dev = self.gen.device
+            with torch.inference_mode():
+                logits = self.gen.hf(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                     position_ids=pos.to(dev),
+                                     logits_to_keep=1).logits[:, -1].float()
+            yes = logits[:, self.yes_no_ids[0]].max(-1).values
+            no = logits[:, self.yes_no_ids[1]].max(-1).values
+            out += (yes - no).tolist()
+        return out
 
 
 @dataclass
@@ -97,6 +123,8 @@ class Endpoint:
     """The model to ask for (default: the first the server lists)."""
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 60.0
+    concurrency: int = 4
+    """Requests in flight at once."""
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -140,14 +168,21 @@ class Endpoint:
     def judge(self, messages: list[Message]) -> float:
         return 1.0 if parse_yes_no(self.chat(messages, 3), self.name) else -1.0
 
+    def judge_many(self, requests: list[list[Message]]) -> list[float]:
+        """Several judgments, `concurrency` requests in flight at a time; the first failure
+        raises (the others are not waited for)."""
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self.judge, requests))
+
 
 def open_explainer(spec: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                   timeout: float = 60.0, device: str = "auto") -> Explainer:
+                   timeout: float = 60.0, device: str = "auto",
+                   concurrency: int = 4) -> Explainer:
     """An endpoint for an http(s) URL, else a local model (alias, directory or hub id);
     BadInput in one line when it cannot be reached or loaded."""
     if spec.startswith(("http://", "https://")):
         try:
-            return Endpoint(spec, model, api_key_env, timeout)
+            return Endpoint(spec, model, api_key_env, timeout, concurrency)
         except ExplainerError as e:
             raise BadInput(f"--explainer {spec}: {e}") from None
     return LocalChat(spec, device)

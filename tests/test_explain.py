@@ -46,6 +46,9 @@ class Oracle:
     def chat(self, messages, max_tokens):
         return "rain"
 
+    def judge_many(self, requests):
+        return [self.judge(m) for m in requests]
+
     def judge(self, messages):
         self.calls += 1
         text = messages[-1]["content"].split("Text: ", 1)[1]
@@ -74,6 +77,21 @@ def test_scores_are_aucs_of_the_judge():
     # A judge biased to "no" whose margins still rank the classes: AUC 1, accuracy at chance.
     biased = auc_score([-1.0, -2.0, -1.5], [-5.0, -4.0, -6.0])
     assert biased.value == 1.0 and biased.hits == (0, 3)
+
+
+def test_batched_local_judgments_equal_one_at_a_time():
+    """Prompts of different lengths in left-padded batches give each prompt's own margin."""
+    from pipeline.explain_prompts import detection_messages
+    from sae.explainers import LocalChat
+
+    judge = LocalChat("smollm2", "cpu")
+    words = "the rain falls on the old stone roofs of the quiet town at night".split()
+    requests = [detection_messages("rain", window(words[: 3 + i], "rain")) for i in range(10)]
+    alone = [judge.judge_many([r])[0] for r in requests]
+    together = judge.judge_many(requests, batch=4)  # three batches, the last one short
+    assert len(together) == 10
+    assert max(abs(a - b) for a, b in zip(alone, together, strict=True)) < 1e-3
+    assert len({round(m, 3) for m in alone}) > 1  # the margins differ: a real comparison
 
 
 @pytest.fixture(scope="module")
