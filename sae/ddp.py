@@ -76,11 +76,6 @@ def finish(world: World) -> None:
         dist.destroy_process_group()
 
 
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
-
-
 class _ForwardPass(torch.nn.Module):
     """The SAE's training forward pass as a module's forward, for DistributedDataParallel."""
 
