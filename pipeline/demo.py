@@ -32,7 +32,7 @@ from sae.personas import load_items, load_personas, subset_items, subset_persona
 from sae.sae_dir import weights_sha256
 from sae.train import TrainConfig, train
 
-STEPS = 8
+STEPS = 9
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,16 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
     assert shoggoth.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
     assert "holds another battery's harvest; rebuilding it" in text
-    assert "[2/8] harvest the persona battery: 114 prompts × 12 answers" in text
-    assert "[3/8] label the features: prompts as replicates" in text
-    assert "[4/8] probe where the persona lives, by layer: a linear probe" in text
-    assert "[6/8] the mask in action: own answers, context × content grid: skipped (MiniLM " \
+    assert "[2/9] harvest the persona battery: 114 prompts × 12 answers" in text
+    assert "[3/9] label the features: prompts as replicates" in text
+    assert "[4/9] probe where the persona lives, by layer: a linear probe" in text
+    assert "[6/9] the mask in action: own answers, context × content grid: skipped (MiniLM " \
         "is not a causal LM)" in text
-    assert "[5/8] measure causal effects (ablation and steering): skipped (MiniLM is not a " \
+    assert "[5/9] measure causal effects (ablation and steering): skipped (MiniLM is not a " \
         "causal LM)" in text
-    assert "[7/8] index the dictionary: examples" in text
+    assert "[7/9] index the dictionary: examples" in text
+    assert "[8/9] explain features with SmolLM2, scored on held-out examples: skipped (the " \
+        "quick path" in text
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 114 * 12
     assert con.execute("SELECT list(layer ORDER BY layer) FROM layer_probe").fetchone()[0] == \
@@ -50,9 +52,9 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
     mtime = db.stat().st_mtime_ns
     assert shoggoth.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
-    for step in ("[1/8] train the SAE on MiniLM", "[2/8] harvest the persona battery",
-                 "[3/8] label the features", "[4/8] probe where the persona lives, by layer",
-                 "[7/8] index the dictionary"):
+    for step in ("[1/9] train the SAE on MiniLM", "[2/9] harvest the persona battery",
+                 "[3/9] label the features", "[4/9] probe where the persona lives, by layer",
+                 "[7/9] index the dictionary"):
         assert f"{step}: up to date" in text, text
     assert "explore: skipped (--no-serve)" in text and db.stat().st_mtime_ns == mtime
 
