@@ -63,7 +63,7 @@ def main() -> None:
         knn = similarity.neighbours(built, x, 14)
         times["faiss index + 15 neighbours"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        xy_umap = umap_layout(x, built, 15, seed=r, knn=knn)
+        xy_umap = umap_layout(x, 15, seed=r, knn=knn)
         times["umap layout"].append(time.perf_counter() - t)
         t = time.perf_counter()
         xy_pca = pca_layout(x)

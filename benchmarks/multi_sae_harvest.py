@@ -55,12 +55,21 @@ def bench(name: str, model_id: str, d: int, work: Path, battery: list[Path],
         runs = [one([s], work / f"{name}-apart-{r}-{k}.duckdb") for k, s in enumerate(saes)]
         apart.append(tuple(sum(x) for x in zip(*runs, strict=True)))
     layers = HOOKS[name]
-    bound = (sum(layers) + len(layers)) / (max(layers) + 1)
     print(f"\n{name}: {model.n_layers} blocks, SAEs at blocks {', '.join(map(str, layers))}")
-    for i, what in enumerate(("end to end (model load excluded)", "batch loop")):
+    print_speedups(layers, ("end to end (model load excluded)", "batch loop"), apart, together,
+                   "one pass", 34)
+
+
+def print_speedups(layers: tuple[int, ...], whats: tuple[str, ...],
+                   apart: list[tuple[float, ...]], together: list[tuple[float, ...]],
+                   one: str, width: int) -> None:
+    """Per measure `whats[i]`: the medians of k separate runs and of one shared run, the
+    speed-up, the 0.8·k goal and the forward-depth bound (Σ(d_i + 1) / (d_max + 1))."""
+    bound = (sum(layers) + len(layers)) / (max(layers) + 1)
+    for i, what in enumerate(whats):
         a = statistics.median(x[i] for x in apart)
         o = statistics.median(x[i] for x in together)
-        print(f"  {what:34s}: {len(layers)} separate {a:7.1f} s · one pass {o:7.1f} s · "
+        print(f"  {what:{width}s}: {len(layers)} separate {a:7.1f} s · {one} {o:7.1f} s · "
               f"speed-up {a / o:.2f}x (goal >= {0.8 * len(layers):.1f}x; forward-depth bound "
               f"{bound:.2f}x)")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -34,10 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from harvest_throughput import gpt2_small  # noqa: E402
+from multi_sae_harvest import HOOKS, print_speedups  # noqa: E402
 
 from sae.train import TrainConfig, train  # noqa: E402
-
-HOOKS = {"gpt2": (2, 5, 8, 11), "smollm2": (6, 12, 18, 24)}
 
 
 def fit_seconds(out: Path) -> float:
@@ -61,14 +59,9 @@ def bench(name: str, model_id: str, work: Path, tokens: int, repeats: int) -> No
         together.append(one(list(layers), work / f"{name}-one-{r}"))
         runs = [one([layer], work / f"{name}-apart-{r}-{layer}") for layer in layers]
         apart.append(tuple(sum(x) for x in zip(*runs, strict=True)))
-    bound = (sum(layers) + len(layers)) / (max(layers) + 1)
     print(f"\n{name}: SAEs at blocks {', '.join(map(str, layers))}, {tokens:,} tokens each")
-    for i, what in enumerate(("whole command", "training phase (fit)")):
-        a = statistics.median(x[i] for x in apart)
-        o = statistics.median(x[i] for x in together)
-        print(f"  {what:22s}: {len(layers)} separate {a:7.1f} s · one run {o:7.1f} s · "
-              f"speed-up {a / o:.2f}x (goal >= {0.8 * len(layers):.1f}x; forward-depth bound "
-              f"{bound:.2f}x)")
+    print_speedups(layers, ("whole command", "training phase (fit)"), apart, together,
+                   "one run", 22)
 
 
 def main() -> None:

@@ -58,10 +58,25 @@ class Config:
     """Base of the command configs: validates itself when built (see the module docstring)."""
 
     def __post_init__(self) -> None:
+        _repeated_as_lists(self)
         validate(self)
 
     def check(self) -> None:
         """Rules that span several fields; BadInput in one line when one fails."""
+
+
+def _repeated_as_lists(config: Any) -> None:
+    """A repeatable option given one value (from Python, or a YAML file written before it was
+    repeatable) becomes a list of that value; paths become Paths."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        if not f.metadata.get("repeat"):
+            continue
+        value = getattr(config, f.name)
+        items = [] if value is None else value if isinstance(value, list) else [value]
+        if typing.get_args(hints[f.name]) == (Path,):
+            items = [Path(v) for v in items]
+        setattr(config, f.name, items)
 
 
 def _bounds_problem(value: float, meta: typing.Mapping[str, Any]) -> str | None:

@@ -199,13 +199,12 @@ def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
         feature_rows = nearest_features(decoder, vectors, min(cfg.persona_top, row["d_sae"]))
     log("feature maps")
     maps = [map_frame("decoder", np.arange(len(w_dec)), *feature_map.layout(
-        w_dec, decoder, cfg.map, cfg.map_neighbors, knn=knn))]
+        w_dec, cfg.map, cfg.map_neighbors, knn=knn))]
     if prof_rows is not None:
         live = np.flatnonzero(np.abs(matrix).sum(axis=1) > 0)
-        if len(live) >= 2:
-            sub = matrix[live]
+        if len(live) >= 2:  # (only live profiles: a zero row has no direction)
             maps.append(map_frame("persona_profile", live, *feature_map.layout(
-                sub, similarity.build(sub, cfg.exact_max), cfg.map, cfg.map_neighbors)))
+                matrix[live], cfg.map, cfg.map_neighbors)))
     return Built(indexes, _neighbour_frame(dec_ids, dec_cos), prof_rows, vectors, feature_rows,
                  pd.concat(maps, ignore_index=True))
 

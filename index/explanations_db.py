@@ -17,9 +17,8 @@ import pandas as pd
 from core.errors import BadInput
 from index.database import connect, tables, transaction
 from index.handles import CLEAN
+from index.labels import PERSONA_LABELS
 from index.schema import create_index_tables
-
-PERSONA_LABELS = ("mask-specific", "persona-concept", "mask-or-concept", "mask-family")
 
 WINDOWS_SQL = f"""
 WITH e AS (SELECT feature, kind, rank, persona, paraphrase, item_id, pos, value
@@ -122,13 +121,18 @@ def persona_means(con: Any, sae: str, feature: int) -> list[tuple[str, float]]:
         [sae, feature]).fetchall()]
 
 
-def done_features(con: Any, sae: str, settings: dict[str, Any]) -> set[int]:
-    """Features already explained with these settings (a rerun skips them)."""
+def settings_key(settings: dict[str, Any]) -> str:
+    """The settings as stored with each explanation (`settings_json`)."""
+    return json.dumps(settings, sort_keys=True)
+
+
+def done_features(con: Any, sae: str, key: str) -> set[int]:
+    """Features already explained with the settings `key` (a rerun skips them)."""
     if "feature_explanations" not in tables(con):
         return set()
     return {f for (f,) in con.execute(
         "SELECT feature FROM feature_explanations WHERE sae_id = ? AND settings_json = ?::JSON",
-        [sae, json.dumps(settings, sort_keys=True)]).fetchall()}
+        [sae, key]).fetchall()}
 
 
 def write_explanation(db: Any, sae: str, row: dict[str, Any]) -> None:

@@ -33,18 +33,18 @@ def pca_layout(x: np.ndarray, seed: int = 0, sample: int = 20_000) -> np.ndarray
     return (u @ vt[:2].T).astype(np.float32)
 
 
-def umap_layout(x: np.ndarray, built: similarity.BuiltIndex, neighbors: int = 15,
-                seed: int = 0, knn: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """[n, 2]: UMAP (cosine) of `x`, on the k nearest neighbours from `built` (x's index), or
-    `knn` (each row's other nearest rows and their cosines, as `similarity.neighbours` gives
-    them) when the caller has them already."""
+def umap_layout(x: np.ndarray, neighbors: int = 15, seed: int = 0,
+                knn: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """[n, 2]: UMAP (cosine) of `x` on its k nearest neighbours: `knn` (each row's other
+    nearest rows and their cosines, as `similarity.neighbours` gives them) when the caller has
+    them already, else from a FAISS index built here."""
     import umap
 
     k = max(2, min(neighbors, len(x) - 1))
     if knn is not None and knn[0].shape[1] >= k - 1:
         ids, cos = knn[0][:, : k - 1], knn[1][:, : k - 1]
     else:
-        ids, cos = similarity.neighbours(built, x, k - 1)
+        ids, cos = similarity.neighbours(similarity.build(x), x, k - 1)
     knn_ids = np.concatenate([np.arange(len(x))[:, None], ids], axis=1).astype(np.int64)
     knn_dist = np.concatenate([np.zeros((len(x), 1)), np.clip(1.0 - cos, 0.0, 2.0)],
                               axis=1).astype(np.float32)
@@ -55,10 +55,9 @@ def umap_layout(x: np.ndarray, built: similarity.BuiltIndex, neighbors: int = 15
         return reducer.fit_transform(similarity.unit_rows(x)).astype(np.float32)
 
 
-def layout(x: np.ndarray, built: similarity.BuiltIndex, method: MapMethod = "auto",
-           neighbors: int = 15, seed: int = 0,
+def layout(x: np.ndarray, method: MapMethod = "auto", neighbors: int = 15, seed: int = 0,
            knn: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, str]:
     """([n, 2] coordinates, the method used)."""
     if method == "pca" or (method == "auto" and len(x) < UMAP_FROM) or len(x) < 4:
         return pca_layout(x, seed), "pca"
-    return umap_layout(x, built, neighbors, seed, knn), "umap"
+    return umap_layout(x, neighbors, seed, knn), "umap"

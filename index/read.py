@@ -238,18 +238,14 @@ def has_table(con: Any, name: str) -> bool:
         "SELECT 1 FROM duckdb_views() WHERE view_name = $n)", {"n": name}).fetchone()[0])
 
 
-def names(con: Any, sae: str, features: list[int] | None = None) -> dict[int, str]:
-    """Each feature's name: its handle, plus the persona it prefers when its label says so
+def names(con: Any, sae: str, features: list[int]) -> dict[int, str]:
+    """Each of `features`' name: its handle, plus the persona it prefers when its label says so
     (`feature_names`; empty before `shoggoth index`)."""
     if not has_table(con, "feature_names"):
         return {}
-    if features is None:
-        rows = con.execute("SELECT feature, name FROM feature_names WHERE sae_id = ?",
-                           [sae]).fetchall()
-    else:
-        rows = con.execute("SELECT feature, name FROM feature_names WHERE sae_id = ? AND "
-                           "feature IN (SELECT unnest(?::INTEGER[]))",
-                           [sae, [int(f) for f in features]]).fetchall()
+    rows = con.execute("SELECT feature, name FROM feature_names WHERE sae_id = ? AND "
+                       "feature IN (SELECT unnest(?::INTEGER[]))",
+                       [sae, [int(f) for f in features]]).fetchall()
     return {int(f): n for f, n in rows}
 
 

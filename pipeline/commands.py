@@ -80,7 +80,8 @@ def explain_command(cfg: ExplainConfig) -> None:
     """Explain features with a language model (an OpenAI-compatible endpoint, or a local
     instruct model: SmolLM2 offline by default) from their top and interval examples and
     per-persona means, and score each explanation on held-out examples by detection and
-    fuzzing (balanced accuracy; 0.5 is chance). Resumable; one line per failed request."""
+    fuzzing (the AUC of the judge's yes-versus-no margins; 0.5 is chance). Resumable; one line
+    per failed request."""
     result = explain(cfg, log=stderr_log())
     d = Dictionary(cfg.db, result["sae_id"])
     try:

@@ -11,7 +11,6 @@ the end so that the gap is not missed.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.config import Config, config_metadata, option
+from core.config import Config, option
 from core.errors import BadInput
 from core.progress import Progress
 from index import explanations_db as edb
@@ -107,19 +106,17 @@ def split_windows(rows: pd.DataFrame, shown: int, held_out: int
         if key not in windows or value > windows[key][0]:
             windows[key] = (value, str(kind), w)
     ranked = sorted(windows.values(), key=lambda v: -v[0])
-    top = [w for _, kind, w in ranked if kind == "top"][:shown]
+    tops = [w for _, kind, w in ranked if kind == "top"]
     intervals: dict[str, list[Window]] = {}
     for _, kind, w in ranked:
-        if kind != "top" and w not in top:
+        if kind != "top":
             intervals.setdefault(kind, []).append(w)
-    show = top + [ws[0] for ws in intervals.values() if ws]
-    rest = [w for _, _, w in ranked if w not in show]
+    show = tops[:shown] + [ws[0] for ws in intervals.values()]
     # Held out: round-robin over the intervals (weak and strong firing), then the top.
-    by_kind = [ws[1:] for ws in intervals.values()] + [[w for w in rest if w not in
-                                                        sum(intervals.values(), [])]]
+    pools = [ws[1:] for ws in intervals.values()] + [tops[shown:]]
     held: list[Window] = []
-    while len(held) < held_out and any(by_kind):
-        for ws in by_kind:
+    while len(held) < held_out and any(pools):
+        for ws in pools:
             if ws and len(held) < held_out:
                 held.append(ws.pop(0))
     # Few windows: up to half of them are held out all the same (the weakest shown ones go),
@@ -129,7 +126,20 @@ def split_windows(rows: pd.DataFrame, shown: int, held_out: int
     return show, held
 
 
-def gather(cfg: ExplainConfig) -> tuple[str, list[Evidence], dict[str, Any]]:
+@dataclass
+class Plan:
+    """What a run will do, read from the database before any request."""
+
+    sae: str
+    evidence: list[Evidence]
+    """Every chosen feature not yet explained with these settings."""
+    key: str
+    """The settings, as stored with each explanation."""
+    chosen: int
+    done_before: int
+
+
+def gather(cfg: ExplainConfig) -> Plan:
     """The SAE, every chosen feature's evidence, and the settings that identify this run."""
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
@@ -144,11 +154,12 @@ def gather(cfg: ExplainConfig) -> tuple[str, list[Evidence], dict[str, Any]]:
                            f"{row['d_sae']:,} features)")
         # By default only features with room for the held-out windows and a few to show.
         features = edb.choose_features(con, sae, wanted, cfg.limit, cfg.held_out + 4)
-        settings = {"explainer": cfg.explainer, "explainer_model": cfg.explainer_model,
-                    "scorer": cfg.scorer or cfg.explainer, "shown": cfg.shown,
-                    "held_out": cfg.held_out, "width": cfg.width, "seed": cfg.seed,
-                    "max_tokens": cfg.max_tokens, "prompt_version": PROMPT_VERSION}
-        done = set() if cfg.overwrite else edb.done_features(con, sae, settings)
+        key = edb.settings_key({
+            "explainer": cfg.explainer, "explainer_model": cfg.explainer_model,
+            "scorer": cfg.scorer or cfg.explainer, "shown": cfg.shown, "held_out": cfg.held_out,
+            "width": cfg.width, "seed": cfg.seed, "max_tokens": cfg.max_tokens,
+            "prompt_version": PROMPT_VERSION})
+        done = set() if cfg.overwrite else edb.done_features(con, sae, key)
         todo = [f for f in features if f not in done]
         rows = edb.windows(con, sae, todo, cfg.width) if todo else pd.DataFrame()
         evidence = []
@@ -159,8 +170,7 @@ def gather(cfg: ExplainConfig) -> tuple[str, list[Evidence], dict[str, Any]]:
             evidence.append(Evidence(f, show, held, silent, edb.persona_means(con, sae, f)))
     finally:
         con.close()
-    return sae, evidence, {**settings, "already_done": len(done & set(features)),
-                           "chosen": len(features)}
+    return Plan(sae, evidence, key, len(features), len(done & set(features)))
 
 
 def explain_one(explainer: Explainer, judge: Explainer, ev: Evidence,
@@ -179,11 +189,11 @@ def explain_one(explainer: Explainer, judge: Explainer, ev: Evidence,
 
 def explain(cfg: ExplainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Explain and score the chosen features; returns a summary (with the failures)."""
-    sae, evidence, settings = gather(cfg)
-    done_before, chosen = settings.pop("already_done"), settings.pop("chosen")
-    summary: dict[str, Any] = {"sae_id": sae, "explained": 0, "already_done": done_before,
+    plan = gather(cfg)
+    sae, evidence = plan.sae, plan.evidence
+    summary: dict[str, Any] = {"sae_id": sae, "explained": 0, "already_done": plan.done_before,
                                "failed": [], "seconds": 0.0}
-    if not chosen:
+    if not plan.chosen:
         log(f"{sae}: no feature fires in {cfg.held_out + 4} places or more and stays silent in "
             "some answers, which scoring needs; name features with --features")
         return summary
@@ -207,11 +217,10 @@ def explain(cfg: ExplainConfig, log: Callable[[str], None] = print) -> dict[str,
         raise BadInput(f"--scorer {cfg.scorer or cfg.explainer}: {e}") from None
     per_call = time.time() - t
     estimate = per_call * (calls + 2 * len(evidence))
-    log(f"{sae}: {len(evidence)} features to explain ({done_before} done before) with "
+    log(f"{sae}: {len(evidence)} features to explain ({plan.done_before} done before) with "
         f"{explainer.name}, scored by {judge.name}: at most {calls:,} requests, about "
         f"{chars // 4:,} prompt tokens for the explanations and ~80 per judgment; one judgment "
         f"took {per_call:.2f} s, so about {estimate / 60:.1f} min")
-    key = json.dumps(settings, sort_keys=True)
     started = time.time()
     with Progress("explain", len(evidence), unit="features") as bar:
         for ev in evidence:
@@ -221,9 +230,8 @@ def explain(cfg: ExplainConfig, log: Callable[[str], None] = print) -> dict[str,
                 log(f"feature {ev.feature}: not explained: {e}")
                 summary["failed"].append(ev.feature)
             else:
-                edb.write_explanation(cfg.db, sae, {**row, "settings_json": key})
+                edb.write_explanation(cfg.db, sae, {**row, "settings_json": plan.key})
                 summary["explained"] += 1
             bar.advance(1)
     summary["seconds"] = round(time.time() - started, 1)
-    summary["config"] = config_metadata(cfg)
     return summary

@@ -84,11 +84,6 @@ class HarvestConfig(Config):
     gpus_per_worker: float = option(0.0, min=0)
     """With --ray: GPUs each task asks Ray for (1 on a GPU cluster)."""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.sae, str | Path):  # one SAE given as a path
-            self.sae = [Path(self.sae)]
-        super().__post_init__()
-
     def check(self) -> None:
         parse_shard(self.shard)
         if self.sae_id is not None and not SAE_ID.fullmatch(self.sae_id):

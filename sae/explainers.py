@@ -26,7 +26,7 @@ import torch
 
 from core.errors import BadInput, first_line
 from sae.generation import decode, generate_batch, load_generator
-from sae.prompts import pad_id
+from sae.prompts import Prompt, collate, pad_id
 
 Message = dict[str, str]
 YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -93,21 +93,14 @@ class LocalChat:
         """Margins of several judgments, `batch` prompts per forward pass: left-padded, the
         padding masked and positions counted from the mask, so each equals its own pass."""
         out: list[float] = []
-        pad = pad_id(self.gen.tokenizer)
         for start in range(0, len(requests), batch):
             rows = [self._ids(m) for m in requests[start:start + batch]]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, width - len(r):] = torch.tensor(r)
-                mask[i, width - len(r):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            dev = self.gen.device
+            b = collate([Prompt(r, [False] * len(r), "chat") for r in rows],
+                        pad_id(self.gen.tokenizer), "left").to(self.gen.device)
+            pos = (b.attention_mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.gen.hf(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                     position_ids=pos.to(dev),
-                                     logits_to_keep=1).logits[:, -1].float()
+                logits = self.gen.hf(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                     position_ids=pos, logits_to_keep=1).logits[:, -1].float()
             yes = logits[:, self.yes_no_ids[0]].max(-1).values
             no = logits[:, self.yes_no_ids[1]].max(-1).values
             out += (yes - no).tolist()

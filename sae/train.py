@@ -119,16 +119,6 @@ class TrainConfig(Config):
     each (default: 1, or the world size under --ddp). One process with --shards N trains on the
     same batches as N DDP ranks."""
 
-    def __post_init__(self) -> None:
-        # One hook, layer or width given as a plain value (Python callers, old YAML files).
-        for name in ("hook", "layer", "d_sae"):
-            value = getattr(self, name)
-            if value is None:
-                setattr(self, name, [])
-            elif not isinstance(value, list):
-                setattr(self, name, [value])
-        super().__post_init__()
-
     def check(self) -> None:
         for width in self.d_sae:
             if self.architecture in TOPK_LIKE and self.k >= width:
@@ -178,9 +168,14 @@ def _resume_fields(cfg: TrainConfig) -> dict[str, Any]:
     return meta
 
 
+def work_dir(out: Path) -> Path:
+    """Where a run for `out` keeps its checkpoints until it publishes."""
+    return out.parent / f".{out.name}{WORK_SUFFIX}"
+
+
 def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
     """The work directory, and the checkpoint to resume from; refuses unsafe starts."""
-    work = out.parent / f".{out.name}{WORK_SUFFIX}"
+    work = work_dir(out)
     if (out / "shoggoth.json").is_file() and work.is_dir() and not cfg.resume:
         # Killed after publishing, before its work folder was removed: the SAE is complete,
         # the checkpoints are leftovers.
@@ -373,7 +368,7 @@ def leader_prepares_dirs(cfg: TrainConfig, out: Path, world: World) -> tuple[Pat
         raise SystemExit(2)  # rank 0 says why
     if prepared is not None:
         return prepared
-    work = out.parent / f".{out.name}{WORK_SUFFIX}"
+    work = work_dir(out)
     found = checkpoints(work / "checkpoints") if cfg.resume else []
     return work, (found[-1] if found else None)
 
@@ -385,7 +380,7 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
         raise BadInput(f"--shards {cfg.shards}: under --ddp each of the {world.size} ranks "
                        "streams one shard; leave --shards out")
     shards = cfg.shards or world.size
-    if cfg.batch_tokens % shards:
+    if cfg.batch_tokens % shards:  # (--shards itself is checked with the config)
         raise BadInput(f"--batch-tokens {cfg.batch_tokens}: must be a multiple of the "
                        f"{shards} ranks")
     # With --out given, refuse an unsafe start before the model loads; the default --out
@@ -534,9 +529,11 @@ def fit(cfg: TrainConfig, trainer: Any, run: TrainRun) -> dict[str, Any]:
 def train(cfg: TrainConfig, log: Any = print) -> Path:
     """Train, evaluate and publish the SAE (or SAEs); returns the output directory."""
     started = time.time()
-    run = prepare_run(cfg, log if not cfg.ddp or os.environ.get("RANK") == "0" else _quiet)
+    if cfg.ddp and os.environ.get("RANK") != "0":
+        log = _quiet
+    run = prepare_run(cfg, log)
     try:
-        return _train(cfg, run, started, log if run.world.leader else _quiet)
+        return _train(cfg, run, started, log)
     finally:
         finish(run.world)
 
