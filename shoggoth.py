@@ -9,7 +9,7 @@ import warnings
 import click
 
 import core.startup
-from core.errors import BadInput, Interrupted, is_interrupt
+from core.errors import BadInput, Interrupted, first_line, is_interrupt
 from explorer.commands import demo_command, explore_command
 from index.commands import export_command, label_command, merge_command, sql_command
 from pipeline.commands import (
@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         return 130
+    except OSError as e:  # a disk that fills, a folder the user cannot write, …
+        # (before `except Exception`, which re-raises what is not an interrupt)
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or first_line(e)}", err=True)
+        return 2
     except Exception as e:
         # DuckDB turns a Ctrl-C inside a query into an error of its own; every write is
         # atomic or transactional, so "interrupted" is all there is to say.
@@ -94,12 +99,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo("interrupted", err=True)
         return 130
-    except OSError as e:  # a folder the user cannot write, a path that is a directory, …
-        where = f"{e.filename}: " if e.filename else ""
-        click.echo(f"error: {where}{e.strerror or e}", err=True)
-        return 2
     return 0
 
 
+def entry() -> None:
+    """The `shoggoth` executable: `main`, then exit with its code."""
+    core.startup.PROGRAM = True
+    try:
+        code = main()
+        core.startup.finishing()
+    except KeyboardInterrupt:  # in the instant between the two
+        click.echo("interrupted", err=True)
+        code = 130
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -29,6 +29,10 @@ from core.text import read_text
 
 C = TypeVar("C")
 
+SEED_MAX = 2**31 - 1
+"""The largest --seed: numpy's generators take seeds below 2**32, and some commands derive
+further seeds from it by adding small offsets."""
+
 
 def option(default: Any = None, *, required: str | None = None, min: float | None = None,
            max: float | None = None, above: float | None = None,
@@ -157,9 +161,12 @@ def convert(cls: type, name: str, value: Any) -> Any:
         raise BadInput(f"option '{name}': must not be empty")
     if typing.get_origin(hint) is list:
         # A repeatable option may hold one value, as its flag may be given once.
+        # A text list (the words of a query) may be one string; a list of paths may not,
+        # since `inputs: a.duckdb b.duckdb` would name one file with a space in it.
         repeat = cls.__dataclass_fields__[name].metadata.get("repeat")
+        text = typing.get_args(hint) == (str,)
         items = value if isinstance(value, list) else [value] if (
-            isinstance(value, str) or repeat) else value
+            isinstance(value, str) and text or repeat) else value
         if not isinstance(items, list):
             raise BadInput(f"option '{name}': expected a list, got {value!r}")
         return [_convert_one(ctype, name, v) for v in items]

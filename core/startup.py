@@ -13,10 +13,20 @@ import sys
 from types import FrameType
 
 
-def _exit_interrupted(_signum: int, _frame: FrameType | None) -> None:
-    sys.stderr.write("interrupted\n")
+def hard_exit(line: str, code: int) -> None:
+    """Print `line` on stderr and end the process now (threads stuck in a library included)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(code)
+
+
+def _exit_interrupted(_signum: int, _frame: FrameType | None) -> None:
+    hard_exit("interrupted", 130)
 
 
 # torchrun's ranks other than 0 (`train --ddp`) show no progress bars: rank 0's stands for all.
@@ -33,3 +43,21 @@ def restore() -> None:
     """Python's KeyboardInterrupt again, unless SIGINT is ignored."""
     if signal.getsignal(signal.SIGINT) is _exit_interrupted:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def finishing() -> None:
+    """Once the command has returned: a Ctrl-C while Python shuts down (joining library
+    threads, running their exit hooks) exits 130 with one line, as at any other moment,
+    instead of Python killing itself by the signal. Its work is already saved."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+PROGRAM = False
+"""True when shoggoth runs as its own program (`entry`), not as a library inside another
+process (the tests): only then may a command limit or end the whole process."""
+
+
+def running_as_program() -> bool:
+    """Whether this process is the `shoggoth` program."""
+    return PROGRAM

@@ -13,6 +13,9 @@ from core.errors import BadInput
 def read_text(path: Path, what: str = "") -> str:
     """The file's text; BadInput when it is missing, a folder, unreadable or not UTF-8."""
     name = f"{what} {path}".strip()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # a FIFO or a device would block or never end
+        raise BadInput(f"{name}: not a regular file")
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import duckdb
 from rich.console import Console
 
 from core.config import Config, config_options, option
 from core.errors import BadInput, Interrupted
 from core.processes import start_child, wait_forwarding
+from index.database import WAIT, connect, require_shoggoth
 from pipeline.demo import STEPS, DemoConfig, build_demo
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -43,16 +45,30 @@ def check_port(host: str, port: int) -> None:
                            f"({e.strerror}); choose another --port") from None
 
 
+def check_servable(db: Path) -> None:
+    """BadInput in one line, before a server starts, unless `db` is a feature database the
+    explorer can read: a missing file, a text file or an empty DuckDB file is refused."""
+    if not db.is_file():
+        raise BadInput(f"--db {db}: no such file; `shoggoth demo --no-serve` builds one")
+    con = connect(db, read_only=True, wait=WAIT)
+    try:
+        require_shoggoth(con, db)
+        con.execute("SELECT count(*) FROM saes").fetchone()
+    except duckdb.Error:
+        raise BadInput(f"--db {db}: holds no feature tables (an empty database?); "
+                       "`shoggoth harvest` fills one") from None
+    finally:
+        con.close()
+
+
 def serve(cfg: ExploreConfig) -> None:
     """Run the Streamlit explorer until interrupted."""
+    check_servable(cfg.db)
     check_port(cfg.host, cfg.port)
     err = Console(stderr=True, soft_wrap=True)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"note: listening on {cfg.host}: anyone who can reach it can read the database "
                   "and write manual labels", style="yellow", highlight=False)
-    if not cfg.db.is_file():
-        err.print(f"note: {cfg.db} does not exist yet; the explorer says how to build it",
-                  style="yellow", highlight=False)
     Console(soft_wrap=True).print(f"shoggoth explorer: http://{cfg.host}:{cfg.port}  "
                                   f"({cfg.db}; Ctrl-C to stop)", highlight=False)
     command = [sys.executable, "-m", "streamlit", "run", str(APP),

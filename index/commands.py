@@ -7,10 +7,11 @@ from rich.console import Console
 from rich.table import Table
 
 from core.config import config_options
+from core.startup import hard_exit, running_as_program
 from index.export import ExportConfig, export
 from index.label_db import LabelRunConfig, label_database
 from index.merge import MergeConfig, merge
-from index.sql import SqlConfig, run_sql, write_output
+from index.sql import SqlConfig, bound_address_space, run_sql, write_output
 
 
 @click.command("merge")
@@ -66,8 +67,19 @@ def sql_command(cfg: SqlConfig) -> None:
     """Run SQL on a feature database: read-only, with no access to files, the network or
     extensions (--write allows changing the database itself). Example queries:
     docs/queries.sql."""
-    columns, rows, table = run_sql(cfg)
+    if running_as_program():
+        bound_address_space(cfg.memory_limit)
+    columns, rows, table = run_sql(cfg, on_stuck=lambda why: exit_stuck(why, cfg.timeout))
     write_output(cfg, columns, rows, table)
+
+
+def exit_stuck(why: str, timeout: float) -> None:
+    """A query that ignores its interrupt: end the process with the line a stopped query gets
+    (a read-only connection has nothing to lose; DuckDB's log keeps a write atomic)."""
+    if why == "interrupt":
+        hard_exit("interrupted", 130)
+    hard_exit(f"error: sql: stopped after {timeout:g} s (--timeout); narrow the query or raise "
+              "--timeout", 2)
 
 
 @click.command("export")

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -98,14 +99,31 @@ def lock_holder(path: Path) -> int | None:
 
 
 def check_writable(path: Path, what: str = "--db", wait: float = 10.0) -> None:
-    """Before a long command's work: `Locked` now, naming the process, when another process
-    keeps the database locked for `wait` seconds, instead of after the work."""
+    """Before a long command's work: BadInput now when the database or its folder cannot be
+    written (an immutable file, a read-only file system, no permission), and `Locked`, naming
+    the process, when another process keeps it locked for `wait` seconds, instead of after the
+    work."""
+    check_can_write(path, what)
     deadline = time.monotonic() + wait
     while (pid := lock_holder(path)) is not None:
         if time.monotonic() >= deadline:
             raise Locked(f"{what} {path}: in use by another process (PID {pid}); wait for it "
                          "to finish or close it, then run this again")
         time.sleep(0.1)
+
+
+def check_can_write(path: Path, what: str = "--db") -> None:
+    """BadInput unless `path` (when it exists) opens for writing and its folder takes new files
+    (a writer needs both: the WAL and the FAISS folder live beside the database)."""
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_RDWR))
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BadInput(f"{what} {path}: cannot be written ({e.strerror or e}); nothing was "
+                       "done") from None
 
 
 def identity(path: Path) -> tuple[Any, ...]:

@@ -27,6 +27,7 @@ import duckdb
 from core.atomic import publish, write_json_atomic
 from core.config import Config, option
 from core.errors import BadInput
+from core.outputs import is_duckdb_file, refuse_output_over
 from index.database import WAIT, connect, remove, require_shoggoth, tables
 from index.schema import EXAMPLE_CONTEXTS_MACRO, FEATURE_LABELS_VIEW, create_names_view, quote
 
@@ -70,6 +71,31 @@ class ExportConfig(Config):
             raise BadInput("--location: empty")
         if self.db is None and not self.views_only:
             raise BadInput("--db: the database to export is missing (or pass --views-only)")
+        if self.location is not None and not self.views_only:
+            raise BadInput("--location: needs --views-only (views bind to files that are "
+                           "already there: export, copy the folder, then write its views)")
+        if not self.views_only:
+            refuse_output_over(self.parquet, "--parquet", [self.db])
+        if self.views is not None:
+            refuse_output_over(self.views, "--views", [self.db], replaceable=True)
+
+
+def refuse_foreign_views(path: Path) -> None:
+    """An existing `--views` file may be replaced only when it is a views database of an export
+    (nothing but views and `export_info`): never a database that holds tables."""
+    if not path.exists():
+        return
+    if not path.is_file() or not is_duckdb_file(path):
+        raise BadInput(f"--views {path}: exists and is not a views database; nothing was "
+                       "replaced")
+    con = connect(path, read_only=True, what="--views", wait=WAIT)
+    try:
+        held = set(tables(con)) - {"export_info"}
+    finally:
+        con.close()
+    if held:
+        raise BadInput(f"--views {path}: is a database with tables ({', '.join(sorted(held)[:3])}"
+                       "…), not a views database; nothing was replaced")
 
 
 def _columns(con: Any, table: str) -> list[str]:
@@ -158,6 +184,7 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     out = cfg.parquet.resolve()
     views = (cfg.views or out / VIEWS_DB).resolve()
     location = cfg.location or str(out)
+    refuse_foreign_views(views)
     if cfg.views_only:
         if not (out / MANIFEST).is_file():
             raise BadInput(f"--parquet {cfg.parquet}: not a shoggoth export (no {MANIFEST})")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from core.config import Config, option
+from core.config import SEED_MAX, Config, option
 from core.errors import BadInput
 from index.grid_stats import EFFECTS, block_contrasts, effect_test, intervals, persona_se
 from index.label_stats import equivalence, item_bootstrap, stratified_weights
@@ -51,7 +51,7 @@ class GridLabelConfig(Config):
     """rare: the feature fires in fewer grid documents than this."""
     chunk: int = option(1024, min=1)
     """Features processed at once (bounds memory)."""
-    seed: int = 0
+    seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the bootstrap and of the calibration's swaps."""
 
 

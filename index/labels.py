@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core.config import Config, option
+from core.config import SEED_MAX, Config, option
 from core.errors import BadInput
 from index.label_grid import Grid, build_grid, doc_index, doc_rows
 from index.label_stats import (
@@ -71,7 +71,7 @@ class LabelConfig(Config):
     """mask-general: the baseline controls' mean / the personas' mean is at most this."""
     chunk: int = option(1024, min=1)
     """Features processed at once (bounds memory)."""
-    seed: int = 0
+    seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the permutations and the bootstrap."""
 
 

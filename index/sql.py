@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import resource
 import sys
 import threading
 import time
@@ -24,7 +25,9 @@ import pyarrow.parquet as pq
 from core.atomic import write_atomic
 from core.config import Config, option
 from core.errors import BadInput, first_line, is_interrupt
+from core.outputs import refuse_output_over
 from index.database import connect, tables
+from index.export import MANIFEST
 
 SANDBOX = {
     "enable_external_access": False,
@@ -64,6 +67,9 @@ class SqlConfig(Config):
     memory_limit: str = DEFAULT_MEMORY_LIMIT
     """DuckDB's memory cap for the query, e.g. 2GB or 500MB; a query that needs more fails with
     one line (what fits is spilled to disk)."""
+    parquet: Path | None = None
+    """The export folder a views database from `shoggoth export --views` reads, when the views
+    database lies outside it (by default only the views database's own folder is readable)."""
 
     def check(self) -> None:
         if not " ".join(self.query).strip():
@@ -72,24 +78,32 @@ class SqlConfig(Config):
             raise BadInput("--format parquet: needs --out FILE")
         if self.out is not None and self.out.is_dir():
             raise BadInput(f"--out {self.out}: is a directory, expected a file")
+        if self.out is not None:
+            refuse_output_over(self.out, "--out", [self.db])
         if not MEMORY.fullmatch(self.memory_limit.strip()):
             raise BadInput(f"--memory-limit {self.memory_limit}: expected a size such as 2GB "
                            "or 500MB")
 
 
-def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> Any:
+def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_LIMIT,
+              parquet: Path | None = None) -> Any:
     """A connection that can read (or with `write`, modify) `db` and nothing else, within
-    `memory_limit`. A views database from `shoggoth export` may also read its Parquet folder
-    (when it is on this machine): DuckDB's allowed_directories, set before access is closed."""
+    `memory_limit`. A views database from `shoggoth export` may also read its export folder:
+    DuckDB's allowed_directories, set before access is closed. That folder comes from the paths
+    the user gave (`parquet`, or the folder the views database lies in when it holds an export
+    manifest), never from what the database says: a database is data, and a hostile one must
+    not widen what a query can touch."""
     if not db.is_file():
         raise BadInput(f"--db {db}: no such file")
+    if parquet is not None and not (parquet / MANIFEST).is_file():
+        raise BadInput(f"--parquet {parquet}: not a shoggoth export (no {MANIFEST})")
     settings = sandbox(memory_limit.strip())
     late = {k: settings.pop(k) for k in ("enable_external_access", "lock_configuration")}
     con = connect(db, read_only=not write, config=settings)
     try:
-        folder = export_folder(con)
+        folder = export_folder(con, db, parquet)
         if folder is not None:
-            con.execute("SET allowed_directories = ?", [[folder.rstrip("/") + "/"]])
+            con.execute("SET allowed_directories = ?", [[str(folder).rstrip("/") + "/"]])
         for key, value in late.items():
             con.execute(f"SET {key} = {str(value).lower()}")
     except BaseException:
@@ -98,27 +112,63 @@ def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_
     return con
 
 
-def export_folder(con: Any) -> str | None:
-    """The local folder a views database from `shoggoth export` reads (None otherwise, and for
-    an export in object storage)."""
+def export_folder(con: Any, db: Path, parquet: Path | None) -> Path | None:
+    """The export folder a views database may read: `parquet` when given, else the views
+    database's own folder when it is an export (its manifest beside it); None otherwise."""
     if "export_info" not in tables(con):
         return None
-    location = con.execute("SELECT location FROM export_info").fetchone()[0]
-    return None if "://" in location else location
+    if parquet is not None:
+        return parquet.resolve()
+    here = db.resolve().parent
+    return here if (here / MANIFEST).is_file() else None
 
 
-def run_sql(cfg: SqlConfig) -> tuple[list[str], list[tuple[Any, ...]], Any]:
-    """Run the query; returns (columns, rows, arrow table or None) of the last statement."""
+def run_sql(cfg: SqlConfig, on_stuck: Callable[[str], None] | None = None
+            ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+    """Run the query; returns (columns, rows, arrow table or None) of the last statement.
+    `on_stuck`: see `execute`."""
     sql = " ".join(cfg.query).strip()
-    con = sandboxed(cfg.db, cfg.write, cfg.memory_limit)
+    con = sandboxed(cfg.db, cfg.write, cfg.memory_limit, cfg.parquet)
     try:
-        return execute(con, sql, timeout=cfg.timeout)
+        return execute(con, sql, timeout=cfg.timeout, on_stuck=on_stuck)
     finally:
         con.close()
 
 
+def size_bytes(size: str) -> int:
+    """'300MB' → 300,000,000; '2GiB' → 2,147,483,648 (a size MEMORY accepts)."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", size.strip()).groups()
+    unit = unit.upper()
+    scale = 1024 if "I" in unit else 1000
+    power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
+    return int(float(number) * scale**power)
+
+
+ADDRESS_SPACE_SLACK = 2 << 30
+"""Address space a process may reserve beyond its use (thread stacks, malloc arenas)."""
+
+
+def bound_address_space(memory_limit: str) -> None:
+    """Cap this process's address space near `memory_limit`: DuckDB's own cap covers its buffer
+    manager, not every allocation (a list built in one piece grew to 16 GB under a 300 MB cap),
+    and an allocation over this one fails, as one line, instead of exhausting the machine. For
+    the `sql` program only: it limits the whole process."""
+    used = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = used + 2 * size_bytes(memory_limit) + ADDRESS_SPACE_SLACK
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+STUCK_GRACE = 3.0
+"""Seconds a query may take to honour an interrupt before `on_stuck` is called."""
+
+
 def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it",
-            timeout: float = 0.0, cancelled: Callable[[], bool] | None = None
+            timeout: float = 0.0, cancelled: Callable[[], bool] | None = None,
+            on_stuck: Callable[[str], None] | None = None
             ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     """Run `sql` on a sandboxed connection; (columns, rows, arrow table or None) of the last
     statement, every DuckDB error as one BadInput line (a write on a read-only connection
@@ -128,7 +178,12 @@ def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it
     (`timeout` seconds; 0: none) or Ctrl-C stops it through DuckDB's own interrupt within a
     fraction of a second (DuckDB alone holds Ctrl-C until some queries finish). `cancelled`,
     polled as it waits, stops it the same way when whoever asked has gone (a closed browser
-    tab)."""
+    tab).
+
+    Some work does not look at DuckDB's interrupt flag (building one huge list): when the query
+    has not stopped `STUCK_GRACE` seconds after the interrupt, `on_stuck(why)` is called
+    (the `sql` program exits there; a read-only connection has nothing to lose, and a write
+    is atomic in DuckDB's log), so the timeout and Ctrl-C hold."""
     outcome: dict[str, Any] = {}
     finished = threading.Event()  # (not Thread.join: an interrupted join can report a live
     # thread as finished on Python 3.11)
@@ -144,19 +199,25 @@ def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it
     threading.Thread(target=work, name="shoggoth-sql", daemon=True).start()
     started = time.monotonic()
     timed_out = gone = False
+    stopped_at = 0.0
     try:
         while not finished.wait(0.05):
             if timed_out or gone:
+                if on_stuck is not None and time.monotonic() - stopped_at > STUCK_GRACE:
+                    on_stuck("timeout" if timed_out else "cancelled")
                 continue
             if timeout and time.monotonic() - started > timeout:
                 timed_out = True
-                con.interrupt()
             elif cancelled is not None and cancelled():
                 gone = True
+            if timed_out or gone:
+                stopped_at = time.monotonic()
                 con.interrupt()
     except KeyboardInterrupt:
         con.interrupt()
-        finished.wait(10)
+        if not finished.wait(STUCK_GRACE if on_stuck is not None else 10):
+            if on_stuck is not None:
+                on_stuck("interrupt")
         raise
     if timed_out:
         raise BadInput(f"sql: stopped after {timeout:g} s (--timeout); narrow the query or "
@@ -172,6 +233,8 @@ def _execute(con: Any, sql: str, read_only_hint: str
              ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     try:
         result = con.execute(sql)
+        if result is None:  # DuckDB found no statement: only ';' or comments
+            raise BadInput("sql: no statement to run (the query holds only ';' or comments)")
         if result.description is None:
             return [], [], None
         table = result.to_arrow_table()

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from core.config import Config, option
 from core.errors import BadInput
+from core.outputs import refuse_output_over
 from core.progress import stderr_log
 from index.dictionary import IndexConfig, faiss_dir
 from index.label_db import LabelRunConfig, label_database
@@ -97,6 +98,7 @@ class DemoConfig(Config):
     """Port the explorer listens on."""
 
     def check(self) -> None:
+        refuse_output_over(self.out, "--out")
         if self.out.exists() and not self.out.is_dir():
             raise BadInput(f"--out {self.out}: is a file, expected a folder")
 

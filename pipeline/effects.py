@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from core.atomic import drop_resume_folder, resume_folder, save_npz_atomic, write_json_atomic
-from core.config import Config, option
+from core.config import SEED_MAX, Config, option
 from core.errors import BadInput
 from core.progress import Progress
 from index.database import check_writable
@@ -78,7 +78,7 @@ class EffectsConfig(Config):
     """Level of the intervals."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
-    seed: int = 0
+    seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the baseline sample and the bootstrap."""
 
 

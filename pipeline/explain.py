@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.config import Config, option
+from core.config import SEED_MAX, Config, option
 from core.errors import BadInput
 from core.progress import Progress
 from index import explanations_db as edb
@@ -72,7 +72,7 @@ class ExplainConfig(Config):
     """Tokens either side of the firing token in a window."""
     max_tokens: int = option(40, min=1)
     """Longest explanation, in tokens."""
-    seed: int = 0
+    seed: int = option(0, min=0, max=SEED_MAX)
     """Seed for the silent windows and the wrong markings."""
     overwrite: bool = False
     """Explain again the features already explained with these settings."""

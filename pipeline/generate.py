@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.config import Config, config_metadata, option
+from core.config import SEED_MAX, Config, config_metadata, option
 from core.errors import BadInput, Interrupted
 from core.progress import Progress
 from index.answers_db import SET_NAME, done_keys, finish_set, start_set, write_answers
@@ -63,7 +63,7 @@ class GenerateConfig(Config):
     """Most tokens per answer; an answer cut there is recorded with stop reason 'length'."""
     temperature: float = option(0.0, min=0, max=10)
     """0: greedy (deterministic); above 0: sampling, seeded per batch."""
-    seed: int = 0
+    seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the sampling."""
     batch: int = option(16, min=1, max=4096)
     """Answers generated together (left-padded)."""

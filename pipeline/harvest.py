@@ -79,13 +79,18 @@ class HarvestConfig(Config):
     """Harvest --workers shards as Ray tasks and merge them: 'auto' (the cluster this machine
     belongs to, or the running Ray session), a cluster address (ray://host:10001), or 'local'
     (start one here). Needs `pip install shoggoth[ray]`."""
-    workers: int = option(2, min=1, max=100_000)
-    """With --ray: shards, one Ray task each (the model loaded once per task)."""
-    gpus_per_worker: float = option(0.0, min=0)
-    """With --ray: GPUs each task asks Ray for (1 on a GPU cluster)."""
+    workers: int | None = option(None, min=1, max=100_000)
+    """With --ray: shards, one Ray task each (the model loaded once per task; default 2)."""
+    gpus_per_worker: float | None = option(None, min=0)
+    """With --ray: GPUs each task asks Ray for (default 0; 1 on a GPU cluster)."""
 
     def check(self) -> None:
         parse_shard(self.shard)
+        for flag, value in (("--workers", self.workers),
+                            ("--gpus-per-worker", self.gpus_per_worker)):
+            if value is not None and self.ray is None:
+                raise BadInput(f"{flag} {value:g}: only with --ray (it sets how Ray shards the "
+                               "harvest)")
         if self.sae_id is not None and not SAE_ID.fullmatch(self.sae_id):
             raise BadInput(f"--sae-id {self.sae_id!r}: use letters, digits, '.', '_' and '-'")
         if self.sae_id is not None and len(self.sae) > 1:

@@ -17,19 +17,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.errors import BadInput
+from core.errors import BadInput, first_line
 from index.harvest_db import summary
 from index.merge import MergeConfig, merge
 from pipeline.harvest import HarvestConfig, harvest, sae_ids
 
+DEFAULT_WORKERS = 2
 RETRIES = 3
 """Times Ray reruns a shard whose worker died (the rerun resumes its partial file)."""
 
 
 def shard_files(cfg: HarvestConfig) -> tuple[Path, list[Path]]:
     """The folder beside --db holding the shard files, and each shard's file."""
-    folder = cfg.db.parent / f".{cfg.db.name}.ray"
-    return folder, [folder / f"shard-{i}-of-{cfg.workers}.duckdb" for i in range(cfg.workers)]
+    folder, n = cfg.db.parent / f".{cfg.db.name}.ray", workers(cfg)
+    return folder, [folder / f"shard-{i}-of-{n}.duckdb" for i in range(n)]
+
+
+def workers(cfg: HarvestConfig) -> int:
+    """The number of shards (--workers, default 2)."""
+    return cfg.workers or DEFAULT_WORKERS
 
 
 def harvest_shard(cfg: HarvestConfig) -> dict[str, Any]:
@@ -52,6 +58,11 @@ def connect_ray(address: str, workers: int) -> Any:
                 ray.init(address=address, log_to_driver=False)
         except ConnectionError as e:
             raise BadInput(f"--ray {address}: no Ray cluster there ({e})") from None
+        except ValueError as e:
+            if "Ray Client" in str(e):  # a ray:// address without the client extra
+                raise BadInput(f"--ray {address}: a ray:// address needs Ray Client; pip "
+                               "install 'ray[client]'") from None
+            raise BadInput(f"--ray {address}: {first_line(e)}") from None
     return ray
 
 
@@ -60,14 +71,16 @@ def harvest_with_ray(cfg: HarvestConfig, log: Callable[[str], None] = print) -> 
     database's summary of the first SAE (with `others`: the rest's)."""
     if cfg.shard is not None:
         raise BadInput("--shard: --ray makes the shards itself; leave --shard out")
-    ray = connect_ray(cfg.ray, cfg.workers)
+    n = workers(cfg)
+    ray = connect_ray(cfg.ray, n)
     folder, files = shard_files(cfg)
     folder.mkdir(exist_ok=True)
-    task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker,
+    task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker or 0.0,
                       max_retries=RETRIES)(harvest_shard)
-    shards = [dataclasses.replace(cfg, db=f, shard=f"{i}/{cfg.workers}", ray=None)
+    shards = [dataclasses.replace(cfg, db=f, shard=f"{i}/{n}", ray=None, workers=None,
+                                  gpus_per_worker=None)
               for i, f in enumerate(files)]
-    log(f"ray: {cfg.workers} shards on {ray.cluster_resources().get('CPU', 0):g} CPUs")
+    log(f"ray: {n} shards on {ray.cluster_resources().get('CPU', 0):g} CPUs")
     started = time.time()
     try:
         ray.get([task.remote(s) for s in shards])
@@ -80,4 +93,4 @@ def harvest_with_ray(cfg: HarvestConfig, log: Callable[[str], None] = print) -> 
     shutil.rmtree(folder, ignore_errors=True)
     seconds = time.time() - started
     out = [summary(cfg.db, i, seconds) for i in sae_ids(cfg)]
-    return {**out[0], "shards": cfg.workers, "others": out[1:]}
+    return {**out[0], "shards": n, "others": out[1:]}

@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from core.config import Config, option
+from core.config import SEED_MAX, Config, option
 from core.errors import BadInput
 from core.progress import Progress
 from index.probe_db import write_layer_probe
@@ -60,7 +60,7 @@ class LayersConfig(Config):
     """Documents per forward pass."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
-    seed: int = 0
+    seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the item folds."""
 
 

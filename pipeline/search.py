@@ -39,8 +39,8 @@ class SearchConfig(Config):
     persona: str | None = None
     """With --text: run the text under this persona's system prompt. Alone: the features
     nearest to the persona's vector and its mask-specific features."""
-    paraphrase: int = option(0, min=0)
-    """With --text --persona: which of the persona's prompts to use (0 = the first)."""
+    paraphrase: int | None = option(None, min=0)
+    """With --text --persona: which of the persona's prompts to use (default 0, the first)."""
     feature: int | None = None
     """A feature: its label, statistics and top contexts (with --similar: its neighbours)."""
     similar: bool = False
@@ -66,6 +66,9 @@ class SearchConfig(Config):
                            "or --persona P")
         if self.feature is not None and self.persona is not None:
             raise BadInput("--feature and --persona: give one of them")
+        if self.paraphrase is not None and (self.text is None or self.persona is None):
+            raise BadInput("--paraphrase: only with --text and --persona (which of the "
+                           "persona's prompts to run the text under)")
 
 
 def load_runner(d: Dictionary, device: str = "auto") -> tuple[Any, Any]:
@@ -125,7 +128,7 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
     d = Dictionary(cfg.db, cfg.sae)
     try:
         if cfg.text is not None:
-            found = by_text(d, cfg.text, cfg.persona, cfg.paraphrase, cfg.top, cfg.device)
+            found = by_text(d, cfg.text, cfg.persona, cfg.paraphrase or 0, cfg.top, cfg.device)
             found.pop("activations")
             return {"mode": "text", "sae_id": d.sae_id, **found}
         if cfg.name is not None:

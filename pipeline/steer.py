@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from core.config import Config, option
+from core.config import SEED_MAX, Config, option
 from core.errors import BadInput
 from index.read import Dictionary, typical_activations
 from pipeline.effects import load_causal
@@ -47,7 +47,7 @@ class SteerConfig(Config):
     """answer: clamp on the generated tokens; all: on the prompt's tokens too."""
     temperature: float = option(0.0, min=0)
     """0: greedy; above 0: sampling, seeded."""
-    seed: int = 0
+    seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the sampling (both answers use the same)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""

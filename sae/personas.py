@@ -94,7 +94,10 @@ def load_personas(path: Path | None = None) -> list[Persona]:
         family = entry.get("family")
         if not isinstance(family, str) or not family.strip():
             raise BadInput(f"{where}: persona '{name}' has no family")
-        is_control = bool(entry.get("is_control", False))
+        is_control = entry.get("is_control", False)
+        if not isinstance(is_control, bool):
+            raise BadInput(f"{where}: persona '{name}': is_control must be true or false, got "
+                           f"{is_control!r}")
         prompts = entry.get("prompts")
         if not isinstance(prompts, list) or not prompts:
             raise BadInput(f"{where}: persona '{name}' has no prompts")
@@ -106,15 +109,32 @@ def load_personas(path: Path | None = None) -> list[Persona]:
         if len(set(prompts)) != len(prompts):
             raise BadInput(f"{where}: persona '{name}' repeats a prompt")
         personas.append(Persona(name, family.strip(), str(entry.get("description") or ""),
-                                tuple(prompts), is_control, entry.get("control_of")))
+                                tuple(prompts), is_control,
+                                _control_of(entry.get("control_of"), where, name)))
     names = {p.name for p in personas}
     for p in personas:
-        if p.control_of is not None and p.control_of not in names:
-            raise BadInput(f"{path} line {seen[p.name]}: control '{p.name}' refers to unknown "
-                           f"persona '{p.control_of}'")
+        for target in (p.control_of or "").split(",") if p.control_of else []:
+            if target not in names:
+                raise BadInput(f"{path} line {seen[p.name]}: control '{p.name}' refers to "
+                               f"unknown persona '{target}'")
     if not any(not p.is_control for p in personas):
         raise BadInput(f"{path}: holds only controls; at least one persona is needed")
     return personas
+
+
+def _control_of(value: Any, where: str, name: str) -> str | None:
+    """`control_of` as stored: one persona name, or several comma-separated (given in YAML as
+    a name, a comma-separated text or a list of names)."""
+    if value is None:
+        return None
+    names = value if isinstance(value, list) else [value] if isinstance(value, str) else None
+    if names is None or not names or not all(isinstance(n, str) for n in names):
+        raise BadInput(f"{where}: persona '{name}': control_of must be a persona name or a list "
+                       f"of them, got {value!r}")
+    parts = [part.strip() for n in names for part in n.split(",")]
+    if not all(parts):
+        raise BadInput(f"{where}: persona '{name}': control_of holds an empty name")
+    return ",".join(parts)
 
 
 def load_items(path: Path | None = None) -> list[Item]:

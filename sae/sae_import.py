@@ -14,6 +14,7 @@ from typing import Any
 from core.atomic import publish, write_json_atomic
 from core.config import Config, config_metadata, option
 from core.errors import BadInput, first_line
+from core.outputs import refuse_output_over
 from core.versions import library_versions
 from sae.models import hub_reachable, load_model
 from sae.sae_dir import check_fits, read_sae_dir
@@ -69,6 +70,8 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
 
 def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
     """Check the SAE against the model, evaluate it, and publish it with its shoggoth.json."""
+    if cfg.out is not None:
+        refuse_output_over(cfg.out, "--out")
     if cfg.out is not None and cfg.out.exists() and not cfg.overwrite:
         raise BadInput(f"--out {cfg.out}: already exists (pass --overwrite to replace it)")
     if cfg.eval_tokens <= 0:

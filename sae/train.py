@@ -26,8 +26,9 @@ from typing import Any, Literal
 import torch
 
 from core.atomic import publish, write_json_atomic
-from core.config import Config, config_metadata, option
-from core.errors import BadInput, Interrupted
+from core.config import SEED_MAX, Config, config_metadata, option
+from core.errors import BadInput, Interrupted, first_line
+from core.outputs import refuse_output_over
 from core.versions import library_versions
 from sae.chitchat import CHITCHAT
 from sae.contexts import pack_contexts, split_documents
@@ -103,7 +104,7 @@ class TrainConfig(Config):
     out: Path | None = None
     """Output directory (default: runs/sae-MODEL-HOOK-ARCHITECTURE). Must not exist. With
     several SAEs, one folder holding an SAE folder per hook and width (HOOK-dWIDTH)."""
-    seed: int = 0
+    seed: int = option(0, min=0, max=SEED_MAX)
     """Random seed for SAE initialization and data order."""
     resume: bool = False
     """Continue the interrupted run for --out from its newest checkpoint."""
@@ -123,6 +124,8 @@ class TrainConfig(Config):
         for width in self.d_sae:
             if self.architecture in TOPK_LIKE and self.k >= width:
                 raise BadInput(f"--k {self.k}: must be smaller than --d-sae {width}")
+        if self.out is not None:
+            refuse_output_over(self.out, "--out")
         shards = self.shards or 1
         if self.batch_tokens % shards:
             raise BadInput(f"--batch-tokens {self.batch_tokens}: must be a multiple of "
@@ -168,6 +171,21 @@ def _resume_fields(cfg: TrainConfig) -> dict[str, Any]:
     return meta
 
 
+def check_wandb() -> None:
+    """BadInput before any work when --wandb cannot log: W&B missing, or no credentials (an
+    offline or disabled WANDB_MODE needs none)."""
+    try:
+        import wandb
+    except ImportError:
+        raise BadInput("--wandb: Weights & Biases is not installed; pip install "
+                       "'shoggoth[wandb]'") from None
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return
+    if not wandb.login(prompt=False):
+        raise BadInput("--wandb: no W&B credentials; run `wandb login`, set WANDB_API_KEY, or "
+                       "set WANDB_MODE=offline")
+
+
 def work_dir(out: Path) -> Path:
     """Where a run for `out` keeps its checkpoints until it publishes."""
     return out.parent / f".{out.name}{WORK_SUFFIX}"
@@ -182,9 +200,14 @@ def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
         shutil.rmtree(work, ignore_errors=True)
     if out.exists() and not cfg.overwrite:
         raise BadInput(f"--out {out}: already exists (pass --overwrite to replace it)")
+    if work.is_dir() and not checkpoints(work / "checkpoints"):
+        # Interrupted before its first checkpoint: nothing to resume, so nothing to keep.
+        shutil.rmtree(work, ignore_errors=True)
     if cfg.resume:
         found = checkpoints(work / "checkpoints")
         if not found:
+            if not out.exists():  # stopped before its first checkpoint: start from the start
+                return work, None
             raise BadInput(f"--resume: no checkpoint of an interrupted run for {out} (in {work})")
         saved = json.loads((work / STATE_FILE).read_text())
         now = _resume_fields(cfg)
@@ -383,6 +406,8 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
     if cfg.batch_tokens % shards:  # (--shards itself is checked with the config)
         raise BadInput(f"--batch-tokens {cfg.batch_tokens}: must be a multiple of the "
                        f"{shards} ranks")
+    if cfg.wandb and world.leader:
+        check_wandb()
     # With --out given, refuse an unsafe start before the model loads; the default --out
     # depends on the hook, so it is checked once the model is known.
     prepared = leader_prepares_dirs(cfg, cfg.out, world) if cfg.out is not None else None
@@ -509,12 +534,18 @@ def fit(cfg: TrainConfig, trainer: Any, run: TrainRun) -> dict[str, Any]:
     if cfg.wandb and run.world.leader:
         import wandb
 
-        wandb.init(project="shoggoth", config=config_metadata(cfg))
+        try:
+            wandb.init(project="shoggoth", config=config_metadata(cfg))
+        except Exception as e:  # W&B's own errors: no key, no network, a bad project
+            shutil.rmtree(work, ignore_errors=True)
+            raise BadInput(f"--wandb: {first_line(e)}") from None
     try:
         trained = trained_saes(trainer.fit(), run)
     except KeyboardInterrupt:
         if trainer.stopped_at is None:  # before the first step: nothing to save
-            raise Interrupted(f"stopped before training began; the work is in {work}") from None
+            if run.world.leader:
+                shutil.rmtree(work, ignore_errors=True)
+            raise Interrupted("stopped before training began; nothing was written") from None
         raise Interrupted(f"checkpoint saved in {work} at {trainer.stopped_at:,} tokens; "
                           "continue with --resume") from None
     for sae in trained.values():

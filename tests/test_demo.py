@@ -59,15 +59,15 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
     assert "explore: skipped (--no-serve)" in text and db.stat().st_mtime_ns == mtime
 
 
-def test_explore_refuses_a_bad_or_busy_port(capfd, tmp_path):
-    assert shoggoth.main(["explore", "--db", str(tmp_path / "x.duckdb"), "--port", "0"]) == 2
+def test_explore_refuses_a_bad_or_busy_port(capfd, tmp_path, labelled_db):
+    assert shoggoth.main(["explore", "--db", str(labelled_db), "--port", "0"]) == 2
     _, err = capfd.readouterr()
     assert err.count("\n") == 1 and "--port 0" in err
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert shoggoth.main(["explore", "--db", str(tmp_path / "x.duckdb"), "--port",
+        assert shoggoth.main(["explore", "--db", str(labelled_db), "--port",
                               str(port)]) == 2
         _, err = capfd.readouterr()
         assert err.count("\n") == 1 and f"--port {port}: cannot listen" in err
