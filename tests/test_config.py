@@ -79,6 +79,8 @@ def test_required_bounds_finite_and_check():
     ("flag: 3", "option 'flag': expected true or false, got 3"),
     ("files: 7", "option 'files': expected a list, got 7"),
     ("files: [a.duckdb, 7]", "option 'files': expected a string, got 7"),
+    # one text for a list of paths: `a.duckdb b.duckdb` would be one file with a space in it
+    ("files: a.duckdb", "option 'files': expected a list, got 'a.duckdb'"),
     ("n: 0", "--n 0: must be at least 1"),
     ("rate: .nan", "--rate nan: must be a finite number"),
     ("colour: red", "unknown option 'colour'"),
@@ -93,7 +95,7 @@ def test_yaml_values_are_converted_and_checked(tmp_path, text, message):
 
 
 def test_yaml_values_convert_like_flags(tmp_path):
-    path = yaml_file(tmp_path, "db: x.duckdb\nn: 4\nrate: 0.25\nflag: true\nfiles: a.duckdb\n")
+    path = yaml_file(tmp_path, "db: x.duckdb\nn: 4\nrate: 0.25\nflag: true\nfiles: [a.duckdb]\n")
     cfg = load_config(Example, path, {"n": 5})  # the flag wins
     assert cfg == Example(db=Path("x.duckdb"), n=5, rate=0.25, flag=True,
                           files=[Path("a.duckdb")])
