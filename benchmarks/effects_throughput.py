@@ -12,7 +12,7 @@ documents, and exact ablation at the issue's scale.
    is exactly zero) and counted. Then the same with steering under no persona (each feature's
    typical activation) added.
 
-    python benchmarks/effects_throughput.py [--db runs/demo.duckdb] [--items 6] [--features 200]
+    python -m benchmarks.effects_throughput [--db runs/demo.duckdb] [--items 6] [--features 200]
         [--exact-items 4] [--batch 32]
 """
 
@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,18 +30,16 @@ import numpy as np
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.effects import (  # noqa: E402
+from shoggoth.pipeline.effects.measure import exact_item, screen_item
+from shoggoth.pipeline.effects.run import (
     EffectsConfig,
     Inputs,
     load_causal,
     make_setup,
     read_inputs,
 )
-from pipeline.effects_measure import exact_item, screen_item  # noqa: E402
-from pipeline.effects_tables import make_plan, screen_estimates  # noqa: E402
-from pipeline.harvest import HarvestConfig, harvest  # noqa: E402
+from shoggoth.pipeline.effects.tables import make_plan, screen_estimates
+from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
 
 
 def harvest_seconds(inputs: Inputs, folder: Path) -> float:

@@ -22,24 +22,20 @@ Prints build time, p50/p95 latency of one feature's 10 neighbours (single querie
 explorer asks them), recall@10 against exact search on the same queries, and the p50 of exact
 FAISS flat search and of brute-force numpy (matrix-vector product + argpartition), with ratios.
 
-    python benchmarks/faiss_neighbours.py [--n 1000000] [--data tree|families|random]
+    python -m benchmarks.faiss_neighbours [--n 1000000] [--data tree|families|random]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from index.similarity import (  # noqa: E402
+from shoggoth.index.dictionary.similarity import (
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
     build,

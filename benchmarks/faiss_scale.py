@@ -2,7 +2,7 @@
 codes, built in checkpointed chunks) on decoder-like directions (benchmarks/faiss_neighbours.py,
 `tree` data), against exact search on held-out queries, in one run.
 
-    python benchmarks/faiss_scale.py [--n 2000000] [--d 768] [--queries 200]
+    python -m benchmarks.faiss_scale [--n 2000000] [--d 768] [--queries 200]
 
 Prints the build time (training, adding), the index's memory (its serialized size, and the
 process's peak RSS), recall@10 of held-out queries (directions not in the index) against exact
@@ -15,7 +15,6 @@ import argparse
 import multiprocessing
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +22,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from faiss_neighbours import decoder_like  # noqa: E402
-
-from index.similarity import build_ivf, unit_rows  # noqa: E402
+from benchmarks.faiss_neighbours import decoder_like
+from shoggoth.index.dictionary.similarity import build_ivf, unit_rows
 
 
 def write_data(folder: Path, n: int, queries: int, d: int) -> None:

@@ -8,26 +8,20 @@ on them, and the PCA; then a check that the map keeps neighbourhoods: the share 
 sampled feature's 10 nearest points on the map that are among its 10 nearest in the full
 space (trustworthiness@10), for both layouts.
 
-    python benchmarks/feature_map_build.py [--n 65536] [--d 768] [--repeats 1]
+    python -m benchmarks.feature_map_build [--n 65536] [--d 768] [--repeats 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from faiss_neighbours import decoder_like  # noqa: E402
-
-from index import similarity  # noqa: E402
-from index.feature_map import pca_layout, umap_layout  # noqa: E402
+from benchmarks.faiss_neighbours import decoder_like
+from shoggoth.index.dictionary import similarity
+from shoggoth.index.dictionary.maps import pca_layout, umap_layout
 
 
 def kept_neighbours(x: np.ndarray, xy: np.ndarray, sample: int = 2000, k: int = 10) -> float:

@@ -2,7 +2,7 @@
 own `generate` (left-padded batches, greedy) on the same prompts, same batches, same token
 budget; also whether the two write the same answers.
 
-    python benchmarks/generate_throughput.py [--model smollm2] [--personas pirate,poet]
+    python -m benchmarks.generate_throughput [--model smollm2] [--personas pirate,poet]
         [--items-per-topic 1] [--max-tokens 40] [--repeats 3]
 
 Prints tokens/s of each (median over repeats; tokens counted up to each row's stop token, the
@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from sae.generation import Generator, generate_batch, load_generator, prefix_kv, prompt_ids
-from sae.generation import shared_length as shared
-from sae.personas import load_items, load_personas, subset_items
+from shoggoth.battery.personas import load_items, load_personas, subset_items
+from shoggoth.sae.generation import Generator, generate_batch, load_generator, prefix_kv, prompt_ids
+from shoggoth.sae.generation import shared_length as shared
 
 
 def ours(gen: Generator, groups: list[list[list[int]]], max_tokens: int) -> list[list[int]]:

@@ -38,7 +38,7 @@ if ! err=$("$PY" -c 'import sae_lens, transformer_lens' 2>&1); then
     exit 2
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=.
-timeout 400 "$PY" benchmarks/gpu_throughput.py --steps 50
+timeout 400 "$PY" -m benchmarks.gpu_throughput --steps 50
 status=$?
 timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_models.py -k cuda || status=$?
 exit $status

@@ -7,7 +7,7 @@ not weights): a Qwen2-0.5B-shaped and a Llama-3.2-1B-shaped causal LM, bfloat16 
 - train: tokens/s of a TopK SAE (expansion 8, k 32) training step on the model's activations
   (sae-lens TrainingSAE, forward + backward + Adam), as shoggoth trains it.
 
-    python benchmarks/gpu_throughput.py [--small] [--seconds 60]
+    python -m benchmarks.gpu_throughput [--small] [--seconds 60]
 
 `--small` shrinks the shapes to run anywhere (a smoke test on CPU). Run by
 benchmarks/gpu_check.sh.
@@ -19,20 +19,18 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from sae.activations import activations  # noqa: E402
-from sae.encode import encode_aggregate, prompts_activations  # noqa: E402
-from sae.models import load_model  # noqa: E402
-from sae.prompts import Prompt, collate  # noqa: E402
+from shoggoth.sae.activations import activations
+from shoggoth.sae.encode import encode_aggregate, prompts_activations
+from shoggoth.sae.models import load_model
+from shoggoth.sae.prompts import Prompt, collate
 
 SHAPES = {
     "qwen2-0.5b-shaped": ("Qwen2Config", dict(hidden_size=896, num_hidden_layers=24,
@@ -100,7 +98,7 @@ def timed(fn: object, repeats: int) -> float:
 
 
 def harvest_rates(model: object, sae: object, hook: str, data: list) -> dict[str, float]:
-    from sae.activations import prefix_cache
+    from shoggoth.sae.activations import prefix_cache
 
     n_tok = sum(sum(p.mask) for b in data for p in b)
 

@@ -15,7 +15,7 @@ causal LM with GPT-2-small's shape (12 layers, d_model 768, random weights and a
 trained on the battery text; throughput depends on shapes, not weights), and the built-in chat
 model SmolLM2-135M-Instruct (real weights, Llama, 30 layers; hooked at the demo's layer).
 
-    python benchmarks/harvest_throughput.py [--items 96] [--personas 4] [--repeats 3]
+    python -m benchmarks.harvest_throughput [--items 96] [--personas 4] [--repeats 3]
                                             [--models minilm,gpt2,smollm2]
 """
 
@@ -25,25 +25,23 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from pipeline.harvest import HarvestConfig, harvest  # noqa: E402
-from sae.activations import activations  # noqa: E402
-from sae.models import Model, load_model  # noqa: E402
-from sae.personas import BATTERY_DIR, load_items, load_personas  # noqa: E402
-from sae.prompts import Prompt, collate, pad_id  # noqa: E402
+from shoggoth.battery.personas import BATTERY_DIR, load_items, load_personas
+from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
+from shoggoth.sae.activations import activations
+from shoggoth.sae.models import Model, load_model
+from shoggoth.sae.prompts import Prompt, collate, pad_id
 
 SMOL_LAYER = 15
-"""The demo's SmolLM2 hook (pipeline/demo.py)."""
+"""The demo's SmolLM2 hook (shoggoth/pipeline/demo.py)."""
 CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 

@@ -3,7 +3,7 @@ benchmarks/synthetic_db.py (default 16,384 features, 54M activation rows: exampl
 decoder and persona-profile FAISS neighbours, persona vectors). Median of --repeats runs, each on
 a fresh copy, with the time of each step.
 
-    python benchmarks/index_throughput.py [--features 16384] [--per-token 96] [--repeats 3]
+    python -m benchmarks.index_throughput [--features 16384] [--per-token 96] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -11,17 +11,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic_db import activation_rows, build  # noqa: E402
-
-from index.dictionary import IndexConfig, faiss_dir  # noqa: E402
-from pipeline.dictionary import index_harvest  # noqa: E402
+from benchmarks.synthetic_db import activation_rows, build
+from shoggoth.index.dictionary.build import IndexConfig, faiss_dir
+from shoggoth.pipeline.build_index import index_harvest
 
 
 def main() -> None:

@@ -10,27 +10,21 @@ the share of live features given a persona label once the prompts are reassigned
 personas (2 reassignments per battery). Then the KS test of the p-values under the null battery
 and under reassignment (one feature per kind, pooled over 25 reassignments).
 
-    python benchmarks/label_targets.py [--seeds 3] [--per-kind 20]
+    python -m benchmarks.label_targets [--seeds 3] [--per-kind 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from planted_battery import planted, score  # noqa: E402
-
-from index.label_nulls import reassign_prompts  # noqa: E402
-from index.labels import PERSONA_LABELS, label_features  # noqa: E402
+from shoggoth.index.labels.nulls import reassign_prompts
+from shoggoth.index.labels.rules import PERSONA_LABELS, label_features
+from tests.planted_battery import planted, score
 
 TARGETS = {"mask-specific recall": ">= 0.8", "mask-specific precision": ">= 0.9",
            "mention given a mask label": "<= 0.05",

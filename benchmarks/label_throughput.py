@@ -13,7 +13,7 @@ Prints the time and the peak memory (RSS) of labelling, median of --repeats, and
 --calibrate the time of the calibration runs `shoggoth label` adds (3 prompt reassignments and
 the split). Goal: within 2× of the previous labeller on `legacy`, <= 4 GB.
 
-    python benchmarks/label_throughput.py [--battery legacy|builtin] [--features 65536]
+    python -m benchmarks.label_throughput [--battery legacy|builtin] [--features 65536]
         [--per-doc 300] [--repeats 3] [--calibrate]
 """
 
@@ -22,19 +22,15 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from index.label_db import calibrate  # noqa: E402
-from index.labels import LabelConfig, label_features  # noqa: E402
-from sae.personas import load_items, load_personas  # noqa: E402
+from shoggoth.battery.personas import load_items, load_personas
+from shoggoth.index.labels.rules import LabelConfig, label_features
+from shoggoth.index.labels.run import calibrate
 
 
 def battery(kind: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:

@@ -5,7 +5,7 @@ Models: a causal LM with GPT-2-small's shape (12 layers, random weights) hooked 
 2, 5, 8, 11, and SmolLM2-135M-Instruct (30 layers, real weights) hooked at blocks 6, 12, 18, 24.
 Random TopK SAEs (expansion 8, k 32): throughput depends on shapes, not weights.
 
-    python benchmarks/multi_sae_harvest.py [--items 48] [--personas 4] [--repeats 3]
+    python -m benchmarks.multi_sae_harvest [--items 48] [--personas 4] [--repeats 3]
                                            [--models gpt2,smollm2]
 
 Prints the median seconds of each (the batch loop, and end to end without the model load), and
@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-from harvest_throughput import gpt2_small, random_sae, slice_battery  # noqa: E402
-
-from pipeline.harvest import HarvestConfig, harvest  # noqa: E402
-from sae.models import load_model  # noqa: E402
+from benchmarks.harvest_throughput import gpt2_small, random_sae, slice_battery
+from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
+from shoggoth.sae.models import load_model
 
 HOOKS = {"gpt2": (2, 5, 8, 11), "smollm2": (6, 12, 18, 24)}
 

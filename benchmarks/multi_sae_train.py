@@ -7,7 +7,7 @@ Models: a causal LM with GPT-2-small's shape (12 layers, random weights) hooked 
 --expansion 4 and k 32 on the chat corpus. The SAEs of the one run equal the separate runs' bit
 for bit (tests/test_train_scale.py), so only time is compared.
 
-    python benchmarks/multi_sae_train.py [--tokens 8192] [--repeats 2] [--models gpt2,smollm2]
+    python -m benchmarks.multi_sae_train [--tokens 8192] [--repeats 2] [--models gpt2,smollm2]
 
 Prints the median seconds of the training phase (the activation stream and the SAE steps;
 sae-lens's fit) and of the whole command (model load, corpus packing, training, the held-out
@@ -21,21 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from harvest_throughput import gpt2_small  # noqa: E402
-from multi_sae_harvest import HOOKS, print_speedups  # noqa: E402
+import torch
 
-from sae.train import TrainConfig, train  # noqa: E402
+from benchmarks.harvest_throughput import gpt2_small
+from benchmarks.multi_sae_harvest import HOOKS, print_speedups
+from shoggoth.sae.train.run import TrainConfig, train
 
 
 def fit_seconds(out: Path) -> float:

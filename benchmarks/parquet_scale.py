@@ -6,7 +6,7 @@ native DuckDB file and on the export's Parquet views, in one run:
   from `activations` (no dictionary), over --queries random features;
 - persona × label counts (docs/queries.sql `persona_label_counts`).
 
-    python benchmarks/parquet_scale.py [--features 65536] [--per-token 690] [--queries 30]
+    python -m benchmarks.parquet_scale [--features 65536] [--per-token 690] [--queries 30]
 
 Prints the export's time and size, p50/p95 of each query on each, and the ratios.
 """
@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import duckdb
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from query_latency import RAW_TOP, named  # noqa: E402
-from synthetic_db import SAE_ID, activation_rows, build  # noqa: E402
-
-from index.export import ExportConfig, export  # noqa: E402
+from benchmarks.query_latency import RAW_TOP, named
+from benchmarks.synthetic_db import SAE_ID, activation_rows, build
+from shoggoth.index.store.export import ExportConfig, export
 
 
 def timed(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> float:

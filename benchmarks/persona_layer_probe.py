@@ -11,7 +11,7 @@ each persona adds), and the layer the demo should use: the shallowest whose cent
 at least 90% of the best (the forward pass stops after the hooked block, so harvest and
 training cost grow with depth; 90% trades a few points of decodability for that).
 
-    python benchmarks/persona_layer_probe.py [--model smollm2] [--items-per-topic 2]
+    python -m benchmarks.persona_layer_probe [--model smollm2] [--items-per-topic 2]
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sae.models import load_model
-from sae.personas import load_items, load_personas, subset_items
-from sae.prompts import build_prompt, collate, pad_id
+from shoggoth.battery.personas import load_items, load_personas, subset_items
+from shoggoth.sae.models import load_model
+from shoggoth.sae.prompts import build_prompt, collate, pad_id
 
 
 def pooled_residuals(model: Any, prompts: list[Any], batch: int = 16) -> np.ndarray:

@@ -7,7 +7,7 @@ random features (medians and 95th percentiles):
 - the same top 20 contexts straight from `activations` (no index: a scan), for comparison;
 - persona x label counts (docs/queries.sql `persona_label_counts`).
 
-    python benchmarks/query_latency.py [--features 16384] [--per-token 96] [--queries 100]
+    python -m benchmarks.query_latency [--features 16384] [--per-token 96] [--queries 100]
 """
 
 from __future__ import annotations
@@ -16,20 +16,15 @@ import argparse
 import re
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import duckdb
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic_db import SAE_ID, activation_rows, build  # noqa: E402
-
-from index.dictionary import IndexConfig  # noqa: E402
-from pipeline.dictionary import index_harvest  # noqa: E402
+from benchmarks.synthetic_db import SAE_ID, activation_rows, build
+from shoggoth.index.dictionary.build import IndexConfig
+from shoggoth.pipeline.build_index import index_harvest
 
 RAW_TOP = """
 WITH top AS (SELECT * FROM activations WHERE sae_id = $sae AND feature = $f

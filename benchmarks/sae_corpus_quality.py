@@ -13,7 +13,7 @@ Trains the same SAE (`shoggoth train`, same model, hook, width, k, tokens and se
                     far more than the number of personas does.
 Goals for the chat corpus (issue 15): dead on the battery <= 10%, CE loss recovered >= 0.95.
 
-    python benchmarks/sae_corpus_quality.py [--model smollm2] [--layer 15] [--tokens 200000]
+    python -m benchmarks.sae_corpus_quality [--model smollm2] [--layer 15] [--tokens 200000]
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def battery_dead_fraction(model: Any, sae: Any, hook: str, persona_step: int,
     """Features that fire on no answer token of the battery subset."""
     import torch
 
-    from sae.activations import continuation_activations
-    from sae.personas import load_items, load_personas, subset_items, subset_personas
-    from sae.prompts import build_prompt, collate, pad_id
+    from shoggoth.battery.personas import load_items, load_personas, subset_items, subset_personas
+    from shoggoth.sae.activations import continuation_activations
+    from shoggoth.sae.prompts import build_prompt, collate, pad_id
 
     items = subset_items(load_items(), per_topic)
     prompts = [build_prompt(model.tokenizer, system, i.question, i.answer,
@@ -68,8 +68,8 @@ def main() -> None:
 
     from sae_lens import SAE
 
-    from sae.models import load_model
-    from sae.train import TrainConfig, held_out_contexts, held_out_metrics, train
+    from shoggoth.sae.models import load_model
+    from shoggoth.sae.train.run import TrainConfig, held_out_contexts, held_out_metrics, train
 
     model = load_model(args.model, "cpu")
     hook = f"blocks.{args.layer}.hook_resid_post"

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from index.database import connect, insert_frame
-from index.labels import LABELS
-from index.schema import create_label_tables, create_schema
-from sae.personas import Item, Persona
+from shoggoth.battery.personas import Item, Persona
+from shoggoth.index.labels.rules import LABELS
+from shoggoth.index.store.database import connect, insert_frame
+from shoggoth.index.store.schema import create_label_tables, create_schema
 
 SAE_ID = "synthetic"
 D_IN = 384

@@ -5,7 +5,7 @@ model's default corpus: the built-in docs for MiniLM, the chat corpus for SmolLM
 interleaved, several times. Prints tokens/s for each (the training phase alone and end to end)
 and the ratio shoggoth / bare, as medians.
 
-    .venv/bin/python benchmarks/train_throughput.py [--model minilm|smollm2] [--layer L]
+    .venv/bin/python -m benchmarks.train_throughput [--model minilm|smollm2] [--layer L]
                                                     [--tokens 200000] [--repeats 3]
 """
 
@@ -30,7 +30,7 @@ def held_out_quality(model: object, out: Path, args: argparse.Namespace) -> dict
     `shoggoth train` evaluates on (the same for both paths)."""
     from sae_lens import SAE
 
-    from sae.train import held_out_contexts, held_out_metrics, resolve_dataset
+    from shoggoth.sae.train.run import held_out_contexts, held_out_metrics, resolve_dataset
 
     contexts = held_out_contexts(model, resolve_dataset("auto", model), "text", 128, 16_384)
     sae = SAE.load_from_disk(str(out), device="cpu")
@@ -48,11 +48,11 @@ def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[flo
         TopKTrainingSAEConfig,
     )
 
-    from sae.contexts import pack_contexts, split_documents
-    from sae.corpus import load_texts
-    from sae.models import load_model
-    from sae.prompts import special_ids
-    from sae.train import resolve_dataset
+    from shoggoth.sae.models import load_model
+    from shoggoth.sae.prompts import special_ids
+    from shoggoth.sae.train.contexts import pack_contexts, split_documents
+    from shoggoth.sae.train.corpus import load_texts
+    from shoggoth.sae.train.run import resolve_dataset
 
     start = time.time()
     model = load_model(args.model, "cpu")
@@ -91,7 +91,7 @@ def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[flo
 def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[float, float, dict]:
     """(training seconds, end-to-end seconds, held-out quality) of `shoggoth train`'s code
     path (end to end includes its own evaluation)."""
-    from sae.train import TrainConfig, train
+    from shoggoth.sae.train.run import TrainConfig, train
 
     start = time.time()
     result = train(TrainConfig(model=args.model, layer=args.layer, tokens=tokens,
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     if args.layer is None:
-        from pipeline.demo import RECIPES
+        from shoggoth.pipeline.demo import RECIPES
 
         args.layer = RECIPES[args.model].layer
     import transformers

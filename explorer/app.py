@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer.common import db_path, end_run, md
-from explorer.store import check_database
+from shoggoth.explorer.common import db_path, end_run, md
+from shoggoth.explorer.store import check_database
 
 st.set_page_config(page_title="shoggoth explorer", page_icon="🎭", layout="wide")
 

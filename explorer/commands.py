@@ -13,11 +13,11 @@ import click
 import duckdb
 from rich.console import Console
 
-from core.config import Config, config_options, option
-from core.errors import BadInput, Interrupted
-from core.processes import start_child, wait_forwarding
-from index.database import WAIT, connect, require_shoggoth
-from pipeline.demo import STEPS, DemoConfig, build_demo
+from shoggoth.core.config import Config, config_options, option
+from shoggoth.core.errors import BadInput, Interrupted
+from shoggoth.core.processes import start_child, wait_forwarding
+from shoggoth.index.store.database import WAIT, connect, require_shoggoth
+from shoggoth.pipeline.demo import STEPS, DemoConfig, build_demo
 
 APP = Path(__file__).resolve().parent / "app.py"
 

@@ -16,10 +16,10 @@ import streamlit as st
 from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from explorer.store import Store
-from index import read
-from pipeline.effects import load_causal
-from pipeline.steer import SteerConfig, Steering, require_typical, steer_with
+from shoggoth.explorer.store import Store
+from shoggoth.index.store import read
+from shoggoth.pipeline.effects.run import load_causal
+from shoggoth.pipeline.effects.steer import SteerConfig, Steering, require_typical, steer_with
 
 FEATURE_PAGE = "views/feature.py"
 

@@ -15,11 +15,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from core.errors import BadInput
-from index import read
-from index.database import Locked, connect, require_shoggoth, tables, transaction
-from index.schema import LABEL_TABLES
-from index.sql import sandbox
+from shoggoth.core.errors import BadInput
+from shoggoth.index.store import read
+from shoggoth.index.store.database import Locked, connect, require_shoggoth, tables, transaction
+from shoggoth.index.store.schema import LABEL_TABLES
+from shoggoth.index.store.sql import sandbox
 
 READ_WAIT = 15.0
 """Seconds a page waits for a writer's transaction to commit before it says the file is busy."""

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from sae.models import Model, hook_layer
-from sae.prompts import Batch
+from shoggoth.sae.models import Model, hook_layer
+from shoggoth.sae.prompts import Batch
 
 
 def activations(model: Model, batch: Batch, hook: str) -> torch.Tensor:

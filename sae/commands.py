@@ -12,14 +12,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from core.config import Config, config_metadata, config_options
-from core.errors import BadInput
-from core.progress import stderr_log
-from sae.activations import activations
-from sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
-from sae.prompts import Template, build_prompt, collate, pad_id
-from sae.sae_import import ImportConfig, import_sae
-from sae.train import TrainConfig, train
+from shoggoth.core.config import Config, config_metadata, config_options
+from shoggoth.core.errors import BadInput
+from shoggoth.core.progress import stderr_log
+from shoggoth.sae.activations import activations
+from shoggoth.sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
+from shoggoth.sae.prompts import Template, build_prompt, collate, pad_id
+from shoggoth.sae.train.import_sae import ImportConfig, import_sae
+from shoggoth.sae.train.run import TrainConfig, train
 
 
 @dataclass

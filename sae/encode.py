@@ -11,11 +11,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import BadInput
-from sae.activations import PrefixCache, activations_after_prefix_at, activations_at, prefix_cache
-from sae.grid import Unit
-from sae.personas import Item, Persona
-from sae.prompts import Prompt, Template, build_prompt, collate, common_prefix, pad_id
+from shoggoth.battery.personas import Item, Persona
+from shoggoth.battery.units import Unit
+from shoggoth.core.errors import BadInput
+from shoggoth.sae.activations import (
+    PrefixCache,
+    activations_after_prefix_at,
+    activations_at,
+    prefix_cache,
+)
+from shoggoth.sae.prompts import Prompt, Template, build_prompt, collate, common_prefix, pad_id
 
 
 @dataclass

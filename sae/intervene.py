@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from sae.activations import _cache_kwarg_alias, cache_layers, expand_cache
-from sae.models import Model
-from sae.prompts import Prompt, collate, pad_id
+from shoggoth.sae.activations import _cache_kwarg_alias, cache_layers, expand_cache
+from shoggoth.sae.models import Model
+from shoggoth.sae.prompts import Prompt, collate, pad_id
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 """Given the clean activations at the hook, [rows, positions, d], returns what to add to them."""

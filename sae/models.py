@@ -18,9 +18,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from core.errors import BadInput, first_line
-from core.progress import stderr_log
-from sae.gguf import smollm2_dir
+from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.progress import stderr_log
+from shoggoth.sae.gguf import smollm2_dir
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 RESID_HOOK = "blocks.{layer}.hook_resid_post"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from core.errors import BadInput
+from shoggoth.core.errors import BadInput
 
 Template = Literal["auto", "chat", "plain"]
 SEPARATOR = "\n\n"

@@ -9,8 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from core.atomic import file_sha256
-from core.errors import BadInput, first_line
+from shoggoth.core.atomic import file_sha256
+from shoggoth.core.errors import BadInput, first_line
+from shoggoth.sae.models import resolve_device
 
 SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 """What an SAE may be called in a database (`--sae-id`)."""
@@ -61,3 +62,12 @@ def check_fits(sae: Any, model: Any, who: str) -> str:
     if not hook or hook not in model.bridge.hook_dict:
         raise BadInput(f"{who}: hook '{hook}' does not exist in model '{model.name}'")
     return hook
+
+
+def load_harvest_sae(db: Path, sae_id: str, row: dict[str, Any], device: str) -> Any:
+    """The SAE a harvest in `db` was made with (its `saes` row), loaded from its directory."""
+    path = Path(row["path"])
+    if not path.is_dir():
+        raise BadInput(f"--db {db}: the SAE directory of '{sae_id}' ({path}) is gone")
+    resolved, _ = resolve_device(device)
+    return load_sae_dir(path, str(resolved))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from conftest import CHAT_TEMPLATE, ROLE_TOKENS, build_tiny_gpt2
-from conftest import PERSONAS as SHARED_PERSONAS
+from helpers import CHAT_TEMPLATE, ROLE_TOKENS, build_tiny_gpt2
+from helpers import PERSONAS as SHARED_PERSONAS
 
 D, D_SAE, AMPLIFY, READ = 16, 8, 20.0, 6.0
 PIRATE_PROMPTS = ["Arr, you are a pirate captain, matey.", "Be a salty pirate on the sea, arr.",

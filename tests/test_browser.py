@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import copy_db
+from helpers import copy_db
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -128,9 +128,13 @@ def test_closing_the_tab_cancels_its_query(server):
         page.wait_for_timeout(3000)
         busy = cpu_seconds(pid)
         page.wait_for_timeout(2000)
-        assert cpu_seconds(pid) - busy > 1.0  # the query is running (on both cores)
+        running = cpu_seconds(pid) - busy  # CPU seconds in 2 s while the query runs
+        assert running > 0.5  # it is running
         browser.close()
     time.sleep(2)  # the server sees the socket close and interrupts DuckDB
     idle = cpu_seconds(pid)
-    time.sleep(4)
-    assert cpu_seconds(pid) - idle < 0.5, "the query kept running after its tab closed"
+    time.sleep(2)
+    after = cpu_seconds(pid) - idle  # CPU seconds in 2 s after the tab closed
+    # (two rates measured in this run: stopped means a small fraction of the running one)
+    assert after < running / 5, f"the query kept running after its tab closed ({after:.2f} " \
+        f"CPU s in 2 s, against {running:.2f} while it ran)"

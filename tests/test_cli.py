@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 import pytest
 
-import shoggoth
-from sae.models import ALIASES
+from shoggoth import cli
+from shoggoth.sae.models import ALIASES
 
 
 def run(capfd, *argv):
     """Run the CLI in-process; return (exit code, stdout, stderr) captured at the fd level."""
-    code = shoggoth.main(list(argv))
+    code = cli.main(list(argv))
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -36,7 +36,8 @@ def leaf_commands(group, path=()):
     """Every runnable command, as (argv path, click command), groups descended into."""
     import click
 
-    for name, command in group.commands.items():
+    for name in group.list_commands(None):
+        command = group.get_command(None, name)
         if isinstance(command, click.Group):
             yield from leaf_commands(command, (*path, name))
         else:
@@ -46,7 +47,7 @@ def leaf_commands(group, path=()):
 def test_every_command_has_help(capfd):
     code, out, _ = run(capfd, "--help")
     assert code == 0
-    leaves = list(leaf_commands(shoggoth.cli))
+    leaves = list(leaf_commands(cli.cli))
     assert {p for p, _ in leaves} >= {("models",), ("prompt",), ("train",), ("sae", "import"),
                                       ("harvest",), ("merge",)}
     for path, command in leaves:
@@ -62,8 +63,8 @@ def test_every_command_has_help(capfd):
 
 
 def test_help_text_comes_from_the_config_docstrings(capfd):
-    from core.config import field_help
-    from sae.commands import PromptConfig
+    from shoggoth.core.config import field_help
+    from shoggoth.sae.commands import PromptConfig
 
     _, out, _ = run(capfd, "prompt", "--help")
     flat = " ".join(out.split())

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import Config, load_config, option, read_config_file
-from core.errors import BadInput
-from index.dictionary import IndexConfig
-from index.label_db import LabelRunConfig
-from index.label_stats import contrast, equivalence, permutation_design, persona_test
-from index.labels import LabelConfig
-from index.merge import MergeConfig
-from index.sql import SqlConfig
-from pipeline.harvest import HarvestConfig
-from pipeline.search import SearchConfig
-from sae.encode import decimals_for, shared_prefix
-from sae.grid import parse_shard
-from sae.prompts import Prompt
-from sae.train import TrainConfig
+from shoggoth.battery.units import parse_shard
+from shoggoth.core.config import Config, load_config, option, read_config_file
+from shoggoth.core.errors import BadInput
+from shoggoth.index.dictionary.build import IndexConfig
+from shoggoth.index.labels.rules import LabelConfig
+from shoggoth.index.labels.run import LabelRunConfig
+from shoggoth.index.labels.stats import contrast, equivalence, permutation_design, persona_test
+from shoggoth.index.store.merge import MergeConfig
+from shoggoth.index.store.sql import SqlConfig
+from shoggoth.pipeline.harvest.run import HarvestConfig
+from shoggoth.pipeline.search import SearchConfig
+from shoggoth.sae.encode import decimals_for, shared_prefix
+from shoggoth.sae.prompts import Prompt
+from shoggoth.sae.train.run import TrainConfig
 
 
 @dataclass
@@ -218,12 +218,12 @@ def test_every_command_config_documents_every_field():
     spread over lines, say) would show a bare flag."""
     import dataclasses
 
-    import shoggoth
-    from core.config import field_help
+    from shoggoth import cli
+    from shoggoth.core.config import field_help
 
-    configs = {c for c in _subclasses(Config) if c.__module__.split(".")[0] in
-               ("core", "sae", "index", "pipeline", "explorer")}
-    assert shoggoth.cli.commands  # the CLI module is loaded, so every config class is too
+    # load every command, so that every config class is loaded too
+    assert all(cli.cli.get_command(None, name) for name in cli.cli.list_commands(None))
+    configs = {c for c in _subclasses(Config) if c.__module__.startswith("shoggoth.")}
     assert {"HarvestConfig", "GenerateConfig", "GridConfig", "ExportConfig"} <= \
         {c.__name__ for c in configs}
     missing = [f"{c.__name__}.{f.name}" for c in configs for f in dataclasses.fields(c)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.errors import BadInput
-from sae.contexts import pack_contexts, split_documents
-from sae.corpus import builtin_texts, cache_dir, load_texts
+from shoggoth.core.errors import BadInput
+from shoggoth.sae.train.contexts import pack_contexts, split_documents
+from shoggoth.sae.train.corpus import builtin_texts, cache_dir, load_texts
 
 DOCS = ["The first document talks about rain.", "A second one, about the sea.", "Third: moons."]
 
@@ -22,10 +21,10 @@ def test_builtin_corpus_is_large_offline_and_cached(minilm):
     assert len(texts) > 1000 and all(isinstance(t, str) and t.strip() for t in texts)
     n = sum(len(ids) for ids in minilm.tokenizer(texts, add_special_tokens=False)["input_ids"])
     assert n >= 500_000  # what `shoggoth train` promises to train on without repeating
-    assert list(cache_dir().glob("builtin-corpus-*.json"))
-    start = time.perf_counter()
+    (cache,) = cache_dir().glob("builtin-corpus-*.json")
+    written = cache.stat().st_ino, cache.stat().st_mtime_ns
     assert builtin_texts() == texts
-    assert time.perf_counter() - start < 2  # read from the cache, not rebuilt
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == written  # read, not rebuilt
 
 
 def test_txt_jsonl_parquet_folder_and_saved_dataset(tmp_path):
@@ -108,7 +107,7 @@ def test_split_documents_is_disjoint_and_deterministic():
 def test_chitchat_without_a_chat_template_is_plain_turns_under_training_personas():
     """A tokenizer with no chat template gets each 4-turn piece as plain text, the system prompt
     first when the piece has one; the order is fixed, so two loads are equal."""
-    from sae.chitchat import TURNS, conversations, system_of, training_personas
+    from shoggoth.sae.train.chitchat import TURNS, conversations, system_of, training_personas
 
     docs = load_texts("chitchat", max_chars=100_000, tokenizer=None)
     assert docs == load_texts("chitchat", max_chars=100_000, tokenizer=None)

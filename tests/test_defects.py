@@ -20,9 +20,9 @@ import duckdb
 import faiss
 import numpy as np
 import pytest
-from conftest import battery, build_random_sae, copy_db, default_sigint
+from helpers import battery, build_random_sae, copy_db, default_sigint
 
-import shoggoth
+from shoggoth import cli
 
 EXE = Path(sys.executable).with_name("shoggoth")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -36,7 +36,7 @@ def assert_bad(capfd, folder: Path, argv: list[str], expect: str) -> None:
     """One `error:` line naming the problem, exit 2, nothing written under `folder`."""
     before = snapshot(folder)
     capfd.readouterr()
-    code = shoggoth.main([str(a) for a in argv])
+    code = cli.main([str(a) for a in argv])
     _, err = capfd.readouterr()
     assert code == 2, (argv, err)
     assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
@@ -80,7 +80,7 @@ def test_sql_config_file_with_a_db_path_works(capfd, tmp_path, labelled_db):
     config = tmp_path / "c.yaml"
     config.write_text(f"db: {labelled_db}\nformat: csv\n")
     capfd.readouterr()
-    assert shoggoth.main(["sql", "--config", str(config), "SELECT count(*) AS n FROM saes"]) == 0
+    assert cli.main(["sql", "--config", str(config), "SELECT count(*) AS n FROM saes"]) == 0
     out, _ = capfd.readouterr()
     assert out == "n\n1\n"  # and \n line endings, not \r\n
 
@@ -146,12 +146,12 @@ def test_merge_handles_quotes_and_catalog_names(capfd, tmp_path, tiny_sae_dir):
     args = [str(a) for a in battery(tmp_path / "b", 4)]
     shards = [tmp_path / "it's 0.duckdb", tmp_path / "input1.duckdb"]
     for i, shard in enumerate(shards):
-        assert shoggoth.main(["harvest", "--db", str(shard), "--sae", str(tiny_sae_dir),
+        assert cli.main(["harvest", "--db", str(shard), "--sae", str(tiny_sae_dir),
                               "--shard", f"{i}/2", *args]) == 0
     whole = tmp_path / "whole.duckdb"
-    assert shoggoth.main(["harvest", "--db", str(whole), "--sae", str(tiny_sae_dir), *args]) == 0
+    assert cli.main(["harvest", "--db", str(whole), "--sae", str(tiny_sae_dir), *args]) == 0
     out = tmp_path / "input0.duckdb"  # once the name of the merge's first catalog
-    assert shoggoth.main(["merge", "--db", str(out), *map(str, shards)]) == 0
+    assert cli.main(["merge", "--db", str(out), *map(str, shards)]) == 0
     counts = []
     for db in (out, whole):
         con = duckdb.connect(str(db), read_only=True)
@@ -178,8 +178,7 @@ def test_progress_is_printed_off_a_terminal(tmp_path, tiny_sae_dir):
 def synthetic_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic database (benchmarks/synthetic_db.py: 28,800 documents, 4.4M activations,
     1,024 features) on which `label` and `index` work for seconds, not milliseconds."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    from synthetic_db import build
+    from benchmarks.synthetic_db import build
 
     return build(tmp_path_factory.mktemp("synthetic"), 1024, 6, log=lambda _m: None)
 
@@ -292,11 +291,11 @@ def test_the_explorer_server_dies_with_its_parent(tmp_path, indexed_db, sig):
 
 
 def test_explanations_use_the_thresholds_the_labels_were_made_with(tmp_path, labelled_db):
-    from explorer.explain import explain
-    from index import read
+    from shoggoth.explorer.reasons import explain
+    from shoggoth.index.store import read
 
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
-    assert shoggoth.main(["label", "--db", str(db), "--alpha", "0.01", "--min-docs", "5"]) == 0
+    assert cli.main(["label", "--db", str(db), "--alpha", "0.01", "--min-docs", "5"]) == 0
     con = duckdb.connect(str(db), read_only=True)
     sae = read.saes(con)["sae_id"][0]
     thresholds = read.label_thresholds(con, sae)
@@ -336,7 +335,7 @@ def test_racing_writers_lose_no_update(tmp_path, synthetic_db, offset):
             assert lines[-1].startswith("error: ") and "Traceback" not in err, err
             assert sum(line.startswith("error: ") for line in lines) == 1, err
     assert 0 in (done["label"][0], done["index"][0])
-    from index import read
+    from shoggoth.index.store import read
 
     con = duckdb.connect(str(db), read_only=True)
     if done["label"][0] == 0:
@@ -351,13 +350,13 @@ def test_a_killed_merge_leaves_an_existing_database_as_it_was(tmp_path, tiny_sae
     once grew from kilobytes to megabytes), and the next merge removes the partial file."""
     import hashlib
 
-    from index.schema import create_schema
-    from sae.personas import load_items, load_personas
+    from shoggoth.battery.personas import load_items, load_personas
+    from shoggoth.index.store.schema import create_schema
 
     args = [str(a) for a in battery(tmp_path / "b", 12)]
     shards = [tmp_path / f"s{i}.duckdb" for i in range(2)]
     for i, shard in enumerate(shards):
-        assert shoggoth.main(["harvest", "--db", str(shard), "--sae", str(tiny_sae_dir),
+        assert cli.main(["harvest", "--db", str(shard), "--sae", str(tiny_sae_dir),
                               "--shard", f"{i}/2", *args]) == 0
     db = tmp_path / "all.duckdb"
     con = duckdb.connect(str(db), config={"default_block_size": "65536"})
@@ -373,7 +372,7 @@ def test_a_killed_merge_leaves_an_existing_database_as_it_was(tmp_path, tiny_sae
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
-    assert shoggoth.main(["merge", "--db", str(db), *map(str, shards)]) == 0
+    assert cli.main(["merge", "--db", str(db), *map(str, shards)]) == 0
     assert not partial.exists()
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(DISTINCT sae_id) FROM documents").fetchone()[0] == 1
@@ -387,7 +386,7 @@ def test_a_train_killed_after_publishing_leaves_no_work_folder(capfd, tmp_path):
     (out / "shoggoth.json").write_text("{}")
     work = tmp_path / ".sae.partial"
     (work / "checkpoints" / "1024").mkdir(parents=True)
-    assert shoggoth.main(["train", "--out", str(out), "--tokens", "2048"]) == 2
+    assert cli.main(["train", "--out", str(out), "--tokens", "2048"]) == 2
     assert "already exists" in capfd.readouterr()[1]
     assert not work.exists()
 
@@ -410,7 +409,7 @@ def test_writers_are_not_blocked_by_an_open_explorer(tmp_path, indexed_db):
         assert run.returncode == 0, run.stderr
     at.switch_page("views/overview.py").run()  # and the explorer reads the new file
     assert not at.exception, [e.value for e in at.exception]
-    from explorer.common import store_for
+    from shoggoth.explorer.common import store_for
 
     store_for(str(db.resolve())).close()
     store_for.clear()

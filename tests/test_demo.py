@@ -8,10 +8,10 @@ import dataclasses
 import socket
 
 import duckdb
-from conftest import battery, build_random_sae
+from helpers import battery, build_random_sae
 
-import shoggoth
-from pipeline.demo import RECIPES
+from shoggoth import cli
+from shoggoth.pipeline.demo import RECIPES
 
 SMALL = {"paraphrases": 2, "items_per_topic": 1}
 """A small subset of the built-in battery, so the test harvests in seconds."""
@@ -28,9 +28,9 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
     db = out / recipe.db_name
     # A harvest of another battery (an older built-in one, say): the demo starts again.
     args = [str(a) for a in battery(tmp_path / "b", 6)]
-    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(sae), *args]) == 0
+    assert cli.main(["harvest", "--db", str(db), "--sae", str(sae), *args]) == 0
     capfd.readouterr()
-    assert shoggoth.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
+    assert cli.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
     assert "holds another battery's harvest; rebuilding it" in text
     assert "[2/9] harvest the persona battery: 114 prompts × 12 answers" in text
@@ -50,7 +50,7 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
     assert con.execute("SELECT count(*) FROM label_fdr").fetchone()[0] > 0
     con.close()
     mtime = db.stat().st_mtime_ns
-    assert shoggoth.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
+    assert cli.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
     for step in ("[1/9] train the SAE on MiniLM", "[2/9] harvest the persona battery",
                  "[3/9] label the features", "[4/9] probe where the persona lives, by layer",
@@ -60,16 +60,16 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
 
 
 def test_explore_refuses_a_bad_or_busy_port(capfd, tmp_path, labelled_db):
-    assert shoggoth.main(["explore", "--db", str(labelled_db), "--port", "0"]) == 2
+    assert cli.main(["explore", "--db", str(labelled_db), "--port", "0"]) == 2
     _, err = capfd.readouterr()
     assert err.count("\n") == 1 and "--port 0" in err
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert shoggoth.main(["explore", "--db", str(labelled_db), "--port",
+        assert cli.main(["explore", "--db", str(labelled_db), "--port",
                               str(port)]) == 2
         _, err = capfd.readouterr()
         assert err.count("\n") == 1 and f"--port {port}: cannot listen" in err
-    assert shoggoth.main(["demo", "--out", str(tmp_path / "f"), "--port", "70000"]) == 2
+    assert cli.main(["demo", "--out", str(tmp_path / "f"), "--port", "70000"]) == 2
     assert not (tmp_path / "f").exists()

@@ -14,16 +14,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import battery, copy_db
+from helpers import battery, copy_db
 from planted_causal import PERSONAS, build_planted
 from streamlit.testing.v1 import AppTest
 
-import pipeline.effects
-import shoggoth
-from pipeline.steer import SteerConfig, clamp, load_steering, steer_with
-from sae.intervene import answer_logprobs, answer_span, attribution_batch, generate, prepare
-from sae.prompts import build_prompt
-from sae.sae_dir import load_sae_dir
+import shoggoth.pipeline.effects.run
+from shoggoth import cli
+from shoggoth.pipeline.effects.steer import SteerConfig, clamp, load_steering, steer_with
+from shoggoth.sae.intervene import (
+    answer_logprobs,
+    answer_span,
+    attribution_batch,
+    generate,
+    prepare,
+)
+from shoggoth.sae.prompts import build_prompt
+from shoggoth.sae.sae_dir import load_sae_dir
 
 HOOK = "blocks.1.hook_resid_post"
 EFFECTS = ["--top", "8", "--baseline", "0", "--per-feature", "0", "--items-per-topic", "12",
@@ -137,10 +143,10 @@ def planted(tmp_path_factory):
     items = [json.loads(line) for line in (work / "b" / "items.jsonl").read_text().splitlines()]
     model, sae = build_planted(work, items)
     db = work / "harvest.duckdb"
-    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(sae),
+    assert cli.main(["harvest", "--db", str(db), "--sae", str(sae),
                           *map(str, args)]) == 0
     measured = copy_db(db, work / "effects.duckdb")
-    assert shoggoth.main(["effects", "--db", str(measured), *EFFECTS]) == 0
+    assert cli.main(["effects", "--db", str(measured), *EFFECTS]) == 0
     return db, measured
 
 
@@ -176,7 +182,7 @@ def test_effects_find_the_planted_feature_and_nothing_orthogonal(planted):
 
 def test_label_after_effects_fills_the_causal_summary(planted, tmp_path):
     db = copy_db(planted[1], tmp_path / "db.duckdb")
-    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "3",
+    assert cli.main(["label", "--db", str(db), "--min-docs", "3",
                           "--calibration-seeds", "1"]) == 0
     con = duckdb.connect(str(db), read_only=True)
     rows = dict(con.execute("SELECT feature, causal FROM features WHERE causal IS NOT NULL")
@@ -190,7 +196,7 @@ def test_label_after_effects_fills_the_causal_summary(planted, tmp_path):
 
 def test_an_interrupted_run_resumes_to_the_same_tables(planted, tmp_path, monkeypatch):
     db = copy_db(planted[0], tmp_path / "db.duckdb")
-    real, calls = pipeline.effects.exact_item, []
+    real, calls = shoggoth.pipeline.effects.run.exact_item, []
 
     def interrupted(s, item, plan, fired):
         calls.append(item)
@@ -198,15 +204,15 @@ def test_an_interrupted_run_resumes_to_the_same_tables(planted, tmp_path, monkey
             raise KeyboardInterrupt
         return real(s, item, plan, fired)
 
-    monkeypatch.setattr(pipeline.effects, "exact_item", interrupted)
-    assert shoggoth.main(["effects", "--db", str(db), *EFFECTS]) == 130
+    monkeypatch.setattr(shoggoth.pipeline.effects.run, "exact_item", interrupted)
+    assert cli.main(["effects", "--db", str(db), *EFFECTS]) == 130
     con = duckdb.connect(str(db), read_only=True)
     assert "feature_effects" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     con.close()
     saved = sorted(p.name for p in Path(f"{db}.effects").glob("*/exact/*.npz"))
     assert saved == ["00000.npz", "00001.npz", "00002.npz"]
-    monkeypatch.setattr(pipeline.effects, "exact_item", real)
-    assert shoggoth.main(["effects", "--db", str(db), *EFFECTS]) == 0
+    monkeypatch.setattr(shoggoth.pipeline.effects.run, "exact_item", real)
+    assert cli.main(["effects", "--db", str(db), *EFFECTS]) == 0
     pd.testing.assert_frame_equal(_effects(db), _effects(planted[1]))
     assert not Path(f"{db}.effects").exists()
 
@@ -218,7 +224,7 @@ def test_bad_input_is_one_line_and_writes_nothing(planted, tmp_path, capfd):
                        (["--labels", "shared"], "is not labelled yet"),
                        (["--labels", "nonsense"], "--labels nonsense: unknown label"),
                        (["--paraphrase", "5"], "--paraphrase 5: persona 'pirate' has 3")):
-        assert shoggoth.main(["effects", "--db", str(db), *args]) == 2
+        assert cli.main(["effects", "--db", str(db), *args]) == 2
         err = capfd.readouterr().err
         assert err.count("\n") == 1 and says in err, err
     assert db.read_bytes() == before
@@ -226,10 +232,10 @@ def test_bad_input_is_one_line_and_writes_nothing(planted, tmp_path, capfd):
     con.execute("UPDATE saes SET model = 'minilm'")
     con.close()
     before = db.read_bytes()
-    assert shoggoth.main(["effects", "--db", str(db)]) == 2
+    assert cli.main(["effects", "--db", str(db)]) == 2
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "is an encoder, not a causal LM" in err
-    assert shoggoth.main(["steer", "--db", str(db), "--feature", "0", "--prompt", "hi"]) == 2
+    assert cli.main(["steer", "--db", str(db), "--feature", "0", "--prompt", "hi"]) == 2
     assert "is an encoder" in capfd.readouterr().err
     assert not Path(f"{db}.effects").exists()
     assert db.read_bytes() == before
@@ -250,7 +256,7 @@ def test_steering_turns_the_planted_pirate_on_and_off(planted):
     out = steer_with(s, cfg)
     assert out == steer_with(s, cfg)  # deterministic
     assert out["target"] == pytest.approx(3 * out["typical"]) and out["typical"] > 0
-    from pipeline.steer import prompt_ids
+    from shoggoth.pipeline.effects.steer import prompt_ids
 
     ids = prompt_ids(s.model, None, cfg.prompt)
     plain, _ = generate(s.model, ids, s.hook, None, 12)
@@ -268,7 +274,7 @@ def test_steering_turns_the_planted_pirate_on_and_off(planted):
 
 def test_the_feature_page_shows_effects_and_steers(planted, tmp_path):
     db = copy_db(planted[1], tmp_path / "db.duckdb")
-    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "3",
+    assert cli.main(["label", "--db", str(db), "--min-docs", "3",
                           "--calibration-seeds", "1"]) == 0
     os.environ["SHOGGOTH_DB"] = str(db)
     at = AppTest.from_file(str(Path(__file__).parents[1] / "explorer" / "app.py"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sae_lens import SAE, StandardSAEConfig
 
-from sae.evaluate import ce_loss_recovered, evaluate_sae, explained_variance
+from shoggoth.sae.train.evaluate import ce_loss_recovered, evaluate_sae, explained_variance
 
 
 def test_explained_variance_matches_torch_var():

@@ -19,18 +19,24 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
-from conftest import copy_db
+from helpers import copy_db
 
-import shoggoth
-from core.processes import start_child, stop_child
-from pipeline.explain_prompts import Evidence, Window, auc_score, score_detection, score_fuzzing
-from sae.gguf import smollm2_dir
+from shoggoth import cli
+from shoggoth.core.processes import start_child, stop_child
+from shoggoth.pipeline.explanations.prompts import (
+    Evidence,
+    Window,
+    auc_score,
+    score_detection,
+    score_fuzzing,
+)
+from shoggoth.sae.gguf import smollm2_dir
 
 SMALL = ["--shown", "4", "--held-out", "3", "--width", "5", "--max-tokens", "16"]
 
 
 def run(capfd, *argv):
-    code = shoggoth.main([str(a) for a in argv])
+    code = cli.main([str(a) for a in argv])
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -81,8 +87,8 @@ def test_scores_are_aucs_of_the_judge():
 
 def test_batched_local_judgments_equal_one_at_a_time():
     """Prompts of different lengths in left-padded batches give each prompt's own margin."""
-    from pipeline.explain_prompts import detection_messages
-    from sae.explainers import LocalChat
+    from shoggoth.pipeline.explanations.prompts import detection_messages
+    from shoggoth.sae.llm_clients import LocalChat
 
     judge = LocalChat("smollm2", "cpu")
     words = "the rain falls on the old stone roofs of the quiet town at night".split()
@@ -253,7 +259,7 @@ def test_a_failure_mid_run_is_one_line_per_feature_and_no_row(capfd, indexed_db,
 def test_the_default_choice_can_be_scored(explained_db):
     """Without --features: only features with room for the held-out windows and silent answers
     to judge them against, persona-labelled ones first, then the most distinctive handles."""
-    from index.explanations_db import choose_features
+    from shoggoth.index.explanations.store import choose_features
 
     con = duckdb.connect(str(explained_db), read_only=True)
     try:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import copy_db
+from helpers import copy_db
 from streamlit.testing.v1 import AppTest
 
-import shoggoth
+from shoggoth import cli
 
 APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
 PAGES = ["views/overview.py", "views/features.py", "views/feature.py", "views/personas.py",
@@ -41,7 +41,7 @@ def app(db: Path, page: str | None = None, **params: str) -> AppTest:
 
 def close_store(db: Path) -> None:
     """What a stopped explorer leaves: no connection to the file."""
-    from explorer.common import store_for
+    from shoggoth.explorer.common import store_for
 
     store_for(str(db.resolve())).close()
     store_for.clear()
@@ -87,7 +87,7 @@ def test_overview_shows_fdrs_notes_and_the_layer_probe(db, capfd):
     assert any("no mention/negation control" in w for w in warnings)  # this battery has none
     assert "No layer probe yet" in text_of(at)
     close_store(db)
-    assert shoggoth.main(["layers", "--db", str(db), "--device", "cpu"]) == 0
+    assert cli.main(["layers", "--db", str(db), "--device", "cpu"]) == 0
     capfd.readouterr()
     at = app(db)
     shown = text_of(at)
@@ -156,7 +156,7 @@ def test_manual_label_is_saved_and_survives_relabelling(db):
     assert at.title[0].value == f"Feature {feature} · shared"
     assert "fires on every answer" in text_of(at)
     close_store(db)
-    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
+    assert cli.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT label FROM features WHERE feature = ?", [feature]
                        ).fetchone()[0] == auto

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import battery
+from helpers import battery
 from streamlit.testing.v1 import AppTest
 
-import shoggoth
+from shoggoth import cli
 
 APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
 IMG = "<img src=x onerror=alert(1)>"
@@ -49,10 +49,10 @@ def hostile_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path
                     answer=f"{item['answer']} {payload}")
     (work / "b" / "items.jsonl").write_text("\n".join(json.dumps(i) for i in items) + "\n")
     db = work / "db.duckdb"
-    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+    assert cli.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
                           *map(str, args)]) == 0
-    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "2"]) == 0
-    assert shoggoth.main(["index", "--db", str(db)]) == 0
+    assert cli.main(["label", "--db", str(db), "--min-docs", "2"]) == 0
+    assert cli.main(["index", "--db", str(db)]) == 0
     con = duckdb.connect(str(db))
     con.execute("INSERT INTO annotations (sae_id, feature, label, note, author) "
                 "SELECT sae_id, feature, ?, ?, ? FROM features ORDER BY n_docs_firing DESC "
@@ -95,14 +95,14 @@ def test_values_from_the_database_are_never_markup(hostile_db, page, params):
         assert "see \\[click me\\]\\(http\\://evil\\.example/x\\)" in text  # the note
     if page == "views/personas.py" and params["persona"] == "pirate":
         assert "\\!\\[pic\\]\\(http\\://evil\\.example/p\\.png\\)" in text  # the prompt
-    from explorer.common import store_for
+    from shoggoth.explorer.common import store_for
 
     store_for(str(hostile_db.resolve())).close()
     store_for.clear()
 
 
 def test_quotes_are_shown_as_written():
-    from explorer.common import md
+    from shoggoth.explorer.common import md
 
     for text in ("the persona's mean", 'a "quoted" prompt', "it's <b>bold</b> & more"):
         shown = md(text)

@@ -14,15 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 from test_sql import named_queries
 
-import index.export
-import shoggoth
-from index.sql import SqlConfig, run_sql
+import shoggoth.index.store.export
+from shoggoth import cli
+from shoggoth.index.store.sql import SqlConfig, run_sql
 
 
 @pytest.fixture(scope="module")
 def exported(indexed_db, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "parquet"
-    assert shoggoth.main(["export", "--db", str(indexed_db), "--parquet", str(out)]) == 0
+    assert cli.main(["export", "--db", str(indexed_db), "--parquet", str(out)]) == 0
     return indexed_db, out
 
 
@@ -66,14 +66,14 @@ def test_views_move_with_the_files_and_the_sandbox_holds(exported, tmp_path, cap
     _, out = exported
     moved = tmp_path / "elsewhere"
     shutil.copytree(out, moved)
-    assert shoggoth.main(["export", "--parquet", str(moved), "--views-only"]) == 0
+    assert cli.main(["export", "--parquet", str(moved), "--views-only"]) == 0
     want = rows(out / "shoggoth.duckdb", "SELECT count(*), sum(value) FROM activations")
     shutil.rmtree(moved / "doc_features")  # the moved views read the moved files only
     assert rows(moved / "shoggoth.duckdb", "SELECT count(*), sum(value) FROM activations") == want
     capfd.readouterr()
     for query in ("SELECT * FROM read_csv('/etc/passwd')",
                   f"SELECT * FROM read_parquet('{out}/features.parquet')"):
-        assert shoggoth.main(["sql", "--db", str(moved / "shoggoth.duckdb"), query]) == 2
+        assert cli.main(["sql", "--db", str(moved / "shoggoth.duckdb"), query]) == 2
         err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:"), err
 
@@ -89,11 +89,11 @@ def test_bad_input_and_interruptions_keep_the_last_export(exported, tmp_path, ca
                         (["--parquet", str(tmp_path / "x")], "--db"),
                         (["--db", str(tmp_path / "no.duckdb"), "--parquet",
                           str(tmp_path / "y")], "no such file")):
-        assert shoggoth.main(["export", *args]) == 2
+        assert cli.main(["export", *args]) == 2
         err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
-    real, calls = index.export.copy_table, []
+    real, calls = shoggoth.index.store.export.copy_table, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -101,8 +101,8 @@ def test_bad_input_and_interruptions_keep_the_last_export(exported, tmp_path, ca
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(index.export, "copy_table", flaky)
-    assert shoggoth.main(["export", "--db", str(db), "--parquet", str(out), "--overwrite"]) == 130
+    monkeypatch.setattr(shoggoth.index.store.export, "copy_table", flaky)
+    assert cli.main(["export", "--db", str(db), "--parquet", str(out), "--overwrite"]) == 130
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not list(out.parent.glob(f".{out.name}.partial-*"))
     assert rows(out / "shoggoth.duckdb", "SELECT count(*) FROM features") == \

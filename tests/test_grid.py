@@ -14,17 +14,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_db
+from helpers import copy_db
 from streamlit.testing.v1 import AppTest
 
-import pipeline.generate
-import pipeline.grid
-import shoggoth
-from index.answers_db import finish_set, start_set, write_answers
-from sae.generation import generate_batch, load_generator, prefix_kv, prompt_ids, shared_length
-from sae.models import load_model
-from sae.prompts import build_prompt
-from sae.sae_dir import load_sae_dir
+import shoggoth.pipeline.action.generate
+import shoggoth.pipeline.action.grid
+from shoggoth import cli
+from shoggoth.index.action.answers import finish_set, start_set, write_answers
+from shoggoth.sae.generation import (
+    generate_batch,
+    load_generator,
+    prefix_kv,
+    prompt_ids,
+    shared_length,
+)
+from shoggoth.sae.models import load_model
+from shoggoth.sae.prompts import build_prompt
+from shoggoth.sae.sae_dir import load_sae_dir
 
 QUESTIONS = ["Why is the sky blue?", "What causes thunder in a storm at night?", "Why rain?"]
 GRID = ["--min-docs", "2", "--calibration", "2", "--bootstrap", "20"]
@@ -91,8 +97,8 @@ def planted(labelled_db, tmp_path_factory):
                                            "LIMIT 4").fetchall()]
     plant_answers(db, items)
     done = copy_db(db, work / "grid.duckdb")
-    assert shoggoth.main(["grid", "--db", str(done), *GRID]) == 0
-    assert shoggoth.main(["grid", "--db", str(done), "--neutral", "own", *GRID]) == 0
+    assert cli.main(["grid", "--db", str(done), *GRID]) == 0
+    assert cli.main(["grid", "--db", str(done), "--neutral", "own", *GRID]) == 0
     return db, done
 
 
@@ -173,14 +179,14 @@ def test_grid_tables_and_labels(planted):
 def test_an_interrupted_grid_resumes_to_the_same_tables(planted, tmp_path, monkeypatch):
     answers, done = planted
     db = copy_db(answers, tmp_path / "db.duckdb")
-    real = pipeline.grid.encode_aggregate
-    monkeypatch.setattr(pipeline.grid, "encode_aggregate", interrupting(real, 3))
-    assert shoggoth.main(["grid", "--db", str(db), *GRID]) == 130
+    real = shoggoth.pipeline.action.grid.encode_aggregate
+    monkeypatch.setattr(shoggoth.pipeline.action.grid, "encode_aggregate", interrupting(real, 3))
+    assert cli.main(["grid", "--db", str(db), *GRID]) == 130
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM grid_features").fetchone()[0] == 0
     assert len(list(Path(f"{db}.grid").glob("*/*.npz"))) == 2
-    monkeypatch.setattr(pipeline.grid, "encode_aggregate", real)
-    assert shoggoth.main(["grid", "--db", str(db), *GRID]) == 0
+    monkeypatch.setattr(shoggoth.pipeline.action.grid, "encode_aggregate", real)
+    assert cli.main(["grid", "--db", str(db), *GRID]) == 0
     assert not Path(f"{db}.grid").exists()
     for table in ("grid_doc_features", "grid_features", "grid_effects", "grid_fdr"):
         query = f"SELECT * EXCLUDE (sae_id) FROM {table} WHERE neutral = 'battery' ORDER BY ALL"
@@ -196,15 +202,15 @@ def _sha(path: Path) -> str:
 def test_generate_resumes_and_refuses(labelled_db, tmp_path, monkeypatch, capfd):
     args = ["--max-tokens", "6", "--items-per-topic", "2", "--batch", "2"]
     fresh = copy_db(labelled_db, tmp_path / "fresh.duckdb")
-    assert shoggoth.main(["generate", "--db", str(fresh), *args]) == 0
+    assert cli.main(["generate", "--db", str(fresh), *args]) == 0
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
-    real = pipeline.generate.write_answers
-    monkeypatch.setattr(pipeline.generate, "write_answers", interrupting(real, 3))
-    assert shoggoth.main(["generate", "--db", str(db), *args]) == 130
-    monkeypatch.setattr(pipeline.generate, "write_answers", real)
+    real = shoggoth.pipeline.action.generate.write_answers
+    monkeypatch.setattr(shoggoth.pipeline.action.generate, "write_answers", interrupting(real, 3))
+    assert cli.main(["generate", "--db", str(db), *args]) == 130
+    monkeypatch.setattr(shoggoth.pipeline.action.generate, "write_answers", real)
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM answers").fetchone()[0] == 4
-    assert shoggoth.main(["generate", "--db", str(db), *args]) == 0
+    assert cli.main(["generate", "--db", str(db), *args]) == 0
     query = "SELECT * FROM answers ORDER BY ALL"
     with duckdb.connect(str(db), read_only=True) as a, \
             duckdb.connect(str(fresh), read_only=True) as b:
@@ -222,12 +228,12 @@ def test_generate_resumes_and_refuses(labelled_db, tmp_path, monkeypatch, capfd)
     for bad, words in ((["--max-tokens", "7", "--items-per-topic", "2"], "other settings"),
                        (["--personas", "nobody"], "unknown persona 'nobody'"),
                        (["--name", "bad name"], "--name")):
-        assert shoggoth.main(["generate", "--db", str(db), *bad]) == 2
+        assert cli.main(["generate", "--db", str(db), *bad]) == 2
         err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
     assert _sha(db) == before
     plain = copy_db(labelled_db, tmp_path / "plain.duckdb")
-    assert shoggoth.main(["grid", "--db", str(plain)]) == 2
+    assert cli.main(["grid", "--db", str(plain)]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "shoggoth generate" in err[0]
 

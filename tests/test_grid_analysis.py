@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from planted_grid import make_planted_grid
 
-from core.errors import BadInput
-from index.grid_analysis import analyse_grid
-from index.grid_labels import EFFECT_LABELS, GridLabelConfig
-from index.grid_stats import block_contrasts
+from shoggoth.core.errors import BadInput
+from shoggoth.index.action.analysis import analyse_grid
+from shoggoth.index.action.labels import EFFECT_LABELS, GridLabelConfig
+from shoggoth.index.action.stats import block_contrasts
 
 EXPECTED = {"context": "context", "content": "content", "interaction": "context×content"}
 

@@ -9,9 +9,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from index.handles import write_handles
-from index.schema import create_index_tables, create_label_tables, create_schema
-from sae.personas import load_items, load_personas
+from shoggoth.battery.personas import load_items, load_personas
+from shoggoth.index.dictionary.handles import write_handles
+from shoggoth.index.store.schema import create_index_tables, create_label_tables, create_schema
 
 SAE = "planted"
 COMMON = ["Ġthe", "Ġof", "Ġand", "Ġa", "Ġto", "Ġin", "Ġis", "Ġit", "Ġthat", "Ġwas"]

@@ -17,22 +17,22 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from conftest import PERSONAS, battery, build_random_sae, default_sigint
+from helpers import PERSONAS, battery, build_random_sae, default_sigint
 from sae_lens import SAE
 
-import index.harvest_db as hdb
-import shoggoth
-from sae.activations import activations
-from sae.models import Model
-from sae.personas import load_items, load_personas
-from sae.prompts import build_prompt, collate, pad_id
+import shoggoth.index.store.harvest as hdb
+from shoggoth import cli
+from shoggoth.battery.personas import load_items, load_personas
+from shoggoth.sae.activations import activations
+from shoggoth.sae.models import Model
+from shoggoth.sae.prompts import build_prompt, collate, pad_id
 
 DATA = ("tokens", "documents", "activations", "doc_features")
 KEY = "sae_id, persona, paraphrase, item_id, pos, feature"
 
 
 def run(capfd, *argv):
-    code = shoggoth.main([str(a) for a in argv])
+    code = cli.main([str(a) for a in argv])
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -62,7 +62,7 @@ def small(tmp_path_factory) -> list[str]:
 def reference(tmp_path_factory, tiny_sae_dir, small) -> Path:
     """One uninterrupted harvest on the tiny chat GPT-2: the rows every other run must equal."""
     db = tmp_path_factory.mktemp("reference") / "ref.duckdb"
-    code = shoggoth.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+    code = cli.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
                           "--batch-size", "5", *map(str, small)])
     assert code == 0
     return db
@@ -246,7 +246,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_gpt2_dir, 
     assert rows(db, "other")["activations"]  # the first SAE is still there
 
     # Storage: at most 4 bytes on disk per stored activation (the activations table's blocks).
-    from index.database import storage
+    from shoggoth.index.store.database import storage
 
     con = duckdb.connect(str(fresh), read_only=True)
     n = con.execute("SELECT count(*) FROM activations").fetchone()[0]

@@ -17,12 +17,12 @@ import duckdb
 import faiss
 import numpy as np
 import pytest
-from conftest import battery, build_random_sae
+from helpers import battery, build_random_sae
 from sae_lens import SAE
 
-import shoggoth
-from index import similarity
-from index.database import faiss_dir
+from shoggoth import cli
+from shoggoth.index.dictionary import similarity
+from shoggoth.index.store.database import faiss_dir
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_rebuild_replaces_and_hnsw_records_recall(capfd, indexed, tmp_path):
     before = duckdb.connect(str(db), read_only=True)
     n_examples = before.execute("SELECT count(*) FROM examples").fetchone()[0]
     before.close()
-    code = shoggoth.main(["index", "--db", str(db), "--exact-max", "10"])
+    code = cli.main(["index", "--db", str(db), "--exact-max", "10"])
     _, err = capfd.readouterr()
     assert code == 0, err
     con = duckdb.connect(str(db), read_only=True)
@@ -141,8 +141,8 @@ def test_encoder_skips_logit_effects(capfd, tmp_path, minilm):
                            k=8)
     db = tmp_path / "m.duckdb"
     args = battery(tmp_path / "b", 4)
-    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(sae), *map(str, args)]) == 0
-    assert shoggoth.main(["index", "--db", str(db)]) == 0
+    assert cli.main(["harvest", "--db", str(db), "--sae", str(sae), *map(str, args)]) == 0
+    assert cli.main(["index", "--db", str(db)]) == 0
     out, _ = capfd.readouterr()
     assert "persona profiles skipped" in out
     con = duckdb.connect(str(db), read_only=True)
@@ -185,7 +185,7 @@ def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
     after = _files(faiss_dir(db))
     assert referenced and all(after[p] == files[p] for p in referenced)
     assert len({Path(p).parts[0] for p in after}) == 2  # the killed build's folder is left
-    assert shoggoth.main(["index", "--db", str(db), "--exact-max", "10"]) == 0
+    assert cli.main(["index", "--db", str(db), "--exact-max", "10"]) == 0
     con = duckdb.connect(str(db), read_only=True)
     now = {p for (p,) in con.execute("SELECT path FROM faiss_indexes").fetchall()}
     con.close()
@@ -194,9 +194,9 @@ def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
 
 
 def test_persona_vectors_match_a_direct_computation(indexed, tiny_gpt2, tiny_sae_dir):
-    from index.schema import read_battery
-    from sae.activations import continuation_activations
-    from sae.prompts import build_batch
+    from shoggoth.index.store.schema import read_battery
+    from shoggoth.sae.activations import continuation_activations
+    from shoggoth.sae.prompts import build_batch
 
     con = duckdb.connect(str(indexed), read_only=True)
     personas, items = read_battery(con)
@@ -248,7 +248,7 @@ def test_umap_maps_are_stored_seeded_and_keep_neighbours(capfd, indexed, tmp_pat
     con.close()
     coords = []
     for _ in range(2):
-        assert shoggoth.main(["index", "--db", str(db), "--map", "umap"]) == 0, \
+        assert cli.main(["index", "--db", str(db), "--map", "umap"]) == 0, \
             capfd.readouterr()[1]
         con = duckdb.connect(str(db), read_only=True)
         coords.append(con.execute("SELECT map, method, feature, x, y FROM feature_maps "

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from planted_battery import EXPECTED, battery, planted, score
 from scipy import stats
 
-import shoggoth
-from core.errors import BadInput
-from index.label_nulls import false_persona_labels, reassign_prompts, split_personas
-from index.labels import LABELS, PERSONA_LABELS, label_features
+from shoggoth import cli
+from shoggoth.core.errors import BadInput
+from shoggoth.index.labels.nulls import false_persona_labels, reassign_prompts, split_personas
+from shoggoth.index.labels.rules import LABELS, PERSONA_LABELS, label_features
 
 CONDITIONS = [(0.014, 0.15), (0.0005, 0.15), (0.014, 0.0)]
 """(background firing rate, wording effect ±) of the planted battery."""
@@ -205,14 +205,14 @@ def test_relabelling_and_scaling_change_nothing_else(data, scale):
 
 
 def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny_sae_dir):
-    from conftest import battery
+    from helpers import battery
 
     db = tmp_path / "db.duckdb"
     args = battery(tmp_path / "b", 30)
-    assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+    assert cli.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
                           *map(str, args)]) == 0
     capfd.readouterr()
-    code = shoggoth.main(["label", "--db", str(db), "--min-docs", "5"])
+    code = cli.main(["label", "--db", str(db), "--min-docs", "5"])
     out, err = capfd.readouterr()
     assert code == 0, err
     assert "mask-specific" in out and "est. FDR" in out and "null (reassigned)" in out
@@ -248,7 +248,7 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
     before = con.execute("SELECT * FROM features ORDER BY feature").fetchall()
     con.close()
 
-    assert shoggoth.main(["label", "--db", str(db), "--min-docs", "5"]) == 0  # a rerun replaces
+    assert cli.main(["label", "--db", str(db), "--min-docs", "5"]) == 0  # a rerun replaces
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT * FROM features ORDER BY feature").fetchall() == before
     assert con.execute("SELECT count(*) FROM annotations").fetchone()[0] == 1
@@ -257,7 +257,7 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
     con.close()
 
     capfd.readouterr()
-    code = shoggoth.main(["label", "--db", str(db), "--sae", "nope"])
+    code = cli.main(["label", "--db", str(db), "--sae", "nope"])
     _, err = capfd.readouterr()
     assert code == 2 and "--sae nope" in err and len(err.strip().splitlines()) == 1
 
@@ -270,8 +270,8 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
     ("two_saes", ["holds several SAEs", "--sae"]),
 ])
 def test_label_bad_input(capfd, tmp_path, case, words):
-    from index.schema import create_schema
-    from sae.personas import load_items, load_personas
+    from shoggoth.battery.personas import load_items, load_personas
+    from shoggoth.index.store.schema import create_schema
 
     db = tmp_path / "db.duckdb"
     if case == "not_duckdb":
@@ -287,7 +287,7 @@ def test_label_bad_input(capfd, tmp_path, case, words):
                             "(?, 'm', 'h', 4, 8)", [name])
         con.close()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    code = shoggoth.main(["label", "--db", str(db)])
+    code = cli.main(["label", "--db", str(db)])
     out, err = capfd.readouterr()
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
@@ -298,8 +298,8 @@ def test_label_bad_input(capfd, tmp_path, case, words):
 
 
 def test_calibration_runs_and_the_fdr_table():
-    from index.label_db import calibrate, fdr_table
-    from index.labels import LabelConfig
+    from shoggoth.index.labels.rules import LabelConfig
+    from shoggoth.index.labels.run import calibrate, fdr_table
 
     df, docs, personas, topics, truth = planted(9, per_kind=4)
     cfg = LabelConfig()

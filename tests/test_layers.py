@@ -6,10 +6,10 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pytest
-from conftest import copy_db
+from helpers import copy_db
 
-import shoggoth
-from pipeline.layer_probe import (
+from shoggoth import cli
+from shoggoth.pipeline.layers import (
     Documents,
     LayersConfig,
     center_items,
@@ -65,11 +65,11 @@ def test_layers_are_parsed_and_the_sae_layer_added():
 def test_layers_command_writes_the_probe(capfd, tmp_path, labelled_db):
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     before = db.read_bytes()
-    code = shoggoth.main(["layers", "--db", str(db), "--layers", "9"])
+    code = cli.main(["layers", "--db", str(db), "--layers", "9"])
     _, err = capfd.readouterr()
     assert code == 2 and err.strip().startswith("error: --layers 9")
     assert len(err.strip().splitlines()) == 1 and db.read_bytes() == before
-    code = shoggoth.main(["layers", "--db", str(db), "--items-per-topic", "3", "--device", "cpu"])
+    code = cli.main(["layers", "--db", str(db), "--items-per-topic", "3", "--device", "cpu"])
     out, err = capfd.readouterr()
     assert code == 0, err
     assert "where the persona lives" in out

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
-from core.errors import BadInput
-from sae.activations import activations, continuation_activations
-from sae.models import (
+from shoggoth.core.errors import BadInput
+from shoggoth.sae.activations import activations, continuation_activations
+from shoggoth.sae.models import (
     ALIASES,
     hook_layer,
     load_model,
@@ -20,13 +20,19 @@ from sae.models import (
     resolve_hook,
     resolve_source,
 )
-from sae.prompts import build_batch
+from shoggoth.sae.prompts import build_batch
 
 ROWS = [
     ("You are a pirate.", "What is rain?", "Rain is water that falls from clouds."),
     ("", "Why is the sky blue?", "Sunlight scatters off air molecules."),
     ("You are a helpful assistant.", "", "The moon."),
 ]
+
+
+CONNECTS: list[tuple] = []
+"""Sockets connected (an audit hook records them): a count, where a time would depend on the
+machine."""
+sys.addaudithook(lambda event, args: CONNECTS.append(args) if event == "socket.connect" else None)
 
 
 def hf_hidden_states(auto_class, path, batch):
@@ -165,10 +171,10 @@ def test_hub_name_without_network_fails_fast(monkeypatch):
     """Without HF_HUB_OFFLINE, an unreachable hub is one error within seconds, not a retry
     storm (huggingface_hub alone retries for ~25 s here)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    start = time.perf_counter()
+    CONNECTS.clear()
     with pytest.raises(BadInput, match="shoggoth-tests/no-such-model"):
         load_model("shoggoth-tests/no-such-model")
-    assert time.perf_counter() - start < 8
+    assert len(CONNECTS) <= 3, f"{len(CONNECTS)} connection attempts: a retry storm"
 
 
 def test_every_alias_resolves_or_says_it_needs_network():

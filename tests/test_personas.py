@@ -8,9 +8,9 @@ from statistics import mean
 
 import pytest
 
-from core.errors import BadInput
-from sae.personas import load_items, load_personas
-from sae.prompts import build_prompt
+from shoggoth.battery.personas import load_items, load_personas
+from shoggoth.core.errors import BadInput
+from shoggoth.sae.prompts import build_prompt
 
 
 def sentences(text):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NO_SYSTEM_TEMPLATE
+from helpers import NO_SYSTEM_TEMPLATE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import BadInput
-from sae.activations import activations
-from sae.prompts import build_batch, build_prompt, collate, pad_id, special_ids
+from shoggoth.core.errors import BadInput
+from shoggoth.sae.activations import activations
+from shoggoth.sae.prompts import build_batch, build_prompt, collate, pad_id, special_ids
 
 SYSTEM, USER, ANSWER = "You are a pirate.", "What is rain?", "Rain is water."
 PERSONAS = ["You are a pirate.", "You are a helpful assistant.", "", "You are not a villain."]

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import PERSONAS, copy_db, default_sigint
+from helpers import PERSONAS, copy_db, default_sigint
 
-import shoggoth
-from core.errors import BadInput
-from sae.personas import load_personas
+from shoggoth import cli
+from shoggoth.battery.personas import load_personas
+from shoggoth.core.errors import BadInput
 
 EXE = Path(sys.executable).with_name("shoggoth")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -34,7 +34,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 def one_line(capfd, argv: list, code: int = 2) -> str:
     """Run the CLI in-process; assert one `error:` line and the exit code; return the line."""
     capfd.readouterr()
-    got = shoggoth.main([str(a) for a in argv])
+    got = cli.main([str(a) for a in argv])
     err = capfd.readouterr().err
     assert got == code, (argv, err)
     assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
@@ -73,13 +73,13 @@ def test_an_export_folder_comes_from_the_users_path(capfd, tmp_path):
     (folder / "EXPORT.json").write_text("{}")
     duckdb.sql(f"COPY (SELECT 7 AS x) TO '{folder / 't.parquet'}' (FORMAT parquet)")
     db = hostile_db(folder / "shoggoth.duckdb", "/")
-    assert shoggoth.main(["sql", "--db", str(db), "--format", "csv",
+    assert cli.main(["sql", "--db", str(db), "--format", "csv",
                           f"SELECT x FROM read_parquet('{folder / 't.parquet'}')"]) == 0
     assert capfd.readouterr().out == "x\n7\n"
     one_line(capfd, ["sql", "--db", db, "SELECT content FROM read_text('/etc/hostname')"])
     elsewhere = hostile_db(tmp_path / "views.duckdb", str(folder))
     one_line(capfd, ["sql", "--db", elsewhere, f"SELECT * FROM '{folder / 't.parquet'}'"])
-    assert shoggoth.main(["sql", "--db", str(elsewhere), "--parquet", str(folder), "--format",
+    assert cli.main(["sql", "--db", str(elsewhere), "--parquet", str(folder), "--format",
                           "csv", f"SELECT x FROM '{folder / 't.parquet'}'"]) == 0
     assert capfd.readouterr().out == "x\n7\n"
     err = one_line(capfd, ["sql", "--db", elsewhere, "--parquet", tmp_path, "SELECT 1"])
@@ -161,12 +161,12 @@ def test_a_disk_that_fills_mid_write_is_one_line(capfd, tiny_disk, labelled_db):
 
 def test_an_oserror_raised_anywhere_is_one_line(capfd, monkeypatch, tmp_path, labelled_db):
     """The `except OSError` clause once stood after `except Exception` and could not run."""
-    import index.sql
+    import shoggoth.index.store.sql
 
     def full(*_a, **_k):
         raise OSError(28, "No space left on device", str(tmp_path / "o.json"))
 
-    monkeypatch.setattr(index.sql, "_write_text", full)
+    monkeypatch.setattr(shoggoth.index.store.sql, "_write_text", full)
     err = one_line(capfd, ["sql", "--db", labelled_db, "--format", "json", "--out",
                            tmp_path / "o.json", "SELECT 1"])
     assert "No space left on device" in err and "o.json" in err
@@ -187,11 +187,11 @@ def immutable(path: Path):
 @pytest.mark.parametrize("command", [["index", "--map", "pca"], ["label", "--min-docs", "5"]])
 def test_an_immutable_database_is_refused_before_the_work(capfd, tmp_path, labelled_db,
                                                           monkeypatch, command):
-    import index.dictionary
+    import shoggoth.index.dictionary.build
 
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     started = []
-    monkeypatch.setattr(index.dictionary, "build_parts",
+    monkeypatch.setattr(shoggoth.index.dictionary.build, "build_parts",
                         lambda *a, **k: started.append(1) or pytest.fail("index did the work"))
     before = snapshot(tmp_path)
     with immutable(db):
@@ -268,6 +268,7 @@ def test_control_of_may_list_personas_and_is_control_is_a_boolean(tmp_path):
         load_personas(path)
 
 
+@pytest.mark.slow  # W&B starts a service process to check credentials
 def test_wandb_without_credentials_is_refused_before_the_work(capfd, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -282,7 +283,7 @@ def test_wandb_without_credentials_is_refused_before_the_work(capfd, tmp_path, m
 def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path):
     """Ctrl-C before the first checkpoint once left a work folder that --resume refused and only
     --overwrite cleared."""
-    from sae.train import TrainConfig, prepare_dirs, work_dir
+    from shoggoth.sae.train.run import TrainConfig, prepare_dirs, work_dir
 
     out = tmp_path / "sae"
     work = work_dir(out)
@@ -314,7 +315,7 @@ class Stuck(Exception):
 def test_a_query_that_ignores_its_interrupt_is_ended(tmp_path):
     """A Python UDF (like building one huge list) never looks at DuckDB's interrupt flag: the
     timeout still holds, through `on_stuck`, a grace period after the interrupt."""
-    from index.sql import STUCK_GRACE, execute
+    from shoggoth.index.store.sql import STUCK_GRACE, execute
 
     con = duckdb.connect()
     con.create_function("nap", lambda s: time.sleep(s) or s, [float], float)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import duckdb
 
-from index.effects_db import EFFECT_TABLES, create_effect_tables
-from index.probe_db import create_probe_tables
-from index.schema import (
+from shoggoth.battery.personas import load_items, load_personas
+from shoggoth.index.effects.store import EFFECT_TABLES, create_effect_tables
+from shoggoth.index.layers.store import create_probe_tables
+from shoggoth.index.store.schema import (
     GRID_TABLES,
     INDEX_TABLES,
     LABEL_TABLES,
@@ -19,7 +20,6 @@ from index.schema import (
     create_label_tables,
     create_schema,
 )
-from sae.personas import load_items, load_personas
 
 DOC = Path(__file__).parents[1] / "docs" / "schema.md"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from conftest import copy_db
+from helpers import copy_db
 from sae_lens import SAE
 
-import shoggoth
+from shoggoth import cli
 
 
 def search(capfd, db: Path, *args: str) -> tuple[int, str, str]:
-    code = shoggoth.main(["search", "--db", str(db), *args])
+    code = cli.main(["search", "--db", str(db), *args])
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -30,8 +30,8 @@ def labels_of(db: Path) -> dict[int, str]:
 
 
 def test_text_under_a_persona_matches_a_direct_run(capfd, indexed_db, tiny_gpt2, tiny_sae_dir):
-    from sae.activations import continuation_activations
-    from sae.prompts import build_batch
+    from shoggoth.sae.activations import continuation_activations
+    from shoggoth.sae.prompts import build_batch
 
     text = "Rain is water that falls from clouds."
     code, out, err = search(capfd, indexed_db, "--text", text, "--persona", "pirate",

@@ -17,13 +17,14 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from conftest import build_random_sae
+from helpers import build_random_sae
 
-import shoggoth
-from sae.chitchat import chat_texts, system_of, training_personas
-from sae.gguf import STAMP, converted_dir, smollm2_dir
-from sae.personas import load_items, load_personas, subset_items, subset_personas
-from sae.prompts import EMPTY_SYSTEM, build_prompt
+from shoggoth import cli
+from shoggoth.battery.personas import load_items, load_personas, subset_items, subset_personas
+from shoggoth.core.errors import BadInput
+from shoggoth.sae.gguf import STAMP, converted_dir, smollm2_dir
+from shoggoth.sae.prompts import EMPTY_SYSTEM, build_prompt
+from shoggoth.sae.train.chitchat import chat_texts, system_of, training_personas
 
 pytestmark = pytest.mark.slow
 EXE = Path(sys.executable).with_name("shoggoth")
@@ -98,7 +99,7 @@ def test_a_tiny_harvest_with_and_without_the_prefix_cache(tmp_path, smol_dir):
     tables = []
     for name, extra in (("cached", []), ("full", ["--no-prefix-cache"])):
         db = tmp_path / f"{name}.duckdb"
-        assert shoggoth.main(["harvest", "--db", str(db), "--sae", str(sae), "--personas",
+        assert cli.main(["harvest", "--db", str(db), "--sae", str(sae), "--personas",
                               str(tmp_path / "p.yaml"), "--items", str(tmp_path / "i.jsonl"),
                               *extra]) == 0
         con = duckdb.connect(str(db), read_only=True)
@@ -148,7 +149,7 @@ def test_a_corrupt_gguf_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOGGOTH_CACHE", str(tmp_path / "cache"))
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF" + os.urandom(4096))
-    with pytest.raises(shoggoth.BadInput, match="not a readable GGUF model"):
+    with pytest.raises(BadInput, match="not a readable GGUF model"):
         converted_dir(bad, "broken")
     assert not list((tmp_path / "cache").rglob("*.json"))
 
@@ -170,7 +171,7 @@ def test_no_room_for_the_conversion_is_one_line_and_leaves_nothing(tmp_path):
 
 
 def test_models_lists_smollm2_offline_with_its_chat_template(smol_dir):
-    from sae.commands import describe
+    from shoggoth.sae.commands import describe
 
     row = describe("smollm2")
     assert row["available"] == "offline (bundled)" and "Q4_1" in row["source"]
@@ -183,8 +184,8 @@ def test_models_lists_smollm2_offline_with_its_chat_template(smol_dir):
 def test_a_half_written_cache_is_converted_again_and_leftovers_removed(tmp_path, monkeypatch):
     """A cache folder without its stamp (a conversion killed before the rename, or files put
     there by hand) is rebuilt, and the partial folder of a killed conversion is removed."""
-    from core.cache import packaged_file
-    from sae.gguf import SMOLLM2_FILE, SMOLLM2_PACKAGE
+    from shoggoth.core.cache import packaged_file
+    from shoggoth.sae.gguf import SMOLLM2_FILE, SMOLLM2_PACKAGE
 
     monkeypatch.setenv("SHOGGOTH_CACHE", str(tmp_path))
     out = tmp_path / "models" / "smol"
@@ -201,11 +202,11 @@ def test_a_half_written_cache_is_converted_again_and_leftovers_removed(tmp_path,
 
 
 def test_a_missing_package_or_file_is_one_line():
-    from core.cache import packaged_file
+    from shoggoth.core.cache import packaged_file
 
-    with pytest.raises(shoggoth.BadInput, match="the package no-such-package is not installed"):
+    with pytest.raises(BadInput, match="the package no-such-package is not installed"):
         packaged_file("no_such_package", "x.gguf", "model 'x'")
-    with pytest.raises(shoggoth.BadInput, match="missing; reinstall the package chitchat-dataset"):
+    with pytest.raises(BadInput, match="missing; reinstall the package chitchat-dataset"):
         packaged_file("chitchat_dataset", "no-such-file.json", "--dataset chitchat")
 
 
@@ -214,7 +215,7 @@ def test_held_out_chat_fills_the_whole_evaluation_budget(tokenizer):
     128 contexts, because too little chat text was read)."""
     from types import SimpleNamespace
 
-    from sae.train import held_out_contexts
+    from shoggoth.sae.train.run import held_out_contexts
 
     model = SimpleNamespace(tokenizer=tokenizer, is_causal=True)
     assert held_out_contexts(model, "chitchat", "text", 128, 16_384).shape == (128, 128)

@@ -14,8 +14,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-import shoggoth
-from index.labels import LABELS
+from shoggoth import cli
+from shoggoth.index.labels.rules import LABELS
 
 QUERIES = Path(__file__).parents[1] / "docs" / "queries.sql"
 
@@ -32,7 +32,7 @@ def labelled(indexed_db) -> Path:
 
 
 def sql(capfd, db: Path, query: str, *flags: str) -> tuple[int, str, str]:
-    code = shoggoth.main(["sql", "--db", str(db), *flags, "--", query])  # may start with --
+    code = cli.main(["sql", "--db", str(db), *flags, "--", query])  # may start with --
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -159,7 +159,7 @@ def test_ctrl_c_stops_a_query_within_a_second(labelled):
     import sys
     import time
 
-    from conftest import default_sigint
+    from helpers import default_sigint
 
     exe = Path(sys.executable).with_name("shoggoth")
     started = time.monotonic()  # start-up, timed by a query that returns at once

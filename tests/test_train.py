@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import default_sigint
+from helpers import default_sigint
 from sae_lens import SAE
 
-import shoggoth
+from shoggoth import cli
 
 TINY = ["--context-size", "32", "--d-sae", "64", "--k", "8", "--batch-tokens", "256",
         "--eval-tokens", "2048", "--lr", "3e-3"]
 
 
 def run(capfd, *argv):
-    code = shoggoth.main([str(a) for a in argv])
+    code = cli.main([str(a) for a in argv])
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -244,7 +244,7 @@ def test_sae_import_checks_the_model(capfd, tmp_path, tiny_gpt2_dir, tiny_gpt2_b
                          "--out", tmp_path / "x")
     assert code == 2 and "d_in 32" in err and "384" in err and len(err.strip().splitlines()) == 1
     # A model with the right width but too few layers for the SAE's hook.
-    from conftest import build_tiny_gpt2
+    from helpers import build_tiny_gpt2
 
     shallow = build_tiny_gpt2(tmp_path / "shallow", None, n_layer=2)
     before = sorted(p.name for p in tmp_path.iterdir())

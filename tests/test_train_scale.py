@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import default_sigint
+from helpers import default_sigint
 from safetensors.torch import load_file
 
-import shoggoth
+from shoggoth import cli
 
 TINY = ["--context-size", "32", "--k", "8", "--batch-tokens", "256", "--eval-tokens", "2048",
         "--lr", "3e-3"]
@@ -23,7 +23,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
 
 def run(capfd, *argv):
-    code = shoggoth.main([str(a) for a in argv])
+    code = cli.main([str(a) for a in argv])
     out, err = capfd.readouterr()
     return code, out, err
 

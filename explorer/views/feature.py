@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.errors import BadInput
-from explorer.common import (
+from shoggoth.core.errors import BadInput
+from shoggoth.explorer.common import (
     choose_sae,
     end_run,
     feature_link,
@@ -21,9 +21,9 @@ from explorer.common import (
     steer_answers,
     store,
 )
-from explorer.explain import explain
-from index import read
-from index.labels import LABELS
+from shoggoth.explorer.reasons import explain
+from shoggoth.index.labels.rules import LABELS
+from shoggoth.index.store import read
 
 sae, row = choose_sae()
 try:

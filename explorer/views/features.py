@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer.common import choose_sae, db_path, labels_frame, open_feature
-from index.labels import LABELS
+from shoggoth.explorer.common import choose_sae, db_path, labels_frame, open_feature
+from shoggoth.index.labels.rules import LABELS
 
 sae, row = choose_sae()
 st.title("Features")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from explorer.common import choose_sae, db_path, open_feature, q
-from index import read
+from shoggoth.explorer.common import choose_sae, db_path, open_feature, q
+from shoggoth.index.store import read
 
 MAX_POINTS = 20_000
 MAPS = {"decoder directions": "decoder", "persona profiles": "persona_profile"}

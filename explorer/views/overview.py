@@ -6,9 +6,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer.common import choose_sae, db_path, feature_link, labels_frame, q
-from index import read
-from index.labels import LABELS
+from shoggoth.explorer.common import choose_sae, db_path, feature_link, labels_frame, q
+from shoggoth.index.labels.rules import LABELS
+from shoggoth.index.store import read
 
 sae, row = choose_sae()
 st.title("shoggoth · overview")

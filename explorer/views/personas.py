@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer.common import choose_sae, feature_link, has_table, md, q
-from index import read
+from shoggoth.explorer.common import choose_sae, feature_link, has_table, md, q
+from shoggoth.index.store import read
 
 sae, row = choose_sae()
 st.title("Personas")

@@ -7,11 +7,11 @@ from typing import Any
 
 import streamlit as st
 
-from core.errors import BadInput
-from explorer.common import choose_sae, cursor, db_path, feature_link, md, q, version
-from index import read
-from index.read import Dictionary, by_name, similar
-from pipeline.search import by_text, load_runner
+from shoggoth.core.errors import BadInput
+from shoggoth.explorer.common import choose_sae, cursor, db_path, feature_link, md, q, version
+from shoggoth.index.store import read
+from shoggoth.index.store.read import Dictionary, by_name, similar
+from shoggoth.pipeline.search import by_text, load_runner
 
 
 @st.cache_resource(show_spinner="loading the model and SAE ...")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.errors import BadInput
-from explorer.common import cursor, session_gone
-from index.sql import DEFAULT_MEMORY_LIMIT, execute
+from shoggoth.core.errors import BadInput
+from shoggoth.explorer.common import cursor, session_gone
+from shoggoth.index.store.sql import DEFAULT_MEMORY_LIMIT, execute
 
 QUERIES = Path(__file__).resolve().parents[2] / "docs" / "queries.sql"
 TIMEOUT = 30.0

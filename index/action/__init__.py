@@ -1,0 +1,2 @@
+"""The context × content analysis (`shoggoth generate` and `grid`): its tables, statistics
+and labels."""

@@ -1,0 +1,1 @@
+"""`shoggoth index`, the database side: FAISS similarity, neighbours, handles and maps."""

@@ -1,0 +1,1 @@
+"""The tables and statistics of `shoggoth effects`."""

@@ -1,0 +1,192 @@
+"""`shoggoth label`: label every feature of a harvested SAE, with calibration runs and the
+estimated false-discovery rate of every label, into the database (features, feature_personas,
+calibration, label_fdr), in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shoggoth.core.config import config_metadata, option
+from shoggoth.core.errors import BadInput
+from shoggoth.index.effects.store import refresh_causal
+from shoggoth.index.labels.nulls import false_persona_labels, reassign_prompts, split_personas
+from shoggoth.index.labels.rules import LABELS, PERSONA_LABELS, LabelConfig, label_features
+from shoggoth.index.store.database import (
+    WAIT,
+    check_writable,
+    choose_sae,
+    connect,
+    record_run,
+    replace_rows,
+    require_shoggoth,
+    transaction,
+)
+from shoggoth.index.store.schema import create_label_tables
+
+EFFECT_LABELS = (*PERSONA_LABELS, "shared-modulated")
+"""Labels that claim a persona effect: each gets an estimated false-discovery rate."""
+
+
+@dataclass
+class LabelRunConfig(LabelConfig):
+    """`shoggoth label`: label the features of a harvested SAE."""
+
+    db: Path | None = option(required="a database from `shoggoth harvest`")
+    """The feature database (from `shoggoth harvest`)."""
+    sae: str | None = None
+    """The SAE to label (its sae_id; default: the only one in the database)."""
+    calibration_seeds: int = option(3, min=1, max=100)
+    """Prompt-reassignment calibration runs (each a full labelling of shuffled prompts)."""
+
+
+def _read(con: Any, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                           dict[str, str]]:
+    # ENUM columns arrive as pandas categoricals: millions of rows, no Python strings.
+    doc_features = con.execute(
+        "SELECT persona, paraphrase, item_id, feature, mean_act FROM doc_features "
+        "WHERE sae_id = ?", [sae_id]).df()
+    documents = con.execute(
+        "SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id "
+        "FROM documents WHERE sae_id = ?", [sae_id]).df()
+    personas = con.execute("SELECT persona::VARCHAR AS persona, family, is_control, control_of "
+                           "FROM personas ORDER BY enum_code(personas.persona)").df()
+    topics = dict(con.execute("SELECT item_id::VARCHAR, topic FROM items").fetchall())
+    return doc_features, documents, personas, topics
+
+
+def _counts(run: str, description: str, table: pd.DataFrame,
+            wrong: pd.Series | None = None) -> pd.DataFrame:
+    """One row per label: how many features of this run got it (in a split run, persona labels
+    count only where they tell a persona's halves apart)."""
+    labels = table["label"] if wrong is None else table["label"].where(
+        wrong | ~table["label"].isin(PERSONA_LABELS), "split-consistent")
+    counts = labels.value_counts()
+    return pd.DataFrame({"run": run, "description": description,
+                         "n_live": int((table["n_docs_firing"] > 0).sum()),
+                         "label": list(LABELS),
+                         "n": [int(counts.get(lab, 0)) for lab in LABELS]})
+
+
+def calibrate(doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame,
+              n: int, cfg: LabelConfig, seeds: int, topics: dict[str, str],
+              notes: list[str]) -> pd.DataFrame:
+    """The calibration runs' label counts: prompts reassigned to random persona slots (one run
+    per seed) and every persona's paraphrases split in two (where it has 4 or more)."""
+    rows = []
+    for s in range(seeds):
+        df, docs = reassign_prompts(doc_features, documents, personas, cfg.seed + 1000 + s)
+        table = label_features(df, docs, personas, n, cfg, topics)
+        rows.append(_counts(f"reassigned:{s}", "the non-control prompts reassigned to random "
+                            "persona slots, each with all its documents", table))
+    paras = documents.groupby("persona")["paraphrase"].nunique()
+    main = personas.loc[~personas["is_control"].astype(bool), "persona"]
+    if (paras.reindex(main).fillna(0) >= 4).any():
+        df, docs, pers, origin = split_personas(doc_features, documents, personas)
+        table = label_features(df, docs, pers, n, cfg, topics)
+        rows.append(_counts("split", "every persona's paraphrases split into two fake personas; "
+                            "persona labels that tell the halves apart", table,
+                            false_persona_labels(table, origin)))
+    else:
+        notes.append("the split calibration needs a persona with 4 or more paraphrases (two "
+                     "per half); this harvest has fewer, so only the reassignment runs count")
+    return pd.concat(rows, ignore_index=True)
+
+
+def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
+    """Per label: the real count, the mean count under reassignment, the split count and the
+    estimated false-discovery rate (null count / real count) for the labels that claim a persona
+    effect: the persona labels (the larger of the two nulls) and shared-modulated (reassignment
+    only: splitting a persona keeps its modulation, so the split run is no null for it)."""
+    counts = real["label"].value_counts()
+    reassigned = calibration[calibration["run"].str.startswith("reassigned")]
+    null = reassigned.groupby("label")["n"].mean()
+    split = calibration[calibration["run"] == "split"].set_index("label")["n"]
+    out = []
+    for lab in LABELS:
+        n_real = int(counts.get(lab, 0))
+        n_null = float(null.get(lab, 0.0))
+        n_split = split.get(lab) if lab in PERSONA_LABELS else None
+        worst = max(n_null, float(n_split) if n_split is not None else 0.0)
+        fdr = (min(1.0, worst / n_real) if n_real else (0.0 if worst == 0 else 1.0)) \
+            if lab in EFFECT_LABELS else None
+        out.append({"label": lab, "n_real": n_real, "n_null": n_null,
+                    "n_split": None if n_split is None else int(n_split), "fdr": fdr})
+    return pd.DataFrame(out)
+
+
+def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
+    """Label one SAE's features; returns the tables written (as DataFrames) and the counts."""
+    if not cfg.db.is_file():
+        raise BadInput(f"--db {cfg.db}: no such file")
+    check_writable(cfg.db)  # before the work, not after it
+    con = connect(cfg.db, read_only=True, wait=WAIT)
+    try:
+        require_shoggoth(con, cfg.db)
+        sae_id, sae_row = choose_sae(con, cfg.db, cfg.sae)
+        doc_features, documents, personas, topics = _read(con, sae_id)
+        extra = con.execute(
+            "SELECT feature, max(max_act) AS max_act FROM doc_features WHERE sae_id = ? "
+            "GROUP BY feature", [sae_id]).df()
+    finally:
+        con.close()
+    thresholds = LabelConfig(**{f.name: getattr(cfg, f.name) for f in fields(LabelConfig)})
+    n = sae_row["d_sae"]
+    real = label_features(doc_features, documents, personas, n, thresholds, topics)
+    notes = list(real.attrs.get("notes", []))
+    calib = pd.concat([_counts("real", "the harvest as it is", real),
+                       calibrate(doc_features, documents, personas, n, thresholds,
+                                 cfg.calibration_seeds, topics, notes)], ignore_index=True)
+    fdr = fdr_table(real, calib)
+    n_docs = len(documents)
+    features = real.merge(extra, on="feature", how="left")
+    sums = doc_features.groupby("feature")["mean_act"].sum()
+    features["density"] = features["n_docs_firing"] / max(n_docs, 1)
+    features["mean_act"] = features["feature"].map(sums).fillna(0.0) / max(n_docs, 1)
+    features["max_act"] = features["max_act"].fillna(0.0)
+    features.insert(0, "sae_id", sae_id)
+    calib.insert(0, "sae_id", sae_id)
+    fdr.insert(0, "sae_id", sae_id)
+    write(cfg.db, sae_id, features, calib, fdr, {**config_metadata(cfg), "notes": notes})
+    return {"sae_id": sae_id, "features": features, "calibration": calib, "fdr": fdr,
+            "notes": notes, "config": asdict(thresholds)}
+
+
+PERSONA_SQL = """
+INSERT INTO feature_personas
+WITH nd AS (SELECT persona, count(*) AS n FROM documents WHERE sae_id = $sae GROUP BY persona),
+s AS (SELECT feature, persona, sum(mean_act) AS total, count(*) AS fired
+      FROM doc_features WHERE sae_id = $sae GROUP BY feature, persona),
+main AS (SELECT persona FROM personas WHERE NOT is_control),
+rest AS (SELECT s.feature, sum(s.total) AS total FROM s JOIN main USING (persona)
+         GROUP BY s.feature),
+main_docs AS (SELECT sum(n) AS n FROM nd JOIN main USING (persona))
+SELECT $sae, s.feature, s.persona::VARCHAR, s.total / nd.n, s.fired / nd.n,
+       s.total / nd.n - (r.total - CASE WHEN m.persona IS NULL THEN 0 ELSE s.total END)
+         / (md.n - CASE WHEN m.persona IS NULL THEN 0 ELSE nd.n END)
+FROM s JOIN nd USING (persona) JOIN rest r USING (feature) CROSS JOIN main_docs md
+LEFT JOIN main m USING (persona)
+ORDER BY s.feature, s.persona
+"""
+
+
+def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFrame,
+          fdr: pd.DataFrame, config: dict[str, Any]) -> None:
+    """Replace this SAE's labels in one transaction (with a `runs` record); annotations are
+    never touched."""
+    con = connect(db, wait=WAIT)
+    try:
+        with transaction(con):
+            record_run(con, "label", sae_id, config)
+            create_label_tables(con)
+            for table, frame in (("features", features), ("calibration", calibration),
+                                 ("label_fdr", fdr)):
+                replace_rows(con, table, sae_id, frame)
+            con.execute("DELETE FROM feature_personas WHERE sae_id = ?", [sae_id])
+            con.execute(PERSONA_SQL, {"sae": sae_id})
+            refresh_causal(con, sae_id)  # the new rows keep the effects already measured
+    finally:
+        con.close()

@@ -1,0 +1,317 @@
+"""Opening, creating and publishing feature databases (one DuckDB file each).
+
+Writers never touch the user's database until their work is complete: a harvest fills a partial
+file beside it, committed batch by batch, and then merges its rows into the database in a single
+transaction (or, when there is no database yet, into a new file built aside and renamed). Killing
+the process at any moment leaves the previous database as it was.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from shoggoth.core.errors import BadInput, interrupts_deferred, is_interrupt
+from shoggoth.core.versions import library_versions
+from shoggoth.index.store.schema import (
+    BLOCK_SIZE,
+    TABLES,
+    battery_rows,
+)
+
+
+def faiss_dir(db: Path) -> Path:
+    """The folder beside `db` holding its FAISS indexes and persona vectors (paths stored in
+    the database are relative to it, so a database moved with its folder keeps working)."""
+    return db.parent / f"{db.name}.faiss"
+
+
+WAIT = 30.0
+"""Seconds a command waits for another process's lock before it gives up: readers (the
+explorer, `shoggoth sql`) hold it for a query, writers for a transaction."""
+
+
+class Locked(BadInput):
+    """Another process holds the database's lock (a writer, or a reader while we write)."""
+
+
+def connect(path: Path, *, read_only: bool = False, what: str = "--db",
+            config: dict[str, Any] | None = None, wait: float = 0.0) -> Any:
+    """A DuckDB connection to an existing or new file (`config`: extra settings); BadInput in one
+    line when the file is not a DuckDB database, and `Locked` when another process holds its
+    lock for longer than `wait` seconds (readers such as the explorer hold it for a page's
+    queries, writers for a transaction)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _connect(path, read_only, what, config)
+        except Locked:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | None) -> Any:
+    try:
+        return duckdb.connect(str(path), read_only=read_only,
+                              config={"default_block_size": str(BLOCK_SIZE), **(config or {})})
+    except duckdb.IOException as e:
+        msg = str(e)
+        if "lock" in msg.lower():
+            pid = re.search(r"PID (\d+)", msg)
+            holder = f" (PID {pid.group(1)})" if pid else ""
+            raise Locked(f"{what} {path}: locked by another process{holder}; wait for it to "
+                         "finish or close it") from None
+        if "not a valid DuckDB database" in msg:
+            raise BadInput(f"{what} {path}: not a DuckDB database") from None
+        raise BadInput(f"{what} {path}: {msg.splitlines()[0]}") from None
+    except duckdb.Error as e:
+        raise BadInput(f"{what} {path}: {str(e).splitlines()[0]}") from None
+
+
+def lock_holder(path: Path) -> int | None:
+    """The PID of another process holding a lock on `path` that a writer would wait for (DuckDB
+    takes fcntl locks: shared for read-only connections, exclusive for writers); None when the
+    file is free or missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    finally:
+        os.close(fd)
+    return None if kind == fcntl.F_UNLCK else pid
+
+
+def check_writable(path: Path, what: str = "--db", wait: float = 10.0) -> None:
+    """Before a long command's work: BadInput now when the database or its folder cannot be
+    written (an immutable file, a read-only file system, no permission), and `Locked`, naming
+    the process, when another process keeps it locked for `wait` seconds, instead of after the
+    work."""
+    check_can_write(path, what)
+    deadline = time.monotonic() + wait
+    while (pid := lock_holder(path)) is not None:
+        if time.monotonic() >= deadline:
+            raise Locked(f"{what} {path}: in use by another process (PID {pid}); wait for it "
+                         "to finish or close it, then run this again")
+        time.sleep(0.1)
+
+
+def check_can_write(path: Path, what: str = "--db") -> None:
+    """BadInput unless `path` (when it exists) opens for writing and its folder takes new files
+    (a writer needs both: the WAL and the FAISS folder live beside the database)."""
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_RDWR))
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BadInput(f"{what} {path}: cannot be written ({e.strerror or e}); nothing was "
+                       "done") from None
+
+
+def identity(path: Path) -> tuple[Any, ...]:
+    """What changes whenever a database is written: the file's inode, size and modification
+    time, and its write-ahead log's (a commit may still be only in the log)."""
+    def stat(p: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    return stat(path), stat(Path(f"{path}.wal"))
+
+
+@contextmanager
+def exclusive(path: Path, what: str = "--db", wait: float = 30.0) -> Iterator[None]:
+    """Hold an exclusive fcntl lock on `path` (the lock DuckDB itself takes), so no DuckDB
+    connection of another process can open it meanwhile; waits up to `wait` seconds for readers
+    and writers to finish. The lock is released when the block ends."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    pid = lock_holder(path)
+                    raise Locked(f"{what} {path}: in use by another process"
+                                 + (f" (PID {pid})" if pid else "") + "; run this again when "
+                                 "it is done") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def snapshot(db: Path, partial: Path) -> tuple[Any, ...]:
+    """Copy `db` (its write-ahead log folded in first) to `partial`, to be rebuilt aside and
+    published with `replace_unless_changed`; returns `db`'s identity at the copy."""
+    fold = connect(db, wait=WAIT)
+    fold.execute("CHECKPOINT")
+    fold.close()
+    copied = identity(db)
+    shutil.copyfile(db, partial)
+    return copied
+
+
+def replace_unless_changed(partial: Path, db: Path, copied: tuple[Any, ...],
+                           what: str = "--db") -> None:
+    """Rename the rebuilt copy `partial` over `db`, unless `db` was written since it was copied
+    (another command's work would be lost): the check and the rename happen under `db`'s
+    exclusive lock, so no writer can slip between them. A reader of the old file keeps it."""
+    with exclusive(db, what):
+        if identity(db) != copied:
+            raise BadInput(f"{what} {db}: another command wrote it meanwhile; nothing was "
+                           "replaced (its work is kept): run this command again")
+        os.replace(partial, db)
+
+
+@contextmanager
+def transaction(con: Any) -> Iterator[None]:
+    """BEGIN … COMMIT, rolled back on any error or Ctrl-C. Ctrl-C during the work surfaces as
+    DuckDB's "Query interrupted" error, which becomes KeyboardInterrupt here (exit 130, not a
+    traceback); during COMMIT it is held until the commit is done."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        try:
+            yield
+        except Exception as e:
+            if is_interrupt(e):
+                raise KeyboardInterrupt from None
+            raise
+        with interrupts_deferred():
+            con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except Exception:  # the connection may be unusable; closing it rolls back too
+            pass
+        raise
+
+
+def record_run(con: Any, command: str, sae_id: str, config: dict[str, Any]) -> None:
+    """A finished `runs` row for a command that rewrote one SAE's derived tables: its config
+    (with anything else worth keeping, e.g. notes) and the library versions."""
+    con.execute(f"INSERT INTO runs VALUES (?, '{command}', ?, ?, now(), now(), 'finished')",
+                [uuid.uuid4().hex[:12],
+                 json.dumps({"identity": None, "config": config, "sae_id": sae_id}),
+                 json.dumps(library_versions())])
+
+
+def replace_rows(con: Any, table: str, sae_id: str, frame: Any,
+                 key: dict[str, Any] | None = None) -> None:
+    """Replace one SAE's rows of `table` (only those matching `key` too, column → value) with
+    `frame` (columns matched by name)."""
+    where = "".join(f" AND {column} = ?" for column in key or {})
+    con.execute(f"DELETE FROM {table} WHERE sae_id = ?{where}", [sae_id, *(key or {}).values()])
+    con.register("_rows", frame)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+    finally:
+        con.unregister("_rows")
+
+
+def insert_frame(con: Any, table: str, frame: Any, head: list[Any] | None = None) -> None:
+    """INSERT INTO `table` the rows of a pandas or Arrow frame, after the constant columns
+    `head` (given as parameters); the frame's columns follow the table's order."""
+    marks = "?, " * len(head or [])
+    con.register("_frame", frame)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT {marks}* FROM _frame", head or [])
+    finally:
+        con.unregister("_frame")
+
+
+def remove(path: Path) -> None:
+    """Delete a database file and its write-ahead log, if they exist."""
+    path.unlink(missing_ok=True)
+    Path(f"{path}.wal").unlink(missing_ok=True)
+
+
+def tables(con: Any, catalog: str | None = None) -> set[str]:
+    """Names of the tables in a connection's (or an attached catalog's) main schema."""
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = "
+        "coalesce(?, current_database()) AND schema_name = 'main'", [catalog]).fetchall()}
+
+
+def require_shoggoth(con: Any, path: Path, what: str = "--db",
+                     catalog: str | None = None) -> None:
+    """BadInput unless the database holds the contract tables (an empty file is allowed)."""
+    found = tables(con, catalog)
+    missing = set(TABLES) - found
+    if found and missing:
+        raise BadInput(f"{what} {path}: not a shoggoth database (no '{sorted(missing)[0]}' "
+                       "table)")
+
+
+def check_same_battery(con: Any, path: Path, other: dict[str, list[tuple[Any, ...]]],
+                       catalog: str | None = None, what: str = "--db") -> None:
+    """BadInput when the database holds a different persona battery than `other` (rows as
+    `battery_rows` gives them)."""
+    for table, rows in battery_rows(con, catalog).items():
+        if rows != other[table]:
+            raise BadInput(f"{what} {path}: holds a different persona battery ({table} differ); "
+                           "use the same --personas, --items, --paraphrases and --items-per-topic, "
+                           "or another database")
+
+
+def harvested(con: Any, sae_id: str, catalog: str | None = None) -> dict[str, Any] | None:
+    """The finished run that harvested `sae_id` into this database: its config and run_id."""
+    prefix = f"{catalog}." if catalog else ""
+    if "saes" not in tables(con, catalog):
+        return None
+    row = con.execute(
+        f"SELECT r.run_id, r.config_json FROM {prefix}saes s JOIN {prefix}runs r USING (run_id) "
+        "WHERE s.sae_id = ? AND r.status = 'finished'", [sae_id]).fetchone()
+    if row is None:
+        return None
+    return {"run_id": row[0], "config": json.loads(row[1])}
+
+
+def storage(con: Any, path: Path) -> dict[str, float]:
+    """Bytes on disk: the whole file, and the blocks holding the activations table."""
+    block = con.execute("SELECT block_size FROM pragma_database_size() "
+                        "WHERE database_name = current_database()").fetchone()[0]
+    blocks = con.execute("SELECT count(DISTINCT block_id) FROM pragma_storage_info('activations') "
+                         "WHERE block_id >= 0").fetchone()[0]
+    return {"file_bytes": path.stat().st_size, "activations_bytes": blocks * block}
+
+
+def choose_sae(con: Any, path: Path, sae: str | None) -> tuple[str, dict[str, Any]]:
+    """The SAE a command works on (`--sae`, or the only one) and its `saes` row."""
+    if not tables(con):
+        raise BadInput(f"--db {path}: not a shoggoth database (it is empty)")
+    cur = con.execute("SELECT * FROM saes ORDER BY sae_id")
+    cols = [d[0] for d in cur.description]
+    saes = {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
+    if not saes:
+        raise BadInput(f"--db {path}: holds no harvest yet (run `shoggoth harvest`)")
+    if sae is None:
+        if len(saes) > 1:
+            raise BadInput(f"--db {path}: holds several SAEs ({', '.join(saes)}); choose one "
+                           "with --sae")
+        sae = next(iter(saes))
+    if sae not in saes:
+        raise BadInput(f"--sae {sae}: not in {path} (it holds {', '.join(saes)})")
+    return sae, saes[sae]

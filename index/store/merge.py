@@ -1,0 +1,188 @@
+"""`shoggoth merge`: combine databases — typically the N shard files of one harvest — into one.
+
+Every input must hold the same persona battery. For each SAE, the inputs must hold either one
+complete harvest or exactly the shards 0..N-1 of one sharded harvest (same settings but for
+--shard). The merged rows are the rows one unsharded run writes; the SAE's record points to a
+`merge` run that lists the shard runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shoggoth.battery.units import parse_shard
+from shoggoth.core.config import Config, config_metadata, option
+from shoggoth.core.errors import BadInput
+from shoggoth.index.store.database import (
+    check_same_battery,
+    connect,
+    remove,
+    replace_unless_changed,
+    require_shoggoth,
+    snapshot,
+    tables,
+    transaction,
+)
+from shoggoth.index.store.schema import (
+    HARVEST_TABLES,
+    ORDER,
+    battery_rows,
+    create_schema,
+    quote,
+    read_battery,
+)
+
+
+@dataclass
+class MergeConfig(Config):
+    """`shoggoth merge`: combine shard files (or whole databases) into one database."""
+
+    db: Path | None = option(required="the database to write")
+    """The database to write: created if missing, otherwise added to in one transaction."""
+    inputs: list[Path] = option([], required="give the database files to merge")
+    """Database files to merge, e.g. the N files of `shoggoth harvest --shard I/N`."""
+
+
+@dataclass
+class Holding:
+    """One input's harvest of one SAE."""
+
+    path: Path
+    catalog: str
+    sae_row: dict[str, Any]
+    identity: dict[str, Any]
+
+
+def _holdings(con: Any, path: Path, catalog: str) -> list[Holding]:
+    out = []
+    cols = [d[0] for d in con.execute(f"SELECT * FROM {catalog}.saes LIMIT 0").description]
+    for row in con.execute(f"SELECT * FROM {catalog}.saes").fetchall():
+        sae = dict(zip(cols, row, strict=True))
+        run = con.execute(f"SELECT status, config_json FROM {catalog}.runs WHERE run_id = ?",
+                          [sae["run_id"]]).fetchone()
+        if run is None or run[0] != "finished":
+            raise BadInput(f"{path}: its harvest of '{sae['sae_id']}' did not finish")
+        out.append(Holding(path, catalog, sae, json.loads(run[1])["identity"]))
+    return out
+
+
+def _check_group(sae_id: str, group: list[Holding]) -> None:
+    """One complete harvest, or every shard of one sharded harvest exactly once."""
+    shards = [h.identity.get("shard") for h in group]
+    if len(group) == 1 and shards[0] is None:
+        return
+    if None in shards:
+        raise BadInput(f"SAE '{sae_id}': is in more than one input ({group[0].path}, "
+                       f"{group[1].path}); merge the shards of one harvest, or databases "
+                       "holding different SAEs")
+    parsed = [parse_shard(s) for s in shards]
+    n = {total for _, total in parsed}
+    got = sorted(i for i, _ in parsed)
+    if len(n) != 1 or got != list(range(n.pop())):
+        raise BadInput(f"SAE '{sae_id}': the shards given are {', '.join(sorted(shards))}; "
+                       "give each shard I/N of one harvest exactly once")
+    base = {k: v for k, v in group[0].identity.items() if k != "shard"}
+    keep = ("run_id", "path")
+    for h in group[1:]:
+        other = {k: v for k, v in h.identity.items() if k != "shard"}
+        same_sae = all(h.sae_row[k] == group[0].sae_row[k] for k in h.sae_row if k not in keep)
+        if other != base or not same_sae:
+            raise BadInput(f"{h.path}: its shard of '{sae_id}' was harvested with other settings "
+                           f"than {group[0].path}")
+
+
+def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] | None) -> None:
+    """Insert every input's rows; sharded SAEs get one saes row pointing at a merge run (none
+    when `merge_run` is None: rows are copied as they are)."""
+    catalogs = sorted({h.catalog for g in groups.values() for h in g})
+    for cat in catalogs:
+        con.execute(f"INSERT OR IGNORE INTO runs SELECT * FROM {cat}.runs")
+    for group in groups.values():
+        row = dict(group[0].sae_row)
+        if merge_run is not None and group[0].identity.get("shard") is not None:
+            run_id = uuid.uuid4().hex[:12]
+            identity = {**group[0].identity, "shard": None}
+            con.execute("INSERT INTO runs VALUES (?, 'merge', ?, ?, now(), now(), 'finished')", [
+                run_id, json.dumps({"identity": identity, "config": merge_run,
+                                    "shard_runs": [h.sae_row["run_id"] for h in group]}),
+                json.dumps({}),
+            ])
+            row["run_id"] = run_id
+        cols = list(row)
+        con.execute(f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    list(row.values()))
+    for table in HARVEST_TABLES:
+        union = " UNION ALL ".join(f"SELECT * FROM {c}.{table}" for c in catalogs)
+        distinct = "DISTINCT " if table == "tokens" else ""  # every shard stores every item
+        con.execute(f"INSERT INTO {table} SELECT {distinct}* FROM ({union}) "
+                    f"ORDER BY {ORDER[table]}")
+
+
+def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
+    """Merge `cfg.inputs` into `cfg.db`; returns what was merged.
+
+    `as_is` copies one input without combining shards (how a finished harvest, sharded or not,
+    is published into its --db)."""
+    if len(set(map(Path.resolve, cfg.inputs))) != len(cfg.inputs):
+        raise BadInput("inputs: a file is given twice")
+    for path in cfg.inputs:
+        if not path.is_file():
+            raise BadInput(f"{path}: no such file")
+        if path.resolve() == cfg.db.resolve():
+            raise BadInput(f"{path}: is the --db being written")
+    if cfg.db.is_dir():
+        raise BadInput(f"--db {cfg.db}: is a directory, expected a DuckDB file")
+    # Built aside (a copy of an existing --db) and renamed into place: a killed merge leaves
+    # --db as it was, byte for byte; the next merge removes the partial file.
+    if not cfg.db.exists() and not cfg.db.parent.is_dir():
+        raise BadInput(f"--db {cfg.db}: its folder {cfg.db.parent} does not exist")
+    building = cfg.db.with_name(f".{cfg.db.name}.merge.partial")
+    remove(building)
+    copied = snapshot(cfg.db, building) if cfg.db.exists() else None
+    con = connect(building)
+    try:
+        require_shoggoth(con, cfg.db)
+        groups: dict[str, list[Holding]] = {}
+        battery = None
+        run = uuid.uuid4().hex[:8]  # catalog names no database file name can take
+        for n, path in enumerate(cfg.inputs):
+            cat = f"merge_input_{n}_{run}"
+            connect(path, read_only=True, what="input").close()  # one-line errors first
+            con.execute(f"ATTACH {quote(str(path))} AS {cat} (READ_ONLY)")
+            require_shoggoth(con, path, what="input", catalog=cat)
+            if not tables(con, cat):
+                raise BadInput(f"input {path}: is empty")
+            if battery is None:
+                battery = battery_rows(con, cat)
+            else:
+                check_same_battery(con, path, battery, catalog=cat, what="input")
+            for h in _holdings(con, path, cat):
+                groups.setdefault(h.sae_row["sae_id"], []).append(h)
+        for sae_id, group in groups.items():
+            if not as_is:
+                _check_group(sae_id, group)
+        if tables(con):
+            check_same_battery(con, cfg.db, battery)
+            present = {r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}
+            clash = sorted(present & set(groups))
+            if clash:
+                raise BadInput(f"--db {cfg.db}: already holds SAE '{clash[0]}'")
+        with transaction(con):
+            if not tables(con):
+                create_schema(con, *read_battery(con, f"merge_input_0_{run}"))
+            _copy(con, groups, None if as_is else config_metadata(cfg))
+        con.execute("CHECKPOINT")
+        con.close()
+        if copied is None:
+            os.replace(building, cfg.db)
+        else:
+            replace_unless_changed(building, cfg.db, copied)
+    finally:
+        con.close()
+        remove(building)
+    return {"db": str(cfg.db), "saes": {k: len(v) for k, v in groups.items()}}

@@ -1,0 +1,1 @@
+"""Training dictionaries: the activation stream, sae-lens's trainers, DDP, evaluation, import."""

@@ -1,0 +1,1 @@
+"""The model-free persona battery: personas, items, the harvest's units."""

@@ -1,0 +1,1 @@
+"""`shoggoth generate` and `grid`: the mask in action."""

@@ -1,0 +1,249 @@
+"""`shoggoth grid`: the context × content design, harvested and analysed.
+
+Every persona prompt (k, j) and item i gives a block of four documents, each a (context, text)
+pair read by the model and the SAE:
+
+    in_action     the persona's own answer under its own prompt (the mask in action)
+    neutral_text  the battery's neutral answer under the persona's prompt (the paired design)
+    text_only     the persona's own answer under no persona (content without context)
+    baseline      the neutral answer under no persona (one per item, shared by every block)
+
+Documents that share a context run together after its prefix's KV cache; each batch's
+per-document activations are saved beside the database as made, so an interrupted run resumes;
+the tables are replaced in one transaction at the end (index.grid_db).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from shoggoth.battery.personas import Item, Persona, baseline_persona
+from shoggoth.core.atomic import drop_resume_folder, resume_folder, save_npz_atomic
+from shoggoth.core.config import config_metadata, option
+from shoggoth.core.errors import BadInput
+from shoggoth.core.progress import Progress
+from shoggoth.index.action.analysis import analyse_grid
+from shoggoth.index.action.answers import read_answers
+from shoggoth.index.action.labels import GridLabelConfig
+from shoggoth.index.action.store import write_grid
+from shoggoth.index.store.database import check_writable
+from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.schema import read_battery
+from shoggoth.sae.activations import prefix_cache
+from shoggoth.sae.encode import encode_aggregate, prompts_activations, shared_prefix
+from shoggoth.sae.models import load_model
+from shoggoth.sae.prompts import Prompt, build_prompt
+from shoggoth.sae.sae_dir import load_harvest_sae
+
+
+@dataclass
+class GridConfig(GridLabelConfig):
+    """`shoggoth grid`: the model's own answers and the neutral ones, each under the persona's
+    prompt and under no persona; which features follow the context, the content, both."""
+
+    db: Path | None = option(required="a database with generated answers")
+    """The feature database (from `shoggoth harvest`, with `shoggoth generate` answers)."""
+    sae: str | None = None
+    """The SAE (its sae_id; default: the only one in the database)."""
+    answers: str = "own"
+    """The answer set (`shoggoth generate --name`) whose texts are the personas' own."""
+    none: str | None = None
+    """The control persona that stands for no persona (default: the battery's control with an
+    empty prompt, control_none)."""
+    neutral: Literal["battery", "own"] = "battery"
+    """The reference text: battery, the battery's fixed answers (the paired harvest's texts);
+    own, the model's own answers under no persona (in the answer set), so that the content
+    effect is the persona's way of speaking against the model's own default, not against
+    hand-written text."""
+    batch: int = option(32, min=1, max=100_000)
+    """Documents per forward pass."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N."""
+
+
+@dataclass
+class Inputs:
+    """What the run reads from the database."""
+
+    sae_id: str
+    row: dict[str, Any]
+    personas: dict[str, Persona]
+    items: dict[str, Item]
+    none: Persona
+    answers: pd.DataFrame
+    answers_run: str
+    neutral_own: dict[str, str] | None
+    """--neutral own: the model's own answer under no persona, per item (None: the battery's
+    answers)."""
+
+
+def read_inputs(cfg: GridConfig) -> Inputs:
+    """The SAE, battery and answer set; BadInput for what cannot work."""
+    d = Dictionary(cfg.db, cfg.sae)
+    try:
+        sae_id, row, (personas, items) = d.sae_id, d.row, read_battery(d.con)
+        answers = read_answers(d.con, cfg.answers)
+        run = d.con.execute("SELECT run_id FROM answer_sets WHERE answer_set = ?",
+                            [cfg.answers]).fetchone()[0]
+    finally:
+        d.close()
+    by_name = {p.name: p for p in personas}
+    if cfg.none is None:
+        none = baseline_persona(personas, cfg.db)
+    elif cfg.none not in by_name:
+        raise BadInput(f"--none {cfg.none}: not a persona of the battery")
+    else:
+        none = by_name[cfg.none]
+    reference = answers[(answers["persona"] == none.name) & (answers["paraphrase"] == 0)]
+    answers = answers[answers["persona"] != none.name]
+    if cfg.neutral == "own" and reference.empty:
+        raise BadInput(f"--neutral own: answer set '{cfg.answers}' holds no answer under "
+                       f"'{none.name}'; run `shoggoth generate --personas …,{none.name}`")
+    if answers.empty:
+        raise BadInput(f"--answers {cfg.answers}: holds no answer of a persona other than "
+                       f"'{none.name}'")
+    own = dict(zip(reference["item_id"], reference["text"].str.strip(), strict=True)) \
+        if cfg.neutral == "own" else None
+    return Inputs(sae_id, dict(row), by_name, {i.item_id: i for i in items}, none, answers,
+                  run, own)
+
+
+def plan_documents(inputs: Inputs) -> pd.DataFrame:
+    """Every document of the grid: cell, context (persona, paraphrase), text (persona,
+    paraphrase; empty for the battery's answer, the no-persona control's for the model's own
+    neutral answer), item, the block's persona prompt, and the text itself."""
+    rows = []
+    own = inputs.answers[inputs.answers["text"].str.strip() != ""]
+    none, ref = inputs.none.name, inputs.neutral_own
+    if ref is not None:  # an item without the model's own neutral answer has no reference
+        own = own[own["item_id"].map(lambda i: bool(ref.get(i)))]
+    neutral = (None, None) if ref is None else (none, 0)
+    for r in own.itertuples(index=False):
+        k, j, i = r.persona, int(r.paraphrase), r.item_id
+        plain = None if ref is None else ref[i]
+        rows += [("in_action", k, j, k, j, i, k, j, r.text),
+                 ("neutral_text", k, j, *neutral, i, k, j, plain),
+                 ("text_only", none, 0, k, j, i, k, j, r.text)]
+    rows += [("baseline", none, 0, *neutral, i, None, None, None if ref is None else ref[i])
+             for i in sorted(set(own["item_id"]))]
+    docs = pd.DataFrame(rows, columns=["cell", "context", "context_paraphrase", "text_persona",
+                                       "text_paraphrase", "item_id", "persona", "paraphrase",
+                                       "text"])
+    docs = docs.sort_values(["context", "context_paraphrase", "cell", "text_persona",
+                             "text_paraphrase", "item_id"], na_position="first", kind="stable")
+    docs = docs.astype({"text_paraphrase": "Int16", "paraphrase": "Int16"})
+    return docs.reset_index(drop=True).rename_axis("doc").reset_index()
+
+
+def work_dir(cfg: GridConfig, inputs: Inputs) -> tuple[Path, str]:
+    """The folder this harvest's batches are kept in until the tables are written, and the
+    harvest's key (a digest of everything that decides its documents' activations)."""
+    key = {"sae": inputs.sae_id, "weights": inputs.row.get("weights_sha256"),
+           "answers": cfg.answers, "answers_run": inputs.answers_run, "none": inputs.none.name,
+           "neutral": cfg.neutral, "batch": cfg.batch}
+    return resume_folder(Path(f"{cfg.db}.grid"),
+                         f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}", key)
+
+
+def build_prompts(model: Any, inputs: Inputs, docs: pd.DataFrame) -> list[Prompt]:
+    """Each document's prompt, built as the harvest builds it."""
+    template = "plain" if inputs.row["template"] == "plain" else "auto"
+    out = []
+    for d in docs.itertuples(index=False):
+        item = inputs.items[d.item_id]
+        system = inputs.personas[d.context].prompts[int(d.context_paraphrase)]
+        text = d.text if isinstance(d.text, str) else item.answer
+        try:
+            out.append(build_prompt(model.tokenizer, system, item.question, text,
+                                    template=template, prepend_bos=model.prepend_bos))
+        except BadInput as e:
+            raise BadInput(f"--answers: the answer of '{d.text_persona}' paraphrase "
+                           f"{d.text_paraphrase} to '{d.item_id}' cannot be fed back: {e}"
+                           ) from None
+    return out
+
+
+def units(docs: pd.DataFrame, prompts: list[Prompt], batch: int) -> list[np.ndarray]:
+    """Batches of documents sharing a context, of similar length, in a fixed order."""
+    out = []
+    for _, group in docs.groupby(["context", "context_paraphrase"], sort=True):
+        idx = sorted(group["doc"].tolist(), key=lambda d: (len(prompts[d].input_ids), d))
+        out += [np.array(idx[s:s + batch]) for s in range(0, len(idx), batch)]
+    return out
+
+
+def harvest_cells(cfg: GridConfig, inputs: Inputs, docs: pd.DataFrame,
+                  folder: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """(n_tokens per document, per-document activations: doc, feature, mean_act, max_act,
+    n_fire), batch by batch, resuming from `folder`."""
+    model = load_model(inputs.row["model"], cfg.device)
+    sae = load_harvest_sae(cfg.db, inputs.sae_id, inputs.row, cfg.device)
+    sae.eval()
+    prompts = build_prompts(model, inputs, docs)
+    longest = max(range(len(prompts)), key=lambda d: len(prompts[d].input_ids))
+    model.check_length(len(prompts[longest].input_ids), f"grid document {longest}")
+    batches = units(docs, prompts, cfg.batch)
+    paths = [folder / f"{u:05d}.npz" for u in range(len(batches))]
+    done = sum(len(b) for b, p in zip(batches, paths, strict=True) if p.is_file())
+    use_cache = bool(inputs.row.get("prefix_cache")) and model.is_causal
+    prefixes: dict[tuple[int, ...], Any] = {}
+    with Progress("grid", len(docs), done, unit="docs") as bar:
+        for b, path in zip(batches, paths, strict=True):
+            if path.is_file():
+                continue
+            chosen = [prompts[d] for d in b]
+            shared = tuple(chosen[0].input_ids[:shared_prefix(chosen)]) if use_cache else ()
+            if shared and shared not in prefixes:  # a context's batches share its prefix
+                prefixes.clear()
+                prefixes[shared] = prefix_cache(model, list(shared), inputs.row["hook"])
+            x, row = prompts_activations(model, chosen, [inputs.row["hook"]],
+                                         prefixes.get(shared))
+            out = encode_aggregate(sae, x[inputs.row["hook"]], row, len(b),
+                                   int(inputs.row["value_decimals"]))
+            f = out.doc_features
+            save_npz_atomic(path, {"docs": b, "n_tokens": np.array(out.n_tokens),
+                                   "doc": b[f["doc"]],
+                                   **{k: v for k, v in f.items() if k != "doc"}})
+            bar.advance(len(b))
+    parts = [dict(np.load(p)) for p in paths]
+    n_tokens = np.zeros(len(docs), dtype=np.int64)
+    for part in parts:
+        n_tokens[part["docs"]] = part["n_tokens"]
+    frame = pd.DataFrame({k: np.concatenate([p[k] for p in parts])
+                          for k in ("doc", "feature", "mean_act", "max_act", "n_fire")})
+    return n_tokens, frame.sort_values(["doc", "feature"], kind="stable").reset_index(drop=True)
+
+
+def run_grid(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Harvest (or resume) the grid, analyse it and store the tables; returns the summary."""
+    inputs = read_inputs(cfg)
+    check_writable(cfg.db)
+    docs = plan_documents(inputs)
+    folder, digest = work_dir(cfg, inputs)
+    started = time.monotonic()
+    log(f"grid: {len(docs):,} documents ({(docs['cell'] == 'in_action').sum():,} blocks of "
+        f"{docs['persona'].nunique()} personas)")
+    n_tokens, doc_features = harvest_cells(cfg, inputs, docs, folder)
+    harvested = time.monotonic()
+    labels_cfg = GridLabelConfig(**{k: getattr(cfg, k) for k in
+                                    GridLabelConfig.__dataclass_fields__})
+    result = analyse_grid(docs, doc_features, int(inputs.row["d_sae"]), labels_cfg)
+    for note in result.notes:
+        log(f"note: {note}")
+    key = {"sae_id": inputs.sae_id, "answer_set": cfg.answers, "neutral": cfg.neutral}
+    write_grid(cfg.db, key, docs.assign(n_tokens=n_tokens),
+               doc_features, result, {**config_metadata(cfg), "harvest_key": digest,
+                                      "notes": result.notes})
+    drop_resume_folder(folder)
+    return {"sae_id": inputs.sae_id, "answers": cfg.answers, "neutral": cfg.neutral,
+            "documents": len(docs),
+            "harvest_seconds": round(harvested - started, 1),
+            "analysis_seconds": round(time.monotonic() - harvested, 1),
+            "features": result.features, "fdr": result.fdr, "notes": result.notes}

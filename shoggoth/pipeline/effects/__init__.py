@@ -1,0 +1,1 @@
+"""`shoggoth effects` and `steer`: causal evidence at the SAE's hook."""

@@ -1,0 +1,164 @@
+"""The measurements of `shoggoth effects`, one item at a time (the unit a run resumes from).
+
+Conditions: 0 is the no-persona baseline, 1..K the battery's personas, each with one prompt.
+Per item, the *screen* runs every condition's document once forward and backward and estimates,
+for every feature and persona, the share of the persona's shift its ablation would remove
+(attribution patching); the *exact* pass then ablates the chosen features for real (each in its
+own batch row, after the document's prefix KV cache) and steers them under no persona.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from shoggoth.sae.intervene import Answer, answer_logprobs, attribution_batch, kl, prepare
+from shoggoth.sae.models import Model
+from shoggoth.sae.prompts import Prompt
+
+
+@dataclass
+class Setup:
+    """What every item's measurement needs."""
+
+    model: Model
+    sae: Any
+    hook: str
+    w_dec: torch.Tensor
+    """[features, d] decoder directions (float32, on the model's device)."""
+    conditions: list[str]
+    """Condition names: the baseline control first, then the personas."""
+    prompts: list[list[Prompt]]
+    """[condition][item] the document's prompt."""
+    batch: int
+    """Batch rows per forward pass."""
+    _answers: dict[tuple[int, int], Answer] = field(default_factory=dict, repr=False)
+
+    def answer(self, condition: int, item: int) -> Answer:
+        """The document's prefix run once (kept while its item is measured)."""
+        key = (condition, item)
+        if key not in self._answers:
+            self._answers = {k: v for k, v in self._answers.items() if k[1] == item}
+            self._answers[key] = prepare(self.model, self.prompts[condition][item])
+        return self._answers[key]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[positions, features] SAE activations of hook activations [positions, d]."""
+        with torch.inference_mode():
+            return self.sae.encode(x.to(self.model.device, self.sae.dtype)).float()
+
+
+def _attribution_rows(s: Setup, acts: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+    """[rows, features] estimated change of each row's weighted log-probability sum when each
+    feature is ablated on the answer: -Σ_t a_f(t) <d_f, grad_t> (acts: [rows, n-1, features],
+    grad: [rows, n-1, d])."""
+    return -(acts * (grad @ s.w_dec.cpu().T)).sum(1).numpy()
+
+
+def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
+    """The clean log-probabilities under every condition and the attribution estimates:
+    attr_persona[k-1, f] of ablating f under persona k and attr_base[k-1, f] under no persona,
+    each weighted by persona k's per-token shift; fired[c, f] whether f fires on the answer.
+
+    One batch: the K persona documents, then K copies of the no-persona document (one per
+    persona's weighting), left-padded so that the answers line up."""
+    k = len(s.conditions) - 1
+    prompts = [s.prompts[c][item] for c in range(1, k + 1)] + [s.prompts[0][item]] * k
+
+    def weights(lp: torch.Tensor) -> torch.Tensor:
+        shift = lp[:k] - lp[k]
+        return torch.cat([shift, shift])
+
+    x, lp, grad = attribution_batch(s.model, prompts, s.hook, weights)
+    # The K no-persona rows hold the same activations: encode them once.
+    unique = s.encode(x[:k + 1].flatten(0, 1)).cpu().view(k + 1, x.shape[1], -1)
+    acts = torch.cat([unique, unique[k:].expand(k - 1, -1, -1)])
+    attr = _attribution_rows(s, acts, grad)
+    fired = (unique > 0).any(1).numpy()
+    return {"lp0": lp[k].numpy(), "lp": lp[:k].numpy(), "attr_persona": attr[:k],
+            "attr_base": attr[k:], "fired": np.concatenate([fired[k:], fired[:k]])}
+
+
+@dataclass
+class Plan:
+    """Which features the exact pass measures, and where."""
+
+    features: list[int]
+    """The chosen features."""
+    roles: list[str]
+    """candidate, baseline or chosen, per feature."""
+    conditions: list[list[int]]
+    """Per feature, the persona conditions (1..K) its ablation is measured under (the
+    baseline, 0, always is)."""
+    steer: list[float]
+    """Per feature, the activation it is steered with under no persona (0: not steered)."""
+
+
+def _edit(s: Setup, plan: Plan, jobs: list[tuple[str, int]]) -> Any:
+    dirs = s.w_dec[[plan.features[j] if j >= 0 else 0 for _, j in jobs]]  # [rows, d]
+
+    def edit(x: torch.Tensor) -> torch.Tensor:
+        # Rows are identical up to the hook, so row 0's activations serve every row.
+        acts = s.encode(x[0])  # [positions, features]
+        zero = torch.zeros(x.shape[1], device=acts.device)
+        scale = torch.stack([
+            zero if kind == "clean" else
+            -acts[:, plan.features[j]] if kind == "ablate"
+            else torch.full((x.shape[1],), plan.steer[j], device=acts.device)
+            for kind, j in jobs])  # [rows, positions]
+        return scale[..., None] * dirs[:, None, :].to(scale.device)
+
+    return edit
+
+
+def _jobs(plan: Plan, condition: int, fired: np.ndarray) -> tuple[list[tuple[str, int]],
+                                                                   list[int]]:
+    """The rows to run under a condition (ablations of the features that fire, and under the
+    baseline every steering), and the measured features that do not fire (exactly no
+    effect)."""
+    measured = [j for j, conds in enumerate(plan.conditions)
+                if condition == 0 or condition in conds]
+    jobs = [("ablate", j) for j in measured if fired[condition, plan.features[j]]]
+    silent = [j for j in measured if not fired[condition, plan.features[j]]]
+    if condition == 0:
+        jobs += [("steer", j) for j in range(len(plan.features)) if plan.steer[j] > 0]
+    return jobs, silent
+
+
+def exact_item(s: Setup, item: int, plan: Plan, fired: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact ablation and steering on one item: ablate[j, c, t] the change of the answer's
+    log-probabilities (tokens 2..) when feature j is ablated under condition c (NaN: not
+    measured), ablate_kl[j, c] the mean KL of the next-token distributions, steer[j, t] the
+    change under no persona when feature j is steered."""
+    n_f, n_cond = len(plan.features), len(s.conditions)
+    n = len(s.answer(0, item).ids) - 1
+    out = {"ablate": np.full((n_f, n_cond, n), np.nan), "ablate_kl": np.full((n_f, n_cond),
+                                                                             np.nan),
+           "steer": np.zeros((n_f, n))}
+    for c in range(n_cond):
+        jobs, silent = _jobs(plan, c, fired)
+        out["ablate"][silent, c] = 0.0
+        out["ablate_kl"][silent, c] = 0.0
+        if not jobs:
+            continue
+        answer = s.answer(c, item)
+        jobs = [("clean", -1), *jobs]  # the unedited row rides in the first batch
+        clean = clean_full = None
+        for start in range(0, len(jobs), s.batch):
+            chunk = jobs[start:start + s.batch]
+            lp, full = answer_logprobs(s.model, answer, s.hook, _edit(s, plan, chunk),
+                                       len(chunk), full=True)
+            if clean is None:
+                clean, clean_full = lp[:1], None if full is None else full[:1]
+            change = (lp - clean)[:, 1:].numpy()
+            divergence = kl(clean_full, full).numpy() if full is not None else \
+                np.zeros(len(chunk))
+            for r, (kind, j) in enumerate(chunk):
+                if kind == "ablate":
+                    out["ablate"][j, c], out["ablate_kl"][j, c] = change[r], divergence[r]
+                elif kind == "steer":
+                    out["steer"][j] = change[r]
+    return out

@@ -1,0 +1,249 @@
+"""`shoggoth effects`: what each feature does to the answer under each mask.
+
+For every persona k and item i, the persona's shift of the answer is Δ_k(i), the per-token
+log p(answer | persona k) − log p(answer | no persona). A cheap screen (attribution patching,
+one forward and backward pass per document) estimates for every live feature how much of Δ_k
+its ablation would remove; the top candidates and a random sample of shared features (the
+baseline) are then measured exactly:
+
+- ablation: the feature's contribution a_f·d_f is subtracted at the answer tokens (the SAE's
+  error term kept, so only f changes), under persona k and under no persona; the change of the
+  answer's log-probability and the mean KL of the next-token distributions;
+- the mediated fraction: the share of Δ_k the ablation removes (the change of Δ_k projected
+  on Δ_k, summed over items), with an item-bootstrap interval;
+- steering: the feature's typical activation added along d_f under no persona, and the share
+  of each Δ_k the change of the answer reproduces.
+
+Each item's screen and exact results are kept in a folder beside the database as they are
+made, so an interrupted run resumes; the tables are replaced in one transaction at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoggoth.battery.personas import Item, Persona, baseline_persona, subset_items
+from shoggoth.core.atomic import (
+    drop_resume_folder,
+    resume_folder,
+    save_npz_atomic,
+    write_json_atomic,
+)
+from shoggoth.core.config import SEED_MAX, Config, option
+from shoggoth.core.errors import BadInput
+from shoggoth.core.progress import Progress
+from shoggoth.index.effects.store import write_effects
+from shoggoth.index.labels.rules import LABELS
+from shoggoth.index.store.database import check_writable
+from shoggoth.index.store.read import Dictionary, labelled_features, typical_activations
+from shoggoth.index.store.schema import read_battery
+from shoggoth.pipeline.effects.measure import Plan, Setup, exact_item, screen_item
+from shoggoth.pipeline.effects.tables import effect_rows, make_plan, screen_estimates, shift_rows
+from shoggoth.sae.models import Model, load_model
+from shoggoth.sae.prompts import build_prompt
+from shoggoth.sae.sae_dir import load_harvest_sae
+
+
+@dataclass
+class EffectsConfig(Config):
+    """`shoggoth effects`: ablation and steering of features under each persona."""
+
+    db: Path | None = option(required="a database from `shoggoth harvest`")
+    """The feature database (its SAE, model and battery are used)."""
+    sae: str | None = None
+    """The SAE (its sae_id; default: the only one in the database)."""
+    features: str | None = None
+    """Comma-separated features to measure exactly (default: the screen's top candidates and a
+    baseline sample of shared features)."""
+    labels: str | None = None
+    """Comma-separated labels the candidates are drawn from (default: every live feature)."""
+    top: int = option(20, min=1)
+    """Candidates measured exactly: the live features with the largest screen estimate."""
+    baseline: int = option(10, min=0)
+    """Randomly drawn shared features measured exactly as the baseline."""
+    per_feature: int = option(2, min=0)
+    """Personas each feature's ablation is measured under (those with its largest screen
+    estimates; 0: every persona). Steering is scored against every persona."""
+    items_per_topic: int = option(3, min=1)
+    """Items of each topic measured (the answers every condition reads)."""
+    paraphrase: int = option(0, min=0)
+    """Which of each persona's prompts is used (0: the first)."""
+    batch: int = option(16, min=1)
+    """Batch rows per forward pass (ablations of one document)."""
+    bootstrap: int = option(1000, min=100)
+    """Item-bootstrap draws of each interval."""
+    confidence: float = option(0.95, above=0, below=1)
+    """Level of the intervals."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N."""
+    seed: int = option(0, min=0, max=SEED_MAX)
+    """Seed of the baseline sample and the bootstrap."""
+
+
+def parse_features(spec: str, d_sae: int) -> list[int]:
+    """Feature ids from '3,17,42'; BadInput naming --features when one is not a feature."""
+    try:
+        feats = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise BadInput(f"--features {spec}: give feature numbers like 3,17,42") from None
+    bad = [f for f in feats if not 0 <= f < d_sae]
+    if bad or not feats:
+        raise BadInput(f"--features {spec}: features are 0 to {d_sae - 1}")
+    return sorted(set(feats))
+
+
+def parse_labels(spec: str) -> set[str]:
+    """Label names from 'shared,mask-specific'; BadInput naming --labels for unknown ones."""
+    chosen = {x.strip() for x in spec.split(",") if x.strip()}
+    bad = sorted(chosen - set(LABELS))
+    if bad or not chosen:
+        raise BadInput(f"--labels {spec}: unknown label {bad[0] if bad else '(none)'}; labels "
+                       f"are {', '.join(LABELS)}")
+    return chosen
+
+
+@dataclass
+class Inputs:
+    """What the run reads from the database."""
+
+    db: Path
+    sae_id: str
+    row: dict[str, Any]
+    conditions: list[Persona]
+    items: list[Item]
+    labels: dict[int, str]
+    typical: dict[int, float]
+    chosen: list[int] | None
+    allowed: set[int] | None
+
+
+def read_inputs(cfg: EffectsConfig) -> Inputs:
+    """The SAE, battery, labels and typical activations; BadInput for what cannot work."""
+    d = Dictionary(cfg.db, cfg.sae)
+    try:
+        personas, items = read_battery(d.con)
+        main = [p for p in personas if not p.is_control]
+        if not main:
+            raise BadInput(f"--db {cfg.db}: the battery has no persona that is not a control")
+        short = [p.name for p in main if len(p.prompts) <= cfg.paraphrase]
+        if short:
+            raise BadInput(f"--paraphrase {cfg.paraphrase}: persona '{short[0]}' has "
+                           f"{len(next(p for p in main if p.name == short[0]).prompts)} prompts")
+        labels = labelled_features(d.con, d.sae_id)
+        label_of = dict(zip(labels["feature"], labels["label"], strict=True)) \
+            if len(labels) else {}
+        allowed = None
+        if cfg.labels:
+            wanted = parse_labels(cfg.labels)
+            if not label_of:
+                raise BadInput(f"--labels: {cfg.db} is not labelled yet; run shoggoth label")
+            allowed = {int(f) for f, lab in label_of.items() if lab in wanted}
+        chosen = parse_features(cfg.features, int(d.row["d_sae"])) if cfg.features else None
+        return Inputs(cfg.db, d.sae_id, dict(d.row),
+                      [baseline_persona(personas, cfg.db), *main],
+                      subset_items(items, cfg.items_per_topic),
+                      {int(k): str(v) for k, v in label_of.items()},
+                      typical_activations(d.con, d.sae_id), chosen, allowed)
+    finally:
+        d.close()
+
+
+def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str) -> tuple[Model, Any]:
+    """The harvest's model (a causal LM, else BadInput) and SAE, without gradients on
+    weights."""
+    model = load_model(row["model"], device)
+    if not model.is_causal:
+        raise BadInput(f"--db {db}: model '{row['model']}' is an encoder, not a causal LM; "
+                       "ablation and steering are measured on next-token predictions")
+    model.bridge.requires_grad_(False)
+    sae = load_harvest_sae(db, sae_id, row, device)
+    sae.requires_grad_(False)
+    return model, sae
+
+
+def make_setup(inputs: Inputs, model: Model, sae: Any, cfg: EffectsConfig) -> Setup:
+    """Every condition's prompt for every item, as the harvest built them."""
+    template = "plain" if inputs.row["template"] == "plain" else "auto"
+    index = 0 if len(inputs.conditions[0].prompts) <= cfg.paraphrase else cfg.paraphrase
+    prompts = [[build_prompt(model.tokenizer, p.prompts[index if c == 0 else cfg.paraphrase],
+                             it.question, it.answer, template=template,
+                             prepend_bos=model.prepend_bos) for it in inputs.items]
+               for c, p in enumerate(inputs.conditions)]
+    w_dec = sae.W_dec.detach().float().to(model.device)
+    return Setup(model, sae, inputs.row["hook"], w_dec, [p.name for p in inputs.conditions],
+                 prompts, cfg.batch)
+
+
+def work_dir(inputs: Inputs, cfg: EffectsConfig) -> Path:
+    """The folder this run's per-item results are kept in until the tables are written; keyed
+    by everything that decides them, so only the same run resumes from it."""
+    key = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "sae": inputs.sae_id,
+           "weights": inputs.row.get("weights_sha256")}
+    return resume_folder(Path(f"{inputs.db}.effects"), inputs.sae_id, key)[0]
+
+
+def per_item(folder: Path, n_items: int, title: str,
+             measure: Callable[[int], dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+    """`measure(item)` for every item, each result saved as it is made; items already saved
+    are read back (a resumed run)."""
+    paths = [folder / f"{i:05d}.npz" for i in range(n_items)]
+    done = sum(p.is_file() for p in paths)
+    with Progress(title, n_items, done, unit="items") as bar:
+        for i, path in enumerate(paths):
+            if not path.is_file():
+                save_npz_atomic(path, measure(i))
+                bar.advance(1)
+    return [dict(np.load(p)) for p in paths]
+
+
+def plan_of(folder: Path, make: Callable[[], Plan]) -> Plan:
+    """The exact pass's plan, saved once so that a resumed run measures the same features."""
+    path = folder / "plan.json"
+    if path.is_file():
+        return Plan(**json.loads(path.read_text()))
+    plan = make()
+    write_json_atomic(path, asdict(plan))
+    return plan
+
+
+def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Screen, plan, measure and store one SAE's effects; returns the tables and timings."""
+    if not cfg.db.is_file():
+        raise BadInput(f"--db {cfg.db}: no such file")
+    check_writable(cfg.db)
+    inputs = read_inputs(cfg)
+    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, cfg.device)
+    s = make_setup(inputs, model, sae, cfg)
+    folder = work_dir(inputs, cfg)
+    n_items, started = len(inputs.items), time.monotonic()
+    screens = per_item(folder / "screen", n_items, "effects: screen", lambda i: screen_item(s, i))
+    screened = time.monotonic()
+    estimates = screen_estimates(screens)
+    fired = np.stack([x["fired"] for x in screens]).any(0)
+    plan = plan_of(folder, lambda: make_plan(
+        estimates, fired, inputs.labels, inputs.typical, chosen=inputs.chosen,
+        allowed=inputs.allowed, top=cfg.top, baseline=cfg.baseline, per_feature=cfg.per_feature,
+        seed=cfg.seed))
+    if not plan.features:
+        raise BadInput(f"--db {cfg.db}: no live feature to measure (none fired on these items)")
+    log(f"exact ablation and steering of {len(plan.features)} features "
+        f"({plan.roles.count('baseline')} of them the shared baseline)")
+    exact = per_item(folder / "exact", n_items, "effects: ablate and steer",
+                     lambda i: exact_item(s, i, plan, screens[i]["fired"]))
+    finished = time.monotonic()
+    names = s.conditions
+    effects = effect_rows(names, screens, exact, plan, estimates, fired, cfg.bootstrap,
+                          cfg.confidence, cfg.seed)
+    shifts = shift_rows(names, screens, cfg.bootstrap, cfg.confidence, cfg.seed)
+    write_effects(cfg.db, inputs.sae_id, effects, shifts, cfg)
+    drop_resume_folder(folder)
+    return {"sae_id": inputs.sae_id, "effects": effects, "shifts": shifts, "items": n_items,
+            "screen_seconds": round(screened - started, 1),
+            "exact_seconds": round(finished - screened, 1)}

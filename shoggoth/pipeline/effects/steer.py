@@ -1,0 +1,136 @@
+"""`shoggoth steer`: the model's answer with one feature clamped at the SAE's hook, next to the
+unsteered answer, under a persona of the battery or none.
+
+The clamp sets the feature's activation to `scale` × its typical activation (its mean where it
+fires, under the persona where it is strongest) on every generated token — and on the prompt
+too with `--positions all` — by adding (target − a_f(x))·d_f to the residual: everything else the
+SAE reads, its error term included, is left as it was. Scale 0 turns the feature off; scale 1
+holds it at its typical strength.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from shoggoth.core.config import SEED_MAX, Config, option
+from shoggoth.core.errors import BadInput
+from shoggoth.index.store.read import Dictionary, typical_activations
+from shoggoth.pipeline.effects.run import load_causal
+from shoggoth.sae.intervene import Edit, generate
+from shoggoth.sae.models import Model
+from shoggoth.sae.prompts import build_prompt
+
+
+@dataclass
+class SteerConfig(Config):
+    """`shoggoth steer`: generate with a feature clamped, next to the unsteered answer."""
+
+    db: Path | None = option(required="a database from `shoggoth harvest`")
+    """The feature database (its SAE and model are used)."""
+    feature: int | None = option(None, required="the feature to steer", min=0)
+    """The feature to clamp."""
+    scale: float = 4.0
+    """The feature's activation is held at scale × its typical activation (0: off)."""
+    prompt: str | None = option(None, required="the user's message")
+    """The user's message the model answers."""
+    persona: str | None = None
+    """A persona of the battery whose first prompt is the system prompt (default: none)."""
+    sae: str | None = None
+    """The SAE (its sae_id; default: the only one in the database)."""
+    max_tokens: int = option(60, min=1, max=2048)
+    """Most tokens generated per answer."""
+    positions: Literal["answer", "all"] = "answer"
+    """answer: clamp on the generated tokens; all: on the prompt's tokens too."""
+    temperature: float = option(0.0, min=0)
+    """0: greedy; above 0: sampling, seeded."""
+    seed: int = option(0, min=0, max=SEED_MAX)
+    """Seed of the sampling (both answers use the same)."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N."""
+
+
+@dataclass
+class Steering:
+    """A loaded model and SAE, ready to generate steered answers (the explorer keeps one)."""
+
+    model: Model
+    sae: Any
+    hook: str
+    typical: float
+    system: str | None
+    feature: int
+
+
+def clamp(s: Steering, target: float) -> Edit:
+    """Set the feature's activation to `target` wherever the edit applies."""
+    direction = s.sae.W_dec[s.feature].detach().float()
+
+    def edit(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            a = s.sae.encode(x.to(s.sae.dtype))[..., s.feature].float()
+        return (target - a)[..., None] * direction.to(x.device)
+
+    return edit
+
+
+def require_typical(feature: int, typical: float | None) -> float:
+    """The feature's typical activation, or BadInput when it never fired under a persona."""
+    if not typical:
+        raise BadInput(f"--feature {feature}: it never fired under a persona in the harvest, "
+                       "so it has no typical activation to scale")
+    return typical
+
+
+def load_steering(cfg: SteerConfig) -> Steering:
+    """Check the inputs against the database and load the model and SAE (BadInput in one line
+    for a feature out of range, an unknown persona, a feature that never fired, an encoder)."""
+    if not cfg.db.is_file():
+        raise BadInput(f"--db {cfg.db}: no such file")
+    d = Dictionary(cfg.db, cfg.sae)
+    try:
+        d.check_feature(cfg.feature)
+        system = None
+        if cfg.persona is not None:
+            d.check_persona(cfg.persona)
+            system = d.persona_prompts(cfg.persona)[0]
+        typical = require_typical(
+            cfg.feature, typical_activations(d.con, d.sae_id, cfg.feature).get(cfg.feature))
+        sae_id, row = d.sae_id, dict(d.row)
+    finally:
+        d.close()
+    model, sae = load_causal(cfg.db, sae_id, row, cfg.device)
+    return Steering(model, sae, row["hook"], typical, system or None, cfg.feature)
+
+
+def prompt_ids(model: Model, system: str | None, user: str) -> list[int]:
+    """The tokens the model answers from (the chat template's assistant turn opened)."""
+    if not user.strip():
+        raise BadInput("--prompt: is empty")
+    built = build_prompt(model.tokenizer, system, user, "x", prepend_bos=model.prepend_bos)
+    return built.input_ids[:built.mask.index(True)]
+
+
+def steer_with(s: Steering, cfg: SteerConfig) -> dict[str, Any]:
+    """Both answers to cfg.prompt, unsteered and with the feature clamped."""
+    ids = prompt_ids(s.model, s.system, cfg.prompt)
+    s.model.check_length(len(ids) + cfg.max_tokens, "--prompt")
+    tok = s.model.tokenizer
+    stop = {t for t in (tok.eos_token_id, getattr(tok, "pad_token_id", None)) if t is not None}
+    out: dict[str, Any] = {"feature": s.feature, "typical": s.typical,
+                           "target": cfg.scale * s.typical, "persona": cfg.persona}
+    for name, edit in (("unsteered", None), ("steered", clamp(s, cfg.scale * s.typical))):
+        tokens, why = generate(s.model, ids, s.hook, edit, cfg.max_tokens,
+                               on_prompt=cfg.positions == "all", temperature=cfg.temperature,
+                               seed=cfg.seed, stop_ids=stop)
+        out[name] = tok.decode(tokens, skip_special_tokens=True)
+        out[f"{name}_stop"] = why
+    return out
+
+
+def steer(cfg: SteerConfig) -> dict[str, Any]:
+    """Load, then generate both answers."""
+    return steer_with(load_steering(cfg), cfg)

@@ -1,0 +1,1 @@
+"""`shoggoth explain`: explanations by a language model, scored."""

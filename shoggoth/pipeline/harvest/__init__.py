@@ -1,0 +1,1 @@
+"""`shoggoth harvest`: one process, or shards as Ray tasks."""

@@ -1,0 +1,145 @@
+"""`shoggoth search`: find features by text (run through the model and SAE under a persona's
+prompt), by similarity to a feature (FAISS over decoder directions), or by persona (its persona
+vector and mask-specific features). The text mode needs the model; the others read the database
+through `index.read`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shoggoth.core.config import Config, option
+from shoggoth.core.errors import BadInput
+from shoggoth.index.store.read import Dictionary, by_name, by_persona, describe, similar
+from shoggoth.sae.activations import continuation_activations
+from shoggoth.sae.models import load_model
+from shoggoth.sae.prompts import build_prompt, collate, pad_id
+from shoggoth.sae.sae_dir import load_harvest_sae
+
+
+@dataclass
+class SearchConfig(Config):
+    """`shoggoth search`: find features by text, by similarity or by persona."""
+
+    db: Path | None = option(required="a feature database")
+    """The feature database (labels from `shoggoth label`, FAISS and persona vectors from
+    `shoggoth index`)."""
+    sae: str | None = None
+    """The SAE (its sae_id; default: the only one in the database)."""
+    text: str | None = None
+    """Run this text through the model and SAE and show the features it activates."""
+    name: str | None = None
+    """Features whose handle, preferred persona or explanation contains this text (any case),
+    from `shoggoth index` and `shoggoth explain`."""
+    persona: str | None = None
+    """With --text: run the text under this persona's system prompt. Alone: the features
+    nearest to the persona's vector and its mask-specific features."""
+    paraphrase: int | None = option(None, min=0)
+    """With --text --persona: which of the persona's prompts to use (default 0, the first)."""
+    feature: int | None = None
+    """A feature: its label, statistics and top contexts (with --similar: its neighbours)."""
+    similar: bool = False
+    """With --feature: the nearest features by decoder direction (FAISS)."""
+    top: int = option(10, min=1, max=10_000)
+    """Features shown per token, overall, per list or as neighbours."""
+    json: bool = False
+    """Print JSON instead of tables."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N (for --text)."""
+
+    def check(self) -> None:
+        if self.similar and self.feature is None:
+            raise BadInput("--similar: needs --feature F")
+        modes = [m for m, v in (("--text", self.text), ("--name", self.name),
+                                ("--feature", self.feature)) if v is not None]
+        if len(modes) > 1:
+            raise BadInput(f"{' and '.join(modes)}: give one of them")
+        if self.name is not None and self.persona is not None:
+            raise BadInput("--name and --persona: give one of them")
+        if not modes and self.persona is None:
+            raise BadInput("search: give --text \"...\", --name TEXT, --feature F [--similar] "
+                           "or --persona P")
+        if self.feature is not None and self.persona is not None:
+            raise BadInput("--feature and --persona: give one of them")
+        if self.paraphrase is not None and (self.text is None or self.persona is None):
+            raise BadInput("--paraphrase: only with --text and --persona (which of the "
+                           "persona's prompts to run the text under)")
+
+
+def load_runner(d: Dictionary, device: str = "auto") -> tuple[Any, Any]:
+    """The model and SAE of the dictionary's harvest, ready to encode text."""
+    sae = load_harvest_sae(d.db, d.sae_id, d.row, device)
+    sae.eval()
+    return load_model(d.row["model"], device), sae
+
+
+def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: int,
+            device: str = "auto", runner: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Run `text` (under a persona's system prompt, or none) through the model and SAE: the top
+    features of every token and of the whole text, and the full activation matrix
+    (`activations`, [tokens, d_sae]). `runner`: (model, sae) when the caller holds them."""
+    if not text.strip():
+        raise BadInput("--text: is empty")
+    system = None
+    if persona is not None:
+        d.check_persona(persona)
+        prompts = d.persona_prompts(persona)
+        if not 0 <= paraphrase < len(prompts):
+            raise BadInput(f"--paraphrase {paraphrase}: persona '{persona}' has "
+                           f"{len(prompts)} prompts (0 to {len(prompts) - 1})")
+        system = prompts[paraphrase]
+    model, sae = runner if runner is not None else load_runner(d, device)
+    template = "plain" if d.row["template"] == "plain" else "auto"
+    prompt = build_prompt(model.tokenizer, system, None, text, template=template,
+                          prepend_bos=model.prepend_bos)
+    model.check_length(len(prompt.input_ids), "--text")
+    batch = collate([prompt], pad_id(model.tokenizer))
+    with torch.inference_mode():
+        x = continuation_activations(model, batch, d.row["hook"])
+        f = sae.encode(x.to(sae.dtype)).float().cpu().numpy()
+    tokens = model.tokenizer.convert_ids_to_tokens(prompt.continuation_ids)
+    per_token = []
+    for pos, (token, acts) in enumerate(zip(tokens, f, strict=True)):
+        order = [int(j) for j in np.argsort(-acts)[:k] if acts[j] > 0]
+        per_token.append({"pos": pos, "token": token,
+                          "features": [(j, round(float(acts[j]), 4)) for j in order]})
+    mean = f.mean(axis=0)
+    overall = [int(j) for j in np.argsort(-mean)[:k] if mean[j] > 0]
+    labels = d.labels(sorted({j for t in per_token for j, _ in t["features"]} | set(overall)))
+    for t in per_token:
+        t["features"] = [{"feature": j, "name": labels[j]["name"], "value": v,
+                          "label": labels[j]["label"]} for j, v in t["features"]]
+    return {
+        "text": text, "persona": persona, "paraphrase": paraphrase if persona else None,
+        "tokens": per_token, "activations": f,
+        "overall": [{"feature": j, "mean_act": round(float(mean[j]), 4),
+                     "max_act": round(float(f[:, j].max()), 4),
+                     "n_tokens": int((f[:, j] > 0).sum()), **labels[j]} for j in overall],
+    }
+
+
+def search(cfg: SearchConfig) -> dict[str, Any]:
+    """Run the search mode the flags ask for; returns its result as plain data."""
+    d = Dictionary(cfg.db, cfg.sae)
+    try:
+        if cfg.text is not None:
+            found = by_text(d, cfg.text, cfg.persona, cfg.paraphrase or 0, cfg.top, cfg.device)
+            found.pop("activations")
+            return {"mode": "text", "sae_id": d.sae_id, **found}
+        if cfg.name is not None:
+            return {"mode": "name", "sae_id": d.sae_id, "query": cfg.name,
+                    "features": by_name(d, cfg.name, cfg.top)}
+        if cfg.feature is not None and cfg.similar:
+            neighbours = similar(d, cfg.feature, cfg.top)
+            return {"mode": "similar", "sae_id": d.sae_id, "feature": cfg.feature,
+                    **d.labels([cfg.feature])[cfg.feature], "neighbours": neighbours}
+        if cfg.feature is not None:
+            return {"mode": "feature", "sae_id": d.sae_id, **describe(d, cfg.feature, cfg.top)}
+        return {"mode": "persona", "sae_id": d.sae_id, **by_persona(d, cfg.persona, cfg.top)}
+    finally:
+        d.close()

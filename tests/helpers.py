@@ -1,0 +1,123 @@
+"""Helpers the tests share: a tiny GPT-2 and tokenizer built on the spot, a random SAE, a small
+battery, database copies. Fixtures live in conftest.py; tests import these from here."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+
+from shoggoth.battery.personas import BATTERY_DIR
+
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+NO_SYSTEM_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+CORPUS = [
+    "You are a pirate. Arr, matey, the sea is wide and the ship is fast.",
+    "You are a helpful assistant. Answer clearly and kindly.",
+    "What is rain? Rain is water that falls from clouds when droplets grow heavy.",
+    "Why is the sky blue? Sunlight scatters off air molecules, and blue scatters most.",
+    "The villain smiled. The scientist measured. The poet wrote about the moon.",
+]
+
+def default_sigint() -> None:
+    """Popen preexec_fn: a shell's background job starts with SIGINT ignored, and Python keeps
+    an ignored SIGINT, so a Ctrl-C test would see no interrupt. Restore the default first."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+def build_tiny_gpt2(directory: Path, chat_template: str | None, n_layer: int = 3) -> Path:
+    """Train a byte-level BPE tokenizer and save a random GPT-2 with it to `directory`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        additional_special_tokens=ROLE_TOKENS,
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    config = GPT2Config(
+        vocab_size=len(fast),
+        n_positions=256,
+        n_embd=32,
+        n_layer=n_layer,
+        n_head=4,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+def build_random_sae(directory: Path, model: str, d_in: int, hook: str, d_sae: int = 64,
+                     k: int = 8, seed: int = 0) -> Path:
+    """Save a random TopK SAE (sae-lens format plus shoggoth.json naming its model)."""
+    import json
+
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
+                                metadata=SAEMetadata(hook_name=hook, model_name=model)))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3)
+    directory.mkdir(parents=True, exist_ok=True)
+    sae.save_model(str(directory))
+    (directory / "shoggoth.json").write_text(json.dumps({"model": model, "hook": hook}))
+    return directory
+
+PERSONAS = """personas:
+  - name: pirate
+    family: fiction
+    prompts: ["You are a pirate captain.", "Act as a salty old buccaneer.", "Arr, be a pirate."]
+  - name: helper
+    family: assistant
+    prompts: ["You are a helpful assistant.", "Be a kind and careful helper.", "Help the user."]
+  - name: control_none
+    family: control
+    is_control: true
+    prompts: [""]
+"""
+
+def copy_db(source: Path, target: Path) -> Path:
+    """A copy of a database with its FAISS folder (the paths it stores are relative to it)."""
+    target.write_bytes(source.read_bytes())
+    folder = source.with_name(source.name + ".faiss")
+    if folder.is_dir():
+        shutil.copytree(folder, target.with_name(target.name + ".faiss"), dirs_exist_ok=True)
+    return target
+
+def battery(directory: Path, n_items: int, personas: str = PERSONAS) -> list[str]:
+    """--personas/--items arguments for a small battery written to `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "personas.yaml").write_text(personas)
+    items = (BATTERY_DIR / "items.jsonl").read_text().splitlines()
+    (directory / "items.jsonl").write_text("\n".join(items[:n_items]) + "\n")
+    return ["--personas", directory / "personas.yaml", "--items", directory / "items.jsonl"]
