@@ -51,7 +51,7 @@ def harvest_seconds(inputs: Inputs, folder: Path) -> float:
         {"item_id": i.item_id, "topic": i.topic, "question": i.question, "answer": i.answer})
         + "\n" for i in inputs.items))
     started = time.perf_counter()
-    harvest(HarvestConfig(db=folder / "h.duckdb", sae=Path(inputs.row["path"]),
+    harvest(HarvestConfig(db=folder / "h.duckdb", sae_dir=[Path(inputs.row["path"])],
                           personas=folder / "p.yaml", items=folder / "i.jsonl"),
             log=lambda _: None)
     return time.perf_counter() - started

@@ -139,7 +139,7 @@ def bench(name: str, model_id: str, sae_dir: Path, battery: list[Path], work: Pa
         for variant, cache in variants.items():
             db = work / f"{name}-{variant}-{r}.duckdb"
             t0 = time.perf_counter()
-            summary = harvest(HarvestConfig(db=db, sae=sae_dir, model=model_id,
+            summary = harvest(HarvestConfig(db=db, sae_dir=[sae_dir], model=model_id,
                                             personas=battery[0], items=battery[1],
                                             batch_size=batch, prefix_cache=cache),
                               log=lambda _: None)
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=96)
     ap.add_argument("--personas", type=int, default=4, help="non-control personas to use")
     ap.add_argument("--paraphrases", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", default="minilm,gpt2,smollm2",
                     help="comma-separated: minilm, gpt2 (GPT-2-small-shaped), smollm2")

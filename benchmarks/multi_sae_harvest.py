@@ -41,7 +41,7 @@ def bench(name: str, model_id: str, d: int, work: Path, battery: list[Path],
 
     def one(sae_dirs: list[Path], db: Path) -> tuple[float, float]:
         t0 = time.perf_counter()
-        out = harvest(HarvestConfig(db=db, sae=sae_dirs, model=model_id, personas=battery[0],
+        out = harvest(HarvestConfig(db=db, sae_dir=sae_dirs, model=model_id, personas=battery[0],
                                     items=battery[1]), log=lambda _: None)
         return time.perf_counter() - t0 - load, out["batch_seconds"]
 

@@ -26,7 +26,7 @@ APP = Path(__file__).resolve().parent / "app.py"
 class ExploreConfig(Config):
     """`shoggoth explore`: browse a feature database in the browser."""
 
-    db: Path | None = option(required="a feature database; `shoggoth demo --no-serve` builds one")
+    db: Path = option(required="a feature database; `shoggoth demo --no-serve` builds one")
     """The feature database (from `shoggoth harvest`, `label` and `index`)."""
     host: str = "127.0.0.1"
     """Address to listen on. Only this machine by default; another address exposes the

@@ -43,6 +43,15 @@ def db_path() -> Path | None:
     return Path(value).resolve() if value else None
 
 
+def db_file() -> Path:
+    """`db_path()` on a page, where the app has already checked that there is one."""
+    path = db_path()
+    if path is None:  # (app.py stops before any page runs without one)
+        st.stop()
+    assert path is not None
+    return path
+
+
 @st.cache_resource(show_spinner=False)
 def store_for(path: str) -> Store:
     return Store(Path(path))
@@ -107,9 +116,9 @@ def choose_sae() -> tuple[str, dict[str, Any]]:
     saes = q(read.saes)
     ids = saes["sae_id"].tolist()
     wanted = st.query_params.get("sae")
-    current = wanted if wanted in ids else ids[0]
+    current = str(wanted) if wanted in ids else str(ids[0])
     if len(ids) > 1:
-        current = st.sidebar.selectbox("SAE", ids, index=ids.index(current))
+        current = str(st.sidebar.selectbox("SAE", ids, index=ids.index(current)))
     st.query_params["sae"] = current
     return current, saes.set_index("sae_id").loc[current].to_dict()
 
@@ -143,8 +152,8 @@ def steer_answers(sae: str, row: dict[str, Any], feature: int, prompt: str,
     API."""
     typical = require_typical(feature, q(read.typical_activations, sae, feature).get(feature))
     system = q(read.prompts_of, persona)["prompt"].iloc[0] if persona else None
-    model, sae_model = _causal_model(str(db_path()), sae, tuple(sorted(row.items())))
-    cfg = SteerConfig(db=db_path(), feature=feature, prompt=prompt, persona=persona,
+    model, sae_model = _causal_model(str(db_file()), sae, tuple(sorted(row.items())))
+    cfg = SteerConfig(db=db_file(), feature=feature, prompt=prompt, persona=persona,
                       scale=scale, max_tokens=max_tokens)
     return steer_with(Steering(model, sae_model, row["hook"], typical, system or None, feature),
                       cfg)

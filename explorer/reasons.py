@@ -77,7 +77,8 @@ def explain(f: dict[str, Any], cfg: LabelConfig | None = None) -> list[str]:
         out.append(f"Shared: it fires under ≥ {_num(100 * c.shared_fire_frac, 0)}% of personas "
                    f"and no persona's mean is more than {_num(bound)}× the others' at "
                    f"{_num(100 * c.confidence, 0)}% confidence (≤ {c.shared_ratio_bound}; a "
-                   f"feature truly equal across personas would pass {_num(100 * power, 0)}% "
+                   f"feature truly equal across personas would pass "
+                   f"{_num(None if power is None else 100 * power, 0)}% "
                    "of the time with this data): shown equivalent, not merely not different.")
         if label == "mask-general":
             out.append(f"Mask-general: without any persona (the baseline controls) it reaches "

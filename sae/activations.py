@@ -81,7 +81,7 @@ def _stop_layer(model: Model, hooks: str | list[str]) -> int | None:
     layers = [hook_layer(h) for h in ([hooks] if isinstance(hooks, str) else hooks)]
     if any(layer is None for layer in layers):
         return None
-    deepest = max(layers)  # type: ignore[type-var]
+    deepest = max(layer for layer in layers if layer is not None)
     return deepest + 1 if deepest + 1 < model.n_layers else None
 
 

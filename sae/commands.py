@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import click
 from rich.console import Console
@@ -154,12 +154,12 @@ def prompt_command(cfg: PromptConfig) -> None:
 
 def print_evaluation(title: str, meta: dict[str, object]) -> None:
     """The evaluation saved in shoggoth.json, as a table on stdout."""
-    metrics = meta.get("evaluation") or {}
+    metrics = cast(dict[str, Any], meta.get("evaluation") or {})
     Console(soft_wrap=True).print(title, highlight=False)
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in metrics.items():  # type: ignore[union-attr]
+    for key, value in metrics.items():
         shown = f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
         table.add_row(key, shown)
     Console().print(table)
@@ -193,7 +193,7 @@ def sae_group() -> None:
 @sae_group.command("import")
 @config_options(ImportConfig)
 def import_command(cfg: ImportConfig) -> None:
-    """Register an existing SAE (local sae-lens directory, or --release/--sae-id from the
+    """Register an existing SAE (local sae-lens directory, or --release/--sae from the
     sae-lens registry) for a model: checks d_in and hook, evaluates it, writes it like train."""
     out = import_sae(cfg, log=stderr_log())
     meta = json.loads((out / "shoggoth.json").read_text())

@@ -126,7 +126,8 @@ class Endpoint:
             self.url += "/v1"
         key = os.environ.get(self.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=self.timeout)
+        self.client = httpx.Client(base_url=self.url, headers=headers,
+                                   timeout=self.timeout or None)  # (0: no limit)
         if self.model is None:
             listed = self._request("GET", "/models").get("data") or []
             if not listed:

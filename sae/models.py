@@ -282,7 +282,8 @@ def resolve_hook(model: Model, hook: str | None = None, layer: int | None = None
         layer = model.n_layers // 2
     if not 0 <= layer < model.n_layers:
         raise BadInput(
-            f"layer {layer}: out of range, model '{model.name}' has layers 0..{model.n_layers - 1}"
+            f"--layer {layer}: out of range, model '{model.name}' has layers "
+            f"0..{model.n_layers - 1}"
         )
     return RESID_HOOK.format(layer=layer)
 

@@ -17,6 +17,12 @@ import torch
 from shoggoth.core.errors import BadInput
 
 Template = Literal["auto", "chat", "plain"]
+
+
+def stored_template(value: object) -> Template:
+    """The template a harvest recorded, as prompts are built again: plain stays plain, and
+    everything else is the model's own choice (a chat template when it has one)."""
+    return "plain" if value == "plain" else "auto"
 SEPARATOR = "\n\n"
 EMPTY_SYSTEM = "(empty system message)"
 """A system prompt that stands for a system turn with no text. An empty prompt means no system

@@ -14,7 +14,7 @@ from shoggoth.core.errors import BadInput, first_line
 from shoggoth.sae.models import resolve_device
 
 SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
-"""What an SAE may be called in a database (`--sae-id`)."""
+"""What an SAE may be called in a database (`harvest --sae`)."""
 
 
 def read_sae_dir(path: Path, device: str, flag: str) -> Any:

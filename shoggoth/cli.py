@@ -42,7 +42,7 @@ COMMANDS: list[tuple[str, str, str]] = [
      "Build the feature dictionary: top contexts, FAISS neighbours, handles, maps."),
     ("explain", "shoggoth.pipeline.commands:explain_command",
      "Explain features with a language model, scored on held-out examples."),
-    ("search", "shoggoth.pipeline.commands:search_command",
+    ("search", "shoggoth.pipeline.search_commands:search_group",
      "Find features by text, name, feature id, similarity or persona."),
     ("sql", "shoggoth.index.store.commands:sql_command",
      "Run SQL on a feature database: read-only and sandboxed."),
@@ -94,6 +94,10 @@ def _quiet_libraries() -> None:
     for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("TRANSFORMERS_VERBOSITY", "error"),
                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
         os.environ.setdefault(key, value)
+    transformers = sys.modules.get("transformers")  # already loaded (shoggoth as a library)
+    if transformers is not None:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,7 @@ def labelled_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path) ->
     work = tmp_path_factory.mktemp("labelled")
     db = work / "db.duckdb"
     args = battery(work / "b", 30)
-    assert cli.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir),
                           *map(str, args)]) == 0
     assert cli.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
     return db

@@ -121,3 +121,19 @@ def battery(directory: Path, n_items: int, personas: str = PERSONAS) -> list[str
     items = (BATTERY_DIR / "items.jsonl").read_text().splitlines()
     (directory / "items.jsonl").write_text("\n".join(items[:n_items]) + "\n")
     return ["--personas", directory / "personas.yaml", "--items", directory / "items.jsonl"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MAPPED = {"shoggoth": ROOT / "shoggoth", "shoggoth/sae": ROOT / "sae",
+          "shoggoth/index": ROOT / "index", "shoggoth/explorer": ROOT / "explorer"}
+"""Where each part of the namespace lives in the repository (pyproject's package-dir)."""
+
+
+def installed_tree(target: Path) -> Path:
+    """The namespace as setuptools installs it (sae/, index/, explorer/ inside shoggoth/), with
+    pyproject.toml: for tools that read a package from one folder (import-linter, mypy)."""
+    for inside, source in MAPPED.items():
+        shutil.copytree(source, target / inside, ignore=shutil.ignore_patterns("__pycache__"),
+                        dirs_exist_ok=True)
+    shutil.copy(ROOT / "pyproject.toml", target / "pyproject.toml")
+    return target

@@ -16,11 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import MAPPED, ROOT, installed_tree
 
-ROOT = Path(__file__).resolve().parents[1]
-MAPPED = {"shoggoth": ROOT / "shoggoth", "shoggoth/sae": ROOT / "sae",
-          "shoggoth/index": ROOT / "index", "shoggoth/explorer": ROOT / "explorer"}
-"""Where each part of the namespace lives in the repository (pyproject's package-dir)."""
 LINT = Path(sys.executable).with_name("lint-imports")
 
 
@@ -28,16 +25,6 @@ def lint(tree: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     return subprocess.run([str(LINT), str(tree / "pyproject.toml"), "--no-cache"],
                           cwd=tree, env=env, capture_output=True, text=True, timeout=120)
-
-
-def installed_tree(target: Path) -> Path:
-    """The namespace as setuptools installs it (sae/, index/, explorer/ inside shoggoth/), for
-    import-linter, which reads packages from one folder."""
-    for inside, source in MAPPED.items():
-        shutil.copytree(source, target / inside, ignore=shutil.ignore_patterns("__pycache__"),
-                        dirs_exist_ok=True)
-    shutil.copy(ROOT / "pyproject.toml", target / "pyproject.toml")
-    return target
 
 
 @pytest.mark.slow

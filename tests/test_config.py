@@ -112,12 +112,13 @@ def test_config_file_problems_are_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: HarvestConfig(sae=Path("s")), "--db: required"),
-    (lambda: HarvestConfig(db=Path("d")), "--sae: required"),
-    (lambda: HarvestConfig(db=Path("d"), sae=Path("s"), batch_size=0), "--batch-size 0"),
-    (lambda: HarvestConfig(db=Path("d"), sae=Path("s"), shard="3/2"), "--shard 3/2"),
-    (lambda: HarvestConfig(db=Path("d"), sae=Path("s"), sae_id="a b"), "--sae-id 'a b'"),
-    (lambda: HarvestConfig(db=Path("d"), sae=Path("s"), value_decimals=10), "--value-decimals"),
+    (lambda: HarvestConfig(sae_dir=[Path("s")]), "--db: required"),
+    (lambda: HarvestConfig(db=Path("d")), "--sae-dir: required"),
+    (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], batch=0), "--batch 0"),
+    (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], shard="3/2"), "--shard 3/2"),
+    (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], sae="a b"), "--sae 'a b'"),
+    (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], value_decimals=10),
+     "--value-decimals"),
     (lambda: LabelRunConfig(db=Path("d"), chunk=0), "--chunk 0"),
     (lambda: LabelRunConfig(db=Path("d"), bootstrap=-1), "--bootstrap -1"),
     (lambda: LabelRunConfig(db=Path("d"), confidence=2.0), "--confidence 2.0"),
@@ -249,4 +250,4 @@ def test_a_repeatable_option_is_a_list_from_flags_and_from_yaml(tmp_path):
                                                                              Path("b")]
     (tmp_path / "c.yaml").write_text("sae: [x, y]\n")
     assert load_config(Many, tmp_path / "c.yaml", {}).sae == [Path("x"), Path("y")]
-    assert HarvestConfig(db=Path("d"), sae=Path("s")).sae == [Path("s")]
+    assert HarvestConfig(db=Path("d"), sae_dir=Path("s")).sae_dir == [Path("s")]

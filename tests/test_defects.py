@@ -46,7 +46,7 @@ def assert_bad(capfd, folder: Path, argv: list[str], expect: str) -> None:
 
 YAML_SWEEP = [
     ("harvest", "db: 5\nsae: s\n", "option 'db': expected a string, got 5"),
-    ("harvest", "db: d.duckdb\nsae: s\nbatch_size: abc\n", "option 'batch_size'"),
+    ("harvest", "db: d.duckdb\nsae_dir: [s]\nbatch: abc\n", "option 'batch'"),
     ("train", "tokens: many\n", "option 'tokens': expected an integer"),
     ("train", "out: 7\n", "option 'out': expected a string, got 7"),
     ("explore", "db: d.duckdb\nport: abc\n", "option 'port'"),
@@ -101,7 +101,7 @@ def test_sql_config_file_with_a_db_path_works(capfd, tmp_path, labelled_db):
      "/sys/x.csv: cannot write there"),
     (["train", "--lr", "nan", "--out", "{dir}/sae"], "--lr nan"),
     (["train", "--lr", "inf", "--out", "{dir}/sae"], "--lr inf"),
-    (["harvest", "--db", "{dir}/h.duckdb", "--sae", "{dir}/s", "--shard",
+    (["harvest", "--db", "{dir}/h.duckdb", "--sae-dir", "{dir}/s", "--shard",
       "1/99999999999999999999"], "some shards would be empty"),
 ])
 def test_numbers_and_paths_are_checked(capfd, tmp_path, labelled_db, argv, expect):
@@ -115,10 +115,10 @@ def test_non_utf8_battery_files(capfd, tmp_path):
     args = battery(tmp_path / "b", 3)
     (tmp_path / "b" / "items.jsonl").write_bytes(b'{"item_id": "\xff"}\n')
     sae = build_random_sae(tmp_path / "sae", "minilm", 384, "blocks.3.hook_resid_post", 96, 8)
-    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae", sae, *args],
+    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
                "not UTF-8")
     (tmp_path / "b" / "personas.yaml").write_bytes(b"personas:\n  - name: \xff\n")
-    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae", sae, *args],
+    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
                "not UTF-8")
 
 
@@ -133,7 +133,7 @@ def test_inputs_longer_than_the_model_takes(capfd, tmp_path, minilm):
     items[1] = json.dumps(row)
     (tmp_path / "b" / "items.jsonl").write_text("\n".join(items) + "\n")
     sae = build_random_sae(tmp_path / "sae", "minilm", 384, "blocks.3.hook_resid_post", 96, 8)
-    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae", sae, *args],
+    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
                f"item '{row['item_id']}' under persona")
 
 
@@ -146,10 +146,10 @@ def test_merge_handles_quotes_and_catalog_names(capfd, tmp_path, tiny_sae_dir):
     args = [str(a) for a in battery(tmp_path / "b", 4)]
     shards = [tmp_path / "it's 0.duckdb", tmp_path / "input1.duckdb"]
     for i, shard in enumerate(shards):
-        assert cli.main(["harvest", "--db", str(shard), "--sae", str(tiny_sae_dir),
+        assert cli.main(["harvest", "--db", str(shard), "--sae-dir", str(tiny_sae_dir),
                               "--shard", f"{i}/2", *args]) == 0
     whole = tmp_path / "whole.duckdb"
-    assert cli.main(["harvest", "--db", str(whole), "--sae", str(tiny_sae_dir), *args]) == 0
+    assert cli.main(["harvest", "--db", str(whole), "--sae-dir", str(tiny_sae_dir), *args]) == 0
     out = tmp_path / "input0.duckdb"  # once the name of the merge's first catalog
     assert cli.main(["merge", "--db", str(out), *map(str, shards)]) == 0
     counts = []
@@ -163,7 +163,7 @@ def test_merge_handles_quotes_and_catalog_names(capfd, tmp_path, tiny_sae_dir):
 
 def test_progress_is_printed_off_a_terminal(tmp_path, tiny_sae_dir):
     args = [str(a) for a in battery(tmp_path / "b", 4)]
-    run = subprocess.run([str(EXE), "harvest", "--db", str(tmp_path / "p.duckdb"), "--sae",
+    run = subprocess.run([str(EXE), "harvest", "--db", str(tmp_path / "p.duckdb"), "--sae-dir",
                           str(tiny_sae_dir), *args], capture_output=True, text=True, env=ENV,
                          timeout=300)
     assert run.returncode == 0, run.stderr
@@ -356,7 +356,7 @@ def test_a_killed_merge_leaves_an_existing_database_as_it_was(tmp_path, tiny_sae
     args = [str(a) for a in battery(tmp_path / "b", 12)]
     shards = [tmp_path / f"s{i}.duckdb" for i in range(2)]
     for i, shard in enumerate(shards):
-        assert cli.main(["harvest", "--db", str(shard), "--sae", str(tiny_sae_dir),
+        assert cli.main(["harvest", "--db", str(shard), "--sae-dir", str(tiny_sae_dir),
                               "--shard", f"{i}/2", *args]) == 0
     db = tmp_path / "all.duckdb"
     con = duckdb.connect(str(db), config={"default_block_size": "65536"})
@@ -487,8 +487,8 @@ def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(tm
     other = tmp_path / "other" / "db.duckdb"
     other.parent.mkdir()
     for argv in (["label", "--db", db, "--min-docs", "5"], ["index", "--db", db],
-                 ["harvest", "--db", db, "--sae", tiny_sae_dir, "--sae-id", "second", *args],
-                 ["harvest", "--db", other, "--sae", tiny_sae_dir, "--sae-id", "third", *args],
+                 ["harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--sae", "second", *args],
+                 ["harvest", "--db", other, "--sae-dir", tiny_sae_dir, "--sae", "third", *args],
                  ["merge", "--db", db, other]):
         run = subprocess.run([str(EXE), *map(str, argv)], capture_output=True, text=True,
                              env=ENV, timeout=300)

@@ -28,7 +28,7 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
     db = out / recipe.db_name
     # A harvest of another battery (an older built-in one, say): the demo starts again.
     args = [str(a) for a in battery(tmp_path / "b", 6)]
-    assert cli.main(["harvest", "--db", str(db), "--sae", str(sae), *args]) == 0
+    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), *args]) == 0
     capfd.readouterr()
     assert cli.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()

@@ -143,7 +143,7 @@ def planted(tmp_path_factory):
     items = [json.loads(line) for line in (work / "b" / "items.jsonl").read_text().splitlines()]
     model, sae = build_planted(work, items)
     db = work / "harvest.duckdb"
-    assert cli.main(["harvest", "--db", str(db), "--sae", str(sae),
+    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae),
                           *map(str, args)]) == 0
     measured = copy_db(db, work / "effects.duckdb")
     assert cli.main(["effects", "--db", str(measured), *EFFECTS]) == 0
@@ -220,9 +220,10 @@ def test_an_interrupted_run_resumes_to_the_same_tables(planted, tmp_path, monkey
 def test_bad_input_is_one_line_and_writes_nothing(planted, tmp_path, capfd):
     db = copy_db(planted[0], tmp_path / "db.duckdb")
     before = db.read_bytes()
-    for args, says in ((["--features", "8"], "--features 8: features are 0 to 7"),
+    for args, says in ((["--features", "8"], "--features 8: 8 is outside 0 to 7"),
+                       (["--features", "3-1"], "--features 3-1: the range '3-1' runs backwards"),
                        (["--labels", "shared"], "is not labelled yet"),
-                       (["--labels", "nonsense"], "--labels nonsense: unknown label"),
+                       (["--labels", "nonsense"], "--labels nonsense: unknown 'nonsense'"),
                        (["--paraphrase", "5"], "--paraphrase 5: persona 'pirate' has 3")):
         assert cli.main(["effects", "--db", str(db), *args]) == 2
         err = capfd.readouterr().err

@@ -49,7 +49,7 @@ def hostile_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path
                     answer=f"{item['answer']} {payload}")
     (work / "b" / "items.jsonl").write_text("\n".join(json.dumps(i) for i in items) + "\n")
     db = work / "db.duckdb"
-    assert cli.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir),
                           *map(str, args)]) == 0
     assert cli.main(["label", "--db", str(db), "--min-docs", "2"]) == 0
     assert cli.main(["index", "--db", str(db)]) == 0

@@ -226,7 +226,7 @@ def test_generate_resumes_and_refuses(labelled_db, tmp_path, monkeypatch, capfd)
     capfd.readouterr()
     before = _sha(db)
     for bad, words in ((["--max-tokens", "7", "--items-per-topic", "2"], "other settings"),
-                       (["--personas", "nobody"], "unknown persona 'nobody'"),
+                       (["--persona-names", "nobody"], "--persona-names nobody: unknown 'nobody'"),
                        (["--name", "bad name"], "--name")):
         assert cli.main(["generate", "--db", str(db), *bad]) == 2
         err = capfd.readouterr().err.strip().splitlines()

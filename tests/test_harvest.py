@@ -62,8 +62,8 @@ def small(tmp_path_factory) -> list[str]:
 def reference(tmp_path_factory, tiny_sae_dir, small) -> Path:
     """One uninterrupted harvest on the tiny chat GPT-2: the rows every other run must equal."""
     db = tmp_path_factory.mktemp("reference") / "ref.duckdb"
-    code = cli.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
-                          "--batch-size", "5", *map(str, small)])
+    code = cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir),
+                          "--batch", "5", *map(str, small)])
     assert code == 0
     return db
 
@@ -136,7 +136,7 @@ def test_harvest_fills_the_contract_tables(reference, tiny_gpt2: Model, tiny_sae
 def test_prefix_cache_gives_the_rows_of_full_forward_passes(capfd, tmp_path, reference,
                                                            tiny_sae_dir, small):
     db = tmp_path / "nocache.duckdb"
-    code, _, err = run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--batch-size", "5",
+    code, _, err = run(capfd, "harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--batch", "5",
                        "--no-prefix-cache", *small)
     assert code == 0, err
     want, got = rows(reference), rows(db)
@@ -151,8 +151,8 @@ def test_prefix_cache_gives_the_rows_of_full_forward_passes(capfd, tmp_path, ref
 
 def test_rerun_of_a_finished_harvest_changes_nothing(capfd, reference, tiny_sae_dir, small):
     before = digest(reference)
-    code, out, err = run(capfd, "harvest", "--db", reference, "--sae", tiny_sae_dir,
-                         "--batch-size", "5", *small)
+    code, out, err = run(capfd, "harvest", "--db", reference, "--sae-dir", tiny_sae_dir,
+                         "--batch", "5", *small)
     assert code == 0, err
     assert "already harvested" in out and digest(reference) == before
 
@@ -162,7 +162,7 @@ def test_minilm_encoder_harvest(capfd, tmp_path, minilm: Model):
                            d_sae=256, k=16)
     args = battery(tmp_path / "b", 6)
     db = tmp_path / "m.duckdb"
-    code, out, err = run(capfd, "harvest", "--db", db, "--sae", sae, *args)
+    code, out, err = run(capfd, "harvest", "--db", db, "--sae-dir", sae, *args)
     assert code == 0, err
     assert "documents" in out and "bytes per activation" in out
     con = duckdb.connect(str(db), read_only=True)
@@ -183,7 +183,7 @@ def harvest_process(db: Path, sae: Path, args: list, *extra: str,
                     log: Path | None = None) -> subprocess.Popen:
     """The harvest as a process; its output to `log` when nobody reads it while it runs."""
     exe = Path(sys.executable).with_name("shoggoth")
-    cmd = [str(exe), "harvest", "--db", str(db), "--sae", str(sae), *map(str, args), *extra]
+    cmd = [str(exe), "harvest", "--db", str(db), "--sae-dir", str(sae), *map(str, args), *extra]
     out = subprocess.PIPE if log is None else log.open("w")
     return subprocess.Popen(cmd, stdout=out, stderr=out, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -210,15 +210,15 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_gpt2_dir, 
     db = tmp_path / "db.duckdb"
     # The uninterrupted reference runs meanwhile: the harvests are small (1.x cores each).
     fresh = tmp_path / "fresh.duckdb"
-    whole = harvest_process(fresh, tiny_sae_dir, args, "--batch-size", "4",
+    whole = harvest_process(fresh, tiny_sae_dir, args, "--batch", "4",
                             log=tmp_path / "fresh.log")
-    first = harvest_process(db, other, args, "--batch-size", "8")
+    first = harvest_process(db, other, args, "--batch", "8")
     assert first.wait(timeout=300) == 0, first.communicate()
     before = digest(db)
     partial = tmp_path / ".db.duckdb.tiny-sae.partial"
     wal = Path(f"{partial}.wal")
 
-    proc = harvest_process(db, tiny_sae_dir, args, "--batch-size", "4")
+    proc = harvest_process(db, tiny_sae_dir, args, "--batch", "4")
     deadline = time.time() + 240
     while time.time() < deadline and not (wal.exists() and wal.stat().st_size > 200_000):
         assert proc.poll() is None, proc.communicate()
@@ -231,7 +231,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_gpt2_dir, 
     assert [r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()] == ["other"]
     con.close()
 
-    again = harvest_process(db, tiny_sae_dir, args, "--batch-size", "4")
+    again = harvest_process(db, tiny_sae_dir, args, "--batch", "4")
     out, err = again.communicate(timeout=400)
     assert again.returncode == 0, err
     assert "resuming" in err and not partial.exists()
@@ -259,7 +259,7 @@ def test_ctrl_c_keeps_the_written_batches(tmp_path, tiny_sae_dir):
     args = battery(tmp_path / "b", 60, BIG_PERSONAS)
     db = tmp_path / "db.duckdb"
     partial = tmp_path / ".db.duckdb.tiny-sae.partial"
-    proc = harvest_process(db, tiny_sae_dir, args, "--batch-size", "4")
+    proc = harvest_process(db, tiny_sae_dir, args, "--batch", "4")
     deadline = time.time() + 240
     while time.time() < deadline and not Path(f"{partial}.wal").exists():
         assert proc.poll() is None, proc.communicate()
@@ -270,7 +270,7 @@ def test_ctrl_c_keeps_the_written_batches(tmp_path, tiny_sae_dir):
     assert proc.returncode == 130, err
     assert "rerun the same command" in err.strip().splitlines()[-1]
     assert partial.exists() and not db.exists()
-    again = harvest_process(db, tiny_sae_dir, args, "--batch-size", "4")
+    again = harvest_process(db, tiny_sae_dir, args, "--batch", "4")
     _, err = again.communicate(timeout=400)
     assert again.returncode == 0 and "resuming" in err, err
     assert len(rows(db)["documents"]) == 6 * 4 * 60
@@ -279,7 +279,7 @@ def test_ctrl_c_keeps_the_written_batches(tmp_path, tiny_sae_dir):
 def test_three_shards_merged_equal_one_run(capfd, tmp_path, reference, tiny_sae_dir, small):
     shards = [tmp_path / f"s{i}.duckdb" for i in range(3)]
     for i, db in enumerate(shards):
-        code, _, err = run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--batch-size",
+        code, _, err = run(capfd, "harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--batch",
                            "5", "--shard", f"{i}/3", *small)
         assert code == 0, err
     sizes = [len(rows(s)["documents"]) for s in shards]
@@ -293,7 +293,7 @@ def test_three_shards_merged_equal_one_run(capfd, tmp_path, reference, tiny_sae_
     assert commands == ["harvest"] * 3 + ["merge"]
     con.close()
     # The merged database is the finished unsharded harvest: rerunning it is a no-op.
-    code, out, _ = run(capfd, "harvest", "--db", merged, "--sae", tiny_sae_dir, "--batch-size",
+    code, out, _ = run(capfd, "harvest", "--db", merged, "--sae-dir", tiny_sae_dir, "--batch",
                        "5", *small)
     assert code == 0 and "already harvested" in out
 
@@ -314,7 +314,7 @@ def test_second_sae_is_added_in_one_transaction(capfd, tmp_path, reference, tiny
     db.write_bytes(reference.read_bytes())
     other = build_random_sae(tmp_path / "second", str(tiny_gpt2_dir), 32,
                              "blocks.2.hook_resid_post", d_sae=48, k=4, seed=7)
-    code, _, err = run(capfd, "harvest", "--db", db, "--sae", other, "--batch-size", "5", *small)
+    code, _, err = run(capfd, "harvest", "--db", db, "--sae-dir", other, "--batch", "5", *small)
     assert code == 0, err
     assert rows(db, "tiny-sae") == rows(reference, "tiny-sae")
     con = duckdb.connect(str(db), read_only=True)
@@ -333,7 +333,7 @@ def test_several_saes_share_one_pass_and_equal_separate_harvests(capfd, tmp_path
                              "blocks.2.hook_resid_post", d_sae=48, k=4, seed=7)
     separate = tmp_path / "separate.duckdb"
     separate.write_bytes(reference.read_bytes())
-    code, _, err = run(capfd, "harvest", "--db", separate, "--sae", other, "--batch-size", "5",
+    code, _, err = run(capfd, "harvest", "--db", separate, "--sae-dir", other, "--batch", "5",
                        *small)
     assert code == 0, err
     real, calls = hdb.PartialStore.write, []
@@ -346,7 +346,7 @@ def test_several_saes_share_one_pass_and_equal_separate_harvests(capfd, tmp_path
 
     monkeypatch.setattr(hdb.PartialStore, "write", flaky)
     both = tmp_path / "both.duckdb"
-    argv = ["harvest", "--db", both, "--sae", other, "--sae", tiny_sae_dir, "--batch-size", "5",
+    argv = ["harvest", "--db", both, "--sae-dir", other, "--sae-dir", tiny_sae_dir, "--batch", "5",
             *small]
     assert run(capfd, *argv)[0] == 130
     monkeypatch.setattr(hdb.PartialStore, "write", real)
@@ -358,10 +358,10 @@ def test_several_saes_share_one_pass_and_equal_separate_harvests(capfd, tmp_path
     con = duckdb.connect(str(both), read_only=True)
     assert con.execute("SELECT count(DISTINCT run_id) FROM saes").fetchone()[0] == 2
     con.close()
-    # One --sae-id cannot name two SAEs; SAEs of different models are harvested apart.
-    code, _, err = run(capfd, "harvest", "--db", tmp_path / "x.duckdb", "--sae", other, "--sae",
-                       tiny_sae_dir, "--sae-id", "x", *small)
-    assert code == 2 and "--sae-id x: names one SAE" in err and len(err.splitlines()) == 1
+    # One --sae cannot name two SAEs; SAEs of different models are harvested apart.
+    code, _, err = run(capfd, "harvest", "--db", tmp_path / "x.duckdb", "--sae-dir", other,
+                       "--sae-dir", tiny_sae_dir, "--sae", "x", *small)
+    assert code == 2 and "--sae x: names one SAE" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.duckdb").exists()
 
 
@@ -402,11 +402,11 @@ def test_ray_workers_harvest_the_same_rows(capfd, tmp_path, reference, tiny_sae_
                               args=(tmp_path / ".ray.duckdb.ray", killed, stop), daemon=True)
     killer.start()
     try:
-        code, out, err = run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--batch-size",
+        code, out, err = run(capfd, "harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--batch",
                              "5", "--ray", "auto", "--workers", "3", *small)
         stop.set()
         # An error inside a task is its one line, as without Ray, and nothing is left.
-        bad = run(capfd, "harvest", "--db", tmp_path / "bad.duckdb", "--sae", tiny_sae_dir,
+        bad = run(capfd, "harvest", "--db", tmp_path / "bad.duckdb", "--sae-dir", tiny_sae_dir,
                   "--ray", "auto", "--model", str(tmp_path / "nowhere"), *small)
     finally:
         ray.shutdown()
@@ -417,7 +417,7 @@ def test_ray_workers_harvest_the_same_rows(capfd, tmp_path, reference, tiny_sae_
     assert bad[0] == 2 and len(errors) == 1 and errors[0].startswith("error: model")
     assert rows(db) == rows(reference)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ray.duckdb"]
-    assert run(capfd, "harvest", "--db", db, "--sae", tiny_sae_dir, "--ray", "auto",
+    assert run(capfd, "harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--ray", "auto",
                "--shard", "0/2", *small)[0] == 2
 
 
@@ -436,7 +436,7 @@ BAD_YAML = "personas:\n  - name: pirate\n    prompts: [unclosed\n"
     ("locked", ["db.duckdb", "locked by another process"]),
     ("other_battery", ["db.duckdb", "different persona battery"]),
     ("bad_shard", ["--shard 3/3"]),
-    ("bad_batch", ["--batch-size 0"]),
+    ("bad_batch", ["--batch 0"]),
 ])
 def test_harvest_bad_input(capfd, monkeypatch, tmp_path, tiny_gpt2_dir, tiny_sae_dir, reference,
                            case, words):
@@ -479,11 +479,11 @@ def test_harvest_bad_input(capfd, monkeypatch, tmp_path, tiny_gpt2_dir, tiny_sae
     elif case == "bad_shard":
         extra = ["--shard", "3/3"]
     elif case == "bad_batch":
-        extra = ["--batch-size", "0"]
+        extra = ["--batch", "0"]
     before = {p.name: digest(p) for p in tmp_path.iterdir() if p.is_file()}
     names = sorted(p.name for p in tmp_path.iterdir())
     try:
-        code, out, err = run(capfd, "harvest", "--db", db, "--sae", sae, *args, *extra)
+        code, out, err = run(capfd, "harvest", "--db", db, "--sae-dir", sae, *args, *extra)
     finally:
         if holder is not None:
             holder.kill()
@@ -503,7 +503,7 @@ def test_subset_flags_harvest_a_recorded_deterministic_slice(capfd, tmp_path, ti
     names the flags, so a rerun with other flags is refused."""
     (tmp_path / "p.yaml").write_text(PERSONAS)
     db = tmp_path / "db.duckdb"
-    base = ["harvest", "--db", db, "--sae", tiny_sae_dir, "--personas", tmp_path / "p.yaml"]
+    base = ["harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--personas", tmp_path / "p.yaml"]
     code, _, err = run(capfd, *base, "--paraphrases", "2", "--items-per-topic", "1")
     assert code == 0, err
     first: dict[str, str] = {}

@@ -141,7 +141,7 @@ def test_encoder_skips_logit_effects(capfd, tmp_path, minilm):
                            k=8)
     db = tmp_path / "m.duckdb"
     args = battery(tmp_path / "b", 4)
-    assert cli.main(["harvest", "--db", str(db), "--sae", str(sae), *map(str, args)]) == 0
+    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), *map(str, args)]) == 0
     assert cli.main(["index", "--db", str(db)]) == 0
     out, _ = capfd.readouterr()
     assert "persona profiles skipped" in out

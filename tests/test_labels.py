@@ -209,7 +209,7 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
 
     db = tmp_path / "db.duckdb"
     args = battery(tmp_path / "b", 30)
-    assert cli.main(["harvest", "--db", str(db), "--sae", str(tiny_sae_dir),
+    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir),
                           *map(str, args)]) == 0
     capfd.readouterr()
     code = cli.main(["label", "--db", str(db), "--min-docs", "5"])

@@ -57,7 +57,8 @@ def test_the_sae_share_of_the_persona_signal():
 def test_layers_are_parsed_and_the_sae_layer_added():
     assert parse_layers("all", 3, 1) == [0, 1, 2]
     assert parse_layers("0,2", 4, 1) == [0, 1, 2]
-    for spec, words in (("9", "blocks 0 to 3"), ("a,b", "block numbers")):
+    assert parse_layers("1-3", 4, 0) == [0, 1, 2, 3]  # the one list grammar: ranges too
+    for spec, words in (("9", "9 is outside 0 to 3"), ("a,b", "is not a number or a range")):
         with pytest.raises(Exception, match=words):
             parse_layers(spec, 4, None)
 

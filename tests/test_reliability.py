@@ -230,7 +230,7 @@ def test_bad_values_that_once_ended_in_a_traceback(capfd, tmp_path, labelled_db)
 
 def test_flags_that_were_accepted_and_ignored(capfd, tmp_path, labelled_db):
     for flag in (["--workers", "4"], ["--gpus-per-worker", "1"]):
-        err = one_line(capfd, ["harvest", "--db", tmp_path / "h.duckdb", "--sae", tmp_path,
+        err = one_line(capfd, ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", tmp_path,
                                *flag])
         assert "only with --ray" in err
     err = one_line(capfd, ["search", "--db", labelled_db, "--feature", "2", "--paraphrase", "1"])
@@ -239,7 +239,7 @@ def test_flags_that_were_accepted_and_ignored(capfd, tmp_path, labelled_db):
 
 
 def test_ray_client_address_without_the_extra_is_one_line(capfd, tmp_path, tiny_sae_dir):
-    err = one_line(capfd, ["harvest", "--db", tmp_path / "h.duckdb", "--sae", tiny_sae_dir,
+    err = one_line(capfd, ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", tiny_sae_dir,
                            "--ray", "ray://127.0.0.1:1"])
     assert "--ray ray://127.0.0.1:1" in err
     assert not (tmp_path / "h.duckdb").exists()
@@ -359,7 +359,7 @@ def test_ctrl_c_as_a_command_finishes_exits_130_with_one_line(tmp_path, labelled
 
 
 def test_finishing_turns_a_late_ctrl_c_into_one_line():
-    code = ("import os, signal, time, core.startup; core.startup.finishing(); "
+    code = ("import os, signal, time, shoggoth.core.startup as s; s.finishing(); "
             "print('done', flush=True); os.kill(os.getpid(), signal.SIGINT); time.sleep(5)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1], timeout=60, preexec_fn=default_sigint)

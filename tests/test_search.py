@@ -16,8 +16,22 @@ from sae_lens import SAE
 from shoggoth import cli
 
 
+def subcommand(args: list[str]) -> list[str]:
+    """The flag form (`--name X --json`) as the subcommand form (`name X --format json`)."""
+    args = ["--format" if a == "--json" else a for a in args]
+    args = [x for a in args for x in ((a, "json") if a == "--format" else (a,))]
+    for flag, sub in (("--text", "text"), ("--name", "name")):
+        if flag in args:
+            i = args.index(flag)
+            return [sub, *args[:i], *args[i + 2:], args[i + 1]]
+    if "--similar" in args:
+        return ["similar", *[a for a in args if a != "--similar"]]
+    return ["feature", *args] if "--feature" in args else ["persona", *args]
+
+
 def search(capfd, db: Path, *args: str) -> tuple[int, str, str]:
-    code = cli.main(["search", "--db", str(db), *args])
+    sub, *rest = subcommand(list(args))
+    code = cli.main(["search", sub, "--db", str(db), *rest])
     out, err = capfd.readouterr()
     return code, out, err
 
@@ -133,18 +147,44 @@ def test_name_mode_finds_features_by_handle(capfd, indexed_db):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--persona", "wizard"], "--persona wizard: not in this database"),
-    (["--name", "x", "--feature", "1"], "give one of them"),
-    (["--feature", "9999", "--similar"], "--feature 9999: out of range"),
-    (["--similar"], "--similar: needs --feature"),
-    ([], "search: give --text"),
-    (["--text", "hi", "--feature", "1"], "give one of them"),
-    (["--text", "hi", "--persona", "pirate", "--paraphrase", "7"], "--paraphrase 7"),
+    (["persona", "--persona", "wizard"], "--persona wizard: not in this database"),
+    (["name", "--feature", "1", "x"], "No such option '--feature'"),
+    (["similar", "--feature", "9999"], "--feature 9999: out of range"),
+    (["similar"], "--feature: required"),
+    (["text"], "text: required"),
+    (["text", "--feature", "1", "hi"], "No such option '--feature'"),
+    (["text", "--persona", "pirate", "--paraphrase", "7", "hi"], "--paraphrase 7"),
+    (["nonsense"], "No such command"),
 ])
 def test_bad_input_is_one_line(capfd, indexed_db, args, words):
-    code, out, err = search(capfd, indexed_db, *args)
+    code = cli.main(["search", args[0], "--db", str(indexed_db), *args[1:]])
+    out, err = capfd.readouterr()
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and words in err, err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--name", "x", "--feature", "1"], "give one of them"),
+    (["--similar"], "--similar: needs --feature"),
+    ([], "search: give --text"),
+])
+def test_the_flag_form_still_refuses_in_one_line(capfd, indexed_db, args, words):
+    code = cli.main(["search", "--db", str(indexed_db), *args])
+    out, err = capfd.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and words in err, err
+
+
+def test_the_flag_form_runs_with_a_deprecation_note(capfd, indexed_db):
+    """`search --db F --name X --json` (the earlier form) still works for one release."""
+    code = cli.main(["search", "--db", str(indexed_db), "--name", "a", "--json"])
+    out, err = capfd.readouterr()
+    assert code == 0 and json.loads(out)["mode"] == "name"
+    assert err.splitlines() == [
+        "note: --json is deprecated and will be removed in the next release; use --format",
+        "note: shoggoth search --name is deprecated and will be removed in the next release; "
+        "use shoggoth search name"]
+    assert subcommand(["--name", "a", "--json"]) == ["name", "--format", "json", "a"]
 
 
 def test_needs_an_index(capfd, labelled_db):

@@ -99,7 +99,7 @@ def test_a_tiny_harvest_with_and_without_the_prefix_cache(tmp_path, smol_dir):
     tables = []
     for name, extra in (("cached", []), ("full", ["--no-prefix-cache"])):
         db = tmp_path / f"{name}.duckdb"
-        assert cli.main(["harvest", "--db", str(db), "--sae", str(sae), "--personas",
+        assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), "--personas",
                               str(tmp_path / "p.yaml"), "--items", str(tmp_path / "i.jsonl"),
                               *extra]) == 0
         con = duckdb.connect(str(db), read_only=True)

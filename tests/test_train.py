@@ -253,7 +253,7 @@ def test_sae_import_checks_the_model(capfd, tmp_path, tiny_gpt2_dir, tiny_gpt2_b
     assert code == 2 and "blocks.2.hook_resid_post" in err
     code, out, err = run(capfd, "sae", "import", "--path", tmp_path, "--out", tmp_path / "x")
     assert code == 2 and "not an sae-lens SAE directory" in err
-    code, out, err = run(capfd, "sae", "import", "--release", "gpt2-small-res-jb", "--sae-id",
+    code, out, err = run(capfd, "sae", "import", "--release", "gpt2-small-res-jb", "--sae",
                          "blocks.8.hook_resid_pre", "--out", tmp_path / "x")
     assert code == 2 and "needs network" in err
     code, out, err = run(capfd, "sae", "import", "--out", tmp_path / "x")

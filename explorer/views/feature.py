@@ -154,9 +154,9 @@ for table, title in (("neighbors", "Nearest features by decoder direction (FAISS
     if near.empty:
         continue
     st.subheader(title)
-    cols = st.columns(2)
+    pair = st.columns(2)
     for i, n in enumerate(near.itertuples()):
-        with cols[i % 2]:
+        with pair[i % 2]:
             feature_link(sae, int(n.neighbor), n.label, f" · cos {n.cosine:.3f}",
                          name=getattr(n, "name", None))
 
@@ -266,6 +266,6 @@ with st.form("annotate", clear_on_submit=True):
 saved = st.session_state.pop("saved", None)
 if saved:
     st.success(saved)
-history = q(read.annotations, sae, feature)
+history = q(read.manual_labels, sae, feature)
 if len(history):
     st.dataframe(history, hide_index=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from shoggoth.core.errors import BadInput
+from shoggoth.core.lists import parse_numbers
 from shoggoth.explorer.common import choose_sae, db_path, labels_frame, open_feature
 from shoggoth.index.labels.rules import LABELS
 
@@ -41,9 +43,9 @@ if family != "(any)":
     shown = shown[shown["family"] == family]
 if feature_id.strip():
     try:
-        ids = [int(x) for x in feature_id.replace(" ", "").split(",") if x]
-    except ValueError:
-        st.error(f"feature id {feature_id!r}: give whole numbers separated by commas")
+        ids = parse_numbers(feature_id, "feature id")
+    except BadInput as e:
+        st.error(str(e))
         st.stop()
     shown = shown[shown["feature"].isin(ids)]
 if named.strip() and "name" in shown.columns:

@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from shoggoth.core.errors import BadInput
-from shoggoth.explorer.common import choose_sae, cursor, db_path, feature_link, md, q, version
+from shoggoth.explorer.common import choose_sae, cursor, db_file, feature_link, md, q, version
 from shoggoth.index.store import read
 from shoggoth.index.store.read import Dictionary, by_name, similar
 from shoggoth.pipeline.search import by_text, load_runner
@@ -16,12 +16,12 @@ from shoggoth.pipeline.search import by_text, load_runner
 
 @st.cache_resource(show_spinner="loading the model and SAE ...")
 def runner(db: tuple[Any, ...], sae_id: str) -> tuple[Any, Any]:
-    return load_runner(Dictionary(db_path(), sae_id, con=cursor()))
+    return load_runner(Dictionary(db_file(), sae_id, con=cursor()))
 
 
 @st.cache_resource(show_spinner=False)
 def decoder_index(db: tuple[Any, ...], sae_id: str) -> Any:
-    return Dictionary(db_path(), sae_id, con=cursor()).faiss_index("decoder")
+    return Dictionary(db_file(), sae_id, con=cursor()).faiss_index("decoder")
 
 
 sae, row = choose_sae()
@@ -39,7 +39,7 @@ with text_tab:
     if st.button("Run", type="primary", key="t_run"):
         st.session_state["t_result"] = None
         try:
-            d = Dictionary(db_path(), sae, con=cur)
+            d = Dictionary(db_file(), sae, con=cur)
             st.session_state["t_result"] = by_text(
                 d, text, None if persona.startswith("(") else persona, 0, 5,
                 runner=runner(version(), sae))
@@ -73,7 +73,7 @@ with name_tab:
                            placeholder="e.g. rain, pirate")
     if wanted.strip():
         try:
-            hits = by_name(Dictionary(db_path(), sae, con=cur), wanted, 50)
+            hits = by_name(Dictionary(db_file(), sae, con=cur), wanted, 50)
         except BadInput as e:
             st.error(str(e))
         else:
@@ -85,7 +85,7 @@ with similar_tab:
     fid = st.number_input("feature", 0, int(row["d_sae"]) - 1,
                           int(st.query_params.get("feature", 0)), key="s_feature")
     try:
-        d = Dictionary(db_path(), sae, con=cur)
+        d = Dictionary(db_file(), sae, con=cur)
         found = similar(d, int(fid), 10, index=decoder_index(version(), sae))
     except BadInput as e:
         st.error(str(e))

@@ -4,6 +4,7 @@ rates, from a grid harvest's documents and per-document activations (no database
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,7 @@ def analyse_grid(documents: pd.DataFrame, doc_features: pd.DataFrame, n_features
     g = gather(doc_features, lay, n_features, cfg)
     q = {e: bh_qvalues(g.p[e]) for e in EFFECTS}
     labels = decide(q, g.n_docs_firing, g.broad, g.ratio_high, cfg)
-    table = {"feature": np.arange(n_features), "grid_label": labels,
+    table: dict[str, Any] = {"feature": np.arange(n_features), "grid_label": labels,
              "n_docs_firing": g.n_docs_firing}
     for e in EFFECTS:
         table[f"{e}_t"], table[f"{e}_p"], table[f"{e}_q"] = g.t_stat[e], g.p[e], q[e]

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from shoggoth.core.config import SEED_MAX, Config, option
+from shoggoth.core.config import option
 from shoggoth.core.errors import BadInput
 from shoggoth.index.action.stats import EFFECTS, block_contrasts, effect_test, intervals, persona_se
+from shoggoth.index.labels.rules import Thresholds
 from shoggoth.index.labels.stats import equivalence, item_bootstrap, stratified_weights
 
 GRID_LABELS = ("dead", "rare", "context", "content", "context+content", "context×content",
@@ -25,34 +26,14 @@ d: neutral answer, no persona."""
 
 
 @dataclass
-class GridLabelConfig(Config):
-    """Thresholds of the grid's labels (the labeller's, where they mean the same)."""
+class GridLabelConfig(Thresholds):
+    """Thresholds of the grid's labels: the labeller's (`Thresholds`), and the grid's own."""
 
-    alpha: float = option(0.05, above=0, max=1)
-    """An effect is found when its BH q-value over the features is below this."""
     calibration: int = option(10, min=0, max=1000)
     """Null runs (each block's contexts and texts swapped at random) that estimate each label's
     false-discovery rate."""
-    log_floor: float = option(0.05, above=0)
-    """The tests use log(activation + this × the feature's mean activation over the grid)."""
-    bootstrap: int = option(200, min=2, max=100_000)
-    """Resamples of the items (within topics) in the intervals and the equivalence bound."""
-    shared_ratio_bound: float = option(1.5, above=1)
-    """shared-in-action: the upper confidence bound of every persona's in-action mean / the
-    others' is at most this."""
-    confidence: float = option(0.95, above=0.5, below=1)
-    """Level of the intervals and of that bound."""
-    shared_fire_frac: float = option(0.9, min=0, max=1)
-    """shared-in-action: fires in action under at least this fraction of the personas."""
-    persona_fire_rate: float = option(0.05, min=0, max=1)
-    """A feature fires under a persona when it fires in at least this fraction of its
-    in-action documents."""
     min_docs: int = option(10, min=1)
     """rare: the feature fires in fewer grid documents than this."""
-    chunk: int = option(1024, min=1)
-    """Features processed at once (bounds memory)."""
-    seed: int = option(0, min=0, max=SEED_MAX)
-    """Seed of the bootstrap and of the calibration's swaps."""
 
 
 @dataclass
@@ -211,7 +192,8 @@ def gather(doc_features: pd.DataFrame, lay: Layout, n_features: int,
                   {e: np.full(n_features, np.nan) for e in EFFECTS},
                   {e: np.full(n_features, np.nan) for e in EFFECTS},
                   np.full((cfg.calibration, len(EFFECTS), n_features), np.nan),
-                  {e: tuple(np.full((n_features, k), np.nan) for _ in range(3)) for e in EFFECTS},
+                  {e: (np.full((n_features, k), np.nan), np.full((n_features, k), np.nan),
+                       np.full((n_features, k), np.nan)) for e in EFFECTS},
                   np.zeros(n_features, dtype=np.int64), np.zeros(n_features, dtype=bool),
                   np.full(n_features, np.nan), np.full(n_features, np.nan))
     action_docs = np.bincount(lay.persona_of_prompt[lay.prompt_of_block], minlength=k)

@@ -24,6 +24,7 @@ import pandas as pd
 from shoggoth.core.atomic import file_sha256, write_atomic
 from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.printing import Format
 from shoggoth.index.dictionary import maps as feature_map
 from shoggoth.index.dictionary import similarity
 from shoggoth.index.dictionary.handles import write_handles
@@ -90,7 +91,7 @@ ORDER BY feature, bin
 class IndexConfig(Config):
     """`shoggoth index`: build the feature dictionary of a harvested SAE."""
 
-    db: Path | None = option(required="a database from `shoggoth harvest`")
+    db: Path = option(required="a database from `shoggoth harvest`")
     """The feature database (from `shoggoth harvest`; labels from `shoggoth label` are used
     when present)."""
     sae: str | None = None
@@ -118,6 +119,8 @@ class IndexConfig(Config):
     """Nearest neighbours UMAP lays each feature out from."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    format: Format = "table"
+    """table (for reading) or json (for scripts)."""
 
 
 @dataclass

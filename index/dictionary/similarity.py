@@ -115,15 +115,16 @@ def build_ivf(vectors: np.ndarray, checkpoint: Path | None = None, target_recall
             n, min(n, max(train_rows, 40 * nlist)), replace=False))]))
         if checkpoint:
             save(index, checkpoint)
+    nlist = int(faiss.extract_index_ivf(index).nlist)  # (a resumed index says its own)
     while index.ntotal < n:
         index.add(unit_rows(vectors[index.ntotal:index.ntotal + chunk]))
         if checkpoint:
             save(index, checkpoint)
     ids, truth = sample_truth(vectors, sample, seed)
     tuned = tune(index, unit_rows(vectors[ids]), truth, ids,
-                 lambda k: setattr(index, "nprobe", k), target_recall, 8, index.nlist)
+                 lambda k: setattr(index, "nprobe", k), target_recall, 8, nlist)
     if tuned is None:
-        return BuiltIndex(index, "ivf-sq8", float("nan"), index.nlist)
+        return BuiltIndex(index, "ivf-sq8", float("nan"), nlist)
     return BuiltIndex(index, "ivf-sq8", tuned[1], tuned[0])
 
 

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoggoth.core.config import config_options
+from shoggoth.core.printing import print_json
 from shoggoth.index.labels.run import LabelRunConfig, label_database
 
 
@@ -21,6 +22,11 @@ def label_command(cfg: LabelRunConfig) -> None:
     feature_personas, calibration and label_fdr in one transaction (docs/labels.md)."""
     result = label_database(cfg)
     features, fdr = result["features"], result["fdr"]
+    if cfg.format == "json":
+        print_json({"sae_id": result["sae_id"], "features": len(features),
+                    "labels": features["label"].value_counts().to_dict(), "fdr": fdr,
+                    "notes": result["notes"], "config": result["config"]})
+        return
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
     for note in result["notes"]:

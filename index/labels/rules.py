@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from shoggoth.core.config import SEED_MAX, Config, option
+from shoggoth.core.config import BOOTSTRAP, CONFIDENCE, SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.index.labels.design import Grid, build_grid, doc_index, doc_rows
 from shoggoth.index.labels.stats import (
@@ -37,42 +37,49 @@ estimated by the calibration runs)."""
 
 
 @dataclass
-class LabelConfig(Config):
-    """Thresholds of `shoggoth label` (defaults and their reasons: docs/labels.md)."""
+class Thresholds(Config):
+    """The thresholds `shoggoth label` and `shoggoth grid` share, declared once: the same name
+    means the same rule in both (docs/labels.md, docs/grid.md)."""
 
     alpha: float = option(0.05, above=0, max=1)
-    """False discovery rate of the persona test: the personas differ when the BH q-value is
-    below this."""
+    """False discovery rate of the tests: an effect is found when its BH q-value over the
+    features is below this."""
+    log_floor: float = option(0.05, above=0)
+    """The tests use log(mean + this × the feature's mean over all documents)."""
+    persona_fire_rate: float = option(0.05, min=0, max=1)
+    """A feature fires under a persona when it fires in at least this fraction of its
+    documents."""
+    shared_fire_frac: float = option(0.9, min=0, max=1)
+    """shared (in the grid: shared-in-action): fires under at least this fraction of the
+    personas."""
+    shared_ratio_bound: float = option(1.5, above=1)
+    """shared: the upper confidence bound of every persona's mean / the others' mean is at most
+    this."""
+    confidence: float = option(0.95, **CONFIDENCE)
+    """Level of that one-sided bound (and of the grid's intervals)."""
+    bootstrap: int = option(200, **BOOTSTRAP)
+    """Resamples of the items (within topics) in the equivalence bound and intervals."""
+    chunk: int = option(1024, min=1)
+    """Features processed at once (bounds memory)."""
+    seed: int = option(0, min=0, max=SEED_MAX)
+    """Seed of the permutations, the bootstrap and the calibration's shuffles."""
+
+
+@dataclass
+class LabelConfig(Thresholds):
+    """Thresholds of `shoggoth label` (defaults and their reasons: docs/labels.md)."""
+
     min_docs: int = option(20, min=1)
     """rare: the feature fires in fewer documents than this."""
     permutations: int = option(500, min=19, max=100_000)
     """Random relabellings of the prompts' personas behind each p-value."""
-    log_floor: float = option(0.05, above=0)
-    """The persona test uses log(prompt mean + this × the feature's mean prompt mean)."""
     contrast: float = option(2.0, min=1)
     """mask-specific / mask-family: the set's weakest persona mean is at least this multiple of
     the strongest other persona's (and, for a mask, of its own mention/negation controls)."""
     family_fraction: float = option(1 / 3, above=0, max=1)
     """mask-family: at most this fraction of the personas."""
-    persona_fire_rate: float = option(0.05, min=0, max=1)
-    """A feature fires under a persona when it fires in at least this fraction of its
-    documents."""
-    shared_fire_frac: float = option(0.9, min=0, max=1)
-    """shared / shared-modulated / mask-general: fires under at least this fraction of the
-    personas."""
-    shared_ratio_bound: float = option(1.5, above=1)
-    """shared: the upper confidence bound of every persona's mean / the others' mean is at most
-    this."""
-    confidence: float = option(0.95, above=0.5, below=1)
-    """Level of that one-sided bound."""
-    bootstrap: int = option(200, min=2, max=100_000)
-    """Resamples of the items (within topics) in the equivalence bound."""
     no_mask_ratio: float = option(0.5, min=0)
     """mask-general: the baseline controls' mean / the personas' mean is at most this."""
-    chunk: int = option(1024, min=1)
-    """Features processed at once (bounds memory)."""
-    seed: int = option(0, min=0, max=SEED_MAX)
-    """Seed of the permutations and the bootstrap."""
 
 
 COLUMNS = ["feature", "label", "top_persona", "family_set", "battery_family", "argmax_persona",
@@ -316,10 +323,12 @@ def _label(cfg: LabelConfig, grid: Grid, t: pd.DataFrame) -> None:
     general = shared & (t["no_mask_ratio"].to_numpy() <= cfg.no_mask_ratio)
     label[general] = "mask-general"
     label[broad & sig & ~shared] = "shared-modulated"
-    top, family, battery = [None] * len(t), [None] * len(t), [None] * len(t)
+    top: list[str | None] = [None] * len(t)
+    family: list[str | None] = [None] * len(t)
+    battery: list[str | None] = [None] * len(t)
     single = grid.prompts_per_persona[:k] < 2
     size = t["set_size"].to_numpy()
-    for f in np.flatnonzero(sig & (size > 0) & (n_docs >= cfg.min_docs) & (k >= 2)):
+    for f in map(int, np.flatnonzero(sig & (size > 0) & (n_docs >= cfg.min_docs) & (k >= 2))):
         members = t["order"].iat[f][: size[f]]
         if single[members].any():
             label[f] = "unclear"  # one wording: persona and wording cannot be told apart

@@ -12,6 +12,7 @@ import pandas as pd
 
 from shoggoth.core.config import config_metadata, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.printing import Format
 from shoggoth.index.effects.store import refresh_causal
 from shoggoth.index.labels.nulls import false_persona_labels, reassign_prompts, split_personas
 from shoggoth.index.labels.rules import LABELS, PERSONA_LABELS, LabelConfig, label_features
@@ -35,12 +36,14 @@ EFFECT_LABELS = (*PERSONA_LABELS, "shared-modulated")
 class LabelRunConfig(LabelConfig):
     """`shoggoth label`: label the features of a harvested SAE."""
 
-    db: Path | None = option(required="a database from `shoggoth harvest`")
+    db: Path = option(required="a database from `shoggoth harvest`")
     """The feature database (from `shoggoth harvest`)."""
     sae: str | None = None
     """The SAE to label (its sae_id; default: the only one in the database)."""
     calibration_seeds: int = option(3, min=1, max=100)
     """Prompt-reassignment calibration runs (each a full labelling of shuffled prompts)."""
+    format: Format = "table"
+    """table (for reading) or json (for scripts)."""
 
 
 def _read(con: Any, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from shoggoth.core.config import Config, config_options, option
+from shoggoth.core.printing import Format
 from shoggoth.core.startup import hard_exit, running_as_program
 from shoggoth.index.store.export import ExportConfig, export
 from shoggoth.index.store.merge import MergeConfig, merge
@@ -71,9 +71,9 @@ def export_command(cfg: ExportConfig) -> None:
 class StatusConfig(Config):
     """`shoggoth status`: what a feature database holds."""
 
-    db: Path | None = option(required="the feature database to describe")
+    db: Path = option(required="the feature database to describe")
     """The feature database."""
-    format: Literal["table", "json"] = "table"
+    format: Format = "table"
     """table (for reading) or json (for scripts)."""
 
 

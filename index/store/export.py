@@ -54,7 +54,7 @@ class ExportConfig(Config):
     """`shoggoth export`: the database as Hive-partitioned Parquet plus a DuckDB file of
     views."""
 
-    parquet: Path | None = option(required="the export folder")
+    parquet: Path = option(required="the export folder")
     """The export folder: written (replaced only with --overwrite), or with --views-only read."""
     db: Path | None = None
     """The feature database to export (not needed with --views-only)."""
@@ -205,7 +205,9 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
 def write_parquet(cfg: ExportConfig, out: Path) -> dict[str, Any]:
     """Every table of --db to Parquet, built aside and renamed to `out`; returns the manifest
     (also saved as EXPORT.json: the columns, row counts and source of every table)."""
-    if not cfg.db.is_file():
+    db = cfg.db
+    assert db is not None  # (check(): --db is needed unless --views-only)
+    if not db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
     if out.exists() and not cfg.overwrite:
         raise BadInput(f"--parquet {cfg.parquet}: exists; pass --overwrite to replace it")
@@ -217,14 +219,14 @@ def write_parquet(cfg: ExportConfig, out: Path) -> dict[str, Any]:
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)  # a killed export's leftovers
     built = out.parent / f".{out.name}.partial-{os.getpid()}"
-    con = connect(cfg.db, read_only=True, wait=WAIT)
+    con = connect(db, read_only=True, wait=WAIT)
     try:
-        require_shoggoth(con, cfg.db)
+        require_shoggoth(con, db)
         names = sorted(tables(con))
         if not names:
             raise BadInput(f"--db {cfg.db}: is empty")
         built.mkdir()
-        manifest: dict[str, Any] = {"source": str(cfg.db.resolve()), "columns": {}, "rows": {},
+        manifest: dict[str, Any] = {"source": str(db.resolve()), "columns": {}, "rows": {},
                                     "exported_at": datetime.now(UTC).isoformat()}
         for table in names:
             manifest["columns"][table] = _columns(con, table)

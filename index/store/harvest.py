@@ -65,7 +65,7 @@ def already_done(db: Path, partial: Path, sae_id: str, done: dict[str, Any] | No
     if done is None or stored != identity:
         diff = sorted(k for k in identity if (stored or {}).get(k) != identity[k])
         raise BadInput(f"--db {db}: already holds SAE '{sae_id}' harvested with other settings "
-                       f"({', '.join(diff)}); use another --sae-id or another --db")
+                       f"({', '.join(diff)}); use another --sae or another --db")
     remove(partial)  # published, but killed before the partial file was removed
     result = summary(db, sae_id, 0.0)
     result["already_harvested"] = True

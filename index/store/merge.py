@@ -42,7 +42,7 @@ from shoggoth.index.store.schema import (
 class MergeConfig(Config):
     """`shoggoth merge`: combine shard files (or whole databases) into one database."""
 
-    db: Path | None = option(required="the database to write")
+    db: Path = option(required="the database to write")
     """The database to write: created if missing, otherwise added to in one transaction."""
     inputs: list[Path] = option([], required="give the database files to merge")
     """Database files to merge, e.g. the N files of `shoggoth harvest --shard I/N`."""
@@ -73,7 +73,7 @@ def _holdings(con: Any, path: Path, catalog: str) -> list[Holding]:
 
 def _check_group(sae_id: str, group: list[Holding]) -> None:
     """One complete harvest, or every shard of one sharded harvest exactly once."""
-    shards = [h.identity.get("shard") for h in group]
+    shards: list[Any] = [h.identity.get("shard") for h in group]
     if len(group) == 1 and shards[0] is None:
         return
     if None in shards:
@@ -148,7 +148,7 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
     try:
         require_shoggoth(con, cfg.db)
         groups: dict[str, list[Holding]] = {}
-        battery = None
+        battery: dict[str, list[tuple[Any, ...]]] | None = None
         run = uuid.uuid4().hex[:8]  # catalog names no database file name can take
         for n, path in enumerate(cfg.inputs):
             cat = f"merge_input_{n}_{run}"
@@ -166,7 +166,7 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
         for sae_id, group in groups.items():
             if not as_is:
                 _check_group(sae_id, group)
-        if tables(con):
+        if tables(con) and battery is not None:
             check_same_battery(con, cfg.db, battery)
             present = {r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}
             clash = sorted(present & set(groups))

@@ -97,7 +97,7 @@ class Dictionary:
         if path is None or not path.is_file():
             raise BadInput(f"--db {self.db}: no {name} index for '{self.sae_id}'; run "
                            "`shoggoth index` first")
-        expected = row["sha256"].iloc[0] if "sha256" in row else None
+        expected = row["sha256"].iloc[0] if row is not None and "sha256" in row else None
         if expected is not None and cached_sha256(path) != expected:
             raise BadInput(f"--db {self.db}: the {name} index {path} is not the one this database "
                            f"was indexed with (its sha256 differs); run `shoggoth index --db "
@@ -486,7 +486,7 @@ def feature_neighbours(con: Any, sae: str, feature: int, table: str) -> pd.DataF
         "WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank", [sae, feature]).df(), "neighbor")
 
 
-def annotations(con: Any, sae: str, feature: int) -> pd.DataFrame:
+def manual_labels(con: Any, sae: str, feature: int) -> pd.DataFrame:
     """The manual labels saved for a feature, newest first."""
     return _if_table(con, "annotations",
                      "SELECT created_at, label, note, author FROM annotations WHERE sae_id = ? "

@@ -338,7 +338,7 @@ def battery_rows(con: Any, catalog: str | None = None) -> dict[str, list[tuple[A
 
 def battery_of(personas: Sequence[Persona], items: Sequence[Item]) -> dict[str, list[tuple]]:
     """The rows `battery_rows` reads back from a database holding this battery."""
-    rows = {
+    rows: dict[str, list[tuple[Any, ...]]] = {
         "personas": [(p.name, p.family, p.description, p.is_control, p.control_of)
                      for p in personas],
         "persona_prompts": [(p.name, j, t) for p in personas for j, t in enumerate(p.prompts)],

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from shoggoth.core.atomic import write_atomic
-from shoggoth.core.config import Config, option
+from shoggoth.core.config import TIMEOUT, Config, option
 from shoggoth.core.errors import BadInput, first_line, is_interrupt
 from shoggoth.core.outputs import refuse_output_over
 from shoggoth.index.store.database import connect, tables
@@ -50,7 +50,7 @@ def sandbox(memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, Any]:
 class SqlConfig(Config):
     """`shoggoth sql`: run SQL on a feature database."""
 
-    db: Path | None = option(required="the feature database to query")
+    db: Path = option(required="the feature database to query")
     """The feature database."""
     query: list[str] = option([], required='the SQL to run, e.g. shoggoth sql --db F "SELECT 1"')
     """The SQL to run (quote it); several statements may be separated by ';'."""
@@ -62,7 +62,7 @@ class SqlConfig(Config):
     """Allow statements that modify the database (still no file or network access)."""
     max_rows: int = option(1000, min=0)
     """Rows shown by the table format (the others print every row)."""
-    timeout: float = option(60.0, min=0)
+    timeout: float = option(60.0, **TIMEOUT)
     """Seconds a query may run before it is stopped (0: no limit)."""
     memory_limit: str = DEFAULT_MEMORY_LIMIT
     """DuckDB's memory cap for the query, e.g. 2GB or 500MB; a query that needs more fails with
@@ -137,7 +137,10 @@ def run_sql(cfg: SqlConfig, on_stuck: Callable[[str], None] | None = None
 
 def size_bytes(size: str) -> int:
     """'300MB' → 300,000,000; '2GiB' → 2,147,483,648 (a size MEMORY accepts)."""
-    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", size.strip()).groups()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", size.strip())
+    if match is None:
+        raise BadInput(f"--memory-limit {size}: expected a size such as 2GB or 500MB")
+    number, unit = match.groups()
     unit = unit.upper()
     scale = 1024 if "I" in unit else 1000
     power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]

@@ -27,9 +27,9 @@ class ImportConfig(Config):
     path: Path | None = None
     """A local sae-lens SAE directory (cfg.json + sae_weights.safetensors)."""
     release: str | None = None
-    """sae-lens pretrained release, e.g. gpt2-small-res-jb (with --sae-id; needs network)."""
-    sae_id: str | None = None
-    """SAE id within --release, e.g. blocks.8.hook_resid_pre."""
+    """sae-lens pretrained release, e.g. gpt2-small-res-jb (with --sae; needs network)."""
+    sae: str | None = option(None, was={"--sae-id": None})
+    """The SAE's id within --release, e.g. blocks.8.hook_resid_pre."""
     model: str = "minilm"
     """The model the SAE reads: alias, local Hugging Face directory or hub id."""
     out: Path | None = None
@@ -49,23 +49,23 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
     from sae_lens import SAE
 
     if (cfg.path is None) == (cfg.release is None):
-        raise BadInput("give either --path DIR or --release R --sae-id S")
+        raise BadInput("give either --path DIR or --release R --sae S")
     if cfg.path is not None:
         if not (cfg.path / "cfg.json").is_file():
             raise BadInput(f"--path {cfg.path}: not an sae-lens SAE directory (no cfg.json)")
         return read_sae_dir(cfg.path, device, "--path"), str(cfg.path.resolve())
-    if not cfg.sae_id:
-        raise BadInput(f"--release {cfg.release}: needs --sae-id")
+    if not cfg.sae:
+        raise BadInput(f"--release {cfg.release}: needs --sae")
 
     if not hub_reachable():
         raise BadInput(f"--release {cfg.release}: downloading from the registry needs network")
     try:
-        return SAE.from_pretrained(cfg.release, cfg.sae_id, device=device), (
-            f"sae-lens registry: {cfg.release} / {cfg.sae_id}"
+        return SAE.from_pretrained(cfg.release, cfg.sae, device=device), (
+            f"sae-lens registry: {cfg.release} / {cfg.sae}"
         )
     except Exception as e:  # unknown release/id or download failure
         first = first_line(e)
-        raise BadInput(f"--release {cfg.release} --sae-id {cfg.sae_id}: {first}") from None
+        raise BadInput(f"--release {cfg.release} --sae {cfg.sae}: {first}") from None
 
 
 def import_sae(cfg: ImportConfig, log: Any = print) -> Path:

@@ -205,13 +205,14 @@ def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
         shutil.rmtree(work, ignore_errors=True)
     if out.exists() and not cfg.overwrite:
         raise BadInput(f"--out {out}: already exists (pass --overwrite to replace it)")
-    if work.is_dir() and not checkpoints(work / "checkpoints"):
+    stopped_early = work.is_dir() and not checkpoints(work / "checkpoints")
+    if stopped_early:
         # Interrupted before its first checkpoint: nothing to resume, so nothing to keep.
         shutil.rmtree(work, ignore_errors=True)
     if cfg.resume:
         found = checkpoints(work / "checkpoints")
         if not found:
-            if not out.exists():  # stopped before its first checkpoint: start from the start
+            if stopped_early and not out.exists():  # resuming it is starting it again
                 return work, None
             raise BadInput(f"--resume: no checkpoint of an interrupted run for {out} (in {work})")
         saved = json.loads((work / STATE_FILE).read_text())

@@ -109,7 +109,7 @@ def multi_trainer_class() -> type:
 
     class MultiTrainer(_Shoggoth, MultiSAETrainer):
         def _write_checkpoint(self, base: Path, name: str) -> None:
-            cfg = self.cfg
+            cfg: Any = getattr(self, "cfg")  # noqa: B009 (sae-lens sets it; mypy cannot see)
             self.cfg = dataclasses.replace(cfg, checkpoint_path=str(base))
             try:
                 MultiSAETrainer.save_checkpoint(self, name)

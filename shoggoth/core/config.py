@@ -29,6 +29,12 @@ from shoggoth.core.text import read_text
 
 C = TypeVar("C")
 
+CONFIDENCE = {"above": 0.5, "below": 1}
+"""The bounds of every --confidence: an interval's level, over one half and short of one."""
+BOOTSTRAP = {"min": 10, "max": 100_000}
+"""The bounds of every --bootstrap (resamples): fewer than 10 gives no interval worth a name."""
+TIMEOUT = {"min": 0}
+"""The bounds of every --timeout (seconds; 0: no limit)."""
 SEED_MAX = 2**31 - 1
 """The largest --seed: numpy's generators take seeds below 2**32, and some commands derive
 further seeds from it by adding small offsets."""
@@ -36,12 +42,16 @@ further seeds from it by adding small offsets."""
 
 def option(default: Any = None, *, required: str | None = None, min: float | None = None,
            max: float | None = None, above: float | None = None,
-           below: float | None = None, repeat: bool = False) -> Any:
+           below: float | None = None, repeat: bool = False,
+           was: dict[str, Any] | None = None) -> Any:
     """A config field with checks: `required` (why it is needed, shown when it is missing),
     inclusive bounds `min`/`max` and exclusive bounds `above`/`below`. `repeat`: a list field
-    given as a repeated flag (`--sae A --sae B`) instead of positional arguments."""
+    given as a repeated flag (`--sae-dir A --sae-dir B`) instead of positional arguments.
+    `was`: the field's deprecated flags, still accepted for one release with a one-line note:
+    old flag → None (it takes a value, as the field does) or the value a bare old flag means
+    (`{"--json": "json"}`)."""
     meta = {"required": required, "min": min, "max": max, "above": above, "below": below,
-            "repeat": repeat or None}
+            "repeat": repeat or None, "was": was}
     kept = {k: v for k, v in meta.items() if v is not None}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=kept)
@@ -54,7 +64,7 @@ def _positional(f: dataclasses.Field, hint: Any) -> bool:
 
 
 def flag_name(name: str, positional: bool = False) -> str:
-    """How the user names a field: `--batch-size`, or `inputs` for a positional argument."""
+    """How the user names a field: `--batch`, or `inputs` for a positional argument."""
     return name if positional else "--" + name.replace("_", "-")
 
 
@@ -163,7 +173,7 @@ def convert(cls: type, name: str, value: Any) -> Any:
         # A repeatable option may hold one value, as its flag may be given once.
         # A text list (the words of a query) may be one string; a list of paths may not,
         # since `inputs: a.duckdb b.duckdb` would name one file with a space in it.
-        repeat = cls.__dataclass_fields__[name].metadata.get("repeat")
+        repeat = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("repeat")
         text = typing.get_args(hint) == (str,)
         items = value if isinstance(value, list) else [value] if (
             isinstance(value, str) and text or repeat) else value
@@ -200,15 +210,30 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
         @click.pass_context
         def wrapper(ctx: click.Context, **kwargs: Any) -> Any:
             config_file = kwargs.pop("config")
+            old = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith(WAS)}
             typed = {
                 k: list(v) if isinstance(v, tuple) else v
                 for k, v in kwargs.items()
                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
                 and v != ()
             }
+            for key, value in old.items():
+                if value is None or value == () or value is False:
+                    continue
+                name, flag = _old_flag(cls, key)
+                deprecated(flag, flag_name(name))
+                typed.setdefault(name, list(value) if isinstance(value, tuple) else value)
             return fn(load_config(cls, config_file, typed))
 
-        for f in reversed(dataclasses.fields(cls)):
+        for f in reversed(_in_help_order(dataclasses.fields(cls))):
+            for i, (old_flag, meaning) in enumerate((f.metadata.get("was") or {}).items()):
+                ctype, is_flag = _click_type(hints[f.name])
+                wrapper = click.option(
+                    old_flag, f"{WAS}{f.name}__{i}", hidden=True,
+                    is_flag=meaning is not None, flag_value=meaning,
+                    type=None if meaning is not None else ctype,
+                    multiple=meaning is None and typing.get_origin(hints[f.name]) is list,
+                    default=None)(wrapper)
             if _positional(f, hints[f.name]):  # list[...]: positional arguments
                 (item,) = typing.get_args(hints[f.name])
                 wrapper = click.argument(
@@ -246,6 +271,30 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
     return decorate
 
 
+WAS = "was__"
+"""Prefix of the hidden click parameters that carry a deprecated flag's value."""
+
+
+def _old_flag(cls: type, key: str) -> tuple[str, str]:
+    """(field name, old flag) of a hidden deprecated parameter's key."""
+    name, index = key[len(WAS):].rsplit("__", 1)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return name, list(fields[name].metadata["was"])[int(index)]
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one-line note a deprecated flag or config key gets (on stderr)."""
+    click.echo(f"note: {old} is deprecated and will be removed in the next release; use {new}",
+               err=True)
+
+
+def _in_help_order(fields: tuple[dataclasses.Field, ...]) -> list[dataclasses.Field]:
+    """The fields as `--help` lists them: --db and --sae first (what every command is about),
+    then the rest in their declared order."""
+    first = {"db": 0, "sae": 1, "sae_dir": 2}
+    return sorted(fields, key=lambda f: first.get(f.name, len(first)))
+
+
 def yaml_problem(error: yaml.YAMLError) -> str:
     """' line N: not valid YAML (what the parser expected)' for a one-line error message."""
     mark = getattr(error, "problem_mark", None)
@@ -263,9 +312,14 @@ def read_config_file(cls: type, path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise BadInput(f"--config {path}: expected a mapping of option names to values")
     names = {f.name for f in dataclasses.fields(cls)}
+    renamed = {old[2:].replace("-", "_"): f.name for f in dataclasses.fields(cls)
+               for old, meaning in (f.metadata.get("was") or {}).items() if meaning is None}
     values: dict[str, Any] = {}
     for key, value in loaded.items():
         name = str(key).replace("-", "_")
+        if name in renamed and name not in names:
+            deprecated(f"'{key}' in {path}", f"'{renamed[name]}'")
+            name = renamed[name]
         if name not in names:
             known = ", ".join(sorted(names))
             raise BadInput(f"--config {path}: unknown option '{key}' (known: {known})")

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from shoggoth.core.config import config_options
+from shoggoth.core.printing import print_json
 from shoggoth.core.progress import stderr_log
 from shoggoth.index.dictionary.build import IndexConfig
 from shoggoth.index.store.read import Dictionary, explanations
@@ -20,7 +18,6 @@ from shoggoth.pipeline.explanations.run import ExplainConfig, explain
 from shoggoth.pipeline.harvest.ray_shards import harvest_with_ray
 from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
 from shoggoth.pipeline.layers import LayersConfig, probe_layers
-from shoggoth.pipeline.search import SearchConfig, search
 
 
 def print_summary(result: dict[str, object]) -> None:
@@ -54,6 +51,9 @@ def harvest_command(cfg: HarvestConfig) -> None:
     interruption."""
     result = harvest_with_ray(cfg, log=stderr_log()) if cfg.ray else \
         harvest(cfg, log=stderr_log())
+    if cfg.format == "json":
+        print_json(result)
+        return
     for one in [result, *result.get("others", [])]:
         print_summary(one)
 
@@ -65,6 +65,9 @@ def index_command(cfg: IndexConfig) -> None:
     histograms, FAISS neighbours by decoder direction and by persona profile, and logit effects
     (causal LMs). Rebuilt aside and renamed into place."""
     result = index_harvest(cfg, log=stderr_log())
+    if cfg.format == "json":
+        print_json(result)
+        return
     Console(soft_wrap=True).print(
         f"{cfg.db} · {result['sae_id']} · {result['features']:,} features indexed in "
         f"{result['seconds']} s · decoder index {result['decoder_index']} (recall@10 "
@@ -131,81 +134,3 @@ def layers_command(cfg: LayersConfig) -> None:
         out.add_row(f"{r.layer}{' (SAE)' if r.is_sae_layer else ''}", f"{r.probe_accuracy:.3f}",
                     f"{r.persona_norm_mean:.1%}, {r.persona_norm_max:.1%}", sae, parts)
     console.print(out)
-
-
-@click.command("search")
-@config_options(SearchConfig)
-def search_command(cfg: SearchConfig) -> None:
-    """Find features: --text "..." [--persona P] runs text through the model and SAE and shows
-    the top features per token and overall; --name TEXT finds features by handle or
-    explanation; --feature F shows one feature (--similar: its
-    nearest features by decoder direction, FAISS); --persona P shows the features nearest the
-    persona's vector and its mask-specific features. All with labels; --json for scripts."""
-    result = search(cfg)
-    if cfg.json:
-        click.echo(json.dumps(result, indent=1, default=str))
-        return
-    console = Console(soft_wrap=True)
-    mode = result["mode"]
-    if mode == "text":
-        under = f" under persona '{result['persona']}'" if result["persona"] else ""
-        console.print(f"{result['sae_id']} · {len(result['tokens'])} tokens{under}",
-                      highlight=False)
-        tokens = Table(title="top features per token")
-        for col in ("pos", "token", "features (value, label)"):
-            tokens.add_column(col)
-        for t in result["tokens"]:
-            tokens.add_row(str(t["pos"]), repr(t["token"]), ", ".join(
-                f"{f['feature']} {f['name'] or ''} ({f['value']:.3g}, {f['label']})"
-                for f in t["features"]))
-        console.print(tokens)
-        _print_features(console, "top features over the whole text", result["overall"],
-                        ["feature", "name", "mean_act", "max_act", "n_tokens", "label"])
-    elif mode == "name":
-        _print_features(console, f"features named like {result['query']!r}", result["features"],
-                        ["feature", "name", "label", "explanation", "detection", "fuzzing"])
-    elif mode == "similar":
-        console.print(f"feature {result['feature']} ({result['label']}) · nearest by decoder "
-                      "direction", highlight=False)
-        _print_features(console, "neighbours", result["neighbours"],
-                        ["feature", "name", "cosine", "label", "density"])
-    elif mode == "feature":
-        console.print(f"feature {result['feature']} · {result.get('name') or '(no handle)'} · "
-                      f"{result['label']}", highlight=False)
-        if result.get("explanation"):
-            console.print(f"explanation ({result['explainer']}): {result['explanation']} · "
-                          f"detection {_fmt(result['detection'])}, fuzzing "
-                          f"{_fmt(result['fuzzing'])}", highlight=False)
-        stats = result.get("statistics") or {}
-        if stats:
-            console.print("  ".join(f"{k}={_fmt(v)}" for k, v in stats.items()),
-                          highlight=False)
-        _print_features(console, "top contexts", result.get("contexts", []),
-                        ["rank", "value", "persona", "item_id", "context"])
-    else:
-        console.print(f"persona {result['persona']} · vector norm {_fmt(result['vector_norm'])} "
-                      f"({result['relative_norm'] or 0:.1%} of the length of the non-control mean)",
-                      highlight=False)
-        _print_features(console, "features nearest the persona vector", result["nearest"],
-                        ["feature", "name", "cosine", "label", "density"])
-        _print_features(console, "its own features (mask-specific, persona-concept, "
-                        "mask-or-concept, mask-family)", result["mask_specific"],
-                        ["feature", "name", "label", "top_share", "set_ratio", "q_value"])
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _print_features(console: Console, title: str, rows: list[dict[str, Any]],
-                    columns: list[str]) -> None:
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(Text(_fmt(r.get(c))) for c in columns))
-    if not rows:
-        table.add_row(*(["(none)"] + [""] * (len(columns) - 1)))
-    console.print(table)

@@ -133,7 +133,7 @@ def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str
     partial = out / f".{recipe.sae_name}.partial"
     resume = bool(list(partial.glob("checkpoints/[0-9]*")))
     overwrite = not resume and (partial.exists() or sae.exists())
-    cfg = TrainConfig(model=recipe.model, layer=recipe.layer, out=sae, resume=resume,
+    cfg = TrainConfig(model=recipe.model, layer=[recipe.layer], out=sae, resume=resume,
                       overwrite=overwrite, **recipe.train)
     return (lambda: train(cfg, log=stderr_log()),
             "resuming" if resume else "no trained SAE yet")
@@ -171,7 +171,7 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     quiet = stderr_log()
     steps.run(2, "harvest the persona battery",
               None if status.harvested else
-              lambda: harvest(HarvestConfig(db=db, sae=sae, **recipe.harvest), log=quiet),
+              lambda: harvest(HarvestConfig(db=db, sae_dir=[sae], **recipe.harvest), log=quiet),
               f"{db}, {status.documents:,} documents" if status.harvested else size)
     steps.run(3, "label the features",
               None if status.labelled else lambda: label_database(LabelRunConfig(db=db)),

@@ -32,12 +32,13 @@ from sklearn.preprocessing import StandardScaler
 from shoggoth.battery.personas import subset_items
 from shoggoth.core.config import SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.lists import parse_numbers
 from shoggoth.core.progress import Progress
 from shoggoth.index.layers.store import write_layer_probe
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.models import Model, hook_layer, load_model
-from shoggoth.sae.prompts import build_prompt, collate, pad_id
+from shoggoth.sae.prompts import build_prompt, collate, pad_id, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
 
 
@@ -45,7 +46,7 @@ from shoggoth.sae.sae_dir import load_harvest_sae
 class LayersConfig(Config):
     """`shoggoth layers`: a persona probe per layer, and the SAE's share of the persona signal."""
 
-    db: Path | None = option(required="a database from `shoggoth harvest`")
+    db: Path = option(required="a database from `shoggoth harvest`")
     """The feature database (its SAE's model and battery are probed)."""
     sae: str | None = None
     """The SAE (its sae_id; default: the only one in the database)."""
@@ -79,13 +80,7 @@ def parse_layers(spec: str, n_layers: int, sae_layer: int | None) -> list[int]:
     if spec.strip() == "all":
         chosen = set(range(n_layers))
     else:
-        try:
-            chosen = {int(x) for x in spec.split(",") if x.strip()}
-        except ValueError:
-            raise BadInput(f"--layers {spec}: give 'all' or block numbers like 0,5,10") from None
-        bad = [x for x in chosen if not 0 <= x < n_layers]
-        if bad or not chosen:
-            raise BadInput(f"--layers {spec}: the model has blocks 0 to {n_layers - 1}")
+        chosen = set(parse_numbers(spec, "--layers", 0, n_layers - 1))
     if sae_layer is not None:
         chosen.add(sae_layer)
     return sorted(chosen)
@@ -205,7 +200,7 @@ def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Any], D
         raise BadInput(f"--db {d.db}: the probe needs two or more personas with two or more "
                        "prompts each (it tests on prompts it did not train on)")
     chosen = subset_items(items, per_topic)
-    template = "plain" if d.row["template"] == "plain" else "auto"
+    template = stored_template(d.row["template"])
     prompts, meta = [], []
     for k, p in enumerate(main):
         for j, system in enumerate(p.prompts):

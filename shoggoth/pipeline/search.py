@@ -15,10 +15,11 @@ import torch
 
 from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.printing import Format
 from shoggoth.index.store.read import Dictionary, by_name, by_persona, describe, similar
 from shoggoth.sae.activations import continuation_activations
 from shoggoth.sae.models import load_model
-from shoggoth.sae.prompts import build_prompt, collate, pad_id
+from shoggoth.sae.prompts import build_prompt, collate, pad_id, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
 
 
@@ -26,7 +27,7 @@ from shoggoth.sae.sae_dir import load_harvest_sae
 class SearchConfig(Config):
     """`shoggoth search`: find features by text, by similarity or by persona."""
 
-    db: Path | None = option(required="a feature database")
+    db: Path = option(required="a feature database")
     """The feature database (labels from `shoggoth label`, FAISS and persona vectors from
     `shoggoth index`)."""
     sae: str | None = None
@@ -47,8 +48,8 @@ class SearchConfig(Config):
     """With --feature: the nearest features by decoder direction (FAISS)."""
     top: int = option(10, min=1, max=10_000)
     """Features shown per token, overall, per list or as neighbours."""
-    json: bool = False
-    """Print JSON instead of tables."""
+    format: Format = option("table", was={"--json": "json"})
+    """table (for reading) or json (for scripts)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N (for --text)."""
 
@@ -94,7 +95,7 @@ def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: i
                            f"{len(prompts)} prompts (0 to {len(prompts) - 1})")
         system = prompts[paraphrase]
     model, sae = runner if runner is not None else load_runner(d, device)
-    template = "plain" if d.row["template"] == "plain" else "auto"
+    template = stored_template(d.row["template"])
     prompt = build_prompt(model.tokenizer, system, None, text, template=template,
                           prepend_bos=model.prepend_bos)
     model.check_length(len(prompt.input_ids), "--text")
@@ -140,6 +141,7 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
                     **d.labels([cfg.feature])[cfg.feature], "neighbours": neighbours}
         if cfg.feature is not None:
             return {"mode": "feature", "sae_id": d.sae_id, **describe(d, cfg.feature, cfg.top)}
+        assert cfg.persona is not None  # (check(): the one mode left)
         return {"mode": "persona", "sae_id": d.sae_id, **by_persona(d, cfg.persona, cfg.top)}
     finally:
         d.close()

@@ -23,6 +23,7 @@ import pandas as pd
 from shoggoth.battery.personas import Item, Persona, baseline_persona, subset_items
 from shoggoth.core.config import SEED_MAX, Config, config_metadata, option
 from shoggoth.core.errors import BadInput, Interrupted
+from shoggoth.core.lists import parse_names
 from shoggoth.core.progress import Progress
 from shoggoth.index.action.answers import SET_NAME, done_keys, finish_set, start_set, write_answers
 from shoggoth.index.store.database import WAIT, check_writable, connect
@@ -37,13 +38,14 @@ from shoggoth.sae.generation import (
     prompt_ids,
     shared_length,
 )
+from shoggoth.sae.prompts import Template, stored_template
 
 
 @dataclass
 class GenerateConfig(Config):
     """`shoggoth generate`: the model's own answers under every persona paraphrase."""
 
-    db: Path | None = option(required="a database from `shoggoth harvest`")
+    db: Path = option(required="a database from `shoggoth harvest`")
     """The feature database; its battery (personas, items) is answered."""
     sae: str | None = None
     """The SAE whose model answers (its sae_id; default: the only one in the database)."""
@@ -51,9 +53,9 @@ class GenerateConfig(Config):
     """Model alias, local directory or hub id (default: the SAE's model)."""
     name: str = "own"
     """Name of the answer set written (`shoggoth grid --answers` reads it by this name)."""
-    personas: str | None = None
-    """Comma-separated personas to answer as (default: every persona that is not a control, and
-    the no-persona control)."""
+    persona_names: str | None = option(None, was={"--personas": None})
+    """Comma-separated personas to answer as, from the database's battery (default: every
+    persona that is not a control, and the no-persona control)."""
     paraphrases: int | None = option(None, min=1)
     """Only each persona's first N prompts (default: all in the database)."""
     items_per_topic: int | None = option(None, min=1)
@@ -90,13 +92,8 @@ def choose_personas(spec: str | None, personas: list[Persona], db: Path) -> list
         none = [baseline_persona(personas, db)] if any(
             p.is_control and all(not t for t in p.prompts) for p in personas) else []
         return [p for p in personas if not p.is_control] + none
-    names = [x.strip() for x in spec.split(",") if x.strip()]
     known = {p.name: p for p in personas}
-    bad = [n for n in names if n not in known]
-    if bad or not names:
-        raise BadInput(f"--personas {spec}: unknown persona '{bad[0] if bad else ''}' (the "
-                       f"database's personas: {', '.join(list(known)[:8])} …)")
-    return [known[n] for n in dict.fromkeys(names)]
+    return [known[n] for n in parse_names(spec, "--persona-names", known)]
 
 
 def plan_units(prompts: dict[tuple[int, int], list[list[int]]], batch: int) -> list[GenUnit]:
@@ -114,18 +111,18 @@ def unit_seed(seed: int, persona: str, paraphrase: int, item_id: str) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
-def read_setup(cfg: GenerateConfig) -> tuple[str, str, list[Persona], list[Item]]:
+def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[Item]]:
     """(model, template, personas, items) from the database; BadInput for what cannot work."""
     d = Dictionary(cfg.db, cfg.sae)
     try:
         row, (personas, items) = d.row, read_battery(d.con)
     finally:
         d.close()
-    chosen = choose_personas(cfg.personas, personas, cfg.db)
+    chosen = choose_personas(cfg.persona_names, personas, cfg.db)
     if cfg.paraphrases is not None:
         chosen = [Persona(p.name, p.family, p.description, p.prompts[:cfg.paraphrases],
                           p.is_control, p.control_of) for p in chosen]
-    template = "plain" if row["template"] == "plain" else "auto"
+    template = stored_template(row["template"])
     return cfg.model or row["model"], template, chosen, subset_items(items, cfg.items_per_topic)
 
 

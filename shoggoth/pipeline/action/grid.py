@@ -39,7 +39,7 @@ from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.activations import prefix_cache
 from shoggoth.sae.encode import encode_aggregate, prompts_activations, shared_prefix
 from shoggoth.sae.models import load_model
-from shoggoth.sae.prompts import Prompt, build_prompt
+from shoggoth.sae.prompts import Prompt, build_prompt, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
 
 
@@ -48,7 +48,7 @@ class GridConfig(GridLabelConfig):
     """`shoggoth grid`: the model's own answers and the neutral ones, each under the persona's
     prompt and under no persona; which features follow the context, the content, both."""
 
-    db: Path | None = option(required="a database with generated answers")
+    db: Path = option(required="a database with generated answers")
     """The feature database (from `shoggoth harvest`, with `shoggoth generate` answers)."""
     sae: str | None = None
     """The SAE (its sae_id; default: the only one in the database)."""
@@ -154,7 +154,7 @@ def work_dir(cfg: GridConfig, inputs: Inputs) -> tuple[Path, str]:
 
 def build_prompts(model: Any, inputs: Inputs, docs: pd.DataFrame) -> list[Prompt]:
     """Each document's prompt, built as the harvest builds it."""
-    template = "plain" if inputs.row["template"] == "plain" else "auto"
+    template = stored_template(inputs.row["template"])
     out = []
     for d in docs.itertuples(index=False):
         item = inputs.items[d.item_id]

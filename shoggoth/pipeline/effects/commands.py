@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoggoth.core.config import config_options
+from shoggoth.core.printing import print_json
 from shoggoth.core.progress import stderr_log
 from shoggoth.pipeline.effects.run import EffectsConfig, run_effects
 from shoggoth.pipeline.effects.steer import SteerConfig, steer
@@ -31,6 +32,10 @@ def effects_command(cfg: EffectsConfig) -> None:
     Causal LMs only. Resumable; writes feature_effects and persona_shifts in one
     transaction."""
     result = run_effects(cfg, log=stderr_log())
+    if cfg.format == "json":
+        print_json({k: result[k] for k in ("sae_id", "items", "screen_seconds",
+                                           "exact_seconds", "shifts", "effects")})
+        return
     effects = result["effects"]
     console = Console(soft_wrap=True)
     console.print(f"{cfg.db} · {result['sae_id']} · {result['items']} items · screen "

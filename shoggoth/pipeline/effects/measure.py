@@ -154,7 +154,8 @@ def exact_item(s: Setup, item: int, plan: Plan, fired: np.ndarray) -> dict[str, 
             if clean is None:
                 clean, clean_full = lp[:1], None if full is None else full[:1]
             change = (lp - clean)[:, 1:].numpy()
-            divergence = kl(clean_full, full).numpy() if full is not None else \
+            divergence = kl(clean_full, full).numpy() if full is not None and \
+                clean_full is not None else \
                 np.zeros(len(chunk))
             for r, (kind, j) in enumerate(chunk):
                 if kind == "ablate":

@@ -36,8 +36,10 @@ from shoggoth.core.atomic import (
     save_npz_atomic,
     write_json_atomic,
 )
-from shoggoth.core.config import SEED_MAX, Config, option
+from shoggoth.core.config import BOOTSTRAP, CONFIDENCE, SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.lists import parse_names, parse_numbers
+from shoggoth.core.printing import Format
 from shoggoth.core.progress import Progress
 from shoggoth.index.effects.store import write_effects
 from shoggoth.index.labels.rules import LABELS
@@ -47,7 +49,7 @@ from shoggoth.index.store.schema import read_battery
 from shoggoth.pipeline.effects.measure import Plan, Setup, exact_item, screen_item
 from shoggoth.pipeline.effects.tables import effect_rows, make_plan, screen_estimates, shift_rows
 from shoggoth.sae.models import Model, load_model
-from shoggoth.sae.prompts import build_prompt
+from shoggoth.sae.prompts import build_prompt, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
 
 
@@ -55,7 +57,7 @@ from shoggoth.sae.sae_dir import load_harvest_sae
 class EffectsConfig(Config):
     """`shoggoth effects`: ablation and steering of features under each persona."""
 
-    db: Path | None = option(required="a database from `shoggoth harvest`")
+    db: Path = option(required="a database from `shoggoth harvest`")
     """The feature database (its SAE, model and battery are used)."""
     sae: str | None = None
     """The SAE (its sae_id; default: the only one in the database)."""
@@ -77,36 +79,26 @@ class EffectsConfig(Config):
     """Which of each persona's prompts is used (0: the first)."""
     batch: int = option(16, min=1)
     """Batch rows per forward pass (ablations of one document)."""
-    bootstrap: int = option(1000, min=100)
+    bootstrap: int = option(1000, **BOOTSTRAP)
     """Item-bootstrap draws of each interval."""
-    confidence: float = option(0.95, above=0, below=1)
+    confidence: float = option(0.95, **CONFIDENCE)
     """Level of the intervals."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
     seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the baseline sample and the bootstrap."""
+    format: Format = "table"
+    """table (for reading) or json (for scripts)."""
 
 
 def parse_features(spec: str, d_sae: int) -> list[int]:
-    """Feature ids from '3,17,42'; BadInput naming --features when one is not a feature."""
-    try:
-        feats = [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise BadInput(f"--features {spec}: give feature numbers like 3,17,42") from None
-    bad = [f for f in feats if not 0 <= f < d_sae]
-    if bad or not feats:
-        raise BadInput(f"--features {spec}: features are 0 to {d_sae - 1}")
-    return sorted(set(feats))
+    """Feature ids from '3,17,40-45'; BadInput naming --features when one is not a feature."""
+    return parse_numbers(spec, "--features", 0, d_sae - 1)
 
 
 def parse_labels(spec: str) -> set[str]:
     """Label names from 'shared,mask-specific'; BadInput naming --labels for unknown ones."""
-    chosen = {x.strip() for x in spec.split(",") if x.strip()}
-    bad = sorted(chosen - set(LABELS))
-    if bad or not chosen:
-        raise BadInput(f"--labels {spec}: unknown label {bad[0] if bad else '(none)'}; labels "
-                       f"are {', '.join(LABELS)}")
-    return chosen
+    return set(parse_names(spec, "--labels", LABELS))
 
 
 @dataclass
@@ -170,7 +162,7 @@ def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str) -> tupl
 
 def make_setup(inputs: Inputs, model: Model, sae: Any, cfg: EffectsConfig) -> Setup:
     """Every condition's prompt for every item, as the harvest built them."""
-    template = "plain" if inputs.row["template"] == "plain" else "auto"
+    template = stored_template(inputs.row["template"])
     index = 0 if len(inputs.conditions[0].prompts) <= cfg.paraphrase else cfg.paraphrase
     prompts = [[build_prompt(model.tokenizer, p.prompts[index if c == 0 else cfg.paraphrase],
                              it.question, it.answer, template=template,
@@ -226,7 +218,7 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
     screens = per_item(folder / "screen", n_items, "effects: screen", lambda i: screen_item(s, i))
     screened = time.monotonic()
     estimates = screen_estimates(screens)
-    fired = np.stack([x["fired"] for x in screens]).any(0)
+    fired = np.asarray(np.stack([x["fired"] for x in screens]).any(0))
     plan = plan_of(folder, lambda: make_plan(
         estimates, fired, inputs.labels, inputs.typical, chosen=inputs.chosen,
         allowed=inputs.allowed, top=cfg.top, baseline=cfg.baseline, per_feature=cfg.per_feature,

@@ -29,13 +29,13 @@ from shoggoth.sae.prompts import build_prompt
 class SteerConfig(Config):
     """`shoggoth steer`: generate with a feature clamped, next to the unsteered answer."""
 
-    db: Path | None = option(required="a database from `shoggoth harvest`")
+    db: Path = option(required="a database from `shoggoth harvest`")
     """The feature database (its SAE and model are used)."""
-    feature: int | None = option(None, required="the feature to steer", min=0)
+    feature: int = option(None, required="the feature to steer", min=0)
     """The feature to clamp."""
     scale: float = 4.0
     """The feature's activation is held at scale × its typical activation (0: off)."""
-    prompt: str | None = option(None, required="the user's message")
+    prompt: str = option(None, required="the user's message")
     """The user's message the model answers."""
     persona: str | None = None
     """A persona of the battery whose first prompt is the system prompt (default: none)."""

@@ -3,6 +3,8 @@ and persona_shifts (index/effects/stats.py holds the statistics)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -29,8 +31,7 @@ def make_plan(screen: np.ndarray, fired: np.ndarray, labels: dict[int, str],
     largest |estimate| (among `allowed`), plus `baseline` random features labelled shared (any
     live feature when unlabelled); each under its `per_feature` personas of largest |estimate|
     (0: every persona). A feature that never fired has no typical activation and is skipped."""
-    live = np.flatnonzero(fired.any(0))
-    live = [int(f) for f in live if typical.get(int(f), 0) > 0]
+    live = [int(f) for f in np.flatnonzero(fired.any(0)) if typical.get(int(f), 0) > 0]
     score = np.nan_to_num(np.abs(screen)).max(0)
     if chosen is not None:
         feats, roles = list(chosen), ["chosen"] * len(chosen)
@@ -81,11 +82,11 @@ def effect_rows(names: list[str], screens: list[dict[str, np.ndarray]],
     [conditions, features], whether it fired on any item)."""
     n_items = len(screens)
     draws = bootstrap_indices(n_items, n_boot, seed)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     live = np.flatnonzero(fired.any(0))
     for k, name in enumerate(names[1:]):
-        for f in live:
-            rows.append((int(f), name, "attribution", screen[k, f], None, None, n_items,
+        for one in live:
+            rows.append((int(one), name, "attribution", screen[k, one], None, None, n_items,
                          "screen"))
     shifts = [[d[1:] for d in token_shifts(screens, k)] for k in range(len(names) - 1)]
     for j, f in enumerate(plan.features):

@@ -19,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from shoggoth.core.config import SEED_MAX, Config, option
+from shoggoth.core.config import SEED_MAX, TIMEOUT, Config, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.lists import parse_numbers
 from shoggoth.core.progress import Progress
 from shoggoth.index.explanations import store as edb
 from shoggoth.index.store.database import (
@@ -47,7 +48,7 @@ from shoggoth.sae.llm_clients import Explainer, ExplainerError, open_explainer
 @dataclass
 class ExplainConfig(Config):
     """`shoggoth explain`: explain features with a language model and score the explanations."""
-    db: Path | None = option(required="a database from `shoggoth index`")
+    db: Path = option(required="a database from `shoggoth index`")
     """The feature database (examples from `shoggoth index`)."""
     sae: str | None = None
     """The SAE (its sae_id; default: the only one in the database)."""
@@ -66,7 +67,7 @@ class ExplainConfig(Config):
     """Who judges the held-out examples, as --explainer (default: the explainer)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the endpoint's API key (sent when set)."""
-    timeout: float = option(60.0, above=0)
+    timeout: float = option(60.0, **TIMEOUT)
     """Seconds to wait for one answer from an endpoint."""
     concurrency: int = option(4, min=1, max=64)
     """Requests an endpoint gets at a time."""
@@ -88,13 +89,7 @@ class ExplainConfig(Config):
 
 def parse_features(text: str) -> list[int]:
     """'12,40-45' → [12, 40, 41, 42, 43, 44, 45]; BadInput naming the part that is not."""
-    out: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
-            raise BadInput(f"--features {text}: {part!r} is not a feature or a range a-b")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    return list(dict.fromkeys(out))
+    return parse_numbers(text, "--features")
 
 
 def split_windows(rows: pd.DataFrame, shown: int, held_out: int

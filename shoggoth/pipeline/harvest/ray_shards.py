@@ -72,6 +72,7 @@ def harvest_with_ray(cfg: HarvestConfig, log: Callable[[str], None] = print) -> 
     if cfg.shard is not None:
         raise BadInput("--shard: --ray makes the shards itself; leave --shard out")
     n = workers(cfg)
+    assert cfg.ray is not None  # (called for --ray only)
     ray = connect_ray(cfg.ray, n)
     folder, files = shard_files(cfg)
     folder.mkdir(exist_ok=True)

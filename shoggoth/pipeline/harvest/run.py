@@ -22,8 +22,9 @@ import torch
 
 from shoggoth.battery.personas import load_items, load_personas, subset_items, subset_personas
 from shoggoth.battery.units import Unit, count_units, grid_units, parse_shard, shard_units
-from shoggoth.core.config import Config, config_metadata, option
+from shoggoth.core.config import Config, config_metadata, deprecated, option
 from shoggoth.core.errors import BadInput, Interrupted, interrupts_deferred
+from shoggoth.core.printing import Format
 from shoggoth.core.progress import Progress
 from shoggoth.core.versions import library_versions
 from shoggoth.index.store import harvest as harvest_db
@@ -35,7 +36,7 @@ from shoggoth.sae.sae_dir import SAE_ID, check_fits, load_sae_dir, sae_model_nam
 # Run settings that decide which rows a harvest writes: a partial harvest is only resumed, and a
 # finished one only recognised as done, when these match.
 IDENTITY = ("sae_id", "weights_sha256", "model", "personas", "items", "paraphrases",
-            "items_per_topic", "batch_size", "shard", "template", "value_decimals", "prefix_cache")
+            "items_per_topic", "batch", "shard", "template", "value_decimals", "prefix_cache")
 """(value_decimals and prefix_cache as requested; what was used is in the saes table.)"""
 
 
@@ -43,13 +44,13 @@ IDENTITY = ("sae_id", "weights_sha256", "model", "personas", "items", "paraphras
 class HarvestConfig(Config):
     """`shoggoth harvest`: SAE activations on the battery's answers under every persona."""
 
-    db: Path | None = option(required="the DuckDB file to write")
+    db: Path = option(required="the DuckDB file to write")
     """The feature database (DuckDB file) to add this harvest to; created if missing."""
-    sae: list[Path] = option([], required="an SAE directory from `shoggoth train`", repeat=True)
-    """SAE directory, from `shoggoth train` or `shoggoth sae import`; repeat it to harvest
-    several SAEs of one model (other hooks or widths) from the same forward passes."""
-    sae_id: str | None = None
-    """Name of this SAE in the database (default: the SAE directory's name; one SAE only)."""
+    sae_dir: list[Path] = option([], repeat=True)
+    """SAE directory, from `shoggoth train` or `shoggoth sae import` (required); repeat it to
+    harvest several SAEs of one model (other hooks or widths) from the same forward passes."""
+    sae: str | None = option(None, was={"--sae": None})
+    """The SAE's id in the database (default: its directory's name; one --sae-dir only)."""
     model: str | None = None
     """Model alias, local Hugging Face directory or hub id (default: the SAE's model)."""
     personas: Path | None = None
@@ -61,7 +62,7 @@ class HarvestConfig(Config):
     for a quick run; the database holds exactly the battery harvested."""
     items_per_topic: int | None = option(None, min=1)
     """Harvest only the first N items of each topic, in file order (default: all)."""
-    batch_size: int = option(64, min=1, max=1_000_000)
+    batch: int = option(64, min=1, max=1_000_000, was={"--batch": None})
     """Documents per forward pass."""
     shard: str | None = None
     """I/N: harvest only slice I (0-based) of N of the document grid into --db; combine the N
@@ -83,6 +84,8 @@ class HarvestConfig(Config):
     """With --ray: shards, one Ray task each (the model loaded once per task; default 2)."""
     gpus_per_worker: float | None = option(None, min=0)
     """With --ray: GPUs each task asks Ray for (default 0; 1 on a GPU cluster)."""
+    format: Format = "table"
+    """table (for reading) or json (for scripts)."""
 
     def check(self) -> None:
         parse_shard(self.shard)
@@ -91,10 +94,16 @@ class HarvestConfig(Config):
             if value is not None and self.ray is None:
                 raise BadInput(f"{flag} {value:g}: only with --ray (it sets how Ray shards the "
                                "harvest)")
-        if self.sae_id is not None and not SAE_ID.fullmatch(self.sae_id):
-            raise BadInput(f"--sae-id {self.sae_id!r}: use letters, digits, '.', '_' and '-'")
-        if self.sae_id is not None and len(self.sae) > 1:
-            raise BadInput(f"--sae-id {self.sae_id}: names one SAE, but {len(self.sae)} are "
+        if not self.sae_dir and self.sae is not None and Path(self.sae).is_dir():
+            # `--sae DIR`, as harvest took its SAE folders before --sae-dir
+            deprecated(f"--sae {self.sae} (a folder)", f"--sae-dir {self.sae}")
+            self.sae_dir, self.sae = [Path(self.sae)], None
+        if not self.sae_dir:
+            raise BadInput("--sae-dir: required (an SAE directory from `shoggoth train`)")
+        if self.sae is not None and not SAE_ID.fullmatch(self.sae):
+            raise BadInput(f"--sae {self.sae!r}: use letters, digits, '.', '_' and '-'")
+        if self.sae is not None and len(self.sae_dir) > 1:
+            raise BadInput(f"--sae {self.sae}: names one SAE, but {len(self.sae_dir)} are "
                            "given; each SAE is named after its directory")
 
 
@@ -109,27 +118,29 @@ def run_identity(cfg: HarvestConfig, sae_id: str, sha256: str, model: str) -> di
 
 def sae_ids(cfg: HarvestConfig) -> list[str]:
     """The database name of each SAE; BadInput for a bad or repeated one."""
-    ids = [cfg.sae_id or p.resolve().name for p in cfg.sae]
+    ids = [cfg.sae or p.resolve().name for p in cfg.sae_dir]
     for sae_id in ids:
         if not SAE_ID.fullmatch(sae_id):
-            raise BadInput(f"--sae-id {sae_id!r}: use letters, digits, '.', '_' and '-'")
+            raise BadInput(f"--sae {sae_id!r}: use letters, digits, '.', '_' and '-'")
     if len(set(ids)) < len(ids):
         twice = next(i for i in ids if ids.count(i) > 1)
-        raise BadInput(f"--sae: '{twice}' is given twice (SAEs are named after their folders)")
+        raise BadInput(f"--sae-dir: '{twice}' is given twice (SAEs are named after their "
+                       "folders)")
     return ids
 
 
 def load_saes(cfg: HarvestConfig, device: str) -> tuple[list[Any], str]:
     """The SAEs and the one model they all read; BadInput when they read different models."""
-    saes = [load_sae_dir(p, device) for p in cfg.sae]
-    names = [cfg.model or sae_model_name(p, sae) for p, sae in zip(cfg.sae, saes, strict=True)]
-    for path, name in zip(cfg.sae, names, strict=True):
+    saes = [load_sae_dir(p, device) for p in cfg.sae_dir]
+    names = [cfg.model or sae_model_name(p, sae) for p, sae in zip(cfg.sae_dir, saes, strict=True)]
+    for path, name in zip(cfg.sae_dir, names, strict=True):
         if not name:
-            raise BadInput(f"--sae {path}: does not say which model it reads; give --model")
-    if len(set(names)) > 1:
-        raise BadInput(f"--sae: the SAEs read different models ({', '.join(sorted(set(names)))})"
+            raise BadInput(f"--sae-dir {path}: does not say which model it reads; give --model")
+    models = {name for name in names if name}
+    if len(models) > 1:
+        raise BadInput(f"--sae-dir: the SAEs read different models ({', '.join(sorted(models))})"
                        "; harvest them separately")
-    return saes, names[0]
+    return saes, models.pop()
 
 
 def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -139,7 +150,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     ids = sae_ids(cfg)
     personas = subset_personas(load_personas(cfg.personas), cfg.paraphrases)
     items = subset_items(load_items(cfg.items), cfg.items_per_topic)
-    n_units = count_units(personas, len(items), cfg.batch_size)
+    n_units = count_units(personas, len(items), cfg.batch)
     if shard[1] > n_units:
         raise BadInput(f"--shard {cfg.shard}: the grid has {n_units:,} batches, so some shards "
                        f"would be empty; use at most {n_units:,} shards")
@@ -148,7 +159,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     device, _ = resolve_device(cfg.device)
     saes, model_name = load_saes(cfg, str(device))
     identities = [run_identity(cfg, i, weights_sha256(p), model_name)
-                  for i, p in zip(ids, cfg.sae, strict=True)]
+                  for i, p in zip(ids, cfg.sae_dir, strict=True)]
     done = [i for i in ids if target.get(i) is not None]
     if done and len(done) == len(ids):
         out = [harvest_db.already_done(cfg.db, partial, i, target[i], identity)
@@ -158,7 +169,8 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
         raise BadInput(f"--db {cfg.db}: already holds SAE '{done[0]}'; harvest the others "
                        "without it")
     model = load_model(model_name, cfg.device)
-    hooks = [check_fits(sae, model, f"--sae {p}") for sae, p in zip(saes, cfg.sae, strict=True)]
+    hooks = [check_fits(sae, model, f"--sae-dir {p}")
+             for sae, p in zip(saes, cfg.sae_dir, strict=True)]
     for sae in saes:
         sae.eval()
     harvester = Harvester(model, saes, hooks, personas, items, cfg.template,
@@ -167,7 +179,7 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     expected = [p.continuation_ids for p in first]
     lengths = [len(p.input_ids) for p in first]
     check_lengths(harvester, lengths)
-    units = grid_units(personas, lengths, cfg.batch_size)
+    units = grid_units(personas, lengths, cfg.batch)
     mine = shard_units(units, shard)
 
     started = time.time()
@@ -207,7 +219,7 @@ def begin(harvester: Harvester, store: Any, cfg: HarvestConfig, ids: list[str],
         decimals, use_cache = setup(harvester, cfg, first_unit, mine, log)
         use_cache = started[0]["prefix_cache"] if started else use_cache
     for k in fresh:  # (only before any batch is written: every SAE starts together)
-        sae, path = harvester.saes[k], cfg.sae[k]
+        sae, path = harvester.saes[k], cfg.sae_dir[k]
         sha = identities[k]["weights_sha256"]
         store.start(ids[k], identities[k], config_metadata(cfg), library_versions(), {
             "model": model_name, "hook": harvester.hooks[k],
