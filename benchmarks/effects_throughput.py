@@ -33,7 +33,7 @@ import yaml
 from shoggoth.pipeline.effects.measure import exact_item, screen_item
 from shoggoth.pipeline.effects.run import (
     EffectsConfig,
-    Inputs,
+    EffectsInputs,
     load_causal,
     make_setup,
     read_inputs,
@@ -42,7 +42,7 @@ from shoggoth.pipeline.effects.tables import make_plan, screen_estimates
 from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
 
 
-def harvest_seconds(inputs: Inputs, folder: Path) -> float:
+def harvest_seconds(inputs: EffectsInputs, folder: Path) -> float:
     """`shoggoth harvest` of exactly the screened documents, into a new database."""
     personas = [{"name": p.name, "family": p.family, "prompts": [p.prompts[0]],
                  "is_control": p.is_control} for p in inputs.conditions]

@@ -14,7 +14,7 @@ from shoggoth.index.action.analysis import analyse_grid
 from shoggoth.index.action.labels import EFFECT_LABELS, GridLabelConfig
 from shoggoth.index.action.stats import block_contrasts
 
-EXPECTED = {"context": "context", "content": "content", "interaction": "context×content"}
+EXPECTED = {"context": "context", "content": "content", "interaction": "context:content"}
 
 
 @pytest.mark.parametrize("seed", [0, 1])

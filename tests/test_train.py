@@ -69,9 +69,9 @@ def test_every_architecture_trains_and_loads(capfd, tmp_path, tiny_gpt2_dir, arc
 
 def test_train_minilm_short_run_learns(capfd, tmp_path):
     out = tmp_path / "minilm-sae"
-    code, _, err = run(capfd, "train", "--tokens", "40000", "--context-size", "64",
-                       "--expansion", "2", "--k", "16", "--batch-tokens", "512",
-                       "--eval-tokens", "4096", "--out", out)
+    code, _, err = run(capfd, "train", "--model", "minilm", "--tokens", "40000",
+                       "--context-size", "64", "--expansion", "2", "--k", "16",
+                       "--batch-tokens", "512", "--eval-tokens", "4096", "--out", out)
     assert code == 0, err
     meta = json.loads((out / "shoggoth.json").read_text())
     assert meta["model"] == "minilm" and meta["hook"] == "blocks.3.hook_resid_post"

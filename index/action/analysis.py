@@ -13,9 +13,9 @@ from shoggoth.core.errors import BadInput
 from shoggoth.index.action.labels import (
     CELLS,
     EFFECT_LABELS,
+    ActionDesign,
     Chunked,
     GridLabelConfig,
-    Layout,
     build_layout,
     gather,
 )
@@ -51,7 +51,7 @@ def decide(q: dict[str, np.ndarray], n_docs: np.ndarray, broad: np.ndarray,
     label[sig["content"] & ~sig["context"]] = "content"
     label[sig["context"] & ~sig["content"]] = "context"
     label[sig["context"] & sig["content"]] = "context+content"
-    label[sig["interaction"]] = "context×content"
+    label[sig["interaction"]] = "context:content"
     label[(n_docs > 0) & (n_docs < cfg.min_docs)] = "rare"
     label[n_docs == 0] = "dead"
     return label
@@ -110,7 +110,7 @@ def analyse_grid(documents: pd.DataFrame, doc_features: pd.DataFrame, n_features
     return GridResult(features, effect_rows(g, lay), fdr, lay.notes)
 
 
-def effect_rows(g: Chunked, lay: Layout) -> pd.DataFrame:
+def effect_rows(g: Chunked, lay: ActionDesign) -> pd.DataFrame:
     """Per live feature and persona: the four cell means and the three effects with their
     intervals."""
     live = np.flatnonzero(g.n_docs_firing > 0)

@@ -16,9 +16,9 @@ from shoggoth.index.action.stats import EFFECTS, block_contrasts, effect_test, i
 from shoggoth.index.labels.rules import Thresholds
 from shoggoth.index.labels.stats import equivalence, item_bootstrap, stratified_weights
 
-GRID_LABELS = ("dead", "rare", "context", "content", "context+content", "context×content",
+GRID_LABELS = ("dead", "rare", "context", "content", "context+content", "context:content",
                "shared-in-action", "unclear")
-EFFECT_LABELS = ("context", "content", "context+content", "context×content")
+EFFECT_LABELS = ("context", "content", "context+content", "context:content")
 """Labels that claim an effect (their false-discovery rate is estimated by calibration)."""
 CELLS = ("in_action", "neutral_text", "text_only", "baseline")
 """a: own answer, persona prompt; b: neutral answer, persona prompt; c: own answer, no persona;
@@ -37,7 +37,7 @@ class GridLabelConfig(Thresholds):
 
 
 @dataclass
-class Layout:
+class ActionDesign:
     """The grid's blocks: one persona prompt and one item, with its four documents."""
 
     personas: list[str]
@@ -67,7 +67,7 @@ class Layout:
         return out / out.sum(axis=0)
 
 
-def build_layout(documents: pd.DataFrame) -> Layout:
+def build_layout(documents: pd.DataFrame) -> ActionDesign:
     """The blocks of a grid harvest: documents has cell, persona, paraphrase, item_id (persona
     and paraphrase empty for the baseline cell), one row per document."""
     for col in ("cell", "persona", "paraphrase", "item_id"):
@@ -109,7 +109,7 @@ def build_layout(documents: pd.DataFrame) -> Layout:
                      "replicate")
     docs = {c: np.array([by[c][k] for k in full]) for c in CELLS[:3]}
     docs["baseline"] = np.array([base_of[k[2]] for k in full])
-    return Layout(personas, persona_of_prompt, prompt_keys, items, docs,
+    return ActionDesign(personas, persona_of_prompt, prompt_keys, items, docs,
                   np.array([prompt_index[(k[0], k[1])] for k in full]),
                   np.array([item_index[k[2]] for k in full]), len(rows), notes)
 
@@ -153,7 +153,7 @@ class Dense:
         return out
 
 
-def _boot_means(x: np.ndarray, lay: Layout, weights: np.ndarray) -> np.ndarray:
+def _boot_means(x: np.ndarray, lay: ActionDesign, weights: np.ndarray) -> np.ndarray:
     """[feature, persona, B]: persona means of the prompt means under each item resample."""
     k, b = len(lay.personas), weights.shape[1]
     out = np.zeros((x.shape[0], k, b))
@@ -166,7 +166,7 @@ def _boot_means(x: np.ndarray, lay: Layout, weights: np.ndarray) -> np.ndarray:
     return out / counts[None, :, None]
 
 
-def log_cells(v: np.ndarray, lay: Layout, log_floor: float) -> dict[str, np.ndarray]:
+def log_cells(v: np.ndarray, lay: ActionDesign, log_floor: float) -> dict[str, np.ndarray]:
     """log(activation + c) of every block's four documents, c = log_floor × the feature's mean
     over the grid's documents (the labeller's transform: effects become ratios, and a feature's
     spread no longer grows with its level)."""
@@ -175,7 +175,7 @@ def log_cells(v: np.ndarray, lay: Layout, log_floor: float) -> dict[str, np.ndar
     return {cell: y[:, lay.docs[cell]] for cell in CELLS}
 
 
-def gather(doc_features: pd.DataFrame, lay: Layout, n_features: int,
+def gather(doc_features: pd.DataFrame, lay: ActionDesign, n_features: int,
            cfg: GridLabelConfig) -> Chunked:
     """Tests, null tests, intervals, cell means and the shared-in-action bound, chunk by
     chunk."""
@@ -225,7 +225,7 @@ def gather(doc_features: pd.DataFrame, lay: Layout, n_features: int,
     return out
 
 
-def _action_bound(a: np.ndarray, m_a: np.ndarray, lay: Layout, broad: np.ndarray,
+def _action_bound(a: np.ndarray, m_a: np.ndarray, lay: ActionDesign, broad: np.ndarray,
                   weights: np.ndarray, cfg: GridLabelConfig) -> tuple[np.ndarray, np.ndarray]:
     """The labeller's equivalence bound on the in-action means across personas (candidates:
     broad, every prompt mean above 0)."""

@@ -13,7 +13,7 @@ from shoggoth.core.errors import BadInput
 
 
 @dataclass
-class Grid:
+class LabelDesign:
     """Index of the documents. A prompt is one (persona, paraphrase): the unit of replication."""
 
     personas: list[str]
@@ -79,8 +79,8 @@ def _controls(pers: pd.DataFrame, names: list[str], n_main: int) -> tuple[list, 
     return matched, baseline
 
 
-def build_grid(documents: pd.DataFrame, personas: pd.DataFrame,
-               topics: dict[str, str] | None = None) -> tuple[Grid, pd.DataFrame]:
+def build_design(documents: pd.DataFrame, personas: pd.DataFrame,
+               topics: dict[str, str] | None = None) -> tuple[LabelDesign, pd.DataFrame]:
     """The grid and the distinct documents (persona, paraphrase, item_id) it indexes."""
     _check_columns(personas, "personas", ("persona", "family", "is_control"))
     _check_columns(documents, "documents", ("persona", "paraphrase", "item_id"))
@@ -115,15 +115,16 @@ def build_grid(documents: pd.DataFrame, personas: pd.DataFrame,
     topic_names = [str((topics or {}).get(it, it)) for it in items]
     _, topic_of_item = np.unique(topic_names, return_inverse=True)
     matched, baseline = _controls(pers, names, len(main))
-    grid = Grid(names, len(main), dict(zip(pers["persona"], pers["family"], strict=True)), items,
-                topic_of_item, p_idx, i_idx, prompt_of_doc, prompt_keys // n_para,
-                prompt_keys % n_para, np.bincount(prompt_of_doc, minlength=len(prompt_keys)),
-                cells, matched, baseline, notes)
+    families = dict(zip(pers["persona"], pers["family"], strict=True))
+    grid = LabelDesign(names, len(main), families, items, topic_of_item, p_idx, i_idx,
+                       prompt_of_doc, prompt_keys // n_para, prompt_keys % n_para,
+                       np.bincount(prompt_of_doc, minlength=len(prompt_keys)), cells, matched,
+                       baseline, notes)
     _note_gaps(grid)
     return grid, docs
 
 
-def _note_gaps(grid: Grid) -> None:
+def _note_gaps(grid: LabelDesign) -> None:
     """One line for each thing this battery cannot support."""
     n_main, counts = grid.n_main, grid.prompts_per_persona
     unmatched = [grid.personas[k] for k in range(n_main) if not grid.matched[k]]

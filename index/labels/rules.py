@@ -16,7 +16,7 @@ import pandas as pd
 
 from shoggoth.core.config import BOOTSTRAP, CONFIDENCE, SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
-from shoggoth.index.labels.design import Grid, build_grid, doc_index, doc_rows
+from shoggoth.index.labels.design import LabelDesign, build_design, doc_index, doc_rows
 from shoggoth.index.labels.stats import (
     bh_qvalues,
     contrast,
@@ -95,7 +95,7 @@ class _Context:
     """What every chunk of features shares."""
 
     cfg: LabelConfig
-    grid: Grid
+    grid: LabelDesign
     feat: np.ndarray
     doc: np.ndarray
     val: np.ndarray
@@ -122,7 +122,7 @@ def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
     cfg = config or LabelConfig()
     if n_features < 1:
         raise BadInput(f"n_features {n_features}: must be at least 1")
-    grid, docs = build_grid(documents, personas, topics)
+    grid, docs = build_design(documents, personas, topics)
     feat, doc, val = doc_rows(doc_features, docs, n_features)
     n_prompts, n_all = len(grid.persona_of_prompt), len(grid.personas)
     average = np.zeros((n_prompts, n_all))
@@ -227,7 +227,7 @@ def _descriptive(mu: np.ndarray, live: np.ndarray, names: list[str]) -> pd.DataF
         "ranked_personas": ranked})
 
 
-def control_margins(grid: Grid, lo: np.ndarray, hi: np.ndarray,
+def control_margins(grid: LabelDesign, lo: np.ndarray, hi: np.ndarray,
                     members: list[int]) -> np.ndarray:
     """lo, hi: [rows, persona] weakest and best prompt means. Per row: the members' matched
     controls against the other personas' matched controls, as the largest (over the members'
@@ -248,7 +248,7 @@ def control_margins(grid: Grid, lo: np.ndarray, hi: np.ndarray,
                         np.where(weakest > 0, np.inf, np.nan))
 
 
-def _top_control_margins(grid: Grid, lo: np.ndarray, hi: np.ndarray,
+def _top_control_margins(grid: LabelDesign, lo: np.ndarray, hi: np.ndarray,
                          top: np.ndarray) -> np.ndarray:
     """control_margins of each feature's top persona."""
     out = np.full(len(top), np.nan)
@@ -258,7 +258,7 @@ def _top_control_margins(grid: Grid, lo: np.ndarray, hi: np.ndarray,
     return out
 
 
-def _matched_means(grid: Grid, mu_all: np.ndarray) -> np.ndarray:
+def _matched_means(grid: LabelDesign, mu_all: np.ndarray) -> np.ndarray:
     """[feature, main persona]: the largest mean among the persona's own mention/negation
     controls (NaN for a persona without any)."""
     out = np.full((mu_all.shape[0], grid.n_main), np.nan)
@@ -300,7 +300,7 @@ def _shared_bound(ctx: _Context, m: np.ndarray, mu: np.ndarray, cand: np.ndarray
     return high, power
 
 
-def _family_of(grid: Grid, members: list[str]) -> str | None:
+def _family_of(grid: LabelDesign, members: list[str]) -> str | None:
     """The battery family the set is (or is part of), else None."""
     families = {grid.family[p] for p in members}
     if len(families) != 1:
@@ -310,7 +310,7 @@ def _family_of(grid: Grid, members: list[str]) -> str | None:
     return fam if whole == set(members) else f"part of {fam}"
 
 
-def _label(cfg: LabelConfig, grid: Grid, t: pd.DataFrame) -> None:
+def _label(cfg: LabelConfig, grid: LabelDesign, t: pd.DataFrame) -> None:
     """The label of each feature, in order of precedence (docs/labels.md), in place."""
     k = grid.n_main
     n_docs = t["n_docs_firing"].to_numpy()

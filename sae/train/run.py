@@ -64,8 +64,9 @@ STATE_FILE = "shoggoth_train_config.json"
 @dataclass
 class TrainConfig(Config):
     """`shoggoth train`: train an SAE on a model's residual stream (sae-lens underneath)."""
-    model: str = "minilm"
-    """Model alias, local Hugging Face directory or hub id."""
+    model: str = "smollm2"
+    """Model alias, local Hugging Face directory or hub id (default: the built-in chat model,
+    which wears masks; minilm is the quick encoder)."""
     hook: list[str] = option([], repeat=True)
     """Hook to train on, e.g. blocks.3.hook_resid_post (default: the middle layer's resid_post);
     several hooks train one SAE each from the same forward passes."""

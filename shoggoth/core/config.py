@@ -29,11 +29,20 @@ from shoggoth.core.text import read_text
 
 C = TypeVar("C")
 
-CONFIDENCE = {"above": 0.5, "below": 1}
+class Bounds(typing.TypedDict, total=False):
+    """Bounds shared by every option of one name (`option(..., **CONFIDENCE)`)."""
+
+    min: float
+    max: float
+    above: float
+    below: float
+
+
+CONFIDENCE: Bounds = {"above": 0.5, "below": 1}
 """The bounds of every --confidence: an interval's level, over one half and short of one."""
-BOOTSTRAP = {"min": 10, "max": 100_000}
+BOOTSTRAP: Bounds = {"min": 10, "max": 100_000}
 """The bounds of every --bootstrap (resamples): fewer than 10 gives no interval worth a name."""
-TIMEOUT = {"min": 0}
+TIMEOUT: Bounds = {"min": 0}
 """The bounds of every --timeout (seconds; 0: no limit)."""
 SEED_MAX = 2**31 - 1
 """The largest --seed: numpy's generators take seeds below 2**32, and some commands derive

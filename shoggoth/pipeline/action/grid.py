@@ -69,7 +69,7 @@ class GridConfig(GridLabelConfig):
 
 
 @dataclass
-class Inputs:
+class GridInputs:
     """What the run reads from the database."""
 
     sae_id: str
@@ -84,7 +84,7 @@ class Inputs:
     answers)."""
 
 
-def read_inputs(cfg: GridConfig) -> Inputs:
+def read_inputs(cfg: GridConfig) -> GridInputs:
     """The SAE, battery and answer set; BadInput for what cannot work."""
     d = Dictionary(cfg.db, cfg.sae)
     try:
@@ -111,11 +111,11 @@ def read_inputs(cfg: GridConfig) -> Inputs:
                        f"'{none.name}'")
     own = dict(zip(reference["item_id"], reference["text"].str.strip(), strict=True)) \
         if cfg.neutral == "own" else None
-    return Inputs(sae_id, dict(row), by_name, {i.item_id: i for i in items}, none, answers,
+    return GridInputs(sae_id, dict(row), by_name, {i.item_id: i for i in items}, none, answers,
                   run, own)
 
 
-def plan_documents(inputs: Inputs) -> pd.DataFrame:
+def plan_documents(inputs: GridInputs) -> pd.DataFrame:
     """Every document of the grid: cell, context (persona, paraphrase), text (persona,
     paraphrase; empty for the battery's answer, the no-persona control's for the model's own
     neutral answer), item, the block's persona prompt, and the text itself."""
@@ -142,7 +142,7 @@ def plan_documents(inputs: Inputs) -> pd.DataFrame:
     return docs.reset_index(drop=True).rename_axis("doc").reset_index()
 
 
-def work_dir(cfg: GridConfig, inputs: Inputs) -> tuple[Path, str]:
+def work_dir(cfg: GridConfig, inputs: GridInputs) -> tuple[Path, str]:
     """The folder this harvest's batches are kept in until the tables are written, and the
     harvest's key (a digest of everything that decides its documents' activations)."""
     key = {"sae": inputs.sae_id, "weights": inputs.row.get("weights_sha256"),
@@ -152,7 +152,7 @@ def work_dir(cfg: GridConfig, inputs: Inputs) -> tuple[Path, str]:
                          f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}", key)
 
 
-def build_prompts(model: Any, inputs: Inputs, docs: pd.DataFrame) -> list[Prompt]:
+def build_prompts(model: Any, inputs: GridInputs, docs: pd.DataFrame) -> list[Prompt]:
     """Each document's prompt, built as the harvest builds it."""
     template = stored_template(inputs.row["template"])
     out = []
@@ -179,7 +179,7 @@ def units(docs: pd.DataFrame, prompts: list[Prompt], batch: int) -> list[np.ndar
     return out
 
 
-def harvest_cells(cfg: GridConfig, inputs: Inputs, docs: pd.DataFrame,
+def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
                   folder: Path) -> tuple[np.ndarray, pd.DataFrame]:
     """(n_tokens per document, per-document activations: doc, feature, mean_act, max_act,
     n_fire), batch by batch, resuming from `folder`."""

@@ -83,7 +83,7 @@ def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
 
 
 @dataclass
-class Plan:
+class EffectsPlan:
     """Which features the exact pass measures, and where."""
 
     features: list[int]
@@ -97,7 +97,7 @@ class Plan:
     """Per feature, the activation it is steered with under no persona (0: not steered)."""
 
 
-def _edit(s: Setup, plan: Plan, jobs: list[tuple[str, int]]) -> Any:
+def _edit(s: Setup, plan: EffectsPlan, jobs: list[tuple[str, int]]) -> Any:
     dirs = s.w_dec[[plan.features[j] if j >= 0 else 0 for _, j in jobs]]  # [rows, d]
 
     def edit(x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +114,7 @@ def _edit(s: Setup, plan: Plan, jobs: list[tuple[str, int]]) -> Any:
     return edit
 
 
-def _jobs(plan: Plan, condition: int, fired: np.ndarray) -> tuple[list[tuple[str, int]],
+def _jobs(plan: EffectsPlan, condition: int, fired: np.ndarray) -> tuple[list[tuple[str, int]],
                                                                    list[int]]:
     """The rows to run under a condition (ablations of the features that fire, and under the
     baseline every steering), and the measured features that do not fire (exactly no
@@ -128,7 +128,7 @@ def _jobs(plan: Plan, condition: int, fired: np.ndarray) -> tuple[list[tuple[str
     return jobs, silent
 
 
-def exact_item(s: Setup, item: int, plan: Plan, fired: np.ndarray) -> dict[str, np.ndarray]:
+def exact_item(s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray) -> dict[str, np.ndarray]:
     """Exact ablation and steering on one item: ablate[j, c, t] the change of the answer's
     log-probabilities (tokens 2..) when feature j is ablated under condition c (NaN: not
     measured), ablate_kl[j, c] the mean KL of the next-token distributions, steer[j, t] the

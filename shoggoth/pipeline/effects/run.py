@@ -46,7 +46,7 @@ from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import Dictionary, labelled_features, typical_activations
 from shoggoth.index.store.schema import read_battery
-from shoggoth.pipeline.effects.measure import Plan, Setup, exact_item, screen_item
+from shoggoth.pipeline.effects.measure import EffectsPlan, Setup, exact_item, screen_item
 from shoggoth.pipeline.effects.tables import effect_rows, make_plan, screen_estimates, shift_rows
 from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.prompts import build_prompt, stored_template
@@ -102,7 +102,7 @@ def parse_labels(spec: str) -> set[str]:
 
 
 @dataclass
-class Inputs:
+class EffectsInputs:
     """What the run reads from the database."""
 
     db: Path
@@ -116,7 +116,7 @@ class Inputs:
     allowed: set[int] | None
 
 
-def read_inputs(cfg: EffectsConfig) -> Inputs:
+def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
     """The SAE, battery, labels and typical activations; BadInput for what cannot work."""
     d = Dictionary(cfg.db, cfg.sae)
     try:
@@ -138,7 +138,7 @@ def read_inputs(cfg: EffectsConfig) -> Inputs:
                 raise BadInput(f"--labels: {cfg.db} is not labelled yet; run shoggoth label")
             allowed = {int(f) for f, lab in label_of.items() if lab in wanted}
         chosen = parse_features(cfg.features, int(d.row["d_sae"])) if cfg.features else None
-        return Inputs(cfg.db, d.sae_id, dict(d.row),
+        return EffectsInputs(cfg.db, d.sae_id, dict(d.row),
                       [baseline_persona(personas, cfg.db), *main],
                       subset_items(items, cfg.items_per_topic),
                       {int(k): str(v) for k, v in label_of.items()},
@@ -160,7 +160,7 @@ def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str) -> tupl
     return model, sae
 
 
-def make_setup(inputs: Inputs, model: Model, sae: Any, cfg: EffectsConfig) -> Setup:
+def make_setup(inputs: EffectsInputs, model: Model, sae: Any, cfg: EffectsConfig) -> Setup:
     """Every condition's prompt for every item, as the harvest built them."""
     template = stored_template(inputs.row["template"])
     index = 0 if len(inputs.conditions[0].prompts) <= cfg.paraphrase else cfg.paraphrase
@@ -173,7 +173,7 @@ def make_setup(inputs: Inputs, model: Model, sae: Any, cfg: EffectsConfig) -> Se
                  prompts, cfg.batch)
 
 
-def work_dir(inputs: Inputs, cfg: EffectsConfig) -> Path:
+def work_dir(inputs: EffectsInputs, cfg: EffectsConfig) -> Path:
     """The folder this run's per-item results are kept in until the tables are written; keyed
     by everything that decides them, so only the same run resumes from it."""
     key = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "sae": inputs.sae_id,
@@ -195,11 +195,11 @@ def per_item(folder: Path, n_items: int, title: str,
     return [dict(np.load(p)) for p in paths]
 
 
-def plan_of(folder: Path, make: Callable[[], Plan]) -> Plan:
+def plan_of(folder: Path, make: Callable[[], EffectsPlan]) -> EffectsPlan:
     """The exact pass's plan, saved once so that a resumed run measures the same features."""
     path = folder / "plan.json"
     if path.is_file():
-        return Plan(**json.loads(path.read_text()))
+        return EffectsPlan(**json.loads(path.read_text()))
     plan = make()
     write_json_atomic(path, asdict(plan))
     return plan

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from shoggoth.index.effects.stats import bootstrap_indices, mean_ci, projection_terms, ratio_ci
-from shoggoth.pipeline.effects.measure import Plan
+from shoggoth.pipeline.effects.measure import EffectsPlan
 
 SHARED = ("shared",)
 """The labels the baseline sample is drawn from."""
@@ -26,7 +26,7 @@ def screen_estimates(screens: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 def make_plan(screen: np.ndarray, fired: np.ndarray, labels: dict[int, str],
               typical: dict[int, float], *, chosen: list[int] | None, allowed: set[int] | None,
-              top: int, baseline: int, per_feature: int, seed: int) -> Plan:
+              top: int, baseline: int, per_feature: int, seed: int) -> EffectsPlan:
     """The features to measure exactly: `chosen`, or the `top` live features by the screen's
     largest |estimate| (among `allowed`), plus `baseline` random features labelled shared (any
     live feature when unlabelled); each under its `per_feature` personas of largest |estimate|
@@ -50,7 +50,7 @@ def make_plan(screen: np.ndarray, fired: np.ndarray, labels: dict[int, str],
         order = np.argsort(-np.nan_to_num(np.abs(screen[:, f])), kind="stable")
         keep = order if per_feature == 0 else order[:per_feature]
         conds.append(sorted(int(k) + 1 for k in keep))
-    return Plan(feats, roles, conds, [float(typical.get(f, 0.0)) for f in feats])
+    return EffectsPlan(feats, roles, conds, [float(typical.get(f, 0.0)) for f in feats])
 
 
 def token_shifts(screens: list[dict[str, np.ndarray]], k: int) -> list[np.ndarray]:
@@ -75,7 +75,7 @@ def shift_rows(names: list[str], screens: list[dict[str, np.ndarray]], n_boot: i
 
 
 def effect_rows(names: list[str], screens: list[dict[str, np.ndarray]],
-                exact: list[dict[str, np.ndarray]], plan: Plan, screen: np.ndarray,
+                exact: list[dict[str, np.ndarray]], plan: EffectsPlan, screen: np.ndarray,
                 fired: np.ndarray, n_boot: int, confidence: float, seed: int) -> pd.DataFrame:
     """The feature_effects rows: the screen's estimate for every live feature and persona,
     then per chosen feature the exact measures with their item-bootstrap intervals (`fired`:

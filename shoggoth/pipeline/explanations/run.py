@@ -128,7 +128,7 @@ def split_windows(rows: pd.DataFrame, shown: int, held_out: int
 
 
 @dataclass
-class Plan:
+class ExplainPlan:
     """What a run will do, read from the database before any request."""
 
     sae: str
@@ -140,7 +140,7 @@ class Plan:
     done_before: int
 
 
-def gather(cfg: ExplainConfig) -> Plan:
+def gather(cfg: ExplainConfig) -> ExplainPlan:
     """The SAE, every chosen feature's evidence, and the settings that identify this run."""
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
@@ -171,7 +171,7 @@ def gather(cfg: ExplainConfig) -> Plan:
             evidence.append(Evidence(f, show, held, silent, edb.persona_means(con, sae, f)))
     finally:
         con.close()
-    return Plan(sae, evidence, key, len(features), len(done & set(features)))
+    return ExplainPlan(sae, evidence, key, len(features), len(done & set(features)))
 
 
 def explain_one(explainer: Explainer, judge: Explainer, ev: Evidence,
