@@ -40,6 +40,10 @@ def describe(name: str) -> dict[str, object]:
     alias = ALIASES.get(name)
     row: dict[str, object] = {"model": name, "source": alias.source if alias else "",
                               "available": "", "d_model": None, "layers": None, "hooks": None}
+    if alias is not None and not alias.ready():  # listing it must not convert it
+        row["available"] = "offline (bundled; converted on first use, about 20 s)"
+        row["hooks"] = "listed once converted"
+        return row
     try:
         src = resolve_source(name)
     except BadInput as e:

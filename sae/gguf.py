@@ -38,16 +38,20 @@ def _stamp(gguf: Path) -> dict[str, Any]:
             "mtime_ns": st.st_mtime_ns}
 
 
+def is_converted(gguf: Path, out: Path) -> bool:
+    """Whether `out` holds a complete conversion of this very `gguf` file."""
+    try:
+        return bool(json.loads((out / STAMP).read_text()) == _stamp(gguf))
+    except (OSError, ValueError):
+        return False  # absent, half-written or from another file
+
+
 def converted_dir(gguf: Path, name: str, log: Any = None) -> Path:
     """The local Hugging Face directory converted from `gguf` (converting it first when the
     cache has no complete conversion of this very file)."""
     out = cache_dir() / "models" / name
-    stamp = out / STAMP
-    try:
-        if json.loads(stamp.read_text()) == _stamp(gguf):
-            return out
-    except (OSError, ValueError):
-        pass  # absent, half-written or from another file: converted again below
+    if is_converted(gguf, out):
+        return out
     if log is not None:
         log(f"converting {gguf.name} once into {out} (dequantized to float32, about 20 s)")
     convert(gguf, out)
@@ -125,7 +129,19 @@ def _dequantized(gguf: Path) -> tuple[Any, Any]:
     return plain.eval(), tokenizer
 
 
+SMOLLM2_NAME = f"SmolLM2-135M-Instruct-Q4_1-v{CONVERSION_VERSION}"
+
+
 def smollm2_dir(log: Any = None) -> str:
     """SmolLM2-135M-Instruct (Q4_1, dequantized) as a local directory, converted on first use."""
     gguf = packaged_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, "model 'smollm2'")
-    return str(converted_dir(gguf, f"SmolLM2-135M-Instruct-Q4_1-v{CONVERSION_VERSION}", log))
+    return str(converted_dir(gguf, SMOLLM2_NAME, log))
+
+
+def smollm2_ready() -> bool:
+    """Whether SmolLM2 is converted already (a listing must not convert it)."""
+    try:
+        gguf = packaged_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, "model 'smollm2'")
+    except BadInput:
+        return True  # not installed: resolving it says so, without converting anything
+    return is_converted(gguf, cache_dir() / "models" / SMOLLM2_NAME)

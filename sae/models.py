@@ -20,7 +20,7 @@ import torch
 
 from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.progress import stderr_log
-from shoggoth.sae.gguf import smollm2_dir
+from shoggoth.sae.gguf import smollm2_dir, smollm2_ready
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 RESID_HOOK = "blocks.{layer}.hook_resid_post"
@@ -43,6 +43,8 @@ class Alias:
     """Returns a local directory or a hub id."""
     offline: bool
     """True when the weights ship with an installed package."""
+    ready: Callable[[], bool] = lambda: True
+    """False while `locate` would first have to build the weights (SmolLM2's conversion)."""
 
 
 ALIASES: dict[str, Alias] = {
@@ -60,6 +62,7 @@ ALIASES: dict[str, Alias] = {
             "4-bit Q4_1 weights dequantized to float32, not the original bfloat16)",
             lambda: smollm2_dir(stderr_log()),
             True,
+            smollm2_ready,
         ),
         Alias("gpt2", "hub: openai-community/gpt2", lambda: "openai-community/gpt2", False),
         Alias(

@@ -181,3 +181,15 @@ def test_console_script_end_to_end(tmp_path):
     proc = subprocess.run([str(exe), "models"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 0 and "minilm" in proc.stdout
+
+
+def test_the_models_listing_does_not_convert_smollm2(capfd, tmp_path, monkeypatch):
+    """In a new cache, `shoggoth models` lists SmolLM2 as converted on first use, and converts
+    nothing (the conversion belongs to the first command that needs the weights)."""
+    monkeypatch.setenv("SHOGGOTH_CACHE", str(tmp_path / "cache"))
+    code, out, err = run(capfd, "models", "--format", "json")
+    assert code == 0, err
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert rows["smollm2"]["available"].startswith("offline (bundled; converted on first use")
+    assert rows["minilm"]["d_model"] == 384  # the others are described as before
+    assert not (tmp_path / "cache" / "models").exists() and "converting" not in err

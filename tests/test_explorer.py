@@ -10,6 +10,8 @@ import os
 import re
 from pathlib import Path
 
+import json
+
 import duckdb
 import pytest
 from helpers import copy_db
@@ -252,4 +254,20 @@ def test_a_link_fills_the_sql_editor_but_does_not_run_it(db):
     at = app(db, "views/sql.py", query=query)
     assert at.text_area[0].value == query
     assert not at.dataframe and not at.error
+    close_store(db)
+
+
+def test_overview_rounds_null_counts_and_the_chart_keeps_control_names(db):
+    """The null column is a mean of runs: shown with one decimal, not as 436.6667; the feature
+    page's persona chart shows whole names, so two controls of one kind can be told apart."""
+    at = app(db)
+    table = next(d for d in at.dataframe if "null (reassigned prompts)" in d.value.columns)
+    config = json.loads(table.proto.columns)
+    assert config["null (reassigned prompts)"]["type_config"]["format"] == "%.1f"
+    close_store(db)
+    at = app(db, "views/feature.py", feature="3")
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    axes = [s.get("encoding", {}).get("y", {}).get("axis", {}) for spec in specs
+            for s in [spec, *spec.get("layer", [])]]
+    assert any(a.get("labelLimit") == 0 for a in axes), axes
     close_store(db)

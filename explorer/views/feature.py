@@ -88,7 +88,9 @@ for box, part, title in ((left, per[~per["is_control"]], "personas"),
                          (right, per[per["is_control"]], "controls")):
     if part.empty:
         continue
-    base = alt.Chart(part).encode(y=alt.Y("persona:N", sort=None, title=title))
+    # labelLimit 0: the whole name, so control_mention_pirate and control_mention_poet differ
+    base = alt.Chart(part).encode(y=alt.Y("persona:N", sort=None, title=title,
+                                          axis=alt.Axis(labelLimit=0)))
     bars = base.mark_bar().encode(x=alt.X("mean:Q", title="mean activation"),
                                   color=alt.Color("family:N", legend=None),
                                   tooltip=["persona", "family", alt.Tooltip("mean:Q", format=".4f"),

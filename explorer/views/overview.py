@@ -42,7 +42,10 @@ if len(fdr):
                                             "n_split": "null (split personas)",
                                             "fdr": "estimated FDR"})
                         .drop(columns="n_real"), on="label", how="left")
-st.dataframe(table, hide_index=True)
+st.dataframe(table, hide_index=True, column_config={  # (a mean of runs: one decimal)
+    "null (reassigned prompts)": st.column_config.NumberColumn(format="%.1f"),
+    "null (split personas)": st.column_config.NumberColumn(format="%.0f"),
+    "estimated FDR": st.column_config.NumberColumn(format="percent")})
 st.caption("Each persona label's estimated false-discovery rate is the larger null count (the "
            "mean over runs with the prompts reassigned to random personas, or the run with every "
            "persona's paraphrases split in two) divided by the real count; shared-modulated's "
