@@ -57,8 +57,7 @@ def load_generator(name_or_dir: str, device: str = "auto") -> Generator:
         raise BadInput(f"model '{name_or_dir}': cannot generate text: {first_line(e)}") from None
     if not is_causal_lm(hf):
         raise BadInput(f"model '{name_or_dir}': is not a causal LM, it cannot write answers")
-    hf.to(dev)  # type: ignore[arg-type]  # (transformers' stubs type .to as a decorator)
-    hf.eval().requires_grad_(False)
+    hf.to(dev).eval().requires_grad_(False)
     return Generator(name_or_dir, hf, AutoTokenizer.from_pretrained(source.location), dev,
                      source.location)
 
