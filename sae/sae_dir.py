@@ -31,9 +31,9 @@ def read_sae_dir(path: Path, device: str, flag: str) -> Any:
 def load_sae_dir(path: Path, device: str) -> Any:
     """An sae-lens SAE from a directory; BadInput in one line when it is not one."""
     if not path.is_dir():
-        raise BadInput(f"--sae {path}: no such directory")
+        raise BadInput(f"--sae-dir {path}: no such directory")
     if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
-        raise BadInput(f"--sae {path}: not an SAE directory (needs cfg.json and "
+        raise BadInput(f"--sae-dir {path}: not an SAE directory (needs cfg.json and "
                        "sae_weights.safetensors, as `shoggoth train` writes)")
     return read_sae_dir(path, device, "--sae")
 

@@ -12,7 +12,14 @@ import click
 
 import shoggoth.core.startup  # first: a Ctrl-C while the libraries load is one line
 from shoggoth import __version__
-from shoggoth.core.errors import BadInput, Interrupted, first_line, is_interrupt
+from shoggoth.core.errors import (
+    BadInput,
+    Interrupted,
+    environment_line,
+    first_line,
+    is_environmental,
+    is_interrupt,
+)
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("models", "shoggoth.sae.commands:models_command",
@@ -129,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # DuckDB turns a Ctrl-C inside a query into an error of its own; every write is
         # atomic or transactional, so "interrupted" is all there is to say.
-        if not is_interrupt(e):
-            raise
-        click.echo("interrupted", err=True)
-        return 130
+        if is_interrupt(e):
+            click.echo("interrupted", err=True)
+            return 130
+        if is_environmental(e):
+            click.echo(f"error: {environment_line(e)}", err=True)
+            return 2
+        raise
     return 0
 
 

@@ -6,11 +6,10 @@ gets a page that says what to run."""
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 from pathlib import Path
-
-import json
 
 import duckdb
 import pytest

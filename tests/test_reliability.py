@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from helpers import PERSONAS, copy_db, default_sigint
+from helpers import PERSONAS, battery, copy_db, default_sigint
 
 from shoggoth import cli
 from shoggoth.battery.personas import load_personas
@@ -373,3 +373,44 @@ def test_no_file_is_left_beside_a_refused_export(tmp_path, capfd, labelled_db):
     one_line(capfd, ["export", "--db", db, "--parquet", tmp_path / "pq", "--views",
                      tmp_path / "keep.duckdb"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.duckdb", "keep.duckdb"]
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: int):
+    """A tmpfs of `size` bytes at `folder` (root can mount one; skipped where not allowed)."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("command", [["label", "--min-docs", "5"], ["index", "--map", "pca"],
+                                     ["export", "--parquet", "{disk}/pq"], ["harvest"]])
+def test_a_full_disk_in_any_writer_is_one_line_and_keeps_the_database(capfd, tmp_path,
+                                                                     labelled_db, tiny_sae_dir,
+                                                                     command):
+    """The database sits on a disk with a little room left: each writer ends in one line (no
+    DuckDB or pyarrow traceback), and the database is the one it was."""
+    size = labelled_db.stat().st_size
+    with small_disk(tmp_path / "disk", size + 16 * 1024) as disk:
+        db = disk / "db.duckdb"
+        shutil.copy(labelled_db, db)
+        before = db.read_bytes()
+        argv = [a.replace("{disk}", str(disk)) for a in command]
+        if command[0] == "harvest":  # a second SAE into the same database
+            argv += ["--sae-dir", str(tiny_sae_dir), "--sae", "second",
+                     *map(str, battery(tmp_path / "b", 30))]  # labelled_db's battery
+        capfd.readouterr()
+        code = cli.main([str(a) for a in [argv[0], "--db", db, *argv[1:]]])
+        err = capfd.readouterr().err
+        last = err.strip().splitlines()[-1]  # (after the steps' progress lines)
+        assert code == 2 and last.startswith("error: ") and "Traceback" not in err, err
+        assert "No space left on device" in last or "no space left" in last, err
+        assert db.read_bytes() == before
+        with duckdb.connect(str(db), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM features").fetchone()[0] > 0

@@ -1,5 +1,6 @@
 """The exception types the CLI turns into exit codes, and deferring Ctrl-C over short writes."""
 
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,30 @@ def is_interrupt(error: BaseException) -> bool:
     its own InterruptException, or into RuntimeError("Query interrupted") on some paths."""
     return isinstance(error, KeyboardInterrupt) or type(error).__name__ == "InterruptException" \
         or (isinstance(error, RuntimeError) and str(error).startswith("Query interrupted"))
+
+
+ENVIRONMENT = ("No space left on device", "Read-only file system", "Disk quota exceeded",
+               "Permission denied", "Operation not permitted", "Could not read enough bytes",
+               "File too large")
+"""What a library's error says when the machine, not the input, stopped a command."""
+
+
+def is_environmental(error: BaseException) -> bool:
+    """Whether `error` is a full disk, a read-only or immutable file, a truncated file…,
+    raised by a library (DuckDB's IOException, pyarrow's, …) rather than as an OSError."""
+    text = str(error)
+    return type(error).__name__ in ("IOException", "ArrowIOError") or any(
+        words in text for words in ENVIRONMENT)
+
+
+def environment_line(error: BaseException) -> str:
+    """The one line such an error gets: what the machine said, without a library's JSON."""
+    text = first_line(error)
+    for words in ENVIRONMENT:
+        if words in text:
+            where = re.search(r'file \\?"([^"\\]+)', text)
+            return f"{where.group(1)}: {words}" if where else words
+    return text
 
 
 @contextmanager

@@ -49,7 +49,7 @@ class HarvestConfig(Config):
     sae_dir: list[Path] = option([], repeat=True)
     """SAE directory, from `shoggoth train` or `shoggoth sae import` (required); repeat it to
     harvest several SAEs of one model (other hooks or widths) from the same forward passes."""
-    sae: str | None = option(None, was={"--sae": None})
+    sae: str | None = option(None, was={"--sae-id": None})
     """The SAE's id in the database (default: its directory's name; one --sae-dir only)."""
     model: str | None = None
     """Model alias, local Hugging Face directory or hub id (default: the SAE's model)."""
@@ -62,7 +62,7 @@ class HarvestConfig(Config):
     for a quick run; the database holds exactly the battery harvested."""
     items_per_topic: int | None = option(None, min=1)
     """Harvest only the first N items of each topic, in file order (default: all)."""
-    batch: int = option(64, min=1, max=1_000_000, was={"--batch": None})
+    batch: int = option(64, min=1, max=1_000_000, was={"--batch-size": None})
     """Documents per forward pass."""
     shard: str | None = None
     """I/N: harvest only slice I (0-based) of N of the document grid into --db; combine the N
