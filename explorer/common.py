@@ -17,6 +17,8 @@ from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from shoggoth.explorer.store import Store
+from shoggoth.index.effects import queries as effect_queries
+from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.store import read
 from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.pipeline.effects.steer import SteerConfig, Steering, require_typical, steer_with
@@ -137,7 +139,7 @@ def open_feature(sae: str, feature: int) -> None:
 
 def labels_frame(sae: str, feature: int | None = None) -> pd.DataFrame:
     """Every feature's (or one feature's) statistics and labels; empty before `shoggoth label`."""
-    return q(read.labelled_features, sae, feature)
+    return q(label_queries.labelled_features, sae, feature)
 
 
 @st.cache_resource(show_spinner="loading the model and SAE")
@@ -150,7 +152,8 @@ def steer_answers(sae: str, row: dict[str, Any], feature: int, prompt: str,
     """`shoggoth steer` for the feature page: the model and SAE are loaded once per session
     server; the feature's typical activation and the persona's prompt come from the read
     API."""
-    typical = require_typical(feature, q(read.typical_activations, sae, feature).get(feature))
+    typical = require_typical(
+        feature, q(effect_queries.typical_activations, sae, feature).get(feature))
     system = q(read.prompts_of, persona)["prompt"].iloc[0] if persona else None
     model, sae_model = _causal_model(str(db_file()), sae, tuple(sorted(row.items())))
     cfg = SteerConfig(db=db_file(), feature=feature, prompt=prompt, persona=persona,

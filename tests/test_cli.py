@@ -193,3 +193,21 @@ def test_the_models_listing_does_not_convert_smollm2(capfd, tmp_path, monkeypatc
     assert rows["smollm2"]["available"].startswith("offline (bundled; converted on first use")
     assert rows["minilm"]["d_model"] == 384  # the others are described as before
     assert not (tmp_path / "cache" / "models").exists() and "converting" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sql", "--help"], ["sql", "--db", "{db}",
+                                  "SELECT 1"], ["status", "--db", "{db}"], ["--version"]])
+def test_the_light_commands_load_no_model_library(tmp_path, argv):
+    """`shoggoth --help`, `sql` and `status` import neither torch nor transformers (the CLI
+    loads a command only when it runs): checked in a fresh interpreter."""
+    import duckdb
+
+    db = tmp_path / "f.duckdb"
+    duckdb.connect(str(db)).close()
+    args = [a.replace("{db}", str(db)) for a in argv]
+    code = (f"import sys\nfrom shoggoth.cli import main\ntry:\n    main({args!r})\n"
+            "except SystemExit:\n    pass\nheavy = [m for m in ('torch', 'transformers', "
+            "'sae_lens', 'faiss') if m in sys.modules]\nprint('HEAVY', heavy)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr

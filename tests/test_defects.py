@@ -292,15 +292,16 @@ def test_the_explorer_server_dies_with_its_parent(tmp_path, indexed_db, sig):
 
 def test_explanations_use_the_thresholds_the_labels_were_made_with(tmp_path, labelled_db):
     from shoggoth.explorer.reasons import explain
+    from shoggoth.index.labels import queries as label_queries
     from shoggoth.index.store import read
 
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     assert cli.main(["label", "--db", str(db), "--alpha", "0.01", "--min-docs", "5"]) == 0
     con = duckdb.connect(str(db), read_only=True)
     sae = read.saes(con)["sae_id"][0]
-    thresholds = read.label_thresholds(con, sae)
+    thresholds = label_queries.label_thresholds(con, sae)
     assert (thresholds.alpha, thresholds.min_docs) == (0.01, 5)
-    features = read.labelled_features(con, sae)
+    features = label_queries.labelled_features(con, sae)
     con.close()
     live = features[~features["label"].isin(["dead", "rare"])].iloc[0].to_dict()
     text = " ".join(explain(live, thresholds))
@@ -335,11 +336,12 @@ def test_racing_writers_lose_no_update(tmp_path, synthetic_db, offset):
             assert lines[-1].startswith("error: ") and "Traceback" not in err, err
             assert sum(line.startswith("error: ") for line in lines) == 1, err
     assert 0 in (done["label"][0], done["index"][0])
-    from shoggoth.index.store import read
+    from shoggoth.index.labels import queries as label_queries
 
     con = duckdb.connect(str(db), read_only=True)
     if done["label"][0] == 0:
-        assert read.label_thresholds(con, "synthetic").alpha == 0.01, "label's work was lost"
+        thresholds = label_queries.label_thresholds(con, "synthetic")
+        assert thresholds.alpha == 0.01, "label's work was lost"
     if done["index"][0] == 0:
         assert con.execute("SELECT count(*) FROM faiss_indexes").fetchone()[0] > 0
     con.close()

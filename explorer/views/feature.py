@@ -22,6 +22,10 @@ from shoggoth.explorer.common import (
     store,
 )
 from shoggoth.explorer.reasons import explain
+from shoggoth.index.action import queries as action_queries
+from shoggoth.index.dictionary import queries as dictionary_queries
+from shoggoth.index.effects import queries as effect_queries
+from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store import read
 
@@ -67,7 +71,7 @@ else:
         st.markdown(f"**Manual label: {md(info['manual_label'])}** (automatic: "
                     f"{md(info['auto_label'])})"
                     + (f" — note: {md(info['note'])}" if info["note"] else ""))
-    for sentence in explain(info, q(read.label_thresholds, sae)):
+    for sentence in explain(info, q(label_queries.label_thresholds, sae)):
         st.markdown(md(sentence))
     cols = st.columns(6)
     for col, (name, key) in zip(cols, [("density", "density"), ("max act", "max_act"),
@@ -115,7 +119,7 @@ def shade(tokens: pd.DataFrame, fire_pos: int, top: float) -> str:
 
 if has_table("examples"):
     st.subheader("Top activations in context")
-    ctx = q(read.top_context_tokens, sae, feature)
+    ctx = q(dictionary_queries.top_context_tokens, sae, feature)
     if ctx.empty:
         st.write("It never fired.")
     top_value = float(ctx["fire_value"].max()) if len(ctx) else 0.0
@@ -128,10 +132,10 @@ if has_table("examples"):
     st.subheader("Samples from each activation interval")
     st.caption("Equal-width bins of this feature's activation range, up to 5 random examples "
                "each, highest interval first.")
-    samples = q(read.interval_samples, sae, feature)
+    samples = q(dictionary_queries.interval_samples, sae, feature)
     st.dataframe(samples, hide_index=True)
 
-hist = q(read.histogram, sae, feature)
+hist = q(dictionary_queries.histogram, sae, feature)
 if len(hist):
     st.subheader("Activation histogram (firing tokens)")
     st.altair_chart(alt.Chart(hist).mark_bar().encode(
@@ -140,7 +144,7 @@ if len(hist):
 
 # --- logit effects and neighbours ------------------------------------------------------------
 st.subheader("Logit effects")
-effects = q(read.feature_logit_effects, sae, feature)
+effects = q(dictionary_queries.feature_logit_effects, sae, feature)
 if effects.empty:
     st.markdown(f"None stored: {md(row.get('logit_effects') or 'run shoggoth index')}.")
 else:
@@ -152,7 +156,7 @@ else:
 
 for table, title in (("neighbors", "Nearest features by decoder direction (FAISS)"),
                      ("profile_neighbors", "Features that prefer the same personas")):
-    near = q(read.feature_neighbours, sae, feature, table)
+    near = q(dictionary_queries.feature_neighbours, sae, feature, table)
     if near.empty:
         continue
     st.subheader(title)
@@ -163,7 +167,7 @@ for table, title in (("neighbors", "Nearest features by decoder direction (FAISS
                          name=getattr(n, "name", None))
 
 # --- context and content (the mask in action) -----------------------------------------------
-grid, cells = q(read.grid_feature, sae, feature)
+grid, cells = q(action_queries.grid_feature, sae, feature)
 st.subheader("Context and content: the mask in action")
 if grid.empty:
     st.markdown("Not measured: run `shoggoth generate` and `shoggoth grid` (causal LMs).")
@@ -196,7 +200,7 @@ if len(cells):
 
 # --- causal effects and steering ------------------------------------------------------------
 st.subheader("Causal effects")
-effects = q(read.feature_effects, sae, feature)
+effects = q(effect_queries.feature_effects, sae, feature)
 exact = effects[effects["measure"] != "attribution"] if len(effects) else effects
 if exact.empty:
     st.markdown(f"Not measured: run `shoggoth effects --db … --features {feature}` (causal LMs)."

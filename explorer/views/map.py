@@ -8,7 +8,7 @@ import altair as alt
 import streamlit as st
 
 from shoggoth.explorer.common import choose_sae, db_path, open_feature, q
-from shoggoth.index.store import read
+from shoggoth.index.dictionary import queries as dictionary_queries
 
 MAX_POINTS = 20_000
 MAPS = {"decoder directions": "decoder", "persona profiles": "persona_profile"}
@@ -19,7 +19,7 @@ c1, c2, c3 = st.columns(3)
 which = c1.radio("map of", list(MAPS), horizontal=True, key="m_which")
 colour = c2.radio("colour by", ["label", "preferred persona"], horizontal=True, key="m_colour")
 hide_dead = c3.checkbox("hide dead features", True, key="m_dead")
-points = q(read.feature_map, sae, MAPS[which])
+points = q(dictionary_queries.feature_map, sae, MAPS[which])
 if points.empty:
     st.info(f"No {which} map yet: run `shoggoth index --db {db_path()}`"
             + (" after `shoggoth label`." if MAPS[which] == "persona_profile" else "."))

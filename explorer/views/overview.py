@@ -7,7 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from shoggoth.explorer.common import choose_sae, db_path, feature_link, labels_frame, q
+from shoggoth.index.action import queries as action_queries
+from shoggoth.index.effects import queries as effect_queries
+from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.rules import LABELS
+from shoggoth.index.layers import queries as layer_queries
 from shoggoth.index.store import read
 
 sae, row = choose_sae()
@@ -34,7 +38,7 @@ if features.empty:
     st.stop()
 
 st.subheader("Labels")
-fdr = q(read.label_fdr, sae)
+fdr = q(label_queries.label_fdr, sae)
 count = features["label"].value_counts().reindex(LABELS, fill_value=0)
 table = pd.DataFrame({"label": count.index, "features": count.to_numpy()})
 if len(fdr):
@@ -51,7 +55,7 @@ st.caption("Each persona label's estimated false-discovery rate is the larger nu
            "persona's paraphrases split in two) divided by the real count; shared-modulated's "
            "uses the reassigned runs. Shared labels have none: reassigning prompts does not make "
            "a shared feature false (their evidence is the equivalence bound and its power).")
-for note in q(read.label_notes, sae):
+for note in q(label_queries.label_notes, sae):
     st.warning(note)
 manual = int(features["manual_label"].notna().sum())
 if manual:
@@ -69,7 +73,7 @@ text = heat.mark_text(fontSize=11).encode(text="features:Q", color=alt.value("bl
 st.altair_chart(heat + text, width="stretch")
 
 st.subheader("Calibration")
-calib = q(read.calibration, sae)
+calib = q(label_queries.calibration, sae)
 if calib.empty:
     st.write("No calibration runs stored (run `shoggoth label`).")
 else:
@@ -78,7 +82,7 @@ else:
     st.caption("Label counts of the real run and of each calibration run (docs/labels.md).")
 
 st.subheader("Where the persona lives, by layer")
-probe = q(read.layer_probe, sae)
+probe = q(layer_queries.layer_probe, sae)
 if probe.empty:
     st.write(f"No layer probe yet: run `shoggoth layers --db {db_path()}`.")
 else:
@@ -106,10 +110,10 @@ else:
                     f"{r.probe_on_error:.3f}).")
     st.dataframe(probe, hide_index=True)
 
-mediation = q(read.mediation_summary, sae)
+mediation = q(effect_queries.mediation_summary, sae)
 if len(mediation):
     st.subheader("Causal effects (shoggoth effects)")
-    shifts = q(read.persona_shifts, sae)
+    shifts = q(effect_queries.persona_shifts, sae)
     st.caption("Each measured feature's largest mediated fraction: the share of a persona's "
                "shift of the answer that ablating it removes, with item-bootstrap intervals; "
                "baseline rows are random shared features, the reference for the candidates.")
@@ -123,7 +127,7 @@ if len(mediation):
                    "(nats over the answer, mean over items).")
         st.dataframe(shifts, hide_index=True)
 
-grid = q(read.grid_summary, sae)
+grid = q(action_queries.grid_summary, sae)
 if len(grid):
     st.subheader("Context × content (shoggoth grid)")
     st.caption("Each persona's own answers and the neutral ones, under its prompt and under "

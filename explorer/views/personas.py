@@ -8,6 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from shoggoth.explorer.common import choose_sae, feature_link, has_table, md, q
+from shoggoth.index.action import queries as action_queries
+from shoggoth.index.dictionary import queries as dictionary_queries
+from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.store import read
 
 sae, row = choose_sae()
@@ -30,7 +33,7 @@ with left:
     st.caption("mask-specific, persona-concept (also fires when it is only mentioned or "
                "negated), mask-or-concept, then the families it belongs to")
     if has_table("features"):
-        own = q(read.mask_features, sae, persona, 30)
+        own = q(label_queries.mask_features, sae, persona, 30)
         if own.empty:
             st.write("None: no set of personas including it stands apart for any feature.")
         for f in own.itertuples():
@@ -39,7 +42,7 @@ with left:
         st.subheader("Most suppressed under it")
         st.caption("Live features whose mean under this persona falls furthest below the other "
                    "personas' mean (a ranking, not a significance test).")
-        low = q(read.suppressed_features, sae, persona, 15)
+        low = q(dictionary_queries.suppressed_features, sae, persona, 15)
         for f in low.itertuples():
             feature_link(sae, int(f.feature), f.label, f" · {f.delta_vs_rest:+.4f}",
                          name=getattr(f, "name", None))
@@ -48,13 +51,13 @@ with left:
 with right:
     st.subheader("Nearest the persona vector")
     if has_table("persona_vectors"):
-        vec = q(read.persona_vector, sae, persona)
+        vec = q(dictionary_queries.persona_vector, sae, persona)
         if len(vec):
             st.caption(f"The persona's mean residual activation minus the mean over all "
                        f"non-control personas: length {vec['norm'][0]:.3f} "
                        f"({vec['relative_norm'][0]:.1%} of the mean residual), over "
                        f"{int(vec['n_tokens'][0]):,} answer tokens.")
-        near = q(read.persona_vector_features, sae, persona)
+        near = q(dictionary_queries.persona_vector_features, sae, persona)
         for f in near.itertuples():
             feature_link(sae, int(f.feature), f.label, f" · cos {f.cosine:.3f}",
                          name=getattr(f, "name", None))
@@ -62,7 +65,7 @@ with right:
         st.info("No persona vectors yet: run `shoggoth index`.")
 
 st.subheader("The mask in action: its own answers")
-sets = q(read.answer_sets)
+sets = q(action_queries.answer_sets)
 if sets.empty:
     st.info("No generated answers yet: run `shoggoth generate` and `shoggoth grid`.")
 else:
@@ -72,7 +75,7 @@ else:
     st.caption(f"Written by {md(meta.model)}, {how}, at most {int(meta.max_tokens)} tokens, "
                "under each of this persona's prompts; beside each, the battery's neutral answer "
                "to the same question.")
-    answers = q(read.persona_answers, name, persona)
+    answers = q(action_queries.persona_answers, name, persona)
     if answers.empty:
         st.write("This set holds no answer of this persona.")
     for a in answers.head(12).itertuples():
@@ -89,11 +92,11 @@ else:
                "on its own answers exceeds that on the reference answers (the battery's, or the "
                "model's own under no persona), averaged over its prompt and no persona as "
                "contexts; only features whose interval excludes 1, strongest first.")
-    runs = q(read.grid_runs, sae)
+    runs = q(action_queries.grid_runs, sae)
     runs = runs[runs["answer_set"] == name] if len(runs) else runs
     neutral = st.radio("reference text", list(runs["neutral"]), horizontal=True,
                        key="neutral") if len(runs) else None
-    moved = q(read.persona_content_features, sae, name, neutral, persona, 20) \
+    moved = q(action_queries.persona_content_features, sae, name, neutral, persona, 20) \
         if neutral else pd.DataFrame()
     if moved.empty:
         st.write("None: run `shoggoth grid`, or no feature's interval excludes 1.")

@@ -9,8 +9,9 @@ import streamlit as st
 
 from shoggoth.core.errors import BadInput
 from shoggoth.explorer.common import choose_sae, cursor, db_file, feature_link, md, q, version
+from shoggoth.index.dictionary.queries import by_name, similar
 from shoggoth.index.store import read
-from shoggoth.index.store.read import Dictionary, by_name, similar
+from shoggoth.index.store.read import Dictionary
 from shoggoth.pipeline.search import by_text, load_runner
 
 

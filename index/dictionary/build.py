@@ -31,15 +31,13 @@ from shoggoth.index.dictionary.handles import write_handles
 from shoggoth.index.dictionary.maps import MapMethod
 from shoggoth.index.store.database import (
     WAIT,
-    check_writable,
-    choose_sae,
     connect,
     faiss_dir,
     insert_frame,
     remove,
     replace_unless_changed,
-    require_shoggoth,
     snapshot,
+    step_database,
     tables,
     transaction,
 )
@@ -150,20 +148,12 @@ class Built:
 
 def read_harvest(cfg: IndexConfig) -> Harvest:
     """The SAE to index (its saes row), its residual sums and its persona profiles."""
-    if not cfg.db.is_file():
-        raise BadInput(f"--db {cfg.db}: no such file")
-    check_writable(cfg.db)  # before the work, not after it
-    con = connect(cfg.db, read_only=True, wait=WAIT)
-    try:
-        require_shoggoth(con, cfg.db)
-        sae_id, row = choose_sae(con, cfg.db, cfg.sae)
+    with step_database(cfg.db, cfg.sae) as (con, sae_id, row):
         profiles = None
         residuals = read_residual_sums(con, sae_id)
         if "feature_personas" in tables(con):
             profiles = con.execute("SELECT feature, persona, mean_act FROM feature_personas "
                                    "WHERE sae_id = ?", [sae_id]).df()
-    finally:
-        con.close()
     if cfg.neighbors >= row["d_sae"]:
         raise BadInput(f"--neighbors {cfg.neighbors}: must be less than the SAE's "
                        f"{row['d_sae']:,} features")

@@ -14,10 +14,9 @@ from shoggoth.index.store.database import (
     connect,
     record_run,
     replace_rows,
-    tables,
     transaction,
 )
-from shoggoth.index.store.schema import add_feature_columns
+from shoggoth.index.store.derived import refresh_causal
 
 EFFECT_TABLES: dict[str, str] = {
     "feature_effects": """
@@ -36,45 +35,10 @@ baseline (a random shared feature), chosen (named with --features)."""
 
 MEASURES = ("attribution", "mediated", "ablate_logprob", "ablate_kl", "steer_toward")
 
-CAUSAL_SQL = """
-UPDATE features f SET causal = b.summary, mediated = b.estimate, mediated_persona = b.persona
-FROM (
-  SELECT m.feature, m.persona, m.estimate,
-    CASE WHEN m.ci_low > 0 THEN
-      printf('mediates %.0f%% [%.0f%%, %.0f%%] of %s''s shift of the answer (ablation KL %.2g)',
-             100 * m.estimate, 100 * m.ci_low, 100 * m.ci_high, m.persona,
-             coalesce(k.estimate, 0))
-    ELSE
-      printf('no mediation shown (largest: %s, %.0f%% [%.0f%%, %.0f%%]; ablation KL %.2g)',
-             m.persona, 100 * m.estimate, 100 * m.ci_low, 100 * m.ci_high,
-             coalesce(k.estimate, 0))
-    END AS summary
-  FROM (SELECT *, row_number() OVER (PARTITION BY feature ORDER BY estimate DESC NULLS LAST,
-                                     persona) AS r
-        FROM feature_effects WHERE sae_id = $sae AND measure = 'mediated') m
-  LEFT JOIN feature_effects k ON k.sae_id = $sae AND k.feature = m.feature
-       AND k.persona = m.persona AND k.measure = 'ablate_kl'
-  WHERE m.r = 1) b
-WHERE f.sae_id = $sae AND f.feature = b.feature
-"""
-
-
 def create_effect_tables(con: Any) -> None:
     """The tables `shoggoth effects` writes (if missing)."""
     for table, columns in EFFECT_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-
-
-def refresh_causal(con: Any, sae_id: str) -> None:
-    """Fill the features table's causal summary of one SAE from feature_effects (inside the
-    caller's transaction; nothing to do before both tables exist)."""
-    have = tables(con)
-    if "features" not in have or "feature_effects" not in have:
-        return
-    add_feature_columns(con)
-    con.execute("UPDATE features SET causal = NULL, mediated = NULL, mediated_persona = NULL "
-                "WHERE sae_id = ?", [sae_id])
-    con.execute(CAUSAL_SQL, {"sae": sae_id})
 
 
 def write_effects(db: Path, sae_id: str, effects: pd.DataFrame, shifts: pd.DataFrame,

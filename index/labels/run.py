@@ -11,21 +11,18 @@ from typing import Any
 import pandas as pd
 
 from shoggoth.core.config import config_metadata, option
-from shoggoth.core.errors import BadInput
 from shoggoth.core.printing import Format
-from shoggoth.index.effects.store import refresh_causal
 from shoggoth.index.labels.nulls import false_persona_labels, reassign_prompts, split_personas
 from shoggoth.index.labels.rules import LABELS, PERSONA_LABELS, LabelConfig, label_features
 from shoggoth.index.store.database import (
     WAIT,
-    check_writable,
-    choose_sae,
     connect,
     record_run,
     replace_rows,
-    require_shoggoth,
+    step_database,
     transaction,
 )
+from shoggoth.index.store.derived import refresh_causal
 from shoggoth.index.store.schema import create_label_tables
 
 EFFECT_LABELS = (*PERSONA_LABELS, "shared-modulated")
@@ -123,19 +120,11 @@ def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
 
 def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     """Label one SAE's features; returns the tables written (as DataFrames) and the counts."""
-    if not cfg.db.is_file():
-        raise BadInput(f"--db {cfg.db}: no such file")
-    check_writable(cfg.db)  # before the work, not after it
-    con = connect(cfg.db, read_only=True, wait=WAIT)
-    try:
-        require_shoggoth(con, cfg.db)
-        sae_id, sae_row = choose_sae(con, cfg.db, cfg.sae)
+    with step_database(cfg.db, cfg.sae) as (con, sae_id, sae_row):
         doc_features, documents, personas, topics = _read(con, sae_id)
         extra = con.execute(
             "SELECT feature, max(max_act) AS max_act FROM doc_features WHERE sae_id = ? "
             "GROUP BY feature", [sae_id]).df()
-    finally:
-        con.close()
     thresholds = LabelConfig(**{f.name: getattr(cfg, f.name) for f in fields(LabelConfig)})
     n = sae_row["d_sae"]
     real = label_features(doc_features, documents, personas, n, thresholds, topics)

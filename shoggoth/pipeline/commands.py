@@ -12,7 +12,8 @@ from shoggoth.core.config import config_options
 from shoggoth.core.printing import print_json
 from shoggoth.core.progress import stderr_log
 from shoggoth.index.dictionary.build import IndexConfig
-from shoggoth.index.store.read import Dictionary, explanations
+from shoggoth.index.explanations.queries import explanations
+from shoggoth.index.store.read import Dictionary
 from shoggoth.pipeline.build_index import index_harvest
 from shoggoth.pipeline.explanations.run import ExplainConfig, explain
 from shoggoth.pipeline.harvest.ray_shards import harvest_with_ray

@@ -16,7 +16,8 @@ import torch
 from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.printing import Format
-from shoggoth.index.store.read import Dictionary, by_name, by_persona, describe, similar
+from shoggoth.index.dictionary.queries import by_name, by_persona, describe, similar
+from shoggoth.index.store.read import Dictionary
 from shoggoth.sae.activations import continuation_activations
 from shoggoth.sae.models import load_model
 from shoggoth.sae.prompts import build_prompt, collate, pad_id, stored_template

@@ -41,10 +41,12 @@ from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_names, parse_numbers
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import Progress
+from shoggoth.index.effects.queries import typical_activations
 from shoggoth.index.effects.store import write_effects
+from shoggoth.index.labels.queries import labelled_features
 from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store.database import check_writable
-from shoggoth.index.store.read import Dictionary, labelled_features, typical_activations
+from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
 from shoggoth.pipeline.effects.measure import EffectsPlan, Setup, exact_item, screen_item
 from shoggoth.pipeline.effects.tables import effect_rows, make_plan, screen_estimates, shift_rows

@@ -18,7 +18,8 @@ import torch
 
 from shoggoth.core.config import SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
-from shoggoth.index.store.read import Dictionary, typical_activations
+from shoggoth.index.effects.queries import typical_activations
+from shoggoth.index.store.read import Dictionary
 from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.sae.intervene import Edit, generate
 from shoggoth.sae.models import Model

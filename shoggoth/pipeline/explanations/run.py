@@ -24,13 +24,7 @@ from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_numbers
 from shoggoth.core.progress import Progress
 from shoggoth.index.explanations import store as edb
-from shoggoth.index.store.database import (
-    WAIT,
-    check_writable,
-    choose_sae,
-    connect,
-    require_shoggoth,
-)
+from shoggoth.index.store.database import step_database
 from shoggoth.pipeline.explanations.prompts import (
     PROMPT_VERSION,
     Evidence,
@@ -142,13 +136,7 @@ class ExplainPlan:
 
 def gather(cfg: ExplainConfig) -> ExplainPlan:
     """The SAE, every chosen feature's evidence, and the settings that identify this run."""
-    if not cfg.db.is_file():
-        raise BadInput(f"--db {cfg.db}: no such file")
-    check_writable(cfg.db)
-    con = connect(cfg.db, read_only=True, wait=WAIT)
-    try:
-        require_shoggoth(con, cfg.db)
-        sae, row = choose_sae(con, cfg.db, cfg.sae)
+    with step_database(cfg.db, cfg.sae) as (con, sae, row):
         wanted = parse_features(cfg.features) if cfg.features else None
         if wanted and max(wanted) >= row["d_sae"]:
             raise BadInput(f"--features {max(wanted)}: out of range (the SAE has "
@@ -169,8 +157,6 @@ def gather(cfg: ExplainConfig) -> ExplainPlan:
             silent = [Window(item, tuple(toks), (0.0,) * len(toks)) for item, toks in
                       edb.silent_windows(con, sae, f, len(held), cfg.width, cfg.seed)]
             evidence.append(Evidence(f, show, held, silent, edb.persona_means(con, sae, f)))
-    finally:
-        con.close()
     return ExplainPlan(sae, evidence, key, len(features), len(done & set(features)))
 
 
