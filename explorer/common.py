@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,9 @@ def end_run() -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def _cached(version: tuple[Any, ...], name: str, args: tuple[Any, ...]) -> Any:
-    return getattr(read, name)(cursor(), *args)
+def _cached(version: tuple[Any, ...], module: str, name: str, args: tuple[Any, ...]) -> Any:
+    # (the query by its module and name: a function is not a cache key)
+    return getattr(sys.modules[module], name)(cursor(), *args)
 
 
 def version(s: Store | None = None) -> tuple[Any, ...]:
@@ -103,10 +105,10 @@ def version(s: Store | None = None) -> tuple[Any, ...]:
 
 
 def q(query: Callable[..., Any], *args: Any) -> Any:
-    """The result of a named query of `index.read` (called with this session's cursor and
-    `args`), cached until the database changes."""
+    """The result of a named query of a stage's queries module (called with this session's
+    cursor and `args`), cached until the database changes."""
     s = store()
-    return _cached(version(s), query.__name__, tuple(args))
+    return _cached(version(s), query.__module__, query.__name__, tuple(args))
 
 
 def has_table(name: str) -> bool:

@@ -137,3 +137,16 @@ def installed_tree(target: Path) -> Path:
                         dirs_exist_ok=True)
     shutil.copy(ROOT / "pyproject.toml", target / "pyproject.toml")
     return target
+
+
+def leaf_commands(group, path: tuple[str, ...] = ()):
+    """Every runnable command of a click group, as (argv path, command), groups descended into
+    (through list_commands/get_command, as the lazy CLI loads them)."""
+    import click
+
+    for name in group.list_commands(None):
+        command = group.get_command(None, name)
+        if isinstance(command, click.Group):
+            yield from leaf_commands(command, (*path, name))
+        else:
+            yield (*path, name), command

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 import pytest
+from helpers import leaf_commands
 
 from shoggoth import cli
 from shoggoth.sae.models import ALIASES
@@ -30,18 +31,6 @@ def assert_one_line_error(code, out, err, *names):
     assert lines[0].startswith("error: ") and "Traceback" not in err
     for name in names:
         assert name in lines[0]
-
-
-def leaf_commands(group, path=()):
-    """Every runnable command, as (argv path, click command), groups descended into."""
-    import click
-
-    for name in group.list_commands(None):
-        command = group.get_command(None, name)
-        if isinstance(command, click.Group):
-            yield from leaf_commands(command, (*path, name))
-        else:
-            yield (*path, name), command
 
 
 def test_every_command_has_help(capfd):

@@ -139,7 +139,7 @@ def test_inputs_longer_than_the_model_takes(capfd, tmp_path, minilm):
 
 def test_search_text_longer_than_the_model_takes(capfd, tmp_path, indexed_db):
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
-    assert_bad(capfd, tmp_path, ["search", "--db", db, "--text", "rain " * 400], "--text: ")
+    assert_bad(capfd, tmp_path, ["search", "text", "--db", db, "rain " * 400], "--text: ")
 
 
 def test_merge_handles_quotes_and_catalog_names(capfd, tmp_path, tiny_sae_dir):
@@ -444,7 +444,7 @@ def test_faiss_files_resolve_against_the_database_not_the_working_directory(tmp_
     db = copy_db(indexed_db, tmp_path / "a" / "db.duckdb")
     elsewhere = tmp_path / "b"
     elsewhere.mkdir()
-    run = subprocess.run([str(EXE), "search", "--db", str(db), "--feature", "3", "--similar",
+    run = subprocess.run([str(EXE), "search", "similar", "--db", str(db), "--feature", "3",
                           "--json"], capture_output=True, text=True, env=ENV, cwd=elsewhere,
                          timeout=120)
     assert run.returncode == 0, run.stderr
@@ -453,7 +453,7 @@ def test_faiss_files_resolve_against_the_database_not_the_working_directory(tmp_
     bare = tmp_path / "c" / "db.duckdb"
     bare.parent.mkdir()
     bare.write_bytes(db.read_bytes())
-    run = subprocess.run([str(EXE), "search", "--db", str(bare), "--feature", "3", "--similar"],
+    run = subprocess.run([str(EXE), "search", "similar", "--db", str(bare), "--feature", "3"],
                          capture_output=True, text=True, env=ENV, cwd=db.parent, timeout=120)
     assert run.returncode == 2 and "run `shoggoth index` first" in run.stderr, run.stderr
 
@@ -471,7 +471,7 @@ def test_a_faiss_file_that_is_not_the_databases_own_is_refused(tmp_path, indexed
     other = faiss.IndexFlatIP(faiss.read_index(str(path)).d)
     other.add(np.eye(4, other.d, dtype=np.float32))
     faiss.write_index(other, str(path))
-    run = subprocess.run([str(EXE), "search", "--db", str(db), "--feature", "3", "--similar"],
+    run = subprocess.run([str(EXE), "search", "similar", "--db", str(db), "--feature", "3"],
                          capture_output=True, text=True, env=ENV, timeout=120)
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert "is not the one this database was indexed with" in run.stderr

@@ -10,21 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
+from helpers import leaf_commands
 
 from shoggoth import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def commands(group: click.Group, path: tuple[str, ...] = ()):
-    for name in group.list_commands(None):
-        command = group.get_command(None, name)
-        if isinstance(command, click.Group):
-            yield from commands(command, (*path, name))
-        else:
-            yield (*path, name), command
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +31,7 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_cli_reference_matches_the_commands(site):
     text = html.unescape(re.sub(r"<[^>]+>", " ", (site / "cli" / "index.html").read_text()))
-    for path, command in commands(cli.cli):
+    for path, command in leaf_commands(cli.cli):
         assert f"shoggoth {' '.join(path)}" in text, path
         for param in command.params:
             if getattr(param, "hidden", False):  # a deprecated flag, not documented

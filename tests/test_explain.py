@@ -145,7 +145,7 @@ def test_local_smollm2_explains_scores_and_resumes(capfd, explained_db):
         assert r["n_shown"] >= 1
         assert json.loads(r["settings_json"])["held_out"] == 3
     # Shown with the feature wherever it is named.
-    code, out, _ = run(capfd, "search", "--db", explained_db, "--feature", features[0])
+    code, out, _ = run(capfd, "search", "feature", "--db", explained_db, "--feature", features[0])
     assert code == 0 and rows[0]["explanation"][:20] in " ".join(out.split())
     # Same settings again: nothing to do; --overwrite would redo them.
     code, _, err = run(capfd, "explain", "--db", explained_db, "--features", spec, *SMALL)

@@ -134,19 +134,25 @@ def test_train_and_demo_outputs_are_never_a_database(capfd, tmp_path, labelled_d
     assert snapshot(tmp_path) == before
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 512 KiB tmpfs (root can mount one; skipped where the sandbox forbids it)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+@contextlib.contextmanager
+def small_disk(folder: Path, size: int):
+    """A tmpfs of `size` bytes at `folder` (root can mount one; skipped where not allowed)."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                           capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
-        yield mount
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 512 KiB tmpfs."""
+    with small_disk(tmp_path / "disk", 512 * 1024) as disk:
+        yield disk
 
 
 def test_a_disk_that_fills_mid_write_is_one_line(capfd, tiny_disk, labelled_db):
@@ -373,20 +379,6 @@ def test_no_file_is_left_beside_a_refused_export(tmp_path, capfd, labelled_db):
     one_line(capfd, ["export", "--db", db, "--parquet", tmp_path / "pq", "--views",
                      tmp_path / "keep.duckdb"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.duckdb", "keep.duckdb"]
-
-
-@contextlib.contextmanager
-def small_disk(folder: Path, size: int):
-    """A tmpfs of `size` bytes at `folder` (root can mount one; skipped where not allowed)."""
-    folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.mark.parametrize("command", [["label", "--min-docs", "5"], ["index", "--map", "pca"],
