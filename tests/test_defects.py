@@ -445,8 +445,8 @@ def test_faiss_files_resolve_against_the_database_not_the_working_directory(tmp_
     elsewhere = tmp_path / "b"
     elsewhere.mkdir()
     run = subprocess.run([str(EXE), "search", "similar", "--db", str(db), "--feature", "3",
-                          "--json"], capture_output=True, text=True, env=ENV, cwd=elsewhere,
-                         timeout=120)
+                          "--format", "json"], capture_output=True, text=True, env=ENV,
+                         cwd=elsewhere, timeout=120)
     assert run.returncode == 0, run.stderr
     assert len(json.loads(run.stdout)["neighbours"]) == 10
     # A copy without its .faiss folder does not read the original's files.

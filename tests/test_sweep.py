@@ -124,7 +124,8 @@ def cases(f: Path) -> list[tuple[list, str]]:
         (["train", "--shards", "3", "--batch-tokens", "1000", "--out", f / "t"], "--shards"),
         (["train", "--shards", "0", "--out", f / "t"], "--shards"),
         (["train", "--d-sae", "8", "--d-sae", "0", "--out", f / "t"], "--d-sae"),
-        (["train", "--layer", "1", "--layer", "-2", "--out", f / "t"], "--layer"),
+        (["train", "--model", "minilm", "--layer", "1", "--layer", "-2", "--out", f / "t"],
+         "--layer"),
         (["train", "--k", "64", "--d-sae", "32", "--out", f / "t"], "--k"),
     ]
 
