@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import duckdb
 from rich.console import Console
 
 from shoggoth.core.config import Config, config_options, option
 from shoggoth.core.errors import BadInput, Interrupted
 from shoggoth.core.processes import start_child, wait_forwarding
-from shoggoth.index.store.database import WAIT, connect, require_shoggoth
+from shoggoth.explorer.store import check_database
 from shoggoth.pipeline.demo import STEPS, DemoConfig, build_demo
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -45,25 +44,11 @@ def check_port(host: str, port: int) -> None:
                            f"({e.strerror}); choose another --port") from None
 
 
-def check_servable(db: Path) -> None:
-    """BadInput in one line, before a server starts, unless `db` is a feature database the
-    explorer can read: a missing file, a text file or an empty DuckDB file is refused."""
-    if not db.is_file():
-        raise BadInput(f"--db {db}: no such file; `shoggoth demo --no-serve` builds one")
-    con = connect(db, read_only=True, wait=WAIT)
-    try:
-        require_shoggoth(con, db)
-        con.execute("SELECT count(*) FROM saes").fetchone()
-    except duckdb.Error:
-        raise BadInput(f"--db {db}: holds no feature tables (an empty database?); "
-                       "`shoggoth harvest` fills one") from None
-    finally:
-        con.close()
-
-
 def serve(cfg: ExploreConfig) -> None:
     """Run the Streamlit explorer until interrupted."""
-    check_servable(cfg.db)
+    problem = check_database(cfg.db)  # what the explorer would say, before a server starts
+    if problem is not None:
+        raise BadInput(problem)
     check_port(cfg.host, cfg.port)
     err = Console(stderr=True, soft_wrap=True)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):

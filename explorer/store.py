@@ -93,7 +93,8 @@ def check_database(path: Path | None) -> str | None:
     if path is None:
         return "No database was given. Start the explorer with `shoggoth explore --db FILE`."
     if not path.is_file():
-        return (f"There is no feature database at `{path}`. Build one with `shoggoth demo "
+        return (f"There is no feature database at `{path}` (no such file). Build one with "
+                "`shoggoth demo "
                 "--no-serve` (the built-in model and battery), or `shoggoth harvest`, `shoggoth "
                 "label` and `shoggoth index` for your own SAE.")
     try:
@@ -103,8 +104,8 @@ def check_database(path: Path | None) -> str | None:
     try:
         require_shoggoth(con, path)
         if not tables(con) or read.saes(con).empty:
-            return (f"`{path}` holds no harvest yet. Run `shoggoth harvest --db {path} --sae "
-                    "SAE_DIR`, then `shoggoth label` and `shoggoth index`.")
+            return (f"`{path}` holds no feature tables (no harvest yet). Run `shoggoth harvest "
+                    f"--db {path} --sae-dir SAE_DIR`, then `shoggoth label` and `shoggoth index`.")
     except BadInput as e:
         return str(e)
     finally:

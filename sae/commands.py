@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shoggoth.core.config import Config, config_metadata, config_options
 from shoggoth.core.errors import BadInput
+from shoggoth.core.printing import Format
 from shoggoth.core.progress import stderr_log
 from shoggoth.sae.activations import activations
 from shoggoth.sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
@@ -27,8 +28,8 @@ class ModelsConfig(Config):
     """`shoggoth models`: list the model aliases."""
     model: str | None = None
     """Also describe this model: a local Hugging Face directory or a hub id."""
-    format: Literal["table", "json"] = "table"
-    """Output format."""
+    format: Format = "table"
+    """table (for reading) or json (for scripts)."""
 
 
 def describe(name: str) -> dict[str, object]:

@@ -150,3 +150,10 @@ def leaf_commands(group, path: tuple[str, ...] = ()):
             yield from leaf_commands(command, (*path, name))
         else:
             yield (*path, name), command
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `folder` with its modification time and size: equal before and after
+    a command that must write nothing."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in folder.rglob("*")}

@@ -20,16 +20,12 @@ import duckdb
 import faiss
 import numpy as np
 import pytest
-from helpers import battery, build_random_sae, copy_db, default_sigint
+from helpers import battery, build_random_sae, copy_db, default_sigint, snapshot
 
 from shoggoth import cli
 
 EXE = Path(sys.executable).with_name("shoggoth")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
-def snapshot(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
 
 
 def assert_bad(capfd, folder: Path, argv: list[str], expect: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from helpers import PERSONAS, battery, copy_db, default_sigint
+from helpers import PERSONAS, battery, copy_db, default_sigint, snapshot
 
 from shoggoth import cli
 from shoggoth.battery.personas import load_personas
@@ -24,11 +24,6 @@ from shoggoth.core.errors import BadInput
 
 EXE = Path(sys.executable).with_name("shoggoth")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
-            for p in folder.rglob("*")}
 
 
 def one_line(capfd, argv: list, code: int = 2) -> str:

@@ -10,13 +10,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from helpers import snapshot
 
 from shoggoth import cli
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
-            for p in folder.rglob("*")}
 
 
 @pytest.fixture(scope="module")

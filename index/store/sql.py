@@ -36,7 +36,7 @@ SANDBOX = {
     "allow_community_extensions": False,
     "lock_configuration": True,
 }
-MEMORY = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 DEFAULT_MEMORY_LIMIT = "4GB"
 """Well below the 24 GB of the machines this is built on; DuckDB spills what does not fit."""
 
@@ -137,7 +137,7 @@ def run_sql(cfg: SqlConfig, on_stuck: Callable[[str], None] | None = None
 
 def size_bytes(size: str) -> int:
     """'300MB' → 300,000,000; '2GiB' → 2,147,483,648 (a size MEMORY accepts)."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", size.strip())
+    match = MEMORY.fullmatch(size.strip())
     if match is None:
         raise BadInput(f"--memory-limit {size}: expected a size such as 2GB or 500MB")
     number, unit = match.groups()
