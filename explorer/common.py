@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 from streamlit import runtime
@@ -20,6 +21,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from shoggoth.explorer.store import Store
 from shoggoth.index.effects import queries as effect_queries
 from shoggoth.index.labels import queries as label_queries
+from shoggoth.index.labels.decompose import PARTS
 from shoggoth.index.store import read
 from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.pipeline.effects.steer import SteerConfig, Steering, require_typical, steer_with
@@ -162,3 +164,16 @@ def steer_answers(sae: str, row: dict[str, Any], feature: int, prompt: str,
                       scale=scale, max_tokens=max_tokens)
     return steer_with(Steering(model, sae_model, row["hook"], typical, system or None, feature),
                       cfg)
+
+
+def decomposition_chart(decomposition: pd.DataFrame) -> alt.Chart:
+    """Each persona's shares, one bar per persona, stacked by part (decompose.PARTS order)."""
+    order = list(PARTS)
+    return alt.Chart(decomposition).mark_bar().encode(
+        x=alt.X("share:Q", title="share of the persona's shift"),
+        y=alt.Y("persona:N", title=None),
+        color=alt.Color("part:N", sort=order, title="part"),
+        order=alt.Order("order:Q"),
+        tooltip=["persona", "part", alt.Tooltip("share:Q", format=".2f"),
+                 alt.Tooltip("ci_low:Q", format=".2f"), alt.Tooltip("ci_high:Q", format=".2f")],
+    ).transform_calculate(order=f"indexof({order!r}, datum.part)")

@@ -20,7 +20,15 @@ from shoggoth.sae.activations import (
     activations_at,
     prefix_cache,
 )
-from shoggoth.sae.prompts import Prompt, Template, build_prompt, collate, common_prefix, pad_id
+from shoggoth.sae.prompts import (
+    EMPTY_SYSTEM,
+    Prompt,
+    Template,
+    build_prompt,
+    collate,
+    common_prefix,
+    pad_id,
+)
 
 
 @dataclass
@@ -34,8 +42,14 @@ class Computed:
     doc_features: dict[str, np.ndarray]
     """doc, feature, mean_act, max_act, n_fire per document and feature that fired."""
     residual_sum: np.ndarray
-    """Sum of the hook activations over the unit's continuation tokens (float64, [d_in]): what
-    `shoggoth index` turns into persona vectors."""
+    """Sum of the SAE's inputs (the hook activations; for a difference dictionary their shifts)
+    over the unit's continuation tokens (float64, [d_in]): what `shoggoth index` turns into
+    persona vectors."""
+    shift: np.ndarray | None = None
+    """[n_docs, d_in] each document's mean shift against its item's reference document."""
+    shift_hat: np.ndarray | None = None
+    """[n_docs, d_in] the same shift through the dictionary (a residual SAE: its reconstruction
+    of the document minus of the reference; a difference dictionary: of the shift)."""
 
 
 def decimals_for(values: torch.Tensor) -> int:
@@ -60,6 +74,13 @@ class Harvester:
     items: list[Item]
     template: Template
     use_prefix_cache: bool
+    kinds: list[str] = field(default_factory=list)
+    """Each SAE's kind: residual (encodes the hook's activations) or difference (their shift
+    against the reference document of the same item)."""
+    references: list[str] = field(default_factory=list)
+    """Each SAE's reference system prompt (EMPTY_SYSTEM: an empty system turn)."""
+    _reference: dict[tuple[str, int], dict[str, torch.Tensor]] = field(default_factory=dict,
+                                                                       repr=False)
     _group: tuple[int, int] | None = field(default=None, repr=False)
     _prompts: list[Prompt] = field(default_factory=list, repr=False)
     _prefix: Any = field(default=None, repr=False)
@@ -98,12 +119,57 @@ class Harvester:
         self._last = (unit, cached, acts, rows)
         return acts, rows
 
+    def reference_rows(self, unit: Unit, reference: str) -> dict[str, torch.Tensor]:
+        """Per hook, the reference documents' activations row for row with the unit's: each
+        item's reference document runs once per harvest."""
+        todo = [i for i in unit.items if (reference, i) not in self._reference]
+        if todo:
+            prompts = [build_prompt(self.model.tokenizer, reference, self.items[i].question,
+                                    self.items[i].answer, template=self.template,
+                                    prepend_bos=self.model.prepend_bos) for i in todo]
+            first = self.group(0, 0)
+            for i, p in zip(todo, prompts, strict=True):
+                if p.continuation_ids != first[i].continuation_ids:
+                    raise BadInput(f"item '{self.items[i].item_id}': its answer tokenizes "
+                                   f"differently under the reference {reference!r}; try "
+                                   "--template plain")
+            acts, rows = prompts_activations(self.model, prompts, self.hooks, None)
+            for n, i in enumerate(todo):
+                self._reference[(reference, i)] = {h: a[rows == n] for h, a in acts.items()}
+        return {h: torch.cat([self._reference[(reference, i)][h] for i in unit.items])
+                for h in self.hooks}
+
+    def sae_inputs(self, unit: Unit, cached: bool) -> tuple[list[tuple[torch.Tensor,
+                                                                        torch.Tensor]],
+                                                            torch.Tensor]:
+        """Per SAE, (the activations at its hook, the reference's), and the document of each
+        row. A difference dictionary encodes their difference."""
+        x, doc = self.hook_activations(unit, cached)
+        out = []
+        for k, hook in enumerate(self.hooks):
+            reference = self.references[k] if k < len(self.references) else EMPTY_SYSTEM
+            out.append((x[hook], self.reference_rows(unit, reference)[hook]))
+        return out, doc
+
+    def kind(self, k: int) -> str:
+        return self.kinds[k] if k < len(self.kinds) else "residual"
+
+    def encoded_input(self, k: int, x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+        return x - x_ref if self.kind(k) == "difference" else x
+
     def compute(self, unit: Unit, decimals: list[int]) -> list[Computed]:
         """Encode a unit's continuation tokens with every SAE; keep the non-zero (rounded)
-        activations and their per-document aggregates."""
-        x, doc = self.hook_activations(unit, self.use_prefix_cache)
-        return [encode_aggregate(sae, x[hook], doc, len(unit.items), places)
-                for sae, hook, places in zip(self.saes, self.hooks, decimals, strict=True)]
+        activations, their per-document aggregates and each document's shift."""
+        inputs, doc = self.sae_inputs(unit, self.use_prefix_cache)
+        out = []
+        for k, (sae, (x, x_ref), places) in enumerate(zip(self.saes, inputs, decimals,
+                                                          strict=True)):
+            done = encode_aggregate(sae, self.encoded_input(k, x, x_ref), doc, len(unit.items),
+                                    places)
+            done.shift, done.shift_hat = document_shifts(sae, self.kind(k), x, x_ref, doc,
+                                                         len(unit.items))
+            out.append(done)
+        return out
 
     def check_prefix_cache(self, unit: Unit) -> bool:
         """Whether the KV-cache path reproduces a full forward pass on this model (a guard
@@ -182,6 +248,25 @@ def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
                       "mean_act": cpu(mean, np.float32), "max_act": cpu(peak[d, j], np.float32),
                       "n_fire": cpu(fired[d, j], np.int32)},
     )
+
+
+def document_shifts(sae: Any, kind: str, x: torch.Tensor, x_ref: torch.Tensor, doc: torch.Tensor,
+                    n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """[n_docs, d] each document's mean shift against its reference, and through the SAE."""
+    with torch.inference_mode():
+        def recon(a: torch.Tensor) -> torch.Tensor:
+            return sae.decode(sae.encode(a.to(sae.dtype))).float()
+
+        shift = (x - x_ref).float()
+        shift_hat = recon(shift) if kind == "difference" else recon(x) - recon(x_ref)
+        n = torch.bincount(doc, minlength=n_docs).clamp(min=1)[:, None].float()
+
+        def pooled(rows: torch.Tensor) -> np.ndarray:
+            total = torch.zeros(n_docs, rows.shape[1], device=rows.device).index_add_(0, doc,
+                                                                                      rows)
+            return (total / n.to(rows.device)).cpu().numpy().astype(np.float32)
+
+        return pooled(shift), pooled(shift_hat)
 
 
 def _last_true(mask: list[bool]) -> int:

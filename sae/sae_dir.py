@@ -71,3 +71,21 @@ def load_harvest_sae(db: Path, sae_id: str, row: dict[str, Any], device: str) ->
         raise BadInput(f"--db {db}: the SAE directory of '{sae_id}' ({path}) is gone")
     resolved, _ = resolve_device(device)
     return load_sae_dir(path, str(resolved))
+
+
+def dictionary_kind(path: Path, sae: Any) -> tuple[str, str | None]:
+    """(kind, reference) of a dictionary: 'difference' and the reference its shifts are measured
+    against (a system prompt, EMPTY_SYSTEM for an empty system turn), or ('residual', None).
+    shoggoth.json records it; sae-lens's cfg.json metadata carries the same."""
+    meta = path / "shoggoth.json"
+    saved = json.loads(meta.read_text()) if meta.is_file() else {}
+    kind = saved.get("target") or getattr(sae.cfg.metadata, "shoggoth_target", None) or "residual"
+    if kind not in ("residual", "difference"):
+        raise BadInput(f"--sae-dir {path}: unknown dictionary kind {kind!r}")
+    if kind == "residual":
+        return kind, None
+    reference = saved.get("reference", getattr(sae.cfg.metadata, "shoggoth_reference", None))
+    if reference is None:
+        raise BadInput(f"--sae-dir {path}: a difference dictionary that does not say its "
+                       "reference (shoggoth.json 'reference')")
+    return kind, str(reference)

@@ -11,7 +11,9 @@ persona-concept); mention-weak (the same, with the controls firing at 0.3× the 
 single-paraphrase (one wording of one persona); two-persona and family (mask-family);
 prompt-length (firing grows with the system prompt's length); controls-only; shared (all
 equal); shared-1.3 (personas spread within a factor 1.3); shared-1.6 (one persona at 1.6× the
-rest); shared-modulated (half the personas 3×); mask-general (every persona, not the baseline
+rest); shared-modulated (half the personas 3×); dense-modulated (every persona and control fires
+it, one persona 2.5× as strongly: the shape of a difference dictionary's shared features, which
+is shared-modulated, not mask-specific); mask-general (every persona, not the baseline
 controls); noise (no persona effect: sparse, or dense); rare and dead.
 """
 
@@ -23,11 +25,12 @@ import pandas as pd
 KINDS = ("dead", "rare", "mask-specific", "mention", "mention-weak", "single-paraphrase",
          "two-persona", "family",
          "prompt-length", "controls-only", "shared", "shared-1.3", "shared-1.6",
-         "shared-modulated", "mask-general", "noise-sparse", "noise-dense")
+         "shared-modulated", "dense-modulated", "mask-general", "noise-sparse", "noise-dense")
 EXPECTED = {"dead": "dead", "rare": "rare", "mask-specific": "mask-specific",
             "mention": "persona-concept", "mention-weak": "persona-concept",
             "two-persona": "mask-family", "family": "mask-family",
             "shared": "shared", "shared-modulated": "shared-modulated",
+            "dense-modulated": "shared-modulated",
             "mask-general": "mask-general"}
 """The label each kind should get, where one is right (others: anything but a persona label)."""
 MASK_LABELS = ("mask-specific", "mask-family", "mask-or-concept")
@@ -64,7 +67,7 @@ def battery(n_families: int = 6, per_family: int = 3, n_para: int = 5, ctrl_para
 
 def planted(seed: int = 0, per_kind: int = 20, background: float = 0.014,
             wording: float = 0.15, null: bool = False, matched: bool = True,
-            n_items: int = 240) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+            n_items: int = 240, kinds: tuple[str, ...] = KINDS) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
                                          dict[str, str], dict[int, tuple[str, object]]]:
     """(doc_features, documents, personas, topics, truth). `wording`: each prompt multiplies
     each feature by a factor uniform in 1 ± wording; `null`: every feature is a noise feature."""
@@ -78,7 +81,7 @@ def planted(seed: int = 0, per_kind: int = 20, background: float = 0.014,
     topic = np.array([int(topics[f"item{i:03d}"][5:]) for i in range(n_items)])
     item_eff = rng.gamma(4, 0.25, n_items) * rng.gamma(6, 1 / 6, topic.max() + 1)[topic]
     kinds = (["noise-sparse", "noise-dense"] * per_kind * 4 if null
-             else [k for k in KINDS for _ in range(per_kind)])
+             else [k for k in kinds for _ in range(per_kind)])
     rows, truth = [], {}
     for feature, kind in enumerate(kinds):
         rate, scale, target = _plant(rng, kind, feature, persona, docs, main, families, lengths)
@@ -135,7 +138,7 @@ def _plant(rng: np.random.Generator, kind: str, feature: int, persona: np.ndarra
         rate = 0.02 + 0.5 * (lengths - 30) / 100
     elif kind == "controls-only":
         rate[baseline] = 0.5
-    elif kind.startswith("shared") or kind in ("mask-general", "noise-dense"):
+    elif kind.startswith("shared") or kind in ("dense-modulated", "mask-general", "noise-dense"):
         rate[:] = 0.6 if kind != "noise-dense" else 0.3
         mult = np.ones(n)
         if kind == "shared-1.3":  # every persona within a factor 1.3 of every other
@@ -144,6 +147,9 @@ def _plant(rng: np.random.Generator, kind: str, feature: int, persona: np.ndarra
         elif kind == "shared-1.6":  # one persona at 1.6x the others
             target = main[feature % len(main)]
             mult[persona == target] = 1.6
+        elif kind == "dense-modulated":  # everyone fires it, one persona 2.5x as strongly
+            target = main[feature % len(main)]
+            mult[persona == target] = 2.5
         elif kind == "shared-modulated":
             mult[np.isin(persona, main[::2])] = 3.0
         elif kind == "mask-general":
@@ -179,5 +185,6 @@ def score(out: pd.DataFrame, truth: dict[int, tuple[str, object]]) -> dict[str, 
             "two-persona and family labelled mask-family": share(
                 ("two-persona", "family"), label == "mask-family"),
             "one persona at 1.6x labelled shared": share(("shared-1.6",), shared),
+            "dense-modulated labelled mask-specific": share(("dense-modulated",), specific),
             "within 1.3x labelled shared": share(("shared-1.3",), shared),
             "equal labelled shared": share(("shared",), shared)}

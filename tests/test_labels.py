@@ -57,6 +57,23 @@ def test_the_issues_targets_hold_on_the_planted_battery(labelled):
     assert out["shared_power"].dropna().between(0, 1).all()
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_dense_modulated_features_are_not_mask_specific_and_1_6x_is_never_shared(seed):
+    """The two ways the labeller once failed a difference dictionary's shape: a feature every
+    persona fires, one persona 2.5x as strongly, was called mask-specific (29 of 36); one
+    persona at 1.6x was called shared 3.7% of the time."""
+    kinds = ("mask-specific", "shared", "shared-1.6", "dense-modulated")
+    df, docs, personas, topics, truth = planted(seed, per_kind=36, kinds=kinds)
+    out = label_features(df, docs, personas, len(truth), topics=topics)
+    s = score(out, truth)
+    assert s["dense-modulated labelled mask-specific"] == 0, s
+    assert s["one persona at 1.6x labelled shared"] <= 0.01, s
+    assert s["mask-specific precision"] >= 0.9 and s["mask-specific recall"] >= 0.8, s
+    kind = out["feature"].map(lambda f: truth[f][0])
+    assert (out.loc[kind == "dense-modulated", "label"] == "shared-modulated").mean() >= 0.9
+    assert (out.loc[kind == "shared", "label"].isin(["shared", "mask-general"])).mean() >= 0.8
+
+
 def test_prompts_reassigned_to_random_personas_get_no_persona_label(labelled):
     df, docs, personas, topics, truth, out = labelled
     live = out["n_docs_firing"] > 0

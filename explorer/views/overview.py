@@ -6,7 +6,15 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from shoggoth.explorer.common import choose_sae, db_path, feature_link, labels_frame, q
+from shoggoth.core.signal import weak_signal_note
+from shoggoth.explorer.common import (
+    choose_sae,
+    db_path,
+    decomposition_chart,
+    feature_link,
+    labels_frame,
+    q,
+)
 from shoggoth.index.action import queries as action_queries
 from shoggoth.index.effects import queries as effect_queries
 from shoggoth.index.labels import queries as label_queries
@@ -60,6 +68,29 @@ for note in q(label_queries.label_notes, sae):
 manual = int(features["manual_label"].notna().sum())
 if manual:
     st.caption(f"{manual} features carry a manual label (shown instead of the automatic one).")
+
+st.subheader("What this dictionary sees of the masks")
+signal = q(label_queries.persona_signal, sae)
+carried = label_queries.signal_carried(signal)
+if carried is None:
+    st.info("No persona signal for this harvest (made before document shifts were stored): "
+            "harvest and label again.")
+else:
+    st.metric("persona signal carried", f"{carried:.2f}",
+              help="Σ_k ⟨v_k, v̂_k⟩ / Σ_k |v_k|²: v_k a persona's mean answer-token shift "
+                   "against the reference, v̂_k the same through this dictionary.")
+    weak = weak_signal_note(carried)
+    if weak:
+        st.warning(weak)
+    decomposition = q(label_queries.persona_decomposition, sae)
+    if len(decomposition):
+        st.altair_chart(decomposition_chart(decomposition), use_container_width=True)
+        st.caption("Each persona's shift split over the features by label: its own "
+                   "(mask-specific), its family's, shared by every mask, its concept, other "
+                   "features, and what the dictionary does not reconstruct (error). A share is "
+                   "the part's projection on the shift, so they sum to 1 (docs/labels.md).")
+        for line in label_queries.answers(decomposition).values():
+            st.text(line)
 
 st.subheader("Persona × label")
 st.caption("For each persona, how many features it is the strongest persona of, by label.")

@@ -7,7 +7,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from shoggoth.explorer.common import choose_sae, feature_link, has_table, md, q
+from shoggoth.explorer.common import (
+    choose_sae,
+    decomposition_chart,
+    feature_link,
+    has_table,
+    md,
+    q,
+)
 from shoggoth.index.action import queries as action_queries
 from shoggoth.index.dictionary import queries as dictionary_queries
 from shoggoth.index.labels import queries as label_queries
@@ -26,6 +33,14 @@ st.markdown(f"family **{md(meta.family)}**" + (" · control" if meta.is_control 
 st.subheader("Prompts")
 for p in q(read.prompts_of, persona).itertuples():
     st.markdown(f"{p.paraphrase}\\. {md(p.prompt) if p.prompt else '*(no system prompt)*'}")
+
+mine = q(label_queries.persona_decomposition, sae, persona)
+if len(mine):
+    st.subheader("Its shift, decomposed")
+    st.text(label_queries.answers(mine)[persona])
+    st.altair_chart(decomposition_chart(mine), use_container_width=True)
+    st.caption("The persona's mean answer-token shift against the reference, split over the "
+               "dictionary's features by label, each share with its item-bootstrap interval.")
 
 left, right = st.columns(2)
 with left:

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from shoggoth.core.config import config_options
 from shoggoth.core.printing import print_json
+from shoggoth.index.labels.queries import answers
 from shoggoth.index.labels.run import LabelRunConfig, label_database
 
 
@@ -25,7 +26,9 @@ def label_command(cfg: LabelRunConfig) -> None:
     if cfg.format == "json":
         print_json({"sae_id": result["sae_id"], "features": len(features),
                     "labels": features["label"].value_counts().to_dict(), "fdr": fdr,
-                    "notes": result["notes"], "config": result["config"]})
+                    "notes": result["notes"], "config": result["config"],
+                    "persona_signal": result["persona_signal"],
+                    "decomposition": result["decomposition"]})
         return
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
@@ -51,3 +54,8 @@ def label_command(cfg: LabelRunConfig) -> None:
     for persona in features["argmax_persona"].dropna().unique():
         per.add_row(str(persona), *(f"{int(by.get((persona, lab), 0)):,}" for lab in shown))
     console.print(per)
+    if result["persona_signal"] == result["persona_signal"]:  # not NaN
+        console.print(f"persona signal this dictionary carries on the battery: "
+                      f"{result['persona_signal']:.2f}", highlight=False)
+    for line in answers(result["decomposition"]).values():
+        console.print(line, highlight=False)

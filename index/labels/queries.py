@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from shoggoth.index.labels.decompose import PARTS, answer
 from shoggoth.index.labels.rules import LabelConfig
 from shoggoth.index.store.read import (
     has_table,
@@ -82,3 +83,41 @@ def mask_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
     """A persona's own features (labels in force; see MASK_FEATURES_SQL), strongest first."""
     return with_names(con, sae, con.execute(MASK_FEATURES_SQL,
                                             [sae, persona, persona, limit]).df())
+
+
+def persona_signal(con: Any, sae_id: str) -> pd.DataFrame:
+    """persona_signal rows of an SAE (persona, n_docs, shift_norm, carried)."""
+    return if_table(con, "persona_signal", "SELECT persona, n_docs, shift_norm, carried FROM "
+                    "persona_signal WHERE sae_id = ? ORDER BY persona", [sae_id])
+
+
+def signal_carried(signal: pd.DataFrame) -> float | None:
+    """The dictionary's share of the persona signal, Σ_k ⟨v_k, v̂_k⟩ / Σ_k |v_k|², from its
+    persona_signal rows (None without them)."""
+    ok = signal.dropna(subset=["carried"]) if not signal.empty else signal
+    if ok.empty:
+        return None
+    norm2 = ok["shift_norm"].to_numpy() ** 2
+    return float((ok["carried"].to_numpy() * norm2).sum() / norm2.sum()) if norm2.sum() else None
+
+
+def persona_decomposition(con: Any, sae_id: str, persona: str | None = None) -> pd.DataFrame:
+    """persona_decomposition rows (persona, part, share, ci_low, ci_high, n_items), parts in
+    their order; one persona's, or every persona's."""
+    frame = if_table(con, "persona_decomposition",
+                     "SELECT persona, part, share, ci_low, ci_high, n_items FROM "
+                     "persona_decomposition WHERE sae_id = ? AND (? IS NULL OR persona = ?) "
+                     "ORDER BY persona", [sae_id, persona, persona])
+    if frame.empty:
+        return frame
+    frame["order"] = frame["part"].map({p: n for n, p in enumerate(PARTS)})
+    return frame.sort_values(["persona", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def answers(decomposition: pd.DataFrame) -> dict[str, str]:
+    """{persona: its one-line answer} from persona_decomposition rows."""
+    out = {}
+    for persona, group in decomposition.groupby("persona", sort=True):
+        parts = {r.part: (r.share, r.ci_low, r.ci_high) for r in group.itertuples()}
+        out[str(persona)] = answer(str(persona), parts)
+    return out

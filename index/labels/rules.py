@@ -80,13 +80,20 @@ class LabelConfig(Thresholds):
     """mask-family: at most this fraction of the personas."""
     no_mask_ratio: float = option(0.5, min=0)
     """mask-general: the baseline controls' mean / the personas' mean is at most this."""
+    own_share: float = option(0.5, above=0, max=1)
+    """mask-specific / mask-family: the set's share of the feature's activity over the personas
+    (its means' sum / every persona's) is at least this: most of the activity is the set's, not
+    one persona's stronger firing of a feature every persona fires (that is shared-modulated)."""
+    shared_point_ratio: float = option(1.25, above=1)
+    """shared: beside the bound, every persona's mean / the others' mean is at most this (the
+    point estimate), so that a persona clearly stronger is never called shared."""
 
 
 COLUMNS = ["feature", "label", "top_persona", "family_set", "battery_family", "argmax_persona",
            "n_docs_firing", "fire_frac_personas", "top_share", "k_eff", "norm_entropy",
            "f_stat", "p_value", "q_value", "top_ratio", "paraphrase_margin", "set_size",
            "set_ratio", "set_margin", "control_ratio", "control_margin", "no_mask_ratio",
-           "max_min_ratio",
+           "max_min_ratio", "rest_ratio",
            "ratio_ci_high", "shared_power", "ranked_personas"]
 
 
@@ -217,6 +224,8 @@ def _descriptive(mu: np.ndarray, live: np.ndarray, names: list[str]) -> pd.DataF
         ent = -np.where(share > 0, share * np.log(share), 0.0).sum(axis=1)
         norm = ent / np.log(k) if k > 1 else np.full(n_f, np.nan)
         max_min = mu.max(axis=1) / mu.min(axis=1) if k else np.full(n_f, np.nan)
+        rest = (total[:, None] - mu) / (k - 1) if k > 1 else np.full_like(mu, np.nan)
+        rest_ratio = (mu / rest).max(axis=1) if k > 1 else np.full(n_f, np.nan)
     ranked = [",".join(names[j] for j in np.argsort(-mu[f], kind="stable") if mu[f, j] > 0)
               for f in range(n_f)]
     return pd.DataFrame({
@@ -224,6 +233,7 @@ def _descriptive(mu: np.ndarray, live: np.ndarray, names: list[str]) -> pd.DataF
         "k_eff": np.where(live, np.exp(ent), np.nan),
         "norm_entropy": np.where(live, norm, np.nan),
         "max_min_ratio": np.where(live, max_min, np.nan),
+        "rest_ratio": np.where(live, rest_ratio, np.nan),
         "ranked_personas": ranked})
 
 
@@ -317,7 +327,8 @@ def _label(cfg: LabelConfig, grid: LabelDesign, t: pd.DataFrame) -> None:
     q = t["q_value"].to_numpy()
     sig = np.isfinite(q) & (q < cfg.alpha)
     broad = t["broad"].to_numpy()
-    shared = broad & (t["ratio_ci_high"].to_numpy() <= cfg.shared_ratio_bound)
+    shared = broad & (t["ratio_ci_high"].to_numpy() <= cfg.shared_ratio_bound) \
+        & (t["rest_ratio"].to_numpy() <= cfg.shared_point_ratio)
     label = np.full(len(t), "unclear", dtype=object)
     label[shared] = "shared"
     general = shared & (t["no_mask_ratio"].to_numpy() <= cfg.no_mask_ratio)
@@ -334,6 +345,11 @@ def _label(cfg: LabelConfig, grid: LabelDesign, t: pd.DataFrame) -> None:
             label[f] = "unclear"  # one wording: persona and wording cannot be told apart
             continue
         mu, ctrl = t["mu"].iat[f][members], t["control_mu"].iat[f][members]
+        every = t["mu"].iat[f]
+        if mu.sum() < cfg.own_share * every.sum():
+            # Most of the activity is not the set's: modulated, not owned (docs/labels.md).
+            label[f] = "shared-modulated" if broad[f] else "unclear"
+            continue
         margin = control_margins(grid, t["lo"].iat[f][None], t["hi"].iat[f][None],
                                  list(members))[0]
         with np.errstate(invalid="ignore"):

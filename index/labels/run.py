@@ -13,6 +13,11 @@ import pandas as pd
 from shoggoth.core.config import config_metadata, option
 from shoggoth.core.printing import Format
 from shoggoth.index.labels.nulls import false_persona_labels, reassign_prompts, split_personas
+from shoggoth.index.labels.persona_decomposition import (
+    persona_tables,
+    read_prompts,
+    read_shifts,
+)
 from shoggoth.index.labels.rules import LABELS, PERSONA_LABELS, LabelConfig, label_features
 from shoggoth.index.store.database import (
     WAIT,
@@ -125,6 +130,7 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
         extra = con.execute(
             "SELECT feature, max(max_act) AS max_act FROM doc_features WHERE sae_id = ? "
             "GROUP BY feature", [sae_id]).df()
+        shifts, prompts = read_shifts(con, sae_id), read_prompts(con)
     thresholds = LabelConfig(**{f.name: getattr(cfg, f.name) for f in fields(LabelConfig)})
     n = sae_row["d_sae"]
     real = label_features(doc_features, documents, personas, n, thresholds, topics)
@@ -142,9 +148,17 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     features.insert(0, "sae_id", sae_id)
     calib.insert(0, "sae_id", sae_id)
     fdr.insert(0, "sae_id", sae_id)
-    write(cfg.db, sae_id, features, calib, fdr, {**config_metadata(cfg), "notes": notes})
+    signal, parts, fraction = persona_tables(shifts, prompts, sae_row, doc_features, documents,
+                                             personas, real, topics, cfg.bootstrap,
+                                             cfg.confidence, cfg.seed, notes)
+    for frame in (signal, parts):
+        if not frame.empty:
+            frame.insert(0, "sae_id", sae_id)
+    write(cfg.db, sae_id, features, calib, fdr, {**config_metadata(cfg), "notes": notes},
+          signal, parts)
     return {"sae_id": sae_id, "features": features, "calibration": calib, "fdr": fdr,
-            "notes": notes, "config": asdict(thresholds)}
+            "notes": notes, "config": asdict(thresholds), "persona_signal": fraction,
+            "signal": signal, "decomposition": parts}
 
 
 PERSONA_SQL = """
@@ -166,7 +180,8 @@ ORDER BY s.feature, s.persona
 
 
 def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFrame,
-          fdr: pd.DataFrame, config: dict[str, Any]) -> None:
+          fdr: pd.DataFrame, config: dict[str, Any], signal: pd.DataFrame | None = None,
+          parts: pd.DataFrame | None = None) -> None:
     """Replace this SAE's labels in one transaction (with a `runs` record); annotations are
     never touched."""
     con = connect(db, wait=WAIT)
@@ -177,6 +192,10 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
             for table, frame in (("features", features), ("calibration", calibration),
                                  ("label_fdr", fdr)):
                 replace_rows(con, table, sae_id, frame)
+            for table, frame in (("persona_signal", signal), ("persona_decomposition", parts)):
+                con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+                if frame is not None and not frame.empty:
+                    replace_rows(con, table, sae_id, frame)
             con.execute("DELETE FROM feature_personas WHERE sae_id = ?", [sae_id])
             con.execute(PERSONA_SQL, {"sae": sae_id})
             refresh_causal(con, sae_id)  # the new rows keep the effects already measured

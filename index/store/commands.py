@@ -80,7 +80,8 @@ class StatusConfig(Config):
 @click.command("status")
 @config_options(StatusConfig)
 def status_command(cfg: StatusConfig) -> None:
-    """What a feature database holds, per SAE: its model, hook and width, the documents
+    """What a feature database holds, per SAE: its kind (residual or difference dictionary),
+    model, hook and width, the documents
     harvested, and whether it has been labelled, probed by layer, measured by `effects`, put
     through the grid, indexed and explained."""
     rows = database_status(cfg.db)
@@ -88,8 +89,8 @@ def status_command(cfg: StatusConfig) -> None:
         click.echo(json.dumps(rows, indent=1))
         return
     table = Table(title=f"{cfg.db}: {len(rows)} SAE(s)")
-    for column in ("sae_id", "model", "hook", "d_sae", "documents", *STAGES):
-        table.add_column(column, justify="left" if column in ("sae_id", "model", "hook")
+    for column in ("sae_id", "kind", "model", "hook", "d_sae", "documents", *STAGES):
+        table.add_column(column, justify="left" if column in ("sae_id", "kind", "model", "hook")
                          else "right")
     for row in rows:
         table.add_row(*(("yes" if v else "no") if isinstance(v, bool) else f"{v:,}"

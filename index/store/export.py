@@ -42,6 +42,7 @@ PARTITIONED: dict[str, tuple[tuple[str, ...], str]] = {
     "documents": (("sae_id",), "persona, paraphrase, item_id"),
     "tokens": (("sae_id",), "item_id, pos"),
     "residual_sums": (("sae_id",), "persona, paraphrase, item_id"),
+    "document_shifts": (("sae_id",), "persona, paraphrase, item_id"),
     "grid_doc_features": (("sae_id",), "feature, answer_set, neutral, doc"),
 }
 """Table → (Hive partition columns, sort order within a partition)."""

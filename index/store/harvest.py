@@ -28,7 +28,7 @@ from shoggoth.index.store.database import (
     transaction,
 )
 from shoggoth.index.store.merge import MergeConfig, merge
-from shoggoth.index.store.schema import battery_of, create_schema
+from shoggoth.index.store.schema import battery_of, create_schema, upgrade_contract
 
 
 def check_target(db: Path, personas: Sequence[Persona], items: Sequence[Item]) -> dict[str, Any]:
@@ -144,6 +144,12 @@ class PartialStore:
                 self.con.execute("INSERT INTO residual_sums VALUES (?, ?, ?, ?, ?, ?)",
                                  [sae_id, persona, paraphrase, item_ids[0],
                                   int(sum(out.n_tokens)), out.residual_sum.tolist()])
+                if out.shift is not None:
+                    insert_frame(self.con, "document_shifts", pa.table({
+                        "item_id": item_ids,
+                        "shift": pa.array(list(out.shift), pa.list_(pa.float32())),
+                        "shift_hat": pa.array(list(out.shift_hat), pa.list_(pa.float32()))}),
+                        [sae_id, persona, paraphrase])
 
     def finish(self) -> None:
         """Mark the runs finished and fold the write-ahead log into the file."""
@@ -168,6 +174,7 @@ def open_partial(path: Path, personas: Sequence[Persona], items: Sequence[Item])
     con = connect(path, what="partial harvest")
     try:
         check_same_battery(con, path, battery_of(personas, items), what="partial harvest")
+        upgrade_contract(con)  # a partial file an earlier version began
     except BadInput:
         con.close()
         raise

@@ -30,6 +30,8 @@ from shoggoth.index.store.database import (
 )
 from shoggoth.index.store.schema import (
     HARVEST_TABLES,
+    has_table,
+    upgrade_contract,
     ORDER,
     battery_rows,
     create_schema,
@@ -100,6 +102,7 @@ def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] 
     """Insert every input's rows; sharded SAEs get one saes row pointing at a merge run (none
     when `merge_run` is None: rows are copied as they are)."""
     catalogs = sorted({h.catalog for g in groups.values() for h in g})
+    upgrade_contract(con)
     for cat in catalogs:
         con.execute(f"INSERT OR IGNORE INTO runs SELECT * FROM {cat}.runs")
     for group in groups.values():
@@ -117,7 +120,10 @@ def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] 
         con.execute(f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                     list(row.values()))
     for table in HARVEST_TABLES:
-        union = " UNION ALL ".join(f"SELECT * FROM {c}.{table}" for c in catalogs)
+        holding = [c for c in catalogs if has_table(con, c, table)]  # older files lack some
+        if not holding:
+            continue
+        union = " UNION ALL ".join(f"SELECT * FROM {c}.{table}" for c in holding)
         distinct = "DISTINCT " if table == "tokens" else ""  # every shard stores every item
         con.execute(f"INSERT INTO {table} SELECT {distinct}* FROM ({union}) "
                     f"ORDER BY {ORDER[table]}")

@@ -168,16 +168,27 @@ def saes(con: Any) -> pd.DataFrame:
     return con.execute("SELECT * FROM saes ORDER BY sae_id").df()
 
 
+def kind_column(con: Any) -> str:
+    """SQL for each SAE's kind (residual or difference) in `saes`, also in databases written
+    before the column existed (all residual)."""
+    have = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = "
+                       "'saes' AND column_name = 'kind' AND table_schema = current_schema()"
+                       ).fetchone()[0]
+    return "coalesce(kind, 'residual')" if have else "'residual'"
+
+
 def sae_overview(con: Any) -> pd.DataFrame:
-    """The SAEs with their training metrics (from each SAE directory's shoggoth.json, where it
-    is still there)."""
-    frame = con.execute("SELECT sae_id, model, hook, architecture, d_in, d_sae, value_decimals, "
-                        "logit_effects, path FROM saes ORDER BY sae_id").df()
+    """The SAEs, each with its kind and its training metrics (from its directory's
+    shoggoth.json, where it is still there)."""
+    frame = con.execute(f"SELECT sae_id, {kind_column(con)} AS kind, model, hook, architecture, "
+                        "d_in, d_sae, value_decimals, logit_effects, path FROM saes "
+                        "ORDER BY sae_id").df()
     metrics = []
     for path in frame.pop("path"):
         meta = Path(path or "") / "shoggoth.json"
         ev = json.loads(meta.read_text()).get("evaluation") or {} if meta.is_file() else {}
-        metrics.append({k: ev.get(k) for k in ("explained_variance", "l0", "dead_fraction")})
+        metrics.append({k: ev.get(k) for k in ("explained_variance", "l0", "dead_fraction",
+                                               "persona_signal")})
     return pd.concat([frame, pd.DataFrame(metrics, index=frame.index)], axis=1)
 
 

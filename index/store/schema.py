@@ -24,7 +24,8 @@ TABLES: dict[str, str] = {
         sae_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, hook VARCHAR NOT NULL,
         architecture VARCHAR, d_in INTEGER NOT NULL, d_sae INTEGER NOT NULL, path VARCHAR,
         weights_sha256 VARCHAR, model_source VARCHAR, template VARCHAR,
-        value_decimals INTEGER, prefix_cache BOOLEAN, run_id VARCHAR, logit_effects VARCHAR""",
+        value_decimals INTEGER, prefix_cache BOOLEAN, run_id VARCHAR, logit_effects VARCHAR,
+        kind VARCHAR, reference VARCHAR""",
     "personas": """
         persona persona_name PRIMARY KEY, family VARCHAR NOT NULL, description VARCHAR,
         is_control BOOLEAN NOT NULL, control_of VARCHAR""",
@@ -51,6 +52,9 @@ TABLES: dict[str, str] = {
     "residual_sums": """
         sae_id VARCHAR NOT NULL, persona persona_name NOT NULL, paraphrase SMALLINT NOT NULL,
         item_id item_name NOT NULL, n_tokens INTEGER NOT NULL, residual_sum DOUBLE[] NOT NULL""",
+    "document_shifts": """
+        sae_id VARCHAR NOT NULL, persona persona_name NOT NULL, paraphrase SMALLINT NOT NULL,
+        item_id item_name NOT NULL, shift FLOAT[] NOT NULL, shift_hat FLOAT[] NOT NULL""",
 }
 """Table name → column definitions. Bulk tables carry no primary key: each harvest batch is
 written once, in one transaction, so uniqueness holds by construction (and is tested)."""
@@ -63,7 +67,7 @@ LABEL_TABLES: dict[str, str] = {
         k_eff DOUBLE, norm_entropy DOUBLE, f_stat DOUBLE, p_value DOUBLE, q_value DOUBLE,
         top_ratio DOUBLE, paraphrase_margin DOUBLE, set_size INTEGER, set_ratio DOUBLE,
         set_margin DOUBLE, control_ratio DOUBLE, control_margin DOUBLE, no_mask_ratio DOUBLE,
-        max_min_ratio DOUBLE,
+        max_min_ratio DOUBLE, rest_ratio DOUBLE,
         ratio_ci_high DOUBLE, shared_power DOUBLE, ranked_personas VARCHAR, density DOUBLE,
         mean_act DOUBLE, max_act DOUBLE, causal VARCHAR, mediated DOUBLE,
         mediated_persona VARCHAR, PRIMARY KEY (sae_id, feature)""",
@@ -77,6 +81,13 @@ LABEL_TABLES: dict[str, str] = {
     "label_fdr": """
         sae_id VARCHAR NOT NULL, label VARCHAR NOT NULL, n_real INTEGER NOT NULL,
         n_null DOUBLE NOT NULL, n_split INTEGER, fdr DOUBLE, PRIMARY KEY (sae_id, label)""",
+    "persona_signal": """
+        sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, n_docs INTEGER NOT NULL,
+        shift_norm DOUBLE NOT NULL, carried DOUBLE, PRIMARY KEY (sae_id, persona)""",
+    "persona_decomposition": """
+        sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, part VARCHAR NOT NULL,
+        share DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n_items INTEGER NOT NULL,
+        PRIMARY KEY (sae_id, persona, part)""",
     "annotations": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, label VARCHAR, note VARCHAR,
         author VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp""",
@@ -284,7 +295,8 @@ def create_label_tables(con: Any) -> None:
 def add_feature_columns(con: Any) -> None:
     """Columns a features table written before they existed lacks (control_margin, the causal
     summary)."""
-    for column, kind in (("control_margin", "DOUBLE"), *CAUSAL_COLUMNS):
+    for column, kind in (("control_margin", "DOUBLE"), ("rest_ratio", "DOUBLE"),
+                         *CAUSAL_COLUMNS):
         con.execute(f"ALTER TABLE features ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
@@ -295,9 +307,30 @@ ORDER: dict[str, str] = {
     "activations": "sae_id, persona, paraphrase, item_id, pos, feature",
     "doc_features": "sae_id, persona, paraphrase, item_id, feature",
     "residual_sums": "sae_id, persona, paraphrase, item_id",
+    "document_shifts": "sae_id, persona, paraphrase, item_id",
 }
 BATTERY_TABLES = ("personas", "persona_prompts", "items")
-HARVEST_TABLES = ("tokens", "documents", "activations", "doc_features", "residual_sums")
+HARVEST_TABLES = ("tokens", "documents", "activations", "doc_features", "residual_sums",
+                  "document_shifts")
+
+
+CONTRACT_COLUMNS = (("saes", "kind", "VARCHAR"), ("saes", "reference", "VARCHAR"))
+"""Contract columns a database written before them lacks (NULL there: a residual SAE)."""
+
+
+def upgrade_contract(con: Any) -> None:
+    """Add to a database written by an earlier version the contract columns and harvest tables
+    it lacks (its rows keep NULL / no rows there)."""
+    for table, column, kind in CONTRACT_COLUMNS:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+    for table in HARVEST_TABLES:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({TABLES[table]})")
+
+
+def has_table(con: Any, catalog: str, table: str) -> bool:
+    """Whether attached database `catalog` holds `table`."""
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND "
+                            "table_name = ?", [catalog, table]).fetchone()[0])
 
 
 def quote(text: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from shoggoth.core.errors import BadInput
 from shoggoth.index.store.database import WAIT, connect, require_shoggoth, tables
+from shoggoth.index.store.read import kind_column
 from shoggoth.index.store.schema import battery_rows, stale_label_tables
 
 
@@ -98,12 +99,13 @@ def database_status(db: Path) -> list[dict[str, Any]]:
         names = tables(con)
         if "saes" not in names:
             return []
-        rows = con.execute("SELECT sae_id, model, hook, d_sae FROM saes ORDER BY sae_id"
-                           ).fetchall()
+        rows = con.execute(f"SELECT sae_id, {kind_column(con)}, model, hook, d_sae FROM saes "
+                           "ORDER BY sae_id").fetchall()
         out = []
-        for sae_id, model, hook, d_sae in rows:
+        for sae_id, kind, model, hook, d_sae in rows:
             status = status_of(con, sae_id, names)
-            out.append({"sae_id": sae_id, "model": model, "hook": hook, "d_sae": d_sae,
+            out.append({"sae_id": sae_id, "kind": kind, "model": model, "hook": hook,
+                        "d_sae": d_sae,
                         "documents": status.documents,
                         **{stage: getattr(status, stage) for stage in STAGES}})
         return out

@@ -75,6 +75,13 @@ def render(tokenizer: Any, system: str | None, turns: list[str]) -> str:
         return tokenizer.apply_chat_template(roles, tokenize=False)
 
 
+def pieces() -> list[list[str]]:
+    """The corpus cut into pieces of TURNS turns, in a fixed order (what a difference dictionary
+    trains on, each piece under a training persona and under the reference)."""
+    return [turns[start:start + TURNS] for turns in conversations()
+            for start in range(0, len(turns) - 1, TURNS)]
+
+
 def chat_texts(tokenizer: Any, max_chars: int | None = None) -> list[str]:
     """The corpus as documents for `tokenizer`, in a fixed order, until `max_chars`."""
     personas = training_personas()

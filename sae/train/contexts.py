@@ -8,7 +8,7 @@ into equal bodies, so no padding is ever needed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -57,7 +57,10 @@ def pack_contexts(
     return torch.tensor(rows, dtype=torch.long).reshape(-1, context_size)
 
 
-def split_documents(texts: list[str], eval_every: int = 25) -> tuple[list[str], list[str]]:
+T = TypeVar("T")
+
+
+def split_documents(texts: list[T], eval_every: int = 25) -> tuple[list[T], list[T]]:
     """(train, held-out) documents: every `eval_every`-th document is held out."""
     held = [t for i, t in enumerate(texts) if i % eval_every == eval_every - 1]
     train = [t for i, t in enumerate(texts) if i % eval_every != eval_every - 1]

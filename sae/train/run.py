@@ -31,7 +31,7 @@ from shoggoth.core.errors import BadInput, Interrupted, first_line
 from shoggoth.core.outputs import refuse_output_over
 from shoggoth.core.versions import library_versions
 from shoggoth.sae.models import load_model, resolve_hook
-from shoggoth.sae.prompts import non_special, special_ids
+from shoggoth.sae.prompts import EMPTY_SYSTEM, non_special, special_ids
 from shoggoth.sae.train.chitchat import CHITCHAT
 from shoggoth.sae.train.contexts import pack_contexts, split_documents
 from shoggoth.sae.train.corpus import BUILTIN, load_texts
@@ -46,7 +46,20 @@ from shoggoth.sae.train.ddp import (
     rank_spread,
     start,
 )
+from shoggoth.sae.train.difference import (
+    DIFFERENCE,
+    RESIDUAL,
+    persona_signal,
+    persona_set,
+    training_pairs,
+)
 from shoggoth.sae.train.evaluate import ce_loss_recovered, evaluate_sae
+from shoggoth.sae.train.paired import (
+    Pairs,
+    difference_key,
+    paired_activations,
+    sharded_paired_batches,
+)
 from shoggoth.sae.train.stream import (
     context_activations,
     contexts_activations,
@@ -55,6 +68,7 @@ from shoggoth.sae.train.stream import (
 )
 from shoggoth.sae.train.trainer import checkpoints, multi_trainer_class, single_trainer_class
 
+Target = Literal["residual", "difference"]
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
 TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
 WORK_SUFFIX = ".partial"
@@ -79,6 +93,18 @@ class TrainConfig(Config):
     save_to_disk folder, or a Hugging Face dataset name (needs network)."""
     text_column: str = "text"
     """Column (or JSON field) holding the text in .jsonl, .parquet and Hugging Face datasets."""
+    target: list[Target] = option([], repeat=True)
+    """What a dictionary trains on: residual (the hook's activations) or difference (the shift
+    h(persona prompt + text) − h(reference + text) on the tokens the two share, under the
+    training personas; no decoder bias). Give both to train one of each from the same pairs of
+    forward passes (default: residual)."""
+    reference: str = EMPTY_SYSTEM
+    """The reference the shifts are measured against: '(empty system message)' (the default)
+    is an empty system turn, '' no system turn (a chat template may insert its own default
+    prompt, itself a mask), any other text that system prompt."""
+    personas: Path | None = None
+    """Training personas YAML file the shifts are measured under (default: the built-in training
+    personas, disjoint from the battery; format in docs/battery.md)."""
     architecture: Architecture = "topk"
     """SAE architecture, as sae-lens trains it (matryoshka = matryoshka batch-top-k)."""
     d_sae: list[int] = option([], min=1, repeat=True)
@@ -330,14 +356,21 @@ def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoin
 
 @dataclass
 class SAESpec:
-    """One SAE of a run: its hook and width."""
+    """One SAE of a run: its hook, width and target."""
     hook: str
     d_sae: int
+    target: str = RESIDUAL
 
     @property
     def name(self) -> str:
         """Its folder under a several-SAE --out."""
-        return f"{self.hook}-d{self.d_sae}"
+        suffix = "-difference" if self.target == DIFFERENCE else ""
+        return f"{self.hook}-d{self.d_sae}{suffix}"
+
+    @property
+    def key(self) -> str:
+        """Its data in a batch of the activation stream."""
+        return difference_key(self.hook) if self.target == DIFFERENCE else self.hook
 
 
 @dataclass
@@ -354,6 +387,10 @@ class TrainRun:
     """--dataset with 'auto' resolved."""
     world: World
     shards: int
+    pairs: Pairs | None = None
+    """The training pairs, when a dictionary trains on differences (the stream is paired)."""
+    held_pairs: Pairs | None = None
+    """Held-out pairs: every dictionary's share of the persona signal is measured on them."""
 
     @property
     def hooks(self) -> list[str]:
@@ -368,7 +405,8 @@ def resolve_specs(cfg: TrainConfig, model: Any) -> list[SAESpec]:
     widths = list(dict.fromkeys(cfg.d_sae)) or [cfg.expansion * model.d_model]
     if cfg.architecture in TOPK_LIKE and cfg.k >= min(widths):
         raise BadInput(f"--k {cfg.k}: must be smaller than d_sae {min(widths)}")
-    return [SAESpec(h, w) for h in hooks for w in widths]
+    targets = list(dict.fromkeys(cfg.target)) or [RESIDUAL]
+    return [SAESpec(h, w, t) for h in hooks for w in widths for t in targets]
 
 
 def join_world(cfg: TrainConfig) -> tuple[World, str]:
@@ -435,12 +473,35 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
                            f"or --shards), this one {shards}; resume with the same number")
     dataset = resolve_dataset(cfg.dataset, model)
     train_ctx, eval_ctx = training_contexts(cfg, model, dataset)
-    log(f"corpus {dataset}: {len(train_ctx)} training contexts ({int(train_ctx.numel()):,} "
-        f"distinct tokens), {len(eval_ctx)} held-out; model {cfg.model}, "
-        + "; ".join(f"hook {s.hook}, d_sae {s.d_sae}" for s in specs)
+    paired = any(s.target == DIFFERENCE for s in specs)
+    pairs, held = paired_data(cfg, model, dataset, paired)
+    corpus = (f"{len(pairs):,} persona/reference pairs ({pairs.tokens():,} shared tokens)"
+              if pairs is not None else
+              f"{len(train_ctx)} training contexts ({int(train_ctx.numel()):,} distinct tokens)")
+    log(f"corpus {dataset}: {corpus}, {len(eval_ctx)} held-out; model {cfg.model}, "
+        + "; ".join(f"hook {s.hook}, d_sae {s.d_sae}"
+                    + (", difference" if s.target == DIFFERENCE else "") for s in specs)
         + (f"; {world.size} DDP ranks ({world.backend})" if world.distributed else ""))
     return TrainRun(model, specs, out, work, resume_from, train_ctx, eval_ctx, dataset, world,
-                    shards)
+                    shards, pairs, held)
+
+
+def paired_data(cfg: TrainConfig, model: Any, dataset: str,
+                paired: bool) -> tuple[Pairs | None, Pairs | None]:
+    """(training pairs when a dictionary trains on differences, held-out pairs). A residual-only
+    run whose corpus gives no pairs (too short a context) goes without the persona signal."""
+    personas = persona_set(cfg.personas)
+    if not personas:
+        raise BadInput(f"--personas {cfg.personas}: holds no persona with a prompt")
+    try:
+        pairs, held = training_pairs(model, dataset, cfg.text_column, personas, cfg.reference,
+                                     cfg.context_size, cfg.tokens if paired else 0,
+                                     min(cfg.eval_tokens, 8192))
+    except BadInput:
+        if paired:
+            raise
+        return None, None
+    return (pairs if paired else None), held
 
 
 def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
@@ -460,11 +521,22 @@ def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
     # run that same method so SAELens tools read our SAEs like their own.
     LanguageModelSAETrainingRunner._set_sae_metadata(SimpleNamespace(cfg=runner_cfg, sae=sae))
     sae.cfg.metadata.prepend_bos = run.model.prepend_bos  # our contexts start with BOS for LMs
+    # What it encodes travels in sae-lens's own cfg.json too: a difference dictionary applies to
+    # raw shifts against this reference (no activation scaling).
+    sae.cfg.metadata.shoggoth_target = spec.target
+    if spec.target == DIFFERENCE:
+        sae.cfg.metadata.shoggoth_reference = cfg.reference
+        with torch.no_grad():
+            sae.b_dec.zero_()
+        sae.b_dec.requires_grad_(False)
     return sae, runner_cfg
 
 
 def data_mean(cfg: TrainConfig, run: TrainRun) -> dict[str, torch.Tensor]:
     """Per hook, the mean activation over the first ~8k training tokens (every rank alike)."""
+    if run.pairs is not None:  # the persona documents a paired stream trains residual SAEs on
+        first = run.pairs.select(range(min(len(run.pairs), 64)))
+        return paired_activations(run.model, first, run.hooks)[0]
     sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
     keep = non_special(run.model.tokenizer, sample)
     return {h: a.mean(0) for h, a in
@@ -482,19 +554,23 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
     position = 0 if run.resume_from is None else int(run.resume_from)
     # The stream's position is the trainer's (global) sample count, which checkpoints save.
     ranks = [run.world.rank] if run.world.distributed else list(range(run.shards))
-    batches = sharded_batches(model, run.hooks, run.train_ctx,
-                              non_special(model.tokenizer, run.train_ctx), cfg.batch_tokens,
-                              cfg.seed, position, run.shards, ranks)
+    if run.pairs is not None:
+        batches = sharded_paired_batches(model, run.hooks, run.pairs, cfg.batch_tokens,
+                                         cfg.seed, position, run.shards, ranks)
+    else:
+        batches = sharded_batches(model, run.hooks, run.train_ctx,
+                                  non_special(model.tokenizer, run.train_ctx), cfg.batch_tokens,
+                                  cfg.seed, position, run.shards, ranks)
     if len(run.specs) == 1:
         trainer = single_trainer_class()(sae=made[0][0],
-                                         data_provider=single_hook(batches, run.specs[0].hook),
+                                         data_provider=single_hook(batches, run.specs[0].key),
                                          evaluator=None, save_checkpoint_fn=None, cfg=trainer_cfg)
         steppers = [trainer]
     else:
         trainer = multi_trainer_class()(cfg=trainer_cfg,
                                         saes={s.name: sae for s, (sae, _) in
                                               zip(run.specs, made, strict=True)},
-                                        hook_names={s.name: s.hook for s in run.specs},
+                                        hook_names={s.name: s.key for s in run.specs},
                                         data_provider=batches)
         steppers = [trainer, *trainer.trainers.values()]
     trainer.keep, trainer.world, trainer.root = cfg.keep_checkpoints, run.world, \
@@ -505,10 +581,13 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
     if run.resume_from is None:
         # Start each decoder bias at the data mean: the residual stream has a large constant
         # offset, and features that must first learn it die before they fire.
+        # A difference dictionary has none (zero, frozen): the shift every persona shares must
+        # be a feature, and a bias at the data mean would hide it.
         means = data_mean(cfg, run)
         with torch.no_grad():
             for spec, (sae, _) in zip(run.specs, made, strict=True):
-                sae.b_dec.copy_(means[spec.hook])
+                if spec.target == RESIDUAL:
+                    sae.b_dec.copy_(means[spec.hook])
     else:
         path = work / "checkpoints" / str(run.resume_from)
         if len(run.specs) == 1:
@@ -602,12 +681,20 @@ def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
     final = run.work / "final"
     shutil.rmtree(final, ignore_errors=True)
     several = len(run.specs) > 1
+    held = paired_activations(run.model, run.held_pairs, run.hooks) \
+        if run.held_pairs is not None else None
     for spec in run.specs:
         folder = final / spec.name if several else final
         trained[spec.name].save_inference_model(str(folder))
         loaded = SAE.load_from_disk(str(folder), device=device)
-        log(f"evaluating {spec.hook} d_sae {spec.d_sae} on held-out tokens")
-        metrics = held_out_metrics(run.model, loaded, spec.hook, run.eval_ctx)
+        log(f"evaluating {spec.name} on held-out tokens")
+        if spec.target == DIFFERENCE and held is not None:
+            metrics = evaluate_sae(loaded, held[0][spec.hook] - held[1][spec.hook])
+        else:
+            metrics = held_out_metrics(run.model, loaded, spec.hook, run.eval_ctx)
+        if held is not None:
+            metrics["persona_signal"] = persona_signal(loaded, spec.target, held[2],
+                                                       held[0][spec.hook], held[1][spec.hook])
         meta = {
             "model": cfg.model,
             "model_source": run.model.source.location,
@@ -618,7 +705,11 @@ def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
             "architecture": cfg.architecture,
             "dataset": run.dataset,
             "training_tokens": int(trainer.n_training_samples),
-            "distinct_training_tokens": int(run.train_ctx.numel()),
+            "distinct_training_tokens": run.pairs.tokens() if run.pairs is not None
+            else int(run.train_ctx.numel()),
+            "target": spec.target,
+            "reference": cfg.reference if spec.target == DIFFERENCE else None,
+            "training_personas": run.pairs.names if run.pairs is not None else None,
             "context_size": cfg.context_size,
             "seed": cfg.seed,
             "stream_shards": run.shards,

@@ -10,10 +10,12 @@ what is left is the shift the persona adds. Then, per layer:
   into even and odd paraphrases): decoding the persona, not a wording or an answer;
 - the persona vectors (each persona's mean centered residual) and their norms, relative to the
   mean norm of a document's residual;
-- at the SAE's own layer: the share of the persona signal (Σ_k ||persona vector_k||²) that the
-  SAE's reconstruction carries, the share left in its error term, and the probe's accuracy on
-  each. A persona the model encodes (probe high) but the reconstruction drops (error share
-  high) is one the SAE does not capture; a persona the probe cannot find is not there.
+- at the SAE's own layer: the share of the persona signal the SAE carries, Σ_k ⟨v_k, v̂_k⟩ /
+  Σ_k |v_k|² (v_k: persona k's mean shift against each item's reference document, the same
+  answer under the SAE's reference; v̂_k: that shift through the SAE; core/signal.py), and the
+  probe's accuracy on its reconstruction and on its error term. A persona the model encodes
+  (probe high) but the reconstruction drops is one the SAE does not capture; a persona the
+  probe cannot find is not there.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from shoggoth.battery.personas import subset_items
 from shoggoth.core.config import SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_numbers
+from shoggoth.core.signal import grouped_means, signal_fraction
 from shoggoth.core.progress import Progress
 from shoggoth.index.layers.store import write_layer_probe
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.models import Model, hook_layer, load_model
-from shoggoth.sae.prompts import build_prompt, collate, pad_id, stored_template
+from shoggoth.sae.encode import document_shifts, prompts_activations
+from shoggoth.sae.prompts import EMPTY_SYSTEM, build_prompt, collate, pad_id, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
 
 
@@ -90,37 +94,24 @@ def _mean(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((t.float() * mask).sum(1) / mask.sum(1)).cpu()
 
 
-def pooled(model: Model, prompts: list[Any], layers: list[int], sae: Any, sae_hook: str,
-           batch: int, progress: Progress) -> tuple[np.ndarray, np.ndarray | None,
-                                                    np.ndarray | None]:
-    """Answer-token means: [documents, layers, d] of each block's output, and [documents, d] of
-    the activations at the SAE's hook and of their SAE reconstruction (None without an SAE)."""
+def pooled(model: Model, prompts: list[Any], layers: list[int], batch: int,
+           progress: Progress) -> np.ndarray:
+    """Answer-token means: [documents, layers, d] of each block's output."""
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     missing = [h for h in hooks if h not in model.hook_names]
     if missing:
         raise BadInput(f"--layers: model '{model.name}' has no hook {missing[0]}")
-    out, at_sae, recon = [], [], []
+    out = []
     for start in range(0, len(prompts), batch):
         b = collate(prompts[start:start + batch], pad_id(model.tokenizer)).to(model.device)
         with torch.inference_mode():
             _, cache = model.bridge.run_with_cache(
-                b.input_ids, names_filter=lambda n: n in hooks or n == sae_hook,
-                stop_at_layer=max(layers) + 1, attention_mask=b.attention_mask,
-                return_cache_object=False)
+                b.input_ids, names_filter=lambda n: n in hooks, stop_at_layer=max(layers) + 1,
+                attention_mask=b.attention_mask, return_cache_object=False)
             mask = b.continuation_mask.unsqueeze(-1).float()
             out.append(torch.stack([_mean(cache[h], mask) for h in hooks], 1))
-            if sae is not None and sae_hook in cache:
-                x = cache[sae_hook]
-                if sae_hook not in hooks:  # a probed block's output is pooled already
-                    at_sae.append(_mean(x, mask))
-                recon.append(_mean(sae.decode(sae.encode(x.to(sae.dtype))), mask))
         progress.advance(len(prompts[start:start + batch]))
-    pooled_out = torch.cat(out).numpy()
-    if not recon:
-        return pooled_out, None, None
-    x_sae = pooled_out[:, hooks.index(sae_hook)] if sae_hook in hooks else \
-        torch.cat(at_sae).numpy()
-    return pooled_out, x_sae, torch.cat(recon).numpy()
+    return torch.cat(out).numpy()
 
 
 def center_items(x: np.ndarray, item: np.ndarray) -> np.ndarray:
@@ -156,9 +147,8 @@ def persona_vectors(centered: np.ndarray, persona: np.ndarray) -> np.ndarray:
     return np.stack([centered[persona == k].mean(axis=0) for k in np.unique(persona)])
 
 
-def layer_rows(x: np.ndarray, at_sae: np.ndarray | None, recon: np.ndarray | None,
-               docs: Documents, layers: list[int], sae_layer: int | None,
-               cfg: LayersConfig) -> pd.DataFrame:
+def layer_rows(x: np.ndarray, sae_parts: tuple[np.ndarray, ...] | None, docs: Documents,
+               layers: list[int], sae_layer: int | None, cfg: LayersConfig) -> pd.DataFrame:
     """One row per probed layer (see the module docstring)."""
     rows = []
     for n, layer in enumerate(layers):
@@ -174,22 +164,51 @@ def layer_rows(x: np.ndarray, at_sae: np.ndarray | None, recon: np.ndarray | Non
                "persona_norm_mean": float(norms.mean()), "persona_norm_max": float(norms.max()),
                "sae_signal_fraction": None, "probe_on_reconstruction": None,
                "probe_on_error": None, "is_sae_layer": layer == sae_layer}
-        if layer == sae_layer and recon is not None and at_sae is not None:
-            row.update(sae_rows(at_sae, recon, docs, cfg))
+        if layer == sae_layer and sae_parts is not None:
+            row.update(sae_rows(*sae_parts, docs, cfg))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def sae_rows(at_sae: np.ndarray, recon: np.ndarray, docs: Documents,
-             cfg: LayersConfig) -> dict[str, float]:
-    """The SAE's share of the persona signal at its hook: Σ_k <v_k, v_k(recon)> / Σ_k |v_k|²
-    (v: persona vectors; the error term's share is the rest), and the probe on each part."""
+def sae_rows(at_sae: np.ndarray, recon: np.ndarray, shift: np.ndarray, shift_hat: np.ndarray,
+             docs: Documents, cfg: LayersConfig) -> dict[str, float]:
+    """The SAE's share of the persona signal at its hook, Σ_k ⟨v_k, v̂_k⟩ / Σ_k |v_k|² (v_k:
+    persona k's mean shift against the reference; v̂_k: the same through the SAE;
+    core/signal.py), and the probe on its reconstruction and on its error term."""
     x = center_items(at_sae, docs.item)
     r = center_items(recon, docs.item)
-    v, vr = persona_vectors(x, docs.persona), persona_vectors(r, docs.persona)
-    return {"sae_signal_fraction": float((v * vr).sum() / (v ** 2).sum()),
+    return {"sae_signal_fraction": signal_fraction(grouped_means(shift, docs.persona),
+                                                   grouped_means(shift_hat, docs.persona)),
             "probe_on_reconstruction": probe_accuracy(r, docs, cfg.folds, cfg.seed),
             "probe_on_error": probe_accuracy(x - r, docs, cfg.folds, cfg.seed)}
+
+
+def sae_documents(model: Model, sae: Any, kind: str, hook: str, prompts: list[Any],
+                  references: list[Any], docs: Documents, batch: int
+                  ) -> tuple[np.ndarray, ...]:
+    """Per document at the SAE's hook, answer-token means of: the activations, their
+    reconstruction (a difference dictionary's: the reference's activations plus its
+    reconstruction of the shift), the shift against the item's reference document, and the
+    shift through the SAE."""
+    ref, ref_rows = prompts_activations(model, references, [hook], None)
+    per_item = [ref[hook][ref_rows == i] for i in range(len(references))]
+    out: list[list[np.ndarray]] = [[], [], [], []]
+    for start in range(0, len(prompts), batch):
+        part = prompts[start:start + batch]
+        acts, rows = prompts_activations(model, part, [hook], None)
+        x = acts[hook].float()
+        x_ref = torch.cat([per_item[i] for i in docs.item[start:start + len(part)]]).float()
+        shift, shift_hat = document_shifts(sae, kind, x, x_ref, rows, len(part))
+        n = torch.bincount(rows, minlength=len(part)).clamp(min=1)[:, None].float().cpu()
+        mean = (torch.zeros(len(part), x.shape[1]).index_add_(0, rows.cpu(), x.cpu()) / n)
+        ref_mean = mean.numpy() - shift
+        with torch.inference_mode():
+            whole = sae.decode(sae.encode(x.to(sae.dtype))).float().cpu()
+        recon = ref_mean + shift_hat if kind == "difference" else (
+            torch.zeros_like(mean).index_add_(0, rows.cpu(), whole) / n).numpy()
+        for bucket, value in zip(out, (mean.numpy(), recon, shift, shift_hat), strict=True):
+            bucket.append(value)
+    return tuple(np.concatenate(b).astype(np.float64) for b in out)
 
 
 def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Any], Documents]:
@@ -212,6 +231,17 @@ def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Any], D
     return prompts, Documents(m[:, 0], m[:, 1], m[:, 2], [p.name for p in main])
 
 
+def reference_prompts(d: Dictionary, model: Model, per_topic: int) -> list[Any]:
+    """The reference document of every item the probe uses (in `documents`' item order): the
+    same answer under the SAE's reference (an empty system turn when the harvest names none)."""
+    _, items = read_battery(d.con)
+    template = stored_template(d.row["template"])
+    reference = d.row.get("reference") or EMPTY_SYSTEM
+    return [build_prompt(model.tokenizer, reference, item.question, item.answer,
+                         template=template, prepend_bos=model.prepend_bos)
+            for item in subset_items(items, per_topic)]
+
+
 def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
     """Run the probe and store it (table layer_probe); returns the rows written."""
     d = Dictionary(cfg.db, cfg.sae)
@@ -222,11 +252,15 @@ def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
         prompts, docs = documents(d, model, cfg.items_per_topic)
         sae = load_harvest_sae(d.db, d.sae_id, d.row, cfg.device) if sae_layer is not None \
             else None
+        kind = d.row.get("kind") or "residual"
+        references = reference_prompts(d, model, cfg.items_per_topic)
         sae_id = d.sae_id
     finally:
         d.close()
     with Progress("layers: forward passes", len(prompts), unit="documents") as progress:
-        x, at_sae, recon = pooled(model, prompts, layers, sae, sae_hook, cfg.batch, progress)
-    table = layer_rows(x, at_sae, recon, docs, layers, sae_layer, cfg)
+        x = pooled(model, prompts, layers, cfg.batch, progress)
+    parts = sae_documents(model, sae, kind, sae_hook, prompts, references, docs, cfg.batch) \
+        if sae is not None else None
+    table = layer_rows(x, parts, docs, layers, sae_layer, cfg)
     write_layer_probe(cfg.db, sae_id, table, cfg)
     return table

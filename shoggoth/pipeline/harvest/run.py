@@ -30,8 +30,15 @@ from shoggoth.core.versions import library_versions
 from shoggoth.index.store import harvest as harvest_db
 from shoggoth.sae.encode import Harvester, check_lengths, check_tokens, decimals_for
 from shoggoth.sae.models import load_model, resolve_device
-from shoggoth.sae.prompts import Template
-from shoggoth.sae.sae_dir import SAE_ID, check_fits, load_sae_dir, sae_model_name, weights_sha256
+from shoggoth.sae.prompts import EMPTY_SYSTEM, Template
+from shoggoth.sae.sae_dir import (
+    SAE_ID,
+    check_fits,
+    dictionary_kind,
+    load_sae_dir,
+    sae_model_name,
+    weights_sha256,
+)
 
 # Run settings that decide which rows a harvest writes: a partial harvest is only resumed, and a
 # finished one only recognised as done, when these match.
@@ -173,8 +180,10 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
              for sae, p in zip(saes, cfg.sae_dir, strict=True)]
     for sae in saes:
         sae.eval()
+    kinds = [dictionary_kind(p, sae) for p, sae in zip(cfg.sae_dir, saes, strict=True)]
     harvester = Harvester(model, saes, hooks, personas, items, cfg.template,
-                          cfg.prefix_cache and model.is_causal)
+                          cfg.prefix_cache and model.is_causal, [k for k, _ in kinds],
+                          [r if r is not None else EMPTY_SYSTEM for _, r in kinds])
     first = harvester.group(0, 0)  # every item under the first persona paraphrase
     expected = [p.continuation_ids for p in first]
     lengths = [len(p.input_ids) for p in first]
@@ -226,7 +235,8 @@ def begin(harvester: Harvester, store: Any, cfg: HarvestConfig, ids: list[str],
             "architecture": sae.cfg.architecture(), "d_in": sae.cfg.d_in,
             "d_sae": sae.cfg.d_sae, "path": str(path.resolve()), "weights_sha256": sha,
             "model_source": location, "template": template, "value_decimals": decimals[k],
-            "prefix_cache": use_cache,
+            "prefix_cache": use_cache, "kind": harvester.kind(k),
+            "reference": harvester.references[k],
         }, [(it.item_id, expected[n], harvester.model.tokenizer.convert_ids_to_tokens(
             expected[n])) for n, it in enumerate(harvester.items)])
         states[k] = {"value_decimals": decimals[k], "prefix_cache": use_cache}
@@ -253,10 +263,12 @@ def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit
     if cfg.value_decimals is not None:
         decimals = [cfg.value_decimals] * len(harvester.saes)
     else:
-        x, _ = harvester.hook_activations(first, cached=False)
+        inputs, _ = harvester.sae_inputs(first, cached=False)
         with torch.inference_mode():
-            decimals = [decimals_for(sae.encode(x[hook].to(sae.dtype)))
-                        for sae, hook in zip(harvester.saes, harvester.hooks, strict=True)]
+            decimals = [decimals_for(sae.encode(harvester.encoded_input(k, x, x_ref)
+                                                .to(sae.dtype)))
+                        for k, (sae, (x, x_ref)) in enumerate(zip(harvester.saes, inputs,
+                                                                  strict=True))]
     use_cache = harvester.check_prefix_cache(mine[0]) if mine else False
     if harvester.use_prefix_cache and not use_cache:
         log("note: this model's attention ignores the KV cache; harvesting without prefix "

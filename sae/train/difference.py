@@ -1,0 +1,65 @@
+"""What a difference dictionary trains and is evaluated on: the corpus as pieces under the
+training personas and under the reference (paired.py makes the token pairs), and the share of
+the persona signal a dictionary carries on held-out pieces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shoggoth.battery.personas import Persona, load_personas
+from shoggoth.core.signal import grouped_means, signal_fraction
+from shoggoth.sae.train.chitchat import CHITCHAT, pieces, training_personas
+from shoggoth.sae.train.contexts import split_documents
+from shoggoth.sae.train.corpus import load_texts
+from shoggoth.sae.train.paired import Pairs, make_pairs
+
+DIFFERENCE, RESIDUAL = "difference", "residual"
+
+
+def persona_set(path: Path | None) -> list[Persona]:
+    """The training personas: a personas file's non-control personas, or the built-in ones."""
+    personas = training_personas() if path is None else load_personas(path)
+    return [p for p in personas if not p.is_control and any(t.strip() for t in p.prompts)]
+
+
+def corpus_pieces(dataset: str, text_column: str, max_chars: int) -> list[list[str]]:
+    """The corpus as pieces of turns: the chat corpus's conversation pieces, or each document
+    of any other dataset as one turn."""
+    if dataset == CHITCHAT:
+        return pieces()
+    return [[doc] for doc in load_texts(dataset, text_column, max_chars=max_chars)]
+
+
+def training_pairs(model: Any, dataset: str, text_column: str, personas: list[Persona],
+                   reference: str, context_size: int, tokens: int,
+                   eval_tokens: int) -> tuple[Pairs, Pairs]:
+    """(training pairs, held-out pairs): every 25th piece is held out, as for a residual SAE."""
+    train, held = split_documents(
+        corpus_pieces(dataset, text_column, 20 * (tokens + 2 * eval_tokens)))
+
+    def make(part: list[list[str]], n: int) -> Pairs:
+        return make_pairs(model.tokenizer, part, personas, reference, context_size,
+                          model.is_causal and model.prepend_bos, model.is_causal, max_tokens=n)
+
+    return make(train, tokens), make(held, eval_tokens)
+
+
+@torch.no_grad()
+def persona_signal(sae: Any, kind: str, persona: torch.Tensor, x: torch.Tensor,
+                   x_ref: torch.Tensor) -> float:
+    """The share of the persona signal `sae` carries on paired activations (core/signal.py):
+    a residual SAE reconstructs both documents, a difference dictionary their shift."""
+
+    def recon(a: torch.Tensor) -> torch.Tensor:
+        a = a.to(sae.device, sae.dtype)
+        return torch.cat([sae.decode(sae.encode(a[s:s + 4096])) for s in range(0, len(a), 4096)]
+                         ).float().cpu()
+
+    shift = x - x_ref
+    shift_hat = recon(shift) if kind == DIFFERENCE else recon(x) - recon(x_ref)
+    who = persona.numpy()
+    return signal_fraction(grouped_means(shift.double().numpy(), who),
+                           grouped_means(shift_hat.double().numpy(), who))

@@ -1,0 +1,232 @@
+"""The paired activation stream a difference dictionary trains on.
+
+Each training piece is rendered twice: under a training persona's system prompt and under the
+reference (the empty system turn by default). The two token sequences end in the same tokens
+(the conversation itself); on those shared tokens, special tokens left out, the stream yields
+the persona's activations h(persona + text) and the shift δ = h(persona + text) − h(reference +
+text). A residual SAE can train on the first and a difference dictionary on the second from the
+same pair of forward passes.
+
+Like ActivationStream (stream.py), it is a pure function of (pairs, seed, position): chunks of
+pairs are run, shuffled by a generator seeded with the chunk's index, and cut into consecutive
+batches, so a resumed run trains on the very same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from shoggoth.battery.personas import Persona
+from shoggoth.core.errors import BadInput
+from shoggoth.sae.activations import activations_at
+from shoggoth.sae.prompts import EMPTY_SYSTEM, Batch, pad_id, special_ids
+from shoggoth.sae.train.chitchat import render
+
+DIFFERENCE = ":difference"
+"""The suffix of a hook's key for its shifts in a paired batch (hook + DIFFERENCE)."""
+CHUNK_PAIRS = 64
+
+
+def difference_key(hook: str) -> str:
+    return hook + DIFFERENCE
+
+
+def render_system(reference: str) -> str | None:
+    """A system prompt as the chat renderer takes it: EMPTY_SYSTEM is an empty system turn, ""
+    no system turn."""
+    if reference == EMPTY_SYSTEM:
+        return ""
+    return reference or None
+
+
+@dataclass
+class Pairs:
+    """Persona and reference token sequences of the same pieces, and which of their positions
+    are the shared, measured tokens (the same count in both rows of a pair)."""
+
+    persona_ids: list[list[int]]
+    reference_ids: list[list[int]]
+    persona_keep: list[list[bool]]
+    reference_keep: list[list[bool]]
+    persona_of: list[int]
+    """Index of each pair's training persona."""
+    names: list[str]
+    """The training personas' names."""
+
+    def __len__(self) -> int:
+        return len(self.persona_ids)
+
+    def select(self, rows: Sequence[int]) -> Pairs:
+        return Pairs([self.persona_ids[i] for i in rows], [self.reference_ids[i] for i in rows],
+                     [self.persona_keep[i] for i in rows], [self.reference_keep[i] for i in rows],
+                     [self.persona_of[i] for i in rows], self.names)
+
+    def tokens(self) -> int:
+        return sum(sum(k) for k in self.persona_keep)
+
+
+def _shared_suffix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(reversed(a), reversed(b), strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def make_pairs(tokenizer: Any, pieces: list[list[str]], personas: list[Persona],
+               reference: str, context_size: int, prepend_bos: bool, is_causal: bool = True,
+               max_tokens: int | None = None) -> Pairs:
+    """Piece i under training persona i % len(personas) (its paraphrases in turn) and under the
+    reference; each sequence at most `context_size` tokens (the piece's end is cut from both)."""
+    if not personas:
+        raise BadInput("--personas: no training personas")
+    specials = special_ids(tokenizer)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ref_system = render_system(reference)
+    out = Pairs([], [], [], [], [], [p.name for p in personas])
+    total = 0
+    for i, turns in enumerate(pieces):
+        k = i % len(personas)
+        persona = personas[k]
+        prompt = persona.prompts[(i // len(personas)) % len(persona.prompts)]
+        texts = [render(tokenizer, render_system(prompt), turns),
+                 render(tokenizer, ref_system, turns)]
+        # An encoder gets its [CLS] … [SEP] wrapping; a causal LM its BOS, as in training.
+        p, r = (tokenizer(t, add_special_tokens=not is_causal)["input_ids"] for t in texts)
+        if prepend_bos and bos is not None:
+            p, r = ([bos] + s if not s or s[0] != bos else s for s in (p, r))
+        shared = _shared_suffix(p, r)
+        cut = max(0, len(p) - context_size, len(r) - context_size)
+        if shared - cut <= 0:
+            continue  # the persona prompt alone fills the context
+        p, r = p[:len(p) - cut], r[:len(r) - cut]
+        shared -= cut
+        # The shared tokens, minus special ones; the same positions of the suffix in both.
+        tail = [t not in specials for t in p[len(p) - shared:]]
+        if not any(tail):
+            continue
+        out.persona_ids.append(p)
+        out.reference_ids.append(r)
+        out.persona_keep.append([False] * (len(p) - shared) + tail)
+        out.reference_keep.append([False] * (len(r) - shared) + tail)
+        out.persona_of.append(k)
+        total += sum(tail)
+        if max_tokens is not None and total >= max_tokens:
+            break
+    if not out.persona_ids:
+        raise BadInput(f"--context-size {context_size}: no piece leaves any shared token beside "
+                       "its persona prompt")
+    return out
+
+
+def _padded(rows: list[list[int]], keep: list[list[bool]], pad: int) -> Batch:
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    measured = torch.zeros((len(rows), n), dtype=torch.bool)
+    for j, (r, k) in enumerate(zip(rows, keep, strict=True)):
+        ids[j, : len(r)] = torch.tensor(r)
+        mask[j, : len(r)] = 1
+        measured[j, : len(k)] = torch.tensor(k)
+    return Batch(ids, mask, measured)
+
+
+def paired_activations(model: Any, pairs: Pairs, hooks: list[str],
+                       batch: int = 32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                 torch.Tensor]:
+    """Per hook, [n_shared_tokens, d] activations under the persona and under the reference
+    (float32, on the CPU, pair then position order), and the persona index of each row."""
+    pad = pad_id(model.tokenizer)
+    persona: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    ref: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    for start in range(0, len(pairs), batch):
+        part = pairs.select(range(start, min(len(pairs), start + batch)))
+        for ids, keep, out in ((part.persona_ids, part.persona_keep, persona),
+                               (part.reference_ids, part.reference_keep, ref)):
+            b = _padded(ids, keep, pad)  # right padding: a causal row's positions are its own
+            acts = activations_at(model, b, hooks)
+            for h in hooks:
+                out[h].append(acts[h][b.continuation_mask.to(acts[h].device)].float().cpu())
+    counts = torch.tensor([sum(k) for k in pairs.persona_keep])
+    who = torch.repeat_interleave(torch.tensor(pairs.persona_of), counts)
+    return ({h: torch.cat(v) for h, v in persona.items()},
+            {h: torch.cat(v) for h, v in ref.items()}, who)
+
+
+@dataclass
+class PairedStream:
+    """Batches of `batch_tokens` rows per key, forever: `hook` (the persona's activations) and
+    `hook + DIFFERENCE` (its shift against the reference) for every hook."""
+
+    model: Any
+    hooks: list[str]
+    pairs: Pairs
+    batch_tokens: int
+    seed: int
+    shard: int = 0
+    shards: int = 1
+    chunk_pairs: int = CHUNK_PAIRS
+    sizes: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pairs = self.pairs.select(range(self.shard, len(self.pairs), self.shards))
+        per = [sum(k) for k in self.pairs.persona_keep]
+        c = self.chunk_pairs
+        self.sizes = [sum(per[s : s + c]) for s in range(0, len(per), c)]
+        if sum(self.sizes) == 0:
+            raise ValueError("no trainable token pairs")
+
+    @property
+    def keys(self) -> list[str]:
+        return [*self.hooks, *(difference_key(h) for h in self.hooks)]
+
+    def chunk(self, index: int) -> dict[str, torch.Tensor]:
+        epoch, c = divmod(index, len(self.sizes))
+        lo = c * self.chunk_pairs
+        part = self.pairs.select(range(lo, min(len(self.pairs), lo + self.chunk_pairs)))
+        persona, ref, _ = paired_activations(self.model, part, self.hooks)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + c
+                                          + self.shard * 7_919_993)
+        order = torch.randperm(len(persona[self.hooks[0]]), generator=g)
+        out = {h: persona[h][order] for h in self.hooks}
+        out.update({difference_key(h): (persona[h] - ref[h])[order] for h in self.hooks})
+        return out
+
+    def batches(self, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches from token position `start` (a multiple of `batch_tokens`) on."""
+        epoch_tokens = sum(self.sizes)
+        index = (start // epoch_tokens) * len(self.sizes)
+        offset = start % epoch_tokens
+        while offset >= self.sizes[index % len(self.sizes)]:
+            offset -= self.sizes[index % len(self.sizes)]
+            index += 1
+        buffer = {h: a[offset:] for h, a in self.chunk(index).items()}
+        index += 1
+        n, first = self.batch_tokens, self.keys[0]
+        while True:
+            while len(buffer[first]) < n:
+                more = self.chunk(index)
+                buffer = {h: torch.cat([buffer[h], more[h]]) for h in buffer}
+                index += 1
+            yield {h: a[:n] for h, a in buffer.items()}
+            buffer = {h: a[n:] for h, a in buffer.items()}
+
+
+def sharded_paired_batches(model: Any, hooks: list[str], pairs: Pairs, batch_tokens: int,
+                           seed: int, start: int, shards: int,
+                           ranks: list[int]) -> Iterator[dict[str, torch.Tensor]]:
+    """As stream.sharded_batches, over pairs."""
+    per = batch_tokens // shards
+    streams = [PairedStream(model, hooks, pairs, per, seed, r, shards).batches(start // shards)
+               for r in ranks]
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    while True:
+        parts = [next(s) for s in streams]
+        yield {h: torch.cat([p[h] for p in parts]) for h in parts[0]}

@@ -1,0 +1,196 @@
+"""Difference dictionaries: the paired stream, training on persona-minus-reference shifts, the
+harvest of shifts, the persona signal and each mask's decomposition, on a planted model whose
+personas write known directions (tests/planted_masks.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from helpers import battery
+from planted_masks import (
+    COMMON,
+    PERSONAS,
+    battery_personas,
+    build_planted_masks,
+    directions,
+    training_personas,
+)
+
+from shoggoth.sae.prompts import EMPTY_SYSTEM
+
+EXE = Path(sys.executable).with_name("shoggoth")
+HOOK = "blocks.0.hook_resid_post"
+PERSONA_LABELS = ("mask-specific", "persona-concept", "mask-or-concept", "mask-family")
+
+
+def shoggoth(*args: object, timeout: int = 600) -> subprocess.CompletedProcess:
+    run = subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_pairs_measure_only_the_shared_tokens(tiny_gpt2_dir):
+    from transformers import AutoTokenizer
+
+    from shoggoth.battery.personas import Persona
+    from shoggoth.sae.prompts import special_ids
+    from shoggoth.sae.train.paired import make_pairs
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    personas = [Persona("pirate", "fiction", ["You are a pirate captain.", "Arr."]),
+                Persona("helper", "assistant", ["Help the user kindly."])]
+    pieces = [["What is rain?", "Rain is water."], ["Why is the sky blue?", "Sunlight."],
+              ["Hello.", "Hi."]]
+    pairs = make_pairs(tok, pieces, personas, EMPTY_SYSTEM, 64, prepend_bos=True)
+    assert pairs.persona_of == [0, 1, 0] and len(pairs) == 3
+    specials = special_ids(tok)
+    for p, r, kp, kr in zip(pairs.persona_ids, pairs.reference_ids, pairs.persona_keep,
+                            pairs.reference_keep, strict=True):
+        measured_p = [t for t, k in zip(p, kp, strict=True) if k]
+        measured_r = [t for t, k in zip(r, kr, strict=True) if k]
+        assert measured_p == measured_r and measured_p  # the same tokens, in the same order
+        assert not specials & set(measured_p)
+        text = tok.decode(measured_p)
+        assert "pirate" not in text and "Help" not in text  # never the system prompt
+        assert p[0] == tok.bos_token_id
+    # Piece 2 runs under the pirate's second paraphrase.
+    assert "Arr." in tok.decode(pairs.persona_ids[2])
+    # A context too short for anything beside the prompt leaves no pair: one clear line.
+    from shoggoth.core.errors import BadInput
+
+    with pytest.raises(BadInput, match="--context-size 8"):
+        make_pairs(tok, pieces, personas, EMPTY_SYSTEM, 8, prepend_bos=True)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The planted model, a residual SAE and a difference dictionary trained from one paired
+    stream, both harvested in one pass and labelled."""
+    root = tmp_path_factory.mktemp("planted-masks")
+    model = build_planted_masks(root)
+    (root / "train.yaml").write_text(training_personas())
+    out = root / "saes"
+    shoggoth("train", "--model", model, "--layer", "0", "--target", "residual", "--target",
+             "difference", "--d-sae", "16", "--k", "2", "--tokens", "40960",
+             "--batch-tokens", "512", "--eval-tokens", "4096", "--personas",
+             root / "train.yaml", "--checkpoint-every", "0", "--device", "cpu", "--out", out)
+    residual, difference = out / f"{HOOK}-d16", out / f"{HOOK}-d16-difference"
+    args = battery(root / "battery", 24, battery_personas())
+    db = root / "db.duckdb"
+    shoggoth("harvest", "--db", db, "--sae-dir", residual, "--sae-dir", difference, *args,
+             "--device", "cpu")
+    labelled = {}
+    for sae in (residual.name, difference.name):
+        run = shoggoth("label", "--db", db, "--sae", sae, "--format", "json",
+                       "--calibration-seeds", "1")
+        labelled[sae] = json.loads(run.stdout)
+    return {"root": root, "model": model, "residual": residual, "difference": difference,
+            "db": db, "labelled": labelled}
+
+
+def _decoder(folder: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "sae_weights.safetensors"))["W_dec"]
+
+
+def _cos(w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (w @ v) / (np.linalg.norm(w, axis=1) * np.linalg.norm(v) + 1e-12)
+
+
+def test_a_difference_dictionary_is_an_sae_lens_sae_of_the_shift(planted):
+    from sae_lens import SAE
+
+    folder = planted["difference"]
+    meta = json.loads((folder / "shoggoth.json").read_text())
+    assert meta["target"] == "difference" and meta["reference"] == EMPTY_SYSTEM
+    assert meta["training_personas"] == [f"train_{p}" for p in PERSONAS]
+    sae = SAE.load_from_disk(str(folder), device="cpu")  # sae-lens loads it as any SAE
+    assert float(sae.b_dec.abs().max()) == 0.0  # no decoder bias: the common shift is a feature
+    assert sae.cfg.metadata.shoggoth_target == "difference"
+    assert json.loads((planted["residual"] / "shoggoth.json").read_text())["target"] == \
+        "residual"
+    # Held-out pieces of the training personas: the difference dictionary carries the persona
+    # signal, the residual SAE (the content's variance dominates its loss) much less.
+    diff = meta["evaluation"]["persona_signal"]
+    resid = json.loads((planted["residual"] / "shoggoth.json").read_text())[
+        "evaluation"]["persona_signal"]
+    assert diff >= 0.8 and resid < diff - 0.3, (diff, resid)
+
+
+def test_every_planted_direction_is_recovered(planted):
+    w = _decoder(planted["difference"])
+    for name, v in directions().items():
+        assert _cos(w, v).max() >= 0.9, (name, np.round(_cos(w, v), 2))
+
+
+def test_labels_name_each_mask_and_the_common_direction(planted):
+    w = _decoder(planted["difference"])
+    con = duckdb.connect(str(planted["db"]), read_only=True)
+    features = con.execute("SELECT feature, label, top_persona FROM features WHERE sae_id = ?",
+                           [planted["difference"].name]).df().set_index("feature")
+    # The reference's own documents are zero: no feature fires under the empty system turn.
+    fired = con.execute("SELECT count(*) FROM doc_features WHERE sae_id = ? AND persona = "
+                        "'control_empty_system'", [planted["difference"].name]).fetchone()[0]
+    con.close()
+    assert fired == 0
+    for name, v in directions().items():
+        best = int(np.argmax(_cos(w, v)))
+        row = features.loc[best]
+        if name == COMMON:
+            assert row["label"] in ("shared", "mask-general"), (name, dict(row))
+        else:
+            assert row["label"] == "mask-specific" and row["top_persona"] == name, \
+                (name, dict(row))
+    # Nothing else claims a persona.
+    owned = features[features["label"].isin(PERSONA_LABELS)]
+    assert len(owned) <= len(PERSONAS) + 2
+
+
+def test_the_persona_signal_and_the_decomposition_match_the_plant(planted):
+    diff, resid = (planted["labelled"][planted[k].name] for k in ("difference", "residual"))
+    assert diff["persona_signal"] >= 0.8
+    assert resid["persona_signal"] < diff["persona_signal"]
+    con = duckdb.connect(str(planted["db"]), read_only=True)
+    shifts = con.execute("SELECT persona::VARCHAR AS persona, shift FROM document_shifts "
+                         "WHERE sae_id = ?", [planted["difference"].name]).df()
+    parts = con.execute("SELECT persona, part, share, ci_low, ci_high FROM "
+                        "persona_decomposition WHERE sae_id = ?",
+                        [planted["difference"].name]).df()
+    con.close()
+    dirs = directions()
+    for persona in PERSONAS:
+        v = np.stack(shifts.loc[shifts["persona"] == persona, "shift"].to_numpy()).mean(axis=0)
+        n2 = float(v @ v)
+        planted_share = {"shared": float(v @ dirs[COMMON]) ** 2 / n2,
+                         "own": float(v @ dirs[persona]) ** 2 / n2}
+        mine = parts[parts["persona"] == persona].set_index("part")
+        assert abs(mine["share"].sum() - 1) < 1e-6
+        for part, want in planted_share.items():
+            got = mine.loc[part]
+            assert abs(got["share"] - want) <= 0.1, (persona, part, got["share"], want)
+            assert got["ci_low"] <= got["share"] <= got["ci_high"]
+
+
+def test_a_battery_without_persona_directions_gets_no_persona_label(tmp_path):
+    model = build_planted_masks(tmp_path, null=True)
+    (tmp_path / "train.yaml").write_text(training_personas(null=True))
+    out = tmp_path / "diff"
+    shoggoth("train", "--model", model, "--layer", "0", "--target", "difference", "--d-sae",
+             "16", "--k", "2", "--tokens", "20480", "--batch-tokens", "512", "--eval-tokens",
+             "2048", "--personas", tmp_path / "train.yaml", "--checkpoint-every", "0",
+             "--device", "cpu", "--out", out)
+    args = battery(tmp_path / "battery", 24, battery_personas(null=True))
+    db = tmp_path / "db.duckdb"
+    shoggoth("harvest", "--db", db, "--sae-dir", out, *args, "--device", "cpu")
+    labels = json.loads(shoggoth("label", "--db", db, "--format", "json",
+                                 "--calibration-seeds", "1").stdout)["labels"]
+    assert not {k: v for k, v in labels.items() if k in PERSONA_LABELS}, labels
