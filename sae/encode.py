@@ -164,8 +164,9 @@ class Harvester:
         out = []
         for k, (sae, (x, x_ref), places) in enumerate(zip(self.saes, inputs, decimals,
                                                           strict=True)):
+            silent = no_shift(x, x_ref) if self.kind(k) == "difference" else None
             done = encode_aggregate(sae, self.encoded_input(k, x, x_ref), doc, len(unit.items),
-                                    places)
+                                    places, silent)
             done.shift, done.shift_hat = document_shifts(sae, self.kind(k), x, x_ref, doc,
                                                          len(unit.items))
             out.append(done)
@@ -215,12 +216,26 @@ def prompts_activations(model: Any, prompts: list[Prompt], hooks: list[str],
     return {h: a[mask] for h, a in acts.items()}, rows[mask]
 
 
+NO_SHIFT = 1e-4
+"""A token's shift is none when its norm is below this fraction of its activation's: the
+document is the reference itself (up to the KV cache's rounding)."""
+
+
+def no_shift(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+    """Rows where the document's activation equals the reference's."""
+    return (x - x_ref).float().norm(dim=1) <= NO_SHIFT * x.float().norm(dim=1)
+
+
 def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
-                     decimals: int) -> Computed:
+                     decimals: int, silent: torch.Tensor | None = None) -> Computed:
     """SAE-encode hook activations `x` (rows of documents `doc`), round to `decimals`, and keep
-    the non-zero activations and their per-document aggregates."""
+    the non-zero activations and their per-document aggregates. `silent` rows encode to
+    nothing (a difference dictionary's rows without a shift: its encoder bias would otherwise
+    fire features on a zero input)."""
     with torch.inference_mode():
         f = sae.encode(x.to(sae.dtype)).float()
+        if silent is not None:
+            f[silent.to(f.device)] = 0
         scale = 10.0 ** decimals
         f = torch.round(f * scale) / scale
         n_tokens = torch.bincount(doc, minlength=n_docs)
@@ -258,7 +273,11 @@ def document_shifts(sae: Any, kind: str, x: torch.Tensor, x_ref: torch.Tensor, d
             return sae.decode(sae.encode(a.to(sae.dtype))).float()
 
         shift = (x - x_ref).float()
-        shift_hat = recon(shift) if kind == "difference" else recon(x) - recon(x_ref)
+        if kind == "difference":
+            shift_hat = recon(shift)
+            shift_hat[no_shift(x, x_ref).to(shift_hat.device)] = 0
+        else:
+            shift_hat = recon(x) - recon(x_ref)
         n = torch.bincount(doc, minlength=n_docs).clamp(min=1)[:, None].float()
 
         def pooled(rows: torch.Tensor) -> np.ndarray:

@@ -82,7 +82,8 @@ SLOW_FIXTURES = {"minilm", "tiny_gpt2", "tiny_gpt2_base", "tiny_gpt2_dir", "tiny
                  "tiny_sae_dir", "labelled_db", "indexed_db", "synthetic_db"}
 """Fixtures that load model weights, train or harvest: a test that uses one is slow."""
 SLOW_CALLS = ("subprocess.", "Popen(", "AppTest", "load_model(", "torchrun", "ray.init",
-              "sync_playwright", "build_tiny_gpt2(", "build_random_sae(")
+              "sync_playwright", "build_tiny_gpt2(", "build_random_sae(", "LocalChat(",
+              "build_planted")
 """What a slow test's own code does: start a process, drive the explorer, load or build a
 model."""
 SLOW_FILES = (".safetensors", ".gguf", "pytorch_model.bin")

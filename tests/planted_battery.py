@@ -67,8 +67,9 @@ def battery(n_families: int = 6, per_family: int = 3, n_para: int = 5, ctrl_para
 
 def planted(seed: int = 0, per_kind: int = 20, background: float = 0.014,
             wording: float = 0.15, null: bool = False, matched: bool = True,
-            n_items: int = 240, kinds: tuple[str, ...] = KINDS) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
-                                         dict[str, str], dict[int, tuple[str, object]]]:
+            n_items: int = 240, kinds: tuple[str, ...] = KINDS
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str],
+                       dict[int, tuple[str, object]]]:
     """(doc_features, documents, personas, topics, truth). `wording`: each prompt multiplies
     each feature by a factor uniform in 1 ± wording; `null`: every feature is a noise feature."""
     rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ one common direction, all small beside the content's variance (as in SmolLM2).
 A one-block GPT-2 (d = 32) set by hand:
 - marker tokens (added to the tokenizer): `zqrole` embeds the common direction c, `zqpirate`,
   `zqpoet`, … each its persona's own direction; every persona prompt holds `zqrole` and its own
-  marker, in counts that vary by paraphrase (so the two directions vary independently). The
+  marker (the training personas' in counts that vary, so the two directions vary apart). The
   directions are unit vectors of zero mean in dims 0..15 (a layer norm leaves them be);
 - every other token embeds a random zero-mean vector in dims 16..31 (the content);
 - attention is uniform over the earlier tokens (zero queries and keys) and copies dims 0..15 of
@@ -49,20 +49,25 @@ def directions() -> dict[str, np.ndarray]:
     return out
 
 
-COUNTS = ((1, 1), (2, 1), (1, 2))
-"""(common, own) marker counts in each persona's three paraphrases."""
+COUNTS = ((1, 1), (1, 1), (1, 1))
+"""(common, own) marker counts in each persona's three paraphrases: the same in each, so that
+the common direction is equally strong under every persona (the training personas vary them)."""
+TRAIN_COUNTS = ((1, 0), (0, 1), (1, 1), (2, 1), (1, 2))
+"""The training personas' counts: each direction also alone, so that a dictionary can tell them
+apart (as a model's common shift varies apart from each persona's own)."""
 WORDS = {"pirate": ["sail the sea", "hoist the flag", "find the gold", "steer the ship"],
          "poet": ["write the verse", "sing the moon", "rhyme the night", "paint the dawn"],
          "villain": ["plot the fall", "scheme in dark", "rule the town", "crush the hope"],
          "sage": ["teach the path", "calm the mind", "seek the truth", "guide the youth"]}
 
 
-def persona_prompt(name: str, j: int, null: bool = False) -> str:
+def persona_prompt(name: str, j: int, null: bool = False,
+                   counts: tuple[tuple[int, int], ...] = COUNTS) -> str:
     """Paraphrase j of a persona: its markers, then words of its own."""
-    common, own = COUNTS[j % len(COUNTS)]
+    common, own = counts[j % len(counts)]
     words = WORDS[name][j % len(WORDS[name])]
     if null:
-        return f"Speak and {words}."
+        return f"Speak {('now', 'then', 'here', 'there', 'again')[j % 5]} and {words}."
     return " ".join([COMMON] * common + [marker(name)] * own) + f" Now {words}."
 
 
@@ -89,10 +94,11 @@ def battery_personas(null: bool = False) -> str:
 
 def training_personas(null: bool = False) -> str:
     """Training personas: the same markers, other words (the training corpus never holds the
-    battery's prompts), four paraphrases each with every count pattern."""
+    battery's prompts), one paraphrase per count pattern."""
     lines = ["personas:"]
     for n, name in enumerate(PERSONAS):
-        prompts = [persona_prompt(name, j, null).replace("Now", "Then") for j in range(4)]
+        prompts = [persona_prompt(name, j, null, TRAIN_COUNTS).replace("Now", "Then")
+                   for j in range(len(TRAIN_COUNTS))]
         lines += [f"  - name: train_{name}", f"    family: f{n % 2}",
                   f"    prompts: {json.dumps(prompts)}"]
     return "\n".join(lines) + "\n"

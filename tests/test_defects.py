@@ -305,7 +305,7 @@ def test_explanations_use_the_thresholds_the_labels_were_made_with(tmp_path, lab
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("offset", [-1.0, 1.0, 2.0, 3.0])
+@pytest.mark.parametrize("offset", [-1.0, 2.0])  # label after index; index mid-label
 def test_racing_writers_lose_no_update(tmp_path, synthetic_db, offset):
     """`label` (read, compute, commit in place) and `index` (copy, rebuild, rename) racing,
     `index` started `offset` seconds after `label` (before it when negative; on this database

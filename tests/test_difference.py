@@ -27,6 +27,10 @@ from shoggoth.sae.prompts import EMPTY_SYSTEM
 
 EXE = Path(sys.executable).with_name("shoggoth")
 HOOK = "blocks.0.hook_resid_post"
+pytestmark = pytest.mark.slow  # trains, harvests and labels in subprocesses
+TRAINING = ("--architecture", "batchtopk", "--d-sae", "8", "--k", "2", "--tokens", "81920",
+            "--batch-tokens", "64", "--lr", "2e-3", "--eval-tokens", "4096",
+            "--checkpoint-every", "0", "--device", "cpu")
 PERSONA_LABELS = ("mask-specific", "persona-concept", "mask-or-concept", "mask-family")
 
 
@@ -45,8 +49,8 @@ def test_pairs_measure_only_the_shared_tokens(tiny_gpt2_dir):
     from shoggoth.sae.train.paired import make_pairs
 
     tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
-    personas = [Persona("pirate", "fiction", ["You are a pirate captain.", "Arr."]),
-                Persona("helper", "assistant", ["Help the user kindly."])]
+    personas = [Persona("pirate", "fiction", "", ("You are a pirate captain.", "Arr.")),
+                Persona("helper", "assistant", "", ("Help the user kindly.",))]
     pieces = [["What is rain?", "Rain is water."], ["Why is the sky blue?", "Sunlight."],
               ["Hello.", "Hi."]]
     pairs = make_pairs(tok, pieces, personas, EMPTY_SYSTEM, 64, prepend_bos=True)
@@ -66,8 +70,8 @@ def test_pairs_measure_only_the_shared_tokens(tiny_gpt2_dir):
     # A context too short for anything beside the prompt leaves no pair: one clear line.
     from shoggoth.core.errors import BadInput
 
-    with pytest.raises(BadInput, match="--context-size 8"):
-        make_pairs(tok, pieces, personas, EMPTY_SYSTEM, 8, prepend_bos=True)
+    with pytest.raises(BadInput, match="--context-size 3"):
+        make_pairs(tok, pieces, personas, EMPTY_SYSTEM, 3, prepend_bos=True)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +82,12 @@ def planted(tmp_path_factory):
     model = build_planted_masks(root)
     (root / "train.yaml").write_text(training_personas())
     out = root / "saes"
+    # BatchTopK: a token that needs one direction uses one feature, so the planted basis is the
+    # sparsest (with a fixed k of 2, any basis of the cone between c and a persona's own
+    # direction reconstructs as well, and TopK finds one at random).
     shoggoth("train", "--model", model, "--layer", "0", "--target", "residual", "--target",
-             "difference", "--d-sae", "16", "--k", "2", "--tokens", "40960",
-             "--batch-tokens", "512", "--eval-tokens", "4096", "--personas",
-             root / "train.yaml", "--checkpoint-every", "0", "--device", "cpu", "--out", out)
-    residual, difference = out / f"{HOOK}-d16", out / f"{HOOK}-d16-difference"
+             "difference", *TRAINING, "--personas", root / "train.yaml", "--out", out)
+    residual, difference = out / f"{HOOK}-d8", out / f"{HOOK}-d8-difference"
     args = battery(root / "battery", 24, battery_personas())
     db = root / "db.duckdb"
     shoggoth("harvest", "--db", db, "--sae-dir", residual, "--sae-dir", difference, *args,
@@ -114,7 +119,8 @@ def test_a_difference_dictionary_is_an_sae_lens_sae_of_the_shift(planted):
     assert meta["target"] == "difference" and meta["reference"] == EMPTY_SYSTEM
     assert meta["training_personas"] == [f"train_{p}" for p in PERSONAS]
     sae = SAE.load_from_disk(str(folder), device="cpu")  # sae-lens loads it as any SAE
-    assert float(sae.b_dec.abs().max()) == 0.0  # no decoder bias: the common shift is a feature
+    # No decoder bias: the shift every persona shares must be a feature.
+    assert float(sae.b_dec.detach().abs().max()) == 0.0
     assert sae.cfg.metadata.shoggoth_target == "difference"
     assert json.loads((planted["residual"] / "shoggoth.json").read_text())["target"] == \
         "residual"
@@ -146,7 +152,8 @@ def test_labels_name_each_mask_and_the_common_direction(planted):
         best = int(np.argmax(_cos(w, v)))
         row = features.loc[best]
         if name == COMMON:
-            assert row["label"] in ("shared", "mask-general"), (name, dict(row))
+            assert row["label"] in ("shared", "mask-general", "shared-modulated"), \
+                (name, dict(row))
         else:
             assert row["label"] == "mask-specific" and row["top_persona"] == name, \
                 (name, dict(row))
@@ -184,13 +191,12 @@ def test_a_battery_without_persona_directions_gets_no_persona_label(tmp_path):
     model = build_planted_masks(tmp_path, null=True)
     (tmp_path / "train.yaml").write_text(training_personas(null=True))
     out = tmp_path / "diff"
-    shoggoth("train", "--model", model, "--layer", "0", "--target", "difference", "--d-sae",
-             "16", "--k", "2", "--tokens", "20480", "--batch-tokens", "512", "--eval-tokens",
-             "2048", "--personas", tmp_path / "train.yaml", "--checkpoint-every", "0",
-             "--device", "cpu", "--out", out)
+    shoggoth("train", "--model", model, "--layer", "0", "--target", "difference", *TRAINING,
+             "--tokens", "20480", "--personas", tmp_path / "train.yaml", "--out", out)
     args = battery(tmp_path / "battery", 24, battery_personas(null=True))
     db = tmp_path / "db.duckdb"
     shoggoth("harvest", "--db", db, "--sae-dir", out, *args, "--device", "cpu")
     labels = json.loads(shoggoth("label", "--db", db, "--format", "json",
                                  "--calibration-seeds", "1").stdout)["labels"]
+    assert sum(n for k, n in labels.items() if k != "dead") > 0, labels  # wording shifts fire
     assert not {k: v for k, v in labels.items() if k in PERSONA_LABELS}, labels

@@ -93,15 +93,18 @@ def train_process(model_dir, out, tokens, *extra):
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_gpt2_dir):
-    tokens = 300_000  # long enough (~15 s) that the kill lands mid-training on a fast machine
+    tokens = 150_000  # long enough (~8 s here) that the kill lands mid-training
     out = tmp_path / "resumed"
     work = tmp_path / ".resumed.partial" / "checkpoints"
+    # The uninterrupted reference trains meanwhile (slowing both: the kill lands mid-run).
+    plain = tmp_path / "uninterrupted"
+    whole = train_process(tiny_gpt2_dir, plain, tokens)
     proc = train_process(tiny_gpt2_dir, out, tokens)
     deadline = time.time() + 240
     while time.time() < deadline and not any(p.name.isdigit() for p in work.glob("*")):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
-    time.sleep(1.5)  # let it get further, possibly mid-way through the next checkpoint
+    time.sleep(0.5)  # let it get further, possibly mid-way through the next checkpoint
     assert proc.poll() is None, "training finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -122,8 +125,6 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_gpt2_dir
     assert meta["training_tokens"] >= tokens
     assert not (tmp_path / ".resumed.partial").exists()
 
-    plain = tmp_path / "uninterrupted"
-    whole = train_process(tiny_gpt2_dir, plain, tokens)
     _, err = whole.communicate(timeout=400)
     assert whole.returncode == 0, err
     ref = json.loads((plain / "shoggoth.json").read_text())["evaluation"]
@@ -137,7 +138,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_gpt2_dir
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_gpt2_dir):
     out = tmp_path / "interrupted"
     work = tmp_path / ".interrupted.partial" / "checkpoints"
-    tokens = 400_000
+    tokens = 150_000
     proc = train_process(tiny_gpt2_dir, out, tokens, "--checkpoint-every", "20")
     deadline = time.time() + 120
     # The first scheduled checkpoint shows the trainer is inside fit(); then interrupt it.

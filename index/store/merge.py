@@ -30,13 +30,13 @@ from shoggoth.index.store.database import (
 )
 from shoggoth.index.store.schema import (
     HARVEST_TABLES,
-    has_table,
-    upgrade_contract,
     ORDER,
     battery_rows,
     create_schema,
+    has_table,
     quote,
     read_battery,
+    upgrade_contract,
 )
 
 

@@ -17,6 +17,8 @@ from shoggoth.sae.train.corpus import load_texts
 from shoggoth.sae.train.paired import Pairs, make_pairs
 
 DIFFERENCE, RESIDUAL = "difference", "residual"
+HELD_PIECES = 1024
+"""Held-out pieces the persona signal is measured on, at most."""
 
 
 def persona_set(path: Path | None) -> list[Persona]:
@@ -34,17 +36,21 @@ def corpus_pieces(dataset: str, text_column: str, max_chars: int) -> list[list[s
 
 
 def training_pairs(model: Any, dataset: str, text_column: str, personas: list[Persona],
-                   reference: str, context_size: int, tokens: int,
-                   eval_tokens: int) -> tuple[Pairs, Pairs]:
-    """(training pairs, held-out pairs): every 25th piece is held out, as for a residual SAE."""
+                   reference: str, context_size: int, tokens: int | None,
+                   eval_tokens: int) -> tuple[Pairs | None, Pairs]:
+    """(training pairs, or None when `tokens` is None; held-out pairs): every 25th piece is
+    held out, as for a residual SAE."""
     train, held = split_documents(
-        corpus_pieces(dataset, text_column, 20 * (tokens + 2 * eval_tokens)))
+        corpus_pieces(dataset, text_column, 20 * ((tokens or 0) + 2 * eval_tokens)))
 
     def make(part: list[list[str]], n: int) -> Pairs:
         return make_pairs(model.tokenizer, part, personas, reference, context_size,
                           model.is_causal and model.prepend_bos, model.is_causal, max_tokens=n)
 
-    return make(train, tokens), make(held, eval_tokens)
+    # The held-out evaluation needs a few thousand tokens: the first HELD_PIECES pieces hold
+    # them (and a context too short for pairs is found without rendering the whole corpus).
+    return (make(train, tokens) if tokens is not None else None,
+            make(held[:HELD_PIECES], eval_tokens))
 
 
 @torch.no_grad()

@@ -49,8 +49,8 @@ from shoggoth.sae.train.ddp import (
 from shoggoth.sae.train.difference import (
     DIFFERENCE,
     RESIDUAL,
-    persona_signal,
     persona_set,
+    persona_signal,
     training_pairs,
 )
 from shoggoth.sae.train.evaluate import ce_loss_recovered, evaluate_sae
@@ -494,14 +494,13 @@ def paired_data(cfg: TrainConfig, model: Any, dataset: str,
     if not personas:
         raise BadInput(f"--personas {cfg.personas}: holds no persona with a prompt")
     try:
-        pairs, held = training_pairs(model, dataset, cfg.text_column, personas, cfg.reference,
-                                     cfg.context_size, cfg.tokens if paired else 0,
-                                     min(cfg.eval_tokens, 8192))
+        return training_pairs(model, dataset, cfg.text_column, personas, cfg.reference,
+                              cfg.context_size, cfg.tokens if paired else None,
+                              min(cfg.eval_tokens, 8192))
     except BadInput:
         if paired:
             raise
         return None, None
-    return (pairs if paired else None), held
 
 
 def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
@@ -525,6 +524,9 @@ def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
     # raw shifts against this reference (no activation scaling).
     sae.cfg.metadata.shoggoth_target = spec.target
     if spec.target == DIFFERENCE:
+        # No decoder bias (zero, frozen): the shift every persona shares must be a feature, not
+        # hide in b_dec. (The encoder bias stays: frozen at zero, BatchTopK recovered a planted
+        # model's directions less reliably; a zero shift is silenced at harvest instead.)
         sae.cfg.metadata.shoggoth_reference = cfg.reference
         with torch.no_grad():
             sae.b_dec.zero_()
@@ -536,7 +538,8 @@ def data_mean(cfg: TrainConfig, run: TrainRun) -> dict[str, torch.Tensor]:
     """Per hook, the mean activation over the first ~8k training tokens (every rank alike)."""
     if run.pairs is not None:  # the persona documents a paired stream trains residual SAEs on
         first = run.pairs.select(range(min(len(run.pairs), 64)))
-        return paired_activations(run.model, first, run.hooks)[0]
+        return {h: a.mean(0) for h, a in paired_activations(run.model, first,
+                                                              run.hooks)[0].items()}
     sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
     keep = non_special(run.model.tokenizer, sample)
     return {h: a.mean(0) for h, a in

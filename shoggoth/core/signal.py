@@ -26,7 +26,8 @@ def grouped_means(rows: np.ndarray, group: np.ndarray) -> np.ndarray:
 
 
 def weak_signal_note(fraction: float) -> str | None:
-    """The note (printed as a `note:` line) of a dictionary that carries less than half of the persona signal."""
+    """The note (printed as a `note:` line) of a dictionary that carries less than half of the
+    persona signal; None otherwise."""
     if not np.isfinite(fraction) or fraction >= WEAK_SIGNAL:
         return None
     return (f"this dictionary carries {fraction:.0%} of the persona signal (under "

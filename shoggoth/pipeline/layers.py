@@ -35,13 +35,13 @@ from shoggoth.battery.personas import subset_items
 from shoggoth.core.config import SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_numbers
-from shoggoth.core.signal import grouped_means, signal_fraction
 from shoggoth.core.progress import Progress
+from shoggoth.core.signal import grouped_means, signal_fraction
 from shoggoth.index.layers.store import write_layer_probe
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
-from shoggoth.sae.models import Model, hook_layer, load_model
 from shoggoth.sae.encode import document_shifts, prompts_activations
+from shoggoth.sae.models import Model, hook_layer, load_model
 from shoggoth.sae.prompts import EMPTY_SYSTEM, build_prompt, collate, pad_id, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
 
