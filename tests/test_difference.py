@@ -200,3 +200,31 @@ def test_a_battery_without_persona_directions_gets_no_persona_label(tmp_path):
                                  "--calibration-seeds", "1").stdout)["labels"]
     assert sum(n for k, n in labels.items() if k != "dead") > 0, labels  # wording shifts fire
     assert not {k: v for k, v in labels.items() if k in PERSONA_LABELS}, labels
+
+
+def test_the_explorer_shows_each_masks_decomposition(planted):
+    from streamlit.testing.v1 import AppTest
+
+    from shoggoth.explorer import app as explorer_app
+
+    os.environ["SHOGGOTH_DB"] = str(planted["db"])
+    at = AppTest.from_file(explorer_app.__file__, default_timeout=120)
+    at.query_params["sae"] = planted["difference"].name
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = "\n".join(str(e.value) for kind in ("subheader", "text", "metric") for e in
+                     at.get(kind) if hasattr(e, "value"))
+    assert "What this dictionary sees of the masks" in text
+    for persona in PERSONAS:
+        assert f"{persona}'s shift: " in text and "shared by every mask" in text
+    assert not [w for w in at.warning if "persona signal" in str(w.value)]  # it carries it
+    at.query_params.update({"persona": "pirate", "sae": planted["difference"].name})
+    at.switch_page("views/personas.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("pirate's shift: " in str(e.value) for e in at.get("text"))
+    # The residual SAE carries little of it: the overview says its labels cannot speak.
+    at.query_params.update({"sae": planted["residual"].name})
+    at.switch_page("views/overview.py")
+    at.run()
+    assert any("cannot speak for the model" in str(w.value) for w in at.warning)

@@ -45,11 +45,13 @@ def test_the_sae_share_of_the_persona_signal():
     docs = planted_docs()
     x = planted_residuals(docs, 2.0)
     cfg = LayersConfig(db="unused.duckdb")
-    whole = sae_rows(x, x.copy(), docs, cfg)  # a perfect reconstruction
+    item_means = np.stack([x[docs.item == i].mean(0) for i in docs.item])
+    shift = x - item_means  # against a reference document with the item's content alone
+    whole = sae_rows(x, x.copy(), shift, shift.copy(), docs, cfg)  # a perfect reconstruction
     assert whole["sae_signal_fraction"] == pytest.approx(1.0)
     assert whole["probe_on_reconstruction"] >= 0.95
-    item_means = np.stack([x[docs.item == i].mean(0) for i in docs.item])
-    blind = sae_rows(x, item_means, docs, cfg)  # keeps the answer, drops the persona
+    # Keeps the answer, drops the persona: its shift through the SAE is none.
+    blind = sae_rows(x, item_means, shift, np.zeros_like(shift), docs, cfg)
     assert abs(blind["sae_signal_fraction"]) < 1e-9
     assert blind["probe_on_error"] >= 0.95 and blind["probe_on_reconstruction"] <= 0.45
 

@@ -116,7 +116,9 @@ def persona_decomposition(con: Any, sae_id: str, persona: str | None = None) -> 
 
 def answers(decomposition: pd.DataFrame) -> dict[str, str]:
     """{persona: its one-line answer} from persona_decomposition rows."""
-    out = {}
+    out: dict[str, str] = {}
+    if decomposition.empty:
+        return out
     for persona, group in decomposition.groupby("persona", sort=True):
         parts = {r.part: (r.share, r.ci_low, r.ci_high) for r in group.itertuples()}
         out[str(persona)] = answer(str(persona), parts)

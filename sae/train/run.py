@@ -405,7 +405,7 @@ def resolve_specs(cfg: TrainConfig, model: Any) -> list[SAESpec]:
     widths = list(dict.fromkeys(cfg.d_sae)) or [cfg.expansion * model.d_model]
     if cfg.architecture in TOPK_LIKE and cfg.k >= min(widths):
         raise BadInput(f"--k {cfg.k}: must be smaller than d_sae {min(widths)}")
-    targets = list(dict.fromkeys(cfg.target)) or [RESIDUAL]
+    targets: list[str] = list(dict.fromkeys(cfg.target)) or [RESIDUAL]
     return [SAESpec(h, w, t) for h in hooks for w in widths for t in targets]
 
 

@@ -147,7 +147,11 @@ def persona_vectors(centered: np.ndarray, persona: np.ndarray) -> np.ndarray:
     return np.stack([centered[persona == k].mean(axis=0) for k in np.unique(persona)])
 
 
-def layer_rows(x: np.ndarray, sae_parts: tuple[np.ndarray, ...] | None, docs: Documents,
+SAEParts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Per document at the SAE's hook: activations, reconstruction, shift, shift through the SAE."""
+
+
+def layer_rows(x: np.ndarray, sae_parts: SAEParts | None, docs: Documents,
                layers: list[int], sae_layer: int | None, cfg: LayersConfig) -> pd.DataFrame:
     """One row per probed layer (see the module docstring)."""
     rows = []
@@ -184,8 +188,7 @@ def sae_rows(at_sae: np.ndarray, recon: np.ndarray, shift: np.ndarray, shift_hat
 
 
 def sae_documents(model: Model, sae: Any, kind: str, hook: str, prompts: list[Any],
-                  references: list[Any], docs: Documents, batch: int
-                  ) -> tuple[np.ndarray, ...]:
+                  references: list[Any], docs: Documents, batch: int) -> SAEParts:
     """Per document at the SAE's hook, answer-token means of: the activations, their
     reconstruction (a difference dictionary's: the reference's activations plus its
     reconstruction of the shift), the shift against the item's reference document, and the
@@ -208,7 +211,8 @@ def sae_documents(model: Model, sae: Any, kind: str, hook: str, prompts: list[An
             torch.zeros_like(mean).index_add_(0, rows.cpu(), whole) / n).numpy()
         for bucket, value in zip(out, (mean.numpy(), recon, shift, shift_hat), strict=True):
             bucket.append(value)
-    return tuple(np.concatenate(b).astype(np.float64) for b in out)
+    a, r, sh, sh_hat = (np.concatenate(b).astype(np.float64) for b in out)
+    return a, r, sh, sh_hat
 
 
 def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Any], Documents]:
