@@ -480,11 +480,11 @@ def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(tm
     """No write-ahead log, partial copy or build folder stays beside a database after a
     command that wrote it succeeds: label, index, a harvest into it, a merge into it."""
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
-    args = battery(tmp_path / "b", 30)
+    args = battery(tmp_path / "b", 10)
     before = set((tmp_path / "db.duckdb.faiss").iterdir())
     other = tmp_path / "other" / "db.duckdb"
     other.parent.mkdir()
-    for argv in (["label", "--db", db, "--min-docs", "5"], ["index", "--db", db],
+    for argv in (["label", "--db", db, "--min-docs", "5"], ["index", "--db", db, *PCA_MAP],
                  ["harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--sae", "second", *args],
                  ["harvest", "--db", other, "--sae-dir", tiny_sae_dir, "--sae", "third", *args],
                  ["merge", "--db", db, other]):

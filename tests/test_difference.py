@@ -192,8 +192,8 @@ def test_a_battery_without_persona_directions_gets_no_persona_label(tmp_path):
     (tmp_path / "train.yaml").write_text(training_personas(null=True))
     out = tmp_path / "diff"
     shoggoth("train", "--model", model, "--layer", "0", "--target", "difference", *TRAINING,
-             "--tokens", "20480", "--personas", tmp_path / "train.yaml", "--out", out)
-    args = battery(tmp_path / "battery", 24, battery_personas(null=True))
+             "--tokens", "10240", "--personas", tmp_path / "train.yaml", "--out", out)
+    args = battery(tmp_path / "battery", 12, battery_personas(null=True))
     db = tmp_path / "db.duckdb"
     shoggoth("harvest", "--db", db, "--sae-dir", out, *args, "--device", "cpu")
     labels = json.loads(shoggoth("label", "--db", db, "--format", "json",

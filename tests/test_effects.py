@@ -180,6 +180,7 @@ def test_effects_find_the_planted_feature_and_nothing_orthogonal(planted):
     assert rms["pirate"] > 5 * rms["helper"] and set(shifts["n_items"]) == {12}
 
 
+@pytest.mark.slow  # label reads the SAE's decoder (for the persona decomposition)
 def test_label_after_effects_fills_the_causal_summary(planted, tmp_path):
     db = copy_db(planted[1], tmp_path / "db.duckdb")
     assert cli.main(["label", "--db", str(db), "--min-docs", "3",

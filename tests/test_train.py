@@ -279,10 +279,7 @@ def test_a_resume_from_every_checkpoint_equals_the_uninterrupted_run(tmp_path, t
 
     tokens, every = 61_440, ["--checkpoint-every", "40", "--keep-checkpoints", "100"]
     plain = tmp_path / "plain"
-    whole = train_process(tiny_gpt2_dir, plain, tokens, *every)
-    _, err = whole.communicate(timeout=400)
-    assert whole.returncode == 0, err
-    want = weights_digest(plain)
+    whole = train_process(tiny_gpt2_dir, plain, tokens, *every)  # runs beside the killed one
 
     out = tmp_path / "resumed"
     work = tmp_path / ".resumed.partial"
@@ -293,6 +290,9 @@ def test_a_resume_from_every_checkpoint_equals_the_uninterrupted_run(tmp_path, t
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _, err = whole.communicate(timeout=400)
+    assert whole.returncode == 0, err
+    want = weights_digest(plain)
     pristine = tmp_path / "pristine"
     shutil.copytree(work, pristine)
     saved = sorted(int(p.name) for p in (pristine / "checkpoints").iterdir() if p.name.isdigit())
