@@ -480,7 +480,7 @@ def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(tm
     """No write-ahead log, partial copy or build folder stays beside a database after a
     command that wrote it succeeds: label, index, a harvest into it, a merge into it."""
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
-    args = battery(tmp_path / "b", 10)
+    args = battery(tmp_path / "b", 30)  # the battery indexed_db was harvested on
     before = set((tmp_path / "db.duckdb.faiss").iterdir())
     other = tmp_path / "other" / "db.duckdb"
     other.parent.mkdir()

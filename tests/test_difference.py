@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,36 @@ def test_the_persona_signal_and_the_decomposition_match_the_plant(planted):
             got = mine.loc[part]
             assert abs(got["share"] - want) <= 0.1, (persona, part, got["share"], want)
             assert got["ci_low"] <= got["share"] <= got["ci_high"]
+
+
+def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_path):
+    """`effects` on the difference dictionary: each planted persona's own and shared features,
+    steered into the reference document, reproduce its effect on the answer; the whole shift
+    (the ceiling: the hook is the model's last residual) reproduces all of it; ablating the
+    shared features under the persona removes part of it, not all."""
+    db = tmp_path / "db.duckdb"
+    shutil.copy(planted["db"], db)
+    name = planted["difference"].name
+    shoggoth("effects", "--db", db, "--sae", name, "--items-per-topic", "2", "--top", "4",
+             "--baseline", "0", "--bootstrap", "200", "--device", "cpu")
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT persona, test, part, share, ci_low, ci_high FROM "
+                       "persona_composition WHERE sae_id = ?", [name]).df()
+    con.close()
+    got = rows.set_index(["persona", "test", "part"])
+    for persona in PERSONAS:
+        share = got.loc[(persona, "steer", "shift"), "share"]
+        assert 0.97 <= share <= 1.03, (persona, share)
+        composed = got.loc[(persona, "steer", "own+shared")]
+        assert composed["share"] >= 0.8, (persona, dict(composed))
+        assert composed["ci_low"] <= composed["share"] <= composed["ci_high"]
+        alone = got.loc[(persona, "steer", "own"), "share"] + \
+            got.loc[(persona, "steer", "shared"), "share"]
+        assert abs(alone - composed["share"]) <= 0.2, (persona, alone, composed["share"])
+        removed = got.loc[(persona, "ablate", "shared"), "share"]
+        assert 0.1 <= removed <= 0.9, (persona, removed)
+    # A persona's effect is measured against the dictionary's reference, not no system turn.
+    assert set(rows["persona"]) == set(PERSONAS)
 
 
 def test_a_battery_without_persona_directions_gets_no_persona_label(tmp_path):

@@ -177,6 +177,7 @@ def test_hub_name_without_network_fails_fast(monkeypatch):
     assert len(CONNECTS) <= 3, f"{len(CONNECTS)} connection attempts: a retry storm"
 
 
+@pytest.mark.slow  # on a fresh machine, resolving smollm2 converts its GGUF once
 def test_every_alias_resolves_or_says_it_needs_network():
     for name, alias in ALIASES.items():
         if alias.offline:

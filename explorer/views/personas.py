@@ -17,6 +17,7 @@ from shoggoth.explorer.common import (
 )
 from shoggoth.index.action import queries as action_queries
 from shoggoth.index.dictionary import queries as dictionary_queries
+from shoggoth.index.effects import queries as effects_queries
 from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.store import read
 
@@ -41,6 +42,17 @@ if len(mine):
     st.altair_chart(decomposition_chart(mine), use_container_width=True)
     st.caption("The persona's mean answer-token shift against the reference, split over the "
                "dictionary's features by label, each share with its item-bootstrap interval.")
+
+composed = q(effects_queries.persona_composition, sae, persona)
+if len(composed):
+    st.subheader("The composition test")
+    st.text(effects_queries.composition_answer(composed))
+    st.dataframe(composed.drop(columns=["persona"]), hide_index=True)
+    st.caption("Steer: a part of the persona's shift, in the dictionary's features, added to the "
+               "reference document at the hook on the answer's tokens; the share of the "
+               "persona's effect on the answer's log-probabilities it reproduces. Ablate: the "
+               "part removed from the persona's own document; the share of the effect it takes "
+               "away. Item-bootstrap intervals (`shoggoth effects`).")
 
 left, right = st.columns(2)
 with left:

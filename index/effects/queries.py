@@ -28,6 +28,34 @@ def persona_shifts(con: Any, sae: str) -> pd.DataFrame:
     return if_table(con, "persona_shifts", "SELECT * EXCLUDE (sae_id) FROM persona_shifts "
                      "WHERE sae_id = ? ORDER BY persona", [sae])
 
+def persona_composition(con: Any, sae: str, persona: str | None = None) -> pd.DataFrame:
+    """The causal composition test (empty before `shoggoth effects` on a labelled database):
+    persona, test (steer or ablate), part, share, ci_low, ci_high, n_items."""
+    only = "" if persona is None else " AND persona = $persona"
+    params: dict[str, Any] = {"sae": sae} | ({} if persona is None else {"persona": persona})
+    return if_table(con, "persona_composition",
+                    "SELECT * EXCLUDE (sae_id) FROM persona_composition WHERE sae_id = $sae"
+                    f"{only} ORDER BY persona, test DESC, part", params)
+
+
+def composition_answer(rows: pd.DataFrame) -> str:
+    """One persona's composition test in one line."""
+    got = {(r.test, r.part): r for r in rows.itertuples()}
+
+    def share(test: str, part: str) -> str:
+        r = got.get((test, part))
+        if r is None or pd.isna(r.share):
+            return "n/a"
+        return f"{r.share:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+
+    persona = rows["persona"].iloc[0]
+    return (f"{persona}: its own and shared features steered into the reference reproduce "
+            f"{share('steer', 'own+shared')} of its effect (own alone "
+            f"{share('steer', 'own')}, shared alone {share('steer', 'shared')}, the whole "
+            f"shift {share('steer', 'shift')}); ablating the shared features removes "
+            f"{share('ablate', 'shared')}")
+
+
 def mediation_summary(con: Any, sae: str) -> pd.DataFrame:
     """Per measured feature: its role, label and best persona's mediated fraction with its
     interval, and its steering toward that persona (empty before `shoggoth effects`)."""

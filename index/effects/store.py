@@ -28,10 +28,17 @@ EFFECT_TABLES: dict[str, str] = {
         sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, shift DOUBLE, ci_low DOUBLE,
         ci_high DOUBLE, rms_token_shift DOUBLE, n_items INTEGER NOT NULL,
         n_tokens INTEGER NOT NULL, PRIMARY KEY (sae_id, persona)""",
+    "persona_composition": """
+        sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, test VARCHAR NOT NULL,
+        part VARCHAR NOT NULL, share DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+        n_items INTEGER NOT NULL, PRIMARY KEY (sae_id, persona, test, part)""",
 }
 """feature_effects.measure: attribution (the screen's estimate of the mediated fraction),
 mediated, ablate_logprob, ablate_kl, steer_toward; role: candidate (top of the screen),
-baseline (a random shared feature), chosen (named with --features)."""
+baseline (a random shared feature), chosen (named with --features). persona_composition: the
+causal composition test (test steer: the share of the persona's effect that a part of its shift
+added to the reference reproduces; test ablate: the share a part removed from the persona takes
+away; part: own, shared, own+shared, features, shift)."""
 
 MEASURES = ("attribution", "mediated", "ablate_logprob", "ablate_kl", "steer_toward")
 
@@ -42,7 +49,7 @@ def create_effect_tables(con: Any) -> None:
 
 
 def write_effects(db: Path, sae_id: str, effects: pd.DataFrame, shifts: pd.DataFrame,
-                  config: Any) -> None:
+                  composition: pd.DataFrame, config: Any) -> None:
     """Replace one SAE's effects (and its features' causal summary), with a `runs` record, in
     one transaction."""
     con = connect(db, wait=WAIT)
@@ -51,6 +58,8 @@ def write_effects(db: Path, sae_id: str, effects: pd.DataFrame, shifts: pd.DataF
             create_effect_tables(con)
             replace_rows(con, "feature_effects", sae_id, effects.assign(sae_id=sae_id))
             replace_rows(con, "persona_shifts", sae_id, shifts.assign(sae_id=sae_id))
+            replace_rows(con, "persona_composition", sae_id,
+                         composition.assign(sae_id=sae_id))
             refresh_causal(con, sae_id)
             record_run(con, "effects", sae_id, config_metadata(config))
     finally:

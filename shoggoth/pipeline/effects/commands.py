@@ -10,6 +10,7 @@ from rich.table import Table
 from shoggoth.core.config import config_options
 from shoggoth.core.printing import print_json
 from shoggoth.core.progress import stderr_log
+from shoggoth.index.effects.queries import composition_answer
 from shoggoth.pipeline.effects.run import EffectsConfig, run_effects
 from shoggoth.pipeline.effects.steer import SteerConfig, steer
 
@@ -29,12 +30,15 @@ def effects_command(cfg: EffectsConfig) -> None:
     patching), then exact ablation at the answer tokens (SAE error term kept) under each
     persona and under no persona, the share of the persona's shift of the answer each
     ablation removes (mediated fraction, item-bootstrap CI), and steering under no persona.
-    Causal LMs only. Resumable; writes feature_effects and persona_shifts in one
-    transaction."""
+    On a labelled database, the composition test: each persona's own and shared features
+    steered into the reference, and the shared ones ablated under the persona. A difference
+    dictionary's shifts are against its reference. Causal LMs only. Resumable; writes
+    feature_effects, persona_shifts and persona_composition in one transaction."""
     result = run_effects(cfg, log=stderr_log())
     if cfg.format == "json":
         print_json({k: result[k] for k in ("sae_id", "items", "screen_seconds",
-                                           "exact_seconds", "shifts", "effects")})
+                                           "exact_seconds", "compose_seconds", "shifts",
+                                           "effects", "composition")})
         return
     effects = result["effects"]
     console = Console(soft_wrap=True)
@@ -60,6 +64,9 @@ def effects_command(cfg: EffectsConfig) -> None:
         steered = steer_rows.loc[key] if key in steer_rows.index else None
         table.add_row(str(r["feature"]), r["role"], r["persona"], _pct(r), _pct(steered))
     console.print(table)
+    composition = result["composition"]
+    for _, rows in (composition.groupby("persona", sort=True) if len(composition) else []):
+        console.print(composition_answer(rows), highlight=False)
 
 
 @click.command("steer")

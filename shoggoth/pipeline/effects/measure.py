@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shoggoth.sae.encode import no_shift
 from shoggoth.sae.intervene import Answer, answer_logprobs, attribution_batch, kl, prepare
 from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import Prompt
@@ -35,7 +36,12 @@ class Setup:
     """[condition][item] the document's prompt."""
     batch: int
     """Batch rows per forward pass."""
+    kind: str = "residual"
+    """residual: the SAE encodes the hook's activations; difference: their shift against the
+    baseline document (condition 0, the dictionary's reference) of the same item."""
     _answers: dict[tuple[int, int], Answer] = field(default_factory=dict, repr=False)
+    _rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False)
 
     def answer(self, condition: int, item: int) -> Answer:
         """The document's prefix run once (kept while its item is measured)."""
@@ -45,10 +51,52 @@ class Setup:
             self._answers[key] = prepare(self.model, self.prompts[condition][item])
         return self._answers[key]
 
+    def clean(self, condition: int, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The document's clean answer log-probabilities [n] and its activations at the hook
+        on the positions that predict tokens 2.. [n - 1, d] (kept while its item is
+        measured)."""
+        key = (condition, item)
+        if key not in self._rows:
+            self._rows = {k: v for k, v in self._rows.items() if k[1] == item}
+            kept: dict[str, torch.Tensor] = {}
+
+            def capture(x: torch.Tensor) -> torch.Tensor:
+                kept["x"] = x[0].detach().float().clone()
+                return torch.zeros_like(x)
+
+            lp, _ = answer_logprobs(self.model, self.answer(condition, item), self.hook,
+                                    capture, 1)
+            d = self.w_dec.shape[1]
+            self._rows[key] = (lp[0], kept.get("x", torch.zeros(0, d)).to(self.w_dec.device))
+        return self._rows[key]
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[positions, features] SAE activations of hook activations [positions, d]."""
+        """[..., features] SAE activations of hook activations [..., d]."""
         with torch.inference_mode():
-            return self.sae.encode(x.to(self.model.device, self.sae.dtype)).float()
+            flat = x.reshape(-1, x.shape[-1]).to(self.model.device, self.sae.dtype)
+            return self.sae.encode(flat).float().view(*x.shape[:-1], -1)
+
+    def codes(self, x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+        """[..., features] what the SAE reads in hook activations x [..., positions, d]: x
+        itself (a residual SAE), or its shift against the reference document's activations
+        x_ref [positions, d] (a difference dictionary; a row without a shift encodes to
+        nothing, as in the harvest)."""
+        if self.kind != "difference":
+            return self.encode(x)
+        x = x.to(self.w_dec.device).float()
+        ref = x_ref.to(x.device).float().expand_as(x)
+        acts = self.encode(x - ref)
+        d = x.shape[-1]
+        silent = no_shift(x.reshape(-1, d), ref.reshape(-1, d)).view(*x.shape[:-1], 1)
+        return torch.where(silent.to(acts.device), 0.0, acts)
+
+    def shift_codes(self, x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+        """[positions, features] the persona's shift in the SAE's code: the code of the shift
+        (a difference dictionary), or the code under the persona minus the code under the
+        reference (a residual SAE)."""
+        if self.kind == "difference":
+            return self.codes(x, x_ref)
+        return self.encode(x) - self.encode(x_ref)
 
 
 def _attribution_rows(s: Setup, acts: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
@@ -73,8 +121,9 @@ def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
         return torch.cat([shift, shift])
 
     x, lp, grad = attribution_batch(s.model, prompts, s.hook, weights)
-    # The K no-persona rows hold the same activations: encode them once.
-    unique = s.encode(x[:k + 1].flatten(0, 1)).cpu().view(k + 1, x.shape[1], -1)
+    # The K no-persona rows hold the same activations: encode them once (row k is the
+    # baseline document, a difference dictionary's reference).
+    unique = s.codes(x[:k + 1], x[k]).cpu()
     acts = torch.cat([unique, unique[k:].expand(k - 1, -1, -1)])
     attr = _attribution_rows(s, acts, grad)
     fired = (unique > 0).any(1).numpy()
@@ -97,12 +146,12 @@ class EffectsPlan:
     """Per feature, the activation it is steered with under no persona (0: not steered)."""
 
 
-def _edit(s: Setup, plan: EffectsPlan, jobs: list[tuple[str, int]]) -> Any:
+def _edit(s: Setup, plan: EffectsPlan, jobs: list[tuple[str, int]], x_ref: torch.Tensor) -> Any:
     dirs = s.w_dec[[plan.features[j] if j >= 0 else 0 for _, j in jobs]]  # [rows, d]
 
     def edit(x: torch.Tensor) -> torch.Tensor:
         # Rows are identical up to the hook, so row 0's activations serve every row.
-        acts = s.encode(x[0])  # [positions, features]
+        acts = s.codes(x[0], x_ref)  # [positions, features]
         zero = torch.zeros(x.shape[1], device=acts.device)
         scale = torch.stack([
             zero if kind == "clean" else
@@ -145,12 +194,13 @@ def exact_item(s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray) -> dic
         if not jobs:
             continue
         answer = s.answer(c, item)
+        x_ref = s.clean(0, item)[1] if s.kind == "difference" else s.w_dec[:0]
         jobs = [("clean", -1), *jobs]  # the unedited row rides in the first batch
         clean = clean_full = None
         for start in range(0, len(jobs), s.batch):
             chunk = jobs[start:start + s.batch]
-            lp, full = answer_logprobs(s.model, answer, s.hook, _edit(s, plan, chunk),
-                                       len(chunk), full=True)
+            lp, full = answer_logprobs(s.model, answer, s.hook,
+                                       _edit(s, plan, chunk, x_ref), len(chunk), full=True)
             if clean is None:
                 clean, clean_full = lp[:1], None if full is None else full[:1]
             change = (lp - clean)[:, 1:].numpy()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from shoggoth.battery.personas import Item, Persona, baseline_persona, subset_items
 from shoggoth.core.atomic import (
@@ -43,11 +44,13 @@ from shoggoth.core.printing import Format
 from shoggoth.core.progress import Progress
 from shoggoth.index.effects.queries import typical_activations
 from shoggoth.index.effects.store import write_effects
+from shoggoth.index.labels.decompose import part_of_features
 from shoggoth.index.labels.queries import labelled_features
 from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
+from shoggoth.pipeline.effects.compose import compose_item, composition_rows
 from shoggoth.pipeline.effects.measure import EffectsPlan, Setup, exact_item, screen_item
 from shoggoth.pipeline.effects.tables import effect_rows, make_plan, screen_estimates, shift_rows
 from shoggoth.sae.models import Model, load_model
@@ -116,6 +119,29 @@ class EffectsInputs:
     typical: dict[int, float]
     chosen: list[int] | None
     allowed: set[int] | None
+    kind: str = "residual"
+    """The dictionary's kind (residual or difference)."""
+    parts: np.ndarray | None = None
+    """[personas, features] each persona's part (decompose.PARTS) of every feature, for the
+    composition test (None: not labelled yet)."""
+
+
+def reference_condition(row: dict[str, Any], personas: list[Persona], db: Path) -> Persona:
+    """The condition every persona's shift is taken against: a difference dictionary's own
+    reference (its shifts are against it), else the battery's no-persona control."""
+    if row.get("kind") == "difference":
+        return Persona("reference", "control", "the dictionary's reference",
+                       (str(row.get("reference") or ""),), is_control=True)
+    return baseline_persona(personas, db)
+
+
+def feature_parts(labels: Any, main: list[Persona], d_sae: int) -> np.ndarray | None:
+    """Each persona's part of every feature, from the labels in force (None: unlabelled)."""
+    if not len(labels):
+        return None
+    frame = labels.set_index("feature").reindex(range(d_sae))
+    frame["label"] = frame["label"].fillna("dead")
+    return np.stack([part_of_features(frame, p.name) for p in main])
 
 
 def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
@@ -140,11 +166,14 @@ def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
                 raise BadInput(f"--labels: {cfg.db} is not labelled yet; run shoggoth label")
             allowed = {int(f) for f, lab in label_of.items() if lab in wanted}
         chosen = parse_features(cfg.features, int(d.row["d_sae"])) if cfg.features else None
-        return EffectsInputs(cfg.db, d.sae_id, dict(d.row),
-                      [baseline_persona(personas, cfg.db), *main],
-                      subset_items(items, cfg.items_per_topic),
-                      {int(k): str(v) for k, v in label_of.items()},
-                      typical_activations(d.con, d.sae_id), chosen, allowed)
+        row = dict(d.row)
+        return EffectsInputs(cfg.db, d.sae_id, row,
+                             [reference_condition(row, personas, cfg.db), *main],
+                             subset_items(items, cfg.items_per_topic),
+                             {int(k): str(v) for k, v in label_of.items()},
+                             typical_activations(d.con, d.sae_id), chosen, allowed,
+                             str(row.get("kind") or "residual"),
+                             feature_parts(labels, main, int(row["d_sae"])))
     finally:
         d.close()
 
@@ -172,7 +201,7 @@ def make_setup(inputs: EffectsInputs, model: Model, sae: Any, cfg: EffectsConfig
                for c, p in enumerate(inputs.conditions)]
     w_dec = sae.W_dec.detach().float().to(model.device)
     return Setup(model, sae, inputs.row["hook"], w_dec, [p.name for p in inputs.conditions],
-                 prompts, cfg.batch)
+                 prompts, cfg.batch, inputs.kind)
 
 
 def work_dir(inputs: EffectsInputs, cfg: EffectsConfig) -> Path:
@@ -236,8 +265,20 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
     effects = effect_rows(names, screens, exact, plan, estimates, fired, cfg.bootstrap,
                           cfg.confidence, cfg.seed)
     shifts = shift_rows(names, screens, cfg.bootstrap, cfg.confidence, cfg.seed)
-    write_effects(cfg.db, inputs.sae_id, effects, shifts, cfg)
+    composition = pd.DataFrame()
+    if inputs.parts is None:
+        log("note: the composition test needs labels; run shoggoth label, then effects again")
+    else:
+        parts = inputs.parts
+        composes = per_item(folder / "compose", n_items, "effects: compose",
+                            lambda i: compose_item(s, i, parts))
+        composition = composition_rows(names, composes, cfg.bootstrap, cfg.confidence,
+                                       cfg.seed)
+    composed = time.monotonic()
+    write_effects(cfg.db, inputs.sae_id, effects, shifts, composition, cfg)
     drop_resume_folder(folder)
-    return {"sae_id": inputs.sae_id, "effects": effects, "shifts": shifts, "items": n_items,
+    return {"sae_id": inputs.sae_id, "effects": effects, "shifts": shifts,
+            "composition": composition, "items": n_items,
             "screen_seconds": round(screened - started, 1),
-            "exact_seconds": round(finished - screened, 1)}
+            "exact_seconds": round(finished - screened, 1),
+            "compose_seconds": round(composed - finished, 1)}

@@ -1,0 +1,97 @@
+"""The causal composition test of `shoggoth effects`: does a persona's shift, rebuilt from the
+dictionary's features grouped by label, act like the persona?
+
+For persona k and item i, the persona's shift at the hook on the answer tokens, in the
+dictionary's code (`Setup.shift_codes`), splits by label as the decomposition of `label` does
+(index/labels/decompose.py): its own features' contribution u_own(t) = Σ_{f own} c_f(t) d_f, the
+shared features' u_shared(t), every feature's, and the shift itself. Steering adds a part to the
+reference document's residual on the answer tokens (does it reproduce the persona?); ablation
+subtracts a part from the persona's own document (does the persona's effect go away?). Each is
+scored against Δ_k, the persona's shift of the answer's log-probabilities (tokens 2..), by the
+share it reproduces or removes, summed over items (index/effects/stats.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from shoggoth.index.effects.stats import bootstrap_indices, projection_terms, ratio_ci
+from shoggoth.index.labels.decompose import PARTS
+from shoggoth.pipeline.effects.measure import Setup
+from shoggoth.sae.intervene import answer_logprobs
+
+STEER_PARTS = ("own+shared", "own", "shared", "features", "shift")
+"""What steering adds to the reference document: the persona's own and shared features'
+contributions together and each alone, every feature's (the dictionary's whole reconstruction of
+the shift), and the shift itself (the ceiling: what one edit at this hook, on the answer's
+tokens, can reproduce)."""
+ABLATE_PARTS = ("shared", "own")
+"""What ablation removes from the persona's document."""
+OWN, SHARED = PARTS.index("own"), PARTS.index("shared")
+
+
+def _run_rows(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]
+              ) -> torch.Tensor:
+    """[rows, n] the answer's log-probabilities under `condition` with each vector [n - 1, d]
+    added at the hook on the positions that predict tokens 2.. (one row each)."""
+    out = []
+    for start in range(0, len(vectors), s.batch):
+        chunk = torch.stack(vectors[start:start + s.batch])
+
+        def edit(x: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
+            return chunk.to(x.device)
+
+        lp, _ = answer_logprobs(s.model, s.answer(condition, item), s.hook, edit, len(chunk))
+        out.append(lp)
+    return torch.cat(out)
+
+
+def compose_item(s: Setup, item: int, parts: np.ndarray) -> dict[str, np.ndarray]:
+    """One item's composition test. `parts` [personas, features]: each persona's part (index
+    into PARTS) of every feature. Returns delta[k, t] the persona's shift of the answer's
+    log-probabilities (tokens 2..), steer[k, j, t] the change of the reference's when
+    STEER_PARTS[j] is added, ablate[k, j, t] the change of the persona's when ABLATE_PARTS[j] is
+    removed."""
+    lp_ref, x_ref = s.clean(0, item)
+    n_personas, n = len(s.conditions) - 1, len(lp_ref) - 1
+    out = {"delta": np.zeros((n_personas, n)),
+           "steer": np.zeros((n_personas, len(STEER_PARTS), n)),
+           "ablate": np.zeros((n_personas, len(ABLATE_PARTS), n))}
+    if n == 0:  # a one-token answer: nothing after the prefix to edit
+        return out
+    w_dec = s.w_dec.float()
+    steering: list[torch.Tensor] = []
+    for k in range(1, n_personas + 1):
+        lp_k, x_k = s.clean(k, item)
+        out["delta"][k - 1] = (lp_k - lp_ref)[1:].numpy()
+        code = s.shift_codes(x_k, x_ref).to(w_dec.device)  # [n, features]
+        part = torch.as_tensor(parts[k - 1], device=w_dec.device)
+        own = (code * (part == OWN)) @ w_dec
+        shared = (code * (part == SHARED)) @ w_dec
+        steering += [own + shared, own, shared, code @ w_dec, x_k - x_ref]
+        ablated = _run_rows(s, k, item, [-shared, -own])
+        out["ablate"][k - 1] = (ablated - lp_k)[:, 1:].numpy()
+    steered = _run_rows(s, 0, item, steering).view(n_personas, len(STEER_PARTS), -1)
+    out["steer"] = (steered - lp_ref)[..., 1:].numpy()
+    return out
+
+
+def composition_rows(names: list[str], composes: list[dict[str, np.ndarray]], n_boot: int,
+                     confidence: float, seed: int) -> pd.DataFrame:
+    """The persona_composition rows: per persona, test (steer: the share of its effect a part
+    added to the reference reproduces; ablate: the share a part removed from the persona
+    takes away) and part, the share summed over items with its item-bootstrap interval."""
+    draws = bootstrap_indices(len(composes), n_boot, seed)
+    rows = []
+    for k, name in enumerate(names[1:]):
+        delta = [c["delta"][k] for c in composes]
+        for test, sign, key, labels in (("steer", 1.0, "steer", STEER_PARTS),
+                                        ("ablate", -1.0, "ablate", ABLATE_PARTS)):
+            for j, part in enumerate(labels):
+                num, den = projection_terms([sign * c[key][k, j] for c in composes], delta)
+                share, low, high = ratio_ci(num, den, draws, confidence)
+                rows.append({"persona": name, "test": test, "part": part, "share": share,
+                             "ci_low": low, "ci_high": high, "n_items": len(composes)})
+    return pd.DataFrame(rows)
