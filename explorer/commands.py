@@ -97,7 +97,10 @@ def demo(cfg: DemoConfig) -> None:
 @click.command("demo")
 @config_options(DemoConfig)
 def demo_command(cfg: DemoConfig) -> None:
-    """From nothing to the explorer, offline: train an SAE on SmolLM2-135M-Instruct (a chat
-    model; --model minilm for the quick encoder path), harvest the built-in persona battery,
-    label, index, then serve the explorer. Steps whose outputs are up to date are skipped."""
+    """From nothing to the explorer, offline: on SmolLM2-135M-Instruct (a chat model; --model
+    minilm for the quick encoder path), train a residual SAE and a persona-difference
+    dictionary from one paired stream, harvest the built-in persona battery with both, label
+    them (each mask decomposed), measure causal effects and the composition test, index, then
+    serve the explorer; --full adds the layer probe, the grid and the explanations. Steps whose
+    outputs are up to date are skipped."""
     demo(cfg)

@@ -118,11 +118,14 @@ def has_table(name: str) -> bool:
 
 
 def choose_sae() -> tuple[str, dict[str, Any]]:
-    """The SAE shown (query parameter `sae`, else the first), with a sidebar picker."""
+    """The SAE shown (query parameter `sae`, else the first difference dictionary, which sees
+    the masks, else the first), with a sidebar picker."""
     saes = q(read.saes)
     ids = saes["sae_id"].tolist()
     wanted = st.query_params.get("sae")
-    current = str(wanted) if wanted in ids else str(ids[0])
+    kinds = saes["kind"].tolist() if "kind" in saes else []
+    first = ids[kinds.index("difference")] if "difference" in kinds else ids[0]
+    current = str(wanted) if wanted in ids else str(first)
     if len(ids) > 1:
         current = str(st.sidebar.selectbox("SAE", ids, index=ids.index(current)))
     st.query_params["sae"] = current

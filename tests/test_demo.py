@@ -35,14 +35,20 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
     assert "holds another battery's harvest; rebuilding it" in text
     assert "[2/9] harvest the persona battery: 114 prompts × 12 answers" in text
     assert "[3/9] label the features: prompts as replicates" in text
-    assert "[4/9] probe where the persona lives, by layer: a linear probe" in text
-    assert "[6/9] the mask in action: own answers, context × content grid: skipped (MiniLM " \
-        "is not a causal LM)" in text
-    assert "[5/9] measure causal effects (ablation and steering): skipped (MiniLM is not a " \
+    assert "[4/9] measure causal effects and the composition test: skipped (MiniLM is not a " \
         "causal LM)" in text
-    assert "[7/9] index the dictionary: examples" in text
+    assert "[5/9] index the dictionary: examples" in text
+    # The layer probe, the grid and the explanations wait for --full.
+    assert "[6/9] probe where the persona lives, by layer: skipped (run `shoggoth demo " \
+        "--full` for it)" in text
+    assert "[7/9] the mask in action: own answers, context × content grid: skipped (MiniLM " \
+        "is not a causal LM)" in text
     assert "[8/9] explain features with SmolLM2, scored on held-out examples: skipped (the " \
         "quick path" in text
+    assert cli.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve",
+                     "--full"]) == 0
+    text, _ = capfd.readouterr()
+    assert "[6/9] probe where the persona lives, by layer: a linear probe" in text
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 114 * 12
     assert con.execute("SELECT list(layer ORDER BY layer) FROM layer_probe").fetchone()[0] == \
@@ -53,8 +59,7 @@ def test_demo_rebuilds_a_stale_battery_and_skips_what_is_up_to_date(capfd, tmp_p
     assert cli.main(["demo", "--model", "minilm", "--out", str(out), "--no-serve"]) == 0
     text, _ = capfd.readouterr()
     for step in ("[1/9] train the SAE on MiniLM", "[2/9] harvest the persona battery",
-                 "[3/9] label the features", "[4/9] probe where the persona lives, by layer",
-                 "[7/9] index the dictionary"):
+                 "[3/9] label the features", "[5/9] index the dictionary"):
         assert f"{step}: up to date" in text, text
     assert "explore: skipped (--no-serve)" in text and db.stat().st_mtime_ns == mtime
 

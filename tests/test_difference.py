@@ -75,6 +75,42 @@ def test_pairs_measure_only_the_shared_tokens(tiny_gpt2_dir):
         make_pairs(tok, pieces, personas, EMPTY_SYSTEM, 3, prepend_bos=True)
 
 
+def test_a_kept_stream_gives_the_same_batches_with_one_forward_pass_per_chunk(tiny_gpt2):
+    """`--pair-tokens` below `--tokens`: the paired stream keeps its chunks' activations, so
+    three epochs run each chunk through the model once, and the batches are those of a stream
+    that runs them again every epoch."""
+    import torch
+
+    from shoggoth.battery.personas import Persona
+    from shoggoth.sae.train.paired import PairedStream, make_pairs
+
+    personas = [Persona("pirate", "fiction", "", ("You are a pirate captain.",)),
+                Persona("helper", "assistant", "", ("Help the user kindly.",))]
+    pieces = [[f"Question {i} about the rain?", f"Answer {i}: water falls."] for i in range(12)]
+    pairs = make_pairs(tiny_gpt2.tokenizer, pieces, personas, EMPTY_SYSTEM, 64, True)
+    hook = "blocks.1.hook_resid_post"
+    calls = []
+    handle = tiny_gpt2.bridge.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        streams = [PairedStream(tiny_gpt2, [hook], pairs, 16, 0, chunk_pairs=4, keep=keep)
+                   for keep in (False, True)]
+        epoch = pairs.tokens()
+        per_stream = []
+        for stream in streams:
+            calls.clear()
+            batches = stream.batches()
+            per_stream.append([next(batches) for _ in range(3 * epoch // 16)])
+            per_stream[-1].append(len(calls))
+    finally:
+        handle.remove()
+    plain, kept = per_stream
+    chunks = len(streams[0].sizes)
+    assert kept[-1] == 2 * chunks and plain[-1] >= 2 * 3 * chunks - 2  # persona + reference
+    for a, b in zip(plain[:-1], kept[:-1], strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """The planted model, a residual SAE and a difference dictionary trained from one paired
@@ -216,6 +252,32 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
         assert 0.1 <= removed <= 0.9, (persona, removed)
     # A persona's effect is measured against the dictionary's reference, not no system turn.
     assert set(rows["persona"]) == set(PERSONAS)
+
+
+def test_the_grid_reads_each_documents_shift_against_the_reference(planted, tmp_path):
+    """`grid` on the difference dictionary: a document under no persona has no shift (the
+    planted template tokens write nothing in the persona dimensions), so nothing fires on it;
+    under a persona's prompt, its own direction's feature fires, on its own answer and on the
+    battery's alike."""
+    db = tmp_path / "db.duckdb"
+    shutil.copy(planted["db"], db)
+    name = planted["difference"].name
+    shoggoth("generate", "--db", db, "--sae", name, "--items-per-topic", "1", "--max-tokens",
+             "6", "--device", "cpu")
+    shoggoth("grid", "--db", db, "--sae", name, "--device", "cpu")
+    con = duckdb.connect(str(db), read_only=True)
+    fired = con.execute("""
+        SELECT d.cell, d.context, f.feature, count(*) AS n
+        FROM grid_doc_features f JOIN grid_documents d USING (sae_id, answer_set, neutral, doc)
+        WHERE f.sae_id = ? GROUP BY ALL""", [name]).df()
+    con.close()
+    assert not len(fired[fired["context"] == "control_none"]), fired
+    w = _decoder(planted["difference"])
+    for persona in PERSONAS:
+        own = int(np.argmax(_cos(w, directions()[persona])))
+        for cell in ("in_action", "neutral_text"):
+            hits = fired[(fired["context"] == persona) & (fired["cell"] == cell)]
+            assert own in set(hits["feature"]), (persona, cell, hits)
 
 
 def test_a_battery_without_persona_directions_gets_no_persona_label(tmp_path):

@@ -171,7 +171,12 @@ class PairedStream:
     shard: int = 0
     shards: int = 1
     chunk_pairs: int = CHUNK_PAIRS
+    keep: bool = False
+    """Hold each chunk's activations in memory once run, so that later epochs reshuffle them
+    without forward passes (the batches are the same either way)."""
     sizes: list[int] = field(init=False)
+    _kept: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = field(
+        init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.pairs = self.pairs.select(range(self.shard, len(self.pairs), self.shards))
@@ -188,8 +193,13 @@ class PairedStream:
     def chunk(self, index: int) -> dict[str, torch.Tensor]:
         epoch, c = divmod(index, len(self.sizes))
         lo = c * self.chunk_pairs
-        part = self.pairs.select(range(lo, min(len(self.pairs), lo + self.chunk_pairs)))
-        persona, ref, _ = paired_activations(self.model, part, self.hooks)
+        if c in self._kept:
+            persona, ref = self._kept[c]
+        else:
+            part = self.pairs.select(range(lo, min(len(self.pairs), lo + self.chunk_pairs)))
+            persona, ref, _ = paired_activations(self.model, part, self.hooks)
+            if self.keep:
+                self._kept[c] = persona, ref
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + c
                                           + self.shard * 7_919_993)
         order = torch.randperm(len(persona[self.hooks[0]]), generator=g)
@@ -218,12 +228,13 @@ class PairedStream:
 
 
 def sharded_paired_batches(model: Any, hooks: list[str], pairs: Pairs, batch_tokens: int,
-                           seed: int, start: int, shards: int,
-                           ranks: list[int]) -> Iterator[dict[str, torch.Tensor]]:
-    """As stream.sharded_batches, over pairs."""
+                           seed: int, start: int, shards: int, ranks: list[int],
+                           keep: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """As stream.sharded_batches, over pairs (`keep`: hold the activations for later
+    epochs)."""
     per = batch_tokens // shards
-    streams = [PairedStream(model, hooks, pairs, per, seed, r, shards).batches(start // shards)
-               for r in ranks]
+    streams = [PairedStream(model, hooks, pairs, per, seed, r, shards, keep=keep)
+               .batches(start // shards) for r in ranks]
     if len(streams) == 1:
         yield from streams[0]
         return

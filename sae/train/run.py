@@ -118,6 +118,10 @@ class TrainConfig(Config):
     """L1 coefficient (standard, gated) or L0 coefficient (jumprelu); unused by top-k types."""
     tokens: int = option(800_000, min=1)
     """Training tokens (the corpus is repeated if it is smaller)."""
+    pair_tokens: int | None = option(None, min=1)
+    """Distinct token pairs a paired stream (--target difference) runs (default: --tokens).
+    With fewer, their activations are held in memory (2 × d_model floats a pair and hook)
+    and trained on for --tokens / --pair-tokens epochs: the forward passes are paid once."""
     batch_tokens: int = option(1024, min=1)
     """Tokens per optimizer step."""
     context_size: int = option(128, min=1)
@@ -495,7 +499,8 @@ def paired_data(cfg: TrainConfig, model: Any, dataset: str,
         raise BadInput(f"--personas {cfg.personas}: holds no persona with a prompt")
     try:
         return training_pairs(model, dataset, cfg.text_column, personas, cfg.reference,
-                              cfg.context_size, cfg.tokens if paired else None,
+                              cfg.context_size,
+                              min(cfg.tokens, cfg.pair_tokens or cfg.tokens) if paired else None,
                               min(cfg.eval_tokens, 8192))
     except BadInput:
         if paired:
@@ -559,7 +564,8 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
     ranks = [run.world.rank] if run.world.distributed else list(range(run.shards))
     if run.pairs is not None:
         batches = sharded_paired_batches(model, run.hooks, run.pairs, cfg.batch_tokens,
-                                         cfg.seed, position, run.shards, ranks)
+                                         cfg.seed, position, run.shards, ranks,
+                                         keep=run.pairs.tokens() < cfg.tokens)
     else:
         batches = sharded_batches(model, run.hooks, run.train_ctx,
                                   non_special(model.tokenizer, run.train_ctx), cfg.batch_tokens,

@@ -7,9 +7,11 @@ import time belong."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 
@@ -46,11 +48,28 @@ def restore() -> None:
 
 
 def finishing() -> None:
-    """Once the command has returned: a Ctrl-C while Python shuts down (joining library
+    """Once the command has returned: its output goes out now (not at exit, where a pipe's
+    buffer would otherwise wait), and a Ctrl-C while Python shuts down (joining library
     threads, running their exit hooks) exits 130 with one line, as at any other moment,
     instead of Python killing itself by the signal. Its work is already saved."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+def _hold_interrupts_at_exit() -> None:
+    """The last exit hook (registered first): past it Python puts the default SIGINT action
+    back as it finalizes, and a Ctrl-C in that instant would kill the process by the signal.
+    Everything is saved by then, so the signal is held until the process has exited."""
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+atexit.register(_hold_interrupts_at_exit)
 
 
 PROGRAM = False

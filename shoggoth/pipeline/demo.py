@@ -1,7 +1,10 @@
-"""`shoggoth demo`, the building part: train the demo SAE (on SmolLM2-135M-Instruct by default,
-MiniLM with `--model minilm`), harvest the battery, label, probe the layers, index — each step run
-as a function, and skipped when the database says it is up to date. Serving the explorer is the
-CLI's last step (explorer/commands.py)."""
+"""`shoggoth demo`, the building part: on SmolLM2-135M-Instruct (the default), train a residual
+SAE and a persona-difference dictionary from one paired stream, harvest the battery with both in
+one pass, label them (each mask decomposed), measure the difference dictionary's causal effects
+and its composition test, and index both; with --full also probe the layers, write the model's
+own answers and their grid, and explain features. MiniLM (`--model minilm`) is the quick path,
+one residual SAE. Each step runs as a function and is skipped when the database says it is up to
+date. Serving the explorer is the CLI's last step (explorer/commands.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from shoggoth.core.progress import stderr_log
 from shoggoth.index.dictionary.build import IndexConfig, faiss_dir
 from shoggoth.index.labels.run import LabelRunConfig, label_database
 from shoggoth.index.store.schema import battery_of
-from shoggoth.index.store.status import sae_status
+from shoggoth.index.store.status import Status, sae_status
 from shoggoth.pipeline.action.generate import GenerateConfig, generate_answers
 from shoggoth.pipeline.action.grid import GridConfig, run_grid
 from shoggoth.pipeline.build_index import index_harvest
@@ -31,7 +34,7 @@ from shoggoth.pipeline.explanations.run import ExplainConfig, explain
 from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
 from shoggoth.pipeline.layers import LayersConfig, probe_layers
 from shoggoth.sae.sae_dir import weights_sha256
-from shoggoth.sae.train.run import TrainConfig, train
+from shoggoth.sae.train.run import Target, TrainConfig, train
 
 STEPS = 9
 
@@ -39,29 +42,49 @@ STEPS = 9
 @dataclass(frozen=True)
 class Recipe:
     """How the demo builds on one model: its hook, training and harvest settings, chosen to
-    finish within 15 minutes on 2 CPU cores."""
+    finish within 15 minutes on 2 CPU cores (the steps behind --full excepted)."""
 
     model: str
     layer: int
     """The hooked block (resid_post), chosen by benchmarks/persona_layer_probe.py for SmolLM2."""
     db_name: str
+    targets: tuple[Target, ...] = ("residual",)
+    """The dictionaries trained (train --target): several come from one paired stream and are
+    harvested in one pass."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig settings beyond the defaults."""
     harvest: dict[str, Any] = field(default_factory=dict)
     """HarvestConfig settings: a deterministic subset of the battery, recorded in the database."""
     layers: dict[str, Any] = field(default_factory=dict)
-    """LayersConfig settings of the layer probe."""
+    """LayersConfig settings of the layer probe (--full)."""
     effects: dict[str, Any] | None = None
-    """EffectsConfig settings of the causal check (None: the model is not a causal LM)."""
+    """EffectsConfig settings of the causal check and the composition test, run on the last
+    target's dictionary (None: the model is not a causal LM)."""
     generate: dict[str, Any] | None = None
-    """GenerateConfig settings of the model's own answers for the grid (None: not a causal
-    LM)."""
+    """GenerateConfig settings of the model's own answers for the grid (--full; None: not a
+    causal LM)."""
     explain: dict[str, Any] | None = None
-    """ExplainConfig settings of the offline explanations (None: skipped)."""
+    """ExplainConfig settings of the offline explanations (--full; None: skipped)."""
+
+    @property
+    def hook(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_post"
 
     @property
     def sae_name(self) -> str:
-        return f"sae-{self.model}-blocks.{self.layer}.hook_resid_post-topk"
+        """The folder `train` writes: the SAE itself, or one SAE folder per target."""
+        arch = self.train.get("architecture", "topk")
+        return f"sae-{self.model}-{self.hook}-{arch}" + \
+            ("" if len(self.targets) == 1 else "-" + "-".join(self.targets))
+
+    def sae_dirs(self, out: Path) -> list[Path]:
+        """The trained SAEs' folders, in target order (train's naming: HOOK-dWIDTH[-difference])."""
+        folder = out / self.sae_name
+        if len(self.targets) == 1:
+            return [folder]
+        width = self.train["d_sae"][0]
+        return [folder / (f"{self.hook}-d{width}" + ("-difference" if t == "difference" else ""))
+                for t in self.targets]
 
     @property
     def what(self) -> str:
@@ -70,11 +93,12 @@ class Recipe:
 
 
 RECIPES = {
-    "smollm2": Recipe("smollm2", 15, "demo.duckdb",
-                      train={"tokens": 300_000, "expansion": 4, "k": 32},
-                      harvest={"paraphrases": 2, "items_per_topic": 6},
+    "smollm2": Recipe("smollm2", 15, "demo.duckdb", targets=("residual", "difference"),
+                      train={"architecture": "batchtopk", "d_sae": [2304], "k": 16,
+                             "tokens": 40_960},
+                      harvest={"paraphrases": 2, "items_per_topic": 2},
                       layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"},
-                      effects={"items_per_topic": 2, "top": 12, "baseline": 8},
+                      effects={"items_per_topic": 1, "top": 8, "baseline": 4},
                       generate={"items_per_topic": 1, "max_tokens": 40},
                       explain={"limit": 20}),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb", layers={"items_per_topic": 2}),
@@ -86,10 +110,13 @@ class DemoConfig(Config):
     """`shoggoth demo`: from nothing to the explorer on the built-in model and battery."""
 
     model: Literal["smollm2", "minilm"] = "smollm2"
-    """smollm2: the chat model, on a subset of the battery; minilm: the quick path (an encoder
-    that wears no mask), on the whole battery."""
+    """smollm2: the chat model, a residual SAE and a difference dictionary on a subset of the
+    battery; minilm: the quick path (an encoder that wears no mask), on the whole battery."""
     out: Path = Path("runs")
-    """Folder for the trained SAE and the feature database."""
+    """Folder for the trained dictionaries and the feature database."""
+    full: bool = False
+    """Also probe every layer, write the model's own answers and their context × content grid,
+    and explain features (tens of minutes more on 2 CPU cores)."""
     serve: bool = True
     """Start the explorer at the end (--no-serve: stop after building)."""
     host: str = "127.0.0.1"
@@ -126,90 +153,135 @@ class Steps:
 
 
 def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str]:
-    """Train the demo SAE unless it exists; resume an interrupted run."""
-    sae = out / recipe.sae_name
-    if (sae / "shoggoth.json").is_file():
-        return None, str(sae)
+    """Train the demo's dictionaries unless they exist; resume an interrupted run."""
+    folder = out / recipe.sae_name
+    if all((d / "shoggoth.json").is_file() for d in recipe.sae_dirs(out)):
+        return None, str(folder)
     partial = out / f".{recipe.sae_name}.partial"
     resume = bool(list(partial.glob("checkpoints/[0-9]*")))
-    overwrite = not resume and (partial.exists() or sae.exists())
-    cfg = TrainConfig(model=recipe.model, layer=[recipe.layer], out=sae, resume=resume,
-                      overwrite=overwrite, **recipe.train)
+    overwrite = not resume and (partial.exists() or folder.exists())
+    cfg = TrainConfig(model=recipe.model, layer=[recipe.layer], target=list(recipe.targets),
+                      out=folder, resume=resume, overwrite=overwrite, **recipe.train)
     return (lambda: train(cfg, log=stderr_log()),
-            "resuming" if resume else "no trained SAE yet")
+            "resuming" if resume else "no trained dictionary yet")
 
 
-def grid_step(db: Path, settings: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Generate the demo's own answers (resumed or skipped when done), then the grid against
-    both reference texts: the battery's answers and the model's own under no persona."""
-    generate_answers(GenerateConfig(db=db, **settings), log=log)
+def grid_step(db: Path, sae: str, settings: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Generate the demo's own answers (resumed or skipped when done), then one dictionary's
+    grid against both reference texts: the battery's answers and the model's own under no
+    persona."""
+    generate_answers(GenerateConfig(db=db, sae=sae, **settings), log=log)
     for neutral in ("battery", "own"):
-        run_grid(GridConfig(db=db, neutral=neutral), log=log)
+        run_grid(GridConfig(db=db, sae=sae, neutral=neutral), log=log)
+
+
+def statuses_of(db: Path, saes: list[Path], battery: dict[str, list[tuple]] | None = None
+                ) -> list[Status]:
+    """Each trained dictionary's status in the database."""
+    return [sae_status(db, weights_sha256(sae), battery) for sae in saes]
+
+
+def run_each(saes: list[Path], statuses: list[Status], stage: str,
+             step: Callable[[str], Any]) -> Callable[[], Any] | None:
+    """`step(sae_id)` for every dictionary whose `stage` is not done (None: all are)."""
+    todo = [sae.name for sae, status in zip(saes, statuses, strict=True)
+            if not getattr(status, stage)]
+    if not todo:
+        return None
+    return lambda: [step(sae_id) for sae_id in todo]
 
 
 def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     """Build what is missing or stale; returns the database to explore."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     recipe = RECIPES[cfg.model]
-    sae, db = cfg.out / recipe.sae_name, cfg.out / recipe.db_name
+    saes, db = recipe.sae_dirs(cfg.out), cfg.out / recipe.db_name
     console = console or Console(soft_wrap=True)
     steps = Steps(console)
     started = time.time()
     step, why = train_step(cfg.out, recipe)
-    steps.run(1, f"train the SAE on {recipe.what}", step, why)
+    what = "a residual SAE and a difference dictionary, from one paired stream" \
+        if len(saes) > 1 else "the SAE"
+    steps.run(1, f"train {what} on {recipe.what}", step, why)
 
     personas = subset_personas(load_personas(), recipe.harvest.get("paraphrases"))
     items = subset_items(load_items(), recipe.harvest.get("items_per_topic"))
-    status = sae_status(db, weights_sha256(sae), battery_of(personas, items))
-    if status.other_sae or status.other_battery:  # its old harvest no longer applies
-        console.print(f"      {db} holds another {'SAE' if status.other_sae else 'battery'}'s "
-                      "harvest; rebuilding it", style="dim", highlight=False)
+    status = statuses_of(db, saes, battery_of(personas, items))
+    if any(s.other_battery for s in status) or \
+            (any(s.other_sae for s in status) and not all(s.harvested for s in status)):
+        # Its old harvest no longer applies.
+        kind = "battery" if any(s.other_battery for s in status) else "SAE"
+        console.print(f"      {db} holds another {kind}'s harvest; rebuilding it", style="dim",
+                      highlight=False)
         db.unlink()
         shutil.rmtree(faiss_dir(db), ignore_errors=True)
-        status = sae_status(db, weights_sha256(sae))
+        status = statuses_of(db, saes)
     size = f"{sum(len(p.prompts) for p in personas)} prompts × {len(items)} answers"
     quiet = stderr_log()
+    harvested = all(s.harvested for s in status)
+    if not harvested and db.exists():  # a harvest of part of the dictionaries: redo it whole
+        db.unlink()
+        shutil.rmtree(faiss_dir(db), ignore_errors=True)
     steps.run(2, "harvest the persona battery",
-              None if status.harvested else
-              lambda: harvest(HarvestConfig(db=db, sae_dir=[sae], **recipe.harvest), log=quiet),
-              f"{db}, {status.documents:,} documents" if status.harvested else size)
+              None if harvested else
+              lambda: harvest(HarvestConfig(db=db, sae_dir=saes, **recipe.harvest), log=quiet),
+              f"{db}, {status[0].documents:,} documents" if harvested else
+              size + (f", {len(saes)} dictionaries in one pass" if len(saes) > 1 else ""))
+    status = statuses_of(db, saes)
     steps.run(3, "label the features",
-              None if status.labelled else lambda: label_database(LabelRunConfig(db=db)),
-              "labels stored" if status.labelled else
-              "prompts as replicates, matched controls, calibrated FDR")
-    steps.run(4, "probe where the persona lives, by layer",
-              None if status.probed else
-              lambda: probe_layers(LayersConfig(db=db, **recipe.layers)),
-              "layer probe stored" if status.probed else "a linear probe per layer")
-    effects = "measure causal effects (ablation and steering)"
+              run_each(saes, status, "labelled",
+                       lambda sae: label_database(LabelRunConfig(db=db, sae=sae))),
+              "labels stored" if all(s.labelled for s in status) else
+              "prompts as replicates, matched controls, calibrated FDR, each mask decomposed")
+    effects = "measure causal effects and the composition test"
     if recipe.effects is None:
-        steps.skip(5, effects, f"{recipe.what} is not a causal LM")
+        steps.skip(4, effects, f"{recipe.what} is not a causal LM")
     else:
-        settings = recipe.effects
-        steps.run(5, effects, None if status.effects else
-                  lambda: run_effects(EffectsConfig(db=db, **settings), log=quiet),
-                  "effects stored" if status.effects else
-                  "screen every feature, ablate and steer the top ones")
+        settings, main = recipe.effects, saes[-1].name
+        status = statuses_of(db, saes)
+        steps.run(4, effects, None if status[-1].effects else
+                  lambda: run_effects(EffectsConfig(db=db, sae=main, **settings), log=quiet),
+                  "effects stored" if status[-1].effects else
+                  f"{main}: screen every feature, ablate and steer the top ones, rebuild each "
+                  "mask from its features")
+    status = statuses_of(db, saes)
+    steps.run(5, "index the dictionary",
+              run_each(saes, status, "indexed",
+                       lambda sae: index_harvest(IndexConfig(db=db, sae=sae), log=quiet)),
+              "dictionary stored" if all(s.indexed for s in status) else
+              "examples, histograms, FAISS, persona vectors")
+    full = "" if cfg.full else "--full"
+    probe = "probe where the persona lives, by layer"
+    if full:
+        steps.skip(6, probe, "run `shoggoth demo --full` for it")
+    else:
+        steps.run(6, probe, run_each(saes[:1], status[:1], "probed",
+                                     lambda sae: probe_layers(LayersConfig(db=db, sae=sae,
+                                                                           **recipe.layers))),
+                  "layer probe stored" if status[0].probed else "a linear probe per layer")
     grid = "the mask in action: own answers, context × content grid"
     if recipe.generate is None:
-        steps.skip(6, grid, f"{recipe.what} is not a causal LM")
+        steps.skip(7, grid, f"{recipe.what} is not a causal LM")
+    elif full:
+        steps.skip(7, grid, "run `shoggoth demo --full` for it")
     else:
         settings = recipe.generate
-        steps.run(6, grid, None if status.grid else lambda: grid_step(db, settings, quiet),
-                  "grid labels stored" if status.grid else
+        steps.run(7, grid, run_each(saes, status, "grid",
+                                    lambda sae: grid_step(db, sae, settings, quiet)),
+                  "grid labels stored" if all(s.grid for s in status) else
                   "generate each persona's answers, read them under every context")
-    steps.run(7, "index the dictionary",
-              None if status.indexed else lambda: index_harvest(IndexConfig(db=db), log=quiet),
-              "dictionary stored" if status.indexed else
-              "examples, histograms, FAISS, persona vectors")
     explaining = "explain features with SmolLM2, scored on held-out examples"
     if recipe.explain is None:
         steps.skip(8, explaining, "the quick path (run `shoggoth explain` yourself)")
+    elif full:
+        steps.skip(8, explaining, "run `shoggoth demo --full` for it")
     else:
         settings = recipe.explain
-        steps.run(8, explaining, None if status.explained else
-                  lambda: explain(ExplainConfig(db=db, **settings), log=quiet),
-                  "explanations stored" if status.explained else
+        steps.run(8, explaining, run_each(saes[-1:], status[-1:], "explained",
+                                          lambda sae: explain(ExplainConfig(db=db, sae=sae,
+                                                                            **settings),
+                                                              log=quiet)),
+                  "explanations stored" if status[-1].explained else
                   f"{settings['limit']} features, detection and fuzzing scores")
     console.print(f"built in {time.time() - started:.0f} s", highlight=False)
     return db

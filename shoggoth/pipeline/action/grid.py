@@ -10,19 +10,21 @@ pair read by the model and the SAE:
 
 Documents that share a context run together after its prefix's KV cache; each batch's
 per-document activations are saved beside the database as made, so an interrupted run resumes;
-the tables are replaced in one transaction at the end (index.grid_db).
+the tables are replaced in one transaction at the end (index.grid_db). A difference dictionary
+reads each document's shift: the document minus the same text under the dictionary's reference.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 
 from shoggoth.battery.personas import Item, Persona, baseline_persona
 from shoggoth.core.atomic import drop_resume_folder, resume_folder, save_npz_atomic
@@ -37,7 +39,7 @@ from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.activations import prefix_cache
-from shoggoth.sae.encode import encode_aggregate, prompts_activations, shared_prefix
+from shoggoth.sae.encode import encode_aggregate, no_shift, prompts_activations, shared_prefix
 from shoggoth.sae.models import load_model
 from shoggoth.sae.prompts import Prompt, build_prompt, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
@@ -179,6 +181,44 @@ def units(docs: pd.DataFrame, prompts: list[Prompt], batch: int) -> list[np.ndar
     return out
 
 
+@dataclass
+class ReferenceRows:
+    """A difference dictionary's reference documents: each grid text (its item, its answer
+    text) read under the dictionary's reference, once per run."""
+
+    model: Any
+    inputs: GridInputs
+    hook: str
+    _kept: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+
+    def rows(self, docs: pd.DataFrame, batch: np.ndarray, prompts: list[Prompt]) -> torch.Tensor:
+        """The reference's activations row for row with the batch's measured tokens."""
+        keys = [self.key(docs, d) for d in batch]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._kept))
+        if todo:
+            system = str(self.inputs.row.get("reference") or "")
+            template = stored_template(self.inputs.row["template"])
+            made = [build_prompt(self.model.tokenizer, system,
+                                 self.inputs.items[item].question, text, template=template,
+                                 prepend_bos=self.model.prepend_bos) for item, text in todo]
+            acts, row = prompts_activations(self.model, made, [self.hook], None)
+            for n, key in enumerate(todo):
+                self._kept[key] = acts[self.hook][row == n]
+        out = []
+        for d, key in zip(batch, keys, strict=True):
+            want = sum(prompts[d].mask)
+            if len(self._kept[key]) != want:
+                raise BadInput(f"--answers: the answer to '{key[0]}' tokenizes differently "
+                               "under the dictionary's reference; its shift has no tokens to "
+                               "pair")
+            out.append(self._kept[key])
+        return torch.cat(out)
+
+    def key(self, docs: pd.DataFrame, d: int) -> tuple[str, str]:
+        item, text = docs.at[d, "item_id"], docs.at[d, "text"]
+        return item, text if isinstance(text, str) else self.inputs.items[item].answer
+
+
 def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
                   folder: Path) -> tuple[np.ndarray, pd.DataFrame]:
     """(n_tokens per document, per-document activations: doc, feature, mean_act, max_act,
@@ -194,6 +234,11 @@ def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
     done = sum(len(b) for b, p in zip(batches, paths, strict=True) if p.is_file())
     use_cache = bool(inputs.row.get("prefix_cache")) and model.is_causal
     prefixes: dict[tuple[int, ...], Any] = {}
+    hook = inputs.row["hook"]
+    # A difference dictionary reads each document's shift against the same text under its
+    # reference.
+    reference = ReferenceRows(model, inputs, hook) if inputs.row.get("kind") == "difference" \
+        else None
     with Progress("grid", len(docs), done, unit="docs") as bar:
         for b, path in zip(batches, paths, strict=True):
             if path.is_file():
@@ -203,10 +248,13 @@ def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
             if shared and shared not in prefixes:  # a context's batches share its prefix
                 prefixes.clear()
                 prefixes[shared] = prefix_cache(model, list(shared), inputs.row["hook"])
-            x, row = prompts_activations(model, chosen, [inputs.row["hook"]],
-                                         prefixes.get(shared))
-            out = encode_aggregate(sae, x[inputs.row["hook"]], row, len(b),
-                                   int(inputs.row["value_decimals"]))
+            x, row = prompts_activations(model, chosen, [hook], prefixes.get(shared))
+            acts, silent = x[hook], None
+            if reference is not None:
+                x_ref = reference.rows(docs, b, prompts).to(acts.device)
+                acts, silent = acts - x_ref, no_shift(acts, x_ref)
+            out = encode_aggregate(sae, acts, row, len(b), int(inputs.row["value_decimals"]),
+                                   silent)
             f = out.doc_features
             save_npz_atomic(path, {"docs": b, "n_tokens": np.array(out.n_tokens),
                                    "doc": b[f["doc"]],
