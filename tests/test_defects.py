@@ -196,8 +196,7 @@ Query interrupted", exit 1)."""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command, sig", [("label", signal.SIGINT), ("index", signal.SIGINT),
-                                          ("label", signal.SIGKILL)])
+@pytest.mark.parametrize("command, sig", [("index", signal.SIGINT), ("label", signal.SIGKILL)])
 def test_interrupting_a_database_write_keeps_a_whole_database(tmp_path, synthetic_db, command,
                                                               sig):
     """Ctrl-C (or kill -9) while the command writes the database: Ctrl-C exits 130 with one

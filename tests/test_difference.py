@@ -111,6 +111,46 @@ def test_a_kept_stream_gives_the_same_batches_with_one_forward_pass_per_chunk(ti
             assert torch.equal(a[key], b[key])
 
 
+def test_a_killed_paired_run_resumes_to_the_uninterrupted_one(capfd, tmp_path, tiny_gpt2_dir):
+    """Both targets from one paired stream, its pairs kept for four epochs: kill -9 after two
+    checkpoints, then --resume, gives the SAEs of a run nobody stopped, bit for bit."""
+    import signal
+    import time
+
+    from helpers import default_sigint
+    from safetensors.torch import load_file
+
+    from shoggoth import cli
+
+    argv = ["train", "--model", tiny_gpt2_dir, "--layer", "1", "--target", "residual",
+            "--target", "difference", "--tokens", "16384", "--pair-tokens", "4096", "--d-sae",
+            "32", "--k", "4", "--context-size", "48", "--batch-tokens", "256", "--eval-tokens",
+            "1024", "--checkpoint-every", "8", "--keep-checkpoints", "100", "--device", "cpu"]
+    out, work = tmp_path / "killed", tmp_path / ".killed.partial" / "checkpoints"
+    proc = subprocess.Popen([str(EXE), *map(str, argv), "--out", str(out)], env={
+        **os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=default_sigint)
+    whole = tmp_path / "whole"
+    assert cli.main([*map(str, argv), "--out", str(whole)]) == 0  # meanwhile, in this process
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(work.glob("[0-9]*"))) < 2:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    capfd.readouterr()
+    assert cli.main([*map(str, argv), "--out", str(out), "--resume"]) == 0
+    assert "resuming" in capfd.readouterr().err
+    for name in ("blocks.1.hook_resid_post-d32", "blocks.1.hook_resid_post-d32-difference"):
+        a, b = (load_file(str(root / name / "sae_weights.safetensors")) for root in (out, whole))
+        assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), name
+    meta = json.loads((out / "blocks.1.hook_resid_post-d32-difference" / "shoggoth.json")
+                      .read_text())
+    assert meta["resumed_from_tokens"] > 0 and meta["config"]["pair_tokens"] == 4096
+    assert meta["distinct_training_tokens"] <= 4096 + 48 < meta["training_tokens"]
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """The planted model, a residual SAE and a difference dictionary trained from one paired

@@ -1,6 +1,6 @@
 """The bad-input sweep over the commands added since the last round (effects, steer, generate,
 grid, layers, explain, export, search in every mode, harvest --ray, train --ddp/--shards and
-several SAEs): bad flag values, bad YAML values, bad files (missing, empty, not UTF-8, wrong
+several SAEs, train --target difference): bad flag values, bad YAML values, bad files (missing, empty, not UTF-8, wrong
 shape, duplicated ids), a database of another kind or without the tables a command needs. Each
 is one `error:` line naming the input, exit 2, nothing written."""
 
@@ -123,6 +123,18 @@ def cases(f: Path) -> list[tuple[list, str]]:
         (["train", "--model", "minilm", "--layer", "1", "--layer", "-2", "--out", f / "t"],
          "--layer"),
         (["train", "--k", "64", "--d-sae", "32", "--out", f / "t"], "--k"),
+        # train --target difference
+        (["train", "--target", "banana", "--out", f / "t"], "--target"),
+        (["train", "--target", "difference", "--pair-tokens", "0", "--out", f / "t"],
+         "--pair-tokens"),
+        (["train", "--target", "difference", "--personas", f / "missing.yaml", "--out",
+          f / "t"], "missing.yaml"),
+        (["train", "--target", "difference", "--personas", f / "dup-personas.yaml", "--out",
+          f / "t"], "duplicate persona"),
+        (["train", "--target", "difference", "--personas", f / "empty.yaml", "--out", f / "t"],
+         "empty.yaml"),
+        (["train", "--model", "minilm", "--target", "difference", "--context-size", "3",
+          "--out", f / "t"], "--context-size 3"),
     ]
 
 

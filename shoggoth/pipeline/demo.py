@@ -94,9 +94,9 @@ class Recipe:
 
 RECIPES = {
     "smollm2": Recipe("smollm2", 15, "demo.duckdb", targets=("residual", "difference"),
-                      train={"architecture": "batchtopk", "d_sae": [2304], "k": 16,
-                             "tokens": 40_960},
-                      harvest={"paraphrases": 2, "items_per_topic": 2},
+                      train={"architecture": "batchtopk", "d_sae": [2304], "k": 256,
+                             "tokens": 122_880, "pair_tokens": 61_440},
+                      harvest={"paraphrases": 2, "items_per_topic": 3},
                       layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"},
                       effects={"items_per_topic": 1, "top": 8, "baseline": 4},
                       generate={"items_per_topic": 1, "max_tokens": 40},
@@ -191,6 +191,63 @@ def run_each(saes: list[Path], statuses: list[Status], stage: str,
     return lambda: [step(sae_id) for sae_id in todo]
 
 
+def fresh_database(db: Path, saes: list[Path], battery: dict[str, list[tuple]],
+                   console: Console) -> list[Status]:
+    """Each dictionary's status, after removing a database whose harvest no longer applies
+    (another battery's, or of other or only some of the dictionaries: they are harvested
+    together)."""
+    status = statuses_of(db, saes, battery)
+    stale = any(s.other_battery for s in status) or any(s.other_sae for s in status)
+    if db.exists() and not all(s.harvested for s in status) or stale:
+        if stale:
+            kind = "battery" if any(s.other_battery for s in status) else "SAE"
+            console.print(f"      {db} holds another {kind}'s harvest; rebuilding it",
+                          style="dim", highlight=False)
+        db.unlink(missing_ok=True)
+        shutil.rmtree(faiss_dir(db), ignore_errors=True)
+        status = statuses_of(db, saes)
+    return status
+
+
+def full_steps(steps: Steps, cfg: DemoConfig, recipe: Recipe, db: Path, saes: list[Path],
+               log: Callable[[str], None]) -> None:
+    """Steps 6-8, behind --full: the layer probe, the grid and the explanations."""
+    status = statuses_of(db, saes)
+    later = None if cfg.full else "run `shoggoth demo --full` for it"
+    probe = "probe where the persona lives, by layer"
+    if later:
+        steps.skip(6, probe, later)
+    else:
+        steps.run(6, probe, run_each(saes[:1], status[:1], "probed",
+                                     lambda sae: probe_layers(LayersConfig(db=db, sae=sae,
+                                                                           **recipe.layers))),
+                  "layer probe stored" if status[0].probed else "a linear probe per layer")
+    grid = "the mask in action: own answers, context × content grid"
+    if recipe.generate is None:
+        steps.skip(7, grid, f"{recipe.what} is not a causal LM")
+    elif later:
+        steps.skip(7, grid, later)
+    else:
+        settings = recipe.generate
+        steps.run(7, grid, run_each(saes, status, "grid",
+                                    lambda sae: grid_step(db, sae, settings, log)),
+                  "grid labels stored" if all(s.grid for s in status) else
+                  "generate each persona's answers, read them under every context")
+    explaining = "explain features with SmolLM2, scored on held-out examples"
+    if recipe.explain is None:
+        steps.skip(8, explaining, "the quick path (run `shoggoth explain` yourself)")
+    elif later:
+        steps.skip(8, explaining, later)
+    else:
+        settings = recipe.explain
+        steps.run(8, explaining, run_each(saes[-1:], status[-1:], "explained",
+                                          lambda sae: explain(ExplainConfig(db=db, sae=sae,
+                                                                            **settings),
+                                                              log=log)),
+                  "explanations stored" if status[-1].explained else
+                  f"{settings['limit']} features, detection and fuzzing scores")
+
+
 def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     """Build what is missing or stale; returns the database to explore."""
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -206,22 +263,10 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
 
     personas = subset_personas(load_personas(), recipe.harvest.get("paraphrases"))
     items = subset_items(load_items(), recipe.harvest.get("items_per_topic"))
-    status = statuses_of(db, saes, battery_of(personas, items))
-    if any(s.other_battery for s in status) or \
-            (any(s.other_sae for s in status) and not all(s.harvested for s in status)):
-        # Its old harvest no longer applies.
-        kind = "battery" if any(s.other_battery for s in status) else "SAE"
-        console.print(f"      {db} holds another {kind}'s harvest; rebuilding it", style="dim",
-                      highlight=False)
-        db.unlink()
-        shutil.rmtree(faiss_dir(db), ignore_errors=True)
-        status = statuses_of(db, saes)
+    status = fresh_database(db, saes, battery_of(personas, items), console)
     size = f"{sum(len(p.prompts) for p in personas)} prompts × {len(items)} answers"
     quiet = stderr_log()
     harvested = all(s.harvested for s in status)
-    if not harvested and db.exists():  # a harvest of part of the dictionaries: redo it whole
-        db.unlink()
-        shutil.rmtree(faiss_dir(db), ignore_errors=True)
     steps.run(2, "harvest the persona battery",
               None if harvested else
               lambda: harvest(HarvestConfig(db=db, sae_dir=saes, **recipe.harvest), log=quiet),
@@ -238,10 +283,10 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
         steps.skip(4, effects, f"{recipe.what} is not a causal LM")
     else:
         settings, main = recipe.effects, saes[-1].name
-        status = statuses_of(db, saes)
-        steps.run(4, effects, None if status[-1].effects else
+        done = statuses_of(db, saes)[-1].effects
+        steps.run(4, effects, None if done else
                   lambda: run_effects(EffectsConfig(db=db, sae=main, **settings), log=quiet),
-                  "effects stored" if status[-1].effects else
+                  "effects stored" if done else
                   f"{main}: screen every feature, ablate and steer the top ones, rebuild each "
                   "mask from its features")
     status = statuses_of(db, saes)
@@ -250,38 +295,6 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
                        lambda sae: index_harvest(IndexConfig(db=db, sae=sae), log=quiet)),
               "dictionary stored" if all(s.indexed for s in status) else
               "examples, histograms, FAISS, persona vectors")
-    full = "" if cfg.full else "--full"
-    probe = "probe where the persona lives, by layer"
-    if full:
-        steps.skip(6, probe, "run `shoggoth demo --full` for it")
-    else:
-        steps.run(6, probe, run_each(saes[:1], status[:1], "probed",
-                                     lambda sae: probe_layers(LayersConfig(db=db, sae=sae,
-                                                                           **recipe.layers))),
-                  "layer probe stored" if status[0].probed else "a linear probe per layer")
-    grid = "the mask in action: own answers, context × content grid"
-    if recipe.generate is None:
-        steps.skip(7, grid, f"{recipe.what} is not a causal LM")
-    elif full:
-        steps.skip(7, grid, "run `shoggoth demo --full` for it")
-    else:
-        settings = recipe.generate
-        steps.run(7, grid, run_each(saes, status, "grid",
-                                    lambda sae: grid_step(db, sae, settings, quiet)),
-                  "grid labels stored" if all(s.grid for s in status) else
-                  "generate each persona's answers, read them under every context")
-    explaining = "explain features with SmolLM2, scored on held-out examples"
-    if recipe.explain is None:
-        steps.skip(8, explaining, "the quick path (run `shoggoth explain` yourself)")
-    elif full:
-        steps.skip(8, explaining, "run `shoggoth demo --full` for it")
-    else:
-        settings = recipe.explain
-        steps.run(8, explaining, run_each(saes[-1:], status[-1:], "explained",
-                                          lambda sae: explain(ExplainConfig(db=db, sae=sae,
-                                                                            **settings),
-                                                              log=quiet)),
-                  "explanations stored" if status[-1].explained else
-                  f"{settings['limit']} features, detection and fuzzing scores")
+    full_steps(steps, cfg, recipe, db, saes, quiet)
     console.print(f"built in {time.time() - started:.0f} s", highlight=False)
     return db

@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 
 from shoggoth.index.effects.stats import bootstrap_indices, mean_ci, projection_terms, ratio_ci
+from shoggoth.index.labels.decompose import SHARED_LABELS
 from shoggoth.pipeline.effects.measure import EffectsPlan
 
-SHARED = ("shared",)
-"""The labels the baseline sample is drawn from."""
+BASELINE_LABELS = SHARED_LABELS
+"""The labels the baseline sample is drawn from: the features shared by every mask (a
+difference dictionary's are shared-modulated)."""
 
 
 def screen_estimates(screens: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -40,7 +42,7 @@ def make_plan(screen: np.ndarray, fired: np.ndarray, labels: dict[int, str],
         feats = sorted(pool, key=lambda f: (-score[f], f))[:top]
         roles = ["candidate"] * len(feats)
         shared = [f for f in live if f not in feats and
-                  (labels.get(f) in SHARED if labels else True)]
+                  (labels.get(f) in BASELINE_LABELS if labels else True)]
         rng = np.random.default_rng(seed)
         extra = sorted(rng.choice(shared, size=min(baseline, len(shared)), replace=False)
                        .tolist()) if shared else []
