@@ -24,7 +24,13 @@ from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.decompose import PARTS
 from shoggoth.index.store import read
 from shoggoth.pipeline.effects.run import load_causal
-from shoggoth.pipeline.effects.steer import SteerConfig, Steering, require_typical, steer_with
+from shoggoth.pipeline.effects.steer import (
+    SteerConfig,
+    Steering,
+    require_typical,
+    steer_with,
+    steering_system,
+)
 
 FEATURE_PAGE = "views/feature.py"
 
@@ -165,8 +171,9 @@ def steer_answers(sae: str, row: dict[str, Any], feature: int, prompt: str,
     model, sae_model = _causal_model(str(db_file()), sae, tuple(sorted(row.items())))
     cfg = SteerConfig(db=db_file(), feature=feature, prompt=prompt, persona=persona,
                       scale=scale, max_tokens=max_tokens)
-    return steer_with(Steering(model, sae_model, row["hook"], typical, system or None, feature),
-                      cfg)
+    return steer_with(Steering(model, sae_model, row["hook"], typical,
+                               steering_system(row, system), feature,
+                               str(row.get("kind") or "residual")), cfg)
 
 
 def decomposition_chart(decomposition: pd.DataFrame) -> alt.Chart:

@@ -292,6 +292,38 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
         assert 0.1 <= removed <= 0.9, (persona, removed)
     # A persona's effect is measured against the dictionary's reference, not no system turn.
     assert set(rows["persona"]) == set(PERSONAS)
+    # steer on a difference dictionary adds the feature's direction to the reference document
+    # (where the shift, and so the feature, is zero), whatever the residual holds.
+    import torch
+
+    from shoggoth.pipeline.effects.steer import SteerConfig, clamp, load_steering, steer_with
+
+    own = int(np.argmax(_cos(_decoder(planted["difference"]), directions()["pirate"])))
+    cfg = SteerConfig(db=db, sae=name, feature=own, prompt="Hello.", scale=100.0, max_tokens=6,
+                      device="cpu")
+    steering = load_steering(cfg)
+    assert steering.system == EMPTY_SYSTEM and steering.kind == "difference"
+    x = torch.randn(2, 3, 32)
+    added = clamp(steering, 2.5)(x)
+    assert torch.allclose(added, 2.5 * steering.sae.W_dec[own].detach().float().expand(2, 3, 32))
+    answers = steer_with(steering, cfg)
+    assert answers["steered"] != answers["unsteered"], answers
+    # The persona page shows its composition test in one line.
+    from streamlit.testing.v1 import AppTest
+
+    from shoggoth.explorer import app as explorer_app
+
+    os.environ["SHOGGOTH_DB"] = str(db)
+    at = AppTest.from_file(explorer_app.__file__, default_timeout=120)
+    at.query_params.update({"persona": "poet", "sae": name})
+    at.run()
+    at.switch_page("views/personas.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    line = next(str(e.value) for e in at.get("text") if "steered into the reference" in
+                str(e.value))
+    want = got.loc[("poet", "steer", "own+shared")]
+    assert line.startswith("poet: ") and f"{want['share']:.2f} [{want['ci_low']:.2f}" in line
 
 
 def test_the_grid_reads_each_documents_shift_against_the_reference(planted, tmp_path):

@@ -6,6 +6,11 @@ fires, under the persona where it is strongest) on every generated token — and
 too with `--positions all` — by adding (target − a_f(x))·d_f to the residual: everything else the
 SAE reads, its error term included, is left as it was. Scale 0 turns the feature off; scale 1
 holds it at its typical strength.
+
+A difference dictionary reads the shift against its reference, which a generated answer does not
+have: its feature's direction is added instead (scale × typical × d_f on every edited token), to
+the reference document by default (where the shift, and so the feature, is zero: adding is
+clamping there) or to a persona's with --persona.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ class SteerConfig(Config):
     feature: int = option(None, required="the feature to steer", min=0)
     """The feature to clamp."""
     scale: float = 4.0
-    """The feature's activation is held at scale × its typical activation (0: off)."""
+    """The feature's activation is held at scale × its typical activation (0: off); a
+    difference dictionary's direction is added at that strength."""
     prompt: str = option(None, required="the user's message")
     """The user's message the model answers."""
     persona: str | None = None
-    """A persona of the battery whose first prompt is the system prompt (default: none)."""
+    """A persona of the battery whose first prompt is the system prompt (default: none; a
+    difference dictionary's reference)."""
     sae: str | None = None
     """The SAE (its sae_id; default: the only one in the database)."""
     max_tokens: int = option(60, min=1, max=2048)
@@ -64,11 +71,29 @@ class Steering:
     typical: float
     system: str | None
     feature: int
+    kind: str = "residual"
+    """residual: the feature is clamped; difference: its direction is added."""
+
+
+def steering_system(row: dict[str, Any], persona_prompt: str | None) -> str | None:
+    """The system prompt the answer is generated under: the persona's, else a difference
+    dictionary's reference, else none."""
+    if persona_prompt is not None:  # a persona given ("" : one with no system prompt)
+        return persona_prompt or None
+    if row.get("kind") == "difference":
+        return str(row.get("reference") or "") or None
+    return None
 
 
 def clamp(s: Steering, target: float) -> Edit:
     """Set the feature's activation to `target` wherever the edit applies."""
     direction = s.sae.W_dec[s.feature].detach().float()
+    if s.kind == "difference":
+        def add(x: torch.Tensor) -> torch.Tensor:
+            return torch.full(x.shape[:-1], target, device=x.device)[..., None] * \
+                direction.to(x.device)
+
+        return add
 
     def edit(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -104,7 +129,8 @@ def load_steering(cfg: SteerConfig) -> Steering:
     finally:
         d.close()
     model, sae = load_causal(cfg.db, sae_id, row, cfg.device)
-    return Steering(model, sae, row["hook"], typical, system or None, cfg.feature)
+    return Steering(model, sae, row["hook"], typical, steering_system(row, system), cfg.feature,
+                    str(row.get("kind") or "residual"))
 
 
 def prompt_ids(model: Model, system: str | None, user: str) -> list[int]:
