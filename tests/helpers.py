@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +39,16 @@ def default_sigint() -> None:
     """Popen preexec_fn: a shell's background job starts with SIGINT ignored, and Python keeps
     an ignored SIGINT, so a Ctrl-C test would see no interrupt. Restore the default first."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+def kill_after_checkpoints(proc: subprocess.Popen, checkpoints: Path, n: int) -> None:
+    """kill -9 a training process once `checkpoints` holds `n` complete checkpoints."""
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(checkpoints.glob("[0-9]*"))) < n:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
 
 def build_tiny_gpt2(directory: Path, chat_template: str | None, n_layer: int = 3) -> Path:
     """Train a byte-level BPE tokenizer and save a random GPT-2 with it to `directory`."""

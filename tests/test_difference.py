@@ -114,10 +114,7 @@ def test_a_kept_stream_gives_the_same_batches_with_one_forward_pass_per_chunk(ti
 def test_a_killed_paired_run_resumes_to_the_uninterrupted_one(capfd, tmp_path, tiny_gpt2_dir):
     """Both targets from one paired stream, its pairs kept for four epochs: kill -9 after two
     checkpoints, then --resume, gives the SAEs of a run nobody stopped, bit for bit."""
-    import signal
-    import time
-
-    from helpers import default_sigint
+    from helpers import default_sigint, kill_after_checkpoints
     from safetensors.torch import load_file
 
     from shoggoth import cli
@@ -132,12 +129,7 @@ def test_a_killed_paired_run_resumes_to_the_uninterrupted_one(capfd, tmp_path, t
         text=True, preexec_fn=default_sigint)
     whole = tmp_path / "whole"
     assert cli.main([*map(str, argv), "--out", str(whole)]) == 0  # meanwhile, in this process
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(work.glob("[0-9]*"))) < 2:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoints(proc, work, 2)
     assert not out.exists()
     capfd.readouterr()
     assert cli.main([*map(str, argv), "--out", str(out), "--resume"]) == 0

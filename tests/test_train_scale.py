@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from helpers import default_sigint
+from helpers import default_sigint, kill_after_checkpoints
 from safetensors.torch import load_file
 
 from shoggoth import cli
@@ -50,12 +48,7 @@ def test_several_saes_from_one_stream_equal_separate_runs_and_resume(capfd, tmp_
     proc = subprocess.Popen([str(EXE), *map(str, together), "--out", str(out)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_sigint)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(work.glob("[0-9]*"))) < 2:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoints(proc, work, 2)
     assert not out.exists()
     saved = sorted(int(p.name) for p in work.glob("[0-9]*"))
     assert sorted(p.name for p in (work / str(saved[-1])).iterdir()) == [
