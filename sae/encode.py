@@ -154,8 +154,10 @@ class Harvester:
     def kind(self, k: int) -> str:
         return self.kinds[k] if k < len(self.kinds) else "residual"
 
-    def encoded_input(self, k: int, x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
-        return x - x_ref if self.kind(k) == "difference" else x
+    def encoded_input(self, k: int, x: torch.Tensor, x_ref: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What SAE k encodes, and the rows that encode to nothing (None: none)."""
+        return shift_input(x, x_ref) if self.kind(k) == "difference" else (x, None)
 
     def compute(self, unit: Unit, decimals: list[int]) -> list[Computed]:
         """Encode a unit's continuation tokens with every SAE; keep the non-zero (rounded)
@@ -164,9 +166,8 @@ class Harvester:
         out = []
         for k, (sae, (x, x_ref), places) in enumerate(zip(self.saes, inputs, decimals,
                                                           strict=True)):
-            silent = no_shift(x, x_ref) if self.kind(k) == "difference" else None
-            done = encode_aggregate(sae, self.encoded_input(k, x, x_ref), doc, len(unit.items),
-                                    places, silent)
+            encoded, silent = self.encoded_input(k, x, x_ref)
+            done = encode_aggregate(sae, encoded, doc, len(unit.items), places, silent)
             done.shift, done.shift_hat = document_shifts(sae, self.kind(k), x, x_ref, doc,
                                                          len(unit.items))
             out.append(done)
@@ -222,8 +223,15 @@ document is the reference itself (up to the KV cache's rounding)."""
 
 
 def no_shift(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
-    """Rows where the document's activation equals the reference's."""
-    return (x - x_ref).float().norm(dim=1) <= NO_SHIFT * x.float().norm(dim=1)
+    """Rows (over any leading dimensions) where the document's activation equals the
+    reference's."""
+    return (x - x_ref).float().norm(dim=-1) <= NO_SHIFT * x.float().norm(dim=-1)
+
+
+def shift_input(x: torch.Tensor, x_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a difference dictionary encodes: the shift x − x_ref, and the rows without one
+    (its encoder bias would fire features on a zero input, so they encode to nothing)."""
+    return x - x_ref, no_shift(x, x_ref)
 
 
 def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,

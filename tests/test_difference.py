@@ -282,7 +282,7 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
         assert abs(alone - composed["share"]) <= 0.2, (persona, alone, composed["share"])
         removed = got.loc[(persona, "ablate", "shared"), "share"]
         assert 0.1 <= removed <= 0.9, (persona, removed)
-    # A persona's effect is measured against the dictionary's reference, not no system turn.
+    # Every planted persona is tested, and no control.
     assert set(rows["persona"]) == set(PERSONAS)
     # steer on a difference dictionary adds the feature's direction to the reference document
     # (where the shift, and so the feature, is zero), whatever the residual holds.

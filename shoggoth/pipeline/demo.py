@@ -198,7 +198,7 @@ def fresh_database(db: Path, saes: list[Path], battery: dict[str, list[tuple]],
     together)."""
     status = statuses_of(db, saes, battery)
     stale = any(s.other_battery for s in status) or any(s.other_sae for s in status)
-    if db.exists() and not all(s.harvested for s in status) or stale:
+    if stale or (db.exists() and not all(s.harvested for s in status)):
         if stale:
             kind = "battery" if any(s.other_battery for s in status) else "SAE"
             console.print(f"      {db} holds another {kind}'s harvest; rebuilding it",

@@ -39,7 +39,12 @@ from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.activations import prefix_cache
-from shoggoth.sae.encode import encode_aggregate, no_shift, prompts_activations, shared_prefix
+from shoggoth.sae.encode import (
+    encode_aggregate,
+    prompts_activations,
+    shared_prefix,
+    shift_input,
+)
 from shoggoth.sae.models import load_model
 from shoggoth.sae.prompts import Prompt, build_prompt, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
@@ -252,7 +257,7 @@ def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
             acts, silent = x[hook], None
             if reference is not None:
                 x_ref = reference.rows(docs, b, prompts).to(acts.device)
-                acts, silent = acts - x_ref, no_shift(acts, x_ref)
+                acts, silent = shift_input(acts, x_ref)
             out = encode_aggregate(sae, acts, row, len(b), int(inputs.row["value_decimals"]),
                                    silent)
             f = out.doc_features

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shoggoth.sae.encode import no_shift
+from shoggoth.sae.encode import shift_input
 from shoggoth.sae.intervene import Answer, answer_logprobs, attribution_batch, kl, prepare
 from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import Prompt
@@ -84,11 +84,9 @@ class Setup:
         if self.kind != "difference":
             return self.encode(x)
         x = x.to(self.w_dec.device).float()
-        ref = x_ref.to(x.device).float().expand_as(x)
-        acts = self.encode(x - ref)
-        d = x.shape[-1]
-        silent = no_shift(x.reshape(-1, d), ref.reshape(-1, d)).view(*x.shape[:-1], 1)
-        return torch.where(silent.to(acts.device), 0.0, acts)
+        shift, silent = shift_input(x, x_ref.to(x.device).float())
+        acts = self.encode(shift)
+        return torch.where(silent[..., None].to(acts.device), 0.0, acts)
 
     def shift_codes(self, x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
         """[positions, features] the persona's shift in the SAE's code: the code of the shift

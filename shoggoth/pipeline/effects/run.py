@@ -119,11 +119,14 @@ class EffectsInputs:
     typical: dict[int, float]
     chosen: list[int] | None
     allowed: set[int] | None
-    kind: str = "residual"
-    """The dictionary's kind (residual or difference)."""
     parts: np.ndarray | None = None
     """[personas, features] each persona's part (decompose.PARTS) of every feature, for the
     composition test (None: not labelled yet)."""
+
+    @property
+    def kind(self) -> str:
+        """The dictionary's kind (residual or difference)."""
+        return str(self.row.get("kind") or "residual")
 
 
 def reference_condition(row: dict[str, Any], personas: list[Persona], db: Path) -> Persona:
@@ -172,7 +175,6 @@ def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
                              subset_items(items, cfg.items_per_topic),
                              {int(k): str(v) for k, v in label_of.items()},
                              typical_activations(d.con, d.sae_id), chosen, allowed,
-                             str(row.get("kind") or "residual"),
                              feature_parts(labels, main, int(row["d_sae"])))
     finally:
         d.close()

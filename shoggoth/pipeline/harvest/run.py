@@ -265,7 +265,7 @@ def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit
     else:
         inputs, _ = harvester.sae_inputs(first, cached=False)
         with torch.inference_mode():
-            decimals = [decimals_for(sae.encode(harvester.encoded_input(k, x, x_ref)
+            decimals = [decimals_for(sae.encode(harvester.encoded_input(k, x, x_ref)[0]
                                                 .to(sae.dtype)))
                         for k, (sae, (x, x_ref)) in enumerate(zip(harvester.saes, inputs,
                                                                   strict=True))]
