@@ -5,16 +5,13 @@ against a model."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from shoggoth.core.atomic import file_sha256
 from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.names import SAE_ID as SAE_ID
 from shoggoth.sae.models import resolve_device
-
-SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
-"""What an SAE may be called in a database (`harvest --sae`)."""
 
 
 def read_sae_dir(path: Path, device: str, flag: str) -> Any:

@@ -14,13 +14,13 @@ import torch
 
 from shoggoth.battery.units import parse_shard
 from shoggoth.core.config import Config, load_config, option, read_config_file
-from shoggoth.core.errors import BadInput
+from shoggoth.core.errors import BadInput, clip, shown
 from shoggoth.index.dictionary.build import IndexConfig
 from shoggoth.index.labels.rules import LabelConfig
 from shoggoth.index.labels.run import LabelRunConfig
 from shoggoth.index.labels.stats import contrast, equivalence, permutation_design, persona_test
 from shoggoth.index.store.merge import MergeConfig
-from shoggoth.index.store.sql import SqlConfig
+from shoggoth.index.store.sql import SqlConfig, size_bytes
 from shoggoth.pipeline.harvest.run import HarvestConfig
 from shoggoth.pipeline.search import SearchConfig
 from shoggoth.sae.encode import decimals_for, shared_prefix
@@ -251,3 +251,89 @@ def test_a_repeatable_option_is_a_list_from_flags_and_from_yaml(tmp_path):
     (tmp_path / "c.yaml").write_text("sae: [x, y]\n")
     assert load_config(Many, tmp_path / "c.yaml", {}).sae == [Path("x"), Path("y")]
     assert HarvestConfig(db=Path("d"), sae_dir=Path("s")).sae_dir == [Path("s")]
+
+
+def bomb(levels: int = 9, width: int = 9) -> str:
+    """A few hundred bytes of YAML whose aliases expand to width**levels values."""
+    parts = [f"&l0 [{', '.join(['x'] * width)}]"]
+    parts += [f"&l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return f"[{', '.join(parts)}]"
+
+
+@pytest.mark.parametrize("text, message", [
+    (f"files: {bomb()}", "line 1: refused, holds more than 1,000,000 values"),
+    (f"colour: {bomb()}", "line 1: refused, holds more than 1,000,000 values"),
+    (f"files: {bomb(40, 2)}", "line 1: refused, holds more than 1,000,000 values"),
+    ("files: &f [*f]", "line 1: refused, an alias inside the value it names"),
+    ("files: " + "[" * 5000 + "]" * 5000, "line 1: refused, nested more than 64 levels deep"),
+    ("n: " + "1" * 5000, "holds a value that cannot be used (Exceeds the limit"),
+    ("name: 2001-13-45", "holds a value that cannot be used (month must be in 1..12)"),
+])
+def test_yaml_bombs_and_unbuildable_values_are_refused_as_read(tmp_path, text, message):
+    path = yaml_file(tmp_path, text)
+    with pytest.raises(BadInput) as e:
+        read_config_file(Example, path)
+    assert str(e.value).startswith(f"--config {path}") and message in str(e.value)
+    assert len(str(e.value)) < 500 and "\n" not in str(e.value)
+
+
+def test_a_config_file_is_read_no_further_than_its_bound(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as f:
+        f.truncate(64 << 30)  # sparse: reading it whole was a MemoryError
+    with pytest.raises(BadInput, match=r": larger than 4 MiB; refused$"):
+        read_config_file(Example, path)
+    with pytest.raises(BadInput, match=r"^--config /proc/self/mem: Input/output error$"):
+        read_config_file(Example, Path("/proc/self/mem"))
+    with pytest.raises(BadInput, match=r"^--config a\x00b: not a usable file name"):
+        read_config_file(Example, Path("a\0b"))
+
+
+@pytest.mark.parametrize("text, start", [
+    ("name: [" + ", ".join(["abcdefgh"] * 100_000) + "]", "option 'name': expected a string, got"),
+    ("files: " + "y" * 100_000, "option 'files': expected a list, got 'yyy"),
+    ("flag: " + "z" * 100_000, "option 'flag': expected true or false, got 'zzz"),
+    ("n: " + "9" * 4000, "--n 9999"),
+    ("? " + "k" * 100_000 + "\n: 1", "unknown option 'kkk"),
+    ("db: \"a\\0b\"", "option 'db': Invalid value: 'a\\x00b': not a usable path"),
+])
+def test_a_message_never_quotes_a_value_whole(tmp_path, text, start):
+    path = yaml_file(tmp_path, text)
+    with pytest.raises(BadInput) as e:
+        load_config(Example, path, {"db": Path("x")})
+    # (a bound is checked when the config is built, after the file: its line names the option)
+    assert str(e.value).startswith((f"--config {path}: {start}", start))
+    assert len(str(e.value)) < 500 and "\n" not in str(e.value)
+
+
+def test_shown_and_clip_cut_what_a_message_quotes():
+    nested: list = ["x"] * 9
+    for _ in range(9):
+        nested = [nested] * 9
+    assert shown("abc") == "'abc'" and shown(1.5) == "1.5" and shown([1]) == "[1]"
+    assert len(shown(nested)) == 80 and shown(nested).endswith("…")
+    assert len(shown("x" * 10**6, limit=20)) == 20
+    assert shown(10**5000) == "<a int too long to show>"
+    assert clip("abcdef", 4) == "abc…" and clip("abc", 4) == "abc"
+    assert len(str(BadInput("e" * 10**6))) == 1000
+
+
+@pytest.mark.parametrize("size, expected", [
+    ("300MB", 300_000_000), ("2GiB", 2 << 30), ("1.5 GB", 1_500_000_000), ("0.5kib", 512),
+    ("1000TB", 10**15),
+])
+def test_size_bytes_counts_exactly(size, expected):
+    assert size_bytes(size) == expected
+
+
+@pytest.mark.parametrize("size, message", [
+    ("99999999TB", "--memory-limit 99999999TB: more than 1PB"),
+    ("1001TB", "--memory-limit 1001TB: more than 1PB"),
+    ("9" * 30 + "GB", "expected a size such as 2GB"),
+    ("9" * 5000 + "GB", "expected a size such as 2GB"),
+    ("lots", "--memory-limit lots: expected a size such as 2GB"),
+])
+def test_a_memory_limit_past_any_machine_is_refused(size, message):
+    with pytest.raises(BadInput) as e:
+        SqlConfig(db=Path("d"), query=["SELECT 1"], memory_limit=size)
+    assert message in str(e.value) and len(str(e.value)) < 200

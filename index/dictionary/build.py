@@ -11,6 +11,7 @@ and the folders no database refers to are removed afterwards (or by the next bui
 
 from __future__ import annotations
 
+import glob
 import shutil
 import time
 import uuid
@@ -24,6 +25,7 @@ import pandas as pd
 from shoggoth.core.atomic import file_sha256, write_atomic
 from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.names import check_sae_id
 from shoggoth.core.printing import Format
 from shoggoth.index.dictionary import maps as feature_map
 from shoggoth.index.dictionary import similarity
@@ -34,12 +36,14 @@ from shoggoth.index.store.database import (
     connect,
     faiss_dir,
     insert_frame,
+    partial_beside,
     remove,
     replace_unless_changed,
     snapshot,
     step_database,
     tables,
     transaction,
+    writing,
 )
 from shoggoth.index.store.schema import create_index_tables
 
@@ -240,9 +244,12 @@ def remove_unreferenced(db: Path, sae_id: str, legacy: bool = False) -> None:
     """Delete `sae_id`'s build folders that the database does not refer to (earlier builds, or
     one a killed build left behind); with `legacy`, also the files of the flat layout earlier
     versions wrote (`<sae_id>.decoder.faiss`, …), once a new build is published."""
+    check_sae_id(sae_id, f"--db {db}")  # (it names files: never a pattern or a path)
     keep = referenced_folders(db)
     folder = faiss_dir(db)
-    for old in folder.glob(f"{sae_id}.*"):
+    for old in folder.glob(f"{glob.escape(sae_id)}.*"):
+        if old.parent != folder:
+            continue
         if old.is_dir() and old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
         elif legacy and old.is_file():
@@ -294,26 +301,26 @@ def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
     started = time.time()
     sae_id = harvest.sae_id
     built = build_parts(cfg, harvest, w_dec, log)
-    partial = cfg.db.parent / f".{cfg.db.name}.index.partial"
-    remove(partial)
-    remove_unreferenced(cfg.db, sae_id)
-    folder, paths = write_files(cfg.db, sae_id, built)
-    published = False
-    try:
-        copied = snapshot(cfg.db, partial)
-        con = connect(partial)
+    with writing(cfg.db):  # (a build of the same SAE at once must not remove our folder)
+        partial = partial_beside(cfg.db, "index")
+        remove_unreferenced(cfg.db, sae_id)
+        folder, paths = write_files(cfg.db, sae_id, built)
+        published = False
         try:
-            write_tables(con, cfg, sae_id, built, paths, effects, note, log)
-            con.execute("CHECKPOINT")
+            copied = snapshot(cfg.db, partial)
+            con = connect(partial)
+            try:
+                write_tables(con, cfg, sae_id, built, paths, effects, note, log)
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            replace_unless_changed(partial, cfg.db, copied)  # publishes tables and files at once
+            published = True
         finally:
-            con.close()
-        replace_unless_changed(partial, cfg.db, copied)  # publishes tables and files at once
-        published = True
-    finally:
-        remove(partial)
-        if not published:
-            shutil.rmtree(folder, ignore_errors=True)
-    remove_unreferenced(cfg.db, sae_id, legacy=True)
+            remove(partial)
+            if not published:
+                shutil.rmtree(folder, ignore_errors=True)
+        remove_unreferenced(cfg.db, sae_id, legacy=True)
     decoder = built.indexes[0][1]
     return {"sae_id": sae_id, "features": harvest.row["d_sae"], "decoder_index": decoder.kind,
             "recall_at_10": decoder.recall_at_10, "logit_effects": note,

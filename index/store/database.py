@@ -9,6 +9,7 @@ the process at any moment leaves the previous database as it was.
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import re
@@ -17,19 +18,22 @@ import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from shoggoth.core.errors import BadInput, interrupts_deferred, is_interrupt
+from shoggoth.core.errors import BadInput, first_line, interrupts_deferred, is_interrupt
+from shoggoth.core.names import check_sae_id, shown
 from shoggoth.core.versions import library_versions
 from shoggoth.index.store.schema import (
     BLOCK_SIZE,
+    KNOWN_TABLES,
     TABLES,
     battery_rows,
+    define_own_views,
 )
 
 
@@ -48,26 +52,58 @@ class Locked(BadInput):
     """Another process holds the database's lock (a writer, or a reader while we write)."""
 
 
+SANDBOX: dict[str, Any] = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "allow_community_extensions": False,
+}
+"""DuckDB settings every connection to a user's database gets: no file or network access but
+the paths a command names (`allowed`), no extension loads. A database is data: its views and
+macros run under these settings too. Connections that run a user's SQL also lock the
+configuration (`LOCKED`), so no statement can change these."""
+
+LOCKED = {"lock_configuration": True}
+"""For connections that run SQL from a user (`shoggoth sql`, the explorer)."""
+
+
 def connect(path: Path, *, read_only: bool = False, what: str = "--db",
-            config: dict[str, Any] | None = None, wait: float = 0.0) -> Any:
-    """A DuckDB connection to an existing or new file (`config`: extra settings); BadInput in one
-    line when the file is not a DuckDB database, and `Locked` when another process holds its
-    lock for longer than `wait` seconds (readers such as the explorer hold it for a page's
-    queries, writers for a transaction)."""
+            config: dict[str, Any] | None = None, wait: float = 0.0,
+            folders: Sequence[Path] = (), files: Sequence[Path] = ()) -> Any:
+    """The one way shoggoth opens a database: a sandboxed DuckDB connection (`SANDBOX`, plus
+    `config`'s extra settings) to an existing or new file. `folders`, `files`: what DuckDB
+    itself may read and write besides the database, e.g. an export's folder or a file to
+    ATTACH; nothing else. shoggoth's own views and macros are defined by shoggoth
+    for the connection (temporary objects, which win over the file's), and a file whose macros
+    shadow DuckDB's functions, or whose views take the name of a shoggoth table, is refused.
+
+    BadInput in one line when the file is not a DuckDB database or is hostile in those ways;
+    `Locked` when another process holds its lock for longer than `wait` seconds (readers such
+    as the explorer hold it for a page's queries, writers for a transaction)."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            return _connect(path, read_only, what, config)
+            con = _connect(path, read_only, what, config, folders, files)
+            break
         except Locked:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.1)
-
-
-def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | None) -> Any:
     try:
-        return duckdb.connect(str(path), read_only=read_only,
-                              config={"default_block_size": str(BLOCK_SIZE), **(config or {})})
+        trust_nothing_from(con, path, what)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | None,
+             folders: Sequence[Path], files: Sequence[Path]) -> Any:
+    settings = {"default_block_size": str(BLOCK_SIZE), **SANDBOX, **(config or {})}
+    late = {k: settings.pop(k) for k in ("enable_external_access", "lock_configuration")
+            if k in settings}
+    try:
+        con = duckdb.connect(str(path), read_only=read_only, config=settings)
     except duckdb.IOException as e:
         msg = str(e)
         if "lock" in msg.lower():
@@ -77,9 +113,45 @@ def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | No
                          "finish or close it") from None
         if "not a valid DuckDB database" in msg:
             raise BadInput(f"{what} {path}: not a DuckDB database") from None
-        raise BadInput(f"{what} {path}: {msg.splitlines()[0]}") from None
+        raise BadInput(f"{what} {path}: {first_line(e)}") from None
     except duckdb.Error as e:
-        raise BadInput(f"{what} {path}: {str(e).splitlines()[0]}") from None
+        raise BadInput(f"{what} {path}: {first_line(e)}") from None
+    try:
+        if folders:
+            con.execute("SET allowed_directories = ?",
+                        [[str(p).rstrip("/") + "/" for p in folders]])
+        if files:
+            con.execute("SET allowed_paths = ?", [[str(p) for p in files]])
+        for key, value in late.items():  # last: after these, no setting can change
+            con.execute(f"SET {key} = {str(value).lower()}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def trust_nothing_from(con: Any, path: Path, what: str) -> None:
+    """Refuse what a hostile file could use to change shoggoth's queries (a macro named like
+    one of DuckDB's functions, a view named like one of shoggoth's tables), then define
+    shoggoth's own views and macros as temporary objects, which the file's cannot replace."""
+    shadowing = con.execute(
+        "SELECT f.function_name FROM duckdb_functions() f WHERE f.database_name = "
+        "current_database() AND f.function_type IN ('macro', 'table_macro') AND "
+        "f.function_name <> 'example_contexts' AND EXISTS (SELECT 1 FROM duckdb_functions() s "
+        "WHERE s.database_name = 'system' AND s.function_name = f.function_name) LIMIT 1"
+    ).fetchone()
+    if shadowing is not None:
+        raise BadInput(f"{what} {path}: defines a macro '{shown(shadowing[0])}' that replaces "
+                       "DuckDB's own function; shoggoth does not open it")
+    view = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND "
+        "NOT internal AND list_contains(?, view_name) LIMIT 1", [sorted(KNOWN_TABLES)]
+    ).fetchone()
+    if view is not None and tables(con) != {"export_info"}:  # (an export's views database:
+        # its views are redefined from the export's manifest, see index/store/sql.py)
+        raise BadInput(f"{what} {path}: '{shown(view[0])}' is a view where shoggoth keeps a "
+                       "table; shoggoth does not open it")
+    define_own_views(con)
 
 
 def lock_holder(path: Path) -> int | None:
@@ -161,6 +233,60 @@ def exclusive(path: Path, what: str = "--db", wait: float = 30.0) -> Iterator[No
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+WRITE_WAIT = 600.0
+"""Seconds a writer waits for another writer of the same folder to publish (a harvest's merge
+into a large database takes minutes)."""
+
+
+@contextmanager
+def writing(db: Path, what: str = "--db", wait: float = WRITE_WAIT) -> Iterator[None]:
+    """Hold the writers' lock of `db`'s folder: the commands that rebuild a database aside and
+    rename it into place (merge, a harvest's publish, index) take turns, so that the second
+    builds on the first's result instead of losing it or being refused after its work. A BSD
+    lock (flock) on the folder: no file is left behind, and DuckDB's own fcntl locks on the
+    database are untouched. `Locked` after `wait` seconds."""
+    try:
+        fd = os.open(db.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise BadInput(f"{what} {db}: its folder cannot be opened ({e.strerror or e})") from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise Locked(f"{what} {db}: another shoggoth command is writing into "
+                                 f"{db.parent} for over {wait:g} s; run this again when it is "
+                                 "done") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def partial_beside(db: Path, purpose: str) -> Path:
+    """Where this process builds a new version of `db` aside (`.<db>.<purpose>-<pid>.partial`):
+    one file per process, so two commands never share one; the files of processes that are
+    gone (killed) are removed."""
+    for old in db.parent.glob(f".{glob.escape(db.name)}.{purpose}-*.partial"):
+        pid = old.name[len(f".{db.name}.{purpose}-"):-len(".partial")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            remove(old)
+    return db.parent / f".{db.name}.{purpose}-{os.getpid()}.partial"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def snapshot(db: Path, partial: Path) -> tuple[Any, ...]:
@@ -302,19 +428,47 @@ def choose_sae(con: Any, path: Path, sae: str | None) -> tuple[str, dict[str, An
     """The SAE a command works on (`--sae`, or the only one) and its `saes` row."""
     if not tables(con):
         raise BadInput(f"--db {path}: not a shoggoth database (it is empty)")
-    cur = con.execute("SELECT * FROM saes ORDER BY sae_id")
+    try:
+        cur = con.execute("SELECT * FROM saes ORDER BY sae_id")
+    except duckdb.Error as e:
+        raise BadInput(f"--db {path}: its saes table cannot be read ({first_line(e)})") from None
     cols = [d[0] for d in cur.description]
     saes = {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
+    held = ", ".join(shown(s) for s in list(saes)[:10]) + (", …" if len(saes) > 10 else "")
     if not saes:
         raise BadInput(f"--db {path}: holds no harvest yet (run `shoggoth harvest`)")
     if sae is None:
         if len(saes) > 1:
-            raise BadInput(f"--db {path}: holds several SAEs ({', '.join(saes)}); choose one "
-                           "with --sae")
+            raise BadInput(f"--db {path}: holds several SAEs ({held}); choose one with --sae")
         sae = next(iter(saes))
     if sae not in saes:
-        raise BadInput(f"--sae {sae}: not in {path} (it holds {', '.join(saes)})")
+        raise BadInput(f"--sae {shown(sae)}: not in {path} (it holds {held})")
+    check_sae_id(sae, f"--db {path}")
+    check_saes_row(saes[sae], path)
     return sae, saes[sae]
+
+
+SAES_INTEGERS = {"d_in": 1 << 20, "d_sae": 1 << 26, "value_decimals": 12}
+"""Integer columns of `saes` and the largest value shoggoth accepts (d_sae: 67M features, far
+above any published SAE; larger claims are checked before anything is allocated from them)."""
+
+
+def check_saes_row(row: dict[str, Any], path: Path) -> None:
+    """BadInput when a `saes` row holds what no shoggoth database does: a wrong type or an
+    absurd size (a damaged or hostile file must not make a command allocate from it)."""
+    for column, most in SAES_INTEGERS.items():
+        value = row.get(column)
+        if value is None and column == "value_decimals":
+            continue
+        least = 0 if column == "value_decimals" else 1
+        if type(value) is not int or not least <= value <= most:
+            raise BadInput(f"--db {path}: saes.{column} of '{shown(row.get('sae_id'))}' is "
+                           f"'{shown(value)}', not a count from {least} to {most:,}; the "
+                           "database is damaged")
+    for column in ("model", "hook", "kind", "path", "reference", "template"):
+        if row.get(column) is not None and not isinstance(row[column], str):
+            raise BadInput(f"--db {path}: saes.{column} of '{shown(row.get('sae_id'))}' is not "
+                           "text; the database is damaged")
 
 
 @contextmanager
@@ -331,6 +485,44 @@ def step_database(db: Path, sae: str | None,
     try:
         require_shoggoth(con, db)
         sae_id, row = choose_sae(con, db, sae)
+        check_claims(con, db, sae_id, row)
         yield con, sae_id, row
     finally:
         con.close()
+
+
+def weight_shapes(path: Path) -> dict[str, list[int]] | None:
+    """The tensor shapes a safetensors file declares in its header (read without loading a
+    tensor); None when the file is missing or not safetensors."""
+    try:
+        with path.open("rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            if size > 100 << 20:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    if not isinstance(header, dict):
+        return None
+    return {k: v["shape"] for k, v in header.items()
+            if isinstance(v, dict) and isinstance(v.get("shape"), list)}
+
+
+def check_claims(con: Any, path: Path, sae_id: str, row: dict[str, Any]) -> None:
+    """BadInput when the `saes` row claims what the database and the SAE's weights do not
+    hold: a feature index at or past d_sae, or a decoder of another shape than d_sae × d_in
+    (commands allocate arrays of d_sae rows: a damaged or hostile claim must fail here, in one
+    line, not as an exhausted machine)."""
+    top = con.execute("SELECT max(feature) FROM doc_features WHERE sae_id = ?",
+                      [sae_id]).fetchone()[0]
+    if top is not None and not 0 <= int(top) < row["d_sae"]:
+        raise BadInput(f"--db {path}: holds feature {top} of '{sae_id}', whose saes row says "
+                       f"it has {row['d_sae']:,}; the database is damaged")
+    if not row.get("path"):
+        return
+    shapes = weight_shapes(Path(row["path"]) / "sae_weights.safetensors")
+    decoder = (shapes or {}).get("W_dec")
+    if decoder is not None and sorted(decoder) != sorted([row["d_sae"], row["d_in"]]):
+        raise BadInput(f"--db {path}: saes says '{sae_id}' has {row['d_sae']:,} features of "
+                       f"{row['d_in']:,} dimensions, its weights ({row['path']}) a decoder of "
+                       f"{decoder}; the database is damaged")

@@ -15,22 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from shoggoth.battery.units import parse_shard
 from shoggoth.core.config import Config, config_metadata, option
-from shoggoth.core.errors import BadInput
+from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.names import check_sae_id, identifier, shown
 from shoggoth.index.store.database import (
+    check_saes_row,
     check_same_battery,
     connect,
+    partial_beside,
     remove,
     replace_unless_changed,
     require_shoggoth,
     snapshot,
     tables,
     transaction,
+    writing,
 )
 from shoggoth.index.store.schema import (
     HARVEST_TABLES,
     ORDER,
+    SAES_COLUMNS,
     battery_rows,
     create_schema,
     has_table,
@@ -63,8 +70,14 @@ class Holding:
 def _holdings(con: Any, path: Path, catalog: str) -> list[Holding]:
     out = []
     cols = [d[0] for d in con.execute(f"SELECT * FROM {catalog}.saes LIMIT 0").description]
+    unknown = [c for c in cols if c not in SAES_COLUMNS]
+    if unknown:  # (names from another file never reach a statement unless they are ours)
+        raise BadInput(f"input {path}: its saes table has a column shoggoth does not know "
+                       f"('{shown(unknown[0])}')")
     for row in con.execute(f"SELECT * FROM {catalog}.saes").fetchall():
         sae = dict(zip(cols, row, strict=True))
+        check_sae_id(sae["sae_id"], f"input {path}")
+        check_saes_row(sae, path)
         run = con.execute(f"SELECT status, config_json FROM {catalog}.runs WHERE run_id = ?",
                           [sae["run_id"]]).fetchone()
         if run is None or run[0] != "finished":
@@ -116,7 +129,7 @@ def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] 
                 json.dumps({}),
             ])
             row["run_id"] = run_id
-        cols = list(row)
+        cols = [identifier(c, f"{group[0].path}: a column of saes") for c in row]
         con.execute(f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                     list(row.values()))
     for table in HARVEST_TABLES:
@@ -147,10 +160,19 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
     # --db as it was, byte for byte; the next merge removes the partial file.
     if not cfg.db.exists() and not cfg.db.parent.is_dir():
         raise BadInput(f"--db {cfg.db}: its folder {cfg.db.parent} does not exist")
-    building = cfg.db.with_name(f".{cfg.db.name}.merge.partial")
+    with writing(cfg.db):
+        groups = _build(cfg, as_is)
+    return {"db": str(cfg.db), "saes": {k: len(v) for k, v in groups.items()}}
+
+
+def _build(cfg: MergeConfig, as_is: bool) -> dict[str, list[Holding]]:
+    """Build the merged database aside (this process's own partial file) and rename it into
+    place; the caller holds the folder's writers' lock."""
+    building = partial_beside(cfg.db, "merge")
     remove(building)
     copied = snapshot(cfg.db, building) if cfg.db.exists() else None
-    con = connect(building)
+    allowed = [p for path in cfg.inputs for p in (path.resolve(), Path(f"{path.resolve()}.wal"))]
+    con = connect(building, files=allowed)
     try:
         require_shoggoth(con, cfg.db)
         groups: dict[str, list[Holding]] = {}
@@ -159,7 +181,7 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
         for n, path in enumerate(cfg.inputs):
             cat = f"merge_input_{n}_{run}"
             connect(path, read_only=True, what="input").close()  # one-line errors first
-            con.execute(f"ATTACH {quote(str(path))} AS {cat} (READ_ONLY)")
+            con.execute(f"ATTACH {quote(str(path.resolve()))} AS {cat} (READ_ONLY)")
             require_shoggoth(con, path, what="input", catalog=cat)
             if not tables(con, cat):
                 raise BadInput(f"input {path}: is empty")
@@ -178,10 +200,14 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
             clash = sorted(present & set(groups))
             if clash:
                 raise BadInput(f"--db {cfg.db}: already holds SAE '{clash[0]}'")
-        with transaction(con):
-            if not tables(con):
-                create_schema(con, *read_battery(con, f"merge_input_0_{run}"))
-            _copy(con, groups, None if as_is else config_metadata(cfg))
+        try:
+            with transaction(con):
+                if not tables(con):
+                    create_schema(con, *read_battery(con, f"merge_input_0_{run}"))
+                _copy(con, groups, None if as_is else config_metadata(cfg))
+        except duckdb.Error as e:  # a damaged input whose tables do not match the contract
+            raise BadInput(f"inputs: their rows do not fit the database ({first_line(e)}); "
+                           "nothing was merged") from None
         con.execute("CHECKPOINT")
         con.close()
         if copied is None:
@@ -191,4 +217,4 @@ def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
     finally:
         con.close()
         remove(building)
-    return {"db": str(cfg.db), "saes": {k: len(v) for k, v in groups.items()}}
+    return groups

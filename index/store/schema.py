@@ -7,6 +7,7 @@ read and compare as text but are stored as small integers, which DuckDB run-leng
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -230,21 +231,24 @@ def create_index_tables(con: Any) -> None:
     create_names_view(con)
 
 
-def create_names_view(con: Any) -> None:
+def create_names_view(con: Any, temp: bool = False, have: set[str] | None = None) -> None:
     """`feature_names`: each feature's handle, the persona it prefers when its label says so,
     and its scored explanation when `shoggoth explain` wrote one (built from the tables there
-    are; every command that writes one of them calls this)."""
-    have = {r[0] for r in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-    ).fetchall()}
-    if "feature_handles" not in have:
+    are; every command that writes one of them calls this). `temp`: a temporary view, for one
+    connection only (see `define_own_views`); `have`: the tables it may read (default: every
+    table and view of the database)."""
+    if have is None:
+        have = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema()").fetchall()}
+    if not {"feature_handles", "feature_explanations"} <= have:
         return
-    labels = "feature_labels" in have
+    labels = {"features", "annotations"} <= have
     persona = ("CASE WHEN l.label IN ('mask-specific', 'persona-concept', 'mask-or-concept') "
                "THEN l.top_persona WHEN l.label = 'mask-family' THEN l.family_set END"
                if labels else "NULL::VARCHAR")
     con.execute(f"""
-CREATE OR REPLACE VIEW feature_names AS
+CREATE OR REPLACE {"TEMP " if temp else ""}VIEW feature_names AS
 SELECT h.sae_id, h.feature, h.handle, {persona} AS persona,
        h.handle || coalesce(' · ' || ({persona}), '') AS name,
        {"l.label" if labels else "NULL::VARCHAR"} AS label,
@@ -253,6 +257,45 @@ FROM feature_handles h
 {"LEFT JOIN feature_labels l USING (sae_id, feature)" if labels else ""}
 LEFT JOIN feature_explanations e USING (sae_id, feature)
 """)
+
+
+def _base_tables(con: Any) -> set[str]:
+    """The tables (not views) in the connection's own main schema."""
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND "
+        "schema_name = 'main'").fetchall()}
+
+
+def define_own_views(con: Any, have: set[str] | None = None) -> None:
+    """shoggoth's views and macro (feature_labels, feature_names, example_contexts) as
+    temporary objects of this connection, from shoggoth's own definitions: they win over any
+    object of the same name the file holds, so what the file says never changes their rows.
+    Each is defined when the tables it reads are there (`have`: those it may read; default:
+    the file's own tables, never its views)."""
+    have = _base_tables(con) if have is None else have
+    if {"features", "annotations"} <= have:
+        con.execute(FEATURE_LABELS_VIEW.replace("OR REPLACE VIEW", "OR REPLACE TEMP VIEW", 1))
+    if {"examples", "tokens"} <= have:
+        con.execute(EXAMPLE_CONTEXTS_MACRO.replace("OR REPLACE MACRO", "OR REPLACE TEMP MACRO",
+                                                   1))
+    create_names_view(con, temp=True, have=have)
+
+
+def columns_of(definitions: str) -> list[str]:
+    """The column names in a table's definitions (as TABLES holds them)."""
+    parts = re.split(r",(?![^()]*\))", definitions)
+    return [p.split()[0] for p in parts if p.strip() and not p.strip().startswith("PRIMARY")]
+
+
+SAES_COLUMNS: tuple[str, ...] = tuple(columns_of(TABLES["saes"]))
+"""The columns a `saes` row may have (a merge copies no other)."""
+
+
+KNOWN_TABLES: frozenset[str] = frozenset({
+    *TABLES, *LABEL_TABLES, *INDEX_TABLES, *GRID_TABLES, "feature_effects", "persona_shifts",
+    "persona_composition", "layer_probe"})
+"""Every table a shoggoth command writes (the effects' and layers' tables are defined beside
+their commands; tests/test_schema.py checks this list against a database every command wrote)."""
 
 
 FEATURE_LABELS_VIEW = """
@@ -283,7 +326,7 @@ def create_label_tables(con: Any) -> None:
     """The tables `shoggoth label` writes, and the feature_labels view (if missing). Stale
     label tables (`stale_label_tables`) are replaced; the annotations are kept."""
     for table in stale_label_tables(con):
-        con.execute("DROP VIEW IF EXISTS feature_labels")
+        con.execute("DROP VIEW IF EXISTS main.feature_labels")  # not the temporary one
         con.execute(f"DROP TABLE {table}")
     for table, columns in LABEL_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")

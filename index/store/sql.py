@@ -26,24 +26,20 @@ from shoggoth.core.atomic import write_atomic
 from shoggoth.core.config import TIMEOUT, Config, option
 from shoggoth.core.errors import BadInput, first_line, is_interrupt
 from shoggoth.core.outputs import refuse_output_over
-from shoggoth.index.store.database import connect, tables
-from shoggoth.index.store.export import MANIFEST
+from shoggoth.index.store.database import LOCKED, connect, tables
+from shoggoth.index.store.export import MANIFEST, read_manifest, view_sql
+from shoggoth.index.store.schema import define_own_views
 
-SANDBOX = {
-    "enable_external_access": False,
-    "autoload_known_extensions": False,
-    "autoinstall_known_extensions": False,
-    "allow_community_extensions": False,
-    "lock_configuration": True,
-}
-MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+MEMORY = re.compile(r"(\d{1,20}(?:\.\d{1,20})?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)",
+                    re.IGNORECASE)
 DEFAULT_MEMORY_LIMIT = "4GB"
 """Well below the 24 GB of the machines this is built on; DuckDB spills what does not fit."""
 
 
 def sandbox(memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, Any]:
-    """The sandbox settings with a memory cap (set before the configuration is locked)."""
-    return {**SANDBOX, "memory_limit": memory_limit}
+    """Settings beyond the sandbox every connection has (`database.SANDBOX`): a memory cap, and
+    a configuration no statement can change (`database.LOCKED`)."""
+    return {"memory_limit": memory_limit, **LOCKED}
 
 
 @dataclass
@@ -80,36 +76,53 @@ class SqlConfig(Config):
             raise BadInput(f"--out {self.out}: is a directory, expected a file")
         if self.out is not None:
             refuse_output_over(self.out, "--out", [self.db])
-        if not MEMORY.fullmatch(self.memory_limit.strip()):
-            raise BadInput(f"--memory-limit {self.memory_limit}: expected a size such as 2GB "
-                           "or 500MB")
+        size_bytes(self.memory_limit)  # BadInput unless a size a machine could have
 
 
 def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_LIMIT,
               parquet: Path | None = None) -> Any:
     """A connection that can read (or with `write`, modify) `db` and nothing else, within
-    `memory_limit`. A views database from `shoggoth export` may also read its export folder:
-    DuckDB's allowed_directories, set before access is closed. That folder comes from the paths
-    the user gave (`parquet`, or the folder the views database lies in when it holds an export
-    manifest), never from what the database says: a database is data, and a hostile one must
-    not widen what a query can touch."""
+    `memory_limit`. A views database from `shoggoth export` may also read its export folder
+    (DuckDB's allowed_directories), and its views are defined again, for this connection, from
+    the export's manifest: that folder comes from the paths the user gave (`parquet`, or the
+    folder the views database lies in when it holds an export manifest), never from what the
+    database says. A database is data, and a hostile one must not widen what a query can
+    touch. (DuckDB lets a query write into an allowed folder; `execute` refuses the statements
+    that write files.)"""
     if not db.is_file():
         raise BadInput(f"--db {db}: no such file")
     if parquet is not None and not (parquet / MANIFEST).is_file():
         raise BadInput(f"--parquet {parquet}: not a shoggoth export (no {MANIFEST})")
-    settings = sandbox(memory_limit.strip())
-    late = {k: settings.pop(k) for k in ("enable_external_access", "lock_configuration")}
-    con = connect(db, read_only=not write, config=settings)
+    folder = parquet.resolve() if parquet is not None else None
+    if folder is None:
+        probe = connect(db, read_only=True)
+        try:
+            folder = export_folder(probe, db, None)
+        finally:
+            probe.close()
+    con = connect(db, read_only=not write, config=sandbox(memory_limit.strip()),
+                  folders=[] if folder is None else [folder])
     try:
-        folder = export_folder(con, db, parquet)
-        if folder is not None:
-            con.execute("SET allowed_directories = ?", [[str(folder).rstrip("/") + "/"]])
-        for key, value in late.items():
-            con.execute(f"SET {key} = {str(value).lower()}")
+        if folder is not None and tables(con) == {"export_info"}:
+            define_export_views(con, folder)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def define_export_views(con: Any, folder: Path) -> None:
+    """The views of an export's tables, as temporary views over the Parquet files in `folder`
+    (from its manifest, every name checked): what the views database holds is not used."""
+    manifest = read_manifest(folder)
+    defined = set()
+    for table, columns in manifest.columns.items():
+        try:
+            con.execute(view_sql(table, columns, str(folder), temp=True))
+            defined.add(table)
+        except duckdb.Error:  # its files are gone: a query on it says the table is missing
+            pass
+    define_own_views(con, defined)
 
 
 def export_folder(con: Any, db: Path, parquet: Path | None) -> Path | None:
@@ -136,15 +149,23 @@ def run_sql(cfg: SqlConfig, on_stuck: Callable[[str], None] | None = None
 
 
 def size_bytes(size: str) -> int:
-    """'300MB' → 300,000,000; '2GiB' → 2,147,483,648 (a size MEMORY accepts)."""
+    """'300MB' → 300,000,000; '2GiB' → 2,147,483,648 (a size MEMORY accepts), counted exactly;
+    BadInput for any other text and for more than a petabyte, more than a machine addresses
+    (DuckDB's setting and the address-space cap would overflow)."""
     match = MEMORY.fullmatch(size.strip())
+    shown = size if len(size) <= 40 else size[:39] + "…"
     if match is None:
-        raise BadInput(f"--memory-limit {size}: expected a size such as 2GB or 500MB")
+        raise BadInput(f"--memory-limit {shown}: expected a size such as 2GB or 500MB")
     number, unit = match.groups()
     unit = unit.upper()
     scale = 1024 if "I" in unit else 1000
     power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
-    return int(float(number) * scale**power)
+    whole, _, fraction = number.partition(".")
+    count = int(whole + fraction) * scale**power // 10 ** len(fraction)
+    if count > 10**15:
+        raise BadInput(f"--memory-limit {shown}: more than 1PB, more memory than a machine "
+                       "addresses; give a size such as 2GB or 500MB")
+    return count
 
 
 ADDRESS_SPACE_SLACK = 2 << 30
@@ -232,8 +253,28 @@ def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it
     return outcome["result"]
 
 
+FILE_STATEMENTS = frozenset({"COPY", "COPY_DATABASE", "EXPORT", "ATTACH", "DETACH", "LOAD",
+                             "EXTENSION", "SET", "VARIABLE_SET"})
+"""Statement types that touch files or settings: refused before they run (DuckDB's sandbox
+refuses them too, except a COPY into a folder a views database may read, which it allows)."""
+
+
+def refuse_file_statements(sql: str) -> None:
+    """BadInput when `sql` holds a statement that could write a file or change a setting."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise BadInput(f"sql: {first_line(e)}") from None
+    for statement in statements:
+        kind = statement.type.name
+        if kind in FILE_STATEMENTS:
+            raise BadInput(f"sql: refused, shoggoth sql cannot touch files, the network, "
+                           f"extensions or settings (a {kind} statement)")
+
+
 def _execute(con: Any, sql: str, read_only_hint: str
              ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+    refuse_file_statements(sql)
     try:
         result = con.execute(sql)
         if result is None:  # DuckDB found no statement: only ';' or comments

@@ -16,9 +16,8 @@ from typing import Any
 
 import yaml
 
-from shoggoth.core.config import yaml_problem
-from shoggoth.core.errors import BadInput
-from shoggoth.core.text import jsonl_rows, read_text
+from shoggoth.core.errors import BadInput, shown
+from shoggoth.core.text import BoundedLoader, jsonl_rows, load_yaml
 
 BATTERY_DIR = Path(__file__).parent / "data"
 NAME = re.compile(r"[a-z0-9][a-z0-9_\-]*")
@@ -51,7 +50,7 @@ class Item:
     answer: str
 
 
-class _LineLoader(yaml.SafeLoader):
+class _LineLoader(BoundedLoader):
     """A YAML loader that remembers the line where each mapping starts (key `__line__`)."""
 
 
@@ -69,10 +68,7 @@ def load_personas(path: Path | None = None) -> list[Persona]:
     path = path or BATTERY_DIR / "personas.yaml"
     if not path.is_file():
         raise BadInput(f"{path}: personas file does not exist")
-    try:
-        data = yaml.load(read_text(path, "--personas"), Loader=_LineLoader)
-    except yaml.YAMLError as e:
-        raise BadInput(f"{path}{yaml_problem(e)}") from None
+    data = load_yaml(path, "--personas", _LineLoader)
     entries = data.get("personas") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise BadInput(f"{path}: expected a top-level 'personas:' list")
@@ -88,7 +84,8 @@ def load_personas(path: Path | None = None) -> list[Persona]:
             raise BadInput(f"{where}: unknown field '{sorted(unknown)[0]}'")
         name = entry.get("name")
         if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise BadInput(f"{where}: persona name {name!r}: use lowercase letters, digits, _, -")
+            raise BadInput(f"{where}: persona name {shown(name)}: use lowercase letters, digits, "
+                           "_, -")
         if name in seen:
             raise BadInput(f"{where}: duplicate persona '{name}' (first at line {seen[name]})")
         seen[name] = line
@@ -98,7 +95,7 @@ def load_personas(path: Path | None = None) -> list[Persona]:
         is_control = entry.get("is_control", False)
         if not isinstance(is_control, bool):
             raise BadInput(f"{where}: persona '{name}': is_control must be true or false, got "
-                           f"{is_control!r}")
+                           f"{shown(is_control)}")
         prompts = entry.get("prompts")
         if not isinstance(prompts, list) or not prompts:
             raise BadInput(f"{where}: persona '{name}' has no prompts")
@@ -131,7 +128,7 @@ def _control_of(value: Any, where: str, name: str) -> str | None:
     names = value if isinstance(value, list) else [value] if isinstance(value, str) else None
     if names is None or not names or not all(isinstance(n, str) for n in names):
         raise BadInput(f"{where}: persona '{name}': control_of must be a persona name or a list "
-                       f"of them, got {value!r}")
+                       f"of them, got {shown(value)}")
     parts = [part.strip() for n in names for part in n.split(",")]
     if not all(parts):
         raise BadInput(f"{where}: persona '{name}': control_of holds an empty name")

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import yaml
 from simple_parsing.docstring import get_attribute_docstring
 
-from shoggoth.core.errors import BadInput
-from shoggoth.core.text import read_text
+from shoggoth.core.errors import BadInput, clip, shown
+from shoggoth.core.text import load_yaml
 
 C = TypeVar("C")
 
@@ -47,6 +46,25 @@ TIMEOUT: Bounds = {"min": 0}
 SEED_MAX = 2**31 - 1
 """The largest --seed: numpy's generators take seeds below 2**32, and some commands derive
 further seeds from it by adding small offsets."""
+
+
+class PathType(click.Path):
+    """click.Path that refuses a path holding a NUL byte, which no file name can hold (the
+    stat click makes, and every open after it, would raise ValueError: a traceback)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        if "\0" in str(value):
+            problem = "not a usable path (it holds a NUL byte)"
+            if param is None:  # a value from a config file: convert() names the option
+                self.fail(f"{shown(value)}: {problem}")
+            raise BadInput(f"{param.opts[0] if param.opts else param.name} {shown(value)}: "
+                           f"{problem}")
+        return super().convert(value, param, ctx)
+
+
+PATH = PathType(path_type=Path)
+"""The click type of every path option and argument (and --config)."""
 
 
 def option(default: Any = None, *, required: str | None = None, min: float | None = None,
@@ -134,7 +152,7 @@ def _check_number(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None
         raise BadInput(f"{name} {value}: must be a finite number")
     problem = _bounds_problem(value, meta)
     if problem:
-        raise BadInput(f"{name} {value}: {problem}")
+        raise BadInput(f"{name} {shown(value)}: {problem}")
 
 
 def field_help(cls: type, name: str) -> str:
@@ -161,7 +179,7 @@ def _click_type(annotation: Any) -> tuple[Any, bool]:
     if annotation is str:
         return click.STRING, False
     if annotation is Path:
-        return click.Path(path_type=Path), False
+        return PATH, False
     if origin is list:
         (item,) = typing.get_args(annotation)
         return _click_type(item)[0], False
@@ -187,10 +205,10 @@ def convert(cls: type, name: str, value: Any) -> Any:
         items = value if isinstance(value, list) else [value] if (
             isinstance(value, str) and text or repeat) else value
         if not isinstance(items, list):
-            raise BadInput(f"option '{name}': expected a list, got {value!r}")
+            raise BadInput(f"option '{name}': expected a list, got {shown(value)}")
         return [_convert_one(ctype, name, v) for v in items]
     if is_flag and not isinstance(value, bool):
-        raise BadInput(f"option '{name}': expected true or false, got {value!r}")
+        raise BadInput(f"option '{name}': expected true or false, got {shown(value)}")
     return _convert_one(ctype, name, value)
 
 
@@ -200,11 +218,11 @@ def _convert_one(ctype: Any, name: str, value: Any) -> Any:
     if isinstance(value, bool) and ctype is not click.BOOL or not isinstance(
             value, wanted + ((bool,) if ctype is click.BOOL else ())):
         kind = {click.INT: "an integer", click.FLOAT: "a number"}.get(ctype, "a string")
-        raise BadInput(f"option '{name}': expected {kind}, got {value!r}")
+        raise BadInput(f"option '{name}': expected {kind}, got {shown(value)}")
     try:
         return ctype.convert(value, None, None)
     except click.BadParameter as e:
-        raise BadInput(f"option '{name}': {e.format_message()}") from None
+        raise BadInput(f"option '{name}': {clip(e.format_message(), 200)}") from None
 
 
 def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -247,7 +265,7 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
                 (item,) = typing.get_args(hints[f.name])
                 wrapper = click.argument(
                     f.name, nargs=-1,
-                    type=click.Path(path_type=Path) if item is Path else click.STRING)(wrapper)
+                    type=PATH if item is Path else click.STRING)(wrapper)
                 # Click gives arguments no help of their own: document it in the command's.
                 wrapper.__doc__ = (f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{f.name.upper()}: "
                                    f"{field_help(cls, f.name)}")
@@ -270,7 +288,7 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
         wrapper = click.option(
             "--config",
             "config",
-            type=click.Path(path_type=Path),
+            type=PATH,
             default=None,
             help="YAML file with values for any of these options; flags given on the command "
             "line override it.",
@@ -304,20 +322,9 @@ def _in_help_order(fields: tuple[dataclasses.Field, ...]) -> list[dataclasses.Fi
     return sorted(fields, key=lambda f: first.get(f.name, len(first)))
 
 
-def yaml_problem(error: yaml.YAMLError) -> str:
-    """' line N: not valid YAML (what the parser expected)' for a one-line error message."""
-    mark = getattr(error, "problem_mark", None)
-    where = f" line {mark.line + 1}" if mark is not None else ""
-    problem = getattr(error, "problem", None)
-    return f"{where}: not valid YAML" + (f" ({problem})" if problem else "")
-
-
 def read_config_file(cls: type, path: Path) -> dict[str, Any]:
     """The values of a YAML config file for `cls`, each converted to its field's type."""
-    try:
-        loaded = yaml.safe_load(read_text(path, "--config")) or {}
-    except yaml.YAMLError as e:
-        raise BadInput(f"--config {path}{yaml_problem(e)}") from None
+    loaded = load_yaml(path, "--config") or {}
     if not isinstance(loaded, dict):
         raise BadInput(f"--config {path}: expected a mapping of option names to values")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -331,7 +338,7 @@ def read_config_file(cls: type, path: Path) -> dict[str, Any]:
             name = renamed[name]
         if name not in names:
             known = ", ".join(sorted(names))
-            raise BadInput(f"--config {path}: unknown option '{key}' (known: {known})")
+            raise BadInput(f"--config {path}: unknown option '{clip(str(key))}' (known: {known})")
         try:
             values[name] = convert(cls, name, value)
         except BadInput as e:

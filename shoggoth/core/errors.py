@@ -1,10 +1,15 @@
 """The exception types the CLI turns into exit codes, and deferring Ctrl-C over short writes."""
 
 import re
+import reprlib
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+MESSAGE_MAX = 1000
+"""The most characters of a BadInput message: the last guard against a line that quotes a
+user's value whole (values are quoted with `shown`, which cuts them far shorter)."""
 
 
 class BadInput(ValueError):
@@ -12,6 +17,30 @@ class BadInput(ValueError):
 
     The message names the input and says what is wrong with it.
     """
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (clip(args[0], MESSAGE_MAX), *args[1:])
+        super().__init__(*args)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters (the cut marked with …)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`value` as an error message quotes it, its repr cut to `limit` characters. Built by
+    reprlib, so a value too big to print (the lists a YAML alias bomb repeats) costs no more
+    than its first few items."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = limit
+    short.maxlevel, short.maxlist, short.maxdict = 3, 8, 8
+    try:
+        text = short.repr(value)
+    except ValueError:  # an int with more digits than Python turns into text
+        text = f"<a {type(value).__name__} too long to show>"
+    return clip(text, limit)
 
 
 class Interrupted(Exception):

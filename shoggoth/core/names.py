@@ -1,0 +1,43 @@
+"""Names that end up in SQL text or in file names: what each may look like. A name read from a
+database or a received file is data written by whoever made it, so it is checked where it is
+read, not only where shoggoth created it."""
+
+from __future__ import annotations
+
+import re
+
+from shoggoth.core.errors import BadInput
+
+SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
+"""What an SAE may be called in a database (`harvest --sae`): it names files and folders beside
+the database (`<db>.faiss/<sae_id>.<build>/`), so no slash, no leading dot, no glob character."""
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+"""A table or column name shoggoth will put into SQL text (always double-quoted as well)."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """`value` as it may appear in a message: repr'd (control characters visible), cut."""
+    text = repr(value) if not isinstance(value, str) else repr(value)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_sae_id(value: object, where: str) -> str:
+    """`value` when it is an SAE id shoggoth can use; BadInput naming `where` otherwise."""
+    if not isinstance(value, str) or not SAE_ID.fullmatch(value):
+        raise BadInput(
+            f"{where}: the SAE id '{shown(value)}' is not one shoggoth accepts "
+            "(letters, digits, '.', '_', '-', not starting with '.'; at most 128)"
+        )
+    return value
+
+
+def identifier(name: object, where: str) -> str:
+    """`name` double-quoted for SQL, when it is a plain identifier; BadInput naming `where`
+    otherwise (a name that could close its quote is never pasted into a statement)."""
+    if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
+        raise BadInput(
+            f"{where}: the name '{shown(name)}' is not a plain SQL identifier "
+            "(letters, digits and '_'); shoggoth does not use it"
+        )
+    return f'"{name}"'
