@@ -14,22 +14,25 @@ st.set_page_config(page_title="shoggoth explorer", page_icon="🎭", layout="wid
 
 problem = check_database(db_path())
 if problem is not None:
+
     def missing() -> None:
         st.title("shoggoth explorer")
-        st.warning(problem)
+        st.warning(md(problem))
 
     st.navigation([st.Page(missing, title="No database", url_path="missing")]).run()
 else:
     st.sidebar.caption(f"database: {md(db_path())}")
-    page = st.navigation([
-        st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
-        st.Page("views/features.py", title="Features", url_path="features"),
-        st.Page("views/feature.py", title="Feature", url_path="feature"),
-        st.Page("views/personas.py", title="Personas", url_path="personas"),
-        st.Page("views/search.py", title="Search", url_path="search"),
-        st.Page("views/sql.py", title="SQL", url_path="sql"),
-        st.Page("views/map.py", title="Feature map", url_path="map"),
-    ])
+    page = st.navigation(
+        [
+            st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
+            st.Page("views/features.py", title="Features", url_path="features"),
+            st.Page("views/feature.py", title="Feature", url_path="feature"),
+            st.Page("views/personas.py", title="Personas", url_path="personas"),
+            st.Page("views/search.py", title="Search", url_path="search"),
+            st.Page("views/sql.py", title="SQL", url_path="sql"),
+            st.Page("views/map.py", title="Feature map", url_path="map"),
+        ]
+    )
     try:
         page.run()
     finally:

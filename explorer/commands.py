@@ -40,8 +40,10 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise BadInput(f"--host {host} --port {port}: cannot listen there "
-                           f"({e.strerror}); choose another --port") from None
+            raise BadInput(
+                f"--host {host} --port {port}: cannot listen there "
+                f"({e.strerror}); choose another --port"
+            ) from None
 
 
 def serve(cfg: ExploreConfig) -> None:
@@ -52,15 +54,39 @@ def serve(cfg: ExploreConfig) -> None:
     check_port(cfg.host, cfg.port)
     err = Console(stderr=True, soft_wrap=True)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"note: listening on {cfg.host}: anyone who can reach it can read the database "
-                  "and write manual labels", style="yellow", highlight=False)
-    Console(soft_wrap=True).print(f"shoggoth explorer: http://{cfg.host}:{cfg.port}  "
-                                  f"({cfg.db}; Ctrl-C to stop)", highlight=False)
-    command = [sys.executable, "-m", "streamlit", "run", str(APP),
-               "--server.address", cfg.host, "--server.port", str(cfg.port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none", "--theme.base", "light",
-               "--client.toolbarMode", "viewer"]
+        err.print(
+            f"note: listening on {cfg.host}: anyone who can reach it can read the database "
+            "and write manual labels",
+            style="yellow",
+            highlight=False,
+        )
+    Console(soft_wrap=True).print(
+        f"shoggoth explorer: http://{cfg.host}:{cfg.port}  ({cfg.db}; Ctrl-C to stop)",
+        highlight=False,
+    )
+    # Streamlit, through a launcher that answers 403 to any Host header but loopback and
+    # --host (a page on a name rebound to 127.0.0.1 cannot drive the explorer).
+    command = [
+        sys.executable,
+        "-m",
+        "shoggoth.explorer.launch",
+        "run",
+        str(APP),
+        "--server.address",
+        cfg.host,
+        "--server.port",
+        str(cfg.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--theme.base",
+        "light",
+        "--client.toolbarMode",
+        "viewer",
+    ]
     env = {**os.environ, "SHOGGOTH_DB": str(cfg.db.resolve()), "HF_HUB_OFFLINE": "1"}
     proc = start_child(command, env)
     try:
@@ -90,8 +116,11 @@ def demo(cfg: DemoConfig) -> None:
         console.print(f"[bold][{STEPS}/{STEPS}][/bold] explore", highlight=False)
         serve(ExploreConfig(db=db, host=cfg.host, port=cfg.port))
     else:
-        console.print(f"[bold][{STEPS}/{STEPS}][/bold] explore: skipped (--no-serve); run "
-                      f"`shoggoth explore --db {db}`", highlight=False)
+        console.print(
+            f"[bold][{STEPS}/{STEPS}][/bold] explore: skipped (--no-serve); run "
+            f"`shoggoth explore --db {db}`",
+            highlight=False,
+        )
 
 
 @click.command("demo")

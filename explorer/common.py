@@ -36,16 +36,31 @@ FEATURE_PAGE = "views/feature.py"
 
 
 MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$:>])")
+AUTOLINK = re.compile(r"(?<=:)(?=//)|(?i:(?<=www)(?=\.))|(?=@)")
+"""Where GitHub-flavoured markdown would turn plain text into a link by itself (`http://…`,
+`www.…`, `name@host`): backslash escapes do not stop it, the text is joined again before URLs
+are looked for."""
+WORD_JOINER = "\u2060"
 
 
 def md(value: object) -> str:
-    """A value from the database as text inside Streamlit markdown: HTML escaped and every
-    markdown character backslash-escaped, on one line, so that an item id, a prompt, a token or
-    a note is shown as written and never becomes an element (an image, a link, a heading)."""
+    """A value from the database as text inside Streamlit markdown: HTML escaped, every
+    markdown character backslash-escaped, and an invisible word joiner where a URL or an
+    address would be linked by itself, on one line, so that an item id, a prompt, a token or a
+    note is shown as written and never becomes an element (an image, a link, a heading)."""
+    text = AUTOLINK.sub(WORD_JOINER, " ".join(str(value).split()))
     # Quotes need no escaping outside attributes; escaped, their entity's "#" would be
     # backslash-escaped below and shown as "&#x27;".
-    text = html.escape(" ".join(str(value).split()), quote=False)
+    text = html.escape(text, quote=False)
     return MARKDOWN.sub(r"\\\1", text)
+
+
+def code(value: object) -> str:
+    """A value (a path in a command) as inline code inside Streamlit markdown: shown as written,
+    whatever backticks it holds; code is never markup and never linked."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
 
 
 def db_path() -> Path | None:
@@ -138,11 +153,16 @@ def choose_sae() -> tuple[str, dict[str, Any]]:
     return current, saes.set_index("sae_id").loc[current].to_dict()
 
 
-def feature_link(sae: str, feature: int, label: str | None = None, extra: str = "",
-                 name: str | None = None) -> None:
+def feature_link(
+    sae: str, feature: int, label: str | None = None, extra: str = "", name: str | None = None
+) -> None:
     """A link to a feature's page, with its name (handle and preferred persona) when known."""
-    text = f"feature {feature}" + (f" · {name}" if isinstance(name, str) and name else "") \
-        + (f" · {label}" if label else "") + extra
+    text = (
+        f"feature {feature}"
+        + (f" · {name}" if isinstance(name, str) and name else "")
+        + (f" · {label}" if label else "")
+        + extra
+    )
     st.page_link(FEATURE_PAGE, label=md(text), query_params={"sae": sae, "feature": str(feature)})
 
 
@@ -160,30 +180,63 @@ def _causal_model(db: str, sae: str, row: tuple[tuple[str, Any], ...]) -> tuple[
     return load_causal(Path(db), sae, dict(row), "auto")
 
 
-def steer_answers(sae: str, row: dict[str, Any], feature: int, prompt: str,
-                  persona: str | None, scale: float, max_tokens: int) -> dict[str, Any]:
+def steer_answers(
+    sae: str,
+    row: dict[str, Any],
+    feature: int,
+    prompt: str,
+    persona: str | None,
+    scale: float,
+    max_tokens: int,
+) -> dict[str, Any]:
     """`shoggoth steer` for the feature page: the model and SAE are loaded once per session
     server; the feature's typical activation and the persona's prompt come from the read
     API."""
     typical = require_typical(
-        feature, q(effect_queries.typical_activations, sae, feature).get(feature))
+        feature, q(effect_queries.typical_activations, sae, feature).get(feature)
+    )
     system = q(read.prompts_of, persona)["prompt"].iloc[0] if persona else None
     model, sae_model = _causal_model(str(db_file()), sae, tuple(sorted(row.items())))
-    cfg = SteerConfig(db=db_file(), feature=feature, prompt=prompt, persona=persona,
-                      scale=scale, max_tokens=max_tokens)
-    return steer_with(Steering(model, sae_model, row["hook"], typical,
-                               steering_system(row, system), feature,
-                               str(row.get("kind") or "residual")), cfg)
+    cfg = SteerConfig(
+        db=db_file(),
+        feature=feature,
+        prompt=prompt,
+        persona=persona,
+        scale=scale,
+        max_tokens=max_tokens,
+    )
+    return steer_with(
+        Steering(
+            model,
+            sae_model,
+            row["hook"],
+            typical,
+            steering_system(row, system),
+            feature,
+            str(row.get("kind") or "residual"),
+        ),
+        cfg,
+    )
 
 
 def decomposition_chart(decomposition: pd.DataFrame) -> alt.Chart:
     """Each persona's shares, one bar per persona, stacked by part (decompose.PARTS order)."""
     order = list(PARTS)
-    return alt.Chart(decomposition).mark_bar().encode(
-        x=alt.X("share:Q", title="share of the persona's shift"),
-        y=alt.Y("persona:N", title=None),
-        color=alt.Color("part:N", sort=order, title="part"),
-        order=alt.Order("order:Q"),
-        tooltip=["persona", "part", alt.Tooltip("share:Q", format=".2f"),
-                 alt.Tooltip("ci_low:Q", format=".2f"), alt.Tooltip("ci_high:Q", format=".2f")],
-    ).transform_calculate(order=f"indexof({order!r}, datum.part)")
+    return (
+        alt.Chart(decomposition)
+        .mark_bar()
+        .encode(
+            x=alt.X("share:Q", title="share of the persona's shift"),
+            y=alt.Y("persona:N", title=None),
+            color=alt.Color("part:N", sort=order, title="part"),
+            order=alt.Order("order:Q"),
+            tooltip=[
+                "persona",
+                "part",
+                alt.Tooltip("share:Q", format=".2f"),
+                alt.Tooltip("ci_low:Q", format=".2f"),
+                alt.Tooltip("ci_high:Q", format=".2f"),
+            ],
+        )
+        .transform_calculate(order=f"indexof({order!r}, datum.part)")
+    )

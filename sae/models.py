@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import torch
 
 from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.names import shown_name
 from shoggoth.core.progress import stderr_log
 from shoggoth.sae.gguf import smollm2_dir, smollm2_ready
 
@@ -225,11 +226,13 @@ def is_causal_lm(hf_model: Any) -> bool:
     return type(hf_model).__name__ in names or bool(getattr(config, "is_decoder", False))
 
 
-def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = True) -> Model:
+def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = True,
+               hook: str | None = None) -> Model:
     """Load an alias (`minilm`), a local Hugging Face model directory, or a hub id.
 
-    Raises BadInput with one line when the model cannot be found or loaded. `device="auto"` picks
-    CUDA (bfloat16) when present, the CPU (float32) otherwise.
+    Raises BadInput with one line when the model cannot be found or loaded, or when `hook` (the
+    hook a database says its SAE reads) is not one of the model's. `device="auto"` picks CUDA
+    (bfloat16) when present, the CPU (float32) otherwise.
     """
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
@@ -245,6 +248,10 @@ def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = T
         raise BadInput(f"model '{name_or_dir}': could not be loaded: {first}") from None
     bridge.eval()
     cfg = bridge.cfg
+    if hook is not None and hook not in bridge.hook_dict:
+        hooks = hook_summary(sorted(bridge.hook_dict), int(cfg.n_layers))
+        raise BadInput(f"model '{name_or_dir}': has no hook '{shown_name(hook)}' (the "
+                       f"database's SAE reads it; the model's: {hooks})")
     return Model(
         name=name_or_dir,
         source=source,

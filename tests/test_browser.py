@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,16 +38,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.fixture()
-def server(indexed_db, tmp_path):
-    db = Path(os.environ.get("SHOGGOTH_BROWSER_DB", "")) if os.environ.get(
-        "SHOGGOTH_BROWSER_DB") else tmp_path / "browser.duckdb"
-    if not db.exists():
-        copy_db(indexed_db, db)
+@contextmanager
+def explorer(db: Path, *flags: str) -> Iterator[str]:
+    """`shoggoth explore --db DB FLAGS` on a free port, until the block ends: its URL (on
+    127.0.0.1) once it answers; it leaves no process behind."""
     port = free_port()
     exe = Path(sys.executable).with_name("shoggoth")
-    proc = subprocess.Popen([str(exe), "explore", "--db", str(db), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(exe), "explore", "--db", str(db), "--port", str(port), *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:
@@ -60,14 +63,29 @@ def server(indexed_db, tmp_path):
     server = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     assert len(server) == 1  # the Streamlit process
     SERVER_PID[url] = int(server[0])
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-    # The fixture leaves no process behind: the server went down with `shoggoth explore`.
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    # The explorer leaves no process behind: the server went down with `shoggoth explore`.
     deadline = time.time() + 20
     while Path(f"/proc/{server[0]}").exists() and time.time() < deadline:
         time.sleep(0.2)
     assert not Path(f"/proc/{server[0]}").exists(), "the Streamlit server outlived its parent"
+
+
+@pytest.fixture()
+def server(indexed_db, tmp_path):
+    db = (
+        Path(os.environ.get("SHOGGOTH_BROWSER_DB", ""))
+        if os.environ.get("SHOGGOTH_BROWSER_DB")
+        else tmp_path / "browser.duckdb"
+    )
+    if not db.exists():
+        copy_db(indexed_db, db)
+    with explorer(db) as url:
+        yield url
 
 
 def test_explorer_in_a_real_browser(server, tmp_path):
@@ -82,7 +100,8 @@ def test_explorer_in_a_real_browser(server, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server)
         expect(page.get_by_role("heading", name="shoggoth · overview")).to_be_visible(
-            timeout=60_000)
+            timeout=60_000
+        )
         expect(page.get_by_text("Most active features")).to_be_visible(timeout=30_000)
         page.wait_for_timeout(1500)  # charts finish drawing
         page.screenshot(path=str(shots / "explorer-overview.png"), full_page=False)
@@ -90,23 +109,32 @@ def test_explorer_in_a_real_browser(server, tmp_path):
         feature = int(re.match(r"feature (\d+)", link.inner_text()).group(1))
         link.click()
         expect(page.get_by_role("heading", name=f"Feature {feature} ·")).to_be_visible(
-            timeout=60_000)
+            timeout=60_000
+        )
         assert f"feature={feature}" in page.url
         expect(page.get_by_text("Mean activation per persona")).to_be_visible(timeout=30_000)
         page.wait_for_timeout(1500)  # charts finish drawing
         page.screenshot(path=str(shots / "explorer-feature.png"), full_page=False)
-        for path, heading in (("features", "Features"), ("personas", "Personas"),
-                              ("search", "Search"), ("sql", "SQL"), ("map", "Feature map")):
+        for path, heading in (
+            ("features", "Features"),
+            ("personas", "Personas"),
+            ("search", "Search"),
+            ("sql", "SQL"),
+            ("map", "Feature map"),
+        ):
             page.goto(f"{server}/{path}")
             expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible(
-                timeout=60_000)
+                timeout=60_000
+            )
             assert page.get_by_text("Traceback").count() == 0, path
         browser.close()
     assert (shots / "explorer-feature.png").stat().st_size > 10_000
 
 
-HEAVY = ("SELECT count(*) FROM range(1000000) a, range(1000000) b "
-         "WHERE (a.range * 7 + b.range) % 1000003 = 5")
+HEAVY = (
+    "SELECT count(*) FROM range(1000000) a, range(1000000) b "
+    "WHERE (a.range * 7 + b.range) % 1000003 = 5"
+)
 """10^12 rows: it would run until the SQL page's 30 s timeout."""
 
 
@@ -136,5 +164,7 @@ def test_closing_the_tab_cancels_its_query(server):
     time.sleep(2)
     after = cpu_seconds(pid) - idle  # CPU seconds in 2 s after the tab closed
     # (two rates measured in this run: stopped means a small fraction of the running one)
-    assert after < running / 5, f"the query kept running after its tab closed ({after:.2f} " \
+    assert after < running / 5, (
+        f"the query kept running after its tab closed ({after:.2f} "
         f"CPU s in 2 s, against {running:.2f} while it ran)"
+    )

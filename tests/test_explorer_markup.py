@@ -37,46 +37,64 @@ PERSONAS = f"""personas:
 
 
 @pytest.fixture(scope="module")
-def hostile_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path
-               ) -> tuple[Path, int]:
+def hostile_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path) -> tuple[Path, int]:
     """The database, and its busiest feature (which carries the hostile annotation)."""
     work = tmp_path_factory.mktemp("hostile")
     args = battery(work / "b", 12, PERSONAS)
     items = [json.loads(line) for line in (work / "b" / "items.jsonl").read_text().splitlines()]
     for n, item in enumerate(items):
         payload = PAYLOADS[n % len(PAYLOADS)]
-        item.update(item_id=f"{payload} {n}", topic=payload,
-                    answer=f"{item['answer']} {payload}")
+        item.update(item_id=f"{payload} {n}", topic=payload, answer=f"{item['answer']} {payload}")
     (work / "b" / "items.jsonl").write_text("\n".join(json.dumps(i) for i in items) + "\n")
     db = work / "db.duckdb"
-    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir),
-                          *map(str, args)]) == 0
+    assert (
+        cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir), *map(str, args)]) == 0
+    )
     assert cli.main(["label", "--db", str(db), "--min-docs", "2"]) == 0
     assert cli.main(["index", "--db", str(db)]) == 0
     con = duckdb.connect(str(db))
-    con.execute("INSERT INTO annotations (sae_id, feature, label, note, author) "
-                "SELECT sae_id, feature, ?, ?, ? FROM features ORDER BY n_docs_firing DESC "
-                "LIMIT 1", [f"shared {IMG}", f"see {LINK} and {PICTURE}", IMG])
-    feature = con.execute("SELECT feature FROM features ORDER BY n_docs_firing DESC "
-                          "LIMIT 1").fetchone()[0]
+    con.execute(
+        "INSERT INTO annotations (sae_id, feature, label, note, author) "
+        "SELECT sae_id, feature, ?, ?, ? FROM features ORDER BY n_docs_firing DESC "
+        "LIMIT 1",
+        [f"shared {IMG}", f"see {LINK} and {PICTURE}", IMG],
+    )
+    feature = con.execute(
+        "SELECT feature FROM features ORDER BY n_docs_firing DESC LIMIT 1"
+    ).fetchone()[0]
     con.close()
     return db, int(feature)
 
 
 def rendered(at: AppTest) -> list[str]:
     """The text of every element that Streamlit renders as markdown."""
-    kinds = ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error",
-             "success")
+    kinds = (
+        "title",
+        "header",
+        "subheader",
+        "markdown",
+        "caption",
+        "info",
+        "warning",
+        "error",
+        "success",
+    )
     values = [str(e.value) for kind in kinds for e in at.get(kind)]
     values += [e.proto.label for e in at.get("page_link")]
     return values
 
 
-@pytest.mark.parametrize("page, params", [
-    ("views/overview.py", {}), ("views/features.py", {}), ("views/feature.py", {}),
-    ("views/personas.py", {"persona": "pirate"}), ("views/personas.py", {"persona": "helper"}),
-    ("views/feature.py", {"feature": "<img src=x>"}),
-])
+@pytest.mark.parametrize(
+    "page, params",
+    [
+        ("views/overview.py", {}),
+        ("views/features.py", {}),
+        ("views/feature.py", {}),
+        ("views/personas.py", {"persona": "pirate"}),
+        ("views/personas.py", {"persona": "helper"}),
+        ("views/feature.py", {"feature": "<img src=x>"}),
+    ],
+)
 def test_values_from_the_database_are_never_markup(hostile_db, page, params):
     hostile_db, feature = hostile_db
     os.environ["SHOGGOTH_DB"] = str(hostile_db)
@@ -92,9 +110,9 @@ def test_values_from_the_database_are_never_markup(hostile_db, page, params):
         assert bad not in text, (page, bad, [v for v in values if bad in v][:3])
     if page == "views/feature.py" and not params:
         assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in text  # shown, as text
-        assert "see \\[click me\\]\\(http\\://evil\\.example/x\\)" in text  # the note
+        assert "see \\[click me\\]\\(http\\:\u2060//evil\\.example/x\\)" in text  # the note
     if page == "views/personas.py" and params["persona"] == "pirate":
-        assert "\\!\\[pic\\]\\(http\\://evil\\.example/p\\.png\\)" in text  # the prompt
+        assert "\\!\\[pic\\]\\(http\\:\u2060//evil\\.example/p\\.png\\)" in text  # the prompt
     from shoggoth.explorer.common import store_for
 
     store_for(str(hostile_db.resolve())).close()

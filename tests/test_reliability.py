@@ -65,7 +65,7 @@ def test_an_export_folder_comes_from_the_users_path(capfd, tmp_path):
     --parquet, never the folder it names inside."""
     folder = tmp_path / "export"
     folder.mkdir()
-    (folder / "EXPORT.json").write_text("{}")
+    (folder / "EXPORT.json").write_text('{"columns": {}, "rows": {}}')
     duckdb.sql(f"COPY (SELECT 7 AS x) TO '{folder / 't.parquet'}' (FORMAT parquet)")
     db = hostile_db(folder / "shoggoth.duckdb", "/")
     assert cli.main(["sql", "--db", str(db), "--format", "csv",
@@ -294,6 +294,9 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path):
     assert not work.exists()
     work.mkdir()
     assert prepare_dirs(TrainConfig(out=out), out) == (work, None)
+    # Stopped before its work folder was made (a paired stream's forward passes come first).
+    shutil.rmtree(work)
+    assert prepare_dirs(TrainConfig(out=out, resume=True), out) == (work, None)
 
 
 @pytest.mark.slow
@@ -359,6 +362,43 @@ def test_ctrl_c_as_a_command_finishes_exits_130_with_one_line(tmp_path, labelled
     assert 130 in codes, codes
 
 
+@pytest.mark.slow
+def test_ctrl_c_around_a_commands_end_is_never_death_by_the_signal(labelled_db):
+    """Ctrl-C at many moments from a command's last line of output to its exit (Python finalizing
+    while DuckDB's threads, which do not block SIGINT, still run): every run ends with its work
+    done (0, its usual output) or with 130 and the line `interrupted`; never killed by the signal
+    (-2, no line), never a traceback or an abort (-6)."""
+    argv = [str(EXE), "status", "--db", str(labelled_db)]
+
+    def run(delay: float | None) -> tuple[int, str, float]:
+        """`status`, with SIGINT `delay` seconds after its table's last line; its exit code,
+        stderr and the seconds from that line to its exit."""
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=ENV, preexec_fn=default_sigint)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("└"):
+                break
+        last_line = time.monotonic()
+        if delay is not None:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err, time.monotonic() - last_line
+
+    code, normal, _ = run(None)
+    assert code == 0 and "Traceback" not in normal, normal
+    tail = max(run(None)[2] for _ in range(3))  # from the last line to the exit
+    runs = 20
+    delays = [1.3 * tail * i / (runs - 1) for i in range(runs)]
+    outcomes = [run(delay)[:2] for delay in delays]
+    bad = [(round(d, 3), c, e) for d, (c, e) in zip(delays, outcomes, strict=True)
+           if not (c == 0 and e == normal or c == 130 and e.lstrip("\n") == "interrupted\n")]
+    # (an interrupt inside click's command loop gets its newline first: "\ninterrupted\n")
+    assert not bad, (f"{len(bad)} of {runs} runs ended badly ({tail:.3f} s from the last "
+                     "line to the exit)", bad)
+
+
 def test_finishing_turns_a_late_ctrl_c_into_one_line():
     code = ("import os, signal, time, shoggoth.core.startup as s; s.finishing(); "
             "print('done', flush=True); os.kill(os.getpid(), signal.SIGINT); time.sleep(5)")
@@ -366,6 +406,31 @@ def test_finishing_turns_a_late_ctrl_c_into_one_line():
                           cwd=Path(__file__).parents[1], timeout=60, preexec_fn=default_sigint)
     assert done.returncode == 130 and done.stderr == "interrupted\n", done
     assert done.stdout == "done\n"
+
+
+FINALIZING_CTRL_C = """
+import os, signal, threading, time, shoggoth.core.startup as s
+s.PROGRAM = True
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # a library's thread
+
+class CtrlC:
+    def __del__(self):  # as Python clears the modules: its own signal handlers are gone
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+
+keep = CtrlC()
+s.finishing()
+print("done", flush=True)
+"""
+
+
+def test_a_ctrl_c_while_python_finalizes_keeps_the_commands_exit():
+    """Past the exit hooks Python puts the default SIGINT action back and the kernel hands the
+    signal to a thread that does not block it: the process must not die by it (-2)."""
+    done = subprocess.run([sys.executable, "-c", FINALIZING_CTRL_C], capture_output=True,
+                          text=True, cwd=Path(__file__).parents[1], timeout=60,
+                          preexec_fn=default_sigint)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "done\n", ""), done
 
 
 def test_no_file_is_left_beside_a_refused_export(tmp_path, capfd, labelled_db):

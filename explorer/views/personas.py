@@ -28,51 +28,72 @@ wanted = st.query_params.get("persona")
 persona = st.selectbox("persona", names, index=names.index(wanted) if wanted in names else 0)
 st.query_params["persona"] = persona
 meta = q(read.persona_table).set_index("persona").loc[persona]
-st.markdown(f"family **{md(meta.family)}**" + (" · control" if meta.is_control else "")
-            + (f" of {md(meta.control_of)}" if meta.control_of else "")
-            + (f" — {md(meta.description)}" if meta.description else ""))
+st.markdown(
+    f"family **{md(meta.family)}**"
+    + (" · control" if meta.is_control else "")
+    + (f" of {md(meta.control_of)}" if meta.control_of else "")
+    + (f" — {md(meta.description)}" if meta.description else "")
+)
 st.subheader("Prompts")
 for p in q(read.prompts_of, persona).itertuples():
-    st.markdown(f"{p.paraphrase}\\. {md(p.prompt) if p.prompt else '*(no system prompt)*'}")
+    st.markdown(f"{md(p.paraphrase)}\\. {md(p.prompt) if p.prompt else '*(no system prompt)*'}")
 
 mine = q(label_queries.persona_decomposition, sae, persona)
 if len(mine):
     st.subheader("Its shift, decomposed")
     st.text(label_queries.answers(mine)[persona])
     st.altair_chart(decomposition_chart(mine), use_container_width=True)
-    st.caption("The persona's mean answer-token shift against the reference, split over the "
-               "dictionary's features by label, each share with its item-bootstrap interval.")
+    st.caption(
+        "The persona's mean answer-token shift against the reference, split over the "
+        "dictionary's features by label, each share with its item-bootstrap interval."
+    )
 
 composed = q(effects_queries.persona_composition, sae, persona)
 if len(composed):
     st.subheader("The composition test")
     st.text(effects_queries.composition_answer(composed))
     st.dataframe(composed.drop(columns=["persona"]), hide_index=True)
-    st.caption("Steer: a part of the persona's shift, in the dictionary's features, added to the "
-               "reference document at the hook on the answer's tokens; the share of the "
-               "persona's effect on the answer's log-probabilities it reproduces. Ablate: the "
-               "part removed from the persona's own document; the share of the effect it takes "
-               "away. Item-bootstrap intervals (`shoggoth effects`).")
+    st.caption(
+        "Steer: a part of the persona's shift, in the dictionary's features, added to the "
+        "reference document at the hook on the answer's tokens; the share of the "
+        "persona's effect on the answer's log-probabilities it reproduces. Ablate: the "
+        "part removed from the persona's own document; the share of the effect it takes "
+        "away. Item-bootstrap intervals (`shoggoth effects`)."
+    )
 
 left, right = st.columns(2)
 with left:
     st.subheader("Its own features")
-    st.caption("mask-specific, persona-concept (also fires when it is only mentioned or "
-               "negated), mask-or-concept, then the families it belongs to")
+    st.caption(
+        "mask-specific, persona-concept (also fires when it is only mentioned or "
+        "negated), mask-or-concept, then the families it belongs to"
+    )
     if has_table("features"):
         own = q(label_queries.mask_features, sae, persona, 30)
         if own.empty:
             st.write("None: no set of personas including it stands apart for any feature.")
         for f in own.itertuples():
-            feature_link(sae, int(f.feature), f.label, f" · {f.set_ratio:.1f}× the others",
-                         name=getattr(f, "name", None))
+            feature_link(
+                sae,
+                int(f.feature),
+                f.label,
+                f" · {f.set_ratio:.1f}× the others",
+                name=getattr(f, "name", None),
+            )
         st.subheader("Most suppressed under it")
-        st.caption("Live features whose mean under this persona falls furthest below the other "
-                   "personas' mean (a ranking, not a significance test).")
+        st.caption(
+            "Live features whose mean under this persona falls furthest below the other "
+            "personas' mean (a ranking, not a significance test)."
+        )
         low = q(dictionary_queries.suppressed_features, sae, persona, 15)
         for f in low.itertuples():
-            feature_link(sae, int(f.feature), f.label, f" · {f.delta_vs_rest:+.4f}",
-                         name=getattr(f, "name", None))
+            feature_link(
+                sae,
+                int(f.feature),
+                f.label,
+                f" · {f.delta_vs_rest:+.4f}",
+                name=getattr(f, "name", None),
+            )
     else:
         st.info("Not labelled yet: run `shoggoth label`.")
 with right:
@@ -80,14 +101,21 @@ with right:
     if has_table("persona_vectors"):
         vec = q(dictionary_queries.persona_vector, sae, persona)
         if len(vec):
-            st.caption(f"The persona's mean residual activation minus the mean over all "
-                       f"non-control personas: length {vec['norm'][0]:.3f} "
-                       f"({vec['relative_norm'][0]:.1%} of the mean residual), over "
-                       f"{int(vec['n_tokens'][0]):,} answer tokens.")
+            st.caption(
+                f"The persona's mean residual activation minus the mean over all "
+                f"non-control personas: length {vec['norm'][0]:.3f} "
+                f"({vec['relative_norm'][0]:.1%} of the mean residual), over "
+                f"{int(vec['n_tokens'][0]):,} answer tokens."
+            )
         near = q(dictionary_queries.persona_vector_features, sae, persona)
         for f in near.itertuples():
-            feature_link(sae, int(f.feature), f.label, f" · cos {f.cosine:.3f}",
-                         name=getattr(f, "name", None))
+            feature_link(
+                sae,
+                int(f.feature),
+                f.label,
+                f" · cos {f.cosine:.3f}",
+                name=getattr(f, "name", None),
+            )
     else:
         st.info("No persona vectors yet: run `shoggoth index`.")
 
@@ -99,36 +127,52 @@ else:
     name = st.selectbox("answer set", list(sets["answer_set"]), key="answer_set")
     meta = sets.set_index("answer_set").loc[name]
     how = "greedy" if meta.temperature == 0 else f"sampled at T={meta.temperature:g}"
-    st.caption(f"Written by {md(meta.model)}, {how}, at most {int(meta.max_tokens)} tokens, "
-               "under each of this persona's prompts; beside each, the battery's neutral answer "
-               "to the same question.")
+    st.caption(
+        f"Written by {md(meta.model)}, {how}, at most {int(meta.max_tokens)} tokens, "
+        "under each of this persona's prompts; beside each, the battery's neutral answer "
+        "to the same question."
+    )
     answers = q(action_queries.persona_answers, name, persona)
     if answers.empty:
         st.write("This set holds no answer of this persona.")
     for a in answers.head(12).itertuples():
-        st.markdown(f"**{md(a.item_id)}** (prompt {a.paraphrase}) · {md(a.question)}")
+        st.markdown(f"**{md(a.item_id)}** (prompt {md(a.paraphrase)}) · {md(a.question)}")
         left, right = st.columns(2)
         left.caption("neutral (the battery's)")
         left.text(a.neutral)
-        right.caption(f"its own ({a.stop_reason})")
+        right.caption(f"its own ({md(a.stop_reason)})")
         right.text(a.own or "(empty)")
     if len(answers) > 12:
         st.caption(f"First 12 of {len(answers)} answers.")
     st.subheader("Features its own words change")
-    st.caption("Content effect under this persona: the factor by which the feature's activation "
-               "on its own answers exceeds that on the reference answers (the battery's, or the "
-               "model's own under no persona), averaged over its prompt and no persona as "
-               "contexts; only features whose interval excludes 1, strongest first.")
+    st.caption(
+        "Content effect under this persona: the factor by which the feature's activation "
+        "on its own answers exceeds that on the reference answers (the battery's, or the "
+        "model's own under no persona), averaged over its prompt and no persona as "
+        "contexts; only features whose interval excludes 1, strongest first."
+    )
     runs = q(action_queries.grid_runs, sae)
     runs = runs[runs["answer_set"] == name] if len(runs) else runs
-    neutral = st.radio("reference text", list(runs["neutral"]), horizontal=True,
-                       key="neutral") if len(runs) else None
-    moved = q(action_queries.persona_content_features, sae, name, neutral, persona, 20) \
-        if neutral else pd.DataFrame()
+    neutral = (
+        st.radio(
+            "reference text", list(runs["neutral"]), horizontal=True, key="neutral", format_func=md
+        )
+        if len(runs)
+        else None
+    )
+    moved = (
+        q(action_queries.persona_content_features, sae, name, neutral, persona, 20)
+        if neutral
+        else pd.DataFrame()
+    )
     if moved.empty:
         st.write("None: run `shoggoth grid`, or no feature's interval excludes 1.")
     for f in moved.itertuples():
-        feature_link(sae, int(f.feature), f.grid_label,
-                     f" · ×{np.exp(f.content):.2f} [{np.exp(f.content_low):.2f}, "
-                     f"{np.exp(f.content_high):.2f}]" + (f" · {f.label}" if f.label else ""),
-                     name=getattr(f, "name", None))
+        feature_link(
+            sae,
+            int(f.feature),
+            f.grid_label,
+            f" · ×{np.exp(f.content):.2f} [{np.exp(f.content_low):.2f}, "
+            f"{np.exp(f.content_high):.2f}]" + (f" · {f.label}" if f.label else ""),
+            name=getattr(f, "name", None),
+        )

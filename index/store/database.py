@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 
 from shoggoth.core.errors import BadInput, first_line, interrupts_deferred, is_interrupt
-from shoggoth.core.names import check_sae_id, shown
+from shoggoth.core.names import check_sae_id, shown_name
 from shoggoth.core.versions import library_versions
 from shoggoth.index.store.schema import (
     BLOCK_SIZE,
@@ -141,7 +141,7 @@ def trust_nothing_from(con: Any, path: Path, what: str) -> None:
         "WHERE s.database_name = 'system' AND s.function_name = f.function_name) LIMIT 1"
     ).fetchone()
     if shadowing is not None:
-        raise BadInput(f"{what} {path}: defines a macro '{shown(shadowing[0])}' that replaces "
+        raise BadInput(f"{what} {path}: defines a macro '{shown_name(shadowing[0])}' that replaces "
                        "DuckDB's own function; shoggoth does not open it")
     view = con.execute(
         "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND "
@@ -149,7 +149,7 @@ def trust_nothing_from(con: Any, path: Path, what: str) -> None:
     ).fetchone()
     if view is not None and tables(con) != {"export_info"}:  # (an export's views database:
         # its views are redefined from the export's manifest, see index/store/sql.py)
-        raise BadInput(f"{what} {path}: '{shown(view[0])}' is a view where shoggoth keeps a "
+        raise BadInput(f"{what} {path}: '{shown_name(view[0])}' is a view where shoggoth keeps a "
                        "table; shoggoth does not open it")
     define_own_views(con)
 
@@ -389,6 +389,49 @@ def require_shoggoth(con: Any, path: Path, what: str = "--db",
     if found and missing:
         raise BadInput(f"{what} {path}: not a shoggoth database (no '{sorted(missing)[0]}' "
                        "table)")
+    if found:
+        check_column_types(con, path, what, catalog)
+
+
+TYPE_FAMILIES = {
+    "INTEGER": "number", "SMALLINT": "number", "BIGINT": "number", "FLOAT": "number",
+    "DOUBLE": "number", "VARCHAR": "text", "BOOLEAN": "BOOLEAN", "TIMESTAMP": "TIMESTAMP",
+    "JSON": "text", "DOUBLE[]": "list", "FLOAT[]": "list", "INTEGER[]": "list",
+    "VARCHAR[]": "list"}
+"""Declared column type → what a stored column must be (a damaged or hostile file that turned a
+number into text would otherwise fail deep inside a query, as a traceback)."""
+
+
+def _family(data_type: str) -> str:
+    if data_type.endswith("[]"):
+        return "list"
+    if data_type in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE",
+                     "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT") or \
+            data_type.startswith("DECIMAL"):
+        return "number"
+    if data_type in ("VARCHAR", "JSON") or data_type.startswith("ENUM"):
+        return "text"
+    return data_type
+
+
+def check_column_types(con: Any, path: Path, what: str = "--db",
+                       catalog: str | None = None) -> None:
+    """BadInput when a contract table's column holds another kind of value than the schema
+    declares (text where a number belongs, …), naming the table and column."""
+    stored = {(t, c): d for t, c, d in con.execute(
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = "
+        "coalesce(?, current_database()) AND schema_name = 'main'", [catalog]).fetchall()}
+    for table, definitions in TABLES.items():
+        for part in re.split(r",(?![^()]*\))", definitions):
+            words = part.split()
+            if not words or words[0] == "PRIMARY" or (table, words[0]) not in stored:
+                continue
+            want = TYPE_FAMILIES.get(words[1])
+            got = _family(stored[table, words[0]])
+            if want is not None and got != want:
+                raise BadInput(f"{what} {path}: {table}.{words[0]} holds "
+                               f"{shown_name(stored[table, words[0]])}, not {words[1]}; the "
+                               "database is damaged")
 
 
 def check_same_battery(con: Any, path: Path, other: dict[str, list[tuple[Any, ...]]],
@@ -434,7 +477,7 @@ def choose_sae(con: Any, path: Path, sae: str | None) -> tuple[str, dict[str, An
         raise BadInput(f"--db {path}: its saes table cannot be read ({first_line(e)})") from None
     cols = [d[0] for d in cur.description]
     saes = {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
-    held = ", ".join(shown(s) for s in list(saes)[:10]) + (", …" if len(saes) > 10 else "")
+    held = ", ".join(shown_name(s) for s in list(saes)[:10]) + (", …" if len(saes) > 10 else "")
     if not saes:
         raise BadInput(f"--db {path}: holds no harvest yet (run `shoggoth harvest`)")
     if sae is None:
@@ -442,7 +485,7 @@ def choose_sae(con: Any, path: Path, sae: str | None) -> tuple[str, dict[str, An
             raise BadInput(f"--db {path}: holds several SAEs ({held}); choose one with --sae")
         sae = next(iter(saes))
     if sae not in saes:
-        raise BadInput(f"--sae {shown(sae)}: not in {path} (it holds {held})")
+        raise BadInput(f"--sae {shown_name(sae)}: not in {path} (it holds {held})")
     check_sae_id(sae, f"--db {path}")
     check_saes_row(saes[sae], path)
     return sae, saes[sae]
@@ -462,13 +505,13 @@ def check_saes_row(row: dict[str, Any], path: Path) -> None:
             continue
         least = 0 if column == "value_decimals" else 1
         if type(value) is not int or not least <= value <= most:
-            raise BadInput(f"--db {path}: saes.{column} of '{shown(row.get('sae_id'))}' is "
-                           f"'{shown(value)}', not a count from {least} to {most:,}; the "
+            raise BadInput(f"--db {path}: saes.{column} of '{shown_name(row.get('sae_id'))}' is "
+                           f"'{shown_name(value)}', not a count from {least} to {most:,}; the "
                            "database is damaged")
     for column in ("model", "hook", "kind", "path", "reference", "template"):
         if row.get(column) is not None and not isinstance(row[column], str):
-            raise BadInput(f"--db {path}: saes.{column} of '{shown(row.get('sae_id'))}' is not "
-                           "text; the database is damaged")
+            raise BadInput(f"--db {path}: saes.{column} of '{shown_name(row.get('sae_id'))}' "
+                           "is not text; the database is damaged")
 
 
 @contextmanager

@@ -28,7 +28,7 @@ import duckdb
 from shoggoth.core.atomic import publish, write_json_atomic
 from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
-from shoggoth.core.names import identifier, shown
+from shoggoth.core.names import identifier, shown_name
 from shoggoth.core.outputs import is_duckdb_file, refuse_output_over
 from shoggoth.index.store.database import WAIT, connect, remove, require_shoggoth, tables
 from shoggoth.index.store.schema import (
@@ -176,7 +176,7 @@ def copy_table(con: Any, table: str, columns: list[str], rows: int, folder: Path
                row_group: int) -> None:
     """One table (its `columns`, `rows` rows) to Parquet under `folder`, partitioned and sorted
     when it is a bulk table. ENUM columns are written as text."""
-    name = identifier(table, f"table '{shown(table)}'")
+    name = identifier(table, f"table '{shown_name(table)}'")
     quoted = [identifier(c, f"a column of '{table}'") for c in columns]
     select = ", ".join(f"{q}::VARCHAR AS {q}" if c in ("persona", "item_id") else q
                        for c, q in zip(columns, quoted, strict=True))

@@ -20,7 +20,7 @@ import duckdb
 from shoggoth.battery.units import parse_shard
 from shoggoth.core.config import Config, config_metadata, option
 from shoggoth.core.errors import BadInput, first_line
-from shoggoth.core.names import check_sae_id, identifier, shown
+from shoggoth.core.names import check_sae_id, identifier, shown_name
 from shoggoth.index.store.database import (
     check_saes_row,
     check_same_battery,
@@ -73,7 +73,7 @@ def _holdings(con: Any, path: Path, catalog: str) -> list[Holding]:
     unknown = [c for c in cols if c not in SAES_COLUMNS]
     if unknown:  # (names from another file never reach a statement unless they are ours)
         raise BadInput(f"input {path}: its saes table has a column shoggoth does not know "
-                       f"('{shown(unknown[0])}')")
+                       f"('{shown_name(unknown[0])}')")
     for row in con.execute(f"SELECT * FROM {catalog}.saes").fetchall():
         sae = dict(zip(cols, row, strict=True))
         check_sae_id(sae["sae_id"], f"input {path}")

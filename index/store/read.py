@@ -19,7 +19,14 @@ import pandas as pd
 
 from shoggoth.core.atomic import file_sha256
 from shoggoth.core.errors import BadInput
-from shoggoth.index.store.database import choose_sae, connect, faiss_dir, require_shoggoth, tables
+from shoggoth.index.store.database import (
+    check_claims,
+    choose_sae,
+    connect,
+    faiss_dir,
+    require_shoggoth,
+    tables,
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -45,6 +52,7 @@ class Dictionary:
         self.con = connect(db, read_only=True) if con is None else con
         require_shoggoth(self.con, db)
         self.sae_id, self.row = choose_sae(self.con, db, sae)
+        check_claims(self.con, db, self.sae_id, self.row)
         self.tables = tables(self.con)
         self.labelled = has_table(self.con, "feature_labels")
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +244,11 @@ def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
     if cfg.resume:
         found = checkpoints(work / "checkpoints")
         if not found:
-            if stopped_early and not out.exists():  # resuming it is starting it again
+            if not out.exists():  # stopped before its first checkpoint (or before its work
+                # folder was made): resuming it is starting it again
+                if not stopped_early:
+                    print(f"note: --resume: no checkpoint for {out} yet; starting the run",
+                          file=sys.stderr)
                 return work, None
             raise BadInput(f"--resume: no checkpoint of an interrupted run for {out} (in {work})")
         saved = json.loads((work / STATE_FILE).read_text())

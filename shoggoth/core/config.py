@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -100,6 +101,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _repeated_as_lists(self)
+        _database_links_followed(self)
         validate(self)
 
     def check(self) -> None:
@@ -118,6 +120,15 @@ def _repeated_as_lists(config: Any) -> None:
         if typing.get_args(hints[f.name]) == (Path,):
             items = [Path(v) for v in items]
         setattr(config, f.name, items)
+
+
+def _database_links_followed(config: Any) -> None:
+    """A `db` given as a symbolic link becomes the file it points to, once, before anything
+    reads it: a command that rebuilds the database aside and renames it into place then
+    replaces the file, not the link (and its FAISS folder lies beside the file)."""
+    db = getattr(config, "db", None)
+    if isinstance(db, Path) and db.is_symlink():
+        config.db = Path(os.path.realpath(db))
 
 
 def _bounds_problem(value: float, meta: typing.Mapping[str, Any]) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from shoggoth.core.errors import BadInput
+from shoggoth.core.errors import BadInput, shown
 
 SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 """What an SAE may be called in a database (`harvest --sae`): it names files and folders beside
@@ -16,17 +16,19 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 """A table or column name shoggoth will put into SQL text (always double-quoted as well)."""
 
 
-def shown(value: object, limit: int = 60) -> str:
-    """`value` as it may appear in a message: repr'd (control characters visible), cut."""
-    text = repr(value) if not isinstance(value, str) else repr(value)[1:-1]
-    return text if len(text) <= limit else text[:limit] + "…"
+def shown_name(value: object, limit: int = 60) -> str:
+    """A name as a message quotes it between its own quotes: `shown` (control characters
+    visible, cut to `limit`), without the quotes repr puts around text."""
+    text = shown(value, limit)
+    return text[1:-1] if isinstance(value, str) and text[:1] in "'\"" and \
+        text[-1:] == text[:1] else text
 
 
 def check_sae_id(value: object, where: str) -> str:
     """`value` when it is an SAE id shoggoth can use; BadInput naming `where` otherwise."""
     if not isinstance(value, str) or not SAE_ID.fullmatch(value):
         raise BadInput(
-            f"{where}: the SAE id '{shown(value)}' is not one shoggoth accepts "
+            f"{where}: the SAE id '{shown_name(value)}' is not one shoggoth accepts "
             "(letters, digits, '.', '_', '-', not starting with '.'; at most 128)"
         )
     return value
@@ -37,7 +39,7 @@ def identifier(name: object, where: str) -> str:
     otherwise (a name that could close its quote is never pasted into a statement)."""
     if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
         raise BadInput(
-            f"{where}: the name '{shown(name)}' is not a plain SQL identifier "
+            f"{where}: the name '{shown_name(name)}' is not a plain SQL identifier "
             "(letters, digits and '_'); shoggoth does not use it"
         )
     return f'"{name}"'

@@ -61,15 +61,19 @@ def finishing() -> None:
         signal.signal(signal.SIGINT, _exit_interrupted)
 
 
-def _hold_interrupts_at_exit() -> None:
-    """The last exit hook (registered first): past it Python puts the default SIGINT action
-    back as it finalizes, and a Ctrl-C in that instant would kill the process by the signal.
-    Everything is saved by then, so the signal is held until the process has exited."""
-    if threading.current_thread() is threading.main_thread():
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def _ignore_interrupts_at_exit() -> None:
+    """The last exit hook (registered first). Past it Python finalizes: it puts the default
+    SIGINT action back for every handler of its own (`_PySignal_Fini`), and the kernel hands a
+    Ctrl-C to any thread that does not block it (DuckDB's, torch's, OpenMP's), so the process
+    would die by the signal with no line. Everything is saved and written by then, so SIGINT is
+    ignored, process-wide, until the process has exited with the command's code; Python leaves
+    an ignored signal ignored. (A Ctrl-C still pending here ends it as before: 130, one line.)
+    Only in the `shoggoth` program: a process that uses shoggoth as a library keeps its own."""
+    if PROGRAM and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-atexit.register(_hold_interrupts_at_exit)
+atexit.register(_ignore_interrupts_at_exit)
 
 
 PROGRAM = False

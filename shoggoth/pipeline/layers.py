@@ -250,7 +250,7 @@ def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
     """Run the probe and store it (table layer_probe); returns the rows written."""
     d = Dictionary(cfg.db, cfg.sae)
     try:
-        model = load_model(d.row["model"], cfg.device)
+        model = load_model(d.row["model"], cfg.device, hook=d.row["hook"])
         sae_hook, sae_layer = d.row["hook"], hook_layer(d.row["hook"])
         layers = parse_layers(cfg.layers, model.n_layers, sae_layer)
         prompts, docs = documents(d, model, cfg.items_per_topic)

@@ -77,7 +77,7 @@ def load_runner(d: Dictionary, device: str = "auto") -> tuple[Any, Any]:
     """The model and SAE of the dictionary's harvest, ready to encode text."""
     sae = load_harvest_sae(d.db, d.sae_id, d.row, device)
     sae.eval()
-    return load_model(d.row["model"], device), sae
+    return load_model(d.row["model"], device, hook=d.row["hook"]), sae
 
 
 def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: int,

@@ -228,7 +228,7 @@ def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
                   folder: Path) -> tuple[np.ndarray, pd.DataFrame]:
     """(n_tokens per document, per-document activations: doc, feature, mean_act, max_act,
     n_fire), batch by batch, resuming from `folder`."""
-    model = load_model(inputs.row["model"], cfg.device)
+    model = load_model(inputs.row["model"], cfg.device, hook=inputs.row["hook"])
     sae = load_harvest_sae(cfg.db, inputs.sae_id, inputs.row, cfg.device)
     sae.eval()
     prompts = build_prompts(model, inputs, docs)

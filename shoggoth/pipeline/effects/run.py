@@ -183,7 +183,7 @@ def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
 def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str) -> tuple[Model, Any]:
     """The harvest's model (a causal LM, else BadInput) and SAE, without gradients on
     weights."""
-    model = load_model(row["model"], device)
+    model = load_model(row["model"], device, hook=row["hook"])
     if not model.is_causal:
         raise BadInput(f"--db {db}: model '{row['model']}' is an encoder, not a causal LM; "
                        "ablation and steering are measured on next-token predictions")
