@@ -21,7 +21,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from shoggoth.explorer.store import Store
 from shoggoth.index.effects import queries as effect_queries
 from shoggoth.index.labels import queries as label_queries
-from shoggoth.index.labels.decompose import PARTS
+from shoggoth.index.labels.decompose import PATTERN_PARTS
 from shoggoth.index.store import read
 from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.pipeline.effects.steer import (
@@ -219,9 +219,13 @@ def steer_answers(
     )
 
 
-def decomposition_chart(decomposition: pd.DataFrame) -> alt.Chart:
-    """Each persona's shares, one bar per persona, stacked by part (decompose.PARTS order)."""
-    order = list(PARTS)
+def decomposition_chart(
+    decomposition: pd.DataFrame, parts: tuple[str, ...] = PATTERN_PARTS
+) -> alt.Chart:
+    """Each persona's shares, one bar per persona, stacked by part (`parts` order:
+    decompose.PATTERN_PARTS for persona_decomposition, decompose.PARTS for
+    persona_label_shares)."""
+    order = list(parts)
     return (
         alt.Chart(decomposition)
         .mark_bar()
@@ -240,3 +244,351 @@ def decomposition_chart(decomposition: pd.DataFrame) -> alt.Chart:
         )
         .transform_calculate(order=f"indexof({order!r}, datum.part)")
     )
+
+
+# --- the persona space (persona_space, persona_space_axes: `shoggoth label`, no dictionary) ---
+
+SPACE_KINDS = {"persona": ("#4c78a8", "circle"), "control": ("#f58518", "square")}
+"""How the persona space chart draws a persona and a control (colour, shape)."""
+AXIS_COLOUR = "#54a24b"
+"""The assistant axis's line."""
+SHARE_PARTS = {
+    "common": "#4c78a8",
+    "own": "#e45756",
+    "error": "#bab0ac",
+    "off the common direction": "#f2a541",
+}
+"""The parts of `shares_chart`'s bars and their colours: the dictionary's common pattern, own
+modulation (own_features + own_modulation) and error; without a dictionary, the share along the
+common direction and the rest (remainder_share)."""
+NO_SPACE = (
+    "No persona space for this SAE: `shoggoth label` makes it (persona_space, "
+    "persona_space_axes); this database was labelled before it did, or its harvest stored no "
+    "document shifts."
+)
+
+OLD_DECOMPOSITION = (
+    "This database's decomposition cuts the shift by label, as an older `shoggoth label` "
+    "wrote it; run `shoggoth label` again for the cut by activation pattern (common, own "
+    "features, own modulation, error)."
+)
+
+
+def space_axes(axes: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """persona_space_axes rows by axis (PC1…, controls, assistant); {} without any."""
+    if axes.empty or "axis" not in axes:
+        return {}
+    return {str(r["axis"]): r for r in axes.to_dict("records")}
+
+
+def _number(value: Any) -> float | None:
+    """A stored number, None where it is NULL or NaN."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if out != out else out
+
+
+def pc_title(axes: pd.DataFrame, component: int) -> str:
+    """An axis title of the persona space chart: the component and its share of the personas'
+    variance (and, for PC1, the assistant axis's cosine with it)."""
+    by_axis = space_axes(axes)
+    name = f"PC{component}"
+    share = _number(by_axis.get(name, {}).get("variance_share"))
+    if name not in by_axis:
+        return f"{name} · none (too few personas)"
+    title = f"{name} · {share:.0%} of the personas' variance" if share is not None else name
+    cosine = _number(by_axis.get("assistant", {}).get("cosine_pc1"))
+    if component == 1 and cosine is not None:
+        title += f" · assistant axis at cosine {cosine:.2f}"
+    return title
+
+
+def assistant_persona(sae: str, space: pd.DataFrame, axes: pd.DataFrame) -> str | None:
+    """The persona or control the assistant axis starts from (its shift minus the personas' mean
+    is the axis, so its point in the space is the axis's projection): the label run's
+    `--assistant`, else the first control with no system turn, as `shoggoth label` picks it.
+    None where the space has no assistant axis."""
+    if space.empty or "assistant" not in space_axes(axes):
+        return None
+    # (the label run's recorded config: the read API keeps it behind label_thresholds/notes)
+    named = q(label_queries._label_run, sae).get("assistant")
+    if isinstance(named, str) and named in set(space["persona"]):
+        return named
+    for r in space.itertuples():
+        if bool(r.is_control):
+            prompts = q(read.prompts_of, str(r.persona))["prompt"]
+            if all(not isinstance(t, str) or not t for t in prompts):
+                return str(r.persona)
+    return None
+
+
+def space_points(space: pd.DataFrame, current: str | None = None) -> pd.DataFrame:
+    """persona_space rows as the chart's points: kind (persona or control), PC1 and PC2 (0
+    where the harvest has too few personas for a component) and whether it is `current`."""
+    frame = space.copy()
+    frame["persona"] = frame["persona"].astype(str)
+    frame["kind"] = ["control" if bool(c) else "persona" for c in frame["is_control"]]
+    for column in ("pc1", "pc2"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").fillna(0.0)
+    frame["current"] = frame["persona"] == current
+    keep = [
+        "persona",
+        "kind",
+        "pc1",
+        "pc2",
+        "current",
+        "norm",
+        "common_share",
+        "control_share",
+        "remainder_share",
+        "reproducibility",
+        "reproducibility_null",
+    ]
+    return frame[[c for c in keep if c in frame.columns]]
+
+
+def persona_space_chart(
+    space: pd.DataFrame,
+    axes: pd.DataFrame,
+    current: str | None = None,
+    assistant: str | None = None,
+) -> alt.LayerChart:
+    """Personas (circles) and controls (squares, another colour), each labelled, on PC1 × PC2 of
+    the centred persona vectors (the origin is the personas' mean shift); `current` ringed; the
+    assistant axis a line from the origin to `assistant`'s point (the axis's projection on the
+    plane; PC1 is oriented along it)."""
+    points = space_points(space, current)
+    x_title, y_title = pc_title(axes, 1), pc_title(axes, 2)
+
+    def xy(frame: pd.DataFrame) -> alt.Chart:
+        return alt.Chart(frame).encode(
+            x=alt.X("pc1:Q", title=x_title, scale=alt.Scale(zero=True, nice=True)),
+            y=alt.Y("pc2:Q", title=y_title, scale=alt.Scale(zero=True, nice=True)),
+        )
+
+    kinds = list(SPACE_KINDS)
+    colours = alt.Scale(domain=kinds, range=[SPACE_KINDS[k][0] for k in kinds])
+    colour = alt.Color("kind:N", title=None, scale=colours)
+    shape = alt.Shape(
+        "kind:N",
+        title=None,
+        scale=alt.Scale(domain=kinds, range=[SPACE_KINDS[k][1] for k in kinds]),
+    )
+    tooltip = [
+        "persona",
+        "kind",
+        alt.Tooltip("pc1:Q", format=".4f"),
+        alt.Tooltip("pc2:Q", format=".4f"),
+        *[
+            alt.Tooltip(f"{c}:Q", format=".3f")
+            for c in (
+                "common_share",
+                "control_share",
+                "remainder_share",
+                "reproducibility",
+                "reproducibility_null",
+            )
+            if c in points.columns
+        ],
+    ]
+    origin = xy(pd.DataFrame({"pc1": [0.0], "pc2": [0.0]})).mark_point(
+        shape="cross", size=120, color="grey", filled=True
+    )
+    layers: list[alt.Chart] = [origin]
+    end = points[points["persona"] == assistant] if assistant is not None else points.iloc[:0]
+    if len(end):
+        e = end.iloc[0]
+        line = pd.DataFrame(
+            {
+                "pc1": [0.0],
+                "pc2": [0.0],
+                "pc1_end": [e["pc1"]],
+                "pc2_end": [e["pc2"]],
+                "label": ["assistant axis"],
+            }
+        )
+        layers.append(
+            xy(line)
+            .mark_rule(strokeWidth=2.5, strokeDash=[6, 3], color=AXIS_COLOUR)
+            .encode(x2="pc1_end:Q", y2="pc2_end:Q", tooltip=["label:N"])
+        )
+        middle = pd.DataFrame(
+            {"pc1": [e["pc1"] / 2], "pc2": [e["pc2"] / 2], "label": ["assistant axis"]}
+        )
+        layers.append(
+            xy(middle)
+            .mark_text(color=AXIS_COLOUR, dy=-10, fontSize=11, fontStyle="italic")
+            .encode(text="label:N")
+        )
+    layers.append(
+        xy(points[points["current"]]).mark_point(size=420, strokeWidth=2.5, color="#d62728")
+    )
+    layers.append(
+        xy(points)
+        .mark_point(filled=True, size=110, opacity=0.9)
+        .encode(color=colour, shape=shape, tooltip=tooltip)
+    )
+    layers.append(
+        xy(points)
+        .mark_text(align="left", dx=9, dy=-7, fontSize=11)
+        .encode(text="persona:N", color=colour)
+    )
+    return alt.layer(*layers).properties(height=380)
+
+
+def space_caption(space: pd.DataFrame, axes: pd.DataFrame, assistant: str | None) -> str:
+    """What the persona space chart shows, for its caption (markdown: names escaped)."""
+    by_axis = space_axes(axes)
+    shares = ", ".join(
+        f"{name} {share:.0%}"
+        for name in sorted(a for a in by_axis if a.startswith("PC"))
+        if (share := _number(by_axis[name].get("variance_share"))) is not None
+    )
+    text = (
+        "Each persona's and control's mean shift minus the personas' mean (the cross), on the "
+        "first two principal components of the personas (controls are projected, not part of "
+        f"them); each component's share of the variance: {shares or 'none'}."
+    )
+    if not any(a == "PC2" for a in by_axis):
+        text += " With fewer than three personas there is no PC2: every point sits at 0 on it."
+    cosine = _number(by_axis.get("assistant", {}).get("cosine_pc1"))
+    if cosine is not None:
+        start = f"{md(assistant)}'s" if assistant else "the assistant's"
+        text += (
+            f" The assistant axis ({start} shift minus the personas' mean, its projection "
+            f"drawn as the dashed line) lies at cosine {cosine:.2f} with PC1; PC1 is oriented "
+            "along it."
+        )
+    controls = _number(by_axis.get("controls", {}).get("cosine_common"))
+    if controls is not None:
+        text += (
+            " The plain controls' direction (a system prompt that names nobody) lies at "
+            f"cosine {controls:.2f} with the personas' common direction."
+        )
+    return text
+
+
+def by_pattern(decomposition: pd.DataFrame) -> bool:
+    """Whether persona_decomposition rows cut the shift by activation pattern (every part of
+    decompose.PATTERN_PARTS there), not by label as `shoggoth label` wrote it before (the
+    decompose.PARTS now in persona_label_shares)."""
+    return not decomposition.empty and set(PATTERN_PARTS) <= set(decomposition["part"])
+
+
+def shares_frame(decomposition: pd.DataFrame, space: pd.DataFrame) -> pd.DataFrame:
+    """Two bars per persona (not the controls): with the dictionary, its shift's common
+    pattern, own modulation (own_features + own_modulation) and error (persona_decomposition);
+    without, its share along the personas' common direction and the rest (persona_space). One
+    row per persona, bar and part: persona, bar, row (the bar's label), part, share, ci_low,
+    ci_high (no interval for the own sum)."""
+    rows: list[dict[str, Any]] = []
+    nan = float("nan")
+    if not decomposition.empty:
+        for persona, group in decomposition.groupby("persona", sort=True):
+            if not by_pattern(group):  # (an older database's cut by label: no bar made up)
+                continue
+            by_part = group.set_index("part")
+            for part, names in (
+                ("common", ["common"]),
+                ("own", ["own_features", "own_modulation"]),
+                ("error", ["error"]),
+            ):
+                found = by_part.reindex(names)
+                one = len(names) == 1
+                rows.append(
+                    {
+                        "persona": str(persona),
+                        "bar": "dictionary",
+                        "part": part,
+                        "share": float(found["share"].sum(min_count=1)),
+                        "ci_low": float(found["ci_low"].iloc[0]) if one else nan,
+                        "ci_high": float(found["ci_high"].iloc[0]) if one else nan,
+                    }
+                )
+    if not space.empty:
+        for r in space[~space["is_control"].astype(bool)].to_dict("records"):
+            for part, column in (
+                ("common", "common_share"),
+                ("off the common direction", "remainder_share"),
+            ):
+                rows.append(
+                    {
+                        "persona": str(r["persona"]),
+                        "bar": "no dictionary",
+                        "part": part,
+                        "share": _number(r.get(column)),
+                        "ci_low": _number(r.get(f"{column}_ci_low")),
+                        "ci_high": _number(r.get(f"{column}_ci_high")),
+                    }
+                )
+    frame = pd.DataFrame(rows, columns=["persona", "bar", "part", "share", "ci_low", "ci_high"])
+    frame["row"] = frame["persona"] + " · " + frame["bar"]
+    return frame.sort_values(["persona", "bar"], kind="stable").reset_index(drop=True)
+
+
+def shares_chart(shares: pd.DataFrame) -> alt.Chart:
+    """`shares_frame`'s bars: per persona, the dictionary's bar (common / own / error) above
+    the dictionary-free one (common / off the common direction), stacked by part."""
+    parts = list(SHARE_PARTS)
+    rows = list(dict.fromkeys(shares["row"]))
+    return (
+        alt.Chart(shares)
+        .mark_bar()
+        .encode(
+            x=alt.X("share:Q", title="share of the persona's shift"),
+            y=alt.Y("row:N", sort=rows, title=None, axis=alt.Axis(labelLimit=0)),
+            color=alt.Color(
+                "part:N",
+                title="part",
+                scale=alt.Scale(domain=parts, range=[SHARE_PARTS[p] for p in parts]),
+            ),
+            order=alt.Order("order:Q"),
+            tooltip=[
+                "persona",
+                "bar",
+                "part",
+                alt.Tooltip("share:Q", format=".3f"),
+                alt.Tooltip("ci_low:Q", format=".3f"),
+                alt.Tooltip("ci_high:Q", format=".3f"),
+            ],
+        )
+        .transform_calculate(order=f"indexof({parts!r}, datum.part)")
+        .properties(height=alt.Step(22))
+    )
+
+
+def space_line(row: dict[str, Any]) -> str:
+    """One persona's or control's place in the space in words (markdown: its name escaped)."""
+
+    def value(column: str, digits: int = 2) -> str:
+        point = _number(row.get(column))
+        if point is None:
+            return "n/a"
+        low, high = _number(row.get(f"{column}_ci_low")), _number(row.get(f"{column}_ci_high"))
+        interval = (
+            f" \\[{low:.{digits}f}, {high:.{digits}f}\\]"
+            if low is not None and high is not None
+            else ""
+        )
+        return f"{point:.{digits}f}{interval}"
+
+    null = _number(row.get("reproducibility_null"))
+    text = (
+        f"**{md(row['persona'])}**: shift length {value('norm', 4)}; a share "
+        f"{value('common_share')} along the personas' common direction, "
+        f"{value('remainder_share')} off it; "
+        f"{value('control_share')} along the plain controls' direction"
+    )
+    if _number(row.get("reproducibility")) is not None:
+        text += (
+            f"; what lies off the common direction repeats across its wordings at cosine "
+            f"{value('reproducibility')} (against other personas' "
+            + (f"{null:.2f}" if null is not None else "n/a")
+            + ")"
+        )
+    pc1 = _number(row.get("pc1"))
+    if pc1 is not None:
+        text += f"; PC1 {value('pc1', 4)}"
+    return text + "\\."

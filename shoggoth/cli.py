@@ -20,6 +20,7 @@ from shoggoth.core.errors import (
     is_environmental,
     is_interrupt,
 )
+from shoggoth.core.terminal import InertTerminal, one_line
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("models", "shoggoth.sae.commands:models_command",
@@ -114,16 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         shoggoth.core.startup.restore()
         cli.main(args=argv, prog_name="shoggoth", standalone_mode=False)
     except BadInput as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(one_line(f"error: {e}"), err=True)
         return 2
     except click.UsageError as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(one_line(f"error: {e.format_message()}"), err=True)
         return 2
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(one_line(f"error: {e.format_message()}"), err=True)
         return e.exit_code
     except Interrupted as e:
-        click.echo(f"interrupted: {e}", err=True)
+        click.echo(one_line(f"interrupted: {e}"), err=True)
         return 130
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a disk that fills, a folder the user cannot write, …
         # (before `except Exception`, which re-raises what is not an interrupt)
         where = f"{e.filename}: " if e.filename else ""
-        click.echo(f"error: {where}{e.strerror or first_line(e)}", err=True)
+        click.echo(one_line(f"error: {where}{e.strerror or first_line(e)}"), err=True)
         return 2
     except Exception as e:
         # DuckDB turns a Ctrl-C inside a query into an error of its own; every write is
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             click.echo("interrupted", err=True)
             return 130
         if is_environmental(e):
-            click.echo(f"error: {environment_line(e)}", err=True)
+            click.echo(one_line(f"error: {environment_line(e)}"), err=True)
             return 2
         raise
     return 0
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The `shoggoth` executable: `main`, then exit with its code."""
     shoggoth.core.startup.PROGRAM = True
+    if sys.stdout.isatty():  # values from databases must not drive the user's terminal
+        sys.stdout = InertTerminal(sys.stdout)
     try:
         code = main()
         shoggoth.core.startup.finishing()

@@ -118,8 +118,22 @@ def _audit(event: str, args: tuple) -> None:
         return
     if event in ("subprocess.Popen", "os.posix_spawn", "os.fork", "os.exec"):
         CAUGHT.append(f"starts a process ({event} {str(args[0])[:80]})")
-    elif event == "open" and isinstance(args[0], str | Path) and str(args[0]).endswith(SLOW_FILES):
+    elif event == "open" and isinstance(args[0], str | Path) and \
+            str(args[0]).endswith(SLOW_FILES) and not _reads_a_header():
         CAUGHT.append(f"loads model weights ({args[0]})")
+
+
+HEADER_READERS = {"weight_shapes"}
+"""Functions that open a weights file for its header only (a few KiB): not a slow load."""
+
+
+def _reads_a_header() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name in HEADER_READERS:
+            return True
+        frame = frame.f_back
+    return False
 
 
 sys.addaudithook(_audit)

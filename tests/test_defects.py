@@ -188,11 +188,11 @@ DONE = {"label": "per persona", "index": "features indexed"}
 """What a command prints when its work is done."""
 
 
-WRITING = {"label": ("db.duckdb.wal", 0.0), "index": (".db.duckdb.index.partial", 0.3)}
+WRITING = {"label": ("db.duckdb.wal", 0.0), "index": (".db.duckdb.index-*.partial", 0.3)}
 """The file that appears when a command starts writing the database (DuckDB's write-ahead log
-of a transaction on the file itself, or the copy `index` rebuilds), and how long after it the
-signal is sent (index: inside its example queries, where DuckDB once raised "RuntimeError:
-Query interrupted", exit 1)."""
+of a transaction on the file itself, or the copy `index` rebuilds, named after its process), and
+how long after it the signal is sent (index: inside its example queries, where DuckDB once
+raised "RuntimeError: Query interrupted", exit 1)."""
 
 
 @pytest.mark.slow
@@ -207,9 +207,8 @@ def test_interrupting_a_database_write_keeps_a_whole_database(tmp_path, syntheti
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
                             preexec_fn=default_sigint, text=True)
     name, delay = WRITING[command]
-    marker = tmp_path / name
     deadline = time.time() + 300
-    while not marker.exists():
+    while not list(tmp_path.glob(name)):
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.005)
@@ -360,9 +359,9 @@ def test_a_killed_merge_leaves_an_existing_database_as_it_was(tmp_path, tiny_sae
     create_schema(con, load_personas(Path(args[1])), load_items(Path(args[3])))
     con.close()
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    partial = tmp_path / ".all.duckdb.merge.partial"
     proc = subprocess.Popen([str(EXE), "merge", "--db", str(db), *map(str, shards)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    partial = tmp_path / f".all.duckdb.merge-{proc.pid}.partial"  # (one per process)
     deadline = time.time() + 120
     while not partial.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)

@@ -239,8 +239,10 @@ def test_the_persona_signal_and_the_decomposition_match_the_plant(planted):
     shifts = con.execute("SELECT persona::VARCHAR AS persona, shift FROM document_shifts "
                          "WHERE sae_id = ?", [planted["difference"].name]).df()
     parts = con.execute("SELECT persona, part, share, ci_low, ci_high FROM "
-                        "persona_decomposition WHERE sae_id = ?",
+                        "persona_label_shares WHERE sae_id = ?",
                         [planted["difference"].name]).df()
+    pattern = con.execute("SELECT persona, part, share FROM persona_decomposition "
+                          "WHERE sae_id = ?", [planted["difference"].name]).df()
     con.close()
     dirs = directions()
     for persona in PERSONAS:
@@ -254,13 +256,21 @@ def test_the_persona_signal_and_the_decomposition_match_the_plant(planted):
             got = mine.loc[part]
             assert abs(got["share"] - want) <= 0.1, (persona, part, got["share"], want)
             assert got["ci_low"] <= got["share"] <= got["ci_high"]
+        # Cut by pattern: each persona's own feature fires for it alone, so the common pattern
+        # holds a quarter of it (the mean over four personas) and its own modulation the rest.
+        cut = pattern[pattern["persona"] == persona].set_index("part")["share"]
+        assert abs(cut.sum() - 1) < 1e-6
+        n = len(PERSONAS)
+        assert abs(cut["own_features"] - (n - 1) / n * planted_share["own"]) <= 0.1, dict(cut)
+        assert abs(cut["common"] - planted_share["shared"] - planted_share["own"] / n) <= 0.1
 
 
 def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_path):
-    """`effects` on the difference dictionary: each planted persona's own and shared features,
-    steered into the reference document, reproduce its effect on the answer; the whole shift
-    (the ceiling: the hook is the model's last residual) reproduces all of it; ablating the
-    shared features under the persona removes part of it, not all."""
+    """`effects` on the difference dictionary: each planted persona's common pattern with its
+    own modulation, steered into the reference document, reproduces its effect on the answer,
+    and the pattern and the modulation alone add up to it; the whole shift (the ceiling: the
+    hook is the model's last residual) reproduces all of it; replacing the persona's own
+    modulation by the common pattern removes part of its effect, not all."""
     db = tmp_path / "db.duckdb"
     shutil.copy(planted["db"], db)
     name = planted["difference"].name
@@ -274,13 +284,13 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
     for persona in PERSONAS:
         share = got.loc[(persona, "steer", "shift"), "share"]
         assert 0.97 <= share <= 1.03, (persona, share)
-        composed = got.loc[(persona, "steer", "own+shared")]
+        composed = got.loc[(persona, "steer", "common+own")]
         assert composed["share"] >= 0.8, (persona, dict(composed))
         assert composed["ci_low"] <= composed["share"] <= composed["ci_high"]
         alone = got.loc[(persona, "steer", "own"), "share"] + \
-            got.loc[(persona, "steer", "shared"), "share"]
+            got.loc[(persona, "steer", "common"), "share"]
         assert abs(alone - composed["share"]) <= 0.2, (persona, alone, composed["share"])
-        removed = got.loc[(persona, "ablate", "shared"), "share"]
+        removed = got.loc[(persona, "ablate", "own"), "share"]
         assert 0.1 <= removed <= 0.9, (persona, removed)
     # Every planted persona is tested, and no control.
     assert set(rows["persona"]) == set(PERSONAS)
@@ -314,7 +324,7 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
     assert not at.exception, [e.value for e in at.exception]
     line = next(str(e.value) for e in at.get("text") if "steered into the reference" in
                 str(e.value))
-    want = got.loc[("poet", "steer", "own+shared")]
+    want = got.loc[("poet", "steer", "common+own")]
     assert line.startswith("poet: ") and f"{want['share']:.2f} [{want['ci_low']:.2f}" in line
 
 
@@ -373,7 +383,7 @@ def test_the_explorer_shows_each_masks_decomposition(planted):
                      at.get(kind) if hasattr(e, "value"))
     assert "What this dictionary sees of the masks" in text
     for persona in PERSONAS:
-        assert f"{persona}'s shift: " in text and "shared by every mask" in text
+        assert f"{persona}'s shift: " in text and "the pattern every mask shares" in text
     assert not [w for w in at.warning if "persona signal" in str(w.value)]  # it carries it
     at.query_params.update({"persona": "pirate", "sae": planted["difference"].name})
     at.switch_page("views/personas.py")

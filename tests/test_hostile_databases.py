@@ -322,3 +322,34 @@ def test_a_killed_exports_old_copy_is_put_back_or_removed(capfd, tmp_path, index
     assert run_one(capfd, ["export", "--db", str(indexed_db), "--parquet", str(out),
                            "--overwrite"])[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_names_with_terminal_sequences_do_not_reach_the_terminal(tmp_path, indexed_db):
+    """An SAE id holding a terminal's control sequences (retitle the window, clear the screen)
+    is printed in caret notation on a terminal, and an error line stays one line."""
+    import pty
+    import subprocess
+    import sys
+
+    db = copy_db(indexed_db, tmp_path / "db.duckdb")
+    _rename_sae(db, "ev\x1b]0;PWNED\x07il\x1b[2J")
+    exe = Path(sys.executable).with_name("shoggoth")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(exe), "status", "--db", str(db)], stdin=follower,
+                            stdout=follower, stderr=follower, close_fds=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"})
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(60)
+    os.close(leader)
+    assert proc.returncode == 0, seen
+    assert b"\x1b]0;" not in seen and b"\x07" not in seen and b"\x1b[2J" not in seen, seen
+    assert b"ev^[" in seen, seen  # (the table may cut the rest)

@@ -165,11 +165,11 @@ def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
     shutil.copytree(faiss_dir(indexed), faiss_dir(db))
     files = _files(faiss_dir(db))
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    partial = tmp_path / ".k.duckdb.index.partial"
     exe = Path(sys.executable).with_name("shoggoth")
     proc = subprocess.Popen([str(exe), "index", "--db", str(db), "--exact-max", "10"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    partial = tmp_path / f".k.duckdb.index-{proc.pid}.partial"  # (one per process)
     deadline = time.time() + 120
     while time.time() < deadline and not partial.exists():
         assert proc.poll() is None, proc.communicate()

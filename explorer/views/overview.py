@@ -1,4 +1,5 @@
-"""Overview: the SAEs, the battery, label counts, persona x label heatmap, calibration."""
+"""Overview: the SAEs, the battery, label counts, the persona decomposition and the persona space,
+persona x label heatmap, calibration."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import streamlit as st
 
 from shoggoth.core.signal import weak_signal_note
 from shoggoth.explorer.common import (
+    NO_SPACE,
+    OLD_DECOMPOSITION,
+    assistant_persona,
+    by_pattern,
     choose_sae,
     code,
     db_path,
@@ -15,11 +20,16 @@ from shoggoth.explorer.common import (
     feature_link,
     labels_frame,
     md,
+    persona_space_chart,
     q,
+    shares_chart,
+    shares_frame,
+    space_caption,
 )
 from shoggoth.index.action import queries as action_queries
 from shoggoth.index.effects import queries as effect_queries
 from shoggoth.index.labels import queries as label_queries
+from shoggoth.index.labels.decompose import PARTS
 from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.layers import queries as layer_queries
 from shoggoth.index.store import read
@@ -106,16 +116,50 @@ else:
     if weak:
         st.warning(weak)
     decomposition = q(label_queries.persona_decomposition, sae)
-    if len(decomposition):
-        st.altair_chart(decomposition_chart(decomposition), use_container_width=True)
+    if len(decomposition) and not by_pattern(decomposition):
+        st.altair_chart(decomposition_chart(decomposition, PARTS), width="stretch")
+        st.caption(OLD_DECOMPOSITION)
+    elif len(decomposition):
+        st.altair_chart(decomposition_chart(decomposition), width="stretch")
         st.caption(
-            "Each persona's shift split over the features by label: its own "
-            "(mask-specific), its family's, shared by every mask, its concept, other "
-            "features, and what the dictionary does not reconstruct (error). A share is "
-            "the part's projection on the shift, so they sum to 1 (docs/labels.md)."
+            "Each persona's shift cut by activation pattern: every feature at its mean over "
+            "the personas (common: the pattern every mask shares), the persona's own "
+            "modulation of the features labelled its own or its family's (own_features) and "
+            "of every other feature (own_modulation), and what the dictionary does not "
+            "reconstruct (error). A share is the part's projection on the shift, so they sum "
+            "to 1 (docs/labels.md); the cut by label is on each persona's page."
         )
         for line in label_queries.answers(decomposition).values():
             st.text(line)
+
+st.subheader("The persona space (no dictionary)")
+space = q(label_queries.persona_space, sae)
+axes = q(label_queries.persona_space_axes, sae)
+if space.empty:
+    st.caption(NO_SPACE)
+else:
+    summary = label_queries.space_summary(space, axes)
+    if summary:
+        st.caption(md(summary))
+    assistant = assistant_persona(sae, space, axes)
+    st.altair_chart(persona_space_chart(space, axes, assistant=assistant), width="stretch")
+    st.caption(space_caption(space, axes, assistant))
+    shares = shares_frame(q(label_queries.persona_decomposition, sae), space)
+    if len(shares):
+        st.altair_chart(shares_chart(shares), width="stretch")
+        st.caption(
+            "Each persona's shift two ways. With the dictionary: the pattern every mask "
+            "shares (common), its own modulation (own_features + own_modulation) and what the "
+            "dictionary does not reconstruct (error). Without it, from the harvest's shifts "
+            "alone: its share along the personas' common direction and what lies off it. The "
+            "common parts differ in kind (a pattern of features, a direction), so the two bars "
+            "agree only roughly; a persona with no dictionary bar has no decomposition "
+            "(see the notes above)."
+        )
+    with st.expander("Every persona and control in the space"):
+        st.dataframe(space, hide_index=True)
+        if not axes.empty:
+            st.dataframe(axes, hide_index=True)
 
 st.subheader("Persona × label")
 st.caption("For each persona, how many features it is the strongest persona of, by label.")

@@ -1,5 +1,6 @@
-"""Personas: a persona's prompts, its mask-specific and most suppressed features, and the features
-nearest its persona vector."""
+"""Personas: a persona's prompts, its place in the persona space, its shift decomposed and the
+features that make it the persona, its mask-specific and most suppressed features, and the
+features nearest its persona vector."""
 
 from __future__ import annotations
 
@@ -8,17 +9,27 @@ import pandas as pd
 import streamlit as st
 
 from shoggoth.explorer.common import (
+    NO_SPACE,
+    OLD_DECOMPOSITION,
+    assistant_persona,
+    by_pattern,
     choose_sae,
     decomposition_chart,
     feature_link,
     has_table,
     md,
+    persona_space_chart,
     q,
+    shares_chart,
+    shares_frame,
+    space_caption,
+    space_line,
 )
 from shoggoth.index.action import queries as action_queries
 from shoggoth.index.dictionary import queries as dictionary_queries
 from shoggoth.index.effects import queries as effects_queries
 from shoggoth.index.labels import queries as label_queries
+from shoggoth.index.labels.decompose import PARTS
 from shoggoth.index.store import read
 
 sae, row = choose_sae()
@@ -38,15 +49,106 @@ st.subheader("Prompts")
 for p in q(read.prompts_of, persona).itertuples():
     st.markdown(f"{md(p.paraphrase)}\\. {md(p.prompt) if p.prompt else '*(no system prompt)*'}")
 
-mine = q(label_queries.persona_decomposition, sae, persona)
-if len(mine):
-    st.subheader("Its shift, decomposed")
-    st.text(label_queries.answers(mine)[persona])
-    st.altair_chart(decomposition_chart(mine), use_container_width=True)
-    st.caption(
-        "The persona's mean answer-token shift against the reference, split over the "
-        "dictionary's features by label, each share with its item-bootstrap interval."
+st.subheader("Where it lies in the persona space")
+space = q(label_queries.persona_space, sae)
+axes = q(label_queries.persona_space_axes, sae)
+here = space[space["persona"] == persona] if len(space) else space
+if space.empty:
+    st.caption(NO_SPACE)
+else:
+    summary = label_queries.space_summary(space, axes)
+    if summary:
+        st.caption(md(summary))
+    if len(here):
+        st.markdown(space_line(here.iloc[0].to_dict()))
+    else:
+        st.caption(f"{md(persona)} is not in the space (no document shifts of it).")
+    assistant = assistant_persona(sae, space, axes)
+    st.altair_chart(
+        persona_space_chart(space, axes, current=persona, assistant=assistant), width="stretch"
     )
+    st.caption(space_caption(space, axes, assistant) + " The ringed point is this persona.")
+
+st.subheader("Its shift, decomposed")
+mine = q(label_queries.persona_decomposition, sae, persona)
+shares = shares_frame(mine, here)
+if by_pattern(mine):
+    st.text(label_queries.answers(mine)[persona])
+if len(shares):
+    st.altair_chart(shares_chart(shares), width="stretch")
+    st.caption(
+        "Its shift two ways. With the dictionary: the pattern every mask shares (common), "
+        "its own modulation (own_features + own_modulation) and what the dictionary does not "
+        "reconstruct (error). Without it, from the harvest's shifts alone: its share along "
+        "the personas' common direction and what lies off it."
+    )
+if len(mine) and not by_pattern(mine):
+    st.altair_chart(decomposition_chart(mine, PARTS), width="stretch")
+    st.caption(OLD_DECOMPOSITION)
+elif len(mine):
+    st.altair_chart(decomposition_chart(mine), width="stretch")
+    st.caption(
+        "The persona's mean answer-token shift against the reference, cut by activation "
+        "pattern (the common pattern, its own modulation in its own features and in the "
+        "rest, the error), each share with its item-bootstrap interval."
+    )
+elif bool(meta.is_control):
+    st.caption("A control: `shoggoth label` decomposes the personas' shifts, not the controls'.")
+elif not has_table("persona_decomposition"):
+    st.caption(
+        "No decomposition in this database: `shoggoth label` makes it (persona_decomposition)."
+    )
+else:
+    st.caption(
+        "No decomposition of its shift for this SAE (the label run's notes on the overview "
+        "say why: a residual SAE's needs the reference persona in the battery)."
+    )
+
+st.subheader("Which features make it this persona")
+if not has_table("persona_own_features"):
+    st.caption(
+        "No list of its own features in this database: `shoggoth label` makes it "
+        "(persona_own_features)."
+    )
+else:
+    own_features = q(label_queries.persona_own_features, sae, persona)
+    if own_features.empty:
+        st.caption(
+            "None stored: `shoggoth label` lists them where it decomposes the persona's shift "
+            "(not for a control, nor for a residual SAE without the reference persona)."
+        )
+    else:
+        st.caption(
+            "The features whose own modulation (the persona's mean activation minus the mean "
+            "over the personas) carries most of its shift: share ⟨v, m_f d_f⟩ / |v|² "
+            "(negative: it pulls against the shift), modulation m_f, largest |share| first."
+        )
+        named = q(read.names, sae, tuple(int(f) for f in own_features["feature"]))
+        widths = [0.5, 5, 1.2, 1.2, 2]
+        for cell, head in zip(
+            st.columns(widths), ("rank", "feature", "share", "modulation", "label"), strict=True
+        ):
+            cell.markdown(f"**{head}**")
+        for f in own_features.itertuples():
+            rank, link, share, modulation, label = st.columns(widths)
+            rank.markdown(md(int(f.rank)))
+            with link:
+                feature_link(sae, int(f.feature), name=named.get(int(f.feature)))
+            share.markdown(md(f"{f.share:+.3f}"))
+            modulation.markdown(md(f"{f.modulation:+.4f}"))
+            label.markdown(md(f.label or ""))
+by_label = q(label_queries.persona_label_shares, sae, persona)
+if len(by_label):
+    with st.expander("Its shift by label"):
+        st.altair_chart(
+            decomposition_chart(by_label, PARTS).properties(height=150), width="stretch"
+        )
+        st.dataframe(by_label.drop(columns=["persona"]), hide_index=True)
+        st.caption(
+            "The same shift cut by the features' labels: mask-specific to it (own), "
+            "mask-family with it (family), shared by every mask, its concept, every other "
+            "feature, and the error (persona_label_shares)."
+        )
 
 composed = q(effects_queries.persona_composition, sae, persona)
 if len(composed):

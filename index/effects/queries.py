@@ -49,11 +49,12 @@ def composition_answer(rows: pd.DataFrame) -> str:
         return f"{r.share:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
 
     persona = rows["persona"].iloc[0]
-    return (f"{persona}: its own and shared features steered into the reference reproduce "
-            f"{share('steer', 'own+shared')} of its effect (own alone "
-            f"{share('steer', 'own')}, shared alone {share('steer', 'shared')}, the whole "
-            f"shift {share('steer', 'shift')}); ablating the shared features removes "
-            f"{share('ablate', 'shared')}")
+    return (f"{persona}: the common pattern with its own modulation, steered into the reference, "
+            f"reproduces {share('steer', 'common+own')} of its effect (the common pattern "
+            f"alone {share('steer', 'common')}, its own modulation alone "
+            f"{share('steer', 'own')}, the whole shift {share('steer', 'shift')}); replacing "
+            f"its own modulation by the common pattern removes {share('ablate', 'own')} "
+            f"(in features of its own: {share('ablate', 'own_features')})")
 
 
 def mediation_summary(con: Any, sae: str) -> pd.DataFrame:

@@ -38,7 +38,7 @@ mediated, ablate_logprob, ablate_kl, steer_toward; role: candidate (top of the s
 baseline (a random shared feature), chosen (named with --features). persona_composition: the
 causal composition test (test steer: the share of the persona's effect that a part of its shift
 added to the reference reproduces; test ablate: the share a part removed from the persona takes
-away; part: own, shared, own+shared, features, shift)."""
+away; part: common, common+own, own, shift for steer; own, own_features for ablate)."""
 
 MEASURES = ("attribution", "mediated", "ablate_logprob", "ablate_kl", "steer_toward")
 

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from shoggoth.core.config import config_options
 from shoggoth.core.printing import print_json
-from shoggoth.index.labels.queries import answers
+from shoggoth.index.labels.queries import answers, space_summary
 from shoggoth.index.labels.run import LabelRunConfig, label_database
 
 
@@ -28,7 +28,8 @@ def label_command(cfg: LabelRunConfig) -> None:
                     "labels": features["label"].value_counts().to_dict(), "fdr": fdr,
                     "notes": result["notes"], "config": result["config"],
                     "persona_signal": result["persona_signal"],
-                    "decomposition": result["decomposition"]})
+                    "decomposition": result["decomposition"], "persona_space": result["space"],
+                    "persona_space_axes": result["axes"]})
         return
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
@@ -57,5 +58,8 @@ def label_command(cfg: LabelRunConfig) -> None:
     if result["persona_signal"] == result["persona_signal"]:  # not NaN
         console.print(f"persona signal this dictionary carries on the battery: "
                       f"{result['persona_signal']:.2f}", highlight=False)
+    summary = space_summary(result["space"], result["axes"])
+    if summary:
+        console.print(summary, highlight=False)
     for line in answers(result["decomposition"]).values():
         console.print(line, highlight=False)

@@ -25,6 +25,13 @@ shared / shared-modulated / mask-general (shared by every mask), persona-concept
 mask-or-concept for it (concept), every other feature (other: other personas' features,
 unclear, rare), and what the dictionary does not reconstruct (error)."""
 
+PATTERN_PARTS = ("common", "own_features", "own_modulation", "error")
+"""A persona's shift cut by activation pattern, not by label: every feature at its mean
+activation over the personas (common: the pattern every mask shares), the persona's activations
+minus that mean (its own modulation) in the features labelled its own or its family's
+(own_features) and in every other feature (own_modulation), and what the dictionary does not
+reconstruct (error)."""
+
 SHARED_LABELS = ("shared", "shared-modulated", "mask-general")
 CONCEPT_LABELS = ("persona-concept", "mask-or-concept")
 
@@ -44,11 +51,18 @@ def part_of_features(labels: pd.DataFrame, persona: str) -> np.ndarray:
     return part
 
 
+def own_features(labels: pd.DataFrame, persona: str) -> np.ndarray:
+    """[features] True for the features labelled `persona`'s own (mask-specific to it) or its
+    family's (mask-family with it); `labels` as for `part_of_features`."""
+    part = part_of_features(labels, persona)
+    return np.isin(part, [PARTS.index("own"), PARTS.index("family")])
+
+
 def shares(shift: np.ndarray, parts: np.ndarray) -> np.ndarray:
-    """[len(PARTS)] shares of one shift [d] split into parts [len(PARTS) - 1, d]."""
+    """[parts + 1] shares of one shift [d] split into parts [parts, d] and the error."""
     norm2 = float(shift @ shift)
     if norm2 <= 0:
-        return np.full(len(PARTS), np.nan)
+        return np.full(len(parts) + 1, np.nan)
     error = shift - parts.sum(axis=0)
     return np.append(parts @ shift, error @ shift) / norm2
 
@@ -67,8 +81,8 @@ class Decomposition:
 def decompose(shift: np.ndarray, parts: np.ndarray, weights: np.ndarray,
               confidence: float) -> Decomposition:
     """Shares of a persona's mean shift and their item-bootstrap intervals: `shift` [items, d]
-    (the persona's mean shift on each item), `parts` [len(PARTS) - 1, items, d] the parts'
-    item means, `weights` [items, B] the resamples' item multiplicities."""
+    (the persona's mean shift on each item), `parts` [parts, items, d] the parts' item means
+    (the error is the last share), `weights` [items, B] the resamples' item multiplicities."""
     point = shares(shift.mean(axis=0), parts.mean(axis=1))
     total = np.maximum(weights.sum(axis=0), 1e-12)  # [B]
     v = (weights.T @ shift) / total[:, None]  # [B, d]
@@ -84,17 +98,19 @@ def decompose(shift: np.ndarray, parts: np.ndarray, weights: np.ndarray,
     if ok.sum() >= 2:
         low, high = np.quantile(boot[ok], [tail, 1 - tail], axis=0)
     else:
-        low = high = np.full(len(PARTS), np.nan)
+        low = high = np.full(len(parts) + 1, np.nan)
     return Decomposition(point, low, high, float(np.linalg.norm(shift.mean(axis=0))),
                          len(shift))
 
 
 def answer(persona: str, parts: dict[str, tuple[float, float, float]]) -> str:
-    """The one-line answer for a persona, from its parts' (share, low, high)."""
+    """The one-line answer for a persona, from its PATTERN_PARTS' (share, low, high)."""
 
     def part(name: str) -> str:
         share, low, high = parts.get(name, (float("nan"),) * 3)
         return f"{share:.2f} [{low:.2f}, {high:.2f}]"
 
-    return (f"{persona}'s shift: {part('shared')} shared by every mask, {part('own')} its own, "
-            f"{part('error')} unexplained")
+    own = sum(parts.get(name, (float("nan"),))[0] for name in ("own_features", "own_modulation"))
+    return (f"{persona}'s shift: {part('common')} the pattern every mask shares, {own:.2f} its "
+            f"own modulation ({part('own_modulation')} over features every mask uses, "
+            f"{part('own_features')} in features of its own), {part('error')} unexplained")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from shoggoth.index.labels.decompose import PARTS, answer
+from shoggoth.index.labels.decompose import PARTS, PATTERN_PARTS, answer
 from shoggoth.index.labels.rules import LabelConfig
 from shoggoth.index.store.read import (
     has_table,
@@ -101,17 +101,46 @@ def signal_carried(signal: pd.DataFrame) -> float | None:
     return float((ok["carried"].to_numpy() * norm2).sum() / norm2.sum()) if norm2.sum() else None
 
 
-def persona_decomposition(con: Any, sae_id: str, persona: str | None = None) -> pd.DataFrame:
-    """persona_decomposition rows (persona, part, share, ci_low, ci_high, n_items), parts in
-    their order; one persona's, or every persona's."""
-    frame = if_table(con, "persona_decomposition",
-                     "SELECT persona, part, share, ci_low, ci_high, n_items FROM "
-                     "persona_decomposition WHERE sae_id = ? AND (? IS NULL OR persona = ?) "
-                     "ORDER BY persona", [sae_id, persona, persona])
+def _parts(con: Any, table: str, order: tuple[str, ...], sae_id: str,
+           persona: str | None) -> pd.DataFrame:
+    frame = if_table(con, table,
+                     f"SELECT persona, part, share, ci_low, ci_high, n_items FROM {table} "
+                     "WHERE sae_id = ? AND (? IS NULL OR persona = ?) ORDER BY persona",
+                     [sae_id, persona, persona])
     if frame.empty:
         return frame
-    frame["order"] = frame["part"].map({p: n for n, p in enumerate(PARTS)})
+    frame["order"] = frame["part"].map({p: n for n, p in enumerate(order)})
     return frame.sort_values(["persona", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def persona_decomposition(con: Any, sae_id: str, persona: str | None = None) -> pd.DataFrame:
+    """persona_decomposition rows (persona, part, share, ci_low, ci_high, n_items), parts in
+    their order (decompose.PATTERN_PARTS); one persona's, or every persona's."""
+    return _parts(con, "persona_decomposition", PATTERN_PARTS, sae_id, persona)
+
+
+def persona_label_shares(con: Any, sae_id: str, persona: str | None = None) -> pd.DataFrame:
+    """persona_label_shares rows: the shift cut by label (decompose.PARTS order)."""
+    return _parts(con, "persona_label_shares", PARTS, sae_id, persona)
+
+
+def persona_space(con: Any, sae_id: str) -> pd.DataFrame:
+    """persona_space rows of an SAE's harvest (personas first, then controls)."""
+    return if_table(con, "persona_space", "SELECT * EXCLUDE (sae_id) FROM persona_space "
+                    "WHERE sae_id = ? ORDER BY is_control, persona", [sae_id])
+
+
+def persona_space_axes(con: Any, sae_id: str) -> pd.DataFrame:
+    """persona_space_axes rows (PC1…, controls, assistant)."""
+    return if_table(con, "persona_space_axes", "SELECT * EXCLUDE (sae_id) FROM "
+                    "persona_space_axes WHERE sae_id = ? ORDER BY axis", [sae_id])
+
+
+def persona_own_features(con: Any, sae_id: str, persona: str) -> pd.DataFrame:
+    """The features carrying most of one persona's own modulation (persona_own_features)."""
+    return if_table(con, "persona_own_features", "SELECT rank, feature, share, modulation, label "
+                    "FROM persona_own_features WHERE sae_id = ? AND persona = ? ORDER BY rank",
+                    [sae_id, persona])
 
 
 def answers(decomposition: pd.DataFrame) -> dict[str, str]:
@@ -123,3 +152,24 @@ def answers(decomposition: pd.DataFrame) -> dict[str, str]:
         parts = {r.part: (r.share, r.ci_low, r.ci_high) for r in group.itertuples()}
         out[str(persona)] = answer(str(persona), parts)
     return out
+
+
+def space_summary(space: pd.DataFrame, axes: pd.DataFrame) -> str | None:
+    """The persona space in one sentence (None without one): the median persona's share along
+    the common direction, the remainder's reproducibility against its null, PC1's share of the
+    variance and the assistant axis's cosine with PC1."""
+    if space.empty:
+        return None
+    main = space[~space["is_control"].astype(bool)]
+    by_axis = axes.set_index("axis") if not axes.empty else pd.DataFrame()
+    common, within = main["common_share"].median(), main["reproducibility"].median()
+    text = (f"persona space (no dictionary): a median {common:.2f} of a persona's shift lies "
+            "along the personas' common direction; the rest is reproducible across wordings at "
+            f"a median cosine {within:.2f} (between personas: "
+            f"{main['reproducibility_null'].median():.2f})")
+    if "PC1" in by_axis.index:
+        text += f"; PC1 holds {by_axis.loc['PC1', 'variance_share']:.0%} of its variance"
+    if "assistant" in by_axis.index:
+        text += (f"; the assistant axis lies at cosine {by_axis.loc['assistant', 'cosine_pc1']:.2f}"
+                 " with PC1")
+    return text

@@ -44,6 +44,9 @@ class LabelRunConfig(LabelConfig):
     """The SAE to label (its sae_id; default: the only one in the database)."""
     calibration_seeds: int = option(3, min=1, max=100)
     """Prompt-reassignment calibration runs (each a full labelling of shuffled prompts)."""
+    assistant: str | None = None
+    """The persona the assistant axis starts from (its shift minus the personas' mean; default:
+    the control with no system turn, the template's default assistant)."""
     format: Format = "table"
     """table (for reading) or json (for scripts)."""
 
@@ -148,17 +151,28 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     features.insert(0, "sae_id", sae_id)
     calib.insert(0, "sae_id", sae_id)
     fdr.insert(0, "sae_id", sae_id)
-    signal, parts, fraction = persona_tables(shifts, prompts, sae_row, doc_features, documents,
-                                             personas, real, topics, cfg.bootstrap,
-                                             cfg.confidence, cfg.seed, notes)
-    for frame in (signal, parts):
+    persona = persona_tables(shifts, prompts, sae_row, doc_features, documents, personas, real,
+                             topics, cfg.bootstrap, cfg.confidence, cfg.seed, notes,
+                             cfg.assistant)
+    frames = {"persona_signal": persona.signal, "persona_space": persona.space,
+              "persona_space_axes": persona.axes,
+              "persona_decomposition": persona.decompositions.pattern,
+              "persona_label_shares": persona.decompositions.labels,
+              "persona_own_features": persona.decompositions.own}
+    for frame in frames.values():
         if not frame.empty:
             frame.insert(0, "sae_id", sae_id)
     write(cfg.db, sae_id, features, calib, fdr, {**config_metadata(cfg), "notes": notes},
-          signal, parts)
+          frames)
     return {"sae_id": sae_id, "features": features, "calibration": calib, "fdr": fdr,
-            "notes": notes, "config": asdict(thresholds), "persona_signal": fraction,
-            "signal": signal, "decomposition": parts}
+            "notes": notes, "config": asdict(thresholds), "persona_signal": persona.fraction,
+            "signal": persona.signal, "decomposition": persona.decompositions.pattern,
+            "space": persona.space, "axes": persona.axes}
+
+
+PERSONA_TABLES = ("persona_signal", "persona_space", "persona_space_axes",
+                  "persona_decomposition", "persona_label_shares", "persona_own_features")
+"""The tables `label` fills about the personas (beside the feature labels)."""
 
 
 PERSONA_SQL = """
@@ -180,8 +194,8 @@ ORDER BY s.feature, s.persona
 
 
 def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFrame,
-          fdr: pd.DataFrame, config: dict[str, Any], signal: pd.DataFrame | None = None,
-          parts: pd.DataFrame | None = None) -> None:
+          fdr: pd.DataFrame, config: dict[str, Any],
+          persona: dict[str, pd.DataFrame] | None = None) -> None:
     """Replace this SAE's labels in one transaction (with a `runs` record); annotations are
     never touched."""
     con = connect(db, wait=WAIT)
@@ -192,8 +206,9 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
             for table, frame in (("features", features), ("calibration", calibration),
                                  ("label_fdr", fdr)):
                 replace_rows(con, table, sae_id, frame)
-            for table, frame in (("persona_signal", signal), ("persona_decomposition", parts)):
+            for table in PERSONA_TABLES:  # (a table is emptied when nothing was made)
                 con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+                frame = (persona or {}).get(table)
                 if frame is not None and not frame.empty:
                     replace_rows(con, table, sae_id, frame)
             con.execute("DELETE FROM feature_personas WHERE sae_id = ?", [sae_id])

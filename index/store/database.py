@@ -9,6 +9,7 @@ the process at any moment leaves the previous database as it was.
 from __future__ import annotations
 
 import fcntl
+import functools
 import glob
 import json
 import os
@@ -18,7 +19,7 @@ import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,18 +131,26 @@ def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | No
     return con
 
 
+@functools.cache
+def _system_functions() -> frozenset[str]:
+    """The names of DuckDB's own functions (listed once per process)."""
+    with duckdb.connect(":memory:") as con:
+        return frozenset(r[0] for r in con.execute(
+            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE database_name = 'system'"
+        ).fetchall())
+
+
 def trust_nothing_from(con: Any, path: Path, what: str) -> None:
     """Refuse what a hostile file could use to change shoggoth's queries (a macro named like
     one of DuckDB's functions, a view named like one of shoggoth's tables), then define
     shoggoth's own views and macros as temporary objects, which the file's cannot replace."""
-    shadowing = con.execute(
-        "SELECT f.function_name FROM duckdb_functions() f WHERE f.database_name = "
-        "current_database() AND f.function_type IN ('macro', 'table_macro') AND "
-        "f.function_name <> 'example_contexts' AND EXISTS (SELECT 1 FROM duckdb_functions() s "
-        "WHERE s.database_name = 'system' AND s.function_name = f.function_name) LIMIT 1"
-    ).fetchone()
+    macros = [r[0] for r in con.execute(
+        "SELECT function_name FROM duckdb_functions() WHERE database_name = current_database() "
+        "AND function_type IN ('macro', 'table_macro') AND function_name <> 'example_contexts'"
+    ).fetchall()]
+    shadowing = next((m for m in macros if m in _system_functions()), None)
     if shadowing is not None:
-        raise BadInput(f"{what} {path}: defines a macro '{shown_name(shadowing[0])}' that replaces "
+        raise BadInput(f"{what} {path}: defines a macro '{shown_name(shadowing)}' that replaces "
                        "DuckDB's own function; shoggoth does not open it")
     view = con.execute(
         "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND "
@@ -211,25 +220,33 @@ def identity(path: Path) -> tuple[Any, ...]:
     return stat(path), stat(Path(f"{path}.wal"))
 
 
+def _wait_for(lock: Callable[[], None], wait: float, refused: Callable[[], Locked]) -> None:
+    """Call `lock` (a non-blocking lock that raises OSError while another process holds it)
+    until it succeeds; `refused()` is raised after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            lock()
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise refused() from None
+            time.sleep(0.1)
+
+
 @contextmanager
 def exclusive(path: Path, what: str = "--db", wait: float = 30.0) -> Iterator[None]:
     """Hold an exclusive fcntl lock on `path` (the lock DuckDB itself takes), so no DuckDB
     connection of another process can open it meanwhile; waits up to `wait` seconds for readers
     and writers to finish. The lock is released when the block ends."""
+    def refused() -> Locked:
+        pid = lock_holder(path)
+        return Locked(f"{what} {path}: in use by another process"
+                      + (f" (PID {pid})" if pid else "") + "; run this again when it is done")
+
     fd = os.open(path, os.O_RDWR)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    pid = lock_holder(path)
-                    raise Locked(f"{what} {path}: in use by another process"
-                                 + (f" (PID {pid})" if pid else "") + "; run this again when "
-                                 "it is done") from None
-                time.sleep(0.1)
+        _wait_for(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), wait, refused)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -252,17 +269,9 @@ def writing(db: Path, what: str = "--db", wait: float = WRITE_WAIT) -> Iterator[
     except OSError as e:
         raise BadInput(f"{what} {db}: its folder cannot be opened ({e.strerror or e})") from None
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    raise Locked(f"{what} {db}: another shoggoth command is writing into "
-                                 f"{db.parent} for over {wait:g} s; run this again when it is "
-                                 "done") from None
-                time.sleep(0.1)
+        _wait_for(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), wait, lambda: Locked(
+            f"{what} {db}: another shoggoth command is writing into {db.parent} for over "
+            f"{wait:g} s; run this again when it is done"))
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -89,6 +89,27 @@ LABEL_TABLES: dict[str, str] = {
         sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, part VARCHAR NOT NULL,
         share DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n_items INTEGER NOT NULL,
         PRIMARY KEY (sae_id, persona, part)""",
+    "persona_label_shares": """
+        sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, part VARCHAR NOT NULL,
+        share DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n_items INTEGER NOT NULL,
+        PRIMARY KEY (sae_id, persona, part)""",
+    "persona_own_features": """
+        sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, rank INTEGER NOT NULL,
+        feature INTEGER NOT NULL, share DOUBLE NOT NULL, modulation DOUBLE NOT NULL,
+        label VARCHAR NOT NULL, PRIMARY KEY (sae_id, persona, rank)""",
+    "persona_space": """
+        sae_id VARCHAR NOT NULL, persona VARCHAR NOT NULL, is_control BOOLEAN NOT NULL,
+        n_wordings INTEGER NOT NULL, n_items INTEGER NOT NULL,
+        norm DOUBLE, norm_ci_low DOUBLE, norm_ci_high DOUBLE,
+        common_share DOUBLE, common_share_ci_low DOUBLE, common_share_ci_high DOUBLE,
+        control_share DOUBLE, control_share_ci_low DOUBLE, control_share_ci_high DOUBLE,
+        remainder_share DOUBLE, remainder_share_ci_low DOUBLE, remainder_share_ci_high DOUBLE,
+        reproducibility DOUBLE, reproducibility_ci_low DOUBLE, reproducibility_ci_high DOUBLE,
+        reproducibility_null DOUBLE, pc1 DOUBLE, pc1_ci_low DOUBLE, pc1_ci_high DOUBLE,
+        pc2 DOUBLE, pc3 DOUBLE, PRIMARY KEY (sae_id, persona)""",
+    "persona_space_axes": """
+        sae_id VARCHAR NOT NULL, axis VARCHAR NOT NULL, variance_share DOUBLE, ci_low DOUBLE,
+        ci_high DOUBLE, cosine_pc1 DOUBLE, cosine_common DOUBLE, PRIMARY KEY (sae_id, axis)""",
     "annotations": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, label VARCHAR, note VARCHAR,
         author VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp""",

@@ -1,14 +1,18 @@
 """The causal composition test of `shoggoth effects`: does a persona's shift, rebuilt from the
-dictionary's features grouped by label, act like the persona?
+parts `label` cuts it into, act like the persona?
 
 For persona k and item i, the persona's shift at the hook on the answer tokens, in the
-dictionary's code (`Setup.shift_codes`), splits by label as the decomposition of `label` does
-(index/labels/decompose.py): its own features' contribution u_own(t) = Σ_{f own} c_f(t) d_f, the
-shared features' u_shared(t), every feature's, and the shift itself. Steering adds a part to the
-reference document's residual on the answer tokens (does it reproduce the persona?); ablation
-subtracts a part from the persona's own document (does the persona's effect go away?). Each is
-scored against Δ_k, the persona's shift of the answer's log-probabilities (tokens 2..), by the
-share it reproduces or removes, summed over items (index/effects/stats.py).
+dictionary's code c_k(t) (`Setup.shift_codes`), is cut as the decomposition of `label` cuts it
+(index/labels/decompose.py): the common pattern c̄(t) (every feature at its mean code over the
+personas, token by token: the personas share the answer's tokens) and the persona's own
+modulation c_k(t) − c̄(t), whole or only in the features labelled its own. Steering adds a part
+to the reference document's residual on the answer tokens (does it reproduce the persona?): the
+common pattern, the pattern with its own modulation (the dictionary's whole reconstruction), its
+own modulation alone, and the shift itself (the ceiling). Ablation replaces the persona's own
+modulation by the common pattern in its own document (the mask with its own part removed), or
+only the part in its own features. Each is scored against Δ_k, the persona's shift of the
+answer's log-probabilities (tokens 2..), by the share it reproduces or removes, summed over
+items (index/effects/stats.py).
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from shoggoth.index.labels.decompose import PARTS
 from shoggoth.pipeline.effects.measure import Setup
 from shoggoth.sae.intervene import answer_logprobs
 
-STEER_PARTS = ("own+shared", "own", "shared", "features", "shift")
-"""What steering adds to the reference document: the persona's own and shared features'
-contributions together and each alone, every feature's (the dictionary's whole reconstruction of
-the shift), and the shift itself (the ceiling: what one edit at this hook, on the answer's
-tokens, can reproduce)."""
-ABLATE_PARTS = ("shared", "own")
-"""What ablation removes from the persona's document."""
-OWN, SHARED = PARTS.index("own"), PARTS.index("shared")
+STEER_PARTS = ("common", "common+own", "own", "shift")
+"""What steering adds to the reference document: the common pattern, the pattern with the
+persona's own modulation (the dictionary's whole reconstruction of its shift), its own
+modulation alone, and the shift itself (the ceiling: what one edit at this hook, on the
+answer's tokens, can reproduce)."""
+ABLATE_PARTS = ("own", "own_features")
+"""What ablation takes from the persona's document: its own modulation (replaced by the common
+pattern), or only the part of it in the features labelled its own."""
+OWN_PARTS = (PARTS.index("own"), PARTS.index("family"))
 
 
 def _run_rows(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]
@@ -50,10 +55,10 @@ def _run_rows(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]
 
 def compose_item(s: Setup, item: int, parts: np.ndarray) -> dict[str, np.ndarray]:
     """One item's composition test. `parts` [personas, features]: each persona's part (index
-    into PARTS) of every feature. Returns delta[k, t] the persona's shift of the answer's
-    log-probabilities (tokens 2..), steer[k, j, t] the change of the reference's when
-    STEER_PARTS[j] is added, ablate[k, j, t] the change of the persona's when ABLATE_PARTS[j] is
-    removed."""
+    into decompose.PARTS) of every feature (its own: mask-specific or mask-family). Returns
+    delta[k, t] the persona's shift of the answer's log-probabilities (tokens 2..),
+    steer[k, j, t] the change of the reference's when STEER_PARTS[j] is added, ablate[k, j, t]
+    the change of the persona's when ABLATE_PARTS[j] is removed."""
     lp_ref, x_ref = s.clean(0, item)
     n_personas, n = len(s.conditions) - 1, len(lp_ref) - 1
     out = {"delta": np.zeros((n_personas, n)),
@@ -62,17 +67,17 @@ def compose_item(s: Setup, item: int, parts: np.ndarray) -> dict[str, np.ndarray
     if n == 0:  # a one-token answer: nothing after the prefix to edit
         return out
     w_dec = s.w_dec.float()
+    clean = [s.clean(k, item) for k in range(1, n_personas + 1)]
+    codes = [s.shift_codes(x_k, x_ref).to(w_dec.device) for _, x_k in clean]  # [n, features]
+    common = torch.stack(codes).mean(dim=0)
     steering: list[torch.Tensor] = []
-    for k in range(1, n_personas + 1):
-        lp_k, x_k = s.clean(k, item)
-        out["delta"][k - 1] = (lp_k - lp_ref)[1:].numpy()
-        code = s.shift_codes(x_k, x_ref).to(w_dec.device)  # [n, features]
-        part = torch.as_tensor(parts[k - 1], device=w_dec.device)
-        own = (code * (part == OWN)) @ w_dec
-        shared = (code * (part == SHARED)) @ w_dec
-        steering += [own + shared, own, shared, code @ w_dec, x_k - x_ref]
-        ablated = _run_rows(s, k, item, [-shared, -own])
-        out["ablate"][k - 1] = (ablated - lp_k)[:, 1:].numpy()
+    for k, ((lp_k, x_k), code) in enumerate(zip(clean, codes, strict=True)):
+        out["delta"][k] = (lp_k - lp_ref)[1:].numpy()
+        own_mask = torch.as_tensor(np.isin(parts[k], OWN_PARTS), device=w_dec.device)
+        own = (code - common) @ w_dec
+        steering += [common @ w_dec, code @ w_dec, own, x_k - x_ref]
+        ablated = _run_rows(s, k + 1, item, [-own, -((code - common) * own_mask) @ w_dec])
+        out["ablate"][k] = (ablated - lp_k)[:, 1:].numpy()
     steered = _run_rows(s, 0, item, steering).view(n_personas, len(STEER_PARTS), -1)
     out["steer"] = (steered - lp_ref)[..., 1:].numpy()
     return out
