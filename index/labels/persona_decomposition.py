@@ -190,10 +190,13 @@ def read_prompts(con: Any) -> pd.DataFrame:
 
 
 def persona_shifts(shifts: pd.DataFrame, personas: pd.DataFrame, prompts: pd.DataFrame,
-                   assistant: str | None) -> tuple[Shifts, list[str]]:
+                   assistant: str | None, reference: str | None = None
+                   ) -> tuple[Shifts, list[str]]:
     """The document shifts as `persona_space.Shifts` (personas first, then controls), and the
     items in order. `assistant`: the persona the assistant axis starts from (default: the
-    control whose prompts are all empty, i.e. no system turn)."""
+    control whose prompts are all empty, i.e. no system turn). `reference`: the battery's
+    persona whose documents are the reference (its shift is zero by construction: it is not
+    one of the plain controls)."""
     items = sorted(set(shifts["item_id"]))
     table = personas.set_index("persona")
     present = [p for p in table.index if (shifts["persona"] == p).any()]
@@ -217,7 +220,7 @@ def persona_shifts(shifts: pd.DataFrame, personas: pd.DataFrame, prompts: pd.Dat
     return Shifts(
         x=x, unit_persona=np.array([u[0] for u in units]), personas=order,
         is_main=np.array([not bool(table.loc[p, "is_control"]) for p in order]),
-        is_plain_control=np.array([bool(table.loc[p, "is_control"]) and
+        is_plain_control=np.array([bool(table.loc[p, "is_control"]) and p != reference and
                                    _names_nobody(control_of.get(p)) for p in order]),
         axis=None if axis_name is None else order.index(axis_name)), items
 
@@ -258,13 +261,15 @@ def space_tables(shifts: Shifts, n_items: int, weights: np.ndarray, confidence: 
              "ci_low": float(e.low["variance_share"][c]),
              "ci_high": float(e.high["variance_share"][c]),
              "cosine_pc1": 1.0 if c == 0 else 0.0,
-             "cosine_common": _cosine(pt.components[c], shifts, pt)} for c in range(n_pc)]
+             "cosine_common": _cosine(pt.components[c], shifts, pt), "norm_ratio": None}
+            for c in range(n_pc)]
     axes.append({"axis": "controls", "variance_share": None, "ci_low": None, "ci_high": None,
-                 "cosine_pc1": None, "cosine_common": pt.control_common_cosine})
+                 "cosine_pc1": None, "cosine_common": pt.control_common_cosine,
+                 "norm_ratio": pt.control_norm_ratio})
     if shifts.axis is not None:
         axes.append({"axis": "assistant", "variance_share": None, "ci_low": None,
                      "ci_high": None, "cosine_pc1": pt.axis_pc1_cosine,
-                     "cosine_common": pt.axis_common_cosine})
+                     "cosine_common": pt.axis_common_cosine, "norm_ratio": pt.axis_norm_ratio})
     return pd.DataFrame(rows), pd.DataFrame(axes)
 
 
@@ -315,11 +320,11 @@ def persona_tables(shifts: pd.DataFrame, prompts: pd.DataFrame, row: dict[str, A
     weak = weak_signal_note(fraction)
     if weak:
         notes.append(weak)
-    arrays, items = persona_shifts(shifts, personas, prompts, assistant)
-    weights = stratified_weights(np.array([topics.get(i, "") for i in items]), bootstrap, seed)
-    space, axes = space_tables(arrays, len(items), weights, confidence)
     kind = row.get("kind") or "residual"
     ref = reference_persona(personas, prompts, row.get("reference"))
+    arrays, items = persona_shifts(shifts, personas, prompts, assistant, ref)
+    weights = stratified_weights(np.array([topics.get(i, "") for i in items]), bootstrap, seed)
+    space, axes = space_tables(arrays, len(items), weights, confidence)
     w_dec, why = read_decoder(row)
     parts = NO_DECOMPOSITION
     if w_dec is None:

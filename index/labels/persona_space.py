@@ -77,6 +77,10 @@ class Space:
     """cos(a, PC1), PC1 oriented along a (NaN without an axis)."""
     axis_common_cosine: float
     """cos(a, m)."""
+    control_norm_ratio: float
+    """|p| / |m|."""
+    axis_norm_ratio: float
+    """|a| / |m|."""
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -137,10 +141,14 @@ def space(shifts: Shifts, unit_means: np.ndarray,
     elif axis is not None and n_comp and comps[0] @ axis < 0:
         comps[0] *= -1
     scores = (v - m) @ comps.T
+    m_norm = float(np.linalg.norm(m))
     return Space(np.sqrt(norm2), common, control, within, null, scores, var, comps,
                  _cos(p, m) if len(plain) else float("nan"),
                  _cos(axis, comps[0]) if axis is not None and n_comp else float("nan"),
-                 _cos(axis, m) if axis is not None else float("nan"))
+                 _cos(axis, m) if axis is not None else float("nan"),
+                 float(np.linalg.norm(p)) / m_norm if len(plain) and m_norm else float("nan"),
+                 float(np.linalg.norm(axis)) / m_norm if axis is not None and m_norm
+                 else float("nan"))
 
 
 def unit_means(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:

@@ -28,7 +28,7 @@ from shoggoth.index.store.database import (
     transaction,
 )
 from shoggoth.index.store.derived import refresh_causal
-from shoggoth.index.store.schema import create_label_tables
+from shoggoth.index.store.schema import PERSONA_TABLES, create_label_tables
 
 EFFECT_LABELS = (*PERSONA_LABELS, "shared-modulated")
 """Labels that claim a persona effect: each gets an estimated false-discovery rate."""
@@ -168,11 +168,6 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
             "notes": notes, "config": asdict(thresholds), "persona_signal": persona.fraction,
             "signal": persona.signal, "decomposition": persona.decompositions.pattern,
             "space": persona.space, "axes": persona.axes}
-
-
-PERSONA_TABLES = ("persona_signal", "persona_space", "persona_space_axes",
-                  "persona_decomposition", "persona_label_shares", "persona_own_features")
-"""The tables `label` fills about the personas (beside the feature labels)."""
 
 
 PERSONA_SQL = """

@@ -119,16 +119,30 @@ def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | No
         raise BadInput(f"{what} {path}: {first_line(e)}") from None
     try:
         if folders:
-            con.execute("SET allowed_directories = ?",
-                        [[str(p).rstrip("/") + "/" for p in folders]])
+            _set(con, "SET allowed_directories = ?",
+                 [[str(p).rstrip("/") + "/" for p in folders]])
         if files:
-            con.execute("SET allowed_paths = ?", [[str(p) for p in files]])
+            _set(con, "SET allowed_paths = ?", [[str(p) for p in files]])
         for key, value in late.items():  # last: after these, no setting can change
-            con.execute(f"SET {key} = {str(value).lower()}")
+            _set(con, f"SET {key} = {str(value).lower()}", None)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _set(con: Any, statement: str, params: Any) -> None:
+    """A sandbox setting. A second connection of this process to the same file shares the first
+    one's database instance, whose settings may be locked already: that is fine when the
+    instance is sandboxed (external access off), and refused otherwise."""
+    try:
+        con.execute(statement, params)
+    except duckdb.InvalidInputException as e:
+        locked = "locked" in str(e)
+        closed = con.execute("SELECT current_setting('enable_external_access')"
+                             ).fetchone()[0] in (False, "false")
+        if not (locked and closed):
+            raise
 
 
 @functools.cache
@@ -363,7 +377,10 @@ def replace_rows(con: Any, table: str, sae_id: str, frame: Any,
     try:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
     finally:
-        con.unregister("_rows")
+        try:
+            con.unregister("_rows")
+        except duckdb.Error:  # (an aborted transaction: the insert's own error is the news)
+            pass
 
 
 def insert_frame(con: Any, table: str, frame: Any, head: list[Any] | None = None) -> None:

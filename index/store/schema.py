@@ -109,7 +109,8 @@ LABEL_TABLES: dict[str, str] = {
         pc2 DOUBLE, pc3 DOUBLE, PRIMARY KEY (sae_id, persona)""",
     "persona_space_axes": """
         sae_id VARCHAR NOT NULL, axis VARCHAR NOT NULL, variance_share DOUBLE, ci_low DOUBLE,
-        ci_high DOUBLE, cosine_pc1 DOUBLE, cosine_common DOUBLE, PRIMARY KEY (sae_id, axis)""",
+        ci_high DOUBLE, cosine_pc1 DOUBLE, cosine_common DOUBLE, norm_ratio DOUBLE,
+        PRIMARY KEY (sae_id, axis)""",
     "annotations": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, label VARCHAR, note VARCHAR,
         author VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp""",
@@ -335,12 +336,25 @@ def stale_label_tables(con: Any) -> list[str]:
     data from a method that no longer exists."""
     stale = []
     for table, marker in (("features", "set_margin"), ("calibration", "label")):
-        have = {r[0] for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-            "AND table_schema = current_schema()", [table]).fetchall()}
+        have = _column_names(con, table)
         if have and marker not in have:
             stale.append(table)
+    for table in PERSONA_TABLES:  # (wholly derived: any other set of columns is an old one)
+        have = _column_names(con, table)
+        if have and have != set(columns_of(LABEL_TABLES[table])):
+            stale.append(table)
     return stale
+
+
+PERSONA_TABLES = ("persona_signal", "persona_space", "persona_space_axes",
+                  "persona_decomposition", "persona_label_shares", "persona_own_features")
+"""The tables `label` fills about the personas, beside the feature labels."""
+
+
+def _column_names(con: Any, table: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+        "AND table_schema = current_schema()", [table]).fetchall()}
 
 
 def create_label_tables(con: Any) -> None:
