@@ -399,29 +399,7 @@ def persona_space_chart(
     layers: list[alt.Chart] = [origin]
     end = points[points["persona"] == assistant] if assistant is not None else points.iloc[:0]
     if len(end):
-        e = end.iloc[0]
-        line = pd.DataFrame(
-            {
-                "pc1": [0.0],
-                "pc2": [0.0],
-                "pc1_end": [e["pc1"]],
-                "pc2_end": [e["pc2"]],
-                "label": ["assistant axis"],
-            }
-        )
-        layers.append(
-            xy(line)
-            .mark_rule(strokeWidth=2.5, strokeDash=[6, 3], color=AXIS_COLOUR)
-            .encode(x2="pc1_end:Q", y2="pc2_end:Q", tooltip=["label:N"])
-        )
-        middle = pd.DataFrame(
-            {"pc1": [e["pc1"] / 2], "pc2": [e["pc2"] / 2], "label": ["assistant axis"]}
-        )
-        layers.append(
-            xy(middle)
-            .mark_text(color=AXIS_COLOUR, dy=-10, fontSize=11, fontStyle="italic")
-            .encode(text="label:N")
-        )
+        layers += assistant_axis_layers(xy, float(end.iloc[0]["pc1"]), float(end.iloc[0]["pc2"]))
     layers.append(
         xy(points[points["current"]]).mark_point(size=420, strokeWidth=2.5, color="#d62728")
     )
@@ -436,6 +414,24 @@ def persona_space_chart(
         .encode(text="persona:N", color=colour)
     )
     return alt.layer(*layers).properties(height=380)
+
+
+def assistant_axis_layers(
+    xy: Callable[[pd.DataFrame], alt.Chart], x: float, y: float
+) -> list[alt.Chart]:
+    """The assistant axis: a dashed line from the origin to (x, y), labelled at its middle."""
+    line = pd.DataFrame(
+        {"pc1": [0.0], "pc2": [0.0], "pc1_end": [x], "pc2_end": [y], "label": ["assistant axis"]}
+    )
+    middle = pd.DataFrame({"pc1": [x / 2], "pc2": [y / 2], "label": ["assistant axis"]})
+    return [
+        xy(line)
+        .mark_rule(strokeWidth=2.5, strokeDash=[6, 3], color=AXIS_COLOUR)
+        .encode(x2="pc1_end:Q", y2="pc2_end:Q", tooltip=["label:N"]),
+        xy(middle)
+        .mark_text(color=AXIS_COLOUR, dy=-10, fontSize=11, fontStyle="italic")
+        .encode(text="label:N"),
+    ]
 
 
 def space_caption(space: pd.DataFrame, axes: pd.DataFrame, assistant: str | None) -> str:

@@ -294,8 +294,12 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path):
     assert not work.exists()
     work.mkdir()
     assert prepare_dirs(TrainConfig(out=out), out) == (work, None)
-    # Stopped before its work folder was made (a paired stream's forward passes come first).
-    shutil.rmtree(work)
+    # A run marks its work folder before its long set-up (a paired stream's forward passes):
+    # stopped there, --resume starts it again.
+    from shoggoth.sae.train.run import mark_started
+
+    shutil.rmtree(work, ignore_errors=True)
+    mark_started(work, TrainConfig(out=out))
     assert prepare_dirs(TrainConfig(out=out, resume=True), out) == (work, None)
 
 

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,11 +243,7 @@ def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
     if cfg.resume:
         found = checkpoints(work / "checkpoints")
         if not found:
-            if not out.exists():  # stopped before its first checkpoint (or before its work
-                # folder was made): resuming it is starting it again
-                if not stopped_early:
-                    print(f"note: --resume: no checkpoint for {out} yet; starting the run",
-                          file=sys.stderr)
+            if stopped_early and not out.exists():  # resuming it is starting it again
                 return work, None
             raise BadInput(f"--resume: no checkpoint of an interrupted run for {out} (in {work})")
         saved = json.loads((work / STATE_FILE).read_text())
@@ -265,6 +260,15 @@ def prepare_dirs(cfg: TrainConfig, out: Path) -> tuple[Path, int | None]:
             )
         shutil.rmtree(work)
     return work, None
+
+
+def mark_started(work: Path, cfg: TrainConfig) -> None:
+    """The work folder of a run that starts now, with its settings: made before the long
+    set-up (a paired stream's forward passes come before the first checkpoint), so that a run
+    stopped there leaves a folder `--resume` knows (and starts again) rather than nothing."""
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / STATE_FILE).is_file():
+        write_json_atomic(work / STATE_FILE, _resume_fields(cfg))
 
 
 def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) -> dict[str, float]:
@@ -483,7 +487,14 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
     dataset = resolve_dataset(cfg.dataset, model)
     train_ctx, eval_ctx = training_contexts(cfg, model, dataset)
     paired = any(s.target == DIFFERENCE for s in specs)
-    pairs, held = paired_data(cfg, model, dataset, paired)
+    if world.leader and resume_from is None:
+        mark_started(work, cfg)
+    try:
+        pairs, held = paired_data(cfg, model, dataset, paired)
+    except BadInput:
+        if world.leader and resume_from is None:  # (bad input: nothing is left behind)
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     corpus = (f"{len(pairs):,} persona/reference pairs ({pairs.tokens():,} shared tokens)"
               if pairs is not None else
               f"{len(train_ctx)} training contexts ({int(train_ctx.numel()):,} distinct tokens)")
@@ -642,10 +653,10 @@ def fit(cfg: TrainConfig, trainer: Any, run: TrainRun) -> dict[str, Any]:
     try:
         trained = trained_saes(trainer.fit(), run)
     except KeyboardInterrupt:
-        if trainer.stopped_at is None:  # before the first step: nothing to save
-            if run.world.leader:
-                shutil.rmtree(work, ignore_errors=True)
-            raise Interrupted("stopped before training began; nothing was written") from None
+        if trainer.stopped_at is None:  # before the first step (a paired stream's forward
+            # passes): nothing to save; the work folder stays, so --resume starts it again
+            raise Interrupted(f"stopped before training began; run it again (with or without "
+                              f"--resume) to start it ({work} holds only its settings)") from None
         raise Interrupted(f"checkpoint saved in {work} at {trainer.stopped_at:,} tokens; "
                           "continue with --resume") from None
     for sae in trained.values():
