@@ -12,7 +12,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sys
-from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 WILDCARDS = ("", "0.0.0.0", "::")
 """Bind addresses meaning every interface: the machine is then reached by any of its
@@ -66,11 +68,11 @@ class HostCheck:
     """ASGI middleware: 403 for an HTTP request or WebSocket upgrade whose Host is not allowed
     (`host_allowed`); everything else passes untouched."""
 
-    def __init__(self, app: Any, bind: str) -> None:
+    def __init__(self, app: ASGIApp, bind: str) -> None:
         self.app = app
         self.bind = bind
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             host = next(
                 (v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), ""
@@ -81,7 +83,7 @@ class HostCheck:
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def refuse(scope: Any, receive: Any, send: Any) -> None:
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
         from starlette.responses import PlainTextResponse
 
         if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
@@ -109,7 +111,7 @@ def guard_streamlit() -> None:
             "check (shoggoth.explorer.launch) needs updating"
         )
 
-    def middleware() -> list[Any]:
+    def middleware() -> list[Middleware]:
         from starlette.middleware import Middleware
 
         bind = str(config.get_option("server.address") or "")

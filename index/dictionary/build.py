@@ -248,8 +248,6 @@ def remove_unreferenced(db: Path, sae_id: str, legacy: bool = False) -> None:
     keep = referenced_folders(db)
     folder = faiss_dir(db)
     for old in folder.glob(f"{glob.escape(sae_id)}.*"):
-        if old.parent != folder:
-            continue
         if old.is_dir() and old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
         elif legacy and old.is_file():

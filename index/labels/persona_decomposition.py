@@ -17,11 +17,12 @@ from shoggoth.core.signal import signal_fraction, weak_signal_note
 from shoggoth.index.labels.decompose import (
     PARTS,
     PATTERN_PARTS,
+    Decomposition,
     decompose,
     own_features,
     part_of_features,
 )
-from shoggoth.index.labels.persona_space import Shifts, estimate, unit_means
+from shoggoth.index.labels.persona_space import Shifts, estimate
 from shoggoth.index.labels.stats import stratified_weights
 from shoggoth.index.store.read import has_table
 
@@ -154,7 +155,7 @@ def decomposition(shifts: pd.DataFrame, doc_features: pd.DataFrame, documents: p
     return Decompositions(pd.DataFrame(pattern), pd.DataFrame(by_label), pd.DataFrame(own_rows))
 
 
-def _rows(persona: str, names: tuple[str, ...], d: Any) -> list[dict[str, Any]]:
+def _rows(persona: str, names: tuple[str, ...], d: Decomposition) -> list[dict[str, Any]]:
     return [{"persona": persona, "part": name, "share": d.share[g], "ci_low": d.low[g],
              "ci_high": d.high[g], "n_items": d.n_items} for g, name in enumerate(names)]
 
@@ -225,7 +226,7 @@ def persona_shifts(shifts: pd.DataFrame, personas: pd.DataFrame, prompts: pd.Dat
         axis=None if axis_name is None else order.index(axis_name)), items
 
 
-def _names_nobody(control_of: Any) -> bool:
+def _names_nobody(control_of: object) -> bool:
     """Whether a control's `control_of` is empty (NULL reads back as None or NaN)."""
     return control_of is None or (isinstance(control_of, float) and np.isnan(control_of)) \
         or not str(control_of).strip()
@@ -261,7 +262,7 @@ def space_tables(shifts: Shifts, n_items: int, weights: np.ndarray, confidence: 
              "ci_low": float(e.low["variance_share"][c]),
              "ci_high": float(e.high["variance_share"][c]),
              "cosine_pc1": 1.0 if c == 0 else 0.0,
-             "cosine_common": _cosine(pt.components[c], shifts, pt), "norm_ratio": None}
+             "cosine_common": float(pt.components_common_cosine[c]), "norm_ratio": None}
             for c in range(n_pc)]
     axes.append({"axis": "controls", "variance_share": None, "ci_low": None, "ci_high": None,
                  "cosine_pc1": None, "cosine_common": pt.control_common_cosine,
@@ -271,16 +272,6 @@ def space_tables(shifts: Shifts, n_items: int, weights: np.ndarray, confidence: 
                      "ci_high": None, "cosine_pc1": pt.axis_pc1_cosine,
                      "cosine_common": pt.axis_common_cosine, "norm_ratio": pt.axis_norm_ratio})
     return pd.DataFrame(rows), pd.DataFrame(axes)
-
-
-def _cosine(direction: np.ndarray, shifts: Shifts, pt: Any) -> float:
-    """cos(direction, m), m the personas' mean shift."""
-    unit = unit_means(shifts.x, None)
-    v = np.stack([unit[shifts.unit_persona == k].mean(axis=0)
-                  for k in range(len(shifts.personas))])
-    m = v[shifts.is_main].mean(axis=0)
-    den = float(np.linalg.norm(direction) * np.linalg.norm(m))
-    return float(direction @ m) / den if den > 0 else float("nan")
 
 
 @dataclass(frozen=True)

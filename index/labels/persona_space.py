@@ -81,6 +81,8 @@ class Space:
     """|p| / |m|."""
     axis_norm_ratio: float
     """|a| / |m|."""
+    components_common_cosine: np.ndarray
+    """[components] each principal direction's cosine with m."""
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -148,7 +150,8 @@ def space(shifts: Shifts, unit_means: np.ndarray,
                  _cos(axis, m) if axis is not None else float("nan"),
                  float(np.linalg.norm(p)) / m_norm if len(plain) and m_norm else float("nan"),
                  float(np.linalg.norm(axis)) / m_norm if axis is not None and m_norm
-                 else float("nan"))
+                 else float("nan"),
+                 np.array([_cos(c, m) for c in comps]))
 
 
 def unit_means(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:

@@ -6,6 +6,7 @@ import json
 from dataclasses import fields
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from shoggoth.index.labels.decompose import PARTS, PATTERN_PARTS, answer
@@ -101,7 +102,7 @@ def signal_carried(signal: pd.DataFrame) -> float | None:
     return float((ok["carried"].to_numpy() * norm2).sum() / norm2.sum()) if norm2.sum() else None
 
 
-def _parts(con: Any, table: str, order: tuple[str, ...], sae_id: str,
+def _parts(con: duckdb.DuckDBPyConnection, table: str, order: tuple[str, ...], sae_id: str,
            persona: str | None) -> pd.DataFrame:
     frame = if_table(con, table,
                      f"SELECT persona, part, share, ci_low, ci_high, n_items FROM {table} "
@@ -113,30 +114,32 @@ def _parts(con: Any, table: str, order: tuple[str, ...], sae_id: str,
     return frame.sort_values(["persona", "order"]).drop(columns="order").reset_index(drop=True)
 
 
-def persona_decomposition(con: Any, sae_id: str, persona: str | None = None) -> pd.DataFrame:
+def persona_decomposition(con: duckdb.DuckDBPyConnection, sae_id: str,
+                          persona: str | None = None) -> pd.DataFrame:
     """persona_decomposition rows (persona, part, share, ci_low, ci_high, n_items), parts in
     their order (decompose.PATTERN_PARTS); one persona's, or every persona's."""
     return _parts(con, "persona_decomposition", PATTERN_PARTS, sae_id, persona)
 
 
-def persona_label_shares(con: Any, sae_id: str, persona: str | None = None) -> pd.DataFrame:
+def persona_label_shares(con: duckdb.DuckDBPyConnection, sae_id: str,
+                         persona: str | None = None) -> pd.DataFrame:
     """persona_label_shares rows: the shift cut by label (decompose.PARTS order)."""
     return _parts(con, "persona_label_shares", PARTS, sae_id, persona)
 
 
-def persona_space(con: Any, sae_id: str) -> pd.DataFrame:
+def persona_space(con: duckdb.DuckDBPyConnection, sae_id: str) -> pd.DataFrame:
     """persona_space rows of an SAE's harvest (personas first, then controls)."""
     return if_table(con, "persona_space", "SELECT * EXCLUDE (sae_id) FROM persona_space "
                     "WHERE sae_id = ? ORDER BY is_control, persona", [sae_id])
 
 
-def persona_space_axes(con: Any, sae_id: str) -> pd.DataFrame:
+def persona_space_axes(con: duckdb.DuckDBPyConnection, sae_id: str) -> pd.DataFrame:
     """persona_space_axes rows (PC1…, controls, assistant)."""
     return if_table(con, "persona_space_axes", "SELECT * EXCLUDE (sae_id) FROM "
                     "persona_space_axes WHERE sae_id = ? ORDER BY axis", [sae_id])
 
 
-def persona_own_features(con: Any, sae_id: str, persona: str) -> pd.DataFrame:
+def persona_own_features(con: duckdb.DuckDBPyConnection, sae_id: str, persona: str) -> pd.DataFrame:
     """The features carrying most of one persona's own modulation (persona_own_features)."""
     return if_table(con, "persona_own_features", "SELECT rank, feature, share, modulation, label "
                     "FROM persona_own_features WHERE sae_id = ? AND persona = ? ORDER BY rank",

@@ -53,7 +53,7 @@ class Locked(BadInput):
     """Another process holds the database's lock (a writer, or a reader while we write)."""
 
 
-SANDBOX: dict[str, Any] = {
+SANDBOX: dict[str, bool] = {
     "enable_external_access": False,
     "autoload_known_extensions": False,
     "autoinstall_known_extensions": False,
@@ -131,7 +131,7 @@ def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | No
     return con
 
 
-def _set(con: Any, statement: str, params: Any) -> None:
+def _set(con: duckdb.DuckDBPyConnection, statement: str, params: list[object] | None) -> None:
     """A sandbox setting. A second connection of this process to the same file shares the first
     one's database instance, whose settings may be locked already: that is fine when the
     instance is sandboxed (external access off), and refused otherwise."""
@@ -139,8 +139,8 @@ def _set(con: Any, statement: str, params: Any) -> None:
         con.execute(statement, params)
     except duckdb.InvalidInputException as e:
         locked = "locked" in str(e)
-        closed = con.execute("SELECT current_setting('enable_external_access')"
-                             ).fetchone()[0] in (False, "false")
+        setting = con.execute("SELECT current_setting('enable_external_access')").fetchone()
+        closed = setting is not None and setting[0] in (False, "false")
         if not (locked and closed):
             raise
 
@@ -154,7 +154,7 @@ def _system_functions() -> frozenset[str]:
         ).fetchall())
 
 
-def trust_nothing_from(con: Any, path: Path, what: str) -> None:
+def trust_nothing_from(con: duckdb.DuckDBPyConnection, path: Path, what: str) -> None:
     """Refuse what a hostile file could use to change shoggoth's queries (a macro named like
     one of DuckDB's functions, a view named like one of shoggoth's tables), then define
     shoggoth's own views and macros as temporary objects, which the file's cannot replace."""
@@ -440,7 +440,7 @@ def _family(data_type: str) -> str:
     return data_type
 
 
-def check_column_types(con: Any, path: Path, what: str = "--db",
+def check_column_types(con: duckdb.DuckDBPyConnection, path: Path, what: str = "--db",
                        catalog: str | None = None) -> None:
     """BadInput when a contract table's column holds another kind of value than the schema
     declares (text where a number belongs, …), naming the table and column."""
@@ -577,13 +577,15 @@ def weight_shapes(path: Path) -> dict[str, list[int]] | None:
             if isinstance(v, dict) and isinstance(v.get("shape"), list)}
 
 
-def check_claims(con: Any, path: Path, sae_id: str, row: dict[str, Any]) -> None:
+def check_claims(con: duckdb.DuckDBPyConnection, path: Path, sae_id: str,
+                 row: dict[str, Any]) -> None:
     """BadInput when the `saes` row claims what the database and the SAE's weights do not
     hold: a feature index at or past d_sae, or a decoder of another shape than d_sae × d_in
     (commands allocate arrays of d_sae rows: a damaged or hostile claim must fail here, in one
     line, not as an exhausted machine)."""
-    top = con.execute("SELECT max(feature) FROM doc_features WHERE sae_id = ?",
-                      [sae_id]).fetchone()[0]
+    found = con.execute("SELECT max(feature) FROM doc_features WHERE sae_id = ?",
+                        [sae_id]).fetchone()
+    top = found[0] if found else None
     if top is not None and not 0 <= int(top) < row["d_sae"]:
         raise BadInput(f"--db {path}: holds feature {top} of '{sae_id}', whose saes row says "
                        f"it has {row['d_sae']:,}; the database is damaged")

@@ -11,6 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import duckdb
+
 from shoggoth.battery.personas import Item, Persona
 
 # 64 KiB blocks: the activations table's compressed column segments fill them with less slack
@@ -253,7 +255,8 @@ def create_index_tables(con: Any) -> None:
     create_names_view(con)
 
 
-def create_names_view(con: Any, temp: bool = False, have: set[str] | None = None) -> None:
+def create_names_view(con: duckdb.DuckDBPyConnection, temp: bool = False,
+                      have: set[str] | None = None) -> None:
     """`feature_names`: each feature's handle, the persona it prefers when its label says so,
     and its scored explanation when `shoggoth explain` wrote one (built from the tables there
     are; every command that writes one of them calls this). `temp`: a temporary view, for one
@@ -281,14 +284,14 @@ LEFT JOIN feature_explanations e USING (sae_id, feature)
 """)
 
 
-def _base_tables(con: Any) -> set[str]:
+def _base_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     """The tables (not views) in the connection's own main schema."""
     return {r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND "
         "schema_name = 'main'").fetchall()}
 
 
-def define_own_views(con: Any, have: set[str] | None = None) -> None:
+def define_own_views(con: duckdb.DuckDBPyConnection, have: set[str] | None = None) -> None:
     """shoggoth's views and macro (feature_labels, feature_names, example_contexts) as
     temporary objects of this connection, from shoggoth's own definitions: they win over any
     object of the same name the file holds, so what the file says never changes their rows.
@@ -351,7 +354,7 @@ PERSONA_TABLES = ("persona_signal", "persona_space", "persona_space_axes",
 """The tables `label` fills about the personas, beside the feature labels."""
 
 
-def _column_names(con: Any, table: str) -> set[str]:
+def _column_names(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     return {r[0] for r in con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
         "AND table_schema = current_schema()", [table]).fetchall()}

@@ -111,7 +111,7 @@ def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_
     return con
 
 
-def define_export_views(con: Any, folder: Path) -> None:
+def define_export_views(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
     """The views of an export's tables, as temporary views over the Parquet files in `folder`
     (from its manifest, every name checked): what the views database holds is not used."""
     manifest = read_manifest(folder)

@@ -122,13 +122,13 @@ def _repeated_as_lists(config: Any) -> None:
         setattr(config, f.name, items)
 
 
-def _database_links_followed(config: Any) -> None:
+def _database_links_followed(config: Config) -> None:
     """A `db` given as a symbolic link becomes the file it points to, once, before anything
     reads it: a command that rebuilds the database aside and renames it into place then
     replaces the file, not the link (and its FAISS folder lies beside the file)."""
     db = getattr(config, "db", None)
     if isinstance(db, Path) and db.is_symlink():
-        config.db = Path(os.path.realpath(db))
+        setattr(config, "db", Path(os.path.realpath(db)))  # noqa: B010 (any config with a db)
 
 
 def _bounds_problem(value: float, meta: typing.Mapping[str, Any]) -> str | None:
