@@ -307,21 +307,14 @@ def pc_title(axes: pd.DataFrame, component: int) -> str:
 
 def assistant_persona(sae: str, space: pd.DataFrame, axes: pd.DataFrame) -> str | None:
     """The persona or control the assistant axis starts from (its shift minus the personas' mean
-    is the axis, so its point in the space is the axis's projection): the label run's
-    `--assistant`, else the first control with no system turn, as `shoggoth label` picks it.
-    None where the space has no assistant axis."""
-    if space.empty or "assistant" not in space_axes(axes):
+    is the axis, so its point in the space is the axis's projection), as `shoggoth label`
+    recorded it; None where the space has no assistant axis."""
+    if space.empty or axes.empty or "axis_persona" not in axes:
         return None
-    # (the label run's recorded config: the read API keeps it behind label_thresholds/notes)
-    named = q(label_queries._label_run, sae).get("assistant")
-    if isinstance(named, str) and named in set(space["persona"]):
-        return named
-    for r in space.itertuples():
-        if bool(r.is_control):
-            prompts = q(read.prompts_of, str(r.persona))["prompt"]
-            if all(not isinstance(t, str) or not t for t in prompts):
-                return str(r.persona)
-    return None
+    named = axes.loc[axes["axis"].astype(str) == "assistant", "axis_persona"]
+    if named.empty or not isinstance(named.iloc[0], str):
+        return None
+    return named.iloc[0] if named.iloc[0] in set(space["persona"].astype(str)) else None
 
 
 def space_points(space: pd.DataFrame, current: str | None = None) -> pd.DataFrame:

@@ -10,8 +10,9 @@ mask-specific (one persona); mention (the persona *and* its mention and negation
 persona-concept); mention-weak (the same, with the controls firing at 0.3× the persona's rate);
 single-paraphrase (one wording of one persona); two-persona and family (mask-family);
 prompt-length (firing grows with the system prompt's length); controls-only; shared (all
-equal); shared-1.3 (personas spread within a factor 1.3); shared-1.6 (one persona at 1.6× the
-rest); shared-modulated (half the personas 3×); dense-modulated (every persona and control fires
+equal); shared-1.3 (personas spread within a factor 1.3); shared-one-1.3 (one persona at 1.3×
+the rest: inside the equivalence bound of 1.5, so shared is right); shared-1.6 (one persona at
+1.6× the rest: outside it, so shared is wrong); shared-modulated (half the personas 3×); dense-modulated (every persona and control fires
 it, one persona 2.5× as strongly: the shape of a difference dictionary's shared features, which
 is shared-modulated, not mask-specific); mask-general (every persona, not the baseline
 controls); noise (no persona effect: sparse, or dense); rare and dead.
@@ -25,7 +26,8 @@ import pandas as pd
 KINDS = ("dead", "rare", "mask-specific", "mention", "mention-weak", "single-paraphrase",
          "two-persona", "family",
          "prompt-length", "controls-only", "shared", "shared-1.3", "shared-1.6",
-         "shared-modulated", "dense-modulated", "mask-general", "noise-sparse", "noise-dense")
+         "shared-modulated", "dense-modulated", "mask-general", "noise-sparse", "noise-dense",
+         "shared-one-1.3")
 EXPECTED = {"dead": "dead", "rare": "rare", "mask-specific": "mask-specific",
             "mention": "persona-concept", "mention-weak": "persona-concept",
             "two-persona": "mask-family", "family": "mask-family",
@@ -145,9 +147,9 @@ def _plant(rng: np.random.Generator, kind: str, feature: int, persona: np.ndarra
         if kind == "shared-1.3":  # every persona within a factor 1.3 of every other
             for p in main:
                 mult[persona == p] = rng.uniform(1.0, 1.3)
-        elif kind == "shared-1.6":  # one persona at 1.6x the others
+        elif kind in ("shared-1.6", "shared-one-1.3"):  # one persona at 1.6x (1.3x) the others
             target = main[feature % len(main)]
-            mult[persona == target] = 1.6
+            mult[persona == target] = 1.6 if kind == "shared-1.6" else 1.3
         elif kind == "dense-modulated":  # everyone fires it, one persona 2.5x as strongly
             target = main[feature % len(main)]
             mult[persona == target] = 2.5
@@ -188,4 +190,5 @@ def score(out: pd.DataFrame, truth: dict[int, tuple[str, object]]) -> dict[str, 
             "one persona at 1.6x labelled shared": share(("shared-1.6",), shared),
             "dense-modulated labelled mask-specific": share(("dense-modulated",), specific),
             "within 1.3x labelled shared": share(("shared-1.3",), shared),
+            "one persona at 1.3x labelled shared": share(("shared-one-1.3",), shared),
             "equal labelled shared": share(("shared",), shared)}

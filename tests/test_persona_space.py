@@ -167,3 +167,74 @@ def test_the_own_modulation_of_shared_features_is_its_own_part():
     top = parts.own[parts.own["persona"] == names[0]]
     assert top.iloc[0]["feature"] == int(np.argmax(np.abs(
         modulation[0] * (w_dec @ ((common + modulation[0]) @ w_dec)))))
+
+
+# --- a planted transformer, through `harvest` and `label` (tests/planted_persona_space.py) ---
+
+
+def _labelled_space(root, seed: int, own: bool):
+    """The planted model and dictionary harvested and labelled: (planted, persona_space,
+    persona_space_axes, persona_decomposition, persona_label_shares, features)."""
+    import duckdb
+    from helpers import battery
+    from planted_persona_space import build, personas_yaml, plant
+
+    from shoggoth import cli
+
+    planted = plant(seed, own=own)
+    _, sae_dir = build(root, planted)
+    args = battery(root / "battery", 24, personas_yaml(planted))
+    db = root / "space.duckdb"
+    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae_dir),
+                     *map(str, args), "--device", "cpu"]) == 0
+    assert cli.main(["label", "--db", str(db), "--sae", sae_dir.name, "--calibration-seeds",
+                     "1", "--assistant", "assistant"]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = [con.execute(f"SELECT * FROM {t} WHERE sae_id = ?", [sae_dir.name]).df()
+                  for t in ("persona_space", "persona_space_axes", "persona_decomposition",
+                            "persona_label_shares", "features")]
+    return (planted, *tables)
+
+
+@pytest.fixture(scope="module")
+def planted_space(tmp_path_factory):
+    return _labelled_space(tmp_path_factory.mktemp("planted-space"), 0, own=True)
+
+
+@pytest.mark.slow  # harvests and labels
+def test_a_planted_model_s_persona_space_and_decomposition_are_found(planted_space):
+    from planted_persona_space import expected
+
+    planted, space, axes, parts, label_shares, features = planted_space
+    want = expected(planted)
+    by = space.set_index("persona")
+    share = parts.set_index(["persona", "part"])["share"]
+    for name in planted.names:
+        w = want[name]
+        assert by.loc[name, "common_share"] == pytest.approx(w["common_share"], abs=0.05), name
+        assert by.loc[name, "remainder_share"] == pytest.approx(1 - w["common_share"],
+                                                                abs=0.05), name
+        assert by.loc[name, "reproducibility"] >= 0.8, name  # its own direction, found
+        for part in ("common", "own_modulation", "error"):
+            assert share[name, part] == pytest.approx(w[part], abs=0.05), (name, part)
+        assert share[name, "own_features"] == pytest.approx(0.0, abs=1e-9), name
+    # Every feature fires under every persona and none dominates one: nothing is mask-specific,
+    # so the label breakdown has no own part although the own modulation is up to a third.
+    assert not features["label"].isin(["mask-specific", "mask-family"]).any()
+    assert (label_shares.loc[label_shares["part"] == "own", "share"] == 0).all()
+    assert max(want[n]["own_modulation"] for n in planted.names) > 0.2
+    # The planted axis: the assistant is furthest along it; PC1 is it.
+    ax = axes.set_index("axis")
+    assert ax.loc["assistant", "axis_persona"] == "assistant"
+    assert ax.loc["assistant", "cosine_pc1"] >= 0.9
+    pc1 = by.loc[planted.names, "pc1"].to_numpy()
+    assert np.corrcoef(pc1, planted.spread)[0, 1] >= 0.9
+
+
+@pytest.mark.slow  # harvests and labels
+def test_a_planted_model_without_own_directions_has_nothing_reproducible(tmp_path):
+    planted, space, *_ = _labelled_space(tmp_path, 1, own=False)
+    main = space[~space["is_control"]]
+    assert main["reproducibility"].mean() <= 0.1, main["reproducibility"].tolist()
+    assert (main["reproducibility"] <= 0.3).all(), main["reproducibility"].tolist()
+    assert (main["common_share"] >= 0.95).all()

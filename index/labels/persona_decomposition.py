@@ -262,15 +262,17 @@ def space_tables(shifts: Shifts, n_items: int, weights: np.ndarray, confidence: 
              "ci_low": float(e.low["variance_share"][c]),
              "ci_high": float(e.high["variance_share"][c]),
              "cosine_pc1": 1.0 if c == 0 else 0.0,
-             "cosine_common": float(pt.components_common_cosine[c]), "norm_ratio": None}
+             "cosine_common": float(pt.components_common_cosine[c]), "norm_ratio": None,
+             "axis_persona": None}
             for c in range(n_pc)]
     axes.append({"axis": "controls", "variance_share": None, "ci_low": None, "ci_high": None,
                  "cosine_pc1": None, "cosine_common": pt.control_common_cosine,
-                 "norm_ratio": pt.control_norm_ratio})
+                 "norm_ratio": pt.control_norm_ratio, "axis_persona": None})
     if shifts.axis is not None:
         axes.append({"axis": "assistant", "variance_share": None, "ci_low": None,
                      "ci_high": None, "cosine_pc1": pt.axis_pc1_cosine,
-                     "cosine_common": pt.axis_common_cosine, "norm_ratio": pt.axis_norm_ratio})
+                     "cosine_common": pt.axis_common_cosine, "norm_ratio": pt.axis_norm_ratio,
+                     "axis_persona": shifts.personas[shifts.axis]})
     return pd.DataFrame(rows), pd.DataFrame(axes)
 
 

@@ -112,7 +112,7 @@ LABEL_TABLES: dict[str, str] = {
     "persona_space_axes": """
         sae_id VARCHAR NOT NULL, axis VARCHAR NOT NULL, variance_share DOUBLE, ci_low DOUBLE,
         ci_high DOUBLE, cosine_pc1 DOUBLE, cosine_common DOUBLE, norm_ratio DOUBLE,
-        PRIMARY KEY (sae_id, axis)""",
+        axis_persona VARCHAR, PRIMARY KEY (sae_id, axis)""",
     "annotations": """
         sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL, label VARCHAR, note VARCHAR,
         author VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp""",
