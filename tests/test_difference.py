@@ -111,6 +111,32 @@ def test_a_kept_stream_gives_the_same_batches_with_one_forward_pass_per_chunk(ti
             assert torch.equal(a[key], b[key])
 
 
+def test_the_paired_forward_passes_show_progress_before_the_first_batch(capsys, tiny_gpt2):
+    """The optimizer's bar does not move while a chunk's pairs run through the model: the
+    stream says so itself, in token pairs, before it yields the first batch (the first optimizer
+    step) and again when the pass is done."""
+    from shoggoth.battery.personas import Persona
+    from shoggoth.sae.train.paired import PairedStream, make_pairs
+
+    personas = [Persona("pirate", "fiction", "", ("You are a pirate captain.",))]
+    pieces = [[f"Question {i} about the rain?", f"Answer {i}: water falls."] for i in range(8)]
+    pairs = make_pairs(tiny_gpt2.tokenizer, pieces, personas, EMPTY_SYSTEM, 64, True)
+    stream = PairedStream(tiny_gpt2, ["blocks.1.hook_resid_post"], pairs, 16, 0, chunk_pairs=4,
+                          keep=True)
+    batches = stream.batches()
+    capsys.readouterr()
+    next(batches)
+    before = capsys.readouterr().err
+    total = pairs.tokens()
+    assert f"paired stream: forward passes (held for later epochs): 0/{total:,} token pairs" \
+        in before
+    for _ in range(2 * total // 16):
+        next(batches)
+    after = capsys.readouterr().err
+    assert f"{total:,}/{total:,} token pairs" in after and "pairs/s" in after
+    assert "forward passes" not in after.split(f"{total:,}/{total:,}")[1]  # held: one pass
+
+
 def test_a_killed_paired_run_resumes_to_the_uninterrupted_one(capfd, tmp_path, tiny_gpt2_dir):
     """Both targets from one paired stream, its pairs kept for four epochs: kill -9 after two
     checkpoints, then --resume, gives the SAEs of a run nobody stopped, bit for bit."""

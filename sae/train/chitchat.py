@@ -14,7 +14,7 @@ then the turns, separated by blank lines.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypedDict
 
 from shoggoth.battery.personas import BATTERY_DIR, Persona, load_personas
 from shoggoth.core.cache import packaged_file
@@ -58,21 +58,41 @@ def system_of(i: int, personas: list[Persona]) -> str | None:
     return persona.prompts[(k // len(personas)) % len(persona.prompts)]
 
 
+class Message(TypedDict):
+    """One chat message, as a chat template takes it."""
+
+    role: str
+    content: str
+
+
+def as_messages(turns: list[str]) -> list[Message]:
+    """A piece's turns as chat messages: the speakers alternate as user and assistant."""
+    return [{"role": "user" if j % 2 == 0 else "assistant", "content": t}
+            for j, t in enumerate(turns)]
+
+
+def render_messages(tokenizer: Any, system: str | None, messages: list[Message]) -> str:
+    """Chat messages under `system` (None: no system turn; "": an empty one) in `tokenizer`'s
+    chat template. A template without a system role gets the prompt at the head of the first
+    message instead."""
+    from jinja2 import TemplateError
+
+    head: list[Message] = [] if system is None else [{"role": "system", "content": system}]
+    try:
+        return str(tokenizer.apply_chat_template(head + messages, tokenize=False))
+    except TemplateError:  # a template without a system role: the prompt opens the first turn
+        if system:
+            first = messages[0]
+            messages = [{"role": first["role"],
+                         "content": SEPARATOR.join([system, first["content"]])}, *messages[1:]]
+        return str(tokenizer.apply_chat_template(messages, tokenize=False))
+
+
 def render(tokenizer: Any, system: str | None, turns: list[str]) -> str:
     """One piece as text: in the chat template when the tokenizer has one, plain otherwise."""
     if not getattr(tokenizer, "chat_template", None):
         return SEPARATOR.join(([system] if system else []) + turns)
-    from jinja2 import TemplateError
-
-    roles = [{"role": "user" if j % 2 == 0 else "assistant", "content": t}
-             for j, t in enumerate(turns)]
-    try:
-        head = [] if system is None else [{"role": "system", "content": system}]
-        return tokenizer.apply_chat_template(head + roles, tokenize=False)
-    except TemplateError:  # a template without a system role: the prompt opens the user turn
-        if system:
-            roles[0] = {"role": "user", "content": SEPARATOR.join([system, turns[0]])}
-        return tokenizer.apply_chat_template(roles, tokenize=False)
+    return render_messages(tokenizer, system, as_messages(turns))
 
 
 def pieces() -> list[list[str]]:

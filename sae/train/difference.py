@@ -11,9 +11,10 @@ import torch
 
 from shoggoth.battery.personas import Persona, load_personas
 from shoggoth.core.signal import grouped_means, signal_fraction
-from shoggoth.sae.train.chitchat import CHITCHAT, pieces, training_personas
+from shoggoth.sae.train.chat_corpus import Piece
+from shoggoth.sae.train.chitchat import training_personas
 from shoggoth.sae.train.contexts import split_documents
-from shoggoth.sae.train.corpus import load_texts
+from shoggoth.sae.train.corpus import load_pieces
 from shoggoth.sae.train.paired import Pairs, make_pairs
 
 DIFFERENCE, RESIDUAL = "difference", "residual"
@@ -27,12 +28,12 @@ def persona_set(path: Path | None) -> list[Persona]:
     return [p for p in personas if not p.is_control and any(t.strip() for t in p.prompts)]
 
 
-def corpus_pieces(dataset: str, text_column: str, max_chars: int) -> list[list[str]]:
-    """The corpus as pieces of turns: the chat corpus's conversation pieces, or each document
-    of any other dataset as one turn."""
-    if dataset == CHITCHAT:
-        return pieces()
-    return [[doc] for doc in load_texts(dataset, text_column, max_chars=max_chars)]
+def corpus_pieces(dataset: str, text_column: str, max_chars: int, tokenizer: Any = None,
+                  model_name: str = "") -> list[Piece]:
+    """The corpus as pieces: the chat corpus's conversation pieces, a chat dataset's
+    conversations without a system turn of their own, or each document of any other dataset
+    as one turn (corpus.load_pieces)."""
+    return load_pieces(dataset, text_column, max_chars, tokenizer, model_name)
 
 
 def training_pairs(model: Any, dataset: str, text_column: str, personas: list[Persona],
@@ -41,9 +42,10 @@ def training_pairs(model: Any, dataset: str, text_column: str, personas: list[Pe
     """(training pairs, or None when `tokens` is None; held-out pairs): every 25th piece is
     held out, as for a residual SAE."""
     train, held = split_documents(
-        corpus_pieces(dataset, text_column, 20 * ((tokens or 0) + 2 * eval_tokens)))
+        corpus_pieces(dataset, text_column, 20 * ((tokens or 0) + 2 * eval_tokens),
+                      model.tokenizer, model.name))
 
-    def make(part: list[list[str]], n: int) -> Pairs:
+    def make(part: list[Piece], n: int) -> Pairs:
         return make_pairs(model.tokenizer, part, personas, reference, context_size,
                           model.is_causal and model.prepend_bos, model.is_causal, max_tokens=n)
 

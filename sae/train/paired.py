@@ -14,7 +14,7 @@ batches, so a resumed run trains on the very same batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +22,10 @@ import torch
 
 from shoggoth.battery.personas import Persona
 from shoggoth.core.errors import BadInput
+from shoggoth.core.progress import Progress
 from shoggoth.sae.activations import activations_at
 from shoggoth.sae.prompts import EMPTY_SYSTEM, Batch, pad_id, special_ids
+from shoggoth.sae.train.chat_corpus import Conversation, Piece, render_conversation
 from shoggoth.sae.train.chitchat import render
 
 DIFFERENCE = ":difference"
@@ -78,11 +80,20 @@ def _shared_suffix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def make_pairs(tokenizer: Any, pieces: list[list[str]], personas: list[Persona],
+def render_piece(tokenizer: Any, system: str | None, piece: Piece) -> str:
+    """A piece under `system` (None: no system turn; "": an empty one): a chitchat piece's turns
+    alternate as user and assistant, a chat corpus's conversation keeps its roles."""
+    if isinstance(piece, Conversation):
+        return render_conversation(tokenizer, piece, system)
+    return render(tokenizer, system, piece)
+
+
+def make_pairs(tokenizer: Any, pieces: Sequence[Piece], personas: list[Persona],
                reference: str, context_size: int, prepend_bos: bool, is_causal: bool = True,
                max_tokens: int | None = None) -> Pairs:
     """Piece i under training persona i % len(personas) (its paraphrases in turn) and under the
-    reference; each sequence at most `context_size` tokens (the piece's end is cut from both)."""
+    reference; each sequence at most `context_size` tokens (the piece's end is cut from both).
+    A conversation with a system turn of its own is passed over."""
     if not personas:
         raise BadInput("--personas: no training personas")
     specials = special_ids(tokenizer)
@@ -90,12 +101,14 @@ def make_pairs(tokenizer: Any, pieces: list[list[str]], personas: list[Persona],
     ref_system = render_system(reference)
     out = Pairs([], [], [], [], [], [p.name for p in personas])
     total = 0
-    for i, turns in enumerate(pieces):
+    for i, piece in enumerate(pieces):
+        if isinstance(piece, Conversation) and piece.has_system:
+            continue  # its own system turn is where the persona and the reference would go
         k = i % len(personas)
         persona = personas[k]
         prompt = persona.prompts[(i // len(personas)) % len(persona.prompts)]
-        texts = [render(tokenizer, render_system(prompt), turns),
-                 render(tokenizer, ref_system, turns)]
+        texts = [render_piece(tokenizer, render_system(prompt), piece),
+                 render_piece(tokenizer, ref_system, piece)]
         # An encoder gets its [CLS] … [SEP] wrapping; a causal LM its BOS, as in training.
         p, r = (tokenizer(t, add_special_tokens=not is_causal)["input_ids"] for t in texts)
         if prepend_bos and bos is not None:
@@ -136,11 +149,13 @@ def _padded(rows: list[list[int]], keep: list[list[bool]], pad: int) -> Batch:
     return Batch(ids, mask, measured)
 
 
-def paired_activations(model: Any, pairs: Pairs, hooks: list[str],
-                       batch: int = 32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                                 torch.Tensor]:
+def paired_activations(model: Any, pairs: Pairs, hooks: list[str], batch: int = 32,
+                       advance: Callable[[int], None] | None = None
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                  torch.Tensor]:
     """Per hook, [n_shared_tokens, d] activations under the persona and under the reference
-    (float32, on the CPU, pair then position order), and the persona index of each row."""
+    (float32, on the CPU, pair then position order), and the persona index of each row.
+    `advance` is told the token pairs of each batch once both its forward passes are done."""
     pad = pad_id(model.tokenizer)
     persona: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     ref: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
@@ -152,6 +167,8 @@ def paired_activations(model: Any, pairs: Pairs, hooks: list[str],
             acts = activations_at(model, b, hooks)
             for h in hooks:
                 out[h].append(acts[h][b.continuation_mask.to(acts[h].device)].float().cpu())
+        if advance is not None:
+            advance(sum(sum(k) for k in part.persona_keep))
     counts = torch.tensor([sum(k) for k in pairs.persona_keep])
     who = torch.repeat_interleave(torch.tensor(pairs.persona_of), counts)
     return ({h: torch.cat(v) for h, v in persona.items()},
@@ -174,7 +191,12 @@ class PairedStream:
     keep: bool = False
     """Hold each chunk's activations in memory once run, so that later epochs reshuffle them
     without forward passes (the batches are the same either way)."""
+    show_progress: bool = True
+    """Print the forward passes' progress (token pairs, rate, ETA) on stderr, from shard 0: the
+    optimizer's bar does not move while a chunk's pairs run."""
     sizes: list[int] = field(init=False)
+    _progress: Progress | None = field(init=False, default=None, repr=False)
+    _pass: int = field(init=False, default=-1, repr=False)
     _kept: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = field(
         init=False, default_factory=dict, repr=False)
 
@@ -197,7 +219,8 @@ class PairedStream:
             persona, ref = self._kept[c]
         else:
             part = self.pairs.select(range(lo, min(len(self.pairs), lo + self.chunk_pairs)))
-            persona, ref, _ = paired_activations(self.model, part, self.hooks)
+            persona, ref, _ = paired_activations(self.model, part, self.hooks,
+                                                 advance=self._advance(epoch))
             if self.keep:
                 self._kept[c] = persona, ref
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + c
@@ -206,6 +229,27 @@ class PairedStream:
         out = {h: persona[h][order] for h in self.hooks}
         out.update({difference_key(h): (persona[h] - ref[h])[order] for h in self.hooks})
         return out
+
+    def _advance(self, epoch: int) -> Callable[[int], None] | None:
+        """What counts this pass's token pairs as their forward passes finish (one pass: with
+        `keep`, the first epoch's; else each epoch's)."""
+        if not self.show_progress or self.shard != 0:
+            return None
+        if self._pass != epoch:
+            if self._progress is not None:
+                self._progress.__exit__(None, None, None)
+            title = "paired stream: forward passes" + (
+                " (held for later epochs)" if self.keep else f", epoch {epoch + 1}")
+            self._progress = Progress(title, sum(self.sizes), unit="token pairs",
+                                      bar=False).__enter__()
+            self._pass = epoch
+        progress = self._progress
+        assert progress is not None  # (made above on a new pass)
+
+        def advance(n: int) -> None:
+            progress.advance(n, rate=f"{progress.rate():,.0f} pairs/s")
+
+        return advance
 
     def batches(self, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """The batches from token position `start` (a multiple of `batch_tokens`) on."""

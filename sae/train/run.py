@@ -90,9 +90,14 @@ class TrainConfig(Config):
     """'auto' (chitchat for models with a chat template, builtin otherwise), 'chitchat'
     (offline: human conversations in the model's chat template, some under training personas),
     'builtin' (offline: Python's own docs), a .txt/.jsonl/.parquet file, a folder of them, a
-    save_to_disk folder, or a Hugging Face dataset name (needs network)."""
+    save_to_disk folder, or a Hugging Face dataset name (from the local datasets cache when
+    it is there, offline too; needs network otherwise). Rows holding chat conversations (lists
+    of {role, content} messages: UltraChat, tulu, lmsys-chat) are rendered in the model's chat
+    template, those without a system turn under the training personas."""
     text_column: str = "text"
-    """Column (or JSON field) holding the text in .jsonl, .parquet and Hugging Face datasets."""
+    """Column (or JSON field) holding the text in .jsonl, .parquet and Hugging Face datasets,
+    or the chat conversations (lists of {role, content} messages). Without a 'text' column, a
+    'messages' or 'conversation' column of chat messages is read."""
     target: list[Target] = option([], repeat=True)
     """What a dictionary trains on: residual (the hook's activations) or difference (the shift
     h(persona prompt + text) − h(reference + text) on the tokens the two share, under the
@@ -288,7 +293,7 @@ def held_out_contexts(model: Any, dataset: str, text_column: str, context_size: 
     # Every 25th document is held out, and chat text runs at about 4 characters per token:
     # 200 characters per held-out token leaves room for the whole --eval-tokens.
     _, held = split_documents(load_texts(dataset, text_column, max_chars=200 * eval_tokens,
-                                         tokenizer=model.tokenizer))
+                                         tokenizer=model.tokenizer, model_name=model.name))
     return _eval_contexts(model, held, context_size, eval_tokens)
 
 
@@ -312,7 +317,7 @@ def training_contexts(cfg: TrainConfig, model: Any, dataset: str
     """(training contexts, held-out contexts) from `dataset`; held-out documents are disjoint."""
     texts = load_texts(dataset, cfg.text_column,
                        max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens),
-                       tokenizer=model.tokenizer)
+                       tokenizer=model.tokenizer, model_name=model.name)
     train_docs, held_docs = split_documents(texts)
     train_ctx = pack_contexts(model.tokenizer, train_docs, cfg.context_size,
                               is_causal=model.is_causal,

@@ -25,9 +25,10 @@ class Progress:
     """`with Progress("harvest", total, done, unit="docs") as p: p.advance(n, rate="...")`."""
 
     def __init__(self, title: str, total: int, completed: int = 0, unit: str = "items",
-                 every: float = 30.0, stream: TextIO | None = None) -> None:
+                 every: float = 30.0, stream: TextIO | None = None, bar: bool = True) -> None:
         self.title, self.total, self.completed, self.unit = title, total, completed, unit
         self.every = every
+        self.draw = bar  # (False: plain lines even on a terminal, beside another library's bar)
         self.stream = stream or sys.stderr
         self.started = time.monotonic()
         self.start_count = completed
@@ -36,7 +37,7 @@ class Progress:
         self.task: Any = None
 
     def __enter__(self) -> Progress:
-        if self.stream.isatty():
+        if self.draw and self.stream.isatty():
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -67,6 +68,11 @@ class Progress:
         if now - self.last_line >= self.every or self.completed >= self.total:
             self.last_line = now
             self._line(rate)
+
+    def rate(self) -> float:
+        """Units per second so far in this run (0 before anything was done)."""
+        elapsed = time.monotonic() - self.started
+        return (self.completed - self.start_count) / elapsed if elapsed > 0 else 0.0
 
     def eta_seconds(self) -> float | None:
         """Seconds left at this run's average pace (None before anything was done)."""
