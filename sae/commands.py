@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shoggoth.core.config import Config, config_metadata, config_options
 from shoggoth.core.errors import BadInput
+from shoggoth.core.placement import placement_of
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import stderr_log
 from shoggoth.sae.activations import activations
@@ -114,6 +115,11 @@ class PromptConfig(Config):
     """auto: the chat template when the model has one; chat; plain: persona + user + answer."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device (see
+    docs/models.md)."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
     format: Literal["table", "json"] = "table"
     """Output format."""
 
@@ -124,7 +130,8 @@ def prompt_command(cfg: PromptConfig) -> None:
     """Tokenize a (system, user, continuation) prompt, mark the measured tokens, and print the
     norm of each token's activation at the hook."""
 
-    model = load_model(cfg.model, cfg.device)
+    model = load_model(cfg.model, cfg.device,
+                       placement=placement_of(cfg.device_map, cfg.max_memory))
     hook = resolve_hook(model, cfg.hook, cfg.layer)
     prompt = build_prompt(
         model.tokenizer, cfg.system, cfg.user, cfg.continuation,

@@ -241,7 +241,10 @@ def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
     nothing (a difference dictionary's rows without a shift: its encoder bias would otherwise
     fire features on a zero input)."""
     with torch.inference_mode():
-        f = sae.encode(x.to(sae.dtype)).float()
+        # The SAE may sit on another device than the hooked block (a model spread by a
+        # device map): its input moves to it, and the rest is counted there.
+        f = sae.encode(x.to(sae.device, sae.dtype)).float()
+        doc = doc.to(f.device)
         if silent is not None:
             f[silent.to(f.device)] = 0
         scale = 10.0 ** decimals
@@ -278,7 +281,7 @@ def document_shifts(sae: Any, kind: str, x: torch.Tensor, x_ref: torch.Tensor, d
     """[n_docs, d] each document's mean shift against its reference, and through the SAE."""
     with torch.inference_mode():
         def recon(a: torch.Tensor) -> torch.Tensor:
-            return sae.decode(sae.encode(a.to(sae.dtype))).float()
+            return sae.decode(sae.encode(a.to(sae.device, sae.dtype))).float()
 
         shift = (x - x_ref).float()
         if kind == "difference":
@@ -289,8 +292,8 @@ def document_shifts(sae: Any, kind: str, x: torch.Tensor, x_ref: torch.Tensor, d
         n = torch.bincount(doc, minlength=n_docs).clamp(min=1)[:, None].float()
 
         def pooled(rows: torch.Tensor) -> np.ndarray:
-            total = torch.zeros(n_docs, rows.shape[1], device=rows.device).index_add_(0, doc,
-                                                                                      rows)
+            total = torch.zeros(n_docs, rows.shape[1], device=rows.device).index_add_(
+                0, doc.to(rows.device), rows)
             return (total / n.to(rows.device)).cpu().numpy().astype(np.float32)
 
         return pooled(shift), pooled(shift_hat)

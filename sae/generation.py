@@ -16,8 +16,16 @@ from typing import Any
 import torch
 
 from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.placement import Placement
 from shoggoth.sae.activations import cache_layers, expand_cache
-from shoggoth.sae.models import is_causal_lm, resolve_device, resolve_source
+from shoggoth.sae.models import (
+    check_gpus,
+    check_map_modules,
+    is_causal_lm,
+    placement_dtype,
+    resolve_device,
+    resolve_source,
+)
 from shoggoth.sae.prompts import Template, build_prompt, common_prefix, pad_id
 
 PLACEHOLDER = "x"
@@ -45,19 +53,35 @@ class Generator:
         return {int(i) for i in ids if i is not None}
 
 
-def load_generator(name_or_dir: str, device: str = "auto") -> Generator:
-    """The model as a plain transformers causal LM; BadInput for an encoder or a load failure."""
+def load_generator(name_or_dir: str, device: str = "auto",
+                   placement: Placement | None = None) -> Generator:
+    """The model as a plain transformers causal LM; BadInput for an encoder or a load failure.
+    A `placement` with a device map spreads it over several devices (`device` is then
+    unused)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dev, dtype = resolve_device(device)
+    placement = placement or Placement()
     source = resolve_source(name_or_dir)
+    if placement.spread:
+        dtype = placement_dtype(placement)
+        check_gpus(placement)
+        check_map_modules(name_or_dir, source, placement)
+        where: dict[str, Any] = {"device_map": placement.device_map,
+                                 "max_memory": placement.max_memory}
+    else:
+        dev, dtype = resolve_device(device)
+        where = {}
     try:
-        hf = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype)
-    except (ValueError, OSError) as e:
+        hf = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **where)
+    except (ValueError, OSError, ImportError) as e:
         raise BadInput(f"model '{name_or_dir}': cannot generate text: {first_line(e)}") from None
     if not is_causal_lm(hf):
         raise BadInput(f"model '{name_or_dir}': is not a causal LM, it cannot write answers")
-    hf.to(dev).eval().requires_grad_(False)
+    if placement.spread:  # the tokens go where the embeddings are
+        dev = hf.get_input_embeddings().weight.device
+    else:
+        hf.to(dev)
+    hf.eval().requires_grad_(False)
     return Generator(name_or_dir, hf, AutoTokenizer.from_pretrained(source.location), dev,
                      source.location)
 
@@ -121,7 +145,7 @@ def generate_batch(gen: Generator, prefix: list[int],
     hit = torch.zeros(rows, dtype=torch.bool, device=gen.device)
     with torch.inference_mode():
         logits = gen.hf(input_ids=ids, attention_mask=attn, position_ids=pos[:, start:],
-                        cache=kv, use_cache=True, logits_to_keep=1).logits[:, -1]
+                        cache=kv, use_cache=True, logits_to_keep=1).logits[:, -1].to(gen.device)
         for _ in range(max_tokens):
             token = _pick(logits, temperature, rng)
             stopped = torch.isin(token, stops) & ~done
@@ -134,7 +158,7 @@ def generate_batch(gen: Generator, prefix: list[int],
                                                device=gen.device)], 1)
             pos = pos[:, -1:] + 1
             logits = gen.hf(input_ids=token[:, None], attention_mask=attn, position_ids=pos,
-                            cache=kv, use_cache=True).logits[:, -1]
+                            cache=kv, use_cache=True).logits[:, -1].to(gen.device)
     result = []
     for r in range(rows):
         row = [int(t) for t in out[r].tolist() if t >= 0]

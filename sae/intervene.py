@@ -22,7 +22,9 @@ from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import Prompt, collate, pad_id
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
-"""Given the clean activations at the hook, [rows, positions, d], returns what to add to them."""
+"""Given the clean activations at the hook, [rows, positions, d], returns what to add to them
+(on any device: the hook moves it to the activations', which on a model spread over several
+devices need not be the SAE's)."""
 
 
 @dataclass
@@ -67,7 +69,7 @@ def prepare(model: Model, prompt: Prompt) -> Answer:
 
 def _edit_hook(edit: Edit | None) -> Any:
     def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        return x if edit is None else x + edit(x).to(x.dtype)
+        return x if edit is None else x + edit(x).to(x.device, x.dtype)
 
     return hook
 
@@ -126,7 +128,7 @@ def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
                                              attention_mask=batch.attention_mask,
                                              logits_to_keep=n + 1)
         logp = torch.log_softmax(logits[:, -n - 1:-1].float(), -1)
-        lp = logp.gather(-1, ids[..., None])[..., 0]
+        lp = logp.gather(-1, ids.to(logp.device)[..., None])[..., 0]
         w = weights(lp.detach().cpu()).to(lp.device, lp.dtype)
         (grad,) = torch.autograd.grad((lp[:, 1:] * w[:, 1:]).sum(), keep["leaf"])
     x = keep["leaf"][:, -n:-1].detach().float().cpu()

@@ -25,6 +25,7 @@ import httpx
 import torch
 
 from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.placement import Placement
 from shoggoth.sae.generation import decode, generate_batch, load_generator
 from shoggoth.sae.prompts import Prompt, collate, pad_id
 
@@ -61,11 +62,13 @@ class LocalChat:
 
     model: str
     device: str = "auto"
+    placement: Placement | None = None
+    """A device map to spread the model over several devices (None: all on `device`)."""
     gen: Any = field(init=False)
     yes_no_ids: tuple[list[int], list[int]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.gen = load_generator(self.model, self.device)
+        self.gen = load_generator(self.model, self.device, self.placement)
         if not getattr(self.gen.tokenizer, "chat_template", None):
             raise BadInput(f"--explainer {self.model}: has no chat template (an instruct model "
                            "is needed)")
@@ -171,7 +174,7 @@ class Endpoint:
 
 def open_explainer(spec: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                    timeout: float = 60.0, device: str = "auto",
-                   concurrency: int = 4) -> Explainer:
+                   concurrency: int = 4, placement: Placement | None = None) -> Explainer:
     """An endpoint for an http(s) URL, else a local model (alias, directory or hub id);
     BadInput in one line when it cannot be reached or loaded."""
     if spec.startswith(("http://", "https://")):
@@ -179,4 +182,4 @@ def open_explainer(spec: str, model: str | None = None, api_key_env: str = "OPEN
             return Endpoint(spec, model, api_key_env, timeout, concurrency)
         except ExplainerError as e:
             raise BadInput(f"--explainer {spec}: {e}") from None
-    return LocalChat(spec, device)
+    return LocalChat(spec, device, placement)

@@ -20,6 +20,7 @@ import torch
 
 from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.names import shown_name
+from shoggoth.core.placement import Placement
 from shoggoth.core.progress import stderr_log
 from shoggoth.sae.gguf import smollm2_dir, smollm2_ready
 
@@ -95,6 +96,29 @@ def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
         raise BadInput(f"device '{device}': CUDA is not available on this machine")
     dev = torch.device(device)
     return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+
+
+def placement_dtype(placement: Placement) -> torch.dtype:
+    """The dtype of a model spread by a device map: bfloat16 when it puts weights on a GPU (a
+    strategy such as auto does whenever CUDA is present), float32 on the CPU alone."""
+    on_gpu = any(d.startswith("cuda") for d in placement.devices()) if isinstance(
+        placement.device_map, dict) else torch.cuda.is_available()
+    return torch.bfloat16 if on_gpu else torch.float32
+
+
+def check_gpus(placement: Placement) -> None:
+    """BadInput when an explicit map names a GPU this machine does not have."""
+    gpus = [d for d in placement.devices() if d.startswith("cuda")]
+    if not gpus:
+        return
+    if not torch.cuda.is_available():
+        raise BadInput(f"{placement.flag}: puts modules on {gpus[0]}, but CUDA is not available "
+                       "on this machine")
+    count = torch.cuda.device_count()
+    missing = [d for d in gpus if int(d.split(":")[1]) >= count]
+    if missing:
+        raise BadInput(f"{placement.flag}: puts modules on {missing[0]}, but this machine has "
+                       f"{count} CUDA device{'s' if count != 1 else ''}")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -188,6 +212,25 @@ class Model:
     is_causal: bool
     """True for decoder-only language models; False for encoders such as MiniLM."""
     hook_names: list[str] = field(repr=False, default_factory=list)
+    placement: Placement = field(default_factory=Placement)
+    """How the weights are laid out: on `device`, or spread over several by a device map (then
+    `device` is where the embeddings, and so the input tokens, are)."""
+    sae_home: torch.device | None = None
+    """Where SAEs go (the --device); None: beside the block whose output each one reads (a
+    spread model with --device auto)."""
+
+    def sae_device(self, hook: str | None = None) -> torch.device:
+        """The device an SAE reading `hook` works on: the --device given, else (a spread model)
+        the device of the hooked block, else the map's first GPU, else the input device."""
+        if self.sae_home is not None:
+            return self.sae_home
+        layer = hook_layer(hook) if hook is not None else None
+        if layer is not None and 0 <= layer < self.n_layers:
+            weight = next(self.bridge.blocks[layer].parameters(), None)
+            if weight is not None:
+                return torch.device(weight.device)
+        gpus = [d for d in self.placement.devices() if d.startswith("cuda")]
+        return torch.device(gpus[0]) if gpus else self.device
 
     @property
     def has_chat_template(self) -> bool:
@@ -227,25 +270,38 @@ def is_causal_lm(hf_model: Any) -> bool:
 
 
 def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = True,
-               hook: str | None = None) -> Model:
+               hook: str | None = None, placement: Placement | None = None) -> Model:
     """Load an alias (`minilm`), a local Hugging Face model directory, or a hub id.
 
     Raises BadInput with one line when the model cannot be found or loaded, or when `hook` (the
     hook a database says its SAE reads) is not one of the model's. `device="auto"` picks CUDA
-    (bfloat16) when present, the CPU (float32) otherwise.
+    (bfloat16) when present, the CPU (float32) otherwise. A `placement` with a device map
+    spreads the weights over the devices it names (accelerate's dispatch); `device` is then
+    where SAEs go ("auto": beside the block each reads, see `Model.sae_device`).
     """
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
-    dev, dtype = resolve_device(device)
+    placement = placement or Placement()
     source = resolve_source(name_or_dir)
+    if placement.spread:
+        home = None if device == "auto" else resolve_device(device)[0]
+        dtype = placement_dtype(placement)
+        check_gpus(placement)
+        check_map_modules(name_or_dir, source, placement)
+        where: dict[str, Any] = {"device_map": placement.device_map,
+                                 "max_memory": placement.max_memory}
+    else:
+        home, dtype = resolve_device(device)
+        where = {"device": home}
     try:
         bridge = TransformerBridge.boot_transformers(
-            source.location, device=dev, dtype=dtype, load_weights=load_weights
+            source.location, dtype=dtype, load_weights=load_weights, **where
         )
     except Exception as e:  # any loader failure is a property of the input, reported in one line
         first = first_line(e)
         raise BadInput(f"model '{name_or_dir}': could not be loaded: {first}") from None
+    dev = torch.device(bridge.cfg.device) if placement.spread else home
     bridge.eval()
     cfg = bridge.cfg
     if hook is not None and hook not in bridge.hook_dict:
@@ -265,7 +321,53 @@ def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = T
         d_model=int(cfg.d_model),
         is_causal=is_causal_lm(bridge.original_model),
         hook_names=sorted(bridge.hook_dict),
+        placement=placement,
+        sae_home=home,
     )
+
+
+def skeleton(location: str) -> Any:
+    """The model TransformerBridge would load from `location`, built without weights (on the
+    meta device): its module names, for checking a device map before the weights load."""
+    from accelerate import init_empty_weights
+    from transformer_lens.model_bridge.sources.transformers import (
+        determine_architecture_from_hf_config,
+        get_hf_model_class_for_architecture,
+    )
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location)
+    model_class = get_hf_model_class_for_architecture(
+        determine_architecture_from_hf_config(config))
+    with init_empty_weights():
+        return model_class.from_config(config)
+
+
+def check_map_modules(name: str, source: Source, placement: Placement) -> None:
+    """BadInput when an explicit device map names a module the model does not have, or leaves
+    a module with weights without a device."""
+    if not isinstance(placement.device_map, dict):
+        return
+    try:
+        built = skeleton(source.location)
+    except Exception as e:  # the same failure would stop the load: one line, as there
+        raise BadInput(f"model '{name}': could not be loaded: {first_line(e)}") from None
+    modules = {n for n, _ in built.named_modules()} | {n for n, _ in built.named_parameters()}
+    keys = set(placement.device_map)
+    for key in placement.device_map:
+        if key not in modules:
+            top = sorted(n for n in modules if n and "." not in n)
+            raise BadInput(f"{placement.flag}: model '{name}' has no module '{key}' (its top "
+                           f"modules: {', '.join(top)})")
+    for param, _ in built.named_parameters():
+        parts = param.split(".")
+        prefixes = [".".join(parts[:i]) for i in range(len(parts) + 1)]
+        if any(p in keys for p in prefixes):
+            continue
+        lost = next(p for p in prefixes[1:]
+                    if not any(k == p or k.startswith(p + ".") for k in keys))
+        raise BadInput(f"{placement.flag}: gives module '{lost}' of model '{name}' no device "
+                       "(every module with weights needs one, itself or an enclosing module)")
 
 
 def hook_layer(hook: str) -> int | None:

@@ -5,24 +5,93 @@ against a model."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from shoggoth.core.atomic import file_sha256
-from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.errors import BadInput, first_line, shown
 from shoggoth.core.names import SAE_ID as SAE_ID
 from shoggoth.sae.models import resolve_device
 
 
 def read_sae_dir(path: Path, device: str, flag: str) -> Any:
-    """`SAE.load_from_disk`, with a damaged or foreign directory reported in one line."""
+    """`SAE.load_from_disk`, with a damaged or foreign directory reported in one line, and an
+    SAE shoggoth cannot read faithfully (see `check_residual`) refused."""
     from sae_lens import SAE
 
     try:
-        return SAE.load_from_disk(str(path), device=device)
+        sae = SAE.load_from_disk(str(path), device=device)
     except Exception as e:  # damaged or foreign files: one line naming the directory
         first = first_line(e)
         raise BadInput(f"{flag} {path}: could not load the SAE: {first}") from None
+    check_residual(sae, f"{flag} {path}")
+    return sae
+
+
+RESIDUAL_HOOK = re.compile(r"blocks\.\d+\.hook_resid_(pre|mid|post)")
+"""The residual-stream hooks, the only ones whose values TransformerLens's output-preserving
+weight processing leaves as they are."""
+
+SAME_RESIDUAL = frozenset({"fold_ln", "center_unembed", "fold_value_biases",
+                           "refactor_factored_attn_matrices"})
+"""HookedTransformer weight processing that leaves the residual stream's values unchanged
+(TransformerLens weight_processing.py): fold_ln moves the norms' weights into the layers that
+read them, center_unembed shifts every logit equally, fold_value_biases moves b_V into b_O
+(attention patterns sum to 1), refactor_factored_attn_matrices re-factors W_QK and W_OV with the
+same products. center_writing_weights does change it: each residual vector loses its mean."""
+
+LOADING_ONLY = frozenset({"n_devices", "device", "device_map", "max_memory", "dtype",
+                          "torch_dtype", "trust_remote_code", "default_prepend_bos",
+                          "default_padding_side", "move_to_device", "attn_implementation",
+                          "low_cpu_mem_usage", "cache_dir", "local_files_only", "token"})
+"""`model_from_pretrained_kwargs` that say where and in what precision the model ran, not what
+it computes."""
+
+
+def check_residual(sae: Any, who: str) -> None:
+    """BadInput in one line unless the SAE encodes and decodes one hook's activations of the
+    unprocessed model, as shoggoth reads them: a transcoder (it writes another hook's space)
+    and an SAE trained on HookedTransformer-processed weights that change its hook's values
+    (sae-lens's `model_from_pretrained_kwargs`; shoggoth's TransformerBridge runs the model's
+    own weights) would give wrong features without a word."""
+    from sae_lens.saes.transcoder import Transcoder
+
+    meta = sae.cfg.metadata
+    hook = meta.hook_name
+    if isinstance(sae, Transcoder) or meta.hook_name_out or getattr(sae.cfg, "d_out", None):
+        writes = meta.hook_name_out or f"{getattr(sae.cfg, 'd_out', '?')} output dimensions"
+        raise BadInput(f"{who}: is a transcoder (reads {hook}, writes {writes}); shoggoth reads "
+                       "residual SAEs only")
+    kwargs = meta.model_from_pretrained_kwargs or {}
+    if not isinstance(kwargs, dict):
+        raise BadInput(f"{who}: its model_from_pretrained_kwargs is {shown(kwargs)}, not a "
+                       "mapping; the SAE's config is damaged")
+    # Off the residual stream, even the output-preserving processing changes some hooks
+    # (fold_ln a norm's output, fold_value_biases hook_z): refused there.
+    residual = bool(hook and RESIDUAL_HOOK.fullmatch(hook))
+    harmless = LOADING_ONLY | (SAME_RESIDUAL if residual else frozenset())
+    changed = [f"{k}={v}" for k, v in kwargs.items()
+               if k not in harmless and v is not None and v is not False]
+    if changed:
+        raise BadInput(f"{who}: was trained on activations of a HookedTransformer with processed "
+                       f"weights ({', '.join(changed)} at {hook}), not on the model's own weights "
+                       "that shoggoth runs")
+
+
+def pretrained_origin(path: Path, sae: Any) -> dict[str, str | None]:
+    """The sae-lens release, the SAE's id in it and its Neuronpedia id, as `sae import` records
+    them in shoggoth.json (the Neuronpedia id also from sae-lens's metadata); None when unknown
+    (an SAE `shoggoth train` made)."""
+    meta = path / "shoggoth.json"
+    saved = json.loads(meta.read_text()) if meta.is_file() else {}
+    saved = saved if isinstance(saved, dict) else {}
+    out = {k: saved[k] if isinstance(saved.get(k), str) else None
+           for k in ("release", "sae_lens_id", "neuronpedia_id")}
+    neuronpedia = getattr(sae.cfg.metadata, "neuronpedia_id", None)
+    if out["neuronpedia_id"] is None and isinstance(neuronpedia, str) and neuronpedia:
+        out["neuronpedia_id"] = neuronpedia
+    return out
 
 
 def load_sae_dir(path: Path, device: str) -> Any:
@@ -51,7 +120,9 @@ def sae_model_name(path: Path, sae: Any) -> str | None:
 
 
 def check_fits(sae: Any, model: Any, who: str) -> str:
-    """BadInput unless the SAE reads a hook the model has, at the model's width; its hook."""
+    """BadInput unless the SAE reads a hook the model has, at the model's width, as a residual
+    SAE of the unprocessed model (`check_residual`); its hook."""
+    check_residual(sae, who)
     hook = sae.cfg.metadata.hook_name
     if sae.cfg.d_in != model.d_model:
         raise BadInput(f"{who}: d_in {sae.cfg.d_in} does not match model '{model.name}' "

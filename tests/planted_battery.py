@@ -12,10 +12,11 @@ single-paraphrase (one wording of one persona); two-persona and family (mask-fam
 prompt-length (firing grows with the system prompt's length); controls-only; shared (all
 equal); shared-1.3 (personas spread within a factor 1.3); shared-one-1.3 (one persona at 1.3×
 the rest: inside the equivalence bound of 1.5, so shared is right); shared-1.6 (one persona at
-1.6× the rest: outside it, so shared is wrong); shared-modulated (half the personas 3×); dense-modulated (every persona and control fires
-it, one persona 2.5× as strongly: the shape of a difference dictionary's shared features, which
-is shared-modulated, not mask-specific); mask-general (every persona, not the baseline
-controls); noise (no persona effect: sparse, or dense); rare and dead.
+1.6× the rest: outside it, so shared is wrong); shared-modulated (half the personas 3×);
+dense-modulated (every persona and control fires it, one persona 2.5× as strongly: the shape of
+a difference dictionary's shared features, which is shared-modulated, not mask-specific);
+mask-general (every persona, not the baseline controls); noise (no persona effect: sparse, or
+dense); rare and dead.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ import pytest
 from helpers import copy_db
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NEURONPEDIA_ID = "gpt2-small/8-res-jb"
+"""The Neuronpedia id the test gives the fixture's SAE."""
 
 
 def free_port() -> int:
@@ -84,6 +86,10 @@ def server(indexed_db, tmp_path):
     )
     if not db.exists():
         copy_db(indexed_db, db)
+        import duckdb
+
+        with duckdb.connect(str(db)) as con:  # as `sae import --release` records it
+            con.execute("UPDATE saes SET neuronpedia_id = ?", [NEURONPEDIA_ID])
     with explorer(db) as url:
         yield url
 
@@ -113,6 +119,10 @@ def test_explorer_in_a_real_browser(server, tmp_path):
         )
         assert f"feature={feature}" in page.url
         expect(page.get_by_text("Mean activation per persona")).to_be_visible(timeout=30_000)
+        neuronpedia = page.get_by_role("link", name="This feature on Neuronpedia")
+        expect(neuronpedia).to_have_attribute(
+            "href", f"https://neuronpedia.org/{NEURONPEDIA_ID}/{feature}"
+        )
         page.wait_for_timeout(1500)  # charts finish drawing
         page.screenshot(path=str(shots / "explorer-feature.png"), full_page=False)
         for path, heading in (

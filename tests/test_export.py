@@ -107,3 +107,54 @@ def test_bad_input_and_interruptions_keep_the_last_export(exported, tmp_path, ca
     assert not list(out.parent.glob(f".{out.name}.partial-*"))
     assert rows(out / "shoggoth.duckdb", "SELECT count(*) FROM features") == \
         rows(db, "SELECT count(*) FROM features")
+
+
+def test_views_have_the_tables_columns_and_types(exported):
+    """With the partition columns in the files too, each view still reads one column of each
+    name: the table's columns, in its order, with its types (ENUMs as text)."""
+    db, out = exported
+    with duckdb.connect(str(db), read_only=True) as con, \
+            duckdb.connect(str(out / "shoggoth.duckdb"), read_only=True) as views:
+        for (table,) in con.execute("SELECT table_name FROM duckdb_tables() "
+                                    "WHERE schema_name = 'main'").fetchall():
+            want = [(c, "VARCHAR" if t.startswith("ENUM") else t)
+                    for c, t, *_ in con.execute(f"DESCRIBE {table}").fetchall()]
+            assert [tuple(r[:2]) for r in views.execute(f"DESCRIBE {table}").fetchall()] == \
+                want, table
+    for f in (out / "activations").rglob("*.parquet"):
+        assert {"sae_id", "persona"} <= set(pq.read_schema(f).names)
+
+
+@pytest.mark.slow
+def test_datasets_loads_every_table_whole(exported, tmp_path):
+    """README.md is a Hugging Face dataset card whose `configs:` list every table;
+    `datasets.load_dataset(DIR, table)` gives every column of the table (the partition columns
+    too, with their values) and the row count DuckDB has."""
+    import datasets
+    import yaml
+
+    db, out = exported
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    configs = {c["config_name"]: c["data_files"]
+               for c in yaml.safe_load(text.split("---\n")[1])["configs"]}
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() "
+                                                  "WHERE schema_name = 'main'").fetchall())
+        assert sorted(configs) == tables
+        for table in tables:
+            columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+            count = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            assert f"| {table} | {count:,} |" in text, table
+            if not count:  # datasets cannot load a split with no rows ("corresponds to no data")
+                continue
+            ds = datasets.load_dataset(str(out), table, split="train",
+                                       cache_dir=str(tmp_path / "hf"))
+            assert ds.column_names == columns, table
+            assert len(ds) == count, table
+            if table == "activations":
+                want = dict(con.execute("SELECT persona::VARCHAR || '/' || sae_id, count(*) "
+                                        "FROM activations GROUP BY ALL").fetchall())
+                got = ds.to_pandas().groupby(["persona", "sae_id"]).size()
+                assert {f"{p}/{s}": n for (p, s), n in got.items()} == want
+    assert "shoggoth sql --db DIR/shoggoth.duckdb" in text

@@ -182,7 +182,8 @@ def test_train_reads_a_yaml_config(capfd, tmp_path, tiny_gpt2_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["from-yaml", "train.yaml"]
 
 
-def test_sae_import_checks_the_model(capfd, tmp_path, tiny_gpt2_dir, tiny_gpt2_base_dir):
+def test_sae_import_checks_the_model(capfd, monkeypatch, tmp_path, tmp_path_factory,
+                                    tiny_gpt2_dir, tiny_gpt2_base_dir):
     src = tmp_path / "trained"
     code, _, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--layer", "2", "--tokens",
                        "4096", "--out", src, *TINY)
@@ -211,9 +212,22 @@ def test_sae_import_checks_the_model(capfd, tmp_path, tiny_gpt2_dir, tiny_gpt2_b
     assert code == 2 and "blocks.2.hook_resid_post" in err
     code, out, err = run(capfd, "sae", "import", "--path", tmp_path, "--out", tmp_path / "x")
     assert code == 2 and "not an sae-lens SAE directory" in err
+    # A registry release for another model (gpt2-small, --model minilm): refused by name.
     code, out, err = run(capfd, "sae", "import", "--release", "gpt2-small-res-jb", "--sae",
                          "blocks.8.hook_resid_pre", "--out", tmp_path / "x")
-    assert code == 2 and "needs network" in err
+    assert code == 2 and "made for model 'gpt2-small'" in err and "'minilm'" in err
+    # Offline, with nothing in the Hugging Face cache: one line saying so.
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = run(capfd, "sae", "import", "--release", "gpt2-small-res-jb", "--sae",
+                         "blocks.8.hook_resid_pre", "--model", tiny_gpt2_base_dir,
+                         "--other-model", "--out", tmp_path / "x")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--release gpt2-small-res-jb --sae blocks.8.hook_resid_pre: not in the Hugging Face " \
+           "cache" in err and "no network" in err
     code, out, err = run(capfd, "sae", "import", "--out", tmp_path / "x")
     assert code == 2 and "--path" in err
     assert nothing_written(tmp_path, before)

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from shoggoth.core.errors import BadInput
+from shoggoth.core.names import neuronpedia_url
 from shoggoth.explorer.common import (
     choose_sae,
     end_run,
@@ -47,6 +48,9 @@ info = stats.iloc[0].to_dict() if len(stats) else None
 label = info["label"] if info else "unlabelled"
 named = q(read.feature_name, sae, feature)
 st.title(f"Feature {feature} · {md(label)}")
+page = neuronpedia_url(row.get("neuronpedia_id"), feature)
+if page:
+    st.markdown(f"[This feature on Neuronpedia]({page}) (the SAE's `{md(row['neuronpedia_id'])}`)")
 if named:
     st.markdown(f"**{md(named['name'])}**")
     st.caption(

@@ -121,6 +121,11 @@ class IndexConfig(Config):
     """Nearest neighbours UMAP lays each feature out from."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device (see
+    docs/models.md)."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
     format: Format = "table"
     """table (for reading) or json (for scripts)."""
 

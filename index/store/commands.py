@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoggoth.core.config import Config, config_options, option
+from shoggoth.core.names import shown_name
 from shoggoth.core.printing import Format
 from shoggoth.core.startup import hard_exit, running_as_program
 from shoggoth.index.store.export import ExportConfig, export
@@ -58,13 +59,38 @@ def export_command(cfg: ExportConfig) -> None:
     doc_features by SAE and persona, sorted by feature), the others one file each, plus
     shoggoth.duckdb, a DuckDB file of views with the same names and columns, so the documented
     queries run on it unchanged (`shoggoth sql --db DIR/shoggoth.duckdb`), on this machine or,
-    with --location, in object storage. Built aside and renamed into place."""
+    with --location, in object storage. README.md, a Hugging Face dataset card, lets
+    `datasets.load_dataset(DIR, TABLE)` read each table whole. --delphi DIR writes one SAE's
+    harvest as delphi's latent cache (one row per document; rows.parquet names them).
+    --neuronpedia DIR writes one indexed SAE's features, examples, logits, neighbours, label
+    and explanation in Neuronpedia's bulk-import layout, and --neuronpedia-url uploads them
+    to a Neuronpedia instance (the key in NEURONPEDIA_API_KEY). Built aside and renamed into
+    place."""
     out = export(cfg)
     console = Console(soft_wrap=True)
-    total = sum(out["rows"].values())
-    console.print(f"{out['parquet']}: {len(out['rows'])} tables, {total:,} rows, "
-                  f"{out['bytes'] / 1e6:,.1f} MB; views in {out['views']} reading "
-                  f"{out['location']}", highlight=False)
+    if "delphi" in out:
+        cache = out["delphi"]
+        console.print(f"{cache['folder']}: delphi cache of {shown_name(cache['sae_id'])} "
+                      f"(latents/{shown_name(cache['hook'])}): {cache['rows']:,} rows × "
+                      f"{cache['ctx']} tokens, {cache['activations']:,} activations in "
+                      f"{cache['splits']} splits, {cache['bytes'] / 1e6:,.1f} MB",
+                      highlight=False, markup=False)
+    if "neuronpedia" in out:
+        np = out["neuronpedia"]
+        console.print(f"{np['source_folder']}: Neuronpedia export of "
+                      f"{shown_name(np['sae_id'])} as {np['model_id']}/{np['source']}: "
+                      f"{np['features']:,} features, {np['activations']:,} examples, "
+                      f"{np['explanations']:,} explanations in {np['batches']} batches, "
+                      f"{np['bytes'] / 1e6:,.1f} MB", highlight=False, markup=False)
+        if "uploaded" in np:
+            sent = np["uploaded"]
+            console.print(f"uploaded {sent['features']:,} features to {sent['endpoint']} in "
+                          f"{sent['requests']} requests", highlight=False, markup=False)
+    if "parquet" in out:
+        total = sum(out["rows"].values())
+        console.print(f"{out['parquet']}: {len(out['rows'])} tables, {total:,} rows, "
+                      f"{out['bytes'] / 1e6:,.1f} MB; views in {out['views']} reading "
+                      f"{out['location']}", highlight=False)
 
 
 @dataclass

@@ -534,7 +534,8 @@ def check_saes_row(row: dict[str, Any], path: Path) -> None:
             raise BadInput(f"--db {path}: saes.{column} of '{shown_name(row.get('sae_id'))}' is "
                            f"'{shown_name(value)}', not a count from {least} to {most:,}; the "
                            "database is damaged")
-    for column in ("model", "hook", "kind", "path", "reference", "template"):
+    for column in ("model", "hook", "kind", "path", "reference", "template", "release",
+                   "sae_lens_id", "neuronpedia_id"):
         if row.get(column) is not None and not isinstance(row[column], str):
             raise BadInput(f"--db {path}: saes.{column} of '{shown_name(row.get('sae_id'))}' "
                            "is not text; the database is damaged")

@@ -28,7 +28,8 @@ TABLES: dict[str, str] = {
         architecture VARCHAR, d_in INTEGER NOT NULL, d_sae INTEGER NOT NULL, path VARCHAR,
         weights_sha256 VARCHAR, model_source VARCHAR, template VARCHAR,
         value_decimals INTEGER, prefix_cache BOOLEAN, run_id VARCHAR, logit_effects VARCHAR,
-        kind VARCHAR, reference VARCHAR""",
+        kind VARCHAR, reference VARCHAR, release VARCHAR, sae_lens_id VARCHAR,
+        neuronpedia_id VARCHAR""",
     "personas": """
         persona persona_name PRIMARY KEY, family VARCHAR NOT NULL, description VARCHAR,
         is_control BOOLEAN NOT NULL, control_of VARCHAR""",
@@ -395,8 +396,11 @@ HARVEST_TABLES = ("tokens", "documents", "activations", "doc_features", "residua
                   "document_shifts")
 
 
-CONTRACT_COLUMNS = (("saes", "kind", "VARCHAR"), ("saes", "reference", "VARCHAR"))
-"""Contract columns a database written before them lacks (NULL there: a residual SAE)."""
+CONTRACT_COLUMNS = (("saes", "kind", "VARCHAR"), ("saes", "reference", "VARCHAR"),
+                    ("saes", "release", "VARCHAR"), ("saes", "sae_lens_id", "VARCHAR"),
+                    ("saes", "neuronpedia_id", "VARCHAR"))
+"""Contract columns a database written before them lacks (NULL there: a residual SAE, not
+imported from sae-lens)."""
 
 
 def upgrade_contract(con: Any) -> None:

@@ -59,7 +59,8 @@ def ce_loss_recovered(
             if replace == "zero":
                 new = torch.zeros_like(act)
             else:
-                new = sae.decode(sae.encode(act.to(sae.dtype))).to(act.dtype)
+                new = sae.decode(sae.encode(act.to(sae.device, sae.dtype))).to(act.device,
+                                                                              act.dtype)
             return torch.where(mask, new, act)
 
         return fn

@@ -13,11 +13,21 @@ from typing import Any
 
 from shoggoth.core.atomic import publish, write_json_atomic
 from shoggoth.core.config import Config, config_metadata, option
-from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.errors import BadInput
 from shoggoth.core.outputs import refuse_output_over
+from shoggoth.core.placement import placement_of
 from shoggoth.core.versions import library_versions
-from shoggoth.sae.models import hub_reachable, load_model
+from shoggoth.sae.models import load_model
 from shoggoth.sae.sae_dir import check_fits, read_sae_dir
+from shoggoth.sae.train.folders import folder_layout, load_folder, sparsify_run_hint
+from shoggoth.sae.train.pretrained import (
+    check_release,
+    check_trained_on,
+    load_pretrained,
+    make_contiguous,
+    pretrained_metadata,
+    registry_entry,
+)
 from shoggoth.sae.train.run import held_out_contexts, held_out_metrics, resolve_dataset
 
 
@@ -25,13 +35,17 @@ from shoggoth.sae.train.run import held_out_contexts, held_out_metrics, resolve_
 class ImportConfig(Config):
     """`shoggoth sae import`: register an existing SAE for a model."""
     path: Path | None = None
-    """A local sae-lens SAE directory (cfg.json + sae_weights.safetensors)."""
+    """A local SAE folder: sae-lens (cfg.json + sae_weights.safetensors), a sparsify layer folder
+    (cfg.json + sae.safetensors) or dictionary_learning (config.json + ae.pt)."""
     release: str | None = None
-    """sae-lens pretrained release, e.g. gpt2-small-res-jb (with --sae; needs network)."""
+    """sae-lens pretrained release or Hugging Face repo id, e.g. gemma-scope-2-270m-it-res (with
+    --sae; read from the Hugging Face cache when there, else downloaded)."""
     sae: str | None = option(None, was={"--sae-id": None})
     """The SAE's id within --release, e.g. blocks.8.hook_resid_pre."""
     model: str = "minilm"
     """The model the SAE reads: alias, local Hugging Face directory or hub id."""
+    other_model: bool = False
+    """Import a --release made for another model than --model (its width and hook must fit)."""
     out: Path | None = None
     """Output directory (default: runs/imported-MODEL-HOOK). Must not exist."""
     evaluate: bool = True
@@ -40,32 +54,40 @@ class ImportConfig(Config):
     """Tokens for that evaluation."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAE (auto: beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
     overwrite: bool = False
     """Replace --out if it exists."""
 
 
 def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
     """The SAE and a description of where it came from."""
-    from sae_lens import SAE
-
     if (cfg.path is None) == (cfg.release is None):
         raise BadInput("give either --path DIR or --release R --sae S")
     if cfg.path is not None:
-        if not (cfg.path / "cfg.json").is_file():
-            raise BadInput(f"--path {cfg.path}: not an sae-lens SAE directory (no cfg.json)")
-        return read_sae_dir(cfg.path, device, "--path"), str(cfg.path.resolve())
+        if (cfg.path / "cfg.json").is_file() and (cfg.path / "sae_weights.safetensors").is_file():
+            return read_sae_dir(cfg.path, device, "--path"), str(cfg.path.resolve())
+        if folder_layout(cfg.path) is not None:  # sparsify or dictionary_learning: converted
+            return load_folder(cfg.path, device)
+        raise BadInput(sparsify_run_hint(cfg.path) or (
+            f"--path {cfg.path}: not an sae-lens SAE directory (cfg.json + "
+            "sae_weights.safetensors), a sparsify layer folder (cfg.json + sae.safetensors) "
+            "or a dictionary_learning folder (config.json + ae.pt)"))
+    release = cfg.release
+    assert release is not None  # (exactly one of --path and --release, checked above)
     if not cfg.sae:
-        raise BadInput(f"--release {cfg.release}: needs --sae")
+        raise BadInput(f"--release {release}: needs --sae")
 
-    if not hub_reachable():
-        raise BadInput(f"--release {cfg.release}: downloading from the registry needs network")
-    try:
-        return SAE.from_pretrained(cfg.release, cfg.sae, device=device), (
-            f"sae-lens registry: {cfg.release} / {cfg.sae}"
-        )
-    except Exception as e:  # unknown release/id or download failure
-        first = first_line(e)
-        raise BadInput(f"--release {cfg.release} --sae {cfg.sae}: {first}") from None
+    # sae-lens fetches every file through the Hugging Face cache: no network needed once there.
+    sae = load_pretrained(release, cfg.sae, device)
+    if registry_entry(release) is None:  # a repo id: the model its cfg.json names
+        check_trained_on(sae.cfg.metadata.model_name, cfg.model, f"--release {cfg.release}",
+                         cfg.other_model)
+        return sae, f"Hugging Face repo: {cfg.release} / {cfg.sae}"
+    return sae, f"sae-lens registry: {cfg.release} / {cfg.sae}"
 
 
 def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
@@ -76,10 +98,15 @@ def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
         raise BadInput(f"--out {cfg.out}: already exists (pass --overwrite to replace it)")
     if cfg.eval_tokens <= 0:
         raise BadInput(f"--eval-tokens {cfg.eval_tokens}: must be positive")
-    model = load_model(cfg.model, cfg.device)
-    sae, origin = load_sae(cfg, str(model.device))
+    if cfg.path is None and cfg.release and cfg.sae:  # refused before any model loads
+        check_release(cfg.release, cfg.sae, cfg.model, cfg.other_model)
+    model = load_model(cfg.model, cfg.device,
+                       placement=placement_of(cfg.device_map, cfg.max_memory))
+    sae, origin = load_sae(cfg, str(model.sae_device()))
     hook = check_fits(sae, model, f"SAE {origin}")
-    if sae.cfg.metadata.model_name and sae.cfg.metadata.model_name not in (cfg.model, "native"):
+    sae.to(model.sae_device(hook))  # (a spread model: beside the block it reads)
+    if cfg.release is None and sae.cfg.metadata.model_name and \
+            sae.cfg.metadata.model_name not in (cfg.model, "native"):  # (a release: checked)
         log(f"note: the SAE was trained on '{sae.cfg.metadata.model_name}'")
     metrics = None
     if cfg.evaluate:
@@ -94,6 +121,7 @@ def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     built = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.import-"))
     try:
+        make_contiguous(sae)  # converters hand over transposed views, which cannot be saved
         sae.save_model(str(built))
         write_json_atomic(built / "shoggoth.json", {
             "model": cfg.model,
@@ -103,6 +131,7 @@ def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
             "d_sae": sae.cfg.d_sae,
             "architecture": sae.cfg.architecture(),
             "imported_from": origin,
+            **pretrained_metadata(cfg.release, cfg.sae if cfg.release else None, sae),
             "evaluation": metrics,
             "config": config_metadata(cfg),
             "versions": library_versions(),

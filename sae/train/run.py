@@ -29,6 +29,7 @@ from shoggoth.core.atomic import publish, write_json_atomic
 from shoggoth.core.config import SEED_MAX, Config, config_metadata, option
 from shoggoth.core.errors import BadInput, Interrupted, first_line
 from shoggoth.core.outputs import refuse_output_over
+from shoggoth.core.placement import placement_of
 from shoggoth.core.versions import library_versions
 from shoggoth.sae.models import load_model, resolve_hook
 from shoggoth.sae.prompts import EMPTY_SYSTEM, non_special, special_ids
@@ -142,6 +143,11 @@ class TrainConfig(Config):
     published."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAE (auto: beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
     out: Path | None = None
     """Output directory (default: runs/sae-MODEL-HOOK-ARCHITECTURE). Must not exist. With
     several SAEs, one folder holding an SAE folder per hook and width (HOOK-dWIDTH)."""
@@ -167,6 +173,9 @@ class TrainConfig(Config):
                 raise BadInput(f"--k {self.k}: must be smaller than --d-sae {width}")
         if self.out is not None:
             refuse_output_over(self.out, "--out")
+        if self.ddp and self.device_map is not None:
+            raise BadInput(f"--device-map {self.device_map}: not with --ddp (each rank holds "
+                           "the whole model on its own GPU)")
         shards = self.shards or 1
         if self.batch_tokens % shards:
             raise BadInput(f"--batch-tokens {self.batch_tokens}: must be a multiple of "
@@ -207,8 +216,9 @@ def _resume_fields(cfg: TrainConfig) -> dict[str, Any]:
     meta = config_metadata(cfg)
     # A run may resume on other devices, and as one process or under DDP alike: what must
     # match is the number of stream shards, compared on its own.
-    for name in ("resume", "overwrite", "device", "ddp", "shards"):
+    for name in ("resume", "overwrite", "device", "ddp", "shards", "device_map", "max_memory"):
         meta.pop(name)
+    meta.pop("placement", None)
     return meta
 
 
@@ -330,16 +340,16 @@ def training_contexts(cfg: TrainConfig, model: Any, dataset: str
 
 
 def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoints: Path,
-                  dataset: str) -> Any:
+                  dataset: str, device: str) -> Any:
     """The sae-lens LanguageModelSAERunnerConfig: our contexts arrive pre-tokenized, special
-    tokens are excluded, and the learning rate warms up over 5% and decays over the last 20%."""
+    tokens are excluded, and the learning rate warms up over 5% and decays over the last 20%.
+    `device`: where the SAE trains."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
 
     steps = max(1, cfg.tokens // cfg.batch_tokens)
     # Features silent this long count as dead and get the AuxK loss that revives them.
     window = max(1, min(10_000_000, max(cfg.tokens // 20, cfg.batch_tokens)) // cfg.batch_tokens)
-    device = str(model.device)
     return LanguageModelSAERunnerConfig(
         sae=sae_config(cfg, model.d_model, d_sae, device),
         model_name=cfg.model,
@@ -414,6 +424,12 @@ class TrainRun:
     def hooks(self) -> list[str]:
         return list(dict.fromkeys(s.hook for s in self.specs))
 
+    @property
+    def sae_device(self) -> str:
+        """Where the run's SAEs train, all on one device: --device, else (a model spread by a
+        device map) beside the first hook's block."""
+        return str(self.model.sae_device(self.specs[0].hook))
+
 
 def resolve_specs(cfg: TrainConfig, model: Any) -> list[SAESpec]:
     """Every (hook, width) pair the flags ask for; BadInput for a hook the model lacks."""
@@ -474,7 +490,8 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
     # With --out given, refuse an unsafe start before the model loads; the default --out
     # depends on the hook, so it is checked once the model is known.
     prepared = leader_prepares_dirs(cfg, cfg.out, world) if cfg.out is not None else None
-    model = load_model(cfg.model, device)
+    model = load_model(cfg.model, device,
+                       placement=placement_of(cfg.device_map, cfg.max_memory))
     specs = resolve_specs(cfg, model)
     if cfg.ddp and len(specs) > 1:
         raise BadInput("--ddp: trains one SAE; give one --hook or --layer and one --d-sae")
@@ -534,14 +551,14 @@ def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
     from sae_lens import LanguageModelSAETrainingRunner, TrainingSAE, TrainingSAEConfig
 
     runner_cfg = runner_config(cfg, run.model, spec.hook, spec.d_sae, run.work / "checkpoints",
-                               run.dataset)
+                               run.dataset, run.sae_device)
     # Each SAE starts from the seed itself: trained beside others, it is the SAE it would be
     # trained alone.
     torch.manual_seed(cfg.seed)
     sae = TrainingSAE.from_dict(
         TrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()).to_dict()
     )
-    sae.to(str(run.model.device))
+    sae.to(run.sae_device)
     # sae-lens's runner records the hook, model, dataset and context size in the SAE's metadata;
     # run that same method so SAELens tools read our SAEs like their own.
     LanguageModelSAETrainingRunner._set_sae_metadata(SimpleNamespace(cfg=runner_cfg, sae=sae))
@@ -707,7 +724,7 @@ def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
         if not run.world.leader:
             return run.out
 
-    device = str(run.model.device)
+    device = run.sae_device
     final = run.work / "final"
     shutil.rmtree(final, ignore_errors=True)
     several = len(run.specs) > 1

@@ -25,6 +25,7 @@ import click
 from simple_parsing.docstring import get_attribute_docstring
 
 from shoggoth.core.errors import BadInput, clip, shown
+from shoggoth.core.placement import placement_of
 from shoggoth.core.text import load_yaml
 
 C = TypeVar("C")
@@ -153,7 +154,16 @@ def validate(config: Any) -> None:
             raise BadInput(f"{name}: required ({f.metadata['required']})")
         for item in value if isinstance(value, list) else [value]:
             _check_number(name, item, f.metadata)
+    if _places_a_model(config):  # a bad --device-map is refused before anything loads
+        placement_of(config.device_map, config.max_memory)
     config.check()
+
+
+def _places_a_model(config: Any) -> bool:
+    """Whether a config has the --device-map and --max-memory of a command that loads a
+    model."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return {"device_map", "max_memory"} <= names
 
 
 def _check_number(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
@@ -371,4 +381,9 @@ def config_metadata(config: Any) -> dict[str, Any]:
         return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(
             v, list | tuple) else v
 
-    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+    out = {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+    if _places_a_model(config) and config.device_map is not None:
+        # the map itself, not only the file it was read from
+        out["placement"] = dataclasses.asdict(placement_of(config.device_map,
+                                                           config.max_memory))
+    return out

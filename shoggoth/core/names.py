@@ -43,3 +43,18 @@ def identifier(name: object, where: str) -> str:
             "(letters, digits and '_'); shoggoth does not use it"
         )
     return f'"{name}"'
+
+
+NEURONPEDIA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}/[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
+"""A Neuronpedia source id, `{modelId}/{layer}-{sourceSet}` (e.g.
+gemma-3-270m-it/12-gemmascope-2-res-16k): it becomes a URL path, so nothing that could leave it."""
+
+NEURONPEDIA = "https://neuronpedia.org"
+
+
+def neuronpedia_url(neuronpedia_id: object, feature: int) -> str | None:
+    """A feature's page on Neuronpedia, or None where the SAE has no well-formed id (an id read
+    from a database is data: one that could leave its URL path gets no link)."""
+    if not isinstance(neuronpedia_id, str) or not NEURONPEDIA_ID.fullmatch(neuronpedia_id):
+        return None
+    return f"{NEURONPEDIA}/{neuronpedia_id}/{int(feature)}"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from shoggoth.core.placement import placement_of
 from shoggoth.index.dictionary.build import IndexConfig, build_dictionary, read_harvest
 from shoggoth.sae.models import load_model
 from shoggoth.sae.sae_dir import load_harvest_sae
@@ -39,7 +40,8 @@ def model_logit_effects(model_name: str, w_dec: np.ndarray, cfg: IndexConfig,
                         log: Any) -> tuple[pd.DataFrame | None, str]:
     """(logit effects or None, how they were made): the model is loaded once, and encoders
     (whose LM head is not in their checkpoint) are skipped."""
-    model = load_model(model_name, cfg.device)
+    model = load_model(model_name, cfg.device,
+                       placement=placement_of(cfg.device_map, cfg.max_memory))
     if not model.is_causal or model.bridge.original_model.get_output_embeddings() is None:
         return None, ENCODER_NOTE
     log("logit effects")

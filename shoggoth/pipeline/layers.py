@@ -35,6 +35,7 @@ from shoggoth.battery.personas import subset_items
 from shoggoth.core.config import SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_numbers
+from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Progress
 from shoggoth.core.signal import grouped_means, signal_fraction
 from shoggoth.index.layers.store import write_layer_probe
@@ -65,6 +66,11 @@ class LayersConfig(Config):
     """Documents per forward pass."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAE (auto: beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
     seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the item folds."""
 
@@ -91,6 +97,7 @@ def parse_layers(spec: str, n_layers: int, sae_layer: int | None) -> list[int]:
 
 
 def _mean(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(t.device)  # (a spread model's blocks sit on several devices)
     return ((t.float() * mask).sum(1) / mask.sum(1)).cpu()
 
 
@@ -206,7 +213,7 @@ def sae_documents(model: Model, sae: Any, kind: str, hook: str, prompts: list[An
         mean = (torch.zeros(len(part), x.shape[1]).index_add_(0, rows.cpu(), x.cpu()) / n)
         ref_mean = mean.numpy() - shift
         with torch.inference_mode():
-            whole = sae.decode(sae.encode(x.to(sae.dtype))).float().cpu()
+            whole = sae.decode(sae.encode(x.to(sae.device, sae.dtype))).float().cpu()
         recon = ref_mean + shift_hat if kind == "difference" else (
             torch.zeros_like(mean).index_add_(0, rows.cpu(), whole) / n).numpy()
         for bucket, value in zip(out, (mean.numpy(), recon, shift, shift_hat), strict=True):
@@ -250,12 +257,13 @@ def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
     """Run the probe and store it (table layer_probe); returns the rows written."""
     d = Dictionary(cfg.db, cfg.sae)
     try:
-        model = load_model(d.row["model"], cfg.device, hook=d.row["hook"])
+        model = load_model(d.row["model"], cfg.device, hook=d.row["hook"],
+                           placement=placement_of(cfg.device_map, cfg.max_memory))
         sae_hook, sae_layer = d.row["hook"], hook_layer(d.row["hook"])
         layers = parse_layers(cfg.layers, model.n_layers, sae_layer)
         prompts, docs = documents(d, model, cfg.items_per_topic)
-        sae = load_harvest_sae(d.db, d.sae_id, d.row, cfg.device) if sae_layer is not None \
-            else None
+        sae = load_harvest_sae(d.db, d.sae_id, d.row, str(model.sae_device(sae_hook))) \
+            if sae_layer is not None else None
         kind = d.row.get("kind") or "residual"
         references = reference_prompts(d, model, cfg.items_per_topic)
         sae_id = d.sae_id

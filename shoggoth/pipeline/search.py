@@ -15,6 +15,7 @@ import torch
 
 from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.placement import Placement, placement_of
 from shoggoth.core.printing import Format
 from shoggoth.index.dictionary.queries import by_name, by_persona, describe, similar
 from shoggoth.index.store.read import Dictionary
@@ -53,6 +54,11 @@ class SearchConfig(Config):
     """table (for reading) or json (for scripts)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N (for --text)."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAE (auto: beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
 
     def check(self) -> None:
         if self.similar and self.feature is None:
@@ -73,18 +79,22 @@ class SearchConfig(Config):
                            "persona's prompts to run the text under)")
 
 
-def load_runner(d: Dictionary, device: str = "auto") -> tuple[Any, Any]:
+def load_runner(d: Dictionary, device: str = "auto",
+                placement: Placement | None = None) -> tuple[Any, Any]:
     """The model and SAE of the dictionary's harvest, ready to encode text."""
     sae = load_harvest_sae(d.db, d.sae_id, d.row, device)
     sae.eval()
-    return load_model(d.row["model"], device, hook=d.row["hook"]), sae
+    model = load_model(d.row["model"], device, hook=d.row["hook"], placement=placement)
+    return model, sae.to(model.sae_device(d.row["hook"]))
 
 
 def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: int,
-            device: str = "auto", runner: tuple[Any, Any] | None = None) -> dict[str, Any]:
+            device: str = "auto", runner: tuple[Any, Any] | None = None,
+            placement: Placement | None = None) -> dict[str, Any]:
     """Run `text` (under a persona's system prompt, or none) through the model and SAE: the top
     features of every token and of the whole text, and the full activation matrix
-    (`activations`, [tokens, d_sae]). `runner`: (model, sae) when the caller holds them."""
+    (`activations`, [tokens, d_sae]). `runner`: (model, sae) when the caller holds them;
+    `placement`: how to lay the model out when it is loaded here."""
     if not text.strip():
         raise BadInput("--text: is empty")
     system = None
@@ -95,7 +105,7 @@ def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: i
             raise BadInput(f"--paraphrase {paraphrase}: persona '{persona}' has "
                            f"{len(prompts)} prompts (0 to {len(prompts) - 1})")
         system = prompts[paraphrase]
-    model, sae = runner if runner is not None else load_runner(d, device)
+    model, sae = runner if runner is not None else load_runner(d, device, placement)
     template = stored_template(d.row["template"])
     prompt = build_prompt(model.tokenizer, system, None, text, template=template,
                           prepend_bos=model.prepend_bos)
@@ -103,7 +113,7 @@ def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: i
     batch = collate([prompt], pad_id(model.tokenizer))
     with torch.inference_mode():
         x = continuation_activations(model, batch, d.row["hook"])
-        f = sae.encode(x.to(sae.dtype)).float().cpu().numpy()
+        f = sae.encode(x.to(sae.device, sae.dtype)).float().cpu().numpy()
     tokens = model.tokenizer.convert_ids_to_tokens(prompt.continuation_ids)
     per_token = []
     for pos, (token, acts) in enumerate(zip(tokens, f, strict=True)):
@@ -130,7 +140,8 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
     d = Dictionary(cfg.db, cfg.sae)
     try:
         if cfg.text is not None:
-            found = by_text(d, cfg.text, cfg.persona, cfg.paraphrase or 0, cfg.top, cfg.device)
+            found = by_text(d, cfg.text, cfg.persona, cfg.paraphrase or 0, cfg.top, cfg.device,
+                            placement=placement_of(cfg.device_map, cfg.max_memory))
             found.pop("activations")
             return {"mode": "text", "sae_id": d.sae_id, **found}
         if cfg.name is not None:

@@ -46,6 +46,11 @@ class SearchText(SearchOn):
     """With --persona: which of its prompts (default 0, the first)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAE (auto: beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
 
 
 @dataclass
@@ -107,7 +112,7 @@ def search_group() -> None:
 def search_text(cfg: SearchText) -> None:
     """The features a text activates, per token and overall (under --persona's prompt)."""
     run(cfg, text=" ".join(cfg.text), persona=cfg.persona, paraphrase=cfg.paraphrase,
-        device=cfg.device)
+        device=cfg.device, device_map=cfg.device_map, max_memory=cfg.max_memory)
 
 
 @search_group.command("name")

@@ -24,6 +24,7 @@ from shoggoth.battery.personas import Item, Persona, baseline_persona, subset_it
 from shoggoth.core.config import SEED_MAX, Config, config_metadata, option
 from shoggoth.core.errors import BadInput, Interrupted
 from shoggoth.core.lists import parse_names
+from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Progress
 from shoggoth.index.action.answers import SET_NAME, done_keys, finish_set, start_set, write_answers
 from shoggoth.index.store.database import WAIT, check_writable, connect
@@ -70,6 +71,11 @@ class GenerateConfig(Config):
     """Answers generated together (left-padded)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device (see
+    docs/models.md)."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
 
     def check(self) -> None:
         if not re.fullmatch(SET_NAME, self.name):
@@ -134,7 +140,7 @@ def generate_answers(cfg: GenerateConfig, log: Callable[[str], None] = print) ->
                 "temperature": cfg.temperature, "seed": cfg.seed, "batch": cfg.batch,
                 "personas": [p.name for p in personas],
                 "paraphrases": cfg.paraphrases, "items": [i.item_id for i in items]}
-    gen = load_generator(model_name, cfg.device)
+    gen = load_generator(model_name, cfg.device, placement_of(cfg.device_map, cfg.max_memory))
     bos = gen.tokenizer.bos_token_id is not None
     prompts = {(p, j): [prompt_ids(gen.tokenizer, text, it.question, template, bos)
                         for it in items]

@@ -30,6 +30,7 @@ from shoggoth.battery.personas import Item, Persona, baseline_persona
 from shoggoth.core.atomic import drop_resume_folder, resume_folder, save_npz_atomic
 from shoggoth.core.config import config_metadata, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Progress
 from shoggoth.index.action.analysis import analyse_grid
 from shoggoth.index.action.answers import read_answers
@@ -73,6 +74,11 @@ class GridConfig(GridLabelConfig):
     """Documents per forward pass."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAE (auto: beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
 
 
 @dataclass
@@ -228,8 +234,10 @@ def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
                   folder: Path) -> tuple[np.ndarray, pd.DataFrame]:
     """(n_tokens per document, per-document activations: doc, feature, mean_act, max_act,
     n_fire), batch by batch, resuming from `folder`."""
-    model = load_model(inputs.row["model"], cfg.device, hook=inputs.row["hook"])
-    sae = load_harvest_sae(cfg.db, inputs.sae_id, inputs.row, cfg.device)
+    model = load_model(inputs.row["model"], cfg.device, hook=inputs.row["hook"],
+                       placement=placement_of(cfg.device_map, cfg.max_memory))
+    sae = load_harvest_sae(cfg.db, inputs.sae_id, inputs.row,
+                           str(model.sae_device(inputs.row["hook"])))
     sae.eval()
     prompts = build_prompts(model, inputs, docs)
     longest = max(range(len(prompts)), key=lambda d: len(prompts[d].input_ids))

@@ -29,7 +29,7 @@ class Setup:
     sae: Any
     hook: str
     w_dec: torch.Tensor
-    """[features, d] decoder directions (float32, on the model's device)."""
+    """[features, d] decoder directions (float32, on the SAE's device)."""
     conditions: list[str]
     """Condition names: the baseline control first, then the personas."""
     prompts: list[list[Prompt]]
@@ -73,7 +73,7 @@ class Setup:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[..., features] SAE activations of hook activations [..., d]."""
         with torch.inference_mode():
-            flat = x.reshape(-1, x.shape[-1]).to(self.model.device, self.sae.dtype)
+            flat = x.reshape(-1, x.shape[-1]).to(self.sae.device, self.sae.dtype)
             return self.sae.encode(flat).float().view(*x.shape[:-1], -1)
 
     def codes(self, x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:

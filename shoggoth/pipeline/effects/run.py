@@ -40,6 +40,7 @@ from shoggoth.core.atomic import (
 from shoggoth.core.config import BOOTSTRAP, CONFIDENCE, SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_names, parse_numbers
+from shoggoth.core.placement import Placement, placement_of
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import Progress
 from shoggoth.index.effects.queries import typical_activations
@@ -90,6 +91,11 @@ class EffectsConfig(Config):
     """Level of the intervals."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAE (auto: beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
     seed: int = option(0, min=0, max=SEED_MAX)
     """Seed of the baseline sample and the bootstrap."""
     format: Format = "table"
@@ -180,15 +186,16 @@ def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
         d.close()
 
 
-def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str) -> tuple[Model, Any]:
-    """The harvest's model (a causal LM, else BadInput) and SAE, without gradients on
-    weights."""
-    model = load_model(row["model"], device, hook=row["hook"])
+def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str,
+                placement: Placement | None = None) -> tuple[Model, Any]:
+    """The harvest's model (a causal LM, else BadInput; laid out by `placement`) and SAE (on
+    its own device, `Model.sae_device`), without gradients on weights."""
+    model = load_model(row["model"], device, hook=row["hook"], placement=placement)
     if not model.is_causal:
         raise BadInput(f"--db {db}: model '{row['model']}' is an encoder, not a causal LM; "
                        "ablation and steering are measured on next-token predictions")
     model.bridge.requires_grad_(False)
-    sae = load_harvest_sae(db, sae_id, row, device)
+    sae = load_harvest_sae(db, sae_id, row, str(model.sae_device(row["hook"])))
     sae.requires_grad_(False)
     return model, sae
 
@@ -201,7 +208,7 @@ def make_setup(inputs: EffectsInputs, model: Model, sae: Any, cfg: EffectsConfig
                              it.question, it.answer, template=template,
                              prepend_bos=model.prepend_bos) for it in inputs.items]
                for c, p in enumerate(inputs.conditions)]
-    w_dec = sae.W_dec.detach().float().to(model.device)
+    w_dec = sae.W_dec.detach().float()
     return Setup(model, sae, inputs.row["hook"], w_dec, [p.name for p in inputs.conditions],
                  prompts, cfg.batch, inputs.kind)
 
@@ -244,7 +251,8 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
         raise BadInput(f"--db {cfg.db}: no such file")
     check_writable(cfg.db)
     inputs = read_inputs(cfg)
-    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, cfg.device)
+    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, cfg.device,
+                             placement_of(cfg.device_map, cfg.max_memory))
     s = make_setup(inputs, model, sae, cfg)
     folder = work_dir(inputs, cfg)
     n_items, started = len(inputs.items), time.monotonic()

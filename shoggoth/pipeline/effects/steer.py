@@ -23,6 +23,7 @@ import torch
 
 from shoggoth.core.config import SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
+from shoggoth.core.placement import placement_of
 from shoggoth.index.effects.queries import typical_activations
 from shoggoth.index.store.read import Dictionary
 from shoggoth.pipeline.effects.run import load_causal
@@ -59,6 +60,11 @@ class SteerConfig(Config):
     """Seed of the sampling (both answers use the same)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAE (auto: beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
 
 
 @dataclass
@@ -97,8 +103,8 @@ def clamp(s: Steering, target: float) -> Edit:
 
     def edit(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            a = s.sae.encode(x.to(s.sae.dtype))[..., s.feature].float()
-        return (target - a)[..., None] * direction.to(x.device)
+            a = s.sae.encode(x.to(s.sae.device, s.sae.dtype))[..., s.feature].float()
+        return (target - a.to(x.device))[..., None] * direction.to(x.device)
 
     return edit
 
@@ -128,7 +134,8 @@ def load_steering(cfg: SteerConfig) -> Steering:
         sae_id, row = d.sae_id, dict(d.row)
     finally:
         d.close()
-    model, sae = load_causal(cfg.db, sae_id, row, cfg.device)
+    model, sae = load_causal(cfg.db, sae_id, row, cfg.device,
+                             placement_of(cfg.device_map, cfg.max_memory))
     return Steering(model, sae, row["hook"], typical, steering_system(row, system), cfg.feature,
                     str(row.get("kind") or "residual"))
 

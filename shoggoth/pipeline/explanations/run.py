@@ -22,6 +22,7 @@ import pandas as pd
 from shoggoth.core.config import SEED_MAX, TIMEOUT, Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_numbers
+from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Progress
 from shoggoth.index.explanations import store as edb
 from shoggoth.index.store.database import step_database
@@ -79,6 +80,11 @@ class ExplainConfig(Config):
     """Explain again the features already explained with these settings."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N (for local models)."""
+    device_map: str | None = None
+    """Spread a local model over several devices: auto, or a JSON file of module → device (see
+    docs/models.md)."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
 
 
 def parse_features(text: str) -> list[int]:
@@ -188,11 +194,12 @@ def explain(cfg: ExplainConfig, log: Callable[[str], None] = print) -> dict[str,
         log(f"{sae}: every chosen feature is already explained with these settings "
             "(--overwrite explains them again)")
         return summary
+    placement = placement_of(cfg.device_map, cfg.max_memory)
     explainer = open_explainer(cfg.explainer, cfg.explainer_model, cfg.api_key_env, cfg.timeout,
-                               cfg.device, cfg.concurrency)
+                               cfg.device, cfg.concurrency, placement)
     judge = explainer if cfg.scorer in (None, cfg.explainer) else open_explainer(
         cfg.scorer, cfg.explainer_model, cfg.api_key_env, cfg.timeout, cfg.device,
-        cfg.concurrency)
+        cfg.concurrency, placement)
     calls = sum(calls_per_feature(len(ev.held_out)) for ev in evidence)
     chars = sum(len(m["content"]) for ev in evidence for m in explanation_messages(ev))
     # The estimate rests on one timed judgment (an explanation is counted as three).

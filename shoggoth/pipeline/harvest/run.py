@@ -24,6 +24,7 @@ from shoggoth.battery.personas import load_items, load_personas, subset_items, s
 from shoggoth.battery.units import Unit, count_units, grid_units, parse_shard, shard_units
 from shoggoth.core.config import Config, config_metadata, deprecated, option
 from shoggoth.core.errors import BadInput, Interrupted, interrupts_deferred
+from shoggoth.core.placement import placement_of
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import Progress
 from shoggoth.core.versions import library_versions
@@ -36,6 +37,7 @@ from shoggoth.sae.sae_dir import (
     check_fits,
     dictionary_kind,
     load_sae_dir,
+    pretrained_origin,
     sae_model_name,
     weights_sha256,
 )
@@ -83,6 +85,11 @@ class HarvestConfig(Config):
     median activation, measured on the grid's first batch)."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    device_map: str | None = None
+    """Spread the model over several devices: auto, or a JSON file of module → device; --device
+    then places the SAEs (auto: each beside the block it reads). See docs/models.md."""
+    max_memory: str | None = None
+    """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
     ray: str | None = None
     """Harvest --workers shards as Ray tasks and merge them: 'auto' (the cluster this machine
     belongs to, or the running Ray session), a cluster address (ray://host:10001), or 'local'
@@ -175,10 +182,12 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     if done:
         raise BadInput(f"--db {cfg.db}: already holds SAE '{done[0]}'; harvest the others "
                        "without it")
-    model = load_model(model_name, cfg.device)
+    model = load_model(model_name, cfg.device,
+                       placement=placement_of(cfg.device_map, cfg.max_memory))
     hooks = [check_fits(sae, model, f"--sae-dir {p}")
              for sae, p in zip(saes, cfg.sae_dir, strict=True)]
-    for sae in saes:
+    for sae, hook in zip(saes, hooks, strict=True):
+        sae.to(model.sae_device(hook))
         sae.eval()
     kinds = [dictionary_kind(p, sae) for p, sae in zip(cfg.sae_dir, saes, strict=True)]
     harvester = Harvester(model, saes, hooks, personas, items, cfg.template,
@@ -236,7 +245,7 @@ def begin(harvester: Harvester, store: Any, cfg: HarvestConfig, ids: list[str],
             "d_sae": sae.cfg.d_sae, "path": str(path.resolve()), "weights_sha256": sha,
             "model_source": location, "template": template, "value_decimals": decimals[k],
             "prefix_cache": use_cache, "kind": harvester.kind(k),
-            "reference": harvester.references[k],
+            "reference": harvester.references[k], **pretrained_origin(path, sae),
         }, [(it.item_id, expected[n], harvester.model.tokenizer.convert_ids_to_tokens(
             expected[n])) for n, it in enumerate(harvester.items)])
         states[k] = {"value_decimals": decimals[k], "prefix_cache": use_cache}
@@ -266,7 +275,7 @@ def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit
         inputs, _ = harvester.sae_inputs(first, cached=False)
         with torch.inference_mode():
             decimals = [decimals_for(sae.encode(harvester.encoded_input(k, x, x_ref)[0]
-                                                .to(sae.dtype)))
+                                                .to(sae.device, sae.dtype)))
                         for k, (sae, (x, x_ref)) in enumerate(zip(harvester.saes, inputs,
                                                                   strict=True))]
     use_cache = harvester.check_prefix_cache(mine[0]) if mine else False
