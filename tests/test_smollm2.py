@@ -217,5 +217,5 @@ def test_held_out_chat_fills_the_whole_evaluation_budget(tokenizer):
 
     from shoggoth.sae.train.run import held_out_contexts
 
-    model = SimpleNamespace(tokenizer=tokenizer, is_causal=True)
+    model = SimpleNamespace(tokenizer=tokenizer, is_causal=True, name="smollm2")
     assert held_out_contexts(model, "chitchat", "text", 128, 16_384).shape == (128, 128)
