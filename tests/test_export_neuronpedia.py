@@ -22,6 +22,7 @@ from helpers import copy_db
 from test_hostile_databases import SECRET, corpus, outside, run_one
 
 import shoggoth.index.store.neuronpedia as np_export
+import shoggoth.index.store.neuronpedia_upload as np_upload
 from shoggoth import cli
 from shoggoth.core.errors import BadInput
 
@@ -406,7 +407,7 @@ def offline(monkeypatch):
                  "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NEURONPEDIA_API_KEY", KEY)
-    monkeypatch.setattr(np_export, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(np_upload, "BACKOFF_S", 0.0)
 
 
 @pytest.mark.slow
@@ -414,7 +415,7 @@ def test_upload_retries_a_server_error_and_sends_what_the_route_accepts(
         exported, tmp_path, offline, monkeypatch, capfd):
     db, _ = exported
     want = database(db)
-    monkeypatch.setattr(np_export, "UPLOAD_FEATURES", 6)
+    monkeypatch.setattr(np_upload, "UPLOAD_FEATURES", 6)
     with Stub([(500, {"error": "Something went wrong"}), (200, {"message": "ok"})]) as stub:
         assert cli.main(["export", "--db", str(db), "--neuronpedia", str(tmp_path / "np"),
                          "--neuronpedia-url", stub.url + "/"]) == 0
@@ -462,7 +463,7 @@ def test_a_refusal_is_one_line_with_the_servers_message_made_inert(
     with Stub([(503, {"error": "down"})]) as stub:
         assert cli.main(["export", "--db", str(db), "--neuronpedia", str(tmp_path / "np"),
                          "--overwrite", "--neuronpedia-url", stub.url]) == 2
-    assert len(stub.requests) == np_export.TRIES
+    assert len(stub.requests) == np_upload.TRIES
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "HTTP 503" in err[0] and "failed 4 times" in err[0], err
     # a redirect is not followed (the key would go with it)
@@ -477,11 +478,11 @@ def test_a_refusal_is_one_line_with_the_servers_message_made_inert(
 def test_requests_keep_to_the_routes_limits(monkeypatch):
     """At most 128 features and, where one feature allows it, `UPLOAD_BYTES` per request; the
     endpoint from an instance's address."""
-    monkeypatch.setattr(np_export, "UPLOAD_BYTES", 20_000)
+    monkeypatch.setattr(np_upload, "UPLOAD_BYTES", 20_000)
     features = [{"index": i, "activations": [{"tokens": ["x"] * (50 + 400 * (i % 7 == 0)),
                                                "values": [0.5] * (50 + 400 * (i % 7 == 0))}]}
                 for i in range(300)]
-    bodies = list(np_export.requests_of(iter(features), "gpt2-small", "8-res-jb"))
+    bodies = list(np_upload.requests_of(iter(features), "gpt2-small", "8-res-jb"))
     sent = []
     for count, body in bodies:
         parsed = json.loads(body)
@@ -489,15 +490,15 @@ def test_requests_keep_to_the_routes_limits(monkeypatch):
         assert len(body) <= 20_000 or count == 1
         sent += [f["index"] for f in parsed["features"]]
     assert sent == list(range(300)) and len(bodies) > 3
-    monkeypatch.setattr(np_export, "UPLOAD_BYTES", 1 << 30)
-    assert [c for c, _ in np_export.requests_of(iter(features), "m", "0-s")] == [128, 128, 44]
+    monkeypatch.setattr(np_upload, "UPLOAD_BYTES", 1 << 30)
+    assert [c for c, _ in np_upload.requests_of(iter(features), "m", "0-s")] == [128, 128, 44]
     for url in ("https://www.neuronpedia.org", "https://www.neuronpedia.org/",
                 "https://www.neuronpedia.org/api"):
-        assert np_export.check_url(url) == \
+        assert np_upload.check_url(url) == \
             "https://www.neuronpedia.org/api/feature/upload-batch"
     for bad in ("www.neuronpedia.org", "ftp://x.org", "https://u:p@x.org", "https://x.org/?a=1"):
         with pytest.raises(BadInput):
-            np_export.check_url(bad)
+            np_upload.check_url(bad)
 
 
 def one_line_refusal(capfd, argv: list, words: str) -> None:

@@ -38,7 +38,7 @@ from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.names import identifier, shown_name
 from shoggoth.core.outputs import is_duckdb_file, refuse_output_over
-from shoggoth.index.store import delphi, neuronpedia
+from shoggoth.index.store import delphi, neuronpedia, neuronpedia_upload
 from shoggoth.index.store.database import WAIT, connect, remove, require_shoggoth, tables
 from shoggoth.index.store.neuronpedia import DEFAULT_CREATOR as NEURONPEDIA_CREATOR
 from shoggoth.index.store.schema import (
@@ -182,10 +182,11 @@ class ExportConfig(Config):
             raise BadInput(f"--neuronpedia-creator '{shown_name(self.neuronpedia_creator)}': "
                            "not a Neuronpedia user id (letters, digits, '_', '-')")
         if self.neuronpedia_url is not None:
-            neuronpedia.check_url(self.neuronpedia_url)
-            if not os.environ.get(neuronpedia.KEY_ENV, "").strip():
-                raise BadInput(f"--neuronpedia-url: no API key; set {neuronpedia.KEY_ENV} (the "
-                               "key is under Settings on the Neuronpedia instance)")
+            neuronpedia_upload.check_url(self.neuronpedia_url)
+            if not os.environ.get(neuronpedia_upload.KEY_ENV, "").strip():
+                raise BadInput(f"--neuronpedia-url: no API key; set "
+                               f"{neuronpedia_upload.KEY_ENV} (the key is under Settings on "
+                               "the Neuronpedia instance)")
 
 
 def refuse_nested(out: Path, other: Path | None, flag: str = "--delphi",
@@ -475,8 +476,8 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         result |= parquet_views(cfg, pq_out, manifest)
     if np_out is not None and written is not None and cfg.neuronpedia_url is not None:
         target = written.plan.target
-        sent = neuronpedia.upload(np_out / target.folder, target, cfg.neuronpedia_url,
-                                  os.environ.get(neuronpedia.KEY_ENV, "").strip(),
+        sent = neuronpedia_upload.upload(np_out / target.folder, target, cfg.neuronpedia_url,
+                                  os.environ.get(neuronpedia_upload.KEY_ENV, "").strip(),
                                   typed=not cfg.neuronpedia_untyped)
         result["neuronpedia"]["uploaded"] = {"endpoint": sent.endpoint,
                                              "features": sent.features,
