@@ -19,12 +19,11 @@ from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.placement import Placement
 from shoggoth.sae.activations import cache_layers, expand_cache
 from shoggoth.sae.models import (
-    check_gpus,
-    check_map_modules,
+    Where,
     is_causal_lm,
-    placement_dtype,
     resolve_device,
     resolve_source,
+    spread,
 )
 from shoggoth.sae.prompts import Template, build_prompt, common_prefix, pad_id
 
@@ -62,15 +61,11 @@ def load_generator(name_or_dir: str, device: str = "auto",
 
     placement = placement or Placement()
     source = resolve_source(name_or_dir)
+    where: Where = {}
     if placement.spread:
-        dtype = placement_dtype(placement)
-        check_gpus(placement)
-        check_map_modules(name_or_dir, source, placement)
-        where: dict[str, Any] = {"device_map": placement.device_map,
-                                 "max_memory": placement.max_memory}
+        dtype, where = spread(name_or_dir, source, placement)
     else:
         dev, dtype = resolve_device(device)
-        where = {}
     try:
         hf = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **where)
     except (ValueError, OSError, ImportError) as e:

@@ -13,14 +13,14 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlparse
 
 import torch
 
 from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.names import shown_name
-from shoggoth.core.placement import Placement
+from shoggoth.core.placement import DeviceMap, MaxMemory, Placement
 from shoggoth.core.progress import stderr_log
 from shoggoth.sae.gguf import smollm2_dir, smollm2_ready
 
@@ -284,13 +284,10 @@ def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = T
 
     placement = placement or Placement()
     source = resolve_source(name_or_dir)
+    where: Where
     if placement.spread:
         home = None if device == "auto" else resolve_device(device)[0]
-        dtype = placement_dtype(placement)
-        check_gpus(placement)
-        check_map_modules(name_or_dir, source, placement)
-        where: dict[str, Any] = {"device_map": placement.device_map,
-                                 "max_memory": placement.max_memory}
+        dtype, where = spread(name_or_dir, source, placement)
     else:
         home, dtype = resolve_device(device)
         where = {"device": home}
@@ -341,6 +338,26 @@ def skeleton(location: str) -> Any:
         determine_architecture_from_hf_config(config))
     with init_empty_weights():
         return model_class.from_config(config)
+
+
+class Where(TypedDict, total=False):
+    """Where `from_pretrained` / `boot_transformers` put the weights."""
+
+    device: torch.device
+    """One device, the whole model."""
+    device_map: str | DeviceMap | None
+    """A strategy or each module's device (a spread model)."""
+    max_memory: MaxMemory | None
+    """The most memory accelerate may fill per device."""
+
+
+def spread(name: str, source: Source, placement: Placement) -> tuple[torch.dtype, Where]:
+    """The dtype and keywords of a model laid over devices by `placement`, once its GPUs and
+    module names are checked (before any weight loads)."""
+    check_gpus(placement)
+    check_map_modules(name, source, placement)
+    return placement_dtype(placement), {"device_map": placement.device_map,
+                                        "max_memory": placement.max_memory}
 
 
 def check_map_modules(name: str, source: Source, placement: Placement) -> None:

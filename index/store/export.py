@@ -293,7 +293,8 @@ def _select(table: str, columns: list[str]) -> str:
                      for c, q in zip(columns, quoted, strict=True))
 
 
-def exported_types(con: Any, table: str, columns: list[str]) -> list[tuple[str, str]]:
+def exported_types(con: duckdb.DuckDBPyConnection, table: str,
+                   columns: list[str]) -> list[tuple[str, str]]:
     """`table`'s columns with the DuckDB types they have in the export (and its views)."""
     name = identifier(table, f"table '{shown_name(table)}'")
     return [(r[0], r[1]) for r in

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shoggoth.battery.personas import Persona
 from shoggoth.core.errors import BadInput, first_line, shown
 from shoggoth.sae.train.chitchat import Message, render_messages, system_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_COLUMN = "text"
@@ -94,7 +97,7 @@ def conversation_of(value: object, source: str, row: int, unit: str = "row"
     return Conversation(messages, source, row, unit)
 
 
-def require_template(tokenizer: Any, dataset: str, model: str) -> None:
+def require_template(tokenizer: PreTrainedTokenizerBase, dataset: str, model: str) -> None:
     """BadInput when `tokenizer` cannot render a chat corpus: it has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
         name = model or getattr(tokenizer, "name_or_path", "") or "(no tokenizer)"
@@ -102,7 +105,8 @@ def require_template(tokenizer: Any, dataset: str, model: str) -> None:
                        "no chat template to render them in")
 
 
-def render_conversation(tokenizer: Any, conversation: Conversation, system: str | None) -> str:
+def render_conversation(tokenizer: PreTrainedTokenizerBase, conversation: Conversation,
+                        system: str | None) -> str:
     """`conversation` in `tokenizer`'s chat template: as it is when it has a system turn of its
     own, under `system` (chitchat.render's convention: None no system turn, "" an empty one)
     otherwise. BadInput naming the row when the template refuses it."""

@@ -14,11 +14,14 @@ then the turns, separated by blank lines.
 from __future__ import annotations
 
 import json
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from shoggoth.battery.personas import BATTERY_DIR, Persona, load_personas
 from shoggoth.core.cache import packaged_file
 from shoggoth.sae.prompts import SEPARATOR
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CHITCHAT = "chitchat"
 TURNS = 4
@@ -71,7 +74,8 @@ def as_messages(turns: list[str]) -> list[Message]:
             for j, t in enumerate(turns)]
 
 
-def render_messages(tokenizer: Any, system: str | None, messages: list[Message]) -> str:
+def render_messages(tokenizer: PreTrainedTokenizerBase, system: str | None,
+                    messages: list[Message]) -> str:
     """Chat messages under `system` (None: no system turn; "": an empty one) in `tokenizer`'s
     chat template. A template without a system role gets the prompt at the head of the first
     message instead."""
@@ -88,7 +92,7 @@ def render_messages(tokenizer: Any, system: str | None, messages: list[Message])
         return str(tokenizer.apply_chat_template(messages, tokenize=False))
 
 
-def render(tokenizer: Any, system: str | None, turns: list[str]) -> str:
+def render(tokenizer: PreTrainedTokenizerBase, system: str | None, turns: list[str]) -> str:
     """One piece as text: in the chat template when the tokenizer has one, plain otherwise."""
     if not getattr(tokenizer, "chat_template", None):
         return SEPARATOR.join(([system] if system else []) + turns)

@@ -18,7 +18,7 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shoggoth.battery.personas import Persona
 from shoggoth.core.atomic import write_json_atomic
@@ -39,6 +39,7 @@ from shoggoth.sae.train.chitchat import CHITCHAT, chat_texts, pieces, training_p
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from transformers import PreTrainedTokenizerBase
 
 BUILTIN = "builtin"
 CORPUS_VERSION = 1
@@ -141,14 +142,20 @@ def _parquet_documents(path: Path, column: str) -> Iterator[Item]:
             return
         except Exception as e:  # a damaged page
             raise unreadable(e) from None
-        for value in values:
-            n += 1
-            if chat is not None:
-                conversation = conversation_of(value, str(path), n)
-                if conversation is not None:
-                    yield conversation
-            elif isinstance(value, str) and value.strip():
-                yield value
+        yield from _column_items(values, chat, str(path), n)
+        n += len(values)
+
+
+def _column_items(values: list[object], chat: str | None, where: str, n: int) -> Iterator[Item]:
+    """A column's values from row n + 1 on as documents: conversations where the column is a
+    chat column, else its non-blank texts."""
+    for row, value in enumerate(values, start=n + 1):
+        if chat is not None:
+            conversation = conversation_of(value, where, row)
+            if conversation is not None:
+                yield conversation
+        elif isinstance(value, str) and value.strip():
+            yield value
 
 
 def _file_documents(path: Path, column: str) -> Iterator[Item]:
@@ -175,14 +182,9 @@ def _saved_dataset_documents(path: Path, column: str) -> Iterator[Item]:
         )
     n = 0
     for batch in ds.select_columns([chat or column]).iter(batch_size=1024):
-        for value in batch[chat or column]:
-            n += 1
-            if chat is not None:
-                conversation = conversation_of(value, str(path), n)
-                if conversation is not None:
-                    yield conversation
-            elif isinstance(value, str) and value.strip():
-                yield value
+        values = list(batch[chat or column])
+        yield from _column_items(values, chat, str(path), n)
+        n += len(values)
 
 
 def in_datasets_cache(name: str) -> bool:
@@ -265,7 +267,8 @@ def _documents(dataset: str, text_column: str) -> tuple[Iterator[Item], bool]:
 
 
 def load_texts(dataset: str, text_column: str = "text", max_chars: int = 50_000_000,
-               tokenizer: Any = None, model_name: str = "") -> list[str]:
+               tokenizer: PreTrainedTokenizerBase | None = None,
+                model_name: str = "") -> list[str]:
     """The documents of `dataset`: 'builtin', 'chitchat' (conversations in `tokenizer`'s chat
     template, first `max_chars` characters), a local .txt/.jsonl/.parquet file, a folder of
     them, a `save_to_disk` folder, or a Hugging Face dataset name (streamed, first `max_chars`
@@ -301,7 +304,8 @@ def load_texts(dataset: str, text_column: str = "text", max_chars: int = 50_000_
 
 
 def load_pieces(dataset: str, text_column: str = "text", max_chars: int = 50_000_000,
-                tokenizer: Any = None, model_name: str = "") -> list[Piece]:
+                tokenizer: PreTrainedTokenizerBase | None = None,
+                model_name: str = "") -> list[Piece]:
     """The pieces a difference dictionary pairs (paired.make_pairs), in the order of
     load_texts's documents (so that both hold out the same ones): chitchat's pieces of turns; a
     chat dataset's conversations, until `max_chars` characters of messages (make_pairs passes

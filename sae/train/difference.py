@@ -5,7 +5,7 @@ the persona signal a dictionary carries on held-out pieces."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,9 @@ from shoggoth.sae.train.chitchat import training_personas
 from shoggoth.sae.train.contexts import split_documents
 from shoggoth.sae.train.corpus import load_pieces
 from shoggoth.sae.train.paired import Pairs, make_pairs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DIFFERENCE, RESIDUAL = "difference", "residual"
 HELD_PIECES = 1024
@@ -28,7 +31,8 @@ def persona_set(path: Path | None) -> list[Persona]:
     return [p for p in personas if not p.is_control and any(t.strip() for t in p.prompts)]
 
 
-def corpus_pieces(dataset: str, text_column: str, max_chars: int, tokenizer: Any = None,
+def corpus_pieces(dataset: str, text_column: str, max_chars: int,
+                  tokenizer: PreTrainedTokenizerBase | None = None,
                   model_name: str = "") -> list[Piece]:
     """The corpus as pieces: the chat corpus's conversation pieces, a chat dataset's
     conversations without a system turn of their own, or each document of any other dataset

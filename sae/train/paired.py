@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from shoggoth.sae.activations import activations_at
 from shoggoth.sae.prompts import EMPTY_SYSTEM, Batch, pad_id, special_ids
 from shoggoth.sae.train.chat_corpus import Conversation, Piece, render_conversation
 from shoggoth.sae.train.chitchat import render
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DIFFERENCE = ":difference"
 """The suffix of a hook's key for its shifts in a paired batch (hook + DIFFERENCE)."""
@@ -80,7 +83,7 @@ def _shared_suffix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def render_piece(tokenizer: Any, system: str | None, piece: Piece) -> str:
+def render_piece(tokenizer: PreTrainedTokenizerBase, system: str | None, piece: Piece) -> str:
     """A piece under `system` (None: no system turn; "": an empty one): a chitchat piece's turns
     alternate as user and assistant, a chat corpus's conversation keeps its roles."""
     if isinstance(piece, Conversation):
@@ -88,7 +91,7 @@ def render_piece(tokenizer: Any, system: str | None, piece: Piece) -> str:
     return render(tokenizer, system, piece)
 
 
-def make_pairs(tokenizer: Any, pieces: Sequence[Piece], personas: list[Persona],
+def make_pairs(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[Piece], personas: list[Persona],
                reference: str, context_size: int, prepend_bos: bool, is_causal: bool = True,
                max_tokens: int | None = None) -> Pairs:
     """Piece i under training persona i % len(personas) (its paraphrases in turn) and under the
