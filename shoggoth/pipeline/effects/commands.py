@@ -37,7 +37,7 @@ def effects_command(cfg: EffectsConfig) -> None:
     result = run_effects(cfg, log=stderr_log())
     if cfg.format == "json":
         print_json({k: result[k] for k in ("sae_id", "items", "screen_seconds",
-                                           "exact_seconds", "compose_seconds", "shifts",
+                                           "exact_seconds", "shifts",
                                            "effects", "composition")})
         return
     effects = result["effects"]

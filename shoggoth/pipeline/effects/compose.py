@@ -23,7 +23,7 @@ import torch
 
 from shoggoth.index.effects.stats import bootstrap_indices, projection_terms, ratio_ci
 from shoggoth.index.labels.decompose import PARTS
-from shoggoth.pipeline.effects.measure import Setup
+from shoggoth.pipeline.effects.measure import Setup, clean_rows
 from shoggoth.sae.intervene import answer_logprobs
 
 STEER_PARTS = ("common", "common+own", "own", "shift")
@@ -53,33 +53,42 @@ def _run_rows(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]
     return torch.cat(out)
 
 
-def compose_item(s: Setup, item: int, parts: np.ndarray) -> dict[str, np.ndarray]:
+def _changes(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]) -> torch.Tensor:
+    """[rows, n - 1] the change of the answer's log-probabilities (tokens 2..) under
+    `condition` when each vector is added, against an unedited row run in the same batch (both
+    sides of each difference from one computation)."""
+    rows = _run_rows(s, condition, item, [torch.zeros_like(vectors[0]), *vectors])
+    return (rows[1:] - rows[:1])[:, 1:]
+
+
+def compose_item(s: Setup, item: int, parts: np.ndarray, screen: dict[str, np.ndarray]
+                 ) -> dict[str, np.ndarray]:
     """One item's composition test. `parts` [personas, features]: each persona's part (index
-    into decompose.PARTS) of every feature (its own: mask-specific or mask-family). Returns
+    into decompose.PARTS) of every feature (its own: mask-specific or mask-family); `screen`:
+    the item's screen (`screen_item`), whose clean runs of every condition it reuses. Returns
     delta[k, t] the persona's shift of the answer's log-probabilities (tokens 2..),
     steer[k, j, t] the change of the reference's when STEER_PARTS[j] is added, ablate[k, j, t]
     the change of the persona's when ABLATE_PARTS[j] is removed."""
-    lp_ref, x_ref = s.clean(0, item)
-    n_personas, n = len(s.conditions) - 1, len(lp_ref) - 1
-    out = {"delta": np.zeros((n_personas, n)),
+    lp, x = clean_rows(s, item, screen)  # [conditions, n], [conditions, n - 1, d]
+    n_personas, n = len(s.conditions) - 1, lp.shape[1] - 1
+    out = {"delta": (lp[1:] - lp[:1])[:, 1:].double().numpy(),
            "steer": np.zeros((n_personas, len(STEER_PARTS), n)),
            "ablate": np.zeros((n_personas, len(ABLATE_PARTS), n))}
     if n == 0:  # a one-token answer: nothing after the prefix to edit
         return out
     w_dec = s.w_dec.float()
-    clean = [s.clean(k, item) for k in range(1, n_personas + 1)]
-    codes = [s.shift_codes(x_k, x_ref).to(w_dec.device) for _, x_k in clean]  # [n, features]
+    x_ref = x[0]
+    codes = [s.shift_codes(x[k], x_ref).to(w_dec.device)  # [n, features]
+             for k in range(1, n_personas + 1)]
     common = torch.stack(codes).mean(dim=0)
     steering: list[torch.Tensor] = []
-    for k, ((lp_k, x_k), code) in enumerate(zip(clean, codes, strict=True)):
-        out["delta"][k] = (lp_k - lp_ref)[1:].numpy()
+    for k, code in enumerate(codes):
         own_mask = torch.as_tensor(np.isin(parts[k], OWN_PARTS), device=w_dec.device)
         own = (code - common) @ w_dec
-        steering += [common @ w_dec, code @ w_dec, own, x_k - x_ref]
-        ablated = _run_rows(s, k + 1, item, [-own, -((code - common) * own_mask) @ w_dec])
-        out["ablate"][k] = (ablated - lp_k)[:, 1:].numpy()
-    steered = _run_rows(s, 0, item, steering).view(n_personas, len(STEER_PARTS), -1)
-    out["steer"] = (steered - lp_ref)[..., 1:].numpy()
+        steering += [common @ w_dec, code @ w_dec, own, x[k + 1] - x_ref]
+        out["ablate"][k] = _changes(s, k + 1, item,
+                                    [-own, -((code - common) * own_mask) @ w_dec]).numpy()
+    out["steer"] = _changes(s, 0, item, steering).view(n_personas, len(STEER_PARTS), -1).numpy()
     return out
 
 

@@ -110,7 +110,9 @@ def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
     each weighted by persona k's per-token shift; fired[c, f] whether f fires on the answer.
 
     One batch: the K persona documents, then K copies of the no-persona document (one per
-    persona's weighting), left-padded so that the answers line up."""
+    persona's weighting), left-padded so that the answers line up. x[c]: the hook's
+    activations under condition c (0 first), from which the composition test cuts each
+    persona's shift without running the documents again."""
     k = len(s.conditions) - 1
     prompts = [s.prompts[c][item] for c in range(1, k + 1)] + [s.prompts[0][item]] * k
 
@@ -126,7 +128,20 @@ def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
     attr = _attribution_rows(s, acts, grad)
     fired = (unique > 0).any(1).numpy()
     return {"lp0": lp[k].numpy(), "lp": lp[:k].numpy(), "attr_persona": attr[:k],
-            "attr_base": attr[k:], "fired": np.concatenate([fired[k:], fired[:k]])}
+            "attr_base": attr[k:], "fired": np.concatenate([fired[k:], fired[:k]]),
+            "x": torch.cat([x[k:k + 1], x[:k]]).numpy()}
+
+
+def clean_rows(s: Setup, item: int, screen: dict[str, np.ndarray]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean answer log-probabilities [conditions, n] and hook activations on the positions
+    that predict tokens 2.. [conditions, n - 1, d] of every condition (0 first), as the screen
+    measured them; recomputed (one forward pass each) for a screen saved without them."""
+    if "x" in screen:
+        lp = torch.from_numpy(np.concatenate([screen["lp0"][None], screen["lp"]]))
+        return lp, torch.from_numpy(screen["x"]).to(s.w_dec.device)
+    rows = [s.clean(c, item) for c in range(len(s.conditions))]
+    return torch.stack([lp for lp, _ in rows]), torch.stack([x for _, x in rows])
 
 
 @dataclass
@@ -175,11 +190,13 @@ def _jobs(plan: EffectsPlan, condition: int, fired: np.ndarray) -> tuple[list[tu
     return jobs, silent
 
 
-def exact_item(s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray) -> dict[str, np.ndarray]:
+def exact_item(s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray,
+               x_ref: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Exact ablation and steering on one item: ablate[j, c, t] the change of the answer's
     log-probabilities (tokens 2..) when feature j is ablated under condition c (NaN: not
     measured), ablate_kl[j, c] the mean KL of the next-token distributions, steer[j, t] the
-    change under no persona when feature j is steered."""
+    change under no persona when feature j is steered. `x_ref`: the reference document's hook
+    activations, which a difference dictionary encodes against (None: run it once more)."""
     n_f, n_cond = len(plan.features), len(s.conditions)
     n = len(s.answer(0, item).ids) - 1
     out = {"ablate": np.full((n_f, n_cond, n), np.nan), "ablate_kl": np.full((n_f, n_cond),
@@ -192,7 +209,10 @@ def exact_item(s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray) -> dic
         if not jobs:
             continue
         answer = s.answer(c, item)
-        x_ref = s.clean(0, item)[1] if s.kind == "difference" else s.w_dec[:0]
+        if s.kind != "difference":
+            x_ref = s.w_dec[:0]
+        elif x_ref is None:
+            x_ref = s.clean(0, item)[1]
         jobs = [("clean", -1), *jobs]  # the unedited row rides in the first batch
         clean = clean_full = None
         for start in range(0, len(jobs), s.batch):

@@ -14,6 +14,10 @@ baseline) are then measured exactly:
 - steering: the feature's typical activation added along d_f under no persona, and the share
   of each Δ_k the change of the answer reproduces.
 
+The composition test (pipeline/effects/compose.py) runs in the exact pass, item by item: it
+shares the documents' prefix runs with the exact ablation and takes every condition's clean run
+from the screen.
+
 Each item's screen and exact results are kept in a folder beside the database as they are
 made, so an interrupted run resumes; the tables are replaced in one transaction at the end.
 """
@@ -52,11 +56,20 @@ from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
 from shoggoth.pipeline.effects.compose import compose_item, composition_rows
-from shoggoth.pipeline.effects.measure import EffectsPlan, Setup, exact_item, screen_item
+from shoggoth.pipeline.effects.measure import (
+    EffectsPlan,
+    Setup,
+    clean_rows,
+    exact_item,
+    screen_item,
+)
 from shoggoth.pipeline.effects.tables import effect_rows, make_plan, screen_estimates, shift_rows
 from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.prompts import build_prompt, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
+
+COMPOSE = "compose_"
+"""The prefix of the composition test's arrays in an item's saved exact-pass results."""
 
 
 @dataclass
@@ -268,27 +281,32 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
         raise BadInput(f"--db {cfg.db}: no live feature to measure (none fired on these items)")
     log(f"exact ablation and steering of {len(plan.features)} features "
         f"({plan.roles.count('baseline')} of them the shared baseline)")
-    exact = per_item(folder / "exact", n_items, "effects: ablate and steer",
-                     lambda i: exact_item(s, i, plan, screens[i]["fired"]))
+    parts = inputs.parts
+    if parts is None:
+        log("note: the composition test needs labels; run shoggoth label, then effects again")
+
+    def exact_pass(i: int) -> dict[str, np.ndarray]:
+        """The item's exact ablation and steering, and its composition test beside them (the
+        documents' prefixes run once for both; the clean runs come from the screen)."""
+        clean = clean_rows(s, i, screens[i])[1][0] if s.kind == "difference" else None
+        out = exact_item(s, i, plan, screens[i]["fired"], clean)
+        if parts is not None:
+            out |= {COMPOSE + k: v for k, v in compose_item(s, i, parts, screens[i]).items()}
+        return out
+
+    exact = per_item(folder / "exact", n_items, "effects: ablate, steer and compose" if
+                     parts is not None else "effects: ablate and steer", exact_pass)
     finished = time.monotonic()
     names = s.conditions
     effects = effect_rows(names, screens, exact, plan, estimates, fired, cfg.bootstrap,
                           cfg.confidence, cfg.seed)
     shifts = shift_rows(names, screens, cfg.bootstrap, cfg.confidence, cfg.seed)
-    composition = pd.DataFrame()
-    if inputs.parts is None:
-        log("note: the composition test needs labels; run shoggoth label, then effects again")
-    else:
-        parts = inputs.parts
-        composes = per_item(folder / "compose", n_items, "effects: compose",
-                            lambda i: compose_item(s, i, parts))
-        composition = composition_rows(names, composes, cfg.bootstrap, cfg.confidence,
-                                       cfg.seed)
-    composed = time.monotonic()
+    composition = pd.DataFrame() if parts is None else composition_rows(
+        names, [{k[len(COMPOSE):]: v for k, v in e.items() if k.startswith(COMPOSE)}
+                for e in exact], cfg.bootstrap, cfg.confidence, cfg.seed)
     write_effects(cfg.db, inputs.sae_id, effects, shifts, composition, cfg)
     drop_resume_folder(folder)
     return {"sae_id": inputs.sae_id, "effects": effects, "shifts": shifts,
             "composition": composition, "items": n_items,
             "screen_seconds": round(screened - started, 1),
-            "exact_seconds": round(finished - screened, 1),
-            "compose_seconds": round(composed - finished, 1)}
+            "exact_seconds": round(finished - screened, 1)}
