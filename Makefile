@@ -51,8 +51,15 @@ browser:
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
+# Every checker the suite runs. import-linter and mypy read a package from one folder, and the
+# repository maps sae/, index/ and explorer/ into `shoggoth` (an editable install's finder that
+# neither follows), so they run on a copy laid out as installed (tests/helpers.py installed_tree).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	@tree=$$(mktemp -d) && trap 'rm -rf "$$tree"' EXIT && \
+	$(BIN)/python -c 'import sys; sys.path.insert(0, "tests"); from pathlib import Path; \
+	from helpers import installed_tree; installed_tree(Path(sys.argv[1]))' "$$tree" && \
+	cd "$$tree" && $(CURDIR)/$(BIN)/lint-imports && $(CURDIR)/$(BIN)/python -m mypy shoggoth
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -81,6 +81,8 @@ class Harvester:
     """Each SAE's reference system prompt (EMPTY_SYSTEM: an empty system turn)."""
     _reference: dict[tuple[str, int], dict[str, torch.Tensor]] = field(default_factory=dict,
                                                                        repr=False)
+    _reference_recon: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict,
+                                                                   repr=False)
     _group: tuple[int, int] | None = field(default=None, repr=False)
     _prompts: list[Prompt] = field(default_factory=list, repr=False)
     _prefix: Any = field(default=None, repr=False)
@@ -160,18 +162,35 @@ class Harvester:
         return shift_input(x, x_ref) if self.kind(k) == "difference" else (x, None)
 
     def compute(self, unit: Unit, decimals: list[int]) -> list[Computed]:
-        """Encode a unit's continuation tokens with every SAE; keep the non-zero (rounded)
-        activations, their per-document aggregates and each document's shift."""
+        """Encode a unit's continuation tokens with every SAE (once: the codes serve the stored
+        activations and the shift through the SAE); keep the non-zero (rounded) activations,
+        their per-document aggregates and each document's shift."""
         inputs, doc = self.sae_inputs(unit, self.use_prefix_cache)
         out = []
         for k, (sae, (x, x_ref), places) in enumerate(zip(self.saes, inputs, decimals,
                                                           strict=True)):
             encoded, silent = self.encoded_input(k, x, x_ref)
-            done = encode_aggregate(sae, encoded, doc, len(unit.items), places, silent)
+            codes = encode(sae, encoded)
+            done = encode_aggregate(sae, encoded, doc, len(unit.items), places, silent, codes)
+            ref_recon = None if self.kind(k) == "difference" else self.reference_recon(k, unit)
             done.shift, done.shift_hat = document_shifts(sae, self.kind(k), x, x_ref, doc,
-                                                         len(unit.items))
+                                                         len(unit.items), codes, ref_recon)
             out.append(done)
         return out
+
+    def reference_recon(self, k: int, unit: Unit) -> torch.Tensor:
+        """Residual SAE k's reconstruction of the reference documents' activations, row for row
+        with the unit's (each item's computed once per harvest, like the rows themselves, which
+        `sae_inputs` has run)."""
+        reference = self.references[k] if k < len(self.references) else EMPTY_SYSTEM
+        todo = [i for i in unit.items if (k, i) not in self._reference_recon]
+        if todo:
+            sae = self.saes[k]
+            with torch.inference_mode():
+                for i in todo:
+                    x_ref = self._reference[(reference, i)][self.hooks[k]]
+                    self._reference_recon[(k, i)] = sae.decode(encode(sae, x_ref))
+        return torch.cat([self._reference_recon[(k, i)] for i in unit.items])
 
     def check_prefix_cache(self, unit: Unit) -> bool:
         """Whether the KV-cache path reproduces a full forward pass on this model (a guard
@@ -234,16 +253,23 @@ def shift_input(x: torch.Tensor, x_ref: torch.Tensor) -> tuple[torch.Tensor, tor
     return x - x_ref, no_shift(x, x_ref)
 
 
+def encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """[rows, d_sae] the SAE's codes of hook activations `x` [rows, d], unrounded, in its dtype.
+    The SAE may sit on another device than the hooked block (a model spread by a device map):
+    its input moves to it, and the rest is counted there."""
+    with torch.inference_mode():
+        return sae.encode(x.to(sae.device, sae.dtype))
+
+
 def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
-                     decimals: int, silent: torch.Tensor | None = None) -> Computed:
+                     decimals: int, silent: torch.Tensor | None = None,
+                     codes: torch.Tensor | None = None) -> Computed:
     """SAE-encode hook activations `x` (rows of documents `doc`), round to `decimals`, and keep
     the non-zero activations and their per-document aggregates. `silent` rows encode to
     nothing (a difference dictionary's rows without a shift: its encoder bias would otherwise
-    fire features on a zero input)."""
+    fire features on a zero input). `codes`: `encode(sae, x)` when the caller has it already."""
     with torch.inference_mode():
-        # The SAE may sit on another device than the hooked block (a model spread by a
-        # device map): its input moves to it, and the rest is counted there.
-        f = sae.encode(x.to(sae.device, sae.dtype)).float()
+        f = (codes if codes is not None else encode(sae, x)).float()
         doc = doc.to(f.device)
         if silent is not None:
             f[silent.to(f.device)] = 0
@@ -277,18 +303,23 @@ def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
 
 
 def document_shifts(sae: Any, kind: str, x: torch.Tensor, x_ref: torch.Tensor, doc: torch.Tensor,
-                    n_docs: int) -> tuple[np.ndarray, np.ndarray]:
-    """[n_docs, d] each document's mean shift against its reference, and through the SAE."""
+                    n_docs: int, codes: torch.Tensor | None = None,
+                    ref_recon: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """[n_docs, d] each document's mean shift against its reference, and through the SAE.
+    `codes`: the SAE's codes of what it encodes (`encode`; the shift for a difference
+    dictionary, x for a residual SAE) and `ref_recon` (a residual SAE) its reconstruction of
+    x_ref, when the caller has them: an SAE's encoder is then not run again."""
     with torch.inference_mode():
-        def recon(a: torch.Tensor) -> torch.Tensor:
-            return sae.decode(sae.encode(a.to(sae.device, sae.dtype))).float()
+        def recon(a: torch.Tensor, done: torch.Tensor | None = None) -> torch.Tensor:
+            return sae.decode(done if done is not None else encode(sae, a)).float()
 
         shift = (x - x_ref).float()
         if kind == "difference":
-            shift_hat = recon(shift)
+            shift_hat = recon(shift, codes)
             shift_hat[no_shift(x, x_ref).to(shift_hat.device)] = 0
         else:
-            shift_hat = recon(x) - recon(x_ref)
+            shift_hat = recon(x, codes) - (ref_recon.float() if ref_recon is not None
+                                           else recon(x_ref))
         n = torch.bincount(doc, minlength=n_docs).clamp(min=1)[:, None].float()
 
         def pooled(rows: torch.Tensor) -> np.ndarray:

@@ -40,7 +40,6 @@ causal composition test (test steer: the share of the persona's effect that a pa
 added to the reference reproduces; test ablate: the share a part removed from the persona takes
 away; part: common, common+own, own, shift for steer; own, own_features for ablate)."""
 
-MEASURES = ("attribution", "mediated", "ablate_logprob", "ablate_kl", "steer_toward")
 
 def create_effect_tables(con: Any) -> None:
     """The tables `shoggoth effects` writes (if missing)."""

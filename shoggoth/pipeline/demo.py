@@ -37,8 +37,8 @@ from shoggoth.sae.sae_dir import weights_sha256
 from shoggoth.sae.train.run import Target, TrainConfig, train
 
 STEPS = 9
-GEMMA3_LAYER = 9
-"""Gemma 3 270M's hooked block (of 18)."""
+GEMMA3_LAYER = 12
+"""Gemma 3 270M's hooked block (of 18), by benchmarks/persona_layer_probe.py."""
 
 
 @dataclass(frozen=True)

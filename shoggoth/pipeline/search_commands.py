@@ -4,7 +4,6 @@ similar, persona), each with its own config. The flag form of earlier releases
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shoggoth.core.config import Config, config_options, option
-from shoggoth.core.printing import Format
+from shoggoth.core.printing import Format, print_json
 from shoggoth.pipeline.search import SearchConfig, search
 
 
@@ -158,7 +157,7 @@ def search_flags(cfg: SearchConfig) -> None:
 def show(result: dict[str, Any], fmt: str) -> None:
     """Print a search result: JSON, or tables."""
     if fmt == "json":
-        click.echo(json.dumps(result, indent=1, default=str))
+        print_json(result)  # NaN as null: the standard JSON every reader takes
         return
     console = Console(soft_wrap=True)
     mode = result["mode"]

@@ -1,4 +1,4 @@
-"""The bad-input sweep over the commands added since the last round (effects, steer, generate,
+"""Bad input to every command with many inputs (effects, steer, generate,
 grid, layers, explain, export, search in every mode, harvest --ray, train --ddp/--shards and
 several SAEs, train --target difference): bad flag values, bad YAML values, bad files (missing,
 empty, not UTF-8, wrong shape, duplicated ids), a database of another kind or without the tables

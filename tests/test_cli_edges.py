@@ -1,6 +1,6 @@
-"""The defects a fresh machine showed, each recorded: bad input of every kind gets one `error:`
-line, exit 2 and nothing written; Ctrl-C inside a database write exits 130; CSV lines end in
-\\n; progress shows off a terminal; file names with quotes merge; a server dies with its
+"""Edges of every command, each found on a fresh machine once: bad input of every kind gets one
+`error:` line, exit 2 and nothing written; Ctrl-C inside a database write exits 130; CSV lines end
+in \\n; progress shows off a terminal; file names with quotes merge; a server dies with its
 parent."""
 
 from __future__ import annotations

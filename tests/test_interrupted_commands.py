@@ -1,4 +1,4 @@
-"""The interruption sweep over the commands added since the last round: `layers`, `generate`,
+"""Interrupting `layers`, `generate`,
 `index` and `export`, each stopped by Ctrl-C, SIGTERM or kill -9 part-way, then rerun. The
 interrupted run leaves the last good state (the database opens and holds what it held), an
 interrupt exits 130 with one line, and the rerun ends with exactly what one uninterrupted run

@@ -1,4 +1,4 @@
-"""Reliability round 3: a database file never widens the SQL sandbox, no output is written over a
+"""How commands fail: a database file never widens the SQL sandbox, no output is written over a
 database, environmental failures (a full disk, an immutable file) are one line, runaway queries
 keep their bounds, and Ctrl-C as a command finishes still exits 130 with one line."""
 
