@@ -180,7 +180,7 @@ def print_evaluation(title: str, meta: dict[str, object]) -> None:
 @click.command("train")
 @config_options(TrainConfig)
 def train_command(cfg: TrainConfig) -> None:
-    """Train an SAE on a model's residual stream with sae-lens (offline on MiniLM by default),
+    """Train an SAE on a model's residual stream with sae-lens (offline on SmolLM2 by default),
     evaluate it on held-out tokens, and write a directory sae_lens.SAE.load_from_disk reads.
     Several --hook/--layer/--d-sae values train one SAE each from the same forward passes;
     --ddp trains across the processes torchrun starts."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from shoggoth.sae.prompts import (
     common_prefix,
     pad_id,
 )
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 
 @dataclass
@@ -253,7 +256,7 @@ def shift_input(x: torch.Tensor, x_ref: torch.Tensor) -> tuple[torch.Tensor, tor
     return x - x_ref, no_shift(x, x_ref)
 
 
-def encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
+def encode(sae: SAE, x: torch.Tensor) -> torch.Tensor:
     """[rows, d_sae] the SAE's codes of hook activations `x` [rows, d], unrounded, in its dtype.
     The SAE may sit on another device than the hooked block (a model spread by a device map):
     its input moves to it, and the rest is counted there."""

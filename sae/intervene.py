@@ -19,7 +19,7 @@ import torch
 
 from shoggoth.sae.activations import _cache_kwarg_alias, cache_layers, expand_cache
 from shoggoth.sae.models import Model
-from shoggoth.sae.prompts import Prompt
+from shoggoth.sae.prompts import Prompt, collate, pad_id
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 """Given the clean activations at the hook, [rows, positions, d], returns what to add to them
@@ -104,50 +104,39 @@ def kl(clean: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     return (clean.exp() * (clean - edited)).sum(-1).mean(-1)
 
 
-def attribution_after_prefix(model: Model, answers: list[Answer], rows: list[int], hook: str,
-                             weights: Callable[[torch.Tensor], torch.Tensor]
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Attribution patching for several documents with the same answer, in one forward and backward
-    pass over their answers: each document's prefix ran once beforehand (`prepare`: its KV cache,
-    without gradients), and the gradient at the hook on the answer's positions flows through the
-    answer's own positions alone (the prefix's keys and values do not depend on them), so no prefix
-    token runs with gradients. Document c runs in rows[c] rows (the same activations, each row its
-    own weighting). Returns, over the rows in order, the hook's activations on the positions that
-    predict tokens 2.. ([R, n-1, d]), the answer's log-probabilities ([R, n]) and the gradient of
-    Σ_t w[r, t] · log p_r(token t), w = weights(log-probabilities) held constant
-    ([R, n-1, d])."""
-    ids = torch.tensor(answers[0].ids)
-    n = len(ids)
-    leaves: list[torch.Tensor] = []
-    lps: list[torch.Tensor] = []
+def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
+                      weights: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attribution patching for several documents with the same answer, in one forward and
+    backward pass: each prompt is cut after its answer and left-padded, so the answers line up
+    at the end. Returns the activations at `hook` on the answer positions that predict its tokens
+    2.. ([rows, n-1, d]), the answer's log-probabilities per row ([rows, n]), and per row the
+    gradient of Σ_t w[r, t] · log p_r(token t), w = weights(log-probabilities) held constant
+    ([rows, n-1, d])."""
+    spans = [answer_span(p) for p in prompts]
+    cut = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
+           for p, (_, end) in zip(prompts, spans, strict=True)]
+    n = spans[0][1] - spans[0][0]
+    batch = collate(cut, pad_id(model.tokenizer), "left").to(model.device)
+    ids = batch.input_ids[:, -n:]
+    keep: dict[str, torch.Tensor] = {}
+
+    def leaf_hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        keep["leaf"] = x.detach().requires_grad_(True)
+        return keep["leaf"]
+
     with torch.enable_grad():
-        for answer, r in zip(answers, rows, strict=True):
-            first = answer.first_logprobs[ids[0]].expand(r, 1).cpu()
-            if n == 1:
-                lps.append(first)
-                continue
-            keep: dict[str, torch.Tensor] = {}
-
-            def leaf_hook(x: torch.Tensor, hook: Any = None,
-                          keep: dict[str, torch.Tensor] = keep) -> torch.Tensor:
-                keep["leaf"] = x.detach().requires_grad_(True)
-                return keep["leaf"]
-
-            logits = _forward(model, ids[:-1].expand(r, -1), expand_cache(answer.cache, r),
-                              [(hook, leaf_hook)])
-            logp = torch.log_softmax(logits.float(), -1)
-            rest = logp.gather(-1, ids[1:].to(logp.device).expand(r, -1)[..., None])[..., 0]
-            leaves.append(keep["leaf"])
-            lps.append(torch.cat([first.to(rest.device), rest], 1))
-        lp = torch.cat([x.to(lps[0].device) for x in lps])
-        if n == 1:
-            d = int(model.d_model)
-            empty = torch.zeros(len(lp), 0, d)
-            return empty, lp.detach().cpu(), empty
+        # Only the positions that predict the answer need logits (transformers'
+        # logits_to_keep); the slice below holds either way.
+        logits = model.bridge.run_with_hooks(batch.input_ids, fwd_hooks=[(hook, leaf_hook)],
+                                             attention_mask=batch.attention_mask,
+                                             logits_to_keep=n + 1)
+        logp = torch.log_softmax(logits[:, -n - 1:-1].float(), -1)
+        lp = logp.gather(-1, ids.to(logp.device)[..., None])[..., 0]
         w = weights(lp.detach().cpu()).to(lp.device, lp.dtype)
-        grads = torch.autograd.grad((lp[:, 1:] * w[:, 1:]).sum(), leaves)
-    x = torch.cat([leaf.detach().float().cpu() for leaf in leaves])
-    return x, lp.detach().cpu(), torch.cat([g.float().cpu() for g in grads])
+        (grad,) = torch.autograd.grad((lp[:, 1:] * w[:, 1:]).sum(), keep["leaf"])
+    x = keep["leaf"][:, -n:-1].detach().float().cpu()
+    return x, lp.detach().cpu(), grad[:, -n:-1].float().cpu()
 
 
 def generate(model: Model, prompt_ids: list[int], hook: str, edit: Edit | None,

@@ -24,7 +24,7 @@ from shoggoth.pipeline.effects.steer import SteerConfig, clamp, load_steering, s
 from shoggoth.sae.intervene import (
     answer_logprobs,
     answer_span,
-    attribution_after_prefix,
+    attribution_batch,
     generate,
     prepare,
 )
@@ -86,13 +86,11 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
     assert (lp[1] - lp[0]).abs().max() > 1e-3  # the ablation does something to compare
 
     # Attribution: the gradient of a weighted sum of the answer's log-probabilities, for two
-    # documents (different prompts, the same answer), each after its prefix's KV cache.
+    # documents (different prompts, the same answer) in one left-padded batch.
     other = build_prompt(model.tokenizer, "", "Why is the sky blue?",
                          "Sunlight scatters off air molecules, and blue scatters most.")
     weights = torch.randn(2, end - start, generator=torch.Generator().manual_seed(0))
-    other_answer = prepare(model, other)
-    x, lp_a, grad = attribution_after_prefix(model, [answer, other_answer], [1, 1], HOOK,
-                                             lambda lp: weights)
+    x, lp_a, grad = attribution_batch(model, [prompt, other], HOOK, lambda lp: weights)
     assert torch.allclose(lp_a[0], lp[0], atol=1e-5)
     leaf: dict[str, torch.Tensor] = {}
 
@@ -111,18 +109,6 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
         assert torch.allclose(grad[row], expected[0, s:e - 1], atol=1e-5)
         assert torch.allclose(x[row], leaf["x"][0, s:e - 1].detach(), atol=1e-5)
     assert torch.allclose(x[0], clean[span], atol=1e-5)
-
-    # The second document in two rows, each its own weighting: the same activations and
-    # log-probabilities, each row's own gradient.
-    rows_w = torch.cat([weights, -2 * weights[1:]])
-    x_c, lp_c, grad_c = attribution_after_prefix(model, [answer, other_answer], [1, 2], HOOK,
-                                                 lambda lp: rows_w)
-    assert torch.allclose(lp_c[:2], lp_a, atol=1e-5) and torch.allclose(lp_c[2], lp_a[1],
-                                                                        atol=1e-5)
-    assert torch.allclose(x_c[:2], x, atol=1e-5) and torch.allclose(x_c[2], x[1], atol=1e-5)
-    assert torch.allclose(grad_c[:2], grad, atol=1e-5)
-    assert torch.allclose(grad_c[2], -2 * grad[1], atol=1e-5)
-    assert grad.abs().max() > 1e-3  # a gradient to compare
 
 
 def test_generation_with_a_clamp_matches_a_loop_of_full_passes(tiny_gpt2, tiny_sae_dir):

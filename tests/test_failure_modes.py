@@ -185,15 +185,19 @@ def immutable(path: Path):
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
-@pytest.mark.parametrize("command", [["index", "--map", "pca"], ["label", "--min-docs", "5"]])
+@pytest.mark.parametrize("command", [["index", "--map", "pca"], ["label", "--min-docs", "5"],
+                                     ["layers"]])
 def test_an_immutable_database_is_refused_before_the_work(capfd, tmp_path, labelled_db,
                                                           monkeypatch, command):
     import shoggoth.index.dictionary.build
+    import shoggoth.pipeline.layers
 
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     started = []
     monkeypatch.setattr(shoggoth.index.dictionary.build, "build_parts",
                         lambda *a, **k: started.append(1) or pytest.fail("index did the work"))
+    monkeypatch.setattr(shoggoth.pipeline.layers, "load_model",
+                        lambda *a, **k: started.append(1) or pytest.fail("layers did the work"))
     before = snapshot(tmp_path)
     with immutable(db):
         err = one_line(capfd, [command[0], "--db", db, *command[1:]])

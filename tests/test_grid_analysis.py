@@ -11,7 +11,7 @@ from planted_grid import make_planted_grid
 
 from shoggoth.core.errors import BadInput
 from shoggoth.index.action.analysis import analyse_grid
-from shoggoth.index.action.labels import EFFECT_LABELS, GridLabelConfig
+from shoggoth.index.action.labels import GRID_EFFECT_LABELS, GridLabelConfig
 from shoggoth.index.action.stats import block_contrasts
 
 EXPECTED = {"context": "context", "content": "content", "interaction": "context:content"}
@@ -34,8 +34,8 @@ def test_planted_effects_are_found_and_told_apart(seed):
     # No effect planted: shared, null and prompt-wording features. At most 5% of them get an
     # effect label (the test's level), and the realised FDR stays within 0.1.
     empty = kinds[~kinds.isin(list(EXPECTED))].index
-    false = f.loc[empty, "grid_label"].isin(EFFECT_LABELS).sum()
-    found = f["grid_label"].isin(EFFECT_LABELS).sum()
+    false = f.loc[empty, "grid_label"].isin(GRID_EFFECT_LABELS).sum()
+    found = f["grid_label"].isin(GRID_EFFECT_LABELS).sum()
     assert false <= 0.05 * len(empty) + 1
     assert false / found <= 0.1
     # Shared features are shared by every mask in action; features that move with each
@@ -87,7 +87,7 @@ def test_the_contrasts_and_their_signs():
 def test_calibration_counts_and_config():
     g = make_planted_grid(per_kind=5, seed=4)
     r = analyse_grid(g.documents, g.doc_features, g.n_features, GridLabelConfig(calibration=3))
-    assert list(r.fdr["label"]) == list(EFFECT_LABELS)
+    assert list(r.fdr["label"]) == list(GRID_EFFECT_LABELS)
     assert (r.fdr["n_null"] >= 0).all()
     assert r.fdr.set_index("label").at["content", "n_real"] >= 4
     none = analyse_grid(g.documents, g.doc_features, g.n_features, GridLabelConfig(calibration=0))
@@ -111,4 +111,4 @@ def test_bad_input_and_gaps():
     rows = rows.assign(doc=remap[rows["doc"]].to_numpy())
     r = analyse_grid(docs, rows, g.n_features)
     assert any("two prompts" in n for n in r.notes)
-    assert not r.features["grid_label"].isin(EFFECT_LABELS).any()
+    assert not r.features["grid_label"].isin(GRID_EFFECT_LABELS).any()

@@ -77,6 +77,21 @@ def space_of(shifts, personas, prompts, boot: int = 50):
     return space_tables(arrays, len(items), weights, 0.9)
 
 
+def test_no_assistant_axis_where_no_system_turn_is_the_reference_itself():
+    """A base model renders "no system turn" as no prefix at all, which is the difference
+    dictionary's reference: that control's shift is zero by construction, so there is no
+    default mask and no assistant axis (an axis from it would be minus the personas' mean)."""
+    shifts, personas, prompts, _ = planted_frames(0, own=0.6, wording=0.08)
+    _, axes = space_of(shifts, personas, prompts)
+    assert "assistant" in set(axes["axis"])  # a chat model's default mask: an axis
+    base = shifts.copy()
+    base["shift"] = [np.zeros(D, np.float32) if p == "control_none" else v
+                     for p, v in zip(base["persona"], base["shift"], strict=True)]
+    space, axes = space_of(base, personas, prompts)
+    assert "assistant" not in set(axes["axis"]) and "controls" in set(axes["axis"])
+    assert space.set_index("persona").loc["control_none", "norm"] == 0.0
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_dictionary_free_shares_match_the_planted_ones(seed):
     shifts, personas, prompts, planted = planted_frames(seed, own=0.6, wording=0.08,

@@ -12,7 +12,7 @@ import pandas as pd
 from shoggoth.core.errors import BadInput
 from shoggoth.index.action.labels import (
     CELLS,
-    EFFECT_LABELS,
+    GRID_EFFECT_LABELS,
     ActionDesign,
     Chunked,
     GridLabelConfig,
@@ -60,12 +60,12 @@ def decide(q: dict[str, np.ndarray], n_docs: np.ndarray, broad: np.ndarray,
 def calibrate(g: Chunked, cfg: GridLabelConfig) -> dict[str, float]:
     """Mean count of each effect label over the null runs (`Chunked.null_p`), labelled by the
     same rules."""
-    counts = dict.fromkeys(EFFECT_LABELS, 0.0)
+    counts = dict.fromkeys(GRID_EFFECT_LABELS, 0.0)
     no_bound = np.full(len(g.n_docs_firing), np.nan)
     for r in range(cfg.calibration):
         q = {e: bh_qvalues(g.null_p[r, i]) for i, e in enumerate(EFFECTS)}
         labels = decide(q, g.n_docs_firing, g.broad, no_bound, cfg)
-        for name in EFFECT_LABELS:
+        for name in GRID_EFFECT_LABELS:
             counts[name] += float((labels == name).sum()) / cfg.calibration
     return counts
 
@@ -101,10 +101,11 @@ def analyse_grid(documents: pd.DataFrame, doc_features: pd.DataFrame, n_features
         table[f"{e}_persona"] = strongest(*g.ci[e], lay.personas)
     table["action_ratio_high"], table["action_power"] = g.ratio_high, g.power
     features = pd.DataFrame(table)[FEATURE_COLUMNS]
-    real = {name: int((labels == name).sum()) for name in EFFECT_LABELS}
-    null = calibrate(g, cfg) if cfg.calibration else dict.fromkeys(EFFECT_LABELS, np.nan)
-    fdr = pd.DataFrame({"label": list(EFFECT_LABELS), "n_real": [real[n] for n in EFFECT_LABELS],
-                        "n_null": [null[n] for n in EFFECT_LABELS]})
+    real = {name: int((labels == name).sum()) for name in GRID_EFFECT_LABELS}
+    null = calibrate(g, cfg) if cfg.calibration else dict.fromkeys(GRID_EFFECT_LABELS, np.nan)
+    fdr = pd.DataFrame({"label": list(GRID_EFFECT_LABELS),
+                        "n_real": [real[n] for n in GRID_EFFECT_LABELS],
+                        "n_null": [null[n] for n in GRID_EFFECT_LABELS]})
     fdr["fdr"] = np.where(fdr["n_real"] > 0, np.minimum(1.0, fdr["n_null"] / fdr["n_real"]
                                                         .clip(lower=1)), np.nan)
     return GridResult(features, effect_rows(g, lay), fdr, lay.notes)

@@ -18,7 +18,7 @@ from shoggoth.index.labels.stats import equivalence, item_bootstrap, stratified_
 
 GRID_LABELS = ("dead", "rare", "context", "content", "context+content", "context:content",
                "shared-in-action", "unclear")
-EFFECT_LABELS = ("context", "content", "context+content", "context:content")
+GRID_EFFECT_LABELS = ("context", "content", "context+content", "context:content")
 """Labels that claim an effect (their false-discovery rate is estimated by calibration)."""
 CELLS = ("in_action", "neutral_text", "text_only", "baseline")
 """a: own answer, persona prompt; b: neutral answer, persona prompt; c: own answer, no persona;

@@ -81,7 +81,7 @@ def _controls(pers: pd.DataFrame, names: list[str], n_main: int) -> tuple[list, 
 
 def build_design(documents: pd.DataFrame, personas: pd.DataFrame,
                topics: dict[str, str] | None = None) -> tuple[LabelDesign, pd.DataFrame]:
-    """The grid and the distinct documents (persona, paraphrase, item_id) it indexes."""
+    """The battery's layout and the distinct documents (persona, paraphrase, item_id) it indexes."""
     _check_columns(personas, "personas", ("persona", "family", "is_control"))
     _check_columns(documents, "documents", ("persona", "paraphrase", "item_id"))
     pers = personas.drop_duplicates("persona")
@@ -116,40 +116,40 @@ def build_design(documents: pd.DataFrame, personas: pd.DataFrame,
     _, topic_of_item = np.unique(topic_names, return_inverse=True)
     matched, baseline = _controls(pers, names, len(main))
     families = dict(zip(pers["persona"], pers["family"], strict=True))
-    grid = LabelDesign(names, len(main), families, items, topic_of_item, p_idx, i_idx,
+    layout = LabelDesign(names, len(main), families, items, topic_of_item, p_idx, i_idx,
                        prompt_of_doc, prompt_keys // n_para, prompt_keys % n_para,
                        np.bincount(prompt_of_doc, minlength=len(prompt_keys)), cells, matched,
                        baseline, notes)
-    _note_gaps(grid)
-    return grid, docs
+    _note_gaps(layout)
+    return layout, docs
 
 
-def _note_gaps(grid: LabelDesign) -> None:
+def _note_gaps(layout: LabelDesign) -> None:
     """One line for each thing this battery cannot support."""
-    n_main, counts = grid.n_main, grid.prompts_per_persona
-    unmatched = [grid.personas[k] for k in range(n_main) if not grid.matched[k]]
+    n_main, counts = layout.n_main, layout.prompts_per_persona
+    unmatched = [layout.personas[k] for k in range(n_main) if not layout.matched[k]]
     if unmatched:
-        grid.notes.append(
+        layout.notes.append(
             f"{len(unmatched)} of {n_main} personas have no mention/negation control "
             f"({', '.join(unmatched[:4])}{' …' if len(unmatched) > 4 else ''}): a feature of "
             "theirs cannot be told mask from concept, so it is labelled mask-or-concept, never "
             "mask-specific")
-    single = [grid.personas[k] for k in range(n_main) if counts[k] < 2]
+    single = [layout.personas[k] for k in range(n_main) if counts[k] < 2]
     if single:
-        grid.notes.append(
+        layout.notes.append(
             f"personas with one prompt ({', '.join(single[:4])}{' …' if len(single) > 4 else ''}"
             "): whether a feature follows the persona or that one wording cannot be measured, "
             "so they get no persona label")
-    if n_main >= 2 and grid.n_main_prompts - n_main < 1:
-        grid.notes.append("no persona has two prompts: the persona test (prompts as replicates) "
+    if n_main >= 2 and layout.n_main_prompts - n_main < 1:
+        layout.notes.append("no persona has two prompts: the persona test (prompts as replicates) "
                           "cannot be computed, so no feature gets a persona label or "
                           "shared-modulated")
-    if not grid.baseline:
-        grid.notes.append("no baseline control (one about no persona): mask-general cannot be "
+    if not layout.baseline:
+        layout.notes.append("no baseline control (one about no persona): mask-general cannot be "
                           "told from shared, and no_mask_ratio is empty")
-    full = grid.cell_docs[:n_main] > 0
+    full = layout.cell_docs[:n_main] > 0
     if n_main and not full.all():
-        grid.notes.append(f"the personas do not all share the same items ({int(full.sum())} of "
+        layout.notes.append(f"the personas do not all share the same items ({int(full.sum())} of "
                           f"{full.size} persona-item cells): comparisons use the shared items "
                           "where it matters, and the persona means use what each has")
 

@@ -195,7 +195,8 @@ def persona_shifts(shifts: pd.DataFrame, personas: pd.DataFrame, prompts: pd.Dat
                    ) -> tuple[Shifts, list[str]]:
     """The document shifts as `persona_space.Shifts` (personas first, then controls), and the
     items in order. `assistant`: the persona the assistant axis starts from (default: the
-    control whose prompts are all empty, i.e. no system turn). `reference`: the battery's
+    control whose prompts are all empty, i.e. no system turn; no axis when its documents are
+    the reference documents, as a base model's empty prefix is). `reference`: the battery's
     persona whose documents are the reference (its shift is zero by construction: it is not
     one of the plain controls)."""
     items = sorted(set(shifts["item_id"]))
@@ -215,6 +216,11 @@ def persona_shifts(shifts: pd.DataFrame, personas: pd.DataFrame, prompts: pd.Dat
     if assistant is None:
         axis_name = next((p for p in order if p in empty and bool(table.loc[p, "is_control"])),
                          None)
+        if axis_name is not None and _is_reference(x, [unit_of[u] for u in units
+                                                       if u[0] == order.index(axis_name)]):
+            # No system turn renders as the reference itself (a base model's empty prefix):
+            # the model has no default mask, and an axis from it would be minus the mean.
+            axis_name = None
     else:
         axis_name = assistant if assistant in order else None
     control_of = table["control_of"] if "control_of" in table else pd.Series(dtype=object)
@@ -224,6 +230,14 @@ def persona_shifts(shifts: pd.DataFrame, personas: pd.DataFrame, prompts: pd.Dat
         is_plain_control=np.array([bool(table.loc[p, "is_control"]) and p != reference and
                                    _names_nobody(control_of.get(p)) for p in order]),
         axis=None if axis_name is None else order.index(axis_name)), items
+
+
+def _is_reference(x: np.ndarray, rows: list[int]) -> bool:
+    """Whether the documents in `rows` of x [units, items, d] have no shift at all (they render
+    exactly as the reference documents): every norm under 1e-4 of the median document's."""
+    norms = np.linalg.norm(np.nan_to_num(x), axis=-1)
+    scale = float(np.median(norms[norms > 0])) if (norms > 0).any() else 0.0
+    return bool(rows) and bool((norms[rows] <= 1e-4 * scale).all())
 
 
 def _names_nobody(control_of: object) -> bool:

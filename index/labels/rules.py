@@ -102,7 +102,7 @@ class _Context:
     """What every chunk of features shares."""
 
     cfg: LabelConfig
-    grid: LabelDesign
+    layout: LabelDesign
     feat: np.ndarray
     doc: np.ndarray
     val: np.ndarray
@@ -129,43 +129,43 @@ def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
     cfg = config or LabelConfig()
     if n_features < 1:
         raise BadInput(f"n_features {n_features}: must be at least 1")
-    grid, docs = build_design(documents, personas, topics)
+    layout, docs = build_design(documents, personas, topics)
     feat, doc, val = doc_rows(doc_features, docs, n_features)
-    n_prompts, n_all = len(grid.persona_of_prompt), len(grid.personas)
+    n_prompts, n_all = len(layout.persona_of_prompt), len(layout.personas)
     average = np.zeros((n_prompts, n_all))
-    counts = grid.prompts_per_persona
-    average[np.arange(n_prompts), grid.persona_of_prompt] = 1.0 / counts[grid.persona_of_prompt]
-    main_prompts = grid.persona_of_prompt[:grid.n_main_prompts]
-    ctx = _Context(cfg, grid, feat, doc, val, np.searchsorted(feat, np.arange(n_features + 1)),
-                   average, np.searchsorted(grid.persona_of_prompt, np.arange(n_all)),
-                   permutation_design(main_prompts, grid.n_main, cfg.permutations, cfg.seed),
-                   stratified_weights(grid.topic_of_item, cfg.bootstrap, cfg.seed + 1),
-                   grid.cell_docs.sum(axis=1))
+    counts = layout.prompts_per_persona
+    average[np.arange(n_prompts), layout.persona_of_prompt] = 1.0 / counts[layout.persona_of_prompt]
+    main_prompts = layout.persona_of_prompt[:layout.n_main_prompts]
+    ctx = _Context(cfg, layout, feat, doc, val, np.searchsorted(feat, np.arange(n_features + 1)),
+                   average, np.searchsorted(layout.persona_of_prompt, np.arange(n_all)),
+                   permutation_design(main_prompts, layout.n_main, cfg.permutations, cfg.seed),
+                   stratified_weights(layout.topic_of_item, cfg.bootstrap, cfg.seed + 1),
+                   layout.cell_docs.sum(axis=1))
     table = pd.concat([_chunk(ctx, s, min(n_features, s + cfg.chunk))
                        for s in range(0, n_features, cfg.chunk)], ignore_index=True)
     table["q_value"] = bh_qvalues(table["p_value"].to_numpy())
-    _label(cfg, grid, table)
+    _label(cfg, layout, table)
     out = table[COLUMNS].copy()
-    out.attrs["notes"] = list(grid.notes)
+    out.attrs["notes"] = list(layout.notes)
     return out
 
 
 def _prompt_means(ctx: _Context, start: int, stop: int) -> tuple[np.ndarray, ...]:
     """(rows of the chunk: local feature, persona, item, value; prompt means [f, prompt])."""
-    grid, n_f = ctx.grid, stop - start
+    layout, n_f = ctx.layout, stop - start
     lo, hi = ctx.bounds[start], ctx.bounds[stop]
     f_loc, d, v = ctx.feat[lo:hi] - start, ctx.doc[lo:hi], ctx.val[lo:hi]
-    pr = grid.prompt_of_doc[d]
-    n_p = len(grid.persona_of_prompt)
-    m = np.bincount(f_loc * n_p + pr, weights=v / grid.docs_per_prompt[pr],
+    pr = layout.prompt_of_doc[d]
+    n_p = len(layout.persona_of_prompt)
+    m = np.bincount(f_loc * n_p + pr, weights=v / layout.docs_per_prompt[pr],
                     minlength=n_f * n_p).reshape(n_f, n_p)
-    return f_loc, grid.persona_of_doc[d], grid.item_of_doc[d], v, m
+    return f_loc, layout.persona_of_doc[d], layout.item_of_doc[d], v, m
 
 
 def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
     """The statistics of features start..stop-1 (labels are decided after BH, over all)."""
-    cfg, grid, n_f = ctx.cfg, ctx.grid, stop - start
-    k, n_all, n_mp = grid.n_main, len(grid.personas), grid.n_main_prompts
+    cfg, layout, n_f = ctx.cfg, ctx.layout, stop - start
+    k, n_all, n_mp = layout.n_main, len(layout.personas), layout.n_main_prompts
     f_loc, pk, ii, v, m = _prompt_means(ctx, start, stop)
     mu_all = m @ ctx.average
     mu, mm = mu_all[:, :k], m[:, :n_mp]
@@ -175,17 +175,17 @@ def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
     broad = fires.mean(axis=1) >= cfg.shared_fire_frac if k else np.zeros(n_f, bool)
     testable = n_docs >= cfg.min_docs
     live = n_docs > 0
-    out = _descriptive(mu, live, grid.personas)
+    out = _descriptive(mu, live, layout.personas)
     out["feature"] = np.arange(start, stop)
     out["n_docs_firing"] = n_docs
     out["fire_frac_personas"] = fires.mean(axis=1) if k else np.zeros(n_f)
-    out["argmax_persona"] = [grid.personas[t] if lv and k else None
+    out["argmax_persona"] = [layout.personas[t] if lv and k else None
                              for t, lv in zip(np.argmax(mu, axis=1) if k else np.zeros(n_f, int),
                                               live, strict=True)]
     f_stat, p = np.full(n_f, np.nan), np.full(n_f, np.nan)
     if k >= 2 and testable.any():
         f_stat[testable], p[testable] = persona_test(
-            mm[testable], grid.persona_of_prompt[:n_mp], ctx.design, cfg.log_floor)
+            mm[testable], layout.persona_of_prompt[:n_mp], ctx.design, cfg.log_floor)
     out["f_stat"], out["p_value"] = f_stat, p
     # Each persona's weakest and best prompt mean (main personas' prompts come first).
     lo, hi = np.minimum.reduceat(m, ctx.starts, axis=1), np.maximum.reduceat(m, ctx.starts, axis=1)
@@ -195,17 +195,17 @@ def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
                          ("set_ratio", c.set_ratio), ("set_margin", c.set_margin)):
         out[name] = np.where(live, values, np.nan)
     out["set_size"] = c.set_size
-    ctrl_mu = _matched_means(grid, mu_all)
+    ctrl_mu = _matched_means(layout, mu_all)
     for name, values in (("order", c.order), ("mu", mu), ("control_mu", ctrl_mu), ("lo", lo),
                          ("hi", hi)):
         out[name] = list(values)  # per feature, for the few that _label decides on
     top = c.order[:, 0] if k else np.zeros(n_f, int)
-    out["control_margin"] = np.where(live, _top_control_margins(grid, lo, hi, top), np.nan)
+    out["control_margin"] = np.where(live, _top_control_margins(layout, lo, hi, top), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         top_mu = mu[np.arange(n_f), top] if k else np.zeros(n_f)
         ctrl = ctrl_mu[np.arange(n_f), top] if k else top_mu
         out["control_ratio"] = np.where(live, ctrl / top_mu, np.nan)
-        base = mu_all[:, grid.baseline].mean(axis=1) if grid.baseline else np.full(n_f, np.nan)
+        base = mu_all[:, layout.baseline].mean(axis=1) if layout.baseline else np.full(n_f, np.nan)
         out["no_mask_ratio"] = np.where(live, base / mu.mean(axis=1), np.nan)
     high, power = _shared_bound(ctx, m, mu, testable & broad & (mm > 0).all(axis=1),
                                 (f_loc, pk, ii, v))
@@ -237,7 +237,7 @@ def _descriptive(mu: np.ndarray, live: np.ndarray, names: list[str]) -> pd.DataF
         "ranked_personas": ranked})
 
 
-def control_margins(grid: LabelDesign, lo: np.ndarray, hi: np.ndarray,
+def control_margins(layout: LabelDesign, lo: np.ndarray, hi: np.ndarray,
                     members: list[int]) -> np.ndarray:
     """lo, hi: [rows, persona] weakest and best prompt means. Per row: the members' matched
     controls against the other personas' matched controls, as the largest (over the members'
@@ -245,12 +245,12 @@ def control_margins(grid: LabelDesign, lo: np.ndarray, hi: np.ndarray,
     non-members (or, with none, the non-member personas' prompts). Above 1, every wording of a
     mention or negation of the members fires more than any other persona's mention or negation
     does: the feature reads the persona's concept. NaN without controls."""
-    own = [c for j in members for c in grid.matched[j]]
+    own = [c for j in members for c in layout.matched[j]]
     if not own:
         return np.full(len(lo), np.nan)
     chosen = set(members)
-    others = [c for j in range(grid.n_main) if j not in chosen for c in grid.matched[j]]
-    others = others or [j for j in range(grid.n_main) if j not in chosen]
+    others = [c for j in range(layout.n_main) if j not in chosen for c in layout.matched[j]]
+    others = others or [j for j in range(layout.n_main) if j not in chosen]
     best = hi[:, others].max(axis=1) if others else np.zeros(len(lo))
     weakest = lo[:, own].max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -258,21 +258,21 @@ def control_margins(grid: LabelDesign, lo: np.ndarray, hi: np.ndarray,
                         np.where(weakest > 0, np.inf, np.nan))
 
 
-def _top_control_margins(grid: LabelDesign, lo: np.ndarray, hi: np.ndarray,
+def _top_control_margins(layout: LabelDesign, lo: np.ndarray, hi: np.ndarray,
                          top: np.ndarray) -> np.ndarray:
     """control_margins of each feature's top persona."""
     out = np.full(len(top), np.nan)
-    for k in np.unique(top) if grid.n_main else []:
+    for k in np.unique(top) if layout.n_main else []:
         rows = np.flatnonzero(top == k)
-        out[rows] = control_margins(grid, lo[rows], hi[rows], [int(k)])
+        out[rows] = control_margins(layout, lo[rows], hi[rows], [int(k)])
     return out
 
 
-def _matched_means(grid: LabelDesign, mu_all: np.ndarray) -> np.ndarray:
+def _matched_means(layout: LabelDesign, mu_all: np.ndarray) -> np.ndarray:
     """[feature, main persona]: the largest mean among the persona's own mention/negation
     controls (NaN for a persona without any)."""
-    out = np.full((mu_all.shape[0], grid.n_main), np.nan)
-    for k, controls in enumerate(grid.matched):
+    out = np.full((mu_all.shape[0], layout.n_main), np.nan)
+    for k, controls in enumerate(layout.matched):
         if controls:
             out[:, k] = mu_all[:, controls].max(axis=1)
     return out
@@ -283,14 +283,14 @@ def _shared_bound(ctx: _Context, m: np.ndarray, mu: np.ndarray, cand: np.ndarray
     """ratio_ci_high and shared_power for the candidates (broad, every prompt firing). The item
     bootstrap is run only where the prompt term alone leaves the bound under the limit: adding
     a variance can only raise it."""
-    cfg, grid = ctx.cfg, ctx.grid
-    n_f, k, n_mp = len(cand), grid.n_main, grid.n_main_prompts
+    cfg, layout = ctx.cfg, ctx.layout
+    n_f, k, n_mp = len(cand), layout.n_main, layout.n_main_prompts
     high, power = np.full(n_f, np.nan), np.full(n_f, np.nan)
     if k < 2 or not cand.any():
         return high, power
     idx = np.flatnonzero(cand)
     log_m = np.log(m[idx, :n_mp])
-    main_prompts = grid.persona_of_prompt[:n_mp]
+    main_prompts = layout.persona_of_prompt[:n_mp]
     high[idx], power[idx] = equivalence(mu[idx], log_m, main_prompts, None,
                                         cfg.shared_ratio_bound, cfg.confidence)
     close = idx[high[idx] <= cfg.shared_ratio_bound]
@@ -299,30 +299,30 @@ def _shared_bound(ctx: _Context, m: np.ndarray, mu: np.ndarray, cand: np.ndarray
         pos = np.full(n_f, -1)
         pos[close] = np.arange(len(close))
         keep = (pos[f_loc] >= 0) & (pk < k)
-        n_items = len(grid.items)
+        n_items = len(layout.items)
         a = np.bincount((pos[f_loc[keep]] * k + pk[keep]) * n_items + ii[keep],
-                        weights=v[keep] / grid.cell_docs[pk[keep], ii[keep]],
+                        weights=v[keep] / layout.cell_docs[pk[keep], ii[keep]],
                         minlength=len(close) * k * n_items).reshape(len(close), k, n_items)
-        ests = item_bootstrap(a, grid.cell_docs[:k] > 0, ctx.weights)
+        ests = item_bootstrap(a, layout.cell_docs[:k] > 0, ctx.weights)
         high[close], power[close] = equivalence(mu[close], np.log(m[close, :n_mp]),
                                                 main_prompts, ests, cfg.shared_ratio_bound,
                                                 cfg.confidence)
     return high, power
 
 
-def _family_of(grid: LabelDesign, members: list[str]) -> str | None:
+def _family_of(layout: LabelDesign, members: list[str]) -> str | None:
     """The battery family the set is (or is part of), else None."""
-    families = {grid.family[p] for p in members}
+    families = {layout.family[p] for p in members}
     if len(families) != 1:
         return None
     fam = families.pop()
-    whole = {p for p in grid.personas[:grid.n_main] if grid.family[p] == fam}
+    whole = {p for p in layout.personas[:layout.n_main] if layout.family[p] == fam}
     return fam if whole == set(members) else f"part of {fam}"
 
 
-def _label(cfg: LabelConfig, grid: LabelDesign, t: pd.DataFrame) -> None:
+def _label(cfg: LabelConfig, layout: LabelDesign, t: pd.DataFrame) -> None:
     """The label of each feature, in order of precedence (docs/labels.md), in place."""
-    k = grid.n_main
+    k = layout.n_main
     n_docs = t["n_docs_firing"].to_numpy()
     q = t["q_value"].to_numpy()
     sig = np.isfinite(q) & (q < cfg.alpha)
@@ -337,7 +337,7 @@ def _label(cfg: LabelConfig, grid: LabelDesign, t: pd.DataFrame) -> None:
     top: list[str | None] = [None] * len(t)
     family: list[str | None] = [None] * len(t)
     battery: list[str | None] = [None] * len(t)
-    single = grid.prompts_per_persona[:k] < 2
+    single = layout.prompts_per_persona[:k] < 2
     size = t["set_size"].to_numpy()
     for f in map(int, np.flatnonzero(sig & (size > 0) & (n_docs >= cfg.min_docs) & (k >= 2))):
         members = t["order"].iat[f][: size[f]]
@@ -350,17 +350,17 @@ def _label(cfg: LabelConfig, grid: LabelDesign, t: pd.DataFrame) -> None:
             # Most of the activity is not the set's: modulated, not owned (docs/labels.md).
             label[f] = "shared-modulated" if broad[f] else "unclear"
             continue
-        margin = control_margins(grid, t["lo"].iat[f][None], t["hi"].iat[f][None],
+        margin = control_margins(layout, t["lo"].iat[f][None], t["hi"].iat[f][None],
                                  list(members))[0]
         with np.errstate(invalid="ignore"):
             concept = bool((ctrl >= mu / cfg.contrast).any()) or margin > 1
-        names = [grid.personas[j] for j in members]
+        names = [layout.personas[j] for j in members]
         if size[f] == 1:
             top[f] = names[0]
             label[f] = ("persona-concept" if concept else
                         "mask-or-concept" if np.isnan(ctrl).all() else "mask-specific")
         else:
-            family[f], battery[f] = ",".join(names), _family_of(grid, names)
+            family[f], battery[f] = ",".join(names), _family_of(layout, names)
             label[f] = "persona-concept" if concept else "mask-family"
     label[(n_docs > 0) & (n_docs < cfg.min_docs)] = "rare"
     label[n_docs == 0] = "dead"

@@ -30,7 +30,7 @@ from shoggoth.index.store.database import (
 from shoggoth.index.store.derived import refresh_causal
 from shoggoth.index.store.schema import PERSONA_TABLES, create_label_tables
 
-EFFECT_LABELS = (*PERSONA_LABELS, "shared-modulated")
+FDR_LABELS = (*PERSONA_LABELS, "shared-modulated")
 """Labels that claim a persona effect: each gets an estimated false-discovery rate."""
 
 
@@ -120,7 +120,7 @@ def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
         n_split = split.get(lab) if lab in PERSONA_LABELS else None
         worst = max(n_null, float(n_split) if n_split is not None else 0.0)
         fdr = (min(1.0, worst / n_real) if n_real else (0.0 if worst == 0 else 1.0)) \
-            if lab in EFFECT_LABELS else None
+            if lab in FDR_LABELS else None
         out.append({"label": lab, "n_real": n_real, "n_null": n_null,
                     "n_split": None if n_split is None else int(n_split), "fdr": fdr})
     return pd.DataFrame(out)

@@ -116,7 +116,7 @@ def one(con: duckdb.DuckDBPyConnection, sql: str,
     return tuple(rows[0])
 
 
-def choose_sae(con: duckdb.DuckDBPyConnection, db: Path, sae: str | None) -> str:
+def harvested_sae(con: duckdb.DuckDBPyConnection, db: Path, sae: str | None) -> str:
     """The SAE to export: `sae` when it has harvested documents, else the only such SAE;
     BadInput in one line otherwise (naming the SAEs there are)."""
     harvested = [r[0] for r in con.execute(

@@ -569,7 +569,7 @@ def build_delphi(cfg: ExportConfig, db: Path, built: Path) -> delphi.Harvest:
     con = connect(db, read_only=True, wait=WAIT)
     try:
         require_shoggoth(con, db)
-        harvest = delphi.read_harvest(con, db, delphi.choose_sae(con, db, cfg.sae), options)
+        harvest = delphi.read_harvest(con, db, delphi.harvested_sae(con, db, cfg.sae), options)
         built.mkdir()
         delphi.write_cache(con, harvest, built, options)
     except BaseException:

@@ -39,8 +39,8 @@ from shoggoth.index.store.schema import (
     ORDER,
     SAES_COLUMNS,
     battery_rows,
+    catalog_has_table,
     create_schema,
-    has_table,
     quote,
     read_battery,
     upgrade_contract,
@@ -133,7 +133,8 @@ def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] 
         con.execute(f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                     list(row.values()))
     for table in HARVEST_TABLES:
-        holding = [c for c in catalogs if has_table(con, c, table)]  # older files lack some
+        # (older files lack some)
+        holding = [c for c in catalogs if catalog_has_table(con, c, table)]
         if not holding:
             continue
         union = " UNION ALL ".join(f"SELECT * FROM {c}.{table}" for c in holding)

@@ -534,7 +534,7 @@ def plan(con: duckdb.DuckDBPyConnection, db: Path, sae: str | None, model: str |
          source: str | None, creator: str) -> Plan:
     """The SAE to export and its target, checked: a harvest with its answer tokens, activations
     inside the width and the answers, and `shoggoth index`'s examples."""
-    sae_id = delphi.choose_sae(con, db, sae)
+    sae_id = delphi.harvested_sae(con, db, sae)
     where = f"--db {db}: SAE '{shown_name(sae_id)}'"
     row = con.execute("SELECT d_sae, neuronpedia_id FROM saes WHERE sae_id = ?",
                       [sae_id]).fetchall()

@@ -412,10 +412,11 @@ def upgrade_contract(con: Any) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({TABLES[table]})")
 
 
-def has_table(con: Any, catalog: str, table: str) -> bool:
+def catalog_has_table(con: duckdb.DuckDBPyConnection, catalog: str, table: str) -> bool:
     """Whether attached database `catalog` holds `table`."""
-    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND "
-                            "table_name = ?", [catalog, table]).fetchone()[0])
+    row = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND "
+                      "table_name = ?", [catalog, table]).fetchone()
+    return bool(row and row[0])
 
 
 def quote(text: str) -> str:

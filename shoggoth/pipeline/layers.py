@@ -39,6 +39,7 @@ from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Progress
 from shoggoth.core.signal import grouped_means, signal_fraction
 from shoggoth.index.layers.store import write_layer_probe
+from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.encode import document_shifts, prompts_activations
@@ -255,6 +256,7 @@ def reference_prompts(d: Dictionary, model: Model, per_topic: int) -> list[Any]:
 
 def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
     """Run the probe and store it (table layer_probe); returns the rows written."""
+    check_writable(cfg.db)  # before minutes of forward passes, not after
     d = Dictionary(cfg.db, cfg.sae)
     try:
         model = load_model(d.row["model"], cfg.device, hook=d.row["hook"],

@@ -1,11 +1,10 @@
 """The measurements of `shoggoth effects`, one item at a time (the unit a run resumes from).
 
 Conditions: 0 is the no-persona baseline, 1..K the battery's personas, each with one prompt.
-Per item, the *screen* runs every condition's answer once forward and backward (after its prefix's
-KV cache) and estimates, for every feature and persona, the share of the persona's shift its
-ablation would remove (attribution patching); the *exact* pass then ablates the chosen features for
-real (each in its own batch row, after the document's prefix KV cache) and steers them under no
-persona.
+Per item, the *screen* runs every condition's document once forward and backward and estimates,
+for every feature and persona, the share of the persona's shift its ablation would remove
+(attribution patching); the *exact* pass then ablates the chosen features for real (each in its
+own batch row, after the document's prefix KV cache) and steers them under no persona.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from shoggoth.sae.encode import shift_input
 from shoggoth.sae.intervene import (
     Answer,
     answer_logprobs,
-    attribution_after_prefix,
+    attribution_batch,
     kl,
     prepare,
 )
@@ -114,21 +113,20 @@ def _attribution_rows(s: Setup, acts: torch.Tensor, grad: torch.Tensor) -> np.nd
 def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
     """The clean log-probabilities under every condition and the attribution estimates:
     attr_persona[k-1, f] of ablating f under persona k and attr_base[k-1, f] under no persona,
-    each weighted by persona k's per-token shift; fired[c, f] whether f fires on the answer;
-    x[c] the hook's activations under condition c (0 first), from which the composition test
-    cuts each persona's shift without running the documents again.
+    each weighted by persona k's per-token shift; fired[c, f] whether f fires on the answer.
 
-    Each document's prefix runs once (`Setup.answer`, its KV cache); then the K persona
-    answers, one row each, and the no-persona answer in K rows (one per persona's weighting)
-    run forward and backward together."""
+    One batch: the K persona documents, then K copies of the no-persona document (one per
+    persona's weighting), left-padded so that the answers line up. x[c]: the hook's
+    activations under condition c (0 first), from which the composition test cuts each
+    persona's shift without running the documents again."""
     k = len(s.conditions) - 1
-    answers = [s.answer(c, item) for c in range(1, k + 1)] + [s.answer(0, item)]
+    prompts = [s.prompts[c][item] for c in range(1, k + 1)] + [s.prompts[0][item]] * k
 
     def weights(lp: torch.Tensor) -> torch.Tensor:
         shift = lp[:k] - lp[k]
         return torch.cat([shift, shift])
 
-    x, lp, grad = attribution_after_prefix(s.model, answers, [1] * k + [k], s.hook, weights)
+    x, lp, grad = attribution_batch(s.model, prompts, s.hook, weights)
     # The K no-persona rows hold the same activations: encode them once (row k is the
     # baseline document, a difference dictionary's reference).
     unique = s.codes(x[:k + 1], x[k]).cpu()

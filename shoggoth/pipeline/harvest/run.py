@@ -12,8 +12,10 @@ prompt) are run once; each batch then continues from that KV cache.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import torch
 from shoggoth.battery.personas import load_items, load_personas, subset_items, subset_personas
 from shoggoth.battery.units import Unit, count_units, grid_units, parse_shard, shard_units
 from shoggoth.core.config import Config, config_metadata, deprecated, option
-from shoggoth.core.errors import BadInput, Interrupted, interrupts_deferred
+from shoggoth.core.errors import BadInput, Interrupted
 from shoggoth.core.placement import placement_of
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import Progress
@@ -289,30 +291,46 @@ def run_units(harvester: Harvester, store: Any, ids: list[str], mine: list[Unit]
               todo: list[Unit], expected: list[list[int]], decimals: list[int],
               partial: Path) -> dict[str, float]:
     """Compute and write each unit (every SAE's rows in one transaction), with a progress bar;
-    Ctrl-C keeps what was written. Returns the steady-state rate of this run's batches (model
-    load and set-up excluded)."""
+    Ctrl-C keeps what was written. A writer thread stores one batch while the next is computed
+    (DuckDB and torch both work outside the GIL); a signal reaches only the main thread, so a
+    batch in flight is always written whole. Returns the steady-state rate of this run's
+    batches (model load and set-up excluded)."""
     personas, items = harvester.personas, harvester.items
     total = sum(len(u.items) for u in mine)
     before = total - sum(len(u.items) for u in todo)
     n_docs = n_tok = 0
     t0 = time.time()
-    with Progress("harvest", total, before, unit="docs") as bar:
+    pending: Future[None] | None = None
+    with Progress("harvest", total, before, unit="docs") as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="harvest-writer") as writer:
         try:
             for unit in todo:
                 check_tokens(harvester, unit, expected)
                 out = harvester.compute(unit, decimals)
-                with interrupts_deferred():  # a batch is written whole, then Ctrl-C applies
-                    store.write(personas[unit.persona].name, unit.paraphrase,
-                                [items[i].item_id for i in unit.items],
-                                list(zip(ids, out, strict=True)))
+                if pending is not None:
+                    pending.result()  # the previous batch is stored (or its error raised)
+                pending = writer.submit(store.write, personas[unit.persona].name,
+                                        unit.paraphrase, [items[i].item_id for i in unit.items],
+                                        list(zip(ids, out, strict=True)))
                 n_docs += len(unit.items)
                 n_tok += sum(out[0].n_tokens)
                 dt = max(time.time() - t0, 1e-9)
                 bar.advance(len(unit.items),
                             rate=f"{n_docs / dt:,.1f} docs/s · {n_tok / dt:,.0f} tok/s")
+            if pending is not None:
+                pending.result()
         except KeyboardInterrupt:
+            settle(pending)
             raise Interrupted(f"the written batches are kept in {partial}; rerun the same "
                               "command to continue") from None
     seconds = time.time() - t0
     return {"batch_seconds": round(seconds, 3),
             "tokens_per_second": round(n_tok / seconds, 1) if n_tok else 0.0}
+
+
+def settle(pending: Future[None] | None) -> None:
+    """Wait for the batch being written to be stored whole, whatever further Ctrl-C comes (its
+    own error is the resumed run's to meet: the transaction is then rolled back)."""
+    while pending is not None and not pending.done():
+        with contextlib.suppress(KeyboardInterrupt):
+            wait([pending])
