@@ -44,6 +44,14 @@ def test_the_cli_reference_matches_the_commands(site):
                     assert opt in text, (path, opt)
 
 
+def test_the_commands_page_lists_every_command():
+    """docs/commands.md is written by hand (one line per command, what it is for): it must not
+    lose a command the CLI has, nor keep one it no longer has."""
+    text = (ROOT / "docs" / "commands.md").read_text()
+    listed = set(re.findall(r"^\| `shoggoth ([a-z]+)", text, flags=re.MULTILINE))
+    assert listed == set(cli.cli.list_commands(None)), listed ^ set(cli.cli.list_commands(None))
+
+
 def test_every_page_is_built(site):
     for page in (ROOT / "docs").glob("*.md"):
         built = site / ("index.html" if page.stem == "index" else f"{page.stem}/index.html")
