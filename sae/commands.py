@@ -43,7 +43,7 @@ def describe(name: str) -> dict[str, object]:
     row: dict[str, object] = {"model": name, "source": alias.source if alias else "",
                               "available": "", "d_model": None, "layers": None, "hooks": None}
     if alias is not None and not alias.ready():  # listing it must not convert it
-        row["available"] = "offline (bundled; converted on first use, about 20 s)"
+        row["available"] = "offline (bundled; converted once, on first use)"
         row["hooks"] = "listed once converted"
         return row
     try:

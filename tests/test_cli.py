@@ -172,14 +172,16 @@ def test_console_script_end_to_end(tmp_path):
     assert proc.returncode == 0 and "minilm" in proc.stdout
 
 
-def test_the_models_listing_does_not_convert_smollm2(capfd, tmp_path, monkeypatch):
-    """In a new cache, `shoggoth models` lists SmolLM2 as converted on first use, and converts
-    nothing (the conversion belongs to the first command that needs the weights)."""
+def test_the_models_listing_converts_no_built_in_model(capfd, tmp_path, monkeypatch):
+    """In a new cache, `shoggoth models` lists SmolLM2 and Gemma 3 as converted on first use,
+    and converts nothing (the conversion belongs to the first command that needs the
+    weights)."""
     monkeypatch.setenv("SHOGGOTH_CACHE", str(tmp_path / "cache"))
     code, out, err = run(capfd, "models", "--format", "json")
     assert code == 0, err
     rows = {r["model"]: r for r in json.loads(out)}
-    assert rows["smollm2"]["available"].startswith("offline (bundled; converted on first use")
+    for name in ("smollm2", "gemma3"):  # neither built-in GGUF model is converted by a listing
+        assert rows[name]["available"].startswith("offline (bundled; converted once"), name
     assert rows["minilm"]["d_model"] == 384  # the others are described as before
     assert not (tmp_path / "cache" / "models").exists() and "converting" not in err
 
