@@ -106,9 +106,14 @@ def convert(gguf: Path, out: Path, stamp: Stamp | None = None) -> None:
 def remove_leftovers(out: Path) -> None:
     """Delete the partial directories of conversions into `out` whose process is gone (killed
     before its own clean-up)."""
-    for old in out.parent.glob(f".{out.name}.partial-*"):
-        if not _alive(old.name.rsplit("-", 1)[1]):
-            shutil.rmtree(old, ignore_errors=True)
+    for old in dead_leftovers(out, "partial"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def dead_leftovers(out: Path, kind: str) -> list[Path]:
+    """The `.{out}.{kind}-PID` files and folders beside `out` whose process is gone."""
+    return [old for old in out.parent.glob(f".{out.name}.{kind}-*")
+            if not _alive(old.name.rsplit("-", 1)[1])]
 
 
 def _dequantized(gguf: Path) -> tuple[Any, Any]:
@@ -184,9 +189,8 @@ def gemma3_dir(log: Log | None = None) -> str:
     assembled file (only the conversion reads it) deleted."""
     package = _gemma3_package()
     out = cache_dir() / "models" / GEMMA3_NAME
-    for old in out.parent.glob(f".{out.name}.gguf-*"):  # a killed conversion's (250 MB each)
-        if not _alive(old.name.rsplit("-", 1)[1]):
-            old.unlink(missing_ok=True)
+    for old in dead_leftovers(out, "gguf"):  # a killed conversion's assembled file (250 MB)
+        old.unlink(missing_ok=True)
     stamp = _gemma3_stamp(package)
     if has_stamp(out, stamp):
         return str(out)

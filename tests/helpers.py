@@ -118,6 +118,38 @@ PERSONAS = """personas:
     prompts: [""]
 """
 
+def harvest_with_and_without_prefix_cache(folder: Path, sae: Path, personas_yaml: str,
+                                          *args: str) -> list[tuple[int, bool, dict]]:
+    """A tiny harvest of the battery's first 3 items under `personas_yaml`, once with the
+    prefix KV cache and once without (`args`: more harvest flags): per run, its number of
+    documents, its `saes.prefix_cache` and {(persona, paraphrase, item_id, pos, feature):
+    value}."""
+    import json
+
+    import duckdb
+
+    from shoggoth import cli
+    from shoggoth.battery.personas import load_items
+
+    (folder / "p.yaml").write_text(personas_yaml)
+    (folder / "i.jsonl").write_text("".join(json.dumps(i.__dict__) + "\n"
+                                            for i in load_items()[:3]))
+    runs = []
+    for name, extra in (("cached", []), ("full", ["--no-prefix-cache"])):
+        db = folder / f"{name}.duckdb"
+        assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), "--personas",
+                         str(folder / "p.yaml"), "--items", str(folder / "i.jsonl"), *args,
+                         *extra]) == 0
+        con = duckdb.connect(str(db), read_only=True)
+        runs.append((con.execute("SELECT count(*) FROM documents").fetchone()[0],
+                     con.execute("SELECT prefix_cache FROM saes").fetchone()[0],
+                     {r[:5]: r[5] for r in con.execute(
+                         "SELECT persona, paraphrase, item_id, pos, feature, value "
+                         "FROM activations").fetchall()}))
+        con.close()
+    return runs
+
+
 def copy_db(source: Path, target: Path) -> Path:
     """A copy of a database with its FAISS folder (the paths it stores are relative to it)."""
     target.write_bytes(source.read_bytes())

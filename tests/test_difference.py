@@ -399,7 +399,7 @@ def test_the_composition_test_reuses_the_screens_runs_without_changing_a_number(
     """The composition test takes every condition's clean run from the screen: its arrays equal
     those of running each document again (a screen saved without them) to float rounding."""
     from shoggoth.pipeline.effects.compose import compose_item
-    from shoggoth.pipeline.effects.measure import screen_item
+    from shoggoth.pipeline.effects.measure import clean_rows, screen_item
     from shoggoth.pipeline.effects.run import EffectsConfig, load_causal, make_setup, read_inputs
 
     cfg = EffectsConfig(db=planted["db"], sae=planted["difference"].name, items_per_topic=1,
@@ -410,9 +410,9 @@ def test_the_composition_test_reuses_the_screens_runs_without_changing_a_number(
     s = make_setup(inputs, model, sae, cfg)
     for item in range(2):
         screen = screen_item(s, item)
-        reused = compose_item(s, item, inputs.parts, screen)
-        rerun = compose_item(s, item, inputs.parts,
-                             {k: v for k, v in screen.items() if k != "x"})
+        reused = compose_item(s, item, inputs.parts, *clean_rows(s, item, screen))
+        rerun = compose_item(s, item, inputs.parts, *clean_rows(
+            s, item, {k: v for k, v in screen.items() if k != "x"}))
         for key in ("delta", "steer", "ablate"):
             scale = float(np.abs(rerun[key]).max())
             assert scale > 0.01, key

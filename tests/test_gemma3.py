@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 import torch
-from helpers import build_random_sae
+from helpers import build_random_sae, harvest_with_and_without_prefix_cache
 
-from shoggoth import cli
 from shoggoth.battery.personas import load_items, load_personas
 from shoggoth.sae.gguf import GEMMA3_NAME, STAMP, gemma3_dir, gemma3_ready
 from shoggoth.sae.prompts import build_prompt
@@ -76,25 +74,14 @@ def test_the_residual_stream_outgrows_float16_so_the_cpu_runs_float32():
 def test_a_tiny_harvest_with_and_without_the_prefix_cache(tmp_path, gemma_dir):
     sae = build_random_sae(tmp_path / "sae", "gemma3", 640, "blocks.9.hook_resid_post",
                            d_sae=64, k=8)
-    (tmp_path / "p.yaml").write_text(
+    runs = harvest_with_and_without_prefix_cache(
+        tmp_path, sae,
         "personas:\n"
         "  - {name: pirate, family: fiction, prompts: ['You are a pirate.', 'Arr, be a pirate.']}\n"
-        "  - {name: control_none, family: control, is_control: true, prompts: ['']}\n")
-    items = load_items()[:3]
-    (tmp_path / "i.jsonl").write_text("".join(json.dumps(i.__dict__) + "\n" for i in items))
-    tables = []
-    for name, extra in (("cached", []), ("full", ["--no-prefix-cache"])):
-        db = tmp_path / f"{name}.duckdb"
-        assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), "--model", "gemma3",
-                         "--personas", str(tmp_path / "p.yaml"), "--items",
-                         str(tmp_path / "i.jsonl"), *extra]) == 0
-        con = duckdb.connect(str(db), read_only=True)
-        assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 9
-        tables.append({r[:5]: r[5] for r in con.execute(
-            "SELECT persona, paraphrase, item_id, pos, feature, value FROM activations"
-        ).fetchall()})
-        con.close()
-    cached, full = tables
+        "  - {name: control_none, family: control, is_control: true, prompts: ['']}\n",
+        "--model", "gemma3")
+    assert [n for n, _, _ in runs] == [9, 9]
+    cached, full = (table for _, _, table in runs)
     assert cached.keys() == full.keys() and len(cached) > 100
     # Gemma's residual norms run to 10^4: compare against the typical activation's size.
     scale = float(np.median(np.abs(list(full.values()))))

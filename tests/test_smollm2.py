@@ -13,13 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 import torch
-from helpers import build_random_sae
+from helpers import build_random_sae, harvest_with_and_without_prefix_cache
 
-from shoggoth import cli
 from shoggoth.battery.personas import load_items, load_personas, subset_items, subset_personas
 from shoggoth.core.errors import BadInput
 from shoggoth.sae.gguf import STAMP, converted_dir, smollm2_dir
@@ -89,27 +87,14 @@ def test_continuation_masks_cover_exactly_each_answer(tokenizer):
 def test_a_tiny_harvest_with_and_without_the_prefix_cache(tmp_path, smol_dir):
     sae = build_random_sae(tmp_path / "sae", "smollm2", 576, "blocks.2.hook_resid_post",
                            d_sae=64, k=8)
-    (tmp_path / "p.yaml").write_text(
+    runs = harvest_with_and_without_prefix_cache(
+        tmp_path, sae,
         "personas:\n"
         "  - {name: pirate, family: fiction, prompts: ['You are a pirate.', 'Arr, be a pirate.']}\n"
         "  - {name: control_empty_system, family: control, is_control: true,\n"
         "     prompts: ['(empty system message)']}\n")
-    items = load_items()[:3]
-    (tmp_path / "i.jsonl").write_text("".join(json.dumps(i.__dict__) + "\n" for i in items))
-    tables = []
-    for name, extra in (("cached", []), ("full", ["--no-prefix-cache"])):
-        db = tmp_path / f"{name}.duckdb"
-        assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), "--personas",
-                              str(tmp_path / "p.yaml"), "--items", str(tmp_path / "i.jsonl"),
-                              *extra]) == 0
-        con = duckdb.connect(str(db), read_only=True)
-        assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == 9
-        assert con.execute("SELECT prefix_cache FROM saes").fetchone()[0] == (name == "cached")
-        tables.append({r[:5]: r[5] for r in con.execute(
-            "SELECT persona, paraphrase, item_id, pos, feature, value FROM activations"
-        ).fetchall()})
-        con.close()
-    cached, full = tables
+    assert [(n, flag) for n, flag, _ in runs] == [(9, True), (9, False)]
+    cached, full = (table for _, _, table in runs)
     assert cached.keys() == full.keys() and len(cached) > 100
     # float32 attention over a cached prefix sums in another order: equal to a few parts in 10^4
     # of the typical activation (a wrong cache would differ by the whole activation).

@@ -23,7 +23,7 @@ import torch
 
 from shoggoth.index.effects.stats import bootstrap_indices, projection_terms, ratio_ci
 from shoggoth.index.labels.decompose import PARTS
-from shoggoth.pipeline.effects.measure import Setup, clean_rows
+from shoggoth.pipeline.effects.measure import Setup
 from shoggoth.sae.intervene import answer_logprobs
 
 STEER_PARTS = ("common", "common+own", "own", "shift")
@@ -61,15 +61,15 @@ def _changes(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]) -
     return (rows[1:] - rows[:1])[:, 1:]
 
 
-def compose_item(s: Setup, item: int, parts: np.ndarray, screen: dict[str, np.ndarray]
+def compose_item(s: Setup, item: int, parts: np.ndarray, lp: torch.Tensor, x: torch.Tensor
                  ) -> dict[str, np.ndarray]:
     """One item's composition test. `parts` [personas, features]: each persona's part (index
-    into decompose.PARTS) of every feature (its own: mask-specific or mask-family); `screen`:
-    the item's screen (`screen_item`), whose clean runs of every condition it reuses. Returns
-    delta[k, t] the persona's shift of the answer's log-probabilities (tokens 2..),
-    steer[k, j, t] the change of the reference's when STEER_PARTS[j] is added, ablate[k, j, t]
-    the change of the persona's when ABLATE_PARTS[j] is removed."""
-    lp, x = clean_rows(s, item, screen)  # [conditions, n], [conditions, n - 1, d]
+    into decompose.PARTS) of every feature (its own: mask-specific or mask-family); `lp`
+    [conditions, n] and `x` [conditions, n - 1, d]: every condition's clean run (`clean_rows`,
+    from the item's screen). Returns delta[k, t] the persona's shift of the answer's
+    log-probabilities (tokens 2..), steer[k, j, t] the change of the reference's when
+    STEER_PARTS[j] is added, ablate[k, j, t] the change of the persona's when ABLATE_PARTS[j]
+    is removed."""
     n_personas, n = len(s.conditions) - 1, lp.shape[1] - 1
     out = {"delta": (lp[1:] - lp[:1])[:, 1:].double().numpy(),
            "steer": np.zeros((n_personas, len(STEER_PARTS), n)),

@@ -288,10 +288,13 @@ def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[
     def exact_pass(i: int) -> dict[str, np.ndarray]:
         """The item's exact ablation and steering, and its composition test beside them (the
         documents' prefixes run once for both; the clean runs come from the screen)."""
-        clean = clean_rows(s, i, screens[i])[1][0] if s.kind == "difference" else None
-        out = exact_item(s, i, plan, screens[i]["fired"], clean)
+        if parts is None and s.kind != "difference":  # nothing reads the clean runs
+            return exact_item(s, i, plan, screens[i]["fired"])
+        lp, x = clean_rows(s, i, screens[i])
+        out = exact_item(s, i, plan, screens[i]["fired"],
+                         x[0] if s.kind == "difference" else None)
         if parts is not None:
-            out |= {COMPOSE + k: v for k, v in compose_item(s, i, parts, screens[i]).items()}
+            out |= {COMPOSE + k: v for k, v in compose_item(s, i, parts, lp, x).items()}
         return out
 
     exact = per_item(folder / "exact", n_items, "effects: ablate, steer and compose" if
