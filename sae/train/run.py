@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from shoggoth.battery.personas import Persona
 from shoggoth.core.atomic import publish, write_json_atomic
 from shoggoth.core.config import SEED_MAX, Config, config_metadata, option
 from shoggoth.core.errors import BadInput, Interrupted, first_line
@@ -490,6 +491,7 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
     # With --out given, refuse an unsafe start before the model loads; the default --out
     # depends on the hook, so it is checked once the model is known.
     prepared = leader_prepares_dirs(cfg, cfg.out, world) if cfg.out is not None else None
+    personas = training_persona_set(cfg)  # a bad personas file is refused before the model loads
     model = load_model(cfg.model, device,
                        placement=placement_of(cfg.device_map, cfg.max_memory))
     specs = resolve_specs(cfg, model)
@@ -512,7 +514,7 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
     if world.leader and resume_from is None:
         mark_started(work, cfg)
     try:
-        pairs, held = paired_data(cfg, model, dataset, paired)
+        pairs, held = paired_data(cfg, model, dataset, personas, paired)
     except BadInput:
         if world.leader and resume_from is None:  # (bad input: nothing is left behind)
             shutil.rmtree(work, ignore_errors=True)
@@ -528,13 +530,18 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
                     shards, pairs, held)
 
 
-def paired_data(cfg: TrainConfig, model: Any, dataset: str,
-                paired: bool) -> tuple[Pairs | None, Pairs | None]:
-    """(training pairs when a dictionary trains on differences, held-out pairs). A residual-only
-    run whose corpus gives no pairs (too short a context) goes without the persona signal."""
+def training_persona_set(cfg: TrainConfig) -> list[Persona]:
+    """The personas the paired stream runs: --personas's non-control ones, or the built-in."""
     personas = persona_set(cfg.personas)
     if not personas:
         raise BadInput(f"--personas {cfg.personas}: holds no persona with a prompt")
+    return personas
+
+
+def paired_data(cfg: TrainConfig, model: Any, dataset: str, personas: list[Persona],
+                paired: bool) -> tuple[Pairs | None, Pairs | None]:
+    """(training pairs when a dictionary trains on differences, held-out pairs). A residual-only
+    run whose corpus gives no pairs (too short a context) goes without the persona signal."""
     try:
         return training_pairs(model, dataset, cfg.text_column, personas, cfg.reference,
                               cfg.context_size,
