@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import altair as alt
 import pandas as pd
@@ -23,6 +23,7 @@ from shoggoth.index.effects import queries as effect_queries
 from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.decompose import PATTERN_PARTS
 from shoggoth.index.store import read
+from shoggoth.index.store.connection import Connection
 from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.pipeline.effects.steer import (
     SteerConfig,
@@ -84,17 +85,17 @@ def store_for(path: str) -> Store:
 
 
 def store() -> Store:
-    return store_for(str(db_path()))
+    return cast("Store", store_for(str(db_path())))
 
 
-def cursor() -> Any:
+def cursor() -> Connection:
     """This session's connection for the current page run (opened by the run's first query;
     `end_run` closes it)."""
     con = st.session_state.get("_con")
     if con is None:
         con = store().connect()
         st.session_state["_con"] = con
-    return con
+    return cast("Connection", con)
 
 
 def session_gone() -> Callable[[], bool]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from shoggoth.core.errors import BadInput
 from shoggoth.index.store import read
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import Locked, connect, require_shoggoth, tables, transaction
 from shoggoth.index.store.schema import LABEL_TABLES
 from shoggoth.index.store.sql import sandbox
@@ -43,7 +44,7 @@ class Store:
             return None
         return st.st_ino, st.st_mtime_ns
 
-    def connect(self) -> Any:
+    def connect(self) -> Connection:
         """A read-only, sandboxed connection for one page run (close it with `release`)."""
         try:
             con = connect(self.path, read_only=True, config=sandbox(), wait=READ_WAIT)
@@ -54,7 +55,7 @@ class Store:
             self.open.add(con)
         return con
 
-    def release(self, con: Any) -> None:
+    def release(self, con: Connection) -> None:
         with self.lock:
             self.open.discard(con)
         con.close()

@@ -27,6 +27,7 @@ from shoggoth.sae.train.run import TrainConfig, train
 @dataclass
 class ModelsConfig(Config):
     """`shoggoth models`: list the model aliases."""
+
     model: str | None = None
     """Also describe this model: a local Hugging Face directory or a hub id."""
     format: Format = "table"
@@ -40,8 +41,14 @@ def describe(name: str) -> dict[str, object]:
     other model that cannot be found raises BadInput.
     """
     alias = ALIASES.get(name)
-    row: dict[str, object] = {"model": name, "source": alias.source if alias else "",
-                              "available": "", "d_model": None, "layers": None, "hooks": None}
+    row: dict[str, object] = {
+        "model": name,
+        "source": alias.source if alias else "",
+        "available": "",
+        "d_model": None,
+        "layers": None,
+        "hooks": None,
+    }
     if alias is not None and not alias.ready():  # listing it must not convert it
         row["available"] = "offline (bundled; converted once, on first use)"
         row["hooks"] = "listed once converted"
@@ -60,10 +67,14 @@ def describe(name: str) -> dict[str, object]:
         src.kind, "offline (cached)" if Path(src.location).is_dir() else "network"
     )
     model = load_model(name, device="cpu", load_weights=False)
-    row.update(d_model=model.d_model, layers=model.n_layers,
-               hooks=hook_summary(model.hook_names, model.n_layers),
-               causal=model.is_causal, chat_template=model.has_chat_template,
-               chat_format=chat_example(model.tokenizer))
+    row.update(
+        d_model=model.d_model,
+        layers=model.n_layers,
+        hooks=hook_summary(model.hook_names, model.n_layers),
+        causal=model.is_causal,
+        chat_template=model.has_chat_template,
+        chat_format=chat_example(model.tokenizer),
+    )
     return row
 
 
@@ -72,9 +83,13 @@ def chat_example(tokenizer: object) -> str | None:
     a default system prompt the template inserts, as SmolLM2's does); None without a template."""
     if not getattr(tokenizer, "chat_template", None):
         return None
-    return tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
-        tokenize=False)
+    return cast(
+        "str | None",
+        tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+            tokenize=False,
+        ),
+    )
 
 
 @click.command("models")
@@ -89,8 +104,9 @@ def models_command(cfg: ModelsConfig) -> None:
     table = Table(title="shoggoth models")
     cols = ("model", "source", "available", "d_model", "layers", "hooks", "chat_format")
     for col in cols:
-        table.add_column("chat template (no system message)" if col == "chat_format" else col,
-                         overflow="fold")
+        table.add_column(
+            "chat template (no system message)" if col == "chat_format" else col, overflow="fold"
+        )
     for r in rows:
         table.add_row(*("" if r.get(c) is None else str(r[c]) for c in cols))
     Console(width=160).print(table)
@@ -99,6 +115,7 @@ def models_command(cfg: ModelsConfig) -> None:
 @dataclass
 class PromptConfig(Config):
     """`shoggoth prompt`: show how a prompt is built and which tokens are measured."""
+
     continuation: str = ""
     """The text whose tokens are measured (the assistant answer)."""
     system: str = ""
@@ -130,12 +147,17 @@ def prompt_command(cfg: PromptConfig) -> None:
     """Tokenize a (system, user, continuation) prompt, mark the measured tokens, and print the
     norm of each token's activation at the hook."""
 
-    model = load_model(cfg.model, cfg.device,
-                       placement=placement_of(cfg.device_map, cfg.max_memory))
+    model = load_model(
+        cfg.model, cfg.device, placement=placement_of(cfg.device_map, cfg.max_memory)
+    )
     hook = resolve_hook(model, cfg.hook, cfg.layer)
     prompt = build_prompt(
-        model.tokenizer, cfg.system, cfg.user, cfg.continuation,
-        template=cfg.template, prepend_bos=model.prepend_bos,
+        model.tokenizer,
+        cfg.system,
+        cfg.user,
+        cfg.continuation,
+        template=cfg.template,
+        prepend_bos=model.prepend_bos,
     )
     model.check_length(len(prompt.input_ids), "--continuation")
     acts = activations(model, collate([prompt], pad_id(model.tokenizer)), hook)[0]
@@ -148,8 +170,12 @@ def prompt_command(cfg: PromptConfig) -> None:
         )
     ]
     if cfg.format == "json":
-        out = {"config": config_metadata(cfg), "hook": hook, "template": prompt.template,
-               "tokens": rows}
+        out = {
+            "config": config_metadata(cfg),
+            "hook": hook,
+            "template": prompt.template,
+            "tokens": rows,
+        }
         click.echo(json.dumps(out, indent=2))
         return
     table = Table(title=f"{cfg.model} · {hook} · template {prompt.template}")
@@ -157,8 +183,13 @@ def prompt_command(cfg: PromptConfig) -> None:
         table.add_column(col)
     for r in rows:
         style = "bold green" if r["measured"] else "dim"
-        table.add_row(str(r["pos"]), repr(r["token"]), "yes" if r["measured"] else "",
-                      f"{r['norm']:.2f}", style=style)
+        table.add_row(
+            str(r["pos"]),
+            repr(r["token"]),
+            "yes" if r["measured"] else "",
+            f"{r['norm']:.2f}",
+            style=style,
+        )
     console = Console()
     console.print(table)
     console.print(f"{len(rows)} tokens, {sum(prompt.mask)} measured (the continuation)")
@@ -188,13 +219,19 @@ def train_command(cfg: TrainConfig) -> None:
     if cfg.ddp and os.environ.get("RANK") != "0":
         return  # rank 0 reports
     # Several SAEs trained together: one folder each under --out.
-    folders = [out] if (out / "shoggoth.json").is_file() else sorted(
-        p for p in out.iterdir() if (p / "shoggoth.json").is_file())
+    folders = (
+        [out]
+        if (out / "shoggoth.json").is_file()
+        else sorted(p for p in out.iterdir() if (p / "shoggoth.json").is_file())
+    )
     for folder in folders:
         meta = json.loads((folder / "shoggoth.json").read_text())
-        print_evaluation(f"{folder} · {meta['hook']} · {meta['architecture']} d_sae "
-                         f"{meta['d_sae']} · {meta['training_tokens']:,} tokens in "
-                         f"{meta['train_seconds']} s", meta)
+        print_evaluation(
+            f"{folder} · {meta['hook']} · {meta['architecture']} d_sae "
+            f"{meta['d_sae']} · {meta['training_tokens']:,} tokens in "
+            f"{meta['train_seconds']} s",
+            meta,
+        )
 
 
 @click.group("sae")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from shoggoth.sae.activations import (
     activations_at,
     prefix_cache,
 )
+from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import (
     EMPTY_SYSTEM,
     Prompt,
@@ -69,7 +70,7 @@ class Harvester:
     """The model, SAEs and battery of one harvest, and the per-paraphrase prompt caches. Several
     SAEs (at one hook or several) share every forward pass, which stops after the deepest."""
 
-    model: Any
+    model: Model
     saes: list[Any]
     hooks: list[str]
     """The hook each SAE reads."""
@@ -82,21 +83,27 @@ class Harvester:
     against the reference document of the same item)."""
     references: list[str] = field(default_factory=list)
     """Each SAE's reference system prompt (EMPTY_SYSTEM: an empty system turn)."""
-    _reference: dict[tuple[str, int], dict[str, torch.Tensor]] = field(default_factory=dict,
-                                                                       repr=False)
-    _reference_recon: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict,
-                                                                   repr=False)
+    _reference: dict[tuple[str, int], dict[str, torch.Tensor]] = field(
+        default_factory=dict, repr=False
+    )
+    _reference_recon: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     _group: tuple[int, int] | None = field(default=None, repr=False)
     _prompts: list[Prompt] = field(default_factory=list, repr=False)
     _prefix: Any = field(default=None, repr=False)
     _last: tuple[Unit, bool, dict[str, torch.Tensor], torch.Tensor] | None = field(
-        default=None, repr=False)
+        default=None, repr=False
+    )
 
     def prompt(self, persona: int, paraphrase: int, item: int) -> Prompt:
         it = self.items[item]
-        return build_prompt(self.model.tokenizer, self.personas[persona].prompts[paraphrase],
-                            it.question, it.answer, template=self.template,
-                            prepend_bos=self.model.prepend_bos)
+        return build_prompt(
+            self.model.tokenizer,
+            self.personas[persona].prompts[paraphrase],
+            it.question,
+            it.answer,
+            template=self.template,
+            prepend_bos=self.model.prepend_bos,
+        )
 
     def group(self, persona: int, paraphrase: int) -> list[Prompt]:
         """All items' prompts under one persona paraphrase, and (causal LMs) the KV cache of the
@@ -107,20 +114,23 @@ class Harvester:
             if self.use_prefix_cache:
                 shared = shared_prefix(self._prompts)
                 if shared:
-                    self._prefix = prefix_cache(self.model, self._prompts[0].input_ids[:shared],
-                                                self.hooks)
+                    self._prefix = prefix_cache(
+                        self.model, self._prompts[0].input_ids[:shared], self.hooks
+                    )
             self._group = (persona, paraphrase)
         return self._prompts
 
-    def hook_activations(self, unit: Unit,
-                         cached: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def hook_activations(
+        self, unit: Unit, cached: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Per hook, [n_continuation_tokens, d] activations of a unit's documents (document,
         then position order), and the document index of each row."""
         if self._last is not None and self._last[:2] == (unit, cached):
             return self._last[2], self._last[3]  # setup's checks reuse the first batch
         prompts = [self.group(unit.persona, unit.paraphrase)[i] for i in unit.items]
-        acts, rows = prompts_activations(self.model, prompts, self.hooks,
-                                         self._prefix if cached else None)
+        acts, rows = prompts_activations(
+            self.model, prompts, self.hooks, self._prefix if cached else None
+        )
         self._last = (unit, cached, acts, rows)
         return acts, rows
 
@@ -129,24 +139,36 @@ class Harvester:
         item's reference document runs once per harvest."""
         todo = [i for i in unit.items if (reference, i) not in self._reference]
         if todo:
-            prompts = [build_prompt(self.model.tokenizer, reference, self.items[i].question,
-                                    self.items[i].answer, template=self.template,
-                                    prepend_bos=self.model.prepend_bos) for i in todo]
+            prompts = [
+                build_prompt(
+                    self.model.tokenizer,
+                    reference,
+                    self.items[i].question,
+                    self.items[i].answer,
+                    template=self.template,
+                    prepend_bos=self.model.prepend_bos,
+                )
+                for i in todo
+            ]
             first = self.group(0, 0)
             for i, p in zip(todo, prompts, strict=True):
                 if p.continuation_ids != first[i].continuation_ids:
-                    raise BadInput(f"item '{self.items[i].item_id}': its answer tokenizes "
-                                   f"differently under the reference {reference!r}; try "
-                                   "--template plain")
+                    raise BadInput(
+                        f"item '{self.items[i].item_id}': its answer tokenizes "
+                        f"differently under the reference {reference!r}; try "
+                        "--template plain"
+                    )
             acts, rows = prompts_activations(self.model, prompts, self.hooks, None)
             for n, i in enumerate(todo):
                 self._reference[(reference, i)] = {h: a[rows == n] for h, a in acts.items()}
-        return {h: torch.cat([self._reference[(reference, i)][h] for i in unit.items])
-                for h in self.hooks}
+        return {
+            h: torch.cat([self._reference[(reference, i)][h] for i in unit.items])
+            for h in self.hooks
+        }
 
-    def sae_inputs(self, unit: Unit, cached: bool) -> tuple[list[tuple[torch.Tensor,
-                                                                        torch.Tensor]],
-                                                            torch.Tensor]:
+    def sae_inputs(
+        self, unit: Unit, cached: bool
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """Per SAE, (the activations at its hook, the reference's), and the document of each
         row. A difference dictionary encodes their difference."""
         x, doc = self.hook_activations(unit, cached)
@@ -159,8 +181,9 @@ class Harvester:
     def kind(self, k: int) -> str:
         return self.kinds[k] if k < len(self.kinds) else "residual"
 
-    def encoded_input(self, k: int, x: torch.Tensor, x_ref: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encoded_input(
+        self, k: int, x: torch.Tensor, x_ref: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What SAE k encodes, and the rows that encode to nothing (None: none)."""
         return shift_input(x, x_ref) if self.kind(k) == "difference" else (x, None)
 
@@ -170,14 +193,16 @@ class Harvester:
         their per-document aggregates and each document's shift."""
         inputs, doc = self.sae_inputs(unit, self.use_prefix_cache)
         out = []
-        for k, (sae, (x, x_ref), places) in enumerate(zip(self.saes, inputs, decimals,
-                                                          strict=True)):
+        for k, (sae, (x, x_ref), places) in enumerate(
+            zip(self.saes, inputs, decimals, strict=True)
+        ):
             encoded, silent = self.encoded_input(k, x, x_ref)
             codes = encode(sae, encoded)
             done = encode_aggregate(sae, encoded, doc, len(unit.items), places, silent, codes)
             ref_recon = None if self.kind(k) == "difference" else self.reference_recon(k, unit)
-            done.shift, done.shift_hat = document_shifts(sae, self.kind(k), x, x_ref, doc,
-                                                         len(unit.items), codes, ref_recon)
+            done.shift, done.shift_hat = document_shifts(
+                sae, self.kind(k), x, x_ref, doc, len(unit.items), codes, ref_recon
+            )
             out.append(done)
         return out
 
@@ -213,17 +238,19 @@ class Harvester:
         return True
 
 
-def prompts_activations(model: Any, prompts: list[Prompt], hooks: list[str],
-                        prefix: PrefixCache | None) -> tuple[dict[str, torch.Tensor],
-                                                             torch.Tensor]:
+def prompts_activations(
+    model: Model, prompts: list[Prompt], hooks: list[str], prefix: PrefixCache | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per hook, [n_continuation_tokens, d] activations of the prompts' continuation tokens
     (prompt, then position order), and the prompt index of each row; one forward pass for all
     hooks. With `prefix` (a KV cache of tokens every prompt starts with), only the rest of each
     prompt runs."""
     if model.is_causal:  # later tokens cannot change a causal model's activations
         ends = [_last_true(p.mask) + 1 for p in prompts]
-        prompts = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
-                   for p, end in zip(prompts, ends, strict=True)]
+        prompts = [
+            Prompt(p.input_ids[:end], p.mask[:end], p.template)
+            for p, end in zip(prompts, ends, strict=True)
+        ]
     tok = model.tokenizer
     if prefix is not None:
         cut = len(prefix.ids)
@@ -264,9 +291,15 @@ def encode(sae: SAE, x: torch.Tensor) -> torch.Tensor:
         return sae.encode(x.to(sae.device, sae.dtype))
 
 
-def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
-                     decimals: int, silent: torch.Tensor | None = None,
-                     codes: torch.Tensor | None = None) -> Computed:
+def encode_aggregate(
+    sae: SAE,
+    x: torch.Tensor,
+    doc: torch.Tensor,
+    n_docs: int,
+    decimals: int,
+    silent: torch.Tensor | None = None,
+    codes: torch.Tensor | None = None,
+) -> Computed:
     """SAE-encode hook activations `x` (rows of documents `doc`), round to `decimals`, and keep
     the non-zero activations and their per-document aggregates. `silent` rows encode to
     nothing (a difference dictionary's rows without a shift: its encoder bias would otherwise
@@ -276,7 +309,7 @@ def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
         doc = doc.to(f.device)
         if silent is not None:
             f[silent.to(f.device)] = 0
-        scale = 10.0 ** decimals
+        scale = 10.0**decimals
         f = torch.round(f * scale) / scale
         n_tokens = torch.bincount(doc, minlength=n_docs)
         starts = torch.cumsum(n_tokens, 0) - n_tokens
@@ -291,28 +324,43 @@ def encode_aggregate(sae: Any, x: torch.Tensor, doc: torch.Tensor, n_docs: int,
         mean = sums[d, j] / n_tokens[d]
 
     def cpu(t: torch.Tensor, dtype: type) -> np.ndarray:
-        return t.cpu().numpy().astype(dtype)
+        return cast("np.ndarray", t.cpu().numpy().astype(dtype))
 
     return Computed(
         n_tokens=n_tokens.tolist(),
         residual_sum=x.double().sum(0).cpu().numpy(),
-        activations={"doc": cpu(doc_of, np.int32),
-                     "pos": cpu(token - starts[doc_of], np.int32),
-                     "feature": cpu(feature, np.int32), "value": cpu(value, np.float32)},
-        doc_features={"doc": cpu(d, np.int32), "feature": cpu(j, np.int32),
-                      "mean_act": cpu(mean, np.float32), "max_act": cpu(peak[d, j], np.float32),
-                      "n_fire": cpu(fired[d, j], np.int32)},
+        activations={
+            "doc": cpu(doc_of, np.int32),
+            "pos": cpu(token - starts[doc_of], np.int32),
+            "feature": cpu(feature, np.int32),
+            "value": cpu(value, np.float32),
+        },
+        doc_features={
+            "doc": cpu(d, np.int32),
+            "feature": cpu(j, np.int32),
+            "mean_act": cpu(mean, np.float32),
+            "max_act": cpu(peak[d, j], np.float32),
+            "n_fire": cpu(fired[d, j], np.int32),
+        },
     )
 
 
-def document_shifts(sae: Any, kind: str, x: torch.Tensor, x_ref: torch.Tensor, doc: torch.Tensor,
-                    n_docs: int, codes: torch.Tensor | None = None,
-                    ref_recon: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+def document_shifts(
+    sae: SAE,
+    kind: str,
+    x: torch.Tensor,
+    x_ref: torch.Tensor,
+    doc: torch.Tensor,
+    n_docs: int,
+    codes: torch.Tensor | None = None,
+    ref_recon: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """[n_docs, d] each document's mean shift against its reference, and through the SAE.
     `codes`: the SAE's codes of what it encodes (`encode`; the shift for a difference
     dictionary, x for a residual SAE) and `ref_recon` (a residual SAE) its reconstruction of
     x_ref, when the caller has them: an SAE's encoder is then not run again."""
     with torch.inference_mode():
+
         def recon(a: torch.Tensor, done: torch.Tensor | None = None) -> torch.Tensor:
             return sae.decode(done if done is not None else encode(sae, a)).float()
 
@@ -321,14 +369,16 @@ def document_shifts(sae: Any, kind: str, x: torch.Tensor, x_ref: torch.Tensor, d
             shift_hat = recon(shift, codes)
             shift_hat[no_shift(x, x_ref).to(shift_hat.device)] = 0
         else:
-            shift_hat = recon(x, codes) - (ref_recon.float() if ref_recon is not None
-                                           else recon(x_ref))
+            shift_hat = recon(x, codes) - (
+                ref_recon.float() if ref_recon is not None else recon(x_ref)
+            )
         n = torch.bincount(doc, minlength=n_docs).clamp(min=1)[:, None].float()
 
         def pooled(rows: torch.Tensor) -> np.ndarray:
             total = torch.zeros(n_docs, rows.shape[1], device=rows.device).index_add_(
-                0, doc.to(rows.device), rows)
-            return (total / n.to(rows.device)).cpu().numpy().astype(np.float32)
+                0, doc.to(rows.device), rows
+            )
+            return cast("np.ndarray", (total / n.to(rows.device)).cpu().numpy().astype(np.float32))
 
         return pooled(shift), pooled(shift_hat)
 
@@ -352,7 +402,8 @@ def check_tokens(harvester: Harvester, unit: Unit, expected: list[list[int]]) ->
             raise BadInput(
                 f"item '{harvester.items[i].item_id}': its answer tokenizes differently under "
                 f"persona '{harvester.personas[unit.persona].name}' paraphrase {unit.paraphrase} "
-                "(the tokenizer merges it with the text before it); try --template plain")
+                "(the tokenizer merges it with the text before it); try --template plain"
+            )
 
 
 def check_lengths(harvester: Harvester, lengths: list[int]) -> None:
@@ -363,6 +414,7 @@ def check_lengths(harvester: Harvester, lengths: list[int]) -> None:
         for j in range(len(persona.prompts)):
             n = len(harvester.prompt(p, j, longest).input_ids)
             harvester.model.check_length(
-                n, f"item '{harvester.items[longest].item_id}' under persona '{persona.name}' "
-                f"paraphrase {j}")
-
+                n,
+                f"item '{harvester.items[longest].item_id}' under persona '{persona.name}' "
+                f"paraphrase {j}",
+            )

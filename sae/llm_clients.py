@@ -19,7 +19,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 import torch
@@ -70,8 +70,9 @@ class LocalChat:
     def __post_init__(self) -> None:
         self.gen = load_generator(self.model, self.device, self.placement)
         if not getattr(self.gen.tokenizer, "chat_template", None):
-            raise BadInput(f"--explainer {self.model}: has no chat template (an instruct model "
-                           "is needed)")
+            raise BadInput(
+                f"--explainer {self.model}: has no chat template (an instruct model is needed)"
+            )
         self.name = f"local:{self.model}"
         vocab = self.gen.tokenizer
 
@@ -81,8 +82,12 @@ class LocalChat:
         self.yes_no_ids = (first_ids(["Yes", " Yes", "yes"]), first_ids(["No", " No", "no"]))
 
     def _ids(self, messages: list[Message]) -> list[int]:
-        return self.gen.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                      tokenize=True, return_dict=False)
+        return cast(
+            "list[int]",
+            self.gen.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            ),
+        )
 
     def chat(self, messages: list[Message], max_tokens: int) -> str:
         ids = self._ids(messages)
@@ -97,13 +102,24 @@ class LocalChat:
         padding masked and positions counted from the mask, so each equals its own pass."""
         out: list[float] = []
         for start in range(0, len(requests), batch):
-            rows = [self._ids(m) for m in requests[start:start + batch]]
-            b = collate([Prompt(r, [False] * len(r), "chat") for r in rows],
-                        pad_id(self.gen.tokenizer), "left").to(self.gen.device)
+            rows = [self._ids(m) for m in requests[start : start + batch]]
+            b = collate(
+                [Prompt(r, [False] * len(r), "chat") for r in rows],
+                pad_id(self.gen.tokenizer),
+                "left",
+            ).to(self.gen.device)
             pos = (b.attention_mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.gen.hf(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                     position_ids=pos, logits_to_keep=1).logits[:, -1].float()
+                logits = (
+                    self.gen.hf(
+                        input_ids=b.input_ids,
+                        attention_mask=b.attention_mask,
+                        position_ids=pos,
+                        logits_to_keep=1,
+                    )
+                    .logits[:, -1]
+                    .float()
+                )
             yes = logits[:, self.yes_no_ids[0]].max(-1).values
             no = logits[:, self.yes_no_ids[1]].max(-1).values
             out += (yes - no).tolist()
@@ -129,8 +145,9 @@ class Endpoint:
             self.url += "/v1"
         key = os.environ.get(self.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(base_url=self.url, headers=headers,
-                                   timeout=self.timeout or None)  # (0: no limit)
+        self.client = httpx.Client(
+            base_url=self.url, headers=headers, timeout=self.timeout or None
+        )  # (0: no limit)
         if self.model is None:
             listed = self._request("GET", "/models").get("data") or []
             if not listed:
@@ -146,17 +163,21 @@ class Endpoint:
         except httpx.HTTPError as e:
             raise ExplainerError(f"{self.url}: {first_line(e)}") from None
         if response.status_code != 200:
-            raise ExplainerError(f"{self.url}{path}: HTTP {response.status_code}: "
-                                 f"{' '.join(response.text.split())[:120]}")
+            raise ExplainerError(
+                f"{self.url}{path}: HTTP {response.status_code}: "
+                f"{' '.join(response.text.split())[:120]}"
+            )
         try:
             return response.json()
         except ValueError:
             raise ExplainerError(f"{self.url}{path}: the answer is not JSON") from None
 
     def chat(self, messages: list[Message], max_tokens: int) -> str:
-        out = self._request("POST", "/chat/completions",
-                            {"model": self.model, "messages": messages,
-                             "max_tokens": max_tokens, "temperature": 0})
+        out = self._request(
+            "POST",
+            "/chat/completions",
+            {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0},
+        )
         try:
             return out["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
@@ -172,9 +193,15 @@ class Endpoint:
             return list(pool.map(self.judge, requests))
 
 
-def open_explainer(spec: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                   timeout: float = 60.0, device: str = "auto",
-                   concurrency: int = 4, placement: Placement | None = None) -> Explainer:
+def open_explainer(
+    spec: str,
+    model: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 60.0,
+    device: str = "auto",
+    concurrency: int = 4,
+    placement: Placement | None = None,
+) -> Explainer:
     """An endpoint for an http(s) URL, else a local model (alias, directory or hub id);
     BadInput in one line when it cannot be reached or loaded."""
     if spec.startswith(("http://", "https://")):

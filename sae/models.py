@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlparse
 
 import torch
@@ -23,6 +23,10 @@ from shoggoth.core.names import shown_name
 from shoggoth.core.placement import DeviceMap, MaxMemory, Placement
 from shoggoth.core.progress import stderr_log
 from shoggoth.sae.gguf import gemma3_dir, gemma3_ready, smollm2_dir, smollm2_ready
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 RESID_HOOK = "blocks.{layer}.hook_resid_post"
@@ -213,7 +217,7 @@ class Model:
     source: Source
     bridge: Any
     """The `transformer_lens.model_bridge.TransformerBridge`."""
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
     n_layers: int

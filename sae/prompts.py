@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
 from shoggoth.core.errors import BadInput
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 Template = Literal["auto", "chat", "plain"]
 
@@ -23,6 +27,8 @@ def stored_template(value: object) -> Template:
     """The template a harvest recorded, as prompts are built again: plain stays plain, and
     everything else is the model's own choice (a chat template when it has one)."""
     return "plain" if value == "plain" else "auto"
+
+
 SEPARATOR = "\n\n"
 EMPTY_SYSTEM = "(empty system message)"
 """A system prompt that stands for a system turn with no text. An empty prompt means no system
@@ -46,7 +52,7 @@ class Prompt:
         return [i for i, m in zip(self.input_ids, self.mask, strict=True) if m]
 
 
-def uses_chat_template(tokenizer: Any, template: Template = "auto") -> bool:
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase, template: Template = "auto") -> bool:
     """Whether prompts for this tokenizer are built with its chat template."""
     has = bool(getattr(tokenizer, "chat_template", None))
     if template == "chat" and not has:
@@ -56,14 +62,19 @@ def uses_chat_template(tokenizer: Any, template: Template = "auto") -> bool:
     return has and template != "plain"
 
 
-def _render_chat(tokenizer: Any, system: str, user: str, continuation: str,
-                 empty_system: bool = False) -> tuple[str, int]:
+def _render_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    system: str,
+    user: str,
+    continuation: str,
+    empty_system: bool = False,
+) -> tuple[str, int]:
     """The chat-formatted text and the character offset where the continuation starts in it
     (with `empty_system`, a system turn with no text)."""
     from jinja2 import TemplateError
 
     def render(msgs: list[dict[str, str]], **kw: Any) -> str:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, **kw)
+        return cast("str", tokenizer.apply_chat_template(msgs, tokenize=False, **kw))
 
     msgs = ([{"role": "system", "content": system}] if system or empty_system else []) + [
         {"role": "user", "content": user}
@@ -98,7 +109,7 @@ def common_prefix(sequences: Sequence[Sequence[int]], limit: int) -> int:
     return n
 
 
-def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
+def special_wrapping(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """The special tokens a tokenizer puts before and after a single sequence ([CLS] … [SEP])."""
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -108,20 +119,20 @@ def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def special_ids(tokenizer: Any) -> set[int]:
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Ids never measured: BOS/EOS/CLS/SEP/PAD/MASK and template tokens. [UNK] is not among
     them: it stands for real text the vocabulary lacks."""
     return set(tokenizer.all_special_ids) - {getattr(tokenizer, "unk_token_id", None)}
 
 
-def non_special(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:
+def non_special(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> torch.Tensor:
     """Boolean mask of the positions in `ids` that hold no special token (see special_ids)."""
     specials = torch.tensor(sorted(special_ids(tokenizer)), dtype=ids.dtype, device=ids.device)
     return ~torch.isin(ids, specials)
 
 
 def _tokenize_span(
-    tokenizer: Any, text: str, start: int, end: int, add_special: bool
+    tokenizer: PreTrainedTokenizerBase, text: str, start: int, end: int, add_special: bool
 ) -> tuple[list[int], list[bool]]:
     """Token ids of `text` and a mask of the tokens made from characters [start, end)."""
     special = special_ids(tokenizer)
@@ -137,8 +148,10 @@ def _tokenize_span(
     # A token straddles the boundary (or offsets are unavailable): tokenize the parts
     # separately, so the boundary is exact and the continuation's tokens do not depend on
     # the prefix.
-    parts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in
-             (text[:start], text[start:end], text[end:])]
+    parts = [
+        tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in (text[:start], text[start:end], text[end:])
+    ]
     head, tail = special_wrapping(tokenizer) if add_special else ([], [])
     ids = head + parts[0] + parts[1] + parts[2] + tail
     mask = (
@@ -150,7 +163,7 @@ def _tokenize_span(
 
 
 def build_prompt(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     system: str | None,
     user: str | None,
     continuation: str,
@@ -206,7 +219,7 @@ class Batch:
         )
 
 
-def pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id used for padding: the pad token, else EOS, else 0 (masked out either way)."""
     for tid in (tokenizer.pad_token_id, getattr(tokenizer, "eos_token_id", None)):
         if tid is not None:
@@ -236,7 +249,7 @@ def collate(
 
 
 def build_batch(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     rows: Iterable[tuple[str | None, str | None, str]],
     *,
     template: Template = "auto",

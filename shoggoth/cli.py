@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 import warnings
+from typing import cast
 
 import click
 
@@ -23,45 +24,102 @@ from shoggoth.core.errors import (
 from shoggoth.core.terminal import InertTerminal, one_line
 
 COMMANDS: list[tuple[str, str, str]] = [
-    ("models", "shoggoth.sae.commands:models_command",
-     "List the model aliases: where each comes from, its hooks, its chat template."),
-    ("prompt", "shoggoth.sae.commands:prompt_command",
-     "Tokenize a (system, user, continuation) prompt and mark the measured tokens."),
-    ("train", "shoggoth.sae.commands:train_command",
-     "Train an SAE on a model's residual stream with sae-lens."),
+    (
+        "models",
+        "shoggoth.sae.commands:models_command",
+        "List the model aliases: where each comes from, its hooks, its chat template.",
+    ),
+    (
+        "prompt",
+        "shoggoth.sae.commands:prompt_command",
+        "Tokenize a (system, user, continuation) prompt and mark the measured tokens.",
+    ),
+    (
+        "train",
+        "shoggoth.sae.commands:train_command",
+        "Train an SAE on a model's residual stream with sae-lens.",
+    ),
     ("sae", "shoggoth.sae.commands:sae_group", "Manage SAEs that were not trained here."),
-    ("harvest", "shoggoth.pipeline.commands:harvest_command",
-     "Run the model under every persona on the same answers; SAE activations into DuckDB."),
-    ("merge", "shoggoth.index.store.commands:merge_command",
-     "Combine database files (the shard files of a harvest) into one."),
-    ("label", "shoggoth.index.labels.commands:label_command",
-     "Label every feature mask-specific, shared, …, with calibrated FDRs."),
-    ("layers", "shoggoth.pipeline.commands:layers_command",
-     "Where the persona lives, by layer, and how much of it the SAE carries."),
-    ("effects", "shoggoth.pipeline.effects.commands:effects_command",
-     "What features do under each persona: ablation and persona shifts."),
-    ("steer", "shoggoth.pipeline.effects.commands:steer_command",
-     "The model's answer with one feature clamped, beside the plain answer."),
-    ("generate", "shoggoth.pipeline.action.commands:generate_command",
-     "The model's own answer to every item under every persona paraphrase."),
-    ("grid", "shoggoth.pipeline.action.commands:grid_command",
-     "The context × content grid: which features follow the mask, which the words."),
-    ("index", "shoggoth.pipeline.commands:index_command",
-     "Build the feature dictionary: top contexts, FAISS neighbours, handles, maps."),
-    ("explain", "shoggoth.pipeline.commands:explain_command",
-     "Explain features with a language model, scored on held-out examples."),
-    ("search", "shoggoth.pipeline.search_commands:search_group",
-     "Find features by text, name, feature id, similarity or persona."),
-    ("sql", "shoggoth.index.store.commands:sql_command",
-     "Run SQL on a feature database: read-only and sandboxed."),
-    ("export", "shoggoth.index.store.commands:export_command",
-     "Export the database as Parquet with a DuckDB file of views."),
-    ("status", "shoggoth.index.store.commands:status_command",
-     "What a database holds per SAE: harvested, labelled, probed, effects, …"),
-    ("explore", "shoggoth.explorer.commands:explore_command",
-     "Browse a feature database in the browser (Streamlit)."),
-    ("demo", "shoggoth.explorer.commands:demo_command",
-     "From nothing to the explorer, offline, on the built-in chat model."),
+    (
+        "harvest",
+        "shoggoth.pipeline.commands:harvest_command",
+        "Run the model under every persona on the same answers; SAE activations into DuckDB.",
+    ),
+    (
+        "merge",
+        "shoggoth.index.store.commands:merge_command",
+        "Combine database files (the shard files of a harvest) into one.",
+    ),
+    (
+        "label",
+        "shoggoth.index.labels.commands:label_command",
+        "Label every feature mask-specific, shared, …, with calibrated FDRs.",
+    ),
+    (
+        "layers",
+        "shoggoth.pipeline.commands:layers_command",
+        "Where the persona lives, by layer, and how much of it the SAE carries.",
+    ),
+    (
+        "effects",
+        "shoggoth.pipeline.effects.commands:effects_command",
+        "What features do under each persona: ablation and persona shifts.",
+    ),
+    (
+        "steer",
+        "shoggoth.pipeline.effects.commands:steer_command",
+        "The model's answer with one feature clamped, beside the plain answer.",
+    ),
+    (
+        "generate",
+        "shoggoth.pipeline.action.commands:generate_command",
+        "The model's own answer to every item under every persona paraphrase.",
+    ),
+    (
+        "grid",
+        "shoggoth.pipeline.action.commands:grid_command",
+        "The context × content grid: which features follow the mask, which the words.",
+    ),
+    (
+        "index",
+        "shoggoth.pipeline.commands:index_command",
+        "Build the feature dictionary: top contexts, FAISS neighbours, handles, maps.",
+    ),
+    (
+        "explain",
+        "shoggoth.pipeline.commands:explain_command",
+        "Explain features with a language model, scored on held-out examples.",
+    ),
+    (
+        "search",
+        "shoggoth.pipeline.search_commands:search_group",
+        "Find features by text, name, feature id, similarity or persona.",
+    ),
+    (
+        "sql",
+        "shoggoth.index.store.commands:sql_command",
+        "Run SQL on a feature database: read-only and sandboxed.",
+    ),
+    (
+        "export",
+        "shoggoth.index.store.commands:export_command",
+        "Export the database as Parquet with a DuckDB file of views.",
+    ),
+    (
+        "status",
+        "shoggoth.index.store.commands:status_command",
+        "What a database holds per SAE: harvested, labelled, probed, effects, …",
+    ),
+    (
+        "explore",
+        "shoggoth.explorer.commands:explore_command",
+        "Browse a feature database in the browser (Streamlit).",
+    ),
+    (
+        "demo",
+        "shoggoth.explorer.commands:demo_command",
+        "From nothing to the explorer, offline, on the built-in chat model.",
+    ),
 ]
 """Every command in pipeline order: (name, where it is defined, its line in `--help`). A command
 module is imported only when that command runs, so `shoggoth --help`, `sql` and `status` load
@@ -81,7 +139,7 @@ class Commands(click.Group):
             return None
         module, attribute = where.split(":")
         command = getattr(importlib.import_module(module), attribute)
-        return command
+        return cast("click.Command | None", command)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands (in pipeline order)"):
@@ -99,8 +157,11 @@ def _quiet_libraries() -> None:
     """Keep library chatter (progress bars, load reports) off the user's terminal, without
     importing the libraries: they read these settings when they load."""
     warnings.filterwarnings("ignore")
-    for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("TRANSFORMERS_VERBOSITY", "error"),
-                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+    for key, value in (
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+    ):
         os.environ.setdefault(key, value)
     transformers = sys.modules.get("transformers")  # already loaded (shoggoth as a library)
     if transformers is not None:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from shoggoth.core.errors import BadInput
 from shoggoth.core.versions import library_versions
+from shoggoth.index.store.connection import Connection, one_row
 from shoggoth.index.store.database import WAIT, connect, tables, transaction
 from shoggoth.index.store.schema import create_grid_tables
 
@@ -28,8 +29,8 @@ def start_set(db: Path, name: str, settings: dict[str, Any], config: dict[str, A
             row = con.execute("SELECT run_id, status FROM answer_sets WHERE answer_set = ?",
                               [name]).fetchone()
             if row is not None:
-                stored = json.loads(con.execute("SELECT config_json FROM runs WHERE run_id = ?",
-                                                [row[0]]).fetchone()[0])["identity"]
+                stored = json.loads(one_row(con, "SELECT config_json FROM runs WHERE run_id = ?",
+                                                [row[0]])[0])["identity"]
                 if stored != settings:
                     diff = sorted(k for k in settings if stored.get(k) != settings[k])
                     raise BadInput(f"--name {name}: {db} already holds an answer set of that "
@@ -88,7 +89,7 @@ def finish_set(db: Path, name: str) -> None:
         con.close()
 
 
-def read_answers(con: Any, name: str) -> pd.DataFrame:
+def read_answers(con: Connection, name: str) -> pd.DataFrame:
     """A finished answer set's rows; BadInput when it is missing or unfinished."""
     if "answer_sets" not in tables(con):
         raise BadInput("--answers: the database holds no generated answers; run "

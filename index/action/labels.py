@@ -6,6 +6,7 @@ rule and its reason."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,16 @@ from shoggoth.index.action.stats import EFFECTS, block_contrasts, effect_test, i
 from shoggoth.index.labels.rules import Thresholds
 from shoggoth.index.labels.stats import equivalence, item_bootstrap, stratified_weights
 
-GRID_LABELS = ("dead", "rare", "context", "content", "context+content", "context:content",
-               "shared-in-action", "unclear")
+GRID_LABELS = (
+    "dead",
+    "rare",
+    "context",
+    "content",
+    "context+content",
+    "context:content",
+    "shared-in-action",
+    "unclear",
+)
 GRID_EFFECT_LABELS = ("context", "content", "context+content", "context:content")
 """Labels that claim an effect (their false-discovery rate is estimated by calibration)."""
 CELLS = ("in_action", "neutral_text", "text_only", "baseline")
@@ -64,7 +73,7 @@ class ActionDesign:
         """[prompt, persona]: the mean over each persona's prompts."""
         out = np.zeros((len(self.prompt_keys), len(self.personas)))
         out[np.arange(len(out)), self.persona_of_prompt] = 1.0
-        return out / out.sum(axis=0)
+        return cast("np.ndarray", out / out.sum(axis=0))
 
 
 def build_layout(documents: pd.DataFrame) -> ActionDesign:
@@ -80,18 +89,28 @@ def build_layout(documents: pd.DataFrame) -> ActionDesign:
     base = rows[rows["cell"] == "baseline"]
     base_of = dict(zip(base["item_id"].astype(str), base.index, strict=False))
     own = rows[rows["cell"] != "baseline"].copy()
-    own["key"] = list(zip(own["persona"].astype(str), own["paraphrase"].astype(int),
-                          own["item_id"].astype(str), strict=True))
+    own["key"] = list(
+        zip(
+            own["persona"].astype(str),
+            own["paraphrase"].astype(int),
+            own["item_id"].astype(str),
+            strict=True,
+        )
+    )
     by = {cell: dict(zip(g["key"], g.index, strict=False)) for cell, g in own.groupby("cell")}
     keys = sorted(set().union(*[set(v) for v in by.values()]) if by else set())
     full = [k for k in keys if all(k in by.get(c, {}) for c in CELLS[:3]) and k[2] in base_of]
     notes = []
     if len(full) < len(keys):
-        notes.append(f"{len(keys) - len(full)} of {len(keys)} persona-prompt × item blocks lack "
-                     "a document (an empty answer, or a missing cell) and are left out")
+        notes.append(
+            f"{len(keys) - len(full)} of {len(keys)} persona-prompt × item blocks lack "
+            "a document (an empty answer, or a missing cell) and are left out"
+        )
     if not full:
-        raise BadInput("grid documents: no complete block (own answer and neutral answer, each "
-                       "under the persona's prompt and under no persona)")
+        raise BadInput(
+            "grid documents: no complete block (own answer and neutral answer, each "
+            "under the persona's prompt and under no persona)"
+        )
     personas = sorted({k[0] for k in full})
     persona_index = {p: i for i, p in enumerate(personas)}
     prompt_keys = sorted({(k[0], k[1]) for k in full})  # by persona (sorted), then paraphrase
@@ -102,16 +121,25 @@ def build_layout(documents: pd.DataFrame) -> ActionDesign:
     counts = np.bincount(persona_of_prompt, minlength=len(personas))
     single = [p for p, n in zip(personas, counts, strict=True) if n < 2]
     if len(single) == len(personas):
-        notes.append("no persona has two prompts with answers: the tests (prompts as "
-                     "replicates) cannot be computed, so no effect is labelled")
+        notes.append(
+            "no persona has two prompts with answers: the tests (prompts as "
+            "replicates) cannot be computed, so no effect is labelled"
+        )
     elif single:
-        notes.append(f"personas with one prompt ({', '.join(single[:4])}): they add no "
-                     "replicate")
+        notes.append(f"personas with one prompt ({', '.join(single[:4])}): they add no replicate")
     docs = {c: np.array([by[c][k] for k in full]) for c in CELLS[:3]}
     docs["baseline"] = np.array([base_of[k[2]] for k in full])
-    return ActionDesign(personas, persona_of_prompt, prompt_keys, items, docs,
-                  np.array([prompt_index[(k[0], k[1])] for k in full]),
-                  np.array([item_index[k[2]] for k in full]), len(rows), notes)
+    return ActionDesign(
+        personas,
+        persona_of_prompt,
+        prompt_keys,
+        items,
+        docs,
+        np.array([prompt_index[(k[0], k[1])] for k in full]),
+        np.array([item_index[k[2]] for k in full]),
+        len(rows),
+        notes,
+    )
 
 
 @dataclass
@@ -175,27 +203,39 @@ def log_cells(v: np.ndarray, lay: ActionDesign, log_floor: float) -> dict[str, n
     return {cell: y[:, lay.docs[cell]] for cell in CELLS}
 
 
-def gather(doc_features: pd.DataFrame, lay: ActionDesign, n_features: int,
-           cfg: GridLabelConfig) -> Chunked:
+def gather(
+    doc_features: pd.DataFrame, lay: ActionDesign, n_features: int, cfg: GridLabelConfig
+) -> Chunked:
     """Tests, null tests, intervals, cell means and the shared-in-action bound, chunk by
     chunk."""
     avg, k, n_b = lay.average, len(lay.personas), len(lay.prompt_of_block)
     # Items are resampled together, not within topics: the noise that every prompt shares is
     # each item's (its neutral answer under no persona is one document), and resampling a few
     # items within each topic understates it.
-    weights = stratified_weights(np.zeros(len(lay.items), dtype=np.int64), cfg.bootstrap,
-                                 cfg.seed + 1)
+    weights = stratified_weights(
+        np.zeros(len(lay.items), dtype=np.int64), cfg.bootstrap, cfg.seed + 1
+    )
     dense = Dense(doc_features, lay.n_docs, n_features)
     rng = np.random.default_rng(cfg.seed + 2)
     signs = rng.choice([-1.0, 1.0], size=(cfg.calibration, 2, n_b))
-    out = Chunked({c: np.zeros((n_features, len(lay.prompt_keys))) for c in CELLS},
-                  {e: np.full(n_features, np.nan) for e in EFFECTS},
-                  {e: np.full(n_features, np.nan) for e in EFFECTS},
-                  np.full((cfg.calibration, len(EFFECTS), n_features), np.nan),
-                  {e: (np.full((n_features, k), np.nan), np.full((n_features, k), np.nan),
-                       np.full((n_features, k), np.nan)) for e in EFFECTS},
-                  np.zeros(n_features, dtype=np.int64), np.zeros(n_features, dtype=bool),
-                  np.full(n_features, np.nan), np.full(n_features, np.nan))
+    out = Chunked(
+        {c: np.zeros((n_features, len(lay.prompt_keys))) for c in CELLS},
+        {e: np.full(n_features, np.nan) for e in EFFECTS},
+        {e: np.full(n_features, np.nan) for e in EFFECTS},
+        np.full((cfg.calibration, len(EFFECTS), n_features), np.nan),
+        {
+            e: (
+                np.full((n_features, k), np.nan),
+                np.full((n_features, k), np.nan),
+                np.full((n_features, k), np.nan),
+            )
+            for e in EFFECTS
+        },
+        np.zeros(n_features, dtype=np.int64),
+        np.zeros(n_features, dtype=bool),
+        np.full(n_features, np.nan),
+        np.full(n_features, np.nan),
+    )
     action_docs = np.bincount(lay.persona_of_prompt[lay.prompt_of_block], minlength=k)
     for s in range(0, n_features, cfg.chunk):
         e = min(n_features, s + cfg.chunk)
@@ -206,8 +246,9 @@ def gather(doc_features: pd.DataFrame, lay: ActionDesign, n_features: int,
             out.cells[c][s:e] = x @ avg
         contrasts = block_contrasts(*log_cells(v, lay, cfg.log_floor).values())
         for i, (name, x) in enumerate(contrasts.items()):
-            est, se, df, overall, se_all = persona_se(x @ avg, lay.persona_of_prompt,
-                                                      _boot_means(x, lay, weights))
+            est, se, df, overall, se_all = persona_se(
+                x @ avg, lay.persona_of_prompt, _boot_means(x, lay, weights)
+            )
             out.t_stat[name][s:e], out.p[name][s:e] = effect_test(est, se, df, overall, se_all)
             low, high = intervals(est, se, df, cfg.confidence)
             for target, part in zip(out.ci[name], (est, low, high), strict=True):
@@ -218,15 +259,23 @@ def gather(doc_features: pd.DataFrame, lay: ActionDesign, n_features: int,
                 out.null_p[r, i, s:e] = effect_test(*null)[1]
         fired = np.zeros((e - s, k))
         np.add.at(fired.T, lay.persona_of_prompt[lay.prompt_of_block], (cells["in_action"] > 0).T)
-        out.broad[s:e] = (fired / action_docs >= cfg.persona_fire_rate).mean(axis=1) \
-            >= cfg.shared_fire_frac
+        out.broad[s:e] = (fired / action_docs >= cfg.persona_fire_rate).mean(
+            axis=1
+        ) >= cfg.shared_fire_frac
         out.ratio_high[s:e], out.power[s:e] = _action_bound(
-            cells["in_action"], out.cells["in_action"][s:e], lay, out.broad[s:e], weights, cfg)
+            cells["in_action"], out.cells["in_action"][s:e], lay, out.broad[s:e], weights, cfg
+        )
     return out
 
 
-def _action_bound(a: np.ndarray, m_a: np.ndarray, lay: ActionDesign, broad: np.ndarray,
-                  weights: np.ndarray, cfg: GridLabelConfig) -> tuple[np.ndarray, np.ndarray]:
+def _action_bound(
+    a: np.ndarray,
+    m_a: np.ndarray,
+    lay: ActionDesign,
+    broad: np.ndarray,
+    weights: np.ndarray,
+    cfg: GridLabelConfig,
+) -> tuple[np.ndarray, np.ndarray]:
     """The labeller's equivalence bound on the in-action means across personas (candidates:
     broad, every prompt mean above 0)."""
     n_f, k = len(a), len(lay.personas)
@@ -242,6 +291,7 @@ def _action_bound(a: np.ndarray, m_a: np.ndarray, lay: ActionDesign, broad: np.n
     np.add.at(count, (pk, lay.item_of_block), 1)
     cells /= np.maximum(count, 1)[None]
     ests = item_bootstrap(cells, count > 0, weights)
-    high[cand], power[cand] = equivalence(mu, np.log(m_a[cand]), lay.persona_of_prompt, ests,
-                                          cfg.shared_ratio_bound, cfg.confidence)
+    high[cand], power[cand] = equivalence(
+        mu, np.log(m_a[cand]), lay.persona_of_prompt, ests, cfg.shared_ratio_bound, cfg.confidence
+    )
     return high, power

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import (
     has_table,
     if_table,
@@ -13,12 +12,12 @@ from shoggoth.index.store.read import (
 )
 
 
-def answer_sets(con: Any) -> pd.DataFrame:
+def answer_sets(con: Connection) -> pd.DataFrame:
     """The finished answer sets (`shoggoth generate`), with their model and settings."""
     return if_table(con, "answer_sets", "SELECT * EXCLUDE (run_id, status) FROM answer_sets "
                      "WHERE status = 'finished' ORDER BY answer_set", [])
 
-def persona_answers(con: Any, answer_set: str, persona: str) -> pd.DataFrame:
+def persona_answers(con: Connection, answer_set: str, persona: str) -> pd.DataFrame:
     """A persona's own answers beside the battery's neutral ones: item_id, paraphrase, question,
     neutral, own, stop_reason."""
     return if_table(con, "answers", """
@@ -28,7 +27,7 @@ def persona_answers(con: Any, answer_set: str, persona: str) -> pd.DataFrame:
         WHERE a.answer_set = ? AND a.persona = ? ORDER BY a.item_id, a.paraphrase""",
                      [answer_set, persona])
 
-def grid_summary(con: Any, sae: str) -> pd.DataFrame:
+def grid_summary(con: Connection, sae: str) -> pd.DataFrame:
     """Per answer set and grid label: features, and the estimated FDR of the effect labels."""
     return if_table(con, "grid_features", """
         SELECT g.answer_set, g.neutral, g.grid_label AS label, count(*) AS features,
@@ -38,7 +37,7 @@ def grid_summary(con: Any, sae: str) -> pd.DataFrame:
         WHERE g.sae_id = ? GROUP BY ALL ORDER BY g.answer_set, g.neutral, features DESC""",
                      [sae])
 
-def grid_feature(con: Any, sae: str, feature: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def grid_feature(con: Connection, sae: str, feature: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A feature's grid label and tests per answer set, and its per-persona cells and effects
     (both empty before `shoggoth grid`)."""
     where = "WHERE sae_id = ? AND feature = ?"
@@ -48,12 +47,12 @@ def grid_feature(con: Any, sae: str, feature: int) -> tuple[pd.DataFrame, pd.Dat
                       f"grid_effects {where} ORDER BY answer_set, neutral, persona",
                       [sae, feature]))
 
-def grid_runs(con: Any, sae: str) -> pd.DataFrame:
+def grid_runs(con: Connection, sae: str) -> pd.DataFrame:
     """The (answer_set, neutral) pairs `shoggoth grid` has analysed for this SAE."""
     return if_table(con, "grid_fdr", "SELECT DISTINCT answer_set, neutral FROM grid_fdr "
                      "WHERE sae_id = ? ORDER BY ALL", [sae])
 
-def persona_content_features(con: Any, sae: str, answer_set: str, neutral: str, persona: str,
+def persona_content_features(con: Connection, sae: str, answer_set: str, neutral: str, persona: str,
                              limit: int) -> pd.DataFrame:
     """The features the persona's own answers move most against the neutral ones (its content
     effect, in log units, largest |effect| / interval first), both directions, with the grid

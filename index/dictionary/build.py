@@ -27,10 +27,12 @@ from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.names import check_sae_id
 from shoggoth.core.printing import Format
+from shoggoth.core.progress import Log
 from shoggoth.index.dictionary import maps as feature_map
 from shoggoth.index.dictionary import similarity
 from shoggoth.index.dictionary.handles import write_handles
 from shoggoth.index.dictionary.maps import MapMethod
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import (
     WAIT,
     connect,
@@ -161,21 +163,24 @@ def read_harvest(cfg: IndexConfig) -> Harvest:
         profiles = None
         residuals = read_residual_sums(con, sae_id)
         if "feature_personas" in tables(con):
-            profiles = con.execute("SELECT feature, persona, mean_act FROM feature_personas "
-                                   "WHERE sae_id = ?", [sae_id]).df()
+            profiles = con.execute(
+                "SELECT feature, persona, mean_act FROM feature_personas WHERE sae_id = ?", [sae_id]
+            ).df()
     if cfg.neighbors >= row["d_sae"]:
-        raise BadInput(f"--neighbors {cfg.neighbors}: must be less than the SAE's "
-                       f"{row['d_sae']:,} features")
+        raise BadInput(
+            f"--neighbors {cfg.neighbors}: must be less than the SAE's {row['d_sae']:,} features"
+        )
     return Harvest(sae_id, row, residuals, profiles)
 
 
-def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
-                log: Any = print) -> Built:
+def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray, log: Log = print) -> Built:
     """FAISS over decoder directions and persona profiles, neighbours, persona vectors."""
     row = harvest.row
     if w_dec.shape != (row["d_sae"], row["d_in"]):
-        raise BadInput(f"--db {cfg.db}: the SAE at {row['path']} no longer matches "
-                       f"'{harvest.sae_id}' (decoder {w_dec.shape})")
+        raise BadInput(
+            f"--db {cfg.db}: the SAE at {row['path']} no longer matches "
+            f"'{harvest.sae_id}' (decoder {w_dec.shape})"
+        )
     log("decoder neighbours (FAISS)")
     decoder = similarity.build(w_dec, cfg.exact_max)
     # One search serves the neighbours table and the map's layout.
@@ -188,11 +193,14 @@ def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
     if profiles is not None and len(profiles):
         names = sorted(profiles["persona"].unique())
         matrix = np.zeros((row["d_sae"], len(names)), dtype=np.float32)
-        matrix[profiles["feature"].to_numpy(),
-               pd.Categorical(profiles["persona"], categories=names).codes] = profiles["mean_act"]
+        matrix[
+            profiles["feature"].to_numpy(),
+            pd.Categorical(profiles["persona"], categories=names).codes,
+        ] = profiles["mean_act"]
         profile = similarity.build(matrix, cfg.exact_max)
-        prof_ids, prof_cos = similarity.neighbours(profile, matrix, min(cfg.neighbors,
-                                                                        row["d_sae"] - 1))
+        prof_ids, prof_cos = similarity.neighbours(
+            profile, matrix, min(cfg.neighbors, row["d_sae"] - 1)
+        )
         prof_rows = _neighbour_frame(prof_ids, prof_cos)
         indexes.append(("persona_profile", profile, matrix.shape))
     vectors = persona_vectors(harvest.residuals) if harvest.residuals is not None else None
@@ -201,20 +209,43 @@ def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
         log("persona vectors")
         feature_rows = nearest_features(decoder, vectors, min(cfg.persona_top, row["d_sae"]))
     log("feature maps")
-    maps = [map_frame("decoder", np.arange(len(w_dec)), *feature_map.layout(
-        w_dec, cfg.map, cfg.map_neighbors, knn=knn))]
+    maps = [
+        map_frame(
+            "decoder",
+            np.arange(len(w_dec)),
+            *feature_map.layout(w_dec, cfg.map, cfg.map_neighbors, knn=knn),
+        )
+    ]
     if prof_rows is not None:
         live = np.flatnonzero(np.abs(matrix).sum(axis=1) > 0)
         if len(live) >= 2:  # (only live profiles: a zero row has no direction)
-            maps.append(map_frame("persona_profile", live, *feature_map.layout(
-                matrix[live], cfg.map, cfg.map_neighbors)))
-    return Built(indexes, _neighbour_frame(dec_ids, dec_cos), prof_rows, vectors, feature_rows,
-                 pd.concat(maps, ignore_index=True))
+            maps.append(
+                map_frame(
+                    "persona_profile",
+                    live,
+                    *feature_map.layout(matrix[live], cfg.map, cfg.map_neighbors),
+                )
+            )
+    return Built(
+        indexes,
+        _neighbour_frame(dec_ids, dec_cos),
+        prof_rows,
+        vectors,
+        feature_rows,
+        pd.concat(maps, ignore_index=True),
+    )
 
 
 def map_frame(name: str, features: np.ndarray, xy: np.ndarray, method: str) -> pd.DataFrame:
-    return pd.DataFrame({"feature": features.astype(np.int32), "map": name, "method": method,
-                         "x": xy[:, 0], "y": xy[:, 1]})
+    return pd.DataFrame(
+        {
+            "feature": features.astype(np.int32),
+            "map": name,
+            "method": method,
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+        }
+    )
 
 
 def write_files(db: Path, sae_id: str, built: Built) -> tuple[Path, dict[str, str]]:
@@ -238,9 +269,12 @@ def referenced_folders(db: Path) -> set[str]:
     try:
         if "faiss_indexes" not in tables(con):
             return set()
-        return {Path(p).parent.name for (p,) in con.execute(
-            "SELECT path FROM faiss_indexes UNION ALL SELECT path FROM persona_vectors"
-        ).fetchall()}
+        return {
+            Path(p).parent.name
+            for (p,) in con.execute(
+                "SELECT path FROM faiss_indexes UNION ALL SELECT path FROM persona_vectors"
+            ).fetchall()
+        }
     finally:
         con.close()
 
@@ -259,46 +293,81 @@ def remove_unreferenced(db: Path, sae_id: str, legacy: bool = False) -> None:
             old.unlink()
 
 
-def write_tables(con: Any, cfg: IndexConfig, sae_id: str, built: Built, paths: dict[str, str],
-                 effects: pd.DataFrame | None, note: str, log: Any) -> None:
+def write_tables(
+    con: Connection,
+    cfg: IndexConfig,
+    sae_id: str,
+    built: Built,
+    paths: dict[str, str],
+    effects: pd.DataFrame | None,
+    note: str,
+    log: Log,
+) -> None:
     """Replace `sae_id`'s dictionary tables, in one transaction on `con`."""
     with transaction(con):
         create_index_tables(con)
-        for table in ("examples", "feature_histograms", "neighbors", "profile_neighbors",
-                      "logit_effects", "faiss_indexes", "persona_vectors", "persona_features",
-                      "feature_maps"):
+        for table in (
+            "examples",
+            "feature_histograms",
+            "neighbors",
+            "profile_neighbors",
+            "logit_effects",
+            "faiss_indexes",
+            "persona_vectors",
+            "persona_features",
+            "feature_maps",
+        ):
             con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
         log("examples and histograms")
-        con.execute(EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins,
-                                   "per_bin": cfg.per_bin})
+        con.execute(
+            EXAMPLES_SQL, {"sae": sae_id, "top": cfg.top, "bins": cfg.bins, "per_bin": cfg.per_bin}
+        )
         con.execute(HISTOGRAM_SQL, {"sae": sae_id, "bins": cfg.histogram_bins})
         log("handles")
         write_handles(con, sae_id)
         vector_rows = None
         if built.vectors is not None:
             vector_rows = built.vectors["table"].assign(path=paths["persona_vectors"])[
-                ["persona", "row", "path", "is_control", "n_tokens", "norm", "relative_norm"]]
-        for table, frame in (("neighbors", built.neighbours),
-                             ("profile_neighbors", built.profile_neighbours),
-                             ("logit_effects", effects),
-                             ("persona_vectors", vector_rows),
-                             ("persona_features", built.persona_features),
-                             ("feature_maps", built.maps)):
+                ["persona", "row", "path", "is_control", "n_tokens", "norm", "relative_norm"]
+            ]
+        for table, frame in (
+            ("neighbors", built.neighbours),
+            ("profile_neighbors", built.profile_neighbours),
+            ("logit_effects", effects),
+            ("persona_vectors", vector_rows),
+            ("persona_features", built.persona_features),
+            ("feature_maps", built.maps),
+        ):
             if frame is not None:
                 insert_frame(con, table, frame, [sae_id])
         for name, index, shape in built.indexes:
-            con.execute("INSERT INTO faiss_indexes BY NAME SELECT ? AS sae_id, ? AS name, "
-                        "? AS path, ? AS kind, ? AS n, ? AS d, ? AS recall_at_10, "
-                        "? AS ef_search, ? AS sha256",
-                        [sae_id, name, paths[name], index.kind, shape[0], shape[1],
-                         index.recall_at_10, index.ef_search,
-                         file_sha256(faiss_dir(cfg.db) / paths[name])])
+            con.execute(
+                "INSERT INTO faiss_indexes BY NAME SELECT ? AS sae_id, ? AS name, "
+                "? AS path, ? AS kind, ? AS n, ? AS d, ? AS recall_at_10, "
+                "? AS ef_search, ? AS sha256",
+                [
+                    sae_id,
+                    name,
+                    paths[name],
+                    index.kind,
+                    shape[0],
+                    shape[1],
+                    index.recall_at_10,
+                    index.ef_search,
+                    file_sha256(faiss_dir(cfg.db) / paths[name]),
+                ],
+            )
         con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
 
 
-def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
-                     effects: pd.DataFrame | None, note: str,
-                     log: Any = print) -> dict[str, Any]:
+def build_dictionary(
+    cfg: IndexConfig,
+    harvest: Harvest,
+    w_dec: np.ndarray,
+    effects: pd.DataFrame | None,
+    note: str,
+    log: Log = print,
+) -> dict[str, Any]:
     """Build (or rebuild) one SAE's dictionary tables and FAISS files from its decoder `w_dec`
     and logit `effects` (with `note` saying how they were made); returns a summary."""
     started = time.time()
@@ -325,29 +394,41 @@ def build_dictionary(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray,
                 shutil.rmtree(folder, ignore_errors=True)
         remove_unreferenced(cfg.db, sae_id, legacy=True)
     decoder = built.indexes[0][1]
-    return {"sae_id": sae_id, "features": harvest.row["d_sae"], "decoder_index": decoder.kind,
-            "recall_at_10": decoder.recall_at_10, "logit_effects": note,
-            "profiles": built.profile_neighbours is not None,
-            "map": built.maps["method"].iloc[0],
-            "persona_vectors": 0 if built.vectors is None else len(built.vectors["table"]),
-            "seconds": round(time.time() - started, 1)}
+    return {
+        "sae_id": sae_id,
+        "features": harvest.row["d_sae"],
+        "decoder_index": decoder.kind,
+        "recall_at_10": decoder.recall_at_10,
+        "logit_effects": note,
+        "profiles": built.profile_neighbours is not None,
+        "map": built.maps["method"].iloc[0],
+        "persona_vectors": 0 if built.vectors is None else len(built.vectors["table"]),
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def _neighbour_frame(ids: np.ndarray, cos: np.ndarray) -> pd.DataFrame:
     n, k = ids.shape
-    return pd.DataFrame({"feature": np.repeat(np.arange(n), k).astype(np.int32),
-                         "rank": np.tile(np.arange(1, k + 1), n).astype(np.int32),
-                         "neighbor": ids.reshape(-1).astype(np.int32),
-                         "cosine": cos.reshape(-1).astype(np.float32)})
+    return pd.DataFrame(
+        {
+            "feature": np.repeat(np.arange(n), k).astype(np.int32),
+            "rank": np.tile(np.arange(1, k + 1), n).astype(np.int32),
+            "neighbor": ids.reshape(-1).astype(np.int32),
+            "cosine": cos.reshape(-1).astype(np.float32),
+        }
+    )
 
 
-def read_residual_sums(con: Any, sae_id: str) -> pd.DataFrame | None:
+def read_residual_sums(con: Connection, sae_id: str) -> pd.DataFrame | None:
     """Each batch's summed residual activations, token count and persona (None when there are
     no rows)."""
-    rows = con.execute("""
+    rows = con.execute(
+        """
         SELECT r.persona::VARCHAR AS persona, p.is_control, r.n_tokens, r.residual_sum
         FROM residual_sums r JOIN personas p USING (persona)
-        WHERE r.sae_id = ? ORDER BY r.persona, r.paraphrase, r.item_id""", [sae_id]).df()
+        WHERE r.sae_id = ? ORDER BY r.persona, r.paraphrase, r.item_id""",
+        [sae_id],
+    ).df()
     return rows if len(rows) else None
 
 
@@ -367,28 +448,40 @@ def persona_vectors(sums: pd.DataFrame) -> dict[str, Any] | None:
     baseline = means[~control].mean(axis=0)
     vectors = (means - baseline).astype(np.float32)
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    table = pd.DataFrame({"persona": names, "row": np.arange(len(names), dtype=np.int32),
-                          "is_control": control.astype(bool),
-                          "n_tokens": n_tokens.astype(np.int64), "norm": norms,
-                          "relative_norm": norms / max(float(np.linalg.norm(baseline)), 1e-12)})
+    table = pd.DataFrame(
+        {
+            "persona": names,
+            "row": np.arange(len(names), dtype=np.int32),
+            "is_control": control.astype(bool),
+            "n_tokens": n_tokens.astype(np.int64),
+            "norm": norms,
+            "relative_norm": norms / max(float(np.linalg.norm(baseline)), 1e-12),
+        }
+    )
     return {"vectors": vectors, "table": table}
 
 
-def nearest_features(decoder: similarity.BuiltIndex, vectors: dict[str, Any],
-                     k: int) -> pd.DataFrame:
+def nearest_features(
+    decoder: similarity.BuiltIndex, vectors: dict[str, Any], k: int
+) -> pd.DataFrame:
     """The k decoder directions nearest (cosine) to each non-zero persona vector."""
     table = vectors["table"]
     keep = (table["norm"] > 0).to_numpy()
     sims, ids = decoder.index.search(similarity.unit_rows(vectors["vectors"][keep]), k)
     names = table["persona"].to_numpy()[keep]
-    return pd.DataFrame({"persona": np.repeat(names, k),
-                         "rank": np.tile(np.arange(1, k + 1), len(names)).astype(np.int32),
-                         "feature": ids.reshape(-1).astype(np.int32),
-                         "cosine": sims.reshape(-1).astype(np.float32)})
+    return pd.DataFrame(
+        {
+            "persona": np.repeat(names, k),
+            "rank": np.tile(np.arange(1, k + 1), len(names)).astype(np.int32),
+            "feature": ids.reshape(-1).astype(np.int32),
+            "cosine": sims.reshape(-1).astype(np.float32),
+        }
+    )
 
 
 def save_npy(array: np.ndarray, path: Path) -> None:
     """Write a .npy file atomically (temporary file, then rename)."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)

@@ -20,7 +20,9 @@ for "the"). The persona a feature prefers comes from its label at read time (`fe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
+
+from shoggoth.index.store.connection import Connection
 
 HANDLE_TERMS = 3
 """Terms per handle."""
@@ -91,13 +93,23 @@ ORDER BY m.feature
 """
 
 
-def write_handles(con: Any, sae_id: str, terms: int = HANDLE_TERMS, min_items: int = MIN_ITEMS,
-                  min_score: float = MIN_SCORE) -> int:
+def write_handles(
+    con: Connection,
+    sae_id: str,
+    terms: int = HANDLE_TERMS,
+    min_items: int = MIN_ITEMS,
+    min_score: float = MIN_SCORE,
+) -> int:
     """Replace `sae_id`'s rows of `feature_handles` (inside the caller's transaction); returns
     how many features got a handle."""
     con.execute("DELETE FROM feature_handles WHERE sae_id = ?", [sae_id])
-    con.execute(HANDLES_SQL, {"sae": sae_id, "terms": terms, "min_items": min_items,
-                              "min_score": min_score})
+    con.execute(
+        HANDLES_SQL, {"sae": sae_id, "terms": terms, "min_items": min_items, "min_score": min_score}
+    )
     # (fetchall: a half-read result would block the frames registered next on `con`)
-    return con.execute("SELECT count(*) FROM feature_handles WHERE sae_id = ?",
-                       [sae_id]).fetchall()[0][0]
+    return cast(
+        "int",
+        con.execute("SELECT count(*) FROM feature_handles WHERE sae_id = ?", [sae_id]).fetchall()[
+            0
+        ][0],
+    )

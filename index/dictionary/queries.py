@@ -3,12 +3,13 @@ effects, maps, persona vectors), and the searches over them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from shoggoth.core.errors import BadInput
 from shoggoth.index.labels.queries import MASK_FEATURES_SQL
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import (
     Dictionary,
     feature_name,
@@ -18,18 +19,25 @@ from shoggoth.index.store.read import (
     with_names,
 )
 
+if TYPE_CHECKING:
+    import faiss
 
-def similar(d: Dictionary, feature: int, k: int, index: Any = None) -> list[dict[str, Any]]:
+
+def similar(
+    d: Dictionary, feature: int, k: int, index: faiss.Index | None = None
+) -> list[dict[str, Any]]:
     """The k features whose decoder directions are nearest (cosine) to `feature`'s (`index`:
     the decoder FAISS index, when the caller holds it already)."""
     d.check_feature(feature)
     index = index if index is not None else d.faiss_index("decoder")
     query = index.reconstruct(feature).reshape(1, -1)
     sims, ids = index.search(query, k + 1)
-    pairs = [(int(i), float(s)) for i, s in zip(ids[0], sims[0], strict=True)
-             if i != feature and i >= 0][:k]
+    pairs = [
+        (int(i), float(s)) for i, s in zip(ids[0], sims[0], strict=True) if i != feature and i >= 0
+    ][:k]
     labels = d.labels([i for i, _ in pairs])
     return [{"feature": i, "cosine": round(s, 4), **labels[i]} for i, s in pairs]
+
 
 def describe(d: Dictionary, feature: int, k: int) -> dict[str, Any]:
     """A feature's label, its deciding statistics and its top contexts."""
@@ -37,26 +45,51 @@ def describe(d: Dictionary, feature: int, k: int) -> dict[str, Any]:
     out: dict[str, Any] = {"feature": feature, **d.labels([feature])[feature]}
     named = feature_name(d.con, d.sae_id, feature)
     if named:
-        out.update(handle=named["handle"], explanation=named["explanation"],
-                   explainer=named["explainer"], detection=named["detection"],
-                   fuzzing=named["fuzzing"])
+        out.update(
+            handle=named["handle"],
+            explanation=named["explanation"],
+            explainer=named["explainer"],
+            detection=named["detection"],
+            fuzzing=named["fuzzing"],
+        )
     if "features" in d.tables:
-        cur = d.con.execute("SELECT * FROM features WHERE sae_id = ? AND feature = ?",
-                            [d.sae_id, feature])
+        cur = d.con.execute(
+            "SELECT * FROM features WHERE sae_id = ? AND feature = ?", [d.sae_id, feature]
+        )
         row = cur.fetchone()
         if row is not None:
             stats = dict(zip([c[0] for c in cur.description], row, strict=True))
-            out["statistics"] = {key: stats[key] for key in (
-                "label", "n_docs_firing", "fire_frac_personas",
-                "top_share", "k_eff", "q_value", "top_ratio", "paraphrase_margin",
-                "control_ratio", "no_mask_ratio", "ratio_ci_high", "shared_power", "density",
-                "mean_act", "max_act")}
+            out["statistics"] = {
+                key: stats[key]
+                for key in (
+                    "label",
+                    "n_docs_firing",
+                    "fire_frac_personas",
+                    "top_share",
+                    "k_eff",
+                    "q_value",
+                    "top_ratio",
+                    "paraphrase_margin",
+                    "control_ratio",
+                    "no_mask_ratio",
+                    "ratio_ci_high",
+                    "shared_power",
+                    "density",
+                    "mean_act",
+                    "max_act",
+                )
+            }
     if "examples" in d.tables:
-        out["contexts"] = [{"rank": r, "value": v, "persona": p, "item_id": i, "context": c}
-                           for r, v, p, i, c in d.con.execute(
-            "SELECT rank, value, persona, item_id, context FROM example_contexts(?, ?) "
-            "WHERE kind = 'top' ORDER BY rank LIMIT ?", [d.sae_id, feature, k]).fetchall()]
+        out["contexts"] = [
+            {"rank": r, "value": v, "persona": p, "item_id": i, "context": c}
+            for r, v, p, i, c in d.con.execute(
+                "SELECT rank, value, persona, item_id, context FROM example_contexts(?, ?) "
+                "WHERE kind = 'top' ORDER BY rank LIMIT ?",
+                [d.sae_id, feature, k],
+            ).fetchall()
+        ]
     return out
+
 
 def by_name(d: Dictionary, text: str, k: int) -> list[dict[str, Any]]:
     """The features whose handle, preferred persona or explanation contains `text` (any case),
@@ -64,34 +97,43 @@ def by_name(d: Dictionary, text: str, k: int) -> list[dict[str, Any]]:
     if not text.strip():
         raise BadInput("--name: is empty")
     if not has_table(d.con, "feature_names"):
-        raise BadInput(f"--db {d.db}: no feature handles for '{d.sae_id}'; run "
-                       "`shoggoth index` first")
-    cur = d.con.execute("""
+        raise BadInput(
+            f"--db {d.db}: no feature handles for '{d.sae_id}'; run `shoggoth index` first"
+        )
+    cur = d.con.execute(
+        """
         SELECT n.feature, n.name, n.label, n.explanation, n.detection, n.fuzzing
         FROM feature_names n JOIN feature_handles h USING (sae_id, feature)
         WHERE n.sae_id = $sae AND (n.name ILIKE $pattern ESCAPE '\\'
                                    OR n.explanation ILIKE $pattern ESCAPE '\\')
         ORDER BY h.best_score DESC, n.feature LIMIT $k""",
-                        {"sae": d.sae_id, "pattern": f"%{like_escape(text.strip())}%", "k": k})
-    return [dict(zip([c[0] for c in cur.description], row, strict=True))
-            for row in cur.fetchall()]
+        {"sae": d.sae_id, "pattern": f"%{like_escape(text.strip())}%", "k": k},
+    )
+    return [dict(zip([c[0] for c in cur.description], row, strict=True)) for row in cur.fetchall()]
+
 
 def like_escape(text: str) -> str:
     """`text` matched literally by LIKE/ILIKE ... ESCAPE '\\'."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
 
 def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
     """The features nearest the persona vector, and the persona's mask-specific (and
     mask-family) features, strongest first."""
     d.check_persona(persona)
     if "persona_features" not in d.tables:
-        raise BadInput(f"--db {d.db}: no persona vectors for '{d.sae_id}'; run "
-                       "`shoggoth index` first")
+        raise BadInput(
+            f"--db {d.db}: no persona vectors for '{d.sae_id}'; run `shoggoth index` first"
+        )
     nearest = d.con.execute(
         "SELECT feature, cosine FROM persona_features WHERE sae_id = ? AND persona = ? "
-        "ORDER BY rank LIMIT ?", [d.sae_id, persona, k]).fetchall()
-    norm = d.con.execute("SELECT norm, relative_norm FROM persona_vectors WHERE sae_id = ? AND "
-                         "persona = ?", [d.sae_id, persona]).fetchone()
+        "ORDER BY rank LIMIT ?",
+        [d.sae_id, persona, k],
+    ).fetchall()
+    norm = d.con.execute(
+        "SELECT norm, relative_norm FROM persona_vectors WHERE sae_id = ? AND persona = ?",
+        [d.sae_id, persona],
+    ).fetchone()
     specific: list[tuple[Any, ...]] = []
     if "features" in d.tables:
         specific = d.con.execute(MASK_FEATURES_SQL, [d.sae_id, persona, persona, k]).fetchall()
@@ -101,36 +143,55 @@ def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
         "persona": persona,
         "vector_norm": None if norm is None else round(norm[0], 4),
         "relative_norm": None if norm is None else round(norm[1], 4),
-        "nearest": [{"feature": f, "cosine": round(float(c), 4), **labels[f]}
-                    for f, c in nearest],
-        "mask_specific": [{"feature": f, "name": specific_names.get(f), "label": lab,
-                           "top_share": share, "set_ratio": ratio, "q_value": q}
-                          for f, lab, share, ratio, q in specific],
+        "nearest": [{"feature": f, "cosine": round(float(c), 4), **labels[f]} for f, c in nearest],
+        "mask_specific": [
+            {
+                "feature": f,
+                "name": specific_names.get(f),
+                "label": lab,
+                "top_share": share,
+                "set_ratio": ratio,
+                "q_value": q,
+            }
+            for f, lab, share, ratio, q in specific
+        ],
     }
 
-def feature_map(con: Any, sae: str, name: str) -> pd.DataFrame:
+
+def feature_map(con: Connection, sae: str, name: str) -> pd.DataFrame:
     """A stored 2-D map (`decoder` or `persona_profile`) with each point's name, label and
     personas: feature, x, y, method, name, label, top_persona, argmax_persona (empty before
     `shoggoth index`)."""
     if not has_table(con, "feature_maps"):
         return pd.DataFrame()
     labelled = has_table(con, "features")
-    return con.execute(f"""
+    return con.execute(
+        f"""
         SELECT m.feature, m.x, m.y, m.method, n.name,
                {"coalesce(l.label, 'unlabelled')" if labelled else "'unlabelled'"} AS label,
                {"coalesce(l.top_persona, l.family_set)" if labelled else "NULL"} AS top_persona,
                {"f.argmax_persona" if labelled else "NULL"} AS argmax_persona
         FROM feature_maps m
         LEFT JOIN feature_names n USING (sae_id, feature)
-        {"LEFT JOIN feature_labels l USING (sae_id, feature) "
-         "LEFT JOIN features f USING (sae_id, feature)" if labelled else ""}
-        WHERE m.sae_id = ? AND m.map = ? ORDER BY m.feature""", [sae, name]).df()
+        {
+            "LEFT JOIN feature_labels l USING (sae_id, feature) "
+            "LEFT JOIN features f USING (sae_id, feature)"
+            if labelled
+            else ""
+        }
+        WHERE m.sae_id = ? AND m.map = ? ORDER BY m.feature""",
+        [sae, name],
+    ).df()
 
-def top_context_tokens(con: Any, sae: str, feature: int, width: int = 8) -> pd.DataFrame:
+
+def top_context_tokens(con: Connection, sae: str, feature: int, width: int = 8) -> pd.DataFrame:
     """The tokens around each top example of a feature (the contexts `example_contexts` joins
     into text), one row per token with the feature's activation there: rank, fire_value,
     persona, paraphrase, item_id, fire_pos, pos, token, value."""
-    return if_table(con, "examples", """
+    return if_table(
+        con,
+        "examples",
+        """
         WITH e AS (SELECT * FROM examples WHERE sae_id = $sae AND feature = $f AND kind = 'top'),
              a AS (SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id,
                           pos, value FROM activations WHERE sae_id = $sae AND feature = $f)
@@ -140,29 +201,48 @@ def top_context_tokens(con: Any, sae: str, feature: int, width: int = 8) -> pd.D
              AND t.pos BETWEEN e.pos - $w AND e.pos + $w
         LEFT JOIN a ON a.persona = e.persona AND a.paraphrase = e.paraphrase
              AND a.item_id = e.item_id AND a.pos = t.pos
-        ORDER BY e.rank, t.pos""", {"sae": sae, "f": feature, "w": width})
+        ORDER BY e.rank, t.pos""",
+        {"sae": sae, "f": feature, "w": width},
+    )
 
-def interval_samples(con: Any, sae: str, feature: int) -> pd.DataFrame:
+
+def interval_samples(con: Connection, sae: str, feature: int) -> pd.DataFrame:
     """The interval samples of a feature with their contexts (the `example_contexts` macro)."""
-    return if_table(con, "examples",
-                     "SELECT kind, value, persona, item_id, bin_lo, bin_hi, context "
-                     "FROM example_contexts(?, ?) WHERE kind <> 'top'", [sae, feature])
+    return if_table(
+        con,
+        "examples",
+        "SELECT kind, value, persona, item_id, bin_lo, bin_hi, context "
+        "FROM example_contexts(?, ?) WHERE kind <> 'top'",
+        [sae, feature],
+    )
 
-def histogram(con: Any, sae: str, feature: int) -> pd.DataFrame:
+
+def histogram(con: Connection, sae: str, feature: int) -> pd.DataFrame:
     """A feature's activation histogram over its firing tokens: bin, lo, hi, count."""
-    return if_table(con, "feature_histograms",
-                     "SELECT bin, lo, hi, count FROM feature_histograms WHERE sae_id = ? AND "
-                     "feature = ? ORDER BY bin", [sae, feature])
+    return if_table(
+        con,
+        "feature_histograms",
+        "SELECT bin, lo, hi, count FROM feature_histograms WHERE sae_id = ? AND "
+        "feature = ? ORDER BY bin",
+        [sae, feature],
+    )
 
-def feature_logit_effects(con: Any, sae: str, feature: int) -> pd.DataFrame:
+
+def feature_logit_effects(con: Connection, sae: str, feature: int) -> pd.DataFrame:
     """A feature's promoted and suppressed tokens: sign, rank, token, value."""
-    return if_table(con, "logit_effects",
-                     "SELECT sign, rank, token, value FROM logit_effects WHERE sae_id = ? AND "
-                     "feature = ? ORDER BY sign, rank", [sae, feature])
+    return if_table(
+        con,
+        "logit_effects",
+        "SELECT sign, rank, token, value FROM logit_effects WHERE sae_id = ? AND "
+        "feature = ? ORDER BY sign, rank",
+        [sae, feature],
+    )
+
 
 NEIGHBOUR_TABLES = ("neighbors", "profile_neighbors")
 
-def feature_neighbours(con: Any, sae: str, feature: int, table: str) -> pd.DataFrame:
+
+def feature_neighbours(con: Connection, sae: str, feature: int, table: str) -> pd.DataFrame:
     """A feature's stored neighbours (`table`: by decoder direction or by persona profile)
     with their labels: neighbor, cosine, label."""
     if table not in NEIGHBOUR_TABLES:
@@ -170,34 +250,61 @@ def feature_neighbours(con: Any, sae: str, feature: int, table: str) -> pd.DataF
     if not has_table(con, table):
         return pd.DataFrame()
     labels = "feature_labels" if has_table(con, "feature_labels") else None
-    join = (f"LEFT JOIN {labels} l ON l.sae_id = n.sae_id AND l.feature = n.neighbor"
-            if labels else "")
+    join = (
+        f"LEFT JOIN {labels} l ON l.sae_id = n.sae_id AND l.feature = n.neighbor" if labels else ""
+    )
     label = "l.label" if labels else "NULL"
-    return with_names(con, sae, con.execute(
-        f"SELECT n.neighbor, n.cosine, {label} AS label FROM {table} n {join} "
-        "WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank", [sae, feature]).df(), "neighbor")
+    return with_names(
+        con,
+        sae,
+        con.execute(
+            f"SELECT n.neighbor, n.cosine, {label} AS label FROM {table} n {join} "
+            "WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank",
+            [sae, feature],
+        ).df(),
+        "neighbor",
+    )
 
-def suppressed_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
+
+def suppressed_features(con: Connection, sae: str, persona: str, limit: int) -> pd.DataFrame:
     """Live features whose mean under `persona` falls furthest below the other personas'."""
-    return con.execute("""
+    return (
+        con.execute(
+            """
         SELECT fp.feature, fp.delta_vs_rest, l.label FROM feature_personas fp
         JOIN feature_labels l USING (sae_id, feature)
         WHERE fp.sae_id = ? AND fp.persona = ? AND fp.delta_vs_rest < 0
-        ORDER BY fp.delta_vs_rest LIMIT ?""", [sae, persona, limit]).df().pipe(
-        lambda f: with_names(con, sae, f))
+        ORDER BY fp.delta_vs_rest LIMIT ?""",
+            [sae, persona, limit],
+        )
+        .df()
+        .pipe(lambda f: with_names(con, sae, f))
+    )
 
-def persona_vector(con: Any, sae: str, persona: str) -> pd.DataFrame:
+
+def persona_vector(con: Connection, sae: str, persona: str) -> pd.DataFrame:
     """The persona vector's norm, relative norm and token count (empty before `index`)."""
-    return if_table(con, "persona_vectors",
-                     "SELECT norm, relative_norm, n_tokens FROM persona_vectors WHERE "
-                     "sae_id = ? AND persona = ?", [sae, persona])
+    return if_table(
+        con,
+        "persona_vectors",
+        "SELECT norm, relative_norm, n_tokens FROM persona_vectors WHERE "
+        "sae_id = ? AND persona = ?",
+        [sae, persona],
+    )
 
-def persona_vector_features(con: Any, sae: str, persona: str) -> pd.DataFrame:
+
+def persona_vector_features(con: Connection, sae: str, persona: str) -> pd.DataFrame:
     """The decoder directions nearest a persona vector, with their labels."""
     labels = has_table(con, "feature_labels")
-    return con.execute(f"""
-        SELECT pf.feature, pf.cosine, {'l.label' if labels else 'NULL'} AS label
+    return (
+        con.execute(
+            f"""
+        SELECT pf.feature, pf.cosine, {"l.label" if labels else "NULL"} AS label
         FROM persona_features pf
-        {'LEFT JOIN feature_labels l USING (sae_id, feature)' if labels else ''}
-        WHERE pf.sae_id = ? AND pf.persona = ? ORDER BY pf.rank""", [sae, persona]).df().pipe(
-        lambda f: with_names(con, sae, f))
+        {"LEFT JOIN feature_labels l USING (sae_id, feature)" if labels else ""}
+        WHERE pf.sae_id = ? AND pf.persona = ? ORDER BY pf.rank""",
+            [sae, persona],
+        )
+        .df()
+        .pipe(lambda f: with_names(con, sae, f))
+    )

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from shoggoth.core.atomic import write_atomic
+
+if TYPE_CHECKING:
+    import faiss
+
 
 # Graph degree and build beam for HNSW, from benchmarks/faiss_neighbours.py at 1M x 768: on
 # `families` data efConstruction 40 built in 457 s but needed efSearch 2048 (20 ms a query); 80
@@ -25,7 +29,7 @@ HNSW_EF_CONSTRUCTION = 80
 class BuiltIndex:
     """A FAISS index over unit vectors, and how well it finds the exact neighbours."""
 
-    index: Any
+    index: faiss.Index
     kind: str
     """'flat' (exact IndexFlatIP), 'hnsw' (IndexHNSWFlat, inner product) or 'ivf-sq8'
     (IndexIVFScalarQuantizer, 8 bits per dimension)."""
@@ -39,34 +43,39 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), float32 and contiguous."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return cast("np.ndarray", np.divide(x, norms, out=np.zeros_like(x), where=norms > 0))
 
 
 def recall_per_query(got: np.ndarray, truth: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Each query's share of its exact neighbours that `got` found, leaving out the query row
     itself (as `neighbours` does)."""
+
     def others(row: np.ndarray, i: int) -> set[int]:
         return {int(j) for j in row if j != i}
 
-    return np.array([len(others(a, i) & others(b, i)) / len(others(b, i))
-                     for a, b, i in zip(got, truth, ids, strict=True)])
+    return np.array(
+        [
+            len(others(a, i) & others(b, i)) / len(others(b, i))
+            for a, b, i in zip(got, truth, ids, strict=True)
+        ]
+    )
 
 
-def sample_truth(x: np.ndarray, sample: int, seed: int,
-                 rows: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+def sample_truth(
+    x: np.ndarray, sample: int, seed: int, rows: int = 1_000_000
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows drawn at random (ids) and their exact 11 nearest rows (themselves included), by
     exact search over `rows` at a time, each chunk scaled to unit length as it is read (so `x`
     may be a memory map larger than memory)."""
     import faiss
 
-    ids = np.sort(np.random.default_rng(seed).choice(len(x), min(sample, len(x)),
-                                                     replace=False))
+    ids = np.sort(np.random.default_rng(seed).choice(len(x), min(sample, len(x)), replace=False))
     queries = unit_rows(x[ids])
     best_s = np.full((len(ids), 11), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(ids), 11), dtype=np.int64)
     for s in range(0, len(x), rows):
         part = faiss.IndexFlatIP(x.shape[1])
-        part.add(unit_rows(x[s:s + rows]))
+        part.add(unit_rows(x[s : s + rows]))
         sim, idx = part.search(queries, 11)
         both_s, both_i = np.hstack([best_s, sim]), np.hstack([best_i, idx + s])
         order = np.argsort(-both_s, axis=1, kind="stable")[:, :11]
@@ -75,8 +84,16 @@ def sample_truth(x: np.ndarray, sample: int, seed: int,
     return ids, best_i
 
 
-def tune(index: Any, queries: np.ndarray, truth: np.ndarray, ids: np.ndarray, set_knob: Any,
-         target: float, start: int, limit: int) -> tuple[int, float] | None:
+def tune(
+    index: faiss.Index,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    ids: np.ndarray,
+    set_knob: Any,
+    target: float,
+    start: int,
+    limit: int,
+) -> tuple[int, float] | None:
     """Double a search knob (efSearch, nprobe) from `start` until the lower 95% bound of
     recall@10 on the sample reaches `target`; (knob, recall), or None when `limit` does not."""
     knob = start
@@ -93,9 +110,15 @@ def tune(index: Any, queries: np.ndarray, truth: np.ndarray, ids: np.ndarray, se
     return None
 
 
-def build_ivf(vectors: np.ndarray, checkpoint: Path | None = None, target_recall: float = 0.95,
-              sample: int = 1000, seed: int = 0, chunk: int = 250_000,
-              train_rows: int = 65_536) -> BuiltIndex:
+def build_ivf(
+    vectors: np.ndarray,
+    checkpoint: Path | None = None,
+    target_recall: float = 0.95,
+    sample: int = 1000,
+    seed: int = 0,
+    chunk: int = 250_000,
+    train_rows: int = 65_536,
+) -> BuiltIndex:
     """An inverted file (√N·2 lists, flat coarse quantiser, 8-bit scalar codes) over the rows of
     `vectors` scaled to unit length, nprobe doubled until recall@10 reaches `target_recall`.
     Rows are read `chunk` at a time, so `vectors` may be a memory map larger than memory. With
@@ -107,31 +130,53 @@ def build_ivf(vectors: np.ndarray, checkpoint: Path | None = None, target_recall
     index = faiss.read_index(str(checkpoint)) if checkpoint and checkpoint.is_file() else None
     if index is None or index.d != d or index.ntotal > n:
         nlist = int(2 ** round(np.log2(max(16.0, 2 * np.sqrt(n)))))
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist,
-                                              faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFScalarQuantizer(
+            faiss.IndexFlatIP(d),
+            d,
+            nlist,
+            faiss.ScalarQuantizer.QT_8bit,
+            faiss.METRIC_INNER_PRODUCT,
+        )
         rng = np.random.default_rng(seed)
-        index.train(unit_rows(vectors[np.sort(rng.choice(
-            n, min(n, max(train_rows, 40 * nlist)), replace=False))]))
+        index.train(
+            unit_rows(
+                vectors[np.sort(rng.choice(n, min(n, max(train_rows, 40 * nlist)), replace=False))]
+            )
+        )
         if checkpoint:
             save(index, checkpoint)
     nlist = int(faiss.extract_index_ivf(index).nlist)  # (a resumed index says its own)
     while index.ntotal < n:
-        index.add(unit_rows(vectors[index.ntotal:index.ntotal + chunk]))
+        index.add(unit_rows(vectors[index.ntotal : index.ntotal + chunk]))
         if checkpoint:
             save(index, checkpoint)
     ids, truth = sample_truth(vectors, sample, seed)
-    tuned = tune(index, unit_rows(vectors[ids]), truth, ids,
-                 lambda k: setattr(index, "nprobe", k), target_recall, 8, nlist)
+    tuned = tune(
+        index,
+        unit_rows(vectors[ids]),
+        truth,
+        ids,
+        lambda k: setattr(index, "nprobe", k),
+        target_recall,
+        8,
+        nlist,
+    )
     if tuned is None:
         return BuiltIndex(index, "ivf-sq8", float("nan"), nlist)
     return BuiltIndex(index, "ivf-sq8", tuned[1], tuned[0])
 
 
-def build(vectors: np.ndarray, exact_max: int = 100_000, target_recall: float = 0.95,
-          sample: int = 1000, seed: int = 0, max_ef: int = 4096, m: int = HNSW_M,
-          ef_construction: int = HNSW_EF_CONSTRUCTION,
-          hnsw_max: int = 2_000_000) -> BuiltIndex:
+def build(
+    vectors: np.ndarray,
+    exact_max: int = 100_000,
+    target_recall: float = 0.95,
+    sample: int = 1000,
+    seed: int = 0,
+    max_ef: int = 4096,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+    hnsw_max: int = 2_000_000,
+) -> BuiltIndex:
     """Index unit `vectors` for cosine search: exact up to `exact_max` rows, an inverted file
     (`build_ivf`) above `hnsw_max`, otherwise HNSW with efSearch doubled until the lower 95%
     bound of recall@10 on `sample` rows (their neighbours other than themselves) reaches
@@ -152,8 +197,16 @@ def build(vectors: np.ndarray, exact_max: int = 100_000, target_recall: float = 
     hnsw.hnsw.efConstruction = ef_construction
     hnsw.add(x)
     ids, truth = sample_truth(x, sample, seed)
-    tuned = tune(hnsw, x[ids], truth, ids, lambda k: setattr(hnsw.hnsw, "efSearch", k),
-                 target_recall, 16, max_ef)
+    tuned = tune(
+        hnsw,
+        x[ids],
+        truth,
+        ids,
+        lambda k: setattr(hnsw.hnsw, "efSearch", k),
+        target_recall,
+        16,
+        max_ef,
+    )
     if tuned is None:
         exact = faiss.IndexFlatIP(d)
         exact.add(x)
@@ -161,8 +214,9 @@ def build(vectors: np.ndarray, exact_max: int = 100_000, target_recall: float = 
     return BuiltIndex(hnsw, "hnsw", tuned[1], tuned[0])
 
 
-def neighbours(built: BuiltIndex, vectors: np.ndarray, k: int = 10,
-               batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def neighbours(
+    built: BuiltIndex, vectors: np.ndarray, k: int = 10, batch: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest other rows of every row: (indices [n, k], cosines [n, k])."""
     x = unit_rows(vectors)
     ids, sims = [], []
@@ -175,7 +229,7 @@ def neighbours(built: BuiltIndex, vectors: np.ndarray, k: int = 10,
     return np.array(ids), np.array(sims)
 
 
-def save(index: Any, path: Path) -> None:
+def save(index: faiss.Index, path: Path) -> None:
     """Write a FAISS index atomically (temporary file, then rename)."""
     import faiss
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import (
     has_table,
     if_table,
@@ -14,7 +15,7 @@ from shoggoth.index.store.read import (
 )
 
 
-def feature_effects(con: Any, sae: str, feature: int) -> pd.DataFrame:
+def feature_effects(con: Connection, sae: str, feature: int) -> pd.DataFrame:
     """A feature's causal measures per persona (empty before `shoggoth effects` or when it was
     not measured): persona, measure, estimate, ci_low, ci_high, n, role."""
     return if_table(con, "feature_effects",
@@ -22,13 +23,13 @@ def feature_effects(con: Any, sae: str, feature: int) -> pd.DataFrame:
                      "FROM feature_effects WHERE sae_id = ? AND feature = ? "
                      "ORDER BY measure, persona", [sae, feature])
 
-def persona_shifts(con: Any, sae: str) -> pd.DataFrame:
+def persona_shifts(con: Connection, sae: str) -> pd.DataFrame:
     """Each persona's shift of the answer's log-probability against no persona (mean over items
     of the summed per-token change, with its interval)."""
     return if_table(con, "persona_shifts", "SELECT * EXCLUDE (sae_id) FROM persona_shifts "
                      "WHERE sae_id = ? ORDER BY persona", [sae])
 
-def persona_composition(con: Any, sae: str, persona: str | None = None) -> pd.DataFrame:
+def persona_composition(con: Connection, sae: str, persona: str | None = None) -> pd.DataFrame:
     """The causal composition test (empty before `shoggoth effects` on a labelled database):
     persona, test (steer or ablate), part, share, ci_low, ci_high, n_items."""
     only = "" if persona is None else " AND persona = $persona"
@@ -57,7 +58,7 @@ def composition_answer(rows: pd.DataFrame) -> str:
             f"(in features of its own: {share('ablate', 'own_features')})")
 
 
-def mediation_summary(con: Any, sae: str) -> pd.DataFrame:
+def mediation_summary(con: Connection, sae: str) -> pd.DataFrame:
     """Per measured feature: its role, label and best persona's mediated fraction with its
     interval, and its steering toward that persona (empty before `shoggoth effects`)."""
     labels = ("(SELECT feature, label FROM feature_labels WHERE sae_id = $sae)"
@@ -86,7 +87,7 @@ WITH per AS (
   GROUP BY df.feature, df.persona)
 SELECT feature, arg_max(firing, total) AS typical FROM per GROUP BY feature ORDER BY feature"""
 
-def typical_activations(con: Any, sae: str, feature: int | None = None) -> dict[int, float]:
+def typical_activations(con: Connection, sae: str, feature: int | None = None) -> dict[int, float]:
     """Per feature: its mean activation on the answer tokens where it fires, under the persona
     where its mean activation is highest (what steering adds; absent: it never fired under a
     persona)."""

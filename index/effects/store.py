@@ -4,11 +4,11 @@ own shifts of the answer, and the features table's causal summary."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from shoggoth.core.config import config_metadata
+from shoggoth.core.config import Config, config_metadata
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import (
     WAIT,
     connect,
@@ -41,14 +41,14 @@ added to the reference reproduces; test ablate: the share a part removed from th
 away; part: common, common+own, own, shift for steer; own, own_features for ablate)."""
 
 
-def create_effect_tables(con: Any) -> None:
+def create_effect_tables(con: Connection) -> None:
     """The tables `shoggoth effects` writes (if missing)."""
     for table, columns in EFFECT_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
 
 
 def write_effects(db: Path, sae_id: str, effects: pd.DataFrame, shifts: pd.DataFrame,
-                  composition: pd.DataFrame, config: Any) -> None:
+                  composition: pd.DataFrame, config: Config) -> None:
     """Replace one SAE's effects (and its features' causal summary), with a `runs` record, in
     one transaction."""
     con = connect(db, wait=WAIT)

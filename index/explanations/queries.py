@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import (
     has_table,
 )
 
 
-def explanations(con: Any, sae: str) -> pd.DataFrame:
+def explanations(con: Connection, sae: str) -> pd.DataFrame:
     """The stored explanations with their names and scores: feature, name, explanation,
     explainer, scorer, detection, detection_n, fuzzing, fuzzing_n (empty before `explain`)."""
     if not has_table(con, "feature_explanations"):

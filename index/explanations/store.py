@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,7 @@ import pandas as pd
 from shoggoth.core.errors import BadInput
 from shoggoth.index.dictionary.handles import CLEAN
 from shoggoth.index.labels.rules import PERSONA_LABELS
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import connect, tables, transaction
 from shoggoth.index.store.schema import create_index_tables
 
@@ -35,7 +37,7 @@ ORDER BY w.feature, w.kind, w.rank, w.persona, w.paraphrase, w.item_id, w.pos, w
 """
 
 
-def choose_features(con: Any, sae: str, wanted: list[int] | None, limit: int,
+def choose_features(con: Connection, sae: str, wanted: list[int] | None, limit: int,
                     min_places: int = 1) -> list[int]:
     """`wanted` (live features only), or up to `limit` features that can be scored: firing in
     at least `min_places` distinct places among their examples, and never in some answers
@@ -69,13 +71,13 @@ def choose_features(con: Any, sae: str, wanted: list[int] | None, limit: int,
     return [f for (f,) in rows]
 
 
-def windows(con: Any, sae: str, features: list[int], width: int) -> pd.DataFrame:
+def windows(con: Connection, sae: str, features: list[int], width: int) -> pd.DataFrame:
     """Every stored example of `features` as token rows: feature, kind, rank, persona,
     paraphrase, item_id, pos, value, tpos, token, act (this feature on that token)."""
     return con.execute(WINDOWS_SQL, {"sae": sae, "features": features, "width": width}).df()
 
 
-def silent_items(con: Any, sae: str, feature: int) -> list[str]:
+def silent_items(con: Connection, sae: str, feature: int) -> list[str]:
     """Items whose answer the feature never fires on, under any persona."""
     return [i for (i,) in con.execute("""
         SELECT item_id FROM items WHERE item_id NOT IN (
@@ -83,7 +85,7 @@ def silent_items(con: Any, sae: str, feature: int) -> list[str]:
         ORDER BY item_id""", [sae, feature]).fetchall()]
 
 
-def item_tokens(con: Any, sae: str, items: list[str]) -> dict[str, list[str]]:
+def item_tokens(con: Connection, sae: str, items: list[str]) -> dict[str, list[str]]:
     """Each item's answer tokens, readable."""
     rows = con.execute(f"SELECT item_id, {CLEAN.format(x='token')} FROM tokens WHERE "
                        "sae_id = ? AND item_id IN (SELECT unnest(?::VARCHAR[])) "
@@ -94,7 +96,7 @@ def item_tokens(con: Any, sae: str, items: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def silent_windows(con: Any, sae: str, feature: int, n: int, width: int,
+def silent_windows(con: Connection, sae: str, feature: int, n: int, width: int,
                    seed: int) -> list[tuple[str, list[str]]]:
     """`n` windows (item, tokens) of 2·width + 1 tokens from answers the feature never fires
     on, at seeded random places."""
@@ -112,7 +114,7 @@ def silent_windows(con: Any, sae: str, feature: int, n: int, width: int,
     return out
 
 
-def persona_means(con: Any, sae: str, feature: int) -> list[tuple[str, float]]:
+def persona_means(con: Connection, sae: str, feature: int) -> list[tuple[str, float]]:
     if "feature_personas" not in tables(con):
         return []
     return [(p, float(m)) for p, m in con.execute(
@@ -126,7 +128,7 @@ def settings_key(settings: dict[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True)
 
 
-def done_features(con: Any, sae: str, key: str) -> set[int]:
+def done_features(con: Connection, sae: str, key: str) -> set[int]:
     """Features already explained with the settings `key` (a rerun skips them)."""
     if "feature_explanations" not in tables(con):
         return set()
@@ -135,7 +137,7 @@ def done_features(con: Any, sae: str, key: str) -> set[int]:
         [sae, key]).fetchall()}
 
 
-def write_explanation(db: Any, sae: str, row: dict[str, Any]) -> None:
+def write_explanation(db: Path, sae: str, row: dict[str, Any]) -> None:
     """Replace one feature's explanation, in one transaction."""
     con = connect(db)
     try:

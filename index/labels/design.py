@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -67,8 +68,13 @@ def _controls(pers: pd.DataFrame, names: list[str], n_main: int) -> tuple[list, 
         if targets is None:
             # A battery that uses no control_of at all may still name its matched controls the
             # built-in way: control_mention_<persona>, control_negated_<persona>.
-            named = None if of else re.fullmatch(
-                r"control_(?:mention|mentions|negated|negation|not)_(.+)", names[c])
+            named = (
+                None
+                if of
+                else re.fullmatch(
+                    r"control_(?:mention|mentions|negated|negation|not)_(.+)", names[c]
+                )
+            )
             if named is None or index.get(named.group(1), n_main) >= n_main:
                 baseline.append(c)
                 continue
@@ -79,15 +85,20 @@ def _controls(pers: pd.DataFrame, names: list[str], n_main: int) -> tuple[list, 
     return matched, baseline
 
 
-def build_design(documents: pd.DataFrame, personas: pd.DataFrame,
-               topics: dict[str, str] | None = None) -> tuple[LabelDesign, pd.DataFrame]:
+def build_design(
+    documents: pd.DataFrame, personas: pd.DataFrame, topics: dict[str, str] | None = None
+) -> tuple[LabelDesign, pd.DataFrame]:
     """The battery's layout and the distinct documents (persona, paraphrase, item_id) it indexes."""
     _check_columns(personas, "personas", ("persona", "family", "is_control"))
     _check_columns(documents, "documents", ("persona", "paraphrase", "item_id"))
     pers = personas.drop_duplicates("persona")
     pers = pers.assign(persona=pers["persona"].astype(str))
-    docs = documents[["persona", "paraphrase", "item_id"]].astype(
-        {"persona": str, "item_id": str}).drop_duplicates().reset_index(drop=True)
+    docs = (
+        documents[["persona", "paraphrase", "item_id"]]
+        .astype({"persona": str, "item_id": str})
+        .drop_duplicates()
+        .reset_index(drop=True)
+    )
     unknown = set(docs["persona"]) - set(pers["persona"])
     if unknown:
         raise BadInput(f"documents: persona '{sorted(unknown)[0]}' is not in personas")
@@ -99,8 +110,10 @@ def build_design(documents: pd.DataFrame, personas: pd.DataFrame,
     notes = []
     missing = [p for p in pers["persona"] if p not in present]
     if missing:
-        notes.append(f"personas without documents are left out: {', '.join(missing[:5])}"
-                     + (" …" if len(missing) > 5 else ""))
+        notes.append(
+            f"personas without documents are left out: {', '.join(missing[:5])}"
+            + (" …" if len(missing) > 5 else "")
+        )
     j_idx = docs["paraphrase"].to_numpy().astype(np.int64)
     if len(j_idx) and j_idx.min() < 0:
         raise BadInput("documents: paraphrase must be >= 0")
@@ -116,10 +129,23 @@ def build_design(documents: pd.DataFrame, personas: pd.DataFrame,
     _, topic_of_item = np.unique(topic_names, return_inverse=True)
     matched, baseline = _controls(pers, names, len(main))
     families = dict(zip(pers["persona"], pers["family"], strict=True))
-    layout = LabelDesign(names, len(main), families, items, topic_of_item, p_idx, i_idx,
-                       prompt_of_doc, prompt_keys // n_para, prompt_keys % n_para,
-                       np.bincount(prompt_of_doc, minlength=len(prompt_keys)), cells, matched,
-                       baseline, notes)
+    layout = LabelDesign(
+        names,
+        len(main),
+        families,
+        items,
+        topic_of_item,
+        p_idx,
+        i_idx,
+        prompt_of_doc,
+        prompt_keys // n_para,
+        prompt_keys % n_para,
+        np.bincount(prompt_of_doc, minlength=len(prompt_keys)),
+        cells,
+        matched,
+        baseline,
+        notes,
+    )
     _note_gaps(layout)
     return layout, docs
 
@@ -133,25 +159,33 @@ def _note_gaps(layout: LabelDesign) -> None:
             f"{len(unmatched)} of {n_main} personas have no mention/negation control "
             f"({', '.join(unmatched[:4])}{' …' if len(unmatched) > 4 else ''}): a feature of "
             "theirs cannot be told mask from concept, so it is labelled mask-or-concept, never "
-            "mask-specific")
+            "mask-specific"
+        )
     single = [layout.personas[k] for k in range(n_main) if counts[k] < 2]
     if single:
         layout.notes.append(
             f"personas with one prompt ({', '.join(single[:4])}{' …' if len(single) > 4 else ''}"
             "): whether a feature follows the persona or that one wording cannot be measured, "
-            "so they get no persona label")
+            "so they get no persona label"
+        )
     if n_main >= 2 and layout.n_main_prompts - n_main < 1:
-        layout.notes.append("no persona has two prompts: the persona test (prompts as replicates) "
-                          "cannot be computed, so no feature gets a persona label or "
-                          "shared-modulated")
+        layout.notes.append(
+            "no persona has two prompts: the persona test (prompts as replicates) "
+            "cannot be computed, so no feature gets a persona label or "
+            "shared-modulated"
+        )
     if not layout.baseline:
-        layout.notes.append("no baseline control (one about no persona): mask-general cannot be "
-                          "told from shared, and no_mask_ratio is empty")
+        layout.notes.append(
+            "no baseline control (one about no persona): mask-general cannot be "
+            "told from shared, and no_mask_ratio is empty"
+        )
     full = layout.cell_docs[:n_main] > 0
     if n_main and not full.all():
-        layout.notes.append(f"the personas do not all share the same items ({int(full.sum())} of "
-                          f"{full.size} persona-item cells): comparisons use the shared items "
-                          "where it matters, and the persona means use what each has")
+        layout.notes.append(
+            f"the personas do not all share the same items ({int(full.sum())} of "
+            f"{full.size} persona-item cells): comparisons use the shared items "
+            "where it matters, and the persona means use what each has"
+        )
 
 
 def _codes(values: pd.Series, names: list[str]) -> np.ndarray:
@@ -159,7 +193,9 @@ def _codes(values: pd.Series, names: list[str]) -> np.ndarray:
     position = {n: i for i, n in enumerate(names)}
     cat = values.astype("category")
     lookup = np.array([position.get(str(c), -1) for c in cat.cat.categories] + [-1])
-    return lookup[cat.cat.codes.to_numpy()]  # code -1 (missing) picks the trailing -1
+    return cast(
+        "np.ndarray", lookup[cat.cat.codes.to_numpy()]
+    )  # code -1 (missing) picks the trailing -1
 
 
 def doc_index(frame: pd.DataFrame, docs: pd.DataFrame) -> np.ndarray:
@@ -171,8 +207,11 @@ def doc_index(frame: pd.DataFrame, docs: pd.DataFrame) -> np.ndarray:
     items = [str(i) for i in dict.fromkeys(docs["item_id"])]
     n_para = int(docs["paraphrase"].max()) + 1 if len(docs) else 1
     table = np.full((len(names), n_para, len(items)), -1, dtype=np.int64)
-    table[_codes(docs["persona"], names), docs["paraphrase"].to_numpy(),
-          _codes(docs["item_id"], items)] = np.arange(len(docs))
+    table[
+        _codes(docs["persona"], names),
+        docs["paraphrase"].to_numpy(),
+        _codes(docs["item_id"], items),
+    ] = np.arange(len(docs))
     p, i = _codes(frame["persona"], names), _codes(frame["item_id"], items)
     j = frame["paraphrase"].to_numpy().astype(np.int64)
     ok = (p >= 0) & (i >= 0) & (j >= 0) & (j < n_para)
@@ -181,11 +220,13 @@ def doc_index(frame: pd.DataFrame, docs: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def doc_rows(doc_features: pd.DataFrame, docs: pd.DataFrame,
-             n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def doc_rows(
+    doc_features: pd.DataFrame, docs: pd.DataFrame, n_features: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(feature, document index, value) of every non-zero row, sorted by feature."""
-    _check_columns(doc_features, "doc_features",
-                   ("persona", "paraphrase", "item_id", "feature", "mean_act"))
+    _check_columns(
+        doc_features, "doc_features", ("persona", "paraphrase", "item_id", "feature", "mean_act")
+    )
     values = doc_features["mean_act"].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():

@@ -24,12 +24,13 @@ from shoggoth.index.labels.decompose import (
 )
 from shoggoth.index.labels.persona_space import Shifts, estimate
 from shoggoth.index.labels.stats import stratified_weights
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import has_table
 
 WEIGHTS = "sae_weights.safetensors"
 
 
-def read_shifts(con: Any, sae_id: str) -> pd.DataFrame:
+def read_shifts(con: Connection, sae_id: str) -> pd.DataFrame:
     """The harvest's document shifts (empty for a harvest made before they were stored)."""
     if not has_table(con, "document_shifts"):
         return pd.DataFrame()
@@ -186,7 +187,7 @@ def reference_persona(personas: pd.DataFrame, prompts: pd.DataFrame,
     return None
 
 
-def read_prompts(con: Any) -> pd.DataFrame:
+def read_prompts(con: Connection) -> pd.DataFrame:
     return con.execute("SELECT persona::VARCHAR AS persona, prompt FROM persona_prompts").df()
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -108,8 +109,7 @@ def _mean_cosine(rows_a: np.ndarray, rows_b: np.ndarray, same: bool) -> float:
     return float(c.mean())
 
 
-def space(shifts: Shifts, unit_means: np.ndarray,
-          reference: Space | None = None) -> Space:
+def space(shifts: Shifts, unit_means: np.ndarray, reference: Space | None = None) -> Space:
     """The persona space from `unit_means` [units, d] (each unit's mean shift over the items,
     or over one resample of them); `reference`: the point estimate, whose components' signs
     the resample's are aligned to."""
@@ -135,7 +135,7 @@ def space(shifts: Shifts, unit_means: np.ndarray,
     _, sing, vt = np.linalg.svd(centred, full_matrices=False)
     n_comp = min(N_COMPONENTS, len(main) - 1, vt.shape[0])
     comps = vt[:n_comp].copy()
-    var = sing[:n_comp] ** 2 / max(float((sing ** 2).sum()), 1e-300)
+    var = sing[:n_comp] ** 2 / max(float((sing**2).sum()), 1e-300)
     axis = v[shifts.axis] - m if shifts.axis is not None else None
     if reference is not None:  # signs follow the point estimate's components
         signs = np.sign(np.einsum("cd,cd->c", comps, reference.components[:n_comp]))
@@ -144,14 +144,22 @@ def space(shifts: Shifts, unit_means: np.ndarray,
         comps[0] *= -1
     scores = (v - m) @ comps.T
     m_norm = float(np.linalg.norm(m))
-    return Space(np.sqrt(norm2), common, control, within, null, scores, var, comps,
-                 _cos(p, m) if len(plain) else float("nan"),
-                 _cos(axis, comps[0]) if axis is not None and n_comp else float("nan"),
-                 _cos(axis, m) if axis is not None else float("nan"),
-                 float(np.linalg.norm(p)) / m_norm if len(plain) and m_norm else float("nan"),
-                 float(np.linalg.norm(axis)) / m_norm if axis is not None and m_norm
-                 else float("nan"),
-                 np.array([_cos(c, m) for c in comps]))
+    return Space(
+        np.sqrt(norm2),
+        common,
+        control,
+        within,
+        null,
+        scores,
+        var,
+        comps,
+        _cos(p, m) if len(plain) else float("nan"),
+        _cos(axis, comps[0]) if axis is not None and n_comp else float("nan"),
+        _cos(axis, m) if axis is not None else float("nan"),
+        float(np.linalg.norm(p)) / m_norm if len(plain) and m_norm else float("nan"),
+        float(np.linalg.norm(axis)) / m_norm if axis is not None and m_norm else float("nan"),
+        np.array([_cos(c, m) for c in comps]),
+    )
 
 
 def unit_means(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
@@ -160,7 +168,7 @@ def unit_means(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     present = ~np.isnan(x[..., 0])  # [units, items]
     w = present.astype(np.float64) if weights is None else present * weights[None, :]
     total = np.maximum(w.sum(axis=1), 1e-12)
-    return np.einsum("ui,uid->ud", w, np.nan_to_num(x)) / total[:, None]
+    return cast("np.ndarray", np.einsum("ui,uid->ud", w, np.nan_to_num(x)) / total[:, None])
 
 
 @dataclass(frozen=True)
@@ -177,16 +185,16 @@ class Estimate:
     """Items the estimate is made on."""
 
 
-INTERVALS = ("norm", "common_share", "control_share", "reproducibility", "scores",
-             "variance_share")
+INTERVALS = ("norm", "common_share", "control_share", "reproducibility", "scores", "variance_share")
 """The measures given item-bootstrap intervals."""
 
 
 def estimate(shifts: Shifts, weights: np.ndarray, confidence: float) -> Estimate:
     """The point estimate and item-bootstrap intervals (`weights` [items, B] multiplicities)."""
     point = space(shifts, unit_means(shifts.x, None))
-    boots = [space(shifts, unit_means(shifts.x, weights[:, b]), point)
-             for b in range(weights.shape[1])]
+    boots = [
+        space(shifts, unit_means(shifts.x, weights[:, b]), point) for b in range(weights.shape[1])
+    ]
     tail = (1 - confidence) / 2
     low, high = {}, {}
     for name in INTERVALS:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from shoggoth.index.labels.decompose import PARTS, PATTERN_PARTS, answer
 from shoggoth.index.labels.rules import LabelConfig
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import (
     has_table,
     if_table,
@@ -35,7 +36,7 @@ LEFT JOIN personas p ON p.persona::VARCHAR = f.top_persona
 WHERE f.sae_id = ?"""
 """Features' statistics with the label in force (manual over automatic) and the automatic one."""
 
-def labelled_features(con: Any, sae: str, feature: int | None = None) -> pd.DataFrame:
+def labelled_features(con: Connection, sae: str, feature: int | None = None) -> pd.DataFrame:
     """Every feature's (or one feature's) statistics and labels; empty before `label`."""
     if not has_table(con, "features"):
         return pd.DataFrame()
@@ -46,7 +47,7 @@ def labelled_features(con: Any, sae: str, feature: int | None = None) -> pd.Data
     return with_names(con, sae, con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae]).df(),
                       explained=True)
 
-def _label_run(con: Any, sae: str) -> dict[str, Any]:
+def _label_run(con: Connection, sae: str) -> dict[str, Any]:
     """The config saved by the label run whose labels are stored for `sae` ({} if none)."""
     if not has_table(con, "runs"):
         return {}
@@ -56,37 +57,37 @@ def _label_run(con: Any, sae: str) -> dict[str, Any]:
         [sae]).fetchone()
     return json.loads(row[0]).get("config", {}) if row else {}
 
-def label_thresholds(con: Any, sae: str) -> LabelConfig:
+def label_thresholds(con: Connection, sae: str) -> LabelConfig:
     """The thresholds of the label run whose labels are stored for `sae` (the defaults when
     no run recorded them)."""
     stored = _label_run(con, sae)
     names = {f.name for f in fields(LabelConfig)}
     return LabelConfig(**{k: v for k, v in stored.items() if k in names})
 
-def calibration(con: Any, sae: str) -> pd.DataFrame:
+def calibration(con: Connection, sae: str) -> pd.DataFrame:
     """The label run's calibration counts, one row per run and label (empty before `label`)."""
     return if_table(con, "calibration",
                      "SELECT run, description, n_live, label, n FROM calibration "
                      "WHERE sae_id = ? ORDER BY run, label", [sae])
 
-def label_fdr(con: Any, sae: str) -> pd.DataFrame:
+def label_fdr(con: Connection, sae: str) -> pd.DataFrame:
     """Per label: real count, mean count under prompt reassignment, count in the split run,
     and the estimated false-discovery rate (persona labels only; empty before `label`)."""
     return if_table(con, "label_fdr",
                      "SELECT label, n_real, n_null, n_split, fdr FROM label_fdr "
                      "WHERE sae_id = ?", [sae])
 
-def label_notes(con: Any, sae: str) -> list[str]:
+def label_notes(con: Connection, sae: str) -> list[str]:
     """What the last label run said its battery could not support."""
     return list(_label_run(con, sae).get("notes", []))
 
-def mask_features(con: Any, sae: str, persona: str, limit: int) -> pd.DataFrame:
+def mask_features(con: Connection, sae: str, persona: str, limit: int) -> pd.DataFrame:
     """A persona's own features (labels in force; see MASK_FEATURES_SQL), strongest first."""
     return with_names(con, sae, con.execute(MASK_FEATURES_SQL,
                                             [sae, persona, persona, limit]).df())
 
 
-def persona_signal(con: Any, sae_id: str) -> pd.DataFrame:
+def persona_signal(con: Connection, sae_id: str) -> pd.DataFrame:
     """persona_signal rows of an SAE (persona, n_docs, shift_norm, carried)."""
     return if_table(con, "persona_signal", "SELECT persona, n_docs, shift_norm, carried FROM "
                     "persona_signal WHERE sae_id = ? ORDER BY persona", [sae_id])

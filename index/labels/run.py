@@ -19,6 +19,7 @@ from shoggoth.index.labels.persona_decomposition import (
     read_shifts,
 )
 from shoggoth.index.labels.rules import LABELS, PERSONA_LABELS, LabelConfig, label_features
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import (
     WAIT,
     connect,
@@ -51,7 +52,7 @@ class LabelRunConfig(LabelConfig):
     """table (for reading) or json (for scripts)."""
 
 
-def _read(con: Any, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+def _read(con: Connection, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
                                            dict[str, str]]:
     # ENUM columns arrive as pandas categoricals: millions of rows, no Python strings.
     doc_features = con.execute(

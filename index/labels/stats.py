@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy import stats
@@ -28,8 +29,9 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
     return q
 
 
-def permutation_design(persona_of_prompt: np.ndarray, n_groups: int, n_perm: int,
-                       seed: int) -> np.ndarray:
+def permutation_design(
+    persona_of_prompt: np.ndarray, n_groups: int, n_perm: int, seed: int
+) -> np.ndarray:
     """[prompts, (1 + n_perm) * groups] one-hot persona assignment: the real one first, then
     n_perm random relabellings of the prompts (group sizes kept)."""
     rng = np.random.default_rng(seed)
@@ -41,8 +43,13 @@ def permutation_design(persona_of_prompt: np.ndarray, n_groups: int, n_perm: int
     return design
 
 
-def persona_test(m: np.ndarray, persona_of_prompt: np.ndarray, design: np.ndarray,
-                 log_floor: float, min_exceed: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def persona_test(
+    m: np.ndarray,
+    persona_of_prompt: np.ndarray,
+    design: np.ndarray,
+    log_floor: float,
+    min_exceed: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
     """(F statistic, p-value) per feature; m is [features, main prompts] of prompt means.
 
     y = log(m + c), c = log_floor × the feature's mean prompt mean. The between-persona sum of
@@ -61,8 +68,8 @@ def persona_test(m: np.ndarray, persona_of_prompt: np.ndarray, design: np.ndarra
     y = y - y.mean(axis=1, keepdims=True)
     sizes = np.bincount(persona_of_prompt, minlength=k).astype(np.float64)
     sums = (y.astype(np.float32) @ design).reshape(n_f, -1, k).astype(np.float64)
-    between = (sums ** 2 / sizes).sum(axis=2)  # [feature, 1 + n_perm]
-    total = (y ** 2).sum(axis=1)
+    between = (sums**2 / sizes).sum(axis=2)  # [feature, 1 + n_perm]
+    total = (y**2).sum(axis=1)
     obs = between[:, 0]
     tol = 1e-5 * np.maximum(total, 1e-12)
     exceed = (between[:, 1:] >= obs[:, None] - tol[:, None]).sum(axis=1)
@@ -95,12 +102,14 @@ class Contrast:
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0),
-                        np.where(num > 0, np.inf, np.nan))
+        return np.where(
+            den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, np.nan)
+        )
 
 
-def contrast(mu: np.ndarray, lo: np.ndarray, hi: np.ndarray, ratio: float,
-             max_size: int) -> Contrast:
+def contrast(
+    mu: np.ndarray, lo: np.ndarray, hi: np.ndarray, ratio: float, max_size: int
+) -> Contrast:
     """mu, lo, hi: [feature, main persona] mean, weakest prompt mean and best prompt mean.
 
     A set S of the top s personas stands apart when min_S mu >= ratio × max_rest mu and
@@ -124,9 +133,14 @@ def contrast(mu: np.ndarray, lo: np.ndarray, hi: np.ndarray, ratio: float,
     return Contrast(order, size, set_ratio, set_margin, top_ratio, top_margin)
 
 
-def equivalence(mu: np.ndarray, log_m: np.ndarray, persona_of_prompt: np.ndarray,
-                item_ests: np.ndarray | None, bound: float, confidence: float
-                ) -> tuple[np.ndarray, np.ndarray]:
+def equivalence(
+    mu: np.ndarray,
+    log_m: np.ndarray,
+    persona_of_prompt: np.ndarray,
+    item_ests: np.ndarray | None,
+    bound: float,
+    confidence: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """(upper bound of max_k mean_k / mean of the others, power) per feature.
 
     mu: [feature, persona] persona means (> 0); log_m: [feature, prompt] log prompt means.
@@ -145,7 +159,7 @@ def equivalence(mu: np.ndarray, log_m: np.ndarray, persona_of_prompt: np.ndarray
     sums = np.zeros((n_f, k))
     np.add.at(sums.T, persona_of_prompt, log_m.T)
     resid = log_m - (sums / sizes)[:, persona_of_prompt]
-    s2 = (resid ** 2).sum(axis=1) / (n - k)
+    s2 = (resid**2).sum(axis=1) / (n - k)
     inv = 1.0 / sizes
     var = s2[:, None] * (inv + (inv.sum() - inv) / (k - 1) ** 2)
     rest = (mu.sum(axis=1, keepdims=True) - mu) / (k - 1)
@@ -176,7 +190,7 @@ def item_bootstrap(a: np.ndarray, present: np.ndarray, weights: np.ndarray) -> n
     k = mu.shape[1]
     rest = (mu.sum(axis=1, keepdims=True) - mu) / (k - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(mu) - np.log(rest)
+        return cast("np.ndarray", np.log(mu) - np.log(rest))
 
 
 def stratified_weights(topic_of_item: np.ndarray, n_boot: int, seed: int) -> np.ndarray:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from shoggoth.core.config import config_metadata
+from shoggoth.core.config import Config, config_metadata
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import WAIT, connect, record_run, replace_rows, transaction
 
 LAYER_PROBE_COLUMNS = """
@@ -18,12 +18,12 @@ LAYER_PROBE_COLUMNS = """
     probe_on_error DOUBLE, is_sae_layer BOOLEAN NOT NULL, PRIMARY KEY (sae_id, layer)"""
 
 
-def create_probe_tables(con: Any) -> None:
+def create_probe_tables(con: Connection) -> None:
     """The table `shoggoth layers` writes (if missing)."""
     con.execute(f"CREATE TABLE IF NOT EXISTS layer_probe ({LAYER_PROBE_COLUMNS})")
 
 
-def write_layer_probe(db: Path, sae_id: str, table: pd.DataFrame, config: Any) -> None:
+def write_layer_probe(db: Path, sae_id: str, table: pd.DataFrame, config: Config) -> None:
     """Replace this SAE's layer_probe rows, with a `runs` record, in one transaction."""
     con = connect(db, wait=WAIT)
     try:

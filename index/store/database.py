@@ -22,13 +22,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import duckdb
 
 from shoggoth.core.errors import BadInput, first_line, interrupts_deferred, is_interrupt
 from shoggoth.core.names import check_sae_id, shown_name
 from shoggoth.core.versions import library_versions
+from shoggoth.index.store.connection import Connection, one_row
 from shoggoth.index.store.schema import (
     BLOCK_SIZE,
     KNOWN_TABLES,
@@ -36,6 +37,14 @@ from shoggoth.index.store.schema import (
     battery_rows,
     define_own_views,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+Frame: TypeAlias = "pd.DataFrame | pa.Table"
+"""Rows to insert: a pandas frame or an Arrow table."""
+
 
 
 def faiss_dir(db: Path) -> Path:
@@ -70,7 +79,7 @@ LOCKED = {"lock_configuration": True}
 
 def connect(path: Path, *, read_only: bool = False, what: str = "--db",
             config: dict[str, Any] | None = None, wait: float = 0.0,
-            folders: Sequence[Path] = (), files: Sequence[Path] = ()) -> Any:
+            folders: Sequence[Path] = (), files: Sequence[Path] = ()) -> Connection:
     """The one way shoggoth opens a database: a sandboxed DuckDB connection (`SANDBOX`, plus
     `config`'s extra settings) to an existing or new file. `folders`, `files`: what DuckDB
     itself may read and write besides the database, e.g. an export's folder or a file to
@@ -99,7 +108,7 @@ def connect(path: Path, *, read_only: bool = False, what: str = "--db",
 
 
 def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | None,
-             folders: Sequence[Path], files: Sequence[Path]) -> Any:
+             folders: Sequence[Path], files: Sequence[Path]) -> Connection:
     settings = {"default_block_size": str(BLOCK_SIZE), **SANDBOX, **(config or {})}
     late = {k: settings.pop(k) for k in ("enable_external_access", "lock_configuration")
             if k in settings}
@@ -336,7 +345,7 @@ def replace_unless_changed(partial: Path, db: Path, copied: tuple[Any, ...],
 
 
 @contextmanager
-def transaction(con: Any) -> Iterator[None]:
+def transaction(con: Connection) -> Iterator[None]:
     """BEGIN … COMMIT, rolled back on any error or Ctrl-C. Ctrl-C during the work surfaces as
     DuckDB's "Query interrupted" error, which becomes KeyboardInterrupt here (exit 130, not a
     traceback); during COMMIT it is held until the commit is done."""
@@ -358,7 +367,7 @@ def transaction(con: Any) -> Iterator[None]:
         raise
 
 
-def record_run(con: Any, command: str, sae_id: str, config: dict[str, Any]) -> None:
+def record_run(con: Connection, command: str, sae_id: str, config: dict[str, Any]) -> None:
     """A finished `runs` row for a command that rewrote one SAE's derived tables: its config
     (with anything else worth keeping, e.g. notes) and the library versions."""
     con.execute(f"INSERT INTO runs VALUES (?, '{command}', ?, ?, now(), now(), 'finished')",
@@ -367,7 +376,7 @@ def record_run(con: Any, command: str, sae_id: str, config: dict[str, Any]) -> N
                  json.dumps(library_versions())])
 
 
-def replace_rows(con: Any, table: str, sae_id: str, frame: Any,
+def replace_rows(con: Connection, table: str, sae_id: str, frame: Frame,
                  key: dict[str, Any] | None = None) -> None:
     """Replace one SAE's rows of `table` (only those matching `key` too, column → value) with
     `frame` (columns matched by name)."""
@@ -383,7 +392,8 @@ def replace_rows(con: Any, table: str, sae_id: str, frame: Any,
             pass
 
 
-def insert_frame(con: Any, table: str, frame: Any, head: list[Any] | None = None) -> None:
+def insert_frame(con: Connection, table: str, frame: Frame, head: list[Any] | None = None
+) -> None:
     """INSERT INTO `table` the rows of a pandas or Arrow frame, after the constant columns
     `head` (given as parameters); the frame's columns follow the table's order."""
     marks = "?, " * len(head or [])
@@ -400,14 +410,14 @@ def remove(path: Path) -> None:
     Path(f"{path}.wal").unlink(missing_ok=True)
 
 
-def tables(con: Any, catalog: str | None = None) -> set[str]:
+def tables(con: Connection, catalog: str | None = None) -> set[str]:
     """Names of the tables in a connection's (or an attached catalog's) main schema."""
     return {r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = "
         "coalesce(?, current_database()) AND schema_name = 'main'", [catalog]).fetchall()}
 
 
-def require_shoggoth(con: Any, path: Path, what: str = "--db",
+def require_shoggoth(con: Connection, path: Path, what: str = "--db",
                      catalog: str | None = None) -> None:
     """BadInput unless the database holds the contract tables (an empty file is allowed)."""
     found = tables(con, catalog)
@@ -460,7 +470,7 @@ def check_column_types(con: duckdb.DuckDBPyConnection, path: Path, what: str = "
                                "database is damaged")
 
 
-def check_same_battery(con: Any, path: Path, other: dict[str, list[tuple[Any, ...]]],
+def check_same_battery(con: Connection, path: Path, other: dict[str, list[tuple[Any, ...]]],
                        catalog: str | None = None, what: str = "--db") -> None:
     """BadInput when the database holds a different persona battery than `other` (rows as
     `battery_rows` gives them)."""
@@ -471,7 +481,7 @@ def check_same_battery(con: Any, path: Path, other: dict[str, list[tuple[Any, ..
                            "or another database")
 
 
-def harvested(con: Any, sae_id: str, catalog: str | None = None) -> dict[str, Any] | None:
+def harvested(con: Connection, sae_id: str, catalog: str | None = None) -> dict[str, Any] | None:
     """The finished run that harvested `sae_id` into this database: its config and run_id."""
     prefix = f"{catalog}." if catalog else ""
     if "saes" not in tables(con, catalog):
@@ -484,16 +494,16 @@ def harvested(con: Any, sae_id: str, catalog: str | None = None) -> dict[str, An
     return {"run_id": row[0], "config": json.loads(row[1])}
 
 
-def storage(con: Any, path: Path) -> dict[str, float]:
+def storage(con: Connection, path: Path) -> dict[str, float]:
     """Bytes on disk: the whole file, and the blocks holding the activations table."""
-    block = con.execute("SELECT block_size FROM pragma_database_size() "
-                        "WHERE database_name = current_database()").fetchone()[0]
-    blocks = con.execute("SELECT count(DISTINCT block_id) FROM pragma_storage_info('activations') "
-                         "WHERE block_id >= 0").fetchone()[0]
+    block = one_row(con, "SELECT block_size FROM pragma_database_size() "
+                        "WHERE database_name = current_database()")[0]
+    blocks = one_row(con, "SELECT count(DISTINCT block_id) FROM pragma_storage_info('activations') "
+                         "WHERE block_id >= 0")[0]
     return {"file_bytes": path.stat().st_size, "activations_bytes": blocks * block}
 
 
-def choose_sae(con: Any, path: Path, sae: str | None) -> tuple[str, dict[str, Any]]:
+def choose_sae(con: Connection, path: Path, sae: str | None) -> tuple[str, dict[str, Any]]:
     """The SAE a command works on (`--sae`, or the only one) and its `saes` row."""
     if not tables(con):
         raise BadInput(f"--db {path}: not a shoggoth database (it is empty)")

@@ -5,8 +5,7 @@ so `label` (which rewrites features) and `effects` (which rewrites feature_effec
 
 from __future__ import annotations
 
-from typing import Any
-
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import tables
 from shoggoth.index.store.schema import add_feature_columns
 
@@ -34,7 +33,7 @@ WHERE f.sae_id = $sae AND f.feature = b.feature
 
 
 
-def refresh_causal(con: Any, sae_id: str) -> None:
+def refresh_causal(con: Connection, sae_id: str) -> None:
     """Fill the features table's causal summary of one SAE from feature_effects (inside the
     caller's transaction; nothing to do before both tables exist)."""
     have = tables(con)

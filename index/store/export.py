@@ -39,6 +39,7 @@ from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.names import identifier, shown_name
 from shoggoth.core.outputs import is_duckdb_file, refuse_output_over
 from shoggoth.index.store import delphi, neuronpedia, neuronpedia_upload
+from shoggoth.index.store.connection import Connection, one_row
 from shoggoth.index.store.database import WAIT, connect, remove, require_shoggoth, tables
 from shoggoth.index.store.neuronpedia import DEFAULT_CREATOR as NEURONPEDIA_CREATOR
 from shoggoth.index.store.schema import (
@@ -279,7 +280,7 @@ def read_manifest(folder: Path, flag: str = "--parquet") -> Manifest:
                     dict(rows))
 
 
-def _columns(con: Any, table: str) -> list[str]:
+def _columns(con: Connection, table: str) -> list[str]:
     return [r[0] for r in con.execute(
         "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
         "AND database_name = current_database() ORDER BY column_index", [table]).fetchall()]
@@ -301,7 +302,7 @@ def exported_types(con: duckdb.DuckDBPyConnection, table: str,
             con.execute(f"DESCRIBE SELECT {_select(table, columns)} FROM {name}").fetchall()]
 
 
-def copy_table(con: Any, table: str, columns: list[str], rows: int, folder: Path,
+def copy_table(con: Connection, table: str, columns: list[str], rows: int, folder: Path,
                row_group: int) -> None:
     """One table (its `columns`, `rows` rows) to Parquet under `folder`, partitioned and sorted
     when it is a bulk table; the partition columns are also written into the files, so a
@@ -316,7 +317,7 @@ def copy_table(con: Any, table: str, columns: list[str], rows: int, folder: Path
     elif table in PARTITIONED:
         parts, order = PARTITIONED[table]
         # A partitioned write keeps the sorted order within each file only on one thread.
-        threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+        threads = one_row(con, "SELECT current_setting('threads')")[0]
         con.execute("SET threads = 1")
         try:
             con.execute(f"COPY (SELECT {select} FROM {name} ORDER BY {', '.join(parts)}, "
@@ -546,7 +547,7 @@ def build_parquet(cfg: ExportConfig, db: Path, built: Path) -> Manifest:
         built.mkdir()
         rows: dict[str, int] = {}
         for table in names:
-            rows[table] = int(con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+            rows[table] = int(one_row(con, f'SELECT count(*) FROM "{table}"')[0])
             copy_table(con, table, columns[table], rows[table], built, cfg.row_group_size)
         manifest = Manifest(str(db.resolve()), datetime.now(UTC).isoformat(), columns, rows)
         write_json_atomic(built / MANIFEST, manifest.as_json())

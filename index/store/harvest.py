@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from shoggoth.battery.personas import Item, Persona
 from shoggoth.core.errors import BadInput
+from shoggoth.index.store.connection import Connection, one_row
 from shoggoth.index.store.database import (
     WAIT,
     check_same_battery,
@@ -74,7 +75,7 @@ def already_done(db: Path, partial: Path, sae_id: str, done: dict[str, Any] | No
 
 class PartialStore:
     """The partial database of one harvest: written one batch per transaction."""
-    def __init__(self, path: Path, con: Any) -> None:
+    def __init__(self, path: Path, con: Connection) -> None:
         self.path = path
         self.con = con
         self.run_ids: dict[str, str] = {}
@@ -88,7 +89,7 @@ class PartialStore:
         if row is None:
             return None
         self.run_ids[sae_id] = row[0]
-        docs = self.con.execute("SELECT count(*) FROM documents").fetchone()[0]
+        docs = one_row(self.con, "SELECT count(*) FROM documents")[0]
         return {"identity": json.loads(row[1])["identity"], "value_decimals": row[2],
                 "prefix_cache": row[3], "documents": docs}
 
@@ -202,13 +203,13 @@ def summary(db: Path, sae_id: str, seconds: float) -> dict[str, Any]:
     """Counts and sizes for the end-of-run report."""
     con = connect(db, read_only=True, wait=WAIT)
     try:
-        docs, tokens = con.execute("SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents "
-                                   "WHERE sae_id = ?", [sae_id]).fetchone()
-        acts = con.execute("SELECT count(*) FROM activations WHERE sae_id = ?",
-                           [sae_id]).fetchone()[0]
-        all_acts, all_tokens = con.execute(
+        docs, tokens = one_row(con, "SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents "
+                                   "WHERE sae_id = ?", [sae_id])
+        acts = one_row(con, "SELECT count(*) FROM activations WHERE sae_id = ?",
+                           [sae_id])[0]
+        all_acts, all_tokens = one_row(con,
             "SELECT (SELECT count(*) FROM activations), "
-            "(SELECT coalesce(sum(n_tokens), 0) FROM documents)").fetchone()
+            "(SELECT coalesce(sum(n_tokens), 0) FROM documents)")
         sizes = storage(con, db)
     finally:
         con.close()

@@ -21,6 +21,7 @@ from shoggoth.battery.units import parse_shard
 from shoggoth.core.config import Config, config_metadata, option
 from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.names import check_sae_id, identifier, shown_name
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import (
     check_saes_row,
     check_same_battery,
@@ -67,19 +68,22 @@ class Holding:
     identity: dict[str, Any]
 
 
-def _holdings(con: Any, path: Path, catalog: str) -> list[Holding]:
+def _holdings(con: Connection, path: Path, catalog: str) -> list[Holding]:
     out = []
     cols = [d[0] for d in con.execute(f"SELECT * FROM {catalog}.saes LIMIT 0").description]
     unknown = [c for c in cols if c not in SAES_COLUMNS]
     if unknown:  # (names from another file never reach a statement unless they are ours)
-        raise BadInput(f"input {path}: its saes table has a column shoggoth does not know "
-                       f"('{shown_name(unknown[0])}')")
+        raise BadInput(
+            f"input {path}: its saes table has a column shoggoth does not know "
+            f"('{shown_name(unknown[0])}')"
+        )
     for row in con.execute(f"SELECT * FROM {catalog}.saes").fetchall():
         sae = dict(zip(cols, row, strict=True))
         check_sae_id(sae["sae_id"], f"input {path}")
         check_saes_row(sae, path)
-        run = con.execute(f"SELECT status, config_json FROM {catalog}.runs WHERE run_id = ?",
-                          [sae["run_id"]]).fetchone()
+        run = con.execute(
+            f"SELECT status, config_json FROM {catalog}.runs WHERE run_id = ?", [sae["run_id"]]
+        ).fetchone()
         if run is None or run[0] != "finished":
             raise BadInput(f"{path}: its harvest of '{sae['sae_id']}' did not finish")
         out.append(Holding(path, catalog, sae, json.loads(run[1])["identity"]))
@@ -92,26 +96,34 @@ def _check_group(sae_id: str, group: list[Holding]) -> None:
     if len(group) == 1 and shards[0] is None:
         return
     if None in shards:
-        raise BadInput(f"SAE '{sae_id}': is in more than one input ({group[0].path}, "
-                       f"{group[1].path}); merge the shards of one harvest, or databases "
-                       "holding different SAEs")
+        raise BadInput(
+            f"SAE '{sae_id}': is in more than one input ({group[0].path}, "
+            f"{group[1].path}); merge the shards of one harvest, or databases "
+            "holding different SAEs"
+        )
     parsed = [parse_shard(s) for s in shards]
     n = {total for _, total in parsed}
     got = sorted(i for i, _ in parsed)
     if len(n) != 1 or got != list(range(n.pop())):
-        raise BadInput(f"SAE '{sae_id}': the shards given are {', '.join(sorted(shards))}; "
-                       "give each shard I/N of one harvest exactly once")
+        raise BadInput(
+            f"SAE '{sae_id}': the shards given are {', '.join(sorted(shards))}; "
+            "give each shard I/N of one harvest exactly once"
+        )
     base = {k: v for k, v in group[0].identity.items() if k != "shard"}
     keep = ("run_id", "path")
     for h in group[1:]:
         other = {k: v for k, v in h.identity.items() if k != "shard"}
         same_sae = all(h.sae_row[k] == group[0].sae_row[k] for k in h.sae_row if k not in keep)
         if other != base or not same_sae:
-            raise BadInput(f"{h.path}: its shard of '{sae_id}' was harvested with other settings "
-                           f"than {group[0].path}")
+            raise BadInput(
+                f"{h.path}: its shard of '{sae_id}' was harvested with other settings "
+                f"than {group[0].path}"
+            )
 
 
-def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] | None) -> None:
+def _copy(
+    con: Connection, groups: dict[str, list[Holding]], merge_run: dict[str, Any] | None
+) -> None:
     """Insert every input's rows; sharded SAEs get one saes row pointing at a merge run (none
     when `merge_run` is None: rows are copied as they are)."""
     catalogs = sorted({h.catalog for g in groups.values() for h in g})
@@ -123,15 +135,26 @@ def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] 
         if merge_run is not None and group[0].identity.get("shard") is not None:
             run_id = uuid.uuid4().hex[:12]
             identity = {**group[0].identity, "shard": None}
-            con.execute("INSERT INTO runs VALUES (?, 'merge', ?, ?, now(), now(), 'finished')", [
-                run_id, json.dumps({"identity": identity, "config": merge_run,
-                                    "shard_runs": [h.sae_row["run_id"] for h in group]}),
-                json.dumps({}),
-            ])
+            con.execute(
+                "INSERT INTO runs VALUES (?, 'merge', ?, ?, now(), now(), 'finished')",
+                [
+                    run_id,
+                    json.dumps(
+                        {
+                            "identity": identity,
+                            "config": merge_run,
+                            "shard_runs": [h.sae_row["run_id"] for h in group],
+                        }
+                    ),
+                    json.dumps({}),
+                ],
+            )
             row["run_id"] = run_id
         cols = [identifier(c, f"{group[0].path}: a column of saes") for c in row]
-        con.execute(f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    list(row.values()))
+        con.execute(
+            f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            list(row.values()),
+        )
     for table in HARVEST_TABLES:
         # (older files lack some)
         holding = [c for c in catalogs if catalog_has_table(con, c, table)]
@@ -139,8 +162,9 @@ def _copy(con: Any, groups: dict[str, list[Holding]], merge_run: dict[str, Any] 
             continue
         union = " UNION ALL ".join(f"SELECT * FROM {c}.{table}" for c in holding)
         distinct = "DISTINCT " if table == "tokens" else ""  # every shard stores every item
-        con.execute(f"INSERT INTO {table} SELECT {distinct}* FROM ({union}) "
-                    f"ORDER BY {ORDER[table]}")
+        con.execute(
+            f"INSERT INTO {table} SELECT {distinct}* FROM ({union}) ORDER BY {ORDER[table]}"
+        )
 
 
 def merge(cfg: MergeConfig, *, as_is: bool = False) -> dict[str, Any]:
@@ -207,8 +231,9 @@ def _build(cfg: MergeConfig, as_is: bool) -> dict[str, list[Holding]]:
                     create_schema(con, *read_battery(con, f"merge_input_0_{run}"))
                 _copy(con, groups, None if as_is else config_metadata(cfg))
         except duckdb.Error as e:  # a damaged input whose tables do not match the contract
-            raise BadInput(f"inputs: their rows do not fit the database ({first_line(e)}); "
-                           "nothing was merged") from None
+            raise BadInput(
+                f"inputs: their rows do not fit the database ({first_line(e)}); nothing was merged"
+            ) from None
         con.execute("CHECKPOINT")
         con.close()
         if copied is None:

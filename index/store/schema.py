@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 
 from shoggoth.battery.personas import Item, Persona
+from shoggoth.index.store.connection import Connection
 
 # 64 KiB blocks: the activations table's compressed column segments fill them with less slack
 # than DuckDB's default 256 KiB (3.8 vs 4.4 bytes per activation, measured on MiniLM).
@@ -221,7 +222,7 @@ GRID_TABLES: dict[str, str] = {
 created when first needed."""
 
 
-def create_grid_tables(con: Any) -> None:
+def create_grid_tables(con: Connection) -> None:
     """The tables of the context × content grid (if missing)."""
     for table, columns in GRID_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
@@ -245,7 +246,7 @@ ORDER BY kind <> 'top', bin_lo DESC NULLS FIRST, rank
 examples first, then the intervals from the highest down."""
 
 
-def create_index_tables(con: Any) -> None:
+def create_index_tables(con: Connection) -> None:
     """The tables `shoggoth index` writes, and the example_contexts macro (if missing)."""
     con.execute("ALTER TABLE saes ADD COLUMN IF NOT EXISTS logit_effects VARCHAR")
     for table, columns in INDEX_TABLES.items():
@@ -335,7 +336,7 @@ LEFT JOIN (SELECT sae_id, feature, arg_max(label, created_at) AS label,
 """
 
 
-def stale_label_tables(con: Any) -> list[str]:
+def stale_label_tables(con: Connection) -> list[str]:
     """Label tables written by an older labeller (they lack a column today's has): derived
     data from a method that no longer exists."""
     stale = []
@@ -361,7 +362,7 @@ def _column_names(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
         "AND table_schema = current_schema()", [table]).fetchall()}
 
 
-def create_label_tables(con: Any) -> None:
+def create_label_tables(con: Connection) -> None:
     """The tables `shoggoth label` writes, and the feature_labels view (if missing). Stale
     label tables (`stale_label_tables`) are replaced; the annotations are kept."""
     for table in stale_label_tables(con):
@@ -374,7 +375,7 @@ def create_label_tables(con: Any) -> None:
     create_names_view(con)
 
 
-def add_feature_columns(con: Any) -> None:
+def add_feature_columns(con: Connection) -> None:
     """Columns a features table written before they existed lacks (control_margin, the causal
     summary)."""
     for column, kind in (("control_margin", "DOUBLE"), ("rest_ratio", "DOUBLE"),
@@ -403,7 +404,7 @@ CONTRACT_COLUMNS = (("saes", "kind", "VARCHAR"), ("saes", "reference", "VARCHAR"
 imported from sae-lens)."""
 
 
-def upgrade_contract(con: Any) -> None:
+def upgrade_contract(con: Connection) -> None:
     """Add to a database written by an earlier version the contract columns and harvest tables
     it lacks (its rows keep NULL / no rows there)."""
     for table, column, kind in CONTRACT_COLUMNS:
@@ -424,7 +425,7 @@ def quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def create_schema(con: Any, personas: Sequence[Persona], items: Sequence[Item]) -> None:
+def create_schema(con: Connection, personas: Sequence[Persona], items: Sequence[Item]) -> None:
     """Create the ENUM types, every contract table, and fill the battery tables."""
     names = ", ".join(quote(p.name) for p in personas)
     ids = ", ".join(quote(i.item_id) for i in items)
@@ -446,7 +447,7 @@ def create_schema(con: Any, personas: Sequence[Persona], items: Sequence[Item]) 
     )
 
 
-def battery_rows(con: Any, catalog: str | None = None) -> dict[str, list[tuple[Any, ...]]]:
+def battery_rows(con: Connection, catalog: str | None = None) -> dict[str, list[tuple[Any, ...]]]:
     """The battery tables' rows as sorted text tuples (for comparing batteries)."""
     prefix = f"{catalog}." if catalog else ""
     return {
@@ -466,7 +467,7 @@ def battery_of(personas: Sequence[Persona], items: Sequence[Item]) -> dict[str, 
     return {t: sorted(r, key=repr) for t, r in rows.items()}
 
 
-def read_battery(con: Any, catalog: str | None = None) -> tuple[list[Persona], list[Item]]:
+def read_battery(con: Connection, catalog: str | None = None) -> tuple[list[Persona], list[Item]]:
     """The battery stored in a database, personas and items in their ENUM order."""
     prefix = f"{catalog}." if catalog else ""
     prompts: dict[str, list[str]] = {}

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import duckdb
 import pyarrow.parquet as pq
@@ -26,12 +26,12 @@ from shoggoth.core.atomic import write_atomic
 from shoggoth.core.config import TIMEOUT, Config, option
 from shoggoth.core.errors import BadInput, first_line, is_interrupt
 from shoggoth.core.outputs import refuse_output_over
+from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import LOCKED, connect, tables
 from shoggoth.index.store.export import MANIFEST, read_manifest, view_sql
 from shoggoth.index.store.schema import define_own_views
 
-MEMORY = re.compile(r"(\d{1,20}(?:\.\d{1,20})?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)",
-                    re.IGNORECASE)
+MEMORY = re.compile(r"(\d{1,20}(?:\.\d{1,20})?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 DEFAULT_MEMORY_LIMIT = "4GB"
 """Well below the 24 GB of the machines this is built on; DuckDB spills what does not fit."""
 
@@ -79,8 +79,12 @@ class SqlConfig(Config):
         size_bytes(self.memory_limit)  # BadInput unless a size a machine could have
 
 
-def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_LIMIT,
-              parquet: Path | None = None) -> Any:
+def sandboxed(
+    db: Path,
+    write: bool = False,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    parquet: Path | None = None,
+) -> Any:
     """A connection that can read (or with `write`, modify) `db` and nothing else, within
     `memory_limit`. A views database from `shoggoth export` may also read its export folder
     (DuckDB's allowed_directories), and its views are defined again, for this connection, from
@@ -100,8 +104,12 @@ def sandboxed(db: Path, write: bool = False, memory_limit: str = DEFAULT_MEMORY_
             folder = export_folder(probe, db, None)
         finally:
             probe.close()
-    con = connect(db, read_only=not write, config=sandbox(memory_limit.strip()),
-                  folders=[] if folder is None else [folder])
+    con = connect(
+        db,
+        read_only=not write,
+        config=sandbox(memory_limit.strip()),
+        folders=[] if folder is None else [folder],
+    )
     try:
         if folder is not None and tables(con) == {"export_info"}:
             define_export_views(con, folder)
@@ -125,7 +133,7 @@ def define_export_views(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
     define_own_views(con, defined)
 
 
-def export_folder(con: Any, db: Path, parquet: Path | None) -> Path | None:
+def export_folder(con: Connection, db: Path, parquet: Path | None) -> Path | None:
     """The export folder a views database may read: `parquet` when given, else the views
     database's own folder when it is an export (its manifest beside it); None otherwise."""
     if "export_info" not in tables(con):
@@ -136,8 +144,9 @@ def export_folder(con: Any, db: Path, parquet: Path | None) -> Path | None:
     return here if (here / MANIFEST).is_file() else None
 
 
-def run_sql(cfg: SqlConfig, on_stuck: Callable[[str], None] | None = None
-            ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+def run_sql(
+    cfg: SqlConfig, on_stuck: Callable[[str], None] | None = None
+) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     """Run the query; returns (columns, rows, arrow table or None) of the last statement.
     `on_stuck`: see `execute`."""
     sql = " ".join(cfg.query).strip()
@@ -163,9 +172,11 @@ def size_bytes(size: str) -> int:
     whole, _, fraction = number.partition(".")
     count = int(whole + fraction) * scale**power // 10 ** len(fraction)
     if count > 10**15:
-        raise BadInput(f"--memory-limit {shown}: more than 1PB, more memory than a machine "
-                       "addresses; give a size such as 2GB or 500MB")
-    return count
+        raise BadInput(
+            f"--memory-limit {shown}: more than 1PB, more memory than a machine "
+            "addresses; give a size such as 2GB or 500MB"
+        )
+    return cast("int", count)
 
 
 ADDRESS_SPACE_SLACK = 2 << 30
@@ -177,8 +188,11 @@ def bound_address_space(memory_limit: str) -> None:
     manager, not every allocation (a list built in one piece grew to 16 GB under a 300 MB cap),
     and an allocation over this one fails, as one line, instead of exhausting the machine. For
     the `sql` program only: it limits the whole process."""
-    used = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-                if line.startswith("VmSize:"))
+    used = next(
+        int(line.split()[1]) * 1024
+        for line in open("/proc/self/status")
+        if line.startswith("VmSize:")
+    )
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     cap = used + 2 * size_bytes(memory_limit) + ADDRESS_SPACE_SLACK
     if hard != resource.RLIM_INFINITY:
@@ -190,10 +204,14 @@ STUCK_GRACE = 3.0
 """Seconds a query may take to honour an interrupt before `on_stuck` is called."""
 
 
-def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it",
-            timeout: float = 0.0, cancelled: Callable[[], bool] | None = None,
-            on_stuck: Callable[[str], None] | None = None
-            ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+def execute(
+    con: Connection,
+    sql: str,
+    read_only_hint: str = "pass --write to modify it",
+    timeout: float = 0.0,
+    cancelled: Callable[[], bool] | None = None,
+    on_stuck: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     """Run `sql` on a sandboxed connection; (columns, rows, arrow table or None) of the last
     statement, every DuckDB error as one BadInput line (a write on a read-only connection
     ends with `read_only_hint`).
@@ -244,17 +262,29 @@ def execute(con: Any, sql: str, read_only_hint: str = "pass --write to modify it
                 on_stuck("interrupt")
         raise
     if timed_out:
-        raise BadInput(f"sql: stopped after {timeout:g} s (--timeout); narrow the query or "
-                       "raise --timeout")
+        raise BadInput(
+            f"sql: stopped after {timeout:g} s (--timeout); narrow the query or raise --timeout"
+        )
     if gone:
         raise BadInput("sql: cancelled (whoever asked for it has gone)")
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["result"]
+    return cast("tuple[list[str], list[tuple[Any, ...]], Any]", outcome["result"])
 
 
-FILE_STATEMENTS = frozenset({"COPY", "COPY_DATABASE", "EXPORT", "ATTACH", "DETACH", "LOAD",
-                             "EXTENSION", "SET", "VARIABLE_SET"})
+FILE_STATEMENTS = frozenset(
+    {
+        "COPY",
+        "COPY_DATABASE",
+        "EXPORT",
+        "ATTACH",
+        "DETACH",
+        "LOAD",
+        "EXTENSION",
+        "SET",
+        "VARIABLE_SET",
+    }
+)
 """Statement types that touch files or settings: refused before they run (DuckDB's sandbox
 refuses them too, except a COPY into a folder a views database may read, which it allows)."""
 
@@ -268,12 +298,15 @@ def refuse_file_statements(sql: str) -> None:
     for statement in statements:
         kind = statement.type.name
         if kind in FILE_STATEMENTS:
-            raise BadInput(f"sql: refused, shoggoth sql cannot touch files, the network, "
-                           f"extensions or settings (a {kind} statement)")
+            raise BadInput(
+                f"sql: refused, shoggoth sql cannot touch files, the network, "
+                f"extensions or settings (a {kind} statement)"
+            )
 
 
-def _execute(con: Any, sql: str, read_only_hint: str
-             ) -> tuple[list[str], list[tuple[Any, ...]], Any]:
+def _execute(
+    con: Connection, sql: str, read_only_hint: str
+) -> tuple[list[str], list[tuple[Any, ...]], Any]:
     refuse_file_statements(sql)
     try:
         result = con.execute(sql)
@@ -282,25 +315,31 @@ def _execute(con: Any, sql: str, read_only_hint: str
         if result.description is None:
             return [], [], None
         table = result.to_arrow_table()
+        if table is None:
+            return [], [], None
         return table.column_names, [tuple(r.values()) for r in table.to_pylist()], table
     except duckdb.PermissionException as e:
-        raise BadInput(f"sql: refused, shoggoth sql cannot touch files, the network or "
-                       f"extensions ({first_line(e)})") from None
+        raise BadInput(
+            f"sql: refused, shoggoth sql cannot touch files, the network or "
+            f"extensions ({first_line(e)})"
+        ) from None
     except duckdb.InvalidInputException as e:
         if "read-only" in str(e) or "read only" in str(e):
             raise BadInput(f"sql: the database is opened read-only; {read_only_hint}") from None
         raise BadInput(f"sql: {first_line(e)}") from None
     except duckdb.OutOfMemoryException as e:
-        raise BadInput(f"sql: the query needs more memory than --memory-limit allows "
-                       f"({first_line(e)})") from None
+        raise BadInput(
+            f"sql: the query needs more memory than --memory-limit allows ({first_line(e)})"
+        ) from None
     except duckdb.Error as e:
         if is_interrupt(e):
             raise KeyboardInterrupt from None
         raise BadInput(f"sql: {first_line(e)}") from None
 
 
-def write_output(cfg: SqlConfig, columns: list[str], rows: list[tuple[Any, ...]],
-                 table: Any) -> None:
+def write_output(
+    cfg: SqlConfig, columns: list[str], rows: list[tuple[Any, ...]], table: Any
+) -> None:
     """Print or write the result in the requested format."""
     if cfg.format == "table" and cfg.out is None:
         from rich.console import Console
@@ -320,6 +359,7 @@ def write_output(cfg: SqlConfig, columns: list[str], rows: list[tuple[Any, ...]]
     if cfg.out is None:
         _write_text(sys.stdout, cfg.format, columns, rows)
         return
+
     def write(tmp: str) -> None:
         if cfg.format == "parquet":
             pq.write_table(table, tmp)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from shoggoth.core.errors import BadInput
+from shoggoth.index.store.connection import Connection, one_row
 from shoggoth.index.store.database import WAIT, connect, require_shoggoth, tables
 from shoggoth.index.store.read import kind_column
 from shoggoth.index.store.schema import battery_rows, stale_label_tables
@@ -39,15 +40,15 @@ class Status:
     """`shoggoth explain` has written explanations."""
 
 
-def _rows(con: object, sae_id: str, table: str, names: set[str]) -> int:
+def _rows(con: Connection, sae_id: str, table: str, names: set[str]) -> int:
     if table not in names:
         return 0
-    return con.execute(f"SELECT count(*) FROM {table} WHERE sae_id = ?",  # type: ignore[attr-defined]
-                       [sae_id]).fetchone()[0]
+    return int(one_row(con, f"SELECT count(*) FROM {table} WHERE sae_id = ?", [sae_id])[0])
 
 
-def sae_status(db: Path, weights_sha256: str,
-               battery: dict[str, list[tuple]] | None = None) -> Status:
+def sae_status(
+    db: Path, weights_sha256: str, battery: dict[str, list[tuple]] | None = None
+) -> Status:
     """The status of the SAE whose weights hash to `weights_sha256` in `db` (all False when
     the file does not exist). `battery`: the rows the battery tables should hold."""
     if not db.is_file():
@@ -59,29 +60,39 @@ def sae_status(db: Path, weights_sha256: str,
             return Status()
         if battery is not None and "personas" in names and battery_rows(con) != battery:
             return Status(other_battery=True)
-        row = con.execute("SELECT sae_id FROM saes WHERE weights_sha256 = ?",
-                          [weights_sha256]).fetchone()
+        row = con.execute(
+            "SELECT sae_id FROM saes WHERE weights_sha256 = ?", [weights_sha256]
+        ).fetchone()
         if row is None:
-            others = con.execute("SELECT count(*) FROM saes").fetchone()[0]
+            others = one_row(con, "SELECT count(*) FROM saes")[0]
             return Status(other_sae=others > 0)
         return status_of(con, row[0], names)
     finally:
         con.close()
 
 
-def status_of(con: Any, sae_id: str, names: set[str]) -> Status:
+def status_of(con: Connection, sae_id: str, names: set[str]) -> Status:
     """How far `sae_id`'s harvest has been taken (`names`: the database's tables)."""
     documents = _rows(con, sae_id, "documents", names)
-    labelled = ("features" not in stale_label_tables(con)
-                and _rows(con, sae_id, "features", names) > 0)
+    labelled = (
+        "features" not in stale_label_tables(con) and _rows(con, sae_id, "features", names) > 0
+    )
     # (a dictionary built before handles and maps existed counts as stale)
-    indexed = all(_rows(con, sae_id, t, names) > 0 for t in
-                  ("faiss_indexes", "feature_handles", "feature_maps"))
-    return Status(True, labelled, indexed, False, documents,
-                  probed=_rows(con, sae_id, "layer_probe", names) > 0,
-                  effects=_rows(con, sae_id, "persona_shifts", names) > 0,
-                  grid=_rows(con, sae_id, "grid_features", names) > 0,
-                  explained=_rows(con, sae_id, "feature_explanations", names) > 0)
+    indexed = all(
+        _rows(con, sae_id, t, names) > 0
+        for t in ("faiss_indexes", "feature_handles", "feature_maps")
+    )
+    return Status(
+        True,
+        labelled,
+        indexed,
+        False,
+        documents,
+        probed=_rows(con, sae_id, "layer_probe", names) > 0,
+        effects=_rows(con, sae_id, "persona_shifts", names) > 0,
+        grid=_rows(con, sae_id, "grid_features", names) > 0,
+        explained=_rows(con, sae_id, "feature_explanations", names) > 0,
+    )
 
 
 STAGES = ("harvested", "labelled", "probed", "effects", "grid", "indexed", "explained")
@@ -99,15 +110,23 @@ def database_status(db: Path) -> list[dict[str, Any]]:
         names = tables(con)
         if "saes" not in names:
             return []
-        rows = con.execute(f"SELECT sae_id, {kind_column(con)}, model, hook, d_sae FROM saes "
-                           "ORDER BY sae_id").fetchall()
+        rows = con.execute(
+            f"SELECT sae_id, {kind_column(con)}, model, hook, d_sae FROM saes ORDER BY sae_id"
+        ).fetchall()
         out = []
         for sae_id, kind, model, hook, d_sae in rows:
             status = status_of(con, sae_id, names)
-            out.append({"sae_id": sae_id, "kind": kind, "model": model, "hook": hook,
-                        "d_sae": d_sae,
-                        "documents": status.documents,
-                        **{stage: getattr(status, stage) for stage in STAGES}})
+            out.append(
+                {
+                    "sae_id": sae_id,
+                    "kind": kind,
+                    "model": model,
+                    "hook": hook,
+                    "d_sae": d_sae,
+                    "documents": status.documents,
+                    **{stage: getattr(status, stage) for stage in STAGES},
+                }
+            )
         return out
     finally:
         con.close()

@@ -14,7 +14,7 @@ then the turns, separated by blank lines.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from shoggoth.battery.personas import BATTERY_DIR, Persona, load_personas
 from shoggoth.core.cache import packaged_file
@@ -106,7 +106,7 @@ def pieces() -> list[list[str]]:
             for start in range(0, len(turns) - 1, TURNS)]
 
 
-def chat_texts(tokenizer: Any, max_chars: int | None = None) -> list[str]:
+def chat_texts(tokenizer: PreTrainedTokenizerBase, max_chars: int | None = None) -> list[str]:
     """The corpus as documents for `tokenizer`, in a fixed order, until `max_chars`."""
     personas = training_personas()
     docs: list[str] = []

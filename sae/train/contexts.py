@@ -8,15 +8,20 @@ into equal bodies, so no padding is ever needed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from shoggoth.core.errors import BadInput
 from shoggoth.sae.prompts import special_wrapping
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def context_layout(tokenizer: Any, is_causal: bool) -> tuple[list[int], list[int], int | None]:
+
+def context_layout(
+    tokenizer: PreTrainedTokenizerBase, is_causal: bool
+) -> tuple[list[int], list[int], int | None]:
     """(head tokens, tail tokens, document separator) for one context."""
     if is_causal:
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -26,7 +31,7 @@ def context_layout(tokenizer: Any, is_causal: bool) -> tuple[list[int], list[int
 
 
 def pack_contexts(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     texts: Iterable[str],
     context_size: int,
     *,

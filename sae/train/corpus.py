@@ -18,7 +18,7 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from shoggoth.battery.personas import Persona
 from shoggoth.core.atomic import write_json_atomic
@@ -69,7 +69,7 @@ def builtin_texts() -> list[str]:
     cached = cache_dir() / f"builtin-corpus-v{CORPUS_VERSION}-{version}.json"
     if cached.is_file():
         try:
-            return json.loads(cached.read_text())
+            return cast("list[str]", json.loads(cached.read_text()))
         except (OSError, json.JSONDecodeError):
             pass  # a damaged cache is rebuilt below
     from pydoc_data.topics import topics
@@ -92,8 +92,7 @@ Item = str | Conversation
 def _is_list_type(t: pa.DataType) -> bool:
     import pyarrow as pa
 
-    return bool(pa.types.is_list(t) or pa.types.is_large_list(t)
-                or pa.types.is_fixed_size_list(t))
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 def _jsonl_documents(path: Path, column: str) -> Iterator[Item]:
@@ -223,8 +222,11 @@ def _hub_documents(name: str, column: str) -> Iterator[Item]:
         if not splits:
             return
         # 'train', else the first training split (UltraChat's train_sft), else the first.
-        split = "train" if "train" in loaded else next(
-            (s for s in splits if s.startswith("train")), splits[0])
+        split = (
+            "train"
+            if "train" in loaded
+            else next((s for s in splits if s.startswith("train")), splits[0])
+        )
         loaded = loaded[split]
     rows = iter(loaded)
     first_row = next(rows, None)
@@ -254,11 +256,8 @@ def _documents(dataset: str, text_column: str) -> tuple[Iterator[Item], bool]:
             return _saved_dataset_documents(path, text_column), False
         files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
         if not files:
-            raise BadInput(
-                f"dataset '{dataset}': folder holds no .txt, .jsonl or .parquet files"
-            )
-        return itertools.chain.from_iterable(_file_documents(f, text_column) for f in files), \
-            False
+            raise BadInput(f"dataset '{dataset}': folder holds no .txt, .jsonl or .parquet files")
+        return itertools.chain.from_iterable(_file_documents(f, text_column) for f in files), False
     if path.is_file():
         return _file_documents(path, text_column), False
     if dataset.startswith(("/", "./", "../", "~")) or path.suffix in TEXT_SUFFIXES:
@@ -266,9 +265,13 @@ def _documents(dataset: str, text_column: str) -> tuple[Iterator[Item], bool]:
     return _hub_documents(dataset, text_column), True
 
 
-def load_texts(dataset: str, text_column: str = "text", max_chars: int = 50_000_000,
-               tokenizer: PreTrainedTokenizerBase | None = None,
-                model_name: str = "") -> list[str]:
+def load_texts(
+    dataset: str,
+    text_column: str = "text",
+    max_chars: int = 50_000_000,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    model_name: str = "",
+) -> list[str]:
     """The documents of `dataset`: 'builtin', 'chitchat' (conversations in `tokenizer`'s chat
     template, first `max_chars` characters), a local .txt/.jsonl/.parquet file, a folder of
     them, a `save_to_disk` folder, or a Hugging Face dataset name (streamed, first `max_chars`
@@ -290,8 +293,7 @@ def load_texts(dataset: str, text_column: str = "text", max_chars: int = 50_000_
             if personas is None:
                 require_template(tokenizer, dataset, model_name)
                 personas = training_personas()
-            text = render_conversation(tokenizer, item, persona_system(item, len(docs),
-                                                                         personas))
+            text = render_conversation(tokenizer, item, persona_system(item, len(docs), personas))
         else:
             text = item
         docs.append(text)
@@ -303,9 +305,13 @@ def load_texts(dataset: str, text_column: str = "text", max_chars: int = 50_000_
     return docs
 
 
-def load_pieces(dataset: str, text_column: str = "text", max_chars: int = 50_000_000,
-                tokenizer: PreTrainedTokenizerBase | None = None,
-                model_name: str = "") -> list[Piece]:
+def load_pieces(
+    dataset: str,
+    text_column: str = "text",
+    max_chars: int = 50_000_000,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    model_name: str = "",
+) -> list[Piece]:
     """The pieces a difference dictionary pairs (paired.make_pairs), in the order of
     load_texts's documents (so that both hold out the same ones): chitchat's pieces of turns; a
     chat dataset's conversations, until `max_chars` characters of messages (make_pairs passes
@@ -334,7 +340,9 @@ def load_pieces(dataset: str, text_column: str = "text", max_chars: int = 50_000
     if not out:
         raise BadInput(f"dataset '{dataset}': contains no text")
     if chats and own_system == len(out):
-        raise BadInput(f"dataset '{dataset}': every conversation has a system turn of its own; "
-                       "persona/reference pairs put the training personas and the reference in "
-                       "that place and need conversations without one")
+        raise BadInput(
+            f"dataset '{dataset}': every conversation has a system turn of its own; "
+            "persona/reference pairs put the training personas and the reference in "
+            "that place and need conversations without one"
+        )
     return out

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from shoggoth.core.errors import BadInput
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def finish(world: World) -> None:
 class _ForwardPass(torch.nn.Module):
     """The SAE's training forward pass as a module's forward, for DistributedDataParallel."""
 
-    def __init__(self, sae: Any) -> None:
+    def __init__(self, sae: SAE) -> None:
         super().__init__()
         self.sae = sae
 
@@ -87,7 +91,7 @@ class _ForwardPass(torch.nn.Module):
         return type(self.sae).training_forward_pass(self.sae, step_input=step_input)
 
 
-def distribute(sae: Any, world: World) -> DistributedDataParallel:
+def distribute(sae: SAE, world: World) -> DistributedDataParallel:
     """Route sae-lens's calls to `sae.training_forward_pass` through DDP. Built after the
     weights are set: DDP copies rank 0's parameters to every rank when it is built."""
     device_ids = [sae.W_enc.device.index] if sae.W_enc.device.type == "cuda" else None

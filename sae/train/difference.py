@@ -5,12 +5,13 @@ the persona signal a dictionary carries on held-out pieces."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from shoggoth.battery.personas import Persona, load_personas
 from shoggoth.core.signal import grouped_means, signal_fraction
+from shoggoth.sae.models import Model
 from shoggoth.sae.train.chat_corpus import Piece
 from shoggoth.sae.train.chitchat import training_personas
 from shoggoth.sae.train.contexts import split_documents
@@ -18,6 +19,7 @@ from shoggoth.sae.train.corpus import load_pieces
 from shoggoth.sae.train.paired import Pairs, make_pairs
 
 if TYPE_CHECKING:
+    from sae_lens import SAE
     from transformers import PreTrainedTokenizerBase
 
 DIFFERENCE, RESIDUAL = "difference", "residual"
@@ -40,7 +42,7 @@ def corpus_pieces(dataset: str, text_column: str, max_chars: int,
     return load_pieces(dataset, text_column, max_chars, tokenizer, model_name)
 
 
-def training_pairs(model: Any, dataset: str, text_column: str, personas: list[Persona],
+def training_pairs(model: Model, dataset: str, text_column: str, personas: list[Persona],
                    reference: str, context_size: int, tokens: int | None,
                    eval_tokens: int) -> tuple[Pairs | None, Pairs]:
     """(training pairs, or None when `tokens` is None; held-out pairs): every 25th piece is
@@ -60,7 +62,7 @@ def training_pairs(model: Any, dataset: str, text_column: str, personas: list[Pe
 
 
 @torch.no_grad()
-def persona_signal(sae: Any, kind: str, persona: torch.Tensor, x: torch.Tensor,
+def persona_signal(sae: SAE, kind: str, persona: torch.Tensor, x: torch.Tensor,
                    x_ref: torch.Tensor) -> float:
     """The share of the persona signal `sae` carries on paired activations (core/signal.py):
     a residual SAE reconstructs both documents, a difference dictionary their shift."""

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from shoggoth.sae.models import Model
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
 
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -16,7 +22,7 @@ def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_sae(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+def evaluate_sae(sae: SAE, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
     """Reconstruction and sparsity of `sae` on activations `acts` [n_tokens, d_in].
 
     Returns explained_variance, mse (mean over tokens of the squared error summed over dims),
@@ -43,7 +49,7 @@ def evaluate_sae(sae: Any, acts: torch.Tensor, batch_size: int = 4096) -> dict[s
 
 @torch.no_grad()
 def ce_loss_recovered(
-    model: Any, sae: Any, hook: str, contexts: torch.Tensor, keep: torch.Tensor, batch: int = 8
+    model: Model, sae: SAE, hook: str, contexts: torch.Tensor, keep: torch.Tensor, batch: int = 8
 ) -> dict[str, float]:
     """Next-token cross-entropy with the SAE's reconstruction spliced in at `hook`.
 

@@ -16,6 +16,7 @@ from shoggoth.core.config import Config, config_metadata, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.outputs import refuse_output_over
 from shoggoth.core.placement import placement_of
+from shoggoth.core.progress import Log
 from shoggoth.core.versions import library_versions
 from shoggoth.sae.models import load_model
 from shoggoth.sae.sae_dir import check_fits, read_sae_dir
@@ -90,7 +91,7 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
     return sae, f"sae-lens registry: {cfg.release} / {cfg.sae}"
 
 
-def import_sae(cfg: ImportConfig, log: Any = print) -> Path:
+def import_sae(cfg: ImportConfig, log: Log = print) -> Path:
     """Check the SAE against the model, evaluate it, and publish it with its shoggoth.json."""
     if cfg.out is not None:
         refuse_output_over(cfg.out, "--out")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +24,7 @@ from shoggoth.battery.personas import Persona
 from shoggoth.core.errors import BadInput
 from shoggoth.core.progress import Progress
 from shoggoth.sae.activations import activations_at
+from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import EMPTY_SYSTEM, Batch, pad_id, special_ids
 from shoggoth.sae.train.chat_corpus import Conversation, Piece, render_conversation
 from shoggoth.sae.train.chitchat import render
@@ -152,7 +153,7 @@ def _padded(rows: list[list[int]], keep: list[list[bool]], pad: int) -> Batch:
     return Batch(ids, mask, measured)
 
 
-def paired_activations(model: Any, pairs: Pairs, hooks: list[str], batch: int = 32,
+def paired_activations(model: Model, pairs: Pairs, hooks: list[str], batch: int = 32,
                        advance: Callable[[int], None] | None = None
                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                   torch.Tensor]:
@@ -183,7 +184,7 @@ class PairedStream:
     """Batches of `batch_tokens` rows per key, forever: `hook` (the persona's activations) and
     `hook + DIFFERENCE` (its shift against the reference) for every hook."""
 
-    model: Any
+    model: Model
     hooks: list[str]
     pairs: Pairs
     batch_tokens: int
@@ -274,7 +275,7 @@ class PairedStream:
             buffer = {h: a[n:] for h, a in buffer.items()}
 
 
-def sharded_paired_batches(model: Any, hooks: list[str], pairs: Pairs, batch_tokens: int,
+def sharded_paired_batches(model: Model, hooks: list[str], pairs: Pairs, batch_tokens: int,
                            seed: int, start: int, shards: int, ranks: list[int],
                            keep: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """As stream.sharded_batches, over pairs (`keep`: hold the activations for later

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -58,8 +58,10 @@ def check_release(release: str, sae_id: str, model: str, other_model: bool) -> N
     entry = registry_entry(release)
     if entry is None:
         if "/" not in release:
-            raise BadInput(f"--release {release}: not a release of sae-lens's registry and not "
-                           "a Hugging Face repo id (ORG/NAME)")
+            raise BadInput(
+                f"--release {release}: not a release of sae-lens's registry and not "
+                "a Hugging Face repo id (ORG/NAME)"
+            )
         return  # a repo id: its cfg.json says the model, checked once it is loaded
     if sae_id not in entry.saes_map:
         ids = list(entry.saes_map)
@@ -73,8 +75,10 @@ def check_trained_on(trained_on: str | None, model: str, what: str, other_model:
     (unless `other_model`; nothing to check when the SAE does not say)."""
     if not trained_on or other_model or same_model(trained_on, model):
         return
-    raise BadInput(f"{what}: made for model '{trained_on}', not --model '{model}' (pass "
-                   "--other-model to import it anyway)")
+    raise BadInput(
+        f"{what}: made for model '{trained_on}', not --model '{model}' (pass "
+        "--other-model to import it anyway)"
+    )
 
 
 def same_model(trained_on: str, model: str) -> bool:
@@ -147,8 +151,13 @@ def not_cached(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, LocalEntryNotFoundError | OfflineModeIsEnabled
-                      | requests.ConnectionError | ConnectionError):
+        if isinstance(
+            current,
+            LocalEntryNotFoundError
+            | OfflineModeIsEnabled
+            | requests.ConnectionError
+            | ConnectionError,
+        ):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -171,8 +180,9 @@ def load_pretrained(release: str, sae_id: str, device: str) -> SAE:
         except Exception as e:  # unknown id, a missing or damaged file: one line
             if not reachable and not_cached(e):
                 repo = entry.repo_id if entry else release
-                raise BadInput(f"{who(release, sae_id)}: not in the Hugging Face cache "
-                               f"({repo}) and no network") from None
+                raise BadInput(
+                    f"{who(release, sae_id)}: not in the Hugging Face cache ({repo}) and no network"
+                ) from None
             raise BadInput(f"{who(release, sae_id)}: {first_line(e)}") from None
 
 
@@ -208,13 +218,13 @@ def gemma_3_raw_config(repo_id: str, folder_name: str, force_download: bool) -> 
     try:
         path = hf_hub_download(repo_id, filename, force_download=force_download)
     except RemoteEntryNotFoundError:  # the hub says the repo has no config.json
-        return _infer_gemma_3_raw_cfg_dict(repo_id, folder_name)
+        return cast("dict[str, Any]", _infer_gemma_3_raw_cfg_dict(repo_id, folder_name))
     except LocalEntryNotFoundError:
         # The cache remembers a file the hub said is absent (a value that is not a path).
         known_absent = try_to_load_from_cache(repo_id, filename)
         if known_absent is None or isinstance(known_absent, str):
             raise
-        return _infer_gemma_3_raw_cfg_dict(repo_id, folder_name)
+        return cast("dict[str, Any]", _infer_gemma_3_raw_cfg_dict(repo_id, folder_name))
     raw: dict[str, Any] = json.loads(Path(path).read_text())
     return raw
 
@@ -226,14 +236,22 @@ def gemma_3_params_file(repo_id: str, folder_name: str, force_download: bool) ->
 
     if "clt" in folder_name:
         parent, name = folder_name.rsplit("/", 1)
-        return hf_hub_download(repo_id, f"{name}.safetensors", subfolder=parent,
-                               force_download=force_download)
-    return hf_hub_download(repo_id, "params.safetensors", subfolder=folder_name,
-                           force_download=force_download)
+        return hf_hub_download(
+            repo_id, f"{name}.safetensors", subfolder=parent, force_download=force_download
+        )
+    return hf_hub_download(
+        repo_id, "params.safetensors", subfolder=folder_name, force_download=force_download
+    )
 
 
-def gemma_3_config(repo_id: str, folder_name: str, shapes: dict[str, list[int]], device: str,
-                   force_download: bool, cfg_overrides: dict[str, Any] | None) -> dict[str, Any]:
+def gemma_3_config(
+    repo_id: str,
+    folder_name: str,
+    shapes: dict[str, list[int]],
+    device: str,
+    force_download: bool,
+    cfg_overrides: dict[str, Any] | None,
+) -> dict[str, Any]:
     """sae-lens's gemma_3 config (`get_gemma_3_config_from_hf`, sae-lens 6.54.12), with d_in,
     d_sae and d_out taken from `shapes` (the cached weights file's header)."""
     raw = gemma_3_raw_config(repo_id, folder_name, force_download)
@@ -263,51 +281,80 @@ def gemma_3_config(repo_id: str, folder_name: str, shapes: dict[str, list[int]],
     if "270m" in model_name:  # the 270m model's hub id has no -pt suffix
         model_name = model_name.replace("-pt", "")
     cfg: dict[str, Any] = {
-        "architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae, "dtype": "float32",
-        "model_name": model_name, "hook_name": hook, "hook_head_index": None,
-        "finetuning_scaling_factor": False, "sae_lens_training_version": None,
-        "prepend_bos": True, "dataset_path": "monology/pile-uncopyrighted",
-        "context_size": 1024, "apply_b_dec_to_input": False, "normalize_activations": "none",
-        "reshape_activations": "none", "hf_hook_name": raw.get("hf_hook_point_in"),
+        "architecture": "jumprelu",
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "model_name": model_name,
+        "hook_name": hook,
+        "hook_head_index": None,
+        "finetuning_scaling_factor": False,
+        "sae_lens_training_version": None,
+        "prepend_bos": True,
+        "dataset_path": "monology/pile-uncopyrighted",
+        "context_size": 1024,
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "hf_hook_name": raw.get("hf_hook_point_in"),
         "device": device,
     }
     if transcoder:  # kept as sae-lens builds it, so the import refuses it by name
-        cfg["architecture"] = ("jumprelu_skip_transcoder" if raw.get("affine_connection")
-                               else "jumprelu_transcoder")
-        cfg.update(hook_name_out=hook_out, hf_hook_name_out=raw.get("hf_hook_point_out"),
-                   d_out=shapes["w_dec"][-1])
+        cfg["architecture"] = (
+            "jumprelu_skip_transcoder" if raw.get("affine_connection") else "jumprelu_transcoder"
+        )
+        cfg.update(
+            hook_name_out=hook_out,
+            hf_hook_name_out=raw.get("hf_hook_point_out"),
+            d_out=shapes["w_dec"][-1],
+        )
     cfg.update(cfg_overrides or {})
     return cfg
 
 
-def gemma_3_converter(repo_id: str, folder_name: str, device: str = "cpu",
-                      force_download: bool = False, cfg_overrides: dict[str, Any] | None = None,
-                      ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
+def gemma_3_converter(
+    repo_id: str,
+    folder_name: str,
+    device: str = "cpu",
+    force_download: bool = False,
+    cfg_overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
     """sae-lens's `gemma_3_sae_huggingface_loader` (a `PretrainedSaeHuggingfaceLoader`) without
     its network call: the weights file is fetched first (from the cache when there) and its
     header gives the shapes. Returns (config, state dict, no sparsity)."""
     from sae_lens.loading.pretrained_sae_loaders import load_safetensors_weights
 
     params = gemma_3_params_file(repo_id, folder_name, force_download)
-    cfg = gemma_3_config(repo_id, folder_name, tensor_shapes(params), device, force_download,
-                         cfg_overrides)
+    cfg = gemma_3_config(
+        repo_id, folder_name, tensor_shapes(params), device, force_download, cfg_overrides
+    )
     raw = load_safetensors_weights(params, device=device, dtype=cfg.get("dtype"))
     w_dec = raw["w_dec"]
     if "clt" in folder_name:  # a cross-layer transcoder writes to every later layer: summed
         w_dec = w_dec.sum(dim=1).contiguous()
-    state = {"W_enc": raw["w_enc"], "W_dec": w_dec, "b_enc": raw["b_enc"],
-             "b_dec": raw["b_dec"], "threshold": raw["threshold"]}
+    state = {
+        "W_enc": raw["w_enc"],
+        "W_dec": w_dec,
+        "b_enc": raw["b_enc"],
+        "b_dec": raw["b_dec"],
+        "threshold": raw["threshold"],
+    }
     if "affine_skip_connection" in raw:  # stored (d_in, d_out); sae-lens's W_skip is (d_out, d_in)
         state["W_skip"] = raw["affine_skip_connection"].T.contiguous()
     return cfg, state, None
 
 
-def pretrained_metadata(release: str | None, sae_id: str | None, sae: SAE,
-                        ) -> dict[str, str | None]:
+def pretrained_metadata(
+    release: str | None,
+    sae_id: str | None,
+    sae: SAE,
+) -> dict[str, str | None]:
     """What shoggoth.json records of where an SAE came from: the sae-lens release, the SAE's
     id in it (`sae_lens_id`: shoggoth's own `sae_id` is a database's name for the SAE) and its
     Neuronpedia id (`https://neuronpedia.org/{neuronpedia_id}/{feature}`), None when unknown."""
     neuronpedia = sae.cfg.metadata.neuronpedia_id
-    return {"release": release, "sae_lens_id": sae_id,
-            "neuronpedia_id": str(neuronpedia) if neuronpedia else None}
-
+    return {
+        "release": release,
+        "sae_lens_id": sae_id,
+        "neuronpedia_id": str(neuronpedia) if neuronpedia else None,
+    }

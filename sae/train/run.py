@@ -18,10 +18,11 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
@@ -31,8 +32,9 @@ from shoggoth.core.config import SEED_MAX, Config, config_metadata, option
 from shoggoth.core.errors import BadInput, Interrupted, first_line
 from shoggoth.core.outputs import refuse_output_over
 from shoggoth.core.placement import placement_of
+from shoggoth.core.progress import Log
 from shoggoth.core.versions import library_versions
-from shoggoth.sae.models import load_model, resolve_hook
+from shoggoth.sae.models import Model, load_model, resolve_hook
 from shoggoth.sae.prompts import EMPTY_SYSTEM, non_special, special_ids
 from shoggoth.sae.train.chitchat import CHITCHAT
 from shoggoth.sae.train.contexts import pack_contexts, split_documents
@@ -70,6 +72,10 @@ from shoggoth.sae.train.stream import (
 )
 from shoggoth.sae.train.trainer import checkpoints, multi_trainer_class, single_trainer_class
 
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+
 Target = Literal["residual", "difference"]
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "gated", "matryoshka"]
 TOPK_LIKE = ("topk", "batchtopk", "matryoshka")
@@ -80,6 +86,7 @@ STATE_FILE = "shoggoth_train_config.json"
 @dataclass
 class TrainConfig(Config):
     """`shoggoth train`: train an SAE on a model's residual stream (sae-lens underneath)."""
+
     model: str = "smollm2"
     """Model alias, local Hugging Face directory or hub id (default: the built-in chat model,
     which wears masks; minilm is the quick encoder)."""
@@ -175,12 +182,15 @@ class TrainConfig(Config):
         if self.out is not None:
             refuse_output_over(self.out, "--out")
         if self.ddp and self.device_map is not None:
-            raise BadInput(f"--device-map {self.device_map}: not with --ddp (each rank holds "
-                           "the whole model on its own GPU)")
+            raise BadInput(
+                f"--device-map {self.device_map}: not with --ddp (each rank holds "
+                "the whole model on its own GPU)"
+            )
         shards = self.shards or 1
         if self.batch_tokens % shards:
-            raise BadInput(f"--batch-tokens {self.batch_tokens}: must be a multiple of "
-                           f"--shards {shards}")
+            raise BadInput(
+                f"--batch-tokens {self.batch_tokens}: must be a multiple of --shards {shards}"
+            )
 
 
 def default_out(cfg: TrainConfig, specs: list[SAESpec]) -> Path:
@@ -200,14 +210,19 @@ def sae_config(cfg: TrainConfig, d_in: int, d_sae: int, device: str) -> Any:
     if cfg.architecture == "batchtopk":
         return sae_lens.BatchTopKTrainingSAEConfig(k=cfg.k, **common)
     if cfg.architecture == "matryoshka":
-        widths = sorted({max(cfg.k + 1, d_sae // 8), max(cfg.k + 1, d_sae // 4),
-                         max(cfg.k + 1, d_sae // 2), d_sae})
+        widths = sorted(
+            {
+                max(cfg.k + 1, d_sae // 8),
+                max(cfg.k + 1, d_sae // 4),
+                max(cfg.k + 1, d_sae // 2),
+                d_sae,
+            }
+        )
         return sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
             k=cfg.k, matryoshka_widths=widths, **common
         )
     if cfg.architecture == "jumprelu":
-        return sae_lens.JumpReLUTrainingSAEConfig(l0_coefficient=cfg.sparsity_coefficient,
-                                                  **common)
+        return sae_lens.JumpReLUTrainingSAEConfig(l0_coefficient=cfg.sparsity_coefficient, **common)
     if cfg.architecture == "gated":
         return sae_lens.GatedTrainingSAEConfig(l1_coefficient=cfg.sparsity_coefficient, **common)
     return sae_lens.StandardTrainingSAEConfig(l1_coefficient=cfg.sparsity_coefficient, **common)
@@ -229,13 +244,16 @@ def check_wandb() -> None:
     try:
         import wandb
     except ImportError:
-        raise BadInput("--wandb: Weights & Biases is not installed; pip install "
-                       "'shoggoth[wandb]'") from None
+        raise BadInput(
+            "--wandb: Weights & Biases is not installed; pip install 'shoggoth[wandb]'"
+        ) from None
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
         return
     if not wandb.login(prompt=False):
-        raise BadInput("--wandb: no W&B credentials; run `wandb login`, set WANDB_API_KEY, or "
-                       "set WANDB_MODE=offline")
+        raise BadInput(
+            "--wandb: no W&B credentials; run `wandb login`, set WANDB_API_KEY, or "
+            "set WANDB_MODE=offline"
+        )
 
 
 def work_dir(out: Path) -> Path:
@@ -287,7 +305,7 @@ def mark_started(work: Path, cfg: TrainConfig) -> None:
         write_json_atomic(work / STATE_FILE, _resume_fields(cfg))
 
 
-def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) -> dict[str, float]:
+def held_out_metrics(model: Model, sae: SAE, hook: str, contexts: torch.Tensor) -> dict[str, float]:
     """Evaluation of `sae` at `hook` on held-out contexts: reconstruction and sparsity on every
     non-special token, plus CE loss recovered (on up to 32 contexts) for causal LMs."""
 
@@ -295,27 +313,41 @@ def held_out_metrics(model: Any, sae: Any, hook: str, contexts: torch.Tensor) ->
     metrics = evaluate_sae(sae, context_activations(model, contexts, hook, keep))
     if model.is_causal:
         metrics.update(ce_loss_recovered(model, sae, hook, contexts[:32], keep[:32]))
-    return metrics
+    return cast("dict[str, float]", metrics)
 
 
-def held_out_contexts(model: Any, dataset: str, text_column: str, context_size: int,
-                      eval_tokens: int) -> torch.Tensor:
+def held_out_contexts(
+    model: Model, dataset: str, text_column: str, context_size: int, eval_tokens: int
+) -> torch.Tensor:
     """Contexts from the documents `train` never trains on (every 25th document)."""
     # Every 25th document is held out, and chat text runs at about 4 characters per token:
     # 200 characters per held-out token leaves room for the whole --eval-tokens.
-    _, held = split_documents(load_texts(dataset, text_column, max_chars=200 * eval_tokens,
-                                         tokenizer=model.tokenizer, model_name=model.name))
+    _, held = split_documents(
+        load_texts(
+            dataset,
+            text_column,
+            max_chars=200 * eval_tokens,
+            tokenizer=model.tokenizer,
+            model_name=model.name,
+        )
+    )
     return _eval_contexts(model, held, context_size, eval_tokens)
 
 
-def _eval_contexts(model: Any, held_docs: list[str], context_size: int,
-                   eval_tokens: int) -> torch.Tensor:
+def _eval_contexts(
+    model: Model, held_docs: list[str], context_size: int, eval_tokens: int
+) -> torch.Tensor:
 
-    return pack_contexts(model.tokenizer, held_docs, context_size, is_causal=model.is_causal,
-                         max_contexts=max(1, math.ceil(eval_tokens / context_size)))
+    return pack_contexts(
+        model.tokenizer,
+        held_docs,
+        context_size,
+        is_causal=model.is_causal,
+        max_contexts=max(1, math.ceil(eval_tokens / context_size)),
+    )
 
 
-def resolve_dataset(dataset: str, model: Any) -> str:
+def resolve_dataset(dataset: str, model: Model) -> str:
     """--dataset with 'auto' decided: the chat corpus for chat models, the built-in docs for
     encoders and base models."""
     if dataset != "auto":
@@ -323,30 +355,47 @@ def resolve_dataset(dataset: str, model: Any) -> str:
     return CHITCHAT if model.has_chat_template else BUILTIN
 
 
-def training_contexts(cfg: TrainConfig, model: Any, dataset: str
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def training_contexts(
+    cfg: TrainConfig, model: Model, dataset: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(training contexts, held-out contexts) from `dataset`; held-out documents are disjoint."""
-    texts = load_texts(dataset, cfg.text_column,
-                       max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens),
-                       tokenizer=model.tokenizer, model_name=model.name)
+    texts = load_texts(
+        dataset,
+        cfg.text_column,
+        max_chars=20 * (cfg.tokens + 2 * cfg.eval_tokens),
+        tokenizer=model.tokenizer,
+        model_name=model.name,
+    )
     train_docs, held_docs = split_documents(texts)
-    train_ctx = pack_contexts(model.tokenizer, train_docs, cfg.context_size,
-                              is_causal=model.is_causal,
-                              max_contexts=math.ceil(cfg.tokens / cfg.context_size))
+    train_ctx = pack_contexts(
+        model.tokenizer,
+        train_docs,
+        cfg.context_size,
+        is_causal=model.is_causal,
+        max_contexts=math.ceil(cfg.tokens / cfg.context_size),
+    )
     eval_ctx = _eval_contexts(model, held_docs, cfg.context_size, cfg.eval_tokens)
     if len(train_ctx) == 0 or len(eval_ctx) == 0:
-        raise BadInput(f"dataset '{dataset}': too little text for one {cfg.context_size}-token "
-                       "context of training and one of evaluation")
+        raise BadInput(
+            f"dataset '{dataset}': too little text for one {cfg.context_size}-token "
+            "context of training and one of evaluation"
+        )
     return train_ctx, eval_ctx
 
 
-def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoints: Path,
-                  dataset: str, device: str) -> Any:
+def runner_config(
+    cfg: TrainConfig,
+    model: Model,
+    hook: str,
+    d_sae: int,
+    checkpoints: Path,
+    dataset: str,
+    device: str,
+) -> Any:
     """The sae-lens LanguageModelSAERunnerConfig: our contexts arrive pre-tokenized, special
     tokens are excluded, and the learning rate warms up over 5% and decays over the last 20%.
     `device`: where the SAE trains."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
-
 
     steps = max(1, cfg.tokens // cfg.batch_tokens)
     # Features silent this long count as dead and get the AuxK loss that revives them.
@@ -386,6 +435,7 @@ def runner_config(cfg: TrainConfig, model: Any, hook: str, d_sae: int, checkpoin
 @dataclass
 class SAESpec:
     """One SAE of a run: its hook, width and target."""
+
     hook: str
     d_sae: int
     target: str = RESIDUAL
@@ -405,7 +455,8 @@ class SAESpec:
 @dataclass
 class TrainRun:
     """What one training run is made of, once the model is loaded and the data packed."""
-    model: Any
+
+    model: Model
     specs: list[SAESpec]
     out: Path
     work: Path
@@ -432,7 +483,7 @@ class TrainRun:
         return str(self.model.sae_device(self.specs[0].hook))
 
 
-def resolve_specs(cfg: TrainConfig, model: Any) -> list[SAESpec]:
+def resolve_specs(cfg: TrainConfig, model: Model) -> list[SAESpec]:
     """Every (hook, width) pair the flags ask for; BadInput for a hook the model lacks."""
     hooks = [resolve_hook(model, hook=h) for h in cfg.hook]
     hooks += [resolve_hook(model, layer=layer) for layer in cfg.layer]
@@ -476,38 +527,43 @@ def leader_prepares_dirs(cfg: TrainConfig, out: Path, world: World) -> tuple[Pat
     return work, (found[-1] if found else None)
 
 
-def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
+def prepare_run(cfg: TrainConfig, log: Log) -> TrainRun:
     """Load the model, resolve hooks and widths, refuse unsafe starts and pack the contexts."""
     world, device = join_world(cfg)
     if world.distributed and cfg.shards not in (None, world.size):
-        raise BadInput(f"--shards {cfg.shards}: under --ddp each of the {world.size} ranks "
-                       "streams one shard; leave --shards out")
+        raise BadInput(
+            f"--shards {cfg.shards}: under --ddp each of the {world.size} ranks "
+            "streams one shard; leave --shards out"
+        )
     shards = cfg.shards or world.size
     if cfg.batch_tokens % shards:  # (--shards itself is checked with the config)
-        raise BadInput(f"--batch-tokens {cfg.batch_tokens}: must be a multiple of the "
-                       f"{shards} ranks")
+        raise BadInput(
+            f"--batch-tokens {cfg.batch_tokens}: must be a multiple of the {shards} ranks"
+        )
     if cfg.wandb and world.leader:
         check_wandb()
     # With --out given, refuse an unsafe start before the model loads; the default --out
     # depends on the hook, so it is checked once the model is known.
     prepared = leader_prepares_dirs(cfg, cfg.out, world) if cfg.out is not None else None
     personas = training_persona_set(cfg)  # a bad personas file is refused before the model loads
-    model = load_model(cfg.model, device,
-                       placement=placement_of(cfg.device_map, cfg.max_memory))
+    model = load_model(cfg.model, device, placement=placement_of(cfg.device_map, cfg.max_memory))
     specs = resolve_specs(cfg, model)
     if cfg.ddp and len(specs) > 1:
         raise BadInput("--ddp: trains one SAE; give one --hook or --layer and one --d-sae")
     max_ctx = getattr(model.bridge.cfg, "n_ctx", None)
     if max_ctx and cfg.context_size > max_ctx:
-        raise BadInput(f"--context-size {cfg.context_size}: model '{cfg.model}' takes at most "
-                       f"{max_ctx} tokens")
+        raise BadInput(
+            f"--context-size {cfg.context_size}: model '{cfg.model}' takes at most {max_ctx} tokens"
+        )
     out = cfg.out or default_out(cfg, specs)
     work, resume_from = prepared or leader_prepares_dirs(cfg, out, world)
     if resume_from is not None:
         saved = json.loads((work / STATE_FILE).read_text()).get("shards", 1)
         if saved != shards:
-            raise BadInput(f"--resume: the interrupted run streamed {saved} shard(s) (DDP ranks "
-                           f"or --shards), this one {shards}; resume with the same number")
+            raise BadInput(
+                f"--resume: the interrupted run streamed {saved} shard(s) (DDP ranks "
+                f"or --shards), this one {shards}; resume with the same number"
+            )
     dataset = resolve_dataset(cfg.dataset, model)
     train_ctx, eval_ctx = training_contexts(cfg, model, dataset)
     paired = any(s.target == DIFFERENCE for s in specs)
@@ -519,15 +575,33 @@ def prepare_run(cfg: TrainConfig, log: Any) -> TrainRun:
         if world.leader and resume_from is None:  # (bad input: nothing is left behind)
             shutil.rmtree(work, ignore_errors=True)
         raise
-    corpus = (f"{len(pairs):,} persona/reference pairs ({pairs.tokens():,} shared tokens)"
-              if pairs is not None else
-              f"{len(train_ctx)} training contexts ({int(train_ctx.numel()):,} distinct tokens)")
-    log(f"corpus {dataset}: {corpus}, {len(eval_ctx)} held-out; model {cfg.model}, "
-        + "; ".join(f"hook {s.hook}, d_sae {s.d_sae}"
-                    + (", difference" if s.target == DIFFERENCE else "") for s in specs)
-        + (f"; {world.size} DDP ranks ({world.backend})" if world.distributed else ""))
-    return TrainRun(model, specs, out, work, resume_from, train_ctx, eval_ctx, dataset, world,
-                    shards, pairs, held)
+    corpus = (
+        f"{len(pairs):,} persona/reference pairs ({pairs.tokens():,} shared tokens)"
+        if pairs is not None
+        else f"{len(train_ctx)} training contexts ({int(train_ctx.numel()):,} distinct tokens)"
+    )
+    log(
+        f"corpus {dataset}: {corpus}, {len(eval_ctx)} held-out; model {cfg.model}, "
+        + "; ".join(
+            f"hook {s.hook}, d_sae {s.d_sae}" + (", difference" if s.target == DIFFERENCE else "")
+            for s in specs
+        )
+        + (f"; {world.size} DDP ranks ({world.backend})" if world.distributed else "")
+    )
+    return TrainRun(
+        model,
+        specs,
+        out,
+        work,
+        resume_from,
+        train_ctx,
+        eval_ctx,
+        dataset,
+        world,
+        shards,
+        pairs,
+        held,
+    )
 
 
 def training_persona_set(cfg: TrainConfig) -> list[Persona]:
@@ -538,15 +612,22 @@ def training_persona_set(cfg: TrainConfig) -> list[Persona]:
     return personas
 
 
-def paired_data(cfg: TrainConfig, model: Any, dataset: str, personas: list[Persona],
-                paired: bool) -> tuple[Pairs | None, Pairs | None]:
+def paired_data(
+    cfg: TrainConfig, model: Model, dataset: str, personas: list[Persona], paired: bool
+) -> tuple[Pairs | None, Pairs | None]:
     """(training pairs when a dictionary trains on differences, held-out pairs). A residual-only
     run whose corpus gives no pairs (too short a context) goes without the persona signal."""
     try:
-        return training_pairs(model, dataset, cfg.text_column, personas, cfg.reference,
-                              cfg.context_size,
-                              min(cfg.tokens, cfg.pair_tokens or cfg.tokens) if paired else None,
-                              min(cfg.eval_tokens, 8192))
+        return training_pairs(
+            model,
+            dataset,
+            cfg.text_column,
+            personas,
+            cfg.reference,
+            cfg.context_size,
+            min(cfg.tokens, cfg.pair_tokens or cfg.tokens) if paired else None,
+            min(cfg.eval_tokens, 8192),
+        )
     except BadInput:
         if paired:
             raise
@@ -557,8 +638,9 @@ def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
     """A fresh sae-lens TrainingSAE for `spec` and its runner config."""
     from sae_lens import LanguageModelSAETrainingRunner, TrainingSAE, TrainingSAEConfig
 
-    runner_cfg = runner_config(cfg, run.model, spec.hook, spec.d_sae, run.work / "checkpoints",
-                               run.dataset, run.sae_device)
+    runner_cfg = runner_config(
+        cfg, run.model, spec.hook, spec.d_sae, run.work / "checkpoints", run.dataset, run.sae_device
+    )
     # Each SAE starts from the seed itself: trained beside others, it is the SAE it would be
     # trained alone.
     torch.manual_seed(cfg.seed)
@@ -588,47 +670,78 @@ def data_mean(cfg: TrainConfig, run: TrainRun) -> dict[str, torch.Tensor]:
     """Per hook, the mean activation over the first ~8k training tokens (every rank alike)."""
     if run.pairs is not None:  # the persona documents a paired stream trains residual SAEs on
         first = run.pairs.select(range(min(len(run.pairs), 64)))
-        return {h: a.mean(0) for h, a in paired_activations(run.model, first,
-                                                              run.hooks)[0].items()}
+        return {h: a.mean(0) for h, a in paired_activations(run.model, first, run.hooks)[0].items()}
     sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
     keep = non_special(run.model.tokenizer, sample)
-    return {h: a.mean(0) for h, a in
-            contexts_activations(run.model, sample, run.hooks, keep).items()}
+    return {
+        h: a.mean(0) for h, a in contexts_activations(run.model, sample, run.hooks, keep).items()
+    }
 
 
-def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
-    """sae-lens's trainer (one SAE) or multi-SAE trainer (several, on one stream) over our
-    contexts, with decoder biases at the data mean (a new run) or the newest checkpoint's
-    state (a resumed one)."""
-    model, work = run.model, run.work
-    made = [new_sae(cfg, run, spec) for spec in run.specs]
-    trainer_cfg = dataclasses.replace(made[0][1].to_sae_trainer_config(),
-                                      checkpoint_path=str(work / "checkpoints"))
+def training_stream(cfg: TrainConfig, run: TrainRun) -> Iterator[dict[str, torch.Tensor]]:
+    """The activation batches this rank trains on, from the run's position on: paired shifts
+    and activations when a dictionary trains on differences, else the contexts' activations."""
+    model = run.model
     position = 0 if run.resume_from is None else int(run.resume_from)
     # The stream's position is the trainer's (global) sample count, which checkpoints save.
     ranks = [run.world.rank] if run.world.distributed else list(range(run.shards))
     if run.pairs is not None:
-        batches = sharded_paired_batches(model, run.hooks, run.pairs, cfg.batch_tokens,
-                                         cfg.seed, position, run.shards, ranks,
-                                         keep=run.pairs.tokens() < cfg.tokens)
-    else:
-        batches = sharded_batches(model, run.hooks, run.train_ctx,
-                                  non_special(model.tokenizer, run.train_ctx), cfg.batch_tokens,
-                                  cfg.seed, position, run.shards, ranks)
+        return sharded_paired_batches(
+            model,
+            run.hooks,
+            run.pairs,
+            cfg.batch_tokens,
+            cfg.seed,
+            position,
+            run.shards,
+            ranks,
+            keep=run.pairs.tokens() < cfg.tokens,
+        )
+    return sharded_batches(
+        model,
+        run.hooks,
+        run.train_ctx,
+        non_special(model.tokenizer, run.train_ctx),
+        cfg.batch_tokens,
+        cfg.seed,
+        position,
+        run.shards,
+        ranks,
+    )
+
+
+def build_trainer(cfg: TrainConfig, run: TrainRun, log: Log) -> Any:
+    """sae-lens's trainer (one SAE) or multi-SAE trainer (several, on one stream) over our
+    contexts, with decoder biases at the data mean (a new run) or the newest checkpoint's
+    state (a resumed one)."""
+    work = run.work
+    made = [new_sae(cfg, run, spec) for spec in run.specs]
+    trainer_cfg = dataclasses.replace(
+        made[0][1].to_sae_trainer_config(), checkpoint_path=str(work / "checkpoints")
+    )
+    batches = training_stream(cfg, run)
     if len(run.specs) == 1:
-        trainer = single_trainer_class()(sae=made[0][0],
-                                         data_provider=single_hook(batches, run.specs[0].key),
-                                         evaluator=None, save_checkpoint_fn=None, cfg=trainer_cfg)
+        trainer = single_trainer_class()(
+            sae=made[0][0],
+            data_provider=single_hook(batches, run.specs[0].key),
+            evaluator=None,
+            save_checkpoint_fn=None,
+            cfg=trainer_cfg,
+        )
         steppers = [trainer]
     else:
-        trainer = multi_trainer_class()(cfg=trainer_cfg,
-                                        saes={s.name: sae for s, (sae, _) in
-                                              zip(run.specs, made, strict=True)},
-                                        hook_names={s.name: s.key for s in run.specs},
-                                        data_provider=batches)
+        trainer = multi_trainer_class()(
+            cfg=trainer_cfg,
+            saes={s.name: sae for s, (sae, _) in zip(run.specs, made, strict=True)},
+            hook_names={s.name: s.key for s in run.specs},
+            data_provider=batches,
+        )
         steppers = [trainer, *trainer.trainers.values()]
-    trainer.keep, trainer.world, trainer.root = cfg.keep_checkpoints, run.world, \
-        work / "checkpoints"
+    trainer.keep, trainer.world, trainer.root = (
+        cfg.keep_checkpoints,
+        run.world,
+        work / "checkpoints",
+    )
     if cfg.checkpoint_every:
         every = cfg.checkpoint_every * cfg.batch_tokens
         trainer.checkpoint_thresholds = list(range(every, cfg.tokens, every))
@@ -653,8 +766,9 @@ def build_trainer(cfg: TrainConfig, run: TrainRun, log: Any) -> Any:
         # the step's sparsity-window reset would run twice.
         for t in steppers:
             t.n_training_steps += 1
-        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds
-                                         if t > trainer.n_training_samples]
+        trainer.checkpoint_thresholds = [
+            t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples
+        ]
         log(f"resuming from checkpoint at {trainer.n_training_samples:,} tokens")
     if run.world.distributed:
         trainer.ddp = distribute(made[0][0], run.world)
@@ -684,20 +798,25 @@ def fit(cfg: TrainConfig, trainer: Any, run: TrainRun) -> dict[str, Any]:
     except KeyboardInterrupt:
         if trainer.stopped_at is None:  # before the first step (a paired stream's forward
             # passes): nothing to save; the work folder stays, so --resume starts it again
-            raise Interrupted(f"stopped before training began; run it again (with or without "
-                              f"--resume) to start it ({work} holds only its settings)") from None
-        raise Interrupted(f"checkpoint saved in {work} at {trainer.stopped_at:,} tokens; "
-                          "continue with --resume") from None
+            raise Interrupted(
+                f"stopped before training began; run it again (with or without "
+                f"--resume) to start it ({work} holds only its settings)"
+            ) from None
+        raise Interrupted(
+            f"checkpoint saved in {work} at {trainer.stopped_at:,} tokens; continue with --resume"
+        ) from None
     for sae in trained.values():
         if not all(bool(torch.isfinite(p).all()) for p in sae.parameters()):
             if run.world.leader:
                 shutil.rmtree(work, ignore_errors=True)
-            raise BadInput(f"--lr {cfg.lr}: training diverged (the SAE's weights are no longer "
-                           "finite); nothing was written to --out; try a smaller --lr")
+            raise BadInput(
+                f"--lr {cfg.lr}: training diverged (the SAE's weights are no longer "
+                "finite); nothing was written to --out; try a smaller --lr"
+            )
     return trained
 
 
-def train(cfg: TrainConfig, log: Any = print) -> Path:
+def train(cfg: TrainConfig, log: Log = print) -> Path:
     """Train, evaluate and publish the SAE (or SAEs); returns the output directory."""
     started = time.time()
     if cfg.ddp and os.environ.get("RANK") != "0":
@@ -713,7 +832,7 @@ def _quiet(_: str) -> None:
     """The log of DDP ranks other than 0."""
 
 
-def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
+def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Log) -> Path:
     from sae_lens import SAE
 
     if run.world.leader:
@@ -726,8 +845,11 @@ def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
     train_seconds = time.time() - started
     ddp = None
     if run.world.distributed:
-        ddp = {"world_size": run.world.size, "backend": run.world.backend,
-               "max_rank_difference": rank_spread(trainer.sae, run.world)}
+        ddp = {
+            "world_size": run.world.size,
+            "backend": run.world.backend,
+            "max_rank_difference": rank_spread(trainer.sae, run.world),
+        }
         if not run.world.leader:
             return run.out
 
@@ -735,8 +857,11 @@ def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
     final = run.work / "final"
     shutil.rmtree(final, ignore_errors=True)
     several = len(run.specs) > 1
-    held = paired_activations(run.model, run.held_pairs, run.hooks) \
-        if run.held_pairs is not None else None
+    held = (
+        paired_activations(run.model, run.held_pairs, run.hooks)
+        if run.held_pairs is not None
+        else None
+    )
     for spec in run.specs:
         folder = final / spec.name if several else final
         trained[spec.name].save_inference_model(str(folder))
@@ -747,8 +872,9 @@ def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
         else:
             metrics = held_out_metrics(run.model, loaded, spec.hook, run.eval_ctx)
         if held is not None:
-            metrics["persona_signal"] = persona_signal(loaded, spec.target, held[2],
-                                                       held[0][spec.hook], held[1][spec.hook])
+            metrics["persona_signal"] = persona_signal(
+                loaded, spec.target, held[2], held[0][spec.hook], held[1][spec.hook]
+            )
         meta = {
             "model": cfg.model,
             "model_source": run.model.source.location,
@@ -759,7 +885,8 @@ def _train(cfg: TrainConfig, run: TrainRun, started: float, log: Any) -> Path:
             "architecture": cfg.architecture,
             "dataset": run.dataset,
             "training_tokens": int(trainer.n_training_samples),
-            "distinct_training_tokens": run.pairs.tokens() if run.pairs is not None
+            "distinct_training_tokens": run.pairs.tokens()
+            if run.pairs is not None
             else int(run.train_ctx.numel()),
             "target": spec.target,
             "reference": cfg.reference if spec.target == DIFFERENCE else None,

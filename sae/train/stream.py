@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from shoggoth.sae.activations import activations_at
+from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import Batch
 
 CHUNK_CONTEXTS = 64
@@ -29,7 +29,7 @@ CHUNK_CONTEXTS = 64
 holds 16 batches of 16 prompts)."""
 
 
-def contexts_activations(model: Any, contexts: torch.Tensor, hooks: list[str],
+def contexts_activations(model: Model, contexts: torch.Tensor, hooks: list[str],
                          keep: torch.Tensor, batch: int = 32) -> dict[str, torch.Tensor]:
     """Per hook, [n_kept_tokens, d] activations for unpadded contexts at the `keep` positions
     (float32, on the CPU), all hooks from one forward pass per batch."""
@@ -43,7 +43,7 @@ def contexts_activations(model: Any, contexts: torch.Tensor, hooks: list[str],
     return {h: torch.cat(parts) for h, parts in out.items()}
 
 
-def context_activations(model: Any, contexts: torch.Tensor, hook: str, keep: torch.Tensor,
+def context_activations(model: Model, contexts: torch.Tensor, hook: str, keep: torch.Tensor,
                         batch: int = 32) -> torch.Tensor:
     """[n_kept_tokens, d] activations at `hook` for unpadded contexts, at the `keep` positions
     (float32, on the CPU)."""
@@ -55,7 +55,7 @@ class ActivationStream:
     """Batches of `batch_tokens` activations per hook, forever (the contexts repeat, reshuffled,
     when the run wants more tokens than they hold)."""
 
-    model: Any
+    model: Model
     hooks: list[str]
     contexts: torch.Tensor
     keep: torch.Tensor
@@ -110,7 +110,7 @@ class ActivationStream:
             buffer = {h: a[n:] for h, a in buffer.items()}
 
 
-def sharded_batches(model: Any, hooks: list[str], contexts: torch.Tensor, keep: torch.Tensor,
+def sharded_batches(model: Model, hooks: list[str], contexts: torch.Tensor, keep: torch.Tensor,
                     batch_tokens: int, seed: int, start: int, shards: int,
                     ranks: list[int]) -> Iterator[dict[str, torch.Tensor]]:
     """The batches from global token position `start`, built from the `ranks` shards of

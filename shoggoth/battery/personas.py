@@ -12,7 +12,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -57,7 +57,7 @@ class _LineLoader(BoundedLoader):
 def _mapping_with_line(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
     mapping = loader.construct_mapping(node, deep=True)
     mapping["__line__"] = node.start_mark.line + 1
-    return mapping
+    return cast("dict[str, Any]", mapping)
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_with_line)
@@ -84,8 +84,9 @@ def load_personas(path: Path | None = None) -> list[Persona]:
             raise BadInput(f"{where}: unknown field '{sorted(unknown)[0]}'")
         name = entry.get("name")
         if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise BadInput(f"{where}: persona name {shown(name)}: use lowercase letters, digits, "
-                           "_, -")
+            raise BadInput(
+                f"{where}: persona name {shown(name)}: use lowercase letters, digits, _, -"
+            )
         if name in seen:
             raise BadInput(f"{where}: duplicate persona '{name}' (first at line {seen[name]})")
         seen[name] = line
@@ -94,27 +95,40 @@ def load_personas(path: Path | None = None) -> list[Persona]:
             raise BadInput(f"{where}: persona '{name}' has no family")
         is_control = entry.get("is_control", False)
         if not isinstance(is_control, bool):
-            raise BadInput(f"{where}: persona '{name}': is_control must be true or false, got "
-                           f"{shown(is_control)}")
+            raise BadInput(
+                f"{where}: persona '{name}': is_control must be true or false, got "
+                f"{shown(is_control)}"
+            )
         prompts = entry.get("prompts")
         if not isinstance(prompts, list) or not prompts:
             raise BadInput(f"{where}: persona '{name}' has no prompts")
         if not all(isinstance(p, str) for p in prompts):
             raise BadInput(f"{where}: persona '{name}': every prompt must be text")
         if any(not p.strip() for p in prompts) and not (is_control and prompts == [""]):
-            raise BadInput(f"{where}: persona '{name}' has an empty prompt (only a control may "
-                           "have the single empty prompt that means 'no system prompt')")
+            raise BadInput(
+                f"{where}: persona '{name}' has an empty prompt (only a control may "
+                "have the single empty prompt that means 'no system prompt')"
+            )
         if len(set(prompts)) != len(prompts):
             raise BadInput(f"{where}: persona '{name}' repeats a prompt")
-        personas.append(Persona(name, family.strip(), str(entry.get("description") or ""),
-                                tuple(prompts), is_control,
-                                _control_of(entry.get("control_of"), where, name)))
+        personas.append(
+            Persona(
+                name,
+                family.strip(),
+                str(entry.get("description") or ""),
+                tuple(prompts),
+                is_control,
+                _control_of(entry.get("control_of"), where, name),
+            )
+        )
     names = {p.name for p in personas}
     for p in personas:
         for target in (p.control_of or "").split(",") if p.control_of else []:
             if target not in names:
-                raise BadInput(f"{path} line {seen[p.name]}: control '{p.name}' refers to "
-                               f"unknown persona '{target}'")
+                raise BadInput(
+                    f"{path} line {seen[p.name]}: control '{p.name}' refers to "
+                    f"unknown persona '{target}'"
+                )
     if not any(not p.is_control for p in personas):
         raise BadInput(f"{path}: holds only controls; at least one persona is needed")
     return personas
@@ -127,8 +141,10 @@ def _control_of(value: Any, where: str, name: str) -> str | None:
         return None
     names = value if isinstance(value, list) else [value] if isinstance(value, str) else None
     if names is None or not names or not all(isinstance(n, str) for n in names):
-        raise BadInput(f"{where}: persona '{name}': control_of must be a persona name or a list "
-                       f"of them, got {shown(value)}")
+        raise BadInput(
+            f"{where}: persona '{name}': control_of must be a persona name or a list "
+            f"of them, got {shown(value)}"
+        )
     parts = [part.strip() for n in names for part in n.split(",")]
     if not all(parts):
         raise BadInput(f"{where}: persona '{name}': control_of holds an empty name")
@@ -153,8 +169,10 @@ def load_items(path: Path | None = None) -> list[Item]:
             if not isinstance(row[key], str) or not row[key].strip():
                 raise BadInput(f"{path} line {n}: empty {key}")
         if row["item_id"] in seen:
-            raise BadInput(f"{path} line {n}: duplicate item_id '{row['item_id']}' "
-                           f"(first at line {seen[row['item_id']]})")
+            raise BadInput(
+                f"{path} line {n}: duplicate item_id '{row['item_id']}' "
+                f"(first at line {seen[row['item_id']]})"
+            )
         seen[row["item_id"]] = n
         items.append(Item(row["item_id"], row["topic"], row["question"], row["answer"]))
     if not items:
@@ -186,6 +204,8 @@ def baseline_persona(personas: list[Persona], db: Path) -> Persona:
     """The no-persona control: a control whose prompts are all empty."""
     empty = [p for p in personas if p.is_control and all(not t for t in p.prompts)]
     if not empty:
-        raise BadInput(f"--db {db}: the battery has no no-persona control (a control persona "
-                       "with an empty prompt), so no persona's shift can be measured")
+        raise BadInput(
+            f"--db {db}: the battery has no no-persona control (a control persona "
+            "with an empty prompt), so no persona's shift can be measured"
+        )
     return next((p for p in empty if p.name == "control_none"), empty[0])

@@ -10,10 +10,13 @@ import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeAlias
+
+Log: TypeAlias = Callable[[str], None]
+"""Where a command's step messages go: `print`, `stderr_log()`, or a test's list.append."""
 
 
-def stderr_log() -> Callable[[str], None]:
+def stderr_log() -> Log:
     """A long command's step messages: dim lines on stderr, so stdout keeps only the result."""
     from rich.console import Console
 

@@ -10,15 +10,16 @@ import pandas as pd
 import torch
 
 from shoggoth.core.placement import placement_of
+from shoggoth.core.progress import Log
 from shoggoth.index.dictionary.build import IndexConfig, build_dictionary, read_harvest
-from shoggoth.sae.models import load_model
+from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.sae_dir import load_harvest_sae
 
 ENCODER_NOTE = ("skipped: the model is not a causal LM (an encoder's LM head is not part of its "
                 "checkpoint)")
 
 
-def logit_effects(model: Any, w_dec: np.ndarray, top: int, batch: int = 1024) -> pd.DataFrame:
+def logit_effects(model: Model, w_dec: np.ndarray, top: int, batch: int = 1024) -> pd.DataFrame:
     """Top promoted/suppressed tokens of each decoder direction through the unembedding."""
     w_u = model.bridge.original_model.get_output_embeddings().weight  # [vocab, d]
     w_u = w_u.detach().float().cpu()
@@ -37,7 +38,7 @@ def logit_effects(model: Any, w_dec: np.ndarray, top: int, batch: int = 1024) ->
 
 
 def model_logit_effects(model_name: str, w_dec: np.ndarray, cfg: IndexConfig,
-                        log: Any) -> tuple[pd.DataFrame | None, str]:
+                        log: Log) -> tuple[pd.DataFrame | None, str]:
     """(logit effects or None, how they were made): the model is loaded once, and encoders
     (whose LM head is not in their checkpoint) are skipped."""
     model = load_model(model_name, cfg.device,
@@ -49,7 +50,7 @@ def model_logit_effects(model_name: str, w_dec: np.ndarray, cfg: IndexConfig,
             "computed: decoder direction · unembedding (no final norm)")
 
 
-def index_harvest(cfg: IndexConfig, log: Any = print) -> dict[str, Any]:
+def index_harvest(cfg: IndexConfig, log: Log = print) -> dict[str, Any]:
     """Build one SAE's feature dictionary; returns `build_dictionary`'s summary."""
     harvest = read_harvest(cfg)
     sae = load_harvest_sae(cfg.db, harvest.sae_id, harvest.row, cfg.device)

@@ -21,7 +21,7 @@ from shoggoth.battery.personas import load_items, load_personas, subset_items, s
 from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.outputs import refuse_output_over
-from shoggoth.core.progress import stderr_log
+from shoggoth.core.progress import Log, stderr_log
 from shoggoth.index.dictionary.build import IndexConfig, faiss_dir
 from shoggoth.index.labels.run import LabelRunConfig, label_database
 from shoggoth.index.store.schema import battery_of
@@ -183,7 +183,7 @@ def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str
             "resuming" if resume else "no trained dictionary yet")
 
 
-def grid_step(db: Path, sae: str, settings: dict[str, Any], log: Callable[[str], None]) -> None:
+def grid_step(db: Path, sae: str, settings: dict[str, Any], log: Log) -> None:
     """Generate the demo's own answers (resumed or skipped when done), then one dictionary's
     grid against both reference texts: the battery's answers and the model's own under no
     persona."""
@@ -227,7 +227,7 @@ def fresh_database(db: Path, saes: list[Path], battery: dict[str, list[tuple]],
 
 
 def full_steps(steps: Steps, cfg: DemoConfig, recipe: Recipe, db: Path, saes: list[Path],
-               log: Callable[[str], None]) -> None:
+               log: Log) -> None:
     """Steps 6-8, behind --full: the layer probe, the grid and the explanations."""
     status = statuses_of(db, saes)
     later = None if cfg.full else "run `shoggoth demo --full` for it"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,9 @@ from shoggoth.sae.encode import document_shifts, prompts_activations
 from shoggoth.sae.models import Model, hook_layer, load_model
 from shoggoth.sae.prompts import EMPTY_SYSTEM, build_prompt, collate, pad_id, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 
 @dataclass
@@ -102,8 +105,9 @@ def _mean(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((t.float() * mask).sum(1) / mask.sum(1)).cpu()
 
 
-def pooled(model: Model, prompts: list[Any], layers: list[int], batch: int,
-           progress: Progress) -> np.ndarray:
+def pooled(
+    model: Model, prompts: list[Any], layers: list[int], batch: int, progress: Progress
+) -> np.ndarray:
     """Answer-token means: [documents, layers, d] of each block's output."""
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     missing = [h for h in hooks if h not in model.hook_names]
@@ -111,15 +115,19 @@ def pooled(model: Model, prompts: list[Any], layers: list[int], batch: int,
         raise BadInput(f"--layers: model '{model.name}' has no hook {missing[0]}")
     out = []
     for start in range(0, len(prompts), batch):
-        b = collate(prompts[start:start + batch], pad_id(model.tokenizer)).to(model.device)
+        b = collate(prompts[start : start + batch], pad_id(model.tokenizer)).to(model.device)
         with torch.inference_mode():
             _, cache = model.bridge.run_with_cache(
-                b.input_ids, names_filter=lambda n: n in hooks, stop_at_layer=max(layers) + 1,
-                attention_mask=b.attention_mask, return_cache_object=False)
+                b.input_ids,
+                names_filter=lambda n: n in hooks,
+                stop_at_layer=max(layers) + 1,
+                attention_mask=b.attention_mask,
+                return_cache_object=False,
+            )
             mask = b.continuation_mask.unsqueeze(-1).float()
             out.append(torch.stack([_mean(cache[h], mask) for h in hooks], 1))
-        progress.advance(len(prompts[start:start + batch]))
-    return torch.cat(out).numpy()
+        progress.advance(len(prompts[start : start + batch]))
+    return cast("np.ndarray", torch.cat(out).numpy())
 
 
 def center_items(x: np.ndarray, item: np.ndarray) -> np.ndarray:
@@ -159,8 +167,14 @@ SAEParts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """Per document at the SAE's hook: activations, reconstruction, shift, shift through the SAE."""
 
 
-def layer_rows(x: np.ndarray, sae_parts: SAEParts | None, docs: Documents,
-               layers: list[int], sae_layer: int | None, cfg: LayersConfig) -> pd.DataFrame:
+def layer_rows(
+    x: np.ndarray,
+    sae_parts: SAEParts | None,
+    docs: Documents,
+    layers: list[int],
+    sae_layer: int | None,
+    cfg: LayersConfig,
+) -> pd.DataFrame:
     """One row per probed layer (see the module docstring)."""
     rows = []
     for n, layer in enumerate(layers):
@@ -169,34 +183,59 @@ def layer_rows(x: np.ndarray, sae_parts: SAEParts | None, docs: Documents,
         vectors = persona_vectors(centered, docs.persona)
         scale = float(np.linalg.norm(raw, axis=1).mean())
         norms = np.linalg.norm(vectors, axis=1) / scale
-        row = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_post",
-               "n_documents": len(raw), "n_personas": len(docs.names),
-               "n_items": len(np.unique(docs.item)), "chance": 1 / len(docs.names),
-               "probe_accuracy": probe_accuracy(centered, docs, cfg.folds, cfg.seed),
-               "persona_norm_mean": float(norms.mean()), "persona_norm_max": float(norms.max()),
-               "sae_signal_fraction": None, "probe_on_reconstruction": None,
-               "probe_on_error": None, "is_sae_layer": layer == sae_layer}
+        row = {
+            "layer": layer,
+            "hook": f"blocks.{layer}.hook_resid_post",
+            "n_documents": len(raw),
+            "n_personas": len(docs.names),
+            "n_items": len(np.unique(docs.item)),
+            "chance": 1 / len(docs.names),
+            "probe_accuracy": probe_accuracy(centered, docs, cfg.folds, cfg.seed),
+            "persona_norm_mean": float(norms.mean()),
+            "persona_norm_max": float(norms.max()),
+            "sae_signal_fraction": None,
+            "probe_on_reconstruction": None,
+            "probe_on_error": None,
+            "is_sae_layer": layer == sae_layer,
+        }
         if layer == sae_layer and sae_parts is not None:
             row.update(sae_rows(*sae_parts, docs, cfg))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def sae_rows(at_sae: np.ndarray, recon: np.ndarray, shift: np.ndarray, shift_hat: np.ndarray,
-             docs: Documents, cfg: LayersConfig) -> dict[str, float]:
+def sae_rows(
+    at_sae: np.ndarray,
+    recon: np.ndarray,
+    shift: np.ndarray,
+    shift_hat: np.ndarray,
+    docs: Documents,
+    cfg: LayersConfig,
+) -> dict[str, float]:
     """The SAE's share of the persona signal at its hook, Σ_k ⟨v_k, v̂_k⟩ / Σ_k |v_k|² (v_k:
     persona k's mean shift against the reference; v̂_k: the same through the SAE;
     core/signal.py), and the probe on its reconstruction and on its error term."""
     x = center_items(at_sae, docs.item)
     r = center_items(recon, docs.item)
-    return {"sae_signal_fraction": signal_fraction(grouped_means(shift, docs.persona),
-                                                   grouped_means(shift_hat, docs.persona)),
-            "probe_on_reconstruction": probe_accuracy(r, docs, cfg.folds, cfg.seed),
-            "probe_on_error": probe_accuracy(x - r, docs, cfg.folds, cfg.seed)}
+    return {
+        "sae_signal_fraction": signal_fraction(
+            grouped_means(shift, docs.persona), grouped_means(shift_hat, docs.persona)
+        ),
+        "probe_on_reconstruction": probe_accuracy(r, docs, cfg.folds, cfg.seed),
+        "probe_on_error": probe_accuracy(x - r, docs, cfg.folds, cfg.seed),
+    }
 
 
-def sae_documents(model: Model, sae: Any, kind: str, hook: str, prompts: list[Any],
-                  references: list[Any], docs: Documents, batch: int) -> SAEParts:
+def sae_documents(
+    model: Model,
+    sae: SAE,
+    kind: str,
+    hook: str,
+    prompts: list[Any],
+    references: list[Any],
+    docs: Documents,
+    batch: int,
+) -> SAEParts:
     """Per document at the SAE's hook, answer-token means of: the activations, their
     reconstruction (a difference dictionary's: the reference's activations plus its
     reconstruction of the shift), the shift against the item's reference document, and the
@@ -205,18 +244,21 @@ def sae_documents(model: Model, sae: Any, kind: str, hook: str, prompts: list[An
     per_item = [ref[hook][ref_rows == i] for i in range(len(references))]
     out: list[list[np.ndarray]] = [[], [], [], []]
     for start in range(0, len(prompts), batch):
-        part = prompts[start:start + batch]
+        part = prompts[start : start + batch]
         acts, rows = prompts_activations(model, part, [hook], None)
         x = acts[hook].float()
-        x_ref = torch.cat([per_item[i] for i in docs.item[start:start + len(part)]]).float()
+        x_ref = torch.cat([per_item[i] for i in docs.item[start : start + len(part)]]).float()
         shift, shift_hat = document_shifts(sae, kind, x, x_ref, rows, len(part))
         n = torch.bincount(rows, minlength=len(part)).clamp(min=1)[:, None].float().cpu()
-        mean = (torch.zeros(len(part), x.shape[1]).index_add_(0, rows.cpu(), x.cpu()) / n)
+        mean = torch.zeros(len(part), x.shape[1]).index_add_(0, rows.cpu(), x.cpu()) / n
         ref_mean = mean.numpy() - shift
         with torch.inference_mode():
             whole = sae.decode(sae.encode(x.to(sae.device, sae.dtype))).float().cpu()
-        recon = ref_mean + shift_hat if kind == "difference" else (
-            torch.zeros_like(mean).index_add_(0, rows.cpu(), whole) / n).numpy()
+        recon = (
+            ref_mean + shift_hat
+            if kind == "difference"
+            else (torch.zeros_like(mean).index_add_(0, rows.cpu(), whole) / n).numpy()
+        )
         for bucket, value in zip(out, (mean.numpy(), recon, shift, shift_hat), strict=True):
             bucket.append(value)
     a, r, sh, sh_hat = (np.concatenate(b).astype(np.float64) for b in out)
@@ -228,16 +270,26 @@ def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Any], D
     personas, items = read_battery(d.con)
     main = [p for p in personas if not p.is_control]
     if len(main) < 2 or max(len(p.prompts) for p in main) < 2:
-        raise BadInput(f"--db {d.db}: the probe needs two or more personas with two or more "
-                       "prompts each (it tests on prompts it did not train on)")
+        raise BadInput(
+            f"--db {d.db}: the probe needs two or more personas with two or more "
+            "prompts each (it tests on prompts it did not train on)"
+        )
     chosen = subset_items(items, per_topic)
     template = stored_template(d.row["template"])
     prompts, meta = [], []
     for k, p in enumerate(main):
         for j, system in enumerate(p.prompts):
             for i, item in enumerate(chosen):
-                prompts.append(build_prompt(model.tokenizer, system, item.question, item.answer,
-                                            template=template, prepend_bos=model.prepend_bos))
+                prompts.append(
+                    build_prompt(
+                        model.tokenizer,
+                        system,
+                        item.question,
+                        item.answer,
+                        template=template,
+                        prepend_bos=model.prepend_bos,
+                    )
+                )
                 meta.append((k, j, i))
     m = np.array(meta)
     return prompts, Documents(m[:, 0], m[:, 1], m[:, 2], [p.name for p in main])
@@ -249,9 +301,17 @@ def reference_prompts(d: Dictionary, model: Model, per_topic: int) -> list[Any]:
     _, items = read_battery(d.con)
     template = stored_template(d.row["template"])
     reference = d.row.get("reference") or EMPTY_SYSTEM
-    return [build_prompt(model.tokenizer, reference, item.question, item.answer,
-                         template=template, prepend_bos=model.prepend_bos)
-            for item in subset_items(items, per_topic)]
+    return [
+        build_prompt(
+            model.tokenizer,
+            reference,
+            item.question,
+            item.answer,
+            template=template,
+            prepend_bos=model.prepend_bos,
+        )
+        for item in subset_items(items, per_topic)
+    ]
 
 
 def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
@@ -259,13 +319,20 @@ def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
     check_writable(cfg.db)  # before minutes of forward passes, not after
     d = Dictionary(cfg.db, cfg.sae)
     try:
-        model = load_model(d.row["model"], cfg.device, hook=d.row["hook"],
-                           placement=placement_of(cfg.device_map, cfg.max_memory))
+        model = load_model(
+            d.row["model"],
+            cfg.device,
+            hook=d.row["hook"],
+            placement=placement_of(cfg.device_map, cfg.max_memory),
+        )
         sae_hook, sae_layer = d.row["hook"], hook_layer(d.row["hook"])
         layers = parse_layers(cfg.layers, model.n_layers, sae_layer)
         prompts, docs = documents(d, model, cfg.items_per_topic)
-        sae = load_harvest_sae(d.db, d.sae_id, d.row, str(model.sae_device(sae_hook))) \
-            if sae_layer is not None else None
+        sae = (
+            load_harvest_sae(d.db, d.sae_id, d.row, str(model.sae_device(sae_hook)))
+            if sae_layer is not None
+            else None
+        )
         kind = d.row.get("kind") or "residual"
         references = reference_prompts(d, model, cfg.items_per_topic)
         sae_id = d.sae_id
@@ -273,8 +340,11 @@ def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
         d.close()
     with Progress("layers: forward passes", len(prompts), unit="documents") as progress:
         x = pooled(model, prompts, layers, cfg.batch, progress)
-    parts = sae_documents(model, sae, kind, sae_hook, prompts, references, docs, cfg.batch) \
-        if sae is not None else None
+    parts = (
+        sae_documents(model, sae, kind, sae_hook, prompts, references, docs, cfg.batch)
+        if sae is not None
+        else None
+    )
     table = layer_rows(x, parts, docs, layers, sae_layer, cfg)
     write_layer_probe(cfg.db, sae_id, table, cfg)
     return table

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from shoggoth.core.config import SEED_MAX, Config, config_metadata, option
 from shoggoth.core.errors import BadInput, Interrupted
 from shoggoth.core.lists import parse_names
 from shoggoth.core.placement import placement_of
-from shoggoth.core.progress import Progress
+from shoggoth.core.progress import Log, Progress
 from shoggoth.index.action.answers import SET_NAME, done_keys, finish_set, start_set, write_answers
+from shoggoth.index.store.connection import one_row
 from shoggoth.index.store.database import WAIT, check_writable, connect
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
@@ -132,7 +132,7 @@ def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[
     return cfg.model or row["model"], template, chosen, subset_items(items, cfg.items_per_topic)
 
 
-def generate_answers(cfg: GenerateConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def generate_answers(cfg: GenerateConfig, log: Log = print) -> dict[str, Any]:
     """Generate (or resume, or find finished) an answer set; returns its summary."""
     model_name, template, personas, items = read_setup(cfg)
     check_writable(cfg.db)
@@ -219,8 +219,8 @@ def summary(db: Path, name: str) -> dict[str, Any]:
     try:
         counts = dict(con.execute("SELECT stop_reason, count(*) FROM answers WHERE answer_set = ? "
                                   "GROUP BY ALL", [name]).fetchall())
-        tokens = con.execute("SELECT coalesce(sum(n_tokens), 0), count(*) FILTER (WHERE "
-                             "text = '') FROM answers WHERE answer_set = ?", [name]).fetchone()
+        tokens = one_row(con, "SELECT coalesce(sum(n_tokens), 0), count(*) FILTER (WHERE "
+                             "text = '') FROM answers WHERE answer_set = ?", [name])
     finally:
         con.close()
     return {"answers": sum(counts.values()), "stop_reasons": counts,

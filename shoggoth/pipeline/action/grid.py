@@ -17,7 +17,6 @@ reads each document's shift: the document minus the same text under the dictiona
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,11 +30,12 @@ from shoggoth.core.atomic import drop_resume_folder, resume_folder, save_npz_ato
 from shoggoth.core.config import config_metadata, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.placement import placement_of
-from shoggoth.core.progress import Progress
+from shoggoth.core.progress import Log, Progress
 from shoggoth.index.action.analysis import analyse_grid
 from shoggoth.index.action.answers import read_answers
 from shoggoth.index.action.labels import GridLabelConfig
 from shoggoth.index.action.store import write_grid
+from shoggoth.index.store.connection import one_row
 from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
@@ -46,7 +46,7 @@ from shoggoth.sae.encode import (
     shared_prefix,
     shift_input,
 )
-from shoggoth.sae.models import load_model
+from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.prompts import Prompt, build_prompt, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
 
@@ -103,8 +103,8 @@ def read_inputs(cfg: GridConfig) -> GridInputs:
     try:
         sae_id, row, (personas, items) = d.sae_id, d.row, read_battery(d.con)
         answers = read_answers(d.con, cfg.answers)
-        run = d.con.execute("SELECT run_id FROM answer_sets WHERE answer_set = ?",
-                            [cfg.answers]).fetchone()[0]
+        run = one_row(d.con, "SELECT run_id FROM answer_sets WHERE answer_set = ?",
+                            [cfg.answers])[0]
     finally:
         d.close()
     by_name = {p.name: p for p in personas}
@@ -165,7 +165,7 @@ def work_dir(cfg: GridConfig, inputs: GridInputs) -> tuple[Path, str]:
                          f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}", key)
 
 
-def build_prompts(model: Any, inputs: GridInputs, docs: pd.DataFrame) -> list[Prompt]:
+def build_prompts(model: Model, inputs: GridInputs, docs: pd.DataFrame) -> list[Prompt]:
     """Each document's prompt, built as the harvest builds it."""
     template = stored_template(inputs.row["template"])
     out = []
@@ -197,7 +197,7 @@ class ReferenceRows:
     """A difference dictionary's reference documents: each grid text (its item, its answer
     text) read under the dictionary's reference, once per run."""
 
-    model: Any
+    model: Model
     inputs: GridInputs
     hook: str
     _kept: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
@@ -282,7 +282,7 @@ def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
     return n_tokens, frame.sort_values(["doc", "feature"], kind="stable").reset_index(drop=True)
 
 
-def run_grid(cfg: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_grid(cfg: GridConfig, log: Log = print) -> dict[str, Any]:
     """Harvest (or resume) the grid, analyse it and store the tables; returns the summary."""
     inputs = read_inputs(cfg)
     check_writable(cfg.db)

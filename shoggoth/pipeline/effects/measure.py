@@ -10,7 +10,7 @@ own batch row, after the document's prefix KV cache) and steers them under no pe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -26,13 +26,16 @@ from shoggoth.sae.intervene import (
 from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import Prompt
 
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
 
 @dataclass
 class Setup:
     """What every item's measurement needs."""
 
     model: Model
-    sae: Any
+    sae: SAE
     hook: str
     w_dec: torch.Tensor
     """[features, d] decoder directions (float32, on the SAE's device)."""
@@ -47,7 +50,8 @@ class Setup:
     baseline document (condition 0, the dictionary's reference) of the same item."""
     _answers: dict[tuple[int, int], Answer] = field(default_factory=dict, repr=False)
     _rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict, repr=False)
+        default_factory=dict, repr=False
+    )
 
     def answer(self, condition: int, item: int) -> Answer:
         """The document's prefix run once (kept while its item is measured)."""
@@ -70,8 +74,7 @@ class Setup:
                 kept["x"] = x[0].detach().float().clone()
                 return torch.zeros_like(x)
 
-            lp, _ = answer_logprobs(self.model, self.answer(condition, item), self.hook,
-                                    capture, 1)
+            lp, _ = answer_logprobs(self.model, self.answer(condition, item), self.hook, capture, 1)
             d = self.w_dec.shape[1]
             self._rows[key] = (lp[0], kept.get("x", torch.zeros(0, d)).to(self.w_dec.device))
         return self._rows[key]
@@ -107,7 +110,7 @@ def _attribution_rows(s: Setup, acts: torch.Tensor, grad: torch.Tensor) -> np.nd
     """[rows, features] estimated change of each row's weighted log-probability sum when each
     feature is ablated on the answer: -Σ_t a_f(t) <d_f, grad_t> (acts: [rows, n-1, features],
     grad: [rows, n-1, d])."""
-    return -(acts * (grad @ s.w_dec.cpu().T)).sum(1).numpy()
+    return cast("np.ndarray", -(acts * (grad @ s.w_dec.cpu().T)).sum(1).numpy())
 
 
 def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
@@ -129,17 +132,23 @@ def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
     x, lp, grad = attribution_batch(s.model, prompts, s.hook, weights)
     # The K no-persona rows hold the same activations: encode them once (row k is the
     # baseline document, a difference dictionary's reference).
-    unique = s.codes(x[:k + 1], x[k]).cpu()
+    unique = s.codes(x[: k + 1], x[k]).cpu()
     acts = torch.cat([unique, unique[k:].expand(k - 1, -1, -1)])
     attr = _attribution_rows(s, acts, grad)
     fired = (unique > 0).any(1).numpy()
-    return {"lp0": lp[k].numpy(), "lp": lp[:k].numpy(), "attr_persona": attr[:k],
-            "attr_base": attr[k:], "fired": np.concatenate([fired[k:], fired[:k]]),
-            "x": torch.cat([x[k:k + 1], x[:k]]).numpy()}
+    return {
+        "lp0": lp[k].numpy(),
+        "lp": lp[:k].numpy(),
+        "attr_persona": attr[:k],
+        "attr_base": attr[k:],
+        "fired": np.concatenate([fired[k:], fired[:k]]),
+        "x": torch.cat([x[k : k + 1], x[:k]]).numpy(),
+    }
 
 
-def clean_rows(s: Setup, item: int, screen: dict[str, np.ndarray]
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def clean_rows(
+    s: Setup, item: int, screen: dict[str, np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The clean answer log-probabilities [conditions, n] and hook activations on the positions
     that predict tokens 2.. [conditions, n - 1, d] of every condition (0 first), as the screen
     measured them; recomputed (one forward pass each) for a screen saved without them."""
@@ -172,23 +181,30 @@ def _edit(s: Setup, plan: EffectsPlan, jobs: list[tuple[str, int]], x_ref: torch
         # Rows are identical up to the hook, so row 0's activations serve every row.
         acts = s.codes(x[0], x_ref)  # [positions, features]
         zero = torch.zeros(x.shape[1], device=acts.device)
-        scale = torch.stack([
-            zero if kind == "clean" else
-            -acts[:, plan.features[j]] if kind == "ablate"
-            else torch.full((x.shape[1],), plan.steer[j], device=acts.device)
-            for kind, j in jobs])  # [rows, positions]
+        scale = torch.stack(
+            [
+                zero
+                if kind == "clean"
+                else -acts[:, plan.features[j]]
+                if kind == "ablate"
+                else torch.full((x.shape[1],), plan.steer[j], device=acts.device)
+                for kind, j in jobs
+            ]
+        )  # [rows, positions]
         return scale[..., None] * dirs[:, None, :].to(scale.device)
 
     return edit
 
 
-def _jobs(plan: EffectsPlan, condition: int, fired: np.ndarray) -> tuple[list[tuple[str, int]],
-                                                                   list[int]]:
+def _jobs(
+    plan: EffectsPlan, condition: int, fired: np.ndarray
+) -> tuple[list[tuple[str, int]], list[int]]:
     """The rows to run under a condition (ablations of the features that fire, and under the
     baseline every steering), and the measured features that do not fire (exactly no
     effect)."""
-    measured = [j for j, conds in enumerate(plan.conditions)
-                if condition == 0 or condition in conds]
+    measured = [
+        j for j, conds in enumerate(plan.conditions) if condition == 0 or condition in conds
+    ]
     jobs = [("ablate", j) for j in measured if fired[condition, plan.features[j]]]
     silent = [j for j in measured if not fired[condition, plan.features[j]]]
     if condition == 0:
@@ -196,8 +212,9 @@ def _jobs(plan: EffectsPlan, condition: int, fired: np.ndarray) -> tuple[list[tu
     return jobs, silent
 
 
-def exact_item(s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray,
-               x_ref: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+def exact_item(
+    s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray, x_ref: torch.Tensor | None = None
+) -> dict[str, np.ndarray]:
     """Exact ablation and steering on one item: ablate[j, c, t] the change of the answer's
     log-probabilities (tokens 2..) when feature j is ablated under condition c (NaN: not
     measured), ablate_kl[j, c] the mean KL of the next-token distributions, steer[j, t] the
@@ -205,9 +222,11 @@ def exact_item(s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray,
     activations, which a difference dictionary encodes against (None: run it once more)."""
     n_f, n_cond = len(plan.features), len(s.conditions)
     n = len(s.answer(0, item).ids) - 1
-    out = {"ablate": np.full((n_f, n_cond, n), np.nan), "ablate_kl": np.full((n_f, n_cond),
-                                                                             np.nan),
-           "steer": np.zeros((n_f, n))}
+    out = {
+        "ablate": np.full((n_f, n_cond, n), np.nan),
+        "ablate_kl": np.full((n_f, n_cond), np.nan),
+        "steer": np.zeros((n_f, n)),
+    }
     for c in range(n_cond):
         jobs, silent = _jobs(plan, c, fired)
         out["ablate"][silent, c] = 0.0
@@ -222,15 +241,18 @@ def exact_item(s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray,
         jobs = [("clean", -1), *jobs]  # the unedited row rides in the first batch
         clean = clean_full = None
         for start in range(0, len(jobs), s.batch):
-            chunk = jobs[start:start + s.batch]
-            lp, full = answer_logprobs(s.model, answer, s.hook,
-                                       _edit(s, plan, chunk, x_ref), len(chunk), full=True)
+            chunk = jobs[start : start + s.batch]
+            lp, full = answer_logprobs(
+                s.model, answer, s.hook, _edit(s, plan, chunk, x_ref), len(chunk), full=True
+            )
             if clean is None:
                 clean, clean_full = lp[:1], None if full is None else full[:1]
             change = (lp - clean)[:, 1:].numpy()
-            divergence = kl(clean_full, full).numpy() if full is not None and \
-                clean_full is not None else \
-                np.zeros(len(chunk))
+            divergence = (
+                kl(clean_full, full).numpy()
+                if full is not None and clean_full is not None
+                else np.zeros(len(chunk))
+            )
             for r, (kind, j) in enumerate(chunk):
                 if kind == "ablate":
                     out["ablate"][j, c], out["ablate_kl"][j, c] = change[r], divergence[r]

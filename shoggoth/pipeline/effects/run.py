@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,7 @@ from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_names, parse_numbers
 from shoggoth.core.placement import Placement, placement_of
 from shoggoth.core.printing import Format
-from shoggoth.core.progress import Progress
+from shoggoth.core.progress import Log, Progress
 from shoggoth.index.effects.queries import typical_activations
 from shoggoth.index.effects.store import write_effects
 from shoggoth.index.labels.decompose import part_of_features
@@ -67,6 +67,10 @@ from shoggoth.pipeline.effects.tables import effect_rows, make_plan, screen_esti
 from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.prompts import build_prompt, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
 
 COMPOSE = "compose_"
 """The prefix of the composition test's arrays in an item's saved exact-pass results."""
@@ -157,7 +161,7 @@ def reference_condition(row: dict[str, Any], personas: list[Persona], db: Path) 
     return baseline_persona(personas, db)
 
 
-def feature_parts(labels: Any, main: list[Persona], d_sae: int) -> np.ndarray | None:
+def feature_parts(labels: pd.DataFrame, main: list[Persona], d_sae: int) -> np.ndarray | None:
     """Each persona's part of every feature, from the labels in force (None: unlabelled)."""
     if not len(labels):
         return None
@@ -213,7 +217,7 @@ def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str,
     return model, sae
 
 
-def make_setup(inputs: EffectsInputs, model: Model, sae: Any, cfg: EffectsConfig) -> Setup:
+def make_setup(inputs: EffectsInputs, model: Model, sae: SAE, cfg: EffectsConfig) -> Setup:
     """Every condition's prompt for every item, as the harvest built them."""
     template = stored_template(inputs.row["template"])
     index = 0 if len(inputs.conditions[0].prompts) <= cfg.paraphrase else cfg.paraphrase
@@ -258,7 +262,7 @@ def plan_of(folder: Path, make: Callable[[], EffectsPlan]) -> EffectsPlan:
     return plan
 
 
-def run_effects(cfg: EffectsConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_effects(cfg: EffectsConfig, log: Log = print) -> dict[str, Any]:
     """Screen, plan, measure and store one SAE's effects; returns the tables and timings."""
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -30,6 +30,10 @@ from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.sae.intervene import Edit, generate
 from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import build_prompt
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
 
 
 @dataclass
@@ -72,7 +76,7 @@ class Steering:
     """A loaded model and SAE, ready to generate steered answers (the explorer keeps one)."""
 
     model: Model
-    sae: Any
+    sae: SAE
     hook: str
     typical: float
     system: str | None

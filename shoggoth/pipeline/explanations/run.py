@@ -12,7 +12,6 @@ the end so that the gap is not missed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from shoggoth.core.config import SEED_MAX, TIMEOUT, Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_numbers
 from shoggoth.core.placement import placement_of
-from shoggoth.core.progress import Progress
+from shoggoth.core.progress import Log, Progress
 from shoggoth.index.explanations import store as edb
 from shoggoth.index.store.database import step_database
 from shoggoth.pipeline.explanations.prompts import (
@@ -180,7 +179,7 @@ def explain_one(explainer: Explainer, judge: Explainer, ev: Evidence,
             "fuzzing_hits": list(fuzz.hits), "n_shown": len(ev.shown)}
 
 
-def explain(cfg: ExplainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def explain(cfg: ExplainConfig, log: Log = print) -> dict[str, Any]:
     """Explain and score the chosen features; returns a summary (with the failures)."""
     plan = gather(cfg)
     sae, evidence = plan.sae, plan.evidence

@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from shoggoth.core.errors import BadInput, first_line
+from shoggoth.core.progress import Log
 from shoggoth.index.store.harvest import summary
 from shoggoth.index.store.merge import MergeConfig, merge
 from shoggoth.pipeline.harvest.run import HarvestConfig, harvest, sae_ids
@@ -66,7 +66,7 @@ def connect_ray(address: str, workers: int) -> Any:
     return ray
 
 
-def harvest_with_ray(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def harvest_with_ray(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
     """Harvest --workers shards as Ray tasks, then merge them into --db; returns the merged
     database's summary of the first SAE (with `others`: the rest's)."""
     if cfg.shard is not None:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -28,9 +27,10 @@ from shoggoth.core.config import Config, config_metadata, deprecated, option
 from shoggoth.core.errors import BadInput, Interrupted
 from shoggoth.core.placement import placement_of
 from shoggoth.core.printing import Format
-from shoggoth.core.progress import Progress
+from shoggoth.core.progress import Log, Progress
 from shoggoth.core.versions import library_versions
 from shoggoth.index.store import harvest as harvest_db
+from shoggoth.index.store.harvest import PartialStore
 from shoggoth.sae.encode import Harvester, check_lengths, check_tokens, decimals_for
 from shoggoth.sae.models import load_model, resolve_device
 from shoggoth.sae.prompts import EMPTY_SYSTEM, Template
@@ -159,7 +159,7 @@ def load_saes(cfg: HarvestConfig, device: str) -> tuple[list[Any], str]:
     return saes, models.pop()
 
 
-def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
     """Run (or resume, or recognise as done) a harvest of one SAE or several from the same
     forward passes; returns the first SAE's summary (with `others`: the rest's)."""
     shard = parse_shard(cfg.shard)
@@ -222,10 +222,10 @@ def harvest(cfg: HarvestConfig, log: Callable[[str], None] = print) -> dict[str,
     return {**out[0], "others": out[1:]}
 
 
-def begin(harvester: Harvester, store: Any, cfg: HarvestConfig, ids: list[str],
+def begin(harvester: Harvester, store: PartialStore, cfg: HarvestConfig, ids: list[str],
           identities: list[dict[str, Any]], first_unit: Unit, mine: list[Unit],
           source: tuple[str, str, str], expected: list[list[int]], partial: Path,
-          log: Callable[[str], None]) -> tuple[list[int], bool]:
+          log: Log) -> tuple[list[int], bool]:
     """Start each SAE's run in the partial file, or resume it (its settings must match);
     returns each SAE's value decimals and whether the prefix cache is used."""
     model_name, location, template = source
@@ -251,11 +251,12 @@ def begin(harvester: Harvester, store: Any, cfg: HarvestConfig, ids: list[str],
         }, [(it.item_id, expected[n], harvester.model.tokenizer.convert_ids_to_tokens(
             expected[n])) for n, it in enumerate(harvester.items)])
         states[k] = {"value_decimals": decimals[k], "prefix_cache": use_cache}
-    return [int(s["value_decimals"]) for s in states], bool(states[0]["prefix_cache"])
+    settled = cast("list[dict[str, Any]]", states)  # every SAE's state is set by now
+    return [int(s["value_decimals"]) for s in settled], bool(settled[0]["prefix_cache"])
 
 
 def resumed(cfg: HarvestConfig, state: dict[str, Any], identity: dict[str, Any], sae_id: str,
-            partial: Path, log: Callable[[str], None] | None) -> None:
+            partial: Path, log: Log | None) -> None:
     """BadInput when the unfinished harvest being resumed was started with other settings."""
     if identity != state["identity"]:
         diff = sorted(k for k in IDENTITY if identity[k] != state["identity"].get(k))
@@ -268,7 +269,7 @@ def resumed(cfg: HarvestConfig, state: dict[str, Any], identity: dict[str, Any],
 
 
 def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit],
-          log: Callable[[str], None]) -> tuple[list[int], bool]:
+          log: Log) -> tuple[list[int], bool]:
     """A new harvest's value decimals per SAE (from the grid's first batch, whichever shard
     this is) and whether the prefix cache can be used on this model."""
     if cfg.value_decimals is not None:
@@ -287,7 +288,7 @@ def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit
     return decimals, use_cache
 
 
-def run_units(harvester: Harvester, store: Any, ids: list[str], mine: list[Unit],
+def run_units(harvester: Harvester, store: PartialStore, ids: list[str], mine: list[Unit],
               todo: list[Unit], expected: list[list[int]], decimals: list[int],
               partial: Path) -> dict[str, float]:
     """Compute and write each unit (every SAE's rows in one transaction), with a progress bar;
