@@ -56,6 +56,7 @@ test: $(STAMP) browser
 # neither follows), so they run on a copy laid out as installed (tests/helpers.py installed_tree).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	@tree=$$(mktemp -d) && trap 'rm -rf "$$tree"' EXIT && \
 	$(BIN)/python -c 'import sys; sys.path.insert(0, "tests"); from pathlib import Path; \
 	from helpers import installed_tree; installed_tree(Path(sys.argv[1]))' "$$tree" && \

@@ -41,11 +41,13 @@ def main() -> None:
         con.close()
         rows = {
             "shoggoth --help": seconds([str(EXE), "--help"], args.repeats),
-            'shoggoth sql --db F "SELECT 1"': seconds([str(EXE), "sql", "--db", str(db),
-                                                       "SELECT 1"], args.repeats),
+            'shoggoth sql --db F "SELECT 1"': seconds(
+                [str(EXE), "sql", "--db", str(db), "SELECT 1"], args.repeats
+            ),
             "shoggoth sql --help": seconds([str(EXE), "sql", "--help"], args.repeats),
             "import torch, transformers, sae_lens (what each command paid before)": seconds(
-                [sys.executable, "-c", "import torch, transformers, sae_lens"], args.repeats),
+                [sys.executable, "-c", "import torch, transformers, sae_lens"], args.repeats
+            ),
         }
     before = rows["import torch, transformers, sae_lens (what each command paid before)"]
     print(f"median of {args.repeats} runs each")

@@ -30,18 +30,21 @@ from shoggoth.sae.sae_dir import load_sae_dir
 from shoggoth.sae.train.run import TrainConfig, train
 
 
-def battery_shifts(model_name: str, hook: str, paraphrases: int, per_topic: int
-                   ) -> tuple[list[int], list[torch.Tensor]]:
+def battery_shifts(
+    model_name: str, hook: str, paraphrases: int, per_topic: int
+) -> tuple[list[int], list[torch.Tensor]]:
     """Each battery document's answer-token shifts against the same item under the empty
     system turn, and its persona's index."""
     model = load_model(model_name, "auto")
     personas = [p for p in load_personas() if not p.is_control]
     who, shifts = [], []
     for item in subset_items(load_items(), per_topic):
-        prompts = [build_prompt(model.tokenizer, system, item.question, item.answer,
-                                prepend_bos=model.prepend_bos)
-                   for system in [EMPTY_SYSTEM] + [q for p in personas
-                                                   for q in p.prompts[:paraphrases]]]
+        prompts = [
+            build_prompt(
+                model.tokenizer, system, item.question, item.answer, prepend_bos=model.prepend_bos
+            )
+            for system in [EMPTY_SYSTEM] + [q for p in personas for q in p.prompts[:paraphrases]]
+        ]
         acts, row = prompts_activations(model, prompts, [hook], None)
         x = acts[hook].float().cpu()
         row = row.cpu()
@@ -55,13 +58,22 @@ def battery_shifts(model_name: str, hook: str, paraphrases: int, per_topic: int
 def carried(sae_dir: Path, who: list[int], shifts: list[torch.Tensor]) -> float:
     sae = load_sae_dir(sae_dir, "cpu")
     with torch.no_grad():
-        docs = [(s.mean(0), sae.decode(sae.encode(s.to(sae.dtype))).float().mean(0))
-                for s in shifts]
+        docs = [
+            (s.mean(0), sae.decode(sae.encode(s.to(sae.dtype))).float().mean(0)) for s in shifts
+        ]
     labels = np.array(who)
-    v = np.stack([np.mean([d[0].numpy() for d, w in zip(docs, labels, strict=True) if w == k],
-                          axis=0) for k in sorted(set(who))])
-    vh = np.stack([np.mean([d[1].numpy() for d, w in zip(docs, labels, strict=True) if w == k],
-                           axis=0) for k in sorted(set(who))])
+    v = np.stack(
+        [
+            np.mean([d[0].numpy() for d, w in zip(docs, labels, strict=True) if w == k], axis=0)
+            for k in sorted(set(who))
+        ]
+    )
+    vh = np.stack(
+        [
+            np.mean([d[1].numpy() for d, w in zip(docs, labels, strict=True) if w == k], axis=0)
+            for k in sorted(set(who))
+        ]
+    )
     return signal_fraction(v.astype(np.float64), vh.astype(np.float64))
 
 
@@ -84,14 +96,28 @@ def main() -> None:
         for k in args.k or [16, 64, 256]:
             out = Path(tmp) / f"k{k}"
             started = time.perf_counter()
-            train(TrainConfig(model=args.model, layer=[args.layer], target=["difference"],
-                              architecture="batchtopk", d_sae=[args.d_sae], k=k,
-                              tokens=args.tokens, pair_tokens=args.pair_tokens,
-                              checkpoint_every=0, out=out), log=lambda _: None)
+            train(
+                TrainConfig(
+                    model=args.model,
+                    layer=[args.layer],
+                    target=["difference"],
+                    architecture="batchtopk",
+                    d_sae=[args.d_sae],
+                    k=k,
+                    tokens=args.tokens,
+                    pair_tokens=args.pair_tokens,
+                    checkpoint_every=0,
+                    out=out,
+                ),
+                log=lambda _: None,
+            )
             seconds = time.perf_counter() - started
             meta = json.loads((out / "shoggoth.json").read_text())["evaluation"]
-            print(f"{k:>5} {carried(out, who, shifts):>8.3f} {meta['persona_signal']:>9.3f} "
-                  f"{meta['l0']:>7.1f} {seconds:>8.0f}", flush=True)
+            print(
+                f"{k:>5} {carried(out, who, shifts):>8.3f} {meta['persona_signal']:>9.3f} "
+                f"{meta['l0']:>7.1f} {seconds:>8.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

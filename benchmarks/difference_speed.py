@@ -42,8 +42,15 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def stream_ratio(model: Any, hook: str, n_pairs: int, repeats: int) -> dict[str, float]:
-    pairs = make_pairs(model.tokenizer, pieces()[:4 * n_pairs], persona_set(None), EMPTY_SYSTEM,
-                       128, model.prepend_bos, model.is_causal)
+    pairs = make_pairs(
+        model.tokenizer,
+        pieces()[: 4 * n_pairs],
+        persona_set(None),
+        EMPTY_SYSTEM,
+        128,
+        model.prepend_bos,
+        model.is_causal,
+    )
     pairs = pairs.select(range(min(n_pairs, len(pairs))))
     stream = PairedStream(model, [hook], pairs, 1024, 0, chunk_pairs=len(pairs))
     pad = pad_id(model.tokenizer)
@@ -51,47 +58,70 @@ def stream_ratio(model: Any, hook: str, n_pairs: int, repeats: int) -> dict[str,
     def bare() -> None:
         for start in range(0, len(pairs), 32):
             part = pairs.select(range(start, min(len(pairs), start + 32)))
-            for ids, keep in ((part.persona_ids, part.persona_keep),
-                              (part.reference_ids, part.reference_keep)):
+            for ids, keep in (
+                (part.persona_ids, part.persona_keep),
+                (part.reference_ids, part.reference_keep),
+            ):
                 activations_at(model, _padded(ids, keep, pad), [hook])
 
     bare()  # warm-up
     t_bare = median_seconds(bare, repeats)
     t_stream = median_seconds(lambda: stream.chunk(0), repeats)
     tokens = pairs.tokens()
-    return {"pairs": len(pairs), "shared_tokens": tokens,
-            "bare_tokens_per_s": tokens / t_bare, "stream_tokens_per_s": tokens / t_stream,
-            "stream_vs_bare": t_bare / t_stream}
+    return {
+        "pairs": len(pairs),
+        "shared_tokens": tokens,
+        "bare_tokens_per_s": tokens / t_bare,
+        "stream_tokens_per_s": tokens / t_stream,
+        "stream_vs_bare": t_bare / t_stream,
+    }
 
 
-def random_sae(folder: Path, model_name: str, hook: str, d_in: int, d_sae: int,
-               target: str) -> Path:
+def random_sae(
+    folder: Path, model_name: str, hook: str, d_in: int, d_sae: int, target: str
+) -> Path:
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
     torch.manual_seed(0)
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=32,
-                                metadata=SAEMetadata(hook_name=hook, model_name=model_name)))
+    sae = TopKSAE(
+        TopKSAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            k=32,
+            metadata=SAEMetadata(hook_name=hook, model_name=model_name),
+        )
+    )
     folder.mkdir(parents=True)
     sae.save_model(str(folder))
-    meta = {"model": model_name, "hook": hook, "target": target,
-            "reference": EMPTY_SYSTEM if target == "difference" else None}
+    meta = {
+        "model": model_name,
+        "hook": hook,
+        "target": target,
+        "reference": EMPTY_SYSTEM if target == "difference" else None,
+    }
     (folder / "shoggoth.json").write_text(json.dumps(meta))
     return folder
 
 
-def harvest_ratio(model_name: str, hook: str, d_in: int, d_sae: int,
-                  items_per_topic: int) -> dict[str, float]:
+def harvest_ratio(
+    model_name: str, hook: str, d_in: int, d_sae: int, items_per_topic: int
+) -> dict[str, float]:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for target in ("residual", "difference"):
             sae = random_sae(Path(tmp) / target, model_name, hook, d_in, d_sae, target)
-            done = harvest(HarvestConfig(db=Path(tmp) / f"{target}.duckdb", sae_dir=[sae],
-                                         paraphrases=2, items_per_topic=items_per_topic),
-                           log=lambda _: None)
+            done = harvest(
+                HarvestConfig(
+                    db=Path(tmp) / f"{target}.duckdb",
+                    sae_dir=[sae],
+                    paraphrases=2,
+                    items_per_topic=items_per_topic,
+                ),
+                log=lambda _: None,
+            )
             out[f"{target}_batch_seconds"] = done["batch_seconds"]
-    out["difference_vs_residual"] = out["difference_batch_seconds"] / \
-        out["residual_batch_seconds"]
+    out["difference_vs_residual"] = out["difference_batch_seconds"] / out["residual_batch_seconds"]
     return out
 
 
@@ -104,12 +134,14 @@ def main() -> None:
     parser.add_argument("--items-per-topic", type=int, default=1)
     args = parser.parse_args()
     model = load_model(args.model, "auto")
-    hook = resolve_hook(model, layer=args.layer) if args.layer is not None else \
-        resolve_hook(model)
-    rows = {"model": args.model, "hook": hook, "device": str(model.device),
-            **stream_ratio(model, hook, args.pairs, args.repeats),
-            **harvest_ratio(args.model, hook, model.d_model, 8 * model.d_model,
-                            args.items_per_topic)}
+    hook = resolve_hook(model, layer=args.layer) if args.layer is not None else resolve_hook(model)
+    rows = {
+        "model": args.model,
+        "hook": hook,
+        "device": str(model.device),
+        **stream_ratio(model, hook, args.pairs, args.repeats),
+        **harvest_ratio(args.model, hook, model.d_model, 8 * model.d_model, args.items_per_topic),
+    }
     for key, value in rows.items():
         print(f"{key:28s} {value:,.3f}" if isinstance(value, float) else f"{key:28s} {value}")
 

@@ -44,16 +44,30 @@ from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
 
 def harvest_seconds(inputs: EffectsInputs, folder: Path) -> float:
     """`shoggoth harvest` of exactly the screened documents, into a new database."""
-    personas = [{"name": p.name, "family": p.family, "prompts": [p.prompts[0]],
-                 "is_control": p.is_control} for p in inputs.conditions]
+    personas = [
+        {"name": p.name, "family": p.family, "prompts": [p.prompts[0]], "is_control": p.is_control}
+        for p in inputs.conditions
+    ]
     (folder / "p.yaml").write_text(yaml.safe_dump({"personas": personas}))
-    (folder / "i.jsonl").write_text("".join(json.dumps(
-        {"item_id": i.item_id, "topic": i.topic, "question": i.question, "answer": i.answer})
-        + "\n" for i in inputs.items))
+    (folder / "i.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {"item_id": i.item_id, "topic": i.topic, "question": i.question, "answer": i.answer}
+            )
+            + "\n"
+            for i in inputs.items
+        )
+    )
     started = time.perf_counter()
-    harvest(HarvestConfig(db=folder / "h.duckdb", sae_dir=[Path(inputs.row["path"])],
-                          personas=folder / "p.yaml", items=folder / "i.jsonl"),
-            log=lambda _: None)
+    harvest(
+        HarvestConfig(
+            db=folder / "h.duckdb",
+            sae_dir=[Path(inputs.row["path"])],
+            personas=folder / "p.yaml",
+            items=folder / "i.jsonl",
+        ),
+        log=lambda _: None,
+    )
     return time.perf_counter() - started
 
 
@@ -67,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = EffectsConfig(db=args.db, items_per_topic=1, batch=args.batch)
     inputs = read_inputs(cfg)
-    inputs.items = inputs.items[:args.items]
+    inputs.items = inputs.items[: args.items]
     n_docs = len(inputs.conditions) * len(inputs.items)
     with tempfile.TemporaryDirectory() as tmp:
         harvest_s = harvest_seconds(inputs, Path(tmp))
@@ -80,20 +94,34 @@ def main() -> None:
         screens.append(screen_item(s, i))
         per_item.append(time.perf_counter() - started)
     screen_s = sum(per_item)
-    print(f"{model.name} · {sae.cfg.d_sae} features · {torch.get_num_threads()} threads · "
-          f"{n_docs} documents ({len(inputs.conditions)} conditions × {len(inputs.items)} items)")
-    print(f"harvest of these documents: {harvest_s:.1f} s; screen: {screen_s:.1f} s "
-          f"(median {statistics.median(per_item):.2f} s per item); screen / harvest = "
-          f"{screen_s / harvest_s:.2f}")
+    print(
+        f"{model.name} · {sae.cfg.d_sae} features · {torch.get_num_threads()} threads · "
+        f"{n_docs} documents ({len(inputs.conditions)} conditions × {len(inputs.items)} items)"
+    )
+    print(
+        f"harvest of these documents: {harvest_s:.1f} s; screen: {screen_s:.1f} s "
+        f"(median {statistics.median(per_item):.2f} s per item); screen / harvest = "
+        f"{screen_s / harvest_s:.2f}"
+    )
     # The plan `shoggoth effects` makes: the top features of the screen, each under no persona
     # and its top-screen persona; steered with its typical activation, or not at all.
-    steered = make_plan(screen_estimates(screens), np.stack([x["fired"] for x in screens]).any(0),
-                        {}, inputs.typical, chosen=None, allowed=None, top=args.features,
-                        baseline=0, per_feature=1, seed=0)
+    steered = make_plan(
+        screen_estimates(screens),
+        np.stack([x["fired"] for x in screens]).any(0),
+        {},
+        inputs.typical,
+        chosen=None,
+        allowed=None,
+        top=args.features,
+        baseline=0,
+        per_feature=1,
+        seed=0,
+    )
     feats = steered.features
-    for label, plan in (("ablation, 2 conditions",
-                         dataclasses.replace(steered, steer=[0.0] * len(feats))),
-                        ("ablation, 2 conditions, and steering under no persona", steered)):
+    for label, plan in (
+        ("ablation, 2 conditions", dataclasses.replace(steered, steer=[0.0] * len(feats))),
+        ("ablation, 2 conditions, and steering under no persona", steered),
+    ):
         times, rows, silent = [], 0, 0
         for i in range(args.exact_items):
             started = time.perf_counter()
@@ -102,10 +130,16 @@ def main() -> None:
             rows += int(np.isfinite(out["ablate_kl"]).sum())
             silent += int((out["ablate_kl"] == 0).sum())
         per = statistics.median(times)
-        print(f"{label}: {len(feats)} features × {args.exact_items} items: median "
-              f"{per:.1f} s per item → {40 * per / 60:.1f} min for 40 items"
-              + (f" ({silent} of {rows} feature × condition cells skipped: the feature does "
-                 "not fire there)" if plan is not steered else ""))
+        print(
+            f"{label}: {len(feats)} features × {args.exact_items} items: median "
+            f"{per:.1f} s per item → {40 * per / 60:.1f} min for 40 items"
+            + (
+                f" ({silent} of {rows} feature × condition cells skipped: the feature does "
+                "not fire there)"
+                if plan is not steered
+                else ""
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ from shoggoth.index.dictionary.similarity import (
 )
 
 
-def decoder_like(n: int, d: int, kind: str, levels: int = 6, branching: int = 8,
-                 seed: int = 0) -> np.ndarray:
+def decoder_like(
+    n: int, d: int, kind: str, levels: int = 6, branching: int = 8, seed: int = 0
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
 
     def directions(m: int) -> np.ndarray:
@@ -53,7 +54,7 @@ def decoder_like(n: int, d: int, kind: str, levels: int = 6, branching: int = 8,
 
     if kind == "tree":
         nodes = [directions(branching ** (level + 1)) for level in range(levels)]
-        leaf = rng.integers(0, branching ** levels, n)
+        leaf = rng.integers(0, branching**levels, n)
         w_level, w_noise = np.sqrt(0.66 / levels), np.sqrt(0.34)
     elif kind == "families":
         parents = directions(max(1, n // 64))
@@ -74,8 +75,9 @@ def decoder_like(n: int, d: int, kind: str, levels: int = 6, branching: int = 8,
     return unit_rows(x)
 
 
-def ms(fn: Callable[[np.ndarray], np.ndarray],
-       queries: np.ndarray) -> tuple[list[float], list[np.ndarray]]:
+def ms(
+    fn: Callable[[np.ndarray], np.ndarray], queries: np.ndarray
+) -> tuple[list[float], list[np.ndarray]]:
     times, found = [], []
     for q in queries:
         t = time.perf_counter()
@@ -91,18 +93,28 @@ def main() -> None:
     ap.add_argument("--data", choices=["tree", "families", "random"], default="tree")
     ap.add_argument("--levels", type=int, default=6)
     ap.add_argument("--branching", type=int, default=8)
-    ap.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION,
-                    help="HNSW build beam (default: what `shoggoth index` uses)")
-    ap.add_argument("--queries", type=int, default=1000,
-                    help="held-out rows for HNSW latency and recall (exact timings use fewer)")
+    ap.add_argument(
+        "--ef-construction",
+        type=int,
+        default=HNSW_EF_CONSTRUCTION,
+        help="HNSW build beam (default: what `shoggoth index` uses)",
+    )
+    ap.add_argument(
+        "--queries",
+        type=int,
+        default=1000,
+        help="held-out rows for HNSW latency and recall (exact timings use fewer)",
+    )
     args = ap.parse_args()
     print(f"{args.n:,} x {args.d} {args.data} rows, {faiss.omp_get_max_threads()} threads")
     x = decoder_like(args.n, args.d, args.data, args.levels, args.branching)
     t = time.perf_counter()
     built = build(x, exact_max=0, ef_construction=args.ef_construction)
-    print(f"HNSW build (M={HNSW_M}, efConstruction={args.ef_construction}) + recall calibration: "
-          f"{time.perf_counter() - t:.0f} s; efSearch {built.ef_search}, build-time recall@10 "
-          f"{built.recall_at_10:.3f}")
+    print(
+        f"HNSW build (M={HNSW_M}, efConstruction={args.ef_construction}) + recall calibration: "
+        f"{time.perf_counter() - t:.0f} s; efSearch {built.ef_search}, build-time recall@10 "
+        f"{built.recall_at_10:.3f}"
+    )
     rng = np.random.default_rng(1)
     ids = rng.choice(args.n, args.queries, replace=False)
     queries = x[ids]
@@ -124,22 +136,31 @@ def main() -> None:
     _, truth = flat.search(queries, 11)  # batched: the reference, not a timing
     t_f, flat_rows = ms(exact, queries[:50])
     t_b, brute = ms(numpy_brute, queries[:20])
-    cos = np.array([queries[i] @ x[[j for j in row if j != ids[i]][:10]].T
-                    for i, row in enumerate(truth)])
-    print(f"exact neighbours: median cosine {np.median(cos[:, 0]):.2f} (1st), "
-          f"{np.median(cos[:, 9]):.2f} (10th)")
+    cos = np.array(
+        [queries[i] @ x[[j for j in row if j != ids[i]][:10]].T for i, row in enumerate(truth)]
+    )
+    print(
+        f"exact neighbours: median cosine {np.median(cos[:, 0]):.2f} (1st), "
+        f"{np.median(cos[:, 9]):.2f} (10th)"
+    )
 
     recall = recall_per_query(np.array(got), truth, ids).mean()
     assert (recall_per_query(np.array(brute), truth[:20], ids[:20]) == 1).all()
     assert (recall_per_query(np.array(flat_rows), truth[:50], ids[:50]) == 1).all()
     p50 = statistics.median(t_h)
     met = p50 <= 5 and recall >= 0.95
-    print(f"HNSW: p50 {p50:.2f} ms, p95 {np.percentile(t_h, 95):.2f} ms, recall@10 "
-          f"{recall:.3f} (goal <= 5 ms at >= 0.95: {'met' if met else 'MISSED'})")
-    print(f"exact FAISS flat (50 queries): p50 {statistics.median(t_f):.1f} ms; numpy brute force "
-          f"(20 queries): p50 {statistics.median(t_b):.1f} ms")
-    print(f"ratio exact flat / HNSW: {statistics.median(t_f) / p50:.1f}x; numpy brute force / "
-          f"HNSW: {statistics.median(t_b) / p50:.1f}x")
+    print(
+        f"HNSW: p50 {p50:.2f} ms, p95 {np.percentile(t_h, 95):.2f} ms, recall@10 "
+        f"{recall:.3f} (goal <= 5 ms at >= 0.95: {'met' if met else 'MISSED'})"
+    )
+    print(
+        f"exact FAISS flat (50 queries): p50 {statistics.median(t_f):.1f} ms; numpy brute force "
+        f"(20 queries): p50 {statistics.median(t_b):.1f} ms"
+    )
+    print(
+        f"ratio exact flat / HNSW: {statistics.median(t_f) / p50:.1f}x; numpy brute force / "
+        f"HNSW: {statistics.median(t_b) / p50:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def exact_top10(x: np.ndarray, queries: np.ndarray) -> np.ndarray:
     best_i = np.zeros((len(queries), 10), dtype=np.int64)
     for s in range(0, len(x), 500_000):
         flat = faiss.IndexFlatIP(x.shape[1])
-        flat.add(np.ascontiguousarray(x[s:s + 500_000]))
+        flat.add(np.ascontiguousarray(x[s : s + 500_000]))
         sim, idx = flat.search(queries, 10)
         both_s, both_i = np.hstack([best_s, sim]), np.hstack([best_i, idx + s])
         order = np.argsort(-both_s, axis=1, kind="stable")[:, :10]
@@ -57,14 +57,17 @@ def main() -> None:
         # features would be: the build reads them a chunk at a time.
         # Generated in a child process, so that this one's peak RSS is the build's own.
         child = multiprocessing.get_context("spawn").Process(
-            target=write_data, args=(Path(tmp), args.n, args.queries, args.d))
+            target=write_data, args=(Path(tmp), args.n, args.queries, args.d)
+        )
         child.start()
         child.join()
         x = np.load(Path(tmp) / "x.npy", mmap_mode="r")
         held = np.load(Path(tmp) / "held.npy")
-        print(f"{args.n:,} × {args.d} decoder-like directions ({x.nbytes / 1e9:.1f} GB float32, "
-              f"memory-mapped), {args.queries} held-out queries, "
-              f"{faiss.omp_get_max_threads()} threads")
+        print(
+            f"{args.n:,} × {args.d} decoder-like directions ({x.nbytes / 1e9:.1f} GB float32, "
+            f"memory-mapped), {args.queries} held-out queries, "
+            f"{faiss.omp_get_max_threads()} threads"
+        )
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
         built = build_ivf(x, checkpoint=Path(tmp) / "ivf.faiss")
@@ -72,11 +75,13 @@ def main() -> None:
         truth = exact_top10(x, held)
     index = built.index
     size = len(faiss.serialize_index(index))
-    print(f"build (train, add in checkpointed chunks, tune nprobe): {build_s:.0f} s · "
-          f"{index.nlist} lists · nprobe {built.ef_search} · index {size / 1e9:.2f} GB "
-          f"({size / args.n:.0f} bytes per feature) · peak RSS of the build "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB (from "
-          f"{before / 1e6:.1f} GB; pages of the memory-mapped input count while resident)")
+    print(
+        f"build (train, add in checkpointed chunks, tune nprobe): {build_s:.0f} s · "
+        f"{index.nlist} lists · nprobe {built.ef_search} · index {size / 1e9:.2f} GB "
+        f"({size / args.n:.0f} bytes per feature) · peak RSS of the build "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB (from "
+        f"{before / 1e6:.1f} GB; pages of the memory-mapped input count while resident)"
+    )
     _, got = index.search(held, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth, strict=True)])
     lat = []
@@ -85,14 +90,18 @@ def main() -> None:
         index.search(q[None], 10)
         lat.append((time.perf_counter() - t) * 1000)
     p50, p95 = statistics.median(lat), float(np.percentile(lat, 95))
-    print(f"held-out recall@10 {recall:.3f} (goal >= 0.95: {'met' if recall >= 0.95 else 'MISSED'})"
-          f" · one query p50 {p50:.2f} ms, p95 {p95:.2f} ms (goal p50 <= 5 ms: "
-          f"{'met' if p50 <= 5 else 'MISSED'})")
+    print(
+        f"held-out recall@10 {recall:.3f} (goal >= 0.95: {'met' if recall >= 0.95 else 'MISSED'})"
+        f" · one query p50 {p50:.2f} ms, p95 {p95:.2f} ms (goal p50 <= 5 ms: "
+        f"{'met' if p50 <= 5 else 'MISSED'})"
+    )
     scale = 10_000_000 / args.n
-    print(f"extrapolated to 10M × {args.d}: index {size * scale / 1e9:.1f} GB, build "
-          f"~{build_s * scale / 60:.0f} min; lists grow as √N, so at the same nprobe a query "
-          f"scans √{scale:.0f} = {scale ** 0.5:.1f}× the codes: p50 ~{p50 * scale ** 0.5:.1f} ms "
-          "(or raise the list count and keep nprobe)")
+    print(
+        f"extrapolated to 10M × {args.d}: index {size * scale / 1e9:.1f} GB, build "
+        f"~{build_s * scale / 60:.0f} min; lists grow as √N, so at the same nprobe a query "
+        f"scans √{scale:.0f} = {scale**0.5:.1f}× the codes: p50 ~{p50 * scale**0.5:.1f} ms "
+        "(or raise the list count and keep nprobe)"
+    )
 
 
 if __name__ == "__main__":

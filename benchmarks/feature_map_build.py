@@ -38,8 +38,9 @@ def kept_neighbours(x: np.ndarray, xy: np.ndarray, sample: int = 2000, k: int = 
     flat = faiss.IndexFlatL2(2)
     flat.add(np.ascontiguousarray(xy, dtype=np.float32))
     _, got = flat.search(np.ascontiguousarray(xy[rows], dtype=np.float32), k + 1)
-    return float(np.mean([len(set(t[1:]) & set(g[1:])) / k for t, g in zip(true, got,
-                                                                            strict=True)]))
+    return float(
+        np.mean([len(set(t[1:]) & set(g[1:])) / k for t, g in zip(true, got, strict=True)])
+    )
 
 
 def main() -> None:
@@ -49,8 +50,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     x = decoder_like(args.n, args.d, "tree")
-    times: dict[str, list[float]] = {"faiss index + 15 neighbours": [], "umap layout": [],
-                                     "pca layout": []}
+    times: dict[str, list[float]] = {
+        "faiss index + 15 neighbours": [],
+        "umap layout": [],
+        "pca layout": [],
+    }
     for r in range(args.repeats):
         t = time.perf_counter()
         built = similarity.build(x)
@@ -65,8 +69,10 @@ def main() -> None:
     print(f"{args.n:,} × {args.d} decoder-like directions, medians of {args.repeats} run(s)")
     for what, ts in times.items():
         print(f"  {what:28s}: {statistics.median(ts):7.1f} s")
-    print(f"  neighbours kept on the map (10 nearest, 2,000 sampled): UMAP "
-          f"{kept_neighbours(x, xy_umap):.2f}, PCA {kept_neighbours(x, xy_pca):.2f}")
+    print(
+        f"  neighbours kept on the map (10 nearest, 2,000 sampled): UMAP "
+        f"{kept_neighbours(x, xy_umap):.2f}, PCA {kept_neighbours(x, xy_pca):.2f}"
+    )
 
 
 if __name__ == "__main__":

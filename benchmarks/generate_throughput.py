@@ -27,8 +27,10 @@ def ours(gen: Generator, groups: list[list[list[int]]], max_tokens: int) -> list
     for rows in groups:  # one persona paraphrase: its prefix runs once
         n = shared(rows)
         cache = prefix_kv(gen, rows[0][:n])
-        out += [ids for ids, _ in generate_batch(gen, rows[0][:n], cache,
-                                                  [r[n:] for r in rows], max_tokens)]
+        out += [
+            ids
+            for ids, _ in generate_batch(gen, rows[0][:n], cache, [r[n:] for r in rows], max_tokens)
+        ]
     return out
 
 
@@ -41,12 +43,17 @@ def reference(gen: Generator, groups: list[list[list[int]]], max_tokens: int) ->
         ids = torch.full((len(rows), width), pad)
         attn = torch.zeros_like(ids)
         for r, row in enumerate(rows):
-            ids[r, width - len(row):] = torch.tensor(row)
-            attn[r, width - len(row):] = 1
+            ids[r, width - len(row) :] = torch.tensor(row)
+            attn[r, width - len(row) :] = 1
         with torch.inference_mode():
-            new = gen.hf.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_tokens,
-                                  do_sample=False, eos_token_id=sorted(stops),
-                                  pad_token_id=pad)[:, width:]
+            new = gen.hf.generate(
+                input_ids=ids,
+                attention_mask=attn,
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                eos_token_id=sorted(stops),
+                pad_token_id=pad,
+            )[:, width:]
         for row in new.tolist():
             cut = next((i for i, t in enumerate(row) if t in stops), len(row))
             out.append(row[:cut])
@@ -65,11 +72,18 @@ def main() -> None:
     gen = load_generator(args.model, "auto")
     chosen = {p.name: p for p in load_personas()}
     items = subset_items(load_items(), args.items_per_topic)
-    groups = [[prompt_ids(gen.tokenizer, chosen[name].prompts[0], it.question, "auto", True)
-               for it in items] for name in args.personas.split(",")]
-    print(f"{args.model} on {gen.device}: {len(groups)} persona prompts × {len(items)} items, "
-          f"batches of {len(items)}, up to {args.max_tokens} tokens, {torch.get_num_threads()} "
-          "threads")
+    groups = [
+        [
+            prompt_ids(gen.tokenizer, chosen[name].prompts[0], it.question, "auto", True)
+            for it in items
+        ]
+        for name in args.personas.split(",")
+    ]
+    print(
+        f"{args.model} on {gen.device}: {len(groups)} persona prompts × {len(items)} items, "
+        f"batches of {len(items)}, up to {args.max_tokens} tokens, {torch.get_num_threads()} "
+        "threads"
+    )
     times: dict[str, list[float]] = {"shoggoth": [], "transformers": []}
     answers = {}
     for _ in range(args.repeats):
@@ -81,10 +95,14 @@ def main() -> None:
     rate = {k: tokens[k] / statistics.median(times[k]) for k in times}
     same = sum(a == b for a, b in zip(answers["shoggoth"], answers["transformers"], strict=True))
     for k in times:
-        print(f"{k:>13}: {statistics.median(times[k]):.2f} s median of {args.repeats} · "
-              f"{tokens[k]:,} tokens · {rate[k]:,.1f} tokens/s")
-    print(f"ratio shoggoth / transformers: {rate['shoggoth'] / rate['transformers']:.2f}× "
-          "(goal ≥ 0.9)")
+        print(
+            f"{k:>13}: {statistics.median(times[k]):.2f} s median of {args.repeats} · "
+            f"{tokens[k]:,} tokens · {rate[k]:,.1f} tokens/s"
+        )
+    print(
+        f"ratio shoggoth / transformers: {rate['shoggoth'] / rate['transformers']:.2f}× "
+        "(goal ≥ 0.9)"
+    )
     print(f"identical answers: {same}/{len(answers['shoggoth'])}")
 
 

@@ -33,12 +33,28 @@ from shoggoth.sae.models import load_model
 from shoggoth.sae.prompts import Prompt, collate
 
 SHAPES = {
-    "qwen2-0.5b-shaped": ("Qwen2Config", dict(hidden_size=896, num_hidden_layers=24,
-                                              num_attention_heads=14, num_key_value_heads=2,
-                                              intermediate_size=4864, vocab_size=151_936)),
-    "llama-1b-shaped": ("LlamaConfig", dict(hidden_size=2048, num_hidden_layers=16,
-                                            num_attention_heads=32, num_key_value_heads=8,
-                                            intermediate_size=8192, vocab_size=128_256)),
+    "qwen2-0.5b-shaped": (
+        "Qwen2Config",
+        dict(
+            hidden_size=896,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            intermediate_size=4864,
+            vocab_size=151_936,
+        ),
+    ),
+    "llama-1b-shaped": (
+        "LlamaConfig",
+        dict(
+            hidden_size=2048,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=8192,
+            vocab_size=128_256,
+        ),
+    ),
 }
 
 
@@ -48,8 +64,15 @@ def save_model(folder: Path, kind: str, shape: dict, small: bool) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if small:
-        shape = {**shape, "hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 128,
-                 "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024}
+        shape = {
+            **shape,
+            "hidden_size": 64,
+            "num_hidden_layers": 4,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 1024,
+        }
     config = getattr(transformers, kind)(**shape, max_position_embeddings=4096)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
@@ -57,10 +80,13 @@ def save_model(folder: Path, kind: str, shape: dict, small: bool) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["a persona answers the same question in its own voice"] * 10,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|end|>"]))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>",
-                                                pad_token="<|end|>", bos_token="<|end|>")
+    tok.train_from_iterator(
+        ["a persona answers the same question in its own voice"] * 10,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<|end|>"]),
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|end|>", pad_token="<|end|>", bos_token="<|end|>"
+    )
     fast.save_pretrained(folder)
     return folder
 
@@ -69,8 +95,11 @@ def random_sae(d_in: int, hook: str, device: str) -> object:
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=8 * d_in, k=32, dtype="float32",
-                                metadata=SAEMetadata(hook_name=hook)))
+    sae = TopKSAE(
+        TopKSAEConfig(
+            d_in=d_in, d_sae=8 * d_in, k=32, dtype="float32", metadata=SAEMetadata(hook_name=hook)
+        )
+    )
     return sae.to(device)
 
 
@@ -79,8 +108,16 @@ def batches(vocab: int, n_batches: int, batch: int, prefix: int, answer: int) ->
     out = []
     for _ in range(n_batches):
         shared = torch.randint(10, vocab, (prefix,), generator=g).tolist()
-        out.append([Prompt(shared + torch.randint(10, vocab, (answer,), generator=g).tolist(),
-                           [False] * prefix + [True] * answer, "plain") for _ in range(batch)])
+        out.append(
+            [
+                Prompt(
+                    shared + torch.randint(10, vocab, (answer,), generator=g).tolist(),
+                    [False] * prefix + [True] * answer,
+                    "plain",
+                )
+                for _ in range(batch)
+            ]
+        )
     return out
 
 
@@ -111,8 +148,14 @@ def harvest_rates(model: object, sae: object, hook: str, data: list) -> dict[str
 
     def floor() -> None:
         for b in data:
-            answers = [Prompt([t for t, m in zip(p.input_ids, p.mask, strict=True) if m],
-                              [True] * sum(p.mask), "plain") for p in b]
+            answers = [
+                Prompt(
+                    [t for t, m in zip(p.input_ids, p.mask, strict=True) if m],
+                    [True] * sum(p.mask),
+                    "plain",
+                )
+                for p in b
+            ]
             activations(model, collate(answers, 0, "right"), hook)
 
     ours(), floor()  # warm-up (kernels, caches)
@@ -123,20 +166,27 @@ def train_rate(model: object, hook: str, data: list, d_in: int, steps: int) -> f
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
-    acts = torch.cat([activations(model, collate(b, 0, "right"), hook).flatten(0, 1)
-                      for b in data]).float()
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=8 * d_in, k=32,
-                                                device=str(acts.device)))
+    acts = torch.cat(
+        [activations(model, collate(b, 0, "right"), hook).flatten(0, 1) for b in data]
+    ).float()
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=d_in, d_sae=8 * d_in, k=32, device=str(acts.device))
+    )
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     batch = 4096
 
     def run() -> None:
         for s in range(steps):
-            x = acts[(s * batch) % max(1, len(acts) - batch):][:batch]
-            out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={},
-                                                           dead_neuron_mask=None,
-                                                           n_training_steps=s,
-                                                           is_logging_step=False))
+            x = acts[(s * batch) % max(1, len(acts) - batch) :][:batch]
+            out = sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x,
+                    coefficients={},
+                    dead_neuron_mask=None,
+                    n_training_steps=s,
+                    is_logging_step=False,
+                )
+            )
             opt.zero_grad()
             out.loss.backward()
             opt.step()
@@ -162,13 +212,17 @@ def main() -> None:
             sae = random_sae(model.d_model, hook, str(model.device))
             data = batches(300, 4 if args.small else 16, 8 if args.small else 64, 48, 64)
             rates = harvest_rates(model, sae, hook, data)
-            rates["train"] = train_rate(model, hook, data[:4], model.d_model,
-                                        5 if args.small else args.steps)
+            rates["train"] = train_rate(
+                model, hook, data[:4], model.d_model, 5 if args.small else args.steps
+            )
             results[name] = rates
-            print(f"{name}: harvest {rates['harvest']:,.0f} tok/s vs bare forward to the hook "
-                  f"{rates['bare forward']:,.0f} tok/s (ratio "
-                  f"{rates['harvest'] / rates['bare forward']:.2f}) · SAE training "
-                  f"{rates['train']:,.0f} tok/s", flush=True)
+            print(
+                f"{name}: harvest {rates['harvest']:,.0f} tok/s vs bare forward to the hook "
+                f"{rates['bare forward']:,.0f} tok/s (ratio "
+                f"{rates['harvest'] / rates['bare forward']:.2f}) · SAE training "
+                f"{rates['train']:,.0f} tok/s",
+                flush=True,
+            )
             del model, sae
             if device == "cuda":
                 torch.cuda.empty_cache()

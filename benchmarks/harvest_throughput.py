@@ -47,8 +47,10 @@ from shoggoth.sae.prompts import Prompt, collate, pad_id
 
 SMOL_LAYER = 15
 """The demo's SmolLM2 hook (shoggoth/pipeline/demo.py)."""
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def gpt2_small(directory: Path) -> Path:
@@ -63,14 +65,27 @@ def gpt2_small(directory: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     roles = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-    tok.train_from_iterator(texts * 5, trainers.BpeTrainer(
-        vocab_size=8000, special_tokens=["<|endoftext|>", *roles],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", additional_special_tokens=roles)
+    tok.train_from_iterator(
+        texts * 5,
+        trainers.BpeTrainer(
+            vocab_size=8000,
+            special_tokens=["<|endoftext|>", *roles],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        additional_special_tokens=roles,
+    )
     fast.chat_template = CHAT
-    config = GPT2Config(vocab_size=len(fast), n_positions=512, bos_token_id=fast.bos_token_id,
-                        eos_token_id=fast.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(fast),
+        n_positions=512,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(directory)
     fast.save_pretrained(directory)
     return directory
@@ -82,8 +97,11 @@ def random_sae(directory: Path, model: str, d_in: int, hook: str) -> Path:
     from sae_lens.saes.sae import SAEMetadata
 
     torch.manual_seed(0)
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=8 * d_in, k=32,
-                                metadata=SAEMetadata(hook_name=hook, model_name=model)))
+    sae = TopKSAE(
+        TopKSAEConfig(
+            d_in=d_in, d_sae=8 * d_in, k=32, metadata=SAEMetadata(hook_name=hook, model_name=model)
+        )
+    )
     with torch.no_grad():
         for p in sae.parameters():
             p.normal_(0, 0.05)
@@ -124,8 +142,9 @@ def floor(model: Model, hook: str, answers: list[list[int]], n_docs: int, batch:
     return time.perf_counter() - t0
 
 
-def forward_of_the_harvest(model: Model, hook: str, personas: list[Persona],
-                           items: list[Item], batch: int, cached: bool) -> float:
+def forward_of_the_harvest(
+    model: Model, hook: str, personas: list[Persona], items: list[Item], batch: int, cached: bool
+) -> float:
     """Seconds for exactly the forward passes a harvest runs (its batches, its prefix caches,
     every token after each shared prefix, up to the hook), with no SAE and no writes: the floor
     of the work that cannot be skipped."""
@@ -137,8 +156,15 @@ def forward_of_the_harvest(model: Model, hook: str, personas: list[Persona],
     return time.perf_counter() - t0
 
 
-def bench(name: str, model_id: str, sae_dir: Path, battery: list[Path], work: Path,
-          batch: int, repeats: int) -> dict[str, object]:
+def bench(
+    name: str,
+    model_id: str,
+    sae_dir: Path,
+    battery: list[Path],
+    work: Path,
+    batch: int,
+    repeats: int,
+) -> dict[str, object]:
     model = load_model(model_id, "auto")
     personas, items = load_personas(battery[0]), load_items(battery[1])
     n_docs = sum(len(p.prompts) for p in personas) * len(items)
@@ -154,22 +180,38 @@ def bench(name: str, model_id: str, sae_dir: Path, battery: list[Path], work: Pa
     load_seconds = time.perf_counter() - t_load
     for r in range(repeats):
         times["floor"].append(floor(model, hook, answers, n_docs, batch))
-        times.setdefault("same forward", []).append(forward_of_the_harvest(
-            model, hook, personas, items, batch, cached=model.is_causal))
+        times.setdefault("same forward", []).append(
+            forward_of_the_harvest(model, hook, personas, items, batch, cached=model.is_causal)
+        )
         for variant, cache in variants.items():
             db = work / f"{name}-{variant}-{r}.duckdb"
             t0 = time.perf_counter()
-            summary = harvest(HarvestConfig(db=db, sae_dir=[sae_dir], model=model_id,
-                                            personas=battery[0], items=battery[1],
-                                            batch=batch, prefix_cache=cache),
-                              log=lambda _: None)
+            summary = harvest(
+                HarvestConfig(
+                    db=db,
+                    sae_dir=[sae_dir],
+                    model=model_id,
+                    personas=battery[0],
+                    items=battery[1],
+                    batch=batch,
+                    prefix_cache=cache,
+                ),
+                log=lambda _: None,
+            )
             # The harvest loads its own model; that one-off cost is not throughput.
             times.setdefault(f"{variant} end to end", []).append(
-                time.perf_counter() - t0 - load_seconds)
+                time.perf_counter() - t0 - load_seconds
+            )
             times.setdefault(f"{variant} batch loop", []).append(summary["batch_seconds"])
     rate = {k: tokens / statistics.median(v) for k, v in times.items()}
-    return {"model": name, "docs": n_docs, "answer_tokens": tokens, "rates": rate,
-            "summary": summary, "times": times}
+    return {
+        "model": name,
+        "docs": n_docs,
+        "answer_tokens": tokens,
+        "rates": rate,
+        "summary": summary,
+        "times": times,
+    }
 
 
 def main() -> None:
@@ -179,8 +221,11 @@ def main() -> None:
     ap.add_argument("--paraphrases", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--models", default="minilm,gpt2,smollm2",
-                    help="comma-separated: minilm, gpt2 (GPT-2-small-shaped), smollm2")
+    ap.add_argument(
+        "--models",
+        default="minilm,gpt2,smollm2",
+        help="comma-separated: minilm, gpt2 (GPT-2-small-shaped), smollm2",
+    )
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,23 +235,47 @@ def main() -> None:
         results = []
         for name in args.models.split(","):
             if name == "minilm":
-                results.append(bench(
-                    "minilm (encoder)", "minilm",
-                    random_sae(work / "sae-minilm", "minilm", 384, "blocks.3.hook_resid_post"),
-                    battery, work, args.batch, args.repeats))
+                results.append(
+                    bench(
+                        "minilm (encoder)",
+                        "minilm",
+                        random_sae(work / "sae-minilm", "minilm", 384, "blocks.3.hook_resid_post"),
+                        battery,
+                        work,
+                        args.batch,
+                        args.repeats,
+                    )
+                )
             elif name == "gpt2":
                 gpt2 = gpt2_small(work / "gpt2-small-random")
-                results.append(bench(
-                    "gpt2-small-shaped (causal, chat template)", str(gpt2),
-                    random_sae(work / "sae-gpt2", str(gpt2), 768, "blocks.5.hook_resid_post"),
-                    battery, work, args.batch, args.repeats))
+                results.append(
+                    bench(
+                        "gpt2-small-shaped (causal, chat template)",
+                        str(gpt2),
+                        random_sae(work / "sae-gpt2", str(gpt2), 768, "blocks.5.hook_resid_post"),
+                        battery,
+                        work,
+                        args.batch,
+                        args.repeats,
+                    )
+                )
             elif name == "smollm2":
-                results.append(bench(
-                    f"smollm2 (SmolLM2-135M-Instruct, real weights, hook block {SMOL_LAYER})",
-                    "smollm2",
-                    random_sae(work / "sae-smollm2", "smollm2", 576,
-                               f"blocks.{SMOL_LAYER}.hook_resid_post"),
-                    battery, work, args.batch, args.repeats))
+                results.append(
+                    bench(
+                        f"smollm2 (SmolLM2-135M-Instruct, real weights, hook block {SMOL_LAYER})",
+                        "smollm2",
+                        random_sae(
+                            work / "sae-smollm2",
+                            "smollm2",
+                            576,
+                            f"blocks.{SMOL_LAYER}.hook_resid_post",
+                        ),
+                        battery,
+                        work,
+                        args.batch,
+                        args.repeats,
+                    )
+                )
             else:
                 raise SystemExit(f"--models: unknown model {name!r}")
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
@@ -216,14 +285,20 @@ def main() -> None:
         s = r["summary"]
         print(f"\n{r['model']}: {r['docs']} documents, {r['answer_tokens']:,} answer tokens")
         print(f"  floor (bare forward, answer tokens only): {rates['floor']:10,.0f} tok/s")
-        print(f"  the harvest's own forward passes        : {rates['same forward']:10,.0f} tok/s"
-              f"   ratio {rates['same forward'] / rates['floor']:.2f}")
+        print(
+            f"  the harvest's own forward passes        : {rates['same forward']:10,.0f} tok/s"
+            f"   ratio {rates['same forward'] / rates['floor']:.2f}"
+        )
         for variant in [k for k in rates if k not in ("floor", "same forward")]:
-            print(f"  {variant:40s}: {rates[variant]:10,.0f} tok/s   ratio "
-                  f"{rates[variant] / rates['floor']:.2f}   to its own forward "
-                  f"{rates[variant] / rates['same forward']:.2f}")
-        print(f"  storage: {s['bytes_per_activation']} bytes/activation (activations table), "
-              f"{s['file_bytes_per_token']} file bytes/token, {s['activations']:,} activations")
+            print(
+                f"  {variant:40s}: {rates[variant]:10,.0f} tok/s   ratio "
+                f"{rates[variant] / rates['floor']:.2f}   to its own forward "
+                f"{rates[variant] / rates['same forward']:.2f}"
+            )
+        print(
+            f"  storage: {s['bytes_per_activation']} bytes/activation (activations table), "
+            f"{s['file_bytes_per_token']} file bytes/token, {s['activations']:,} activations"
+        )
 
 
 if __name__ == "__main__":

@@ -34,19 +34,25 @@ def main() -> None:
         db = args.cache / "index-run.duckdb"
         shutil.copyfile(plain, db)
         marks: list[tuple[str, float]] = [("load SAE and read", time.perf_counter())]
-        index_harvest(IndexConfig(db=db, device="cpu"),
-                         log=lambda msg, m=marks: m.append((msg, time.perf_counter())))
+        index_harvest(
+            IndexConfig(db=db, device="cpu"),
+            log=lambda msg, m=marks: m.append((msg, time.perf_counter())),
+        )
         marks.append(("end", time.perf_counter()))
         totals.append(marks[-1][1] - marks[0][1])
-        shown = ", ".join(f"{name} {b[1] - a[1]:.1f} s"
-                          for (name, _), a, b in zip(marks, marks, marks[1:], strict=False))
+        shown = ", ".join(
+            f"{name} {b[1] - a[1]:.1f} s"
+            for (name, _), a, b in zip(marks, marks, marks[1:], strict=False)
+        )
         print(f"run {r + 1}: {totals[-1]:.1f} s  ({shown})")
         db.unlink()
         shutil.rmtree(faiss_dir(db), ignore_errors=True)
     median = statistics.median(totals)
-    print(f"shoggoth index: median {median:.1f} s for {args.features:,} features = "
-          f"{median / args.features * 10_000:.1f} s per 10k features "
-          f"({rows / median / 1e6:.1f}M activation rows/s)")
+    print(
+        f"shoggoth index: median {median:.1f} s for {args.features:,} features = "
+        f"{median / args.features * 10_000:.1f} s per 10k features "
+        f"({rows / median / 1e6:.1f}M activation rows/s)"
+    )
 
 
 if __name__ == "__main__":

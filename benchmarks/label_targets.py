@@ -29,20 +29,25 @@ from shoggoth.index.labels.nulls import reassign_prompts
 from shoggoth.index.labels.rules import PERSONA_LABELS, LabelConfig, label_features
 from tests.planted_battery import planted, score
 
-TARGETS = {"mask-specific recall": ">= 0.8", "mask-specific precision": ">= 0.9",
-           "mention given a mask label": "<= 0.05",
-           "single-paraphrase given a mask label": "<= 0.05",
-           "no-effect given a mask label": "<= 0.05",
-           "two-persona and family labelled mask-family": "",
-           "one persona at 1.6x labelled shared": "0",
-           "one persona at 1.6x labelled shared, worst seed": "0",
-           "one persona at 1.3x labelled shared": "",
-           "within 1.3x labelled shared": ">= 0.5", "equal labelled shared": "",
-           "reassigned: live features given a persona label": "<= 0.01"}
+TARGETS = {
+    "mask-specific recall": ">= 0.8",
+    "mask-specific precision": ">= 0.9",
+    "mention given a mask label": "<= 0.05",
+    "single-paraphrase given a mask label": "<= 0.05",
+    "no-effect given a mask label": "<= 0.05",
+    "two-persona and family labelled mask-family": "",
+    "one persona at 1.6x labelled shared": "0",
+    "one persona at 1.6x labelled shared, worst seed": "0",
+    "one persona at 1.3x labelled shared": "",
+    "within 1.3x labelled shared": ">= 0.5",
+    "equal labelled shared": "",
+    "reassigned: live features given a persona label": "<= 0.01",
+}
 
 
-def condition(background: float, wording: float, seeds: int, per_kind: int,
-              config: LabelConfig) -> dict[str, float]:
+def condition(
+    background: float, wording: float, seeds: int, per_kind: int, config: LabelConfig
+) -> dict[str, float]:
     runs = []
     for seed in range(seeds):
         df, docs, personas, topics, truth = planted(seed, per_kind, background, wording)
@@ -58,7 +63,8 @@ def condition(background: float, wording: float, seeds: int, per_kind: int,
         runs.append(s)
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out["one persona at 1.6x labelled shared, worst seed"] = max(
-        r["one persona at 1.6x labelled shared"] for r in runs)
+        r["one persona at 1.6x labelled shared"] for r in runs
+    )
     return out
 
 
@@ -71,8 +77,10 @@ def uniformity() -> tuple[float, float]:
     for seed in range(25):
         rdf, rdocs = reassign_prompts(df, docs, personas, seed)
         pooled.append(label_features(rdf, rdocs, personas, len(truth), topics=topics)["p_value"])
-    return (float(stats.kstest(null_p, "uniform").pvalue),
-            float(stats.kstest(pd.concat(pooled).dropna(), "uniform").pvalue))
+    return (
+        float(stats.kstest(null_p, "uniform").pvalue),
+        float(stats.kstest(pd.concat(pooled).dropna(), "uniform").pvalue),
+    )
 
 
 def main() -> None:
@@ -86,13 +94,17 @@ def main() -> None:
     conditions = [(bg, w) for bg in (0.0005, 0.014) for w in (0.0, 0.15)]
     results = {c: condition(*c, args.seeds, args.per_kind, config) for c in conditions}
     heads = [f"bg {100 * bg:g}%, wording {'±15%' if w else 'off'}" for bg, w in conditions]
-    print(f"{'measure (median of ' + str(args.seeds) + ' seeds)':56s}{'target':>9s}"
-          + "".join(f"{h:>26s}" for h in heads))
+    print(
+        f"{'measure (median of ' + str(args.seeds) + ' seeds)':56s}{'target':>9s}"
+        + "".join(f"{h:>26s}" for h in heads)
+    )
     for key, target in TARGETS.items():
         print(f"{key:56s}{target:>9s}" + "".join(f"{results[c][key]:26.3f}" for c in conditions))
     null_ks, reassigned_ks = uniformity()
-    print(f"KS p-value of the persona test's p-values: null battery {null_ks:.3f}, "
-          f"reassigned prompts {reassigned_ks:.3f} (uniform: > 0.01)")
+    print(
+        f"KS p-value of the persona test's p-values: null battery {null_ks:.3f}, "
+        f"reassigned prompts {reassigned_ks:.3f} (uniform: > 0.01)"
+    )
     print(f"({time.time() - started:.0f} s)")
 
 

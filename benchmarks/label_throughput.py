@@ -37,23 +37,34 @@ def battery(kind: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """(personas, documents, topics) of the legacy or the built-in battery's shape."""
     if kind == "legacy":
         names = [f"persona{i:02d}" for i in range(20)] + [f"control{i}" for i in range(4)]
-        personas = pd.DataFrame({"persona": names, "family": [f"f{i // 4}" for i in range(24)],
-                                 "is_control": [n.startswith("control") for n in names],
-                                 "control_of": None})
+        personas = pd.DataFrame(
+            {
+                "persona": names,
+                "family": [f"f{i // 4}" for i in range(24)],
+                "is_control": [n.startswith("control") for n in names],
+                "control_of": None,
+            }
+        )
         prompts = [(p, j) for p in names for j in range(5)]
         items = [f"item{i:03d}" for i in range(240)]
         topics = {it: f"topic{i % 12}" for i, it in enumerate(items)}
     else:
         loaded = load_personas()
-        personas = pd.DataFrame({"persona": [p.name for p in loaded],
-                                 "family": [p.family for p in loaded],
-                                 "is_control": [p.is_control for p in loaded],
-                                 "control_of": [p.control_of for p in loaded]})
+        personas = pd.DataFrame(
+            {
+                "persona": [p.name for p in loaded],
+                "family": [p.family for p in loaded],
+                "is_control": [p.is_control for p in loaded],
+                "control_of": [p.control_of for p in loaded],
+            }
+        )
         prompts = [(p.name, j) for p in loaded for j in range(len(p.prompts))]
         topics = {i.item_id: i.topic for i in load_items()}
         items = list(topics)
-    docs = pd.DataFrame([(p, j, it) for p, j in prompts for it in items],
-                        columns=["persona", "paraphrase", "item_id"])
+    docs = pd.DataFrame(
+        [(p, j, it) for p, j in prompts for it in items],
+        columns=["persona", "paraphrase", "item_id"],
+    )
     return personas, docs, topics
 
 
@@ -74,11 +85,15 @@ def synthetic(n_features: int, per_doc: int, kind: str, seed: int = 0) -> tuple[
         feats.append(f)
         doc_idx.append(np.full(len(f), d))
     feats_a, doc_a = np.concatenate(feats), np.concatenate(doc_idx)
-    frame = pd.DataFrame({"persona": pd.Categorical(docs["persona"].to_numpy()[doc_a]),
-                          "paraphrase": docs["paraphrase"].to_numpy()[doc_a],
-                          "item_id": pd.Categorical(docs["item_id"].to_numpy()[doc_a]),
-                          "feature": feats_a.astype(np.int32),
-                          "mean_act": rng.gamma(2, 0.3, len(feats_a)).astype(np.float32)})
+    frame = pd.DataFrame(
+        {
+            "persona": pd.Categorical(docs["persona"].to_numpy()[doc_a]),
+            "paraphrase": docs["paraphrase"].to_numpy()[doc_a],
+            "item_id": pd.Categorical(docs["item_id"].to_numpy()[doc_a]),
+            "feature": feats_a.astype(np.int32),
+            "mean_act": rng.gamma(2, 0.3, len(feats_a)).astype(np.float32),
+        }
+    )
     return frame, docs, personas, topics
 
 
@@ -102,20 +117,28 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     per_doc = len(frame) / len(docs)
     n_prompts = len(docs[["persona", "paraphrase"]].drop_duplicates())
-    print(f"{args.battery} battery: {args.features:,} features × {len(personas)} personas and "
-          f"controls, {n_prompts} prompts × 240 items: "
-          f"{len(docs):,} documents, {len(frame):,} doc_features rows "
-          f"({per_doc:.0f} features per document; generated in {gen:.0f} s)")
-    print(f"label_features: median {statistics.median(times):.1f} s over {args.repeats} runs "
-          f"({', '.join(f'{t:.1f}' for t in times)})")
-    print(f"peak RSS: {peak:.2f} GB (of which {rss_input:.2f} GB before labelling: Python, "
-          "libraries and the input frames); goal <= 4 GB")
+    print(
+        f"{args.battery} battery: {args.features:,} features × {len(personas)} personas and "
+        f"controls, {n_prompts} prompts × 240 items: "
+        f"{len(docs):,} documents, {len(frame):,} doc_features rows "
+        f"({per_doc:.0f} features per document; generated in {gen:.0f} s)"
+    )
+    print(
+        f"label_features: median {statistics.median(times):.1f} s over {args.repeats} runs "
+        f"({', '.join(f'{t:.1f}' for t in times)})"
+    )
+    print(
+        f"peak RSS: {peak:.2f} GB (of which {rss_input:.2f} GB before labelling: Python, "
+        "libraries and the input frames); goal <= 4 GB"
+    )
     print("labels:", out["label"].value_counts().to_dict())
     if args.calibrate:
         t0 = time.perf_counter()
         calib = calibrate(frame, docs, personas, args.features, LabelConfig(), 3, topics, [])
-        print(f"calibration (3 prompt reassignments + split): {time.perf_counter() - t0:.1f} s; "
-              f"runs: {', '.join(calib['run'].unique())}")
+        print(
+            f"calibration (3 prompt reassignments + split): {time.perf_counter() - t0:.1f} s; "
+            f"runs: {', '.join(calib['run'].unique())}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,18 +31,23 @@ from shoggoth.sae.models import load_model
 HOOKS = {"gpt2": (2, 5, 8, 11), "smollm2": (6, 12, 18, 24)}
 
 
-def bench(name: str, model_id: str, d: int, work: Path, battery: list[Path],
-          repeats: int) -> None:
-    saes = [random_sae(work / f"sae-{name}-{layer}", model_id, d,
-                       f"blocks.{layer}.hook_resid_post") for layer in HOOKS[name]]
+def bench(name: str, model_id: str, d: int, work: Path, battery: list[Path], repeats: int) -> None:
+    saes = [
+        random_sae(work / f"sae-{name}-{layer}", model_id, d, f"blocks.{layer}.hook_resid_post")
+        for layer in HOOKS[name]
+    ]
     t = time.perf_counter()
     model = load_model(model_id, "auto")
     load = time.perf_counter() - t
 
     def one(sae_dirs: list[Path], db: Path) -> tuple[float, float]:
         t0 = time.perf_counter()
-        out = harvest(HarvestConfig(db=db, sae_dir=sae_dirs, model=model_id, personas=battery[0],
-                                    items=battery[1]), log=lambda _: None)
+        out = harvest(
+            HarvestConfig(
+                db=db, sae_dir=sae_dirs, model=model_id, personas=battery[0], items=battery[1]
+            ),
+            log=lambda _: None,
+        )
         return time.perf_counter() - t0 - load, out["batch_seconds"]
 
     together, apart = [], []
@@ -52,22 +57,30 @@ def bench(name: str, model_id: str, d: int, work: Path, battery: list[Path],
         apart.append(tuple(sum(x) for x in zip(*runs, strict=True)))
     layers = HOOKS[name]
     print(f"\n{name}: {model.n_layers} blocks, SAEs at blocks {', '.join(map(str, layers))}")
-    print_speedups(layers, ("end to end (model load excluded)", "batch loop"), apart, together,
-                   "one pass", 34)
+    print_speedups(
+        layers, ("end to end (model load excluded)", "batch loop"), apart, together, "one pass", 34
+    )
 
 
-def print_speedups(layers: tuple[int, ...], whats: tuple[str, ...],
-                   apart: list[tuple[float, ...]], together: list[tuple[float, ...]],
-                   one: str, width: int) -> None:
+def print_speedups(
+    layers: tuple[int, ...],
+    whats: tuple[str, ...],
+    apart: list[tuple[float, ...]],
+    together: list[tuple[float, ...]],
+    one: str,
+    width: int,
+) -> None:
     """Per measure `whats[i]`: the medians of k separate runs and of one shared run, the
     speed-up, the 0.8·k goal and the forward-depth bound (Σ(d_i + 1) / (d_max + 1))."""
     bound = (sum(layers) + len(layers)) / (max(layers) + 1)
     for i, what in enumerate(whats):
         a = statistics.median(x[i] for x in apart)
         o = statistics.median(x[i] for x in together)
-        print(f"  {what:{width}s}: {len(layers)} separate {a:7.1f} s · {one} {o:7.1f} s · "
-              f"speed-up {a / o:.2f}x (goal >= {0.8 * len(layers):.1f}x; forward-depth bound "
-              f"{bound:.2f}x)")
+        print(
+            f"  {what:{width}s}: {len(layers)} separate {a:7.1f} s · {one} {o:7.1f} s · "
+            f"speed-up {a / o:.2f}x (goal >= {0.8 * len(layers):.1f}x; forward-depth bound "
+            f"{bound:.2f}x)"
+        )
 
 
 def main() -> None:
@@ -77,8 +90,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", default="gpt2,smollm2")
     args = ap.parse_args()
-    print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-          f"{torch.get_num_threads()} threads; medians of {args.repeats} runs")
+    print(
+        f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"{torch.get_num_threads()} threads; medians of {args.repeats} runs"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         battery = slice_battery(work, args.personas, 2, args.items)

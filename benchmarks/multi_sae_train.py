@@ -36,8 +36,11 @@ from shoggoth.sae.train.run import TrainConfig, train
 
 
 def fit_seconds(out: Path) -> float:
-    metas = [out / "shoggoth.json"] if (out / "shoggoth.json").exists() else sorted(
-        out.glob("*/shoggoth.json"))
+    metas = (
+        [out / "shoggoth.json"]
+        if (out / "shoggoth.json").exists()
+        else sorted(out.glob("*/shoggoth.json"))
+    )
     return json.loads(metas[0].read_text())["fit_seconds"]
 
 
@@ -46,9 +49,21 @@ def bench(name: str, model_id: str, work: Path, tokens: int, repeats: int) -> No
 
     def one(layer_list: list[int], out: Path) -> tuple[float, float]:
         t = time.perf_counter()
-        train(TrainConfig(model=model_id, layer=layer_list, tokens=tokens, expansion=4, k=32,
-                          batch_tokens=1024, context_size=128, eval_tokens=512,
-                          checkpoint_every=0, out=out), log=lambda _: None)
+        train(
+            TrainConfig(
+                model=model_id,
+                layer=layer_list,
+                tokens=tokens,
+                expansion=4,
+                k=32,
+                batch_tokens=1024,
+                context_size=128,
+                eval_tokens=512,
+                checkpoint_every=0,
+                out=out,
+            ),
+            log=lambda _: None,
+        )
         return time.perf_counter() - t, fit_seconds(out)
 
     together, apart = [], []
@@ -57,8 +72,9 @@ def bench(name: str, model_id: str, work: Path, tokens: int, repeats: int) -> No
         runs = [one([layer], work / f"{name}-apart-{r}-{layer}") for layer in layers]
         apart.append(tuple(sum(x) for x in zip(*runs, strict=True)))
     print(f"\n{name}: SAEs at blocks {', '.join(map(str, layers))}, {tokens:,} tokens each")
-    print_speedups(layers, ("whole command", "training phase (fit)"), apart, together,
-                   "one run", 22)
+    print_speedups(
+        layers, ("whole command", "training phase (fit)"), apart, together, "one run", 22
+    )
 
 
 def main() -> None:
@@ -67,8 +83,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--models", default="gpt2,smollm2")
     args = ap.parse_args()
-    print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-          f"{torch.get_num_threads()} threads; medians of {args.repeats} runs")
+    print(
+        f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"{torch.get_num_threads()} threads; medians of {args.repeats} runs"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.models.split(","):

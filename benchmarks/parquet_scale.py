@@ -51,12 +51,10 @@ def main() -> None:
     if not (out / "shoggoth.duckdb").is_file():
         t = time.perf_counter()
         result = export(ExportConfig(db=db, parquet=out, overwrite=True))
-        print(f"shoggoth export: {time.perf_counter() - t:.0f} s, "
-              f"{result['bytes'] / 1e9:.2f} GB")
+        print(f"shoggoth export: {time.perf_counter() - t:.0f} s, {result['bytes'] / 1e9:.2f} GB")
     else:
         print(f"export: {out} (kept from an earlier run)")
-    features = np.random.default_rng(0).choice(args.features, args.queries,
-                                               replace=False).tolist()
+    features = np.random.default_rng(0).choice(args.features, args.queries, replace=False).tolist()
     results = {}
     for name, path in (("native", db), ("parquet", out / "shoggoth.duckdb")):
         con = duckdb.connect(str(path), read_only=True)
@@ -65,9 +63,11 @@ def main() -> None:
         counts = [timed(con, named("persona_label_counts"), {}) for _ in range(10)]
         con.close()
         results[name] = (stats(top), stats(counts))
-        print(f"{name:>8}: top contexts of one feature p50 {results[name][0][0]:8.1f} ms  "
-              f"p95 {results[name][0][1]:8.1f} ms · persona × label counts p50 "
-              f"{results[name][1][0]:6.1f} ms  p95 {results[name][1][1]:6.1f} ms")
+        print(
+            f"{name:>8}: top contexts of one feature p50 {results[name][0][0]:8.1f} ms  "
+            f"p95 {results[name][0][1]:8.1f} ms · persona × label counts p50 "
+            f"{results[name][1][0]:6.1f} ms  p95 {results[name][1][1]:6.1f} ms"
+        )
     for i, what in enumerate(("top contexts", "persona × label counts")):
         ratio = results["parquet"][i][0] / results["native"][i][0]
         print(f"ratio parquet / native, {what} (p50): {ratio:.2f}x")

@@ -42,10 +42,11 @@ def pooled_residuals(model: Any, prompts: list[Any], batch: int = 16) -> np.ndar
     hf = model.bridge.original_model.base_model
     out = []
     for start in range(0, len(prompts), batch):
-        b = collate(prompts[start:start + batch], pad_id(model.tokenizer))
+        b = collate(prompts[start : start + batch], pad_id(model.tokenizer))
         with torch.inference_mode():
-            hidden = hf(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                        output_hidden_states=True).hidden_states[1:]
+            hidden = hf(
+                input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True
+            ).hidden_states[1:]
         mask = b.continuation_mask.unsqueeze(-1).float()
         out.append(torch.stack([(h.float() * mask).sum(1) / mask.sum(1) for h in hidden], 1))
     return torch.cat(out).numpy()
@@ -67,8 +68,15 @@ def main() -> None:
     for k, persona in enumerate(personas):
         for j, system in enumerate(persona.prompts):
             for item in items:
-                prompts.append(build_prompt(model.tokenizer, system, item.question, item.answer,
-                                            prepend_bos=model.prepend_bos))
+                prompts.append(
+                    build_prompt(
+                        model.tokenizer,
+                        system,
+                        item.question,
+                        item.answer,
+                        prepend_bos=model.prepend_bos,
+                    )
+                )
                 rows.append((k, j < args.train_paraphrases, item.item_id in train_items))
     x = pooled_residuals(model, prompts)
     y = np.array([r[0] for r in rows])
@@ -94,13 +102,26 @@ def main() -> None:
         print(f"{layer:5d} {results['raw'][layer]:6.3f} {results['item-centered'][layer]:8.3f}")
     accuracy = results["item-centered"]
     best = max(accuracy)
-    chosen = next(layer for layer, a in enumerate(accuracy)
-                  if a >= 0.9 * best and layer >= len(accuracy) // 2)
-    print(json.dumps({"model": args.model, "personas": len(personas), "items": len(items),
-                      "train_documents": int(train.sum()), "test_documents": int(test.sum()),
-                      "chance": round(1 / len(personas), 3), **results,
-                      "best_layer": int(np.argmax(accuracy)), "best": best,
-                      "chosen_layer": chosen, "seconds": round(time.time() - started, 1)}))
+    chosen = next(
+        layer for layer, a in enumerate(accuracy) if a >= 0.9 * best and layer >= len(accuracy) // 2
+    )
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "personas": len(personas),
+                "items": len(items),
+                "train_documents": int(train.sum()),
+                "test_documents": int(test.sum()),
+                "chance": round(1 / len(personas), 3),
+                **results,
+                "best_layer": int(np.argmax(accuracy)),
+                "best": best,
+                "chosen_layer": chosen,
+                "seconds": round(time.time() - started, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def named(name: str) -> str:
 
 
 def percentiles(ms: list[float]) -> str:
-    return (f"p50 {statistics.median(ms):7.1f} ms   p95 {np.percentile(ms, 95):7.1f} ms   "
-            f"(n={len(ms)})")
+    return (
+        f"p50 {statistics.median(ms):7.1f} ms   p95 {np.percentile(ms, 95):7.1f} ms   (n={len(ms)})"
+    )
 
 
 def main() -> None:
@@ -65,14 +66,18 @@ def main() -> None:
         shutil.rmtree(tmp.with_name(tmp.name + ".faiss"), ignore_errors=True)
         tmp.rename(db)
     rows = activation_rows(db)
-    print(f"database: {db} ({db.stat().st_size / 1e9:.2f} GB), {rows:,} activation rows, "
-          f"{args.features:,} features")
+    print(
+        f"database: {db} ({db.stat().st_size / 1e9:.2f} GB), {rows:,} activation rows, "
+        f"{args.features:,} features"
+    )
     rng = np.random.default_rng(0)
     features = rng.choice(args.features, args.queries, replace=False).tolist()
     con = duckdb.connect(str(db), read_only=True)
     t0 = time.perf_counter()
-    con.execute("SELECT * FROM example_contexts($sae, $f) WHERE kind = 'top'",
-                {"sae": SAE_ID, "f": features[0]}).fetchall()
+    con.execute(
+        "SELECT * FROM example_contexts($sae, $f) WHERE kind = 'top'",
+        {"sae": SAE_ID, "f": features[0]},
+    ).fetchall()
     print(f"first query on a fresh connection: {(time.perf_counter() - t0) * 1000:.1f} ms")
 
     def timed(sql: str, params: dict) -> float:
@@ -81,15 +86,19 @@ def main() -> None:
         assert out, sql
         return (time.perf_counter() - t) * 1000
 
-    dictionary = [timed("SELECT * FROM example_contexts($sae, $f) WHERE kind = 'top'",
-                        {"sae": SAE_ID, "f": f}) for f in features]
-    raw = [timed(RAW_TOP, {"sae": SAE_ID, "f": f}) for f in features[: max(10, len(features)
-                                                                            // 5)]]
-    counts = [timed(named("persona_label_counts"), {}) for _ in range(max(10, len(features)
-                                                                       // 5))]
+    dictionary = [
+        timed(
+            "SELECT * FROM example_contexts($sae, $f) WHERE kind = 'top'", {"sae": SAE_ID, "f": f}
+        )
+        for f in features
+    ]
+    raw = [timed(RAW_TOP, {"sae": SAE_ID, "f": f}) for f in features[: max(10, len(features) // 5)]]
+    counts = [timed(named("persona_label_counts"), {}) for _ in range(max(10, len(features) // 5))]
     met = statistics.median(dictionary) <= 50 and np.percentile(dictionary, 95) <= 200
-    print(f"top contexts of one feature (dictionary):   {percentiles(dictionary)}"
-          f"   goal p50 <= 50, p95 <= 200: {'met' if met else 'MISSED'}")
+    print(
+        f"top contexts of one feature (dictionary):   {percentiles(dictionary)}"
+        f"   goal p50 <= 50, p95 <= 200: {'met' if met else 'MISSED'}"
+    )
     print(f"top contexts of one feature (raw scan):     {percentiles(raw)}")
     print(f"persona x label counts:                     {percentiles(counts)}")
     ratio = statistics.median(raw) / statistics.median(dictionary)

@@ -32,8 +32,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
 
-def battery_dead_fraction(model: Any, sae: Any, hook: str, persona_step: int,
-                          per_topic: int | None) -> float:
+def battery_dead_fraction(
+    model: Any, sae: Any, hook: str, persona_step: int, per_topic: int | None
+) -> float:
     """Features that fire on no answer token of the battery subset."""
     import torch
 
@@ -42,14 +43,16 @@ def battery_dead_fraction(model: Any, sae: Any, hook: str, persona_step: int,
     from shoggoth.sae.prompts import build_prompt, collate, pad_id
 
     items = subset_items(load_items(), per_topic)
-    prompts = [build_prompt(model.tokenizer, system, i.question, i.answer,
-                            prepend_bos=model.prepend_bos)
-               for p in subset_personas(load_personas(), 1)[::persona_step]
-               for system in p.prompts for i in items]
+    prompts = [
+        build_prompt(model.tokenizer, system, i.question, i.answer, prepend_bos=model.prepend_bos)
+        for p in subset_personas(load_personas(), 1)[::persona_step]
+        for system in p.prompts
+        for i in items
+    ]
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     with torch.inference_mode():
         for start in range(0, len(prompts), 32):
-            batch = collate(prompts[start:start + 32], pad_id(model.tokenizer))
+            batch = collate(prompts[start : start + 32], pad_id(model.tokenizer))
             acts = continuation_activations(model, batch, hook)
             fired |= (sae.encode(acts.to(sae.dtype)) != 0).any(0).cpu()
     return float(1 - fired.float().mean())
@@ -79,9 +82,20 @@ def main() -> None:
         for dataset in ("chitchat", "builtin"):
             out = Path(tmp) / dataset
             started = time.time()
-            train(TrainConfig(model=args.model, layer=args.layer, dataset=dataset,
-                              tokens=args.tokens, expansion=args.expansion, k=args.k, out=out,
-                              checkpoint_every=0, device="cpu"), log=lambda _m: None)
+            train(
+                TrainConfig(
+                    model=args.model,
+                    layer=args.layer,
+                    dataset=dataset,
+                    tokens=args.tokens,
+                    expansion=args.expansion,
+                    k=args.k,
+                    out=out,
+                    checkpoint_every=0,
+                    device="cpu",
+                ),
+                log=lambda _m: None,
+            )
             seconds = time.time() - started
             sae = SAE.load_from_disk(str(out), device="cpu")
             metrics = held_out_metrics(model, sae, hook, chat_eval)
@@ -91,15 +105,29 @@ def main() -> None:
                 "ce_loss_recovered": round(metrics.get("ce_loss_recovered", float("nan")), 3),
                 "l0": round(metrics["l0"], 1),
                 "dead_on_held_out_chat": round(metrics["dead_fraction"], 3),
-                "dead_on_battery_answers": round(battery_dead_fraction(
-                    model, sae, hook, args.persona_step, args.items_per_topic), 3),
+                "dead_on_battery_answers": round(
+                    battery_dead_fraction(
+                        model, sae, hook, args.persona_step, args.items_per_topic
+                    ),
+                    3,
+                ),
             }
             print(dataset, json.dumps(rows[dataset]), flush=True)
     print(f"{'':26s} {'chitchat':>10s} {'builtin':>10s}")
     for key in rows["chitchat"]:
         print(f"{key:26s} {rows['chitchat'][key]:>10} {rows['builtin'][key]:>10}")
-    print(json.dumps({"model": args.model, "hook": hook, "tokens": args.tokens,
-                      "d_sae": args.expansion * model.d_model, "k": args.k, **rows}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "hook": hook,
+                "tokens": args.tokens,
+                "d_sae": args.expansion * model.d_model,
+                "k": args.k,
+                **rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

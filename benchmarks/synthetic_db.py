@@ -32,14 +32,19 @@ D_IN = 384
 
 
 def battery() -> tuple[list[Persona], list[Item]]:
-    personas = [Persona(f"persona{i:02d}", f"family{i // 4}", "", tuple(f"prompt {i}.{j}"
-                                                                         for j in range(5)))
-                for i in range(20)]
-    personas += [Persona(f"control{i}", "control", "", tuple(f"control {i}.{j}"
-                                                             for j in range(5)), True)
-                 for i in range(4)]
-    items = [Item(f"item{i:03d}", f"topic{i % 12}", f"question {i}", f"answer {i}")
-             for i in range(240)]
+    personas = [
+        Persona(
+            f"persona{i:02d}", f"family{i // 4}", "", tuple(f"prompt {i}.{j}" for j in range(5))
+        )
+        for i in range(20)
+    ]
+    personas += [
+        Persona(f"control{i}", "control", "", tuple(f"control {i}.{j}" for j in range(5)), True)
+        for i in range(4)
+    ]
+    items = [
+        Item(f"item{i:03d}", f"topic{i % 12}", f"question {i}", f"answer {i}") for i in range(240)
+    ]
     return personas, items
 
 
@@ -50,20 +55,28 @@ def random_sae(directory: Path, d_sae: int) -> Path:
     if (directory / "cfg.json").is_file():
         return directory
     torch.manual_seed(0)
-    sae = TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=d_sae, k=32, metadata=SAEMetadata(
-        hook_name="blocks.3.hook_resid_post", model_name="minilm")))
+    sae = TopKSAE(
+        TopKSAEConfig(
+            d_in=D_IN,
+            d_sae=d_sae,
+            k=32,
+            metadata=SAEMetadata(hook_name="blocks.3.hook_resid_post", model_name="minilm"),
+        )
+    )
     with torch.no_grad():
         for p in sae.parameters():
             p.normal_(0, 0.1)
     directory.mkdir(parents=True, exist_ok=True)
     sae.save_model(str(directory))
-    (directory / "shoggoth.json").write_text(json.dumps({"model": "minilm",
-                                                         "hook": "blocks.3.hook_resid_post"}))
+    (directory / "shoggoth.json").write_text(
+        json.dumps({"model": "minilm", "hook": "blocks.3.hook_resid_post"})
+    )
     return directory
 
 
-def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
-          log: Callable[[str], None] = print) -> Path:
+def build(
+    cache: Path, d_sae: int = 16_384, per_token: int = 96, log: Callable[[str], None] = print
+) -> Path:
     """The database file (built unless the cache holds it already)."""
     cache.mkdir(parents=True, exist_ok=True)
     db = cache / f"synthetic-{d_sae}x{per_token}.duckdb"
@@ -77,23 +90,33 @@ def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
     con = connect(tmp)
     create_schema(con, personas, items)
     create_label_tables(con)
-    con.execute("INSERT INTO saes (sae_id, model, hook, architecture, d_in, d_sae, path, "
-                "template, value_decimals) VALUES (?, 'minilm', 'blocks.3.hook_resid_post', "
-                "'topk', ?, ?, ?, 'plain', 3)", [SAE_ID, D_IN, d_sae, str(sae_dir)])
-    con.execute("""INSERT INTO tokens SELECT $sae, item_id, pos, pos, 'tok' || pos
+    con.execute(
+        "INSERT INTO saes (sae_id, model, hook, architecture, d_in, d_sae, path, "
+        "template, value_decimals) VALUES (?, 'minilm', 'blocks.3.hook_resid_post', "
+        "'topk', ?, ?, ?, 'plain', 3)",
+        [SAE_ID, D_IN, d_sae, str(sae_dir)],
+    )
+    con.execute(
+        """INSERT INTO tokens SELECT $sae, item_id, pos, pos, 'tok' || pos
                    FROM (SELECT item_id,
                                 unnest(range((15 + hash(item_id::VARCHAR) % 22)::BIGINT)) AS pos
-                         FROM items) ORDER BY item_id, pos""", {"sae": SAE_ID})
-    con.execute("""INSERT INTO documents SELECT $sae, p.persona, j.j::SMALLINT, t.item_id, t.n
+                         FROM items) ORDER BY item_id, pos""",
+        {"sae": SAE_ID},
+    )
+    con.execute(
+        """INSERT INTO documents SELECT $sae, p.persona, j.j::SMALLINT, t.item_id, t.n
                    FROM personas p, range(5) j(j),
                         (SELECT item_id, count(*)::INTEGER AS n FROM tokens GROUP BY item_id) t
-                   ORDER BY p.persona, j.j, t.item_id""", {"sae": SAE_ID})
+                   ORDER BY p.persona, j.j, t.item_id""",
+        {"sae": SAE_ID},
+    )
     n_tokens = int(con.execute("SELECT sum(n_tokens) FROM documents").fetchone()[0])
     log(f"  generating {n_tokens * per_token:,} activation rows")
     # Distinct features per token: a skewed start (pow(u, 3) favours low ids) plus evenly spaced
     # offsets, so a few features are common and most are rare.
     con.execute("SET preserve_insertion_order = true")
-    con.execute("""
+    con.execute(
+        """
         INSERT INTO activations
         SELECT $sae, persona, paraphrase, item_id, pos,
                ((floor(pow(hash(doc, pos) / 18446744073709551615.0, 3) * $d)::BIGINT
@@ -105,7 +128,8 @@ def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
                     FROM documents) d),
              range($k) s(slot)
         ORDER BY persona, paraphrase, item_id, pos, feature""",
-                {"sae": SAE_ID, "d": d_sae, "k": per_token})
+        {"sae": SAE_ID, "d": d_sae, "k": per_token},
+    )
     con.execute("""INSERT INTO doc_features
                    SELECT sae_id, persona, paraphrase, a.item_id, feature,
                           sum(value) / any_value(d.n_tokens), max(value), count(*)
@@ -113,17 +137,38 @@ def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
                    GROUP BY ALL ORDER BY ALL""")
     rng = np.random.default_rng(0)
     names = [p.name for p in personas]
-    features = pd.DataFrame({
-        "sae_id": SAE_ID, "feature": np.arange(d_sae, dtype=np.int32),
-        "label": rng.choice(LABELS, d_sae), "top_persona": rng.choice(names, d_sae),
-        "family_set": None, "argmax_persona": rng.choice(names[:20], d_sae),
-        "n_docs_firing": rng.integers(0, 28_800, d_sae).astype(np.int32)})
+    features = pd.DataFrame(
+        {
+            "sae_id": SAE_ID,
+            "feature": np.arange(d_sae, dtype=np.int32),
+            "label": rng.choice(LABELS, d_sae),
+            "top_persona": rng.choice(names, d_sae),
+            "family_set": None,
+            "argmax_persona": rng.choice(names[:20], d_sae),
+            "n_docs_firing": rng.integers(0, 28_800, d_sae).astype(np.int32),
+        }
+    )
     features["battery_family"] = None
-    for col in ("fire_frac_personas", "top_share", "k_eff", "norm_entropy", "f_stat", "p_value",
-                "q_value", "top_ratio", "paraphrase_margin", "set_size", "set_ratio",
-                "set_margin", "control_ratio", "control_margin", "no_mask_ratio", "max_min_ratio",
-                "ratio_ci_high",
-                "shared_power"):
+    for col in (
+        "fire_frac_personas",
+        "top_share",
+        "k_eff",
+        "norm_entropy",
+        "f_stat",
+        "p_value",
+        "q_value",
+        "top_ratio",
+        "paraphrase_margin",
+        "set_size",
+        "set_ratio",
+        "set_margin",
+        "control_ratio",
+        "control_margin",
+        "no_mask_ratio",
+        "max_min_ratio",
+        "ratio_ci_high",
+        "shared_power",
+    ):
         features[col] = rng.random(d_sae)
     features["ranked_personas"] = ",".join(names[:20])
     for col in ("density", "mean_act", "max_act"):
@@ -131,15 +176,23 @@ def build(cache: Path, d_sae: int = 16_384, per_token: int = 96,
     con.register("_features", features)
     con.execute("INSERT INTO features BY NAME SELECT * FROM _features")
     con.unregister("_features")
-    profiles = pd.DataFrame({"sae_id": SAE_ID,
-                             "feature": np.repeat(np.arange(d_sae, dtype=np.int32), len(names)),
-                             "persona": np.tile(names, d_sae),
-                             "mean_act": rng.gamma(2, 0.1, d_sae * len(names)),
-                             "fire_rate": rng.random(d_sae * len(names)),
-                             "delta_vs_rest": rng.normal(0, 0.1, d_sae * len(names))})
+    profiles = pd.DataFrame(
+        {
+            "sae_id": SAE_ID,
+            "feature": np.repeat(np.arange(d_sae, dtype=np.int32), len(names)),
+            "persona": np.tile(names, d_sae),
+            "mean_act": rng.gamma(2, 0.1, d_sae * len(names)),
+            "fire_rate": rng.random(d_sae * len(names)),
+            "delta_vs_rest": rng.normal(0, 0.1, d_sae * len(names)),
+        }
+    )
     insert_frame(con, "feature_personas", profiles)
-    sums = [(SAE_ID, p, j, f"item{b * 32:03d}", 32 * 26, list(rng.normal(0, 1, D_IN) * 800))
-            for p in names for j in range(5) for b in range(8)]
+    sums = [
+        (SAE_ID, p, j, f"item{b * 32:03d}", 32 * 26, list(rng.normal(0, 1, D_IN) * 800))
+        for p in names
+        for j in range(5)
+        for b in range(8)
+    ]
     con.executemany("INSERT INTO residual_sums VALUES (?, ?, ?, ?, ?, ?)", sums)
     con.execute("CHECKPOINT")
     con.close()

@@ -57,29 +57,49 @@ def bare_sae_lens(tokens: int, args: argparse.Namespace, out: Path) -> tuple[flo
     start = time.time()
     model = load_model(args.model, "cpu")
     dataset = resolve_dataset("auto", model)
-    train_docs, _ = split_documents(load_texts(dataset, max_chars=20 * (tokens + 32_768),
-                                               tokenizer=model.tokenizer))
-    ctx = pack_contexts(model.tokenizer, train_docs, args.context_size,
-                        is_causal=model.is_causal, max_contexts=-(-tokens // args.context_size))
+    train_docs, _ = split_documents(
+        load_texts(dataset, max_chars=20 * (tokens + 32_768), tokenizer=model.tokenizer)
+    )
+    ctx = pack_contexts(
+        model.tokenizer,
+        train_docs,
+        args.context_size,
+        is_causal=model.is_causal,
+        max_contexts=-(-tokens // args.context_size),
+    )
     d_in = model.d_model
     steps = tokens // args.batch_tokens
     window = max(1, max(tokens // 20, args.batch_tokens) // args.batch_tokens)
     cfg = LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=d_in * args.expansion, k=args.k),
-        model_name=args.model, model_class_name="TransformerBridge",
-        hook_name=f"blocks.{args.layer}.hook_resid_post", is_dataset_tokenized=True,
+        model_name=args.model,
+        model_class_name="TransformerBridge",
+        hook_name=f"blocks.{args.layer}.hook_resid_post",
+        is_dataset_tokenized=True,
         streaming=False,
-        context_size=args.context_size, training_tokens=tokens,
-        train_batch_size_tokens=args.batch_tokens, store_batch_size_prompts=16,
-        n_batches_in_buffer=16, prepend_bos=False,
-        exclude_special_tokens=sorted(special_ids(model.tokenizer)), lr=args.lr,
-        lr_warm_up_steps=steps // 20, lr_decay_steps=steps // 5, dead_feature_window=window,
-        feature_sampling_window=window, device="cpu", seed=0, n_checkpoints=0,
-        checkpoint_path=None, output_path=str(out), logger=LoggingConfig(log_to_wandb=False),
+        context_size=args.context_size,
+        training_tokens=tokens,
+        train_batch_size_tokens=args.batch_tokens,
+        store_batch_size_prompts=16,
+        n_batches_in_buffer=16,
+        prepend_bos=False,
+        exclude_special_tokens=sorted(special_ids(model.tokenizer)),
+        lr=args.lr,
+        lr_warm_up_steps=steps // 20,
+        lr_decay_steps=steps // 5,
+        dead_feature_window=window,
+        feature_sampling_window=window,
+        device="cpu",
+        seed=0,
+        n_checkpoints=0,
+        checkpoint_path=None,
+        output_path=str(out),
+        logger=LoggingConfig(log_to_wandb=False),
         verbose=False,
     )
     runner = LanguageModelSAETrainingRunner(
-        cfg, override_dataset=datasets.Dataset.from_dict({"input_ids": ctx.tolist()}),
+        cfg,
+        override_dataset=datasets.Dataset.from_dict({"input_ids": ctx.tolist()}),
         override_model=model.bridge,
     )
     fit_start = time.time()
@@ -94,11 +114,22 @@ def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[fl
     from shoggoth.sae.train.run import TrainConfig, train
 
     start = time.time()
-    result = train(TrainConfig(model=args.model, layer=args.layer, tokens=tokens,
-                               context_size=args.context_size,
-                               batch_tokens=args.batch_tokens, expansion=args.expansion,
-                               k=args.k, lr=args.lr, out=out, device="cpu", checkpoint_every=0),
-                   log=lambda _: None)
+    result = train(
+        TrainConfig(
+            model=args.model,
+            layer=args.layer,
+            tokens=tokens,
+            context_size=args.context_size,
+            batch_tokens=args.batch_tokens,
+            expansion=args.expansion,
+            k=args.k,
+            lr=args.lr,
+            out=out,
+            device="cpu",
+            checkpoint_every=0,
+        ),
+        log=lambda _: None,
+    )
     end = time.time()
     meta = json.loads((result / "shoggoth.json").read_text())
     return meta["fit_seconds"], end - start, meta["evaluation"]
@@ -107,8 +138,12 @@ def shoggoth_train(tokens: int, args: argparse.Namespace, out: Path) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", choices=["minilm", "smollm2"])
-    parser.add_argument("--layer", type=int, default=None,
-                        help="hooked block (default: 3 for minilm, the demo's layer for smollm2)")
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="hooked block (default: 3 for minilm, the demo's layer for smollm2)",
+    )
     parser.add_argument("--tokens", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--context-size", type=int, default=128)
@@ -130,24 +165,36 @@ def main() -> None:
             for name, fn in (("bare sae-lens", bare_sae_lens), ("shoggoth", shoggoth_train)):
                 fit, total, q = fn(args.tokens, args, Path(tmp) / f"{name.replace(' ', '-')}-{r}")
                 results[name].append((fit, total, q))
-                print(f"run {r + 1}/{args.repeats} {name:>13}: training {args.tokens / fit:8.0f} "
-                      f"tok/s, end to end {args.tokens / total:8.0f} tok/s, held-out EV "
-                      f"{q['explained_variance']:.3f}, dead {q['dead_fraction']:.1%}", flush=True)
-    med = {n: (statistics.median(args.tokens / f for f, _, _ in v),
-               statistics.median(args.tokens / t for _, t, _ in v),
-               statistics.median(q["explained_variance"] for _, _, q in v),
-               statistics.median(q["dead_fraction"] for _, _, q in v))
-           for n, v in results.items()}
-    print(f"\nmedians over {args.repeats} runs of {args.tokens:,} tokens ({args.model}, "
-          f"blocks.{args.layer}.hook_resid_post, topk expansion {args.expansion}, k {args.k}, "
-          f"{os.cpu_count()} CPU threads):")
+                print(
+                    f"run {r + 1}/{args.repeats} {name:>13}: training {args.tokens / fit:8.0f} "
+                    f"tok/s, end to end {args.tokens / total:8.0f} tok/s, held-out EV "
+                    f"{q['explained_variance']:.3f}, dead {q['dead_fraction']:.1%}",
+                    flush=True,
+                )
+    med = {
+        n: (
+            statistics.median(args.tokens / f for f, _, _ in v),
+            statistics.median(args.tokens / t for _, t, _ in v),
+            statistics.median(q["explained_variance"] for _, _, q in v),
+            statistics.median(q["dead_fraction"] for _, _, q in v),
+        )
+        for n, v in results.items()
+    }
+    print(
+        f"\nmedians over {args.repeats} runs of {args.tokens:,} tokens ({args.model}, "
+        f"blocks.{args.layer}.hook_resid_post, topk expansion {args.expansion}, k {args.k}, "
+        f"{os.cpu_count()} CPU threads):"
+    )
     for name, (fit, total, ev, dead) in med.items():
-        print(f"  {name:>13}: training {fit:8.0f} tok/s   end to end {total:8.0f} tok/s   "
-              f"held-out EV {ev:.3f}   dead {dead:.1%}")
+        print(
+            f"  {name:>13}: training {fit:8.0f} tok/s   end to end {total:8.0f} tok/s   "
+            f"held-out EV {ev:.3f}   dead {dead:.1%}"
+        )
     fit_ratio = med["shoggoth"][0] / med["bare sae-lens"][0]
     total_ratio = med["shoggoth"][1] / med["bare sae-lens"][1]
-    print(f"  ratio shoggoth / bare sae-lens: training {fit_ratio:.3f}   "
-          f"end to end {total_ratio:.3f}")
+    print(
+        f"  ratio shoggoth / bare sae-lens: training {fit_ratio:.3f}   end to end {total_ratio:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ class Store:
         try:
             con = connect(self.path, read_only=True, config=sandbox(), wait=READ_WAIT)
         except Locked as e:
-            raise BadInput(f"{e} (another command is writing the database; reload the page "
-                           "in a moment)") from None
+            raise BadInput(
+                f"{e} (another command is writing the database; reload the page in a moment)"
+            ) from None
         with self.lock:
             self.open.add(con)
         return con
@@ -66,8 +67,9 @@ class Store:
             for con in list(self.open):
                 self.release(con)
 
-    def annotate(self, sae_id: str, feature: int, label: str | None, note: str | None,
-                 author: str | None) -> None:
+    def annotate(
+        self, sae_id: str, feature: int, label: str | None, note: str | None, author: str | None
+    ) -> None:
         """Append a manual label (it wins over the automatic one in `feature_labels`)."""
         with self.lock:
             self.close()  # this process's readers, so that it may open the file for writing
@@ -77,11 +79,14 @@ class Store:
                 raise BadInput(f"cannot save the label: {e}") from None
             try:
                 with transaction(rw):
-                    rw.execute(f"CREATE TABLE IF NOT EXISTS annotations "
-                               f"({LABEL_TABLES['annotations']})")
-                    rw.execute("INSERT INTO annotations (sae_id, feature, label, note, "
-                               "author) VALUES (?, ?, ?, ?, ?)",
-                               [sae_id, feature, label, note, author])
+                    rw.execute(
+                        f"CREATE TABLE IF NOT EXISTS annotations ({LABEL_TABLES['annotations']})"
+                    )
+                    rw.execute(
+                        "INSERT INTO annotations (sae_id, feature, label, note, "
+                        "author) VALUES (?, ?, ?, ?, ?)",
+                        [sae_id, feature, label, note, author],
+                    )
                 rw.execute("CHECKPOINT")
             finally:
                 rw.close()
@@ -94,10 +99,12 @@ def check_database(path: Path | None) -> str | None:
     if path is None:
         return "No database was given. Start the explorer with `shoggoth explore --db FILE`."
     if not path.is_file():
-        return (f"There is no feature database at `{path}` (no such file). Build one with "
-                "`shoggoth demo "
-                "--no-serve` (the built-in model and battery), or `shoggoth harvest`, `shoggoth "
-                "label` and `shoggoth index` for your own SAE.")
+        return (
+            f"There is no feature database at `{path}` (no such file). Build one with "
+            "`shoggoth demo "
+            "--no-serve` (the built-in model and battery), or `shoggoth harvest`, `shoggoth "
+            "label` and `shoggoth index` for your own SAE."
+        )
     try:
         con = connect(path, read_only=True, config=sandbox(), wait=READ_WAIT)  # as the store
     except BadInput as e:
@@ -105,8 +112,10 @@ def check_database(path: Path | None) -> str | None:
     try:
         require_shoggoth(con, path)
         if not tables(con) or read.saes(con).empty:
-            return (f"`{path}` holds no feature tables (no harvest yet). Run `shoggoth harvest "
-                    f"--db {path} --sae-dir SAE_DIR`, then `shoggoth label` and `shoggoth index`.")
+            return (
+                f"`{path}` holds no feature tables (no harvest yet). Run `shoggoth harvest "
+                f"--db {path} --sae-dir SAE_DIR`, then `shoggoth label` and `shoggoth index`."
+            )
     except BadInput as e:
         return str(e)
     finally:

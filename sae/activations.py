@@ -57,8 +57,11 @@ def _cache_kwarg_alias(bridge: Any) -> Iterator[None]:
             kwargs["past_key_values"] = kwargs["cache"]
         return args, kwargs
 
-    handles = [m.register_forward_pre_hook(alias, with_kwargs=True)
-               for m in bridge.modules() if hasattr(m, "_update_kv_cache")]
+    handles = [
+        m.register_forward_pre_hook(alias, with_kwargs=True)
+        for m in bridge.modules()
+        if hasattr(m, "_update_kv_cache")
+    ]
     try:
         yield
     finally:
@@ -85,21 +88,30 @@ def _stop_layer(model: Model, hooks: str | list[str]) -> int | None:
     return deepest + 1 if deepest + 1 < model.n_layers else None
 
 
-def _run_cached(model: Model, tokens: torch.Tensor, kv: Any,
-                hooks: str | list[str]) -> dict[str, torch.Tensor]:
+def _run_cached(
+    model: Model, tokens: torch.Tensor, kv: Any, hooks: str | list[str]
+) -> dict[str, torch.Tensor]:
     """Run `tokens` after (and into) the KV cache `kv`, up to the deepest hooked block."""
     names = [hooks] if isinstance(hooks, str) else list(hooks)
     with torch.inference_mode(), _cache_kwarg_alias(model.bridge):
         _, cache = model.bridge.run_with_cache(
-            tokens.to(model.device), names_filter=names, stop_at_layer=_stop_layer(model, names),
-            return_cache_object=False, cache=kv, use_cache=True)
+            tokens.to(model.device),
+            names_filter=names,
+            stop_at_layer=_stop_layer(model, names),
+            return_cache_object=False,
+            cache=kv,
+            use_cache=True,
+        )
     return {h: cache[h] for h in names}
 
 
 def cache_layers(kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The keys and values a DynamicCache holds, per block that ran."""
-    return [(layer.keys, layer.values) for layer in kv.layers
-            if getattr(layer, "keys", None) is not None and layer.keys.numel()]
+    return [
+        (layer.keys, layer.values)
+        for layer in kv.layers
+        if getattr(layer, "keys", None) is not None and layer.keys.numel()
+    ]
 
 
 def expand_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> Any:
@@ -122,8 +134,9 @@ def prefix_cache(model: Model, ids: list[int], hooks: str | list[str]) -> Prefix
     return PrefixCache(list(ids), cache_layers(kv))
 
 
-def activations_after_prefix(model: Model, prefix: PrefixCache, batch: Batch,
-                             hook: str) -> torch.Tensor:
+def activations_after_prefix(
+    model: Model, prefix: PrefixCache, batch: Batch, hook: str
+) -> torch.Tensor:
     """[batch, seq, d] activations at `hook` for right-padded suffixes that all continue `prefix`.
 
     Equals `activations` on prefix + suffix (restricted to the suffix positions) while running
@@ -133,8 +146,9 @@ def activations_after_prefix(model: Model, prefix: PrefixCache, batch: Batch,
     return activations_after_prefix_at(model, prefix, batch, [hook])[hook]
 
 
-def activations_after_prefix_at(model: Model, prefix: PrefixCache, batch: Batch,
-                                hooks: list[str]) -> dict[str, torch.Tensor]:
+def activations_after_prefix_at(
+    model: Model, prefix: PrefixCache, batch: Batch, hooks: list[str]
+) -> dict[str, torch.Tensor]:
     """`activations_after_prefix` at several hooks from one pass."""
     kv = expand_cache(prefix.layers, batch.input_ids.shape[0])
     return _run_cached(model, batch.input_ids, kv, hooks)

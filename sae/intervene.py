@@ -48,13 +48,23 @@ def answer_span(prompt: Prompt) -> tuple[int, int]:
     return start, end
 
 
-def _forward(model: Model, tokens: torch.Tensor, kv: Any, hooks: list[tuple[str, Any]],
-             logits_to_keep: int = 0) -> Any:
+def _forward(
+    model: Model,
+    tokens: torch.Tensor,
+    kv: Any,
+    hooks: list[tuple[str, Any]],
+    logits_to_keep: int = 0,
+) -> Any:
     """The logits after the KV cache `kv` (all positions'; with logits_to_keep, the last ones:
     a prefix needs only its last, and Gemma's unembedding costs more than its blocks)."""
     with _cache_kwarg_alias(model.bridge):
-        return model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=hooks, cache=kv,
-                                           use_cache=True, logits_to_keep=logits_to_keep)
+        return model.bridge.run_with_hooks(
+            tokens.to(model.device),
+            fwd_hooks=hooks,
+            cache=kv,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
 
 
 def prepare(model: Model, prompt: Prompt) -> Answer:
@@ -65,10 +75,10 @@ def prepare(model: Model, prompt: Prompt) -> Answer:
     start, end = answer_span(prompt)
     kv = DynamicCache()
     with torch.inference_mode():
-        logits = _forward(model, torch.tensor([prompt.input_ids[:start]]), kv, [],
-                          logits_to_keep=1)
-    return Answer(prompt.input_ids[start:end], cache_layers(kv),
-                  torch.log_softmax(logits[0, -1].float(), -1))
+        logits = _forward(model, torch.tensor([prompt.input_ids[:start]]), kv, [], logits_to_keep=1)
+    return Answer(
+        prompt.input_ids[start:end], cache_layers(kv), torch.log_softmax(logits[0, -1].float(), -1)
+    )
 
 
 def _edit_hook(edit: Edit | None) -> Any:
@@ -78,8 +88,9 @@ def _edit_hook(edit: Edit | None) -> Any:
     return hook
 
 
-def answer_logprobs(model: Model, answer: Answer, hook: str, edit: Edit | None, rows: int,
-                    full: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def answer_logprobs(
+    model: Model, answer: Answer, hook: str, edit: Edit | None, rows: int, full: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[rows, len(answer)] log-probabilities of the answer's tokens with the residual at `hook`
     edited on the answer's tokens (row r gets edit(x)[r]; no edit: all rows clean), and with
     `full`, the rows' [rows, len(answer) - 1, vocab] log-distributions at the answer positions
@@ -90,8 +101,9 @@ def answer_logprobs(model: Model, answer: Answer, hook: str, edit: Edit | None, 
         return first, None
     tokens = ids[:-1].expand(rows, -1)
     with torch.inference_mode():
-        logits = _forward(model, tokens, expand_cache(answer.cache, rows),
-                          [(hook, _edit_hook(edit))])
+        logits = _forward(
+            model, tokens, expand_cache(answer.cache, rows), [(hook, _edit_hook(edit))]
+        )
         logp = torch.log_softmax(logits.float(), -1)
         target = ids[1:].to(logp.device).expand(rows, -1)
         rest = logp.gather(-1, target[..., None])[..., 0].cpu()
@@ -104,9 +116,9 @@ def kl(clean: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     return (clean.exp() * (clean - edited)).sum(-1).mean(-1)
 
 
-def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
-                      weights: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attribution_batch(
+    model: Model, prompts: list[Prompt], hook: str, weights: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attribution patching for several documents with the same answer, in one forward and
     backward pass: each prompt is cut after its answer and left-padded, so the answers line up
     at the end. Returns the activations at `hook` on the answer positions that predict its tokens
@@ -114,8 +126,10 @@ def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
     gradient of Σ_t w[r, t] · log p_r(token t), w = weights(log-probabilities) held constant
     ([rows, n-1, d])."""
     spans = [answer_span(p) for p in prompts]
-    cut = [Prompt(p.input_ids[:end], p.mask[:end], p.template)
-           for p, (_, end) in zip(prompts, spans, strict=True)]
+    cut = [
+        Prompt(p.input_ids[:end], p.mask[:end], p.template)
+        for p, (_, end) in zip(prompts, spans, strict=True)
+    ]
     n = spans[0][1] - spans[0][0]
     batch = collate(cut, pad_id(model.tokenizer), "left").to(model.device)
     ids = batch.input_ids[:, -n:]
@@ -128,10 +142,13 @@ def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
     with torch.enable_grad():
         # Only the positions that predict the answer need logits (transformers'
         # logits_to_keep); the slice below holds either way.
-        logits = model.bridge.run_with_hooks(batch.input_ids, fwd_hooks=[(hook, leaf_hook)],
-                                             attention_mask=batch.attention_mask,
-                                             logits_to_keep=n + 1)
-        logp = torch.log_softmax(logits[:, -n - 1:-1].float(), -1)
+        logits = model.bridge.run_with_hooks(
+            batch.input_ids,
+            fwd_hooks=[(hook, leaf_hook)],
+            attention_mask=batch.attention_mask,
+            logits_to_keep=n + 1,
+        )
+        logp = torch.log_softmax(logits[:, -n - 1 : -1].float(), -1)
         lp = logp.gather(-1, ids.to(logp.device)[..., None])[..., 0]
         w = weights(lp.detach().cpu()).to(lp.device, lp.dtype)
         (grad,) = torch.autograd.grad((lp[:, 1:] * w[:, 1:]).sum(), keep["leaf"])
@@ -139,9 +156,18 @@ def attribution_batch(model: Model, prompts: list[Prompt], hook: str,
     return x, lp.detach().cpu(), grad[:, -n:-1].float().cpu()
 
 
-def generate(model: Model, prompt_ids: list[int], hook: str, edit: Edit | None,
-             max_tokens: int, *, on_prompt: bool = False, temperature: float = 0.0,
-             seed: int = 0, stop_ids: set[int] | None = None) -> tuple[list[int], str]:
+def generate(
+    model: Model,
+    prompt_ids: list[int],
+    hook: str,
+    edit: Edit | None,
+    max_tokens: int,
+    *,
+    on_prompt: bool = False,
+    temperature: float = 0.0,
+    seed: int = 0,
+    stop_ids: set[int] | None = None,
+) -> tuple[list[int], str]:
     """Continue `prompt_ids` with the residual at `hook` edited on every generated position
     (and on the prompt with `on_prompt`): greedy at temperature 0, else seeded sampling.
     Returns the new token ids and why it stopped ('eos' or 'length')."""
@@ -156,8 +182,9 @@ def generate(model: Model, prompt_ids: list[int], hook: str, edit: Edit | None,
         for _ in range(max_tokens):
             last = logits[0, -1].float().cpu()
             if temperature > 0:
-                token = int(torch.multinomial(torch.softmax(last / temperature, -1), 1,
-                                              generator=gen))
+                token = int(
+                    torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=gen)
+                )
             else:
                 token = int(last.argmax())
             if stop_ids and token in stop_ids:

@@ -114,8 +114,11 @@ def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
 def placement_dtype(placement: Placement) -> torch.dtype:
     """The dtype of a model spread by a device map: bfloat16 when it puts weights on a GPU (a
     strategy such as auto does whenever CUDA is present), float32 on the CPU alone."""
-    on_gpu = any(d.startswith("cuda") for d in placement.devices()) if isinstance(
-        placement.device_map, dict) else torch.cuda.is_available()
+    on_gpu = (
+        any(d.startswith("cuda") for d in placement.devices())
+        if isinstance(placement.device_map, dict)
+        else torch.cuda.is_available()
+    )
     return torch.bfloat16 if on_gpu else torch.float32
 
 
@@ -125,13 +128,17 @@ def check_gpus(placement: Placement) -> None:
     if not gpus:
         return
     if not torch.cuda.is_available():
-        raise BadInput(f"{placement.flag}: puts modules on {gpus[0]}, but CUDA is not available "
-                       "on this machine")
+        raise BadInput(
+            f"{placement.flag}: puts modules on {gpus[0]}, but CUDA is not available "
+            "on this machine"
+        )
     count = torch.cuda.device_count()
     missing = [d for d in gpus if int(d.split(":")[1]) >= count]
     if missing:
-        raise BadInput(f"{placement.flag}: puts modules on {missing[0]}, but this machine has "
-                       f"{count} CUDA device{'s' if count != 1 else ''}")
+        raise BadInput(
+            f"{placement.flag}: puts modules on {missing[0]}, but this machine has "
+            f"{count} CUDA device{'s' if count != 1 else ''}"
+        )
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -254,15 +261,18 @@ class Model:
         """The longest input the model's position embeddings take (None when unbounded)."""
         config = self.bridge.original_model.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(
-            self.bridge.cfg, "n_ctx", None)
+            self.bridge.cfg, "n_ctx", None
+        )
         return int(limit) if limit else None
 
     def check_length(self, n_tokens: int, what: str) -> None:
         """BadInput naming `what` when `n_tokens` is more than the model takes."""
         limit = self.max_tokens
         if limit is not None and n_tokens > limit:
-            raise BadInput(f"{what}: {n_tokens:,} tokens with its prompt, more than model "
-                           f"'{self.name}' takes ({limit:,}); shorten it")
+            raise BadInput(
+                f"{what}: {n_tokens:,} tokens with its prompt, more than model "
+                f"'{self.name}' takes ({limit:,}); shorten it"
+            )
 
     @property
     def prepend_bos(self) -> bool:
@@ -282,8 +292,14 @@ def is_causal_lm(hf_model: Any) -> bool:
     return type(hf_model).__name__ in names or bool(getattr(config, "is_decoder", False))
 
 
-def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = True,
-               hook: str | None = None, placement: Placement | None = None) -> Model:
+def load_model(
+    name_or_dir: str,
+    device: str = "auto",
+    *,
+    load_weights: bool = True,
+    hook: str | None = None,
+    placement: Placement | None = None,
+) -> Model:
     """Load an alias (`minilm`), a local Hugging Face model directory, or a hub id.
 
     Raises BadInput with one line when the model cannot be found or loaded, or when `hook` (the
@@ -316,8 +332,10 @@ def load_model(name_or_dir: str, device: str = "auto", *, load_weights: bool = T
     cfg = bridge.cfg
     if hook is not None and hook not in bridge.hook_dict:
         hooks = hook_summary(sorted(bridge.hook_dict), int(cfg.n_layers))
-        raise BadInput(f"model '{name_or_dir}': has no hook '{shown_name(hook)}' (the "
-                       f"database's SAE reads it; the model's: {hooks})")
+        raise BadInput(
+            f"model '{name_or_dir}': has no hook '{shown_name(hook)}' (the "
+            f"database's SAE reads it; the model's: {hooks})"
+        )
     return Model(
         name=name_or_dir,
         source=source,
@@ -347,8 +365,7 @@ def skeleton(location: str) -> Any:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(location)
-    model_class = get_hf_model_class_for_architecture(
-        determine_architecture_from_hf_config(config))
+    model_class = get_hf_model_class_for_architecture(determine_architecture_from_hf_config(config))
     with init_empty_weights():
         return model_class.from_config(config)
 
@@ -369,8 +386,10 @@ def spread(name: str, source: Source, placement: Placement) -> tuple[torch.dtype
     module names are checked (before any weight loads)."""
     check_gpus(placement)
     check_map_modules(name, source, placement)
-    return placement_dtype(placement), {"device_map": placement.device_map,
-                                        "max_memory": placement.max_memory}
+    return placement_dtype(placement), {
+        "device_map": placement.device_map,
+        "max_memory": placement.max_memory,
+    }
 
 
 def check_map_modules(name: str, source: Source, placement: Placement) -> None:
@@ -387,17 +406,22 @@ def check_map_modules(name: str, source: Source, placement: Placement) -> None:
     for key in placement.device_map:
         if key not in modules:
             top = sorted(n for n in modules if n and "." not in n)
-            raise BadInput(f"{placement.flag}: model '{name}' has no module '{key}' (its top "
-                           f"modules: {', '.join(top)})")
+            raise BadInput(
+                f"{placement.flag}: model '{name}' has no module '{key}' (its top "
+                f"modules: {', '.join(top)})"
+            )
     for param, _ in built.named_parameters():
         parts = param.split(".")
         prefixes = [".".join(parts[:i]) for i in range(len(parts) + 1)]
         if any(p in keys for p in prefixes):
             continue
-        lost = next(p for p in prefixes[1:]
-                    if not any(k == p or k.startswith(p + ".") for k in keys))
-        raise BadInput(f"{placement.flag}: gives module '{lost}' of model '{name}' no device "
-                       "(every module with weights needs one, itself or an enclosing module)")
+        lost = next(
+            p for p in prefixes[1:] if not any(k == p or k.startswith(p + ".") for k in keys)
+        )
+        raise BadInput(
+            f"{placement.flag}: gives module '{lost}' of model '{name}' no device "
+            "(every module with weights needs one, itself or an enclosing module)"
+        )
 
 
 def hook_layer(hook: str) -> int | None:

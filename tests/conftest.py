@@ -30,28 +30,38 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 with a chat template."""
     return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2-chat"), CHAT_TEMPLATE)
 
+
 @pytest.fixture(scope="session")
 def tiny_gpt2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 without a chat template (a base model)."""
     return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2-base"), None)
 
+
 @pytest.fixture(scope="session")
 def tiny_gpt2(tiny_gpt2_dir: Path) -> Model:
     return load_model(str(tiny_gpt2_dir), device="cpu")
+
 
 @pytest.fixture(scope="session")
 def tiny_gpt2_base(tiny_gpt2_base_dir: Path) -> Model:
     return load_model(str(tiny_gpt2_base_dir), device="cpu")
 
+
 @pytest.fixture(scope="session")
 def minilm() -> Model:
     return load_model("minilm", device="cpu")
 
+
 @pytest.fixture(scope="session")
 def tiny_sae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Path:
     """A random TopK SAE on the tiny chat GPT-2's blocks.1.hook_resid_post."""
-    return build_random_sae(tmp_path_factory.mktemp("tiny-sae") / "tiny-sae", str(tiny_gpt2_dir),
-                            32, "blocks.1.hook_resid_post")
+    return build_random_sae(
+        tmp_path_factory.mktemp("tiny-sae") / "tiny-sae",
+        str(tiny_gpt2_dir),
+        32,
+        "blocks.1.hook_resid_post",
+    )
+
 
 @pytest.fixture(scope="session")
 def labelled_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path) -> Path:
@@ -62,10 +72,12 @@ def labelled_db(tmp_path_factory: pytest.TempPathFactory, tiny_sae_dir: Path) ->
     work = tmp_path_factory.mktemp("labelled")
     db = work / "db.duckdb"
     args = battery(work / "b", 30)
-    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir),
-                          *map(str, args)]) == 0
+    assert (
+        cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir), *map(str, args)]) == 0
+    )
     assert cli.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
     return db
+
 
 @pytest.fixture(scope="session")
 def indexed_db(tmp_path_factory: pytest.TempPathFactory, labelled_db: Path) -> Path:
@@ -78,12 +90,31 @@ def indexed_db(tmp_path_factory: pytest.TempPathFactory, labelled_db: Path) -> P
     return db
 
 
-SLOW_FIXTURES = {"minilm", "tiny_gpt2", "tiny_gpt2_base", "tiny_gpt2_dir", "tiny_gpt2_base_dir",
-                 "tiny_sae_dir", "labelled_db", "indexed_db", "synthetic_db"}
+SLOW_FIXTURES = {
+    "minilm",
+    "tiny_gpt2",
+    "tiny_gpt2_base",
+    "tiny_gpt2_dir",
+    "tiny_gpt2_base_dir",
+    "tiny_sae_dir",
+    "labelled_db",
+    "indexed_db",
+    "synthetic_db",
+}
 """Fixtures that load model weights, train or harvest: a test that uses one is slow."""
-SLOW_CALLS = ("subprocess.", "Popen(", "AppTest", "load_model(", "torchrun", "ray.init",
-              "sync_playwright", "build_tiny_gpt2(", "build_random_sae(", "LocalChat(",
-              "build_planted")
+SLOW_CALLS = (
+    "subprocess.",
+    "Popen(",
+    "AppTest",
+    "load_model(",
+    "torchrun",
+    "ray.init",
+    "sync_playwright",
+    "build_tiny_gpt2(",
+    "build_random_sae(",
+    "LocalChat(",
+    "build_planted",
+)
 """What a slow test's own code does: start a process, drive the explorer, load or build a
 model."""
 SLOW_FILES = (".safetensors", ".gguf", "pytorch_model.bin")
@@ -118,8 +149,12 @@ def _audit(event: str, args: tuple) -> None:
         return
     if event in ("subprocess.Popen", "os.posix_spawn", "os.fork", "os.exec"):
         CAUGHT.append(f"starts a process ({event} {str(args[0])[:80]})")
-    elif event == "open" and isinstance(args[0], str | Path) and \
-            str(args[0]).endswith(SLOW_FILES) and not _reads_a_header():
+    elif (
+        event == "open"
+        and isinstance(args[0], str | Path)
+        and str(args[0]).endswith(SLOW_FILES)
+        and not _reads_a_header()
+    ):
         CAUGHT.append(f"loads model weights ({args[0]})")
 
 

@@ -35,10 +35,12 @@ CORPUS = [
     "The villain smiled. The scientist measured. The poet wrote about the moon.",
 ]
 
+
 def default_sigint() -> None:
     """Popen preexec_fn: a shell's background job starts with SIGINT ignored, and Python keeps
     an ignored SIGINT, so a Ctrl-C test would see no interrupt. Restore the default first."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 def kill_after_checkpoints(proc: subprocess.Popen, checkpoints: Path, n: int) -> None:
     """kill -9 a training process once `checkpoints` holds `n` complete checkpoints."""
@@ -86,8 +88,10 @@ def build_tiny_gpt2(directory: Path, chat_template: str | None, n_layer: int = 3
     fast.save_pretrained(directory)
     return directory
 
-def build_random_sae(directory: Path, model: str, d_in: int, hook: str, d_sae: int = 64,
-                     k: int = 8, seed: int = 0) -> Path:
+
+def build_random_sae(
+    directory: Path, model: str, d_in: int, hook: str, d_sae: int = 64, k: int = 8, seed: int = 0
+) -> Path:
     """Save a random TopK SAE (sae-lens format plus shoggoth.json naming its model)."""
     import json
 
@@ -95,8 +99,11 @@ def build_random_sae(directory: Path, model: str, d_in: int, hook: str, d_sae: i
     from sae_lens.saes.sae import SAEMetadata
 
     torch.manual_seed(seed)
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
-                                metadata=SAEMetadata(hook_name=hook, model_name=model)))
+    sae = TopKSAE(
+        TopKSAEConfig(
+            d_in=d_in, d_sae=d_sae, k=k, metadata=SAEMetadata(hook_name=hook, model_name=model)
+        )
+    )
     with torch.no_grad():
         for p in sae.parameters():
             p.normal_(0, 0.3)
@@ -104,6 +111,7 @@ def build_random_sae(directory: Path, model: str, d_in: int, hook: str, d_sae: i
     sae.save_model(str(directory))
     (directory / "shoggoth.json").write_text(json.dumps({"model": model, "hook": hook}))
     return directory
+
 
 PERSONAS = """personas:
   - name: pirate
@@ -118,8 +126,10 @@ PERSONAS = """personas:
     prompts: [""]
 """
 
-def harvest_with_and_without_prefix_cache(folder: Path, sae: Path, personas_yaml: str,
-                                          *args: str) -> list[tuple[int, bool, dict]]:
+
+def harvest_with_and_without_prefix_cache(
+    folder: Path, sae: Path, personas_yaml: str, *args: str
+) -> list[tuple[int, bool, dict]]:
     """A tiny harvest of the battery's first 3 items under `personas_yaml`, once with the
     prefix KV cache and once without (`args`: more harvest flags): per run, its number of
     documents, its `saes.prefix_cache` and {(persona, paraphrase, item_id, pos, feature):
@@ -132,20 +142,43 @@ def harvest_with_and_without_prefix_cache(folder: Path, sae: Path, personas_yaml
     from shoggoth.battery.personas import load_items
 
     (folder / "p.yaml").write_text(personas_yaml)
-    (folder / "i.jsonl").write_text("".join(json.dumps(i.__dict__) + "\n"
-                                            for i in load_items()[:3]))
+    (folder / "i.jsonl").write_text(
+        "".join(json.dumps(i.__dict__) + "\n" for i in load_items()[:3])
+    )
     runs = []
     for name, extra in (("cached", []), ("full", ["--no-prefix-cache"])):
         db = folder / f"{name}.duckdb"
-        assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), "--personas",
-                         str(folder / "p.yaml"), "--items", str(folder / "i.jsonl"), *args,
-                         *extra]) == 0
+        assert (
+            cli.main(
+                [
+                    "harvest",
+                    "--db",
+                    str(db),
+                    "--sae-dir",
+                    str(sae),
+                    "--personas",
+                    str(folder / "p.yaml"),
+                    "--items",
+                    str(folder / "i.jsonl"),
+                    *args,
+                    *extra,
+                ]
+            )
+            == 0
+        )
         con = duckdb.connect(str(db), read_only=True)
-        runs.append((con.execute("SELECT count(*) FROM documents").fetchone()[0],
-                     con.execute("SELECT prefix_cache FROM saes").fetchone()[0],
-                     {r[:5]: r[5] for r in con.execute(
-                         "SELECT persona, paraphrase, item_id, pos, feature, value "
-                         "FROM activations").fetchall()}))
+        runs.append(
+            (
+                con.execute("SELECT count(*) FROM documents").fetchone()[0],
+                con.execute("SELECT prefix_cache FROM saes").fetchone()[0],
+                {
+                    r[:5]: r[5]
+                    for r in con.execute(
+                        "SELECT persona, paraphrase, item_id, pos, feature, value FROM activations"
+                    ).fetchall()
+                },
+            )
+        )
         con.close()
     return runs
 
@@ -158,6 +191,7 @@ def copy_db(source: Path, target: Path) -> Path:
         shutil.copytree(folder, target.with_name(target.name + ".faiss"), dirs_exist_ok=True)
     return target
 
+
 def battery(directory: Path, n_items: int, personas: str = PERSONAS) -> list[str]:
     """--personas/--items arguments for a small battery written to `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -168,8 +202,12 @@ def battery(directory: Path, n_items: int, personas: str = PERSONAS) -> list[str
 
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPED = {"shoggoth": ROOT / "shoggoth", "shoggoth/sae": ROOT / "sae",
-          "shoggoth/index": ROOT / "index", "shoggoth/explorer": ROOT / "explorer"}
+MAPPED = {
+    "shoggoth": ROOT / "shoggoth",
+    "shoggoth/sae": ROOT / "sae",
+    "shoggoth/index": ROOT / "index",
+    "shoggoth/explorer": ROOT / "explorer",
+}
 """Where each part of the namespace lives in the repository (pyproject's package-dir)."""
 
 
@@ -177,8 +215,12 @@ def installed_tree(target: Path) -> Path:
     """The namespace as setuptools installs it (sae/, index/, explorer/ inside shoggoth/), with
     pyproject.toml: for tools that read a package from one folder (import-linter, mypy)."""
     for inside, source in MAPPED.items():
-        shutil.copytree(source, target / inside, ignore=shutil.ignore_patterns("__pycache__"),
-                        dirs_exist_ok=True)
+        shutil.copytree(
+            source,
+            target / inside,
+            ignore=shutil.ignore_patterns("__pycache__"),
+            dirs_exist_ok=True,
+        )
     shutil.copy(ROOT / "pyproject.toml", target / "pyproject.toml")
     return target
 
@@ -199,5 +241,7 @@ def leaf_commands(group, path: tuple[str, ...] = ()):
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every path under `folder` with its modification time and size: equal before and after
     a command that must write nothing."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
-            for p in folder.rglob("*")}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in folder.rglob("*")
+    }

@@ -24,55 +24,96 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-KINDS = ("dead", "rare", "mask-specific", "mention", "mention-weak", "single-paraphrase",
-         "two-persona", "family",
-         "prompt-length", "controls-only", "shared", "shared-1.3", "shared-1.6",
-         "shared-modulated", "dense-modulated", "mask-general", "noise-sparse", "noise-dense",
-         "shared-one-1.3")
-EXPECTED = {"dead": "dead", "rare": "rare", "mask-specific": "mask-specific",
-            "mention": "persona-concept", "mention-weak": "persona-concept",
-            "two-persona": "mask-family", "family": "mask-family",
-            "shared": "shared", "shared-modulated": "shared-modulated",
-            "dense-modulated": "shared-modulated",
-            "mask-general": "mask-general"}
+KINDS = (
+    "dead",
+    "rare",
+    "mask-specific",
+    "mention",
+    "mention-weak",
+    "single-paraphrase",
+    "two-persona",
+    "family",
+    "prompt-length",
+    "controls-only",
+    "shared",
+    "shared-1.3",
+    "shared-1.6",
+    "shared-modulated",
+    "dense-modulated",
+    "mask-general",
+    "noise-sparse",
+    "noise-dense",
+    "shared-one-1.3",
+)
+EXPECTED = {
+    "dead": "dead",
+    "rare": "rare",
+    "mask-specific": "mask-specific",
+    "mention": "persona-concept",
+    "mention-weak": "persona-concept",
+    "two-persona": "mask-family",
+    "family": "mask-family",
+    "shared": "shared",
+    "shared-modulated": "shared-modulated",
+    "dense-modulated": "shared-modulated",
+    "mask-general": "mask-general",
+}
 """The label each kind should get, where one is right (others: anything but a persona label)."""
 MASK_LABELS = ("mask-specific", "mask-family", "mask-or-concept")
 """Labels that claim a mask."""
 
 
-def battery(n_families: int = 6, per_family: int = 3, n_para: int = 5, ctrl_para: int = 2,
-            n_items: int = 240, n_topics: int = 12, matched: bool = True, seed: int = 0
-            ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str], np.ndarray]:
+def battery(
+    n_families: int = 6,
+    per_family: int = 3,
+    n_para: int = 5,
+    ctrl_para: int = 2,
+    n_items: int = 240,
+    n_topics: int = 12,
+    matched: bool = True,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str], np.ndarray]:
     """(personas, documents, topics, prompt length of each document)."""
     rng = np.random.default_rng(seed)
     rows, prompts = [], []
     main = [f"p{f}_{m}" for f in range(n_families) for m in range(per_family)]
     for name in main:
-        rows.append((name, f"fam{name[1:name.index('_')]}", False, None))
+        rows.append((name, f"fam{name[1 : name.index('_')]}", False, None))
         prompts += [(name, j) for j in range(n_para)]
     for name in main if matched else []:
         for kind in ("mention", "negated"):
             rows.append((f"control_{kind}_{name}", "control", True, name))
             prompts += [(f"control_{kind}_{name}", j) for j in range(ctrl_para)]
-    for name, n in (("control_none", 1), ("control_empty", 1), ("control_neutral", n_para),
-                    ("control_random", n_para)):
+    for name, n in (
+        ("control_none", 1),
+        ("control_empty", 1),
+        ("control_neutral", n_para),
+        ("control_random", n_para),
+    ):
         rows.append((name, "control", True, None))
         prompts += [(name, j) for j in range(n)]
     personas = pd.DataFrame(rows, columns=["persona", "family", "is_control", "control_of"])
     items = [f"item{i:03d}" for i in range(n_items)]
     topics = {it: f"topic{i % n_topics}" for i, it in enumerate(items)}
     length = {p: float(rng.uniform(30, 130)) for p in prompts}
-    docs = pd.DataFrame([(p, j, it) for p, j in prompts for it in items],
-                        columns=["persona", "paraphrase", "item_id"])
+    docs = pd.DataFrame(
+        [(p, j, it) for p, j in prompts for it in items],
+        columns=["persona", "paraphrase", "item_id"],
+    )
     lengths = np.array([length[(p, j)] for p, j in prompts]).repeat(n_items)
     return personas, docs, topics, lengths
 
 
-def planted(seed: int = 0, per_kind: int = 20, background: float = 0.014,
-            wording: float = 0.15, null: bool = False, matched: bool = True,
-            n_items: int = 240, kinds: tuple[str, ...] = KINDS
-            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str],
-                       dict[int, tuple[str, object]]]:
+def planted(
+    seed: int = 0,
+    per_kind: int = 20,
+    background: float = 0.014,
+    wording: float = 0.15,
+    null: bool = False,
+    matched: bool = True,
+    n_items: int = 240,
+    kinds: tuple[str, ...] = KINDS,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str], dict[int, tuple[str, object]]]:
     """(doc_features, documents, personas, topics, truth). `wording`: each prompt multiplies
     each feature by a factor uniform in 1 ± wording; `null`: every feature is a noise feature."""
     rng = np.random.default_rng(seed)
@@ -84,37 +125,57 @@ def planted(seed: int = 0, per_kind: int = 20, background: float = 0.014,
     item = docs["item_id"].str[4:].astype(int).to_numpy()
     topic = np.array([int(topics[f"item{i:03d}"][5:]) for i in range(n_items)])
     item_eff = rng.gamma(4, 0.25, n_items) * rng.gamma(6, 1 / 6, topic.max() + 1)[topic]
-    kinds = (["noise-sparse", "noise-dense"] * per_kind * 4 if null
-             else [k for k in kinds for _ in range(per_kind)])
+    kinds = (
+        ["noise-sparse", "noise-dense"] * per_kind * 4
+        if null
+        else [k for k in kinds for _ in range(per_kind)]
+    )
     rows, truth = [], {}
     for feature, kind in enumerate(kinds):
         rate, scale, target = _plant(rng, kind, feature, persona, docs, main, families, lengths)
         fire = rng.random(len(docs)) < rate
         effect = rng.uniform(1 - wording, 1 + wording, prompt.max() + 1)[prompt]
-        value = np.where(fire, scale * item_eff[item] * effect
-                         * rng.lognormal(0, 0.8, len(docs)), 0.0)
+        value = np.where(
+            fire, scale * item_eff[item] * effect * rng.lognormal(0, 0.8, len(docs)), 0.0
+        )
         if kind not in ("dead", "rare"):
             bg = (rng.random(len(docs)) < background) & (value == 0)
             value[bg] = rng.gamma(1, 0.3, bg.sum()) * item_eff[item[bg]]
         truth[feature] = (kind, target)
         hit = np.flatnonzero(value > 0)
-        rows.append(pd.DataFrame({"persona": persona[hit],
-                                  "paraphrase": docs["paraphrase"].to_numpy()[hit],
-                                  "item_id": docs["item_id"].to_numpy()[hit],
-                                  "feature": feature, "mean_act": value[hit]}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "persona": persona[hit],
+                    "paraphrase": docs["paraphrase"].to_numpy()[hit],
+                    "item_id": docs["item_id"].to_numpy()[hit],
+                    "feature": feature,
+                    "mean_act": value[hit],
+                }
+            )
+        )
     frame = pd.concat(rows, ignore_index=True)
     frame["persona"] = pd.Categorical(frame["persona"])
     return frame, docs, personas, topics, truth
 
 
-def _plant(rng: np.random.Generator, kind: str, feature: int, persona: np.ndarray,
-           docs: pd.DataFrame, main: list[str], families: pd.Series, lengths: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray | float, object]:
+def _plant(
+    rng: np.random.Generator,
+    kind: str,
+    feature: int,
+    persona: np.ndarray,
+    docs: pd.DataFrame,
+    main: list[str],
+    families: pd.Series,
+    lengths: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray | float, object]:
     """(firing rate per document, magnitude scale, target) of one planted feature."""
     n = len(persona)
-    baseline = np.char.startswith(persona.astype(str), "control_") & ~np.char.startswith(
-        persona.astype(str), "control_mention") & ~np.char.startswith(
-        persona.astype(str), "control_negated")
+    baseline = (
+        np.char.startswith(persona.astype(str), "control_")
+        & ~np.char.startswith(persona.astype(str), "control_mention")
+        & ~np.char.startswith(persona.astype(str), "control_negated")
+    )
     rate, scale, target = np.zeros(n), 1.0, None
     if kind == "rare":
         rate[rng.choice(n, size=int(rng.integers(3, 12)), replace=False)] = 1.0
@@ -181,15 +242,18 @@ def score(out: pd.DataFrame, truth: dict[int, tuple[str, object]]) -> dict[str, 
         return float(hit[sel].mean()) if sel.any() else float("nan")
 
     shared = label.isin(["shared", "mask-general"])
-    return {"mask-specific recall": float(right.sum() / max((kind == "mask-specific").sum(), 1)),
-            "mask-specific precision": float(right.sum() / max(specific.sum(), 1)),
-            "mention given a mask label": share(("mention", "mention-weak"), masked),
-            "single-paraphrase given a mask label": share(("single-paraphrase",), masked),
-            "no-effect given a mask label": share(NO_EFFECT, masked),
-            "two-persona and family labelled mask-family": share(
-                ("two-persona", "family"), label == "mask-family"),
-            "one persona at 1.6x labelled shared": share(("shared-1.6",), shared),
-            "dense-modulated labelled mask-specific": share(("dense-modulated",), specific),
-            "within 1.3x labelled shared": share(("shared-1.3",), shared),
-            "one persona at 1.3x labelled shared": share(("shared-one-1.3",), shared),
-            "equal labelled shared": share(("shared",), shared)}
+    return {
+        "mask-specific recall": float(right.sum() / max((kind == "mask-specific").sum(), 1)),
+        "mask-specific precision": float(right.sum() / max(specific.sum(), 1)),
+        "mention given a mask label": share(("mention", "mention-weak"), masked),
+        "single-paraphrase given a mask label": share(("single-paraphrase",), masked),
+        "no-effect given a mask label": share(NO_EFFECT, masked),
+        "two-persona and family labelled mask-family": share(
+            ("two-persona", "family"), label == "mask-family"
+        ),
+        "one persona at 1.6x labelled shared": share(("shared-1.6",), shared),
+        "dense-modulated labelled mask-specific": share(("dense-modulated",), specific),
+        "within 1.3x labelled shared": share(("shared-1.3",), shared),
+        "one persona at 1.3x labelled shared": share(("shared-one-1.3",), shared),
+        "equal labelled shared": share(("shared",), shared),
+    }

@@ -24,11 +24,15 @@ from helpers import CHAT_TEMPLATE, ROLE_TOKENS, build_tiny_gpt2
 from helpers import PERSONAS as SHARED_PERSONAS
 
 D, D_SAE, AMPLIFY, READ = 16, 8, 20.0, 6.0
-PIRATE_PROMPTS = ["Arr, you are a pirate captain, matey.", "Be a salty pirate on the sea, arr.",
-                  "Pirate talk only, matey: arr!"]
+PIRATE_PROMPTS = [
+    "Arr, you are a pirate captain, matey.",
+    "Be a salty pirate on the sea, arr.",
+    "Pirate talk only, matey: arr!",
+]
 PERSONAS = SHARED_PERSONAS.replace(
     'prompts: ["You are a pirate captain.", "Act as a salty old buccaneer.", "Arr, be a pirate."]',
-    f"prompts: {json.dumps(PIRATE_PROMPTS)}")
+    f"prompts: {json.dumps(PIRATE_PROMPTS)}",
+)
 """The test battery of conftest, with the planted pirate's own prompts."""
 
 
@@ -48,15 +52,26 @@ def build_planted(directory: Path, items: list[dict[str, str]]) -> tuple[Path, P
 
     base = build_tiny_gpt2(directory / "tokenizer", CHAT_TEMPLATE, n_layer=1)
     tok = AutoTokenizer.from_pretrained(base)
-    others = [text for p in yaml.safe_load(PERSONAS)["personas"] if p["name"] != "pirate"
-              for text in p["prompts"]]
+    others = [
+        text
+        for p in yaml.safe_load(PERSONAS)["personas"]
+        if p["name"] != "pirate"
+        for text in p["prompts"]
+    ]
     others += [it["question"] for it in items] + [it["answer"] for it in items]
     planted = pirate_tokens(tok, others)
     assert planted, "the pirate prompts must have tokens of their own"
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=D, n_layer=1, n_head=1,
-                     tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                     eos_token_id=tok.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=256,
+        n_embd=D,
+        n_layer=1,
+        n_head=1,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(cfg)
     with torch.no_grad():
         wte = torch.randn(len(tok), D)
@@ -67,7 +82,7 @@ def build_planted(directory: Path, items: list[dict[str, str]]) -> tuple[Path, P
         model.transformer.wpe.weight.zero_()
         block = model.transformer.h[0]
         w = torch.zeros(D, 3 * D)
-        w[:, 2 * D:] = torch.eye(D)  # values copy; queries and keys are zero: uniform attention
+        w[:, 2 * D :] = torch.eye(D)  # values copy; queries and keys are zero: uniform attention
         block.attn.c_attn.weight.copy_(w)
         block.attn.c_attn.bias.zero_()
         proj = torch.eye(D)
@@ -84,9 +99,14 @@ def build_planted(directory: Path, items: list[dict[str, str]]) -> tuple[Path, P
     model.save_pretrained(out)
     tok.save_pretrained(out)
     hook = "blocks.0.hook_resid_post"
-    sae = StandardSAE(StandardSAEConfig(d_in=D, d_sae=D_SAE, apply_b_dec_to_input=False,
-                                        metadata=SAEMetadata(hook_name=hook,
-                                                             model_name=str(out))))
+    sae = StandardSAE(
+        StandardSAEConfig(
+            d_in=D,
+            d_sae=D_SAE,
+            apply_b_dec_to_input=False,
+            metadata=SAEMetadata(hook_name=hook, model_name=str(out)),
+        )
+    )
     with torch.no_grad():
         eye = torch.eye(D)[:D_SAE]
         sae.W_enc.copy_(eye.T)

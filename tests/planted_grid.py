@@ -31,21 +31,33 @@ def _cell(kind: str, persona_hit: bool, cell: str) -> float:
     d: baseline)."""
     if not persona_hit:
         return 1.0
-    lift = {"context": ("in_action", "neutral_text"), "content": ("in_action", "text_only"),
-            "interaction": ("in_action",)}.get(kind, ())
+    lift = {
+        "context": ("in_action", "neutral_text"),
+        "content": ("in_action", "text_only"),
+        "interaction": ("in_action",),
+    }.get(kind, ())
     return 4.0 if cell in lift else 1.0
 
 
-def make_planted_grid(n_personas: int = 6, prompts: int = 3, items: int = 12, topics: int = 4,
-                      per_kind: int = 4, wording: float = 0.5, seed: int = 0) -> PlantedGrid:
+def make_planted_grid(
+    n_personas: int = 6,
+    prompts: int = 3,
+    items: int = 12,
+    topics: int = 4,
+    per_kind: int = 4,
+    wording: float = 0.5,
+    seed: int = 0,
+) -> PlantedGrid:
     """per_kind features of each kind; `wording`: the SD of each prompt's log wording effect."""
     rng = np.random.default_rng(seed)
     personas = [f"p{k}" for k in range(n_personas)]
     item_ids = [f"t{i % topics}-{i:02d}" for i in range(items)]
     kinds = [kind for kind in KINDS for _ in range(per_kind)]
     n_f = len(kinds)
-    truth = {f: (kind, personas[f % n_personas] if kind in KINDS[:3] else None)
-             for f, kind in enumerate(kinds)}
+    truth = {
+        f: (kind, personas[f % n_personas] if kind in KINDS[:3] else None)
+        for f, kind in enumerate(kinds)
+    }
     level = rng.lognormal(0, 0.3, (n_f, items))
     word = rng.normal(0, wording, (n_f, n_personas, prompts))
     word[[f for f, k in enumerate(kinds) if k != "wording"]] *= 0.3
@@ -62,8 +74,9 @@ def make_planted_grid(n_personas: int = 6, prompts: int = 3, items: int = 12, to
         for j in range(prompts):
             for i in range(items):
                 for cell in ("in_action", "neutral_text", "text_only"):
-                    mult = np.array([_cell(kinds[f], truth[f][1] == name, cell)
-                                     for f in range(n_f)])
+                    mult = np.array(
+                        [_cell(kinds[f], truth[f][1] == name, cell) for f in range(n_f)]
+                    )
                     if cell != "text_only":  # the prompt's wording acts where it is the context
                         mult = mult * np.exp(word[:, k, j])
                     add(cell, name, j, i, mult)

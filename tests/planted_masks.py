@@ -55,14 +55,17 @@ the common direction is equally strong under every persona (the training persona
 TRAIN_COUNTS = ((1, 0), (0, 1), (1, 1), (2, 1), (1, 2))
 """The training personas' counts: each direction also alone, so that a dictionary can tell them
 apart (as a model's common shift varies apart from each persona's own)."""
-WORDS = {"pirate": ["sail the sea", "hoist the flag", "find the gold", "steer the ship"],
-         "poet": ["write the verse", "sing the moon", "rhyme the night", "paint the dawn"],
-         "villain": ["plot the fall", "scheme in dark", "rule the town", "crush the hope"],
-         "sage": ["teach the path", "calm the mind", "seek the truth", "guide the youth"]}
+WORDS = {
+    "pirate": ["sail the sea", "hoist the flag", "find the gold", "steer the ship"],
+    "poet": ["write the verse", "sing the moon", "rhyme the night", "paint the dawn"],
+    "villain": ["plot the fall", "scheme in dark", "rule the town", "crush the hope"],
+    "sage": ["teach the path", "calm the mind", "seek the truth", "guide the youth"],
+}
 
 
-def persona_prompt(name: str, j: int, null: bool = False,
-                   counts: tuple[tuple[int, int], ...] = COUNTS) -> str:
+def persona_prompt(
+    name: str, j: int, null: bool = False, counts: tuple[tuple[int, int], ...] = COUNTS
+) -> str:
     """Paraphrase j of a persona: its markers, then words of its own."""
     common, own = counts[j % len(counts)]
     words = WORDS[name][j % len(WORDS[name])]
@@ -77,18 +80,31 @@ def battery_personas(null: bool = False) -> str:
     lines = ["personas:"]
     for n, name in enumerate(PERSONAS):
         prompts = [persona_prompt(name, j, null) for j in range(3)]
-        lines += [f"  - name: {name}", f"    family: f{n % 2}",
-                  f"    prompts: {json.dumps(prompts)}",
-                  f"  - name: control_mention_{name}", "    family: control",
-                  "    is_control: true", f"    control_of: {name}",
-                  f'    prompts: ["The user likes {name} stories."]',
-                  f"  - name: control_negation_{name}", "    family: control",
-                  "    is_control: true", f"    control_of: {name}",
-                  f'    prompts: ["You are not a {name}."]']
-    lines += ["  - name: control_none", "    family: control", "    is_control: true",
-              '    prompts: [""]',
-              "  - name: control_empty_system", "    family: control", "    is_control: true",
-              '    prompts: ["(empty system message)"]']
+        lines += [
+            f"  - name: {name}",
+            f"    family: f{n % 2}",
+            f"    prompts: {json.dumps(prompts)}",
+            f"  - name: control_mention_{name}",
+            "    family: control",
+            "    is_control: true",
+            f"    control_of: {name}",
+            f'    prompts: ["The user likes {name} stories."]',
+            f"  - name: control_negation_{name}",
+            "    family: control",
+            "    is_control: true",
+            f"    control_of: {name}",
+            f'    prompts: ["You are not a {name}."]',
+        ]
+    lines += [
+        "  - name: control_none",
+        "    family: control",
+        "    is_control: true",
+        '    prompts: [""]',
+        "  - name: control_empty_system",
+        "    family: control",
+        "    is_control: true",
+        '    prompts: ["(empty system message)"]',
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -97,10 +113,15 @@ def training_personas(null: bool = False) -> str:
     battery's prompts), one paraphrase per count pattern."""
     lines = ["personas:"]
     for n, name in enumerate(PERSONAS):
-        prompts = [persona_prompt(name, j, null, TRAIN_COUNTS).replace("Now", "Then")
-                   for j in range(len(TRAIN_COUNTS))]
-        lines += [f"  - name: train_{name}", f"    family: f{n % 2}",
-                  f"    prompts: {json.dumps(prompts)}"]
+        prompts = [
+            persona_prompt(name, j, null, TRAIN_COUNTS).replace("Now", "Then")
+            for j in range(len(TRAIN_COUNTS))
+        ]
+        lines += [
+            f"  - name: train_{name}",
+            f"    family: f{n % 2}",
+            f"    prompts: {json.dumps(prompts)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -114,14 +135,21 @@ def build_planted_masks(directory: Path, null: bool = False) -> Path:
     ids = {name: tok.convert_tokens_to_ids(name) for name in (COMMON, *map(marker, PERSONAS))}
     dirs = directions()
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=D, n_layer=1, n_head=1,
-                     tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                     eos_token_id=tok.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=512,
+        n_embd=D,
+        n_layer=1,
+        n_head=1,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(cfg)
     with torch.no_grad():
         wte = torch.zeros(len(tok), D)
         content = torch.randn(len(tok), D // 2)
-        wte[:, D // 2:] = CONTENT_SCALE * (content - content.mean(1, keepdim=True))
+        wte[:, D // 2 :] = CONTENT_SCALE * (content - content.mean(1, keepdim=True))
         for name, tid in ids.items():
             key = COMMON if name == COMMON else name[2:]
             wte[tid] = 0
@@ -132,10 +160,10 @@ def build_planted_masks(directory: Path, null: bool = False) -> Path:
         w = torch.zeros(D, 3 * D)  # queries and keys zero: uniform attention
         value = torch.zeros(D, D)
         if null:
-            value[D // 2:, : D // 2] = 0.05 * torch.randn(D // 2, D // 2)  # content leaks
+            value[D // 2 :, : D // 2] = 0.05 * torch.randn(D // 2, D // 2)  # content leaks
         else:
             value[: D // 2, : D // 2] = GAIN * torch.eye(D // 2)
-        w[:, 2 * D:] = value
+        w[:, 2 * D :] = value
         block.attn.c_attn.weight.copy_(w)
         block.attn.c_attn.bias.zero_()
         block.attn.c_proj.weight.copy_(torch.eye(D))

@@ -75,8 +75,9 @@ def _zero_mean_basis(rng: np.random.Generator, n: int) -> np.ndarray:
     return out
 
 
-def plant(seed: int, own: bool = True, n_personas: int = 5, wordings: int = 4,
-          wording_noise: float = 0.03) -> Planted:
+def plant(
+    seed: int, own: bool = True, n_personas: int = 5, wordings: int = 4, wording_noise: float = 0.03
+) -> Planted:
     """The planted personas. `own=False`: every persona is the common pattern at its strength
     (no own direction, no axis), wording noise only."""
     rng = np.random.default_rng(seed)
@@ -128,12 +129,21 @@ def personas_yaml(planted: Planted) -> str:
     lines = ["personas:"]
     for p, name in enumerate(planted.names):
         prompts = [marker(p, j) for j in range(planted.wordings)]
-        lines += [f"  - name: {name}", f"    family: f{p % 2}",
-                  f"    prompts: {json.dumps(prompts)}"]
-    lines += ["  - name: control_none", "    family: control", "    is_control: true",
-              '    prompts: [""]',
-              "  - name: control_empty_system", "    family: control", "    is_control: true",
-              f'    prompts: ["{EMPTY_SYSTEM}"]']
+        lines += [
+            f"  - name: {name}",
+            f"    family: f{p % 2}",
+            f"    prompts: {json.dumps(prompts)}",
+        ]
+    lines += [
+        "  - name: control_none",
+        "    family: control",
+        "    is_control: true",
+        '    prompts: [""]',
+        "  - name: control_empty_system",
+        "    family: control",
+        "    is_control: true",
+        f'    prompts: ["{EMPTY_SYSTEM}"]',
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -149,9 +159,16 @@ def build(directory: Path, planted: Planted) -> tuple[Path, Path]:
     tok.add_tokens(markers)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=D, n_layer=1, n_head=1,
-                     tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                     eos_token_id=tok.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=512,
+        n_embd=D,
+        n_layer=1,
+        n_head=1,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(cfg)
     wte = np.zeros((len(tok), D))
     content = rng.normal(size=(len(tok), D - P))
@@ -160,7 +177,7 @@ def build(directory: Path, planted: Planted) -> tuple[Path, Path]:
         for j in range(planted.wordings):
             u = planted.vectors[p, j, :P]
             ballast = _noise(rng)[:P]  # a zero-mean direction, moved into the content dims
-            room = RADIUS ** 2 - float(u @ u)
+            room = RADIUS**2 - float(u @ u)
             assert room > 0
             tid = tok.convert_tokens_to_ids(marker(p, j))
             wte[tid, :P] = u
@@ -170,7 +187,7 @@ def build(directory: Path, planted: Planted) -> tuple[Path, Path]:
         model.transformer.wpe.weight.zero_()
         block = model.transformer.h[0]
         w = torch.zeros(D, 3 * D)  # queries and keys zero: uniform attention
-        w[:P, 2 * D:2 * D + P] = GAIN * torch.eye(P)  # values: dims 0..P-1 only
+        w[:P, 2 * D : 2 * D + P] = GAIN * torch.eye(P)  # values: dims 0..P-1 only
         block.attn.c_attn.weight.copy_(w)
         block.attn.c_attn.bias.zero_()
         block.attn.c_proj.weight.copy_(torch.eye(D))
@@ -182,9 +199,14 @@ def build(directory: Path, planted: Planted) -> tuple[Path, Path]:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     sae_dir = directory / "planted-space-difference"
-    sae = StandardSAE(StandardSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=False,
-                                        metadata=SAEMetadata(hook_name=HOOK,
-                                                             model_name=str(out))))
+    sae = StandardSAE(
+        StandardSAEConfig(
+            d_in=D,
+            d_sae=F,
+            apply_b_dec_to_input=False,
+            metadata=SAEMetadata(hook_name=HOOK, model_name=str(out)),
+        )
+    )
     with torch.no_grad():
         dec = torch.from_numpy(planted.w_dec).float()
         sae.W_dec.copy_(dec)
@@ -193,8 +215,11 @@ def build(directory: Path, planted: Planted) -> tuple[Path, Path]:
         sae.b_dec.zero_()
     sae_dir.mkdir(parents=True)
     sae.save_model(str(sae_dir))
-    (sae_dir / "shoggoth.json").write_text(json.dumps({
-        "model": str(out), "hook": HOOK, "target": "difference", "reference": EMPTY_SYSTEM}))
+    (sae_dir / "shoggoth.json").write_text(
+        json.dumps(
+            {"model": str(out), "hook": HOOK, "target": "difference", "reference": EMPTY_SYSTEM}
+        )
+    )
     return out, sae_dir
 
 
@@ -211,8 +236,10 @@ def expected(planted: Planted) -> dict[str, dict[str, float]]:
     for p, name in enumerate(planted.names):
         vv = float(v[p] @ v[p])
         recon = a[p] @ w
-        out[name] = {"common_share": float(v[p] @ m_hat) ** 2 / vv,
-                     "common": float(v[p] @ (common @ w)) / vv,
-                     "own_modulation": float(v[p] @ ((a[p] - common) @ w)) / vv,
-                     "error": float(v[p] @ (v[p] - recon)) / vv}
+        out[name] = {
+            "common_share": float(v[p] @ m_hat) ** 2 / vv,
+            "common": float(v[p] @ (common @ w)) / vv,
+            "own_modulation": float(v[p] @ ((a[p] - common) @ w)) / vv,
+            "error": float(v[p] @ (v[p] - recon)) / vv,
+        }
     return out

@@ -23,8 +23,14 @@ LINT = Path(sys.executable).with_name("lint-imports")
 
 def lint(tree: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    return subprocess.run([str(LINT), str(tree / "pyproject.toml"), "--no-cache"],
-                          cwd=tree, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(LINT), str(tree / "pyproject.toml"), "--no-cache"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -35,10 +41,17 @@ def test_the_contracts_hold(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lower, imported", [
-    ("battery", "shoggoth.sae.models"), ("sae", "shoggoth.index.store.database"),
-    ("index", "shoggoth.sae.models"), ("pipeline", "shoggoth.explorer.store"),
-    ("explorer", "shoggoth.cli"), ("index/labels/stats.py", "torch")])
+@pytest.mark.parametrize(
+    "lower, imported",
+    [
+        ("battery", "shoggoth.sae.models"),
+        ("sae", "shoggoth.index.store.database"),
+        ("index", "shoggoth.sae.models"),
+        ("pipeline", "shoggoth.explorer.store"),
+        ("explorer", "shoggoth.cli"),
+        ("index/labels/stats.py", "torch"),
+    ],
+)
 def test_a_wrong_import_breaks_a_contract(tmp_path, lower, imported):
     tree = installed_tree(tmp_path / "tree")
     where = tree / "shoggoth" / lower
@@ -63,12 +76,17 @@ def test_an_editable_install_maps_only_the_namespace():
     from importlib.metadata import distribution
 
     dist = distribution("shoggoth")
-    finders = [f for f in dist.files or [] if f.name.startswith("__editable___")
-               and f.suffix == ".py"]
+    finders = [
+        f for f in dist.files or [] if f.name.startswith("__editable___") and f.suffix == ".py"
+    ]
     for finder in finders:
         mapping = importlib.import_module(finder.stem).MAPPING
-        assert set(mapping) == {"shoggoth", "shoggoth.sae", "shoggoth.index",
-                                "shoggoth.explorer"}, mapping
+        assert set(mapping) == {
+            "shoggoth",
+            "shoggoth.sae",
+            "shoggoth.index",
+            "shoggoth.explorer",
+        }, mapping
     assert (dist.read_text("top_level.txt") or "").split() == ["shoggoth"]
 
 
@@ -83,16 +101,34 @@ def test_a_wheel_holds_only_the_namespace(tmp_path):
             copy(ROOT / name, source / name)
     for name in ("sae", "index", "explorer"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(source)], check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("shoggoth-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"shoggoth"}, tops
-    for inside in ("shoggoth/sae/models.py", "shoggoth/index/store/sql.py",
-                   "shoggoth/explorer/app.py", "shoggoth/battery/data/personas.yaml",
-                   "shoggoth/cli.py"):
+    for inside in (
+        "shoggoth/sae/models.py",
+        "shoggoth/index/store/sql.py",
+        "shoggoth/explorer/app.py",
+        "shoggoth/battery/data/personas.yaml",
+        "shoggoth/cli.py",
+    ):
         assert inside in names, inside
 
 
@@ -101,8 +137,13 @@ def test_no_package_imports_the_cli_module():
         if path.name == "__main__.py":  # `python -m shoggoth` is the CLI
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n == "shoggoth.cli" for n in names), path
 
 
@@ -113,8 +154,13 @@ def test_no_own_package_is_imported_inside_a_function():
             if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             for node in ast.walk(fn):
-                module = (node.module or "") if isinstance(node, ast.ImportFrom) else \
-                    " ".join(a.name for a in node.names) if isinstance(node, ast.Import) else ""
+                module = (
+                    (node.module or "")
+                    if isinstance(node, ast.ImportFrom)
+                    else " ".join(a.name for a in node.names)
+                    if isinstance(node, ast.Import)
+                    else ""
+                )
                 assert module.split(".")[0] != "shoggoth", f"{path}: {fn.name} imports {module}"
 
 

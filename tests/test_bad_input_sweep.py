@@ -31,10 +31,12 @@ def files(tmp_path_factory, labelled_db):
     con.close()
     (folder / "dup-personas.yaml").write_text(
         "personas:\n  - {name: a, family: f, prompts: [x]}\n  - {name: a, family: f, "
-        "prompts: [y]}\n")
+        "prompts: [y]}\n"
+    )
     (folder / "dup-items.jsonl").write_text(
         '{"item_id": "i", "topic": "t", "question": "q", "answer": "a"}\n'
-        '{"item_id": "i", "topic": "t", "question": "q2", "answer": "a2"}\n')
+        '{"item_id": "i", "topic": "t", "question": "q2", "answer": "a2"}\n'
+    )
     (folder / "shape.jsonl").write_text('["not", "an", "object"]\n')
     return folder
 
@@ -58,12 +60,15 @@ def cases(f: Path) -> list[tuple[list, str]]:
         # steer
         (["steer", "--db", db, "--feature", "-1", "--prompt", "hi"], "--feature"),
         (["steer", "--db", db, "--feature", "1"], "--prompt"),
-        (["steer", "--db", db, "--feature", "1", "--prompt", "hi", "--max-tokens", "0"],
-         "--max-tokens"),
-        (["steer", "--db", db, "--feature", "1", "--prompt", "hi", "--temperature", "-1"],
-         "--temperature"),
-        (["steer", "--db", f / "empty.duckdb", "--feature", "1", "--prompt", "hi"],
-         "empty.duckdb"),
+        (
+            ["steer", "--db", db, "--feature", "1", "--prompt", "hi", "--max-tokens", "0"],
+            "--max-tokens",
+        ),
+        (
+            ["steer", "--db", db, "--feature", "1", "--prompt", "hi", "--temperature", "-1"],
+            "--temperature",
+        ),
+        (["steer", "--db", f / "empty.duckdb", "--feature", "1", "--prompt", "hi"], "empty.duckdb"),
         # generate
         (["generate", "--db", db, "--max-tokens", "0"], "--max-tokens"),
         (["generate", "--db", db, "--batch", "0"], "--batch"),
@@ -87,8 +92,10 @@ def cases(f: Path) -> list[tuple[list, str]]:
         (["explain", "--db", db, "--concurrency", "0"], "--concurrency"),
         (["explain", "--db", f / "text.duckdb"], "text.duckdb"),
         # export
-        (["export", "--db", db, "--parquet", f / "pq", "--row-group-size", "1"],
-         "--row-group-size"),
+        (
+            ["export", "--db", db, "--parquet", f / "pq", "--row-group-size", "1"],
+            "--row-group-size",
+        ),
         (["export", "--db", f / "text.duckdb", "--parquet", f / "pq2"], "text.duckdb"),
         (["export", "--parquet", f / "pq3", "--views-only", "--location", " "], "--location"),
         # search, every mode
@@ -103,38 +110,88 @@ def cases(f: Path) -> list[tuple[list, str]]:
         (["search", "--db", db, "--top", "0", "--name", "x"], "--top"),
         (["search", "name", "--db", f / "empty.duckdb", "x"], "empty.duckdb"),
         # harvest --ray, several SAEs
-        (["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--ray", "local", "--shard", "0/2"],
-         "--shard"),
-        (["harvest", "--db", f / "h.duckdb", "--sae-dir", f / "nope", "--sae-dir", f / "nope2"],
-         "nope"),
-        (["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--personas",
-          f / "dup-personas.yaml"], "duplicate persona"),
-        (["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--items", f / "dup-items.jsonl"],
-         "i"),
-        (["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--items", f / "shape.jsonl"],
-         "shape.jsonl"),
-        (["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--personas", f / "empty.yaml"],
-         "empty.yaml"),
+        (
+            ["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--ray", "local", "--shard", "0/2"],
+            "--shard",
+        ),
+        (
+            ["harvest", "--db", f / "h.duckdb", "--sae-dir", f / "nope", "--sae-dir", f / "nope2"],
+            "nope",
+        ),
+        (
+            [
+                "harvest",
+                "--db",
+                f / "h.duckdb",
+                "--sae-dir",
+                f,
+                "--personas",
+                f / "dup-personas.yaml",
+            ],
+            "duplicate persona",
+        ),
+        (
+            ["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--items", f / "dup-items.jsonl"],
+            "i",
+        ),
+        (
+            ["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--items", f / "shape.jsonl"],
+            "shape.jsonl",
+        ),
+        (
+            ["harvest", "--db", f / "h.duckdb", "--sae-dir", f, "--personas", f / "empty.yaml"],
+            "empty.yaml",
+        ),
         # train: --ddp, --shards, several SAEs
         (["train", "--ddp", "--out", f / "t"], "--ddp"),
         (["train", "--shards", "3", "--batch-tokens", "1000", "--out", f / "t"], "--shards"),
         (["train", "--shards", "0", "--out", f / "t"], "--shards"),
         (["train", "--d-sae", "8", "--d-sae", "0", "--out", f / "t"], "--d-sae"),
-        (["train", "--model", "minilm", "--layer", "1", "--layer", "-2", "--out", f / "t"],
-         "--layer"),
+        (
+            ["train", "--model", "minilm", "--layer", "1", "--layer", "-2", "--out", f / "t"],
+            "--layer",
+        ),
         (["train", "--k", "64", "--d-sae", "32", "--out", f / "t"], "--k"),
         # train --target difference
         (["train", "--target", "banana", "--out", f / "t"], "--target"),
-        (["train", "--target", "difference", "--pair-tokens", "0", "--out", f / "t"],
-         "--pair-tokens"),
-        (["train", "--target", "difference", "--personas", f / "missing.yaml", "--out",
-          f / "t"], "missing.yaml"),
-        (["train", "--target", "difference", "--personas", f / "dup-personas.yaml", "--out",
-          f / "t"], "duplicate persona"),
-        (["train", "--target", "difference", "--personas", f / "empty.yaml", "--out", f / "t"],
-         "empty.yaml"),
-        (["train", "--model", "minilm", "--target", "difference", "--context-size", "3",
-          "--out", f / "t"], "--context-size 3"),
+        (
+            ["train", "--target", "difference", "--pair-tokens", "0", "--out", f / "t"],
+            "--pair-tokens",
+        ),
+        (
+            ["train", "--target", "difference", "--personas", f / "missing.yaml", "--out", f / "t"],
+            "missing.yaml",
+        ),
+        (
+            [
+                "train",
+                "--target",
+                "difference",
+                "--personas",
+                f / "dup-personas.yaml",
+                "--out",
+                f / "t",
+            ],
+            "duplicate persona",
+        ),
+        (
+            ["train", "--target", "difference", "--personas", f / "empty.yaml", "--out", f / "t"],
+            "empty.yaml",
+        ),
+        (
+            [
+                "train",
+                "--model",
+                "minilm",
+                "--target",
+                "difference",
+                "--context-size",
+                "3",
+                "--out",
+                f / "t",
+            ],
+            "--context-size 3",
+        ),
     ]
 
 

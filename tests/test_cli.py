@@ -37,8 +37,14 @@ def test_every_command_has_help(capfd):
     code, out, _ = run(capfd, "--help")
     assert code == 0
     leaves = list(leaf_commands(cli.cli))
-    assert {p for p, _ in leaves} >= {("models",), ("prompt",), ("train",), ("sae", "import"),
-                                      ("harvest",), ("merge",)}
+    assert {p for p, _ in leaves} >= {
+        ("models",),
+        ("prompt",),
+        ("train",),
+        ("sae", "import"),
+        ("harvest",),
+        ("merge",),
+    }
     for path, command in leaves:
         assert path[0] in out
         code, sub, _ = run(capfd, *path, "--help")
@@ -94,9 +100,20 @@ def test_models_describes_a_local_directory(capfd, tiny_gpt2_dir):
 
 def test_prompt_marks_the_continuation(capfd, tiny_gpt2_dir, tiny_gpt2):
     code, out, _ = run(
-        capfd, "prompt", "--model", str(tiny_gpt2_dir), "--system", "You are a pirate.",
-        "--user", "What is rain?", "--continuation", "Rain is water.", "--layer", "1",
-        "--format", "json",
+        capfd,
+        "prompt",
+        "--model",
+        str(tiny_gpt2_dir),
+        "--system",
+        "You are a pirate.",
+        "--user",
+        "What is rain?",
+        "--continuation",
+        "Rain is water.",
+        "--layer",
+        "1",
+        "--format",
+        "json",
     )
     assert code == 0
     data = json.loads(out)
@@ -161,14 +178,20 @@ def test_console_script_end_to_end(tmp_path):
     """The installed entry point: a real process, exit code 2, no traceback, one stderr line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     exe = Path(sys.executable).with_name("shoggoth")
-    proc = subprocess.run([str(exe), "prompt", "--model", str(tmp_path), "--continuation", "x"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "prompt", "--model", str(tmp_path), "--continuation", "x"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         f"error: model '{tmp_path}': not a Hugging Face model directory (no config.json)"
     ]
-    proc = subprocess.run([str(exe), "models"], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = subprocess.run(
+        [str(exe), "models"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0 and "minilm" in proc.stdout
 
 
@@ -186,8 +209,16 @@ def test_the_models_listing_converts_no_built_in_model(capfd, tmp_path, monkeypa
     assert not (tmp_path / "cache" / "models").exists() and "converting" not in err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["sql", "--help"], ["sql", "--db", "{db}",
-                                  "SELECT 1"], ["status", "--db", "{db}"], ["--version"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["sql", "--help"],
+        ["sql", "--db", "{db}", "SELECT 1"],
+        ["status", "--db", "{db}"],
+        ["--version"],
+    ],
+)
 def test_the_light_commands_load_no_model_library(tmp_path, argv):
     """`shoggoth --help`, `sql` and `status` import neither torch nor transformers (the CLI
     loads a command only when it runs): checked in a fresh interpreter."""
@@ -196,9 +227,10 @@ def test_the_light_commands_load_no_model_library(tmp_path, argv):
     db = tmp_path / "f.duckdb"
     duckdb.connect(str(db)).close()
     args = [a.replace("{db}", str(db)) for a in argv]
-    code = (f"import sys\nfrom shoggoth.cli import main\ntry:\n    main({args!r})\n"
-            "except SystemExit:\n    pass\nheavy = [m for m in ('torch', 'transformers', "
-            "'sae_lens', 'faiss') if m in sys.modules]\nprint('HEAVY', heavy)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        f"import sys\nfrom shoggoth.cli import main\ntry:\n    main({args!r})\n"
+        "except SystemExit:\n    pass\nheavy = [m for m in ('torch', 'transformers', "
+        "'sae_lens', 'faiss') if m in sys.modules]\nprint('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr

@@ -81,25 +81,42 @@ def test_sql_config_file_with_a_db_path_works(capfd, tmp_path, labelled_db):
     assert out == "n\n1\n"  # and \n line endings, not \r\n
 
 
-@pytest.mark.parametrize("argv, expect", [
-    (["label", "--db", "{db}", "--chunk", "0"], "--chunk 0: must be at least 1"),
-    (["label", "--db", "{db}", "--bootstrap", "-1"], "--bootstrap -1"),
-    (["label", "--db", "{db}", "--confidence", "2"], "--confidence 2.0"),
-    (["label", "--db", "{db}", "--alpha", "5"], "--alpha 5.0"),
-    (["label", "--db", "{db}", "--alpha", "nan"], "--alpha nan: must be a finite number"),
-    (["index", "--db", "{db}", "--histogram-bins", "2147483648"], "--histogram-bins"),
-    (["index", "--db", "{db}", "--neighbors", "5000"], "--neighbors 5000: must be less than"),
-    (["index", "--db", "{db}", "--exact-max", "-1"], "--exact-max -1"),
-    (["sql", "--db", "{db}", "--max-rows", "-1", "SELECT 1"], "--max-rows -1"),
-    (["sql", "--db", "{db}", "--format", "csv", "--out", "{dir}", "SELECT 1"],
-     "is a directory"),
-    (["sql", "--db", "{db}", "--format", "csv", "--out", "/sys/x.csv", "SELECT 1"],
-     "/sys/x.csv: cannot write there"),
-    (["train", "--lr", "nan", "--out", "{dir}/sae"], "--lr nan"),
-    (["train", "--lr", "inf", "--out", "{dir}/sae"], "--lr inf"),
-    (["harvest", "--db", "{dir}/h.duckdb", "--sae-dir", "{dir}/s", "--shard",
-      "1/99999999999999999999"], "some shards would be empty"),
-])
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["label", "--db", "{db}", "--chunk", "0"], "--chunk 0: must be at least 1"),
+        (["label", "--db", "{db}", "--bootstrap", "-1"], "--bootstrap -1"),
+        (["label", "--db", "{db}", "--confidence", "2"], "--confidence 2.0"),
+        (["label", "--db", "{db}", "--alpha", "5"], "--alpha 5.0"),
+        (["label", "--db", "{db}", "--alpha", "nan"], "--alpha nan: must be a finite number"),
+        (["index", "--db", "{db}", "--histogram-bins", "2147483648"], "--histogram-bins"),
+        (["index", "--db", "{db}", "--neighbors", "5000"], "--neighbors 5000: must be less than"),
+        (["index", "--db", "{db}", "--exact-max", "-1"], "--exact-max -1"),
+        (["sql", "--db", "{db}", "--max-rows", "-1", "SELECT 1"], "--max-rows -1"),
+        (
+            ["sql", "--db", "{db}", "--format", "csv", "--out", "{dir}", "SELECT 1"],
+            "is a directory",
+        ),
+        (
+            ["sql", "--db", "{db}", "--format", "csv", "--out", "/sys/x.csv", "SELECT 1"],
+            "/sys/x.csv: cannot write there",
+        ),
+        (["train", "--lr", "nan", "--out", "{dir}/sae"], "--lr nan"),
+        (["train", "--lr", "inf", "--out", "{dir}/sae"], "--lr inf"),
+        (
+            [
+                "harvest",
+                "--db",
+                "{dir}/h.duckdb",
+                "--sae-dir",
+                "{dir}/s",
+                "--shard",
+                "1/99999999999999999999",
+            ],
+            "some shards would be empty",
+        ),
+    ],
+)
 def test_numbers_and_paths_are_checked(capfd, tmp_path, labelled_db, argv, expect):
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     (tmp_path / "folder").mkdir()
@@ -111,17 +128,26 @@ def test_non_utf8_battery_files(capfd, tmp_path):
     args = battery(tmp_path / "b", 3)
     (tmp_path / "b" / "items.jsonl").write_bytes(b'{"item_id": "\xff"}\n')
     sae = build_random_sae(tmp_path / "sae", "minilm", 384, "blocks.3.hook_resid_post", 96, 8)
-    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
-               "not UTF-8")
+    assert_bad(
+        capfd,
+        tmp_path,
+        ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
+        "not UTF-8",
+    )
     (tmp_path / "b" / "personas.yaml").write_bytes(b"personas:\n  - name: \xff\n")
-    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
-               "not UTF-8")
+    assert_bad(
+        capfd,
+        tmp_path,
+        ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
+        "not UTF-8",
+    )
 
 
 def test_inputs_longer_than_the_model_takes(capfd, tmp_path, minilm):
     long = "word " * 600  # MiniLM takes 512 positions
-    assert_bad(capfd, tmp_path, ["prompt", "--model", "minilm", "--continuation", long],
-               "--continuation: ")
+    assert_bad(
+        capfd, tmp_path, ["prompt", "--model", "minilm", "--continuation", long], "--continuation: "
+    )
     args = battery(tmp_path / "b", 3)
     items = (tmp_path / "b" / "items.jsonl").read_text().splitlines()
     row = json.loads(items[1])
@@ -129,8 +155,12 @@ def test_inputs_longer_than_the_model_takes(capfd, tmp_path, minilm):
     items[1] = json.dumps(row)
     (tmp_path / "b" / "items.jsonl").write_text("\n".join(items) + "\n")
     sae = build_random_sae(tmp_path / "sae", "minilm", 384, "blocks.3.hook_resid_post", 96, 8)
-    assert_bad(capfd, tmp_path, ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
-               f"item '{row['item_id']}' under persona")
+    assert_bad(
+        capfd,
+        tmp_path,
+        ["harvest", "--db", tmp_path / "h.duckdb", "--sae-dir", sae, *args],
+        f"item '{row['item_id']}' under persona",
+    )
 
 
 def test_search_text_longer_than_the_model_takes(capfd, tmp_path, indexed_db):
@@ -142,8 +172,21 @@ def test_merge_handles_quotes_and_catalog_names(capfd, tmp_path, tiny_sae_dir):
     args = [str(a) for a in battery(tmp_path / "b", 4)]
     shards = [tmp_path / "it's 0.duckdb", tmp_path / "input1.duckdb"]
     for i, shard in enumerate(shards):
-        assert cli.main(["harvest", "--db", str(shard), "--sae-dir", str(tiny_sae_dir),
-                              "--shard", f"{i}/2", *args]) == 0
+        assert (
+            cli.main(
+                [
+                    "harvest",
+                    "--db",
+                    str(shard),
+                    "--sae-dir",
+                    str(tiny_sae_dir),
+                    "--shard",
+                    f"{i}/2",
+                    *args,
+                ]
+            )
+            == 0
+        )
     whole = tmp_path / "whole.duckdb"
     assert cli.main(["harvest", "--db", str(whole), "--sae-dir", str(tiny_sae_dir), *args]) == 0
     out = tmp_path / "input0.duckdb"  # once the name of the merge's first catalog
@@ -159,9 +202,21 @@ def test_merge_handles_quotes_and_catalog_names(capfd, tmp_path, tiny_sae_dir):
 
 def test_progress_is_printed_off_a_terminal(tmp_path, tiny_sae_dir):
     args = [str(a) for a in battery(tmp_path / "b", 4)]
-    run = subprocess.run([str(EXE), "harvest", "--db", str(tmp_path / "p.duckdb"), "--sae-dir",
-                          str(tiny_sae_dir), *args], capture_output=True, text=True, env=ENV,
-                         timeout=300)
+    run = subprocess.run(
+        [
+            str(EXE),
+            "harvest",
+            "--db",
+            str(tmp_path / "p.duckdb"),
+            "--sae-dir",
+            str(tiny_sae_dir),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("harvest: ")]
     total = 7 * 4  # 7 prompts in the battery, 4 items
@@ -197,15 +252,20 @@ raised "RuntimeError: Query interrupted", exit 1)."""
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command, sig", [("index", signal.SIGINT), ("label", signal.SIGKILL)])
-def test_interrupting_a_database_write_keeps_a_whole_database(tmp_path, synthetic_db, command,
-                                                              sig):
+def test_interrupting_a_database_write_keeps_a_whole_database(tmp_path, synthetic_db, command, sig):
     """Ctrl-C (or kill -9) while the command writes the database: Ctrl-C exits 130 with one
     `interrupted` line, never a traceback (DuckDB turns it into its own "Query interrupted"
     error); the database is the old one, whole; nothing is left beside it; a rerun finishes."""
     db = copy_db(synthetic_db, tmp_path / "db.duckdb")
     argv = [str(EXE), command, "--db", str(db), *(PCA_MAP if command == "index" else [])]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
-                            preexec_fn=default_sigint, text=True)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        preexec_fn=default_sigint,
+        text=True,
+    )
     name, delay = WRITING[command]
     deadline = time.time() + 300
     while not list(tmp_path.glob(name)):
@@ -220,8 +280,10 @@ def test_interrupting_a_database_write_keeps_a_whole_database(tmp_path, syntheti
     if sig == signal.SIGINT:
         assert err.strip().splitlines()[-1].startswith("interrupted"), err
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT count(*) FROM features").fetchone()[0] == \
-        con.execute("SELECT d_sae FROM saes").fetchone()[0]
+    assert (
+        con.execute("SELECT count(*) FROM features").fetchone()[0]
+        == con.execute("SELECT d_sae FROM saes").fetchone()[0]
+    )
     con.close()
     if sig == signal.SIGINT:  # (a kill -9 leaves what the next run cleans up)
         assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".db.duckdb")]
@@ -252,13 +314,19 @@ def alive(pid: int) -> bool:
 
 def start_explorer(db: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    proc = subprocess.Popen([str(EXE), "explore", "--db", str(db), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    proc = subprocess.Popen(
+        [str(EXE), "explore", "--db", str(db), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     deadline = time.time() + 90
     while True:
         try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
-                                      timeout=2).read() == b"ok":
+            if (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read()
+                == b"ok"
+            ):
                 break
         except OSError:
             pass
@@ -314,11 +382,15 @@ def test_racing_writers_lose_no_update(tmp_path, synthetic_db, offset):
     db = copy_db(synthetic_db, tmp_path / "db.duckdb")
 
     def start(argv: list[str]) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(EXE), *argv, "--db", str(db)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=ENV)
+        return subprocess.Popen(
+            [str(EXE), *argv, "--db", str(db)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
 
-    first, second = (["label", "--alpha", "0.01"], ["index", *PCA_MAP])[::1 if offset >= 0
-                                                                         else -1]
+    first, second = (["label", "--alpha", "0.01"], ["index", *PCA_MAP])[:: 1 if offset >= 0 else -1]
     procs = {first[0]: start(first)}
     time.sleep(abs(offset))
     procs[second[0]] = start(second)
@@ -352,15 +424,32 @@ def test_a_killed_merge_leaves_an_existing_database_as_it_was(tmp_path, tiny_sae
     args = [str(a) for a in battery(tmp_path / "b", 12)]
     shards = [tmp_path / f"s{i}.duckdb" for i in range(2)]
     for i, shard in enumerate(shards):
-        assert cli.main(["harvest", "--db", str(shard), "--sae-dir", str(tiny_sae_dir),
-                              "--shard", f"{i}/2", *args]) == 0
+        assert (
+            cli.main(
+                [
+                    "harvest",
+                    "--db",
+                    str(shard),
+                    "--sae-dir",
+                    str(tiny_sae_dir),
+                    "--shard",
+                    f"{i}/2",
+                    *args,
+                ]
+            )
+            == 0
+        )
     db = tmp_path / "all.duckdb"
     con = duckdb.connect(str(db), config={"default_block_size": "65536"})
     create_schema(con, load_personas(Path(args[1])), load_items(Path(args[3])))
     con.close()
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    proc = subprocess.Popen([str(EXE), "merge", "--db", str(db), *map(str, shards)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen(
+        [str(EXE), "merge", "--db", str(db), *map(str, shards)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
     partial = tmp_path / f".all.duckdb.merge-{proc.pid}.partial"  # (one per process)
     deadline = time.time() + 120
     while not partial.exists() and proc.poll() is None and time.time() < deadline:
@@ -394,14 +483,20 @@ def test_writers_are_not_blocked_by_an_open_explorer(tmp_path, indexed_db):
 
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
     os.environ["SHOGGOTH_DB"] = str(db)
-    at = AppTest.from_file(str(Path(__file__).parents[1] / "explorer" / "app.py"),
-                           default_timeout=120)
+    at = AppTest.from_file(
+        str(Path(__file__).parents[1] / "explorer" / "app.py"), default_timeout=120
+    )
     at.run()
     at.switch_page("views/features.py").run()
     assert not at.exception
     for command in (["label", "--min-docs", "5", "--alpha", "0.02"], ["index", *PCA_MAP]):
-        run = subprocess.run([str(EXE), *command, "--db", str(db)], capture_output=True,
-                             text=True, env=ENV, timeout=300)
+        run = subprocess.run(
+            [str(EXE), *command, "--db", str(db)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stderr
     at.switch_page("views/overview.py").run()  # and the explorer reads the new file
     assert not at.exception, [e.value for e in at.exception]
@@ -415,14 +510,27 @@ def test_a_locked_database_is_refused_before_the_work(tmp_path, synthetic_db):
     """Another process writing the database: `label` says so (naming its PID) before it reads
     millions of rows, not after its work."""
     db = copy_db(synthetic_db, tmp_path / "db.duckdb")
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
-                               f"c = duckdb.connect({str(db)!r}); print('held', flush=True); "
-                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; "
+            f"c = duckdb.connect({str(db)!r}); print('held', flush=True); "
+            "time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
-        run = subprocess.run([str(EXE), "label", "--db", str(db)], capture_output=True,
-                             text=True, env=ENV, timeout=300)
+        run = subprocess.run(
+            [str(EXE), "label", "--db", str(db)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+        )
         took = time.monotonic() - started
     finally:
         holder.kill()
@@ -432,23 +540,33 @@ def test_a_locked_database_is_refused_before_the_work(tmp_path, synthetic_db):
     assert took < 25  # start-up and the 10 s wait for a short reader, not the labelling
 
 
-def test_faiss_files_resolve_against_the_database_not_the_working_directory(tmp_path,
-                                                                             indexed_db):
+def test_faiss_files_resolve_against_the_database_not_the_working_directory(tmp_path, indexed_db):
     (tmp_path / "a").mkdir()
     db = copy_db(indexed_db, tmp_path / "a" / "db.duckdb")
     elsewhere = tmp_path / "b"
     elsewhere.mkdir()
-    run = subprocess.run([str(EXE), "search", "similar", "--db", str(db), "--feature", "3",
-                          "--format", "json"], capture_output=True, text=True, env=ENV,
-                         cwd=elsewhere, timeout=120)
+    run = subprocess.run(
+        [str(EXE), "search", "similar", "--db", str(db), "--feature", "3", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=elsewhere,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert len(json.loads(run.stdout)["neighbours"]) == 10
     # A copy without its .faiss folder does not read the original's files.
     bare = tmp_path / "c" / "db.duckdb"
     bare.parent.mkdir()
     bare.write_bytes(db.read_bytes())
-    run = subprocess.run([str(EXE), "search", "similar", "--db", str(bare), "--feature", "3"],
-                         capture_output=True, text=True, env=ENV, cwd=db.parent, timeout=120)
+    run = subprocess.run(
+        [str(EXE), "search", "similar", "--db", str(bare), "--feature", "3"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=db.parent,
+        timeout=120,
+    )
     assert run.returncode == 2 and "run `shoggoth index` first" in run.stderr, run.stderr
 
 
@@ -457,24 +575,30 @@ def test_a_faiss_file_that_is_not_the_databases_own_is_refused(tmp_path, indexed
     from another database (or a file changed since) is never read as this one's."""
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
     con = duckdb.connect(str(db), read_only=True)
-    stored, sha = con.execute("SELECT path, sha256 FROM faiss_indexes WHERE name = 'decoder'"
-                              ).fetchone()
+    stored, sha = con.execute(
+        "SELECT path, sha256 FROM faiss_indexes WHERE name = 'decoder'"
+    ).fetchone()
     con.close()
     path = db.parent / f"{db.name}.faiss" / stored
     assert len(sha) == 64 and hashlib.sha256(path.read_bytes()).hexdigest() == sha
     other = faiss.IndexFlatIP(faiss.read_index(str(path)).d)
     other.add(np.eye(4, other.d, dtype=np.float32))
     faiss.write_index(other, str(path))
-    run = subprocess.run([str(EXE), "search", "similar", "--db", str(db), "--feature", "3"],
-                         capture_output=True, text=True, env=ENV, timeout=120)
+    run = subprocess.run(
+        [str(EXE), "search", "similar", "--db", str(db), "--feature", "3"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert "is not the one this database was indexed with" in run.stderr
 
 
 @pytest.mark.slow
-def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(tmp_path,
-                                                                            indexed_db,
-                                                                            tiny_sae_dir):
+def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(
+    tmp_path, indexed_db, tiny_sae_dir
+):
     """No write-ahead log, partial copy or build folder stays beside a database after a
     command that wrote it succeeds: label, index, a harvest into it, a merge into it."""
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
@@ -482,12 +606,16 @@ def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(tm
     before = set((tmp_path / "db.duckdb.faiss").iterdir())
     other = tmp_path / "other" / "db.duckdb"
     other.parent.mkdir()
-    for argv in (["label", "--db", db, "--min-docs", "5"], ["index", "--db", db, *PCA_MAP],
-                 ["harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--sae", "second", *args],
-                 ["harvest", "--db", other, "--sae-dir", tiny_sae_dir, "--sae", "third", *args],
-                 ["merge", "--db", db, other]):
-        run = subprocess.run([str(EXE), *map(str, argv)], capture_output=True, text=True,
-                             env=ENV, timeout=300)
+    for argv in (
+        ["label", "--db", db, "--min-docs", "5"],
+        ["index", "--db", db, *PCA_MAP],
+        ["harvest", "--db", db, "--sae-dir", tiny_sae_dir, "--sae", "second", *args],
+        ["harvest", "--db", other, "--sae-dir", tiny_sae_dir, "--sae", "third", *args],
+        ["merge", "--db", db, other],
+    ):
+        run = subprocess.run(
+            [str(EXE), *map(str, argv)], capture_output=True, text=True, env=ENV, timeout=300
+        )
         assert run.returncode == 0, (argv, run.stderr)
         left = {p.name for p in tmp_path.iterdir()} - {"b", "other"}
         assert left == {"db.duckdb", "db.duckdb.faiss"}, (argv[0], left)

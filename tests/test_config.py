@@ -58,35 +58,40 @@ def test_required_bounds_finite_and_check():
     assert Example(db=Path("a")).n == 3
     with pytest.raises(BadInput, match=r"^--db: required \(the database\)$"):
         Example()
-    for kwargs, message in [({"n": 0}, "--n 0: must be at least 1"),
-                            ({"n": 11}, "--n 11: must be at most 10"),
-                            ({"rate": 0.0}, "--rate 0.0: must be greater than 0"),
-                            ({"rate": 1.0}, "--rate 1.0: must be less than 1"),
-                            ({"rate": math.nan}, "--rate nan: must be a finite number"),
-                            ({"rate": math.inf}, "--rate inf: must be a finite number"),
-                            ({"name": "bad"}, "--name bad: not allowed")]:
+    for kwargs, message in [
+        ({"n": 0}, "--n 0: must be at least 1"),
+        ({"n": 11}, "--n 11: must be at most 10"),
+        ({"rate": 0.0}, "--rate 0.0: must be greater than 0"),
+        ({"rate": 1.0}, "--rate 1.0: must be less than 1"),
+        ({"rate": math.nan}, "--rate nan: must be a finite number"),
+        ({"rate": math.inf}, "--rate inf: must be a finite number"),
+        ({"name": "bad"}, "--name bad: not allowed"),
+    ]:
         with pytest.raises(BadInput) as e:
             Example(db=Path("a"), **kwargs)
         assert str(e.value) == message
 
 
-@pytest.mark.parametrize("text, message", [
-    ("db: 5", "option 'db': expected a string, got 5"),
-    ("n: abc", "option 'n': expected an integer, got 'abc'"),
-    ("n: true", "option 'n': expected an integer, got True"),
-    ("n: 1.5", "option 'n': expected an integer, got 1.5"),
-    ("rate: [1]", "option 'rate': expected a number, got [1]"),
-    ("flag: 3", "option 'flag': expected true or false, got 3"),
-    ("files: 7", "option 'files': expected a list, got 7"),
-    ("files: [a.duckdb, 7]", "option 'files': expected a string, got 7"),
-    # one text for a list of paths: `a.duckdb b.duckdb` would be one file with a space in it
-    ("files: a.duckdb", "option 'files': expected a list, got 'a.duckdb'"),
-    ("n: 0", "--n 0: must be at least 1"),
-    ("rate: .nan", "--rate nan: must be a finite number"),
-    ("colour: red", "unknown option 'colour'"),
-    ("- a\n- b", "expected a mapping of option names to values"),
-    ("n: [", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("db: 5", "option 'db': expected a string, got 5"),
+        ("n: abc", "option 'n': expected an integer, got 'abc'"),
+        ("n: true", "option 'n': expected an integer, got True"),
+        ("n: 1.5", "option 'n': expected an integer, got 1.5"),
+        ("rate: [1]", "option 'rate': expected a number, got [1]"),
+        ("flag: 3", "option 'flag': expected true or false, got 3"),
+        ("files: 7", "option 'files': expected a list, got 7"),
+        ("files: [a.duckdb, 7]", "option 'files': expected a string, got 7"),
+        # one text for a list of paths: `a.duckdb b.duckdb` would be one file with a space in it
+        ("files: a.duckdb", "option 'files': expected a list, got 'a.duckdb'"),
+        ("n: 0", "--n 0: must be at least 1"),
+        ("rate: .nan", "--rate nan: must be a finite number"),
+        ("colour: red", "unknown option 'colour'"),
+        ("- a\n- b", "expected a mapping of option names to values"),
+        ("n: [", "not valid YAML"),
+    ],
+)
 def test_yaml_values_are_converted_and_checked(tmp_path, text, message):
     path = yaml_file(tmp_path, text)
     with pytest.raises(BadInput) as e:
@@ -97,8 +102,7 @@ def test_yaml_values_are_converted_and_checked(tmp_path, text, message):
 def test_yaml_values_convert_like_flags(tmp_path):
     path = yaml_file(tmp_path, "db: x.duckdb\nn: 4\nrate: 0.25\nflag: true\nfiles: [a.duckdb]\n")
     cfg = load_config(Example, path, {"n": 5})  # the flag wins
-    assert cfg == Example(db=Path("x.duckdb"), n=5, rate=0.25, flag=True,
-                          files=[Path("a.duckdb")])
+    assert cfg == Example(db=Path("x.duckdb"), n=5, rate=0.25, flag=True, files=[Path("a.duckdb")])
     assert isinstance(cfg.db, Path)
 
 
@@ -111,32 +115,37 @@ def test_config_file_problems_are_one_line(tmp_path):
         read_config_file(Example, tmp_path)
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: HarvestConfig(sae_dir=[Path("s")]), "--db: required"),
-    (lambda: HarvestConfig(db=Path("d")), "--sae-dir: required"),
-    (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], batch=0), "--batch 0"),
-    (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], shard="3/2"), "--shard 3/2"),
-    (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], sae="a b"), "--sae 'a b'"),
-    (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], value_decimals=10),
-     "--value-decimals"),
-    (lambda: LabelRunConfig(db=Path("d"), chunk=0), "--chunk 0"),
-    (lambda: LabelRunConfig(db=Path("d"), bootstrap=-1), "--bootstrap -1"),
-    (lambda: LabelRunConfig(db=Path("d"), confidence=2.0), "--confidence 2.0"),
-    (lambda: LabelRunConfig(db=Path("d"), alpha=5.0), "--alpha 5.0"),
-    (lambda: LabelRunConfig(db=Path("d"), alpha=math.nan), "--alpha nan"),
-    (lambda: IndexConfig(db=Path("d"), histogram_bins=2147483648), "--histogram-bins"),
-    (lambda: IndexConfig(db=Path("d"), exact_max=-1), "--exact-max -1"),
-    (lambda: SqlConfig(db=Path("d"), query=["SELECT 1"], max_rows=-1), "--max-rows -1"),
-    (lambda: SqlConfig(db=Path("d")), "query: required"),
-    (lambda: SqlConfig(db=Path("d"), query=["SELECT 1"], format="parquet"), "needs --out"),
-    (lambda: MergeConfig(db=Path("d")), "inputs: required"),
-    (lambda: TrainConfig(lr=math.nan), "--lr nan"),
-    (lambda: TrainConfig(lr=math.inf), "--lr inf"),
-    (lambda: TrainConfig(lr=0.0), "--lr 0.0"),
-    (lambda: TrainConfig(k=64, d_sae=32), "--k 64: must be smaller than --d-sae 32"),
-    (lambda: SearchConfig(db=Path("d")), "search: give --text"),
-    (lambda: SearchConfig(db=Path("d"), similar=True, persona="p"), "--similar: needs"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: HarvestConfig(sae_dir=[Path("s")]), "--db: required"),
+        (lambda: HarvestConfig(db=Path("d")), "--sae-dir: required"),
+        (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], batch=0), "--batch 0"),
+        (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], shard="3/2"), "--shard 3/2"),
+        (lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], sae="a b"), "--sae 'a b'"),
+        (
+            lambda: HarvestConfig(db=Path("d"), sae_dir=[Path("s")], value_decimals=10),
+            "--value-decimals",
+        ),
+        (lambda: LabelRunConfig(db=Path("d"), chunk=0), "--chunk 0"),
+        (lambda: LabelRunConfig(db=Path("d"), bootstrap=-1), "--bootstrap -1"),
+        (lambda: LabelRunConfig(db=Path("d"), confidence=2.0), "--confidence 2.0"),
+        (lambda: LabelRunConfig(db=Path("d"), alpha=5.0), "--alpha 5.0"),
+        (lambda: LabelRunConfig(db=Path("d"), alpha=math.nan), "--alpha nan"),
+        (lambda: IndexConfig(db=Path("d"), histogram_bins=2147483648), "--histogram-bins"),
+        (lambda: IndexConfig(db=Path("d"), exact_max=-1), "--exact-max -1"),
+        (lambda: SqlConfig(db=Path("d"), query=["SELECT 1"], max_rows=-1), "--max-rows -1"),
+        (lambda: SqlConfig(db=Path("d")), "query: required"),
+        (lambda: SqlConfig(db=Path("d"), query=["SELECT 1"], format="parquet"), "needs --out"),
+        (lambda: MergeConfig(db=Path("d")), "inputs: required"),
+        (lambda: TrainConfig(lr=math.nan), "--lr nan"),
+        (lambda: TrainConfig(lr=math.inf), "--lr inf"),
+        (lambda: TrainConfig(lr=0.0), "--lr 0.0"),
+        (lambda: TrainConfig(k=64, d_sae=32), "--k 64: must be smaller than --d-sae 32"),
+        (lambda: SearchConfig(db=Path("d")), "search: give --text"),
+        (lambda: SearchConfig(db=Path("d"), similar=True, persona="p"), "--similar: needs"),
+    ],
+)
 def test_command_configs_check_themselves(build, message):
     with pytest.raises(BadInput) as e:
         build()
@@ -171,7 +180,7 @@ def test_decimals_for_resolves_the_median_activation():
     for median in (0.003, 0.2, 7.0, 900.0):
         values = torch.tensor([0.0, median / 2, median, median * 2])
         d = decimals_for(values)
-        assert 10.0 ** -d <= median / 500 < 10.0 ** -(d - 1) or d in (0, 9)
+        assert 10.0**-d <= median / 500 < 10.0 ** -(d - 1) or d in (0, 9)
 
 
 def test_persona_test_is_the_one_way_anova_on_log_prompt_means():
@@ -225,10 +234,15 @@ def test_every_command_config_documents_every_field():
     # load every command, so that every config class is loaded too
     assert all(cli.cli.get_command(None, name) for name in cli.cli.list_commands(None))
     configs = {c for c in _subclasses(Config) if c.__module__.startswith("shoggoth.")}
-    assert {"HarvestConfig", "GenerateConfig", "GridConfig", "ExportConfig"} <= \
-        {c.__name__ for c in configs}
-    missing = [f"{c.__name__}.{f.name}" for c in configs for f in dataclasses.fields(c)
-               if not field_help(c, f.name)]
+    assert {"HarvestConfig", "GenerateConfig", "GridConfig", "ExportConfig"} <= {
+        c.__name__ for c in configs
+    }
+    missing = [
+        f"{c.__name__}.{f.name}"
+        for c in configs
+        for f in dataclasses.fields(c)
+        if not field_help(c, f.name)
+    ]
     assert missing == []
 
 
@@ -246,8 +260,7 @@ def test_a_repeatable_option_is_a_list_from_flags_and_from_yaml(tmp_path):
 
     with pytest.raises(BadInput, match="--sae: required"):
         Many()
-    assert load_config(Many, None, {"sae": [Path("a"), Path("b")]}).sae == [Path("a"),
-                                                                             Path("b")]
+    assert load_config(Many, None, {"sae": [Path("a"), Path("b")]}).sae == [Path("a"), Path("b")]
     (tmp_path / "c.yaml").write_text("sae: [x, y]\n")
     assert load_config(Many, tmp_path / "c.yaml", {}).sae == [Path("x"), Path("y")]
     assert HarvestConfig(db=Path("d"), sae_dir=Path("s")).sae_dir == [Path("s")]
@@ -260,15 +273,18 @@ def bomb(levels: int = 9, width: int = 9) -> str:
     return f"[{', '.join(parts)}]"
 
 
-@pytest.mark.parametrize("text, message", [
-    (f"files: {bomb()}", "line 1: refused, holds more than 1,000,000 values"),
-    (f"colour: {bomb()}", "line 1: refused, holds more than 1,000,000 values"),
-    (f"files: {bomb(40, 2)}", "line 1: refused, holds more than 1,000,000 values"),
-    ("files: &f [*f]", "line 1: refused, an alias inside the value it names"),
-    ("files: " + "[" * 5000 + "]" * 5000, "line 1: refused, nested more than 64 levels deep"),
-    ("n: " + "1" * 5000, "holds a value that cannot be used (Exceeds the limit"),
-    ("name: 2001-13-45", "holds a value that cannot be used (month must be in 1..12)"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (f"files: {bomb()}", "line 1: refused, holds more than 1,000,000 values"),
+        (f"colour: {bomb()}", "line 1: refused, holds more than 1,000,000 values"),
+        (f"files: {bomb(40, 2)}", "line 1: refused, holds more than 1,000,000 values"),
+        ("files: &f [*f]", "line 1: refused, an alias inside the value it names"),
+        ("files: " + "[" * 5000 + "]" * 5000, "line 1: refused, nested more than 64 levels deep"),
+        ("n: " + "1" * 5000, "holds a value that cannot be used (Exceeds the limit"),
+        ("name: 2001-13-45", "holds a value that cannot be used (month must be in 1..12)"),
+    ],
+)
 def test_yaml_bombs_and_unbuildable_values_are_refused_as_read(tmp_path, text, message):
     path = yaml_file(tmp_path, text)
     with pytest.raises(BadInput) as e:
@@ -289,14 +305,20 @@ def test_a_config_file_is_read_no_further_than_its_bound(tmp_path):
         read_config_file(Example, Path("a\0b"))
 
 
-@pytest.mark.parametrize("text, start", [
-    ("name: [" + ", ".join(["abcdefgh"] * 100_000) + "]", "option 'name': expected a string, got"),
-    ("files: " + "y" * 100_000, "option 'files': expected a list, got 'yyy"),
-    ("flag: " + "z" * 100_000, "option 'flag': expected true or false, got 'zzz"),
-    ("n: " + "9" * 4000, "--n 9999"),
-    ("? " + "k" * 100_000 + "\n: 1", "unknown option 'kkk"),
-    ("db: \"a\\0b\"", "option 'db': Invalid value: 'a\\x00b': not a usable path"),
-])
+@pytest.mark.parametrize(
+    "text, start",
+    [
+        (
+            "name: [" + ", ".join(["abcdefgh"] * 100_000) + "]",
+            "option 'name': expected a string, got",
+        ),
+        ("files: " + "y" * 100_000, "option 'files': expected a list, got 'yyy"),
+        ("flag: " + "z" * 100_000, "option 'flag': expected true or false, got 'zzz"),
+        ("n: " + "9" * 4000, "--n 9999"),
+        ("? " + "k" * 100_000 + "\n: 1", "unknown option 'kkk"),
+        ('db: "a\\0b"', "option 'db': Invalid value: 'a\\x00b': not a usable path"),
+    ],
+)
 def test_a_message_never_quotes_a_value_whole(tmp_path, text, start):
     path = yaml_file(tmp_path, text)
     with pytest.raises(BadInput) as e:
@@ -318,21 +340,30 @@ def test_shown_and_clip_cut_what_a_message_quotes():
     assert len(str(BadInput("e" * 10**6))) == 1000
 
 
-@pytest.mark.parametrize("size, expected", [
-    ("300MB", 300_000_000), ("2GiB", 2 << 30), ("1.5 GB", 1_500_000_000), ("0.5kib", 512),
-    ("1000TB", 10**15),
-])
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ("300MB", 300_000_000),
+        ("2GiB", 2 << 30),
+        ("1.5 GB", 1_500_000_000),
+        ("0.5kib", 512),
+        ("1000TB", 10**15),
+    ],
+)
 def test_size_bytes_counts_exactly(size, expected):
     assert size_bytes(size) == expected
 
 
-@pytest.mark.parametrize("size, message", [
-    ("99999999TB", "--memory-limit 99999999TB: more than 1PB"),
-    ("1001TB", "--memory-limit 1001TB: more than 1PB"),
-    ("9" * 30 + "GB", "expected a size such as 2GB"),
-    ("9" * 5000 + "GB", "expected a size such as 2GB"),
-    ("lots", "--memory-limit lots: expected a size such as 2GB"),
-])
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        ("99999999TB", "--memory-limit 99999999TB: more than 1PB"),
+        ("1001TB", "--memory-limit 1001TB: more than 1PB"),
+        ("9" * 30 + "GB", "expected a size such as 2GB"),
+        ("9" * 5000 + "GB", "expected a size such as 2GB"),
+        ("lots", "--memory-limit lots: expected a size such as 2GB"),
+    ],
+)
 def test_a_memory_limit_past_any_machine_is_refused(size, message):
     with pytest.raises(BadInput) as e:
         SqlConfig(db=Path("d"), query=["SELECT 1"], memory_limit=size)

@@ -43,7 +43,8 @@ def test_txt_jsonl_parquet_folder_and_saved_dataset(tmp_path):
     datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(saved))
     assert load_texts(str(saved)) == DOCS
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS[:1]})}).save_to_disk(
-        str(tmp_path / "saved_dict"))
+        str(tmp_path / "saved_dict")
+    )
     assert load_texts(str(tmp_path / "saved_dict")) == DOCS[:1]
 
 
@@ -114,5 +115,5 @@ def test_chitchat_without_a_chat_template_is_plain_turns_under_training_personas
     personas = training_personas()
     first = conversations()[0]
     assert docs[0] == "\n\n".join([system_of(0, personas), *first[:TURNS]])
-    assert docs[2] == "\n\n".join(first[2 * TURNS:3 * TURNS])  # no system turn
+    assert docs[2] == "\n\n".join(first[2 * TURNS : 3 * TURNS])  # no system turn
     assert sum(len(d) for d in docs[:-1]) < 100_000 <= sum(len(d) for d in docs)

@@ -29,15 +29,37 @@ from shoggoth.sae.prompts import EMPTY_SYSTEM
 EXE = Path(sys.executable).with_name("shoggoth")
 HOOK = "blocks.0.hook_resid_post"
 pytestmark = pytest.mark.slow  # trains, harvests and labels in subprocesses
-TRAINING = ("--architecture", "batchtopk", "--d-sae", "8", "--k", "2", "--tokens", "81920",
-            "--batch-tokens", "64", "--lr", "2e-3", "--eval-tokens", "4096",
-            "--checkpoint-every", "0", "--device", "cpu")
+TRAINING = (
+    "--architecture",
+    "batchtopk",
+    "--d-sae",
+    "8",
+    "--k",
+    "2",
+    "--tokens",
+    "81920",
+    "--batch-tokens",
+    "64",
+    "--lr",
+    "2e-3",
+    "--eval-tokens",
+    "4096",
+    "--checkpoint-every",
+    "0",
+    "--device",
+    "cpu",
+)
 PERSONA_LABELS = ("mask-specific", "persona-concept", "mask-or-concept", "mask-family")
 
 
 def shoggoth(*args: object, timeout: int = 600) -> subprocess.CompletedProcess:
-    run = subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run = subprocess.run(
+        [str(EXE), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -50,15 +72,25 @@ def test_pairs_measure_only_the_shared_tokens(tiny_gpt2_dir):
     from shoggoth.sae.train.paired import make_pairs
 
     tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
-    personas = [Persona("pirate", "fiction", "", ("You are a pirate captain.", "Arr.")),
-                Persona("helper", "assistant", "", ("Help the user kindly.",))]
-    pieces = [["What is rain?", "Rain is water."], ["Why is the sky blue?", "Sunlight."],
-              ["Hello.", "Hi."]]
+    personas = [
+        Persona("pirate", "fiction", "", ("You are a pirate captain.", "Arr.")),
+        Persona("helper", "assistant", "", ("Help the user kindly.",)),
+    ]
+    pieces = [
+        ["What is rain?", "Rain is water."],
+        ["Why is the sky blue?", "Sunlight."],
+        ["Hello.", "Hi."],
+    ]
     pairs = make_pairs(tok, pieces, personas, EMPTY_SYSTEM, 64, prepend_bos=True)
     assert pairs.persona_of == [0, 1, 0] and len(pairs) == 3
     specials = special_ids(tok)
-    for p, r, kp, kr in zip(pairs.persona_ids, pairs.reference_ids, pairs.persona_keep,
-                            pairs.reference_keep, strict=True):
+    for p, r, kp, kr in zip(
+        pairs.persona_ids,
+        pairs.reference_ids,
+        pairs.persona_keep,
+        pairs.reference_keep,
+        strict=True,
+    ):
         measured_p = [t for t, k in zip(p, kp, strict=True) if k]
         measured_r = [t for t, k in zip(r, kr, strict=True) if k]
         assert measured_p == measured_r and measured_p  # the same tokens, in the same order
@@ -84,16 +116,20 @@ def test_a_kept_stream_gives_the_same_batches_with_one_forward_pass_per_chunk(ti
     from shoggoth.battery.personas import Persona
     from shoggoth.sae.train.paired import PairedStream, make_pairs
 
-    personas = [Persona("pirate", "fiction", "", ("You are a pirate captain.",)),
-                Persona("helper", "assistant", "", ("Help the user kindly.",))]
+    personas = [
+        Persona("pirate", "fiction", "", ("You are a pirate captain.",)),
+        Persona("helper", "assistant", "", ("Help the user kindly.",)),
+    ]
     pieces = [[f"Question {i} about the rain?", f"Answer {i}: water falls."] for i in range(12)]
     pairs = make_pairs(tiny_gpt2.tokenizer, pieces, personas, EMPTY_SYSTEM, 64, True)
     hook = "blocks.1.hook_resid_post"
     calls = []
     handle = tiny_gpt2.bridge.blocks[0].register_forward_hook(lambda *_: calls.append(1))
     try:
-        streams = [PairedStream(tiny_gpt2, [hook], pairs, 16, 0, chunk_pairs=4, keep=keep)
-                   for keep in (False, True)]
+        streams = [
+            PairedStream(tiny_gpt2, [hook], pairs, 16, 0, chunk_pairs=4, keep=keep)
+            for keep in (False, True)
+        ]
         epoch = pairs.tokens()
         per_stream = []
         for stream in streams:
@@ -121,15 +157,17 @@ def test_the_paired_forward_passes_show_progress_before_the_first_batch(capsys, 
     personas = [Persona("pirate", "fiction", "", ("You are a pirate captain.",))]
     pieces = [[f"Question {i} about the rain?", f"Answer {i}: water falls."] for i in range(8)]
     pairs = make_pairs(tiny_gpt2.tokenizer, pieces, personas, EMPTY_SYSTEM, 64, True)
-    stream = PairedStream(tiny_gpt2, ["blocks.1.hook_resid_post"], pairs, 16, 0, chunk_pairs=4,
-                          keep=True)
+    stream = PairedStream(
+        tiny_gpt2, ["blocks.1.hook_resid_post"], pairs, 16, 0, chunk_pairs=4, keep=True
+    )
     batches = stream.batches()
     capsys.readouterr()
     next(batches)
     before = capsys.readouterr().err
     total = pairs.tokens()
-    assert f"paired stream: forward passes (held for later epochs): 0/{total:,} token pairs" \
-        in before
+    assert (
+        f"paired stream: forward passes (held for later epochs): 0/{total:,} token pairs" in before
+    )
     for _ in range(2 * total // 16):
         next(batches)
     after = capsys.readouterr().err
@@ -145,14 +183,46 @@ def test_a_killed_paired_run_resumes_to_the_uninterrupted_one(capfd, tmp_path, t
 
     from shoggoth import cli
 
-    argv = ["train", "--model", tiny_gpt2_dir, "--layer", "1", "--target", "residual",
-            "--target", "difference", "--tokens", "16384", "--pair-tokens", "4096", "--d-sae",
-            "32", "--k", "4", "--context-size", "48", "--batch-tokens", "256", "--eval-tokens",
-            "1024", "--checkpoint-every", "8", "--keep-checkpoints", "100", "--device", "cpu"]
+    argv = [
+        "train",
+        "--model",
+        tiny_gpt2_dir,
+        "--layer",
+        "1",
+        "--target",
+        "residual",
+        "--target",
+        "difference",
+        "--tokens",
+        "16384",
+        "--pair-tokens",
+        "4096",
+        "--d-sae",
+        "32",
+        "--k",
+        "4",
+        "--context-size",
+        "48",
+        "--batch-tokens",
+        "256",
+        "--eval-tokens",
+        "1024",
+        "--checkpoint-every",
+        "8",
+        "--keep-checkpoints",
+        "100",
+        "--device",
+        "cpu",
+    ]
     out, work = tmp_path / "killed", tmp_path / ".killed.partial" / "checkpoints"
-    proc = subprocess.Popen([str(EXE), *map(str, argv), "--out", str(out)], env={
-        **os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, preexec_fn=default_sigint)
+    proc = subprocess.Popen(
+        [str(EXE), *map(str, argv), "--out", str(out)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     whole = tmp_path / "whole"
     assert cli.main([*map(str, argv), "--out", str(whole)]) == 0  # meanwhile, in this process
     kill_after_checkpoints(proc, work, 2)
@@ -163,8 +233,9 @@ def test_a_killed_paired_run_resumes_to_the_uninterrupted_one(capfd, tmp_path, t
     for name in ("blocks.1.hook_resid_post-d32", "blocks.1.hook_resid_post-d32-difference"):
         a, b = (load_file(str(root / name / "sae_weights.safetensors")) for root in (out, whole))
         assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), name
-    meta = json.loads((out / "blocks.1.hook_resid_post-d32-difference" / "shoggoth.json")
-                      .read_text())
+    meta = json.loads(
+        (out / "blocks.1.hook_resid_post-d32-difference" / "shoggoth.json").read_text()
+    )
     assert meta["resumed_from_tokens"] > 0 and meta["config"]["pair_tokens"] == 4096
     assert meta["distinct_training_tokens"] <= 4096 + 48 < meta["training_tokens"]
 
@@ -180,20 +251,51 @@ def planted(tmp_path_factory):
     # BatchTopK: a token that needs one direction uses one feature, so the planted basis is the
     # sparsest (with a fixed k of 2, any basis of the cone between c and a persona's own
     # direction reconstructs as well, and TopK finds one at random).
-    shoggoth("train", "--model", model, "--layer", "0", "--target", "residual", "--target",
-             "difference", *TRAINING, "--personas", root / "train.yaml", "--out", out)
+    shoggoth(
+        "train",
+        "--model",
+        model,
+        "--layer",
+        "0",
+        "--target",
+        "residual",
+        "--target",
+        "difference",
+        *TRAINING,
+        "--personas",
+        root / "train.yaml",
+        "--out",
+        out,
+    )
     residual, difference = out / f"{HOOK}-d8", out / f"{HOOK}-d8-difference"
     args = battery(root / "battery", 24, battery_personas())
     db = root / "db.duckdb"
-    shoggoth("harvest", "--db", db, "--sae-dir", residual, "--sae-dir", difference, *args,
-             "--device", "cpu")
+    shoggoth(
+        "harvest",
+        "--db",
+        db,
+        "--sae-dir",
+        residual,
+        "--sae-dir",
+        difference,
+        *args,
+        "--device",
+        "cpu",
+    )
     labelled = {}
     for sae in (residual.name, difference.name):
-        run = shoggoth("label", "--db", db, "--sae", sae, "--format", "json",
-                       "--calibration-seeds", "1")
+        run = shoggoth(
+            "label", "--db", db, "--sae", sae, "--format", "json", "--calibration-seeds", "1"
+        )
         labelled[sae] = json.loads(run.stdout)
-    return {"root": root, "model": model, "residual": residual, "difference": difference,
-            "db": db, "labelled": labelled}
+    return {
+        "root": root,
+        "model": model,
+        "residual": residual,
+        "difference": difference,
+        "db": db,
+        "labelled": labelled,
+    }
 
 
 def _decoder(folder: Path) -> np.ndarray:
@@ -217,13 +319,13 @@ def test_a_difference_dictionary_is_an_sae_lens_sae_of_the_shift(planted):
     # No decoder bias: the shift every persona shares must be a feature.
     assert float(sae.b_dec.detach().abs().max()) == 0.0
     assert sae.cfg.metadata.shoggoth_target == "difference"
-    assert json.loads((planted["residual"] / "shoggoth.json").read_text())["target"] == \
-        "residual"
+    assert json.loads((planted["residual"] / "shoggoth.json").read_text())["target"] == "residual"
     # Held-out pieces of the training personas: the difference dictionary carries the persona
     # signal, the residual SAE (the content's variance dominates its loss) much less.
     diff = meta["evaluation"]["persona_signal"]
-    resid = json.loads((planted["residual"] / "shoggoth.json").read_text())[
-        "evaluation"]["persona_signal"]
+    resid = json.loads((planted["residual"] / "shoggoth.json").read_text())["evaluation"][
+        "persona_signal"
+    ]
     assert diff >= 0.8 and resid < diff - 0.3, (diff, resid)
 
 
@@ -236,22 +338,28 @@ def test_every_planted_direction_is_recovered(planted):
 def test_labels_name_each_mask_and_the_common_direction(planted):
     w = _decoder(planted["difference"])
     con = duckdb.connect(str(planted["db"]), read_only=True)
-    features = con.execute("SELECT feature, label, top_persona FROM features WHERE sae_id = ?",
-                           [planted["difference"].name]).df().set_index("feature")
+    features = (
+        con.execute(
+            "SELECT feature, label, top_persona FROM features WHERE sae_id = ?",
+            [planted["difference"].name],
+        )
+        .df()
+        .set_index("feature")
+    )
     # The reference's own documents are zero: no feature fires under the empty system turn.
-    fired = con.execute("SELECT count(*) FROM doc_features WHERE sae_id = ? AND persona = "
-                        "'control_empty_system'", [planted["difference"].name]).fetchone()[0]
+    fired = con.execute(
+        "SELECT count(*) FROM doc_features WHERE sae_id = ? AND persona = 'control_empty_system'",
+        [planted["difference"].name],
+    ).fetchone()[0]
     con.close()
     assert fired == 0
     for name, v in directions().items():
         best = int(np.argmax(_cos(w, v)))
         row = features.loc[best]
         if name == COMMON:
-            assert row["label"] in ("shared", "mask-general", "shared-modulated"), \
-                (name, dict(row))
+            assert row["label"] in ("shared", "mask-general", "shared-modulated"), (name, dict(row))
         else:
-            assert row["label"] == "mask-specific" and row["top_persona"] == name, \
-                (name, dict(row))
+            assert row["label"] == "mask-specific" and row["top_persona"] == name, (name, dict(row))
     # Nothing else claims a persona.
     owned = features[features["label"].isin(PERSONA_LABELS)]
     assert len(owned) <= len(PERSONAS) + 2
@@ -262,20 +370,27 @@ def test_the_persona_signal_and_the_decomposition_match_the_plant(planted):
     assert diff["persona_signal"] >= 0.8
     assert resid["persona_signal"] < diff["persona_signal"]
     con = duckdb.connect(str(planted["db"]), read_only=True)
-    shifts = con.execute("SELECT persona::VARCHAR AS persona, shift FROM document_shifts "
-                         "WHERE sae_id = ?", [planted["difference"].name]).df()
-    parts = con.execute("SELECT persona, part, share, ci_low, ci_high FROM "
-                        "persona_label_shares WHERE sae_id = ?",
-                        [planted["difference"].name]).df()
-    pattern = con.execute("SELECT persona, part, share FROM persona_decomposition "
-                          "WHERE sae_id = ?", [planted["difference"].name]).df()
+    shifts = con.execute(
+        "SELECT persona::VARCHAR AS persona, shift FROM document_shifts WHERE sae_id = ?",
+        [planted["difference"].name],
+    ).df()
+    parts = con.execute(
+        "SELECT persona, part, share, ci_low, ci_high FROM persona_label_shares WHERE sae_id = ?",
+        [planted["difference"].name],
+    ).df()
+    pattern = con.execute(
+        "SELECT persona, part, share FROM persona_decomposition WHERE sae_id = ?",
+        [planted["difference"].name],
+    ).df()
     con.close()
     dirs = directions()
     for persona in PERSONAS:
         v = np.stack(shifts.loc[shifts["persona"] == persona, "shift"].to_numpy()).mean(axis=0)
         n2 = float(v @ v)
-        planted_share = {"shared": float(v @ dirs[COMMON]) ** 2 / n2,
-                         "own": float(v @ dirs[persona]) ** 2 / n2}
+        planted_share = {
+            "shared": float(v @ dirs[COMMON]) ** 2 / n2,
+            "own": float(v @ dirs[persona]) ** 2 / n2,
+        }
         mine = parts[parts["persona"] == persona].set_index("part")
         assert abs(mine["share"].sum() - 1) < 1e-6
         for part, want in planted_share.items():
@@ -300,11 +415,29 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
     db = tmp_path / "db.duckdb"
     shutil.copy(planted["db"], db)
     name = planted["difference"].name
-    shoggoth("effects", "--db", db, "--sae", name, "--items-per-topic", "2", "--top", "4",
-             "--baseline", "0", "--bootstrap", "200", "--device", "cpu")
+    shoggoth(
+        "effects",
+        "--db",
+        db,
+        "--sae",
+        name,
+        "--items-per-topic",
+        "2",
+        "--top",
+        "4",
+        "--baseline",
+        "0",
+        "--bootstrap",
+        "200",
+        "--device",
+        "cpu",
+    )
     con = duckdb.connect(str(db), read_only=True)
-    rows = con.execute("SELECT persona, test, part, share, ci_low, ci_high FROM "
-                       "persona_composition WHERE sae_id = ?", [name]).df()
+    rows = con.execute(
+        "SELECT persona, test, part, share, ci_low, ci_high FROM "
+        "persona_composition WHERE sae_id = ?",
+        [name],
+    ).df()
     con.close()
     got = rows.set_index(["persona", "test", "part"])
     for persona in PERSONAS:
@@ -313,8 +446,10 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
         composed = got.loc[(persona, "steer", "common+own")]
         assert composed["share"] >= 0.8, (persona, dict(composed))
         assert composed["ci_low"] <= composed["share"] <= composed["ci_high"]
-        alone = got.loc[(persona, "steer", "own"), "share"] + \
-            got.loc[(persona, "steer", "common"), "share"]
+        alone = (
+            got.loc[(persona, "steer", "own"), "share"]
+            + got.loc[(persona, "steer", "common"), "share"]
+        )
         assert abs(alone - composed["share"]) <= 0.2, (persona, alone, composed["share"])
         removed = got.loc[(persona, "ablate", "own"), "share"]
         assert 0.1 <= removed <= 0.9, (persona, removed)
@@ -327,8 +462,9 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
     from shoggoth.pipeline.effects.steer import SteerConfig, clamp, load_steering, steer_with
 
     own = int(np.argmax(_cos(_decoder(planted["difference"]), directions()["pirate"])))
-    cfg = SteerConfig(db=db, sae=name, feature=own, prompt="Hello.", scale=100.0, max_tokens=6,
-                      device="cpu")
+    cfg = SteerConfig(
+        db=db, sae=name, feature=own, prompt="Hello.", scale=100.0, max_tokens=6, device="cpu"
+    )
     steering = load_steering(cfg)
     assert steering.system == EMPTY_SYSTEM and steering.kind == "difference"
     x = torch.randn(2, 3, 32)
@@ -348,8 +484,9 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
     at.switch_page("views/personas.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    line = next(str(e.value) for e in at.get("text") if "steered into the reference" in
-                str(e.value))
+    line = next(
+        str(e.value) for e in at.get("text") if "steered into the reference" in str(e.value)
+    )
     want = got.loc[("poet", "steer", "common+own")]
     assert line.startswith("poet: ") and f"{want['share']:.2f} [{want['ci_low']:.2f}" in line
 
@@ -362,14 +499,28 @@ def test_the_grid_reads_each_documents_shift_against_the_reference(planted, tmp_
     db = tmp_path / "db.duckdb"
     shutil.copy(planted["db"], db)
     name = planted["difference"].name
-    shoggoth("generate", "--db", db, "--sae", name, "--items-per-topic", "1", "--max-tokens",
-             "6", "--device", "cpu")
+    shoggoth(
+        "generate",
+        "--db",
+        db,
+        "--sae",
+        name,
+        "--items-per-topic",
+        "1",
+        "--max-tokens",
+        "6",
+        "--device",
+        "cpu",
+    )
     shoggoth("grid", "--db", db, "--sae", name, "--device", "cpu")
     con = duckdb.connect(str(db), read_only=True)
-    fired = con.execute("""
+    fired = con.execute(
+        """
         SELECT d.cell, d.context, f.feature, count(*) AS n
         FROM grid_doc_features f JOIN grid_documents d USING (sae_id, answer_set, neutral, doc)
-        WHERE f.sae_id = ? GROUP BY ALL""", [name]).df()
+        WHERE f.sae_id = ? GROUP BY ALL""",
+        [name],
+    ).df()
     con.close()
     assert not len(fired[fired["context"] == "control_none"]), fired
     w = _decoder(planted["difference"])
@@ -384,13 +535,28 @@ def test_a_battery_without_persona_directions_gets_no_persona_label(tmp_path):
     model = build_planted_masks(tmp_path, null=True)
     (tmp_path / "train.yaml").write_text(training_personas(null=True))
     out = tmp_path / "diff"
-    shoggoth("train", "--model", model, "--layer", "0", "--target", "difference", *TRAINING,
-             "--tokens", "10240", "--personas", tmp_path / "train.yaml", "--out", out)
+    shoggoth(
+        "train",
+        "--model",
+        model,
+        "--layer",
+        "0",
+        "--target",
+        "difference",
+        *TRAINING,
+        "--tokens",
+        "10240",
+        "--personas",
+        tmp_path / "train.yaml",
+        "--out",
+        out,
+    )
     args = battery(tmp_path / "battery", 12, battery_personas(null=True))
     db = tmp_path / "db.duckdb"
     shoggoth("harvest", "--db", db, "--sae-dir", out, *args, "--device", "cpu")
-    labels = json.loads(shoggoth("label", "--db", db, "--format", "json",
-                                 "--calibration-seeds", "1").stdout)["labels"]
+    labels = json.loads(
+        shoggoth("label", "--db", db, "--format", "json", "--calibration-seeds", "1").stdout
+    )["labels"]
     assert sum(n for k, n in labels.items() if k != "dead") > 0, labels  # wording shifts fire
     assert not {k: v for k, v in labels.items() if k in PERSONA_LABELS}, labels
 
@@ -402,8 +568,9 @@ def test_the_composition_test_reuses_the_screens_runs_without_changing_a_number(
     from shoggoth.pipeline.effects.measure import clean_rows, screen_item
     from shoggoth.pipeline.effects.run import EffectsConfig, load_causal, make_setup, read_inputs
 
-    cfg = EffectsConfig(db=planted["db"], sae=planted["difference"].name, items_per_topic=1,
-                        device="cpu")
+    cfg = EffectsConfig(
+        db=planted["db"], sae=planted["difference"].name, items_per_topic=1, device="cpu"
+    )
     inputs = read_inputs(cfg)
     assert inputs.parts is not None and inputs.kind == "difference"
     model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, "cpu")
@@ -411,8 +578,12 @@ def test_the_composition_test_reuses_the_screens_runs_without_changing_a_number(
     for item in range(2):
         screen = screen_item(s, item)
         reused = compose_item(s, item, inputs.parts, *clean_rows(s, item, screen))
-        rerun = compose_item(s, item, inputs.parts, *clean_rows(
-            s, item, {k: v for k, v in screen.items() if k != "x"}))
+        rerun = compose_item(
+            s,
+            item,
+            inputs.parts,
+            *clean_rows(s, item, {k: v for k, v in screen.items() if k != "x"}),
+        )
         for key in ("delta", "steer", "ablate"):
             scale = float(np.abs(rerun[key]).max())
             assert scale > 0.01, key
@@ -429,8 +600,12 @@ def test_the_explorer_shows_each_masks_decomposition(planted):
     at.query_params["sae"] = planted["difference"].name
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    text = "\n".join(str(e.value) for kind in ("subheader", "text", "metric") for e in
-                     at.get(kind) if hasattr(e, "value"))
+    text = "\n".join(
+        str(e.value)
+        for kind in ("subheader", "text", "metric")
+        for e in at.get(kind)
+        if hasattr(e, "value")
+    )
     assert "What this dictionary sees of the masks" in text
     for persona in PERSONAS:
         assert f"{persona}'s shift: " in text and "the pattern every mask shares" in text

@@ -32,13 +32,24 @@ from shoggoth.sae.prompts import build_prompt
 from shoggoth.sae.sae_dir import load_sae_dir
 
 HOOK = "blocks.1.hook_resid_post"
-EFFECTS = ["--top", "8", "--baseline", "0", "--per-feature", "0", "--items-per-topic", "12",
-           "--bootstrap", "200"]
+EFFECTS = [
+    "--top",
+    "8",
+    "--baseline",
+    "0",
+    "--per-feature",
+    "0",
+    "--items-per-topic",
+    "12",
+    "--bootstrap",
+    "200",
+]
 
 
 def _manual(model, ids, hook, change):
     """Log-probabilities of a full forward pass (no cache, no batching), with `change(x)`
     applied by hand to the activations at `hook`."""
+
     def edit(x, hook=None):
         x = x.clone()
         change(x)
@@ -51,14 +62,18 @@ def _manual(model, ids, hook, change):
 
 def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2, tiny_sae_dir):
     model, sae = tiny_gpt2, load_sae_dir(tiny_sae_dir, "cpu")
-    prompt = build_prompt(model.tokenizer, "You are a pirate captain.", "Why is the sky blue?",
-                          "Sunlight scatters off air molecules, and blue scatters most.")
+    prompt = build_prompt(
+        model.tokenizer,
+        "You are a pirate captain.",
+        "Why is the sky blue?",
+        "Sunlight scatters off air molecules, and blue scatters most.",
+    )
     start, end = answer_span(prompt)
     ids, w_dec = prompt.input_ids, sae.W_dec.detach()
     answer = prepare(model, prompt)
     with torch.inference_mode():
         clean = model.bridge.run_with_cache(torch.tensor([ids]), names_filter=HOOK)[1][HOOK][0]
-        fires = sae.encode(clean[start:end - 1]).sum(0)
+        fires = sae.encode(clean[start : end - 1]).sum(0)
     f, g, strength = int(fires.argmax()), int(fires.argmin()), 1.7
 
     def edit(x):
@@ -79,7 +94,7 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
 
     target = torch.tensor(ids[start:end])
     for row, change in enumerate([lambda x: None, ablate, steer]):
-        manual = _manual(model, ids, HOOK, change)[start - 1:end - 1]
+        manual = _manual(model, ids, HOOK, change)[start - 1 : end - 1]
         expected = manual.gather(-1, target[:, None])[:, 0]
         assert torch.allclose(lp[row], expected, atol=1e-5), row
         assert torch.allclose(full[row], manual[1:], atol=1e-5)
@@ -87,8 +102,12 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
 
     # Attribution: the gradient of a weighted sum of the answer's log-probabilities, for two
     # documents (different prompts, the same answer) in one left-padded batch.
-    other = build_prompt(model.tokenizer, "", "Why is the sky blue?",
-                         "Sunlight scatters off air molecules, and blue scatters most.")
+    other = build_prompt(
+        model.tokenizer,
+        "",
+        "Why is the sky blue?",
+        "Sunlight scatters off air molecules, and blue scatters most.",
+    )
     weights = torch.randn(2, end - start, generator=torch.Generator().manual_seed(0))
     x, lp_a, grad = attribution_batch(model, [prompt, other], HOOK, lambda lp: weights)
     assert torch.allclose(lp_a[0], lp[0], atol=1e-5)
@@ -100,14 +119,15 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
 
     for row, doc in enumerate([prompt, other]):
         s, e = answer_span(doc)
-        logits = model.bridge.run_with_hooks(torch.tensor([doc.input_ids]),
-                                             fwd_hooks=[(HOOK, capture)])
-        logp = torch.log_softmax(logits[0].float(), -1)[s - 1:e - 1]
+        logits = model.bridge.run_with_hooks(
+            torch.tensor([doc.input_ids]), fwd_hooks=[(HOOK, capture)]
+        )
+        logp = torch.log_softmax(logits[0].float(), -1)[s - 1 : e - 1]
         own = logp.gather(-1, target[:, None])[:, 0]
         assert torch.allclose(lp_a[row], own, atol=1e-5)
         (expected,) = torch.autograd.grad((own[1:] * weights[row, 1:]).sum(), leaf["x"])
-        assert torch.allclose(grad[row], expected[0, s:e - 1], atol=1e-5)
-        assert torch.allclose(x[row], leaf["x"][0, s:e - 1].detach(), atol=1e-5)
+        assert torch.allclose(grad[row], expected[0, s : e - 1], atol=1e-5)
+        assert torch.allclose(x[row], leaf["x"][0, s : e - 1].detach(), atol=1e-5)
     assert torch.allclose(x[0], clean[span], atol=1e-5)
 
 
@@ -129,10 +149,9 @@ def test_generation_with_a_clamp_matches_a_loop_of_full_passes(tiny_gpt2, tiny_s
         assert why == "length" and len(tokens) == 8
         seq, first = list(ids), 0 if on_prompt else len(ids)
         for _ in range(8):
-            change = (lambda x, n=first: clamp_by_hand(x, n)) if clamp_edit else \
-                (lambda x: None)
+            change = (lambda x, n=first: clamp_by_hand(x, n)) if clamp_edit else (lambda x: None)
             seq.append(int(_manual(model, seq, HOOK, change)[-1].argmax()))
-        assert tokens == seq[len(ids):], (clamp_edit is None, on_prompt)
+        assert tokens == seq[len(ids) :], (clamp_edit is None, on_prompt)
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +162,7 @@ def planted(tmp_path_factory):
     items = [json.loads(line) for line in (work / "b" / "items.jsonl").read_text().splitlines()]
     model, sae = build_planted(work, items)
     db = work / "harvest.duckdb"
-    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae),
-                          *map(str, args)]) == 0
+    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), *map(str, args)]) == 0
     measured = copy_db(db, work / "effects.duckdb")
     assert cli.main(["effects", "--db", str(measured), *EFFECTS]) == 0
     return db, measured
@@ -183,15 +201,14 @@ def test_effects_find_the_planted_feature_and_nothing_orthogonal(planted):
 @pytest.mark.slow  # label reads the SAE's decoder (for the persona decomposition)
 def test_label_after_effects_fills_the_causal_summary(planted, tmp_path):
     db = copy_db(planted[1], tmp_path / "db.duckdb")
-    assert cli.main(["label", "--db", str(db), "--min-docs", "3",
-                          "--calibration-seeds", "1"]) == 0
+    assert cli.main(["label", "--db", str(db), "--min-docs", "3", "--calibration-seeds", "1"]) == 0
     con = duckdb.connect(str(db), read_only=True)
-    rows = dict(con.execute("SELECT feature, causal FROM features WHERE causal IS NOT NULL")
-                .fetchall())
+    rows = dict(
+        con.execute("SELECT feature, causal FROM features WHERE causal IS NOT NULL").fetchall()
+    )
     persona = con.execute("SELECT mediated_persona FROM features WHERE feature = 0").fetchone()
     con.close()
-    assert rows[0].startswith("mediates") and "pirate's shift" in rows[0] and persona[0] == \
-        "pirate"
+    assert rows[0].startswith("mediates") and "pirate's shift" in rows[0] and persona[0] == "pirate"
     assert all(rows[f].startswith("no mediation shown") for f in range(1, 8))
 
 
@@ -221,11 +238,13 @@ def test_an_interrupted_run_resumes_to_the_same_tables(planted, tmp_path, monkey
 def test_bad_input_is_one_line_and_writes_nothing(planted, tmp_path, capfd):
     db = copy_db(planted[0], tmp_path / "db.duckdb")
     before = db.read_bytes()
-    for args, says in ((["--features", "8"], "--features 8: 8 is outside 0 to 7"),
-                       (["--features", "3-1"], "--features 3-1: the range '3-1' runs backwards"),
-                       (["--labels", "shared"], "is not labelled yet"),
-                       (["--labels", "nonsense"], "--labels nonsense: unknown 'nonsense'"),
-                       (["--paraphrase", "5"], "--paraphrase 5: persona 'pirate' has 3")):
+    for args, says in (
+        (["--features", "8"], "--features 8: 8 is outside 0 to 7"),
+        (["--features", "3-1"], "--features 3-1: the range '3-1' runs backwards"),
+        (["--labels", "shared"], "is not labelled yet"),
+        (["--labels", "nonsense"], "--labels nonsense: unknown 'nonsense'"),
+        (["--paraphrase", "5"], "--paraphrase 5: persona 'pirate' has 3"),
+    ):
         assert cli.main(["effects", "--db", str(db), *args]) == 2
         err = capfd.readouterr().err
         assert err.count("\n") == 1 and says in err, err
@@ -252,8 +271,9 @@ def _mean_read(tokens: list[int], model) -> float:
 
 
 def test_steering_turns_the_planted_pirate_on_and_off(planted):
-    cfg = SteerConfig(db=planted[0], feature=0, prompt="Why does it rain?", scale=3.0,
-                      max_tokens=12)
+    cfg = SteerConfig(
+        db=planted[0], feature=0, prompt="Why does it rain?", scale=3.0, max_tokens=12
+    )
     s = load_steering(cfg)
     out = steer_with(s, cfg)
     assert out == steer_with(s, cfg)  # deterministic
@@ -266,8 +286,11 @@ def test_steering_turns_the_planted_pirate_on_and_off(planted):
     # Turned on under no persona, the feature makes the answer read direction u: the tokens the
     # unembedding ties to u win.
     assert _mean_read(on, s.model) > _mean_read(plain, s.model) + 5
-    pirate = load_steering(SteerConfig(db=planted[0], feature=0, prompt="Why does it rain?",
-                                       persona="pirate", scale=0.0))
+    pirate = load_steering(
+        SteerConfig(
+            db=planted[0], feature=0, prompt="Why does it rain?", persona="pirate", scale=0.0
+        )
+    )
     ids = prompt_ids(pirate.model, pirate.system, cfg.prompt)
     as_pirate, _ = generate(pirate.model, ids, pirate.hook, None, 12)
     off, _ = generate(pirate.model, ids, pirate.hook, clamp(pirate, 0.0), 12)
@@ -276,11 +299,11 @@ def test_steering_turns_the_planted_pirate_on_and_off(planted):
 
 def test_the_feature_page_shows_effects_and_steers(planted, tmp_path):
     db = copy_db(planted[1], tmp_path / "db.duckdb")
-    assert cli.main(["label", "--db", str(db), "--min-docs", "3",
-                          "--calibration-seeds", "1"]) == 0
+    assert cli.main(["label", "--db", str(db), "--min-docs", "3", "--calibration-seeds", "1"]) == 0
     os.environ["SHOGGOTH_DB"] = str(db)
-    at = AppTest.from_file(str(Path(__file__).parents[1] / "explorer" / "app.py"),
-                           default_timeout=120)
+    at = AppTest.from_file(
+        str(Path(__file__).parents[1] / "explorer" / "app.py"), default_timeout=120
+    )
     at.run()
     assert "Causal effects (shoggoth effects)" in [h.value for h in at.subheader]
     assert any("mediates 99" in (link.proto.label or "") for link in at.get("page_link"))

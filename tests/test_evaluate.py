@@ -53,8 +53,9 @@ def test_evaluate_sae_on_a_known_sae():
 
 def test_ce_loss_recovered_is_one_for_a_perfect_sae(tiny_gpt2):
     sae = mirror_sae(tiny_gpt2.d_model)
-    contexts = torch.randint(5, len(tiny_gpt2.tokenizer), (4, 24),
-                             generator=torch.Generator().manual_seed(2))
+    contexts = torch.randint(
+        5, len(tiny_gpt2.tokenizer), (4, 24), generator=torch.Generator().manual_seed(2)
+    )
     contexts[:, 0] = tiny_gpt2.tokenizer.bos_token_id
     keep = torch.ones_like(contexts, dtype=torch.bool)
     keep[:, 0] = False

@@ -66,8 +66,9 @@ class Oracle:
 
 
 def window(words: list[str], fire: str | None) -> Window:
-    return Window("item", tuple(f" {w}" for w in words),
-                  tuple(1.0 if w == fire else 0.0 for w in words))
+    return Window(
+        "item", tuple(f" {w}" for w in words), tuple(1.0 if w == fire else 0.0 for w in words)
+    )
 
 
 def test_scores_are_aucs_of_the_judge():
@@ -109,8 +110,7 @@ def stored(db: Path) -> list[dict]:
     con = duckdb.connect(str(db), read_only=True)
     try:
         cur = con.execute("SELECT * FROM feature_explanations ORDER BY feature")
-        return [dict(zip([c[0] for c in cur.description], r, strict=True))
-                for r in cur.fetchall()]
+        return [dict(zip([c[0] for c in cur.description], r, strict=True)) for r in cur.fetchall()]
     finally:
         con.close()
 
@@ -120,12 +120,18 @@ def live_features(db: Path, n: int) -> list[int]:
     and that fire in at least 4 places (so detection has windows of both kinds to judge)."""
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return [f for (f,) in con.execute("""
+        return [
+            f
+            for (f,) in con.execute(
+                """
             SELECT e.feature FROM examples e
             WHERE e.feature IN (SELECT feature FROM doc_features GROUP BY feature
                                 HAVING count(DISTINCT item_id) < (SELECT count(*) FROM items))
             GROUP BY e.feature HAVING count(DISTINCT (e.item_id, e.pos)) >= 4
-            ORDER BY count(*) DESC, e.feature LIMIT ?""", [n]).fetchall()]
+            ORDER BY count(*) DESC, e.feature LIMIT ?""",
+                [n],
+            ).fetchall()
+        ]
     finally:
         con.close()
 
@@ -163,9 +169,20 @@ def server():
     """`transformers serve` with the local SmolLM2 on 127.0.0.1 (dies with this process)."""
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
-    proc = start_child([str(exe), "serve", str(smollm2_dir()), "--host", "127.0.0.1",
-                        "--port", str(port), "--device", "cpu"],
-                       {**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = start_child(
+        [
+            str(exe),
+            "serve",
+            str(smollm2_dir()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        {**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -183,8 +200,17 @@ def server():
 
 def test_a_real_openai_compatible_server_explains(capfd, explained_db, server):
     feature = live_features(explained_db, 3)[2]
-    code, _, err = run(capfd, "explain", "--db", explained_db, "--features", feature,
-                       "--explainer", f"{server}/v1", *SMALL)
+    code, _, err = run(
+        capfd,
+        "explain",
+        "--db",
+        explained_db,
+        "--features",
+        feature,
+        "--explainer",
+        f"{server}/v1",
+        *SMALL,
+    )
     assert code == 0, err
     row = next(r for r in stored(explained_db) if r["feature"] == feature)
     assert row["explainer"].startswith(f"{server}/v1 ") and row["scorer"] == row["explainer"]
@@ -194,12 +220,34 @@ def test_a_real_openai_compatible_server_explains(capfd, explained_db, server):
 def test_unreachable_or_slow_endpoints_are_one_line(capfd, explained_db, server):
     before = len(stored(explained_db))
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    code, out, err = run(capfd, "explain", "--db", explained_db, "--explainer", dead,
-                         "--limit", "1", "--overwrite", *SMALL)
+    code, out, err = run(
+        capfd,
+        "explain",
+        "--db",
+        explained_db,
+        "--explainer",
+        dead,
+        "--limit",
+        "1",
+        "--overwrite",
+        *SMALL,
+    )
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: --explainer {dead}")
-    code, _, err = run(capfd, "explain", "--db", explained_db, "--explainer", server,
-                       "--timeout", "0.001", "--limit", "1", "--overwrite", *SMALL)
+    code, _, err = run(
+        capfd,
+        "explain",
+        "--db",
+        explained_db,
+        "--explainer",
+        server,
+        "--timeout",
+        "0.001",
+        "--limit",
+        "1",
+        "--overwrite",
+        *SMALL,
+    )
     assert code == 2 and "no answer within 0.001 s" in err and len(err.strip().splitlines()) == 1
     assert len(stored(explained_db)) == before
 
@@ -241,9 +289,17 @@ def test_a_failure_mid_run_is_one_line_per_feature_and_no_row(capfd, indexed_db,
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        code, out, err = run(capfd, "explain", "--db", explained_db, "--features",
-                             ",".join(map(str, features)), "--explainer",
-                             f"http://127.0.0.1:{httpd.server_port}/v1", *SMALL)
+        code, out, err = run(
+            capfd,
+            "explain",
+            "--db",
+            explained_db,
+            "--features",
+            ",".join(map(str, features)),
+            "--explainer",
+            f"http://127.0.0.1:{httpd.server_port}/v1",
+            *SMALL,
+        )
     finally:
         httpd.shutdown()
     failed = [line for line in err.splitlines() if line.startswith("feature ")]
@@ -264,15 +320,25 @@ def test_the_default_choice_can_be_scored(explained_db):
     con = duckdb.connect(str(explained_db), read_only=True)
     try:
         chosen = choose_features(con, "tiny-sae", None, 50, 7)
-        places = dict(con.execute("SELECT feature, count(DISTINCT (item_id, pos)) FROM examples "
-                                  "GROUP BY feature").fetchall())
-        items = dict(con.execute("SELECT feature, count(DISTINCT item_id) FROM doc_features "
-                                 "GROUP BY feature").fetchall())
+        places = dict(
+            con.execute(
+                "SELECT feature, count(DISTINCT (item_id, pos)) FROM examples GROUP BY feature"
+            ).fetchall()
+        )
+        items = dict(
+            con.execute(
+                "SELECT feature, count(DISTINCT item_id) FROM doc_features GROUP BY feature"
+            ).fetchall()
+        )
         n_items = con.execute("SELECT count(*) FROM items").fetchone()[0]
         scores = dict(con.execute("SELECT feature, best_score FROM feature_handles").fetchall())
-        persona = {f for (f,) in con.execute(
-            "SELECT feature FROM features WHERE label IN ('mask-specific', 'persona-concept', "
-            "'mask-or-concept', 'mask-family')").fetchall()}
+        persona = {
+            f
+            for (f,) in con.execute(
+                "SELECT feature FROM features WHERE label IN ('mask-specific', 'persona-concept', "
+                "'mask-or-concept', 'mask-family')"
+            ).fetchall()
+        }
     finally:
         con.close()
     assert chosen and all(places[f] >= 7 and items[f] < n_items for f in chosen)

@@ -19,8 +19,15 @@ from streamlit.testing.v1 import AppTest
 from shoggoth import cli
 
 APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
-PAGES = ["views/overview.py", "views/features.py", "views/feature.py", "views/personas.py",
-         "views/search.py", "views/sql.py", "views/map.py"]
+PAGES = [
+    "views/overview.py",
+    "views/features.py",
+    "views/feature.py",
+    "views/personas.py",
+    "views/search.py",
+    "views/sql.py",
+    "views/map.py",
+]
 
 
 @pytest.fixture()
@@ -49,8 +56,11 @@ def close_store(db: Path) -> None:
 
 
 def text_of(at: AppTest) -> str:
-    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "text")
-             for e in at.get(kind)]
+    parts = [
+        e.value
+        for kind in ("title", "subheader", "markdown", "caption", "text")
+        for e in at.get(kind)
+    ]
     parts += [e.proto.label for e in at.get("page_link")]
     # As shown: values from the database are escaped for markdown and HTML.
     return html.unescape(re.sub(r"\\(.)", r"\1", "\n".join(map(str, parts))))
@@ -68,8 +78,11 @@ def test_overview_counts_match_the_database(db):
     counts = dict(con.execute("SELECT label, count(*) FROM features GROUP BY label").fetchall())
     con.close()
     at = app(db)
-    table = next(d.value for d in at.dataframe if "label" in d.value.columns
-                 and "features" in d.value.columns)
+    table = next(
+        d.value
+        for d in at.dataframe
+        if "label" in d.value.columns and "features" in d.value.columns
+    )
     got = dict(zip(table["label"], table["features"], strict=True))
     assert {k: v for k, v in got.items() if v} == counts
     assert "Persona × label" in text_of(at)
@@ -108,7 +121,8 @@ def test_filters_change_the_table(db):
     assert 0 < len(filtered) < len(full) and set(filtered["label"]) == {label}
     at.text_input(key="f_id").set_value("1,2,60").run()
     assert sorted(at.dataframe[0].value["feature"]) == sorted(
-        f for f in (1, 2, 60) if full.set_index("feature").loc[f, "label"] == label)
+        f for f in (1, 2, 60) if full.set_index("feature").loc[f, "label"] == label
+    )
     # Opening a feature from the table page lands on its page.
     at.multiselect(key="f_label").set_value([]).run()
     at.text_input(key="f_id").set_value("").run()
@@ -120,17 +134,20 @@ def test_filters_change_the_table(db):
 
 def test_deep_link_opens_the_feature(db):
     con = duckdb.connect(str(db), read_only=True)
-    feature, label = con.execute("SELECT feature, label FROM features WHERE label <> 'dead' "
-                                 "ORDER BY density DESC LIMIT 1").fetchone()
-    top = con.execute("SELECT max(value) FROM activations WHERE feature = ?",
-                      [feature]).fetchone()[0]
+    feature, label = con.execute(
+        "SELECT feature, label FROM features WHERE label <> 'dead' ORDER BY density DESC LIMIT 1"
+    ).fetchone()
+    top = con.execute("SELECT max(value) FROM activations WHERE feature = ?", [feature]).fetchone()[
+        0
+    ]
     con.close()
     con = duckdb.connect(str(db), read_only=True)
     name = con.execute("SELECT name FROM feature_names WHERE feature = ?", [feature]).fetchone()[0]
     neighbour, their = con.execute(
         "SELECT n.neighbor, f.name FROM neighbors n JOIN feature_names f ON f.sae_id = n.sae_id "
         "AND f.feature = n.neighbor WHERE n.feature = ? ORDER BY n.rank LIMIT 1",
-        [feature]).fetchone()
+        [feature],
+    ).fetchone()
     con.close()
     at = app(db, "views/feature.py", feature=str(feature))
     assert at.title[0].value == f"Feature {feature} · {label}"
@@ -146,8 +163,9 @@ def test_deep_link_opens_the_feature(db):
 
 def test_manual_label_is_saved_and_survives_relabelling(db):
     con = duckdb.connect(str(db), read_only=True)
-    feature, auto = con.execute("SELECT feature, label FROM features WHERE label <> 'shared' "
-                                "ORDER BY feature LIMIT 1").fetchone()
+    feature, auto = con.execute(
+        "SELECT feature, label FROM features WHERE label <> 'shared' ORDER BY feature LIMIT 1"
+    ).fetchone()
     con.close()
     at = app(db, "views/feature.py", feature=str(feature))
     at.selectbox(key="a_label").set_value("shared")
@@ -159,22 +177,27 @@ def test_manual_label_is_saved_and_survives_relabelling(db):
     close_store(db)
     assert cli.main(["label", "--db", str(db), "--min-docs", "5"]) == 0
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT label FROM features WHERE feature = ?", [feature]
-                       ).fetchone()[0] == auto
-    assert con.execute("SELECT label, manual_label FROM feature_labels WHERE feature = ?",
-                       [feature]).fetchone() == ("shared", "shared")
+    assert (
+        con.execute("SELECT label FROM features WHERE feature = ?", [feature]).fetchone()[0] == auto
+    )
+    assert con.execute(
+        "SELECT label, manual_label FROM feature_labels WHERE feature = ?", [feature]
+    ).fetchone() == ("shared", "shared")
     con.close()
     at = app(db, "views/feature.py", feature=str(feature))
     assert at.title[0].value == f"Feature {feature} · shared"
     close_store(db)
 
 
-@pytest.mark.parametrize("query, words", [
-    ("SELECT * FROM read_csv('/etc/passwd')", "refused"),
-    ("COPY features TO '/tmp/leak.csv'", "refused"),
-    ("DELETE FROM features", "read-only"),
-    ("SET enable_external_access = true", "sql:"),
-])
+@pytest.mark.parametrize(
+    "query, words",
+    [
+        ("SELECT * FROM read_csv('/etc/passwd')", "refused"),
+        ("COPY features TO '/tmp/leak.csv'", "refused"),
+        ("DELETE FROM features", "read-only"),
+        ("SET enable_external_access = true", "sql:"),
+    ],
+)
 def test_sql_page_is_sandboxed(db, query, words):
     at = app(db, "views/sql.py")
     at.text_area[0].set_value(query)
@@ -197,8 +220,9 @@ def test_sql_page_runs_a_query(db):
 
 def test_personas_page_lists_prompts_and_vector_features(db):
     con = duckdb.connect(str(db), read_only=True)
-    first = con.execute("SELECT feature FROM persona_features WHERE persona = 'helper' "
-                        "ORDER BY rank LIMIT 1").fetchone()[0]
+    first = con.execute(
+        "SELECT feature FROM persona_features WHERE persona = 'helper' ORDER BY rank LIMIT 1"
+    ).fetchone()[0]
     con.close()
     at = app(db, "views/personas.py", persona="helper")
     text = text_of(at)
@@ -212,7 +236,8 @@ def test_names_are_searchable_and_on_the_map(db):
     feature, name, term = con.execute(
         "SELECT feature, name, h.terms[1] FROM feature_names n JOIN feature_handles h "
         "USING (sae_id, feature) WHERE len(h.terms) > 0 ORDER BY h.best_score DESC "
-        "LIMIT 1").fetchone()
+        "LIMIT 1"
+    ).fetchone()
     con.close()
     at = app(db, "views/search.py")
     at.text_input(key="n_text").set_value(term).run()
@@ -220,8 +245,10 @@ def test_names_are_searchable_and_on_the_map(db):
     at = app(db, "views/features.py")
     at.text_input(key="f_name").set_value(term).run()
     shown = at.dataframe[0].value
-    assert feature in set(shown["feature"]) and shown["name"].str.contains(
-        term, case=False, regex=False).all()
+    assert (
+        feature in set(shown["feature"])
+        and shown["name"].str.contains(term, case=False, regex=False).all()
+    )
     at = app(db, "views/map.py")
     assert "laid out by UMAP" not in text_of(at)  # 64 features: the PCA map, said so
     assert "principal components" in text_of(at)
@@ -266,7 +293,10 @@ def test_overview_rounds_null_counts_and_the_chart_keeps_control_names(db):
     close_store(db)
     at = app(db, "views/feature.py", feature="3")
     specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
-    axes = [s.get("encoding", {}).get("y", {}).get("axis", {}) for spec in specs
-            for s in [spec, *spec.get("layer", [])]]
+    axes = [
+        s.get("encoding", {}).get("y", {}).get("axis", {})
+        for spec in specs
+        for s in [spec, *spec.get("layer", [])]
+    ]
     assert any(a.get("labelLimit") == 0 for a in axes), axes
     close_store(db)

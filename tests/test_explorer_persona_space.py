@@ -22,11 +22,22 @@ from streamlit.testing.v1 import AppTest
 from shoggoth.index.labels import queries as label_queries
 
 APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
-SPACE_TABLES = ("persona_space", "persona_space_axes", "persona_decomposition",
-                "persona_label_shares", "persona_own_features")
+SPACE_TABLES = (
+    "persona_space",
+    "persona_space_axes",
+    "persona_decomposition",
+    "persona_label_shares",
+    "persona_own_features",
+)
 PATTERN = {"common": 0.55, "own_features": 0.2, "own_modulation": 0.15, "error": 0.1}
-LABEL_SHARES = {"own": 0.2, "family": 0.05, "shared": 0.4, "concept": 0.0, "other": 0.25,
-                "error": 0.1}
+LABEL_SHARES = {
+    "own": 0.2,
+    "family": 0.05,
+    "shared": 0.4,
+    "concept": 0.0,
+    "other": 0.25,
+    "error": 0.1,
+}
 
 
 @pytest.fixture()
@@ -40,25 +51,38 @@ def decomposed(db: Path) -> Path:
     empty), and a second component, so that the space is a plane."""
     con = duckdb.connect(str(db))
     sae = con.execute("SELECT sae_id FROM saes").fetchone()[0]
-    features = [f for (f,) in con.execute("SELECT feature FROM features WHERE label <> 'dead' "
-                                          "ORDER BY feature LIMIT 8").fetchall()]
+    features = [
+        f
+        for (f,) in con.execute(
+            "SELECT feature FROM features WHERE label <> 'dead' ORDER BY feature LIMIT 8"
+        ).fetchall()
+    ]
     for n, persona in enumerate(("helper", "pirate")):
         for part, share in PATTERN.items():
-            con.execute("INSERT INTO persona_decomposition VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [sae, persona, part, share + n / 100, share - 0.05, share + 0.05, 30])
+            con.execute(
+                "INSERT INTO persona_decomposition VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [sae, persona, part, share + n / 100, share - 0.05, share + 0.05, 30],
+            )
         for part, share in LABEL_SHARES.items():
-            con.execute("INSERT INTO persona_label_shares VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [sae, persona, part, share, share - 0.05, share + 0.05, 30])
-        for rank, feature in enumerate(features[4 * n:4 * n + 4], start=1):
-            label = con.execute("SELECT label FROM features WHERE feature = ?",
-                                [feature]).fetchone()[0]
-            con.execute("INSERT INTO persona_own_features VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [sae, persona, rank, feature, 0.3 / rank * (-1) ** rank,
-                         0.01 * rank, label])
+            con.execute(
+                "INSERT INTO persona_label_shares VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [sae, persona, part, share, share - 0.05, share + 0.05, 30],
+            )
+        for rank, feature in enumerate(features[4 * n : 4 * n + 4], start=1):
+            label = con.execute(
+                "SELECT label FROM features WHERE feature = ?", [feature]
+            ).fetchone()[0]
+            con.execute(
+                "INSERT INTO persona_own_features VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [sae, persona, rank, feature, 0.3 / rank * (-1) ** rank, 0.01 * rank, label],
+            )
     for persona, pc2 in (("helper", 0.0004), ("pirate", -0.0003), ("control_none", 0.0009)):
         con.execute("UPDATE persona_space SET pc2 = ? WHERE persona = ?", [pc2, persona])
-    con.execute("INSERT INTO persona_space_axes (sae_id, axis, variance_share, cosine_pc1) "
-                "VALUES (?, 'PC2', 0.25, 0.0)", [sae])
+    con.execute(
+        "INSERT INTO persona_space_axes (sae_id, axis, variance_share, cosine_pc1) "
+        "VALUES (?, 'PC2', 0.25, 0.0)",
+        [sae],
+    )
     con.close()
     return db
 
@@ -83,8 +107,11 @@ def close_store(db: Path) -> None:
 
 
 def text_of(at: AppTest) -> str:
-    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "text")
-             for e in at.get(kind)]
+    parts = [
+        e.value
+        for kind in ("title", "subheader", "markdown", "caption", "text")
+        for e in at.get(kind)
+    ]
     parts += [e.proto.label for e in at.get("page_link")]
     return html.unescape(re.sub(r"\\(.)", r"\1", "\n".join(map(str, parts))))
 
@@ -95,9 +122,14 @@ def specs(at: AppTest) -> list[dict]:
 
 def space_chart(at: AppTest) -> dict:
     """The persona space chart's spec (the layered chart on pc1 × pc2)."""
-    found = [s for s in specs(at) if any(
-        layer.get("encoding", {}).get("x", {}).get("field") == "pc1"
-        for layer in s.get("layer", []))]
+    found = [
+        s
+        for s in specs(at)
+        if any(
+            layer.get("encoding", {}).get("x", {}).get("field") == "pc1"
+            for layer in s.get("layer", [])
+        )
+    ]
     assert len(found) == 1, [list(s) for s in specs(at)]
     return found[0]
 
@@ -152,10 +184,17 @@ def test_overview_puts_each_dictionary_bar_beside_the_dictionary_free_one(db):
     at = app(db)
     bars = next(s for s in specs(at) if s.get("encoding", {}).get("y", {}).get("field") == "row")
     assert bars["encoding"]["y"]["sort"] == [
-        "helper · dictionary", "helper · no dictionary",
-        "pirate · dictionary", "pirate · no dictionary"]
+        "helper · dictionary",
+        "helper · no dictionary",
+        "pirate · dictionary",
+        "pirate · no dictionary",
+    ]
     assert bars["encoding"]["color"]["scale"]["domain"] == [
-        "common", "own", "error", "off the common direction"]
+        "common",
+        "own",
+        "error",
+        "off the common direction",
+    ]
     # The four-part decomposition chart is still there (decompose.PATTERN_PARTS).
     parts = [s for s in specs(at) if "transform" in s and "own_modulation" in json.dumps(s)]
     assert parts, "the decomposition chart is missing"
@@ -168,16 +207,20 @@ def test_persona_page_shows_its_place_and_the_features_that_make_it(db):
     decomposed(db)
     space, _, sae = read(db)
     con = duckdb.connect(str(db), read_only=True)
-    own = con.execute("SELECT rank, feature, share, modulation, label FROM persona_own_features "
-                      "WHERE persona = 'pirate' ORDER BY rank").df()
+    own = con.execute(
+        "SELECT rank, feature, share, modulation, label FROM persona_own_features "
+        "WHERE persona = 'pirate' ORDER BY rank"
+    ).df()
     names = dict(con.execute("SELECT feature, name FROM feature_names").fetchall())
     con.close()
     at = app(db, "views/personas.py", persona="pirate")
     shown = text_of(at)
     pirate = space.set_index("persona").loc["pirate"]
     assert "Where it lies in the persona space" in shown
-    assert (f"**pirate**: shift length {pirate['norm']:.4f} [{pirate['norm_ci_low']:.4f}, "
-            f"{pirate['norm_ci_high']:.4f}]; a share {pirate['common_share']:.2f}") in shown
+    assert (
+        f"**pirate**: shift length {pirate['norm']:.4f} [{pirate['norm_ci_low']:.4f}, "
+        f"{pirate['norm_ci_high']:.4f}]; a share {pirate['common_share']:.2f}"
+    ) in shown
     # This persona is ringed on the chart.
     chart = space_chart(at)
     assert any(la["mark"].get("size") == 420 for la in chart["layer"])
@@ -195,8 +238,11 @@ def test_persona_page_shows_its_place_and_the_features_that_make_it(db):
     bars = next(s for s in specs(at) if s.get("encoding", {}).get("y", {}).get("field") == "row")
     assert bars["encoding"]["y"]["sort"] == ["pirate · dictionary", "pirate · no dictionary"]
     # The label breakdown, under an expander, as stored.
-    table = next(d.value for d in at.dataframe if set(d.value.columns) >= {"part", "share"}
-                 and "family" in set(d.value["part"]))
+    table = next(
+        d.value
+        for d in at.dataframe
+        if set(d.value.columns) >= {"part", "share"} and "family" in set(d.value["part"])
+    )
     assert dict(zip(table["part"], table["share"], strict=True)) == pytest.approx(LABEL_SHARES)
     close_store(db)
 
@@ -235,12 +281,18 @@ def test_an_old_decomposition_by_label_still_renders(db):
     label): the pages render; the dictionary bar is left out, not made up."""
     con = duckdb.connect(str(db))
     sae = con.execute("SELECT sae_id FROM saes").fetchone()[0]
-    for table in ("persona_space", "persona_space_axes", "persona_label_shares",
-                  "persona_own_features"):
+    for table in (
+        "persona_space",
+        "persona_space_axes",
+        "persona_label_shares",
+        "persona_own_features",
+    ):
         con.execute(f"DROP TABLE {table}")
     for part, share in LABEL_SHARES.items():
-        con.execute("INSERT INTO persona_decomposition VALUES (?, 'pirate', ?, ?, ?, ?, 30)",
-                    [sae, part, share, share - 0.05, share + 0.05])
+        con.execute(
+            "INSERT INTO persona_decomposition VALUES (?, 'pirate', ?, ?, ?, ?, 30)",
+            [sae, part, share, share - 0.05, share + 0.05],
+        )
     con.close()
     for page in (None, "views/personas.py"):
         at = app(db, page, persona="pirate") if page else app(db)
@@ -255,8 +307,9 @@ def chart_under(page, heading: str):
     """The first chart after a subheading, and the texts its SVG draws once they are there."""
     from playwright.sync_api import expect
 
-    chart = page.locator(f"xpath=//h3[contains(., {heading!r})]"
-                         "/following::*[@data-testid='stVegaLiteChart'][1]")
+    chart = page.locator(
+        f"xpath=//h3[contains(., {heading!r})]/following::*[@data-testid='stVegaLiteChart'][1]"
+    )
     expect(chart.locator("svg text").first).to_be_attached(timeout=60_000)
     page.wait_for_timeout(500)  # (it finishes drawing)
     box = chart.bounding_box()
@@ -276,20 +329,23 @@ def test_the_persona_space_chart_draws_in_a_real_browser(db):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
-        expect(page.get_by_role("heading", name="The persona space (no dictionary)")
-               ).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("heading", name="The persona space (no dictionary)")).to_be_visible(
+            timeout=60_000
+        )
         _, texts = chart_under(page, "The persona space (no dictionary)")
         assert {"pirate", "helper", "control_none", "assistant axis"} <= set(texts), texts
         assert any(t.startswith("PC1 · 100% of the personas' variance") for t in texts), texts
         assert any(t.startswith("PC2 · 25%") for t in texts), texts
         # (the page's run ends before the next starts: two sessions' runs at once can trip
         # the store's connect, a race of the explorer's, not of this chart)
-        expect(page.get_by_role("heading", name="Most frequent shared features")
-               ).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("heading", name="Most frequent shared features")).to_be_visible(
+            timeout=60_000
+        )
         page.wait_for_timeout(1000)
         page.goto(f"{url}/personas?persona=pirate")
-        expect(page.get_by_role("heading", name="Which features make it this persona")
-               ).to_be_visible(timeout=60_000)
+        expect(
+            page.get_by_role("heading", name="Which features make it this persona")
+        ).to_be_visible(timeout=60_000)
         _, texts = chart_under(page, "Where it lies in the persona space")
         assert {"pirate", "control_none"} <= set(texts), texts
         _, texts = chart_under(page, "Its shift, decomposed")

@@ -30,9 +30,12 @@ def big_db(tmp_path_factory) -> Path:
     create_index_tables(con)
     con.execute(EXAMPLES_SQL, {"sae": SAE_ID, "top": 20, "bins": 10, "per_bin": 5})
     con.execute(HISTOGRAM_SQL, {"sae": SAE_ID, "bins": 50})
-    con.execute("""INSERT INTO neighbors SELECT $sae, f.range, r.range + 1,
+    con.execute(
+        """INSERT INTO neighbors SELECT $sae, f.range, r.range + 1,
                           (hash(f.range, r.range) % $n)::INTEGER, 0.5 - r.range / 40
-                   FROM range($n) f, range(10) r""", {"sae": SAE_ID, "n": FEATURES})
+                   FROM range($n) f, range(10) r""",
+        {"sae": SAE_ID, "n": FEATURES},
+    )
     con.execute("UPDATE saes SET logit_effects = 'skipped: not a causal LM'")
     con.close()
     return db
@@ -43,8 +46,12 @@ def test_feature_pages_render_on_65536_features(big_db):
     measures it)."""
     con = duckdb.connect(str(big_db), read_only=True)
     n = con.execute("SELECT count(*) FROM features").fetchone()[0]
-    live = [f for (f,) in con.execute("SELECT DISTINCT feature FROM examples ORDER BY feature "
-                                      "LIMIT 2000").fetchall()][::200]
+    live = [
+        f
+        for (f,) in con.execute(
+            "SELECT DISTINCT feature FROM examples ORDER BY feature LIMIT 2000"
+        ).fetchall()
+    ][::200]
     con.close()
     assert n == FEATURES and len(live) >= 8
     os.environ["SHOGGOTH_DB"] = str(big_db)
@@ -63,8 +70,10 @@ def test_feature_pages_render_on_65536_features(big_db):
         assert at.title[0].value.startswith(f"Feature {feature} ·"), at.title[0].value
         assert "Top activations in context" in [s.value for s in at.subheader]
     median = statistics.median(times)
-    print(f"\nfeature page, {FEATURES:,} features: median {median * 1000:.0f} ms, max "
-          f"{max(times) * 1000:.0f} ms over {len(times)} features")
+    print(
+        f"\nfeature page, {FEATURES:,} features: median {median * 1000:.0f} ms, max "
+        f"{max(times) * 1000:.0f} ms over {len(times)} features"
+    )
     from shoggoth.explorer.common import store_for
 
     store_for(str(big_db.resolve())).close()

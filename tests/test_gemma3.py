@@ -48,12 +48,13 @@ def test_the_converted_model_is_a_plain_float_gemma3_base_model(gemma_dir, token
 def test_a_mask_is_a_plain_text_prefix_and_only_the_answer_is_measured(tokenizer):
     pirate = next(p for p in load_personas() if p.name == "pirate")
     for item in load_items()[::25]:
-        prompt = build_prompt(tokenizer, pirate.prompts[0], item.question, item.answer,
-                              prepend_bos=True)
+        prompt = build_prompt(
+            tokenizer, pirate.prompts[0], item.question, item.answer, prepend_bos=True
+        )
         assert prompt.template == "plain" and prompt.input_ids[0] == tokenizer.bos_token_id
         assert prompt.input_ids.count(tokenizer.bos_token_id) == 1
         assert tokenizer.decode(prompt.continuation_ids) == item.answer
-        head = tokenizer.decode(prompt.input_ids[1:prompt.mask.index(True)])
+        head = tokenizer.decode(prompt.input_ids[1 : prompt.mask.index(True)])
         assert head == f"{pirate.prompts[0]}\n\n{item.question}\n\n"
 
 
@@ -63,8 +64,9 @@ def test_the_residual_stream_outgrows_float16_so_the_cpu_runs_float32():
     model = load_model("gemma3", "cpu")
     assert model.dtype == torch.float32 and (model.n_layers, model.d_model) == (18, 640)
     assert model.is_causal and not model.has_chat_template and model.prepend_bos
-    ids = model.tokenizer("You are a pirate captain.\n\nWhat is rain?\n\nRain is water.",
-                          return_tensors="pt").input_ids
+    ids = model.tokenizer(
+        "You are a pirate captain.\n\nWhat is rain?\n\nRain is water.", return_tensors="pt"
+    ).input_ids
     with torch.inference_mode():
         _, cache = model.bridge.run_with_cache(ids, names_filter=["blocks.12.hook_resid_post"])
     largest = float(cache["blocks.12.hook_resid_post"].abs().max())
@@ -72,14 +74,18 @@ def test_the_residual_stream_outgrows_float16_so_the_cpu_runs_float32():
 
 
 def test_a_tiny_harvest_with_and_without_the_prefix_cache(tmp_path, gemma_dir):
-    sae = build_random_sae(tmp_path / "sae", "gemma3", 640, "blocks.9.hook_resid_post",
-                           d_sae=64, k=8)
+    sae = build_random_sae(
+        tmp_path / "sae", "gemma3", 640, "blocks.9.hook_resid_post", d_sae=64, k=8
+    )
     runs = harvest_with_and_without_prefix_cache(
-        tmp_path, sae,
+        tmp_path,
+        sae,
         "personas:\n"
         "  - {name: pirate, family: fiction, prompts: ['You are a pirate.', 'Arr, be a pirate.']}\n"
         "  - {name: control_none, family: control, is_control: true, prompts: ['']}\n",
-        "--model", "gemma3")
+        "--model",
+        "gemma3",
+    )
     assert [n for n, _, _ in runs] == [9, 9]
     cached, full = (table for _, _, table in runs)
     assert cached.keys() == full.keys() and len(cached) > 100

@@ -28,8 +28,9 @@ def test_planted_effects_are_found_and_told_apart(seed):
     assert right >= 0.95 * len(planted)
     # The persona each planted effect is strongest under is the one it was planted on.
     for i in planted:
-        column = {"context": "context", "content": "content",
-                  "interaction": "interaction"}[kinds[i]]
+        column = {"context": "context", "content": "content", "interaction": "interaction"}[
+            kinds[i]
+        ]
         assert f.at[i, f"{column}_persona"] == g.truth[i][1]
     # No effect planted: shared, null and prompt-wording features. At most 5% of them get an
     # effect label (the test's level), and the realised FDR stays within 0.1.
@@ -51,8 +52,11 @@ def test_intervals_cover_the_planted_log_ratios():
     g = make_planted_grid(per_kind=10, seed=3)
     r = analyse_grid(g.documents, g.doc_features, g.n_features)
     e = r.effects.set_index(["feature", "persona"])
-    planted = {"context": ("context", np.log(4)), "content": ("content", np.log(4)),
-               "interaction": ("interaction", np.log(4))}
+    planted = {
+        "context": ("context", np.log(4)),
+        "content": ("content", np.log(4)),
+        "interaction": ("interaction", np.log(4)),
+    }
     hit = total = 0
     for f, (kind, persona) in g.truth.items():
         if kind not in planted:
@@ -63,10 +67,12 @@ def test_intervals_cover_the_planted_log_ratios():
         hit += row[f"{col}_low"] <= value <= row[f"{col}_high"]
     assert hit >= 0.8 * total
     # Under the other personas there is no effect: their intervals cover 0 mostly.
-    others = [(f, p) for f, (k, p0) in g.truth.items() if k in planted
-              for p in e.loc[f].index if p != p0]
-    cover = np.mean([e.loc[key, "context_low"] <= 0 <= e.loc[key, "context_high"]
-                     for key in others])
+    others = [
+        (f, p) for f, (k, p0) in g.truth.items() if k in planted for p in e.loc[f].index if p != p0
+    ]
+    cover = np.mean(
+        [e.loc[key, "context_low"] <= 0 <= e.loc[key, "context_high"] for key in others]
+    )
     assert cover >= 0.85
     # Cell means are the planted ones: in action 4× the baseline under the planted persona.
     f0 = next(f for f, (k, _) in g.truth.items() if k == "interaction")
@@ -100,8 +106,7 @@ def test_bad_input_and_gaps():
     with pytest.raises(BadInput, match="missing column 'cell'"):
         analyse_grid(g.documents.drop(columns="cell"), g.doc_features, g.n_features)
     with pytest.raises(BadInput, match="no complete block"):
-        analyse_grid(g.documents[g.documents["cell"] != "baseline"], g.doc_features,
-                     g.n_features)
+        analyse_grid(g.documents[g.documents["cell"] != "baseline"], g.doc_features, g.n_features)
     # One prompt per persona: nothing can be tested, and the note says so.
     one = g.documents["paraphrase"].isna() | (g.documents["paraphrase"] == 0)
     kept = g.documents[one]

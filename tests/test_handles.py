@@ -23,8 +23,10 @@ def answers(rng: np.random.Generator, items: list[str]) -> dict[str, list[str]]:
     some answers, 'sea' after 'the' in half of those; one odd token in one answer."""
     out = {}
     for k, item in enumerate(items):
-        words = [str(rng.choice(COMMON)) if rng.random() < 0.4 else str(rng.choice(CONTENT))
-                 for _ in range(int(rng.integers(18, 30)))]
+        words = [
+            str(rng.choice(COMMON)) if rng.random() < 0.4 else str(rng.choice(CONTENT))
+            for _ in range(int(rng.integers(18, 30)))
+        ]
         if k % 3 == 0:
             words[int(rng.integers(1, len(words)))] = "Ġrain"
         if k % 5 == 1:
@@ -43,8 +45,7 @@ def fires(feature: int, words: list[str], pos: int, rng: np.random.Generator) ->
     """The planted activation of `feature` on words[pos] (0: silent)."""
     w, prev = words[pos], words[pos - 1] if pos else None
     if feature == 0:  # rain, plus a sparse weak background
-        return 1.0 + 0.1 * rng.random() if w == "Ġrain" else (0.1 if rng.random() < 0.02
-                                                                   else 0.0)
+        return 1.0 + 0.1 * rng.random() if w == "Ġrain" else (0.1 if rng.random() < 0.02 else 0.0)
     if feature == 1:  # everywhere alike: diffuse
         return 0.5 + 0.05 * rng.random()
     if feature == 2:  # everywhere a little, strongly on pirate
@@ -64,9 +65,10 @@ def planted_db(path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(path))
     create_schema(con, personas, items)
     text = answers(rng, [i.item_id for i in items])
-    tokens = pd.DataFrame([(SAE, item, pos, 0, w) for item, ws in text.items()
-                           for pos, w in enumerate(ws)],
-                          columns=["sae_id", "item_id", "pos", "token_id", "token"])
+    tokens = pd.DataFrame(
+        [(SAE, item, pos, 0, w) for item, ws in text.items() for pos, w in enumerate(ws)],
+        columns=["sae_id", "item_id", "pos", "token_id", "token"],
+    )
     docs, acts = [], []
     for p in personas:
         for para in (0, 1):
@@ -77,12 +79,17 @@ def planted_db(path) -> duckdb.DuckDBPyConnection:
                         v = fires(f, ws, pos, rng)
                         if v > 0:
                             acts.append((SAE, p.name, para, item, pos, f, v))
-    documents = pd.DataFrame(docs, columns=["sae_id", "persona", "paraphrase", "item_id",
-                                            "n_tokens"])
-    activations = pd.DataFrame(acts, columns=["sae_id", "persona", "paraphrase", "item_id",
-                                              "pos", "feature", "value"])
-    for table, frame in (("tokens", tokens), ("documents", documents),
-                         ("activations", activations)):
+    documents = pd.DataFrame(
+        docs, columns=["sae_id", "persona", "paraphrase", "item_id", "n_tokens"]
+    )
+    activations = pd.DataFrame(
+        acts, columns=["sae_id", "persona", "paraphrase", "item_id", "pos", "feature", "value"]
+    )
+    for table, frame in (
+        ("tokens", tokens),
+        ("documents", documents),
+        ("activations", activations),
+    ):
         con.register("frame", frame)
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM frame")
         con.unregister("frame")
@@ -93,8 +100,12 @@ def planted_db(path) -> duckdb.DuckDBPyConnection:
 def test_handles_name_what_a_feature_fires_on_beyond_its_base_rate(tmp_path):
     con = planted_db(tmp_path / "h.duckdb")
     assert write_handles(con, SAE) == 6  # every feature that fires; the dead one has none
-    rows = {f: (h, t) for f, h, t in con.execute(
-        "SELECT feature, handle, terms FROM feature_handles WHERE sae_id = ?", [SAE]).fetchall()}
+    rows = {
+        f: (h, t)
+        for f, h, t in con.execute(
+            "SELECT feature, handle, terms FROM feature_handles WHERE sae_id = ?", [SAE]
+        ).fetchall()
+    }
     assert rows[0][1][0] == "rain" and rows[0][0].startswith("“rain”")
     assert rows[1] == ("diffuse", [])
     assert rows[2][1] == ["pirate"]  # not "the", on which it also fires
@@ -105,15 +116,23 @@ def test_handles_name_what_a_feature_fires_on_beyond_its_base_rate(tmp_path):
 
     # The label's persona joins the handle, and follows a relabel.
     create_label_tables(con)
-    con.execute("INSERT INTO features BY NAME SELECT ? AS sae_id, 0 AS feature, "
-                "'mask-specific' AS label, 'pirate' AS top_persona, 10 AS n_docs_firing", [SAE])
-    con.execute("INSERT INTO features BY NAME SELECT ? AS sae_id, 1 AS feature, "
-                "'shared' AS label, 'pirate' AS top_persona, 10 AS n_docs_firing", [SAE])
-    names = dict(con.execute("SELECT feature, name FROM feature_names WHERE sae_id = ?",
-                             [SAE]).fetchall())
+    con.execute(
+        "INSERT INTO features BY NAME SELECT ? AS sae_id, 0 AS feature, "
+        "'mask-specific' AS label, 'pirate' AS top_persona, 10 AS n_docs_firing",
+        [SAE],
+    )
+    con.execute(
+        "INSERT INTO features BY NAME SELECT ? AS sae_id, 1 AS feature, "
+        "'shared' AS label, 'pirate' AS top_persona, 10 AS n_docs_firing",
+        [SAE],
+    )
+    names = dict(
+        con.execute("SELECT feature, name FROM feature_names WHERE sae_id = ?", [SAE]).fetchall()
+    )
     assert names[0] == rows[0][0] + " · pirate"
     assert names[1] == "diffuse"  # shared: no persona claimed
     con.execute("INSERT INTO annotations (sae_id, feature, label) VALUES (?, 0, 'shared')", [SAE])
-    assert con.execute("SELECT name FROM feature_names WHERE feature = 0").fetchone()[0] \
-        == rows[0][0]
+    assert (
+        con.execute("SELECT name FROM feature_names WHERE feature = 0").fetchone()[0] == rows[0][0]
+    )
     con.close()

@@ -32,17 +32,21 @@ def _sql(db: Path, *statements: str) -> None:
 def _rename_sae(db: Path, new: str) -> None:
     con = duckdb.connect(str(db))
     for (table,) in con.execute(
-            "SELECT DISTINCT c.table_name FROM duckdb_columns() c JOIN duckdb_tables() t "
-            "USING (database_name, schema_name, table_name) WHERE c.column_name = 'sae_id' "
-            "AND c.database_name = current_database()").fetchall():
+        "SELECT DISTINCT c.table_name FROM duckdb_columns() c JOIN duckdb_tables() t "
+        "USING (database_name, schema_name, table_name) WHERE c.column_name = 'sae_id' "
+        "AND c.database_name = current_database()"
+    ).fetchall():
         con.execute(f'UPDATE "{table}" SET sae_id = ?', [new])
     con.close()
 
 
 def _retype(db: Path, table: str, column: str, value: str) -> None:
     """`table.column` turned into text holding `value` (a damaged file)."""
-    _sql(db, f'ALTER TABLE {table} ALTER "{column}" SET DATA TYPE VARCHAR',
-         f"UPDATE {table} SET \"{column}\" = '{value}'")
+    _sql(
+        db,
+        f'ALTER TABLE {table} ALTER "{column}" SET DATA TYPE VARCHAR',
+        f"UPDATE {table} SET \"{column}\" = '{value}'",
+    )
 
 
 def corpus(where: Path, base: Path) -> dict[str, Callable[[Path], None]]:
@@ -51,26 +55,35 @@ def corpus(where: Path, base: Path) -> dict[str, Callable[[Path], None]]:
     inject = f"COPY (SELECT 'pwned') TO '{pwned}' (HEADER false)"
     return {
         "table name closing its quote": lambda db: _sql(
-            db, f'CREATE TABLE "x""; {inject.replace(chr(34), chr(34) * 2)}; --" (a INTEGER)'),
-        "table name with a slash and ..": lambda db: _sql(
-            db, 'CREATE TABLE "../../x" (a INTEGER)'),
+            db, f'CREATE TABLE "x""; {inject.replace(chr(34), chr(34) * 2)}; --" (a INTEGER)'
+        ),
+        "table name with a slash and ..": lambda db: _sql(db, 'CREATE TABLE "../../x" (a INTEGER)'),
         "column name closing its quote": lambda db: _sql(
-            db, f'ALTER TABLE saes ADD COLUMN "y""); {inject.replace(chr(34), chr(34) * 2)}; --" '
-                "INTEGER"),
+            db,
+            f'ALTER TABLE saes ADD COLUMN "y""); {inject.replace(chr(34), chr(34) * 2)}; --" '
+            "INTEGER",
+        ),
         "sae id ../*": lambda db: _rename_sae(db, "../*"),
         "sae id ../victim": lambda db: _rename_sae(db, "../victim"),
         "sae id with control characters": lambda db: _rename_sae(db, "a\n\x1b[31mb"),
         "view reading a file": lambda db: _sql(
-            db, f"CREATE OR REPLACE VIEW feature_names AS SELECT content AS handle FROM "
-                f"read_text('{secret}')"),
+            db,
+            f"CREATE OR REPLACE VIEW feature_names AS SELECT content AS handle FROM "
+            f"read_text('{secret}')",
+        ),
         "view in place of a table": lambda db: _sql(
-            db, "DROP TABLE features", f"CREATE VIEW features AS SELECT content, 0 AS feature "
-                                       f"FROM read_text('{secret}')"),
+            db,
+            "DROP TABLE features",
+            f"CREATE VIEW features AS SELECT content, 0 AS feature FROM read_text('{secret}')",
+        ),
         "macro replacing a function": lambda db: _sql(
-            db, f"CREATE MACRO lower(x) AS (SELECT content FROM read_text('{secret}'))"),
+            db, f"CREATE MACRO lower(x) AS (SELECT content FROM read_text('{secret}'))"
+        ),
         "table macro reading a file": lambda db: _sql(
-            db, f"CREATE OR REPLACE MACRO example_contexts(a, b) AS TABLE SELECT content FROM "
-                f"read_text('{secret}')"),
+            db,
+            f"CREATE OR REPLACE MACRO example_contexts(a, b) AS TABLE SELECT content FROM "
+            f"read_text('{secret}')",
+        ),
         "d_sae as text": lambda db: _retype(db, "saes", "d_sae", "many"),
         "d_sae absurd": lambda db: _sql(db, "UPDATE saes SET d_sae = 2000000000"),
         "d_sae against its weights": lambda db: _sql(db, "UPDATE saes SET d_sae = 4096"),
@@ -109,8 +122,11 @@ def outside(folder: Path, db: Path, out: Path) -> dict[str, tuple[int, int]]:
     """The files under `folder` but the command's own outputs (the database, its WAL, its
     FAISS folder, `out`) and the databases of the corpus themselves."""
     mine = (db.name, out.name, out.with_suffix(".duckdb").name)
-    return {k: v if (folder / k).is_file() else (0, 0) for k, v in snapshot(folder).items()
-            if not any(part.startswith(mine) for part in Path(k).parts)}
+    return {
+        k: v if (folder / k).is_file() else (0, 0)
+        for k, v in snapshot(folder).items()
+        if not any(part.startswith(mine) for part in Path(k).parts)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +197,11 @@ def test_the_corpus_is_hostile(tmp_path, indexed_db):
     (tmp_path / "secret.txt").write_text(SECRET)
     members = {}
     for name, make in corpus(tmp_path, indexed_db).items():
-        if name in ("table name closing its quote", "macro replacing a function",
-                    "view reading a file"):
+        if name in (
+            "table name closing its quote",
+            "macro replacing a function",
+            "view reading a file",
+        ):
             (tmp_path / str(len(members))).mkdir()
             members[name] = copy_db(indexed_db, tmp_path / str(len(members)) / "db.duckdb")
             make(members[name])
@@ -197,8 +216,7 @@ def test_the_corpus_is_hostile(tmp_path, indexed_db):
     con.close()
 
 
-def test_a_hostile_sae_id_never_removes_a_folder_beside_the_database(capfd, tmp_path,
-                                                                    indexed_db):
+def test_a_hostile_sae_id_never_removes_a_folder_beside_the_database(capfd, tmp_path, indexed_db):
     """`index` once globbed `<db>.faiss/{sae_id}.*` and removed what the database did not name:
     an id `../*` deleted every folder with a dot in its name beside the database."""
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
@@ -221,7 +239,7 @@ def test_names_in_a_received_export_manifest_are_never_sql(capfd, tmp_path, inde
 
     manifest = json.loads((out / "EXPORT.json").read_text())
     pwned = tmp_path / "pwned.txt"
-    evil = f'x" AS SELECT 1; COPY (SELECT 1) TO \'{pwned}\'; --'
+    evil = f"x\" AS SELECT 1; COPY (SELECT 1) TO '{pwned}'; --"
     manifest["columns"][evil] = ["a"]
     manifest["rows"][evil] = 0
     (out / "EXPORT.json").write_text(json.dumps(manifest))
@@ -238,16 +256,19 @@ def test_sql_on_an_export_cannot_write_into_the_export(capfd, tmp_path, indexed_
     assert run_one(capfd, ["export", "--db", str(indexed_db), "--parquet", str(out)])[0] == 0
     before = snapshot(out)
     views = str(out / "shoggoth.duckdb")
-    for query in (f"COPY (SELECT * FROM features LIMIT 0) TO '{out}/features.parquet'",
-                  f"COPY (SELECT 1 AS x) TO '{out}/EXPORT.json' (FORMAT json)",
-                  f"ATTACH '{out}/new.duckdb' AS n",
-                  f"EXPORT DATABASE '{out}/dump'"):
+    for query in (
+        f"COPY (SELECT * FROM features LIMIT 0) TO '{out}/features.parquet'",
+        f"COPY (SELECT 1 AS x) TO '{out}/EXPORT.json' (FORMAT json)",
+        f"ATTACH '{out}/new.duckdb' AS n",
+        f"EXPORT DATABASE '{out}/dump'",
+    ):
         for extra in ([], ["--write"]):
             code, _, err = run_one(capfd, ["sql", "--db", views, *extra, query])
             assert code == 2 and "refused" in err and err.count("\n") == 1, (query, err)
     assert snapshot(out) == before
-    code, stdout, _ = run_one(capfd, ["sql", "--db", views, "--format", "csv",
-                                      "SELECT count(*) FROM features"])
+    code, stdout, _ = run_one(
+        capfd, ["sql", "--db", views, "--format", "csv", "SELECT count(*) FROM features"]
+    )
     assert code == 0 and int(stdout.splitlines()[1]) > 0
 
 
@@ -257,11 +278,23 @@ def test_the_views_of_an_export_come_from_its_manifest(capfd, tmp_path, indexed_
     out = tmp_path / "export"
     assert run_one(capfd, ["export", "--db", str(indexed_db), "--parquet", str(out)])[0] == 0
     (out / "secret.txt").write_text(SECRET)
-    _sql(out / "shoggoth.duckdb", "DROP VIEW feature_names",
-         f"CREATE VIEW feature_names AS SELECT content AS handle FROM "
-         f"read_text('{out / 'secret.txt'}')")
-    code, stdout, err = run_one(capfd, ["sql", "--db", str(out / "shoggoth.duckdb"),
-                                        "--format", "csv", "SELECT handle FROM feature_names"])
+    _sql(
+        out / "shoggoth.duckdb",
+        "DROP VIEW feature_names",
+        f"CREATE VIEW feature_names AS SELECT content AS handle FROM "
+        f"read_text('{out / 'secret.txt'}')",
+    )
+    code, stdout, err = run_one(
+        capfd,
+        [
+            "sql",
+            "--db",
+            str(out / "shoggoth.duckdb"),
+            "--format",
+            "csv",
+            "SELECT handle FROM feature_names",
+        ],
+    )
     assert code == 0, err
     assert SECRET not in stdout and len(stdout.splitlines()) > 1
 
@@ -270,11 +303,15 @@ def test_the_views_of_an_export_come_from_its_manifest(capfd, tmp_path, indexed_
 def test_sql_out_to_a_device_writes_in_place(capfd, indexed_db, target):
     """As root, `sql --out /dev/full` once replaced the device node with a regular file."""
     before = os.stat(target)
-    code, _, err = run_one(capfd, ["sql", "--db", str(indexed_db), "--format", "csv", "--out",
-                                   target, "SELECT 1 AS x"])
+    code, _, err = run_one(
+        capfd, ["sql", "--db", str(indexed_db), "--format", "csv", "--out", target, "SELECT 1 AS x"]
+    )
     after = os.stat(target)
-    assert (after.st_ino, after.st_mode, after.st_rdev) == \
-        (before.st_ino, before.st_mode, before.st_rdev)
+    assert (after.st_ino, after.st_mode, after.st_rdev) == (
+        before.st_ino,
+        before.st_mode,
+        before.st_rdev,
+    )
     if target == "/dev/null":
         assert code == 0, err
     else:
@@ -289,8 +326,10 @@ def test_a_fifo_output_is_written_in_place(capfd, tmp_path, indexed_db):
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
     reader.start()
-    code, _, err = run_one(capfd, ["sql", "--db", str(indexed_db), "--format", "csv", "--out",
-                                   str(fifo), "SELECT 42 AS x"])
+    code, _, err = run_one(
+        capfd,
+        ["sql", "--db", str(indexed_db), "--format", "csv", "--out", str(fifo), "SELECT 42 AS x"],
+    )
     reader.join(10)
     assert code == 0, err
     assert got == [b"x\n42\n"] and fifo.is_fifo()
@@ -298,14 +337,19 @@ def test_a_fifo_output_is_written_in_place(capfd, tmp_path, indexed_db):
 
 def test_a_database_given_through_a_link_is_updated_not_replaced(capfd, tmp_path, indexed_db):
     """`index --db <symlink>` once replaced the link with a new regular file."""
-    real = copy_db(indexed_db, tmp_path / "real" / "db.duckdb") if (tmp_path / "real").mkdir() \
-        is None else None
+    real = (
+        copy_db(indexed_db, tmp_path / "real" / "db.duckdb")
+        if (tmp_path / "real").mkdir() is None
+        else None
+    )
     assert real is not None
     link = tmp_path / "link.duckdb"
     link.symlink_to(real)
     before = real.stat().st_ino
-    for argv in (["index", "--db", str(link)], ["label", "--db", str(link), "--min-docs", "5",
-                                                "--calibration-seeds", "1"]):
+    for argv in (
+        ["index", "--db", str(link)],
+        ["label", "--db", str(link), "--min-docs", "5", "--calibration-seeds", "1"],
+    ):
         code, _, err = run_one(capfd, argv)
         assert code == 0, err
         assert link.is_symlink() and link.resolve() == real.resolve()
@@ -327,8 +371,10 @@ def test_a_killed_exports_old_copy_is_put_back_or_removed(capfd, tmp_path, index
     assert code == 2 and "--overwrite" in err, err  # the old export is back: not replaced
     assert (out / "EXPORT.json").is_file() and not aside.exists()
     shutil.copytree(out, aside)  # a copy left beside a complete export
-    assert run_one(capfd, ["export", "--db", str(indexed_db), "--parquet", str(out),
-                           "--overwrite"])[0] == 0
+    assert (
+        run_one(capfd, ["export", "--db", str(indexed_db), "--parquet", str(out), "--overwrite"])[0]
+        == 0
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
@@ -343,9 +389,14 @@ def test_names_with_terminal_sequences_do_not_reach_the_terminal(tmp_path, index
     _rename_sae(db, "ev\x1b]0;PWNED\x07il\x1b[2J")
     exe = Path(sys.executable).with_name("shoggoth")
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([str(exe), "status", "--db", str(db)], stdin=follower,
-                            stdout=follower, stderr=follower, close_fds=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"})
+    proc = subprocess.Popen(
+        [str(exe), "status", "--db", str(db)],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        close_fds=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"},
+    )
     os.close(follower)
     seen = b""
     while True:

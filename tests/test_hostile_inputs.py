@@ -218,9 +218,23 @@ def test_a_long_persona_name_is_one_short_line(tmp_path):
     assert "persona name" in line, line
 
 
-@pytest.mark.parametrize("given", [
-    "javascript:alert(1)", "gpt2-small/../../evil", "a/b/c", "a b/c", "/x", "x/", "", None, 3,
-    "gpt2-small/8-res-jb?x=1", "gpt2-small/8-res-jb#top", "gpt2-small/8-res-jb\n"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        "javascript:alert(1)",
+        "gpt2-small/../../evil",
+        "a/b/c",
+        "a b/c",
+        "/x",
+        "x/",
+        "",
+        None,
+        3,
+        "gpt2-small/8-res-jb?x=1",
+        "gpt2-small/8-res-jb#top",
+        "gpt2-small/8-res-jb\n",
+    ],
+)
 def test_a_neuronpedia_id_that_could_leave_its_url_gets_no_link(given):
     from shoggoth.core.names import neuronpedia_url
 
@@ -230,5 +244,7 @@ def test_a_neuronpedia_id_that_could_leave_its_url_gets_no_link(given):
 def test_a_neuronpedia_id_links_to_the_feature_page():
     from shoggoth.core.names import neuronpedia_url
 
-    assert neuronpedia_url("gemma-3-270m-it/12-gemmascope-2-res-16k", 7) == \
-        "https://neuronpedia.org/gemma-3-270m-it/12-gemmascope-2-res-16k/7"
+    assert (
+        neuronpedia_url("gemma-3-270m-it/12-gemmascope-2-res-16k", 7)
+        == "https://neuronpedia.org/gemma-3-270m-it/12-gemmascope-2-res-16k/7"
+    )

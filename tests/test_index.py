@@ -46,9 +46,11 @@ def test_examples_and_histograms(indexed):
     bad = con.execute("""SELECT count(*) FROM examples WHERE kind LIKE 'interval%'
                          AND (value < bin_lo - 1e-6 OR value > bin_hi + 1e-6)""").fetchone()[0]
     assert bad == 0
-    assert con.execute("""SELECT max(n) FROM (SELECT count(*) AS n FROM examples
-                          WHERE kind LIKE 'interval%' GROUP BY feature, kind)""").fetchone()[0] \
+    assert (
+        con.execute("""SELECT max(n) FROM (SELECT count(*) AS n FROM examples
+                          WHERE kind LIKE 'interval%' GROUP BY feature, kind)""").fetchone()[0]
         <= 5
+    )
     # Histograms count every firing token once.
     diff = con.execute("""SELECT count(*) FROM (SELECT feature, count(*) AS n FROM activations
                           GROUP BY feature) a FULL JOIN (SELECT feature, sum(count) AS n
@@ -67,14 +69,17 @@ def test_neighbours_match_brute_force(indexed, tiny_sae_dir):
     np.fill_diagonal(sims, -np.inf)
     want = np.argsort(-sims, axis=1)[:, :10]
     con = duckdb.connect(str(indexed), read_only=True)
-    got = con.execute("SELECT feature, list(neighbor ORDER BY rank), list(cosine ORDER BY rank) "
-                      "FROM neighbors GROUP BY feature ORDER BY feature").fetchall()
+    got = con.execute(
+        "SELECT feature, list(neighbor ORDER BY rank), list(cosine ORDER BY rank) "
+        "FROM neighbors GROUP BY feature ORDER BY feature"
+    ).fetchall()
     assert len(got) == w.shape[0]
     for feature, neighbours, cosines in got:
         assert neighbours == list(want[feature])
         assert np.allclose(cosines, sims[feature, want[feature]], atol=1e-5)
-    path, kind, recall = con.execute("SELECT path, kind, recall_at_10 FROM faiss_indexes "
-                                     "WHERE name = 'decoder'").fetchone()
+    path, kind, recall = con.execute(
+        "SELECT path, kind, recall_at_10 FROM faiss_indexes WHERE name = 'decoder'"
+    ).fetchone()
     assert kind == "flat" and recall == 1.0
     assert faiss.read_index(str(faiss_dir(indexed) / path)).ntotal == w.shape[0]
     prof = con.execute("SELECT count(DISTINCT feature) FROM profile_neighbors").fetchone()[0]
@@ -89,11 +94,22 @@ def test_logit_effects_match_numpy(indexed, tiny_sae_dir, tiny_gpt2):
     con = duckdb.connect(str(indexed), read_only=True)
     assert con.execute("SELECT logit_effects FROM saes").fetchone()[0].startswith("computed")
     for feature in (0, 17, 63):
-        up = [t for (t,) in con.execute("SELECT token_id FROM logit_effects WHERE feature = ? AND "
-                                        "sign = 'promoted' ORDER BY rank", [feature]).fetchall()]
-        down = [t for (t,) in con.execute("SELECT token_id FROM logit_effects WHERE feature = ? "
-                                          "AND sign = 'suppressed' ORDER BY rank",
-                                          [feature]).fetchall()]
+        up = [
+            t
+            for (t,) in con.execute(
+                "SELECT token_id FROM logit_effects WHERE feature = ? AND "
+                "sign = 'promoted' ORDER BY rank",
+                [feature],
+            ).fetchall()
+        ]
+        down = [
+            t
+            for (t,) in con.execute(
+                "SELECT token_id FROM logit_effects WHERE feature = ? "
+                "AND sign = 'suppressed' ORDER BY rank",
+                [feature],
+            ).fetchall()
+        ]
         assert up == list(np.argsort(-logits[feature])[:10])
         assert down == list(np.argsort(logits[feature])[:10])
     con.close()
@@ -110,8 +126,9 @@ def test_rebuild_replaces_and_hnsw_records_recall(capfd, indexed, tmp_path):
     assert code == 0, err
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM examples").fetchone()[0] == n_examples
-    kind, recall = con.execute("SELECT kind, recall_at_10 FROM faiss_indexes "
-                               "WHERE name = 'decoder'").fetchone()
+    kind, recall = con.execute(
+        "SELECT kind, recall_at_10 FROM faiss_indexes WHERE name = 'decoder'"
+    ).fetchone()
     assert kind == "hnsw" and recall >= 0.95
     con.close()
     assert not list(tmp_path.glob(".copy.duckdb*"))
@@ -137,8 +154,7 @@ def test_hnsw_recall_is_measured_and_falls_back_to_exact():
 
 
 def test_encoder_skips_logit_effects(capfd, tmp_path, minilm):
-    sae = build_random_sae(tmp_path / "s", "minilm", 384, "blocks.3.hook_resid_post", d_sae=96,
-                           k=8)
+    sae = build_random_sae(tmp_path / "s", "minilm", 384, "blocks.3.hook_resid_post", d_sae=96, k=8)
     db = tmp_path / "m.duckdb"
     args = battery(tmp_path / "b", 4)
     assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae), *map(str, args)]) == 0
@@ -153,8 +169,11 @@ def test_encoder_skips_logit_effects(capfd, tmp_path, minilm):
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
@@ -166,9 +185,12 @@ def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
     files = _files(faiss_dir(db))
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     exe = Path(sys.executable).with_name("shoggoth")
-    proc = subprocess.Popen([str(exe), "index", "--db", str(db), "--exact-max", "10"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [str(exe), "index", "--db", str(db), "--exact-max", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     partial = tmp_path / f".k.duckdb.index-{proc.pid}.partial"  # (one per process)
     deadline = time.time() + 120
     while time.time() < deadline and not partial.exists():
@@ -179,8 +201,12 @@ def test_kill_9_during_index_leaves_the_old_database(tmp_path, indexed):
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM examples").fetchone()[0] > 0
-    referenced = [p for (p,) in con.execute("SELECT path FROM faiss_indexes UNION ALL "
-                                            "SELECT path FROM persona_vectors").fetchall()]
+    referenced = [
+        p
+        for (p,) in con.execute(
+            "SELECT path FROM faiss_indexes UNION ALL SELECT path FROM persona_vectors"
+        ).fetchall()
+    ]
     con.close()
     after = _files(faiss_dir(db))
     assert referenced and all(after[p] == files[p] for p in referenced)
@@ -207,8 +233,9 @@ def test_persona_vectors_match_a_direct_computation(indexed, tiny_gpt2, tiny_sae
         batch = build_batch(tiny_gpt2.tokenizer, rows, prepend_bos=tiny_gpt2.prepend_bos)
         means[p.name] = continuation_activations(tiny_gpt2, batch, hook).double().mean(0).numpy()
     baseline = np.mean([means[p.name] for p in personas if not p.is_control], axis=0)
-    table = con.execute("SELECT persona, row, path, is_control, norm FROM persona_vectors "
-                        "ORDER BY row").fetchall()
+    table = con.execute(
+        "SELECT persona, row, path, is_control, norm FROM persona_vectors ORDER BY row"
+    ).fetchall()
     assert [r[0] for r in table] == [p.name for p in personas]
     vectors = np.load(faiss_dir(indexed) / table[0][2])
     for persona, row, _, is_control, norm in table:
@@ -220,8 +247,11 @@ def test_persona_vectors_match_a_direct_computation(indexed, tiny_gpt2, tiny_sae
     w = unit(SAE.load_from_disk(str(tiny_sae_dir)).W_dec.detach().numpy())
     for persona, row, *_ in table:
         cos = w @ (vectors[row] / np.linalg.norm(vectors[row]))
-        got = con.execute("SELECT list(feature ORDER BY rank), list(cosine ORDER BY rank) "
-                          "FROM persona_features WHERE persona = ?", [persona]).fetchone()
+        got = con.execute(
+            "SELECT list(feature ORDER BY rank), list(cosine ORDER BY rank) "
+            "FROM persona_features WHERE persona = ?",
+            [persona],
+        ).fetchone()
         assert got[0] == list(np.argsort(-cos)[:20])
         assert np.allclose(got[1], np.sort(cos)[::-1][:20], atol=1e-5)
     con.close()
@@ -248,11 +278,13 @@ def test_umap_maps_are_stored_seeded_and_keep_neighbours(capfd, indexed, tmp_pat
     con.close()
     coords = []
     for _ in range(2):
-        assert cli.main(["index", "--db", str(db), "--map", "umap"]) == 0, \
-            capfd.readouterr()[1]
+        assert cli.main(["index", "--db", str(db), "--map", "umap"]) == 0, capfd.readouterr()[1]
         con = duckdb.connect(str(db), read_only=True)
-        coords.append(con.execute("SELECT map, method, feature, x, y FROM feature_maps "
-                                  "ORDER BY map, feature").df())
+        coords.append(
+            con.execute(
+                "SELECT map, method, feature, x, y FROM feature_maps ORDER BY map, feature"
+            ).df()
+        )
         con.close()
     got = coords[0]
     assert set(got["method"]) == {"umap"} and set(got["map"]) == {"decoder", "persona_profile"}

@@ -24,13 +24,28 @@ EXE = Path(sys.executable).with_name("shoggoth")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 COMMANDS = {
-    "layers": (["layers", "--device", "cpu"],
-               "SELECT layer, probe_accuracy FROM layer_probe ORDER BY layer"),
-    "generate": (["generate", "--max-tokens", "6", "--items-per-topic", "1", "--batch", "2",
-                  "--device", "cpu"],
-                 "SELECT persona, paraphrase, item_id, text FROM answers ORDER BY ALL"),
-    "index": (["index", "--map", "pca", "--device", "cpu"],
-              "SELECT feature, rank, neighbor, round(cosine, 5) FROM neighbors ORDER BY ALL"),
+    "layers": (
+        ["layers", "--device", "cpu"],
+        "SELECT layer, probe_accuracy FROM layer_probe ORDER BY layer",
+    ),
+    "generate": (
+        [
+            "generate",
+            "--max-tokens",
+            "6",
+            "--items-per-topic",
+            "1",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        "SELECT persona, paraphrase, item_id, text FROM answers ORDER BY ALL",
+    ),
+    "index": (
+        ["index", "--map", "pca", "--device", "cpu"],
+        "SELECT feature, rank, neighbor, round(cosine, 5) FROM neighbors ORDER BY ALL",
+    ),
 }
 
 
@@ -40,8 +55,14 @@ def rows(db: Path, query: str) -> list[tuple]:
 
 
 def start(argv: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(EXE), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV, preexec_fn=default_sigint)
+    return subprocess.Popen(
+        [str(EXE), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        preexec_fn=default_sigint,
+    )
 
 
 def stop_after(proc: subprocess.Popen[str], sig: int, seconds: float) -> tuple[int, str]:
@@ -68,13 +89,18 @@ def reference(labelled_db, tmp_path_factory) -> dict[str, list[tuple]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, sig, seconds", [
-    # each command runs for 7-10 s here (about 3 of them loading the libraries)
-    ("layers", signal.SIGINT, 5.0), ("generate", signal.SIGTERM, 5.0),
-    ("index", signal.SIGKILL, 6.0),
-])
-def test_an_interrupted_command_resumes_to_the_same_result(labelled_db, reference, tmp_path,
-                                                          name, sig, seconds):
+@pytest.mark.parametrize(
+    "name, sig, seconds",
+    [
+        # each command runs for 7-10 s here (about 3 of them loading the libraries)
+        ("layers", signal.SIGINT, 5.0),
+        ("generate", signal.SIGTERM, 5.0),
+        ("index", signal.SIGKILL, 6.0),
+    ],
+)
+def test_an_interrupted_command_resumes_to_the_same_result(
+    labelled_db, reference, tmp_path, name, sig, seconds
+):
     argv, query = COMMANDS[name]
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     before = rows(db, "SELECT count(*) FROM features")
@@ -94,16 +120,27 @@ def test_an_interrupted_command_resumes_to_the_same_result(labelled_db, referenc
 def test_an_interrupted_export_keeps_the_last_export_and_reruns(labelled_db, tmp_path, sig):
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     out = tmp_path / "pq"
-    first = subprocess.run([str(EXE), "export", "--db", str(db), "--parquet", str(out)],
-                           capture_output=True, text=True, env=ENV, timeout=300)
+    first = subprocess.run(
+        [str(EXE), "export", "--db", str(db), "--parquet", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert first.returncode == 0, first.stderr
     manifest = json.loads((out / "EXPORT.json").read_text())["rows"]
-    code, err = stop_after(start(["export", "--db", str(db), "--parquet", str(out),
-                                  "--overwrite"]), sig, 0.7)
+    code, err = stop_after(
+        start(["export", "--db", str(db), "--parquet", str(out), "--overwrite"]), sig, 0.7
+    )
     assert "Traceback" not in err and code in (0, 130, -sig), (code, err)
     assert json.loads((out / "EXPORT.json").read_text())["rows"] == manifest  # whole, either one
-    again = subprocess.run([str(EXE), "export", "--db", str(db), "--parquet", str(out),
-                            "--overwrite"], capture_output=True, text=True, env=ENV, timeout=300)
+    again = subprocess.run(
+        [str(EXE), "export", "--db", str(db), "--parquet", str(out), "--overwrite"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "EXPORT.json").read_text())["rows"] == manifest
     assert not list(tmp_path.glob(".pq.partial-*"))

@@ -24,10 +24,17 @@ CONDITIONS = [(0.014, 0.15), (0.0005, 0.15), (0.014, 0.0)]
 @pytest.fixture(scope="module", params=CONDITIONS, ids=lambda c: f"bg{c[0]}-wording{c[1]}")
 def labelled(request):
     background, wording = request.param
-    df, docs, personas, topics, truth = planted(7, per_kind=15, background=background,
-                                                wording=wording)
-    return df, docs, personas, topics, truth, label_features(df, docs, personas, len(truth),
-                                                             topics=topics)
+    df, docs, personas, topics, truth = planted(
+        7, per_kind=15, background=background, wording=wording
+    )
+    return (
+        df,
+        docs,
+        personas,
+        topics,
+        truth,
+        label_features(df, docs, personas, len(truth), topics=topics),
+    )
 
 
 def test_the_issues_targets_hold_on_the_planted_battery(labelled):
@@ -113,8 +120,10 @@ def test_reassignment_moves_whole_prompts_and_keeps_controls():
     assert len(r) == len(df) and len(rdocs) == len(docs)
     key = ["persona", "paraphrase", "item_id"]
     assert not rdocs[key].astype(str).duplicated().any()
-    moved = df.assign(new=r["persona"].astype(str) + "/" + r["paraphrase"].astype(str),
-                      old=df["persona"].astype(str) + "/" + df["paraphrase"].astype(str))
+    moved = df.assign(
+        new=r["persona"].astype(str) + "/" + r["paraphrase"].astype(str),
+        old=df["persona"].astype(str) + "/" + df["paraphrase"].astype(str),
+    )
     assert (moved.groupby("old")["new"].nunique() == 1).all()  # a prompt moves as a whole
     assert (moved["old"] != moved["new"]).mean() > 0.5
     ctrl = df["persona"].astype(str).str.startswith("control")
@@ -154,16 +163,19 @@ def test_edge_cases():
     assert row["argmax_persona"] == p0 and row["top_share"] == 1.0
     assert any("do not all share the same items" in n for n in out.attrs["notes"])
 
-    for bad, words in [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
-                       (-1.0, ">= 0")]:
+    for bad, words in [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-1.0, ">= 0")]:
         frame = docs.head(3).assign(feature=0, mean_act=[1.0, bad, 2.0])
         with pytest.raises(BadInput, match=words):
             label_features(frame, docs, personas, 1)
     with pytest.raises(BadInput, match="out of range"):
         label_features(docs.head(1).assign(feature=7, mean_act=1.0), docs, personas, 3)
     with pytest.raises(BadInput, match="not in documents"):
-        label_features(pd.DataFrame([("ghost", 0, "item000", 0, 1.0)],
-                                    columns=empty.columns), docs, personas, 1)
+        label_features(
+            pd.DataFrame([("ghost", 0, "item000", 0, 1.0)], columns=empty.columns),
+            docs,
+            personas,
+            1,
+        )
 
 
 def test_what_a_battery_cannot_support_is_said_and_the_rest_is_labelled():
@@ -198,8 +210,9 @@ def datasets(draw):
     return df, docs, personas, topics, len(truth), draw(st.permutations(list(personas["persona"])))
 
 
-@settings(max_examples=6, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(datasets(), st.floats(0.01, 100))
 def test_relabelling_and_scaling_change_nothing_else(data, scale):
     df, docs, personas, topics, n, names = data
@@ -208,15 +221,28 @@ def test_relabelling_and_scaling_change_nothing_else(data, scale):
     renamed = label_features(
         df.assign(persona=df["persona"].astype(str).map(mapping)),
         docs.assign(persona=docs["persona"].map(mapping)),
-        personas.assign(persona=personas["persona"].map(mapping),
-                        control_of=personas["control_of"].map(mapping)), n, topics=topics)
+        personas.assign(
+            persona=personas["persona"].map(mapping), control_of=personas["control_of"].map(mapping)
+        ),
+        n,
+        topics=topics,
+    )
     assert list(renamed["label"]) == list(base["label"])
     assert list(renamed["top_persona"]) == [mapping.get(p) for p in base["top_persona"]]
-    numeric = ["top_share", "k_eff", "p_value", "max_min_ratio", "top_ratio",
-               "paraphrase_margin", "control_ratio", "ratio_ci_high"]
+    numeric = [
+        "top_share",
+        "k_eff",
+        "p_value",
+        "max_min_ratio",
+        "top_ratio",
+        "paraphrase_margin",
+        "control_ratio",
+        "ratio_ci_high",
+    ]
     pd.testing.assert_frame_equal(renamed[numeric], base[numeric])
-    scaled = label_features(df.assign(mean_act=df["mean_act"] * scale), docs, personas, n,
-                            topics=topics)
+    scaled = label_features(
+        df.assign(mean_act=df["mean_act"] * scale), docs, personas, n, topics=topics
+    )
     assert list(scaled["label"]) == list(base["label"])
     pd.testing.assert_frame_equal(scaled[numeric], base[numeric], rtol=1e-5)
 
@@ -226,8 +252,9 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
 
     db = tmp_path / "db.duckdb"
     args = battery(tmp_path / "b", 30)
-    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir),
-                          *map(str, args)]) == 0
+    assert (
+        cli.main(["harvest", "--db", str(db), "--sae-dir", str(tiny_sae_dir), *map(str, args)]) == 0
+    )
     capfd.readouterr()
     code = cli.main(["label", "--db", str(db), "--min-docs", "5"])
     out, err = capfd.readouterr()
@@ -241,12 +268,14 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
     assert n == (64, 64)  # one row per feature of the SAE
     labels = {r[0] for r in con.execute("SELECT label FROM features").fetchall()}
     assert labels <= set(LABELS)
-    runs = [r[0] for r in con.execute("SELECT DISTINCT run FROM calibration ORDER BY run"
-                                      ).fetchall()]
+    runs = [
+        r[0] for r in con.execute("SELECT DISTINCT run FROM calibration ORDER BY run").fetchall()
+    ]
     assert runs == ["real", "reassigned:0", "reassigned:1", "reassigned:2"]
     real = dict(con.execute("SELECT label, n FROM calibration WHERE run = 'real'").fetchall())
-    assert real == dict(con.execute("SELECT label, count(*) FROM features GROUP BY label"
-                                    ).fetchall()) | {k: 0 for k in set(LABELS) - set(labels)}
+    assert real == dict(
+        con.execute("SELECT label, count(*) FROM features GROUP BY label").fetchall()
+    ) | {k: 0 for k in set(LABELS) - set(labels)}
     fdr = con.execute("SELECT label, n_real, n_null, fdr FROM label_fdr ORDER BY label").fetchall()
     assert {r[0] for r in fdr} == set(LABELS)
     for label, n_real, n_null, rate in fdr:
@@ -260,8 +289,10 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
         JOIN (SELECT persona::VARCHAR AS persona, count(*) AS n FROM documents GROUP BY ALL) d
         USING (persona) LIMIT 50""").fetchall()
     assert fp and all(abs(a - b) < 1e-9 for a, b in fp)
-    con.execute("INSERT INTO annotations (sae_id, feature, label, note) VALUES "
-                "('tiny-sae', 3, 'shared', 'checked by hand')")
+    con.execute(
+        "INSERT INTO annotations (sae_id, feature, label, note) VALUES "
+        "('tiny-sae', 3, 'shared', 'checked by hand')"
+    )
     before = con.execute("SELECT * FROM features ORDER BY feature").fetchall()
     con.close()
 
@@ -269,8 +300,9 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT * FROM features ORDER BY feature").fetchall() == before
     assert con.execute("SELECT count(*) FROM annotations").fetchone()[0] == 1
-    assert con.execute("SELECT label, manual_label FROM feature_labels WHERE feature = 3"
-                       ).fetchone() == ("shared", "shared")
+    assert con.execute(
+        "SELECT label, manual_label FROM feature_labels WHERE feature = 3"
+    ).fetchone() == ("shared", "shared")
     con.close()
 
     capfd.readouterr()
@@ -279,13 +311,16 @@ def test_label_command_writes_tables_and_keeps_annotations(capfd, tmp_path, tiny
     assert code == 2 and "--sae nope" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing", ["no such file"]),
-    ("not_duckdb", ["not a DuckDB database"]),
-    ("empty_db", ["not a shoggoth database"]),
-    ("no_harvest", ["holds no harvest yet"]),
-    ("two_saes", ["holds several SAEs", "--sae"]),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing", ["no such file"]),
+        ("not_duckdb", ["not a DuckDB database"]),
+        ("empty_db", ["not a shoggoth database"]),
+        ("no_harvest", ["holds no harvest yet"]),
+        ("two_saes", ["holds several SAEs", "--sae"]),
+    ],
+)
 def test_label_bad_input(capfd, tmp_path, case, words):
     from shoggoth.battery.personas import load_items, load_personas
     from shoggoth.index.store.schema import create_schema
@@ -300,8 +335,11 @@ def test_label_bad_input(capfd, tmp_path, case, words):
         create_schema(con, load_personas(), load_items())
         if case == "two_saes":
             for name in ("a", "b"):
-                con.execute("INSERT INTO saes (sae_id, model, hook, d_in, d_sae) VALUES "
-                            "(?, 'm', 'h', 4, 8)", [name])
+                con.execute(
+                    "INSERT INTO saes (sae_id, model, hook, d_in, d_sae) VALUES "
+                    "(?, 'm', 'h', 4, 8)",
+                    [name],
+                )
         con.close()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     code = cli.main(["label", "--db", str(db)])
@@ -336,8 +374,9 @@ def test_calibration_runs_and_the_fdr_table():
     assert pd.isna(table.at["shared", "fdr"])
     # Two paraphrases a persona: no split run, and a note says why.
     two = docs["paraphrase"] < 2
-    calib = calibrate(df[df["paraphrase"] < 2], docs[two], personas, len(truth), cfg, 1,
-                      topics, notes)
+    calib = calibrate(
+        df[df["paraphrase"] < 2], docs[two], personas, len(truth), cfg, 1, topics, notes
+    )
     assert list(calib["run"].unique()) == ["reassigned:0"]
     assert any("4 or more paraphrases" in n for n in notes)
 

@@ -20,8 +20,9 @@ from shoggoth.pipeline.layers import (
 
 
 def planted_docs(n_personas=4, n_para=4, n_items=12):
-    grid = np.array([(k, j, i) for k in range(n_personas) for j in range(n_para)
-                     for i in range(n_items)])
+    grid = np.array(
+        [(k, j, i) for k in range(n_personas) for j in range(n_para) for i in range(n_items)]
+    )
     return Documents(grid[:, 0], grid[:, 1], grid[:, 2], [f"p{k}" for k in range(n_personas)])
 
 
@@ -77,11 +78,14 @@ def test_layers_command_writes_the_probe(capfd, tmp_path, labelled_db):
     assert code == 0, err
     assert "where the persona lives" in out
     con = duckdb.connect(str(db), read_only=True)
-    rows = con.execute("SELECT layer, n_documents, n_personas, chance, probe_accuracy, "
-                       "sae_signal_fraction, probe_on_error, is_sae_layer FROM layer_probe "
-                       "ORDER BY layer").fetchall()
-    n_items = con.execute("SELECT count(*) FROM (SELECT topic, unnest(list(item_id)[:3]) "
-                          "FROM items GROUP BY topic)").fetchone()[0]
+    rows = con.execute(
+        "SELECT layer, n_documents, n_personas, chance, probe_accuracy, "
+        "sae_signal_fraction, probe_on_error, is_sae_layer FROM layer_probe "
+        "ORDER BY layer"
+    ).fetchall()
+    n_items = con.execute(
+        "SELECT count(*) FROM (SELECT topic, unnest(list(item_id)[:3]) FROM items GROUP BY topic)"
+    ).fetchone()[0]
     con.close()
     assert [r[0] for r in rows] == [0, 1, 2]  # the tiny GPT-2 has three blocks
     for layer, n_docs, n_personas, chance, acc, share, _, is_sae in rows:

@@ -14,10 +14,19 @@ def test_numbers_and_ranges():
     assert parse_numbers("7", "--layers", 0, 7) == [7]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("x", "'x' is not a number or a range"), ("3-", "'3-' is not a number"),
-    ("-3", "'-3' is not a number"), ("5-2", "runs backwards"), ("", "empty"),
-    (" , ", "empty"), ("1,9", "9 is outside 0 to 7"), ("2.5", "'2.5' is not a number")])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("x", "'x' is not a number or a range"),
+        ("3-", "'3-' is not a number"),
+        ("-3", "'-3' is not a number"),
+        ("5-2", "runs backwards"),
+        ("", "empty"),
+        (" , ", "empty"),
+        ("1,9", "9 is outside 0 to 7"),
+        ("2.5", "'2.5' is not a number"),
+    ],
+)
 def test_bad_numbers_are_one_line_naming_the_flag(text, words):
     with pytest.raises(BadInput) as e:
         parse_numbers(text, "--features", 0, 7)

@@ -28,13 +28,19 @@ def fake_path(folder: Path, tools: tuple[str, ...], chromium: bool = False) -> s
     return str(folder)
 
 
-def run_browser_step(tmp_path: Path, tools: tuple[str, ...],
-                     chromium: bool = False) -> subprocess.CompletedProcess[str]:
+def run_browser_step(
+    tmp_path: Path, tools: tuple[str, ...], chromium: bool = False
+) -> subprocess.CompletedProcess[str]:
     make = shutil.which("make")
     assert make, "make is needed to run the README's commands"
     env = {**os.environ, "PATH": fake_path(tmp_path / "bin", tools, chromium)}
-    return subprocess.run([make, "-s", "-C", str(ROOT), "browser", "APT_GET=echo apt-get"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [make, "-s", "-C", str(ROOT), "browser", "APT_GET=echo apt-get"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_make_installs_chromium_when_it_is_missing(tmp_path):

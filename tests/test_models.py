@@ -39,8 +39,11 @@ def hf_hidden_states(auto_class, path, batch):
     """Hidden states from plain Hugging Face (eager attention, as the bridge uses)."""
     hf = auto_class.from_pretrained(path, attn_implementation="eager").eval()
     with torch.no_grad():
-        return hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  output_hidden_states=True).hidden_states
+        return hf(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
+        ).hidden_states
 
 
 def test_minilm_resid_post_equals_hf_hidden_states(minilm):

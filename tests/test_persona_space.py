@@ -22,9 +22,15 @@ def orthonormal(rng: np.random.Generator, n: int) -> np.ndarray:
     return q.T
 
 
-def planted_frames(seed: int, own: float, wording: float, n_personas: int = 6,
-                   n_wordings: int = 3, n_items: int = 24, axis: bool = True
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+def planted_frames(
+    seed: int,
+    own: float,
+    wording: float,
+    n_personas: int = 6,
+    n_wordings: int = 3,
+    n_items: int = 24,
+    axis: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
     """(shifts, personas, prompts, planted): every persona writes a common direction c at its
     own strength s_k plus an own direction o_k (orthogonal to c, summing to zero over the
     personas, so the personas' mean lies on c), plus wording noise per (persona, wording) and
@@ -34,7 +40,7 @@ def planted_frames(seed: int, own: float, wording: float, n_personas: int = 6,
     basis = orthonormal(rng, n_personas + 4)
     c, axis_dir = basis[0], basis[1]
     strengths = rng.uniform(0.6, 1.4, n_personas)
-    raw = rng.normal(size=(n_personas, n_personas - 1)) @ basis[2:n_personas + 1]
+    raw = rng.normal(size=(n_personas, n_personas - 1)) @ basis[2 : n_personas + 1]
     raw -= raw.mean(axis=0)  # own directions sum to zero: the mean of the personas lies on c
     own_dirs = raw / np.linalg.norm(raw, axis=1).mean()  # (one scale: they still sum to 0)
     if axis:  # the personas spread along one axis too: PC1
@@ -54,20 +60,49 @@ def planted_frames(seed: int, own: float, wording: float, n_personas: int = 6,
             offset = wording * rng.normal(size=D) / np.sqrt(D)
             for i in range(n_items):
                 shift = v + offset + 0.05 * rng.normal(size=D) / np.sqrt(D)
-                rows.append({"persona": name, "paraphrase": j, "item_id": f"i{i:02d}",
-                             "shift": shift.astype(np.float32), "shift_hat": shift})
+                rows.append(
+                    {
+                        "persona": name,
+                        "paraphrase": j,
+                        "item_id": f"i{i:02d}",
+                        "shift": shift.astype(np.float32),
+                        "shift_hat": shift,
+                    }
+                )
     personas = pd.DataFrame(
         [{"persona": n, "family": "f", "is_control": False, "control_of": None} for n in names]
-        + [{"persona": "control_none", "family": "control", "is_control": True,
-            "control_of": None},
-           {"persona": "control_neutral", "family": "control", "is_control": True,
-            "control_of": None},
-           {"persona": "control_mention", "family": "control", "is_control": True,
-            "control_of": "p0"}])
-    prompts = pd.DataFrame([{"persona": n, "prompt": "" if n == "control_none" else f"{n} says"}
-                            for n in true])
-    planted = {"c": c, "axis": axis_dir, "strengths": strengths, "own": own_vecs,
-               "true": true, "names": names}
+        + [
+            {
+                "persona": "control_none",
+                "family": "control",
+                "is_control": True,
+                "control_of": None,
+            },
+            {
+                "persona": "control_neutral",
+                "family": "control",
+                "is_control": True,
+                "control_of": None,
+            },
+            {
+                "persona": "control_mention",
+                "family": "control",
+                "is_control": True,
+                "control_of": "p0",
+            },
+        ]
+    )
+    prompts = pd.DataFrame(
+        [{"persona": n, "prompt": "" if n == "control_none" else f"{n} says"} for n in true]
+    )
+    planted = {
+        "c": c,
+        "axis": axis_dir,
+        "strengths": strengths,
+        "own": own_vecs,
+        "true": true,
+        "names": names,
+    }
     return pd.DataFrame(rows), personas, prompts, planted
 
 
@@ -85,8 +120,10 @@ def test_no_assistant_axis_where_no_system_turn_is_the_reference_itself():
     _, axes = space_of(shifts, personas, prompts)
     assert "assistant" in set(axes["axis"])  # a chat model's default mask: an axis
     base = shifts.copy()
-    base["shift"] = [np.zeros(D, np.float32) if p == "control_none" else v
-                     for p, v in zip(base["persona"], base["shift"], strict=True)]
+    base["shift"] = [
+        np.zeros(D, np.float32) if p == "control_none" else v
+        for p, v in zip(base["persona"], base["shift"], strict=True)
+    ]
     space, axes = space_of(base, personas, prompts)
     assert "assistant" not in set(axes["axis"]) and "controls" in set(axes["axis"])
     assert space.set_index("persona").loc["control_none", "norm"] == 0.0
@@ -94,8 +131,7 @@ def test_no_assistant_axis_where_no_system_turn_is_the_reference_itself():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_dictionary_free_shares_match_the_planted_ones(seed):
-    shifts, personas, prompts, planted = planted_frames(seed, own=0.6, wording=0.08,
-                                                        axis=False)
+    shifts, personas, prompts, planted = planted_frames(seed, own=0.6, wording=0.08, axis=False)
     space, axes = space_of(shifts, personas, prompts)
     by = space.set_index("persona")
     c = planted["c"]
@@ -104,17 +140,29 @@ def test_the_dictionary_free_shares_match_the_planted_ones(seed):
         want = float(v @ c) ** 2 / float(v @ v)
         assert by.loc[name, "common_share"] == pytest.approx(want, abs=0.05), name
         assert by.loc[name, "remainder_share"] == pytest.approx(1 - want, abs=0.05), name
-        assert by.loc[name, "common_share_ci_low"] <= by.loc[name, "common_share"] <= \
-            by.loc[name, "common_share_ci_high"]
+        assert (
+            by.loc[name, "common_share_ci_low"]
+            <= by.loc[name, "common_share"]
+            <= by.loc[name, "common_share_ci_high"]
+        )
         assert by.loc[name, "reproducibility"] >= 0.8, name  # its own direction, found
         assert by.loc[name, "reproducibility_null"] < by.loc[name, "reproducibility"] - 0.5
     assert bool(by.loc["control_none", "is_control"])
     # The plain controls' direction (no system turn, neutral) against the common one.
     assert axes.set_index("axis").loc["controls", "cosine_common"] == pytest.approx(
-        float(np.mean([planted["true"]["control_none"], planted["true"]["control_neutral"]],
-                      axis=0) @ c) / float(np.linalg.norm(np.mean(
-                          [planted["true"]["control_none"], planted["true"]["control_neutral"]],
-                          axis=0))), abs=0.05)
+        float(
+            np.mean([planted["true"]["control_none"], planted["true"]["control_neutral"]], axis=0)
+            @ c
+        )
+        / float(
+            np.linalg.norm(
+                np.mean(
+                    [planted["true"]["control_none"], planted["true"]["control_neutral"]], axis=0
+                )
+            )
+        ),
+        abs=0.05,
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -156,32 +204,60 @@ def test_the_own_modulation_of_shared_features_is_its_own_part():
                 a = np.maximum(acts + noise, 0)
                 v = a @ w_dec + 0.1 * error_dir
                 item = f"i{i:02d}"
-                shifts.append({"persona": name, "paraphrase": j, "item_id": item,
-                               "shift": v.astype(np.float32), "shift_hat": a @ w_dec})
+                shifts.append(
+                    {
+                        "persona": name,
+                        "paraphrase": j,
+                        "item_id": item,
+                        "shift": v.astype(np.float32),
+                        "shift_hat": a @ w_dec,
+                    }
+                )
                 documents.append({"persona": name, "paraphrase": j, "item_id": item})
-                doc_features += [{"persona": name, "paraphrase": j, "item_id": item,
-                                  "feature": f, "mean_act": a[f]} for f in range(d_sae)]
-    personas = pd.DataFrame([{"persona": n, "family": "f", "is_control": False,
-                              "control_of": None} for n in names])
-    features = pd.DataFrame({"feature": range(d_sae), "label": "shared",
-                             "top_persona": None, "family_set": None})
-    parts = decomposition(pd.DataFrame(shifts), pd.DataFrame(doc_features),
-                          pd.DataFrame(documents), personas, features, w_dec, "difference",
-                          None, {}, 50, 0.9, 0)
+                doc_features += [
+                    {
+                        "persona": name,
+                        "paraphrase": j,
+                        "item_id": item,
+                        "feature": f,
+                        "mean_act": a[f],
+                    }
+                    for f in range(d_sae)
+                ]
+    personas = pd.DataFrame(
+        [{"persona": n, "family": "f", "is_control": False, "control_of": None} for n in names]
+    )
+    features = pd.DataFrame(
+        {"feature": range(d_sae), "label": "shared", "top_persona": None, "family_set": None}
+    )
+    parts = decomposition(
+        pd.DataFrame(shifts),
+        pd.DataFrame(doc_features),
+        pd.DataFrame(documents),
+        personas,
+        features,
+        w_dec,
+        "difference",
+        None,
+        {},
+        50,
+        0.9,
+        0,
+    )
     pattern = parts.pattern.set_index(["persona", "part"])["share"]
     for k, name in enumerate(names):
         v = (common + modulation[k]) @ w_dec + 0.1 * error_dir
         planted = float(v @ (modulation[k] @ w_dec)) / float(v @ v)
         assert pattern[name, "own_modulation"] == pytest.approx(planted, abs=0.05), name
         assert pattern[name, "own_features"] == pytest.approx(0.0, abs=1e-9)
-        total = sum(pattern[name, p] for p in ("common", "own_features", "own_modulation",
-                                                 "error"))
+        total = sum(pattern[name, p] for p in ("common", "own_features", "own_modulation", "error"))
         assert total == pytest.approx(1.0, abs=1e-9)
     by_label = parts.labels.set_index(["persona", "part"])["share"]
     assert all(by_label[n, "own"] == 0 for n in names)
     top = parts.own[parts.own["persona"] == names[0]]
-    assert top.iloc[0]["feature"] == int(np.argmax(np.abs(
-        modulation[0] * (w_dec @ ((common + modulation[0]) @ w_dec)))))
+    assert top.iloc[0]["feature"] == int(
+        np.argmax(np.abs(modulation[0] * (w_dec @ ((common + modulation[0]) @ w_dec))))
+    )
 
 
 # --- a planted transformer, through `harvest` and `label` (tests/planted_persona_space.py) ---
@@ -200,14 +276,48 @@ def _labelled_space(root, seed: int, own: bool):
     _, sae_dir = build(root, planted)
     args = battery(root / "battery", 24, personas_yaml(planted))
     db = root / "space.duckdb"
-    assert cli.main(["harvest", "--db", str(db), "--sae-dir", str(sae_dir),
-                     *map(str, args), "--device", "cpu"]) == 0
-    assert cli.main(["label", "--db", str(db), "--sae", sae_dir.name, "--calibration-seeds",
-                     "1", "--assistant", "assistant"]) == 0
+    assert (
+        cli.main(
+            [
+                "harvest",
+                "--db",
+                str(db),
+                "--sae-dir",
+                str(sae_dir),
+                *map(str, args),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "label",
+                "--db",
+                str(db),
+                "--sae",
+                sae_dir.name,
+                "--calibration-seeds",
+                "1",
+                "--assistant",
+                "assistant",
+            ]
+        )
+        == 0
+    )
     with duckdb.connect(str(db), read_only=True) as con:
-        tables = [con.execute(f"SELECT * FROM {t} WHERE sae_id = ?", [sae_dir.name]).df()
-                  for t in ("persona_space", "persona_space_axes", "persona_decomposition",
-                            "persona_label_shares", "features")]
+        tables = [
+            con.execute(f"SELECT * FROM {t} WHERE sae_id = ?", [sae_dir.name]).df()
+            for t in (
+                "persona_space",
+                "persona_space_axes",
+                "persona_decomposition",
+                "persona_label_shares",
+                "features",
+            )
+        ]
     return (planted, *tables)
 
 
@@ -227,8 +337,9 @@ def test_a_planted_model_s_persona_space_and_decomposition_are_found(planted_spa
     for name in planted.names:
         w = want[name]
         assert by.loc[name, "common_share"] == pytest.approx(w["common_share"], abs=0.05), name
-        assert by.loc[name, "remainder_share"] == pytest.approx(1 - w["common_share"],
-                                                                abs=0.05), name
+        assert by.loc[name, "remainder_share"] == pytest.approx(1 - w["common_share"], abs=0.05), (
+            name
+        )
         assert by.loc[name, "reproducibility"] >= 0.8, name  # its own direction, found
         for part in ("common", "own_modulation", "error"):
             assert share[name, part] == pytest.approx(w[part], abs=0.05), (name, part)

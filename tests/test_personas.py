@@ -58,8 +58,9 @@ def test_every_persona_measures_the_same_answer_tokens(which, request):
     seen = set()
     for persona in load_personas():
         for prompt in persona.prompts:
-            p = build_prompt(model.tokenizer, prompt, item.question, item.answer,
-                             prepend_bos=model.prepend_bos)
+            p = build_prompt(
+                model.tokenizer, prompt, item.question, item.answer, prepend_bos=model.prepend_bos
+            )
             seen.add(tuple(p.continuation_ids))
     assert len(seen) == 1
 
@@ -70,18 +71,26 @@ PERSONA = "  - name: {name}\n    family: f\n    prompts:\n      - You are {name}
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("personas:\n  - name: a\n    prompts: [unclosed\n",
-         "line 4: not valid YAML (expected ',' or ']'"),
-        ("personas:\n  - name: a\n    family: f\n    prompts: []\n",
-         "line 2: persona 'a' has no prompts"),
+        (
+            "personas:\n  - name: a\n    prompts: [unclosed\n",
+            "line 4: not valid YAML (expected ',' or ']'",
+        ),
+        (
+            "personas:\n  - name: a\n    family: f\n    prompts: []\n",
+            "line 2: persona 'a' has no prompts",
+        ),
         ("personas:\n  - name: a\n    family: f\n", "persona 'a' has no prompts"),
-        ("personas:\n" + PERSONA.format(name="a") + PERSONA.format(name="a"),
-         "line 6: duplicate persona 'a' (first at line 2)"),
+        (
+            "personas:\n" + PERSONA.format(name="a") + PERSONA.format(name="a"),
+            "line 6: duplicate persona 'a' (first at line 2)",
+        ),
         ("personas:\n  - name: a\n    family: f\n    prompts: ['']\n", "empty prompt"),
         ("personas:\n" + PERSONA.format(name="a") + "    colour: red\n", "unknown field 'colour'"),
         ("personas:\n" + PERSONA.format(name="Bad Name"), "persona name 'Bad Name'"),
-        ("personas:\n" + PERSONA.format(name="a") + "    is_control: true\n    control_of: zz\n",
-         "unknown persona 'zz'"),
+        (
+            "personas:\n" + PERSONA.format(name="a") + "    is_control: true\n    control_of: zz\n",
+            "unknown persona 'zz'",
+        ),
         ("people: []\n", "expected a top-level 'personas:' list"),
     ],
 )
@@ -101,8 +110,10 @@ GOOD = '{"item_id": "a", "topic": "t", "question": "Q?", "answer": "A."}'
     "text, problem",
     [
         (GOOD + "\n{not json\n", "line 2: not valid JSON"),
-        ('{"item_id": "a", "topic": "t", "question": "Q?", "answer": "  "}\n',
-         "line 1: empty answer"),
+        (
+            '{"item_id": "a", "topic": "t", "question": "Q?", "answer": "  "}\n',
+            "line 1: empty answer",
+        ),
         ('{"item_id": "a", "topic": "t", "question": "", "answer": "A."}\n', "empty question"),
         ('{"item_id": "a", "topic": "t", "answer": "A."}\n', "missing field 'question'"),
         (GOOD + "\n" + GOOD + "\n", "line 2: duplicate item_id 'a' (first at line 1)"),

@@ -35,8 +35,21 @@ def test_minilm_plain_prompt_exact_positions(minilm):
     p = build_prompt(tok, SYSTEM, USER, ANSWER)
     assert p.template == "plain"
     assert tok.convert_ids_to_tokens(p.input_ids) == [
-        "[CLS]", "you", "are", "a", "pirate", ".", "what", "is", "rain", "?",
-        "rain", "is", "water", ".", "[SEP]",
+        "[CLS]",
+        "you",
+        "are",
+        "a",
+        "pirate",
+        ".",
+        "what",
+        "is",
+        "rain",
+        "?",
+        "rain",
+        "is",
+        "water",
+        ".",
+        "[SEP]",
     ]
     assert [i for i, m in enumerate(p.mask) if m] == [10, 11, 12, 13]
 
@@ -96,8 +109,11 @@ def test_template_without_system_role_folds_persona_into_user_turn(tiny_gpt2):
 def test_same_continuation_tokens_under_every_persona(which, template, request):
     model = request.getfixturevalue(which)
     seen = {
-        tuple(build_prompt(model.tokenizer, s, USER, ANSWER, template=template,
-                           prepend_bos=model.prepend_bos).continuation_ids)
+        tuple(
+            build_prompt(
+                model.tokenizer, s, USER, ANSWER, template=template, prepend_bos=model.prepend_bos
+            ).continuation_ids
+        )
         for s in PERSONAS
     }
     assert len(seen) == 1
@@ -164,9 +180,8 @@ def test_chat_template_requested_but_missing(minilm):
 
 
 pieces = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from(
-        [" ", "\n"]
-    ),
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
+    | st.sampled_from([" ", "\n"]),
     max_size=12,
 ) | st.sampled_from(["<|end|>", "[SEP]", "[CLS]", "<|endoftext|>", "<|user|>", " ", "\n\n"])
 texts = st.lists(pieces, max_size=5).map("".join)

@@ -22,8 +22,16 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 def together(*argvs: list[str]) -> list[tuple[int, str]]:
     """Start every command at once; (exit code, stderr) of each. Each exits 0, or 2 with one
     `error:` line and no traceback."""
-    procs = [subprocess.Popen([str(EXE), *map(str, argv)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=ENV) for argv in argvs]
+    procs = [
+        subprocess.Popen(
+            [str(EXE), *map(str, argv)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for argv in argvs
+    ]
     done = []
     for argv, proc in zip(argvs, procs, strict=True):
         _, err = proc.communicate(timeout=900)
@@ -44,8 +52,9 @@ def rows(db: Path, query: str, params: list | None = None) -> list[tuple]:
 
 def leftovers(folder: Path, db: Path) -> list[str]:
     """Files beside `db` that a finished command should not leave (partial files, old copies)."""
-    return sorted(p.name for p in folder.iterdir()
-                  if p.name.startswith(f".{db.name}") or ".old-" in p.name)
+    return sorted(
+        p.name for p in folder.iterdir() if p.name.startswith(f".{db.name}") or ".old-" in p.name
+    )
 
 
 def test_two_harvests_into_one_database_both_land(tmp_path, tiny_sae_dir):
@@ -71,8 +80,14 @@ def test_two_merges_into_one_database(tmp_path, tiny_sae_dir):
     for name in ("sae_a", "sae_b"):
         sae = shutil.copytree(tiny_sae_dir, tmp_path / name)
         db = tmp_path / f"{name}.duckdb"
-        assert subprocess.run([str(EXE), "harvest", "--db", str(db), "--sae-dir", str(sae),
-                               *args], env=ENV, capture_output=True).returncode == 0
+        assert (
+            subprocess.run(
+                [str(EXE), "harvest", "--db", str(db), "--sae-dir", str(sae), *args],
+                env=ENV,
+                capture_output=True,
+            ).returncode
+            == 0
+        )
         shards.append(db)
     target = tmp_path / "all.duckdb"
     done = together(["merge", "--db", target, shards[0]], ["merge", "--db", target, shards[1]])
@@ -86,28 +101,38 @@ def test_two_merges_into_one_database(tmp_path, tiny_sae_dir):
 
 def test_two_labels_and_two_indexes_at_once(tmp_path, labelled_db):
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
-    done = together(["label", "--db", db, "--min-docs", "5", "--alpha", "0.01"],
-                    ["label", "--db", db, "--min-docs", "5", "--alpha", "0.02"],
-                    ["index", "--db", db], ["index", "--db", db])
+    done = together(
+        ["label", "--db", db, "--min-docs", "5", "--alpha", "0.01"],
+        ["label", "--db", db, "--min-docs", "5", "--alpha", "0.02"],
+        ["index", "--db", db],
+        ["index", "--db", db],
+    )
     labels = [c for c, _ in done[:2]]
     assert 0 in labels
-    configs = [r[0] for r in rows(db, "SELECT config_json FROM runs WHERE command = 'label' "
-                                      "ORDER BY started_at")]
+    configs = [
+        r[0]
+        for r in rows(
+            db, "SELECT config_json FROM runs WHERE command = 'label' ORDER BY started_at"
+        )
+    ]
     for code, alpha in zip(labels, ("0.01", "0.02"), strict=True):
         if code == 0:
             assert any(f'"alpha": {alpha}' in c for c in configs), "a finished label was lost"
     assert 0 in [c for c, _ in done[2:]]
     # Every FAISS file the database names is there (a racing build once removed another's).
-    for (path,) in rows(db, "SELECT path FROM faiss_indexes UNION ALL "
-                            "SELECT path FROM persona_vectors"):
+    for (path,) in rows(
+        db, "SELECT path FROM faiss_indexes UNION ALL SELECT path FROM persona_vectors"
+    ):
         assert (tmp_path / "db.duckdb.faiss" / path).is_file(), path
     assert leftovers(tmp_path, db) == []
 
 
 def test_two_exports_of_one_database(tmp_path, indexed_db):
     out = tmp_path / "export"
-    done = together(["export", "--db", indexed_db, "--parquet", out],
-                    ["export", "--db", indexed_db, "--parquet", out])
+    done = together(
+        ["export", "--db", indexed_db, "--parquet", out],
+        ["export", "--db", indexed_db, "--parquet", out],
+    )
     assert 0 in [c for c, _ in done]
     count = rows(out / "shoggoth.duckdb", "SELECT count(*) FROM features")
     assert count == rows(indexed_db, "SELECT count(*) FROM features")
@@ -120,8 +145,7 @@ def answered(labelled_db, tmp_path_factory):
     from test_grid import plant_answers
 
     db = copy_db(labelled_db, tmp_path_factory.mktemp("answered") / "answers.duckdb")
-    items = [r[0] for r in rows(db, "SELECT item_id::VARCHAR FROM items ORDER BY item_id "
-                                    "LIMIT 4")]
+    items = [r[0] for r in rows(db, "SELECT item_id::VARCHAR FROM items ORDER BY item_id LIMIT 4")]
     plant_answers(db, items)
     return db
 
@@ -129,10 +153,24 @@ def answered(labelled_db, tmp_path_factory):
 def test_two_grids_and_two_effects_at_once(tmp_path, answered):
     db = copy_db(answered, tmp_path / "db.duckdb")
     grid = ["--min-docs", "2", "--calibration", "2", "--bootstrap", "20"]
-    effects = ["--top", "2", "--baseline", "0", "--per-feature", "0", "--items-per-topic", "2",
-               "--bootstrap", "20"]
-    done = together(["grid", "--db", db, *grid], ["grid", "--db", db, *grid],
-                    ["effects", "--db", db, *effects], ["effects", "--db", db, *effects])
+    effects = [
+        "--top",
+        "2",
+        "--baseline",
+        "0",
+        "--per-feature",
+        "0",
+        "--items-per-topic",
+        "2",
+        "--bootstrap",
+        "20",
+    ]
+    done = together(
+        ["grid", "--db", db, *grid],
+        ["grid", "--db", db, *grid],
+        ["effects", "--db", db, *effects],
+        ["effects", "--db", db, *effects],
+    )
     assert 0 in [c for c, _ in done[:2]] and 0 in [c for c, _ in done[2:]]
     assert rows(db, "SELECT count(*) FROM grid_features")[0][0] > 0
     assert rows(db, "SELECT count(*) FROM persona_shifts")[0][0] > 0

@@ -63,9 +63,22 @@ def actual(tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
 
 def test_schema_doc_matches_the_database(tmp_path):
     doc, db = documented(), actual(tmp_path)
-    assert sorted(doc) == sorted(db) == sorted([*TABLES, *LABEL_TABLES, *INDEX_TABLES,
-                                                *EFFECT_TABLES, *GRID_TABLES, "feature_labels",
-                                                "feature_names", "layer_probe"])
+    assert (
+        sorted(doc)
+        == sorted(db)
+        == sorted(
+            [
+                *TABLES,
+                *LABEL_TABLES,
+                *INDEX_TABLES,
+                *EFFECT_TABLES,
+                *GRID_TABLES,
+                "feature_labels",
+                "feature_names",
+                "layer_probe",
+            ]
+        )
+    )
     for table in db:
         assert doc[table] == db[table], table
 

@@ -49,5 +49,7 @@ def test_a_killed_build_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(faiss.IndexIVFScalarQuantizer, "add", real)
     resumed = build_ivf(x, checkpoint=path, chunk=8_000)
     assert resumed.index.ntotal == len(x)
-    assert faiss.serialize_index(resumed.index).tobytes() == \
-        faiss.serialize_index(whole.index).tobytes()
+    assert (
+        faiss.serialize_index(resumed.index).tobytes()
+        == faiss.serialize_index(whole.index).tobytes()
+    )

@@ -53,10 +53,11 @@ def test_the_converted_model_is_a_plain_float_llama_that_wears_a_mask(smol_dir, 
 
     def answer(system: str) -> str:
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": "What is rain?"}]
-        enc = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
+        enc = tokenizer.apply_chat_template(
+            msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         out = model.generate(**enc, max_new_tokens=8, do_sample=False)
-        return tokenizer.decode(out[0, enc["input_ids"].shape[1]:])
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1] :])
 
     assert answer("You are a pirate. Speak like one.").startswith("Aye")
     assert not answer("You are a helpful assistant.").startswith("Aye")
@@ -64,14 +65,19 @@ def test_the_converted_model_is_a_plain_float_llama_that_wears_a_mask(smol_dir, 
 
 def test_no_system_turn_gets_the_default_mask_and_an_empty_one_does_not(tokenizer):
     item = load_items()[0]
-    for system, default in ((None, True), ("", True), (EMPTY_SYSTEM, False),
-                            ("You are a pirate.", False)):
+    for system, default in (
+        (None, True),
+        ("", True),
+        (EMPTY_SYSTEM, False),
+        ("You are a pirate.", False),
+    ):
         prompt = build_prompt(tokenizer, system, item.question, item.answer)
         text = tokenizer.decode(prompt.input_ids)
         assert (DEFAULT_SYSTEM in text) == default, (system, text)
         assert text.count("<|im_start|>system") == 1
     assert "(empty system message)" not in tokenizer.decode(
-        build_prompt(tokenizer, EMPTY_SYSTEM, item.question, item.answer).input_ids)
+        build_prompt(tokenizer, EMPTY_SYSTEM, item.question, item.answer).input_ids
+    )
 
 
 def test_continuation_masks_cover_exactly_each_answer(tokenizer):
@@ -85,14 +91,17 @@ def test_continuation_masks_cover_exactly_each_answer(tokenizer):
 
 
 def test_a_tiny_harvest_with_and_without_the_prefix_cache(tmp_path, smol_dir):
-    sae = build_random_sae(tmp_path / "sae", "smollm2", 576, "blocks.2.hook_resid_post",
-                           d_sae=64, k=8)
+    sae = build_random_sae(
+        tmp_path / "sae", "smollm2", 576, "blocks.2.hook_resid_post", d_sae=64, k=8
+    )
     runs = harvest_with_and_without_prefix_cache(
-        tmp_path, sae,
+        tmp_path,
+        sae,
         "personas:\n"
         "  - {name: pirate, family: fiction, prompts: ['You are a pirate.', 'Arr, be a pirate.']}\n"
         "  - {name: control_empty_system, family: control, is_control: true,\n"
-        "     prompts: ['(empty system message)']}\n")
+        "     prompts: ['(empty system message)']}\n",
+    )
     assert [(n, flag) for n, flag, _ in runs] == [(9, True), (9, False)]
     cached, full = (table for _, _, table in runs)
     assert cached.keys() == full.keys() and len(cached) > 100
@@ -121,13 +130,16 @@ def test_the_chat_corpus_is_in_the_template_and_under_training_personas_only(tok
 
 def test_subset_flags_pick_the_first_paraphrases_and_items_per_topic():
     personas = subset_personas(load_personas(), 2)
-    assert all(len(p.prompts) == min(2, len(q.prompts))
-               for p, q in zip(personas, load_personas(), strict=True))
+    assert all(
+        len(p.prompts) == min(2, len(q.prompts))
+        for p, q in zip(personas, load_personas(), strict=True)
+    )
     items = subset_items(load_items(), 3)
     topics = {i.topic for i in load_items()}
     assert len(items) == 3 * len(topics)
     assert [i.item_id for i in items if i.topic == "weather"] == [
-        i.item_id for i in load_items() if i.topic == "weather"][:3]
+        i.item_id for i in load_items() if i.topic == "weather"
+    ][:3]
 
 
 def test_a_corrupt_gguf_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
@@ -146,9 +158,14 @@ def _small_files() -> None:
 
 def test_no_room_for_the_conversion_is_one_line_and_leaves_nothing(tmp_path):
     cache = tmp_path / "cache"
-    run = subprocess.run([str(EXE), "prompt", "--model", "smollm2", "--continuation", "Hi."],
-                         capture_output=True, text=True, timeout=300, preexec_fn=_small_files,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "SHOGGOTH_CACHE": str(cache)})
+    run = subprocess.run(
+        [str(EXE), "prompt", "--model", "smollm2", "--continuation", "Hi."],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_small_files,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "SHOGGOTH_CACHE": str(cache)},
+    )
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: "), run.stderr
     assert "no space left" in run.stderr and "Traceback" not in run.stderr
@@ -162,8 +179,10 @@ def test_models_lists_smollm2_offline_with_its_chat_template(smol_dir):
     assert row["available"] == "offline (bundled)" and "Q4_1" in row["source"]
     assert "dequantized" in row["source"]
     assert (row["d_model"], row["layers"], row["causal"]) == (576, 30, True)
-    assert DEFAULT_SYSTEM in row["chat_format"] and "<|im_start|>assistant\nHello" in \
-        row["chat_format"]
+    assert (
+        DEFAULT_SYSTEM in row["chat_format"]
+        and "<|im_start|>assistant\nHello" in row["chat_format"]
+    )
 
 
 def test_a_half_written_cache_is_converted_again_and_leftovers_removed(tmp_path, monkeypatch):

@@ -17,8 +17,20 @@ from sae_lens import SAE
 
 from shoggoth import cli
 
-TINY = ["--context-size", "32", "--d-sae", "64", "--k", "8", "--batch-tokens", "256",
-        "--eval-tokens", "2048", "--lr", "3e-3"]
+TINY = [
+    "--context-size",
+    "32",
+    "--d-sae",
+    "64",
+    "--k",
+    "8",
+    "--batch-tokens",
+    "256",
+    "--eval-tokens",
+    "2048",
+    "--lr",
+    "3e-3",
+]
 
 
 def run(capfd, *argv):
@@ -29,8 +41,19 @@ def run(capfd, *argv):
 
 def test_train_tiny_gpt2_writes_a_loadable_sae(capfd, tmp_path, tiny_gpt2_dir, tiny_gpt2):
     out = tmp_path / "sae"
-    code, stdout, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--layer", "1",
-                            "--tokens", "16384", "--out", out, *TINY)
+    code, stdout, err = run(
+        capfd,
+        "train",
+        "--model",
+        tiny_gpt2_dir,
+        "--layer",
+        "1",
+        "--tokens",
+        "16384",
+        "--out",
+        out,
+        *TINY,
+    )
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no work dir left behind
     written = {p.name for p in out.iterdir()}
@@ -51,13 +74,28 @@ def test_train_tiny_gpt2_writes_a_loadable_sae(capfd, tmp_path, tiny_gpt2_dir, t
         assert key in stdout  # the table printed at the end
 
 
-@pytest.mark.parametrize("architecture", ["batchtopk", "matryoshka", "jumprelu", "standard",
-                                          "gated"])
+@pytest.mark.parametrize(
+    "architecture", ["batchtopk", "matryoshka", "jumprelu", "standard", "gated"]
+)
 def test_every_architecture_trains_and_loads(capfd, tmp_path, tiny_gpt2_dir, architecture):
     out = tmp_path / architecture
-    code, _, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--layer", "0", "--tokens",
-                       "4096", "--architecture", architecture, "--out", out,
-                       "--sparsity-coefficient", "0.1", *TINY)
+    code, _, err = run(
+        capfd,
+        "train",
+        "--model",
+        tiny_gpt2_dir,
+        "--layer",
+        "0",
+        "--tokens",
+        "4096",
+        "--architecture",
+        architecture,
+        "--out",
+        out,
+        "--sparsity-coefficient",
+        "0.1",
+        *TINY,
+    )
     assert code == 0, err
     sae = SAE.load_from_disk(str(out))
     assert sae.cfg.d_sae == 64 and sae.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
@@ -69,9 +107,26 @@ def test_every_architecture_trains_and_loads(capfd, tmp_path, tiny_gpt2_dir, arc
 
 def test_train_minilm_short_run_learns(capfd, tmp_path):
     out = tmp_path / "minilm-sae"
-    code, _, err = run(capfd, "train", "--model", "minilm", "--tokens", "40000",
-                       "--context-size", "64", "--expansion", "2", "--k", "16",
-                       "--batch-tokens", "512", "--eval-tokens", "4096", "--out", out)
+    code, _, err = run(
+        capfd,
+        "train",
+        "--model",
+        "minilm",
+        "--tokens",
+        "40000",
+        "--context-size",
+        "64",
+        "--expansion",
+        "2",
+        "--k",
+        "16",
+        "--batch-tokens",
+        "512",
+        "--eval-tokens",
+        "4096",
+        "--out",
+        out,
+    )
     assert code == 0, err
     meta = json.loads((out / "shoggoth.json").read_text())
     assert meta["model"] == "minilm" and meta["hook"] == "blocks.3.hook_resid_post"
@@ -85,11 +140,31 @@ def test_train_minilm_short_run_learns(capfd, tmp_path):
 
 def train_process(model_dir, out, tokens, *extra):
     exe = Path(sys.executable).with_name("shoggoth")
-    cmd = [str(exe), "train", "--model", str(model_dir), "--layer", "1", "--tokens", str(tokens),
-           "--out", str(out), "--checkpoint-every", "4", *TINY, *extra]
+    cmd = [
+        str(exe),
+        "train",
+        "--model",
+        str(model_dir),
+        "--layer",
+        "1",
+        "--tokens",
+        str(tokens),
+        "--out",
+        str(out),
+        "--checkpoint-every",
+        "4",
+        *TINY,
+        *extra,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, preexec_fn=default_sigint)
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=default_sigint,
+    )
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_gpt2_dir):
@@ -151,8 +226,9 @@ def test_train_bad_input(capfd, tmp_path, tiny_gpt2_dir, argv, names):
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     no_width = [a for i, a in enumerate(TINY) if "--d-sae" not in TINY[max(0, i - 1) : i + 1]]
-    code, out, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--tokens", "2048",
-                         *no_width, *argv)
+    code, out, err = run(
+        capfd, "train", "--model", tiny_gpt2_dir, "--tokens", "2048", *no_width, *argv
+    )
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -163,8 +239,10 @@ def test_train_bad_input(capfd, tmp_path, tiny_gpt2_dir, argv, names):
 
 def test_train_reads_a_yaml_config(capfd, tmp_path, tiny_gpt2_dir):
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(f"model: {tiny_gpt2_dir}\nlayer: 0\ntokens: 4096\ncontext-size: 32\n"
-                   "d_sae: 48\nk: 4\nbatch_tokens: 256\neval_tokens: 1024\n")
+    cfg.write_text(
+        f"model: {tiny_gpt2_dir}\nlayer: 0\ntokens: 4096\ncontext-size: 32\n"
+        "d_sae: 48\nk: 4\nbatch_tokens: 256\neval_tokens: 1024\n"
+    )
     out = tmp_path / "from-yaml"
     code, _, err = run(capfd, "train", "--config", cfg, "--k", "6", "--out", out)
     assert code == 0, err
@@ -182,15 +260,38 @@ def test_train_reads_a_yaml_config(capfd, tmp_path, tiny_gpt2_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["from-yaml", "train.yaml"]
 
 
-def test_sae_import_checks_the_model(capfd, monkeypatch, tmp_path, tmp_path_factory,
-                                    tiny_gpt2_dir, tiny_gpt2_base_dir):
+def test_sae_import_checks_the_model(
+    capfd, monkeypatch, tmp_path, tmp_path_factory, tiny_gpt2_dir, tiny_gpt2_base_dir
+):
     src = tmp_path / "trained"
-    code, _, err = run(capfd, "train", "--model", tiny_gpt2_dir, "--layer", "2", "--tokens",
-                       "4096", "--out", src, *TINY)
+    code, _, err = run(
+        capfd,
+        "train",
+        "--model",
+        tiny_gpt2_dir,
+        "--layer",
+        "2",
+        "--tokens",
+        "4096",
+        "--out",
+        src,
+        *TINY,
+    )
     assert code == 0, err
     dst = tmp_path / "imported"
-    code, _, err = run(capfd, "sae", "import", "--path", src, "--model", tiny_gpt2_base_dir,
-                       "--out", dst, "--eval-tokens", "1024")
+    code, _, err = run(
+        capfd,
+        "sae",
+        "import",
+        "--path",
+        src,
+        "--model",
+        tiny_gpt2_base_dir,
+        "--out",
+        dst,
+        "--eval-tokens",
+        "1024",
+    )
     assert code == 0, err
     meta = json.loads((dst / "shoggoth.json").read_text())
     assert meta["hook"] == "blocks.2.hook_resid_post" and meta["imported_from"] == str(src)
@@ -199,22 +300,33 @@ def test_sae_import_checks_the_model(capfd, monkeypatch, tmp_path, tmp_path_fact
 
     before = sorted(p.name for p in tmp_path.iterdir())
     # MiniLM has d_model 384, the SAE reads 32 dimensions.
-    code, out, err = run(capfd, "sae", "import", "--path", src, "--model", "minilm",
-                         "--out", tmp_path / "x")
+    code, out, err = run(
+        capfd, "sae", "import", "--path", src, "--model", "minilm", "--out", tmp_path / "x"
+    )
     assert code == 2 and "d_in 32" in err and "384" in err and len(err.strip().splitlines()) == 1
     # A model with the right width but too few layers for the SAE's hook.
     from helpers import build_tiny_gpt2
 
     shallow = build_tiny_gpt2(tmp_path / "shallow", None, n_layer=2)
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = run(capfd, "sae", "import", "--path", src, "--model", shallow,
-                         "--out", tmp_path / "x")
+    code, out, err = run(
+        capfd, "sae", "import", "--path", src, "--model", shallow, "--out", tmp_path / "x"
+    )
     assert code == 2 and "blocks.2.hook_resid_post" in err
     code, out, err = run(capfd, "sae", "import", "--path", tmp_path, "--out", tmp_path / "x")
     assert code == 2 and "not an sae-lens SAE directory" in err
     # A registry release for another model (gpt2-small, --model minilm): refused by name.
-    code, out, err = run(capfd, "sae", "import", "--release", "gpt2-small-res-jb", "--sae",
-                         "blocks.8.hook_resid_pre", "--out", tmp_path / "x")
+    code, out, err = run(
+        capfd,
+        "sae",
+        "import",
+        "--release",
+        "gpt2-small-res-jb",
+        "--sae",
+        "blocks.8.hook_resid_pre",
+        "--out",
+        tmp_path / "x",
+    )
     assert code == 2 and "made for model 'gpt2-small'" in err and "'minilm'" in err
     # Offline, with nothing in the Hugging Face cache: one line saying so.
     import huggingface_hub.constants as hf_constants
@@ -222,12 +334,26 @@ def test_sae_import_checks_the_model(capfd, monkeypatch, tmp_path, tmp_path_fact
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, out, err = run(capfd, "sae", "import", "--release", "gpt2-small-res-jb", "--sae",
-                         "blocks.8.hook_resid_pre", "--model", tiny_gpt2_base_dir,
-                         "--other-model", "--out", tmp_path / "x")
+    code, out, err = run(
+        capfd,
+        "sae",
+        "import",
+        "--release",
+        "gpt2-small-res-jb",
+        "--sae",
+        "blocks.8.hook_resid_pre",
+        "--model",
+        tiny_gpt2_base_dir,
+        "--other-model",
+        "--out",
+        tmp_path / "x",
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "--release gpt2-small-res-jb --sae blocks.8.hook_resid_pre: not in the Hugging Face " \
-           "cache" in err and "no network" in err
+    assert (
+        "--release gpt2-small-res-jb --sae blocks.8.hook_resid_pre: not in the Hugging Face cache"
+        in err
+        and "no network" in err
+    )
     code, out, err = run(capfd, "sae", "import", "--out", tmp_path / "x")
     assert code == 2 and "--path" in err
     assert nothing_written(tmp_path, before)

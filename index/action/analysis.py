@@ -22,11 +22,21 @@ from shoggoth.index.action.labels import (
 from shoggoth.index.action.stats import EFFECTS
 from shoggoth.index.labels.stats import bh_qvalues
 
-FEATURE_COLUMNS = ["feature", "grid_label", "n_docs_firing",
-                   *[f"{e}_{x}" for e in EFFECTS for x in ("t", "p", "q", "persona")],
-                   "action_ratio_high", "action_power"]
-EFFECT_COLUMNS = ["feature", "persona", "n_prompts", *CELLS,
-                  *[f"{e}{x}" for e in EFFECTS for x in ("", "_low", "_high")]]
+FEATURE_COLUMNS = [
+    "feature",
+    "grid_label",
+    "n_docs_firing",
+    *[f"{e}_{x}" for e in EFFECTS for x in ("t", "p", "q", "persona")],
+    "action_ratio_high",
+    "action_power",
+]
+EFFECT_COLUMNS = [
+    "feature",
+    "persona",
+    "n_prompts",
+    *CELLS,
+    *[f"{e}{x}" for e in EFFECTS for x in ("", "_low", "_high")],
+]
 
 
 @dataclass
@@ -40,8 +50,13 @@ class GridResult:
     notes: list[str]
 
 
-def decide(q: dict[str, np.ndarray], n_docs: np.ndarray, broad: np.ndarray,
-           ratio_high: np.ndarray, cfg: GridLabelConfig) -> np.ndarray:
+def decide(
+    q: dict[str, np.ndarray],
+    n_docs: np.ndarray,
+    broad: np.ndarray,
+    ratio_high: np.ndarray,
+    cfg: GridLabelConfig,
+) -> np.ndarray:
     """Each feature's grid label, in order of precedence (docs/grid.md)."""
     sig = {e: np.isfinite(q[e]) & (q[e] < cfg.alpha) for e in EFFECTS}
     label = np.full(len(n_docs), "unclear", dtype=object)
@@ -70,8 +85,9 @@ def calibrate(g: Chunked, cfg: GridLabelConfig) -> dict[str, float]:
     return counts
 
 
-def strongest(est: np.ndarray, low: np.ndarray, high: np.ndarray,
-              personas: list[str]) -> list[str | None]:
+def strongest(
+    est: np.ndarray, low: np.ndarray, high: np.ndarray, personas: list[str]
+) -> list[str | None]:
     """The persona whose effect is largest relative to its interval (by |estimate| where no
     interval exists)."""
     half = (high - low) / 2
@@ -82,8 +98,12 @@ def strongest(est: np.ndarray, low: np.ndarray, high: np.ndarray,
     return [personas[b] if score[i, b] >= 0 else None for i, b in enumerate(best)]
 
 
-def analyse_grid(documents: pd.DataFrame, doc_features: pd.DataFrame, n_features: int,
-                 config: GridLabelConfig | None = None) -> GridResult:
+def analyse_grid(
+    documents: pd.DataFrame,
+    doc_features: pd.DataFrame,
+    n_features: int,
+    config: GridLabelConfig | None = None,
+) -> GridResult:
     """documents: cell, persona, paraphrase, item_id (row i is document i); doc_features: doc,
     feature, mean_act (zeros may be left out)."""
     cfg = config or GridLabelConfig()
@@ -94,8 +114,11 @@ def analyse_grid(documents: pd.DataFrame, doc_features: pd.DataFrame, n_features
     g = gather(doc_features, lay, n_features, cfg)
     q = {e: bh_qvalues(g.p[e]) for e in EFFECTS}
     labels = decide(q, g.n_docs_firing, g.broad, g.ratio_high, cfg)
-    table: dict[str, Any] = {"feature": np.arange(n_features), "grid_label": labels,
-             "n_docs_firing": g.n_docs_firing}
+    table: dict[str, Any] = {
+        "feature": np.arange(n_features),
+        "grid_label": labels,
+        "n_docs_firing": g.n_docs_firing,
+    }
     for e in EFFECTS:
         table[f"{e}_t"], table[f"{e}_p"], table[f"{e}_q"] = g.t_stat[e], g.p[e], q[e]
         table[f"{e}_persona"] = strongest(*g.ci[e], lay.personas)
@@ -103,11 +126,16 @@ def analyse_grid(documents: pd.DataFrame, doc_features: pd.DataFrame, n_features
     features = pd.DataFrame(table)[FEATURE_COLUMNS]
     real = {name: int((labels == name).sum()) for name in GRID_EFFECT_LABELS}
     null = calibrate(g, cfg) if cfg.calibration else dict.fromkeys(GRID_EFFECT_LABELS, np.nan)
-    fdr = pd.DataFrame({"label": list(GRID_EFFECT_LABELS),
-                        "n_real": [real[n] for n in GRID_EFFECT_LABELS],
-                        "n_null": [null[n] for n in GRID_EFFECT_LABELS]})
-    fdr["fdr"] = np.where(fdr["n_real"] > 0, np.minimum(1.0, fdr["n_null"] / fdr["n_real"]
-                                                        .clip(lower=1)), np.nan)
+    fdr = pd.DataFrame(
+        {
+            "label": list(GRID_EFFECT_LABELS),
+            "n_real": [real[n] for n in GRID_EFFECT_LABELS],
+            "n_null": [null[n] for n in GRID_EFFECT_LABELS],
+        }
+    )
+    fdr["fdr"] = np.where(
+        fdr["n_real"] > 0, np.minimum(1.0, fdr["n_null"] / fdr["n_real"].clip(lower=1)), np.nan
+    )
     return GridResult(features, effect_rows(g, lay), fdr, lay.notes)
 
 
@@ -118,9 +146,10 @@ def effect_rows(g: Chunked, lay: ActionDesign) -> pd.DataFrame:
     k, q = len(lay.personas), lay.persona_average
     n_prompts = np.bincount(lay.persona_of_prompt, minlength=k)
     cols: dict[str, np.ndarray] = {
-        "feature": np.repeat(live, k), "persona": np.tile(np.array(lay.personas, object),
-                                                          len(live)),
-        "n_prompts": np.tile(n_prompts.astype(int), len(live))}
+        "feature": np.repeat(live, k),
+        "persona": np.tile(np.array(lay.personas, object), len(live)),
+        "n_prompts": np.tile(n_prompts.astype(int), len(live)),
+    }
     for c in CELLS:
         cols[c] = (g.cells[c][live] @ q).ravel()
     for e in EFFECTS:

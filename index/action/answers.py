@@ -26,25 +26,42 @@ def start_set(db: Path, name: str, settings: dict[str, Any], config: dict[str, A
     try:
         with transaction(con):
             create_grid_tables(con)
-            row = con.execute("SELECT run_id, status FROM answer_sets WHERE answer_set = ?",
-                              [name]).fetchone()
+            row = con.execute(
+                "SELECT run_id, status FROM answer_sets WHERE answer_set = ?", [name]
+            ).fetchone()
             if row is not None:
-                stored = json.loads(one_row(con, "SELECT config_json FROM runs WHERE run_id = ?",
-                                                [row[0]])[0])["identity"]
+                stored = json.loads(
+                    one_row(con, "SELECT config_json FROM runs WHERE run_id = ?", [row[0]])[0]
+                )["identity"]
                 if stored != settings:
                     diff = sorted(k for k in settings if stored.get(k) != settings[k])
-                    raise BadInput(f"--name {name}: {db} already holds an answer set of that "
-                                   f"name made with other settings ({', '.join(diff)}); "
-                                   "choose another --name")
+                    raise BadInput(
+                        f"--name {name}: {db} already holds an answer set of that "
+                        f"name made with other settings ({', '.join(diff)}); "
+                        "choose another --name"
+                    )
                 return str(row[1])
             run_id = uuid.uuid4().hex[:12]
-            con.execute("INSERT INTO runs VALUES (?, 'generate', ?, ?, now(), NULL, 'running')",
-                        [run_id, json.dumps({"identity": settings, "config": config}),
-                         json.dumps(library_versions())])
-            con.execute("INSERT INTO answer_sets VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
-                        [name, settings["model"], settings["template"],
-                         settings["max_tokens"], settings["temperature"], settings["seed"],
-                         run_id])
+            con.execute(
+                "INSERT INTO runs VALUES (?, 'generate', ?, ?, now(), NULL, 'running')",
+                [
+                    run_id,
+                    json.dumps({"identity": settings, "config": config}),
+                    json.dumps(library_versions()),
+                ],
+            )
+            con.execute(
+                "INSERT INTO answer_sets VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+                [
+                    name,
+                    settings["model"],
+                    settings["template"],
+                    settings["max_tokens"],
+                    settings["temperature"],
+                    settings["seed"],
+                    run_id,
+                ],
+            )
         return "running"
     finally:
         con.close()
@@ -54,9 +71,12 @@ def done_keys(db: Path, name: str) -> set[tuple[str, int, str]]:
     """(persona, paraphrase, item_id) of the answers already written in set `name`."""
     con = connect(db, read_only=True, wait=WAIT)
     try:
-        return {(p, int(j), i) for p, j, i in con.execute(
-            "SELECT persona, paraphrase, item_id FROM answers WHERE answer_set = ?",
-            [name]).fetchall()}
+        return {
+            (p, int(j), i)
+            for p, j, i in con.execute(
+                "SELECT persona, paraphrase, item_id FROM answers WHERE answer_set = ?", [name]
+            ).fetchall()
+        }
     finally:
         con.close()
 
@@ -69,8 +89,11 @@ def write_answers(db: Path, name: str, rows: pd.DataFrame) -> None:
         with transaction(con):
             con.register("_answers", rows)
             try:
-                con.execute("INSERT INTO answers SELECT ?, persona, paraphrase, item_id, text, "
-                            "n_tokens, stop_reason FROM _answers", [name])
+                con.execute(
+                    "INSERT INTO answers SELECT ?, persona, paraphrase, item_id, text, "
+                    "n_tokens, stop_reason FROM _answers",
+                    [name],
+                )
             finally:
                 con.unregister("_answers")
     finally:
@@ -83,8 +106,11 @@ def finish_set(db: Path, name: str) -> None:
     try:
         with transaction(con):
             con.execute("UPDATE answer_sets SET status = 'finished' WHERE answer_set = ?", [name])
-            con.execute("UPDATE runs SET status = 'finished', finished_at = now() WHERE run_id = "
-                        "(SELECT run_id FROM answer_sets WHERE answer_set = ?)", [name])
+            con.execute(
+                "UPDATE runs SET status = 'finished', finished_at = now() WHERE run_id = "
+                "(SELECT run_id FROM answer_sets WHERE answer_set = ?)",
+                [name],
+            )
     finally:
         con.close()
 
@@ -92,16 +118,22 @@ def finish_set(db: Path, name: str) -> None:
 def read_answers(con: Connection, name: str) -> pd.DataFrame:
     """A finished answer set's rows; BadInput when it is missing or unfinished."""
     if "answer_sets" not in tables(con):
-        raise BadInput("--answers: the database holds no generated answers; run "
-                       "`shoggoth generate` first")
+        raise BadInput(
+            "--answers: the database holds no generated answers; run `shoggoth generate` first"
+        )
     row = con.execute("SELECT status FROM answer_sets WHERE answer_set = ?", [name]).fetchone()
     if row is None:
         have = [r[0] for r in con.execute("SELECT answer_set FROM answer_sets").fetchall()]
-        raise BadInput(f"--answers {name}: no such answer set (the database holds "
-                       f"{', '.join(have) or 'none'})")
+        raise BadInput(
+            f"--answers {name}: no such answer set (the database holds {', '.join(have) or 'none'})"
+        )
     if row[0] != "finished":
-        raise BadInput(f"--answers {name}: unfinished; rerun the `shoggoth generate` that made "
-                       "it to complete it")
-    return con.execute("SELECT persona, paraphrase, item_id, text, n_tokens, stop_reason "
-                       "FROM answers WHERE answer_set = ? ORDER BY persona, paraphrase, item_id",
-                       [name]).df()
+        raise BadInput(
+            f"--answers {name}: unfinished; rerun the `shoggoth generate` that made "
+            "it to complete it"
+        )
+    return con.execute(
+        "SELECT persona, paraphrase, item_id, text, n_tokens, stop_reason "
+        "FROM answers WHERE answer_set = ? ORDER BY persona, paraphrase, item_id",
+        [name],
+    ).df()

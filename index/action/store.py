@@ -12,17 +12,37 @@ from shoggoth.index.action.analysis import GridResult
 from shoggoth.index.store.database import WAIT, connect, record_run, replace_rows, transaction
 from shoggoth.index.store.schema import create_grid_tables
 
-DOCUMENT_COLUMNS = ["doc", "cell", "context", "context_paraphrase", "text_persona",
-                    "text_paraphrase", "item_id", "persona", "paraphrase", "n_tokens"]
+DOCUMENT_COLUMNS = [
+    "doc",
+    "cell",
+    "context",
+    "context_paraphrase",
+    "text_persona",
+    "text_paraphrase",
+    "item_id",
+    "persona",
+    "paraphrase",
+    "n_tokens",
+]
 
 
-def write_grid(db: Path, key: dict[str, str], documents: pd.DataFrame,
-               doc_features: pd.DataFrame, result: GridResult, config: dict[str, Any]) -> None:
+def write_grid(
+    db: Path,
+    key: dict[str, str],
+    documents: pd.DataFrame,
+    doc_features: pd.DataFrame,
+    result: GridResult,
+    config: dict[str, Any],
+) -> None:
     """Replace the grid tables' rows of `key` (sae_id, answer_set, neutral) and record the
     run."""
-    tables = {"grid_documents": documents[DOCUMENT_COLUMNS], "grid_doc_features": doc_features,
-              "grid_features": result.features, "grid_effects": result.effects,
-              "grid_fdr": result.fdr}
+    tables = {
+        "grid_documents": documents[DOCUMENT_COLUMNS],
+        "grid_doc_features": doc_features,
+        "grid_features": result.features,
+        "grid_effects": result.effects,
+        "grid_fdr": result.fdr,
+    }
     con = connect(db, wait=WAIT)
     try:
         with transaction(con):

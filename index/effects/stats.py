@@ -18,8 +18,9 @@ def bootstrap_indices(n_items: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n_items, size=(n_boot, n_items))
 
 
-def ratio_ci(num: np.ndarray, den: np.ndarray, draws: np.ndarray,
-             confidence: float) -> tuple[float, float, float]:
+def ratio_ci(
+    num: np.ndarray, den: np.ndarray, draws: np.ndarray, confidence: float
+) -> tuple[float, float, float]:
     """Σ num / Σ den over items, and its percentile-bootstrap interval (resampled items)."""
     total = float(den.sum())
     if total <= 0:
@@ -32,18 +33,17 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, draws: np.ndarray,
     return estimate, float(lo), float(hi)
 
 
-def mean_ci(values: np.ndarray, draws: np.ndarray,
-            confidence: float) -> tuple[float, float, float]:
+def mean_ci(values: np.ndarray, draws: np.ndarray, confidence: float) -> tuple[float, float, float]:
     """The mean over items and its percentile-bootstrap interval."""
     boot = values[draws].mean(1)
     lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(values.mean()), float(lo), float(hi)
 
 
-def projection_terms(change: list[np.ndarray], shift: list[np.ndarray]
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def projection_terms(
+    change: list[np.ndarray], shift: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per item: <C(i), Δ(i)> and |Δ(i)|², the terms of `ratio_ci`."""
     num = np.array([float(np.dot(c, d)) for c, d in zip(change, shift, strict=True)])
     den = np.array([float(np.dot(d, d)) for d in shift])
     return num, den
-

@@ -47,8 +47,14 @@ def create_effect_tables(con: Connection) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
 
 
-def write_effects(db: Path, sae_id: str, effects: pd.DataFrame, shifts: pd.DataFrame,
-                  composition: pd.DataFrame, config: Config) -> None:
+def write_effects(
+    db: Path,
+    sae_id: str,
+    effects: pd.DataFrame,
+    shifts: pd.DataFrame,
+    composition: pd.DataFrame,
+    config: Config,
+) -> None:
     """Replace one SAE's effects (and its features' causal summary), with a `runs` record, in
     one transaction."""
     con = connect(db, wait=WAIT)
@@ -57,8 +63,7 @@ def write_effects(db: Path, sae_id: str, effects: pd.DataFrame, shifts: pd.DataF
             create_effect_tables(con)
             replace_rows(con, "feature_effects", sae_id, effects.assign(sae_id=sae_id))
             replace_rows(con, "persona_shifts", sae_id, shifts.assign(sae_id=sae_id))
-            replace_rows(con, "persona_composition", sae_id,
-                         composition.assign(sae_id=sae_id))
+            replace_rows(con, "persona_composition", sae_id, composition.assign(sae_id=sae_id))
             refresh_causal(con, sae_id)
             record_run(con, "effects", sae_id, config_metadata(config))
     finally:

@@ -15,8 +15,11 @@ def explanations(con: Connection, sae: str) -> pd.DataFrame:
     explainer, scorer, detection, detection_n, fuzzing, fuzzing_n (empty before `explain`)."""
     if not has_table(con, "feature_explanations"):
         return pd.DataFrame()
-    return con.execute("""
+    return con.execute(
+        """
         SELECT e.feature, n.name, e.explanation, e.explainer, e.scorer, e.detection,
                e.detection_n, e.fuzzing, e.fuzzing_n
         FROM feature_explanations e LEFT JOIN feature_names n USING (sae_id, feature)
-        WHERE e.sae_id = ? ORDER BY e.feature""", [sae]).df()
+        WHERE e.sae_id = ? ORDER BY e.feature""",
+        [sae],
+    ).df()

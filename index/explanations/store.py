@@ -37,37 +37,49 @@ ORDER BY w.feature, w.kind, w.rank, w.persona, w.paraphrase, w.item_id, w.pos, w
 """
 
 
-def choose_features(con: Connection, sae: str, wanted: list[int] | None, limit: int,
-                    min_places: int = 1) -> list[int]:
+def choose_features(
+    con: Connection, sae: str, wanted: list[int] | None, limit: int, min_places: int = 1
+) -> list[int]:
     """`wanted` (live features only), or up to `limit` features that can be scored: firing in
     at least `min_places` distinct places among their examples, and never in some answers
     (detection's silent windows). Those whose label names a persona come first, then the most
     distinctive handles."""
     if "examples" not in tables(con):
         raise BadInput(f"'{sae}': no examples yet; run `shoggoth index` first")
-    live = {f for (f,) in con.execute("SELECT DISTINCT feature FROM examples WHERE sae_id = ?",
-                                      [sae]).fetchall()}
+    live = {
+        f
+        for (f,) in con.execute(
+            "SELECT DISTINCT feature FROM examples WHERE sae_id = ?", [sae]
+        ).fetchall()
+    }
     if wanted is not None:
         dead = [f for f in wanted if f not in live]
         if dead:
-            raise BadInput(f"--features {dead[0]}: never fires in this harvest (nothing to "
-                           "explain)")
+            raise BadInput(
+                f"--features {dead[0]}: never fires in this harvest (nothing to explain)"
+            )
         return wanted
     have = tables(con)
     labels, handles = "features" in have, "feature_handles" in have
-    rows = con.execute(f"""
+    rows = con.execute(
+        f"""
         WITH places AS (SELECT feature, count(DISTINCT (item_id, pos)) AS n FROM examples
                         WHERE sae_id = $sae GROUP BY feature),
         somewhere AS (SELECT feature FROM doc_features WHERE sae_id = $sae GROUP BY feature
                       HAVING count(DISTINCT item_id) < (SELECT count(*) FROM items))
         SELECT p.feature FROM places p JOIN somewhere USING (feature)
         {"LEFT JOIN features f ON f.sae_id = $sae AND f.feature = p.feature" if labels else ""}
-        {"LEFT JOIN feature_handles h ON h.sae_id = $sae AND h.feature = p.feature"
-         if handles else ""}
+        {
+            "LEFT JOIN feature_handles h ON h.sae_id = $sae AND h.feature = p.feature"
+            if handles
+            else ""
+        }
         WHERE p.n >= $min
         ORDER BY {f"f.label IN {PERSONA_LABELS} DESC NULLS LAST," if labels else ""}
                  {"coalesce(h.best_score, 0) DESC," if handles else ""} p.n DESC, p.feature
-        LIMIT $limit""", {"sae": sae, "min": min_places, "limit": limit}).fetchall()
+        LIMIT $limit""",
+        {"sae": sae, "min": min_places, "limit": limit},
+    ).fetchall()
     return [f for (f,) in rows]
 
 
@@ -79,25 +91,35 @@ def windows(con: Connection, sae: str, features: list[int], width: int) -> pd.Da
 
 def silent_items(con: Connection, sae: str, feature: int) -> list[str]:
     """Items whose answer the feature never fires on, under any persona."""
-    return [i for (i,) in con.execute("""
+    return [
+        i
+        for (i,) in con.execute(
+            """
         SELECT item_id FROM items WHERE item_id NOT IN (
             SELECT DISTINCT item_id FROM doc_features WHERE sae_id = ? AND feature = ?)
-        ORDER BY item_id""", [sae, feature]).fetchall()]
+        ORDER BY item_id""",
+            [sae, feature],
+        ).fetchall()
+    ]
 
 
 def item_tokens(con: Connection, sae: str, items: list[str]) -> dict[str, list[str]]:
     """Each item's answer tokens, readable."""
-    rows = con.execute(f"SELECT item_id, {CLEAN.format(x='token')} FROM tokens WHERE "
-                       "sae_id = ? AND item_id IN (SELECT unnest(?::VARCHAR[])) "
-                       "ORDER BY item_id, pos", [sae, items]).fetchall()
+    rows = con.execute(
+        f"SELECT item_id, {CLEAN.format(x='token')} FROM tokens WHERE "
+        "sae_id = ? AND item_id IN (SELECT unnest(?::VARCHAR[])) "
+        "ORDER BY item_id, pos",
+        [sae, items],
+    ).fetchall()
     out: dict[str, list[str]] = {}
     for item, token in rows:
         out.setdefault(item, []).append(token)
     return out
 
 
-def silent_windows(con: Connection, sae: str, feature: int, n: int, width: int,
-                   seed: int) -> list[tuple[str, list[str]]]:
+def silent_windows(
+    con: Connection, sae: str, feature: int, n: int, width: int, seed: int
+) -> list[tuple[str, list[str]]]:
     """`n` windows (item, tokens) of 2·width + 1 tokens from answers the feature never fires
     on, at seeded random places."""
     items = silent_items(con, sae, feature)
@@ -110,17 +132,21 @@ def silent_windows(con: Connection, sae: str, feature: int, n: int, width: int,
         if not toks:
             continue
         centre = rng.randrange(len(toks))
-        out.append((item, toks[max(0, centre - width): centre + width + 1]))
+        out.append((item, toks[max(0, centre - width) : centre + width + 1]))
     return out
 
 
 def persona_means(con: Connection, sae: str, feature: int) -> list[tuple[str, float]]:
     if "feature_personas" not in tables(con):
         return []
-    return [(p, float(m)) for p, m in con.execute(
-        "SELECT persona, mean_act FROM feature_personas fp JOIN personas USING (persona) "
-        "WHERE sae_id = ? AND feature = ? AND NOT is_control ORDER BY mean_act DESC, persona",
-        [sae, feature]).fetchall()]
+    return [
+        (p, float(m))
+        for p, m in con.execute(
+            "SELECT persona, mean_act FROM feature_personas fp JOIN personas USING (persona) "
+            "WHERE sae_id = ? AND feature = ? AND NOT is_control ORDER BY mean_act DESC, persona",
+            [sae, feature],
+        ).fetchall()
+    ]
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -132,9 +158,13 @@ def done_features(con: Connection, sae: str, key: str) -> set[int]:
     """Features already explained with the settings `key` (a rerun skips them)."""
     if "feature_explanations" not in tables(con):
         return set()
-    return {f for (f,) in con.execute(
-        "SELECT feature FROM feature_explanations WHERE sae_id = ? AND settings_json = ?::JSON",
-        [sae, key]).fetchall()}
+    return {
+        f
+        for (f,) in con.execute(
+            "SELECT feature FROM feature_explanations WHERE sae_id = ? AND settings_json = ?::JSON",
+            [sae, key],
+        ).fetchall()
+    }
 
 
 def write_explanation(db: Path, sae: str, row: dict[str, Any]) -> None:
@@ -143,9 +173,12 @@ def write_explanation(db: Path, sae: str, row: dict[str, Any]) -> None:
     try:
         with transaction(con):
             create_index_tables(con)  # (feature_explanations, and the names view)
-            con.execute("DELETE FROM feature_explanations WHERE sae_id = ? AND feature = ?",
-                        [sae, row["feature"]])
-            con.execute("""
+            con.execute(
+                "DELETE FROM feature_explanations WHERE sae_id = ? AND feature = ?",
+                [sae, row["feature"]],
+            )
+            con.execute(
+                """
                 INSERT INTO feature_explanations BY NAME
                 SELECT $sae AS sae_id, $feature AS feature, $explanation AS explanation,
                        $explainer AS explainer, $scorer AS scorer, $detection AS detection,
@@ -153,6 +186,7 @@ def write_explanation(db: Path, sae: str, row: dict[str, Any]) -> None:
                        $fuzzing AS fuzzing, $fuzzing_n AS fuzzing_n,
                        $fuzzing_hits AS fuzzing_hits, $n_shown AS n_shown,
                        $settings_json::JSON AS settings_json, now()::TIMESTAMP AS created_at""",
-                        {"sae": sae, **row})
+                {"sae": sae, **row},
+            )
     finally:
         con.close()

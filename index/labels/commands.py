@@ -24,12 +24,20 @@ def label_command(cfg: LabelRunConfig) -> None:
     result = label_database(cfg)
     features, fdr = result["features"], result["fdr"]
     if cfg.format == "json":
-        print_json({"sae_id": result["sae_id"], "features": len(features),
-                    "labels": features["label"].value_counts().to_dict(), "fdr": fdr,
-                    "notes": result["notes"], "config": result["config"],
-                    "persona_signal": result["persona_signal"],
-                    "decomposition": result["decomposition"], "persona_space": result["space"],
-                    "persona_space_axes": result["axes"]})
+        print_json(
+            {
+                "sae_id": result["sae_id"],
+                "features": len(features),
+                "labels": features["label"].value_counts().to_dict(),
+                "fdr": fdr,
+                "notes": result["notes"],
+                "config": result["config"],
+                "persona_signal": result["persona_signal"],
+                "decomposition": result["decomposition"],
+                "persona_space": result["space"],
+                "persona_space_axes": result["axes"],
+            }
+        )
         return
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
@@ -37,8 +45,10 @@ def label_command(cfg: LabelRunConfig) -> None:
         err.print(f"note: {note}", highlight=False)
     console.print(f"{cfg.db} · {result['sae_id']} · {len(features):,} features", highlight=False)
     seeds = cfg.calibration_seeds
-    counts = Table(title=f"labels, with their counts under the null (mean of {seeds} prompt "
-                         "reassignments; split personas) and the estimated FDR")
+    counts = Table(
+        title=f"labels, with their counts under the null (mean of {seeds} prompt "
+        "reassignments; split personas) and the estimated FDR"
+    )
     for col in ("label", "features", "null (reassigned)", "null (split)", "est. FDR"):
         counts.add_column(col, justify="left" if col == "label" else "right")
     for row in fdr.itertuples(index=False):
@@ -56,8 +66,11 @@ def label_command(cfg: LabelRunConfig) -> None:
         per.add_row(str(persona), *(f"{int(by.get((persona, lab), 0)):,}" for lab in shown))
     console.print(per)
     if result["persona_signal"] == result["persona_signal"]:  # not NaN
-        console.print(f"persona signal this dictionary carries on the battery: "
-                      f"{result['persona_signal']:.2f}", highlight=False)
+        console.print(
+            f"persona signal this dictionary carries on the battery: "
+            f"{result['persona_signal']:.2f}",
+            highlight=False,
+        )
     summary = space_summary(result["space"], result["axes"])
     if summary:
         console.print(summary, highlight=False)

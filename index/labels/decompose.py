@@ -78,8 +78,9 @@ class Decomposition:
     n_items: int
 
 
-def decompose(shift: np.ndarray, parts: np.ndarray, weights: np.ndarray,
-              confidence: float) -> Decomposition:
+def decompose(
+    shift: np.ndarray, parts: np.ndarray, weights: np.ndarray, confidence: float
+) -> Decomposition:
     """Shares of a persona's mean shift and their item-bootstrap intervals: `shift` [items, d]
     (the persona's mean shift on each item), `parts` [parts, items, d] the parts' item means
     (the error is the last share), `weights` [items, B] the resamples' item multiplicities."""
@@ -89,8 +90,9 @@ def decompose(shift: np.ndarray, parts: np.ndarray, weights: np.ndarray,
     u = np.einsum("ib,gid->bgd", weights, parts, optimize=True) / total[:, None, None]
     norm2 = np.einsum("bd,bd->b", v, v)
     err = v - u.sum(axis=1)
-    boot = np.concatenate([np.einsum("bgd,bd->bg", u, v), np.einsum("bd,bd->b", err, v)[:, None]],
-                          axis=1)
+    boot = np.concatenate(
+        [np.einsum("bgd,bd->bg", u, v), np.einsum("bd,bd->b", err, v)[:, None]], axis=1
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = boot / norm2[:, None]
     tail = (1 - confidence) / 2
@@ -99,8 +101,7 @@ def decompose(shift: np.ndarray, parts: np.ndarray, weights: np.ndarray,
         low, high = np.quantile(boot[ok], [tail, 1 - tail], axis=0)
     else:
         low = high = np.full(len(parts) + 1, np.nan)
-    return Decomposition(point, low, high, float(np.linalg.norm(shift.mean(axis=0))),
-                         len(shift))
+    return Decomposition(point, low, high, float(np.linalg.norm(shift.mean(axis=0))), len(shift))
 
 
 def answer(persona: str, parts: dict[str, tuple[float, float, float]]) -> str:
@@ -111,6 +112,8 @@ def answer(persona: str, parts: dict[str, tuple[float, float, float]]) -> str:
         return f"{share:.2f} [{low:.2f}, {high:.2f}]"
 
     own = sum(parts.get(name, (float("nan"),))[0] for name in ("own_features", "own_modulation"))
-    return (f"{persona}'s shift: {part('common')} the pattern every mask shares, {own:.2f} its "
-            f"own modulation ({part('own_modulation')} over features every mask uses, "
-            f"{part('own_features')} in features of its own), {part('error')} unexplained")
+    return (
+        f"{persona}'s shift: {part('common')} the pattern every mask shares, {own:.2f} its "
+        f"own modulation ({part('own_modulation')} over features every mask uses, "
+        f"{part('own_features')} in features of its own), {part('error')} unexplained"
+    )

@@ -26,8 +26,9 @@ def _prompt_keys(frame: pd.DataFrame, names: list[str], n_para: int) -> np.ndarr
     return np.where(codes >= 0, codes * n_para + frame["paraphrase"].to_numpy(), -1)
 
 
-def _relabel(frame: pd.DataFrame, keys: np.ndarray, new_keys: np.ndarray, names: list[str],
-             n_para: int) -> pd.DataFrame:
+def _relabel(
+    frame: pd.DataFrame, keys: np.ndarray, new_keys: np.ndarray, names: list[str], n_para: int
+) -> pd.DataFrame:
     """Rows with a prompt key move to the prompt new_keys[key] (a persona of `names`)."""
     out = frame.copy()
     moved = np.where(keys >= 0, new_keys[np.where(keys >= 0, keys, 0)], -1)
@@ -45,8 +46,9 @@ def _relabel(frame: pd.DataFrame, keys: np.ndarray, new_keys: np.ndarray, names:
     return out
 
 
-def reassign_prompts(doc_features: pd.DataFrame, documents: pd.DataFrame,
-                     personas: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def reassign_prompts(
+    doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(doc_features, documents) with the non-control prompts permuted among the non-control
     prompt slots; controls stay where they are."""
     main = personas.loc[~personas["is_control"].astype(bool), "persona"].astype(str).tolist()
@@ -62,8 +64,9 @@ def reassign_prompts(doc_features: pd.DataFrame, documents: pd.DataFrame,
     return out[0], out[1]
 
 
-def split_personas(doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def split_personas(
+    doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """The data with every persona of 2+ paraphrases split into `P__a` (first half of its
     paraphrases) and `P__b`; returns doc_features, documents, personas and fake → persona.
     Controls of P become controls of both halves."""
@@ -72,8 +75,11 @@ def split_personas(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
         pers["control_of"] = None
     main = pers.loc[~pers["is_control"].astype(bool), "persona"].tolist()
     n_para = int(documents["paraphrase"].max()) + 1
-    per = documents.assign(persona=documents["persona"].astype(str)).groupby(
-        "persona")["paraphrase"].unique()
+    per = (
+        documents.assign(persona=documents["persona"].astype(str))
+        .groupby("persona")["paraphrase"]
+        .unique()
+    )
     names, origin, rows, new_keys = [], {}, [], np.full(len(main) * n_para, -1, dtype=np.int64)
     for i, p in enumerate(main):
         paras = np.sort(per.get(p, np.array([], dtype=np.int64)))
@@ -95,7 +101,10 @@ def split_personas(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
     controls = pers[pers["is_control"].astype(bool)].copy()
     controls["control_of"] = [
         ",".join(f"{t}__a,{t}__b" if t in split else t for t in str(of).split(","))
-        if isinstance(of, str) and of else of for of in controls["control_of"]]
+        if isinstance(of, str) and of
+        else of
+        for of in controls["control_of"]
+    ]
     new_pers = pd.concat([pd.DataFrame(rows), controls], ignore_index=True)
     # Keys index the old main personas; the new names are written through `names`.
     out = []
@@ -108,12 +117,16 @@ def split_personas(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
 def false_persona_labels(table: pd.DataFrame, origin: dict[str, str]) -> pd.Series:
     """In a split run: persona labels that tell a persona's two halves apart (a label on one
     half alone, or a family holding one half without the other)."""
+
     def wrong(row: pd.Series) -> bool:
         if isinstance(row["top_persona"], str):
             return row["top_persona"] in origin
         members = set(str(row["family_set"]).split(","))
-        return any(m in origin and f"{origin[m]}__{'b' if m.endswith('__a') else 'a'}"
-                   not in members for m in members)
+        return any(
+            m in origin and f"{origin[m]}__{'b' if m.endswith('__a') else 'a'}" not in members
+            for m in members
+        )
+
     out = pd.Series(False, index=table.index)
     claims = table["label"].isin(PERSONA_LABELS)
     if claims.any():  # only the few persona labels need the row-wise check

@@ -29,8 +29,18 @@ from shoggoth.index.labels.stats import (
 
 __all__ = ["COLUMNS", "LABELS", "PERSONA_LABELS", "LabelConfig", "doc_index", "label_features"]
 
-LABELS = ("dead", "rare", "mask-specific", "persona-concept", "mask-or-concept", "mask-family",
-          "mask-general", "shared", "shared-modulated", "unclear")
+LABELS = (
+    "dead",
+    "rare",
+    "mask-specific",
+    "persona-concept",
+    "mask-or-concept",
+    "mask-family",
+    "mask-general",
+    "shared",
+    "shared-modulated",
+    "unclear",
+)
 PERSONA_LABELS = ("mask-specific", "persona-concept", "mask-or-concept", "mask-family")
 """Labels that claim a feature belongs to some personas (their false-discovery rate is
 estimated by the calibration runs)."""
@@ -89,12 +99,35 @@ class LabelConfig(Thresholds):
     point estimate), so that a persona clearly stronger is never called shared."""
 
 
-COLUMNS = ["feature", "label", "top_persona", "family_set", "battery_family", "argmax_persona",
-           "n_docs_firing", "fire_frac_personas", "top_share", "k_eff", "norm_entropy",
-           "f_stat", "p_value", "q_value", "top_ratio", "paraphrase_margin", "set_size",
-           "set_ratio", "set_margin", "control_ratio", "control_margin", "no_mask_ratio",
-           "max_min_ratio", "rest_ratio",
-           "ratio_ci_high", "shared_power", "ranked_personas"]
+COLUMNS = [
+    "feature",
+    "label",
+    "top_persona",
+    "family_set",
+    "battery_family",
+    "argmax_persona",
+    "n_docs_firing",
+    "fire_frac_personas",
+    "top_share",
+    "k_eff",
+    "norm_entropy",
+    "f_stat",
+    "p_value",
+    "q_value",
+    "top_ratio",
+    "paraphrase_margin",
+    "set_size",
+    "set_ratio",
+    "set_margin",
+    "control_ratio",
+    "control_margin",
+    "no_mask_ratio",
+    "max_min_ratio",
+    "rest_ratio",
+    "ratio_ci_high",
+    "shared_power",
+    "ranked_personas",
+]
 
 
 @dataclass
@@ -117,9 +150,14 @@ class _Context:
     docs_per_persona: np.ndarray
 
 
-def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame,
-                   n_features: int, config: LabelConfig | None = None,
-                   topics: dict[str, str] | None = None) -> pd.DataFrame:
+def label_features(
+    doc_features: pd.DataFrame,
+    documents: pd.DataFrame,
+    personas: pd.DataFrame,
+    n_features: int,
+    config: LabelConfig | None = None,
+    topics: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """One row per feature 0..n_features-1 with its label and the statistics behind it.
 
     personas: persona, family, is_control and optionally control_of (the persona a
@@ -135,14 +173,24 @@ def label_features(doc_features: pd.DataFrame, documents: pd.DataFrame, personas
     average = np.zeros((n_prompts, n_all))
     counts = layout.prompts_per_persona
     average[np.arange(n_prompts), layout.persona_of_prompt] = 1.0 / counts[layout.persona_of_prompt]
-    main_prompts = layout.persona_of_prompt[:layout.n_main_prompts]
-    ctx = _Context(cfg, layout, feat, doc, val, np.searchsorted(feat, np.arange(n_features + 1)),
-                   average, np.searchsorted(layout.persona_of_prompt, np.arange(n_all)),
-                   permutation_design(main_prompts, layout.n_main, cfg.permutations, cfg.seed),
-                   stratified_weights(layout.topic_of_item, cfg.bootstrap, cfg.seed + 1),
-                   layout.cell_docs.sum(axis=1))
-    table = pd.concat([_chunk(ctx, s, min(n_features, s + cfg.chunk))
-                       for s in range(0, n_features, cfg.chunk)], ignore_index=True)
+    main_prompts = layout.persona_of_prompt[: layout.n_main_prompts]
+    ctx = _Context(
+        cfg,
+        layout,
+        feat,
+        doc,
+        val,
+        np.searchsorted(feat, np.arange(n_features + 1)),
+        average,
+        np.searchsorted(layout.persona_of_prompt, np.arange(n_all)),
+        permutation_design(main_prompts, layout.n_main, cfg.permutations, cfg.seed),
+        stratified_weights(layout.topic_of_item, cfg.bootstrap, cfg.seed + 1),
+        layout.cell_docs.sum(axis=1),
+    )
+    table = pd.concat(
+        [_chunk(ctx, s, min(n_features, s + cfg.chunk)) for s in range(0, n_features, cfg.chunk)],
+        ignore_index=True,
+    )
     table["q_value"] = bh_qvalues(table["p_value"].to_numpy())
     _label(cfg, layout, table)
     out = table[COLUMNS].copy()
@@ -157,8 +205,9 @@ def _prompt_means(ctx: _Context, start: int, stop: int) -> tuple[np.ndarray, ...
     f_loc, d, v = ctx.feat[lo:hi] - start, ctx.doc[lo:hi], ctx.val[lo:hi]
     pr = layout.prompt_of_doc[d]
     n_p = len(layout.persona_of_prompt)
-    m = np.bincount(f_loc * n_p + pr, weights=v / layout.docs_per_prompt[pr],
-                    minlength=n_f * n_p).reshape(n_f, n_p)
+    m = np.bincount(
+        f_loc * n_p + pr, weights=v / layout.docs_per_prompt[pr], minlength=n_f * n_p
+    ).reshape(n_f, n_p)
     return f_loc, layout.persona_of_doc[d], layout.item_of_doc[d], v, m
 
 
@@ -179,25 +228,37 @@ def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
     out["feature"] = np.arange(start, stop)
     out["n_docs_firing"] = n_docs
     out["fire_frac_personas"] = fires.mean(axis=1) if k else np.zeros(n_f)
-    out["argmax_persona"] = [layout.personas[t] if lv and k else None
-                             for t, lv in zip(np.argmax(mu, axis=1) if k else np.zeros(n_f, int),
-                                              live, strict=True)]
+    out["argmax_persona"] = [
+        layout.personas[t] if lv and k else None
+        for t, lv in zip(np.argmax(mu, axis=1) if k else np.zeros(n_f, int), live, strict=True)
+    ]
     f_stat, p = np.full(n_f, np.nan), np.full(n_f, np.nan)
     if k >= 2 and testable.any():
         f_stat[testable], p[testable] = persona_test(
-            mm[testable], layout.persona_of_prompt[:n_mp], ctx.design, cfg.log_floor)
+            mm[testable], layout.persona_of_prompt[:n_mp], ctx.design, cfg.log_floor
+        )
     out["f_stat"], out["p_value"] = f_stat, p
     # Each persona's weakest and best prompt mean (main personas' prompts come first).
     lo, hi = np.minimum.reduceat(m, ctx.starts, axis=1), np.maximum.reduceat(m, ctx.starts, axis=1)
-    c = contrast(mu, lo[:, :k], hi[:, :k], cfg.contrast,
-                 max(1, int(np.floor(cfg.family_fraction * k))))
-    for name, values in (("top_ratio", c.top_ratio), ("paraphrase_margin", c.top_margin),
-                         ("set_ratio", c.set_ratio), ("set_margin", c.set_margin)):
+    c = contrast(
+        mu, lo[:, :k], hi[:, :k], cfg.contrast, max(1, int(np.floor(cfg.family_fraction * k)))
+    )
+    for name, values in (
+        ("top_ratio", c.top_ratio),
+        ("paraphrase_margin", c.top_margin),
+        ("set_ratio", c.set_ratio),
+        ("set_margin", c.set_margin),
+    ):
         out[name] = np.where(live, values, np.nan)
     out["set_size"] = c.set_size
     ctrl_mu = _matched_means(layout, mu_all)
-    for name, values in (("order", c.order), ("mu", mu), ("control_mu", ctrl_mu), ("lo", lo),
-                         ("hi", hi)):
+    for name, values in (
+        ("order", c.order),
+        ("mu", mu),
+        ("control_mu", ctrl_mu),
+        ("lo", lo),
+        ("hi", hi),
+    ):
         out[name] = list(values)  # per feature, for the few that _label decides on
     top = c.order[:, 0] if k else np.zeros(n_f, int)
     out["control_margin"] = np.where(live, _top_control_margins(layout, lo, hi, top), np.nan)
@@ -207,8 +268,9 @@ def _chunk(ctx: _Context, start: int, stop: int) -> pd.DataFrame:
         out["control_ratio"] = np.where(live, ctrl / top_mu, np.nan)
         base = mu_all[:, layout.baseline].mean(axis=1) if layout.baseline else np.full(n_f, np.nan)
         out["no_mask_ratio"] = np.where(live, base / mu.mean(axis=1), np.nan)
-    high, power = _shared_bound(ctx, m, mu, testable & broad & (mm > 0).all(axis=1),
-                                (f_loc, pk, ii, v))
+    high, power = _shared_bound(
+        ctx, m, mu, testable & broad & (mm > 0).all(axis=1), (f_loc, pk, ii, v)
+    )
     out["ratio_ci_high"], out["shared_power"] = high, power
     out["broad"] = broad
     return out
@@ -226,19 +288,25 @@ def _descriptive(mu: np.ndarray, live: np.ndarray, names: list[str]) -> pd.DataF
         max_min = mu.max(axis=1) / mu.min(axis=1) if k else np.full(n_f, np.nan)
         rest = (total[:, None] - mu) / (k - 1) if k > 1 else np.full_like(mu, np.nan)
         rest_ratio = (mu / rest).max(axis=1) if k > 1 else np.full(n_f, np.nan)
-    ranked = [",".join(names[j] for j in np.argsort(-mu[f], kind="stable") if mu[f, j] > 0)
-              for f in range(n_f)]
-    return pd.DataFrame({
-        "top_share": np.where(live, share.max(axis=1) if k else np.nan, np.nan),
-        "k_eff": np.where(live, np.exp(ent), np.nan),
-        "norm_entropy": np.where(live, norm, np.nan),
-        "max_min_ratio": np.where(live, max_min, np.nan),
-        "rest_ratio": np.where(live, rest_ratio, np.nan),
-        "ranked_personas": ranked})
+    ranked = [
+        ",".join(names[j] for j in np.argsort(-mu[f], kind="stable") if mu[f, j] > 0)
+        for f in range(n_f)
+    ]
+    return pd.DataFrame(
+        {
+            "top_share": np.where(live, share.max(axis=1) if k else np.nan, np.nan),
+            "k_eff": np.where(live, np.exp(ent), np.nan),
+            "norm_entropy": np.where(live, norm, np.nan),
+            "max_min_ratio": np.where(live, max_min, np.nan),
+            "rest_ratio": np.where(live, rest_ratio, np.nan),
+            "ranked_personas": ranked,
+        }
+    )
 
 
-def control_margins(layout: LabelDesign, lo: np.ndarray, hi: np.ndarray,
-                    members: list[int]) -> np.ndarray:
+def control_margins(
+    layout: LabelDesign, lo: np.ndarray, hi: np.ndarray, members: list[int]
+) -> np.ndarray:
     """lo, hi: [rows, persona] weakest and best prompt means. Per row: the members' matched
     controls against the other personas' matched controls, as the largest (over the members'
     controls) weakest-prompt mean / the best prompt mean among the controls matched to
@@ -254,12 +322,14 @@ def control_margins(layout: LabelDesign, lo: np.ndarray, hi: np.ndarray,
     best = hi[:, others].max(axis=1) if others else np.zeros(len(lo))
     weakest = lo[:, own].max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(best > 0, weakest / np.where(best > 0, best, 1.0),
-                        np.where(weakest > 0, np.inf, np.nan))
+        return np.where(
+            best > 0, weakest / np.where(best > 0, best, 1.0), np.where(weakest > 0, np.inf, np.nan)
+        )
 
 
-def _top_control_margins(layout: LabelDesign, lo: np.ndarray, hi: np.ndarray,
-                         top: np.ndarray) -> np.ndarray:
+def _top_control_margins(
+    layout: LabelDesign, lo: np.ndarray, hi: np.ndarray, top: np.ndarray
+) -> np.ndarray:
     """control_margins of each feature's top persona."""
     out = np.full(len(top), np.nan)
     for k in np.unique(top) if layout.n_main else []:
@@ -278,8 +348,9 @@ def _matched_means(layout: LabelDesign, mu_all: np.ndarray) -> np.ndarray:
     return out
 
 
-def _shared_bound(ctx: _Context, m: np.ndarray, mu: np.ndarray, cand: np.ndarray,
-                  rows: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _shared_bound(
+    ctx: _Context, m: np.ndarray, mu: np.ndarray, cand: np.ndarray, rows: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """ratio_ci_high and shared_power for the candidates (broad, every prompt firing). The item
     bootstrap is run only where the prompt term alone leaves the bound under the limit: adding
     a variance can only raise it."""
@@ -291,8 +362,9 @@ def _shared_bound(ctx: _Context, m: np.ndarray, mu: np.ndarray, cand: np.ndarray
     idx = np.flatnonzero(cand)
     log_m = np.log(m[idx, :n_mp])
     main_prompts = layout.persona_of_prompt[:n_mp]
-    high[idx], power[idx] = equivalence(mu[idx], log_m, main_prompts, None,
-                                        cfg.shared_ratio_bound, cfg.confidence)
+    high[idx], power[idx] = equivalence(
+        mu[idx], log_m, main_prompts, None, cfg.shared_ratio_bound, cfg.confidence
+    )
     close = idx[high[idx] <= cfg.shared_ratio_bound]
     if len(close):
         f_loc, pk, ii, v = rows
@@ -300,13 +372,20 @@ def _shared_bound(ctx: _Context, m: np.ndarray, mu: np.ndarray, cand: np.ndarray
         pos[close] = np.arange(len(close))
         keep = (pos[f_loc] >= 0) & (pk < k)
         n_items = len(layout.items)
-        a = np.bincount((pos[f_loc[keep]] * k + pk[keep]) * n_items + ii[keep],
-                        weights=v[keep] / layout.cell_docs[pk[keep], ii[keep]],
-                        minlength=len(close) * k * n_items).reshape(len(close), k, n_items)
+        a = np.bincount(
+            (pos[f_loc[keep]] * k + pk[keep]) * n_items + ii[keep],
+            weights=v[keep] / layout.cell_docs[pk[keep], ii[keep]],
+            minlength=len(close) * k * n_items,
+        ).reshape(len(close), k, n_items)
         ests = item_bootstrap(a, layout.cell_docs[:k] > 0, ctx.weights)
-        high[close], power[close] = equivalence(mu[close], np.log(m[close, :n_mp]),
-                                                main_prompts, ests, cfg.shared_ratio_bound,
-                                                cfg.confidence)
+        high[close], power[close] = equivalence(
+            mu[close],
+            np.log(m[close, :n_mp]),
+            main_prompts,
+            ests,
+            cfg.shared_ratio_bound,
+            cfg.confidence,
+        )
     return high, power
 
 
@@ -316,7 +395,7 @@ def _family_of(layout: LabelDesign, members: list[str]) -> str | None:
     if len(families) != 1:
         return None
     fam = families.pop()
-    whole = {p for p in layout.personas[:layout.n_main] if layout.family[p] == fam}
+    whole = {p for p in layout.personas[: layout.n_main] if layout.family[p] == fam}
     return fam if whole == set(members) else f"part of {fam}"
 
 
@@ -327,8 +406,11 @@ def _label(cfg: LabelConfig, layout: LabelDesign, t: pd.DataFrame) -> None:
     q = t["q_value"].to_numpy()
     sig = np.isfinite(q) & (q < cfg.alpha)
     broad = t["broad"].to_numpy()
-    shared = broad & (t["ratio_ci_high"].to_numpy() <= cfg.shared_ratio_bound) \
+    shared = (
+        broad
+        & (t["ratio_ci_high"].to_numpy() <= cfg.shared_ratio_bound)
         & (t["rest_ratio"].to_numpy() <= cfg.shared_point_ratio)
+    )
     label = np.full(len(t), "unclear", dtype=object)
     label[shared] = "shared"
     general = shared & (t["no_mask_ratio"].to_numpy() <= cfg.no_mask_ratio)
@@ -350,15 +432,21 @@ def _label(cfg: LabelConfig, layout: LabelDesign, t: pd.DataFrame) -> None:
             # Most of the activity is not the set's: modulated, not owned (docs/labels.md).
             label[f] = "shared-modulated" if broad[f] else "unclear"
             continue
-        margin = control_margins(layout, t["lo"].iat[f][None], t["hi"].iat[f][None],
-                                 list(members))[0]
+        margin = control_margins(layout, t["lo"].iat[f][None], t["hi"].iat[f][None], list(members))[
+            0
+        ]
         with np.errstate(invalid="ignore"):
             concept = bool((ctrl >= mu / cfg.contrast).any()) or margin > 1
         names = [layout.personas[j] for j in members]
         if size[f] == 1:
             top[f] = names[0]
-            label[f] = ("persona-concept" if concept else
-                        "mask-or-concept" if np.isnan(ctrl).all() else "mask-specific")
+            label[f] = (
+                "persona-concept"
+                if concept
+                else "mask-or-concept"
+                if np.isnan(ctrl).all()
+                else "mask-specific"
+            )
         else:
             family[f], battery[f] = ",".join(names), _family_of(layout, names)
             label[f] = "persona-concept" if concept else "mask-family"
@@ -367,7 +455,6 @@ def _label(cfg: LabelConfig, layout: LabelDesign, t: pd.DataFrame) -> None:
     if k < 2:
         label[n_docs >= cfg.min_docs] = "unclear"  # one persona: nothing to compare
     t["label"] = label
-    for name, values in (("top_persona", top), ("family_set", family),
-                         ("battery_family", battery)):
+    for name, values in (("top_persona", top), ("family_set", family), ("battery_family", battery)):
         t[name] = pd.Series(values, index=t.index, dtype=object)
     t["set_size"] = np.where(size > 0, size, np.nan)

@@ -52,56 +52,92 @@ class LabelRunConfig(LabelConfig):
     """table (for reading) or json (for scripts)."""
 
 
-def _read(con: Connection, sae_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
-                                           dict[str, str]]:
+def _read(
+    con: Connection, sae_id: str
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str]]:
     # ENUM columns arrive as pandas categoricals: millions of rows, no Python strings.
     doc_features = con.execute(
-        "SELECT persona, paraphrase, item_id, feature, mean_act FROM doc_features "
-        "WHERE sae_id = ?", [sae_id]).df()
+        "SELECT persona, paraphrase, item_id, feature, mean_act FROM doc_features WHERE sae_id = ?",
+        [sae_id],
+    ).df()
     documents = con.execute(
         "SELECT persona::VARCHAR AS persona, paraphrase, item_id::VARCHAR AS item_id "
-        "FROM documents WHERE sae_id = ?", [sae_id]).df()
-    personas = con.execute("SELECT persona::VARCHAR AS persona, family, is_control, control_of "
-                           "FROM personas ORDER BY enum_code(personas.persona)").df()
+        "FROM documents WHERE sae_id = ?",
+        [sae_id],
+    ).df()
+    personas = con.execute(
+        "SELECT persona::VARCHAR AS persona, family, is_control, control_of "
+        "FROM personas ORDER BY enum_code(personas.persona)"
+    ).df()
     topics = dict(con.execute("SELECT item_id::VARCHAR, topic FROM items").fetchall())
     return doc_features, documents, personas, topics
 
 
-def _counts(run: str, description: str, table: pd.DataFrame,
-            wrong: pd.Series | None = None) -> pd.DataFrame:
+def _counts(
+    run: str, description: str, table: pd.DataFrame, wrong: pd.Series | None = None
+) -> pd.DataFrame:
     """One row per label: how many features of this run got it (in a split run, persona labels
     count only where they tell a persona's halves apart)."""
-    labels = table["label"] if wrong is None else table["label"].where(
-        wrong | ~table["label"].isin(PERSONA_LABELS), "split-consistent")
+    labels = (
+        table["label"]
+        if wrong is None
+        else table["label"].where(wrong | ~table["label"].isin(PERSONA_LABELS), "split-consistent")
+    )
     counts = labels.value_counts()
-    return pd.DataFrame({"run": run, "description": description,
-                         "n_live": int((table["n_docs_firing"] > 0).sum()),
-                         "label": list(LABELS),
-                         "n": [int(counts.get(lab, 0)) for lab in LABELS]})
+    return pd.DataFrame(
+        {
+            "run": run,
+            "description": description,
+            "n_live": int((table["n_docs_firing"] > 0).sum()),
+            "label": list(LABELS),
+            "n": [int(counts.get(lab, 0)) for lab in LABELS],
+        }
+    )
 
 
-def calibrate(doc_features: pd.DataFrame, documents: pd.DataFrame, personas: pd.DataFrame,
-              n: int, cfg: LabelConfig, seeds: int, topics: dict[str, str],
-              notes: list[str]) -> pd.DataFrame:
+def calibrate(
+    doc_features: pd.DataFrame,
+    documents: pd.DataFrame,
+    personas: pd.DataFrame,
+    n: int,
+    cfg: LabelConfig,
+    seeds: int,
+    topics: dict[str, str],
+    notes: list[str],
+) -> pd.DataFrame:
     """The calibration runs' label counts: prompts reassigned to random persona slots (one run
     per seed) and every persona's paraphrases split in two (where it has 4 or more)."""
     rows = []
     for s in range(seeds):
         df, docs = reassign_prompts(doc_features, documents, personas, cfg.seed + 1000 + s)
         table = label_features(df, docs, personas, n, cfg, topics)
-        rows.append(_counts(f"reassigned:{s}", "the non-control prompts reassigned to random "
-                            "persona slots, each with all its documents", table))
+        rows.append(
+            _counts(
+                f"reassigned:{s}",
+                "the non-control prompts reassigned to random "
+                "persona slots, each with all its documents",
+                table,
+            )
+        )
     paras = documents.groupby("persona")["paraphrase"].nunique()
     main = personas.loc[~personas["is_control"].astype(bool), "persona"]
     if (paras.reindex(main).fillna(0) >= 4).any():
         df, docs, pers, origin = split_personas(doc_features, documents, personas)
         table = label_features(df, docs, pers, n, cfg, topics)
-        rows.append(_counts("split", "every persona's paraphrases split into two fake personas; "
-                            "persona labels that tell the halves apart", table,
-                            false_persona_labels(table, origin)))
+        rows.append(
+            _counts(
+                "split",
+                "every persona's paraphrases split into two fake personas; "
+                "persona labels that tell the halves apart",
+                table,
+                false_persona_labels(table, origin),
+            )
+        )
     else:
-        notes.append("the split calibration needs a persona with 4 or more paraphrases (two "
-                     "per half); this harvest has fewer, so only the reassignment runs count")
+        notes.append(
+            "the split calibration needs a persona with 4 or more paraphrases (two "
+            "per half); this harvest has fewer, so only the reassignment runs count"
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -120,10 +156,20 @@ def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
         n_null = float(null.get(lab, 0.0))
         n_split = split.get(lab) if lab in PERSONA_LABELS else None
         worst = max(n_null, float(n_split) if n_split is not None else 0.0)
-        fdr = (min(1.0, worst / n_real) if n_real else (0.0 if worst == 0 else 1.0)) \
-            if lab in FDR_LABELS else None
-        out.append({"label": lab, "n_real": n_real, "n_null": n_null,
-                    "n_split": None if n_split is None else int(n_split), "fdr": fdr})
+        fdr = (
+            (min(1.0, worst / n_real) if n_real else (0.0 if worst == 0 else 1.0))
+            if lab in FDR_LABELS
+            else None
+        )
+        out.append(
+            {
+                "label": lab,
+                "n_real": n_real,
+                "n_null": n_null,
+                "n_split": None if n_split is None else int(n_split),
+                "fdr": fdr,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -133,15 +179,30 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
         doc_features, documents, personas, topics = _read(con, sae_id)
         extra = con.execute(
             "SELECT feature, max(max_act) AS max_act FROM doc_features WHERE sae_id = ? "
-            "GROUP BY feature", [sae_id]).df()
+            "GROUP BY feature",
+            [sae_id],
+        ).df()
         shifts, prompts = read_shifts(con, sae_id), read_prompts(con)
     thresholds = LabelConfig(**{f.name: getattr(cfg, f.name) for f in fields(LabelConfig)})
     n = sae_row["d_sae"]
     real = label_features(doc_features, documents, personas, n, thresholds, topics)
     notes = list(real.attrs.get("notes", []))
-    calib = pd.concat([_counts("real", "the harvest as it is", real),
-                       calibrate(doc_features, documents, personas, n, thresholds,
-                                 cfg.calibration_seeds, topics, notes)], ignore_index=True)
+    calib = pd.concat(
+        [
+            _counts("real", "the harvest as it is", real),
+            calibrate(
+                doc_features,
+                documents,
+                personas,
+                n,
+                thresholds,
+                cfg.calibration_seeds,
+                topics,
+                notes,
+            ),
+        ],
+        ignore_index=True,
+    )
     fdr = fdr_table(real, calib)
     n_docs = len(documents)
     features = real.merge(extra, on="feature", how="left")
@@ -152,23 +213,46 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     features.insert(0, "sae_id", sae_id)
     calib.insert(0, "sae_id", sae_id)
     fdr.insert(0, "sae_id", sae_id)
-    persona = persona_tables(shifts, prompts, sae_row, doc_features, documents, personas, real,
-                             topics, cfg.bootstrap, cfg.confidence, cfg.seed, notes,
-                             cfg.assistant)
-    frames = {"persona_signal": persona.signal, "persona_space": persona.space,
-              "persona_space_axes": persona.axes,
-              "persona_decomposition": persona.decompositions.pattern,
-              "persona_label_shares": persona.decompositions.labels,
-              "persona_own_features": persona.decompositions.own}
+    persona = persona_tables(
+        shifts,
+        prompts,
+        sae_row,
+        doc_features,
+        documents,
+        personas,
+        real,
+        topics,
+        cfg.bootstrap,
+        cfg.confidence,
+        cfg.seed,
+        notes,
+        cfg.assistant,
+    )
+    frames = {
+        "persona_signal": persona.signal,
+        "persona_space": persona.space,
+        "persona_space_axes": persona.axes,
+        "persona_decomposition": persona.decompositions.pattern,
+        "persona_label_shares": persona.decompositions.labels,
+        "persona_own_features": persona.decompositions.own,
+    }
     for frame in frames.values():
         if not frame.empty:
             frame.insert(0, "sae_id", sae_id)
-    write(cfg.db, sae_id, features, calib, fdr, {**config_metadata(cfg), "notes": notes},
-          frames)
-    return {"sae_id": sae_id, "features": features, "calibration": calib, "fdr": fdr,
-            "notes": notes, "config": asdict(thresholds), "persona_signal": persona.fraction,
-            "signal": persona.signal, "decomposition": persona.decompositions.pattern,
-            "space": persona.space, "axes": persona.axes}
+    write(cfg.db, sae_id, features, calib, fdr, {**config_metadata(cfg), "notes": notes}, frames)
+    return {
+        "sae_id": sae_id,
+        "features": features,
+        "calibration": calib,
+        "fdr": fdr,
+        "notes": notes,
+        "config": asdict(thresholds),
+        "persona_signal": persona.fraction,
+        "signal": persona.signal,
+        "decomposition": persona.decompositions.pattern,
+        "space": persona.space,
+        "axes": persona.axes,
+    }
 
 
 PERSONA_SQL = """
@@ -189,9 +273,15 @@ ORDER BY s.feature, s.persona
 """
 
 
-def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFrame,
-          fdr: pd.DataFrame, config: dict[str, Any],
-          persona: dict[str, pd.DataFrame] | None = None) -> None:
+def write(
+    db: Path,
+    sae_id: str,
+    features: pd.DataFrame,
+    calibration: pd.DataFrame,
+    fdr: pd.DataFrame,
+    config: dict[str, Any],
+    persona: dict[str, pd.DataFrame] | None = None,
+) -> None:
     """Replace this SAE's labels in one transaction (with a `runs` record); annotations are
     never touched."""
     con = connect(db, wait=WAIT)
@@ -199,8 +289,11 @@ def write(db: Path, sae_id: str, features: pd.DataFrame, calibration: pd.DataFra
         with transaction(con):
             record_run(con, "label", sae_id, config)
             create_label_tables(con)
-            for table, frame in (("features", features), ("calibration", calibration),
-                                 ("label_fdr", fdr)):
+            for table, frame in (
+                ("features", features),
+                ("calibration", calibration),
+                ("label_fdr", fdr),
+            ):
                 replace_rows(con, table, sae_id, frame)
             for table in PERSONA_TABLES:  # (a table is emptied when nothing was made)
                 con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])

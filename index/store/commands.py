@@ -48,8 +48,10 @@ def exit_stuck(why: str, timeout: float) -> None:
     (a read-only connection has nothing to lose; DuckDB's log keeps a write atomic)."""
     if why == "interrupt":
         hard_exit("interrupted", 130)
-    hard_exit(f"error: sql: stopped after {timeout:g} s (--timeout); narrow the query or raise "
-              "--timeout", 2)
+    hard_exit(
+        f"error: sql: stopped after {timeout:g} s (--timeout); narrow the query or raise --timeout",
+        2,
+    )
 
 
 @click.command("export")
@@ -70,27 +72,41 @@ def export_command(cfg: ExportConfig) -> None:
     console = Console(soft_wrap=True)
     if "delphi" in out:
         cache = out["delphi"]
-        console.print(f"{cache['folder']}: delphi cache of {shown_name(cache['sae_id'])} "
-                      f"(latents/{shown_name(cache['hook'])}): {cache['rows']:,} rows × "
-                      f"{cache['ctx']} tokens, {cache['activations']:,} activations in "
-                      f"{cache['splits']} splits, {cache['bytes'] / 1e6:,.1f} MB",
-                      highlight=False, markup=False)
+        console.print(
+            f"{cache['folder']}: delphi cache of {shown_name(cache['sae_id'])} "
+            f"(latents/{shown_name(cache['hook'])}): {cache['rows']:,} rows × "
+            f"{cache['ctx']} tokens, {cache['activations']:,} activations in "
+            f"{cache['splits']} splits, {cache['bytes'] / 1e6:,.1f} MB",
+            highlight=False,
+            markup=False,
+        )
     if "neuronpedia" in out:
         np = out["neuronpedia"]
-        console.print(f"{np['source_folder']}: Neuronpedia export of "
-                      f"{shown_name(np['sae_id'])} as {np['model_id']}/{np['source']}: "
-                      f"{np['features']:,} features, {np['activations']:,} examples, "
-                      f"{np['explanations']:,} explanations in {np['batches']} batches, "
-                      f"{np['bytes'] / 1e6:,.1f} MB", highlight=False, markup=False)
+        console.print(
+            f"{np['source_folder']}: Neuronpedia export of "
+            f"{shown_name(np['sae_id'])} as {np['model_id']}/{np['source']}: "
+            f"{np['features']:,} features, {np['activations']:,} examples, "
+            f"{np['explanations']:,} explanations in {np['batches']} batches, "
+            f"{np['bytes'] / 1e6:,.1f} MB",
+            highlight=False,
+            markup=False,
+        )
         if "uploaded" in np:
             sent = np["uploaded"]
-            console.print(f"uploaded {sent['features']:,} features to {sent['endpoint']} in "
-                          f"{sent['requests']} requests", highlight=False, markup=False)
+            console.print(
+                f"uploaded {sent['features']:,} features to {sent['endpoint']} in "
+                f"{sent['requests']} requests",
+                highlight=False,
+                markup=False,
+            )
     if "parquet" in out:
         total = sum(out["rows"].values())
-        console.print(f"{out['parquet']}: {len(out['rows'])} tables, {total:,} rows, "
-                      f"{out['bytes'] / 1e6:,.1f} MB; views in {out['views']} reading "
-                      f"{out['location']}", highlight=False)
+        console.print(
+            f"{out['parquet']}: {len(out['rows'])} tables, {total:,} rows, "
+            f"{out['bytes'] / 1e6:,.1f} MB; views in {out['views']} reading "
+            f"{out['location']}",
+            highlight=False,
+        )
 
 
 @dataclass
@@ -116,9 +132,18 @@ def status_command(cfg: StatusConfig) -> None:
         return
     table = Table(title=f"{cfg.db}: {len(rows)} SAE(s)")
     for column in ("sae_id", "kind", "model", "hook", "d_sae", "documents", *STAGES):
-        table.add_column(column, justify="left" if column in ("sae_id", "kind", "model", "hook")
-                         else "right")
+        table.add_column(
+            column, justify="left" if column in ("sae_id", "kind", "model", "hook") else "right"
+        )
     for row in rows:
-        table.add_row(*(("yes" if v else "no") if isinstance(v, bool) else f"{v:,}"
-                        if isinstance(v, int) else str(v) for v in row.values()))
+        table.add_row(
+            *(
+                ("yes" if v else "no")
+                if isinstance(v, bool)
+                else f"{v:,}"
+                if isinstance(v, int)
+                else str(v)
+                for v in row.values()
+            )
+        )
     Console(soft_wrap=True).print(table)

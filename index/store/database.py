@@ -46,7 +46,6 @@ Frame: TypeAlias = "pd.DataFrame | pa.Table"
 """Rows to insert: a pandas frame or an Arrow table."""
 
 
-
 def faiss_dir(db: Path) -> Path:
     """The folder beside `db` holding its FAISS indexes and persona vectors (paths stored in
     the database are relative to it, so a database moved with its folder keeps working)."""
@@ -77,9 +76,16 @@ LOCKED = {"lock_configuration": True}
 """For connections that run SQL from a user (`shoggoth sql`, the explorer)."""
 
 
-def connect(path: Path, *, read_only: bool = False, what: str = "--db",
-            config: dict[str, Any] | None = None, wait: float = 0.0,
-            folders: Sequence[Path] = (), files: Sequence[Path] = ()) -> Connection:
+def connect(
+    path: Path,
+    *,
+    read_only: bool = False,
+    what: str = "--db",
+    config: dict[str, Any] | None = None,
+    wait: float = 0.0,
+    folders: Sequence[Path] = (),
+    files: Sequence[Path] = (),
+) -> Connection:
     """The one way shoggoth opens a database: a sandboxed DuckDB connection (`SANDBOX`, plus
     `config`'s extra settings) to an existing or new file. `folders`, `files`: what DuckDB
     itself may read and write besides the database, e.g. an export's folder or a file to
@@ -107,11 +113,20 @@ def connect(path: Path, *, read_only: bool = False, what: str = "--db",
     return con
 
 
-def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | None,
-             folders: Sequence[Path], files: Sequence[Path]) -> Connection:
+def _connect(
+    path: Path,
+    read_only: bool,
+    what: str,
+    config: dict[str, Any] | None,
+    folders: Sequence[Path],
+    files: Sequence[Path],
+) -> Connection:
     settings = {"default_block_size": str(BLOCK_SIZE), **SANDBOX, **(config or {})}
-    late = {k: settings.pop(k) for k in ("enable_external_access", "lock_configuration")
-            if k in settings}
+    late = {
+        k: settings.pop(k)
+        for k in ("enable_external_access", "lock_configuration")
+        if k in settings
+    }
     try:
         con = duckdb.connect(str(path), read_only=read_only, config=settings)
     except duckdb.IOException as e:
@@ -119,8 +134,10 @@ def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | No
         if "lock" in msg.lower():
             pid = re.search(r"PID (\d+)", msg)
             holder = f" (PID {pid.group(1)})" if pid else ""
-            raise Locked(f"{what} {path}: locked by another process{holder}; wait for it to "
-                         "finish or close it") from None
+            raise Locked(
+                f"{what} {path}: locked by another process{holder}; wait for it to "
+                "finish or close it"
+            ) from None
         if "not a valid DuckDB database" in msg:
             raise BadInput(f"{what} {path}: not a DuckDB database") from None
         raise BadInput(f"{what} {path}: {first_line(e)}") from None
@@ -128,8 +145,7 @@ def _connect(path: Path, read_only: bool, what: str, config: dict[str, Any] | No
         raise BadInput(f"{what} {path}: {first_line(e)}") from None
     try:
         if folders:
-            _set(con, "SET allowed_directories = ?",
-                 [[str(p).rstrip("/") + "/" for p in folders]])
+            _set(con, "SET allowed_directories = ?", [[str(p).rstrip("/") + "/" for p in folders]])
         if files:
             _set(con, "SET allowed_paths = ?", [[str(p) for p in files]])
         for key, value in late.items():  # last: after these, no setting can change
@@ -158,31 +174,43 @@ def _set(con: duckdb.DuckDBPyConnection, statement: str, params: list[object] | 
 def _system_functions() -> frozenset[str]:
     """The names of DuckDB's own functions (listed once per process)."""
     with duckdb.connect(":memory:") as con:
-        return frozenset(r[0] for r in con.execute(
-            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE database_name = 'system'"
-        ).fetchall())
+        return frozenset(
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT function_name FROM duckdb_functions() "
+                "WHERE database_name = 'system'"
+            ).fetchall()
+        )
 
 
 def trust_nothing_from(con: duckdb.DuckDBPyConnection, path: Path, what: str) -> None:
     """Refuse what a hostile file could use to change shoggoth's queries (a macro named like
     one of DuckDB's functions, a view named like one of shoggoth's tables), then define
     shoggoth's own views and macros as temporary objects, which the file's cannot replace."""
-    macros = [r[0] for r in con.execute(
-        "SELECT function_name FROM duckdb_functions() WHERE database_name = current_database() "
-        "AND function_type IN ('macro', 'table_macro') AND function_name <> 'example_contexts'"
-    ).fetchall()]
+    macros = [
+        r[0]
+        for r in con.execute(
+            "SELECT function_name FROM duckdb_functions() WHERE database_name = current_database() "
+            "AND function_type IN ('macro', 'table_macro') AND function_name <> 'example_contexts'"
+        ).fetchall()
+    ]
     shadowing = next((m for m in macros if m in _system_functions()), None)
     if shadowing is not None:
-        raise BadInput(f"{what} {path}: defines a macro '{shown_name(shadowing)}' that replaces "
-                       "DuckDB's own function; shoggoth does not open it")
+        raise BadInput(
+            f"{what} {path}: defines a macro '{shown_name(shadowing)}' that replaces "
+            "DuckDB's own function; shoggoth does not open it"
+        )
     view = con.execute(
         "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND "
-        "NOT internal AND list_contains(?, view_name) LIMIT 1", [sorted(KNOWN_TABLES)]
+        "NOT internal AND list_contains(?, view_name) LIMIT 1",
+        [sorted(KNOWN_TABLES)],
     ).fetchone()
     if view is not None and tables(con) != {"export_info"}:  # (an export's views database:
         # its views are redefined from the export's manifest, see index/store/sql.py)
-        raise BadInput(f"{what} {path}: '{shown_name(view[0])}' is a view where shoggoth keeps a "
-                       "table; shoggoth does not open it")
+        raise BadInput(
+            f"{what} {path}: '{shown_name(view[0])}' is a view where shoggoth keeps a "
+            "table; shoggoth does not open it"
+        )
     define_own_views(con)
 
 
@@ -211,8 +239,10 @@ def check_writable(path: Path, what: str = "--db", wait: float = 10.0) -> None:
     deadline = time.monotonic() + wait
     while (pid := lock_holder(path)) is not None:
         if time.monotonic() >= deadline:
-            raise Locked(f"{what} {path}: in use by another process (PID {pid}); wait for it "
-                         "to finish or close it, then run this again")
+            raise Locked(
+                f"{what} {path}: in use by another process (PID {pid}); wait for it "
+                "to finish or close it, then run this again"
+            )
         time.sleep(0.1)
 
 
@@ -226,13 +256,15 @@ def check_can_write(path: Path, what: str = "--db") -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise BadInput(f"{what} {path}: cannot be written ({e.strerror or e}); nothing was "
-                       "done") from None
+        raise BadInput(
+            f"{what} {path}: cannot be written ({e.strerror or e}); nothing was done"
+        ) from None
 
 
 def identity(path: Path) -> tuple[Any, ...]:
     """What changes whenever a database is written: the file's inode, size and modification
     time, and its write-ahead log's (a commit may still be only in the log)."""
+
     def stat(p: Path) -> tuple[int, int, int] | None:
         try:
             st = os.stat(p)
@@ -262,10 +294,14 @@ def exclusive(path: Path, what: str = "--db", wait: float = 30.0) -> Iterator[No
     """Hold an exclusive fcntl lock on `path` (the lock DuckDB itself takes), so no DuckDB
     connection of another process can open it meanwhile; waits up to `wait` seconds for readers
     and writers to finish. The lock is released when the block ends."""
+
     def refused() -> Locked:
         pid = lock_holder(path)
-        return Locked(f"{what} {path}: in use by another process"
-                      + (f" (PID {pid})" if pid else "") + "; run this again when it is done")
+        return Locked(
+            f"{what} {path}: in use by another process"
+            + (f" (PID {pid})" if pid else "")
+            + "; run this again when it is done"
+        )
 
     fd = os.open(path, os.O_RDWR)
     try:
@@ -292,9 +328,14 @@ def writing(db: Path, what: str = "--db", wait: float = WRITE_WAIT) -> Iterator[
     except OSError as e:
         raise BadInput(f"{what} {db}: its folder cannot be opened ({e.strerror or e})") from None
     try:
-        _wait_for(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), wait, lambda: Locked(
-            f"{what} {db}: another shoggoth command is writing into {db.parent} for over "
-            f"{wait:g} s; run this again when it is done"))
+        _wait_for(
+            lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB),
+            wait,
+            lambda: Locked(
+                f"{what} {db}: another shoggoth command is writing into {db.parent} for over "
+                f"{wait:g} s; run this again when it is done"
+            ),
+        )
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -305,7 +346,7 @@ def partial_beside(db: Path, purpose: str) -> Path:
     one file per process, so two commands never share one; the files of processes that are
     gone (killed) are removed."""
     for old in db.parent.glob(f".{glob.escape(db.name)}.{purpose}-*.partial"):
-        pid = old.name[len(f".{db.name}.{purpose}-"):-len(".partial")]
+        pid = old.name[len(f".{db.name}.{purpose}-") : -len(".partial")]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             remove(old)
     return db.parent / f".{db.name}.{purpose}-{os.getpid()}.partial"
@@ -332,15 +373,18 @@ def snapshot(db: Path, partial: Path) -> tuple[Any, ...]:
     return copied
 
 
-def replace_unless_changed(partial: Path, db: Path, copied: tuple[Any, ...],
-                           what: str = "--db") -> None:
+def replace_unless_changed(
+    partial: Path, db: Path, copied: tuple[Any, ...], what: str = "--db"
+) -> None:
     """Rename the rebuilt copy `partial` over `db`, unless `db` was written since it was copied
     (another command's work would be lost): the check and the rename happen under `db`'s
     exclusive lock, so no writer can slip between them. A reader of the old file keeps it."""
     with exclusive(db, what):
         if identity(db) != copied:
-            raise BadInput(f"{what} {db}: another command wrote it meanwhile; nothing was "
-                           "replaced (its work is kept): run this command again")
+            raise BadInput(
+                f"{what} {db}: another command wrote it meanwhile; nothing was "
+                "replaced (its work is kept): run this command again"
+            )
         os.replace(partial, db)
 
 
@@ -370,14 +414,19 @@ def transaction(con: Connection) -> Iterator[None]:
 def record_run(con: Connection, command: str, sae_id: str, config: dict[str, Any]) -> None:
     """A finished `runs` row for a command that rewrote one SAE's derived tables: its config
     (with anything else worth keeping, e.g. notes) and the library versions."""
-    con.execute(f"INSERT INTO runs VALUES (?, '{command}', ?, ?, now(), now(), 'finished')",
-                [uuid.uuid4().hex[:12],
-                 json.dumps({"identity": None, "config": config, "sae_id": sae_id}),
-                 json.dumps(library_versions())])
+    con.execute(
+        f"INSERT INTO runs VALUES (?, '{command}', ?, ?, now(), now(), 'finished')",
+        [
+            uuid.uuid4().hex[:12],
+            json.dumps({"identity": None, "config": config, "sae_id": sae_id}),
+            json.dumps(library_versions()),
+        ],
+    )
 
 
-def replace_rows(con: Connection, table: str, sae_id: str, frame: Frame,
-                 key: dict[str, Any] | None = None) -> None:
+def replace_rows(
+    con: Connection, table: str, sae_id: str, frame: Frame, key: dict[str, Any] | None = None
+) -> None:
     """Replace one SAE's rows of `table` (only those matching `key` too, column → value) with
     `frame` (columns matched by name)."""
     where = "".join(f" AND {column} = ?" for column in key or {})
@@ -392,8 +441,7 @@ def replace_rows(con: Connection, table: str, sae_id: str, frame: Frame,
             pass
 
 
-def insert_frame(con: Connection, table: str, frame: Frame, head: list[Any] | None = None
-) -> None:
+def insert_frame(con: Connection, table: str, frame: Frame, head: list[Any] | None = None) -> None:
     """INSERT INTO `table` the rows of a pandas or Arrow frame, after the constant columns
     `head` (given as parameters); the frame's columns follow the table's order."""
     marks = "?, " * len(head or [])
@@ -412,28 +460,43 @@ def remove(path: Path) -> None:
 
 def tables(con: Connection, catalog: str | None = None) -> set[str]:
     """Names of the tables in a connection's (or an attached catalog's) main schema."""
-    return {r[0] for r in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = "
-        "coalesce(?, current_database()) AND schema_name = 'main'", [catalog]).fetchall()}
+    return {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = "
+            "coalesce(?, current_database()) AND schema_name = 'main'",
+            [catalog],
+        ).fetchall()
+    }
 
 
-def require_shoggoth(con: Connection, path: Path, what: str = "--db",
-                     catalog: str | None = None) -> None:
+def require_shoggoth(
+    con: Connection, path: Path, what: str = "--db", catalog: str | None = None
+) -> None:
     """BadInput unless the database holds the contract tables (an empty file is allowed)."""
     found = tables(con, catalog)
     missing = set(TABLES) - found
     if found and missing:
-        raise BadInput(f"{what} {path}: not a shoggoth database (no '{sorted(missing)[0]}' "
-                       "table)")
+        raise BadInput(f"{what} {path}: not a shoggoth database (no '{sorted(missing)[0]}' table)")
     if found:
         check_column_types(con, path, what, catalog)
 
 
 TYPE_FAMILIES = {
-    "INTEGER": "number", "SMALLINT": "number", "BIGINT": "number", "FLOAT": "number",
-    "DOUBLE": "number", "VARCHAR": "text", "BOOLEAN": "BOOLEAN", "TIMESTAMP": "TIMESTAMP",
-    "JSON": "text", "DOUBLE[]": "list", "FLOAT[]": "list", "INTEGER[]": "list",
-    "VARCHAR[]": "list"}
+    "INTEGER": "number",
+    "SMALLINT": "number",
+    "BIGINT": "number",
+    "FLOAT": "number",
+    "DOUBLE": "number",
+    "VARCHAR": "text",
+    "BOOLEAN": "BOOLEAN",
+    "TIMESTAMP": "TIMESTAMP",
+    "JSON": "text",
+    "DOUBLE[]": "list",
+    "FLOAT[]": "list",
+    "INTEGER[]": "list",
+    "VARCHAR[]": "list",
+}
 """Declared column type → what a stored column must be (a damaged or hostile file that turned a
 number into text would otherwise fail deep inside a query, as a traceback)."""
 
@@ -441,22 +504,38 @@ number into text would otherwise fail deep inside a query, as a traceback)."""
 def _family(data_type: str) -> str:
     if data_type.endswith("[]"):
         return "list"
-    if data_type in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE",
-                     "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT") or \
-            data_type.startswith("DECIMAL"):
+    if data_type in (
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "HUGEINT",
+        "FLOAT",
+        "DOUBLE",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+    ) or data_type.startswith("DECIMAL"):
         return "number"
     if data_type in ("VARCHAR", "JSON") or data_type.startswith("ENUM"):
         return "text"
     return data_type
 
 
-def check_column_types(con: duckdb.DuckDBPyConnection, path: Path, what: str = "--db",
-                       catalog: str | None = None) -> None:
+def check_column_types(
+    con: duckdb.DuckDBPyConnection, path: Path, what: str = "--db", catalog: str | None = None
+) -> None:
     """BadInput when a contract table's column holds another kind of value than the schema
     declares (text where a number belongs, …), naming the table and column."""
-    stored = {(t, c): d for t, c, d in con.execute(
-        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = "
-        "coalesce(?, current_database()) AND schema_name = 'main'", [catalog]).fetchall()}
+    stored = {
+        (t, c): d
+        for t, c, d in con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = "
+            "coalesce(?, current_database()) AND schema_name = 'main'",
+            [catalog],
+        ).fetchall()
+    }
     for table, definitions in TABLES.items():
         for part in re.split(r",(?![^()]*\))", definitions):
             words = part.split()
@@ -465,20 +544,29 @@ def check_column_types(con: duckdb.DuckDBPyConnection, path: Path, what: str = "
             want = TYPE_FAMILIES.get(words[1])
             got = _family(stored[table, words[0]])
             if want is not None and got != want:
-                raise BadInput(f"{what} {path}: {table}.{words[0]} holds "
-                               f"{shown_name(stored[table, words[0]])}, not {words[1]}; the "
-                               "database is damaged")
+                raise BadInput(
+                    f"{what} {path}: {table}.{words[0]} holds "
+                    f"{shown_name(stored[table, words[0]])}, not {words[1]}; the "
+                    "database is damaged"
+                )
 
 
-def check_same_battery(con: Connection, path: Path, other: dict[str, list[tuple[Any, ...]]],
-                       catalog: str | None = None, what: str = "--db") -> None:
+def check_same_battery(
+    con: Connection,
+    path: Path,
+    other: dict[str, list[tuple[Any, ...]]],
+    catalog: str | None = None,
+    what: str = "--db",
+) -> None:
     """BadInput when the database holds a different persona battery than `other` (rows as
     `battery_rows` gives them)."""
     for table, rows in battery_rows(con, catalog).items():
         if rows != other[table]:
-            raise BadInput(f"{what} {path}: holds a different persona battery ({table} differ); "
-                           "use the same --personas, --items, --paraphrases and --items-per-topic, "
-                           "or another database")
+            raise BadInput(
+                f"{what} {path}: holds a different persona battery ({table} differ); "
+                "use the same --personas, --items, --paraphrases and --items-per-topic, "
+                "or another database"
+            )
 
 
 def harvested(con: Connection, sae_id: str, catalog: str | None = None) -> dict[str, Any] | None:
@@ -488,7 +576,9 @@ def harvested(con: Connection, sae_id: str, catalog: str | None = None) -> dict[
         return None
     row = con.execute(
         f"SELECT r.run_id, r.config_json FROM {prefix}saes s JOIN {prefix}runs r USING (run_id) "
-        "WHERE s.sae_id = ? AND r.status = 'finished'", [sae_id]).fetchone()
+        "WHERE s.sae_id = ? AND r.status = 'finished'",
+        [sae_id],
+    ).fetchone()
     if row is None:
         return None
     return {"run_id": row[0], "config": json.loads(row[1])}
@@ -496,10 +586,15 @@ def harvested(con: Connection, sae_id: str, catalog: str | None = None) -> dict[
 
 def storage(con: Connection, path: Path) -> dict[str, float]:
     """Bytes on disk: the whole file, and the blocks holding the activations table."""
-    block = one_row(con, "SELECT block_size FROM pragma_database_size() "
-                        "WHERE database_name = current_database()")[0]
-    blocks = one_row(con, "SELECT count(DISTINCT block_id) FROM pragma_storage_info('activations') "
-                         "WHERE block_id >= 0")[0]
+    block = one_row(
+        con,
+        "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()",
+    )[0]
+    blocks = one_row(
+        con,
+        "SELECT count(DISTINCT block_id) FROM pragma_storage_info('activations') "
+        "WHERE block_id >= 0",
+    )[0]
     return {"file_bytes": path.stat().st_size, "activations_bytes": blocks * block}
 
 
@@ -541,19 +636,34 @@ def check_saes_row(row: dict[str, Any], path: Path) -> None:
             continue
         least = 0 if column == "value_decimals" else 1
         if type(value) is not int or not least <= value <= most:
-            raise BadInput(f"--db {path}: saes.{column} of '{shown_name(row.get('sae_id'))}' is "
-                           f"'{shown_name(value)}', not a count from {least} to {most:,}; the "
-                           "database is damaged")
-    for column in ("model", "hook", "kind", "path", "reference", "template", "release",
-                   "sae_lens_id", "neuronpedia_id"):
+            raise BadInput(
+                f"--db {path}: saes.{column} of '{shown_name(row.get('sae_id'))}' is "
+                f"'{shown_name(value)}', not a count from {least} to {most:,}; the "
+                "database is damaged"
+            )
+    for column in (
+        "model",
+        "hook",
+        "kind",
+        "path",
+        "reference",
+        "template",
+        "release",
+        "sae_lens_id",
+        "neuronpedia_id",
+    ):
         if row.get(column) is not None and not isinstance(row[column], str):
-            raise BadInput(f"--db {path}: saes.{column} of '{shown_name(row.get('sae_id'))}' "
-                           "is not text; the database is damaged")
+            raise BadInput(
+                f"--db {path}: saes.{column} of '{shown_name(row.get('sae_id'))}' "
+                "is not text; the database is damaged"
+            )
 
 
 @contextmanager
-def step_database(db: Path, sae: str | None,
-                  ) -> Iterator[tuple[Any, str, dict[str, Any]]]:
+def step_database(
+    db: Path,
+    sae: str | None,
+) -> Iterator[tuple[Any, str, dict[str, Any]]]:
     """Open the database for a step that will write it: BadInput in one line unless it exists,
     can be written and is free (checked before the work, not after it), holds the contract
     tables and the chosen SAE (`sae`: its id, or None for the only one). Yields a read-only
@@ -584,27 +694,36 @@ def weight_shapes(path: Path) -> dict[str, list[int]] | None:
         return None
     if not isinstance(header, dict):
         return None
-    return {k: v["shape"] for k, v in header.items()
-            if isinstance(v, dict) and isinstance(v.get("shape"), list)}
+    return {
+        k: v["shape"]
+        for k, v in header.items()
+        if isinstance(v, dict) and isinstance(v.get("shape"), list)
+    }
 
 
-def check_claims(con: duckdb.DuckDBPyConnection, path: Path, sae_id: str,
-                 row: dict[str, Any]) -> None:
+def check_claims(
+    con: duckdb.DuckDBPyConnection, path: Path, sae_id: str, row: dict[str, Any]
+) -> None:
     """BadInput when the `saes` row claims what the database and the SAE's weights do not
     hold: a feature index at or past d_sae, or a decoder of another shape than d_sae × d_in
     (commands allocate arrays of d_sae rows: a damaged or hostile claim must fail here, in one
     line, not as an exhausted machine)."""
-    found = con.execute("SELECT max(feature) FROM doc_features WHERE sae_id = ?",
-                        [sae_id]).fetchone()
+    found = con.execute(
+        "SELECT max(feature) FROM doc_features WHERE sae_id = ?", [sae_id]
+    ).fetchone()
     top = found[0] if found else None
     if top is not None and not 0 <= int(top) < row["d_sae"]:
-        raise BadInput(f"--db {path}: holds feature {top} of '{sae_id}', whose saes row says "
-                       f"it has {row['d_sae']:,}; the database is damaged")
+        raise BadInput(
+            f"--db {path}: holds feature {top} of '{sae_id}', whose saes row says "
+            f"it has {row['d_sae']:,}; the database is damaged"
+        )
     if not row.get("path"):
         return
     shapes = weight_shapes(Path(row["path"]) / "sae_weights.safetensors")
     decoder = (shapes or {}).get("W_dec")
     if decoder is not None and sorted(decoder) != sorted([row["d_sae"], row["d_in"]]):
-        raise BadInput(f"--db {path}: saes says '{sae_id}' has {row['d_sae']:,} features of "
-                       f"{row['d_in']:,} dimensions, its weights ({row['path']}) a decoder of "
-                       f"{decoder}; the database is damaged")
+        raise BadInput(
+            f"--db {path}: saes says '{sae_id}' has {row['d_sae']:,} features of "
+            f"{row['d_in']:,} dimensions, its weights ({row['path']}) a decoder of "
+            f"{decoder}; the database is damaged"
+        )

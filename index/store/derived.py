@@ -32,7 +32,6 @@ WHERE f.sae_id = $sae AND f.feature = b.feature
 """
 
 
-
 def refresh_causal(con: Connection, sae_id: str) -> None:
     """Fill the features table's causal summary of one SAE from feature_effects (inside the
     caller's transaction; nothing to do before both tables exist)."""
@@ -40,6 +39,9 @@ def refresh_causal(con: Connection, sae_id: str) -> None:
     if "features" not in have or "feature_effects" not in have:
         return
     add_feature_columns(con)
-    con.execute("UPDATE features SET causal = NULL, mediated = NULL, mediated_persona = NULL "
-                "WHERE sae_id = ?", [sae_id])
+    con.execute(
+        "UPDATE features SET causal = NULL, mediated = NULL, mediated_persona = NULL "
+        "WHERE sae_id = ?",
+        [sae_id],
+    )
     con.execute(CAUSAL_SQL, {"sae": sae_id})

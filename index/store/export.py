@@ -130,8 +130,11 @@ class ExportConfig(Config):
         if self.parquet is None and self.delphi is None and self.neuronpedia is None:
             raise BadInput("--parquet, --delphi, --neuronpedia: give at least one export folder")
         if self.parquet is None:
-            for flag, given in (("--views-only", self.views_only), ("--views", self.views),
-                                ("--location", self.location)):
+            for flag, given in (
+                ("--views-only", self.views_only),
+                ("--views", self.views),
+                ("--location", self.location),
+            ):
                 if given:
                     raise BadInput(f"{flag}: needs --parquet (it concerns the Parquet export)")
         if self.delphi is not None and self.views_only:
@@ -139,16 +142,20 @@ class ExportConfig(Config):
         if self.neuronpedia is not None and self.views_only:
             raise BadInput("--neuronpedia: not with --views-only (the export is read from --db)")
         if self.sae is not None and self.delphi is None and self.neuronpedia is None:
-            raise BadInput("--sae: only --delphi and --neuronpedia export one SAE (the Parquet "
-                           "export holds every SAE)")
+            raise BadInput(
+                "--sae: only --delphi and --neuronpedia export one SAE (the Parquet "
+                "export holds every SAE)"
+            )
         self.check_neuronpedia()
         if self.location is not None and not self.location.strip():
             raise BadInput("--location: empty")
         if self.db is None and not self.views_only:
             raise BadInput("--db: the database to export is missing (or pass --views-only)")
         if self.location is not None and not self.views_only:
-            raise BadInput("--location: needs --views-only (views bind to files that are "
-                           "already there: export, copy the folder, then write its views)")
+            raise BadInput(
+                "--location: needs --views-only (views bind to files that are "
+                "already there: export, copy the folder, then write its views)"
+            )
         if not self.views_only and self.parquet is not None:
             refuse_output_over(self.parquet, "--parquet", [self.db])
         if self.delphi is not None:
@@ -165,41 +172,50 @@ class ExportConfig(Config):
         """The --neuronpedia-* flags: only with --neuronpedia, well-formed, and the API key in
         the environment when uploading."""
         if self.neuronpedia is None:
-            for flag, given in (("--neuronpedia-model", self.neuronpedia_model),
-                                ("--neuronpedia-source", self.neuronpedia_source),
-                                ("--neuronpedia-url", self.neuronpedia_url),
-                                ("--neuronpedia-untyped", self.neuronpedia_untyped),
-                                ("--neuronpedia-creator",
-                                 self.neuronpedia_creator != NEURONPEDIA_CREATOR)):
+            for flag, given in (
+                ("--neuronpedia-model", self.neuronpedia_model),
+                ("--neuronpedia-source", self.neuronpedia_source),
+                ("--neuronpedia-url", self.neuronpedia_url),
+                ("--neuronpedia-untyped", self.neuronpedia_untyped),
+                ("--neuronpedia-creator", self.neuronpedia_creator != NEURONPEDIA_CREATOR),
+            ):
                 if given:
-                    raise BadInput(f"{flag}: needs --neuronpedia DIR (it concerns the "
-                                   "Neuronpedia export)")
+                    raise BadInput(
+                        f"{flag}: needs --neuronpedia DIR (it concerns the Neuronpedia export)"
+                    )
             return
         if self.neuronpedia_model is not None:
             neuronpedia.check_model(self.neuronpedia_model)
         if self.neuronpedia_source is not None:
             neuronpedia.check_source(self.neuronpedia_source)
         if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", self.neuronpedia_creator):
-            raise BadInput(f"--neuronpedia-creator '{shown_name(self.neuronpedia_creator)}': "
-                           "not a Neuronpedia user id (letters, digits, '_', '-')")
+            raise BadInput(
+                f"--neuronpedia-creator '{shown_name(self.neuronpedia_creator)}': "
+                "not a Neuronpedia user id (letters, digits, '_', '-')"
+            )
         if self.neuronpedia_url is not None:
             neuronpedia_upload.check_url(self.neuronpedia_url)
             if not os.environ.get(neuronpedia_upload.KEY_ENV, "").strip():
-                raise BadInput(f"--neuronpedia-url: no API key; set "
-                               f"{neuronpedia_upload.KEY_ENV} (the key is under Settings on "
-                               "the Neuronpedia instance)")
+                raise BadInput(
+                    f"--neuronpedia-url: no API key; set "
+                    f"{neuronpedia_upload.KEY_ENV} (the key is under Settings on "
+                    "the Neuronpedia instance)"
+                )
 
 
-def refuse_nested(out: Path, other: Path | None, flag: str = "--delphi",
-                  other_flag: str = "--parquet") -> None:
+def refuse_nested(
+    out: Path, other: Path | None, flag: str = "--delphi", other_flag: str = "--parquet"
+) -> None:
     """BadInput when the `flag` folder and the `other_flag` folder are one, or one holds the
     other (each is replaced as a whole)."""
     if other is None:
         return
     a, b = out.expanduser().resolve(), other.expanduser().resolve()
     if a == b or a in b.parents or b in a.parents:
-        raise BadInput(f"{flag} {out}: is or overlaps the {other_flag} folder {other}; "
-                       "choose separate folders, nothing was written")
+        raise BadInput(
+            f"{flag} {out}: is or overlaps the {other_flag} folder {other}; "
+            "choose separate folders, nothing was written"
+        )
 
 
 def refuse_foreign_views(path: Path) -> None:
@@ -208,16 +224,17 @@ def refuse_foreign_views(path: Path) -> None:
     if not path.exists():
         return
     if not path.is_file() or not is_duckdb_file(path):
-        raise BadInput(f"--views {path}: exists and is not a views database; nothing was "
-                       "replaced")
+        raise BadInput(f"--views {path}: exists and is not a views database; nothing was replaced")
     con = connect(path, read_only=True, what="--views", wait=WAIT)
     try:
         held = set(tables(con)) - {"export_info"}
     finally:
         con.close()
     if held:
-        raise BadInput(f"--views {path}: is a database with tables ({', '.join(sorted(held)[:3])}"
-                       "…), not a views database; nothing was replaced")
+        raise BadInput(
+            f"--views {path}: is a database with tables ({', '.join(sorted(held)[:3])}"
+            "…), not a views database; nothing was replaced"
+        )
 
 
 MANIFEST_LIMIT = 16 << 20
@@ -240,8 +257,12 @@ class Manifest:
 
     def as_json(self) -> dict[str, Any]:
         """The manifest as EXPORT.json holds it."""
-        return {"source": self.source, "columns": self.columns, "rows": self.rows,
-                "exported_at": self.exported_at}
+        return {
+            "source": self.source,
+            "columns": self.columns,
+            "rows": self.rows,
+            "exported_at": self.exported_at,
+        }
 
 
 def read_manifest(folder: Path, flag: str = "--parquet") -> Manifest:
@@ -256,14 +277,16 @@ def read_manifest(folder: Path, flag: str = "--parquet") -> Manifest:
     except OSError as e:
         raise BadInput(f"{where}: cannot be read ({e.strerror or e})") from None
     if len(raw) > MANIFEST_LIMIT:
-        raise BadInput(f"{where}: larger than {MANIFEST_LIMIT >> 20} MiB; not a shoggoth "
-                       "export")
+        raise BadInput(f"{where}: larger than {MANIFEST_LIMIT >> 20} MiB; not a shoggoth export")
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
         raise BadInput(f"{where}: not JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("columns"), dict) or \
-            not isinstance(data.get("rows"), dict):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("columns"), dict)
+        or not isinstance(data.get("rows"), dict)
+    ):
         raise BadInput(f"{where}: not a shoggoth export manifest (no columns and rows)")
     columns: dict[str, list[str]] = {}
     for table, names in data["columns"].items():
@@ -276,34 +299,47 @@ def read_manifest(folder: Path, flag: str = "--parquet") -> Manifest:
     rows = data["rows"]
     if set(rows) != set(columns) or not all(type(n) is int and n >= 0 for n in rows.values()):
         raise BadInput(f"{where}: its row counts do not match its tables")
-    return Manifest(str(data.get("source", "")), str(data.get("exported_at", "")), columns,
-                    dict(rows))
+    return Manifest(
+        str(data.get("source", "")), str(data.get("exported_at", "")), columns, dict(rows)
+    )
 
 
 def _columns(con: Connection, table: str) -> list[str]:
-    return [r[0] for r in con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
-        "AND database_name = current_database() ORDER BY column_index", [table]).fetchall()]
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() "
+            "WHERE table_name = ? AND schema_name = 'main' "
+            "AND database_name = current_database() ORDER BY column_index",
+            [table],
+        ).fetchall()
+    ]
 
 
 def _select(table: str, columns: list[str]) -> str:
     """The select list that exports `table`'s `columns`: persona and item_id (ENUMs in the
     database) as text. Names are checked plain identifiers."""
     quoted = [identifier(c, f"a column of '{table}'") for c in columns]
-    return ", ".join(f"{q}::VARCHAR AS {q}" if c in ("persona", "item_id") else q
-                     for c, q in zip(columns, quoted, strict=True))
+    return ", ".join(
+        f"{q}::VARCHAR AS {q}" if c in ("persona", "item_id") else q
+        for c, q in zip(columns, quoted, strict=True)
+    )
 
 
-def exported_types(con: duckdb.DuckDBPyConnection, table: str,
-                   columns: list[str]) -> list[tuple[str, str]]:
+def exported_types(
+    con: duckdb.DuckDBPyConnection, table: str, columns: list[str]
+) -> list[tuple[str, str]]:
     """`table`'s columns with the DuckDB types they have in the export (and its views)."""
     name = identifier(table, f"table '{shown_name(table)}'")
-    return [(r[0], r[1]) for r in
-            con.execute(f"DESCRIBE SELECT {_select(table, columns)} FROM {name}").fetchall()]
+    return [
+        (r[0], r[1])
+        for r in con.execute(f"DESCRIBE SELECT {_select(table, columns)} FROM {name}").fetchall()
+    ]
 
 
-def copy_table(con: Connection, table: str, columns: list[str], rows: int, folder: Path,
-               row_group: int) -> None:
+def copy_table(
+    con: Connection, table: str, columns: list[str], rows: int, folder: Path, row_group: int
+) -> None:
     """One table (its `columns`, `rows` rows) to Parquet under `folder`, partitioned and sorted
     when it is a bulk table; the partition columns are also written into the files, so a
     reader that ignores the Hive folder names (Hugging Face `datasets`) still has them. ENUM
@@ -312,24 +348,30 @@ def copy_table(con: Connection, table: str, columns: list[str], rows: int, folde
     select = _select(table, columns)
     if table in PARTITIONED and not rows:  # no partition to write: one empty file keeps the columns
         (folder / table).mkdir()
-        con.execute(f"COPY (SELECT {select} FROM {name}) TO "
-                    f"{quote(str(folder / table / 'empty.parquet'))} (FORMAT parquet)")
+        con.execute(
+            f"COPY (SELECT {select} FROM {name}) TO "
+            f"{quote(str(folder / table / 'empty.parquet'))} (FORMAT parquet)"
+        )
     elif table in PARTITIONED:
         parts, order = PARTITIONED[table]
         # A partitioned write keeps the sorted order within each file only on one thread.
         threads = one_row(con, "SELECT current_setting('threads')")[0]
         con.execute("SET threads = 1")
         try:
-            con.execute(f"COPY (SELECT {select} FROM {name} ORDER BY {', '.join(parts)}, "
-                        f"{order}) TO {quote(str(folder / table))} (FORMAT parquet, "
-                        f"COMPRESSION zstd, ROW_GROUP_SIZE {row_group}, "
-                        f"PARTITION_BY ({', '.join(parts)}), WRITE_PARTITION_COLUMNS true)")
+            con.execute(
+                f"COPY (SELECT {select} FROM {name} ORDER BY {', '.join(parts)}, "
+                f"{order}) TO {quote(str(folder / table))} (FORMAT parquet, "
+                f"COMPRESSION zstd, ROW_GROUP_SIZE {row_group}, "
+                f"PARTITION_BY ({', '.join(parts)}), WRITE_PARTITION_COLUMNS true)"
+            )
         finally:
             con.execute(f"SET threads = {int(threads)}")
     else:
-        con.execute(f"COPY (SELECT {select} FROM {name}) TO "
-                    f"{quote(str(folder / (table + '.parquet')))} (FORMAT parquet, "
-                    f"COMPRESSION zstd, ROW_GROUP_SIZE {row_group})")
+        con.execute(
+            f"COPY (SELECT {select} FROM {name}) TO "
+            f"{quote(str(folder / (table + '.parquet')))} (FORMAT parquet, "
+            f"COMPRESSION zstd, ROW_GROUP_SIZE {row_group})"
+        )
 
 
 def data_files(table: str) -> str:
@@ -341,24 +383,39 @@ def card(types: dict[str, list[tuple[str, str]]], rows: dict[str, int], source: 
     """The export's README.md, a Hugging Face dataset card: YAML front matter with one config
     per table (`datasets.load_dataset(DIR, table)`), then each table's rows and columns and
     how to query the export with SQL. `source`: the database's file name."""
-    front = yaml.safe_dump({"configs": [{"config_name": t, "data_files": data_files(t)}
-                                        for t in types]}, sort_keys=False)
-    parts = "; ".join(f"`{t}` by {', '.join(PARTITIONED[t][0])}" for t in types
-                      if t in PARTITIONED)
-    lines = ["---", front.rstrip("\n"), "---", "",
-             "# shoggoth feature database export", "",
-             f"Written by `shoggoth export` from `{source}`: one config per table, its Parquet "
-             f"files given by `data_files`. The bulk tables are Hive-partitioned ({parts}); "
-             "the partition columns are also stored in the files, so every reader sees them. "
-             "Column meanings: docs/schema.md in the shoggoth repository.", "",
-             "```python", "from datasets import load_dataset",
-             'activations = load_dataset("DIR", "activations", split="train")', "```", "",
-             "The same tables through SQL (DuckDB views over these files, with the "
-             "`feature_labels` view and the `example_contexts` macro):", "",
-             "```sh",
-             'shoggoth sql --db DIR/shoggoth.duckdb "SELECT persona, count(*) FROM activations '
-             'GROUP BY persona"', "```", "",
-             "| table | rows | columns |", "|---|---:|---|"]
+    front = yaml.safe_dump(
+        {"configs": [{"config_name": t, "data_files": data_files(t)} for t in types]},
+        sort_keys=False,
+    )
+    parts = "; ".join(f"`{t}` by {', '.join(PARTITIONED[t][0])}" for t in types if t in PARTITIONED)
+    lines = [
+        "---",
+        front.rstrip("\n"),
+        "---",
+        "",
+        "# shoggoth feature database export",
+        "",
+        f"Written by `shoggoth export` from `{source}`: one config per table, its Parquet "
+        f"files given by `data_files`. The bulk tables are Hive-partitioned ({parts}); "
+        "the partition columns are also stored in the files, so every reader sees them. "
+        "Column meanings: docs/schema.md in the shoggoth repository.",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        'activations = load_dataset("DIR", "activations", split="train")',
+        "```",
+        "",
+        "The same tables through SQL (DuckDB views over these files, with the "
+        "`feature_labels` view and the `example_contexts` macro):",
+        "",
+        "```sh",
+        'shoggoth sql --db DIR/shoggoth.duckdb "SELECT persona, count(*) FROM activations '
+        'GROUP BY persona"',
+        "```",
+        "",
+        "| table | rows | columns |",
+        "|---|---:|---|",
+    ]
     for table, cols in types.items():
         listed = ", ".join(f"{name} ({kind})" for name, kind in cols)
         lines.append(f"| {table} | {rows[table]:,} | {listed} |")
@@ -370,8 +427,10 @@ def view_sql(table: str, columns: list[str], location: str, temp: bool = False) 
     (`temp`: a temporary view of one connection). Names are checked plain identifiers."""
     base = location.rstrip("/")
     if table in PARTITIONED:
-        source = (f"read_parquet({quote(f'{base}/{table}/**/*.parquet')}, "
-                  "hive_partitioning = true, hive_types_autocast = false)")
+        source = (
+            f"read_parquet({quote(f'{base}/{table}/**/*.parquet')}, "
+            "hive_partitioning = true, hive_types_autocast = false)"
+        )
     else:
         source = f"read_parquet({quote(f'{base}/{table}.parquet')})"
     names = ", ".join(identifier(c, f"a column of '{table}'") for c in columns)
@@ -386,9 +445,13 @@ def write_views(path: Path, manifest: Manifest, location: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     remove(tmp)
     remote = "://" in location  # object storage: DuckDB's httpfs reads it
-    con = connect(tmp, folders=[] if remote else [Path(location)],
-                  config={"enable_external_access": True, "autoload_known_extensions": True}
-                  if remote else None)
+    con = connect(
+        tmp,
+        folders=[] if remote else [Path(location)],
+        config={"enable_external_access": True, "autoload_known_extensions": True}
+        if remote
+        else None,
+    )
     try:
         for table, columns in manifest.columns.items():
             con.execute(view_sql(table, columns, location))
@@ -398,17 +461,22 @@ def write_views(path: Path, manifest: Manifest, location: str) -> None:
             con.execute(EXAMPLE_CONTEXTS_MACRO)
         if {"feature_handles", "feature_explanations"} <= set(manifest.columns):
             create_names_view(con)
-        con.execute("CREATE TABLE export_info (location VARCHAR, source VARCHAR, "
-                    "exported_at VARCHAR, row_counts JSON)")
-        con.execute("INSERT INTO export_info VALUES (?, ?, ?, ?)",
-                    [location, manifest.source, manifest.exported_at,
-                     json.dumps(manifest.rows)])
+        con.execute(
+            "CREATE TABLE export_info (location VARCHAR, source VARCHAR, "
+            "exported_at VARCHAR, row_counts JSON)"
+        )
+        con.execute(
+            "INSERT INTO export_info VALUES (?, ?, ?, ?)",
+            [location, manifest.source, manifest.exported_at, json.dumps(manifest.rows)],
+        )
         con.execute("CHECKPOINT")
     except duckdb.Error as e:
         con.close()
         remove(tmp)
-        raise BadInput(f"--location {location}: the views cannot read the export there: "
-                       f"{str(e).splitlines()[0]}") from None
+        raise BadInput(
+            f"--location {location}: the views cannot read the export there: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
     except BaseException:
         con.close()
         remove(tmp)
@@ -444,11 +512,11 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         refuse_foreign_views((cfg.views or pq_out / VIEWS_DB).resolve())
         pq_built = prepare(pq_out, f"--parquet {cfg.parquet}", MANIFEST, cfg.overwrite)
     if cache_out is not None:
-        cache_built = prepare(cache_out, f"--delphi {cfg.delphi}", delphi.ROWS_FILE,
-                              cfg.overwrite)
+        cache_built = prepare(cache_out, f"--delphi {cfg.delphi}", delphi.ROWS_FILE, cfg.overwrite)
     if np_out is not None:
-        np_built = prepare(np_out, f"--neuronpedia {cfg.neuronpedia}", neuronpedia.MARKER,
-                           cfg.overwrite)
+        np_built = prepare(
+            np_out, f"--neuronpedia {cfg.neuronpedia}", neuronpedia.MARKER, cfg.overwrite
+        )
         np_plan = plan_neuronpedia(cfg, db)  # (refused before the other exports are built)
     manifest = harvest = written = None
     try:
@@ -466,10 +534,16 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if cache_out is not None and cache_built is not None and harvest is not None:
         publish(cache_built, cache_out)
-        result["delphi"] = {"folder": str(cache_out), "sae_id": harvest.sae_id,
-                            "hook": harvest.hook, "rows": harvest.rows, "ctx": harvest.ctx,
-                            "activations": harvest.activations, "splits": cfg.delphi_splits,
-                            "bytes": folder_bytes(cache_out)}
+        result["delphi"] = {
+            "folder": str(cache_out),
+            "sae_id": harvest.sae_id,
+            "hook": harvest.hook,
+            "rows": harvest.rows,
+            "ctx": harvest.ctx,
+            "activations": harvest.activations,
+            "splits": cfg.delphi_splits,
+            "bytes": folder_bytes(cache_out),
+        }
     if np_out is not None and np_built is not None and written is not None:
         publish(np_built, np_out)
         result["neuronpedia"] = neuronpedia_result(np_out, written)
@@ -478,23 +552,36 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         result |= parquet_views(cfg, pq_out, manifest)
     if np_out is not None and written is not None and cfg.neuronpedia_url is not None:
         target = written.plan.target
-        sent = neuronpedia_upload.upload(np_out / target.folder, target, cfg.neuronpedia_url,
-                                  os.environ.get(neuronpedia_upload.KEY_ENV, "").strip(),
-                                  typed=not cfg.neuronpedia_untyped)
-        result["neuronpedia"]["uploaded"] = {"endpoint": sent.endpoint,
-                                             "features": sent.features,
-                                             "requests": sent.requests}
+        sent = neuronpedia_upload.upload(
+            np_out / target.folder,
+            target,
+            cfg.neuronpedia_url,
+            os.environ.get(neuronpedia_upload.KEY_ENV, "").strip(),
+            typed=not cfg.neuronpedia_untyped,
+        )
+        result["neuronpedia"]["uploaded"] = {
+            "endpoint": sent.endpoint,
+            "features": sent.features,
+            "requests": sent.requests,
+        }
     return result
 
 
 def neuronpedia_result(out: Path, written: neuronpedia.Written) -> dict[str, Any]:
     """What the published Neuronpedia export in `out` holds."""
     target = written.plan.target
-    return {"folder": str(out), "source_folder": str(out / target.folder),
-            "sae_id": written.plan.sae_id, "model_id": target.model_id,
-            "source": target.source, "features": written.features,
-            "activations": written.activations, "explanations": written.explanations,
-            "batches": written.batches, "bytes": folder_bytes(out)}
+    return {
+        "folder": str(out),
+        "source_folder": str(out / target.folder),
+        "sae_id": written.plan.sae_id,
+        "model_id": target.model_id,
+        "source": target.source,
+        "features": written.features,
+        "activations": written.activations,
+        "explanations": written.explanations,
+        "batches": written.batches,
+        "bytes": folder_bytes(out),
+    }
 
 
 def parquet_views(cfg: ExportConfig, out: Path, manifest: Manifest) -> dict[str, Any]:
@@ -503,8 +590,13 @@ def parquet_views(cfg: ExportConfig, out: Path, manifest: Manifest) -> dict[str,
     views = (cfg.views or out / VIEWS_DB).resolve()
     location = cfg.location or str(out)
     write_views(views, manifest, location)
-    return {"parquet": str(out), "views": str(views), "location": location,
-            "rows": manifest.rows, "bytes": folder_bytes(out)}
+    return {
+        "parquet": str(out),
+        "views": str(views),
+        "location": location,
+        "rows": manifest.rows,
+        "bytes": folder_bytes(out),
+    }
 
 
 def folder_bytes(folder: Path) -> int:
@@ -565,8 +657,7 @@ def build_delphi(cfg: ExportConfig, db: Path, built: Path) -> delphi.Harvest:
     """The --sae harvest of `db` as delphi's latent cache in the new folder `built` (see
     index/store/delphi.py); returns the harvest it holds. Everything is checked before the
     folder is made; on any failure it is removed."""
-    options = delphi.CacheOptions(cfg.delphi_splits, cfg.delphi_pad_token,
-                                  cfg.delphi_ctx_multiple)
+    options = delphi.CacheOptions(cfg.delphi_splits, cfg.delphi_pad_token, cfg.delphi_ctx_multiple)
     con = connect(db, read_only=True, wait=WAIT)
     try:
         require_shoggoth(con, db)
@@ -588,11 +679,11 @@ def plan_neuronpedia(cfg: ExportConfig, db: Path) -> neuronpedia.Plan:
     con = connect(db, read_only=True, wait=WAIT)
     try:
         require_shoggoth(con, db)
-        return neuronpedia.plan(con, db, cfg.sae, cfg.neuronpedia_model, cfg.neuronpedia_source,
-                                cfg.neuronpedia_creator)
+        return neuronpedia.plan(
+            con, db, cfg.sae, cfg.neuronpedia_model, cfg.neuronpedia_source, cfg.neuronpedia_creator
+        )
     except duckdb.Error as e:
-        raise BadInput(f"--db {db}: cannot be exported to Neuronpedia: {first_line(e)}") \
-            from None
+        raise BadInput(f"--db {db}: cannot be exported to Neuronpedia: {first_line(e)}") from None
     finally:
         con.close()
 

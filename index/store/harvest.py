@@ -59,14 +59,17 @@ def partial_path(db: Path, sae_id: str) -> Path:
     return db.parent / f".{db.name}.{sae_id}.partial"
 
 
-def already_done(db: Path, partial: Path, sae_id: str, done: dict[str, Any] | None,
-                 identity: dict[str, Any]) -> dict[str, Any]:
+def already_done(
+    db: Path, partial: Path, sae_id: str, done: dict[str, Any] | None, identity: dict[str, Any]
+) -> dict[str, Any]:
     """A rerun of a finished harvest: nothing to do when the settings match, else BadInput."""
     stored = (done or {}).get("config", {}).get("identity")
     if done is None or stored != identity:
         diff = sorted(k for k in identity if (stored or {}).get(k) != identity[k])
-        raise BadInput(f"--db {db}: already holds SAE '{sae_id}' harvested with other settings "
-                       f"({', '.join(diff)}); use another --sae or another --db")
+        raise BadInput(
+            f"--db {db}: already holds SAE '{sae_id}' harvested with other settings "
+            f"({', '.join(diff)}); use another --sae or another --db"
+        )
     remove(partial)  # published, but killed before the partial file was removed
     result = summary(db, sae_id, 0.0)
     result["already_harvested"] = True
@@ -75,6 +78,7 @@ def already_done(db: Path, partial: Path, sae_id: str, done: dict[str, Any] | No
 
 class PartialStore:
     """The partial database of one harvest: written one batch per transaction."""
+
     def __init__(self, path: Path, con: Connection) -> None:
         self.path = path
         self.con = con
@@ -85,78 +89,134 @@ class PartialStore:
         """The stored settings and progress of an earlier, unfinished run (None if new)."""
         row = self.con.execute(
             "SELECT r.run_id, r.config_json, s.value_decimals, s.prefix_cache FROM saes s "
-            "JOIN runs r USING (run_id) WHERE s.sae_id = ?", [sae_id]).fetchone()
+            "JOIN runs r USING (run_id) WHERE s.sae_id = ?",
+            [sae_id],
+        ).fetchone()
         if row is None:
             return None
         self.run_ids[sae_id] = row[0]
         docs = one_row(self.con, "SELECT count(*) FROM documents")[0]
-        return {"identity": json.loads(row[1])["identity"], "value_decimals": row[2],
-                "prefix_cache": row[3], "documents": docs}
+        return {
+            "identity": json.loads(row[1])["identity"],
+            "value_decimals": row[2],
+            "prefix_cache": row[3],
+            "documents": docs,
+        }
 
-    def start(self, sae_id: str, identity: dict[str, Any], config: dict[str, Any],
-              versions: dict[str, str], sae_row: dict[str, Any],
-              tokens: list[tuple[str, list[int], list[str]]]) -> None:
+    def start(
+        self,
+        sae_id: str,
+        identity: dict[str, Any],
+        config: dict[str, Any],
+        versions: dict[str, str],
+        sae_row: dict[str, Any],
+        tokens: list[tuple[str, list[int], list[str]]],
+    ) -> None:
         """Record the run, the SAE and each item's continuation tokens, in one transaction."""
         run_id = self.run_ids[sae_id] = uuid.uuid4().hex[:12]
         con = self.con
-        rows = [(item_id, pos, tid, text) for item_id, ids, texts in tokens
-                for pos, (tid, text) in enumerate(zip(ids, texts, strict=True))]
+        rows = [
+            (item_id, pos, tid, text)
+            for item_id, ids, texts in tokens
+            for pos, (tid, text) in enumerate(zip(ids, texts, strict=True))
+        ]
         with transaction(con):
-            con.execute("INSERT INTO runs VALUES (?, 'harvest', ?, ?, now(), NULL, 'running')",
-                        [run_id, json.dumps({"identity": identity, "config": config}),
-                         json.dumps(versions)])
+            con.execute(
+                "INSERT INTO runs VALUES (?, 'harvest', ?, ?, now(), NULL, 'running')",
+                [
+                    run_id,
+                    json.dumps({"identity": identity, "config": config}),
+                    json.dumps(versions),
+                ],
+            )
             cols = ["sae_id", *sae_row, "run_id"]
-            con.execute(f"INSERT INTO saes ({', '.join(cols)}) "
-                        f"VALUES ({', '.join('?' * len(cols))})",
-                        [sae_id, *sae_row.values(), run_id])
-            insert_frame(con, "tokens", pa.table({
-                "item_id": [r[0] for r in rows],
-                "pos": pa.array([r[1] for r in rows], pa.int32()),
-                "token_id": pa.array([r[2] for r in rows], pa.int32()),
-                "token": [r[3] for r in rows]}), [sae_id])
+            con.execute(
+                f"INSERT INTO saes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [sae_id, *sae_row.values(), run_id],
+            )
+            insert_frame(
+                con,
+                "tokens",
+                pa.table(
+                    {
+                        "item_id": [r[0] for r in rows],
+                        "pos": pa.array([r[1] for r in rows], pa.int32()),
+                        "token_id": pa.array([r[2] for r in rows], pa.int32()),
+                        "token": [r[3] for r in rows],
+                    }
+                ),
+                [sae_id],
+            )
 
     def done_documents(self, sae_id: str) -> set[tuple[str, int, str]]:
         """(persona, paraphrase, item_id) of every document already written."""
-        return {(p, int(j), i) for p, j, i in self.con.execute(
-            "SELECT persona::VARCHAR, paraphrase, item_id::VARCHAR FROM documents "
-            "WHERE sae_id = ?", [sae_id]).fetchall()}
+        return {
+            (p, int(j), i)
+            for p, j, i in self.con.execute(
+                "SELECT persona::VARCHAR, paraphrase, item_id::VARCHAR FROM documents "
+                "WHERE sae_id = ?",
+                [sae_id],
+            ).fetchall()
+        }
 
-    def write(self, persona: str, paraphrase: int, item_ids: list[str],
-              per_sae: list[tuple[str, Any]]) -> None:
+    def write(
+        self, persona: str, paraphrase: int, item_ids: list[str], per_sae: list[tuple[str, Any]]
+    ) -> None:
         """One batch's documents, activations, per-document aggregates and residual sum, for
         every SAE (`per_sae`: (sae_id, its computed batch: n_tokens, activations, doc_features,
         residual_sum)), in one transaction. In the computed dicts, column `doc` indexes
         `item_ids`. (Publishing sorts the rows.)"""
 
         def with_items(columns: dict[str, np.ndarray]) -> pa.Table:
-            items = pa.DictionaryArray.from_arrays(pa.array(columns["doc"], pa.int32()),
-                                                   pa.array(item_ids)).cast(pa.string())
-            return pa.table({"item_id": items,
-                             **{k: v for k, v in columns.items() if k != "doc"}})
+            items = pa.DictionaryArray.from_arrays(
+                pa.array(columns["doc"], pa.int32()), pa.array(item_ids)
+            ).cast(pa.string())
+            return pa.table({"item_id": items, **{k: v for k, v in columns.items() if k != "doc"}})
 
         with transaction(self.con):
             for sae_id, out in per_sae:
-                docs = pa.table({"item_id": item_ids,
-                                 "n_tokens": pa.array(out.n_tokens, pa.int32())})
-                tables = {"documents": docs, "activations": with_items(out.activations),
-                          "doc_features": with_items(out.doc_features)}
+                docs = pa.table(
+                    {"item_id": item_ids, "n_tokens": pa.array(out.n_tokens, pa.int32())}
+                )
+                tables = {
+                    "documents": docs,
+                    "activations": with_items(out.activations),
+                    "doc_features": with_items(out.doc_features),
+                }
                 for name, table in tables.items():
                     insert_frame(self.con, name, table, [sae_id, persona, paraphrase])
-                self.con.execute("INSERT INTO residual_sums VALUES (?, ?, ?, ?, ?, ?)",
-                                 [sae_id, persona, paraphrase, item_ids[0],
-                                  int(sum(out.n_tokens)), out.residual_sum.tolist()])
+                self.con.execute(
+                    "INSERT INTO residual_sums VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        sae_id,
+                        persona,
+                        paraphrase,
+                        item_ids[0],
+                        int(sum(out.n_tokens)),
+                        out.residual_sum.tolist(),
+                    ],
+                )
                 if out.shift is not None:
-                    insert_frame(self.con, "document_shifts", pa.table({
-                        "item_id": item_ids,
-                        "shift": pa.array(list(out.shift), pa.list_(pa.float32())),
-                        "shift_hat": pa.array(list(out.shift_hat), pa.list_(pa.float32()))}),
-                        [sae_id, persona, paraphrase])
+                    insert_frame(
+                        self.con,
+                        "document_shifts",
+                        pa.table(
+                            {
+                                "item_id": item_ids,
+                                "shift": pa.array(list(out.shift), pa.list_(pa.float32())),
+                                "shift_hat": pa.array(list(out.shift_hat), pa.list_(pa.float32())),
+                            }
+                        ),
+                        [sae_id, persona, paraphrase],
+                    )
 
     def finish(self) -> None:
         """Mark the runs finished and fold the write-ahead log into the file."""
         for run_id in self.run_ids.values():
-            self.con.execute("UPDATE runs SET status = 'finished', finished_at = now() "
-                             "WHERE run_id = ?", [run_id])
+            self.con.execute(
+                "UPDATE runs SET status = 'finished', finished_at = now() WHERE run_id = ?",
+                [run_id],
+            )
         self.con.execute("CHECKPOINT")
 
     def close(self) -> None:
@@ -182,16 +242,19 @@ def open_partial(path: Path, personas: Sequence[Persona], items: Sequence[Item])
     return PartialStore(path, con)
 
 
-def publish_harvest(partial: Path, db: Path, personas: Sequence[Persona],
-                    items: Sequence[Item], sae_ids: list[str]) -> None:
+def publish_harvest(
+    partial: Path, db: Path, personas: Sequence[Persona], items: Sequence[Item], sae_ids: list[str]
+) -> None:
     """Publish a finished partial harvest (of one SAE or several) into `db`, re-checking the
     database first (it may have changed while the harvest ran)."""
 
     done = check_target(db, personas, items)
     for sae_id in sae_ids:
         if sae_id in done:
-            raise BadInput(f"--db {db}: gained SAE '{sae_id}' while this harvest ran; the "
-                           f"finished harvest is kept in {partial}")
+            raise BadInput(
+                f"--db {db}: gained SAE '{sae_id}' while this harvest ran; the "
+                f"finished harvest is kept in {partial}"
+            )
     # Through merge even for a new database: a fresh file, sorted by key, without the free
     # blocks that batch-by-batch appends leave (a new file is built aside and renamed; an
     # existing one gains the rows in one transaction).
@@ -203,19 +266,27 @@ def summary(db: Path, sae_id: str, seconds: float) -> dict[str, Any]:
     """Counts and sizes for the end-of-run report."""
     con = connect(db, read_only=True, wait=WAIT)
     try:
-        docs, tokens = one_row(con, "SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents "
-                                   "WHERE sae_id = ?", [sae_id])
-        acts = one_row(con, "SELECT count(*) FROM activations WHERE sae_id = ?",
-                           [sae_id])[0]
-        all_acts, all_tokens = one_row(con,
+        docs, tokens = one_row(
+            con,
+            "SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents WHERE sae_id = ?",
+            [sae_id],
+        )
+        acts = one_row(con, "SELECT count(*) FROM activations WHERE sae_id = ?", [sae_id])[0]
+        all_acts, all_tokens = one_row(
+            con,
             "SELECT (SELECT count(*) FROM activations), "
-            "(SELECT coalesce(sum(n_tokens), 0) FROM documents)")
+            "(SELECT coalesce(sum(n_tokens), 0) FROM documents)",
+        )
         sizes = storage(con, db)
     finally:
         con.close()
     return {
-        "db": str(db), "sae_id": sae_id, "documents": docs, "tokens": int(tokens),
-        "activations": acts, "seconds": round(seconds, 1),
+        "db": str(db),
+        "sae_id": sae_id,
+        "documents": docs,
+        "tokens": int(tokens),
+        "activations": acts,
+        "seconds": round(seconds, 1),
         "file_bytes": sizes["file_bytes"],
         "bytes_per_activation": round(sizes["activations_bytes"] / max(all_acts, 1), 3),
         "file_bytes_per_token": round(sizes["file_bytes"] / max(int(all_tokens), 1), 1),

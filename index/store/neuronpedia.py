@@ -439,8 +439,16 @@ class ExplanationType:
     """When last changed (ISO 8601)."""
 
 
-Row = SourceRelease | Model | SourceSet | Source | Feature | Activation | Explanation | \
-    ExplanationType
+Row = (
+    SourceRelease
+    | Model
+    | SourceSet
+    | Source
+    | Feature
+    | Activation
+    | Explanation
+    | ExplanationType
+)
 
 
 # ---- what is exported ----
@@ -494,8 +502,9 @@ class Written:
     """Batch files per folder (at most)."""
 
 
-def parse_target(neuronpedia_id: object, model: str | None, source: str | None,
-                 creator: str, sae_id: str) -> Target:
+def parse_target(
+    neuronpedia_id: object, model: str | None, source: str | None, creator: str, sae_id: str
+) -> Target:
     """modelId and source from --neuronpedia-model / --neuronpedia-source where given, else from
     the SAE's `neuronpedia_id`; BadInput in one line when neither gives both or one is not a
     Neuronpedia name."""
@@ -503,20 +512,26 @@ def parse_target(neuronpedia_id: object, model: str | None, source: str | None,
     if isinstance(neuronpedia_id, str) and NEURONPEDIA_ID.fullmatch(neuronpedia_id):
         stored_model, stored_source = neuronpedia_id.split("/")
     if (model or stored_model) is None or (source or stored_source) is None:
-        raise BadInput(f"--neuronpedia-model, --neuronpedia-source: the SAE "
-                       f"'{shown_name(sae_id)}' has no neuronpedia_id; give both (e.g. "
-                       "--neuronpedia-model gpt2-small --neuronpedia-source 8-res-jb)")
+        raise BadInput(
+            f"--neuronpedia-model, --neuronpedia-source: the SAE "
+            f"'{shown_name(sae_id)}' has no neuronpedia_id; give both (e.g. "
+            "--neuronpedia-model gpt2-small --neuronpedia-source 8-res-jb)"
+        )
     stored = f"the SAE's neuronpedia_id '{shown_name(neuronpedia_id)}': its"
-    return Target(check_model(model) if model else check_model(str(stored_model), stored),
-                  check_source(source) if source else check_source(str(stored_source), stored),
-                  creator)
+    return Target(
+        check_model(model) if model else check_model(str(stored_model), stored),
+        check_source(source) if source else check_source(str(stored_source), stored),
+        creator,
+    )
 
 
 def check_model(model: str, where: str = "--neuronpedia-model") -> str:
     """`model` when it is a Neuronpedia model id; BadInput naming `where` otherwise."""
     if not MODEL_ID.fullmatch(model):
-        raise BadInput(f"{where} '{shown_name(model)}': not a Neuronpedia model id (lowercase "
-                       "letters, digits, '.', '_', '-'; give --neuronpedia-model)")
+        raise BadInput(
+            f"{where} '{shown_name(model)}': not a Neuronpedia model id (lowercase "
+            "letters, digits, '.', '_', '-'; give --neuronpedia-model)"
+        )
     return model
 
 
@@ -524,20 +539,29 @@ def check_source(source: str, where: str = "--neuronpedia-source") -> str:
     """`source` when it is a Neuronpedia source, {layer}-{sourceSet}; BadInput naming `where`
     otherwise."""
     if not SOURCE_ID.fullmatch(source):
-        raise BadInput(f"{where} '{shown_name(source)}': not a Neuronpedia source "
-                       "{layer}-{sourceSet} (lowercase, e.g. 8-res-jb; give "
-                       "--neuronpedia-source)")
+        raise BadInput(
+            f"{where} '{shown_name(source)}': not a Neuronpedia source "
+            "{layer}-{sourceSet} (lowercase, e.g. 8-res-jb; give "
+            "--neuronpedia-source)"
+        )
     return source
 
 
-def plan(con: duckdb.DuckDBPyConnection, db: Path, sae: str | None, model: str | None,
-         source: str | None, creator: str) -> Plan:
+def plan(
+    con: duckdb.DuckDBPyConnection,
+    db: Path,
+    sae: str | None,
+    model: str | None,
+    source: str | None,
+    creator: str,
+) -> Plan:
     """The SAE to export and its target, checked: a harvest with its answer tokens, activations
     inside the width and the answers, and `shoggoth index`'s examples."""
     sae_id = delphi.harvested_sae(con, db, sae)
     where = f"--db {db}: SAE '{shown_name(sae_id)}'"
-    row = con.execute("SELECT d_sae, neuronpedia_id FROM saes WHERE sae_id = ?",
-                      [sae_id]).fetchall()
+    row = con.execute(
+        "SELECT d_sae, neuronpedia_id FROM saes WHERE sae_id = ?", [sae_id]
+    ).fetchall()
     if len(row) != 1:
         raise BadInput(f"{where}: has documents but {len(row)} rows in saes, not one")
     width, neuronpedia_id = row[0]
@@ -545,13 +569,20 @@ def plan(con: duckdb.DuckDBPyConnection, db: Path, sae: str | None, model: str |
         raise BadInput(f"{where}: its d_sae '{shown_name(width)}' is not a positive integer")
     target = parse_target(neuronpedia_id, model, source, creator, sae_id)
     delphi.check_tokens(con, where, sae_id)
-    longest = delphi.one(con, "SELECT coalesce(max(n_tokens), 0) FROM documents "
-                         "WHERE sae_id = $sae", {"sae": sae_id})[0]
+    longest = delphi.one(
+        con, "SELECT coalesce(max(n_tokens), 0) FROM documents WHERE sae_id = $sae", {"sae": sae_id}
+    )[0]
     delphi.count_activations(con, where, sae_id, width, int(longest))
-    if "examples" not in tables(con) or not delphi.one(
-            con, "SELECT count(*) FROM examples WHERE sae_id = $sae", {"sae": sae_id})[0]:
-        raise BadInput(f"{where}: has no examples; run `shoggoth index` first (Neuronpedia's "
-                       "pages are built from its examples, histograms and logit effects)")
+    if (
+        "examples" not in tables(con)
+        or not delphi.one(
+            con, "SELECT count(*) FROM examples WHERE sae_id = $sae", {"sae": sae_id}
+        )[0]
+    ):
+        raise BadInput(
+            f"{where}: has no examples; run `shoggoth index` first (Neuronpedia's "
+            "pages are built from its examples, histograms and logit effects)"
+        )
     return Plan(sae_id, target)
 
 
@@ -579,11 +610,14 @@ def row_json(row: Row) -> bytes:
     """One JSON line: every field of the row, in the dataclass's order. NaN and infinity are
     refused (JSON has no such values)."""
     try:
-        return json.dumps(dataclasses.asdict(row), ensure_ascii=False,
-                          allow_nan=False).encode() + b"\n"
+        return (
+            json.dumps(dataclasses.asdict(row), ensure_ascii=False, allow_nan=False).encode()
+            + b"\n"
+        )
     except ValueError:
-        raise BadInput(f"a {type(row).__name__} row holds a value that is not finite; the "
-                       "database is damaged") from None
+        raise BadInput(
+            f"a {type(row).__name__} row holds a value that is not finite; the database is damaged"
+        ) from None
 
 
 def row_id(row: Activation | Explanation) -> str:
@@ -601,8 +635,9 @@ def write_rows(path: Path, rows: Sequence[Row]) -> None:
     if not rows:
         return
     data = b"".join(row_json(r) for r in rows)
-    path.write_bytes(gzip.compress(data, compresslevel=5, mtime=0)
-                     if path.suffix == ".gz" else data)
+    path.write_bytes(
+        gzip.compress(data, compresslevel=5, mtime=0) if path.suffix == ".gz" else data
+    )
 
 
 @dataclass(frozen=True)
@@ -627,15 +662,22 @@ def read_context(con: duckdb.DuckDBPyConnection, the_plan: Plan) -> Context:
     """The answer tokens, the prompts and the measured tokens of the SAE."""
     sae = {"sae": the_plan.sae_id}
     tokens: dict[str, list[str]] = {}
-    for item, token in con.execute("SELECT item_id::VARCHAR, coalesce(token::VARCHAR, '') "
-                                   "FROM tokens "
-                                   "WHERE sae_id = $sae ORDER BY item_id, pos", sae).fetchall():
+    for item, token in con.execute(
+        "SELECT item_id::VARCHAR, coalesce(token::VARCHAR, '') "
+        "FROM tokens "
+        "WHERE sae_id = $sae ORDER BY item_id, pos",
+        sae,
+    ).fetchall():
         tokens.setdefault(item, []).append(token)
-    prompts = {(p, int(k)): str(t) for p, k, t in con.execute(
-        "SELECT persona::VARCHAR, paraphrase::INTEGER, prompt::VARCHAR "
-        "FROM persona_prompts").fetchall()}
-    measured = delphi.one(con, "SELECT coalesce(sum(n_tokens), 0)::BIGINT FROM documents "
-                          "WHERE sae_id = $sae", sae)[0]
+    prompts = {
+        (p, int(k)): str(t)
+        for p, k, t in con.execute(
+            "SELECT persona::VARCHAR, paraphrase::INTEGER, prompt::VARCHAR FROM persona_prompts"
+        ).fetchall()
+    }
+    measured = delphi.one(
+        con, "SELECT coalesce(sum(n_tokens), 0)::BIGINT FROM documents WHERE sae_id = $sae", sae
+    )[0]
     return Context(the_plan, now(), tokens, prompts, int(measured), frozenset(tables(con)))
 
 
@@ -645,48 +687,93 @@ def release_rows(con: duckdb.DuckDBPyConnection, ctx: Context) -> dict[str, Row]
     hook, d_in, d_sae, template, release, lens_id = con.execute(
         "SELECT hook::VARCHAR, d_in::INTEGER, d_sae::INTEGER, "
         "template::VARCHAR, release::VARCHAR, sae_lens_id::VARCHAR FROM saes "
-        "WHERE sae_id = ?", [sae_id]).fetchall()[0]
+        "WHERE sae_id = ?",
+        [sae_id],
+    ).fetchall()[0]
     personas, prompts, items, docs, longest = delphi.one(
-        con, "SELECT count(DISTINCT persona), count(DISTINCT (persona, paraphrase)), "
+        con,
+        "SELECT count(DISTINCT persona), count(DISTINCT (persona, paraphrase)), "
         "count(DISTINCT item_id), count(*), coalesce(max(n_tokens), 0) FROM documents "
-        "WHERE sae_id = $sae", {"sae": sae_id})
+        "WHERE sae_id = $sae",
+        {"sae": sae_id},
+    )
     name = f"shoggoth-{t.source_set}"
     about = f"shoggoth persona-battery dashboards of SAE '{sae_id}' ({hook})"
     return {
-        "release.jsonl": SourceRelease(name=name, description=about, creatorName="shoggoth",
-                                       creatorId=t.creator, descriptionShort=clip(about, 80),
-                                       defaultSourceSetName=t.source_set,
-                                       defaultSourceId=t.source, createdAt=at),
-        "model.jsonl": Model(id=t.model_id, instruct=template == "chat", creatorId=t.creator,
-                             displayNameShort=t.model_id, displayName=t.model_id,
-                             dimension=d_in, defaultSourceSetName=t.source_set,
-                             defaultSourceId=t.source, inferenceEnabled=False, createdAt=at,
-                             updatedAt=at),
-        "sourceset.jsonl": SourceSet(modelId=t.model_id, name=t.source_set, creatorId=t.creator,
-                                     visibility="PUBLIC", creatorName="shoggoth",
-                                     description=f"shoggoth: {hook}, {d_sae:,} features",
-                                     releaseName=name, createdAt=at),
-        "source.jsonl": Source(id=t.source, modelId=t.model_id, setName=t.source_set,
-                               creatorId=t.creator, saelensRelease=release,
-                               saelensSaeId=lens_id, num_prompts=int(docs),
-                               num_tokens_in_prompt=int(longest),
-                               dataset=f"shoggoth persona battery: {personas} personas, "
-                                       f"{prompts} system prompts, {items} items; the "
-                                       "activations are on the answer tokens",
-                               notes=about, createdAt=at),
+        "release.jsonl": SourceRelease(
+            name=name,
+            description=about,
+            creatorName="shoggoth",
+            creatorId=t.creator,
+            descriptionShort=clip(about, 80),
+            defaultSourceSetName=t.source_set,
+            defaultSourceId=t.source,
+            createdAt=at,
+        ),
+        "model.jsonl": Model(
+            id=t.model_id,
+            instruct=template == "chat",
+            creatorId=t.creator,
+            displayNameShort=t.model_id,
+            displayName=t.model_id,
+            dimension=d_in,
+            defaultSourceSetName=t.source_set,
+            defaultSourceId=t.source,
+            inferenceEnabled=False,
+            createdAt=at,
+            updatedAt=at,
+        ),
+        "sourceset.jsonl": SourceSet(
+            modelId=t.model_id,
+            name=t.source_set,
+            creatorId=t.creator,
+            visibility="PUBLIC",
+            creatorName="shoggoth",
+            description=f"shoggoth: {hook}, {d_sae:,} features",
+            releaseName=name,
+            createdAt=at,
+        ),
+        "source.jsonl": Source(
+            id=t.source,
+            modelId=t.model_id,
+            setName=t.source_set,
+            creatorId=t.creator,
+            saelensRelease=release,
+            saelensSaeId=lens_id,
+            num_prompts=int(docs),
+            num_tokens_in_prompt=int(longest),
+            dataset=f"shoggoth persona battery: {personas} personas, "
+            f"{prompts} system prompts, {items} items; the "
+            "activations are on the answer tokens",
+            notes=about,
+            createdAt=at,
+        ),
     }
 
 
 def explanation_types(at: str, creator: str) -> list[ExplanationType]:
     """The two explanation types the explanation rows name."""
-    return [ExplanationType(LABEL_TYPE, "shoggoth label",
-                            "shoggoth's label of the feature across personas (mask-specific, "
-                            "shared, …), its estimated false discovery rate and the persona it "
-                            "prefers", creatorId=creator, createdAt=at, updatedAt=at),
-            ExplanationType(EXPLAIN_TYPE, "shoggoth explain",
-                            "an explanation written by a language model from the feature's "
-                            "examples, scored by detection and fuzzing on held-out windows",
-                            creatorId=creator, createdAt=at, updatedAt=at)]
+    return [
+        ExplanationType(
+            LABEL_TYPE,
+            "shoggoth label",
+            "shoggoth's label of the feature across personas (mask-specific, "
+            "shared, …), its estimated false discovery rate and the persona it "
+            "prefers",
+            creatorId=creator,
+            createdAt=at,
+            updatedAt=at,
+        ),
+        ExplanationType(
+            EXPLAIN_TYPE,
+            "shoggoth explain",
+            "an explanation written by a language model from the feature's "
+            "examples, scored by detection and fuzzing on held-out windows",
+            creatorId=creator,
+            createdAt=at,
+            updatedAt=at,
+        ),
+    ]
 
 
 @dataclass(frozen=True)
@@ -703,13 +790,18 @@ class Stats:
 
 def read_stats(con: duckdb.DuckDBPyConnection, sae_id: str) -> Stats:
     """One pass over the activations: which features fired, how often, how strongly."""
-    found = con.execute("SELECT feature::BIGINT AS f, count(*) AS n, max(value)::FLOAT AS m "
-                        "FROM activations WHERE sae_id = $sae GROUP BY feature ORDER BY feature",
-                        {"sae": sae_id}).fetchnumpy()
+    found = con.execute(
+        "SELECT feature::BIGINT AS f, count(*) AS n, max(value)::FLOAT AS m "
+        "FROM activations WHERE sae_id = $sae GROUP BY feature ORDER BY feature",
+        {"sae": sae_id},
+    ).fetchnumpy()
     features = [int(f) for f in found["f"]]
     largest = f32(np.asarray(found["m"]).tolist())
-    return Stats(features, dict(zip(features, (int(n) for n in found["n"]), strict=True)),
-                 dict(zip(features, largest, strict=True)))
+    return Stats(
+        features,
+        dict(zip(features, (int(n) for n in found["n"]), strict=True)),
+        dict(zip(features, largest, strict=True)),
+    )
 
 
 INTERVAL = re.compile(r"interval (\d+)/(\d+)")
@@ -748,16 +840,18 @@ ORDER BY feature, kind <> 'top', bin_lo DESC NULLS FIRST, rank, kind
 """A batch's examples, each with its document's length and the feature's activations in it."""
 
 
-def interval_shares(con: duckdb.DuckDBPyConnection, sae_id: str, lo: int, hi: int,
-                    kinds: set[str], stats: Stats) -> dict[tuple[int, str], float]:
+def interval_shares(
+    con: duckdb.DuckDBPyConnection, sae_id: str, lo: int, hi: int, kinds: set[str], stats: Stats
+) -> dict[tuple[int, str], float]:
     """(feature, kind) → the share of the feature's firing tokens in that interval, for the
     interval kinds of a batch."""
     shares: dict[tuple[int, str], float] = {}
     for bins in sorted({int(m[2]) for k in kinds if (m := INTERVAL.fullmatch(k))}):
         if bins < 1:
             continue
-        for feature, b, n in con.execute(BIN_COUNTS, {"sae": sae_id, "lo": lo, "hi": hi,
-                                                      "bins": bins}).fetchall():
+        for feature, b, n in con.execute(
+            BIN_COUNTS, {"sae": sae_id, "lo": lo, "hi": hi, "bins": bins}
+        ).fetchall():
             total = stats.counts.get(int(feature), 0)
             if total:
                 shares[(int(feature), f"interval {int(b) + 1}/{bins}")] = n / total
@@ -772,29 +866,50 @@ def window(n_tokens: int, pos: int) -> tuple[int, int]:
     return start, start + MAX_TOKENS
 
 
-def data_source(ctx: Context, kind: str, rank: int, persona: str, paraphrase: int,
-                item: str) -> str:
+def data_source(
+    ctx: Context, kind: str, rank: int, persona: str, paraphrase: int, item: str
+) -> str:
     """An example's dataSource: what made it an example, the persona, its prompt, the item."""
     prompt = clip(" ".join(ctx.prompts.get((persona, paraphrase), "").split()), PROMPT_SHOWN)
     what = f"top #{rank}" if kind == "top" else f"{kind} sample #{rank}"
-    return (f"shoggoth {what}: persona {persona}, prompt {paraphrase} \u201c{prompt}\u201d, "
-            f"item {item}")
+    return (
+        f"shoggoth {what}: persona {persona}, prompt {paraphrase} \u201c{prompt}\u201d, item {item}"
+    )
 
 
-def activation_rows(con: duckdb.DuckDBPyConnection, ctx: Context, stats: Stats, lo: int,
-                    hi: int) -> list[Activation]:
+def activation_rows(
+    con: duckdb.DuckDBPyConnection, ctx: Context, stats: Stats, lo: int, hi: int
+) -> list[Activation]:
     """The Activation rows of features lo..hi: one per example."""
     t, sae_id = ctx.plan.target, ctx.plan.sae_id
     found = con.execute(EXAMPLES, {"sae": sae_id, "lo": lo, "hi": hi}).fetchall()
     shares = interval_shares(con, sae_id, lo, hi, {r[1] for r in found}, stats)
     rows = []
-    for (feature, kind, rank, persona, paraphrase, item, pos, _value, bin_lo, bin_hi, n_tokens,
-         fired, fired_values) in found:
+    for (
+        feature,
+        kind,
+        rank,
+        persona,
+        paraphrase,
+        item,
+        pos,
+        _value,
+        bin_lo,
+        bin_hi,
+        n_tokens,
+        fired,
+        fired_values,
+    ) in found:
         answer = ctx.tokens.get(item, [])
-        if len(answer) != n_tokens or not 0 <= pos < n_tokens or \
-                any(not 0 <= p < n_tokens for p in fired):
-            raise BadInput(f"SAE '{shown_name(sae_id)}': an example or activation of feature "
-                           f"{feature} lies outside its document's answer")
+        if (
+            len(answer) != n_tokens
+            or not 0 <= pos < n_tokens
+            or any(not 0 <= p < n_tokens for p in fired)
+        ):
+            raise BadInput(
+                f"SAE '{shown_name(sae_id)}': an example or activation of feature "
+                f"{feature} lies outside its document's answer"
+            )
         start, end = window(n_tokens, pos)
         values = [0.0] * (end - start)
         for p, v in zip(fired, f32(fired_values), strict=True):
@@ -803,44 +918,74 @@ def activation_rows(con: duckdb.DuckDBPyConnection, ctx: Context, stats: Stats, 
         top = kind == "top"
         largest = max(values)
         row = Activation(
-            id="", tokens=answer[start:end], index=str(feature), layer=t.source,
-            modelId=t.model_id, maxValue=largest, maxValueTokenIndex=values.index(largest),
-            minValue=min(values), values=values, creatorId=t.creator,
+            id="",
+            tokens=answer[start:end],
+            index=str(feature),
+            layer=t.source,
+            modelId=t.model_id,
+            maxValue=largest,
+            maxValueTokenIndex=values.index(largest),
+            minValue=min(values),
+            values=values,
+            creatorId=t.creator,
             dataSource=data_source(ctx, kind, rank, persona, paraphrase, item),
-            dataIndex=f"{persona}/{paraphrase}/{item}", createdAt=ctx.created,
+            dataIndex=f"{persona}/{paraphrase}/{item}",
+            createdAt=ctx.created,
             binMin=-1.0 if top else one_f32(bin_lo),
             binMax=stats.largest[feature] if top else one_f32(bin_hi),
             binContains=-1.0 if top else shares.get((feature, kind)),
-            qualifyingTokenIndex=pos - start)
+            qualifyingTokenIndex=pos - start,
+        )
         rows.append(dataclasses.replace(row, id=row_id(row)))
     return rows
 
 
-def grouped(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object],
-            ) -> dict[int, tuple[list, ...]]:
+def grouped(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict[str, object],
+) -> dict[int, tuple[list, ...]]:
     """feature → the lists a per-feature aggregate returns after its feature column."""
     return {int(r[0]): tuple(r[1:]) for r in con.execute(sql, params).fetchall()}
 
 
-def feature_rows(con: duckdb.DuckDBPyConnection, ctx: Context, stats: Stats,
-                 batch: list[int]) -> list[Feature]:
+def feature_rows(
+    con: duckdb.DuckDBPyConnection, ctx: Context, stats: Stats, batch: list[int]
+) -> list[Feature]:
     """The Feature rows of one batch of fired features."""
     t, have = ctx.plan.target, ctx.have
     params: dict[str, object] = {"sae": ctx.plan.sae_id, "lo": batch[0], "hi": batch[-1]}
     span = "sae_id = $sae AND feature BETWEEN $lo AND $hi"
-    hist = grouped(con, "SELECT feature::BIGINT, list(lo::FLOAT ORDER BY bin), "
-                   "list(hi::FLOAT ORDER BY bin), list(count::BIGINT ORDER BY bin) FROM "
-                   f"feature_histograms WHERE {span} GROUP BY feature", params) \
-        if "feature_histograms" in have else {}
-    near = grouped(con, "SELECT feature::BIGINT, list(neighbor::BIGINT ORDER BY rank), "
-                   f"list(cosine::FLOAT ORDER BY rank) FROM neighbors WHERE {span} "
-                   "GROUP BY feature", params) if "neighbors" in have else {}
+    hist = (
+        grouped(
+            con,
+            "SELECT feature::BIGINT, list(lo::FLOAT ORDER BY bin), "
+            "list(hi::FLOAT ORDER BY bin), list(count::BIGINT ORDER BY bin) FROM "
+            f"feature_histograms WHERE {span} GROUP BY feature",
+            params,
+        )
+        if "feature_histograms" in have
+        else {}
+    )
+    near = (
+        grouped(
+            con,
+            "SELECT feature::BIGINT, list(neighbor::BIGINT ORDER BY rank), "
+            f"list(cosine::FLOAT ORDER BY rank) FROM neighbors WHERE {span} "
+            "GROUP BY feature",
+            params,
+        )
+        if "neighbors" in have
+        else {}
+    )
     logits: dict[tuple[int, str], tuple[list, list]] = {}
     if "logit_effects" in have:
         for feature, sign, words, values in con.execute(
-                "SELECT feature::BIGINT, sign::VARCHAR, list(token::VARCHAR ORDER BY rank), "
-                f"list(value::FLOAT ORDER BY rank) FROM logit_effects WHERE {span} "
-                "GROUP BY feature, sign", params).fetchall():
+            "SELECT feature::BIGINT, sign::VARCHAR, list(token::VARCHAR ORDER BY rank), "
+            f"list(value::FLOAT ORDER BY rank) FROM logit_effects WHERE {span} "
+            "GROUP BY feature, sign",
+            params,
+        ).fetchall():
             logits[(int(feature), sign)] = (words, values)
     rows = []
     for feature in batch:
@@ -848,17 +993,28 @@ def feature_rows(con: duckdb.DuckDBPyConnection, ctx: Context, stats: Stats,
         neighbours, cosines = near.get(feature, ([], []))
         promoted = logits.get((feature, "promoted"), ([], []))
         suppressed = logits.get((feature, "suppressed"), ([], []))
-        rows.append(Feature(
-            modelId=t.model_id, layer=t.source, index=str(feature), creatorId=t.creator,
-            createdAt=ctx.created, maxActApprox=stats.largest[feature],
-            topkCosSimIndices=[int(n) for n in neighbours], topkCosSimValues=f32(cosines),
-            neg_str=list(suppressed[0]), neg_values=f32(suppressed[1]),
-            pos_str=list(promoted[0]), pos_values=f32(promoted[1]),
-            frac_nonzero=stats.counts[feature] / max(1, ctx.measured),
-            freq_hist_data_bar_heights=[float(c) for c in counts],
-            freq_hist_data_bar_values=f32([(a + b) / 2 for a, b in zip(lows, highs,
-                                                                         strict=True)]),
-            sourceSetName=t.source_set))
+        rows.append(
+            Feature(
+                modelId=t.model_id,
+                layer=t.source,
+                index=str(feature),
+                creatorId=t.creator,
+                createdAt=ctx.created,
+                maxActApprox=stats.largest[feature],
+                topkCosSimIndices=[int(n) for n in neighbours],
+                topkCosSimValues=f32(cosines),
+                neg_str=list(suppressed[0]),
+                neg_values=f32(suppressed[1]),
+                pos_str=list(promoted[0]),
+                pos_values=f32(promoted[1]),
+                frac_nonzero=stats.counts[feature] / max(1, ctx.measured),
+                freq_hist_data_bar_heights=[float(c) for c in counts],
+                freq_hist_data_bar_values=f32(
+                    [(a + b) / 2 for a, b in zip(lows, highs, strict=True)]
+                ),
+                sourceSetName=t.source_set,
+            )
+        )
     return rows
 
 
@@ -870,8 +1026,11 @@ def label_text(label: str, persona: str | None, fdr: float | None, manual: bool)
     return text + (f" (FDR {fdr:.2g})" if fdr is not None else "")
 
 
-def explanation_rows(con: duckdb.DuckDBPyConnection, ctx: Context, batch: list[int],
-                     ) -> list[Explanation]:
+def explanation_rows(
+    con: duckdb.DuckDBPyConnection,
+    ctx: Context,
+    batch: list[int],
+) -> list[Explanation]:
     """The Explanation rows of one batch: shoggoth's label (not for dead features) and
     `shoggoth explain`'s explanation, where they exist."""
     t, have, fired = ctx.plan.target, ctx.have, set(batch)
@@ -881,42 +1040,66 @@ def explanation_rows(con: duckdb.DuckDBPyConnection, ctx: Context, batch: list[i
         fdr = "NULL::DOUBLE"
         join = ""
         if "label_fdr" in have:
-            fdr, join = ("r.fdr::DOUBLE", "LEFT JOIN label_fdr r ON r.sae_id = l.sae_id "
-                         "AND r.label = l.auto_label")
+            fdr, join = (
+                "r.fdr::DOUBLE",
+                "LEFT JOIN label_fdr r ON r.sae_id = l.sae_id AND r.label = l.auto_label",
+            )
         for feature, label, manual, top, family, rate in con.execute(
-                f"SELECT l.feature::BIGINT, l.label::VARCHAR, l.manual_label IS NOT NULL, "
-                f"l.top_persona::VARCHAR, l.family_set::VARCHAR, {fdr} FROM feature_labels l "
-                f"{join} WHERE l.sae_id = $sae AND l.feature BETWEEN $lo AND $hi "
-                "ORDER BY l.feature", params).fetchall():
+            f"SELECT l.feature::BIGINT, l.label::VARCHAR, l.manual_label IS NOT NULL, "
+            f"l.top_persona::VARCHAR, l.family_set::VARCHAR, {fdr} FROM feature_labels l "
+            f"{join} WHERE l.sae_id = $sae AND l.feature BETWEEN $lo AND $hi "
+            "ORDER BY l.feature",
+            params,
+        ).fetchall():
             if label is None or label == "dead":
                 continue
-            persona = top if label in PERSONA_LABELS else family if label == "mask-family" \
-                else None
-            notes = "manual label (annotations)" if manual else \
-                f"shoggoth label; FDR of '{label}': {rate:.3g}" if rate is not None else \
-                "shoggoth label"
-            found.append((int(feature), LABEL_TYPE, label_text(label, persona, rate, manual),
-                          notes))
+            persona = top if label in PERSONA_LABELS else family if label == "mask-family" else None
+            notes = (
+                "manual label (annotations)"
+                if manual
+                else f"shoggoth label; FDR of '{label}': {rate:.3g}"
+                if rate is not None
+                else "shoggoth label"
+            )
+            found.append(
+                (int(feature), LABEL_TYPE, label_text(label, persona, rate, manual), notes)
+            )
     if "feature_explanations" in have:
         for feature, text, explainer, scorer, det, det_n, fuzz, fuzz_n in con.execute(
-                "SELECT feature::BIGINT, explanation::VARCHAR, explainer::VARCHAR, "
-                "scorer::VARCHAR, detection::DOUBLE, detection_n::BIGINT, fuzzing::DOUBLE, "
-                "fuzzing_n::BIGINT FROM feature_explanations "
-                "WHERE sae_id = $sae AND feature BETWEEN $lo AND $hi ORDER BY feature",
-                params).fetchall():
-            scores = "; ".join(f"{name} {value:.2f} (n={n})" for name, value, n in
-                               (("detection", det, det_n), ("fuzzing", fuzz, fuzz_n))
-                               if value is not None)
-            found.append((int(feature), EXPLAIN_TYPE, text,
-                          f"explainer {explainer}; scorer {scorer}" +
-                          (f"; {scores}" if scores else "")))
+            "SELECT feature::BIGINT, explanation::VARCHAR, explainer::VARCHAR, "
+            "scorer::VARCHAR, detection::DOUBLE, detection_n::BIGINT, fuzzing::DOUBLE, "
+            "fuzzing_n::BIGINT FROM feature_explanations "
+            "WHERE sae_id = $sae AND feature BETWEEN $lo AND $hi ORDER BY feature",
+            params,
+        ).fetchall():
+            scores = "; ".join(
+                f"{name} {value:.2f} (n={n})"
+                for name, value, n in (("detection", det, det_n), ("fuzzing", fuzz, fuzz_n))
+                if value is not None
+            )
+            found.append(
+                (
+                    int(feature),
+                    EXPLAIN_TYPE,
+                    text,
+                    f"explainer {explainer}; scorer {scorer}" + (f"; {scores}" if scores else ""),
+                )
+            )
     rows = []
     for feature, kind, text, note in sorted(found, key=lambda r: (r[0], r[1])):
         if feature not in fired or not isinstance(text, str) or not text.strip():
             continue
-        row = Explanation(id="", modelId=t.model_id, layer=t.source, index=str(feature),
-                          description=text, authorId=t.creator, typeName=kind, notes=note,
-                          createdAt=ctx.created)
+        row = Explanation(
+            id="",
+            modelId=t.model_id,
+            layer=t.source,
+            index=str(feature),
+            description=text,
+            authorId=t.creator,
+            typeName=kind,
+            notes=note,
+            createdAt=ctx.created,
+        )
         rows.append(dataclasses.replace(row, id=row_id(row)))
     return rows
 
@@ -924,22 +1107,19 @@ def explanation_rows(con: duckdb.DuckDBPyConnection, ctx: Context, batch: list[i
 def batches(features: list[int]) -> Iterator[list[int]]:
     """The fired features in runs of `FEATURES_PER_BATCH`."""
     for start in range(0, len(features), FEATURES_PER_BATCH):
-        yield features[start:start + FEATURES_PER_BATCH]
+        yield features[start : start + FEATURES_PER_BATCH]
 
 
-def write_export(con: duckdb.DuckDBPyConnection, db: Path, the_plan: Plan,
-                 built: Path) -> Written:
+def write_export(con: duckdb.DuckDBPyConnection, db: Path, the_plan: Plan, built: Path) -> Written:
     """The export of `the_plan` into `built` (which exists and is empty); returns what it
     holds. A value the database holds of the wrong kind is BadInput in one line."""
     try:
         return _write_export(con, db, the_plan, built)
     except duckdb.Error as e:
-        raise BadInput(f"--db {db}: cannot be exported to Neuronpedia: {first_line(e)}") \
-            from None
+        raise BadInput(f"--db {db}: cannot be exported to Neuronpedia: {first_line(e)}") from None
 
 
-def _write_export(con: duckdb.DuckDBPyConnection, db: Path, the_plan: Plan,
-                  built: Path) -> Written:
+def _write_export(con: duckdb.DuckDBPyConnection, db: Path, the_plan: Plan, built: Path) -> Written:
     """`write_export`'s work: the four metadata files, the explanation types, the batches, then
     the marker."""
     ctx = read_context(con, the_plan)
@@ -948,8 +1128,9 @@ def _write_export(con: duckdb.DuckDBPyConnection, db: Path, the_plan: Plan,
         (folder / sub).mkdir(parents=True)
     for name, row in release_rows(con, ctx).items():
         write_rows(folder / name, [row])
-    write_rows(folder / "explanation_type.jsonl",
-               explanation_types(ctx.created, the_plan.target.creator))
+    write_rows(
+        folder / "explanation_type.jsonl", explanation_types(ctx.created, the_plan.target.creator)
+    )
     stats = read_stats(con, the_plan.sae_id)
     n_activations = n_explanations = n_batches = 0
     for n, batch in enumerate(batches(stats.features)):
@@ -963,10 +1144,23 @@ def _write_export(con: duckdb.DuckDBPyConnection, db: Path, the_plan: Plan,
         n_batches += 1
     written = Written(the_plan, len(stats.features), n_activations, n_explanations, n_batches)
     t = the_plan.target
-    (built / MARKER).write_text(json.dumps(
-        {"source": str(db.resolve()), "sae_id": the_plan.sae_id, "modelId": t.model_id,
-         "layer": t.source, "sourceSet": t.source_set, "exported_at": ctx.created,
-         "features": written.features, "activations": n_activations,
-         "explanations": n_explanations, "batches": n_batches,
-         "folder": str(t.folder)}, indent=1) + "\n")
+    (built / MARKER).write_text(
+        json.dumps(
+            {
+                "source": str(db.resolve()),
+                "sae_id": the_plan.sae_id,
+                "modelId": t.model_id,
+                "layer": t.source,
+                "sourceSet": t.source_set,
+                "exported_at": ctx.created,
+                "features": written.features,
+                "activations": n_activations,
+                "explanations": n_explanations,
+                "batches": n_batches,
+                "folder": str(t.folder),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return written

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     import faiss
 
 
-
 @functools.lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(Path(path))

@@ -257,23 +257,31 @@ def create_index_tables(con: Connection) -> None:
     create_names_view(con)
 
 
-def create_names_view(con: duckdb.DuckDBPyConnection, temp: bool = False,
-                      have: set[str] | None = None) -> None:
+def create_names_view(
+    con: duckdb.DuckDBPyConnection, temp: bool = False, have: set[str] | None = None
+) -> None:
     """`feature_names`: each feature's handle, the persona it prefers when its label says so,
     and its scored explanation when `shoggoth explain` wrote one (built from the tables there
     are; every command that writes one of them calls this). `temp`: a temporary view, for one
     connection only (see `define_own_views`); `have`: the tables it may read (default: every
     table and view of the database)."""
     if have is None:
-        have = {r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = current_schema()").fetchall()}
+        have = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema()"
+            ).fetchall()
+        }
     if not {"feature_handles", "feature_explanations"} <= have:
         return
     labels = {"features", "annotations"} <= have
-    persona = ("CASE WHEN l.label IN ('mask-specific', 'persona-concept', 'mask-or-concept') "
-               "THEN l.top_persona WHEN l.label = 'mask-family' THEN l.family_set END"
-               if labels else "NULL::VARCHAR")
+    persona = (
+        "CASE WHEN l.label IN ('mask-specific', 'persona-concept', 'mask-or-concept') "
+        "THEN l.top_persona WHEN l.label = 'mask-family' THEN l.family_set END"
+        if labels
+        else "NULL::VARCHAR"
+    )
     con.execute(f"""
 CREATE OR REPLACE {"TEMP " if temp else ""}VIEW feature_names AS
 SELECT h.sae_id, h.feature, h.handle, {persona} AS persona,
@@ -288,9 +296,13 @@ LEFT JOIN feature_explanations e USING (sae_id, feature)
 
 def _base_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     """The tables (not views) in the connection's own main schema."""
-    return {r[0] for r in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND "
-        "schema_name = 'main'").fetchall()}
+    return {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND "
+            "schema_name = 'main'"
+        ).fetchall()
+    }
 
 
 def define_own_views(con: duckdb.DuckDBPyConnection, have: set[str] | None = None) -> None:
@@ -303,8 +315,7 @@ def define_own_views(con: duckdb.DuckDBPyConnection, have: set[str] | None = Non
     if {"features", "annotations"} <= have:
         con.execute(FEATURE_LABELS_VIEW.replace("OR REPLACE VIEW", "OR REPLACE TEMP VIEW", 1))
     if {"examples", "tokens"} <= have:
-        con.execute(EXAMPLE_CONTEXTS_MACRO.replace("OR REPLACE MACRO", "OR REPLACE TEMP MACRO",
-                                                   1))
+        con.execute(EXAMPLE_CONTEXTS_MACRO.replace("OR REPLACE MACRO", "OR REPLACE TEMP MACRO", 1))
     create_names_view(con, temp=True, have=have)
 
 
@@ -318,9 +329,18 @@ SAES_COLUMNS: tuple[str, ...] = tuple(columns_of(TABLES["saes"]))
 """The columns a `saes` row may have (a merge copies no other)."""
 
 
-KNOWN_TABLES: frozenset[str] = frozenset({
-    *TABLES, *LABEL_TABLES, *INDEX_TABLES, *GRID_TABLES, "feature_effects", "persona_shifts",
-    "persona_composition", "layer_probe"})
+KNOWN_TABLES: frozenset[str] = frozenset(
+    {
+        *TABLES,
+        *LABEL_TABLES,
+        *INDEX_TABLES,
+        *GRID_TABLES,
+        "feature_effects",
+        "persona_shifts",
+        "persona_composition",
+        "layer_probe",
+    }
+)
 """Every table a shoggoth command writes (the effects' and layers' tables are defined beside
 their commands; tests/test_schema.py checks this list against a database every command wrote)."""
 
@@ -351,15 +371,26 @@ def stale_label_tables(con: Connection) -> list[str]:
     return stale
 
 
-PERSONA_TABLES = ("persona_signal", "persona_space", "persona_space_axes",
-                  "persona_decomposition", "persona_label_shares", "persona_own_features")
+PERSONA_TABLES = (
+    "persona_signal",
+    "persona_space",
+    "persona_space_axes",
+    "persona_decomposition",
+    "persona_label_shares",
+    "persona_own_features",
+)
 """The tables `label` fills about the personas, beside the feature labels."""
 
 
 def _column_names(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    return {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-        "AND table_schema = current_schema()", [table]).fetchall()}
+    return {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = current_schema()",
+            [table],
+        ).fetchall()
+    }
 
 
 def create_label_tables(con: Connection) -> None:
@@ -378,8 +409,7 @@ def create_label_tables(con: Connection) -> None:
 def add_feature_columns(con: Connection) -> None:
     """Columns a features table written before they existed lacks (control_margin, the causal
     summary)."""
-    for column, kind in (("control_margin", "DOUBLE"), ("rest_ratio", "DOUBLE"),
-                         *CAUSAL_COLUMNS):
+    for column, kind in (("control_margin", "DOUBLE"), ("rest_ratio", "DOUBLE"), *CAUSAL_COLUMNS):
         con.execute(f"ALTER TABLE features ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
@@ -393,13 +423,23 @@ ORDER: dict[str, str] = {
     "document_shifts": "sae_id, persona, paraphrase, item_id",
 }
 BATTERY_TABLES = ("personas", "persona_prompts", "items")
-HARVEST_TABLES = ("tokens", "documents", "activations", "doc_features", "residual_sums",
-                  "document_shifts")
+HARVEST_TABLES = (
+    "tokens",
+    "documents",
+    "activations",
+    "doc_features",
+    "residual_sums",
+    "document_shifts",
+)
 
 
-CONTRACT_COLUMNS = (("saes", "kind", "VARCHAR"), ("saes", "reference", "VARCHAR"),
-                    ("saes", "release", "VARCHAR"), ("saes", "sae_lens_id", "VARCHAR"),
-                    ("saes", "neuronpedia_id", "VARCHAR"))
+CONTRACT_COLUMNS = (
+    ("saes", "kind", "VARCHAR"),
+    ("saes", "reference", "VARCHAR"),
+    ("saes", "release", "VARCHAR"),
+    ("saes", "sae_lens_id", "VARCHAR"),
+    ("saes", "neuronpedia_id", "VARCHAR"),
+)
 """Contract columns a database written before them lacks (NULL there: a residual SAE, not
 imported from sae-lens)."""
 
@@ -415,8 +455,10 @@ def upgrade_contract(con: Connection) -> None:
 
 def catalog_has_table(con: duckdb.DuckDBPyConnection, catalog: str, table: str) -> bool:
     """Whether attached database `catalog` holds `table`."""
-    row = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND "
-                      "table_name = ?", [catalog, table]).fetchone()
+    row = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
+        [catalog, table],
+    ).fetchone()
     return bool(row and row[0])
 
 
@@ -459,8 +501,9 @@ def battery_rows(con: Connection, catalog: str | None = None) -> dict[str, list[
 def battery_of(personas: Sequence[Persona], items: Sequence[Item]) -> dict[str, list[tuple]]:
     """The rows `battery_rows` reads back from a database holding this battery."""
     rows: dict[str, list[tuple[Any, ...]]] = {
-        "personas": [(p.name, p.family, p.description, p.is_control, p.control_of)
-                     for p in personas],
+        "personas": [
+            (p.name, p.family, p.description, p.is_control, p.control_of) for p in personas
+        ],
         "persona_prompts": [(p.name, j, t) for p in personas for j, t in enumerate(p.prompts)],
         "items": [(i.item_id, i.topic, i.question, i.answer) for i in items],
     }
@@ -476,13 +519,18 @@ def read_battery(con: Connection, catalog: str | None = None) -> tuple[list[Pers
     ).fetchall():
         prompts.setdefault(name, []).append(text)
     personas = [
-        Persona(name, family, description or "", tuple(prompts.get(name, ())), is_control,
-                control_of)
+        Persona(
+            name, family, description or "", tuple(prompts.get(name, ())), is_control, control_of
+        )
         for name, family, description, is_control, control_of in con.execute(
             f"SELECT persona::VARCHAR, family, description, is_control, control_of "
-            f"FROM {prefix}personas ORDER BY persona").fetchall()
+            f"FROM {prefix}personas ORDER BY persona"
+        ).fetchall()
     ]
-    items = [Item(*row) for row in con.execute(
-        f"SELECT item_id::VARCHAR, topic, question, answer FROM {prefix}items ORDER BY item_id"
-    ).fetchall()]
+    items = [
+        Item(*row)
+        for row in con.execute(
+            f"SELECT item_id::VARCHAR, topic, question, answer FROM {prefix}items ORDER BY item_id"
+        ).fetchall()
+    ]
     return personas, items

@@ -61,8 +61,9 @@ Piece = list[str] | Conversation
 turns (speakers alternating as user and assistant), or a chat corpus's conversation."""
 
 
-def chat_column(text_column: str, columns: Collection[str],
-                holds_lists: Callable[[str], bool]) -> str | None:
+def chat_column(
+    text_column: str, columns: Collection[str], holds_lists: Callable[[str], bool]
+) -> str | None:
     """The column to read conversations from, or None to read text from `text_column`: the
     text column itself when its values are lists, else (for the default 'text', when there is
     none) the first of CHAT_COLUMNS whose values are lists."""
@@ -75,8 +76,7 @@ def chat_column(text_column: str, columns: Collection[str],
     return None
 
 
-def conversation_of(value: object, source: str, row: int, unit: str = "row"
-                    ) -> Conversation | None:
+def conversation_of(value: object, source: str, row: int, unit: str = "row") -> Conversation | None:
     """The conversation a chat column's value holds (None for an empty or missing one);
     BadInput naming the dataset, the row and the problem for anything else."""
     if value is None or (isinstance(value, list) and not value):
@@ -86,13 +86,20 @@ def conversation_of(value: object, source: str, row: int, unit: str = "row"
         raise BadInput(f"{where}: not a list of chat messages ({type(value).__name__})")
     messages: list[Message] = []
     for j, m in enumerate(value, 1):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                and isinstance(m.get("content"), str)):
-            raise BadInput(f"{where}: message {j} is not a {{role, content}} object with text "
-                           f"values: {shown(m)}")
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+        ):
+            raise BadInput(
+                f"{where}: message {j} is not a {{role, content}} object with text "
+                f"values: {shown(m)}"
+            )
         if m["role"] not in ROLES:
-            raise BadInput(f"{where}: message {j} has unknown role {shown(m['role'])} "
-                           f"(expected {', '.join(ROLES)})")
+            raise BadInput(
+                f"{where}: message {j} has unknown role {shown(m['role'])} "
+                f"(expected {', '.join(ROLES)})"
+            )
         messages.append({"role": m["role"], "content": m["content"]})
     return Conversation(messages, source, row, unit)
 
@@ -101,12 +108,15 @@ def require_template(tokenizer: PreTrainedTokenizerBase, dataset: str, model: st
     """BadInput when `tokenizer` cannot render a chat corpus: it has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
         name = model or getattr(tokenizer, "name_or_path", "") or "(no tokenizer)"
-        raise BadInput(f"dataset '{dataset}': holds chat conversations, and model '{name}' has "
-                       "no chat template to render them in")
+        raise BadInput(
+            f"dataset '{dataset}': holds chat conversations, and model '{name}' has "
+            "no chat template to render them in"
+        )
 
 
-def render_conversation(tokenizer: PreTrainedTokenizerBase, conversation: Conversation,
-                        system: str | None) -> str:
+def render_conversation(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, system: str | None
+) -> str:
     """`conversation` in `tokenizer`'s chat template: as it is when it has a system turn of its
     own, under `system` (chitchat.render's convention: None no system turn, "" an empty one)
     otherwise. BadInput naming the row when the template refuses it."""
@@ -117,8 +127,9 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, conversation: Conver
             return str(tokenizer.apply_chat_template(conversation.messages, tokenize=False))
         return render_messages(tokenizer, system, conversation.messages)
     except TemplateError as e:
-        raise BadInput(f"{conversation.where}: the model's chat template refuses it: "
-                       f"{first_line(e)}") from None
+        raise BadInput(
+            f"{conversation.where}: the model's chat template refuses it: {first_line(e)}"
+        ) from None
 
 
 def persona_system(conversation: Conversation, i: int, personas: list[Persona]) -> str | None:

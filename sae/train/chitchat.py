@@ -35,8 +35,10 @@ def conversations() -> list[list[str]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     out = []
     for key in sorted(data):
-        turns = [" ".join(u["text"].strip() for u in message if str(u.get("text", "")).strip())
-                 for message in data[key]["messages"]]
+        turns = [
+            " ".join(u["text"].strip() for u in message if str(u.get("text", "")).strip())
+            for message in data[key]["messages"]
+        ]
         turns = [t for t in turns if t]
         if len(turns) >= 2:
             out.append(turns)
@@ -70,12 +72,14 @@ class Message(TypedDict):
 
 def as_messages(turns: list[str]) -> list[Message]:
     """A piece's turns as chat messages: the speakers alternate as user and assistant."""
-    return [{"role": "user" if j % 2 == 0 else "assistant", "content": t}
-            for j, t in enumerate(turns)]
+    return [
+        {"role": "user" if j % 2 == 0 else "assistant", "content": t} for j, t in enumerate(turns)
+    ]
 
 
-def render_messages(tokenizer: PreTrainedTokenizerBase, system: str | None,
-                    messages: list[Message]) -> str:
+def render_messages(
+    tokenizer: PreTrainedTokenizerBase, system: str | None, messages: list[Message]
+) -> str:
     """Chat messages under `system` (None: no system turn; "": an empty one) in `tokenizer`'s
     chat template. A template without a system role gets the prompt at the head of the first
     message instead."""
@@ -87,8 +91,10 @@ def render_messages(tokenizer: PreTrainedTokenizerBase, system: str | None,
     except TemplateError:  # a template without a system role: the prompt opens the first turn
         if system:
             first = messages[0]
-            messages = [{"role": first["role"],
-                         "content": SEPARATOR.join([system, first["content"]])}, *messages[1:]]
+            messages = [
+                {"role": first["role"], "content": SEPARATOR.join([system, first["content"]])},
+                *messages[1:],
+            ]
         return str(tokenizer.apply_chat_template(messages, tokenize=False))
 
 
@@ -102,8 +108,11 @@ def render(tokenizer: PreTrainedTokenizerBase, system: str | None, turns: list[s
 def pieces() -> list[list[str]]:
     """The corpus cut into pieces of TURNS turns, in a fixed order (what a difference dictionary
     trains on, each piece under a training persona and under the reference)."""
-    return [turns[start:start + TURNS] for turns in conversations()
-            for start in range(0, len(turns) - 1, TURNS)]
+    return [
+        turns[start : start + TURNS]
+        for turns in conversations()
+        for start in range(0, len(turns) - 1, TURNS)
+    ]
 
 
 def chat_texts(tokenizer: PreTrainedTokenizerBase, max_chars: int | None = None) -> list[str]:
@@ -113,7 +122,7 @@ def chat_texts(tokenizer: PreTrainedTokenizerBase, max_chars: int | None = None)
     total = 0
     for turns in conversations():
         for start in range(0, len(turns) - 1, TURNS):
-            piece = turns[start:start + TURNS]
+            piece = turns[start : start + TURNS]
             text = render(tokenizer, system_of(len(docs), personas), piece)
             docs.append(text)
             total += len(text)

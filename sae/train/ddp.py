@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 
-
 @dataclass(frozen=True)
 class World:
     """This process's place among the training processes."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -53,10 +53,15 @@ SINGLE = World()
 def launched_world() -> World:
     """The rank, world size and local rank torchrun set, or BadInput outside torchrun."""
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
-        raise BadInput("--ddp: run it under torchrun, e.g. torchrun --nproc-per-node 2 "
-                       "--no-python shoggoth train --ddp …")
-    return World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                 int(os.environ.get("LOCAL_RANK", "0")))
+        raise BadInput(
+            "--ddp: run it under torchrun, e.g. torchrun --nproc-per-node 2 "
+            "--no-python shoggoth train --ddp …"
+        )
+    return World(
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def device_for(world: World, device: str) -> str:
@@ -95,8 +100,7 @@ def distribute(sae: SAE, world: World) -> DistributedDataParallel:
     """Route sae-lens's calls to `sae.training_forward_pass` through DDP. Built after the
     weights are set: DDP copies rank 0's parameters to every rank when it is built."""
     device_ids = [sae.W_enc.device.index] if sae.W_enc.device.type == "cuda" else None
-    ddp = DistributedDataParallel(_ForwardPass(sae), device_ids=device_ids,
-                                  broadcast_buffers=False)
+    ddp = DistributedDataParallel(_ForwardPass(sae), device_ids=device_ids, broadcast_buffers=False)
     # An instance attribute shadows the method: sae-lens's trainer now calls DDP's forward.
     sae.training_forward_pass = lambda step_input: ddp(step_input=step_input)
     return ddp

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 
-
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖², over all tokens and dimensions ([n, d] inputs)."""
     x, x_hat = x.double(), x_hat.double()
@@ -65,8 +64,9 @@ def ce_loss_recovered(
             if replace == "zero":
                 new = torch.zeros_like(act)
             else:
-                new = sae.decode(sae.encode(act.to(sae.device, sae.dtype))).to(act.device,
-                                                                              act.dtype)
+                new = sae.decode(sae.encode(act.to(sae.device, sae.dtype))).to(
+                    act.device, act.dtype
+                )
             return torch.where(mask, new, act)
 
         return fn
@@ -77,8 +77,9 @@ def ce_loss_recovered(
         positions = keep[start : start + batch]
         totals["clean"] += float(bridge(tokens, return_type="loss")) * len(tokens)
         for name in ("sae", "zero"):
-            loss = bridge.run_with_hooks(tokens, return_type="loss",
-                                         fwd_hooks=[(hook, splice(name, positions))])
+            loss = bridge.run_with_hooks(
+                tokens, return_type="loss", fwd_hooks=[(hook, splice(name, positions))]
+            )
             totals[name] += float(loss) * len(tokens)
     ce = {k: v / len(contexts) for k, v in totals.items()}
     denom = ce["zero"] - ce["clean"]

@@ -33,8 +33,12 @@ BLOCK = re.compile(r"(?:[A-Za-z_]\w*\.)*(?:layers|h)\.(\d+)(?:\.(.+))?")
 """A sparsify hookpoint: an HF module path relative to the base model. `layers.N` (Llama, Gemma,
 Pythia, Qwen) or `h.N` (GPT-2) is the output of block N; anything after it is a submodule."""
 
-SUBMODULES = {"mlp": "an MLP output", "attn": "an attention output",
-              "self_attn": "an attention output", "attention": "an attention output"}
+SUBMODULES = {
+    "mlp": "an MLP output",
+    "attn": "an attention output",
+    "self_attn": "an attention output",
+    "attention": "an attention output",
+}
 """What a submodule hookpoint reads, for the refusal (sparsify names HF's own modules)."""
 
 
@@ -124,16 +128,22 @@ def read_sparsify(path: Path) -> FolderSAE:
     cfg = read_json(path / "cfg.json")
     # sparsify's own defaults (SparseCoderConfig) for a field an older cfg.json leaves out.
     if cfg.get("transcode", False):
-        raise BadInput(f"--path {path}: a sparsify transcoder (cfg.json transcode: true), "
-                       "not a residual-stream SAE")
+        raise BadInput(
+            f"--path {path}: a sparsify transcoder (cfg.json transcode: true), "
+            "not a residual-stream SAE"
+        )
     if cfg.get("skip_connection", False):
-        raise BadInput(f"--path {path}: a sparsify SAE with a skip connection (cfg.json "
-                       "skip_connection: true), which a residual-stream SAE cannot represent")
+        raise BadInput(
+            f"--path {path}: a sparsify SAE with a skip connection (cfg.json "
+            "skip_connection: true), which a residual-stream SAE cannot represent"
+        )
     hook = sparsify_hook(path)
     activation = cfg.get("activation", "topk")
     if activation != "topk":
-        raise BadInput(f"--path {path}: sparsify activation {shown(activation)}: only topk has "
-                       "an sae-lens equivalent")
+        raise BadInput(
+            f"--path {path}: sparsify activation {shown(activation)}: only topk has "
+            "an sae-lens equivalent"
+        )
     d_in = positive(cfg, "d_in", path / "cfg.json")
     # num_latents 0 (sparsify's default) means the width came from expansion_factor.
     if cfg.get("num_latents", 0) == 0:
@@ -148,19 +158,26 @@ def read_sparsify(path: Path) -> FolderSAE:
     except Exception as e:  # truncated or foreign file: one line naming it
         raise BadInput(f"{weights}: could not read it: {first_line(e)}") from None
     if "W_skip" in state:
-        raise BadInput(f"{weights}: has W_skip (a skip connection), which a residual-stream SAE "
-                       "cannot represent")
+        raise BadInput(
+            f"{weights}: has W_skip (a skip connection), which a residual-stream SAE "
+            "cannot represent"
+        )
     if "W_dec" not in state:
         raise BadInput(f"{weights}: no W_dec (saved without its decoder)")
     encoder = tensor(state, "encoder.weight", (d_sae, d_in), weights)
     W_dec = tensor(state, "W_dec", (d_sae, d_in), weights)  # already [latent, d_in]
     run = read_json(path.parent / "config.json") if (path.parent / "config.json").is_file() else {}
     return FolderSAE(
-        layout="sparsify", architecture="topk", hook=hook,
-        W_enc=encoder.T, b_enc=tensor(state, "encoder.bias", (d_sae,), weights),
-        W_dec=W_dec, b_dec=tensor(state, "b_dec", (d_in,), weights),
+        layout="sparsify",
+        architecture="topk",
+        hook=hook,
+        W_enc=encoder.T,
+        b_enc=tensor(state, "encoder.bias", (d_sae,), weights),
+        W_dec=W_dec,
+        b_dec=tensor(state, "b_dec", (d_in,), weights),
         subtract_b_dec=True,  # sparsify subtracts b_dec whatever normalize_decoder says
-        k=k, threshold=None,
+        k=k,
+        threshold=None,
         model_name=str(run["model"]) if run.get("model") else None,
         context_size=run["ctx_len"] if isinstance(run.get("ctx_len"), int) else None,
     )
@@ -171,13 +188,17 @@ def sparsify_hook(path: Path) -> str:
     name = path.resolve().name
     match = BLOCK.fullmatch(name)
     if match is None:
-        raise BadInput(f"--path {path}: sparsify hookpoint {shown(name)} (the folder name) is "
-                       "not a block output such as layers.N")
+        raise BadInput(
+            f"--path {path}: sparsify hookpoint {shown(name)} (the folder name) is "
+            "not a block output such as layers.N"
+        )
     if match.group(2) is not None:
         sub = match.group(2)
         what = SUBMODULES.get(sub.split(".")[0], f"the output of submodule {shown(sub)}")
-        raise BadInput(f"--path {path}: a sparsify SAE on {name}, {what}, not the residual "
-                       "stream (shoggoth imports block outputs such as layers.N)")
+        raise BadInput(
+            f"--path {path}: a sparsify SAE on {name}, {what}, not the residual "
+            "stream (shoggoth imports block outputs such as layers.N)"
+        )
     # HF's block N returns the residual stream after the block: TransformerLens's resid_post.
     return f"blocks.{int(match.group(1))}.hook_resid_post"
 
@@ -207,8 +228,10 @@ def read_dictionary_learning(path: Path) -> FolderSAE:
         raise BadInput(f"{where}: no 'trainer' section")
     dict_class = trainer.get("dict_class")
     if dict_class not in DICT_CLASSES:
-        raise BadInput(f"{where}: dict_class {shown(dict_class)} has no exact sae-lens "
-                       f"equivalent (known: {', '.join(DICT_CLASSES)})")
+        raise BadInput(
+            f"{where}: dict_class {shown(dict_class)} has no exact sae-lens "
+            f"equivalent (known: {', '.join(DICT_CLASSES)})"
+        )
     architecture, subtract = DICT_CLASSES[dict_class]
     submodule = str(trainer.get("submodule_name") or "")
     if "mlp" in submodule or "attn" in submodule:
@@ -255,15 +278,22 @@ def read_dictionary_learning(path: Path) -> FolderSAE:
         elif tuple(saved.shape) == (d_sae,):
             threshold = saved
         else:
-            raise BadInput(f"{ae}: threshold has shape {list(saved.shape)}, expected [] or "
-                           f"[{d_sae}]")
+            raise BadInput(
+                f"{ae}: threshold has shape {list(saved.shape)}, expected [] or [{d_sae}]"
+            )
     buffer = config.get("buffer")
     ctx = buffer.get("ctx_len") if isinstance(buffer, dict) else None
     return FolderSAE(
-        layout="dictionary_learning", architecture=architecture,
+        layout="dictionary_learning",
+        architecture=architecture,
         hook=f"blocks.{layer}.hook_resid_post",
-        W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, subtract_b_dec=subtract,
-        k=k, threshold=threshold,
+        W_enc=W_enc,
+        b_enc=b_enc,
+        W_dec=W_dec,
+        b_dec=b_dec,
+        subtract_b_dec=subtract,
+        k=k,
+        threshold=threshold,
         model_name=str(trainer["lm_name"]) if trainer.get("lm_name") else None,
         context_size=ctx if isinstance(ctx, int) and not isinstance(ctx, bool) else None,
     )
@@ -282,13 +312,23 @@ def to_sae_lens(record: FolderSAE, device: str) -> SAE:
     )
     from sae_lens.saes.sae import SAEMetadata
 
-    meta = SAEMetadata(hook_name=record.hook, model_name=record.model_name,
-                       context_size=record.context_size)
-    common: dict[str, Any] = {"d_in": record.d_in, "d_sae": record.d_sae, "dtype": "float32",
-                              "device": device, "apply_b_dec_to_input": record.subtract_b_dec,
-                              "metadata": meta}
-    state = {"W_enc": record.W_enc, "b_enc": record.b_enc, "W_dec": record.W_dec,
-             "b_dec": record.b_dec}
+    meta = SAEMetadata(
+        hook_name=record.hook, model_name=record.model_name, context_size=record.context_size
+    )
+    common: dict[str, Any] = {
+        "d_in": record.d_in,
+        "d_sae": record.d_sae,
+        "dtype": "float32",
+        "device": device,
+        "apply_b_dec_to_input": record.subtract_b_dec,
+        "metadata": meta,
+    }
+    state = {
+        "W_enc": record.W_enc,
+        "b_enc": record.b_enc,
+        "W_dec": record.W_dec,
+        "b_dec": record.b_dec,
+    }
     sae: SAE
     if record.architecture == "topk":
         assert record.k is not None
@@ -299,8 +339,9 @@ def to_sae_lens(record: FolderSAE, device: str) -> SAE:
         state["threshold"] = record.threshold
     else:
         sae = StandardSAE(StandardSAEConfig(**common))
-    sae.load_state_dict({name: value.to(torch.float32).contiguous()
-                         for name, value in state.items()})
+    sae.load_state_dict(
+        {name: value.to(torch.float32).contiguous() for name, value in state.items()}
+    )
     sae.eval()
     return sae
 
@@ -331,15 +372,18 @@ def at_most(k: int, d_sae: int, where: Path) -> int:
     return k
 
 
-def tensor(state: dict[str, Any], key: str, shape: tuple[int, ...] | None,
-           where: Path) -> torch.Tensor:
+def tensor(
+    state: dict[str, Any], key: str, shape: tuple[int, ...] | None, where: Path
+) -> torch.Tensor:
     """`state[key]` as a float32 tensor of `shape` (any shape when None); BadInput naming the
     file, the key and both shapes otherwise."""
     value = state.get(key)
     if not isinstance(value, torch.Tensor):
         raise BadInput(f"{where}: no tensor {shown(key)}")
     if shape is not None and tuple(value.shape) != shape:
-        raise BadInput(f"{where}: {key} has shape {list(value.shape)}, expected {list(shape)} "
-                       "(from the folder's config)")
+        raise BadInput(
+            f"{where}: {key} has shape {list(value.shape)}, expected {list(shape)} "
+            "(from the folder's config)"
+        )
     # bf16/fp16 → float32 is exact; shoggoth's SAEs run in float32.
     return value.detach().to(torch.float32)

@@ -35,6 +35,7 @@ from shoggoth.sae.train.run import held_out_contexts, held_out_metrics, resolve_
 @dataclass
 class ImportConfig(Config):
     """`shoggoth sae import`: register an existing SAE for a model."""
+
     path: Path | None = None
     """A local SAE folder: sae-lens (cfg.json + sae_weights.safetensors), a sparsify layer folder
     (cfg.json + sae.safetensors) or dictionary_learning (config.json + ae.pt)."""
@@ -73,10 +74,14 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
             return read_sae_dir(cfg.path, device, "--path"), str(cfg.path.resolve())
         if folder_layout(cfg.path) is not None:  # sparsify or dictionary_learning: converted
             return load_folder(cfg.path, device)
-        raise BadInput(sparsify_run_hint(cfg.path) or (
-            f"--path {cfg.path}: not an sae-lens SAE directory (cfg.json + "
-            "sae_weights.safetensors), a sparsify layer folder (cfg.json + sae.safetensors) "
-            "or a dictionary_learning folder (config.json + ae.pt)"))
+        raise BadInput(
+            sparsify_run_hint(cfg.path)
+            or (
+                f"--path {cfg.path}: not an sae-lens SAE directory (cfg.json + "
+                "sae_weights.safetensors), a sparsify layer folder (cfg.json + sae.safetensors) "
+                "or a dictionary_learning folder (config.json + ae.pt)"
+            )
+        )
     release = cfg.release
     assert release is not None  # (exactly one of --path and --release, checked above)
     if not cfg.sae:
@@ -85,8 +90,9 @@ def load_sae(cfg: ImportConfig, device: str) -> tuple[Any, str]:
     # sae-lens fetches every file through the Hugging Face cache: no network needed once there.
     sae = load_pretrained(release, cfg.sae, device)
     if registry_entry(release) is None:  # a repo id: the model its cfg.json names
-        check_trained_on(sae.cfg.metadata.model_name, cfg.model, f"--release {cfg.release}",
-                         cfg.other_model)
+        check_trained_on(
+            sae.cfg.metadata.model_name, cfg.model, f"--release {cfg.release}", cfg.other_model
+        )
         return sae, f"Hugging Face repo: {cfg.release} / {cfg.sae}"
     return sae, f"sae-lens registry: {cfg.release} / {cfg.sae}"
 
@@ -101,13 +107,17 @@ def import_sae(cfg: ImportConfig, log: Log = print) -> Path:
         raise BadInput(f"--eval-tokens {cfg.eval_tokens}: must be positive")
     if cfg.path is None and cfg.release and cfg.sae:  # refused before any model loads
         check_release(cfg.release, cfg.sae, cfg.model, cfg.other_model)
-    model = load_model(cfg.model, cfg.device,
-                       placement=placement_of(cfg.device_map, cfg.max_memory))
+    model = load_model(
+        cfg.model, cfg.device, placement=placement_of(cfg.device_map, cfg.max_memory)
+    )
     sae, origin = load_sae(cfg, str(model.sae_device()))
     hook = check_fits(sae, model, f"SAE {origin}")
     sae.to(model.sae_device(hook))  # (a spread model: beside the block it reads)
-    if cfg.release is None and sae.cfg.metadata.model_name and \
-            sae.cfg.metadata.model_name not in (cfg.model, "native"):  # (a release: checked)
+    if (
+        cfg.release is None
+        and sae.cfg.metadata.model_name
+        and sae.cfg.metadata.model_name not in (cfg.model, "native")
+    ):  # (a release: checked)
         log(f"note: the SAE was trained on '{sae.cfg.metadata.model_name}'")
     metrics = None
     if cfg.evaluate:
@@ -124,20 +134,23 @@ def import_sae(cfg: ImportConfig, log: Log = print) -> Path:
     try:
         make_contiguous(sae)  # converters hand over transposed views, which cannot be saved
         sae.save_model(str(built))
-        write_json_atomic(built / "shoggoth.json", {
-            "model": cfg.model,
-            "model_source": model.source.location,
-            "hook": hook,
-            "d_in": sae.cfg.d_in,
-            "d_sae": sae.cfg.d_sae,
-            "architecture": sae.cfg.architecture(),
-            "imported_from": origin,
-            **pretrained_metadata(cfg.release, cfg.sae if cfg.release else None, sae),
-            "evaluation": metrics,
-            "config": config_metadata(cfg),
-            "versions": library_versions(),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        write_json_atomic(
+            built / "shoggoth.json",
+            {
+                "model": cfg.model,
+                "model_source": model.source.location,
+                "hook": hook,
+                "d_in": sae.cfg.d_in,
+                "d_sae": sae.cfg.d_sae,
+                "architecture": sae.cfg.architecture(),
+                "imported_from": origin,
+                **pretrained_metadata(cfg.release, cfg.sae if cfg.release else None, sae),
+                "evaluation": metrics,
+                "config": config_metadata(cfg),
+                "versions": library_versions(),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
         publish(built, out)
     finally:
         shutil.rmtree(built, ignore_errors=True)

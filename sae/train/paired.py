@@ -67,9 +67,14 @@ class Pairs:
         return len(self.persona_ids)
 
     def select(self, rows: Sequence[int]) -> Pairs:
-        return Pairs([self.persona_ids[i] for i in rows], [self.reference_ids[i] for i in rows],
-                     [self.persona_keep[i] for i in rows], [self.reference_keep[i] for i in rows],
-                     [self.persona_of[i] for i in rows], self.names)
+        return Pairs(
+            [self.persona_ids[i] for i in rows],
+            [self.reference_ids[i] for i in rows],
+            [self.persona_keep[i] for i in rows],
+            [self.reference_keep[i] for i in rows],
+            [self.persona_of[i] for i in rows],
+            self.names,
+        )
 
     def tokens(self) -> int:
         return sum(sum(k) for k in self.persona_keep)
@@ -92,9 +97,16 @@ def render_piece(tokenizer: PreTrainedTokenizerBase, system: str | None, piece: 
     return render(tokenizer, system, piece)
 
 
-def make_pairs(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[Piece], personas: list[Persona],
-               reference: str, context_size: int, prepend_bos: bool, is_causal: bool = True,
-               max_tokens: int | None = None) -> Pairs:
+def make_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    pieces: Sequence[Piece],
+    personas: list[Persona],
+    reference: str,
+    context_size: int,
+    prepend_bos: bool,
+    is_causal: bool = True,
+    max_tokens: int | None = None,
+) -> Pairs:
     """Piece i under training persona i % len(personas) (its paraphrases in turn) and under the
     reference; each sequence at most `context_size` tokens (the piece's end is cut from both).
     A conversation with a system turn of its own is passed over."""
@@ -111,8 +123,10 @@ def make_pairs(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[Piece], pers
         k = i % len(personas)
         persona = personas[k]
         prompt = persona.prompts[(i // len(personas)) % len(persona.prompts)]
-        texts = [render_piece(tokenizer, render_system(prompt), piece),
-                 render_piece(tokenizer, ref_system, piece)]
+        texts = [
+            render_piece(tokenizer, render_system(prompt), piece),
+            render_piece(tokenizer, ref_system, piece),
+        ]
         # An encoder gets its [CLS] … [SEP] wrapping; a causal LM its BOS, as in training.
         p, r = (tokenizer(t, add_special_tokens=not is_causal)["input_ids"] for t in texts)
         if prepend_bos and bos is not None:
@@ -121,10 +135,10 @@ def make_pairs(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[Piece], pers
         cut = max(0, len(p) - context_size, len(r) - context_size)
         if shared - cut <= 0:
             continue  # the persona prompt alone fills the context
-        p, r = p[:len(p) - cut], r[:len(r) - cut]
+        p, r = p[: len(p) - cut], r[: len(r) - cut]
         shared -= cut
         # The shared tokens, minus special ones; the same positions of the suffix in both.
-        tail = [t not in specials for t in p[len(p) - shared:]]
+        tail = [t not in specials for t in p[len(p) - shared :]]
         if not any(tail):
             continue
         out.persona_ids.append(p)
@@ -136,8 +150,10 @@ def make_pairs(tokenizer: PreTrainedTokenizerBase, pieces: Sequence[Piece], pers
         if max_tokens is not None and total >= max_tokens:
             break
     if not out.persona_ids:
-        raise BadInput(f"--context-size {context_size}: no piece leaves any shared token beside "
-                       "its persona prompt")
+        raise BadInput(
+            f"--context-size {context_size}: no piece leaves any shared token beside "
+            "its persona prompt"
+        )
     return out
 
 
@@ -153,10 +169,13 @@ def _padded(rows: list[list[int]], keep: list[list[bool]], pad: int) -> Batch:
     return Batch(ids, mask, measured)
 
 
-def paired_activations(model: Model, pairs: Pairs, hooks: list[str], batch: int = 32,
-                       advance: Callable[[int], None] | None = None
-                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                  torch.Tensor]:
+def paired_activations(
+    model: Model,
+    pairs: Pairs,
+    hooks: list[str],
+    batch: int = 32,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Per hook, [n_shared_tokens, d] activations under the persona and under the reference
     (float32, on the CPU, pair then position order), and the persona index of each row.
     `advance` is told the token pairs of each batch once both its forward passes are done."""
@@ -165,8 +184,10 @@ def paired_activations(model: Model, pairs: Pairs, hooks: list[str], batch: int 
     ref: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     for start in range(0, len(pairs), batch):
         part = pairs.select(range(start, min(len(pairs), start + batch)))
-        for ids, keep, out in ((part.persona_ids, part.persona_keep, persona),
-                               (part.reference_ids, part.reference_keep, ref)):
+        for ids, keep, out in (
+            (part.persona_ids, part.persona_keep, persona),
+            (part.reference_ids, part.reference_keep, ref),
+        ):
             b = _padded(ids, keep, pad)  # right padding: a causal row's positions are its own
             acts = activations_at(model, b, hooks)
             for h in hooks:
@@ -175,8 +196,11 @@ def paired_activations(model: Model, pairs: Pairs, hooks: list[str], batch: int 
             advance(sum(sum(k) for k in part.persona_keep))
     counts = torch.tensor([sum(k) for k in pairs.persona_keep])
     who = torch.repeat_interleave(torch.tensor(pairs.persona_of), counts)
-    return ({h: torch.cat(v) for h, v in persona.items()},
-            {h: torch.cat(v) for h, v in ref.items()}, who)
+    return (
+        {h: torch.cat(v) for h, v in persona.items()},
+        {h: torch.cat(v) for h, v in ref.items()},
+        who,
+    )
 
 
 @dataclass
@@ -202,7 +226,8 @@ class PairedStream:
     _progress: Progress | None = field(init=False, default=None, repr=False)
     _pass: int = field(init=False, default=-1, repr=False)
     _kept: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = field(
-        init=False, default_factory=dict, repr=False)
+        init=False, default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.pairs = self.pairs.select(range(self.shard, len(self.pairs), self.shards))
@@ -223,12 +248,14 @@ class PairedStream:
             persona, ref = self._kept[c]
         else:
             part = self.pairs.select(range(lo, min(len(self.pairs), lo + self.chunk_pairs)))
-            persona, ref, _ = paired_activations(self.model, part, self.hooks,
-                                                 advance=self._advance(epoch))
+            persona, ref, _ = paired_activations(
+                self.model, part, self.hooks, advance=self._advance(epoch)
+            )
             if self.keep:
                 self._kept[c] = persona, ref
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + c
-                                          + self.shard * 7_919_993)
+        g = torch.Generator().manual_seed(
+            self.seed * 1_000_003 + epoch * 10_007 + c + self.shard * 7_919_993
+        )
         order = torch.randperm(len(persona[self.hooks[0]]), generator=g)
         out = {h: persona[h][order] for h in self.hooks}
         out.update({difference_key(h): (persona[h] - ref[h])[order] for h in self.hooks})
@@ -243,9 +270,11 @@ class PairedStream:
             if self._progress is not None:
                 self._progress.__exit__(None, None, None)
             title = "paired stream: forward passes" + (
-                " (held for later epochs)" if self.keep else f", epoch {epoch + 1}")
-            self._progress = Progress(title, sum(self.sizes), unit="token pairs",
-                                      bar=False).__enter__()
+                " (held for later epochs)" if self.keep else f", epoch {epoch + 1}"
+            )
+            self._progress = Progress(
+                title, sum(self.sizes), unit="token pairs", bar=False
+            ).__enter__()
             self._pass = epoch
         progress = self._progress
         assert progress is not None  # (made above on a new pass)
@@ -275,14 +304,24 @@ class PairedStream:
             buffer = {h: a[n:] for h, a in buffer.items()}
 
 
-def sharded_paired_batches(model: Model, hooks: list[str], pairs: Pairs, batch_tokens: int,
-                           seed: int, start: int, shards: int, ranks: list[int],
-                           keep: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def sharded_paired_batches(
+    model: Model,
+    hooks: list[str],
+    pairs: Pairs,
+    batch_tokens: int,
+    seed: int,
+    start: int,
+    shards: int,
+    ranks: list[int],
+    keep: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
     """As stream.sharded_batches, over pairs (`keep`: hold the activations for later
     epochs)."""
     per = batch_tokens // shards
-    streams = [PairedStream(model, hooks, pairs, per, seed, r, shards, keep=keep)
-               .batches(start // shards) for r in ranks]
+    streams = [
+        PairedStream(model, hooks, pairs, per, seed, r, shards, keep=keep).batches(start // shards)
+        for r in ranks
+    ]
     if len(streams) == 1:
         yield from streams[0]
         return

@@ -29,8 +29,9 @@ CHUNK_CONTEXTS = 64
 holds 16 batches of 16 prompts)."""
 
 
-def contexts_activations(model: Model, contexts: torch.Tensor, hooks: list[str],
-                         keep: torch.Tensor, batch: int = 32) -> dict[str, torch.Tensor]:
+def contexts_activations(
+    model: Model, contexts: torch.Tensor, hooks: list[str], keep: torch.Tensor, batch: int = 32
+) -> dict[str, torch.Tensor]:
     """Per hook, [n_kept_tokens, d] activations for unpadded contexts at the `keep` positions
     (float32, on the CPU), all hooks from one forward pass per batch."""
     out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
@@ -43,8 +44,9 @@ def contexts_activations(model: Model, contexts: torch.Tensor, hooks: list[str],
     return {h: torch.cat(parts) for h, parts in out.items()}
 
 
-def context_activations(model: Model, contexts: torch.Tensor, hook: str, keep: torch.Tensor,
-                        batch: int = 32) -> torch.Tensor:
+def context_activations(
+    model: Model, contexts: torch.Tensor, hook: str, keep: torch.Tensor, batch: int = 32
+) -> torch.Tensor:
     """[n_kept_tokens, d] activations at `hook` for unpadded contexts, at the `keep` positions
     (float32, on the CPU)."""
     return contexts_activations(model, contexts, [hook], keep, batch)[hook]
@@ -82,11 +84,11 @@ class ActivationStream:
         """The shuffled activations of chunk `index` of the endless stream, per hook."""
         epoch, c = divmod(index, len(self.sizes))
         lo, hi = c * self.chunk_contexts, (c + 1) * self.chunk_contexts
-        acts = contexts_activations(self.model, self.contexts[lo:hi], self.hooks,
-                                    self.keep[lo:hi])
+        acts = contexts_activations(self.model, self.contexts[lo:hi], self.hooks, self.keep[lo:hi])
         # Shard 0 keeps the unsharded stream's seeds, so one shard is the plain stream.
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + c
-                                          + self.shard * 7_919_993)
+        g = torch.Generator().manual_seed(
+            self.seed * 1_000_003 + epoch * 10_007 + c + self.shard * 7_919_993
+        )
         order = torch.randperm(len(acts[self.hooks[0]]), generator=g)
         return {h: a[order] for h, a in acts.items()}
 
@@ -110,15 +112,27 @@ class ActivationStream:
             buffer = {h: a[n:] for h, a in buffer.items()}
 
 
-def sharded_batches(model: Model, hooks: list[str], contexts: torch.Tensor, keep: torch.Tensor,
-                    batch_tokens: int, seed: int, start: int, shards: int,
-                    ranks: list[int]) -> Iterator[dict[str, torch.Tensor]]:
+def sharded_batches(
+    model: Model,
+    hooks: list[str],
+    contexts: torch.Tensor,
+    keep: torch.Tensor,
+    batch_tokens: int,
+    seed: int,
+    start: int,
+    shards: int,
+    ranks: list[int],
+) -> Iterator[dict[str, torch.Tensor]]:
     """The batches from global token position `start`, built from the `ranks` shards of
     `shards` (each contributing batch_tokens / shards rows, side by side): all shards in one
     process, or one shard per DDP rank."""
     per = batch_tokens // shards
-    streams = [ActivationStream(model, hooks, contexts, keep, per, seed, r, shards)
-               .batches(start // shards) for r in ranks]
+    streams = [
+        ActivationStream(model, hooks, contexts, keep, per, seed, r, shards).batches(
+            start // shards
+        )
+        for r in ranks
+    ]
     if len(streams) == 1:
         yield from streams[0]
         return

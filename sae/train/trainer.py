@@ -67,7 +67,7 @@ class _Shoggoth:
         shutil.rmtree(self.root / checkpoint_name, ignore_errors=True)  # the same point again
         os.replace(tmp / checkpoint_name, self.root / checkpoint_name)
         shutil.rmtree(tmp, ignore_errors=True)
-        for old in checkpoints(self.root)[:-self.keep]:  # keep the newest ones
+        for old in checkpoints(self.root)[: -self.keep]:  # keep the newest ones
             shutil.rmtree(self.root / str(old), ignore_errors=True)
 
     def _write_checkpoint(self, base: Path, name: str) -> None:
@@ -97,8 +97,12 @@ def single_trainer_class() -> type:
                 pbar.unit, pbar.unit_scale = "tok", True
                 l0 = float((step_output.feature_acts != 0).sum(-1).float().mean())
                 dead = float(self.dead_neurons.float().mean())
-                pbar.set_postfix(loss=f"{float(step_output.loss):.4f}", l0=f"{l0:.1f}",
-                                 dead=f"{dead:.1%}", refresh=False)
+                pbar.set_postfix(
+                    loss=f"{float(step_output.loss):.4f}",
+                    l0=f"{l0:.1f}",
+                    dead=f"{dead:.1%}",
+                    refresh=False,
+                )
 
     return Trainer
 

@@ -50,5 +50,9 @@ def grid_units(personas: list[Persona], lengths: list[int], batch_size: int) -> 
     length so that a batch pads little; every persona paraphrase uses the same batches."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches = [tuple(order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
-    return [Unit(p, j, b) for p, persona in enumerate(personas)
-            for j in range(len(persona.prompts)) for b in batches]
+    return [
+        Unit(p, j, b)
+        for p, persona in enumerate(personas)
+        for j in range(len(persona.prompts))
+        for b in batches
+    ]

@@ -64,6 +64,7 @@ def _write_in_place(path: Path, write: Callable[[str], None]) -> None:
 
 def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
     """Write `data` as JSON to `path` through a temporary file in the same directory."""
+
     def dump(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=indent, default=str)
@@ -73,6 +74,7 @@ def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
 
 def save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
     """numpy arrays to an .npz file, atomically."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -107,8 +109,10 @@ def resume_folder(root: Path, name: str, key: dict[str, Any]) -> tuple[Path, str
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise BadInput(f"{mine}: another shoggoth command is running this same work now; "
-                           "wait for it to finish (its result will be in the database)") from None
+            raise BadInput(
+                f"{mine}: another shoggoth command is running this same work now; "
+                "wait for it to finish (its result will be in the database)"
+            ) from None
         _HELD[mine] = fd
     return mine, digest[:12]
 

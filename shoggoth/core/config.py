@@ -30,6 +30,7 @@ from shoggoth.core.text import load_yaml
 
 C = TypeVar("C")
 
+
 class Bounds(typing.TypedDict, total=False):
     """Bounds shared by every option of one name (`option(..., **CONFIDENCE)`)."""
 
@@ -54,14 +55,14 @@ class PathType(click.Path):
     """click.Path that refuses a path holding a NUL byte, which no file name can hold (the
     stat click makes, and every open after it, would raise ValueError: a traceback)."""
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-                ) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if "\0" in str(value):
             problem = "not a usable path (it holds a NUL byte)"
             if param is None:  # a value from a config file: convert() names the option
                 self.fail(f"{shown(value)}: {problem}")
-            raise BadInput(f"{param.opts[0] if param.opts else param.name} {shown(value)}: "
-                           f"{problem}")
+            raise BadInput(
+                f"{param.opts[0] if param.opts else param.name} {shown(value)}: {problem}"
+            )
         return super().convert(value, param, ctx)
 
 
@@ -69,18 +70,32 @@ PATH = PathType(path_type=Path)
 """The click type of every path option and argument (and --config)."""
 
 
-def option(default: Any = None, *, required: str | None = None, min: float | None = None,
-           max: float | None = None, above: float | None = None,
-           below: float | None = None, repeat: bool = False,
-           was: dict[str, Any] | None = None) -> Any:
+def option(
+    default: Any = None,
+    *,
+    required: str | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    repeat: bool = False,
+    was: dict[str, Any] | None = None,
+) -> Any:
     """A config field with checks: `required` (why it is needed, shown when it is missing),
     inclusive bounds `min`/`max` and exclusive bounds `above`/`below`. `repeat`: a list field
     given as a repeated flag (`--sae-dir A --sae-dir B`) instead of positional arguments.
     `was`: the field's deprecated flags, still accepted for one release with a one-line note:
     old flag → None (it takes a value, as the field does) or the value a bare old flag means
     (`{"--json": "json"}`)."""
-    meta = {"required": required, "min": min, "max": max, "above": above, "below": below,
-            "repeat": repeat or None, "was": was}
+    meta = {
+        "required": required,
+        "min": min,
+        "max": max,
+        "above": above,
+        "below": below,
+        "repeat": repeat or None,
+        "was": was,
+    }
     kept = {k: v for k, v in meta.items() if v is not None}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=kept)
@@ -223,8 +238,13 @@ def convert(cls: type, name: str, value: Any) -> Any:
         # since `inputs: a.duckdb b.duckdb` would name one file with a space in it.
         repeat = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("repeat")
         text = typing.get_args(hint) == (str,)
-        items = value if isinstance(value, list) else [value] if (
-            isinstance(value, str) and text or repeat) else value
+        items = (
+            value
+            if isinstance(value, list)
+            else [value]
+            if (isinstance(value, str) and text or repeat)
+            else value
+        )
         if not isinstance(items, list):
             raise BadInput(f"option '{name}': expected a list, got {shown(value)}")
         return [_convert_one(ctype, name, v) for v in items]
@@ -236,8 +256,11 @@ def convert(cls: type, name: str, value: Any) -> Any:
 def _convert_one(ctype: Any, name: str, value: Any) -> Any:
     # YAML already typed the value: only exact kinds pass (no bool as int, no number as path).
     wanted = {click.INT: (int,), click.FLOAT: (int, float)}.get(ctype, (str,))
-    if isinstance(value, bool) and ctype is not click.BOOL or not isinstance(
-            value, wanted + ((bool,) if ctype is click.BOOL else ())):
+    if (
+        isinstance(value, bool)
+        and ctype is not click.BOOL
+        or not isinstance(value, wanted + ((bool,) if ctype is click.BOOL else ()))
+    ):
         kind = {click.INT: "an integer", click.FLOAT: "a number"}.get(ctype, "a string")
         raise BadInput(f"option '{name}': expected {kind}, got {shown(value)}")
     try:
@@ -262,8 +285,7 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
             typed = {
                 k: list(v) if isinstance(v, tuple) else v
                 for k, v in kwargs.items()
-                if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
-                and v != ()
+                if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT and v != ()
             }
             for key, value in old.items():
                 if value is None or value == () or value is False:
@@ -277,19 +299,25 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
             for i, (old_flag, meaning) in enumerate((f.metadata.get("was") or {}).items()):
                 ctype, is_flag = _click_type(hints[f.name])
                 wrapper = click.option(
-                    old_flag, f"{WAS}{f.name}__{i}", hidden=True,
-                    is_flag=meaning is not None, flag_value=meaning,
+                    old_flag,
+                    f"{WAS}{f.name}__{i}",
+                    hidden=True,
+                    is_flag=meaning is not None,
+                    flag_value=meaning,
                     type=None if meaning is not None else ctype,
                     multiple=meaning is None and typing.get_origin(hints[f.name]) is list,
-                    default=None)(wrapper)
+                    default=None,
+                )(wrapper)
             if _positional(f, hints[f.name]):  # list[...]: positional arguments
                 (item,) = typing.get_args(hints[f.name])
                 wrapper = click.argument(
-                    f.name, nargs=-1,
-                    type=PATH if item is Path else click.STRING)(wrapper)
+                    f.name, nargs=-1, type=PATH if item is Path else click.STRING
+                )(wrapper)
                 # Click gives arguments no help of their own: document it in the command's.
-                wrapper.__doc__ = (f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{f.name.upper()}: "
-                                   f"{field_help(cls, f.name)}")
+                wrapper.__doc__ = (
+                    f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{f.name.upper()}: "
+                    f"{field_help(cls, f.name)}"
+                )
                 continue
             ctype, is_flag = _click_type(hints[f.name])
             flag = flag_name(f.name)
@@ -325,15 +353,16 @@ WAS = "was__"
 
 def _old_flag(cls: type, key: str) -> tuple[str, str]:
     """(field name, old flag) of a hidden deprecated parameter's key."""
-    name, index = key[len(WAS):].rsplit("__", 1)
+    name, index = key[len(WAS) :].rsplit("__", 1)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     return name, list(fields[name].metadata["was"])[int(index)]
 
 
 def deprecated(old: str, new: str) -> None:
     """The one-line note a deprecated flag or config key gets (on stderr)."""
-    click.echo(f"note: {old} is deprecated and will be removed in the next release; use {new}",
-               err=True)
+    click.echo(
+        f"note: {old} is deprecated and will be removed in the next release; use {new}", err=True
+    )
 
 
 def _in_help_order(fields: tuple[dataclasses.Field, ...]) -> list[dataclasses.Field]:
@@ -349,8 +378,12 @@ def read_config_file(cls: type, path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise BadInput(f"--config {path}: expected a mapping of option names to values")
     names = {f.name for f in dataclasses.fields(cls)}
-    renamed = {old[2:].replace("-", "_"): f.name for f in dataclasses.fields(cls)
-               for old, meaning in (f.metadata.get("was") or {}).items() if meaning is None}
+    renamed = {
+        old[2:].replace("-", "_"): f.name
+        for f in dataclasses.fields(cls)
+        for old, meaning in (f.metadata.get("was") or {}).items()
+        if meaning is None
+    }
     values: dict[str, Any] = {}
     for key, value in loaded.items():
         name = str(key).replace("-", "_")
@@ -377,13 +410,18 @@ def load_config(cls: type[C], path: Path | None, overrides: dict[str, Any]) -> C
 
 def config_metadata(config: Any) -> dict[str, Any]:
     """The config as JSON-ready metadata (paths as strings)."""
+
     def plain(v: Any) -> Any:
-        return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(
-            v, list | tuple) else v
+        return (
+            str(v)
+            if isinstance(v, Path)
+            else [plain(x) for x in v]
+            if isinstance(v, list | tuple)
+            else v
+        )
 
     out = {k: plain(v) for k, v in dataclasses.asdict(config).items()}
     if _places_a_model(config) and config.device_map is not None:
         # the map itself, not only the file it was read from
-        out["placement"] = dataclasses.asdict(placement_of(config.device_map,
-                                                           config.max_memory))
+        out["placement"] = dataclasses.asdict(placement_of(config.device_map, config.max_memory))
     return out

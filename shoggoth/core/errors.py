@@ -56,13 +56,22 @@ def first_line(error: BaseException) -> str:
 def is_interrupt(error: BaseException) -> bool:
     """Whether `error` is a Ctrl-C in disguise: DuckDB turns an interrupt inside a query into
     its own InterruptException, or into RuntimeError("Query interrupted") on some paths."""
-    return isinstance(error, KeyboardInterrupt) or type(error).__name__ == "InterruptException" \
+    return (
+        isinstance(error, KeyboardInterrupt)
+        or type(error).__name__ == "InterruptException"
         or (isinstance(error, RuntimeError) and str(error).startswith("Query interrupted"))
+    )
 
 
-ENVIRONMENT = ("No space left on device", "Read-only file system", "Disk quota exceeded",
-               "Permission denied", "Operation not permitted", "Could not read enough bytes",
-               "File too large")
+ENVIRONMENT = (
+    "No space left on device",
+    "Read-only file system",
+    "Disk quota exceeded",
+    "Permission denied",
+    "Operation not permitted",
+    "Could not read enough bytes",
+    "File too large",
+)
 """What a library's error says when the machine, not the input, stopped a command."""
 
 
@@ -71,7 +80,8 @@ def is_environmental(error: BaseException) -> bool:
     raised by a library (DuckDB's IOException, pyarrow's, …) rather than as an OSError."""
     text = str(error)
     return type(error).__name__ in ("IOException", "ArrowIOError") or any(
-        words in text for words in ENVIRONMENT)
+        words in text for words in ENVIRONMENT
+    )
 
 
 def environment_line(error: BaseException) -> str:

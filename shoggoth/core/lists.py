@@ -20,8 +20,9 @@ def parse_numbers(text: str, flag: str, low: int = 0, high: int | None = None) -
             continue
         first, dash, last = part.partition("-")
         if not first.isdigit() or (dash and not last.isdigit()):
-            raise BadInput(f"{flag} {text}: {part!r} is not a number or a range a-b "
-                           "(e.g. 3,17,40-45)")
+            raise BadInput(
+                f"{flag} {text}: {part!r} is not a number or a range a-b (e.g. 3,17,40-45)"
+            )
         a, b = int(first), int(last) if dash else int(first)
         if b < a:
             raise BadInput(f"{flag} {text}: the range {part!r} runs backwards")

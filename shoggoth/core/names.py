@@ -20,8 +20,11 @@ def shown_name(value: object, limit: int = 60) -> str:
     """A name as a message quotes it between its own quotes: `shown` (control characters
     visible, cut to `limit`), without the quotes repr puts around text."""
     text = shown(value, limit)
-    return text[1:-1] if isinstance(value, str) and text[:1] in "'\"" and \
-        text[-1:] == text[:1] else text
+    return (
+        text[1:-1]
+        if isinstance(value, str) and text[:1] in "'\"" and text[-1:] == text[:1]
+        else text
+    )
 
 
 def check_sae_id(value: object, where: str) -> str:

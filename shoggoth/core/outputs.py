@@ -38,8 +38,9 @@ def _owned_by_a_database(path: Path) -> Path | None:
     return None
 
 
-def refuse_output_over(out: Path, flag: str, protected: Iterable[Path | None] = (),
-                       replaceable: bool = False) -> None:
+def refuse_output_over(
+    out: Path, flag: str, protected: Iterable[Path | None] = (), replaceable: bool = False
+) -> None:
     """BadInput when writing `out` (given as `flag`) could replace or delete a database:
 
     - `out` is one of `protected` (the command's own input databases), its WAL or its FAISS
@@ -54,15 +55,23 @@ def refuse_output_over(out: Path, flag: str, protected: Iterable[Path | None] = 
             continue
         for owned in database_family(db.expanduser().resolve()):
             if target == owned or owned in target.parents:
-                raise BadInput(f"{flag} {out}: is the database {db} (or part of it); choose "
-                               "another path, nothing was written")
+                raise BadInput(
+                    f"{flag} {out}: is the database {db} (or part of it); choose "
+                    "another path, nothing was written"
+                )
             if target in owned.parents:
-                raise BadInput(f"{flag} {out}: holds the database {db}; choose another path, "
-                               "nothing was written")
+                raise BadInput(
+                    f"{flag} {out}: holds the database {db}; choose another path, "
+                    "nothing was written"
+                )
     if not replaceable and target.is_file() and is_duckdb_file(target):
-        raise BadInput(f"{flag} {out}: is a DuckDB database; shoggoth never writes an output "
-                       "over one, nothing was written")
+        raise BadInput(
+            f"{flag} {out}: is a DuckDB database; shoggoth never writes an output "
+            "over one, nothing was written"
+        )
     owner = _owned_by_a_database(target)
     if owner is not None:
-        raise BadInput(f"{flag} {out}: belongs to the database {owner}; choose another path, "
-                       "nothing was written")
+        raise BadInput(
+            f"{flag} {out}: belongs to the database {owner}; choose another path, "
+            "nothing was written"
+        )

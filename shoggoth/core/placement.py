@@ -64,8 +64,9 @@ class Placement:
         for a strategy or one device."""
         if not isinstance(self.device_map, dict):
             return []
-        return sorted({f"cuda:{v}" if isinstance(v, int) else _full(v)
-                       for v in self.device_map.values()})
+        return sorted(
+            {f"cuda:{v}" if isinstance(v, int) else _full(v) for v in self.device_map.values()}
+        )
 
 
 def _full(device: str) -> str:
@@ -82,17 +83,20 @@ def placement_of(device_map: str | None, max_memory: str | None) -> Placement:
     the flag (and the file) when they cannot be used."""
     if device_map is None:
         if max_memory is not None:
-            raise BadInput(f"--max-memory {shown(max_memory)}: only with --device-map (it caps "
-                           "what accelerate puts on each device while spreading the model)")
+            raise BadInput(
+                f"--max-memory {shown(max_memory)}: only with --device-map (it caps "
+                "what accelerate puts on each device while spreading the model)"
+            )
         return Placement()
     if not device_map.strip():
         raise BadInput("--device-map: is empty (give auto or a JSON file)")
     if "\0" in device_map:
-        raise BadInput(f"--device-map {shown(device_map)}: not a usable path (it holds a NUL "
-                       "byte)")
+        raise BadInput(f"--device-map {shown(device_map)}: not a usable path (it holds a NUL byte)")
     if not accelerate_installed():
-        raise BadInput(f"--device-map {clip(device_map, 200)}: needs the accelerate package, "
-                       "which is not installed (pip install accelerate)")
+        raise BadInput(
+            f"--device-map {clip(device_map, 200)}: needs the accelerate package, "
+            "which is not installed (pip install accelerate)"
+        )
     budget = parse_max_memory(max_memory) if max_memory is not None else None
     if device_map in STRATEGIES:
         return Placement(device_map, budget)
@@ -109,12 +113,13 @@ def read_device_map(path: Path) -> DeviceMap:
         problem = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         raise BadInput(f"{name}: not a usable file name ({problem})") from None
     if not found:
-        raise BadInput(f"{name}: no such file (give auto, {', '.join(STRATEGIES[1:])}, or a "
-                       "JSON file of module → device)")
+        raise BadInput(
+            f"{name}: no such file (give auto, {', '.join(STRATEGIES[1:])}, or a "
+            "JSON file of module → device)"
+        )
     text = read_text(path, "--device-map", MAP_LIMIT)
     if len(text.encode()) > MAP_LIMIT:
-        raise BadInput(f"{name}: over {MAP_LIMIT:,} bytes; a device map names modules, not "
-                       "weights")
+        raise BadInput(f"{name}: over {MAP_LIMIT:,} bytes; a device map names modules, not weights")
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as e:
@@ -122,15 +127,19 @@ def read_device_map(path: Path) -> DeviceMap:
     except (ValueError, RecursionError) as e:  # an integer too long, nesting too deep
         raise BadInput(f"{name}: not a usable JSON file ({clip(str(e), 120)})") from None
     if not isinstance(loaded, dict) or not loaded:
-        raise BadInput(f"{name}: expected a JSON object of module name → device, e.g. "
-                       '{"transformer.h.0": "cuda:0", "transformer.h.1": 1}')
+        raise BadInput(
+            f"{name}: expected a JSON object of module name → device, e.g. "
+            '{"transformer.h.0": "cuda:0", "transformer.h.1": 1}'
+        )
     out: DeviceMap = {}
     for module, device in loaded.items():
         out[module] = _map_device(name, module, device)
     if any(d == "cpu" for d in out.values()) and any(d != "cpu" for d in out.values()):
-        raise BadInput(f"{name}: mixes the CPU and GPUs; accelerate would offload the CPU part, "
-                       "which TransformerLens cannot run (map every module to a GPU, or every "
-                       "one to the CPU)")
+        raise BadInput(
+            f"{name}: mixes the CPU and GPUs; accelerate would offload the CPU part, "
+            "which TransformerLens cannot run (map every module to a GPU, or every "
+            "one to the CPU)"
+        )
     return out
 
 
@@ -140,20 +149,23 @@ def _map_device(name: str, module: str, device: object) -> str | int:
     if module and (module != module.strip() or "" in module.split(".")):
         raise BadInput(f"{where}: not a module name (dotted names, e.g. transformer.h.0)")
     if isinstance(device, bool) or not isinstance(device, int | str):
-        raise BadInput(f"{where}: device {shown(device)} is neither a GPU index nor a device "
-                       "name")
+        raise BadInput(f"{where}: device {shown(device)} is neither a GPU index nor a device name")
     if isinstance(device, int):
         if device < 0:
             raise BadInput(f"{where}: GPU index {device} is negative")
         return device
     if device.strip().lower() in OFFLOAD:
-        raise BadInput(f"{where}: device '{clip(device)}' offloads the weights, which "
-                       "TransformerLens cannot run; use cpu or a GPU")
+        raise BadInput(
+            f"{where}: device '{clip(device)}' offloads the weights, which "
+            "TransformerLens cannot run; use cpu or a GPU"
+        )
     # (torch's own parser is not used: the CLI and the pure statistics import no torch; every
     # device accepted here is one torch accepts)
     if not DEVICE.fullmatch(device):
-        raise BadInput(f"{where}: device {shown(device)} is not one a model runs on here (use "
-                       "cpu, cuda, cuda:N or a GPU index)")
+        raise BadInput(
+            f"{where}: device {shown(device)} is not one a model runs on here (use "
+            "cpu, cuda, cuda:N or a GPU index)"
+        )
     return device
 
 
@@ -164,8 +176,7 @@ def parse_max_memory(text: str) -> MaxMemory:
     out: MaxMemory = {}
     for part in (p.strip() for p in text.split(",")):
         if not part:
-            raise BadInput(f"{flag}: an empty entry (write DEVICE=SIZE,..., e.g. "
-                           "0=20GiB,1=20GiB)")
+            raise BadInput(f"{flag}: an empty entry (write DEVICE=SIZE,..., e.g. 0=20GiB,1=20GiB)")
         device, eq, size = (s.strip() for s in part.partition("="))
         if not eq or not device or not size:
             raise BadInput(f"{flag}: {shown(part)} is not DEVICE=SIZE (e.g. 0=20GiB)")
@@ -185,7 +196,9 @@ def parse_max_memory(text: str) -> MaxMemory:
         elif SIZE.fullmatch(size):
             value = size
         else:
-            raise BadInput(f"{flag}: size {shown(size)} is not a number of bytes or a size "
-                           "such as 20GiB, 512MiB or 40GB")
+            raise BadInput(
+                f"{flag}: size {shown(size)} is not a number of bytes or a size "
+                "such as 20GiB, 512MiB or 40GB"
+            )
         out[key] = value
     return out

@@ -27,8 +27,16 @@ def stderr_log() -> Log:
 class Progress:
     """`with Progress("harvest", total, done, unit="docs") as p: p.advance(n, rate="...")`."""
 
-    def __init__(self, title: str, total: int, completed: int = 0, unit: str = "items",
-                 every: float = 30.0, stream: TextIO | None = None, bar: bool = True) -> None:
+    def __init__(
+        self,
+        title: str,
+        total: int,
+        completed: int = 0,
+        unit: str = "items",
+        every: float = 30.0,
+        stream: TextIO | None = None,
+        bar: bool = True,
+    ) -> None:
         self.title, self.total, self.completed, self.unit = title, total, completed, unit
         self.every = every
         self.draw = bar  # (False: plain lines even on a terminal, beside another library's bar)
@@ -50,13 +58,20 @@ class Progress:
             )
             from rich.progress import Progress as Bar
 
-            self.bar = Bar(TextColumn(self.title), BarColumn(), MofNCompleteColumn(),
-                           TextColumn(f"{self.unit} ·"), TextColumn("{task.fields[rate]}"),
-                           TimeRemainingColumn(), console=Console(file=self.stream),
-                           transient=False)
+            self.bar = Bar(
+                TextColumn(self.title),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(f"{self.unit} ·"),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
             self.bar.__enter__()
-            self.task = self.bar.add_task(self.title, total=self.total,
-                                          completed=self.completed, rate="")
+            self.task = self.bar.add_task(
+                self.title, total=self.total, completed=self.completed, rate=""
+            )
         else:
             self._line("started")
         return self
@@ -93,7 +108,11 @@ class Progress:
             parts.append(f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s")
         print(" · ".join(parts), file=self.stream, flush=True)
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self.bar is not None:
             self.bar.__exit__(kind, value, tb)

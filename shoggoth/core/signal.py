@@ -30,6 +30,8 @@ def weak_signal_note(fraction: float) -> str | None:
     persona signal; None otherwise."""
     if not np.isfinite(fraction) or fraction >= WEAK_SIGNAL:
         return None
-    return (f"this dictionary carries {fraction:.0%} of the persona signal (under "
-            f"{WEAK_SIGNAL:.0%}): its labels cannot speak for the model's personas; a "
-            "difference dictionary (`shoggoth train --target difference`) sees more of them")
+    return (
+        f"this dictionary carries {fraction:.0%} of the persona signal (under "
+        f"{WEAK_SIGNAL:.0%}): its labels cannot speak for the model's personas; a "
+        "difference dictionary (`shoggoth train --target difference`) sees more of them"
+    )

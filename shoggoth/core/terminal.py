@@ -28,7 +28,7 @@ def inert(text: str) -> str:
     progress line), every other control character shown in caret notation."""
     out, last = [], 0
     for match in SGR.finditer(text):
-        out.append(CONTROL.sub(_show, text[last:match.start()]))
+        out.append(CONTROL.sub(_show, text[last : match.start()]))
         out.append(match.group())
         last = match.end()
     out.append(CONTROL.sub(_show, text[last:]))

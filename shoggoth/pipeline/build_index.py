@@ -15,8 +15,9 @@ from shoggoth.index.dictionary.build import IndexConfig, build_dictionary, read_
 from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.sae_dir import load_harvest_sae
 
-ENCODER_NOTE = ("skipped: the model is not a causal LM (an encoder's LM head is not part of its "
-                "checkpoint)")
+ENCODER_NOTE = (
+    "skipped: the model is not a causal LM (an encoder's LM head is not part of its checkpoint)"
+)
 
 
 def logit_effects(model: Model, w_dec: np.ndarray, top: int, batch: int = 1024) -> pd.DataFrame:
@@ -31,23 +32,28 @@ def logit_effects(model: Model, w_dec: np.ndarray, top: int, batch: int = 1024) 
         for sign, largest in (("promoted", True), ("suppressed", False)):
             vals, ids = torch.topk(logits, top, dim=1, largest=largest)
             for r in range(len(ids)):
-                for rank, (tid, val) in enumerate(zip(ids[r].tolist(), vals[r].tolist(),
-                                                      strict=True), 1):
+                for rank, (tid, val) in enumerate(
+                    zip(ids[r].tolist(), vals[r].tolist(), strict=True), 1
+                ):
                     rows.append((s + r, sign, rank, tid, str(tokens[tid]), val))
     return pd.DataFrame(rows, columns=["feature", "sign", "rank", "token_id", "token", "value"])
 
 
-def model_logit_effects(model_name: str, w_dec: np.ndarray, cfg: IndexConfig,
-                        log: Log) -> tuple[pd.DataFrame | None, str]:
+def model_logit_effects(
+    model_name: str, w_dec: np.ndarray, cfg: IndexConfig, log: Log
+) -> tuple[pd.DataFrame | None, str]:
     """(logit effects or None, how they were made): the model is loaded once, and encoders
     (whose LM head is not in their checkpoint) are skipped."""
-    model = load_model(model_name, cfg.device,
-                       placement=placement_of(cfg.device_map, cfg.max_memory))
+    model = load_model(
+        model_name, cfg.device, placement=placement_of(cfg.device_map, cfg.max_memory)
+    )
     if not model.is_causal or model.bridge.original_model.get_output_embeddings() is None:
         return None, ENCODER_NOTE
     log("logit effects")
-    return (logit_effects(model, w_dec, cfg.logit_top),
-            "computed: decoder direction · unembedding (no final norm)")
+    return (
+        logit_effects(model, w_dec, cfg.logit_top),
+        "computed: decoder direction · unembedding (no final norm)",
+    )
 
 
 def index_harvest(cfg: IndexConfig, log: Log = print) -> dict[str, Any]:

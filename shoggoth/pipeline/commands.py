@@ -23,21 +23,28 @@ from shoggoth.pipeline.layers import LayersConfig, probe_layers
 
 def print_summary(result: dict[str, object]) -> None:
     """The end-of-harvest report: documents, tokens, activations, size on disk, time."""
-    title = (f"{result['db']} · {result['sae_id']}"
-             + (" · already harvested, nothing to do" if result.get("already_harvested") else
-                f" · harvested in {result['seconds']} s"))
+    title = f"{result['db']} · {result['sae_id']}" + (
+        " · already harvested, nothing to do"
+        if result.get("already_harvested")
+        else f" · harvested in {result['seconds']} s"
+    )
     Console(soft_wrap=True).print(title, highlight=False)
     table = Table()
     table.add_column("")
     table.add_column("value", justify="right")
-    keys = ["documents", "tokens", "activations", "file_bytes", "bytes_per_activation",
-            "file_bytes_per_token"]
+    keys = [
+        "documents",
+        "tokens",
+        "activations",
+        "file_bytes",
+        "bytes_per_activation",
+        "file_bytes_per_token",
+    ]
     if result.get("tokens_per_second"):
         keys += ["batch_seconds", "tokens_per_second"]
     for key in keys:
         value = result[key]
-        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else
-                      str(value))
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
     Console().print(table)
 
 
@@ -50,8 +57,7 @@ def harvest_command(cfg: HarvestConfig) -> None:
     after the deepest hooked block, and are written in the same transactions. --ray runs
     --workers shards as Ray tasks and merges them. Resumable: rerun the same command after an
     interruption."""
-    result = harvest_with_ray(cfg, log=stderr_log()) if cfg.ray else \
-        harvest(cfg, log=stderr_log())
+    result = harvest_with_ray(cfg, log=stderr_log()) if cfg.ray else harvest(cfg, log=stderr_log())
     if cfg.format == "json":
         print_json(result)
         return
@@ -75,7 +81,9 @@ def index_command(cfg: IndexConfig) -> None:
         f"{result['recall_at_10']:.3f}) · persona profiles "
         f"{'indexed' if result['profiles'] else 'skipped (run shoggoth label first)'} · "
         f"{result['persona_vectors']} persona vectors · "
-        f"logit effects {result['logit_effects']}", highlight=False)
+        f"logit effects {result['logit_effects']}",
+        highlight=False,
+    )
 
 
 @click.command("explain")
@@ -93,19 +101,28 @@ def explain_command(cfg: ExplainConfig) -> None:
     finally:
         d.close()
     console = Console(soft_wrap=True)
-    console.print(f"{cfg.db} · {result['sae_id']} · {result['explained']} explained in "
-                  f"{result['seconds']} s · {len(table)} explanations stored", highlight=False)
+    console.print(
+        f"{cfg.db} · {result['sae_id']} · {result['explained']} explained in "
+        f"{result['seconds']} s · {len(table)} explanations stored",
+        highlight=False,
+    )
     out = Table()
     for col in ("feature", "name", "explanation", "detection", "fuzzing"):
         out.add_column(col)
     for r in table.itertuples():
-        out.add_row(str(r.feature), Text(str(r.name)), Text(r.explanation),
-                    _score(r.detection, r.detection_n), _score(r.fuzzing, r.fuzzing_n))
+        out.add_row(
+            str(r.feature),
+            Text(str(r.name)),
+            Text(r.explanation),
+            _score(r.detection, r.detection_n),
+            _score(r.fuzzing, r.fuzzing_n),
+        )
     console.print(out)
     if result["failed"]:
         raise click.ClickException(
             f"{len(result['failed'])} of {len(result['failed']) + result['explained']} "
-            "features were not explained (see above); rerun the same command to retry them")
+            "features were not explained (see above); rerun the same command to retry them"
+        )
 
 
 def _score(value: float | None, n: int) -> str:
@@ -122,16 +139,32 @@ def layers_command(cfg: LayersConfig) -> None:
     table = probe_layers(cfg)
     console = Console(soft_wrap=True)
     chance = table["chance"].iloc[0]
-    console.print(f"{cfg.db} · {len(table)} layers · {table['n_documents'].iloc[0]:,} documents "
-                  f"· chance {chance:.3f}", highlight=False)
+    console.print(
+        f"{cfg.db} · {len(table)} layers · {table['n_documents'].iloc[0]:,} documents "
+        f"· chance {chance:.3f}",
+        highlight=False,
+    )
     out = Table(title="where the persona lives")
-    for col in ("layer", "probe accuracy", "persona norm (mean, max)", "SAE share of signal",
-                "probe on SAE recon / error"):
+    for col in (
+        "layer",
+        "probe accuracy",
+        "persona norm (mean, max)",
+        "SAE share of signal",
+        "probe on SAE recon / error",
+    ):
         out.add_column(col, justify="right")
     for r in table.itertuples(index=False):
-        sae = "" if r.sae_signal_fraction is None or r.sae_signal_fraction != \
-            r.sae_signal_fraction else f"{r.sae_signal_fraction:.1%}"
+        sae = (
+            ""
+            if r.sae_signal_fraction is None or r.sae_signal_fraction != r.sae_signal_fraction
+            else f"{r.sae_signal_fraction:.1%}"
+        )
         parts = "" if not sae else f"{r.probe_on_reconstruction:.3f} / {r.probe_on_error:.3f}"
-        out.add_row(f"{r.layer}{' (SAE)' if r.is_sae_layer else ''}", f"{r.probe_accuracy:.3f}",
-                    f"{r.persona_norm_mean:.1%}, {r.persona_norm_max:.1%}", sae, parts)
+        out.add_row(
+            f"{r.layer}{' (SAE)' if r.is_sae_layer else ''}",
+            f"{r.probe_accuracy:.3f}",
+            f"{r.persona_norm_mean:.1%}, {r.persona_norm_max:.1%}",
+            sae,
+            parts,
+        )
     console.print(out)

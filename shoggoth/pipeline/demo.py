@@ -76,8 +76,9 @@ class Recipe:
     def sae_name(self) -> str:
         """The folder `train` writes: the SAE itself, or one SAE folder per target."""
         arch = self.train.get("architecture", "topk")
-        return f"sae-{self.model}-{self.hook}-{arch}" + \
-            ("" if len(self.targets) == 1 else "-" + "-".join(self.targets))
+        return f"sae-{self.model}-{self.hook}-{arch}" + (
+            "" if len(self.targets) == 1 else "-" + "-".join(self.targets)
+        )
 
     def sae_dirs(self, out: Path) -> list[Path]:
         """The trained SAEs' folders, in target order (train's naming: HOOK-dWIDTH[-difference])."""
@@ -85,37 +86,61 @@ class Recipe:
         if len(self.targets) == 1:
             return [folder]
         width = self.train["d_sae"][0]
-        return [folder / (f"{self.hook}-d{width}" + ("-difference" if t == "difference" else ""))
-                for t in self.targets]
+        return [
+            folder / (f"{self.hook}-d{width}" + ("-difference" if t == "difference" else ""))
+            for t in self.targets
+        ]
 
     @property
     def what(self) -> str:
-        return {"smollm2": "SmolLM2-135M-Instruct (Q4_1, dequantized)",
-                "gemma3": "Gemma 3 270M, the base model (Q4_K_M, dequantized)",
-                "minilm": "MiniLM"}.get(self.model, self.model)
+        return {
+            "smollm2": "SmolLM2-135M-Instruct (Q4_1, dequantized)",
+            "gemma3": "Gemma 3 270M, the base model (Q4_K_M, dequantized)",
+            "minilm": "MiniLM",
+        }.get(self.model, self.model)
 
 
 RECIPES = {
-    "smollm2": Recipe("smollm2", 15, "demo.duckdb", targets=("residual", "difference"),
-                      train={"architecture": "batchtopk", "d_sae": [2304], "k": 256,
-                             "tokens": 122_880, "pair_tokens": 61_440},
-                      harvest={"paraphrases": 2, "items_per_topic": 3},
-                      layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"},
-                      effects={"items_per_topic": 1, "top": 8, "baseline": 4},
-                      generate={"items_per_topic": 1, "max_tokens": 40},
-                      explain={"limit": 20}),
+    "smollm2": Recipe(
+        "smollm2",
+        15,
+        "demo.duckdb",
+        targets=("residual", "difference"),
+        train={
+            "architecture": "batchtopk",
+            "d_sae": [2304],
+            "k": 256,
+            "tokens": 122_880,
+            "pair_tokens": 61_440,
+        },
+        harvest={"paraphrases": 2, "items_per_topic": 3},
+        layers={"items_per_topic": 2, "layers": "0,3,6,9,12,15,18,21,24,27,29"},
+        effects={"items_per_topic": 1, "top": 8, "baseline": 4},
+        generate={"items_per_topic": 1, "max_tokens": 40},
+        explain={"limit": 20},
+    ),
     # A base model: no chat template, so each mask is a plain-text prefix (persona, blank line,
     # question, blank line, answer) and the training corpus is the chat corpus rendered the same
     # way. Four times d_model wide, as for SmolLM2.
-    "gemma3": Recipe("gemma3", GEMMA3_LAYER, "demo-gemma3.duckdb",
-                     targets=("residual", "difference"),
-                     train={"architecture": "batchtopk", "d_sae": [2560], "k": 256,
-                            "tokens": 122_880, "pair_tokens": 61_440, "dataset": "chitchat"},
-                     harvest={"paraphrases": 2, "items_per_topic": 3},
-                     layers={"items_per_topic": 2, "layers": "0,2,4,6,8,10,12,14,16,17"},
-                     effects={"items_per_topic": 1, "top": 8, "baseline": 4},
-                     generate={"items_per_topic": 1, "max_tokens": 40},
-                     explain={"limit": 20}),
+    "gemma3": Recipe(
+        "gemma3",
+        GEMMA3_LAYER,
+        "demo-gemma3.duckdb",
+        targets=("residual", "difference"),
+        train={
+            "architecture": "batchtopk",
+            "d_sae": [2560],
+            "k": 256,
+            "tokens": 122_880,
+            "pair_tokens": 61_440,
+            "dataset": "chitchat",
+        },
+        harvest={"paraphrases": 2, "items_per_topic": 3},
+        layers={"items_per_topic": 2, "layers": "0,2,4,6,8,10,12,14,16,17"},
+        effects={"items_per_topic": 1, "top": 8, "baseline": 4},
+        generate={"items_per_topic": 1, "max_tokens": 40},
+        explain={"limit": 20},
+    ),
     "minilm": Recipe("minilm", 3, "demo-minilm.duckdb", layers={"items_per_topic": 2}),
 }
 
@@ -154,8 +179,7 @@ class Steps:
         self.console = console
 
     def skip(self, n: int, title: str, why: str) -> None:
-        self.console.print(f"[bold][{n}/{STEPS}][/bold] {title}: skipped ({why})",
-                           highlight=False)
+        self.console.print(f"[bold][{n}/{STEPS}][/bold] {title}: skipped ({why})", highlight=False)
 
     def run(self, n: int, title: str, step: Callable[[], Any] | None, why: str) -> None:
         head = f"[bold][{n}/{STEPS}][/bold] {title}"
@@ -165,8 +189,9 @@ class Steps:
         self.console.print(f"{head}: {why}", highlight=False)
         started = time.time()
         step()
-        self.console.print(f"      done in {time.time() - started:.0f} s", style="dim",
-                           highlight=False)
+        self.console.print(
+            f"      done in {time.time() - started:.0f} s", style="dim", highlight=False
+        )
 
 
 def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str]:
@@ -177,10 +202,19 @@ def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str
     partial = out / f".{recipe.sae_name}.partial"
     resume = bool(list(partial.glob("checkpoints/[0-9]*")))
     overwrite = not resume and (partial.exists() or folder.exists())
-    cfg = TrainConfig(model=recipe.model, layer=[recipe.layer], target=list(recipe.targets),
-                      out=folder, resume=resume, overwrite=overwrite, **recipe.train)
-    return (lambda: train(cfg, log=stderr_log()),
-            "resuming" if resume else "no trained dictionary yet")
+    cfg = TrainConfig(
+        model=recipe.model,
+        layer=[recipe.layer],
+        target=list(recipe.targets),
+        out=folder,
+        resume=resume,
+        overwrite=overwrite,
+        **recipe.train,
+    )
+    return (
+        lambda: train(cfg, log=stderr_log()),
+        "resuming" if resume else "no trained dictionary yet",
+    )
 
 
 def grid_step(db: Path, sae: str, settings: dict[str, Any], log: Log) -> None:
@@ -192,24 +226,28 @@ def grid_step(db: Path, sae: str, settings: dict[str, Any], log: Log) -> None:
         run_grid(GridConfig(db=db, sae=sae, neutral=neutral), log=log)
 
 
-def statuses_of(db: Path, saes: list[Path], battery: dict[str, list[tuple]] | None = None
-                ) -> list[Status]:
+def statuses_of(
+    db: Path, saes: list[Path], battery: dict[str, list[tuple]] | None = None
+) -> list[Status]:
     """Each trained dictionary's status in the database."""
     return [sae_status(db, weights_sha256(sae), battery) for sae in saes]
 
 
-def run_each(saes: list[Path], statuses: list[Status], stage: str,
-             step: Callable[[str], Any]) -> Callable[[], Any] | None:
+def run_each(
+    saes: list[Path], statuses: list[Status], stage: str, step: Callable[[str], Any]
+) -> Callable[[], Any] | None:
     """`step(sae_id)` for every dictionary whose `stage` is not done (None: all are)."""
-    todo = [sae.name for sae, status in zip(saes, statuses, strict=True)
-            if not getattr(status, stage)]
+    todo = [
+        sae.name for sae, status in zip(saes, statuses, strict=True) if not getattr(status, stage)
+    ]
     if not todo:
         return None
     return lambda: [step(sae_id) for sae_id in todo]
 
 
-def fresh_database(db: Path, saes: list[Path], battery: dict[str, list[tuple]],
-                   console: Console) -> list[Status]:
+def fresh_database(
+    db: Path, saes: list[Path], battery: dict[str, list[tuple]], console: Console
+) -> list[Status]:
     """Each dictionary's status, after removing a database whose harvest no longer applies
     (another battery's, or of other or only some of the dictionaries: they are harvested
     together)."""
@@ -218,16 +256,20 @@ def fresh_database(db: Path, saes: list[Path], battery: dict[str, list[tuple]],
     if stale or (db.exists() and not all(s.harvested for s in status)):
         if stale:
             kind = "battery" if any(s.other_battery for s in status) else "SAE"
-            console.print(f"      {db} holds another {kind}'s harvest; rebuilding it",
-                          style="dim", highlight=False)
+            console.print(
+                f"      {db} holds another {kind}'s harvest; rebuilding it",
+                style="dim",
+                highlight=False,
+            )
         db.unlink(missing_ok=True)
         shutil.rmtree(faiss_dir(db), ignore_errors=True)
         status = statuses_of(db, saes)
     return status
 
 
-def full_steps(steps: Steps, cfg: DemoConfig, recipe: Recipe, db: Path, saes: list[Path],
-               log: Log) -> None:
+def full_steps(
+    steps: Steps, cfg: DemoConfig, recipe: Recipe, db: Path, saes: list[Path], log: Log
+) -> None:
     """Steps 6-8, behind --full: the layer probe, the grid and the explanations."""
     status = statuses_of(db, saes)
     later = None if cfg.full else "run `shoggoth demo --full` for it"
@@ -235,10 +277,17 @@ def full_steps(steps: Steps, cfg: DemoConfig, recipe: Recipe, db: Path, saes: li
     if later:
         steps.skip(6, probe, later)
     else:
-        steps.run(6, probe, run_each(saes[:1], status[:1], "probed",
-                                     lambda sae: probe_layers(LayersConfig(db=db, sae=sae,
-                                                                           **recipe.layers))),
-                  "layer probe stored" if status[0].probed else "a linear probe per layer")
+        steps.run(
+            6,
+            probe,
+            run_each(
+                saes[:1],
+                status[:1],
+                "probed",
+                lambda sae: probe_layers(LayersConfig(db=db, sae=sae, **recipe.layers)),
+            ),
+            "layer probe stored" if status[0].probed else "a linear probe per layer",
+        )
     grid = "the mask in action: own answers, context × content grid"
     if recipe.generate is None:
         steps.skip(7, grid, f"{recipe.what} is not a causal LM")
@@ -246,10 +295,14 @@ def full_steps(steps: Steps, cfg: DemoConfig, recipe: Recipe, db: Path, saes: li
         steps.skip(7, grid, later)
     else:
         settings = recipe.generate
-        steps.run(7, grid, run_each(saes, status, "grid",
-                                    lambda sae: grid_step(db, sae, settings, log)),
-                  "grid labels stored" if all(s.grid for s in status) else
-                  "generate each persona's answers, read them under every context")
+        steps.run(
+            7,
+            grid,
+            run_each(saes, status, "grid", lambda sae: grid_step(db, sae, settings, log)),
+            "grid labels stored"
+            if all(s.grid for s in status)
+            else "generate each persona's answers, read them under every context",
+        )
     explaining = "explain features with SmolLM2, scored on held-out examples"
     if recipe.explain is None:
         steps.skip(8, explaining, "the quick path (run `shoggoth explain` yourself)")
@@ -257,12 +310,19 @@ def full_steps(steps: Steps, cfg: DemoConfig, recipe: Recipe, db: Path, saes: li
         steps.skip(8, explaining, later)
     else:
         settings = recipe.explain
-        steps.run(8, explaining, run_each(saes[-1:], status[-1:], "explained",
-                                          lambda sae: explain(ExplainConfig(db=db, sae=sae,
-                                                                            **settings),
-                                                              log=log)),
-                  "explanations stored" if status[-1].explained else
-                  f"{settings['limit']} features, detection and fuzzing scores")
+        steps.run(
+            8,
+            explaining,
+            run_each(
+                saes[-1:],
+                status[-1:],
+                "explained",
+                lambda sae: explain(ExplainConfig(db=db, sae=sae, **settings), log=log),
+            ),
+            "explanations stored"
+            if status[-1].explained
+            else f"{settings['limit']} features, detection and fuzzing scores",
+        )
 
 
 def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
@@ -274,8 +334,11 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     steps = Steps(console)
     started = time.time()
     step, why = train_step(cfg.out, recipe)
-    what = "a residual SAE and a difference dictionary, from one paired stream" \
-        if len(saes) > 1 else "the SAE"
+    what = (
+        "a residual SAE and a difference dictionary, from one paired stream"
+        if len(saes) > 1
+        else "the SAE"
+    )
     steps.run(1, f"train {what} on {recipe.what}", step, why)
 
     personas = subset_personas(load_personas(), recipe.harvest.get("paraphrases"))
@@ -284,34 +347,58 @@ def build_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     size = f"{sum(len(p.prompts) for p in personas)} prompts × {len(items)} answers"
     quiet = stderr_log()
     harvested = all(s.harvested for s in status)
-    steps.run(2, "harvest the persona battery",
-              None if harvested else
-              lambda: harvest(HarvestConfig(db=db, sae_dir=saes, **recipe.harvest), log=quiet),
-              f"{db}, {status[0].documents:,} documents" if harvested else
-              size + (f", {len(saes)} dictionaries in one pass" if len(saes) > 1 else ""))
+    steps.run(
+        2,
+        "harvest the persona battery",
+        None
+        if harvested
+        else lambda: harvest(HarvestConfig(db=db, sae_dir=saes, **recipe.harvest), log=quiet),
+        f"{db}, {status[0].documents:,} documents"
+        if harvested
+        else size + (f", {len(saes)} dictionaries in one pass" if len(saes) > 1 else ""),
+    )
     status = statuses_of(db, saes)
-    steps.run(3, "label the features",
-              run_each(saes, status, "labelled",
-                       lambda sae: label_database(LabelRunConfig(db=db, sae=sae))),
-              "labels stored" if all(s.labelled for s in status) else
-              "prompts as replicates, matched controls, calibrated FDR, each mask decomposed")
+    steps.run(
+        3,
+        "label the features",
+        run_each(
+            saes, status, "labelled", lambda sae: label_database(LabelRunConfig(db=db, sae=sae))
+        ),
+        "labels stored"
+        if all(s.labelled for s in status)
+        else "prompts as replicates, matched controls, calibrated FDR, each mask decomposed",
+    )
     effects = "measure causal effects and the composition test"
     if recipe.effects is None:
         steps.skip(4, effects, f"{recipe.what} is not a causal LM")
     else:
         settings, main = recipe.effects, saes[-1].name
         done = statuses_of(db, saes)[-1].effects
-        steps.run(4, effects, None if done else
-                  lambda: run_effects(EffectsConfig(db=db, sae=main, **settings), log=quiet),
-                  "effects stored" if done else
-                  f"{main}: screen every feature, ablate and steer the top ones, rebuild each "
-                  "mask from its features")
+        steps.run(
+            4,
+            effects,
+            None
+            if done
+            else lambda: run_effects(EffectsConfig(db=db, sae=main, **settings), log=quiet),
+            "effects stored"
+            if done
+            else f"{main}: screen every feature, ablate and steer the top ones, rebuild each "
+            "mask from its features",
+        )
     status = statuses_of(db, saes)
-    steps.run(5, "index the dictionary",
-              run_each(saes, status, "indexed",
-                       lambda sae: index_harvest(IndexConfig(db=db, sae=sae), log=quiet)),
-              "dictionary stored" if all(s.indexed for s in status) else
-              "examples, histograms, FAISS, persona vectors")
+    steps.run(
+        5,
+        "index the dictionary",
+        run_each(
+            saes,
+            status,
+            "indexed",
+            lambda sae: index_harvest(IndexConfig(db=db, sae=sae), log=quiet),
+        ),
+        "dictionary stored"
+        if all(s.indexed for s in status)
+        else "examples, histograms, FAISS, persona vectors",
+    )
     full_steps(steps, cfg, recipe, db, saes, quiet)
     console.print(f"built in {time.time() - started:.0f} s", highlight=False)
     return db

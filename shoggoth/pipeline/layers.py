@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,14 @@ from shoggoth.index.store.read import Dictionary
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.encode import document_shifts, prompts_activations
 from shoggoth.sae.models import Model, hook_layer, load_model
-from shoggoth.sae.prompts import EMPTY_SYSTEM, build_prompt, collate, pad_id, stored_template
+from shoggoth.sae.prompts import (
+    EMPTY_SYSTEM,
+    Prompt,
+    build_prompt,
+    collate,
+    pad_id,
+    stored_template,
+)
 from shoggoth.sae.sae_dir import load_harvest_sae
 
 if TYPE_CHECKING:
@@ -106,7 +113,7 @@ def _mean(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pooled(
-    model: Model, prompts: list[Any], layers: list[int], batch: int, progress: Progress
+    model: Model, prompts: list[Prompt], layers: list[int], batch: int, progress: Progress
 ) -> np.ndarray:
     """Answer-token means: [documents, layers, d] of each block's output."""
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
@@ -231,8 +238,8 @@ def sae_documents(
     sae: SAE,
     kind: str,
     hook: str,
-    prompts: list[Any],
-    references: list[Any],
+    prompts: list[Prompt],
+    references: list[Prompt],
     docs: Documents,
     batch: int,
 ) -> SAEParts:
@@ -265,7 +272,7 @@ def sae_documents(
     return a, r, sh, sh_hat
 
 
-def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Any], Documents]:
+def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Prompt], Documents]:
     """The prompts of every non-control persona × prompt × the first items of each topic."""
     personas, items = read_battery(d.con)
     main = [p for p in personas if not p.is_control]
@@ -295,7 +302,7 @@ def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Any], D
     return prompts, Documents(m[:, 0], m[:, 1], m[:, 2], [p.name for p in main])
 
 
-def reference_prompts(d: Dictionary, model: Model, per_topic: int) -> list[Any]:
+def reference_prompts(d: Dictionary, model: Model, per_topic: int) -> list[Prompt]:
     """The reference document of every item the probe uses (in `documents`' item order): the
     same answer under the SAE's reference (an empty system turn when the harvest names none)."""
     _, items = read_battery(d.con)

@@ -63,24 +63,31 @@ class SearchConfig(Config):
     def check(self) -> None:
         if self.similar and self.feature is None:
             raise BadInput("--similar: needs --feature F")
-        modes = [m for m, v in (("--text", self.text), ("--name", self.name),
-                                ("--feature", self.feature)) if v is not None]
+        modes = [
+            m
+            for m, v in (("--text", self.text), ("--name", self.name), ("--feature", self.feature))
+            if v is not None
+        ]
         if len(modes) > 1:
             raise BadInput(f"{' and '.join(modes)}: give one of them")
         if self.name is not None and self.persona is not None:
             raise BadInput("--name and --persona: give one of them")
         if not modes and self.persona is None:
-            raise BadInput("search: give --text \"...\", --name TEXT, --feature F [--similar] "
-                           "or --persona P")
+            raise BadInput(
+                'search: give --text "...", --name TEXT, --feature F [--similar] or --persona P'
+            )
         if self.feature is not None and self.persona is not None:
             raise BadInput("--feature and --persona: give one of them")
         if self.paraphrase is not None and (self.text is None or self.persona is None):
-            raise BadInput("--paraphrase: only with --text and --persona (which of the "
-                           "persona's prompts to run the text under)")
+            raise BadInput(
+                "--paraphrase: only with --text and --persona (which of the "
+                "persona's prompts to run the text under)"
+            )
 
 
-def load_runner(d: Dictionary, device: str = "auto",
-                placement: Placement | None = None) -> tuple[Any, Any]:
+def load_runner(
+    d: Dictionary, device: str = "auto", placement: Placement | None = None
+) -> tuple[Any, Any]:
     """The model and SAE of the dictionary's harvest, ready to encode text."""
     sae = load_harvest_sae(d.db, d.sae_id, d.row, device)
     sae.eval()
@@ -88,9 +95,16 @@ def load_runner(d: Dictionary, device: str = "auto",
     return model, sae.to(model.sae_device(d.row["hook"]))
 
 
-def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: int,
-            device: str = "auto", runner: tuple[Any, Any] | None = None,
-            placement: Placement | None = None) -> dict[str, Any]:
+def by_text(
+    d: Dictionary,
+    text: str,
+    persona: str | None,
+    paraphrase: int,
+    k: int,
+    device: str = "auto",
+    runner: tuple[Any, Any] | None = None,
+    placement: Placement | None = None,
+) -> dict[str, Any]:
     """Run `text` (under a persona's system prompt, or none) through the model and SAE: the top
     features of every token and of the whole text, and the full activation matrix
     (`activations`, [tokens, d_sae]). `runner`: (model, sae) when the caller holds them;
@@ -102,13 +116,16 @@ def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: i
         d.check_persona(persona)
         prompts = d.persona_prompts(persona)
         if not 0 <= paraphrase < len(prompts):
-            raise BadInput(f"--paraphrase {paraphrase}: persona '{persona}' has "
-                           f"{len(prompts)} prompts (0 to {len(prompts) - 1})")
+            raise BadInput(
+                f"--paraphrase {paraphrase}: persona '{persona}' has "
+                f"{len(prompts)} prompts (0 to {len(prompts) - 1})"
+            )
         system = prompts[paraphrase]
     model, sae = runner if runner is not None else load_runner(d, device, placement)
     template = stored_template(d.row["template"])
-    prompt = build_prompt(model.tokenizer, system, None, text, template=template,
-                          prepend_bos=model.prepend_bos)
+    prompt = build_prompt(
+        model.tokenizer, system, None, text, template=template, prepend_bos=model.prepend_bos
+    )
     model.check_length(len(prompt.input_ids), "--text")
     batch = collate([prompt], pad_id(model.tokenizer))
     with torch.inference_mode():
@@ -118,20 +135,33 @@ def by_text(d: Dictionary, text: str, persona: str | None, paraphrase: int, k: i
     per_token = []
     for pos, (token, acts) in enumerate(zip(tokens, f, strict=True)):
         order = [int(j) for j in np.argsort(-acts)[:k] if acts[j] > 0]
-        per_token.append({"pos": pos, "token": token,
-                          "features": [(j, round(float(acts[j]), 4)) for j in order]})
+        per_token.append(
+            {"pos": pos, "token": token, "features": [(j, round(float(acts[j]), 4)) for j in order]}
+        )
     mean = f.mean(axis=0)
     overall = [int(j) for j in np.argsort(-mean)[:k] if mean[j] > 0]
     labels = d.labels(sorted({j for t in per_token for j, _ in t["features"]} | set(overall)))
     for t in per_token:
-        t["features"] = [{"feature": j, "name": labels[j]["name"], "value": v,
-                          "label": labels[j]["label"]} for j, v in t["features"]]
+        t["features"] = [
+            {"feature": j, "name": labels[j]["name"], "value": v, "label": labels[j]["label"]}
+            for j, v in t["features"]
+        ]
     return {
-        "text": text, "persona": persona, "paraphrase": paraphrase if persona else None,
-        "tokens": per_token, "activations": f,
-        "overall": [{"feature": j, "mean_act": round(float(mean[j]), 4),
-                     "max_act": round(float(f[:, j].max()), 4),
-                     "n_tokens": int((f[:, j] > 0).sum()), **labels[j]} for j in overall],
+        "text": text,
+        "persona": persona,
+        "paraphrase": paraphrase if persona else None,
+        "tokens": per_token,
+        "activations": f,
+        "overall": [
+            {
+                "feature": j,
+                "mean_act": round(float(mean[j]), 4),
+                "max_act": round(float(f[:, j].max()), 4),
+                "n_tokens": int((f[:, j] > 0).sum()),
+                **labels[j],
+            }
+            for j in overall
+        ],
     }
 
 
@@ -140,17 +170,33 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
     d = Dictionary(cfg.db, cfg.sae)
     try:
         if cfg.text is not None:
-            found = by_text(d, cfg.text, cfg.persona, cfg.paraphrase or 0, cfg.top, cfg.device,
-                            placement=placement_of(cfg.device_map, cfg.max_memory))
+            found = by_text(
+                d,
+                cfg.text,
+                cfg.persona,
+                cfg.paraphrase or 0,
+                cfg.top,
+                cfg.device,
+                placement=placement_of(cfg.device_map, cfg.max_memory),
+            )
             found.pop("activations")
             return {"mode": "text", "sae_id": d.sae_id, **found}
         if cfg.name is not None:
-            return {"mode": "name", "sae_id": d.sae_id, "query": cfg.name,
-                    "features": by_name(d, cfg.name, cfg.top)}
+            return {
+                "mode": "name",
+                "sae_id": d.sae_id,
+                "query": cfg.name,
+                "features": by_name(d, cfg.name, cfg.top),
+            }
         if cfg.feature is not None and cfg.similar:
             neighbours = similar(d, cfg.feature, cfg.top)
-            return {"mode": "similar", "sae_id": d.sae_id, "feature": cfg.feature,
-                    **d.labels([cfg.feature])[cfg.feature], "neighbours": neighbours}
+            return {
+                "mode": "similar",
+                "sae_id": d.sae_id,
+                "feature": cfg.feature,
+                **d.labels([cfg.feature])[cfg.feature],
+                "neighbours": neighbours,
+            }
         if cfg.feature is not None:
             return {"mode": "feature", "sae_id": d.sae_id, **describe(d, cfg.feature, cfg.top)}
         assert cfg.persona is not None  # (check(): the one mode left)

@@ -4,6 +4,7 @@ similar, persona), each with its own config. The flag form of earlier releases
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,15 @@ def run(cfg: SearchOn, **mode: Any) -> None:
 class SearchGroup(click.Group):
     """`shoggoth search SUBCOMMAND …`, or the deprecated flags: `shoggoth search --db F …`."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]
-                        ) -> tuple[str | None, click.Command | None, list[str]]:
-        if args and args[0] not in self.commands and args[0].startswith("-") and \
-                args[0] not in ("-h", "--help"):
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if (
+            args
+            and args[0] not in self.commands
+            and args[0].startswith("-")
+            and args[0] not in ("-h", "--help")
+        ):
             return "search", search_flags, args
         return super().resolve_command(ctx, args)
 
@@ -97,8 +103,11 @@ class SearchGroup(click.Group):
         return list(self.commands)  # as defined: text, name, feature, similar, persona
 
 
-@click.group("search", cls=SearchGroup,
-             context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.group(
+    "search",
+    cls=SearchGroup,
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
 def search_group() -> None:
     """Find features: `text` runs text through the model and SAE (under a persona), `name` by
     handle or explanation, `feature` one feature's label, statistics and contexts, `similar`
@@ -110,8 +119,15 @@ def search_group() -> None:
 @config_options(SearchText)
 def search_text(cfg: SearchText) -> None:
     """The features a text activates, per token and overall (under --persona's prompt)."""
-    run(cfg, text=" ".join(cfg.text), persona=cfg.persona, paraphrase=cfg.paraphrase,
-        device=cfg.device, device_map=cfg.device_map, max_memory=cfg.max_memory)
+    run(
+        cfg,
+        text=" ".join(cfg.text),
+        persona=cfg.persona,
+        paraphrase=cfg.paraphrase,
+        device=cfg.device,
+        device_map=cfg.device_map,
+        max_memory=cfg.max_memory,
+    )
 
 
 @search_group.command("name")
@@ -146,67 +162,134 @@ def search_persona(cfg: SearchPersona) -> None:
 @config_options(SearchConfig)
 def search_flags(cfg: SearchConfig) -> None:
     """The flag form of `shoggoth search` (deprecated)."""
-    mode = ("similar" if cfg.similar else "feature") if cfg.feature is not None else \
-        "text" if cfg.text is not None else "name" if cfg.name is not None else "persona"
-    click.echo(f"note: shoggoth search --{'feature F --similar' if mode == 'similar' else mode}"
-               f" is deprecated and will be removed in the next release; use shoggoth search "
-               f"{mode}", err=True)
+    mode = (
+        ("similar" if cfg.similar else "feature")
+        if cfg.feature is not None
+        else "text"
+        if cfg.text is not None
+        else "name"
+        if cfg.name is not None
+        else "persona"
+    )
+    click.echo(
+        f"note: shoggoth search --{'feature F --similar' if mode == 'similar' else mode}"
+        f" is deprecated and will be removed in the next release; use shoggoth search "
+        f"{mode}",
+        err=True,
+    )
     show(search(cfg), cfg.format)
 
 
 def show(result: dict[str, Any], fmt: str) -> None:
-    """Print a search result: JSON, or tables."""
+    """Print a search result: JSON, or its mode's tables."""
     if fmt == "json":
         print_json(result)  # NaN as null: the standard JSON every reader takes
         return
-    console = Console(soft_wrap=True)
-    mode = result["mode"]
-    if mode == "text":
-        under = f" under persona '{result['persona']}'" if result["persona"] else ""
-        console.print(f"{result['sae_id']} · {len(result['tokens'])} tokens{under}",
-                      highlight=False)
-        tokens = Table(title="top features per token")
-        for col in ("pos", "token", "features (value, label)"):
-            tokens.add_column(col)
-        for t in result["tokens"]:
-            tokens.add_row(str(t["pos"]), repr(t["token"]), ", ".join(
+    PRINTERS[result["mode"]](Console(soft_wrap=True), result)
+
+
+def _show_text(console: Console, result: dict[str, Any]) -> None:
+    """The top features of each token of a text, and over the whole text."""
+    under = f" under persona '{result['persona']}'" if result["persona"] else ""
+    console.print(f"{result['sae_id']} · {len(result['tokens'])} tokens{under}", highlight=False)
+    tokens = Table(title="top features per token")
+    for col in ("pos", "token", "features (value, label)"):
+        tokens.add_column(col)
+    for t in result["tokens"]:
+        tokens.add_row(
+            str(t["pos"]),
+            repr(t["token"]),
+            ", ".join(
                 f"{f['feature']} {f['name'] or ''} ({f['value']:.3g}, {f['label']})"
-                for f in t["features"]))
-        console.print(tokens)
-        _print_features(console, "top features over the whole text", result["overall"],
-                        ["feature", "name", "mean_act", "max_act", "n_tokens", "label"])
-    elif mode == "name":
-        _print_features(console, f"features named like {result['query']!r}", result["features"],
-                        ["feature", "name", "label", "explanation", "detection", "fuzzing"])
-    elif mode == "similar":
-        console.print(f"feature {result['feature']} ({result['label']}) · nearest by decoder "
-                      "direction", highlight=False)
-        _print_features(console, "neighbours", result["neighbours"],
-                        ["feature", "name", "cosine", "label", "density"])
-    elif mode == "feature":
-        console.print(f"feature {result['feature']} · {result.get('name') or '(no handle)'} · "
-                      f"{result['label']}", highlight=False)
-        if result.get("explanation"):
-            console.print(f"explanation ({result['explainer']}): {result['explanation']} · "
-                          f"detection {_fmt(result['detection'])}, fuzzing "
-                          f"{_fmt(result['fuzzing'])}", highlight=False)
-        stats = result.get("statistics") or {}
-        if stats:
-            console.print("  ".join(f"{k}={_fmt(v)}" for k, v in stats.items()),
-                          highlight=False)
-        _print_features(console, "top contexts", result.get("contexts", []),
-                        ["rank", "value", "persona", "item_id", "context"])
-    else:
-        console.print(f"persona {result['persona']} · vector norm {_fmt(result['vector_norm'])} "
-                      f"({result['relative_norm'] or 0:.1%} of the length of the non-control mean)",
-                      highlight=False)
-        _print_features(console, "features nearest the persona vector", result["nearest"],
-                        ["feature", "name", "cosine", "label", "density"])
-        _print_features(console, "its own features (mask-specific, persona-concept, "
-                        "mask-or-concept, mask-family)", result["mask_specific"],
-                        ["feature", "name", "label", "top_share", "set_ratio", "q_value"])
+                for f in t["features"]
+            ),
+        )
+    console.print(tokens)
+    _print_features(
+        console,
+        "top features over the whole text",
+        result["overall"],
+        ["feature", "name", "mean_act", "max_act", "n_tokens", "label"],
+    )
 
 
+def _show_name(console: Console, result: dict[str, Any]) -> None:
+    """Features whose handle or explanation matches a name."""
+    _print_features(
+        console,
+        f"features named like {result['query']!r}",
+        result["features"],
+        ["feature", "name", "label", "explanation", "detection", "fuzzing"],
+    )
+
+
+def _show_similar(console: Console, result: dict[str, Any]) -> None:
+    """A feature's nearest neighbours by decoder direction."""
+    console.print(
+        f"feature {result['feature']} ({result['label']}) · nearest by decoder direction",
+        highlight=False,
+    )
+    _print_features(
+        console,
+        "neighbours",
+        result["neighbours"],
+        ["feature", "name", "cosine", "label", "density"],
+    )
+
+
+def _show_feature(console: Console, result: dict[str, Any]) -> None:
+    """One feature: its handle, label, explanation, statistics and top contexts."""
+    console.print(
+        f"feature {result['feature']} · {result.get('name') or '(no handle)'} · {result['label']}",
+        highlight=False,
+    )
+    if result.get("explanation"):
+        console.print(
+            f"explanation ({result['explainer']}): {result['explanation']} · "
+            f"detection {_fmt(result['detection'])}, fuzzing "
+            f"{_fmt(result['fuzzing'])}",
+            highlight=False,
+        )
+    stats = result.get("statistics") or {}
+    if stats:
+        console.print("  ".join(f"{k}={_fmt(v)}" for k, v in stats.items()), highlight=False)
+    _print_features(
+        console,
+        "top contexts",
+        result.get("contexts", []),
+        ["rank", "value", "persona", "item_id", "context"],
+    )
+
+
+def _show_persona(console: Console, result: dict[str, Any]) -> None:
+    """The features nearest a persona's vector, and the persona's own features."""
+    console.print(
+        f"persona {result['persona']} · vector norm {_fmt(result['vector_norm'])} "
+        f"({result['relative_norm'] or 0:.1%} of the length of the non-control mean)",
+        highlight=False,
+    )
+    _print_features(
+        console,
+        "features nearest the persona vector",
+        result["nearest"],
+        ["feature", "name", "cosine", "label", "density"],
+    )
+    _print_features(
+        console,
+        "its own features (mask-specific, persona-concept, mask-or-concept, mask-family)",
+        result["mask_specific"],
+        ["feature", "name", "label", "top_share", "set_ratio", "q_value"],
+    )
+
+
+PRINTERS: dict[str, Callable[[Console, dict[str, Any]], None]] = {
+    "text": _show_text,
+    "name": _show_name,
+    "similar": _show_similar,
+    "feature": _show_feature,
+    "persona": _show_persona,
+}
+"""The table printer of each search mode."""
 
 
 def _fmt(v: Any) -> str:
@@ -215,8 +298,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _print_features(console: Console, title: str, rows: list[dict[str, Any]],
-                    columns: list[str]) -> None:
+def _print_features(
+    console: Console, title: str, rows: list[dict[str, Any]], columns: list[str]
+) -> None:
     table = Table(title=title)
     for col in columns:
         table.add_column(col)

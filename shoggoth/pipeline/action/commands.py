@@ -23,14 +23,20 @@ def generate_command(cfg: GenerateConfig) -> None:
     out = generate_answers(cfg, log=stderr_log())
     console = Console(soft_wrap=True)
     if out.get("already_generated"):
-        console.print(f"answer set '{out['name']}' is already complete in {cfg.db}",
-                      highlight=False)
+        console.print(
+            f"answer set '{out['name']}' is already complete in {cfg.db}", highlight=False
+        )
     else:
-        console.print(f"{cfg.db} · answer set '{out['name']}' · {out['seconds']} s · "
-                      f"{out['tokens_per_second']:,} tokens/s", highlight=False)
+        console.print(
+            f"{cfg.db} · answer set '{out['name']}' · {out['seconds']} s · "
+            f"{out['tokens_per_second']:,} tokens/s",
+            highlight=False,
+        )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(out["stop_reasons"].items()))
-    console.print(f"{out['answers']:,} answers, {out['tokens']:,} tokens ({reasons}; "
-                  f"{out['empty']} empty)", highlight=False)
+    console.print(
+        f"{out['answers']:,} answers, {out['tokens']:,} tokens ({reasons}; {out['empty']} empty)",
+        highlight=False,
+    )
 
 
 @click.command("grid")
@@ -44,9 +50,12 @@ def grid_command(cfg: GridConfig) -> None:
     replaced in one transaction."""
     out = run_grid(cfg, log=stderr_log())
     console = Console(soft_wrap=True)
-    console.print(f"{cfg.db} · {out['sae_id']} · answers '{out['answers']}' · "
-                  f"{out['documents']:,} documents · harvest {out['harvest_seconds']} s · "
-                  f"analysis {out['analysis_seconds']} s", highlight=False)
+    console.print(
+        f"{cfg.db} · {out['sae_id']} · answers '{out['answers']}' · "
+        f"{out['documents']:,} documents · harvest {out['harvest_seconds']} s · "
+        f"analysis {out['analysis_seconds']} s",
+        highlight=False,
+    )
     counts = out["features"]["grid_label"].value_counts()
     fdr = out["fdr"].set_index("label")
     table = Table(title="grid labels")
@@ -54,6 +63,9 @@ def grid_command(cfg: GridConfig) -> None:
         table.add_column(col, justify="left" if col == "label" else "right")
     for label in GRID_LABELS:
         rate = fdr["fdr"].get(label) if label in fdr.index else None
-        table.add_row(label, f"{int(counts.get(label, 0)):,}",
-                      "" if rate is None or rate != rate else f"{rate:.2f}")
+        table.add_row(
+            label,
+            f"{int(counts.get(label, 0)):,}",
+            "" if rate is None or rate != rate else f"{rate:.2f}",
+        )
     console.print(table)

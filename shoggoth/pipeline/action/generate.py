@@ -95,8 +95,11 @@ def choose_personas(spec: str | None, personas: list[Persona], db: Path) -> list
     """The personas named in `spec` (default: the non-controls and the no-persona control, the
     reference for `shoggoth grid --neutral own`); BadInput for unknown names."""
     if spec is None:
-        none = [baseline_persona(personas, db)] if any(
-            p.is_control and all(not t for t in p.prompts) for p in personas) else []
+        none = (
+            [baseline_persona(personas, db)]
+            if any(p.is_control and all(not t for t in p.prompts) for p in personas)
+            else []
+        )
         return [p for p in personas if not p.is_control] + none
     known = {p.name: p for p in personas}
     return [known[n] for n in parse_names(spec, "--persona-names", known)]
@@ -107,7 +110,7 @@ def plan_units(prompts: dict[tuple[int, int], list[list[int]]], batch: int) -> l
     units = []
     for (p, j), rows in prompts.items():
         order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
-        units += [GenUnit(p, j, tuple(order[s:s + batch])) for s in range(0, len(order), batch)]
+        units += [GenUnit(p, j, tuple(order[s : s + batch])) for s in range(0, len(order), batch)]
     return units
 
 
@@ -126,8 +129,17 @@ def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[
         d.close()
     chosen = choose_personas(cfg.persona_names, personas, cfg.db)
     if cfg.paraphrases is not None:
-        chosen = [Persona(p.name, p.family, p.description, p.prompts[:cfg.paraphrases],
-                          p.is_control, p.control_of) for p in chosen]
+        chosen = [
+            Persona(
+                p.name,
+                p.family,
+                p.description,
+                p.prompts[: cfg.paraphrases],
+                p.is_control,
+                p.control_of,
+            )
+            for p in chosen
+        ]
     template = stored_template(row["template"])
     return cfg.model or row["model"], template, chosen, subset_items(items, cfg.items_per_topic)
 
@@ -136,25 +148,38 @@ def generate_answers(cfg: GenerateConfig, log: Log = print) -> dict[str, Any]:
     """Generate (or resume, or find finished) an answer set; returns its summary."""
     model_name, template, personas, items = read_setup(cfg)
     check_writable(cfg.db)
-    settings = {"model": model_name, "template": template, "max_tokens": cfg.max_tokens,
-                "temperature": cfg.temperature, "seed": cfg.seed, "batch": cfg.batch,
-                "personas": [p.name for p in personas],
-                "paraphrases": cfg.paraphrases, "items": [i.item_id for i in items]}
+    settings = {
+        "model": model_name,
+        "template": template,
+        "max_tokens": cfg.max_tokens,
+        "temperature": cfg.temperature,
+        "seed": cfg.seed,
+        "batch": cfg.batch,
+        "personas": [p.name for p in personas],
+        "paraphrases": cfg.paraphrases,
+        "items": [i.item_id for i in items],
+    }
     gen = load_generator(model_name, cfg.device, placement_of(cfg.device_map, cfg.max_memory))
     bos = gen.tokenizer.bos_token_id is not None
-    prompts = {(p, j): [prompt_ids(gen.tokenizer, text, it.question, template, bos)
-                        for it in items]
-               for p, persona in enumerate(personas) for j, text in enumerate(persona.prompts)}
+    prompts = {
+        (p, j): [prompt_ids(gen.tokenizer, text, it.question, template, bos) for it in items]
+        for p, persona in enumerate(personas)
+        for j, text in enumerate(persona.prompts)
+    }
     if start_set(cfg.db, cfg.name, settings, config_metadata(cfg)) == "finished":
         return {"name": cfg.name, "already_generated": True, **summary(cfg.db, cfg.name)}
     done = done_keys(cfg.db, cfg.name)
     units = plan_units(prompts, cfg.batch)
-    todo = [u for u in units if (personas[u.persona].name, u.paraphrase,
-                                 items[u.items[0]].item_id) not in done]
+    todo = [
+        u
+        for u in units
+        if (personas[u.persona].name, u.paraphrase, items[u.items[0]].item_id) not in done
+    ]
     total = sum(len(u.items) for u in units)
     started, n_tok, prefixes = time.monotonic(), 0, Prefixes(gen)
-    with Progress("generate", total, total - sum(len(u.items) for u in todo),
-                  unit="answers") as bar:
+    with Progress(
+        "generate", total, total - sum(len(u.items) for u in todo), unit="answers"
+    ) as bar:
         try:
             for n, unit in enumerate(todo):
                 rows = run_unit(prefixes, cfg, personas, items, prompts, unit)
@@ -162,18 +187,24 @@ def generate_answers(cfg: GenerateConfig, log: Log = print) -> dict[str, Any]:
                 n_tok += int(rows["n_tokens"].sum())
                 dt = time.monotonic() - started
                 if n == 0 and len(todo) > 1:
-                    log(f"measured: {dt:.1f} s for the first batch of {len(unit.items)}; the "
+                    log(
+                        f"measured: {dt:.1f} s for the first batch of {len(unit.items)}; the "
                         f"{len(todo) - 1} batches left take about "
-                        f"{dt * (len(todo) - 1) / 60:.1f} min")
+                        f"{dt * (len(todo) - 1) / 60:.1f} min"
+                    )
                 bar.advance(len(unit.items), rate=f"{n_tok / max(dt, 1e-9):,.0f} tok/s")
         except KeyboardInterrupt:
-            raise Interrupted(f"the written batches are kept in {cfg.db}; rerun the same "
-                              "command to continue") from None
+            raise Interrupted(
+                f"the written batches are kept in {cfg.db}; rerun the same command to continue"
+            ) from None
     finish_set(cfg.db, cfg.name)
     seconds = time.monotonic() - started
-    return {"name": cfg.name, "seconds": round(seconds, 1),
-            "tokens_per_second": round(n_tok / seconds, 1) if n_tok else 0.0,
-            **summary(cfg.db, cfg.name)}
+    return {
+        "name": cfg.name,
+        "seconds": round(seconds, 1),
+        "tokens_per_second": round(n_tok / seconds, 1) if n_tok else 0.0,
+        **summary(cfg.db, cfg.name),
+    }
 
 
 class Prefixes:
@@ -188,14 +219,19 @@ class Prefixes:
 
     def get(self, key: tuple[int, int], rows: list[list[int]]) -> tuple[list[int], list[Any]]:
         if key != self.key:
-            self.key, self.ids = key, rows[0][:shared_length(rows)]
+            self.key, self.ids = key, rows[0][: shared_length(rows)]
             self.cache = prefix_kv(self.gen, self.ids)
         return self.ids, self.cache
 
 
-def run_unit(prefixes: Prefixes, cfg: GenerateConfig, personas: list[Persona],
-             items: list[Item], prompts: dict[tuple[int, int], list[list[int]]],
-             unit: GenUnit) -> pd.DataFrame:
+def run_unit(
+    prefixes: Prefixes,
+    cfg: GenerateConfig,
+    personas: list[Persona],
+    items: list[Item],
+    prompts: dict[tuple[int, int], list[list[int]]],
+    unit: GenUnit,
+) -> pd.DataFrame:
     """Generate one batch; its rows for the answers table."""
     gen = prefixes.gen
     rows = prompts[(unit.persona, unit.paraphrase)]
@@ -203,25 +239,42 @@ def run_unit(prefixes: Prefixes, cfg: GenerateConfig, personas: list[Persona],
     n = len(prefix)
     persona = personas[unit.persona].name
     seed = unit_seed(cfg.seed, persona, unit.paraphrase, items[unit.items[0]].item_id)
-    out = generate_batch(gen, prefix, cache, [rows[i][n:] for i in unit.items],
-                         cfg.max_tokens, cfg.temperature, seed)
-    return pd.DataFrame({
-        "persona": persona, "paraphrase": unit.paraphrase,
-        "item_id": [items[i].item_id for i in unit.items],
-        "text": [decode(gen, ids) for ids, _ in out],
-        "n_tokens": [len(ids) for ids, _ in out],
-        "stop_reason": [why for _, why in out]})
+    out = generate_batch(
+        gen, prefix, cache, [rows[i][n:] for i in unit.items], cfg.max_tokens, cfg.temperature, seed
+    )
+    return pd.DataFrame(
+        {
+            "persona": persona,
+            "paraphrase": unit.paraphrase,
+            "item_id": [items[i].item_id for i in unit.items],
+            "text": [decode(gen, ids) for ids, _ in out],
+            "n_tokens": [len(ids) for ids, _ in out],
+            "stop_reason": [why for _, why in out],
+        }
+    )
 
 
 def summary(db: Path, name: str) -> dict[str, Any]:
     """Counts of the set's answers by stop reason, its tokens and its empty answers."""
     con = connect(db, read_only=True, wait=WAIT)
     try:
-        counts = dict(con.execute("SELECT stop_reason, count(*) FROM answers WHERE answer_set = ? "
-                                  "GROUP BY ALL", [name]).fetchall())
-        tokens = one_row(con, "SELECT coalesce(sum(n_tokens), 0), count(*) FILTER (WHERE "
-                             "text = '') FROM answers WHERE answer_set = ?", [name])
+        counts = dict(
+            con.execute(
+                "SELECT stop_reason, count(*) FROM answers WHERE answer_set = ? GROUP BY ALL",
+                [name],
+            ).fetchall()
+        )
+        tokens = one_row(
+            con,
+            "SELECT coalesce(sum(n_tokens), 0), count(*) FILTER (WHERE "
+            "text = '') FROM answers WHERE answer_set = ?",
+            [name],
+        )
     finally:
         con.close()
-    return {"answers": sum(counts.values()), "stop_reasons": counts,
-            "tokens": int(tokens[0]), "empty": int(tokens[1])}
+    return {
+        "answers": sum(counts.values()),
+        "stop_reasons": counts,
+        "tokens": int(tokens[0]),
+        "empty": int(tokens[1]),
+    }

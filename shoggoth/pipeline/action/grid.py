@@ -103,8 +103,9 @@ def read_inputs(cfg: GridConfig) -> GridInputs:
     try:
         sae_id, row, (personas, items) = d.sae_id, d.row, read_battery(d.con)
         answers = read_answers(d.con, cfg.answers)
-        run = one_row(d.con, "SELECT run_id FROM answer_sets WHERE answer_set = ?",
-                            [cfg.answers])[0]
+        run = one_row(d.con, "SELECT run_id FROM answer_sets WHERE answer_set = ?", [cfg.answers])[
+            0
+        ]
     finally:
         d.close()
     by_name = {p.name: p for p in personas}
@@ -117,15 +118,22 @@ def read_inputs(cfg: GridConfig) -> GridInputs:
     reference = answers[(answers["persona"] == none.name) & (answers["paraphrase"] == 0)]
     answers = answers[answers["persona"] != none.name]
     if cfg.neutral == "own" and reference.empty:
-        raise BadInput(f"--neutral own: answer set '{cfg.answers}' holds no answer under "
-                       f"'{none.name}'; run `shoggoth generate --personas …,{none.name}`")
+        raise BadInput(
+            f"--neutral own: answer set '{cfg.answers}' holds no answer under "
+            f"'{none.name}'; run `shoggoth generate --personas …,{none.name}`"
+        )
     if answers.empty:
-        raise BadInput(f"--answers {cfg.answers}: holds no answer of a persona other than "
-                       f"'{none.name}'")
-    own = dict(zip(reference["item_id"], reference["text"].str.strip(), strict=True)) \
-        if cfg.neutral == "own" else None
-    return GridInputs(sae_id, dict(row), by_name, {i.item_id: i for i in items}, none, answers,
-                  run, own)
+        raise BadInput(
+            f"--answers {cfg.answers}: holds no answer of a persona other than '{none.name}'"
+        )
+    own = (
+        dict(zip(reference["item_id"], reference["text"].str.strip(), strict=True))
+        if cfg.neutral == "own"
+        else None
+    )
+    return GridInputs(
+        sae_id, dict(row), by_name, {i.item_id: i for i in items}, none, answers, run, own
+    )
 
 
 def plan_documents(inputs: GridInputs) -> pd.DataFrame:
@@ -141,16 +149,34 @@ def plan_documents(inputs: GridInputs) -> pd.DataFrame:
     for r in own.itertuples(index=False):
         k, j, i = r.persona, int(r.paraphrase), r.item_id
         plain = None if ref is None else ref[i]
-        rows += [("in_action", k, j, k, j, i, k, j, r.text),
-                 ("neutral_text", k, j, *neutral, i, k, j, plain),
-                 ("text_only", none, 0, k, j, i, k, j, r.text)]
-    rows += [("baseline", none, 0, *neutral, i, None, None, None if ref is None else ref[i])
-             for i in sorted(set(own["item_id"]))]
-    docs = pd.DataFrame(rows, columns=["cell", "context", "context_paraphrase", "text_persona",
-                                       "text_paraphrase", "item_id", "persona", "paraphrase",
-                                       "text"])
-    docs = docs.sort_values(["context", "context_paraphrase", "cell", "text_persona",
-                             "text_paraphrase", "item_id"], na_position="first", kind="stable")
+        rows += [
+            ("in_action", k, j, k, j, i, k, j, r.text),
+            ("neutral_text", k, j, *neutral, i, k, j, plain),
+            ("text_only", none, 0, k, j, i, k, j, r.text),
+        ]
+    rows += [
+        ("baseline", none, 0, *neutral, i, None, None, None if ref is None else ref[i])
+        for i in sorted(set(own["item_id"]))
+    ]
+    docs = pd.DataFrame(
+        rows,
+        columns=[
+            "cell",
+            "context",
+            "context_paraphrase",
+            "text_persona",
+            "text_paraphrase",
+            "item_id",
+            "persona",
+            "paraphrase",
+            "text",
+        ],
+    )
+    docs = docs.sort_values(
+        ["context", "context_paraphrase", "cell", "text_persona", "text_paraphrase", "item_id"],
+        na_position="first",
+        kind="stable",
+    )
     docs = docs.astype({"text_paraphrase": "Int16", "paraphrase": "Int16"})
     return docs.reset_index(drop=True).rename_axis("doc").reset_index()
 
@@ -158,11 +184,18 @@ def plan_documents(inputs: GridInputs) -> pd.DataFrame:
 def work_dir(cfg: GridConfig, inputs: GridInputs) -> tuple[Path, str]:
     """The folder this harvest's batches are kept in until the tables are written, and the
     harvest's key (a digest of everything that decides its documents' activations)."""
-    key = {"sae": inputs.sae_id, "weights": inputs.row.get("weights_sha256"),
-           "answers": cfg.answers, "answers_run": inputs.answers_run, "none": inputs.none.name,
-           "neutral": cfg.neutral, "batch": cfg.batch}
-    return resume_folder(Path(f"{cfg.db}.grid"),
-                         f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}", key)
+    key = {
+        "sae": inputs.sae_id,
+        "weights": inputs.row.get("weights_sha256"),
+        "answers": cfg.answers,
+        "answers_run": inputs.answers_run,
+        "none": inputs.none.name,
+        "neutral": cfg.neutral,
+        "batch": cfg.batch,
+    }
+    return resume_folder(
+        Path(f"{cfg.db}.grid"), f"{inputs.sae_id}-{cfg.answers}-{cfg.neutral}", key
+    )
 
 
 def build_prompts(model: Model, inputs: GridInputs, docs: pd.DataFrame) -> list[Prompt]:
@@ -174,12 +207,21 @@ def build_prompts(model: Model, inputs: GridInputs, docs: pd.DataFrame) -> list[
         system = inputs.personas[d.context].prompts[int(d.context_paraphrase)]
         text = d.text if isinstance(d.text, str) else item.answer
         try:
-            out.append(build_prompt(model.tokenizer, system, item.question, text,
-                                    template=template, prepend_bos=model.prepend_bos))
+            out.append(
+                build_prompt(
+                    model.tokenizer,
+                    system,
+                    item.question,
+                    text,
+                    template=template,
+                    prepend_bos=model.prepend_bos,
+                )
+            )
         except BadInput as e:
-            raise BadInput(f"--answers: the answer of '{d.text_persona}' paraphrase "
-                           f"{d.text_paraphrase} to '{d.item_id}' cannot be fed back: {e}"
-                           ) from None
+            raise BadInput(
+                f"--answers: the answer of '{d.text_persona}' paraphrase "
+                f"{d.text_paraphrase} to '{d.item_id}' cannot be fed back: {e}"
+            ) from None
     return out
 
 
@@ -188,7 +230,7 @@ def units(docs: pd.DataFrame, prompts: list[Prompt], batch: int) -> list[np.ndar
     out = []
     for _, group in docs.groupby(["context", "context_paraphrase"], sort=True):
         idx = sorted(group["doc"].tolist(), key=lambda d: (len(prompts[d].input_ids), d))
-        out += [np.array(idx[s:s + batch]) for s in range(0, len(idx), batch)]
+        out += [np.array(idx[s : s + batch]) for s in range(0, len(idx), batch)]
     return out
 
 
@@ -209,9 +251,17 @@ class ReferenceRows:
         if todo:
             system = str(self.inputs.row.get("reference") or "")
             template = stored_template(self.inputs.row["template"])
-            made = [build_prompt(self.model.tokenizer, system,
-                                 self.inputs.items[item].question, text, template=template,
-                                 prepend_bos=self.model.prepend_bos) for item, text in todo]
+            made = [
+                build_prompt(
+                    self.model.tokenizer,
+                    system,
+                    self.inputs.items[item].question,
+                    text,
+                    template=template,
+                    prepend_bos=self.model.prepend_bos,
+                )
+                for item, text in todo
+            ]
             acts, row = prompts_activations(self.model, made, [self.hook], None)
             for n, key in enumerate(todo):
                 self._kept[key] = acts[self.hook][row == n]
@@ -219,9 +269,11 @@ class ReferenceRows:
         for d, key in zip(batch, keys, strict=True):
             want = sum(prompts[d].mask)
             if len(self._kept[key]) != want:
-                raise BadInput(f"--answers: the answer to '{key[0]}' tokenizes differently "
-                               "under the dictionary's reference; its shift has no tokens to "
-                               "pair")
+                raise BadInput(
+                    f"--answers: the answer to '{key[0]}' tokenizes differently "
+                    "under the dictionary's reference; its shift has no tokens to "
+                    "pair"
+                )
             out.append(self._kept[key])
         return torch.cat(out)
 
@@ -230,14 +282,20 @@ class ReferenceRows:
         return item, text if isinstance(text, str) else self.inputs.items[item].answer
 
 
-def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
-                  folder: Path) -> tuple[np.ndarray, pd.DataFrame]:
+def harvest_cells(
+    cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame, folder: Path
+) -> tuple[np.ndarray, pd.DataFrame]:
     """(n_tokens per document, per-document activations: doc, feature, mean_act, max_act,
     n_fire), batch by batch, resuming from `folder`."""
-    model = load_model(inputs.row["model"], cfg.device, hook=inputs.row["hook"],
-                       placement=placement_of(cfg.device_map, cfg.max_memory))
-    sae = load_harvest_sae(cfg.db, inputs.sae_id, inputs.row,
-                           str(model.sae_device(inputs.row["hook"])))
+    model = load_model(
+        inputs.row["model"],
+        cfg.device,
+        hook=inputs.row["hook"],
+        placement=placement_of(cfg.device_map, cfg.max_memory),
+    )
+    sae = load_harvest_sae(
+        cfg.db, inputs.sae_id, inputs.row, str(model.sae_device(inputs.row["hook"]))
+    )
     sae.eval()
     prompts = build_prompts(model, inputs, docs)
     longest = max(range(len(prompts)), key=lambda d: len(prompts[d].input_ids))
@@ -250,14 +308,15 @@ def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
     hook = inputs.row["hook"]
     # A difference dictionary reads each document's shift against the same text under its
     # reference.
-    reference = ReferenceRows(model, inputs, hook) if inputs.row.get("kind") == "difference" \
-        else None
+    reference = (
+        ReferenceRows(model, inputs, hook) if inputs.row.get("kind") == "difference" else None
+    )
     with Progress("grid", len(docs), done, unit="docs") as bar:
         for b, path in zip(batches, paths, strict=True):
             if path.is_file():
                 continue
             chosen = [prompts[d] for d in b]
-            shared = tuple(chosen[0].input_ids[:shared_prefix(chosen)]) if use_cache else ()
+            shared = tuple(chosen[0].input_ids[: shared_prefix(chosen)]) if use_cache else ()
             if shared and shared not in prefixes:  # a context's batches share its prefix
                 prefixes.clear()
                 prefixes[shared] = prefix_cache(model, list(shared), inputs.row["hook"])
@@ -266,19 +325,30 @@ def harvest_cells(cfg: GridConfig, inputs: GridInputs, docs: pd.DataFrame,
             if reference is not None:
                 x_ref = reference.rows(docs, b, prompts).to(acts.device)
                 acts, silent = shift_input(acts, x_ref)
-            out = encode_aggregate(sae, acts, row, len(b), int(inputs.row["value_decimals"]),
-                                   silent)
+            out = encode_aggregate(
+                sae, acts, row, len(b), int(inputs.row["value_decimals"]), silent
+            )
             f = out.doc_features
-            save_npz_atomic(path, {"docs": b, "n_tokens": np.array(out.n_tokens),
-                                   "doc": b[f["doc"]],
-                                   **{k: v for k, v in f.items() if k != "doc"}})
+            save_npz_atomic(
+                path,
+                {
+                    "docs": b,
+                    "n_tokens": np.array(out.n_tokens),
+                    "doc": b[f["doc"]],
+                    **{k: v for k, v in f.items() if k != "doc"},
+                },
+            )
             bar.advance(len(b))
     parts = [dict(np.load(p)) for p in paths]
     n_tokens = np.zeros(len(docs), dtype=np.int64)
     for part in parts:
         n_tokens[part["docs"]] = part["n_tokens"]
-    frame = pd.DataFrame({k: np.concatenate([p[k] for p in parts])
-                          for k in ("doc", "feature", "mean_act", "max_act", "n_fire")})
+    frame = pd.DataFrame(
+        {
+            k: np.concatenate([p[k] for p in parts])
+            for k in ("doc", "feature", "mean_act", "max_act", "n_fire")
+        }
+    )
     return n_tokens, frame.sort_values(["doc", "feature"], kind="stable").reset_index(drop=True)
 
 
@@ -289,22 +359,36 @@ def run_grid(cfg: GridConfig, log: Log = print) -> dict[str, Any]:
     docs = plan_documents(inputs)
     folder, digest = work_dir(cfg, inputs)
     started = time.monotonic()
-    log(f"grid: {len(docs):,} documents ({(docs['cell'] == 'in_action').sum():,} blocks of "
-        f"{docs['persona'].nunique()} personas)")
+    log(
+        f"grid: {len(docs):,} documents ({(docs['cell'] == 'in_action').sum():,} blocks of "
+        f"{docs['persona'].nunique()} personas)"
+    )
     n_tokens, doc_features = harvest_cells(cfg, inputs, docs, folder)
     harvested = time.monotonic()
-    labels_cfg = GridLabelConfig(**{k: getattr(cfg, k) for k in
-                                    GridLabelConfig.__dataclass_fields__})
+    labels_cfg = GridLabelConfig(
+        **{k: getattr(cfg, k) for k in GridLabelConfig.__dataclass_fields__}
+    )
     result = analyse_grid(docs, doc_features, int(inputs.row["d_sae"]), labels_cfg)
     for note in result.notes:
         log(f"note: {note}")
     key = {"sae_id": inputs.sae_id, "answer_set": cfg.answers, "neutral": cfg.neutral}
-    write_grid(cfg.db, key, docs.assign(n_tokens=n_tokens),
-               doc_features, result, {**config_metadata(cfg), "harvest_key": digest,
-                                      "notes": result.notes})
+    write_grid(
+        cfg.db,
+        key,
+        docs.assign(n_tokens=n_tokens),
+        doc_features,
+        result,
+        {**config_metadata(cfg), "harvest_key": digest, "notes": result.notes},
+    )
     drop_resume_folder(folder)
-    return {"sae_id": inputs.sae_id, "answers": cfg.answers, "neutral": cfg.neutral,
-            "documents": len(docs),
-            "harvest_seconds": round(harvested - started, 1),
-            "analysis_seconds": round(time.monotonic() - harvested, 1),
-            "features": result.features, "fdr": result.fdr, "notes": result.notes}
+    return {
+        "sae_id": inputs.sae_id,
+        "answers": cfg.answers,
+        "neutral": cfg.neutral,
+        "documents": len(docs),
+        "harvest_seconds": round(harvested - started, 1),
+        "analysis_seconds": round(time.monotonic() - harvested, 1),
+        "features": result.features,
+        "fdr": result.fdr,
+        "notes": result.notes,
+    }

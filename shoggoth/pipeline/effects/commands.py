@@ -19,8 +19,7 @@ def _pct(row: pd.Series | None) -> str:
     """An estimate and its interval in percent ('n/a' when not measured)."""
     if row is None or pd.isna(row["estimate"]):
         return "n/a"
-    return (f"{100 * row['estimate']:.0f}% [{100 * row['ci_low']:.0f}%, "
-            f"{100 * row['ci_high']:.0f}%]")
+    return f"{100 * row['estimate']:.0f}% [{100 * row['ci_low']:.0f}%, {100 * row['ci_high']:.0f}%]"
 
 
 @click.command("effects")
@@ -36,27 +35,45 @@ def effects_command(cfg: EffectsConfig) -> None:
     feature_effects, persona_shifts and persona_composition in one transaction."""
     result = run_effects(cfg, log=stderr_log())
     if cfg.format == "json":
-        print_json({k: result[k] for k in ("sae_id", "items", "screen_seconds",
-                                           "exact_seconds", "shifts",
-                                           "effects", "composition")})
+        print_json(
+            {
+                k: result[k]
+                for k in (
+                    "sae_id",
+                    "items",
+                    "screen_seconds",
+                    "exact_seconds",
+                    "shifts",
+                    "effects",
+                    "composition",
+                )
+            }
+        )
         return
     effects = result["effects"]
     console = Console(soft_wrap=True)
-    console.print(f"{cfg.db} · {result['sae_id']} · {result['items']} items · screen "
-                  f"{result['screen_seconds']} s · exact {result['exact_seconds']} s",
-                  highlight=False)
+    console.print(
+        f"{cfg.db} · {result['sae_id']} · {result['items']} items · screen "
+        f"{result['screen_seconds']} s · exact {result['exact_seconds']} s",
+        highlight=False,
+    )
     shifts = Table(title="each persona's shift of the answer's log-probability (vs no persona)")
     for col in ("persona", "shift (nats, mean over items)", "per-token RMS"):
         shifts.add_column(col, justify="left" if col == "persona" else "right")
     for r in result["shifts"].itertuples(index=False):
-        shifts.add_row(r.persona, f"{r.shift:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]",
-                       f"{r.rms_token_shift:.3f}")
+        shifts.add_row(
+            r.persona,
+            f"{r.shift:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]",
+            f"{r.rms_token_shift:.3f}",
+        )
     console.print(shifts)
     med = effects[effects["measure"] == "mediated"].sort_values("estimate", ascending=False)
     best = med.groupby("feature", sort=False).head(1)
     steer_rows = effects[effects["measure"] == "steer_toward"].set_index(["feature", "persona"])
-    table = Table(title="measured features: best persona's mediated fraction, and steering "
-                        "toward it under no persona")
+    table = Table(
+        title="measured features: best persona's mediated fraction, and steering "
+        "toward it under no persona"
+    )
     for col in ("feature", "role", "persona", "mediated", "steer toward"):
         table.add_column(col, justify="right")
     for _, r in best.iterrows():
@@ -65,7 +82,7 @@ def effects_command(cfg: EffectsConfig) -> None:
         table.add_row(str(r["feature"]), r["role"], r["persona"], _pct(r), _pct(steered))
     console.print(table)
     composition = result["composition"]
-    for _, rows in (composition.groupby("persona", sort=True) if len(composition) else []):
+    for _, rows in composition.groupby("persona", sort=True) if len(composition) else []:
         console.print(composition_answer(rows), highlight=False)
 
 
@@ -77,9 +94,11 @@ def steer_command(cfg: SteerConfig) -> None:
     deterministic (seeded when --temperature > 0)."""
     out = steer(cfg)
     console = Console(soft_wrap=True)
-    console.print(f"feature {out['feature']} clamped at {out['target']:.3g} ({cfg.scale:g} × "
-                  f"typical {out['typical']:.3g}) · persona {out['persona'] or 'none'}",
-                  highlight=False)
+    console.print(
+        f"feature {out['feature']} clamped at {out['target']:.3g} ({cfg.scale:g} × "
+        f"typical {out['typical']:.3g}) · persona {out['persona'] or 'none'}",
+        highlight=False,
+    )
     for name in ("unsteered", "steered"):
         console.print(f"[bold]{name}[/bold] ({out[name + '_stop']}): ", end="")
         console.print(out[name], markup=False, highlight=False)

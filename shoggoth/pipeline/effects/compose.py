@@ -37,13 +37,12 @@ pattern), or only the part of it in the features labelled its own."""
 OWN_PARTS = (PARTS.index("own"), PARTS.index("family"))
 
 
-def _run_rows(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]
-              ) -> torch.Tensor:
+def _run_rows(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]) -> torch.Tensor:
     """[rows, n] the answer's log-probabilities under `condition` with each vector [n - 1, d]
     added at the hook on the positions that predict tokens 2.. (one row each)."""
     out = []
     for start in range(0, len(vectors), s.batch):
-        chunk = torch.stack(vectors[start:start + s.batch])
+        chunk = torch.stack(vectors[start : start + s.batch])
 
         def edit(x: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
             return chunk.to(x.device)
@@ -61,8 +60,9 @@ def _changes(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]) -
     return (rows[1:] - rows[:1])[:, 1:]
 
 
-def compose_item(s: Setup, item: int, parts: np.ndarray, lp: torch.Tensor, x: torch.Tensor
-                 ) -> dict[str, np.ndarray]:
+def compose_item(
+    s: Setup, item: int, parts: np.ndarray, lp: torch.Tensor, x: torch.Tensor
+) -> dict[str, np.ndarray]:
     """One item's composition test. `parts` [personas, features]: each persona's part (index
     into decompose.PARTS) of every feature (its own: mask-specific or mask-family); `lp`
     [conditions, n] and `x` [conditions, n - 1, d]: every condition's clean run (`clean_rows`,
@@ -71,29 +71,39 @@ def compose_item(s: Setup, item: int, parts: np.ndarray, lp: torch.Tensor, x: to
     STEER_PARTS[j] is added, ablate[k, j, t] the change of the persona's when ABLATE_PARTS[j]
     is removed."""
     n_personas, n = len(s.conditions) - 1, lp.shape[1] - 1
-    out = {"delta": (lp[1:] - lp[:1])[:, 1:].double().numpy(),
-           "steer": np.zeros((n_personas, len(STEER_PARTS), n)),
-           "ablate": np.zeros((n_personas, len(ABLATE_PARTS), n))}
+    out = {
+        "delta": (lp[1:] - lp[:1])[:, 1:].double().numpy(),
+        "steer": np.zeros((n_personas, len(STEER_PARTS), n)),
+        "ablate": np.zeros((n_personas, len(ABLATE_PARTS), n)),
+    }
     if n == 0:  # a one-token answer: nothing after the prefix to edit
         return out
     w_dec = s.w_dec.float()
     x_ref = x[0]
-    codes = [s.shift_codes(x[k], x_ref).to(w_dec.device)  # [n, features]
-             for k in range(1, n_personas + 1)]
+    codes = [
+        s.shift_codes(x[k], x_ref).to(w_dec.device)  # [n, features]
+        for k in range(1, n_personas + 1)
+    ]
     common = torch.stack(codes).mean(dim=0)
     steering: list[torch.Tensor] = []
     for k, code in enumerate(codes):
         own_mask = torch.as_tensor(np.isin(parts[k], OWN_PARTS), device=w_dec.device)
         own = (code - common) @ w_dec
         steering += [common @ w_dec, code @ w_dec, own, x[k + 1] - x_ref]
-        out["ablate"][k] = _changes(s, k + 1, item,
-                                    [-own, -((code - common) * own_mask) @ w_dec]).numpy()
+        out["ablate"][k] = _changes(
+            s, k + 1, item, [-own, -((code - common) * own_mask) @ w_dec]
+        ).numpy()
     out["steer"] = _changes(s, 0, item, steering).view(n_personas, len(STEER_PARTS), -1).numpy()
     return out
 
 
-def composition_rows(names: list[str], composes: list[dict[str, np.ndarray]], n_boot: int,
-                     confidence: float, seed: int) -> pd.DataFrame:
+def composition_rows(
+    names: list[str],
+    composes: list[dict[str, np.ndarray]],
+    n_boot: int,
+    confidence: float,
+    seed: int,
+) -> pd.DataFrame:
     """The persona_composition rows: per persona, test (steer: the share of its effect a part
     added to the reference reproduces; ablate: the share a part removed from the persona
     takes away) and part, the share summed over items with its item-bootstrap interval."""
@@ -101,11 +111,22 @@ def composition_rows(names: list[str], composes: list[dict[str, np.ndarray]], n_
     rows = []
     for k, name in enumerate(names[1:]):
         delta = [c["delta"][k] for c in composes]
-        for test, sign, key, labels in (("steer", 1.0, "steer", STEER_PARTS),
-                                        ("ablate", -1.0, "ablate", ABLATE_PARTS)):
+        for test, sign, key, labels in (
+            ("steer", 1.0, "steer", STEER_PARTS),
+            ("ablate", -1.0, "ablate", ABLATE_PARTS),
+        ):
             for j, part in enumerate(labels):
                 num, den = projection_terms([sign * c[key][k, j] for c in composes], delta)
                 share, low, high = ratio_ci(num, den, draws, confidence)
-                rows.append({"persona": name, "test": test, "part": part, "share": share,
-                             "ci_low": low, "ci_high": high, "n_items": len(composes)})
+                rows.append(
+                    {
+                        "persona": name,
+                        "test": test,
+                        "part": part,
+                        "share": share,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "n_items": len(composes),
+                    }
+                )
     return pd.DataFrame(rows)

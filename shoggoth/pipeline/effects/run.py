@@ -156,8 +156,13 @@ def reference_condition(row: dict[str, Any], personas: list[Persona], db: Path) 
     """The condition every persona's shift is taken against: a difference dictionary's own
     reference (its shifts are against it), else the battery's no-persona control."""
     if row.get("kind") == "difference":
-        return Persona("reference", "control", "the dictionary's reference",
-                       (str(row.get("reference") or ""),), is_control=True)
+        return Persona(
+            "reference",
+            "control",
+            "the dictionary's reference",
+            (str(row.get("reference") or ""),),
+            is_control=True,
+        )
     return baseline_persona(personas, db)
 
 
@@ -180,11 +185,12 @@ def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
             raise BadInput(f"--db {cfg.db}: the battery has no persona that is not a control")
         short = [p.name for p in main if len(p.prompts) <= cfg.paraphrase]
         if short:
-            raise BadInput(f"--paraphrase {cfg.paraphrase}: persona '{short[0]}' has "
-                           f"{len(next(p for p in main if p.name == short[0]).prompts)} prompts")
+            raise BadInput(
+                f"--paraphrase {cfg.paraphrase}: persona '{short[0]}' has "
+                f"{len(next(p for p in main if p.name == short[0]).prompts)} prompts"
+            )
         labels = labelled_features(d.con, d.sae_id)
-        label_of = dict(zip(labels["feature"], labels["label"], strict=True)) \
-            if len(labels) else {}
+        label_of = dict(zip(labels["feature"], labels["label"], strict=True)) if len(labels) else {}
         allowed = None
         if cfg.labels:
             wanted = parse_labels(cfg.labels)
@@ -193,24 +199,33 @@ def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
             allowed = {int(f) for f, lab in label_of.items() if lab in wanted}
         chosen = parse_features(cfg.features, int(d.row["d_sae"])) if cfg.features else None
         row = dict(d.row)
-        return EffectsInputs(cfg.db, d.sae_id, row,
-                             [reference_condition(row, personas, cfg.db), *main],
-                             subset_items(items, cfg.items_per_topic),
-                             {int(k): str(v) for k, v in label_of.items()},
-                             typical_activations(d.con, d.sae_id), chosen, allowed,
-                             feature_parts(labels, main, int(row["d_sae"])))
+        return EffectsInputs(
+            cfg.db,
+            d.sae_id,
+            row,
+            [reference_condition(row, personas, cfg.db), *main],
+            subset_items(items, cfg.items_per_topic),
+            {int(k): str(v) for k, v in label_of.items()},
+            typical_activations(d.con, d.sae_id),
+            chosen,
+            allowed,
+            feature_parts(labels, main, int(row["d_sae"])),
+        )
     finally:
         d.close()
 
 
-def load_causal(db: Path, sae_id: str, row: dict[str, Any], device: str,
-                placement: Placement | None = None) -> tuple[Model, Any]:
+def load_causal(
+    db: Path, sae_id: str, row: dict[str, Any], device: str, placement: Placement | None = None
+) -> tuple[Model, SAE]:
     """The harvest's model (a causal LM, else BadInput; laid out by `placement`) and SAE (on
     its own device, `Model.sae_device`), without gradients on weights."""
     model = load_model(row["model"], device, hook=row["hook"], placement=placement)
     if not model.is_causal:
-        raise BadInput(f"--db {db}: model '{row['model']}' is an encoder, not a causal LM; "
-                       "ablation and steering are measured on next-token predictions")
+        raise BadInput(
+            f"--db {db}: model '{row['model']}' is an encoder, not a causal LM; "
+            "ablation and steering are measured on next-token predictions"
+        )
     model.bridge.requires_grad_(False)
     sae = load_harvest_sae(db, sae_id, row, str(model.sae_device(row["hook"])))
     sae.requires_grad_(False)
@@ -221,25 +236,47 @@ def make_setup(inputs: EffectsInputs, model: Model, sae: SAE, cfg: EffectsConfig
     """Every condition's prompt for every item, as the harvest built them."""
     template = stored_template(inputs.row["template"])
     index = 0 if len(inputs.conditions[0].prompts) <= cfg.paraphrase else cfg.paraphrase
-    prompts = [[build_prompt(model.tokenizer, p.prompts[index if c == 0 else cfg.paraphrase],
-                             it.question, it.answer, template=template,
-                             prepend_bos=model.prepend_bos) for it in inputs.items]
-               for c, p in enumerate(inputs.conditions)]
+    prompts = [
+        [
+            build_prompt(
+                model.tokenizer,
+                p.prompts[index if c == 0 else cfg.paraphrase],
+                it.question,
+                it.answer,
+                template=template,
+                prepend_bos=model.prepend_bos,
+            )
+            for it in inputs.items
+        ]
+        for c, p in enumerate(inputs.conditions)
+    ]
     w_dec = sae.W_dec.detach().float()
-    return Setup(model, sae, inputs.row["hook"], w_dec, [p.name for p in inputs.conditions],
-                 prompts, cfg.batch, inputs.kind)
+    return Setup(
+        model,
+        sae,
+        inputs.row["hook"],
+        w_dec,
+        [p.name for p in inputs.conditions],
+        prompts,
+        cfg.batch,
+        inputs.kind,
+    )
 
 
 def work_dir(inputs: EffectsInputs, cfg: EffectsConfig) -> Path:
     """The folder this run's per-item results are kept in until the tables are written; keyed
     by everything that decides them, so only the same run resumes from it."""
-    key = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "sae": inputs.sae_id,
-           "weights": inputs.row.get("weights_sha256")}
+    key = {
+        "config": {k: str(v) for k, v in asdict(cfg).items()},
+        "sae": inputs.sae_id,
+        "weights": inputs.row.get("weights_sha256"),
+    }
     return resume_folder(Path(f"{inputs.db}.effects"), inputs.sae_id, key)[0]
 
 
-def per_item(folder: Path, n_items: int, title: str,
-             measure: Callable[[int], dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+def per_item(
+    folder: Path, n_items: int, title: str, measure: Callable[[int], dict[str, Any]]
+) -> list[dict[str, np.ndarray]]:
     """`measure(item)` for every item, each result saved as it is made; items already saved
     are read back (a resumed run)."""
     paths = [folder / f"{i:05d}.npz" for i in range(n_items)]
@@ -262,29 +299,56 @@ def plan_of(folder: Path, make: Callable[[], EffectsPlan]) -> EffectsPlan:
     return plan
 
 
+def plan_effects(
+    folder: Path, cfg: EffectsConfig, inputs: EffectsInputs, screens: list[dict[str, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, EffectsPlan]:
+    """(the screen's estimates, which features fired on some item, the plan of features to
+    measure exactly); the plan is saved in the resume folder and read back on a resumed run."""
+    estimates = screen_estimates(screens)
+    fired = np.asarray(np.stack([x["fired"] for x in screens]).any(0))
+    plan = plan_of(
+        folder,
+        lambda: make_plan(
+            estimates,
+            fired,
+            inputs.labels,
+            inputs.typical,
+            chosen=inputs.chosen,
+            allowed=inputs.allowed,
+            top=cfg.top,
+            baseline=cfg.baseline,
+            per_feature=cfg.per_feature,
+            seed=cfg.seed,
+        ),
+    )
+    if not plan.features:
+        raise BadInput(f"--db {cfg.db}: no live feature to measure (none fired on these items)")
+    return estimates, fired, plan
+
+
 def run_effects(cfg: EffectsConfig, log: Log = print) -> dict[str, Any]:
     """Screen, plan, measure and store one SAE's effects; returns the tables and timings."""
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
     check_writable(cfg.db)
     inputs = read_inputs(cfg)
-    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, cfg.device,
-                             placement_of(cfg.device_map, cfg.max_memory))
+    model, sae = load_causal(
+        inputs.db,
+        inputs.sae_id,
+        inputs.row,
+        cfg.device,
+        placement_of(cfg.device_map, cfg.max_memory),
+    )
     s = make_setup(inputs, model, sae, cfg)
     folder = work_dir(inputs, cfg)
     n_items, started = len(inputs.items), time.monotonic()
     screens = per_item(folder / "screen", n_items, "effects: screen", lambda i: screen_item(s, i))
     screened = time.monotonic()
-    estimates = screen_estimates(screens)
-    fired = np.asarray(np.stack([x["fired"] for x in screens]).any(0))
-    plan = plan_of(folder, lambda: make_plan(
-        estimates, fired, inputs.labels, inputs.typical, chosen=inputs.chosen,
-        allowed=inputs.allowed, top=cfg.top, baseline=cfg.baseline, per_feature=cfg.per_feature,
-        seed=cfg.seed))
-    if not plan.features:
-        raise BadInput(f"--db {cfg.db}: no live feature to measure (none fired on these items)")
-    log(f"exact ablation and steering of {len(plan.features)} features "
-        f"({plan.roles.count('baseline')} of them the shared baseline)")
+    estimates, fired, plan = plan_effects(folder, cfg, inputs, screens)
+    log(
+        f"exact ablation and steering of {len(plan.features)} features "
+        f"({plan.roles.count('baseline')} of them the shared baseline)"
+    )
     parts = inputs.parts
     if parts is None:
         log("note: the composition test needs labels; run shoggoth label, then effects again")
@@ -295,25 +359,42 @@ def run_effects(cfg: EffectsConfig, log: Log = print) -> dict[str, Any]:
         if parts is None and s.kind != "difference":  # nothing reads the clean runs
             return exact_item(s, i, plan, screens[i]["fired"])
         lp, x = clean_rows(s, i, screens[i])
-        out = exact_item(s, i, plan, screens[i]["fired"],
-                         x[0] if s.kind == "difference" else None)
+        out = exact_item(s, i, plan, screens[i]["fired"], x[0] if s.kind == "difference" else None)
         if parts is not None:
             out |= {COMPOSE + k: v for k, v in compose_item(s, i, parts, lp, x).items()}
         return out
 
-    exact = per_item(folder / "exact", n_items, "effects: ablate, steer and compose" if
-                     parts is not None else "effects: ablate and steer", exact_pass)
+    exact = per_item(
+        folder / "exact",
+        n_items,
+        "effects: ablate, steer and compose" if parts is not None else "effects: ablate and steer",
+        exact_pass,
+    )
     finished = time.monotonic()
     names = s.conditions
-    effects = effect_rows(names, screens, exact, plan, estimates, fired, cfg.bootstrap,
-                          cfg.confidence, cfg.seed)
+    effects = effect_rows(
+        names, screens, exact, plan, estimates, fired, cfg.bootstrap, cfg.confidence, cfg.seed
+    )
     shifts = shift_rows(names, screens, cfg.bootstrap, cfg.confidence, cfg.seed)
-    composition = pd.DataFrame() if parts is None else composition_rows(
-        names, [{k[len(COMPOSE):]: v for k, v in e.items() if k.startswith(COMPOSE)}
-                for e in exact], cfg.bootstrap, cfg.confidence, cfg.seed)
+    composition = (
+        pd.DataFrame()
+        if parts is None
+        else composition_rows(
+            names,
+            [{k[len(COMPOSE) :]: v for k, v in e.items() if k.startswith(COMPOSE)} for e in exact],
+            cfg.bootstrap,
+            cfg.confidence,
+            cfg.seed,
+        )
+    )
     write_effects(cfg.db, inputs.sae_id, effects, shifts, composition, cfg)
     drop_resume_folder(folder)
-    return {"sae_id": inputs.sae_id, "effects": effects, "shifts": shifts,
-            "composition": composition, "items": n_items,
-            "screen_seconds": round(screened - started, 1),
-            "exact_seconds": round(finished - screened, 1)}
+    return {
+        "sae_id": inputs.sae_id,
+        "effects": effects,
+        "shifts": shifts,
+        "composition": composition,
+        "items": n_items,
+        "screen_seconds": round(screened - started, 1),
+        "exact_seconds": round(finished - screened, 1),
+    }

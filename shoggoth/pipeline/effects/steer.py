@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 
-
 @dataclass
 class SteerConfig(Config):
     """`shoggoth steer`: generate with a feature clamped, next to the unsteered answer."""
@@ -99,9 +98,11 @@ def clamp(s: Steering, target: float) -> Edit:
     """Set the feature's activation to `target` wherever the edit applies."""
     direction = s.sae.W_dec[s.feature].detach().float()
     if s.kind == "difference":
+
         def add(x: torch.Tensor) -> torch.Tensor:
-            return torch.full(x.shape[:-1], target, device=x.device)[..., None] * \
-                direction.to(x.device)
+            return torch.full(x.shape[:-1], target, device=x.device)[..., None] * direction.to(
+                x.device
+            )
 
         return add
 
@@ -116,8 +117,10 @@ def clamp(s: Steering, target: float) -> Edit:
 def require_typical(feature: int, typical: float | None) -> float:
     """The feature's typical activation, or BadInput when it never fired under a persona."""
     if not typical:
-        raise BadInput(f"--feature {feature}: it never fired under a persona in the harvest, "
-                       "so it has no typical activation to scale")
+        raise BadInput(
+            f"--feature {feature}: it never fired under a persona in the harvest, "
+            "so it has no typical activation to scale"
+        )
     return typical
 
 
@@ -134,14 +137,23 @@ def load_steering(cfg: SteerConfig) -> Steering:
             d.check_persona(cfg.persona)
             system = d.persona_prompts(cfg.persona)[0]
         typical = require_typical(
-            cfg.feature, typical_activations(d.con, d.sae_id, cfg.feature).get(cfg.feature))
+            cfg.feature, typical_activations(d.con, d.sae_id, cfg.feature).get(cfg.feature)
+        )
         sae_id, row = d.sae_id, dict(d.row)
     finally:
         d.close()
-    model, sae = load_causal(cfg.db, sae_id, row, cfg.device,
-                             placement_of(cfg.device_map, cfg.max_memory))
-    return Steering(model, sae, row["hook"], typical, steering_system(row, system), cfg.feature,
-                    str(row.get("kind") or "residual"))
+    model, sae = load_causal(
+        cfg.db, sae_id, row, cfg.device, placement_of(cfg.device_map, cfg.max_memory)
+    )
+    return Steering(
+        model,
+        sae,
+        row["hook"],
+        typical,
+        steering_system(row, system),
+        cfg.feature,
+        str(row.get("kind") or "residual"),
+    )
 
 
 def prompt_ids(model: Model, system: str | None, user: str) -> list[int]:
@@ -149,7 +161,7 @@ def prompt_ids(model: Model, system: str | None, user: str) -> list[int]:
     if not user.strip():
         raise BadInput("--prompt: is empty")
     built = build_prompt(model.tokenizer, system, user, "x", prepend_bos=model.prepend_bos)
-    return built.input_ids[:built.mask.index(True)]
+    return built.input_ids[: built.mask.index(True)]
 
 
 def steer_with(s: Steering, cfg: SteerConfig) -> dict[str, Any]:
@@ -158,12 +170,24 @@ def steer_with(s: Steering, cfg: SteerConfig) -> dict[str, Any]:
     s.model.check_length(len(ids) + cfg.max_tokens, "--prompt")
     tok = s.model.tokenizer
     stop = {t for t in (tok.eos_token_id, getattr(tok, "pad_token_id", None)) if t is not None}
-    out: dict[str, Any] = {"feature": s.feature, "typical": s.typical,
-                           "target": cfg.scale * s.typical, "persona": cfg.persona}
+    out: dict[str, Any] = {
+        "feature": s.feature,
+        "typical": s.typical,
+        "target": cfg.scale * s.typical,
+        "persona": cfg.persona,
+    }
     for name, edit in (("unsteered", None), ("steered", clamp(s, cfg.scale * s.typical))):
-        tokens, why = generate(s.model, ids, s.hook, edit, cfg.max_tokens,
-                               on_prompt=cfg.positions == "all", temperature=cfg.temperature,
-                               seed=cfg.seed, stop_ids=stop)
+        tokens, why = generate(
+            s.model,
+            ids,
+            s.hook,
+            edit,
+            cfg.max_tokens,
+            on_prompt=cfg.positions == "all",
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+            stop_ids=stop,
+        )
         out[name] = tok.decode(tokens, skip_special_tokens=True)
         out[f"{name}_stop"] = why
     return out

@@ -26,9 +26,19 @@ def screen_estimates(screens: list[dict[str, np.ndarray]]) -> np.ndarray:
         return np.where(den[:, None] > 0, num / den[:, None], np.nan)
 
 
-def make_plan(screen: np.ndarray, fired: np.ndarray, labels: dict[int, str],
-              typical: dict[int, float], *, chosen: list[int] | None, allowed: set[int] | None,
-              top: int, baseline: int, per_feature: int, seed: int) -> EffectsPlan:
+def make_plan(
+    screen: np.ndarray,
+    fired: np.ndarray,
+    labels: dict[int, str],
+    typical: dict[int, float],
+    *,
+    chosen: list[int] | None,
+    allowed: set[int] | None,
+    top: int,
+    baseline: int,
+    per_feature: int,
+    seed: int,
+) -> EffectsPlan:
     """The features to measure exactly: `chosen`, or the `top` live features by the screen's
     largest |estimate| (among `allowed`), plus `baseline` random features labelled shared (any
     live feature when unlabelled); each under its `per_feature` personas of largest |estimate|
@@ -41,11 +51,17 @@ def make_plan(screen: np.ndarray, fired: np.ndarray, labels: dict[int, str],
         pool = [f for f in live if allowed is None or f in allowed]
         feats = sorted(pool, key=lambda f: (-score[f], f))[:top]
         roles = ["candidate"] * len(feats)
-        shared = [f for f in live if f not in feats and
-                  (labels.get(f) in BASELINE_LABELS if labels else True)]
+        shared = [
+            f
+            for f in live
+            if f not in feats and (labels.get(f) in BASELINE_LABELS if labels else True)
+        ]
         rng = np.random.default_rng(seed)
-        extra = sorted(rng.choice(shared, size=min(baseline, len(shared)), replace=False)
-                       .tolist()) if shared else []
+        extra = (
+            sorted(rng.choice(shared, size=min(baseline, len(shared)), replace=False).tolist())
+            if shared
+            else []
+        )
         feats, roles = feats + extra, roles + ["baseline"] * len(extra)
     conds = []
     for f in feats:
@@ -60,8 +76,13 @@ def token_shifts(screens: list[dict[str, np.ndarray]], k: int) -> list[np.ndarra
     return [s["lp"][k] - s["lp0"] for s in screens]
 
 
-def shift_rows(names: list[str], screens: list[dict[str, np.ndarray]], n_boot: int,
-               confidence: float, seed: int) -> pd.DataFrame:
+def shift_rows(
+    names: list[str],
+    screens: list[dict[str, np.ndarray]],
+    n_boot: int,
+    confidence: float,
+    seed: int,
+) -> pd.DataFrame:
     """Per persona: its shift of the answer's log-probability against no persona (summed over
     the answer's tokens, mean over items) with its interval, and the per-token RMS shift."""
     draws = bootstrap_indices(len(screens), n_boot, seed)
@@ -70,15 +91,31 @@ def shift_rows(names: list[str], screens: list[dict[str, np.ndarray]], n_boot: i
         per_item = token_shifts(screens, k)
         est, lo, hi = mean_ci(np.array([d.sum() for d in per_item]), draws, confidence)
         tokens = np.concatenate(per_item)
-        rows.append({"persona": name, "shift": est, "ci_low": lo, "ci_high": hi,
-                     "rms_token_shift": float(np.sqrt((tokens ** 2).mean())),
-                     "n_items": len(screens), "n_tokens": len(tokens)})
+        rows.append(
+            {
+                "persona": name,
+                "shift": est,
+                "ci_low": lo,
+                "ci_high": hi,
+                "rms_token_shift": float(np.sqrt((tokens**2).mean())),
+                "n_items": len(screens),
+                "n_tokens": len(tokens),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def effect_rows(names: list[str], screens: list[dict[str, np.ndarray]],
-                exact: list[dict[str, np.ndarray]], plan: EffectsPlan, screen: np.ndarray,
-                fired: np.ndarray, n_boot: int, confidence: float, seed: int) -> pd.DataFrame:
+def effect_rows(
+    names: list[str],
+    screens: list[dict[str, np.ndarray]],
+    exact: list[dict[str, np.ndarray]],
+    plan: EffectsPlan,
+    screen: np.ndarray,
+    fired: np.ndarray,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+) -> pd.DataFrame:
     """The feature_effects rows: the screen's estimate for every live feature and persona,
     then per chosen feature the exact measures with their item-bootstrap intervals (`fired`:
     [conditions, features], whether it fired on any item)."""
@@ -88,29 +125,43 @@ def effect_rows(names: list[str], screens: list[dict[str, np.ndarray]],
     live = np.flatnonzero(fired.any(0))
     for k, name in enumerate(names[1:]):
         for one in live:
-            rows.append((int(one), name, "attribution", screen[k, one], None, None, n_items,
-                         "screen"))
+            rows.append(
+                (int(one), name, "attribution", screen[k, one], None, None, n_items, "screen")
+            )
     shifts = [[d[1:] for d in token_shifts(screens, k)] for k in range(len(names) - 1)]
     for j, f in enumerate(plan.features):
         role = plan.roles[j]
         for c in [0, *plan.conditions[j]]:
             change = np.array([e["ablate"][j, c].sum() for e in exact])
-            rows.append((f, names[c], "ablate_logprob", *mean_ci(change, draws, confidence),
-                         n_items, role))
+            rows.append(
+                (f, names[c], "ablate_logprob", *mean_ci(change, draws, confidence), n_items, role)
+            )
             divergence = np.array([e["ablate_kl"][j, c] for e in exact])
-            rows.append((f, names[c], "ablate_kl", *mean_ci(divergence, draws, confidence),
-                         n_items, role))
+            rows.append(
+                (f, names[c], "ablate_kl", *mean_ci(divergence, draws, confidence), n_items, role)
+            )
             if c == 0:
                 continue
             removed = [e["ablate"][j, 0] - e["ablate"][j, c] for e in exact]
             num, den = projection_terms(removed, shifts[c - 1])
-            rows.append((f, names[c], "mediated", *ratio_ci(num, den, draws, confidence),
-                         n_items, role))
+            rows.append(
+                (f, names[c], "mediated", *ratio_ci(num, den, draws, confidence), n_items, role)
+            )
         if plan.steer[j] <= 0:  # it never fired under a persona: nothing to steer with
             continue
         for k in range(len(names) - 1):
             num, den = projection_terms([e["steer"][j] for e in exact], shifts[k])
-            rows.append((f, names[k + 1], "steer_toward", *ratio_ci(num, den, draws, confidence),
-                         n_items, role))
-    return pd.DataFrame(rows, columns=["feature", "persona", "measure", "estimate", "ci_low",
-                                       "ci_high", "n", "role"])
+            rows.append(
+                (
+                    f,
+                    names[k + 1],
+                    "steer_toward",
+                    *ratio_ci(num, den, draws, confidence),
+                    n_items,
+                    role,
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=["feature", "persona", "measure", "estimate", "ci_low", "ci_high", "n", "role"],
+    )

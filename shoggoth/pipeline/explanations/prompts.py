@@ -45,9 +45,12 @@ class Window:
     def text(self, marked: list[int] | None = None) -> str:
         """The window's text, the `marked` tokens as <<token>> (their leading space outside)."""
         marked_set = set(marked or [])
-        return "".join(t[: len(t) - len(t.lstrip())] + MARK.format(t.strip())
-                       if i in marked_set and t.strip() else t
-                       for i, t in enumerate(self.tokens)).strip()
+        return "".join(
+            t[: len(t) - len(t.lstrip())] + MARK.format(t.strip())
+            if i in marked_set and t.strip()
+            else t
+            for i, t in enumerate(self.tokens)
+        ).strip()
 
 
 @dataclass
@@ -69,15 +72,26 @@ def explanation_messages(ev: Evidence) -> list[Message]:
     lines = [f"{i + 1}. {w.text(w.firing)}" for i, w in enumerate(ev.shown)]
     personas = ""
     if ev.persona_means:
-        personas = ("\n\nMean activation under each system-prompt persona (highest first): "
-                    + ", ".join(f"{p} {m:.3g}" for p, m in ev.persona_means[:6]) + ".")
+        personas = (
+            "\n\nMean activation under each system-prompt persona (highest first): "
+            + ", ".join(f"{p} {m:.3g}" for p, m in ev.persona_means[:6])
+            + "."
+        )
     return [
-        {"role": "system", "content": "You explain what a neuron-like feature of a language "
-                                      "model detects. Answer with one short phrase."},
-        {"role": "user", "content":
-            "Here are text excerpts where the feature is active; the tokens where it fires "
-            "are marked <<like this>>.\n\n" + "\n".join(lines) + personas
-            + "\n\nIn at most 12 words, what does the feature detect?"},
+        {
+            "role": "system",
+            "content": "You explain what a neuron-like feature of a language "
+            "model detects. Answer with one short phrase.",
+        },
+        {
+            "role": "user",
+            "content": "Here are text excerpts where the feature is active; "
+            "the tokens where it fires "
+            "are marked <<like this>>.\n\n"
+            + "\n".join(lines)
+            + personas
+            + "\n\nIn at most 12 words, what does the feature detect?",
+        },
     ]
 
 
@@ -86,21 +100,30 @@ def clean_explanation(text: str) -> str:
     line = next((ln for ln in text.strip().splitlines() if ln.strip()), "").strip()
     for prefix in ("Explanation:", "The feature detects", "This feature detects"):
         if line.lower().startswith(prefix.lower()):
-            line = line[len(prefix):].strip(" :")
+            line = line[len(prefix) :].strip(" :")
     return line.strip(" \"'“”")[:200]
 
 
 def detection_messages(explanation: str, window: Window) -> list[Message]:
-    return [{"role": "user", "content":
-             f"A feature of a language model detects: {explanation}\n\nText: {window.text()}"
-             "\n\nDoes this feature fire on some word of the text? Answer Yes or No."}]
+    return [
+        {
+            "role": "user",
+            "content": f"A feature of a language model detects: {explanation}\n\n"
+            f"Text: {window.text()}"
+            "\n\nDoes this feature fire on some word of the text? Answer Yes or No.",
+        }
+    ]
 
 
 def fuzzing_messages(explanation: str, window: Window, marked: list[int]) -> list[Message]:
-    return [{"role": "user", "content":
-             f"A feature of a language model detects: {explanation}\n\nText: "
-             f"{window.text(marked)}\n\nAre the words marked <<like this>> the ones this "
-             "feature would fire on? Answer Yes or No."}]
+    return [
+        {
+            "role": "user",
+            "content": f"A feature of a language model detects: {explanation}\n\nText: "
+            f"{window.text(marked)}\n\nAre the words marked <<like this>> the ones this "
+            "feature would fire on? Answer Yes or No.",
+        }
+    ]
 
 
 def wrong_marks(window: Window, rng: random.Random) -> list[int] | None:
@@ -132,15 +155,17 @@ def auc_score(pos: list[float], neg: list[float]) -> Score:
     hits = (sum(m > 0 for m in pos), sum(m <= 0 for m in neg))
     value = None
     if pos and neg:
-        value = float(sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
-                      / (len(pos) * len(neg)))
+        value = float(
+            sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+        )
     return Score(value, len(pos) + len(neg), hits, (len(pos), len(neg)))
 
 
 def score_detection(judge: Explainer, explanation: str, ev: Evidence) -> Score:
-    margins = judge.judge_many([detection_messages(explanation, w)
-                                for w in ev.held_out + ev.silent])
-    return auc_score(margins[:len(ev.held_out)], margins[len(ev.held_out):])
+    margins = judge.judge_many(
+        [detection_messages(explanation, w) for w in ev.held_out + ev.silent]
+    )
+    return auc_score(margins[: len(ev.held_out)], margins[len(ev.held_out) :])
 
 
 def score_fuzzing(judge: Explainer, explanation: str, ev: Evidence, seed: int) -> Score:
@@ -152,7 +177,7 @@ def score_fuzzing(judge: Explainer, explanation: str, ev: Evidence, seed: int) -
             right.append(fuzzing_messages(explanation, w, w.firing))
             wrong.append(fuzzing_messages(explanation, w, marks))
     margins = judge.judge_many(right + wrong)
-    return auc_score(margins[:len(right)], margins[len(right):])
+    return auc_score(margins[: len(right)], margins[len(right) :])
 
 
 def calls_per_feature(held_out: int) -> int:

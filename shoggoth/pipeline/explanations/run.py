@@ -42,6 +42,7 @@ from shoggoth.sae.llm_clients import Explainer, ExplainerError, open_explainer
 @dataclass
 class ExplainConfig(Config):
     """`shoggoth explain`: explain features with a language model and score the explanations."""
+
     db: Path = option(required="a database from `shoggoth index`")
     """The feature database (examples from `shoggoth index`)."""
     sae: str | None = None
@@ -91,15 +92,17 @@ def parse_features(text: str) -> list[int]:
     return parse_numbers(text, "--features")
 
 
-def split_windows(rows: pd.DataFrame, shown: int, held_out: int
-                  ) -> tuple[list[Window], list[Window]]:
+def split_windows(
+    rows: pd.DataFrame, shown: int, held_out: int
+) -> tuple[list[Window], list[Window]]:
     """One feature's example windows (distinct answer stretches; the same answer under several
     personas counts once, at its strongest) split into shown and held-out ones: the strongest
     `shown` and the best of each interval are shown, the rest held out, spread over the
     intervals."""
     windows: dict[tuple[str, int], tuple[float, str, Window]] = {}
     for (kind, _rank, _persona, _para, item, pos), g in rows.groupby(
-            ["kind", "rank", "persona", "paraphrase", "item_id", "pos"], sort=False):
+        ["kind", "rank", "persona", "paraphrase", "item_id", "pos"], sort=False
+    ):
         value = float(g["value"].iloc[0])
         w = Window(str(item), tuple(g["token"]), tuple(float(a) for a in g["act"]))
         key = (str(item), int(pos))
@@ -144,61 +147,108 @@ def gather(cfg: ExplainConfig) -> ExplainPlan:
     with step_database(cfg.db, cfg.sae) as (con, sae, row):
         wanted = parse_features(cfg.features) if cfg.features else None
         if wanted and max(wanted) >= row["d_sae"]:
-            raise BadInput(f"--features {max(wanted)}: out of range (the SAE has "
-                           f"{row['d_sae']:,} features)")
+            raise BadInput(
+                f"--features {max(wanted)}: out of range (the SAE has {row['d_sae']:,} features)"
+            )
         # By default only features with room for the held-out windows and a few to show.
         features = edb.choose_features(con, sae, wanted, cfg.limit, cfg.held_out + 4)
-        key = edb.settings_key({
-            "explainer": cfg.explainer, "explainer_model": cfg.explainer_model,
-            "scorer": cfg.scorer or cfg.explainer, "shown": cfg.shown, "held_out": cfg.held_out,
-            "width": cfg.width, "seed": cfg.seed, "max_tokens": cfg.max_tokens,
-            "prompt_version": PROMPT_VERSION})
+        key = edb.settings_key(
+            {
+                "explainer": cfg.explainer,
+                "explainer_model": cfg.explainer_model,
+                "scorer": cfg.scorer or cfg.explainer,
+                "shown": cfg.shown,
+                "held_out": cfg.held_out,
+                "width": cfg.width,
+                "seed": cfg.seed,
+                "max_tokens": cfg.max_tokens,
+                "prompt_version": PROMPT_VERSION,
+            }
+        )
         done = set() if cfg.overwrite else edb.done_features(con, sae, key)
         todo = [f for f in features if f not in done]
         rows = edb.windows(con, sae, todo, cfg.width) if todo else pd.DataFrame()
         evidence = []
         for f in todo:
             show, held = split_windows(rows[rows["feature"] == f], cfg.shown, cfg.held_out)
-            silent = [Window(item, tuple(toks), (0.0,) * len(toks)) for item, toks in
-                      edb.silent_windows(con, sae, f, len(held), cfg.width, cfg.seed)]
+            silent = [
+                Window(item, tuple(toks), (0.0,) * len(toks))
+                for item, toks in edb.silent_windows(con, sae, f, len(held), cfg.width, cfg.seed)
+            ]
             evidence.append(Evidence(f, show, held, silent, edb.persona_means(con, sae, f)))
     return ExplainPlan(sae, evidence, key, len(features), len(done & set(features)))
 
 
-def explain_one(explainer: Explainer, judge: Explainer, ev: Evidence,
-                cfg: ExplainConfig) -> dict[str, Any]:
+def explain_one(
+    explainer: Explainer, judge: Explainer, ev: Evidence, cfg: ExplainConfig
+) -> dict[str, Any]:
     """Explain and score one feature; ExplainerError when a request fails."""
     text = clean_explanation(explainer.chat(explanation_messages(ev), cfg.max_tokens))
     if not text:
         raise ExplainerError(f"{explainer.name}: wrote an empty explanation")
     det = score_detection(judge, text, ev)
     fuzz = score_fuzzing(judge, text, ev, cfg.seed)
-    return {"feature": ev.feature, "explanation": text, "explainer": explainer.name,
-            "scorer": judge.name, "detection": det.value, "detection_n": det.n,
-            "detection_hits": list(det.hits), "fuzzing": fuzz.value, "fuzzing_n": fuzz.n,
-            "fuzzing_hits": list(fuzz.hits), "n_shown": len(ev.shown)}
+    return {
+        "feature": ev.feature,
+        "explanation": text,
+        "explainer": explainer.name,
+        "scorer": judge.name,
+        "detection": det.value,
+        "detection_n": det.n,
+        "detection_hits": list(det.hits),
+        "fuzzing": fuzz.value,
+        "fuzzing_n": fuzz.n,
+        "fuzzing_hits": list(fuzz.hits),
+        "n_shown": len(ev.shown),
+    }
 
 
 def explain(cfg: ExplainConfig, log: Log = print) -> dict[str, Any]:
     """Explain and score the chosen features; returns a summary (with the failures)."""
     plan = gather(cfg)
     sae, evidence = plan.sae, plan.evidence
-    summary: dict[str, Any] = {"sae_id": sae, "explained": 0, "already_done": plan.done_before,
-                               "failed": [], "seconds": 0.0}
+    summary: dict[str, Any] = {
+        "sae_id": sae,
+        "explained": 0,
+        "already_done": plan.done_before,
+        "failed": [],
+        "seconds": 0.0,
+    }
     if not plan.chosen:
-        log(f"{sae}: no feature fires in {cfg.held_out + 4} places or more and stays silent in "
-            "some answers, which scoring needs; name features with --features")
+        log(
+            f"{sae}: no feature fires in {cfg.held_out + 4} places or more and stays silent in "
+            "some answers, which scoring needs; name features with --features"
+        )
         return summary
     if not evidence:
-        log(f"{sae}: every chosen feature is already explained with these settings "
-            "(--overwrite explains them again)")
+        log(
+            f"{sae}: every chosen feature is already explained with these settings "
+            "(--overwrite explains them again)"
+        )
         return summary
     placement = placement_of(cfg.device_map, cfg.max_memory)
-    explainer = open_explainer(cfg.explainer, cfg.explainer_model, cfg.api_key_env, cfg.timeout,
-                               cfg.device, cfg.concurrency, placement)
-    judge = explainer if cfg.scorer in (None, cfg.explainer) else open_explainer(
-        cfg.scorer, cfg.explainer_model, cfg.api_key_env, cfg.timeout, cfg.device,
-        cfg.concurrency, placement)
+    explainer = open_explainer(
+        cfg.explainer,
+        cfg.explainer_model,
+        cfg.api_key_env,
+        cfg.timeout,
+        cfg.device,
+        cfg.concurrency,
+        placement,
+    )
+    judge = (
+        explainer
+        if cfg.scorer in (None, cfg.explainer)
+        else open_explainer(
+            cfg.scorer,
+            cfg.explainer_model,
+            cfg.api_key_env,
+            cfg.timeout,
+            cfg.device,
+            cfg.concurrency,
+            placement,
+        )
+    )
     calls = sum(calls_per_feature(len(ev.held_out)) for ev in evidence)
     chars = sum(len(m["content"]) for ev in evidence for m in explanation_messages(ev))
     # The estimate rests on one timed judgment (an explanation is counted as three).
@@ -210,10 +260,12 @@ def explain(cfg: ExplainConfig, log: Log = print) -> dict[str, Any]:
         raise BadInput(f"--scorer {cfg.scorer or cfg.explainer}: {e}") from None
     per_call = time.time() - t
     estimate = per_call * (calls + 2 * len(evidence))
-    log(f"{sae}: {len(evidence)} features to explain ({plan.done_before} done before) with "
+    log(
+        f"{sae}: {len(evidence)} features to explain ({plan.done_before} done before) with "
         f"{explainer.name}, scored by {judge.name}: at most {calls:,} requests, about "
         f"{chars // 4:,} prompt tokens for the explanations and ~80 per judgment; one judgment "
-        f"took {per_call:.2f} s, so about {estimate / 60:.1f} min")
+        f"took {per_call:.2f} s, so about {estimate / 60:.1f} min"
+    )
     started = time.time()
     with Progress("explain", len(evidence), unit="features") as bar:
         for ev in evidence:

@@ -60,8 +60,9 @@ def connect_ray(address: str, workers: int) -> Any:
             raise BadInput(f"--ray {address}: no Ray cluster there ({e})") from None
         except ValueError as e:
             if "Ray Client" in str(e):  # a ray:// address without the client extra
-                raise BadInput(f"--ray {address}: a ray:// address needs Ray Client; pip "
-                               "install 'ray[client]'") from None
+                raise BadInput(
+                    f"--ray {address}: a ray:// address needs Ray Client; pip install 'ray[client]'"
+                ) from None
             raise BadInput(f"--ray {address}: {first_line(e)}") from None
     return ray
 
@@ -76,11 +77,15 @@ def harvest_with_ray(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
     ray = connect_ray(cfg.ray, n)
     folder, files = shard_files(cfg)
     folder.mkdir(exist_ok=True)
-    task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker or 0.0,
-                      max_retries=RETRIES)(harvest_shard)
-    shards = [dataclasses.replace(cfg, db=f, shard=f"{i}/{n}", ray=None, workers=None,
-                                  gpus_per_worker=None)
-              for i, f in enumerate(files)]
+    task = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker or 0.0, max_retries=RETRIES)(
+        harvest_shard
+    )
+    shards = [
+        dataclasses.replace(
+            cfg, db=f, shard=f"{i}/{n}", ray=None, workers=None, gpus_per_worker=None
+        )
+        for i, f in enumerate(files)
+    ]
     log(f"ray: {n} shards on {ray.cluster_resources().get('CPU', 0):g} CPUs")
     started = time.time()
     try:

@@ -17,11 +17,18 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from shoggoth.battery.personas import load_items, load_personas, subset_items, subset_personas
+from shoggoth.battery.personas import (
+    Item,
+    Persona,
+    load_items,
+    load_personas,
+    subset_items,
+    subset_personas,
+)
 from shoggoth.battery.units import Unit, count_units, grid_units, parse_shard, shard_units
 from shoggoth.core.config import Config, config_metadata, deprecated, option
 from shoggoth.core.errors import BadInput, Interrupted
@@ -44,10 +51,25 @@ from shoggoth.sae.sae_dir import (
     weights_sha256,
 )
 
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
 # Run settings that decide which rows a harvest writes: a partial harvest is only resumed, and a
 # finished one only recognised as done, when these match.
-IDENTITY = ("sae_id", "weights_sha256", "model", "personas", "items", "paraphrases",
-            "items_per_topic", "batch", "shard", "template", "value_decimals", "prefix_cache")
+IDENTITY = (
+    "sae_id",
+    "weights_sha256",
+    "model",
+    "personas",
+    "items",
+    "paraphrases",
+    "items_per_topic",
+    "batch",
+    "shard",
+    "template",
+    "value_decimals",
+    "prefix_cache",
+)
 """(value_decimals and prefix_cache as requested; what was used is in the saes table.)"""
 
 
@@ -105,11 +127,14 @@ class HarvestConfig(Config):
 
     def check(self) -> None:
         parse_shard(self.shard)
-        for flag, value in (("--workers", self.workers),
-                            ("--gpus-per-worker", self.gpus_per_worker)):
+        for flag, value in (
+            ("--workers", self.workers),
+            ("--gpus-per-worker", self.gpus_per_worker),
+        ):
             if value is not None and self.ray is None:
-                raise BadInput(f"{flag} {value:g}: only with --ray (it sets how Ray shards the "
-                               "harvest)")
+                raise BadInput(
+                    f"{flag} {value:g}: only with --ray (it sets how Ray shards the harvest)"
+                )
         if not self.sae_dir and self.sae is not None and Path(self.sae).is_dir():
             # `--sae DIR`, as harvest took its SAE folders before --sae-dir
             deprecated(f"--sae {self.sae} (a folder)", f"--sae-dir {self.sae}")
@@ -119,16 +144,22 @@ class HarvestConfig(Config):
         if self.sae is not None and not SAE_ID.fullmatch(self.sae):
             raise BadInput(f"--sae {self.sae!r}: use letters, digits, '.', '_' and '-'")
         if self.sae is not None and len(self.sae_dir) > 1:
-            raise BadInput(f"--sae {self.sae}: names one SAE, but {len(self.sae_dir)} are "
-                           "given; each SAE is named after its directory")
+            raise BadInput(
+                f"--sae {self.sae}: names one SAE, but {len(self.sae_dir)} are "
+                "given; each SAE is named after its directory"
+            )
 
 
 def run_identity(cfg: HarvestConfig, sae_id: str, sha256: str, model: str) -> dict[str, Any]:
     """The settings that decide a harvest's rows, as stored in its run record."""
     meta = config_metadata(cfg)
-    meta.update(sae_id=sae_id, weights_sha256=sha256, model=model,
-                personas=str(cfg.personas.resolve()) if cfg.personas else None,
-                items=str(cfg.items.resolve()) if cfg.items else None)
+    meta.update(
+        sae_id=sae_id,
+        weights_sha256=sha256,
+        model=model,
+        personas=str(cfg.personas.resolve()) if cfg.personas else None,
+        items=str(cfg.items.resolve()) if cfg.items else None,
+    )
     return {k: meta[k] for k in IDENTITY}
 
 
@@ -140,12 +171,11 @@ def sae_ids(cfg: HarvestConfig) -> list[str]:
             raise BadInput(f"--sae {sae_id!r}: use letters, digits, '.', '_' and '-'")
     if len(set(ids)) < len(ids):
         twice = next(i for i in ids if ids.count(i) > 1)
-        raise BadInput(f"--sae-dir: '{twice}' is given twice (SAEs are named after their "
-                       "folders)")
+        raise BadInput(f"--sae-dir: '{twice}' is given twice (SAEs are named after their folders)")
     return ids
 
 
-def load_saes(cfg: HarvestConfig, device: str) -> tuple[list[Any], str]:
+def load_saes(cfg: HarvestConfig, device: str) -> tuple[list[SAE], str]:
     """The SAEs and the one model they all read; BadInput when they read different models."""
     saes = [load_sae_dir(p, device) for p in cfg.sae_dir]
     names = [cfg.model or sae_model_name(p, sae) for p, sae in zip(cfg.sae_dir, saes, strict=True)]
@@ -154,9 +184,39 @@ def load_saes(cfg: HarvestConfig, device: str) -> tuple[list[Any], str]:
             raise BadInput(f"--sae-dir {path}: does not say which model it reads; give --model")
     models = {name for name in names if name}
     if len(models) > 1:
-        raise BadInput(f"--sae-dir: the SAEs read different models ({', '.join(sorted(models))})"
-                       "; harvest them separately")
+        raise BadInput(
+            f"--sae-dir: the SAEs read different models ({', '.join(sorted(models))})"
+            "; harvest them separately"
+        )
     return saes, models.pop()
+
+
+def make_harvester(
+    cfg: HarvestConfig, saes: list[SAE], model_name: str, personas: list[Persona], items: list[Item]
+) -> Harvester:
+    """The model loaded, each SAE checked against it and placed beside its hook."""
+    model = load_model(
+        model_name, cfg.device, placement=placement_of(cfg.device_map, cfg.max_memory)
+    )
+    hooks = [
+        check_fits(sae, model, f"--sae-dir {p}") for sae, p in zip(saes, cfg.sae_dir, strict=True)
+    ]
+    for sae, hook in zip(saes, hooks, strict=True):
+        sae.to(model.sae_device(hook))
+        sae.eval()
+    kinds = [dictionary_kind(p, sae) for p, sae in zip(cfg.sae_dir, saes, strict=True)]
+    harvester = Harvester(
+        model,
+        saes,
+        hooks,
+        personas,
+        items,
+        cfg.template,
+        cfg.prefix_cache and model.is_causal,
+        [k for k, _ in kinds],
+        [r if r is not None else EMPTY_SYSTEM for _, r in kinds],
+    )
+    return harvester
 
 
 def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
@@ -168,33 +228,31 @@ def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
     items = subset_items(load_items(cfg.items), cfg.items_per_topic)
     n_units = count_units(personas, len(items), cfg.batch)
     if shard[1] > n_units:
-        raise BadInput(f"--shard {cfg.shard}: the grid has {n_units:,} batches, so some shards "
-                       f"would be empty; use at most {n_units:,} shards")
+        raise BadInput(
+            f"--shard {cfg.shard}: the grid has {n_units:,} batches, so some shards "
+            f"would be empty; use at most {n_units:,} shards"
+        )
     target = harvest_db.check_target(cfg.db, personas, items)
     partial = harvest_db.partial_path(cfg.db, "+".join(ids))
     device, _ = resolve_device(cfg.device)
     saes, model_name = load_saes(cfg, str(device))
-    identities = [run_identity(cfg, i, weights_sha256(p), model_name)
-                  for i, p in zip(ids, cfg.sae_dir, strict=True)]
+    identities = [
+        run_identity(cfg, i, weights_sha256(p), model_name)
+        for i, p in zip(ids, cfg.sae_dir, strict=True)
+    ]
     done = [i for i in ids if target.get(i) is not None]
     if done and len(done) == len(ids):
-        out = [harvest_db.already_done(cfg.db, partial, i, target[i], identity)
-               for i, identity in zip(ids, identities, strict=True)]
+        out = [
+            harvest_db.already_done(cfg.db, partial, i, target[i], identity)
+            for i, identity in zip(ids, identities, strict=True)
+        ]
         return {**out[0], "others": out[1:]}
     if done:
-        raise BadInput(f"--db {cfg.db}: already holds SAE '{done[0]}'; harvest the others "
-                       "without it")
-    model = load_model(model_name, cfg.device,
-                       placement=placement_of(cfg.device_map, cfg.max_memory))
-    hooks = [check_fits(sae, model, f"--sae-dir {p}")
-             for sae, p in zip(saes, cfg.sae_dir, strict=True)]
-    for sae, hook in zip(saes, hooks, strict=True):
-        sae.to(model.sae_device(hook))
-        sae.eval()
-    kinds = [dictionary_kind(p, sae) for p, sae in zip(cfg.sae_dir, saes, strict=True)]
-    harvester = Harvester(model, saes, hooks, personas, items, cfg.template,
-                          cfg.prefix_cache and model.is_causal, [k for k, _ in kinds],
-                          [r if r is not None else EMPTY_SYSTEM for _, r in kinds])
+        raise BadInput(
+            f"--db {cfg.db}: already holds SAE '{done[0]}'; harvest the others without it"
+        )
+    harvester = make_harvester(cfg, saes, model_name, personas, items)
+    model = harvester.model
     first = harvester.group(0, 0)  # every item under the first persona paraphrase
     expected = [p.continuation_ids for p in first]
     lengths = [len(p.input_ids) for p in first]
@@ -205,13 +263,26 @@ def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
     started = time.time()
     store = harvest_db.open_partial(partial, personas, items)
     try:
-        decimals, use_cache = begin(harvester, store, cfg, ids, identities, units[0], mine,
-                                    (model_name, model.source.location, first[0].template),
-                                    expected, partial, log)
+        decimals, use_cache = begin(
+            harvester,
+            store,
+            cfg,
+            ids,
+            identities,
+            units[0],
+            mine,
+            (model_name, model.source.location, first[0].template),
+            expected,
+            partial,
+            log,
+        )
         harvester.use_prefix_cache = use_cache
         written = store.done_documents(ids[0])
-        todo = [u for u in mine if (personas[u.persona].name, u.paraphrase,
-                                    items[u.items[0]].item_id) not in written]
+        todo = [
+            u
+            for u in mine
+            if (personas[u.persona].name, u.paraphrase, items[u.items[0]].item_id) not in written
+        ]
         rate = run_units(harvester, store, ids, mine, todo, expected, decimals, partial)
         store.finish()
     finally:
@@ -222,10 +293,19 @@ def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
     return {**out[0], "others": out[1:]}
 
 
-def begin(harvester: Harvester, store: PartialStore, cfg: HarvestConfig, ids: list[str],
-          identities: list[dict[str, Any]], first_unit: Unit, mine: list[Unit],
-          source: tuple[str, str, str], expected: list[list[int]], partial: Path,
-          log: Log) -> tuple[list[int], bool]:
+def begin(
+    harvester: Harvester,
+    store: PartialStore,
+    cfg: HarvestConfig,
+    ids: list[str],
+    identities: list[dict[str, Any]],
+    first_unit: Unit,
+    mine: list[Unit],
+    source: tuple[str, str, str],
+    expected: list[list[int]],
+    partial: Path,
+    log: Log,
+) -> tuple[list[int], bool]:
     """Start each SAE's run in the partial file, or resume it (its settings must match);
     returns each SAE's value decimals and whether the prefix cache is used."""
     model_name, location, template = source
@@ -241,35 +321,64 @@ def begin(harvester: Harvester, store: PartialStore, cfg: HarvestConfig, ids: li
     for k in fresh:  # (only before any batch is written: every SAE starts together)
         sae, path = harvester.saes[k], cfg.sae_dir[k]
         sha = identities[k]["weights_sha256"]
-        store.start(ids[k], identities[k], config_metadata(cfg), library_versions(), {
-            "model": model_name, "hook": harvester.hooks[k],
-            "architecture": sae.cfg.architecture(), "d_in": sae.cfg.d_in,
-            "d_sae": sae.cfg.d_sae, "path": str(path.resolve()), "weights_sha256": sha,
-            "model_source": location, "template": template, "value_decimals": decimals[k],
-            "prefix_cache": use_cache, "kind": harvester.kind(k),
-            "reference": harvester.references[k], **pretrained_origin(path, sae),
-        }, [(it.item_id, expected[n], harvester.model.tokenizer.convert_ids_to_tokens(
-            expected[n])) for n, it in enumerate(harvester.items)])
+        store.start(
+            ids[k],
+            identities[k],
+            config_metadata(cfg),
+            library_versions(),
+            {
+                "model": model_name,
+                "hook": harvester.hooks[k],
+                "architecture": sae.cfg.architecture(),
+                "d_in": sae.cfg.d_in,
+                "d_sae": sae.cfg.d_sae,
+                "path": str(path.resolve()),
+                "weights_sha256": sha,
+                "model_source": location,
+                "template": template,
+                "value_decimals": decimals[k],
+                "prefix_cache": use_cache,
+                "kind": harvester.kind(k),
+                "reference": harvester.references[k],
+                **pretrained_origin(path, sae),
+            },
+            [
+                (
+                    it.item_id,
+                    expected[n],
+                    harvester.model.tokenizer.convert_ids_to_tokens(expected[n]),
+                )
+                for n, it in enumerate(harvester.items)
+            ],
+        )
         states[k] = {"value_decimals": decimals[k], "prefix_cache": use_cache}
     settled = cast("list[dict[str, Any]]", states)  # every SAE's state is set by now
     return [int(s["value_decimals"]) for s in settled], bool(settled[0]["prefix_cache"])
 
 
-def resumed(cfg: HarvestConfig, state: dict[str, Any], identity: dict[str, Any], sae_id: str,
-            partial: Path, log: Log | None) -> None:
+def resumed(
+    cfg: HarvestConfig,
+    state: dict[str, Any],
+    identity: dict[str, Any],
+    sae_id: str,
+    partial: Path,
+    log: Log | None,
+) -> None:
     """BadInput when the unfinished harvest being resumed was started with other settings."""
     if identity != state["identity"]:
         diff = sorted(k for k in IDENTITY if identity[k] != state["identity"].get(k))
         raise BadInput(
             f"--db {cfg.db}: an unfinished harvest of '{sae_id}' with other settings "
             f"({', '.join(diff)}) is in {partial}; rerun it with the same settings, or "
-            "delete that file to start over")
+            "delete that file to start over"
+        )
     if log is not None:
         log(f"resuming: {state['documents']:,} documents already harvested")
 
 
-def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit],
-          log: Log) -> tuple[list[int], bool]:
+def setup(
+    harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit], log: Log
+) -> tuple[list[int], bool]:
     """A new harvest's value decimals per SAE (from the grid's first batch, whichever shard
     this is) and whether the prefix cache can be used on this model."""
     if cfg.value_decimals is not None:
@@ -277,20 +386,28 @@ def setup(harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit
     else:
         inputs, _ = harvester.sae_inputs(first, cached=False)
         with torch.inference_mode():
-            decimals = [decimals_for(sae.encode(harvester.encoded_input(k, x, x_ref)[0]
-                                                .to(sae.device, sae.dtype)))
-                        for k, (sae, (x, x_ref)) in enumerate(zip(harvester.saes, inputs,
-                                                                  strict=True))]
+            decimals = [
+                decimals_for(
+                    sae.encode(harvester.encoded_input(k, x, x_ref)[0].to(sae.device, sae.dtype))
+                )
+                for k, (sae, (x, x_ref)) in enumerate(zip(harvester.saes, inputs, strict=True))
+            ]
     use_cache = harvester.check_prefix_cache(mine[0]) if mine else False
     if harvester.use_prefix_cache and not use_cache:
-        log("note: this model's attention ignores the KV cache; harvesting without prefix "
-            "caching")
+        log("note: this model's attention ignores the KV cache; harvesting without prefix caching")
     return decimals, use_cache
 
 
-def run_units(harvester: Harvester, store: PartialStore, ids: list[str], mine: list[Unit],
-              todo: list[Unit], expected: list[list[int]], decimals: list[int],
-              partial: Path) -> dict[str, float]:
+def run_units(
+    harvester: Harvester,
+    store: PartialStore,
+    ids: list[str],
+    mine: list[Unit],
+    todo: list[Unit],
+    expected: list[list[int]],
+    decimals: list[int],
+    partial: Path,
+) -> dict[str, float]:
     """Compute and write each unit (every SAE's rows in one transaction), with a progress bar;
     Ctrl-C keeps what was written. A writer thread stores one batch while the next is computed
     (DuckDB and torch both work outside the GIL); a signal reaches only the main thread, so a
@@ -302,31 +419,41 @@ def run_units(harvester: Harvester, store: PartialStore, ids: list[str], mine: l
     n_docs = n_tok = 0
     t0 = time.time()
     pending: Future[None] | None = None
-    with Progress("harvest", total, before, unit="docs") as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="harvest-writer") as writer:
+    with (
+        Progress("harvest", total, before, unit="docs") as bar,
+        ThreadPoolExecutor(1, thread_name_prefix="harvest-writer") as writer,
+    ):
         try:
             for unit in todo:
                 check_tokens(harvester, unit, expected)
                 out = harvester.compute(unit, decimals)
                 if pending is not None:
                     pending.result()  # the previous batch is stored (or its error raised)
-                pending = writer.submit(store.write, personas[unit.persona].name,
-                                        unit.paraphrase, [items[i].item_id for i in unit.items],
-                                        list(zip(ids, out, strict=True)))
+                pending = writer.submit(
+                    store.write,
+                    personas[unit.persona].name,
+                    unit.paraphrase,
+                    [items[i].item_id for i in unit.items],
+                    list(zip(ids, out, strict=True)),
+                )
                 n_docs += len(unit.items)
                 n_tok += sum(out[0].n_tokens)
                 dt = max(time.time() - t0, 1e-9)
-                bar.advance(len(unit.items),
-                            rate=f"{n_docs / dt:,.1f} docs/s · {n_tok / dt:,.0f} tok/s")
+                bar.advance(
+                    len(unit.items), rate=f"{n_docs / dt:,.1f} docs/s · {n_tok / dt:,.0f} tok/s"
+                )
             if pending is not None:
                 pending.result()
         except KeyboardInterrupt:
             settle(pending)
-            raise Interrupted(f"the written batches are kept in {partial}; rerun the same "
-                              "command to continue") from None
+            raise Interrupted(
+                f"the written batches are kept in {partial}; rerun the same command to continue"
+            ) from None
     seconds = time.time() - t0
-    return {"batch_seconds": round(seconds, 3),
-            "tokens_per_second": round(n_tok / seconds, 1) if n_tok else 0.0}
+    return {
+        "batch_seconds": round(seconds, 3),
+        "tokens_per_second": round(n_tok / seconds, 1) if n_tok else 0.0,
+    }
 
 
 def settle(pending: Future[None] | None) -> None:
