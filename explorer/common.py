@@ -18,6 +18,7 @@ import streamlit as st
 from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from shoggoth.core.printing import number
 from shoggoth.explorer.store import Store
 from shoggoth.index.effects import queries as effect_queries
 from shoggoth.index.labels import queries as label_queries
@@ -282,25 +283,16 @@ def space_axes(axes: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return {str(r["axis"]): r for r in axes.to_dict("records")}
 
 
-def _number(value: Any) -> float | None:
-    """A stored number, None where it is NULL or NaN."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if out != out else out
-
-
 def pc_title(axes: pd.DataFrame, component: int) -> str:
     """An axis title of the persona space chart: the component and its share of the personas'
     variance (and, for PC1, the assistant axis's cosine with it)."""
     by_axis = space_axes(axes)
     name = f"PC{component}"
-    share = _number(by_axis.get(name, {}).get("variance_share"))
+    share = number(by_axis.get(name, {}).get("variance_share"))
     if name not in by_axis:
         return f"{name} · none (too few personas)"
     title = f"{name} · {share:.0%} of the personas' variance" if share is not None else name
-    cosine = _number(by_axis.get("assistant", {}).get("cosine_pc1"))
+    cosine = number(by_axis.get("assistant", {}).get("cosine_pc1"))
     if component == 1 and cosine is not None:
         title += f" · assistant axis at cosine {cosine:.2f}"
     return title
@@ -434,7 +426,7 @@ def space_caption(space: pd.DataFrame, axes: pd.DataFrame, assistant: str | None
     shares = ", ".join(
         f"{name} {share:.0%}"
         for name in sorted(a for a in by_axis if a.startswith("PC"))
-        if (share := _number(by_axis[name].get("variance_share"))) is not None
+        if (share := number(by_axis[name].get("variance_share"))) is not None
     )
     text = (
         "Each persona's and control's mean shift minus the personas' mean (the cross), on the "
@@ -443,7 +435,7 @@ def space_caption(space: pd.DataFrame, axes: pd.DataFrame, assistant: str | None
     )
     if not any(a == "PC2" for a in by_axis):
         text += " With fewer than three personas there is no PC2: every point sits at 0 on it."
-    cosine = _number(by_axis.get("assistant", {}).get("cosine_pc1"))
+    cosine = number(by_axis.get("assistant", {}).get("cosine_pc1"))
     if cosine is not None:
         start = f"{md(assistant)}'s" if assistant else "the assistant's"
         text += (
@@ -451,7 +443,7 @@ def space_caption(space: pd.DataFrame, axes: pd.DataFrame, assistant: str | None
             f"drawn as the dashed line) lies at cosine {cosine:.2f} with PC1; PC1 is oriented "
             "along it."
         )
-    controls = _number(by_axis.get("controls", {}).get("cosine_common"))
+    controls = number(by_axis.get("controls", {}).get("cosine_common"))
     if controls is not None:
         text += (
             " The plain controls' direction (a system prompt that names nobody) lies at "
@@ -508,9 +500,9 @@ def shares_frame(decomposition: pd.DataFrame, space: pd.DataFrame) -> pd.DataFra
                         "persona": str(r["persona"]),
                         "bar": "no dictionary",
                         "part": part,
-                        "share": _number(r.get(column)),
-                        "ci_low": _number(r.get(f"{column}_ci_low")),
-                        "ci_high": _number(r.get(f"{column}_ci_high")),
+                        "share": number(r.get(column)),
+                        "ci_low": number(r.get(f"{column}_ci_low")),
+                        "ci_high": number(r.get(f"{column}_ci_high")),
                     }
                 )
     frame = pd.DataFrame(rows, columns=["persona", "bar", "part", "share", "ci_low", "ci_high"])
@@ -553,10 +545,10 @@ def space_line(row: dict[str, Any]) -> str:
     """One persona's or control's place in the space in words (markdown: its name escaped)."""
 
     def value(column: str, digits: int = 2) -> str:
-        point = _number(row.get(column))
+        point = number(row.get(column))
         if point is None:
             return "n/a"
-        low, high = _number(row.get(f"{column}_ci_low")), _number(row.get(f"{column}_ci_high"))
+        low, high = number(row.get(f"{column}_ci_low")), number(row.get(f"{column}_ci_high"))
         interval = (
             f" \\[{low:.{digits}f}, {high:.{digits}f}\\]"
             if low is not None and high is not None
@@ -564,21 +556,21 @@ def space_line(row: dict[str, Any]) -> str:
         )
         return f"{point:.{digits}f}{interval}"
 
-    null = _number(row.get("reproducibility_null"))
+    null = number(row.get("reproducibility_null"))
     text = (
         f"**{md(row['persona'])}**: shift length {value('norm', 4)}; a share "
         f"{value('common_share')} along the personas' common direction, "
         f"{value('remainder_share')} off it; "
         f"{value('control_share')} along the plain controls' direction"
     )
-    if _number(row.get("reproducibility")) is not None:
+    if number(row.get("reproducibility")) is not None:
         text += (
             f"; what lies off the common direction repeats across its wordings at cosine "
             f"{value('reproducibility')} (against other personas' "
             + (f"{null:.2f}" if null is not None else "n/a")
             + ")"
         )
-    pc1 = _number(row.get("pc1"))
+    pc1 = number(row.get("pc1"))
     if pc1 is not None:
         text += f"; PC1 {value('pc1', 4)}"
     return text + "\\."

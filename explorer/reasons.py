@@ -1,17 +1,18 @@
 """Why a feature got its label, in sentences a reader can check against the thresholds of the
 label run that produced it (docs/labels.md has the method; the thresholds are
-`index.labels.LabelConfig`, stored with every label run)."""
+`index.labels.rules.LabelConfig`, stored with every label run)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from shoggoth.core.printing import number
 from shoggoth.index.labels.rules import LabelConfig
 
 
 def _num(x: Any, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if number(x) is None:
         return "n/a"
     if isinstance(x, float) and math.isinf(x):
         return "∞"

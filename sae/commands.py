@@ -122,8 +122,9 @@ class PromptConfig(Config):
     """The system/persona prompt; empty for none."""
     user: str = ""
     """The user turn (question)."""
-    model: str = "minilm"
-    """Model alias, local Hugging Face directory or hub id."""
+    model: str = "smollm2"
+    """Model alias, local Hugging Face directory or hub id (default: the built-in chat model, as
+    for train)."""
     hook: str | None = None
     """Hook to read, e.g. blocks.3.hook_resid_post (default: the middle layer's resid_post)."""
     layer: int | None = None

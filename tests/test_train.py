@@ -315,7 +315,7 @@ def test_sae_import_checks_the_model(
     assert code == 2 and "blocks.2.hook_resid_post" in err
     code, out, err = run(capfd, "sae", "import", "--path", tmp_path, "--out", tmp_path / "x")
     assert code == 2 and "not an sae-lens SAE directory" in err
-    # A registry release for another model (gpt2-small, --model minilm): refused by name.
+    # A registry release for another model (gpt2-small; --model left at smollm2): refused by name.
     code, out, err = run(
         capfd,
         "sae",
@@ -327,7 +327,7 @@ def test_sae_import_checks_the_model(
         "--out",
         tmp_path / "x",
     )
-    assert code == 2 and "made for model 'gpt2-small'" in err and "'minilm'" in err
+    assert code == 2 and "made for model 'gpt2-small'" in err and "'smollm2'" in err
     # Offline, with nothing in the Hugging Face cache: one line saying so.
     import huggingface_hub.constants as hf_constants
 

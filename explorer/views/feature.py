@@ -11,6 +11,7 @@ import streamlit as st
 
 from shoggoth.core.errors import BadInput
 from shoggoth.core.names import neuronpedia_url
+from shoggoth.core.printing import shown
 from shoggoth.explorer.common import (
     choose_sae,
     end_run,
@@ -61,7 +62,7 @@ if named:
     if named.get("explanation"):
 
         def score(value: float | None) -> str:
-            return "n/a" if value is None or pd.isna(value) else f"{value:.2f}"
+            return shown(value)
 
         st.markdown(
             f"*{md(named['explanation'])}* — {md(named['explainer'])}; scored on "
@@ -99,7 +100,7 @@ else:
         strict=True,
     ):
         value = info.get(key)
-        col.metric(name, "n/a" if value is None or pd.isna(value) else f"{value:.3g}")
+        col.metric(name, shown(value, ".3g"))
 
 # --- per persona -----------------------------------------------------------------------------
 st.subheader("Mean activation per persona")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from shoggoth.core.printing import number
 from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import (
     has_table,
@@ -59,7 +60,7 @@ def composition_answer(rows: pd.DataFrame) -> str:
 
     def share(test: str, part: str) -> str:
         r = got.get((test, part))
-        if r is None or pd.isna(r.share):
+        if r is None or number(r.share) is None:
             return "n/a"
         return f"{r.share:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
 

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoggoth.core.config import config_options
-from shoggoth.core.printing import print_json
+from shoggoth.core.printing import number, print_json, shown
 from shoggoth.index.labels.queries import answers, space_summary
 from shoggoth.index.labels.run import LabelRunConfig, label_database
 
@@ -52,18 +52,18 @@ def label_command(cfg: LabelRunConfig) -> None:
     for col in ("label", "features", "null (reassigned)", "null (split)", "est. FDR"):
         counts.add_column(col, justify="left" if col == "label" else "right")
     for row in fdr.itertuples(index=False):
-        est = "n/a" if row.fdr is None or row.fdr != row.fdr else f"{100 * row.fdr:.1f}%"
-        split = "" if row.n_split is None or row.n_split != row.n_split else f"{int(row.n_split):,}"
+        est = "n/a" if number(row.fdr) is None else f"{100 * row.fdr:.1f}%"
+        split = shown(row.n_split, ",.0f", missing="")
         counts.add_row(row.label, f"{row.n_real:,}", f"{row.n_null:,.1f}", split, est)
     console.print(counts)
     per = Table(title="per persona: features it is the top persona of, by label")
     per.add_column("persona", no_wrap=True, min_width=22)
-    shown = ["mask-specific", "persona-concept", "mask-or-concept", "shared-modulated"]
-    for label in shown:
+    own_labels = ["mask-specific", "persona-concept", "mask-or-concept", "shared-modulated"]
+    for label in own_labels:
         per.add_column(label, justify="right")
-    by = features[features["label"].isin(shown)].groupby(["argmax_persona", "label"]).size()
+    by = features[features["label"].isin(own_labels)].groupby(["argmax_persona", "label"]).size()
     for persona in features["argmax_persona"].dropna().unique():
-        per.add_row(str(persona), *(f"{int(by.get((persona, lab), 0)):,}" for lab in shown))
+        per.add_row(str(persona), *(f"{int(by.get((persona, lab), 0)):,}" for lab in own_labels))
     console.print(per)
     if result["persona_signal"] == result["persona_signal"]:  # not NaN
         console.print(

@@ -44,8 +44,9 @@ class ImportConfig(Config):
     --sae; read from the Hugging Face cache when there, else downloaded)."""
     sae: str | None = option(None, was={"--sae-id": None})
     """The SAE's id within --release, e.g. blocks.8.hook_resid_pre."""
-    model: str = "minilm"
-    """The model the SAE reads: alias, local Hugging Face directory or hub id."""
+    model: str = "smollm2"
+    """The model the SAE reads: alias, local Hugging Face directory or hub id (default: the
+    built-in chat model, as for train)."""
     other_model: bool = False
     """Import a --release made for another model than --model (its width and hook must fit)."""
     out: Path | None = None
@@ -107,10 +108,11 @@ def import_sae(cfg: ImportConfig, log: Log = print) -> Path:
         raise BadInput(f"--eval-tokens {cfg.eval_tokens}: must be positive")
     if cfg.path is None and cfg.release and cfg.sae:  # refused before any model loads
         check_release(cfg.release, cfg.sae, cfg.model, cfg.other_model)
+    # The SAE first, on the CPU: a folder that is not one is refused before any model loads.
+    sae, origin = load_sae(cfg, "cpu")
     model = load_model(
         cfg.model, cfg.device, placement=placement_of(cfg.device_map, cfg.max_memory)
     )
-    sae, origin = load_sae(cfg, str(model.sae_device()))
     hook = check_fits(sae, model, f"SAE {origin}")
     sae.to(model.sae_device(hook))  # (a spread model: beside the block it reads)
     if (

@@ -28,6 +28,23 @@ def plain(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool) or value is None else str(value)
 
 
+def number(value: object) -> float | None:
+    """`value` as a float; None where it is missing, NULL, NaN or not a number (a stored
+    estimate that was not measured)."""
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def shown(value: object, spec: str = ".2f", missing: str = "n/a") -> str:
+    """A number for reading: formatted with `spec`, or `missing` where there is none (NULL,
+    NaN, None). The one place a table, a line or a page turns a missing number into words."""
+    out = number(value)
+    return missing if out is None else format(out, spec)
+
+
 def print_json(value: Any) -> None:
     """`value` as indented JSON on stdout."""
     click.echo(json.dumps(plain(value), indent=1))

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shoggoth.core.config import config_options
-from shoggoth.core.printing import print_json
+from shoggoth.core.printing import number, print_json, shown
 from shoggoth.core.progress import stderr_log
 from shoggoth.index.dictionary.build import IndexConfig
 from shoggoth.index.explanations.queries import explanations
@@ -126,7 +126,7 @@ def explain_command(cfg: ExplainConfig) -> None:
 
 
 def _score(value: float | None, n: int) -> str:
-    return "n/a" if value is None or value != value else f"{value:.2f} (n={n})"
+    return "n/a" if number(value) is None else f"{shown(value)} (n={n})"
 
 
 @click.command("layers")

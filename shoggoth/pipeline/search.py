@@ -1,7 +1,7 @@
 """`shoggoth search`: find features by text (run through the model and SAE under a persona's
 prompt), by similarity to a feature (FAISS over decoder directions), or by persona (its persona
 vector and mask-specific features). The text mode needs the model; the others read the database
-through `index.read`.
+through `index.store.read`.
 """
 
 from __future__ import annotations

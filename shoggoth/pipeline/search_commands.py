@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shoggoth.core.config import Config, config_options, option
-from shoggoth.core.printing import Format, print_json
+from shoggoth.core.printing import Format, print_json, shown
 from shoggoth.pipeline.search import SearchConfig, search
 
 
@@ -293,9 +293,9 @@ PRINTERS: dict[str, Callable[[Console, dict[str, Any]], None]] = {
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if v is None or isinstance(v, float):
+        return shown(v, ".4g", missing="-")  # NaN too: a number not measured
+    return str(v)
 
 
 def _print_features(

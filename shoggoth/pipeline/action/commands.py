@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoggoth.core.config import config_options
+from shoggoth.core.printing import shown
 from shoggoth.core.progress import stderr_log
 from shoggoth.index.action.labels import GRID_LABELS
 from shoggoth.pipeline.action.generate import GenerateConfig, generate_answers
@@ -66,6 +67,6 @@ def grid_command(cfg: GridConfig) -> None:
         table.add_row(
             label,
             f"{int(counts.get(label, 0)):,}",
-            "" if rate is None or rate != rate else f"{rate:.2f}",
+            shown(rate, missing=""),
         )
     console.print(table)

@@ -10,7 +10,7 @@ pair read by the model and the SAE:
 
 Documents that share a context run together after its prefix's KV cache; each batch's
 per-document activations are saved beside the database as made, so an interrupted run resumes;
-the tables are replaced in one transaction at the end (index.grid_db). A difference dictionary
+the tables are replaced in one transaction at the end (index.action.store). A difference dictionary
 reads each document's shift: the document minus the same text under the dictionary's reference.
 """
 

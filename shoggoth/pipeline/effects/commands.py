@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shoggoth.core.config import config_options
-from shoggoth.core.printing import print_json
+from shoggoth.core.printing import number, print_json
 from shoggoth.core.progress import stderr_log
 from shoggoth.index.effects.queries import composition_answer
 from shoggoth.pipeline.effects.run import EffectsConfig, run_effects
@@ -17,7 +17,7 @@ from shoggoth.pipeline.effects.steer import SteerConfig, steer
 
 def _pct(row: pd.Series | None) -> str:
     """An estimate and its interval in percent ('n/a' when not measured)."""
-    if row is None or pd.isna(row["estimate"]):
+    if row is None or number(row["estimate"]) is None:
         return "n/a"
     return f"{100 * row['estimate']:.0f}% [{100 * row['ci_low']:.0f}%, {100 * row['ci_high']:.0f}%]"
 
