@@ -35,7 +35,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from shoggoth.index.dictionary.similarity import (
+from shoggoth.index.catalog.similarity import (
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
     build,

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from benchmarks.faiss_neighbours import decoder_like
-from shoggoth.index.dictionary.similarity import build_ivf, unit_rows
+from shoggoth.index.catalog.similarity import build_ivf, unit_rows
 
 
 def write_data(folder: Path, n: int, queries: int, d: int) -> None:

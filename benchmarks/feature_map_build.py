@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from benchmarks.faiss_neighbours import decoder_like
-from shoggoth.index.dictionary import similarity
-from shoggoth.index.dictionary.maps import pca_layout, umap_layout
+from shoggoth.index.catalog import similarity
+from shoggoth.index.catalog.maps import pca_layout, umap_layout
 
 
 def kept_neighbours(x: np.ndarray, xy: np.ndarray, sample: int = 2000, k: int = 10) -> float:

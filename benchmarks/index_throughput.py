@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from benchmarks.synthetic_db import activation_rows, build
-from shoggoth.index.dictionary.build import IndexConfig, faiss_dir
+from shoggoth.index.catalog.build import IndexConfig, faiss_dir
 from shoggoth.pipeline.build_index import index_harvest
 
 

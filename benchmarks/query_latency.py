@@ -23,7 +23,7 @@ import duckdb
 import numpy as np
 
 from benchmarks.synthetic_db import SAE_ID, activation_rows, build
-from shoggoth.index.dictionary.build import IndexConfig
+from shoggoth.index.catalog.build import IndexConfig
 from shoggoth.pipeline.build_index import index_harvest
 
 RAW_TOP = """

@@ -136,11 +136,12 @@ def q(query: Callable[..., Any], *args: Any) -> Any:
     return _cached(version(s), query.__module__, query.__name__, tuple(args))
 
 
-def has_table(name: str) -> bool:
+def page_has_table(name: str) -> bool:
+    """Whether the database shown holds table `name` (read through the page's cached query)."""
     return bool(q(read.has_table, name))
 
 
-def choose_sae() -> tuple[str, dict[str, Any]]:
+def pick_sae() -> tuple[str, dict[str, Any]]:
     """The SAE shown (query parameter `sae`, else the first difference dictionary, which sees
     the masks, else the first), with a sidebar picker."""
     saes = q(read.saes)

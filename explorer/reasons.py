@@ -66,7 +66,7 @@ def _persona_sentences(f: dict[str, Any], c: LabelConfig, label: str) -> list[st
     return out
 
 
-def explain(f: dict[str, Any], cfg: LabelConfig | None = None) -> list[str]:
+def label_reasons(f: dict[str, Any], cfg: LabelConfig | None = None) -> list[str]:
     """Sentences saying which statistics put feature row `f` (a `features` row) in its label."""
     c = cfg or LabelConfig()
     label = f["auto_label"] if "auto_label" in f else f["label"]

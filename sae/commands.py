@@ -19,7 +19,7 @@ from shoggoth.core.printing import Format
 from shoggoth.core.progress import stderr_log
 from shoggoth.sae.activations import activations
 from shoggoth.sae.models import ALIASES, hook_summary, load_model, resolve_hook, resolve_source
-from shoggoth.sae.prompts import Template, build_prompt, collate, pad_id
+from shoggoth.sae.prompts import Template, build_prompt, check_continuation, collate, pad_id
 from shoggoth.sae.train.import_sae import ImportConfig, import_sae
 from shoggoth.sae.train.run import TrainConfig, train
 
@@ -148,6 +148,7 @@ def prompt_command(cfg: PromptConfig) -> None:
     """Tokenize a (system, user, continuation) prompt, mark the measured tokens, and print the
     norm of each token's activation at the hook."""
 
+    check_continuation(cfg.continuation)  # before the model loads (or is converted)
     model = load_model(
         cfg.model, cfg.device, placement=placement_of(cfg.device_map, cfg.max_memory)
     )

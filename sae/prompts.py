@@ -162,6 +162,13 @@ def _tokenize_span(
     return ids, mask
 
 
+def check_continuation(continuation: str | None) -> None:
+    """BadInput when there is no text to measure (checked before a model loads, and again when
+    a prompt is built)."""
+    if not continuation or not continuation.strip():
+        raise BadInput("continuation: is empty, there is nothing to measure")
+
+
 def build_prompt(
     tokenizer: PreTrainedTokenizerBase,
     system: str | None,
@@ -178,8 +185,7 @@ def build_prompt(
     `prepend_bos`: put the BOS token first in plain prompts when the tokenizer does not add it
     itself (what TransformerLens does for causal LMs). Raises BadInput for an empty continuation.
     """
-    if not continuation or not continuation.strip():
-        raise BadInput("continuation: is empty, there is nothing to measure")
+    check_continuation(continuation)
     empty_system = system == EMPTY_SYSTEM
     system, user = "" if empty_system else system or "", user or ""
     if uses_chat_template(tokenizer, template):

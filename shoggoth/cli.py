@@ -83,7 +83,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     (
         "index",
         "shoggoth.pipeline.commands:index_command",
-        "Build the feature dictionary: top contexts, FAISS neighbours, handles, maps.",
+        "Build the feature catalog: top contexts, FAISS neighbours, handles, maps.",
     ),
     (
         "explain",

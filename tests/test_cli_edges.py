@@ -353,7 +353,7 @@ def test_the_explorer_server_dies_with_its_parent(tmp_path, indexed_db, sig):
 
 
 def test_explanations_use_the_thresholds_the_labels_were_made_with(tmp_path, labelled_db):
-    from shoggoth.explorer.reasons import explain
+    from shoggoth.explorer.reasons import label_reasons
     from shoggoth.index.labels import queries as label_queries
     from shoggoth.index.store import read
 
@@ -366,7 +366,7 @@ def test_explanations_use_the_thresholds_the_labels_were_made_with(tmp_path, lab
     features = label_queries.labelled_features(con, sae)
     con.close()
     live = features[~features["label"].isin(["dead", "rare"])].iloc[0].to_dict()
-    text = " ".join(explain(live, thresholds))
+    text = " ".join(label_reasons(live, thresholds))
     assert "at 0.01." in text and "at 0.05." not in text
 
 

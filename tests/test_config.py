@@ -15,7 +15,7 @@ import torch
 from shoggoth.battery.units import parse_shard
 from shoggoth.core.config import Config, load_config, option, read_config_file
 from shoggoth.core.errors import BadInput, clip, shown
-from shoggoth.index.dictionary.build import IndexConfig
+from shoggoth.index.catalog.build import IndexConfig
 from shoggoth.index.labels.rules import LabelConfig
 from shoggoth.index.labels.run import LabelRunConfig
 from shoggoth.index.labels.stats import contrast, equivalence, permutation_design, persona_test

@@ -85,7 +85,7 @@ HOMES = {
     "explorer": "explorer",
 }
 TOP = "(?:core|battery|sae|index|pipeline|explorer)"
-# In backticks: `index.store.read`, `shoggoth.index.store.read.Dictionary`, `index/store/read.py`,
+# In backticks: `index.store.read`, `shoggoth.index.store.read.SaeView`, `index/store/read.py`,
 # `index/labels/{rules,stats}`. A page also names modules outside backticks.
 QUOTED_DOTTED = re.compile(rf"`(?:shoggoth\.)?({TOP}(?:\.\w+)+)")
 QUOTED_PATH = re.compile(rf"`(?:shoggoth/)?({TOP}/[\w/{{}},.\-]*)`")

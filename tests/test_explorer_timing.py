@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from benchmarks.synthetic_db import SAE_ID, build  # noqa: E402
-from shoggoth.index.dictionary.build import EXAMPLES_SQL, HISTOGRAM_SQL  # noqa: E402
+from shoggoth.index.catalog.build import EXAMPLES_SQL, HISTOGRAM_SQL  # noqa: E402
 from shoggoth.index.store.schema import create_index_tables  # noqa: E402
 
 APP = str(Path(__file__).parents[1] / "explorer" / "app.py")

@@ -247,13 +247,13 @@ def immutable(path: Path):
 def test_an_immutable_database_is_refused_before_the_work(
     capfd, tmp_path, labelled_db, monkeypatch, command
 ):
-    import shoggoth.index.dictionary.build
+    import shoggoth.index.catalog.build
     import shoggoth.pipeline.layers
 
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     started = []
     monkeypatch.setattr(
-        shoggoth.index.dictionary.build,
+        shoggoth.index.catalog.build,
         "build_parts",
         lambda *a, **k: started.append(1) or pytest.fail("index did the work"),
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from shoggoth.battery.personas import load_items, load_personas
-from shoggoth.index.dictionary.handles import write_handles
+from shoggoth.index.catalog.handles import write_handles
 from shoggoth.index.store.schema import create_index_tables, create_label_tables, create_schema
 
 SAE = "planted"

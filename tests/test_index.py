@@ -21,7 +21,7 @@ from helpers import battery, build_random_sae
 from sae_lens import SAE
 
 from shoggoth import cli
-from shoggoth.index.dictionary import similarity
+from shoggoth.index.catalog import similarity
 from shoggoth.index.store.database import faiss_dir
 
 

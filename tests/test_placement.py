@@ -22,7 +22,7 @@ from shoggoth import cli
 from shoggoth.core.config import config_metadata
 from shoggoth.core.errors import BadInput
 from shoggoth.core.placement import Placement, parse_max_memory, placement_of
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.read import SaeView
 from shoggoth.pipeline.effects.steer import SteerConfig, load_steering, steer_with
 from shoggoth.pipeline.harvest.run import HarvestConfig
 from shoggoth.pipeline.search import by_text
@@ -285,7 +285,7 @@ def test_steer_and_search_over_a_device_map_equal_the_single_device_run(harvests
     assert answers[0] == answers[1]
     found = []
     for where in (Placement(), placement_of(str(spread), None)):
-        d = Dictionary(one)
+        d = SaeView(one)
         try:
             found.append(by_text(d, "The sea is calm tonight.", None, 0, 5, "cpu", placement=where))
         finally:

@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from shoggoth.index.dictionary.similarity import build, build_ivf, recall_per_query, unit_rows
+from shoggoth.index.catalog.similarity import build, build_ivf, recall_per_query, unit_rows
 
 
 def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -13,25 +13,25 @@ from shoggoth.core.errors import BadInput
 from shoggoth.core.names import neuronpedia_url
 from shoggoth.core.printing import shown
 from shoggoth.explorer.common import (
-    choose_sae,
     end_run,
     feature_link,
-    has_table,
     labels_frame,
     md,
+    page_has_table,
+    pick_sae,
     q,
     steer_answers,
     store,
 )
-from shoggoth.explorer.reasons import explain
+from shoggoth.explorer.reasons import label_reasons
 from shoggoth.index.action import queries as action_queries
-from shoggoth.index.dictionary import queries as dictionary_queries
+from shoggoth.index.catalog import queries as dictionary_queries
 from shoggoth.index.effects import queries as effect_queries
 from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store import read
 
-sae, row = choose_sae()
+sae, row = pick_sae()
 try:
     feature = int(st.query_params.get("feature", 0))
 except ValueError:
@@ -84,7 +84,7 @@ else:
             f"**Manual label: {md(info['manual_label'])}** (automatic: "
             f"{md(info['auto_label'])})" + (f" — note: {md(info['note'])}" if info["note"] else "")
         )
-    for sentence in explain(info, q(label_queries.label_thresholds, sae)):
+    for sentence in label_reasons(info, q(label_queries.label_thresholds, sae)):
         st.markdown(md(sentence))
     cols = st.columns(6)
     for col, (name, key) in zip(
@@ -151,7 +151,7 @@ def shade(tokens: pd.DataFrame, fire_pos: int, top: float) -> str:
     return " ".join(out)
 
 
-if has_table("examples"):
+if page_has_table("examples"):
     st.subheader("Top activations in context")
     ctx = q(dictionary_queries.top_context_tokens, sae, feature)
     if ctx.empty:

@@ -7,10 +7,10 @@ import streamlit as st
 
 from shoggoth.core.errors import BadInput
 from shoggoth.core.lists import parse_numbers
-from shoggoth.explorer.common import choose_sae, code, db_path, labels_frame, open_feature
+from shoggoth.explorer.common import code, db_path, labels_frame, open_feature, pick_sae
 from shoggoth.index.labels.rules import LABELS
 
-sae, row = choose_sae()
+sae, row = pick_sae()
 st.title("Features")
 features = labels_frame(sae)
 if features.empty:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from shoggoth.explorer.common import choose_sae, code, db_path, open_feature, q
-from shoggoth.index.dictionary import queries as dictionary_queries
+from shoggoth.explorer.common import code, db_path, open_feature, pick_sae, q
+from shoggoth.index.catalog import queries as dictionary_queries
 
 MAX_POINTS = 20_000
 MAPS = {"decoder directions": "decoder", "persona profiles": "persona_profile"}
 
-sae, row = choose_sae()
+sae, row = pick_sae()
 st.title("Feature map")
 c1, c2, c3 = st.columns(3)
 which = c1.radio("map of", list(MAPS), horizontal=True, key="m_which")

@@ -13,7 +13,6 @@ from shoggoth.explorer.common import (
     OLD_DECOMPOSITION,
     assistant_persona,
     by_pattern,
-    choose_sae,
     code,
     db_path,
     decomposition_chart,
@@ -21,6 +20,7 @@ from shoggoth.explorer.common import (
     labels_frame,
     md,
     persona_space_chart,
+    pick_sae,
     q,
     shares_chart,
     shares_frame,
@@ -34,7 +34,7 @@ from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.layers import queries as layer_queries
 from shoggoth.index.store import read
 
-sae, row = choose_sae()
+sae, row = pick_sae()
 st.title("shoggoth · overview")
 st.caption(
     "Which SAE features belong to one persona (a mask), and which fire the same way "

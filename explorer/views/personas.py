@@ -13,12 +13,12 @@ from shoggoth.explorer.common import (
     OLD_DECOMPOSITION,
     assistant_persona,
     by_pattern,
-    choose_sae,
     decomposition_chart,
     feature_link,
-    has_table,
     md,
+    page_has_table,
     persona_space_chart,
+    pick_sae,
     q,
     shares_chart,
     shares_frame,
@@ -26,13 +26,13 @@ from shoggoth.explorer.common import (
     space_line,
 )
 from shoggoth.index.action import queries as action_queries
-from shoggoth.index.dictionary import queries as dictionary_queries
+from shoggoth.index.catalog import queries as dictionary_queries
 from shoggoth.index.effects import queries as effects_queries
 from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.decompose import PARTS
 from shoggoth.index.store import read
 
-sae, row = choose_sae()
+sae, row = pick_sae()
 st.title("Personas")
 names = q(read.persona_names)
 wanted = st.query_params.get("persona")
@@ -94,7 +94,7 @@ elif len(mine):
     )
 elif bool(meta.is_control):
     st.caption("A control: `shoggoth label` decomposes the personas' shifts, not the controls'.")
-elif not has_table("persona_decomposition"):
+elif not page_has_table("persona_decomposition"):
     st.caption(
         "No decomposition in this database: `shoggoth label` makes it (persona_decomposition)."
     )
@@ -105,7 +105,7 @@ else:
     )
 
 st.subheader("Which features make it this persona")
-if not has_table("persona_own_features"):
+if not page_has_table("persona_own_features"):
     st.caption(
         "No list of its own features in this database: `shoggoth label` makes it "
         "(persona_own_features)."
@@ -170,7 +170,7 @@ with left:
         "mask-specific, persona-concept (also fires when it is only mentioned or "
         "negated), mask-or-concept, then the families it belongs to"
     )
-    if has_table("features"):
+    if page_has_table("features"):
         own = q(label_queries.mask_features, sae, persona, 30)
         if own.empty:
             st.write("None: no set of personas including it stands apart for any feature.")
@@ -200,7 +200,7 @@ with left:
         st.info("Not labelled yet: run `shoggoth label`.")
 with right:
     st.subheader("Nearest the persona vector")
-    if has_table("persona_vectors"):
+    if page_has_table("persona_vectors"):
         vec = q(dictionary_queries.persona_vector, sae, persona)
         if len(vec):
             st.caption(

@@ -8,24 +8,24 @@ from typing import Any
 import streamlit as st
 
 from shoggoth.core.errors import BadInput
-from shoggoth.explorer.common import choose_sae, cursor, db_file, feature_link, md, q, version
-from shoggoth.index.dictionary.queries import by_name, similar
+from shoggoth.explorer.common import cursor, db_file, feature_link, md, pick_sae, q, version
+from shoggoth.index.catalog.queries import by_name, similar
 from shoggoth.index.store import read
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.read import SaeView
 from shoggoth.pipeline.search import by_text, load_runner
 
 
 @st.cache_resource(show_spinner="loading the model and SAE ...")
 def runner(db: tuple[Any, ...], sae_id: str) -> tuple[Any, Any]:
-    return load_runner(Dictionary(db_file(), sae_id, con=cursor()))
+    return load_runner(SaeView(db_file(), sae_id, con=cursor()))
 
 
 @st.cache_resource(show_spinner=False)
 def decoder_index(db: tuple[Any, ...], sae_id: str) -> Any:
-    return Dictionary(db_file(), sae_id, con=cursor()).faiss_index("decoder")
+    return SaeView(db_file(), sae_id, con=cursor()).faiss_index("decoder")
 
 
-sae, row = choose_sae()
+sae, row = pick_sae()
 cur = cursor()
 st.title("Search")
 text_tab, name_tab, similar_tab = st.tabs(["by text", "by name", "similar features"])
@@ -49,7 +49,7 @@ with text_tab:
     if st.button("Run", type="primary", key="t_run"):
         st.session_state["t_result"] = None
         try:
-            d = Dictionary(db_file(), sae, con=cur)
+            d = SaeView(db_file(), sae, con=cur)
             st.session_state["t_result"] = by_text(
                 d,
                 text,
@@ -107,7 +107,7 @@ with name_tab:
     )
     if wanted.strip():
         try:
-            hits = by_name(Dictionary(db_file(), sae, con=cur), wanted, 50)
+            hits = by_name(SaeView(db_file(), sae, con=cur), wanted, 50)
         except BadInput as e:
             st.error(md(e))
         else:
@@ -120,7 +120,7 @@ with similar_tab:
         "feature", 0, int(row["d_sae"]) - 1, int(st.query_params.get("feature", 0)), key="s_feature"
     )
     try:
-        d = Dictionary(db_file(), sae, con=cur)
+        d = SaeView(db_file(), sae, con=cur)
         found = similar(d, int(fid), 10, index=decoder_index(version(), sae))
     except BadInput as e:
         st.error(md(e))

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from shoggoth.core.errors import BadInput
-from shoggoth.index.dictionary.handles import CLEAN
+from shoggoth.index.catalog.handles import CLEAN
 from shoggoth.index.labels.rules import PERSONA_LABELS
 from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import connect, tables, transaction

@@ -1,4 +1,4 @@
-"""`shoggoth export --neuronpedia DIR`: one SAE's feature dictionary in Neuronpedia's bulk-import
+"""`shoggoth export --neuronpedia DIR`: one SAE's feature catalog in Neuronpedia's bulk-import
 layout (`--neuronpedia-url` uploads it: index/store/neuronpedia_upload.py).
 
 The layout is the one neuronpedia's `utils/neuronpedia-utils` scripts write
@@ -805,7 +805,7 @@ def read_stats(con: duckdb.DuckDBPyConnection, sae_id: str) -> Stats:
 
 
 INTERVAL = re.compile(r"interval (\d+)/(\d+)")
-"""An interval example's kind: `interval i/n` (index/dictionary/build.py)."""
+"""An interval example's kind: `interval i/n` (index/catalog/build.py)."""
 
 BIN_COUNTS = """
 WITH a AS (SELECT feature, value FROM activations

@@ -1,10 +1,10 @@
-"""The shared reads of a feature database: the SAE (`Dictionary`), the battery, the harvest's
+"""The shared reads of a feature database: the SAE (`SaeView`), the battery, the harvest's
 counts and means, feature names and manual labels. Each stage's own tables are read through
 that stage's `queries` module (index/labels/queries.py, index/effects/queries.py, …), so the
 stage that writes a table also holds its reads; no caller writes SQL against the tables. Every
 result that names a feature carries its label (a manual label wins over the automatic one).
 
-`Dictionary` is one SAE of a database opened read-only (or read through a cursor the caller
+`SaeView` is one SAE of a database opened read-only (or read through a cursor the caller
 owns); the functions below it take one.
 """
 
@@ -44,7 +44,7 @@ def cached_sha256(path: Path) -> str:
     return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-class Dictionary:
+class SaeView:
     """A read-only view of one SAE in a feature database: labels, FAISS, persona vectors."""
 
     def __init__(self, db: Path, sae: str | None = None, con: Connection | None = None) -> None:

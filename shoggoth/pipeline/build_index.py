@@ -1,5 +1,5 @@
 """`shoggoth index`, the steps that need the model: the SAE's decoder directions and, for causal
-LMs, their logit effects through the unembedding; `index.dictionary` does the rest."""
+LMs, their logit effects through the unembedding; `index.catalog` does the rest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Log
-from shoggoth.index.dictionary.build import IndexConfig, build_dictionary, read_harvest
+from shoggoth.index.catalog.build import IndexConfig, build_catalog, read_harvest
 from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.sae_dir import load_harvest_sae
 
@@ -57,9 +57,9 @@ def model_logit_effects(
 
 
 def index_harvest(cfg: IndexConfig, log: Log = print) -> dict[str, Any]:
-    """Build one SAE's feature dictionary; returns `build_dictionary`'s summary."""
+    """Build one SAE's feature catalog; returns `build_catalog`'s summary."""
     harvest = read_harvest(cfg)
     sae = load_harvest_sae(cfg.db, harvest.sae_id, harvest.row, cfg.device)
     w_dec = sae.W_dec.detach().float().cpu().numpy()
     effects, note = model_logit_effects(harvest.row["model"], w_dec, cfg, log)
-    return build_dictionary(cfg, harvest, w_dec, effects, note, log)
+    return build_catalog(cfg, harvest, w_dec, effects, note, log)

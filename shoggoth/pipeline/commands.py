@@ -11,9 +11,9 @@ from rich.text import Text
 from shoggoth.core.config import config_options
 from shoggoth.core.printing import number, print_json, shown
 from shoggoth.core.progress import stderr_log
-from shoggoth.index.dictionary.build import IndexConfig
+from shoggoth.index.catalog.build import IndexConfig
 from shoggoth.index.explanations.queries import explanations
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.read import SaeView
 from shoggoth.pipeline.build_index import index_harvest
 from shoggoth.pipeline.explanations.run import ExplainConfig, explain
 from shoggoth.pipeline.harvest.ray_shards import harvest_with_ray
@@ -68,7 +68,7 @@ def harvest_command(cfg: HarvestConfig) -> None:
 @click.command("index")
 @config_options(IndexConfig)
 def index_command(cfg: IndexConfig) -> None:
-    """Build the feature dictionary of a harvested SAE: top and interval examples, activation
+    """Build the feature catalog of a harvested SAE: top and interval examples, activation
     histograms, FAISS neighbours by decoder direction and by persona profile, and logit effects
     (causal LMs). Rebuilt aside and renamed into place."""
     result = index_harvest(cfg, log=stderr_log())
@@ -95,7 +95,7 @@ def explain_command(cfg: ExplainConfig) -> None:
     fuzzing (the AUC of the judge's yes-versus-no margins; 0.5 is chance). Resumable; one line
     per failed request."""
     result = explain(cfg, log=stderr_log())
-    d = Dictionary(cfg.db, result["sae_id"])
+    d = SaeView(cfg.db, result["sae_id"])
     try:
         table = explanations(d.con, d.sae_id)
     finally:

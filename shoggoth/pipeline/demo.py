@@ -22,7 +22,7 @@ from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.outputs import refuse_output_over
 from shoggoth.core.progress import Log, stderr_log
-from shoggoth.index.dictionary.build import IndexConfig, faiss_dir
+from shoggoth.index.catalog.build import IndexConfig, faiss_dir
 from shoggoth.index.labels.run import LabelRunConfig, label_database
 from shoggoth.index.store.schema import battery_of
 from shoggoth.index.store.status import Status, sae_status

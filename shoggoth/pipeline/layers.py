@@ -40,7 +40,7 @@ from shoggoth.core.progress import Progress
 from shoggoth.core.signal import grouped_means, signal_fraction
 from shoggoth.index.layers.store import write_layer_probe
 from shoggoth.index.store.database import check_writable
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.encode import document_shifts, prompts_activations
 from shoggoth.sae.models import Model, hook_layer, load_model
@@ -272,7 +272,7 @@ def sae_documents(
     return a, r, sh, sh_hat
 
 
-def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Prompt], Documents]:
+def documents(d: SaeView, model: Model, per_topic: int) -> tuple[list[Prompt], Documents]:
     """The prompts of every non-control persona × prompt × the first items of each topic."""
     personas, items = read_battery(d.con)
     main = [p for p in personas if not p.is_control]
@@ -302,7 +302,7 @@ def documents(d: Dictionary, model: Model, per_topic: int) -> tuple[list[Prompt]
     return prompts, Documents(m[:, 0], m[:, 1], m[:, 2], [p.name for p in main])
 
 
-def reference_prompts(d: Dictionary, model: Model, per_topic: int) -> list[Prompt]:
+def reference_prompts(d: SaeView, model: Model, per_topic: int) -> list[Prompt]:
     """The reference document of every item the probe uses (in `documents`' item order): the
     same answer under the SAE's reference (an empty system turn when the harvest names none)."""
     _, items = read_battery(d.con)
@@ -324,7 +324,7 @@ def reference_prompts(d: Dictionary, model: Model, per_topic: int) -> list[Promp
 def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
     """Run the probe and store it (table layer_probe); returns the rows written."""
     check_writable(cfg.db)  # before minutes of forward passes, not after
-    d = Dictionary(cfg.db, cfg.sae)
+    d = SaeView(cfg.db, cfg.sae)
     try:
         model = load_model(
             d.row["model"],

@@ -17,8 +17,8 @@ from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.placement import Placement, placement_of
 from shoggoth.core.printing import Format
-from shoggoth.index.dictionary.queries import by_name, by_persona, describe, similar
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.catalog.queries import by_name, by_persona, describe, similar
+from shoggoth.index.store.read import SaeView
 from shoggoth.sae.activations import continuation_activations
 from shoggoth.sae.models import load_model
 from shoggoth.sae.prompts import build_prompt, collate, pad_id, stored_template
@@ -86,7 +86,7 @@ class SearchConfig(Config):
 
 
 def load_runner(
-    d: Dictionary, device: str = "auto", placement: Placement | None = None
+    d: SaeView, device: str = "auto", placement: Placement | None = None
 ) -> tuple[Any, Any]:
     """The model and SAE of the dictionary's harvest, ready to encode text."""
     sae = load_harvest_sae(d.db, d.sae_id, d.row, device)
@@ -96,7 +96,7 @@ def load_runner(
 
 
 def by_text(
-    d: Dictionary,
+    d: SaeView,
     text: str,
     persona: str | None,
     paraphrase: int,
@@ -167,7 +167,7 @@ def by_text(
 
 def search(cfg: SearchConfig) -> dict[str, Any]:
     """Run the search mode the flags ask for; returns its result as plain data."""
-    d = Dictionary(cfg.db, cfg.sae)
+    d = SaeView(cfg.db, cfg.sae)
     try:
         if cfg.text is not None:
             found = by_text(

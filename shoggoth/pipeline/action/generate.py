@@ -28,7 +28,7 @@ from shoggoth.core.progress import Log, Progress
 from shoggoth.index.action.answers import SET_NAME, done_keys, finish_set, start_set, write_answers
 from shoggoth.index.store.connection import one_row
 from shoggoth.index.store.database import WAIT, check_writable, connect
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.generation import (
     Generator,
@@ -122,7 +122,7 @@ def unit_seed(seed: int, persona: str, paraphrase: int, item_id: str) -> int:
 
 def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[Item]]:
     """(model, template, personas, items) from the database; BadInput for what cannot work."""
-    d = Dictionary(cfg.db, cfg.sae)
+    d = SaeView(cfg.db, cfg.sae)
     try:
         row, (personas, items) = d.row, read_battery(d.con)
     finally:

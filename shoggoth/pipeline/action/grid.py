@@ -37,7 +37,7 @@ from shoggoth.index.action.labels import GridLabelConfig
 from shoggoth.index.action.store import write_grid
 from shoggoth.index.store.connection import one_row
 from shoggoth.index.store.database import check_writable
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.activations import prefix_cache
 from shoggoth.sae.encode import (
@@ -99,7 +99,7 @@ class GridInputs:
 
 def read_inputs(cfg: GridConfig) -> GridInputs:
     """The SAE, battery and answer set; BadInput for what cannot work."""
-    d = Dictionary(cfg.db, cfg.sae)
+    d = SaeView(cfg.db, cfg.sae)
     try:
         sae_id, row, (personas, items) = d.sae_id, d.row, read_battery(d.con)
         answers = read_answers(d.con, cfg.answers)

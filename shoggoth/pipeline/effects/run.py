@@ -53,7 +53,7 @@ from shoggoth.index.labels.decompose import part_of_features
 from shoggoth.index.labels.queries import labelled_features
 from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store.database import check_writable
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.schema import read_battery
 from shoggoth.pipeline.effects.compose import compose_item, composition_rows
 from shoggoth.pipeline.effects.measure import (
@@ -177,7 +177,7 @@ def feature_parts(labels: pd.DataFrame, main: list[Persona], d_sae: int) -> np.n
 
 def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
     """The SAE, battery, labels and typical activations; BadInput for what cannot work."""
-    d = Dictionary(cfg.db, cfg.sae)
+    d = SaeView(cfg.db, cfg.sae)
     try:
         personas, items = read_battery(d.con)
         main = [p for p in personas if not p.is_control]

@@ -25,7 +25,7 @@ from shoggoth.core.config import SEED_MAX, Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.placement import placement_of
 from shoggoth.index.effects.queries import typical_activations
-from shoggoth.index.store.read import Dictionary
+from shoggoth.index.store.read import SaeView
 from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.sae.intervene import Edit, generate
 from shoggoth.sae.models import Model
@@ -129,7 +129,7 @@ def load_steering(cfg: SteerConfig) -> Steering:
     for a feature out of range, an unknown persona, a feature that never fired, an encoder)."""
     if not cfg.db.is_file():
         raise BadInput(f"--db {cfg.db}: no such file")
-    d = Dictionary(cfg.db, cfg.sae)
+    d = SaeView(cfg.db, cfg.sae)
     try:
         d.check_feature(cfg.feature)
         system = None

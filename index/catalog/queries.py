@@ -11,7 +11,7 @@ from shoggoth.core.errors import BadInput
 from shoggoth.index.labels.queries import MASK_FEATURES_SQL
 from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import (
-    Dictionary,
+    SaeView,
     feature_name,
     has_table,
     if_table,
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def similar(
-    d: Dictionary, feature: int, k: int, index: faiss.Index | None = None
+    d: SaeView, feature: int, k: int, index: faiss.Index | None = None
 ) -> list[dict[str, Any]]:
     """The k features whose decoder directions are nearest (cosine) to `feature`'s (`index`:
     the decoder FAISS index, when the caller holds it already)."""
@@ -39,7 +39,7 @@ def similar(
     return [{"feature": i, "cosine": round(s, 4), **labels[i]} for i, s in pairs]
 
 
-def describe(d: Dictionary, feature: int, k: int) -> dict[str, Any]:
+def describe(d: SaeView, feature: int, k: int) -> dict[str, Any]:
     """A feature's label, its deciding statistics and its top contexts."""
     d.check_feature(feature)
     out: dict[str, Any] = {"feature": feature, **d.labels([feature])[feature]}
@@ -91,7 +91,7 @@ def describe(d: Dictionary, feature: int, k: int) -> dict[str, Any]:
     return out
 
 
-def by_name(d: Dictionary, text: str, k: int) -> list[dict[str, Any]]:
+def by_name(d: SaeView, text: str, k: int) -> list[dict[str, Any]]:
     """The features whose handle, preferred persona or explanation contains `text` (any case),
     the most distinctive handles first (their best term's score)."""
     if not text.strip():
@@ -117,7 +117,7 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def by_persona(d: Dictionary, persona: str, k: int) -> dict[str, Any]:
+def by_persona(d: SaeView, persona: str, k: int) -> dict[str, Any]:
     """The features nearest the persona vector, and the persona's mask-specific (and
     mask-family) features, strongest first."""
     d.check_persona(persona)

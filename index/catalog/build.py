@@ -28,10 +28,10 @@ from shoggoth.core.errors import BadInput
 from shoggoth.core.names import check_sae_id
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import Log
-from shoggoth.index.dictionary import maps as feature_map
-from shoggoth.index.dictionary import similarity
-from shoggoth.index.dictionary.handles import write_handles
-from shoggoth.index.dictionary.maps import MapMethod
+from shoggoth.index.catalog import maps as feature_map
+from shoggoth.index.catalog import similarity
+from shoggoth.index.catalog.handles import write_handles
+from shoggoth.index.catalog.maps import MapMethod
 from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.database import (
     WAIT,
@@ -93,7 +93,7 @@ ORDER BY feature, bin
 
 @dataclass
 class IndexConfig(Config):
-    """`shoggoth index`: build the feature dictionary of a harvested SAE."""
+    """`shoggoth index`: build the feature catalog of a harvested SAE."""
 
     db: Path = option(required="a database from `shoggoth harvest`")
     """The feature database (from `shoggoth harvest`; labels from `shoggoth label` are used
@@ -360,7 +360,7 @@ def write_tables(
         con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
 
 
-def build_dictionary(
+def build_catalog(
     cfg: IndexConfig,
     harvest: Harvest,
     w_dec: np.ndarray,

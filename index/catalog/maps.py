@@ -16,7 +16,7 @@ from typing import Literal, cast
 
 import numpy as np
 
-from shoggoth.index.dictionary import similarity
+from shoggoth.index.catalog import similarity
 
 MapMethod = Literal["auto", "umap", "pca"]
 UMAP_FROM = 1000
