@@ -40,6 +40,7 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # builds the site (mkdocs, a subprocess)
 def test_the_cli_reference_matches_the_commands(site):
     text = html.unescape(re.sub(r"<[^>]+>", " ", (site / "cli" / "index.html").read_text()))
     for path, command in leaf_commands(cli.cli):
@@ -60,6 +61,7 @@ def test_the_commands_page_lists_every_command():
     assert listed == set(cli.cli.list_commands(None)), listed ^ set(cli.cli.list_commands(None))
 
 
+@pytest.mark.slow  # builds the site (mkdocs, a subprocess)
 def test_every_page_is_built(site):
     for page in (ROOT / "docs").glob("*.md"):
         built = site / ("index.html" if page.stem == "index" else f"{page.stem}/index.html")

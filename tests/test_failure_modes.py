@@ -424,6 +424,7 @@ class Stuck(Exception):
     pass
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_a_query_that_ignores_its_interrupt_is_ended(tmp_path):
     """A Python UDF (like building one huge list) never looks at DuckDB's interrupt flag: the
     timeout still holds, through `on_stuck`, a grace period after the interrupt."""

@@ -105,6 +105,7 @@ def test_every_architecture_trains_and_loads(capfd, tmp_path, tiny_gpt2_dir, arc
     assert 0 < ev["l0"] <= 64 and -1 < ev["explained_variance"] <= 1
 
 
+@pytest.mark.slow  # trains on real MiniLM weights
 def test_train_minilm_short_run_learns(capfd, tmp_path):
     out = tmp_path / "minilm-sae"
     code, _, err = run(
