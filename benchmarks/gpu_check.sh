@@ -5,7 +5,7 @@
 #      folder .gpu-wheels/ (made here by `make gpu-wheels`; no index is contacted);
 #   2. benchmarks/gpu_throughput.py: harvest vs the bare forward (bf16) and SAE training, on
 #      random-weight Qwen2-0.5B- and Llama-1B-shaped models;
-#   3. the test suite's CUDA tests (tests/test_models.py -k cuda).
+#   3. the test suite's CUDA tests (tests/sae/test_models.py -k cuda).
 # Figures go to stdout and, when $OUT is set, to $OUT/gpu_throughput.json.
 set -u
 cd "$(dirname "$0")/.."
@@ -40,5 +40,5 @@ fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=.
 timeout 400 "$PY" -m benchmarks.gpu_throughput --steps 50
 status=$?
-timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_models.py -k cuda || status=$?
+timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/sae/test_models.py -k cuda || status=$?
 exit $status

@@ -5,7 +5,7 @@ separate `shoggoth train` runs of the same SAEs, in one run.
 Models: a causal LM with GPT-2-small's shape (12 layers, random weights) hooked at blocks
 2, 5, 8, 11, and SmolLM2-135M-Instruct (30 layers) at blocks 6, 12, 18, 24; TopK SAEs with
 --expansion 4 and k 32 on the chat corpus. The SAEs of the one run equal the separate runs' bit
-for bit (tests/test_train_scale.py), so only time is compared.
+for bit (tests/sae/test_train_scale.py), so only time is compared.
 
     python -m benchmarks.multi_sae_train [--tokens 8192] [--repeats 2] [--models gpt2,smollm2]
 

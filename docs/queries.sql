@@ -1,5 +1,5 @@
 -- Example queries for `shoggoth sql --db FILE.duckdb "..."` (tables: docs/schema.md).
--- Each query is run by tests/test_sql.py against a real harvested and labelled database.
+-- Each query is run by tests/index/test_sql.py against a real harvested and labelled database.
 
 -- name: persona_label_counts
 -- Persona x label: how many features each persona is the top persona of, by label.

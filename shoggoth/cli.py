@@ -123,7 +123,7 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 """Every command in pipeline order: (name, where it is defined, its line in `--help`). A command
 module is imported only when that command runs, so `shoggoth --help`, `sql` and `status` load
-neither torch nor transformers (tests/test_cli.py checks both, and that these lines agree with
+neither torch nor transformers (tests/cli/test_cli.py checks both, and that these lines agree with
 the commands' own help)."""
 
 

@@ -42,11 +42,11 @@ from shoggoth.index.store.database import (
     remove,
     replace_unless_changed,
     snapshot,
-    step_database,
     tables,
     transaction,
     writing,
 )
+from shoggoth.index.store.read import step_database
 from shoggoth.index.store.schema import create_index_tables
 
 EXAMPLES_SQL = """

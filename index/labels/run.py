@@ -25,10 +25,10 @@ from shoggoth.index.store.database import (
     connect,
     record_run,
     replace_rows,
-    step_database,
     transaction,
 )
 from shoggoth.index.store.derived import refresh_causal
+from shoggoth.index.store.read import step_database
 from shoggoth.index.store.schema import PERSONA_TABLES, create_label_tables
 
 FDR_LABELS = (*PERSONA_LABELS, "shared-modulated")

@@ -1,5 +1,5 @@
 """CLI commands on the database itself: `merge`, `sql`, `export` and `status`. They load no
-model library (tests/test_cli.py)."""
+model library (tests/cli/test_cli.py)."""
 
 from __future__ import annotations
 

@@ -659,28 +659,6 @@ def check_saes_row(row: dict[str, Any], path: Path) -> None:
             )
 
 
-@contextmanager
-def step_database(
-    db: Path,
-    sae: str | None,
-) -> Iterator[tuple[Any, str, dict[str, Any]]]:
-    """Open the database for a step that will write it: BadInput in one line unless it exists,
-    can be written and is free (checked before the work, not after it), holds the contract
-    tables and the chosen SAE (`sae`: its id, or None for the only one). Yields a read-only
-    connection, the SAE's id and its `saes` row; closes the connection after."""
-    if not db.is_file():
-        raise BadInput(f"--db {db}: no such file")
-    check_writable(db)
-    con = connect(db, read_only=True, wait=WAIT)
-    try:
-        require_shoggoth(con, db)
-        sae_id, row = choose_sae(con, db, sae)
-        check_claims(con, db, sae_id, row)
-        yield con, sae_id, row
-    finally:
-        con.close()
-
-
 def weight_shapes(path: Path) -> dict[str, list[int]] | None:
     """The tensor shapes a safetensors file declares in its header (read without loading a
     tensor); None when the file is missing or not safetensors."""

@@ -7,6 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,9 @@ from shoggoth.index.store.merge import MergeConfig, merge
 from shoggoth.index.store.schema import battery_of, create_schema, upgrade_contract
 
 
-def check_target(db: Path, personas: Sequence[Persona], items: Sequence[Item]) -> dict[str, Any]:
-    """Check the database a harvest will add to (readable, not locked, a shoggoth database with
-    the same battery) before any work starts; returns {sae_id: finished run} for the SAEs it
-    already holds."""
+def _held_runs(db: Path, personas: Sequence[Persona], items: Sequence[Item]) -> dict[str, Any]:
+    """Check the database a harvest adds to (readable, not locked, a shoggoth database with the
+    same battery); {sae_id: finished run} of the SAEs it already holds."""
     if db.is_dir():
         raise BadInput(f"--db {db}: is a directory, expected a DuckDB file")
     if not db.exists():
@@ -54,26 +54,81 @@ def check_target(db: Path, personas: Sequence[Persona], items: Sequence[Item]) -
         con.close()
 
 
-def partial_path(db: Path, sae_id: str) -> Path:
-    """Where an unfinished harvest of `sae_id` into `db` keeps its batches."""
-    return db.parent / f".{db.name}.{sae_id}.partial"
+@dataclass
+class HarvestTarget:
+    """The database a harvest adds to, and the life of the partial file it writes on the way:
+    checked when made (before any work), opened or resumed, published, summarised."""
 
+    db: Path
+    """The user's database (publishing creates it when it does not exist)."""
+    personas: Sequence[Persona]
+    """The battery's personas, as harvested."""
+    items: Sequence[Item]
+    """The battery's items, as harvested."""
+    sae_ids: list[str]
+    """The SAEs harvested together, from the same forward passes."""
+    held: dict[str, Any] = field(init=False)
+    """{sae_id: finished run} of the SAEs the database already held when the harvest began."""
 
-def already_done(
-    db: Path, partial: Path, sae_id: str, done: dict[str, Any] | None, identity: dict[str, Any]
-) -> dict[str, Any]:
-    """A rerun of a finished harvest: nothing to do when the settings match, else BadInput."""
-    stored = (done or {}).get("config", {}).get("identity")
-    if done is None or stored != identity:
-        diff = sorted(k for k in identity if (stored or {}).get(k) != identity[k])
-        raise BadInput(
-            f"--db {db}: already holds SAE '{sae_id}' harvested with other settings "
-            f"({', '.join(diff)}); use another --sae or another --db"
-        )
-    remove(partial)  # published, but killed before the partial file was removed
-    result = summary(db, sae_id, 0.0)
-    result["already_harvested"] = True
-    return result
+    def __post_init__(self) -> None:
+        self.held = _held_runs(self.db, self.personas, self.items)
+
+    @property
+    def partial(self) -> Path:
+        """Where the unfinished harvest keeps its batches, beside the database."""
+        return self.db.parent / f".{self.db.name}.{'+'.join(self.sae_ids)}.partial"
+
+    def already_done(self, sae_id: str, identity: dict[str, Any]) -> dict[str, Any]:
+        """A rerun of a finished harvest: its summary when the settings match, else BadInput."""
+        done = self.held.get(sae_id)
+        stored = (done or {}).get("config", {}).get("identity")
+        if done is None or stored != identity:
+            diff = sorted(k for k in identity if (stored or {}).get(k) != identity[k])
+            raise BadInput(
+                f"--db {self.db}: already holds SAE '{sae_id}' harvested with other settings "
+                f"({', '.join(diff)}); use another --sae or another --db"
+            )
+        remove(self.partial)  # published, but killed before the partial file was removed
+        result = summary(self.db, sae_id, 0.0)
+        result["already_harvested"] = True
+        return result
+
+    def open_partial(self) -> PartialStore:
+        """The partial database, created (schema and battery) when new, else resumed."""
+        path = self.partial
+        if not path.exists():
+            building = path.with_name(path.name + ".new")
+            remove(building)
+            con = connect(building)
+            create_schema(con, self.personas, self.items)
+            con.close()
+            os.replace(building, path)
+        con = connect(path, what="partial harvest")
+        try:
+            check_same_battery(
+                con, path, battery_of(self.personas, self.items), what="partial harvest"
+            )
+            upgrade_contract(con)  # a partial file an earlier version began
+        except BadInput:
+            con.close()
+            raise
+        return PartialStore(path, con)
+
+    def publish(self) -> None:
+        """Publish the finished partial harvest into the database, re-checking the database first
+        (it may have changed while the harvest ran)."""
+        held = _held_runs(self.db, self.personas, self.items)
+        for sae_id in self.sae_ids:
+            if sae_id in held:
+                raise BadInput(
+                    f"--db {self.db}: gained SAE '{sae_id}' while this harvest ran; the "
+                    f"finished harvest is kept in {self.partial}"
+                )
+        # Through merge even for a new database: a fresh file, sorted by key, without the free
+        # blocks that batch-by-batch appends leave (a new file is built aside and renamed; an
+        # existing one gains the rows in one transaction).
+        merge(MergeConfig(db=self.db, inputs=[self.partial]), as_is=True)
+        remove(self.partial)
 
 
 class PartialStore:
@@ -221,45 +276,6 @@ class PartialStore:
 
     def close(self) -> None:
         self.con.close()
-
-
-def open_partial(path: Path, personas: Sequence[Persona], items: Sequence[Item]) -> PartialStore:
-    """Open the partial database of a harvest, creating it (schema and battery) when new."""
-    if not path.exists():
-        building = path.with_name(path.name + ".new")
-        remove(building)
-        con = connect(building)
-        create_schema(con, personas, items)
-        con.close()
-        os.replace(building, path)
-    con = connect(path, what="partial harvest")
-    try:
-        check_same_battery(con, path, battery_of(personas, items), what="partial harvest")
-        upgrade_contract(con)  # a partial file an earlier version began
-    except BadInput:
-        con.close()
-        raise
-    return PartialStore(path, con)
-
-
-def publish_harvest(
-    partial: Path, db: Path, personas: Sequence[Persona], items: Sequence[Item], sae_ids: list[str]
-) -> None:
-    """Publish a finished partial harvest (of one SAE or several) into `db`, re-checking the
-    database first (it may have changed while the harvest ran)."""
-
-    done = check_target(db, personas, items)
-    for sae_id in sae_ids:
-        if sae_id in done:
-            raise BadInput(
-                f"--db {db}: gained SAE '{sae_id}' while this harvest ran; the "
-                f"finished harvest is kept in {partial}"
-            )
-    # Through merge even for a new database: a fresh file, sorted by key, without the free
-    # blocks that batch-by-batch appends leave (a new file is built aside and renamed; an
-    # existing one gains the rows in one transaction).
-    merge(MergeConfig(db=db, inputs=[partial]), as_is=True)
-    remove(partial)
 
 
 def summary(db: Path, sae_id: str, seconds: float) -> dict[str, Any]:

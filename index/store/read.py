@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,7 +23,9 @@ from shoggoth.core.atomic import file_sha256
 from shoggoth.core.errors import BadInput
 from shoggoth.index.store.connection import Connection, one_row
 from shoggoth.index.store.database import (
+    WAIT,
     check_claims,
+    check_writable,
     choose_sae,
     connect,
     faiss_dir,
@@ -47,18 +51,32 @@ def cached_sha256(path: Path) -> str:
 class SaeView:
     """A read-only view of one SAE in a feature database: labels, FAISS, persona vectors."""
 
-    def __init__(self, db: Path, sae: str | None = None, con: Connection | None = None) -> None:
-        """Opens `db` read-only, or reads through `con` (a cursor the caller owns)."""
+    def __init__(
+        self, db: Path, sae: str | None = None, con: Connection | None = None, wait: float = 0.0
+    ) -> None:
+        """Opens `db` read-only (waiting up to `wait` seconds for a writer's lock), or reads
+        through `con` (a cursor the caller owns)."""
         if con is None and not db.is_file():
             raise BadInput(f"--db {db}: no such file")
         self.db = db
         self.owned = con is None
-        self.con = connect(db, read_only=True) if con is None else con
+        self.con = connect(db, read_only=True, wait=wait) if con is None else con
         require_shoggoth(self.con, db)
         self.sae_id, self.row = choose_sae(self.con, db, sae)
         check_claims(self.con, db, self.sae_id, self.row)
         self.tables = tables(self.con)
         self.labelled = has_table(self.con, "feature_labels")
+
+    @classmethod
+    def for_writing(cls, db: Path, sae: str | None = None) -> SaeView:
+        """The view a step that will write `db` reads its inputs through: BadInput in one line
+        unless the file exists, can be written and is free, checked before the work (not after
+        it), then the contract tables and the chosen SAE (`sae`: its id, or None for the only
+        one) as for any view."""
+        if not db.is_file():
+            raise BadInput(f"--db {db}: no such file")
+        check_writable(db)
+        return cls(db, sae, wait=WAIT)
 
     def close(self) -> None:
         if self.owned:
@@ -139,6 +157,17 @@ class SaeView:
             raise BadInput(
                 f"--persona {persona}: not in this database's battery (it has {', '.join(names)})"
             )
+
+
+@contextmanager
+def step_database(db: Path, sae: str | None) -> Iterator[tuple[Connection, str, dict[str, Any]]]:
+    """`SaeView.for_writing` for a step that reads through SQL: yields the view's read-only
+    connection, the SAE's id and its `saes` row, and closes the connection after."""
+    view = SaeView.for_writing(db, sae)
+    try:
+        yield view.con, view.sae_id, view.row
+    finally:
+        view.close()
 
 
 # --- named queries for the explorer: each takes a connection (or cursor) and returns a frame ---

@@ -1,6 +1,6 @@
 """The feature database's schema: the contract tables that `shoggoth harvest` fills.
 
-docs/schema.md documents every table and column; tests/test_schema.py keeps the two in step.
+docs/schema.md documents every table and column; tests/index/test_schema.py keeps the two in step.
 Persona and item names are ENUM types (`persona_name`, `item_name`) made from the battery: they
 read and compare as text but are stored as small integers, which DuckDB run-length encodes.
 """
@@ -342,7 +342,8 @@ KNOWN_TABLES: frozenset[str] = frozenset(
     }
 )
 """Every table a shoggoth command writes (the effects' and layers' tables are defined beside
-their commands; tests/test_schema.py checks this list against a database every command wrote)."""
+their commands; tests/index/test_schema.py checks this list against a database every command
+wrote)."""
 
 
 FEATURE_LABELS_VIEW = """

@@ -28,6 +28,7 @@ from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import EMPTY_SYSTEM, Batch, pad_id, special_ids
 from shoggoth.sae.train.chat_corpus import Conversation, Piece, render_conversation
 from shoggoth.sae.train.chitchat import render
+from shoggoth.sae.train.stream import ChunkedStream, side_by_side
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -204,7 +205,7 @@ def paired_activations(
 
 
 @dataclass
-class PairedStream:
+class PairedStream(ChunkedStream):
     """Batches of `batch_tokens` rows per key, forever: `hook` (the persona's activations) and
     `hook + DIFFERENCE` (its shift against the reference) for every hook."""
 
@@ -241,24 +242,21 @@ class PairedStream:
     def keys(self) -> list[str]:
         return [*self.hooks, *(difference_key(h) for h in self.hooks)]
 
-    def chunk(self, index: int) -> dict[str, torch.Tensor]:
-        epoch, c = divmod(index, len(self.sizes))
-        lo = c * self.chunk_pairs
-        if c in self._kept:
-            persona, ref = self._kept[c]
+    def rows(self, chunk: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Chunk `chunk`'s persona activations and shifts per hook (run again on every pass
+        unless `keep` holds them)."""
+        if chunk in self._kept:
+            persona, ref = self._kept[chunk]
         else:
+            lo = chunk * self.chunk_pairs
             part = self.pairs.select(range(lo, min(len(self.pairs), lo + self.chunk_pairs)))
             persona, ref, _ = paired_activations(
                 self.model, part, self.hooks, advance=self._advance(epoch)
             )
             if self.keep:
-                self._kept[c] = persona, ref
-        g = torch.Generator().manual_seed(
-            self.seed * 1_000_003 + epoch * 10_007 + c + self.shard * 7_919_993
-        )
-        order = torch.randperm(len(persona[self.hooks[0]]), generator=g)
-        out = {h: persona[h][order] for h in self.hooks}
-        out.update({difference_key(h): (persona[h] - ref[h])[order] for h in self.hooks})
+                self._kept[chunk] = persona, ref
+        out = {h: persona[h] for h in self.hooks}
+        out.update({difference_key(h): persona[h] - ref[h] for h in self.hooks})
         return out
 
     def _advance(self, epoch: int) -> Callable[[int], None] | None:
@@ -284,25 +282,6 @@ class PairedStream:
 
         return advance
 
-    def batches(self, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """The batches from token position `start` (a multiple of `batch_tokens`) on."""
-        epoch_tokens = sum(self.sizes)
-        index = (start // epoch_tokens) * len(self.sizes)
-        offset = start % epoch_tokens
-        while offset >= self.sizes[index % len(self.sizes)]:
-            offset -= self.sizes[index % len(self.sizes)]
-            index += 1
-        buffer = {h: a[offset:] for h, a in self.chunk(index).items()}
-        index += 1
-        n, first = self.batch_tokens, self.keys[0]
-        while True:
-            while len(buffer[first]) < n:
-                more = self.chunk(index)
-                buffer = {h: torch.cat([buffer[h], more[h]]) for h in buffer}
-                index += 1
-            yield {h: a[:n] for h, a in buffer.items()}
-            buffer = {h: a[n:] for h, a in buffer.items()}
-
 
 def sharded_paired_batches(
     model: Model,
@@ -318,13 +297,11 @@ def sharded_paired_batches(
     """As stream.sharded_batches, over pairs (`keep`: hold the activations for later
     epochs)."""
     per = batch_tokens // shards
-    streams = [
-        PairedStream(model, hooks, pairs, per, seed, r, shards, keep=keep).batches(start // shards)
-        for r in ranks
-    ]
-    if len(streams) == 1:
-        yield from streams[0]
-        return
-    while True:
-        parts = [next(s) for s in streams]
-        yield {h: torch.cat([p[h] for p in parts]) for h in parts[0]}
+    yield from side_by_side(
+        [
+            PairedStream(model, hooks, pairs, per, seed, r, shards, keep=keep).batches(
+                start // shards
+            )
+            for r in ranks
+        ]
+    )

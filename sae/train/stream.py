@@ -52,8 +52,70 @@ def context_activations(
     return contexts_activations(model, contexts, [hook], keep, batch)[hook]
 
 
+class ChunkedStream:
+    """The position arithmetic every training stream shares, written once: chunk `index` of the
+    endless stream is pass `index // len(sizes)` over chunk `index % len(sizes)`, its rows
+    shuffled by a generator seeded with (seed, pass, chunk, shard); the batches are consecutive
+    `batch_tokens`-row slices of the chunks' concatenation, so the stream at token `start` is a
+    pure function of the data, the seed and `start` (what a resumed run relies on).
+
+    A subclass sets `sizes` (rows in each chunk of one pass), `seed`, `shard` and `batch_tokens`
+    and says what a chunk's rows are (`rows`)."""
+
+    sizes: list[int]
+    seed: int
+    shard: int
+    batch_tokens: int
+
+    def rows(self, chunk: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Chunk `chunk`'s rows per key, unshuffled, on the CPU (`epoch`: which pass it is)."""
+        raise NotImplementedError
+
+    def chunk(self, index: int) -> dict[str, torch.Tensor]:
+        """The shuffled rows of chunk `index` of the endless stream, per key."""
+        epoch, c = divmod(index, len(self.sizes))
+        rows = self.rows(c, epoch)
+        # Shard 0 keeps the unsharded stream's seeds, so one shard is the plain stream.
+        g = torch.Generator().manual_seed(
+            self.seed * 1_000_003 + epoch * 10_007 + c + self.shard * 7_919_993
+        )
+        order = torch.randperm(len(next(iter(rows.values()))), generator=g)
+        return {k: a[order] for k, a in rows.items()}
+
+    def batches(self, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches from token position `start` (a multiple of `batch_tokens`) on."""
+        epoch_tokens = sum(self.sizes)
+        index = (start // epoch_tokens) * len(self.sizes)
+        offset = start % epoch_tokens
+        while offset >= self.sizes[index % len(self.sizes)]:
+            offset -= self.sizes[index % len(self.sizes)]
+            index += 1
+        buffer = {k: a[offset:] for k, a in self.chunk(index).items()}
+        index += 1
+        n = self.batch_tokens
+        while True:
+            while len(next(iter(buffer.values()))) < n:
+                more = self.chunk(index)
+                buffer = {k: torch.cat([buffer[k], more[k]]) for k in buffer}
+                index += 1
+            yield {k: a[:n] for k, a in buffer.items()}
+            buffer = {k: a[n:] for k, a in buffer.items()}
+
+
+def side_by_side(
+    streams: list[Iterator[dict[str, torch.Tensor]]],
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One batch from each shard's stream, joined row-wise (a single stream passes through)."""
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    while True:
+        parts = [next(s) for s in streams]
+        yield {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 @dataclass
-class ActivationStream:
+class ActivationStream(ChunkedStream):
     """Batches of `batch_tokens` activations per hook, forever (the contexts repeat, reshuffled,
     when the run wants more tokens than they hold)."""
 
@@ -80,36 +142,10 @@ class ActivationStream:
         if sum(self.sizes) == 0:
             raise ValueError("no trainable tokens in the contexts")
 
-    def chunk(self, index: int) -> dict[str, torch.Tensor]:
-        """The shuffled activations of chunk `index` of the endless stream, per hook."""
-        epoch, c = divmod(index, len(self.sizes))
-        lo, hi = c * self.chunk_contexts, (c + 1) * self.chunk_contexts
-        acts = contexts_activations(self.model, self.contexts[lo:hi], self.hooks, self.keep[lo:hi])
-        # Shard 0 keeps the unsharded stream's seeds, so one shard is the plain stream.
-        g = torch.Generator().manual_seed(
-            self.seed * 1_000_003 + epoch * 10_007 + c + self.shard * 7_919_993
-        )
-        order = torch.randperm(len(acts[self.hooks[0]]), generator=g)
-        return {h: a[order] for h, a in acts.items()}
-
-    def batches(self, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """The batches from token position `start` (a multiple of `batch_tokens`) on."""
-        epoch_tokens = sum(self.sizes)
-        index = (start // epoch_tokens) * len(self.sizes)
-        offset = start % epoch_tokens
-        while offset >= self.sizes[index % len(self.sizes)]:
-            offset -= self.sizes[index % len(self.sizes)]
-            index += 1
-        buffer = {h: a[offset:] for h, a in self.chunk(index).items()}
-        index += 1
-        n = self.batch_tokens
-        while True:
-            while len(buffer[self.hooks[0]]) < n:
-                more = self.chunk(index)
-                buffer = {h: torch.cat([buffer[h], more[h]]) for h in self.hooks}
-                index += 1
-            yield {h: a[:n] for h, a in buffer.items()}
-            buffer = {h: a[n:] for h, a in buffer.items()}
+    def rows(self, chunk: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Chunk `chunk`'s activations per hook (the model runs again on every pass)."""
+        lo, hi = chunk * self.chunk_contexts, (chunk + 1) * self.chunk_contexts
+        return contexts_activations(self.model, self.contexts[lo:hi], self.hooks, self.keep[lo:hi])
 
 
 def sharded_batches(
@@ -127,18 +163,14 @@ def sharded_batches(
     `shards` (each contributing batch_tokens / shards rows, side by side): all shards in one
     process, or one shard per DDP rank."""
     per = batch_tokens // shards
-    streams = [
-        ActivationStream(model, hooks, contexts, keep, per, seed, r, shards).batches(
-            start // shards
-        )
-        for r in ranks
-    ]
-    if len(streams) == 1:
-        yield from streams[0]
-        return
-    while True:
-        parts = [next(s) for s in streams]
-        yield {h: torch.cat([p[h] for p in parts]) for h in hooks}
+    yield from side_by_side(
+        [
+            ActivationStream(model, hooks, contexts, keep, per, seed, r, shards).batches(
+                start // shards
+            )
+            for r in ranks
+        ]
+    )
 
 
 def single_hook(batches: Iterator[dict[str, torch.Tensor]], hook: str) -> Iterator[torch.Tensor]:

@@ -39,7 +39,6 @@ from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Progress
 from shoggoth.core.signal import grouped_means, signal_fraction
 from shoggoth.index.layers.store import write_layer_probe
-from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.encode import document_shifts, prompts_activations
@@ -323,8 +322,7 @@ def reference_prompts(d: SaeView, model: Model, per_topic: int) -> list[Prompt]:
 
 def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
     """Run the probe and store it (table layer_probe); returns the rows written."""
-    check_writable(cfg.db)  # before minutes of forward passes, not after
-    d = SaeView(cfg.db, cfg.sae)
+    d = SaeView.for_writing(cfg.db, cfg.sae)  # before minutes of forward passes, not after
     try:
         model = load_model(
             d.row["model"],

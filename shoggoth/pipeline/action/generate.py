@@ -27,7 +27,7 @@ from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Log, Progress
 from shoggoth.index.action.answers import SET_NAME, done_keys, finish_set, start_set, write_answers
 from shoggoth.index.store.connection import one_row
-from shoggoth.index.store.database import WAIT, check_writable, connect
+from shoggoth.index.store.database import WAIT, connect
 from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.generation import (
@@ -121,8 +121,9 @@ def unit_seed(seed: int, persona: str, paraphrase: int, item_id: str) -> int:
 
 
 def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[Item]]:
-    """(model, template, personas, items) from the database; BadInput for what cannot work."""
-    d = SaeView(cfg.db, cfg.sae)
+    """(model, template, personas, items) from the database; BadInput for what cannot work
+    (a database that cannot be written first)."""
+    d = SaeView.for_writing(cfg.db, cfg.sae)
     try:
         row, (personas, items) = d.row, read_battery(d.con)
     finally:
@@ -147,7 +148,6 @@ def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[
 def generate_answers(cfg: GenerateConfig, log: Log = print) -> dict[str, Any]:
     """Generate (or resume, or find finished) an answer set; returns its summary."""
     model_name, template, personas, items = read_setup(cfg)
-    check_writable(cfg.db)
     settings = {
         "model": model_name,
         "template": template,

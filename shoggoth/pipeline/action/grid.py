@@ -36,7 +36,6 @@ from shoggoth.index.action.answers import read_answers
 from shoggoth.index.action.labels import GridLabelConfig
 from shoggoth.index.action.store import write_grid
 from shoggoth.index.store.connection import one_row
-from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.activations import prefix_cache
@@ -99,7 +98,7 @@ class GridInputs:
 
 def read_inputs(cfg: GridConfig) -> GridInputs:
     """The SAE, battery and answer set; BadInput for what cannot work."""
-    d = SaeView(cfg.db, cfg.sae)
+    d = SaeView.for_writing(cfg.db, cfg.sae)
     try:
         sae_id, row, (personas, items) = d.sae_id, d.row, read_battery(d.con)
         answers = read_answers(d.con, cfg.answers)
@@ -355,7 +354,6 @@ def harvest_cells(
 def run_grid(cfg: GridConfig, log: Log = print) -> dict[str, Any]:
     """Harvest (or resume) the grid, analyse it and store the tables; returns the summary."""
     inputs = read_inputs(cfg)
-    check_writable(cfg.db)
     docs = plan_documents(inputs)
     folder, digest = work_dir(cfg, inputs)
     started = time.monotonic()

@@ -52,7 +52,6 @@ from shoggoth.index.effects.store import write_effects
 from shoggoth.index.labels.decompose import part_of_features
 from shoggoth.index.labels.queries import labelled_features
 from shoggoth.index.labels.rules import LABELS
-from shoggoth.index.store.database import check_writable
 from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.schema import read_battery
 from shoggoth.pipeline.effects.compose import compose_item, composition_rows
@@ -177,7 +176,7 @@ def feature_parts(labels: pd.DataFrame, main: list[Persona], d_sae: int) -> np.n
 
 def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
     """The SAE, battery, labels and typical activations; BadInput for what cannot work."""
-    d = SaeView(cfg.db, cfg.sae)
+    d = SaeView.for_writing(cfg.db, cfg.sae)
     try:
         personas, items = read_battery(d.con)
         main = [p for p in personas if not p.is_control]
@@ -328,9 +327,6 @@ def plan_effects(
 
 def run_effects(cfg: EffectsConfig, log: Log = print) -> dict[str, Any]:
     """Screen, plan, measure and store one SAE's effects; returns the tables and timings."""
-    if not cfg.db.is_file():
-        raise BadInput(f"--db {cfg.db}: no such file")
-    check_writable(cfg.db)
     inputs = read_inputs(cfg)
     model, sae = load_causal(
         inputs.db,

@@ -24,7 +24,7 @@ from shoggoth.core.lists import parse_numbers
 from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Log, Progress
 from shoggoth.index.explanations import store as edb
-from shoggoth.index.store.database import step_database
+from shoggoth.index.store.read import step_database
 from shoggoth.pipeline.explanations.prompts import (
     PROMPT_VERSION,
     Evidence,

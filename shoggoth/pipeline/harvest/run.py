@@ -36,8 +36,8 @@ from shoggoth.core.placement import placement_of
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import Log, Progress
 from shoggoth.core.versions import library_versions
-from shoggoth.index.store import harvest as harvest_db
-from shoggoth.index.store.harvest import PartialStore
+from shoggoth.index.store.harvest import HarvestTarget, PartialStore
+from shoggoth.index.store.harvest import summary as harvest_summary
 from shoggoth.sae.encode import Harvester, check_lengths, check_tokens, decimals_for
 from shoggoth.sae.models import load_model, resolve_device
 from shoggoth.sae.prompts import EMPTY_SYSTEM, Template
@@ -232,19 +232,18 @@ def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
             f"--shard {cfg.shard}: the grid has {n_units:,} batches, so some shards "
             f"would be empty; use at most {n_units:,} shards"
         )
-    target = harvest_db.check_target(cfg.db, personas, items)
-    partial = harvest_db.partial_path(cfg.db, "+".join(ids))
+    target = HarvestTarget(cfg.db, personas, items, ids)
+    partial = target.partial
     device, _ = resolve_device(cfg.device)
     saes, model_name = load_saes(cfg, str(device))
     identities = [
         run_identity(cfg, i, weights_sha256(p), model_name)
         for i, p in zip(ids, cfg.sae_dir, strict=True)
     ]
-    done = [i for i in ids if target.get(i) is not None]
+    done = [i for i in ids if target.held.get(i) is not None]
     if done and len(done) == len(ids):
         out = [
-            harvest_db.already_done(cfg.db, partial, i, target[i], identity)
-            for i, identity in zip(ids, identities, strict=True)
+            target.already_done(i, identity) for i, identity in zip(ids, identities, strict=True)
         ]
         return {**out[0], "others": out[1:]}
     if done:
@@ -261,7 +260,7 @@ def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
     mine = shard_units(units, shard)
 
     started = time.time()
-    store = harvest_db.open_partial(partial, personas, items)
+    store = target.open_partial()
     try:
         decimals, use_cache = begin(
             harvester,
@@ -287,9 +286,9 @@ def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
         store.finish()
     finally:
         store.close()
-    harvest_db.publish_harvest(partial, cfg.db, personas, items, ids)
+    target.publish()
     seconds = time.time() - started
-    out = [{**harvest_db.summary(cfg.db, i, seconds), **rate} for i in ids]
+    out = [{**harvest_summary(cfg.db, i, seconds), **rate} for i in ids]
     return {**out[0], "others": out[1:]}
 
 

@@ -172,3 +172,14 @@ def test_no_function_is_longer_than_80_lines():
             if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = fn.end_lineno - fn.lineno + 1
                 assert length <= 80, f"{path}: {fn.name} has {length} lines"
+
+
+def test_the_tests_are_filed_by_the_part_of_the_package_they_test():
+    """tests/<part>/test_<subject>.py, a folder per layer of the package (and `project` for the
+    checks of the whole tree): no test module loose at the top, none named for a round."""
+    tests = ROOT / "tests"
+    assert sorted(p.name for p in tests.glob("test_*.py")) == []
+    parts = {"core", "battery", "sae", "index", "pipeline", "explorer", "cli", "project"}
+    assert {p.parent.name for p in tests.rglob("test_*.py")} == parts
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names))  # one basename each (the folders are not packages)

@@ -484,7 +484,7 @@ def test_writers_are_not_blocked_by_an_open_explorer(tmp_path, indexed_db):
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
     os.environ["SHOGGOTH_DB"] = str(db)
     at = AppTest.from_file(
-        str(Path(__file__).parents[1] / "explorer" / "app.py"), default_timeout=120
+        str(Path(__file__).parents[2] / "explorer" / "app.py"), default_timeout=120
     )
     at.run()
     at.switch_page("views/features.py").run()

@@ -15,7 +15,7 @@ from helpers import leaf_commands
 
 from shoggoth import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from shoggoth import cli
 
-APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
+APP = str(Path(__file__).parents[2] / "explorer" / "app.py")
 IMG = "<img src=x onerror=alert(1)>"
 LINK = "[click me](http://evil.example/x)"
 PICTURE = "![pic](http://evil.example/p.png)"

@@ -98,7 +98,7 @@ def test_a_tiny_harvest_with_and_without_the_prefix_cache(tmp_path, gemma_dir):
 
 def test_a_killed_conversions_assembled_file_is_removed(gemma_dir):
     """The 250 MB file a killed conversion assembled goes on the next use (a half-written
-    conversion folder, one without its stamp, is rebuilt: tests/test_smollm2.py shows it for the
+    conversion folder, one without its stamp, is rebuilt: tests/sae/test_smollm2.py shows it for the
     conversion both models share)."""
     dead = gemma_dir.parent / f".{GEMMA3_NAME}.gguf-999999999"
     dead.write_bytes(b"x" * 100)

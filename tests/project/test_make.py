@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # runs make
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_path(folder: Path, tools: tuple[str, ...], chromium: bool = False) -> str:

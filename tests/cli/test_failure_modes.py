@@ -533,7 +533,7 @@ def test_finishing_turns_a_late_ctrl_c_into_one_line():
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         timeout=60,
         preexec_fn=default_sigint,
     )
@@ -564,7 +564,7 @@ def test_a_ctrl_c_while_python_finalizes_keeps_the_commands_exit():
         [sys.executable, "-c", FINALIZING_CTRL_C],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         timeout=60,
         preexec_fn=default_sigint,
     )

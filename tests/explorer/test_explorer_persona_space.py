@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from shoggoth.index.labels import queries as label_queries
 
-APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
+APP = str(Path(__file__).parents[2] / "explorer" / "app.py")
 SPACE_TABLES = (
     "persona_space",
     "persona_space_axes",

@@ -321,7 +321,7 @@ def test_the_explorer_shows_answers_and_grid_effects(planted, tmp_path):
             "SELECT grid_label FROM grid_features WHERE feature = 0 AND neutral = 'battery'"
         ).fetchone()[0]
     at = AppTest.from_file(
-        str(Path(__file__).parents[1] / "explorer" / "app.py"), default_timeout=120
+        str(Path(__file__).parents[2] / "explorer" / "app.py"), default_timeout=120
     )
     at.run()
     assert "Context × content (shoggoth grid)" in [h.value for h in at.subheader]

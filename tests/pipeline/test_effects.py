@@ -302,7 +302,7 @@ def test_the_feature_page_shows_effects_and_steers(planted, tmp_path):
     assert cli.main(["label", "--db", str(db), "--min-docs", "3", "--calibration-seeds", "1"]) == 0
     os.environ["SHOGGOTH_DB"] = str(db)
     at = AppTest.from_file(
-        str(Path(__file__).parents[1] / "explorer" / "app.py"), default_timeout=120
+        str(Path(__file__).parents[2] / "explorer" / "app.py"), default_timeout=120
     )
     at.run()
     assert "Causal effects (shoggoth effects)" in [h.value for h in at.subheader]

@@ -21,7 +21,7 @@ from shoggoth.index.store.schema import (
     create_schema,
 )
 
-DOC = Path(__file__).parents[1] / "docs" / "schema.md"
+DOC = Path(__file__).parents[2] / "docs" / "schema.md"
 
 
 def documented() -> dict[str, list[tuple[str, str]]]:

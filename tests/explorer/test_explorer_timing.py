@@ -19,7 +19,7 @@ from benchmarks.synthetic_db import SAE_ID, build  # noqa: E402
 from shoggoth.index.catalog.build import EXAMPLES_SQL, HISTOGRAM_SQL  # noqa: E402
 from shoggoth.index.store.schema import create_index_tables  # noqa: E402
 
-APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
+APP = str(Path(__file__).parents[2] / "explorer" / "app.py")
 FEATURES = 65_536
 
 

@@ -17,7 +17,7 @@ import pytest
 from shoggoth import cli
 from shoggoth.index.labels.rules import LABELS
 
-QUERIES = Path(__file__).parents[1] / "docs" / "queries.sql"
+QUERIES = Path(__file__).parents[2] / "docs" / "queries.sql"
 
 
 def named_queries() -> dict[str, str]:

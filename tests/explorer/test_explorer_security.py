@@ -1,9 +1,9 @@
 """A shared database file is someone else's text, and the explorer is a local server.
 
-In a real browser (Debian's Chromium, as tests/test_browser.py drives it), a database whose layer
-probe, personas, prompts, feature names, explanations, manual labels, label notes and answers
-hold images, HTML and URLs renders them as inert text: no element points at those URLs and a
-stub server they name receives no request. And the server answers only to the host names this
+In a real browser (Debian's Chromium, as tests/explorer/test_browser.py drives it), a database
+whose layer probe, personas, prompts, feature names, explanations, manual labels, label notes and
+answers hold images, HTML and URLs renders them as inert text: no element points at those URLs and
+a stub server they name receives no request. And the server answers only to the host names this
 machine gives itself (loopback, or the address the user asked to bind): a page whose name an
 attacker rebinds to 127.0.0.1 gets 403 for its requests and its WebSocket (DNS rebinding)."""
 

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from shoggoth import cli
 
-APP = str(Path(__file__).parents[1] / "explorer" / "app.py")
+APP = str(Path(__file__).parents[2] / "explorer" / "app.py")
 PAGES = [
     "views/overview.py",
     "views/features.py",
