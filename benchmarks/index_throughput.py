@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.synthetic_db import activation_rows, build
 from shoggoth.index.catalog.build import IndexConfig, faiss_dir
-from shoggoth.pipeline.build_index import index_harvest
+from shoggoth.pipeline.catalog.run import index_harvest
 
 
 def main() -> None:

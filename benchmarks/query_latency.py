@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.synthetic_db import SAE_ID, activation_rows, build
 from shoggoth.index.catalog.build import IndexConfig
-from shoggoth.pipeline.build_index import index_harvest
+from shoggoth.pipeline.catalog.run import index_harvest
 
 RAW_TOP = """
 WITH top AS (SELECT * FROM activations WHERE sae_id = $sae AND feature = $f

@@ -42,7 +42,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("sae", "shoggoth.sae.commands:sae_group", "Manage SAEs that were not trained here."),
     (
         "harvest",
-        "shoggoth.pipeline.commands:harvest_command",
+        "shoggoth.pipeline.harvest.commands:harvest_command",
         "Run the model under every persona on the same answers; SAE activations into DuckDB.",
     ),
     (
@@ -57,7 +57,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ),
     (
         "layers",
-        "shoggoth.pipeline.commands:layers_command",
+        "shoggoth.pipeline.layers.commands:layers_command",
         "Where the persona lives, by layer, and how much of it the SAE carries.",
     ),
     (
@@ -82,17 +82,17 @@ COMMANDS: list[tuple[str, str, str]] = [
     ),
     (
         "index",
-        "shoggoth.pipeline.commands:index_command",
+        "shoggoth.pipeline.catalog.commands:index_command",
         "Build the feature catalog: top contexts, FAISS neighbours, handles, maps.",
     ),
     (
         "explain",
-        "shoggoth.pipeline.commands:explain_command",
+        "shoggoth.pipeline.explanations.commands:explain_command",
         "Explain features with a language model, scored on held-out examples.",
     ),
     (
         "search",
-        "shoggoth.pipeline.search_commands:search_group",
+        "shoggoth.pipeline.search.commands:search_group",
         "Find features by text, name, feature id, similarity or persona.",
     ),
     (

@@ -12,7 +12,7 @@ from shoggoth.explorer.common import cursor, db_file, feature_link, md, pick_sae
 from shoggoth.index.catalog.queries import by_name, similar
 from shoggoth.index.store import read
 from shoggoth.index.store.read import SaeView
-from shoggoth.pipeline.search import by_text, load_runner
+from shoggoth.pipeline.search.run import by_text, load_runner
 
 
 @st.cache_resource(show_spinner="loading the model and SAE ...")

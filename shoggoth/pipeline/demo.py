@@ -28,11 +28,11 @@ from shoggoth.index.store.schema import battery_of
 from shoggoth.index.store.status import Status, sae_status
 from shoggoth.pipeline.action.generate import GenerateConfig, generate_answers
 from shoggoth.pipeline.action.grid import GridConfig, run_grid
-from shoggoth.pipeline.build_index import index_harvest
+from shoggoth.pipeline.catalog.run import index_harvest
 from shoggoth.pipeline.effects.run import EffectsConfig, run_effects
 from shoggoth.pipeline.explanations.run import ExplainConfig, explain
 from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
-from shoggoth.pipeline.layers import LayersConfig, probe_layers
+from shoggoth.pipeline.layers.run import LayersConfig, probe_layers
 from shoggoth.sae.sae_dir import weights_sha256
 from shoggoth.sae.train.run import Target, TrainConfig, train
 

@@ -248,7 +248,7 @@ def test_an_immutable_database_is_refused_before_the_work(
     capfd, tmp_path, labelled_db, monkeypatch, command
 ):
     import shoggoth.index.catalog.build
-    import shoggoth.pipeline.layers
+    import shoggoth.pipeline.layers.run
 
     db = copy_db(labelled_db, tmp_path / "db.duckdb")
     started = []
@@ -258,7 +258,7 @@ def test_an_immutable_database_is_refused_before_the_work(
         lambda *a, **k: started.append(1) or pytest.fail("index did the work"),
     )
     monkeypatch.setattr(
-        shoggoth.pipeline.layers,
+        shoggoth.pipeline.layers.run,
         "load_model",
         lambda *a, **k: started.append(1) or pytest.fail("layers did the work"),
     )

@@ -22,7 +22,7 @@ from shoggoth.index.labels.stats import contrast, equivalence, permutation_desig
 from shoggoth.index.store.merge import MergeConfig
 from shoggoth.index.store.sql import SqlConfig, size_bytes
 from shoggoth.pipeline.harvest.run import HarvestConfig
-from shoggoth.pipeline.search import SearchConfig
+from shoggoth.pipeline.search.run import SearchConfig
 from shoggoth.sae.encode import decimals_for, shared_prefix
 from shoggoth.sae.prompts import Prompt
 from shoggoth.sae.train.run import TrainConfig

@@ -20,7 +20,7 @@ import torch
 from helpers import PERSONAS, battery, build_random_sae, default_sigint
 from sae_lens import SAE
 
-import shoggoth.index.store.harvest as hdb
+import shoggoth.index.harvest.store as hdb
 from shoggoth import cli
 from shoggoth.battery.personas import load_items, load_personas
 from shoggoth.sae.activations import activations

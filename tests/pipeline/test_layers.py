@@ -9,7 +9,7 @@ import pytest
 from helpers import copy_db
 
 from shoggoth import cli
-from shoggoth.pipeline.layers import (
+from shoggoth.pipeline.layers.run import (
     Documents,
     LayersConfig,
     center_items,

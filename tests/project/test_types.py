@@ -34,8 +34,8 @@ PACKAGES = {
     "shoggoth/battery": (1, 1),
     "sae": (37, 23),
     "index": (5, 76),
-    "shoggoth/pipeline": (4, 51),
-    "explorer": (6, 18),
+    "shoggoth/pipeline": (3, 41),
+    "explorer": (5, 18),
     "shoggoth/cli.py": (0, 0),
 }
 

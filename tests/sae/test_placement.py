@@ -25,7 +25,7 @@ from shoggoth.core.placement import Placement, parse_max_memory, placement_of
 from shoggoth.index.store.read import SaeView
 from shoggoth.pipeline.effects.steer import SteerConfig, load_steering, steer_with
 from shoggoth.pipeline.harvest.run import HarvestConfig
-from shoggoth.pipeline.search import by_text
+from shoggoth.pipeline.search.run import by_text
 from shoggoth.sae.generation import (
     generate_batch,
     load_generator,

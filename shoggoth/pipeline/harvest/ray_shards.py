@@ -18,7 +18,7 @@ from typing import Any
 
 from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.progress import Log
-from shoggoth.index.store.harvest import summary
+from shoggoth.index.harvest.store import summary
 from shoggoth.index.store.merge import MergeConfig, merge
 from shoggoth.pipeline.harvest.run import HarvestConfig, harvest, sae_ids
 

@@ -36,8 +36,8 @@ from shoggoth.core.placement import placement_of
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import Log, Progress
 from shoggoth.core.versions import library_versions
-from shoggoth.index.store.harvest import HarvestTarget, PartialStore
-from shoggoth.index.store.harvest import summary as harvest_summary
+from shoggoth.index.harvest.store import HarvestTarget, PartialStore
+from shoggoth.index.harvest.store import summary as harvest_summary
 from shoggoth.sae.encode import Harvester, check_lengths, check_tokens, decimals_for
 from shoggoth.sae.models import load_model, resolve_device
 from shoggoth.sae.prompts import EMPTY_SYSTEM, Template

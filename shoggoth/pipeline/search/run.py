@@ -6,9 +6,10 @@ through `index.store.read`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -20,9 +21,17 @@ from shoggoth.core.printing import Format
 from shoggoth.index.catalog.queries import by_name, by_persona, describe, similar
 from shoggoth.index.store.read import SaeView
 from shoggoth.sae.activations import continuation_activations
-from shoggoth.sae.models import load_model
+from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.prompts import build_prompt, collate, pad_id, stored_template
 from shoggoth.sae.sae_dir import load_harvest_sae
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+
+SearchResult: TypeAlias = dict[str, Any]
+"""What one search mode returns, as plain data: `mode`, `sae_id` and the mode's own keys (the
+rows the tables print and --format json writes; docs/search-and-sql.md lists them)."""
 
 
 @dataclass
@@ -60,6 +69,13 @@ class SearchConfig(Config):
     max_memory: str | None = None
     """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
 
+    @property
+    def mode(self) -> str:
+        """The one mode the flags ask for (check() has refused any other combination)."""
+        if self.feature is not None:
+            return "similar" if self.similar else "feature"
+        return "text" if self.text is not None else "name" if self.name is not None else "persona"
+
     def check(self) -> None:
         if self.similar and self.feature is None:
             raise BadInput("--similar: needs --feature F")
@@ -87,7 +103,7 @@ class SearchConfig(Config):
 
 def load_runner(
     d: SaeView, device: str = "auto", placement: Placement | None = None
-) -> tuple[Any, Any]:
+) -> tuple[Model, SAE]:
     """The model and SAE of the dictionary's harvest, ready to encode text."""
     sae = load_harvest_sae(d.db, d.sae_id, d.row, device)
     sae.eval()
@@ -102,7 +118,7 @@ def by_text(
     paraphrase: int,
     k: int,
     device: str = "auto",
-    runner: tuple[Any, Any] | None = None,
+    runner: tuple[Model, SAE] | None = None,
     placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Run `text` (under a persona's system prompt, or none) through the model and SAE: the top
@@ -165,41 +181,72 @@ def by_text(
     }
 
 
-def search(cfg: SearchConfig) -> dict[str, Any]:
-    """Run the search mode the flags ask for; returns its result as plain data."""
-    d = SaeView(cfg.db, cfg.sae)
+def search_text(
+    d: SaeView,
+    text: str,
+    persona: str | None,
+    paraphrase: int,
+    top: int,
+    device: str,
+    placement: Placement | None = None,
+) -> SearchResult:
+    """`search text`: the features a text activates, per token and overall."""
+    found = by_text(d, text, persona, paraphrase, top, device, placement=placement)
+    found.pop("activations")
+    return {"mode": "text", "sae_id": d.sae_id, **found}
+
+
+def search_name(d: SaeView, name: str, top: int) -> SearchResult:
+    """`search name`: features whose handle, persona or explanation contains `name`."""
+    return {"mode": "name", "sae_id": d.sae_id, "query": name, "features": by_name(d, name, top)}
+
+
+def search_feature(d: SaeView, feature: int, top: int) -> SearchResult:
+    """`search feature`: one feature's label, statistics, explanation and contexts."""
+    return {"mode": "feature", "sae_id": d.sae_id, **describe(d, feature, top)}
+
+
+def search_similar(d: SaeView, feature: int, top: int) -> SearchResult:
+    """`search similar`: a feature's nearest features by decoder direction."""
+    neighbours = similar(d, feature, top)
+    return {
+        "mode": "similar",
+        "sae_id": d.sae_id,
+        "feature": feature,
+        **d.labels([feature])[feature],
+        "neighbours": neighbours,
+    }
+
+
+def search_persona(d: SaeView, persona: str, top: int) -> SearchResult:
+    """`search persona`: the features nearest a persona's vector, and its own."""
+    return {"mode": "persona", "sae_id": d.sae_id, **by_persona(d, persona, top)}
+
+
+def search_in(db: Path, sae: str | None, find: Callable[[SaeView], SearchResult]) -> SearchResult:
+    """Open one SAE of `db` read-only, run one search mode on it, close it."""
+    d = SaeView(db, sae)
     try:
-        if cfg.text is not None:
-            found = by_text(
-                d,
-                cfg.text,
-                cfg.persona,
-                cfg.paraphrase or 0,
-                cfg.top,
-                cfg.device,
-                placement=placement_of(cfg.device_map, cfg.max_memory),
-            )
-            found.pop("activations")
-            return {"mode": "text", "sae_id": d.sae_id, **found}
-        if cfg.name is not None:
-            return {
-                "mode": "name",
-                "sae_id": d.sae_id,
-                "query": cfg.name,
-                "features": by_name(d, cfg.name, cfg.top),
-            }
-        if cfg.feature is not None and cfg.similar:
-            neighbours = similar(d, cfg.feature, cfg.top)
-            return {
-                "mode": "similar",
-                "sae_id": d.sae_id,
-                "feature": cfg.feature,
-                **d.labels([cfg.feature])[cfg.feature],
-                "neighbours": neighbours,
-            }
-        if cfg.feature is not None:
-            return {"mode": "feature", "sae_id": d.sae_id, **describe(d, cfg.feature, cfg.top)}
-        assert cfg.persona is not None  # (check(): the one mode left)
-        return {"mode": "persona", "sae_id": d.sae_id, **by_persona(d, cfg.persona, cfg.top)}
+        return find(d)
     finally:
         d.close()
+
+
+def search(cfg: SearchConfig) -> SearchResult:
+    """The flag form: the one mode the flags ask for (`cfg.mode`), as plain data."""
+    finders: dict[str, Callable[[SaeView], SearchResult]] = {
+        "text": lambda d: search_text(
+            d,
+            cfg.text or "",
+            cfg.persona,
+            cfg.paraphrase or 0,
+            cfg.top,
+            cfg.device,
+            placement_of(cfg.device_map, cfg.max_memory),
+        ),
+        "name": lambda d: search_name(d, cfg.name or "", cfg.top),
+        "feature": lambda d: search_feature(d, cfg.feature or 0, cfg.top),
+        "similar": lambda d: search_similar(d, cfg.feature or 0, cfg.top),
+        "persona": lambda d: search_persona(d, cfg.persona or "", cfg.top),
+    }
+    return search_in(cfg.db, cfg.sae, finders[cfg.mode])

@@ -5,7 +5,7 @@ similar, persona), each with its own config. The flag form of earlier releases
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,12 @@ from rich.table import Table
 from rich.text import Text
 
 from shoggoth.core.config import Config, config_options, option
+from shoggoth.core.errors import BadInput
+from shoggoth.core.placement import placement_of
 from shoggoth.core.printing import Format, print_json, shown
-from shoggoth.pipeline.search import SearchConfig, search
+from shoggoth.index.store.read import SaeView
+from shoggoth.pipeline.search import run as find
+from shoggoth.pipeline.search.run import SearchConfig, SearchResult, search, search_in
 
 
 @dataclass
@@ -77,11 +81,9 @@ class SearchPersona(SearchOn):
     """The persona: the features nearest its vector, and its own (mask-specific) features."""
 
 
-def run(cfg: SearchOn, **mode: Any) -> None:
-    """Search in one mode and print the result in --format."""
-    common = {f.name: getattr(cfg, f.name) for f in fields(SearchOn)}
-    result = search(SearchConfig(**common, **mode))
-    show(result, cfg.format)
+def run(cfg: SearchOn, find: Callable[[SaeView], SearchResult]) -> None:
+    """One search mode on --db/--sae, printed in --format."""
+    show(search_in(cfg.db, cfg.sae, find), cfg.format)
 
 
 class SearchGroup(click.Group):
@@ -119,14 +121,16 @@ def search_group() -> None:
 @config_options(SearchText)
 def search_text(cfg: SearchText) -> None:
     """The features a text activates, per token and overall (under --persona's prompt)."""
+    if cfg.paraphrase is not None and cfg.persona is None:
+        raise BadInput(
+            "--paraphrase: only with --persona (which of its prompts to run the text under)"
+        )
+    placement = placement_of(cfg.device_map, cfg.max_memory)
     run(
         cfg,
-        text=" ".join(cfg.text),
-        persona=cfg.persona,
-        paraphrase=cfg.paraphrase,
-        device=cfg.device,
-        device_map=cfg.device_map,
-        max_memory=cfg.max_memory,
+        lambda d: find.search_text(
+            d, " ".join(cfg.text), cfg.persona, cfg.paraphrase or 0, cfg.top, cfg.device, placement
+        ),
     )
 
 
@@ -134,43 +138,35 @@ def search_text(cfg: SearchText) -> None:
 @config_options(SearchName)
 def search_name(cfg: SearchName) -> None:
     """Features whose handle, preferred persona or explanation contains the text."""
-    run(cfg, name=" ".join(cfg.name))
+    run(cfg, lambda d: find.search_name(d, " ".join(cfg.name), cfg.top))
 
 
 @search_group.command("feature")
 @config_options(SearchFeature)
 def search_feature(cfg: SearchFeature) -> None:
     """One feature: its name, label, statistics, explanation and top contexts."""
-    run(cfg, feature=cfg.feature)
+    run(cfg, lambda d: find.search_feature(d, cfg.feature, cfg.top))
 
 
 @search_group.command("similar")
 @config_options(SearchFeature)
 def search_similar(cfg: SearchFeature) -> None:
     """The features nearest one feature by decoder direction (FAISS)."""
-    run(cfg, feature=cfg.feature, similar=True)
+    run(cfg, lambda d: find.search_similar(d, cfg.feature, cfg.top))
 
 
 @search_group.command("persona")
 @config_options(SearchPersona)
 def search_persona(cfg: SearchPersona) -> None:
     """The features nearest a persona's vector, and its own features."""
-    run(cfg, persona=cfg.persona)
+    run(cfg, lambda d: find.search_persona(d, cfg.persona, cfg.top))
 
 
 @click.command("search", hidden=True)
 @config_options(SearchConfig)
 def search_flags(cfg: SearchConfig) -> None:
     """The flag form of `shoggoth search` (deprecated)."""
-    mode = (
-        ("similar" if cfg.similar else "feature")
-        if cfg.feature is not None
-        else "text"
-        if cfg.text is not None
-        else "name"
-        if cfg.name is not None
-        else "persona"
-    )
+    mode = cfg.mode
     click.echo(
         f"note: shoggoth search --{'feature F --similar' if mode == 'similar' else mode}"
         f" is deprecated and will be removed in the next release; use shoggoth search "
@@ -180,7 +176,7 @@ def search_flags(cfg: SearchConfig) -> None:
     show(search(cfg), cfg.format)
 
 
-def show(result: dict[str, Any], fmt: str) -> None:
+def show(result: SearchResult, fmt: str) -> None:
     """Print a search result: JSON, or its mode's tables."""
     if fmt == "json":
         print_json(result)  # NaN as null: the standard JSON every reader takes
@@ -188,7 +184,7 @@ def show(result: dict[str, Any], fmt: str) -> None:
     PRINTERS[result["mode"]](Console(soft_wrap=True), result)
 
 
-def _show_text(console: Console, result: dict[str, Any]) -> None:
+def _show_text(console: Console, result: SearchResult) -> None:
     """The top features of each token of a text, and over the whole text."""
     under = f" under persona '{result['persona']}'" if result["persona"] else ""
     console.print(f"{result['sae_id']} · {len(result['tokens'])} tokens{under}", highlight=False)
@@ -213,7 +209,7 @@ def _show_text(console: Console, result: dict[str, Any]) -> None:
     )
 
 
-def _show_name(console: Console, result: dict[str, Any]) -> None:
+def _show_name(console: Console, result: SearchResult) -> None:
     """Features whose handle or explanation matches a name."""
     _print_features(
         console,
@@ -223,7 +219,7 @@ def _show_name(console: Console, result: dict[str, Any]) -> None:
     )
 
 
-def _show_similar(console: Console, result: dict[str, Any]) -> None:
+def _show_similar(console: Console, result: SearchResult) -> None:
     """A feature's nearest neighbours by decoder direction."""
     console.print(
         f"feature {result['feature']} ({result['label']}) · nearest by decoder direction",
@@ -237,7 +233,7 @@ def _show_similar(console: Console, result: dict[str, Any]) -> None:
     )
 
 
-def _show_feature(console: Console, result: dict[str, Any]) -> None:
+def _show_feature(console: Console, result: SearchResult) -> None:
     """One feature: its handle, label, explanation, statistics and top contexts."""
     console.print(
         f"feature {result['feature']} · {result.get('name') or '(no handle)'} · {result['label']}",
@@ -261,7 +257,7 @@ def _show_feature(console: Console, result: dict[str, Any]) -> None:
     )
 
 
-def _show_persona(console: Console, result: dict[str, Any]) -> None:
+def _show_persona(console: Console, result: SearchResult) -> None:
     """The features nearest a persona's vector, and the persona's own features."""
     console.print(
         f"persona {result['persona']} · vector norm {_fmt(result['vector_norm'])} "
@@ -282,7 +278,7 @@ def _show_persona(console: Console, result: dict[str, Any]) -> None:
     )
 
 
-PRINTERS: dict[str, Callable[[Console, dict[str, Any]], None]] = {
+PRINTERS: dict[str, Callable[[Console, SearchResult], None]] = {
     "text": _show_text,
     "name": _show_name,
     "similar": _show_similar,

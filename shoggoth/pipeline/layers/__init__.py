@@ -1,0 +1,2 @@
+"""The layer probe stage (`shoggoth layers`): its runner and command; the database side is
+index/layers/."""
