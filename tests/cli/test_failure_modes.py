@@ -269,6 +269,36 @@ def test_an_immutable_database_is_refused_before_the_work(
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    "command", [["generate"], ["grid", "--answers", "no-such-set"], ["effects"]]
+)
+def test_a_writer_checks_the_database_before_it_reads_its_inputs(
+    capfd, tmp_path, labelled_db, monkeypatch, command
+):
+    """generate, grid and effects read their inputs through SaeView.for_writing: a database that
+    cannot be written is refused first (grid used to name the missing answer set instead, and
+    generate read the battery, before finding out)."""
+    import shoggoth.pipeline.action.generate
+    import shoggoth.pipeline.action.grid
+    import shoggoth.pipeline.effects.run
+
+    started = []
+    for module, name in (
+        (shoggoth.pipeline.action.generate, "load_generator"),
+        (shoggoth.pipeline.action.grid, "load_model"),
+        (shoggoth.pipeline.effects.run, "load_model"),
+    ):
+        monkeypatch.setattr(
+            module, name, lambda *a, **k: started.append(1) or pytest.fail("did the work")
+        )
+    db = copy_db(labelled_db, tmp_path / "db.duckdb")
+    before = snapshot(tmp_path)
+    with immutable(db):
+        err = one_line(capfd, [command[0], "--db", db, *command[1:]])
+    assert "cannot be written" in err and not started
+    assert snapshot(tmp_path) == before
+
+
 def test_explore_refuses_what_it_cannot_serve(capfd, tmp_path):
     text = tmp_path / "text.duckdb"
     text.write_text("hello\n")
