@@ -141,14 +141,15 @@ class PromptConfig(Config):
     format: Literal["table", "json"] = "table"
     """Output format."""
 
+    def check(self) -> None:
+        check_continuation(self.continuation)  # with the flags: before any model loads
+
 
 @click.command("prompt")
 @config_options(PromptConfig)
 def prompt_command(cfg: PromptConfig) -> None:
     """Tokenize a (system, user, continuation) prompt, mark the measured tokens, and print the
     norm of each token's activation at the hook."""
-
-    check_continuation(cfg.continuation)  # before the model loads (or is converted)
     model = load_model(
         cfg.model, cfg.device, placement=placement_of(cfg.device_map, cfg.max_memory)
     )

@@ -312,16 +312,15 @@ def load_model(
     from transformers import AutoTokenizer
 
     placement = placement or Placement()
-    # A bad --device is refused before the model is found (or converted, the first time).
-    resolved = None if placement.spread and device == "auto" else resolve_device(device)
+    if device != "auto":  # a bad --device is refused before the model is found (or converted)
+        resolve_device(device)
     source = resolve_source(name_or_dir)
     where: Where
     if placement.spread:
-        home = None if resolved is None else resolved[0]
+        home = None if device == "auto" else resolve_device(device)[0]
         dtype, where = spread(name_or_dir, source, placement)
     else:
-        assert resolved is not None  # (set unless the model is spread with --device auto)
-        home, dtype = resolved
+        home, dtype = resolve_device(device)
         where = {"device": home}
     try:
         bridge = TransformerBridge.boot_transformers(

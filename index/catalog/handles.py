@@ -20,9 +20,7 @@ for "the"). The persona a feature prefers comes from its label at read time (`fe
 
 from __future__ import annotations
 
-from typing import cast
-
-from shoggoth.index.store.connection import Connection
+from shoggoth.index.store.connection import Connection, one_row
 
 HANDLE_TERMS = 3
 """Terms per handle."""
@@ -107,9 +105,4 @@ def write_handles(
         HANDLES_SQL, {"sae": sae_id, "terms": terms, "min_items": min_items, "min_score": min_score}
     )
     # (fetchall: a half-read result would block the frames registered next on `con`)
-    return cast(
-        "int",
-        con.execute("SELECT count(*) FROM feature_handles WHERE sae_id = ?", [sae_id]).fetchall()[
-            0
-        ][0],
-    )
+    return int(one_row(con, "SELECT count(*) FROM feature_handles WHERE sae_id = ?", [sae_id])[0])

@@ -16,8 +16,10 @@ shoggoth's views and macros defined on it)."""
 def one_row(
     con: Connection, sql: str, params: Sequence[object] | Mapping[str, object] | None = None
 ) -> tuple[Any, ...]:
-    """The row of a query that always returns exactly one (an aggregate such as count(*))."""
-    row = con.execute(sql, params or []).fetchone()
-    if row is None:
+    """The row of a query that always returns exactly one (an aggregate such as count(*)). Read
+    with fetchall, which finishes the result: after fetchone DuckDB refuses other work on the
+    connection (a transaction's next statement) until the result is exhausted."""
+    rows = con.execute(sql, params or []).fetchall()
+    if len(rows) != 1:
         raise RuntimeError(f"expected one row from: {sql}")
-    return row
+    return rows[0]

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import cast
 
 from shoggoth.core.errors import BadInput, clip
 from shoggoth.core.names import shown_name
@@ -208,7 +207,7 @@ def retry_wait(attempt: int, headers: Message | None) -> float:
     after = headers.get("Retry-After") if headers is not None else None
     if after is not None and after.strip().isdigit():
         return min(float(after), RETRY_AFTER_MAX_S)
-    return cast("float", BACKOFF_S * 2**attempt)
+    return BACKOFF_S * 2.0**attempt
 
 
 def post(

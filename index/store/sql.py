@@ -176,7 +176,7 @@ def size_bytes(size: str) -> int:
             f"--memory-limit {shown}: more than 1PB, more memory than a machine "
             "addresses; give a size such as 2GB or 500MB"
         )
-    return cast("int", count)
+    return int(count)
 
 
 ADDRESS_SPACE_SLACK = 2 << 30

@@ -95,4 +95,8 @@ def test_no_package_gains_an_any(package):
         f"`Any` inside (ceiling {inside}); name the type instead (a record, Model, Connection, "
         "Log, SAE, PreTrainedTokenizerBase)"
     )
-    assert sum(PACKAGES[p][0] for p in PACKAGES) < 100  # the issue's bound on bare Any
+
+
+def test_the_ceilings_keep_bare_any_under_a_hundred():
+    """The ceilings themselves are bounded: raising one past the total fails here."""
+    assert sum(bare for bare, _ in PACKAGES.values()) < 100

@@ -56,6 +56,12 @@ class SearchText(SearchOn):
     max_memory: str | None = None
     """With --device-map: the most memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB."""
 
+    def check(self) -> None:
+        if self.paraphrase is not None and self.persona is None:
+            raise BadInput(
+                "--paraphrase: only with --persona (which of its prompts to run the text under)"
+            )
+
 
 @dataclass
 class SearchName(SearchOn):
@@ -121,10 +127,6 @@ def search_group() -> None:
 @config_options(SearchText)
 def search_text(cfg: SearchText) -> None:
     """The features a text activates, per token and overall (under --persona's prompt)."""
-    if cfg.paraphrase is not None and cfg.persona is None:
-        raise BadInput(
-            "--paraphrase: only with --persona (which of its prompts to run the text under)"
-        )
     placement = placement_of(cfg.device_map, cfg.max_memory)
     run(
         cfg,
