@@ -62,7 +62,7 @@ def harvest_seconds(inputs: EffectsInputs, folder: Path) -> float:
     harvest(
         HarvestConfig(
             db=folder / "h.duckdb",
-            sae_dir=[Path(inputs.row["path"])],
+            sae_dir=[Path(inputs.record.path or "")],
             personas=folder / "p.yaml",
             items=folder / "i.jsonl",
         ),
@@ -85,7 +85,7 @@ def main() -> None:
     n_docs = len(inputs.conditions) * len(inputs.items)
     with tempfile.TemporaryDirectory() as tmp:
         harvest_s = harvest_seconds(inputs, Path(tmp))
-    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, "auto")
+    model, sae = load_causal(inputs.db, inputs.record, "auto")
     s = make_setup(inputs, model, sae, cfg)
     per_item = []
     screens = []

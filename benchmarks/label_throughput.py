@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from shoggoth.battery.personas import load_items, load_personas
+from shoggoth.index.labels.frames import HarvestFrames
 from shoggoth.index.labels.rules import LabelConfig, label_features
 from shoggoth.index.labels.run import calibrate
 
@@ -134,7 +135,8 @@ def main() -> None:
     print("labels:", out["label"].value_counts().to_dict())
     if args.calibrate:
         t0 = time.perf_counter()
-        calib = calibrate(frame, docs, personas, args.features, LabelConfig(), 3, topics, [])
+        frames = HarvestFrames(frame, docs, personas, topics, args.features)
+        calib = calibrate(frames, LabelConfig(), 3, [])
         print(
             f"calibration (3 prompt reassignments + split): {time.perf_counter() - t0:.1f} s; "
             f"runs: {', '.join(calib['run'].unique())}"

@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import altair as alt
 import pandas as pd
@@ -25,6 +25,7 @@ from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.decompose import PATTERN_PARTS
 from shoggoth.index.store import read
 from shoggoth.index.store.connection import Connection
+from shoggoth.index.store.sae_record import SaeRecord
 from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.pipeline.effects.steer import (
     SteerConfig,
@@ -33,6 +34,12 @@ from shoggoth.pipeline.effects.steer import (
     steer_with,
     steering_system,
 )
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from shoggoth.sae.models import Model
+
 
 FEATURE_PAGE = "views/feature.py"
 
@@ -141,7 +148,7 @@ def page_has_table(name: str) -> bool:
     return bool(q(read.has_table, name))
 
 
-def pick_sae() -> tuple[str, dict[str, Any]]:
+def pick_sae() -> tuple[str, SaeRecord]:
     """The SAE shown (query parameter `sae`, else the first difference dictionary, which sees
     the masks, else the first), with a sidebar picker."""
     saes = q(read.saes)
@@ -153,7 +160,7 @@ def pick_sae() -> tuple[str, dict[str, Any]]:
     if len(ids) > 1:
         current = str(st.sidebar.selectbox("SAE", ids, index=ids.index(current)))
     st.query_params["sae"] = current
-    return current, saes.set_index("sae_id").loc[current].to_dict()
+    return current, SaeRecord.from_row(saes.set_index("sae_id", drop=False).loc[current].to_dict())
 
 
 def feature_link(
@@ -179,13 +186,12 @@ def labels_frame(sae: str, feature: int | None = None) -> pd.DataFrame:
 
 
 @st.cache_resource(show_spinner="loading the model and SAE")
-def _causal_model(db: str, sae: str, row: tuple[tuple[str, Any], ...]) -> tuple[Any, Any]:
-    return load_causal(Path(db), sae, dict(row), "auto")
+def _causal_model(db: str, record: SaeRecord) -> tuple[Model, SAE]:
+    return load_causal(Path(db), record, "auto")
 
 
 def steer_answers(
-    sae: str,
-    row: dict[str, Any],
+    record: SaeRecord,
     feature: int,
     prompt: str,
     persona: str | None,
@@ -196,10 +202,10 @@ def steer_answers(
     server; the feature's typical activation and the persona's prompt come from the read
     API."""
     typical = require_typical(
-        feature, q(effect_queries.typical_activations, sae, feature).get(feature)
+        feature, q(effect_queries.typical_activations, record.sae_id, feature).get(feature)
     )
     system = q(read.prompts_of, persona)["prompt"].iloc[0] if persona else None
-    model, sae_model = _causal_model(str(db_file()), sae, tuple(sorted(row.items())))
+    model, sae_model = _causal_model(str(db_file()), record)
     cfg = SteerConfig(
         db=db_file(),
         feature=feature,
@@ -212,11 +218,11 @@ def steer_answers(
         Steering(
             model,
             sae_model,
-            row["hook"],
+            record.hook,
             typical,
-            steering_system(row, system),
+            steering_system(record, system),
             feature,
-            str(row.get("kind") or "residual"),
+            record.kind,
         ),
         cfg,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from shoggoth.core.atomic import file_sha256
 from shoggoth.core.errors import BadInput, first_line, shown
@@ -166,11 +166,26 @@ def check_fits(sae: SAE, model: Model, who: str) -> str:
     return cast("str", hook)
 
 
-def load_harvest_sae(db: Path, sae_id: str, row: dict[str, Any], device: str) -> SAE:
+class HarvestedSae(Protocol):
+    """What the model side reads of a harvested SAE's database row (the database side's
+    `SaeRecord` is one)."""
+
+    @property
+    def sae_id(self) -> str:
+        """The SAE's id in the database."""
+
+    @property
+    def path(self) -> str | None:
+        """The folder its weights were read from at harvest time."""
+
+
+def load_harvest_sae(db: Path, harvested: HarvestedSae, device: str) -> SAE:
     """The SAE a harvest in `db` was made with (its `saes` row), loaded from its directory."""
-    path = Path(row["path"])
-    if not path.is_dir():
-        raise BadInput(f"--db {db}: the SAE directory of '{sae_id}' ({path}) is gone")
+    path = Path(harvested.path or "")
+    if not harvested.path or not path.is_dir():
+        raise BadInput(
+            f"--db {db}: the SAE directory of '{harvested.sae_id}' ({harvested.path}) is gone"
+        )
     resolved, _ = resolve_device(device)
     return load_sae_dir(path, str(resolved))
 

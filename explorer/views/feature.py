@@ -31,15 +31,15 @@ from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store import read
 
-sae, row = pick_sae()
+sae, record = pick_sae()
 try:
     feature = int(st.query_params.get("feature", 0))
 except ValueError:
     feature = -1
-if not 0 <= feature < row["d_sae"]:
+if not 0 <= feature < record.d_sae:
     st.error(
         f"feature {md(repr(st.query_params.get('feature')))}: not a feature of {md(sae)} "
-        f"(0 to {row['d_sae'] - 1})"
+        f"(0 to {record.d_sae - 1})"
     )
     st.stop()
 st.query_params["feature"] = str(feature)
@@ -49,9 +49,11 @@ info = stats.iloc[0].to_dict() if len(stats) else None
 label = info["label"] if info else "unlabelled"
 named = q(read.feature_name, sae, feature)
 st.title(f"Feature {feature} · {md(label)}")
-page = neuronpedia_url(row.get("neuronpedia_id"), feature)
+page = neuronpedia_url(record.neuronpedia_id, feature)
 if page:
-    st.markdown(f"[This feature on Neuronpedia]({page}) (the SAE's `{md(row['neuronpedia_id'])}`)")
+    st.markdown(
+        f"[This feature on Neuronpedia]({page}) (the SAE's `{md(record.neuronpedia_id or '')}`)"
+    )
 if named:
     st.markdown(f"**{md(named['name'])}**")
     st.caption(
@@ -70,7 +72,7 @@ if named:
             f"(n = {md(named['detection_n'])}), fuzzing {score(named['fuzzing'])} "
             f"(n = {md(named['fuzzing_n'])}); 0.5 is chance."
         )
-jump = st.number_input("go to feature", 0, int(row["d_sae"]) - 1, feature, key=f"go_{feature}")
+jump = st.number_input("go to feature", 0, int(record.d_sae) - 1, feature, key=f"go_{feature}")
 if jump != feature:
     st.query_params["feature"] = str(jump)
     st.rerun()
@@ -192,7 +194,7 @@ if len(hist):
 st.subheader("Logit effects")
 effects = q(dictionary_queries.feature_logit_effects, sae, feature)
 if effects.empty:
-    st.markdown(f"None stored: {md(row.get('logit_effects') or 'run shoggoth index')}.")
+    st.markdown(f"None stored: {md(record.logit_effects or 'run shoggoth index')}.")
 else:
     a, b = st.columns(2)
     a.caption("promoted")
@@ -354,8 +356,7 @@ with st.expander("Steer: generate with this feature clamped"):
     if go:
         try:
             out = steer_answers(
-                sae,
-                row,
+                record,
                 feature,
                 text,
                 None if persona == "(none)" else persona,

@@ -10,7 +10,7 @@ from shoggoth.core.lists import parse_numbers
 from shoggoth.explorer.common import code, db_path, labels_frame, open_feature, pick_sae
 from shoggoth.index.labels.rules import LABELS
 
-sae, row = pick_sae()
+sae, record = pick_sae()
 st.title("Features")
 features = labels_frame(sae)
 if features.empty:
@@ -117,6 +117,6 @@ picked = event.selection.rows if event is not None and hasattr(event, "selection
 if picked:
     open_feature(sae, int(shown.iloc[picked[0]]["feature"]))
 with st.form("open"):
-    typed = st.number_input("open feature", 0, int(row["d_sae"]) - 1, 0, key="f_open")
+    typed = st.number_input("open feature", 0, record.d_sae - 1, 0, key="f_open")
     if st.form_submit_button("Open"):
         open_feature(sae, int(typed))

@@ -13,7 +13,7 @@ from shoggoth.index.catalog import queries as dictionary_queries
 MAX_POINTS = 20_000
 MAPS = {"decoder directions": "decoder", "persona profiles": "persona_profile"}
 
-sae, row = pick_sae()
+sae, record = pick_sae()
 st.title("Feature map")
 c1, c2, c3 = st.columns(3)
 which = c1.radio("map of", list(MAPS), horizontal=True, key="m_which")

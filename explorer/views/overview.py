@@ -34,7 +34,7 @@ from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.layers import queries as layer_queries
 from shoggoth.index.store import read
 
-sae, row = pick_sae()
+sae, record = pick_sae()
 st.title("shoggoth · overview")
 st.caption(
     "Which SAE features belong to one persona (a mask), and which fire the same way "
@@ -46,7 +46,7 @@ st.dataframe(q(read.sae_overview), hide_index=True)
 
 counts = q(read.harvest_counts, sae)
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("features", f"{row['d_sae']:,}")
+c1.metric("features", f"{record.d_sae:,}")
 c2.metric("documents", f"{counts['documents']:,}")
 c3.metric("answer tokens", f"{counts['tokens']:,}")
 c4.metric("activations stored", f"{counts['activations']:,}")

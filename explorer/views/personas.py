@@ -32,7 +32,7 @@ from shoggoth.index.labels import queries as label_queries
 from shoggoth.index.labels.decompose import PARTS
 from shoggoth.index.store import read
 
-sae, row = pick_sae()
+sae, record = pick_sae()
 st.title("Personas")
 names = q(read.persona_names)
 wanted = st.query_params.get("persona")

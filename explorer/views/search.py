@@ -25,7 +25,7 @@ def decoder_index(db: tuple[Any, ...], sae_id: str) -> Any:
     return SaeView(db_file(), sae_id, con=cursor()).faiss_index("decoder")
 
 
-sae, row = pick_sae()
+sae, record = pick_sae()
 cur = cursor()
 st.title("Search")
 text_tab, name_tab, similar_tab = st.tabs(["by text", "by name", "similar features"])
@@ -42,7 +42,7 @@ with text_tab:
     focus = st.number_input(
         "highlight one feature (-1: top features per token)",
         -1,
-        int(row["d_sae"]) - 1,
+        record.d_sae - 1,
         -1,
         key="t_focus",
     )
@@ -117,7 +117,7 @@ with name_tab:
                 feature_link(sae, h["feature"], h["label"], name=h["name"])
 with similar_tab:
     fid = st.number_input(
-        "feature", 0, int(row["d_sae"]) - 1, int(st.query_params.get("feature", 0)), key="s_feature"
+        "feature", 0, record.d_sae - 1, int(st.query_params.get("feature", 0)), key="s_feature"
     )
     try:
         d = SaeView(db_file(), sae, con=cur)

@@ -47,6 +47,7 @@ from shoggoth.index.store.database import (
     writing,
 )
 from shoggoth.index.store.read import step_database
+from shoggoth.index.store.sae_record import SaeRecord
 from shoggoth.index.store.schema import create_index_tables
 
 EXAMPLES_SQL = """
@@ -136,8 +137,7 @@ class IndexConfig(Config):
 class Harvest:
     """What the dictionary is built from, read from the database before any work."""
 
-    sae_id: str
-    row: dict[str, Any]
+    record: SaeRecord
     """The SAE's `saes` row."""
     residuals: pd.DataFrame | None
     profiles: pd.DataFrame | None
@@ -159,32 +159,33 @@ class Built:
 
 def read_harvest(cfg: IndexConfig) -> Harvest:
     """The SAE to index (its saes row), its residual sums and its persona profiles."""
-    with step_database(cfg.db, cfg.sae) as (con, sae_id, row):
+    with step_database(cfg.db, cfg.sae) as (con, record):
+        sae_id = record.sae_id
         profiles = None
         residuals = read_residual_sums(con, sae_id)
         if "feature_personas" in tables(con):
             profiles = con.execute(
                 "SELECT feature, persona, mean_act FROM feature_personas WHERE sae_id = ?", [sae_id]
             ).df()
-    if cfg.neighbors >= row["d_sae"]:
+    if cfg.neighbors >= record.d_sae:
         raise BadInput(
-            f"--neighbors {cfg.neighbors}: must be less than the SAE's {row['d_sae']:,} features"
+            f"--neighbors {cfg.neighbors}: must be less than the SAE's {record.d_sae:,} features"
         )
-    return Harvest(sae_id, row, residuals, profiles)
+    return Harvest(record, residuals, profiles)
 
 
 def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray, log: Log = print) -> Built:
     """FAISS over decoder directions and persona profiles, neighbours, persona vectors."""
-    row = harvest.row
-    if w_dec.shape != (row["d_sae"], row["d_in"]):
+    row = harvest.record
+    if w_dec.shape != (row.d_sae, row.d_in):
         raise BadInput(
-            f"--db {cfg.db}: the SAE at {row['path']} no longer matches "
-            f"'{harvest.sae_id}' (decoder {w_dec.shape})"
+            f"--db {cfg.db}: the SAE at {row.path} no longer matches "
+            f"'{row.sae_id}' (decoder {w_dec.shape})"
         )
     log("decoder neighbours (FAISS)")
     decoder = similarity.build(w_dec, cfg.exact_max)
     # One search serves the neighbours table and the map's layout.
-    k = min(max(cfg.neighbors, cfg.map_neighbors - 1), row["d_sae"] - 1)
+    k = min(max(cfg.neighbors, cfg.map_neighbors - 1), row.d_sae - 1)
     knn = similarity.neighbours(decoder, w_dec, k)
     dec_ids, dec_cos = knn[0][:, : cfg.neighbors], knn[1][:, : cfg.neighbors]
     indexes = [("decoder", decoder, w_dec.shape)]
@@ -192,14 +193,14 @@ def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray, log: Log 
     profiles = harvest.profiles
     if profiles is not None and len(profiles):
         names = sorted(profiles["persona"].unique())
-        matrix = np.zeros((row["d_sae"], len(names)), dtype=np.float32)
+        matrix = np.zeros((row.d_sae, len(names)), dtype=np.float32)
         matrix[
             profiles["feature"].to_numpy(),
             pd.Categorical(profiles["persona"], categories=names).codes,
         ] = profiles["mean_act"]
         profile = similarity.build(matrix, cfg.exact_max)
         prof_ids, prof_cos = similarity.neighbours(
-            profile, matrix, min(cfg.neighbors, row["d_sae"] - 1)
+            profile, matrix, min(cfg.neighbors, row.d_sae - 1)
         )
         prof_rows = _neighbour_frame(prof_ids, prof_cos)
         indexes.append(("persona_profile", profile, matrix.shape))
@@ -207,7 +208,7 @@ def build_parts(cfg: IndexConfig, harvest: Harvest, w_dec: np.ndarray, log: Log 
     feature_rows = None
     if vectors is not None:
         log("persona vectors")
-        feature_rows = nearest_features(decoder, vectors, min(cfg.persona_top, row["d_sae"]))
+        feature_rows = nearest_features(decoder, vectors, min(cfg.persona_top, row.d_sae))
     log("feature maps")
     maps = [
         map_frame(
@@ -371,7 +372,7 @@ def build_catalog(
     """Build (or rebuild) one SAE's dictionary tables and FAISS files from its decoder `w_dec`
     and logit `effects` (with `note` saying how they were made); returns a summary."""
     started = time.time()
-    sae_id = harvest.sae_id
+    sae_id = harvest.record.sae_id
     built = build_parts(cfg, harvest, w_dec, log)
     with writing(cfg.db):  # (a build of the same SAE at once must not remove our folder)
         partial = partial_beside(cfg.db, "index")
@@ -396,7 +397,7 @@ def build_catalog(
     decoder = built.indexes[0][1]
     return {
         "sae_id": sae_id,
-        "features": harvest.row["d_sae"],
+        "features": harvest.record.d_sae,
         "decoder_index": decoder.kind,
         "recall_at_10": decoder.recall_at_10,
         "logit_effects": note,

@@ -22,10 +22,12 @@ from shoggoth.index.labels.decompose import (
     own_features,
     part_of_features,
 )
+from shoggoth.index.labels.frames import HarvestFrames, Resampling
 from shoggoth.index.labels.persona_space import Shifts, estimate
 from shoggoth.index.labels.stats import stratified_weights
 from shoggoth.index.store.connection import Connection
 from shoggoth.index.store.read import has_table
+from shoggoth.index.store.sae_record import SaeRecord
 
 WEIGHTS = "sae_weights.safetensors"
 
@@ -41,13 +43,13 @@ def read_shifts(con: Connection, sae_id: str) -> pd.DataFrame:
     ).df()
 
 
-def read_decoder(row: dict[str, Any]) -> tuple[np.ndarray | None, str | None]:
+def read_decoder(record: SaeRecord) -> tuple[np.ndarray | None, str | None]:
     """(W_dec [d_sae, d_in], None), or (None, why not) when the SAE's folder is gone or its
     weights are not the ones harvested."""
-    path = Path(str(row.get("path") or "")) / WEIGHTS
+    path = Path(record.path or "") / WEIGHTS
     if not path.is_file():
         return None, f"the SAE's weights ({path}) are gone"
-    if row.get("weights_sha256") and file_sha256(path) != row["weights_sha256"]:
+    if record.weights_sha256 and file_sha256(path) != record.weights_sha256:
         return None, f"the SAE's weights ({path}) changed since the harvest"
     from safetensors.numpy import load_file
 
@@ -128,24 +130,20 @@ class Decompositions:
 
 
 def decomposition(
-    shifts: pd.DataFrame,
-    doc_features: pd.DataFrame,
-    documents: pd.DataFrame,
-    personas: pd.DataFrame,
+    frames: HarvestFrames,
     features: pd.DataFrame,
     w_dec: np.ndarray,
     kind: str,
     reference_persona: str | None,
-    topics: dict[str, str],
-    bootstrap: int,
-    confidence: float,
-    seed: int,
+    resampling: Resampling,
 ) -> Decompositions:
     """Each non-control persona's shift cut two ways, with item-bootstrap intervals: by
     activation pattern (the common pattern, its own modulation in its own features and in the
     rest, the error) and by label (decompose.PARTS); and the features that carry most of its own
     modulation. A residual SAE's feature activity is the persona's minus the reference
     persona's on the same item."""
+    shifts, doc_features, documents = frames.shifts, frames.doc_features, frames.documents
+    personas, topics, confidence = frames.personas, frames.topics, resampling.confidence
     main = personas.loc[~personas["is_control"].astype(bool), "persona"].tolist()
     main = [p for p in main if (shifts["persona"] == p).any()]
     items = sorted(set(shifts["item_id"]))
@@ -153,7 +151,9 @@ def decomposition(
     labels = features.set_index("feature").reindex(range(len(w_dec)))
     labels["label"] = labels["label"].fillna("dead")
     labels = labels.reset_index()
-    weights = stratified_weights(np.array([topics.get(i, "") for i in items]), bootstrap, seed)
+    weights = stratified_weights(
+        np.array([topics.get(i, "") for i in items]), resampling.bootstrap, resampling.seed
+    )
     base = (
         _activation_means(doc_features, reference_persona, items, n_docs, len(w_dec))
         if kind != "difference" and reference_persona is not None
@@ -412,23 +412,17 @@ NO_DECOMPOSITION = Decompositions(pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
 
 
 def persona_tables(
-    shifts: pd.DataFrame,
-    prompts: pd.DataFrame,
-    row: dict[str, Any],
-    doc_features: pd.DataFrame,
-    documents: pd.DataFrame,
-    personas: pd.DataFrame,
+    frames: HarvestFrames,
+    record: SaeRecord,
     features: pd.DataFrame,
-    topics: dict[str, str],
-    bootstrap: int,
-    confidence: float,
-    seed: int,
+    resampling: Resampling,
     notes: list[str],
     assistant: str | None = None,
 ) -> PersonaTables:
     """The persona signal, the decompositions and the persona space; a note for what could
     not be computed, for a dictionary that carries under half, and where the dictionary's
     common share and the dictionary-free one disagree beyond their intervals."""
+    shifts, personas, prompts = frames.shifts, frames.personas, frames.prompts
     if shifts.empty:
         notes.append(
             "this harvest stores no document shifts (made by an earlier version): "
@@ -442,35 +436,26 @@ def persona_tables(
     weak = weak_signal_note(fraction)
     if weak:
         notes.append(weak)
-    kind = row.get("kind") or "residual"
-    ref = reference_persona(personas, prompts, row.get("reference"))
+    kind = record.kind
+    ref = reference_persona(personas, prompts, record.reference)
     arrays, items = persona_shifts(shifts, personas, prompts, assistant, ref)
-    weights = stratified_weights(np.array([topics.get(i, "") for i in items]), bootstrap, seed)
-    space, axes = space_tables(arrays, len(items), weights, confidence)
-    w_dec, why = read_decoder(row)
+    weights = stratified_weights(
+        np.array([frames.topics.get(i, "") for i in items]),
+        resampling.bootstrap,
+        resampling.seed,
+    )
+    space, axes = space_tables(arrays, len(items), weights, resampling.confidence)
+    w_dec, why = read_decoder(record)
     parts = NO_DECOMPOSITION
     if w_dec is None:
         notes.append(f"no persona decomposition: {why}")
     elif kind != "difference" and ref is None:
         notes.append(
             "no persona decomposition: a residual SAE's needs the reference "
-            f"({row.get('reference')!r}) among the battery's personas"
+            f"({record.reference!r}) among the battery's personas"
         )
     else:
-        parts = decomposition(
-            shifts,
-            doc_features,
-            documents,
-            personas,
-            features,
-            w_dec,
-            kind,
-            ref,
-            topics,
-            bootstrap,
-            confidence,
-            seed,
-        )
+        parts = decomposition(frames, features, w_dec, kind, ref, resampling)
         disagreement = common_disagreement(parts.pattern, space)
         if disagreement:
             notes.append(disagreement)

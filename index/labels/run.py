@@ -12,6 +12,7 @@ import pandas as pd
 
 from shoggoth.core.config import config_metadata, option
 from shoggoth.core.printing import Format
+from shoggoth.index.labels.frames import HarvestFrames, Resampling
 from shoggoth.index.labels.nulls import false_persona_labels, reassign_prompts, split_personas
 from shoggoth.index.labels.persona_decomposition import (
     persona_tables,
@@ -29,6 +30,7 @@ from shoggoth.index.store.database import (
 )
 from shoggoth.index.store.derived import refresh_causal
 from shoggoth.index.store.read import step_database
+from shoggoth.index.store.sae_record import SaeRecord
 from shoggoth.index.store.schema import PERSONA_TABLES, create_label_tables
 
 FDR_LABELS = (*PERSONA_LABELS, "shared-modulated")
@@ -52,9 +54,9 @@ class LabelRunConfig(LabelConfig):
     """table (for reading) or json (for scripts)."""
 
 
-def _read(
-    con: Connection, sae_id: str
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def read_frames(con: Connection, record: SaeRecord) -> HarvestFrames:
+    """The SAE's harvest as the labeller reads it."""
+    sae_id = record.sae_id
     # ENUM columns arrive as pandas categoricals: millions of rows, no Python strings.
     doc_features = con.execute(
         "SELECT persona, paraphrase, item_id, feature, mean_act FROM doc_features WHERE sae_id = ?",
@@ -70,7 +72,15 @@ def _read(
         "FROM personas ORDER BY enum_code(personas.persona)"
     ).df()
     topics = dict(con.execute("SELECT item_id::VARCHAR, topic FROM items").fetchall())
-    return doc_features, documents, personas, topics
+    return HarvestFrames(
+        doc_features,
+        documents,
+        personas,
+        topics,
+        record.d_sae,
+        read_shifts(con, sae_id),
+        read_prompts(con),
+    )
 
 
 def _counts(
@@ -96,17 +106,12 @@ def _counts(
 
 
 def calibrate(
-    doc_features: pd.DataFrame,
-    documents: pd.DataFrame,
-    personas: pd.DataFrame,
-    n: int,
-    cfg: LabelConfig,
-    seeds: int,
-    topics: dict[str, str],
-    notes: list[str],
+    frames: HarvestFrames, cfg: LabelConfig, seeds: int, notes: list[str]
 ) -> pd.DataFrame:
     """The calibration runs' label counts: prompts reassigned to random persona slots (one run
     per seed) and every persona's paraphrases split in two (where it has 4 or more)."""
+    doc_features, documents, personas = frames.doc_features, frames.documents, frames.personas
+    n, topics = frames.n_features, frames.topics
     rows = []
     for s in range(seeds):
         df, docs = reassign_prompts(doc_features, documents, personas, cfg.seed + 1000 + s)
@@ -175,31 +180,24 @@ def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
 
 def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     """Label one SAE's features; returns the tables written (as DataFrames) and the counts."""
-    with step_database(cfg.db, cfg.sae) as (con, sae_id, sae_row):
-        doc_features, documents, personas, topics = _read(con, sae_id)
+    with step_database(cfg.db, cfg.sae) as (con, record):
+        sae_id = record.sae_id
+        frames = read_frames(con, record)
         extra = con.execute(
             "SELECT feature, max(max_act) AS max_act FROM doc_features WHERE sae_id = ? "
             "GROUP BY feature",
             [sae_id],
         ).df()
-        shifts, prompts = read_shifts(con, sae_id), read_prompts(con)
     thresholds = LabelConfig(**{f.name: getattr(cfg, f.name) for f in fields(LabelConfig)})
-    n = sae_row["d_sae"]
-    real = label_features(doc_features, documents, personas, n, thresholds, topics)
+    doc_features, documents = frames.doc_features, frames.documents
+    real = label_features(
+        doc_features, documents, frames.personas, frames.n_features, thresholds, frames.topics
+    )
     notes = list(real.attrs.get("notes", []))
     calib = pd.concat(
         [
             _counts("real", "the harvest as it is", real),
-            calibrate(
-                doc_features,
-                documents,
-                personas,
-                n,
-                thresholds,
-                cfg.calibration_seeds,
-                topics,
-                notes,
-            ),
+            calibrate(frames, thresholds, cfg.calibration_seeds, notes),
         ],
         ignore_index=True,
     )
@@ -214,21 +212,14 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
     calib.insert(0, "sae_id", sae_id)
     fdr.insert(0, "sae_id", sae_id)
     persona = persona_tables(
-        shifts,
-        prompts,
-        sae_row,
-        doc_features,
-        documents,
-        personas,
+        frames,
+        record,
         real,
-        topics,
-        cfg.bootstrap,
-        cfg.confidence,
-        cfg.seed,
+        Resampling(cfg.bootstrap, cfg.confidence, cfg.seed),
         notes,
         cfg.assistant,
     )
-    frames = {
+    persona_frames = {
         "persona_signal": persona.signal,
         "persona_space": persona.space,
         "persona_space_axes": persona.axes,
@@ -236,10 +227,11 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
         "persona_label_shares": persona.decompositions.labels,
         "persona_own_features": persona.decompositions.own,
     }
-    for frame in frames.values():
+    for frame in persona_frames.values():
         if not frame.empty:
             frame.insert(0, "sae_id", sae_id)
-    write(cfg.db, sae_id, features, calib, fdr, {**config_metadata(cfg), "notes": notes}, frames)
+    metadata = {**config_metadata(cfg), "notes": notes}
+    write(cfg.db, sae_id, features, calib, fdr, metadata, persona_frames)
     return {
         "sae_id": sae_id,
         "features": features,

@@ -30,6 +30,7 @@ from shoggoth.core.errors import BadInput, first_line, interrupts_deferred, is_i
 from shoggoth.core.names import check_sae_id, shown_name
 from shoggoth.core.versions import library_versions
 from shoggoth.index.store.connection import Connection, one_row
+from shoggoth.index.store.sae_record import SaeRecord
 from shoggoth.index.store.schema import (
     BLOCK_SIZE,
     KNOWN_TABLES,
@@ -598,8 +599,8 @@ def storage(con: Connection, path: Path) -> dict[str, float]:
     return {"file_bytes": path.stat().st_size, "activations_bytes": blocks * block}
 
 
-def choose_sae(con: Connection, path: Path, sae: str | None) -> tuple[str, dict[str, Any]]:
-    """The SAE a command works on (`--sae`, or the only one) and its `saes` row."""
+def choose_sae(con: Connection, path: Path, sae: str | None) -> SaeRecord:
+    """The `saes` row of the SAE a command works on (`--sae`, or the only one), checked."""
     if not tables(con):
         raise BadInput(f"--db {path}: not a shoggoth database (it is empty)")
     try:
@@ -619,7 +620,7 @@ def choose_sae(con: Connection, path: Path, sae: str | None) -> tuple[str, dict[
         raise BadInput(f"--sae {shown_name(sae)}: not in {path} (it holds {held})")
     check_sae_id(sae, f"--db {path}")
     check_saes_row(saes[sae], path)
-    return sae, saes[sae]
+    return SaeRecord.from_row(saes[sae])
 
 
 SAES_INTEGERS = {"d_in": 1 << 20, "d_sae": 1 << 26, "value_decimals": 12}
@@ -679,29 +680,27 @@ def weight_shapes(path: Path) -> dict[str, list[int]] | None:
     }
 
 
-def check_claims(
-    con: duckdb.DuckDBPyConnection, path: Path, sae_id: str, row: dict[str, Any]
-) -> None:
+def check_claims(con: Connection, path: Path, sae: SaeRecord) -> None:
     """BadInput when the `saes` row claims what the database and the SAE's weights do not
     hold: a feature index at or past d_sae, or a decoder of another shape than d_sae × d_in
     (commands allocate arrays of d_sae rows: a damaged or hostile claim must fail here, in one
     line, not as an exhausted machine)."""
     found = con.execute(
-        "SELECT max(feature) FROM doc_features WHERE sae_id = ?", [sae_id]
+        "SELECT max(feature) FROM doc_features WHERE sae_id = ?", [sae.sae_id]
     ).fetchone()
     top = found[0] if found else None
-    if top is not None and not 0 <= int(top) < row["d_sae"]:
+    if top is not None and not 0 <= int(top) < sae.d_sae:
         raise BadInput(
-            f"--db {path}: holds feature {top} of '{sae_id}', whose saes row says "
-            f"it has {row['d_sae']:,}; the database is damaged"
+            f"--db {path}: holds feature {top} of '{sae.sae_id}', whose saes row says "
+            f"it has {sae.d_sae:,}; the database is damaged"
         )
-    if not row.get("path"):
+    if not sae.path:
         return
-    shapes = weight_shapes(Path(row["path"]) / "sae_weights.safetensors")
+    shapes = weight_shapes(Path(sae.path) / "sae_weights.safetensors")
     decoder = (shapes or {}).get("W_dec")
-    if decoder is not None and sorted(decoder) != sorted([row["d_sae"], row["d_in"]]):
+    if decoder is not None and sorted(decoder) != sorted([sae.d_sae, sae.d_in]):
         raise BadInput(
-            f"--db {path}: saes says '{sae_id}' has {row['d_sae']:,} features of "
-            f"{row['d_in']:,} dimensions, its weights ({row['path']}) a decoder of "
+            f"--db {path}: saes says '{sae.sae_id}' has {sae.d_sae:,} features of "
+            f"{sae.d_in:,} dimensions, its weights ({sae.path}) a decoder of "
             f"{decoder}; the database is damaged"
         )

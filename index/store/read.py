@@ -32,6 +32,7 @@ from shoggoth.index.store.database import (
     require_shoggoth,
     tables,
 )
+from shoggoth.index.store.sae_record import SaeRecord
 
 if TYPE_CHECKING:
     import faiss
@@ -62,8 +63,10 @@ class SaeView:
         self.owned = con is None
         self.con = connect(db, read_only=True, wait=wait) if con is None else con
         require_shoggoth(self.con, db)
-        self.sae_id, self.row = choose_sae(self.con, db, sae)
-        check_claims(self.con, db, self.sae_id, self.row)
+        self.record = choose_sae(self.con, db, sae)
+        """The chosen SAE's `saes` row."""
+        self.sae_id = self.record.sae_id
+        check_claims(self.con, db, self.record)
         self.tables = tables(self.con)
         self.labelled = has_table(self.con, "feature_labels")
 
@@ -115,10 +118,11 @@ class SaeView:
         }
 
     def check_feature(self, feature: int) -> None:
-        if not 0 <= feature < self.row["d_sae"]:
+        d_sae = self.record.d_sae
+        if not 0 <= feature < d_sae:
             raise BadInput(
                 f"--feature {feature}: out of range (the SAE '{self.sae_id}' has "
-                f"{self.row['d_sae']:,} features, 0 to {self.row['d_sae'] - 1})"
+                f"{d_sae:,} features, 0 to {d_sae - 1})"
             )
 
     def faiss_index(self, name: str = "decoder") -> faiss.Index:
@@ -160,12 +164,12 @@ class SaeView:
 
 
 @contextmanager
-def step_database(db: Path, sae: str | None) -> Iterator[tuple[Connection, str, dict[str, Any]]]:
+def step_database(db: Path, sae: str | None) -> Iterator[tuple[Connection, SaeRecord]]:
     """`SaeView.for_writing` for a step that reads through SQL: yields the view's read-only
-    connection, the SAE's id and its `saes` row, and closes the connection after."""
+    connection and the SAE's `saes` row, and closes the connection after."""
     view = SaeView.for_writing(db, sae)
     try:
-        yield view.con, view.sae_id, view.row
+        yield view.con, view.record
     finally:
         view.close()
 

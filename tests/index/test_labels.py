@@ -353,6 +353,7 @@ def test_label_bad_input(capfd, tmp_path, case, words):
 
 
 def test_calibration_runs_and_the_fdr_table():
+    from shoggoth.index.labels.frames import HarvestFrames
     from shoggoth.index.labels.rules import LabelConfig
     from shoggoth.index.labels.run import calibrate, fdr_table
 
@@ -360,7 +361,7 @@ def test_calibration_runs_and_the_fdr_table():
     cfg = LabelConfig()
     real = label_features(df, docs, personas, len(truth), cfg, topics)
     notes: list[str] = []
-    calib = calibrate(df, docs, personas, len(truth), cfg, 2, topics, notes)
+    calib = calibrate(HarvestFrames(df, docs, personas, topics, len(truth)), cfg, 2, notes)
     assert list(calib["run"].unique()) == ["reassigned:0", "reassigned:1", "split"]
     assert not notes
     assert (calib.groupby("run")["n"].sum() <= len(truth)).all()
@@ -374,9 +375,8 @@ def test_calibration_runs_and_the_fdr_table():
     assert pd.isna(table.at["shared", "fdr"])
     # Two paraphrases a persona: no split run, and a note says why.
     two = docs["paraphrase"] < 2
-    calib = calibrate(
-        df[df["paraphrase"] < 2], docs[two], personas, len(truth), cfg, 1, topics, notes
-    )
+    frames = HarvestFrames(df[df["paraphrase"] < 2], docs[two], personas, topics, len(truth))
+    calib = calibrate(frames, cfg, 1, notes)
     assert list(calib["run"].unique()) == ["reassigned:0"]
     assert any("4 or more paraphrases" in n for n in notes)
 

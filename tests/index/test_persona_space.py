@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shoggoth.index.labels.frames import HarvestFrames, Resampling
 from shoggoth.index.labels.persona_decomposition import (
     decomposition,
     persona_shifts,
@@ -230,20 +231,15 @@ def test_the_own_modulation_of_shared_features_is_its_own_part():
     features = pd.DataFrame(
         {"feature": range(d_sae), "label": "shared", "top_persona": None, "family_set": None}
     )
-    parts = decomposition(
-        pd.DataFrame(shifts),
+    frames = HarvestFrames(
         pd.DataFrame(doc_features),
         pd.DataFrame(documents),
         personas,
-        features,
-        w_dec,
-        "difference",
-        None,
         {},
-        50,
-        0.9,
-        0,
+        d_sae,
+        pd.DataFrame(shifts),
     )
+    parts = decomposition(frames, features, w_dec, "difference", None, Resampling(50, 0.9, 0))
     pattern = parts.pattern.set_index(["persona", "part"])["share"]
     for k, name in enumerate(names):
         v = (common + modulation[k]) @ w_dec + 0.1 * error_dir

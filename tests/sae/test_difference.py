@@ -573,7 +573,7 @@ def test_the_composition_test_reuses_the_screens_runs_without_changing_a_number(
     )
     inputs = read_inputs(cfg)
     assert inputs.parts is not None and inputs.kind == "difference"
-    model, sae = load_causal(inputs.db, inputs.sae_id, inputs.row, "cpu")
+    model, sae = load_causal(inputs.db, inputs.record, "cpu")
     s = make_setup(inputs, model, sae, cfg)
     for item in range(2):
         screen = screen_item(s, item)

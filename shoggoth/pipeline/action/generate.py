@@ -125,7 +125,7 @@ def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[
     (a database that cannot be written first)."""
     d = SaeView.for_writing(cfg.db, cfg.sae)
     try:
-        row, (personas, items) = d.row, read_battery(d.con)
+        record, (personas, items) = d.record, read_battery(d.con)
     finally:
         d.close()
     chosen = choose_personas(cfg.persona_names, personas, cfg.db)
@@ -141,8 +141,8 @@ def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[
             )
             for p in chosen
         ]
-    template = stored_template(row["template"])
-    return cfg.model or row["model"], template, chosen, subset_items(items, cfg.items_per_topic)
+    template = stored_template(record.template)
+    return cfg.model or record.model, template, chosen, subset_items(items, cfg.items_per_topic)
 
 
 def generate_answers(cfg: GenerateConfig, log: Log = print) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from shoggoth.index.action.labels import GridLabelConfig
 from shoggoth.index.action.store import write_grid
 from shoggoth.index.store.connection import one_row
 from shoggoth.index.store.read import SaeView
+from shoggoth.index.store.sae_record import SaeRecord
 from shoggoth.index.store.schema import read_battery
 from shoggoth.sae.activations import prefix_cache
 from shoggoth.sae.encode import (
@@ -84,23 +85,34 @@ class GridConfig(GridLabelConfig):
 class GridInputs:
     """What the run reads from the database."""
 
-    sae_id: str
-    row: dict[str, Any]
+    record: SaeRecord
+    """The SAE's `saes` row."""
     personas: dict[str, Persona]
     items: dict[str, Item]
     none: Persona
     answers: pd.DataFrame
     answers_run: str
+    """The run that generated the answer set."""
     neutral_own: dict[str, str] | None
     """--neutral own: the model's own answer under no persona, per item (None: the battery's
     answers)."""
+
+    @property
+    def sae_id(self) -> str:
+        """The SAE's id."""
+        return self.record.sae_id
 
 
 def read_inputs(cfg: GridConfig) -> GridInputs:
     """The SAE, battery and answer set; BadInput for what cannot work."""
     d = SaeView.for_writing(cfg.db, cfg.sae)
     try:
-        sae_id, row, (personas, items) = d.sae_id, d.row, read_battery(d.con)
+        record, (personas, items) = d.record, read_battery(d.con)
+        if record.value_decimals is None:
+            raise BadInput(
+                f"--db {cfg.db}: the harvest of '{record.sae_id}' does not say how its values "
+                "were rounded (made by an earlier version); harvest it again"
+            )
         answers = read_answers(d.con, cfg.answers)
         run = one_row(d.con, "SELECT run_id FROM answer_sets WHERE answer_set = ?", [cfg.answers])[
             0
@@ -130,9 +142,7 @@ def read_inputs(cfg: GridConfig) -> GridInputs:
         if cfg.neutral == "own"
         else None
     )
-    return GridInputs(
-        sae_id, dict(row), by_name, {i.item_id: i for i in items}, none, answers, run, own
-    )
+    return GridInputs(record, by_name, {i.item_id: i for i in items}, none, answers, run, own)
 
 
 def plan_documents(inputs: GridInputs) -> pd.DataFrame:
@@ -185,7 +195,7 @@ def work_dir(cfg: GridConfig, inputs: GridInputs) -> tuple[Path, str]:
     harvest's key (a digest of everything that decides its documents' activations)."""
     key = {
         "sae": inputs.sae_id,
-        "weights": inputs.row.get("weights_sha256"),
+        "weights": inputs.record.weights_sha256,
         "answers": cfg.answers,
         "answers_run": inputs.answers_run,
         "none": inputs.none.name,
@@ -199,7 +209,7 @@ def work_dir(cfg: GridConfig, inputs: GridInputs) -> tuple[Path, str]:
 
 def build_prompts(model: Model, inputs: GridInputs, docs: pd.DataFrame) -> list[Prompt]:
     """Each document's prompt, built as the harvest builds it."""
-    template = stored_template(inputs.row["template"])
+    template = stored_template(inputs.record.template)
     out = []
     for d in docs.itertuples(index=False):
         item = inputs.items[d.item_id]
@@ -248,8 +258,8 @@ class ReferenceRows:
         keys = [self.key(docs, d) for d in batch]
         todo = list(dict.fromkeys(k for k in keys if k not in self._kept))
         if todo:
-            system = str(self.inputs.row.get("reference") or "")
-            template = stored_template(self.inputs.row["template"])
+            system = str(self.inputs.record.reference or "")
+            template = stored_template(self.inputs.record.template)
             made = [
                 build_prompt(
                     self.model.tokenizer,
@@ -287,14 +297,12 @@ def harvest_cells(
     """(n_tokens per document, per-document activations: doc, feature, mean_act, max_act,
     n_fire), batch by batch, resuming from `folder`."""
     model = load_model(
-        inputs.row["model"],
+        inputs.record.model,
         cfg.device,
-        hook=inputs.row["hook"],
+        hook=inputs.record.hook,
         placement=placement_of(cfg.device_map, cfg.max_memory),
     )
-    sae = load_harvest_sae(
-        cfg.db, inputs.sae_id, inputs.row, str(model.sae_device(inputs.row["hook"]))
-    )
+    sae = load_harvest_sae(cfg.db, inputs.record, str(model.sae_device(inputs.record.hook)))
     sae.eval()
     prompts = build_prompts(model, inputs, docs)
     longest = max(range(len(prompts)), key=lambda d: len(prompts[d].input_ids))
@@ -302,14 +310,12 @@ def harvest_cells(
     batches = units(docs, prompts, cfg.batch)
     paths = [folder / f"{u:05d}.npz" for u in range(len(batches))]
     done = sum(len(b) for b, p in zip(batches, paths, strict=True) if p.is_file())
-    use_cache = bool(inputs.row.get("prefix_cache")) and model.is_causal
+    use_cache = bool(inputs.record.prefix_cache) and model.is_causal
     prefixes: dict[tuple[int, ...], Any] = {}
-    hook = inputs.row["hook"]
+    hook = inputs.record.hook
     # A difference dictionary reads each document's shift against the same text under its
     # reference.
-    reference = (
-        ReferenceRows(model, inputs, hook) if inputs.row.get("kind") == "difference" else None
-    )
+    reference = ReferenceRows(model, inputs, hook) if inputs.record.is_difference else None
     with Progress("grid", len(docs), done, unit="docs") as bar:
         for b, path in zip(batches, paths, strict=True):
             if path.is_file():
@@ -318,14 +324,14 @@ def harvest_cells(
             shared = tuple(chosen[0].input_ids[: shared_prefix(chosen)]) if use_cache else ()
             if shared and shared not in prefixes:  # a context's batches share its prefix
                 prefixes.clear()
-                prefixes[shared] = prefix_cache(model, list(shared), inputs.row["hook"])
+                prefixes[shared] = prefix_cache(model, list(shared), inputs.record.hook)
             x, row = prompts_activations(model, chosen, [hook], prefixes.get(shared))
             acts, silent = x[hook], None
             if reference is not None:
                 x_ref = reference.rows(docs, b, prompts).to(acts.device)
                 acts, silent = shift_input(acts, x_ref)
             out = encode_aggregate(
-                sae, acts, row, len(b), int(inputs.row["value_decimals"]), silent
+                sae, acts, row, len(b), inputs.record.value_decimals or 0, silent
             )
             f = out.doc_features
             save_npz_atomic(
@@ -366,7 +372,7 @@ def run_grid(cfg: GridConfig, log: Log = print) -> dict[str, Any]:
     labels_cfg = GridLabelConfig(
         **{k: getattr(cfg, k) for k in GridLabelConfig.__dataclass_fields__}
     )
-    result = analyse_grid(docs, doc_features, int(inputs.row["d_sae"]), labels_cfg)
+    result = analyse_grid(docs, doc_features, int(inputs.record.d_sae), labels_cfg)
     for note in result.notes:
         log(f"note: {note}")
     key = {"sae_id": inputs.sae_id, "answer_set": cfg.answers, "neutral": cfg.neutral}

@@ -59,7 +59,7 @@ def model_logit_effects(
 def index_harvest(cfg: IndexConfig, log: Log = print) -> dict[str, Any]:
     """Build one SAE's feature catalog; returns `build_catalog`'s summary."""
     harvest = read_harvest(cfg)
-    sae = load_harvest_sae(cfg.db, harvest.sae_id, harvest.row, cfg.device)
+    sae = load_harvest_sae(cfg.db, harvest.record, cfg.device)
     w_dec = sae.W_dec.detach().float().cpu().numpy()
-    effects, note = model_logit_effects(harvest.row["model"], w_dec, cfg, log)
+    effects, note = model_logit_effects(harvest.record.model, w_dec, cfg, log)
     return build_catalog(cfg, harvest, w_dec, effects, note, log)

@@ -53,6 +53,7 @@ from shoggoth.index.labels.decompose import part_of_features
 from shoggoth.index.labels.queries import labelled_features
 from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store.read import SaeView
+from shoggoth.index.store.sae_record import SaeRecord
 from shoggoth.index.store.schema import read_battery
 from shoggoth.pipeline.effects.compose import compose_item, composition_rows
 from shoggoth.pipeline.effects.measure import (
@@ -133,8 +134,8 @@ class EffectsInputs:
     """What the run reads from the database."""
 
     db: Path
-    sae_id: str
-    row: dict[str, Any]
+    record: SaeRecord
+    """The SAE's `saes` row."""
     conditions: list[Persona]
     items: list[Item]
     labels: dict[int, str]
@@ -146,20 +147,25 @@ class EffectsInputs:
     composition test (None: not labelled yet)."""
 
     @property
+    def sae_id(self) -> str:
+        """The SAE's id."""
+        return self.record.sae_id
+
+    @property
     def kind(self) -> str:
         """The dictionary's kind (residual or difference)."""
-        return str(self.row.get("kind") or "residual")
+        return self.record.kind
 
 
-def reference_condition(row: dict[str, Any], personas: list[Persona], db: Path) -> Persona:
+def reference_condition(record: SaeRecord, personas: list[Persona], db: Path) -> Persona:
     """The condition every persona's shift is taken against: a difference dictionary's own
     reference (its shifts are against it), else the battery's no-persona control."""
-    if row.get("kind") == "difference":
+    if record.is_difference:
         return Persona(
             "reference",
             "control",
             "the dictionary's reference",
-            (str(row.get("reference") or ""),),
+            (record.reference or "",),
             is_control=True,
         )
     return baseline_persona(personas, db)
@@ -196,44 +202,42 @@ def read_inputs(cfg: EffectsConfig) -> EffectsInputs:
             if not label_of:
                 raise BadInput(f"--labels: {cfg.db} is not labelled yet; run shoggoth label")
             allowed = {int(f) for f, lab in label_of.items() if lab in wanted}
-        chosen = parse_features(cfg.features, int(d.row["d_sae"])) if cfg.features else None
-        row = dict(d.row)
+        chosen = parse_features(cfg.features, d.record.d_sae) if cfg.features else None
         return EffectsInputs(
             cfg.db,
-            d.sae_id,
-            row,
-            [reference_condition(row, personas, cfg.db), *main],
+            d.record,
+            [reference_condition(d.record, personas, cfg.db), *main],
             subset_items(items, cfg.items_per_topic),
             {int(k): str(v) for k, v in label_of.items()},
             typical_activations(d.con, d.sae_id),
             chosen,
             allowed,
-            feature_parts(labels, main, int(row["d_sae"])),
+            feature_parts(labels, main, d.record.d_sae),
         )
     finally:
         d.close()
 
 
 def load_causal(
-    db: Path, sae_id: str, row: dict[str, Any], device: str, placement: Placement | None = None
+    db: Path, record: SaeRecord, device: str, placement: Placement | None = None
 ) -> tuple[Model, SAE]:
     """The harvest's model (a causal LM, else BadInput; laid out by `placement`) and SAE (on
     its own device, `Model.sae_device`), without gradients on weights."""
-    model = load_model(row["model"], device, hook=row["hook"], placement=placement)
+    model = load_model(record.model, device, hook=record.hook, placement=placement)
     if not model.is_causal:
         raise BadInput(
-            f"--db {db}: model '{row['model']}' is an encoder, not a causal LM; "
+            f"--db {db}: model '{record.model}' is an encoder, not a causal LM; "
             "ablation and steering are measured on next-token predictions"
         )
     model.bridge.requires_grad_(False)
-    sae = load_harvest_sae(db, sae_id, row, str(model.sae_device(row["hook"])))
+    sae = load_harvest_sae(db, record, str(model.sae_device(record.hook)))
     sae.requires_grad_(False)
     return model, sae
 
 
 def make_setup(inputs: EffectsInputs, model: Model, sae: SAE, cfg: EffectsConfig) -> Setup:
     """Every condition's prompt for every item, as the harvest built them."""
-    template = stored_template(inputs.row["template"])
+    template = stored_template(inputs.record.template)
     index = 0 if len(inputs.conditions[0].prompts) <= cfg.paraphrase else cfg.paraphrase
     prompts = [
         [
@@ -253,7 +257,7 @@ def make_setup(inputs: EffectsInputs, model: Model, sae: SAE, cfg: EffectsConfig
     return Setup(
         model,
         sae,
-        inputs.row["hook"],
+        inputs.record.hook,
         w_dec,
         [p.name for p in inputs.conditions],
         prompts,
@@ -268,7 +272,7 @@ def work_dir(inputs: EffectsInputs, cfg: EffectsConfig) -> Path:
     key = {
         "config": {k: str(v) for k, v in asdict(cfg).items()},
         "sae": inputs.sae_id,
-        "weights": inputs.row.get("weights_sha256"),
+        "weights": inputs.record.weights_sha256,
     }
     return resume_folder(Path(f"{inputs.db}.effects"), inputs.sae_id, key)[0]
 
@@ -330,8 +334,7 @@ def run_effects(cfg: EffectsConfig, log: Log = print) -> dict[str, Any]:
     inputs = read_inputs(cfg)
     model, sae = load_causal(
         inputs.db,
-        inputs.sae_id,
-        inputs.row,
+        inputs.record,
         cfg.device,
         placement_of(cfg.device_map, cfg.max_memory),
     )

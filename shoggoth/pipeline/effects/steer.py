@@ -26,6 +26,7 @@ from shoggoth.core.errors import BadInput
 from shoggoth.core.placement import placement_of
 from shoggoth.index.effects.queries import typical_activations
 from shoggoth.index.store.read import SaeView
+from shoggoth.index.store.sae_record import SaeRecord
 from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.sae.intervene import Edit, generate
 from shoggoth.sae.models import Model
@@ -84,13 +85,13 @@ class Steering:
     """residual: the feature is clamped; difference: its direction is added."""
 
 
-def steering_system(row: dict[str, Any], persona_prompt: str | None) -> str | None:
+def steering_system(record: SaeRecord, persona_prompt: str | None) -> str | None:
     """The system prompt the answer is generated under: the persona's, else a difference
     dictionary's reference, else none."""
     if persona_prompt is not None:  # a persona given ("" : one with no system prompt)
         return persona_prompt or None
-    if row.get("kind") == "difference":
-        return str(row.get("reference") or "") or None
+    if record.is_difference:
+        return record.reference or None
     return None
 
 
@@ -139,20 +140,20 @@ def load_steering(cfg: SteerConfig) -> Steering:
         typical = require_typical(
             cfg.feature, typical_activations(d.con, d.sae_id, cfg.feature).get(cfg.feature)
         )
-        sae_id, row = d.sae_id, dict(d.row)
+        record = d.record
     finally:
         d.close()
     model, sae = load_causal(
-        cfg.db, sae_id, row, cfg.device, placement_of(cfg.device_map, cfg.max_memory)
+        cfg.db, record, cfg.device, placement_of(cfg.device_map, cfg.max_memory)
     )
     return Steering(
         model,
         sae,
-        row["hook"],
+        record.hook,
         typical,
-        steering_system(row, system),
+        steering_system(record, system),
         cfg.feature,
-        str(row.get("kind") or "residual"),
+        record.kind,
     )
 
 

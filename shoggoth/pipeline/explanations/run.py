@@ -144,11 +144,12 @@ class ExplainPlan:
 
 def gather(cfg: ExplainConfig) -> ExplainPlan:
     """The SAE, every chosen feature's evidence, and the settings that identify this run."""
-    with step_database(cfg.db, cfg.sae) as (con, sae, row):
+    with step_database(cfg.db, cfg.sae) as (con, record):
+        sae = record.sae_id
         wanted = parse_features(cfg.features) if cfg.features else None
-        if wanted and max(wanted) >= row["d_sae"]:
+        if wanted and max(wanted) >= record.d_sae:
             raise BadInput(
-                f"--features {max(wanted)}: out of range (the SAE has {row['d_sae']:,} features)"
+                f"--features {max(wanted)}: out of range (the SAE has {record.d_sae:,} features)"
             )
         # By default only features with room for the held-out windows and a few to show.
         features = edb.choose_features(con, sae, wanted, cfg.limit, cfg.held_out + 4)

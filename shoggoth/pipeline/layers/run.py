@@ -281,7 +281,7 @@ def documents(d: SaeView, model: Model, per_topic: int) -> tuple[list[Prompt], D
             "prompts each (it tests on prompts it did not train on)"
         )
     chosen = subset_items(items, per_topic)
-    template = stored_template(d.row["template"])
+    template = stored_template(d.record.template)
     prompts, meta = [], []
     for k, p in enumerate(main):
         for j, system in enumerate(p.prompts):
@@ -305,8 +305,8 @@ def reference_prompts(d: SaeView, model: Model, per_topic: int) -> list[Prompt]:
     """The reference document of every item the probe uses (in `documents`' item order): the
     same answer under the SAE's reference (an empty system turn when the harvest names none)."""
     _, items = read_battery(d.con)
-    template = stored_template(d.row["template"])
-    reference = d.row.get("reference") or EMPTY_SYSTEM
+    template = stored_template(d.record.template)
+    reference = d.record.reference or EMPTY_SYSTEM
     return [
         build_prompt(
             model.tokenizer,
@@ -325,20 +325,20 @@ def probe_layers(cfg: LayersConfig) -> pd.DataFrame:
     d = SaeView.for_writing(cfg.db, cfg.sae)  # before minutes of forward passes, not after
     try:
         model = load_model(
-            d.row["model"],
+            d.record.model,
             cfg.device,
-            hook=d.row["hook"],
+            hook=d.record.hook,
             placement=placement_of(cfg.device_map, cfg.max_memory),
         )
-        sae_hook, sae_layer = d.row["hook"], hook_layer(d.row["hook"])
+        sae_hook, sae_layer = d.record.hook, hook_layer(d.record.hook)
         layers = parse_layers(cfg.layers, model.n_layers, sae_layer)
         prompts, docs = documents(d, model, cfg.items_per_topic)
         sae = (
-            load_harvest_sae(d.db, d.sae_id, d.row, str(model.sae_device(sae_hook)))
+            load_harvest_sae(d.db, d.record, str(model.sae_device(sae_hook)))
             if sae_layer is not None
             else None
         )
-        kind = d.row.get("kind") or "residual"
+        kind = d.record.kind
         references = reference_prompts(d, model, cfg.items_per_topic)
         sae_id = d.sae_id
     finally:

@@ -105,10 +105,10 @@ def load_runner(
     d: SaeView, device: str = "auto", placement: Placement | None = None
 ) -> tuple[Model, SAE]:
     """The model and SAE of the dictionary's harvest, ready to encode text."""
-    sae = load_harvest_sae(d.db, d.sae_id, d.row, device)
+    sae = load_harvest_sae(d.db, d.record, device)
     sae.eval()
-    model = load_model(d.row["model"], device, hook=d.row["hook"], placement=placement)
-    return model, sae.to(model.sae_device(d.row["hook"]))
+    model = load_model(d.record.model, device, hook=d.record.hook, placement=placement)
+    return model, sae.to(model.sae_device(d.record.hook))
 
 
 def by_text(
@@ -138,14 +138,14 @@ def by_text(
             )
         system = prompts[paraphrase]
     model, sae = runner if runner is not None else load_runner(d, device, placement)
-    template = stored_template(d.row["template"])
+    template = stored_template(d.record.template)
     prompt = build_prompt(
         model.tokenizer, system, None, text, template=template, prepend_bos=model.prepend_bos
     )
     model.check_length(len(prompt.input_ids), "--text")
     batch = collate([prompt], pad_id(model.tokenizer))
     with torch.inference_mode():
-        x = continuation_activations(model, batch, d.row["hook"])
+        x = continuation_activations(model, batch, d.record.hook)
         f = sae.encode(x.to(sae.device, sae.dtype)).float().cpu().numpy()
     tokens = model.tokenizer.convert_ids_to_tokens(prompt.continuation_ids)
     per_token = []
