@@ -22,28 +22,15 @@ def label_command(cfg: LabelRunConfig) -> None:
     calibration runs give each label its estimated false-discovery rate. Writes features,
     feature_personas, calibration and label_fdr in one transaction (docs/labels.md)."""
     result = label_database(cfg)
-    features, fdr = result["features"], result["fdr"]
+    features, fdr = result.features, result.fdr
     if cfg.format == "json":
-        print_json(
-            {
-                "sae_id": result["sae_id"],
-                "features": len(features),
-                "labels": features["label"].value_counts().to_dict(),
-                "fdr": fdr,
-                "notes": result["notes"],
-                "config": result["config"],
-                "persona_signal": result["persona_signal"],
-                "decomposition": result["decomposition"],
-                "persona_space": result["space"],
-                "persona_space_axes": result["axes"],
-            }
-        )
+        print_json(result.as_json())
         return
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
-    for note in result["notes"]:
+    for note in result.notes:
         err.print(f"note: {note}", highlight=False)
-    console.print(f"{cfg.db} · {result['sae_id']} · {len(features):,} features", highlight=False)
+    console.print(f"{cfg.db} · {result.sae_id} · {len(features):,} features", highlight=False)
     seeds = cfg.calibration_seeds
     counts = Table(
         title=f"labels, with their counts under the null (mean of {seeds} prompt "
@@ -65,14 +52,13 @@ def label_command(cfg: LabelRunConfig) -> None:
     for persona in features["argmax_persona"].dropna().unique():
         per.add_row(str(persona), *(f"{int(by.get((persona, lab), 0)):,}" for lab in own_labels))
     console.print(per)
-    if result["persona_signal"] == result["persona_signal"]:  # not NaN
+    if number(result.persona_signal) is not None:
         console.print(
-            f"persona signal this dictionary carries on the battery: "
-            f"{result['persona_signal']:.2f}",
+            f"persona signal this dictionary carries on the battery: {result.persona_signal:.2f}",
             highlight=False,
         )
-    summary = space_summary(result["space"], result["axes"])
+    summary = space_summary(result.space, result.axes)
     if summary:
         console.print(summary, highlight=False)
-    for line in answers(result["decomposition"]).values():
+    for line in answers(result.decomposition).values():
         console.print(line, highlight=False)

@@ -178,8 +178,51 @@ def fdr_table(real: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
-    """Label one SAE's features; returns the tables written (as DataFrames) and the counts."""
+@dataclass(frozen=True)
+class LabelResult:
+    """What `shoggoth label` wrote, as its printers read it."""
+
+    sae_id: str
+    """The SAE labelled."""
+    features: pd.DataFrame
+    """The `features` rows: every feature's label and statistics."""
+    calibration: pd.DataFrame
+    """The `calibration` rows: each label's count in the real run and every null run."""
+    fdr: pd.DataFrame
+    """The `label_fdr` rows: each label's count, null counts and estimated FDR."""
+    notes: list[str]
+    """What this battery or harvest could not support, one line each."""
+    thresholds: LabelConfig
+    """The labelling rules' settings."""
+    persona_signal: float
+    """The share of the personas' shifts this dictionary carries (NaN: not measured)."""
+    signal: pd.DataFrame
+    """The `persona_signal` rows, per persona."""
+    decomposition: pd.DataFrame
+    """The `persona_decomposition` rows: each persona's shift cut by activation pattern."""
+    space: pd.DataFrame
+    """The `persona_space` rows: the dictionary-free persona space."""
+    axes: pd.DataFrame
+    """The `persona_space_axes` rows."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        return {
+            "sae_id": self.sae_id,
+            "features": len(self.features),
+            "labels": self.features["label"].value_counts().to_dict(),
+            "fdr": self.fdr,
+            "notes": self.notes,
+            "config": asdict(self.thresholds),
+            "persona_signal": self.persona_signal,
+            "decomposition": self.decomposition,
+            "persona_space": self.space,
+            "persona_space_axes": self.axes,
+        }
+
+
+def label_database(cfg: LabelRunConfig) -> LabelResult:
+    """Label one SAE's features and store them; returns what was written."""
     with step_database(cfg.db, cfg.sae) as (con, record):
         sae_id = record.sae_id
         frames = read_frames(con, record)
@@ -232,19 +275,19 @@ def label_database(cfg: LabelRunConfig) -> dict[str, Any]:
             frame.insert(0, "sae_id", sae_id)
     metadata = {**config_metadata(cfg), "notes": notes}
     write(cfg.db, sae_id, features, calib, fdr, metadata, persona_frames)
-    return {
-        "sae_id": sae_id,
-        "features": features,
-        "calibration": calib,
-        "fdr": fdr,
-        "notes": notes,
-        "config": asdict(thresholds),
-        "persona_signal": persona.fraction,
-        "signal": persona.signal,
-        "decomposition": persona.decompositions.pattern,
-        "space": persona.space,
-        "axes": persona.axes,
-    }
+    return LabelResult(
+        sae_id,
+        features,
+        calib,
+        fdr,
+        notes,
+        thresholds,
+        persona.fraction,
+        persona.signal,
+        persona.decompositions.pattern,
+        persona.space,
+        persona.axes,
+    )
 
 
 PERSONA_SQL = """
