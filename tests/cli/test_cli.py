@@ -98,6 +98,39 @@ def test_models_describes_a_local_directory(capfd, tiny_gpt2_dir):
     assert row["available"] == "offline (local)"
 
 
+def test_a_described_model_is_kept_until_its_files_change(
+    capfd, tmp_path, monkeypatch, tiny_gpt2_dir
+):
+    """`models` caches a model's facts by its files and the libraries' versions: listed again,
+    the same row; a changed file (here the chat template removed) is described afresh; a
+    damaged cache entry is described again, not trusted."""
+    import shutil
+
+    monkeypatch.setenv("SHOGGOTH_CACHE", str(tmp_path / "cache"))
+    model = shutil.copytree(tiny_gpt2_dir, tmp_path / "model")
+
+    def listed() -> dict:
+        code, out, err = run(capfd, "models", "--model", str(model), "--format", "json")
+        assert code == 0, err
+        return json.loads(out)[-1]
+
+    first = listed()
+    entries = list((tmp_path / "cache" / "described").glob("*.json"))
+    assert first["chat_template"] is True and first["chat_format"]
+    assert len(entries) >= 1 and listed() == first
+    for entry in entries:
+        entry.write_text("{not json")
+    assert listed() == first
+    (model / "chat_template.jinja").unlink()  # where transformers saves a chat template
+    config = model / "tokenizer_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"chat_template": None}))
+    changed = listed()
+    assert changed["chat_template"] is False and changed["chat_format"] is None
+    assert {k: v for k, v in changed.items() if not k.startswith("chat")} == {
+        k: v for k, v in first.items() if not k.startswith("chat")
+    }
+
+
 def test_prompt_marks_the_continuation(capfd, tiny_gpt2_dir, tiny_gpt2):
     code, out, _ = run(
         capfd,
