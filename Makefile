@@ -48,12 +48,15 @@ browser:
 	    exit 2; \
 	fi
 
+# Both cores (pytest-xdist): idle workers steal queued tests, so a long test does not leave a
+# core idle at the end; tests/conftest.py gives each worker one thread (two torch threads per
+# worker on two cores spin against each other).
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist worksteal
 
 # The fast tier (no real weights, training or subprocess), on both cores (pytest-xdist).
 fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -n 2
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -n 2 --dist worksteal
 
 # Every checker the suite runs. import-linter and mypy read a package from one folder, and the
 # repository maps sae/, index/ and explorer/ into `shoggoth` (an editable install's finder that

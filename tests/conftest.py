@@ -11,6 +11,14 @@ import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # One thread per worker (and per process it starts): several workers each running as many
+    # torch/OpenMP threads as there are cores oversubscribe them, and OpenMP's spinning threads
+    # then slow every worker down. Set before torch is imported.
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(threads))
 
 from pathlib import Path  # noqa: E402
 
