@@ -38,7 +38,7 @@ def persona_answers(con: Connection, answer_set: str, persona: str) -> pd.DataFr
     )
 
 
-def grid_summary(con: Connection, sae: str) -> pd.DataFrame:
+def grid_summary(con: Connection, sae_id: str) -> pd.DataFrame:
     """Per answer set and grid label: features, and the estimated FDR of the effect labels."""
     return if_table(
         con,
@@ -49,11 +49,11 @@ def grid_summary(con: Connection, sae: str) -> pd.DataFrame:
         FROM grid_features g LEFT JOIN grid_fdr r ON r.sae_id = g.sae_id
              AND r.answer_set = g.answer_set AND r.neutral = g.neutral AND r.label = g.grid_label
         WHERE g.sae_id = ? GROUP BY ALL ORDER BY g.answer_set, g.neutral, features DESC""",
-        [sae],
+        [sae_id],
     )
 
 
-def grid_feature(con: Connection, sae: str, feature: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def grid_feature(con: Connection, sae_id: str, feature: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A feature's grid label and tests per answer set, and its per-persona cells and effects
     (both empty before `shoggoth grid`)."""
     where = "WHERE sae_id = ? AND feature = ?"
@@ -62,30 +62,30 @@ def grid_feature(con: Connection, sae: str, feature: int) -> tuple[pd.DataFrame,
             con,
             "grid_features",
             f"SELECT * EXCLUDE (sae_id) FROM grid_features {where} ORDER BY answer_set, neutral",
-            [sae, feature],
+            [sae_id, feature],
         ),
         if_table(
             con,
             "grid_effects",
             f"SELECT * EXCLUDE (sae_id, feature) FROM "
             f"grid_effects {where} ORDER BY answer_set, neutral, persona",
-            [sae, feature],
+            [sae_id, feature],
         ),
     )
 
 
-def grid_runs(con: Connection, sae: str) -> pd.DataFrame:
+def grid_runs(con: Connection, sae_id: str) -> pd.DataFrame:
     """The (answer_set, neutral) pairs `shoggoth grid` has analysed for this SAE."""
     return if_table(
         con,
         "grid_fdr",
         "SELECT DISTINCT answer_set, neutral FROM grid_fdr WHERE sae_id = ? ORDER BY ALL",
-        [sae],
+        [sae_id],
     )
 
 
 def persona_content_features(
-    con: Connection, sae: str, answer_set: str, neutral: str, persona: str, limit: int
+    con: Connection, sae_id: str, answer_set: str, neutral: str, persona: str, limit: int
 ) -> pd.DataFrame:
     """The features the persona's own answers move most against the neutral ones (its content
     effect, in log units, largest |effect| / interval first), both directions, with the grid
@@ -103,5 +103,5 @@ def persona_content_features(
               AND (e.content_low > 0 OR e.content_high < 0)
         ORDER BY abs(e.content) / greatest(e.content_high - e.content_low, 1e-9) DESC
         LIMIT ?""",
-        [sae, answer_set, neutral, persona, limit],
-    ).pipe(lambda f: with_names(con, sae, f))
+        [sae_id, answer_set, neutral, persona, limit],
+    ).pipe(lambda f: with_names(con, sae_id, f))

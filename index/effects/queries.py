@@ -16,7 +16,7 @@ from shoggoth.index.store.read import (
 )
 
 
-def feature_effects(con: Connection, sae: str, feature: int) -> pd.DataFrame:
+def feature_effects(con: Connection, sae_id: str, feature: int) -> pd.DataFrame:
     """A feature's causal measures per persona (empty before `shoggoth effects` or when it was
     not measured): persona, measure, estimate, ci_low, ci_high, n, role."""
     return if_table(
@@ -25,26 +25,26 @@ def feature_effects(con: Connection, sae: str, feature: int) -> pd.DataFrame:
         "SELECT persona, measure, estimate, ci_low, ci_high, n, role "
         "FROM feature_effects WHERE sae_id = ? AND feature = ? "
         "ORDER BY measure, persona",
-        [sae, feature],
+        [sae_id, feature],
     )
 
 
-def persona_shifts(con: Connection, sae: str) -> pd.DataFrame:
+def persona_shifts(con: Connection, sae_id: str) -> pd.DataFrame:
     """Each persona's shift of the answer's log-probability against no persona (mean over items
     of the summed per-token change, with its interval)."""
     return if_table(
         con,
         "persona_shifts",
         "SELECT * EXCLUDE (sae_id) FROM persona_shifts WHERE sae_id = ? ORDER BY persona",
-        [sae],
+        [sae_id],
     )
 
 
-def persona_composition(con: Connection, sae: str, persona: str | None = None) -> pd.DataFrame:
+def persona_composition(con: Connection, sae_id: str, persona: str | None = None) -> pd.DataFrame:
     """The causal composition test (empty before `shoggoth effects` on a labelled database):
     persona, test (steer or ablate), part, share, ci_low, ci_high, n_items."""
     only = "" if persona is None else " AND persona = $persona"
-    params: dict[str, Any] = {"sae": sae} | ({} if persona is None else {"persona": persona})
+    params: dict[str, Any] = {"sae": sae_id} | ({} if persona is None else {"persona": persona})
     return if_table(
         con,
         "persona_composition",
@@ -75,7 +75,7 @@ def composition_answer(rows: pd.DataFrame) -> str:
     )
 
 
-def mediation_summary(con: Connection, sae: str) -> pd.DataFrame:
+def mediation_summary(con: Connection, sae_id: str) -> pd.DataFrame:
     """Per measured feature: its role, label and best persona's mediated fraction with its
     interval, and its steering toward that persona (empty before `shoggoth effects`)."""
     labels = (
@@ -97,8 +97,8 @@ def mediation_summary(con: Connection, sae: str) -> pd.DataFrame:
              AND s.persona = m.persona AND s.measure = 'steer_toward'
         LEFT JOIN {labels} l ON l.feature = m.feature
         WHERE m.r = 1 ORDER BY m.role, m.estimate DESC""",
-        {"sae": sae},
-    ).pipe(lambda f: with_names(con, sae, f))
+        {"sae": sae_id},
+    ).pipe(lambda f: with_names(con, sae_id, f))
 
 
 TYPICAL_SQL = """
@@ -112,12 +112,14 @@ WITH per AS (
 SELECT feature, arg_max(firing, total) AS typical FROM per GROUP BY feature ORDER BY feature"""
 
 
-def typical_activations(con: Connection, sae: str, feature: int | None = None) -> dict[int, float]:
+def typical_activations(
+    con: Connection, sae_id: str, feature: int | None = None
+) -> dict[int, float]:
     """Per feature: its mean activation on the answer tokens where it fires, under the persona
     where its mean activation is highest (what steering adds; absent: it never fired under a
     persona)."""
     only = "" if feature is None else "AND df.feature = $f"
-    params: dict[str, Any] = {"sae": sae} | ({} if feature is None else {"f": feature})
+    params: dict[str, Any] = {"sae": sae_id} | ({} if feature is None else {"f": feature})
     return {
         int(f): float(v) for f, v in con.execute(TYPICAL_SQL.format(only=only), params).fetchall()
     }

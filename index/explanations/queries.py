@@ -10,7 +10,7 @@ from shoggoth.index.store.read import (
 )
 
 
-def explanations(con: Connection, sae: str) -> pd.DataFrame:
+def explanations(con: Connection, sae_id: str) -> pd.DataFrame:
     """The stored explanations with their names and scores: feature, name, explanation,
     explainer, scorer, detection, detection_n, fuzzing, fuzzing_n (empty before `explain`)."""
     if not has_table(con, "feature_explanations"):
@@ -21,5 +21,5 @@ def explanations(con: Connection, sae: str) -> pd.DataFrame:
                e.detection_n, e.fuzzing, e.fuzzing_n
         FROM feature_explanations e LEFT JOIN feature_names n USING (sae_id, feature)
         WHERE e.sae_id = ? ORDER BY e.feature""",
-        [sae],
+        [sae_id],
     ).df()

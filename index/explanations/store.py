@@ -38,18 +38,18 @@ ORDER BY w.feature, w.kind, w.rank, w.persona, w.paraphrase, w.item_id, w.pos, w
 
 
 def choose_features(
-    con: Connection, sae: str, wanted: list[int] | None, limit: int, min_places: int = 1
+    con: Connection, sae_id: str, wanted: list[int] | None, limit: int, min_places: int = 1
 ) -> list[int]:
     """`wanted` (live features only), or up to `limit` features that can be scored: firing in
     at least `min_places` distinct places among their examples, and never in some answers
     (detection's silent windows). Those whose label names a persona come first, then the most
     distinctive handles."""
     if "examples" not in tables(con):
-        raise BadInput(f"'{sae}': no examples yet; run `shoggoth index` first")
+        raise BadInput(f"'{sae_id}': no examples yet; run `shoggoth index` first")
     live = {
         f
         for (f,) in con.execute(
-            "SELECT DISTINCT feature FROM examples WHERE sae_id = ?", [sae]
+            "SELECT DISTINCT feature FROM examples WHERE sae_id = ?", [sae_id]
         ).fetchall()
     }
     if wanted is not None:
@@ -68,9 +68,9 @@ def choose_features(
         somewhere AS (SELECT feature FROM doc_features WHERE sae_id = $sae GROUP BY feature
                       HAVING count(DISTINCT item_id) < (SELECT count(*) FROM items))
         SELECT p.feature FROM places p JOIN somewhere USING (feature)
-        {"LEFT JOIN features f ON f.sae_id = $sae AND f.feature = p.feature" if labels else ""}
+        {"LEFT JOIN features f ON f.sae_id = $sae_id AND f.feature = p.feature" if labels else ""}
         {
-            "LEFT JOIN feature_handles h ON h.sae_id = $sae AND h.feature = p.feature"
+            "LEFT JOIN feature_handles h ON h.sae_id = $sae_id AND h.feature = p.feature"
             if handles
             else ""
         }
@@ -78,18 +78,18 @@ def choose_features(
         ORDER BY {f"f.label IN {PERSONA_LABELS} DESC NULLS LAST," if labels else ""}
                  {"coalesce(h.best_score, 0) DESC," if handles else ""} p.n DESC, p.feature
         LIMIT $limit""",
-        {"sae": sae, "min": min_places, "limit": limit},
+        {"sae": sae_id, "min": min_places, "limit": limit},
     ).fetchall()
     return [f for (f,) in rows]
 
 
-def windows(con: Connection, sae: str, features: list[int], width: int) -> pd.DataFrame:
+def windows(con: Connection, sae_id: str, features: list[int], width: int) -> pd.DataFrame:
     """Every stored example of `features` as token rows: feature, kind, rank, persona,
     paraphrase, item_id, pos, value, tpos, token, act (this feature on that token)."""
-    return con.execute(WINDOWS_SQL, {"sae": sae, "features": features, "width": width}).df()
+    return con.execute(WINDOWS_SQL, {"sae": sae_id, "features": features, "width": width}).df()
 
 
-def silent_items(con: Connection, sae: str, feature: int) -> list[str]:
+def silent_items(con: Connection, sae_id: str, feature: int) -> list[str]:
     """Items whose answer the feature never fires on, under any persona."""
     return [
         i
@@ -98,18 +98,18 @@ def silent_items(con: Connection, sae: str, feature: int) -> list[str]:
         SELECT item_id FROM items WHERE item_id NOT IN (
             SELECT DISTINCT item_id FROM doc_features WHERE sae_id = ? AND feature = ?)
         ORDER BY item_id""",
-            [sae, feature],
+            [sae_id, feature],
         ).fetchall()
     ]
 
 
-def item_tokens(con: Connection, sae: str, items: list[str]) -> dict[str, list[str]]:
+def item_tokens(con: Connection, sae_id: str, items: list[str]) -> dict[str, list[str]]:
     """Each item's answer tokens, readable."""
     rows = con.execute(
         f"SELECT item_id, {CLEAN.format(x='token')} FROM tokens WHERE "
         "sae_id = ? AND item_id IN (SELECT unnest(?::VARCHAR[])) "
         "ORDER BY item_id, pos",
-        [sae, items],
+        [sae_id, items],
     ).fetchall()
     out: dict[str, list[str]] = {}
     for item, token in rows:
@@ -118,14 +118,14 @@ def item_tokens(con: Connection, sae: str, items: list[str]) -> dict[str, list[s
 
 
 def silent_windows(
-    con: Connection, sae: str, feature: int, n: int, width: int, seed: int
+    con: Connection, sae_id: str, feature: int, n: int, width: int, seed: int
 ) -> list[tuple[str, list[str]]]:
     """`n` windows (item, tokens) of 2·width + 1 tokens from answers the feature never fires
     on, at seeded random places."""
-    items = silent_items(con, sae, feature)
+    items = silent_items(con, sae_id, feature)
     rng = random.Random(seed * 1_000_003 + feature)
     chosen = rng.sample(items, min(n, len(items)))
-    tokens = item_tokens(con, sae, chosen)
+    tokens = item_tokens(con, sae_id, chosen)
     out = []
     for item in chosen:
         toks = tokens.get(item, [])
@@ -136,7 +136,7 @@ def silent_windows(
     return out
 
 
-def persona_means(con: Connection, sae: str, feature: int) -> list[tuple[str, float]]:
+def persona_means(con: Connection, sae_id: str, feature: int) -> list[tuple[str, float]]:
     if "feature_personas" not in tables(con):
         return []
     return [
@@ -144,7 +144,7 @@ def persona_means(con: Connection, sae: str, feature: int) -> list[tuple[str, fl
         for p, m in con.execute(
             "SELECT persona, mean_act FROM feature_personas fp JOIN personas USING (persona) "
             "WHERE sae_id = ? AND feature = ? AND NOT is_control ORDER BY mean_act DESC, persona",
-            [sae, feature],
+            [sae_id, feature],
         ).fetchall()
     ]
 
@@ -154,7 +154,7 @@ def settings_key(settings: dict[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True)
 
 
-def done_features(con: Connection, sae: str, key: str) -> set[int]:
+def done_features(con: Connection, sae_id: str, key: str) -> set[int]:
     """Features already explained with the settings `key` (a rerun skips them)."""
     if "feature_explanations" not in tables(con):
         return set()
@@ -162,12 +162,12 @@ def done_features(con: Connection, sae: str, key: str) -> set[int]:
         f
         for (f,) in con.execute(
             "SELECT feature FROM feature_explanations WHERE sae_id = ? AND settings_json = ?::JSON",
-            [sae, key],
+            [sae_id, key],
         ).fetchall()
     }
 
 
-def write_explanation(db: Path, sae: str, row: dict[str, Any]) -> None:
+def write_explanation(db: Path, sae_id: str, row: dict[str, Any]) -> None:
     """Replace one feature's explanation, in one transaction."""
     con = connect(db)
     try:
@@ -175,7 +175,7 @@ def write_explanation(db: Path, sae: str, row: dict[str, Any]) -> None:
             create_index_tables(con)  # (feature_explanations, and the names view)
             con.execute(
                 "DELETE FROM feature_explanations WHERE sae_id = ? AND feature = ?",
-                [sae, row["feature"]],
+                [sae_id, row["feature"]],
             )
             con.execute(
                 """
@@ -186,7 +186,7 @@ def write_explanation(db: Path, sae: str, row: dict[str, Any]) -> None:
                        $fuzzing AS fuzzing, $fuzzing_n AS fuzzing_n,
                        $fuzzing_hits AS fuzzing_hits, $n_shown AS n_shown,
                        $settings_json::JSON AS settings_json, now()::TIMESTAMP AS created_at""",
-                {"sae": sae, **row},
+                {"sae": sae_id, **row},
             )
     finally:
         con.close()

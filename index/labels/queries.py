@@ -37,72 +37,77 @@ WHERE f.sae_id = ?"""
 """Features' statistics with the label in force (manual over automatic) and the automatic one."""
 
 
-def labelled_features(con: Connection, sae: str, feature: int | None = None) -> pd.DataFrame:
+def labelled_features(con: Connection, sae_id: str, feature: int | None = None) -> pd.DataFrame:
     """Every feature's (or one feature's) statistics and labels; empty before `label`."""
     if not has_table(con, "features"):
         return pd.DataFrame()
     if feature is not None:
         return with_names(
             con,
-            sae,
-            con.execute(LABELLED_SQL + " AND f.feature = ?", [sae, feature]).df(),
+            sae_id,
+            con.execute(LABELLED_SQL + " AND f.feature = ?", [sae_id, feature]).df(),
             explained=True,
         )
     return with_names(
-        con, sae, con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae]).df(), explained=True
+        con,
+        sae_id,
+        con.execute(LABELLED_SQL + " ORDER BY f.feature", [sae_id]).df(),
+        explained=True,
     )
 
 
-def _label_run(con: Connection, sae: str) -> dict[str, Any]:
-    """The config saved by the label run whose labels are stored for `sae` ({} if none)."""
+def _label_run(con: Connection, sae_id: str) -> dict[str, Any]:
+    """The config saved by the label run whose labels are stored for `sae_id` ({} if none)."""
     if not has_table(con, "runs"):
         return {}
     row = con.execute(
         "SELECT config_json FROM runs WHERE command = 'label' AND "
         "json_extract_string(config_json, '$.sae_id') = ? ORDER BY started_at DESC LIMIT 1",
-        [sae],
+        [sae_id],
     ).fetchone()
     return json.loads(row[0]).get("config", {}) if row else {}
 
 
-def label_thresholds(con: Connection, sae: str) -> LabelConfig:
-    """The thresholds of the label run whose labels are stored for `sae` (the defaults when
+def label_thresholds(con: Connection, sae_id: str) -> LabelConfig:
+    """The thresholds of the label run whose labels are stored for `sae_id` (the defaults when
     no run recorded them)."""
-    stored = _label_run(con, sae)
+    stored = _label_run(con, sae_id)
     names = {f.name for f in fields(LabelConfig)}
     return LabelConfig(**{k: v for k, v in stored.items() if k in names})
 
 
-def calibration(con: Connection, sae: str) -> pd.DataFrame:
+def calibration(con: Connection, sae_id: str) -> pd.DataFrame:
     """The label run's calibration counts, one row per run and label (empty before `label`)."""
     return if_table(
         con,
         "calibration",
         "SELECT run, description, n_live, label, n FROM calibration "
         "WHERE sae_id = ? ORDER BY run, label",
-        [sae],
+        [sae_id],
     )
 
 
-def label_fdr(con: Connection, sae: str) -> pd.DataFrame:
+def label_fdr(con: Connection, sae_id: str) -> pd.DataFrame:
     """Per label: real count, mean count under prompt reassignment, count in the split run,
     and the estimated false-discovery rate (persona labels only; empty before `label`)."""
     return if_table(
         con,
         "label_fdr",
         "SELECT label, n_real, n_null, n_split, fdr FROM label_fdr WHERE sae_id = ?",
-        [sae],
+        [sae_id],
     )
 
 
-def label_notes(con: Connection, sae: str) -> list[str]:
+def label_notes(con: Connection, sae_id: str) -> list[str]:
     """What the last label run said its battery could not support."""
-    return list(_label_run(con, sae).get("notes", []))
+    return list(_label_run(con, sae_id).get("notes", []))
 
 
-def mask_features(con: Connection, sae: str, persona: str, limit: int) -> pd.DataFrame:
+def mask_features(con: Connection, sae_id: str, persona: str, limit: int) -> pd.DataFrame:
     """A persona's own features (labels in force; see MASK_FEATURES_SQL), strongest first."""
-    return with_names(con, sae, con.execute(MASK_FEATURES_SQL, [sae, persona, persona, limit]).df())
+    return with_names(
+        con, sae_id, con.execute(MASK_FEATURES_SQL, [sae_id, persona, persona, limit]).df()
+    )
 
 
 def persona_signal(con: Connection, sae_id: str) -> pd.DataFrame:

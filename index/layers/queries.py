@@ -10,11 +10,11 @@ from shoggoth.index.store.read import (
 )
 
 
-def layer_probe(con: Connection, sae: str) -> pd.DataFrame:
+def layer_probe(con: Connection, sae_id: str) -> pd.DataFrame:
     """Where the persona lives by layer (empty before `shoggoth layers`)."""
     return if_table(
         con,
         "layer_probe",
         "SELECT * EXCLUDE (sae_id) FROM layer_probe WHERE sae_id = ? ORDER BY layer",
-        [sae],
+        [sae_id],
     )

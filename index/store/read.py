@@ -195,7 +195,7 @@ def has_table(con: Connection, name: str) -> bool:
     )
 
 
-def names(con: Connection, sae: str, features: list[int]) -> dict[int, str]:
+def names(con: Connection, sae_id: str, features: list[int]) -> dict[int, str]:
     """Each of `features`' name: its handle, plus the persona it prefers when its label says so
     (`feature_names`; empty before `shoggoth index`)."""
     if not has_table(con, "feature_names"):
@@ -203,19 +203,23 @@ def names(con: Connection, sae: str, features: list[int]) -> dict[int, str]:
     rows = con.execute(
         "SELECT feature, name FROM feature_names WHERE sae_id = ? AND "
         "feature IN (SELECT unnest(?::INTEGER[]))",
-        [sae, [int(f) for f in features]],
+        [sae_id, [int(f) for f in features]],
     ).fetchall()
     return {int(f): n for f, n in rows}
 
 
 def with_names(
-    con: Connection, sae: str, frame: pd.DataFrame, column: str = "feature", explained: bool = False
+    con: Connection,
+    sae_id: str,
+    frame: pd.DataFrame,
+    column: str = "feature",
+    explained: bool = False,
 ) -> pd.DataFrame:
     """`frame` with a `name` column right after its feature column (`column`); with
     `explained`, also each feature's explanation and its detection and fuzzing scores."""
     if frame.empty or column not in frame.columns:
         return frame
-    found = names(con, sae, frame[column].dropna().astype(int).unique().tolist())
+    found = names(con, sae_id, frame[column].dropna().astype(int).unique().tolist())
     out = frame.copy()
     named = out[column].map(lambda f: found.get(int(f)) if pd.notna(f) else None)
     out.insert(out.columns.get_loc(column) + 1, "name", named)
@@ -223,20 +227,20 @@ def with_names(
         scores = con.execute(
             "SELECT feature AS _f, explanation, detection, fuzzing FROM "
             "feature_explanations WHERE sae_id = ?",
-            [sae],
+            [sae_id],
         ).df()
         out = out.merge(scores, how="left", left_on=column, right_on="_f").drop(columns="_f")
     return out
 
 
-def feature_name(con: Connection, sae: str, feature: int) -> dict[str, Any]:
+def feature_name(con: Connection, sae_id: str, feature: int) -> dict[str, Any]:
     """One feature's handle, preferred persona, name and explanation with its scores (each None
     when not computed)."""
     if not has_table(con, "feature_names"):
         return {}
     cur = con.execute(
         "SELECT * EXCLUDE (sae_id) FROM feature_names WHERE sae_id = ? AND feature = ?",
-        [sae, feature],
+        [sae_id, feature],
     )
     row = cur.fetchone()
     return {} if row is None else dict(zip([c[0] for c in cur.description], row, strict=True))
@@ -276,12 +280,12 @@ def sae_overview(con: Connection) -> pd.DataFrame:
     return pd.concat([frame, pd.DataFrame(metrics, index=frame.index)], axis=1)
 
 
-def harvest_counts(con: Connection, sae: str) -> dict[str, int]:
+def harvest_counts(con: Connection, sae_id: str) -> dict[str, int]:
     """Documents, answer tokens and stored activations of one SAE's harvest."""
     docs, tokens = one_row(
-        con, "SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents WHERE sae_id = ?", [sae]
+        con, "SELECT count(*), coalesce(sum(n_tokens), 0) FROM documents WHERE sae_id = ?", [sae_id]
     )
-    acts = one_row(con, "SELECT count(*) FROM activations WHERE sae_id = ?", [sae])[0]
+    acts = one_row(con, "SELECT count(*) FROM activations WHERE sae_id = ?", [sae_id])[0]
     return {"documents": int(docs), "tokens": int(tokens), "activations": int(acts)}
 
 
@@ -311,7 +315,7 @@ def prompts_of(con: Connection, persona: str) -> pd.DataFrame:
     ).df()
 
 
-def persona_means(con: Connection, sae: str, feature: int) -> pd.DataFrame:
+def persona_means(con: Connection, sae_id: str, feature: int) -> pd.DataFrame:
     """A feature's mean activation per persona over documents (zeros included), with the
     half-width of its 95% normal-approximation confidence interval."""
     return con.execute(
@@ -326,16 +330,16 @@ def persona_means(con: Connection, sae: str, feature: int) -> pd.DataFrame:
                            / docs) AS half
         FROM n LEFT JOIN s USING (persona) JOIN personas p USING (persona)
         ORDER BY n.persona""",
-        {"sae": sae, "f": feature},
+        {"sae": sae_id, "f": feature},
     ).df()
 
 
-def manual_labels(con: Connection, sae: str, feature: int) -> pd.DataFrame:
+def manual_labels(con: Connection, sae_id: str, feature: int) -> pd.DataFrame:
     """The manual labels saved for a feature, newest first."""
     return if_table(
         con,
         "annotations",
         "SELECT created_at, label, note, author FROM annotations WHERE sae_id = ? "
         "AND feature = ? ORDER BY created_at DESC",
-        [sae, feature],
+        [sae_id, feature],
     )
