@@ -120,7 +120,7 @@ def harvest_ratio(
                 ),
                 log=lambda _: None,
             )
-            out[f"{target}_batch_seconds"] = done["batch_seconds"]
+            out[f"{target}_batch_seconds"] = done.first.batch_seconds
     out["difference_vs_residual"] = out["difference_batch_seconds"] / out["residual_batch_seconds"]
     return out
 

@@ -174,7 +174,7 @@ def bench(
     hook = json.loads((sae_dir / "cfg.json").read_text())["metadata"]["hook_name"]
     variants = {"harvest": True, "no-cache": False} if model.is_causal else {"harvest": False}
     times: dict[str, list[float]] = {"floor": []}
-    summary = {}
+    summary = None
     t_load = time.perf_counter()
     load_model(model_id, "auto")
     load_seconds = time.perf_counter() - t_load
@@ -197,12 +197,12 @@ def bench(
                     prefix_cache=cache,
                 ),
                 log=lambda _: None,
-            )
+            ).first
             # The harvest loads its own model; that one-off cost is not throughput.
             times.setdefault(f"{variant} end to end", []).append(
                 time.perf_counter() - t0 - load_seconds
             )
-            times.setdefault(f"{variant} batch loop", []).append(summary["batch_seconds"])
+            times.setdefault(f"{variant} batch loop", []).append(summary.batch_seconds)
     rate = {k: tokens / statistics.median(v) for k, v in times.items()}
     return {
         "model": name,
@@ -296,8 +296,8 @@ def main() -> None:
                 f"{rates[variant] / rates['same forward']:.2f}"
             )
         print(
-            f"  storage: {s['bytes_per_activation']} bytes/activation (activations table), "
-            f"{s['file_bytes_per_token']} file bytes/token, {s['activations']:,} activations"
+            f"  storage: {s.bytes_per_activation} bytes/activation (activations table), "
+            f"{s.file_bytes_per_token} file bytes/token, {s.activations:,} activations"
         )
 
 

@@ -48,7 +48,7 @@ def bench(name: str, model_id: str, d: int, work: Path, battery: list[Path], rep
             ),
             log=lambda _: None,
         )
-        return time.perf_counter() - t0 - load, out["batch_seconds"]
+        return time.perf_counter() - t0 - load, out.first.batch_seconds
 
     together, apart = [], []
     for r in range(repeats):

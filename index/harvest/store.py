@@ -7,7 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ class HarvestTarget:
         """Where the unfinished harvest keeps its batches, beside the database."""
         return self.db.parent / f".{self.db.name}.{'+'.join(self.sae_ids)}.partial"
 
-    def already_done(self, sae_id: str, identity: dict[str, Any]) -> dict[str, Any]:
+    def already_done(self, sae_id: str, identity: dict[str, Any]) -> HarvestSummary:
         """A rerun of a finished harvest: its summary when the settings match, else BadInput."""
         done = self.held.get(sae_id)
         stored = (done or {}).get("config", {}).get("identity")
@@ -89,9 +89,7 @@ class HarvestTarget:
                 f"({', '.join(diff)}); use another --sae or another --db"
             )
         remove(self.partial)  # published, but killed before the partial file was removed
-        result = summary(self.db, sae_id, 0.0)
-        result["already_harvested"] = True
-        return result
+        return replace(summary(self.db, sae_id, 0.0), already_harvested=True)
 
     def open_partial(self) -> PartialStore:
         """The partial database, created (schema and battery) when new, else resumed."""
@@ -278,7 +276,79 @@ class PartialStore:
         self.con.close()
 
 
-def summary(db: Path, sae_id: str, seconds: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HarvestSummary:
+    """One SAE's end-of-harvest report: what the database holds of it, and how fast it came."""
+
+    db: str
+    """The database harvested into."""
+    sae_id: str
+    """The SAE harvested."""
+    documents: int
+    """Its documents in the database."""
+    tokens: int
+    """Its answer tokens in the database."""
+    activations: int
+    """Its non-zero activations in the database."""
+    seconds: float
+    """The harvest's wall time (0 when it was already done)."""
+    file_bytes: int
+    """The database file's size."""
+    bytes_per_activation: float
+    """Bytes of the activations table per activation (all SAEs)."""
+    file_bytes_per_token: float
+    """The file's bytes per harvested token (all SAEs)."""
+    batch_seconds: float | None = None
+    """This run's time in its batches, model load and set-up excluded (None: not measured)."""
+    tokens_per_second: float | None = None
+    """This run's steady-state rate (None: not measured)."""
+    already_harvested: bool = False
+    """The database held this harvest already; nothing was done."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        out: dict[str, object] = {
+            "db": self.db,
+            "sae_id": self.sae_id,
+            "documents": self.documents,
+            "tokens": self.tokens,
+            "activations": self.activations,
+            "seconds": self.seconds,
+            "file_bytes": self.file_bytes,
+            "bytes_per_activation": self.bytes_per_activation,
+            "file_bytes_per_token": self.file_bytes_per_token,
+        }
+        if self.already_harvested:
+            out["already_harvested"] = True
+        if self.batch_seconds is not None:
+            out["batch_seconds"] = self.batch_seconds
+            out["tokens_per_second"] = self.tokens_per_second
+        return out
+
+
+@dataclass(frozen=True)
+class HarvestResult:
+    """What `shoggoth harvest` did: the summary of each SAE harvested together."""
+
+    first: HarvestSummary
+    """The first SAE's summary."""
+    others: list[HarvestSummary]
+    """The other SAEs' summaries (harvested from the same forward passes)."""
+    shards: int | None = None
+    """With --ray: the shards merged (None: one process)."""
+
+    @property
+    def summaries(self) -> list[HarvestSummary]:
+        """Every SAE's summary, the first first."""
+        return [self.first, *self.others]
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output: the first SAE's summary, with `others` the rest's."""
+        shards = {} if self.shards is None else {"shards": self.shards}
+        return {**self.first.as_json(), **shards, "others": [o.as_json() for o in self.others]}
+
+
+def summary(db: Path, sae_id: str, seconds: float) -> HarvestSummary:
     """Counts and sizes for the end-of-run report."""
     con = connect(db, read_only=True, wait=WAIT)
     try:
@@ -296,14 +366,14 @@ def summary(db: Path, sae_id: str, seconds: float) -> dict[str, Any]:
         sizes = storage(con, db)
     finally:
         con.close()
-    return {
-        "db": str(db),
-        "sae_id": sae_id,
-        "documents": docs,
-        "tokens": int(tokens),
-        "activations": acts,
-        "seconds": round(seconds, 1),
-        "file_bytes": sizes["file_bytes"],
-        "bytes_per_activation": round(sizes["activations_bytes"] / max(all_acts, 1), 3),
-        "file_bytes_per_token": round(sizes["file_bytes"] / max(int(all_tokens), 1), 1),
-    }
+    return HarvestSummary(
+        str(db),
+        sae_id,
+        int(docs),
+        int(tokens),
+        int(acts),
+        round(seconds, 1),
+        int(sizes["file_bytes"]),
+        round(sizes["activations_bytes"] / max(all_acts, 1), 3),
+        round(sizes["file_bytes"] / max(int(all_tokens), 1), 1),
+    )

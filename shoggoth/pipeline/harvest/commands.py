@@ -9,34 +9,37 @@ from rich.table import Table
 from shoggoth.core.config import config_options
 from shoggoth.core.printing import print_json
 from shoggoth.core.progress import stderr_log
+from shoggoth.index.harvest.store import HarvestSummary
 from shoggoth.pipeline.harvest.ray_shards import harvest_with_ray
 from shoggoth.pipeline.harvest.run import HarvestConfig, harvest
 
 
-def print_summary(result: dict[str, object]) -> None:
+def print_summary(result: HarvestSummary) -> None:
     """The end-of-harvest report: documents, tokens, activations, size on disk, time."""
-    title = f"{result['db']} · {result['sae_id']}" + (
+    title = f"{result.db} · {result.sae_id}" + (
         " · already harvested, nothing to do"
-        if result.get("already_harvested")
-        else f" · harvested in {result['seconds']} s"
+        if result.already_harvested
+        else f" · harvested in {result.seconds} s"
     )
     Console(soft_wrap=True).print(title, highlight=False)
     table = Table()
     table.add_column("")
     table.add_column("value", justify="right")
-    keys = [
-        "documents",
-        "tokens",
-        "activations",
-        "file_bytes",
-        "bytes_per_activation",
-        "file_bytes_per_token",
+    rows: list[tuple[str, float | None]] = [
+        ("documents", result.documents),
+        ("tokens", result.tokens),
+        ("activations", result.activations),
+        ("file bytes", result.file_bytes),
+        ("bytes per activation", result.bytes_per_activation),
+        ("file bytes per token", result.file_bytes_per_token),
     ]
-    if result.get("tokens_per_second"):
-        keys += ["batch_seconds", "tokens_per_second"]
-    for key in keys:
-        value = result[key]
-        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    if result.tokens_per_second:
+        rows += [
+            ("batch seconds", result.batch_seconds),
+            ("tokens per second", result.tokens_per_second),
+        ]
+    for name, value in rows:
+        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
     Console().print(table)
 
 
@@ -51,7 +54,7 @@ def harvest_command(cfg: HarvestConfig) -> None:
     interruption."""
     result = harvest_with_ray(cfg, log=stderr_log()) if cfg.ray else harvest(cfg, log=stderr_log())
     if cfg.format == "json":
-        print_json(result)
+        print_json(result.as_json())
         return
-    for one in [result, *result.get("others", [])]:
+    for one in result.summaries:
         print_summary(one)

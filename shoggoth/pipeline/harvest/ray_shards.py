@@ -18,7 +18,7 @@ from typing import Any
 
 from shoggoth.core.errors import BadInput, first_line
 from shoggoth.core.progress import Log
-from shoggoth.index.harvest.store import summary
+from shoggoth.index.harvest.store import HarvestResult, summary
 from shoggoth.index.store.merge import MergeConfig, merge
 from shoggoth.pipeline.harvest.run import HarvestConfig, harvest, sae_ids
 
@@ -38,7 +38,7 @@ def workers(cfg: HarvestConfig) -> int:
     return cfg.workers or DEFAULT_WORKERS
 
 
-def harvest_shard(cfg: HarvestConfig) -> dict[str, Any]:
+def harvest_shard(cfg: HarvestConfig) -> HarvestResult:
     """One shard's harvest (run inside a Ray worker)."""
     return harvest(cfg, log=lambda _: None)
 
@@ -67,9 +67,9 @@ def connect_ray(address: str, workers: int) -> Any:
     return ray
 
 
-def harvest_with_ray(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
+def harvest_with_ray(cfg: HarvestConfig, log: Log = print) -> HarvestResult:
     """Harvest --workers shards as Ray tasks, then merge them into --db; returns the merged
-    database's summary of the first SAE (with `others`: the rest's)."""
+    database's summary of each SAE."""
     if cfg.shard is not None:
         raise BadInput("--shard: --ray makes the shards itself; leave --shard out")
     n = workers(cfg)
@@ -99,4 +99,4 @@ def harvest_with_ray(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)
     seconds = time.time() - started
     out = [summary(cfg.db, i, seconds) for i in sae_ids(cfg)]
-    return {**out[0], "shards": n, "others": out[1:]}
+    return HarvestResult(out[0], out[1:], shards=n)

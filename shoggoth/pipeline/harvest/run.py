@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,7 +36,7 @@ from shoggoth.core.placement import placement_of
 from shoggoth.core.printing import Format
 from shoggoth.core.progress import Log, Progress
 from shoggoth.core.versions import library_versions
-from shoggoth.index.harvest.store import HarvestTarget, PartialStore
+from shoggoth.index.harvest.store import HarvestResult, HarvestTarget, PartialStore
 from shoggoth.index.harvest.store import summary as harvest_summary
 from shoggoth.sae.encode import Harvester, check_lengths, check_tokens, decimals_for
 from shoggoth.sae.models import load_model, resolve_device
@@ -219,9 +219,9 @@ def make_harvester(
     return harvester
 
 
-def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
+def harvest(cfg: HarvestConfig, log: Log = print) -> HarvestResult:
     """Run (or resume, or recognise as done) a harvest of one SAE or several from the same
-    forward passes; returns the first SAE's summary (with `others`: the rest's)."""
+    forward passes; returns each SAE's summary."""
     shard = parse_shard(cfg.shard)
     ids = sae_ids(cfg)
     personas = subset_personas(load_personas(cfg.personas), cfg.paraphrases)
@@ -245,7 +245,7 @@ def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
         out = [
             target.already_done(i, identity) for i, identity in zip(ids, identities, strict=True)
         ]
-        return {**out[0], "others": out[1:]}
+        return HarvestResult(out[0], out[1:])
     if done:
         raise BadInput(
             f"--db {cfg.db}: already holds SAE '{done[0]}'; harvest the others without it"
@@ -282,14 +282,21 @@ def harvest(cfg: HarvestConfig, log: Log = print) -> dict[str, Any]:
             for u in mine
             if (personas[u.persona].name, u.paraphrase, items[u.items[0]].item_id) not in written
         ]
-        rate = run_units(harvester, store, ids, mine, todo, expected, decimals, partial)
+        batch_seconds, rate = run_units(
+            harvester, store, ids, mine, todo, expected, decimals, partial
+        )
         store.finish()
     finally:
         store.close()
     target.publish()
     seconds = time.time() - started
-    out = [{**harvest_summary(cfg.db, i, seconds), **rate} for i in ids]
-    return {**out[0], "others": out[1:]}
+    out = [
+        replace(
+            harvest_summary(cfg.db, i, seconds), batch_seconds=batch_seconds, tokens_per_second=rate
+        )
+        for i in ids
+    ]
+    return HarvestResult(out[0], out[1:])
 
 
 def begin(
@@ -406,12 +413,12 @@ def run_units(
     expected: list[list[int]],
     decimals: list[int],
     partial: Path,
-) -> dict[str, float]:
+) -> tuple[float, float]:
     """Compute and write each unit (every SAE's rows in one transaction), with a progress bar;
     Ctrl-C keeps what was written. A writer thread stores one batch while the next is computed
     (DuckDB and torch both work outside the GIL); a signal reaches only the main thread, so a
-    batch in flight is always written whole. Returns the steady-state rate of this run's
-    batches (model load and set-up excluded)."""
+    batch in flight is always written whole. Returns the seconds of this run's batches and
+    their steady-state rate in tokens per second (model load and set-up excluded)."""
     personas, items = harvester.personas, harvester.items
     total = sum(len(u.items) for u in mine)
     before = total - sum(len(u.items) for u in todo)
@@ -449,10 +456,7 @@ def run_units(
                 f"the written batches are kept in {partial}; rerun the same command to continue"
             ) from None
     seconds = time.time() - t0
-    return {
-        "batch_seconds": round(seconds, 3),
-        "tokens_per_second": round(n_tok / seconds, 1) if n_tok else 0.0,
-    }
+    return round(seconds, 3), round(n_tok / seconds, 1) if n_tok else 0.0
 
 
 def settle(pending: Future[None] | None) -> None:
