@@ -35,32 +35,19 @@ def effects_command(cfg: EffectsConfig) -> None:
     feature_effects, persona_shifts and persona_composition in one transaction."""
     result = run_effects(cfg, log=stderr_log())
     if cfg.format == "json":
-        print_json(
-            {
-                k: result[k]
-                for k in (
-                    "sae_id",
-                    "items",
-                    "screen_seconds",
-                    "exact_seconds",
-                    "shifts",
-                    "effects",
-                    "composition",
-                )
-            }
-        )
+        print_json(result.as_json())
         return
-    effects = result["effects"]
+    effects = result.effects
     console = Console(soft_wrap=True)
     console.print(
-        f"{cfg.db} · {result['sae_id']} · {result['items']} items · screen "
-        f"{result['screen_seconds']} s · exact {result['exact_seconds']} s",
+        f"{cfg.db} · {result.sae_id} · {result.items} items · screen "
+        f"{result.screen_seconds} s · exact {result.exact_seconds} s",
         highlight=False,
     )
     shifts = Table(title="each persona's shift of the answer's log-probability (vs no persona)")
     for col in ("persona", "shift (nats, mean over items)", "per-token RMS"):
         shifts.add_column(col, justify="left" if col == "persona" else "right")
-    for r in result["shifts"].itertuples(index=False):
+    for r in result.shifts.itertuples(index=False):
         shifts.add_row(
             r.persona,
             f"{r.shift:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]",
@@ -81,7 +68,7 @@ def effects_command(cfg: EffectsConfig) -> None:
         steered = steer_rows.loc[key] if key in steer_rows.index else None
         table.add_row(str(r["feature"]), r["role"], r["persona"], _pct(r), _pct(steered))
     console.print(table)
-    composition = result["composition"]
+    composition = result.composition
     for _, rows in composition.groupby("persona", sort=True) if len(composition) else []:
         console.print(composition_answer(rows), highlight=False)
 
@@ -95,10 +82,13 @@ def steer_command(cfg: SteerConfig) -> None:
     out = steer(cfg)
     console = Console(soft_wrap=True)
     console.print(
-        f"feature {out['feature']} clamped at {out['target']:.3g} ({cfg.scale:g} × "
-        f"typical {out['typical']:.3g}) · persona {out['persona'] or 'none'}",
+        f"feature {out.feature} clamped at {out.target:.3g} ({cfg.scale:g} × "
+        f"typical {out.typical:.3g}) · persona {out.persona or 'none'}",
         highlight=False,
     )
-    for name in ("unsteered", "steered"):
-        console.print(f"[bold]{name}[/bold] ({out[name + '_stop']}): ", end="")
-        console.print(out[name], markup=False, highlight=False)
+    for name, text, why in (
+        ("unsteered", out.unsteered, out.unsteered_stop),
+        ("steered", out.steered, out.steered_stop),
+    ):
+        console.print(f"[bold]{name}[/bold] ({why}): ", end="")
+        console.print(text, markup=False, highlight=False)

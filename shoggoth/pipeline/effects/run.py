@@ -329,7 +329,39 @@ def plan_effects(
     return estimates, fired, plan
 
 
-def run_effects(cfg: EffectsConfig, log: Log = print) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EffectsResult:
+    """What `shoggoth effects` wrote, as its printers read it."""
+
+    sae_id: str
+    """The SAE measured."""
+    effects: pd.DataFrame
+    """The `feature_effects` rows: each measured feature's ablation and steering estimates."""
+    shifts: pd.DataFrame
+    """The `persona_shifts` rows: each persona's shift of the answer's log-probability."""
+    composition: pd.DataFrame
+    """The `persona_composition` rows (empty before `shoggoth label`)."""
+    items: int
+    """The items measured."""
+    screen_seconds: float
+    """The screen's wall time."""
+    exact_seconds: float
+    """The exact pass's wall time (ablation, steering and the composition test)."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        return {
+            "sae_id": self.sae_id,
+            "items": self.items,
+            "screen_seconds": self.screen_seconds,
+            "exact_seconds": self.exact_seconds,
+            "shifts": self.shifts,
+            "effects": self.effects,
+            "composition": self.composition,
+        }
+
+
+def run_effects(cfg: EffectsConfig, log: Log = print) -> EffectsResult:
     """Screen, plan, measure and store one SAE's effects; returns the tables and timings."""
     inputs = read_inputs(cfg)
     model, sae = load_causal(
@@ -388,12 +420,12 @@ def run_effects(cfg: EffectsConfig, log: Log = print) -> dict[str, Any]:
     )
     write_effects(cfg.db, inputs.sae_id, effects, shifts, composition, cfg)
     drop_resume_folder(folder)
-    return {
-        "sae_id": inputs.sae_id,
-        "effects": effects,
-        "shifts": shifts,
-        "composition": composition,
-        "items": n_items,
-        "screen_seconds": round(screened - started, 1),
-        "exact_seconds": round(finished - screened, 1),
-    }
+    return EffectsResult(
+        inputs.sae_id,
+        effects,
+        shifts,
+        composition,
+        n_items,
+        round(screened - started, 1),
+        round(finished - screened, 1),
+    )
