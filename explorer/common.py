@@ -30,6 +30,7 @@ from shoggoth.pipeline.effects.run import load_causal
 from shoggoth.pipeline.effects.steer import (
     SteerConfig,
     Steering,
+    SteerResult,
     require_typical,
     steer_with,
     steering_system,
@@ -197,7 +198,7 @@ def steer_answers(
     persona: str | None,
     scale: float,
     max_tokens: int,
-) -> dict[str, Any]:
+) -> SteerResult:
     """`shoggoth steer` for the feature page: the model and SAE are loaded once per session
     server; the feature's typical activation and the persona's prompt come from the read
     API."""

@@ -367,13 +367,13 @@ with st.expander("Steer: generate with this feature clamped"):
             st.error(md(e))
         else:
             st.caption(
-                f"clamped at {out['target']:.3g} ({scale:g} × typical {out['typical']:.3g}), greedy"
+                f"clamped at {out.target:.3g} ({scale:g} × typical {out.typical:.3g}), greedy"
             )
             left, right = st.columns(2)
             left.markdown("**unsteered**")
-            left.text(out["unsteered"])
+            left.text(out.unsteered)
             right.markdown(f"**steered** (scale {scale:g})")
-            right.text(out["steered"])
+            right.text(out.steered)
 
 # --- manual label ----------------------------------------------------------------------------
 st.subheader("Manual label")

@@ -277,7 +277,7 @@ def test_steering_turns_the_planted_pirate_on_and_off(planted):
     s = load_steering(cfg)
     out = steer_with(s, cfg)
     assert out == steer_with(s, cfg)  # deterministic
-    assert out["target"] == pytest.approx(3 * out["typical"]) and out["typical"] > 0
+    assert out.target == pytest.approx(3 * out.typical) and out.typical > 0
     from shoggoth.pipeline.effects.steer import prompt_ids
 
     ids = prompt_ids(s.model, None, cfg.prompt)
@@ -323,5 +323,5 @@ def test_the_feature_page_shows_effects_and_steers(planted, tmp_path):
     cfg = SteerConfig(db=db, feature=0, prompt="Why does it rain?", scale=3.0, max_tokens=12)
     expected = steer_with(load_steering(cfg), cfg)
     shown = [t.value for t in at.text]
-    assert shown[-2:] == [expected["unsteered"], expected["steered"]]
-    assert np.isfinite(expected["typical"])
+    assert shown[-2:] == [expected.unsteered, expected.steered]
+    assert np.isfinite(expected.typical)

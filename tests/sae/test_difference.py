@@ -471,7 +471,7 @@ def test_the_composition_test_rebuilds_each_mask_from_its_features(planted, tmp_
     added = clamp(steering, 2.5)(x)
     assert torch.allclose(added, 2.5 * steering.sae.W_dec[own].detach().float().expand(2, 3, 32))
     answers = steer_with(steering, cfg)
-    assert answers["steered"] != answers["unsteered"], answers
+    assert answers.steered != answers.unsteered, answers
     # The persona page shows its composition test in one line.
     from streamlit.testing.v1 import AppTest
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -165,19 +165,50 @@ def prompt_ids(model: Model, system: str | None, user: str) -> list[int]:
     return built.input_ids[: built.mask.index(True)]
 
 
-def steer_with(s: Steering, cfg: SteerConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SteerResult:
+    """The model's answer with the feature clamped, next to the unsteered one."""
+
+    feature: int
+    """The feature steered."""
+    typical: float
+    """Its typical activation (its mean where it fires, under its strongest persona)."""
+    target: float
+    """The activation it was clamped at (scale × typical)."""
+    persona: str | None
+    """The persona whose first prompt was the system prompt (None: none)."""
+    unsteered: str
+    """The answer without the clamp."""
+    unsteered_stop: str
+    """Why the unsteered answer stopped ('eos' or 'length')."""
+    steered: str
+    """The answer with the clamp."""
+    steered_stop: str
+    """Why the steered answer stopped ('eos' or 'length')."""
+
+    def as_json(self) -> dict[str, object]:
+        """Both answers and the clamp, as plain data."""
+        return {
+            "feature": self.feature,
+            "typical": self.typical,
+            "target": self.target,
+            "persona": self.persona,
+            "unsteered": self.unsteered,
+            "unsteered_stop": self.unsteered_stop,
+            "steered": self.steered,
+            "steered_stop": self.steered_stop,
+        }
+
+
+def steer_with(s: Steering, cfg: SteerConfig) -> SteerResult:
     """Both answers to cfg.prompt, unsteered and with the feature clamped."""
     ids = prompt_ids(s.model, s.system, cfg.prompt)
     s.model.check_length(len(ids) + cfg.max_tokens, "--prompt")
     tok = s.model.tokenizer
     stop = {t for t in (tok.eos_token_id, getattr(tok, "pad_token_id", None)) if t is not None}
-    out: dict[str, Any] = {
-        "feature": s.feature,
-        "typical": s.typical,
-        "target": cfg.scale * s.typical,
-        "persona": cfg.persona,
-    }
-    for name, edit in (("unsteered", None), ("steered", clamp(s, cfg.scale * s.typical))):
+    target = cfg.scale * s.typical
+    answers: list[tuple[str, str]] = []
+    for edit in (None, clamp(s, target)):
         tokens, why = generate(
             s.model,
             ids,
@@ -189,11 +220,20 @@ def steer_with(s: Steering, cfg: SteerConfig) -> dict[str, Any]:
             seed=cfg.seed,
             stop_ids=stop,
         )
-        out[name] = tok.decode(tokens, skip_special_tokens=True)
-        out[f"{name}_stop"] = why
-    return out
+        answers.append((tok.decode(tokens, skip_special_tokens=True), why))
+    (unsteered, unsteered_stop), (steered, steered_stop) = answers
+    return SteerResult(
+        s.feature,
+        s.typical,
+        target,
+        cfg.persona,
+        unsteered,
+        unsteered_stop,
+        steered,
+        steered_stop,
+    )
 
 
-def steer(cfg: SteerConfig) -> dict[str, Any]:
+def steer(cfg: SteerConfig) -> SteerResult:
     """Load, then generate both answers."""
     return steer_with(load_steering(cfg), cfg)
