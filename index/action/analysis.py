@@ -40,7 +40,9 @@ EFFECT_COLUMNS = [
 
 
 @dataclass
-class GridResult:
+class GridAnalysis:
+    """What `analyse_grid` finds: per feature, per feature and persona, and per label."""
+
     features: pd.DataFrame
     """One row per feature (FEATURE_COLUMNS)."""
     effects: pd.DataFrame
@@ -103,7 +105,7 @@ def analyse_grid(
     doc_features: pd.DataFrame,
     n_features: int,
     config: GridLabelConfig | None = None,
-) -> GridResult:
+) -> GridAnalysis:
     """documents: cell, persona, paraphrase, item_id (row i is document i); doc_features: doc,
     feature, mean_act (zeros may be left out)."""
     cfg = config or GridLabelConfig()
@@ -136,7 +138,7 @@ def analyse_grid(
     fdr["fdr"] = np.where(
         fdr["n_real"] > 0, np.minimum(1.0, fdr["n_null"] / fdr["n_real"].clip(lower=1)), np.nan
     )
-    return GridResult(features, effect_rows(g, lay), fdr, lay.notes)
+    return GridAnalysis(features, effect_rows(g, lay), fdr, lay.notes)
 
 
 def effect_rows(g: Chunked, lay: ActionDesign) -> pd.DataFrame:

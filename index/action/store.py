@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from shoggoth.index.action.analysis import GridResult
+from shoggoth.index.action.analysis import GridAnalysis
 from shoggoth.index.store.database import WAIT, connect, record_run, replace_rows, transaction
 from shoggoth.index.store.schema import create_grid_tables
 
@@ -31,7 +31,7 @@ def write_grid(
     key: dict[str, str],
     documents: pd.DataFrame,
     doc_features: pd.DataFrame,
-    result: GridResult,
+    result: GridAnalysis,
     config: dict[str, Any],
 ) -> None:
     """Replace the grid tables' rows of `key` (sae_id, answer_set, neutral) and record the

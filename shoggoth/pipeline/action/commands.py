@@ -23,19 +23,17 @@ def generate_command(cfg: GenerateConfig) -> None:
     estimate after the first batch."""
     out = generate_answers(cfg, log=stderr_log())
     console = Console(soft_wrap=True)
-    if out.get("already_generated"):
-        console.print(
-            f"answer set '{out['name']}' is already complete in {cfg.db}", highlight=False
-        )
+    if out.already_generated:
+        console.print(f"answer set '{out.name}' is already complete in {cfg.db}", highlight=False)
     else:
         console.print(
-            f"{cfg.db} · answer set '{out['name']}' · {out['seconds']} s · "
-            f"{out['tokens_per_second']:,} tokens/s",
+            f"{cfg.db} · answer set '{out.name}' · {out.seconds} s · "
+            f"{out.tokens_per_second:,} tokens/s",
             highlight=False,
         )
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(out["stop_reasons"].items()))
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(out.stop_reasons.items()))
     console.print(
-        f"{out['answers']:,} answers, {out['tokens']:,} tokens ({reasons}; {out['empty']} empty)",
+        f"{out.answers:,} answers, {out.tokens:,} tokens ({reasons}; {out.empty} empty)",
         highlight=False,
     )
 
@@ -52,13 +50,13 @@ def grid_command(cfg: GridConfig) -> None:
     out = run_grid(cfg, log=stderr_log())
     console = Console(soft_wrap=True)
     console.print(
-        f"{cfg.db} · {out['sae_id']} · answers '{out['answers']}' · "
-        f"{out['documents']:,} documents · harvest {out['harvest_seconds']} s · "
-        f"analysis {out['analysis_seconds']} s",
+        f"{cfg.db} · {out.sae_id} · answers '{out.answers}' · "
+        f"{out.documents:,} documents · harvest {out.harvest_seconds} s · "
+        f"analysis {out.analysis_seconds} s",
         highlight=False,
     )
-    counts = out["features"]["grid_label"].value_counts()
-    fdr = out["fdr"].set_index("label")
+    counts = out.features["grid_label"].value_counts()
+    fdr = out.fdr.set_index("label")
     table = Table(title="grid labels")
     for col in ("label", "features", "estimated FDR"):
         table.add_column(col, justify="left" if col == "label" else "right")

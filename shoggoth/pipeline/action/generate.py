@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,44 @@ def read_setup(cfg: GenerateConfig) -> tuple[str, Template, list[Persona], list[
     return cfg.model or record.model, template, chosen, subset_items(items, cfg.items_per_topic)
 
 
-def generate_answers(cfg: GenerateConfig, log: Log = print) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GenerateResult:
+    """What `shoggoth generate` left in the answer set, as its printer reads it."""
+
+    name: str
+    """The answer set."""
+    answers: int
+    """Its answers."""
+    stop_reasons: dict[str, int]
+    """Its answers by why they stopped ('eos' or 'length')."""
+    tokens: int
+    """Its answers' tokens."""
+    empty: int
+    """Its empty answers."""
+    seconds: float | None = None
+    """This run's generation time (None: already generated)."""
+    tokens_per_second: float | None = None
+    """This run's rate (None: already generated)."""
+    already_generated: bool = False
+    """The answer set was complete already; nothing was generated."""
+
+    def as_json(self) -> dict[str, object]:
+        """The summary as plain data."""
+        out: dict[str, object] = {"name": self.name}
+        if self.already_generated:
+            out["already_generated"] = True
+        if self.seconds is not None:
+            out["seconds"] = self.seconds
+            out["tokens_per_second"] = self.tokens_per_second
+        return out | {
+            "answers": self.answers,
+            "stop_reasons": self.stop_reasons,
+            "tokens": self.tokens,
+            "empty": self.empty,
+        }
+
+
+def generate_answers(cfg: GenerateConfig, log: Log = print) -> GenerateResult:
     """Generate (or resume, or find finished) an answer set; returns its summary."""
     model_name, template, personas, items = read_setup(cfg)
     settings = {
@@ -167,7 +204,7 @@ def generate_answers(cfg: GenerateConfig, log: Log = print) -> dict[str, Any]:
         for j, text in enumerate(persona.prompts)
     }
     if start_set(cfg.db, cfg.name, settings, config_metadata(cfg)) == "finished":
-        return {"name": cfg.name, "already_generated": True, **summary(cfg.db, cfg.name)}
+        return replace(summary(cfg.db, cfg.name), already_generated=True)
     done = done_keys(cfg.db, cfg.name)
     units = plan_units(prompts, cfg.batch)
     todo = [
@@ -199,12 +236,11 @@ def generate_answers(cfg: GenerateConfig, log: Log = print) -> dict[str, Any]:
             ) from None
     finish_set(cfg.db, cfg.name)
     seconds = time.monotonic() - started
-    return {
-        "name": cfg.name,
-        "seconds": round(seconds, 1),
-        "tokens_per_second": round(n_tok / seconds, 1) if n_tok else 0.0,
-        **summary(cfg.db, cfg.name),
-    }
+    return replace(
+        summary(cfg.db, cfg.name),
+        seconds=round(seconds, 1),
+        tokens_per_second=round(n_tok / seconds, 1) if n_tok else 0.0,
+    )
 
 
 class Prefixes:
@@ -254,8 +290,8 @@ def run_unit(
     )
 
 
-def summary(db: Path, name: str) -> dict[str, Any]:
-    """Counts of the set's answers by stop reason, its tokens and its empty answers."""
+def summary(db: Path, name: str) -> GenerateResult:
+    """The set's answers, by stop reason, its tokens and its empty answers."""
     con = connect(db, read_only=True, wait=WAIT)
     try:
         counts = dict(
@@ -272,9 +308,4 @@ def summary(db: Path, name: str) -> dict[str, Any]:
         )
     finally:
         con.close()
-    return {
-        "answers": sum(counts.values()),
-        "stop_reasons": counts,
-        "tokens": int(tokens[0]),
-        "empty": int(tokens[1]),
-    }
+    return GenerateResult(name, sum(counts.values()), counts, int(tokens[0]), int(tokens[1]))

@@ -357,7 +357,45 @@ def harvest_cells(
     return n_tokens, frame.sort_values(["doc", "feature"], kind="stable").reset_index(drop=True)
 
 
-def run_grid(cfg: GridConfig, log: Log = print) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GridResult:
+    """What `shoggoth grid` wrote, as its printer reads it."""
+
+    sae_id: str
+    """The SAE the grid was read through."""
+    answers: str
+    """The answer set whose texts are the personas' own."""
+    neutral: str
+    """The reference text: battery (the battery's answers) or own (the model's own)."""
+    documents: int
+    """The grid's documents."""
+    harvest_seconds: float
+    """The grid harvest's wall time."""
+    analysis_seconds: float
+    """The analysis's wall time (effects, labels and their null runs)."""
+    features: pd.DataFrame
+    """The `grid_features` rows: every feature's effects and grid label."""
+    fdr: pd.DataFrame
+    """The `grid_fdr` rows: each grid label's count, null count and estimated FDR."""
+    notes: list[str]
+    """What this grid could not support, one line each."""
+
+    def as_json(self) -> dict[str, object]:
+        """The summary as plain data."""
+        return {
+            "sae_id": self.sae_id,
+            "answers": self.answers,
+            "neutral": self.neutral,
+            "documents": self.documents,
+            "harvest_seconds": self.harvest_seconds,
+            "analysis_seconds": self.analysis_seconds,
+            "features": self.features,
+            "fdr": self.fdr,
+            "notes": self.notes,
+        }
+
+
+def run_grid(cfg: GridConfig, log: Log = print) -> GridResult:
     """Harvest (or resume) the grid, analyse it and store the tables; returns the summary."""
     inputs = read_inputs(cfg)
     docs = plan_documents(inputs)
@@ -385,14 +423,14 @@ def run_grid(cfg: GridConfig, log: Log = print) -> dict[str, Any]:
         {**config_metadata(cfg), "harvest_key": digest, "notes": result.notes},
     )
     drop_resume_folder(folder)
-    return {
-        "sae_id": inputs.sae_id,
-        "answers": cfg.answers,
-        "neutral": cfg.neutral,
-        "documents": len(docs),
-        "harvest_seconds": round(harvested - started, 1),
-        "analysis_seconds": round(time.monotonic() - harvested, 1),
-        "features": result.features,
-        "fdr": result.fdr,
-        "notes": result.notes,
-    }
+    return GridResult(
+        inputs.sae_id,
+        cfg.answers,
+        cfg.neutral,
+        len(docs),
+        round(harvested - started, 1),
+        round(time.monotonic() - harvested, 1),
+        result.features,
+        result.fdr,
+        result.notes,
+    )
