@@ -361,6 +361,44 @@ def write_tables(
         con.execute("UPDATE saes SET logit_effects = ? WHERE sae_id = ?", [note, sae_id])
 
 
+@dataclass(frozen=True)
+class IndexResult:
+    """What `shoggoth index` built, as its printer reads it."""
+
+    sae_id: str
+    """The SAE indexed."""
+    features: int
+    """Its features (all of them are indexed)."""
+    decoder_index: str
+    """The FAISS index over decoder directions: flat, hnsw or ivf-sq8."""
+    recall_at_10: float
+    """That index's recall of the 10 nearest neighbours against exact search."""
+    logit_effects: str
+    """How the logit effects were made, or why they were skipped."""
+    profiles: bool
+    """The persona profiles were indexed (False: not labelled yet)."""
+    map: str
+    """The method that laid out the feature map."""
+    persona_vectors: int
+    """The persona vectors stored."""
+    seconds: float
+    """The build's wall time (the model's part excluded)."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        return {
+            "sae_id": self.sae_id,
+            "features": self.features,
+            "decoder_index": self.decoder_index,
+            "recall_at_10": self.recall_at_10,
+            "logit_effects": self.logit_effects,
+            "profiles": self.profiles,
+            "map": self.map,
+            "persona_vectors": self.persona_vectors,
+            "seconds": self.seconds,
+        }
+
+
 def build_catalog(
     cfg: IndexConfig,
     harvest: Harvest,
@@ -368,7 +406,7 @@ def build_catalog(
     effects: pd.DataFrame | None,
     note: str,
     log: Log = print,
-) -> dict[str, Any]:
+) -> IndexResult:
     """Build (or rebuild) one SAE's dictionary tables and FAISS files from its decoder `w_dec`
     and logit `effects` (with `note` saying how they were made); returns a summary."""
     started = time.time()
@@ -395,17 +433,17 @@ def build_catalog(
                 shutil.rmtree(folder, ignore_errors=True)
         remove_unreferenced(cfg.db, sae_id, legacy=True)
     decoder = built.indexes[0][1]
-    return {
-        "sae_id": sae_id,
-        "features": harvest.record.d_sae,
-        "decoder_index": decoder.kind,
-        "recall_at_10": decoder.recall_at_10,
-        "logit_effects": note,
-        "profiles": built.profile_neighbours is not None,
-        "map": built.maps["method"].iloc[0],
-        "persona_vectors": 0 if built.vectors is None else len(built.vectors["table"]),
-        "seconds": round(time.time() - started, 1),
-    }
+    return IndexResult(
+        sae_id,
+        harvest.record.d_sae,
+        decoder.kind,
+        decoder.recall_at_10,
+        note,
+        built.profile_neighbours is not None,
+        str(built.maps["method"].iloc[0]),
+        0 if built.vectors is None else len(built.vectors["table"]),
+        round(time.time() - started, 1),
+    )
 
 
 def _neighbour_frame(ids: np.ndarray, cos: np.ndarray) -> pd.DataFrame:

@@ -20,14 +20,14 @@ def index_command(cfg: IndexConfig) -> None:
     (causal LMs). Rebuilt aside and renamed into place."""
     result = index_harvest(cfg, log=stderr_log())
     if cfg.format == "json":
-        print_json(result)
+        print_json(result.as_json())
         return
     Console(soft_wrap=True).print(
-        f"{cfg.db} · {result['sae_id']} · {result['features']:,} features indexed in "
-        f"{result['seconds']} s · decoder index {result['decoder_index']} (recall@10 "
-        f"{result['recall_at_10']:.3f}) · persona profiles "
-        f"{'indexed' if result['profiles'] else 'skipped (run shoggoth label first)'} · "
-        f"{result['persona_vectors']} persona vectors · "
-        f"logit effects {result['logit_effects']}",
+        f"{cfg.db} · {result.sae_id} · {result.features:,} features indexed in "
+        f"{result.seconds} s · decoder index {result.decoder_index} (recall@10 "
+        f"{result.recall_at_10:.3f}) · persona profiles "
+        f"{'indexed' if result.profiles else 'skipped (run shoggoth label first)'} · "
+        f"{result.persona_vectors} persona vectors · "
+        f"logit effects {result.logit_effects}",
         highlight=False,
     )

@@ -3,15 +3,13 @@ LMs, their logit effects through the unembedding; `index.catalog` does the rest.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import torch
 
 from shoggoth.core.placement import placement_of
 from shoggoth.core.progress import Log
-from shoggoth.index.catalog.build import IndexConfig, build_catalog, read_harvest
+from shoggoth.index.catalog.build import IndexConfig, IndexResult, build_catalog, read_harvest
 from shoggoth.sae.models import Model, load_model
 from shoggoth.sae.sae_dir import load_harvest_sae
 
@@ -56,8 +54,8 @@ def model_logit_effects(
     )
 
 
-def index_harvest(cfg: IndexConfig, log: Log = print) -> dict[str, Any]:
-    """Build one SAE's feature catalog; returns `build_catalog`'s summary."""
+def index_harvest(cfg: IndexConfig, log: Log = print) -> IndexResult:
+    """Build one SAE's feature catalog; returns what `build_catalog` built."""
     harvest = read_harvest(cfg)
     sae = load_harvest_sae(cfg.db, harvest.record, cfg.device)
     w_dec = sae.W_dec.detach().float().cpu().numpy()
