@@ -24,15 +24,15 @@ def explain_command(cfg: ExplainConfig) -> None:
     fuzzing (the AUC of the judge's yes-versus-no margins; 0.5 is chance). Resumable; one line
     per failed request."""
     result = explain(cfg, log=stderr_log())
-    d = SaeView(cfg.db, result["sae_id"])
+    d = SaeView(cfg.db, result.sae_id)
     try:
         table = explanations(d.con, d.sae_id)
     finally:
         d.close()
     console = Console(soft_wrap=True)
     console.print(
-        f"{cfg.db} · {result['sae_id']} · {result['explained']} explained in "
-        f"{result['seconds']} s · {len(table)} explanations stored",
+        f"{cfg.db} · {result.sae_id} · {result.explained} explained in "
+        f"{result.seconds} s · {len(table)} explanations stored",
         highlight=False,
     )
     out = Table()
@@ -47,9 +47,9 @@ def explain_command(cfg: ExplainConfig) -> None:
             _score(r.fuzzing, r.fuzzing_n),
         )
     console.print(out)
-    if result["failed"]:
+    if result.failed:
         raise click.ClickException(
-            f"{len(result['failed'])} of {len(result['failed']) + result['explained']} "
+            f"{len(result.failed)} of {len(result.failed) + result.explained} "
             "features were not explained (see above); rerun the same command to retry them"
         )
 

@@ -204,29 +204,49 @@ def explain_one(
     }
 
 
-def explain(cfg: ExplainConfig, log: Log = print) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ExplainResult:
+    """What `shoggoth explain` did, as its printer reads it."""
+
+    sae_id: str
+    """The SAE whose features were explained."""
+    explained: int
+    """The features explained and scored by this run."""
+    already_done: int
+    """The chosen features explained with these settings before this run."""
+    failed: list[int]
+    """The features whose requests failed (a rerun retries them)."""
+    seconds: float
+    """This run's time explaining (0 when there was nothing to do)."""
+
+    def as_json(self) -> dict[str, object]:
+        """The summary as plain data."""
+        return {
+            "sae_id": self.sae_id,
+            "explained": self.explained,
+            "already_done": self.already_done,
+            "failed": self.failed,
+            "seconds": self.seconds,
+        }
+
+
+def explain(cfg: ExplainConfig, log: Log = print) -> ExplainResult:
     """Explain and score the chosen features; returns a summary (with the failures)."""
     plan = gather(cfg)
     sae, evidence = plan.sae, plan.evidence
-    summary: dict[str, Any] = {
-        "sae_id": sae,
-        "explained": 0,
-        "already_done": plan.done_before,
-        "failed": [],
-        "seconds": 0.0,
-    }
+    nothing = ExplainResult(sae, 0, plan.done_before, [], 0.0)
     if not plan.chosen:
         log(
             f"{sae}: no feature fires in {cfg.held_out + 4} places or more and stays silent in "
             "some answers, which scoring needs; name features with --features"
         )
-        return summary
+        return nothing
     if not evidence:
         log(
             f"{sae}: every chosen feature is already explained with these settings "
             "(--overwrite explains them again)"
         )
-        return summary
+        return nothing
     placement = placement_of(cfg.device_map, cfg.max_memory)
     explainer = open_explainer(
         cfg.explainer,
@@ -267,17 +287,16 @@ def explain(cfg: ExplainConfig, log: Log = print) -> dict[str, Any]:
         f"{chars // 4:,} prompt tokens for the explanations and ~80 per judgment; one judgment "
         f"took {per_call:.2f} s, so about {estimate / 60:.1f} min"
     )
-    started = time.time()
+    started, explained, failed = time.time(), 0, []
     with Progress("explain", len(evidence), unit="features") as bar:
         for ev in evidence:
             try:
                 row = explain_one(explainer, judge, ev, cfg)
             except ExplainerError as e:
                 log(f"feature {ev.feature}: not explained: {e}")
-                summary["failed"].append(ev.feature)
+                failed.append(ev.feature)
             else:
                 edb.write_explanation(cfg.db, sae, {**row, "settings_json": plan.key})
-                summary["explained"] += 1
+                explained += 1
             bar.advance(1)
-    summary["seconds"] = round(time.time() - started, 1)
-    return summary
+    return ExplainResult(sae, explained, plan.done_before, failed, round(time.time() - started, 1))
