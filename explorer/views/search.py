@@ -62,11 +62,11 @@ with text_tab:
             st.error(md(e))
     result = st.session_state.get("t_result")
     if result:
-        acts = result["activations"]
+        acts = result.activations
         if focus >= 0:
             top = float(acts[:, focus].max()) or 1.0
             spans = []
-            for t, a in zip(result["tokens"], acts[:, focus], strict=True):
+            for t, a in zip(result.tokens, acts[:, focus], strict=True):
                 spans.append(
                     f'<span title="{a:.3f}" style="background:rgba(255,140,0,'
                     f'{max(0.0, a) / top:.2f});padding:1px 2px;border-radius:3px">'
@@ -88,12 +88,12 @@ with text_tab:
                             for f in t["features"]
                         ),
                     }
-                    for t in result["tokens"]
+                    for t in result.tokens
                 ],
                 hide_index=True,
             )
         st.subheader("Top features over the whole text")
-        for f in result["overall"]:
+        for f in result.overall:
             feature_link(
                 sae,
                 f["feature"],

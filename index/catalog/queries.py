@@ -3,6 +3,7 @@ effects, maps, persona vectors), and the searches over them."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -39,19 +40,77 @@ def similar(
     return [{"feature": i, "cosine": round(s, 4), **labels[i]} for i, s in pairs]
 
 
-def describe(d: SaeView, feature: int, k: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeatureNaming:
+    """A feature's `feature_names` row, as `search feature` shows it."""
+
+    handle: str | None
+    """Its handle (the terms that tell it apart)."""
+    explanation: str | None
+    """Its explanation (None: not explained)."""
+    explainer: str | None
+    """The model that wrote the explanation."""
+    detection: float | None
+    """The explanation's detection score (AUC; None: not scored)."""
+    fuzzing: float | None
+    """The explanation's fuzzing score (AUC; None: not scored)."""
+
+
+@dataclass(frozen=True)
+class FeatureDescription:
+    """One feature: its label, name, explanation, deciding statistics and top contexts."""
+
+    feature: int
+    """The feature."""
+    label: str
+    """Its label in force ('unlabelled' before `shoggoth label`)."""
+    top_persona: str | None
+    """The persona (or family of personas) its label names."""
+    density: float | None
+    """The share of documents it fires in (None before `shoggoth label`)."""
+    name: str | None
+    """Its name: handle and preferred persona (None before `shoggoth index`)."""
+    naming: FeatureNaming | None
+    """Its `feature_names` row (None before `shoggoth index`)."""
+    statistics: dict[str, object] | None
+    """The statistics its label rests on (None: not labelled)."""
+    contexts: list[dict[str, object]] | None
+    """Its top contexts: rank, value, persona, item_id, context (None before `shoggoth index`)."""
+
+    def as_json(self) -> dict[str, object]:
+        """As plain data, each part only where it is known."""
+        out: dict[str, object] = {
+            "feature": self.feature,
+            "label": self.label,
+            "top_persona": self.top_persona,
+            "density": self.density,
+            "name": self.name,
+        }
+        if self.naming is not None:
+            out.update(asdict(self.naming))
+        if self.statistics is not None:
+            out["statistics"] = self.statistics
+        if self.contexts is not None:
+            out["contexts"] = self.contexts
+        return out
+
+
+def describe(d: SaeView, feature: int, k: int) -> FeatureDescription:
     """A feature's label, its deciding statistics and its top contexts."""
     d.check_feature(feature)
-    out: dict[str, Any] = {"feature": feature, **d.labels([feature])[feature]}
+    labels = d.labels([feature])[feature]
     named = feature_name(d.con, d.sae_id, feature)
+    naming: FeatureNaming | None = None
     if named:
-        out.update(
-            handle=named["handle"],
-            explanation=named["explanation"],
-            explainer=named["explainer"],
-            detection=named["detection"],
-            fuzzing=named["fuzzing"],
+        naming = FeatureNaming(
+            named["handle"],
+            named["explanation"],
+            named["explainer"],
+            named["detection"],
+            named["fuzzing"],
         )
+    statistics: dict[str, object] | None = None
+    contexts: list[dict[str, object]] | None = None
     if "features" in d.tables:
         cur = d.con.execute(
             "SELECT * FROM features WHERE sae_id = ? AND feature = ?", [d.sae_id, feature]
@@ -59,7 +118,7 @@ def describe(d: SaeView, feature: int, k: int) -> dict[str, Any]:
         row = cur.fetchone()
         if row is not None:
             stats = dict(zip([c[0] for c in cur.description], row, strict=True))
-            out["statistics"] = {
+            statistics = {
                 key: stats[key]
                 for key in (
                     "label",
@@ -80,7 +139,7 @@ def describe(d: SaeView, feature: int, k: int) -> dict[str, Any]:
                 )
             }
     if "examples" in d.tables:
-        out["contexts"] = [
+        contexts = [
             {"rank": r, "value": v, "persona": p, "item_id": i, "context": c}
             for r, v, p, i, c in d.con.execute(
                 "SELECT rank, value, persona, item_id, context FROM example_contexts(?, ?) "
@@ -88,7 +147,16 @@ def describe(d: SaeView, feature: int, k: int) -> dict[str, Any]:
                 [d.sae_id, feature, k],
             ).fetchall()
         ]
-    return out
+    return FeatureDescription(
+        feature,
+        labels["label"],
+        labels["top_persona"],
+        labels["density"],
+        labels["name"],
+        naming,
+        statistics,
+        contexts,
+    )
 
 
 def by_name(d: SaeView, text: str, k: int) -> list[dict[str, Any]]:
@@ -117,7 +185,33 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def by_persona(d: SaeView, persona: str, k: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PersonaFeatures:
+    """A persona's features: those nearest its persona vector, and its own."""
+
+    persona: str
+    """The persona."""
+    vector_norm: float | None
+    """Its persona vector's length (None before `shoggoth index`)."""
+    relative_norm: float | None
+    """That length over the length of the non-control personas' mean."""
+    nearest: list[dict[str, object]]
+    """The features nearest the vector: feature, cosine, label, top_persona, density, name."""
+    mask_specific: list[dict[str, object]]
+    """Its own features: feature, name, label, top_share, set_ratio, q_value."""
+
+    def as_json(self) -> dict[str, object]:
+        """As plain data."""
+        return {
+            "persona": self.persona,
+            "vector_norm": self.vector_norm,
+            "relative_norm": self.relative_norm,
+            "nearest": self.nearest,
+            "mask_specific": self.mask_specific,
+        }
+
+
+def by_persona(d: SaeView, persona: str, k: int) -> PersonaFeatures:
     """The features nearest the persona vector, and the persona's mask-specific (and
     mask-family) features, strongest first."""
     d.check_persona(persona)
@@ -139,12 +233,12 @@ def by_persona(d: SaeView, persona: str, k: int) -> dict[str, Any]:
         specific = d.con.execute(MASK_FEATURES_SQL, [d.sae_id, persona, persona, k]).fetchall()
     labels = d.labels([f for f, _ in nearest])
     specific_names = names(d.con, d.sae_id, [f for f, *_ in specific])
-    return {
-        "persona": persona,
-        "vector_norm": None if norm is None else round(norm[0], 4),
-        "relative_norm": None if norm is None else round(norm[1], 4),
-        "nearest": [{"feature": f, "cosine": round(float(c), 4), **labels[f]} for f, c in nearest],
-        "mask_specific": [
+    return PersonaFeatures(
+        persona,
+        None if norm is None else round(norm[0], 4),
+        None if norm is None else round(norm[1], 4),
+        [{"feature": f, "cosine": round(float(c), 4), **labels[f]} for f, c in nearest],
+        [
             {
                 "feature": f,
                 "name": specific_names.get(f),
@@ -155,7 +249,7 @@ def by_persona(d: SaeView, persona: str, k: int) -> dict[str, Any]:
             }
             for f, lab, share, ratio, q in specific
         ],
-    }
+    )
 
 
 def feature_map(con: Connection, sae: str, name: str) -> pd.DataFrame:

@@ -290,8 +290,8 @@ def test_steer_and_search_over_a_device_map_equal_the_single_device_run(harvests
             found.append(by_text(d, "The sea is calm tonight.", None, 0, 5, "cpu", placement=where))
         finally:
             d.close()
-    assert np.array_equal(found[0].pop("activations"), found[1].pop("activations"))
-    assert found[0] == found[1]
+    assert np.array_equal(found[0].activations, found[1].activations)
+    assert found[0].as_json() == found[1].as_json()
 
 
 @pytest.mark.slow

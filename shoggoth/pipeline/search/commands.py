@@ -4,10 +4,9 @@ similar, persona), each with its own config. The flag form of earlier releases
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
@@ -181,19 +180,30 @@ def search_flags(cfg: SearchConfig) -> None:
 def show(result: SearchResult, fmt: str) -> None:
     """Print a search result: JSON, or its mode's tables."""
     if fmt == "json":
-        print_json(result)  # NaN as null: the standard JSON every reader takes
+        print_json(result.as_json())  # NaN as null: the standard JSON every reader takes
         return
-    PRINTERS[result["mode"]](Console(soft_wrap=True), result)
+    console = Console(soft_wrap=True)
+    match result:
+        case find.TextSearch():
+            _show_text(console, result)
+        case find.NameSearch():
+            _show_name(console, result)
+        case find.SimilarSearch():
+            _show_similar(console, result)
+        case find.FeatureSearch():
+            _show_feature(console, result)
+        case find.PersonaSearch():
+            _show_persona(console, result)
 
 
-def _show_text(console: Console, result: SearchResult) -> None:
+def _show_text(console: Console, result: find.TextSearch) -> None:
     """The top features of each token of a text, and over the whole text."""
-    under = f" under persona '{result['persona']}'" if result["persona"] else ""
-    console.print(f"{result['sae_id']} · {len(result['tokens'])} tokens{under}", highlight=False)
+    under = f" under persona '{result.persona}'" if result.persona else ""
+    console.print(f"{result.sae_id} · {len(result.tokens)} tokens{under}", highlight=False)
     tokens = Table(title="top features per token")
     for col in ("pos", "token", "features (value, label)"):
         tokens.add_column(col)
-    for t in result["tokens"]:
+    for t in result.tokens:
         tokens.add_row(
             str(t["pos"]),
             repr(t["token"]),
@@ -206,98 +216,91 @@ def _show_text(console: Console, result: SearchResult) -> None:
     _print_features(
         console,
         "top features over the whole text",
-        result["overall"],
+        result.overall,
         ["feature", "name", "mean_act", "max_act", "n_tokens", "label"],
     )
 
 
-def _show_name(console: Console, result: SearchResult) -> None:
+def _show_name(console: Console, result: find.NameSearch) -> None:
     """Features whose handle or explanation matches a name."""
     _print_features(
         console,
-        f"features named like {result['query']!r}",
-        result["features"],
+        f"features named like {result.query!r}",
+        result.features,
         ["feature", "name", "label", "explanation", "detection", "fuzzing"],
     )
 
 
-def _show_similar(console: Console, result: SearchResult) -> None:
+def _show_similar(console: Console, result: find.SimilarSearch) -> None:
     """A feature's nearest neighbours by decoder direction."""
     console.print(
-        f"feature {result['feature']} ({result['label']}) · nearest by decoder direction",
+        f"feature {result.feature} ({result.label}) · nearest by decoder direction",
         highlight=False,
     )
     _print_features(
         console,
         "neighbours",
-        result["neighbours"],
+        result.neighbours,
         ["feature", "name", "cosine", "label", "density"],
     )
 
 
-def _show_feature(console: Console, result: SearchResult) -> None:
+def _show_feature(console: Console, result: find.FeatureSearch) -> None:
     """One feature: its handle, label, explanation, statistics and top contexts."""
+    found = result.found
     console.print(
-        f"feature {result['feature']} · {result.get('name') or '(no handle)'} · {result['label']}",
+        f"feature {found.feature} · {found.name or '(no handle)'} · {found.label}",
         highlight=False,
     )
-    if result.get("explanation"):
+    naming = found.naming
+    if naming is not None and naming.explanation:
         console.print(
-            f"explanation ({result['explainer']}): {result['explanation']} · "
-            f"detection {_fmt(result['detection'])}, fuzzing "
-            f"{_fmt(result['fuzzing'])}",
+            f"explanation ({naming.explainer}): {naming.explanation} · "
+            f"detection {_fmt(naming.detection)}, fuzzing "
+            f"{_fmt(naming.fuzzing)}",
             highlight=False,
         )
-    stats = result.get("statistics") or {}
+    stats = found.statistics or {}
     if stats:
         console.print("  ".join(f"{k}={_fmt(v)}" for k, v in stats.items()), highlight=False)
     _print_features(
         console,
         "top contexts",
-        result.get("contexts", []),
+        found.contexts or [],
         ["rank", "value", "persona", "item_id", "context"],
     )
 
 
-def _show_persona(console: Console, result: SearchResult) -> None:
+def _show_persona(console: Console, result: find.PersonaSearch) -> None:
     """The features nearest a persona's vector, and the persona's own features."""
+    found = result.found
     console.print(
-        f"persona {result['persona']} · vector norm {_fmt(result['vector_norm'])} "
-        f"({result['relative_norm'] or 0:.1%} of the length of the non-control mean)",
+        f"persona {found.persona} · vector norm {_fmt(found.vector_norm)} "
+        f"({found.relative_norm or 0:.1%} of the length of the non-control mean)",
         highlight=False,
     )
     _print_features(
         console,
         "features nearest the persona vector",
-        result["nearest"],
+        found.nearest,
         ["feature", "name", "cosine", "label", "density"],
     )
     _print_features(
         console,
         "its own features (mask-specific, persona-concept, mask-or-concept, mask-family)",
-        result["mask_specific"],
+        found.mask_specific,
         ["feature", "name", "label", "top_share", "set_ratio", "q_value"],
     )
 
 
-PRINTERS: dict[str, Callable[[Console, SearchResult], None]] = {
-    "text": _show_text,
-    "name": _show_name,
-    "similar": _show_similar,
-    "feature": _show_feature,
-    "persona": _show_persona,
-}
-"""The table printer of each search mode."""
-
-
-def _fmt(v: Any) -> str:
+def _fmt(v: object) -> str:
     if v is None or isinstance(v, float):
         return shown(v, ".4g", missing="-")  # NaN too: a number not measured
     return str(v)
 
 
 def _print_features(
-    console: Console, title: str, rows: list[dict[str, Any]], columns: list[str]
+    console: Console, title: str, rows: Sequence[Mapping[str, object]], columns: list[str]
 ) -> None:
     table = Table(title=title)
     for col in columns:

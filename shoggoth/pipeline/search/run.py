@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypedDict
 
 import numpy as np
 import torch
@@ -18,7 +18,14 @@ from shoggoth.core.config import Config, option
 from shoggoth.core.errors import BadInput
 from shoggoth.core.placement import Placement, placement_of
 from shoggoth.core.printing import Format
-from shoggoth.index.catalog.queries import by_name, by_persona, describe, similar
+from shoggoth.index.catalog.queries import (
+    FeatureDescription,
+    PersonaFeatures,
+    by_name,
+    by_persona,
+    describe,
+    similar,
+)
 from shoggoth.index.store.read import SaeView
 from shoggoth.sae.activations import continuation_activations
 from shoggoth.sae.models import Model, load_model
@@ -27,11 +34,6 @@ from shoggoth.sae.sae_dir import load_harvest_sae
 
 if TYPE_CHECKING:
     from sae_lens import SAE
-
-
-SearchResult: TypeAlias = dict[str, Any]
-"""What one search mode returns, as plain data: `mode`, `sae_id` and the mode's own keys (the
-rows the tables print and --format json writes; docs/search-and-sql.md lists them)."""
 
 
 @dataclass
@@ -111,6 +113,160 @@ def load_runner(
     return model, sae.to(model.sae_device(d.record.hook))
 
 
+class TokenFeature(TypedDict):
+    """One of a token's top features."""
+
+    feature: int
+    name: str | None
+    """Its name (None before `shoggoth index`)."""
+    value: float
+    """Its activation on the token."""
+    label: str
+
+
+class TokenFeatures(TypedDict):
+    """A token of the text and its top features, strongest first."""
+
+    pos: int
+    """Its position in the text (0: the first token)."""
+    token: str
+    features: list[TokenFeature]
+
+
+class TextFeature(TypedDict):
+    """One of the top features over a whole text."""
+
+    feature: int
+    mean_act: float
+    """Its mean activation over the text's tokens."""
+    max_act: float
+    n_tokens: int
+    """The tokens it fires on."""
+    label: str
+    top_persona: str | None
+    density: float | None
+    name: str | None
+
+
+@dataclass(frozen=True)
+class TextSearch:
+    """`search text`: the features a text activates, per token and overall."""
+
+    sae_id: str
+    """The SAE the text ran through."""
+    text: str
+    """The text."""
+    persona: str | None
+    """The persona whose prompt it ran under (None: no system prompt)."""
+    paraphrase: int | None
+    """Which of the persona's prompts (None without a persona)."""
+    tokens: list[TokenFeatures]
+    """Each token's top features."""
+    overall: list[TextFeature]
+    """The top features by mean activation over the whole text."""
+    activations: np.ndarray
+    """The full activation matrix, [tokens, d_sae] (not in the JSON)."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        return {
+            "mode": "text",
+            "sae_id": self.sae_id,
+            "text": self.text,
+            "persona": self.persona,
+            "paraphrase": self.paraphrase,
+            "tokens": self.tokens,
+            "overall": self.overall,
+        }
+
+
+@dataclass(frozen=True)
+class NameSearch:
+    """`search name`: features whose handle, persona or explanation contains a text."""
+
+    sae_id: str
+    """The SAE searched."""
+    query: str
+    """The text looked for."""
+    features: list[dict[str, object]]
+    """The features found: feature, name, label, explanation, detection, fuzzing."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        return {
+            "mode": "name",
+            "sae_id": self.sae_id,
+            "query": self.query,
+            "features": self.features,
+        }
+
+
+@dataclass(frozen=True)
+class FeatureSearch:
+    """`search feature`: one feature's label, statistics, explanation and contexts."""
+
+    sae_id: str
+    """The SAE searched."""
+    found: FeatureDescription
+    """The feature, described."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        return {"mode": "feature", "sae_id": self.sae_id, **self.found.as_json()}
+
+
+@dataclass(frozen=True)
+class SimilarSearch:
+    """`search similar`: a feature's nearest features by decoder direction."""
+
+    sae_id: str
+    """The SAE searched."""
+    feature: int
+    """The feature."""
+    label: str
+    """Its label in force ('unlabelled' before `shoggoth label`)."""
+    top_persona: str | None
+    """The persona (or family of personas) its label names."""
+    density: float | None
+    """The share of documents it fires in (None before `shoggoth label`)."""
+    name: str | None
+    """Its name (None before `shoggoth index`)."""
+    neighbours: list[dict[str, object]]
+    """Its nearest features: feature, cosine, label, top_persona, density, name."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        return {
+            "mode": "similar",
+            "sae_id": self.sae_id,
+            "feature": self.feature,
+            "label": self.label,
+            "top_persona": self.top_persona,
+            "density": self.density,
+            "name": self.name,
+            "neighbours": self.neighbours,
+        }
+
+
+@dataclass(frozen=True)
+class PersonaSearch:
+    """`search persona`: the features nearest a persona's vector, and its own."""
+
+    sae_id: str
+    """The SAE searched."""
+    found: PersonaFeatures
+    """The persona's features."""
+
+    def as_json(self) -> dict[str, object]:
+        """The `--format json` output."""
+        return {"mode": "persona", "sae_id": self.sae_id, **self.found.as_json()}
+
+
+SearchResult: TypeAlias = TextSearch | NameSearch | FeatureSearch | SimilarSearch | PersonaSearch
+"""What one search mode returns: its own record, which the mode's table printer reads and whose
+`as_json()` is what --format json writes (docs/search-and-sql.md lists the keys)."""
+
+
 def by_text(
     d: SaeView,
     text: str,
@@ -120,7 +276,7 @@ def by_text(
     device: str = "auto",
     runner: tuple[Model, SAE] | None = None,
     placement: Placement | None = None,
-) -> dict[str, Any]:
+) -> TextSearch:
     """Run `text` (under a persona's system prompt, or none) through the model and SAE: the top
     features of every token and of the whole text, and the full activation matrix
     (`activations`, [tokens, d_sae]). `runner`: (model, sae) when the caller holds them;
@@ -148,37 +304,47 @@ def by_text(
         x = continuation_activations(model, batch, d.record.hook)
         f = sae.encode(x.to(sae.device, sae.dtype)).float().cpu().numpy()
     tokens = model.tokenizer.convert_ids_to_tokens(prompt.continuation_ids)
-    per_token = []
-    for pos, (token, acts) in enumerate(zip(tokens, f, strict=True)):
-        order = [int(j) for j in np.argsort(-acts)[:k] if acts[j] > 0]
-        per_token.append(
-            {"pos": pos, "token": token, "features": [(j, round(float(acts[j]), 4)) for j in order]}
-        )
+    tops = [[int(j) for j in np.argsort(-acts)[:k] if acts[j] > 0] for acts in f]
     mean = f.mean(axis=0)
     overall = [int(j) for j in np.argsort(-mean)[:k] if mean[j] > 0]
-    labels = d.labels(sorted({j for t in per_token for j, _ in t["features"]} | set(overall)))
-    for t in per_token:
-        t["features"] = [
-            {"feature": j, "name": labels[j]["name"], "value": v, "label": labels[j]["label"]}
-            for j, v in t["features"]
-        ]
-    return {
-        "text": text,
-        "persona": persona,
-        "paraphrase": paraphrase if persona else None,
-        "tokens": per_token,
-        "activations": f,
-        "overall": [
+    labels = d.labels(sorted({j for top in tops for j in top} | set(overall)))
+    per_token: list[TokenFeatures] = [
+        {
+            "pos": pos,
+            "token": token,
+            "features": [
+                {
+                    "feature": j,
+                    "name": labels[j]["name"],
+                    "value": round(float(acts[j]), 4),
+                    "label": labels[j]["label"],
+                }
+                for j in top
+            ],
+        }
+        for pos, (token, acts, top) in enumerate(zip(tokens, f, tops, strict=True))
+    ]
+    return TextSearch(
+        d.sae_id,
+        text,
+        persona,
+        paraphrase if persona else None,
+        per_token,
+        [
             {
                 "feature": j,
                 "mean_act": round(float(mean[j]), 4),
                 "max_act": round(float(f[:, j].max()), 4),
                 "n_tokens": int((f[:, j] > 0).sum()),
-                **labels[j],
+                "label": labels[j]["label"],
+                "top_persona": labels[j]["top_persona"],
+                "density": labels[j]["density"],
+                "name": labels[j]["name"],
             }
             for j in overall
         ],
-    }
+        f,
+    )
 
 
 def search_text(
@@ -189,38 +355,39 @@ def search_text(
     top: int,
     device: str,
     placement: Placement | None = None,
-) -> SearchResult:
+) -> TextSearch:
     """`search text`: the features a text activates, per token and overall."""
-    found = by_text(d, text, persona, paraphrase, top, device, placement=placement)
-    found.pop("activations")
-    return {"mode": "text", "sae_id": d.sae_id, **found}
+    return by_text(d, text, persona, paraphrase, top, device, placement=placement)
 
 
-def search_name(d: SaeView, name: str, top: int) -> SearchResult:
+def search_name(d: SaeView, name: str, top: int) -> NameSearch:
     """`search name`: features whose handle, persona or explanation contains `name`."""
-    return {"mode": "name", "sae_id": d.sae_id, "query": name, "features": by_name(d, name, top)}
+    return NameSearch(d.sae_id, name, by_name(d, name, top))
 
 
-def search_feature(d: SaeView, feature: int, top: int) -> SearchResult:
+def search_feature(d: SaeView, feature: int, top: int) -> FeatureSearch:
     """`search feature`: one feature's label, statistics, explanation and contexts."""
-    return {"mode": "feature", "sae_id": d.sae_id, **describe(d, feature, top)}
+    return FeatureSearch(d.sae_id, describe(d, feature, top))
 
 
-def search_similar(d: SaeView, feature: int, top: int) -> SearchResult:
+def search_similar(d: SaeView, feature: int, top: int) -> SimilarSearch:
     """`search similar`: a feature's nearest features by decoder direction."""
     neighbours = similar(d, feature, top)
-    return {
-        "mode": "similar",
-        "sae_id": d.sae_id,
-        "feature": feature,
-        **d.labels([feature])[feature],
-        "neighbours": neighbours,
-    }
+    labels = d.labels([feature])[feature]
+    return SimilarSearch(
+        d.sae_id,
+        feature,
+        labels["label"],
+        labels["top_persona"],
+        labels["density"],
+        labels["name"],
+        neighbours,
+    )
 
 
-def search_persona(d: SaeView, persona: str, top: int) -> SearchResult:
+def search_persona(d: SaeView, persona: str, top: int) -> PersonaSearch:
     """`search persona`: the features nearest a persona's vector, and its own."""
-    return {"mode": "persona", "sae_id": d.sae_id, **by_persona(d, persona, top)}
+    return PersonaSearch(d.sae_id, by_persona(d, persona, top))
 
 
 def search_in(db: Path, sae: str | None, find: Callable[[SaeView], SearchResult]) -> SearchResult:
