@@ -33,9 +33,9 @@ PACKAGES = {
     "shoggoth/core": (33, 14),
     "shoggoth/battery": (1, 1),
     "sae": (37, 23),
-    "index": (5, 76),
-    "shoggoth/pipeline": (3, 41),
-    "explorer": (5, 18),
+    "index": (5, 63),
+    "shoggoth/pipeline": (2, 21),
+    "explorer": (5, 13),
     "shoggoth/cli.py": (0, 0),
 }
 

@@ -400,7 +400,7 @@ def search_in(db: Path, sae: str | None, find: Callable[[SaeView], SearchResult]
 
 
 def search(cfg: SearchConfig) -> SearchResult:
-    """The flag form: the one mode the flags ask for (`cfg.mode`), as plain data."""
+    """The flag form: the one mode the flags ask for (`cfg.mode`)."""
     finders: dict[str, Callable[[SaeView], SearchResult]] = {
         "text": lambda d: search_text(
             d,
