@@ -165,7 +165,7 @@ def pick_sae() -> tuple[str, SaeRecord]:
 
 
 def feature_link(
-    sae: str, feature: int, label: str | None = None, extra: str = "", name: str | None = None
+    sae_id: str, feature: int, label: str | None = None, extra: str = "", name: str | None = None
 ) -> None:
     """A link to a feature's page, with its name (handle and preferred persona) when known."""
     text = (
@@ -174,16 +174,18 @@ def feature_link(
         + (f" · {label}" if label else "")
         + extra
     )
-    st.page_link(FEATURE_PAGE, label=md(text), query_params={"sae": sae, "feature": str(feature)})
+    st.page_link(
+        FEATURE_PAGE, label=md(text), query_params={"sae": sae_id, "feature": str(feature)}
+    )
 
 
-def open_feature(sae: str, feature: int) -> None:
-    st.switch_page(FEATURE_PAGE, query_params={"sae": sae, "feature": str(int(feature))})
+def open_feature(sae_id: str, feature: int) -> None:
+    st.switch_page(FEATURE_PAGE, query_params={"sae": sae_id, "feature": str(int(feature))})
 
 
-def labels_frame(sae: str, feature: int | None = None) -> pd.DataFrame:
+def labels_frame(sae_id: str, feature: int | None = None) -> pd.DataFrame:
     """Every feature's (or one feature's) statistics and labels; empty before `shoggoth label`."""
-    return q(label_queries.labelled_features, sae, feature)
+    return q(label_queries.labelled_features, sae_id, feature)
 
 
 @st.cache_resource(show_spinner="loading the model and SAE")
@@ -306,7 +308,7 @@ def pc_title(axes: pd.DataFrame, component: int) -> str:
     return title
 
 
-def assistant_persona(sae: str, space: pd.DataFrame, axes: pd.DataFrame) -> str | None:
+def assistant_persona(sae_id: str, space: pd.DataFrame, axes: pd.DataFrame) -> str | None:
     """The persona or control the assistant axis starts from (its shift minus the personas' mean
     is the axis, so its point in the space is the axis's projection), as `shoggoth label`
     recorded it; None where the space has no assistant axis."""

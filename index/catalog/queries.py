@@ -252,7 +252,7 @@ def by_persona(d: SaeView, persona: str, k: int) -> PersonaFeatures:
     )
 
 
-def feature_map(con: Connection, sae: str, name: str) -> pd.DataFrame:
+def feature_map(con: Connection, sae_id: str, name: str) -> pd.DataFrame:
     """A stored 2-D map (`decoder` or `persona_profile`) with each point's name, label and
     personas: feature, x, y, method, name, label, top_persona, argmax_persona (empty before
     `shoggoth index`)."""
@@ -274,11 +274,11 @@ def feature_map(con: Connection, sae: str, name: str) -> pd.DataFrame:
             else ""
         }
         WHERE m.sae_id = ? AND m.map = ? ORDER BY m.feature""",
-        [sae, name],
+        [sae_id, name],
     ).df()
 
 
-def top_context_tokens(con: Connection, sae: str, feature: int, width: int = 8) -> pd.DataFrame:
+def top_context_tokens(con: Connection, sae_id: str, feature: int, width: int = 8) -> pd.DataFrame:
     """The tokens around each top example of a feature (the contexts `example_contexts` joins
     into text), one row per token with the feature's activation there: rank, fire_value,
     persona, paraphrase, item_id, fire_pos, pos, token, value."""
@@ -296,47 +296,47 @@ def top_context_tokens(con: Connection, sae: str, feature: int, width: int = 8) 
         LEFT JOIN a ON a.persona = e.persona AND a.paraphrase = e.paraphrase
              AND a.item_id = e.item_id AND a.pos = t.pos
         ORDER BY e.rank, t.pos""",
-        {"sae": sae, "f": feature, "w": width},
+        {"sae": sae_id, "f": feature, "w": width},
     )
 
 
-def interval_samples(con: Connection, sae: str, feature: int) -> pd.DataFrame:
+def interval_samples(con: Connection, sae_id: str, feature: int) -> pd.DataFrame:
     """The interval samples of a feature with their contexts (the `example_contexts` macro)."""
     return if_table(
         con,
         "examples",
         "SELECT kind, value, persona, item_id, bin_lo, bin_hi, context "
         "FROM example_contexts(?, ?) WHERE kind <> 'top'",
-        [sae, feature],
+        [sae_id, feature],
     )
 
 
-def histogram(con: Connection, sae: str, feature: int) -> pd.DataFrame:
+def histogram(con: Connection, sae_id: str, feature: int) -> pd.DataFrame:
     """A feature's activation histogram over its firing tokens: bin, lo, hi, count."""
     return if_table(
         con,
         "feature_histograms",
         "SELECT bin, lo, hi, count FROM feature_histograms WHERE sae_id = ? AND "
         "feature = ? ORDER BY bin",
-        [sae, feature],
+        [sae_id, feature],
     )
 
 
-def feature_logit_effects(con: Connection, sae: str, feature: int) -> pd.DataFrame:
+def feature_logit_effects(con: Connection, sae_id: str, feature: int) -> pd.DataFrame:
     """A feature's promoted and suppressed tokens: sign, rank, token, value."""
     return if_table(
         con,
         "logit_effects",
         "SELECT sign, rank, token, value FROM logit_effects WHERE sae_id = ? AND "
         "feature = ? ORDER BY sign, rank",
-        [sae, feature],
+        [sae_id, feature],
     )
 
 
 NEIGHBOUR_TABLES = ("neighbors", "profile_neighbors")
 
 
-def feature_neighbours(con: Connection, sae: str, feature: int, table: str) -> pd.DataFrame:
+def feature_neighbours(con: Connection, sae_id: str, feature: int, table: str) -> pd.DataFrame:
     """A feature's stored neighbours (`table`: by decoder direction or by persona profile)
     with their labels: neighbor, cosine, label."""
     if table not in NEIGHBOUR_TABLES:
@@ -350,17 +350,17 @@ def feature_neighbours(con: Connection, sae: str, feature: int, table: str) -> p
     label = "l.label" if labels else "NULL"
     return with_names(
         con,
-        sae,
+        sae_id,
         con.execute(
             f"SELECT n.neighbor, n.cosine, {label} AS label FROM {table} n {join} "
             "WHERE n.sae_id = ? AND n.feature = ? ORDER BY n.rank",
-            [sae, feature],
+            [sae_id, feature],
         ).df(),
         "neighbor",
     )
 
 
-def suppressed_features(con: Connection, sae: str, persona: str, limit: int) -> pd.DataFrame:
+def suppressed_features(con: Connection, sae_id: str, persona: str, limit: int) -> pd.DataFrame:
     """Live features whose mean under `persona` falls furthest below the other personas'."""
     return (
         con.execute(
@@ -369,25 +369,25 @@ def suppressed_features(con: Connection, sae: str, persona: str, limit: int) -> 
         JOIN feature_labels l USING (sae_id, feature)
         WHERE fp.sae_id = ? AND fp.persona = ? AND fp.delta_vs_rest < 0
         ORDER BY fp.delta_vs_rest LIMIT ?""",
-            [sae, persona, limit],
+            [sae_id, persona, limit],
         )
         .df()
-        .pipe(lambda f: with_names(con, sae, f))
+        .pipe(lambda f: with_names(con, sae_id, f))
     )
 
 
-def persona_vector(con: Connection, sae: str, persona: str) -> pd.DataFrame:
+def persona_vector(con: Connection, sae_id: str, persona: str) -> pd.DataFrame:
     """The persona vector's norm, relative norm and token count (empty before `index`)."""
     return if_table(
         con,
         "persona_vectors",
         "SELECT norm, relative_norm, n_tokens FROM persona_vectors WHERE "
         "sae_id = ? AND persona = ?",
-        [sae, persona],
+        [sae_id, persona],
     )
 
 
-def persona_vector_features(con: Connection, sae: str, persona: str) -> pd.DataFrame:
+def persona_vector_features(con: Connection, sae_id: str, persona: str) -> pd.DataFrame:
     """The decoder directions nearest a persona vector, with their labels."""
     labels = has_table(con, "feature_labels")
     return (
@@ -397,8 +397,8 @@ def persona_vector_features(con: Connection, sae: str, persona: str) -> pd.DataF
         FROM persona_features pf
         {"LEFT JOIN feature_labels l USING (sae_id, feature)" if labels else ""}
         WHERE pf.sae_id = ? AND pf.persona = ? ORDER BY pf.rank""",
-            [sae, persona],
+            [sae_id, persona],
         )
         .df()
-        .pipe(lambda f: with_names(con, sae, f))
+        .pipe(lambda f: with_names(con, sae_id, f))
     )

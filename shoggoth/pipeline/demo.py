@@ -217,13 +217,13 @@ def train_step(out: Path, recipe: Recipe) -> tuple[Callable[[], Any] | None, str
     )
 
 
-def grid_step(db: Path, sae: str, settings: dict[str, Any], log: Log) -> None:
+def grid_step(db: Path, sae_id: str, settings: dict[str, Any], log: Log) -> None:
     """Generate the demo's own answers (resumed or skipped when done), then one dictionary's
     grid against both reference texts: the battery's answers and the model's own under no
     persona."""
-    generate_answers(GenerateConfig(db=db, sae=sae, **settings), log=log)
+    generate_answers(GenerateConfig(db=db, sae=sae_id, **settings), log=log)
     for neutral in ("battery", "own"):
-        run_grid(GridConfig(db=db, sae=sae, neutral=neutral), log=log)
+        run_grid(GridConfig(db=db, sae=sae_id, neutral=neutral), log=log)
 
 
 def statuses_of(

@@ -133,26 +133,29 @@ def split_windows(
 class ExplainPlan:
     """What a run will do, read from the database before any request."""
 
-    sae: str
+    sae_id: str
+    """The SAE explained."""
     evidence: list[Evidence]
     """Every chosen feature not yet explained with these settings."""
     key: str
     """The settings, as stored with each explanation."""
     chosen: int
+    """How many features were chosen (explained before or not)."""
     done_before: int
+    """How many of them were already explained with these settings."""
 
 
 def gather(cfg: ExplainConfig) -> ExplainPlan:
     """The SAE, every chosen feature's evidence, and the settings that identify this run."""
     with step_database(cfg.db, cfg.sae) as (con, record):
-        sae = record.sae_id
+        sae_id = record.sae_id
         wanted = parse_features(cfg.features) if cfg.features else None
         if wanted and max(wanted) >= record.d_sae:
             raise BadInput(
                 f"--features {max(wanted)}: out of range (the SAE has {record.d_sae:,} features)"
             )
         # By default only features with room for the held-out windows and a few to show.
-        features = edb.choose_features(con, sae, wanted, cfg.limit, cfg.held_out + 4)
+        features = edb.choose_features(con, sae_id, wanted, cfg.limit, cfg.held_out + 4)
         key = edb.settings_key(
             {
                 "explainer": cfg.explainer,
@@ -166,18 +169,18 @@ def gather(cfg: ExplainConfig) -> ExplainPlan:
                 "prompt_version": PROMPT_VERSION,
             }
         )
-        done = set() if cfg.overwrite else edb.done_features(con, sae, key)
+        done = set() if cfg.overwrite else edb.done_features(con, sae_id, key)
         todo = [f for f in features if f not in done]
-        rows = edb.windows(con, sae, todo, cfg.width) if todo else pd.DataFrame()
+        rows = edb.windows(con, sae_id, todo, cfg.width) if todo else pd.DataFrame()
         evidence = []
         for f in todo:
             show, held = split_windows(rows[rows["feature"] == f], cfg.shown, cfg.held_out)
             silent = [
                 Window(item, tuple(toks), (0.0,) * len(toks))
-                for item, toks in edb.silent_windows(con, sae, f, len(held), cfg.width, cfg.seed)
+                for item, toks in edb.silent_windows(con, sae_id, f, len(held), cfg.width, cfg.seed)
             ]
-            evidence.append(Evidence(f, show, held, silent, edb.persona_means(con, sae, f)))
-    return ExplainPlan(sae, evidence, key, len(features), len(done & set(features)))
+            evidence.append(Evidence(f, show, held, silent, edb.persona_means(con, sae_id, f)))
+    return ExplainPlan(sae_id, evidence, key, len(features), len(done & set(features)))
 
 
 def explain_one(
@@ -233,17 +236,17 @@ class ExplainResult:
 def explain(cfg: ExplainConfig, log: Log = print) -> ExplainResult:
     """Explain and score the chosen features; returns a summary (with the failures)."""
     plan = gather(cfg)
-    sae, evidence = plan.sae, plan.evidence
-    nothing = ExplainResult(sae, 0, plan.done_before, [], 0.0)
+    sae_id, evidence = plan.sae_id, plan.evidence
+    nothing = ExplainResult(sae_id, 0, plan.done_before, [], 0.0)
     if not plan.chosen:
         log(
-            f"{sae}: no feature fires in {cfg.held_out + 4} places or more and stays silent in "
+            f"{sae_id}: no feature fires in {cfg.held_out + 4} places or more and stays silent in "
             "some answers, which scoring needs; name features with --features"
         )
         return nothing
     if not evidence:
         log(
-            f"{sae}: every chosen feature is already explained with these settings "
+            f"{sae_id}: every chosen feature is already explained with these settings "
             "(--overwrite explains them again)"
         )
         return nothing
@@ -282,7 +285,7 @@ def explain(cfg: ExplainConfig, log: Log = print) -> ExplainResult:
     per_call = time.time() - t
     estimate = per_call * (calls + 2 * len(evidence))
     log(
-        f"{sae}: {len(evidence)} features to explain ({plan.done_before} done before) with "
+        f"{sae_id}: {len(evidence)} features to explain ({plan.done_before} done before) with "
         f"{explainer.name}, scored by {judge.name}: at most {calls:,} requests, about "
         f"{chars // 4:,} prompt tokens for the explanations and ~80 per judgment; one judgment "
         f"took {per_call:.2f} s, so about {estimate / 60:.1f} min"
@@ -296,7 +299,9 @@ def explain(cfg: ExplainConfig, log: Log = print) -> ExplainResult:
                 log(f"feature {ev.feature}: not explained: {e}")
                 failed.append(ev.feature)
             else:
-                edb.write_explanation(cfg.db, sae, {**row, "settings_json": plan.key})
+                edb.write_explanation(cfg.db, sae_id, {**row, "settings_json": plan.key})
                 explained += 1
             bar.advance(1)
-    return ExplainResult(sae, explained, plan.done_before, failed, round(time.time() - started, 1))
+    return ExplainResult(
+        sae_id, explained, plan.done_before, failed, round(time.time() - started, 1)
+    )
