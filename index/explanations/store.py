@@ -68,9 +68,9 @@ def choose_features(
         somewhere AS (SELECT feature FROM doc_features WHERE sae_id = $sae GROUP BY feature
                       HAVING count(DISTINCT item_id) < (SELECT count(*) FROM items))
         SELECT p.feature FROM places p JOIN somewhere USING (feature)
-        {"LEFT JOIN features f ON f.sae_id = $sae_id AND f.feature = p.feature" if labels else ""}
+        {"LEFT JOIN features f ON f.sae_id = $sae AND f.feature = p.feature" if labels else ""}
         {
-            "LEFT JOIN feature_handles h ON h.sae_id = $sae_id AND h.feature = p.feature"
+            "LEFT JOIN feature_handles h ON h.sae_id = $sae AND h.feature = p.feature"
             if handles
             else ""
         }
