@@ -48,11 +48,13 @@ browser:
 	    exit 2; \
 	fi
 
-# Both cores (pytest-xdist): idle workers steal queued tests, so a long test does not leave a
-# core idle at the end; tests/conftest.py gives each worker one thread (two torch threads per
-# worker on two cores spin against each other).
+# One worker per core and one more (pytest-xdist), since many tests wait on a process they
+# started; idle workers steal queued tests, and the longest files run first
+# (tests/conftest.py), so the workers end together. Each worker runs torch on one thread:
+# more threads than cores spin against each other.
+WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist worksteal
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(WORKERS) --dist worksteal
 
 # The fast tier (no real weights, training or subprocess), on both cores (pytest-xdist).
 fast: $(STAMP)

@@ -141,10 +141,34 @@ def uses_slow_things(item: pytest.Item) -> bool:
     return any(call in source for call in SLOW_CALLS)
 
 
+LONGEST_FIRST = (
+    "pipeline/test_demo.py",
+    "pipeline/test_harvest.py",
+    "sae/test_train.py",
+    "sae/test_difference.py",
+    "cli/test_cli_edges.py",
+    "sae/test_train_scale.py",
+    "cli/test_races.py",
+    "sae/test_smollm2.py",
+    "cli/test_failure_modes.py",
+)
+"""The files with the longest tests (`python -m benchmarks.suite_time`), run first when the suite
+runs on several workers: the workers then end on short tests together instead of one waiting
+out a long test that was queued last. Each file's tests stay together and in order."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if uses_slow_things(item):
             item.add_marker(pytest.mark.slow)
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+
+        def order(item: pytest.Item) -> int:
+            path = item.nodeid.split("::")[0].removeprefix("tests/")
+            return rank.get(path, len(rank))
+
+        items.sort(key=order)  # stable: every other test keeps its place
 
 
 FAST_TEST: list[str] = []
