@@ -597,10 +597,11 @@ def test_a_faiss_file_that_is_not_the_databases_own_is_refused(tmp_path, indexed
 
 @pytest.mark.slow
 def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(
-    tmp_path, indexed_db, tiny_sae_dir
+    capfd, tmp_path, indexed_db, tiny_sae_dir
 ):
     """No write-ahead log, partial copy or build folder stays beside a database after a
-    command that wrote it succeeds: label, index, a harvest into it, a merge into it."""
+    command that wrote it succeeds: label, index, a harvest into it, a merge into it. (Run in
+    this process: what a command leaves open here, a process's exit would hide.)"""
     db = copy_db(indexed_db, tmp_path / "db.duckdb")
     args = battery(tmp_path / "b", 30)  # the battery indexed_db was harvested on
     before = set((tmp_path / "db.duckdb.faiss").iterdir())
@@ -613,10 +614,8 @@ def test_every_successful_write_leaves_only_the_database_and_its_faiss_folder(
         ["harvest", "--db", other, "--sae-dir", tiny_sae_dir, "--sae", "third", *args],
         ["merge", "--db", db, other],
     ):
-        run = subprocess.run(
-            [str(EXE), *map(str, argv)], capture_output=True, text=True, env=ENV, timeout=300
-        )
-        assert run.returncode == 0, (argv, run.stderr)
+        code = cli.main([str(a) for a in argv])
+        assert code == 0, (argv, capfd.readouterr().err[-2000:])
         left = {p.name for p in tmp_path.iterdir()} - {"b", "other"}
         assert left == {"db.duckdb", "db.duckdb.faiss"}, (argv[0], left)
     after = set((tmp_path / "db.duckdb.faiss").iterdir())
