@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -129,6 +129,35 @@ class HarvestTarget:
         remove(self.partial)
 
 
+class HarvestBatch(Protocol):
+    """One SAE's rows of one batch, as the model side computes them (`sae.encode.Computed` is
+    one); `doc` in the column dicts indexes the batch's items."""
+
+    @property
+    def n_tokens(self) -> list[int]:
+        """Continuation tokens per document."""
+
+    @property
+    def activations(self) -> dict[str, np.ndarray]:
+        """doc, pos, feature, value of every stored activation."""
+
+    @property
+    def doc_features(self) -> dict[str, np.ndarray]:
+        """doc, feature, mean_act, max_act, n_fire per document and feature that fired."""
+
+    @property
+    def residual_sum(self) -> np.ndarray:
+        """[d_in] the SAE's inputs summed over the batch's continuation tokens."""
+
+    @property
+    def shift(self) -> np.ndarray | None:
+        """[n_docs, d_in] each document's mean shift against its reference (None: not kept)."""
+
+    @property
+    def shift_hat(self) -> np.ndarray | None:
+        """[n_docs, d_in] the same shift through the dictionary."""
+
+
 class PartialStore:
     """The partial database of one harvest: written one batch per transaction."""
 
@@ -213,7 +242,11 @@ class PartialStore:
         }
 
     def write(
-        self, persona: str, paraphrase: int, item_ids: list[str], per_sae: list[tuple[str, Any]]
+        self,
+        persona: str,
+        paraphrase: int,
+        item_ids: list[str],
+        per_sae: list[tuple[str, HarvestBatch]],
     ) -> None:
         """One batch's documents, activations, per-document aggregates and residual sum, for
         every SAE (`per_sae`: (sae_id, its computed batch: n_tokens, activations, doc_features,
@@ -249,7 +282,7 @@ class PartialStore:
                         out.residual_sum.tolist(),
                     ],
                 )
-                if out.shift is not None:
+                if out.shift is not None and out.shift_hat is not None:
                     insert_frame(
                         self.con,
                         "document_shifts",
