@@ -107,9 +107,8 @@ def described_path(name: str, location: Path) -> Path | None:
     afresh; None for a model not in a local folder."""
     if not location.is_dir():
         return None
-    files = sorted(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in location.iterdir() if p.is_file()
-    )
+    stats = [(p.name, p.stat()) for p in location.iterdir() if p.is_file()]
+    files = sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats)
     key = json.dumps([name, str(location), files, library_versions()])
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return cache_dir() / "described" / f"{digest}.json"

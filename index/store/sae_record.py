@@ -66,15 +66,25 @@ class SaeRecord:
 
         def count(name: str) -> int | None:
             v = value.get(name)
-            return None if v is None else int(str(v))
+            if v is None:
+                return None
+            if not isinstance(v, int):  # numpy integers are Python ones by now
+                raise ValueError(f"saes.{name}: {v!r} is not an integer")
+            return v
+
+        def whole(name: str) -> int:
+            v = count(name)
+            if v is None:
+                raise ValueError(f"saes.{name} is NULL")
+            return v
 
         cache = value.get("prefix_cache")
         return cls(
             sae_id=str(value["sae_id"]),
             model=str(value["model"]),
             hook=str(value["hook"]),
-            d_in=int(str(value["d_in"])),
-            d_sae=int(str(value["d_sae"])),
+            d_in=whole("d_in"),
+            d_sae=whole("d_sae"),
             kind=text("kind") or "residual",
             reference=text("reference"),
             architecture=text("architecture"),

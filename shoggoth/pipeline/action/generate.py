@@ -166,21 +166,6 @@ class GenerateResult:
     already_generated: bool = False
     """The answer set was complete already; nothing was generated."""
 
-    def as_json(self) -> dict[str, object]:
-        """The summary as plain data."""
-        out: dict[str, object] = {"name": self.name}
-        if self.already_generated:
-            out["already_generated"] = True
-        if self.seconds is not None:
-            out["seconds"] = self.seconds
-            out["tokens_per_second"] = self.tokens_per_second
-        return out | {
-            "answers": self.answers,
-            "stop_reasons": self.stop_reasons,
-            "tokens": self.tokens,
-            "empty": self.empty,
-        }
-
 
 def generate_answers(cfg: GenerateConfig, log: Log = print) -> GenerateResult:
     """Generate (or resume, or find finished) an answer set; returns its summary."""

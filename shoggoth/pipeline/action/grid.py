@@ -380,20 +380,6 @@ class GridResult:
     notes: list[str]
     """What this grid could not support, one line each."""
 
-    def as_json(self) -> dict[str, object]:
-        """The summary as plain data."""
-        return {
-            "sae_id": self.sae_id,
-            "answers": self.answers,
-            "neutral": self.neutral,
-            "documents": self.documents,
-            "harvest_seconds": self.harvest_seconds,
-            "analysis_seconds": self.analysis_seconds,
-            "features": self.features,
-            "fdr": self.fdr,
-            "notes": self.notes,
-        }
-
 
 def run_grid(cfg: GridConfig, log: Log = print) -> GridResult:
     """Harvest (or resume) the grid, analyse it and store the tables; returns the summary."""

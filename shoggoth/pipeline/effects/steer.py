@@ -186,19 +186,6 @@ class SteerResult:
     steered_stop: str
     """Why the steered answer stopped ('eos' or 'length')."""
 
-    def as_json(self) -> dict[str, object]:
-        """Both answers and the clamp, as plain data."""
-        return {
-            "feature": self.feature,
-            "typical": self.typical,
-            "target": self.target,
-            "persona": self.persona,
-            "unsteered": self.unsteered,
-            "unsteered_stop": self.unsteered_stop,
-            "steered": self.steered,
-            "steered_stop": self.steered_stop,
-        }
-
 
 def steer_with(s: Steering, cfg: SteerConfig) -> SteerResult:
     """Both answers to cfg.prompt, unsteered and with the feature clamped."""

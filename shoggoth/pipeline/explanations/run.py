@@ -222,16 +222,6 @@ class ExplainResult:
     seconds: float
     """This run's time explaining (0 when there was nothing to do)."""
 
-    def as_json(self) -> dict[str, object]:
-        """The summary as plain data."""
-        return {
-            "sae_id": self.sae_id,
-            "explained": self.explained,
-            "already_done": self.already_done,
-            "failed": self.failed,
-            "seconds": self.seconds,
-        }
-
 
 def explain(cfg: ExplainConfig, log: Log = print) -> ExplainResult:
     """Explain and score the chosen features; returns a summary (with the failures)."""
