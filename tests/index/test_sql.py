@@ -182,6 +182,10 @@ def test_a_query_past_its_memory_limit_fails_in_one_line(capfd, labelled):
     assert code == 2 and err.count("\n") == 1 and "--memory-limit" in err, err
     code, _, err = sql(capfd, labelled, "SELECT 1", "--memory-limit", "lots")
     assert code == 2 and "--memory-limit lots: expected a size" in err
+    # Too little even to open the database (it reads its views first): one line too.
+    code, _, err = sql(capfd, labelled, "SELECT 1", "--memory-limit", "1KB")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--memory-limit 1KB: too little to open" in err, err
 
 
 def test_ctrl_c_stops_a_query_within_a_second(labelled):

