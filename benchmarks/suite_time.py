@@ -24,6 +24,12 @@ DURATION = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S+)")
 SUMMARY = re.compile(r"(\d+) passed|(\d+) failed|(\d+) skipped|(\d+) error")
 
 
+def workers(fast: bool) -> int:
+    """The Makefile's worker counts: `make test` one per core and one more (many tests wait on
+    a process they started), `make fast` two."""
+    return 2 if fast else (os.cpu_count() or 1) + 1
+
+
 def run(fast: bool, serial: bool, extra: list[str]) -> tuple[float, str]:
     """The suite's wall time and its output (every test's durations included)."""
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0"]
@@ -31,7 +37,7 @@ def run(fast: bool, serial: bool, extra: list[str]) -> tuple[float, str]:
     if fast:
         argv += ["-m", "not slow"]
     if not serial:
-        argv += ["-n", "2", "--dist", "worksteal"]
+        argv += ["-n", str(workers(fast)), "--dist", "worksteal"]
     started = time.perf_counter()
     proc = subprocess.run(
         [*argv, *extra],
@@ -61,7 +67,7 @@ def main() -> None:
             per_test[test] += seconds
     summary = [line for line in out.splitlines() if SUMMARY.search(line) and " in " in line]
     mode = "fast tier" if args.fast else "whole suite"
-    layout = "serial" if args.serial else "-n 2 --dist worksteal"
+    layout = "serial" if args.serial else f"-n {workers(args.fast)} --dist worksteal"
     print(f"{mode}, {layout}: {wall / 60:.0f} min {wall % 60:.0f} s wall")
     print(summary[-1] if summary else out[-2000:])
     total = sum(per_test.values())

@@ -34,6 +34,9 @@ from shoggoth.sae.prompts import (
 if TYPE_CHECKING:
     from sae_lens import SAE
 
+CACHE_CHECK_DOCUMENTS = 4
+"""Documents the prefix-cache check runs both ways (of different lengths, so padding is in it)."""
+
 
 @dataclass
 class Computed:
@@ -126,7 +129,7 @@ class Harvester:
         """Per hook, [n_continuation_tokens, d] activations of a unit's documents (document,
         then position order), and the document index of each row."""
         if self._last is not None and self._last[:2] == (unit, cached):
-            return self._last[2], self._last[3]  # setup's checks reuse the first batch
+            return self._last[2], self._last[3]  # the value scale's batch is the first one
         prompts = [self.group(unit.persona, unit.paraphrase)[i] for i in unit.items]
         acts, rows = prompts_activations(
             self.model, prompts, self.hooks, self._prefix if cached else None
@@ -220,16 +223,19 @@ class Harvester:
                     self._reference_recon[(k, i)] = sae.decode(encode(sae, x_ref))
         return torch.cat([self._reference_recon[(k, i)] for i in unit.items])
 
-    def check_prefix_cache(self, unit: Unit) -> bool:
+    def check_prefix_cache(self, unit: Unit, documents: int = CACHE_CHECK_DOCUMENTS) -> bool:
         """Whether the KV-cache path reproduces a full forward pass on this model (a guard
-        against attention implementations that ignore the cache)."""
+        against attention implementations that ignore the cache), on the unit's first
+        `documents` documents: the check is of the model's attention, not of the data, and a
+        whole batch run twice more cost a quarter of a small harvest."""
         if not self.use_prefix_cache:
             return False
         self.group(unit.persona, unit.paraphrase)
         if self._prefix is None:
             return True
-        fast, _ = self.hook_activations(unit, cached=True)
-        full, _ = self.hook_activations(unit, cached=False)
+        probe = Unit(unit.persona, unit.paraphrase, unit.items[:documents])
+        fast, _ = self.hook_activations(probe, cached=True)
+        full, _ = self.hook_activations(probe, cached=False)
         tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2
         for hook in self.hooks:
             scale = float(full[hook].float().abs().max()) or 1.0

@@ -141,34 +141,58 @@ def uses_slow_things(item: pytest.Item) -> bool:
     return any(call in source for call in SLOW_CALLS)
 
 
-LONGEST_FIRST = (
-    "pipeline/test_demo.py",
-    "pipeline/test_harvest.py",
-    "sae/test_train.py",
-    "sae/test_difference.py",
-    "cli/test_cli_edges.py",
-    "sae/test_train_scale.py",
-    "cli/test_races.py",
-    "sae/test_smollm2.py",
-    "cli/test_failure_modes.py",
-)
-"""The files with the longest tests (`python -m benchmarks.suite_time`), run first when the suite
-runs on several workers: the workers then end on short tests together instead of one waiting
-out a long test that was queued last. Each file's tests stay together and in order."""
+LONGEST_FILES = {
+    "cli/test_cli_edges.py": 280,
+    "pipeline/test_harvest.py": 220,
+    "sae/test_train.py": 140,
+    "cli/test_races.py": 120,
+    "sae/test_train_scale.py": 95,
+    "pipeline/test_demo.py": 80,
+    "sae/test_difference.py": 70,
+    "cli/test_failure_modes.py": 60,
+    "sae/test_smollm2.py": 50,
+    "sae/test_gemma3.py": 60,
+}
+"""The files with the longest tests and their seconds under `make test` (summed over their
+tests, from `python -m benchmarks.suite_time`; a rough weight, not a bound)."""
+
+
+def spread_longest_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """The order that makes pytest-xdist's `--dist worksteal` start every worker on long files.
+    worksteal hands each worker one contiguous block of the list (a worker then steals from the
+    end of another's block), so the long files go to the blocks, each to the one with the
+    fewest seconds so far (longest file first), each block begins with its long files and ends
+    with short tests, and what a finished worker steals is short. Each file's tests stay
+    together and in order (a module's fixtures are built once)."""
+    by_file: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0].removeprefix("tests/"), []).append(item)
+    blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    seconds = [0] * workers
+    for name, weight in sorted(LONGEST_FILES.items(), key=lambda kv: -kv[1]):
+        if name in by_file:
+            k = seconds.index(min(seconds))
+            blocks[k].extend(by_file[name])
+            seconds[k] += weight
+    rest = [group for name, group in by_file.items() if name not in LONGEST_FILES]
+    # About the block sizes worksteal cuts (each worker in turn gets the pending count over the
+    # workers left), in whole files.
+    left = len(items)
+    for k, block in enumerate(blocks):
+        size = left // (workers - k)
+        left -= size
+        while len(block) < size and rest:
+            block.extend(rest.pop(0))
+    return [item for block in blocks for item in block] + [i for group in rest for i in group]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if uses_slow_things(item):
             item.add_marker(pytest.mark.slow)
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-        rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
-
-        def order(item: pytest.Item) -> int:
-            path = item.nodeid.split("::")[0].removeprefix("tests/")
-            return rank.get(path, len(rank))
-
-        items.sort(key=order)  # stable: every other test keeps its place
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        items[:] = spread_longest_first(items, workers)
 
 
 FAST_TEST: list[str] = []

@@ -692,3 +692,37 @@ def test_subset_flags_harvest_a_recorded_deterministic_slice(capfd, tmp_path, ti
     con.close()
     code, _, err = run(capfd, *base, "--paraphrases", "3", "--items-per-topic", "1")
     assert code == 2 and "--paraphrases" in err and err.count("\n") == 1, err
+
+
+def test_each_document_runs_once_beyond_a_small_cache_check(
+    capfd, tmp_path, tiny_sae_dir, small, monkeypatch
+):
+    """The forward passes a harvest runs: every document of the grid once, each item's
+    reference document once (the document shifts), and the prefix-cache check's few documents
+    both ways; the value scale reads the first batch the harvest stores instead of running it
+    again (it once cost three extra batches, a quarter of a small harvest)."""
+    from shoggoth.sae import encode
+
+    documents: list[int] = []
+    real = encode.prompts_activations
+
+    def counted(model, prompts, hooks, prefix):
+        documents.append(len(prompts))
+        return real(model, prompts, hooks, prefix)
+
+    monkeypatch.setattr(encode, "prompts_activations", counted)
+    code, _, err = run(
+        capfd,
+        "harvest",
+        "--db",
+        tmp_path / "db.duckdb",
+        "--sae-dir",
+        tiny_sae_dir,
+        "--batch",
+        "5",
+        *small,
+    )
+    assert code == 0, err
+    personas, items = load_personas(Path(small[1])), load_items(Path(small[3]))
+    grid = sum(len(p.prompts) for p in personas) * len(items)
+    assert sum(documents) == grid + len(items) + 2 * encode.CACHE_CHECK_DOCUMENTS, documents

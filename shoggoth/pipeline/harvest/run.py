@@ -386,11 +386,16 @@ def setup(
     harvester: Harvester, cfg: HarvestConfig, first: Unit, mine: list[Unit], log: Log
 ) -> tuple[list[int], bool]:
     """A new harvest's value decimals per SAE (from the grid's first batch, whichever shard
-    this is) and whether the prefix cache can be used on this model."""
+    this is) and whether the prefix cache can be used on this model. The first batch's
+    activations are computed as the harvest computes them (with the cache when it is used), so
+    the harvest's first batch reuses them instead of running again."""
+    use_cache = harvester.check_prefix_cache(mine[0]) if mine else False
+    if harvester.use_prefix_cache and not use_cache:
+        log("note: this model's attention ignores the KV cache; harvesting without prefix caching")
     if cfg.value_decimals is not None:
         decimals = [cfg.value_decimals] * len(harvester.saes)
     else:
-        inputs, _ = harvester.sae_inputs(first, cached=False)
+        inputs, _ = harvester.sae_inputs(first, cached=use_cache)
         with torch.inference_mode():
             decimals = [
                 decimals_for(
@@ -398,9 +403,6 @@ def setup(
                 )
                 for k, (sae, (x, x_ref)) in enumerate(zip(harvester.saes, inputs, strict=True))
             ]
-    use_cache = harvester.check_prefix_cache(mine[0]) if mine else False
-    if harvester.use_prefix_cache and not use_cache:
-        log("note: this model's attention ignores the KV cache; harvesting without prefix caching")
     return decimals, use_cache
 
 
