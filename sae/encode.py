@@ -223,17 +223,17 @@ class Harvester:
                     self._reference_recon[(k, i)] = sae.decode(encode(sae, x_ref))
         return torch.cat([self._reference_recon[(k, i)] for i in unit.items])
 
-    def check_prefix_cache(self, unit: Unit, documents: int = CACHE_CHECK_DOCUMENTS) -> bool:
+    def check_prefix_cache(self, unit: Unit) -> bool:
         """Whether the KV-cache path reproduces a full forward pass on this model (a guard
         against attention implementations that ignore the cache), on the unit's first
-        `documents` documents: the check is of the model's attention, not of the data, and a
-        whole batch run twice more cost a quarter of a small harvest."""
+        `CACHE_CHECK_DOCUMENTS` documents: the check is of the model's attention, not of the
+        data, and a whole batch run twice more cost a quarter of a small harvest."""
         if not self.use_prefix_cache:
             return False
         self.group(unit.persona, unit.paraphrase)
         if self._prefix is None:
             return True
-        probe = Unit(unit.persona, unit.paraphrase, unit.items[:documents])
+        probe = Unit(unit.persona, unit.paraphrase, unit.items[:CACHE_CHECK_DOCUMENTS])
         fast, _ = self.hook_activations(probe, cached=True)
         full, _ = self.hook_activations(probe, cached=False)
         tolerance = 1e-3 if self.model.dtype == torch.float32 else 5e-2

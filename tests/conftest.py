@@ -150,11 +150,11 @@ LONGEST_FILES = {
     "pipeline/test_demo.py": 80,
     "sae/test_difference.py": 70,
     "cli/test_failure_modes.py": 60,
-    "sae/test_smollm2.py": 50,
     "sae/test_gemma3.py": 60,
+    "sae/test_smollm2.py": 50,
 }
-"""The files with the longest tests and their seconds under `make test` (summed over their
-tests, from `python -m benchmarks.suite_time`; a rough weight, not a bound)."""
+"""The files with the longest tests, longest first, and their seconds under `make test` (summed
+over their tests, from `python -m benchmarks.suite_time`; a rough weight, not a bound)."""
 
 
 def spread_longest_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:

@@ -169,7 +169,10 @@ def _small_files() -> None:
 
 def test_no_room_for_the_conversion_is_one_line_and_leaves_nothing(tmp_path, tiny_gguf):
     cache = tmp_path / "cache"
-    path = os.pathsep.join([str(tiny_gguf.parent.parent), os.environ.get("PYTHONPATH", "")])
+    # The fake package first on the path: `smollm2` resolves to it.
+    path = os.pathsep.join(
+        filter(None, [str(tiny_gguf.parent.parent), os.environ.get("PYTHONPATH")])
+    )
     run = subprocess.run(
         [str(EXE), "prompt", "--model", "smollm2", "--continuation", "Hi."],
         capture_output=True,
@@ -180,7 +183,7 @@ def test_no_room_for_the_conversion_is_one_line_and_leaves_nothing(tmp_path, tin
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "SHOGGOTH_CACHE": str(cache),
-            "PYTHONPATH": path.rstrip(os.pathsep),
+            "PYTHONPATH": path,
         },
     )
     assert run.returncode == 2, run.stderr
