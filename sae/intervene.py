@@ -116,44 +116,71 @@ def kl(clean: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     return (clean.exp() * (clean - edited)).sum(-1).mean(-1)
 
 
+class AttributionPass:
+    """One forward pass of documents with the same answer, its graph kept for attribution
+    patching: each prompt is cut after its answer and left-padded, so the answers line up at the
+    end. `x`: the activations at the hook on the answer positions that predict its tokens 2..
+    ([rows, n-1, d]); `lp`: the answer's log-probabilities per row ([rows, n])."""
+
+    def __init__(self, model: Model, prompts: list[Prompt], hook: str) -> None:
+        spans = [answer_span(p) for p in prompts]
+        cut = [
+            Prompt(p.input_ids[:end], p.mask[:end], p.template)
+            for p, (_, end) in zip(prompts, spans, strict=True)
+        ]
+        self.n = n = spans[0][1] - spans[0][0]
+        batch = collate(cut, pad_id(model.tokenizer), "left").to(model.device)
+        ids = batch.input_ids[:, -n:]
+        keep: dict[str, torch.Tensor] = {}
+
+        def leaf_hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+            keep["leaf"] = x.detach().requires_grad_(True)
+            return keep["leaf"]
+
+        with torch.enable_grad():
+            # Only the positions that predict the answer need logits (transformers'
+            # logits_to_keep); the slice below holds either way.
+            logits = model.bridge.run_with_hooks(
+                batch.input_ids,
+                fwd_hooks=[(hook, leaf_hook)],
+                attention_mask=batch.attention_mask,
+                logits_to_keep=n + 1,
+            )
+            logp = torch.log_softmax(logits[:, -n - 1 : -1].float(), -1)
+            self._lp = logp.gather(-1, ids.to(logp.device)[..., None])[..., 0]
+        self._leaf = keep["leaf"]
+        self.x = self._leaf[:, -n:-1].detach().float().cpu()
+        self.lp = self._lp.detach().cpu()
+
+    def grad(self, w: torch.Tensor) -> torch.Tensor:
+        """Per row r, the gradient of Σ_t w[r, t] · log p_r(token t) at the hook ([rows, n-1,
+        d]; w [rows, n], held constant). Frees the graph."""
+        w = w.to(self._lp.device, self._lp.dtype)
+        (g,) = torch.autograd.grad((self._lp[:, 1:] * w[:, 1:]).sum(), self._leaf)
+        return g[:, -self.n : -1].float().cpu()
+
+    def grads(self, w: torch.Tensor) -> torch.Tensor:
+        """For a pass of one document, the gradient of every weighting of its log-probabilities
+        at once: [m, n-1, d] for w [m, n], one batched backward pass over the one forward (a
+        document weighted m ways costs one forward, not m). Frees the graph."""
+        if self._lp.shape[0] != 1:
+            raise ValueError("grads: the pass must hold one document")
+        w = w.to(self._lp.device, self._lp.dtype)
+        (g,) = torch.autograd.grad(
+            self._lp[:, 1:], self._leaf, grad_outputs=w[:, None, 1:], is_grads_batched=True
+        )
+        return g[:, 0, -self.n : -1].float().cpu()
+
+
 def attribution_batch(
     model: Model, prompts: list[Prompt], hook: str, weights: Callable[[torch.Tensor], torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Attribution patching for several documents with the same answer, in one forward and
-    backward pass: each prompt is cut after its answer and left-padded, so the answers line up
-    at the end. Returns the activations at `hook` on the answer positions that predict its tokens
-    2.. ([rows, n-1, d]), the answer's log-probabilities per row ([rows, n]), and per row the
-    gradient of Σ_t w[r, t] · log p_r(token t), w = weights(log-probabilities) held constant
-    ([rows, n-1, d])."""
-    spans = [answer_span(p) for p in prompts]
-    cut = [
-        Prompt(p.input_ids[:end], p.mask[:end], p.template)
-        for p, (_, end) in zip(prompts, spans, strict=True)
-    ]
-    n = spans[0][1] - spans[0][0]
-    batch = collate(cut, pad_id(model.tokenizer), "left").to(model.device)
-    ids = batch.input_ids[:, -n:]
-    keep: dict[str, torch.Tensor] = {}
-
-    def leaf_hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        keep["leaf"] = x.detach().requires_grad_(True)
-        return keep["leaf"]
-
-    with torch.enable_grad():
-        # Only the positions that predict the answer need logits (transformers'
-        # logits_to_keep); the slice below holds either way.
-        logits = model.bridge.run_with_hooks(
-            batch.input_ids,
-            fwd_hooks=[(hook, leaf_hook)],
-            attention_mask=batch.attention_mask,
-            logits_to_keep=n + 1,
-        )
-        logp = torch.log_softmax(logits[:, -n - 1 : -1].float(), -1)
-        lp = logp.gather(-1, ids.to(logp.device)[..., None])[..., 0]
-        w = weights(lp.detach().cpu()).to(lp.device, lp.dtype)
-        (grad,) = torch.autograd.grad((lp[:, 1:] * w[:, 1:]).sum(), keep["leaf"])
-    x = keep["leaf"][:, -n:-1].detach().float().cpu()
-    return x, lp.detach().cpu(), grad[:, -n:-1].float().cpu()
+    """Attribution patching for several documents with the same answer in one forward and
+    backward pass (`AttributionPass`): their activations at the hook [rows, n-1, d], log-
+    probabilities [rows, n], and per row the gradient of Σ_t w[r, t] · log p_r(token t),
+    w = weights(log-probabilities) held constant ([rows, n-1, d])."""
+    run = AttributionPass(model, prompts, hook)
+    return run.x, run.lp, run.grad(weights(run.lp))
 
 
 def generate(

@@ -22,6 +22,7 @@ import shoggoth.pipeline.effects.run
 from shoggoth import cli
 from shoggoth.pipeline.effects.steer import SteerConfig, clamp, load_steering, steer_with
 from shoggoth.sae.intervene import (
+    AttributionPass,
     answer_logprobs,
     answer_span,
     attribution_batch,
@@ -129,6 +130,18 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
         assert torch.allclose(grad[row], expected[0, s : e - 1], atol=1e-5)
         assert torch.allclose(x[row], leaf["x"][0, s : e - 1].detach(), atol=1e-5)
     assert torch.allclose(x[0], clean[span], atol=1e-5)
+
+    # One document weighted three ways: one forward, one batched backward, the three gradients
+    # of three separate passes.
+    three = torch.randn(3, end - start, generator=torch.Generator().manual_seed(1))
+    batched = AttributionPass(model, [prompt], HOOK).grads(three)
+    assert batched.shape == (3, end - start - 1, grad.shape[-1])
+    for row in range(3):
+        alone = AttributionPass(model, [prompt], HOOK).grad(three[row : row + 1])
+        assert torch.allclose(batched[row], alone[0], atol=1e-5), row
+    assert (batched[0] - batched[1]).abs().max() > 1e-4  # the weightings give different ones
+    with pytest.raises(ValueError, match="one document"):
+        AttributionPass(model, [prompt, other], HOOK).grads(three)
 
 
 def test_generation_with_a_clamp_matches_a_loop_of_full_passes(tiny_gpt2, tiny_sae_dir):

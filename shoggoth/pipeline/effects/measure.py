@@ -18,8 +18,8 @@ import torch
 from shoggoth.sae.encode import shift_input
 from shoggoth.sae.intervene import (
     Answer,
+    AttributionPass,
     answer_logprobs,
-    attribution_batch,
     kl,
     prepare,
 )
@@ -118,29 +118,30 @@ def screen_item(s: Setup, item: int) -> dict[str, np.ndarray]:
     attr_persona[k-1, f] of ablating f under persona k and attr_base[k-1, f] under no persona,
     each weighted by persona k's per-token shift; fired[c, f] whether f fires on the answer.
 
-    One batch: the K persona documents, then K copies of the no-persona document (one per
-    persona's weighting), left-padded so that the answers line up. x[c]: the hook's
-    activations under condition c (0 first), from which the composition test cuts each
-    persona's shift without running the documents again."""
+    Two forward passes: the K persona documents in one left-padded batch (the answers line up),
+    and the no-persona document once, whose K weightings (one per persona's shift) then share
+    one batched backward pass; none where no feature fires on it (a difference dictionary reads
+    no shift there), since ablating nothing changes nothing. x[c]: the hook's activations under
+    condition c (0 first), from which the composition test cuts each persona's shift without
+    running the documents again."""
     k = len(s.conditions) - 1
-    prompts = [s.prompts[c][item] for c in range(1, k + 1)] + [s.prompts[0][item]] * k
-
-    def weights(lp: torch.Tensor) -> torch.Tensor:
-        shift = lp[:k] - lp[k]
-        return torch.cat([shift, shift])
-
-    x, lp, grad = attribution_batch(s.model, prompts, s.hook, weights)
-    # The K no-persona rows hold the same activations: encode them once (row k is the
-    # baseline document, a difference dictionary's reference).
-    unique = s.codes(x[: k + 1], x[k]).cpu()
-    acts = torch.cat([unique, unique[k:].expand(k - 1, -1, -1)])
-    attr = _attribution_rows(s, acts, grad)
-    fired = (unique > 0).any(1).numpy()
+    base = AttributionPass(s.model, [s.prompts[0][item]], s.hook)
+    personas = AttributionPass(s.model, [s.prompts[c][item] for c in range(1, k + 1)], s.hook)
+    shift = personas.lp - base.lp
+    x = torch.cat([personas.x, base.x])
+    # Row k is the no-persona document (a difference dictionary's reference).
+    codes = s.codes(x, x[k]).cpu()
+    attr_persona = _attribution_rows(s, codes[:k], personas.grad(shift))
+    if codes[k].any():
+        attr_base = _attribution_rows(s, codes[k:].expand(k, -1, -1), base.grads(shift))
+    else:
+        attr_base = np.zeros_like(attr_persona)
+    fired = (codes > 0).any(1).numpy()
     return {
-        "lp0": lp[k].numpy(),
-        "lp": lp[:k].numpy(),
-        "attr_persona": attr[:k],
-        "attr_base": attr[k:],
+        "lp0": base.lp[0].numpy(),
+        "lp": personas.lp.numpy(),
+        "attr_persona": attr_persona,
+        "attr_base": attr_base,
         "fired": np.concatenate([fired[k:], fired[:k]]),
         "x": torch.cat([x[k : k + 1], x[:k]]).numpy(),
     }
