@@ -114,14 +114,18 @@ def cache_layers(kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
-def expand_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> Any:
-    """A DynamicCache holding one prefix's keys and values for `rows` batch rows."""
+def expand_cache(
+    layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int, single: int = 0
+) -> Any:
+    """A DynamicCache holding one prefix's keys and values for `rows` batch rows; its first
+    `single` blocks for one row (blocks that run once, before the rows differ)."""
     from transformers import DynamicCache
 
     kv = DynamicCache()
     for i, (keys, values) in enumerate(layers):
+        n = 1 if i < single else rows
         # expand() shares the prefix's memory; the cache's concatenation makes the copy.
-        kv.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i)
+        kv.update(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1), i)
     return kv
 
 

@@ -3,10 +3,11 @@ the residual edited at the answer tokens (ablation and steering), their gradient
 and greedy or sampled generation with a feature clamped.
 
 A document is split where its answer starts: the prefix (system prompt, question, template
-tokens) runs once, with its KV cache kept for every block; the answer then runs in as many batch
-rows as there are edits, each row its own edit of the residual at the hook. The first answer
-token is predicted by the prefix's last position, which no edit at the answer touches; the
-answer's other tokens are predicted by the rows.
+tokens) runs once, with its KV cache kept for every block; the answer then runs through the
+blocks before the hook once, and on from the hook in as many batch rows as there are edits, each
+row its own edit of the residual there. The first answer token is predicted by the prefix's
+last position, which no edit at the answer touches; the answer's other tokens are predicted by
+the rows.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from shoggoth.sae.activations import _cache_kwarg_alias, cache_layers, expand_cache
-from shoggoth.sae.models import Model
+from shoggoth.sae.models import Model, hook_layer
 from shoggoth.sae.prompts import Prompt, collate, pad_id
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -81,11 +82,30 @@ def prepare(model: Model, prompt: Prompt) -> Answer:
     )
 
 
-def _edit_hook(edit: Edit | None) -> Any:
+def _edit_hook(edit: Edit | None, rows: int | None = None) -> Any:
+    """The hook that adds edit(x) to the activations; with `rows`, it first widens the one row
+    that reaches it to `rows` (the blocks before it ran once for all of them)."""
+
     def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        if rows is not None:
+            x = x.expand(rows, *x.shape[1:])
         return x if edit is None else x + edit(x).to(x.device, x.dtype)
 
     return hook
+
+
+def shared_blocks(hook: str) -> int | None:
+    """How many blocks run wholly before `hook` (their keys and values are the same for every
+    edit made at it); None for a hook this cannot tell (inside an attention, say)."""
+    layer = hook_layer(hook)
+    point = hook.split(".", 2)[-1]
+    if layer is None:
+        return None
+    if point == "hook_resid_pre":
+        return layer
+    if point in ("hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_resid_post"):
+        return layer + 1
+    return None
 
 
 def answer_logprobs(
@@ -99,11 +119,17 @@ def answer_logprobs(
     first = answer.first_logprobs[ids[0]].expand(rows, 1).cpu()
     if len(answer.ids) == 1:
         return first, None
-    tokens = ids[:-1].expand(rows, -1)
+    shared = shared_blocks(hook) if rows > 1 else None
+    if shared is None:
+        tokens, kv = ids[:-1].expand(rows, -1), expand_cache(answer.cache, rows)
+        at_hook = _edit_hook(edit)
+    else:
+        # The rows differ from the hook on: the blocks before it run once, for one row (about
+        # half the work at a middle layer), and the blocks after it read the cache widened.
+        tokens, kv = ids[:-1][None], expand_cache(answer.cache, rows, shared)
+        at_hook = _edit_hook(edit, rows)
     with torch.inference_mode():
-        logits = _forward(
-            model, tokens, expand_cache(answer.cache, rows), [(hook, _edit_hook(edit))]
-        )
+        logits = _forward(model, tokens, kv, [(hook, at_hook)])
         logp = torch.log_softmax(logits.float(), -1)
         target = ids[1:].to(logp.device).expand(rows, -1)
         rest = logp.gather(-1, target[..., None])[..., 0].cpu()

@@ -28,6 +28,7 @@ from shoggoth.sae.intervene import (
     attribution_batch,
     generate,
     prepare,
+    shared_blocks,
 )
 from shoggoth.sae.prompts import build_prompt
 from shoggoth.sae.sae_dir import load_sae_dir
@@ -142,6 +143,43 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
     assert (batched[0] - batched[1]).abs().max() > 1e-4  # the weightings give different ones
     with pytest.raises(ValueError, match="one document"):
         AttributionPass(model, [prompt, other], HOOK).grads(three)
+
+
+@pytest.mark.parametrize(
+    "hook, shared",
+    [
+        ("blocks.1.hook_resid_post", 2),
+        ("blocks.1.hook_resid_pre", 1),
+        ("blocks.0.hook_mlp_out", 1),
+        ("blocks.1.attn.hook_q", None),
+    ],
+)
+def test_edited_rows_share_the_blocks_before_the_hook(tiny_gpt2, hook, shared):
+    """Several edited rows run the blocks before the hook once and widen there; each row equals
+    its edit run alone (one row, the whole pass), and a hook inside a block's attention keeps
+    the whole pass for every row."""
+    model = tiny_gpt2
+    prompt = build_prompt(model.tokenizer, "You are a pirate.", "What is rain?", "Water falls.")
+    answer = prepare(model, prompt)
+    assert shared_blocks(hook) == shared
+
+    def edit(x):
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+        return noise * x.float().std()
+
+    rows, full = answer_logprobs(model, answer, hook, edit, 3, full=True)
+    for r in range(3):
+        alone, alone_full = answer_logprobs(
+            model,
+            answer,
+            hook,
+            lambda x, r=r: edit(x.expand(3, *x.shape[1:]))[r : r + 1],
+            1,
+            full=True,
+        )
+        assert torch.allclose(rows[r], alone[0], atol=1e-5), r
+        assert torch.allclose(full[r], alone_full[0], atol=1e-5), r
+    assert (rows[0] - rows[1]).abs().max() > 0  # the rows' edits differ
 
 
 def test_generation_with_a_clamp_matches_a_loop_of_full_passes(tiny_gpt2, tiny_sae_dir):
