@@ -98,9 +98,9 @@ def shared_blocks(hook: str) -> int | None:
     """How many blocks run wholly before `hook` (their keys and values are the same for every
     edit made at it); None for a hook this cannot tell (inside an attention, say)."""
     layer = hook_layer(hook)
-    point = hook.split(".", 2)[-1]
     if layer is None:
         return None
+    point = hook.split(".", 2)[-1]
     if point == "hook_resid_pre":
         return layer
     if point in ("hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_resid_post"):
@@ -196,17 +196,6 @@ class AttributionPass:
             self._lp[:, 1:], self._leaf, grad_outputs=w[:, None, 1:], is_grads_batched=True
         )
         return g[:, 0, -self.n : -1].float().cpu()
-
-
-def attribution_batch(
-    model: Model, prompts: list[Prompt], hook: str, weights: Callable[[torch.Tensor], torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Attribution patching for several documents with the same answer in one forward and
-    backward pass (`AttributionPass`): their activations at the hook [rows, n-1, d], log-
-    probabilities [rows, n], and per row the gradient of Σ_t w[r, t] · log p_r(token t),
-    w = weights(log-probabilities) held constant ([rows, n-1, d])."""
-    run = AttributionPass(model, prompts, hook)
-    return run.x, run.lp, run.grad(weights(run.lp))
 
 
 def generate(

@@ -25,7 +25,6 @@ from shoggoth.sae.intervene import (
     AttributionPass,
     answer_logprobs,
     answer_span,
-    attribution_batch,
     generate,
     prepare,
     shared_blocks,
@@ -111,7 +110,8 @@ def test_ablation_steering_and_attribution_match_a_manual_computation(tiny_gpt2,
         "Sunlight scatters off air molecules, and blue scatters most.",
     )
     weights = torch.randn(2, end - start, generator=torch.Generator().manual_seed(0))
-    x, lp_a, grad = attribution_batch(model, [prompt, other], HOOK, lambda lp: weights)
+    run = AttributionPass(model, [prompt, other], HOOK)
+    x, lp_a, grad = run.x, run.lp, run.grad(weights)
     assert torch.allclose(lp_a[0], lp[0], atol=1e-5)
     leaf: dict[str, torch.Tensor] = {}
 
