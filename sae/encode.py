@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from shoggoth.sae.activations import (
     activations_at,
     prefix_cache,
 )
+from shoggoth.sae.batching import length_batches, pass_tokens
 from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import (
     EMPTY_SYSTEM,
@@ -245,31 +246,46 @@ class Harvester:
 
 
 def prompts_activations(
-    model: Model, prompts: list[Prompt], hooks: list[str], prefix: PrefixCache | None
+    model: Model,
+    prompts: list[Prompt],
+    hooks: list[str],
+    prefix: PrefixCache | None,
+    max_rows: int = 64,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per hook, [n_continuation_tokens, d] activations of the prompts' continuation tokens
     (prompt, then position order), and the prompt index of each row; one forward pass for all
     hooks. With `prefix` (a KV cache of tokens every prompt starts with), only the rest of each
-    prompt runs."""
+    prompt runs. The prompts run shortest first, cut into passes where padding would cost more
+    than a pass (sae/batching.py): a row's activations do not depend on the rows beside it."""
     if model.is_causal:  # later tokens cannot change a causal model's activations
         ends = [_last_true(p.mask) + 1 for p in prompts]
         prompts = [
             Prompt(p.input_ids[:end], p.mask[:end], p.template)
             for p, end in zip(prompts, ends, strict=True)
         ]
+    cut = len(prefix.ids) if prefix is not None else 0
+    if cut:
+        prompts = [Prompt(p.input_ids[cut:], p.mask[cut:], p.template) for p in prompts]
     tok = model.tokenizer
-    if prefix is not None:
-        cut = len(prefix.ids)
-        suffixes = [Prompt(p.input_ids[cut:], p.mask[cut:], p.template) for p in prompts]
-        batch = collate(suffixes, pad_id(tok), "right")
-        acts = activations_after_prefix_at(model, prefix, batch, hooks)
-    else:
-        batch = collate(prompts, pad_id(tok), getattr(tok, "padding_side", "right"))
-        acts = activations_at(model, batch, hooks)
-    first = acts[hooks[0]]
-    mask = batch.continuation_mask.to(first.device)
-    rows = torch.arange(mask.shape[0], device=first.device)[:, None].expand_as(mask)
-    return {h: a[mask] for h, a in acts.items()}, rows[mask]
+    side: Literal["left", "right"] = (
+        "left" if prefix is None and getattr(tok, "padding_side", "right") == "left" else "right"
+    )
+    per: dict[str, list[torch.Tensor]] = {h: [torch.empty(0)] * len(prompts) for h in hooks}
+    lengths = [len(p.input_ids) for p in prompts]
+    for rows in length_batches(lengths, pass_tokens(model.device), max_rows):
+        batch = collate([prompts[i] for i in rows], pad_id(tok), side)
+        if prefix is not None:
+            acts = activations_after_prefix_at(model, prefix, batch, hooks)
+        else:
+            acts = activations_at(model, batch, hooks)
+        mask = batch.continuation_mask.to(acts[hooks[0]].device)
+        for h in hooks:
+            for j, i in enumerate(rows):
+                per[h][i] = acts[h][j][mask[j]]
+    counts = torch.tensor([sum(p.mask) for p in prompts])
+    first = per[hooks[0]][0] if prompts else torch.empty(0)
+    doc = torch.repeat_interleave(torch.arange(len(prompts)), counts).to(first.device)
+    return {h: torch.cat(v) if v else torch.empty(0) for h, v in per.items()}, doc
 
 
 NO_SHIFT = 1e-4

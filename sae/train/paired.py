@@ -24,6 +24,7 @@ from shoggoth.battery.personas import Persona
 from shoggoth.core.errors import BadInput
 from shoggoth.core.progress import Progress
 from shoggoth.sae.activations import activations_at
+from shoggoth.sae.batching import length_batches, pass_tokens
 from shoggoth.sae.models import Model
 from shoggoth.sae.prompts import EMPTY_SYSTEM, Batch, pad_id, special_ids
 from shoggoth.sae.train.chat_corpus import Conversation, Piece, render_conversation
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 DIFFERENCE = ":difference"
 """The suffix of a hook's key for its shifts in a paired batch (hook + DIFFERENCE)."""
 CHUNK_PAIRS = 64
+"""Pairs per chunk of the stream: run together, then shuffled together."""
+
+ChunkActivations = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+"""A chunk's activations per hook under the persona and under the reference (paired_activations'
+first two results)."""
 
 
 def difference_key(hook: str) -> str:
@@ -179,22 +185,28 @@ def paired_activations(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Per hook, [n_shared_tokens, d] activations under the persona and under the reference
     (float32, on the CPU, pair then position order), and the persona index of each row.
-    `advance` is told the token pairs of each batch once both its forward passes are done."""
+    Each side's rows run shortest first, at most `batch` at a time, cut where padding would
+    cost more than a pass (sae/batching.py; right padding: a causal row's activations are its
+    own); the rows come back in pair order. `advance` is told the token pairs of each
+    reference batch once it has run (the persona side runs first)."""
     pad = pad_id(model.tokenizer)
-    persona: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
-    ref: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
-    for start in range(0, len(pairs), batch):
-        part = pairs.select(range(start, min(len(pairs), start + batch)))
-        for ids, keep, out in (
-            (part.persona_ids, part.persona_keep, persona),
-            (part.reference_ids, part.reference_keep, ref),
-        ):
-            b = _padded(ids, keep, pad)  # right padding: a causal row's positions are its own
+    cost = pass_tokens(model.device)
+    persona: dict[str, list[torch.Tensor]] = {h: [torch.empty(0)] * len(pairs) for h in hooks}
+    ref: dict[str, list[torch.Tensor]] = {h: [torch.empty(0)] * len(pairs) for h in hooks}
+    for ids, keep, out, counted in (
+        (pairs.persona_ids, pairs.persona_keep, persona, False),
+        (pairs.reference_ids, pairs.reference_keep, ref, True),
+    ):
+        for rows in length_batches([len(r) for r in ids], cost, batch):
+            b = _padded([ids[i] for i in rows], [keep[i] for i in rows], pad)
             acts = activations_at(model, b, hooks)
+            mask = b.continuation_mask.to(acts[hooks[0]].device)
             for h in hooks:
-                out[h].append(acts[h][b.continuation_mask.to(acts[h].device)].float().cpu())
-        if advance is not None:
-            advance(sum(sum(k) for k in part.persona_keep))
+                a = acts[h].float()
+                for j, i in enumerate(rows):
+                    out[h][i] = a[j][mask[j]].cpu()
+            if counted and advance is not None:
+                advance(sum(sum(pairs.persona_keep[i]) for i in rows))
     counts = torch.tensor([sum(k) for k in pairs.persona_keep])
     who = torch.repeat_interleave(torch.tensor(pairs.persona_of), counts)
     return (
@@ -220,15 +232,16 @@ class PairedStream(ChunkedStream):
     keep: bool = False
     """Hold each chunk's activations in memory once run, so that later epochs reshuffle them
     without forward passes (the batches are the same either way)."""
+    primed: dict[int, ChunkActivations] = field(default_factory=dict)
+    """Chunks of the first pass whose activations were already run (the training's data mean
+    reads the first chunk): each is used once, in place of its forward passes."""
     show_progress: bool = True
     """Print the forward passes' progress (token pairs, rate, ETA) on stderr, from shard 0: the
     optimizer's bar does not move while a chunk's pairs run."""
     sizes: list[int] = field(init=False)
     _progress: Progress | None = field(init=False, default=None, repr=False)
     _pass: int = field(init=False, default=-1, repr=False)
-    _kept: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = field(
-        init=False, default_factory=dict, repr=False
-    )
+    _kept: dict[int, ChunkActivations] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.pairs = self.pairs.select(range(self.shard, len(self.pairs), self.shards))
@@ -247,6 +260,13 @@ class PairedStream(ChunkedStream):
         unless `keep` holds them)."""
         if chunk in self._kept:
             persona, ref = self._kept[chunk]
+        elif epoch == 0 and chunk in self.primed:
+            persona, ref = self.primed.pop(chunk)
+            advance = self._advance(epoch)
+            if advance is not None:
+                advance(self.sizes[chunk])
+            if self.keep:
+                self._kept[chunk] = persona, ref
         else:
             lo = chunk * self.chunk_pairs
             part = self.pairs.select(range(lo, min(len(self.pairs), lo + self.chunk_pairs)))
@@ -293,15 +313,25 @@ def sharded_paired_batches(
     shards: int,
     ranks: list[int],
     keep: bool = False,
+    primed: dict[int, ChunkActivations] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """As stream.sharded_batches, over pairs (`keep`: hold the activations for later
-    epochs)."""
+    epochs; `primed`: chunks of the unsharded stream already run, read when the stream
+    starts)."""
     per = batch_tokens // shards
     yield from side_by_side(
         [
-            PairedStream(model, hooks, pairs, per, seed, r, shards, keep=keep).batches(
-                start // shards
-            )
+            PairedStream(
+                model,
+                hooks,
+                pairs,
+                per,
+                seed,
+                r,
+                shards,
+                keep=keep,
+                primed=(primed or {}) if shards == 1 and start == 0 else {},
+            ).batches(start // shards)
             for r in ranks
         ]
     )

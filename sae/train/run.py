@@ -13,13 +13,15 @@ appears only when training succeeded.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -32,7 +34,7 @@ from shoggoth.core.config import SEED_MAX, Config, config_metadata, option
 from shoggoth.core.errors import BadInput, Interrupted, first_line
 from shoggoth.core.outputs import refuse_output_over
 from shoggoth.core.placement import placement_of
-from shoggoth.core.progress import Log
+from shoggoth.core.progress import Log, Progress
 from shoggoth.core.versions import library_versions
 from shoggoth.sae.models import Model, load_model, resolve_hook
 from shoggoth.sae.prompts import EMPTY_SYSTEM, non_special, special_ids
@@ -59,6 +61,8 @@ from shoggoth.sae.train.difference import (
 )
 from shoggoth.sae.train.evaluate import ce_loss_recovered, evaluate_sae
 from shoggoth.sae.train.paired import (
+    CHUNK_PAIRS,
+    ChunkActivations,
     Pairs,
     difference_key,
     paired_activations,
@@ -471,6 +475,9 @@ class TrainRun:
     """The training pairs, when a dictionary trains on differences (the stream is paired)."""
     held_pairs: Pairs | None = None
     """Held-out pairs: every dictionary's share of the persona signal is measured on them."""
+    primed: dict[int, ChunkActivations] = field(default_factory=dict)
+    """Chunks of the paired stream already run before training starts (the data mean reads
+    the first): the stream takes them instead of running them again."""
 
     @property
     def hooks(self) -> list[str]:
@@ -669,8 +676,22 @@ def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
 def data_mean(cfg: TrainConfig, run: TrainRun) -> dict[str, torch.Tensor]:
     """Per hook, the mean activation over the first ~8k training tokens (every rank alike)."""
     if run.pairs is not None:  # the persona documents a paired stream trains residual SAEs on
-        first = run.pairs.select(range(min(len(run.pairs), 64)))
-        return {h: a.mean(0) for h, a in paired_activations(run.model, first, run.hooks)[0].items()}
+        # The stream's first chunk, run once: the stream takes it (an unsharded one; a shard's
+        # first chunk holds other pairs).
+        first = run.pairs.select(range(min(len(run.pairs), CHUNK_PAIRS)))
+        with Progress(
+            "paired stream: the first chunk's forward passes (the decoder bias's data mean)",
+            first.tokens(),
+            unit="token pairs",
+            bar=False,
+            stream=sys.stderr if run.world.leader else io.StringIO(),
+        ) as progress:
+            persona, ref, _ = paired_activations(
+                run.model, first, run.hooks, advance=progress.advance
+            )
+        if run.shards == 1 and not run.world.distributed:
+            run.primed[0] = persona, ref
+        return {h: a.mean(0) for h, a in persona.items()}
     sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
     keep = non_special(run.model.tokenizer, sample)
     return {
@@ -696,6 +717,7 @@ def training_stream(cfg: TrainConfig, run: TrainRun) -> Iterator[dict[str, torch
             run.shards,
             ranks,
             keep=run.pairs.tokens() < cfg.tokens,
+            primed=run.primed,
         )
     return sharded_batches(
         model,

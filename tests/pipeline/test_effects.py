@@ -267,11 +267,11 @@ def test_an_interrupted_run_resumes_to_the_same_tables(planted, tmp_path, monkey
     db = copy_db(planted[0], tmp_path / "db.duckdb")
     real, calls = shoggoth.pipeline.effects.run.exact_item, []
 
-    def interrupted(s, item, plan, fired, x_ref=None):
+    def interrupted(s, item, plan, fired, x_ref=None, **kw):
         calls.append(item)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(s, item, plan, fired, x_ref)
+        return real(s, item, plan, fired, x_ref, **kw)
 
     monkeypatch.setattr(shoggoth.pipeline.effects.run, "exact_item", interrupted)
     assert cli.main(["effects", "--db", str(db), *EFFECTS]) == 130

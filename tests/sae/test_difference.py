@@ -592,6 +592,52 @@ def test_the_composition_test_reuses_the_screens_runs_without_changing_a_number(
             np.testing.assert_allclose(reused[key], rerun[key], atol=1e-4 * scale, rtol=0)
 
 
+def test_the_composition_edits_ride_in_the_exact_pass_without_changing_a_number(planted, tmp_path):
+    """The effects step runs the composition test's edits in the exact pass's batches (one
+    unedited row for both): its arrays equal the test run on its own, and the exact pass's own
+    arrays equal those of a pass without the edits."""
+    from shoggoth.pipeline.effects.compose import (
+        compose_item,
+        composition_arrays,
+        composition_edits,
+    )
+    from shoggoth.pipeline.effects.measure import ADDED, clean_rows, exact_item, screen_item
+    from shoggoth.pipeline.effects.run import (
+        EffectsConfig,
+        load_causal,
+        make_setup,
+        plan_effects,
+        read_inputs,
+    )
+
+    cfg = EffectsConfig(
+        db=planted["db"], sae=planted["difference"].name, items_per_topic=1, device="cpu"
+    )
+    inputs = read_inputs(cfg)
+    assert inputs.parts is not None
+    model, sae = load_causal(inputs.db, inputs.record, "cpu")
+    s = make_setup(inputs, model, sae, cfg)
+    screens = [screen_item(s, item) for item in range(2)]
+    _, _, plan = plan_effects(tmp_path, cfg, inputs, screens)
+    assert plan.features
+    for item, screen in enumerate(screens):
+        lp, x = clean_rows(s, item, screen)
+        edits = composition_edits(s, inputs.parts, x)
+        assert sum(len(v) for v in edits.values()) == 6 * (len(s.conditions) - 1)
+        merged = exact_item(s, item, plan, screen["fired"], x[0], added=edits)
+        changes = {int(k[len(ADDED) :]): merged.pop(k) for k in list(merged) if k.startswith(ADDED)}
+        assert sorted(changes) == sorted(edits)
+        alone = exact_item(s, item, plan, screen["fired"], x[0])
+        for key, value in alone.items():
+            np.testing.assert_allclose(merged[key], value, atol=1e-5, rtol=0, equal_nan=True)
+        together = composition_arrays(s, lp, changes)
+        apart = compose_item(s, item, inputs.parts, lp, x)
+        for key in ("delta", "steer", "ablate"):
+            scale = float(np.abs(apart[key]).max())
+            assert scale > 0.01, key
+            np.testing.assert_allclose(together[key], apart[key], atol=1e-5 * scale, rtol=0)
+
+
 def test_the_explorer_shows_each_masks_decomposition(planted):
     from streamlit.testing.v1 import AppTest
 

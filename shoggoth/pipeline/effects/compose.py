@@ -60,24 +60,16 @@ def _changes(s: Setup, condition: int, item: int, vectors: list[torch.Tensor]) -
     return (rows[1:] - rows[:1])[:, 1:]
 
 
-def compose_item(
-    s: Setup, item: int, parts: np.ndarray, lp: torch.Tensor, x: torch.Tensor
-) -> dict[str, np.ndarray]:
-    """One item's composition test. `parts` [personas, features]: each persona's part (index
-    into decompose.PARTS) of every feature (its own: mask-specific or mask-family); `lp`
-    [conditions, n] and `x` [conditions, n - 1, d]: every condition's clean run (`clean_rows`,
-    from the item's screen). Returns delta[k, t] the persona's shift of the answer's
-    log-probabilities (tokens 2..), steer[k, j, t] the change of the reference's when
-    STEER_PARTS[j] is added, ablate[k, j, t] the change of the persona's when ABLATE_PARTS[j]
-    is removed."""
-    n_personas, n = len(s.conditions) - 1, lp.shape[1] - 1
-    out = {
-        "delta": (lp[1:] - lp[:1])[:, 1:].double().numpy(),
-        "steer": np.zeros((n_personas, len(STEER_PARTS), n)),
-        "ablate": np.zeros((n_personas, len(ABLATE_PARTS), n)),
-    }
-    if n == 0:  # a one-token answer: nothing after the prefix to edit
-        return out
+def composition_edits(
+    s: Setup, parts: np.ndarray, x: torch.Tensor
+) -> dict[int, list[torch.Tensor]]:
+    """The composition test's edits of one item, per condition: under persona k (condition
+    k + 1) its own modulation and its own features' part removed, under no persona (0) every
+    persona's STEER_PARTS added in turn; each a vector [n - 1, d] added at the hook. `parts` and
+    `x` as for `compose_item`; no edits for a one-token answer."""
+    n_personas = len(s.conditions) - 1
+    if x.shape[1] == 0:  # a one-token answer: nothing after the prefix to edit
+        return {}
     w_dec = s.w_dec.float()
     x_ref = x[0]
     codes = [
@@ -85,16 +77,48 @@ def compose_item(
         for k in range(1, n_personas + 1)
     ]
     common = torch.stack(codes).mean(dim=0)
-    steering: list[torch.Tensor] = []
+    edits: dict[int, list[torch.Tensor]] = {0: []}
     for k, code in enumerate(codes):
         own_mask = torch.as_tensor(np.isin(parts[k], OWN_PARTS), device=w_dec.device)
         own = (code - common) @ w_dec
-        steering += [common @ w_dec, code @ w_dec, own, x[k + 1] - x_ref]
-        out["ablate"][k] = _changes(
-            s, k + 1, item, [-own, -((code - common) * own_mask) @ w_dec]
-        ).numpy()
-    out["steer"] = _changes(s, 0, item, steering).view(n_personas, len(STEER_PARTS), -1).numpy()
+        edits[0] += [common @ w_dec, code @ w_dec, own, x[k + 1] - x_ref]
+        edits[k + 1] = [-own, -((code - common) * own_mask) @ w_dec]
+    return edits
+
+
+def composition_arrays(
+    s: Setup, lp: torch.Tensor, changes: dict[int, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """One item's composition arrays (`compose_item`'s) from the changes [rows, n - 1] its
+    edits (`composition_edits`) made, per condition."""
+    n_personas, n = len(s.conditions) - 1, lp.shape[1] - 1
+    out = {
+        "delta": (lp[1:] - lp[:1])[:, 1:].double().numpy(),
+        "steer": np.zeros((n_personas, len(STEER_PARTS), n)),
+        "ablate": np.zeros((n_personas, len(ABLATE_PARTS), n)),
+    }
+    if not changes:
+        return out
+    for k in range(n_personas):
+        out["ablate"][k] = changes[k + 1]
+    out["steer"] = changes[0].reshape(n_personas, len(STEER_PARTS), -1)
     return out
+
+
+def compose_item(
+    s: Setup, item: int, parts: np.ndarray, lp: torch.Tensor, x: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """One item's composition test, run on its own (the effects step runs its edits in the
+    exact pass's batches: `exact_item(added=...)`). `parts` [personas, features]: each
+    persona's part (index into decompose.PARTS) of every feature (its own: mask-specific or
+    mask-family); `lp` [conditions, n] and `x` [conditions, n - 1, d]: every condition's clean
+    run (`clean_rows`, from the item's screen). Returns delta[k, t] the persona's shift of the
+    answer's log-probabilities (tokens 2..), steer[k, j, t] the change of the reference's when
+    STEER_PARTS[j] is added, ablate[k, j, t] the change of the persona's when ABLATE_PARTS[j]
+    is removed."""
+    edits = composition_edits(s, parts, x)
+    changes = {c: _changes(s, c, item, vectors).numpy() for c, vectors in edits.items()}
+    return composition_arrays(s, lp, changes)
 
 
 def composition_rows(

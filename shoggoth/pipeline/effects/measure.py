@@ -175,8 +175,16 @@ class EffectsPlan:
     """Per feature, the activation it is steered with under no persona (0: not steered)."""
 
 
-def _edit(s: Setup, plan: EffectsPlan, jobs: list[tuple[str, int]], x_ref: torch.Tensor) -> Any:
-    dirs = s.w_dec[[plan.features[j] if j >= 0 else 0 for _, j in jobs]]  # [rows, d]
+def _edit(
+    s: Setup,
+    plan: EffectsPlan,
+    jobs: list[tuple[str, int]],
+    x_ref: torch.Tensor,
+    added: list[torch.Tensor] | None = None,
+) -> Any:
+    """The edit of a batch of rows: clean (nothing), ablate or steer feature plan.features[j],
+    or add vector added[j] ([positions, d])."""
+    dirs = s.w_dec[[plan.features[j] if kind in ("ablate", "steer") else 0 for kind, j in jobs]]
 
     def edit(x: torch.Tensor) -> torch.Tensor:
         # Rows are identical up to the hook, so row 0's activations serve every row.
@@ -184,15 +192,19 @@ def _edit(s: Setup, plan: EffectsPlan, jobs: list[tuple[str, int]], x_ref: torch
         zero = torch.zeros(x.shape[1], device=acts.device)
         scale = torch.stack(
             [
-                zero
-                if kind == "clean"
-                else -acts[:, plan.features[j]]
+                -acts[:, plan.features[j]]
                 if kind == "ablate"
                 else torch.full((x.shape[1],), plan.steer[j], device=acts.device)
+                if kind == "steer"
+                else zero
                 for kind, j in jobs
             ]
         )  # [rows, positions]
-        return scale[..., None] * dirs[:, None, :].to(scale.device)
+        delta = scale[..., None] * dirs[:, None, :].to(scale.device)
+        for r, (kind, j) in enumerate(jobs):
+            if kind == "add" and added is not None:
+                delta[r] = added[j].to(delta.device, delta.dtype)
+        return delta
 
     return edit
 
@@ -213,14 +225,26 @@ def _jobs(
     return jobs, silent
 
 
+ADDED = "added_"
+"""The prefix of exact_item's arrays of the added vectors' changes (one per condition)."""
+
+
 def exact_item(
-    s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray, x_ref: torch.Tensor | None = None
+    s: Setup,
+    item: int,
+    plan: EffectsPlan,
+    fired: np.ndarray,
+    x_ref: torch.Tensor | None = None,
+    added: dict[int, list[torch.Tensor]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Exact ablation and steering on one item: ablate[j, c, t] the change of the answer's
     log-probabilities (tokens 2..) when feature j is ablated under condition c (NaN: not
     measured), ablate_kl[j, c] the mean KL of the next-token distributions, steer[j, t] the
     change under no persona when feature j is steered. `x_ref`: the reference document's hook
-    activations, which a difference dictionary encodes against (None: run it once more)."""
+    activations, which a difference dictionary encodes against (None: run it once more).
+    `added`: per condition, vectors [n - 1, d] to add at the hook, one row each, in the same
+    batches (the composition test's edits): their changes come back as ADDED + str(c)
+    [rows, n - 1] against the same unedited row."""
     n_f, n_cond = len(plan.features), len(s.conditions)
     n = len(s.answer(0, item).ids) - 1
     out = {
@@ -232,6 +256,8 @@ def exact_item(
         jobs, silent = _jobs(plan, c, fired)
         out["ablate"][silent, c] = 0.0
         out["ablate_kl"][silent, c] = 0.0
+        vectors = (added or {}).get(c, [])
+        jobs += [("add", j) for j in range(len(vectors))]
         if not jobs:
             continue
         answer = s.answer(c, item)
@@ -241,10 +267,16 @@ def exact_item(
             x_ref = s.clean(0, item)[1]
         jobs = [("clean", -1), *jobs]  # the unedited row rides in the first batch
         clean = clean_full = None
+        changes = np.zeros((len(vectors), n), dtype=np.float32)
         for start in range(0, len(jobs), s.batch):
             chunk = jobs[start : start + s.batch]
             lp, full = answer_logprobs(
-                s.model, answer, s.hook, _edit(s, plan, chunk, x_ref), len(chunk), full=True
+                s.model,
+                answer,
+                s.hook,
+                _edit(s, plan, chunk, x_ref, vectors),
+                len(chunk),
+                full=True,
             )
             if clean is None:
                 clean, clean_full = lp[:1], None if full is None else full[:1]
@@ -259,4 +291,8 @@ def exact_item(
                     out["ablate"][j, c], out["ablate_kl"][j, c] = change[r], divergence[r]
                 elif kind == "steer":
                     out["steer"][j] = change[r]
+                elif kind == "add":
+                    changes[j] = change[r]
+        if vectors:
+            out[ADDED + str(c)] = changes
     return out

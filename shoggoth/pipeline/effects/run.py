@@ -14,9 +14,9 @@ baseline) are then measured exactly:
 - steering: the feature's typical activation added along d_f under no persona, and the share
   of each Δ_k the change of the answer reproduces.
 
-The composition test (pipeline/effects/compose.py) runs in the exact pass, item by item: it
-shares the documents' prefix runs with the exact ablation and takes every condition's clean run
-from the screen.
+The composition test (pipeline/effects/compose.py) runs in the exact pass, item by item: its
+edits ride in the exact ablation's batches (one unedited row and one run of the blocks before
+the hook serve both), and every condition's clean run comes from the screen.
 
 Each item's screen and exact results are kept in a folder beside the database as they are
 made, so an interrupted run resumes; the tables are replaced in one transaction at the end.
@@ -55,8 +55,13 @@ from shoggoth.index.labels.rules import LABELS
 from shoggoth.index.store.read import SaeView
 from shoggoth.index.store.sae_record import SaeRecord
 from shoggoth.index.store.schema import read_battery
-from shoggoth.pipeline.effects.compose import compose_item, composition_rows
+from shoggoth.pipeline.effects.compose import (
+    composition_arrays,
+    composition_edits,
+    composition_rows,
+)
 from shoggoth.pipeline.effects.measure import (
+    ADDED,
     EffectsPlan,
     Setup,
     clean_rows,
@@ -390,10 +395,16 @@ def run_effects(cfg: EffectsConfig, log: Log = print) -> EffectsResult:
         if parts is None and s.kind != "difference":  # nothing reads the clean runs
             return exact_item(s, i, plan, screens[i]["fired"])
         lp, x = clean_rows(s, i, screens[i])
-        out = exact_item(s, i, plan, screens[i]["fired"], x[0] if s.kind == "difference" else None)
-        if parts is not None:
-            out |= {COMPOSE + k: v for k, v in compose_item(s, i, parts, lp, x).items()}
-        return out
+        x_ref = x[0] if s.kind == "difference" else None
+        if parts is None:
+            return exact_item(s, i, plan, screens[i]["fired"], x_ref)
+        # The composition test's edits ride in the exact pass's batches: one unedited row and
+        # one pass up to the hook serve both.
+        out = exact_item(
+            s, i, plan, screens[i]["fired"], x_ref, added=composition_edits(s, parts, x)
+        )
+        changes = {int(k[len(ADDED) :]): out.pop(k) for k in list(out) if k.startswith(ADDED)}
+        return out | {COMPOSE + k: v for k, v in composition_arrays(s, lp, changes).items()}
 
     exact = per_item(
         folder / "exact",
