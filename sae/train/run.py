@@ -687,7 +687,10 @@ def data_mean(cfg: TrainConfig, run: TrainRun) -> dict[str, torch.Tensor]:
             stream=sys.stderr if run.world.leader else io.StringIO(),
         ) as progress:
             persona, ref, _ = paired_activations(
-                run.model, first, run.hooks, advance=progress.advance
+                run.model,
+                first,
+                run.hooks,
+                advance=lambda n: progress.advance(n, rate=f"{progress.rate():,.0f} pairs/s"),
             )
         if run.shards == 1 and not run.world.distributed:
             run.primed[0] = persona, ref
