@@ -251,12 +251,14 @@ def prompts_activations(
     hooks: list[str],
     prefix: PrefixCache | None,
     max_rows: int = 64,
+    padding: Literal["left", "right"] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per hook, [n_continuation_tokens, d] activations of the prompts' continuation tokens
     (prompt, then position order), and the prompt index of each row; one forward pass for all
     hooks. With `prefix` (a KV cache of tokens every prompt starts with), only the rest of each
     prompt runs. The prompts run shortest first, cut into passes where padding would cost more
-    than a pass (sae/batching.py): a row's activations do not depend on the rows beside it."""
+    than a pass (sae/batching.py): a row's activations do not depend on the rows beside it.
+    `padding`: the side batches pad on (None: the tokenizer's; after a prefix, always right)."""
     if model.is_causal:  # later tokens cannot change a causal model's activations
         ends = [_last_true(p.mask) + 1 for p in prompts]
         prompts = [
@@ -267,7 +269,7 @@ def prompts_activations(
     if cut:
         prompts = [Prompt(p.input_ids[cut:], p.mask[cut:], p.template) for p in prompts]
     tok = model.tokenizer
-    side: Literal["left", "right"] = (
+    side: Literal["left", "right"] = padding or (
         "left" if prefix is None and getattr(tok, "padding_side", "right") == "left" else "right"
     )
     per: dict[str, list[torch.Tensor]] = {h: [torch.empty(0)] * len(prompts) for h in hooks}

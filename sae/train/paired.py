@@ -23,10 +23,9 @@ import torch
 from shoggoth.battery.personas import Persona
 from shoggoth.core.errors import BadInput
 from shoggoth.core.progress import Progress
-from shoggoth.sae.activations import activations_at
-from shoggoth.sae.batching import length_batches, pass_tokens
+from shoggoth.sae.encode import prompts_activations
 from shoggoth.sae.models import Model
-from shoggoth.sae.prompts import EMPTY_SYSTEM, Batch, pad_id, special_ids
+from shoggoth.sae.prompts import EMPTY_SYSTEM, Prompt, special_ids
 from shoggoth.sae.train.chat_corpus import Conversation, Piece, render_conversation
 from shoggoth.sae.train.chitchat import render
 from shoggoth.sae.train.stream import ChunkedStream, side_by_side
@@ -164,18 +163,6 @@ def make_pairs(
     return out
 
 
-def _padded(rows: list[list[int]], keep: list[list[bool]], pad: int) -> Batch:
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    measured = torch.zeros((len(rows), n), dtype=torch.bool)
-    for j, (r, k) in enumerate(zip(rows, keep, strict=True)):
-        ids[j, : len(r)] = torch.tensor(r)
-        mask[j, : len(r)] = 1
-        measured[j, : len(k)] = torch.tensor(k)
-    return Batch(ids, mask, measured)
-
-
 def paired_activations(
     model: Model,
     pairs: Pairs,
@@ -184,36 +171,23 @@ def paired_activations(
     advance: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Per hook, [n_shared_tokens, d] activations under the persona and under the reference
-    (float32, on the CPU, pair then position order), and the persona index of each row.
-    Each side's rows run shortest first, at most `batch` at a time, cut where padding would
-    cost more than a pass (sae/batching.py; right padding: a causal row's activations are its
-    own); the rows come back in pair order. `advance` is told the token pairs of each
-    reference batch once it has run (the persona side runs first)."""
-    pad = pad_id(model.tokenizer)
-    cost = pass_tokens(model.device)
-    persona: dict[str, list[torch.Tensor]] = {h: [torch.empty(0)] * len(pairs) for h in hooks}
-    ref: dict[str, list[torch.Tensor]] = {h: [torch.empty(0)] * len(pairs) for h in hooks}
-    for ids, keep, out, counted in (
-        (pairs.persona_ids, pairs.persona_keep, persona, False),
-        (pairs.reference_ids, pairs.reference_keep, ref, True),
+    (float32, on the CPU, pair then position order), and the persona index of each row. Each
+    side runs as the harvest's prompts do (`prompts_activations`: shortest first, at most
+    `batch` rows a pass, right-padded, so a causal row's positions are its own), its measured
+    tokens the shared ones. `advance` is told the pairs' token pairs once both sides have run."""
+    sides = []
+    for ids, keep in (
+        (pairs.persona_ids, pairs.persona_keep),
+        (pairs.reference_ids, pairs.reference_keep),
     ):
-        for rows in length_batches([len(r) for r in ids], cost, batch):
-            b = _padded([ids[i] for i in rows], [keep[i] for i in rows], pad)
-            acts = activations_at(model, b, hooks)
-            mask = b.continuation_mask.to(acts[hooks[0]].device)
-            for h in hooks:
-                a = acts[h].float()
-                for j, i in enumerate(rows):
-                    out[h][i] = a[j][mask[j]].cpu()
-            if counted and advance is not None:
-                advance(sum(sum(pairs.persona_keep[i]) for i in rows))
+        prompts = [Prompt(i, k, "plain") for i, k in zip(ids, keep, strict=True)]
+        acts, _ = prompts_activations(model, prompts, hooks, None, batch, padding="right")
+        sides.append({h: a.float().cpu() for h, a in acts.items()})
+    if advance is not None:
+        advance(pairs.tokens())
     counts = torch.tensor([sum(k) for k in pairs.persona_keep])
     who = torch.repeat_interleave(torch.tensor(pairs.persona_of), counts)
-    return (
-        {h: torch.cat(v) for h, v in persona.items()},
-        {h: torch.cat(v) for h, v in ref.items()},
-        who,
-    )
+    return sides[0], sides[1], who
 
 
 @dataclass

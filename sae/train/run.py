@@ -676,8 +676,8 @@ def new_sae(cfg: TrainConfig, run: TrainRun, spec: SAESpec) -> tuple[Any, Any]:
 def data_mean(cfg: TrainConfig, run: TrainRun) -> dict[str, torch.Tensor]:
     """Per hook, the mean activation over the first ~8k training tokens (every rank alike)."""
     if run.pairs is not None:  # the persona documents a paired stream trains residual SAEs on
-        # The stream's first chunk, run once: the stream takes it (an unsharded one; a shard's
-        # first chunk holds other pairs).
+        # The stream's first chunk, run once: the stream takes it (an unsharded stream does;
+        # a shard's first chunk holds other pairs).
         first = run.pairs.select(range(min(len(run.pairs), CHUNK_PAIRS)))
         with Progress(
             "paired stream: the first chunk's forward passes (the decoder bias's data mean)",
@@ -692,8 +692,7 @@ def data_mean(cfg: TrainConfig, run: TrainRun) -> dict[str, torch.Tensor]:
                 run.hooks,
                 advance=lambda n: progress.advance(n, rate=f"{progress.rate():,.0f} pairs/s"),
             )
-        if run.shards == 1 and not run.world.distributed:
-            run.primed[0] = persona, ref
+        run.primed[0] = persona, ref
         return {h: a.mean(0) for h, a in persona.items()}
     sample = run.train_ctx[: max(1, 8192 // cfg.context_size)]
     keep = non_special(run.model.tokenizer, sample)

@@ -265,22 +265,22 @@ def test_label_after_effects_fills_the_causal_summary(planted, tmp_path):
 
 def test_an_interrupted_run_resumes_to_the_same_tables(planted, tmp_path, monkeypatch):
     db = copy_db(planted[0], tmp_path / "db.duckdb")
-    real, calls = shoggoth.pipeline.effects.run.exact_item, []
+    real, calls = shoggoth.pipeline.effects.run.exact_rows, []
 
-    def interrupted(s, item, plan, fired, x_ref=None, **kw):
+    def interrupted(s, item, plan, fired, x_ref=None, added=None):
         calls.append(item)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(s, item, plan, fired, x_ref, **kw)
+        return real(s, item, plan, fired, x_ref, added)
 
-    monkeypatch.setattr(shoggoth.pipeline.effects.run, "exact_item", interrupted)
+    monkeypatch.setattr(shoggoth.pipeline.effects.run, "exact_rows", interrupted)
     assert cli.main(["effects", "--db", str(db), *EFFECTS]) == 130
     con = duckdb.connect(str(db), read_only=True)
     assert "feature_effects" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     con.close()
     saved = sorted(p.name for p in Path(f"{db}.effects").glob("*/exact/*.npz"))
     assert saved == ["00000.npz", "00001.npz", "00002.npz"]
-    monkeypatch.setattr(shoggoth.pipeline.effects.run, "exact_item", real)
+    monkeypatch.setattr(shoggoth.pipeline.effects.run, "exact_rows", real)
     assert cli.main(["effects", "--db", str(db), *EFFECTS]) == 0
     pd.testing.assert_frame_equal(_effects(db), _effects(planted[1]))
     assert not Path(f"{db}.effects").exists()

@@ -62,9 +62,13 @@ def test_grouped_passes_give_each_prompt_its_own_activations(tiny_gpt2):
     model = tiny_gpt2
     questions = ["Hi?", "What is the capital of a country far away from here?", "Why?"]
     answers = ["Yes.", "A long answer, with many more words than the others.", "No idea."]
+    # Nine lengths (three systems × three questions) in passes of at most four rows: the passes
+    # must pad.
+    systems = ["You are terse.", "You are a pirate captain.", "You are a calm, careful tutor."]
     prompts = [
-        build_prompt(model.tokenizer, "You are terse.", q, a, prepend_bos=model.prepend_bos)
-        for q, a in zip(questions * 3, answers * 3, strict=True)
+        build_prompt(model.tokenizer, system, q, a, prepend_bos=model.prepend_bos)
+        for system in systems
+        for q, a in zip(questions, answers, strict=True)
     ]
     hook = "blocks.1.hook_resid_post"
     acts, doc = prompts_activations(model, prompts, [hook], None, max_rows=4)

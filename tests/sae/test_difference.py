@@ -601,7 +601,7 @@ def test_the_composition_edits_ride_in_the_exact_pass_without_changing_a_number(
         composition_arrays,
         composition_edits,
     )
-    from shoggoth.pipeline.effects.measure import ADDED, clean_rows, exact_item, screen_item
+    from shoggoth.pipeline.effects.measure import clean_rows, exact_item, exact_rows, screen_item
     from shoggoth.pipeline.effects.run import (
         EffectsConfig,
         load_causal,
@@ -624,8 +624,7 @@ def test_the_composition_edits_ride_in_the_exact_pass_without_changing_a_number(
         lp, x = clean_rows(s, item, screen)
         edits = composition_edits(s, inputs.parts, x)
         assert sum(len(v) for v in edits.values()) == 6 * (len(s.conditions) - 1)
-        merged = exact_item(s, item, plan, screen["fired"], x[0], added=edits)
-        changes = {int(k[len(ADDED) :]): merged.pop(k) for k in list(merged) if k.startswith(ADDED)}
+        merged, changes = exact_rows(s, item, plan, screen["fired"], x[0], edits)
         assert sorted(changes) == sorted(edits)
         alone = exact_item(s, item, plan, screen["fired"], x[0])
         for key, value in alone.items():

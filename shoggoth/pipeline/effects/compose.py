@@ -109,7 +109,7 @@ def compose_item(
     s: Setup, item: int, parts: np.ndarray, lp: torch.Tensor, x: torch.Tensor
 ) -> dict[str, np.ndarray]:
     """One item's composition test, run on its own (the effects step runs its edits in the
-    exact pass's batches: `exact_item(added=...)`). `parts` [personas, features]: each
+    exact pass's batches: `exact_rows(added=...)`). `parts` [personas, features]: each
     persona's part (index into decompose.PARTS) of every feature (its own: mask-specific or
     mask-family); `lp` [conditions, n] and `x` [conditions, n - 1, d]: every condition's clean
     run (`clean_rows`, from the item's screen). Returns delta[k, t] the persona's shift of the

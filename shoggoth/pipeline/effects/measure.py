@@ -9,6 +9,7 @@ own batch row, after the document's prefix KV cache) and steers them under no pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -180,7 +181,7 @@ def _edit(
     plan: EffectsPlan,
     jobs: list[tuple[str, int]],
     x_ref: torch.Tensor,
-    added: list[torch.Tensor] | None = None,
+    added: Sequence[torch.Tensor] = (),
 ) -> Any:
     """The edit of a batch of rows: clean (nothing), ablate or steer feature plan.features[j],
     or add vector added[j] ([positions, d])."""
@@ -202,7 +203,7 @@ def _edit(
         )  # [rows, positions]
         delta = scale[..., None] * dirs[:, None, :].to(scale.device)
         for r, (kind, j) in enumerate(jobs):
-            if kind == "add" and added is not None:
+            if kind == "add":
                 delta[r] = added[j].to(delta.device, delta.dtype)
         return delta
 
@@ -225,28 +226,32 @@ def _jobs(
     return jobs, silent
 
 
-ADDED = "added_"
-"""The prefix of exact_item's arrays of the added vectors' changes (one per condition)."""
-
-
 def exact_item(
+    s: Setup, item: int, plan: EffectsPlan, fired: np.ndarray, x_ref: torch.Tensor | None = None
+) -> dict[str, np.ndarray]:
+    """`exact_rows` with nothing added: exact ablation and steering on one item."""
+    return exact_rows(s, item, plan, fired, x_ref)[0]
+
+
+def exact_rows(
     s: Setup,
     item: int,
     plan: EffectsPlan,
     fired: np.ndarray,
     x_ref: torch.Tensor | None = None,
     added: dict[int, list[torch.Tensor]] | None = None,
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray]]:
     """Exact ablation and steering on one item: ablate[j, c, t] the change of the answer's
     log-probabilities (tokens 2..) when feature j is ablated under condition c (NaN: not
     measured), ablate_kl[j, c] the mean KL of the next-token distributions, steer[j, t] the
     change under no persona when feature j is steered. `x_ref`: the reference document's hook
     activations, which a difference dictionary encodes against (None: run it once more).
     `added`: per condition, vectors [n - 1, d] to add at the hook, one row each, in the same
-    batches (the composition test's edits): their changes come back as ADDED + str(c)
+    batches (the composition test's edits); returned second, per condition, their changes
     [rows, n - 1] against the same unedited row."""
     n_f, n_cond = len(plan.features), len(s.conditions)
     n = len(s.answer(0, item).ids) - 1
+    changed: dict[int, np.ndarray] = {}
     out = {
         "ablate": np.full((n_f, n_cond, n), np.nan),
         "ablate_kl": np.full((n_f, n_cond), np.nan),
@@ -294,5 +299,5 @@ def exact_item(
                 elif kind == "add":
                     changes[j] = change[r]
         if vectors:
-            out[ADDED + str(c)] = changes
-    return out
+            changed[c] = changes
+    return out, changed

@@ -61,11 +61,10 @@ from shoggoth.pipeline.effects.compose import (
     composition_rows,
 )
 from shoggoth.pipeline.effects.measure import (
-    ADDED,
     EffectsPlan,
     Setup,
     clean_rows,
-    exact_item,
+    exact_rows,
     screen_item,
 )
 from shoggoth.pipeline.effects.tables import effect_rows, make_plan, screen_estimates, shift_rows
@@ -390,20 +389,17 @@ def run_effects(cfg: EffectsConfig, log: Log = print) -> EffectsResult:
         log("note: the composition test needs labels; run shoggoth label, then effects again")
 
     def exact_pass(i: int) -> dict[str, np.ndarray]:
-        """The item's exact ablation and steering, and its composition test beside them (the
-        documents' prefixes run once for both; the clean runs come from the screen)."""
+        """The item's exact ablation and steering, and its composition test beside them (its
+        edits in the same batches; the clean runs come from the screen)."""
+        fired = screens[i]["fired"]
         if parts is None and s.kind != "difference":  # nothing reads the clean runs
-            return exact_item(s, i, plan, screens[i]["fired"])
+            return exact_rows(s, i, plan, fired)[0]
         lp, x = clean_rows(s, i, screens[i])
         x_ref = x[0] if s.kind == "difference" else None
+        edits = None if parts is None else composition_edits(s, parts, x)
+        out, changes = exact_rows(s, i, plan, fired, x_ref, edits)
         if parts is None:
-            return exact_item(s, i, plan, screens[i]["fired"], x_ref)
-        # The composition test's edits ride in the exact pass's batches: one unedited row and
-        # one pass up to the hook serve both.
-        out = exact_item(
-            s, i, plan, screens[i]["fired"], x_ref, added=composition_edits(s, parts, x)
-        )
-        changes = {int(k[len(ADDED) :]): out.pop(k) for k in list(out) if k.startswith(ADDED)}
+            return out
         return out | {COMPOSE + k: v for k, v in composition_arrays(s, lp, changes).items()}
 
     exact = per_item(
